@@ -1,0 +1,916 @@
+//! The peer endpoint: every Noise session a device has, over UDP and streams, as one sans-IO
+//! [`Machine`].
+//!
+//! An [`Endpoint`] owns one local port's worth of sessions. It
+//! * answers and initiates handshakes (XX, or IK when the peer's static key is known),
+//!   retransmitting with exponential back-off under loss;
+//! * seals and opens data envelopes, on the control channel (keep-alive, ping/pong, close,
+//!   application data) and the media channel;
+//! * keeps paths alive (a keep-alive after [`EndpointConfig::keepalive_interval`] of silence)
+//!   and declares a session dead after three silent intervals;
+//! * follows a peer whose address changes (an authenticated packet from a new address moves the
+//!   session there, which is how a call survives a NAT rebinding or a switch to a relay);
+//! * drops everything else silently with a counter ([`EndpointStats`]): malformed packets,
+//!   unknown sessions, replays, forgeries. Nothing a peer sends can make it panic, grow without
+//!   bound, or stop serving other peers.
+//!
+//! Later sub-machines (login client, SN link, search, call, chat) sit on top of the sessions
+//! this machine provides.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::handshake::{
+    Established, Handshake, HandshakeError, InitMessage, LocalIdentity, PeerInfo, Step,
+};
+use crate::identity::UnixTime;
+use crate::rng::Rng;
+use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
+use crate::session::{OpenError, SealError, Session};
+use crate::wire::frame::{self, FrameDecoder};
+use crate::wire::message::{CloseReason, Message, MAX_APP_DATA};
+use crate::wire::packet::{Channel, Packet, Pattern, SessionIndex};
+use crate::wire::{classify, Class, MAX_DATAGRAM};
+
+/// A handle on one session, stable for its lifetime (our session index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u32);
+
+/// Configuration of an [`Endpoint`].
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Our identity and trust anchors.
+    pub identity: LocalIdentity,
+    /// Seed for every random choice (session indices, ephemeral keys).
+    pub seed: [u8; 32],
+    /// Wall-clock time at `clock_anchor`, so certificates can be checked without reading a
+    /// clock: wall time at `now` is `wall_anchor + (now - clock_anchor)`.
+    pub wall_anchor: UnixTime,
+    /// The instant matching `wall_anchor`.
+    pub clock_anchor: Instant,
+    /// Send a keep-alive after this long without sending (20 s, as the original network did).
+    pub keepalive_interval: Duration,
+    /// A session with no packet received for this long is dead (default: three intervals).
+    pub idle_timeout: Duration,
+    /// First handshake retransmission timeout; doubles on every retry.
+    pub handshake_rto: Duration,
+    /// Handshake attempts before giving up.
+    pub handshake_attempts: u32,
+    /// At most this many half-open responder handshakes at once (flood protection).
+    pub max_pending_responses: usize,
+    /// At most this many established sessions.
+    pub max_sessions: usize,
+}
+
+impl EndpointConfig {
+    /// Defaults around an identity: 20 s keep-alive, 60 s idle timeout, 250 ms initial
+    /// handshake RTO with 6 attempts (about 16 s in all).
+    pub fn new(identity: LocalIdentity, seed: [u8; 32], wall: UnixTime, now: Instant) -> Self {
+        Self {
+            identity,
+            seed,
+            wall_anchor: wall,
+            clock_anchor: now,
+            keepalive_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            handshake_rto: Duration::from_millis(250),
+            handshake_attempts: 6,
+            max_pending_responses: 1024,
+            max_sessions: 4096,
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// No answer after every retransmission.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The peer answered but the handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// We closed it.
+    Local,
+    /// The peer closed it.
+    Remote(CloseReason),
+    /// Nothing heard from the peer for the idle timeout.
+    Timeout,
+    /// The session's counters ran out.
+    Exhausted,
+}
+
+/// Why a send was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No established session with that id.
+    #[error("unknown or closed connection")]
+    UnknownConnection,
+    /// The payload does not fit in one datagram.
+    #[error("payload too large: {0} > {max}", max = MAX_APP_DATA)]
+    TooLarge(usize),
+    /// The session must be re-established.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+/// What the endpoint tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointEvent {
+    /// A session is established.
+    Connected {
+        /// Its handle.
+        conn: ConnId,
+        /// The verified peer.
+        peer: Box<PeerInfo>,
+        /// Where the peer is.
+        remote: Destination,
+        /// True when we initiated it.
+        initiator: bool,
+    },
+    /// A connection we initiated failed.
+    ConnectFailed {
+        /// Its handle.
+        conn: ConnId,
+        /// Why.
+        error: ConnectError,
+    },
+    /// Application data arrived on the control channel.
+    Data {
+        /// From which session.
+        conn: ConnId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// A media frame arrived.
+    Media {
+        /// From which session.
+        conn: ConnId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// A ping we sent was answered.
+    Pong {
+        /// Which session.
+        conn: ConnId,
+        /// Measured round-trip time.
+        rtt: Duration,
+    },
+    /// The peer's address changed (roaming, NAT rebinding, relay switch).
+    PathChanged {
+        /// Which session.
+        conn: ConnId,
+        /// The new address.
+        remote: Destination,
+    },
+    /// A session ended.
+    Closed {
+        /// Which session.
+        conn: ConnId,
+        /// Why.
+        cause: CloseCause,
+    },
+}
+
+/// Silent drops and other counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams and frames received.
+    pub packets_in: u64,
+    /// Datagrams and frames sent.
+    pub packets_out: u64,
+    /// Dropped: not a Natter packet (unknown first byte).
+    pub dropped_not_natter: u64,
+    /// STUN messages seen (handled by the overlay layer, not here).
+    pub stun_seen: u64,
+    /// Dropped: could not be decoded.
+    pub dropped_malformed: u64,
+    /// Dropped: no session or handshake with that index.
+    pub dropped_unknown_session: u64,
+    /// Dropped: replayed or too old.
+    pub dropped_replay: u64,
+    /// Dropped: failed authentication or unknown key generation.
+    pub dropped_auth: u64,
+    /// Dropped: a control message this build does not implement or could not parse.
+    pub dropped_message: u64,
+    /// Handshakes that failed (bad certificate, forged message, low-order key, ...).
+    pub handshake_failures: u64,
+    /// Handshake initiations refused because too many were half open.
+    pub handshake_flood_drops: u64,
+    /// Replayed IK initiations refused.
+    pub handshake_replays: u64,
+    /// Data packets buffered while their handshake completed.
+    pub early_data_buffered: u64,
+    /// Stream connections closed because their framing broke.
+    pub streams_failed: u64,
+}
+
+const EARLY_DATA_LIMIT: usize = 8;
+const RESPONDER_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_STREAMS: usize = 1024;
+/// IK initiations older than this (by their wall-clock timestamp) are refused as replays.
+const IK_MAX_AGE_SECS: u64 = 300;
+const IK_SEEN_LIMIT: usize = 65_536;
+
+struct Initiation {
+    handshake: Handshake,
+    dest: Destination,
+    peer_static: Option<[u8; 32]>,
+    packet: Bytes,
+    attempts: u32,
+    next_retry: Instant,
+}
+
+struct Responding {
+    handshake: Handshake,
+    expires: Instant,
+    early: Vec<(Destination, Vec<u8>)>,
+}
+
+struct Peer {
+    session: Session,
+    info: PeerInfo,
+    dest: Destination,
+    last_sent: Instant,
+    last_received: Instant,
+    /// Initiator of XX: the final message is repeated until the responder is heard from.
+    unconfirmed_final: Option<(Bytes, Instant, u32)>,
+    pings: VecDeque<(u32, Instant)>,
+}
+
+/// The peer endpoint machine. See the [module documentation](self).
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    rng: Rng,
+    initiations: HashMap<SessionIndex, Initiation>,
+    responding: HashMap<SessionIndex, Responding>,
+    peers: HashMap<SessionIndex, Peer>,
+    /// Highest IK timestamp accepted per initiator static key (IK replay protection).
+    ik_seen: HashMap<[u8; 32], u64>,
+    last_ik_timestamp: u64,
+    streams: HashMap<StreamId, FrameDecoder>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<EndpointEvent>,
+    stats: EndpointStats,
+    scratch: Vec<u8>,
+    next_ping: u32,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("sessions", &self.peers.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// A new endpoint.
+    pub fn new(cfg: EndpointConfig) -> Self {
+        Self {
+            rng: Rng::from_seed_bytes(cfg.seed),
+            cfg,
+            initiations: HashMap::new(),
+            responding: HashMap::new(),
+            peers: HashMap::new(),
+            ik_seen: HashMap::new(),
+            last_ik_timestamp: 0,
+            streams: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: EndpointStats::default(),
+            scratch: Vec::with_capacity(MAX_DATAGRAM),
+            next_ping: 0,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// The session statistics of a connection.
+    pub fn session_stats(&self, conn: ConnId) -> Option<crate::session::SessionStats> {
+        self.peers
+            .get(&SessionIndex(conn.0))
+            .map(|p| p.session.stats())
+    }
+
+    /// Established connections.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.peers.keys().map(|i| ConnId(i.0))
+    }
+
+    /// The verified peer of a connection.
+    pub fn peer(&self, conn: ConnId) -> Option<&PeerInfo> {
+        self.peers.get(&SessionIndex(conn.0)).map(|p| &p.info)
+    }
+
+    fn wall(&self, now: Instant) -> UnixTime {
+        UnixTime(
+            self.cfg.wall_anchor.0
+                + now
+                    .saturating_duration_since(self.cfg.clock_anchor)
+                    .as_secs(),
+        )
+    }
+
+    fn fresh_index(&mut self) -> SessionIndex {
+        loop {
+            let i = SessionIndex(self.rng.u32());
+            if !self.peers.contains_key(&i)
+                && !self.initiations.contains_key(&i)
+                && !self.responding.contains_key(&i)
+            {
+                return i;
+            }
+        }
+    }
+
+    /// Start a session with the peer at `dest`. With `peer_static` (the peer's X25519 key, from
+    /// the index) the one-round-trip IK pattern is used. The outcome arrives as
+    /// [`EndpointEvent::Connected`] or [`EndpointEvent::ConnectFailed`] with the returned id.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        dest: Destination,
+        peer_static: Option<[u8; 32]>,
+    ) -> Result<ConnId, HandshakeError> {
+        let index = self.fresh_index();
+        let init = self.initiation(now, index, dest, peer_static, 1)?;
+        self.send_raw(&init.dest, init.packet.clone());
+        self.initiations.insert(index, init);
+        Ok(ConnId(index.0))
+    }
+
+    fn initiation(
+        &mut self,
+        now: Instant,
+        index: SessionIndex,
+        dest: Destination,
+        peer_static: Option<[u8; 32]>,
+        attempts: u32,
+    ) -> Result<Initiation, HandshakeError> {
+        // Strictly increasing and tied to wall time, so a replayed IK initiation is recognised.
+        self.last_ik_timestamp = (self.wall(now).0 << 20).max(self.last_ik_timestamp + 1);
+        let (handshake, packet) = Handshake::initiate(
+            self.cfg.identity.clone(),
+            peer_static,
+            self.last_ik_timestamp,
+            index,
+            &mut self.rng,
+        )?;
+        Ok(Initiation {
+            handshake,
+            dest,
+            peer_static,
+            packet: Bytes::from(packet),
+            attempts,
+            next_retry: now + self.cfg.handshake_rto,
+        })
+    }
+
+    /// Send application bytes on the control channel.
+    pub fn send(&mut self, now: Instant, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
+        if data.len() > MAX_APP_DATA {
+            return Err(SendError::TooLarge(data.len()));
+        }
+        let mut msg = BytesMut::with_capacity(data.len() + 1);
+        Message::AppData(data).encode(&mut msg);
+        self.seal_to(now, SessionIndex(conn.0), Channel::Control, &msg)
+    }
+
+    /// Send a media frame on the media channel.
+    pub fn send_media(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        frame: &[u8],
+    ) -> Result<(), SendError> {
+        if frame.len() > MAX_APP_DATA {
+            return Err(SendError::TooLarge(frame.len()));
+        }
+        self.seal_to(now, SessionIndex(conn.0), Channel::Media, frame)
+    }
+
+    /// Measure the round-trip time; the answer comes as [`EndpointEvent::Pong`].
+    pub fn ping(&mut self, now: Instant, conn: ConnId) -> Result<(), SendError> {
+        let id = self.next_ping;
+        self.next_ping = self.next_ping.wrapping_add(1);
+        let peer = self
+            .peers
+            .get_mut(&SessionIndex(conn.0))
+            .ok_or(SendError::UnknownConnection)?;
+        if peer.pings.len() >= 16 {
+            peer.pings.pop_front();
+        }
+        peer.pings.push_back((id, now));
+        self.send_message(now, SessionIndex(conn.0), Message::Ping { id })
+    }
+
+    /// Close a session, telling the peer.
+    pub fn close(&mut self, now: Instant, conn: ConnId) {
+        let index = SessionIndex(conn.0);
+        let _ = self.send_message(
+            now,
+            index,
+            Message::Close {
+                reason: CloseReason::Normal,
+            },
+        );
+        if self.peers.remove(&index).is_some() {
+            self.events.push_back(EndpointEvent::Closed {
+                conn,
+                cause: CloseCause::Local,
+            });
+        }
+        self.initiations.remove(&index);
+    }
+
+    fn send_message(
+        &mut self,
+        now: Instant,
+        index: SessionIndex,
+        msg: Message<'_>,
+    ) -> Result<(), SendError> {
+        let mut buf = BytesMut::with_capacity(16);
+        msg.encode(&mut buf);
+        self.seal_to(now, index, Channel::Control, &buf)
+    }
+
+    fn seal_to(
+        &mut self,
+        now: Instant,
+        index: SessionIndex,
+        channel: Channel,
+        plaintext: &[u8],
+    ) -> Result<(), SendError> {
+        let peer = self
+            .peers
+            .get_mut(&index)
+            .ok_or(SendError::UnknownConnection)?;
+        let mut out = BytesMut::with_capacity(plaintext.len() + 32);
+        if let Err(e) = peer.session.seal(now, channel, plaintext, &mut out) {
+            self.peers.remove(&index);
+            self.events.push_back(EndpointEvent::Closed {
+                conn: ConnId(index.0),
+                cause: CloseCause::Exhausted,
+            });
+            return Err(e.into());
+        }
+        peer.last_sent = now;
+        let dest = peer.dest.clone();
+        self.send_raw(&dest, out.freeze());
+        Ok(())
+    }
+
+    fn send_raw(&mut self, dest: &Destination, payload: Bytes) {
+        let payload = match dest {
+            Destination::Udp(_) => payload,
+            Destination::Stream(_) => {
+                let mut framed = BytesMut::with_capacity(payload.len() + frame::PREFIX_LEN);
+                if frame::encode(&payload, &mut framed).is_err() {
+                    return;
+                }
+                framed.freeze()
+            }
+        };
+        self.stats.packets_out += 1;
+        self.transmits.push_back(Transmit {
+            destination: dest.clone(),
+            source: None,
+            payload,
+        });
+    }
+
+    fn receive(&mut self, now: Instant, from: Destination, data: &[u8]) {
+        self.stats.packets_in += 1;
+        self.on_packet(now, from, data);
+    }
+
+    fn on_packet(&mut self, now: Instant, from: Destination, data: &[u8]) {
+        match classify(data) {
+            Class::Stun => {
+                self.stats.stun_seen += 1;
+                return;
+            }
+            Class::Control { .. } | Class::Media { .. } => {}
+            Class::Relay { .. } | Class::Unknown => {
+                self.stats.dropped_not_natter += 1;
+                return;
+            }
+        }
+        let packet = match Packet::decode(data) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        match packet {
+            Packet::HandshakeInit {
+                pattern,
+                sender,
+                noise,
+            } => self.on_init(now, from, pattern, sender, noise),
+            Packet::HandshakeResponse {
+                sender,
+                receiver,
+                noise,
+            } => self.on_response(now, sender, receiver, noise),
+            Packet::HandshakeFinal { receiver, noise } => self.on_final(now, from, receiver, noise),
+            Packet::Data { header, ciphertext } => {
+                let index = header.receiver;
+                if let Some(r) = self.responding.get_mut(&index) {
+                    if r.early.len() < EARLY_DATA_LIMIT {
+                        r.early.push((from, data.to_vec()));
+                        self.stats.early_data_buffered += 1;
+                    } else {
+                        self.stats.dropped_unknown_session += 1;
+                    }
+                    return;
+                }
+                let Some(peer) = self.peers.get_mut(&index) else {
+                    self.stats.dropped_unknown_session += 1;
+                    return;
+                };
+                let mut plain = std::mem::take(&mut self.scratch);
+                let result = peer.session.open(&header, ciphertext, &mut plain);
+                match result {
+                    Ok(()) => {
+                        peer.last_received = now;
+                        peer.unconfirmed_final = None;
+                        if peer.dest != from {
+                            peer.dest = from.clone();
+                            self.events.push_back(EndpointEvent::PathChanged {
+                                conn: ConnId(index.0),
+                                remote: from,
+                            });
+                        }
+                        self.on_plaintext(now, index, header.channel, &plain);
+                    }
+                    Err(OpenError::Replay(_)) => self.stats.dropped_replay += 1,
+                    Err(OpenError::Authentication | OpenError::Generation) => {
+                        self.stats.dropped_auth += 1
+                    }
+                }
+                self.scratch = plain;
+            }
+        }
+    }
+
+    fn on_plaintext(&mut self, now: Instant, index: SessionIndex, channel: Channel, plain: &[u8]) {
+        let conn = ConnId(index.0);
+        if channel == Channel::Media {
+            self.events.push_back(EndpointEvent::Media {
+                conn,
+                data: Bytes::copy_from_slice(plain),
+            });
+            return;
+        }
+        match Message::decode(plain) {
+            Ok(Message::KeepAlive) => {}
+            Ok(Message::Ping { id }) => {
+                let _ = self.send_message(now, index, Message::Pong { id });
+            }
+            Ok(Message::Pong { id }) => {
+                if let Some(peer) = self.peers.get_mut(&index) {
+                    if let Some(pos) = peer.pings.iter().position(|(i, _)| *i == id) {
+                        let (_, sent) = peer.pings.remove(pos).unwrap_or((id, now));
+                        self.events.push_back(EndpointEvent::Pong {
+                            conn,
+                            rtt: now.saturating_duration_since(sent),
+                        });
+                    }
+                }
+            }
+            Ok(Message::Close { reason }) => {
+                self.peers.remove(&index);
+                self.events.push_back(EndpointEvent::Closed {
+                    conn,
+                    cause: CloseCause::Remote(reason),
+                });
+            }
+            Ok(Message::AppData(data)) => self.events.push_back(EndpointEvent::Data {
+                conn,
+                data: Bytes::copy_from_slice(data),
+            }),
+            Err(_) => self.stats.dropped_message += 1,
+        }
+    }
+
+    fn on_init(
+        &mut self,
+        now: Instant,
+        from: Destination,
+        pattern: Pattern,
+        sender: SessionIndex,
+        noise: &[u8],
+    ) {
+        // A retransmitted initiation whose answer was lost: answer again from the same state
+        // is impossible (Noise states are one-shot), so a fresh responder handshake is made and
+        // the stale one expires.
+        if self.responding.len() >= self.cfg.max_pending_responses
+            || self.peers.len() >= self.cfg.max_sessions
+        {
+            self.stats.handshake_flood_drops += 1;
+            return;
+        }
+        let index = self.fresh_index();
+        let wall = self.wall(now);
+        let result = Handshake::respond(
+            self.cfg.identity.clone(),
+            InitMessage {
+                pattern,
+                sender,
+                noise,
+            },
+            index,
+            &mut self.rng,
+            now,
+            wall,
+        );
+        match result {
+            Ok((handshake, Step::Send(reply))) => {
+                self.send_raw(&from, Bytes::from(reply));
+                self.responding.insert(
+                    index,
+                    Responding {
+                        handshake,
+                        expires: now + RESPONDER_TIMEOUT,
+                        early: Vec::new(),
+                    },
+                );
+            }
+            Ok((_, Step::Done(reply, established))) => {
+                // IK: refuse a replayed initiation: its timestamp must be newer than the last
+                // one accepted from that key, and recent.
+                let key = established.peer.certificate.dh_public;
+                let ts = established.peer.timestamp;
+                let stale = (ts >> 20).saturating_add(IK_MAX_AGE_SECS) < wall.0;
+                if stale || self.ik_seen.get(&key).is_some_and(|&seen| ts <= seen) {
+                    self.stats.handshake_replays += 1;
+                    return;
+                }
+                if self.ik_seen.len() >= IK_SEEN_LIMIT {
+                    self.ik_seen
+                        .retain(|_, t| (*t >> 20).saturating_add(IK_MAX_AGE_SECS) >= wall.0);
+                }
+                self.ik_seen.insert(key, ts);
+                if let Some(reply) = reply {
+                    self.send_raw(&from, Bytes::from(reply));
+                }
+                self.establish(now, *established, from, false, None);
+            }
+            Err(_) => self.stats.handshake_failures += 1,
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        now: Instant,
+        sender: SessionIndex,
+        receiver: SessionIndex,
+        noise: &[u8],
+    ) {
+        let Some(mut init) = self.initiations.remove(&receiver) else {
+            self.stats.dropped_unknown_session += 1;
+            return;
+        };
+        let wall = self.wall(now);
+        match init.handshake.read_response(sender, noise, now, wall) {
+            Ok(Step::Done(final_msg, established)) => {
+                let confirm = final_msg.map(|m| {
+                    let m = Bytes::from(m);
+                    self.send_raw(&init.dest, m.clone());
+                    (m, now + self.cfg.handshake_rto, 1)
+                });
+                self.establish(now, *established, init.dest, true, confirm);
+            }
+            Ok(Step::Send(_)) => {
+                self.stats.handshake_failures += 1;
+            }
+            Err(HandshakeError::Noise(_)) => {
+                // A forged or corrupted response: the genuine one may still come. Noise
+                // states do not survive a failed read, so the attempt restarts on the next
+                // retransmission timer with a fresh state.
+                self.stats.handshake_failures += 1;
+                self.restart_initiation(now, receiver, init);
+            }
+            Err(e) => {
+                self.stats.handshake_failures += 1;
+                self.events.push_back(EndpointEvent::ConnectFailed {
+                    conn: ConnId(receiver.0),
+                    error: ConnectError::Handshake(e),
+                });
+            }
+        }
+    }
+
+    fn restart_initiation(&mut self, now: Instant, index: SessionIndex, old: Initiation) {
+        match self.initiation(now, index, old.dest, old.peer_static, old.attempts) {
+            Ok(mut init) => {
+                // Sent by the retransmission timer, which fires at once.
+                init.next_retry = now;
+                self.initiations.insert(index, init);
+            }
+            Err(e) => self.events.push_back(EndpointEvent::ConnectFailed {
+                conn: ConnId(index.0),
+                error: ConnectError::Handshake(e),
+            }),
+        }
+    }
+
+    fn on_final(&mut self, now: Instant, from: Destination, receiver: SessionIndex, noise: &[u8]) {
+        let Some(mut r) = self.responding.remove(&receiver) else {
+            // Probably a retransmitted final whose session exists: confirm again.
+            if self.peers.contains_key(&receiver) {
+                let _ = self.send_message(now, receiver, Message::KeepAlive);
+            } else {
+                self.stats.dropped_unknown_session += 1;
+            }
+            return;
+        };
+        let wall = self.wall(now);
+        match r.handshake.read_final(noise, now, wall) {
+            Ok(established) => {
+                let early = std::mem::take(&mut r.early);
+                self.establish(now, established, from, false, None);
+                // Confirm to the initiator so it stops repeating the final message.
+                let _ = self.send_message(now, receiver, Message::KeepAlive);
+                for (src, data) in early {
+                    self.on_packet(now, src, &data);
+                }
+            }
+            // A forged or corrupted final poisons the Noise state, so the half-open handshake
+            // is dropped; the initiator, never confirmed, gives up its final after its
+            // retransmissions and reconnects.
+            Err(_) => self.stats.handshake_failures += 1,
+        }
+    }
+
+    fn establish(
+        &mut self,
+        now: Instant,
+        est: Established,
+        dest: Destination,
+        initiator: bool,
+        unconfirmed_final: Option<(Bytes, Instant, u32)>,
+    ) {
+        let index = est.session.local_index();
+        self.events.push_back(EndpointEvent::Connected {
+            conn: ConnId(index.0),
+            peer: Box::new(est.peer.clone()),
+            remote: dest.clone(),
+            initiator,
+        });
+        self.peers.insert(
+            index,
+            Peer {
+                session: est.session,
+                info: est.peer,
+                dest,
+                last_sent: now,
+                last_received: now,
+                unconfirmed_final,
+                pings: VecDeque::new(),
+            },
+        );
+    }
+
+    fn on_stream(&mut self, now: Instant, stream: StreamId, data: &[u8]) {
+        if !self.streams.contains_key(&stream) && self.streams.len() >= MAX_STREAMS {
+            self.stats.streams_failed += 1;
+            return;
+        }
+        let mut frames = Vec::new();
+        let decoder = self.streams.entry(stream).or_default();
+        decoder.push(data);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(_) => {
+                    self.stats.streams_failed += 1;
+                    break;
+                }
+            }
+        }
+        for f in frames {
+            self.receive(now, Destination::Stream(stream), &f);
+        }
+    }
+}
+
+impl Machine for Endpoint {
+    type Event = EndpointEvent;
+
+    fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Datagram { source, data, .. } => {
+                self.receive(now, Destination::Udp(source), data)
+            }
+            Input::Stream { stream, data, .. } => self.on_stream(now, stream, data),
+            Input::StreamClosed { stream } => {
+                self.streams.remove(&stream);
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        // Handshake retransmissions.
+        let due: Vec<SessionIndex> = self
+            .initiations
+            .iter()
+            .filter(|(_, i)| i.next_retry <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for index in due {
+            let Some(init) = self.initiations.get_mut(&index) else {
+                continue;
+            };
+            if init.attempts >= self.cfg.handshake_attempts {
+                self.initiations.remove(&index);
+                self.events.push_back(EndpointEvent::ConnectFailed {
+                    conn: ConnId(index.0),
+                    error: ConnectError::Timeout,
+                });
+                continue;
+            }
+            init.attempts += 1;
+            init.next_retry = now + self.cfg.handshake_rto * 2u32.pow(init.attempts - 1);
+            let (dest, packet) = (init.dest.clone(), init.packet.clone());
+            self.send_raw(&dest, packet);
+        }
+        self.responding.retain(|_, r| r.expires > now);
+
+        // Sessions: confirmation of XX finals, keep-alives, idle timeouts.
+        let mut keepalive = Vec::new();
+        let mut dead = Vec::new();
+        let mut resend = Vec::new();
+        for (index, peer) in &mut self.peers {
+            if now.saturating_duration_since(peer.last_received) >= self.cfg.idle_timeout {
+                dead.push(*index);
+                continue;
+            }
+            if let Some((msg, at, attempts)) = &mut peer.unconfirmed_final {
+                if *at <= now {
+                    if *attempts >= self.cfg.handshake_attempts {
+                        peer.unconfirmed_final = None;
+                    } else {
+                        *attempts += 1;
+                        *at = now + self.cfg.handshake_rto * 2u32.pow(*attempts - 1);
+                        resend.push((peer.dest.clone(), msg.clone()));
+                    }
+                }
+            }
+            if now.saturating_duration_since(peer.last_sent) >= self.cfg.keepalive_interval {
+                keepalive.push(*index);
+            }
+        }
+        for (dest, msg) in resend {
+            self.send_raw(&dest, msg);
+        }
+        for index in dead {
+            self.peers.remove(&index);
+            self.events.push_back(EndpointEvent::Closed {
+                conn: ConnId(index.0),
+                cause: CloseCause::Timeout,
+            });
+        }
+        for index in keepalive {
+            let _ = self.send_message(now, index, Message::KeepAlive);
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let inits = self.initiations.values().map(|i| i.next_retry);
+        let resp = self.responding.values().map(|r| r.expires);
+        let peers = self.peers.values().flat_map(|p| {
+            [
+                Some(p.last_sent + self.cfg.keepalive_interval),
+                Some(p.last_received + self.cfg.idle_timeout),
+                p.unconfirmed_final.as_ref().map(|(_, at, _)| *at),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        inits.chain(resp).chain(peers).min()
+    }
+}

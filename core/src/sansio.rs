@@ -1,0 +1,143 @@
+//! The sans-IO contract shared by every Natter state machine.
+//!
+//! Every protocol machine in `natter-core` and `natter-overlay` has the same shape, taken from
+//! quinn-proto and str0m:
+//!
+//! * **Inputs** are method calls that carry the current [`Instant`]: [`Machine::handle_input`]
+//!   for network input ([`Input::Datagram`], [`Input::Stream`]) and
+//!   [`Machine::handle_timeout`] when the deadline announced by [`Machine::poll_timeout`] has
+//!   passed. Application commands are inherent methods of each machine and also take `now`.
+//! * **Outputs** are polled: [`Machine::poll_transmit`] (bytes to send and where),
+//!   [`Machine::poll_timeout`] (the next instant at which the machine wants
+//!   [`Machine::handle_timeout`]) and [`Machine::poll_event`] (things the application should
+//!   hear about).
+//!
+//! Nothing else crosses the boundary: a machine never reads a clock, opens a socket, spawns a
+//! thread, draws OS randomness (a seed comes in through its configuration) or calls back into
+//! its driver.
+//!
+//! # Drain order
+//!
+//! After **any** input or command, the driver drains outputs in this order, and repeats until
+//! nothing new appears:
+//!
+//! 1. `poll_transmit` until `None` (send every packet),
+//! 2. `poll_event` until `None` (deliver every event),
+//! 3. `poll_timeout` once (re-arm the single timer).
+//!
+//! A machine may only produce output in response to an input, so a driver that follows this
+//! order never misses work. The same loop drives a machine over real sockets
+//! (`natter-transport`) and in virtual time (`natter-sim`).
+//!
+//! ```
+//! use std::time::Instant;
+//! use natter_core::sansio::{Input, Machine};
+//!
+//! fn drive<M: Machine>(m: &mut M, now: Instant, input: Input<'_>) {
+//!     m.handle_input(now, input);
+//!     while let Some(t) = m.poll_transmit() {
+//!         // socket.send_to(&t.payload, t.destination) in a real driver
+//!         let _ = t;
+//!     }
+//!     while let Some(e) = m.poll_event() {
+//!         let _ = e; // hand to the application
+//!     }
+//!     let _next_wakeup: Option<Instant> = m.poll_timeout();
+//! }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// Which transport protocol a packet travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// One message per UDP datagram.
+    Udp,
+    /// Length-prefixed frames on a TCP stream (see [`crate::wire::frame`]).
+    Tcp,
+}
+
+/// Identifies one TCP stream (or any reliable byte stream) inside a driver.
+///
+/// The driver allocates these when it accepts or opens a stream and passes them back
+/// unchanged; the machine never interprets the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+/// Network input handed to a machine.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A UDP datagram arrived.
+    Datagram {
+        /// The sender as seen by the local socket.
+        source: SocketAddr,
+        /// The local address it arrived on.
+        local: SocketAddr,
+        /// The datagram's contents.
+        data: &'a [u8],
+    },
+    /// Bytes arrived on a reliable stream; they may contain partial or several frames.
+    Stream {
+        /// Which stream.
+        stream: StreamId,
+        /// The far end of the stream.
+        remote: SocketAddr,
+        /// The bytes, in order.
+        data: &'a [u8],
+    },
+    /// A reliable stream was closed by the peer or failed.
+    StreamClosed {
+        /// Which stream.
+        stream: StreamId,
+    },
+}
+
+/// Where a transmit goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A UDP datagram to this address.
+    Udp(SocketAddr),
+    /// A frame on an existing stream.
+    Stream(StreamId),
+}
+
+/// One packet a machine wants sent.
+///
+/// For UDP the payload is exactly one datagram. For streams the payload is already framed
+/// (length prefix included) and is written to the stream as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: Destination,
+    /// The local address to send from, when the machine cares (multi-homed hosts).
+    pub source: Option<SocketAddr>,
+    /// The bytes.
+    pub payload: Bytes,
+}
+
+/// The common shape of every sans-IO state machine in Natter.
+///
+/// See the [module documentation](self) for the contract and drain order.
+pub trait Machine {
+    /// What the machine reports to the application.
+    type Event;
+
+    /// Feed network input that arrived at `now`.
+    fn handle_input(&mut self, now: Instant, input: Input<'_>);
+
+    /// Tell the machine that `now` is at or past the deadline it returned from
+    /// [`Machine::poll_timeout`]. Calling it early is harmless.
+    fn handle_timeout(&mut self, now: Instant);
+
+    /// The next packet to send, if any.
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+
+    /// The next event for the application, if any.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+
+    /// When the machine next wants [`Machine::handle_timeout`], if ever.
+    fn poll_timeout(&self) -> Option<Instant>;
+}

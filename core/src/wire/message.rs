@@ -1,0 +1,314 @@
+//! Messages carried inside an encrypted control envelope.
+//!
+//! The plaintext of a control-channel [`super::packet::Packet::Data`] is one message:
+//! `[type u8][body ...]`. The type space is split by subsystem so every capability of the
+//! mission has its numbers now, before it is built; a peer that receives a type this build does
+//! not implement gets [`DecodeError::Unimplemented`] and drops the message (it is counted, the
+//! session carries on), so newer peers can talk to older ones. Capabilities are negotiated in
+//! the handshake ([`crate::handshake::Capabilities`]) so a peer never needs to send what the
+//! other cannot read.
+//!
+//! | range         | subsystem                                              |
+//! |---------------|--------------------------------------------------------|
+//! | `0x01..=0x0F` | session: keep-alive, ping/pong, close, app data        |
+//! | `0x10..=0x1F` | login (certificate renewal relayed through an SN)      |
+//! | `0x20..=0x2F` | overlay: attach, host cache exchange, promotion        |
+//! | `0x30..=0x3F` | global index: presence store, search                   |
+//! | `0x40..=0x4F` | call signalling                                        |
+//! | `0x50..=0x5F` | media control: quality reports, path probes            |
+//! | `0x60..=0x6F` | chat                                                   |
+//! | `0x70..=0x7F` | file transfer                                          |
+//! | `0x80..=0x8F` | conferences                                            |
+//! | `0x90..=0x9F` | presence and buddy list                                |
+//! | `0xF0..=0xFF` | private extensions                                     |
+
+use bytes::{BufMut, BytesMut};
+
+use super::{DecodeError, Reader, MAX_DATAGRAM};
+
+/// The largest application payload in one [`Message::AppData`].
+pub const MAX_APP_DATA: usize = MAX_DATAGRAM - 64;
+
+macro_rules! message_types {
+    ($($(#[$doc:meta])* $name:ident = $val:expr,)*) => {
+        /// Every message type number, implemented or reserved.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        #[non_exhaustive]
+        pub enum MessageType {
+            $($(#[$doc])* $name = $val,)*
+        }
+
+        impl MessageType {
+            /// The type for a number, if the number is assigned.
+            pub fn from_u8(v: u8) -> Option<Self> {
+                match v {
+                    $($val => Some(Self::$name),)*
+                    _ => None,
+                }
+            }
+
+            /// Every assigned type, in numeric order.
+            pub const ALL: &'static [MessageType] = &[$(Self::$name,)*];
+        }
+    };
+}
+
+message_types! {
+    /// Keeps NAT bindings and the session alive; no body.
+    KeepAlive = 0x01,
+    /// Round-trip probe: `id u32`.
+    Ping = 0x02,
+    /// Answer to a ping: `id u32`.
+    Pong = 0x03,
+    /// The sender is closing the session: `reason u8`.
+    Close = 0x04,
+    /// Opaque application bytes (tests, demos, app extensions).
+    AppData = 0x05,
+    /// Reserved: renew a certificate through an SN.
+    LoginRenew = 0x10,
+    /// Reserved: an ordinary node attaches to an SN.
+    OverlayAttach = 0x20,
+    /// Reserved: the SN accepts an attachment.
+    OverlayAttachAck = 0x21,
+    /// Reserved: host cache entries exchanged between nodes.
+    OverlayHostCache = 0x22,
+    /// Reserved: SN membership gossip.
+    OverlayMembership = 0x23,
+    /// Reserved: an SN hands its clients over before demoting itself.
+    OverlayHandover = 0x24,
+    /// Reserved: store a signed presence record in the index.
+    IndexStore = 0x30,
+    /// Reserved: search the index for a user name.
+    IndexSearch = 0x31,
+    /// Reserved: search answer with presence records.
+    IndexResult = 0x32,
+    /// Reserved: definite "not found".
+    IndexNotFound = 0x33,
+    /// Reserved: call invitation.
+    CallInvite = 0x40,
+    /// Reserved: the callee's device is ringing.
+    CallRinging = 0x41,
+    /// Reserved: answered.
+    CallAnswer = 0x42,
+    /// Reserved: declined.
+    CallDecline = 0x43,
+    /// Reserved: busy.
+    CallBusy = 0x44,
+    /// Reserved: the caller cancelled.
+    CallCancel = 0x45,
+    /// Reserved: hang-up.
+    CallHangup = 0x46,
+    /// Reserved: hold.
+    CallHold = 0x47,
+    /// Reserved: resume.
+    CallResume = 0x48,
+    /// Reserved: connectivity candidates.
+    CallCandidates = 0x49,
+    /// Reserved: another device answered; stop ringing.
+    CallAnsweredElsewhere = 0x4A,
+    /// Reserved: receiver report (loss, jitter, RTT).
+    MediaReport = 0x50,
+    /// Reserved: connectivity check on a candidate path.
+    MediaPathProbe = 0x51,
+    /// Reserved: chat message.
+    ChatMessage = 0x60,
+    /// Reserved: chat delivery receipt.
+    ChatAck = 0x61,
+    /// Reserved: file offer.
+    FileOffer = 0x70,
+    /// Reserved: file accepted.
+    FileAccept = 0x71,
+    /// Reserved: file chunk.
+    FileChunk = 0x72,
+    /// Reserved: file chunk acknowledgement.
+    FileAck = 0x73,
+    /// Reserved: file transfer cancelled.
+    FileCancel = 0x74,
+    /// Reserved: join a conference.
+    ConferenceJoin = 0x80,
+    /// Reserved: leave a conference.
+    ConferenceLeave = 0x81,
+    /// Reserved: the mixer changed.
+    ConferenceMixer = 0x82,
+    /// Reserved: presence update to a buddy.
+    PresenceUpdate = 0x90,
+    /// Reserved: signed, encrypted buddy list sync between a user's devices.
+    BuddyListSync = 0x91,
+}
+
+/// Why a session is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The application asked.
+    Normal,
+    /// The sender is shutting down.
+    Shutdown,
+    /// The peer broke the protocol.
+    ProtocolError,
+    /// Any other code (kept so newer peers' reasons round-trip).
+    Other(u8),
+}
+
+impl CloseReason {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Normal => 0,
+            Self::Shutdown => 1,
+            Self::ProtocolError => 2,
+            Self::Other(v) => v,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Normal,
+            1 => Self::Shutdown,
+            2 => Self::ProtocolError,
+            v => Self::Other(v),
+        }
+    }
+}
+
+/// A decoded control message, borrowing from the plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message<'a> {
+    /// See [`MessageType::KeepAlive`].
+    KeepAlive,
+    /// See [`MessageType::Ping`].
+    Ping {
+        /// Echoed in the pong.
+        id: u32,
+    },
+    /// See [`MessageType::Pong`].
+    Pong {
+        /// The ping's id.
+        id: u32,
+    },
+    /// See [`MessageType::Close`].
+    Close {
+        /// Why.
+        reason: CloseReason,
+    },
+    /// See [`MessageType::AppData`].
+    AppData(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// This message's type number.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Message::KeepAlive => MessageType::KeepAlive,
+            Message::Ping { .. } => MessageType::Ping,
+            Message::Pong { .. } => MessageType::Pong,
+            Message::Close { .. } => MessageType::Close,
+            Message::AppData(_) => MessageType::AppData,
+        }
+    }
+
+    /// Decode one message from a decrypted control envelope.
+    pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let raw = r.u8()?;
+        let ty = MessageType::from_u8(raw).ok_or(DecodeError::UnknownMessageType(raw))?;
+        let msg = match ty {
+            MessageType::KeepAlive => Message::KeepAlive,
+            MessageType::Ping => Message::Ping { id: r.u32()? },
+            MessageType::Pong => Message::Pong { id: r.u32()? },
+            MessageType::Close => Message::Close {
+                reason: CloseReason::from_u8(r.u8()?),
+            },
+            MessageType::AppData => {
+                let data = r.rest();
+                if data.len() > MAX_APP_DATA {
+                    return Err(DecodeError::TooLong {
+                        what: "app data",
+                        len: data.len(),
+                        max: MAX_APP_DATA,
+                    });
+                }
+                Message::AppData(data)
+            }
+            other => return Err(DecodeError::Unimplemented(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    /// Append the encoded message to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_u8(self.message_type() as u8);
+        match *self {
+            Message::KeepAlive => {}
+            Message::Ping { id } | Message::Pong { id } => out.put_u32(id),
+            Message::Close { reason } => out.put_u8(reason.to_u8()),
+            Message::AppData(data) => out.put_slice(data),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn type_numbers_are_unique_and_stable() {
+        let mut seen = std::collections::BTreeSet::new();
+        for t in MessageType::ALL {
+            assert!(seen.insert(*t as u8), "{t:?} reuses a number");
+            assert_eq!(MessageType::from_u8(*t as u8), Some(*t));
+        }
+        assert_eq!(MessageType::KeepAlive as u8, 0x01);
+        assert_eq!(MessageType::CallInvite as u8, 0x40);
+        assert_eq!(MessageType::ChatMessage as u8, 0x60);
+        assert_eq!(MessageType::FileChunk as u8, 0x72);
+        assert_eq!(MessageType::ConferenceJoin as u8, 0x80);
+    }
+
+    #[test]
+    fn reserved_types_are_typed_errors() {
+        assert_eq!(
+            Message::decode(&[0x40, 1, 2, 3]),
+            Err(DecodeError::Unimplemented(MessageType::CallInvite))
+        );
+        assert_eq!(
+            Message::decode(&[0xEE]),
+            Err(DecodeError::UnknownMessageType(0xEE))
+        );
+        assert_eq!(
+            Message::decode(&[0x01, 0]),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+
+    fn msg_strategy() -> impl Strategy<Value = (u8, u32, Vec<u8>)> {
+        (
+            0u8..5,
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..MAX_APP_DATA),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..1300)) {
+            let _ = Message::decode(&data);
+        }
+
+        #[test]
+        fn roundtrip((kind, n, data) in msg_strategy()) {
+            let m = match kind {
+                0 => Message::KeepAlive,
+                1 => Message::Ping { id: n },
+                2 => Message::Pong { id: n },
+                3 => Message::Close { reason: CloseReason::from_u8(n as u8) },
+                _ => Message::AppData(&data),
+            };
+            let mut buf = BytesMut::new();
+            m.encode(&mut buf);
+            prop_assert_eq!(Message::decode(&buf).unwrap(), m);
+        }
+    }
+}

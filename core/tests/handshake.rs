@@ -1,0 +1,458 @@
+//! Handshake and endpoint tests: every rejection case, IK and XX, replays, low-order keys.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natter_core::endpoint::{CloseCause, Endpoint, EndpointConfig, EndpointEvent};
+use natter_core::handshake::{Handshake, HandshakeError, InitMessage, LocalIdentity, Step};
+use natter_core::identity::{Authority, CertError, UnixTime, UserName};
+use natter_core::rng::Rng;
+use natter_core::sansio::{Destination, Input, Machine};
+use natter_core::testkit::{pump, TestNetwork, TEST_WALL};
+use natter_core::wire::packet::{Packet, Pattern, SessionIndex};
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([198, 18, 0, n], 4000))
+}
+
+/// Run a full handshake between two identities; returns the initiator's and responder's
+/// outcome.
+fn handshake(
+    a: LocalIdentity,
+    b: LocalIdentity,
+    ik: bool,
+    wall: UnixTime,
+) -> Result<(), HandshakeError> {
+    let now = Instant::now();
+    let mut rng = Rng::from_seed(3);
+    let rs = ik.then(|| b.device.dh_public());
+    let (mut init, m1) = Handshake::initiate(a, rs, 1, SessionIndex(1), &mut rng)?;
+    let Packet::HandshakeInit {
+        pattern,
+        sender,
+        noise,
+    } = Packet::decode(&m1).unwrap()
+    else {
+        panic!()
+    };
+    let init_msg = InitMessage {
+        pattern,
+        sender,
+        noise,
+    };
+    let (mut resp, step) = Handshake::respond(b, init_msg, SessionIndex(2), &mut rng, now, wall)?;
+    let m2 = match step {
+        Step::Send(m) => m,
+        Step::Done(Some(m), _) => m,
+        Step::Done(None, _) => panic!(),
+    };
+    let Packet::HandshakeResponse { sender, noise, .. } = Packet::decode(&m2).unwrap() else {
+        panic!()
+    };
+    match init.read_response(sender, noise, now, wall)? {
+        Step::Done(None, est) => {
+            assert!(ik);
+            assert_eq!(est.session.remote_index(), SessionIndex(2));
+            Ok(())
+        }
+        Step::Done(Some(m3), _) => {
+            let Packet::HandshakeFinal { noise, .. } = Packet::decode(&m3).unwrap() else {
+                panic!()
+            };
+            resp.read_final(noise, now, wall).map(|_| ())
+        }
+        Step::Send(_) => panic!("initiator never sends twice before done"),
+    }
+}
+
+#[test]
+fn xx_and_ik_complete() {
+    let net = TestNetwork::new(1);
+    handshake(net.identity("alice"), net.identity("bob"), false, TEST_WALL).unwrap();
+    handshake(net.identity("alice"), net.identity("bob"), true, TEST_WALL).unwrap();
+}
+
+#[test]
+fn expired_and_not_yet_valid_certificates_are_refused() {
+    let net = TestNetwork::new(1);
+    let late = UnixTime(TEST_WALL.0 + 2 * 86_400);
+    let early = UnixTime(TEST_WALL.0 - 2 * 86_400);
+    for ik in [false, true] {
+        assert_eq!(
+            handshake(net.identity("alice"), net.identity("bob"), ik, late),
+            Err(HandshakeError::Certificate(CertError::Expired))
+        );
+        assert_eq!(
+            handshake(net.identity("alice"), net.identity("bob"), ik, early),
+            Err(HandshakeError::Certificate(CertError::NotYetValid))
+        );
+    }
+}
+
+#[test]
+fn wrong_authority_is_refused() {
+    let net = TestNetwork::new(1);
+    let other = TestNetwork::new(2);
+    for ik in [false, true] {
+        // Bob's certificate comes from an authority Alice does not trust (XX: Alice refuses
+        // at message 2) and vice versa (IK: Bob refuses at message 1).
+        assert_eq!(
+            handshake(net.identity("alice"), other.identity("bob"), ik, TEST_WALL),
+            Err(HandshakeError::Certificate(CertError::UnknownAuthority))
+        );
+        assert_eq!(
+            handshake(other.identity("alice"), net.identity("bob"), ik, TEST_WALL),
+            Err(HandshakeError::Certificate(CertError::UnknownAuthority))
+        );
+    }
+}
+
+#[test]
+fn certificate_for_another_key_is_refused() {
+    let net = TestNetwork::new(1);
+    // Mallory presents Alice's (valid) certificate with her own Noise key.
+    let mut mallory = net.identity("mallory");
+    mallory.certificate = net.identity("alice").certificate;
+    for ik in [false, true] {
+        assert_eq!(
+            handshake(mallory.clone(), net.identity("bob"), ik, TEST_WALL),
+            Err(HandshakeError::Certificate(CertError::WrongKey))
+        );
+        assert_eq!(
+            handshake(net.identity("bob"), mallory.clone(), false, TEST_WALL),
+            Err(HandshakeError::Certificate(CertError::WrongKey))
+        );
+    }
+}
+
+#[test]
+fn tampered_certificate_is_refused() {
+    let net = TestNetwork::new(1);
+    let mut bob = net.identity("bob");
+    bob.certificate.not_after = UnixTime(u64::MAX);
+    assert_eq!(
+        handshake(net.identity("alice"), bob.clone(), false, TEST_WALL),
+        Err(HandshakeError::Certificate(CertError::BadSignature))
+    );
+    let mut bob2 = net.identity("bob");
+    bob2.certificate.user = UserName::parse("admin").unwrap();
+    assert_eq!(
+        handshake(net.identity("alice"), bob2, false, TEST_WALL),
+        Err(HandshakeError::Certificate(CertError::BadSignature))
+    );
+}
+
+#[test]
+fn forged_certificate_from_own_authority_key_id_is_refused() {
+    let net = TestNetwork::new(1);
+    let mut rng = Rng::from_seed(99);
+    let rogue = Authority::generate(&mut rng);
+    let mut bob = net.identity("bob");
+    let mut forged = rogue.certify(
+        &bob.certificate.user,
+        bob.device.dh_public(),
+        bob.device.signing_public(),
+        UnixTime(0),
+        UnixTime(u64::MAX),
+    );
+    forged.authority = bob.certificate.authority;
+    bob.certificate = forged;
+    assert_eq!(
+        handshake(net.identity("alice"), bob, false, TEST_WALL),
+        Err(HandshakeError::Certificate(CertError::BadSignature))
+    );
+}
+
+#[test]
+fn ik_to_the_wrong_static_key_fails() {
+    let net = TestNetwork::new(1);
+    let alice = net.identity("alice");
+    let bob = net.identity("bob");
+    let carol = net.identity("carol");
+    let now = Instant::now();
+    let mut rng = Rng::from_seed(3);
+    // Alice believes Carol's key is Bob's.
+    let (_, m1) = Handshake::initiate(
+        alice,
+        Some(carol.device.dh_public()),
+        1,
+        SessionIndex(1),
+        &mut rng,
+    )
+    .unwrap();
+    let Packet::HandshakeInit {
+        pattern,
+        sender,
+        noise,
+    } = Packet::decode(&m1).unwrap()
+    else {
+        panic!()
+    };
+    let r = Handshake::respond(
+        bob,
+        InitMessage {
+            pattern,
+            sender,
+            noise,
+        },
+        SessionIndex(2),
+        &mut rng,
+        now,
+        TEST_WALL,
+    );
+    assert!(matches!(r, Err(HandshakeError::Noise(_))));
+}
+
+#[test]
+fn low_order_points_are_rejected() {
+    let net = TestNetwork::new(1);
+    let bob = net.identity("bob");
+    let now = Instant::now();
+    let mut rng = Rng::from_seed(3);
+    // Known low-order points on Curve25519 (the identity, a point of order 8, ...).
+    let low_order: [[u8; 32]; 3] = [
+        [0; 32],
+        {
+            let mut p = [0u8; 32];
+            p[0] = 1;
+            p
+        },
+        [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
+            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
+            0x5f, 0x49, 0xb8, 0x00,
+        ],
+    ];
+    for point in low_order {
+        // An XX message 1 is just the initiator's ephemeral key: forge it as a low-order point.
+        let r = Handshake::respond(
+            bob.clone(),
+            InitMessage {
+                pattern: Pattern::Xx,
+                sender: SessionIndex(1),
+                noise: &point,
+            },
+            SessionIndex(2),
+            &mut rng,
+            now,
+            TEST_WALL,
+        );
+        // Message 1 only mixes the key in; the responder's "ee" DH on writing message 2 is
+        // where the non-contributory result is caught.
+        assert!(
+            matches!(r, Err(HandshakeError::LowOrderPoint)),
+            "low-order point accepted: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn garbage_handshake_messages_are_errors() {
+    let net = TestNetwork::new(1);
+    let now = Instant::now();
+    let mut rng = Rng::from_seed(5);
+    for len in [1usize, 31, 32, 33, 48, 96, 200, 1000] {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        for pattern in [Pattern::Xx, Pattern::Ik] {
+            let r = Handshake::respond(
+                net.identity("bob"),
+                InitMessage {
+                    pattern,
+                    sender: SessionIndex(1),
+                    noise: &junk,
+                },
+                SessionIndex(2),
+                &mut rng,
+                now,
+                TEST_WALL,
+            );
+            if pattern == Pattern::Ik || len != 32 {
+                assert!(r.is_err(), "{pattern:?} {len}");
+            }
+        }
+    }
+}
+
+fn connected(events: &[EndpointEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, EndpointEvent::Connected { .. }))
+        .count()
+}
+
+#[test]
+fn endpoints_connect_exchange_and_close() {
+    let net = TestNetwork::new(1);
+    let now = Instant::now();
+    let mut a = net.endpoint("alice", now);
+    let mut b = net.endpoint("bob", now);
+    let conn = a.connect(now, Destination::Udp(addr(2)), None).unwrap();
+    let (ea, eb) = pump(&mut a, addr(1), &mut b, addr(2), now);
+    assert_eq!(connected(&ea), 1, "{ea:?}");
+    assert_eq!(connected(&eb), 1, "{eb:?}");
+    let EndpointEvent::Connected { peer, .. } = &eb[0] else {
+        panic!()
+    };
+    assert_eq!(peer.certificate.user.as_str(), "alice");
+    a.send(now, conn, b"hello bob").unwrap();
+    a.send_media(now, conn, b"frame").unwrap();
+    a.ping(now, conn).unwrap();
+    let (ea, eb) = pump(&mut a, addr(1), &mut b, addr(2), now);
+    assert!(eb
+        .iter()
+        .any(|e| matches!(e, EndpointEvent::Data { data, .. } if &data[..] == b"hello bob")));
+    assert!(eb
+        .iter()
+        .any(|e| matches!(e, EndpointEvent::Media { data, .. } if &data[..] == b"frame")));
+    assert!(ea.iter().any(|e| matches!(e, EndpointEvent::Pong { .. })));
+    a.close(now, conn);
+    let (_, eb) = pump(&mut a, addr(1), &mut b, addr(2), now);
+    assert!(eb.iter().any(|e| matches!(
+        e,
+        EndpointEvent::Closed {
+            cause: CloseCause::Remote(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn ik_connect_and_replayed_ik_initiation_is_refused() {
+    let net = TestNetwork::new(1);
+    let now = Instant::now();
+    let mut a = net.endpoint("alice", now);
+    let mut b = net.endpoint("bob", now);
+    let bob_key = net.identity("bob").device.dh_public();
+    a.connect(now, Destination::Udp(addr(2)), Some(bob_key))
+        .unwrap();
+    let m1 = a.poll_transmit().unwrap();
+    let feed = |b: &mut Endpoint, data: &[u8]| {
+        b.handle_input(
+            now,
+            Input::Datagram {
+                source: addr(1),
+                local: addr(2),
+                data,
+            },
+        )
+    };
+    feed(&mut b, &m1.payload);
+    assert_eq!(
+        connected(&std::iter::from_fn(|| b.poll_event()).collect::<Vec<_>>()),
+        1
+    );
+    // The same message 1 again: no second session.
+    feed(&mut b, &m1.payload);
+    assert_eq!(b.poll_event(), None);
+    assert_eq!(b.stats().handshake_replays, 1);
+    assert_eq!(b.connections().count(), 1);
+}
+
+#[test]
+fn handshake_survives_loss_by_retransmission_and_idle_sessions_time_out() {
+    let net = TestNetwork::new(1);
+    let t0 = Instant::now();
+    let mut a = net.endpoint("alice", t0);
+    let mut b = net.endpoint("bob", t0);
+    a.connect(t0, Destination::Udp(addr(2)), None).unwrap();
+    // Lose the first initiation.
+    assert!(a.poll_transmit().is_some());
+    let t1 = a.poll_timeout().unwrap();
+    assert_eq!(t1, t0 + Duration::from_millis(250));
+    a.handle_timeout(t1);
+    let (ea, eb) = pump(&mut a, addr(1), &mut b, addr(2), t1);
+    assert_eq!((connected(&ea), connected(&eb)), (1, 1));
+    // Keep-alives flow after 20 s of silence, and B alone going silent kills A's session
+    // after 60 s.
+    let t2 = t1 + Duration::from_secs(20);
+    a.handle_timeout(t2);
+    let ka = a.poll_transmit().expect("keep-alive");
+    assert!(
+        ka.payload.len() < 40,
+        "keep-alives are small: {}",
+        ka.payload.len()
+    );
+    let t3 = t1 + Duration::from_secs(61);
+    a.handle_timeout(t3);
+    let ev: Vec<_> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        EndpointEvent::Closed {
+            cause: CloseCause::Timeout,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn connect_times_out_when_nobody_answers() {
+    let net = TestNetwork::new(1);
+    let mut now = Instant::now();
+    let mut a = net.endpoint("alice", now);
+    let conn = a.connect(now, Destination::Udp(addr(2)), None).unwrap();
+    let mut sent = 0;
+    let mut failed = false;
+    for _ in 0..20 {
+        while a.poll_transmit().is_some() {
+            sent += 1;
+        }
+        if let Some(ev) = a.poll_event() {
+            assert_eq!(
+                ev,
+                EndpointEvent::ConnectFailed {
+                    conn,
+                    error: natter_core::endpoint::ConnectError::Timeout
+                }
+            );
+            failed = true;
+            break;
+        }
+        match a.poll_timeout() {
+            Some(t) => {
+                now = t;
+                a.handle_timeout(now);
+            }
+            None => break,
+        }
+    }
+    assert!(failed);
+    assert_eq!(sent, 6);
+}
+
+#[test]
+fn garbage_and_unknown_sessions_are_counted_not_fatal() {
+    let net = TestNetwork::new(1);
+    let now = Instant::now();
+    let mut a = net.endpoint("alice", now);
+    let mut b = net.endpoint("bob", now);
+    let conn = a.connect(now, Destination::Udp(addr(2)), None).unwrap();
+    pump(&mut a, addr(1), &mut b, addr(2), now);
+    let mut rng = Rng::from_seed(11);
+    for i in 0..2000u32 {
+        let mut junk = vec![0u8; (i % 300) as usize];
+        rng.fill(&mut junk);
+        if i % 3 == 0 && !junk.is_empty() {
+            junk[0] = 0x51; // look like a control packet
+        }
+        b.handle_input(
+            now,
+            Input::Datagram {
+                source: addr(9),
+                local: addr(2),
+                data: &junk,
+            },
+        );
+    }
+    let s = b.stats();
+    assert!(
+        s.dropped_not_natter
+            + s.dropped_malformed
+            + s.dropped_unknown_session
+            + s.handshake_failures
+            > 0
+    );
+    a.send(now, conn, b"still works").unwrap();
+    let (_, eb) = pump(&mut a, addr(1), &mut b, addr(2), now);
+    assert!(eb.iter().any(|e| matches!(e, EndpointEvent::Data { .. })));
+    let _ = EndpointConfig::new;
+}

@@ -1,0 +1,15 @@
+//! # natter-overlay
+//!
+//! The super-node (SN) role of Natter, sans-IO like `natter-core`: the distributed global
+//! index, search routing, the media relay and NAT-behaviour probing that SNs serve to ordinary
+//! nodes. Any node can take this role; promotion is measured, not configured.
+//!
+//! Layering: this crate depends on `natter-core` only and, like it, performs no I/O. A test in
+//! the workspace (`transport/tests/layering.rs`) fails if it gains an I/O dependency.
+//!
+//! The SN machines land with the overlay, index and relay issues; the
+//! [`natter_core::sansio::Machine`] contract they implement is already fixed.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub use natter_core::sansio::Machine;
