@@ -1,0 +1,696 @@
+//! The simulator proper: types, event queue, machines and run control. Topology and links,
+//! datagram routing through NATs, and streams live in submodules.
+
+mod datagram;
+mod streams;
+mod topology;
+
+use std::any::Any;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use natter_core::sansio::{Destination, Input, Machine, Protocol, StreamId, Transmit};
+
+use crate::config::SimConfig;
+use crate::link::LinkConfig;
+use crate::nat::{MappingInfo, NatConfig, NatRefusal, NatState};
+use crate::rng::SimRng;
+use crate::stream::{StreamEnd, StreamInfo, StreamStatus};
+use crate::trace::{
+    CapturePoint, Captured, Counters, DropReason, Trace, TraceEntry, TraceKind, Verdict,
+};
+
+/// Hops a packet may take before it is dropped as looping.
+const MAX_TTL: u8 = 64;
+/// First ephemeral port used for outbound streams.
+const EPHEMERAL_START: u16 = 49152;
+
+/// Identifies a host in a [`Sim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostId(usize);
+
+impl HostId {
+    /// The host's index, in order of creation.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// Identifies a NAT box in a [`Sim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NatId(usize);
+
+impl NatId {
+    /// The NAT's index, in order of creation.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// Something attached to a network: a host, or a NAT box (which is attached to its outside
+/// network with its external address, and acts as the gateway of its inside LAN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    /// A host.
+    Host(HostId),
+    /// A NAT box.
+    Nat(NatId),
+}
+
+impl From<HostId> for Node {
+    fn from(h: HostId) -> Self {
+        Node::Host(h)
+    }
+}
+
+impl From<NatId> for Node {
+    fn from(n: NatId) -> Self {
+        Node::Nat(n)
+    }
+}
+
+/// An address space: the public internet, or the private LAN behind a NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Network {
+    /// The public internet.
+    Internet,
+    /// The inside of a NAT box.
+    Lan(NatId),
+}
+
+/// A point in virtual time: either an [`Instant`] handed out by the simulator or a
+/// [`Duration`] since the simulation started.
+pub trait Deadline {
+    /// The offset of this deadline from `base`, the simulation start (saturating at zero).
+    fn offset_from(self, base: Instant) -> Duration;
+}
+
+impl Deadline for Duration {
+    fn offset_from(self, _base: Instant) -> Duration {
+        self
+    }
+}
+
+impl Deadline for Instant {
+    fn offset_from(self, base: Instant) -> Duration {
+        self.saturating_duration_since(base)
+    }
+}
+
+/// A [`Machine`] that can also be downcast to its concrete type.
+trait AnyMachine<E>: Machine<Event = E> {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn as_machine_mut(&mut self) -> &mut dyn Machine<Event = E>;
+}
+
+impl<E, T: Machine<Event = E> + Any> AnyMachine<E> for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn as_machine_mut(&mut self) -> &mut dyn Machine<Event = E> {
+        self
+    }
+}
+
+/// A callback that sees every datagram a machine sends and decides its fate.
+type Interceptor = Box<dyn FnMut(&Captured) -> Verdict>;
+
+struct Host<E> {
+    name: String,
+    network: Network,
+    addrs: Vec<SocketAddr>,
+    machine: Box<dyn AnyMachine<E>>,
+    events: Vec<(Duration, E)>,
+    timer: Option<Duration>,
+    timer_gen: u64,
+    udp_blocked: bool,
+    next_ephemeral: u16,
+}
+
+struct Nat {
+    name: String,
+    network: Network,
+    lan: BTreeMap<IpAddr, Node>,
+    state: NatState,
+}
+
+/// What a packet carries.
+#[derive(Clone)]
+enum Body {
+    Datagram(Bytes),
+    /// A stream connection attempt. `route` accumulates the networks crossed so far.
+    Syn {
+        stream: StreamId,
+        sent_at: Duration,
+        route: Vec<Traversal>,
+    },
+}
+
+#[derive(Clone)]
+struct Packet {
+    src: SocketAddr,
+    dst: SocketAddr,
+    body: Body,
+    ttl: u8,
+}
+
+impl Packet {
+    fn protocol(&self) -> Protocol {
+        match self.body {
+            Body::Datagram(_) => Protocol::Udp,
+            Body::Syn { .. } => Protocol::Tcp,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.body {
+            Body::Datagram(b) => b.len(),
+            Body::Syn { .. } => 0,
+        }
+    }
+}
+
+/// One crossing of a network, from one node to another: the unit of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Traversal {
+    network: Network,
+    from: Option<Node>,
+    to: Node,
+}
+
+/// Where a packet in flight arrives.
+#[derive(Clone, Copy)]
+enum Hop {
+    Host(HostId),
+    /// The LAN side of a NAT: outbound processing.
+    NatInside(NatId),
+    /// The external side of a NAT: inbound processing.
+    NatOutside(NatId),
+}
+
+enum Action {
+    Timer {
+        host: HostId,
+        gen: u64,
+    },
+    Arrive {
+        hop: Hop,
+        packet: Packet,
+    },
+    StreamEstablished {
+        stream: StreamId,
+        peer: StreamId,
+        route: Vec<Traversal>,
+    },
+    StreamFailed {
+        stream: StreamId,
+    },
+    StreamData {
+        stream: StreamId,
+        data: Bytes,
+    },
+    StreamFin {
+        stream: StreamId,
+    },
+}
+
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    action: Action,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at && self.seq == other.seq
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    /// Reversed, so that the max-heap pops the earliest `(at, seq)` first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .at
+            .cmp(&self.at)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+/// A deterministic discrete-event network simulator driving sans-IO [`Machine`]s.
+///
+/// See the [crate documentation](crate) for the model. All machines in one simulator share
+/// the event type `E` (use an enum to mix machine types).
+pub struct Sim<E> {
+    config: SimConfig,
+    base: Instant,
+    now: Duration,
+    steps_at_now: u64,
+    rng: SimRng,
+    queue: BinaryHeap<Scheduled>,
+    seq: u64,
+    hosts: Vec<Host<E>>,
+    nats: Vec<Nat>,
+    internet: BTreeMap<IpAddr, Node>,
+    links: BTreeMap<(Node, Node), LinkConfig>,
+    access: BTreeMap<Node, LinkConfig>,
+    streams: BTreeMap<StreamId, StreamEnd>,
+    next_stream: u64,
+    trace: Trace,
+    captured: Vec<Captured>,
+    interceptor: Option<Interceptor>,
+}
+
+impl<E> fmt::Debug for Sim<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sim")
+            .field("now", &self.now)
+            .field("hosts", &self.hosts.len())
+            .field("nats", &self.nats.len())
+            .field("queued", &self.queue.len())
+            .field("digest", &format_args!("{:016x}", self.trace.digest()))
+            .finish()
+    }
+}
+
+impl<E: 'static> Sim<E> {
+    /// A simulator whose virtual clock starts at `Instant::now()`.
+    ///
+    /// The start instant is the only thing read from the real clock; every later instant is
+    /// `start + offset`, and all scheduling works on offsets, so runs are reproducible.
+    pub fn new(config: SimConfig) -> Self {
+        Self::with_start(config, Instant::now())
+    }
+
+    /// A simulator whose virtual clock starts at `start`.
+    pub fn with_start(config: SimConfig, start: Instant) -> Self {
+        Sim {
+            rng: SimRng::new(config.seed),
+            trace: Trace::new(config.record_trace),
+            config,
+            base: start,
+            now: Duration::ZERO,
+            steps_at_now: 0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            hosts: Vec::new(),
+            nats: Vec::new(),
+            internet: BTreeMap::new(),
+            links: BTreeMap::new(),
+            access: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            next_stream: 1,
+            captured: Vec::new(),
+            interceptor: None,
+        }
+    }
+
+    /// The configuration the simulator was built with.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Clock
+    // ----------------------------------------------------------------------------------------
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.base + self.now
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now
+    }
+
+    /// The instant the simulation started at.
+    pub fn start(&self) -> Instant {
+        self.base
+    }
+
+    /// The instant `offset` after the start.
+    pub fn instant(&self, offset: Duration) -> Instant {
+        self.base + offset
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Machines and events
+    // ----------------------------------------------------------------------------------------
+
+    /// Runs an application command on `host`'s machine, then drains its outputs.
+    ///
+    /// `f` gets the machine, downcast to `M`, and the current instant.
+    ///
+    /// # Panics
+    ///
+    /// If the machine is not an `M`.
+    pub fn with_machine<M, R>(&mut self, host: HostId, f: impl FnOnce(&mut M, Instant) -> R) -> R
+    where
+        M: Machine<Event = E> + 'static,
+    {
+        let now = self.now();
+        let machine = self.hosts[host.0]
+            .machine
+            .as_any_mut()
+            .downcast_mut::<M>()
+            .unwrap_or_else(|| panic!("{host:?} does not run a {}", std::any::type_name::<M>()));
+        let r = f(machine, now);
+        self.drain(host);
+        r
+    }
+
+    /// Like [`with_machine`](Self::with_machine), without downcasting.
+    pub fn with_dyn_machine<R>(
+        &mut self,
+        host: HostId,
+        f: impl FnOnce(&mut dyn Machine<Event = E>, Instant) -> R,
+    ) -> R {
+        let now = self.now();
+        let r = f(self.hosts[host.0].machine.as_machine_mut(), now);
+        self.drain(host);
+        r
+    }
+
+    /// Read-only access to `host`'s machine.
+    ///
+    /// # Panics
+    ///
+    /// If the machine is not an `M`.
+    pub fn machine<M: 'static>(&self, host: HostId) -> &M {
+        self.hosts[host.0]
+            .machine
+            .as_any()
+            .downcast_ref::<M>()
+            .unwrap_or_else(|| panic!("{host:?} does not run a {}", std::any::type_name::<M>()))
+    }
+
+    /// The events `host`'s machine has reported, with the offset at which each was polled.
+    pub fn events(&self, host: HostId) -> &[(Duration, E)] {
+        &self.hosts[host.0].events
+    }
+
+    /// Removes and returns the events `host`'s machine has reported.
+    pub fn take_events(&mut self, host: HostId) -> Vec<(Duration, E)> {
+        std::mem::take(&mut self.hosts[host.0].events)
+    }
+
+    /// Drains `host`'s machine in the order of the sans-IO contract: transmits, events, then
+    /// the timer, repeated until nothing new appears.
+    fn drain(&mut self, host: HostId) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.hosts[host.0].machine.poll_transmit() {
+                progressed = true;
+                self.on_transmit(host, t);
+            }
+            while let Some(e) = self.hosts[host.0].machine.poll_event() {
+                progressed = true;
+                let now = self.now;
+                self.hosts[host.0].events.push((now, e));
+            }
+            self.arm_timer(host);
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn arm_timer(&mut self, host: HostId) {
+        let base = self.base;
+        let now = self.now;
+        let h = &mut self.hosts[host.0];
+        let deadline = h
+            .machine
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(base).max(now));
+        if deadline != h.timer {
+            h.timer = deadline;
+            h.timer_gen += 1;
+            let gen = h.timer_gen;
+            if let Some(at) = deadline {
+                self.schedule(at, Action::Timer { host, gen });
+            }
+        }
+    }
+
+    fn deliver(&mut self, host: HostId, input: Input<'_>) {
+        let now = self.now();
+        self.hosts[host.0].machine.handle_input(now, input);
+        self.drain(host);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Trace and capture
+    // ----------------------------------------------------------------------------------------
+
+    /// The trace so far.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// Mutable access to the trace (to [`clear_entries`](Trace::clear_entries)).
+    pub fn trace_mut(&mut self) -> &mut Trace {
+        &mut self.trace
+    }
+
+    /// Shorthand for `self.trace().digest()`.
+    pub fn digest(&self) -> u64 {
+        self.trace.digest()
+    }
+
+    /// Shorthand for `self.trace().counters()`.
+    pub fn counters(&self) -> &Counters {
+        self.trace.counters()
+    }
+
+    /// The capture log (empty unless [`SimConfig::capture`] or
+    /// [`set_capture`](Self::set_capture) turned it on).
+    pub fn captured(&self) -> &[Captured] {
+        &self.captured
+    }
+
+    /// Removes and returns the capture log.
+    pub fn take_captured(&mut self) -> Vec<Captured> {
+        std::mem::take(&mut self.captured)
+    }
+
+    /// Turns the capture log on or off.
+    pub fn set_capture(&mut self, on: bool) {
+        self.config.capture = on;
+    }
+
+    /// Installs a callback that sees every datagram a machine sends (before any firewall or
+    /// NAT, as a [`Captured`] with [`CapturePoint::Sent`]) and may drop or rewrite it.
+    /// Injected datagrams bypass it.
+    pub fn set_interceptor(&mut self, f: impl FnMut(&Captured) -> Verdict + 'static) {
+        self.interceptor = Some(Box::new(f));
+    }
+
+    /// Removes the interceptor.
+    pub fn clear_interceptor(&mut self) {
+        self.interceptor = None;
+    }
+
+    fn record(
+        &mut self,
+        kind: TraceKind,
+        protocol: Protocol,
+        src: SocketAddr,
+        dst: SocketAddr,
+        len: usize,
+    ) {
+        self.trace.record(TraceEntry {
+            at: self.now,
+            kind,
+            protocol,
+            src,
+            dst,
+            len,
+        });
+    }
+
+    fn capture(
+        &mut self,
+        point: CapturePoint,
+        host: Option<HostId>,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &Bytes,
+    ) {
+        if self.config.capture {
+            self.captured.push(Captured {
+                at: self.now,
+                point,
+                host,
+                src,
+                dst,
+                payload: payload.clone(),
+            });
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Run control
+    // ----------------------------------------------------------------------------------------
+
+    fn schedule(&mut self, at: Duration, action: Action) {
+        let seq = self.seq;
+        self.seq += 1;
+        self.queue.push(Scheduled { at, seq, action });
+    }
+
+    /// Drops timer events that were superseded by a later re-arm.
+    fn purge_stale(&mut self) {
+        while let Some(top) = self.queue.peek() {
+            match top.action {
+                Action::Timer { host, gen } if self.hosts[host.0].timer_gen != gen => {
+                    self.queue.pop();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// When the next event is due, if any.
+    pub fn next_event_time(&mut self) -> Option<Instant> {
+        self.purge_stale();
+        self.queue.peek().map(|s| self.base + s.at)
+    }
+
+    /// Processes the next event, advancing the clock to it. Returns `false` when nothing is
+    /// left to do.
+    ///
+    /// # Panics
+    ///
+    /// After [`SimConfig::max_steps_per_instant`] consecutive steps at the same instant.
+    pub fn step(&mut self) -> bool {
+        self.purge_stale();
+        let Some(s) = self.queue.pop() else {
+            return false;
+        };
+        if s.at > self.now {
+            self.now = s.at;
+            self.steps_at_now = 0;
+        } else {
+            self.steps_at_now += 1;
+            assert!(
+                self.steps_at_now <= self.config.max_steps_per_instant,
+                "livelock: {} steps at {:?} without time advancing",
+                self.steps_at_now,
+                self.now
+            );
+        }
+        self.process(s.action);
+        true
+    }
+
+    /// Processes every event due at or before `deadline`, then sets the clock to `deadline`
+    /// (if it is in the future).
+    pub fn run_until(&mut self, deadline: impl Deadline) {
+        let deadline = deadline.offset_from(self.base);
+        loop {
+            self.purge_stale();
+            match self.queue.peek() {
+                Some(s) if s.at <= deadline => {
+                    self.step();
+                }
+                _ => break,
+            }
+        }
+        if deadline > self.now {
+            self.now = deadline;
+            self.steps_at_now = 0;
+        }
+    }
+
+    /// Runs for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) {
+        let deadline = self.now.saturating_add(duration);
+        self.run_until(deadline);
+    }
+
+    /// Runs until no event is left, or `max_steps` steps were taken. Returns `true` if the
+    /// simulation went idle (machines with periodic timers never do).
+    pub fn run_until_idle(&mut self, max_steps: u64) -> bool {
+        for _ in 0..max_steps {
+            if !self.step() {
+                return true;
+            }
+        }
+        self.purge_stale();
+        self.queue.is_empty()
+    }
+
+    /// Steps until `done(self)` holds or virtual time would pass `limit` (relative to now).
+    /// Returns whether `done` held.
+    pub fn run_until_cond(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
+        let deadline = self.now.saturating_add(limit);
+        loop {
+            if done(self) {
+                return true;
+            }
+            self.purge_stale();
+            match self.queue.peek() {
+                Some(s) if s.at <= deadline => {
+                    self.step();
+                }
+                _ => {
+                    self.run_until(deadline);
+                    return done(self);
+                }
+            }
+        }
+    }
+
+    fn process(&mut self, action: Action) {
+        match action {
+            Action::Timer { host, gen } => {
+                let h = &mut self.hosts[host.0];
+                if h.timer_gen != gen {
+                    return;
+                }
+                h.timer = None;
+                let now = self.now();
+                self.hosts[host.0].machine.handle_timeout(now);
+                self.drain(host);
+            }
+            Action::Arrive { hop, packet } => match hop {
+                Hop::Host(h) => self.arrive_host(h, packet),
+                Hop::NatInside(n) => self.nat_outbound(n, packet),
+                Hop::NatOutside(n) => self.nat_inbound(n, packet),
+            },
+            Action::StreamEstablished {
+                stream,
+                peer,
+                route,
+            } => self.stream_established(stream, peer, route),
+            Action::StreamFailed { stream } => self.stream_failed(stream),
+            Action::StreamData { stream, data } => self.stream_data(stream, data),
+            Action::StreamFin { stream } => self.stream_fin(stream),
+        }
+    }
+}
+
+fn ordered(a: Node, b: Node) -> (Node, Node) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
