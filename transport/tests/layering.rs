@@ -1,0 +1,192 @@
+//! The layering rule, enforced: `natter-core` and `natter-overlay` depend on no I/O crate
+//! (sockets, event loops, threads runtimes, OS randomness, databases, audio devices), and their
+//! sources never read the clock or touch the OS. See ARCHITECTURE.md, "Layers".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+/// Crates that do I/O (or pull the OS in) and must never be reachable from core or overlay.
+const FORBIDDEN: &[&str] = &[
+    "mio",
+    "tokio",
+    "async-std",
+    "smol",
+    "async-io",
+    "polling",
+    "socket2",
+    "nix",
+    "getrandom",
+    "rustls",
+    "hyper",
+    "reqwest",
+    "ureq",
+    "rusqlite",
+    "postgres",
+    "cpal",
+    "alsa",
+    "audiopus",
+    "natter-transport",
+    "natter-media",
+    "natter-ffi",
+    "natter-cli",
+    "natter-sim",
+];
+
+/// Allowed workspace arrows: each crate may depend only on crates below it.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("natter-core", &[]),
+    ("natter-overlay", &["natter-core"]),
+    ("natter-transport", &["natter-core", "natter-overlay"]),
+    ("natter-media", &["natter-core"]),
+    ("natter-sim", &["natter-core", "natter-overlay"]),
+];
+
+fn metadata() -> serde_json::Value {
+    let host = String::from_utf8(
+        Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+            .arg("-vV")
+            .output()
+            .expect("rustc runs")
+            .stdout,
+    )
+    .unwrap();
+    let triple = host
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("host triple")
+        .to_string();
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &triple,
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// `ring` is used by core for its ChaCha20-Poly1305 only (see ARCHITECTURE.md, "Why ring for
+/// the data plane"); its `getrandom` dependency serves `ring::rand`, which the source scan below
+/// bans. So the walk does not descend into ring.
+const OPAQUE: &[&str] = &["ring"];
+
+/// Names of every crate reachable from `root` through normal (non-dev, non-build) edges.
+fn normal_closure(meta: &serde_json::Value, root: &str) -> BTreeSet<String> {
+    let packages: BTreeMap<String, String> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let nodes: BTreeMap<String, &serde_json::Value> = meta["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_string(), n))
+        .collect();
+    let root_id = packages
+        .iter()
+        .find(|(_, name)| name.as_str() == root)
+        .map(|(id, _)| id.clone())
+        .expect("root package");
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root_id];
+    while let Some(id) = stack.pop() {
+        for dep in nodes[&id]["deps"].as_array().unwrap() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null());
+            let dep_id = dep["pkg"].as_str().unwrap().to_string();
+            let name = packages[&dep_id].clone();
+            if normal && seen.insert(name.clone()) && !OPAQUE.contains(&name.as_str()) {
+                stack.push(dep_id);
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn core_and_overlay_have_no_io_dependencies() {
+    let meta = metadata();
+    for root in ["natter-core", "natter-overlay"] {
+        let deps = normal_closure(&meta, root);
+        let bad: Vec<_> = FORBIDDEN.iter().filter(|f| deps.contains(**f)).collect();
+        assert!(bad.is_empty(), "{root} depends on I/O crates {bad:?}");
+    }
+}
+
+#[test]
+fn workspace_arrows_point_down() {
+    let meta = metadata();
+    for (krate, allowed) in ALLOWED {
+        let deps = normal_closure(&meta, krate);
+        for d in deps.iter().filter(|d| d.starts_with("natter-")) {
+            assert!(
+                allowed.contains(&d.as_str()),
+                "{krate} must not depend on {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sans_io_sources_never_touch_the_os() {
+    const BANNED: &[&str] = &[
+        "Instant::now",
+        "SystemTime",
+        "std::net::UdpSocket",
+        "std::net::TcpStream",
+        "std::net::TcpListener",
+        "std::thread",
+        "std::fs",
+        "std::env",
+        "thread_local!",
+        "static mut",
+        "OsRng",
+        "ring::rand",
+        "getrandom",
+    ];
+    for dir in ["core/src", "overlay/src"] {
+        let mut stack = vec![workspace_root().join(dir)];
+        while let Some(p) = stack.pop() {
+            if p.is_dir() {
+                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                // Unit tests (the `#[cfg(test)]` module that ends each file) may use a real
+                // `Instant` as an arbitrary origin; library code may not.
+                let code = text.split("#[cfg(test)]").next().unwrap_or("");
+                for b in BANNED {
+                    // Doc comments may mention these words; code may not.
+                    let hit = code
+                        .lines()
+                        .filter(|l| !l.trim_start().starts_with("//"))
+                        .any(|l| l.contains(b));
+                    assert!(!hit, "{} uses {b}", p.display());
+                }
+            }
+        }
+    }
+}
