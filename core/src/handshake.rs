@@ -561,3 +561,47 @@ impl Drop for X25519 {
         self.secret = [0; 32];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::TestNetwork;
+    use proptest::prelude::{any, proptest};
+
+    proptest! {
+        #[test]
+        fn payload_decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = HandshakePayload::decode(&data);
+        }
+
+        #[test]
+        fn payload_roundtrip(min in 0u8..4, extra in 0u8..4, caps in any::<u32>(), ts in any::<u64>()) {
+            let certificate = TestNetwork::new(1).identity("alice").certificate;
+            let p = HandshakePayload {
+                min_version: min,
+                max_version: min + extra,
+                capabilities: Capabilities(caps),
+                timestamp: ts,
+                certificate,
+            };
+            let mut b = BytesMut::new();
+            p.encode(&mut b);
+            assert_eq!(HandshakePayload::decode(&b).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn inverted_version_range_is_refused() {
+        let certificate = TestNetwork::new(1).identity("alice").certificate;
+        let mut b = BytesMut::new();
+        HandshakePayload {
+            min_version: 2,
+            max_version: 1,
+            capabilities: Capabilities::VOICE,
+            timestamp: 0,
+            certificate,
+        }
+        .encode(&mut b);
+        assert!(HandshakePayload::decode(&b).is_err());
+    }
+}

@@ -392,7 +392,7 @@ fn connect_times_out_when_nobody_answers() {
     let conn = a.connect(now, Destination::Udp(addr(2)), None).unwrap();
     let mut sent = 0;
     let mut failed = false;
-    for _ in 0..20 {
+    for _ in 0..30 {
         while a.poll_transmit().is_some() {
             sent += 1;
         }
@@ -416,7 +416,7 @@ fn connect_times_out_when_nobody_answers() {
         }
     }
     assert!(failed);
-    assert_eq!(sent, 6);
+    assert_eq!(sent, 10);
 }
 
 #[test]
@@ -455,4 +455,52 @@ fn garbage_and_unknown_sessions_are_counted_not_fatal() {
     let (_, eb) = pump(&mut a, addr(1), &mut b, addr(2), now);
     assert!(eb.iter().any(|e| matches!(e, EndpointEvent::Data { .. })));
     let _ = EndpointConfig::new;
+}
+
+#[test]
+fn ik_recovers_when_the_response_is_lost() {
+    let net = TestNetwork::new(1);
+    let t0 = Instant::now();
+    let mut a = net.endpoint("alice", t0);
+    let mut b = net.endpoint("bob", t0);
+    let bob_key = net.identity("bob").device.dh_public();
+    let conn = a
+        .connect(t0, Destination::Udp(addr(2)), Some(bob_key))
+        .unwrap();
+    let m1 = a.poll_transmit().unwrap();
+    b.handle_input(
+        t0,
+        Input::Datagram {
+            source: addr(1),
+            local: addr(2),
+            data: &m1.payload,
+        },
+    );
+    // Bob answers, but the answer is lost.
+    assert!(b.poll_transmit().is_some());
+    assert_eq!(
+        connected(&std::iter::from_fn(|| b.poll_event()).collect::<Vec<_>>()),
+        1
+    );
+    // Alice retries with a fresh initiation, which is not a replay.
+    let t1 = a.poll_timeout().unwrap();
+    a.handle_timeout(t1);
+    let (ea, eb) = pump(&mut a, addr(1), &mut b, addr(2), t1);
+    assert_eq!(connected(&ea), 1, "{ea:?}");
+    assert_eq!(b.stats().handshake_replays, 0);
+    // Bob retired the orphaned first session: exactly one remains, and it works.
+    assert!(
+        eb.iter().any(|e| matches!(
+            e,
+            EndpointEvent::Closed {
+                cause: CloseCause::Superseded,
+                ..
+            }
+        )),
+        "{eb:?}"
+    );
+    assert_eq!(b.connections().count(), 1);
+    a.send(t1, conn, b"after retry").unwrap();
+    let (_, eb) = pump(&mut a, addr(1), &mut b, addr(2), t1);
+    assert!(eb.iter().any(|e| matches!(e, EndpointEvent::Data { .. })));
 }
