@@ -106,9 +106,6 @@ pub enum CloseCause {
     Timeout,
     /// The session's counters ran out.
     Exhausted,
-    /// The same peer established a newer session before this one carried any packet (an IK
-    /// handshake whose answer was lost and retried).
-    Superseded,
 }
 
 /// Why a send was refused.
@@ -174,6 +171,11 @@ pub enum EndpointEvent {
         /// The new address.
         remote: Destination,
     },
+    /// A stream's framing broke (the peer sent garbage): the driver must close it.
+    StreamBroken {
+        /// Which stream.
+        stream: StreamId,
+    },
     /// A session ended.
     Closed {
         /// Which session.
@@ -223,9 +225,19 @@ const MAX_STREAMS: usize = 1024;
 /// IK initiations older than this (by their wall-clock timestamp) are refused as replays.
 const IK_MAX_AGE_SECS: u64 = 300;
 const IK_SEEN_LIMIT: usize = 65_536;
+/// Zero padding in an XX message 1 so it is at least as large as the answer it triggers: the
+/// responder is no reflection amplifier (message 2 carries a certificate, about 322 bytes).
+pub const XX_INIT_PADDING: usize = 300;
+/// IK attempts whose Noise state is kept for a late answer.
+const IK_ATTEMPTS_KEPT: usize = 4;
+/// Half-open responder handshakes allowed per source address.
+const MAX_PENDING_PER_SOURCE: usize = 16;
 
 struct Initiation {
-    handshake: Handshake,
+    /// The Noise states of the most recent attempts, newest last. An IK retry is a fresh
+    /// initiation, and the answer to an earlier one may still arrive (the round trip can exceed
+    /// the retransmission timeout), so each answer is tried against every state kept.
+    handshakes: Vec<Handshake>,
     dest: Destination,
     peer_static: Option<[u8; 32]>,
     packet: Bytes,
@@ -235,6 +247,10 @@ struct Initiation {
 
 struct Responding {
     handshake: Handshake,
+    /// The initiator's ephemeral key: a retransmitted message 1 is answered from this entry.
+    ephemeral: [u8; 32],
+    reply: Bytes,
+    source: Destination,
     expires: Instant,
     early: Vec<(Destination, Vec<u8>)>,
 }
@@ -243,12 +259,20 @@ struct Peer {
     session: Session,
     info: PeerInfo,
     dest: Destination,
-    /// Established as the responder of an IK handshake (may be superseded by a retry).
-    ik_responder: bool,
+    /// Responder side of IK: the session exists but the initiator has not yet proved it holds
+    /// it (by sending a packet on it). Until then it is not reported, not used, and expires
+    /// silently: an IK answer may be lost and retried, and a replayed message 1 produces such
+    /// a session too.
+    tentative: Option<Instant>,
     last_sent: Instant,
     last_received: Instant,
     /// Initiator of XX: the final message is repeated until the responder is heard from.
     unconfirmed_final: Option<(Bytes, Instant, u32)>,
+    /// Responder of XX: the final message accepted, so only an identical copy (a
+    /// retransmission) is confirmed again.
+    accepted_final: Option<Bytes>,
+    /// The initiator's session index (to retire an IK session superseded by a retry).
+    remote_index: SessionIndex,
     pings: VecDeque<(u32, Instant)>,
 }
 
@@ -263,6 +287,7 @@ pub struct Endpoint {
     ik_seen: HashMap<[u8; 32], u64>,
     last_ik_timestamp: u64,
     streams: HashMap<StreamId, FrameDecoder>,
+    broken_streams: std::collections::HashSet<StreamId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EndpointEvent>,
     stats: EndpointStats,
@@ -291,6 +316,7 @@ impl Endpoint {
             ik_seen: HashMap::new(),
             last_ik_timestamp: 0,
             streams: HashMap::new(),
+            broken_streams: std::collections::HashSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
@@ -313,12 +339,18 @@ impl Endpoint {
 
     /// Established connections.
     pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.peers.keys().map(|i| ConnId(i.0))
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.tentative.is_none())
+            .map(|(i, _)| ConnId(i.0))
     }
 
     /// The verified peer of a connection.
     pub fn peer(&self, conn: ConnId) -> Option<&PeerInfo> {
-        self.peers.get(&SessionIndex(conn.0)).map(|p| &p.info)
+        self.peers
+            .get(&SessionIndex(conn.0))
+            .filter(|p| p.tentative.is_none())
+            .map(|p| &p.info)
     }
 
     fn wall(&self, now: Instant) -> UnixTime {
@@ -376,7 +408,7 @@ impl Endpoint {
             &mut self.rng,
         )?;
         Ok(Initiation {
-            handshake,
+            handshakes: vec![handshake],
             dest,
             peer_static,
             packet: Bytes::from(packet),
@@ -463,6 +495,7 @@ impl Endpoint {
         let peer = self
             .peers
             .get_mut(&index)
+            .filter(|p| p.tentative.is_none())
             .ok_or(SendError::UnknownConnection)?;
         let mut out = BytesMut::with_capacity(plaintext.len() + 32);
         if let Err(e) = peer.session.seal(now, channel, plaintext, &mut out) {
@@ -550,18 +583,22 @@ impl Endpoint {
                     return;
                 };
                 let mut plain = std::mem::take(&mut self.scratch);
+                let newest = peer.session.is_newest(header.counter);
                 let result = peer.session.open(&header, ciphertext, &mut plain);
                 match result {
                     Ok(()) => {
                         peer.last_received = now;
                         peer.unconfirmed_final = None;
-                        if peer.dest != from {
+                        // Only the newest packet moves the path: a delayed packet from the old
+                        // address must not move it back.
+                        if newest && peer.dest != from {
                             peer.dest = from.clone();
                             self.events.push_back(EndpointEvent::PathChanged {
                                 conn: ConnId(index.0),
                                 remote: from,
                             });
                         }
+                        self.confirm_tentative(index);
                         self.on_plaintext(now, index, header.channel, &plain);
                     }
                     Err(OpenError::Replay(_)) => self.stats.dropped_replay += 1,
@@ -622,10 +659,32 @@ impl Endpoint {
         sender: SessionIndex,
         noise: &[u8],
     ) {
-        // A retransmitted initiation whose answer was lost: answer again from the same state
-        // is impossible (Noise states are one-shot), so a fresh responder handshake is made and
-        // the stale one expires.
+        let Some(ephemeral) = noise.get(..32).and_then(|e| <[u8; 32]>::try_from(e).ok()) else {
+            self.stats.handshake_failures += 1;
+            return;
+        };
+        // A retransmitted message 1 whose answer was lost: answer again, no new state.
+        if let Some(r) = self
+            .responding
+            .values()
+            .find(|r| r.ephemeral == ephemeral && r.source == from)
+        {
+            let reply = r.reply.clone();
+            self.send_raw(&from, reply);
+            return;
+        }
+        // An XX message 1 must be padded to the size of our answer (no amplification).
+        if pattern == Pattern::Xx && noise.len() < 32 + XX_INIT_PADDING {
+            self.stats.handshake_failures += 1;
+            return;
+        }
+        let per_source = self
+            .responding
+            .values()
+            .filter(|r| r.source == from)
+            .count();
         if self.responding.len() >= self.cfg.max_pending_responses
+            || per_source >= MAX_PENDING_PER_SOURCE
             || self.peers.len() >= self.cfg.max_sessions
         {
             self.stats.handshake_flood_drops += 1;
@@ -647,11 +706,15 @@ impl Endpoint {
         );
         match result {
             Ok((handshake, Step::Send(reply))) => {
-                self.send_raw(&from, Bytes::from(reply));
+                let reply = Bytes::from(reply);
+                self.send_raw(&from, reply.clone());
                 self.responding.insert(
                     index,
                     Responding {
                         handshake,
+                        ephemeral,
+                        reply,
+                        source: from,
                         expires: now + RESPONDER_TIMEOUT,
                         early: Vec::new(),
                     },
@@ -672,32 +735,10 @@ impl Endpoint {
                         .retain(|_, t| (*t >> 20).saturating_add(IK_MAX_AGE_SECS) >= wall.0);
                 }
                 self.ik_seen.insert(key, ts);
-                // A retried IK initiation supersedes an earlier session from the same device
-                // that never carried a packet (its answer was lost).
-                let orphans: Vec<SessionIndex> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| {
-                        p.ik_responder
-                            && p.info.certificate.dh_public == key
-                            && p.session.stats().opened == 0
-                    })
-                    .map(|(i, _)| *i)
-                    .collect();
-                for index in orphans {
-                    self.peers.remove(&index);
-                    self.events.push_back(EndpointEvent::Closed {
-                        conn: ConnId(index.0),
-                        cause: CloseCause::Superseded,
-                    });
-                }
                 if let Some(reply) = reply {
                     self.send_raw(&from, Bytes::from(reply));
                 }
-                self.establish(now, *established, from, false, None);
-                if let Some(p) = self.peers.get_mut(&index) {
-                    p.ik_responder = true;
-                }
+                self.establish_tentative(now, *established, from);
             }
             Err(_) => self.stats.handshake_failures += 1,
         }
@@ -715,26 +756,45 @@ impl Endpoint {
             return;
         };
         let wall = self.wall(now);
-        match init.handshake.read_response(sender, noise, now, wall) {
+        // Try the newest attempt first. A failed Noise read leaves snow's state as it was, so a
+        // forged or stale answer costs nothing: the initiation goes back unchanged.
+        let mut outcome = Err(HandshakeError::Unexpected);
+        for hs in init.handshakes.iter_mut().rev() {
+            outcome = hs.read_response(sender, noise, now, wall);
+            if !matches!(outcome, Err(HandshakeError::Noise(_))) {
+                break;
+            }
+        }
+        match outcome {
             Ok(Step::Done(final_msg, established)) => {
+                let ik = final_msg.is_none();
                 let confirm = final_msg.map(|m| {
                     let m = Bytes::from(m);
                     self.send_raw(&init.dest, m.clone());
                     (m, now + self.cfg.handshake_rto, 1)
                 });
                 self.establish(now, *established, init.dest, true, confirm);
+                if ik {
+                    // The responder's session is tentative until it hears from us.
+                    let _ = self.send_message(now, receiver, Message::KeepAlive);
+                }
             }
-            Ok(Step::Send(_)) => {
+            Ok(Step::Send(_)) | Err(HandshakeError::Noise(_) | HandshakeError::LowOrderPoint) => {
+                // Forged, corrupted or from an attempt we no longer hold: restore every state
+                // the read may have touched and keep waiting for the genuine answer (the
+                // retransmission timer still runs).
                 self.stats.handshake_failures += 1;
-            }
-            Err(HandshakeError::Noise(_)) => {
-                // A forged or corrupted response: the genuine one may still come. Noise
-                // states do not survive a failed read, so the attempt restarts on the next
-                // retransmission timer with a fresh state.
-                self.stats.handshake_failures += 1;
-                self.restart_initiation(now, receiver, init);
+                let mut restored = Vec::with_capacity(init.handshakes.len());
+                for hs in &init.handshakes {
+                    if let Ok(fresh) = hs.rebuild() {
+                        restored.push(fresh);
+                    }
+                }
+                init.handshakes = restored;
+                self.initiations.insert(receiver, init);
             }
             Err(e) => {
+                // The peer authenticated but is not acceptable (certificate, version).
                 self.stats.handshake_failures += 1;
                 self.events.push_back(EndpointEvent::ConnectFailed {
                     conn: ConnId(receiver.0),
@@ -744,24 +804,16 @@ impl Endpoint {
         }
     }
 
-    fn restart_initiation(&mut self, now: Instant, index: SessionIndex, old: Initiation) {
-        match self.initiation(now, index, old.dest, old.peer_static, old.attempts) {
-            Ok(mut init) => {
-                // Sent by the retransmission timer, which fires at once.
-                init.next_retry = now;
-                self.initiations.insert(index, init);
-            }
-            Err(e) => self.events.push_back(EndpointEvent::ConnectFailed {
-                conn: ConnId(index.0),
-                error: ConnectError::Handshake(e),
-            }),
-        }
-    }
-
     fn on_final(&mut self, now: Instant, from: Destination, receiver: SessionIndex, noise: &[u8]) {
         let Some(mut r) = self.responding.remove(&receiver) else {
-            // Probably a retransmitted final whose session exists: confirm again.
-            if self.peers.contains_key(&receiver) {
+            // A retransmitted final whose session exists (our confirmation was lost): confirm
+            // again, but only for an exact copy of the final we accepted.
+            let retransmission = self
+                .peers
+                .get(&receiver)
+                .and_then(|p| p.accepted_final.as_ref())
+                .is_some_and(|f| f[..] == *noise);
+            if retransmission {
                 let _ = self.send_message(now, receiver, Message::KeepAlive);
             } else {
                 self.stats.dropped_unknown_session += 1;
@@ -773,15 +825,23 @@ impl Endpoint {
             Ok(established) => {
                 let early = std::mem::take(&mut r.early);
                 self.establish(now, established, from, false, None);
+                if let Some(p) = self.peers.get_mut(&receiver) {
+                    p.accepted_final = Some(Bytes::copy_from_slice(noise));
+                }
                 // Confirm to the initiator so it stops repeating the final message.
                 let _ = self.send_message(now, receiver, Message::KeepAlive);
                 for (src, data) in early {
                     self.on_packet(now, src, &data);
                 }
             }
-            // A forged or corrupted final poisons the Noise state, so the half-open handshake
-            // is dropped; the initiator, never confirmed, gives up its final after its
-            // retransmissions and reconnects.
+            Err(HandshakeError::Noise(_) | HandshakeError::LowOrderPoint) => {
+                // Forged or corrupted: restore the state and keep waiting for the genuine one.
+                self.stats.handshake_failures += 1;
+                if let Ok(fresh) = r.handshake.rebuild() {
+                    r.handshake = fresh;
+                    self.responding.insert(receiver, r);
+                }
+            }
             Err(_) => self.stats.handshake_failures += 1,
         }
     }
@@ -801,41 +861,103 @@ impl Endpoint {
             remote: dest.clone(),
             initiator,
         });
+        let remote_index = est.session.remote_index();
         self.peers.insert(
             index,
             Peer {
                 session: est.session,
                 info: est.peer,
                 dest,
-                ik_responder: false,
+                tentative: None,
                 last_sent: now,
                 last_received: now,
                 unconfirmed_final,
+                accepted_final: None,
+                remote_index,
                 pings: VecDeque::new(),
             },
         );
     }
 
+    fn establish_tentative(&mut self, now: Instant, est: Established, dest: Destination) {
+        let index = est.session.local_index();
+        let remote_index = est.session.remote_index();
+        self.peers.insert(
+            index,
+            Peer {
+                session: est.session,
+                info: est.peer,
+                dest,
+                tentative: Some(now),
+                last_sent: now,
+                last_received: now,
+                unconfirmed_final: None,
+                accepted_final: None,
+                remote_index,
+                pings: VecDeque::new(),
+            },
+        );
+    }
+
+    /// The first authenticated packet on a tentative session: report it, and drop the other
+    /// tentative sessions of the same connection attempt (same device, same initiator index).
+    fn confirm_tentative(&mut self, index: SessionIndex) {
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        if peer.tentative.take().is_none() {
+            return;
+        }
+        let (key, remote_index) = (peer.info.certificate.dh_public, peer.remote_index);
+        self.events.push_back(EndpointEvent::Connected {
+            conn: ConnId(index.0),
+            peer: Box::new(peer.info.clone()),
+            remote: peer.dest.clone(),
+            initiator: false,
+        });
+        self.peers.retain(|i, p| {
+            *i == index
+                || p.tentative.is_none()
+                || p.remote_index != remote_index
+                || p.info.certificate.dh_public != key
+        });
+    }
+
     fn on_stream(&mut self, now: Instant, stream: StreamId, data: &[u8]) {
+        if self.broken_streams.contains(&stream) {
+            return;
+        }
         if !self.streams.contains_key(&stream) && self.streams.len() >= MAX_STREAMS {
             self.stats.streams_failed += 1;
+            self.broken_streams.insert(stream);
+            self.events
+                .push_back(EndpointEvent::StreamBroken { stream });
             return;
         }
         let mut frames = Vec::new();
         let decoder = self.streams.entry(stream).or_default();
         decoder.push(data);
+        let mut broken = false;
         loop {
             match decoder.next_frame() {
                 Ok(Some(f)) => frames.push(f),
                 Ok(None) => break,
                 Err(_) => {
-                    self.stats.streams_failed += 1;
+                    broken = true;
                     break;
                 }
             }
         }
         for f in frames {
             self.receive(now, Destination::Stream(stream), &f);
+        }
+        if broken {
+            // Framing is lost for good: ignore the rest and have the driver close it.
+            self.stats.streams_failed += 1;
+            self.streams.remove(&stream);
+            self.broken_streams.insert(stream);
+            self.events
+                .push_back(EndpointEvent::StreamBroken { stream });
         }
     }
 }
@@ -857,6 +979,7 @@ impl Machine for Endpoint {
             Input::Stream { stream, data, .. } => self.on_stream(now, stream, data),
             Input::StreamClosed { stream } => {
                 self.streams.remove(&stream);
+                self.broken_streams.remove(&stream);
             }
         }
     }
@@ -893,6 +1016,12 @@ impl Machine for Endpoint {
                 match self.initiation(now, index, old.dest, old.peer_static, attempts) {
                     Ok(mut fresh) => {
                         fresh.next_retry = next_retry;
+                        // Keep the last few attempts: an answer to one of them may still come.
+                        let mut kept = old.handshakes;
+                        kept.append(&mut fresh.handshakes);
+                        let excess = kept.len().saturating_sub(IK_ATTEMPTS_KEPT);
+                        kept.drain(..excess);
+                        fresh.handshakes = kept;
                         self.send_raw(&fresh.dest, fresh.packet.clone());
                         self.initiations.insert(index, fresh);
                     }
@@ -912,7 +1041,14 @@ impl Machine for Endpoint {
         let mut keepalive = Vec::new();
         let mut dead = Vec::new();
         let mut resend = Vec::new();
+        self.peers.retain(|_, p| {
+            p.tentative
+                .is_none_or(|at| now.saturating_duration_since(at) < RESPONDER_TIMEOUT)
+        });
         for (index, peer) in &mut self.peers {
+            if peer.tentative.is_some() {
+                continue;
+            }
             if now.saturating_duration_since(peer.last_received) >= self.cfg.idle_timeout {
                 dead.push(*index);
                 continue;
@@ -959,6 +1095,11 @@ impl Machine for Endpoint {
         let inits = self.initiations.values().map(|i| i.next_retry);
         let resp = self.responding.values().map(|r| r.expires);
         let peers = self.peers.values().flat_map(|p| {
+            if let Some(at) = p.tentative {
+                return [Some(at + RESPONDER_TIMEOUT), None, None]
+                    .into_iter()
+                    .flatten();
+            }
             [
                 Some(p.last_sent + self.cfg.keepalive_interval),
                 Some(p.last_received + self.cfg.idle_timeout),

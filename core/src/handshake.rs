@@ -225,6 +225,28 @@ pub struct Handshake {
     remote_index: Option<SessionIndex>,
     identity: LocalIdentity,
     peer: Option<PeerInfo>,
+    recipe: Recipe,
+}
+
+/// How a handshake was built, so an identical copy can be rebuilt: snow's rollback after a
+/// failed read restores the hash and chaining key but not the cipher key, so a forgery that
+/// passes the first AEAD of a message poisons the state. Building is deterministic in the
+/// seed, so the rebuilt copy has the same ephemeral key and accepts the genuine message.
+#[derive(Clone)]
+enum Recipe {
+    Initiator {
+        responder_static: Option<[u8; 32]>,
+        timestamp: u64,
+        seed: [u8; 32],
+    },
+    Responder {
+        pattern: Pattern,
+        sender: SessionIndex,
+        noise: Vec<u8>,
+        seed: [u8; 32],
+        now: Instant,
+        wall: UnixTime,
+    },
 }
 
 impl std::fmt::Debug for Handshake {
@@ -249,13 +271,24 @@ impl Handshake {
         local_index: SessionIndex,
         rng: &mut Rng,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        let seed = rng.bytes32();
+        Self::initiate_seeded(identity, responder_static, timestamp, local_index, seed)
+    }
+
+    fn initiate_seeded(
+        identity: LocalIdentity,
+        responder_static: Option<[u8; 32]>,
+        timestamp: u64,
+        local_index: SessionIndex,
+        seed: [u8; 32],
+    ) -> Result<(Self, Vec<u8>), HandshakeError> {
         let (pattern, name) = if responder_static.is_some() {
             (Pattern::Ik, IK)
         } else {
             (Pattern::Xx, XX)
         };
         let secret = identity.device.dh_secret_bytes();
-        let mut builder = snow::Builder::with_resolver(params(name), resolver(rng))
+        let mut builder = snow::Builder::with_resolver(params(name), resolver(seed))
             .prologue(PROLOGUE)?
             .local_private_key(&secret)?;
         if let Some(rs) = responder_static.as_ref() {
@@ -269,9 +302,15 @@ impl Handshake {
             remote_index: None,
             identity,
             peer: None,
+            recipe: Recipe::Initiator {
+                responder_static,
+                timestamp,
+                seed,
+            },
         };
         let payload = match pattern {
-            Pattern::Xx => Vec::new(),
+            // Zero padding only (message 1 of XX is not encrypted): see XX_INIT_PADDING.
+            Pattern::Xx => vec![0u8; crate::endpoint::XX_INIT_PADDING],
             Pattern::Ik => hs.identity.payload(timestamp),
         };
         let noise = hs.write(&payload)?;
@@ -294,6 +333,18 @@ impl Handshake {
         now: Instant,
         wall: UnixTime,
     ) -> Result<(Self, Step), HandshakeError> {
+        let seed = rng.bytes32();
+        Self::respond_seeded(identity, init, local_index, seed, now, wall)
+    }
+
+    fn respond_seeded(
+        identity: LocalIdentity,
+        init: InitMessage<'_>,
+        local_index: SessionIndex,
+        seed: [u8; 32],
+        now: Instant,
+        wall: UnixTime,
+    ) -> Result<(Self, Step), HandshakeError> {
         let InitMessage {
             pattern,
             sender: initiator_index,
@@ -304,7 +355,7 @@ impl Handshake {
             Pattern::Ik => IK,
         };
         let secret = identity.device.dh_secret_bytes();
-        let state = snow::Builder::with_resolver(params(name), resolver(rng))
+        let state = snow::Builder::with_resolver(params(name), resolver(seed))
             .prologue(PROLOGUE)?
             .local_private_key(&secret)?
             .build_responder()?;
@@ -315,10 +366,21 @@ impl Handshake {
             remote_index: Some(initiator_index),
             identity,
             peer: None,
+            recipe: Recipe::Responder {
+                pattern,
+                sender: initiator_index,
+                noise: noise.to_vec(),
+                seed,
+                now,
+                wall,
+            },
         };
         let payload = hs.read(noise)?;
         match pattern {
-            Pattern::Xx if !payload.is_empty() => return Err(HandshakeError::Unexpected),
+            // XX message 1 carries only zero padding.
+            Pattern::Xx if payload.iter().any(|&b| b != 0) => {
+                return Err(HandshakeError::Unexpected)
+            }
             Pattern::Xx => {}
             Pattern::Ik => hs.accept_peer(&payload, wall)?,
         }
@@ -381,6 +443,45 @@ impl Handshake {
         let payload = self.read(noise)?;
         self.accept_peer(&payload, wall)?;
         self.finish(now)
+    }
+
+    /// An identical copy of this handshake as it was right after our last message, for use
+    /// after a forged or corrupted message made a read fail (see the recipe's documentation).
+    pub fn rebuild(&self) -> Result<Self, HandshakeError> {
+        match &self.recipe {
+            Recipe::Initiator {
+                responder_static,
+                timestamp,
+                seed,
+            } => Self::initiate_seeded(
+                self.identity.clone(),
+                *responder_static,
+                *timestamp,
+                self.local_index,
+                *seed,
+            )
+            .map(|(hs, _)| hs),
+            Recipe::Responder {
+                pattern,
+                sender,
+                noise,
+                seed,
+                now,
+                wall,
+            } => Self::respond_seeded(
+                self.identity.clone(),
+                InitMessage {
+                    pattern: *pattern,
+                    sender: *sender,
+                    noise,
+                },
+                self.local_index,
+                *seed,
+                *now,
+                *wall,
+            )
+            .map(|(hs, _)| hs),
+        }
     }
 
     /// Our session index for this handshake.
@@ -459,8 +560,10 @@ fn params(name: &str) -> NoiseParams {
     name.parse().expect("valid Noise pattern name")
 }
 
-fn resolver(rng: &mut Rng) -> Box<dyn CryptoResolver + Send> {
-    Box::new(NatterResolver { rng: rng.fork() })
+fn resolver(seed: [u8; 32]) -> Box<dyn CryptoResolver + Send> {
+    Box::new(NatterResolver {
+        rng: Rng::from_seed_bytes(seed),
+    })
 }
 
 /// snow resolver: our X25519 (contributory check) and seeded randomness; snow's own

@@ -251,6 +251,12 @@ impl Authority {
         AuthorityKeyId::of(&self.public())
     }
 
+    /// Sign `message` under a domain-separation `context` (revocation lists and other
+    /// authority statements; verify with [`verify_signature`] and the authority's public key).
+    pub fn sign(&self, context: &[u8], message: &[u8]) -> [u8; 64] {
+        self.key.sign(&domain(context, message)).to_bytes()
+    }
+
     /// Certify a device's keys for `user` from `not_before` to `not_after`.
     pub fn certify(
         &self,
@@ -297,6 +303,16 @@ impl TrustedAuthorities {
         if !self.keys.iter().any(|(i, _)| *i == id) {
             self.keys.push((id, public));
         }
+    }
+
+    /// The trusted public keys.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.keys.iter().map(|(_, k)| k)
+    }
+
+    /// True when no key is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     fn get(&self, id: AuthorityKeyId) -> Option<&[u8; 32]> {

@@ -126,8 +126,11 @@ pub struct Session {
     send_counter: u64,
     send_generation_started: Instant,
     recv: GenKey,
-    recv_previous: Option<GenKey>,
+    /// Replay window of the current receive generation.
     window: ReplayWindow,
+    /// The previous generation's key and window, for packets still in flight across a key
+    /// update.
+    recv_previous: Option<(GenKey, ReplayWindow)>,
     stats: SessionStats,
 }
 
@@ -185,6 +188,15 @@ impl Session {
     /// The next counter this session will use.
     pub fn send_counter(&self) -> u64 {
         self.send_counter
+    }
+
+    /// True when `counter` would be the newest this session has received (so a packet with it
+    /// may move the path; an older, delayed packet must not).
+    pub fn is_newest(&self, counter: u64) -> bool {
+        let generation = counter >> GENERATION_SHIFT;
+        generation > self.recv.generation
+            || (generation == self.recv.generation
+                && self.window.highest().is_none_or(|h| counter > h))
     }
 
     /// Seal `plaintext` as a data envelope on `channel` and append the datagram to `out`.
@@ -266,20 +278,19 @@ impl Session {
         ciphertext: &[u8],
         plaintext: &mut Vec<u8>,
     ) -> Result<(), OpenError> {
-        self.window.check(header.counter)?;
         let Some(body_len) = ciphertext.len().checked_sub(TAG_LEN) else {
             return Err(OpenError::Authentication);
         };
         let counter = header.counter;
-        let generation = header.counter >> GENERATION_SHIFT;
+        let generation = counter >> GENERATION_SHIFT;
         if header.key_phase != (generation & 1 == 1) {
             return Err(OpenError::Generation);
         }
         let mut aad = [0u8; DATA_HEADER_LEN];
         header.encode(&mut &mut aad[..]);
-        plaintext.clear();
-        plaintext.extend_from_slice(ciphertext);
         let authentic = |key: &GenKey, buf: &mut Vec<u8>| {
+            buf.clear();
+            buf.extend_from_slice(ciphertext);
             if key.open(counter, aad, buf) {
                 buf.truncate(body_len);
                 Ok(())
@@ -290,31 +301,43 @@ impl Session {
 
         let current = self.recv.generation;
         if generation == current {
+            self.window.check(counter)?;
             authentic(&self.recv, plaintext)?;
+            self.window.record(counter);
         } else if generation < current {
-            let prev = self
+            let (key, window) = self
                 .recv_previous
-                .as_ref()
-                .filter(|p| p.generation == generation)
+                .as_mut()
+                .filter(|(k, _)| k.generation == generation)
                 .ok_or(OpenError::Generation)?;
-            authentic(prev, plaintext)?;
+            window.check(counter)?;
+            authentic(key, plaintext)?;
+            window.record(counter);
         } else {
             if generation - current > MAX_GENERATION_SKIP {
                 return Err(OpenError::Generation);
             }
+            let mut window = ReplayWindow::default();
+            window.check(counter)?;
             // Derive forward without committing until the packet authenticates.
-            let mut prev = None;
+            let mut skipped = None;
             let mut key = self.recv.next();
             while key.generation < generation {
                 let next = key.next();
-                prev = Some(key);
+                skipped = Some(key);
                 key = next;
             }
             authentic(&key, plaintext)?;
-            let old = std::mem::replace(&mut self.recv, key);
-            self.recv_previous = Some(prev.unwrap_or(old));
+            window.record(counter);
+            let old_key = std::mem::replace(&mut self.recv, key);
+            let old_window = std::mem::replace(&mut self.window, window);
+            // The generation just before the new one keeps its key and window; a generation
+            // skipped entirely had no packets seen.
+            self.recv_previous = Some(match skipped {
+                Some(k) => (k, ReplayWindow::default()),
+                None => (old_key, old_window),
+            });
         }
-        self.window.record(header.counter);
         Ok(())
     }
 }
@@ -384,7 +407,9 @@ mod tests {
         assert_eq!(a.stats().send_rekeys, 1);
         assert_eq!(a.send_counter(), (1 << 32) + 1);
         assert_eq!(open(&mut b, &new).unwrap(), b"gen1");
-        // The old generation's straggler is too old for the window after the jump.
+        // A straggler of the old generation, in flight across the key update, still opens
+        // (each generation has its own window), once.
+        assert_eq!(open(&mut b, &old).unwrap(), b"gen0");
         assert!(open(&mut b, &old).is_err());
         // Several more rekeys, receiver keeps up.
         let mut t = t1;

@@ -282,3 +282,55 @@ fn handshakes_complete_under_heavy_loss() {
         }
     }
 }
+
+/// Satellite-like paths: a 600 ms round trip, longer than every early retransmission timeout.
+/// Both patterns connect, and the responder ends with one session and no churn.
+#[test]
+fn handshakes_complete_over_long_round_trips() {
+    for ik in [false, true] {
+        let mut sim: Sim<EndpointEvent> = Sim::new(SimConfig {
+            seed: 9,
+            internet: LinkConfig::with_latency(Duration::from_millis(300)),
+            ..SimConfig::default()
+        });
+        let net = TestNetwork::new(9);
+        let start = sim.start();
+        let alice = sim.add_host("alice", alice_addr(), net.endpoint("alice", start));
+        let bob = sim.add_host("bob", bob_addr(), net.endpoint("bob", start));
+        let key = ik.then(|| net.identity("bob").device.dh_public());
+        sim.with_machine(alice, |m: &mut Endpoint, now| {
+            m.connect(now, Destination::Udp(bob_addr()), key).unwrap()
+        });
+        let up = sim.run_until_cond(Duration::from_secs(5), |s| {
+            s.machine::<Endpoint>(alice).connections().count() == 1
+        });
+        assert!(up, "ik {ik}: no connection over a 600 ms round trip");
+        let conn = sim.machine::<Endpoint>(alice).connections().next().unwrap();
+        sim.with_machine(alice, |m: &mut Endpoint, now| {
+            m.send(now, conn, b"over the long path").unwrap()
+        });
+        sim.run_for(Duration::from_secs(15));
+        assert_eq!(
+            sim.machine::<Endpoint>(bob).connections().count(),
+            1,
+            "ik {ik}"
+        );
+        let events = sim.events(bob);
+        let count = |f: fn(&EndpointEvent) -> bool| events.iter().filter(|(_, e)| f(e)).count();
+        assert_eq!(
+            count(|e| matches!(e, EndpointEvent::Connected { .. })),
+            1,
+            "ik {ik}"
+        );
+        assert_eq!(
+            count(|e| matches!(e, EndpointEvent::Closed { .. })),
+            0,
+            "ik {ik}"
+        );
+        assert_eq!(
+            count(|e| matches!(e, EndpointEvent::Data { .. })),
+            1,
+            "ik {ik}: data lost"
+        );
+    }
+}
