@@ -8,7 +8,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 
 # Debian packages the build and the tests need.
-SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev
+SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql
 
 .PHONY: all demo test deps check-deps fmt clippy unit header bench fuzz-check clean
 
@@ -44,8 +44,16 @@ fmt:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# Throwaway PostgreSQL for the account-store and login-server tests (scripts/pg-test.sh):
+# started before the tests, stopped and removed after them, even when they fail.
+PG_TEST_DIR ?= /tmp/natter-pg-test-$(shell id -u)
+PG_TEST_PORT ?= 55432
+
 unit:
-	$(CARGO) test --workspace --locked
+	@set -eo pipefail; \
+	trap 'scripts/pg-test.sh stop "$(PG_TEST_DIR)"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	url=$$(scripts/pg-test.sh start "$(PG_TEST_DIR)" "$(PG_TEST_PORT)" | tail -n 1); \
+	NATTER_TEST_POSTGRES="$$url" NATTER_REQUIRE_POSTGRES=1 $(CARGO) test --workspace --locked
 
 # Regenerate include/natter.h from ffi/src (commit the result).
 header:

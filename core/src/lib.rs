@@ -28,6 +28,7 @@
 //! * [`session`]: ChaCha20-Poly1305 data plane with explicit counters, replay window, key update.
 //! * [`replay`]: the RFC 6479 sliding window.
 //! * [`endpoint`]: the peer endpoint machine (sessions, keep-alives, retransmission).
+//! * [`login`]: the login protocol, server and client machines, Argon2id password hashing.
 //!
 //! ## Example: two endpoints in a hand-driven loop
 //!
@@ -53,6 +54,7 @@
 pub mod endpoint;
 pub mod handshake;
 pub mod identity;
+pub mod login;
 pub mod replay;
 pub mod rng;
 pub mod sansio;

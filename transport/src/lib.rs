@@ -24,6 +24,8 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+pub mod login;
+pub mod store;
 
 use std::collections::VecDeque;
 use std::io;

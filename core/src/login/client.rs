@@ -1,0 +1,510 @@
+//! The client side of the login protocol: one machine per connection to the login server.
+//!
+//! The machine sends [`Request::Hello`] at once, then runs the queued [`Operation`]s one at a
+//! time. A certificate it receives is checked before it is reported: signed by a trusted
+//! authority, valid now, for the requested user, and binding this device's own keys. The
+//! runtime (TLS, sockets) lives in `natter-transport`; renewal timing is [`renew_at`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::proto::{
+    proof_message, DeviceKeys, LoginError, Request, Response, RevocationPage, Version,
+    VersionStatus, PROOF_CONTEXT, REVOCATION_CONTEXT,
+};
+use crate::identity::{
+    verify_signature, CertError, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities,
+    UnixTime, UserName,
+};
+use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
+use crate::wire::frame::{self, FrameDecoder};
+
+/// When to renew a certificate: after 80 % of its lifetime.
+pub fn renew_at(certificate: &Certificate) -> UnixTime {
+    let life = certificate
+        .not_after
+        .0
+        .saturating_sub(certificate.not_before.0);
+    UnixTime(certificate.not_before.0 + life / 5 * 4)
+}
+
+/// Something to do at the login server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Create an account.
+    Register {
+        /// Name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// Log in and get this device certified.
+    Login {
+        /// Name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// Renew this device's certificate without the password.
+    Renew {
+        /// The current certificate.
+        certificate: Certificate,
+    },
+    /// Change the password.
+    ChangePassword {
+        /// Name.
+        user: String,
+        /// Current password.
+        old: String,
+        /// New password.
+        new: String,
+    },
+    /// Revoke a device of the account.
+    RevokeDevice {
+        /// Name.
+        user: String,
+        /// Password.
+        password: String,
+        /// Device.
+        device: DeviceId,
+    },
+    /// Delete the account.
+    DeleteAccount {
+        /// Name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// Fetch one page of revocations after `since`.
+    FetchRevocations {
+        /// Last serial known.
+        since: u64,
+    },
+}
+
+impl std::fmt::Debug for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Operation::Register { user, .. } => write!(f, "Register({user:?})"),
+            Operation::Login { user, .. } => write!(f, "Login({user:?})"),
+            Operation::Renew { certificate } => write!(f, "Renew({})", certificate.user),
+            Operation::ChangePassword { user, .. } => write!(f, "ChangePassword({user:?})"),
+            Operation::RevokeDevice { user, device, .. } => {
+                write!(f, "RevokeDevice({user:?}, {device:?})")
+            }
+            Operation::DeleteAccount { user, .. } => write!(f, "DeleteAccount({user:?})"),
+            Operation::FetchRevocations { since } => write!(f, "FetchRevocations({since})"),
+        }
+    }
+}
+
+/// Why an operation failed, as the application sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoginClientError {
+    /// The server refused it.
+    #[error("{0}")]
+    Refused(#[from] LoginError),
+    /// The server's minimum version is above ours.
+    #[error("upgrade required: the server needs version {minimum} or newer")]
+    UpgradeRequired {
+        /// The minimum.
+        minimum: Version,
+    },
+    /// The certificate the server sent is not acceptable.
+    #[error("the server sent an unacceptable certificate: {0}")]
+    BadCertificate(CertError),
+    /// The revocation page's signature did not verify.
+    #[error("the revocation list signature is invalid")]
+    BadRevocationList,
+    /// The server broke the protocol.
+    #[error("protocol error from the login server")]
+    Protocol,
+    /// No answer in time.
+    #[error("the login server did not answer in time")]
+    Timeout,
+    /// The connection closed before the answer.
+    #[error("the connection to the login server closed")]
+    Closed,
+}
+
+/// What the client machine reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginClientEvent {
+    /// The server judged our version.
+    VersionChecked(VersionStatus),
+    /// Account created.
+    Registered,
+    /// A verified certificate for this device.
+    Certified(Box<Certificate>),
+    /// A password change, revocation or deletion succeeded.
+    Done,
+    /// A verified page of revocations.
+    Revocations(RevocationPage),
+    /// An operation failed.
+    Failed {
+        /// Which.
+        operation: Operation,
+        /// Why.
+        error: LoginClientError,
+    },
+}
+
+/// Configuration of a [`LoginClient`].
+#[derive(Debug, Clone)]
+pub struct LoginClientConfig {
+    /// Our version.
+    pub version: Version,
+    /// First start after installation.
+    pub first_start: bool,
+    /// This device's keys.
+    pub device: DeviceIdentity,
+    /// Authority keys from the network file.
+    pub trusted: TrustedAuthorities,
+    /// Wall-clock time at `clock_anchor`.
+    pub wall_anchor: UnixTime,
+    /// The instant matching `wall_anchor`.
+    pub clock_anchor: Instant,
+    /// How long to wait for each answer.
+    pub timeout: Duration,
+}
+
+/// A login connection's machine. See the [module documentation](self).
+pub struct LoginClient {
+    cfg: LoginClientConfig,
+    stream: StreamId,
+    decoder: FrameDecoder,
+    challenge: Option<[u8; 32]>,
+    upgrade_required: Option<Version>,
+    ops: VecDeque<Operation>,
+    current: Option<(Operation, Instant)>,
+    hello_sent: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<LoginClientEvent>,
+    dead: bool,
+}
+
+impl std::fmt::Debug for LoginClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginClient")
+            .field("stream", &self.stream)
+            .field("queued", &self.ops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginClient {
+    /// A client on an open connection `stream`; queues the Hello at once.
+    pub fn new(cfg: LoginClientConfig, stream: StreamId, now: Instant) -> Self {
+        let mut c = Self {
+            cfg,
+            stream,
+            decoder: FrameDecoder::new(usize::from(u16::MAX)),
+            challenge: None,
+            upgrade_required: None,
+            ops: VecDeque::new(),
+            current: None,
+            hello_sent: now,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            dead: false,
+        };
+        let hello = Request::Hello {
+            version: c.cfg.version,
+            first_start: c.cfg.first_start,
+        };
+        c.send(&hello);
+        c
+    }
+
+    /// Queue an operation; they run in order once the version is checked.
+    pub fn enqueue(&mut self, now: Instant, op: Operation) {
+        self.ops.push_back(op);
+        self.next(now);
+    }
+
+    /// True when nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.ops.is_empty() && self.current.is_none()
+    }
+
+    fn wall(&self, now: Instant) -> UnixTime {
+        UnixTime(
+            self.cfg.wall_anchor.0
+                + now
+                    .saturating_duration_since(self.cfg.clock_anchor)
+                    .as_secs(),
+        )
+    }
+
+    fn send(&mut self, request: &Request) {
+        let mut body = BytesMut::new();
+        request.encode(&mut body);
+        let mut framed = BytesMut::new();
+        if frame::encode(&body, &mut framed).is_ok() {
+            self.transmits.push_back(Transmit {
+                destination: Destination::Stream(self.stream),
+                source: None,
+                payload: framed.freeze(),
+            });
+        }
+    }
+
+    fn keys(&self, challenge: &[u8; 32], user: &UserName) -> DeviceKeys {
+        let d = &self.cfg.device;
+        let msg = proof_message(challenge, user, &d.signing_public(), &d.dh_public());
+        DeviceKeys {
+            signing_public: d.signing_public(),
+            dh_public: d.dh_public(),
+            proof: d.sign(PROOF_CONTEXT, &msg),
+        }
+    }
+
+    fn next(&mut self, now: Instant) {
+        if self.current.is_some() || self.dead {
+            return;
+        }
+        let Some(challenge) = self.challenge else {
+            return;
+        };
+        while let Some(op) = self.ops.pop_front() {
+            if let Some(minimum) = self.upgrade_required {
+                self.events.push_back(LoginClientEvent::Failed {
+                    operation: op,
+                    error: LoginClientError::UpgradeRequired { minimum },
+                });
+                continue;
+            }
+            let request = match &op {
+                Operation::Register { user, password } => Request::Register {
+                    user: user.clone(),
+                    password: password.clone(),
+                },
+                Operation::Login { user, password } => {
+                    // An invalid name is sent as is: the server's answer is authoritative.
+                    let device = match UserName::parse(user) {
+                        Ok(name) => self.keys(&challenge, &name),
+                        Err(_) => DeviceKeys {
+                            signing_public: self.cfg.device.signing_public(),
+                            dh_public: self.cfg.device.dh_public(),
+                            proof: [0; 64],
+                        },
+                    };
+                    Request::Login {
+                        user: user.clone(),
+                        password: password.clone(),
+                        device,
+                    }
+                }
+                Operation::Renew { certificate } => Request::Renew {
+                    certificate: certificate.clone(),
+                    proof: self.keys(&challenge, &certificate.user).proof,
+                },
+                Operation::ChangePassword { user, old, new } => Request::ChangePassword {
+                    user: user.clone(),
+                    old: old.clone(),
+                    new: new.clone(),
+                },
+                Operation::RevokeDevice {
+                    user,
+                    password,
+                    device,
+                } => Request::RevokeDevice {
+                    user: user.clone(),
+                    password: password.clone(),
+                    device: *device,
+                },
+                Operation::DeleteAccount { user, password } => Request::DeleteAccount {
+                    user: user.clone(),
+                    password: password.clone(),
+                },
+                Operation::FetchRevocations { since } => Request::Revocations { since: *since },
+            };
+            self.send(&request);
+            self.current = Some((op, now));
+            return;
+        }
+    }
+
+    fn finish(&mut self, now: Instant, response: Response) {
+        let Some((op, _)) = self.current.take() else {
+            self.protocol_error();
+            return;
+        };
+        let event = match (response, &op) {
+            (Response::Error(e), _) => LoginClientEvent::Failed {
+                operation: op.clone(),
+                error: LoginClientError::Refused(e),
+            },
+            (Response::Registered, Operation::Register { .. }) => LoginClientEvent::Registered,
+            (Response::Certified { certificate }, Operation::Login { user, .. }) => {
+                let expected = UserName::parse(user).ok();
+                self.check_certificate(now, &op, certificate, expected.as_ref())
+            }
+            (Response::Certified { certificate }, Operation::Renew { certificate: old }) => {
+                let user = old.user.clone();
+                self.check_certificate(now, &op, certificate, Some(&user))
+            }
+            (
+                Response::Done,
+                Operation::ChangePassword { .. }
+                | Operation::RevokeDevice { .. }
+                | Operation::DeleteAccount { .. },
+            ) => LoginClientEvent::Done,
+            (Response::Revocations(page), Operation::FetchRevocations { since })
+                if page.since == *since =>
+            {
+                if self.page_signed(&page) {
+                    LoginClientEvent::Revocations(page)
+                } else {
+                    LoginClientEvent::Failed {
+                        operation: op.clone(),
+                        error: LoginClientError::BadRevocationList,
+                    }
+                }
+            }
+            _ => LoginClientEvent::Failed {
+                operation: op.clone(),
+                error: LoginClientError::Protocol,
+            },
+        };
+        self.events.push_back(event);
+        self.next(now);
+    }
+
+    fn page_signed(&self, page: &RevocationPage) -> bool {
+        // Any trusted authority may have signed the page.
+        self.cfg
+            .trusted
+            .keys()
+            .any(|k| verify_signature(k, REVOCATION_CONTEXT, &page.signed_bytes(), &page.signature))
+    }
+
+    fn check_certificate(
+        &self,
+        now: Instant,
+        op: &Operation,
+        certificate: Certificate,
+        user: Option<&UserName>,
+    ) -> LoginClientEvent {
+        let d = &self.cfg.device;
+        let result = certificate
+            .verify_for_key(&self.cfg.trusted, self.wall(now), &d.dh_public())
+            .and_then(|()| {
+                if certificate.signing_public != d.signing_public()
+                    || user.is_some_and(|u| *u != certificate.user)
+                {
+                    Err(CertError::WrongKey)
+                } else {
+                    Ok(())
+                }
+            });
+        match result {
+            Ok(()) => LoginClientEvent::Certified(Box::new(certificate)),
+            Err(e) => LoginClientEvent::Failed {
+                operation: op.clone(),
+                error: LoginClientError::BadCertificate(e),
+            },
+        }
+    }
+
+    fn protocol_error(&mut self) {
+        self.fail_all(LoginClientError::Protocol);
+    }
+
+    fn fail_all(&mut self, error: LoginClientError) {
+        self.dead = true;
+        let ops: Vec<Operation> = self
+            .current
+            .take()
+            .map(|(op, _)| op)
+            .into_iter()
+            .chain(self.ops.drain(..))
+            .collect();
+        for operation in ops {
+            self.events.push_back(LoginClientEvent::Failed {
+                operation,
+                error: error.clone(),
+            });
+        }
+    }
+
+    fn on_bytes(&mut self, now: Instant, data: &[u8]) {
+        self.decoder.push(data);
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(_) => return self.protocol_error(),
+            };
+            let Ok(response) = Response::decode(&frame) else {
+                return self.protocol_error();
+            };
+            match response {
+                Response::Hello { status, challenge } if self.challenge.is_none() => {
+                    self.challenge = Some(challenge);
+                    if let VersionStatus::UpgradeRequired { minimum } = status {
+                        self.upgrade_required = Some(minimum);
+                    }
+                    self.events
+                        .push_back(LoginClientEvent::VersionChecked(status));
+                    self.next(now);
+                }
+                Response::Hello { .. } => return self.protocol_error(),
+                other => self.finish(now, other),
+            }
+        }
+    }
+}
+
+impl Machine for LoginClient {
+    type Event = LoginClientEvent;
+
+    fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        if self.dead {
+            return;
+        }
+        match input {
+            Input::Stream { stream, data, .. } if stream == self.stream => self.on_bytes(now, data),
+            Input::StreamClosed { stream } if stream == self.stream => {
+                self.fail_all(LoginClientError::Closed)
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.dead {
+            return;
+        }
+        let started = match (&self.current, self.challenge) {
+            (Some((_, at)), _) => Some(*at),
+            (None, None) => Some(self.hello_sent),
+            (None, Some(_)) => None,
+        };
+        if started.is_some_and(|at| now.saturating_duration_since(at) >= self.cfg.timeout) {
+            self.fail_all(LoginClientError::Timeout);
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<LoginClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.dead {
+            return None;
+        }
+        match (&self.current, self.challenge) {
+            (Some((_, at)), _) => Some(*at + self.cfg.timeout),
+            (None, None) => Some(self.hello_sent + self.cfg.timeout),
+            (None, Some(_)) => None,
+        }
+    }
+}

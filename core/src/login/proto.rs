@@ -1,0 +1,738 @@
+//! Login protocol messages.
+//!
+//! They travel over TLS 1.3 to the login server, one message per frame of
+//! [`crate::wire::frame`] (a big-endian `u16` length, then `[type u8][fields]`). Strings are
+//! UTF-8 with a one-byte length; passwords are at most [`MAX_PASSWORD`] bytes.
+//!
+//! A connection starts with [`Request::Hello`] (client version, first start), answered by
+//! [`Response::Hello`] (version verdict and a fresh challenge). Requests that prove possession
+//! of a device key sign the challenge ([`proof_message`]), so a recorded request cannot be
+//! replayed on another connection.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::identity::{Certificate, DeviceId, UnixTime, UserName};
+use crate::wire::{DecodeError, Reader};
+
+/// Longest password accepted, in bytes (Argon2 takes any length; this bounds the work a request
+/// can cause and the frame size).
+pub const MAX_PASSWORD: usize = 128;
+/// Most revocation entries in one [`Response::Revocations`] page.
+pub const MAX_REVOCATIONS_PER_PAGE: usize = 1000;
+/// Domain separation for proofs of possession.
+pub const PROOF_CONTEXT: &[u8] = b"natter-login-proof-v1";
+/// Domain separation for signed revocation pages.
+pub const REVOCATION_CONTEXT: &[u8] = b"natter-revocations-v1";
+
+/// A software version, compared lexicographically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Version {
+    /// Major.
+    pub major: u16,
+    /// Minor.
+    pub minor: u16,
+    /// Patch.
+    pub patch: u16,
+}
+
+impl Version {
+    /// A version.
+    pub const fn new(major: u16, minor: u16, patch: u16) -> Self {
+        Self {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    /// Parse `MAJOR.MINOR.PATCH`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.trim().split('.').map(|p| p.parse::<u16>().ok());
+        let v = Self::new(it.next()??, it.next()??, it.next()??);
+        it.next().is_none().then_some(v)
+    }
+
+    fn put(&self, out: &mut BytesMut) {
+        out.put_u16(self.major);
+        out.put_u16(self.minor);
+        out.put_u16(self.patch);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self::new(r.u16()?, r.u16()?, r.u16()?))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// A device's public keys and its proof of possession.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKeys {
+    /// Ed25519 public key.
+    pub signing_public: [u8; 32],
+    /// X25519 public key.
+    pub dh_public: [u8; 32],
+    /// Signature by the Ed25519 key over [`proof_message`].
+    pub proof: [u8; 64],
+}
+
+/// The message a device signs to prove it holds its keys on this connection.
+pub fn proof_message(
+    challenge: &[u8; 32],
+    user: &UserName,
+    signing_public: &[u8; 32],
+    dh_public: &[u8; 32],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(32 + 1 + user.as_str().len() + 64);
+    m.extend_from_slice(challenge);
+    m.push(user.as_str().len() as u8);
+    m.extend_from_slice(user.as_str().as_bytes());
+    m.extend_from_slice(signing_public);
+    m.extend_from_slice(dh_public);
+    m
+}
+
+/// Client to server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Request {
+    /// First message: who is calling.
+    Hello {
+        /// The client's version.
+        version: Version,
+        /// True on the first start after installation.
+        first_start: bool,
+    },
+    /// Create an account.
+    Register {
+        /// Requested name (validated and canonicalised by the server too).
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// Log in with the password and get the device certified.
+    Login {
+        /// The account.
+        user: String,
+        /// The password.
+        password: String,
+        /// The device to certify.
+        device: DeviceKeys,
+    },
+    /// Get a fresh certificate without the password, for a device whose keys did not change.
+    Renew {
+        /// The current (possibly recently expired) certificate.
+        certificate: Certificate,
+        /// Proof of possession of the certified keys.
+        proof: [u8; 64],
+    },
+    /// Change the password.
+    ChangePassword {
+        /// The account.
+        user: String,
+        /// The current password.
+        old: String,
+        /// The new password.
+        new: String,
+    },
+    /// Revoke one of the account's devices.
+    RevokeDevice {
+        /// The account.
+        user: String,
+        /// Its password.
+        password: String,
+        /// The device.
+        device: DeviceId,
+    },
+    /// Delete the account (its devices are revoked).
+    DeleteAccount {
+        /// The account.
+        user: String,
+        /// Its password.
+        password: String,
+    },
+    /// Fetch revocations with serial greater than `since` (super nodes do this).
+    Revocations {
+        /// Last serial already known (0 for all).
+        since: u64,
+    },
+}
+
+impl std::fmt::Debug for Request {
+    // Passwords never appear in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Hello {
+                version,
+                first_start,
+            } => write!(f, "Hello({version}, first_start: {first_start})"),
+            Request::Register { user, .. } => write!(f, "Register({user:?})"),
+            Request::Login { user, .. } => write!(f, "Login({user:?})"),
+            Request::Renew { certificate, .. } => {
+                write!(f, "Renew({}, {:?})", certificate.user, certificate.device)
+            }
+            Request::ChangePassword { user, .. } => write!(f, "ChangePassword({user:?})"),
+            Request::RevokeDevice { user, device, .. } => {
+                write!(f, "RevokeDevice({user:?}, {device:?})")
+            }
+            Request::DeleteAccount { user, .. } => write!(f, "DeleteAccount({user:?})"),
+            Request::Revocations { since } => write!(f, "Revocations(since {since})"),
+        }
+    }
+}
+
+/// The server's verdict on the client's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionStatus {
+    /// Fine.
+    Ok,
+    /// Works, but a newer version exists.
+    UpgradeRecommended {
+        /// The recommended version.
+        latest: Version,
+    },
+    /// Too old: the server refuses everything else.
+    UpgradeRequired {
+        /// The oldest version accepted.
+        minimum: Version,
+    },
+}
+
+/// Why the server refused a request. Stable numbers on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoginError {
+    /// Wrong password.
+    #[error("wrong password")]
+    WrongPassword,
+    /// No such user.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The user name is taken.
+    #[error("user name is taken")]
+    NameTaken,
+    /// The user name breaks the rules (3-32 characters, letters, digits, '.', '_', '-',
+    /// starting with a letter).
+    #[error("invalid user name")]
+    InvalidName,
+    /// The password breaks the policy.
+    #[error("password too weak: at least 10 characters, and not the user name")]
+    WeakPassword,
+    /// Too many failures: try again later.
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    Throttled {
+        /// Seconds to wait.
+        retry_after_secs: u32,
+    },
+    /// The client is too old.
+    #[error("upgrade required")]
+    UpgradeRequired,
+    /// The device is revoked.
+    #[error("device revoked")]
+    Revoked,
+    /// The proof of possession or the certificate was invalid.
+    #[error("invalid device proof or certificate")]
+    BadProof,
+    /// No such device on this account.
+    #[error("unknown device")]
+    UnknownDevice,
+    /// The request broke the protocol (e.g. no Hello first).
+    #[error("protocol error")]
+    Protocol,
+    /// The server failed internally (storage down); retry later.
+    #[error("server error")]
+    Server,
+}
+
+impl LoginError {
+    fn code(&self) -> u8 {
+        match self {
+            Self::WrongPassword => 1,
+            Self::UnknownUser => 2,
+            Self::NameTaken => 3,
+            Self::InvalidName => 4,
+            Self::WeakPassword => 5,
+            Self::Throttled { .. } => 6,
+            Self::UpgradeRequired => 7,
+            Self::Revoked => 8,
+            Self::BadProof => 9,
+            Self::UnknownDevice => 10,
+            Self::Protocol => 11,
+            Self::Server => 12,
+        }
+    }
+}
+
+/// One revoked device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedDevice {
+    /// Serial in the server's list.
+    pub serial: u64,
+    /// The device.
+    pub device: DeviceId,
+    /// When it was revoked.
+    pub revoked_at: UnixTime,
+}
+
+/// A page of the revocation list, signed by the authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationPage {
+    /// The `since` this page answers.
+    pub since: u64,
+    /// Entries with serial > since, ascending.
+    pub entries: Vec<RevokedDevice>,
+    /// True when no entries follow this page.
+    pub complete: bool,
+    /// When the server signed it.
+    pub issued_at: UnixTime,
+    /// Authority signature over [`RevocationPage::signed_bytes`].
+    pub signature: [u8; 64],
+}
+
+impl RevocationPage {
+    /// The bytes the authority signs.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        self.put_body(&mut b);
+        b.to_vec()
+    }
+
+    fn put_body(&self, b: &mut BytesMut) {
+        b.put_u64(self.since);
+        b.put_u8(u8::from(self.complete));
+        b.put_u64(self.issued_at.0);
+        b.put_u16(self.entries.len() as u16);
+        for e in &self.entries {
+            b.put_u64(e.serial);
+            b.put_slice(&e.device.0);
+            b.put_u64(e.revoked_at.0);
+        }
+    }
+}
+
+/// Server to client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Answer to Hello.
+    Hello {
+        /// The version verdict.
+        status: VersionStatus,
+        /// A fresh random challenge for proofs of possession on this connection.
+        challenge: [u8; 32],
+    },
+    /// The account was created.
+    Registered,
+    /// The device is certified (login or renewal).
+    Certified {
+        /// The new certificate.
+        certificate: Certificate,
+    },
+    /// The request succeeded (password change, revocation, deletion).
+    Done,
+    /// A page of revocations.
+    Revocations(RevocationPage),
+    /// The request failed.
+    Error(LoginError),
+}
+
+const REQ_HELLO: u8 = 1;
+const REQ_REGISTER: u8 = 2;
+const REQ_LOGIN: u8 = 3;
+const REQ_RENEW: u8 = 4;
+const REQ_CHANGE_PASSWORD: u8 = 5;
+const REQ_REVOKE: u8 = 6;
+const REQ_DELETE: u8 = 7;
+const REQ_REVOCATIONS: u8 = 8;
+
+const RESP_HELLO: u8 = 0x81;
+const RESP_REGISTERED: u8 = 0x82;
+const RESP_CERTIFIED: u8 = 0x83;
+const RESP_DONE: u8 = 0x84;
+const RESP_REVOCATIONS: u8 = 0x85;
+const RESP_ERROR: u8 = 0x86;
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(255);
+    out.put_u8(n as u8);
+    out.put_slice(&b[..n]);
+}
+
+fn read_str(r: &mut Reader<'_>, what: &'static str, max: usize) -> Result<String, DecodeError> {
+    let b = r.bytes_u8(what, max)?;
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid(what))
+}
+
+impl Request {
+    /// Append the encoded request.
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Request::Hello {
+                version,
+                first_start,
+            } => {
+                out.put_u8(REQ_HELLO);
+                version.put(out);
+                out.put_u8(u8::from(*first_start));
+            }
+            Request::Register { user, password } => {
+                out.put_u8(REQ_REGISTER);
+                put_str(out, user);
+                put_str(out, password);
+            }
+            Request::Login {
+                user,
+                password,
+                device,
+            } => {
+                out.put_u8(REQ_LOGIN);
+                put_str(out, user);
+                put_str(out, password);
+                out.put_slice(&device.signing_public);
+                out.put_slice(&device.dh_public);
+                out.put_slice(&device.proof);
+            }
+            Request::Renew { certificate, proof } => {
+                out.put_u8(REQ_RENEW);
+                certificate.encode(out);
+                out.put_slice(proof);
+            }
+            Request::ChangePassword { user, old, new } => {
+                out.put_u8(REQ_CHANGE_PASSWORD);
+                put_str(out, user);
+                put_str(out, old);
+                put_str(out, new);
+            }
+            Request::RevokeDevice {
+                user,
+                password,
+                device,
+            } => {
+                out.put_u8(REQ_REVOKE);
+                put_str(out, user);
+                put_str(out, password);
+                out.put_slice(&device.0);
+            }
+            Request::DeleteAccount { user, password } => {
+                out.put_u8(REQ_DELETE);
+                put_str(out, user);
+                put_str(out, password);
+            }
+            Request::Revocations { since } => {
+                out.put_u8(REQ_REVOCATIONS);
+                out.put_u64(*since);
+            }
+        }
+    }
+
+    /// Decode one request.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let name = |r: &mut Reader<'_>| read_str(r, "user name", UserName::MAX_LEN);
+        let pass = |r: &mut Reader<'_>| read_str(r, "password", MAX_PASSWORD);
+        let req = match r.u8()? {
+            REQ_HELLO => Request::Hello {
+                version: Version::read(&mut r)?,
+                first_start: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("first_start")),
+                },
+            },
+            REQ_REGISTER => Request::Register {
+                user: name(&mut r)?,
+                password: pass(&mut r)?,
+            },
+            REQ_LOGIN => Request::Login {
+                user: name(&mut r)?,
+                password: pass(&mut r)?,
+                device: DeviceKeys {
+                    signing_public: r.array()?,
+                    dh_public: r.array()?,
+                    proof: r.array()?,
+                },
+            },
+            REQ_RENEW => Request::Renew {
+                certificate: Certificate::read(&mut r)?,
+                proof: r.array()?,
+            },
+            REQ_CHANGE_PASSWORD => Request::ChangePassword {
+                user: name(&mut r)?,
+                old: pass(&mut r)?,
+                new: pass(&mut r)?,
+            },
+            REQ_REVOKE => Request::RevokeDevice {
+                user: name(&mut r)?,
+                password: pass(&mut r)?,
+                device: DeviceId(r.array()?),
+            },
+            REQ_DELETE => Request::DeleteAccount {
+                user: name(&mut r)?,
+                password: pass(&mut r)?,
+            },
+            REQ_REVOCATIONS => Request::Revocations { since: r.u64()? },
+            t => return Err(DecodeError::UnknownMessageType(t)),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    /// Append the encoded response.
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Response::Hello { status, challenge } => {
+                out.put_u8(RESP_HELLO);
+                match status {
+                    VersionStatus::Ok => {
+                        out.put_u8(0);
+                        Version::default().put(out);
+                    }
+                    VersionStatus::UpgradeRecommended { latest } => {
+                        out.put_u8(1);
+                        latest.put(out);
+                    }
+                    VersionStatus::UpgradeRequired { minimum } => {
+                        out.put_u8(2);
+                        minimum.put(out);
+                    }
+                }
+                out.put_slice(challenge);
+            }
+            Response::Registered => out.put_u8(RESP_REGISTERED),
+            Response::Certified { certificate } => {
+                out.put_u8(RESP_CERTIFIED);
+                certificate.encode(out);
+            }
+            Response::Done => out.put_u8(RESP_DONE),
+            Response::Revocations(page) => {
+                out.put_u8(RESP_REVOCATIONS);
+                page.put_body(out);
+                out.put_slice(&page.signature);
+            }
+            Response::Error(e) => {
+                out.put_u8(RESP_ERROR);
+                out.put_u8(e.code());
+                if let LoginError::Throttled { retry_after_secs } = e {
+                    out.put_u32(*retry_after_secs);
+                }
+            }
+        }
+    }
+
+    /// Decode one response.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let resp = match r.u8()? {
+            RESP_HELLO => {
+                let kind = r.u8()?;
+                let v = Version::read(&mut r)?;
+                let status = match kind {
+                    0 => VersionStatus::Ok,
+                    1 => VersionStatus::UpgradeRecommended { latest: v },
+                    2 => VersionStatus::UpgradeRequired { minimum: v },
+                    _ => return Err(DecodeError::Invalid("version status")),
+                };
+                Response::Hello {
+                    status,
+                    challenge: r.array()?,
+                }
+            }
+            RESP_REGISTERED => Response::Registered,
+            RESP_CERTIFIED => Response::Certified {
+                certificate: Certificate::read(&mut r)?,
+            },
+            RESP_DONE => Response::Done,
+            RESP_REVOCATIONS => {
+                let since = r.u64()?;
+                let complete = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("complete")),
+                };
+                let issued_at = UnixTime(r.u64()?);
+                let n = usize::from(r.u16()?);
+                if n > MAX_REVOCATIONS_PER_PAGE {
+                    return Err(DecodeError::TooLong {
+                        what: "revocation page",
+                        len: n,
+                        max: MAX_REVOCATIONS_PER_PAGE,
+                    });
+                }
+                let mut entries = Vec::with_capacity(n.min(r.remaining() / 32));
+                for _ in 0..n {
+                    entries.push(RevokedDevice {
+                        serial: r.u64()?,
+                        device: DeviceId(r.array()?),
+                        revoked_at: UnixTime(r.u64()?),
+                    });
+                }
+                Response::Revocations(RevocationPage {
+                    since,
+                    entries,
+                    complete,
+                    issued_at,
+                    signature: r.array()?,
+                })
+            }
+            RESP_ERROR => Response::Error(match r.u8()? {
+                1 => LoginError::WrongPassword,
+                2 => LoginError::UnknownUser,
+                3 => LoginError::NameTaken,
+                4 => LoginError::InvalidName,
+                5 => LoginError::WeakPassword,
+                6 => LoginError::Throttled {
+                    retry_after_secs: r.u32()?,
+                },
+                7 => LoginError::UpgradeRequired,
+                8 => LoginError::Revoked,
+                9 => LoginError::BadProof,
+                10 => LoginError::UnknownDevice,
+                11 => LoginError::Protocol,
+                12 => LoginError::Server,
+                _ => return Err(DecodeError::Invalid("error code")),
+            }),
+            t => return Err(DecodeError::UnknownMessageType(t)),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::TestNetwork;
+    use proptest::prelude::{any, prop_oneof, proptest, Just, Strategy};
+
+    fn cert() -> Certificate {
+        TestNetwork::new(1).identity("alice").certificate
+    }
+
+    fn requests() -> impl Strategy<Value = Request> {
+        let s = "[a-z]{0,32}";
+        prop_oneof![
+            (any::<u16>(), any::<bool>()).prop_map(|(m, f)| Request::Hello {
+                version: Version::new(m, 2, 3),
+                first_start: f
+            }),
+            (s, s).prop_map(|(user, password)| Request::Register { user, password }),
+            (s, s, any::<[u8; 32]>()).prop_map(|(user, password, k)| Request::Login {
+                user,
+                password,
+                device: DeviceKeys {
+                    signing_public: k,
+                    dh_public: k,
+                    proof: [7; 64]
+                }
+            }),
+            Just(Request::Renew {
+                certificate: cert(),
+                proof: [1; 64]
+            }),
+            (s, s, s).prop_map(|(user, old, new)| Request::ChangePassword { user, old, new }),
+            (s, s, any::<[u8; 16]>()).prop_map(|(user, password, d)| Request::RevokeDevice {
+                user,
+                password,
+                device: DeviceId(d)
+            }),
+            (s, s).prop_map(|(user, password)| Request::DeleteAccount { user, password }),
+            any::<u64>().prop_map(|since| Request::Revocations { since }),
+        ]
+    }
+
+    fn responses() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (0u8..3, any::<[u8; 32]>()).prop_map(|(k, challenge)| Response::Hello {
+                status: match k {
+                    0 => VersionStatus::Ok,
+                    1 => VersionStatus::UpgradeRecommended {
+                        latest: Version::new(1, 2, 3)
+                    },
+                    _ => VersionStatus::UpgradeRequired {
+                        minimum: Version::new(2, 0, 0)
+                    },
+                },
+                challenge
+            }),
+            Just(Response::Registered),
+            Just(Response::Certified {
+                certificate: cert()
+            }),
+            Just(Response::Done),
+            (any::<u64>(), 0usize..50, any::<bool>()).prop_map(|(since, n, complete)| {
+                Response::Revocations(RevocationPage {
+                    since,
+                    entries: (0..n)
+                        .map(|i| RevokedDevice {
+                            serial: since.wrapping_add(i as u64),
+                            device: DeviceId([i as u8; 16]),
+                            revoked_at: UnixTime(i as u64),
+                        })
+                        .collect(),
+                    complete,
+                    issued_at: UnixTime(5),
+                    signature: [3; 64],
+                })
+            }),
+            any::<u32>().prop_map(|s| Response::Error(LoginError::Throttled {
+                retry_after_secs: s
+            })),
+            Just(Response::Error(LoginError::WrongPassword)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn request_roundtrip(req in requests()) {
+            let mut b = BytesMut::new();
+            req.encode(&mut b);
+            assert_eq!(Request::decode(&b).unwrap(), req);
+        }
+
+        #[test]
+        fn response_roundtrip(resp in responses()) {
+            let mut b = BytesMut::new();
+            resp.encode(&mut b);
+            assert_eq!(Response::decode(&b).unwrap(), resp);
+        }
+
+        #[test]
+        fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Request::decode(&data);
+            let _ = Response::decode(&data);
+        }
+    }
+
+    #[test]
+    fn passwords_never_appear_in_debug_output() {
+        let r = Request::Login {
+            user: "alice".into(),
+            password: "hunter2-secret".into(),
+            device: DeviceKeys {
+                signing_public: [0; 32],
+                dh_public: [0; 32],
+                proof: [0; 64],
+            },
+        };
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let r = Request::ChangePassword {
+            user: "alice".into(),
+            old: "old-secret".into(),
+            new: "new-secret".into(),
+        };
+        assert!(!format!("{r:?}").contains("secret"));
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(Version::parse("1.2.3"), Some(Version::new(1, 2, 3)));
+        assert_eq!(Version::parse("1.2"), None);
+        assert_eq!(Version::parse("1.2.3.4"), None);
+        assert!(Version::new(1, 10, 0) > Version::new(1, 9, 9));
+    }
+}

@@ -1,0 +1,912 @@
+//! The login server's protocol machine.
+//!
+//! Sans-IO like every machine: TLS-decrypted stream bytes come in through
+//! [`Machine::handle_input`], framed responses go out through [`Machine::poll_transmit`].
+//! What it cannot do without I/O or heavy CPU (password hashing, the account database) it hands
+//! out as [`WorkItem`]s through [`LoginServer::poll_work`]; the runtime runs them on worker
+//! threads, never on the I/O thread, and returns each [`JobOutcome`] with
+//! [`LoginServer::handle_job`]. Everything else is decided here: the request order, name and
+//! password policy, the version verdict, proofs of possession, throttling, certificate issuance
+//! and signing revocation pages.
+//!
+//! Throttling: failed password checks are counted per account and per source address. After
+//! a few free failures each further one doubles a back-off (1 s, 2 s, 4 s, ... up to a cap),
+//! during which requests that check that account's password, or come from that address, are
+//! refused with [`LoginError::Throttled`] without touching the password. Scripted guessing
+//! from one address and against one account are both slowed; state is bounded.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::proto::{
+    proof_message, DeviceKeys, LoginError, Request, Response, RevocationPage, RevokedDevice,
+    Version, VersionStatus, MAX_REVOCATIONS_PER_PAGE, PROOF_CONTEXT, REVOCATION_CONTEXT,
+};
+use crate::identity::{
+    verify_signature, Authority, CertError, DeviceId, TrustedAuthorities, UnixTime, UserName,
+};
+use crate::rng::Rng;
+use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
+use crate::wire::frame::{self, FrameDecoder};
+
+/// A password in memory: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Failure counting and back-off settings.
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    /// Failures per account before back-off starts.
+    pub free_per_account: u32,
+    /// Failures per source address before back-off starts.
+    pub free_per_address: u32,
+    /// First back-off; doubles with each further failure.
+    pub base: Duration,
+    /// Longest back-off.
+    pub max: Duration,
+    /// A counter is forgotten after this long without failures.
+    pub forget_after: Duration,
+    /// Most accounts and most addresses tracked at once.
+    pub capacity: usize,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            free_per_account: 5,
+            free_per_address: 20,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(15 * 60),
+            forget_after: Duration::from_secs(3600),
+            capacity: 100_000,
+        }
+    }
+}
+
+/// Configuration of a [`LoginServer`].
+pub struct LoginServerConfig {
+    /// The signing key; its public half must be in `trusted`.
+    pub authority: Authority,
+    /// Authority keys whose certificates may be renewed (current and previous, for rotation).
+    pub trusted: TrustedAuthorities,
+    /// Randomness for challenges.
+    pub seed: [u8; 32],
+    /// Wall-clock time at `clock_anchor` (certificate validity is wall-clock time).
+    pub wall_anchor: UnixTime,
+    /// The instant matching `wall_anchor`.
+    pub clock_anchor: Instant,
+    /// Clients older than this get [`VersionStatus::UpgradeRequired`].
+    pub minimum_version: Version,
+    /// Clients older than this get [`VersionStatus::UpgradeRecommended`].
+    pub recommended_version: Version,
+    /// How long a certificate is valid (default 24 h).
+    pub certificate_lifetime: Duration,
+    /// How long after expiry a certificate may still be renewed without the password
+    /// (default 30 days).
+    pub renewal_grace: Duration,
+    /// Shortest password accepted (default 10).
+    pub min_password_len: usize,
+    /// Failure throttling.
+    pub throttle: ThrottleConfig,
+    /// A connection idle this long is closed (default 30 s).
+    pub idle_timeout: Duration,
+    /// Requests queued per connection while one is being worked on (default 4).
+    pub max_queued: usize,
+}
+
+impl std::fmt::Debug for LoginServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginServerConfig")
+            .field("authority", &self.authority)
+            .field("minimum_version", &self.minimum_version)
+            .field("recommended_version", &self.recommended_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginServerConfig {
+    /// Defaults around an authority key.
+    pub fn new(authority: Authority, seed: [u8; 32], wall: UnixTime, now: Instant) -> Self {
+        let trusted = TrustedAuthorities::new([authority.public()]);
+        Self {
+            authority,
+            trusted,
+            seed,
+            wall_anchor: wall,
+            clock_anchor: now,
+            minimum_version: Version::new(0, 1, 0),
+            recommended_version: Version::new(0, 1, 0),
+            certificate_lifetime: Duration::from_secs(24 * 3600),
+            renewal_grace: Duration::from_secs(30 * 24 * 3600),
+            min_password_len: 10,
+            throttle: ThrottleConfig::default(),
+            idle_timeout: Duration::from_secs(30),
+            max_queued: 4,
+        }
+    }
+}
+
+/// Identifies a job handed to the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JobId(pub u64);
+
+/// Work the runtime must do with the account store and the password hasher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// Hash the password and create the account.
+    Register {
+        /// Canonical name.
+        user: UserName,
+        /// Password.
+        password: Secret,
+    },
+    /// Check the password, check the device is not revoked or someone else's, record it.
+    Login {
+        /// Account.
+        user: UserName,
+        /// Password.
+        password: Secret,
+        /// The device's id.
+        device: DeviceId,
+        /// Its keys.
+        keys: DeviceKeys,
+    },
+    /// Check the device is still this user's and not revoked, and record the renewal.
+    Renew {
+        /// Account.
+        user: UserName,
+        /// Device.
+        device: DeviceId,
+        /// Ed25519 key.
+        signing_public: [u8; 32],
+        /// X25519 key.
+        dh_public: [u8; 32],
+    },
+    /// Check the old password, hash and store the new one.
+    ChangePassword {
+        /// Account.
+        user: UserName,
+        /// Current password.
+        old: Secret,
+        /// New password.
+        new: Secret,
+    },
+    /// Check the password and revoke the device.
+    RevokeDevice {
+        /// Account.
+        user: UserName,
+        /// Password.
+        password: Secret,
+        /// Device.
+        device: DeviceId,
+    },
+    /// Check the password and delete the account.
+    DeleteAccount {
+        /// Account.
+        user: UserName,
+        /// Password.
+        password: Secret,
+    },
+    /// Read revocations after `since`.
+    Revocations {
+        /// Last known serial.
+        since: u64,
+        /// Page size.
+        limit: usize,
+    },
+}
+
+impl Job {
+    /// The account whose password this job checks, for throttling.
+    fn checks_password_of(&self) -> Option<&UserName> {
+        match self {
+            Job::Login { user, .. }
+            | Job::ChangePassword { user, .. }
+            | Job::RevokeDevice { user, .. }
+            | Job::DeleteAccount { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+}
+
+/// A job with its id and the wall-clock time to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkItem {
+    /// Return it with the outcome.
+    pub id: JobId,
+    /// What to do.
+    pub job: Job,
+    /// Wall-clock time of the request.
+    pub wall: UnixTime,
+}
+
+/// What the runtime found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Done.
+    Ok,
+    /// Revocations read.
+    Revocations {
+        /// Entries, ascending.
+        entries: Vec<RevokedDevice>,
+        /// No more after these.
+        complete: bool,
+    },
+    /// Refused: [`LoginError::WrongPassword`], `UnknownUser`, `NameTaken`, `Revoked`,
+    /// `UnknownDevice` or `Server`.
+    Failed(LoginError),
+}
+
+/// What the login server reports (for logs, metrics and the driver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginServerEvent {
+    /// A client said hello.
+    Hello {
+        /// Connection.
+        stream: StreamId,
+        /// Client version.
+        version: Version,
+        /// First start after installation.
+        first_start: bool,
+        /// The verdict.
+        status: VersionStatus,
+    },
+    /// An account was created.
+    Registered {
+        /// Who.
+        user: UserName,
+    },
+    /// A device was certified.
+    Certified {
+        /// Who.
+        user: UserName,
+        /// Which device.
+        device: DeviceId,
+        /// By renewal (no password).
+        renewal: bool,
+    },
+    /// A request was refused.
+    Refused {
+        /// Connection.
+        stream: StreamId,
+        /// Why.
+        error: LoginError,
+    },
+    /// The driver must close this connection once its pending transmits are written.
+    Close {
+        /// Connection.
+        stream: StreamId,
+    },
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoginServerStats {
+    /// Requests decoded.
+    pub requests: u64,
+    /// Frames that could not be decoded (the connection was closed).
+    pub malformed: u64,
+    /// Requests refused by throttling.
+    pub throttled: u64,
+    /// Failed password checks.
+    pub password_failures: u64,
+    /// Certificates issued.
+    pub certified: u64,
+    /// Connections closed for idleness or overflow.
+    pub dropped_connections: u64,
+}
+
+struct Conn {
+    remote: SocketAddr,
+    decoder: FrameDecoder,
+    hello: Option<(VersionStatus, [u8; 32])>,
+    busy: Option<JobId>,
+    queued: VecDeque<Request>,
+    last_activity: Instant,
+    closing: bool,
+}
+
+struct Pending {
+    stream: StreamId,
+    job: Job,
+    renewal: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    blocked_until: Instant,
+    last: Instant,
+}
+
+/// Failure counters keyed by account or address.
+#[derive(Debug)]
+struct Throttle<K> {
+    free: u32,
+    map: HashMap<K, Failures>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Throttle<K> {
+    fn new(free: u32) -> Self {
+        Self {
+            free,
+            map: HashMap::new(),
+        }
+    }
+
+    fn blocked(&self, now: Instant, key: &K) -> Option<Duration> {
+        self.map
+            .get(key)
+            .filter(|f| f.blocked_until > now)
+            .map(|f| f.blocked_until - now)
+    }
+
+    fn fail(&mut self, now: Instant, key: K, cfg: &ThrottleConfig) {
+        if self.map.len() >= cfg.capacity && !self.map.contains_key(&key) {
+            self.map
+                .retain(|_, f| now.saturating_duration_since(f.last) < cfg.forget_after);
+            if self.map.len() >= cfg.capacity {
+                let oldest = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.map.remove(&k);
+                }
+            }
+        }
+        let f = self.map.entry(key).or_insert(Failures {
+            count: 0,
+            blocked_until: now,
+            last: now,
+        });
+        if now.saturating_duration_since(f.last) >= cfg.forget_after {
+            f.count = 0;
+        }
+        f.count += 1;
+        f.last = now;
+        if f.count > self.free {
+            let exp = (f.count - self.free - 1).min(20);
+            let delay = cfg.base.saturating_mul(1 << exp).min(cfg.max);
+            f.blocked_until = now + delay;
+        }
+    }
+
+    fn succeed(&mut self, key: &K) {
+        self.map.remove(key);
+    }
+}
+
+/// The login server machine. See the [module documentation](self).
+pub struct LoginServer {
+    cfg: LoginServerConfig,
+    rng: Rng,
+    conns: HashMap<StreamId, Conn>,
+    pending: HashMap<JobId, Pending>,
+    next_job: u64,
+    by_account: Throttle<UserName>,
+    by_address: Throttle<IpAddr>,
+    work: VecDeque<WorkItem>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<LoginServerEvent>,
+    stats: LoginServerStats,
+}
+
+impl std::fmt::Debug for LoginServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginServer")
+            .field("connections", &self.conns.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a password meets the policy for `user`.
+pub fn password_acceptable(user: &UserName, password: &str, min_len: usize) -> bool {
+    let len = password.chars().count();
+    len >= min_len
+        && password.len() <= super::proto::MAX_PASSWORD
+        && !password.eq_ignore_ascii_case(user.as_str())
+}
+
+impl LoginServer {
+    /// A new server.
+    pub fn new(cfg: LoginServerConfig) -> Self {
+        Self {
+            rng: Rng::from_seed_bytes(cfg.seed),
+            by_account: Throttle::new(cfg.throttle.free_per_account),
+            by_address: Throttle::new(cfg.throttle.free_per_address),
+            cfg,
+            conns: HashMap::new(),
+            pending: HashMap::new(),
+            next_job: 0,
+            work: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: LoginServerStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LoginServerStats {
+        self.stats
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The authority's public key.
+    pub fn authority_public(&self) -> [u8; 32] {
+        self.cfg.authority.public()
+    }
+
+    /// The next job for a worker thread.
+    pub fn poll_work(&mut self) -> Option<WorkItem> {
+        self.work.pop_front()
+    }
+
+    fn wall(&self, now: Instant) -> UnixTime {
+        UnixTime(
+            self.cfg.wall_anchor.0
+                + now
+                    .saturating_duration_since(self.cfg.clock_anchor)
+                    .as_secs(),
+        )
+    }
+
+    fn respond(&mut self, stream: StreamId, response: &Response) {
+        let mut body = BytesMut::with_capacity(64);
+        response.encode(&mut body);
+        let mut framed = BytesMut::with_capacity(body.len() + 2);
+        if frame::encode(&body, &mut framed).is_err() {
+            return;
+        }
+        if let Response::Error(error) = response {
+            self.events.push_back(LoginServerEvent::Refused {
+                stream,
+                error: *error,
+            });
+        }
+        self.transmits.push_back(Transmit {
+            destination: Destination::Stream(stream),
+            source: None,
+            payload: framed.freeze(),
+        });
+    }
+
+    fn close(&mut self, stream: StreamId) {
+        if let Some(c) = self.conns.get_mut(&stream) {
+            if !c.closing {
+                c.closing = true;
+                self.events.push_back(LoginServerEvent::Close { stream });
+            }
+        }
+    }
+
+    fn fail(&mut self, stream: StreamId, error: LoginError) {
+        self.respond(stream, &Response::Error(error));
+    }
+
+    fn on_bytes(&mut self, now: Instant, stream: StreamId, remote: SocketAddr, data: &[u8]) {
+        let conn = self.conns.entry(stream).or_insert_with(|| Conn {
+            remote,
+            decoder: FrameDecoder::new(usize::from(u16::MAX)),
+            hello: None,
+            busy: None,
+            queued: VecDeque::new(),
+            last_activity: now,
+            closing: false,
+        });
+        if conn.closing {
+            return;
+        }
+        conn.last_activity = now;
+        conn.decoder.push(data);
+        let mut requests = Vec::new();
+        let mut broken = false;
+        loop {
+            match conn.decoder.next_frame() {
+                Ok(Some(f)) => match Request::decode(&f) {
+                    Ok(r) => requests.push(r),
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        for r in requests {
+            self.stats.requests += 1;
+            let Some(conn) = self.conns.get_mut(&stream) else {
+                return;
+            };
+            if conn.busy.is_some() {
+                if conn.queued.len() >= self.cfg.max_queued {
+                    self.stats.dropped_connections += 1;
+                    self.fail(stream, LoginError::Protocol);
+                    self.close(stream);
+                    return;
+                }
+                conn.queued.push_back(r);
+            } else {
+                self.on_request(now, stream, r);
+            }
+        }
+        if broken {
+            self.stats.malformed += 1;
+            self.fail(stream, LoginError::Protocol);
+            self.close(stream);
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, stream: StreamId, request: Request) {
+        let Some(conn) = self.conns.get(&stream) else {
+            return;
+        };
+        let remote = conn.remote;
+        let hello = conn.hello;
+        let wall = self.wall(now);
+        let (status, challenge) = match (&request, hello) {
+            (
+                Request::Hello {
+                    version,
+                    first_start,
+                },
+                None,
+            ) => {
+                let status = if *version < self.cfg.minimum_version {
+                    VersionStatus::UpgradeRequired {
+                        minimum: self.cfg.minimum_version,
+                    }
+                } else if *version < self.cfg.recommended_version {
+                    VersionStatus::UpgradeRecommended {
+                        latest: self.cfg.recommended_version,
+                    }
+                } else {
+                    VersionStatus::Ok
+                };
+                let mut challenge = [0u8; 32];
+                self.rng.fill(&mut challenge);
+                if let Some(c) = self.conns.get_mut(&stream) {
+                    c.hello = Some((status, challenge));
+                }
+                self.events.push_back(LoginServerEvent::Hello {
+                    stream,
+                    version: *version,
+                    first_start: *first_start,
+                    status,
+                });
+                self.respond(stream, &Response::Hello { status, challenge });
+                return;
+            }
+            (Request::Hello { .. }, Some(_)) | (_, None) => {
+                self.fail(stream, LoginError::Protocol);
+                self.close(stream);
+                return;
+            }
+            (_, Some(h)) => h,
+        };
+        if matches!(status, VersionStatus::UpgradeRequired { .. }) {
+            self.fail(stream, LoginError::UpgradeRequired);
+            return;
+        }
+        let parse_user = |name: &str| UserName::parse(name).map_err(|_| LoginError::InvalidName);
+        let result: Result<(Job, bool), LoginError> = match request {
+            Request::Hello { .. } => return,
+            Request::Register { user, password } => parse_user(&user).and_then(|user| {
+                if password_acceptable(&user, &password, self.cfg.min_password_len) {
+                    Ok((
+                        Job::Register {
+                            user,
+                            password: Secret(password),
+                        },
+                        false,
+                    ))
+                } else {
+                    Err(LoginError::WeakPassword)
+                }
+            }),
+            Request::Login {
+                user,
+                password,
+                device,
+            } => parse_user(&user).and_then(|user| {
+                let msg =
+                    proof_message(&challenge, &user, &device.signing_public, &device.dh_public);
+                if verify_signature(&device.signing_public, PROOF_CONTEXT, &msg, &device.proof) {
+                    Ok((
+                        Job::Login {
+                            device: DeviceId::from_signing_key(&device.signing_public),
+                            user,
+                            password: Secret(password),
+                            keys: device,
+                        },
+                        false,
+                    ))
+                } else {
+                    Err(LoginError::BadProof)
+                }
+            }),
+            Request::Renew { certificate, proof } => {
+                let grace = self.cfg.renewal_grace.as_secs();
+                // Valid signature from a trusted authority, and not expired longer than the
+                // grace period ago.
+                let check_at = UnixTime(wall.0.min(certificate.not_after.0.saturating_add(grace)));
+                let checked = match certificate.verify(&self.cfg.trusted, check_at) {
+                    Ok(()) => true,
+                    Err(CertError::Expired) => false,
+                    Err(_) => false,
+                };
+                let msg = proof_message(
+                    &challenge,
+                    &certificate.user,
+                    &certificate.signing_public,
+                    &certificate.dh_public,
+                );
+                if checked
+                    && verify_signature(&certificate.signing_public, PROOF_CONTEXT, &msg, &proof)
+                {
+                    Ok((
+                        Job::Renew {
+                            user: certificate.user.clone(),
+                            device: certificate.device,
+                            signing_public: certificate.signing_public,
+                            dh_public: certificate.dh_public,
+                        },
+                        true,
+                    ))
+                } else {
+                    Err(LoginError::BadProof)
+                }
+            }
+            Request::ChangePassword { user, old, new } => parse_user(&user).and_then(|user| {
+                if password_acceptable(&user, &new, self.cfg.min_password_len) {
+                    Ok((
+                        Job::ChangePassword {
+                            user,
+                            old: Secret(old),
+                            new: Secret(new),
+                        },
+                        false,
+                    ))
+                } else {
+                    Err(LoginError::WeakPassword)
+                }
+            }),
+            Request::RevokeDevice {
+                user,
+                password,
+                device,
+            } => parse_user(&user).map(|user| {
+                (
+                    Job::RevokeDevice {
+                        user,
+                        password: Secret(password),
+                        device,
+                    },
+                    false,
+                )
+            }),
+            Request::DeleteAccount { user, password } => parse_user(&user).map(|user| {
+                (
+                    Job::DeleteAccount {
+                        user,
+                        password: Secret(password),
+                    },
+                    false,
+                )
+            }),
+            Request::Revocations { since } => Ok((
+                Job::Revocations {
+                    since,
+                    limit: MAX_REVOCATIONS_PER_PAGE,
+                },
+                false,
+            )),
+        };
+        let (job, renewal) = match result {
+            Ok(j) => j,
+            Err(e) => {
+                self.fail(stream, e);
+                return;
+            }
+        };
+        if let Some(user) = job.checks_password_of() {
+            let wait = self
+                .by_account
+                .blocked(now, user)
+                .max(self.by_address.blocked(now, &remote.ip()));
+            if let Some(wait) = wait {
+                self.stats.throttled += 1;
+                let retry_after_secs = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
+                self.fail(stream, LoginError::Throttled { retry_after_secs });
+                return;
+            }
+        }
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        if let Some(c) = self.conns.get_mut(&stream) {
+            c.busy = Some(id);
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                stream,
+                job: job.clone(),
+                renewal,
+            },
+        );
+        self.work.push_back(WorkItem { id, job, wall });
+    }
+
+    /// Return the outcome of a job from [`LoginServer::poll_work`].
+    pub fn handle_job(&mut self, now: Instant, id: JobId, outcome: JobOutcome) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        let stream = p.stream;
+        let remote = self.conns.get(&stream).map(|c| c.remote);
+        let wall = self.wall(now);
+        let throttle_cfg = self.cfg.throttle.clone();
+        let response = match (outcome, &p.job) {
+            (JobOutcome::Failed(e), job) => {
+                if matches!(e, LoginError::WrongPassword | LoginError::UnknownUser) {
+                    self.stats.password_failures += 1;
+                    if let Some(remote) = remote {
+                        self.by_address.fail(now, remote.ip(), &throttle_cfg);
+                    }
+                    if let (LoginError::WrongPassword, Some(user)) = (e, job.checks_password_of()) {
+                        self.by_account.fail(now, user.clone(), &throttle_cfg);
+                    }
+                }
+                Response::Error(e)
+            }
+            (JobOutcome::Ok, Job::Register { user, .. }) => {
+                self.events
+                    .push_back(LoginServerEvent::Registered { user: user.clone() });
+                Response::Registered
+            }
+            (JobOutcome::Ok, Job::Login { user, keys, .. }) => {
+                self.by_account.succeed(user);
+                self.issue(wall, user, keys.signing_public, keys.dh_public, p.renewal)
+            }
+            (
+                JobOutcome::Ok,
+                Job::Renew {
+                    user,
+                    signing_public,
+                    dh_public,
+                    ..
+                },
+            ) => self.issue(wall, user, *signing_public, *dh_public, p.renewal),
+            (JobOutcome::Ok, job) => {
+                if let Some(user) = job.checks_password_of() {
+                    self.by_account.succeed(user);
+                }
+                Response::Done
+            }
+            (JobOutcome::Revocations { entries, complete }, Job::Revocations { since, .. }) => {
+                let mut page = RevocationPage {
+                    since: *since,
+                    entries,
+                    complete,
+                    issued_at: wall,
+                    signature: [0; 64],
+                };
+                page.signature = self
+                    .cfg
+                    .authority
+                    .sign(REVOCATION_CONTEXT, &page.signed_bytes());
+                Response::Revocations(page)
+            }
+            (JobOutcome::Revocations { .. }, _) => Response::Error(LoginError::Server),
+        };
+        if !self.conns.contains_key(&stream) {
+            return;
+        }
+        self.respond(stream, &response);
+        let next = self.conns.get_mut(&stream).and_then(|c| {
+            c.busy = None;
+            c.last_activity = now;
+            c.queued.pop_front()
+        });
+        if let Some(r) = next {
+            self.on_request(now, stream, r);
+        }
+    }
+
+    fn issue(
+        &mut self,
+        wall: UnixTime,
+        user: &UserName,
+        signing_public: [u8; 32],
+        dh_public: [u8; 32],
+        renewal: bool,
+    ) -> Response {
+        let certificate = self.cfg.authority.certify(
+            user,
+            dh_public,
+            signing_public,
+            // A minute of slack for clients whose clocks run a little behind.
+            UnixTime(wall.0.saturating_sub(60)),
+            UnixTime(wall.0 + self.cfg.certificate_lifetime.as_secs()),
+        );
+        self.stats.certified += 1;
+        self.events.push_back(LoginServerEvent::Certified {
+            user: user.clone(),
+            device: certificate.device,
+            renewal,
+        });
+        Response::Certified { certificate }
+    }
+}
+
+impl Machine for LoginServer {
+    type Event = LoginServerEvent;
+
+    fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Stream {
+                stream,
+                remote,
+                data,
+            } => self.on_bytes(now, stream, remote, data),
+            Input::StreamClosed { stream } => {
+                self.conns.remove(&stream);
+                // Jobs in flight finish; their answers are dropped.
+            }
+            // The login server speaks only TLS over TCP.
+            Input::Datagram { .. } => {}
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        let idle: Vec<StreamId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.closing
+                    && c.busy.is_none()
+                    && now.saturating_duration_since(c.last_activity) >= self.cfg.idle_timeout
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for s in idle {
+            self.stats.dropped_connections += 1;
+            self.close(s);
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<LoginServerEvent> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter(|c| !c.closing && c.busy.is_none())
+            .map(|c| c.last_activity + self.cfg.idle_timeout)
+            .min()
+    }
+}

@@ -1,0 +1,405 @@
+//! Logging in: a blocking client for the login server, and the device's stored credentials.
+//!
+//! [`run_operations`] connects over TCP + TLS 1.3 (checking the pinned certificate fingerprint
+//! or the CA chain the network file specifies), runs the sans-IO
+//! [`natter_core::login::client::LoginClient`] and returns its events. [`login`] is the usual
+//! entry point: it renews the stored certificate without the password when it can, logs in
+//! with the password otherwise, stores the result, and reports every failure as a typed
+//! [`LoginFailure`].
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natter_core::identity::{CertError, Certificate, DeviceIdentity, UnixTime};
+use natter_core::login::client::{
+    LoginClient, LoginClientConfig, LoginClientError, LoginClientEvent, Operation,
+};
+use natter_core::login::proto::{LoginError, Version};
+use natter_core::rng::Rng;
+use natter_core::sansio::{Input, Machine, StreamId};
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
+
+use super::files::{private_dir, write_private};
+use super::network::{NetworkFile, NetworkFileError};
+use super::tls::{client_config, is_pin_mismatch};
+use crate::{os_seed, wall_clock};
+
+/// Why the connection to the login server failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Nothing answered at the login server's address.
+    #[error("login server {address} unreachable: {source}")]
+    Unreachable {
+        /// The address tried.
+        address: String,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// The server's TLS certificate is not the one the network file pins.
+    #[error("the login server's TLS certificate does not match the pinned fingerprint")]
+    PinMismatch,
+    /// Another TLS failure (for a CA-issued certificate: not trusted, wrong name, expired).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The network file is unusable.
+    #[error(transparent)]
+    Network(#[from] NetworkFileError),
+    /// The connection broke.
+    #[error("connection to the login server failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Connect to the login server, run `ops` in order, and return every event.
+pub fn run_operations(
+    network: &NetworkFile,
+    device: &DeviceIdentity,
+    version: Version,
+    first_start: bool,
+    ops: Vec<Operation>,
+    timeout: Duration,
+) -> Result<Vec<LoginClientEvent>, ConnectError> {
+    let address = network.login_address()?;
+    let config = client_config(network.pin()?, network.login.ca_file.as_deref())
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let name = ServerName::try_from(network.login.server_name.clone())
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let mut tcp = TcpStream::connect_timeout(&address, timeout).map_err(|source| {
+        ConnectError::Unreachable {
+            address: network.login.address.clone(),
+            source,
+        }
+    })?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let mut tls = ClientConnection::new(Arc::clone(&config), name)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+
+    let start = Instant::now();
+    let cfg = LoginClientConfig {
+        version,
+        first_start,
+        device: device.clone(),
+        trusted: network.trusted()?,
+        wall_anchor: wall_clock(),
+        clock_anchor: start,
+        timeout,
+    };
+    let stream = StreamId(0);
+    let mut machine = LoginClient::new(cfg, stream, start);
+    for op in ops {
+        machine.enqueue(start, op);
+    }
+    let mut events = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut closed = false;
+    loop {
+        while let Some(t) = machine.poll_transmit() {
+            tls.writer().write_all(&t.payload)?;
+        }
+        while tls.wants_write() {
+            tls.write_tls(&mut tcp)?;
+        }
+        events.extend(std::iter::from_fn(|| machine.poll_event()));
+        let failed_all = events.iter().any(|e| {
+            matches!(
+                e,
+                LoginClientEvent::Failed {
+                    error: LoginClientError::Closed
+                        | LoginClientError::Timeout
+                        | LoginClientError::Protocol,
+                    ..
+                }
+            )
+        });
+        if (machine.is_idle()
+            && events
+                .iter()
+                .any(|e| matches!(e, LoginClientEvent::VersionChecked(_))))
+            || failed_all
+            || closed
+        {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut tcp);
+            return Ok(events);
+        }
+        let now = Instant::now();
+        match tls.read_tls(&mut tcp) {
+            Ok(0) => {
+                closed = true;
+                machine.handle_input(now, Input::StreamClosed { stream });
+            }
+            Ok(_) => {
+                if let Err(e) = tls.process_new_packets() {
+                    let _ = tls.write_tls(&mut tcp);
+                    return Err(if is_pin_mismatch(&e) {
+                        ConnectError::PinMismatch
+                    } else {
+                        ConnectError::Tls(e.to_string())
+                    });
+                }
+                loop {
+                    match tls.reader().read(&mut buf) {
+                        Ok(0) => {
+                            closed = true;
+                            machine.handle_input(now, Input::StreamClosed { stream });
+                            break;
+                        }
+                        Ok(n) => machine.handle_input(
+                            now,
+                            Input::Stream {
+                                stream,
+                                remote: address,
+                                data: &buf[..n],
+                            },
+                        ),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                closed = true;
+                tracing::debug!(error = %e, "login connection failed");
+                machine.handle_input(now, Input::StreamClosed { stream });
+            }
+        }
+        machine.handle_timeout(Instant::now());
+    }
+}
+
+/// Everything that can go wrong when logging in, as a user should hear it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoginFailure {
+    /// Reaching the server failed (unreachable, pin mismatch, TLS).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// Wrong password.
+    #[error("wrong password")]
+    WrongPassword,
+    /// No such user.
+    #[error("unknown user")]
+    UnknownUser,
+    /// Too many failed attempts.
+    #[error("too many failed attempts: try again in {retry_after_secs} s")]
+    Throttled {
+        /// Seconds to wait.
+        retry_after_secs: u32,
+    },
+    /// This client is too old for the network.
+    #[error("this version of Natter is too old: upgrade to {minimum} or newer")]
+    UpgradeRequired {
+        /// The oldest version accepted.
+        minimum: Version,
+    },
+    /// The user name is taken (registration).
+    #[error("that user name is taken")]
+    NameTaken,
+    /// The user name breaks the rules.
+    #[error("invalid user name: 3-32 characters, letters, digits, '.', '_', '-', starting with a letter")]
+    InvalidName,
+    /// The password breaks the policy.
+    #[error("password too weak: at least 10 characters, and not the user name")]
+    WeakPassword,
+    /// This device was revoked.
+    #[error("this device was revoked")]
+    Revoked,
+    /// The server's certificate for us was unacceptable (wrong authority, wrong key).
+    #[error("the login server issued an unacceptable certificate: {0}")]
+    BadCertificate(CertError),
+    /// Storing or reading the device's credentials failed.
+    #[error("device credentials: {0}")]
+    Credentials(io::Error),
+    /// The server failed or broke the protocol.
+    #[error("login server error: {0}")]
+    Server(String),
+}
+
+impl From<LoginClientError> for LoginFailure {
+    fn from(e: LoginClientError) -> Self {
+        match e {
+            LoginClientError::Refused(r) => match r {
+                LoginError::WrongPassword => Self::WrongPassword,
+                LoginError::UnknownUser => Self::UnknownUser,
+                LoginError::NameTaken => Self::NameTaken,
+                LoginError::InvalidName => Self::InvalidName,
+                LoginError::WeakPassword => Self::WeakPassword,
+                LoginError::Throttled { retry_after_secs } => Self::Throttled { retry_after_secs },
+                LoginError::Revoked => Self::Revoked,
+                other => Self::Server(other.to_string()),
+            },
+            LoginClientError::UpgradeRequired { minimum } => Self::UpgradeRequired { minimum },
+            LoginClientError::BadCertificate(c) => Self::BadCertificate(c),
+            other => Self::Server(other.to_string()),
+        }
+    }
+}
+
+/// A device's credentials on disk (a directory, mode 0700): its keys (`device.key`, 0600) and
+/// its latest certificate (`certificate.bin`), so a restart can renew without the password.
+#[derive(Debug, Clone)]
+pub struct DeviceStore {
+    dir: PathBuf,
+}
+
+impl DeviceStore {
+    /// Open (creating) the directory.
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        private_dir(&dir)?;
+        Ok(Self { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device's keys, created on first use; `true` when they were just created (first
+    /// start).
+    pub fn identity(&self) -> io::Result<(DeviceIdentity, bool)> {
+        let path = self.dir.join("device.key");
+        match std::fs::read(&path) {
+            Ok(data) if data.len() == 64 => {
+                let mut dh = [0u8; 32];
+                let mut sign = [0u8; 32];
+                dh.copy_from_slice(&data[..32]);
+                sign.copy_from_slice(&data[32..]);
+                Ok((DeviceIdentity::from_secret_bytes(dh, sign), false))
+            }
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: corrupt device key", path.display()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let id = DeviceIdentity::generate(&mut Rng::from_seed_bytes(os_seed()?));
+                let (dh, sign) = id.secret_bytes();
+                let mut data = dh.to_vec();
+                data.extend_from_slice(&sign);
+                write_private(&path, &data)?;
+                Ok((id, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stored certificate, if any.
+    pub fn certificate(&self) -> Option<Certificate> {
+        let data = std::fs::read(self.dir.join("certificate.bin")).ok()?;
+        Certificate::decode(&data).ok()
+    }
+
+    /// Store a certificate.
+    pub fn save_certificate(&self, certificate: &Certificate) -> io::Result<()> {
+        write_private(&self.dir.join("certificate.bin"), &certificate.to_bytes())
+    }
+
+    /// Forget the certificate (after a revocation).
+    pub fn clear_certificate(&self) -> io::Result<()> {
+        match std::fs::remove_file(self.dir.join("certificate.bin")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a successful login produced.
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    /// The device's keys.
+    pub device: DeviceIdentity,
+    /// Its certificate.
+    pub certificate: Certificate,
+    /// True when it was renewed without the password.
+    pub renewed: bool,
+    /// An upgrade is recommended (the newest version).
+    pub upgrade_recommended: Option<Version>,
+    /// How long the exchange took.
+    pub elapsed: Duration,
+}
+
+/// Log `user` in on this device: renew the stored certificate without the password while it
+/// can be renewed, else log in with `password` (when given). The certificate is stored.
+pub fn login(
+    network: &NetworkFile,
+    store: &DeviceStore,
+    user: &str,
+    password: Option<&str>,
+    version: Version,
+    timeout: Duration,
+) -> Result<LoggedIn, LoginFailure> {
+    let started = Instant::now();
+    let (device, first_start) = store.identity().map_err(LoginFailure::Credentials)?;
+    let stored = store.certificate().filter(|c| {
+        c.user.as_str().eq_ignore_ascii_case(user) && c.dh_public == device.dh_public()
+    });
+    let mut ops = Vec::new();
+    if let Some(certificate) = stored.clone() {
+        ops.push(Operation::Renew { certificate });
+    } else if let Some(password) = password {
+        ops.push(Operation::Login {
+            user: user.to_string(),
+            password: password.to_string(),
+        });
+    } else {
+        return Err(LoginFailure::Server(
+            "no stored certificate: a password is needed".into(),
+        ));
+    }
+    let events = run_operations(network, &device, version, first_start, ops, timeout)?;
+    let mut upgrade_recommended = None;
+    let mut failure = None;
+    for e in events {
+        match e {
+            LoginClientEvent::VersionChecked(
+                natter_core::login::proto::VersionStatus::UpgradeRecommended { latest },
+            ) => upgrade_recommended = Some(latest),
+            LoginClientEvent::Certified(certificate) => {
+                store
+                    .save_certificate(&certificate)
+                    .map_err(LoginFailure::Credentials)?;
+                return Ok(LoggedIn {
+                    device,
+                    certificate: *certificate,
+                    renewed: stored.is_some(),
+                    upgrade_recommended,
+                    elapsed: started.elapsed(),
+                });
+            }
+            LoginClientEvent::Failed { error, .. } => failure = Some(error),
+            _ => {}
+        }
+    }
+    match (failure, stored.is_some(), password) {
+        // Renewal refused (expired too long ago, revoked, unknown): with a password, log in.
+        (Some(LoginClientError::Refused(e)), true, Some(pw)) if e != LoginError::Revoked => {
+            store
+                .clear_certificate()
+                .map_err(LoginFailure::Credentials)?;
+            login(network, store, user, Some(pw), version, timeout)
+        }
+        (Some(LoginClientError::Refused(LoginError::Revoked)), _, _) => {
+            let _ = store.clear_certificate();
+            Err(LoginFailure::Revoked)
+        }
+        (Some(e), _, _) => Err(e.into()),
+        (None, _, _) => Err(LoginFailure::Server("no answer".into())),
+    }
+}
+
+/// True when `certificate` should be renewed at wall-clock time `now`.
+pub fn needs_renewal(certificate: &Certificate, now: UnixTime) -> bool {
+    now >= natter_core::login::client::renew_at(certificate)
+}

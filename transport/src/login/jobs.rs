@@ -1,0 +1,200 @@
+//! Runs the login server's jobs against an [`AccountStore`] with Argon2id, on worker threads.
+
+use natter_core::identity::{DeviceId, UnixTime, UserName};
+use natter_core::login::password::{self, HashParams};
+use natter_core::login::proto::{LoginError, RevokedDevice};
+use natter_core::login::server::{Job, JobOutcome, Secret, WorkItem};
+
+use crate::store::{AccountRecord, AccountStore, DeviceRecord, StoreError};
+
+/// Everything a worker needs besides the job.
+pub struct JobContext<'a> {
+    /// The accounts.
+    pub store: &'a dyn AccountStore,
+    /// Argon2id cost for new hashes.
+    pub params: HashParams,
+    /// A hash of no password, verified against when the account does not exist so that
+    /// "unknown user" takes as long as "wrong password".
+    pub dummy_hash: &'a str,
+}
+
+fn backend(e: &StoreError) -> LoginError {
+    tracing::warn!(error = %e, "account store failure");
+    LoginError::Server
+}
+
+fn salt() -> Result<[u8; 16], LoginError> {
+    let mut s = [0u8; 16];
+    getrandom::fill(&mut s).map_err(|_| LoginError::Server)?;
+    Ok(s)
+}
+
+impl JobContext<'_> {
+    /// Check `password` for `user`; on success returns the account (re-hashed with the
+    /// current parameters if its hash was weaker).
+    fn check_password(
+        &self,
+        user: &UserName,
+        password: &Secret,
+    ) -> Result<AccountRecord, LoginError> {
+        let account = self.store.account(user).map_err(|e| backend(&e))?;
+        let Some(account) = account else {
+            let _ = password::verify(&password.0, self.dummy_hash);
+            return Err(LoginError::UnknownUser);
+        };
+        match password::verify(&password.0, &account.password_hash) {
+            Ok(true) => {}
+            Ok(false) => return Err(LoginError::WrongPassword),
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "stored password hash unreadable");
+                return Err(LoginError::Server);
+            }
+        }
+        if password::needs_rehash(&account.password_hash, self.params) {
+            if let Ok(h) = password::hash(&password.0, salt()?, self.params) {
+                let _ = self.store.set_password_hash(user, &h);
+            }
+        }
+        Ok(account)
+    }
+
+    fn record_device(
+        &self,
+        user: &UserName,
+        device: DeviceId,
+        signing_public: [u8; 32],
+        dh_public: [u8; 32],
+        wall: UnixTime,
+        must_exist: bool,
+    ) -> Result<(), LoginError> {
+        let existing = self.store.device(&device).map_err(|e| backend(&e))?;
+        match &existing {
+            Some(d) if d.revoked_at.is_some() => return Err(LoginError::Revoked),
+            Some(d) if d.user != *user => return Err(LoginError::UnknownDevice),
+            Some(d) if d.signing_public != signing_public || d.dh_public != dh_public => {
+                return Err(LoginError::BadProof)
+            }
+            None if must_exist => return Err(LoginError::UnknownDevice),
+            _ => {}
+        }
+        let record = DeviceRecord {
+            user: user.clone(),
+            device,
+            signing_public,
+            dh_public,
+            first_seen: existing.as_ref().map_or(wall, |d| d.first_seen),
+            last_seen: wall,
+            revoked_at: None,
+        };
+        match self.store.upsert_device(&record) {
+            Ok(()) => Ok(()),
+            Err(StoreError::NoSuchAccount) => Err(LoginError::UnknownUser),
+            Err(StoreError::DeviceOwnedElsewhere) => Err(LoginError::UnknownDevice),
+            Err(e) => Err(backend(&e)),
+        }
+    }
+
+    /// Run one job.
+    pub fn run(&self, item: &WorkItem) -> JobOutcome {
+        match self.run_inner(item) {
+            Ok(outcome) => outcome,
+            Err(e) => JobOutcome::Failed(e),
+        }
+    }
+
+    fn run_inner(&self, item: &WorkItem) -> Result<JobOutcome, LoginError> {
+        let wall = item.wall;
+        match &item.job {
+            Job::Register { user, password } => {
+                let hash = password::hash(&password.0, salt()?, self.params)
+                    .map_err(|_| LoginError::Server)?;
+                let record = AccountRecord {
+                    user: user.clone(),
+                    password_hash: hash,
+                    created_at: wall,
+                };
+                match self.store.create_account(&record) {
+                    Ok(()) => Ok(JobOutcome::Ok),
+                    Err(StoreError::NameTaken) => Err(LoginError::NameTaken),
+                    Err(e) => Err(backend(&e)),
+                }
+            }
+            Job::Login {
+                user,
+                password,
+                device,
+                keys,
+            } => {
+                self.check_password(user, password)?;
+                self.record_device(
+                    user,
+                    *device,
+                    keys.signing_public,
+                    keys.dh_public,
+                    wall,
+                    false,
+                )?;
+                Ok(JobOutcome::Ok)
+            }
+            Job::Renew {
+                user,
+                device,
+                signing_public,
+                dh_public,
+            } => {
+                if self.store.account(user).map_err(|e| backend(&e))?.is_none() {
+                    return Err(LoginError::UnknownUser);
+                }
+                self.record_device(user, *device, *signing_public, *dh_public, wall, true)?;
+                Ok(JobOutcome::Ok)
+            }
+            Job::ChangePassword { user, old, new } => {
+                self.check_password(user, old)?;
+                let hash =
+                    password::hash(&new.0, salt()?, self.params).map_err(|_| LoginError::Server)?;
+                match self.store.set_password_hash(user, &hash) {
+                    Ok(()) => Ok(JobOutcome::Ok),
+                    Err(StoreError::NoSuchAccount) => Err(LoginError::UnknownUser),
+                    Err(e) => Err(backend(&e)),
+                }
+            }
+            Job::RevokeDevice {
+                user,
+                password,
+                device,
+            } => {
+                self.check_password(user, password)?;
+                match self.store.revoke_device(user, device, wall) {
+                    Ok(_) => Ok(JobOutcome::Ok),
+                    Err(StoreError::NoSuchDevice) => Err(LoginError::UnknownDevice),
+                    Err(e) => Err(backend(&e)),
+                }
+            }
+            Job::DeleteAccount { user, password } => {
+                self.check_password(user, password)?;
+                match self.store.delete_account(user, wall) {
+                    Ok(()) => Ok(JobOutcome::Ok),
+                    Err(StoreError::NoSuchAccount) => Err(LoginError::UnknownUser),
+                    Err(e) => Err(backend(&e)),
+                }
+            }
+            Job::Revocations { since, limit } => {
+                let rows = self
+                    .store
+                    .revocations_since(*since, *limit + 1)
+                    .map_err(|e| backend(&e))?;
+                let complete = rows.len() <= *limit;
+                let entries = rows
+                    .into_iter()
+                    .take(*limit)
+                    .map(|r| RevokedDevice {
+                        serial: r.serial,
+                        device: r.device,
+                        revoked_at: r.revoked_at,
+                    })
+                    .collect();
+                Ok(JobOutcome::Revocations { entries, complete })
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The network file: what a client or super node needs to join a Natter network.
+//!
+//! The login server writes it on first start (`DATA/network.toml`); operators hand it to
+//! clients and super nodes. It holds the login server's address and TLS identity (a SHA-256
+//! pin of its self-signed certificate, or nothing when it has a CA-issued one), the authority
+//! public keys that certificates are checked against (several during a key rotation) and the
+//! bootstrap super nodes.
+//!
+//! ```toml
+//! [login]
+//! address = "127.0.0.1:4433"
+//! server_name = "natter-login"
+//! tls_sha256 = "9f86d08..."        # omit for a CA-issued certificate
+//! # ca_file = "/etc/natter/ca.pem" # extra CA roots, optional
+//!
+//! [authority]
+//! keys = ["3b6a27bc..."]           # hex Ed25519 public keys
+//!
+//! [[bootstrap]]
+//! address = "198.18.0.10:4000"
+//! ```
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use natter_core::identity::TrustedAuthorities;
+use serde::{Deserialize, Serialize};
+
+/// Why a network file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkFileError {
+    /// Reading or writing failed.
+    #[error("network file {path}: {source}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed.
+    #[error("network file {path}: {message}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("network file: {0}")]
+    Invalid(String),
+}
+
+/// The `[login]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginEntry {
+    /// `host:port` of the login server.
+    pub address: String,
+    /// The name in its TLS certificate (SNI).
+    pub server_name: String,
+    /// Hex SHA-256 of its self-signed certificate (DER); clients refuse any other. Absent for
+    /// a CA-issued certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_sha256: Option<String>,
+    /// Extra CA roots (PEM) trusted for a CA-issued certificate, besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The `[authority]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityEntry {
+    /// Hex Ed25519 public keys.
+    pub keys: Vec<String>,
+}
+
+/// One `[[bootstrap]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapEntry {
+    /// `host:port` of a super node.
+    pub address: String,
+}
+
+/// A parsed network file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkFile {
+    /// The login server.
+    pub login: LoginEntry,
+    /// Trusted authority keys.
+    pub authority: AuthorityEntry,
+    /// Bootstrap super nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootstrap: Vec<BootstrapEntry>,
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parse hex into exactly `N` bytes.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.trim();
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+impl NetworkFile {
+    /// Read and parse a network file.
+    pub fn load(path: &Path) -> Result<Self, NetworkFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NetworkFileError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: Self = toml::from_str(&text).map_err(|e| NetworkFileError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        file.trusted()?;
+        Ok(file)
+    }
+
+    /// Write it (world-readable: it holds only public information).
+    pub fn save(&self, path: &Path) -> Result<(), NetworkFileError> {
+        let text = format!(
+            "# Natter network file: give it to clients and super nodes.\n{}",
+            toml::to_string_pretty(self).map_err(|e| NetworkFileError::Invalid(e.to_string()))?
+        );
+        std::fs::write(path, text).map_err(|source| NetworkFileError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The trusted authority keys.
+    pub fn trusted(&self) -> Result<TrustedAuthorities, NetworkFileError> {
+        let mut t = TrustedAuthorities::default();
+        for k in &self.authority.keys {
+            t.add(unhex::<32>(k).ok_or_else(|| {
+                NetworkFileError::Invalid(format!("authority key {k:?} is not 64 hex digits"))
+            })?);
+        }
+        if t.is_empty() {
+            return Err(NetworkFileError::Invalid("no authority key".into()));
+        }
+        Ok(t)
+    }
+
+    /// The login server's socket address (resolving a host name if needed).
+    pub fn login_address(&self) -> Result<SocketAddr, NetworkFileError> {
+        self.login
+            .address
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                NetworkFileError::Invalid(format!("login address {:?}", self.login.address))
+            })
+    }
+
+    /// The pinned certificate fingerprint, if any.
+    pub fn pin(&self) -> Result<Option<[u8; 32]>, NetworkFileError> {
+        self.login
+            .tls_sha256
+            .as_deref()
+            .map(|p| {
+                unhex::<32>(p).ok_or_else(|| {
+                    NetworkFileError::Invalid("tls_sha256 is not 64 hex digits".into())
+                })
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_validation() {
+        let f = NetworkFile {
+            login: LoginEntry {
+                address: "127.0.0.1:4433".into(),
+                server_name: "natter-login".into(),
+                tls_sha256: Some(hex(&[0xab; 32])),
+                ca_file: None,
+            },
+            authority: AuthorityEntry {
+                keys: vec![hex(&[1; 32]), hex(&[2; 32])],
+            },
+            bootstrap: vec![],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("network.toml");
+        f.save(&p).unwrap();
+        let g = NetworkFile::load(&p).unwrap();
+        assert_eq!(f, g);
+        assert_eq!(g.pin().unwrap(), Some([0xab; 32]));
+        assert_eq!(g.trusted().unwrap().keys().count(), 2);
+        std::fs::write(&p, "[login]\naddress = 1\n").unwrap();
+        assert!(NetworkFile::load(&p).is_err());
+        assert_eq!(unhex::<2>("0aFf"), Some([0x0a, 0xff]));
+        assert_eq!(unhex::<2>("0aF"), None);
+    }
+}

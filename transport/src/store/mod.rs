@@ -1,0 +1,127 @@
+//! Account storage for the login server: the [`AccountStore`] trait and its two real
+//! implementations, SQLite ([`sqlite::SqliteStore`], the embedded default: one file in the
+//! server's data directory, WAL mode) and PostgreSQL ([`postgres::PostgresStore`], for
+//! operators who run several login servers behind one name).
+//!
+//! Every method is a short, blocking call; the login server runs them on worker threads, never
+//! on its I/O thread. Uniqueness of user names is enforced by the database itself (a unique
+//! key on the canonical lower-case name), so two login servers sharing one PostgreSQL database
+//! can never create the same account twice.
+
+use natter_core::identity::{DeviceId, UnixTime, UserName};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// An account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// The canonical (lower-case) user name; unique.
+    pub user: UserName,
+    /// The Argon2id hash in PHC string format (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`),
+    /// which carries its own parameters so they can be raised later.
+    pub password_hash: String,
+    /// When the account was created.
+    pub created_at: UnixTime,
+}
+
+/// A device of an account, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The owning account.
+    pub user: UserName,
+    /// The device id (derived from `signing_public`).
+    pub device: DeviceId,
+    /// Ed25519 public key.
+    pub signing_public: [u8; 32],
+    /// X25519 public key.
+    pub dh_public: [u8; 32],
+    /// First certified.
+    pub first_seen: UnixTime,
+    /// Last certified (login or renewal).
+    pub last_seen: UnixTime,
+    /// When revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// One entry of the revocation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Strictly increasing over the whole store (the list is fetched by "since serial").
+    pub serial: u64,
+    /// The revoked device.
+    pub device: DeviceId,
+    /// Its account at the time.
+    pub user: UserName,
+    /// When.
+    pub revoked_at: UnixTime,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The user name is taken (case-insensitively).
+    #[error("user name is taken")]
+    NameTaken,
+    /// No such account.
+    #[error("no such account")]
+    NoSuchAccount,
+    /// No such device for that account.
+    #[error("no such device")]
+    NoSuchDevice,
+    /// The device id is registered to another account.
+    #[error("device belongs to another account")]
+    DeviceOwnedElsewhere,
+    /// The database failed (connection, I/O, corruption). The message never contains a
+    /// password or a password hash.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// Where accounts, devices and revocations live.
+///
+/// Implementations must be safe to call from several threads at once and must make every
+/// method atomic (a crash mid-call leaves the old state or the new one).
+pub trait AccountStore: Send + Sync {
+    /// Create an account. [`StoreError::NameTaken`] if the canonical name exists, atomically
+    /// even across several login servers sharing the database.
+    fn create_account(&self, account: &AccountRecord) -> Result<(), StoreError>;
+
+    /// Look an account up by canonical name.
+    fn account(&self, user: &UserName) -> Result<Option<AccountRecord>, StoreError>;
+
+    /// Replace the password hash. [`StoreError::NoSuchAccount`] if absent.
+    fn set_password_hash(&self, user: &UserName, hash: &str) -> Result<(), StoreError>;
+
+    /// Delete the account: every device it has that is not revoked yet is revoked (so its
+    /// certificates cannot be renewed and appear in the revocation list), then the account
+    /// and its devices are removed, and the name becomes free again.
+    /// [`StoreError::NoSuchAccount`] if absent.
+    fn delete_account(&self, user: &UserName, now: UnixTime) -> Result<(), StoreError>;
+
+    /// Record a certified device: insert it, or update `last_seen` (and keys, which never
+    /// change for a device id since the id derives from the signing key). Errors:
+    /// [`StoreError::NoSuchAccount`], [`StoreError::DeviceOwnedElsewhere`].
+    /// Does not clear `revoked_at`: a revoked device stays revoked.
+    fn upsert_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
+
+    /// A device by id.
+    fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// Every device of an account (revoked ones included), in `first_seen` order.
+    fn devices(&self, user: &UserName) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Revoke a device of `user` and append it to the revocation list, returning its serial.
+    /// Revoking an already revoked device returns its existing serial.
+    /// Errors: [`StoreError::NoSuchDevice`] (also when it belongs to another account).
+    fn revoke_device(
+        &self,
+        user: &UserName,
+        device: &DeviceId,
+        now: UnixTime,
+    ) -> Result<u64, StoreError>;
+
+    /// Revocations with `serial > since`, oldest first, at most `limit`.
+    fn revocations_since(&self, since: u64, limit: usize) -> Result<Vec<Revocation>, StoreError>;
+}

@@ -1,0 +1,572 @@
+//! The login server end to end: real TLS 1.3 over loopback, SQLite and PostgreSQL.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use natter_core::identity::{UnixTime, UserName};
+use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
+use natter_core::login::password::HashParams;
+use natter_core::login::proto::{LoginError, Version, VersionStatus};
+use natter_transport::login::client::{
+    login, run_operations, ConnectError, DeviceStore, LoginFailure,
+};
+use natter_transport::login::network::{hex, NetworkFile};
+use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
+
+const V: Version = Version::new(0, 1, 0);
+const T: Duration = Duration::from_secs(10);
+const PASSWORD: &str = "correct horse battery";
+
+fn options(dir: &Path) -> LoginServerOptions {
+    let mut o = LoginServerOptions::new(dir, "127.0.0.1:0".parse().unwrap());
+    // Cheap hashing keeps the suite fast; the defaults are tested in core.
+    o.hash_params = HashParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+    o.workers = 2;
+    o
+}
+
+fn start(dir: &Path) -> LoginServerHandle {
+    LoginServerHandle::start(options(dir)).unwrap()
+}
+
+fn ops(net: &NetworkFile, device: &DeviceStore, ops: Vec<Operation>) -> Vec<LoginClientEvent> {
+    let (id, _) = device.identity().unwrap();
+    run_operations(net, &id, V, false, ops, T).unwrap()
+}
+
+fn register(
+    net: &NetworkFile,
+    device: &DeviceStore,
+    user: &str,
+    password: &str,
+) -> LoginClientEvent {
+    let events = ops(
+        net,
+        device,
+        vec![Operation::Register {
+            user: user.into(),
+            password: password.into(),
+        }],
+    );
+    events
+        .into_iter()
+        .find(|e| !matches!(e, LoginClientEvent::VersionChecked(_)))
+        .unwrap()
+}
+
+fn refused(e: &LoginClientEvent) -> Option<LoginError> {
+    match e {
+        LoginClientEvent::Failed {
+            error: LoginClientError::Refused(r),
+            ..
+        } => Some(*r),
+        _ => None,
+    }
+}
+
+fn full_account_lifecycle(net: &NetworkFile, tag: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path().join("dev")).unwrap();
+    let alice = format!("alice{tag}");
+    assert_eq!(
+        register(net, &dev, &alice, PASSWORD),
+        LoginClientEvent::Registered
+    );
+    // Names are unique case-insensitively.
+    assert_eq!(
+        refused(&register(net, &dev, &alice.to_uppercase(), PASSWORD)),
+        Some(LoginError::NameTaken)
+    );
+    assert_eq!(
+        refused(&register(net, &dev, "x", PASSWORD)),
+        Some(LoginError::InvalidName)
+    );
+    assert_eq!(
+        refused(&register(net, &dev, "bobby", "short")),
+        Some(LoginError::WeakPassword)
+    );
+    assert_eq!(
+        refused(&register(net, &dev, "bobby12345", "BOBBY12345")),
+        Some(LoginError::WeakPassword)
+    );
+
+    // Wrong password, unknown user.
+    assert!(matches!(
+        login(net, &dev, &alice, Some("wrong password!"), V, T),
+        Err(LoginFailure::WrongPassword)
+    ));
+    assert!(matches!(
+        login(net, &dev, "nobody-here", Some(PASSWORD), V, T),
+        Err(LoginFailure::UnknownUser)
+    ));
+
+    // Login: a certificate for this device, from a trusted authority.
+    let li = login(net, &dev, &alice, Some(PASSWORD), V, T).unwrap();
+    assert!(!li.renewed);
+    let trusted = net.trusted().unwrap();
+    let now = natter_transport::wall_clock();
+    li.certificate
+        .verify_for_key(&trusted, now, &li.device.dh_public())
+        .unwrap();
+    assert_eq!(li.certificate.user, UserName::parse(&alice).unwrap());
+    assert!(li.certificate.not_after.0 >= now.0 + 23 * 3600);
+
+    // A restart renews without the password.
+    let again = login(net, &dev, &alice, None, V, T).unwrap();
+    assert!(again.renewed);
+    assert_eq!(again.certificate.device, li.certificate.device);
+
+    // Password change.
+    let ev = ops(
+        net,
+        &dev,
+        vec![Operation::ChangePassword {
+            user: alice.clone(),
+            old: PASSWORD.into(),
+            new: "a new passphrase".into(),
+        }],
+    );
+    assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
+    dev.clear_certificate().unwrap();
+    assert!(matches!(
+        login(net, &dev, &alice, Some(PASSWORD), V, T),
+        Err(LoginFailure::WrongPassword)
+    ));
+    login(net, &dev, &alice, Some("a new passphrase"), V, T).unwrap();
+
+    // Revocation: renewal refused, and listed (signed) for super nodes.
+    let device = li.certificate.device;
+    let ev = ops(
+        net,
+        &dev,
+        vec![Operation::RevokeDevice {
+            user: alice.clone(),
+            password: "a new passphrase".into(),
+            device,
+        }],
+    );
+    assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
+    assert!(matches!(
+        login(net, &dev, &alice, Some("a new passphrase"), V, T),
+        Err(LoginFailure::Revoked)
+    ));
+    let ev = ops(net, &dev, vec![Operation::FetchRevocations { since: 0 }]);
+    let page = ev
+        .iter()
+        .find_map(|e| match e {
+            LoginClientEvent::Revocations(p) => Some(p.clone()),
+            _ => None,
+        })
+        .expect("a page");
+    assert!(page.entries.iter().any(|r| r.device == device));
+
+    // Account deletion frees the name.
+    let dev2 = DeviceStore::open(tmp.path().join("dev2")).unwrap();
+    let ev = ops(
+        net,
+        &dev2,
+        vec![Operation::DeleteAccount {
+            user: alice.clone(),
+            password: "a new passphrase".into(),
+        }],
+    );
+    assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
+    assert!(matches!(
+        login(net, &dev2, &alice, Some("a new passphrase"), V, T),
+        Err(LoginFailure::UnknownUser)
+    ));
+    assert_eq!(
+        register(net, &dev2, &alice, PASSWORD),
+        LoginClientEvent::Registered
+    );
+}
+
+#[test]
+fn sqlite_account_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    full_account_lifecycle(server.network(), "");
+}
+
+fn postgres_url() -> Option<String> {
+    match std::env::var("NATTER_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("NATTER_REQUIRE_POSTGRES").is_err(),
+                "NATTER_REQUIRE_POSTGRES is set but NATTER_TEST_POSTGRES is not"
+            );
+            eprintln!("SKIPPED: NATTER_TEST_POSTGRES not set (make test sets it)");
+            None
+        }
+    }
+}
+
+#[test]
+fn postgres_account_lifecycle_and_concurrent_registration_on_two_servers() {
+    let Some(url) = postgres_url() else { return };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut o1 = options(d1.path());
+    o1.database_url = Some(url.clone());
+    let mut o2 = options(d2.path());
+    o2.database_url = Some(url);
+    let s1 = LoginServerHandle::start(o1).unwrap();
+    let s2 = LoginServerHandle::start(o2).unwrap();
+    let tag = format!("{}", std::process::id());
+    full_account_lifecycle(s1.network(), &tag);
+
+    // The same name registered through both servers at the same moment: exactly one wins.
+    for round in 0..10 {
+        let name = format!("race{tag}x{round}");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let results: Vec<LoginClientEvent> = [s1.network().clone(), s2.network().clone()]
+            .into_iter()
+            .map(|net| {
+                let (b, name) = (barrier.clone(), name.clone());
+                std::thread::spawn(move || {
+                    let tmp = tempfile::tempdir().unwrap();
+                    let dev = DeviceStore::open(tmp.path()).unwrap();
+                    b.wait();
+                    register(&net, &dev, &name, PASSWORD)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let ok = results
+            .iter()
+            .filter(|e| **e == LoginClientEvent::Registered)
+            .count();
+        let taken = results
+            .iter()
+            .filter(|e| refused(e) == Some(LoginError::NameTaken))
+            .count();
+        assert_eq!((ok, taken), (1, 1), "round {round}: {results:?}");
+    }
+}
+
+#[test]
+fn restart_loses_no_account_and_keeps_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    let (key, pin) = {
+        let server = start(dir.path());
+        let net = server.network().clone();
+        assert_eq!(
+            register(&net, &dev, "carol", PASSWORD),
+            LoginClientEvent::Registered
+        );
+        (net.authority.keys.clone(), net.login.tls_sha256.clone())
+    };
+    let server = start(dir.path());
+    let net = server.network();
+    assert_eq!(net.authority.keys, key, "authority key persisted");
+    assert_eq!(net.login.tls_sha256, pin, "TLS certificate persisted");
+    login(net, &dev, "carol", Some(PASSWORD), V, T).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["authority.key", "tls-key.der"] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
+}
+
+#[test]
+fn version_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.minimum_version = Version::new(1, 0, 0);
+    o.recommended_version = Version::new(1, 2, 0);
+    let server = LoginServerHandle::start(o).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    let (id, _) = dev.identity().unwrap();
+    let net = server.network();
+    let old = run_operations(
+        net,
+        &id,
+        Version::new(0, 9, 0),
+        true,
+        vec![Operation::Register {
+            user: "dave".into(),
+            password: PASSWORD.into(),
+        }],
+        T,
+    )
+    .unwrap();
+    assert!(
+        matches!(old[0], LoginClientEvent::VersionChecked(VersionStatus::UpgradeRequired { minimum }) if minimum == Version::new(1, 0, 0))
+    );
+    assert!(matches!(
+        &old[1],
+        LoginClientEvent::Failed {
+            error: LoginClientError::UpgradeRequired { .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        login(net, &dev, "dave", Some(PASSWORD), Version::new(0, 9, 0), T),
+        Err(LoginFailure::UpgradeRequired { .. })
+    ));
+    let mid = run_operations(net, &id, Version::new(1, 1, 0), false, vec![], T).unwrap();
+    assert_eq!(
+        mid,
+        vec![LoginClientEvent::VersionChecked(
+            VersionStatus::UpgradeRecommended {
+                latest: Version::new(1, 2, 0)
+            }
+        )]
+    );
+    let new = run_operations(net, &id, Version::new(1, 2, 0), false, vec![], T).unwrap();
+    assert_eq!(
+        new,
+        vec![LoginClientEvent::VersionChecked(VersionStatus::Ok)]
+    );
+}
+
+#[test]
+fn throttling_per_account_and_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let net = server.network();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(net, &dev, "erin", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let mut outcomes = Vec::new();
+    for _ in 0..8 {
+        outcomes.push(login(net, &dev, "erin", Some("not the password"), V, T));
+    }
+    let throttled = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(LoginFailure::Throttled { .. })))
+        .count();
+    assert!(throttled >= 2, "{outcomes:?}");
+    // Even the right password is refused while the account is throttled.
+    assert!(matches!(
+        login(net, &dev, "erin", Some(PASSWORD), V, T),
+        Err(LoginFailure::Throttled { .. })
+    ));
+    // One address guessing across many accounts is throttled too.
+    let mut last = None;
+    for i in 0..30 {
+        last = Some(login(net, &dev, &format!("ghost{i}"), Some(PASSWORD), V, T));
+    }
+    assert!(
+        matches!(last, Some(Err(LoginFailure::Throttled { .. }))),
+        "{last:?}"
+    );
+    // Errors never contain the password.
+    for o in outcomes {
+        if let Err(e) = o {
+            assert!(!format!("{e} {e:?}").contains("not the password"));
+        }
+    }
+}
+
+#[test]
+fn pin_mismatch_unreachable_and_tampered_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    let mut wrong_pin = server.network().clone();
+    wrong_pin.login.tls_sha256 = Some(hex(&[7; 32]));
+    assert!(matches!(
+        login(&wrong_pin, &dev, "frank", Some(PASSWORD), V, T),
+        Err(LoginFailure::Connect(ConnectError::PinMismatch))
+    ));
+    let mut unreachable = server.network().clone();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    unreachable.login.address = closed.to_string();
+    assert!(matches!(
+        login(&unreachable, &dev, "frank", Some(PASSWORD), V, T),
+        Err(LoginFailure::Connect(ConnectError::Unreachable { .. }))
+    ));
+
+    // A tampered certificate is refused at renewal.
+    let net = server.network();
+    assert_eq!(
+        register(net, &dev, "frank", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let li = login(net, &dev, "frank", Some(PASSWORD), V, T).unwrap();
+    let mut forged = li.certificate.clone();
+    forged.not_after = UnixTime(forged.not_after.0 + 365 * 86_400);
+    let ev = ops(
+        net,
+        &dev,
+        vec![Operation::Renew {
+            certificate: forged,
+        }],
+    );
+    assert!(
+        ev.iter().any(|e| refused(e) == Some(LoginError::BadProof)),
+        "{ev:?}"
+    );
+    // Someone else's certificate cannot be renewed (no proof of its key).
+    let tmp2 = tempfile::tempdir().unwrap();
+    let mallory = DeviceStore::open(tmp2.path()).unwrap();
+    let ev = ops(
+        net,
+        &mallory,
+        vec![Operation::Renew {
+            certificate: li.certificate.clone(),
+        }],
+    );
+    assert!(
+        ev.iter().any(|e| refused(e) == Some(LoginError::BadProof)),
+        "{ev:?}"
+    );
+}
+
+fn raw_tls(
+    addr: SocketAddr,
+    net: &NetworkFile,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let cfg = natter_transport::login::tls::client_config(net.pin().unwrap(), None).unwrap();
+    let conn =
+        rustls::ClientConnection::new(cfg, net.login.server_name.clone().try_into().unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn garbage_oversized_and_truncated_requests_close_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.idle_timeout = Duration::from_secs(1);
+    let server = LoginServerHandle::start(o).unwrap();
+    let net = server.network().clone();
+    let addr = server.local_addr();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "grace", PASSWORD),
+        LoginClientEvent::Registered
+    );
+
+    let logins = {
+        let net = net.clone();
+        let dir = tmp.path().to_owned();
+        std::thread::spawn(move || {
+            let dev = DeviceStore::open(dir).unwrap();
+            (0..10)
+                .map(|_| login(&net, &dev, "grace", Some(PASSWORD), V, T).is_ok())
+                .filter(|ok| *ok)
+                .count()
+        })
+    };
+    let mut closed = 0;
+    for kind in 0..5 {
+        let mut s = raw_tls(addr, &net);
+        let payload: Vec<u8> = match kind {
+            0 => vec![0x00, 0x05, 0xEE, 1, 2, 3, 4], // unknown request type
+            1 => vec![0xFF, 0xFF],                   // announces a 64 KiB frame, then stops
+            2 => vec![0x00, 0x02, 0x01, 0x00],       // a whole frame holding half a hello
+            3 => {
+                // A register request whose password field is over the limit.
+                let mut f = vec![0x00, 0x00, 0x02, 5];
+                f.extend_from_slice(b"grace");
+                f.push(200);
+                f.extend_from_slice(&[b'x'; 200]);
+                let len = (f.len() - 2) as u16;
+                f[..2].copy_from_slice(&len.to_be_bytes());
+                f
+            }
+            _ => vec![0x00, 0x00], // empty frame
+        };
+        s.write_all(&payload).unwrap();
+        let _ = s.flush();
+        let mut buf = [0u8; 256];
+        // Either an error answer then close, or (for the incomplete frame) the idle close.
+        let mut got = Vec::new();
+        loop {
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        if kind != 1 {
+            assert!(!got.is_empty(), "kind {kind}: no error answer");
+        }
+    }
+    // Not TLS at all.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(closed, 5, "every bad connection was closed");
+    assert_eq!(
+        logins.join().unwrap(),
+        10,
+        "logins went on during the garbage"
+    );
+}
+
+#[test]
+fn ca_issued_certificate_is_accepted_and_untrusted_ca_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA and a server certificate it issued for "login.natter.test".
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_params = rcgen::CertificateParams::new(vec!["login.natter.test".to_string()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let (chain, key, ca_file) = (
+        dir.path().join("chain.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&chain, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let mut o = options(&dir.path().join("data"));
+    o.server_name = "login.natter.test".into();
+    o.tls_pem = Some((chain, key));
+    let server = LoginServerHandle::start(o).unwrap();
+    let mut net = server.network().clone();
+    assert_eq!(
+        net.login.tls_sha256, None,
+        "no pin for a CA-issued certificate"
+    );
+    net.login.ca_file = Some(ca_file);
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "heidi", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    // Without the CA, the certificate is not trusted.
+    net.login.ca_file = None;
+    assert!(matches!(
+        login(&net, &dev, "heidi", Some(PASSWORD), V, T),
+        Err(LoginFailure::Connect(ConnectError::Tls(_)))
+    ));
+}
