@@ -1,11 +1,13 @@
 //! `natter demo`: a whole (small) network on loopback, step by step, with timings.
 //!
-//! Today: a throwaway login authority certifies two devices; two nodes on real UDP sockets
-//! complete a Noise XX handshake through an on-path relay that sees only ciphertext, exchange
-//! encrypted media frames both ways, measure RTT, then the relay replays what it captured and
-//! a stranger sprays garbage: all of it is dropped and counted while the session keeps working.
-//! Finally a second session is set up with Noise IK (one round trip) using the key learnt in
-//! the first. Exits non-zero when any step fails.
+//! Today: a login server (TLS 1.3, SQLite) starts with a fresh authority key; three users
+//! register and log in, which certifies their devices. Two of them run nodes on real UDP
+//! sockets that complete a Noise XX handshake (checking each other's certificates) through an
+//! on-path relay that sees only ciphertext, exchange encrypted media frames both ways, measure
+//! RTT; then the relay replays what it captured and a stranger sprays garbage: all of it is
+//! dropped and counted while the session keeps working. A wrong password and a restart that
+//! renews without the password are shown, and a second session is set up with Noise IK (one
+//! round trip) using the key learnt in the first. Exits non-zero when any step fails.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +16,15 @@ use std::time::{Duration, Instant};
 
 use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
 use natter_core::handshake::{Capabilities, LocalIdentity};
-use natter_core::identity::{Authority, DeviceIdentity, TrustedAuthorities, UnixTime, UserName};
+use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::rng::Rng;
 use natter_core::sansio::Destination;
+use natter_transport::login::client::{login, run_operations, DeviceStore, LoginFailure};
+use natter_transport::login::network::NetworkFile;
+use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::{os_seed, wall_clock, UdpNode};
+
+use crate::accounts::client_version;
 
 const FRAMES: u32 = 500;
 const FRAME_LEN: usize = 160;
@@ -56,21 +63,48 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn identity(authority: &Authority, rng: &mut Rng, user: &str, now: UnixTime) -> LocalIdentity {
-    let device = DeviceIdentity::generate(rng);
-    let certificate = authority.certify(
-        &UserName::parse(user).expect("demo user names are valid"),
-        device.dh_public(),
-        device.signing_public(),
-        UnixTime(now.0.saturating_sub(60)),
-        UnixTime(now.0 + 3600),
-    );
-    LocalIdentity {
-        device,
-        certificate,
-        trusted: TrustedAuthorities::new([authority.public()]),
-        capabilities: Capabilities::VOICE.union(Capabilities::CHAT),
+const DEMO_PASSWORD: &str = "demo passphrase 1";
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Register `user` and log its device in; returns the identity for Noise and the login time.
+fn enrol(
+    net: &NetworkFile,
+    dir: &std::path::Path,
+    user: &str,
+) -> Result<(LocalIdentity, Duration), String> {
+    let store = DeviceStore::open(dir.join(user)).map_err(|e| e.to_string())?;
+    let (device, first) = store.identity().map_err(|e| e.to_string())?;
+    let events = run_operations(
+        net,
+        &device,
+        client_version(),
+        first,
+        vec![Operation::Register {
+            user: user.into(),
+            password: DEMO_PASSWORD.into(),
+        }],
+        LOGIN_TIMEOUT,
+    )
+    .map_err(|e| e.to_string())?;
+    if !events.contains(&LoginClientEvent::Registered) {
+        return Err(format!("registration of {user} failed: {events:?}"));
     }
+    let li = login(
+        net,
+        &store,
+        user,
+        Some(DEMO_PASSWORD),
+        client_version(),
+        LOGIN_TIMEOUT,
+    )
+    .map_err(|e| e.to_string())?;
+    let identity = LocalIdentity {
+        device: li.device,
+        certificate: li.certificate,
+        trusted: net.trusted().map_err(|e| e.to_string())?,
+        capabilities: Capabilities::VOICE.union(Capabilities::CHAT),
+    };
+    Ok((identity, li.elapsed))
 }
 
 fn spawn(id: LocalIdentity, seed: [u8; 32]) -> std::io::Result<Node> {
@@ -197,21 +231,81 @@ fn run_inner() -> std::io::Result<bool> {
     println!("Natter demo: a network on loopback (127.0.0.1), no configuration needed.\n");
     let total = Instant::now();
 
-    let t = r.step("Login authority: generate an Ed25519 authority key and certify two devices");
+    let t = r.step("Start a login server: TLS 1.3, SQLite, fresh authority key, network file");
     let mut rng = Rng::from_seed_bytes(os_seed()?);
-    let wall = wall_clock();
-    let authority = Authority::generate(&mut rng);
-    let alice_id = identity(&authority, &mut rng, "alice", wall);
-    let bob_id = identity(&authority, &mut rng, "bob", wall);
-    let bob_static = bob_id.device.dh_public();
+    let workdir = tempfile::tempdir()?;
+    let server = LoginServerHandle::start(LoginServerOptions::new(
+        workdir.path().join("login-server"),
+        "127.0.0.1:0".parse().expect("literal address"),
+    ))
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let net = server.network().clone();
     r.ok(
         t,
         &format!(
-            "alice = device {}, bob = device {}",
-            alice_id.device.device_id(),
-            bob_id.device.device_id()
+            "listening on {}, certificate pinned {}...",
+            server.local_addr(),
+            &net.login.tls_sha256.clone().unwrap_or_default()[..16]
         ),
     );
+
+    let t =
+        r.step("Register alice, bob and carol and log their devices in (Argon2id, certificates)");
+    let mut identities = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        match enrol(&net, workdir.path(), user) {
+            Ok((id, took)) => {
+                r.row(&format!("Login time ({user})"), ms(took));
+                identities.push(id);
+            }
+            Err(e) => {
+                r.fail(&format!("{user}: {e}"));
+                return Ok(false);
+            }
+        }
+    }
+    r.ok(
+        t,
+        &format!(
+            "alice = device {}, bob = device {}, carol = device {}",
+            identities[0].device.device_id(),
+            identities[1].device.device_id(),
+            identities[2].device.device_id()
+        ),
+    );
+
+    let t = r.step("A wrong password is refused; a restart renews without the password");
+    let carol_store = DeviceStore::open(workdir.path().join("carol"))?;
+    carol_store.clear_certificate()?;
+    let wrong = login(
+        &net,
+        &carol_store,
+        "carol",
+        Some("not her password"),
+        client_version(),
+        LOGIN_TIMEOUT,
+    );
+    let alice_store = DeviceStore::open(workdir.path().join("alice"))?;
+    let renewed = login(
+        &net,
+        &alice_store,
+        "alice",
+        None,
+        client_version(),
+        LOGIN_TIMEOUT,
+    );
+    match (wrong, renewed) {
+        (Err(LoginFailure::WrongPassword), Ok(li)) if li.renewed => {
+            r.ok(t, "carol: wrong password; alice: certificate renewed");
+            r.row("Renewal without password", ms(li.elapsed));
+        }
+        (w, n) => r.fail(&format!(
+            "unexpected: wrong password -> {w:?}, renewal -> {n:?}"
+        )),
+    }
+    let alice_id = identities[0].clone();
+    let bob_id = identities[1].clone();
+    let bob_static = bob_id.device.dh_public();
 
     let t =
         r.step("Start two nodes on real UDP sockets, and an on-path relay that records traffic");
@@ -366,6 +460,7 @@ fn run_inner() -> std::io::Result<bool> {
     drop(relay);
     let _ = alice.shutdown();
     let _ = bob.shutdown();
+    server.shutdown();
 
     println!("\nSummary");
     let width = r.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

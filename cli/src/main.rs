@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod accounts;
 mod demo;
 
 /// Natter: peer-to-peer voice and messaging.
@@ -18,12 +19,29 @@ struct Cli {
 enum Command {
     /// Run a whole network on loopback and show what happens, step by step.
     Demo,
+    /// Run a login server (accounts, device certificates, version check).
+    LoginServer(accounts::LoginServerArgs),
+    /// Create an account on a network and log this device in.
+    Register(accounts::AccountArgs),
+    /// Log this device in (renews its certificate without the password when it can).
+    Login(accounts::AccountArgs),
 }
 
 fn main() {
+    // Logs go to standard error; standard output is for results.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Demo => demo::run(),
+        Command::LoginServer(a) => accounts::login_server(a),
+        Command::Register(a) => accounts::register(a),
+        Command::Login(a) => accounts::login_cmd(a),
     };
     std::process::exit(code);
 }

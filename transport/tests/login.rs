@@ -10,7 +10,7 @@ use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::password::HashParams;
 use natter_core::login::proto::{LoginError, Version, VersionStatus};
 use natter_transport::login::client::{
-    login, run_operations, ConnectError, DeviceStore, LoginFailure,
+    login, run_operations, ConnectError, DeviceStore, LoginFailure, Renewer,
 };
 use natter_transport::login::network::{hex, NetworkFile};
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
@@ -208,6 +208,13 @@ fn postgres_url() -> Option<String> {
     }
 }
 
+fn o_restart(dir: &tempfile::TempDir, running: &LoginServerHandle) -> LoginServerOptions {
+    let mut o = options(dir.path());
+    o.database_url = std::env::var("NATTER_TEST_POSTGRES").ok();
+    o.listen = running.local_addr();
+    o
+}
+
 #[test]
 fn postgres_account_lifecycle_and_concurrent_registration_on_two_servers() {
     let Some(url) = postgres_url() else { return };
@@ -220,6 +227,20 @@ fn postgres_account_lifecycle_and_concurrent_registration_on_two_servers() {
     let s2 = LoginServerHandle::start(o2).unwrap();
     let tag = format!("{}", std::process::id());
     full_account_lifecycle(s1.network(), &tag);
+
+    // Restarting a PostgreSQL-backed server loses nothing.
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    let keeper = format!("keep{tag}");
+    assert_eq!(
+        register(s1.network(), &dev, &keeper, PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let pg = o_restart(&d1, &s1);
+    drop(s1);
+    let s1 = LoginServerHandle::start(pg).unwrap();
+    dev.clear_certificate().unwrap();
+    login(s1.network(), &dev, &keeper, Some(PASSWORD), V, T).unwrap();
 
     // The same name registered through both servers at the same moment: exactly one wins.
     for round in 0..10 {
@@ -569,4 +590,36 @@ fn ca_issued_certificate_is_accepted_and_untrusted_ca_refused() {
         login(&net, &dev, "heidi", Some(PASSWORD), V, T),
         Err(LoginFailure::Connect(ConnectError::Tls(_)))
     ));
+}
+
+#[test]
+fn certificates_are_renewed_before_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.certificate_lifetime = Duration::from_secs(3);
+    o.clock_skew_allowance = Duration::ZERO;
+    let server = LoginServerHandle::start(o).unwrap();
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "judy", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let first = login(&net, &dev, "judy", Some(PASSWORD), V, T)
+        .unwrap()
+        .certificate;
+    let renewer = Renewer::spawn(net, dev.clone(), first.clone());
+    // Renewal is due at 80 % of 3 s; allow generous slack for a loaded machine.
+    let next = renewer
+        .certificates()
+        .recv_timeout(Duration::from_secs(20))
+        .expect("renewed");
+    assert!(next.not_after > first.not_after);
+    assert_eq!(next.device, first.device);
+    assert_eq!(
+        dev.certificate().unwrap(),
+        next,
+        "the renewed certificate is stored"
+    );
 }

@@ -27,7 +27,7 @@ pub fn renew_at(certificate: &Certificate) -> UnixTime {
         .not_after
         .0
         .saturating_sub(certificate.not_before.0);
-    UnixTime(certificate.not_before.0 + life / 5 * 4)
+    UnixTime(certificate.not_before.0 + life.saturating_mul(4) / 5)
 }
 
 /// Something to do at the login server.
@@ -506,5 +506,118 @@ impl Machine for LoginClient {
             (None, None) => Some(self.hello_sent + self.cfg.timeout),
             (None, Some(_)) => None,
         }
+    }
+}
+
+/// Keeps a certificate fresh: a tiny sans-IO timer machine that says when to renew (at 80 % of
+/// the certificate's lifetime) and, after a failed attempt, when to retry (back-off from
+/// 30 s doubling to 10 minutes, never later than expiry).
+#[derive(Debug, Clone)]
+pub struct RenewalTimer {
+    certificate: Certificate,
+    wall_anchor: UnixTime,
+    clock_anchor: Instant,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl RenewalTimer {
+    /// Track `certificate`; wall-clock time at `clock_anchor` is `wall_anchor`.
+    pub fn new(certificate: Certificate, wall_anchor: UnixTime, clock_anchor: Instant) -> Self {
+        Self {
+            certificate,
+            wall_anchor,
+            clock_anchor,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// The certificate being kept.
+    pub fn certificate(&self) -> &Certificate {
+        &self.certificate
+    }
+
+    fn instant_of(&self, wall: UnixTime) -> Instant {
+        let secs = wall.0.saturating_sub(self.wall_anchor.0);
+        self.clock_anchor + Duration::from_secs(secs)
+    }
+
+    /// When to start the next renewal.
+    pub fn poll_timeout(&self) -> Instant {
+        self.retry_at
+            .unwrap_or_else(|| self.instant_of(renew_at(&self.certificate)))
+    }
+
+    /// True when a renewal should start at `now`.
+    pub fn is_due(&self, now: Instant) -> bool {
+        now >= self.poll_timeout()
+    }
+
+    /// A renewal succeeded: track the new certificate.
+    pub fn renewed(&mut self, certificate: Certificate) {
+        self.certificate = certificate;
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    /// A renewal failed at `now`: retry later.
+    pub fn failed(&mut self, now: Instant) {
+        self.failures += 1;
+        let delay = Duration::from_secs(30)
+            .saturating_mul(1 << (self.failures - 1).min(5))
+            .min(Duration::from_secs(600));
+        let expiry = self.instant_of(self.certificate.not_after);
+        self.retry_at = Some((now + delay).min(expiry.max(now)));
+    }
+
+    /// True when the certificate has expired at `now` (the node must log in again).
+    pub fn expired(&self, now: Instant) -> bool {
+        now > self.instant_of(self.certificate.not_after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{TestNetwork, TEST_WALL};
+
+    #[test]
+    fn renewal_is_scheduled_at_four_fifths_and_retried_with_backoff() {
+        let net = TestNetwork::new(1);
+        let id = net.identity("alice");
+        let dev = id.device.clone();
+        let cert = net.authority().certify(
+            &id.certificate.user,
+            dev.dh_public(),
+            dev.signing_public(),
+            TEST_WALL,
+            UnixTime(TEST_WALL.0 + 1000),
+        );
+        let t0 = Instant::now();
+        let mut timer = RenewalTimer::new(cert.clone(), TEST_WALL, t0);
+        assert_eq!(timer.poll_timeout(), t0 + Duration::from_secs(800));
+        assert!(!timer.is_due(t0 + Duration::from_secs(799)));
+        assert!(timer.is_due(t0 + Duration::from_secs(800)));
+        let t1 = t0 + Duration::from_secs(800);
+        timer.failed(t1);
+        assert_eq!(timer.poll_timeout(), t1 + Duration::from_secs(30));
+        timer.failed(t1);
+        assert_eq!(timer.poll_timeout(), t1 + Duration::from_secs(60));
+        // Retries never go past expiry.
+        for _ in 0..10 {
+            timer.failed(t1);
+        }
+        assert!(timer.poll_timeout() <= t0 + Duration::from_secs(1000));
+        assert!(timer.expired(t0 + Duration::from_secs(1001)));
+        let newer = net.authority().certify(
+            &cert.user,
+            dev.dh_public(),
+            dev.signing_public(),
+            UnixTime(TEST_WALL.0 + 800),
+            UnixTime(TEST_WALL.0 + 1800),
+        );
+        timer.renewed(newer);
+        assert_eq!(timer.poll_timeout(), t0 + Duration::from_secs(1600));
     }
 }

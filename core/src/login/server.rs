@@ -93,6 +93,9 @@ pub struct LoginServerConfig {
     /// How long after expiry a certificate may still be renewed without the password
     /// (default 30 days).
     pub renewal_grace: Duration,
+    /// Certificates start this long before issuance, for clients whose clocks run behind
+    /// (default 60 s).
+    pub clock_skew_allowance: Duration,
     /// Shortest password accepted (default 10).
     pub min_password_len: usize,
     /// Failure throttling.
@@ -127,6 +130,7 @@ impl LoginServerConfig {
             recommended_version: Version::new(0, 1, 0),
             certificate_lifetime: Duration::from_secs(24 * 3600),
             renewal_grace: Duration::from_secs(30 * 24 * 3600),
+            clock_skew_allowance: Duration::from_secs(60),
             min_password_len: 10,
             throttle: ThrottleConfig::default(),
             idle_timeout: Duration::from_secs(30),
@@ -844,8 +848,10 @@ impl LoginServer {
             user,
             dh_public,
             signing_public,
-            // A minute of slack for clients whose clocks run a little behind.
-            UnixTime(wall.0.saturating_sub(60)),
+            UnixTime(
+                wall.0
+                    .saturating_sub(self.cfg.clock_skew_allowance.as_secs()),
+            ),
             UnixTime(wall.0 + self.cfg.certificate_lifetime.as_secs()),
         );
         self.stats.certified += 1;

@@ -399,6 +399,81 @@ pub fn login(
     }
 }
 
+/// Keeps a device's certificate fresh in the background: renews it (without the password) at
+/// 80 % of its lifetime, retrying with back-off after failures, and hands each new certificate
+/// out through [`Renewer::certificates`].
+pub struct Renewer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    certificates: std::sync::mpsc::Receiver<Certificate>,
+}
+
+impl std::fmt::Debug for Renewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewer").finish_non_exhaustive()
+    }
+}
+
+impl Renewer {
+    /// Start keeping `certificate` (stored in `store`) fresh.
+    pub fn spawn(network: NetworkFile, store: DeviceStore, certificate: Certificate) -> Self {
+        use natter_core::login::client::RenewalTimer;
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let user = certificate.user.as_str().to_string();
+            let mut timer = RenewalTimer::new(certificate, wall_clock(), Instant::now());
+            while !stop2.load(Ordering::Relaxed) {
+                if !timer.is_due(Instant::now()) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                let version = Version::parse(env!("CARGO_PKG_VERSION")).unwrap_or_default();
+                match login(
+                    &network,
+                    &store,
+                    &user,
+                    None,
+                    version,
+                    Duration::from_secs(15),
+                ) {
+                    Ok(li) => {
+                        timer.renewed(li.certificate.clone());
+                        if tx.send(li.certificate).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "certificate renewal failed; will retry");
+                        timer.failed(Instant::now());
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+            certificates: rx,
+        }
+    }
+
+    /// Each renewed certificate, as it arrives.
+    pub fn certificates(&self) -> &std::sync::mpsc::Receiver<Certificate> {
+        &self.certificates
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// True when `certificate` should be renewed at wall-clock time `now`.
 pub fn needs_renewal(certificate: &Certificate, now: UnixTime) -> bool {
     now >= natter_core::login::client::renew_at(certificate)

@@ -69,6 +69,8 @@ pub struct LoginServerOptions {
     pub recommended_version: Version,
     /// Certificate lifetime.
     pub certificate_lifetime: Duration,
+    /// How far back certificates start, for clients whose clocks run behind.
+    pub clock_skew_allowance: Duration,
     /// Argon2id cost.
     pub hash_params: HashParams,
     /// Worker threads for hashing and storage (default: the number of CPUs).
@@ -92,6 +94,7 @@ impl LoginServerOptions {
             minimum_version: Version::new(0, 1, 0),
             recommended_version: Version::new(0, 1, 0),
             certificate_lifetime: Duration::from_secs(24 * 3600),
+            clock_skew_allowance: Duration::from_secs(60),
             hash_params: HashParams::default(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_connections: 10_000,
@@ -236,6 +239,7 @@ impl LoginServerHandle {
         cfg.recommended_version = opts.recommended_version;
         cfg.certificate_lifetime = opts.certificate_lifetime;
         cfg.idle_timeout = opts.idle_timeout;
+        cfg.clock_skew_allowance = opts.clock_skew_allowance;
         let machine = LoginServer::new(cfg);
 
         let poll = Poll::new().map_err(io_ctx("event loop"))?;

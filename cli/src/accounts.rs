@@ -1,0 +1,236 @@
+//! `natter login-server`, `natter register` and `natter login`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
+use natter_core::login::proto::{LoginError, Version};
+use natter_transport::login::client::{login, run_operations, DeviceStore, LoginFailure};
+use natter_transport::login::network::NetworkFile;
+use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// This build's version, as the login server sees it.
+pub fn client_version() -> Version {
+    Version::parse(env!("CARGO_PKG_VERSION")).unwrap_or_default()
+}
+
+/// Options of `natter login-server`.
+#[derive(clap::Args, Debug)]
+pub struct LoginServerArgs {
+    /// Data directory: keys, TLS certificate, SQLite database, network file (created 0700).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL (several login servers can share one database); SQLite otherwise.
+    #[arg(long)]
+    pub db: Option<String>,
+    /// The address clients should connect to, written to the network file.
+    #[arg(long)]
+    pub public_address: Option<String>,
+    /// The TLS server name.
+    #[arg(long, default_value = "natter-login")]
+    pub server_name: String,
+    /// A CA-issued certificate chain (PEM) instead of the self-signed one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Oldest client version accepted (MAJOR.MINOR.PATCH).
+    #[arg(long, value_parser = parse_version)]
+    pub min_version: Option<Version>,
+    /// Newest client version; older ones are told to upgrade.
+    #[arg(long, value_parser = parse_version)]
+    pub recommended_version: Option<Version>,
+}
+
+fn parse_version(s: &str) -> Result<Version, String> {
+    Version::parse(s).ok_or_else(|| format!("{s:?} is not MAJOR.MINOR.PATCH"))
+}
+
+/// Run a login server until interrupted.
+pub fn login_server(args: LoginServerArgs) -> i32 {
+    let mut o = LoginServerOptions::new(&args.data, args.listen);
+    o.database_url = args.db;
+    o.public_address = args.public_address;
+    o.server_name = args.server_name;
+    o.tls_pem = args.tls_cert.zip(args.tls_key);
+    if let Some(v) = args.min_version {
+        o.minimum_version = v;
+    }
+    o.recommended_version = args
+        .recommended_version
+        .unwrap_or(o.minimum_version.max(client_version()));
+    let server = match LoginServerHandle::start(o) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("natter login-server: {e}");
+            return 1;
+        }
+    };
+    println!("login server listening on {}", server.local_addr());
+    println!(
+        "network file: {} (give it to clients and super nodes)",
+        server.network_path().display()
+    );
+    loop {
+        match server.events().recv() {
+            Ok(e) => tracing::info!(event = ?e, "login"),
+            Err(_) => return 0,
+        }
+    }
+}
+
+/// Options shared by `register` and `login`.
+#[derive(clap::Args, Debug)]
+pub struct AccountArgs {
+    /// The network file from the login server.
+    #[arg(long)]
+    pub network: PathBuf,
+    /// User name.
+    #[arg(long)]
+    pub user: String,
+    /// This device's data directory (its keys and certificate).
+    #[arg(long, default_value = "natter-data")]
+    pub data: PathBuf,
+    /// Read the password from the first line of standard input instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+fn password(args: &AccountArgs, prompt: &str) -> Result<String, String> {
+    if let Ok(p) = std::env::var("NATTER_PASSWORD") {
+        return Ok(p);
+    }
+    if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    rpassword::prompt_password(prompt).map_err(|e| {
+        format!("cannot prompt for a password ({e}): use --password-stdin or NATTER_PASSWORD")
+    })
+}
+
+fn open(args: &AccountArgs) -> Result<(NetworkFile, DeviceStore), String> {
+    let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
+    let store = DeviceStore::open(&args.data)
+        .map_err(|e| format!("device data directory {}: {e}", args.data.display()))?;
+    Ok((net, store))
+}
+
+fn explain(e: &LoginFailure) -> String {
+    match e {
+        LoginFailure::UnknownUser => "unknown user: register first with `natter register`".into(),
+        LoginFailure::WrongPassword => "wrong password".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Create an account, then log this device in.
+pub fn register(args: AccountArgs) -> i32 {
+    let run = || -> Result<(), String> {
+        let (net, store) = open(&args)?;
+        let pw = password(&args, "New password (10+ characters): ")?;
+        let (device, first) = store.identity().map_err(|e| e.to_string())?;
+        let events = run_operations(
+            &net,
+            &device,
+            client_version(),
+            first,
+            vec![Operation::Register {
+                user: args.user.clone(),
+                password: pw.clone(),
+            }],
+            TIMEOUT,
+        )
+        .map_err(|e| e.to_string())?;
+        for e in events {
+            match e {
+                LoginClientEvent::Registered => println!("registered {}", args.user),
+                LoginClientEvent::Failed { error, .. } => {
+                    return Err(match error {
+                        LoginClientError::Refused(LoginError::NameTaken) => {
+                            format!("the name {:?} is taken: choose another", args.user)
+                        }
+                        other => LoginFailure::from(other).to_string(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        let li = login(
+            &net,
+            &store,
+            &args.user,
+            Some(&pw),
+            client_version(),
+            TIMEOUT,
+        )
+        .map_err(|e| explain(&e))?;
+        println!(
+            "logged in: device {} certified until unix time {}",
+            li.certificate.device, li.certificate.not_after.0
+        );
+        Ok(())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("natter register: {e}");
+            1
+        }
+    }
+}
+
+/// Log this device in (renewing without the password when possible).
+pub fn login_cmd(args: AccountArgs) -> i32 {
+    let run = || -> Result<(), String> {
+        let (net, store) = open(&args)?;
+        let stored = store.certificate().is_some();
+        let pw = if stored {
+            None
+        } else {
+            Some(password(&args, "Password: ")?)
+        };
+        let li = login(
+            &net,
+            &store,
+            &args.user,
+            pw.as_deref(),
+            client_version(),
+            TIMEOUT,
+        )
+        .map_err(|e| explain(&e))?;
+        println!(
+            "logged in as {} ({}) in {:.0} ms: device {} certified until unix time {}",
+            li.certificate.user,
+            if li.renewed {
+                "renewed without password"
+            } else {
+                "password"
+            },
+            li.elapsed.as_secs_f64() * 1000.0,
+            li.certificate.device,
+            li.certificate.not_after.0
+        );
+        if let Some(v) = li.upgrade_recommended {
+            println!("an upgrade is recommended: version {v} is available");
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("natter login: {e}");
+            1
+        }
+    }
+}
