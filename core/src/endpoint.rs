@@ -150,6 +150,14 @@ pub enum EndpointEvent {
         /// The bytes.
         data: Bytes,
     },
+    /// A control message for a layer above the session (overlay, index, calls, chat...):
+    /// the encoded [`Message`], already checked to decode.
+    Control {
+        /// From which session.
+        conn: ConnId,
+        /// The encoded message (decode with [`Message::decode`]).
+        message: Bytes,
+    },
     /// A media frame arrived.
     Media {
         /// From which session.
@@ -427,6 +435,29 @@ impl Endpoint {
         self.seal_to(now, SessionIndex(conn.0), Channel::Control, &msg)
     }
 
+    /// Send a control message for a layer above the session (overlay, index, calls, chat...).
+    pub fn send_control(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        message: &Message<'_>,
+    ) -> Result<(), SendError> {
+        let mut buf = BytesMut::with_capacity(64);
+        message.encode(&mut buf);
+        if buf.len() > MAX_APP_DATA + 1 {
+            return Err(SendError::TooLarge(buf.len()));
+        }
+        self.seal_to(now, SessionIndex(conn.0), Channel::Control, &buf)
+    }
+
+    /// Where a connection's peer currently is (it moves when the peer roams).
+    pub fn remote(&self, conn: ConnId) -> Option<&Destination> {
+        self.peers
+            .get(&SessionIndex(conn.0))
+            .filter(|p| p.tentative.is_none())
+            .map(|p| &p.dest)
+    }
+
     /// Send a media frame on the media channel.
     pub fn send_media(
         &mut self,
@@ -646,6 +677,10 @@ impl Endpoint {
             Ok(Message::AppData(data)) => self.events.push_back(EndpointEvent::Data {
                 conn,
                 data: Bytes::copy_from_slice(data),
+            }),
+            Ok(_) => self.events.push_back(EndpointEvent::Control {
+                conn,
+                message: Bytes::copy_from_slice(plain),
             }),
             Err(_) => self.stats.dropped_message += 1,
         }
@@ -977,6 +1012,7 @@ impl Machine for Endpoint {
                 self.receive(now, Destination::Udp(source), data)
             }
             Input::Stream { stream, data, .. } => self.on_stream(now, stream, data),
+            Input::StreamOpened { .. } => {}
             Input::StreamClosed { stream } => {
                 self.streams.remove(&stream);
                 self.broken_streams.remove(&stream);

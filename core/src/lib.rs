@@ -29,6 +29,9 @@
 //! * [`replay`]: the RFC 6479 sliding window.
 //! * [`endpoint`]: the peer endpoint machine (sessions, keep-alives, retransmission).
 //! * [`login`]: the login protocol, server and client machines, Argon2id password hashing.
+//! * [`hostcache`]: the super nodes a node knows, persisted between runs.
+//! * [`attach`]: joining the overlay: probing super nodes, keeping links to them.
+//! * [`nat`]: NAT and firewall behaviour discovery (RFC 5780).
 //!
 //! ## Example: two endpoints in a hand-driven loop
 //!
@@ -51,13 +54,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod attach;
 pub mod endpoint;
 pub mod handshake;
+pub mod hostcache;
 pub mod identity;
 pub mod login;
+pub mod nat;
 pub mod replay;
 pub mod rng;
 pub mod sansio;
 pub mod session;
+pub mod stun;
 pub mod testkit;
 pub mod wire;

@@ -22,8 +22,17 @@
 //! nothing new appears:
 //!
 //! 1. `poll_transmit` until `None` (send every packet),
-//! 2. `poll_event` until `None` (deliver every event),
-//! 3. `poll_timeout` once (re-arm the single timer).
+//! 2. `poll_stream_command` until `None` (open or close streams),
+//! 3. `poll_event` until `None` (deliver every event),
+//! 4. `poll_timeout` once (re-arm the single timer).
+//!
+//! # Streams
+//!
+//! A machine that needs TCP (a super-node link when UDP is blocked, the TLS fallback port)
+//! asks its driver with [`StreamCommand::Connect`], naming the stream with an id it allocates
+//! itself from the upper half of the id space ([`StreamId::is_local`]); the driver answers
+//! with [`Input::StreamOpened`] or, on failure, [`Input::StreamClosed`]. Streams the driver
+//! accepts get ids from the lower half and are announced with [`Input::StreamOpened`] too.
 //!
 //! A machine may only produce output in response to an input, so a driver that follows this
 //! order never misses work. The same loop drives a machine over real sockets
@@ -62,10 +71,44 @@ pub enum Protocol {
 
 /// Identifies one TCP stream (or any reliable byte stream) inside a driver.
 ///
-/// The driver allocates these when it accepts or opens a stream and passes them back
-/// unchanged; the machine never interprets the number.
+/// Ids of streams a machine opens itself have the top bit set ([`StreamId::local`]); the driver
+/// numbers the streams it accepts below that, so the two never collide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId(pub u64);
+
+impl StreamId {
+    const LOCAL_BIT: u64 = 1 << 63;
+
+    /// The `n`th stream a machine opens itself.
+    pub fn local(n: u64) -> Self {
+        Self(n | Self::LOCAL_BIT)
+    }
+
+    /// True for ids allocated by a machine ([`StreamId::local`]).
+    pub fn is_local(&self) -> bool {
+        self.0 & Self::LOCAL_BIT != 0
+    }
+}
+
+/// A machine's request to its driver about streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamCommand {
+    /// Open a TCP connection to `remote` (TLS-wrapped when `tls`), known as `stream`. The
+    /// driver answers with [`Input::StreamOpened`] or [`Input::StreamClosed`].
+    Connect {
+        /// The id the machine chose ([`StreamId::local`]).
+        stream: StreamId,
+        /// Where to connect.
+        remote: SocketAddr,
+        /// Wrap the connection in TLS (the fallback port that passes strict firewalls).
+        tls: bool,
+    },
+    /// Close a stream once what was already sent on it is written.
+    Close {
+        /// Which stream.
+        stream: StreamId,
+    },
+}
 
 /// Network input handed to a machine.
 #[derive(Debug)]
@@ -88,7 +131,15 @@ pub enum Input<'a> {
         /// The bytes, in order.
         data: &'a [u8],
     },
-    /// A reliable stream was closed by the peer or failed.
+    /// A stream is open: one the driver accepted, or one the machine asked for with
+    /// [`StreamCommand::Connect`].
+    StreamOpened {
+        /// Which stream.
+        stream: StreamId,
+        /// The far end.
+        remote: SocketAddr,
+    },
+    /// A reliable stream was closed by the peer or failed (or could not be opened).
     StreamClosed {
         /// Which stream.
         stream: StreamId,
@@ -140,4 +191,10 @@ pub trait Machine {
 
     /// When the machine next wants [`Machine::handle_timeout`], if ever.
     fn poll_timeout(&self) -> Option<Instant>;
+
+    /// The next stream to open or close, if any. Machines that use no streams of their own
+    /// keep the default.
+    fn poll_stream_command(&mut self) -> Option<StreamCommand> {
+        None
+    }
 }

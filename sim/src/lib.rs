@@ -35,9 +35,10 @@
 //!   while TCP still goes out; [`Sim::set_udp_blocked`] does the same for one host.
 //! * **Streams** ([`Sim::connect_stream`]) are reliable, ordered byte streams: losses on the
 //!   path become retransmission delays. The accepting machine learns about a new stream from
-//!   an `Input::Stream` with an unknown [`StreamId`](natter_core::sansio::StreamId) and
-//!   empty `data`. [`Sim::close_stream`] closes one end; both machines get
-//!   `Input::StreamClosed`.
+//!   an `Input::StreamOpened` with a new [`StreamId`](natter_core::sansio::StreamId), and the
+//!   opener gets one when the handshake completes. Machines can open and close streams
+//!   themselves with `StreamCommand`s (their own ids are translated per host).
+//!   [`Sim::close_stream`] closes one end; both machines get `Input::StreamClosed`.
 //! * **Observation.** Every send, translation, delivery and drop is appended to the
 //!   [`Trace`], whose [`digest`](Trace::digest) (FNV-1a) and [`Counters`] make runs easy to
 //!   compare. [`SimConfig::capture`] keeps every datagram's bytes ([`Sim::captured`]) for

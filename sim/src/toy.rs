@@ -300,6 +300,12 @@ impl Machine for ToyMachine {
                     });
                 }
             }
+            Input::StreamOpened { stream, remote } => {
+                if self.streams.insert(stream) {
+                    self.events
+                        .push_back(ToyEvent::StreamOpened { stream, remote });
+                }
+            }
             Input::StreamClosed { stream } => {
                 self.streams.remove(&stream);
                 self.events.push_back(ToyEvent::StreamClosed { stream });

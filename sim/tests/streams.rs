@@ -81,7 +81,7 @@ fn bytes_arrive_in_order_over_a_lossy_jittery_path() {
 }
 
 #[test]
-fn inbound_stream_is_announced_with_empty_data() {
+fn streams_are_announced_to_both_ends() {
     let mut sim = sim(1);
     let a = toy(&mut sim, "a", "198.18.0.1:1000");
     let b = toy(&mut sim, "b", "198.18.0.2:2000");
@@ -94,7 +94,9 @@ fn inbound_stream_is_announced_with_empty_data() {
     // Announced on SYN arrival, one latency after connect.
     assert_eq!(sim.events(b)[0].0, Duration::from_millis(25));
     assert_ne!(opened(&sim, b)[0].0, s, "each side has its own id");
-    assert!(sim.events(a).is_empty());
+    // The opener hears when the handshake completes, one round trip after connect.
+    assert_eq!(opened(&sim, a), vec![(s, sa("198.18.0.2:2000"))]);
+    assert_eq!(sim.events(a)[0].0, Duration::from_millis(50));
 }
 
 #[test]

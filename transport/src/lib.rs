@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 pub mod login;
+pub mod runtime;
 pub mod store;
 
 use std::collections::VecDeque;
@@ -39,10 +40,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use natter_core::identity::UnixTime;
-use natter_core::sansio::{Destination, Input, Machine, Transmit};
+use natter_core::sansio::{Destination, Input, Machine};
 
-const SOCKET: Token = Token(0);
-const WAKER: Token = Token(1);
+/// The waker's token; socket `i` of a node has token `i + 1`.
+const WAKER: Token = Token(0);
 /// Largest datagram read; anything longer is truncated by the kernel and then refused by the
 /// decoders.
 const RECV_BUFFER: usize = 2048;
@@ -80,12 +81,17 @@ pub struct DriverStats {
     pub send_errors: u64,
 }
 
-/// A sans-IO machine running on its own thread behind one UDP socket.
+/// A sans-IO machine running on its own thread behind one UDP socket, or several
+/// ([`UdpNode::spawn_multi`]: a STUN server answering from two IPs and two ports).
+///
+/// Each datagram reaches the machine as [`Input::Datagram`] with `local` set to the address of
+/// the socket it arrived on. A [`Transmit`](natter_core::sansio::Transmit) leaves from the socket whose address equals its
+/// [`Transmit::source`](natter_core::sansio::Transmit::source); without a source, or when no socket matches, from the first one.
 ///
 /// Application commands run on the driver thread through [`UdpNode::command`]; events come out
 /// of [`UdpNode::events`] in the order the machine produced them.
 pub struct UdpNode<M: Machine> {
-    local: SocketAddr,
+    locals: Vec<SocketAddr>,
     commands: Sender<Command<M>>,
     waker: Arc<Waker>,
     events: Receiver<M::Event>,
@@ -96,7 +102,7 @@ pub struct UdpNode<M: Machine> {
 impl<M: Machine> std::fmt::Debug for UdpNode<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UdpNode")
-            .field("local", &self.local)
+            .field("locals", &self.locals)
             .finish_non_exhaustive()
     }
 }
@@ -111,8 +117,34 @@ where
     /// # Errors
     /// When the socket cannot be bound or the event loop cannot be created.
     pub fn spawn(addr: SocketAddr, make: impl FnOnce(Instant) -> M) -> io::Result<Self> {
-        let socket = UdpSocket::bind(addr)?;
-        let local = socket.local_addr()?;
+        Self::spawn_multi(&[addr], make)
+    }
+
+    /// Bind every address of `addrs` (in order; the first is the default for transmits without
+    /// a matching [`Transmit::source`](natter_core::sansio::Transmit::source)), build the machine with the driver's start instant, and
+    /// run it.
+    ///
+    /// # Errors
+    /// When `addrs` is empty, a socket cannot be bound, or the event loop cannot be created.
+    pub fn spawn_multi(addrs: &[SocketAddr], make: impl FnOnce(Instant) -> M) -> io::Result<Self> {
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "UdpNode needs at least one address",
+            ));
+        }
+        let mut sockets = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let socket = UdpSocket::bind(*addr)?;
+            let local = socket.local_addr()?;
+            sockets.push(Socket {
+                socket,
+                local,
+                pending: VecDeque::new(),
+                writable_registered: false,
+            });
+        }
+        let locals: Vec<SocketAddr> = sockets.iter().map(|s| s.local).collect();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let machine = make(Instant::now());
@@ -121,10 +153,10 @@ where
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("natter-udp-{local}"))
-            .spawn(move || run(poll, socket, local, machine, cmd_rx, ev_tx, stop2))?;
+            .name(format!("natter-udp-{}", locals[0]))
+            .spawn(move || run(poll, sockets, machine, cmd_rx, ev_tx, stop2))?;
         Ok(Self {
-            local,
+            locals,
             commands: cmd_tx,
             waker,
             events: ev_rx,
@@ -133,9 +165,14 @@ where
         })
     }
 
-    /// The bound address.
+    /// The bound address (the first one, with [`UdpNode::spawn_multi`]).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.locals[0]
+    }
+
+    /// Every bound address, in the order they were given to [`UdpNode::spawn_multi`].
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.locals
     }
 
     /// Run `f` on the driver thread with the machine and the current instant, and return its
@@ -210,21 +247,32 @@ impl<M: Machine> Drop for UdpNode<M> {
     }
 }
 
+/// One bound UDP socket of a node and the transmits waiting for it to become writable.
+struct Socket {
+    socket: UdpSocket,
+    local: SocketAddr,
+    pending: VecDeque<(SocketAddr, bytes::Bytes)>,
+    writable_registered: bool,
+}
+
+fn token(index: usize) -> Token {
+    Token(index + 1)
+}
+
 fn run<M: Machine>(
     mut poll: Poll,
-    mut socket: UdpSocket,
-    local: SocketAddr,
+    mut sockets: Vec<Socket>,
     mut machine: M,
     commands: Receiver<Command<M>>,
     events_out: Sender<M::Event>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<DriverStats> {
-    poll.registry()
-        .register(&mut socket, SOCKET, Interest::READABLE)?;
+    for (i, s) in sockets.iter_mut().enumerate() {
+        poll.registry()
+            .register(&mut s.socket, token(i), Interest::READABLE)?;
+    }
     let mut events = Events::with_capacity(256);
     let mut buf = vec![0u8; RECV_BUFFER];
-    let mut pending: VecDeque<Transmit> = VecDeque::new();
-    let mut writable_registered = false;
     let mut stats = DriverStats::default();
     loop {
         let timeout = machine
@@ -239,27 +287,31 @@ fn run<M: Machine>(
             return Ok(stats);
         }
         for event in events.iter() {
-            if event.token() == SOCKET && event.is_readable() {
-                loop {
-                    match socket.recv_from(&mut buf) {
-                        Ok((n, source)) => {
-                            stats.datagrams_in += 1;
-                            let now = Instant::now();
-                            machine.handle_input(
-                                now,
-                                Input::Datagram {
-                                    source,
-                                    local,
-                                    data: &buf[..n],
-                                },
-                            );
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // ICMP errors surface as ConnectionRefused on Linux: ignore them.
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
+            if event.token() == WAKER || !event.is_readable() {
+                continue;
+            }
+            let Some(s) = sockets.get(event.token().0 - 1) else {
+                continue;
+            };
+            loop {
+                match s.socket.recv_from(&mut buf) {
+                    Ok((n, source)) => {
+                        stats.datagrams_in += 1;
+                        let now = Instant::now();
+                        machine.handle_input(
+                            now,
+                            Input::Datagram {
+                                source,
+                                local: s.local,
+                                data: &buf[..n],
+                            },
+                        );
                     }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // ICMP errors surface as ConnectionRefused on Linux: ignore them.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -271,34 +323,42 @@ fn run<M: Machine>(
             machine.handle_timeout(now);
         }
         // Drain outputs: transmits, then events (the timeout is read at the top of the loop).
-        pending.extend(std::iter::from_fn(|| machine.poll_transmit()));
-        while let Some(t) = pending.front() {
+        while let Some(t) = machine.poll_transmit() {
             let Destination::Udp(to) = t.destination else {
                 // Stream transmits belong to the TCP driver; a UDP node has no streams.
-                pending.pop_front();
                 continue;
             };
-            match socket.send_to(&t.payload, to) {
-                Ok(_) => {
-                    stats.datagrams_out += 1;
-                    pending.pop_front();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    stats.send_errors += 1;
-                    pending.pop_front();
+            let index = t
+                .source
+                .and_then(|from| sockets.iter().position(|s| s.local == from))
+                .unwrap_or(0);
+            sockets[index].pending.push_back((to, t.payload));
+        }
+        for (i, s) in sockets.iter_mut().enumerate() {
+            while let Some((to, payload)) = s.pending.front() {
+                match s.socket.send_to(payload, *to) {
+                    Ok(_) => {
+                        stats.datagrams_out += 1;
+                        s.pending.pop_front();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        stats.send_errors += 1;
+                        s.pending.pop_front();
+                    }
                 }
             }
-        }
-        let want_writable = !pending.is_empty();
-        if want_writable != writable_registered {
-            let interest = if want_writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            poll.registry().reregister(&mut socket, SOCKET, interest)?;
-            writable_registered = want_writable;
+            let want_writable = !s.pending.is_empty();
+            if want_writable != s.writable_registered {
+                let interest = if want_writable {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                poll.registry()
+                    .reregister(&mut s.socket, token(i), interest)?;
+                s.writable_registered = want_writable;
+            }
         }
         while let Some(e) = machine.poll_event() {
             if events_out.send(e).is_err() {
@@ -306,5 +366,90 @@ fn run<M: Machine>(
                 return Ok(stats);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_core::sansio::Transmit;
+    use std::net::UdpSocket as StdUdpSocket;
+
+    /// Answers each datagram with "<local it arrived on>" sent from the address named in the
+    /// datagram (empty: no source), so a test sees both routing directions.
+    #[derive(Default)]
+    struct Echo {
+        out: VecDeque<Transmit>,
+    }
+
+    impl Machine for Echo {
+        type Event = ();
+
+        fn handle_input(&mut self, _now: Instant, input: Input<'_>) {
+            if let Input::Datagram {
+                source,
+                local,
+                data,
+            } = input
+            {
+                let from = std::str::from_utf8(data).ok().and_then(|s| s.parse().ok());
+                self.out.push_back(Transmit {
+                    destination: Destination::Udp(source),
+                    source: from,
+                    payload: bytes::Bytes::from(local.to_string()),
+                });
+            }
+        }
+
+        fn handle_timeout(&mut self, _now: Instant) {}
+
+        fn poll_transmit(&mut self) -> Option<Transmit> {
+            self.out.pop_front()
+        }
+
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    #[test]
+    fn spawn_multi_reports_local_and_routes_by_source() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let node = UdpNode::spawn_multi(&[any, any, any], |_| Echo::default()).unwrap();
+        let locals = node.local_addrs().to_vec();
+        assert_eq!(locals.len(), 3);
+        assert_eq!(node.local_addr(), locals[0]);
+        assert!(locals.iter().all(|a| a.port() != 0));
+
+        let client = StdUdpSocket::bind(any).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 128];
+        let unbound: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for (to, from, expected_from) in [
+            (locals[1], Some(locals[2]), locals[2]),
+            (locals[2], Some(locals[1]), locals[1]),
+            (locals[2], None, locals[0]),
+            (locals[1], Some(unbound), locals[0]),
+        ] {
+            let body = from.map(|f| f.to_string()).unwrap_or_default();
+            client.send_to(body.as_bytes(), to).unwrap();
+            let (n, sender) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(sender, expected_from, "sent to {to}, asked for {from:?}");
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), to.to_string());
+        }
+        let stats = node.shutdown().unwrap();
+        assert_eq!((stats.datagrams_in, stats.datagrams_out), (4, 4));
+    }
+
+    #[test]
+    fn spawn_multi_needs_an_address() {
+        let err = UdpNode::spawn_multi(&[], |_| Echo::default()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -878,8 +878,8 @@ impl Machine for LoginServer {
                 self.conns.remove(&stream);
                 // Jobs in flight finish; their answers are dropped.
             }
-            // The login server speaks only TLS over TCP.
-            Input::Datagram { .. } => {}
+            // Bytes follow; the login server speaks only TLS over TCP.
+            Input::StreamOpened { .. } | Input::Datagram { .. } => {}
         }
     }
 

@@ -22,9 +22,79 @@
 //! | `0x90..=0x9F` | presence and buddy list                                |
 //! | `0xF0..=0xFF` | private extensions                                     |
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use bytes::{BufMut, BytesMut};
 
 use super::{DecodeError, Reader, MAX_DATAGRAM};
+
+/// Most host entries in one overlay message (16 entries of at most 51 bytes fit a datagram).
+pub const MAX_HOST_ENTRIES: usize = 16;
+/// Most local addresses a node announces.
+pub const MAX_LOCAL_ADDRESSES: usize = 4;
+
+/// A super node as other nodes know it: where it listens and its Noise static key (so the
+/// next connection can use IK and is bound to that key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostEntry {
+    /// UDP (and TCP) address.
+    pub addr: SocketAddr,
+    /// X25519 static key.
+    pub static_key: [u8; 32],
+}
+
+/// Append a socket address: family (4 or 6), address bytes, port.
+pub fn put_addr(out: &mut BytesMut, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.put_u8(4);
+            out.put_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.put_u8(6);
+            out.put_slice(&ip.octets());
+        }
+    }
+    out.put_u16(addr.port());
+}
+
+/// Read a socket address written by [`put_addr`].
+pub fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
+    let ip = match r.u8()? {
+        4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+        6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
+        _ => return Err(DecodeError::Invalid("address family")),
+    };
+    Ok(SocketAddr::new(ip, r.u16()?))
+}
+
+fn put_entries(out: &mut BytesMut, entries: &[HostEntry]) {
+    let n = entries.len().min(MAX_HOST_ENTRIES);
+    out.put_u8(n as u8);
+    for e in &entries[..n] {
+        put_addr(out, &e.addr);
+        out.put_slice(&e.static_key);
+    }
+}
+
+fn read_entries(r: &mut Reader<'_>) -> Result<Vec<HostEntry>, DecodeError> {
+    let n = usize::from(r.u8()?);
+    if n > MAX_HOST_ENTRIES {
+        return Err(DecodeError::TooLong {
+            what: "host entries",
+            len: n,
+            max: MAX_HOST_ENTRIES,
+        });
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(HostEntry {
+            addr: read_addr(r)?,
+            static_key: r.array()?,
+        });
+    }
+    Ok(v)
+}
 
 /// The largest application payload in one [`Message::AppData`].
 pub const MAX_APP_DATA: usize = MAX_DATAGRAM - 64;
@@ -171,7 +241,7 @@ impl CloseReason {
 }
 
 /// A decoded control message, borrowing from the plaintext.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Message<'a> {
     /// See [`MessageType::KeepAlive`].
@@ -193,6 +263,39 @@ pub enum Message<'a> {
     },
     /// See [`MessageType::AppData`].
     AppData(&'a [u8]),
+    /// An ordinary node asks a super node to serve it.
+    OverlayAttach {
+        /// The node's NAT type code (see `natter_core::nat`), 0 when unknown.
+        nat: u8,
+        /// The node's own (private) addresses, for same-LAN shortcuts.
+        local_addresses: Vec<SocketAddr>,
+    },
+    /// A super node's answer to [`Message::OverlayAttach`].
+    OverlayAttachAck {
+        /// False when the super node is full: try `super_nodes` instead.
+        accepted: bool,
+        /// The node's address as the super node sees it.
+        reflexive: SocketAddr,
+        /// Keep-alive interval the super node expects, in seconds.
+        keepalive_secs: u16,
+        /// Other super nodes, for the host cache.
+        super_nodes: Vec<HostEntry>,
+    },
+    /// Host cache exchange: an empty list asks for entries, a non-empty one answers.
+    OverlayHostCache {
+        /// Super nodes.
+        entries: Vec<HostEntry>,
+    },
+    /// Membership gossip between super nodes.
+    OverlayMembership {
+        /// Super nodes the sender knows (itself first).
+        entries: Vec<HostEntry>,
+    },
+    /// A super node that demotes itself hands its clients to others.
+    OverlayHandover {
+        /// Where to go.
+        entries: Vec<HostEntry>,
+    },
 }
 
 impl<'a> Message<'a> {
@@ -204,6 +307,11 @@ impl<'a> Message<'a> {
             Message::Pong { .. } => MessageType::Pong,
             Message::Close { .. } => MessageType::Close,
             Message::AppData(_) => MessageType::AppData,
+            Message::OverlayAttach { .. } => MessageType::OverlayAttach,
+            Message::OverlayAttachAck { .. } => MessageType::OverlayAttachAck,
+            Message::OverlayHostCache { .. } => MessageType::OverlayHostCache,
+            Message::OverlayMembership { .. } => MessageType::OverlayMembership,
+            Message::OverlayHandover { .. } => MessageType::OverlayHandover,
         }
     }
 
@@ -230,6 +338,44 @@ impl<'a> Message<'a> {
                 }
                 Message::AppData(data)
             }
+            MessageType::OverlayAttach => {
+                let nat = r.u8()?;
+                let n = usize::from(r.u8()?);
+                if n > MAX_LOCAL_ADDRESSES {
+                    return Err(DecodeError::TooLong {
+                        what: "local addresses",
+                        len: n,
+                        max: MAX_LOCAL_ADDRESSES,
+                    });
+                }
+                let mut local_addresses = Vec::with_capacity(n);
+                for _ in 0..n {
+                    local_addresses.push(read_addr(&mut r)?);
+                }
+                Message::OverlayAttach {
+                    nat,
+                    local_addresses,
+                }
+            }
+            MessageType::OverlayAttachAck => Message::OverlayAttachAck {
+                accepted: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("accepted")),
+                },
+                reflexive: read_addr(&mut r)?,
+                keepalive_secs: r.u16()?,
+                super_nodes: read_entries(&mut r)?,
+            },
+            MessageType::OverlayHostCache => Message::OverlayHostCache {
+                entries: read_entries(&mut r)?,
+            },
+            MessageType::OverlayMembership => Message::OverlayMembership {
+                entries: read_entries(&mut r)?,
+            },
+            MessageType::OverlayHandover => Message::OverlayHandover {
+                entries: read_entries(&mut r)?,
+            },
             other => return Err(DecodeError::Unimplemented(other)),
         };
         r.finish()?;
@@ -239,11 +385,36 @@ impl<'a> Message<'a> {
     /// Append the encoded message to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_u8(self.message_type() as u8);
-        match *self {
+        match self {
             Message::KeepAlive => {}
-            Message::Ping { id } | Message::Pong { id } => out.put_u32(id),
+            Message::Ping { id } | Message::Pong { id } => out.put_u32(*id),
             Message::Close { reason } => out.put_u8(reason.to_u8()),
             Message::AppData(data) => out.put_slice(data),
+            Message::OverlayAttach {
+                nat,
+                local_addresses,
+            } => {
+                out.put_u8(*nat);
+                let n = local_addresses.len().min(MAX_LOCAL_ADDRESSES);
+                out.put_u8(n as u8);
+                for a in &local_addresses[..n] {
+                    put_addr(out, a);
+                }
+            }
+            Message::OverlayAttachAck {
+                accepted,
+                reflexive,
+                keepalive_secs,
+                super_nodes,
+            } => {
+                out.put_u8(u8::from(*accepted));
+                put_addr(out, reflexive);
+                out.put_u16(*keepalive_secs);
+                put_entries(out, super_nodes);
+            }
+            Message::OverlayHostCache { entries }
+            | Message::OverlayMembership { entries }
+            | Message::OverlayHandover { entries } => put_entries(out, entries),
         }
     }
 }
@@ -281,6 +452,45 @@ mod tests {
             Message::decode(&[0x01, 0]),
             Err(DecodeError::TrailingBytes(1))
         );
+    }
+
+    #[test]
+    fn overlay_messages_roundtrip() {
+        let e = HostEntry {
+            addr: "198.18.0.1:4000".parse().unwrap(),
+            static_key: [9; 32],
+        };
+        let e6 = HostEntry {
+            addr: "[2001:db8::1]:4000".parse().unwrap(),
+            static_key: [8; 32],
+        };
+        for m in [
+            Message::OverlayAttach {
+                nat: 3,
+                local_addresses: vec!["10.0.0.2:5000".parse().unwrap()],
+            },
+            Message::OverlayAttachAck {
+                accepted: true,
+                reflexive: "198.18.0.9:1234".parse().unwrap(),
+                keepalive_secs: 20,
+                super_nodes: vec![e, e6],
+            },
+            Message::OverlayHostCache { entries: vec![] },
+            Message::OverlayMembership {
+                entries: vec![e; MAX_HOST_ENTRIES],
+            },
+            Message::OverlayHandover { entries: vec![e6] },
+        ] {
+            let mut b = BytesMut::new();
+            m.encode(&mut b);
+            assert!(b.len() <= MAX_APP_DATA);
+            assert_eq!(Message::decode(&b).unwrap(), m);
+        }
+        // 17 entries announced: refused before reading them.
+        assert!(matches!(
+            Message::decode(&[0x22, 17]),
+            Err(DecodeError::TooLong { .. })
+        ));
     }
 
     fn msg_strategy() -> impl Strategy<Value = (u8, u32, Vec<u8>)> {

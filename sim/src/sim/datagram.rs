@@ -10,7 +10,10 @@ impl<E: 'static> Sim<E> {
     pub(super) fn on_transmit(&mut self, host: HostId, t: Transmit) {
         match t.destination {
             Destination::Udp(dst) => self.send_datagram(host, t.source, dst, t.payload),
-            Destination::Stream(id) => self.stream_write(host, id, t.payload),
+            Destination::Stream(id) => {
+                let id = self.sim_stream(host, id);
+                self.stream_write(host, id, t.payload)
+            }
         }
     }
 
@@ -235,7 +238,7 @@ impl<E: 'static> Sim<E> {
 
     pub(super) fn arrive_host(&mut self, host: HostId, packet: Packet) {
         let h = &self.hosts[host.0];
-        let bound = h.addrs.contains(&packet.dst);
+        let bound = h.addrs.contains(&packet.dst) && !h.crashed;
         match packet.body {
             Body::Datagram(ref data) => {
                 if h.udp_blocked {

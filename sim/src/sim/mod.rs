@@ -132,6 +132,8 @@ struct Host<E> {
     timer: Option<Duration>,
     timer_gen: u64,
     udp_blocked: bool,
+    /// Crashed: its machine gets no more input, its sockets are gone.
+    crashed: bool,
     next_ephemeral: u16,
 }
 
@@ -271,6 +273,10 @@ pub struct Sim<E> {
     access: BTreeMap<Node, LinkConfig>,
     streams: BTreeMap<StreamId, StreamEnd>,
     next_stream: u64,
+    /// Streams machines opened with `StreamCommand::Connect`: (host, the machine's id) to the
+    /// simulator's id, and back. Machine ids are per host; simulator ids are global.
+    aliases: BTreeMap<(HostId, StreamId), StreamId>,
+    machine_ids: BTreeMap<StreamId, StreamId>,
     trace: Trace,
     captured: Vec<Captured>,
     interceptor: Option<Interceptor>,
@@ -315,6 +321,8 @@ impl<E: 'static> Sim<E> {
             access: BTreeMap::new(),
             streams: BTreeMap::new(),
             next_stream: 1,
+            aliases: BTreeMap::new(),
+            machine_ids: BTreeMap::new(),
             captured: Vec::new(),
             interceptor: None,
         }
@@ -410,14 +418,18 @@ impl<E: 'static> Sim<E> {
         std::mem::take(&mut self.hosts[host.0].events)
     }
 
-    /// Drains `host`'s machine in the order of the sans-IO contract: transmits, events, then
-    /// the timer, repeated until nothing new appears.
+    /// Drains `host`'s machine in the order of the sans-IO contract: transmits, stream
+    /// commands, events, then the timer, repeated until nothing new appears.
     fn drain(&mut self, host: HostId) {
         loop {
             let mut progressed = false;
             while let Some(t) = self.hosts[host.0].machine.poll_transmit() {
                 progressed = true;
                 self.on_transmit(host, t);
+            }
+            while let Some(c) = self.hosts[host.0].machine.poll_stream_command() {
+                progressed = true;
+                self.on_stream_command(host, c);
             }
             while let Some(e) = self.hosts[host.0].machine.poll_event() {
                 progressed = true;
@@ -450,9 +462,65 @@ impl<E: 'static> Sim<E> {
     }
 
     fn deliver(&mut self, host: HostId, input: Input<'_>) {
+        if self.hosts[host.0].crashed {
+            return;
+        }
         let now = self.now();
+        // Streams a machine opened itself are known to it by its own id.
+        let local = |id: StreamId| self.machine_ids.get(&id).copied().unwrap_or(id);
+        let input = match input {
+            Input::Stream {
+                stream,
+                remote,
+                data,
+            } => Input::Stream {
+                stream: local(stream),
+                remote,
+                data,
+            },
+            Input::StreamOpened { stream, remote } => Input::StreamOpened {
+                stream: local(stream),
+                remote,
+            },
+            Input::StreamClosed { stream } => Input::StreamClosed {
+                stream: local(stream),
+            },
+            other => other,
+        };
         self.hosts[host.0].machine.handle_input(now, input);
         self.drain(host);
+    }
+
+    /// Crash `host` as a killed process would: every stream it has is closed (peers hear it
+    /// after the usual delay, as a kernel resets the connections of a dead process), nothing is
+    /// delivered to it any more, its timers stop, and packets and connection attempts to it
+    /// find no socket.
+    pub fn crash(&mut self, host: HostId) {
+        for s in self.streams_of(host) {
+            self.close_stream(host, s);
+        }
+        self.hosts[host.0].crashed = true;
+    }
+
+    /// The simulator's id of a stream a machine names `id`.
+    pub(super) fn sim_stream(&self, host: HostId, id: StreamId) -> StreamId {
+        self.aliases.get(&(host, id)).copied().unwrap_or(id)
+    }
+
+    fn on_stream_command(&mut self, host: HostId, command: natter_core::sansio::StreamCommand) {
+        use natter_core::sansio::StreamCommand;
+        match command {
+            // TLS is not modelled: a TLS stream is a stream.
+            StreamCommand::Connect { stream, remote, .. } => {
+                let id = self.connect_stream(host, remote);
+                self.aliases.insert((host, stream), id);
+                self.machine_ids.insert(id, stream);
+            }
+            StreamCommand::Close { stream } => {
+                let id = self.sim_stream(host, stream);
+                self.close_stream(host, id);
+            }
+        }
     }
 
     // ----------------------------------------------------------------------------------------
@@ -666,6 +734,9 @@ impl<E: 'static> Sim<E> {
                     return;
                 }
                 h.timer = None;
+                if h.crashed {
+                    return;
+                }
                 let now = self.now();
                 self.hosts[host.0].machine.handle_timeout(now);
                 self.drain(host);

@@ -21,7 +21,8 @@ impl<E: 'static> Sim<E> {
     /// accepts. A connection attempt crosses the network like a datagram (NATs let it out but
     /// never in; UDP firewalls let it through). If it reaches a host bound to `remote`, that
     /// host accepts it: its machine learns about the new stream from an
-    /// [`Input::Stream`] with a new [`StreamId`] and **empty** `data`, delivered on arrival.
+    /// [`Input::StreamOpened`] with a new [`StreamId`], delivered on arrival; the opening side
+    /// gets [`Input::StreamOpened`] when the handshake completes.
     /// If it reaches a host with no such socket, the local machine gets
     /// [`Input::StreamClosed`] one trip later; if it is dropped on the way, after
     /// [`StreamConfig::connect_timeout`](crate::StreamConfig::connect_timeout).
@@ -209,10 +210,9 @@ impl<E: 'static> Sim<E> {
         }
         self.deliver(
             host,
-            Input::Stream {
+            Input::StreamOpened {
                 stream: id,
                 remote: src,
-                data: &[],
             },
         );
     }
@@ -243,8 +243,12 @@ impl<E: 'static> Sim<E> {
             end.status = StreamStatus::Open;
         }
         let pending = std::mem::take(&mut end.pending);
+        let (host, remote) = (end.host, end.remote);
         for data in pending {
             self.send_segment(stream, data);
+        }
+        if !closed {
+            self.deliver(host, Input::StreamOpened { stream, remote });
         }
         if closed {
             // Closed by the application while connecting: finish the handshake with a FIN.

@@ -63,6 +63,7 @@ impl<E: 'static> Sim<E> {
             timer: None,
             timer_gen: 0,
             udp_blocked: false,
+            crashed: false,
             next_ephemeral: EPHEMERAL_START,
         });
         // Pick up a timer the machine may already want.

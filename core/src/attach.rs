@@ -1,0 +1,588 @@
+//! Joining the overlay as an ordinary node: finding super nodes and keeping links to them.
+//!
+//! The [`Attacher`] is a sub-machine of the node. It owns the [`HostCache`] and decides; the
+//! node facade carries its [`AttachAction`]s out on the endpoint and the driver, and feeds the
+//! outcomes back. A round, as the original network did it and better:
+//!
+//! 1. **Probe**: STUN Binding requests over UDP to the best few (default 5) host-cache entries
+//!    at once. Answers give each super node's round-trip time (and the node's reflexive
+//!    address).
+//! 2. **Link**: TCP connections to the fastest responders, each carrying a Noise session and an
+//!    `OverlayAttach`; the node keeps [`AttachConfig::links`] (default 2) attached links. When
+//!    no probe is answered within [`AttachConfig::probe_window`], UDP is treated as blocked and
+//!    the node goes straight to TCP with every candidate. A TCP connection refused or timing
+//!    out on the main port is retried on the super node's fallback port, then on its
+//!    TLS-wrapped port (the stand-ins for 80 and 443), which strict firewalls pass.
+//! 3. **Keep**: a lost link (its stream closed, its session timed out, a handover) starts a new
+//!    round at once; the other link keeps the node attached meanwhile. Rounds that attach
+//!    nothing back off with jitter (0.5 s doubling to 30 s).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::hostcache::{CacheEntry, HostCache};
+use crate::identity::UnixTime;
+use crate::rng::Rng;
+use crate::sansio::StreamId;
+use crate::stun::TransactionId;
+use crate::wire::message::HostEntry;
+
+/// How a link reaches its super node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkTransport {
+    /// TCP to the super node's main port.
+    Tcp,
+    /// TCP to its fallback port (stand-in for 80).
+    TcpFallback,
+    /// TLS over TCP to its TLS port (stand-in for 443).
+    Tls,
+}
+
+impl LinkTransport {
+    fn next(self) -> Option<Self> {
+        match self {
+            Self::Tcp => Some(Self::TcpFallback),
+            Self::TcpFallback => Some(Self::Tls),
+            Self::Tls => None,
+        }
+    }
+}
+
+/// Settings of an [`Attacher`].
+#[derive(Debug, Clone)]
+pub struct AttachConfig {
+    /// Attached links to keep (default 2).
+    pub links: usize,
+    /// Super nodes probed per round (default 5).
+    pub probes: usize,
+    /// How long to wait for probe answers before linking (default 300 ms).
+    pub probe_window: Duration,
+    /// How long a link may take from TCP connect to attach acknowledgement (default 3 s).
+    pub link_timeout: Duration,
+    /// Offset of a super node's fallback TCP port from its main port (default +1).
+    pub fallback_port_offset: u16,
+    /// Offset of its TLS port from its main port (default +2).
+    pub tls_port_offset: u16,
+    /// Refresh the host cache from a super node this often (default 10 minutes).
+    pub refresh_interval: Duration,
+    /// Randomness (jitter, transaction ids, tie-breaks).
+    pub seed: [u8; 32],
+}
+
+impl AttachConfig {
+    /// Defaults.
+    pub fn new(seed: [u8; 32]) -> Self {
+        Self {
+            links: 2,
+            probes: 5,
+            probe_window: Duration::from_millis(300),
+            link_timeout: Duration::from_secs(3),
+            fallback_port_offset: 1,
+            tls_port_offset: 2,
+            refresh_interval: Duration::from_secs(600),
+            seed,
+        }
+    }
+}
+
+/// What the node facade must do for the attacher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachAction {
+    /// Send a STUN Binding request with this transaction id to `addr` over UDP.
+    Probe {
+        /// The super node.
+        addr: SocketAddr,
+        /// Transaction id to match the answer.
+        transaction: TransactionId,
+    },
+    /// Ask the driver for a TCP (or TLS) stream.
+    OpenStream {
+        /// The id to use.
+        stream: StreamId,
+        /// Where (the main, fallback or TLS port).
+        remote: SocketAddr,
+        /// TLS-wrapped.
+        tls: bool,
+    },
+    /// Start a Noise session over the open stream, to the super node with that key (IK when
+    /// known), and report the connection id with [`Attacher::session_started`].
+    StartSession {
+        /// The stream.
+        stream: StreamId,
+        /// The super node's static key, if known.
+        static_key: Option<[u8; 32]>,
+    },
+    /// Send `OverlayAttach` on the session.
+    SendAttach {
+        /// The stream the session runs on.
+        stream: StreamId,
+    },
+    /// Ask the super node for host cache entries.
+    RequestHostCache {
+        /// The stream the session runs on.
+        stream: StreamId,
+    },
+    /// Close the stream (and its session).
+    CloseStream {
+        /// Which.
+        stream: StreamId,
+    },
+}
+
+/// What the attacher reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachEvent {
+    /// A round started.
+    Connecting {
+        /// Super nodes probed.
+        candidates: usize,
+    },
+    /// UDP probes went unanswered: the node reaches super nodes over TCP only.
+    UdpBlocked,
+    /// A link to a super node is attached.
+    Attached {
+        /// The super node's main address.
+        super_node: SocketAddr,
+        /// How it is reached.
+        transport: LinkTransport,
+        /// The node's address as that super node sees it.
+        reflexive: SocketAddr,
+        /// Its round-trip time from the probe, when UDP answered.
+        rtt: Option<Duration>,
+    },
+    /// A link was lost.
+    Detached {
+        /// The super node.
+        super_node: SocketAddr,
+    },
+    /// No super node could be found in this round.
+    NoSuperNode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Connecting,
+    Handshaking,
+    Attaching,
+    Attached,
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    entry: CacheEntry,
+    transport: LinkTransport,
+    state: LinkState,
+    since: Instant,
+    rtt: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+struct Probe {
+    entry: CacheEntry,
+    transaction: TransactionId,
+    sent: Instant,
+    rtt: Option<Duration>,
+}
+
+/// The ordinary node's attach logic. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Attacher {
+    cfg: AttachConfig,
+    cache: HostCache,
+    rng: Rng,
+    links: HashMap<StreamId, Link>,
+    probes: Vec<Probe>,
+    probing_until: Option<Instant>,
+    next_round: Option<Instant>,
+    failed_rounds: u32,
+    next_stream: u64,
+    next_refresh: Option<Instant>,
+    udp_blocked: bool,
+    actions: Vec<AttachAction>,
+    events: Vec<AttachEvent>,
+}
+
+impl Attacher {
+    /// An attacher with a host cache (loaded from disk and seeded with the bootstrap list).
+    pub fn new(cfg: AttachConfig, cache: HostCache) -> Self {
+        Self {
+            rng: Rng::from_seed_bytes(cfg.seed),
+            cfg,
+            cache,
+            links: HashMap::new(),
+            probes: Vec::new(),
+            probing_until: None,
+            next_round: None,
+            failed_rounds: 0,
+            next_stream: 0,
+            next_refresh: None,
+            udp_blocked: false,
+            actions: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The host cache (to persist it).
+    pub fn cache(&self) -> &HostCache {
+        &self.cache
+    }
+
+    /// Attached links: (stream, super node address).
+    pub fn attached(&self) -> Vec<(StreamId, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.state == LinkState::Attached)
+            .map(|(s, l)| (*s, l.entry.addr))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// True when UDP probes went unanswered in the last round.
+    pub fn udp_blocked(&self) -> bool {
+        self.udp_blocked
+    }
+
+    /// Start (or restart) joining at `now` (wall-clock `wall`).
+    pub fn start(&mut self, now: Instant, wall: UnixTime) {
+        self.next_round = Some(now);
+        self.handle_timeout(now, wall);
+    }
+
+    fn in_progress(&self) -> usize {
+        self.links
+            .values()
+            .filter(|l| l.state != LinkState::Attached)
+            .count()
+    }
+
+    fn attached_count(&self) -> usize {
+        self.links.len() - self.in_progress()
+    }
+
+    fn begin_round(&mut self, now: Instant, wall: UnixTime) {
+        self.next_round = None;
+        if self.attached_count() >= self.cfg.links || !self.probes.is_empty() {
+            return;
+        }
+        self.cache.prune(wall);
+        let exclude: Vec<SocketAddr> = self.links.values().map(|l| l.entry.addr).collect();
+        let tiebreak = self.rng.u64();
+        let candidates = self.cache.best(self.cfg.probes, &exclude, wall, tiebreak);
+        if candidates.is_empty() {
+            self.events.push(AttachEvent::NoSuperNode);
+            self.schedule_retry(now);
+            return;
+        }
+        self.events.push(AttachEvent::Connecting {
+            candidates: candidates.len(),
+        });
+        for entry in candidates {
+            let mut id = [0u8; 12];
+            self.rng.fill(&mut id);
+            let transaction = TransactionId(id);
+            self.actions.push(AttachAction::Probe {
+                addr: entry.addr,
+                transaction,
+            });
+            self.probes.push(Probe {
+                entry,
+                transaction,
+                sent: now,
+                rtt: None,
+            });
+        }
+        self.probing_until = Some(now + self.cfg.probe_window);
+    }
+
+    fn schedule_retry(&mut self, now: Instant) {
+        self.failed_rounds += 1;
+        let exp = self.failed_rounds.min(7);
+        let base = Duration::from_millis(250) * (1 << exp);
+        let base = base.min(Duration::from_secs(30));
+        // Jitter: between half and the whole of the delay, so nodes do not retry in step.
+        let jitter = base.mul_f64(0.5 + 0.5 * self.rng.unit());
+        self.next_round = Some(now + jitter);
+    }
+
+    /// A STUN Binding answer arrived (the facade matches answers to probes by transaction).
+    /// Returns true when it was one of the attacher's probes.
+    pub fn probe_answered(&mut self, now: Instant, transaction: TransactionId) -> bool {
+        let Some(p) = self
+            .probes
+            .iter_mut()
+            .find(|p| p.transaction == transaction)
+        else {
+            return false;
+        };
+        if p.rtt.is_none() {
+            p.rtt = Some(now.saturating_duration_since(p.sent));
+        }
+        // Enough answers to fill the missing links (plus a spare), or everyone answered: no
+        // need to wait out the window for a super node that may be dead.
+        let answered = self.probes.iter().filter(|p| p.rtt.is_some()).count();
+        let want = self.cfg.links.saturating_sub(self.attached_count()) + 1;
+        if answered >= want.min(self.probes.len()) {
+            self.probing_until = Some(now);
+        }
+        true
+    }
+
+    fn end_probing(&mut self, now: Instant) {
+        self.probing_until = None;
+        let mut probes = std::mem::take(&mut self.probes);
+        let answered = probes.iter().filter(|p| p.rtt.is_some()).count();
+        self.udp_blocked = answered == 0;
+        if self.udp_blocked {
+            self.events.push(AttachEvent::UdpBlocked);
+        }
+        // Fastest responders first; with UDP blocked, every candidate in cache order.
+        probes.sort_by_key(|p| p.rtt.unwrap_or(Duration::MAX));
+        if !self.udp_blocked {
+            probes.retain(|p| p.rtt.is_some());
+        }
+        let want = self.cfg.links.saturating_sub(self.attached_count());
+        // One spare beyond what is needed, so a slow link does not delay attachment.
+        for p in probes.into_iter().take(want + 1) {
+            self.open(now, p.entry, LinkTransport::Tcp, p.rtt);
+        }
+    }
+
+    fn port_for(&self, entry: &CacheEntry, transport: LinkTransport) -> SocketAddr {
+        let offset = match transport {
+            LinkTransport::Tcp => 0,
+            LinkTransport::TcpFallback => self.cfg.fallback_port_offset,
+            LinkTransport::Tls => self.cfg.tls_port_offset,
+        };
+        SocketAddr::new(entry.addr.ip(), entry.addr.port().wrapping_add(offset))
+    }
+
+    fn open(
+        &mut self,
+        now: Instant,
+        entry: CacheEntry,
+        transport: LinkTransport,
+        rtt: Option<Duration>,
+    ) {
+        let stream = StreamId::local(self.next_stream);
+        self.next_stream += 1;
+        self.actions.push(AttachAction::OpenStream {
+            stream,
+            remote: self.port_for(&entry, transport),
+            tls: transport == LinkTransport::Tls,
+        });
+        self.links.insert(
+            stream,
+            Link {
+                entry,
+                transport,
+                state: LinkState::Connecting,
+                since: now,
+                rtt,
+            },
+        );
+    }
+
+    /// The driver opened a stream the attacher asked for.
+    pub fn stream_opened(&mut self, now: Instant, stream: StreamId) {
+        let Some(link) = self.links.get_mut(&stream) else {
+            return;
+        };
+        if link.state == LinkState::Connecting {
+            link.state = LinkState::Handshaking;
+            link.since = now;
+            let static_key = link.entry.static_key;
+            self.actions
+                .push(AttachAction::StartSession { stream, static_key });
+        }
+    }
+
+    /// The Noise session on `stream` is established with a super node whose static key is
+    /// `static_key`.
+    pub fn session_established(&mut self, now: Instant, stream: StreamId, static_key: [u8; 32]) {
+        let Some(link) = self.links.get_mut(&stream) else {
+            return;
+        };
+        link.entry.static_key = Some(static_key);
+        link.state = LinkState::Attaching;
+        link.since = now;
+        self.actions.push(AttachAction::SendAttach { stream });
+    }
+
+    /// The super node answered the attach request.
+    pub fn attach_answered(
+        &mut self,
+        now: Instant,
+        wall: UnixTime,
+        stream: StreamId,
+        accepted: bool,
+        reflexive: SocketAddr,
+        super_nodes: &[HostEntry],
+    ) {
+        self.cache.merge(super_nodes, wall);
+        let attached = self.attached_count();
+        let Some(link) = self.links.get_mut(&stream) else {
+            return;
+        };
+        if link.state != LinkState::Attaching {
+            return;
+        }
+        if !accepted || attached >= self.cfg.links {
+            // Full, or a spare we no longer need.
+            self.actions.push(AttachAction::CloseStream { stream });
+            self.links.remove(&stream);
+            if !accepted {
+                self.maybe_next_round(now);
+            }
+            return;
+        }
+        link.state = LinkState::Attached;
+        link.since = now;
+        if let Some(key) = link.entry.static_key {
+            self.cache.success(link.entry.addr, key, wall);
+        }
+        self.failed_rounds = 0;
+        self.events.push(AttachEvent::Attached {
+            super_node: link.entry.addr,
+            transport: link.transport,
+            reflexive,
+            rtt: link.rtt,
+        });
+        if self.next_refresh.is_none() {
+            self.next_refresh = Some(now + self.cfg.refresh_interval);
+        }
+        // Enough links: drop the spares still connecting.
+        if self.attached_count() >= self.cfg.links {
+            let spares: Vec<StreamId> = self
+                .links
+                .iter()
+                .filter(|(_, l)| l.state != LinkState::Attached)
+                .map(|(s, _)| *s)
+                .collect();
+            for s in spares {
+                self.links.remove(&s);
+                self.actions.push(AttachAction::CloseStream { stream: s });
+            }
+        }
+    }
+
+    /// Host cache entries arrived from a super node.
+    pub fn host_cache_received(&mut self, wall: UnixTime, entries: &[HostEntry]) {
+        self.cache.merge(entries, wall);
+    }
+
+    /// A super node hands its clients over: learn the entries; the link will close.
+    pub fn handover(
+        &mut self,
+        now: Instant,
+        wall: UnixTime,
+        stream: StreamId,
+        entries: &[HostEntry],
+    ) {
+        self.cache.merge(entries, wall);
+        self.lost(now, stream, false);
+    }
+
+    /// The stream (or its session) closed or failed.
+    pub fn stream_closed(&mut self, now: Instant, stream: StreamId) {
+        self.lost(now, stream, true);
+    }
+
+    fn lost(&mut self, now: Instant, stream: StreamId, failure: bool) {
+        let Some(link) = self.links.remove(&stream) else {
+            return;
+        };
+        match link.state {
+            LinkState::Attached => {
+                self.events.push(AttachEvent::Detached {
+                    super_node: link.entry.addr,
+                });
+                if failure {
+                    self.cache.failure(link.entry.addr);
+                }
+                // Replace it at once.
+                self.next_round = Some(now);
+            }
+            LinkState::Connecting => {
+                // Refused or timed out: the next port, else the next candidate.
+                if let Some(next) = link.transport.next() {
+                    self.open(now, link.entry, next, link.rtt);
+                } else {
+                    self.cache.failure(link.entry.addr);
+                    self.maybe_next_round(now);
+                }
+            }
+            LinkState::Handshaking | LinkState::Attaching => {
+                self.cache.failure(link.entry.addr);
+                self.maybe_next_round(now);
+            }
+        }
+        if !self.links.contains_key(&stream) {
+            self.actions.push(AttachAction::CloseStream { stream });
+        }
+    }
+
+    fn maybe_next_round(&mut self, now: Instant) {
+        if self.attached_count() + self.in_progress() < self.cfg.links && self.probes.is_empty() {
+            if self.attached_count() == 0 && self.in_progress() == 0 {
+                self.schedule_retry(now);
+            } else {
+                self.next_round = Some(now);
+            }
+        }
+    }
+
+    /// Timers: the probe window, link timeouts, retries, host cache refresh.
+    pub fn handle_timeout(&mut self, now: Instant, wall: UnixTime) {
+        if self.probing_until.is_some_and(|t| t <= now) {
+            self.end_probing(now);
+        }
+        let stale: Vec<StreamId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.state != LinkState::Attached
+                    && now.saturating_duration_since(l.since) >= self.cfg.link_timeout
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for s in stale {
+            self.lost(now, s, true);
+        }
+        if self.next_round.is_some_and(|t| t <= now) {
+            self.begin_round(now, wall);
+        }
+        if self.next_refresh.is_some_and(|t| t <= now) {
+            self.next_refresh = Some(now + self.cfg.refresh_interval);
+            if let Some((stream, _)) = self.attached().first().copied() {
+                self.actions.push(AttachAction::RequestHostCache { stream });
+            }
+        }
+    }
+
+    /// The next deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let links = self
+            .links
+            .values()
+            .filter(|l| l.state != LinkState::Attached)
+            .map(|l| l.since + self.cfg.link_timeout);
+        [self.probing_until, self.next_round, self.next_refresh]
+            .into_iter()
+            .flatten()
+            .chain(links)
+            .min()
+    }
+
+    /// Actions to carry out, in order.
+    pub fn drain_actions(&mut self) -> Vec<AttachAction> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Events to report, in order.
+    pub fn drain_events(&mut self) -> Vec<AttachEvent> {
+        std::mem::take(&mut self.events)
+    }
+}

@@ -1,0 +1,777 @@
+//! The node facade: one sans-IO machine per Natter node, whatever its role.
+//!
+//! [`Node`] composes the sub-machines behind one UDP port and the node's TCP streams:
+//!
+//! * the [`Endpoint`] (every Noise session, over UDP and over streams);
+//! * the [`Attacher`] (finding super nodes, keeping two links to them);
+//! * the [`NatProbe`] (RFC 5780 classification against an attached super node);
+//! * when the node is a super node: the [`StunServer`] and the [`SuperNodeRole`].
+//!
+//! Datagrams are demultiplexed by their first byte: STUN requests go to the STUN server,
+//! STUN answers to the attacher's probes or the NAT probe, Natter packets to the endpoint.
+//! Endpoint events that concern the overlay (links, attach answers, membership, handovers)
+//! are consumed here; the rest is handed to the application as [`NodeEvent::Session`].
+//!
+//! **Promotion is measured, not configured**: with [`RolePolicy::Auto`] a node becomes a super
+//! node once its NAT probe says it is open (a public address that an unsolicited packet from
+//! another address reached) and it has been up for [`NodeConfig::promotion_uptime`]. A super
+//! node whose periodic re-check finds it no longer open demotes itself and hands its clients
+//! over. Operators can force or forbid the role.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use natter_core::attach::{AttachAction, AttachConfig, AttachEvent, Attacher};
+use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
+use natter_core::handshake::{Capabilities, LocalIdentity};
+use natter_core::hostcache::HostCache;
+use natter_core::identity::UnixTime;
+use natter_core::nat::{NatEvent, NatProbe, NatProbeConfig, NatReport, NatType};
+use natter_core::rng::Rng;
+use natter_core::sansio::{Destination, Input, Machine, StreamCommand, StreamId, Transmit};
+use natter_core::stun::{Class, Message as StunMessage, TransactionId};
+use natter_core::wire::message::{HostEntry, Message};
+use natter_core::wire::{classify, Class as WireClass};
+
+use crate::stun::StunServer;
+use crate::supernode::{SuperNodeConfig, SuperNodeEvent, SuperNodeRole};
+
+/// Whether a node may be a super node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolePolicy {
+    /// Become one when measured suitable.
+    Auto,
+    /// Always be one (bootstrap super nodes run by operators).
+    Force,
+    /// Never be one.
+    Forbid,
+}
+
+/// Configuration of a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Our identity (from the login server).
+    pub identity: LocalIdentity,
+    /// Randomness for everything.
+    pub seed: [u8; 32],
+    /// Wall-clock time at `clock_anchor`.
+    pub wall_anchor: UnixTime,
+    /// The instant matching `wall_anchor`.
+    pub clock_anchor: Instant,
+    /// The node's UDP and TCP address (what others use when it is a super node).
+    pub listen: SocketAddr,
+    /// This host's own addresses (NAT detection; same-LAN shortcuts).
+    pub local_addresses: Vec<SocketAddr>,
+    /// A second IP and port for RFC 5780 tests, when this host has one.
+    pub stun_alternate: Option<SocketAddr>,
+    /// Super-node policy.
+    pub role: RolePolicy,
+    /// Known super nodes (loaded from disk, seeded from the network file).
+    pub host_cache: HostCache,
+    /// Attach settings.
+    pub attach: AttachConfig,
+    /// Uptime before an open node promotes itself (default 2 minutes).
+    pub promotion_uptime: Duration,
+    /// NAT re-check interval (default 5 minutes).
+    pub nat_recheck: Duration,
+    /// Most clients as a super node.
+    pub max_clients: usize,
+}
+
+impl NodeConfig {
+    /// Defaults around an identity and address.
+    pub fn new(
+        identity: LocalIdentity,
+        seed: [u8; 32],
+        wall: UnixTime,
+        now: Instant,
+        listen: SocketAddr,
+    ) -> Self {
+        let mut rng = Rng::from_seed_bytes(seed);
+        Self {
+            identity,
+            seed: rng.bytes32(),
+            wall_anchor: wall,
+            clock_anchor: now,
+            listen,
+            local_addresses: vec![listen],
+            stun_alternate: None,
+            role: RolePolicy::Auto,
+            host_cache: HostCache::new(),
+            attach: AttachConfig::new(rng.bytes32()),
+            promotion_uptime: Duration::from_secs(120),
+            nat_recheck: Duration::from_secs(300),
+            max_clients: 2000,
+        }
+    }
+}
+
+/// What a node reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// Joining progress: connecting, UDP blocked, attached, detached, no super node.
+    Attach(AttachEvent),
+    /// The NAT type was (re)detected.
+    Nat(NatReport),
+    /// This node became a super node.
+    Promoted,
+    /// This node gave the super-node role up.
+    Demoted,
+    /// Super-node events (clients attaching and leaving).
+    SuperNode(SuperNodeEvent),
+    /// A session event for the application (peer sessions, data, media).
+    Session(EndpointEvent),
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// STUN requests answered (as a super node).
+    pub stun_answered: u64,
+    /// STUN messages that matched nothing.
+    pub stun_unmatched: u64,
+    /// Overlay messages that could not be used.
+    pub overlay_dropped: u64,
+}
+
+/// The node facade. See the [module documentation](self).
+pub struct Node {
+    cfg: NodeConfig,
+    rng: Rng,
+    endpoint: Endpoint,
+    attacher: Attacher,
+    nat: Option<NatProbe>,
+    nat_report: Option<NatReport>,
+    next_nat_check: Option<Instant>,
+    stun: Option<StunServer>,
+    supernode: Option<SuperNodeRole>,
+    started: Instant,
+    /// Streams opened for links, and their sessions.
+    stream_conn: HashMap<StreamId, ConnId>,
+    conn_stream: HashMap<ConnId, StreamId>,
+    transmits: VecDeque<Transmit>,
+    commands: VecDeque<StreamCommand>,
+    events: VecDeque<NodeEvent>,
+    stats: NodeStats,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("listen", &self.cfg.listen)
+            .field("super_node", &self.supernode.is_some())
+            .field("attached", &self.attacher.attached())
+            .finish_non_exhaustive()
+    }
+}
+
+fn nat_code(nat: Option<NatType>) -> u8 {
+    match nat {
+        None => 0,
+        Some(NatType::Open) => 1,
+        Some(NatType::PublicFiltered(_)) => 2,
+        Some(NatType::EndpointIndependent(_)) => 3,
+        Some(NatType::Symmetric) => 4,
+        Some(NatType::UdpBlocked) => 5,
+    }
+}
+
+impl Node {
+    /// A node, starting to join at `now`.
+    pub fn new(mut cfg: NodeConfig, now: Instant) -> Self {
+        let mut rng = Rng::from_seed_bytes(cfg.seed);
+        if cfg.role != RolePolicy::Forbid {
+            cfg.identity.capabilities = cfg.identity.capabilities.union(Capabilities::SUPER_NODE);
+        }
+        let mut ep_cfg = EndpointConfig::new(
+            cfg.identity.clone(),
+            rng.bytes32(),
+            cfg.wall_anchor,
+            cfg.clock_anchor,
+        );
+        ep_cfg.max_sessions = cfg.max_clients + 64;
+        let endpoint = Endpoint::new(ep_cfg);
+        let mut cache = std::mem::take(&mut cfg.host_cache);
+        cache.remove(cfg.listen);
+        let attacher = Attacher::new(cfg.attach.clone(), cache);
+        let mut node = Self {
+            rng,
+            endpoint,
+            attacher,
+            nat: None,
+            nat_report: None,
+            next_nat_check: None,
+            stun: None,
+            supernode: None,
+            started: now,
+            stream_conn: HashMap::new(),
+            conn_stream: HashMap::new(),
+            transmits: VecDeque::new(),
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+            cfg,
+        };
+        if node.cfg.role == RolePolicy::Force {
+            node.promote(now);
+        }
+        let wall = node.wall(now);
+        node.attacher.start(now, wall);
+        node.pump(now);
+        node
+    }
+
+    fn wall(&self, now: Instant) -> UnixTime {
+        UnixTime(
+            self.cfg.wall_anchor.0
+                + now
+                    .saturating_duration_since(self.cfg.clock_anchor)
+                    .as_secs(),
+        )
+    }
+
+    /// True when this node is a super node.
+    pub fn is_super_node(&self) -> bool {
+        self.supernode.is_some()
+    }
+
+    /// The super-node role, when held.
+    pub fn super_node(&self) -> Option<&SuperNodeRole> {
+        self.supernode.as_ref()
+    }
+
+    /// Super nodes this node is attached to.
+    pub fn attached(&self) -> Vec<SocketAddr> {
+        self.attacher
+            .attached()
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect()
+    }
+
+    /// The last NAT report.
+    pub fn nat(&self) -> Option<&NatReport> {
+        self.nat_report.as_ref()
+    }
+
+    /// The host cache (to persist it).
+    pub fn host_cache(&self) -> &HostCache {
+        self.attacher.cache()
+    }
+
+    /// The endpoint, for application sessions.
+    pub fn endpoint(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// The addresses the driver must bind (UDP and TCP): the listen address and, for a super
+    /// node with a STUN alternate, the other three RFC 5780 combinations.
+    pub fn bind_addresses(&self) -> Vec<SocketAddr> {
+        match self.cfg.stun_alternate {
+            Some(alt) if self.cfg.role != RolePolicy::Forbid => {
+                StunServer::new(self.cfg.listen, Some(alt))
+                    .map(|s| s.local_addresses())
+                    .unwrap_or_else(|_| vec![self.cfg.listen])
+            }
+            _ => vec![self.cfg.listen],
+        }
+    }
+
+    /// This host's addresses changed (a new network, a new lease): re-detect and re-attach.
+    pub fn set_local_addresses(&mut self, now: Instant, addresses: Vec<SocketAddr>) {
+        if addresses == self.cfg.local_addresses {
+            return;
+        }
+        self.cfg.local_addresses = addresses;
+        self.next_nat_check = Some(now);
+        let links: Vec<StreamId> = self
+            .attacher
+            .attached()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        for s in links {
+            self.close_link(now, s);
+        }
+        let wall = self.wall(now);
+        self.attacher.start(now, wall);
+        self.pump(now);
+    }
+
+    /// Give the super-node role up now (operator request or overload): clients are told
+    /// where to go instead.
+    pub fn demote(&mut self, now: Instant) {
+        self.demote_inner(now);
+        self.pump(now);
+    }
+
+    fn demote_inner(&mut self, now: Instant) {
+        if let Some(mut role) = self.supernode.take() {
+            for r in role.handover() {
+                let _ = self.endpoint.send_control(now, r.conn, &r.message);
+            }
+            self.stun = None;
+            self.events.push_back(NodeEvent::Demoted);
+        }
+    }
+
+    fn me(&self) -> HostEntry {
+        HostEntry {
+            addr: self.cfg.listen,
+            static_key: self.cfg.identity.device.dh_public(),
+        }
+    }
+
+    fn promote(&mut self, now: Instant) {
+        if self.supernode.is_some() || self.cfg.role == RolePolicy::Forbid {
+            return;
+        }
+        let stun = match StunServer::new(self.cfg.listen, self.cfg.stun_alternate) {
+            Ok(s) => s,
+            Err(_) => StunServer::new(self.cfg.listen, None).expect("a primary-only STUN server"),
+        };
+        self.stun = Some(stun.with_software("natter"));
+        let known = self.attacher.cache().share(64, self.wall(now));
+        let mut sn_cfg = SuperNodeConfig::new(self.me(), self.rng.bytes32());
+        sn_cfg.max_clients = self.cfg.max_clients;
+        let mut role = SuperNodeRole::new(sn_cfg, &known, now);
+        // Links this node already has to super nodes become membership links.
+        for (stream, addr) in self.attacher.attached() {
+            if let Some(conn) = self.stream_conn.get(&stream).copied() {
+                if let Some(peer) = self.endpoint.peer(conn) {
+                    let entry = HostEntry {
+                        addr,
+                        static_key: peer.certificate.dh_public,
+                    };
+                    let r = role.peer_connected(now, conn, entry);
+                    let _ = self.endpoint.send_control(now, r.conn, &r.message);
+                }
+            }
+        }
+        self.supernode = Some(role);
+        self.events.push_back(NodeEvent::Promoted);
+    }
+
+    fn close_link(&mut self, now: Instant, stream: StreamId) {
+        if let Some(conn) = self.stream_conn.remove(&stream) {
+            self.conn_stream.remove(&conn);
+            self.endpoint.close(now, conn);
+        }
+        self.commands.push_back(StreamCommand::Close { stream });
+    }
+
+    fn start_nat_probe(&mut self, now: Instant, server: SocketAddr) {
+        let cfg = NatProbeConfig::new(server, self.cfg.local_addresses.clone(), self.rng.bytes32());
+        self.nat = Some(NatProbe::new(cfg, now));
+        self.next_nat_check = Some(now + self.cfg.nat_recheck);
+    }
+
+    fn on_stun(&mut self, now: Instant, source: SocketAddr, local: SocketAddr, data: &[u8]) {
+        let Ok(msg) = StunMessage::decode(data) else {
+            self.stats.stun_unmatched += 1;
+            return;
+        };
+        match msg.class {
+            Class::Request => {
+                if let Some(stun) = self.stun.as_mut() {
+                    stun.handle_input(
+                        now,
+                        Input::Datagram {
+                            source,
+                            local,
+                            data,
+                        },
+                    );
+                    self.stats.stun_answered += 1;
+                } else {
+                    self.stats.stun_unmatched += 1;
+                }
+            }
+            Class::Success | Class::Error => {
+                if self.attacher.probe_answered(now, msg.transaction) {
+                    return;
+                }
+                if let Some(probe) = self.nat.as_mut() {
+                    probe.handle_input(
+                        now,
+                        Input::Datagram {
+                            source,
+                            local,
+                            data,
+                        },
+                    );
+                } else {
+                    self.stats.stun_unmatched += 1;
+                }
+            }
+            Class::Indication => {}
+        }
+    }
+
+    fn run_attach_actions(&mut self, now: Instant, actions: Vec<AttachAction>) {
+        for action in actions {
+            match action {
+                AttachAction::Probe { addr, transaction } => {
+                    self.transmits.push_back(Transmit {
+                        destination: Destination::Udp(addr),
+                        source: None,
+                        payload: Bytes::from(probe_request(transaction)),
+                    });
+                }
+                AttachAction::OpenStream {
+                    stream,
+                    remote,
+                    tls,
+                } => self.commands.push_back(StreamCommand::Connect {
+                    stream,
+                    remote,
+                    tls,
+                }),
+                AttachAction::StartSession { stream, static_key } => {
+                    match self
+                        .endpoint
+                        .connect(now, Destination::Stream(stream), static_key)
+                    {
+                        Ok(conn) => {
+                            self.stream_conn.insert(stream, conn);
+                            self.conn_stream.insert(conn, stream);
+                        }
+                        Err(_) => self.attacher.stream_closed(now, stream),
+                    }
+                }
+                AttachAction::SendAttach { stream } => {
+                    if let Some(conn) = self.stream_conn.get(&stream).copied() {
+                        let msg = Message::OverlayAttach {
+                            nat: nat_code(self.nat_report.as_ref().map(|r| r.nat)),
+                            local_addresses: self.cfg.local_addresses.clone(),
+                        };
+                        let _ = self.endpoint.send_control(now, conn, &msg);
+                    }
+                }
+                AttachAction::RequestHostCache { stream } => {
+                    if let Some(conn) = self.stream_conn.get(&stream).copied() {
+                        let msg = Message::OverlayHostCache { entries: vec![] };
+                        let _ = self.endpoint.send_control(now, conn, &msg);
+                    }
+                }
+                AttachAction::CloseStream { stream } => self.close_link(now, stream),
+            }
+        }
+    }
+
+    fn on_attach_events(&mut self, now: Instant, events: Vec<AttachEvent>) {
+        for e in events {
+            if let AttachEvent::Attached { super_node, .. } = &e {
+                // First attachment: learn what sits between us and the Internet.
+                if self.nat.is_none() && self.nat_report.is_none() {
+                    self.start_nat_probe(now, *super_node);
+                }
+                // As a super node, the link is a membership link too.
+                if let Some(role) = self.supernode.as_mut() {
+                    let link = self
+                        .attacher
+                        .attached()
+                        .into_iter()
+                        .find(|(_, a)| a == super_node);
+                    if let Some(conn) = link.and_then(|(s, _)| self.stream_conn.get(&s).copied()) {
+                        if let Some(peer) = self.endpoint.peer(conn) {
+                            let entry = HostEntry {
+                                addr: *super_node,
+                                static_key: peer.certificate.dh_public,
+                            };
+                            let r = role.peer_connected(now, conn, entry);
+                            let _ = self.endpoint.send_control(now, r.conn, &r.message);
+                        }
+                    }
+                }
+            }
+            self.events.push_back(NodeEvent::Attach(e));
+        }
+    }
+
+    fn on_endpoint_event(&mut self, now: Instant, e: EndpointEvent) {
+        {
+            match e {
+                EndpointEvent::Connected { conn, ref peer, .. }
+                    if self.conn_stream.contains_key(&conn) =>
+                {
+                    let stream = self.conn_stream[&conn];
+                    self.attacher
+                        .session_established(now, stream, peer.certificate.dh_public);
+                }
+                EndpointEvent::ConnectFailed { conn, .. } | EndpointEvent::Closed { conn, .. }
+                    if self.conn_stream.contains_key(&conn) =>
+                {
+                    let stream = self.conn_stream.remove(&conn).expect("checked");
+                    self.stream_conn.remove(&stream);
+                    self.attacher.stream_closed(now, stream);
+                    self.commands.push_back(StreamCommand::Close { stream });
+                    if let Some(role) = self.supernode.as_mut() {
+                        role.session_closed(conn);
+                    }
+                }
+                EndpointEvent::Closed { conn, .. } => {
+                    if let Some(ev) = self.supernode.as_mut().and_then(|r| r.session_closed(conn)) {
+                        self.events.push_back(NodeEvent::SuperNode(ev));
+                    }
+                    self.events.push_back(NodeEvent::Session(e));
+                }
+                EndpointEvent::StreamBroken { stream } => {
+                    self.commands.push_back(StreamCommand::Close { stream });
+                }
+                EndpointEvent::Control { conn, ref message } => {
+                    self.on_control(now, conn, message);
+                }
+                other => self.events.push_back(NodeEvent::Session(other)),
+            }
+        }
+    }
+
+    fn on_control(&mut self, now: Instant, conn: ConnId, raw: &[u8]) {
+        let Ok(msg) = Message::decode(raw) else {
+            self.stats.overlay_dropped += 1;
+            return;
+        };
+        let wall = self.wall(now);
+        if let Some(stream) = self.conn_stream.get(&conn).copied() {
+            match &msg {
+                Message::OverlayAttachAck {
+                    accepted,
+                    reflexive,
+                    super_nodes,
+                    ..
+                } => {
+                    self.attacher.attach_answered(
+                        now,
+                        wall,
+                        stream,
+                        *accepted,
+                        *reflexive,
+                        super_nodes,
+                    );
+                    return;
+                }
+                Message::OverlayHostCache { entries } if !entries.is_empty() => {
+                    self.attacher.host_cache_received(wall, entries);
+                    return;
+                }
+                Message::OverlayHandover { entries } => {
+                    self.attacher.handover(now, wall, stream, entries);
+                    return;
+                }
+                Message::OverlayMembership { entries } => {
+                    self.attacher.host_cache_received(wall, entries);
+                }
+                _ => {}
+            }
+        }
+        let Some(role) = self.supernode.as_mut() else {
+            self.stats.overlay_dropped += 1;
+            return;
+        };
+        let Some(peer) = self.endpoint.peer(conn).cloned() else {
+            return;
+        };
+        let remote = match self.endpoint.remote(conn) {
+            Some(Destination::Udp(a)) => *a,
+            _ => self.cfg.listen,
+        };
+        let (replies, events) = role.handle_message(
+            now,
+            conn,
+            &peer.certificate.user,
+            peer.certificate.device,
+            remote,
+            &msg,
+        );
+        for r in replies {
+            let _ = self.endpoint.send_control(now, r.conn, &r.message);
+        }
+        self.events
+            .extend(events.into_iter().map(NodeEvent::SuperNode));
+    }
+
+    fn check_promotion(&mut self, now: Instant) -> bool {
+        if self.cfg.role != RolePolicy::Auto || self.supernode.is_some() {
+            return false;
+        }
+        let open = self
+            .nat_report
+            .as_ref()
+            .is_some_and(|r| r.nat == NatType::Open);
+        if open && now.saturating_duration_since(self.started) >= self.cfg.promotion_uptime {
+            self.promote(now);
+            return true;
+        }
+        false
+    }
+
+    /// Drain every sub-machine and route their outputs, until none produces anything more.
+    fn pump(&mut self, now: Instant) {
+        // Each pass can only be caused by the previous one's outputs; 64 passes is far more
+        // than any real chain (attach answer -> NAT probe -> promotion -> membership).
+        for _ in 0..64 {
+            let mut progressed = false;
+            let actions = self.attacher.drain_actions();
+            if !actions.is_empty() {
+                progressed = true;
+                self.run_attach_actions(now, actions);
+            }
+            let events = self.attacher.drain_events();
+            if !events.is_empty() {
+                progressed = true;
+                self.on_attach_events(now, events);
+            }
+            while let Some(e) = self.endpoint.poll_event() {
+                progressed = true;
+                self.on_endpoint_event(now, e);
+            }
+            if let Some(probe) = self.nat.as_mut() {
+                while let Some(t) = probe.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+                let mut reports = Vec::new();
+                while let Some(e) = probe.poll_event() {
+                    if let NatEvent::Classified(report) = e {
+                        reports.push(report);
+                    }
+                    // NatEvent::Failed: the super node offers no RFC 5780 tests; nothing learnt.
+                }
+                if probe.is_done() {
+                    self.nat = None;
+                }
+                for report in reports {
+                    progressed = true;
+                    self.nat_report = Some(report.clone());
+                    self.events.push_back(NodeEvent::Nat(report));
+                    // A re-check demotes a super node that is no longer open.
+                    if self.supernode.is_some()
+                        && self.cfg.role == RolePolicy::Auto
+                        && self
+                            .nat_report
+                            .as_ref()
+                            .is_some_and(|r| r.nat != NatType::Open)
+                    {
+                        self.demote_inner(now);
+                    }
+                }
+            }
+            if let Some(stun) = self.stun.as_mut() {
+                while let Some(t) = stun.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+            }
+            if self.check_promotion(now) {
+                progressed = true;
+            }
+            while let Some(t) = self.endpoint.poll_transmit() {
+                self.transmits.push_back(t);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+}
+
+fn probe_request(transaction: TransactionId) -> Vec<u8> {
+    StunMessage::binding_request(transaction).encode()
+}
+
+impl Machine for Node {
+    type Event = NodeEvent;
+
+    fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Datagram {
+                source,
+                local,
+                data,
+            } => match classify(data) {
+                WireClass::Stun => self.on_stun(now, source, local, data),
+                _ => self.endpoint.handle_input(now, input),
+            },
+            Input::StreamOpened { stream, .. } => {
+                if stream.is_local() {
+                    self.attacher.stream_opened(now, stream);
+                }
+                self.endpoint.handle_input(now, input);
+            }
+            Input::Stream { .. } => self.endpoint.handle_input(now, input),
+            Input::StreamClosed { stream } => {
+                self.endpoint.handle_input(now, input);
+                if let Some(conn) = self.stream_conn.remove(&stream) {
+                    self.conn_stream.remove(&conn);
+                    self.endpoint.close(now, conn);
+                    if let Some(role) = self.supernode.as_mut() {
+                        role.session_closed(conn);
+                    }
+                }
+                self.attacher.stream_closed(now, stream);
+            }
+        }
+        self.pump(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        let wall = self.wall(now);
+        self.endpoint.handle_timeout(now);
+        self.attacher.handle_timeout(now, wall);
+        if let Some(p) = self.nat.as_mut() {
+            p.handle_timeout(now);
+        }
+        if self.next_nat_check.is_some_and(|t| t <= now) && self.nat.is_none() {
+            if let Some(sn) = self.attached().first().copied() {
+                self.start_nat_probe(now, sn);
+            } else {
+                self.next_nat_check = Some(now + self.cfg.nat_recheck);
+            }
+        }
+        if let Some(role) = self.supernode.as_mut() {
+            for r in role.handle_timeout(now) {
+                let _ = self.endpoint.send_control(now, r.conn, &r.message);
+            }
+        }
+        self.pump(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let promotion = (self.cfg.role == RolePolicy::Auto
+            && self.supernode.is_none()
+            && self
+                .nat_report
+                .as_ref()
+                .is_some_and(|r| r.nat == NatType::Open))
+        .then_some(self.started + self.cfg.promotion_uptime);
+        [
+            self.endpoint.poll_timeout(),
+            self.attacher.poll_timeout(),
+            self.nat.as_ref().and_then(|p| p.poll_timeout()),
+            self.next_nat_check,
+            self.supernode.as_ref().map(|r| r.poll_timeout()),
+            promotion,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn poll_stream_command(&mut self) -> Option<StreamCommand> {
+        self.commands.pop_front()
+    }
+}

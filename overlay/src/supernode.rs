@@ -1,0 +1,433 @@
+//! The super-node role: serving ordinary nodes and knowing the other super nodes.
+//!
+//! A sub-machine of the node facade: it decides what to answer to overlay messages arriving on
+//! the node's sessions, and the facade sends the answers. It keeps:
+//!
+//! * the **clients** attached to this super node (up to [`SuperNodeConfig::max_clients`];
+//!   beyond that an attach is refused with other super nodes to try);
+//! * the **membership**: the super nodes it knows, learnt from the bootstrap list, from
+//!   gossip (`OverlayMembership`, exchanged with a few peers every
+//!   [`SuperNodeConfig::gossip_interval`]) and from the super nodes that link to it. Entries not
+//!   heard of for [`SuperNodeConfig::member_ttl`] are dropped, so the list follows the network
+//!   as super nodes come and go.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natter_core::endpoint::ConnId;
+use natter_core::identity::{DeviceId, UserName};
+use natter_core::rng::Rng;
+use natter_core::wire::message::{HostEntry, Message, MAX_HOST_ENTRIES};
+
+/// Settings of the role.
+#[derive(Debug, Clone)]
+pub struct SuperNodeConfig {
+    /// This super node's own entry (its address and static key).
+    pub me: HostEntry,
+    /// Most attached clients (default 2,000).
+    pub max_clients: usize,
+    /// Keep-alive interval clients are told to use (default 20 s).
+    pub keepalive: Duration,
+    /// Gossip with peers this often (default 30 s).
+    pub gossip_interval: Duration,
+    /// Forget a super node not heard of for this long (default 10 minutes).
+    pub member_ttl: Duration,
+    /// Randomness for sampling.
+    pub seed: [u8; 32],
+}
+
+impl SuperNodeConfig {
+    /// Defaults around this node's own entry.
+    pub fn new(me: HostEntry, seed: [u8; 32]) -> Self {
+        Self {
+            me,
+            max_clients: 2000,
+            keepalive: Duration::from_secs(20),
+            gossip_interval: Duration::from_secs(30),
+            member_ttl: Duration::from_secs(600),
+            seed,
+        }
+    }
+}
+
+/// An attached client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Who.
+    pub user: UserName,
+    /// Which device.
+    pub device: DeviceId,
+    /// Where it is, as seen here.
+    pub reflexive: SocketAddr,
+    /// Its NAT type code.
+    pub nat: u8,
+    /// Its own addresses.
+    pub local_addresses: Vec<SocketAddr>,
+    /// Since when.
+    pub since: Instant,
+}
+
+/// What the role reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SuperNodeEvent {
+    /// A client attached.
+    ClientAttached {
+        /// Who.
+        user: UserName,
+        /// Its session.
+        conn: ConnId,
+    },
+    /// A client left.
+    ClientDetached {
+        /// Who.
+        user: UserName,
+        /// Its session.
+        conn: ConnId,
+    },
+    /// An attach was refused because this super node is full.
+    Refused {
+        /// Its session.
+        conn: ConnId,
+    },
+}
+
+/// A message to send on a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The session.
+    pub conn: ConnId,
+    /// The message (owned).
+    pub message: Message<'static>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    entry: HostEntry,
+    last_heard: Instant,
+}
+
+/// The super-node role. See the [module documentation](self).
+#[derive(Debug)]
+pub struct SuperNodeRole {
+    cfg: SuperNodeConfig,
+    rng: Rng,
+    clients: HashMap<ConnId, Client>,
+    members: HashMap<SocketAddr, Member>,
+    /// Sessions with other super nodes (for gossip).
+    peers: HashMap<ConnId, SocketAddr>,
+    next_gossip: Instant,
+}
+
+impl SuperNodeRole {
+    /// Take the role at `now`, knowing the super nodes in `known`.
+    pub fn new(cfg: SuperNodeConfig, known: &[HostEntry], now: Instant) -> Self {
+        let mut r = Self {
+            rng: Rng::from_seed_bytes(cfg.seed),
+            next_gossip: now + cfg.gossip_interval,
+            cfg,
+            clients: HashMap::new(),
+            members: HashMap::new(),
+            peers: HashMap::new(),
+        };
+        for e in known {
+            r.learn(*e, now);
+        }
+        r
+    }
+
+    /// This super node's entry.
+    pub fn me(&self) -> HostEntry {
+        self.cfg.me
+    }
+
+    /// Attached clients.
+    pub fn clients(&self) -> impl Iterator<Item = (&ConnId, &Client)> {
+        self.clients.iter()
+    }
+
+    /// Number of attached clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Known super nodes (not counting itself).
+    pub fn members(&self) -> Vec<HostEntry> {
+        let mut v: Vec<HostEntry> = self.members.values().map(|m| m.entry).collect();
+        v.sort_by_key(|e| e.addr);
+        v
+    }
+
+    /// True when this super node is full.
+    pub fn is_full(&self) -> bool {
+        self.clients.len() >= self.cfg.max_clients
+    }
+
+    fn learn(&mut self, entry: HostEntry, now: Instant) {
+        if entry.addr == self.cfg.me.addr {
+            return;
+        }
+        self.members
+            .entry(entry.addr)
+            .and_modify(|m| {
+                m.entry = entry;
+                m.last_heard = now;
+            })
+            .or_insert(Member {
+                entry,
+                last_heard: now,
+            });
+    }
+
+    /// A random sample of known super nodes (itself first when `include_me`).
+    pub fn sample(&mut self, n: usize, include_me: bool) -> Vec<HostEntry> {
+        let mut all: Vec<HostEntry> = self.members.values().map(|m| m.entry).collect();
+        all.sort_by_key(|e| e.addr);
+        // Partial Fisher-Yates with the seeded generator.
+        let take = n.min(all.len());
+        for i in 0..take {
+            let j = i + (self.rng.u64() as usize) % (all.len() - i);
+            all.swap(i, j);
+        }
+        all.truncate(take);
+        if include_me {
+            all.insert(0, self.cfg.me);
+            all.truncate(n);
+        }
+        all
+    }
+
+    /// A session with another super node is up (this node linked to it or it linked here).
+    pub fn peer_connected(&mut self, now: Instant, conn: ConnId, entry: HostEntry) -> Reply {
+        self.learn(entry, now);
+        self.peers.insert(conn, entry.addr);
+        let entries = self.sample(MAX_HOST_ENTRIES, true);
+        Reply {
+            conn,
+            message: Message::OverlayMembership { entries },
+        }
+    }
+
+    /// An overlay message arrived on session `conn` from a peer whose certificate names
+    /// `user`/`device`, seen at `remote`. Returns the replies to send.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        user: &UserName,
+        device: DeviceId,
+        remote: SocketAddr,
+        message: &Message<'_>,
+    ) -> (Vec<Reply>, Vec<SuperNodeEvent>) {
+        let mut replies = Vec::new();
+        let mut events = Vec::new();
+        match message {
+            Message::OverlayAttach {
+                nat,
+                local_addresses,
+            } => {
+                if self.is_full() && !self.clients.contains_key(&conn) {
+                    events.push(SuperNodeEvent::Refused { conn });
+                    replies.push(Reply {
+                        conn,
+                        message: Message::OverlayAttachAck {
+                            accepted: false,
+                            reflexive: remote,
+                            keepalive_secs: self.cfg.keepalive.as_secs() as u16,
+                            super_nodes: self.sample(MAX_HOST_ENTRIES, false),
+                        },
+                    });
+                } else {
+                    let client = Client {
+                        user: user.clone(),
+                        device,
+                        reflexive: remote,
+                        nat: *nat,
+                        local_addresses: local_addresses.clone(),
+                        since: now,
+                    };
+                    if self.clients.insert(conn, client).is_none() {
+                        events.push(SuperNodeEvent::ClientAttached {
+                            user: user.clone(),
+                            conn,
+                        });
+                    }
+                    replies.push(Reply {
+                        conn,
+                        message: Message::OverlayAttachAck {
+                            accepted: true,
+                            reflexive: remote,
+                            keepalive_secs: self.cfg.keepalive.as_secs() as u16,
+                            super_nodes: self.sample(MAX_HOST_ENTRIES, false),
+                        },
+                    });
+                }
+            }
+            Message::OverlayHostCache { entries } if entries.is_empty() => {
+                replies.push(Reply {
+                    conn,
+                    message: Message::OverlayHostCache {
+                        entries: self.sample(MAX_HOST_ENTRIES, true),
+                    },
+                });
+            }
+            Message::OverlayMembership { entries } => {
+                let first_contact = !self.peers.contains_key(&conn);
+                if let Some(me) = entries.first() {
+                    self.peers.insert(conn, me.addr);
+                }
+                for e in entries {
+                    self.learn(*e, now);
+                }
+                if first_contact {
+                    replies.push(Reply {
+                        conn,
+                        message: Message::OverlayMembership {
+                            entries: self.sample(MAX_HOST_ENTRIES, true),
+                        },
+                    });
+                }
+            }
+            _ => {}
+        }
+        (replies, events)
+    }
+
+    /// A session closed.
+    pub fn session_closed(&mut self, conn: ConnId) -> Option<SuperNodeEvent> {
+        self.peers.remove(&conn);
+        self.clients
+            .remove(&conn)
+            .map(|c| SuperNodeEvent::ClientDetached { user: c.user, conn })
+    }
+
+    /// Gossip and expiry; returns membership messages to send to peers.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Reply> {
+        if now < self.next_gossip {
+            return Vec::new();
+        }
+        self.next_gossip = now + self.cfg.gossip_interval;
+        let ttl = self.cfg.member_ttl;
+        let peers_addrs: Vec<SocketAddr> = self.peers.values().copied().collect();
+        for (addr, m) in self.members.iter_mut() {
+            if peers_addrs.contains(addr) {
+                m.last_heard = now;
+            }
+        }
+        self.members
+            .retain(|_, m| now.saturating_duration_since(m.last_heard) < ttl);
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        conns
+            .into_iter()
+            .map(|conn| Reply {
+                conn,
+                message: Message::OverlayMembership {
+                    entries: self.sample(MAX_HOST_ENTRIES, true),
+                },
+            })
+            .collect()
+    }
+
+    /// When the role next wants [`SuperNodeRole::handle_timeout`].
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_gossip
+    }
+
+    /// Give the role up: tell every client where to go instead.
+    pub fn handover(&mut self) -> Vec<Reply> {
+        let entries = self.sample(MAX_HOST_ENTRIES, false);
+        let conns: Vec<ConnId> = self.clients.keys().copied().collect();
+        self.clients.clear();
+        conns
+            .into_iter()
+            .map(|conn| Reply {
+                conn,
+                message: Message::OverlayHandover {
+                    entries: entries.clone(),
+                },
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u8) -> HostEntry {
+        HostEntry {
+            addr: SocketAddr::from(([198, 18, 0, i], 4000)),
+            static_key: [i; 32],
+        }
+    }
+
+    #[test]
+    fn attach_refuse_when_full_host_cache_and_gossip() {
+        let now = Instant::now();
+        let mut cfg = SuperNodeConfig::new(entry(1), [0; 32]);
+        cfg.max_clients = 1;
+        let mut sn = SuperNodeRole::new(cfg, &[entry(2), entry(3)], now);
+        let alice = UserName::parse("alice").unwrap();
+        let remote: SocketAddr = "198.18.5.5:777".parse().unwrap();
+        let attach = Message::OverlayAttach {
+            nat: 1,
+            local_addresses: vec![],
+        };
+        let (r, e) = sn.handle_message(now, ConnId(1), &alice, DeviceId([1; 16]), remote, &attach);
+        assert!(
+            matches!(&r[0].message, Message::OverlayAttachAck { accepted: true, reflexive, super_nodes, .. } if *reflexive == remote && super_nodes.len() == 2)
+        );
+        assert_eq!(e.len(), 1);
+        let bob = UserName::parse("bob").unwrap();
+        let (r, e) = sn.handle_message(now, ConnId(2), &bob, DeviceId([2; 16]), remote, &attach);
+        assert!(matches!(
+            &r[0].message,
+            Message::OverlayAttachAck {
+                accepted: false,
+                ..
+            }
+        ));
+        assert_eq!(e, vec![SuperNodeEvent::Refused { conn: ConnId(2) }]);
+        let (r, _) = sn.handle_message(
+            now,
+            ConnId(1),
+            &alice,
+            DeviceId([1; 16]),
+            remote,
+            &Message::OverlayHostCache { entries: vec![] },
+        );
+        assert!(
+            matches!(&r[0].message, Message::OverlayHostCache { entries } if entries[0] == entry(1) && entries.len() == 3)
+        );
+        // Gossip teaches new members; members not heard of expire.
+        let (r, _) = sn.handle_message(
+            now,
+            ConnId(9),
+            &bob,
+            DeviceId([9; 16]),
+            remote,
+            &Message::OverlayMembership {
+                entries: vec![entry(4), entry(5)],
+            },
+        );
+        assert_eq!(r.len(), 1, "first contact is answered");
+        assert_eq!(sn.members().len(), 4);
+        let later = now + Duration::from_secs(601);
+        let out = sn.handle_timeout(later);
+        assert_eq!(out.len(), 1, "gossip to the one peer");
+        assert_eq!(
+            sn.members().iter().map(|e| e.addr).collect::<Vec<_>>(),
+            vec![entry(4).addr],
+            "only the peer itself stays fresh"
+        );
+        assert_eq!(
+            sn.session_closed(ConnId(1)),
+            Some(SuperNodeEvent::ClientDetached {
+                user: alice,
+                conn: ConnId(1)
+            })
+        );
+        assert_eq!(sn.client_count(), 0);
+    }
+}

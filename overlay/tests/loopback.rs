@@ -1,0 +1,202 @@
+//! Joining the network over real sockets on loopback: a login server, 5 super nodes and 50
+//! nodes that log in and attach over UDP probes and TCP links; killing a super node moves its
+//! clients to others. The times are printed; they are measured without competing load by
+//! `cargo bench -p natter-benches --bench overlay_join` (the test only bounds them loosely, as
+//! it shares two cores with the rest of the suite).
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::time::{Duration, Instant};
+
+use natter_core::handshake::{Capabilities, LocalIdentity};
+use natter_core::hostcache::HostCache;
+use natter_core::login::client::{LoginClientEvent, Operation};
+use natter_core::login::password::HashParams;
+use natter_core::login::proto::Version;
+use natter_overlay::node::{Node, NodeConfig, RolePolicy};
+use natter_transport::login::client::{login, run_operations, DeviceStore};
+use natter_transport::login::network::NetworkFile;
+use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
+use natter_transport::runtime::{Runtime, RuntimeConfig};
+use natter_transport::wall_clock;
+
+const SUPER_NODES: usize = 5;
+const NODES: usize = 50;
+const V: Version = Version::new(0, 1, 0);
+
+fn enrol(net: &NetworkFile, dir: &std::path::Path, user: &str) -> LocalIdentity {
+    let store = DeviceStore::open(dir.join(user)).unwrap();
+    let (device, _) = store.identity().unwrap();
+    let ev = run_operations(
+        net,
+        &device,
+        V,
+        true,
+        vec![Operation::Register {
+            user: user.into(),
+            password: "loopback passphrase".into(),
+        }],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(ev.contains(&LoginClientEvent::Registered), "{ev:?}");
+    let li = login(
+        net,
+        &store,
+        user,
+        Some("loopback passphrase"),
+        V,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    LocalIdentity {
+        device: li.device,
+        certificate: li.certificate,
+        trusted: net.trusted().unwrap(),
+        capabilities: Capabilities::VOICE,
+    }
+}
+
+/// A port p such that UDP and TCP p, p+1, p+2 are free on 127.0.0.1 and UDP p+1 on 127.0.0.2.
+fn free_ports(seed: u16) -> u16 {
+    for i in 0..2000u16 {
+        let p = 20_000 + (seed.wrapping_mul(97).wrapping_add(i * 7)) % 30_000;
+        let ok = (0..3).all(|k| {
+            UdpSocket::bind(("127.0.0.1", p + k)).is_ok()
+                && TcpListener::bind(("127.0.0.1", p + k)).is_ok()
+        }) && UdpSocket::bind(("127.0.0.2", p)).is_ok()
+            && UdpSocket::bind(("127.0.0.2", p + 1)).is_ok();
+        if ok {
+            return p;
+        }
+    }
+    panic!("no free ports");
+}
+
+#[test]
+fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts =
+        LoginServerOptions::new(dir.path().join("login"), "127.0.0.1:0".parse().unwrap());
+    opts.hash_params = HashParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let server = LoginServerHandle::start(opts).unwrap();
+    let net = server.network().clone();
+
+    // Super nodes: forced role, STUN alternate on 127.0.0.2, TCP on the main, fallback and TLS ports.
+    let mut sn_addrs = Vec::new();
+    let mut bootstrap = HostCache::new();
+    for i in 0..SUPER_NODES {
+        let p = free_ports(i as u16 * 13 + std::process::id() as u16);
+        let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+        sn_addrs.push(addr);
+        bootstrap.insert(addr, None, wall_clock());
+    }
+    let mut sns = Vec::new();
+    for (i, addr) in sn_addrs.iter().enumerate() {
+        let id = enrol(&net, dir.path(), &format!("sn{i}"));
+        let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), *addr);
+        cfg.role = RolePolicy::Force;
+        cfg.stun_alternate = Some(SocketAddr::new(
+            "127.0.0.2".parse().unwrap(),
+            addr.port() + 1,
+        ));
+        cfg.host_cache = bootstrap.clone();
+        let probe = Node::new(cfg.clone(), Instant::now());
+        let udp = probe.bind_addresses();
+        drop(probe);
+        let tcp = vec![
+            (*addr, false),
+            (SocketAddr::new(addr.ip(), addr.port() + 1), false),
+            (SocketAddr::new(addr.ip(), addr.port() + 2), true),
+        ];
+        let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
+            cfg.clock_anchor = now;
+            Node::new(cfg, now)
+        })
+        .unwrap();
+        sns.push(Some(rt));
+    }
+
+    let mut ids = Vec::new();
+    for i in 0..NODES {
+        ids.push(enrol(&net, dir.path(), &format!("user{i}")));
+    }
+    let started = Instant::now();
+    let mut nodes = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let cache = bootstrap.clone();
+        let rt = Runtime::spawn(
+            RuntimeConfig {
+                udp: vec!["127.0.0.1:0".parse().unwrap()],
+                tcp: vec![],
+            },
+            move |now, addrs| {
+                let mut cfg = NodeConfig::new(id, [100 + i as u8; 32], wall_clock(), now, addrs[0]);
+                cfg.role = RolePolicy::Forbid;
+                cfg.host_cache = cache;
+                Node::new(cfg, now)
+            },
+        )
+        .unwrap();
+        nodes.push(rt);
+    }
+    let all_attached = |nodes: &Vec<Runtime<Node>>, want: usize| {
+        nodes
+            .iter()
+            .all(|n| n.command(|m, _| m.attached().len()) >= want)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !all_attached(&nodes, 2) {
+        assert!(
+            Instant::now() < deadline,
+            "not every node attached twice in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let attach_time = started.elapsed();
+    eprintln!("50 nodes attached to two super nodes each in {attach_time:?}");
+
+    // Kill the busiest super node: its process goes away, its sockets close.
+    let load: Vec<usize> = sns
+        .iter()
+        .map(|s| {
+            s.as_ref()
+                .unwrap()
+                .command(|m, _| m.super_node().map_or(0, |r| r.client_count()))
+        })
+        .collect();
+    let victim = (0..SUPER_NODES).max_by_key(|i| load[*i]).unwrap();
+    let victim_addr = sn_addrs[victim];
+    let affected: Vec<usize> = (0..NODES)
+        .filter(|i| nodes[*i].command(move |m, _| m.attached().contains(&victim_addr)))
+        .collect();
+    assert!(!affected.is_empty());
+    let killed = Instant::now();
+    drop(sns[victim].take());
+    let deadline = killed + Duration::from_secs(20);
+    loop {
+        let moved = affected.iter().all(|i| {
+            let a = nodes[*i].command(|m, _| m.attached());
+            a.len() == 2 && !a.contains(&victim_addr)
+        });
+        if moved {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clients of the dead super node were not moved within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "{} clients moved to other super nodes in {:?}",
+        affected.len(),
+        killed.elapsed()
+    );
+    // Everyone else is still attached twice.
+    assert!(all_attached(&nodes, 2));
+    server.shutdown();
+}

@@ -1,0 +1,510 @@
+//! STUN interoperability with Debian's coturn, on loopback only.
+//!
+//! * Our [`StunServer`] (over real sockets, `UdpNode::spawn_multi`) answers coturn's clients:
+//!   `turnutils_stunclient` (Binding plus its RFC 5780 follow-ups) and `turnutils_natdiscovery`
+//!   (RFC 5780 mapping and filtering tests).
+//! * coturn's `turnserver` (STUN only, no auth, two listening IPs for RFC 5780) answers our
+//!   codec's Binding requests, with and without CHANGE-REQUEST.
+//!
+//! The whole of 127.0.0.0/8 answers on Linux loopback, so 127.0.0.2 serves as the alternate
+//! IP. Without the coturn binaries the tests print `SKIPPED: ...` and pass, unless
+//! `NATTER_REQUIRE_COTURN=1` (as `make test` sets), in which case they fail.
+
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use natter_core::stun::{Attribute, Class, Message, TransactionId};
+use natter_overlay::stun::StunServer;
+use natter_transport::UdpNode;
+
+const PRIMARY_IP: &str = "127.0.0.1";
+const ALTERNATE_IP: &str = "127.0.0.2";
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
+}
+
+/// True when the coturn binaries are installed; otherwise skip (or fail when required).
+fn coturn_installed() -> bool {
+    let bins = [
+        "turnserver",
+        "turnutils_stunclient",
+        "turnutils_natdiscovery",
+    ];
+    if bins.iter().all(|b| on_path(b)) {
+        return true;
+    }
+    if std::env::var("NATTER_REQUIRE_COTURN").as_deref() == Ok("1") {
+        panic!("coturn is not installed (apt-get install coturn) and NATTER_REQUIRE_COTURN=1");
+    }
+    println!("SKIPPED: coturn not installed (make test installs it)");
+    false
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// A port `p` such that `p` and `p + 1` looked free on both loopback IPs a moment ago.
+fn free_port_pair() -> u16 {
+    for _ in 0..200 {
+        let probe = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
+        let p = probe.local_addr().unwrap().port();
+        drop(probe);
+        if p == u16::MAX {
+            continue;
+        }
+        let all_free = [PRIMARY_IP, ALTERNATE_IP]
+            .iter()
+            .flat_map(|ip| [addr(ip, p), addr(ip, p + 1)])
+            .map(UdpSocket::bind)
+            .collect::<io::Result<Vec<_>>>()
+            .is_ok();
+        if all_free {
+            return p;
+        }
+    }
+    panic!("no free port pair on loopback");
+}
+
+/// Run a command to completion, killing it after `timeout`.
+fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("command starts");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Everything `cmd` printed, killing it after `timeout` if it has not finished.
+fn stdout_of(cmd: &mut Command, timeout: Duration) -> String {
+    let out = run(cmd, timeout);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{cmd:?} -> {:?}\n{text}", out.status);
+    text
+}
+
+/// The addresses after `label` on every line of coturn's client output that has it, e.g.
+/// `0: : IPv4. UDP reflexive addr: 127.0.0.1:40986`.
+fn addresses(output: &str, label: &str) -> Vec<SocketAddr> {
+    output
+        .lines()
+        .filter_map(|l| l.split_once(label))
+        .map(|(_, rest)| {
+            rest.trim_start_matches([':', ' '])
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{rest:?} after {label:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Our server on loopback: with an alternate, bound on all four of
+/// {127.0.0.1, 127.0.0.2} × {P, P + 1}.
+fn spawn_server(alternate: bool) -> (UdpNode<StunServer>, SocketAddr, Option<SocketAddr>) {
+    for _ in 0..20 {
+        let p = free_port_pair();
+        let primary = addr(PRIMARY_IP, p);
+        let other = alternate.then(|| addr(ALTERNATE_IP, p + 1));
+        let server = StunServer::new(primary, other).unwrap();
+        let addrs = server.local_addresses();
+        match UdpNode::spawn_multi(&addrs, move |_| server) {
+            Ok(node) => {
+                assert_eq!(node.local_addrs(), &addrs[..]);
+                return (node, primary, other);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("binding {addrs:?}: {e}"),
+        }
+    }
+    panic!("could not bind the STUN server");
+}
+
+#[test]
+fn our_server_answers_turnutils_stunclient() {
+    if !coturn_installed() {
+        return;
+    }
+    let (node, primary, other) = spawn_server(true);
+    let other = other.unwrap();
+    // The client never gives up on its third request (see below): bound its run.
+    let out = stdout_of(
+        Command::new("turnutils_stunclient")
+            .args(["-L", PRIMARY_IP, "-p"])
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(4),
+    );
+    let stats = node.command(|s, _| s.stats());
+
+    // Response 1: a plain Binding; it carries OTHER-ADDRESS, so the client runs its RFC 5780
+    // follow-ups. Response 2: CHANGE-REQUEST (IP and port) with RESPONSE-PORT, answered from
+    // the alternate to the client's second socket, reporting the first socket's mapping.
+    assert!(out.contains("RFC 5780 response 2"), "{stats:?}\n{out}");
+    let reflexive = addresses(&out, "UDP reflexive addr:");
+    assert_eq!(reflexive[0].ip().to_string(), PRIMARY_IP);
+    assert_ne!(reflexive[0].port(), 0);
+    assert_eq!(
+        reflexive[0], reflexive[1],
+        "same client socket, same mapping"
+    );
+    let origins = addresses(&out, "Response origin:");
+    assert_eq!(origins[0], primary);
+    assert_eq!(
+        origins.last(),
+        Some(&other),
+        "change IP and port: {origins:?}"
+    );
+    assert!(addresses(&out, "Other addr:").iter().all(|a| *a == other));
+
+    // Its third request is RFC 5780's PADDING test: a 1532-byte message, over our 1500-byte
+    // limit (MAX_MESSAGE), so it is dropped as malformed and the client waits forever.
+    assert_eq!(stats.success_responses, 2, "{stats:?}");
+    assert_eq!(stats.malformed, 1, "{stats:?}");
+    assert_eq!(stats.error_responses, 0, "{stats:?}");
+}
+
+#[test]
+fn our_server_passes_turnutils_natdiscovery() {
+    if !coturn_installed() {
+        return;
+    }
+    let (node, primary, other) = spawn_server(true);
+    let other = other.unwrap();
+    let local_port = UdpSocket::bind(addr(PRIMARY_IP, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = stdout_of(
+        Command::new("turnutils_natdiscovery")
+            .args(["-m", "-f", "-L", PRIMARY_IP, "-l"])
+            .arg(local_port.to_string())
+            .arg("-p")
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(20),
+    );
+    // Loopback has no NAT: both RFC 5780 tests find endpoint-independent behaviour.
+    assert!(
+        out.contains("NAT with Endpoint Independent Mapping!"),
+        "mapping test:\n{out}"
+    );
+    assert!(
+        out.contains("NAT with Endpoint Independent Filtering!"),
+        "filtering test:\n{out}"
+    );
+    // Each test opens its own socket (the mapping test on the port we chose); every reflexive
+    // address is the client socket's own address, which it prints as "Local addr".
+    let reflexive = addresses(&out, "UDP reflexive addr:");
+    assert!(reflexive.len() >= 4, "{out}");
+    assert_eq!(reflexive, addresses(&out, "Local addr:"));
+    assert_eq!(reflexive[0], addr(PRIMARY_IP, local_port));
+    // The mapping test's second request goes to the alternate IP with the primary port; the
+    // filtering test asks for answers from the alternate IP and port.
+    let origins = addresses(&out, "Response origin:");
+    assert!(
+        origins.contains(&addr(ALTERNATE_IP, primary.port())),
+        "{origins:?}"
+    );
+    assert!(origins.contains(&other), "{origins:?}");
+
+    let stats = node.command(|s, _| s.stats());
+    assert_eq!(stats.malformed + stats.error_responses, 0, "{stats:?}");
+}
+
+#[test]
+fn our_server_without_alternate_answers_stunclient() {
+    if !coturn_installed() {
+        return;
+    }
+    let (node, primary, _) = spawn_server(false);
+    let out = stdout_of(
+        Command::new("turnutils_stunclient")
+            .args(["-p"])
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(10),
+    );
+    // One response (the client prints its reflexive address twice, from MAPPED-ADDRESS and
+    // XOR-MAPPED-ADDRESS), and no RFC 5780 follow-ups without OTHER-ADDRESS.
+    let reflexive = addresses(&out, "UDP reflexive addr:");
+    assert!(!reflexive.is_empty(), "{out}");
+    assert!(reflexive.iter().all(|r| *r == reflexive[0]), "{out}");
+    assert_eq!(reflexive[0].ip().to_string(), PRIMARY_IP);
+    assert!(!out.contains("RFC 5780 response"), "{out}");
+    assert!(addresses(&out, "Other addr:").is_empty());
+    let stats = node.command(|s, _| s.stats());
+    assert_eq!(stats.success_responses, 1, "{stats:?}");
+
+    // Forced RFC 5780 processing (-f) sends CHANGE-REQUEST anyway: we answer 420.
+    let forced = stdout_of(
+        Command::new("turnutils_stunclient")
+            .args(["-f", "-p"])
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(4),
+    );
+    let stats = node.command(|s, _| s.stats());
+    assert!(stats.error_responses >= 1, "{stats:?}\n{forced}");
+}
+
+/// A running `turnserver`, killed (and its log shown if the test failed) when dropped.
+struct Coturn {
+    child: Child,
+    dir: tempfile::TempDir,
+    primary: SocketAddr,
+}
+
+impl Coturn {
+    /// coturn in STUN-only, no-auth mode on 127.0.0.1:P (and 127.0.0.2 when `alternate`),
+    /// its alternate port P + 1 (the default), no TCP, TLS, DTLS or CLI, and no config file:
+    /// Debian's /etc/turnserver.conf turns RFC 5780 and MAPPED-ADDRESS off.
+    fn start(alternate: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = free_port_pair();
+        let log = File::create(dir.path().join("turnserver.log")).unwrap();
+        let mut cmd = Command::new("turnserver");
+        cmd.args([
+            "-n",
+            "--stun-only",
+            "--no-auth",
+            "--listening-ip",
+            PRIMARY_IP,
+        ]);
+        if alternate {
+            cmd.args(["--listening-ip", ALTERNATE_IP]);
+        }
+        cmd.arg("--listening-port")
+            .arg(p.to_string())
+            .arg("--alt-listening-port")
+            .arg((p + 1).to_string())
+            .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-cli"])
+            .args(["--log-file", "stdout", "--simple-log"])
+            .arg("--pidfile")
+            .arg(dir.path().join("turnserver.pid"))
+            .arg("--db")
+            .arg(dir.path().join("turndb"))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("turnserver starts");
+        Self {
+            child,
+            dir,
+            primary: addr(PRIMARY_IP, p),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("turnserver.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("turnserver log:\n{}", self.log());
+        }
+    }
+}
+
+fn transaction(n: u8) -> TransactionId {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut id = [0u8; 12];
+    id[..8].copy_from_slice(&(nanos as u64).to_be_bytes());
+    id[8..11].copy_from_slice(&std::process::id().to_be_bytes()[1..]);
+    id[11] = n;
+    TransactionId(id)
+}
+
+/// Send `request` to `to` until a response with its transaction id arrives (coturn may still
+/// be starting); return it and the address it came from.
+fn exchange(socket: &UdpSocket, to: SocketAddr, request: &Message) -> (Message, SocketAddr) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    let bytes = request.encode();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        socket.send_to(&bytes, to).unwrap();
+        let wait_until = Instant::now() + Duration::from_millis(250);
+        while Instant::now() < wait_until {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let m = Message::decode(&buf[..n])
+                        .unwrap_or_else(|e| panic!("coturn's answer {:02x?}: {e}", &buf[..n]));
+                    if m.transaction == request.transaction {
+                        return (m, from);
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+    }
+    panic!("no answer from {to} to {request:?}");
+}
+
+fn change_request(n: u8, change_ip: bool, change_port: bool) -> Message {
+    Message {
+        attributes: vec![Attribute::ChangeRequest {
+            change_ip,
+            change_port,
+        }],
+        ..Message::binding_request(transaction(n))
+    }
+}
+
+#[test]
+fn coturn_answers_our_binding_requests() {
+    if !coturn_installed() {
+        return;
+    }
+    let coturn = Coturn::start(true);
+    let primary = coturn.primary;
+    let alternate = addr(ALTERNATE_IP, primary.port() + 1);
+    let socket = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
+    let me = socket.local_addr().unwrap();
+
+    let request = Message::binding_request(transaction(1));
+    let (m, from) = exchange(&socket, primary, &request);
+    assert_eq!(m.class, Class::Success, "{m:?}");
+    assert_eq!(from, primary);
+    assert_eq!(m.mapped_address(), Some(me));
+    assert!(m.attributes.contains(&Attribute::XorMappedAddress(me)));
+    assert_eq!(m.other_address(), Some(alternate), "{m:?}");
+    assert_eq!(m.response_origin(), Some(primary));
+    assert!(
+        m.attributes
+            .iter()
+            .any(|a| matches!(a, Attribute::Software(s) if s.contains("Coturn"))),
+        "{m:?}"
+    );
+
+    // RFC 5780 CHANGE-REQUEST: coturn answers from the other IP and/or port.
+    for (n, ip, port, expected) in [
+        (2, true, true, alternate),
+        (3, true, false, addr(ALTERNATE_IP, primary.port())),
+        (4, false, true, addr(PRIMARY_IP, primary.port() + 1)),
+    ] {
+        let (m, from) = exchange(&socket, primary, &change_request(n, ip, port));
+        assert_eq!(m.class, Class::Success, "{m:?}");
+        assert_eq!(from, expected, "change ip {ip}, port {port}");
+        assert_eq!(m.response_origin(), Some(expected));
+        assert_eq!(m.mapped_address(), Some(me));
+    }
+
+    // A request to the alternate is answered from there. (coturn 4.6.1 then reports
+    // 127.0.0.2:P as OTHER-ADDRESS, flipping the port only, where our server flips both, per
+    // RFC 5780 table 1 read from the receiving address; not checked.)
+    let (m, from) = exchange(
+        &socket,
+        alternate,
+        &Message::binding_request(transaction(5)),
+    );
+    assert_eq!(from, alternate);
+    assert_eq!(m.mapped_address(), Some(me));
+    assert_eq!(m.response_origin(), Some(alternate));
+    assert!(m.other_address().is_some(), "{m:?}");
+
+    // Without FINGERPRINT, a bare header is a valid request too.
+    let bare = Message::binding_request(transaction(6));
+    let mut bytes = bare.encode();
+    bytes.truncate(20);
+    bytes[3] = 0;
+    socket.send_to(&bytes, primary).unwrap();
+    let mut buf = [0u8; 2048];
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        Message::decode(&buf[..n]).unwrap().mapped_address(),
+        Some(me)
+    );
+}
+
+#[test]
+fn coturn_without_alternate_sends_no_other_address_and_refuses_change_request() {
+    if !coturn_installed() {
+        return;
+    }
+    let coturn = Coturn::start(false);
+    let socket = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
+    let me = socket.local_addr().unwrap();
+    let (m, from) = exchange(
+        &socket,
+        coturn.primary,
+        &Message::binding_request(transaction(1)),
+    );
+    assert_eq!(from, coturn.primary);
+    assert_eq!(m.class, Class::Success);
+    assert_eq!(m.mapped_address(), Some(me));
+    assert_eq!(m.other_address(), None, "{m:?}");
+
+    // Like ours, coturn answers CHANGE-REQUEST without an alternate with 420 (its reason
+    // phrase explains; it sends no UNKNOWN-ATTRIBUTES).
+    let (m, from) = exchange(&socket, coturn.primary, &change_request(2, true, true));
+    assert_eq!(from, coturn.primary);
+    assert_eq!(m.class, Class::Error, "{m:?}");
+    assert_eq!(m.error_code(), Some(420), "{m:?}");
+}
+
+#[test]
+fn our_client_talks_to_our_server_over_spawn_multi() {
+    // No coturn needed: the same checks against our own server, so a regression shows up
+    // even where coturn is missing.
+    let (node, primary, other) = spawn_server(true);
+    let other = other.unwrap();
+    let socket = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
+    let me = socket.local_addr().unwrap();
+    let (m, from) = exchange(&socket, primary, &Message::binding_request(transaction(1)));
+    assert_eq!(from, primary);
+    assert_eq!(m.mapped_address(), Some(me));
+    assert_eq!(m.other_address(), Some(other));
+    for (n, ip, port, expected) in [
+        (2, true, true, other),
+        (3, true, false, addr(ALTERNATE_IP, primary.port())),
+        (4, false, true, addr(PRIMARY_IP, other.port())),
+    ] {
+        let (m, from) = exchange(&socket, primary, &change_request(n, ip, port));
+        assert_eq!(from, expected);
+        assert_eq!(m.response_origin(), Some(expected));
+    }
+    assert!(node.command(|s, _| s.stats()).success_responses >= 4);
+}

@@ -1,0 +1,286 @@
+//! Joining the overlay in the simulator: super nodes, ordinary nodes behind every NAT
+//! behaviour and a UDP-blocking firewall, NAT detection, the connection path (UDP probes then
+//! TCP links; TCP only when UDP is blocked), promotion of public nodes only, and failover when a
+//! super node dies.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use natter_core::attach::AttachEvent;
+use natter_core::hostcache::HostCache;
+use natter_core::nat::{Filtering, NatType};
+use natter_core::testkit::{TestNetwork, TEST_WALL};
+use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
+use natter_sim::{HostId, LinkConfig, NatConfig, Sim, SimConfig};
+
+const SUPER_NODES: u8 = 3;
+
+fn sn_addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([198, 18, 0, 10 + i], 4000))
+}
+
+fn sn_alt(i: u8) -> SocketAddr {
+    SocketAddr::from(([198, 18, 100, 10 + i], 4001))
+}
+
+struct World {
+    sim: Sim<NodeEvent>,
+    net: TestNetwork,
+    sns: Vec<HostId>,
+    bootstrap: HostCache,
+}
+
+fn world(seed: u64) -> World {
+    let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
+        seed,
+        internet: LinkConfig::with_latency(Duration::from_millis(20))
+            .jitter(Duration::from_millis(5)),
+        ..SimConfig::default()
+    });
+    let net = TestNetwork::new(seed);
+    let mut bootstrap = HostCache::new();
+    for i in 0..SUPER_NODES {
+        bootstrap.insert(sn_addr(i), None, TEST_WALL);
+    }
+    let mut sns = Vec::new();
+    for i in 0..SUPER_NODES {
+        let start = sim.now();
+        let mut cfg = NodeConfig::new(
+            net.identity(&format!("sn{i}")),
+            [i; 32],
+            TEST_WALL,
+            start,
+            sn_addr(i),
+        );
+        cfg.role = RolePolicy::Force;
+        cfg.stun_alternate = Some(sn_alt(i));
+        cfg.host_cache = bootstrap.clone();
+        let node = Node::new(cfg, start);
+        let addrs = node.bind_addresses();
+        let h = sim.add_host(&format!("sn{i}"), addrs[0], node);
+        for a in &addrs[1..] {
+            sim.bind(h, *a);
+        }
+        sns.push(h);
+    }
+    World {
+        sim,
+        net,
+        sns,
+        bootstrap,
+    }
+}
+
+fn add_node(
+    w: &mut World,
+    name: &str,
+    nat: Option<NatConfig>,
+    index: u8,
+    role: RolePolicy,
+) -> HostId {
+    let start = w.sim.now();
+    let (addr, network_nat) = match nat {
+        Some(cfg) => {
+            let n = w.sim.add_nat(
+                &format!("nat-{name}"),
+                SocketAddr::from(([198, 18, 50, index], 0)).ip(),
+                cfg,
+            );
+            (SocketAddr::from(([10, 0, 0, 2], 5000)), Some(n))
+        }
+        None => (SocketAddr::from(([198, 18, 60, index], 5000)), None),
+    };
+    let mut cfg = NodeConfig::new(
+        w.net.identity(name),
+        [100 + index; 32],
+        TEST_WALL,
+        start,
+        addr,
+    );
+    cfg.role = role;
+    cfg.host_cache = w.bootstrap.clone();
+    cfg.promotion_uptime = Duration::from_secs(3);
+    let node = Node::new(cfg, start);
+    match network_nat {
+        Some(n) => w.sim.add_host_behind(n, name, addr, node),
+        None => w.sim.add_host(name, addr, node),
+    }
+}
+
+fn events(w: &World, h: HostId) -> Vec<NodeEvent> {
+    w.sim.events(h).iter().map(|(_, e)| e.clone()).collect()
+}
+
+fn nat_of(w: &World, h: HostId) -> Option<NatType> {
+    events(w, h).iter().rev().find_map(|e| match e {
+        NodeEvent::Nat(r) => Some(r.nat),
+        _ => None,
+    })
+}
+
+#[test]
+fn nodes_behind_every_nat_attach_detect_and_only_public_ones_promote() {
+    let mut w = world(1);
+    let cases: Vec<(&str, Option<NatConfig>, Option<NatType>)> = vec![
+        ("public", None, Some(NatType::Open)),
+        (
+            "fullcone",
+            Some(NatConfig::full_cone()),
+            Some(NatType::EndpointIndependent(Filtering::EndpointIndependent)),
+        ),
+        (
+            "restricted",
+            Some(NatConfig::restricted_cone()),
+            Some(NatType::EndpointIndependent(Filtering::AddressDependent)),
+        ),
+        (
+            "portrestricted",
+            Some(NatConfig::port_restricted_cone()),
+            Some(NatType::EndpointIndependent(
+                Filtering::AddressAndPortDependent,
+            )),
+        ),
+        (
+            "symmetric",
+            Some(NatConfig::symmetric()),
+            Some(NatType::Symmetric),
+        ),
+        (
+            "firewalled",
+            Some(NatConfig::udp_blocking_firewall()),
+            Some(NatType::UdpBlocked),
+        ),
+    ];
+    let mut hosts = BTreeMap::new();
+    for (i, (name, nat, _)) in cases.iter().enumerate() {
+        hosts.insert(
+            *name,
+            add_node(&mut w, name, nat.clone(), i as u8 + 1, RolePolicy::Auto),
+        );
+    }
+    w.sim.run_for(Duration::from_secs(8));
+    for (name, _, expected) in &cases {
+        let h = hosts[name];
+        let node = w.sim.machine::<Node>(h);
+        assert_eq!(
+            node.attached().len(),
+            2,
+            "{name} keeps two super-node links: {:?}",
+            events(&w, h)
+        );
+        assert_eq!(nat_of(&w, h), *expected, "{name}");
+        let udp_blocked = events(&w, h)
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Attach(AttachEvent::UdpBlocked)));
+        assert_eq!(
+            udp_blocked,
+            *name == "firewalled",
+            "{name}: straight to TCP only when UDP is blocked"
+        );
+        let promoted = events(&w, h).contains(&NodeEvent::Promoted);
+        assert_eq!(
+            promoted,
+            *name == "public",
+            "{name}: only the public node promotes"
+        );
+    }
+    // The super nodes know each other and their clients.
+    let total: usize = w
+        .sns
+        .iter()
+        .map(|h| {
+            w.sim
+                .machine::<Node>(*h)
+                .super_node()
+                .unwrap()
+                .client_count()
+        })
+        .sum();
+    assert!(total >= 2 * cases.len(), "{total}");
+    for h in &w.sns {
+        let role = w.sim.machine::<Node>(*h).super_node().unwrap();
+        assert!(
+            role.members().len() >= 2,
+            "membership: {:?}",
+            role.members()
+        );
+    }
+    // The promoted node is now in the others' host caches, learnt by gossip.
+    w.sim.run_for(Duration::from_secs(60));
+    let public_addr = SocketAddr::from(([198, 18, 60, 1], 5000));
+    let learnt = w.sns.iter().any(|h| {
+        w.sim
+            .machine::<Node>(*h)
+            .super_node()
+            .unwrap()
+            .members()
+            .iter()
+            .any(|e| e.addr == public_addr)
+    });
+    assert!(learnt, "the new super node joined the membership");
+}
+
+#[test]
+fn a_dead_super_node_is_replaced_within_two_seconds() {
+    let mut w = world(2);
+    let mut nodes = Vec::new();
+    for i in 0..6u8 {
+        let nat = if i % 2 == 0 {
+            Some(NatConfig::port_restricted_cone())
+        } else {
+            Some(NatConfig::udp_blocking_firewall())
+        };
+        nodes.push(add_node(
+            &mut w,
+            &format!("user{i}"),
+            nat,
+            i + 1,
+            RolePolicy::Forbid,
+        ));
+    }
+    w.sim.run_for(Duration::from_secs(5));
+    for h in &nodes {
+        assert_eq!(w.sim.machine::<Node>(*h).attached().len(), 2);
+    }
+    // Kill the super node with the most clients.
+    let victim = *w
+        .sns
+        .iter()
+        .max_by_key(|h| {
+            w.sim
+                .machine::<Node>(**h)
+                .super_node()
+                .unwrap()
+                .client_count()
+        })
+        .unwrap();
+    let victim_addr = w.sim.host_addrs(victim)[0];
+    let affected: Vec<HostId> = nodes
+        .iter()
+        .copied()
+        .filter(|h| w.sim.machine::<Node>(*h).attached().contains(&victim_addr))
+        .collect();
+    assert!(!affected.is_empty());
+    w.sim.crash(victim);
+    w.sim.run_for(Duration::from_secs(2));
+    for h in &affected {
+        let node = w.sim.machine::<Node>(*h);
+        let attached = node.attached();
+        assert!(
+            !attached.contains(&victim_addr),
+            "the dead super node is gone"
+        );
+        assert!(!attached.is_empty(), "never left without a super node");
+    }
+    // With only two super nodes left, every node is back to two links.
+    w.sim.run_for(Duration::from_secs(3));
+    for h in &affected {
+        assert_eq!(
+            w.sim.machine::<Node>(*h).attached().len(),
+            2,
+            "{:?}",
+            events(&w, *h)
+        );
+    }
+}
