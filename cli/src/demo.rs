@@ -24,6 +24,11 @@ use natter_transport::login::network::NetworkFile;
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::{os_seed, wall_clock, UdpNode};
 
+use natter_core::attach::AttachEvent;
+use natter_core::hostcache::HostCache;
+use natter_overlay::node::{Node as OverlayNode, NodeConfig, NodeEvent, RolePolicy};
+use natter_transport::runtime::{Runtime, RuntimeConfig};
+
 use crate::accounts::client_version;
 
 const FRAMES: u32 = 500;
@@ -105,6 +110,96 @@ fn enrol(
         capabilities: Capabilities::VOICE.union(Capabilities::CHAT),
     };
     Ok((identity, li.elapsed))
+}
+
+/// A port p with UDP and TCP p, p+1, p+2 free on 127.0.0.1 and UDP p, p+1 on 127.0.0.2.
+fn free_port_block(rng: &mut Rng) -> std::io::Result<u16> {
+    for _ in 0..500 {
+        let p = 20_000 + (rng.u32() % 40_000) as u16;
+        let free = (0..3u16).all(|k| {
+            UdpSocket::bind(("127.0.0.1", p + k)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()
+        }) && UdpSocket::bind(("127.0.0.2", p)).is_ok()
+            && UdpSocket::bind(("127.0.0.2", p + 1)).is_ok();
+        if free {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::other("no free port block on loopback"))
+}
+
+type OverlayRuntime = Runtime<OverlayNode>;
+
+/// Start a super node (forced role) on `addr`, with its RFC 5780 alternate on 127.0.0.2.
+fn start_super_node(
+    id: LocalIdentity,
+    addr: SocketAddr,
+    bootstrap: &HostCache,
+    seed: [u8; 32],
+) -> std::io::Result<OverlayRuntime> {
+    let mut cfg = NodeConfig::new(id, seed, wall_clock(), Instant::now(), addr);
+    cfg.role = RolePolicy::Force;
+    cfg.stun_alternate = Some(SocketAddr::new(
+        "127.0.0.2".parse().expect("literal"),
+        addr.port() + 1,
+    ));
+    cfg.host_cache = bootstrap.clone();
+    let udp = OverlayNode::new(cfg.clone(), Instant::now()).bind_addresses();
+    let p = addr.port();
+    let tcp = vec![
+        (addr, false),
+        (SocketAddr::new(addr.ip(), p + 1), false),
+        (SocketAddr::new(addr.ip(), p + 2), true),
+    ];
+    Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
+        cfg.clock_anchor = now;
+        OverlayNode::new(cfg, now)
+    })
+}
+
+/// Start an ordinary node that joins through `bootstrap`.
+fn start_client_node(
+    id: LocalIdentity,
+    bootstrap: &HostCache,
+    seed: [u8; 32],
+) -> std::io::Result<OverlayRuntime> {
+    let cache = bootstrap.clone();
+    Runtime::spawn(
+        RuntimeConfig {
+            udp: vec!["127.0.0.1:0".parse().expect("literal")],
+            tcp: vec![],
+        },
+        move |now, addrs| {
+            let mut cfg = NodeConfig::new(id, seed, wall_clock(), now, addrs[0]);
+            cfg.role = RolePolicy::Forbid;
+            cfg.host_cache = cache;
+            OverlayNode::new(cfg, now)
+        },
+    )
+}
+
+/// Wait until a node has two super-node links and a NAT report; describe them.
+fn joined(node: &OverlayRuntime) -> Option<(Vec<String>, String)> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut links = Vec::new();
+    let mut nat = None;
+    while Instant::now() < deadline && (links.len() < 2 || nat.is_none()) {
+        match node.events().recv_timeout(Duration::from_millis(50)) {
+            Ok(NodeEvent::Attach(AttachEvent::Attached {
+                super_node,
+                transport,
+                rtt,
+                ..
+            })) => links.push(format!(
+                "{super_node} via {transport:?}{}",
+                rtt.map(|r| format!(" (UDP probe RTT {:.2} ms)", r.as_secs_f64() * 1000.0))
+                    .unwrap_or_default()
+            )),
+            Ok(NodeEvent::Nat(r)) => nat = Some(r.nat.describe().to_string()),
+            _ => {}
+        }
+    }
+    Some((links, nat?)).filter(|(l, _)| l.len() >= 2)
 }
 
 fn spawn(id: LocalIdentity, seed: [u8; 32]) -> std::io::Result<Node> {
@@ -303,6 +398,91 @@ fn run_inner() -> std::io::Result<bool> {
             "unexpected: wrong password -> {w:?}, renewal -> {n:?}"
         )),
     }
+    let t = r.step("Start 3 super nodes: STUN with an RFC 5780 alternate on 127.0.0.2, TCP, fallback and TLS ports");
+    let mut bootstrap = HostCache::new();
+    let mut sn_addrs = Vec::new();
+    for _ in 0..3 {
+        let p = free_port_block(&mut rng)?;
+        let a = SocketAddr::from(([127, 0, 0, 1], p));
+        bootstrap.insert(a, None, wall_clock());
+        sn_addrs.push(a);
+    }
+    let mut super_nodes = Vec::new();
+    for (i, a) in sn_addrs.iter().enumerate() {
+        match enrol(&net, workdir.path(), &format!("supernode{i}")) {
+            Ok((id, _)) => super_nodes.push(start_super_node(id, *a, &bootstrap, rng.bytes32())?),
+            Err(e) => {
+                r.fail(&format!("super node {i}: {e}"));
+                return Ok(false);
+            }
+        }
+    }
+    r.ok(
+        t,
+        &format!(
+            "super nodes on {}",
+            sn_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+
+    let t = r
+        .step("alice, bob and carol join: UDP probes, TCP links to the two fastest, NAT detection");
+    let mut clients = Vec::new();
+    for (i, user) in ["alice", "bob", "carol"].iter().enumerate() {
+        let started = Instant::now();
+        let node = start_client_node(identities[i].clone(), &bootstrap, rng.bytes32())?;
+        match joined(&node) {
+            Some((links, nat)) => {
+                let took = started.elapsed();
+                println!(
+                    "    {user}: attached to {} and {}; NAT: {nat}",
+                    links[0], links[1]
+                );
+                r.row(&format!("Attach time ({user})"), ms(took));
+            }
+            None => {
+                r.fail(&format!("{user} did not attach to two super nodes"));
+                return Ok(false);
+            }
+        }
+        clients.push(node);
+    }
+    r.ok(t, "every user has two super-node links");
+    let t = r.step("A super node dies: its clients move to the others");
+    let victim = 0;
+    let victim_addr = sn_addrs[victim];
+    drop(super_nodes.remove(victim));
+    let killed = Instant::now();
+    let mut moved = true;
+    for (i, c) in clients.iter().enumerate() {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let a = c.command(|n, _| n.attached());
+            if a.len() == 2 && !a.contains(&victim_addr) {
+                break;
+            }
+            if Instant::now() > deadline {
+                r.fail(&format!("user {i} still not re-attached"));
+                moved = false;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    if moved {
+        r.ok(
+            t,
+            &format!("{victim_addr} gone; every user attached to the two others"),
+        );
+        r.row("Fail-over after a super node died", ms(killed.elapsed()));
+    }
+    drop(clients);
+    drop(super_nodes);
+
     let alice_id = identities[0].clone();
     let bob_id = identities[1].clone();
     let bob_static = bob_id.device.dh_public();

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod accounts;
 mod demo;
+mod node;
 
 /// Natter: peer-to-peer voice and messaging.
 #[derive(Parser)]
@@ -25,6 +26,10 @@ enum Command {
     Register(accounts::AccountArgs),
     /// Log this device in (renews its certificate without the password when it can).
     Login(accounts::AccountArgs),
+    /// Run a node: join the network, become a super node when suitable.
+    Node(node::NodeArgs),
+    /// Pass a WAV file through the media pipeline over a simulated network.
+    MediaLoopback(natter_media::loopback::LoopbackArgs),
 }
 
 fn main() {
@@ -42,6 +47,8 @@ fn main() {
         Command::LoginServer(a) => accounts::login_server(a),
         Command::Register(a) => accounts::register(a),
         Command::Login(a) => accounts::login_cmd(a),
+        Command::Node(a) => node::run(a),
+        Command::MediaLoopback(a) => natter_media::loopback::main(a),
     };
     std::process::exit(code);
 }

@@ -338,6 +338,12 @@ impl Endpoint {
         self.stats
     }
 
+    /// Use a renewed certificate for new handshakes (it must bind this device's keys; sessions
+    /// already established keep going).
+    pub fn update_certificate(&mut self, certificate: crate::identity::Certificate) {
+        self.cfg.identity.certificate = certificate;
+    }
+
     /// The session statistics of a connection.
     pub fn session_stats(&self, conn: ConnId) -> Option<crate::session::SessionStats> {
         self.peers

@@ -271,6 +271,12 @@ impl Node {
         self.stats
     }
 
+    /// Use a renewed certificate from now on.
+    pub fn update_certificate(&mut self, certificate: natter_core::identity::Certificate) {
+        self.cfg.identity.certificate = certificate.clone();
+        self.endpoint.update_certificate(certificate);
+    }
+
     /// The addresses the driver must bind (UDP and TCP): the listen address and, for a super
     /// node with a STUN alternate, the other three RFC 5780 combinations.
     pub fn bind_addresses(&self) -> Vec<SocketAddr> {

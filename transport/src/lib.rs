@@ -25,6 +25,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 pub mod login;
+pub mod netwatch;
+pub mod persist;
 pub mod runtime;
 pub mod store;
 

@@ -193,6 +193,14 @@ where
         rx.recv().expect("runtime thread is running")
     }
 
+    /// A handle other threads can use to send commands.
+    pub fn handle(&self) -> RuntimeHandle<M> {
+        RuntimeHandle {
+            commands: self.commands.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
     /// The machine's events.
     pub fn events(&self) -> &Receiver<M::Event> {
         &self.events
@@ -243,6 +251,43 @@ impl<M: Machine> Drop for Runtime<M> {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Sends commands to a [`Runtime`] from any thread.
+pub struct RuntimeHandle<M: Machine> {
+    commands: Sender<Command<M>>,
+    waker: Arc<Waker>,
+}
+
+impl<M: Machine> Clone for RuntimeHandle<M> {
+    fn clone(&self) -> Self {
+        Self {
+            commands: self.commands.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+impl<M: Machine> std::fmt::Debug for RuntimeHandle<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeHandle").finish_non_exhaustive()
+    }
+}
+
+impl<M: Machine + 'static> RuntimeHandle<M> {
+    /// Run `f` on the runtime thread; `None` when the runtime has stopped.
+    pub fn command<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut M, Instant) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let cmd: Command<M> = Box::new(move |m, now| {
+            let _ = tx.send(f(m, now));
+        });
+        self.commands.send(cmd).ok()?;
+        let _ = self.waker.wake();
+        rx.recv().ok()
     }
 }
 

@@ -1,0 +1,192 @@
+//! `natter node`: run a node of a Natter network (an ordinary node or a super node).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use natter_core::attach::AttachEvent;
+use natter_core::handshake::{Capabilities, LocalIdentity};
+use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
+use natter_transport::login::client::{login, DeviceStore, Renewer};
+use natter_transport::login::network::NetworkFile;
+use natter_transport::netwatch::{local_addresses, NetWatch};
+use natter_transport::persist::{load_host_cache, save_host_cache};
+use natter_transport::runtime::{Runtime, RuntimeConfig};
+use natter_transport::{os_seed, wall_clock};
+
+use crate::accounts::client_version;
+
+/// Options of `natter node`.
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// The network file from the login server.
+    #[arg(long)]
+    pub network: PathBuf,
+    /// Data directory: device keys, certificate, host cache (created 0700).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The account this node logs in as.
+    #[arg(long)]
+    pub user: String,
+    /// UDP and TCP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:4000")]
+    pub listen: SocketAddr,
+    /// Always be a super node.
+    #[arg(long, conflicts_with = "no_supernode")]
+    pub supernode: bool,
+    /// Never be a super node.
+    #[arg(long)]
+    pub no_supernode: bool,
+    /// A second IP and port of this host, for NAT-behaviour tests (super nodes).
+    #[arg(long)]
+    pub stun_alternate: Option<SocketAddr>,
+    /// Read the password from standard input (first start only).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// Run a node until killed; returns an exit code on a startup failure.
+pub fn run(args: NodeArgs) -> i32 {
+    match run_inner(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("natter node: {e}");
+            1
+        }
+    }
+}
+
+fn run_inner(args: NodeArgs) -> Result<(), String> {
+    let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
+    let store = DeviceStore::open(args.data.join("device")).map_err(|e| e.to_string())?;
+    let password = if store.certificate().is_some() {
+        None
+    } else if let Ok(p) = std::env::var("NATTER_PASSWORD") {
+        Some(p)
+    } else if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        Some(line.trim_end().to_string())
+    } else {
+        Some(rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?)
+    };
+    let li = login(
+        &net,
+        &store,
+        &args.user,
+        password.as_deref(),
+        client_version(),
+        Duration::from_secs(15),
+    )
+    .map_err(|e| format!("login failed: {e}"))?;
+    println!(
+        "logged in as {} (device {})",
+        li.certificate.user, li.certificate.device
+    );
+    let renewer = Renewer::spawn(net.clone(), store.clone(), li.certificate.clone());
+
+    let cache_path = args.data.join("hostcache.bin");
+    let mut cache = load_host_cache(&cache_path);
+    for b in &net.bootstrap {
+        if let Ok(a) = b.address.parse() {
+            cache.insert(a, None, wall_clock());
+        }
+    }
+    let identity = LocalIdentity {
+        device: li.device,
+        certificate: li.certificate,
+        trusted: net.trusted().map_err(|e| e.to_string())?,
+        capabilities: Capabilities::VOICE.union(Capabilities::CHAT),
+    };
+    let role = if args.supernode {
+        RolePolicy::Force
+    } else if args.no_supernode {
+        RolePolicy::Forbid
+    } else {
+        RolePolicy::Auto
+    };
+    let seed = os_seed().map_err(|e| e.to_string())?;
+    let mut cfg = NodeConfig::new(identity, seed, wall_clock(), Instant::now(), args.listen);
+    cfg.role = role;
+    cfg.stun_alternate = args.stun_alternate;
+    cfg.host_cache = cache;
+    cfg.local_addresses = local_addresses(args.listen);
+    let udp = Node::new(cfg.clone(), Instant::now()).bind_addresses();
+    let l = args.listen;
+    let tcp = if role == RolePolicy::Forbid {
+        vec![]
+    } else {
+        vec![
+            (l, false),
+            (SocketAddr::new(l.ip(), l.port().wrapping_add(1)), false),
+            (SocketAddr::new(l.ip(), l.port().wrapping_add(2)), true),
+        ]
+    };
+    let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
+        cfg.clock_anchor = now;
+        Node::new(cfg, now)
+    })
+    .map_err(|e| format!("binding {}: {e}", args.listen))?;
+    println!("node listening on {} (role: {role:?})", args.listen);
+    let handle = rt.handle();
+    let _watch = NetWatch::spawn(args.listen, move |addrs| {
+        handle.command(move |n, now| n.set_local_addresses(now, addrs));
+    });
+    let mut last_save = Instant::now();
+    loop {
+        while let Ok(cert) = renewer.certificates().try_recv() {
+            rt.command(move |n, _| n.update_certificate(cert));
+            println!("certificate renewed");
+        }
+        if let Ok(e) = rt.events().recv_timeout(Duration::from_secs(1)) {
+            describe(&e);
+        }
+        if last_save.elapsed() >= Duration::from_secs(60) {
+            let cache = rt.command(|n, _| n.host_cache().clone());
+            if let Err(e) = save_host_cache(&cache_path, &cache) {
+                tracing::warn!(error = %e, "saving the host cache");
+            }
+            last_save = Instant::now();
+        }
+    }
+}
+
+/// One line per event, as a person reads it.
+pub fn describe(e: &NodeEvent) {
+    match e {
+        NodeEvent::Attach(AttachEvent::Connecting { candidates }) => {
+            println!("connecting: probing {candidates} super nodes")
+        }
+        NodeEvent::Attach(AttachEvent::UdpBlocked) => {
+            println!("UDP seems blocked: connecting over TCP")
+        }
+        NodeEvent::Attach(AttachEvent::Attached {
+            super_node,
+            transport,
+            reflexive,
+            rtt,
+        }) => println!(
+            "attached to super node {super_node} via {transport:?} (seen as {reflexive}{})",
+            rtt.map(|r| format!(", UDP RTT {:.1} ms", r.as_secs_f64() * 1000.0))
+                .unwrap_or_default()
+        ),
+        NodeEvent::Attach(AttachEvent::Detached { super_node }) => {
+            println!("lost super node {super_node}")
+        }
+        NodeEvent::Attach(AttachEvent::NoSuperNode) => println!("no super node reachable yet"),
+        NodeEvent::Nat(r) => println!(
+            "NAT: {} (mapped address {}, probed in {:.0} ms)",
+            r.nat.describe(),
+            r.mapped
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.elapsed.as_secs_f64() * 1000.0
+        ),
+        NodeEvent::Promoted => println!("promoted to super node"),
+        NodeEvent::Demoted => println!("gave up the super-node role"),
+        NodeEvent::SuperNode(ev) => tracing::info!(?ev, "super node"),
+        NodeEvent::Session(ev) => tracing::debug!(?ev, "session"),
+    }
+}

@@ -1,0 +1,83 @@
+//! Watching the host's network addresses, so a node notices a new network (Wi-Fi to cable, a
+//! new DHCP lease) and re-detects its NAT and re-attaches.
+//!
+//! [`local_addresses`] lists the host's addresses with a port; [`NetWatch`] polls them every
+//! [`NetWatch::INTERVAL`] on its own thread and calls back on a change, so a change is noticed
+//! within that interval (the node then re-attaches in well under a second).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The host's addresses (loopback excluded unless `bound` is a loopback address) with
+/// `bound`'s port. A socket bound to a specific address has just that address.
+pub fn local_addresses(bound: SocketAddr) -> Vec<SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let mut v: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .map(|ifs| {
+            ifs.into_iter()
+                .map(|i| i.ip())
+                .filter(|ip: &IpAddr| !ip.is_loopback() && ip.is_ipv4() == bound.is_ipv4())
+                .map(|ip| SocketAddr::new(ip, bound.port()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Polls the host's addresses and reports changes.
+pub struct NetWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NetWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetWatch").finish_non_exhaustive()
+    }
+}
+
+impl NetWatch {
+    /// How often the addresses are read.
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Watch the addresses of a socket bound to `bound`; `on_change` gets the new list.
+    pub fn spawn(
+        bound: SocketAddr,
+        mut on_change: impl FnMut(Vec<SocketAddr>) + Send + 'static,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut last = local_addresses(bound);
+            while !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(Self::INTERVAL);
+                let now = local_addresses(bound);
+                if now != last {
+                    tracing::info!(?now, "local addresses changed");
+                    on_change(now.clone());
+                    last = now;
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NetWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
