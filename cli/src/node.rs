@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use natter_core::attach::AttachEvent;
 use natter_core::handshake::{Capabilities, LocalIdentity};
 use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
-use natter_transport::login::client::{login, DeviceStore, Renewer};
+use natter_transport::login::client::{login, DeviceStore, Renewer, RevocationFetcher};
 use natter_transport::login::network::NetworkFile;
 use natter_transport::netwatch::{local_addresses, NetWatch};
 use natter_transport::persist::{load_host_cache, save_host_cache};
@@ -86,6 +86,9 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         li.certificate.user, li.certificate.device
     );
     let renewer = Renewer::spawn(net.clone(), store.clone(), li.certificate.clone());
+    // Every node refuses revoked devices; the list is small and fetched every 5 minutes.
+    let revocations =
+        RevocationFetcher::spawn(net.clone(), li.device.clone(), Duration::from_secs(300));
 
     let cache_path = args.data.join("hostcache.bin");
     let mut cache = load_host_cache(&cache_path);
@@ -136,6 +139,10 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
     });
     let mut last_save = Instant::now();
     loop {
+        while let Ok(devices) = revocations.revoked().try_recv() {
+            println!("{} device(s) revoked by the login authority", devices.len());
+            rt.command(move |n, now| n.revoke(now, devices));
+        }
         while let Ok(cert) = renewer.certificates().try_recv() {
             rt.command(move |n, _| n.update_certificate(cert));
             println!("certificate renewed");

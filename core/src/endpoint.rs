@@ -220,6 +220,8 @@ pub struct EndpointStats {
     pub handshake_flood_drops: u64,
     /// Replayed IK initiations refused.
     pub handshake_replays: u64,
+    /// Handshakes refused because the peer's device is revoked.
+    pub revoked_peers: u64,
     /// Data packets buffered while their handshake completed.
     pub early_data_buffered: u64,
     /// Stream connections closed because their framing broke.
@@ -296,6 +298,8 @@ pub struct Endpoint {
     last_ik_timestamp: u64,
     streams: HashMap<StreamId, FrameDecoder>,
     broken_streams: std::collections::HashSet<StreamId>,
+    /// Devices the login authority revoked: no session with them.
+    revoked: std::collections::HashSet<crate::identity::DeviceId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EndpointEvent>,
     stats: EndpointStats,
@@ -325,6 +329,7 @@ impl Endpoint {
             last_ik_timestamp: 0,
             streams: HashMap::new(),
             broken_streams: std::collections::HashSet::new(),
+            revoked: std::collections::HashSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
@@ -336,6 +341,25 @@ impl Endpoint {
     /// Counters.
     pub fn stats(&self) -> EndpointStats {
         self.stats
+    }
+
+    /// Refuse every session with these devices from now on, and close the ones open (from the
+    /// login authority's signed revocation list).
+    pub fn revoke(
+        &mut self,
+        now: Instant,
+        devices: impl IntoIterator<Item = crate::identity::DeviceId>,
+    ) {
+        self.revoked.extend(devices);
+        let gone: Vec<SessionIndex> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| self.revoked.contains(&p.info.certificate.device))
+            .map(|(i, _)| *i)
+            .collect();
+        for index in gone {
+            self.close(now, ConnId(index.0));
+        }
     }
 
     /// Use a renewed certificate for new handshakes (it must bind this device's keys; sessions
@@ -896,6 +920,18 @@ impl Endpoint {
         unconfirmed_final: Option<(Bytes, Instant, u32)>,
     ) {
         let index = est.session.local_index();
+        if self.revoked.contains(&est.peer.certificate.device) {
+            self.stats.revoked_peers += 1;
+            if initiator {
+                self.events.push_back(EndpointEvent::ConnectFailed {
+                    conn: ConnId(index.0),
+                    error: ConnectError::Handshake(HandshakeError::Certificate(
+                        crate::identity::CertError::Revoked,
+                    )),
+                });
+            }
+            return;
+        }
         self.events.push_back(EndpointEvent::Connected {
             conn: ConnId(index.0),
             peer: Box::new(est.peer.clone()),
@@ -921,6 +957,10 @@ impl Endpoint {
     }
 
     fn establish_tentative(&mut self, now: Instant, est: Established, dest: Destination) {
+        if self.revoked.contains(&est.peer.certificate.device) {
+            self.stats.revoked_peers += 1;
+            return;
+        }
         let index = est.session.local_index();
         let remote_index = est.session.remote_index();
         self.peers.insert(

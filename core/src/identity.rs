@@ -345,6 +345,9 @@ pub enum CertError {
     /// The certificate is valid but binds a different static key than the one presented.
     #[error("certificate does not bind the key the peer authenticated with")]
     WrongKey,
+    /// The login authority revoked this device.
+    #[error("the device was revoked")]
+    Revoked,
 }
 
 /// A user certificate: the login authority's statement that a device belongs to a user.

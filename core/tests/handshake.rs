@@ -624,3 +624,29 @@ fn ik_survives_a_round_trip_longer_than_the_retransmission_timeout() {
     }
     assert!(connected_a, "IK never completed with a 300 ms round trip");
 }
+
+#[test]
+fn revoked_devices_get_no_session_and_lose_theirs() {
+    let net = TestNetwork::new(1);
+    let now = Instant::now();
+    let mut a = net.endpoint("alice", now);
+    let mut b = net.endpoint("bob", now);
+    a.connect(now, Destination::Udp(addr(2)), None).unwrap();
+    let (ea, _) = pump(&mut a, addr(1), &mut b, addr(2), now);
+    assert_eq!(connected(&ea), 1);
+    // Bob learns alice's device was revoked: her session closes...
+    let alice_device = net.identity("alice").device.device_id();
+    b.revoke(now, [alice_device]);
+    let (_, eb) = pump(&mut a, addr(1), &mut b, addr(2), now);
+    assert_eq!(b.connections().count(), 0);
+    let _ = eb;
+    // ...and she cannot start another, with either pattern.
+    a.connect(now, Destination::Udp(addr(2)), None).unwrap();
+    let bob_key = net.identity("bob").device.dh_public();
+    a.connect(now, Destination::Udp(addr(2)), Some(bob_key))
+        .unwrap();
+    let (_, eb) = pump(&mut a, addr(1), &mut b, addr(2), now);
+    assert_eq!(connected(&eb), 0, "{eb:?}");
+    assert_eq!(b.connections().count(), 0);
+    assert!(b.stats().revoked_peers >= 1);
+}

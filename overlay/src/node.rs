@@ -76,6 +76,10 @@ pub struct NodeConfig {
     pub promotion_uptime: Duration,
     /// NAT re-check interval (default 5 minutes).
     pub nat_recheck: Duration,
+    /// Keep the UDP NAT binding towards the super nodes alive this often with a STUN Binding
+    /// (default 20 s, as the original network did); the answer also tells whether the mapped
+    /// address changed.
+    pub udp_keepalive: Duration,
     /// Most clients as a super node.
     pub max_clients: usize,
 }
@@ -103,6 +107,7 @@ impl NodeConfig {
             attach: AttachConfig::new(rng.bytes32()),
             promotion_uptime: Duration::from_secs(120),
             nat_recheck: Duration::from_secs(300),
+            udp_keepalive: Duration::from_secs(20),
             max_clients: 2000,
         }
     }
@@ -145,6 +150,10 @@ pub struct Node {
     nat: Option<NatProbe>,
     nat_report: Option<NatReport>,
     next_nat_check: Option<Instant>,
+    next_udp_keepalive: Option<Instant>,
+    /// Transaction of the last UDP keep-alive, and the mapped address it last reported.
+    keepalive_probe: Option<TransactionId>,
+    reflexive: Option<SocketAddr>,
     stun: Option<StunServer>,
     supernode: Option<SuperNodeRole>,
     started: Instant,
@@ -203,6 +212,9 @@ impl Node {
             nat: None,
             nat_report: None,
             next_nat_check: None,
+            next_udp_keepalive: None,
+            keepalive_probe: None,
+            reflexive: None,
             stun: None,
             supernode: None,
             started: now,
@@ -269,6 +281,13 @@ impl Node {
     /// Counters.
     pub fn stats(&self) -> NodeStats {
         self.stats
+    }
+
+    /// Refuse sessions with these revoked devices and close the open ones (the runtime fetches
+    /// the authority's signed revocation list).
+    pub fn revoke(&mut self, now: Instant, devices: Vec<natter_core::identity::DeviceId>) {
+        self.endpoint.revoke(now, devices);
+        self.pump(now);
     }
 
     /// Use a renewed certificate from now on.
@@ -404,6 +423,16 @@ impl Node {
                 if self.attacher.probe_answered(now, msg.transaction) {
                     return;
                 }
+                if self.keepalive_probe == Some(msg.transaction) {
+                    self.keepalive_probe = None;
+                    let mapped = msg.mapped_address();
+                    if self.reflexive.is_some() && mapped != self.reflexive {
+                        // The NAT gave us a new mapping (rebinding): re-detect it.
+                        self.next_nat_check = Some(now);
+                    }
+                    self.reflexive = mapped.or(self.reflexive);
+                    return;
+                }
                 if let Some(probe) = self.nat.as_mut() {
                     probe.handle_input(
                         now,
@@ -475,9 +504,13 @@ impl Node {
     fn on_attach_events(&mut self, now: Instant, events: Vec<AttachEvent>) {
         for e in events {
             if let AttachEvent::Attached { super_node, .. } = &e {
-                // First attachment: learn what sits between us and the Internet.
+                // First attachment: learn what sits between us and the Internet, and keep the
+                // UDP binding towards the super nodes alive from now on.
                 if self.nat.is_none() && self.nat_report.is_none() {
                     self.start_nat_probe(now, *super_node);
+                }
+                if self.next_udp_keepalive.is_none() {
+                    self.next_udp_keepalive = Some(now + self.cfg.udp_keepalive);
                 }
                 // As a super node, the link is a membership link too.
                 if let Some(role) = self.supernode.as_mut() {
@@ -745,6 +778,20 @@ impl Machine for Node {
                 let _ = self.endpoint.send_control(now, r.conn, &r.message);
             }
         }
+        if self.next_udp_keepalive.is_some_and(|t| t <= now) {
+            self.next_udp_keepalive = Some(now + self.cfg.udp_keepalive);
+            if let Some(sn) = self.attached().first().copied() {
+                let mut id = [0u8; 12];
+                self.rng.fill(&mut id);
+                let transaction = TransactionId(id);
+                self.keepalive_probe = Some(transaction);
+                self.transmits.push_back(Transmit {
+                    destination: Destination::Udp(sn),
+                    source: None,
+                    payload: Bytes::from(probe_request(transaction)),
+                });
+            }
+        }
         self.pump(now);
     }
 
@@ -769,6 +816,7 @@ impl Machine for Node {
             self.attacher.poll_timeout(),
             self.nat.as_ref().and_then(|p| p.poll_timeout()),
             self.next_nat_check,
+            self.next_udp_keepalive,
             self.supernode.as_ref().map(|r| r.poll_timeout()),
             promotion,
         ]

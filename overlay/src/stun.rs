@@ -216,7 +216,9 @@ impl StunServer {
 
         let mut unknown = request.unknown_required();
         let has_response_port = unknown.contains(&kind::RESPONSE_PORT);
-        unknown.retain(|k| *k != kind::RESPONSE_PORT);
+        // PADDING (RFC 5780 §7.6) only makes the request large (a fragmentation test): it is
+        // understood and ignored.
+        unknown.retain(|k| *k != kind::RESPONSE_PORT && *k != kind::PADDING);
         let change = request.change_request();
         if change.is_some() && self.other.is_none() {
             unknown.push(kind::CHANGE_REQUEST);
@@ -503,10 +505,10 @@ mod tests {
         );
         assert_eq!(m.class, Class::Error);
         assert_eq!(m.error_code(), Some(420));
-        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![
-            kind::USERNAME,
-            kind::PADDING
-        ])));
+        // PADDING is understood (RFC 5780's fragmentation test) and not listed.
+        assert!(m
+            .attributes
+            .contains(&Attribute::UnknownAttributes(vec![kind::USERNAME])));
 
         // Comprehension-optional unknown attributes alone are ignored.
         let (_, req) = request(vec![Attribute::Unknown {

@@ -79,6 +79,18 @@ fn add_node(
     index: u8,
     role: RolePolicy,
 ) -> HostId {
+    let cache = w.bootstrap.clone();
+    add_node_with(w, name, nat, index, role, cache)
+}
+
+fn add_node_with(
+    w: &mut World,
+    name: &str,
+    nat: Option<NatConfig>,
+    index: u8,
+    role: RolePolicy,
+    cache: HostCache,
+) -> HostId {
     let start = w.sim.now();
     let (addr, network_nat) = match nat {
         Some(cfg) => {
@@ -99,8 +111,9 @@ fn add_node(
         addr,
     );
     cfg.role = role;
-    cfg.host_cache = w.bootstrap.clone();
+    cfg.host_cache = cache;
     cfg.promotion_uptime = Duration::from_secs(3);
+    cfg.nat_recheck = Duration::from_secs(10);
     let node = Node::new(cfg, start);
     match network_nat {
         Some(n) => w.sim.add_host_behind(n, name, addr, node),
@@ -281,6 +294,58 @@ fn a_dead_super_node_is_replaced_within_two_seconds() {
             2,
             "{:?}",
             events(&w, *h)
+        );
+    }
+}
+
+#[test]
+fn a_super_node_that_loses_reachability_demotes_itself_and_hands_clients_over() {
+    let mut w = world(3);
+    let p = add_node(&mut w, "promoted", None, 1, RolePolicy::Auto);
+    w.sim.run_for(Duration::from_secs(5));
+    assert!(events(&w, p).contains(&NodeEvent::Promoted));
+    let p_addr = w.sim.host_addrs(p)[0];
+    // Clients that know only the new super node and one other attach to both.
+    let mut cache = HostCache::new();
+    cache.insert(p_addr, None, TEST_WALL);
+    cache.insert(sn_addr(0), None, TEST_WALL);
+    let clients: Vec<HostId> = (0..3u8)
+        .map(|i| {
+            add_node_with(
+                &mut w,
+                &format!("client{i}"),
+                Some(NatConfig::port_restricted_cone()),
+                10 + i,
+                RolePolicy::Forbid,
+                cache.clone(),
+            )
+        })
+        .collect();
+    w.sim.run_for(Duration::from_secs(3));
+    for c in &clients {
+        assert!(
+            w.sim.machine::<Node>(*c).attached().contains(&p_addr),
+            "{:?}",
+            events(&w, *c)
+        );
+    }
+    // The super node's UDP is cut (a firewall appears): its next NAT re-check demotes it.
+    w.sim.set_udp_blocked(p, true);
+    w.sim.run_for(Duration::from_secs(15));
+    assert!(
+        events(&w, p).contains(&NodeEvent::Demoted),
+        "{:?}",
+        events(&w, p)
+    );
+    assert!(!w.sim.machine::<Node>(p).is_super_node());
+    for c in &clients {
+        let attached = w.sim.machine::<Node>(*c).attached();
+        assert!(!attached.contains(&p_addr), "handed over");
+        assert_eq!(
+            attached.len(),
+            2,
+            "re-attached to super nodes learnt from the others: {:?}",
+            events(&w, *c)
         );
     }
 }

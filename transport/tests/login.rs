@@ -10,7 +10,7 @@ use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::password::HashParams;
 use natter_core::login::proto::{LoginError, Version, VersionStatus};
 use natter_transport::login::client::{
-    login, run_operations, ConnectError, DeviceStore, LoginFailure, Renewer,
+    login, run_operations, ConnectError, DeviceStore, LoginFailure, Renewer, RevocationFetcher,
 };
 use natter_transport::login::network::{hex, NetworkFile};
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
@@ -622,4 +622,41 @@ fn certificates_are_renewed_before_they_expire() {
         next,
         "the renewed certificate is stored"
     );
+}
+
+#[test]
+fn super_nodes_fetch_the_signed_revocation_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path().join("kim")).unwrap();
+    assert_eq!(
+        register(&net, &dev, "kim", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let li = login(&net, &dev, "kim", Some(PASSWORD), V, T).unwrap();
+    let sn = DeviceStore::open(tmp.path().join("sn")).unwrap();
+    let (sn_id, _) = sn.identity().unwrap();
+    let fetcher = RevocationFetcher::spawn(net.clone(), sn_id, Duration::from_millis(300));
+    let ev = ops(
+        &net,
+        &dev,
+        vec![Operation::RevokeDevice {
+            user: "kim".into(),
+            password: PASSWORD.into(),
+            device: li.certificate.device,
+        }],
+    );
+    assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
+    let batch = fetcher
+        .revoked()
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the revocation arrives");
+    assert_eq!(batch, vec![li.certificate.device]);
+    // Nothing is handed out twice.
+    assert!(fetcher
+        .revoked()
+        .recv_timeout(Duration::from_millis(800))
+        .is_err());
 }

@@ -474,6 +474,93 @@ impl Drop for Renewer {
     }
 }
 
+/// Keeps a node's copy of the authority's revocation list current: fetches the signed pages
+/// after the last serial seen, every `interval`, and hands newly revoked devices out through
+/// [`RevocationFetcher::revoked`]. Page signatures are checked against the network file's
+/// authority keys (by the login client machine) before anything is handed out.
+pub struct RevocationFetcher {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    revoked: std::sync::mpsc::Receiver<Vec<natter_core::identity::DeviceId>>,
+}
+
+impl std::fmt::Debug for RevocationFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationFetcher").finish_non_exhaustive()
+    }
+}
+
+impl RevocationFetcher {
+    /// Start fetching now and then every `interval`.
+    pub fn spawn(network: NetworkFile, device: DeviceIdentity, interval: Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let version = Version::parse(env!("CARGO_PKG_VERSION")).unwrap_or_default();
+            let mut since = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                // Page until complete (each page is one request on one connection).
+                loop {
+                    let ops = vec![Operation::FetchRevocations { since }];
+                    let page = match run_operations(
+                        &network,
+                        &device,
+                        version,
+                        false,
+                        ops,
+                        Duration::from_secs(15),
+                    ) {
+                        Ok(events) => events.into_iter().find_map(|e| match e {
+                            LoginClientEvent::Revocations(p) => Some(p),
+                            _ => None,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "fetching revocations failed; will retry");
+                            None
+                        }
+                    };
+                    let Some(page) = page else { break };
+                    if let Some(last) = page.entries.last() {
+                        since = last.serial;
+                    }
+                    let devices: Vec<_> = page.entries.iter().map(|r| r.device).collect();
+                    if !devices.is_empty() && tx.send(devices).is_err() {
+                        return;
+                    }
+                    if page.complete {
+                        break;
+                    }
+                }
+                let until = Instant::now() + interval;
+                while Instant::now() < until && !stop2.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+            revoked: rx,
+        }
+    }
+
+    /// Batches of newly revoked devices.
+    pub fn revoked(&self) -> &std::sync::mpsc::Receiver<Vec<natter_core::identity::DeviceId>> {
+        &self.revoked
+    }
+}
+
+impl Drop for RevocationFetcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// True when `certificate` should be renewed at wall-clock time `now`.
 pub fn needs_renewal(certificate: &Certificate, now: UnixTime) -> bool {
     now >= natter_core::login::client::renew_at(certificate)
