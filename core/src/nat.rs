@@ -13,10 +13,12 @@
 //!    change of port only tells address-dependent (answer) from address-and-port-dependent
 //!    (none). (Run after the mapping tests, which send to the other IP, an address-dependent
 //!    filter would already be open for it and pass as endpoint-independent.)
-//! 3. **Mapping** (behind a NAT): a Binding to `A`'s IP at the primary port gives `M2`;
-//!    `M2 == M1` means endpoint-independent mapping. Otherwise a Binding to `A` itself gives
-//!    `M3`: `M3 == M2` means address-dependent mapping, else address-and-port-dependent. Both of
-//!    the latter are "symmetric" for hole punching: the peer cannot predict the port.
+//! 3. **Mapping** (behind a NAT): a Binding to `A` (another IP) gives `M2`; `M2 == M1` means
+//!    endpoint-independent mapping, anything else an address-dependent or
+//!    address-and-port-dependent one, which are the same for hole punching ("symmetric": the
+//!    peer cannot predict the port), so RFC 5780's third mapping test is not needed. `A` may
+//!    be the same host's second address or a partner super node's
+//!    (`natter_overlay::stun::StunServer::single_address`).
 //!
 //! Tests that are expected to go unanswered (filtering) cost their timeout; with the defaults
 //! (3 tries, 200 ms apart) a full classification takes under 2 s in the worst case and a few
@@ -89,6 +91,11 @@ pub struct NatReport {
     pub mapped: Option<SocketAddr>,
     /// How long the probe took.
     pub elapsed: Duration,
+    /// False when the filtering could not be told apart for certain: the server's other
+    /// address is an IP the node had already sent to (a partner super node it probed while
+    /// joining), so an address-dependent filter lets its answer in as if it filtered
+    /// nothing. The report then says address-dependent, the conservative reading.
+    pub filtering_certain: bool,
 }
 
 /// Why a probe could not classify.
@@ -126,6 +133,8 @@ pub struct NatProbeConfig {
     pub interval: Duration,
     /// Randomness for transaction ids.
     pub seed: [u8; 32],
+    /// IPs the node sent UDP to recently (besides the server): their filters may be open.
+    pub contacted: Vec<std::net::IpAddr>,
 }
 
 impl NatProbeConfig {
@@ -137,6 +146,7 @@ impl NatProbeConfig {
             attempts: 3,
             interval: Duration::from_millis(200),
             seed,
+            contacted: Vec::new(),
         }
     }
 }
@@ -144,8 +154,7 @@ impl NatProbeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Test {
     Binding,
-    MappingAltIp,
-    MappingAltBoth,
+    Mapping,
     FilterChangeBoth,
     FilterChangePort,
 }
@@ -167,6 +176,7 @@ pub struct NatProbe {
     other: Option<SocketAddr>,
     public: bool,
     filtering: Option<Filtering>,
+    filtering_certain: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<NatEvent>,
 }
@@ -189,6 +199,7 @@ impl NatProbe {
             other: None,
             public: false,
             filtering: None,
+            filtering_certain: true,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -236,6 +247,7 @@ impl NatProbe {
             nat,
             mapped: self.m1,
             elapsed: now.saturating_duration_since(self.started),
+            filtering_certain: self.filtering_certain,
         }));
     }
 
@@ -252,7 +264,14 @@ impl NatProbe {
         self.start(now, Test::FilterChangeBoth, server, Some((true, true)));
     }
 
-    fn filtering_result(&mut self, now: Instant, filtering: Filtering) {
+    fn filtering_result(&mut self, now: Instant, mut filtering: Filtering) {
+        let other_contacted = self
+            .other
+            .is_some_and(|o| self.cfg.contacted.contains(&o.ip()));
+        if filtering == Filtering::EndpointIndependent && other_contacted {
+            filtering = Filtering::AddressDependent;
+            self.filtering_certain = false;
+        }
         self.filtering = Some(filtering);
         if self.public {
             let nat = if filtering == Filtering::EndpointIndependent {
@@ -263,10 +282,7 @@ impl NatProbe {
             return self.finish(now, nat);
         }
         match self.other {
-            Some(other) => {
-                let alt_ip = SocketAddr::new(other.ip(), self.cfg.server.port());
-                self.start(now, Test::MappingAltIp, alt_ip, None);
-            }
+            Some(other) => self.start(now, Test::Mapping, other, None),
             None => self.fail(NatProbeError::NoOtherAddress),
         }
     }
@@ -296,18 +312,12 @@ impl NatProbe {
                 }
                 self.start_filtering(now);
             }
-            Test::MappingAltIp => {
+            Test::Mapping => {
                 let Some(m2) = mapped else { return };
                 self.m2 = Some(m2);
-                if Some(m2) == self.m1 {
-                    self.mapping_result(now, false);
-                } else if let Some(other) = self.other {
-                    self.start(now, Test::MappingAltBoth, other, None);
-                }
+                let symmetric = Some(m2) != self.m1;
+                self.mapping_result(now, symmetric);
             }
-            // Address-dependent (M3 == M2) or address-and-port-dependent mapping: both
-            // unpredictable for a peer.
-            Test::MappingAltBoth => self.mapping_result(now, true),
             Test::FilterChangeBoth => self.filtering_result(now, Filtering::EndpointIndependent),
             Test::FilterChangePort => self.filtering_result(now, Filtering::AddressDependent),
         }
@@ -320,7 +330,7 @@ impl NatProbe {
             Test::Binding => self.finish(now, NatType::UdpBlocked),
             // The alternate address did not answer although the primary did: treat the
             // mapping as unpredictable (the safe assumption for hole punching).
-            Test::MappingAltIp | Test::MappingAltBoth => self.mapping_result(now, true),
+            Test::Mapping => self.mapping_result(now, true),
             Test::FilterChangeBoth => {
                 let server = self.cfg.server;
                 self.start(now, Test::FilterChangePort, server, Some((false, true)));
@@ -342,11 +352,15 @@ impl Machine for NatProbe {
         let Ok(msg) = Message::decode(data) else {
             return;
         };
-        if msg.class == Class::Success
-            && msg.method == BINDING
-            && msg.transaction == self.transaction
-        {
-            self.answered(now, &msg);
+        if msg.method != BINDING || msg.transaction != self.transaction {
+            return;
+        }
+        match msg.class {
+            Class::Success => self.answered(now, &msg),
+            // A server that cannot change its address for us (no second IP, no partner) says
+            // so: the filtering cannot be tested, rather than silently misread.
+            Class::Error if self.change.is_some() => self.fail(NatProbeError::NoOtherAddress),
+            _ => {}
         }
     }
 

@@ -151,6 +151,9 @@ pub struct Node {
     nat_report: Option<NatReport>,
     next_nat_check: Option<Instant>,
     next_udp_keepalive: Option<Instant>,
+    /// IPs this node sent UDP to (probes, keep-alives), for the NAT probe: their filters
+    /// may be open. Bounded.
+    udp_contacted: Vec<std::net::IpAddr>,
     /// Transaction of the last UDP keep-alive, and the mapped address it last reported.
     keepalive_probe: Option<TransactionId>,
     reflexive: Option<SocketAddr>,
@@ -213,6 +216,7 @@ impl Node {
             nat_report: None,
             next_nat_check: None,
             next_udp_keepalive: None,
+            udp_contacted: Vec::new(),
             keepalive_probe: None,
             reflexive: None,
             stun: None,
@@ -299,14 +303,20 @@ impl Node {
     /// The addresses the driver must bind (UDP and TCP): the listen address and, for a super
     /// node with a STUN alternate, the other three RFC 5780 combinations.
     pub fn bind_addresses(&self) -> Vec<SocketAddr> {
-        match self.cfg.stun_alternate {
-            Some(alt) if self.cfg.role != RolePolicy::Forbid => {
-                StunServer::new(self.cfg.listen, Some(alt))
-                    .map(|s| s.local_addresses())
-                    .unwrap_or_else(|_| vec![self.cfg.listen])
-            }
-            _ => vec![self.cfg.listen],
+        if self.cfg.role == RolePolicy::Forbid {
+            return vec![self.cfg.listen];
         }
+        self.new_stun_server().local_addresses()
+    }
+
+    /// The STUN server this node runs as a super node: with a second IP when it has one,
+    /// else on its one IP with a second port and a partner super node for IP changes.
+    fn new_stun_server(&self) -> StunServer {
+        let listen = self.cfg.listen;
+        self.cfg
+            .stun_alternate
+            .and_then(|alt| StunServer::new(listen, Some(alt)).ok())
+            .unwrap_or_else(|| StunServer::single_address(listen, listen.port().wrapping_add(1)))
     }
 
     /// This host's addresses changed (a new network, a new lease): re-detect and re-attach.
@@ -358,11 +368,7 @@ impl Node {
         if self.supernode.is_some() || self.cfg.role == RolePolicy::Forbid {
             return;
         }
-        let stun = match StunServer::new(self.cfg.listen, self.cfg.stun_alternate) {
-            Ok(s) => s,
-            Err(_) => StunServer::new(self.cfg.listen, None).expect("a primary-only STUN server"),
-        };
-        self.stun = Some(stun.with_software("natter"));
+        self.stun = Some(self.new_stun_server().with_software("natter"));
         let known = self.attacher.cache().share(64, self.wall(now));
         let mut sn_cfg = SuperNodeConfig::new(self.me(), self.rng.bytes32());
         sn_cfg.max_clients = self.cfg.max_clients;
@@ -392,8 +398,24 @@ impl Node {
         self.commands.push_back(StreamCommand::Close { stream });
     }
 
+    fn note_udp(&mut self, to: SocketAddr) {
+        if !self.udp_contacted.contains(&to.ip()) {
+            if self.udp_contacted.len() >= 64 {
+                self.udp_contacted.remove(0);
+            }
+            self.udp_contacted.push(to.ip());
+        }
+    }
+
     fn start_nat_probe(&mut self, now: Instant, server: SocketAddr) {
-        let cfg = NatProbeConfig::new(server, self.cfg.local_addresses.clone(), self.rng.bytes32());
+        let mut cfg =
+            NatProbeConfig::new(server, self.cfg.local_addresses.clone(), self.rng.bytes32());
+        cfg.contacted = self
+            .udp_contacted
+            .iter()
+            .copied()
+            .filter(|ip| *ip != server.ip())
+            .collect();
         self.nat = Some(NatProbe::new(cfg, now));
         self.next_nat_check = Some(now + self.cfg.nat_recheck);
     }
@@ -454,6 +476,7 @@ impl Node {
         for action in actions {
             match action {
                 AttachAction::Probe { addr, transaction } => {
+                    self.note_udp(addr);
                     self.transmits.push_back(Transmit {
                         destination: Destination::Udp(addr),
                         source: None,
@@ -611,6 +634,24 @@ impl Node {
                 _ => {}
             }
         }
+        if let Message::OverlayStunForward {
+            client,
+            transaction,
+        } = &msg
+        {
+            let from = self
+                .supernode
+                .as_ref()
+                .and_then(|r| r.peer_links().into_iter().find(|(c, _)| *c == conn))
+                .map(|(_, a)| a);
+            match (self.stun.as_mut(), from) {
+                (Some(stun), Some(forwarded_by)) => {
+                    stun.answer_for_partner(*client, TransactionId(*transaction), forwarded_by)
+                }
+                _ => self.stats.overlay_dropped += 1,
+            }
+            return;
+        }
         let Some(role) = self.supernode.as_mut() else {
             self.stats.overlay_dropped += 1;
             return;
@@ -699,6 +740,28 @@ impl Node {
                             .is_some_and(|r| r.nat != NatType::Open)
                     {
                         self.demote_inner(now);
+                    }
+                }
+            }
+            if let (Some(stun), Some(role)) = (self.stun.as_mut(), self.supernode.as_ref()) {
+                // A single-address super node pairs with a peer super node on another IP.
+                if stun.other().is_none() {
+                    let links = role.peer_links();
+                    let want = links
+                        .iter()
+                        .map(|(_, a)| *a)
+                        .find(|a| a.ip() != self.cfg.listen.ip());
+                    if stun.partner() != want {
+                        stun.set_partner(want);
+                    }
+                    while let Some(f) = stun.poll_forward() {
+                        if let Some((conn, _)) = links.iter().find(|(_, a)| *a == f.partner) {
+                            let msg = Message::OverlayStunForward {
+                                client: f.client,
+                                transaction: f.transaction.0,
+                            };
+                            let _ = self.endpoint.send_control(now, *conn, &msg);
+                        }
                     }
                 }
             }

@@ -100,9 +100,27 @@ pub struct StunServerStats {
 pub struct StunServer {
     primary: SocketAddr,
     other: Option<SocketAddr>,
+    /// A second port on the primary IP (a host with one address can still change port).
+    alt_port: Option<u16>,
+    /// A partner super node answering "change IP" requests for us (a host with one address).
+    partner: Option<SocketAddr>,
     software: String,
     transmits: VecDeque<Transmit>,
+    forwards: VecDeque<PartnerForward>,
     stats: StunServerStats,
+}
+
+/// A request this server cannot answer itself ("answer from another IP" with no second IP):
+/// the node sends it to the partner super node, which answers the client from its own
+/// address with [`StunServer::answer_for_partner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartnerForward {
+    /// The partner's primary address.
+    pub partner: SocketAddr,
+    /// The client, as this server saw it.
+    pub client: SocketAddr,
+    /// The request's transaction id.
+    pub transaction: natter_core::stun::TransactionId,
 }
 
 impl StunServer {
@@ -124,10 +142,72 @@ impl StunServer {
         Ok(Self {
             primary,
             other,
+            alt_port: None,
+            partner: None,
             software: DEFAULT_SOFTWARE.to_owned(),
             transmits: VecDeque::new(),
+            forwards: VecDeque::new(),
             stats: StunServerStats::default(),
         })
+    }
+
+    /// A server on a host with a single IP: it changes port itself (answering from
+    /// `alt_port` on the primary IP) and, once a partner is set ([`StunServer::set_partner`]),
+    /// advertises the partner as OTHER-ADDRESS and has it answer "change IP" requests. Two
+    /// super nodes together thus provide the RFC 5780 tests that need a second address.
+    pub fn single_address(primary: SocketAddr, alt_port: u16) -> Self {
+        let mut s = Self::new(primary, None).expect("no alternate to check");
+        if alt_port != primary.port() {
+            s.alt_port = Some(alt_port);
+        }
+        s
+    }
+
+    /// Set (or clear) the partner super node (its primary address).
+    pub fn set_partner(&mut self, partner: Option<SocketAddr>) {
+        if self.other.is_none() {
+            self.partner = partner.filter(|p| p.ip() != self.primary.ip());
+        }
+    }
+
+    /// The partner, if any.
+    pub fn partner(&self) -> Option<SocketAddr> {
+        self.partner
+    }
+
+    /// The next request to hand to the partner.
+    pub fn poll_forward(&mut self) -> Option<PartnerForward> {
+        self.forwards.pop_front()
+    }
+
+    /// Answer a Binding request that the partner `forwarded_by` received from `client` and
+    /// could not answer from another IP itself. The answer leaves from our second port when we
+    /// have one: the client may well have probed our primary address while joining, which
+    /// would have opened even a port-restricted filter for it.
+    pub fn answer_for_partner(
+        &mut self,
+        client: SocketAddr,
+        transaction: natter_core::stun::TransactionId,
+        forwarded_by: SocketAddr,
+    ) {
+        let from = self
+            .alt_port
+            .map_or(self.primary, |p| SocketAddr::new(self.primary.ip(), p));
+        let mut attributes = vec![
+            Attribute::XorMappedAddress(client),
+            Attribute::MappedAddress(client),
+            Attribute::ResponseOrigin(from),
+            Attribute::OtherAddress(forwarded_by),
+        ];
+        self.push_software(&mut attributes);
+        let response = Message {
+            class: Class::Success,
+            method: BINDING,
+            transaction,
+            attributes,
+        };
+        self.stats.success_responses += 1;
+        self.send(client, from, &response);
     }
 
     /// Replace the SOFTWARE attribute's text; an empty string leaves SOFTWARE out (some
@@ -151,7 +231,10 @@ impl StunServer {
     /// with an alternate `A1:P1`, `A2:P2`, `A1:P2`, `A2:P1` (primary first, alternate second).
     pub fn local_addresses(&self) -> Vec<SocketAddr> {
         match self.other {
-            None => vec![self.primary],
+            None => match self.alt_port {
+                Some(p) => vec![self.primary, SocketAddr::new(self.primary.ip(), p)],
+                None => vec![self.primary],
+            },
             Some(o) => vec![
                 self.primary,
                 o,
@@ -220,8 +303,19 @@ impl StunServer {
         // understood and ignored.
         unknown.retain(|k| *k != kind::RESPONSE_PORT && *k != kind::PADDING);
         let change = request.change_request();
-        if change.is_some() && self.other.is_none() {
-            unknown.push(kind::CHANGE_REQUEST);
+        if let (Some((change_ip, change_port)), None) = (change, self.other) {
+            // One address: a port change needs our second port, an IP change our partner.
+            // With no way to change anything, every CHANGE-REQUEST gets 420 (RFC 5780 §6).
+            let can = if self.partner.is_none() && self.alt_port.is_none() {
+                false
+            } else if change_ip {
+                self.partner.is_some()
+            } else {
+                !change_port || self.alt_port.is_some()
+            };
+            if !can {
+                unknown.push(kind::CHANGE_REQUEST);
+            }
         }
         if !unknown.is_empty() {
             let attributes = vec![
@@ -250,9 +344,46 @@ impl StunServer {
         };
 
         let (change_ip, change_port) = change.unwrap_or((false, false));
-        let from = self.combine(ip_alt ^ change_ip, port_alt ^ change_port);
         // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; they expect IPv4.
         let mapped = SocketAddr::new(source.ip().to_canonical(), source.port());
+        if self.other.is_none() {
+            if change_ip {
+                if let Some(partner) = self.partner {
+                    self.forwards.push_back(PartnerForward {
+                        partner,
+                        client: destination,
+                        transaction: request.transaction,
+                    });
+                }
+                return;
+            }
+            let from = match (change_port, self.alt_port) {
+                (true, Some(p)) if local.port() == self.primary.port() => {
+                    SocketAddr::new(self.primary.ip(), p)
+                }
+                (true, Some(_)) => self.primary,
+                _ => local_or(self.primary, local),
+            };
+            let mut attributes = vec![
+                Attribute::XorMappedAddress(mapped),
+                Attribute::MappedAddress(mapped),
+                Attribute::ResponseOrigin(from),
+            ];
+            if let Some(partner) = self.partner {
+                attributes.push(Attribute::OtherAddress(partner));
+            }
+            self.push_software(&mut attributes);
+            let response = Message {
+                class: Class::Success,
+                method: BINDING,
+                transaction: request.transaction,
+                attributes,
+            };
+            self.stats.success_responses += 1;
+            self.send(destination, from, &response);
+            return;
+        }
+        let from = self.combine(ip_alt ^ change_ip, port_alt ^ change_port);
         let mut attributes = vec![
             Attribute::XorMappedAddress(mapped),
             Attribute::MappedAddress(mapped),
@@ -302,6 +433,15 @@ impl StunServer {
             source: Some(from),
             payload: Bytes::from(message.encode()),
         });
+    }
+}
+
+/// The local address a request arrived on when it is one of ours, else the primary.
+fn local_or(primary: SocketAddr, local: SocketAddr) -> SocketAddr {
+    if local.ip() == primary.ip() {
+        local
+    } else {
+        primary
     }
 }
 

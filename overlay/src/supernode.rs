@@ -158,6 +158,13 @@ impl SuperNodeRole {
         v
     }
 
+    /// Sessions with other super nodes and their addresses, in address order.
+    pub fn peer_links(&self) -> Vec<(ConnId, SocketAddr)> {
+        let mut v: Vec<(ConnId, SocketAddr)> = self.peers.iter().map(|(c, a)| (*c, *a)).collect();
+        v.sort_by_key(|(_, a)| *a);
+        v
+    }
+
     /// True when this super node is full.
     pub fn is_full(&self) -> bool {
         self.clients.len() >= self.cfg.max_clients

@@ -200,3 +200,76 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
     assert!(all_attached(&nodes, 2));
     server.shutdown();
 }
+
+/// A strict firewall: UDP and the super nodes' main and fallback TCP ports are unreachable,
+/// only their TLS port answers. Nodes still attach, over TLS.
+#[test]
+fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
+    use natter_core::attach::{AttachEvent, LinkTransport};
+    use natter_overlay::node::NodeEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts =
+        LoginServerOptions::new(dir.path().join("login"), "127.0.0.1:0".parse().unwrap());
+    opts.hash_params = HashParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let server = LoginServerHandle::start(opts).unwrap();
+    let net = server.network().clone();
+    let mut bootstrap = HostCache::new();
+    let mut sns = Vec::new();
+    for i in 0..2 {
+        let p = free_ports(i as u16 * 31 + 7 + std::process::id() as u16);
+        let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+        bootstrap.insert(addr, None, wall_clock());
+        let id = enrol(&net, dir.path(), &format!("tls-sn{i}"));
+        let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), addr);
+        cfg.role = RolePolicy::Force;
+        // Its UDP socket sits elsewhere (nothing answers on the main port), and only the TLS
+        // port (main + 2) listens for TCP.
+        let rt = Runtime::spawn(
+            RuntimeConfig {
+                udp: vec!["127.0.0.1:0".parse().unwrap()],
+                tcp: vec![(SocketAddr::new(addr.ip(), p + 2), true)],
+            },
+            move |now, _| {
+                cfg.clock_anchor = now;
+                Node::new(cfg, now)
+            },
+        )
+        .unwrap();
+        sns.push(rt);
+    }
+    let id = enrol(&net, dir.path(), "walled");
+    let cache = bootstrap.clone();
+    let node = Runtime::spawn(
+        RuntimeConfig {
+            udp: vec!["127.0.0.1:0".parse().unwrap()],
+            tcp: vec![],
+        },
+        move |now, addrs| {
+            let mut cfg = NodeConfig::new(id, [9; 32], wall_clock(), now, addrs[0]);
+            cfg.role = RolePolicy::Forbid;
+            cfg.host_cache = cache;
+            Node::new(cfg, now)
+        },
+    )
+    .unwrap();
+    let mut via_tls = 0;
+    let mut udp_blocked = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while via_tls < 2 && Instant::now() < deadline {
+        match node.events().recv_timeout(Duration::from_millis(100)) {
+            Ok(NodeEvent::Attach(AttachEvent::UdpBlocked)) => udp_blocked = true,
+            Ok(NodeEvent::Attach(AttachEvent::Attached { transport, .. })) => {
+                assert_eq!(transport, LinkTransport::Tls);
+                via_tls += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(udp_blocked, "the probes went unanswered");
+    assert_eq!(via_tls, 2, "two links over the TLS port");
+    server.shutdown();
+}

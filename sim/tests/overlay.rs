@@ -32,6 +32,11 @@ struct World {
 }
 
 fn world(seed: u64) -> World {
+    world_with(seed, true)
+}
+
+/// `alternates`: each super node has a second IP; without, they pair up for RFC 5780.
+fn world_with(seed: u64, alternates: bool) -> World {
     let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
         seed,
         internet: LinkConfig::with_latency(Duration::from_millis(20))
@@ -54,7 +59,7 @@ fn world(seed: u64) -> World {
             sn_addr(i),
         );
         cfg.role = RolePolicy::Force;
-        cfg.stun_alternate = Some(sn_alt(i));
+        cfg.stun_alternate = alternates.then(|| sn_alt(i));
         cfg.host_cache = bootstrap.clone();
         let node = Node::new(cfg, start);
         let addrs = node.bind_addresses();
@@ -347,5 +352,76 @@ fn a_super_node_that_loses_reachability_demotes_itself_and_hands_clients_over() 
             "re-attached to super nodes learnt from the others: {:?}",
             events(&w, *c)
         );
+    }
+}
+
+#[test]
+fn single_address_super_nodes_pair_up_for_nat_detection() {
+    let mut w = world_with(4, false);
+    let cases: Vec<(&str, Option<NatConfig>, NatType)> = vec![
+        ("public", None, NatType::Open),
+        (
+            "fullcone",
+            Some(NatConfig::full_cone()),
+            NatType::EndpointIndependent(Filtering::EndpointIndependent),
+        ),
+        (
+            "restricted",
+            Some(NatConfig::restricted_cone()),
+            NatType::EndpointIndependent(Filtering::AddressDependent),
+        ),
+        (
+            "portrestricted",
+            Some(NatConfig::port_restricted_cone()),
+            NatType::EndpointIndependent(Filtering::AddressAndPortDependent),
+        ),
+        (
+            "symmetric",
+            Some(NatConfig::symmetric()),
+            NatType::Symmetric,
+        ),
+    ];
+    // Let the super nodes link up and pick partners first.
+    w.sim.run_for(Duration::from_secs(3));
+    let mut hosts = Vec::new();
+    for (i, (name, nat, _)) in cases.iter().enumerate() {
+        hosts.push(add_node(
+            &mut w,
+            name,
+            nat.clone(),
+            i as u8 + 1,
+            RolePolicy::Forbid,
+        ));
+    }
+    w.sim.run_for(Duration::from_secs(8));
+    for ((name, _, expected), h) in cases.iter().zip(&hosts) {
+        let report = events(&w, *h)
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                NodeEvent::Nat(r) => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name}: no NAT report"));
+        // The partner's IP was probed while joining, so its answer cannot tell an
+        // endpoint-independent filter from an address-dependent one: the report says
+        // address-dependent and flags it; every other result is exact.
+        let conservative = NatType::EndpointIndependent(Filtering::AddressDependent);
+        match expected {
+            NatType::EndpointIndependent(Filtering::EndpointIndependent)
+                if !report.filtering_certain =>
+            {
+                assert_eq!(report.nat, conservative, "{name}")
+            }
+            // Likewise "open" cannot be verified: reported as filtered, so no promotion.
+            NatType::Open if !report.filtering_certain => {
+                assert_eq!(
+                    report.nat,
+                    NatType::PublicFiltered(Filtering::AddressDependent),
+                    "{name}"
+                )
+            }
+            _ => assert_eq!(report.nat, *expected, "{name}: {report:?}"),
+        }
     }
 }

@@ -147,6 +147,8 @@ message_types! {
     OverlayMembership = 0x23,
     /// Reserved: an SN hands its clients over before demoting itself.
     OverlayHandover = 0x24,
+    /// A single-address super node asks its partner to answer a STUN "change IP" request.
+    OverlayStunForward = 0x25,
     /// Reserved: store a signed presence record in the index.
     IndexStore = 0x30,
     /// Reserved: search the index for a user name.
@@ -296,6 +298,14 @@ pub enum Message<'a> {
         /// Where to go.
         entries: Vec<HostEntry>,
     },
+    /// Answer this client's STUN Binding from your address (RFC 5780 "change IP" for a
+    /// super node that has only one).
+    OverlayStunForward {
+        /// The client as the forwarding super node saw it.
+        client: SocketAddr,
+        /// The request's transaction id.
+        transaction: [u8; 12],
+    },
 }
 
 impl<'a> Message<'a> {
@@ -312,6 +322,7 @@ impl<'a> Message<'a> {
             Message::OverlayHostCache { .. } => MessageType::OverlayHostCache,
             Message::OverlayMembership { .. } => MessageType::OverlayMembership,
             Message::OverlayHandover { .. } => MessageType::OverlayHandover,
+            Message::OverlayStunForward { .. } => MessageType::OverlayStunForward,
         }
     }
 
@@ -376,6 +387,10 @@ impl<'a> Message<'a> {
             MessageType::OverlayHandover => Message::OverlayHandover {
                 entries: read_entries(&mut r)?,
             },
+            MessageType::OverlayStunForward => Message::OverlayStunForward {
+                client: read_addr(&mut r)?,
+                transaction: r.array()?,
+            },
             other => return Err(DecodeError::Unimplemented(other)),
         };
         r.finish()?;
@@ -415,6 +430,13 @@ impl<'a> Message<'a> {
             Message::OverlayHostCache { entries }
             | Message::OverlayMembership { entries }
             | Message::OverlayHandover { entries } => put_entries(out, entries),
+            Message::OverlayStunForward {
+                client,
+                transaction,
+            } => {
+                put_addr(out, client);
+                out.put_slice(transaction);
+            }
         }
     }
 }
@@ -480,6 +502,10 @@ mod tests {
                 entries: vec![e; MAX_HOST_ENTRIES],
             },
             Message::OverlayHandover { entries: vec![e6] },
+            Message::OverlayStunForward {
+                client: "198.18.3.3:999".parse().unwrap(),
+                transaction: [5; 12],
+            },
         ] {
             let mut b = BytesMut::new();
             m.encode(&mut b);
