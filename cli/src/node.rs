@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use natter_core::attach::AttachEvent;
 use natter_core::handshake::{Capabilities, LocalIdentity};
-use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
+use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::login::client::{login, DeviceStore, Renewer, RevocationFetcher};
 use natter_transport::login::network::NetworkFile;
 use natter_transport::netwatch::{local_addresses, NetWatch};
@@ -150,6 +150,8 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         if let Ok(e) = rt.events().recv_timeout(Duration::from_secs(1)) {
             describe(&e);
         }
+        let (cpu, bytes_per_sec) = rt.load();
+        rt.command(move |n, now| n.report_load(now, Load { cpu, bytes_per_sec }));
         if last_save.elapsed() >= Duration::from_secs(60) {
             let cache = rt.command(|n, _| n.host_cache().clone());
             if let Err(e) = save_host_cache(&cache_path, &cache) {

@@ -240,6 +240,32 @@ impl Attacher {
         v
     }
 
+    /// A one-line description of the attacher's state, for status output and diagnostics.
+    pub fn describe(&self, now: Instant) -> String {
+        let mut links: Vec<String> = self
+            .links
+            .values()
+            .map(|l| {
+                format!(
+                    "{}:{:?}/{:?} {}ms",
+                    l.entry.addr,
+                    l.state,
+                    l.transport,
+                    now.saturating_duration_since(l.since).as_millis()
+                )
+            })
+            .collect();
+        links.sort();
+        format!(
+            "links [{}]; probes {} (window {:?}); next round {:?}; failed rounds {}",
+            links.join(", "),
+            self.probes.len(),
+            self.probing_until.map(|t| t.saturating_duration_since(now)),
+            self.next_round.map(|t| t.saturating_duration_since(now)),
+            self.failed_rounds
+        )
+    }
+
     /// True when UDP probes went unanswered in the last round.
     pub fn udp_blocked(&self) -> bool {
         self.udp_blocked
@@ -310,6 +336,7 @@ impl Attacher {
     /// A STUN Binding answer arrived (the facade matches answers to probes by transaction).
     /// Returns true when it was one of the attacher's probes.
     pub fn probe_answered(&mut self, now: Instant, transaction: TransactionId) -> bool {
+        let first = self.probes.iter().all(|p| p.rtt.is_none());
         let Some(p) = self
             .probes
             .iter_mut()
@@ -317,11 +344,20 @@ impl Attacher {
         else {
             return false;
         };
+        let rtt = now.saturating_duration_since(p.sent);
         if p.rtt.is_none() {
-            p.rtt = Some(now.saturating_duration_since(p.sent));
+            p.rtt = Some(rtt);
+        }
+        // After the first answer, the others get at most twice its round trip (at least
+        // 20 ms): a candidate that has not answered by then is probably gone, and waiting the
+        // whole window for it only delays the links (a fail-over measured 300 ms of waiting
+        // for the dead super node's probe before this).
+        if first {
+            let cap = now + (rtt * 2).max(Duration::from_millis(20));
+            self.probing_until = Some(self.probing_until.map_or(cap, |t| t.min(cap)));
         }
         // Enough answers to fill the missing links (plus a spare), or everyone answered: no
-        // need to wait out the window for a super node that may be dead.
+        // need to wait any longer.
         let answered = self.probes.iter().filter(|p| p.rtt.is_some()).count();
         let want = self.cfg.links.saturating_sub(self.attached_count()) + 1;
         if answered >= want.min(self.probes.len()) {
@@ -348,6 +384,7 @@ impl Attacher {
         for p in probes.into_iter().take(want + 1) {
             self.open(now, p.entry, LinkTransport::Tcp, p.rtt);
         }
+        self.ensure_round(now);
     }
 
     fn port_for(&self, entry: &CacheEntry, transport: LinkTransport) -> SocketAddr {
@@ -453,6 +490,7 @@ impl Attacher {
         if self.next_refresh.is_none() {
             self.next_refresh = Some(now + self.cfg.refresh_interval);
         }
+        self.ensure_round(now);
         // Enough links: drop the spares still connecting.
         if self.attached_count() >= self.cfg.links {
             let spares: Vec<StreamId> = self
@@ -522,6 +560,24 @@ impl Attacher {
         if !self.links.contains_key(&stream) {
             self.actions.push(AttachAction::CloseStream { stream });
         }
+        self.ensure_round(now);
+    }
+
+    /// The invariant: fewer links attached or in progress than wanted, no probe round under
+    /// way and none scheduled means a round is due. (A round can open fewer links than missing,
+    /// when fewer super nodes answered its probes; without this nothing would look again.)
+    fn ensure_round(&mut self, now: Instant) {
+        if self.attached_count() + self.in_progress() < self.cfg.links
+            && self.probes.is_empty()
+            && self.probing_until.is_none()
+            && self.next_round.is_none()
+        {
+            if self.attached_count() == 0 && self.in_progress() == 0 {
+                self.schedule_retry(now);
+            } else {
+                self.next_round = Some(now);
+            }
+        }
     }
 
     fn maybe_next_round(&mut self, now: Instant) {
@@ -560,6 +616,7 @@ impl Attacher {
                 self.actions.push(AttachAction::RequestHostCache { stream });
             }
         }
+        self.ensure_round(now);
     }
 
     /// The next deadline.
@@ -584,5 +641,62 @@ impl Attacher {
     /// Events to report, in order.
     pub fn drain_events(&mut self) -> Vec<AttachEvent> {
         std::mem::take(&mut self.events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(n: u8) -> HostCache {
+        let mut c = HostCache::new();
+        for i in 0..n {
+            c.insert(SocketAddr::from(([198, 18, 0, i], 4000)), None, UnixTime(1));
+        }
+        c
+    }
+
+    /// Drive a round in which only one super node answers its probe: after that link
+    /// attaches, another round must look for the second link.
+    #[test]
+    fn a_round_with_too_few_answers_is_followed_by_another() {
+        let t0 = Instant::now();
+        let mut a = Attacher::new(AttachConfig::new([1; 32]), cache(5));
+        a.start(t0, UnixTime(1));
+        let probes: Vec<_> = a
+            .drain_actions()
+            .into_iter()
+            .filter_map(|x| match x {
+                AttachAction::Probe { transaction, .. } => Some(transaction),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(probes.len(), 5);
+        // One answer, then the adaptive window closes.
+        let t1 = t0 + Duration::from_millis(5);
+        a.probe_answered(t1, probes[0]);
+        let t2 = t1 + Duration::from_millis(30);
+        a.handle_timeout(t2, UnixTime(1));
+        let actions = a.drain_actions();
+        let opened: Vec<StreamId> = actions
+            .iter()
+            .filter_map(|x| match x {
+                AttachAction::OpenStream { stream, .. } => Some(*stream),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opened.len(), 1, "only one super node answered");
+        // One link for two wanted: a new round looks for the other at once, in parallel.
+        let probes_again = actions
+            .iter()
+            .filter(|x| matches!(x, AttachAction::Probe { .. }))
+            .count();
+        assert_eq!(probes_again, 4, "the other candidates are probed again");
+        a.stream_opened(t2, opened[0]);
+        a.session_established(t2, opened[0], [7; 32]);
+        let addr: SocketAddr = "198.18.9.9:1".parse().unwrap();
+        a.attach_answered(t2, UnixTime(1), opened[0], true, addr, &[]);
+        assert_eq!(a.attached().len(), 1);
+        assert!(a.describe(t2).contains("probes 4"), "{}", a.describe(t2));
     }
 }

@@ -62,6 +62,8 @@ pub struct EndpointConfig {
     pub max_pending_responses: usize,
     /// At most this many established sessions.
     pub max_sessions: usize,
+    /// At most this many streams at once (a super node needs one per TCP client).
+    pub max_streams: usize,
 }
 
 impl EndpointConfig {
@@ -80,6 +82,7 @@ impl EndpointConfig {
             handshake_attempts: 10,
             max_pending_responses: 1024,
             max_sessions: 4096,
+            max_streams: 4096,
         }
     }
 }
@@ -231,7 +234,10 @@ pub struct EndpointStats {
 const EARLY_DATA_LIMIT: usize = 8;
 const MAX_HANDSHAKE_RTO: Duration = Duration::from_secs(2);
 const RESPONDER_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_STREAMS: usize = 1024;
+/// Timers are coalesced onto ticks of this length: with N sessions each wanting a keep-alive
+/// every 20 s at its own moment, the endpoint scans its sessions at most 20 times a second
+/// instead of N/20 times (an O(N) scan each: quadratic for a super node).
+const TIMER_TICK: Duration = Duration::from_millis(50);
 /// IK initiations older than this (by their wall-clock timestamp) are refused as replays.
 const IK_MAX_AGE_SECS: u64 = 300;
 const IK_SEEN_LIMIT: usize = 65_536;
@@ -305,6 +311,9 @@ pub struct Endpoint {
     stats: EndpointStats,
     scratch: Vec<u8>,
     next_ping: u32,
+    /// The earliest pending deadline, never later than the true one: lowered when a deadline
+    /// is created, recomputed after each `handle_timeout`. Keeps `poll_timeout` O(1).
+    deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -335,6 +344,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             scratch: Vec::with_capacity(MAX_DATAGRAM),
             next_ping: 0,
+            deadline: None,
         }
     }
 
@@ -391,6 +401,32 @@ impl Endpoint {
             .map(|p| &p.info)
     }
 
+    /// A deadline was created at `at`.
+    fn arm(&mut self, at: Instant) {
+        self.deadline = Some(self.deadline.map_or(at, |d| d.min(at)));
+    }
+
+    /// The true earliest deadline (an O(n) scan; after `handle_timeout` only).
+    fn recompute_deadline(&mut self) {
+        let inits = self.initiations.values().map(|i| i.next_retry);
+        let resp = self.responding.values().map(|r| r.expires);
+        let peers = self.peers.values().flat_map(|p| {
+            if let Some(at) = p.tentative {
+                return [Some(at + RESPONDER_TIMEOUT), None, None]
+                    .into_iter()
+                    .flatten();
+            }
+            [
+                Some(p.last_sent + self.cfg.keepalive_interval),
+                Some(p.last_received + self.cfg.idle_timeout),
+                p.unconfirmed_final.as_ref().map(|(_, at, _)| *at),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        self.deadline = inits.chain(resp).chain(peers).min();
+    }
+
     fn wall(&self, now: Instant) -> UnixTime {
         UnixTime(
             self.cfg.wall_anchor.0
@@ -423,6 +459,7 @@ impl Endpoint {
     ) -> Result<ConnId, HandshakeError> {
         let index = self.fresh_index();
         let init = self.initiation(now, index, dest, peer_static, 1)?;
+        self.arm(init.next_retry);
         self.send_raw(&init.dest, init.packet.clone());
         self.initiations.insert(index, init);
         Ok(ConnId(index.0))
@@ -773,6 +810,7 @@ impl Endpoint {
             Ok((handshake, Step::Send(reply))) => {
                 let reply = Bytes::from(reply);
                 self.send_raw(&from, reply.clone());
+                self.arm(now + RESPONDER_TIMEOUT);
                 self.responding.insert(
                     index,
                     Responding {
@@ -939,6 +977,10 @@ impl Endpoint {
             initiator,
         });
         let remote_index = est.session.remote_index();
+        self.arm(now + self.cfg.keepalive_interval.min(self.cfg.idle_timeout));
+        if let Some((_, at, _)) = &unconfirmed_final {
+            self.arm(*at);
+        }
         self.peers.insert(
             index,
             Peer {
@@ -963,6 +1005,7 @@ impl Endpoint {
         }
         let index = est.session.local_index();
         let remote_index = est.session.remote_index();
+        self.arm(now + RESPONDER_TIMEOUT);
         self.peers.insert(
             index,
             Peer {
@@ -1008,7 +1051,7 @@ impl Endpoint {
         if self.broken_streams.contains(&stream) {
             return;
         }
-        if !self.streams.contains_key(&stream) && self.streams.len() >= MAX_STREAMS {
+        if !self.streams.contains_key(&stream) && self.streams.len() >= self.cfg.max_streams {
             self.stats.streams_failed += 1;
             self.broken_streams.insert(stream);
             self.events
@@ -1163,6 +1206,7 @@ impl Machine for Endpoint {
         for index in keepalive {
             let _ = self.send_message(now, index, Message::KeepAlive);
         }
+        self.recompute_deadline();
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -1174,22 +1218,15 @@ impl Machine for Endpoint {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let inits = self.initiations.values().map(|i| i.next_retry);
-        let resp = self.responding.values().map(|r| r.expires);
-        let peers = self.peers.values().flat_map(|p| {
-            if let Some(at) = p.tentative {
-                return [Some(at + RESPONDER_TIMEOUT), None, None]
-                    .into_iter()
-                    .flatten();
-            }
-            [
-                Some(p.last_sent + self.cfg.keepalive_interval),
-                Some(p.last_received + self.cfg.idle_timeout),
-                p.unconfirmed_final.as_ref().map(|(_, at, _)| *at),
-            ]
-            .into_iter()
-            .flatten()
-        });
-        inits.chain(resp).chain(peers).min()
+        // Round up to the next tick after the anchor, so nearby deadlines share one wake-up.
+        self.deadline.map(|d| {
+            let since = d
+                .saturating_duration_since(self.cfg.clock_anchor)
+                .as_nanos();
+            let tick = TIMER_TICK.as_nanos();
+            let ticks = since.div_ceil(tick);
+            let rounded = u64::try_from(ticks * tick).unwrap_or(u64::MAX);
+            self.cfg.clock_anchor + Duration::from_nanos(rounded)
+        })
     }
 }

@@ -82,6 +82,26 @@ pub struct NodeConfig {
     pub udp_keepalive: Duration,
     /// Most clients as a super node.
     pub max_clients: usize,
+    /// Promote only while the node's load is at most this (busy fraction of its event loop,
+    /// default 0.5): a super node needs spare CPU.
+    pub max_promotion_load: f32,
+    /// A super node whose load stays above this (default 0.9) for `overload_for` (default
+    /// 30 s) gives the role up and hands its clients over.
+    pub overload: f32,
+    /// See `overload`.
+    pub overload_for: Duration,
+    /// The node's uplink capacity in bytes per second, when the operator knows it: promotion
+    /// then also needs half of it spare.
+    pub uplink_bytes_per_sec: Option<u64>,
+}
+
+/// How busy a node is, measured by its runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Load {
+    /// Fraction of the time its event loop was busy (0 to 1).
+    pub cpu: f32,
+    /// Bytes per second it sent and received.
+    pub bytes_per_sec: u64,
 }
 
 impl NodeConfig {
@@ -109,6 +129,10 @@ impl NodeConfig {
             nat_recheck: Duration::from_secs(300),
             udp_keepalive: Duration::from_secs(20),
             max_clients: 2000,
+            max_promotion_load: 0.5,
+            overload: 0.9,
+            overload_for: Duration::from_secs(30),
+            uplink_bytes_per_sec: None,
         }
     }
 }
@@ -154,6 +178,8 @@ pub struct Node {
     /// IPs this node sent UDP to (probes, keep-alives), for the NAT probe: their filters
     /// may be open. Bounded.
     udp_contacted: Vec<std::net::IpAddr>,
+    load: Option<Load>,
+    overloaded_since: Option<Instant>,
     /// Transaction of the last UDP keep-alive, and the mapped address it last reported.
     keepalive_probe: Option<TransactionId>,
     reflexive: Option<SocketAddr>,
@@ -204,6 +230,8 @@ impl Node {
             cfg.clock_anchor,
         );
         ep_cfg.max_sessions = cfg.max_clients + 64;
+        // A super node holds one TCP stream per client.
+        ep_cfg.max_streams = cfg.max_clients + 64;
         let endpoint = Endpoint::new(ep_cfg);
         let mut cache = std::mem::take(&mut cfg.host_cache);
         cache.remove(cfg.listen);
@@ -217,6 +245,8 @@ impl Node {
             next_nat_check: None,
             next_udp_keepalive: None,
             udp_contacted: Vec::new(),
+            load: None,
+            overloaded_since: None,
             keepalive_probe: None,
             reflexive: None,
             stun: None,
@@ -272,6 +302,11 @@ impl Node {
         self.nat_report.as_ref()
     }
 
+    /// A one-line description of how this node is joined (for status output).
+    pub fn describe_attach(&self, now: Instant) -> String {
+        self.attacher.describe(now)
+    }
+
     /// The host cache (to persist it).
     pub fn host_cache(&self) -> &HostCache {
         self.attacher.cache()
@@ -285,6 +320,40 @@ impl Node {
     /// Counters.
     pub fn stats(&self) -> NodeStats {
         self.stats
+    }
+
+    /// The runtime's measurement of how busy this node is: promotion needs spare capacity, and
+    /// a super node that stays overloaded gives the role up.
+    pub fn report_load(&mut self, now: Instant, load: Load) {
+        self.load = Some(load);
+        if load.cpu > self.cfg.overload {
+            self.overloaded_since.get_or_insert(now);
+        } else {
+            self.overloaded_since = None;
+        }
+        self.check_overload(now);
+        self.pump(now);
+    }
+
+    fn check_overload(&mut self, now: Instant) {
+        let sustained = self
+            .overloaded_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.overload_for);
+        if sustained && self.supernode.is_some() && self.cfg.role == RolePolicy::Auto {
+            self.overloaded_since = None;
+            self.demote_inner(now);
+        }
+    }
+
+    fn has_spare_capacity(&self) -> bool {
+        let Some(load) = self.load else {
+            return true;
+        };
+        let bandwidth_ok = self
+            .cfg
+            .uplink_bytes_per_sec
+            .is_none_or(|cap| load.bytes_per_sec <= cap / 2);
+        load.cpu <= self.cfg.max_promotion_load && bandwidth_ok
     }
 
     /// Refuse sessions with these revoked devices and close the open ones (the runtime fetches
@@ -325,7 +394,10 @@ impl Node {
             return;
         }
         self.cfg.local_addresses = addresses;
-        self.next_nat_check = Some(now);
+        // What we knew about our NAT is stale: the next attachment probes it again.
+        self.nat_report = None;
+        self.nat = None;
+        self.next_nat_check = None;
         let links: Vec<StreamId> = self
             .attacher
             .attached()
@@ -686,7 +758,10 @@ impl Node {
             .nat_report
             .as_ref()
             .is_some_and(|r| r.nat == NatType::Open);
-        if open && now.saturating_duration_since(self.started) >= self.cfg.promotion_uptime {
+        if open
+            && self.has_spare_capacity()
+            && now.saturating_duration_since(self.started) >= self.cfg.promotion_uptime
+        {
             self.promote(now);
             return true;
         }
@@ -833,7 +908,9 @@ impl Machine for Node {
             if let Some(sn) = self.attached().first().copied() {
                 self.start_nat_probe(now, sn);
             } else {
-                self.next_nat_check = Some(now + self.cfg.nat_recheck);
+                // Not attached right now: the next attachment starts a probe anyway.
+                self.next_nat_check = None;
+                self.nat_report = None;
             }
         }
         if let Some(role) = self.supernode.as_mut() {
@@ -841,9 +918,14 @@ impl Machine for Node {
                 let _ = self.endpoint.send_control(now, r.conn, &r.message);
             }
         }
+        self.check_overload(now);
         if self.next_udp_keepalive.is_some_and(|t| t <= now) {
             self.next_udp_keepalive = Some(now + self.cfg.udp_keepalive);
-            if let Some(sn) = self.attached().first().copied() {
+            // No UDP binding to keep when UDP is blocked.
+            let target = (!self.attacher.udp_blocked())
+                .then(|| self.attached().first().copied())
+                .flatten();
+            if let Some(sn) = target {
                 let mut id = [0u8; 12];
                 self.rng.fill(&mut id);
                 let transaction = TransactionId(id);
@@ -867,8 +949,11 @@ impl Machine for Node {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        // Only while promotion is actually possible: without spare capacity the deadline would
+        // stay in the past and the timer would spin (a new load report re-evaluates it).
         let promotion = (self.cfg.role == RolePolicy::Auto
             && self.supernode.is_none()
+            && self.has_spare_capacity()
             && self
                 .nat_report
                 .as_ref()
@@ -880,6 +965,9 @@ impl Machine for Node {
             self.nat.as_ref().and_then(|p| p.poll_timeout()),
             self.next_nat_check,
             self.next_udp_keepalive,
+            self.overloaded_since
+                .filter(|_| self.supernode.is_some())
+                .map(|t| t + self.cfg.overload_for),
             self.supernode.as_ref().map(|r| r.poll_timeout()),
             promotion,
         ]

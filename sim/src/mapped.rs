@@ -81,4 +81,8 @@ impl<M: Machine, E> Machine for Mapped<M, E> {
     fn poll_timeout(&self) -> Option<Instant> {
         self.inner.poll_timeout()
     }
+
+    fn poll_stream_command(&mut self) -> Option<natter_core::sansio::StreamCommand> {
+        self.inner.poll_stream_command()
+    }
 }

@@ -11,7 +11,7 @@ use natter_core::attach::AttachEvent;
 use natter_core::hostcache::HostCache;
 use natter_core::nat::{Filtering, NatType};
 use natter_core::testkit::{TestNetwork, TEST_WALL};
-use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
+use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_sim::{HostId, LinkConfig, NatConfig, Sim, SimConfig};
 
 const SUPER_NODES: u8 = 3;
@@ -424,4 +424,106 @@ fn single_address_super_nodes_pair_up_for_nat_detection() {
             _ => assert_eq!(report.nat, *expected, "{name}: {report:?}"),
         }
     }
+}
+
+#[test]
+fn promotion_needs_spare_capacity_and_overload_demotes() {
+    let mut w = world(5);
+    let busy = add_node(&mut w, "busy", None, 1, RolePolicy::Auto);
+    let idle = add_node(&mut w, "idle", None, 2, RolePolicy::Auto);
+    w.sim.with_machine(busy, |n: &mut Node, now| {
+        n.report_load(
+            now,
+            Load {
+                cpu: 0.8,
+                bytes_per_sec: 0,
+            },
+        )
+    });
+    w.sim.with_machine(idle, |n: &mut Node, now| {
+        n.report_load(
+            now,
+            Load {
+                cpu: 0.1,
+                bytes_per_sec: 0,
+            },
+        )
+    });
+    w.sim.run_for(Duration::from_secs(6));
+    assert!(
+        !events(&w, busy).contains(&NodeEvent::Promoted),
+        "no spare CPU, no promotion"
+    );
+    assert!(events(&w, idle).contains(&NodeEvent::Promoted));
+    // The new super node becomes overloaded and stays so: it gives the role up.
+    w.sim.with_machine(idle, |n: &mut Node, now| {
+        n.report_load(
+            now,
+            Load {
+                cpu: 0.97,
+                bytes_per_sec: 0,
+            },
+        )
+    });
+    w.sim.run_for(Duration::from_secs(10));
+    assert!(
+        w.sim.machine::<Node>(idle).is_super_node(),
+        "a short spike is tolerated"
+    );
+    w.sim.run_for(Duration::from_secs(25));
+    assert!(events(&w, idle).contains(&NodeEvent::Demoted));
+    assert!(!w.sim.machine::<Node>(idle).is_super_node());
+}
+
+#[test]
+fn a_network_change_re_detects_and_re_attaches() {
+    let mut w = world(6);
+    let n = add_node(
+        &mut w,
+        "roamer",
+        Some(NatConfig::port_restricted_cone()),
+        1,
+        RolePolicy::Forbid,
+    );
+    w.sim.run_for(Duration::from_secs(3));
+    assert_eq!(w.sim.machine::<Node>(n).attached().len(), 2);
+    let before = events(&w, n)
+        .iter()
+        .filter(|e| matches!(e, NodeEvent::Nat(_)))
+        .count();
+    let attached_before = events(&w, n)
+        .iter()
+        .filter(|e| matches!(e, NodeEvent::Attach(AttachEvent::Attached { .. })))
+        .count();
+    // A new address (Wi-Fi to cable): the node drops its links, re-attaches, re-detects.
+    let t = w.sim.elapsed();
+    w.sim.with_machine(n, |m: &mut Node, now| {
+        m.set_local_addresses(
+            now,
+            vec![
+                "10.0.0.2:5000".parse().unwrap(),
+                "10.0.1.2:5000".parse().unwrap(),
+            ],
+        )
+    });
+    w.sim.run_for(Duration::from_secs(2));
+    let after: Vec<(Duration, NodeEvent)> = w
+        .sim
+        .events(n)
+        .iter()
+        .filter(|(at, _)| *at >= t)
+        .cloned()
+        .collect();
+    let reattached = after
+        .iter()
+        .filter(|(_, e)| matches!(e, NodeEvent::Attach(AttachEvent::Attached { .. })))
+        .count();
+    assert!(reattached >= 2, "re-attached within 2 s: {after:?}");
+    assert_eq!(w.sim.machine::<Node>(n).attached().len(), 2);
+    let nat_after = events(&w, n)
+        .iter()
+        .filter(|e| matches!(e, NodeEvent::Nat(_)))
+        .count();
+    assert!(nat_after > before, "NAT re-detected");
+    let _ = attached_before;
 }

@@ -54,6 +54,8 @@ pub struct RuntimeStats {
     pub datagrams_in: u64,
     /// Datagrams written.
     pub datagrams_out: u64,
+    /// Bytes in datagrams read and written.
+    pub datagram_bytes: u64,
     /// Bytes read from streams.
     pub stream_bytes_in: u64,
     /// Bytes written to streams.
@@ -70,6 +72,7 @@ type Command<M> = Box<dyn FnOnce(&mut M, Instant) + Send>;
 
 /// A machine running on its own thread behind UDP sockets and TCP streams.
 pub struct Runtime<M: Machine> {
+    load: Arc<LoadMeter>,
     udp: Vec<SocketAddr>,
     tcp: Vec<SocketAddr>,
     commands: Sender<Command<M>>,
@@ -132,7 +135,9 @@ where
         let (ev_tx, ev_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let load = Arc::new(LoadMeter::default());
         let io = Loop {
+            load: load.clone(),
             poll,
             udp,
             udp_addrs: udp_addrs.clone(),
@@ -156,6 +161,7 @@ where
             ))
             .spawn(move || io.run())?;
         Ok(Self {
+            load,
             udp: udp_addrs,
             tcp: tcp_addrs,
             commands: cmd_tx,
@@ -164,6 +170,14 @@ where
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// The last second's load: (busy fraction of the event loop, bytes per second moved).
+    pub fn load(&self) -> (f32, u64) {
+        (
+            self.load.busy_permille.load(Ordering::Relaxed) as f32 / 1000.0,
+            self.load.bytes_per_sec.load(Ordering::Relaxed),
+        )
     }
 
     /// The bound UDP addresses.
@@ -252,6 +266,14 @@ impl<M: Machine> Drop for Runtime<M> {
             let _ = t.join();
         }
     }
+}
+
+/// The runtime's own measure of its load, updated every second: the fraction of time the
+/// event loop spent working rather than waiting, and the bytes per second it moved.
+#[derive(Debug, Default)]
+struct LoadMeter {
+    busy_permille: std::sync::atomic::AtomicU32,
+    bytes_per_sec: std::sync::atomic::AtomicU64,
 }
 
 /// Sends commands to a [`Runtime`] from any thread.
@@ -478,6 +500,7 @@ impl Stream {
 }
 
 struct Loop<M: Machine> {
+    load: Arc<LoadMeter>,
     poll: Poll,
     udp: Vec<UdpSocket>,
     udp_addrs: Vec<SocketAddr>,
@@ -513,7 +536,22 @@ impl<M: Machine> Loop<M> {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; RECV_BUFFER.max(16 * 1024)];
         self.drain();
+        let mut window_start = Instant::now();
+        let mut busy = Duration::ZERO;
+        let mut window_bytes = self.bytes_moved();
         loop {
+            let now = Instant::now();
+            if now.saturating_duration_since(window_start) >= Duration::from_secs(1) {
+                let span = now.saturating_duration_since(window_start).as_secs_f64();
+                let permille = (busy.as_secs_f64() / span * 1000.0).min(1000.0) as u32;
+                self.load.busy_permille.store(permille, Ordering::Relaxed);
+                let moved = self.bytes_moved();
+                let rate = (moved.saturating_sub(window_bytes) as f64 / span) as u64;
+                self.load.bytes_per_sec.store(rate, Ordering::Relaxed);
+                window_start = now;
+                window_bytes = moved;
+                busy = Duration::ZERO;
+            }
             let timeout = self
                 .machine
                 .poll_timeout()
@@ -523,6 +561,7 @@ impl<M: Machine> Loop<M> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let woke = Instant::now();
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(self.stats);
             }
@@ -547,7 +586,12 @@ impl<M: Machine> Loop<M> {
             }
             self.drain();
             self.reap();
+            busy += woke.elapsed();
         }
+    }
+
+    fn bytes_moved(&self) -> u64 {
+        self.stats.stream_bytes_in + self.stats.stream_bytes_out + self.stats.datagram_bytes
     }
 
     fn read_udp(&mut self, i: usize, buf: &mut [u8]) {
@@ -556,6 +600,7 @@ impl<M: Machine> Loop<M> {
             match self.udp[i].recv_from(buf) {
                 Ok((n, source)) => {
                     self.stats.datagrams_in += 1;
+                    self.stats.datagram_bytes += n as u64;
                     self.machine.handle_input(
                         Instant::now(),
                         Input::Datagram {
@@ -719,7 +764,10 @@ impl<M: Machine> Loop<M> {
                             .and_then(|s| self.udp_addrs.iter().position(|a| *a == s))
                             .unwrap_or(0);
                         match self.udp.get(i).map(|s| s.send_to(&t.payload, to)) {
-                            Some(Ok(_)) => self.stats.datagrams_out += 1,
+                            Some(Ok(n)) => {
+                                self.stats.datagrams_out += 1;
+                                self.stats.datagram_bytes += n as u64;
+                            }
                             _ => self.stats.errors += 1,
                         }
                     }
