@@ -28,6 +28,8 @@ enum Command {
     Login(accounts::AccountArgs),
     /// Run a node: join the network, become a super node when suitable.
     Node(node::NodeArgs),
+    /// Pass a WAV file through the media pipeline over a simulated network.
+    MediaLoopback(natter_media::loopback::LoopbackArgs),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn main() {
         Command::Register(a) => accounts::register(a),
         Command::Login(a) => accounts::login_cmd(a),
         Command::Node(a) => node::run(a),
+        Command::MediaLoopback(a) => natter_media::loopback::main(a),
     };
     std::process::exit(code);
 }
