@@ -32,6 +32,7 @@
 //! * [`hostcache`]: the super nodes a node knows, persisted between runs.
 //! * [`attach`]: joining the overlay: probing super nodes, keeping links to them.
 //! * [`nat`]: NAT and firewall behaviour discovery (RFC 5780).
+//! * [`presence`]: signed presence records for the global index.
 //!
 //! ## Example: two endpoints in a hand-driven loop
 //!
@@ -61,6 +62,7 @@ pub mod hostcache;
 pub mod identity;
 pub mod login;
 pub mod nat;
+pub mod presence;
 pub mod replay;
 pub mod rng;
 pub mod sansio;
