@@ -10,12 +10,14 @@
 //! The SN machines land with the overlay, index and relay issues; the
 //! [`natter_core::sansio::Machine`] contract they implement is already fixed.
 //!
+//! * [`index`]: a super node's share of the global index (verified presence records).
 //! * [`node`]: the node facade composing every sub-machine behind one port, any role.
 //! * [`stun`]: the STUN server (RFC 8489 Binding, RFC 5780 NAT-behaviour discovery).
 //! * [`supernode`]: the super-node role: attached clients, membership gossip, handover.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod index;
 pub mod node;
 pub mod stun;
 pub mod supernode;
