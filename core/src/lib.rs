@@ -38,7 +38,7 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use natter_core::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
+//! use natter_core::endpoint::Endpoint;
 //! use natter_core::testkit::TestNetwork;
 //!
 //! let now = Instant::now();
@@ -50,7 +50,6 @@
 //! natter_core::testkit::pump(&mut a, alice_addr, &mut b, bob_addr, now);
 //! a.send(now, conn, b"hi").unwrap();
 //! natter_core::testkit::pump(&mut a, alice_addr, &mut b, bob_addr, now);
-//! # let _ = (EndpointConfig::new, EndpointEvent::Closed { conn, cause: natter_core::endpoint::CloseCause::Local });
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -29,7 +29,7 @@ fn classify(nat: Option<NatConfig>, seed: u64) -> NatEvent {
     for a in &addrs[1..] {
         sim.bind(host, *a);
     }
-    let (client_addr, client) = match nat {
+    let (_, client) = match nat {
         Some(cfg) => {
             let n = sim.add_nat("nat", "198.18.1.1".parse().unwrap(), cfg);
             let addr: SocketAddr = "10.0.0.2:5000".parse().unwrap();
@@ -48,7 +48,6 @@ fn classify(nat: Option<NatConfig>, seed: u64) -> NatEvent {
             (addr, sim.add_host("client", addr, probe))
         }
     };
-    let _ = client_addr;
     let done = sim.run_until_cond(Duration::from_secs(10), |s| !s.events(client).is_empty());
     assert!(done, "the probe finished");
     sim.take_events(client).remove(0).1
