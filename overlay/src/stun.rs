@@ -193,21 +193,7 @@ impl StunServer {
         let from = self
             .alt_port
             .map_or(self.primary, |p| SocketAddr::new(self.primary.ip(), p));
-        let mut attributes = vec![
-            Attribute::XorMappedAddress(client),
-            Attribute::MappedAddress(client),
-            Attribute::ResponseOrigin(from),
-            Attribute::OtherAddress(forwarded_by),
-        ];
-        self.push_software(&mut attributes);
-        let response = Message {
-            class: Class::Success,
-            method: BINDING,
-            transaction,
-            attributes,
-        };
-        self.stats.success_responses += 1;
-        self.send(client, from, &response);
+        self.send_success(transaction, client, client, from, Some(forwarded_by));
     }
 
     /// Replace the SOFTWARE attribute's text; an empty string leaves SOFTWARE out (some
@@ -364,43 +350,42 @@ impl StunServer {
                 (true, Some(_)) => self.primary,
                 _ => local_or(self.primary, local),
             };
-            let mut attributes = vec![
-                Attribute::XorMappedAddress(mapped),
-                Attribute::MappedAddress(mapped),
-                Attribute::ResponseOrigin(from),
-            ];
-            if let Some(partner) = self.partner {
-                attributes.push(Attribute::OtherAddress(partner));
-            }
-            self.push_software(&mut attributes);
-            let response = Message {
-                class: Class::Success,
-                method: BINDING,
-                transaction: request.transaction,
-                attributes,
-            };
-            self.stats.success_responses += 1;
-            self.send(destination, from, &response);
+            let other = self.partner;
+            self.send_success(request.transaction, mapped, destination, from, other);
             return;
         }
         let from = self.combine(ip_alt ^ change_ip, port_alt ^ change_port);
+        let other = self.other.map(|_| self.combine(!ip_alt, !port_alt));
+        self.send_success(request.transaction, mapped, destination, from, other);
+    }
+
+    /// A Binding success: the mapped address (XOR and plain), where it is sent from, the other
+    /// address when there is one, SOFTWARE.
+    fn send_success(
+        &mut self,
+        transaction: natter_core::stun::TransactionId,
+        mapped: SocketAddr,
+        to: SocketAddr,
+        from: SocketAddr,
+        other: Option<SocketAddr>,
+    ) {
         let mut attributes = vec![
             Attribute::XorMappedAddress(mapped),
             Attribute::MappedAddress(mapped),
             Attribute::ResponseOrigin(from),
         ];
-        if self.other.is_some() {
-            attributes.push(Attribute::OtherAddress(self.combine(!ip_alt, !port_alt)));
+        if let Some(o) = other {
+            attributes.push(Attribute::OtherAddress(o));
         }
         self.push_software(&mut attributes);
         let response = Message {
             class: Class::Success,
             method: BINDING,
-            transaction: request.transaction,
+            transaction,
             attributes,
         };
         self.stats.success_responses += 1;
-        self.send(destination, from, &response);
+        self.send(to, from, &response);
     }
 
     fn send_error(
