@@ -147,6 +147,27 @@ impl IndexStore {
         good
     }
 
+    /// The users with records here.
+    pub fn users(&self) -> impl Iterator<Item = &UserName> {
+        self.by_user.keys()
+    }
+
+    /// The records held for `user`, as stored (not verified again: for handing them on, since
+    /// whoever receives them verifies them).
+    pub fn held(&self, user: &UserName) -> Vec<PresenceRecord> {
+        self.by_user
+            .get(user)
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forget every record of `user`.
+    pub fn remove_user(&mut self, user: &UserName) {
+        if let Some(devices) = self.by_user.remove(user) {
+            self.count -= devices.len();
+        }
+    }
+
     /// Drop every record past its retention at `now`.
     pub fn expire(&mut self, now: UnixTime) {
         let retention = self.retention.as_secs();

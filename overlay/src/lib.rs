@@ -10,6 +10,7 @@
 //! The SN machines land with the overlay, index and relay issues; the
 //! [`natter_core::sansio::Machine`] contract they implement is already fixed.
 //!
+//! * [`dht`]: the distributed index: ring, replication, search.
 //! * [`index`]: a super node's share of the global index (verified presence records).
 //! * [`node`]: the node facade composing every sub-machine behind one port, any role.
 //! * [`stun`]: the STUN server (RFC 8489 Binding, RFC 5780 NAT-behaviour discovery).
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod dht;
 pub mod index;
 pub mod node;
 pub mod stun;

@@ -82,6 +82,7 @@
 #![deny(missing_docs)]
 
 mod config;
+pub mod index;
 mod link;
 mod mapped;
 mod nat;

@@ -27,6 +27,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{BufMut, BytesMut};
 
 use super::{DecodeError, Reader, MAX_DATAGRAM};
+use crate::identity::UserName;
+use crate::presence::PresenceRecord;
 
 /// Most host entries in one overlay message (16 entries of at most 51 bytes fit a datagram).
 pub const MAX_HOST_ENTRIES: usize = 16;
@@ -74,6 +76,14 @@ fn put_entries(out: &mut BytesMut, entries: &[HostEntry]) {
     for e in &entries[..n] {
         put_addr(out, &e.addr);
         out.put_slice(&e.static_key);
+    }
+}
+
+fn read_bool(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::Invalid(what)),
     }
 }
 
@@ -149,13 +159,13 @@ message_types! {
     OverlayHandover = 0x24,
     /// A single-address super node asks its partner to answer a STUN "change IP" request.
     OverlayStunForward = 0x25,
-    /// Reserved: store a signed presence record in the index.
+    /// Store a signed presence record in the index.
     IndexStore = 0x30,
-    /// Reserved: search the index for a user name.
+    /// Search the index for a user name.
     IndexSearch = 0x31,
-    /// Reserved: search answer with presence records.
+    /// A search answer: one presence record of several.
     IndexResult = 0x32,
-    /// Reserved: definite "not found".
+    /// A search answer without records: "not found" or "could not tell".
     IndexNotFound = 0x33,
     /// Reserved: call invitation.
     CallInvite = 0x40,
@@ -306,6 +316,45 @@ pub enum Message<'a> {
         /// The request's transaction id.
         transaction: [u8; 12],
     },
+    /// Store a presence record. From a node to its super node (`replicate`: spread it to the
+    /// record's replicas) or from a super node to a replica (`replicate` false: hold it).
+    IndexStore {
+        /// Spread it (true) or hold it (false).
+        replicate: bool,
+        /// The signed record (verified by whoever stores it).
+        record: Box<PresenceRecord>,
+    },
+    /// Search for a user's records. From a node to its super node (`full`: run the whole
+    /// search) or from a super node to a replica (`full` false: answer from your own store).
+    IndexSearch {
+        /// Chosen by the asker, echoed in the answers.
+        query: u32,
+        /// Run the whole search (true) or answer from the local store (false).
+        full: bool,
+        /// Who.
+        user: UserName,
+    },
+    /// One record of an answer; an answer with `total` records is `total` of these.
+    IndexResult {
+        /// The query answered.
+        query: u32,
+        /// Overlay hops the answer took to reach the super node that ran the search.
+        hops: u8,
+        /// How many records the answer has.
+        total: u8,
+        /// The signed record (verified again by whoever receives it).
+        record: Box<PresenceRecord>,
+    },
+    /// An answer without records.
+    IndexNotFound {
+        /// The query answered.
+        query: u32,
+        /// Overlay hops, as in [`Message::IndexResult`].
+        hops: u8,
+        /// True: a definite "not found" (enough replicas agreed). False: the search could not
+        /// tell (replicas unreachable); try again later.
+        definite: bool,
+    },
 }
 
 impl<'a> Message<'a> {
@@ -323,6 +372,10 @@ impl<'a> Message<'a> {
             Message::OverlayMembership { .. } => MessageType::OverlayMembership,
             Message::OverlayHandover { .. } => MessageType::OverlayHandover,
             Message::OverlayStunForward { .. } => MessageType::OverlayStunForward,
+            Message::IndexStore { .. } => MessageType::IndexStore,
+            Message::IndexSearch { .. } => MessageType::IndexSearch,
+            Message::IndexResult { .. } => MessageType::IndexResult,
+            Message::IndexNotFound { .. } => MessageType::IndexNotFound,
         }
     }
 
@@ -391,6 +444,36 @@ impl<'a> Message<'a> {
                 client: read_addr(&mut r)?,
                 transaction: r.array()?,
             },
+            MessageType::IndexStore => Message::IndexStore {
+                replicate: read_bool(&mut r, "replicate")?,
+                record: Box::new(PresenceRecord::read(&mut r)?),
+            },
+            MessageType::IndexSearch => Message::IndexSearch {
+                query: r.u32()?,
+                full: read_bool(&mut r, "full")?,
+                user: {
+                    let raw = r.bytes_u8("user name", UserName::MAX_LEN)?;
+                    let raw =
+                        std::str::from_utf8(raw).map_err(|_| DecodeError::Invalid("user name"))?;
+                    let user =
+                        UserName::parse(raw).map_err(|_| DecodeError::Invalid("user name"))?;
+                    if user.as_str() != raw {
+                        return Err(DecodeError::Invalid("user name not canonical"));
+                    }
+                    user
+                },
+            },
+            MessageType::IndexResult => Message::IndexResult {
+                query: r.u32()?,
+                hops: r.u8()?,
+                total: r.u8()?,
+                record: Box::new(PresenceRecord::read(&mut r)?),
+            },
+            MessageType::IndexNotFound => Message::IndexNotFound {
+                query: r.u32()?,
+                hops: r.u8()?,
+                definite: read_bool(&mut r, "definite")?,
+            },
             other => return Err(DecodeError::Unimplemented(other)),
         };
         r.finish()?;
@@ -436,6 +519,36 @@ impl<'a> Message<'a> {
             } => {
                 put_addr(out, client);
                 out.put_slice(transaction);
+            }
+            Message::IndexStore { replicate, record } => {
+                out.put_u8(u8::from(*replicate));
+                record.encode(out);
+            }
+            Message::IndexSearch { query, full, user } => {
+                out.put_u32(*query);
+                out.put_u8(u8::from(*full));
+                out.put_u8(user.as_str().len() as u8);
+                out.put_slice(user.as_str().as_bytes());
+            }
+            Message::IndexResult {
+                query,
+                hops,
+                total,
+                record,
+            } => {
+                out.put_u32(*query);
+                out.put_u8(*hops);
+                out.put_u8(*total);
+                record.encode(out);
+            }
+            Message::IndexNotFound {
+                query,
+                hops,
+                definite,
+            } => {
+                out.put_u32(*query);
+                out.put_u8(*hops);
+                out.put_u8(u8::from(*definite));
             }
         }
     }
@@ -519,6 +632,65 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn index_messages_roundtrip_and_fit_a_datagram() {
+        use crate::handshake::Capabilities;
+        use crate::testkit::{TestNetwork, TEST_WALL};
+        let net = TestNetwork::new(1);
+        let id = net.identity("alice");
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // The largest record: four super nodes and four local addresses, all IPv6.
+        let record = Box::new(PresenceRecord::sign(
+            &id.device,
+            id.certificate,
+            true,
+            vec![addr("[2001:db8::1]:4000"); 4],
+            Some(addr("[2001:db8::2]:4000")),
+            vec![addr("[2001:db8::3]:4000"); 4],
+            3,
+            Capabilities::VOICE,
+            9,
+            TEST_WALL,
+        ));
+        for m in [
+            Message::IndexStore {
+                replicate: true,
+                record: record.clone(),
+            },
+            Message::IndexSearch {
+                query: 7,
+                full: true,
+                user: UserName::parse("alice").unwrap(),
+            },
+            Message::IndexResult {
+                query: 7,
+                hops: 2,
+                total: 3,
+                record,
+            },
+            Message::IndexNotFound {
+                query: 7,
+                hops: 2,
+                definite: true,
+            },
+        ] {
+            let mut b = BytesMut::new();
+            m.encode(&mut b);
+            assert!(b.len() <= MAX_APP_DATA, "{} bytes", b.len());
+            assert_eq!(Message::decode(&b).unwrap(), m);
+        }
+        // A user name that is not canonical (upper case) is refused.
+        let mut b = BytesMut::new();
+        Message::IndexSearch {
+            query: 1,
+            full: false,
+            user: UserName::parse("alice").unwrap(),
+        }
+        .encode(&mut b);
+        b[7] = b'A';
+        assert!(Message::decode(&b).is_err());
+    }
+
     fn msg_strategy() -> impl Strategy<Value = (u8, u32, Vec<u8>)> {
         (
             0u8..5,
@@ -531,6 +703,16 @@ mod tests {
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..1300)) {
             let _ = Message::decode(&data);
+        }
+
+        #[test]
+        fn index_decode_never_panics(
+            ty in 0x30u8..0x34,
+            data in proptest::collection::vec(any::<u8>(), 0..1300),
+        ) {
+            let mut buf = vec![ty];
+            buf.extend(data);
+            let _ = Message::decode(&buf);
         }
 
         #[test]

@@ -1,0 +1,1288 @@
+//! The distributed global index: where presence records live among the super nodes, and how
+//! a search finds them.
+//!
+//! **Design: a one-hop DHT with full membership** (Gupta, Liskov and Rodrigues, "One Hop
+//! Lookups for Peer-to-Peer Overlays", HotOS 2003). Every super node knows every other one
+//! (the [`Ring`]), so the super node that runs a search asks the replicas of the user's key
+//! directly: one overlay hop, where Kademlia needs `log2(N)/b` sequential rounds. The numbers
+//! that chose it (from `natter-sim`'s `index_scale` benchmark) are in ARCHITECTURE.md.
+//!
+//! * **Ids cannot be chosen**: a super node's ring position is [`Key::of_super_node`], a hash
+//!   of its Noise static key, which the login server certified (sessions prove it). A user's
+//!   position is [`Key::of_user`], a hash of the user name.
+//! * **Prefix caps**: the ring holds at most [`Ring::max_per_prefix`] super nodes per IPv4 /24
+//!   or IPv6 /48, so one party cannot surround a key by running many super nodes side by side.
+//! * **Replication**: a record lives on the [`DhtConfig::replicas`] super nodes that follow its
+//!   key on the ring. When the ring changes (a super node left or joined), every holder
+//!   re-computes the replica set of what it holds, pushes records to the super nodes that newly
+//!   belong to it and drops what it is no longer responsible for ([`Dht::handle_timeout`]).
+//!   Online users also publish a fresh record periodically.
+//! * **Search** ([`Dht::search`]): ask every replica in parallel; when one does not answer in
+//!   [`DhtConfig::query_timeout`] or answers with a record that does not verify, widen to the
+//!   next super nodes on the ring. The search ends early once [`DhtConfig::quorum`] replicas
+//!   gave the same answer, else when every asked super node answered or failed, and always by
+//!   [`DhtConfig::deadline`]. Per device the highest sequence number wins, so a replica
+//!   answering with a stale record loses to an honest one. "Not found" is definite only when
+//!   [`DhtConfig::not_found_quorum`] replicas answered and none had a record; otherwise the
+//!   answer is "unavailable", never a false "not found".
+//! * **Path cache**: the super node that ran a search keeps what it found for
+//!   [`DhtConfig::cache_ttl`] and answers repeated searches from it.
+//!
+//! Every record is verified by the replica that stores it, by the replica that answers with
+//! it, by the super node that runs the search and by the node that asked.
+//!
+//! Like every machine here this one does no I/O: messages to other super nodes and answers to
+//! clients come out of [`Dht::poll_output`], and the [`Ring`] is passed in (the node facade
+//! keeps it from the membership; a simulator may share one).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use blake2::{Blake2s256, Digest};
+use natter_core::identity::{DeviceId, TrustedAuthorities, UnixTime, UserName};
+use natter_core::presence::{PresenceRecord, DEFAULT_RETENTION};
+use natter_core::wire::message::{HostEntry, Message};
+
+use crate::index::IndexStore;
+
+/// A position on the ring: 256 bits, compared as a big-endian number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(pub [u8; 32]);
+
+impl Key {
+    fn hash(domain: &[u8], data: &[u8]) -> Self {
+        let mut h = Blake2s256::new();
+        h.update(domain);
+        h.update(data);
+        Self(h.finalize().into())
+    }
+
+    /// A super node's position: a hash of its certified Noise static key.
+    pub fn of_super_node(static_key: &[u8; 32]) -> Self {
+        Self::hash(b"natter-sn-id-v1", static_key)
+    }
+
+    /// A user's position: a hash of the (canonical) user name.
+    pub fn of_user(user: &UserName) -> Self {
+        Self::hash(b"natter-user-key-v1", user.as_str().as_bytes())
+    }
+}
+
+/// The network prefix that caps apply to: a /24 for IPv4, a /48 for IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Prefix([u8; 6]);
+
+impl Prefix {
+    fn of(ip: IpAddr) -> Self {
+        let mut p = [0u8; 6];
+        match ip {
+            IpAddr::V4(v4) => p[..3].copy_from_slice(&v4.octets()[..3]),
+            IpAddr::V6(v6) => p.copy_from_slice(&v6.octets()[..6]),
+        }
+        Self(p)
+    }
+}
+
+/// Every super node this one knows, ordered by [`Key`].
+#[derive(Debug, Clone)]
+pub struct Ring {
+    members: BTreeMap<Key, HostEntry>,
+    by_addr: HashMap<SocketAddr, Key>,
+    per_prefix: HashMap<Prefix, usize>,
+    max_per_prefix: usize,
+    generation: u64,
+}
+
+impl Ring {
+    /// An empty ring allowing `max_per_prefix` super nodes per /24 (IPv4) or /48 (IPv6).
+    pub fn new(max_per_prefix: usize) -> Self {
+        Self {
+            members: BTreeMap::new(),
+            by_addr: HashMap::new(),
+            per_prefix: HashMap::new(),
+            max_per_prefix,
+            generation: 0,
+        }
+    }
+
+    /// The prefix cap.
+    pub fn max_per_prefix(&self) -> usize {
+        self.max_per_prefix
+    }
+
+    /// How many super nodes.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Bumped by every change; holders re-check their replica sets when it moves.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True when a super node at `addr` is a member.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
+    /// Every member.
+    pub fn entries(&self) -> impl Iterator<Item = &HostEntry> {
+        self.members.values()
+    }
+
+    /// Add (or update) a super node. False when its address prefix is full.
+    pub fn insert(&mut self, entry: HostEntry) -> bool {
+        let key = Key::of_super_node(&entry.static_key);
+        if self.by_addr.get(&entry.addr) == Some(&key) {
+            return true;
+        }
+        // A new key at a known address replaces the old one.
+        self.remove(entry.addr);
+        let prefix = Prefix::of(entry.addr.ip());
+        let n = self.per_prefix.entry(prefix).or_default();
+        if *n >= self.max_per_prefix {
+            return false;
+        }
+        if let Some(old) = self.members.insert(key, entry) {
+            // The same key moved to another address.
+            self.by_addr.remove(&old.addr);
+            if let Some(c) = self.per_prefix.get_mut(&Prefix::of(old.addr.ip())) {
+                *c -= 1;
+            }
+        }
+        *self.per_prefix.entry(prefix).or_default() += 1;
+        self.by_addr.insert(entry.addr, key);
+        self.generation += 1;
+        true
+    }
+
+    /// Remove the super node at `addr`. False when it was not a member.
+    pub fn remove(&mut self, addr: SocketAddr) -> bool {
+        let Some(key) = self.by_addr.remove(&addr) else {
+            return false;
+        };
+        self.members.remove(&key);
+        let prefix = Prefix::of(addr.ip());
+        if let Some(c) = self.per_prefix.get_mut(&prefix) {
+            *c -= 1;
+            if *c == 0 {
+                self.per_prefix.remove(&prefix);
+            }
+        }
+        self.generation += 1;
+        true
+    }
+
+    /// The `n` members at or after `key`, clockwise (fewer when the ring is smaller).
+    pub fn successors(&self, key: Key, n: usize) -> Vec<HostEntry> {
+        self.members
+            .range(key..)
+            .chain(self.members.range(..key))
+            .take(n)
+            .map(|(_, e)| *e)
+            .collect()
+    }
+}
+
+/// Settings of the index.
+#[derive(Debug, Clone)]
+pub struct DhtConfig {
+    /// Super nodes holding each record (default 7: a record survives the sudden loss of 30 %
+    /// of the super nodes with probability 1 - 0.3^7 = 99.98 %).
+    pub replicas: usize,
+    /// Agreeing answers that end a search early (default 4).
+    pub quorum: usize,
+    /// Empty answers needed for a definite "not found" (default 3).
+    pub not_found_quorum: usize,
+    /// Super nodes past the replica set a search may widen to (default 4).
+    pub widen: usize,
+    /// How long a super node has to answer before the search widens (default 500 ms).
+    pub query_timeout: Duration,
+    /// A search ends by then, whatever happened (default 2 s).
+    pub deadline: Duration,
+    /// Found records stay cached where the search ran for this long (default 30 s).
+    pub cache_ttl: Duration,
+    /// Most cached users (default 10,000).
+    pub cache_capacity: usize,
+    /// After the ring changed, re-check replica sets this often (default 10 s).
+    pub repair_interval: Duration,
+    /// Records are findable this long after they were signed (default 72 hours).
+    pub retention: Duration,
+    /// Most records stored (default 1,000,000).
+    pub capacity: usize,
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 7,
+            quorum: 4,
+            not_found_quorum: 3,
+            widen: 4,
+            query_timeout: Duration::from_millis(500),
+            deadline: Duration::from_secs(2),
+            cache_ttl: Duration::from_secs(30),
+            cache_capacity: 10_000,
+            repair_interval: Duration::from_secs(10),
+            retention: DEFAULT_RETENTION,
+            capacity: 1_000_000,
+        }
+    }
+}
+
+/// Who asked for a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// A client of this super node: the facade's handle for its session, and its query id.
+    Client {
+        /// The facade's handle (a session id).
+        client: u64,
+        /// The client's query id, echoed in the answer.
+        query: u32,
+    },
+    /// This node itself; the id comes back in [`DhtOutput::Done`].
+    Local(u64),
+}
+
+/// How a search ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchResult {
+    /// The user's records, one per device, each verified.
+    Found(Vec<PresenceRecord>),
+    /// Definitely not in the index (enough replicas answered, none had a record).
+    NotFound,
+    /// Could not tell: too few replicas answered.
+    Unavailable,
+}
+
+/// A finished search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchOutcome {
+    /// Who was searched for.
+    pub user: UserName,
+    /// What was found.
+    pub result: SearchResult,
+    /// Overlay hops from the super node that ran it (0: its own store or cache).
+    pub hops: u8,
+    /// Messages it sent.
+    pub messages: u32,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// What the index wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhtOutput {
+    /// Send `message` to the super node `to` (open a session if needed).
+    Send {
+        /// The super node.
+        to: HostEntry,
+        /// The message.
+        message: Message<'static>,
+    },
+    /// Send `message` to the client behind the facade's handle `client`.
+    Reply {
+        /// The facade's handle.
+        client: u64,
+        /// The message.
+        message: Message<'static>,
+    },
+    /// A search this node asked for ended.
+    Done {
+        /// The id given to [`Dht::search`].
+        id: u64,
+        /// The outcome.
+        outcome: SearchOutcome,
+    },
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DhtStats {
+    /// Records stored (new or fresher).
+    pub stored: u64,
+    /// Records refused (invalid, stale or not ours to hold).
+    pub refused: u64,
+    /// Answers from other super nodes with a record that did not verify.
+    pub forged_answers: u64,
+    /// Queries that timed out.
+    pub timeouts: u64,
+    /// Searches answered from the path cache.
+    pub cache_hits: u64,
+    /// Records pushed to new replicas after the ring changed.
+    pub repaired: u64,
+    /// Messages that matched nothing (late answers, unknown queries).
+    pub unmatched: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AskState {
+    Pending,
+    Answered,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Ask {
+    to: HostEntry,
+    search: u64,
+    replica: bool,
+    deadline: Instant,
+    total: Option<u8>,
+    received: usize,
+    records: Vec<PresenceRecord>,
+    bad: bool,
+    state: AskState,
+}
+
+#[derive(Debug)]
+struct Search {
+    origin: Origin,
+    user: UserName,
+    started: Instant,
+    deadline: Instant,
+    candidates: Vec<HostEntry>,
+    /// How many of the candidates are replicas (the rest are for widening).
+    replicas: usize,
+    next: usize,
+    asks: Vec<u32>,
+    /// Answers as (from a replica, (device, sequence) set), in arrival order.
+    answers: Vec<(bool, Vec<(DeviceId, u64)>)>,
+    merged: BTreeMap<DeviceId, PresenceRecord>,
+    /// Records already verified in this search (answers from several replicas repeat them).
+    verified: Vec<PresenceRecord>,
+    messages: u32,
+    hops: u8,
+}
+
+/// A super node's part of the distributed index. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Dht {
+    cfg: DhtConfig,
+    me: HostEntry,
+    my_key: Key,
+    trusted: TrustedAuthorities,
+    store: IndexStore,
+    revoked: HashSet<DeviceId>,
+    searches: HashMap<u64, Search>,
+    asks: HashMap<u32, Ask>,
+    next_search: u64,
+    next_query: u32,
+    cache: HashMap<UserName, (Vec<PresenceRecord>, Instant)>,
+    /// Per user held: the replica set computed at the last repair.
+    placed: HashMap<UserName, Vec<Key>>,
+    repaired_generation: u64,
+    next_repair: Option<Instant>,
+    next_expiry: Option<Instant>,
+    outputs: VecDeque<DhtOutput>,
+    stats: DhtStats,
+}
+
+impl Dht {
+    /// The index part of the super node `me`, checking records against `trusted`.
+    pub fn new(cfg: DhtConfig, me: HostEntry, trusted: TrustedAuthorities) -> Self {
+        let store = IndexStore::new(trusted.clone(), cfg.retention, cfg.capacity);
+        Self {
+            my_key: Key::of_super_node(&me.static_key),
+            me,
+            trusted,
+            store,
+            revoked: HashSet::new(),
+            searches: HashMap::new(),
+            asks: HashMap::new(),
+            next_search: 1,
+            next_query: 1,
+            cache: HashMap::new(),
+            placed: HashMap::new(),
+            repaired_generation: 0,
+            next_repair: None,
+            next_expiry: None,
+            outputs: VecDeque::new(),
+            stats: DhtStats::default(),
+            cfg,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DhtConfig {
+        &self.cfg
+    }
+
+    /// This super node's ring position.
+    pub fn key(&self) -> Key {
+        self.my_key
+    }
+
+    /// The records held here.
+    pub fn store(&self) -> &IndexStore {
+        &self.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DhtStats {
+        self.stats
+    }
+
+    /// Searches in progress.
+    pub fn searches_in_progress(&self) -> usize {
+        self.searches.len()
+    }
+
+    /// Devices whose records are refused from now on.
+    pub fn revoke(&mut self, devices: impl IntoIterator<Item = DeviceId>) {
+        self.revoked.extend(devices);
+        let revoked = &self.revoked;
+        self.cache
+            .retain(|_, (records, _)| records.iter().all(|r| !revoked.contains(&r.device())));
+    }
+
+    /// The ring changed (a super node joined or left): re-check replica sets at the next
+    /// repair round.
+    pub fn ring_changed(&mut self, now: Instant) {
+        if self.next_repair.is_none() {
+            self.next_repair = Some(now + self.cfg.repair_interval);
+        }
+    }
+
+    /// Hand on the next output.
+    pub fn poll_output(&mut self) -> Option<DhtOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// The next instant [`Dht::handle_timeout`] has work at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.asks
+            .values()
+            .filter(|a| a.state == AskState::Pending)
+            .map(|a| a.deadline)
+            .chain(self.searches.values().map(|s| s.deadline))
+            .chain(self.next_repair)
+            .chain(self.next_expiry)
+            .min()
+    }
+
+    fn replica_set(&self, ring: &Ring, user: &UserName, n: usize) -> Vec<HostEntry> {
+        ring.successors(Key::of_user(user), n)
+    }
+
+    fn store_local(&mut self, record: PresenceRecord, wall: UnixTime) -> bool {
+        let user = record.user().clone();
+        let revoked = &self.revoked;
+        match self.store.store(record, wall, |d| revoked.contains(&d)) {
+            Ok(()) => {
+                self.stats.stored += 1;
+                self.cache.remove(&user);
+                true
+            }
+            Err(_) => {
+                self.stats.refused += 1;
+                false
+            }
+        }
+    }
+
+    fn verify(&self, record: &PresenceRecord, wall: UnixTime) -> bool {
+        record
+            .verify(&self.trusted, wall, self.cfg.retention, |d| {
+                self.revoked.contains(&d)
+            })
+            .is_ok()
+    }
+
+    /// A client of this super node publishes its record: verify it and spread it to the
+    /// replicas (storing it here when this node is one). False when it does not verify.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        wall: UnixTime,
+        ring: &Ring,
+        record: PresenceRecord,
+    ) -> bool {
+        if !self.verify(&record, wall) {
+            self.stats.refused += 1;
+            return false;
+        }
+        self.arm_expiry(now);
+        let user = record.user().clone();
+        self.cache.remove(&user);
+        for to in self.replica_set(ring, &user, self.cfg.replicas) {
+            if to.static_key == self.me.static_key {
+                self.store_local(record.clone(), wall);
+            } else {
+                self.outputs.push_back(DhtOutput::Send {
+                    to,
+                    message: Message::IndexStore {
+                        replicate: false,
+                        record: Box::new(record.clone()),
+                    },
+                });
+            }
+        }
+        true
+    }
+
+    fn arm_expiry(&mut self, now: Instant) {
+        if self.next_expiry.is_none() {
+            self.next_expiry = Some(now + Duration::from_secs(60));
+        }
+    }
+
+    /// Start a search for `user`, asked by `origin`. Returns the search's id (the same as
+    /// `Origin::Local`'s when given one).
+    pub fn search(
+        &mut self,
+        now: Instant,
+        wall: UnixTime,
+        ring: &Ring,
+        origin: Origin,
+        user: UserName,
+    ) -> u64 {
+        let id = match origin {
+            Origin::Local(id) => id,
+            Origin::Client { .. } => {
+                self.next_search += 1;
+                self.next_search | 1 << 63
+            }
+        };
+        let mut search = Search {
+            origin,
+            user: user.clone(),
+            started: now,
+            deadline: now + self.cfg.deadline,
+            candidates: Vec::new(),
+            replicas: 0,
+            next: 0,
+            asks: Vec::new(),
+            answers: Vec::new(),
+            merged: BTreeMap::new(),
+            verified: Vec::new(),
+            messages: 0,
+            hops: 0,
+        };
+        // The path cache.
+        if let Some((records, expires)) = self.cache.get(&user) {
+            if *expires > now {
+                let records: Vec<_> = records
+                    .iter()
+                    .filter(|r| self.verify(r, wall))
+                    .cloned()
+                    .collect();
+                if !records.is_empty() {
+                    self.stats.cache_hits += 1;
+                    search.merged = records.into_iter().map(|r| (r.device(), r)).collect();
+                    self.finish(now, id, search, true);
+                    return id;
+                }
+            }
+        }
+        search.candidates = self.replica_set(ring, &user, self.cfg.replicas + self.cfg.widen);
+        let first = self.cfg.replicas.min(search.candidates.len());
+        search.replicas = first;
+        self.searches.insert(id, search);
+        for _ in 0..first {
+            self.ask_next(now, wall, id);
+        }
+        self.check_done(now, id);
+        id
+    }
+
+    /// Ask the search's next candidate; false when none is left.
+    fn ask_next(&mut self, now: Instant, wall: UnixTime, id: u64) -> bool {
+        let Some(search) = self.searches.get_mut(&id) else {
+            return false;
+        };
+        let Some(to) = search.candidates.get(search.next).copied() else {
+            return false;
+        };
+        search.next += 1;
+        if to.static_key == self.me.static_key {
+            // This node is a replica: answer from its own store, no hop.
+            let user = search.user.clone();
+            let revoked = &self.revoked;
+            let records = self.store.lookup(&user, wall, |d| revoked.contains(&d));
+            let search = self.searches.get_mut(&id).expect("present");
+            let replica = search.next <= search.replicas;
+            search.answers.push((
+                replica,
+                records.iter().map(|r| (r.device(), r.sequence)).collect(),
+            ));
+            for r in records {
+                search.verified.push(r.clone());
+                merge(&mut search.merged, r);
+            }
+            return true;
+        }
+        self.next_query = self.next_query.wrapping_add(1).max(1);
+        let query = self.next_query;
+        search.asks.push(query);
+        let replica = search.next <= search.replicas;
+        search.messages += 1;
+        let user = search.user.clone();
+        self.asks.insert(
+            query,
+            Ask {
+                to,
+                search: id,
+                replica,
+                deadline: now + self.cfg.query_timeout,
+                total: None,
+                received: 0,
+                records: Vec::new(),
+                bad: false,
+                state: AskState::Pending,
+            },
+        );
+        self.outputs.push_back(DhtOutput::Send {
+            to,
+            message: Message::IndexSearch {
+                query,
+                full: false,
+                user,
+            },
+        });
+        true
+    }
+
+    /// An ask ended (answered or failed): widen on failure, then see whether the search is
+    /// done.
+    fn ask_ended(&mut self, now: Instant, wall: UnixTime, query: u32) {
+        let Some(ask) = self.asks.get(&query) else {
+            return;
+        };
+        let search_id = ask.search;
+        if ask.state == AskState::Failed {
+            self.ask_next(now, wall, search_id);
+        } else if let Some(search) = self.searches.get_mut(&search_id) {
+            let ask = &self.asks[&query];
+            search.answers.push((
+                ask.replica,
+                ask.records
+                    .iter()
+                    .map(|r| (r.device(), r.sequence))
+                    .collect(),
+            ));
+            search.hops = search.hops.max(1);
+            for r in ask.records.clone() {
+                merge(&mut search.merged, r);
+            }
+        }
+        self.check_done(now, search_id);
+    }
+
+    fn check_done(&mut self, now: Instant, id: u64) {
+        let Some(search) = self.searches.get(&id) else {
+            return;
+        };
+        let pending = search
+            .asks
+            .iter()
+            .filter(|q| {
+                self.asks
+                    .get(q)
+                    .is_some_and(|a| a.state == AskState::Pending)
+            })
+            .count();
+        let summary: Vec<(DeviceId, u64)> = search
+            .merged
+            .values()
+            .map(|r| (r.device(), r.sequence))
+            .collect();
+        let agreeing = search.answers.iter().filter(|(_, a)| *a == summary).count();
+        let consistent = agreeing == search.answers.len();
+        let quorum = self.cfg.quorum.min(search.replicas).max(1);
+        let done = (consistent && agreeing >= quorum) || pending == 0 || now >= search.deadline;
+        if done {
+            let search = self.searches.remove(&id).expect("present");
+            for q in &search.asks {
+                self.asks.remove(q);
+            }
+            self.finish(now, id, search, false);
+        }
+    }
+
+    fn finish(&mut self, now: Instant, id: u64, search: Search, cached: bool) {
+        let records: Vec<PresenceRecord> = search.merged.into_values().collect();
+        // Only replicas' empty answers count: a super node past the replica set may just not
+        // have been handed the record.
+        let empty_answers = search
+            .answers
+            .iter()
+            .filter(|(replica, a)| *replica && a.is_empty())
+            .count();
+        let result = if !records.is_empty() {
+            if !cached {
+                if self.cache.len() >= self.cfg.cache_capacity {
+                    self.cache.retain(|_, (_, expires)| *expires > now);
+                    if self.cache.len() >= self.cfg.cache_capacity {
+                        self.cache.clear();
+                    }
+                }
+                self.cache.insert(
+                    search.user.clone(),
+                    (records.clone(), now + self.cfg.cache_ttl),
+                );
+            }
+            SearchResult::Found(records)
+        } else if empty_answers > 0
+            && empty_answers >= self.cfg.not_found_quorum.min(search.replicas)
+        {
+            SearchResult::NotFound
+        } else {
+            SearchResult::Unavailable
+        };
+        match search.origin {
+            Origin::Local(id) => self.outputs.push_back(DhtOutput::Done {
+                id,
+                outcome: SearchOutcome {
+                    user: search.user,
+                    result,
+                    hops: search.hops,
+                    messages: search.messages,
+                    elapsed: now.saturating_duration_since(search.started),
+                },
+            }),
+            Origin::Client { client, query } => {
+                let hops = search.hops;
+                match result {
+                    SearchResult::Found(records) => {
+                        let total = records.len().min(usize::from(u8::MAX)) as u8;
+                        for r in records.into_iter().take(usize::from(total)) {
+                            self.outputs.push_back(DhtOutput::Reply {
+                                client,
+                                message: Message::IndexResult {
+                                    query,
+                                    hops,
+                                    total,
+                                    record: Box::new(r),
+                                },
+                            });
+                        }
+                    }
+                    other => self.outputs.push_back(DhtOutput::Reply {
+                        client,
+                        message: Message::IndexNotFound {
+                            query,
+                            hops,
+                            definite: other == SearchResult::NotFound,
+                        },
+                    }),
+                }
+            }
+        }
+        let _ = id;
+    }
+
+    /// The session to super node `to` failed: its pending queries fail now rather than at
+    /// their timeout.
+    pub fn unreachable(&mut self, now: Instant, wall: UnixTime, to: SocketAddr) {
+        let failed: Vec<u32> = self
+            .asks
+            .iter()
+            .filter(|(_, a)| a.to.addr == to && a.state == AskState::Pending)
+            .map(|(q, _)| *q)
+            .collect();
+        for q in failed {
+            if let Some(a) = self.asks.get_mut(&q) {
+                a.state = AskState::Failed;
+            }
+            self.ask_ended(now, wall, q);
+        }
+    }
+
+    /// A message from the super node `from` (whose certified static key the session proved).
+    /// Returns false when it is not an index message or was refused.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        wall: UnixTime,
+        ring: &Ring,
+        from: HostEntry,
+        message: &Message<'_>,
+    ) -> bool {
+        match message {
+            Message::IndexStore {
+                replicate: false,
+                record,
+            } => {
+                // Hold only what is ours to hold (as far as this node's ring tells).
+                let set = self.replica_set(ring, record.user(), self.cfg.replicas + self.cfg.widen);
+                if !set.iter().any(|e| e.static_key == self.me.static_key) {
+                    self.stats.refused += 1;
+                    return false;
+                }
+                self.arm_expiry(now);
+                self.store_local((**record).clone(), wall)
+            }
+            Message::IndexSearch {
+                query,
+                full: false,
+                user,
+            } => {
+                let revoked = &self.revoked;
+                let records = self.store.lookup(user, wall, |d| revoked.contains(&d));
+                if records.is_empty() {
+                    self.outputs.push_back(DhtOutput::Send {
+                        to: from,
+                        message: Message::IndexNotFound {
+                            query: *query,
+                            hops: 0,
+                            definite: true,
+                        },
+                    });
+                }
+                let total = records.len().min(usize::from(u8::MAX)) as u8;
+                for r in records.into_iter().take(usize::from(total)) {
+                    self.outputs.push_back(DhtOutput::Send {
+                        to: from,
+                        message: Message::IndexResult {
+                            query: *query,
+                            hops: 0,
+                            total,
+                            record: Box::new(r),
+                        },
+                    });
+                }
+                true
+            }
+            Message::IndexResult {
+                query,
+                total,
+                record,
+                ..
+            } => self.on_answer(now, wall, from, *query, Some((*total, record))),
+            Message::IndexNotFound { query, .. } => self.on_answer(now, wall, from, *query, None),
+            _ => false,
+        }
+    }
+
+    fn on_answer(
+        &mut self,
+        now: Instant,
+        wall: UnixTime,
+        from: HostEntry,
+        query: u32,
+        part: Option<(u8, &PresenceRecord)>,
+    ) -> bool {
+        let Some(ask) = self.asks.get(&query) else {
+            self.stats.unmatched += 1;
+            return false;
+        };
+        // Only the asked super node answers this query.
+        if ask.to.static_key != from.static_key || ask.state != AskState::Pending {
+            self.stats.unmatched += 1;
+            return false;
+        }
+        let search_id = ask.search;
+        let Some(search) = self.searches.get(&search_id) else {
+            self.stats.unmatched += 1;
+            return false;
+        };
+        let complete = match part {
+            None => true,
+            Some((total, record)) => {
+                let valid = record.user() == &search.user
+                    && (search.verified.contains(record) || self.verify(record, wall));
+                let ask = self.asks.get_mut(&query).expect("present");
+                if total == 0 || ask.total.is_some_and(|t| t != total) {
+                    ask.bad = true;
+                }
+                ask.total = Some(total);
+                ask.received += 1;
+                if valid {
+                    ask.records.push(record.clone());
+                    if let Some(s) = self.searches.get_mut(&search_id) {
+                        if !s.verified.contains(record) {
+                            s.verified.push(record.clone());
+                        }
+                    }
+                } else {
+                    ask.bad = true;
+                }
+                ask.bad || ask.received >= usize::from(total)
+            }
+        };
+        if complete {
+            let ask = self.asks.get_mut(&query).expect("present");
+            if ask.bad {
+                // What did verify is genuine (if perhaps stale) and kept; the answer counts
+                // as failed, so the search widens.
+                self.stats.forged_answers += 1;
+                let records = std::mem::take(&mut ask.records);
+                ask.state = AskState::Failed;
+                if let Some(s) = self.searches.get_mut(&search_id) {
+                    for r in records {
+                        merge(&mut s.merged, r);
+                    }
+                }
+            } else {
+                ask.state = AskState::Answered;
+            }
+            self.ask_ended(now, wall, query);
+        }
+        true
+    }
+
+    /// Timers: query timeouts, search deadlines, repair after ring changes, expiry.
+    pub fn handle_timeout(&mut self, now: Instant, wall: UnixTime, ring: &Ring) {
+        let timed_out: Vec<u32> = self
+            .asks
+            .iter()
+            .filter(|(_, a)| a.state == AskState::Pending && a.deadline <= now)
+            .map(|(q, _)| *q)
+            .collect();
+        for q in timed_out {
+            self.stats.timeouts += 1;
+            if let Some(a) = self.asks.get_mut(&q) {
+                a.state = AskState::Failed;
+            }
+            self.ask_ended(now, wall, q);
+        }
+        let overdue: Vec<u64> = self
+            .searches
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.check_done(now, id);
+        }
+        if self.next_expiry.is_some_and(|t| t <= now) {
+            self.next_expiry = None;
+            self.store.expire(wall);
+            let store = &self.store;
+            self.placed.retain(|u, _| !store.held(u).is_empty());
+            if !self.store.is_empty() {
+                self.arm_expiry(now);
+            }
+            self.cache.retain(|_, (_, expires)| *expires > now);
+        }
+        if self.next_repair.is_some_and(|t| t <= now) {
+            self.next_repair = None;
+            if ring.generation() != self.repaired_generation {
+                self.repair(ring);
+            }
+        }
+    }
+
+    /// Re-check the replica set of every record held after the ring changed: push records to
+    /// super nodes that newly belong to their set (this node pushes when it is the first
+    /// member of the new set that also was in the old one), drop records this node no longer
+    /// has to hold.
+    fn repair(&mut self, ring: &Ring) {
+        self.repaired_generation = ring.generation();
+        let users: Vec<UserName> = self.store.users().cloned().collect();
+        for user in users {
+            let set = self.replica_set(ring, &user, self.cfg.replicas);
+            let keys: Vec<Key> = set
+                .iter()
+                .map(|e| Key::of_super_node(&e.static_key))
+                .collect();
+            let old = self.placed.get(&user).cloned();
+            if old.as_ref() == Some(&keys) {
+                continue;
+            }
+            let old = old.unwrap_or_default();
+            let pusher = keys
+                .iter()
+                .find(|k| old.contains(k) || **k == self.my_key)
+                .copied();
+            if pusher == Some(self.my_key) || old.is_empty() {
+                let records = self.store.held(&user);
+                for (entry, key) in set.iter().zip(&keys) {
+                    if *key == self.my_key || old.contains(key) {
+                        continue;
+                    }
+                    for r in &records {
+                        self.stats.repaired += 1;
+                        self.outputs.push_back(DhtOutput::Send {
+                            to: *entry,
+                            message: Message::IndexStore {
+                                replicate: false,
+                                record: Box::new(r.clone()),
+                            },
+                        });
+                    }
+                }
+            }
+            let keep = self
+                .replica_set(ring, &user, self.cfg.replicas + self.cfg.widen)
+                .iter()
+                .any(|e| e.static_key == self.me.static_key);
+            if keep {
+                self.placed.insert(user, keys);
+            } else {
+                self.store.remove_user(&user);
+                self.placed.remove(&user);
+            }
+        }
+    }
+}
+
+/// Keep the record with the highest sequence per device.
+fn merge(merged: &mut BTreeMap<DeviceId, PresenceRecord>, r: PresenceRecord) {
+    match merged.get(&r.device()) {
+        Some(held) if !r.supersedes(held) => {}
+        _ => {
+            merged.insert(r.device(), r);
+        }
+    }
+}
+
+/// An ordinary node's side of searching: it asks its super node and collects the answer,
+/// verifying every record itself.
+#[derive(Debug)]
+pub struct ClientSearches {
+    trusted: TrustedAuthorities,
+    retention: Duration,
+    timeout: Duration,
+    next_query: u32,
+    pending: HashMap<u32, ClientSearch>,
+}
+
+#[derive(Debug)]
+struct ClientSearch {
+    user: UserName,
+    started: Instant,
+    deadline: Instant,
+    records: Vec<PresenceRecord>,
+    total: Option<u8>,
+    invalid: bool,
+}
+
+impl ClientSearches {
+    /// Searches verified against `trusted`, given up after `timeout` (default use: 3 s).
+    pub fn new(trusted: TrustedAuthorities, retention: Duration, timeout: Duration) -> Self {
+        Self {
+            trusted,
+            retention,
+            timeout,
+            next_query: 0,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Start a search: send the returned message to the super node; the query id identifies
+    /// the outcome.
+    pub fn start(&mut self, now: Instant, user: UserName) -> (u32, Message<'static>) {
+        self.next_query = self.next_query.wrapping_add(1).max(1);
+        let query = self.next_query;
+        self.pending.insert(
+            query,
+            ClientSearch {
+                user: user.clone(),
+                started: now,
+                deadline: now + self.timeout,
+                records: Vec::new(),
+                total: None,
+                invalid: false,
+            },
+        );
+        (
+            query,
+            Message::IndexSearch {
+                query,
+                full: true,
+                user,
+            },
+        )
+    }
+
+    /// An answer from the super node. Returns the finished search, if this ended one.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        wall: UnixTime,
+        message: &Message<'_>,
+    ) -> Option<(u32, SearchOutcome)> {
+        let (query, hops, result) = match message {
+            Message::IndexNotFound {
+                query,
+                hops,
+                definite,
+            } => (
+                *query,
+                *hops,
+                if *definite {
+                    SearchResult::NotFound
+                } else {
+                    SearchResult::Unavailable
+                },
+            ),
+            Message::IndexResult {
+                query,
+                hops,
+                total,
+                record,
+            } => {
+                let s = self.pending.get_mut(query)?;
+                let valid = record.user() == &s.user
+                    && record
+                        .verify(&self.trusted, wall, self.retention, |_| false)
+                        .is_ok();
+                if valid {
+                    s.records.push((**record).clone());
+                } else {
+                    s.invalid = true;
+                }
+                s.total = Some(*total);
+                let received = s.records.len() + usize::from(s.invalid);
+                if received < usize::from(*total) {
+                    return None;
+                }
+                let s = self.pending.get(query)?;
+                let result = if s.records.is_empty() {
+                    SearchResult::Unavailable
+                } else {
+                    SearchResult::Found(s.records.clone())
+                };
+                (*query, *hops, result)
+            }
+            _ => return None,
+        };
+        let s = self.pending.remove(&query)?;
+        Some((
+            query,
+            SearchOutcome {
+                user: s.user,
+                result,
+                hops: hops.saturating_add(1),
+                messages: 1,
+                elapsed: now.saturating_duration_since(s.started),
+            },
+        ))
+    }
+
+    /// Searches that got no (complete) answer in time end as [`SearchResult::Unavailable`].
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<(u32, SearchOutcome)> {
+        let late: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(q, _)| *q)
+            .collect();
+        late.into_iter()
+            .filter_map(|q| {
+                let s = self.pending.remove(&q)?;
+                let result = if s.records.is_empty() {
+                    SearchResult::Unavailable
+                } else {
+                    SearchResult::Found(s.records)
+                };
+                Some((
+                    q,
+                    SearchOutcome {
+                        user: s.user,
+                        result,
+                        hops: 2,
+                        messages: 1,
+                        elapsed: now.saturating_duration_since(s.started),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The next deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending.values().map(|s| s.deadline).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(addr: &str, key: u32) -> HostEntry {
+        let mut static_key = [0x55; 32];
+        static_key[..4].copy_from_slice(&key.to_be_bytes());
+        HostEntry {
+            addr: addr.parse().unwrap(),
+            static_key,
+        }
+    }
+
+    #[test]
+    fn ring_orders_by_key_and_wraps() {
+        let mut ring = Ring::new(4);
+        for i in 0..10u32 {
+            assert!(ring.insert(entry(&format!("198.18.{i}.1:4000"), i)));
+        }
+        assert_eq!(ring.len(), 10);
+        let all = ring.successors(Key([0; 32]), 100);
+        assert_eq!(all.len(), 10, "never more than the ring holds");
+        let keys: Vec<Key> = all
+            .iter()
+            .map(|e| Key::of_super_node(&e.static_key))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        // Past the last key, the successors wrap around to the first.
+        let last = *keys.last().unwrap();
+        let after = ring.successors(last, 2);
+        assert_eq!(Key::of_super_node(&after[1].static_key), keys[0]);
+        // Re-inserting changes nothing; removing bumps the generation.
+        let g = ring.generation();
+        assert!(ring.insert(all[0]));
+        assert_eq!(ring.generation(), g);
+        assert!(ring.remove(all[0].addr));
+        assert!(!ring.remove(all[0].addr));
+        assert_eq!(ring.len(), 9);
+        assert!(ring.generation() > g);
+    }
+
+    #[test]
+    fn one_party_cannot_surround_a_key_from_one_prefix() {
+        let mut ring = Ring::new(4);
+        for i in 0..20u32 {
+            ring.insert(entry(&format!("198.18.{i}.1:4000"), i));
+        }
+        // Mallory runs 200 super nodes in one /24 (and 200 in one IPv6 /48).
+        let mut accepted = 0;
+        for i in 0..200u32 {
+            accepted += usize::from(ring.insert(entry(&format!("198.19.7.{i}:4000"), 1000 + i)));
+            let v6 = format!("[2001:db8:1:{i:x}::1]:4000");
+            accepted += usize::from(ring.insert(entry(&v6, 2000 + i)));
+        }
+        assert_eq!(accepted, 8, "four per prefix");
+        // However the keys fall, honest super nodes remain among any key's replicas.
+        let user = UserName::parse("alice").unwrap();
+        let replicas = ring.successors(Key::of_user(&user), 7);
+        let hers = replicas
+            .iter()
+            .filter(|e| e.addr.ip().to_string().starts_with("198.19.7.") || e.addr.is_ipv6())
+            .count();
+        assert!(hers < 7, "honest replicas remain: {hers} of 7 are hers");
+        // Leaving frees the slot.
+        let first = ring
+            .entries()
+            .find(|e| e.addr.ip().to_string().starts_with("198.19.7."))
+            .copied()
+            .unwrap();
+        assert!(ring.remove(first.addr));
+        assert!(ring.insert(entry("198.19.7.250:4000", 250)));
+    }
+
+    #[test]
+    fn ids_come_from_keys_not_from_choice() {
+        let a = entry("198.18.0.1:4000", 1);
+        let b = HostEntry {
+            addr: "198.18.0.2:4000".parse().unwrap(),
+            ..a
+        };
+        // The same key at another address is the same ring position (it moved).
+        let mut ring = Ring::new(4);
+        ring.insert(a);
+        ring.insert(b);
+        assert_eq!(ring.len(), 1);
+        assert!(ring.contains(b.addr) && !ring.contains(a.addr));
+        assert_ne!(
+            Key::of_super_node(&a.static_key),
+            Key::of_user(&UserName::parse("alice").unwrap())
+        );
+    }
+}

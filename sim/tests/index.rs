@@ -1,0 +1,117 @@
+//! The global index in the message-level simulator: every user found, definite "not found"
+//! for absent names, lying super nodes, churn and a mass failure. Seeded and in virtual time.
+
+use std::time::Duration;
+
+use natter_sim::index::{Behaviour, IndexReport, IndexSim, IndexSimConfig, PhaseReport};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Spread `n` lookups of random users (and `absent` of names nobody has) over `window`,
+/// starting now, in `phase`.
+fn lookups(sim: &mut IndexSim, phase: usize, n: usize, absent: usize, window: Duration) {
+    for i in 0..n + absent {
+        let at = window.mul_f64(i as f64 / (n + absent) as f64);
+        let user = (i < n).then(|| sim.random_user());
+        sim.lookup_at(at, user, phase);
+    }
+}
+
+fn phase<'a>(r: &'a IndexReport, name: &str) -> &'a PhaseReport {
+    &r.phases.iter().find(|(n, _)| n == name).expect("phase").1
+}
+
+#[test]
+fn everyone_is_found_and_absent_names_are_definitely_not_found() {
+    let mut cfg = IndexSimConfig::new(1, 200, 2_000);
+    cfg.median_session = None;
+    let mut sim = IndexSim::new(cfg);
+    sim.run_until(60 * SECOND);
+    let p = sim.phase("steady");
+    lookups(&mut sim, p, 1_000, 200, 60 * SECOND);
+    sim.run_until(130 * SECOND);
+    let r = sim.report();
+    let s = phase(&r, "steady");
+    assert_eq!(s.lookups, 1_000);
+    assert_eq!(s.found, 1_000, "{s:?}");
+    assert_eq!(s.absent_not_found, 200, "{s:?}");
+    assert_eq!(s.hops[0], 2, "client -> its super node -> replicas");
+    assert!(s.latency_ms[1] < 1_000.0, "{s:?}");
+}
+
+#[test]
+fn fifteen_percent_lying_super_nodes_do_not_hide_the_genuine_record() {
+    let mut cfg = IndexSimConfig::new(2, 300, 3_000);
+    cfg.median_session = None;
+    cfg.adversaries = 0.15;
+    cfg.online = 1.0;
+    // Everyone publishes a newer record after the first, so stale answers are wrong ones.
+    cfg.refresh = 60 * SECOND;
+    let mut sim = IndexSim::new(cfg);
+    sim.run_until(150 * SECOND);
+    let p = sim.phase("adversarial");
+    lookups(&mut sim, p, 3_000, 300, 50 * SECOND);
+    sim.run_until(210 * SECOND);
+    let r = sim.report();
+    let s = phase(&r, "adversarial");
+    assert!(r.forged_refused > 0, "forgeries were offered and refused");
+    assert!(
+        s.found as f64 >= 0.999 * s.lookups as f64,
+        "{s:?} (stale answers must lose to honest ones)"
+    );
+    assert_eq!(s.false_not_found, 0, "{s:?}");
+    assert_eq!(s.absent_not_found, s.absent_lookups, "{s:?}");
+}
+
+#[test]
+fn churn_and_a_mass_failure_of_30_percent() {
+    let mut cfg = IndexSimConfig::new(3, 300, 3_000);
+    // Heavy churn, compressed: a median session of 20 minutes.
+    cfg.median_session = Some(1_200 * SECOND);
+    let mut sim = IndexSim::new(cfg);
+    sim.run_until(60 * SECOND);
+    let steady = sim.phase("churn");
+    lookups(&mut sim, steady, 2_000, 200, 600 * SECOND);
+    sim.run_until(660 * SECOND);
+    sim.mass_failure(0.3);
+    let after = sim.phase("right after");
+    lookups(&mut sim, after, 2_000, 200, 30 * SECOND);
+    sim.run_until(720 * SECOND);
+    let later = sim.phase("recovered");
+    lookups(&mut sim, later, 2_000, 0, 60 * SECOND);
+    sim.run_until(800 * SECOND);
+    let r = sim.report();
+    assert!(r.left > 100, "churn happened: {} left", r.left);
+    let churn = phase(&r, "churn");
+    assert!(churn.success() >= 0.999, "{churn:?}");
+    let after = phase(&r, "right after");
+    assert!(after.success() >= 0.99, "{after:?}");
+    let later = phase(&r, "recovered");
+    assert!(later.success() >= 0.999, "{later:?}");
+    for (name, p) in &r.phases {
+        assert_eq!(p.false_not_found, 0, "{name}: {p:?}");
+    }
+    // Absent names: a definite "not found" needs three replicas' answers; right after the
+    // failure, before the dead are noticed, a few searches can only say "unavailable".
+    assert_eq!(churn.absent_not_found, churn.absent_lookups, "{churn:?}");
+    assert!(
+        after.absent_not_found as f64 >= 0.95 * after.absent_lookups as f64,
+        "{after:?}"
+    );
+}
+
+#[test]
+fn runs_are_deterministic() {
+    let run = || {
+        let mut cfg = IndexSimConfig::new(4, 100, 500);
+        cfg.adversaries = 0.1;
+        cfg.adversary_behaviours = vec![Behaviour::Drop];
+        cfg.median_session = Some(600 * SECOND);
+        let mut sim = IndexSim::new(cfg);
+        let p = sim.phase("p");
+        lookups(&mut sim, p, 300, 30, 300 * SECOND);
+        sim.run_until(320 * SECOND);
+        sim.report()
+    };
+    assert_eq!(run(), run());
+}
