@@ -7,7 +7,10 @@
 //! RTT; then the relay replays what it captured and a stranger sprays garbage: all of it is
 //! dropped and counted while the session keeps working. A wrong password and a restart that
 //! renews without the password are shown, and a second session is set up with Noise IK (one
-//! round trip) using the key learnt in the first. Exits non-zero when any step fails.
+//! round trip) using the key learnt in the first. Between, three super nodes start, the users
+//! join the overlay through them and search the global index for each other, and a super
+//! node dies without anyone losing their links or their records. Exits non-zero when any step
+//! fails.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +29,7 @@ use natter_transport::{os_seed, wall_clock, UdpNode};
 
 use natter_core::attach::AttachEvent;
 use natter_core::hostcache::HostCache;
+use natter_overlay::dht::SearchResult;
 use natter_overlay::node::{Node as OverlayNode, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 
@@ -279,6 +283,43 @@ impl Drop for Relay {
 
 /// Pause briefly every 32 packets so a burst does not overflow the kernel's receive buffer:
 /// the demo should show what the endpoint does with every packet, not what the kernel drops.
+/// Search from `node` for each `(user, should_exist)`, print the outcomes and record rows.
+/// False (and a failed step) when an outcome is not the expected one.
+fn search_step(r: &mut Report, node: &OverlayRuntime, searches: &[(&str, bool)]) -> bool {
+    for (user, exists) in searches {
+        let Ok(name) = natter_core::identity::UserName::parse(user) else {
+            r.fail(&format!("{user} is not a user name"));
+            return false;
+        };
+        let id = node.command(move |n, now| n.search(now, name));
+        let (event, _) = node.wait_for(
+            STEP_TIMEOUT,
+            |e| matches!(e, NodeEvent::Search { id: i, .. } if *i == id),
+        );
+        let Some(NodeEvent::Search { outcome, .. }) = event else {
+            r.fail(&format!("no answer to the search for {user}"));
+            return false;
+        };
+        println!("    {}", crate::node::describe_search(&outcome));
+        let ok = match &outcome.result {
+            SearchResult::Found(records) => *exists && !records.is_empty(),
+            SearchResult::NotFound => !*exists,
+            SearchResult::Unavailable => false,
+        };
+        if !ok {
+            r.fail(&format!("unexpected answer for {user}"));
+            return false;
+        }
+        let kind = if *exists { "found" } else { "not found" };
+        let label = format!("Search {user} ({kind})");
+        r.row(
+            &label,
+            format!("{} ({} hops)", ms(outcome.elapsed), outcome.hops),
+        );
+    }
+    true
+}
+
 fn pace(i: usize) {
     if i % 32 == 31 {
         std::thread::sleep(Duration::from_millis(2));
@@ -452,6 +493,29 @@ fn run_inner() -> std::io::Result<bool> {
         clients.push(node);
     }
     r.ok(t, "every user has two super-node links");
+
+    let t = r.step(
+        "Search the global index: alice looks up bob and carol (signed, verified records) and a name nobody has",
+    );
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while super_nodes
+        .iter()
+        .any(|s| s.command(|n, _| n.ring_len()) < super_nodes.len())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if search_step(
+        &mut r,
+        &clients[0],
+        &[("bob", true), ("carol", true), ("nobody", false)],
+    ) {
+        r.ok(
+            t,
+            "found both, with hops and time; a definite \"not found\" for the stranger",
+        );
+    }
+
     let t = r.step("A super node dies: its clients move to the others");
     let victim = 0;
     let victim_addr = sn_addrs[victim];
@@ -479,6 +543,10 @@ fn run_inner() -> std::io::Result<bool> {
             &format!("{victim_addr} gone; every user attached to the two others"),
         );
         r.row("Fail-over after a super node died", ms(killed.elapsed()));
+    }
+    let t = r.step("With a super node gone, carol still finds alice (the records are replicated)");
+    if search_step(&mut r, &clients[2], &[("alice", true)]) {
+        r.ok(t, "found through the surviving replicas");
     }
     drop(clients);
     drop(super_nodes);

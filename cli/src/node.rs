@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use natter_core::attach::AttachEvent;
 use natter_core::handshake::{Capabilities, LocalIdentity};
+use natter_core::identity::UserName;
+use natter_overlay::dht::{SearchOutcome, SearchResult};
 use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::login::client::{login, DeviceStore, Renewer, RevocationFetcher};
 use natter_transport::login::network::NetworkFile;
@@ -43,6 +45,9 @@ pub struct NodeArgs {
     /// Read the password from standard input (first start only).
     #[arg(long)]
     pub password_stdin: bool,
+    /// Search the global index for this user once joined (repeatable).
+    #[arg(long, value_name = "USER")]
+    pub search: Vec<String>,
 }
 
 /// Run a node until killed; returns an exit code on a startup failure.
@@ -57,6 +62,11 @@ pub fn run(args: NodeArgs) -> i32 {
 }
 
 fn run_inner(args: NodeArgs) -> Result<(), String> {
+    let mut searches = args
+        .search
+        .iter()
+        .map(|u| UserName::parse(u).map_err(|e| format!("--search {u}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
     let store = DeviceStore::open(args.data.join("device")).map_err(|e| e.to_string())?;
     let password = if store.certificate().is_some() {
@@ -150,6 +160,14 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         if let Ok(e) = rt.events().recv_timeout(Duration::from_secs(1)) {
             describe(&e);
         }
+        // Search once joined: attached to a super node, or one.
+        if !searches.is_empty() && rt.command(|n, _| n.is_super_node() || !n.attached().is_empty())
+        {
+            for user in searches.drain(..) {
+                println!("searching for {user}");
+                rt.command(move |n, now| n.search(now, user));
+            }
+        }
         let (cpu, bytes_per_sec) = rt.load();
         rt.command(move |n, now| n.report_load(now, Load { cpu, bytes_per_sec }));
         if last_save.elapsed() >= Duration::from_secs(60) {
@@ -197,5 +215,42 @@ pub fn describe(e: &NodeEvent) {
         NodeEvent::Demoted => println!("gave up the super-node role"),
         NodeEvent::SuperNode(ev) => tracing::info!(?ev, "super node"),
         NodeEvent::Session(ev) => tracing::debug!(?ev, "session"),
+        NodeEvent::Search { outcome, .. } => println!("{}", describe_search(outcome)),
+    }
+}
+
+/// A search's outcome as a person reads it.
+pub fn describe_search(o: &SearchOutcome) -> String {
+    let took = format!("{:.1} ms", o.elapsed.as_secs_f64() * 1000.0);
+    match &o.result {
+        SearchResult::Found(records) => {
+            let devices: Vec<String> = records
+                .iter()
+                .map(|r| {
+                    let state = if r.online {
+                        "online".to_string()
+                    } else {
+                        format!("offline, last seen at {} (Unix time)", r.timestamp.0)
+                    };
+                    let via = r
+                        .super_nodes
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("device {} {state} via {via}", r.device())
+                })
+                .collect();
+            format!(
+                "found {}: {} ({} hops, {took})",
+                o.user,
+                devices.join("; "),
+                o.hops
+            )
+        }
+        SearchResult::NotFound => format!("{} not found ({took})", o.user),
+        SearchResult::Unavailable => {
+            format!("{}: the index could not answer, try again ({took})", o.user)
+        }
     }
 }

@@ -181,11 +181,19 @@ impl Ring {
 
     /// The `n` members at or after `key`, clockwise (fewer when the ring is smaller).
     pub fn successors(&self, key: Key, n: usize) -> Vec<HostEntry> {
+        self.successor_keys(key, n)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// [`Ring::successors`] with their keys.
+    pub fn successor_keys(&self, key: Key, n: usize) -> Vec<(Key, HostEntry)> {
         self.members
             .range(key..)
             .chain(self.members.range(..key))
             .take(n)
-            .map(|(_, e)| *e)
+            .map(|(k, e)| (*k, *e))
             .collect()
     }
 }
@@ -471,13 +479,22 @@ impl Dht {
         ring.successors(Key::of_user(user), n)
     }
 
-    fn store_local(&mut self, record: PresenceRecord, wall: UnixTime) -> bool {
+    fn store_local(&mut self, ring: &Ring, record: PresenceRecord, wall: UnixTime) -> bool {
         let user = record.user().clone();
         let revoked = &self.revoked;
         match self.store.store(record, wall, |d| revoked.contains(&d)) {
             Ok(()) => {
                 self.stats.stored += 1;
                 self.cache.remove(&user);
+                // The set it was placed on, for the next repair to compare with.
+                if !self.placed.contains_key(&user) {
+                    let keys = ring
+                        .successor_keys(Key::of_user(&user), self.cfg.replicas)
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .collect();
+                    self.placed.insert(user, keys);
+                }
                 true
             }
             Err(_) => {
@@ -513,7 +530,7 @@ impl Dht {
         self.cache.remove(&user);
         for to in self.replica_set(ring, &user, self.cfg.replicas) {
             if to.static_key == self.me.static_key {
-                self.store_local(record.clone(), wall);
+                self.store_local(ring, record.clone(), wall);
             } else {
                 self.outputs.push_back(DhtOutput::Send {
                     to,
@@ -817,7 +834,7 @@ impl Dht {
                     return false;
                 }
                 self.arm_expiry(now);
-                self.store_local((**record).clone(), wall)
+                self.store_local(ring, (**record).clone(), wall)
             }
             Message::IndexSearch {
                 query,
@@ -956,7 +973,7 @@ impl Dht {
             self.next_expiry = None;
             self.store.expire(wall);
             let store = &self.store;
-            self.placed.retain(|u, _| !store.held(u).is_empty());
+            self.placed.retain(|u, _| store.holds(u));
             if !self.store.is_empty() {
                 self.arm_expiry(now);
             }
@@ -971,43 +988,38 @@ impl Dht {
     }
 
     /// Re-check the replica set of every record held after the ring changed: push records to
-    /// super nodes that newly belong to their set (this node pushes when it is the first
-    /// member of the new set that also was in the old one), drop records this node no longer
-    /// has to hold.
+    /// super nodes that newly belong to their set, drop records this node no longer has to
+    /// hold.
     fn repair(&mut self, ring: &Ring) {
         self.repaired_generation = ring.generation();
         let users: Vec<UserName> = self.store.users().cloned().collect();
         for user in users {
-            let set = self.replica_set(ring, &user, self.cfg.replicas);
-            let keys: Vec<Key> = set
-                .iter()
-                .map(|e| Key::of_super_node(&e.static_key))
-                .collect();
+            let (keys, set): (Vec<Key>, Vec<HostEntry>) = ring
+                .successor_keys(Key::of_user(&user), self.cfg.replicas)
+                .into_iter()
+                .unzip();
             let old = self.placed.get(&user).cloned();
             if old.as_ref() == Some(&keys) {
                 continue;
             }
+            // Every holder pushes to the members its own view says are new: views differ
+            // between super nodes, and a copy that arrives twice costs the receiver no
+            // signature check (it is not newer than what it holds).
             let old = old.unwrap_or_default();
-            let pusher = keys
-                .iter()
-                .find(|k| old.contains(k) || **k == self.my_key)
-                .copied();
-            if pusher == Some(self.my_key) || old.is_empty() {
-                let records = self.store.held(&user);
-                for (entry, key) in set.iter().zip(&keys) {
-                    if *key == self.my_key || old.contains(key) {
-                        continue;
-                    }
-                    for r in &records {
-                        self.stats.repaired += 1;
-                        self.outputs.push_back(DhtOutput::Send {
-                            to: *entry,
-                            message: Message::IndexStore {
-                                replicate: false,
-                                record: Box::new(r.clone()),
-                            },
-                        });
-                    }
+            let records = self.store.held(&user);
+            for (entry, key) in set.iter().zip(&keys) {
+                if *key == self.my_key || old.contains(key) {
+                    continue;
+                }
+                for r in &records {
+                    self.stats.repaired += 1;
+                    self.outputs.push_back(DhtOutput::Send {
+                        to: *entry,
+                        message: Message::IndexStore {
+                            replicate: false,
+                            record: Box::new(r.clone()),
+                        },
+                    });
                 }
             }
             let keep = self

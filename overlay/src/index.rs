@@ -81,17 +81,21 @@ impl IndexStore {
         now: UnixTime,
         is_revoked: impl Fn(DeviceId) -> bool,
     ) -> Result<(), StoreError> {
-        record.verify(&self.trusted, now, self.retention, is_revoked)?;
         let user = record.user().clone();
         let device = record.device();
-        if let Some(held) = self.by_user.get(&user).and_then(|d| d.get(&device)) {
+        let held = self.by_user.get(&user).and_then(|d| d.get(&device));
+        // Staleness first: it is cheap, and a copy of a held record (replicas hand records on
+        // to each other) then costs no signature check.
+        if let Some(held) = held {
             if !record.supersedes(held) {
                 return Err(StoreError::Stale {
                     offered: record.sequence,
                     held: held.sequence,
                 });
             }
-        } else {
+        }
+        record.verify(&self.trusted, now, self.retention, is_revoked)?;
+        if held.is_none() {
             if self.count >= self.capacity {
                 self.evict_oldest();
             }
@@ -159,6 +163,11 @@ impl IndexStore {
             .get(user)
             .map(|d| d.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// True when records of `user` are held.
+    pub fn holds(&self, user: &UserName) -> bool {
+        self.by_user.contains_key(user)
     }
 
     /// Forget every record of `user`.

@@ -37,6 +37,14 @@ use natter_overlay::dht::{ClientSearches, Dht, DhtConfig, DhtOutput, Origin, Rin
 /// Bytes a message costs on the wire beyond its encoding: data header, AEAD tag, UDP/IPv4.
 pub const FRAMING_BYTES: usize = 14 + 16 + 28;
 
+/// The latency model: hosts sit in a unit square; the round-trip time between two grows
+/// linearly with their distance from 20 ms (same spot) to 200 ms (opposite corners). This
+/// returns the one-way delay.
+pub fn one_way(a: (f64, f64), b: (f64, f64)) -> Duration {
+    let d = ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt() / std::f64::consts::SQRT_2;
+    Duration::from_secs_f64((0.020 + 0.180 * d) / 2.0)
+}
+
 /// How a super node behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
@@ -315,7 +323,7 @@ impl IndexSim {
             };
             let sn = sim.new_sn(behaviour);
             sim.ring.insert(sim.sns[sn].entry);
-            sim.schedule_leave(sn);
+            sim.schedule_leave(sn, true);
         }
         for u in 0..sim.cfg.users {
             sim.new_user(u);
@@ -431,11 +439,12 @@ impl IndexSim {
     }
 
     fn one_way(a: (f64, f64), b: (f64, f64)) -> Duration {
-        let d = ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt() / std::f64::consts::SQRT_2;
-        Duration::from_secs_f64((0.020 + 0.180 * d) / 2.0)
+        one_way(a, b)
     }
 
-    fn schedule_leave(&mut self, sn: usize) {
+    /// Schedule the end of `sn`'s session. A super node present at the start has been up for
+    /// a while already: it gets the residual of a session (a uniform fraction of one).
+    fn schedule_leave(&mut self, sn: usize, residual: bool) {
         let Some(median) = self.cfg.median_session else {
             return;
         };
@@ -443,7 +452,10 @@ impl IndexSim {
         let shape = self.cfg.session_shape;
         let scale = median.as_secs_f64() / 2f64.powf(1.0 / shape);
         let u = 1.0 - self.rng.unit();
-        let session = scale / u.powf(1.0 / shape);
+        let mut session = scale / u.powf(1.0 / shape);
+        if residual {
+            session *= self.rng.unit();
+        }
         self.schedule(Duration::from_secs_f64(session), Ev::Leave { sn });
     }
 
@@ -535,7 +547,7 @@ impl IndexSim {
             self.joined += 1;
             let delay = self.cfg.join_delay;
             self.schedule(delay, Ev::RingAdd { sn: new });
-            self.schedule_leave(new);
+            self.schedule_leave(new, false);
         }
     }
 

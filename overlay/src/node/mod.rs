@@ -35,8 +35,11 @@ use natter_core::stun::{Class, Message as StunMessage, TransactionId};
 use natter_core::wire::message::{HostEntry, Message};
 use natter_core::wire::{classify, Class as WireClass};
 
+use crate::dht::{ClientSearches, Dht, DhtConfig, Ring, SearchOutcome};
 use crate::stun::StunServer;
 use crate::supernode::{SuperNodeConfig, SuperNodeEvent, SuperNodeRole};
+
+mod index;
 
 /// Whether a node may be a super node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,16 @@ pub struct NodeConfig {
     /// The node's uplink capacity in bytes per second, when the operator knows it: promotion
     /// then also needs half of it spare.
     pub uplink_bytes_per_sec: Option<u64>,
+    /// Global-index settings, as a super node.
+    pub index: DhtConfig,
+    /// Super nodes per /24 (IPv4) or /48 (IPv6) in the index ring (default 4; tests on one
+    /// loopback address raise it).
+    pub ring_prefix_cap: usize,
+    /// Publish a fresh presence record this often while online (default 30 minutes), and
+    /// whenever the super nodes this node is attached to change.
+    pub presence_refresh: Duration,
+    /// Give a search up after this long (default 3 s).
+    pub search_timeout: Duration,
 }
 
 /// How busy a node is, measured by its runtime.
@@ -133,6 +146,10 @@ impl NodeConfig {
             overload: 0.9,
             overload_for: Duration::from_secs(30),
             uplink_bytes_per_sec: None,
+            index: DhtConfig::default(),
+            ring_prefix_cap: 4,
+            presence_refresh: Duration::from_secs(1800),
+            search_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -152,6 +169,13 @@ pub enum NodeEvent {
     SuperNode(SuperNodeEvent),
     /// A session event for the application (peer sessions, data, media).
     Session(EndpointEvent),
+    /// A search started with [`Node::search`] ended.
+    Search {
+        /// The id [`Node::search`] returned.
+        id: u64,
+        /// What was found, verified by this node.
+        outcome: SearchOutcome,
+    },
 }
 
 /// Counters.
@@ -193,6 +217,25 @@ pub struct Node {
     commands: VecDeque<StreamCommand>,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
+    /// The global index, as a super node.
+    dht: Option<Dht>,
+    /// Every super node this one knows, for the index.
+    ring: Ring,
+    next_ring_sync: Option<Instant>,
+    /// Sessions with super nodes for index traffic, and those being opened (with what waits).
+    index_sessions: HashMap<SocketAddr, ConnId>,
+    index_connecting: HashMap<ConnId, (HostEntry, Vec<Message<'static>>)>,
+    /// Super nodes a session could not be opened with: out of the ring until then.
+    index_suspects: HashMap<SocketAddr, Instant>,
+    /// Searches this node asked its super node for.
+    client_searches: ClientSearches,
+    next_search: u64,
+    /// Presence: the last sequence number used, the super nodes named in the last record,
+    /// when to publish again, and whether the user is online.
+    presence_seq: u64,
+    presence_published: Option<Vec<SocketAddr>>,
+    next_presence: Option<Instant>,
+    online: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -258,6 +301,22 @@ impl Node {
             commands: VecDeque::new(),
             events: VecDeque::new(),
             stats: NodeStats::default(),
+            dht: None,
+            ring: Ring::new(cfg.ring_prefix_cap),
+            next_ring_sync: None,
+            index_sessions: HashMap::new(),
+            index_connecting: HashMap::new(),
+            index_suspects: HashMap::new(),
+            client_searches: ClientSearches::new(
+                cfg.identity.trusted.clone(),
+                cfg.index.retention,
+                cfg.search_timeout,
+            ),
+            next_search: 0,
+            presence_seq: 0,
+            presence_published: None,
+            next_presence: None,
+            online: true,
             cfg,
         };
         if node.cfg.role == RolePolicy::Force {
@@ -359,6 +418,9 @@ impl Node {
     /// Refuse sessions with these revoked devices and close the open ones (the runtime fetches
     /// the authority's signed revocation list).
     pub fn revoke(&mut self, now: Instant, devices: Vec<natter_core::identity::DeviceId>) {
+        if let Some(dht) = self.dht.as_mut() {
+            dht.revoke(devices.iter().copied());
+        }
         self.endpoint.revoke(now, devices);
         self.pump(now);
     }
@@ -425,6 +487,9 @@ impl Node {
                 let _ = self.endpoint.send_control(now, r.conn, &r.message);
             }
             self.stun = None;
+            self.dht = None;
+            self.ring = Ring::new(self.cfg.ring_prefix_cap);
+            self.presence_published = None;
             self.events.push_back(NodeEvent::Demoted);
         }
     }
@@ -459,6 +524,14 @@ impl Node {
             }
         }
         self.supernode = Some(role);
+        self.dht = Some(Dht::new(
+            self.cfg.index.clone(),
+            self.me(),
+            self.cfg.identity.trusted.clone(),
+        ));
+        self.sync_ring(now);
+        // Our own record now names us.
+        self.presence_published = None;
         self.events.push_back(NodeEvent::Promoted);
     }
 
@@ -652,6 +725,7 @@ impl Node {
                     }
                 }
                 EndpointEvent::Closed { conn, .. } => {
+                    self.index_sessions.retain(|_, c| *c != conn);
                     if let Some(ev) = self.supernode.as_mut().and_then(|r| r.session_closed(conn)) {
                         self.events.push_back(NodeEvent::SuperNode(ev));
                     }
@@ -662,6 +736,17 @@ impl Node {
                 }
                 EndpointEvent::Control { conn, ref message } => {
                     self.on_control(now, conn, message);
+                }
+                EndpointEvent::Connected { conn, ref peer, .. }
+                    if self.index_connecting.contains_key(&conn) =>
+                {
+                    let _ = peer;
+                    self.index_connected(now, conn);
+                }
+                EndpointEvent::ConnectFailed { conn, .. }
+                    if self.index_connecting.contains_key(&conn) =>
+                {
+                    self.index_connect_failed(now, conn);
                 }
                 other => self.events.push_back(NodeEvent::Session(other)),
             }
@@ -724,6 +809,9 @@ impl Node {
             }
             return;
         }
+        if self.on_index_message(now, conn, &msg) {
+            return;
+        }
         let Some(role) = self.supernode.as_mut() else {
             self.stats.overlay_dropped += 1;
             return;
@@ -748,6 +836,9 @@ impl Node {
         }
         self.events
             .extend(events.into_iter().map(NodeEvent::SuperNode));
+        if matches!(msg, Message::OverlayMembership { .. }) {
+            self.sync_ring(now);
+        }
     }
 
     fn check_promotion(&mut self, now: Instant) -> bool {
@@ -848,6 +939,9 @@ impl Node {
             if self.check_promotion(now) {
                 progressed = true;
             }
+            if self.drain_index(now) {
+                progressed = true;
+            }
             while let Some(t) = self.endpoint.poll_transmit() {
                 self.transmits.push_back(t);
             }
@@ -884,6 +978,17 @@ impl Machine for Node {
             Input::Stream { .. } => self.endpoint.handle_input(now, input),
             Input::StreamClosed { stream } => {
                 self.endpoint.handle_input(now, input);
+                // A super node whose link just broke may be gone: keep index traffic off it
+                // for a while.
+                let lost = self
+                    .attacher
+                    .attached()
+                    .into_iter()
+                    .find(|(s, _)| *s == stream)
+                    .map(|(_, a)| a);
+                if let (Some(addr), true) = (lost, self.dht.is_some()) {
+                    self.super_node_unreachable(now, addr);
+                }
                 if let Some(conn) = self.stream_conn.remove(&stream) {
                     self.conn_stream.remove(&conn);
                     self.endpoint.close(now, conn);
@@ -919,6 +1024,7 @@ impl Machine for Node {
             }
         }
         self.check_overload(now);
+        self.index_timeout(now);
         if self.next_udp_keepalive.is_some_and(|t| t <= now) {
             self.next_udp_keepalive = Some(now + self.cfg.udp_keepalive);
             // No UDP binding to keep when UDP is blocked.
@@ -970,6 +1076,10 @@ impl Machine for Node {
                 .map(|t| t + self.cfg.overload_for),
             self.supernode.as_ref().map(|r| r.poll_timeout()),
             promotion,
+            self.dht.as_ref().and_then(|d| d.poll_timeout()),
+            self.client_searches.poll_timeout(),
+            self.next_presence,
+            self.next_ring_sync,
         ]
         .into_iter()
         .flatten()

@@ -1,0 +1,395 @@
+//! The node's side of the global index: publishing its own presence record, searching, and
+//! (as a super node) carrying the [`Dht`]'s messages over sessions with other super nodes.
+
+use std::time::{Duration, Instant};
+
+use natter_core::endpoint::ConnId;
+use natter_core::identity::UserName;
+use natter_core::presence::PresenceRecord;
+use natter_core::sansio::Destination;
+use natter_core::wire::message::{HostEntry, Message};
+
+use super::{nat_code, Node, NodeEvent};
+use crate::dht::{DhtOutput, Origin, SearchOutcome, SearchResult};
+
+/// How often a super node re-reads its membership into the index ring.
+const RING_SYNC: Duration = Duration::from_secs(2);
+/// A super node no session could be opened with stays out of the ring this long (its
+/// membership entry lasts until it has not been heard of for ten minutes).
+const SUSPECT_FOR: Duration = Duration::from_secs(60);
+
+impl Node {
+    /// Search the global index for `user`. The outcome arrives as [`NodeEvent::Search`] with
+    /// the returned id: the user's records (one per device, each verified here), a definite
+    /// "not found", or "unavailable" when too few super nodes answered. An ordinary node asks
+    /// its super node, which runs the search; a super node runs it itself.
+    pub fn search(&mut self, now: Instant, user: UserName) -> u64 {
+        let wall = self.wall(now);
+        if let Some(dht) = self.dht.as_mut() {
+            self.next_search += 1;
+            let id = self.next_search | 1 << 62;
+            dht.search(now, wall, &self.ring, Origin::Local(id), user);
+            self.pump(now);
+            return id;
+        }
+        let target = self.index_link();
+        let (query, message) = self.client_searches.start(now, user.clone());
+        let id = u64::from(query);
+        let sent =
+            target.is_some_and(|conn| self.endpoint.send_control(now, conn, &message).is_ok());
+        if !sent {
+            // Not attached: nobody to ask. Fail now rather than at the timeout.
+            let outcome = self
+                .client_searches
+                .handle_message(
+                    now,
+                    wall,
+                    &Message::IndexNotFound {
+                        query,
+                        hops: 0,
+                        definite: false,
+                    },
+                )
+                .map(|(_, o)| o)
+                .unwrap_or(SearchOutcome {
+                    user,
+                    result: SearchResult::Unavailable,
+                    hops: 0,
+                    messages: 0,
+                    elapsed: Duration::ZERO,
+                });
+            self.events.push_back(NodeEvent::Search { id, outcome });
+        }
+        self.pump(now);
+        id
+    }
+
+    /// The user logs out: publish a record saying so (found as offline, with this time as
+    /// last seen, for the retention period). [`Node::set_online`] undoes it.
+    pub fn go_offline(&mut self, now: Instant) {
+        self.set_online(now, false);
+    }
+
+    /// Set whether the user is online, publishing a fresh record when it changes.
+    pub fn set_online(&mut self, now: Instant, online: bool) {
+        if self.online != online {
+            self.online = online;
+            self.presence_published = None;
+            self.publish_presence(now);
+            self.pump(now);
+        }
+    }
+
+    /// The index as a super node (records held, counters).
+    pub fn index(&self) -> Option<&crate::dht::Dht> {
+        self.dht.as_ref()
+    }
+
+    /// Super nodes in this node's index ring (as a super node).
+    pub fn ring_len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// The session to ask the index through: the first attached super node's.
+    fn index_link(&self) -> Option<ConnId> {
+        self.attacher
+            .attached()
+            .into_iter()
+            .find_map(|(stream, _)| self.stream_conn.get(&stream).copied())
+    }
+
+    /// Our own record, signed now.
+    fn own_record(&mut self, now: Instant) -> PresenceRecord {
+        let wall = self.wall(now);
+        // Increasing across restarts without a stored counter: wall-clock seconds, with room
+        // for 65,536 records a second.
+        self.presence_seq = (wall.0 << 16).max(self.presence_seq + 1);
+        let super_nodes = if self.dht.is_some() {
+            vec![self.cfg.listen]
+        } else {
+            self.attached()
+        };
+        PresenceRecord::sign(
+            &self.cfg.identity.device,
+            self.cfg.identity.certificate.clone(),
+            self.online,
+            super_nodes,
+            self.reflexive,
+            self.cfg.local_addresses.clone(),
+            nat_code(self.nat_report.as_ref().map(|r| r.nat)),
+            self.cfg.identity.capabilities,
+            self.presence_seq,
+            wall,
+        )
+    }
+
+    /// Publish our record when the super nodes we are attached to changed, or when it is due.
+    fn publish_presence(&mut self, now: Instant) {
+        let names = if self.dht.is_some() {
+            vec![self.cfg.listen]
+        } else {
+            self.attached()
+        };
+        let due = self.next_presence.is_some_and(|t| t <= now);
+        if names.is_empty() || (!due && self.presence_published.as_ref() == Some(&names)) {
+            return;
+        }
+        let record = self.own_record(now);
+        let wall = self.wall(now);
+        let published = if let Some(dht) = self.dht.as_mut() {
+            dht.publish(now, wall, &self.ring, record)
+        } else if let Some(conn) = self.index_link() {
+            let msg = Message::IndexStore {
+                replicate: true,
+                record: Box::new(record),
+            };
+            self.endpoint.send_control(now, conn, &msg).is_ok()
+        } else {
+            false
+        };
+        if published {
+            self.presence_published = Some(names);
+            self.next_presence = Some(now + self.cfg.presence_refresh);
+        }
+    }
+
+    /// Make the ring follow the super-node membership.
+    pub(super) fn sync_ring(&mut self, now: Instant) {
+        let Some(role) = self.supernode.as_ref() else {
+            return;
+        };
+        self.index_suspects.retain(|_, until| *until > now);
+        let mut members = role.members();
+        members.retain(|m| !self.index_suspects.contains_key(&m.addr));
+        members.push(self.me());
+        let before = self.ring.generation();
+        let stale: Vec<_> = self
+            .ring
+            .entries()
+            .filter(|e| !members.contains(e))
+            .map(|e| e.addr)
+            .collect();
+        for addr in stale {
+            self.ring.remove(addr);
+        }
+        for m in members {
+            self.ring.insert(m);
+        }
+        if self.ring.generation() != before {
+            if let Some(dht) = self.dht.as_mut() {
+                dht.ring_changed(now);
+            }
+        }
+        self.next_ring_sync = Some(now + RING_SYNC);
+    }
+
+    pub(super) fn index_timeout(&mut self, now: Instant) {
+        let wall = self.wall(now);
+        if self.next_ring_sync.is_some_and(|t| t <= now) {
+            self.next_ring_sync = None;
+            self.sync_ring(now);
+        }
+        if let Some(dht) = self.dht.as_mut() {
+            dht.handle_timeout(now, wall, &self.ring);
+        }
+        for (query, outcome) in self.client_searches.handle_timeout(now) {
+            self.events.push_back(NodeEvent::Search {
+                id: u64::from(query),
+                outcome,
+            });
+        }
+        if self.next_presence.is_some_and(|t| t <= now) {
+            self.publish_presence(now);
+            if self.next_presence.is_some_and(|t| t <= now) {
+                // Could not publish (not attached): try again once attached.
+                self.next_presence = None;
+                self.presence_published = None;
+            }
+        }
+    }
+
+    /// Route the index's outputs and publish our record if needed. True when anything moved.
+    pub(super) fn drain_index(&mut self, now: Instant) -> bool {
+        self.publish_presence(now);
+        let mut moved = false;
+        while let Some(out) = self.dht.as_mut().and_then(|d| d.poll_output()) {
+            moved = true;
+            match out {
+                DhtOutput::Send { to, message } => self.send_to_super_node(now, to, message),
+                DhtOutput::Reply { client, message } => {
+                    let _ = self
+                        .endpoint
+                        .send_control(now, ConnId(client as u32), &message);
+                }
+                DhtOutput::Done { id, outcome } => {
+                    self.events.push_back(NodeEvent::Search { id, outcome });
+                }
+            }
+        }
+        moved
+    }
+
+    fn send_to_super_node(&mut self, now: Instant, to: HostEntry, message: Message<'static>) {
+        if let Some(conn) = self.index_sessions.get(&to.addr).copied() {
+            if self.endpoint.send_control(now, conn, &message).is_ok() {
+                return;
+            }
+            self.index_sessions.remove(&to.addr);
+        }
+        // An existing session with that super node (a membership link, or one it opened).
+        let existing = self.endpoint.connections().find(|&c| {
+            self.endpoint.remote(c) == Some(&Destination::Udp(to.addr))
+                && self
+                    .endpoint
+                    .peer(c)
+                    .is_some_and(|p| p.certificate.dh_public == to.static_key)
+        });
+        if let Some(conn) = existing {
+            self.index_sessions.insert(to.addr, conn);
+            if self.endpoint.send_control(now, conn, &message).is_ok() {
+                return;
+            }
+        }
+        if let Some((_, queue)) = self
+            .index_connecting
+            .values_mut()
+            .find(|(e, _)| e.addr == to.addr)
+        {
+            queue.push(message);
+            return;
+        }
+        match self
+            .endpoint
+            .connect(now, Destination::Udp(to.addr), Some(to.static_key))
+        {
+            Ok(conn) => {
+                self.index_connecting.insert(conn, (to, vec![message]));
+            }
+            Err(_) => self.super_node_unreachable(now, to.addr),
+        }
+    }
+
+    pub(super) fn index_connected(&mut self, now: Instant, conn: ConnId) {
+        if let Some((to, queue)) = self.index_connecting.remove(&conn) {
+            self.index_sessions.insert(to.addr, conn);
+            for m in queue {
+                let _ = self.endpoint.send_control(now, conn, &m);
+            }
+        }
+    }
+
+    pub(super) fn index_connect_failed(&mut self, now: Instant, conn: ConnId) {
+        if let Some((to, _)) = self.index_connecting.remove(&conn) {
+            self.super_node_unreachable(now, to.addr);
+        }
+    }
+
+    /// No session with the super node at `addr`: fail what waits for it and take it out of
+    /// the ring for a while, so searches and replicas go to live ones.
+    pub(super) fn super_node_unreachable(&mut self, now: Instant, addr: std::net::SocketAddr) {
+        let wall = self.wall(now);
+        self.index_suspects.insert(addr, now + SUSPECT_FOR);
+        if self.ring.remove(addr) {
+            if let Some(dht) = self.dht.as_mut() {
+                dht.ring_changed(now);
+            }
+        }
+        if let Some(dht) = self.dht.as_mut() {
+            dht.unreachable(now, wall, addr);
+        }
+    }
+
+    /// An index message on session `conn`. True when it was one (handled or dropped).
+    pub(super) fn on_index_message(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        msg: &Message<'_>,
+    ) -> bool {
+        let wall = self.wall(now);
+        let is_index = matches!(
+            msg,
+            Message::IndexStore { .. }
+                | Message::IndexSearch { .. }
+                | Message::IndexResult { .. }
+                | Message::IndexNotFound { .. }
+        );
+        if !is_index {
+            return false;
+        }
+        let from = self.endpoint.peer(conn).map(|p| HostEntry {
+            addr: match self.endpoint.remote(conn) {
+                Some(Destination::Udp(a)) => *a,
+                _ => self.cfg.listen,
+            },
+            static_key: p.certificate.dh_public,
+        });
+        let Some(from) = from else {
+            self.stats.overlay_dropped += 1;
+            return true;
+        };
+        match (self.dht.as_mut(), msg) {
+            // A client publishes its record or asks for a search.
+            (
+                Some(dht),
+                Message::IndexStore {
+                    replicate: true,
+                    record,
+                },
+            ) => {
+                if !dht.publish(now, wall, &self.ring, (**record).clone()) {
+                    self.stats.overlay_dropped += 1;
+                }
+            }
+            (
+                Some(dht),
+                Message::IndexSearch {
+                    query,
+                    full: true,
+                    user,
+                },
+            ) => {
+                dht.search(
+                    now,
+                    wall,
+                    &self.ring,
+                    Origin::Client {
+                        client: u64::from(conn.0),
+                        query: *query,
+                    },
+                    user.clone(),
+                );
+            }
+            // Another super node stores, asks, or answers.
+            (Some(dht), m) => {
+                if !dht.handle_message(now, wall, &self.ring, from, m) {
+                    self.stats.overlay_dropped += 1;
+                }
+            }
+            // An ordinary node: answers to its own searches.
+            (None, Message::IndexResult { .. } | Message::IndexNotFound { .. }) => {
+                if let Some((query, outcome)) = self.client_searches.handle_message(now, wall, msg)
+                {
+                    self.events.push_back(NodeEvent::Search {
+                        id: u64::from(query),
+                        outcome,
+                    });
+                }
+            }
+            (None, Message::IndexSearch { query, .. }) => {
+                // Not a super node (any more): say so rather than leave the asker waiting.
+                let _ = self.endpoint.send_control(
+                    now,
+                    conn,
+                    &Message::IndexNotFound {
+                        query: *query,
+                        hops: 0,
+                        definite: false,
+                    },
+                );
+            }
+            (None, _) => self.stats.overlay_dropped += 1,
+        }
+        true
+    }
+}
