@@ -1298,3 +1298,174 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+    use natter_core::handshake::Capabilities;
+    use natter_core::testkit::{TestNetwork, TEST_WALL};
+
+    /// Three super nodes on one ring, delivering each other's messages at once.
+    struct Net {
+        ring: Ring,
+        dhts: Vec<Dht>,
+        replies: Vec<Message<'static>>,
+        done: Vec<SearchOutcome>,
+        now: Instant,
+    }
+
+    impl Net {
+        fn new(net: &TestNetwork, n: u8) -> Self {
+            let mut ring = Ring::new(4);
+            let mut dhts = Vec::new();
+            for i in 0..n {
+                let me = HostEntry {
+                    addr: format!("198.18.{i}.1:4000").parse().unwrap(),
+                    static_key: [i + 1; 32],
+                };
+                ring.insert(me);
+                dhts.push(Dht::new(DhtConfig::default(), me, net.trusted()));
+            }
+            Self {
+                ring,
+                dhts,
+                replies: Vec::new(),
+                done: Vec::new(),
+                now: Instant::now(),
+            }
+        }
+
+        fn run(&mut self) {
+            loop {
+                let mut moved = false;
+                for i in 0..self.dhts.len() {
+                    while let Some(out) = self.dhts[i].poll_output() {
+                        moved = true;
+                        match out {
+                            DhtOutput::Send { to, message } => {
+                                let from = self.dhts[i].me;
+                                let j = self
+                                    .dhts
+                                    .iter()
+                                    .position(|d| d.me.static_key == to.static_key)
+                                    .unwrap();
+                                let ring = self.ring.clone();
+                                self.dhts[j]
+                                    .handle_message(self.now, TEST_WALL, &ring, from, &message);
+                            }
+                            DhtOutput::Reply { message, .. } => self.replies.push(message),
+                            DhtOutput::Done { outcome, .. } => self.done.push(outcome),
+                        }
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn record(net: &TestNetwork, user: &str, seq: u64) -> PresenceRecord {
+        let id = net.identity(user);
+        PresenceRecord::sign(
+            &id.device,
+            id.certificate,
+            true,
+            vec![],
+            None,
+            vec![],
+            1,
+            Capabilities::VOICE,
+            seq,
+            TEST_WALL,
+        )
+    }
+
+    #[test]
+    fn found_cached_on_the_path_revoked_and_definitely_absent() {
+        let tn = TestNetwork::new(1);
+        let mut net = Net::new(&tn, 3);
+        let ring = net.ring.clone();
+        let now = net.now;
+        assert!(net.dhts[0].publish(now, TEST_WALL, &ring, record(&tn, "alice", 1)));
+        net.run();
+        assert!(
+            net.dhts.iter().all(|d| d.store().len() == 1),
+            "every replica"
+        );
+        let alice = UserName::parse("alice").unwrap();
+        net.dhts[1].search(now, TEST_WALL, &ring, Origin::Local(1), alice.clone());
+        net.run();
+        let first = net.done.pop().unwrap();
+        assert!(matches!(first.result, SearchResult::Found(ref r) if r.len() == 1));
+        // Again from the same super node: the path cache answers, no message sent.
+        net.dhts[1].search(now, TEST_WALL, &ring, Origin::Local(2), alice.clone());
+        net.run();
+        let second = net.done.pop().unwrap();
+        assert_eq!(second.result, first.result);
+        assert_eq!((second.hops, second.messages), (0, 0));
+        assert_eq!(net.dhts[1].stats().cache_hits, 1);
+        // After the TTL the replicas are asked again.
+        let later = now + Duration::from_secs(31);
+        net.dhts[1].search(later, TEST_WALL, &ring, Origin::Local(3), alice.clone());
+        net.now = later;
+        net.run();
+        assert!(net.done.pop().unwrap().messages > 0);
+        // A client's search gets one IndexResult per record.
+        net.dhts[2].search(
+            later,
+            TEST_WALL,
+            &ring,
+            Origin::Client {
+                client: 9,
+                query: 77,
+            },
+            alice.clone(),
+        );
+        net.run();
+        assert!(matches!(
+            net.replies.pop(),
+            Some(Message::IndexResult {
+                query: 77,
+                total: 1,
+                ..
+            })
+        ));
+        // Revoked everywhere: not answered any more; a definite "not found".
+        let device = tn.identity("alice").certificate.device;
+        for d in &mut net.dhts {
+            d.revoke([device]);
+        }
+        net.dhts[1].search(later, TEST_WALL, &ring, Origin::Local(4), alice);
+        net.run();
+        assert_eq!(net.done.pop().unwrap().result, SearchResult::NotFound);
+        // A forged record is refused at publication.
+        let mut forged = record(&tn, "bob", 1);
+        forged.sequence = 5;
+        assert!(!net.dhts[0].publish(later, TEST_WALL, &ring, forged));
+    }
+
+    #[test]
+    fn an_empty_ring_cannot_tell() {
+        let tn = TestNetwork::new(1);
+        let me = HostEntry {
+            addr: "198.18.0.1:4000".parse().unwrap(),
+            static_key: [1; 32],
+        };
+        let mut dht = Dht::new(DhtConfig::default(), me, tn.trusted());
+        let ring = Ring::new(4);
+        dht.search(
+            Instant::now(),
+            TEST_WALL,
+            &ring,
+            Origin::Local(1),
+            UserName::parse("alice").unwrap(),
+        );
+        match dht.poll_output() {
+            Some(DhtOutput::Done { outcome, .. }) => {
+                assert_eq!(outcome.result, SearchResult::Unavailable)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
