@@ -16,7 +16,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use natter_core::handshake::Capabilities;
+use natter_core::presence::PresenceRecord;
 use natter_core::rng::Rng;
+use natter_core::testkit::{TestNetwork, TEST_WALL};
+use natter_core::wire::message::{HostEntry, Message};
+use natter_overlay::dht::{Dht, DhtConfig, Ring};
 use natter_sim::index::{one_way, IndexReport, IndexSim, IndexSimConfig};
 use serde_json::json;
 
@@ -175,6 +180,90 @@ fn kademlia(n: usize, lookups: usize, seed: u64) -> serde_json::Value {
     })
 }
 
+fn resident_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * 4096.0)
+}
+
+/// Memory of a super node's index, measured: the growth of this process's resident memory
+/// while 40 super nodes are built, each with its own ring of `ring` members and
+/// `records` records stored (as through replication), divided by 40.
+fn measure_memory(ring: usize, records: usize) -> f64 {
+    const SNS: usize = 40;
+    let net = TestNetwork::new(5);
+    let signed: Vec<PresenceRecord> = (0..records)
+        .map(|i| {
+            let id = net.identity(&format!("user{i}"));
+            PresenceRecord::sign(
+                &id.device,
+                id.certificate,
+                true,
+                vec!["198.18.0.1:4000".parse().expect("literal")],
+                Some("198.18.9.9:4000".parse().expect("literal")),
+                vec!["10.0.0.2:4000".parse().expect("literal")],
+                3,
+                Capabilities::VOICE,
+                1,
+                TEST_WALL,
+            )
+        })
+        .collect();
+    let mut rng = Rng::from_seed(9);
+    let before = resident_bytes();
+    let mut kept = Vec::new();
+    for s in 0..SNS {
+        let mut r = Ring::new(4);
+        let me = HostEntry {
+            addr: format!("198.18.{}.{}:4000", s / 200, s % 200 + 1)
+                .parse()
+                .expect("literal"),
+            static_key: rng.bytes32(),
+        };
+        r.insert(me);
+        for i in 0..ring {
+            r.insert(HostEntry {
+                addr: std::net::SocketAddr::new(
+                    std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                        0x2001,
+                        0xdb8,
+                        i as u16,
+                        (i >> 16) as u16,
+                        0,
+                        0,
+                        0,
+                        1,
+                    )),
+                    4000,
+                ),
+                static_key: rng.bytes32(),
+            });
+        }
+        // Only this super node in the ring it stores against: every record is its to hold.
+        let mut alone = Ring::new(4);
+        alone.insert(me);
+        let mut dht = Dht::new(DhtConfig::default(), me, net.trusted());
+        let now = Instant::now();
+        for rec in &signed {
+            dht.handle_message(
+                now,
+                TEST_WALL,
+                &alone,
+                me,
+                &Message::IndexStore {
+                    replicate: false,
+                    record: Box::new(rec.clone()),
+                },
+            );
+        }
+        kept.push((r, dht));
+    }
+    let grown = resident_bytes() - before;
+    drop(kept);
+    grown / SNS as f64
+}
+
 fn main() {
     let scales: Vec<usize> = std::env::var("NATTER_INDEX_SCALES")
         .unwrap_or_else(|_| "1000,10000".into())
@@ -185,6 +274,15 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
+    // Memory first, while the allocator has no freed pages to reuse (RSS would not grow).
+    let users_at = |n: usize| if n >= 10_000 { 100_000 } else { n * 10 };
+    let memory: std::collections::HashMap<usize, (usize, f64)> = scales
+        .iter()
+        .map(|&n| {
+            let records = (7 * users_at(n)).div_ceil(n);
+            (n, (records, measure_memory(n, records)))
+        })
+        .collect();
     let mut out = Vec::new();
     println!("global index, one-hop DHT (7 replicas), message-level simulator");
     println!(
@@ -192,7 +290,7 @@ fn main() {
         "SNs", "users", "phase", "lookups", "found", "stale", "!found", "p50 ms", "p99 ms", "hops"
     );
     for &n in &scales {
-        let users = if n >= 10_000 { 100_000 } else { n * 10 };
+        let users = users_at(n);
         let lookups_here = per_phase * n.min(10_000) / 10_000;
         let (r, secs) = run(n, users, lookups_here.max(1000));
         let mut phases = Vec::new();
@@ -241,6 +339,12 @@ fn main() {
             r.forged_refused,
             secs
         );
+        let (records_per_sn, measured) = memory[&n];
+        println!(
+            "{:>6} memory per SN, measured: {:.0} kB (a ring of {n} and {records_per_sn} records)",
+            n,
+            measured / 1000.0
+        );
         let kad = kademlia(n, 2_000, 11);
         println!("{:>6} kademlia model (k=8, alpha=3, no failures): {kad}", n);
         out.push(json!({
@@ -250,7 +354,8 @@ fn main() {
             "messages_per_lookup": r.messages_per_lookup,
             "store_bytes_per_sn_sec": r.store_bytes_per_sn_sec,
             "membership_bytes_per_sn_sec_model": r.membership_bytes_per_sn_sec,
-            "memory_bytes_per_sn": r.memory_per_sn,
+            "memory_bytes_per_sn_estimate": r.memory_per_sn,
+            "memory_bytes_per_sn_measured": measured,
             "left": r.left,
             "joined": r.joined,
             "forged_refused": r.forged_refused,
