@@ -92,7 +92,12 @@ pub struct Ring {
     per_prefix: HashMap<Prefix, usize>,
     max_per_prefix: usize,
     generation: u64,
+    /// The keys that changed, by generation (the last [`CHANGE_LOG`]).
+    changes: VecDeque<(u64, Key)>,
 }
+
+/// Ring changes remembered for [`Ring::changed_since`].
+const CHANGE_LOG: usize = 4096;
 
 impl Ring {
     /// An empty ring allowing `max_per_prefix` super nodes per /24 (IPv4) or /48 (IPv6).
@@ -103,6 +108,7 @@ impl Ring {
             per_prefix: HashMap::new(),
             max_per_prefix,
             generation: 0,
+            changes: VecDeque::new(),
         }
     }
 
@@ -158,7 +164,7 @@ impl Ring {
         }
         *self.per_prefix.entry(prefix).or_default() += 1;
         self.by_addr.insert(entry.addr, key);
-        self.generation += 1;
+        self.changed(key);
         true
     }
 
@@ -175,8 +181,35 @@ impl Ring {
                 self.per_prefix.remove(&prefix);
             }
         }
-        self.generation += 1;
+        self.changed(key);
         true
+    }
+
+    fn changed(&mut self, key: Key) {
+        self.generation += 1;
+        if self.changes.len() == CHANGE_LOG {
+            self.changes.pop_front();
+        }
+        self.changes.push_back((self.generation, key));
+    }
+
+    /// The keys added or removed after `generation`, or `None` when that is too long ago to
+    /// tell (then assume anything changed).
+    pub fn changed_since(&self, generation: u64) -> Option<Vec<Key>> {
+        if generation >= self.generation {
+            return Some(Vec::new());
+        }
+        let oldest = self.changes.front().map_or(u64::MAX, |(g, _)| *g);
+        if oldest > generation + 1 {
+            return None;
+        }
+        Some(
+            self.changes
+                .iter()
+                .filter(|(g, _)| *g > generation)
+                .map(|(_, k)| *k)
+                .collect(),
+        )
     }
 
     /// The `n` members at or after `key`, clockwise (fewer when the ring is smaller).
@@ -369,6 +402,31 @@ struct Search {
     hops: u8,
 }
 
+#[derive(Debug)]
+struct Placement {
+    key: Key,
+    set: Vec<Key>,
+}
+
+impl Placement {
+    /// True when a change at `k` can alter this set: `k` lies on the arc from the user's key
+    /// to the last member of the set (a new member there joins the set, a removed one was in
+    /// it). A set shorter than wanted (a small ring) is affected by anything.
+    fn affected_by(&self, k: &Key, replicas: usize) -> bool {
+        let Some(end) = self.set.last() else {
+            return true;
+        };
+        if self.set.len() < replicas {
+            return true;
+        }
+        if self.key <= *end {
+            self.key <= *k && *k <= *end
+        } else {
+            *k >= self.key || *k <= *end
+        }
+    }
+}
+
 /// A super node's part of the distributed index. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Dht {
@@ -383,8 +441,8 @@ pub struct Dht {
     next_search: u64,
     next_query: u32,
     cache: HashMap<UserName, (Vec<PresenceRecord>, Instant)>,
-    /// Per user held: the replica set computed at the last repair.
-    placed: HashMap<UserName, Vec<Key>>,
+    /// Per user held: its key and the replica set computed when stored or last repaired.
+    placed: HashMap<UserName, Placement>,
     repaired_generation: u64,
     next_repair: Option<Instant>,
     next_expiry: Option<Instant>,
@@ -488,12 +546,13 @@ impl Dht {
                 self.cache.remove(&user);
                 // The set it was placed on, for the next repair to compare with.
                 if !self.placed.contains_key(&user) {
-                    let keys = ring
-                        .successor_keys(Key::of_user(&user), self.cfg.replicas)
+                    let key = Key::of_user(&user);
+                    let set = ring
+                        .successor_keys(key, self.cfg.replicas)
                         .into_iter()
                         .map(|(k, _)| k)
                         .collect();
-                    self.placed.insert(user, keys);
+                    self.placed.insert(user, Placement { key, set });
                 }
                 true
             }
@@ -991,24 +1050,38 @@ impl Dht {
     /// super nodes that newly belong to their set, drop records this node no longer has to
     /// hold.
     fn repair(&mut self, ring: &Ring) {
+        // Only users whose replica set a change can have touched (all when the ring's log
+        // does not reach back to the last repair).
+        let changed = ring.changed_since(self.repaired_generation);
         self.repaired_generation = ring.generation();
-        let users: Vec<UserName> = self.store.users().cloned().collect();
+        let replicas = self.cfg.replicas;
+        let users: Vec<UserName> = self
+            .store
+            .users()
+            .filter(|u| match (&changed, self.placed.get(*u)) {
+                (Some(keys), Some(p)) => keys.iter().any(|k| p.affected_by(k, replicas)),
+                _ => true,
+            })
+            .cloned()
+            .collect();
         for user in users {
-            let (keys, set): (Vec<Key>, Vec<HostEntry>) = ring
-                .successor_keys(Key::of_user(&user), self.cfg.replicas)
-                .into_iter()
-                .unzip();
-            let old = self.placed.get(&user).cloned();
-            if old.as_ref() == Some(&keys) {
+            let key = self
+                .placed
+                .get(&user)
+                .map_or_else(|| Key::of_user(&user), |p| p.key);
+            let (keys, set): (Vec<Key>, Vec<HostEntry>) =
+                ring.successor_keys(key, replicas).into_iter().unzip();
+            let old = self.placed.remove(&user).map(|p| p.set).unwrap_or_default();
+            if old == keys {
+                self.placed.insert(user, Placement { key, set: keys });
                 continue;
             }
             // Every holder pushes to the members its own view says are new: views differ
             // between super nodes, and a copy that arrives twice costs the receiver no
             // signature check (it is not newer than what it holds).
-            let old = old.unwrap_or_default();
             let records = self.store.held(&user);
-            for (entry, key) in set.iter().zip(&keys) {
-                if *key == self.my_key || old.contains(key) {
+            for (entry, k) in set.iter().zip(&keys) {
+                if *k == self.my_key || old.contains(k) {
                     continue;
                 }
                 for r in &records {
@@ -1022,15 +1095,15 @@ impl Dht {
                     });
                 }
             }
-            let keep = self
-                .replica_set(ring, &user, self.cfg.replicas + self.cfg.widen)
-                .iter()
-                .any(|e| e.static_key == self.me.static_key);
+            let keep = keys.contains(&self.my_key)
+                || ring
+                    .successor_keys(key, replicas + self.cfg.widen)
+                    .iter()
+                    .any(|(k, _)| *k == self.my_key);
             if keep {
-                self.placed.insert(user, keys);
+                self.placed.insert(user, Placement { key, set: keys });
             } else {
                 self.store.remove_user(&user);
-                self.placed.remove(&user);
             }
         }
     }
@@ -1277,6 +1350,43 @@ mod tests {
             .unwrap();
         assert!(ring.remove(first.addr));
         assert!(ring.insert(entry("198.19.7.250:4000", 250)));
+    }
+
+    #[test]
+    fn the_change_log_tells_which_sets_moved() {
+        let mut ring = Ring::new(4);
+        for i in 0..10u32 {
+            ring.insert(entry(&format!("198.18.{i}.1:4000"), i));
+        }
+        let g = ring.generation();
+        assert_eq!(ring.changed_since(g), Some(vec![]));
+        let e = entry("198.18.50.1:4000", 50);
+        ring.insert(e);
+        let k = Key::of_super_node(&e.static_key);
+        assert_eq!(ring.changed_since(g), Some(vec![k]));
+        assert_eq!(ring.changed_since(0).map(|v| v.len()), Some(11));
+        // A set is touched by a change between its key and its last member, not elsewhere.
+        let user = Key::of_user(&UserName::parse("alice").unwrap());
+        let set: Vec<Key> = ring
+            .successor_keys(user, 3)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let p = Placement {
+            key: user,
+            set: set.clone(),
+        };
+        for k in &set {
+            assert!(p.affected_by(k, 3));
+        }
+        let beyond = ring.successor_keys(user, 5)[4].0;
+        assert!(!p.affected_by(&beyond, 3));
+        // Past the log's reach: unknown.
+        for i in 0..(CHANGE_LOG as u32 + 1) {
+            ring.remove(e.addr);
+            ring.insert(entry("198.18.50.1:4000", 1000 + i));
+        }
+        assert_eq!(ring.changed_since(g), None);
     }
 
     #[test]
