@@ -3,19 +3,17 @@
 //! who logged out is found as offline, with the time it left, within the retention window
 //! (shortened to 20 s here) and not after it.
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use natter_core::handshake::{Capabilities, LocalIdentity};
+use common::enrol;
 use natter_core::hostcache::HostCache;
 use natter_core::identity::UserName;
-use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::password::HashParams;
-use natter_core::login::proto::Version;
 use natter_overlay::dht::{SearchOutcome, SearchResult};
 use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
-use natter_transport::login::client::{login, run_operations, DeviceStore};
-use natter_transport::login::network::NetworkFile;
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
@@ -23,40 +21,6 @@ use natter_transport::wall_clock;
 const SUPER_NODES: usize = 20;
 const USERS: usize = 200;
 const RETENTION: Duration = Duration::from_secs(20);
-const V: Version = Version::new(0, 1, 0);
-
-fn enrol(net: &NetworkFile, dir: &std::path::Path, user: &str) -> LocalIdentity {
-    let store = DeviceStore::open(dir.join(user)).unwrap();
-    let (device, _) = store.identity().unwrap();
-    let ev = run_operations(
-        net,
-        &device,
-        V,
-        true,
-        vec![Operation::Register {
-            user: user.into(),
-            password: "index passphrase".into(),
-        }],
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert!(ev.contains(&LoginClientEvent::Registered), "{ev:?}");
-    let li = login(
-        net,
-        &store,
-        user,
-        Some("index passphrase"),
-        V,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    LocalIdentity {
-        device: li.device,
-        certificate: li.certificate,
-        trusted: net.trusted().unwrap(),
-        capabilities: Capabilities::VOICE,
-    }
-}
 
 /// A port p with UDP and TCP p and UDP p+1 free on 127.0.0.1 (a single-address super node's
 /// STUN server also answers on p+1).

@@ -4,57 +4,21 @@
 //! `cargo bench -p natter-benches --bench overlay_join` (the test only bounds them loosely, as
 //! it shares two cores with the rest of the suite).
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use natter_core::handshake::{Capabilities, LocalIdentity};
+use common::enrol;
 use natter_core::hostcache::HostCache;
-use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::password::HashParams;
-use natter_core::login::proto::Version;
 use natter_overlay::node::{Node, NodeConfig, RolePolicy};
-use natter_transport::login::client::{login, run_operations, DeviceStore};
-use natter_transport::login::network::NetworkFile;
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
 
 const SUPER_NODES: usize = 5;
 const NODES: usize = 50;
-const V: Version = Version::new(0, 1, 0);
-
-fn enrol(net: &NetworkFile, dir: &std::path::Path, user: &str) -> LocalIdentity {
-    let store = DeviceStore::open(dir.join(user)).unwrap();
-    let (device, _) = store.identity().unwrap();
-    let ev = run_operations(
-        net,
-        &device,
-        V,
-        true,
-        vec![Operation::Register {
-            user: user.into(),
-            password: "loopback passphrase".into(),
-        }],
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert!(ev.contains(&LoginClientEvent::Registered), "{ev:?}");
-    let li = login(
-        net,
-        &store,
-        user,
-        Some("loopback passphrase"),
-        V,
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    LocalIdentity {
-        device: li.device,
-        certificate: li.certificate,
-        trusted: net.trusted().unwrap(),
-        capabilities: Capabilities::VOICE,
-    }
-}
 
 /// A port p such that UDP and TCP p, p+1, p+2 are free on 127.0.0.1 and UDP p+1 on 127.0.0.2.
 fn free_ports(seed: u16) -> u16 {

@@ -1,0 +1,49 @@
+//! Helpers shared by the loopback tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use natter_core::handshake::{Capabilities, LocalIdentity};
+use natter_core::login::client::{LoginClientEvent, Operation};
+use natter_core::login::proto::Version;
+use natter_transport::login::client::{login, run_operations, DeviceStore};
+use natter_transport::login::network::NetworkFile;
+
+/// The client version the tests log in with.
+pub const V: Version = Version::new(0, 1, 0);
+const PASSWORD: &str = "loopback passphrase";
+
+/// Register `user` at the login server of `net` and log its device in (keys kept under
+/// `dir/user`).
+pub fn enrol(net: &NetworkFile, dir: &std::path::Path, user: &str) -> LocalIdentity {
+    let store = DeviceStore::open(dir.join(user)).unwrap();
+    let (device, _) = store.identity().unwrap();
+    let ev = run_operations(
+        net,
+        &device,
+        V,
+        true,
+        vec![Operation::Register {
+            user: user.into(),
+            password: PASSWORD.into(),
+        }],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(ev.contains(&LoginClientEvent::Registered), "{ev:?}");
+    let li = login(
+        net,
+        &store,
+        user,
+        Some(PASSWORD),
+        V,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    LocalIdentity {
+        device: li.device,
+        certificate: li.certificate,
+        trusted: net.trusted().unwrap(),
+        capabilities: Capabilities::VOICE,
+    }
+}
