@@ -71,6 +71,7 @@ fn twenty_super_nodes_two_hundred_users_all_found_and_logouts_age_out() {
     let net = server.network().clone();
 
     let mut sn_ids = Vec::new();
+    let mut sn_addrs = Vec::new();
     let mut bootstrap = HostCache::new();
     for i in 0..SUPER_NODES {
         let id = enrol(&net, dir.path(), &format!("sn{i}"));
@@ -78,6 +79,7 @@ fn twenty_super_nodes_two_hundred_users_all_found_and_logouts_age_out() {
         let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
         bootstrap.insert(addr, Some(id.device.dh_public()), wall_clock());
         sn_ids.push((addr, id));
+        sn_addrs.push(addr);
     }
     let mut sns = Vec::new();
     for (i, (addr, id)) in sn_ids.into_iter().enumerate() {
@@ -177,6 +179,38 @@ fn twenty_super_nodes_two_hundred_users_all_found_and_logouts_age_out() {
     // Nobody has this name: a definite answer.
     let outcome = search(&users[0], "nobody-here");
     assert_eq!(outcome.result, SearchResult::NotFound);
+
+    // Three super nodes die at once: their clients move, and everyone is still found (each
+    // record has seven replicas; searches widen past the dead).
+    let dead: Vec<SocketAddr> = sn_addrs[..3].to_vec();
+    for sn in sns.drain(..3) {
+        let _ = sn.shutdown();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while users.iter().any(|u| {
+        let a = u.command(|m, _| m.attached());
+        a.is_empty() || a.iter().any(|s| dead.contains(s))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "clients did not leave the dead super nodes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    for i in (0..USERS).step_by(10) {
+        let target = format!("user{}", (i + 37) % USERS);
+        let outcome = search(&users[i], &target);
+        assert!(
+            matches!(outcome.result, SearchResult::Found(_)),
+            "with 3 super nodes gone, user{i} looking for {target}: {outcome:?}"
+        );
+    }
+    eprintln!(
+        "20 searches with 3 super nodes dead in {:?}",
+        started.elapsed()
+    );
 
     // user42 logs out: found as offline, with the time it left, within the window.
     let left_at = wall_clock();
