@@ -1,0 +1,180 @@
+//! The global index through the real node machines, in the simulator: five super nodes and
+//! users behind every kind of NAT (and a UDP-blocking firewall) publish their records and
+//! find each other through their super nodes; a name nobody has is definitely not found; a
+//! logged-out user is found as offline; a super node crashes and the records are still found.
+//! Seeded, in virtual time, and the same seed gives the same answers to the microsecond.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use natter_core::hostcache::HostCache;
+use natter_core::identity::UserName;
+use natter_core::testkit::{TestNetwork, TEST_WALL};
+use natter_overlay::dht::{SearchOutcome, SearchResult};
+use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
+use natter_sim::{HostId, LinkConfig, NatConfig, Sim, SimConfig};
+
+const SUPER_NODES: u8 = 5;
+
+struct World {
+    sim: Sim<NodeEvent>,
+    sns: Vec<HostId>,
+    users: Vec<HostId>,
+}
+
+fn world(seed: u64) -> World {
+    let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
+        seed,
+        internet: LinkConfig::with_latency(Duration::from_millis(30))
+            .jitter(Duration::from_millis(10)),
+        ..SimConfig::default()
+    });
+    let net = TestNetwork::new(seed);
+    let sn_addr = |i: u8| SocketAddr::from(([198, 18, i, 10], 4000));
+    let mut bootstrap = HostCache::new();
+    for i in 0..SUPER_NODES {
+        let key = net.identity(&format!("sn{i}")).device.dh_public();
+        bootstrap.insert(sn_addr(i), Some(key), TEST_WALL);
+    }
+    let mut sns = Vec::new();
+    for i in 0..SUPER_NODES {
+        let start = sim.now();
+        let mut cfg = NodeConfig::new(
+            net.identity(&format!("sn{i}")),
+            [i; 32],
+            TEST_WALL,
+            start,
+            sn_addr(i),
+        );
+        cfg.role = RolePolicy::Force;
+        cfg.stun_alternate = Some(SocketAddr::from(([198, 18, 100 + i, 10], 4001)));
+        cfg.host_cache = bootstrap.clone();
+        let node = Node::new(cfg, start);
+        let addrs = node.bind_addresses();
+        let h = sim.add_host(&format!("sn{i}"), addrs[0], node);
+        for a in &addrs[1..] {
+            sim.bind(h, *a);
+        }
+        sns.push(h);
+    }
+    let nats = [
+        None,
+        Some(NatConfig::full_cone()),
+        Some(NatConfig::port_restricted_cone()),
+        Some(NatConfig::symmetric()),
+        Some(NatConfig::udp_blocking_firewall()),
+        None,
+        Some(NatConfig::restricted_cone()),
+        Some(NatConfig::port_restricted_cone()),
+    ];
+    let mut users = Vec::new();
+    for (i, nat) in nats.into_iter().enumerate() {
+        let name = format!("user{i}");
+        let start = sim.now();
+        let (addr, behind) = match nat {
+            Some(cfg) => {
+                let n = sim.add_nat(
+                    &format!("nat-{name}"),
+                    SocketAddr::from(([198, 18, 50, i as u8 + 1], 0)).ip(),
+                    cfg,
+                );
+                (SocketAddr::from(([10, 0, 0, 2], 5000)), Some(n))
+            }
+            None => (SocketAddr::from(([198, 18, 60, i as u8 + 1], 5000)), None),
+        };
+        let mut cfg = NodeConfig::new(
+            net.identity(&name),
+            [100 + i as u8; 32],
+            TEST_WALL,
+            start,
+            addr,
+        );
+        cfg.role = RolePolicy::Forbid;
+        cfg.host_cache = bootstrap.clone();
+        let node = Node::new(cfg, start);
+        users.push(match behind {
+            Some(n) => sim.add_host_behind(n, &name, addr, node),
+            None => sim.add_host(&name, addr, node),
+        });
+    }
+    World { sim, sns, users }
+}
+
+fn search(sim: &mut Sim<NodeEvent>, from: HostId, user: &str) -> SearchOutcome {
+    let name = UserName::parse(user).unwrap();
+    let id = sim.with_machine(from, |n: &mut Node, now| n.search(now, name));
+    let found = sim.run_until_cond(Duration::from_secs(5), |sim| {
+        sim.events(from)
+            .iter()
+            .any(|(_, e)| matches!(e, NodeEvent::Search { id: i, .. } if *i == id))
+    });
+    assert!(found, "no answer to the search for {user}");
+    sim.events(from)
+        .iter()
+        .find_map(|(_, e)| match e {
+            NodeEvent::Search { id: i, outcome } if *i == id => Some(outcome.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn run(seed: u64) -> Vec<(String, SearchResult, u8, Duration)> {
+    let mut w = world(seed);
+    // Join, detect NATs, learn the membership, publish.
+    w.sim.run_for(Duration::from_secs(10));
+    for (i, h) in w.sns.iter().enumerate() {
+        let ring = w.sim.machine::<Node>(*h).ring_len();
+        assert_eq!(
+            ring,
+            usize::from(SUPER_NODES),
+            "sn{i} knows every super node"
+        );
+    }
+    let mut log = Vec::new();
+    let users = w.users.clone();
+    let n = users.len();
+    for i in 0..n {
+        let target = format!("user{}", (i + 3) % n);
+        let o = search(&mut w.sim, users[i], &target);
+        let SearchResult::Found(records) = &o.result else {
+            panic!("user{i} did not find {target}: {o:?}");
+        };
+        assert!(records[0].online && !records[0].super_nodes.is_empty());
+        assert_eq!(o.hops, 2, "client -> its super node -> replicas");
+        log.push((target, o.result.clone(), o.hops, o.elapsed));
+    }
+    let o = search(&mut w.sim, users[0], "nobody");
+    assert_eq!(o.result, SearchResult::NotFound);
+    log.push(("nobody".into(), o.result, o.hops, o.elapsed));
+
+    // user5 logs out: found as offline.
+    let u5 = users[5];
+    w.sim
+        .with_machine(u5, |n: &mut Node, now| n.go_offline(now));
+    w.sim.run_for(Duration::from_secs(1));
+    let o = search(&mut w.sim, users[1], "user5");
+    match &o.result {
+        SearchResult::Found(r) => assert!(!r[0].online, "offline with a last-seen time"),
+        other => panic!("{other:?}"),
+    }
+    // A super node crashes; every user is still found.
+    let victim = w.sns[2];
+    w.sim.crash(victim);
+    w.sim.run_for(Duration::from_secs(5));
+    for i in 0..n {
+        let target = format!("user{}", (i + 1) % n);
+        let o = search(&mut w.sim, users[i], &target);
+        assert!(
+            matches!(o.result, SearchResult::Found(_)),
+            "after a crash, user{i} looking for {target}: {o:?}"
+        );
+        log.push((target, o.result, o.hops, o.elapsed));
+    }
+    log
+}
+
+#[test]
+fn users_behind_every_nat_find_each_other_through_their_super_nodes() {
+    let a = run(21);
+    assert_eq!(a, run(21), "deterministic");
+}
