@@ -133,9 +133,9 @@ fn run(seed: u64) -> Vec<(String, SearchResult, u8, Duration)> {
     let mut log = Vec::new();
     let users = w.users.clone();
     let n = users.len();
-    for i in 0..n {
+    for (i, &user) in users.iter().enumerate() {
         let target = format!("user{}", (i + 3) % n);
-        let o = search(&mut w.sim, users[i], &target);
+        let o = search(&mut w.sim, user, &target);
         let SearchResult::Found(records) = &o.result else {
             panic!("user{i} did not find {target}: {o:?}");
         };
@@ -161,9 +161,9 @@ fn run(seed: u64) -> Vec<(String, SearchResult, u8, Duration)> {
     let victim = w.sns[2];
     w.sim.crash(victim);
     w.sim.run_for(Duration::from_secs(5));
-    for i in 0..n {
+    for (i, &user) in users.iter().enumerate() {
         let target = format!("user{}", (i + 1) % n);
-        let o = search(&mut w.sim, users[i], &target);
+        let o = search(&mut w.sim, user, &target);
         assert!(
             matches!(o.result, SearchResult::Found(_)),
             "after a crash, user{i} looking for {target}: {o:?}"
