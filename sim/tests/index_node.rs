@@ -157,9 +157,29 @@ fn run(seed: u64) -> Vec<(String, SearchResult, u8, Duration)> {
         SearchResult::Found(r) => assert!(!r[0].online, "offline with a last-seen time"),
         other => panic!("{other:?}"),
     }
-    // A super node crashes; every user is still found.
+    // A super node crashes. A user attached to it searches at once: its super node does
+    // not answer, so the search goes again through its other one.
     let victim = w.sns[2];
+    let victim_addr = SocketAddr::from(([198, 18, 2, 10], 4000));
+    let orphan = users
+        .iter()
+        .copied()
+        .find(|u| w.sim.machine::<Node>(*u).attached().first() == Some(&victim_addr));
     w.sim.crash(victim);
+    let orphan = orphan.expect("some user asks the index through sn2 first");
+    {
+        let o = search(&mut w.sim, orphan, "user0");
+        assert!(
+            o.elapsed >= Duration::from_secs(3),
+            "after the first try timed out"
+        );
+        assert!(
+            matches!(o.result, SearchResult::Found(_)),
+            "retried through the other super node: {o:?}"
+        );
+        log.push(("user0 (retried)".into(), o.result, o.hops, o.elapsed));
+    }
+    // Every user is still found.
     w.sim.run_for(Duration::from_secs(5));
     for (i, &user) in users.iter().enumerate() {
         let target = format!("user{}", (i + 1) % n);

@@ -18,6 +18,16 @@ const RING_SYNC: Duration = Duration::from_secs(2);
 /// membership entry lasts until it has not been heard of for ten minutes).
 const SUSPECT_FOR: Duration = Duration::from_secs(60);
 
+/// An ordinary node's search in flight (see [`Node::search`]).
+#[derive(Debug)]
+pub(super) struct ClientSearchTry {
+    id: u64,
+    user: UserName,
+    started: Instant,
+    asked: ConnId,
+    retried: bool,
+}
+
 impl Node {
     /// Search the global index for `user`. The outcome arrives as [`NodeEvent::Search`] with
     /// the returned id: the user's records (one per device, each verified here), a definite
@@ -32,12 +42,24 @@ impl Node {
             self.pump(now);
             return id;
         }
-        let target = self.index_link();
+        self.next_search += 1;
+        let id = self.next_search;
+        let target = self.index_link(None);
         let (query, message) = self.client_searches.start(now, user.clone());
-        let id = u64::from(query);
         let sent =
             target.is_some_and(|conn| self.endpoint.send_control(now, conn, &message).is_ok());
-        if !sent {
+        if let (true, Some(asked)) = (sent, target) {
+            self.client_search_ids.insert(
+                query,
+                ClientSearchTry {
+                    id,
+                    user,
+                    started: now,
+                    asked,
+                    retried: false,
+                },
+            );
+        } else {
             // Not attached: nobody to ask. Fail now rather than at the timeout.
             let outcome = self
                 .client_searches
@@ -90,12 +112,55 @@ impl Node {
         self.ring.len()
     }
 
-    /// The session to ask the index through: the first attached super node's.
-    fn index_link(&self) -> Option<ConnId> {
+    /// The session to ask the index through: the first attached super node's (other than
+    /// `except`).
+    fn index_link(&self, except: Option<ConnId>) -> Option<ConnId> {
         self.attacher
             .attached()
             .into_iter()
-            .find_map(|(stream, _)| self.stream_conn.get(&stream).copied())
+            .filter_map(|(stream, _)| self.stream_conn.get(&stream).copied())
+            .find(|c| Some(*c) != except)
+    }
+
+    /// A search of ours ended at the super node asked. When it could not tell (or did not
+    /// answer), ask once more through the other attached super node: ours may have died or
+    /// be lying.
+    fn client_outcome(&mut self, now: Instant, query: u32, mut outcome: SearchOutcome) {
+        let Some(attempt) = self.client_search_ids.remove(&query) else {
+            return;
+        };
+        if outcome.result == SearchResult::Unavailable && !attempt.retried {
+            if let Some(other) = self.index_link(Some(attempt.asked)) {
+                let (q2, message) = self.client_searches.start(now, attempt.user.clone());
+                if self.endpoint.send_control(now, other, &message).is_ok() {
+                    self.client_search_ids.insert(
+                        q2,
+                        ClientSearchTry {
+                            asked: other,
+                            retried: true,
+                            ..attempt
+                        },
+                    );
+                    return;
+                }
+                // Could not send: drop the second try's bookkeeping and report below.
+                let wall = self.wall(now);
+                let _ = self.client_searches.handle_message(
+                    now,
+                    wall,
+                    &Message::IndexNotFound {
+                        query: q2,
+                        hops: 0,
+                        definite: false,
+                    },
+                );
+            }
+        }
+        outcome.elapsed = now.saturating_duration_since(attempt.started);
+        self.events.push_back(NodeEvent::Search {
+            id: attempt.id,
+            outcome,
+        });
     }
 
     /// Our own record, signed now.
@@ -138,7 +203,7 @@ impl Node {
         let wall = self.wall(now);
         let published = if let Some(dht) = self.dht.as_mut() {
             dht.publish(now, wall, &self.ring, record)
-        } else if let Some(conn) = self.index_link() {
+        } else if let Some(conn) = self.index_link(None) {
             let msg = Message::IndexStore {
                 replicate: true,
                 record: Box::new(record),
@@ -193,10 +258,7 @@ impl Node {
             dht.handle_timeout(now, wall, &self.ring);
         }
         for (query, outcome) in self.client_searches.handle_timeout(now) {
-            self.events.push_back(NodeEvent::Search {
-                id: u64::from(query),
-                outcome,
-            });
+            self.client_outcome(now, query, outcome);
         }
         if self.next_presence.is_some_and(|t| t <= now) {
             self.publish_presence(now);
@@ -370,10 +432,7 @@ impl Node {
             (None, Message::IndexResult { .. } | Message::IndexNotFound { .. }) => {
                 if let Some((query, outcome)) = self.client_searches.handle_message(now, wall, msg)
                 {
-                    self.events.push_back(NodeEvent::Search {
-                        id: u64::from(query),
-                        outcome,
-                    });
+                    self.client_outcome(now, query, outcome);
                 }
             }
             (None, Message::IndexSearch { query, .. }) => {

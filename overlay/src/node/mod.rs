@@ -40,6 +40,7 @@ use crate::stun::StunServer;
 use crate::supernode::{SuperNodeConfig, SuperNodeEvent, SuperNodeRole};
 
 mod index;
+use index::ClientSearchTry;
 
 /// Whether a node may be a super node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +230,9 @@ pub struct Node {
     index_suspects: HashMap<SocketAddr, Instant>,
     /// Searches this node asked its super node for.
     client_searches: ClientSearches,
+    /// Per query of ours: the id handed out, who was searched, when, the link asked, and
+    /// whether this is already the second try (through the other super node).
+    client_search_ids: HashMap<u32, ClientSearchTry>,
     next_search: u64,
     /// Presence: the last sequence number used, the super nodes named in the last record,
     /// when to publish again, and whether the user is online.
@@ -312,6 +316,7 @@ impl Node {
                 cfg.index.retention,
                 cfg.search_timeout,
             ),
+            client_search_ids: HashMap::new(),
             next_search: 0,
             presence_seq: 0,
             presence_published: None,
