@@ -96,6 +96,13 @@ pub struct Ring {
     changes: VecDeque<(u64, Key)>,
 }
 
+/// Devices whose last publication a super node remembers (to drop replays cheaply).
+const PUBLISHED_MEMORY: usize = 100_000;
+/// Searches one client may have running at a super node.
+const MAX_CLIENT_SEARCHES: usize = 8;
+/// Searches a super node runs at once.
+const MAX_SEARCHES: usize = 10_000;
+
 /// Ring changes remembered for [`Ring::changed_since`].
 const CHANGE_LOG: usize = 4096;
 
@@ -444,6 +451,8 @@ pub struct Dht {
     /// Per user held: its key and the replica set computed when stored or last repaired.
     placed: HashMap<UserName, Placement>,
     repaired_generation: u64,
+    /// The last sequence published through this super node, per device (bounded).
+    published: HashMap<DeviceId, u64>,
     next_repair: Option<Instant>,
     next_expiry: Option<Instant>,
     outputs: VecDeque<DhtOutput>,
@@ -467,6 +476,7 @@ impl Dht {
             cache: HashMap::new(),
             placed: HashMap::new(),
             repaired_generation: 0,
+            published: HashMap::new(),
             next_repair: None,
             next_expiry: None,
             outputs: VecDeque::new(),
@@ -580,10 +590,23 @@ impl Dht {
         ring: &Ring,
         record: PresenceRecord,
     ) -> bool {
+        // A replayed (or stale) publication costs no signature check and goes nowhere.
+        if self
+            .published
+            .get(&record.device())
+            .is_some_and(|seq| *seq >= record.sequence)
+        {
+            self.stats.refused += 1;
+            return false;
+        }
         if !self.verify(&record, wall) {
             self.stats.refused += 1;
             return false;
         }
+        if self.published.len() >= PUBLISHED_MEMORY {
+            self.published.clear();
+        }
+        self.published.insert(record.device(), record.sequence);
         self.arm_expiry(now);
         let user = record.user().clone();
         self.cache.remove(&user);
@@ -626,6 +649,26 @@ impl Dht {
                 self.next_search | 1 << 63
             }
         };
+        // Bounded work per client and in all: over the limit, "could not tell" at once.
+        if let Origin::Client { client, query } = origin {
+            let running = self
+                .searches
+                .values()
+                .filter(|s| matches!(s.origin, Origin::Client { client: c, .. } if c == client))
+                .count();
+            if running >= MAX_CLIENT_SEARCHES || self.searches.len() >= MAX_SEARCHES {
+                self.stats.refused += 1;
+                self.outputs.push_back(DhtOutput::Reply {
+                    client,
+                    message: Message::IndexNotFound {
+                        query,
+                        hops: 0,
+                        definite: false,
+                    },
+                });
+                return id;
+            }
+        }
         let mut search = Search {
             origin,
             user: user.clone(),
@@ -684,10 +727,7 @@ impl Dht {
             let records = self.store.lookup(&user, wall, |d| revoked.contains(&d));
             let search = self.searches.get_mut(&id).expect("present");
             let replica = search.next <= search.replicas;
-            search.answers.push((
-                replica,
-                records.iter().map(|r| (r.device(), r.sequence)).collect(),
-            ));
+            search.answers.push((replica, summary_of(&records)));
             for r in records {
                 search.verified.push(r.clone());
                 merge(&mut search.merged, r);
@@ -736,13 +776,7 @@ impl Dht {
             self.ask_next(now, wall, search_id);
         } else if let Some(search) = self.searches.get_mut(&search_id) {
             let ask = &self.asks[&query];
-            search.answers.push((
-                ask.replica,
-                ask.records
-                    .iter()
-                    .map(|r| (r.device(), r.sequence))
-                    .collect(),
-            ));
+            search.answers.push((ask.replica, summary_of(&ask.records)));
             search.hops = search.hops.max(1);
             for r in ask.records.clone() {
                 merge(&mut search.merged, r);
@@ -772,7 +806,11 @@ impl Dht {
         let agreeing = search.answers.iter().filter(|(_, a)| *a == summary).count();
         let consistent = agreeing == search.answers.len();
         let quorum = self.cfg.quorum.min(search.replicas).max(1);
-        let done = (consistent && agreeing >= quorum) || pending == 0 || now >= search.deadline;
+        // Agreement ends a search early only when it found something: empty answers from a
+        // few fast replicas (new ones not yet handed the record, or liars) must not outrun the
+        // replicas that hold it.
+        let early = consistent && agreeing >= quorum && !summary.is_empty();
+        let done = early || pending == 0 || now >= search.deadline;
         if done {
             let search = self.searches.remove(&id).expect("present");
             for q in &search.asks {
@@ -886,7 +924,12 @@ impl Dht {
                 replicate: false,
                 record,
             } => {
-                // Hold only what is ours to hold (as far as this node's ring tells).
+                // Only super nodes in the ring hand records on, and only what is ours to hold
+                // (as far as this node's ring tells).
+                if !ring.contains(from.addr) {
+                    self.stats.refused += 1;
+                    return false;
+                }
                 let set = self.replica_set(ring, record.user(), self.cfg.replicas + self.cfg.widen);
                 if !set.iter().any(|e| e.static_key == self.me.static_key) {
                     self.stats.refused += 1;
@@ -931,8 +974,10 @@ impl Dht {
                 total,
                 record,
                 ..
-            } => self.on_answer(now, wall, from, *query, Some((*total, record))),
-            Message::IndexNotFound { query, .. } => self.on_answer(now, wall, from, *query, None),
+            } => self.on_answer(now, wall, from, *query, Some((*total, record)), true),
+            Message::IndexNotFound {
+                query, definite, ..
+            } => self.on_answer(now, wall, from, *query, None, *definite),
             _ => false,
         }
     }
@@ -944,6 +989,7 @@ impl Dht {
         from: HostEntry,
         query: u32,
         part: Option<(u8, &PresenceRecord)>,
+        definite: bool,
     ) -> bool {
         let Some(ask) = self.asks.get(&query) else {
             self.stats.unmatched += 1;
@@ -960,7 +1006,17 @@ impl Dht {
             return false;
         };
         let complete = match part {
-            None => true,
+            None => {
+                // "Could not tell" is no answer, and "none" after records is a broken one:
+                // either way the search widens instead of counting it.
+                let ask = self.asks.get_mut(&query).expect("present");
+                if !definite || ask.received > 0 {
+                    ask.state = AskState::Failed;
+                    self.ask_ended(now, wall, query);
+                    return true;
+                }
+                true
+            }
             Some((total, record)) => {
                 let valid = record.user() == &search.user
                     && (search.verified.contains(record) || self.verify(record, wall));
@@ -1109,6 +1165,16 @@ impl Dht {
     }
 }
 
+/// An answer as its (device, sequence) pairs, in device order, once each (highest sequence
+/// per device), comparable with the merged result.
+fn summary_of(records: &[PresenceRecord]) -> Vec<(DeviceId, u64)> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        merge(&mut m, r.clone());
+    }
+    m.values().map(|r| (r.device(), r.sequence)).collect()
+}
+
 /// Keep the record with the highest sequence per device.
 fn merge(merged: &mut BTreeMap<DeviceId, PresenceRecord>, r: PresenceRecord) {
     match merged.get(&r.device()) {
@@ -1135,9 +1201,9 @@ struct ClientSearch {
     user: UserName,
     started: Instant,
     deadline: Instant,
-    records: Vec<PresenceRecord>,
+    records: BTreeMap<DeviceId, PresenceRecord>,
     total: Option<u8>,
-    invalid: bool,
+    received: usize,
 }
 
 impl ClientSearches {
@@ -1163,9 +1229,9 @@ impl ClientSearches {
                 user: user.clone(),
                 started: now,
                 deadline: now + self.timeout,
-                records: Vec::new(),
+                records: BTreeMap::new(),
                 total: None,
-                invalid: false,
+                received: 0,
             },
         );
         (
@@ -1190,15 +1256,18 @@ impl ClientSearches {
                 query,
                 hops,
                 definite,
-            } => (
-                *query,
-                *hops,
-                if *definite {
+            } => {
+                let s = self.pending.get(query)?;
+                // "None" after some records: keep what verified.
+                let result = if !s.records.is_empty() {
+                    SearchResult::Found(s.records.values().cloned().collect())
+                } else if *definite {
                     SearchResult::NotFound
                 } else {
                     SearchResult::Unavailable
-                },
-            ),
+                };
+                (*query, *hops, result)
+            }
             Message::IndexResult {
                 query,
                 hops,
@@ -1211,20 +1280,19 @@ impl ClientSearches {
                         .verify(&self.trusted, wall, self.retention, |_| false)
                         .is_ok();
                 if valid {
-                    s.records.push((**record).clone());
-                } else {
-                    s.invalid = true;
+                    merge(&mut s.records, (**record).clone());
                 }
+                s.received += 1;
+                // A changed or zero total ends the answer: it is broken.
+                let broken = *total == 0 || s.total.is_some_and(|t| t != *total);
                 s.total = Some(*total);
-                let received = s.records.len() + usize::from(s.invalid);
-                if received < usize::from(*total) {
+                if !broken && s.received < usize::from(*total) {
                     return None;
                 }
-                let s = self.pending.get(query)?;
                 let result = if s.records.is_empty() {
                     SearchResult::Unavailable
                 } else {
-                    SearchResult::Found(s.records.clone())
+                    SearchResult::Found(s.records.values().cloned().collect())
                 };
                 (*query, *hops, result)
             }
@@ -1257,7 +1325,7 @@ impl ClientSearches {
                 let result = if s.records.is_empty() {
                     SearchResult::Unavailable
                 } else {
-                    SearchResult::Found(s.records)
+                    SearchResult::Found(s.records.into_values().collect())
                 };
                 Some((
                     q,
@@ -1577,5 +1645,76 @@ mod search_tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+    use natter_core::testkit::{TestNetwork, TEST_WALL};
+
+    /// This super node and two others; returns the outcome when both others answer `reply`.
+    fn both_answer(definite: bool) -> SearchResult {
+        let tn = TestNetwork::new(1);
+        let entry = |i: u8| HostEntry {
+            addr: format!("198.18.{i}.1:4000").parse().unwrap(),
+            static_key: [i + 1; 32],
+        };
+        let mut ring = Ring::new(4);
+        for i in 0..3 {
+            ring.insert(entry(i));
+        }
+        let mut dht = Dht::new(DhtConfig::default(), entry(0), tn.trusted());
+        let now = Instant::now();
+        let alice = UserName::parse("alice").unwrap();
+        dht.search(now, TEST_WALL, &ring, Origin::Local(1), alice);
+        let mut asked = Vec::new();
+        while let Some(out) = dht.poll_output() {
+            if let DhtOutput::Send {
+                to,
+                message: Message::IndexSearch { query, .. },
+            } = out
+            {
+                asked.push((to, query));
+            }
+        }
+        assert_eq!(asked.len(), 2);
+        // A stranger's answer to a query it was not asked is ignored.
+        let stranger = entry(9);
+        assert!(!dht.handle_message(
+            now,
+            TEST_WALL,
+            &ring,
+            stranger,
+            &Message::IndexNotFound {
+                query: asked[0].1,
+                hops: 0,
+                definite: true,
+            },
+        ));
+        for (to, query) in asked {
+            dht.handle_message(
+                now,
+                TEST_WALL,
+                &ring,
+                to,
+                &Message::IndexNotFound {
+                    query,
+                    hops: 0,
+                    definite,
+                },
+            );
+        }
+        match dht.poll_output() {
+            Some(DhtOutput::Done { outcome, .. }) => outcome.result,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn not_found_needs_definite_answers_from_replicas() {
+        assert_eq!(both_answer(true), SearchResult::NotFound);
+        // "Could not tell" is no answer: the search cannot say "not found".
+        assert_eq!(both_answer(false), SearchResult::Unavailable);
     }
 }

@@ -623,7 +623,10 @@ impl IndexSim {
                     now,
                     wall,
                     &self.ring,
-                    Origin::Client { client: 0, query },
+                    Origin::Client {
+                        client: u64::from(query),
+                        query,
+                    },
                     user,
                 );
                 self.drain(sn);

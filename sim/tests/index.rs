@@ -92,10 +92,11 @@ fn churn_and_a_mass_failure_of_30_percent() {
         assert_eq!(p.false_not_found, 0, "{name}: {p:?}");
     }
     // Absent names: a definite "not found" needs three replicas' answers; right after the
-    // failure, before the dead are noticed, a few searches can only say "unavailable".
+    // failure, before the dead are noticed, five or more of the seven replicas are dead for
+    // 2.9 % of names (binomial, p = 0.3), and those searches can only say "unavailable".
     assert_eq!(churn.absent_not_found, churn.absent_lookups, "{churn:?}");
     assert!(
-        after.absent_not_found as f64 >= 0.95 * after.absent_lookups as f64,
+        after.absent_not_found as f64 >= 0.9 * after.absent_lookups as f64,
         "{after:?}"
     );
 }

@@ -17,6 +17,8 @@ const RING_SYNC: Duration = Duration::from_secs(2);
 /// A super node no session could be opened with stays out of the ring this long (its
 /// membership entry lasts until it has not been heard of for ten minutes).
 const SUSPECT_FOR: Duration = Duration::from_secs(60);
+/// Messages waiting for a session with a super node to open.
+const MAX_QUEUED: usize = 64;
 
 /// An ordinary node's search in flight (see [`Node::search`]).
 #[derive(Debug)]
@@ -292,6 +294,9 @@ impl Node {
     }
 
     fn send_to_super_node(&mut self, now: Instant, to: HostEntry, message: Message<'static>) {
+        if to.addr == self.cfg.listen {
+            return;
+        }
         if let Some(conn) = self.index_sessions.get(&to.addr).copied() {
             if self.endpoint.send_control(now, conn, &message).is_ok() {
                 return;
@@ -317,7 +322,10 @@ impl Node {
             .values_mut()
             .find(|(e, _)| e.addr == to.addr)
         {
-            queue.push(message);
+            // Bounded: past this, the super node is too slow to answer anyway.
+            if queue.len() < MAX_QUEUED {
+                queue.push(message);
+            }
             return;
         }
         match self
@@ -349,6 +357,9 @@ impl Node {
     /// No session with the super node at `addr`: fail what waits for it and take it out of
     /// the ring for a while, so searches and replicas go to live ones.
     pub(super) fn super_node_unreachable(&mut self, now: Instant, addr: std::net::SocketAddr) {
+        if addr == self.cfg.listen {
+            return;
+        }
         let wall = self.wall(now);
         self.index_suspects.insert(addr, now + SUSPECT_FOR);
         if self.ring.remove(addr) {
@@ -379,17 +390,46 @@ impl Node {
         if !is_index {
             return false;
         }
-        let from = self.endpoint.peer(conn).map(|p| HostEntry {
-            addr: match self.endpoint.remote(conn) {
-                Some(Destination::Udp(a)) => *a,
-                _ => self.cfg.listen,
-            },
-            static_key: p.certificate.dh_public,
-        });
-        let Some(from) = from else {
+        let udp = match self.endpoint.remote(conn) {
+            Some(Destination::Udp(a)) => Some(*a),
+            _ => None,
+        };
+        let Some(peer_key) = self.endpoint.peer(conn).map(|p| p.certificate.dh_public) else {
             self.stats.overlay_dropped += 1;
             return true;
         };
+        // Super nodes talk index over UDP sessions (answers go back on the same session);
+        // what a stream peer (a client) may send is a publication or a full search.
+        let from = udp.map(|addr| HostEntry {
+            addr,
+            static_key: peer_key,
+        });
+        let from_super_node = matches!(
+            msg,
+            Message::IndexStore {
+                replicate: false,
+                ..
+            } | Message::IndexSearch { full: false, .. }
+        ) || (self.dht.is_some()
+            && matches!(
+                msg,
+                Message::IndexResult { .. } | Message::IndexNotFound { .. }
+            ));
+        if from_super_node {
+            match from {
+                Some(f) if f.addr != self.cfg.listen => {
+                    self.index_sessions.entry(f.addr).or_insert(conn);
+                }
+                _ => {
+                    self.stats.overlay_dropped += 1;
+                    return true;
+                }
+            }
+        }
+        let from = from.unwrap_or(HostEntry {
+            addr: self.cfg.listen,
+            static_key: peer_key,
+        });
         match (self.dht.as_mut(), msg) {
             // A client publishes its record or asks for a search.
             (
@@ -428,8 +468,16 @@ impl Node {
                     self.stats.overlay_dropped += 1;
                 }
             }
-            // An ordinary node: answers to its own searches.
-            (None, Message::IndexResult { .. } | Message::IndexNotFound { .. }) => {
+            // An ordinary node: answers to its own searches, from the super node it asked.
+            (None, Message::IndexResult { query, .. } | Message::IndexNotFound { query, .. }) => {
+                if self
+                    .client_search_ids
+                    .get(query)
+                    .is_none_or(|t| t.asked != conn)
+                {
+                    self.stats.overlay_dropped += 1;
+                    return true;
+                }
                 if let Some((query, outcome)) = self.client_searches.handle_message(now, wall, msg)
                 {
                     self.client_outcome(now, query, outcome);
