@@ -20,8 +20,8 @@
 //! * **Search** ([`Dht::search`]): ask every replica in parallel; when one does not answer in
 //!   [`DhtConfig::query_timeout`] or answers with a record that does not verify, widen to the
 //!   next super nodes on the ring. The search ends early once [`DhtConfig::quorum`] replicas
-//!   gave the same answer, else when every asked super node answered or failed, and always by
-//!   [`DhtConfig::deadline`]. Per device the highest sequence number wins, so a replica
+//!   gave the same records (never on agreeing empty answers), else when every asked super node
+//!   answered or failed, and always by [`DhtConfig::deadline`]. Per device the highest sequence number wins, so a replica
 //!   answering with a stale record loses to an honest one. "Not found" is definite only when
 //!   [`DhtConfig::not_found_quorum`] replicas answered and none had a record; otherwise the
 //!   answer is "unavailable", never a false "not found".
@@ -244,7 +244,7 @@ pub struct DhtConfig {
     /// Super nodes holding each record (default 7: a record survives the sudden loss of 30 %
     /// of the super nodes with probability 1 - 0.3^7 = 99.98 %).
     pub replicas: usize,
-    /// Agreeing answers that end a search early (default 4).
+    /// Agreeing answers with records that end a search early (default 4).
     pub quorum: usize,
     /// Empty answers needed for a definite "not found" (default 3).
     pub not_found_quorum: usize,
