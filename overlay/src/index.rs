@@ -9,7 +9,7 @@
 //!
 //! How records are spread over super nodes and found (the distributed part) builds on this.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use natter_core::identity::{DeviceId, TrustedAuthorities, UnixTime, UserName};
@@ -38,6 +38,8 @@ pub struct IndexStore {
     retention: Duration,
     capacity: usize,
     by_user: HashMap<UserName, BTreeMap<DeviceId, PresenceRecord>>,
+    /// Every record by signing time, oldest first: eviction and expiry without a scan.
+    by_time: BTreeSet<(UnixTime, UserName, DeviceId)>,
     count: usize,
 }
 
@@ -50,6 +52,7 @@ impl IndexStore {
             retention,
             capacity,
             by_user: HashMap::new(),
+            by_time: BTreeSet::new(),
             count: 0,
         }
     }
@@ -95,39 +98,41 @@ impl IndexStore {
             }
         }
         record.verify(&self.trusted, now, self.retention, is_revoked)?;
-        if held.is_none() {
-            if self.count >= self.capacity {
-                self.evict_oldest();
+        match held.map(|h| h.timestamp) {
+            Some(old) => {
+                self.by_time.remove(&(old, user.clone(), device));
             }
-            self.count += 1;
+            None => {
+                if self.count >= self.capacity {
+                    self.evict_oldest();
+                }
+                self.count += 1;
+            }
         }
+        self.by_time
+            .insert((record.timestamp, user.clone(), device));
         self.by_user.entry(user).or_default().insert(device, record);
+        debug_assert_eq!(self.by_time.len(), self.count);
         Ok(())
     }
 
     fn evict_oldest(&mut self) {
-        let oldest = self
-            .by_user
-            .iter()
-            .flat_map(|(u, d)| {
-                d.values()
-                    .map(move |r| (r.timestamp, u.clone(), r.device()))
-            })
-            .min();
-        if let Some((_, user, device)) = oldest {
+        if let Some((_, user, device)) = self.by_time.first().cloned() {
             self.remove(&user, device);
         }
     }
 
     fn remove(&mut self, user: &UserName, device: DeviceId) {
         if let Some(devices) = self.by_user.get_mut(user) {
-            if devices.remove(&device).is_some() {
+            if let Some(r) = devices.remove(&device) {
                 self.count -= 1;
+                self.by_time.remove(&(r.timestamp, user.clone(), device));
             }
             if devices.is_empty() {
                 self.by_user.remove(user);
             }
         }
+        debug_assert_eq!(self.by_time.len(), self.count);
     }
 
     /// Every valid record of `user` (one per device), verified again at `now`; records that no
@@ -174,23 +179,20 @@ impl IndexStore {
     pub fn remove_user(&mut self, user: &UserName) {
         if let Some(devices) = self.by_user.remove(user) {
             self.count -= devices.len();
+            for (device, r) in devices {
+                self.by_time.remove(&(r.timestamp, user.clone(), device));
+            }
         }
     }
 
     /// Drop every record past its retention at `now`.
     pub fn expire(&mut self, now: UnixTime) {
         let retention = self.retention.as_secs();
-        let stale: Vec<(UserName, DeviceId)> = self
-            .by_user
-            .iter()
-            .flat_map(|(u, d)| {
-                d.values()
-                    .filter(|r| now.0.saturating_sub(r.timestamp.0) > retention)
-                    .map(move |r| (u.clone(), r.device()))
-            })
-            .collect();
-        for (u, d) in stale {
-            self.remove(&u, d);
+        while let Some((t, user, device)) = self.by_time.first().cloned() {
+            if now.0.saturating_sub(t.0) <= retention {
+                break;
+            }
+            self.remove(&user, device);
         }
     }
 }
