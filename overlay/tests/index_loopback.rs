@@ -8,13 +8,11 @@ mod common;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::enrol;
+use common::{enrol, login_server};
 use natter_core::hostcache::HostCache;
 use natter_core::identity::UserName;
-use natter_core::login::password::HashParams;
 use natter_overlay::dht::{SearchOutcome, SearchResult};
 use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
-use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
 
@@ -60,14 +58,7 @@ fn search(node: &Runtime<Node>, user: &str) -> SearchOutcome {
 #[test]
 fn twenty_super_nodes_two_hundred_users_all_found_and_logouts_age_out() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts =
-        LoginServerOptions::new(dir.path().join("login"), "127.0.0.1:0".parse().unwrap());
-    opts.hash_params = HashParams {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    };
-    let server = LoginServerHandle::start(opts).unwrap();
+    let server = login_server(dir.path());
     let net = server.network().clone();
 
     let mut sn_ids = Vec::new();

@@ -9,11 +9,9 @@ mod common;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::enrol;
+use common::{enrol, login_server};
 use natter_core::hostcache::HostCache;
-use natter_core::login::password::HashParams;
 use natter_overlay::node::{Node, NodeConfig, RolePolicy};
-use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
 
@@ -39,14 +37,7 @@ fn free_ports(seed: u16) -> u16 {
 #[test]
 fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts =
-        LoginServerOptions::new(dir.path().join("login"), "127.0.0.1:0".parse().unwrap());
-    opts.hash_params = HashParams {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    };
-    let server = LoginServerHandle::start(opts).unwrap();
+    let server = login_server(dir.path());
     let net = server.network().clone();
 
     // Super nodes: forced role, STUN alternate on 127.0.0.2, TCP on the main, fallback and TLS ports.
@@ -185,14 +176,7 @@ fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
     use natter_core::attach::{AttachEvent, LinkTransport};
     use natter_overlay::node::NodeEvent;
     let dir = tempfile::tempdir().unwrap();
-    let mut opts =
-        LoginServerOptions::new(dir.path().join("login"), "127.0.0.1:0".parse().unwrap());
-    opts.hash_params = HashParams {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    };
-    let server = LoginServerHandle::start(opts).unwrap();
+    let server = login_server(dir.path());
     let net = server.network().clone();
     let mut bootstrap = HostCache::new();
     let mut sns = Vec::new();

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use natter_core::handshake::{Capabilities, LocalIdentity};
 use natter_core::login::client::{LoginClientEvent, Operation};
+use natter_core::login::password::HashParams;
 use natter_core::login::proto::Version;
 use natter_transport::login::client::{login, run_operations, DeviceStore};
 use natter_transport::login::network::NetworkFile;
+use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 
 /// The client version the tests log in with.
 pub const V: Version = Version::new(0, 1, 0);
@@ -46,4 +48,16 @@ pub fn enrol(net: &NetworkFile, dir: &std::path::Path, user: &str) -> LocalIdent
         trusted: net.trusted().unwrap(),
         capabilities: Capabilities::VOICE,
     }
+}
+
+/// A login server on loopback keeping its data under `dir/login`, with cheap password hashing
+/// (the tests log many users in; the real parameters are measured in `benches/login_load`).
+pub fn login_server(dir: &std::path::Path) -> LoginServerHandle {
+    let mut opts = LoginServerOptions::new(dir.join("login"), "127.0.0.1:0".parse().unwrap());
+    opts.hash_params = HashParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+    LoginServerHandle::start(opts).unwrap()
 }
