@@ -4,6 +4,8 @@
 //! logged-out user is found as offline; a super node crashes and the records are still found.
 //! Seeded, in virtual time, and the same seed gives the same answers to the microsecond.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -38,24 +40,15 @@ fn world(seed: u64) -> World {
     }
     let mut sns = Vec::new();
     for i in 0..SUPER_NODES {
-        let start = sim.now();
-        let mut cfg = NodeConfig::new(
+        sns.push(common::add_super_node(
+            &mut sim,
+            &format!("sn{i}"),
             net.identity(&format!("sn{i}")),
             [i; 32],
-            TEST_WALL,
-            start,
             sn_addr(i),
-        );
-        cfg.role = RolePolicy::Force;
-        cfg.stun_alternate = Some(SocketAddr::from(([198, 18, 100 + i, 10], 4001)));
-        cfg.host_cache = bootstrap.clone();
-        let node = Node::new(cfg, start);
-        let addrs = node.bind_addresses();
-        let h = sim.add_host(&format!("sn{i}"), addrs[0], node);
-        for a in &addrs[1..] {
-            sim.bind(h, *a);
-        }
-        sns.push(h);
+            Some(SocketAddr::from(([198, 18, 100 + i, 10], 4001))),
+            &bootstrap,
+        ));
     }
     let nats = [
         None,

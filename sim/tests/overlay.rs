@@ -3,6 +3,8 @@
 //! TCP links; TCP only when UDP is blocked), promotion of public nodes only, and failover when a
 //! super node dies.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,24 +52,15 @@ fn world_with(seed: u64, alternates: bool) -> World {
     }
     let mut sns = Vec::new();
     for i in 0..SUPER_NODES {
-        let start = sim.now();
-        let mut cfg = NodeConfig::new(
+        sns.push(common::add_super_node(
+            &mut sim,
+            &format!("sn{i}"),
             net.identity(&format!("sn{i}")),
             [i; 32],
-            TEST_WALL,
-            start,
             sn_addr(i),
-        );
-        cfg.role = RolePolicy::Force;
-        cfg.stun_alternate = alternates.then(|| sn_alt(i));
-        cfg.host_cache = bootstrap.clone();
-        let node = Node::new(cfg, start);
-        let addrs = node.bind_addresses();
-        let h = sim.add_host(&format!("sn{i}"), addrs[0], node);
-        for a in &addrs[1..] {
-            sim.bind(h, *a);
-        }
-        sns.push(h);
+            alternates.then(|| sn_alt(i)),
+            &bootstrap,
+        ));
     }
     World {
         sim,

@@ -134,3 +134,29 @@ pub fn closed(sim: &S, host: HostId, stream: StreamId) -> bool {
         .iter()
         .any(|(_, e)| *e == ToyEvent::StreamClosed { stream })
 }
+
+/// Adds a super node (forced role) running the real node machine, bound to every address its
+/// STUN server needs, knowing the super nodes in `bootstrap`.
+pub fn add_super_node(
+    sim: &mut Sim<natter_overlay::node::NodeEvent>,
+    name: &str,
+    identity: natter_core::handshake::LocalIdentity,
+    seed: [u8; 32],
+    addr: SocketAddr,
+    stun_alternate: Option<SocketAddr>,
+    bootstrap: &natter_core::hostcache::HostCache,
+) -> HostId {
+    use natter_overlay::node::{Node, NodeConfig, RolePolicy};
+    let start = sim.now();
+    let mut cfg = NodeConfig::new(identity, seed, natter_core::testkit::TEST_WALL, start, addr);
+    cfg.role = RolePolicy::Force;
+    cfg.stun_alternate = stun_alternate;
+    cfg.host_cache = bootstrap.clone();
+    let node = Node::new(cfg, start);
+    let addrs = node.bind_addresses();
+    let h = sim.add_host(name, addrs[0], node);
+    for a in &addrs[1..] {
+        sim.bind(h, *a);
+    }
+    h
+}
