@@ -444,6 +444,8 @@ pub struct Dht {
     store: IndexStore,
     revoked: HashSet<DeviceId>,
     searches: HashMap<u64, Search>,
+    /// Searches running per client (bounded by [`MAX_CLIENT_SEARCHES`]).
+    per_client: HashMap<u64, usize>,
     asks: HashMap<u32, Ask>,
     next_search: u64,
     next_query: u32,
@@ -470,6 +472,7 @@ impl Dht {
             store,
             revoked: HashSet::new(),
             searches: HashMap::new(),
+            per_client: HashMap::new(),
             asks: HashMap::new(),
             next_search: 1,
             next_query: 1,
@@ -651,11 +654,7 @@ impl Dht {
         };
         // Bounded work per client and in all: over the limit, "could not tell" at once.
         if let Origin::Client { client, query } = origin {
-            let running = self
-                .searches
-                .values()
-                .filter(|s| matches!(s.origin, Origin::Client { client: c, .. } if c == client))
-                .count();
+            let running = self.per_client.get(&client).copied().unwrap_or(0);
             if running >= MAX_CLIENT_SEARCHES || self.searches.len() >= MAX_SEARCHES {
                 self.stats.refused += 1;
                 self.outputs.push_back(DhtOutput::Reply {
@@ -703,6 +702,9 @@ impl Dht {
         search.candidates = self.replica_set(ring, &user, self.cfg.replicas + self.cfg.widen);
         let first = self.cfg.replicas.min(search.candidates.len());
         search.replicas = first;
+        if let Origin::Client { client, .. } = origin {
+            *self.per_client.entry(client).or_default() += 1;
+        }
         self.searches.insert(id, search);
         for _ in 0..first {
             self.ask_next(now, wall, id);
@@ -813,6 +815,14 @@ impl Dht {
         let done = early || pending == 0 || now >= search.deadline;
         if done {
             let search = self.searches.remove(&id).expect("present");
+            if let Origin::Client { client, .. } = search.origin {
+                if let Some(n) = self.per_client.get_mut(&client) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_client.remove(&client);
+                    }
+                }
+            }
             for q in &search.asks {
                 self.asks.remove(q);
             }
@@ -1716,5 +1726,78 @@ mod answer_tests {
         assert_eq!(both_answer(true), SearchResult::NotFound);
         // "Could not tell" is no answer: the search cannot say "not found".
         assert_eq!(both_answer(false), SearchResult::Unavailable);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use natter_core::testkit::{TestNetwork, TEST_WALL};
+
+    #[test]
+    fn a_client_runs_at_most_eight_searches_at_once() {
+        let tn = TestNetwork::new(1);
+        let entry = |i: u8| HostEntry {
+            addr: format!("198.18.{i}.1:4000").parse().unwrap(),
+            static_key: [i + 1; 32],
+        };
+        let mut ring = Ring::new(4);
+        ring.insert(entry(0));
+        ring.insert(entry(1));
+        let mut dht = Dht::new(DhtConfig::default(), entry(0), tn.trusted());
+        let now = Instant::now();
+        let alice = UserName::parse("alice").unwrap();
+        for query in 0..10 {
+            let origin = Origin::Client { client: 7, query };
+            dht.search(now, TEST_WALL, &ring, origin, alice.clone());
+        }
+        assert_eq!(dht.searches_in_progress(), MAX_CLIENT_SEARCHES);
+        let refused: Vec<u32> = std::iter::from_fn(|| dht.poll_output())
+            .filter_map(|o| match o {
+                DhtOutput::Reply {
+                    message:
+                        Message::IndexNotFound {
+                            query,
+                            definite: false,
+                            ..
+                        },
+                    ..
+                } => Some(query),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            vec![8, 9],
+            "the ninth and tenth are told 'could not tell'"
+        );
+        // Another client is not held back; and once the first client's searches end (their
+        // deadline), it may search again.
+        dht.search(
+            now,
+            TEST_WALL,
+            &ring,
+            Origin::Client {
+                client: 8,
+                query: 1,
+            },
+            alice.clone(),
+        );
+        assert_eq!(dht.searches_in_progress(), MAX_CLIENT_SEARCHES + 1);
+        let later = now + Duration::from_secs(3);
+        dht.handle_timeout(later, TEST_WALL, &ring);
+        assert_eq!(dht.searches_in_progress(), 0);
+        assert!(dht.per_client.is_empty());
+        dht.search(
+            later,
+            TEST_WALL,
+            &ring,
+            Origin::Client {
+                client: 7,
+                query: 11,
+            },
+            alice,
+        );
+        assert_eq!(dht.searches_in_progress(), 1);
     }
 }
