@@ -12,8 +12,13 @@
 //! * `handle_input(now, Input)`: a datagram or stream bytes, with their addresses;
 //! * `handle_timeout(now)`: the deadline from `poll_timeout` has passed;
 //! * application commands: inherent methods that take `now` (e.g. [`endpoint::Endpoint::connect`]);
-//! * `poll_transmit()`, `poll_event()`, `poll_timeout()`: outputs, drained in that order after
-//!   every input until empty.
+//! * `poll_transmit()`, `poll_stream_command()`, `poll_event()`, `poll_timeout()`: outputs,
+//!   drained in that order after every input (the first three until empty, the deadline read
+//!   once).
+//!
+//! Sub-machines that only a facade calls (the overlay's super-node role, membership and index
+//! inside its `Node`) keep the same rules with narrower shapes: `now` comes in, outputs are
+//! returned as values or drained with a `poll_*` method.
 //!
 //! Randomness is seeded through configuration ([`rng::Rng`]), wall-clock time for certificate
 //! checks is derived from an anchor given in configuration. The runtime crate

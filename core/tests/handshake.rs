@@ -243,6 +243,26 @@ fn low_order_points_are_rejected() {
             matches!(r, Err(HandshakeError::LowOrderPoint)),
             "low-order point accepted: {r:?}"
         );
+        // IK: the responder's "es" DH while reading message 1 meets the forged ephemeral key
+        // before anything else (the rest of the message is never decrypted).
+        let mut ik = point.to_vec();
+        ik.extend([0x5a; 48 + 16 + 200]);
+        let r = Handshake::respond(
+            bob.clone(),
+            InitMessage {
+                pattern: Pattern::Ik,
+                sender: SessionIndex(1),
+                noise: &ik,
+            },
+            SessionIndex(2),
+            &mut rng,
+            now,
+            TEST_WALL,
+        );
+        assert!(
+            matches!(r, Err(HandshakeError::LowOrderPoint)),
+            "low-order IK ephemeral accepted: {r:?}"
+        );
     }
 }
 

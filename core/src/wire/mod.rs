@@ -150,3 +150,54 @@ pub enum DecodeError {
     #[error("invalid {0}")]
     Invalid(&'static str),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demultiplexing rule over every first byte: STUN, control, media and relay own
+    /// disjoint ranges and everything else is dropped, so one port carries all of them.
+    #[test]
+    fn classify_covers_every_first_byte() {
+        let mut stun_like = [0u8; 20];
+        stun_like[4..8].copy_from_slice(&STUN_MAGIC_COOKIE.to_be_bytes());
+        let mut counts = [0usize; 5];
+        for first in 0..=255u8 {
+            stun_like[0] = first;
+            let with_cookie = classify(&stun_like);
+            let short = classify(&[first]);
+            let expected = match first {
+                0x00..=0x03 => Class::Stun,
+                0x50..=0x5F => Class::Control {
+                    version: first & 0x0F,
+                },
+                0x60..=0x6F => Class::Media {
+                    version: first & 0x0F,
+                },
+                0x70..=0x7F => Class::Relay {
+                    version: first & 0x0F,
+                },
+                _ => Class::Unknown,
+            };
+            assert_eq!(with_cookie, expected, "first byte {first:#04x}");
+            // STUN needs its 20-byte header and cookie; the others need only the first byte.
+            let expected_short = if expected == Class::Stun {
+                Class::Unknown
+            } else {
+                expected
+            };
+            assert_eq!(short, expected_short, "first byte {first:#04x} alone");
+            counts[match expected {
+                Class::Stun => 0,
+                Class::Control { .. } => 1,
+                Class::Media { .. } => 2,
+                Class::Relay { .. } => 3,
+                Class::Unknown => 4,
+            }] += 1;
+        }
+        assert_eq!(counts, [4, 16, 16, 16, 204]);
+        // A STUN-range first byte without the cookie is not STUN.
+        assert_eq!(classify(&[0x01; 20]), Class::Unknown);
+        assert_eq!(classify(&[]), Class::Unknown);
+    }
+}
