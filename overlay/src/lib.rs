@@ -12,6 +12,7 @@
 //!
 //! * [`dht`]: the distributed index: ring, replication, search.
 //! * [`index`]: a super node's share of the global index (verified presence records).
+//! * [`membership`]: every super node knowing every other: ring probing, gossip, anti-entropy.
 //! * [`node`]: the node facade composing every sub-machine behind one port, any role.
 //! * [`stun`]: the STUN server (RFC 8489 Binding, RFC 5780 NAT-behaviour discovery).
 //! * [`supernode`]: the super-node role: attached clients, membership gossip, handover.
@@ -20,6 +21,7 @@
 
 pub mod dht;
 pub mod index;
+pub mod membership;
 pub mod node;
 pub mod stun;
 pub mod supernode;

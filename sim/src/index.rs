@@ -9,11 +9,16 @@
 //! * **Sessions**: messages go straight from one `Dht` to another, without the Noise session
 //!   that carries them in production (measured separately: `benches/crypto`). Bytes are
 //!   counted with the session's framing (14-byte header, 16-byte tag, 28 bytes of UDP/IP).
-//! * **Membership**: every super node shares one [`Ring`], in which a super node that fails
-//!   stays for [`IndexSimConfig::detection_delay`] (its ring neighbours miss its pings, then
-//!   gossip spreads the news) and a new one appears after [`IndexSimConfig::join_delay`]. The
-//!   cost of that gossip is added to the maintenance bytes from a model
-//!   ([`IndexReport::membership_bytes_per_sn_sec`]).
+//! * **Membership**, in one of two ways ([`IndexSimConfig::real_membership`]):
+//!   - *real*: every super node runs the production [`Membership`] machine and its index uses
+//!     its own ring, built from its own view. Faithful, but every super node holds every other,
+//!     so memory grows with the square of the network (about 300 bytes per pair: a thousand
+//!     super nodes take 300 MB);
+//!   - *shared*: every super node shares one [`Ring`], in which a super node that fails stays
+//!     for [`IndexSimConfig::detection_delay`] and a new one appears after
+//!     [`IndexSimConfig::join_delay`] (delays the real runs measure, see
+//!     [`MembershipReport`]). The membership bytes are then a model
+//!     ([`IndexReport::membership_bytes_per_sn_sec`]). This is how 10,000 super nodes fit.
 //!
 //! Super nodes can be made to lie ([`Behaviour`]). Searches start at honest super nodes (a
 //! node attaches to the fastest of five probed); see `benches/benches/index_scale.rs` for the
@@ -33,6 +38,7 @@ use natter_core::presence::PresenceRecord;
 use natter_core::rng::Rng;
 use natter_core::wire::message::{HostEntry, Message};
 use natter_overlay::dht::{ClientSearches, Dht, DhtConfig, DhtOutput, Origin, Ring, SearchResult};
+use natter_overlay::membership::{Membership, MembershipConfig};
 
 /// Bytes a message costs on the wire beyond its encoding: data header, AEAD tag, UDP/IPv4.
 pub const FRAMING_BYTES: usize = 14 + 16 + 28;
@@ -93,6 +99,14 @@ pub struct IndexSimConfig {
     pub adversary_behaviours: Vec<Behaviour>,
     /// Clients give a search up after this long.
     pub client_timeout: Duration,
+    /// Run the real membership protocol on every super node, each with its own ring (see the
+    /// [module documentation](self)); false: one shared ring with modelled delays.
+    pub real_membership: bool,
+    /// Membership settings (real membership only).
+    pub membership: MembershipConfig,
+    /// Bootstrap entries a joining super node knows (real membership only): this many random
+    /// live super nodes, as from its host cache.
+    pub bootstrap: usize,
 }
 
 impl IndexSimConfig {
@@ -114,6 +128,9 @@ impl IndexSimConfig {
             adversaries: 0.0,
             adversary_behaviours: vec![Behaviour::Forge, Behaviour::Stale, Behaviour::Drop],
             client_timeout: Duration::from_secs(3),
+            real_membership: false,
+            membership: MembershipConfig::new([0; 32]),
+            bootstrap: 5,
         }
     }
 }
@@ -172,11 +189,53 @@ pub struct IndexReport {
     pub forged_refused: u64,
     /// Virtual seconds simulated.
     pub virtual_secs: f64,
+    /// What the real membership measured (real membership runs only).
+    pub membership: Option<MembershipReport>,
+}
+
+/// News older than this that has not reached every view is overdue.
+const OVERDUE: Duration = Duration::from_secs(60);
+
+/// What the real membership protocol measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MembershipReport {
+    /// Failures and departures whose news reached every live super node.
+    pub departures_spread: u64,
+    /// Departures older than a minute some live super node still held at the end.
+    pub departures_pending: u64,
+    /// From a super node's failure to the last live view without it, ms: p50, p99, max.
+    pub departure_ms: [f64; 3],
+    /// Joins known to every live super node.
+    pub joins_spread: u64,
+    /// Joins older than a minute some live super node had not heard of at the end.
+    pub joins_pending: u64,
+    /// From a super node's start to the last live view with it, ms: p50, p99, max.
+    pub join_ms: [f64; 3],
+    /// Live super nodes some view dropped although they were running (wrongly declared gone).
+    pub false_departures: u64,
+    /// Reports of its own departure a running super node refuted.
+    pub refuted: u64,
+    /// Membership bytes (framing included) per live super node per second, measured.
+    pub bytes_per_sn_sec: f64,
+    /// The same, by purpose: probes and answers, gossip and sync updates, digests, pulls.
+    pub bytes_by_kind: [f64; 4],
+    /// At the end: live super nodes missing from live views, as a fraction of all pairs.
+    pub missing: f64,
+    /// At the end: super nodes dead for more than a minute still in live views, as a fraction
+    /// of all pairs.
+    pub stale: f64,
 }
 
 #[derive(Debug)]
 struct Sn {
     dht: Dht,
+    /// Its own membership and ring (real membership only).
+    membership: Option<Membership>,
+    ring: Option<Ring>,
+    member_timer_at: Option<Duration>,
+    /// Clients attach to it from then on (real membership: a new super node first gets
+    /// the view).
+    ready_at: Duration,
     entry: HostEntry,
     pos: (f64, f64),
     alive: bool,
@@ -212,6 +271,9 @@ enum Ev {
         message: Message<'static>,
     },
     Timer {
+        sn: usize,
+    },
+    MemberTimer {
         sn: usize,
     },
     ClientTimer,
@@ -263,6 +325,16 @@ pub struct IndexSim {
     store_bytes: u64,
     left: u64,
     joined: u64,
+    /// Real membership: how many live views hold each super node, and when each failed or
+    /// started and has not reached every view yet.
+    holders: Vec<usize>,
+    departing: HashMap<usize, Duration>,
+    joining: HashMap<usize, Duration>,
+    departure_ms: Vec<f64>,
+    join_ms: Vec<f64>,
+    false_departures: u64,
+    membership_bytes: u64,
+    membership_bytes_by_kind: [u64; 4],
 }
 
 impl std::fmt::Debug for IndexSim {
@@ -312,6 +384,14 @@ impl IndexSim {
             store_bytes: 0,
             left: 0,
             joined: 0,
+            holders: Vec::new(),
+            departing: HashMap::new(),
+            joining: HashMap::new(),
+            departure_ms: Vec::new(),
+            join_ms: Vec::new(),
+            false_departures: 0,
+            membership_bytes: 0,
+            membership_bytes_by_kind: [0; 4],
             cfg,
         };
         let adversaries = (sim.cfg.super_nodes as f64 * sim.cfg.adversaries).round() as usize;
@@ -324,6 +404,16 @@ impl IndexSim {
             let sn = sim.new_sn(behaviour);
             sim.ring.insert(sim.sns[sn].entry);
             sim.schedule_leave(sn, true);
+        }
+        if sim.cfg.real_membership {
+            // The starting network has converged: everyone knows everyone (at incarnation 0,
+            // which each super node's first gossip outranks).
+            let all: Vec<HostEntry> = sim.sns.iter().map(|s| s.entry).collect();
+            for i in 0..sim.sns.len() {
+                sim.start_membership(i, &all);
+            }
+            sim.joining.clear();
+            sim.join_ms.clear();
         }
         for u in 0..sim.cfg.users {
             sim.new_user(u);
@@ -353,8 +443,17 @@ impl IndexSim {
         let dht = Dht::new(self.cfg.dht.clone(), entry, self.trusted.clone());
         let pos = (self.rng.unit(), self.rng.unit());
         self.by_key.insert(static_key, i);
+        self.holders.push(0);
         self.sns.push(Sn {
             dht,
+            membership: None,
+            ring: None,
+            member_timer_at: None,
+            ready_at: if self.now.is_zero() {
+                Duration::ZERO
+            } else {
+                self.now + self.cfg.join_delay
+            },
             entry,
             pos,
             alive: true,
@@ -363,6 +462,111 @@ impl IndexSim {
             timer_at: None,
         });
         i
+    }
+
+    /// Real membership: super node `sn` takes the role knowing `known`.
+    fn start_membership(&mut self, sn: usize, known: &[HostEntry]) {
+        let mut cfg = self.cfg.membership.clone();
+        cfg.seed = self.rng.bytes32();
+        let now = self.instant();
+        let entry = self.sns[sn].entry;
+        let incarnation = self.wall().0 as u32;
+        let mut ring = Ring::new(self.cfg.max_per_prefix);
+        ring.insert(entry);
+        self.sns[sn].membership = Some(Membership::new(cfg, entry, incarnation, known, now));
+        self.sns[sn].ring = Some(ring);
+        self.joining.insert(sn, self.now);
+        self.member_changed(sn);
+    }
+
+    /// Apply super node `sn`'s membership changes to its ring and to the spread counters,
+    /// send its membership messages and re-arm its membership timer.
+    fn member_changed(&mut self, sn: usize) {
+        let now = self.instant();
+        let mut ring_changed = false;
+        while let Some(c) = self.sns[sn]
+            .membership
+            .as_mut()
+            .and_then(|m| m.poll_change())
+        {
+            let Some(&j) = self.by_key.get(&c.entry.static_key) else {
+                continue;
+            };
+            let s = &mut self.sns[sn];
+            let ring = s.ring.as_mut().expect("real membership");
+            if c.alive {
+                ring_changed |= ring.insert(c.entry);
+                self.holders[j] += 1;
+            } else {
+                ring_changed |= ring.remove(c.entry.addr);
+                self.holders[j] = self.holders[j].saturating_sub(1);
+                if self.sns[j].alive {
+                    self.false_departures += 1;
+                }
+            }
+            self.check_spread(j);
+        }
+        if ring_changed {
+            self.sns[sn].dht.ring_changed(now);
+            self.rearm(sn);
+        }
+        while let Some((to, message)) = self.sns[sn]
+            .membership
+            .as_mut()
+            .and_then(|m| m.poll_output())
+        {
+            let bytes = message_bytes(&message) as u64;
+            self.membership_bytes += bytes;
+            let kind = match message {
+                Message::MemberProbe { .. } | Message::MemberProbeAck { .. } => 0,
+                Message::MemberUpdate { .. } => 1,
+                Message::MemberDigest { .. } => 2,
+                _ => 3,
+            };
+            self.membership_bytes_by_kind[kind] += bytes;
+            if let Some(&j) = self.by_key.get(&to.static_key) {
+                if self.sns[j].alive {
+                    let delay = Self::one_way(self.sns[sn].pos, self.sns[j].pos);
+                    self.schedule(
+                        delay,
+                        Ev::Deliver {
+                            to: j,
+                            from: sn,
+                            message,
+                        },
+                    );
+                }
+            }
+        }
+        let Some(t) = self.sns[sn].membership.as_ref().map(|m| m.poll_timeout()) else {
+            return;
+        };
+        let at = t.saturating_duration_since(self.start).max(self.now);
+        if self.sns[sn].member_timer_at.is_none_or(|cur| at < cur) {
+            self.sns[sn].member_timer_at = Some(at);
+            self.seq += 1;
+            self.queue.push(Reverse((at, self.seq)));
+            self.events.insert(self.seq, Ev::MemberTimer { sn });
+        }
+    }
+
+    /// Has news of super node `j`'s failure or start reached every live view?
+    fn check_spread(&mut self, j: usize) {
+        if let Some(&t) = self.departing.get(&j) {
+            if self.holders[j] == 0 {
+                self.departing.remove(&j);
+                self.departure_ms
+                    .push(self.now.saturating_sub(t).as_secs_f64() * 1000.0);
+            }
+        }
+        if let Some(&t) = self.joining.get(&j) {
+            let live = self.live_super_nodes();
+            if self.sns[j].alive && self.holders[j] + 1 >= live {
+                self.joining.remove(&j);
+                self.join_ms
+                    .push(self.now.saturating_sub(t).as_secs_f64() * 1000.0);
+            }
+        }
     }
 
     /// The name of user `i` (also for users that do not exist: any `i`).
@@ -471,7 +675,12 @@ impl IndexSim {
             }
             let i = (self.rng.u64() % self.sns.len() as u64) as usize;
             let s = &self.sns[i];
-            if !s.alive || s.behaviour != Behaviour::Honest || !self.ring.contains(s.entry.addr) {
+            let ready = if self.cfg.real_membership {
+                s.ready_at <= self.now
+            } else {
+                self.ring.contains(s.entry.addr)
+            };
+            if !s.alive || s.behaviour != Behaviour::Honest || !ready {
                 continue;
             }
             tries += 1;
@@ -539,16 +748,56 @@ impl IndexSim {
         }
         self.sns[sn].alive = false;
         self.left += 1;
-        let delay = self.cfg.detection_delay;
-        self.schedule(delay, Ev::RingRemove { sn });
+        if self.cfg.real_membership {
+            // Its view no longer counts; its departure spreads once no live view holds it.
+            if let Some(m) = self.sns[sn].membership.take() {
+                for e in m.alive() {
+                    if let Some(&j) = self.by_key.get(&e.static_key) {
+                        self.holders[j] = self.holders[j].saturating_sub(1);
+                    }
+                }
+                let held: Vec<usize> = m
+                    .alive()
+                    .filter_map(|e| self.by_key.get(&e.static_key).copied())
+                    .collect();
+                for j in held {
+                    self.check_spread(j);
+                }
+            }
+            self.sns[sn].ring = None;
+            self.joining.remove(&sn);
+            self.departing.insert(sn, self.now);
+            self.check_spread(sn);
+        } else {
+            let delay = self.cfg.detection_delay;
+            self.schedule(delay, Ev::RingRemove { sn });
+        }
         if replace {
             let behaviour = self.sns[sn].behaviour;
             let new = self.new_sn(behaviour);
             self.joined += 1;
-            let delay = self.cfg.join_delay;
-            self.schedule(delay, Ev::RingAdd { sn: new });
+            if self.cfg.real_membership {
+                let known = self.bootstrap_entries();
+                self.start_membership(new, &known);
+            } else {
+                let delay = self.cfg.join_delay;
+                self.schedule(delay, Ev::RingAdd { sn: new });
+            }
             self.schedule_leave(new, false);
         }
+    }
+
+    /// A few random live super nodes, as a joining super node's host cache holds.
+    fn bootstrap_entries(&mut self) -> Vec<HostEntry> {
+        let live: Vec<usize> = (0..self.sns.len())
+            .filter(|&i| self.sns[i].alive && self.sns[i].membership.is_some())
+            .collect();
+        let mut known = Vec::new();
+        for _ in 0..self.cfg.bootstrap.min(live.len()) {
+            let i = live[(self.rng.u64() % live.len() as u64) as usize];
+            known.push(self.sns[i].entry);
+        }
+        known
     }
 
     /// Number of users.
@@ -607,7 +856,8 @@ impl IndexSim {
                 if from == usize::MAX {
                     if let Message::IndexStore { record, .. } = message {
                         let s = &mut self.sns[to];
-                        s.dht.publish(now, wall, &self.ring, *record);
+                        let ring = s.ring.as_ref().unwrap_or(&self.ring);
+                        s.dht.publish(now, wall, ring, *record);
                     }
                 } else {
                     self.deliver(to, from, message);
@@ -619,10 +869,11 @@ impl IndexSim {
                     return;
                 }
                 let s = &mut self.sns[sn];
+                let ring = s.ring.as_ref().unwrap_or(&self.ring);
                 s.dht.search(
                     now,
                     wall,
-                    &self.ring,
+                    ring,
                     Origin::Client {
                         client: u64::from(query),
                         query,
@@ -647,8 +898,20 @@ impl IndexSim {
                     return;
                 }
                 s.timer_at = None;
-                s.dht.handle_timeout(now, wall, &self.ring);
+                let ring = s.ring.as_ref().unwrap_or(&self.ring);
+                s.dht.handle_timeout(now, wall, ring);
                 self.drain(sn);
+            }
+            Ev::MemberTimer { sn } => {
+                let s = &mut self.sns[sn];
+                if !s.alive || s.member_timer_at != Some(self.now) {
+                    return;
+                }
+                s.member_timer_at = None;
+                if let Some(m) = s.membership.as_mut() {
+                    m.handle_timeout(now);
+                }
+                self.member_changed(sn);
             }
             Ev::Leave { sn } => self.fail(sn, true),
             Ev::RingRemove { sn } => {
@@ -679,6 +942,12 @@ impl IndexSim {
         let now = self.instant();
         let wall = self.wall();
         let from_entry = self.sns[from].entry;
+        if let Some(m) = self.sns[to].membership.as_mut() {
+            if m.handle_message(now, from_entry, &message) {
+                self.member_changed(to);
+                return;
+            }
+        }
         let behaviour = self.sns[to].behaviour;
         if behaviour != Behaviour::Honest {
             if let Message::IndexStore { record, .. } = &message {
@@ -720,8 +989,8 @@ impl IndexSim {
             }
         }
         let s = &mut self.sns[to];
-        s.dht
-            .handle_message(now, wall, &self.ring, from_entry, &message);
+        let ring = s.ring.as_ref().unwrap_or(&self.ring);
+        s.dht.handle_message(now, wall, ring, from_entry, &message);
     }
 
     fn send(&mut self, from: usize, to: usize, message: Message<'static>) {
@@ -854,6 +1123,75 @@ impl IndexSim {
         }
     }
 
+    fn membership_report(&self, secs: f64, live: f64) -> MembershipReport {
+        let pct3 = |v: &[f64]| -> [f64; 3] {
+            let mut v = v.to_vec();
+            if v.is_empty() {
+                return [0.0; 3];
+            }
+            v.sort_by(f64::total_cmp);
+            let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+            [at(0.5), at(0.99), at(1.0)]
+        };
+        let live_sns: Vec<usize> = (0..self.sns.len()).filter(|&i| self.sns[i].alive).collect();
+        let (mut missing, mut stale, mut pairs) = (0usize, 0usize, 0usize);
+        for &i in &live_sns {
+            let Some(m) = self.sns[i].membership.as_ref() else {
+                continue;
+            };
+            let mut held = 0;
+            for e in m.alive() {
+                match self.by_key.get(&e.static_key) {
+                    Some(&j) if self.sns[j].alive => held += 1,
+                    Some(&j) => {
+                        // Only departures older than a minute count: newer ones may rightly
+                        // still be on their way.
+                        if self
+                            .departing
+                            .get(&j)
+                            .is_some_and(|t| self.now.saturating_sub(*t) > OVERDUE)
+                        {
+                            stale += 1;
+                        }
+                    }
+                    None => stale += 1,
+                }
+            }
+            missing += live_sns.len() - 1 - held.min(live_sns.len() - 1);
+            pairs += live_sns.len() - 1;
+        }
+        let pairs = pairs.max(1) as f64;
+        MembershipReport {
+            departures_spread: self.departure_ms.len() as u64,
+            departures_pending: self
+                .departing
+                .values()
+                .filter(|t| self.now.saturating_sub(**t) > OVERDUE)
+                .count() as u64,
+            departure_ms: pct3(&self.departure_ms),
+            joins_spread: self.join_ms.len() as u64,
+            joins_pending: self
+                .joining
+                .values()
+                .filter(|t| self.now.saturating_sub(**t) > OVERDUE)
+                .count() as u64,
+            join_ms: pct3(&self.join_ms),
+            false_departures: self.false_departures,
+            refuted: self
+                .sns
+                .iter()
+                .filter_map(|s| s.membership.as_ref())
+                .map(|m| m.stats().refuted)
+                .sum(),
+            bytes_per_sn_sec: self.membership_bytes as f64 / secs / live,
+            bytes_by_kind: self
+                .membership_bytes_by_kind
+                .map(|b| b as f64 / secs / live),
+            missing: missing as f64 / pairs,
+            stale: stale as f64 / pairs,
+        }
+    }
+
     /// The results so far.
     pub fn report(&self) -> IndexReport {
         let secs = self.now.as_secs_f64().max(1.0);
@@ -882,8 +1220,12 @@ impl IndexSim {
         // gossip with some redundancy) as a 60-byte entry batched into 1,200-byte datagrams;
         // every super node pings its two ring neighbours every 10 s (60-byte ping and pong).
         let events_per_sec = (self.left + self.joined) as f64 / secs;
-        let membership = events_per_sec * 2.0 * 60.0 * (1.0 + FRAMING_BYTES as f64 / 1200.0)
-            + 2.0 * 2.0 * 60.0 / 10.0;
+        let membership = if self.cfg.real_membership {
+            self.membership_bytes as f64 / secs / live
+        } else {
+            events_per_sec * 2.0 * 60.0 * (1.0 + FRAMING_BYTES as f64 / 1200.0)
+                + 2.0 * 2.0 * 60.0 / 10.0
+        };
         let records: usize = self
             .sns
             .iter()
@@ -902,6 +1244,10 @@ impl IndexSim {
             joined: self.joined,
             forged_refused: self.sns.iter().map(|s| s.dht.stats().forged_answers).sum(),
             virtual_secs: secs,
+            membership: self
+                .cfg
+                .real_membership
+                .then(|| self.membership_report(secs, live)),
         }
     }
 }

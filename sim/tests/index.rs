@@ -116,3 +116,56 @@ fn runs_are_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// The same churn and mass failure with the real membership protocol: every super node has
+/// its own view, learns joins and failures by probing, gossip and anti-entropy, and its index
+/// uses its own ring.
+#[test]
+fn real_membership_under_churn_and_a_mass_failure() {
+    let mut cfg = IndexSimConfig::new(5, 200, 2_000);
+    cfg.median_session = Some(1_200 * SECOND);
+    cfg.real_membership = true;
+    let mut sim = IndexSim::new(cfg);
+    sim.run_until(60 * SECOND);
+    let steady = sim.phase("churn");
+    lookups(&mut sim, steady, 1_000, 100, 540 * SECOND);
+    sim.run_until(600 * SECOND);
+    let before = sim.report().membership.expect("real membership");
+    sim.mass_failure(0.3);
+    let after = sim.phase("right after");
+    lookups(&mut sim, after, 1_000, 100, 30 * SECOND);
+    sim.run_until(660 * SECOND);
+    let later = sim.phase("recovered");
+    lookups(&mut sim, later, 1_000, 0, 60 * SECOND);
+    sim.run_until(760 * SECOND);
+    let r = sim.report();
+    let m = r.membership.clone().expect("real membership");
+    eprintln!("before the failure: {before:?}");
+    eprintln!("at the end: {m:?}");
+    for (name, p) in &r.phases {
+        eprintln!("{name}: {p:?}");
+    }
+    assert!(r.left > 50, "churn happened: {} left", r.left);
+    // Every departure and join reached every live view, quickly, and nobody running was
+    // wrongly dropped.
+    assert!(
+        before.departures_spread > 20 && before.joins_spread > 20,
+        "{before:?}"
+    );
+    assert!(before.departure_ms[1] < 25_000.0, "{before:?}");
+    assert!(before.join_ms[1] < 15_000.0, "{before:?}");
+    assert_eq!(m.false_departures, 0, "{m:?}");
+    assert_eq!(m.departures_pending, 0, "{m:?}");
+    assert!(m.departure_ms[2] < 30_000.0, "{m:?}");
+    assert!(m.missing < 0.001 && m.stale == 0.0, "{m:?}");
+    let churn = phase(&r, "churn");
+    assert!(churn.success() >= 0.999, "{churn:?}");
+    let after = phase(&r, "right after");
+    assert!(after.success() >= 0.99, "{after:?}");
+    let later = phase(&r, "recovered");
+    assert!(later.success() >= 0.999, "{later:?}");
+    for (name, p) in &r.phases {
+        assert_eq!(p.false_not_found, 0, "{name}: {p:?}");
+    }
+    assert_eq!(churn.absent_not_found, churn.absent_lookups, "{churn:?}");
+}

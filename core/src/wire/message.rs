@@ -106,6 +106,25 @@ fn read_entries(r: &mut Reader<'_>) -> Result<Vec<HostEntry>, DecodeError> {
     Ok(v)
 }
 
+/// Most membership events in one [`Message::MemberUpdate`] (20 IPv6 events of 56 bytes fit a
+/// datagram).
+pub const MAX_MEMBER_EVENTS: usize = 20;
+/// Hashes in one [`Message::MemberDigest`].
+pub const DIGEST_BUCKETS: usize = 64;
+
+/// One super node's membership state, as spread between super nodes: alive or gone, at an
+/// incarnation (a number only the super node itself raises, to refute reports of its death;
+/// at equal incarnations "gone" wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemberEvent {
+    /// True: the super node is alive. False: it left or failed.
+    pub alive: bool,
+    /// The super node's incarnation.
+    pub incarnation: u32,
+    /// Who.
+    pub entry: HostEntry,
+}
+
 /// The largest application payload in one [`Message::AppData`].
 pub const MAX_APP_DATA: usize = MAX_DATAGRAM - 64;
 
@@ -159,6 +178,17 @@ message_types! {
     OverlayHandover = 0x24,
     /// A single-address super node asks its partner to answer a STUN "change IP" request.
     OverlayStunForward = 0x25,
+    /// Super-node failure detection: are you there? `nonce u32`.
+    MemberProbe = 0x26,
+    /// Answer to [`MessageType::MemberProbe`]: `nonce u32`.
+    MemberProbeAck = 0x27,
+    /// Super-node membership changes (joins, leaves, failures), spread by gossip or sent
+    /// during anti-entropy.
+    MemberUpdate = 0x28,
+    /// Anti-entropy: hashes of the sender's membership, bucket by bucket.
+    MemberDigest = 0x29,
+    /// Anti-entropy: send me your members in these buckets.
+    MemberPull = 0x2A,
     /// Store a signed presence record in the index.
     IndexStore = 0x30,
     /// Search the index for a user name.
@@ -316,6 +346,42 @@ pub enum Message<'a> {
         /// The request's transaction id.
         transaction: [u8; 12],
     },
+    /// See [`MessageType::MemberProbe`].
+    MemberProbe {
+        /// Echoed in the answer.
+        nonce: u32,
+    },
+    /// See [`MessageType::MemberProbeAck`].
+    MemberProbeAck {
+        /// The probe's nonce.
+        nonce: u32,
+    },
+    /// Membership changes.
+    MemberUpdate {
+        /// False: gossip (the receiver spreads what is new to it). True: an anti-entropy
+        /// answer (the receiver keeps what is new and does not spread it).
+        sync: bool,
+        /// At most [`MAX_MEMBER_EVENTS`].
+        events: Vec<MemberEvent>,
+    },
+    /// Hashes of the sender's membership: at `level` 0, one per top bucket (the first six
+    /// bits of a super node's ring key); at level 1, one per sub-bucket of top bucket `bucket`
+    /// (the next six bits). At most [`DIGEST_BUCKETS`].
+    MemberDigest {
+        /// 0 or 1.
+        level: u8,
+        /// The top bucket a level-1 digest details (0 at level 0).
+        bucket: u8,
+        /// The hashes.
+        hashes: Vec<u64>,
+    },
+    /// Send me your members in the sub-buckets `mask` of top bucket `bucket`.
+    MemberPull {
+        /// Top bucket.
+        bucket: u8,
+        /// One bit per sub-bucket.
+        mask: u64,
+    },
     /// Store a presence record. From a node to its super node (`replicate`: spread it to the
     /// record's replicas) or from a super node to a replica (`replicate` false: hold it).
     IndexStore {
@@ -372,6 +438,11 @@ impl<'a> Message<'a> {
             Message::OverlayMembership { .. } => MessageType::OverlayMembership,
             Message::OverlayHandover { .. } => MessageType::OverlayHandover,
             Message::OverlayStunForward { .. } => MessageType::OverlayStunForward,
+            Message::MemberProbe { .. } => MessageType::MemberProbe,
+            Message::MemberProbeAck { .. } => MessageType::MemberProbeAck,
+            Message::MemberUpdate { .. } => MessageType::MemberUpdate,
+            Message::MemberDigest { .. } => MessageType::MemberDigest,
+            Message::MemberPull { .. } => MessageType::MemberPull,
             Message::IndexStore { .. } => MessageType::IndexStore,
             Message::IndexSearch { .. } => MessageType::IndexSearch,
             Message::IndexResult { .. } => MessageType::IndexResult,
@@ -444,6 +515,68 @@ impl<'a> Message<'a> {
                 client: read_addr(&mut r)?,
                 transaction: r.array()?,
             },
+            MessageType::MemberProbe => Message::MemberProbe { nonce: r.u32()? },
+            MessageType::MemberProbeAck => Message::MemberProbeAck { nonce: r.u32()? },
+            MessageType::MemberUpdate => {
+                let sync = read_bool(&mut r, "sync")?;
+                let n = usize::from(r.u8()?);
+                if n > MAX_MEMBER_EVENTS {
+                    return Err(DecodeError::TooLong {
+                        what: "member events",
+                        len: n,
+                        max: MAX_MEMBER_EVENTS,
+                    });
+                }
+                let mut events = Vec::with_capacity(n);
+                for _ in 0..n {
+                    events.push(MemberEvent {
+                        alive: read_bool(&mut r, "alive")?,
+                        incarnation: r.u32()?,
+                        entry: HostEntry {
+                            addr: read_addr(&mut r)?,
+                            static_key: r.array()?,
+                        },
+                    });
+                }
+                Message::MemberUpdate { sync, events }
+            }
+            MessageType::MemberDigest => {
+                let level = r.u8()?;
+                if level > 1 {
+                    return Err(DecodeError::Invalid("digest level"));
+                }
+                let bucket = r.u8()?;
+                if usize::from(bucket) >= DIGEST_BUCKETS {
+                    return Err(DecodeError::Invalid("digest bucket"));
+                }
+                let n = usize::from(r.u8()?);
+                if n > DIGEST_BUCKETS {
+                    return Err(DecodeError::TooLong {
+                        what: "digest hashes",
+                        len: n,
+                        max: DIGEST_BUCKETS,
+                    });
+                }
+                let mut hashes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    hashes.push(r.u64()?);
+                }
+                Message::MemberDigest {
+                    level,
+                    bucket,
+                    hashes,
+                }
+            }
+            MessageType::MemberPull => {
+                let bucket = r.u8()?;
+                if usize::from(bucket) >= DIGEST_BUCKETS {
+                    return Err(DecodeError::Invalid("pull bucket"));
+                }
+                Message::MemberPull {
+                    bucket,
+                    mask: r.u64()?,
+                }
+            }
             MessageType::IndexStore => Message::IndexStore {
                 replicate: read_bool(&mut r, "replicate")?,
                 record: Box::new(PresenceRecord::read(&mut r)?),
@@ -519,6 +652,37 @@ impl<'a> Message<'a> {
             } => {
                 put_addr(out, client);
                 out.put_slice(transaction);
+            }
+            Message::MemberProbe { nonce } | Message::MemberProbeAck { nonce } => {
+                out.put_u32(*nonce)
+            }
+            Message::MemberUpdate { sync, events } => {
+                out.put_u8(u8::from(*sync));
+                let n = events.len().min(MAX_MEMBER_EVENTS);
+                out.put_u8(n as u8);
+                for e in &events[..n] {
+                    out.put_u8(u8::from(e.alive));
+                    out.put_u32(e.incarnation);
+                    put_addr(out, &e.entry.addr);
+                    out.put_slice(&e.entry.static_key);
+                }
+            }
+            Message::MemberDigest {
+                level,
+                bucket,
+                hashes,
+            } => {
+                out.put_u8(*level);
+                out.put_u8(*bucket);
+                let n = hashes.len().min(DIGEST_BUCKETS);
+                out.put_u8(n as u8);
+                for h in &hashes[..n] {
+                    out.put_u64(*h);
+                }
+            }
+            Message::MemberPull { bucket, mask } => {
+                out.put_u8(*bucket);
+                out.put_u64(*mask);
             }
             Message::IndexStore { replicate, record } => {
                 out.put_u8(u8::from(*replicate));
@@ -633,6 +797,55 @@ mod tests {
     }
 
     #[test]
+    fn membership_messages_roundtrip_and_fit_a_datagram() {
+        let e6 = HostEntry {
+            addr: "[2001:db8::1]:4000".parse().unwrap(),
+            static_key: [8; 32],
+        };
+        let full = MemberEvent {
+            alive: false,
+            incarnation: u32::MAX,
+            entry: e6,
+        };
+        for m in [
+            Message::MemberProbe { nonce: 7 },
+            Message::MemberProbeAck { nonce: u32::MAX },
+            Message::MemberUpdate {
+                sync: false,
+                events: vec![full; MAX_MEMBER_EVENTS],
+            },
+            Message::MemberUpdate {
+                sync: true,
+                events: vec![],
+            },
+            Message::MemberDigest {
+                level: 1,
+                bucket: 63,
+                hashes: vec![u64::MAX; DIGEST_BUCKETS],
+            },
+            Message::MemberPull {
+                bucket: 5,
+                mask: 1 << 63,
+            },
+        ] {
+            let mut b = BytesMut::new();
+            m.encode(&mut b);
+            assert!(b.len() <= MAX_APP_DATA, "{} bytes", b.len());
+            assert_eq!(Message::decode(&b).unwrap(), m);
+        }
+        for bad in [
+            &[0x28, 0, 21][..],    // too many events
+            &[0x28, 2, 0][..],     // sync flag not a boolean
+            &[0x29, 2, 0, 0][..],  // no level 2
+            &[0x29, 1, 64, 0][..], // bucket out of range
+            &[0x29, 0, 0, 65][..], // too many hashes
+            &[0x2A, 64, 0, 0, 0, 0, 0, 0, 0, 0][..],
+        ] {
+            assert!(Message::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn index_messages_roundtrip_and_fit_a_datagram() {
         use crate::handshake::Capabilities;
         use crate::testkit::{TestNetwork, TEST_WALL};
@@ -713,6 +926,41 @@ mod tests {
             let mut buf = vec![ty];
             buf.extend(data);
             let _ = Message::decode(&buf);
+        }
+
+        #[test]
+        fn membership_decode_never_panics(
+            ty in 0x26u8..0x2B,
+            data in proptest::collection::vec(any::<u8>(), 0..1300),
+        ) {
+            let mut buf = vec![ty];
+            buf.extend(data);
+            let _ = Message::decode(&buf);
+        }
+
+        #[test]
+        fn member_updates_roundtrip(
+            sync in any::<bool>(),
+            events in proptest::collection::vec(
+                (any::<bool>(), any::<u32>(), any::<[u8; 4]>(), any::<u16>(), any::<[u8; 32]>()),
+                0..=MAX_MEMBER_EVENTS,
+            ),
+        ) {
+            let events: Vec<MemberEvent> = events
+                .into_iter()
+                .map(|(alive, incarnation, ip, port, static_key)| MemberEvent {
+                    alive,
+                    incarnation,
+                    entry: HostEntry {
+                        addr: SocketAddr::from((ip, port)),
+                        static_key,
+                    },
+                })
+                .collect();
+            let m = Message::MemberUpdate { sync, events };
+            let mut buf = BytesMut::new();
+            m.encode(&mut buf);
+            prop_assert_eq!(Message::decode(&buf).unwrap(), m);
         }
 
         #[test]

@@ -1,0 +1,961 @@
+//! Super-node membership: every super node knows every other, as the one-hop index needs.
+//!
+//! A sans-IO sub-machine of the super-node role. Three mechanisms, each cheap, together keep
+//! each super node's view of the others complete and current at ten thousand super nodes:
+//!
+//! * **Failure detection on the ring.** Each super node probes its
+//!   [`MembershipConfig::monitors`] nearest live successors on the ring (ordered by the hash of
+//!   each super node's certified static key, as the index ring is) every
+//!   [`MembershipConfig::probe_interval`]; a successor that misses
+//!   [`MembershipConfig::probe_misses`] probes in a row is declared gone. Every super node is
+//!   watched by several predecessors, so one dying watcher does not hide a failure, and the
+//!   probing costs each super node a constant few packets per second whatever the network's
+//!   size.
+//! * **Gossip of changes.** A join, a departure or a failure becomes an event
+//!   ([`MemberEvent`]: alive or gone, at an incarnation). A super node that learns something new
+//!   forwards it once to [`MembershipConfig::fanout`] random members (events batched per
+//!   [`MembershipConfig::gossip_interval`]), so news reaches everyone in a few rounds, about
+//!   `log(n) / log(fanout)`, and each super node receives each event about `fanout` times.
+//! * **Anti-entropy.** Every [`MembershipConfig::sync_interval`] a super node sends a random
+//!   member a digest of its view: 64 hashes, one per top bucket of the key space. The other
+//!   answers with 64 sub-hashes for each bucket that differs, and the two then exchange the
+//!   members of the sub-buckets that differ (alive ones and recent departures). This repairs
+//!   whatever gossip missed and brings a new super node the whole view, in chunks.
+//!
+//! **Incarnations** order what is said about a super node: only the super node itself raises
+//! its own (it starts at the wall-clock second it took the role, so a restart outranks what
+//! was said of its previous run), and at equal incarnations "gone" beats "alive". A super node
+//! that hears it was declared gone (wrongly: it is running) raises its incarnation and gossips
+//! that it is alive, which outranks the report. A departure is remembered as a tombstone for
+//! [`MembershipConfig::tombstone_ttl`] so that stale views cannot bring the member back.
+//!
+//! What is said about others is not signed (a super node's key is an X25519 key): a lying
+//! super node can report live ones gone, which they refute within a gossip round or a sync, or
+//! invent members, which their predecessors' probes find unreachable and report gone. Sessions
+//! between super nodes are authenticated, so every report has a certified sender.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+use natter_core::rng::Rng;
+use natter_core::wire::message::{
+    HostEntry, MemberEvent, Message, DIGEST_BUCKETS, MAX_MEMBER_EVENTS,
+};
+
+use crate::dht::Key;
+
+/// Settings of the membership.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Probe the watched successors this often (default 2 s).
+    pub probe_interval: Duration,
+    /// A successor missing this many probes in a row is declared gone (default 4: about 8 s).
+    pub probe_misses: u32,
+    /// Live successors each super node watches (default 3).
+    pub monitors: usize,
+    /// Send queued events this often (default 200 ms).
+    pub gossip_interval: Duration,
+    /// Random members each new event is forwarded to (default 4).
+    pub fanout: usize,
+    /// Exchange a digest with a random member this often (default 5 s).
+    pub sync_interval: Duration,
+    /// Remember a departed member this long (default 1 hour).
+    pub tombstone_ttl: Duration,
+    /// Most members (alive and departed) held (default 100,000).
+    pub max_members: usize,
+    /// Randomness for choosing gossip and sync partners.
+    pub seed: [u8; 32],
+}
+
+impl MembershipConfig {
+    /// Defaults with the given randomness.
+    pub fn new(seed: [u8; 32]) -> Self {
+        Self {
+            probe_interval: Duration::from_secs(2),
+            probe_misses: 4,
+            monitors: 3,
+            gossip_interval: Duration::from_millis(200),
+            fanout: 4,
+            sync_interval: Duration::from_secs(5),
+            tombstone_ttl: Duration::from_secs(3600),
+            max_members: 100_000,
+            seed,
+        }
+    }
+}
+
+/// Counters of the membership.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MembershipStats {
+    /// Events that changed this view.
+    pub applied: u64,
+    /// Events that told nothing new (duplicates, older incarnations).
+    pub stale: u64,
+    /// Successors this super node declared gone.
+    pub declared_gone: u64,
+    /// Reports of this super node's departure it refuted.
+    pub refuted: u64,
+    /// Messages that could not be used (malformed digests, over the member cap).
+    pub dropped: u64,
+    /// Messages sent.
+    pub sent: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    entry: HostEntry,
+    key: Key,
+    incarnation: u32,
+    alive: bool,
+    changed: Instant,
+}
+
+impl Member {
+    fn event(&self) -> MemberEvent {
+        MemberEvent {
+            alive: self.alive,
+            incarnation: self.incarnation,
+            entry: self.entry,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Watch {
+    /// The probe waiting for an answer, and the one before it (a late answer still counts).
+    outstanding: Option<u32>,
+    previous: Option<u32>,
+    misses: u32,
+}
+
+/// A change in the set of live members, for the owner's own structures (the index ring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberChange {
+    /// Who.
+    pub entry: HostEntry,
+    /// True: now alive. False: gone.
+    pub alive: bool,
+}
+
+/// Most unread [`MemberChange`]s kept; older ones are dropped (an owner that reads none still
+/// has [`Membership::alive`]).
+const MAX_CHANGES: usize = 4096;
+
+/// Most members probed at once because of stale reports of their departure.
+const MAX_CHECKS: usize = 64;
+
+/// The membership machine. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Membership {
+    cfg: MembershipConfig,
+    rng: Rng,
+    me: HostEntry,
+    my_key: Key,
+    incarnation: u32,
+    members: HashMap<SocketAddr, Member>,
+    /// Every member (alive and departed) by ring key, for bucket ranges.
+    by_key: BTreeMap<Key, SocketAddr>,
+    /// Live members other than this one, by ring key.
+    ring: BTreeMap<Key, SocketAddr>,
+    /// Digest of the live view (this super node included): XOR of member hashes per
+    /// sub-bucket, and per top bucket.
+    sub: Vec<[u64; DIGEST_BUCKETS]>,
+    top: [u64; DIGEST_BUCKETS],
+    rumors: VecDeque<MemberEvent>,
+    watches: HashMap<SocketAddr, Watch>,
+    /// Members reported gone at an older incarnation than this view holds: probed here too
+    /// until they answer or are found gone (the report may be stale, or right).
+    checks: HashMap<SocketAddr, Watch>,
+    next_nonce: u32,
+    out: VecDeque<(HostEntry, Message<'static>)>,
+    changes: VecDeque<MemberChange>,
+    next_probe: Instant,
+    next_gossip: Instant,
+    next_sync: Instant,
+    generation: u64,
+    stats: MembershipStats,
+}
+
+fn top_bucket(key: &Key) -> usize {
+    usize::from(key.0[0] >> 2)
+}
+
+fn sub_bucket(key: &Key) -> usize {
+    usize::from((key.0[0] & 3) << 4 | key.0[1] >> 4)
+}
+
+/// A member's contribution to the digest (FNV-1a over key, address and incarnation: stable
+/// across builds, unlike the standard library's hasher).
+fn member_hash(key: &Key, addr: &SocketAddr, incarnation: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&key.0);
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => eat(&ip.octets()),
+        std::net::IpAddr::V6(ip) => eat(&ip.octets()),
+    }
+    eat(&addr.port().to_be_bytes());
+    eat(&incarnation.to_be_bytes());
+    h
+}
+
+impl Membership {
+    /// Start as `me` at `incarnation` (the wall-clock second the role was taken), knowing the
+    /// super nodes in `known` (from the host cache and the network file; they count as alive
+    /// until heard otherwise).
+    pub fn new(
+        cfg: MembershipConfig,
+        me: HostEntry,
+        incarnation: u32,
+        known: &[HostEntry],
+        now: Instant,
+    ) -> Self {
+        let mut m = Self {
+            rng: Rng::from_seed_bytes(cfg.seed),
+            me,
+            my_key: Key::of_super_node(&me.static_key),
+            incarnation,
+            members: HashMap::new(),
+            by_key: BTreeMap::new(),
+            ring: BTreeMap::new(),
+            sub: vec![[0; DIGEST_BUCKETS]; DIGEST_BUCKETS],
+            top: [0; DIGEST_BUCKETS],
+            rumors: VecDeque::new(),
+            watches: HashMap::new(),
+            checks: HashMap::new(),
+            next_nonce: 1,
+            out: VecDeque::new(),
+            changes: VecDeque::new(),
+            next_probe: now + cfg.probe_interval,
+            next_gossip: now,
+            next_sync: now,
+            generation: 0,
+            stats: MembershipStats::default(),
+            cfg,
+        };
+        m.toggle_digest(m.my_key, me.addr, incarnation);
+        for e in known {
+            m.hint(now, *e);
+        }
+        m.rumors.push_back(m.my_event());
+        m
+    }
+
+    /// This super node's entry.
+    pub fn me(&self) -> HostEntry {
+        self.me
+    }
+
+    /// This super node's incarnation.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
+    /// Live super nodes other than this one.
+    pub fn alive(&self) -> impl Iterator<Item = HostEntry> + '_ {
+        self.ring.values().map(|a| self.members[a].entry)
+    }
+
+    /// Number of live super nodes other than this one.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// True when no other super node is known alive.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// True when `addr` is a live member.
+    pub fn is_alive(&self, addr: SocketAddr) -> bool {
+        self.members.get(&addr).is_some_and(|m| m.alive)
+    }
+
+    /// What this view holds about `addr`: alive or gone, at which incarnation.
+    pub fn member(&self, addr: SocketAddr) -> Option<MemberEvent> {
+        self.members.get(&addr).map(Member::event)
+    }
+
+    /// Raised whenever the set of live members changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MembershipStats {
+        self.stats
+    }
+
+    /// Up to `n` random live members.
+    pub fn sample(&mut self, n: usize) -> Vec<HostEntry> {
+        let mut picked: Vec<HostEntry> = Vec::with_capacity(n);
+        if self.ring.len() <= n {
+            return self.alive().collect();
+        }
+        let mut tries = 0;
+        while picked.len() < n && tries < n * 8 {
+            tries += 1;
+            if let Some(e) = self.random_member() {
+                if !picked.contains(&e) {
+                    picked.push(e);
+                }
+            }
+        }
+        picked
+    }
+
+    fn random_member(&mut self) -> Option<HostEntry> {
+        let mut k = [0u8; 32];
+        self.rng.fill(&mut k);
+        let key = Key(k);
+        let addr = self
+            .ring
+            .range(key..)
+            .next()
+            .or_else(|| self.ring.iter().next())
+            .map(|(_, a)| *a)?;
+        Some(self.members[&addr].entry)
+    }
+
+    fn my_event(&self) -> MemberEvent {
+        MemberEvent {
+            alive: true,
+            incarnation: self.incarnation,
+            entry: self.me,
+        }
+    }
+
+    fn toggle_digest(&mut self, key: Key, addr: SocketAddr, incarnation: u32) {
+        let h = member_hash(&key, &addr, incarnation);
+        self.sub[top_bucket(&key)][sub_bucket(&key)] ^= h;
+        self.top[top_bucket(&key)] ^= h;
+    }
+
+    /// A super node learnt outside the membership (a bootstrap entry, a super node that
+    /// linked here): taken as alive at incarnation 0 when unknown, so anything the membership
+    /// itself says outranks it.
+    pub fn hint(&mut self, now: Instant, entry: HostEntry) {
+        if entry.addr == self.me.addr || self.members.contains_key(&entry.addr) {
+            return;
+        }
+        self.apply(
+            now,
+            MemberEvent {
+                alive: true,
+                incarnation: 0,
+                entry,
+            },
+            false,
+        );
+    }
+
+    /// Apply what is said about a super node; true when it changed the view. `spread`: gossip
+    /// it on.
+    fn apply(&mut self, now: Instant, ev: MemberEvent, spread: bool) -> bool {
+        let addr = ev.entry.addr;
+        if addr == self.me.addr {
+            if ev.entry.static_key == self.me.static_key
+                && ((!ev.alive && ev.incarnation >= self.incarnation)
+                    || (ev.alive && ev.incarnation > self.incarnation))
+            {
+                // Said to be gone while running (or a newer self we never were): outrank it.
+                self.toggle_digest(self.my_key, self.me.addr, self.incarnation);
+                self.incarnation = ev.incarnation.saturating_add(1);
+                self.toggle_digest(self.my_key, self.me.addr, self.incarnation);
+                self.stats.refuted += 1;
+                self.rumors.push_back(self.my_event());
+            } else {
+                self.stats.stale += 1;
+            }
+            return false;
+        }
+        let old = self.members.get(&addr).copied();
+        let newer = match old {
+            None => true,
+            Some(m) => {
+                ev.incarnation > m.incarnation
+                    || (ev.incarnation == m.incarnation && m.alive && !ev.alive)
+            }
+        };
+        if !newer {
+            self.stats.stale += 1;
+            if let Some(m) = old.filter(|m| m.alive && !ev.alive && self.checks.len() < MAX_CHECKS)
+            {
+                // Someone whose view was behind found it gone: see for ourselves.
+                self.checks.entry(m.entry.addr).or_default();
+            }
+            return false;
+        }
+        if old.is_none() && self.members.len() >= self.cfg.max_members {
+            self.stats.dropped += 1;
+            return false;
+        }
+        let key = Key::of_super_node(&ev.entry.static_key);
+        if let Some(m) = old {
+            self.by_key.remove(&m.key);
+            if m.alive {
+                self.ring.remove(&m.key);
+                self.toggle_digest(m.key, addr, m.incarnation);
+            }
+        }
+        self.members.insert(
+            addr,
+            Member {
+                entry: ev.entry,
+                key,
+                incarnation: ev.incarnation,
+                alive: ev.alive,
+                changed: now,
+            },
+        );
+        self.by_key.insert(key, addr);
+        if ev.alive {
+            self.ring.insert(key, addr);
+            self.toggle_digest(key, addr, ev.incarnation);
+        } else {
+            self.watches.remove(&addr);
+            self.checks.remove(&addr);
+        }
+        let key_changed = old.is_some_and(|m| m.key != key);
+        if let Some(m) = old.filter(|m| m.alive && (!ev.alive || key_changed)) {
+            self.change(m.entry, false);
+        }
+        if ev.alive && (old.is_none_or(|m| !m.alive) || key_changed) {
+            self.change(ev.entry, true);
+        }
+        self.stats.applied += 1;
+        if spread {
+            self.rumors.push_back(ev);
+        }
+        true
+    }
+
+    fn change(&mut self, entry: HostEntry, alive: bool) {
+        self.generation += 1;
+        if self.changes.len() == MAX_CHANGES {
+            self.changes.pop_front();
+        }
+        self.changes.push_back(MemberChange { entry, alive });
+    }
+
+    /// The next change in the set of live members.
+    pub fn poll_change(&mut self) -> Option<MemberChange> {
+        self.changes.pop_front()
+    }
+
+    fn send(&mut self, to: HostEntry, message: Message<'static>) {
+        self.stats.sent += 1;
+        self.out.push_back((to, message));
+    }
+
+    /// A membership message from the super node `from` (its address and the static key its
+    /// session authenticated). False when the message is not a membership message.
+    pub fn handle_message(&mut self, now: Instant, from: HostEntry, msg: &Message<'_>) -> bool {
+        match msg {
+            Message::MemberProbe { nonce } => {
+                self.send(from, Message::MemberProbeAck { nonce: *nonce });
+                self.heard_from(now, from);
+            }
+            Message::MemberProbeAck { nonce } => {
+                let answered =
+                    |w: &Watch| w.outstanding == Some(*nonce) || w.previous == Some(*nonce);
+                if let Some(w) = self.watches.get_mut(&from.addr) {
+                    if answered(w) {
+                        w.outstanding = None;
+                        w.misses = 0;
+                    }
+                }
+                if self.checks.get(&from.addr).is_some_and(answered) {
+                    self.checks.remove(&from.addr);
+                }
+            }
+            Message::MemberUpdate { sync, events } => {
+                for ev in events {
+                    self.apply(now, *ev, !*sync);
+                }
+                self.heard_from(now, from);
+            }
+            Message::MemberDigest {
+                level,
+                bucket,
+                hashes,
+            } => {
+                if hashes.len() != DIGEST_BUCKETS {
+                    self.stats.dropped += 1;
+                    return true;
+                }
+                self.heard_from(now, from);
+                if *level == 0 {
+                    let differing: Vec<usize> = (0..DIGEST_BUCKETS)
+                        .filter(|&b| self.top[b] != hashes[b])
+                        .collect();
+                    for b in differing {
+                        {
+                            self.send(
+                                from,
+                                Message::MemberDigest {
+                                    level: 1,
+                                    bucket: b as u8,
+                                    hashes: self.sub[b].to_vec(),
+                                },
+                            );
+                        }
+                    }
+                } else {
+                    let b = usize::from(*bucket);
+                    let mut mask = 0u64;
+                    for (s, h) in hashes.iter().enumerate() {
+                        if self.sub[b][s] != *h {
+                            mask |= 1 << s;
+                        }
+                    }
+                    if mask != 0 {
+                        self.send_bucket(from, b, mask);
+                        self.send(
+                            from,
+                            Message::MemberPull {
+                                bucket: b as u8,
+                                mask,
+                            },
+                        );
+                    }
+                }
+            }
+            Message::MemberPull { bucket, mask } => {
+                self.send_bucket(from, usize::from(*bucket), *mask);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The sender is evidently running: learn it if unknown; if this view holds it as gone,
+    /// tell it so it can refute.
+    fn heard_from(&mut self, now: Instant, from: HostEntry) {
+        match self.members.get(&from.addr) {
+            None => self.hint(now, from),
+            Some(m) if !m.alive && m.entry.static_key == from.static_key => {
+                let ev = m.event();
+                self.send(
+                    from,
+                    Message::MemberUpdate {
+                        sync: true,
+                        events: vec![ev],
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Send `to` what this view holds in the sub-buckets `mask` of top bucket `bucket`.
+    fn send_bucket(&mut self, to: HostEntry, bucket: usize, mask: u64) {
+        if bucket >= DIGEST_BUCKETS {
+            return;
+        }
+        let mut lo = [0u8; 32];
+        lo[0] = (bucket as u8) << 2;
+        let hi = if bucket + 1 < DIGEST_BUCKETS {
+            let mut hi = [0u8; 32];
+            hi[0] = ((bucket + 1) as u8) << 2;
+            Bound::Excluded(Key(hi))
+        } else {
+            Bound::Unbounded
+        };
+        let mut events: Vec<MemberEvent> = self
+            .by_key
+            .range((Bound::Included(Key(lo)), hi))
+            .filter(|(k, _)| mask & (1 << sub_bucket(k)) != 0)
+            .map(|(_, a)| self.members[a].event())
+            .collect();
+        if top_bucket(&self.my_key) == bucket && mask & (1 << sub_bucket(&self.my_key)) != 0 {
+            events.push(self.my_event());
+        }
+        for chunk in events.chunks(MAX_MEMBER_EVENTS) {
+            self.send(
+                to,
+                Message::MemberUpdate {
+                    sync: true,
+                    events: chunk.to_vec(),
+                },
+            );
+        }
+    }
+
+    /// The live successors this super node watches.
+    fn watched(&self) -> Vec<SocketAddr> {
+        self.ring
+            .range((Bound::Excluded(self.my_key), Bound::Unbounded))
+            .chain(self.ring.range(..self.my_key))
+            .take(self.cfg.monitors)
+            .map(|(_, a)| *a)
+            .collect()
+    }
+
+    /// Timers: probes, gossip rounds, anti-entropy, tombstone expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_probe {
+            self.next_probe = now + self.cfg.probe_interval;
+            self.probe(now);
+        }
+        if now >= self.next_gossip {
+            self.next_gossip = now + self.cfg.gossip_interval;
+            self.gossip();
+        }
+        if now >= self.next_sync {
+            self.next_sync = now + self.cfg.sync_interval;
+            if let Some(peer) = self.random_member() {
+                self.send(
+                    peer,
+                    Message::MemberDigest {
+                        level: 0,
+                        bucket: 0,
+                        hashes: self.top.to_vec(),
+                    },
+                );
+            }
+            let ttl = self.cfg.tombstone_ttl;
+            let expired: Vec<(SocketAddr, Key)> = self
+                .members
+                .iter()
+                .filter(|(_, m)| !m.alive && now.saturating_duration_since(m.changed) >= ttl)
+                .map(|(a, m)| (*a, m.key))
+                .collect();
+            for (addr, key) in expired {
+                self.members.remove(&addr);
+                self.by_key.remove(&key);
+            }
+        }
+    }
+
+    fn probe(&mut self, now: Instant) {
+        let watched = self.watched();
+        self.watches.retain(|a, _| watched.contains(a));
+        let mut targets: Vec<(SocketAddr, bool)> = watched.into_iter().map(|a| (a, true)).collect();
+        targets.extend(
+            self.checks
+                .keys()
+                .filter(|a| !self.watches.contains_key(a))
+                .map(|a| (*a, false)),
+        );
+        for (addr, watched) in targets {
+            let w = if watched {
+                self.watches.entry(addr).or_default()
+            } else {
+                self.checks.entry(addr).or_default()
+            };
+            if w.outstanding.is_some() {
+                w.misses += 1;
+            }
+            if w.misses >= self.cfg.probe_misses {
+                let m = self.members[&addr];
+                self.stats.declared_gone += 1;
+                self.apply(
+                    now,
+                    MemberEvent {
+                        alive: false,
+                        incarnation: m.incarnation,
+                        entry: m.entry,
+                    },
+                    true,
+                );
+                continue;
+            }
+            let nonce = self.next_nonce;
+            self.next_nonce = self.next_nonce.wrapping_add(1);
+            w.previous = w.outstanding.or(w.previous);
+            w.outstanding = Some(nonce);
+            let to = self.members[&addr].entry;
+            self.send(to, Message::MemberProbe { nonce });
+        }
+    }
+
+    fn gossip(&mut self) {
+        if self.rumors.is_empty() {
+            return;
+        }
+        // A burst (many joins at once) drains a few batches per round.
+        for _ in 0..4 {
+            if self.rumors.is_empty() {
+                break;
+            }
+            let n = self.rumors.len().min(MAX_MEMBER_EVENTS);
+            let events: Vec<MemberEvent> = self.rumors.drain(..n).collect();
+            for to in self.sample(self.cfg.fanout) {
+                self.send(
+                    to,
+                    Message::MemberUpdate {
+                        sync: false,
+                        events: events.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// This super node leaves (shutdown, demotion): tell twice the usual number of members
+    /// at once, since it will not be around to gossip further.
+    pub fn leave(&mut self) {
+        let ev = MemberEvent {
+            alive: false,
+            incarnation: self.incarnation,
+            entry: self.me,
+        };
+        for to in self.sample(self.cfg.fanout * 2) {
+            self.send(
+                to,
+                Message::MemberUpdate {
+                    sync: false,
+                    events: vec![ev],
+                },
+            );
+        }
+    }
+
+    /// When [`Membership::handle_timeout`] wants calling next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_probe.min(self.next_sync);
+        if !self.rumors.is_empty() {
+            t = t.min(self.next_gossip);
+        }
+        t
+    }
+
+    /// The next message to send, and to whom.
+    pub fn poll_output(&mut self) -> Option<(HostEntry, Message<'static>)> {
+        self.out.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u16) -> HostEntry {
+        let mut static_key = [0u8; 32];
+        static_key[..2].copy_from_slice(&i.to_be_bytes());
+        static_key[31] = 0x55;
+        HostEntry {
+            addr: SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 4000)),
+            static_key,
+        }
+    }
+
+    fn machine(i: u16, known: &[HostEntry], now: Instant) -> Membership {
+        let mut seed = [7u8; 32];
+        seed[..2].copy_from_slice(&i.to_be_bytes());
+        Membership::new(MembershipConfig::new(seed), entry(i), 100, known, now)
+    }
+
+    fn ev(alive: bool, incarnation: u32, i: u16) -> MemberEvent {
+        MemberEvent {
+            alive,
+            incarnation,
+            entry: entry(i),
+        }
+    }
+
+    /// Deliver every queued message between the machines (instantly, losing those to
+    /// `down`) until nothing moves.
+    fn settle(ms: &mut [Membership], now: Instant, down: &[u16]) {
+        loop {
+            let mut moved = false;
+            for i in 0..ms.len() {
+                while let Some((to, msg)) = ms[i].poll_output() {
+                    moved = true;
+                    let j = ms.iter().position(|m| m.me().addr == to.addr);
+                    let Some(j) = j else { continue };
+                    if down.contains(&(j as u16)) || down.contains(&(i as u16)) {
+                        continue;
+                    }
+                    let from = ms[i].me();
+                    ms[j].handle_message(now, from, &msg);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn incarnations_order_reports_and_gone_wins_ties() {
+        let now = Instant::now();
+        let mut m = machine(0, &[], now);
+        assert!(m.apply(now, ev(true, 5, 1), true));
+        assert!(!m.apply(now, ev(true, 5, 1), true), "duplicate");
+        assert!(!m.apply(now, ev(true, 4, 1), true), "older");
+        assert!(
+            m.apply(now, ev(false, 5, 1), true),
+            "gone beats alive at equal incarnation"
+        );
+        assert!(!m.is_alive(entry(1).addr));
+        assert!(
+            !m.apply(now, ev(true, 5, 1), true),
+            "alive does not beat gone at equal"
+        );
+        assert!(
+            m.apply(now, ev(true, 6, 1), true),
+            "a newer incarnation comes back"
+        );
+        assert!(m.is_alive(entry(1).addr));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_super_node_refutes_its_own_death() {
+        let now = Instant::now();
+        let mut m = machine(0, &[], now);
+        let before = m.incarnation();
+        m.apply(now, ev(false, before, 0), true);
+        assert_eq!(m.incarnation(), before + 1);
+        assert_eq!(m.stats().refuted, 1);
+        // An older report changes nothing.
+        m.apply(now, ev(false, before, 0), true);
+        assert_eq!(m.incarnation(), before + 1);
+        // The refutation is gossiped to the members.
+        m.apply(now, ev(true, 1, 2), false);
+        m.handle_timeout(now);
+        let mut saw = false;
+        while let Some((to, msg)) = m.poll_output() {
+            if let Message::MemberUpdate { events, .. } = msg {
+                assert_eq!(to, entry(2));
+                saw |= events.contains(&ev(true, before + 1, 0));
+            }
+        }
+        assert!(saw);
+    }
+
+    #[test]
+    fn a_silent_successor_is_declared_gone_and_everyone_learns() {
+        let mut now = Instant::now();
+        let all: Vec<HostEntry> = (0..8).map(entry).collect();
+        let mut ms: Vec<Membership> = (0..8).map(|i| machine(i, &all, now)).collect();
+        // A few rounds: everyone gossips its own incarnation (the entries above count as
+        // incarnation 0).
+        for _ in 0..6 {
+            now += Duration::from_secs(1);
+            for m in ms.iter_mut() {
+                m.handle_timeout(now);
+            }
+            settle(&mut ms, now, &[]);
+        }
+        assert!(ms.iter().all(|m| m.len() == 7));
+        assert!(ms
+            .iter()
+            .all(|m| m.members.values().all(|x| x.incarnation == 100)));
+        // Node 5 stops answering.
+        for _ in 0..8 {
+            now += Duration::from_secs(2);
+            for m in ms.iter_mut() {
+                m.handle_timeout(now);
+            }
+            settle(&mut ms, now, &[5]);
+        }
+        for (i, m) in ms.iter().enumerate() {
+            if i != 5 {
+                assert!(!m.is_alive(entry(5).addr), "node {i} still has 5");
+                assert_eq!(m.len(), 6);
+            }
+        }
+        let declared: u64 = ms.iter().map(|m| m.stats().declared_gone).sum();
+        assert!(declared >= 1);
+        // Node 5 comes back: it hears it was declared gone, refutes, and is alive again.
+        for _ in 0..4 {
+            now += Duration::from_secs(5);
+            for m in ms.iter_mut() {
+                m.handle_timeout(now);
+            }
+            settle(&mut ms, now, &[]);
+        }
+        assert_eq!(ms[5].stats().refuted, 1);
+        for m in &ms {
+            assert_eq!(m.len(), 7);
+        }
+    }
+
+    #[test]
+    fn anti_entropy_gives_a_newcomer_the_whole_view() {
+        let now = Instant::now();
+        // A knows 300 super nodes (most of them only as entries); B knows only A.
+        let many: Vec<HostEntry> = (2..302).map(entry).collect();
+        let mut a = machine(0, &many, now);
+        let mut b = machine(1, &[entry(0)], now);
+        while a.poll_output().is_some() {}
+        // B's first sync goes to A (the only one it knows).
+        b.handle_timeout(now);
+        let mut to_a = Vec::new();
+        let mut to_b = Vec::new();
+        while let Some((to, msg)) = b.poll_output() {
+            if to.addr == entry(0).addr {
+                to_a.push(msg);
+            }
+        }
+        for _ in 0..4 {
+            for msg in to_a.drain(..) {
+                a.handle_message(now, entry(1), &msg);
+            }
+            while let Some((to, msg)) = a.poll_output() {
+                if to.addr == entry(1).addr {
+                    to_b.push(msg);
+                }
+            }
+            for msg in to_b.drain(..) {
+                b.handle_message(now, entry(0), &msg);
+            }
+            while let Some((to, msg)) = b.poll_output() {
+                if to.addr == entry(0).addr {
+                    to_a.push(msg);
+                }
+            }
+        }
+        assert_eq!(b.len(), 301, "B knows A's 300 and A");
+        assert_eq!(a.len(), 301, "A learnt B");
+        assert_eq!(a.top, b.top, "the digests agree");
+    }
+
+    #[test]
+    fn malformed_digests_and_the_member_cap_are_counted() {
+        let now = Instant::now();
+        let mut m = machine(0, &[], now);
+        m.cfg.max_members = 3;
+        for i in 1..10 {
+            m.apply(now, ev(true, 1, i), true);
+        }
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.stats().dropped, 6);
+        assert!(m.handle_message(
+            now,
+            entry(1),
+            &Message::MemberDigest {
+                level: 0,
+                bucket: 0,
+                hashes: vec![1, 2, 3],
+            },
+        ));
+        assert_eq!(m.stats().dropped, 7);
+        assert!(!m.handle_message(now, entry(1), &Message::KeepAlive));
+    }
+
+    #[test]
+    fn tombstones_expire_after_their_time() {
+        let now = Instant::now();
+        let mut m = machine(0, &[], now);
+        m.apply(now, ev(false, 3, 1), true);
+        assert_eq!(m.members.len(), 1);
+        m.handle_timeout(now + Duration::from_secs(3599));
+        assert_eq!(m.members.len(), 1);
+        m.handle_timeout(now + Duration::from_secs(3605));
+        assert!(m.members.is_empty());
+        // Gone, an old "alive" could come back: incarnations are what stops it while the
+        // tombstone lasts.
+        assert!(m.apply(now, ev(true, 3, 1), true));
+    }
+}
