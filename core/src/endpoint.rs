@@ -1111,12 +1111,14 @@ impl Machine for Endpoint {
 
     fn handle_timeout(&mut self, now: Instant) {
         // Handshake retransmissions.
-        let due: Vec<SessionIndex> = self
+        let mut due: Vec<SessionIndex> = self
             .initiations
             .iter()
             .filter(|(_, i)| i.next_retry <= now)
             .map(|(k, _)| *k)
             .collect();
+        // In a fixed order: runs with the same seed send the same packets.
+        due.sort();
         for index in due {
             let Some(init) = self.initiations.get_mut(&index) else {
                 continue;
@@ -1185,7 +1187,7 @@ impl Machine for Endpoint {
                     } else {
                         *attempts += 1;
                         *at = now + backoff(self.cfg.handshake_rto, *attempts);
-                        resend.push((peer.dest.clone(), msg.clone()));
+                        resend.push((*index, peer.dest.clone(), msg.clone()));
                     }
                 }
             }
@@ -1193,7 +1195,11 @@ impl Machine for Endpoint {
                 keepalive.push(*index);
             }
         }
-        for (dest, msg) in resend {
+        // In a fixed order: runs with the same seed send the same packets.
+        resend.sort_by_key(|(index, _, _)| *index);
+        keepalive.sort();
+        dead.sort();
+        for (_, dest, msg) in resend {
             self.send_raw(&dest, msg);
         }
         for index in dead {

@@ -1121,7 +1121,7 @@ impl Dht {
         let changed = ring.changed_since(self.repaired_generation);
         self.repaired_generation = ring.generation();
         let replicas = self.cfg.replicas;
-        let users: Vec<UserName> = self
+        let mut users: Vec<UserName> = self
             .store
             .users()
             .filter(|u| match (&changed, self.placed.get(*u)) {
@@ -1130,6 +1130,8 @@ impl Dht {
             })
             .cloned()
             .collect();
+        // In a fixed order: runs with the same seed send the same messages.
+        users.sort();
         for user in users {
             let key = self
                 .placed

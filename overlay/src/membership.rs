@@ -639,12 +639,15 @@ impl Membership {
         let watched = self.watched();
         self.watches.retain(|a, _| watched.contains(a));
         let mut targets: Vec<(SocketAddr, bool)> = watched.into_iter().map(|a| (a, true)).collect();
-        targets.extend(
-            self.checks
-                .keys()
-                .filter(|a| !self.watches.contains_key(a))
-                .map(|a| (*a, false)),
-        );
+        let mut checks: Vec<SocketAddr> = self
+            .checks
+            .keys()
+            .filter(|a| !self.watches.contains_key(a))
+            .copied()
+            .collect();
+        // In a fixed order: runs with the same seed behave the same.
+        checks.sort();
+        targets.extend(checks.into_iter().map(|a| (a, false)));
         for (addr, watched) in targets {
             let w = if watched {
                 self.watches.entry(addr).or_default()

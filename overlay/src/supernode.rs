@@ -5,11 +5,10 @@
 //!
 //! * the **clients** attached to this super node (up to [`SuperNodeConfig::max_clients`];
 //!   beyond that an attach is refused with other super nodes to try);
-//! * the **membership**: the super nodes it knows, learnt from the bootstrap list, from
-//!   gossip (`OverlayMembership`, exchanged with a few peers every
-//!   [`SuperNodeConfig::gossip_interval`]) and from the super nodes that link to it. Entries not
-//!   heard of for [`SuperNodeConfig::member_ttl`] are dropped, so the list follows the network
-//!   as super nodes come and go.
+//! * the **membership** ([`Membership`]): every other super node, seeded from the host cache
+//!   and the super nodes that link to it, then kept complete and current by the membership
+//!   protocol (probing ring successors, gossiping joins and failures, anti-entropy). Its
+//!   messages go to super nodes by address; the node facade carries them over sessions.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use natter_core::endpoint::ConnId;
 use natter_core::identity::{DeviceId, UserName};
-use natter_core::rng::Rng;
 use natter_core::wire::message::{HostEntry, Message, MAX_HOST_ENTRIES};
+
+use crate::membership::{Membership, MembershipConfig};
 
 /// Settings of the role.
 #[derive(Debug, Clone)]
@@ -29,24 +29,23 @@ pub struct SuperNodeConfig {
     pub max_clients: usize,
     /// Keep-alive interval clients are told to use (default 20 s).
     pub keepalive: Duration,
-    /// Gossip with peers this often (default 30 s).
-    pub gossip_interval: Duration,
-    /// Forget a super node not heard of for this long (default 10 minutes).
-    pub member_ttl: Duration,
-    /// Randomness for sampling.
-    pub seed: [u8; 32],
+    /// The membership protocol's settings.
+    pub membership: MembershipConfig,
+    /// This super node's incarnation: the wall-clock second it took the role (later than
+    /// anything said about an earlier run of it).
+    pub incarnation: u32,
 }
 
 impl SuperNodeConfig {
-    /// Defaults around this node's own entry.
-    pub fn new(me: HostEntry, seed: [u8; 32]) -> Self {
+    /// Defaults around this node's own entry, taking the role at wall-clock second
+    /// `incarnation`.
+    pub fn new(me: HostEntry, seed: [u8; 32], incarnation: u32) -> Self {
         Self {
             me,
             max_clients: 2000,
             keepalive: Duration::from_secs(20),
-            gossip_interval: Duration::from_secs(30),
-            member_ttl: Duration::from_secs(600),
-            seed,
+            membership: MembershipConfig::new(seed),
+            incarnation,
         }
     }
 }
@@ -101,39 +100,37 @@ pub struct Reply {
     pub message: Message<'static>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Member {
-    entry: HostEntry,
-    last_heard: Instant,
-}
-
 /// The super-node role. See the [module documentation](self).
 #[derive(Debug)]
 pub struct SuperNodeRole {
     cfg: SuperNodeConfig,
-    rng: Rng,
     clients: HashMap<ConnId, Client>,
-    members: HashMap<SocketAddr, Member>,
-    /// Sessions with other super nodes (for gossip).
+    membership: Membership,
+    /// Links with other super nodes (host-cache exchange, STUN partnering).
     peers: HashMap<ConnId, SocketAddr>,
-    next_gossip: Instant,
 }
 
 impl SuperNodeRole {
     /// Take the role at `now`, knowing the super nodes in `known`.
     pub fn new(cfg: SuperNodeConfig, known: &[HostEntry], now: Instant) -> Self {
-        let mut r = Self {
-            rng: Rng::from_seed_bytes(cfg.seed),
-            next_gossip: now + cfg.gossip_interval,
+        let membership =
+            Membership::new(cfg.membership.clone(), cfg.me, cfg.incarnation, known, now);
+        Self {
             cfg,
             clients: HashMap::new(),
-            members: HashMap::new(),
+            membership,
             peers: HashMap::new(),
-        };
-        for e in known {
-            r.learn(*e, now);
         }
-        r
+    }
+
+    /// The membership (every other super node).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The membership, to feed it messages and drain its output.
+    pub fn membership_mut(&mut self) -> &mut Membership {
+        &mut self.membership
     }
 
     /// This super node's entry.
@@ -151,9 +148,9 @@ impl SuperNodeRole {
         self.clients.len()
     }
 
-    /// Known super nodes (not counting itself).
+    /// Live super nodes (not counting itself), in address order.
     pub fn members(&self) -> Vec<HostEntry> {
-        let mut v: Vec<HostEntry> = self.members.values().map(|m| m.entry).collect();
+        let mut v: Vec<HostEntry> = self.membership.alive().collect();
         v.sort_by_key(|e| e.addr);
         v
     }
@@ -170,33 +167,9 @@ impl SuperNodeRole {
         self.clients.len() >= self.cfg.max_clients
     }
 
-    fn learn(&mut self, entry: HostEntry, now: Instant) {
-        if entry.addr == self.cfg.me.addr {
-            return;
-        }
-        self.members
-            .entry(entry.addr)
-            .and_modify(|m| {
-                m.entry = entry;
-                m.last_heard = now;
-            })
-            .or_insert(Member {
-                entry,
-                last_heard: now,
-            });
-    }
-
-    /// A random sample of known super nodes (itself first when `include_me`).
+    /// A random sample of live super nodes (itself first when `include_me`).
     pub fn sample(&mut self, n: usize, include_me: bool) -> Vec<HostEntry> {
-        let mut all: Vec<HostEntry> = self.members.values().map(|m| m.entry).collect();
-        all.sort_by_key(|e| e.addr);
-        // Partial Fisher-Yates with the seeded generator.
-        let take = n.min(all.len());
-        for i in 0..take {
-            let j = i + (self.rng.u64() as usize) % (all.len() - i);
-            all.swap(i, j);
-        }
-        all.truncate(take);
+        let mut all = self.membership.sample(n);
         if include_me {
             all.insert(0, self.cfg.me);
             all.truncate(n);
@@ -206,7 +179,7 @@ impl SuperNodeRole {
 
     /// A session with another super node is up (this node linked to it or it linked here).
     pub fn peer_connected(&mut self, now: Instant, conn: ConnId, entry: HostEntry) -> Reply {
-        self.learn(entry, now);
+        self.membership.hint(now, entry);
         self.peers.insert(conn, entry.addr);
         let entries = self.sample(MAX_HOST_ENTRIES, true);
         Reply {
@@ -285,7 +258,7 @@ impl SuperNodeRole {
                     self.peers.insert(conn, me.addr);
                 }
                 for e in entries {
-                    self.learn(*e, now);
+                    self.membership.hint(now, *e);
                 }
                 if first_contact {
                     replies.push(Reply {
@@ -309,40 +282,21 @@ impl SuperNodeRole {
             .map(|c| SuperNodeEvent::ClientDetached { user: c.user, conn })
     }
 
-    /// Gossip and expiry; returns membership messages to send to peers.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Reply> {
-        if now < self.next_gossip {
-            return Vec::new();
-        }
-        self.next_gossip = now + self.cfg.gossip_interval;
-        let ttl = self.cfg.member_ttl;
-        let peers_addrs: Vec<SocketAddr> = self.peers.values().copied().collect();
-        for (addr, m) in self.members.iter_mut() {
-            if peers_addrs.contains(addr) {
-                m.last_heard = now;
-            }
-        }
-        self.members
-            .retain(|_, m| now.saturating_duration_since(m.last_heard) < ttl);
-        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
-        conns
-            .into_iter()
-            .map(|conn| Reply {
-                conn,
-                message: Message::OverlayMembership {
-                    entries: self.sample(MAX_HOST_ENTRIES, true),
-                },
-            })
-            .collect()
+    /// Timers (the membership's probes, gossip and anti-entropy; its messages are then
+    /// waiting in [`Membership::poll_output`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.membership.handle_timeout(now);
     }
 
     /// When the role next wants [`SuperNodeRole::handle_timeout`].
     pub fn poll_timeout(&self) -> Instant {
-        self.next_gossip
+        self.membership.poll_timeout()
     }
 
-    /// Give the role up: tell every client where to go instead.
+    /// Give the role up: tell every client where to go instead, and the other super nodes
+    /// that this one leaves (through [`Membership::poll_output`]).
     pub fn handover(&mut self) -> Vec<Reply> {
+        self.membership.leave();
         let entries = self.sample(MAX_HOST_ENTRIES, false);
         let conns: Vec<ConnId> = self.clients.keys().copied().collect();
         self.clients.clear();
@@ -372,7 +326,7 @@ mod tests {
     #[test]
     fn attach_refuse_when_full_host_cache_and_gossip() {
         let now = Instant::now();
-        let mut cfg = SuperNodeConfig::new(entry(1), [0; 32]);
+        let mut cfg = SuperNodeConfig::new(entry(1), [0; 32], 1_000);
         cfg.max_clients = 1;
         let mut sn = SuperNodeRole::new(cfg, &[entry(2), entry(3)], now);
         let alice = UserName::parse("alice").unwrap();
@@ -407,7 +361,8 @@ mod tests {
         assert!(
             matches!(&r[0].message, Message::OverlayHostCache { entries } if entries[0] == entry(1) && entries.len() == 3)
         );
-        // Gossip teaches new members; members not heard of expire.
+        // A linking super node's list teaches new members; the membership protocol says who
+        // is gone.
         let (r, _) = sn.handle_message(
             now,
             ConnId(9),
@@ -420,14 +375,29 @@ mod tests {
         );
         assert_eq!(r.len(), 1, "first contact is answered");
         assert_eq!(sn.members().len(), 4);
-        let later = now + Duration::from_secs(601);
-        let out = sn.handle_timeout(later);
-        assert_eq!(out.len(), 1, "gossip to the one peer");
+        let gone = natter_core::wire::message::MemberEvent {
+            alive: false,
+            incarnation: 0,
+            entry: entry(5),
+        };
+        assert!(sn.membership_mut().handle_message(
+            now,
+            entry(4),
+            &Message::MemberUpdate {
+                sync: false,
+                events: vec![gone],
+            },
+        ));
         assert_eq!(
             sn.members().iter().map(|e| e.addr).collect::<Vec<_>>(),
-            vec![entry(4).addr],
-            "only the peer itself stays fresh"
+            vec![entry(2).addr, entry(3).addr, entry(4).addr],
         );
+        sn.handle_timeout(now + Duration::from_secs(2));
+        assert!(
+            sn.membership_mut().poll_output().is_some(),
+            "probes and gossip"
+        );
+        assert!(sn.poll_timeout() > now);
         assert_eq!(
             sn.session_closed(ConnId(1)),
             Some(SuperNodeEvent::ClientDetached {

@@ -14,8 +14,8 @@ use crate::dht::{DhtOutput, Origin, SearchOutcome, SearchResult};
 
 /// How often a super node re-reads its membership into the index ring.
 const RING_SYNC: Duration = Duration::from_secs(2);
-/// A super node no session could be opened with stays out of the ring this long (its
-/// membership entry lasts until it has not been heard of for ten minutes).
+/// A super node no session could be opened with stays out of the ring this long (the
+/// membership's own probes then tell whether it is gone for good).
 const SUSPECT_FOR: Duration = Duration::from_secs(60);
 /// Messages waiting for a session with a super node to open.
 const MAX_QUEUED: usize = 64;
@@ -272,6 +272,70 @@ impl Node {
         }
     }
 
+    /// Send the membership's messages; follow its changes in the index ring. True when
+    /// anything moved.
+    pub(super) fn drain_membership(&mut self, now: Instant) -> bool {
+        let Some(role) = self.supernode.as_mut() else {
+            return false;
+        };
+        let mut out = Vec::new();
+        let mut changed = false;
+        let m = role.membership_mut();
+        while let Some(o) = m.poll_output() {
+            out.push(o);
+        }
+        while m.poll_change().is_some() {
+            changed = true;
+        }
+        let moved = changed || !out.is_empty();
+        for (to, message) in out {
+            self.send_to_super_node(now, to, message);
+        }
+        if changed {
+            self.sync_ring(now);
+        }
+        moved
+    }
+
+    /// A membership message on session `conn`. True when it was one (handled or dropped).
+    pub(super) fn on_membership_message(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        msg: &Message<'_>,
+    ) -> bool {
+        if !matches!(
+            msg,
+            Message::MemberProbe { .. }
+                | Message::MemberProbeAck { .. }
+                | Message::MemberUpdate { .. }
+                | Message::MemberDigest { .. }
+                | Message::MemberPull { .. }
+        ) {
+            return false;
+        }
+        // Super nodes talk membership over UDP sessions, from their listening address.
+        let from = match (self.endpoint.remote(conn), self.endpoint.peer(conn)) {
+            (Some(Destination::Udp(addr)), Some(peer)) if *addr != self.cfg.listen => HostEntry {
+                addr: *addr,
+                static_key: peer.certificate.dh_public,
+            },
+            _ => {
+                self.stats.overlay_dropped += 1;
+                return true;
+            }
+        };
+        match self.supernode.as_mut() {
+            Some(role) => {
+                self.index_sessions.entry(from.addr).or_insert(conn);
+                role.membership_mut().handle_message(now, from, msg);
+            }
+            // Not a super node: say nothing, and the sender's probes find this node gone.
+            None => self.stats.overlay_dropped += 1,
+        }
+        true
+    }
+
     /// Route the index's outputs and publish our record if needed. True when anything moved.
     pub(super) fn drain_index(&mut self, now: Instant) -> bool {
         self.publish_presence(now);
@@ -293,7 +357,12 @@ impl Node {
         moved
     }
 
-    fn send_to_super_node(&mut self, now: Instant, to: HostEntry, message: Message<'static>) {
+    pub(super) fn send_to_super_node(
+        &mut self,
+        now: Instant,
+        to: HostEntry,
+        message: Message<'static>,
+    ) {
         if to.addr == self.cfg.listen {
             return;
         }
@@ -304,13 +373,18 @@ impl Node {
             self.index_sessions.remove(&to.addr);
         }
         // An existing session with that super node (a membership link, or one it opened).
-        let existing = self.endpoint.connections().find(|&c| {
-            self.endpoint.remote(c) == Some(&Destination::Udp(to.addr))
-                && self
-                    .endpoint
-                    .peer(c)
-                    .is_some_and(|p| p.certificate.dh_public == to.static_key)
-        });
+        // Both super nodes may have opened one: take the oldest, the same one on every run.
+        let existing = self
+            .endpoint
+            .connections()
+            .filter(|&c| {
+                self.endpoint.remote(c) == Some(&Destination::Udp(to.addr))
+                    && self
+                        .endpoint
+                        .peer(c)
+                        .is_some_and(|p| p.certificate.dh_public == to.static_key)
+            })
+            .min();
         if let Some(conn) = existing {
             self.index_sessions.insert(to.addr, conn);
             if self.endpoint.send_control(now, conn, &message).is_ok() {

@@ -223,6 +223,8 @@ pub struct Node {
     /// Every super node this one knows, for the index.
     ring: Ring,
     next_ring_sync: Option<Instant>,
+    /// The incarnation of this node's latest turn as a super node.
+    last_incarnation: u32,
     /// Sessions with super nodes for index traffic, and those being opened (with what waits).
     index_sessions: HashMap<SocketAddr, ConnId>,
     index_connecting: HashMap<ConnId, (HostEntry, Vec<Message<'static>>)>,
@@ -308,6 +310,7 @@ impl Node {
             dht: None,
             ring: Ring::new(cfg.ring_prefix_cap),
             next_ring_sync: None,
+            last_incarnation: 0,
             index_sessions: HashMap::new(),
             index_connecting: HashMap::new(),
             index_suspects: HashMap::new(),
@@ -491,6 +494,10 @@ impl Node {
             for r in role.handover() {
                 let _ = self.endpoint.send_control(now, r.conn, &r.message);
             }
+            // Tell the other super nodes this one leaves.
+            while let Some((to, message)) = role.membership_mut().poll_output() {
+                self.send_to_super_node(now, to, message);
+            }
             self.stun = None;
             self.dht = None;
             self.ring = Ring::new(self.cfg.ring_prefix_cap);
@@ -512,7 +519,10 @@ impl Node {
         }
         self.stun = Some(self.new_stun_server().with_software("natter"));
         let known = self.attacher.cache().share(64, self.wall(now));
-        let mut sn_cfg = SuperNodeConfig::new(self.me(), self.rng.bytes32());
+        // Later than any earlier run's: a restarted super node outranks what was said of it.
+        let incarnation = (self.wall(now).0 as u32).max(self.last_incarnation.saturating_add(1));
+        self.last_incarnation = incarnation;
+        let mut sn_cfg = SuperNodeConfig::new(self.me(), self.rng.bytes32(), incarnation);
         sn_cfg.max_clients = self.cfg.max_clients;
         let mut role = SuperNodeRole::new(sn_cfg, &known, now);
         // Links this node already has to super nodes become membership links.
@@ -814,6 +824,9 @@ impl Node {
             }
             return;
         }
+        if self.on_membership_message(now, conn, &msg) {
+            return;
+        }
         if self.on_index_message(now, conn, &msg) {
             return;
         }
@@ -944,6 +957,9 @@ impl Node {
             if self.check_promotion(now) {
                 progressed = true;
             }
+            if self.drain_membership(now) {
+                progressed = true;
+            }
             if self.drain_index(now) {
                 progressed = true;
             }
@@ -1024,9 +1040,7 @@ impl Machine for Node {
             }
         }
         if let Some(role) = self.supernode.as_mut() {
-            for r in role.handle_timeout(now) {
-                let _ = self.endpoint.send_control(now, r.conn, &r.message);
-            }
+            role.handle_timeout(now);
         }
         self.check_overload(now);
         self.index_timeout(now);
