@@ -9,9 +9,17 @@
 //! nobody has. It also runs a Kademlia model on the same latency model (k = 8, alpha = 3,
 //! iterative, no failures: its best case) for the design comparison in ARCHITECTURE.md.
 //!
+//! Those runs share one ring among the super nodes, with the membership's delays modelled
+//! (a failure is noticed after 30 s, a join after 5 s). A second set of runs (500 and 1,000
+//! super nodes: each holds every other, so memory grows with the square) runs the real
+//! membership protocol on every super node, each index on its own ring, through the same
+//! hour of churn and the same mass failure, and reports how fast joins and failures reached
+//! every view and what the protocol cost.
+//!
 //! Prints a table and writes `target/index_scale.json`.
 //! `cargo bench -p natter-benches --bench index_scale`. Knobs: `NATTER_INDEX_SCALES`
-//! ("1000,10000"), `NATTER_INDEX_LOOKUPS` (10000 per phase at full scale).
+//! ("1000,10000"), `NATTER_MEMBERSHIP_SCALES` ("500,1000"), `NATTER_INDEX_LOOKUPS` (10000 per
+//! phase at full scale).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -37,9 +45,10 @@ fn lookups(sim: &mut IndexSim, phase: usize, n: usize, window: Duration) {
     }
 }
 
-fn run(super_nodes: usize, users: usize, per_phase: usize) -> (IndexReport, f64) {
+fn run(super_nodes: usize, users: usize, per_phase: usize, real: bool) -> (IndexReport, f64) {
     let wall = Instant::now();
-    let cfg = IndexSimConfig::new(7, super_nodes, users);
+    let mut cfg = IndexSimConfig::new(7, super_nodes, users);
+    cfg.real_membership = real;
     let mut sim = IndexSim::new(cfg);
     eprintln!(
         "  {super_nodes} SNs, {users} users built in {:.1} s",
@@ -292,7 +301,7 @@ fn main() {
     for &n in &scales {
         let users = users_at(n);
         let lookups_here = per_phase * n.min(10_000) / 10_000;
-        let (r, secs) = run(n, users, lookups_here.max(1000));
+        let (r, secs) = run(n, users, lookups_here.max(1000), false);
         let mut phases = Vec::new();
         for (name, p) in &r.phases {
             println!(
@@ -364,7 +373,104 @@ fn main() {
             "kademlia_model": kad,
         }));
     }
+    let membership_scales: Vec<usize> = std::env::var("NATTER_MEMBERSHIP_SCALES")
+        .unwrap_or_else(|_| "500,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let mut real_runs = Vec::new();
+    if !membership_scales.is_empty() {
+        println!();
+        println!(
+            "the same with the real membership protocol on every super node (own view, own ring)"
+        );
+    }
+    for &n in &membership_scales {
+        let users = n * 10;
+        let (r, secs) = run(n, users, 2_000, true);
+        let m = r.membership.clone().expect("real membership");
+        for (name, p) in &r.phases {
+            println!(
+                "{:>6} {:>7} {:<30} {:>8} {:>8.3}% {:>6} {:>6} {:>8.0} {:>8.0} {:>2}/{:<2}",
+                n,
+                users,
+                name,
+                p.lookups,
+                100.0 * p.success(),
+                p.stale,
+                p.false_not_found,
+                p.latency_ms[0],
+                p.latency_ms[1],
+                p.hops[0],
+                p.hops[1]
+            );
+        }
+        println!(
+            "{:>6} departures reached every view: {} (p50 {:.1} s, p99 {:.1} s, max {:.1} s), {} overdue; \
+             joins: {} (p50 {:.1} s, p99 {:.1} s, max {:.1} s), {} overdue",
+            n,
+            m.departures_spread,
+            m.departure_ms[0] / 1000.0,
+            m.departure_ms[1] / 1000.0,
+            m.departure_ms[2] / 1000.0,
+            m.departures_pending,
+            m.joins_spread,
+            m.join_ms[0] / 1000.0,
+            m.join_ms[1] / 1000.0,
+            m.join_ms[2] / 1000.0,
+            m.joins_pending,
+        );
+        println!(
+            "{:>6} live super nodes wrongly dropped: {}, refutations {}, views at the end: {:.4} % missing, \
+             {:.4} % stale; membership {:.0} B/s/SN (probes {:.0}, updates {:.0}, digests {:.0}, \
+             pulls {:.0}); {} left / {} joined; {:.0} s of CPU",
+            n,
+            m.false_departures,
+            m.refuted,
+            100.0 * m.missing,
+            100.0 * m.stale,
+            m.bytes_per_sn_sec,
+            m.bytes_by_kind[0],
+            m.bytes_by_kind[1],
+            m.bytes_by_kind[2],
+            m.bytes_by_kind[3],
+            r.left,
+            r.joined,
+            secs
+        );
+        real_runs.push(json!({
+            "super_nodes": n,
+            "users": users,
+            "phases": r.phases.iter().map(|(name, p)| json!({
+                "phase": name,
+                "lookups": p.lookups,
+                "found": p.found,
+                "false_not_found": p.false_not_found,
+                "unavailable": p.unavailable,
+                "absent_lookups": p.absent_lookups,
+                "absent_not_found": p.absent_not_found,
+                "latency_ms_p50": p.latency_ms[0],
+                "latency_ms_p99": p.latency_ms[1],
+            })).collect::<Vec<_>>(),
+            "departures_spread": m.departures_spread,
+            "departure_ms": m.departure_ms,
+            "departures_overdue": m.departures_pending,
+            "joins_spread": m.joins_spread,
+            "join_ms": m.join_ms,
+            "joins_overdue": m.joins_pending,
+            "false_departures": m.false_departures,
+            "refuted": m.refuted,
+            "missing": m.missing,
+            "stale": m.stale,
+            "membership_bytes_per_sn_sec": m.bytes_per_sn_sec,
+            "membership_bytes_by_kind": m.bytes_by_kind,
+            "left": r.left,
+            "joined": r.joined,
+            "cpu_secs": secs,
+        }));
+    }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/index_scale.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json")).expect("write");
+    let all = json!({ "shared_ring": out, "real_membership": real_runs });
+    std::fs::write(&path, serde_json::to_string_pretty(&all).expect("json")).expect("write");
     println!("written: {}", path.display());
 }

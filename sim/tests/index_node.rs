@@ -136,8 +136,12 @@ fn run(seed: u64) -> Vec<(String, SearchResult, u8, Duration)> {
         assert_eq!(o.hops, 2, "client -> its super node -> replicas");
         log.push((target, o.result.clone(), o.hops, o.elapsed));
     }
+    // A "not found" cannot be checked like a record: the user asks its second super node too
+    // (one lying super node cannot hide anybody), and both answers count.
+    assert_eq!(w.sim.machine::<Node>(users[0]).attached().len(), 2);
     let o = search(&mut w.sim, users[0], "nobody");
     assert_eq!(o.result, SearchResult::NotFound);
+    assert_eq!(o.messages, 2, "one answer from each super node");
     log.push(("nobody".into(), o.result, o.hops, o.elapsed));
 
     // user5 logs out: found as offline.

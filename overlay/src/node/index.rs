@@ -28,6 +28,8 @@ pub(super) struct ClientSearchTry {
     started: Instant,
     asked: ConnId,
     retried: bool,
+    /// The first super node said "not found": kept if the second cannot tell.
+    first: Option<SearchOutcome>,
 }
 
 impl Node {
@@ -59,6 +61,7 @@ impl Node {
                     started: now,
                     asked,
                     retried: false,
+                    first: None,
                 },
             );
         } else {
@@ -125,21 +128,27 @@ impl Node {
     }
 
     /// A search of ours ended at the super node asked. When it could not tell (or did not
-    /// answer), ask once more through the other attached super node: ours may have died or
-    /// be lying.
+    /// answer), or said "not found" (which, unlike records, cannot be checked here), ask once
+    /// more through the other attached super node: ours may have died or be lying.
     fn client_outcome(&mut self, now: Instant, query: u32, mut outcome: SearchOutcome) {
         let Some(attempt) = self.client_search_ids.remove(&query) else {
             return;
         };
-        if outcome.result == SearchResult::Unavailable && !attempt.retried {
+        let doubt = matches!(
+            outcome.result,
+            SearchResult::Unavailable | SearchResult::NotFound
+        );
+        if doubt && !attempt.retried {
             if let Some(other) = self.index_link(Some(attempt.asked)) {
                 let (q2, message) = self.client_searches.start(now, attempt.user.clone());
                 if self.endpoint.send_control(now, other, &message).is_ok() {
+                    let first = (outcome.result == SearchResult::NotFound).then_some(outcome);
                     self.client_search_ids.insert(
                         q2,
                         ClientSearchTry {
                             asked: other,
                             retried: true,
+                            first,
                             ..attempt
                         },
                     );
@@ -156,6 +165,14 @@ impl Node {
                         definite: false,
                     },
                 );
+            }
+        }
+        if let Some(first) = attempt.first {
+            // Both answers count; a second "could not tell" does not undo a first "not found".
+            outcome.messages += first.messages;
+            if outcome.result == SearchResult::Unavailable {
+                outcome.result = SearchResult::NotFound;
+                outcome.hops = first.hops;
             }
         }
         outcome.elapsed = now.saturating_duration_since(attempt.started);
