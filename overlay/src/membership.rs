@@ -4,7 +4,7 @@
 //! each super node's view of the others complete and current at ten thousand super nodes:
 //!
 //! * **Failure detection on the ring.** Each super node probes its
-//!   [`MembershipConfig::monitors`] nearest live successors on the ring (ordered by the hash of
+//!   [`MembershipConfig::monitors`] nearest answering successors on the ring (ordered by the hash of
 //!   each super node's certified static key, as the index ring is) every
 //!   [`MembershipConfig::probe_interval`]; a successor that misses
 //!   [`MembershipConfig::probe_misses`] probes in a row is declared gone. Every super node is
@@ -57,7 +57,7 @@ pub struct MembershipConfig {
     pub monitors: usize,
     /// Send queued events this often (default 200 ms).
     pub gossip_interval: Duration,
-    /// Random members each new event is forwarded to (default 4).
+    /// Random members each new event is forwarded to (default 6).
     pub fanout: usize,
     /// Exchange a digest with a random member this often (default 5 s).
     pub sync_interval: Duration,
@@ -77,7 +77,7 @@ impl MembershipConfig {
             probe_misses: 4,
             monitors: 3,
             gossip_interval: Duration::from_millis(200),
-            fanout: 4,
+            fanout: 6,
             sync_interval: Duration::from_secs(5),
             tombstone_ttl: Duration::from_secs(3600),
             max_members: 100_000,
@@ -143,6 +143,11 @@ pub struct MemberChange {
 /// has [`Membership::alive`]).
 const MAX_CHANGES: usize = 4096;
 
+/// How long to wait for a sync partner's answer before trying another.
+const SYNC_ANSWER: Duration = Duration::from_secs(1);
+/// Partners tried per anti-entropy round.
+const SYNC_TRIES: u8 = 3;
+
 /// Most members probed at once because of stale reports of their departure.
 const MAX_CHECKS: usize = 64;
 
@@ -174,6 +179,12 @@ pub struct Membership {
     next_probe: Instant,
     next_gossip: Instant,
     next_sync: Instant,
+    /// The member our last digest went to, until when we wait for its answer, and how many
+    /// partners this round has tried.
+    sync_wait: Option<(SocketAddr, Instant, u8)>,
+    /// When any member was last heard from: a super node that hears nobody is more likely cut
+    /// off itself than surrounded by failures, and declares nobody gone.
+    last_heard: Option<Instant>,
     generation: u64,
     stats: MembershipStats,
 }
@@ -236,6 +247,8 @@ impl Membership {
             next_probe: now + cfg.probe_interval,
             next_gossip: now,
             next_sync: now,
+            sync_wait: None,
+            last_heard: None,
             generation: 0,
             stats: MembershipStats::default(),
             cfg,
@@ -458,6 +471,21 @@ impl Membership {
     /// A membership message from the super node `from` (its address and the static key its
     /// session authenticated). False when the message is not a membership message.
     pub fn handle_message(&mut self, now: Instant, from: HostEntry, msg: &Message<'_>) -> bool {
+        let ours = matches!(
+            msg,
+            Message::MemberProbe { .. }
+                | Message::MemberProbeAck { .. }
+                | Message::MemberUpdate { .. }
+                | Message::MemberDigest { .. }
+                | Message::MemberPull { .. }
+        );
+        if !ours {
+            return false;
+        }
+        if self.sync_wait.is_some_and(|(a, _, _)| a == from.addr) {
+            self.sync_wait = None;
+        }
+        self.last_heard = Some(now);
         match msg {
             Message::MemberProbe { nonce } => {
                 self.send(from, Message::MemberProbeAck { nonce: *nonce });
@@ -496,6 +524,11 @@ impl Membership {
                     let differing: Vec<usize> = (0..DIGEST_BUCKETS)
                         .filter(|&b| self.top[b] != hashes[b])
                         .collect();
+                    if differing.is_empty() {
+                        // In sync: say so (an empty pull), or the sender would take our
+                        // silence for absence and try someone else.
+                        self.send(from, Message::MemberPull { bucket: 0, mask: 0 });
+                    }
                     for b in differing {
                         {
                             self.send(
@@ -589,14 +622,26 @@ impl Membership {
         }
     }
 
-    /// The live successors this super node watches.
+    /// The successors this super node watches: the nearest ones until
+    /// [`MembershipConfig::monitors`] of them answer, so that when several in a row have died
+    /// at once the next live one is watched too (up to three times as many).
     fn watched(&self) -> Vec<SocketAddr> {
-        self.ring
+        let mut out = Vec::new();
+        let mut answering = 0;
+        for (_, a) in self
+            .ring
             .range((Bound::Excluded(self.my_key), Bound::Unbounded))
             .chain(self.ring.range(..self.my_key))
-            .take(self.cfg.monitors)
-            .map(|(_, a)| *a)
-            .collect()
+        {
+            if answering >= self.cfg.monitors || out.len() >= self.cfg.monitors * 3 {
+                break;
+            }
+            out.push(*a);
+            if self.watches.get(a).is_none_or(|w| w.misses == 0) {
+                answering += 1;
+            }
+        }
+        out
     }
 
     /// Timers: probes, gossip rounds, anti-entropy, tombstone expiry.
@@ -609,18 +654,18 @@ impl Membership {
             self.next_gossip = now + self.cfg.gossip_interval;
             self.gossip();
         }
+        if let Some((_, until, tries)) = self.sync_wait {
+            if now >= until {
+                // No answer: that member may be gone. Try another, a few times per round.
+                self.sync_wait = None;
+                if tries < SYNC_TRIES {
+                    self.send_digest(now, tries + 1);
+                }
+            }
+        }
         if now >= self.next_sync {
             self.next_sync = now + self.cfg.sync_interval;
-            if let Some(peer) = self.random_member() {
-                self.send(
-                    peer,
-                    Message::MemberDigest {
-                        level: 0,
-                        bucket: 0,
-                        hashes: self.top.to_vec(),
-                    },
-                );
-            }
+            self.send_digest(now, 1);
             let ttl = self.cfg.tombstone_ttl;
             let expired: Vec<(SocketAddr, Key)> = self
                 .members
@@ -632,6 +677,20 @@ impl Membership {
                 self.members.remove(&addr);
                 self.by_key.remove(&key);
             }
+        }
+    }
+
+    fn send_digest(&mut self, now: Instant, tries: u8) {
+        if let Some(peer) = self.random_member() {
+            self.sync_wait = Some((peer.addr, now + SYNC_ANSWER, tries));
+            self.send(
+                peer,
+                Message::MemberDigest {
+                    level: 0,
+                    bucket: 0,
+                    hashes: self.top.to_vec(),
+                },
+            );
         }
     }
 
@@ -657,7 +716,10 @@ impl Membership {
             if w.outstanding.is_some() {
                 w.misses += 1;
             }
-            if w.misses >= self.cfg.probe_misses {
+            let connected = self.last_heard.is_some_and(|t| {
+                now.saturating_duration_since(t) <= self.cfg.probe_interval * self.cfg.probe_misses
+            });
+            if w.misses >= self.cfg.probe_misses && connected {
                 let m = self.members[&addr];
                 self.stats.declared_gone += 1;
                 self.apply(
@@ -725,6 +787,9 @@ impl Membership {
     /// When [`Membership::handle_timeout`] wants calling next.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_probe.min(self.next_sync);
+        if let Some((_, until, _)) = self.sync_wait {
+            t = t.min(until);
+        }
         if !self.rumors.is_empty() {
             t = t.min(self.next_gossip);
         }
@@ -870,6 +935,9 @@ mod tests {
         }
         let declared: u64 = ms.iter().map(|m| m.stats().declared_gone).sum();
         assert!(declared >= 1);
+        // Cut off, node 5 heard nobody: it declared nobody gone.
+        assert_eq!(ms[5].stats().declared_gone, 0);
+        assert_eq!(ms[5].len(), 7);
         // Node 5 comes back: it hears it was declared gone, refutes, and is alive again.
         for _ in 0..4 {
             now += Duration::from_secs(5);
