@@ -536,9 +536,34 @@ fn garbage_oversized_and_truncated_requests_close_only_that_connection() {
             assert!(!got.is_empty(), "kind {kind}: no error answer");
         }
     }
-    // Not TLS at all.
+    // Not TLS at all: the server answers with at most a TLS alert, then closes.
     let mut raw = TcpStream::connect(addr).unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 256];
+    let mut answered = 0;
+    loop {
+        match std::io::Read::read(&mut raw, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answered += n;
+                assert!(
+                    answered < 4096,
+                    "the server keeps talking to a non-TLS client"
+                );
+            }
+            Err(e) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "the non-TLS connection was not closed within 10 s"
+                );
+                break; // reset by the server: closed too
+            }
+        }
+    }
     assert_eq!(closed, 5, "every bad connection was closed");
     assert_eq!(
         logins.join().unwrap(),
