@@ -47,6 +47,10 @@ pub struct LoginServerArgs {
     /// Newest client version; older ones are told to upgrade.
     #[arg(long, value_parser = parse_version)]
     pub recommended_version: Option<Version>,
+    /// A bootstrap super node (IP:PORT) to list in the network file; repeat it or separate
+    /// addresses with commas. Entries already in the network file are kept.
+    #[arg(long, value_delimiter = ',')]
+    pub bootstrap: Vec<SocketAddr>,
 }
 
 fn parse_version(s: &str) -> Result<Version, String> {
@@ -60,6 +64,7 @@ pub fn login_server(args: LoginServerArgs) -> i32 {
     o.public_address = args.public_address;
     o.server_name = args.server_name;
     o.tls_pem = args.tls_cert.zip(args.tls_key);
+    o.bootstrap = args.bootstrap;
     if let Some(v) = args.min_version {
         o.minimum_version = v;
     }

@@ -685,3 +685,47 @@ fn super_nodes_fetch_the_signed_revocation_list() {
         .recv_timeout(Duration::from_millis(800))
         .is_err());
 }
+
+#[test]
+fn the_network_file_keeps_bootstrap_super_nodes_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("network.toml");
+    let addrs = |net: &NetworkFile| -> Vec<String> {
+        net.bootstrap.iter().map(|b| b.address.clone()).collect()
+    };
+    // The option writes its entries.
+    let mut o = options(dir.path());
+    o.bootstrap = vec!["198.18.0.10:4000".parse().unwrap()];
+    let first = LoginServerHandle::start(o).unwrap();
+    assert_eq!(addrs(first.network()), ["198.18.0.10:4000"]);
+    assert_eq!(
+        addrs(&NetworkFile::load(&path).unwrap()),
+        ["198.18.0.10:4000"]
+    );
+    drop(first);
+
+    // An operator adds one by hand.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[[bootstrap]]\naddress = \"198.18.0.11:4000\"\n");
+    std::fs::write(&path, text).unwrap();
+
+    // A restart without the option keeps both (and still rewrites the rest of the file).
+    let second = start(dir.path());
+    let want = ["198.18.0.10:4000", "198.18.0.11:4000"];
+    assert_eq!(addrs(second.network()), want);
+    let on_disk = NetworkFile::load(&path).unwrap();
+    assert_eq!(addrs(&on_disk), want);
+    assert_eq!(on_disk.login.address, second.local_addr().to_string());
+    drop(second);
+
+    // The option adds only what is new.
+    let mut o = options(dir.path());
+    o.bootstrap = vec![
+        "198.18.0.11:4000".parse().unwrap(),
+        "[2001:db8::1]:4000".parse().unwrap(),
+    ];
+    let third = LoginServerHandle::start(o).unwrap();
+    let want = ["198.18.0.10:4000", "198.18.0.11:4000", "[2001:db8::1]:4000"];
+    assert_eq!(addrs(third.network()), want);
+    assert_eq!(addrs(&NetworkFile::load(&path).unwrap()), want);
+}

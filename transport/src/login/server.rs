@@ -9,7 +9,9 @@
 //! On first start the server creates, in its data directory (mode 0700):
 //! `authority.key` (the Ed25519 authority secret, 0600), `tls-cert.der` and `tls-key.der` (a
 //! self-signed certificate unless a CA-issued one is given; the key 0600), `accounts.sqlite`
-//! (unless PostgreSQL is used) and `network.toml` (for clients and super nodes).
+//! (unless PostgreSQL is used) and `network.toml` (for clients and super nodes). At every
+//! start `network.toml` is written again (address, pin, authority keys), keeping the
+//! `[[bootstrap]]` entries already in it and adding those of [`LoginServerOptions::bootstrap`].
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -35,7 +37,7 @@ use rustls::ServerConnection;
 
 use super::files::{private_dir, read_key, write_private};
 use super::jobs::JobContext;
-use super::network::{hex, unhex, AuthorityEntry, LoginEntry, NetworkFile};
+use super::network::{hex, unhex, AuthorityEntry, BootstrapEntry, LoginEntry, NetworkFile};
 use super::tls::{server_config, TlsIdentity};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -79,6 +81,9 @@ pub struct LoginServerOptions {
     pub max_connections: usize,
     /// A connection idle this long (no complete request) is closed.
     pub idle_timeout: Duration,
+    /// Bootstrap super nodes to list in the network file, besides those already in it (entries
+    /// an operator added by hand are kept across restarts).
+    pub bootstrap: Vec<SocketAddr>,
 }
 
 impl LoginServerOptions {
@@ -99,6 +104,7 @@ impl LoginServerOptions {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(30),
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -172,6 +178,23 @@ fn extra_trusted(dir: &Path) -> Vec<[u8; 32]> {
         .unwrap_or_default()
 }
 
+/// The bootstrap super nodes for the network file: those already listed in the file at `path`
+/// (added by the operator or by an earlier `--bootstrap`), then the new ones in `extra`.
+fn bootstrap_entries(path: &Path, extra: &[SocketAddr]) -> Result<Vec<BootstrapEntry>, StartError> {
+    let mut entries = if path.exists() {
+        NetworkFile::load(path)?.bootstrap
+    } else {
+        Vec::new()
+    };
+    for a in extra {
+        let address = a.to_string();
+        if !entries.iter().any(|e| e.address == address) {
+            entries.push(BootstrapEntry { address });
+        }
+    }
+    Ok(entries)
+}
+
 fn load_or_create_tls(opts: &LoginServerOptions) -> Result<(TlsIdentity, bool), StartError> {
     if let Some((chain, key)) = &opts.tls_pem {
         return Ok((TlsIdentity::from_pem_files(chain, key)?, false));
@@ -215,6 +238,7 @@ impl LoginServerHandle {
             trusted.add(k);
             keys.push(hex(&k));
         }
+        let network_path = opts.data_dir.join("network.toml");
         let network = NetworkFile {
             login: LoginEntry {
                 address: opts
@@ -226,9 +250,8 @@ impl LoginServerHandle {
                 ca_file: None,
             },
             authority: AuthorityEntry { keys },
-            bootstrap: Vec::new(),
+            bootstrap: bootstrap_entries(&network_path, &opts.bootstrap)?,
         };
-        let network_path = opts.data_dir.join("network.toml");
         network.save(&network_path)?;
 
         let now = Instant::now();
