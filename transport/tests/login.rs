@@ -5,15 +5,18 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use natter_core::identity::{UnixTime, UserName};
+use natter_core::identity::{Authority, Certificate, UnixTime, UserName};
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::password::HashParams;
 use natter_core::login::proto::{LoginError, Version, VersionStatus};
 use natter_transport::login::client::{
-    login, run_operations, ConnectError, DeviceStore, LoginFailure, Renewer, RevocationFetcher,
+    login, run_operations, ConnectError, DeviceStore, LoginFailure, PasswordNeeded, Renewer,
+    RevocationFetcher,
 };
+use natter_transport::login::files::read_key;
 use natter_transport::login::network::{hex, NetworkFile};
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
+use natter_transport::wall_clock;
 
 const V: Version = Version::new(0, 1, 0);
 const T: Duration = Duration::from_secs(10);
@@ -684,6 +687,149 @@ fn super_nodes_fetch_the_signed_revocation_list() {
         .revoked()
         .recv_timeout(Duration::from_millis(800))
         .is_err());
+}
+
+const DAY: u64 = 86_400;
+
+/// A certificate for `dev`'s keys signed by the authority key in the server's data directory,
+/// valid from `not_before` to `not_after` (unix seconds): certificates of any age, without
+/// waiting for one to expire.
+fn certificate_at(
+    data: &Path,
+    dev: &DeviceStore,
+    user: &str,
+    not_before: u64,
+    not_after: u64,
+) -> Certificate {
+    let authority = Authority::from_secret_bytes(read_key(&data.join("authority.key")).unwrap());
+    let (id, _) = dev.identity().unwrap();
+    authority.certify(
+        &UserName::parse(user).unwrap(),
+        id.dh_public(),
+        id.signing_public(),
+        UnixTime(not_before),
+        UnixTime(not_after),
+    )
+}
+
+fn renew(net: &NetworkFile, dev: &DeviceStore, certificate: Certificate) -> Vec<LoginClientEvent> {
+    ops(net, dev, vec![Operation::Renew { certificate }])
+}
+
+fn certified(events: &[LoginClientEvent]) -> Option<Certificate> {
+    events.iter().find_map(|e| match e {
+        LoginClientEvent::Certified(c) => Some((**c).clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn expired_certificates_renew_within_the_grace_period_only() {
+    // The default grace: 30 days.
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(dir.path());
+    assert_eq!(o.renewal_grace, Duration::from_secs(30 * DAY));
+    let server = LoginServerHandle::start(o).unwrap();
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "lena", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let first = login(&net, &dev, "lena", Some(PASSWORD), V, T).unwrap();
+    let now = wall_clock().0;
+
+    // Expired 29 days ago: renewed without the password, for another full lifetime.
+    let old = certificate_at(dir.path(), &dev, "lena", now - 30 * DAY, now - 29 * DAY);
+    dev.save_certificate(&old).unwrap();
+    let li = login(&net, &dev, "lena", None, V, T).unwrap();
+    assert!(li.renewed);
+    assert_eq!(li.certificate.device, first.certificate.device);
+    assert!(li.certificate.not_after.0 >= now + 23 * 3600);
+    li.certificate
+        .verify_for_key(
+            &net.trusted().unwrap(),
+            wall_clock(),
+            &li.device.dh_public(),
+        )
+        .unwrap();
+    assert_eq!(dev.certificate().unwrap(), li.certificate, "stored");
+
+    // Expired 31 days ago: refused with its own error, not as a bad proof.
+    let stale = certificate_at(dir.path(), &dev, "lena", now - 32 * DAY, now - 31 * DAY);
+    let ev = renew(&net, &dev, stale.clone());
+    assert!(
+        ev.iter()
+            .any(|e| refused(e) == Some(LoginError::RenewalExpired)),
+        "{ev:?}"
+    );
+    // Without a password the caller is told the password is needed; with it, it logs in.
+    dev.save_certificate(&stale).unwrap();
+    assert!(matches!(
+        login(&net, &dev, "lena", None, V, T),
+        Err(LoginFailure::PasswordNeeded(PasswordNeeded::Expired))
+    ));
+    let li = login(&net, &dev, "lena", Some(PASSWORD), V, T).unwrap();
+    assert!(!li.renewed, "logged in with the password");
+
+    // A revoked device is refused even inside the grace period.
+    let ev = ops(
+        &net,
+        &dev,
+        vec![Operation::RevokeDevice {
+            user: "lena".into(),
+            password: PASSWORD.into(),
+            device: li.certificate.device,
+        }],
+    );
+    assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
+    let recent = certificate_at(dir.path(), &dev, "lena", now - 2 * DAY, now - DAY);
+    let ev = renew(&net, &dev, recent.clone());
+    assert!(
+        ev.iter().any(|e| refused(e) == Some(LoginError::Revoked)),
+        "{ev:?}"
+    );
+    dev.save_certificate(&recent).unwrap();
+    assert!(matches!(
+        login(&net, &dev, "lena", None, V, T),
+        Err(LoginFailure::Revoked)
+    ));
+}
+
+#[test]
+fn the_renewal_grace_period_is_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.renewal_grace = Duration::from_secs(3600);
+    let server = LoginServerHandle::start(o).unwrap();
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "milo", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    login(&net, &dev, "milo", Some(PASSWORD), V, T).unwrap();
+    let now = wall_clock().0;
+    // Expired 10 minutes ago: inside the hour.
+    let ev = renew(
+        &net,
+        &dev,
+        certificate_at(dir.path(), &dev, "milo", now - DAY, now - 600),
+    );
+    assert!(certified(&ev).is_some(), "{ev:?}");
+    // Expired 2 hours ago: past it.
+    let ev = renew(
+        &net,
+        &dev,
+        certificate_at(dir.path(), &dev, "milo", now - DAY, now - 7200),
+    );
+    assert!(
+        ev.iter()
+            .any(|e| refused(e) == Some(LoginError::RenewalExpired)),
+        "{ev:?}"
+    );
 }
 
 #[test]

@@ -216,6 +216,9 @@ pub enum LoginFailure {
     /// This device was revoked.
     #[error("this device was revoked")]
     Revoked,
+    /// The password is needed and none was given: see [`PasswordNeeded`] for why.
+    #[error("{0}: log in with the password")]
+    PasswordNeeded(PasswordNeeded),
     /// The server's certificate for us was unacceptable (wrong authority, wrong key).
     #[error("the login server issued an unacceptable certificate: {0}")]
     BadCertificate(CertError),
@@ -225,6 +228,22 @@ pub enum LoginFailure {
     /// The server failed or broke the protocol.
     #[error("login server error: {0}")]
     Server(String),
+}
+
+/// Why [`login`] needs the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PasswordNeeded {
+    /// No certificate for this user and device is stored.
+    #[error("no stored certificate for this user on this device")]
+    NoCertificate,
+    /// The stored certificate expired longer ago than the server's renewal grace period.
+    #[error("the stored certificate expired too long ago to be renewed")]
+    Expired,
+    /// The server no longer accepts the stored certificate (issued under an authority key it
+    /// dropped, or the device or account is no longer known).
+    #[error("the login server no longer accepts the stored certificate")]
+    NotAccepted,
 }
 
 impl From<LoginClientError> for LoginFailure {
@@ -238,6 +257,7 @@ impl From<LoginClientError> for LoginFailure {
                 LoginError::WeakPassword => Self::WeakPassword,
                 LoginError::Throttled { retry_after_secs } => Self::Throttled { retry_after_secs },
                 LoginError::Revoked => Self::Revoked,
+                LoginError::RenewalExpired => Self::PasswordNeeded(PasswordNeeded::Expired),
                 other => Self::Server(other.to_string()),
             },
             LoginClientError::UpgradeRequired { minimum } => Self::UpgradeRequired { minimum },
@@ -332,6 +352,10 @@ pub struct LoggedIn {
 
 /// Log `user` in on this device: renew the stored certificate without the password while it
 /// can be renewed, else log in with `password` (when given). The certificate is stored.
+///
+/// Without a password, a stored certificate the server will no longer renew (expired longer
+/// ago than its grace period, or not accepted any more) gives
+/// [`LoginFailure::PasswordNeeded`]: ask the user for the password and call again.
 pub fn login(
     network: &NetworkFile,
     store: &DeviceStore,
@@ -354,9 +378,7 @@ pub fn login(
             password: password.to_string(),
         });
     } else {
-        return Err(LoginFailure::Server(
-            "no stored certificate: a password is needed".into(),
-        ));
+        return Err(LoginFailure::PasswordNeeded(PasswordNeeded::NoCertificate));
     }
     let events = run_operations(network, &device, version, first_start, ops, timeout)?;
     let mut upgrade_recommended = None;
@@ -382,26 +404,42 @@ pub fn login(
             _ => {}
         }
     }
-    match (failure, stored.is_some(), password) {
-        // Renewal refused (expired too long ago, revoked, unknown): with a password, log in.
-        (Some(LoginClientError::Refused(e)), true, Some(pw)) if e != LoginError::Revoked => {
-            store
-                .clear_certificate()
-                .map_err(LoginFailure::Credentials)?;
-            login(network, store, user, Some(pw), version, timeout)
+    // A renewal refused because of the certificate itself (expired too long ago, issued under
+    // a dropped authority key, device or account unknown) needs the password; anything else
+    // (revoked, throttled, server trouble) is reported as it is.
+    let not_renewable = |e: LoginError| match e {
+        LoginError::RenewalExpired => Some(PasswordNeeded::Expired),
+        LoginError::BadProof | LoginError::UnknownDevice | LoginError::UnknownUser => {
+            Some(PasswordNeeded::NotAccepted)
         }
-        (Some(LoginClientError::Refused(LoginError::Revoked)), _, _) => {
+        _ => None,
+    };
+    let Some(error) = failure else {
+        return Err(LoginFailure::Server("no answer".into()));
+    };
+    match error {
+        LoginClientError::Refused(LoginError::Revoked) => {
             let _ = store.clear_certificate();
             Err(LoginFailure::Revoked)
         }
-        (Some(e), _, _) => Err(e.into()),
-        (None, _, _) => Err(LoginFailure::Server("no answer".into())),
+        LoginClientError::Refused(e) if stored.is_some() => match (not_renewable(e), password) {
+            (Some(_), Some(pw)) => {
+                store
+                    .clear_certificate()
+                    .map_err(LoginFailure::Credentials)?;
+                login(network, store, user, Some(pw), version, timeout)
+            }
+            (Some(why), None) => Err(LoginFailure::PasswordNeeded(why)),
+            (None, _) => Err(error.into()),
+        },
+        other => Err(other.into()),
     }
 }
 
 /// Keeps a device's certificate fresh in the background: renews it (without the password) at
 /// 80 % of its lifetime, retrying with back-off after failures, and hands each new certificate
-/// out through [`Renewer::certificates`].
+/// out through [`Renewer::certificates`]. It stops (and logs why) when only the password can
+/// help: the device was revoked or the certificate can no longer be renewed.
 pub struct Renewer {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -444,6 +482,11 @@ impl Renewer {
                         if tx.send(li.certificate).is_err() {
                             return;
                         }
+                    }
+                    // Retrying cannot help: the user must log in with the password.
+                    Err(e @ (LoginFailure::PasswordNeeded(_) | LoginFailure::Revoked)) => {
+                        tracing::error!(error = %e, "certificate renewal stopped");
+                        return;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "certificate renewal failed; will retry");

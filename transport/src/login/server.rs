@@ -71,6 +71,9 @@ pub struct LoginServerOptions {
     pub recommended_version: Version,
     /// Certificate lifetime.
     pub certificate_lifetime: Duration,
+    /// How long after expiry a certificate may still be renewed without the password
+    /// (default 30 days); later renewals are refused with `LoginError::RenewalExpired`.
+    pub renewal_grace: Duration,
     /// How far back certificates start, for clients whose clocks run behind.
     pub clock_skew_allowance: Duration,
     /// Argon2id cost.
@@ -99,6 +102,7 @@ impl LoginServerOptions {
             minimum_version: Version::new(0, 1, 0),
             recommended_version: Version::new(0, 1, 0),
             certificate_lifetime: Duration::from_secs(24 * 3600),
+            renewal_grace: Duration::from_secs(30 * 24 * 3600),
             clock_skew_allowance: Duration::from_secs(60),
             hash_params: HashParams::default(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -261,6 +265,7 @@ impl LoginServerHandle {
         cfg.minimum_version = opts.minimum_version;
         cfg.recommended_version = opts.recommended_version;
         cfg.certificate_lifetime = opts.certificate_lifetime;
+        cfg.renewal_grace = opts.renewal_grace;
         cfg.idle_timeout = opts.idle_timeout;
         cfg.clock_skew_allowance = opts.clock_skew_allowance;
         let machine = LoginServer::new(cfg);
