@@ -9,14 +9,14 @@ use natter_core::handshake::{Capabilities, LocalIdentity};
 use natter_core::identity::UserName;
 use natter_overlay::dht::{SearchOutcome, SearchResult};
 use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};
-use natter_transport::login::client::{login, DeviceStore, Renewer, RevocationFetcher};
+use natter_transport::login::client::{DeviceStore, Renewer, RevocationFetcher};
 use natter_transport::login::network::NetworkFile;
 use natter_transport::netwatch::{local_addresses, NetWatch};
 use natter_transport::persist::{load_host_cache, save_host_cache};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::{os_seed, wall_clock};
 
-use crate::accounts::client_version;
+use crate::accounts::{login_or_ask, read_password};
 
 /// Options of `natter node`.
 #[derive(clap::Args, Debug)]
@@ -42,7 +42,8 @@ pub struct NodeArgs {
     /// A second IP and port of this host, for NAT-behaviour tests (super nodes).
     #[arg(long)]
     pub stun_alternate: Option<SocketAddr>,
-    /// Read the password from standard input (first start only).
+    /// Read the password from standard input (when it is needed: first start, or a certificate
+    /// that can no longer be renewed).
     #[arg(long)]
     pub password_stdin: bool,
     /// Search the global index for this user once joined (repeatable).
@@ -69,27 +70,9 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
     let store = DeviceStore::open(args.data.join("device")).map_err(|e| e.to_string())?;
-    let password = if store.certificate().is_some() {
-        None
-    } else if let Ok(p) = std::env::var("NATTER_PASSWORD") {
-        Some(p)
-    } else if args.password_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        Some(line.trim_end().to_string())
-    } else {
-        Some(rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?)
-    };
-    let li = login(
-        &net,
-        &store,
-        &args.user,
-        password.as_deref(),
-        client_version(),
-        Duration::from_secs(15),
-    )
+    let li = login_or_ask(&net, &store, &args.user, || {
+        read_password(args.password_stdin, "Password: ")
+    })
     .map_err(|e| format!("login failed: {e}"))?;
     println!(
         "logged in as {} (device {})",
