@@ -5,15 +5,16 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use natter_core::identity::{Authority, Certificate, UnixTime, UserName};
+use natter_core::identity::{Authority, Certificate, TrustedAuthorities, UnixTime, UserName};
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::password::HashParams;
 use natter_core::login::proto::{LoginError, Version, VersionStatus};
+use natter_core::rng::Rng;
 use natter_transport::login::client::{
     login, run_operations, ConnectError, DeviceStore, LoginFailure, PasswordNeeded, Renewer,
     RevocationFetcher,
 };
-use natter_transport::login::files::read_key;
+use natter_transport::login::files::{read_key, write_private};
 use natter_transport::login::network::{hex, NetworkFile};
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::wall_clock;
@@ -829,6 +830,81 @@ fn the_renewal_grace_period_is_an_option() {
         ev.iter()
             .any(|e| refused(e) == Some(LoginError::RenewalExpired)),
         "{ev:?}"
+    );
+}
+
+#[test]
+fn certificates_from_the_old_authority_key_renew_after_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    let (old_key, before) = {
+        let server = start(dir.path());
+        let net = server.network().clone();
+        assert_eq!(
+            register(&net, &dev, "nina", PASSWORD),
+            LoginClientEvent::Registered
+        );
+        let li = login(&net, &dev, "nina", Some(PASSWORD), V, T).unwrap();
+        (net.authority.keys.clone(), li.certificate)
+    };
+    assert_eq!(old_key.len(), 1);
+
+    // The operator's rotation, as README describes it: the old public key (hex) goes into
+    // trusted-authorities.txt and authority.key is replaced by a new key.
+    let new = Authority::generate(&mut Rng::from_seed_bytes(
+        natter_transport::os_seed().unwrap(),
+    ));
+    std::fs::write(
+        dir.path().join("trusted-authorities.txt"),
+        format!("{}\n", old_key[0]),
+    )
+    .unwrap();
+    write_private(&dir.path().join("authority.key"), &new.secret_bytes()).unwrap();
+
+    let server = start(dir.path());
+    let net = server.network().clone();
+    assert_eq!(
+        net.authority.keys,
+        vec![hex(&new.public()), old_key[0].clone()],
+        "both keys are listed in the network file"
+    );
+    // The certificate issued under the old key renews without the password...
+    assert_eq!(dev.certificate().unwrap(), before);
+    let li = login(&net, &dev, "nina", None, V, T).unwrap();
+    assert!(li.renewed);
+    assert_eq!(li.certificate.device, before.device);
+    // ...into one signed by the new key alone.
+    assert_eq!(li.certificate.authority, new.key_id());
+    assert_ne!(li.certificate.authority, before.authority);
+    li.certificate
+        .verify_for_key(
+            &TrustedAuthorities::new([new.public()]),
+            wall_clock(),
+            &li.device.dh_public(),
+        )
+        .unwrap();
+    // New logins are signed by the new key too.
+    dev.clear_certificate().unwrap();
+    let fresh = login(&net, &dev, "nina", Some(PASSWORD), V, T).unwrap();
+    assert_eq!(fresh.certificate.authority, new.key_id());
+    drop(server);
+
+    // Once the old key is dropped from trusted-authorities.txt, its certificates no longer
+    // renew: the device needs the password.
+    std::fs::remove_file(dir.path().join("trusted-authorities.txt")).unwrap();
+    let server = start(dir.path());
+    let net = server.network().clone();
+    assert_eq!(net.authority.keys, vec![hex(&new.public())]);
+    dev.save_certificate(&before).unwrap();
+    assert!(matches!(
+        login(&net, &dev, "nina", None, V, T),
+        Err(LoginFailure::PasswordNeeded(PasswordNeeded::NotAccepted))
+    ));
+    assert!(
+        !login(&net, &dev, "nina", Some(PASSWORD), V, T)
+            .unwrap()
+            .renewed
     );
 }
 
