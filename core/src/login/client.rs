@@ -511,7 +511,7 @@ impl Machine for LoginClient {
 
 /// Keeps a certificate fresh: a tiny sans-IO timer machine that says when to renew (at 80 % of
 /// the certificate's lifetime) and, after a failed attempt, when to retry (back-off from
-/// 30 s doubling to 10 minutes, never later than expiry).
+/// 30 s doubling to 10 minutes, never later than expiry while the certificate is valid).
 #[derive(Debug, Clone)]
 pub struct RenewalTimer {
     certificate: Certificate,
@@ -568,7 +568,13 @@ impl RenewalTimer {
             .saturating_mul(1 << (self.failures - 1).min(5))
             .min(Duration::from_secs(600));
         let expiry = self.instant_of(self.certificate.not_after);
-        self.retry_at = Some((now + delay).min(expiry.max(now)));
+        // Try once more just before expiry; once expired, keep backing off (the server still
+        // renews during its grace period).
+        self.retry_at = Some(if now < expiry {
+            (now + delay).min(expiry)
+        } else {
+            now + delay
+        });
     }
 
     /// True when the certificate has expired at `now` (the node must log in again).
@@ -863,6 +869,10 @@ mod tests {
         }
         assert!(timer.poll_timeout() <= t0 + Duration::from_secs(1000));
         assert!(timer.expired(t0 + Duration::from_secs(1001)));
+        // Once expired, failures still back off instead of retrying at once.
+        let t2 = t0 + Duration::from_secs(1001);
+        timer.failed(t2);
+        assert_eq!(timer.poll_timeout(), t2 + Duration::from_secs(600));
         let newer = net.authority().certify(
             &cert.user,
             dev.dh_public(),
