@@ -951,3 +951,40 @@ fn the_network_file_keeps_bootstrap_super_nodes_across_restarts() {
     assert_eq!(addrs(third.network()), want);
     assert_eq!(addrs(&NetworkFile::load(&path).unwrap()), want);
 }
+
+#[test]
+fn an_unreadable_network_file_does_not_stop_the_server_and_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("network.toml");
+    let addrs = |net: &NetworkFile| -> Vec<String> {
+        net.bootstrap.iter().map(|b| b.address.clone()).collect()
+    };
+    let mut o = options(dir.path());
+    o.bootstrap = vec!["198.18.0.10:4000".parse().unwrap()];
+    drop(LoginServerHandle::start(o).unwrap());
+
+    // Truncated in the middle (a crash while writing, a full disk), then plain garbage.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cut = text.find("address").unwrap() + 12;
+    for broken in [&text[..cut], "\u{0}\u{1}[[[ not toml = = ="] {
+        std::fs::write(&path, broken).unwrap();
+        let server = start(dir.path());
+        let on_disk = NetworkFile::load(&path).expect("rewritten valid");
+        assert_eq!(&on_disk, server.network());
+        assert_eq!(on_disk.login.address, server.local_addr().to_string());
+        assert!(on_disk.bootstrap.is_empty(), "nothing could be kept");
+    }
+
+    // Valid TOML that no longer validates as a network file (no [login] table, a bad
+    // authority key, an entry without an address): its bootstrap entries are still kept.
+    std::fs::write(
+        &path,
+        "[authority]\nkeys = [\"not hex\"]\n\n[[bootstrap]]\naddress = \"198.18.0.11:4000\"\n\
+         \n[[bootstrap]]\nport = 4000\n\n[[bootstrap]]\naddress = \"198.18.0.12:4000\"\n",
+    )
+    .unwrap();
+    let server = start(dir.path());
+    let want = ["198.18.0.11:4000", "198.18.0.12:4000"];
+    assert_eq!(addrs(server.network()), want);
+    assert_eq!(addrs(&NetworkFile::load(&path).unwrap()), want);
+}

@@ -12,6 +12,8 @@
 //! (unless PostgreSQL is used) and `network.toml` (for clients and super nodes). At every
 //! start `network.toml` is written again (address, pin, authority keys), keeping the
 //! `[[bootstrap]]` entries already in it and adding those of [`LoginServerOptions::bootstrap`].
+//! Only those entries are read from the old file, leniently: a file that no longer parses
+//! (truncated, hand-edited into garbage) is logged and replaced, never a reason not to start.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -182,14 +184,57 @@ fn extra_trusted(dir: &Path) -> Vec<[u8; 32]> {
         .unwrap_or_default()
 }
 
+/// Only the `[[bootstrap]]` entries of a network file; every other field is ignored, so an
+/// old file that no longer validates (missing table, bad key) still gives its entries.
+#[derive(Debug, Default, serde::Deserialize)]
+struct BootstrapOnly {
+    #[serde(default)]
+    bootstrap: Vec<toml::Value>,
+}
+
+/// The `[[bootstrap]]` addresses already listed in the network file at `path`, read leniently:
+/// a missing file gives none; a file that is not TOML (truncated, garbage) gives none with a
+/// warning, as do entries without a string `address`. The file is rewritten afterwards, so it
+/// must never stop the server from starting.
+fn existing_bootstrap(path: &Path) -> Result<Vec<BootstrapEntry>, StartError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_ctx(format!("reading {}", path.display()))(e)),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let parsed: BootstrapOnly = match toml::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "the network file is unreadable; its bootstrap super nodes are lost and it is \
+                 rewritten"
+            );
+            return Ok(Vec::new());
+        }
+    };
+    let mut entries = Vec::new();
+    for value in parsed.bootstrap {
+        match value.get("address").and_then(toml::Value::as_str) {
+            Some(address) => entries.push(BootstrapEntry {
+                address: address.to_string(),
+            }),
+            None => tracing::warn!(
+                file = %path.display(),
+                entry = %value,
+                "ignoring a [[bootstrap]] entry without an address"
+            ),
+        }
+    }
+    Ok(entries)
+}
+
 /// The bootstrap super nodes for the network file: those already listed in the file at `path`
 /// (added by the operator or by an earlier `--bootstrap`), then the new ones in `extra`.
 fn bootstrap_entries(path: &Path, extra: &[SocketAddr]) -> Result<Vec<BootstrapEntry>, StartError> {
-    let mut entries = if path.exists() {
-        NetworkFile::load(path)?.bootstrap
-    } else {
-        Vec::new()
-    };
+    let mut entries = existing_bootstrap(path)?;
     for a in extra {
         let address = a.to_string();
         if !entries.iter().any(|e| e.address == address) {
