@@ -988,3 +988,68 @@ fn an_unreadable_network_file_does_not_stop_the_server_and_is_rewritten() {
     assert_eq!(addrs(server.network()), want);
     assert_eq!(addrs(&NetworkFile::load(&path).unwrap()), want);
 }
+
+#[test]
+fn the_renewer_keeps_retrying_a_certificate_not_accepted_and_stops_when_it_expired() {
+    use natter_core::login::server::LoginServerEvent;
+    use std::sync::mpsc::RecvTimeoutError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "oscar", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    login(&net, &dev, "oscar", Some(PASSWORD), V, T).unwrap();
+    let now = wall_clock().0;
+    let refusal = |server: &LoginServerHandle| loop {
+        match server.events().recv_timeout(Duration::from_secs(20)) {
+            Ok(LoginServerEvent::Refused { error, .. }) => return error,
+            Ok(_) => {}
+            Err(e) => panic!("no refusal: {e}"),
+        }
+    };
+
+    // Signed by a key this server does not trust yet (another login server already signs with
+    // the next key of a rolling rotation), expired an hour ago so renewal is due at once: the
+    // server answers BadProof, which may pass, so the renewer keeps going.
+    let (id, _) = dev.identity().unwrap();
+    let next_key = Authority::generate(&mut Rng::from_seed(7));
+    let ahead = next_key.certify(
+        &UserName::parse("oscar").unwrap(),
+        id.dh_public(),
+        id.signing_public(),
+        UnixTime(now - DAY),
+        UnixTime(now - 3600),
+    );
+    dev.save_certificate(&ahead).unwrap();
+    let renewer = Renewer::spawn(net.clone(), dev.clone(), ahead);
+    assert_eq!(refusal(&server), LoginError::BadProof);
+    assert_eq!(
+        renewer
+            .certificates()
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_err(),
+        RecvTimeoutError::Timeout,
+        "still running, backing off"
+    );
+    drop(renewer);
+
+    // Expired longer ago than the grace period: only the password helps, so it stops and
+    // its channel says so.
+    let stale = certificate_at(dir.path(), &dev, "oscar", now - 32 * DAY, now - 31 * DAY);
+    dev.save_certificate(&stale).unwrap();
+    let renewer = Renewer::spawn(net, dev.clone(), stale);
+    assert_eq!(refusal(&server), LoginError::RenewalExpired);
+    assert_eq!(
+        renewer
+            .certificates()
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_err(),
+        RecvTimeoutError::Disconnected,
+        "stopped for good"
+    );
+}

@@ -240,8 +240,9 @@ pub enum PasswordNeeded {
     /// The stored certificate expired longer ago than the server's renewal grace period.
     #[error("the stored certificate expired too long ago to be renewed")]
     Expired,
-    /// The server no longer accepts the stored certificate (issued under an authority key it
-    /// dropped, or the device or account is no longer known).
+    /// The server does not accept the stored certificate (issued under an authority key it
+    /// dropped or does not know yet, not yet valid by its clock, or the device or account is no
+    /// longer known). This may pass: the background [`Renewer`] keeps retrying.
     #[error("the login server no longer accepts the stored certificate")]
     NotAccepted,
 }
@@ -436,10 +437,24 @@ pub fn login(
     }
 }
 
+/// True when the background [`Renewer`] must give up after `failure`, because retrying can
+/// never help: the device was revoked, or the certificate expired longer ago than the renewal
+/// grace period. Everything else is retried with back-off, including a certificate the server
+/// does not accept ([`PasswordNeeded::NotAccepted`]): that includes `BadProof` answers caused
+/// by passing conditions (clock skew between login servers, a rolling authority-key rotation).
+fn renewal_stops_on(failure: &LoginFailure) -> bool {
+    matches!(
+        failure,
+        LoginFailure::PasswordNeeded(PasswordNeeded::Expired) | LoginFailure::Revoked
+    )
+}
+
 /// Keeps a device's certificate fresh in the background: renews it (without the password) at
 /// 80 % of its lifetime, retrying with back-off after failures, and hands each new certificate
-/// out through [`Renewer::certificates`]. It stops (and logs why) when only the password can
-/// help: the device was revoked or the certificate can no longer be renewed.
+/// out through [`Renewer::certificates`]. It stops (and logs why) only when retrying cannot
+/// help: the device was revoked, or the certificate expired longer ago than the server's
+/// renewal grace period. [`Renewer::certificates`] then reports
+/// [`std::sync::mpsc::TryRecvError::Disconnected`]: the user must log in with the password.
 pub struct Renewer {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -483,8 +498,7 @@ impl Renewer {
                             return;
                         }
                     }
-                    // Retrying cannot help: the user must log in with the password.
-                    Err(e @ (LoginFailure::PasswordNeeded(_) | LoginFailure::Revoked)) => {
+                    Err(e) if renewal_stops_on(&e) => {
                         tracing::error!(error = %e, "certificate renewal stopped");
                         return;
                     }
@@ -502,7 +516,7 @@ impl Renewer {
         }
     }
 
-    /// Each renewed certificate, as it arrives.
+    /// Each renewed certificate, as it arrives; disconnected once the renewer stopped for good.
     pub fn certificates(&self) -> &std::sync::mpsc::Receiver<Certificate> {
         &self.certificates
     }
@@ -607,4 +621,29 @@ impl Drop for RevocationFetcher {
 /// True when `certificate` should be renewed at wall-clock time `now`.
 pub fn needs_renewal(certificate: &Certificate, now: UnixTime) -> bool {
     now >= natter_core::login::client::renew_at(certificate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_renewer_stops_only_when_retrying_cannot_help() {
+        assert!(renewal_stops_on(&LoginFailure::Revoked));
+        assert!(renewal_stops_on(&LoginFailure::PasswordNeeded(
+            PasswordNeeded::Expired
+        )));
+        for retried in [
+            // A BadProof from a login server whose clock or key set is not yet in step.
+            LoginFailure::PasswordNeeded(PasswordNeeded::NotAccepted),
+            LoginFailure::PasswordNeeded(PasswordNeeded::NoCertificate),
+            LoginFailure::Throttled {
+                retry_after_secs: 5,
+            },
+            LoginFailure::Server("server error".into()),
+            LoginFailure::Connect(ConnectError::PinMismatch),
+        ] {
+            assert!(!renewal_stops_on(&retried), "{retried:?}");
+        }
+    }
 }
