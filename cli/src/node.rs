@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
 use natter_core::attach::AttachEvent;
@@ -131,14 +132,33 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         handle.command(move |n, now| n.set_local_addresses(now, addrs));
     });
     let mut last_save = Instant::now();
+    let mut renewing = true;
     loop {
         while let Ok(devices) = revocations.revoked().try_recv() {
             println!("{} device(s) revoked by the login authority", devices.len());
             rt.command(move |n, now| n.revoke(now, devices));
         }
-        while let Ok(cert) = renewer.certificates().try_recv() {
-            rt.command(move |n, _| n.update_certificate(cert));
-            println!("certificate renewed");
+        while renewing {
+            match renewer.certificates().try_recv() {
+                Ok(cert) => {
+                    rt.command(move |n, _| n.update_certificate(cert));
+                    println!("certificate renewed");
+                }
+                Err(TryRecvError::Empty) => break,
+                // The renewer gave up (its reason is logged): say what to do, once.
+                Err(TryRecvError::Disconnected) => {
+                    renewing = false;
+                    eprintln!(
+                        "natter node: this device's certificate can no longer be renewed \
+                         without the password; run `natter login --network {} --user {} --data {}` \
+                         with the password, then restart this node (or just restart it: it asks \
+                         for the password)",
+                        args.network.display(),
+                        args.user,
+                        args.data.join("device").display()
+                    );
+                }
+            }
         }
         if let Ok(e) = rt.events().recv_timeout(Duration::from_secs(1)) {
             describe(&e);
