@@ -7,7 +7,7 @@ use std::time::Duration;
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::proto::{LoginError, Version};
 use natter_transport::login::client::{
-    login, run_operations, DeviceStore, LoggedIn, LoginFailure, PasswordNeeded,
+    login, login_with_password, run_operations, DeviceStore, LoggedIn, LoginFailure, PasswordNeeded,
 };
 use natter_transport::login::network::NetworkFile;
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
@@ -225,7 +225,9 @@ pub fn login_or_ask(
                 eprintln!("{why}: the password is needed");
             }
             let pw = ask().map_err(|e| format!("the password is needed: {e}"))?;
-            login(net, store, user, Some(&pw), client_version(), TIMEOUT).map_err(|e| explain(&e))
+            // The stored certificate was just refused: log in with the password directly.
+            login_with_password(net, store, user, &pw, client_version(), TIMEOUT)
+                .map_err(|e| explain(&e))
         }
         other => other.map_err(|e| explain(&e)),
     }

@@ -1053,3 +1053,56 @@ fn the_renewer_keeps_retrying_a_certificate_not_accepted_and_stops_when_it_expir
         "stopped for good"
     );
 }
+
+#[test]
+fn logging_in_with_the_password_skips_the_refused_certificate() {
+    use natter_core::login::server::LoginServerEvent;
+    use natter_transport::login::client::login_with_password;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "pia", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let now = wall_clock().0;
+    let stale = certificate_at(dir.path(), &dev, "pia", now - 32 * DAY, now - 31 * DAY);
+    dev.save_certificate(&stale).unwrap();
+    assert!(matches!(
+        login(&net, &dev, "pia", None, V, T),
+        Err(LoginFailure::PasswordNeeded(PasswordNeeded::Expired))
+    ));
+    let drain = || server.events().try_iter().collect::<Vec<_>>();
+    drain();
+
+    // A wrong password leaves the stored certificate alone.
+    assert!(matches!(
+        login_with_password(&net, &dev, "pia", "not pia's password", V, T),
+        Err(LoginFailure::WrongPassword)
+    ));
+    assert_eq!(dev.certificate().unwrap(), stale);
+    drain();
+
+    // The right one: one password login, no renewal attempt with the refused certificate.
+    let li = login_with_password(&net, &dev, "pia", PASSWORD, V, T).unwrap();
+    assert!(!li.renewed);
+    assert_eq!(dev.certificate().unwrap(), li.certificate, "stored");
+    let events = drain();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, LoginServerEvent::Refused { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, LoginServerEvent::Certified { renewal: false, .. }))
+            .count(),
+        1,
+        "{events:?}"
+    );
+}

@@ -365,10 +365,47 @@ pub fn login(
     version: Version,
     timeout: Duration,
 ) -> Result<LoggedIn, LoginFailure> {
+    login_inner(network, store, user, password, true, version, timeout)
+}
+
+/// Log `user` in on this device with `password`, without first trying to renew the stored
+/// certificate: for a caller that already knows it cannot be renewed (it had
+/// [`LoginFailure::PasswordNeeded`] from [`login`]), which saves a useless connection. The new
+/// certificate replaces the stored one; on failure the stored one is left as it was.
+pub fn login_with_password(
+    network: &NetworkFile,
+    store: &DeviceStore,
+    user: &str,
+    password: &str,
+    version: Version,
+    timeout: Duration,
+) -> Result<LoggedIn, LoginFailure> {
+    login_inner(
+        network,
+        store,
+        user,
+        Some(password),
+        false,
+        version,
+        timeout,
+    )
+}
+
+fn login_inner(
+    network: &NetworkFile,
+    store: &DeviceStore,
+    user: &str,
+    password: Option<&str>,
+    try_renewal: bool,
+    version: Version,
+    timeout: Duration,
+) -> Result<LoggedIn, LoginFailure> {
     let started = Instant::now();
     let (device, first_start) = store.identity().map_err(LoginFailure::Credentials)?;
     let stored = store.certificate().filter(|c| {
-        c.user.as_str().eq_ignore_ascii_case(user) && c.dh_public == device.dh_public()
+        try_renewal
+            && c.user.as_str().eq_ignore_ascii_case(user)
+            && c.dh_public == device.dh_public()
     });
     let mut ops = Vec::new();
     if let Some(certificate) = stored.clone() {
