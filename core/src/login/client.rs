@@ -752,6 +752,33 @@ mod tests {
             )),
             Some(CertError::WrongKey)
         );
+        // Validly signed for this device's keys, but naming another user: refused for a login
+        // as alice and for a renewal of alice's certificate alike.
+        let not_ours = net.authority().certify(
+            &UserName::parse("mallory").unwrap(),
+            genuine.dh_public,
+            genuine.signing_public,
+            genuine.not_before,
+            genuine.not_after,
+        );
+        for op in [
+            login_op(),
+            Operation::Renew {
+                certificate: genuine.clone(),
+            },
+        ] {
+            assert_eq!(
+                bad_certificate(answer(
+                    &net,
+                    &id.device,
+                    op,
+                    Response::Certified {
+                        certificate: not_ours.clone()
+                    }
+                )),
+                Some(CertError::WrongKey)
+            );
+        }
         // A renewal answered with a tampered certificate is refused the same way.
         let mut renewed = genuine.clone();
         renewed.not_before = UnixTime(renewed.not_before.0 - 1);
