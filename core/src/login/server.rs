@@ -921,6 +921,7 @@ impl Machine for LoginServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Certificate;
     use crate::testkit::{TestNetwork, TEST_WALL};
 
     const STREAM: StreamId = StreamId(1);
@@ -958,15 +959,25 @@ mod tests {
     /// Ask a server whose clock reads `wall` to renew a certificate of `alice` that expired at
     /// `not_after`; return the job it hands out, or its refusal.
     fn renew_at(wall: u64, not_after: u64) -> Result<Job, LoginError> {
+        renew_tampered_at(wall, not_after, |_| {})
+    }
+
+    /// [`renew_at`] with the certificate changed by `tamper` after signing.
+    fn renew_tampered_at(
+        wall: u64,
+        not_after: u64,
+        tamper: impl FnOnce(&mut Certificate),
+    ) -> Result<Job, LoginError> {
         let net = TestNetwork::new(5);
         let id = net.identity("alice");
-        let certificate = net.authority().certify(
+        let mut certificate = net.authority().certify(
             &id.certificate.user,
             id.device.dh_public(),
             id.device.signing_public(),
             UnixTime(not_after - 86_400),
             UnixTime(not_after),
         );
+        tamper(&mut certificate);
         let now = Instant::now();
         let cfg = LoginServerConfig::new(
             Authority::from_secret_bytes(net.authority().secret_bytes()),
@@ -1018,5 +1029,27 @@ mod tests {
         for wall in [t + GRACE + 1, t + 10 * GRACE] {
             assert_eq!(renew_at(wall, t), Err(LoginError::RenewalExpired));
         }
+    }
+
+    #[test]
+    fn a_badly_signed_certificate_past_the_grace_is_a_bad_proof() {
+        let t = TEST_WALL.0;
+        let past = t + GRACE + 1;
+        // One bit of the signature flipped: the signature is checked before the age, so the
+        // answer does not tell a forger that the grace period is the only obstacle.
+        assert_eq!(
+            renew_tampered_at(past, t, |c| c.signature[3] ^= 1),
+            Err(LoginError::BadProof)
+        );
+        // Its validity stretched back after signing (still past the grace).
+        assert_eq!(
+            renew_tampered_at(past, t, |c| c.not_before = UnixTime(c.not_before.0 - 1)),
+            Err(LoginError::BadProof)
+        );
+        // The control: the same certificate untouched is refused for its age.
+        assert_eq!(
+            renew_tampered_at(past, t, |_| {}),
+            Err(LoginError::RenewalExpired)
+        );
     }
 }
