@@ -577,7 +577,10 @@ impl RenewalTimer {
         });
     }
 
-    /// True when the certificate has expired at `now` (the node must log in again).
+    /// True when the certificate has expired at `now`: peers refuse it until it is renewed.
+    /// It can still be renewed without the password during the login server's renewal grace
+    /// period (keep retrying on the timer's back-off); only once the server answers
+    /// [`LoginError::RenewalExpired`] must the node log in again with the password.
     pub fn expired(&self, now: Instant) -> bool {
         now > self.instant_of(self.certificate.not_after)
     }

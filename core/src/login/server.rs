@@ -246,7 +246,8 @@ pub enum JobOutcome {
         complete: bool,
     },
     /// Refused: [`LoginError::WrongPassword`], `UnknownUser`, `NameTaken`, `Revoked`,
-    /// `UnknownDevice` or `Server`.
+    /// `UnknownDevice`, `BadProof` (keys differing from those recorded for the device)
+    /// or `Server`.
     Failed(LoginError),
 }
 
