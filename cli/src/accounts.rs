@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::proto::{LoginError, Version};
-use natter_transport::login::client::{login, run_operations, DeviceStore, LoginFailure};
+use natter_transport::login::client::{
+    login, login_with_password, run_operations, DeviceStore, LoggedIn, LoginFailure, PasswordNeeded,
+};
 use natter_transport::login::network::NetworkFile;
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 
@@ -47,6 +49,13 @@ pub struct LoginServerArgs {
     /// Newest client version; older ones are told to upgrade.
     #[arg(long, value_parser = parse_version)]
     pub recommended_version: Option<Version>,
+    /// Days after expiry during which a certificate can still be renewed without the password.
+    #[arg(long, default_value_t = 30)]
+    pub renewal_grace_days: u32,
+    /// A bootstrap super node (IP:PORT) to list in the network file; repeat it or separate
+    /// addresses with commas. Entries already in the network file are kept.
+    #[arg(long, value_delimiter = ',')]
+    pub bootstrap: Vec<SocketAddr>,
 }
 
 fn parse_version(s: &str) -> Result<Version, String> {
@@ -60,6 +69,8 @@ pub fn login_server(args: LoginServerArgs) -> i32 {
     o.public_address = args.public_address;
     o.server_name = args.server_name;
     o.tls_pem = args.tls_cert.zip(args.tls_key);
+    o.renewal_grace = Duration::from_secs(u64::from(args.renewal_grace_days) * 24 * 3600);
+    o.bootstrap = args.bootstrap;
     if let Some(v) = args.min_version {
         o.minimum_version = v;
     }
@@ -104,14 +115,23 @@ pub struct AccountArgs {
 }
 
 fn password(args: &AccountArgs, prompt: &str) -> Result<String, String> {
+    read_password(args.password_stdin, prompt)
+}
+
+/// The password from `NATTER_PASSWORD`, the first line of standard input (`stdin`), or a
+/// prompt on the terminal.
+pub fn read_password(stdin: bool, prompt: &str) -> Result<String, String> {
     if let Ok(p) = std::env::var("NATTER_PASSWORD") {
         return Ok(p);
     }
-    if args.password_stdin {
+    if stdin {
         let mut line = String::new();
-        std::io::stdin()
+        let n = std::io::stdin()
             .read_line(&mut line)
             .map_err(|e| format!("reading the password: {e}"))?;
+        if n == 0 {
+            return Err("--password-stdin: standard input is empty".into());
+        }
         return Ok(line.trim_end_matches(['\r', '\n']).to_string());
     }
     rpassword::prompt_password(prompt).map_err(|e| {
@@ -190,25 +210,34 @@ pub fn register(args: AccountArgs) -> i32 {
     }
 }
 
+/// Log `user` in: renew the stored certificate without the password when the server allows
+/// it; when it does not (none stored, expired too long ago, no longer accepted), get the
+/// password from `ask` and log in with it.
+pub fn login_or_ask(
+    net: &NetworkFile,
+    store: &DeviceStore,
+    user: &str,
+    ask: impl FnOnce() -> Result<String, String>,
+) -> Result<LoggedIn, String> {
+    match login(net, store, user, None, client_version(), TIMEOUT) {
+        Err(LoginFailure::PasswordNeeded(why)) => {
+            if why != PasswordNeeded::NoCertificate {
+                eprintln!("{why}: the password is needed");
+            }
+            let pw = ask().map_err(|e| format!("the password is needed: {e}"))?;
+            // The stored certificate was just refused: log in with the password directly.
+            login_with_password(net, store, user, &pw, client_version(), TIMEOUT)
+                .map_err(|e| explain(&e))
+        }
+        other => other.map_err(|e| explain(&e)),
+    }
+}
+
 /// Log this device in (renewing without the password when possible).
 pub fn login_cmd(args: AccountArgs) -> i32 {
     let run = || -> Result<(), String> {
         let (net, store) = open(&args)?;
-        let stored = store.certificate().is_some();
-        let pw = if stored {
-            None
-        } else {
-            Some(password(&args, "Password: ")?)
-        };
-        let li = login(
-            &net,
-            &store,
-            &args.user,
-            pw.as_deref(),
-            client_version(),
-            TIMEOUT,
-        )
-        .map_err(|e| explain(&e))?;
+        let li = login_or_ask(&net, &store, &args.user, || password(&args, "Password: "))?;
         println!(
             "logged in as {} ({}) in {:.0} ms: device {} certified until unix time {}",
             li.certificate.user,

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
 use natter_core::attach::AttachEvent;
@@ -9,14 +10,14 @@ use natter_core::handshake::{Capabilities, LocalIdentity};
 use natter_core::identity::UserName;
 use natter_overlay::dht::{SearchOutcome, SearchResult};
 use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};
-use natter_transport::login::client::{login, DeviceStore, Renewer, RevocationFetcher};
+use natter_transport::login::client::{DeviceStore, Renewer, RevocationFetcher};
 use natter_transport::login::network::NetworkFile;
 use natter_transport::netwatch::{local_addresses, NetWatch};
 use natter_transport::persist::{load_host_cache, save_host_cache};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::{os_seed, wall_clock};
 
-use crate::accounts::client_version;
+use crate::accounts::{login_or_ask, read_password};
 
 /// Options of `natter node`.
 #[derive(clap::Args, Debug)]
@@ -42,7 +43,8 @@ pub struct NodeArgs {
     /// A second IP and port of this host, for NAT-behaviour tests (super nodes).
     #[arg(long)]
     pub stun_alternate: Option<SocketAddr>,
-    /// Read the password from standard input (first start only).
+    /// Read the password from standard input (when it is needed: first start, or a certificate
+    /// that can no longer be renewed).
     #[arg(long)]
     pub password_stdin: bool,
     /// Search the global index for this user once joined (repeatable).
@@ -69,27 +71,9 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
     let store = DeviceStore::open(args.data.join("device")).map_err(|e| e.to_string())?;
-    let password = if store.certificate().is_some() {
-        None
-    } else if let Ok(p) = std::env::var("NATTER_PASSWORD") {
-        Some(p)
-    } else if args.password_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        Some(line.trim_end().to_string())
-    } else {
-        Some(rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?)
-    };
-    let li = login(
-        &net,
-        &store,
-        &args.user,
-        password.as_deref(),
-        client_version(),
-        Duration::from_secs(15),
-    )
+    let li = login_or_ask(&net, &store, &args.user, || {
+        read_password(args.password_stdin, "Password: ")
+    })
     .map_err(|e| format!("login failed: {e}"))?;
     println!(
         "logged in as {} (device {})",
@@ -148,14 +132,33 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         handle.command(move |n, now| n.set_local_addresses(now, addrs));
     });
     let mut last_save = Instant::now();
+    let mut renewing = true;
     loop {
         while let Ok(devices) = revocations.revoked().try_recv() {
             println!("{} device(s) revoked by the login authority", devices.len());
             rt.command(move |n, now| n.revoke(now, devices));
         }
-        while let Ok(cert) = renewer.certificates().try_recv() {
-            rt.command(move |n, _| n.update_certificate(cert));
-            println!("certificate renewed");
+        while renewing {
+            match renewer.certificates().try_recv() {
+                Ok(cert) => {
+                    rt.command(move |n, _| n.update_certificate(cert));
+                    println!("certificate renewed");
+                }
+                Err(TryRecvError::Empty) => break,
+                // The renewer gave up (its reason is logged): say what to do, once.
+                Err(TryRecvError::Disconnected) => {
+                    renewing = false;
+                    eprintln!(
+                        "natter node: this device's certificate can no longer be renewed \
+                         without the password; run `natter login --network {} --user {} --data {}` \
+                         with the password, then restart this node (or just restart it: it asks \
+                         for the password)",
+                        args.network.display(),
+                        args.user,
+                        args.data.join("device").display()
+                    );
+                }
+            }
         }
         if let Ok(e) = rt.events().recv_timeout(Duration::from_secs(1)) {
             describe(&e);

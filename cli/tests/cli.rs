@@ -40,13 +40,13 @@ fn demo_passes_and_reports() {
     assert!(row("Replays accepted").contains(" 0 of "));
 }
 
-#[test]
-fn login_server_register_and_login_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
+/// Start `natter login-server` on loopback with its data in `data` and `extra` options; return
+/// the process and the network file it announced.
+fn login_server(data: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
     let mut server = natter()
         .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
+        .arg(data)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -63,6 +63,14 @@ fn login_server_register_and_login_from_the_command_line() {
         }
     }
     let network = network.expect("login server announced its network file");
+    (server, network)
+}
+
+#[test]
+fn login_server_register_and_login_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let (mut server, network) = login_server(&data, &[]);
     let device = dir.path().join("device");
     let run = |args: &[&str], password: &str| {
         natter()
@@ -101,6 +109,117 @@ fn login_server_register_and_login_from_the_command_line() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong password"));
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[test]
+fn login_asks_for_the_password_when_the_certificate_can_no_longer_be_renewed() {
+    use natter_core::identity::{Authority, UnixTime, UserName};
+    use natter_transport::login::client::DeviceStore;
+    use natter_transport::login::files::read_key;
+    use natter_transport::login::network::NetworkFile;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let (server, network) = login_server(
+        &data,
+        &[
+            "--renewal-grace-days",
+            "2",
+            "--bootstrap",
+            "198.18.0.10:4000,198.18.0.11:4000",
+            "--bootstrap",
+            "198.18.0.12:4000",
+        ],
+    );
+    let _server = Children(vec![server]);
+    let bootstrap: Vec<String> = NetworkFile::load(std::path::Path::new(&network))
+        .unwrap()
+        .bootstrap
+        .into_iter()
+        .map(|b| b.address)
+        .collect();
+    assert_eq!(
+        bootstrap,
+        ["198.18.0.10:4000", "198.18.0.11:4000", "198.18.0.12:4000"]
+    );
+
+    let device = dir.path().join("device");
+    let password = "olga's passphrase";
+    let login = |stdin: &str| {
+        let mut child = natter()
+            .args(["login", "--user", "olga", "--password-stdin", "--network"])
+            .arg(&network)
+            .arg("--data")
+            .arg(&device)
+            .env_remove("NATTER_PASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Dropping the pipe after writing closes standard input. A login that needs no
+        // password may exit before reading it: a broken pipe is fine.
+        let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let registered = natter()
+        .args([
+            "register",
+            "--user",
+            "olga",
+            "--network",
+            &network,
+            "--data",
+        ])
+        .arg(&device)
+        .env("NATTER_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(registered.status.success(), "{registered:?}");
+
+    // Give the device a certificate (signed with the server's own authority key) that expired
+    // `days_ago` days ago, as if it had been switched off that long.
+    let authority = Authority::from_secret_bytes(read_key(&data.join("authority.key")).unwrap());
+    let store = DeviceStore::open(&device).unwrap();
+    let (id, _) = store.identity().unwrap();
+    let expired = |days_ago: u64| {
+        let now = natter_transport::wall_clock().0;
+        let cert = authority.certify(
+            &UserName::parse("olga").unwrap(),
+            id.dh_public(),
+            id.signing_public(),
+            UnixTime(now - (days_ago + 1) * 86_400),
+            UnixTime(now - days_ago * 86_400),
+        );
+        store.save_certificate(&cert).unwrap();
+    };
+
+    // Expired a day ago: inside the 2-day grace, renewed without the password.
+    expired(1);
+    let (ok, stdout, stderr) = login("");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("renewed without password"), "{stdout}");
+
+    // Expired 3 days ago, and no password at hand: a clear message, not "invalid proof".
+    expired(3);
+    let (ok, _, stderr) = login("");
+    assert!(!ok);
+    assert!(
+        stderr.contains("expired too long ago") && stderr.contains("password is needed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("invalid device proof"), "{stderr}");
+
+    // With the password at hand, it logs in with it.
+    let (ok, stdout, stderr) = login(&format!("{password}\n"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("(password)"), "{stdout}");
+    assert!(!stderr.contains(password) && !stdout.contains(password));
 }
 
 /// A port p with UDP and TCP p, p+1, p+2 free on 127.0.0.1.

@@ -5,15 +5,19 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use natter_core::identity::{UnixTime, UserName};
+use natter_core::identity::{Authority, Certificate, TrustedAuthorities, UnixTime, UserName};
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::password::HashParams;
 use natter_core::login::proto::{LoginError, Version, VersionStatus};
+use natter_core::rng::Rng;
 use natter_transport::login::client::{
-    login, run_operations, ConnectError, DeviceStore, LoginFailure, Renewer, RevocationFetcher,
+    login, run_operations, ConnectError, DeviceStore, LoginFailure, PasswordNeeded, Renewer,
+    RevocationFetcher,
 };
+use natter_transport::login::files::{read_key, write_private};
 use natter_transport::login::network::{hex, NetworkFile};
 use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
+use natter_transport::wall_clock;
 
 const V: Version = Version::new(0, 1, 0);
 const T: Duration = Duration::from_secs(10);
@@ -536,9 +540,34 @@ fn garbage_oversized_and_truncated_requests_close_only_that_connection() {
             assert!(!got.is_empty(), "kind {kind}: no error answer");
         }
     }
-    // Not TLS at all.
+    // Not TLS at all: the server answers with at most a TLS alert, then closes.
     let mut raw = TcpStream::connect(addr).unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 256];
+    let mut answered = 0;
+    loop {
+        match std::io::Read::read(&mut raw, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answered += n;
+                assert!(
+                    answered < 4096,
+                    "the server keeps talking to a non-TLS client"
+                );
+            }
+            Err(e) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "the non-TLS connection was not closed within 10 s"
+                );
+                break; // reset by the server: closed too
+            }
+        }
+    }
     assert_eq!(closed, 5, "every bad connection was closed");
     assert_eq!(
         logins.join().unwrap(),
@@ -659,4 +688,421 @@ fn super_nodes_fetch_the_signed_revocation_list() {
         .revoked()
         .recv_timeout(Duration::from_millis(800))
         .is_err());
+}
+
+const DAY: u64 = 86_400;
+
+/// A certificate for `dev`'s keys signed by the authority key in the server's data directory,
+/// valid from `not_before` to `not_after` (unix seconds): certificates of any age, without
+/// waiting for one to expire.
+fn certificate_at(
+    data: &Path,
+    dev: &DeviceStore,
+    user: &str,
+    not_before: u64,
+    not_after: u64,
+) -> Certificate {
+    let authority = Authority::from_secret_bytes(read_key(&data.join("authority.key")).unwrap());
+    let (id, _) = dev.identity().unwrap();
+    authority.certify(
+        &UserName::parse(user).unwrap(),
+        id.dh_public(),
+        id.signing_public(),
+        UnixTime(not_before),
+        UnixTime(not_after),
+    )
+}
+
+fn renew(net: &NetworkFile, dev: &DeviceStore, certificate: Certificate) -> Vec<LoginClientEvent> {
+    ops(net, dev, vec![Operation::Renew { certificate }])
+}
+
+fn certified(events: &[LoginClientEvent]) -> Option<Certificate> {
+    events.iter().find_map(|e| match e {
+        LoginClientEvent::Certified(c) => Some((**c).clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn expired_certificates_renew_within_the_grace_period_only() {
+    // The default grace: 30 days.
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(dir.path());
+    assert_eq!(o.renewal_grace, Duration::from_secs(30 * DAY));
+    let server = LoginServerHandle::start(o).unwrap();
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "lena", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let first = login(&net, &dev, "lena", Some(PASSWORD), V, T).unwrap();
+    let now = wall_clock().0;
+
+    // Expired 29 days ago: renewed without the password, for another full lifetime.
+    let old = certificate_at(dir.path(), &dev, "lena", now - 30 * DAY, now - 29 * DAY);
+    dev.save_certificate(&old).unwrap();
+    let li = login(&net, &dev, "lena", None, V, T).unwrap();
+    assert!(li.renewed);
+    assert_eq!(li.certificate.device, first.certificate.device);
+    assert!(li.certificate.not_after.0 >= now + 23 * 3600);
+    li.certificate
+        .verify_for_key(
+            &net.trusted().unwrap(),
+            wall_clock(),
+            &li.device.dh_public(),
+        )
+        .unwrap();
+    assert_eq!(dev.certificate().unwrap(), li.certificate, "stored");
+
+    // Expired 31 days ago: refused with its own error, not as a bad proof.
+    let stale = certificate_at(dir.path(), &dev, "lena", now - 32 * DAY, now - 31 * DAY);
+    let ev = renew(&net, &dev, stale.clone());
+    assert!(
+        ev.iter()
+            .any(|e| refused(e) == Some(LoginError::RenewalExpired)),
+        "{ev:?}"
+    );
+    // Without a password the caller is told the password is needed; with it, it logs in.
+    dev.save_certificate(&stale).unwrap();
+    assert!(matches!(
+        login(&net, &dev, "lena", None, V, T),
+        Err(LoginFailure::PasswordNeeded(PasswordNeeded::Expired))
+    ));
+    let li = login(&net, &dev, "lena", Some(PASSWORD), V, T).unwrap();
+    assert!(!li.renewed, "logged in with the password");
+
+    // A revoked device is refused even inside the grace period.
+    let ev = ops(
+        &net,
+        &dev,
+        vec![Operation::RevokeDevice {
+            user: "lena".into(),
+            password: PASSWORD.into(),
+            device: li.certificate.device,
+        }],
+    );
+    assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
+    let recent = certificate_at(dir.path(), &dev, "lena", now - 2 * DAY, now - DAY);
+    let ev = renew(&net, &dev, recent.clone());
+    assert!(
+        ev.iter().any(|e| refused(e) == Some(LoginError::Revoked)),
+        "{ev:?}"
+    );
+    dev.save_certificate(&recent).unwrap();
+    assert!(matches!(
+        login(&net, &dev, "lena", None, V, T),
+        Err(LoginFailure::Revoked)
+    ));
+}
+
+#[test]
+fn the_renewal_grace_period_is_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.renewal_grace = Duration::from_secs(3600);
+    let server = LoginServerHandle::start(o).unwrap();
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "milo", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    login(&net, &dev, "milo", Some(PASSWORD), V, T).unwrap();
+    let now = wall_clock().0;
+    // Expired 10 minutes ago: inside the hour.
+    let ev = renew(
+        &net,
+        &dev,
+        certificate_at(dir.path(), &dev, "milo", now - DAY, now - 600),
+    );
+    assert!(certified(&ev).is_some(), "{ev:?}");
+    // Expired 2 hours ago: past it.
+    let ev = renew(
+        &net,
+        &dev,
+        certificate_at(dir.path(), &dev, "milo", now - DAY, now - 7200),
+    );
+    assert!(
+        ev.iter()
+            .any(|e| refused(e) == Some(LoginError::RenewalExpired)),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn certificates_from_the_old_authority_key_renew_after_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    let (old_key, before) = {
+        let server = start(dir.path());
+        let net = server.network().clone();
+        assert_eq!(
+            register(&net, &dev, "nina", PASSWORD),
+            LoginClientEvent::Registered
+        );
+        let li = login(&net, &dev, "nina", Some(PASSWORD), V, T).unwrap();
+        (net.authority.keys.clone(), li.certificate)
+    };
+    assert_eq!(old_key.len(), 1);
+
+    // The operator's rotation, as README describes it: the old public key (hex) goes into
+    // trusted-authorities.txt and authority.key is replaced by a new key.
+    let new = Authority::generate(&mut Rng::from_seed_bytes(
+        natter_transport::os_seed().unwrap(),
+    ));
+    std::fs::write(
+        dir.path().join("trusted-authorities.txt"),
+        format!("{}\n", old_key[0]),
+    )
+    .unwrap();
+    write_private(&dir.path().join("authority.key"), &new.secret_bytes()).unwrap();
+
+    let server = start(dir.path());
+    let net = server.network().clone();
+    assert_eq!(
+        net.authority.keys,
+        vec![hex(&new.public()), old_key[0].clone()],
+        "both keys are listed in the network file"
+    );
+    // The certificate issued under the old key renews without the password...
+    assert_eq!(dev.certificate().unwrap(), before);
+    let li = login(&net, &dev, "nina", None, V, T).unwrap();
+    assert!(li.renewed);
+    assert_eq!(li.certificate.device, before.device);
+    // ...into one signed by the new key alone.
+    assert_eq!(li.certificate.authority, new.key_id());
+    assert_ne!(li.certificate.authority, before.authority);
+    li.certificate
+        .verify_for_key(
+            &TrustedAuthorities::new([new.public()]),
+            wall_clock(),
+            &li.device.dh_public(),
+        )
+        .unwrap();
+    // New logins are signed by the new key too.
+    dev.clear_certificate().unwrap();
+    let fresh = login(&net, &dev, "nina", Some(PASSWORD), V, T).unwrap();
+    assert_eq!(fresh.certificate.authority, new.key_id());
+    drop(server);
+
+    // Once the old key is dropped from trusted-authorities.txt, its certificates no longer
+    // renew: the device needs the password.
+    std::fs::remove_file(dir.path().join("trusted-authorities.txt")).unwrap();
+    let server = start(dir.path());
+    let net = server.network().clone();
+    assert_eq!(net.authority.keys, vec![hex(&new.public())]);
+    dev.save_certificate(&before).unwrap();
+    assert!(matches!(
+        login(&net, &dev, "nina", None, V, T),
+        Err(LoginFailure::PasswordNeeded(PasswordNeeded::NotAccepted))
+    ));
+    assert!(
+        !login(&net, &dev, "nina", Some(PASSWORD), V, T)
+            .unwrap()
+            .renewed
+    );
+}
+
+#[test]
+fn the_network_file_keeps_bootstrap_super_nodes_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("network.toml");
+    let addrs = |net: &NetworkFile| -> Vec<String> {
+        net.bootstrap.iter().map(|b| b.address.clone()).collect()
+    };
+    // The option writes its entries.
+    let mut o = options(dir.path());
+    o.bootstrap = vec!["198.18.0.10:4000".parse().unwrap()];
+    let first = LoginServerHandle::start(o).unwrap();
+    assert_eq!(addrs(first.network()), ["198.18.0.10:4000"]);
+    assert_eq!(
+        addrs(&NetworkFile::load(&path).unwrap()),
+        ["198.18.0.10:4000"]
+    );
+    drop(first);
+
+    // An operator adds one by hand.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[[bootstrap]]\naddress = \"198.18.0.11:4000\"\n");
+    std::fs::write(&path, text).unwrap();
+
+    // A restart without the option keeps both (and still rewrites the rest of the file).
+    let second = start(dir.path());
+    let want = ["198.18.0.10:4000", "198.18.0.11:4000"];
+    assert_eq!(addrs(second.network()), want);
+    let on_disk = NetworkFile::load(&path).unwrap();
+    assert_eq!(addrs(&on_disk), want);
+    assert_eq!(on_disk.login.address, second.local_addr().to_string());
+    drop(second);
+
+    // The option adds only what is new.
+    let mut o = options(dir.path());
+    o.bootstrap = vec![
+        "198.18.0.11:4000".parse().unwrap(),
+        "[2001:db8::1]:4000".parse().unwrap(),
+    ];
+    let third = LoginServerHandle::start(o).unwrap();
+    let want = ["198.18.0.10:4000", "198.18.0.11:4000", "[2001:db8::1]:4000"];
+    assert_eq!(addrs(third.network()), want);
+    assert_eq!(addrs(&NetworkFile::load(&path).unwrap()), want);
+}
+
+#[test]
+fn an_unreadable_network_file_does_not_stop_the_server_and_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("network.toml");
+    let addrs = |net: &NetworkFile| -> Vec<String> {
+        net.bootstrap.iter().map(|b| b.address.clone()).collect()
+    };
+    let mut o = options(dir.path());
+    o.bootstrap = vec!["198.18.0.10:4000".parse().unwrap()];
+    drop(LoginServerHandle::start(o).unwrap());
+
+    // Truncated in the middle (a crash while writing, a full disk), then plain garbage.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cut = text.find("address").unwrap() + 12;
+    for broken in [&text[..cut], "\u{0}\u{1}[[[ not toml = = ="] {
+        std::fs::write(&path, broken).unwrap();
+        let server = start(dir.path());
+        let on_disk = NetworkFile::load(&path).expect("rewritten valid");
+        assert_eq!(&on_disk, server.network());
+        assert_eq!(on_disk.login.address, server.local_addr().to_string());
+        assert!(on_disk.bootstrap.is_empty(), "nothing could be kept");
+    }
+
+    // Valid TOML that no longer validates as a network file (no [login] table, a bad
+    // authority key, an entry without an address): its bootstrap entries are still kept.
+    std::fs::write(
+        &path,
+        "[authority]\nkeys = [\"not hex\"]\n\n[[bootstrap]]\naddress = \"198.18.0.11:4000\"\n\
+         \n[[bootstrap]]\nport = 4000\n\n[[bootstrap]]\naddress = \"198.18.0.12:4000\"\n",
+    )
+    .unwrap();
+    let server = start(dir.path());
+    let want = ["198.18.0.11:4000", "198.18.0.12:4000"];
+    assert_eq!(addrs(server.network()), want);
+    assert_eq!(addrs(&NetworkFile::load(&path).unwrap()), want);
+}
+
+#[test]
+fn the_renewer_keeps_retrying_a_certificate_not_accepted_and_stops_when_it_expired() {
+    use natter_core::login::server::LoginServerEvent;
+    use std::sync::mpsc::RecvTimeoutError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "oscar", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    login(&net, &dev, "oscar", Some(PASSWORD), V, T).unwrap();
+    let now = wall_clock().0;
+    let refusal = |server: &LoginServerHandle| loop {
+        match server.events().recv_timeout(Duration::from_secs(20)) {
+            Ok(LoginServerEvent::Refused { error, .. }) => return error,
+            Ok(_) => {}
+            Err(e) => panic!("no refusal: {e}"),
+        }
+    };
+
+    // Signed by a key this server does not trust yet (another login server already signs with
+    // the next key of a rolling rotation), expired an hour ago so renewal is due at once: the
+    // server answers BadProof, which may pass, so the renewer keeps going.
+    let (id, _) = dev.identity().unwrap();
+    let next_key = Authority::generate(&mut Rng::from_seed(7));
+    let ahead = next_key.certify(
+        &UserName::parse("oscar").unwrap(),
+        id.dh_public(),
+        id.signing_public(),
+        UnixTime(now - DAY),
+        UnixTime(now - 3600),
+    );
+    dev.save_certificate(&ahead).unwrap();
+    let renewer = Renewer::spawn(net.clone(), dev.clone(), ahead);
+    assert_eq!(refusal(&server), LoginError::BadProof);
+    assert_eq!(
+        renewer
+            .certificates()
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_err(),
+        RecvTimeoutError::Timeout,
+        "still running, backing off"
+    );
+    drop(renewer);
+
+    // Expired longer ago than the grace period: only the password helps, so it stops and
+    // its channel says so.
+    let stale = certificate_at(dir.path(), &dev, "oscar", now - 32 * DAY, now - 31 * DAY);
+    dev.save_certificate(&stale).unwrap();
+    let renewer = Renewer::spawn(net, dev.clone(), stale);
+    assert_eq!(refusal(&server), LoginError::RenewalExpired);
+    assert_eq!(
+        renewer
+            .certificates()
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_err(),
+        RecvTimeoutError::Disconnected,
+        "stopped for good"
+    );
+}
+
+#[test]
+fn logging_in_with_the_password_skips_the_refused_certificate() {
+    use natter_core::login::server::LoginServerEvent;
+    use natter_transport::login::client::login_with_password;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let net = server.network().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, "pia", PASSWORD),
+        LoginClientEvent::Registered
+    );
+    let now = wall_clock().0;
+    let stale = certificate_at(dir.path(), &dev, "pia", now - 32 * DAY, now - 31 * DAY);
+    dev.save_certificate(&stale).unwrap();
+    assert!(matches!(
+        login(&net, &dev, "pia", None, V, T),
+        Err(LoginFailure::PasswordNeeded(PasswordNeeded::Expired))
+    ));
+    let drain = || server.events().try_iter().collect::<Vec<_>>();
+    drain();
+
+    // A wrong password leaves the stored certificate alone.
+    assert!(matches!(
+        login_with_password(&net, &dev, "pia", "not pia's password", V, T),
+        Err(LoginFailure::WrongPassword)
+    ));
+    assert_eq!(dev.certificate().unwrap(), stale);
+    drain();
+
+    // The right one: one password login, no renewal attempt with the refused certificate.
+    let li = login_with_password(&net, &dev, "pia", PASSWORD, V, T).unwrap();
+    assert!(!li.renewed);
+    assert_eq!(dev.certificate().unwrap(), li.certificate, "stored");
+    let events = drain();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, LoginServerEvent::Refused { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, LoginServerEvent::Certified { renewal: false, .. }))
+            .count(),
+        1,
+        "{events:?}"
+    );
 }

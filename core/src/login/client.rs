@@ -511,7 +511,7 @@ impl Machine for LoginClient {
 
 /// Keeps a certificate fresh: a tiny sans-IO timer machine that says when to renew (at 80 % of
 /// the certificate's lifetime) and, after a failed attempt, when to retry (back-off from
-/// 30 s doubling to 10 minutes, never later than expiry).
+/// 30 s doubling to 10 minutes, never later than expiry while the certificate is valid).
 #[derive(Debug, Clone)]
 pub struct RenewalTimer {
     certificate: Certificate,
@@ -568,10 +568,19 @@ impl RenewalTimer {
             .saturating_mul(1 << (self.failures - 1).min(5))
             .min(Duration::from_secs(600));
         let expiry = self.instant_of(self.certificate.not_after);
-        self.retry_at = Some((now + delay).min(expiry.max(now)));
+        // Try once more just before expiry; once expired, keep backing off (the server still
+        // renews during its grace period).
+        self.retry_at = Some(if now < expiry {
+            (now + delay).min(expiry)
+        } else {
+            now + delay
+        });
     }
 
-    /// True when the certificate has expired at `now` (the node must log in again).
+    /// True when the certificate has expired at `now`: peers refuse it until it is renewed.
+    /// It can still be renewed without the password during the login server's renewal grace
+    /// period (keep retrying on the timer's back-off); only once the server answers
+    /// [`LoginError::RenewalExpired`] must the node log in again with the password.
     pub fn expired(&self, now: Instant) -> bool {
         now > self.instant_of(self.certificate.not_after)
     }
@@ -580,7 +589,287 @@ impl RenewalTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Authority;
+    use crate::login::proto::RevokedDevice;
+    use crate::rng::Rng;
     use crate::testkit::{TestNetwork, TEST_WALL};
+
+    const STREAM: StreamId = StreamId(7);
+
+    fn remote() -> std::net::SocketAddr {
+        "127.0.0.1:4433".parse().unwrap()
+    }
+
+    /// A client for `device` trusting `net`, already past the Hello exchange.
+    fn client(net: &TestNetwork, device: DeviceIdentity, now: Instant) -> LoginClient {
+        let cfg = LoginClientConfig {
+            version: Version::new(0, 1, 0),
+            first_start: false,
+            device,
+            trusted: net.trusted(),
+            wall_anchor: TEST_WALL,
+            clock_anchor: now,
+            timeout: Duration::from_secs(10),
+        };
+        let mut c = LoginClient::new(cfg, STREAM, now);
+        deliver(
+            &mut c,
+            now,
+            &Response::Hello {
+                status: VersionStatus::Ok,
+                challenge: [9; 32],
+            },
+        );
+        assert_eq!(
+            c.poll_event(),
+            Some(LoginClientEvent::VersionChecked(VersionStatus::Ok))
+        );
+        c
+    }
+
+    /// Hand `response` to the client as the server would send it: one frame on the stream.
+    fn deliver(c: &mut LoginClient, now: Instant, response: &Response) {
+        let mut body = BytesMut::new();
+        response.encode(&mut body);
+        let mut framed = BytesMut::new();
+        frame::encode(&body, &mut framed).unwrap();
+        c.handle_input(
+            now,
+            Input::Stream {
+                stream: STREAM,
+                remote: remote(),
+                data: &framed,
+            },
+        );
+    }
+
+    /// Run one operation against a canned answer and return what the client reports.
+    fn answer(
+        net: &TestNetwork,
+        device: &DeviceIdentity,
+        op: Operation,
+        response: Response,
+    ) -> LoginClientEvent {
+        let now = Instant::now();
+        let mut c = client(net, device.clone(), now);
+        c.enqueue(now, op);
+        deliver(&mut c, now, &response);
+        let event = c.poll_event().expect("an event");
+        assert!(c.is_idle());
+        event
+    }
+
+    fn login_op() -> Operation {
+        Operation::Login {
+            user: "alice".into(),
+            password: "correct horse battery".into(),
+        }
+    }
+
+    fn bad_certificate(event: LoginClientEvent) -> Option<CertError> {
+        match event {
+            LoginClientEvent::Failed {
+                error: LoginClientError::BadCertificate(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_tampered_server_certificate_is_rejected() {
+        let net = TestNetwork::new(3);
+        let id = net.identity("alice");
+        let genuine = id.certificate.clone();
+        // The genuine certificate is accepted (the control).
+        assert_eq!(
+            answer(
+                &net,
+                &id.device,
+                login_op(),
+                Response::Certified {
+                    certificate: genuine.clone()
+                }
+            ),
+            LoginClientEvent::Certified(Box::new(genuine.clone()))
+        );
+        // Its validity stretched after signing.
+        let mut longer = genuine.clone();
+        longer.not_after = UnixTime(longer.not_after.0 + 365 * 86_400);
+        // Another user's name put in.
+        let mut renamed = genuine.clone();
+        renamed.user = UserName::parse("mallory").unwrap();
+        // One bit of the signature flipped.
+        let mut flipped = genuine.clone();
+        flipped.signature[10] ^= 1;
+        for tampered in [longer, renamed, flipped] {
+            assert_eq!(
+                bad_certificate(answer(
+                    &net,
+                    &id.device,
+                    login_op(),
+                    Response::Certified {
+                        certificate: tampered
+                    }
+                )),
+                Some(CertError::BadSignature)
+            );
+        }
+        // Signed by an authority the network file does not list.
+        let rogue = Authority::generate(&mut Rng::from_seed(99));
+        let forged = rogue.certify(
+            &genuine.user,
+            genuine.dh_public,
+            genuine.signing_public,
+            genuine.not_before,
+            genuine.not_after,
+        );
+        assert_eq!(
+            bad_certificate(answer(
+                &net,
+                &id.device,
+                login_op(),
+                Response::Certified {
+                    certificate: forged
+                }
+            )),
+            Some(CertError::UnknownAuthority)
+        );
+        // Validly signed, but for another device's keys.
+        let other = net.identity("bobby");
+        let theirs = net.authority().certify(
+            &genuine.user,
+            other.device.dh_public(),
+            other.device.signing_public(),
+            genuine.not_before,
+            genuine.not_after,
+        );
+        assert_eq!(
+            bad_certificate(answer(
+                &net,
+                &id.device,
+                login_op(),
+                Response::Certified {
+                    certificate: theirs
+                }
+            )),
+            Some(CertError::WrongKey)
+        );
+        // Validly signed for this device's keys, but naming another user: refused for a login
+        // as alice and for a renewal of alice's certificate alike.
+        let not_ours = net.authority().certify(
+            &UserName::parse("mallory").unwrap(),
+            genuine.dh_public,
+            genuine.signing_public,
+            genuine.not_before,
+            genuine.not_after,
+        );
+        for op in [
+            login_op(),
+            Operation::Renew {
+                certificate: genuine.clone(),
+            },
+        ] {
+            assert_eq!(
+                bad_certificate(answer(
+                    &net,
+                    &id.device,
+                    op,
+                    Response::Certified {
+                        certificate: not_ours.clone()
+                    }
+                )),
+                Some(CertError::WrongKey)
+            );
+        }
+        // A renewal answered with a tampered certificate is refused the same way.
+        let mut renewed = genuine.clone();
+        renewed.not_before = UnixTime(renewed.not_before.0 - 1);
+        assert_eq!(
+            bad_certificate(answer(
+                &net,
+                &id.device,
+                Operation::Renew {
+                    certificate: genuine
+                },
+                Response::Certified {
+                    certificate: renewed
+                }
+            )),
+            Some(CertError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_tampered_revocation_page_is_rejected() {
+        let net = TestNetwork::new(4);
+        let id = net.identity("alice");
+        let mut page = RevocationPage {
+            since: 0,
+            entries: (1..=3u8)
+                .map(|i| RevokedDevice {
+                    serial: u64::from(i),
+                    device: DeviceId([i; 16]),
+                    revoked_at: UnixTime(TEST_WALL.0 - u64::from(i)),
+                })
+                .collect(),
+            complete: true,
+            issued_at: TEST_WALL,
+            signature: [0; 64],
+        };
+        page.signature = net
+            .authority()
+            .sign(REVOCATION_CONTEXT, &page.signed_bytes());
+        let fetch = || Operation::FetchRevocations { since: 0 };
+        let rejected = |event: LoginClientEvent| {
+            matches!(
+                event,
+                LoginClientEvent::Failed {
+                    error: LoginClientError::BadRevocationList,
+                    ..
+                }
+            )
+        };
+        // The genuine page is accepted (the control).
+        assert_eq!(
+            answer(
+                &net,
+                &id.device,
+                fetch(),
+                Response::Revocations(page.clone())
+            ),
+            LoginClientEvent::Revocations(page.clone())
+        );
+        // An entry dropped (hiding a revoked device from super nodes).
+        let mut dropped = page.clone();
+        dropped.entries.remove(1);
+        // A device id swapped.
+        let mut swapped = page.clone();
+        swapped.entries[0].device = DeviceId([0xee; 16]);
+        // "complete" turned off, or the signing time moved.
+        let mut incomplete = page.clone();
+        incomplete.complete = false;
+        let mut older = page.clone();
+        older.issued_at = UnixTime(page.issued_at.0 - 3600);
+        // The signature itself damaged.
+        let mut flipped = page.clone();
+        flipped.signature[0] ^= 0x80;
+        // Re-signed by a key the network file does not list.
+        let mut rogue = swapped.clone();
+        rogue.signature = Authority::generate(&mut Rng::from_seed(98))
+            .sign(REVOCATION_CONTEXT, &rogue.signed_bytes());
+        for (what, tampered) in [
+            ("dropped", dropped),
+            ("swapped", swapped),
+            ("incomplete", incomplete),
+            ("older", older),
+            ("flipped", flipped),
+            ("rogue", rogue),
+        ] {
+            let event = answer(&net, &id.device, fetch(), Response::Revocations(tampered));
+            assert!(rejected(event.clone()), "{what}: {event:?}");
+        }
+    }
 
     #[test]
     fn renewal_is_scheduled_at_four_fifths_and_retried_with_backoff() {
@@ -610,6 +899,10 @@ mod tests {
         }
         assert!(timer.poll_timeout() <= t0 + Duration::from_secs(1000));
         assert!(timer.expired(t0 + Duration::from_secs(1001)));
+        // Once expired, failures still back off instead of retrying at once.
+        let t2 = t0 + Duration::from_secs(1001);
+        timer.failed(t2);
+        assert_eq!(timer.poll_timeout(), t2 + Duration::from_secs(600));
         let newer = net.authority().certify(
             &cert.user,
             dev.dh_public(),

@@ -245,6 +245,10 @@ pub enum LoginError {
     /// The server failed internally (storage down); retry later.
     #[error("server error")]
     Server,
+    /// The certificate expired longer ago than the renewal grace period: it can no longer be
+    /// renewed without the password, so log in with it.
+    #[error("certificate expired too long ago to renew: log in with the password")]
+    RenewalExpired,
 }
 
 impl LoginError {
@@ -262,6 +266,7 @@ impl LoginError {
             Self::UnknownDevice => 10,
             Self::Protocol => 11,
             Self::Server => 12,
+            Self::RenewalExpired => 13,
         }
     }
 }
@@ -594,6 +599,7 @@ impl Response {
                 10 => LoginError::UnknownDevice,
                 11 => LoginError::Protocol,
                 12 => LoginError::Server,
+                13 => LoginError::RenewalExpired,
                 _ => return Err(DecodeError::Invalid("error code")),
             }),
             t => return Err(DecodeError::UnknownMessageType(t)),
@@ -683,6 +689,7 @@ mod tests {
                 retry_after_secs: s
             })),
             Just(Response::Error(LoginError::WrongPassword)),
+            Just(Response::Error(LoginError::RenewalExpired)),
         ]
     }
 

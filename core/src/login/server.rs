@@ -26,7 +26,7 @@ use super::proto::{
     Version, VersionStatus, MAX_REVOCATIONS_PER_PAGE, PROOF_CONTEXT, REVOCATION_CONTEXT,
 };
 use crate::identity::{
-    verify_signature, Authority, CertError, DeviceId, TrustedAuthorities, UnixTime, UserName,
+    verify_signature, Authority, DeviceId, TrustedAuthorities, UnixTime, UserName,
 };
 use crate::rng::Rng;
 use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
@@ -91,7 +91,7 @@ pub struct LoginServerConfig {
     /// How long a certificate is valid (default 24 h).
     pub certificate_lifetime: Duration,
     /// How long after expiry a certificate may still be renewed without the password
-    /// (default 30 days).
+    /// (default 30 days); later renewals are refused with [`LoginError::RenewalExpired`].
     pub renewal_grace: Duration,
     /// Certificates start this long before issuance, for clients whose clocks run behind
     /// (default 60 s).
@@ -246,7 +246,8 @@ pub enum JobOutcome {
         complete: bool,
     },
     /// Refused: [`LoginError::WrongPassword`], `UnknownUser`, `NameTaken`, `Revoked`,
-    /// `UnknownDevice` or `Server`.
+    /// `UnknownDevice`, `BadProof` (keys differing from those recorded for the device)
+    /// or `Server`.
     Failed(LoginError),
 }
 
@@ -649,24 +650,27 @@ impl LoginServer {
                 }
             }),
             Request::Renew { certificate, proof } => {
-                let grace = self.cfg.renewal_grace.as_secs();
-                // Valid signature from a trusted authority, and not expired longer than the
-                // grace period ago.
-                let check_at = UnixTime(wall.0.min(certificate.not_after.0.saturating_add(grace)));
-                let checked = match certificate.verify(&self.cfg.trusted, check_at) {
-                    Ok(()) => true,
-                    Err(CertError::Expired) => false,
-                    Err(_) => false,
-                };
+                // The signature and binding are checked at a moment inside the certificate's
+                // validity (now, or its last second once expired), so an expired certificate
+                // still proves what it said; how long ago it expired is checked separately.
+                let check_at = UnixTime(wall.0.min(certificate.not_after.0));
+                let grace_end = certificate
+                    .not_after
+                    .0
+                    .saturating_add(self.cfg.renewal_grace.as_secs());
                 let msg = proof_message(
                     &challenge,
                     &certificate.user,
                     &certificate.signing_public,
                     &certificate.dh_public,
                 );
-                if checked
-                    && verify_signature(&certificate.signing_public, PROOF_CONTEXT, &msg, &proof)
+                if certificate.verify(&self.cfg.trusted, check_at).is_err()
+                    || !verify_signature(&certificate.signing_public, PROOF_CONTEXT, &msg, &proof)
                 {
+                    Err(LoginError::BadProof)
+                } else if wall.0 > grace_end {
+                    Err(LoginError::RenewalExpired)
+                } else {
                     Ok((
                         Job::Renew {
                             user: certificate.user.clone(),
@@ -676,8 +680,6 @@ impl LoginServer {
                         },
                         true,
                     ))
-                } else {
-                    Err(LoginError::BadProof)
                 }
             }
             Request::ChangePassword { user, old, new } => parse_user(&user).and_then(|user| {
@@ -914,5 +916,141 @@ impl Machine for LoginServer {
             .filter(|c| !c.closing && c.busy.is_none())
             .map(|c| c.last_activity + self.cfg.idle_timeout)
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Certificate;
+    use crate::testkit::{TestNetwork, TEST_WALL};
+
+    const STREAM: StreamId = StreamId(1);
+    const GRACE: u64 = 30 * 86_400;
+
+    fn remote() -> SocketAddr {
+        "192.0.2.1:50000".parse().unwrap()
+    }
+
+    fn send(server: &mut LoginServer, now: Instant, request: &Request) {
+        let mut body = BytesMut::new();
+        request.encode(&mut body);
+        let mut framed = BytesMut::new();
+        frame::encode(&body, &mut framed).unwrap();
+        server.handle_input(
+            now,
+            Input::Stream {
+                stream: STREAM,
+                remote: remote(),
+                data: &framed,
+            },
+        );
+    }
+
+    fn responses(server: &mut LoginServer) -> Vec<Response> {
+        std::iter::from_fn(|| server.poll_transmit())
+            .map(|t| {
+                let mut d = FrameDecoder::new(usize::from(u16::MAX));
+                d.push(&t.payload);
+                Response::decode(&d.next_frame().unwrap().unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    /// Ask a server whose clock reads `wall` to renew a certificate of `alice` that expired at
+    /// `not_after`; return the job it hands out, or its refusal.
+    fn renew_at(wall: u64, not_after: u64) -> Result<Job, LoginError> {
+        renew_tampered_at(wall, not_after, |_| {})
+    }
+
+    /// [`renew_at`] with the certificate changed by `tamper` after signing.
+    fn renew_tampered_at(
+        wall: u64,
+        not_after: u64,
+        tamper: impl FnOnce(&mut Certificate),
+    ) -> Result<Job, LoginError> {
+        let net = TestNetwork::new(5);
+        let id = net.identity("alice");
+        let mut certificate = net.authority().certify(
+            &id.certificate.user,
+            id.device.dh_public(),
+            id.device.signing_public(),
+            UnixTime(not_after - 86_400),
+            UnixTime(not_after),
+        );
+        tamper(&mut certificate);
+        let now = Instant::now();
+        let cfg = LoginServerConfig::new(
+            Authority::from_secret_bytes(net.authority().secret_bytes()),
+            [1; 32],
+            UnixTime(wall),
+            now,
+        );
+        let mut server = LoginServer::new(cfg);
+        send(
+            &mut server,
+            now,
+            &Request::Hello {
+                version: Version::new(0, 1, 0),
+                first_start: false,
+            },
+        );
+        let Some(Response::Hello { challenge, .. }) = responses(&mut server).pop() else {
+            panic!("no hello");
+        };
+        let msg = proof_message(
+            &challenge,
+            &certificate.user,
+            &certificate.signing_public,
+            &certificate.dh_public,
+        );
+        let proof = id.device.sign(PROOF_CONTEXT, &msg);
+        send(&mut server, now, &Request::Renew { certificate, proof });
+        if let Some(item) = server.poll_work() {
+            return Ok(item.job);
+        }
+        match responses(&mut server).pop() {
+            Some(Response::Error(e)) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn renewal_is_allowed_until_the_end_of_the_grace_period() {
+        let t = TEST_WALL.0;
+        // Still valid, just expired, in the grace period, on its last second.
+        for wall in [t - 10, t, t + 1, t + GRACE / 2, t + GRACE] {
+            assert!(
+                matches!(renew_at(wall, t), Ok(Job::Renew { .. })),
+                "{} s after expiry",
+                wall as i64 - t as i64
+            );
+        }
+        // One second later, and long after: a typed refusal, not a bad proof.
+        for wall in [t + GRACE + 1, t + 10 * GRACE] {
+            assert_eq!(renew_at(wall, t), Err(LoginError::RenewalExpired));
+        }
+    }
+
+    #[test]
+    fn a_badly_signed_certificate_past_the_grace_is_a_bad_proof() {
+        let t = TEST_WALL.0;
+        let past = t + GRACE + 1;
+        // One bit of the signature flipped: the signature is checked before the age, so the
+        // answer does not tell a forger that the grace period is the only obstacle.
+        assert_eq!(
+            renew_tampered_at(past, t, |c| c.signature[3] ^= 1),
+            Err(LoginError::BadProof)
+        );
+        // Its validity stretched back after signing (still past the grace).
+        assert_eq!(
+            renew_tampered_at(past, t, |c| c.not_before = UnixTime(c.not_before.0 - 1)),
+            Err(LoginError::BadProof)
+        );
+        // The control: the same certificate untouched is refused for its age.
+        assert_eq!(
+            renew_tampered_at(past, t, |_| {}),
+            Err(LoginError::RenewalExpired)
+        );
     }
 }

@@ -216,6 +216,9 @@ pub enum LoginFailure {
     /// This device was revoked.
     #[error("this device was revoked")]
     Revoked,
+    /// The password is needed and none was given: see [`PasswordNeeded`] for why.
+    #[error("{0}: log in with the password")]
+    PasswordNeeded(PasswordNeeded),
     /// The server's certificate for us was unacceptable (wrong authority, wrong key).
     #[error("the login server issued an unacceptable certificate: {0}")]
     BadCertificate(CertError),
@@ -225,6 +228,23 @@ pub enum LoginFailure {
     /// The server failed or broke the protocol.
     #[error("login server error: {0}")]
     Server(String),
+}
+
+/// Why [`login`] needs the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PasswordNeeded {
+    /// No certificate for this user and device is stored.
+    #[error("no stored certificate for this user on this device")]
+    NoCertificate,
+    /// The stored certificate expired longer ago than the server's renewal grace period.
+    #[error("the stored certificate expired too long ago to be renewed")]
+    Expired,
+    /// The server does not accept the stored certificate (issued under an authority key it
+    /// dropped or does not know yet, not yet valid by its clock, or the device or account is no
+    /// longer known). This may pass: the background [`Renewer`] keeps retrying.
+    #[error("the login server no longer accepts the stored certificate")]
+    NotAccepted,
 }
 
 impl From<LoginClientError> for LoginFailure {
@@ -238,6 +258,7 @@ impl From<LoginClientError> for LoginFailure {
                 LoginError::WeakPassword => Self::WeakPassword,
                 LoginError::Throttled { retry_after_secs } => Self::Throttled { retry_after_secs },
                 LoginError::Revoked => Self::Revoked,
+                LoginError::RenewalExpired => Self::PasswordNeeded(PasswordNeeded::Expired),
                 other => Self::Server(other.to_string()),
             },
             LoginClientError::UpgradeRequired { minimum } => Self::UpgradeRequired { minimum },
@@ -332,6 +353,10 @@ pub struct LoggedIn {
 
 /// Log `user` in on this device: renew the stored certificate without the password while it
 /// can be renewed, else log in with `password` (when given). The certificate is stored.
+///
+/// Without a password, a stored certificate the server will no longer renew (expired longer
+/// ago than its grace period, or not accepted any more) gives
+/// [`LoginFailure::PasswordNeeded`]: ask the user for the password and call again.
 pub fn login(
     network: &NetworkFile,
     store: &DeviceStore,
@@ -340,10 +365,47 @@ pub fn login(
     version: Version,
     timeout: Duration,
 ) -> Result<LoggedIn, LoginFailure> {
+    login_inner(network, store, user, password, true, version, timeout)
+}
+
+/// Log `user` in on this device with `password`, without first trying to renew the stored
+/// certificate: for a caller that already knows it cannot be renewed (it had
+/// [`LoginFailure::PasswordNeeded`] from [`login`]), which saves a useless connection. The new
+/// certificate replaces the stored one; on failure the stored one is left as it was.
+pub fn login_with_password(
+    network: &NetworkFile,
+    store: &DeviceStore,
+    user: &str,
+    password: &str,
+    version: Version,
+    timeout: Duration,
+) -> Result<LoggedIn, LoginFailure> {
+    login_inner(
+        network,
+        store,
+        user,
+        Some(password),
+        false,
+        version,
+        timeout,
+    )
+}
+
+fn login_inner(
+    network: &NetworkFile,
+    store: &DeviceStore,
+    user: &str,
+    password: Option<&str>,
+    try_renewal: bool,
+    version: Version,
+    timeout: Duration,
+) -> Result<LoggedIn, LoginFailure> {
     let started = Instant::now();
     let (device, first_start) = store.identity().map_err(LoginFailure::Credentials)?;
     let stored = store.certificate().filter(|c| {
-        c.user.as_str().eq_ignore_ascii_case(user) && c.dh_public == device.dh_public()
+        try_renewal
+            && c.user.as_str().eq_ignore_ascii_case(user)
+            && c.dh_public == device.dh_public()
     });
     let mut ops = Vec::new();
     if let Some(certificate) = stored.clone() {
@@ -354,9 +416,7 @@ pub fn login(
             password: password.to_string(),
         });
     } else {
-        return Err(LoginFailure::Server(
-            "no stored certificate: a password is needed".into(),
-        ));
+        return Err(LoginFailure::PasswordNeeded(PasswordNeeded::NoCertificate));
     }
     let events = run_operations(network, &device, version, first_start, ops, timeout)?;
     let mut upgrade_recommended = None;
@@ -382,26 +442,56 @@ pub fn login(
             _ => {}
         }
     }
-    match (failure, stored.is_some(), password) {
-        // Renewal refused (expired too long ago, revoked, unknown): with a password, log in.
-        (Some(LoginClientError::Refused(e)), true, Some(pw)) if e != LoginError::Revoked => {
-            store
-                .clear_certificate()
-                .map_err(LoginFailure::Credentials)?;
-            login(network, store, user, Some(pw), version, timeout)
+    // A renewal refused because of the certificate itself (expired too long ago, issued under
+    // a dropped authority key, device or account unknown) needs the password; anything else
+    // (revoked, throttled, server trouble) is reported as it is.
+    let not_renewable = |e: LoginError| match e {
+        LoginError::RenewalExpired => Some(PasswordNeeded::Expired),
+        LoginError::BadProof | LoginError::UnknownDevice | LoginError::UnknownUser => {
+            Some(PasswordNeeded::NotAccepted)
         }
-        (Some(LoginClientError::Refused(LoginError::Revoked)), _, _) => {
+        _ => None,
+    };
+    let Some(error) = failure else {
+        return Err(LoginFailure::Server("no answer".into()));
+    };
+    match error {
+        LoginClientError::Refused(LoginError::Revoked) => {
             let _ = store.clear_certificate();
             Err(LoginFailure::Revoked)
         }
-        (Some(e), _, _) => Err(e.into()),
-        (None, _, _) => Err(LoginFailure::Server("no answer".into())),
+        LoginClientError::Refused(e) if stored.is_some() => match (not_renewable(e), password) {
+            (Some(_), Some(pw)) => {
+                store
+                    .clear_certificate()
+                    .map_err(LoginFailure::Credentials)?;
+                login(network, store, user, Some(pw), version, timeout)
+            }
+            (Some(why), None) => Err(LoginFailure::PasswordNeeded(why)),
+            (None, _) => Err(error.into()),
+        },
+        other => Err(other.into()),
     }
+}
+
+/// True when the background [`Renewer`] must give up after `failure`, because retrying can
+/// never help: the device was revoked, or the certificate expired longer ago than the renewal
+/// grace period. Everything else is retried with back-off, including a certificate the server
+/// does not accept ([`PasswordNeeded::NotAccepted`]): that includes `BadProof` answers caused
+/// by passing conditions (clock skew between login servers, a rolling authority-key rotation).
+fn renewal_stops_on(failure: &LoginFailure) -> bool {
+    matches!(
+        failure,
+        LoginFailure::PasswordNeeded(PasswordNeeded::Expired) | LoginFailure::Revoked
+    )
 }
 
 /// Keeps a device's certificate fresh in the background: renews it (without the password) at
 /// 80 % of its lifetime, retrying with back-off after failures, and hands each new certificate
-/// out through [`Renewer::certificates`].
+/// out through [`Renewer::certificates`]. It stops (and logs why) only when retrying cannot
+/// help: the device was revoked, or the certificate expired longer ago than the server's
+/// renewal grace period. [`Renewer::certificates`] then reports
+/// [`std::sync::mpsc::TryRecvError::Disconnected`]: the user must log in with the password.
 pub struct Renewer {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -445,6 +535,10 @@ impl Renewer {
                             return;
                         }
                     }
+                    Err(e) if renewal_stops_on(&e) => {
+                        tracing::error!(error = %e, "certificate renewal stopped");
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "certificate renewal failed; will retry");
                         timer.failed(Instant::now());
@@ -459,7 +553,7 @@ impl Renewer {
         }
     }
 
-    /// Each renewed certificate, as it arrives.
+    /// Each renewed certificate, as it arrives; disconnected once the renewer stopped for good.
     pub fn certificates(&self) -> &std::sync::mpsc::Receiver<Certificate> {
         &self.certificates
     }
@@ -564,4 +658,29 @@ impl Drop for RevocationFetcher {
 /// True when `certificate` should be renewed at wall-clock time `now`.
 pub fn needs_renewal(certificate: &Certificate, now: UnixTime) -> bool {
     now >= natter_core::login::client::renew_at(certificate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_renewer_stops_only_when_retrying_cannot_help() {
+        assert!(renewal_stops_on(&LoginFailure::Revoked));
+        assert!(renewal_stops_on(&LoginFailure::PasswordNeeded(
+            PasswordNeeded::Expired
+        )));
+        for retried in [
+            // A BadProof from a login server whose clock or key set is not yet in step.
+            LoginFailure::PasswordNeeded(PasswordNeeded::NotAccepted),
+            LoginFailure::PasswordNeeded(PasswordNeeded::NoCertificate),
+            LoginFailure::Throttled {
+                retry_after_secs: 5,
+            },
+            LoginFailure::Server("server error".into()),
+            LoginFailure::Connect(ConnectError::PinMismatch),
+        ] {
+            assert!(!renewal_stops_on(&retried), "{retried:?}");
+        }
+    }
 }

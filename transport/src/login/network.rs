@@ -20,6 +20,7 @@
 //! address = "198.18.0.10:4000"
 //! ```
 
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
@@ -125,15 +126,41 @@ impl NetworkFile {
         Ok(file)
     }
 
-    /// Write it (world-readable: it holds only public information).
+    /// Write it (world-readable: it holds only public information), atomically: the text goes
+    /// to a temporary file in the same directory, which then replaces `path`, so a crash or a
+    /// full disk never leaves a truncated network file. A file being replaced keeps its
+    /// permissions.
     pub fn save(&self, path: &Path) -> Result<(), NetworkFileError> {
         let text = format!(
             "# Natter network file: give it to clients and super nodes.\n{}",
             toml::to_string_pretty(self).map_err(|e| NetworkFileError::Invalid(e.to_string()))?
         );
-        std::fs::write(path, text).map_err(|source| NetworkFileError::Io {
+        let io_err = |source| NetworkFileError::Io {
             path: path.to_owned(),
             source,
+        };
+        let name = path.file_name().ok_or_else(|| {
+            io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a file name",
+            ))
+        })?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            if let Ok(meta) = std::fs::metadata(path) {
+                f.set_permissions(meta.permissions())?;
+            }
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_err(e)
         })
     }
 
@@ -180,6 +207,7 @@ impl NetworkFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn roundtrip_and_validation() {
@@ -202,6 +230,17 @@ mod tests {
         assert_eq!(f, g);
         assert_eq!(g.pin().unwrap(), Some([0xab; 32]));
         assert_eq!(g.trusted().unwrap().keys().count(), 2);
+        // Saving again replaces the file atomically: same permissions, no temporary left.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        f.save(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["network.toml"]);
+        assert_eq!(NetworkFile::load(&p).unwrap(), f);
         std::fs::write(&p, "[login]\naddress = 1\n").unwrap();
         assert!(NetworkFile::load(&p).is_err());
         assert_eq!(unhex::<2>("0aFf"), Some([0x0a, 0xff]));

@@ -9,7 +9,11 @@
 //! On first start the server creates, in its data directory (mode 0700):
 //! `authority.key` (the Ed25519 authority secret, 0600), `tls-cert.der` and `tls-key.der` (a
 //! self-signed certificate unless a CA-issued one is given; the key 0600), `accounts.sqlite`
-//! (unless PostgreSQL is used) and `network.toml` (for clients and super nodes).
+//! (unless PostgreSQL is used) and `network.toml` (for clients and super nodes). At every
+//! start `network.toml` is written again (address, pin, authority keys), keeping the
+//! `[[bootstrap]]` entries already in it and adding those of [`LoginServerOptions::bootstrap`].
+//! Only those entries are read from the old file, leniently: a file that no longer parses
+//! (truncated, hand-edited into garbage) is logged and replaced, never a reason not to start.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -35,7 +39,7 @@ use rustls::ServerConnection;
 
 use super::files::{private_dir, read_key, write_private};
 use super::jobs::JobContext;
-use super::network::{hex, unhex, AuthorityEntry, LoginEntry, NetworkFile};
+use super::network::{hex, unhex, AuthorityEntry, BootstrapEntry, LoginEntry, NetworkFile};
 use super::tls::{server_config, TlsIdentity};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -69,6 +73,9 @@ pub struct LoginServerOptions {
     pub recommended_version: Version,
     /// Certificate lifetime.
     pub certificate_lifetime: Duration,
+    /// How long after expiry a certificate may still be renewed without the password
+    /// (default 30 days); later renewals are refused with `LoginError::RenewalExpired`.
+    pub renewal_grace: Duration,
     /// How far back certificates start, for clients whose clocks run behind.
     pub clock_skew_allowance: Duration,
     /// Argon2id cost.
@@ -79,6 +86,9 @@ pub struct LoginServerOptions {
     pub max_connections: usize,
     /// A connection idle this long (no complete request) is closed.
     pub idle_timeout: Duration,
+    /// Bootstrap super nodes to list in the network file, besides those already in it (entries
+    /// an operator added by hand are kept across restarts).
+    pub bootstrap: Vec<SocketAddr>,
 }
 
 impl LoginServerOptions {
@@ -94,11 +104,13 @@ impl LoginServerOptions {
             minimum_version: Version::new(0, 1, 0),
             recommended_version: Version::new(0, 1, 0),
             certificate_lifetime: Duration::from_secs(24 * 3600),
+            renewal_grace: Duration::from_secs(30 * 24 * 3600),
             clock_skew_allowance: Duration::from_secs(60),
             hash_params: HashParams::default(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(30),
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -172,6 +184,66 @@ fn extra_trusted(dir: &Path) -> Vec<[u8; 32]> {
         .unwrap_or_default()
 }
 
+/// Only the `[[bootstrap]]` entries of a network file; every other field is ignored, so an
+/// old file that no longer validates (missing table, bad key) still gives its entries.
+#[derive(Debug, Default, serde::Deserialize)]
+struct BootstrapOnly {
+    #[serde(default)]
+    bootstrap: Vec<toml::Value>,
+}
+
+/// The `[[bootstrap]]` addresses already listed in the network file at `path`, read leniently:
+/// a missing file gives none; a file that is not TOML (truncated, garbage) gives none with a
+/// warning, as do entries without a string `address`. The file is rewritten afterwards, so it
+/// must never stop the server from starting.
+fn existing_bootstrap(path: &Path) -> Result<Vec<BootstrapEntry>, StartError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_ctx(format!("reading {}", path.display()))(e)),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let parsed: BootstrapOnly = match toml::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "the network file is unreadable; its bootstrap super nodes are lost and it is \
+                 rewritten"
+            );
+            return Ok(Vec::new());
+        }
+    };
+    let mut entries = Vec::new();
+    for value in parsed.bootstrap {
+        match value.get("address").and_then(toml::Value::as_str) {
+            Some(address) => entries.push(BootstrapEntry {
+                address: address.to_string(),
+            }),
+            None => tracing::warn!(
+                file = %path.display(),
+                entry = %value,
+                "ignoring a [[bootstrap]] entry without an address"
+            ),
+        }
+    }
+    Ok(entries)
+}
+
+/// The bootstrap super nodes for the network file: those already listed in the file at `path`
+/// (added by the operator or by an earlier `--bootstrap`), then the new ones in `extra`.
+fn bootstrap_entries(path: &Path, extra: &[SocketAddr]) -> Result<Vec<BootstrapEntry>, StartError> {
+    let mut entries = existing_bootstrap(path)?;
+    for a in extra {
+        let address = a.to_string();
+        if !entries.iter().any(|e| e.address == address) {
+            entries.push(BootstrapEntry { address });
+        }
+    }
+    Ok(entries)
+}
+
 fn load_or_create_tls(opts: &LoginServerOptions) -> Result<(TlsIdentity, bool), StartError> {
     if let Some((chain, key)) = &opts.tls_pem {
         return Ok((TlsIdentity::from_pem_files(chain, key)?, false));
@@ -215,6 +287,7 @@ impl LoginServerHandle {
             trusted.add(k);
             keys.push(hex(&k));
         }
+        let network_path = opts.data_dir.join("network.toml");
         let network = NetworkFile {
             login: LoginEntry {
                 address: opts
@@ -226,9 +299,8 @@ impl LoginServerHandle {
                 ca_file: None,
             },
             authority: AuthorityEntry { keys },
-            bootstrap: Vec::new(),
+            bootstrap: bootstrap_entries(&network_path, &opts.bootstrap)?,
         };
-        let network_path = opts.data_dir.join("network.toml");
         network.save(&network_path)?;
 
         let now = Instant::now();
@@ -238,6 +310,7 @@ impl LoginServerHandle {
         cfg.minimum_version = opts.minimum_version;
         cfg.recommended_version = opts.recommended_version;
         cfg.certificate_lifetime = opts.certificate_lifetime;
+        cfg.renewal_grace = opts.renewal_grace;
         cfg.idle_timeout = opts.idle_timeout;
         cfg.clock_skew_allowance = opts.clock_skew_allowance;
         let machine = LoginServer::new(cfg);
