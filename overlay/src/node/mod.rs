@@ -42,6 +42,17 @@ use crate::supernode::{SuperNodeConfig, SuperNodeEvent, SuperNodeRole};
 mod index;
 use index::ClientSearchTry;
 
+/// What a presence record says, apart from its sequence number and time: a fresh record is
+/// published whenever this changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PresenceKey {
+    super_nodes: Vec<SocketAddr>,
+    online: bool,
+    reflexive: Option<SocketAddr>,
+    local_addresses: Vec<SocketAddr>,
+    nat: u8,
+}
+
 /// Whether a node may be a super node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolePolicy {
@@ -103,7 +114,8 @@ pub struct NodeConfig {
     /// loopback address raise it).
     pub ring_prefix_cap: usize,
     /// Publish a fresh presence record this often while online (default 30 minutes), and
-    /// whenever the super nodes this node is attached to change.
+    /// whenever what it says changes (the super nodes this node is attached to, its addresses,
+    /// its NAT type).
     pub presence_refresh: Duration,
     /// Give a search up after this long (default 3 s).
     pub search_timeout: Duration,
@@ -239,7 +251,7 @@ pub struct Node {
     /// Presence: the last sequence number used, the super nodes named in the last record,
     /// when to publish again, and whether the user is online.
     presence_seq: u64,
-    presence_published: Option<Vec<SocketAddr>>,
+    presence_published: Option<PresenceKey>,
     next_presence: Option<Instant>,
     online: bool,
 }
