@@ -404,7 +404,10 @@ fn a_node_saves_its_host_cache_when_stopped() {
     // Keep reading its output: a closed pipe would make its last words fail.
     let lines = output_lines(&mut carol);
     wait_in(&lines, &["attached to super node"]);
-    assert!(!cache.exists(), "not saved yet: the periodic save is every minute");
+    assert!(
+        !cache.exists(),
+        "not saved yet: the periodic save is every minute"
+    );
     let term = Command::new("kill")
         .args(["-TERM", &carol.id().to_string()])
         .status()
@@ -415,7 +418,10 @@ fn a_node_saves_its_host_cache_when_stopped() {
         if let Some(s) = carol.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the node did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the node did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "a clean stop: {status:?}");

@@ -222,10 +222,9 @@ fn a_new_address_or_nat_report_is_re_announced_within_two_seconds() {
     // A new local address (Wi-Fi to cable): found with it 2 s later.
     let new: Vec<SocketAddr> = vec!["10.0.7.2:5000".parse().unwrap()];
     let moved = new.clone();
-    w.sim
-        .with_machine(mover, move |n: &mut Node, now| {
-            n.set_local_addresses(now, moved)
-        });
+    w.sim.with_machine(mover, move |n: &mut Node, now| {
+        n.set_local_addresses(now, moved)
+    });
     w.sim.run_for(Duration::from_secs(2));
     let second = record(&mut w.sim);
     assert_eq!(second.local_addresses, new);

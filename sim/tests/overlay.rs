@@ -12,13 +12,12 @@ use std::time::Duration;
 use natter_core::attach::AttachEvent;
 use natter_core::hostcache::HostCache;
 use natter_core::nat::{Filtering, NatType};
-use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_core::sansio::StreamId;
+use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_overlay::supernode::SuperNodeEvent;
 use natter_sim::{
-    FilteringBehavior, HostId, LinkConfig, NatConfig, PortAllocation, Sim, SimConfig,
-    StreamStatus,
+    FilteringBehavior, HostId, LinkConfig, NatConfig, PortAllocation, Sim, SimConfig, StreamStatus,
 };
 
 const SUPER_NODES: u8 = 3;

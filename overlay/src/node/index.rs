@@ -227,9 +227,7 @@ impl Node {
     fn publish_presence(&mut self, now: Instant) {
         let key = self.presence_key();
         let due = self.next_presence.is_some_and(|t| t <= now);
-        if key.super_nodes.is_empty()
-            || (!due && self.presence_published.as_ref() == Some(&key))
-        {
+        if key.super_nodes.is_empty() || (!due && self.presence_published.as_ref() == Some(&key)) {
             return;
         }
         let record = self.own_record(now);
