@@ -52,7 +52,8 @@ pub struct NodeArgs {
     pub search: Vec<String>,
 }
 
-/// Run a node until killed; returns an exit code on a startup failure.
+/// Run a node until interrupted (Ctrl-C, SIGINT or SIGTERM: it saves its host cache and
+/// exits with 0); returns an exit code on a startup failure.
 pub fn run(args: NodeArgs) -> i32 {
     match run_inner(args) {
         Ok(()) => 0,
@@ -131,9 +132,28 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
     let _watch = NetWatch::spawn(args.listen, move |addrs| {
         handle.command(move |n, now| n.set_local_addresses(now, addrs));
     });
+    // From now on (not while asking for a password), stop cleanly on Ctrl-C / SIGINT / SIGTERM:
+    // the loop below sees the flag within a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst))
+            .map_err(|e| format!("installing the signal handler: {e}"))?;
+    }
+    let save = |cache: &natter_core::hostcache::HostCache| {
+        if let Err(e) = save_host_cache(&cache_path, cache) {
+            tracing::warn!(error = %e, "saving the host cache");
+        }
+    };
     let mut last_save = Instant::now();
     let mut renewing = true;
     loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            // A node that ran for less than a minute keeps what it learnt too.
+            save(&rt.command(|n, _| n.host_cache().clone()));
+            println!("stopping: host cache saved to {}", cache_path.display());
+            return Ok(());
+        }
         while let Ok(devices) = revocations.revoked().try_recv() {
             println!("{} device(s) revoked by the login authority", devices.len());
             rt.command(move |n, now| n.revoke(now, devices));
@@ -174,10 +194,7 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         let (cpu, bytes_per_sec) = rt.load();
         rt.command(move |n, now| n.report_load(now, Load { cpu, bytes_per_sec }));
         if last_save.elapsed() >= Duration::from_secs(60) {
-            let cache = rt.command(|n, _| n.host_cache().clone());
-            if let Err(e) = save_host_cache(&cache_path, &cache) {
-                tracing::warn!(error = %e, "saving the host cache");
-            }
+            save(&rt.command(|n, _| n.host_cache().clone()));
             last_save = Instant::now();
         }
     }

@@ -251,6 +251,11 @@ impl Drop for Children {
 
 /// Read `child`'s standard output until a line contains every one of `want` (or 30 s pass).
 fn wait_for_lines(child: &mut std::process::Child, want: &[&str]) -> Vec<String> {
+    wait_in(&output_lines(child), want)
+}
+
+/// `child`'s standard output, line by line (read for as long as the receiver lives).
+fn output_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -260,6 +265,11 @@ fn wait_for_lines(child: &mut std::process::Child, want: &[&str]) -> Vec<String>
             }
         }
     });
+    rx
+}
+
+/// Read lines from `rx` until a line contains every one of `want` (or 30 s pass).
+fn wait_in(rx: &std::sync::mpsc::Receiver<String>, want: &[&str]) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     while !want
@@ -343,5 +353,88 @@ fn nodes_join_and_search_the_index_from_the_command_line() {
     assert!(
         found.contains("online") && found.contains("hops"),
         "{found}"
+    );
+}
+
+/// A node stopped by SIGTERM (or Ctrl-C) after a few seconds, long before the periodic save,
+/// still leaves its host cache behind, with the super node it attached to.
+#[cfg(unix)]
+#[test]
+fn a_node_saves_its_host_cache_when_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Children(Vec::new());
+    let (server, network) = login_server(&dir.path().join("server"), &[]);
+    children.0.push(server);
+    let sn_port = free_port_block(std::process::id() as u16 ^ 0x5a5a);
+    let mut file = std::fs::read_to_string(&network).unwrap();
+    file.push_str(&format!(
+        "\n[[bootstrap]]\naddress = \"127.0.0.1:{sn_port}\"\n"
+    ));
+    std::fs::write(&network, file).unwrap();
+    let node = |user: &str, port: u16, extra: &[&str]| {
+        let data = dir.path().join(user);
+        let ok = natter()
+            .args(["register", "--user", user, "--network", &network, "--data"])
+            .arg(&data)
+            .env("NATTER_PASSWORD", "a passphrase for the cache")
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let child = natter()
+            .args(["node", "--user", user, "--network", &network, "--data"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("NATTER_PASSWORD", "a passphrase for the cache")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, data)
+    };
+    let (mut sn, _) = node("snode", sn_port, &["--supernode"]);
+    wait_for_lines(&mut sn, &["node listening"]);
+    children.0.push(sn);
+    let (mut carol, data) = node("carol", free_port_block(13), &["--no-supernode"]);
+    let cache = data.join("hostcache.bin");
+    // Keep reading its output: a closed pipe would make its last words fail.
+    let lines = output_lines(&mut carol);
+    wait_in(&lines, &["attached to super node"]);
+    assert!(
+        !cache.exists(),
+        "not saved yet: the periodic save is every minute"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &carol.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = carol.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean stop: {status:?}");
+    wait_in(&lines, &["stopping: host cache saved"]);
+    let saved = natter_core::hostcache::HostCache::decode(&std::fs::read(&cache).unwrap()).unwrap();
+    let sn_addr: std::net::SocketAddr = format!("127.0.0.1:{sn_port}").parse().unwrap();
+    let entry = saved
+        .entries()
+        .iter()
+        .find(|e| e.addr == sn_addr)
+        .expect("the super node is in the saved cache");
+    assert!(
+        entry.successes >= 1 && entry.static_key.is_some(),
+        "with its attach recorded: {entry:?}"
     );
 }

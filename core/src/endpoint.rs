@@ -290,6 +290,19 @@ struct Peer {
     /// The initiator's session index (to retire an IK session superseded by a retry).
     remote_index: SessionIndex,
     pings: VecDeque<(u32, Instant)>,
+    /// This session's keep-alive interval and idle timeout, when they differ from the
+    /// configuration's ([`Endpoint::set_session_timing`]).
+    timing: Option<(Duration, Duration)>,
+}
+
+impl Peer {
+    fn keepalive(&self, cfg: &EndpointConfig) -> Duration {
+        self.timing.map_or(cfg.keepalive_interval, |(k, _)| k)
+    }
+
+    fn idle_timeout(&self, cfg: &EndpointConfig) -> Duration {
+        self.timing.map_or(cfg.idle_timeout, |(_, i)| i)
+    }
 }
 
 /// The peer endpoint machine. See the [module documentation](self).
@@ -417,8 +430,8 @@ impl Endpoint {
                     .flatten();
             }
             [
-                Some(p.last_sent + self.cfg.keepalive_interval),
-                Some(p.last_received + self.cfg.idle_timeout),
+                Some(p.last_sent + p.keepalive(&self.cfg)),
+                Some(p.last_received + p.idle_timeout(&self.cfg)),
                 p.unconfirmed_final.as_ref().map(|(_, at, _)| *at),
             ]
             .into_iter()
@@ -515,6 +528,26 @@ impl Endpoint {
             return Err(SendError::TooLarge(buf.len()));
         }
         self.seal_to(now, SessionIndex(conn.0), Channel::Control, &buf)
+    }
+
+    /// Give one session its own keep-alive interval and idle timeout (for instance what the
+    /// super node at the other end of a link asked for), instead of the configuration's.
+    /// Returns false when there is no such session. Zero durations are raised to 1 ms.
+    pub fn set_session_timing(
+        &mut self,
+        conn: ConnId,
+        keepalive: Duration,
+        idle_timeout: Duration,
+    ) -> bool {
+        let floor = Duration::from_millis(1);
+        let (keepalive, idle_timeout) = (keepalive.max(floor), idle_timeout.max(floor));
+        let Some(peer) = self.peers.get_mut(&SessionIndex(conn.0)) else {
+            return false;
+        };
+        peer.timing = Some((keepalive, idle_timeout));
+        let at = (peer.last_sent + keepalive).min(peer.last_received + idle_timeout);
+        self.arm(at);
+        true
     }
 
     /// Where a connection's peer currently is (it moves when the peer roams).
@@ -994,6 +1027,7 @@ impl Endpoint {
                 accepted_final: None,
                 remote_index,
                 pings: VecDeque::new(),
+                timing: None,
             },
         );
     }
@@ -1019,6 +1053,7 @@ impl Endpoint {
                 accepted_final: None,
                 remote_index,
                 pings: VecDeque::new(),
+                timing: None,
             },
         );
     }
@@ -1176,7 +1211,7 @@ impl Machine for Endpoint {
             if peer.tentative.is_some() {
                 continue;
             }
-            if now.saturating_duration_since(peer.last_received) >= self.cfg.idle_timeout {
+            if now.saturating_duration_since(peer.last_received) >= peer.idle_timeout(&self.cfg) {
                 dead.push(*index);
                 continue;
             }
@@ -1191,7 +1226,7 @@ impl Machine for Endpoint {
                     }
                 }
             }
-            if now.saturating_duration_since(peer.last_sent) >= self.cfg.keepalive_interval {
+            if now.saturating_duration_since(peer.last_sent) >= peer.keepalive(&self.cfg) {
                 keepalive.push(*index);
             }
         }

@@ -195,3 +195,38 @@ fn users_behind_every_nat_find_each_other_through_their_super_nodes() {
     let a = run(21);
     assert_eq!(a, run(21), "deterministic");
 }
+
+#[test]
+fn a_new_address_or_nat_report_is_re_announced_within_two_seconds() {
+    let mut w = world(22);
+    w.sim.run_for(Duration::from_secs(10));
+    let (seeker, mover) = (w.users[1], w.users[2]);
+    let record = |sim: &mut Sim<NodeEvent>| {
+        let o = search(sim, seeker, "user2");
+        match o.result {
+            SearchResult::Found(r) => r[0].clone(),
+            other => panic!("user2 not found: {other:?}"),
+        }
+    };
+    // The record published when it attached did not know the NAT type yet; the one found now
+    // does (a fresh record followed the NAT report).
+    let nat = w
+        .sim
+        .machine::<Node>(mover)
+        .nat()
+        .map(|r| r.nat)
+        .expect("NAT detected");
+    assert_ne!(nat, natter_core::nat::NatType::UdpBlocked);
+    let first = record(&mut w.sim);
+    assert_ne!(first.nat, 0, "the record carries the detected NAT type");
+    // A new local address (Wi-Fi to cable): found with it 2 s later.
+    let new: Vec<SocketAddr> = vec!["10.0.7.2:5000".parse().unwrap()];
+    let moved = new.clone();
+    w.sim.with_machine(mover, move |n: &mut Node, now| {
+        n.set_local_addresses(now, moved)
+    });
+    w.sim.run_for(Duration::from_secs(2));
+    let second = record(&mut w.sim);
+    assert_eq!(second.local_addresses, new);
+    assert!(second.sequence > first.sequence);
+}

@@ -12,9 +12,13 @@ use std::time::Duration;
 use natter_core::attach::AttachEvent;
 use natter_core::hostcache::HostCache;
 use natter_core::nat::{Filtering, NatType};
+use natter_core::sansio::StreamId;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};
-use natter_sim::{HostId, LinkConfig, NatConfig, Sim, SimConfig};
+use natter_overlay::supernode::SuperNodeEvent;
+use natter_sim::{
+    FilteringBehavior, HostId, LinkConfig, NatConfig, PortAllocation, Sim, SimConfig, StreamStatus,
+};
 
 const SUPER_NODES: u8 = 3;
 
@@ -39,6 +43,11 @@ fn world(seed: u64) -> World {
 
 /// `alternates`: each super node has a second IP; without, they pair up for RFC 5780.
 fn world_with(seed: u64, alternates: bool) -> World {
+    world_tweaked(seed, alternates, |_| {})
+}
+
+/// [`world_with`], with `tweak` applied to every super node's configuration.
+fn world_tweaked(seed: u64, alternates: bool, tweak: impl Fn(&mut NodeConfig)) -> World {
     let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
         seed,
         internet: LinkConfig::with_latency(Duration::from_millis(20))
@@ -52,7 +61,7 @@ fn world_with(seed: u64, alternates: bool) -> World {
     }
     let mut sns = Vec::new();
     for i in 0..SUPER_NODES {
-        sns.push(common::add_super_node(
+        sns.push(common::add_super_node_with(
             &mut sim,
             &format!("sn{i}"),
             net.identity(&format!("sn{i}")),
@@ -60,6 +69,7 @@ fn world_with(seed: u64, alternates: bool) -> World {
             sn_addr(i),
             alternates.then(|| sn_alt(i)),
             &bootstrap,
+            &tweak,
         ));
     }
     World {
@@ -514,4 +524,184 @@ fn a_network_change_re_detects_and_re_attaches() {
         .filter(|e| matches!(e, NodeEvent::Nat(_)))
         .count();
     assert!(nat_after > before, "NAT re-detected");
+}
+
+/// The super-node end of every stream `client` opened to `sn_addr`.
+fn sn_ends(w: &World, client: HostId, sn_addr: SocketAddr) -> Vec<StreamId> {
+    w.sim
+        .streams_of(client)
+        .into_iter()
+        .filter_map(|s| w.sim.stream_info(s))
+        .filter(|i| i.remote == sn_addr && i.status == StreamStatus::Open)
+        .filter_map(|i| i.peer)
+        .collect()
+}
+
+fn stream_open(w: &World, s: StreamId) -> bool {
+    w.sim
+        .stream_info(s)
+        .is_some_and(|i| i.status == StreamStatus::Open)
+}
+
+#[test]
+fn a_silent_client_is_dropped_and_its_stream_closed() {
+    let mut w = world(7);
+    let c = add_node(
+        &mut w,
+        "silent",
+        Some(NatConfig::port_restricted_cone()),
+        1,
+        RolePolicy::Forbid,
+    );
+    w.sim.run_for(Duration::from_secs(5));
+    let user = w.net.identity("silent").certificate.user.clone();
+    let attached = w.sim.machine::<Node>(c).attached();
+    assert_eq!(attached.len(), 2);
+    let holds = |w: &World, sn: HostId| {
+        w.sim
+            .machine::<Node>(sn)
+            .super_node()
+            .unwrap()
+            .clients()
+            .any(|(_, cl)| cl.user == user)
+    };
+    let mut watched = Vec::new();
+    for addr in &attached {
+        let sn = *w
+            .sns
+            .iter()
+            .find(|h| w.sim.host_addrs(**h)[0] == *addr)
+            .unwrap();
+        assert!(holds(&w, sn));
+        let ends = sn_ends(&w, c, *addr);
+        assert_eq!(ends.len(), 1, "one link to {addr}");
+        assert!(stream_open(&w, ends[0]));
+        watched.push((sn, ends[0]));
+    }
+    // The client goes silent: no FIN, no reset, nothing more from it.
+    w.sim.power_off(c);
+    // Still held a while later (it may only be slow)...
+    w.sim.run_for(Duration::from_secs(30));
+    for (sn, end) in &watched {
+        assert!(holds(&w, *sn) && stream_open(&w, *end));
+    }
+    // ...and gone, stream closed, within the idle timeout (60 s) and a margin.
+    w.sim.run_for(Duration::from_secs(31));
+    for (sn, end) in &watched {
+        assert!(!holds(&w, *sn), "the silent client is dropped");
+        assert!(!stream_open(&w, *end), "and its stream closed");
+        assert!(events(&w, *sn).iter().any(|e| matches!(
+            e,
+            NodeEvent::SuperNode(SuperNodeEvent::ClientDetached { user: u, .. }) if *u == user
+        )));
+    }
+}
+
+#[test]
+fn a_silently_dead_super_node_is_detected_by_keepalives_and_replaced() {
+    // The super nodes ask for a keep-alive every 2 s; the client's own setting is the 20 s
+    // default, so detecting within 3 x 2 s shows it honours theirs.
+    let mut w = world_tweaked(8, true, |cfg| {
+        cfg.keepalive = Duration::from_secs(2);
+        cfg.idle_timeout = Duration::from_secs(6);
+    });
+    let c = add_node(
+        &mut w,
+        "client",
+        Some(NatConfig::port_restricted_cone()),
+        1,
+        RolePolicy::Forbid,
+    );
+    w.sim.run_for(Duration::from_secs(5));
+    let before = w.sim.machine::<Node>(c).attached();
+    assert_eq!(before.len(), 2);
+    // Idle for a while: the client keeps up with the super nodes' 6 s idle timeout.
+    w.sim.run_for(Duration::from_secs(20));
+    assert_eq!(w.sim.machine::<Node>(c).attached(), before);
+    assert!(!events(&w, c)
+        .iter()
+        .any(|e| matches!(e, NodeEvent::Attach(AttachEvent::Detached { .. }))));
+    // One of its super nodes loses power: its TCP connections are never reset.
+    let dead = before[0];
+    let victim = *w
+        .sns
+        .iter()
+        .find(|h| w.sim.host_addrs(**h)[0] == dead)
+        .unwrap();
+    w.sim.power_off(victim);
+    let t0 = w.sim.elapsed();
+    let detected = w.sim.run_until_cond(Duration::from_secs(10), |sim| {
+        !sim.machine::<Node>(c).attached().contains(&dead)
+    });
+    assert!(detected, "{:?}", events(&w, c));
+    let took = w.sim.elapsed() - t0;
+    assert!(
+        took <= Duration::from_millis(6_200),
+        "detected within three missed keep-alives: {took:?}"
+    );
+    // Attached to the two live super nodes again.
+    w.sim.run_for(Duration::from_secs(5));
+    let after = w.sim.machine::<Node>(c).attached();
+    assert_eq!(after.len(), 2, "{:?}", events(&w, c));
+    assert!(!after.contains(&dead));
+}
+
+#[test]
+fn a_public_node_behind_a_filtering_firewall_does_not_promote() {
+    let mut w = world(9);
+    // A stateful firewall in front of a public address: a NAT that keeps the port, with the
+    // node's own address being the external one (so its mapped address is its own).
+    let cases = [
+        (
+            "fw-restricted",
+            FilteringBehavior::AddressDependent,
+            Filtering::AddressDependent,
+        ),
+        (
+            "fw-portrestricted",
+            FilteringBehavior::AddressAndPortDependent,
+            Filtering::AddressAndPortDependent,
+        ),
+    ];
+    let mut hosts = Vec::new();
+    for (i, (name, filtering, _)) in cases.iter().enumerate() {
+        let external = SocketAddr::from(([198, 18, 70, i as u8 + 1], 5000));
+        let nat = w.sim.add_nat(
+            &format!("fw-{name}"),
+            external.ip(),
+            NatConfig {
+                filtering: *filtering,
+                port_allocation: PortAllocation::Preserve,
+                ..NatConfig::full_cone()
+            },
+        );
+        let inside = SocketAddr::from(([10, 0, 0, 2], 5000));
+        let start = w.sim.now();
+        let mut cfg = NodeConfig::new(
+            w.net.identity(name),
+            [150 + i as u8; 32],
+            TEST_WALL,
+            start,
+            inside,
+        );
+        cfg.local_addresses = vec![external];
+        cfg.host_cache = w.bootstrap.clone();
+        cfg.promotion_uptime = Duration::from_secs(3);
+        cfg.nat_recheck = Duration::from_secs(10);
+        let node = Node::new(cfg, start);
+        hosts.push(w.sim.add_host_behind(nat, name, inside, node));
+    }
+    // Well past the promotion uptime and a NAT re-check.
+    w.sim.run_for(Duration::from_secs(15));
+    for ((name, _, filtering), h) in cases.iter().zip(&hosts) {
+        assert_eq!(
+            nat_of(&w, *h),
+            Some(NatType::PublicFiltered(*filtering)),
+            "{name}: {:?}",
+            events(&w, *h)
+        );
+        assert!(!events(&w, *h).contains(&NodeEvent::Promoted), "{name}");
+        assert!(!w.sim.machine::<Node>(*h).is_super_node(), "{name}");
+        assert_eq!(w.sim.machine::<Node>(*h).attached().len(), 2, "{name}");
+    }
 }

@@ -9,7 +9,7 @@ use natter_core::presence::PresenceRecord;
 use natter_core::sansio::Destination;
 use natter_core::wire::message::{HostEntry, Message};
 
-use super::{nat_code, Node, NodeEvent};
+use super::{nat_code, Node, NodeEvent, PresenceKey};
 use crate::dht::{DhtOutput, Origin, SearchOutcome, SearchResult};
 
 /// How often a super node re-reads its membership into the index ring.
@@ -207,15 +207,27 @@ impl Node {
         )
     }
 
-    /// Publish our record when the super nodes we are attached to changed, or when it is due.
+    /// What our record would say now, apart from its sequence number and time.
+    fn presence_key(&self) -> PresenceKey {
+        PresenceKey {
+            super_nodes: if self.dht.is_some() {
+                vec![self.cfg.listen]
+            } else {
+                self.attached()
+            },
+            online: self.online,
+            reflexive: self.reflexive,
+            local_addresses: self.cfg.local_addresses.clone(),
+            nat: nat_code(self.nat_report.as_ref().map(|r| r.nat)),
+        }
+    }
+
+    /// Publish our record when anything it says changed (the super nodes we are attached to,
+    /// our addresses, our NAT type), or when it is due.
     fn publish_presence(&mut self, now: Instant) {
-        let names = if self.dht.is_some() {
-            vec![self.cfg.listen]
-        } else {
-            self.attached()
-        };
+        let key = self.presence_key();
         let due = self.next_presence.is_some_and(|t| t <= now);
-        if names.is_empty() || (!due && self.presence_published.as_ref() == Some(&names)) {
+        if key.super_nodes.is_empty() || (!due && self.presence_published.as_ref() == Some(&key)) {
             return;
         }
         let record = self.own_record(now);
@@ -232,7 +244,7 @@ impl Node {
             false
         };
         if published {
-            self.presence_published = Some(names);
+            self.presence_published = Some(key);
             self.next_presence = Some(now + self.cfg.presence_refresh);
         }
     }

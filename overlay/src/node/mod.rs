@@ -42,6 +42,17 @@ use crate::supernode::{SuperNodeConfig, SuperNodeEvent, SuperNodeRole};
 mod index;
 use index::ClientSearchTry;
 
+/// What a presence record says, apart from its sequence number and time: a fresh record is
+/// published whenever this changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PresenceKey {
+    super_nodes: Vec<SocketAddr>,
+    online: bool,
+    reflexive: Option<SocketAddr>,
+    local_addresses: Vec<SocketAddr>,
+    nat: u8,
+}
+
 /// Whether a node may be a super node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolePolicy {
@@ -80,6 +91,15 @@ pub struct NodeConfig {
     pub promotion_uptime: Duration,
     /// NAT re-check interval (default 5 minutes).
     pub nat_recheck: Duration,
+    /// Send a keep-alive on a session (TCP links included) after this long without sending
+    /// (default 20 s). On a link to a super node the node uses the shorter of this and the
+    /// interval the super node asks for in its attach answer; as a super node, this is the
+    /// interval it asks its clients for.
+    pub keepalive: Duration,
+    /// A session with nothing received for this long is dead (default 60 s: three missed
+    /// keep-alives). On a link to a super node: three of the super node's intervals, at most
+    /// this.
+    pub idle_timeout: Duration,
     /// Keep the UDP NAT binding towards the super nodes alive this often with a STUN Binding
     /// (default 20 s, as the original network did); the answer also tells whether the mapped
     /// address changed.
@@ -103,7 +123,8 @@ pub struct NodeConfig {
     /// loopback address raise it).
     pub ring_prefix_cap: usize,
     /// Publish a fresh presence record this often while online (default 30 minutes), and
-    /// whenever the super nodes this node is attached to change.
+    /// whenever what it says changes (the super nodes this node is attached to, its addresses,
+    /// its NAT type).
     pub presence_refresh: Duration,
     /// Give a search up after this long (default 3 s).
     pub search_timeout: Duration,
@@ -141,6 +162,8 @@ impl NodeConfig {
             attach: AttachConfig::new(rng.bytes32()),
             promotion_uptime: Duration::from_secs(120),
             nat_recheck: Duration::from_secs(300),
+            keepalive: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
             udp_keepalive: Duration::from_secs(20),
             max_clients: 2000,
             max_promotion_load: 0.5,
@@ -214,6 +237,9 @@ pub struct Node {
     /// Streams opened for links, and their sessions.
     stream_conn: HashMap<StreamId, ConnId>,
     conn_stream: HashMap<ConnId, StreamId>,
+    /// Sessions that others opened over streams they connected to us (a super node's
+    /// clients), and those streams: a stream is closed when its last session ends.
+    incoming: HashMap<ConnId, StreamId>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<StreamCommand>,
     events: VecDeque<NodeEvent>,
@@ -239,7 +265,7 @@ pub struct Node {
     /// Presence: the last sequence number used, the super nodes named in the last record,
     /// when to publish again, and whether the user is online.
     presence_seq: u64,
-    presence_published: Option<Vec<SocketAddr>>,
+    presence_published: Option<PresenceKey>,
     next_presence: Option<Instant>,
     online: bool,
 }
@@ -278,6 +304,8 @@ impl Node {
             cfg.wall_anchor,
             cfg.clock_anchor,
         );
+        ep_cfg.keepalive_interval = cfg.keepalive;
+        ep_cfg.idle_timeout = cfg.idle_timeout;
         ep_cfg.max_sessions = cfg.max_clients + 64;
         // A super node holds one TCP stream per client.
         ep_cfg.max_streams = cfg.max_clients + 64;
@@ -303,6 +331,7 @@ impl Node {
             started: now,
             stream_conn: HashMap::new(),
             conn_stream: HashMap::new(),
+            incoming: HashMap::new(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             events: VecDeque::new(),
@@ -524,6 +553,7 @@ impl Node {
         self.last_incarnation = incarnation;
         let mut sn_cfg = SuperNodeConfig::new(self.me(), self.rng.bytes32(), incarnation);
         sn_cfg.max_clients = self.cfg.max_clients;
+        sn_cfg.keepalive = self.cfg.keepalive;
         let mut role = SuperNodeRole::new(sn_cfg, &known, now);
         // Links this node already has to super nodes become membership links.
         for (stream, addr) in self.attacher.attached() {
@@ -548,6 +578,15 @@ impl Node {
         // Our own record now names us.
         self.presence_published = None;
         self.events.push_back(NodeEvent::Promoted);
+    }
+
+    /// Close an incoming stream that no session uses any more.
+    fn close_if_unused(&mut self, stream: Option<StreamId>) {
+        if let Some(stream) = stream {
+            if !self.incoming.values().any(|s| *s == stream) {
+                self.commands.push_back(StreamCommand::Close { stream });
+            }
+        }
     }
 
     fn close_link(&mut self, now: Instant, stream: StreamId) {
@@ -719,6 +758,35 @@ impl Node {
     }
 
     fn on_endpoint_event(&mut self, now: Instant, e: EndpointEvent) {
+        match &e {
+            EndpointEvent::Connected {
+                conn,
+                remote: Destination::Stream(stream),
+                initiator: false,
+                ..
+            } => {
+                self.incoming.insert(*conn, *stream);
+            }
+            EndpointEvent::PathChanged { conn, remote } if self.incoming.contains_key(conn) => {
+                match remote {
+                    Destination::Stream(stream) => {
+                        let old = self.incoming.insert(*conn, *stream);
+                        self.close_if_unused(old);
+                    }
+                    _ => {
+                        let old = self.incoming.remove(conn);
+                        self.close_if_unused(old);
+                    }
+                }
+            }
+            EndpointEvent::Closed { conn, .. } | EndpointEvent::ConnectFailed { conn, .. } => {
+                // A client that left, went silent (idle timeout) or was refused: its stream
+                // goes too, or silent clients would hold sockets and stream slots forever.
+                let old = self.incoming.remove(conn);
+                self.close_if_unused(old);
+            }
+            _ => {}
+        }
         {
             match e {
                 EndpointEvent::Connected { conn, ref peer, .. }
@@ -780,8 +848,17 @@ impl Node {
                     accepted,
                     reflexive,
                     super_nodes,
-                    ..
+                    keepalive_secs,
                 } => {
+                    if *accepted && *keepalive_secs > 0 {
+                        // The super node sends its keep-alives this often: three of them
+                        // missed means the link is dead (at most our own idle timeout); ours
+                        // go out at least as often as it asks.
+                        let theirs = Duration::from_secs(u64::from(*keepalive_secs));
+                        let keepalive = self.cfg.keepalive.min(theirs);
+                        let idle = (theirs * 3).min(self.cfg.idle_timeout);
+                        self.endpoint.set_session_timing(conn, keepalive, idle);
+                    }
                     self.attacher.attach_answered(
                         now,
                         wall,
@@ -1016,6 +1093,18 @@ impl Machine for Node {
                     if let Some(role) = self.supernode.as_mut() {
                         role.session_closed(conn);
                     }
+                }
+                // Sessions others ran over this stream end with it (a client that went away
+                // is detached now, not after the idle timeout).
+                let orphans: Vec<ConnId> = self
+                    .incoming
+                    .iter()
+                    .filter(|(_, s)| **s == stream)
+                    .map(|(c, _)| *c)
+                    .collect();
+                for conn in orphans {
+                    self.incoming.remove(&conn);
+                    self.endpoint.close(now, conn);
                 }
                 self.attacher.stream_closed(now, stream);
             }

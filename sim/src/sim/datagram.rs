@@ -272,6 +272,8 @@ impl<E: 'static> Sim<E> {
                     },
                 );
             }
+            // A powered-off host sends no reset: the attempt times out.
+            Body::Syn { .. } if h.silent => self.drop_packet(&packet, DropReason::NoRoute),
             Body::Syn { stream, route, .. } => {
                 self.stream_syn_arrived(host, stream, packet.src, packet.dst, route, bound)
             }

@@ -134,6 +134,8 @@ struct Host<E> {
     udp_blocked: bool,
     /// Crashed: its machine gets no more input, its sockets are gone.
     crashed: bool,
+    /// Powered off ([`Sim::power_off`]): crashed, and nothing answers for it either.
+    silent: bool,
     next_ephemeral: u16,
 }
 
@@ -500,6 +502,18 @@ impl<E: 'static> Sim<E> {
             self.close_stream(host, s);
         }
         self.hosts[host.0].crashed = true;
+    }
+
+    /// Stop `host` as a power cut or a pulled cable would: unlike [`crash`](Self::crash), no
+    /// stream is closed (its peers hear nothing, no FIN, no reset), and nothing answers for it
+    /// either: datagrams and data sent to it vanish, connection attempts to it time out after
+    /// [`StreamConfig::connect_timeout`](crate::StreamConfig::connect_timeout). Its machine
+    /// gets no more input and its timers stop. Peers can only notice through their own
+    /// timeouts (keep-alives).
+    pub fn power_off(&mut self, host: HostId) {
+        let h = &mut self.hosts[host.0];
+        h.crashed = true;
+        h.silent = true;
     }
 
     /// The simulator's id of a stream a machine names `id`.

@@ -64,6 +64,7 @@ impl<E: 'static> Sim<E> {
             timer_gen: 0,
             udp_blocked: false,
             crashed: false,
+            silent: false,
             next_ephemeral: EPHEMERAL_START,
         });
         // Pick up a timer the machine may already want.

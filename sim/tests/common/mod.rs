@@ -146,12 +146,37 @@ pub fn add_super_node(
     stun_alternate: Option<SocketAddr>,
     bootstrap: &natter_core::hostcache::HostCache,
 ) -> HostId {
+    add_super_node_with(
+        sim,
+        name,
+        identity,
+        seed,
+        addr,
+        stun_alternate,
+        bootstrap,
+        |_| {},
+    )
+}
+
+/// [`add_super_node`], with `tweak` applied to the node's configuration.
+#[allow(clippy::too_many_arguments)]
+pub fn add_super_node_with(
+    sim: &mut Sim<natter_overlay::node::NodeEvent>,
+    name: &str,
+    identity: natter_core::handshake::LocalIdentity,
+    seed: [u8; 32],
+    addr: SocketAddr,
+    stun_alternate: Option<SocketAddr>,
+    bootstrap: &natter_core::hostcache::HostCache,
+    tweak: impl FnOnce(&mut natter_overlay::node::NodeConfig),
+) -> HostId {
     use natter_overlay::node::{Node, NodeConfig, RolePolicy};
     let start = sim.now();
     let mut cfg = NodeConfig::new(identity, seed, natter_core::testkit::TEST_WALL, start, addr);
     cfg.role = RolePolicy::Force;
     cfg.stun_alternate = stun_alternate;
     cfg.host_cache = bootstrap.clone();
+    tweak(&mut cfg);
     let node = Node::new(cfg, start);
     let addrs = node.bind_addresses();
     let h = sim.add_host(name, addrs[0], node);
