@@ -30,7 +30,7 @@ use natter_core::rng::Rng;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_core::wire::message::{HostEntry, Message};
 use natter_overlay::dht::{Dht, DhtConfig, Ring};
-use natter_sim::index::{one_way, IndexReport, IndexSim, IndexSimConfig};
+use natter_sim::index::{one_way, IndexReport, IndexSim, IndexSimConfig, PhaseReport};
 use serde_json::json;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -273,6 +273,24 @@ fn measure_memory(ring: usize, records: usize) -> f64 {
     grown / SNS as f64
 }
 
+/// One row of the table.
+fn print_phase(n: usize, users: usize, name: &str, p: &PhaseReport) {
+    println!(
+        "{:>6} {:>7} {:<30} {:>8} {:>8.3}% {:>6} {:>6} {:>8.0} {:>8.0} {:>2}/{:<2}",
+        n,
+        users,
+        name,
+        p.lookups,
+        100.0 * p.success(),
+        p.stale,
+        p.false_not_found,
+        p.latency_ms[0],
+        p.latency_ms[1],
+        p.hops[0],
+        p.hops[1]
+    );
+}
+
 fn main() {
     let scales: Vec<usize> = std::env::var("NATTER_INDEX_SCALES")
         .unwrap_or_else(|_| "1000,10000".into())
@@ -304,20 +322,7 @@ fn main() {
         let (r, secs) = run(n, users, lookups_here.max(1000), false);
         let mut phases = Vec::new();
         for (name, p) in &r.phases {
-            println!(
-                "{:>6} {:>7} {:<30} {:>8} {:>8.3}% {:>6} {:>6} {:>8.0} {:>8.0} {:>2}/{:<2}",
-                n,
-                users,
-                name,
-                p.lookups,
-                100.0 * p.success(),
-                p.stale,
-                p.false_not_found,
-                p.latency_ms[0],
-                p.latency_ms[1],
-                p.hops[0],
-                p.hops[1]
-            );
+            print_phase(n, users, name, p);
             phases.push(json!({
                 "phase": name,
                 "lookups": p.lookups,
@@ -390,20 +395,7 @@ fn main() {
         let (r, secs) = run(n, users, 2_000, true);
         let m = r.membership.clone().expect("real membership");
         for (name, p) in &r.phases {
-            println!(
-                "{:>6} {:>7} {:<30} {:>8} {:>8.3}% {:>6} {:>6} {:>8.0} {:>8.0} {:>2}/{:<2}",
-                n,
-                users,
-                name,
-                p.lookups,
-                100.0 * p.success(),
-                p.stale,
-                p.false_not_found,
-                p.latency_ms[0],
-                p.latency_ms[1],
-                p.hops[0],
-                p.hops[1]
-            );
+            print_phase(n, users, name, p);
         }
         println!(
             "{:>6} departures reached every view: {} (p50 {:.1} s, p99 {:.1} s, max {:.1} s), {} overdue; \

@@ -468,18 +468,22 @@ impl Membership {
         self.out.push_back((to, message));
     }
 
-    /// A membership message from the super node `from` (its address and the static key its
-    /// session authenticated). False when the message is not a membership message.
-    pub fn handle_message(&mut self, now: Instant, from: HostEntry, msg: &Message<'_>) -> bool {
-        let ours = matches!(
+    /// True for the messages this machine handles.
+    pub fn is_membership_message(msg: &Message<'_>) -> bool {
+        matches!(
             msg,
             Message::MemberProbe { .. }
                 | Message::MemberProbeAck { .. }
                 | Message::MemberUpdate { .. }
                 | Message::MemberDigest { .. }
                 | Message::MemberPull { .. }
-        );
-        if !ours {
+        )
+    }
+
+    /// A membership message from the super node `from` (its address and the static key its
+    /// session authenticated). False when the message is not a membership message.
+    pub fn handle_message(&mut self, now: Instant, from: HostEntry, msg: &Message<'_>) -> bool {
+        if !Self::is_membership_message(msg) {
             return false;
         }
         if self.sync_wait.is_some_and(|(a, _, _)| a == from.addr) {

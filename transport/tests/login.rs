@@ -39,6 +39,34 @@ fn start(dir: &Path) -> LoginServerHandle {
     LoginServerHandle::start(options(dir)).unwrap()
 }
 
+/// A running login server, one user registered on it, and that user's device.
+struct Registered {
+    dir: tempfile::TempDir,
+    server: LoginServerHandle,
+    net: NetworkFile,
+    _device_dir: tempfile::TempDir,
+    dev: DeviceStore,
+}
+
+fn registered(user: &str) -> Registered {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let net = server.network().clone();
+    let device_dir = tempfile::tempdir().unwrap();
+    let dev = DeviceStore::open(device_dir.path()).unwrap();
+    assert_eq!(
+        register(&net, &dev, user, PASSWORD),
+        LoginClientEvent::Registered
+    );
+    Registered {
+        dir,
+        server,
+        net,
+        _device_dir: device_dir,
+        dev,
+    }
+}
+
 fn ops(net: &NetworkFile, device: &DeviceStore, ops: Vec<Operation>) -> Vec<LoginClientEvent> {
     let (id, _) = device.identity().unwrap();
     run_operations(net, &id, V, false, ops, T).unwrap()
@@ -655,15 +683,14 @@ fn certificates_are_renewed_before_they_expire() {
 
 #[test]
 fn super_nodes_fetch_the_signed_revocation_list() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let net = server.network().clone();
-    let tmp = tempfile::tempdir().unwrap();
-    let dev = DeviceStore::open(tmp.path().join("kim")).unwrap();
-    assert_eq!(
-        register(&net, &dev, "kim", PASSWORD),
-        LoginClientEvent::Registered
-    );
+    // Everything bound: the server and the directories must live to the end of the test.
+    let Registered {
+        dir: _dir,
+        server: _server,
+        net,
+        dev,
+        _device_dir: tmp,
+    } = registered("kim");
     let li = login(&net, &dev, "kim", Some(PASSWORD), V, T).unwrap();
     let sn = DeviceStore::open(tmp.path().join("sn")).unwrap();
     let (sn_id, _) = sn.identity().unwrap();
@@ -994,15 +1021,14 @@ fn the_renewer_keeps_retrying_a_certificate_not_accepted_and_stops_when_it_expir
     use natter_core::login::server::LoginServerEvent;
     use std::sync::mpsc::RecvTimeoutError;
 
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let net = server.network().clone();
-    let tmp = tempfile::tempdir().unwrap();
-    let dev = DeviceStore::open(tmp.path()).unwrap();
-    assert_eq!(
-        register(&net, &dev, "oscar", PASSWORD),
-        LoginClientEvent::Registered
-    );
+    // The device directory must outlive the test body: bind it.
+    let Registered {
+        dir,
+        server,
+        net,
+        dev,
+        _device_dir: _keep,
+    } = registered("oscar");
     login(&net, &dev, "oscar", Some(PASSWORD), V, T).unwrap();
     let now = wall_clock().0;
     let refusal = |server: &LoginServerHandle| loop {
@@ -1059,15 +1085,14 @@ fn logging_in_with_the_password_skips_the_refused_certificate() {
     use natter_core::login::server::LoginServerEvent;
     use natter_transport::login::client::login_with_password;
 
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let net = server.network().clone();
-    let tmp = tempfile::tempdir().unwrap();
-    let dev = DeviceStore::open(tmp.path()).unwrap();
-    assert_eq!(
-        register(&net, &dev, "pia", PASSWORD),
-        LoginClientEvent::Registered
-    );
+    // The device directory must outlive the test body: bind it.
+    let Registered {
+        dir,
+        server,
+        net,
+        dev,
+        _device_dir: _keep,
+    } = registered("pia");
     let now = wall_clock().0;
     let stale = certificate_at(dir.path(), &dev, "pia", now - 32 * DAY, now - 31 * DAY);
     dev.save_certificate(&stale).unwrap();

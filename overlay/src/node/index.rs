@@ -333,14 +333,7 @@ impl Node {
         conn: ConnId,
         msg: &Message<'_>,
     ) -> bool {
-        if !matches!(
-            msg,
-            Message::MemberProbe { .. }
-                | Message::MemberProbeAck { .. }
-                | Message::MemberUpdate { .. }
-                | Message::MemberDigest { .. }
-                | Message::MemberPull { .. }
-        ) {
+        if !crate::membership::Membership::is_membership_message(msg) {
             return false;
         }
         // Super nodes talk membership over UDP sessions, from their listening address.
