@@ -60,13 +60,8 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
         ));
         cfg.host_cache = bootstrap.clone();
         let probe = Node::new(cfg.clone(), Instant::now());
-        let udp = probe.bind_addresses();
+        let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
         drop(probe);
-        let tcp = vec![
-            (*addr, false),
-            (SocketAddr::new(addr.ip(), addr.port() + 1), false),
-            (SocketAddr::new(addr.ip(), addr.port() + 2), true),
-        ];
         let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
             cfg.clock_anchor = now;
             Node::new(cfg, now)
@@ -232,5 +227,122 @@ fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
     }
     assert!(udp_blocked, "the probes went unanswered");
     assert_eq!(via_tls, 2, "two links over the TLS port");
+    server.shutdown();
+}
+
+/// A firewall that passes only the plain fallback port: UDP and the super nodes' main TCP
+/// port are unreachable and nothing listens on their TLS port. The fallback ports are set
+/// network-wide as absolute ports (as `[overlay] fallback_ports = [80, 443]` does), the same
+/// on both super nodes, which sit on two loopback IPs. Nodes attach over the plain port.
+#[test]
+fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
+    use natter_core::attach::{AttachEvent, FallbackPorts, LinkTransport};
+    use natter_overlay::node::NodeEvent;
+    let ips = ["127.0.0.1", "127.0.0.3"];
+    let free = |p: u16| {
+        ips.iter()
+            .all(|ip| TcpListener::bind((*ip, p)).is_ok() && UdpSocket::bind((*ip, p)).is_ok())
+    };
+    let base = 20_000 + (std::process::id() as u16).wrapping_mul(61) % 30_000;
+    let mut candidates = (0..3000u16).map(|i| 20_000 + (base + i * 3) % 30_000);
+    // The fallback pair, and a main port per super node with nothing on TCP.
+    let plain = candidates.find(|p| free(*p) && free(p + 1)).unwrap();
+    let ports = FallbackPorts::Absolute {
+        plain,
+        tls: plain + 1,
+    };
+    let main = candidates.find(|p| *p > plain + 1 && free(*p)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = login_server(dir.path());
+    let net = server.network().clone();
+    let mut bootstrap = HostCache::new();
+    let mut sns = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let addr: SocketAddr = format!("{ip}:{main}").parse().unwrap();
+        bootstrap.insert(addr, None, wall_clock());
+        let id = enrol(&net, dir.path(), &format!("plain-sn{i}"));
+        let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), addr);
+        cfg.role = RolePolicy::Force;
+        cfg.attach.fallback_ports = ports;
+        let listen = Node::new(cfg.clone(), Instant::now()).tcp_listen_addresses();
+        let ip = addr.ip();
+        assert_eq!(
+            listen,
+            [
+                (addr, false),
+                (SocketAddr::new(ip, plain), false),
+                (SocketAddr::new(ip, plain + 1), true)
+            ],
+            "a super node listens on the configured ports"
+        );
+        // The firewall: its UDP socket sits elsewhere (nothing answers on the main port),
+        // and of its TCP ports only the plain fallback one is reachable.
+        let tcp: Vec<_> = listen
+            .into_iter()
+            .filter(|(a, tls)| !tls && *a != addr)
+            .collect();
+        let rt = Runtime::spawn(
+            RuntimeConfig {
+                udp: vec![SocketAddr::new(ip, 0)],
+                tcp,
+            },
+            move |now, _| {
+                cfg.clock_anchor = now;
+                Node::new(cfg, now)
+            },
+        )
+        .unwrap();
+        sns.push(rt);
+    }
+    let id = enrol(&net, dir.path(), "plain-walled");
+    let cache = bootstrap.clone();
+    let node = Runtime::spawn(
+        RuntimeConfig {
+            udp: vec!["127.0.0.1:0".parse().unwrap()],
+            tcp: vec![],
+        },
+        move |now, addrs| {
+            let mut cfg = NodeConfig::new(id, [8; 32], wall_clock(), now, addrs[0]);
+            cfg.role = RolePolicy::Forbid;
+            cfg.host_cache = cache;
+            cfg.attach.fallback_ports = ports;
+            Node::new(cfg, now)
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut via_fallback = Vec::new();
+    let mut udp_blocked = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while via_fallback.len() < 2 && Instant::now() < deadline {
+        match node.events().recv_timeout(Duration::from_millis(100)) {
+            Ok(NodeEvent::Attach(AttachEvent::UdpBlocked)) => udp_blocked = true,
+            Ok(NodeEvent::Attach(AttachEvent::Attached {
+                transport,
+                super_node,
+                ..
+            })) => {
+                assert_eq!(transport, LinkTransport::TcpFallback);
+                via_fallback.push(super_node);
+            }
+            _ => {}
+        }
+    }
+    assert!(udp_blocked, "the probes went unanswered");
+    via_fallback.sort();
+    assert_eq!(
+        via_fallback,
+        bootstrap
+            .entries()
+            .iter()
+            .map(|e| e.addr)
+            .collect::<Vec<_>>(),
+        "one link to each super node over its plain fallback port"
+    );
+    eprintln!(
+        "attached over the plain fallback port in {:?}",
+        started.elapsed()
+    );
     server.shutdown();
 }
