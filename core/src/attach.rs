@@ -16,7 +16,9 @@
 //!    which strict firewalls pass.
 //! 3. **Keep**: a lost link (its stream closed, its session timed out, a handover) starts a new
 //!    round at once; the other link keeps the node attached meanwhile. Rounds that attach
-//!    nothing back off with jitter (0.5 s doubling to 30 s).
+//!    nothing back off with jitter (0.5 s doubling to 30 s, each delay drawn from its upper
+//!    half). When failures have pruned every host-cache entry, the entries the cache started
+//!    with (the bootstrap list) are put back, so the node keeps trying.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -297,6 +299,10 @@ struct Probe {
 pub struct Attacher {
     cfg: AttachConfig,
     cache: HostCache,
+    /// The entries the cache started with (the bootstrap list, what was saved): put back when
+    /// pruning has emptied it, so a node whose super nodes were all down for a while still
+    /// finds them when they return.
+    seeds: Vec<(SocketAddr, Option<[u8; 32]>)>,
     rng: Rng,
     links: HashMap<StreamId, Link>,
     probes: Vec<Probe>,
@@ -316,6 +322,11 @@ impl Attacher {
         Self {
             rng: Rng::from_seed_bytes(cfg.seed),
             cfg,
+            seeds: cache
+                .entries()
+                .iter()
+                .map(|e| (e.addr, e.static_key))
+                .collect(),
             cache,
             links: HashMap::new(),
             probes: Vec::new(),
@@ -402,6 +413,13 @@ impl Attacher {
         }
         self.cache.prune(wall);
         let exclude: Vec<SocketAddr> = self.links.values().map(|l| l.entry.addr).collect();
+        if self.cache.is_empty() {
+            // Every entry failed often enough to be pruned (all super nodes down, or this
+            // host offline): start over from the entries it began with, with a clean record.
+            for (addr, key) in &self.seeds {
+                self.cache.insert(*addr, *key, wall);
+            }
+        }
         let tiebreak = self.rng.u64();
         let candidates = self.cache.best(self.cfg.probes, &exclude, wall, tiebreak);
         if candidates.is_empty() {
