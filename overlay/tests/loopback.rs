@@ -1,6 +1,7 @@
 //! Joining the network over real sockets on loopback: a login server, 5 super nodes and 50
 //! nodes that log in and attach over UDP probes and TCP links; killing a super node moves its
-//! clients to others. The times are printed; they are measured without competing load by
+//! clients to others (each one's time is measured), none is ever left without a super node,
+//! and every user is still found through the index. The times are printed; they are measured without competing load by
 //! `cargo bench -p natter-benches --bench overlay_join` (the test only bounds them loosely, as
 //! it shares two cores with the rest of the suite).
 
@@ -9,9 +10,11 @@ mod common;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{enrol, login_server};
+use common::{enrol, login_server, search};
+use natter_core::attach::AttachEvent;
 use natter_core::hostcache::HostCache;
-use natter_overlay::node::{Node, NodeConfig, RolePolicy};
+use natter_overlay::dht::SearchResult;
+use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
 
@@ -54,6 +57,8 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
         let id = enrol(&net, dir.path(), &format!("sn{i}"));
         let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), *addr);
         cfg.role = RolePolicy::Force;
+        // Every super node sits on 127.0.0.1: lift the per-/24 cap of the index ring.
+        cfg.ring_prefix_cap = 64;
         cfg.stun_alternate = Some(SocketAddr::new(
             "127.0.0.2".parse().unwrap(),
             addr.port() + 1,
@@ -87,6 +92,7 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
                 let mut cfg = NodeConfig::new(id, [100 + i as u8; 32], wall_clock(), now, addrs[0]);
                 cfg.role = RolePolicy::Forbid;
                 cfg.host_cache = cache;
+                cfg.ring_prefix_cap = 64;
                 Node::new(cfg, now)
             },
         )
@@ -137,30 +143,104 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
         .filter(|i| nodes[*i].command(move |m, _| m.attached().contains(&victim_addr)))
         .collect();
     assert!(!affected.is_empty());
+    // From here on each node's attach events tell how many links it had at every moment.
+    for n in &nodes {
+        n.events().try_iter().for_each(drop);
+    }
     let killed = Instant::now();
     drop(sns[victim].take());
-    let deadline = killed + Duration::from_secs(20);
-    loop {
-        let moved = affected.iter().all(|i| {
-            let a = nodes[*i].command(|m, _| m.attached());
-            a.len() == 2 && !a.contains(&victim_addr)
-        });
-        if moved {
-            break;
+    // Measure how long each affected node takes to be on two live links again. The issue
+    // asks for 2 s; the bound here is looser because the test shares two cores with the rest
+    // of the suite (the benchmark measures it without competing load).
+    let bound = Duration::from_secs(10);
+    let mut took: Vec<Option<Duration>> = vec![None; NODES];
+    while affected.iter().any(|i| took[*i].is_none()) {
+        for i in &affected {
+            if took[*i].is_none() {
+                let a = nodes[*i].command(|m, _| m.attached());
+                if a.len() == 2 && !a.contains(&victim_addr) {
+                    took[*i] = Some(killed.elapsed());
+                }
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "clients of the dead super node were not moved within 2 s"
-        );
+        if killed.elapsed() > bound {
+            let late: Vec<_> = affected.iter().filter(|i| took[**i].is_none()).collect();
+            panic!(
+                "nodes {late:?} of the dead super node were not on two live links within {bound:?}"
+            );
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let mut times: Vec<Duration> = affected.iter().map(|i| took[*i].unwrap()).collect();
+    times.sort();
     eprintln!(
-        "{} clients moved to other super nodes in {:?}",
+        "{} clients of the dead super node back on two live links: fastest {:?}, median {:?}, \
+         slowest {:?} (all: {:?})",
         affected.len(),
-        killed.elapsed()
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times
     );
+    // Nobody was ever left without a super node: replaying each node's attach events since
+    // the kill, its link count never fell below one; the other nodes lost no link at all.
+    for (i, n) in nodes.iter().enumerate() {
+        let mut links: i64 = 2;
+        let mut lowest = links;
+        for e in n.events().try_iter() {
+            match e {
+                NodeEvent::Attach(AttachEvent::Attached { .. }) => links += 1,
+                NodeEvent::Attach(AttachEvent::Detached { super_node }) => {
+                    assert!(
+                        affected.contains(&i) && super_node == victim_addr,
+                        "node {i} lost its link to {super_node} (the dead one is {victim_addr})"
+                    );
+                    links -= 1;
+                }
+                _ => {}
+            }
+            lowest = lowest.min(links);
+        }
+        assert!(lowest >= 1, "node {i} was left without a super node");
+        assert_eq!(links, 2, "node {i} ends on two links");
+    }
     // Everyone else is still attached twice.
     assert!(all_attached(&nodes, 2));
+
+    // Everyone is still findable: each node searches the index for the next one, and the
+    // clients of the dead super node are found through live super nodes (their presence
+    // records were re-published when their links changed).
+    let started = Instant::now();
+    for i in 0..NODES {
+        let target = format!("user{}", (i + 1) % NODES);
+        let affected_target = affected.contains(&((i + 1) % NODES));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let outcome = search(&nodes[i], &target);
+            let current = match &outcome.result {
+                SearchResult::Found(records) => {
+                    assert_eq!(records[0].user().as_str(), target);
+                    !affected_target
+                        || records.iter().all(|r| {
+                            !r.super_nodes.is_empty() && !r.super_nodes.contains(&victim_addr)
+                        })
+                }
+                _ => false,
+            };
+            if current {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "user{i} does not find {target} through live super nodes: {outcome:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!(
+        "all {NODES} users found after the kill in {:?}",
+        started.elapsed()
+    );
     server.shutdown();
 }
 
@@ -168,8 +248,7 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
 /// only their TLS port answers. Nodes still attach, over TLS.
 #[test]
 fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
-    use natter_core::attach::{AttachEvent, LinkTransport};
-    use natter_overlay::node::NodeEvent;
+    use natter_core::attach::LinkTransport;
     let dir = tempfile::tempdir().unwrap();
     let server = login_server(dir.path());
     let net = server.network().clone();
@@ -236,8 +315,7 @@ fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
 /// on both super nodes, which sit on two loopback IPs. Nodes attach over the plain port.
 #[test]
 fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
-    use natter_core::attach::{AttachEvent, FallbackPorts, LinkTransport};
-    use natter_overlay::node::NodeEvent;
+    use natter_core::attach::{FallbackPorts, LinkTransport};
     let ips = ["127.0.0.1", "127.0.0.3"];
     let free = |p: u16| {
         ips.iter()
