@@ -211,12 +211,12 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
     // clients of the dead super node are found through live super nodes (their presence
     // records were re-published when their links changed).
     let started = Instant::now();
-    for i in 0..NODES {
+    for (i, node) in nodes.iter().enumerate() {
         let target = format!("user{}", (i + 1) % NODES);
         let affected_target = affected.contains(&((i + 1) % NODES));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let outcome = search(&nodes[i], &target);
+            let outcome = search(node, &target);
             let current = match &outcome.result {
                 SearchResult::Found(records) => {
                     assert_eq!(records[0].user().as_str(), target);
