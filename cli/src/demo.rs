@@ -148,13 +148,10 @@ fn start_super_node(
         addr.port() + 1,
     ));
     cfg.host_cache = bootstrap.clone();
-    let udp = OverlayNode::new(cfg.clone(), Instant::now()).bind_addresses();
-    let p = addr.port();
-    let tcp = vec![
-        (addr, false),
-        (SocketAddr::new(addr.ip(), p + 1), false),
-        (SocketAddr::new(addr.ip(), p + 2), true),
-    ];
+    let probe = OverlayNode::new(cfg.clone(), Instant::now());
+    // TCP on the main, fallback (+1) and TLS (+2) ports.
+    let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
+    drop(probe);
     Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
         cfg.clock_anchor = now;
         OverlayNode::new(cfg, now)

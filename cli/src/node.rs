@@ -43,6 +43,11 @@ pub struct NodeArgs {
     /// A second IP and port of this host, for NAT-behaviour tests (super nodes).
     #[arg(long)]
     pub stun_alternate: Option<SocketAddr>,
+    /// Fallback TCP ports, overriding the network file's `[overlay]` setting for this node:
+    /// `PLAIN,TLS` absolute ports (`80,443`) or offsets from the main port (`+1,+2`). A super
+    /// node listens there; the node also looks for super nodes there.
+    #[arg(long, value_name = "PLAIN,TLS")]
+    pub fallback_ports: Option<natter_core::attach::FallbackPorts>,
     /// Read the password from standard input (when it is needed: first start, or a certificate
     /// that can no longer be renewed).
     #[arg(long)]
@@ -111,23 +116,23 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
     cfg.stun_alternate = args.stun_alternate;
     cfg.host_cache = cache;
     cfg.local_addresses = local_addresses(args.listen);
-    let udp = Node::new(cfg.clone(), Instant::now()).bind_addresses();
-    let l = args.listen;
-    let tcp = if role == RolePolicy::Forbid {
-        vec![]
-    } else {
-        vec![
-            (l, false),
-            (SocketAddr::new(l.ip(), l.port().wrapping_add(1)), false),
-            (SocketAddr::new(l.ip(), l.port().wrapping_add(2)), true),
-        ]
+    cfg.attach.fallback_ports = match args.fallback_ports {
+        Some(p) => p,
+        None => net.fallback_ports().map_err(|e| e.to_string())?,
     };
+    let cfg_fallback = cfg.attach.fallback_ports;
+    let probe = Node::new(cfg.clone(), Instant::now());
+    let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
+    drop(probe);
     let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
         cfg.clock_anchor = now;
         Node::new(cfg, now)
     })
     .map_err(|e| format!("binding {}: {e}", args.listen))?;
-    println!("node listening on {} (role: {role:?})", args.listen);
+    println!(
+        "node listening on {} (role: {role:?}; fallback TCP ports {})",
+        args.listen, cfg_fallback
+    );
     let handle = rt.handle();
     let _watch = NetWatch::spawn(args.listen, move |addrs| {
         handle.command(move |n, now| n.set_local_addresses(now, addrs));

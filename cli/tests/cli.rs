@@ -438,3 +438,63 @@ fn a_node_saves_its_host_cache_when_stopped() {
         "with its attach recorded: {entry:?}"
     );
 }
+
+/// The network file sets the super nodes' fallback ports (`[overlay]`); `--fallback-ports`
+/// overrides them for one node, which then listens there; a malformed value is refused.
+#[test]
+fn a_super_node_listens_on_the_fallback_ports_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Children(Vec::new());
+    let (server, network) = login_server(&dir.path().join("server"), &[]);
+    children.0.push(server);
+    let port = free_port_block(std::process::id() as u16 ^ 0x3c3c);
+    let mut file = std::fs::read_to_string(&network).unwrap();
+    file.push_str("\n[overlay]\nfallback_ports = [80, 443]\n");
+    std::fs::write(&network, file).unwrap();
+    let data = dir.path().join("fbsn");
+    let ok = natter()
+        .args([
+            "register",
+            "--user",
+            "fbsn",
+            "--network",
+            &network,
+            "--data",
+        ])
+        .arg(&data)
+        .env("NATTER_PASSWORD", "a passphrase for the ports")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let node = |ports: &str| {
+        natter()
+            .args(["node", "--user", "fbsn", "--network", &network, "--data"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--supernode"])
+            .args(["--fallback-ports", ports])
+            .env("NATTER_PASSWORD", "a passphrase for the ports")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Ports 80 and 443 need privileges: the operator overrides them with offsets, swapped
+    // here to show they are used as given (plain at +2, TLS at +1).
+    let mut sn = node("+2,+1");
+    let lines = wait_for_lines(&mut sn, &["node listening"]);
+    children.0.push(sn);
+    let line = lines.iter().find(|l| l.contains("node listening")).unwrap();
+    assert!(line.contains("fallback TCP ports +2,+1"), "{line}");
+    for p in [port, port + 1, port + 2] {
+        std::net::TcpStream::connect(("127.0.0.1", p))
+            .unwrap_or_else(|e| panic!("TCP port {p} listens: {e}"));
+    }
+    let bad = node("80").wait_with_output().unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("PLAIN,TLS"), "{stderr}");
+}

@@ -12,10 +12,13 @@
 //!    no probe is answered within [`AttachConfig::probe_window`], UDP is treated as blocked and
 //!    the node goes straight to TCP with every candidate. A TCP connection refused or timing
 //!    out on the main port is retried on the super node's fallback port, then on its
-//!    TLS-wrapped port (the stand-ins for 80 and 443), which strict firewalls pass.
+//!    TLS-wrapped port (the stand-ins for 80 and 443, [`AttachConfig::fallback_ports`]),
+//!    which strict firewalls pass.
 //! 3. **Keep**: a lost link (its stream closed, its session timed out, a handover) starts a new
 //!    round at once; the other link keeps the node attached meanwhile. Rounds that attach
-//!    nothing back off with jitter (0.5 s doubling to 30 s).
+//!    nothing back off with jitter (0.5 s doubling to 30 s, each delay drawn from its upper
+//!    half). When failures have pruned every host-cache entry, the entries the cache started
+//!    with (the bootstrap list) are put back, so the node keeps trying.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +52,113 @@ impl LinkTransport {
     }
 }
 
+/// The fallback port pair super nodes listen on besides their main port: a plain TCP port
+/// (the stand-in for 80) and a TLS-wrapped one (for 443), which strict firewalls pass.
+///
+/// In a deployment every super node uses the same absolute pair (80 and 443, or ports that
+/// a firewall or port forwarding maps to them); super nodes sharing one IP (tests, several
+/// on one host) need ports of their own, which offsets from each main port give. Written
+/// `80,443` (absolute) or `+1,+2` (offsets) by [`FromStr`](std::str::FromStr) and
+/// [`Display`](std::fmt::Display).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackPorts {
+    /// The same ports on every super node.
+    Absolute {
+        /// The plain TCP fallback port.
+        plain: u16,
+        /// The TLS port.
+        tls: u16,
+    },
+    /// Offsets from each super node's main port.
+    Offsets {
+        /// Offset of the plain TCP fallback port.
+        plain: u16,
+        /// Offset of the TLS port.
+        tls: u16,
+    },
+}
+
+impl Default for FallbackPorts {
+    /// Main port +1 (plain) and +2 (TLS).
+    fn default() -> Self {
+        Self::Offsets { plain: 1, tls: 2 }
+    }
+}
+
+impl FallbackPorts {
+    /// The plain TCP fallback address of the super node whose main address is `main`.
+    pub fn plain(&self, main: SocketAddr) -> SocketAddr {
+        match *self {
+            Self::Absolute { plain, .. } => SocketAddr::new(main.ip(), plain),
+            Self::Offsets { plain, .. } => {
+                SocketAddr::new(main.ip(), main.port().wrapping_add(plain))
+            }
+        }
+    }
+
+    /// The TLS address of the super node whose main address is `main`.
+    pub fn tls(&self, main: SocketAddr) -> SocketAddr {
+        match *self {
+            Self::Absolute { tls, .. } => SocketAddr::new(main.ip(), tls),
+            Self::Offsets { tls, .. } => SocketAddr::new(main.ip(), main.port().wrapping_add(tls)),
+        }
+    }
+
+    /// Check the pair makes sense: two different ports, none of them 0 (an offset of 0 would
+    /// be the main port itself).
+    pub fn validate(&self) -> Result<(), String> {
+        let (Self::Absolute { plain, tls } | Self::Offsets { plain, tls }) = *self;
+        if plain == 0 || tls == 0 {
+            return Err(format!("fallback ports {self}: 0 is not a port or offset"));
+        }
+        if plain == tls {
+            return Err(format!(
+                "fallback ports {self}: plain and TLS ports must differ"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for FallbackPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Absolute { plain, tls } => write!(f, "{plain},{tls}"),
+            Self::Offsets { plain, tls } => write!(f, "+{plain},+{tls}"),
+        }
+    }
+}
+
+impl std::str::FromStr for FallbackPorts {
+    type Err = String;
+
+    /// `PLAIN,TLS`: absolute ports (`80,443`), or offsets from the main port when both carry
+    /// a `+` (`+1,+2`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?}: expected PLAIN,TLS ports (80,443) or offsets (+1,+2)");
+        let (a, b) = s.split_once(',').ok_or_else(bad)?;
+        let (a, b) = (a.trim(), b.trim());
+        let offsets = match (a.strip_prefix('+'), b.strip_prefix('+')) {
+            (Some(a), Some(b)) => Some((a, b)),
+            (None, None) => None,
+            _ => return Err(bad()),
+        };
+        let port = |x: &str| x.parse::<u16>().map_err(|_| bad());
+        let ports = match offsets {
+            Some((a, b)) => Self::Offsets {
+                plain: port(a)?,
+                tls: port(b)?,
+            },
+            None => Self::Absolute {
+                plain: port(a)?,
+                tls: port(b)?,
+            },
+        };
+        ports.validate()?;
+        Ok(ports)
+    }
+}
+
 /// Settings of an [`Attacher`].
 #[derive(Debug, Clone)]
 pub struct AttachConfig {
@@ -60,10 +170,10 @@ pub struct AttachConfig {
     pub probe_window: Duration,
     /// How long a link may take from TCP connect to attach acknowledgement (default 3 s).
     pub link_timeout: Duration,
-    /// Offset of a super node's fallback TCP port from its main port (default +1).
-    pub fallback_port_offset: u16,
-    /// Offset of its TLS port from its main port (default +2).
-    pub tls_port_offset: u16,
+    /// Where super nodes listen besides their main port: the plain TCP and TLS fallback
+    /// ports (default: main port +1 and +2). One setting for the whole network, from the
+    /// network file.
+    pub fallback_ports: FallbackPorts,
     /// Refresh the host cache from a super node this often (default 10 minutes).
     pub refresh_interval: Duration,
     /// Randomness (jitter, transaction ids, tie-breaks).
@@ -78,8 +188,7 @@ impl AttachConfig {
             probes: 5,
             probe_window: Duration::from_millis(300),
             link_timeout: Duration::from_secs(3),
-            fallback_port_offset: 1,
-            tls_port_offset: 2,
+            fallback_ports: FallbackPorts::default(),
             refresh_interval: Duration::from_secs(600),
             seed,
         }
@@ -190,6 +299,10 @@ struct Probe {
 pub struct Attacher {
     cfg: AttachConfig,
     cache: HostCache,
+    /// The entries the cache started with (the bootstrap list, what was saved): put back when
+    /// pruning has emptied it, so a node whose super nodes were all down for a while still
+    /// finds them when they return.
+    seeds: Vec<(SocketAddr, Option<[u8; 32]>)>,
     rng: Rng,
     links: HashMap<StreamId, Link>,
     probes: Vec<Probe>,
@@ -209,6 +322,11 @@ impl Attacher {
         Self {
             rng: Rng::from_seed_bytes(cfg.seed),
             cfg,
+            seeds: cache
+                .entries()
+                .iter()
+                .map(|e| (e.addr, e.static_key))
+                .collect(),
             cache,
             links: HashMap::new(),
             probes: Vec::new(),
@@ -295,6 +413,13 @@ impl Attacher {
         }
         self.cache.prune(wall);
         let exclude: Vec<SocketAddr> = self.links.values().map(|l| l.entry.addr).collect();
+        if self.cache.is_empty() {
+            // Every entry failed often enough to be pruned (all super nodes down, or this
+            // host offline): start over from the entries it began with, with a clean record.
+            for (addr, key) in &self.seeds {
+                self.cache.insert(*addr, *key, wall);
+            }
+        }
         let tiebreak = self.rng.u64();
         let candidates = self.cache.best(self.cfg.probes, &exclude, wall, tiebreak);
         if candidates.is_empty() {
@@ -388,12 +513,11 @@ impl Attacher {
     }
 
     fn port_for(&self, entry: &CacheEntry, transport: LinkTransport) -> SocketAddr {
-        let offset = match transport {
-            LinkTransport::Tcp => 0,
-            LinkTransport::TcpFallback => self.cfg.fallback_port_offset,
-            LinkTransport::Tls => self.cfg.tls_port_offset,
-        };
-        SocketAddr::new(entry.addr.ip(), entry.addr.port().wrapping_add(offset))
+        match transport {
+            LinkTransport::Tcp => entry.addr,
+            LinkTransport::TcpFallback => self.cfg.fallback_ports.plain(entry.addr),
+            LinkTransport::Tls => self.cfg.fallback_ports.tls(entry.addr),
+        }
     }
 
     fn open(
@@ -698,5 +822,101 @@ mod tests {
         a.attach_answered(t2, UnixTime(1), opened[0], true, addr, &[]);
         assert_eq!(a.attached().len(), 1);
         assert!(a.describe(t2).contains("probes 4"), "{}", a.describe(t2));
+    }
+    #[test]
+    fn fallback_ports_parse_as_absolute_ports_or_offsets() {
+        let main: SocketAddr = "198.18.0.1:4000".parse().unwrap();
+        let abs: FallbackPorts = "80,443".parse().unwrap();
+        assert_eq!(
+            abs,
+            FallbackPorts::Absolute {
+                plain: 80,
+                tls: 443
+            }
+        );
+        assert_eq!(abs.plain(main), "198.18.0.1:80".parse().unwrap());
+        assert_eq!(abs.tls(main), "198.18.0.1:443".parse().unwrap());
+        let off: FallbackPorts = " +7, +9".parse().unwrap();
+        assert_eq!(off, FallbackPorts::Offsets { plain: 7, tls: 9 });
+        assert_eq!(off.plain(main), "198.18.0.1:4007".parse().unwrap());
+        assert_eq!(off.tls(main), "198.18.0.1:4009".parse().unwrap());
+        assert_eq!(FallbackPorts::default().to_string(), "+1,+2");
+        for s in [abs, off, FallbackPorts::default()] {
+            assert_eq!(s.to_string().parse::<FallbackPorts>(), Ok(s));
+        }
+        for bad in [
+            "80",
+            "80,+443",
+            "0,443",
+            "+0,+1",
+            "443,443",
+            "80,x",
+            "80,443,8080",
+        ] {
+            assert!(bad.parse::<FallbackPorts>().is_err(), "{bad}");
+        }
+    }
+
+    /// With UDP blocked and the main port refused, the attacher tries the configured plain
+    /// fallback port, then the configured TLS port.
+    #[test]
+    fn refused_main_ports_fall_back_to_the_configured_ports() {
+        let t0 = Instant::now();
+        let mut cfg = AttachConfig::new([2; 32]);
+        cfg.fallback_ports = FallbackPorts::Absolute {
+            plain: 8080,
+            tls: 8443,
+        };
+        let mut a = Attacher::new(cfg, cache(1));
+        a.start(t0, UnixTime(1));
+        a.drain_actions();
+        // No probe answered: straight to TCP on the main port.
+        let t1 = t0 + Duration::from_millis(300);
+        a.handle_timeout(t1, UnixTime(1));
+        let open = |a: &mut Attacher| -> Vec<(StreamId, SocketAddr, bool)> {
+            a.drain_actions()
+                .into_iter()
+                .filter_map(|x| match x {
+                    AttachAction::OpenStream {
+                        stream,
+                        remote,
+                        tls,
+                    } => Some((stream, remote, tls)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let main = open(&mut a);
+        assert_eq!(main.len(), 1);
+        assert_eq!(main[0].1, "198.18.0.0:4000".parse().unwrap());
+        a.stream_closed(t1, main[0].0);
+        let plain = open(&mut a);
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].1, "198.18.0.0:8080".parse().unwrap());
+        assert!(!plain[0].2, "the plain fallback port is not TLS");
+        a.stream_closed(t1, plain[0].0);
+        let tls = open(&mut a);
+        assert_eq!(tls.len(), 1);
+        assert_eq!(tls[0].1, "198.18.0.0:8443".parse().unwrap());
+        assert!(tls[0].2, "the TLS port is TLS-wrapped");
+        // The TLS link attaches and says so.
+        a.stream_opened(t1, tls[0].0);
+        a.session_established(t1, tls[0].0, [3; 32]);
+        a.drain_events();
+        a.attach_answered(
+            t1,
+            UnixTime(1),
+            tls[0].0,
+            true,
+            "198.18.9.9:1".parse().unwrap(),
+            &[],
+        );
+        assert!(a.drain_events().iter().any(|e| matches!(
+            e,
+            AttachEvent::Attached {
+                transport: LinkTransport::Tls,
+                ..
+            }
+        )));
     }
 }

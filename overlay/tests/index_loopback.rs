@@ -8,11 +8,10 @@ mod common;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{enrol, login_server};
+use common::{enrol, login_server, search};
 use natter_core::hostcache::HostCache;
-use natter_core::identity::UserName;
-use natter_overlay::dht::{SearchOutcome, SearchResult};
-use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
+use natter_overlay::dht::SearchResult;
+use natter_overlay::node::{Node, NodeConfig, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
 
@@ -40,19 +39,6 @@ fn index_settings(cfg: &mut NodeConfig) {
     // Every super node sits on 127.0.0.1: lift the per-/24 cap.
     cfg.ring_prefix_cap = 64;
     cfg.presence_refresh = Duration::from_secs(5);
-}
-
-fn search(node: &Runtime<Node>, user: &str) -> SearchOutcome {
-    let name = UserName::parse(user).unwrap();
-    let id = node.command(move |m, now| m.search(now, name));
-    let (found, _) = node.wait_for(
-        Duration::from_secs(10),
-        |e| matches!(e, NodeEvent::Search { id: i, .. } if *i == id),
-    );
-    match found {
-        Some(NodeEvent::Search { outcome, .. }) => outcome,
-        other => panic!("no answer to the search for {user}: {other:?}"),
-    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Joining the network over real sockets on loopback: a login server, 5 super nodes and 50
 //! nodes that log in and attach over UDP probes and TCP links; killing a super node moves its
-//! clients to others. The times are printed; they are measured without competing load by
+//! clients to others (each one's time is measured), none is ever left without a super node,
+//! and every user is still found through the index. The times are printed; they are measured without competing load by
 //! `cargo bench -p natter-benches --bench overlay_join` (the test only bounds them loosely, as
 //! it shares two cores with the rest of the suite).
 
@@ -9,9 +10,11 @@ mod common;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{enrol, login_server};
+use common::{enrol, login_server, search};
+use natter_core::attach::AttachEvent;
 use natter_core::hostcache::HostCache;
-use natter_overlay::node::{Node, NodeConfig, RolePolicy};
+use natter_overlay::dht::SearchResult;
+use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
 
@@ -54,19 +57,16 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
         let id = enrol(&net, dir.path(), &format!("sn{i}"));
         let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), *addr);
         cfg.role = RolePolicy::Force;
+        // Every super node sits on 127.0.0.1: lift the per-/24 cap of the index ring.
+        cfg.ring_prefix_cap = 64;
         cfg.stun_alternate = Some(SocketAddr::new(
             "127.0.0.2".parse().unwrap(),
             addr.port() + 1,
         ));
         cfg.host_cache = bootstrap.clone();
         let probe = Node::new(cfg.clone(), Instant::now());
-        let udp = probe.bind_addresses();
+        let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
         drop(probe);
-        let tcp = vec![
-            (*addr, false),
-            (SocketAddr::new(addr.ip(), addr.port() + 1), false),
-            (SocketAddr::new(addr.ip(), addr.port() + 2), true),
-        ];
         let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
             cfg.clock_anchor = now;
             Node::new(cfg, now)
@@ -92,6 +92,7 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
                 let mut cfg = NodeConfig::new(id, [100 + i as u8; 32], wall_clock(), now, addrs[0]);
                 cfg.role = RolePolicy::Forbid;
                 cfg.host_cache = cache;
+                cfg.ring_prefix_cap = 64;
                 Node::new(cfg, now)
             },
         )
@@ -142,30 +143,104 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
         .filter(|i| nodes[*i].command(move |m, _| m.attached().contains(&victim_addr)))
         .collect();
     assert!(!affected.is_empty());
+    // From here on each node's attach events tell how many links it had at every moment.
+    for n in &nodes {
+        n.events().try_iter().for_each(drop);
+    }
     let killed = Instant::now();
     drop(sns[victim].take());
-    let deadline = killed + Duration::from_secs(20);
-    loop {
-        let moved = affected.iter().all(|i| {
-            let a = nodes[*i].command(|m, _| m.attached());
-            a.len() == 2 && !a.contains(&victim_addr)
-        });
-        if moved {
-            break;
+    // Measure how long each affected node takes to be on two live links again. The issue
+    // asks for 2 s; the bound here is looser because the test shares two cores with the rest
+    // of the suite (the benchmark measures it without competing load).
+    let bound = Duration::from_secs(10);
+    let mut took: Vec<Option<Duration>> = vec![None; NODES];
+    while affected.iter().any(|i| took[*i].is_none()) {
+        for i in &affected {
+            if took[*i].is_none() {
+                let a = nodes[*i].command(|m, _| m.attached());
+                if a.len() == 2 && !a.contains(&victim_addr) {
+                    took[*i] = Some(killed.elapsed());
+                }
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "clients of the dead super node were not moved within 2 s"
-        );
+        if killed.elapsed() > bound {
+            let late: Vec<_> = affected.iter().filter(|i| took[**i].is_none()).collect();
+            panic!(
+                "nodes {late:?} of the dead super node were not on two live links within {bound:?}"
+            );
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let mut times: Vec<Duration> = affected.iter().map(|i| took[*i].unwrap()).collect();
+    times.sort();
     eprintln!(
-        "{} clients moved to other super nodes in {:?}",
+        "{} clients of the dead super node back on two live links: fastest {:?}, median {:?}, \
+         slowest {:?} (all: {:?})",
         affected.len(),
-        killed.elapsed()
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times
     );
+    // Nobody was ever left without a super node: replaying each node's attach events since
+    // the kill, its link count never fell below one; the other nodes lost no link at all.
+    for (i, n) in nodes.iter().enumerate() {
+        let mut links: i64 = 2;
+        let mut lowest = links;
+        for e in n.events().try_iter() {
+            match e {
+                NodeEvent::Attach(AttachEvent::Attached { .. }) => links += 1,
+                NodeEvent::Attach(AttachEvent::Detached { super_node }) => {
+                    assert!(
+                        affected.contains(&i) && super_node == victim_addr,
+                        "node {i} lost its link to {super_node} (the dead one is {victim_addr})"
+                    );
+                    links -= 1;
+                }
+                _ => {}
+            }
+            lowest = lowest.min(links);
+        }
+        assert!(lowest >= 1, "node {i} was left without a super node");
+        assert_eq!(links, 2, "node {i} ends on two links");
+    }
     // Everyone else is still attached twice.
     assert!(all_attached(&nodes, 2));
+
+    // Everyone is still findable: each node searches the index for the next one, and the
+    // clients of the dead super node are found through live super nodes (their presence
+    // records were re-published when their links changed).
+    let started = Instant::now();
+    for (i, node) in nodes.iter().enumerate() {
+        let target = format!("user{}", (i + 1) % NODES);
+        let affected_target = affected.contains(&((i + 1) % NODES));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let outcome = search(node, &target);
+            let current = match &outcome.result {
+                SearchResult::Found(records) => {
+                    assert_eq!(records[0].user().as_str(), target);
+                    !affected_target
+                        || records.iter().all(|r| {
+                            !r.super_nodes.is_empty() && !r.super_nodes.contains(&victim_addr)
+                        })
+                }
+                _ => false,
+            };
+            if current {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "user{i} does not find {target} through live super nodes: {outcome:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!(
+        "all {NODES} users found after the kill in {:?}",
+        started.elapsed()
+    );
     server.shutdown();
 }
 
@@ -173,8 +248,7 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
 /// only their TLS port answers. Nodes still attach, over TLS.
 #[test]
 fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
-    use natter_core::attach::{AttachEvent, LinkTransport};
-    use natter_overlay::node::NodeEvent;
+    use natter_core::attach::LinkTransport;
     let dir = tempfile::tempdir().unwrap();
     let server = login_server(dir.path());
     let net = server.network().clone();
@@ -232,5 +306,121 @@ fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
     }
     assert!(udp_blocked, "the probes went unanswered");
     assert_eq!(via_tls, 2, "two links over the TLS port");
+    server.shutdown();
+}
+
+/// A firewall that passes only the plain fallback port: UDP and the super nodes' main TCP
+/// port are unreachable and nothing listens on their TLS port. The fallback ports are set
+/// network-wide as absolute ports (as `[overlay] fallback_ports = [80, 443]` does), the same
+/// on both super nodes, which sit on two loopback IPs. Nodes attach over the plain port.
+#[test]
+fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
+    use natter_core::attach::{FallbackPorts, LinkTransport};
+    let ips = ["127.0.0.1", "127.0.0.3"];
+    let free = |p: u16| {
+        ips.iter()
+            .all(|ip| TcpListener::bind((*ip, p)).is_ok() && UdpSocket::bind((*ip, p)).is_ok())
+    };
+    let base = 20_000 + (std::process::id() as u16).wrapping_mul(61) % 30_000;
+    let mut candidates = (0..3000u16).map(|i| 20_000 + (base + i * 3) % 30_000);
+    // The fallback pair, and a main port per super node with nothing on TCP.
+    let plain = candidates.find(|p| free(*p) && free(p + 1)).unwrap();
+    let ports = FallbackPorts::Absolute {
+        plain,
+        tls: plain + 1,
+    };
+    let main = candidates.find(|p| *p > plain + 1 && free(*p)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = login_server(dir.path());
+    let net = server.network().clone();
+    let mut bootstrap = HostCache::new();
+    let mut sns = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let addr: SocketAddr = format!("{ip}:{main}").parse().unwrap();
+        bootstrap.insert(addr, None, wall_clock());
+        let id = enrol(&net, dir.path(), &format!("plain-sn{i}"));
+        let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), addr);
+        cfg.role = RolePolicy::Force;
+        cfg.attach.fallback_ports = ports;
+        let listen = Node::new(cfg.clone(), Instant::now()).tcp_listen_addresses();
+        let ip = addr.ip();
+        assert_eq!(
+            listen,
+            [
+                (addr, false),
+                (SocketAddr::new(ip, plain), false),
+                (SocketAddr::new(ip, plain + 1), true)
+            ],
+            "a super node listens on the configured ports"
+        );
+        // The firewall: its UDP socket sits elsewhere (nothing answers on the main port),
+        // and of its TCP ports only the plain fallback one is reachable.
+        let tcp: Vec<_> = listen
+            .into_iter()
+            .filter(|(a, tls)| !tls && *a != addr)
+            .collect();
+        let rt = Runtime::spawn(
+            RuntimeConfig {
+                udp: vec![SocketAddr::new(ip, 0)],
+                tcp,
+            },
+            move |now, _| {
+                cfg.clock_anchor = now;
+                Node::new(cfg, now)
+            },
+        )
+        .unwrap();
+        sns.push(rt);
+    }
+    let id = enrol(&net, dir.path(), "plain-walled");
+    let cache = bootstrap.clone();
+    let node = Runtime::spawn(
+        RuntimeConfig {
+            udp: vec!["127.0.0.1:0".parse().unwrap()],
+            tcp: vec![],
+        },
+        move |now, addrs| {
+            let mut cfg = NodeConfig::new(id, [8; 32], wall_clock(), now, addrs[0]);
+            cfg.role = RolePolicy::Forbid;
+            cfg.host_cache = cache;
+            cfg.attach.fallback_ports = ports;
+            Node::new(cfg, now)
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut via_fallback = Vec::new();
+    let mut udp_blocked = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while via_fallback.len() < 2 && Instant::now() < deadline {
+        match node.events().recv_timeout(Duration::from_millis(100)) {
+            Ok(NodeEvent::Attach(AttachEvent::UdpBlocked)) => udp_blocked = true,
+            Ok(NodeEvent::Attach(AttachEvent::Attached {
+                transport,
+                super_node,
+                ..
+            })) => {
+                assert_eq!(transport, LinkTransport::TcpFallback);
+                via_fallback.push(super_node);
+            }
+            _ => {}
+        }
+    }
+    assert!(udp_blocked, "the probes went unanswered");
+    via_fallback.sort();
+    assert_eq!(
+        via_fallback,
+        bootstrap
+            .entries()
+            .iter()
+            .map(|e| e.addr)
+            .collect::<Vec<_>>(),
+        "one link to each super node over its plain fallback port"
+    );
+    eprintln!(
+        "attached over the plain fallback port in {:?}",
+        started.elapsed()
+    );
     server.shutdown();
 }

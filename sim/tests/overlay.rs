@@ -705,3 +705,121 @@ fn a_public_node_behind_a_filtering_firewall_does_not_promote() {
         assert_eq!(w.sim.machine::<Node>(*h).attached().len(), 2, "{name}");
     }
 }
+
+/// Times (since the start) at which `h` began attach rounds.
+fn round_starts(w: &World, h: HostId) -> Vec<Duration> {
+    w.sim
+        .events(h)
+        .iter()
+        .filter(|(_, e)| matches!(e, NodeEvent::Attach(AttachEvent::Connecting { .. })))
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+#[test]
+fn with_every_super_node_down_rounds_back_off_with_jitter_until_one_comes_back() {
+    // The bootstrap super nodes are all down: no host answers at their addresses (probes
+    // vanish, TCP connections to the main, fallback and TLS ports time out).
+    let sim: Sim<NodeEvent> = Sim::new(SimConfig {
+        seed: 12,
+        internet: LinkConfig::with_latency(Duration::from_millis(20))
+            .jitter(Duration::from_millis(5)),
+        ..SimConfig::default()
+    });
+    let net = TestNetwork::new(12);
+    let mut bootstrap = HostCache::new();
+    for i in 0..2 {
+        bootstrap.insert(sn_addr(i), None, TEST_WALL);
+    }
+    let mut w = World {
+        sim,
+        net,
+        sns: Vec::new(),
+        bootstrap,
+    };
+    // Two nodes, differently seeded.
+    let a = add_node(&mut w, "alice", None, 1, RolePolicy::Forbid);
+    let b = add_node(&mut w, "bob", None, 2, RolePolicy::Forbid);
+    // Long enough for the back-off to reach its cap, and for more failed rounds than the host
+    // cache tolerates before it prunes an entry.
+    let down_for = Duration::from_secs(300);
+    w.sim.run_for(down_for);
+    let mut gaps_of = Vec::new();
+    for h in [a, b] {
+        assert!(w.sim.machine::<Node>(h).attached().is_empty());
+        let starts = round_starts(&w, h);
+        let empty = w
+            .sim
+            .events(h)
+            .iter()
+            .filter(|(_, e)| matches!(e, NodeEvent::Attach(AttachEvent::NoSuperNode)))
+            .count();
+        // More failed rounds than the host cache keeps a failing entry through (8): the
+        // bootstrap entries are put back rather than leaving the node with nobody to try.
+        assert_eq!(empty, 0, "never without a candidate");
+        let gaps: Vec<Duration> = starts.windows(2).map(|p| p[1] - p[0]).collect();
+        eprintln!(
+            "{}: {} rounds; gaps between them {:?}",
+            w.sim.host_name(h),
+            starts.len(),
+            gaps
+        );
+        assert!(gaps.len() >= 10, "kept trying: {gaps:?}");
+        // Each round takes the same time here (the probe window, then connection timeouts);
+        // the delay after it doubles from 0.5 s, jittered within its upper half, so each gap
+        // is longer than the one before until the 30 s cap.
+        for i in 0..5 {
+            assert!(gaps[i + 1] > gaps[i], "the back-off grows: {gaps:?}");
+        }
+        assert!(
+            gaps[5] >= gaps[0] + Duration::from_secs(4),
+            "and grows a lot: {gaps:?}"
+        );
+        // Capped: never more than 30 s of waiting on top of a round (about 9.3 s here).
+        let longest = *gaps.iter().max().unwrap();
+        assert!(longest <= Duration::from_secs(42), "capped: {gaps:?}");
+        assert!(
+            longest >= Duration::from_secs(24),
+            "reaches the cap: {gaps:?}"
+        );
+        gaps_of.push(gaps);
+    }
+    // Jittered: the two nodes do not retry in step.
+    let n = gaps_of[0].len().min(gaps_of[1].len());
+    let differing = (0..n)
+        .filter(|i| gaps_of[0][*i].abs_diff(gaps_of[1][*i]) > Duration::from_millis(50))
+        .count();
+    assert!(
+        differing >= n / 2,
+        "the nodes' retry delays differ: {:?} vs {:?}",
+        gaps_of[0],
+        gaps_of[1]
+    );
+    // A super node comes back: both attach to it within one capped back-off and a round.
+    let bootstrap = w.bootstrap.clone();
+    common::add_super_node(
+        &mut w.sim,
+        "sn0",
+        w.net.identity("sn0"),
+        [0; 32],
+        sn_addr(0),
+        Some(sn_alt(0)),
+        &bootstrap,
+    );
+    let back = w.sim.elapsed();
+    let attached = w.sim.run_until_cond(Duration::from_secs(45), |sim| {
+        [a, b]
+            .iter()
+            .all(|h| sim.machine::<Node>(*h).attached() == [sn_addr(0)])
+    });
+    assert!(
+        attached,
+        "attached once a super node is back: {:?} / {:?}",
+        w.sim.machine::<Node>(a).describe_attach(w.sim.now()),
+        w.sim.machine::<Node>(b).describe_attach(w.sim.now())
+    );
+    eprintln!(
+        "attached {:?} after the super node came back",
+        w.sim.elapsed() - back
+    );
+}

@@ -953,17 +953,27 @@ fn the_network_file_keeps_bootstrap_super_nodes_across_restarts() {
     );
     drop(first);
 
-    // An operator adds one by hand.
+    // An operator adds one by hand, and sets the super nodes' fallback ports.
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("\n[[bootstrap]]\naddress = \"198.18.0.11:4000\"\n");
+    text.push_str("\n[overlay]\nfallback_ports = [80, 443]\n");
     std::fs::write(&path, text).unwrap();
 
-    // A restart without the option keeps both (and still rewrites the rest of the file).
+    // A restart without the option keeps both, and the fallback ports (and still rewrites
+    // the rest of the file).
     let second = start(dir.path());
     let want = ["198.18.0.10:4000", "198.18.0.11:4000"];
     assert_eq!(addrs(second.network()), want);
     let on_disk = NetworkFile::load(&path).unwrap();
     assert_eq!(addrs(&on_disk), want);
+    assert_eq!(
+        on_disk.fallback_ports().unwrap(),
+        natter_core::attach::FallbackPorts::Absolute {
+            plain: 80,
+            tls: 443
+        }
+    );
+    assert_eq!(second.network().overlay, on_disk.overlay);
     assert_eq!(on_disk.login.address, second.local_addr().to_string());
     drop(second);
 

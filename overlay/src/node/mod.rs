@@ -85,7 +85,8 @@ pub struct NodeConfig {
     pub role: RolePolicy,
     /// Known super nodes (loaded from disk, seeded from the network file).
     pub host_cache: HostCache,
-    /// Attach settings.
+    /// Attach settings, among them the fallback port pair super nodes listen on (as a super
+    /// node, this node listens there too: [`Node::tcp_listen_addresses`]).
     pub attach: AttachConfig,
     /// Uptime before an open node promotes itself (default 2 minutes).
     pub promotion_uptime: Duration,
@@ -475,6 +476,18 @@ impl Node {
             return vec![self.cfg.listen];
         }
         self.new_stun_server().local_addresses()
+    }
+
+    /// The TCP addresses the driver must listen on, with whether each is TLS-wrapped: none
+    /// for a node that may never be a super node; else the listen address and the fallback
+    /// port pair of [`AttachConfig::fallback_ports`] (plain, then TLS) on its IP.
+    pub fn tcp_listen_addresses(&self) -> Vec<(SocketAddr, bool)> {
+        if self.cfg.role == RolePolicy::Forbid {
+            return Vec::new();
+        }
+        let l = self.cfg.listen;
+        let ports = self.cfg.attach.fallback_ports;
+        vec![(l, false), (ports.plain(l), false), (ports.tls(l), true)]
     }
 
     /// The STUN server this node runs as a super node: with a second IP when it has one,

@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+use natter_core::identity::UserName;
+use natter_overlay::dht::SearchOutcome;
+use natter_overlay::node::{Node, NodeEvent};
+use natter_transport::runtime::Runtime;
+
 use natter_core::handshake::{Capabilities, LocalIdentity};
 use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::password::HashParams;
@@ -60,4 +65,19 @@ pub fn login_server(dir: &std::path::Path) -> LoginServerHandle {
         parallelism: 1,
     };
     LoginServerHandle::start(opts).unwrap()
+}
+
+/// Search the global index from `node` for `user` and wait (up to 10 s) for the outcome.
+/// Other events that arrive meanwhile are dropped.
+pub fn search(node: &Runtime<Node>, user: &str) -> SearchOutcome {
+    let name = UserName::parse(user).unwrap();
+    let id = node.command(move |m, now| m.search(now, name));
+    let (found, _) = node.wait_for(
+        Duration::from_secs(10),
+        |e| matches!(e, NodeEvent::Search { id: i, .. } if *i == id),
+    );
+    match found {
+        Some(NodeEvent::Search { outcome, .. }) => outcome,
+        other => panic!("no answer to the search for {user}: {other:?}"),
+    }
 }

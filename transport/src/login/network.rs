@@ -18,12 +18,17 @@
 //!
 //! [[bootstrap]]
 //! address = "198.18.0.10:4000"
+//!
+//! [overlay]                        # optional
+//! fallback_ports = [80, 443]       # every super node's plain TCP and TLS fallback ports
+//! # fallback_port_offsets = [1, 2] # or: offsets from each super node's main port (default)
 //! ```
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use natter_core::attach::FallbackPorts;
 use natter_core::identity::TrustedAuthorities;
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +86,41 @@ pub struct BootstrapEntry {
     pub address: String,
 }
 
+/// The optional `[overlay]` table: settings every node of the network must agree on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayEntry {
+    /// The plain TCP and TLS fallback ports of every super node (standing in for 80 and 443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_ports: Option<[u16; 2]>,
+    /// Or: their offsets from each super node's main port (for several super nodes on one
+    /// IP). Without either, main port +1 and +2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_port_offsets: Option<[u16; 2]>,
+}
+
+impl OverlayEntry {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Where super nodes listen besides their main port: `fallback_ports` (absolute) or
+    /// `fallback_port_offsets`, else the default (main port +1 and +2).
+    pub fn fallback_ports(&self) -> Result<FallbackPorts, NetworkFileError> {
+        let ports = match (self.fallback_ports, self.fallback_port_offsets) {
+            (Some(_), Some(_)) => {
+                return Err(NetworkFileError::Invalid(
+                    "[overlay] has both fallback_ports and fallback_port_offsets".into(),
+                ))
+            }
+            (Some([plain, tls]), None) => FallbackPorts::Absolute { plain, tls },
+            (None, Some([plain, tls])) => FallbackPorts::Offsets { plain, tls },
+            (None, None) => FallbackPorts::default(),
+        };
+        ports.validate().map_err(NetworkFileError::Invalid)?;
+        Ok(ports)
+    }
+}
+
 /// A parsed network file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkFile {
@@ -91,6 +131,9 @@ pub struct NetworkFile {
     /// Bootstrap super nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bootstrap: Vec<BootstrapEntry>,
+    /// Overlay settings (absent from older files: the defaults).
+    #[serde(default, skip_serializing_if = "OverlayEntry::is_empty")]
+    pub overlay: OverlayEntry,
 }
 
 /// Lower-case hex.
@@ -123,6 +166,7 @@ impl NetworkFile {
             message: e.to_string(),
         })?;
         file.trusted()?;
+        file.fallback_ports()?;
         Ok(file)
     }
 
@@ -190,6 +234,11 @@ impl NetworkFile {
             })
     }
 
+    /// Where super nodes listen besides their main port: see [`OverlayEntry::fallback_ports`].
+    pub fn fallback_ports(&self) -> Result<FallbackPorts, NetworkFileError> {
+        self.overlay.fallback_ports()
+    }
+
     /// The pinned certificate fingerprint, if any.
     pub fn pin(&self) -> Result<Option<[u8; 32]>, NetworkFileError> {
         self.login
@@ -222,6 +271,7 @@ mod tests {
                 keys: vec![hex(&[1; 32]), hex(&[2; 32])],
             },
             bootstrap: vec![],
+            overlay: OverlayEntry::default(),
         };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("network.toml");
@@ -245,5 +295,62 @@ mod tests {
         assert!(NetworkFile::load(&p).is_err());
         assert_eq!(unhex::<2>("0aFf"), Some([0x0a, 0xff]));
         assert_eq!(unhex::<2>("0aF"), None);
+    }
+
+    #[test]
+    fn fallback_ports_default_and_are_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("network.toml");
+        let base = format!(
+            "[login]\naddress = \"127.0.0.1:4433\"\nserver_name = \"n\"\n\n\
+             [authority]\nkeys = [\"{}\"]\n",
+            hex(&[1; 32])
+        );
+        // A file without [overlay] (every file written before it existed): +1 and +2.
+        std::fs::write(&p, &base).unwrap();
+        let f = NetworkFile::load(&p).unwrap();
+        assert_eq!(f.fallback_ports().unwrap(), FallbackPorts::default());
+        assert!(!std::fs::read_to_string(&p).unwrap().contains("overlay"));
+        f.save(&p).unwrap();
+        assert!(
+            !std::fs::read_to_string(&p).unwrap().contains("[overlay]"),
+            "defaults are not written out"
+        );
+        // Absolute ports, as an operator writes them; they survive a save.
+        std::fs::write(
+            &p,
+            format!("{base}\n[overlay]\nfallback_ports = [80, 443]\n"),
+        )
+        .unwrap();
+        let f = NetworkFile::load(&p).unwrap();
+        assert_eq!(
+            f.fallback_ports().unwrap(),
+            FallbackPorts::Absolute {
+                plain: 80,
+                tls: 443
+            }
+        );
+        f.save(&p).unwrap();
+        assert_eq!(NetworkFile::load(&p).unwrap(), f);
+        // Offsets.
+        std::fs::write(
+            &p,
+            format!("{base}\n[overlay]\nfallback_port_offsets = [10, 20]\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            NetworkFile::load(&p).unwrap().fallback_ports().unwrap(),
+            FallbackPorts::Offsets { plain: 10, tls: 20 }
+        );
+        // Both, or nonsense: refused when loading.
+        for bad in [
+            "fallback_ports = [80, 443]\nfallback_port_offsets = [1, 2]",
+            "fallback_ports = [443, 443]",
+            "fallback_ports = [0, 443]",
+            "fallback_ports = [80]",
+        ] {
+            std::fs::write(&p, format!("{base}\n[overlay]\n{bad}\n")).unwrap();
+            assert!(NetworkFile::load(&p).is_err(), "{bad}");
+        }
     }
 }

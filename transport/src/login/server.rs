@@ -11,8 +11,8 @@
 //! self-signed certificate unless a CA-issued one is given; the key 0600), `accounts.sqlite`
 //! (unless PostgreSQL is used) and `network.toml` (for clients and super nodes). At every
 //! start `network.toml` is written again (address, pin, authority keys), keeping the
-//! `[[bootstrap]]` entries already in it and adding those of [`LoginServerOptions::bootstrap`].
-//! Only those entries are read from the old file, leniently: a file that no longer parses
+//! `[[bootstrap]]` entries and the `[overlay]` settings already in it and adding the bootstrap
+//! entries of [`LoginServerOptions::bootstrap`]. Only those are read from the old file, leniently: a file that no longer parses
 //! (truncated, hand-edited into garbage) is logged and replaced, never a reason not to start.
 
 use std::collections::HashMap;
@@ -39,7 +39,9 @@ use rustls::ServerConnection;
 
 use super::files::{private_dir, read_key, write_private};
 use super::jobs::JobContext;
-use super::network::{hex, unhex, AuthorityEntry, BootstrapEntry, LoginEntry, NetworkFile};
+use super::network::{
+    hex, unhex, AuthorityEntry, BootstrapEntry, LoginEntry, NetworkFile, OverlayEntry,
+};
 use super::tls::{server_config, TlsIdentity};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -231,6 +233,43 @@ fn existing_bootstrap(path: &Path) -> Result<Vec<BootstrapEntry>, StartError> {
     Ok(entries)
 }
 
+/// The `[overlay]` table of the network file at `path`, kept when the file is rewritten (the
+/// operator set it); read leniently like the bootstrap entries: an unreadable or invalid
+/// table gives the defaults, with a warning.
+fn existing_overlay(path: &Path) -> OverlayEntry {
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct OverlayOnly {
+        #[serde(default)]
+        overlay: Option<toml::Value>,
+    }
+    let Ok(bytes) = std::fs::read(path) else {
+        return OverlayEntry::default();
+    };
+    let Ok(parsed) = toml::from_str::<OverlayOnly>(&String::from_utf8_lossy(&bytes)) else {
+        return OverlayEntry::default();
+    };
+    match parsed.overlay.map(|v| v.try_into::<OverlayEntry>()) {
+        None => OverlayEntry::default(),
+        Some(Ok(o)) if o.fallback_ports().is_ok() => o,
+        Some(Ok(o)) => {
+            tracing::warn!(
+                file = %path.display(),
+                error = %o.fallback_ports().unwrap_err(),
+                "ignoring an invalid [overlay] table in the network file"
+            );
+            OverlayEntry::default()
+        }
+        Some(Err(e)) => {
+            tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "ignoring an invalid [overlay] table in the network file"
+            );
+            OverlayEntry::default()
+        }
+    }
+}
+
 /// The bootstrap super nodes for the network file: those already listed in the file at `path`
 /// (added by the operator or by an earlier `--bootstrap`), then the new ones in `extra`.
 fn bootstrap_entries(path: &Path, extra: &[SocketAddr]) -> Result<Vec<BootstrapEntry>, StartError> {
@@ -300,6 +339,7 @@ impl LoginServerHandle {
             },
             authority: AuthorityEntry { keys },
             bootstrap: bootstrap_entries(&network_path, &opts.bootstrap)?,
+            overlay: existing_overlay(&network_path),
         };
         network.save(&network_path)?;
 
