@@ -48,6 +48,14 @@ pub struct NodeArgs {
     /// node listens there; the node also looks for super nodes there.
     #[arg(long, value_name = "PLAIN,TLS")]
     pub fallback_ports: Option<natter_core::attach::FallbackPorts>,
+    /// This host's uplink capacity in kilobits per second, when known: the node then promotes
+    /// itself only while at most half of it is in use (promotion also needs spare CPU, an open
+    /// address and two minutes of uptime).
+    #[arg(long, value_name = "KBIT/S")]
+    pub uplink_kbps: Option<u64>,
+    /// Most clients this node serves as a super node (default 2,000).
+    #[arg(long, value_name = "N")]
+    pub max_clients: Option<usize>,
     /// Read the password from standard input (when it is needed: first start, or a certificate
     /// that can no longer be renewed).
     #[arg(long)]
@@ -114,6 +122,10 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
     let mut cfg = NodeConfig::new(identity, seed, wall_clock(), Instant::now(), args.listen);
     cfg.role = role;
     cfg.stun_alternate = args.stun_alternate;
+    cfg.uplink_bytes_per_sec = args.uplink_kbps.map(|k| k.saturating_mul(1000) / 8);
+    if let Some(n) = args.max_clients {
+        cfg.max_clients = n;
+    }
     cfg.host_cache = cache;
     cfg.local_addresses = local_addresses(args.listen);
     cfg.attach.fallback_ports = match args.fallback_ports {

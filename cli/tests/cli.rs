@@ -38,6 +38,12 @@ fn demo_passes_and_reports() {
     };
     assert!(row("Frames delivered both ways").ends_with("1000/1000"));
     assert!(row("Replays accepted").contains(" 0 of "));
+    // Each user's attach path and NAT type (loopback: no NAT).
+    for user in ["alice", "bob", "carol"] {
+        let line = row(&format!("{user}: attached to "));
+        assert!(line.contains(" via Tcp"), "{line}");
+        assert!(line.contains("NAT: open"), "{line}");
+    }
 }
 
 /// Start `natter login-server` on loopback with its data in `data` and `extra` options; return
