@@ -4,7 +4,10 @@
 //!   `turnutils_stunclient` (Binding plus its RFC 5780 follow-ups) and `turnutils_natdiscovery`
 //!   (RFC 5780 mapping and filtering tests).
 //! * coturn's `turnserver` (STUN only, no auth, two listening IPs for RFC 5780) answers our
-//!   codec's Binding requests, with and without CHANGE-REQUEST.
+//!   codec's Binding requests, with and without CHANGE-REQUEST, and our RFC 5780 classifier
+//!   ([`NatProbe`], driven over a real socket by `UdpNode`) classifies loopback against it.
+//! * A full [`Node`] in the super-node role, run by the transport [`Runtime`], answers
+//!   `turnutils_stunclient` and `turnutils_natdiscovery`.
 //!
 //! The whole of 127.0.0.0/8 answers on Linux loopback, so 127.0.0.2 serves as the alternate
 //! IP. Without the coturn binaries the tests print `SKIPPED: ...` and pass, unless
@@ -16,8 +19,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use natter_core::nat::{Filtering, NatEvent, NatProbe, NatProbeConfig, NatType};
+use natter_core::sansio::{Destination, Input, Machine, Transmit};
 use natter_core::stun::{Attribute, Class, Message, TransactionId};
+use natter_core::testkit::{TestNetwork, TEST_WALL};
+use natter_overlay::node::{Node, NodeConfig, RolePolicy};
 use natter_overlay::stun::StunServer;
+use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::UdpNode;
 
 const PRIMARY_IP: &str = "127.0.0.1";
@@ -507,4 +515,337 @@ fn our_client_talks_to_our_server_over_spawn_multi() {
         assert_eq!(m.response_origin(), Some(expected));
     }
     assert!(node.command(|s, _| s.stats()).success_responses >= 4);
+}
+
+/// A machine behind a stand-in firewall: inbound datagrams pass only as `filter` allows,
+/// judged against the addresses the machine sent to (loopback has no firewall of its own, and
+/// the tests must not need root to add one). Records where every datagram that passed came
+/// from.
+struct Firewalled<M> {
+    inner: M,
+    filter: Filtering,
+    sent: Vec<SocketAddr>,
+    passed: Vec<SocketAddr>,
+    dropped: Vec<SocketAddr>,
+}
+
+impl<M: Machine> Machine for Firewalled<M> {
+    type Event = M::Event;
+
+    fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        if let Input::Datagram { source, .. } = &input {
+            let pass = match self.filter {
+                Filtering::EndpointIndependent => true,
+                Filtering::AddressDependent => self.sent.iter().any(|a| a.ip() == source.ip()),
+                Filtering::AddressAndPortDependent => self.sent.contains(source),
+            };
+            if !pass {
+                self.dropped.push(*source);
+                return;
+            }
+            self.passed.push(*source);
+        }
+        self.inner.handle_input(now, input);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.inner.handle_timeout(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.inner.poll_transmit()?;
+        if let Destination::Udp(to) = t.destination {
+            if !self.sent.contains(&to) {
+                self.sent.push(to);
+            }
+        }
+        Some(t)
+    }
+
+    fn poll_event(&mut self) -> Option<M::Event> {
+        self.inner.poll_event()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.inner.poll_timeout()
+    }
+}
+
+/// Wait until `server` answers a Binding request (coturn takes a moment to start): the NAT
+/// probe's few tries must not be spent on a server that is not up yet.
+fn wait_until_answering(server: SocketAddr) {
+    let socket = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
+    let (m, _) = exchange(&socket, server, &Message::binding_request(transaction(0)));
+    assert_eq!(m.class, Class::Success, "{m:?}");
+}
+
+/// Run our [`NatProbe`] against `server` from a UDP socket on 127.0.0.1 (it knows that
+/// address as its own), behind `filter`; return the socket's address, the probe's event, and
+/// where the datagrams that passed and were dropped came from.
+fn probe_against(
+    server: SocketAddr,
+    filter: Filtering,
+) -> (SocketAddr, NatEvent, Vec<SocketAddr>, Vec<SocketAddr>) {
+    for n in 0..20u8 {
+        let port = UdpSocket::bind(addr(PRIMARY_IP, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let local = addr(PRIMARY_IP, port);
+        let cfg = NatProbeConfig::new(server, vec![local], [n; 32]);
+        let spawned = UdpNode::spawn(local, move |now| Firewalled {
+            inner: NatProbe::new(cfg, now),
+            filter,
+            sent: Vec::new(),
+            passed: Vec::new(),
+            dropped: Vec::new(),
+        });
+        let node = match spawned {
+            Ok(node) => node,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("binding {local}: {e}"),
+        };
+        // Worst case: three tests of three tries 200 ms apart go unanswered.
+        let (event, others) = node.wait_for(Duration::from_secs(5), |_| true);
+        let event = event.unwrap_or_else(|| panic!("the probe did not finish: {others:?}"));
+        let (passed, dropped) = node.command(|m, _| (m.passed.clone(), m.dropped.clone()));
+        return (local, event, passed, dropped);
+    }
+    panic!("could not bind a probe socket");
+}
+
+#[test]
+fn our_nat_probe_classifies_loopback_against_coturn() {
+    if !coturn_installed() {
+        return;
+    }
+    let coturn = Coturn::start(true);
+    let primary = coturn.primary;
+    let alternate = addr(ALTERNATE_IP, primary.port() + 1);
+    wait_until_answering(primary);
+
+    // Loopback: no NAT (the mapped address is the socket's own) and no filtering (coturn's
+    // answer from its other IP and port, to the CHANGE-REQUEST, came in): open.
+    let (local, event, passed, dropped) = probe_against(primary, Filtering::EndpointIndependent);
+    let NatEvent::Classified(report) = event else {
+        panic!("{event:?}");
+    };
+    assert_eq!(report.nat, NatType::Open, "{report:?}");
+    assert_eq!(report.mapped, Some(local));
+    assert!(report.filtering_certain);
+    assert!(dropped.is_empty());
+    assert_eq!(
+        passed,
+        vec![primary, alternate],
+        "Binding, then change IP and port"
+    );
+    eprintln!("open: classified in {:?}", report.elapsed);
+
+    // The same public socket behind a filter that admits only IPs it sent to: coturn's
+    // answer from 127.0.0.2 is kept out, the change-port one from 127.0.0.1:P+1 comes in.
+    let (local, event, passed, dropped) = probe_against(primary, Filtering::AddressDependent);
+    let NatEvent::Classified(report) = event else {
+        panic!("{event:?}");
+    };
+    assert_eq!(
+        report.nat,
+        NatType::PublicFiltered(Filtering::AddressDependent),
+        "{report:?}"
+    );
+    assert_eq!(report.mapped, Some(local));
+    assert!(dropped.iter().all(|a| *a == alternate), "{dropped:?}");
+    assert!(!dropped.is_empty());
+    assert!(
+        passed.contains(&addr(PRIMARY_IP, primary.port() + 1)),
+        "{passed:?}"
+    );
+
+    // Admitting only exact addresses it sent to, neither change test gets through.
+    let (local, event, _, dropped) = probe_against(primary, Filtering::AddressAndPortDependent);
+    let NatEvent::Classified(report) = event else {
+        panic!("{event:?}");
+    };
+    assert_eq!(
+        report.nat,
+        NatType::PublicFiltered(Filtering::AddressAndPortDependent),
+        "{report:?}"
+    );
+    assert_eq!(report.mapped, Some(local));
+    assert!(dropped.contains(&alternate), "{dropped:?}");
+    assert!(
+        dropped.contains(&addr(PRIMARY_IP, primary.port() + 1)),
+        "{dropped:?}"
+    );
+}
+
+#[test]
+fn our_nat_probe_reports_coturn_without_alternate_as_unable() {
+    if !coturn_installed() {
+        return;
+    }
+    let coturn = Coturn::start(false);
+    wait_until_answering(coturn.primary);
+    let (local, event, _, _) = probe_against(coturn.primary, Filtering::EndpointIndependent);
+    assert_eq!(
+        event,
+        NatEvent::Failed {
+            error: natter_core::nat::NatProbeError::NoOtherAddress,
+            mapped: Some(local),
+        }
+    );
+}
+
+/// A full node forced into the super-node role on 127.0.0.1:P (UDP and TCP, and TCP on its
+/// fallback ports), with its STUN alternate on 127.0.0.2:P+1 when `alternate`, run by the
+/// transport runtime. It knows no other super node.
+fn spawn_super_node(alternate: bool) -> (Runtime<Node>, SocketAddr, Option<SocketAddr>) {
+    let net = TestNetwork::new(11);
+    for i in 0..20u8 {
+        let p = free_port_pair();
+        let listen = addr(PRIMARY_IP, p);
+        let other = alternate.then(|| addr(ALTERNATE_IP, p + 1));
+        let mut cfg = NodeConfig::new(
+            net.identity("supernode"),
+            [i; 32],
+            TEST_WALL,
+            Instant::now(),
+            listen,
+        );
+        cfg.role = RolePolicy::Force;
+        cfg.stun_alternate = other;
+        let probe = Node::new(cfg.clone(), Instant::now());
+        let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
+        drop(probe);
+        match Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
+            cfg.clock_anchor = now;
+            Node::new(cfg, now)
+        }) {
+            Ok(rt) => {
+                assert!(rt.command(|m, _| m.is_super_node()));
+                return (rt, listen, other);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("super node on {listen}: {e}"),
+        }
+    }
+    panic!("could not start a super node");
+}
+
+#[test]
+fn a_super_node_answers_turnutils_stunclient() {
+    if !coturn_installed() {
+        return;
+    }
+    let (sn, primary, other) = spawn_super_node(true);
+    let other = other.unwrap();
+    let out = stdout_of(
+        Command::new("turnutils_stunclient")
+            .args(["-L", PRIMARY_IP, "-p"])
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(4),
+    );
+    let stats = sn.command(|m, _| m.stats());
+    // The Binding answer carries OTHER-ADDRESS; the RFC 5780 follow-up (change IP and port,
+    // RESPONSE-PORT) is answered from the alternate and reports the first socket's mapping.
+    assert!(out.contains("RFC 5780 response 2"), "{stats:?}\n{out}");
+    let reflexive = addresses(&out, "UDP reflexive addr:");
+    assert!(reflexive.len() >= 2, "{out}");
+    assert_eq!(reflexive[0].ip().to_string(), PRIMARY_IP);
+    assert_ne!(reflexive[0].port(), 0);
+    assert_eq!(
+        reflexive[0], reflexive[1],
+        "same client socket, same mapping"
+    );
+    let origins = addresses(&out, "Response origin:");
+    assert_eq!(origins[0], primary);
+    assert_eq!(origins.last(), Some(&other), "{origins:?}");
+    let others = addresses(&out, "Other addr:");
+    assert!(
+        !others.is_empty() && others.iter().all(|a| *a == other),
+        "{out}"
+    );
+    // Binding, change request, and the 1532-byte PADDING request: each answered by the node.
+    assert_eq!(stats.stun_answered, 3, "{stats:?}");
+    assert_eq!(stats.stun_unmatched, 0, "{stats:?}");
+    // (turnutils_stunclient has no option for its local port, nor prints it: that the
+    // reflexive address is exactly the client socket's is checked with natdiscovery below.)
+}
+
+#[test]
+fn a_super_node_passes_turnutils_natdiscovery() {
+    if !coturn_installed() {
+        return;
+    }
+    let (sn, primary, other) = spawn_super_node(true);
+    let other = other.unwrap();
+    let local_port = UdpSocket::bind(addr(PRIMARY_IP, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = stdout_of(
+        Command::new("turnutils_natdiscovery")
+            .args(["-m", "-f", "-L", PRIMARY_IP, "-l"])
+            .arg(local_port.to_string())
+            .arg("-p")
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.contains("NAT with Endpoint Independent Mapping!"),
+        "mapping test:\n{out}"
+    );
+    assert!(
+        out.contains("NAT with Endpoint Independent Filtering!"),
+        "filtering test:\n{out}"
+    );
+    let reflexive = addresses(&out, "UDP reflexive addr:");
+    assert!(reflexive.len() >= 4, "{out}");
+    assert_eq!(reflexive, addresses(&out, "Local addr:"));
+    assert_eq!(reflexive[0], addr(PRIMARY_IP, local_port));
+    let origins = addresses(&out, "Response origin:");
+    assert!(
+        origins.contains(&addr(ALTERNATE_IP, primary.port())),
+        "{origins:?}"
+    );
+    assert!(origins.contains(&other), "{origins:?}");
+    let stats = sn.command(|m, _| m.stats());
+    assert_eq!(stats.stun_unmatched, 0, "{stats:?}");
+    assert!(stats.stun_answered >= 4, "{stats:?}");
+}
+
+#[test]
+fn a_super_node_without_alternate_answers_turnutils_stunclient() {
+    if !coturn_installed() {
+        return;
+    }
+    let (sn, primary, _) = spawn_super_node(false);
+    let out = stdout_of(
+        Command::new("turnutils_stunclient")
+            .args(["-p"])
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(10),
+    );
+    // A single-address super node with no partner super node has no second IP: a plain
+    // answer, no OTHER-ADDRESS, so the client runs no RFC 5780 follow-ups.
+    let reflexive = addresses(&out, "UDP reflexive addr:");
+    assert!(!reflexive.is_empty(), "{out}");
+    assert!(reflexive.iter().all(|r| *r == reflexive[0]), "{out}");
+    assert_eq!(reflexive[0].ip().to_string(), PRIMARY_IP);
+    assert!(addresses(&out, "Other addr:").is_empty(), "{out}");
+    assert!(!out.contains("RFC 5780 response"), "{out}");
+    assert_eq!(sn.command(|m, _| m.stats()).stun_answered, 1);
+
+    // The client prints RESPONSE-ORIGIN only in RFC 5780 mode: check it with our codec.
+    let socket = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
+    let me = socket.local_addr().unwrap();
+    let (m, from) = exchange(&socket, primary, &Message::binding_request(transaction(1)));
+    assert_eq!(from, primary);
+    assert_eq!(m.mapped_address(), Some(me));
+    assert_eq!(m.response_origin(), Some(primary));
+    assert_eq!(m.other_address(), None, "{m:?}");
 }

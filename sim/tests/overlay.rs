@@ -242,6 +242,67 @@ fn nodes_behind_every_nat_attach_detect_and_only_public_ones_promote() {
     assert!(learnt, "the new super node joined the membership");
 }
 
+/// Every link to a super node is a TCP stream; the attach answer tells the node its address
+/// as the super node sees it: the far end of that stream. Behind a UDP-blocking firewall (a
+/// NAT too) that is the NAT's public address, not the super node's own (as it once was).
+#[test]
+fn a_node_attached_over_tcp_is_told_its_public_address() {
+    let mut w = world(5);
+    let firewalled = add_node(
+        &mut w,
+        "firewalled",
+        Some(NatConfig::udp_blocking_firewall()),
+        7,
+        RolePolicy::Forbid,
+    );
+    let public = add_node(&mut w, "public", None, 8, RolePolicy::Forbid);
+    w.sim.run_for(Duration::from_secs(8));
+    let nat_ip = SocketAddr::from(([198, 18, 50, 7], 0)).ip();
+    let public_ip = SocketAddr::from(([198, 18, 60, 8], 0)).ip();
+    let sn_addrs: Vec<SocketAddr> = (0..SUPER_NODES)
+        .flat_map(|i| [sn_addr(i), sn_alt(i)])
+        .collect();
+    for (h, ip, name) in [
+        (firewalled, nat_ip, "firewalled"),
+        (public, public_ip, "public"),
+    ] {
+        let attached: Vec<(SocketAddr, SocketAddr)> = events(&w, h)
+            .iter()
+            .filter_map(|e| match e {
+                NodeEvent::Attach(AttachEvent::Attached {
+                    super_node,
+                    reflexive,
+                    ..
+                }) => Some((*super_node, *reflexive)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attached.len(), 2, "{name}: {:?}", events(&w, h));
+        for (sn, reflexive) in &attached {
+            assert!(
+                !sn_addrs.contains(reflexive),
+                "{name} told {reflexive} by {sn}"
+            );
+            assert_eq!(reflexive.ip(), ip, "{name}, attached to {sn}");
+            assert_ne!(reflexive.port(), 0);
+            // The super node keeps the same address in its client record.
+            let sn_host = w.sns[(0..SUPER_NODES).position(|i| sn_addr(i) == *sn).unwrap()];
+            let recorded: Vec<SocketAddr> = w
+                .sim
+                .machine::<Node>(sn_host)
+                .super_node()
+                .unwrap()
+                .clients()
+                .map(|(_, c)| c.reflexive)
+                .collect();
+            assert!(recorded.contains(reflexive), "{name} at {sn}: {recorded:?}");
+        }
+    }
+    assert!(events(&w, firewalled)
+        .iter()
+        .any(|e| matches!(e, NodeEvent::Attach(AttachEvent::UdpBlocked))));
+}
+
 #[test]
 fn a_dead_super_node_is_replaced_within_two_seconds() {
     let mut w = world(2);

@@ -276,10 +276,18 @@ fn run<M: Machine>(
     let mut events = Events::with_capacity(256);
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut stats = DriverStats::default();
+    // Outputs the machine queued when it was built (a probe's first request) go out at once,
+    // not after its first timeout: the first pass polls without waiting.
+    let mut started = false;
     loop {
-        let timeout = machine
-            .poll_timeout()
-            .map(|t| t.saturating_duration_since(Instant::now()));
+        let timeout = if started {
+            machine
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(Instant::now()))
+        } else {
+            started = true;
+            Some(Duration::ZERO)
+        };
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -447,6 +455,61 @@ mod tests {
         }
         let stats = node.shutdown().unwrap();
         assert_eq!((stats.datagrams_in, stats.datagrams_out), (4, 4));
+    }
+
+    /// Sends one datagram from its constructor and then wants a timeout only much later.
+    struct Greeter {
+        out: Option<Transmit>,
+        later: Instant,
+    }
+
+    impl Machine for Greeter {
+        type Event = ();
+
+        fn handle_input(&mut self, _now: Instant, _input: Input<'_>) {}
+
+        fn handle_timeout(&mut self, now: Instant) {
+            self.later = now + Duration::from_secs(60);
+        }
+
+        fn poll_transmit(&mut self) -> Option<Transmit> {
+            self.out.take()
+        }
+
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            Some(self.later)
+        }
+    }
+
+    #[test]
+    fn what_a_machine_queues_when_built_is_sent_at_once() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let peer = StdUdpSocket::bind(any).unwrap();
+        let to = peer.local_addr().unwrap();
+        let started = Instant::now();
+        let _node = UdpNode::spawn(any, |now| Greeter {
+            out: Some(Transmit {
+                destination: Destination::Udp(to),
+                source: None,
+                payload: bytes::Bytes::from_static(b"hello"),
+            }),
+            later: now + Duration::from_secs(10),
+        })
+        .unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, _) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        // Not held back until the machine's first timeout (10 s away).
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -241,6 +241,9 @@ pub struct Node {
     /// Sessions that others opened over streams they connected to us (a super node's
     /// clients), and those streams: a stream is closed when its last session ends.
     incoming: HashMap<ConnId, StreamId>,
+    /// The far end of every open stream, as the driver saw it (a client's public, NATed
+    /// address on a stream it connected to us): the reflexive address of sessions over it.
+    stream_remote: HashMap<StreamId, SocketAddr>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<StreamCommand>,
     events: VecDeque<NodeEvent>,
@@ -333,6 +336,7 @@ impl Node {
             stream_conn: HashMap::new(),
             conn_stream: HashMap::new(),
             incoming: HashMap::new(),
+            stream_remote: HashMap::new(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             events: VecDeque::new(),
@@ -927,10 +931,16 @@ impl Node {
         let Some(peer) = self.endpoint.peer(conn).cloned() else {
             return;
         };
+        // Where the client is seen from: its UDP address, or the far end of the stream its
+        // session runs over (clients behind a UDP-blocking firewall attach over TCP).
+        // (Every stream is announced with its far end before data arrives on it, so the
+        // fallback is never used for a live session.)
         let remote = match self.endpoint.remote(conn) {
-            Some(Destination::Udp(a)) => *a,
-            _ => self.cfg.listen,
-        };
+            Some(Destination::Udp(a)) => Some(*a),
+            Some(Destination::Stream(s)) => self.stream_remote.get(s).copied(),
+            None => None,
+        }
+        .unwrap_or(self.cfg.listen);
         let (replies, events) = role.handle_message(
             now,
             conn,
@@ -1080,7 +1090,8 @@ impl Machine for Node {
                 WireClass::Stun => self.on_stun(now, source, local, data),
                 _ => self.endpoint.handle_input(now, input),
             },
-            Input::StreamOpened { stream, .. } => {
+            Input::StreamOpened { stream, remote } => {
+                self.stream_remote.insert(stream, remote);
                 if stream.is_local() {
                     self.attacher.stream_opened(now, stream);
                 }
@@ -1088,6 +1099,7 @@ impl Machine for Node {
             }
             Input::Stream { .. } => self.endpoint.handle_input(now, input),
             Input::StreamClosed { stream } => {
+                self.stream_remote.remove(&stream);
                 self.endpoint.handle_input(now, input);
                 // A super node whose link just broke may be gone: keep index traffic off it
                 // for a while.
@@ -1208,6 +1220,10 @@ impl Machine for Node {
     }
 
     fn poll_stream_command(&mut self) -> Option<StreamCommand> {
-        self.commands.pop_front()
+        let command = self.commands.pop_front();
+        if let Some(StreamCommand::Close { stream }) = &command {
+            self.stream_remote.remove(stream);
+        }
+        command
     }
 }
