@@ -424,3 +424,48 @@ fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
     );
     server.shutdown();
 }
+
+/// A peer that connects to a super node's TCP port and stays silent, or sends bytes that never
+/// make a handshake, is disconnected once the claim timeout passes; a real client on the same
+/// port is served meanwhile.
+#[test]
+fn silent_and_junk_tcp_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let port = free_ports(7);
+    let dir = tempfile::tempdir().unwrap();
+    let server = login_server(dir.path());
+    let net = server.network().clone();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let id = enrol(&net, dir.path(), "claim-sn");
+    let mut cfg = NodeConfig::new(id, [3; 32], wall_clock(), Instant::now(), addr);
+    cfg.role = RolePolicy::Force;
+    cfg.stream_claim_timeout = Duration::from_secs(1);
+    let node = Node::new(cfg.clone(), Instant::now());
+    let (udp, tcp) = (node.bind_addresses(), node.tcp_listen_addresses());
+    let sn = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
+        cfg.clock_anchor = now;
+        Node::new(cfg, now)
+    })
+    .unwrap();
+    let silent = TcpStream::connect(addr).unwrap();
+    let mut junk = TcpStream::connect(addr).unwrap();
+    // Well-framed but meaningless: a 4-byte frame of zeros.
+    junk.write_all(&[0, 4, 0, 0, 0, 0]).unwrap();
+    let started = Instant::now();
+    for (name, mut s) in [("silent", silent), ("junk", junk)] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 64];
+        // EOF or a reset: either way the super node let go.
+        let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+        assert!(closed, "{name} connection still open");
+    }
+    let took = started.elapsed();
+    println!("both closed after {:.2} s", took.as_secs_f64());
+    assert!(
+        took < Duration::from_secs(20),
+        "closed by the claim timeout"
+    );
+    let stats = sn.command(|n, _| n.stats());
+    assert_eq!(stats.streams_unclaimed, 2, "{stats:?}");
+}

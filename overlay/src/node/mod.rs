@@ -101,6 +101,10 @@ pub struct NodeConfig {
     /// keep-alives). On a link to a super node: three of the super node's intervals, at most
     /// this.
     pub idle_timeout: Duration,
+    /// An accepted TCP stream that carries no session this long after it opened is closed
+    /// (default 10 s): a peer that connects and stays silent, or never completes a handshake,
+    /// does not keep a socket and a stream slot.
+    pub stream_claim_timeout: Duration,
     /// Keep the UDP NAT binding towards the super nodes alive this often with a STUN Binding
     /// (default 20 s, as the original network did); the answer also tells whether the mapped
     /// address changed.
@@ -165,6 +169,7 @@ impl NodeConfig {
             nat_recheck: Duration::from_secs(300),
             keepalive: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            stream_claim_timeout: Duration::from_secs(10),
             udp_keepalive: Duration::from_secs(20),
             max_clients: 2000,
             max_promotion_load: 0.5,
@@ -212,6 +217,8 @@ pub struct NodeStats {
     pub stun_unmatched: u64,
     /// Overlay messages that could not be used.
     pub overlay_dropped: u64,
+    /// Accepted streams closed because no session was run over them in time.
+    pub streams_unclaimed: u64,
 }
 
 /// The node facade. See the [module documentation](self).
@@ -244,6 +251,8 @@ pub struct Node {
     /// The far end of every open stream, as the driver saw it (a client's public, NATed
     /// address on a stream it connected to us): the reflexive address of sessions over it.
     stream_remote: HashMap<StreamId, SocketAddr>,
+    /// Accepted streams no session has claimed yet, and when they are closed if none does.
+    unclaimed: HashMap<StreamId, Instant>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<StreamCommand>,
     events: VecDeque<NodeEvent>,
@@ -337,6 +346,7 @@ impl Node {
             conn_stream: HashMap::new(),
             incoming: HashMap::new(),
             stream_remote: HashMap::new(),
+            unclaimed: HashMap::new(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             events: VecDeque::new(),
@@ -783,6 +793,7 @@ impl Node {
                 ..
             } => {
                 self.incoming.insert(*conn, *stream);
+                self.unclaimed.remove(stream);
             }
             EndpointEvent::PathChanged { conn, remote } if self.incoming.contains_key(conn) => {
                 match remote {
@@ -1094,12 +1105,16 @@ impl Machine for Node {
                 self.stream_remote.insert(stream, remote);
                 if stream.is_local() {
                     self.attacher.stream_opened(now, stream);
+                } else {
+                    self.unclaimed
+                        .insert(stream, now + self.cfg.stream_claim_timeout);
                 }
                 self.endpoint.handle_input(now, input);
             }
             Input::Stream { .. } => self.endpoint.handle_input(now, input),
             Input::StreamClosed { stream } => {
                 self.stream_remote.remove(&stream);
+                self.unclaimed.remove(&stream);
                 self.endpoint.handle_input(now, input);
                 // A super node whose link just broke may be gone: keep index traffic off it
                 // for a while.
@@ -1139,6 +1154,19 @@ impl Machine for Node {
 
     fn handle_timeout(&mut self, now: Instant) {
         let wall = self.wall(now);
+        // Accepted streams nobody ran a session over: close them (in a fixed order).
+        let mut unclaimed: Vec<StreamId> = self
+            .unclaimed
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        unclaimed.sort();
+        for stream in unclaimed {
+            self.unclaimed.remove(&stream);
+            self.stats.streams_unclaimed += 1;
+            self.commands.push_back(StreamCommand::Close { stream });
+        }
         self.endpoint.handle_timeout(now);
         self.attacher.handle_timeout(now, wall);
         if let Some(p) = self.nat.as_mut() {
@@ -1213,6 +1241,7 @@ impl Machine for Node {
             self.client_searches.poll_timeout(),
             self.next_presence,
             self.next_ring_sync,
+            self.unclaimed.values().min().copied(),
         ]
         .into_iter()
         .flatten()
