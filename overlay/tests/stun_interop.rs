@@ -146,6 +146,18 @@ fn spawn_server(alternate: bool) -> (UdpNode<StunServer>, SocketAddr, Option<Soc
     panic!("could not bind the STUN server");
 }
 
+/// Runs coturn's `turnutils_stunclient` against `primary`. The client never gives up on its
+/// third request: its run is bounded.
+fn stunclient(primary: SocketAddr) -> String {
+    stdout_of(
+        Command::new("turnutils_stunclient")
+            .args(["-L", PRIMARY_IP, "-p"])
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(4),
+    )
+}
+
 #[test]
 fn our_server_answers_turnutils_stunclient() {
     if !coturn_installed() {
@@ -153,14 +165,7 @@ fn our_server_answers_turnutils_stunclient() {
     }
     let (node, primary, other) = spawn_server(true);
     let other = other.unwrap();
-    // The client never gives up on its third request (see below): bound its run.
-    let out = stdout_of(
-        Command::new("turnutils_stunclient")
-            .args(["-L", PRIMARY_IP, "-p"])
-            .arg(primary.port().to_string())
-            .arg(PRIMARY_IP),
-        Duration::from_secs(4),
-    );
+    let out = stunclient(primary);
     let stats = node.command(|s, _| s.stats());
 
     // Response 1: a plain Binding; it carries OTHER-ADDRESS, so the client runs its RFC 5780
@@ -190,13 +195,9 @@ fn our_server_answers_turnutils_stunclient() {
     assert_eq!(stats.error_responses, 0, "{stats:?}");
 }
 
-#[test]
-fn our_server_passes_turnutils_natdiscovery() {
-    if !coturn_installed() {
-        return;
-    }
-    let (node, primary, other) = spawn_server(true);
-    let other = other.unwrap();
+/// Runs coturn's `turnutils_natdiscovery` against the server at `primary` (alternate
+/// `other`) and checks what loopback must give: no NAT, every answer from where RFC 5780 says.
+fn natdiscovery_finds_no_nat(primary: SocketAddr, other: SocketAddr) {
     let local_port = UdpSocket::bind(addr(PRIMARY_IP, 0))
         .unwrap()
         .local_addr()
@@ -234,9 +235,38 @@ fn our_server_passes_turnutils_natdiscovery() {
         "{origins:?}"
     );
     assert!(origins.contains(&other), "{origins:?}");
+}
+
+#[test]
+fn our_server_passes_turnutils_natdiscovery() {
+    if !coturn_installed() {
+        return;
+    }
+    let (node, primary, other) = spawn_server(true);
+    let other = other.unwrap();
+    natdiscovery_finds_no_nat(primary, other);
 
     let stats = node.command(|s, _| s.stats());
     assert_eq!(stats.malformed + stats.error_responses, 0, "{stats:?}");
+}
+
+/// Runs `turnutils_stunclient` against a server with one address at `primary`: one response
+/// (the client prints its reflexive address twice, from MAPPED-ADDRESS and
+/// XOR-MAPPED-ADDRESS), no OTHER-ADDRESS, and so no RFC 5780 follow-ups.
+fn stunclient_sees_one_address(primary: SocketAddr) {
+    let out = stdout_of(
+        Command::new("turnutils_stunclient")
+            .args(["-p"])
+            .arg(primary.port().to_string())
+            .arg(PRIMARY_IP),
+        Duration::from_secs(10),
+    );
+    let reflexive = addresses(&out, "UDP reflexive addr:");
+    assert!(!reflexive.is_empty(), "{out}");
+    assert!(reflexive.iter().all(|r| *r == reflexive[0]), "{out}");
+    assert_eq!(reflexive[0].ip().to_string(), PRIMARY_IP);
+    assert!(addresses(&out, "Other addr:").is_empty(), "{out}");
+    assert!(!out.contains("RFC 5780 response"), "{out}");
 }
 
 #[test]
@@ -245,21 +275,7 @@ fn our_server_without_alternate_answers_stunclient() {
         return;
     }
     let (node, primary, _) = spawn_server(false);
-    let out = stdout_of(
-        Command::new("turnutils_stunclient")
-            .args(["-p"])
-            .arg(primary.port().to_string())
-            .arg(PRIMARY_IP),
-        Duration::from_secs(10),
-    );
-    // One response (the client prints its reflexive address twice, from MAPPED-ADDRESS and
-    // XOR-MAPPED-ADDRESS), and no RFC 5780 follow-ups without OTHER-ADDRESS.
-    let reflexive = addresses(&out, "UDP reflexive addr:");
-    assert!(!reflexive.is_empty(), "{out}");
-    assert!(reflexive.iter().all(|r| *r == reflexive[0]), "{out}");
-    assert_eq!(reflexive[0].ip().to_string(), PRIMARY_IP);
-    assert!(!out.contains("RFC 5780 response"), "{out}");
-    assert!(addresses(&out, "Other addr:").is_empty());
+    stunclient_sees_one_address(primary);
     let stats = node.command(|s, _| s.stats());
     assert_eq!(stats.success_responses, 1, "{stats:?}");
 
@@ -739,13 +755,7 @@ fn a_super_node_answers_turnutils_stunclient() {
     }
     let (sn, primary, other) = spawn_super_node(true);
     let other = other.unwrap();
-    let out = stdout_of(
-        Command::new("turnutils_stunclient")
-            .args(["-L", PRIMARY_IP, "-p"])
-            .arg(primary.port().to_string())
-            .arg(PRIMARY_IP),
-        Duration::from_secs(4),
-    );
+    let out = stunclient(primary);
     let stats = sn.command(|m, _| m.stats());
     // The Binding answer carries OTHER-ADDRESS; the RFC 5780 follow-up (change IP and port,
     // RESPONSE-PORT) is answered from the alternate and reports the first socket's mapping.
@@ -780,38 +790,7 @@ fn a_super_node_passes_turnutils_natdiscovery() {
     }
     let (sn, primary, other) = spawn_super_node(true);
     let other = other.unwrap();
-    let local_port = UdpSocket::bind(addr(PRIMARY_IP, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let out = stdout_of(
-        Command::new("turnutils_natdiscovery")
-            .args(["-m", "-f", "-L", PRIMARY_IP, "-l"])
-            .arg(local_port.to_string())
-            .arg("-p")
-            .arg(primary.port().to_string())
-            .arg(PRIMARY_IP),
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.contains("NAT with Endpoint Independent Mapping!"),
-        "mapping test:\n{out}"
-    );
-    assert!(
-        out.contains("NAT with Endpoint Independent Filtering!"),
-        "filtering test:\n{out}"
-    );
-    let reflexive = addresses(&out, "UDP reflexive addr:");
-    assert!(reflexive.len() >= 4, "{out}");
-    assert_eq!(reflexive, addresses(&out, "Local addr:"));
-    assert_eq!(reflexive[0], addr(PRIMARY_IP, local_port));
-    let origins = addresses(&out, "Response origin:");
-    assert!(
-        origins.contains(&addr(ALTERNATE_IP, primary.port())),
-        "{origins:?}"
-    );
-    assert!(origins.contains(&other), "{origins:?}");
+    natdiscovery_finds_no_nat(primary, other);
     let stats = sn.command(|m, _| m.stats());
     assert_eq!(stats.stun_unmatched, 0, "{stats:?}");
     assert!(stats.stun_answered >= 4, "{stats:?}");
@@ -823,21 +802,8 @@ fn a_super_node_without_alternate_answers_turnutils_stunclient() {
         return;
     }
     let (sn, primary, _) = spawn_super_node(false);
-    let out = stdout_of(
-        Command::new("turnutils_stunclient")
-            .args(["-p"])
-            .arg(primary.port().to_string())
-            .arg(PRIMARY_IP),
-        Duration::from_secs(10),
-    );
-    // A single-address super node with no partner super node has no second IP: a plain
-    // answer, no OTHER-ADDRESS, so the client runs no RFC 5780 follow-ups.
-    let reflexive = addresses(&out, "UDP reflexive addr:");
-    assert!(!reflexive.is_empty(), "{out}");
-    assert!(reflexive.iter().all(|r| *r == reflexive[0]), "{out}");
-    assert_eq!(reflexive[0].ip().to_string(), PRIMARY_IP);
-    assert!(addresses(&out, "Other addr:").is_empty(), "{out}");
-    assert!(!out.contains("RFC 5780 response"), "{out}");
+    // A single-address super node with no partner super node has no second IP.
+    stunclient_sees_one_address(primary);
     assert_eq!(sn.command(|m, _| m.stats()).stun_answered, 1);
 
     // The client prints RESPONSE-ORIGIN only in RFC 5780 mode: check it with our codec.

@@ -220,7 +220,8 @@ pub struct MembershipReport {
     pub bytes_per_sn_sec: f64,
     /// The same, by purpose: probes and answers, gossip and sync updates, digests, pulls.
     pub bytes_by_kind: [f64; 4],
-    /// At the end: live super nodes missing from live views, as a fraction of all pairs.
+    /// At the end: live super nodes that started more than a minute ago missing from live
+    /// views, as a fraction of all pairs.
     pub missing: f64,
     /// At the end: super nodes dead for more than a minute still in live views, as a fraction
     /// of all pairs.
@@ -1140,10 +1141,12 @@ impl IndexSim {
             let Some(m) = self.sns[i].membership.as_ref() else {
                 continue;
             };
-            let mut held = 0;
+            let mut held = std::collections::HashSet::new();
             for e in m.alive() {
                 match self.by_key.get(&e.static_key) {
-                    Some(&j) if self.sns[j].alive => held += 1,
+                    Some(&j) if self.sns[j].alive => {
+                        held.insert(j);
+                    }
                     Some(&j) => {
                         // Only departures older than a minute count: newer ones may rightly
                         // still be on their way.
@@ -1158,7 +1161,15 @@ impl IndexSim {
                     None => stale += 1,
                 }
             }
-            missing += live_sns.len() - 1 - held.min(live_sns.len() - 1);
+            // Likewise only joins older than a minute count as missing.
+            missing += live_sns
+                .iter()
+                .filter(|&&j| j != i && !held.contains(&j))
+                .filter(|&&j| {
+                    let started = self.sns[j].ready_at.saturating_sub(self.cfg.join_delay);
+                    self.now.saturating_sub(started) > OVERDUE
+                })
+                .count();
             pairs += live_sns.len() - 1;
         }
         let pairs = pairs.max(1) as f64;

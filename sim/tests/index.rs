@@ -17,6 +17,26 @@ fn lookups(sim: &mut IndexSim, phase: usize, n: usize, absent: usize, window: Du
     }
 }
 
+/// From 60 s on, `n` lookups (and a tenth as many absent names) spread over `churn`; then 30 %
+/// of the super nodes fail at once, with `n` lookups in the 30 s right after and `n` more in
+/// the minute after that. Returns the report from just before the failure.
+fn churn_then_mass_failure(sim: &mut IndexSim, n: usize, churn: Duration) -> IndexReport {
+    sim.run_until(60 * SECOND);
+    let steady = sim.phase("churn");
+    lookups(sim, steady, n, n / 10, churn);
+    let failure = 60 * SECOND + churn;
+    sim.run_until(failure);
+    let before = sim.report();
+    sim.mass_failure(0.3);
+    let after = sim.phase("right after");
+    lookups(sim, after, n, n / 10, 30 * SECOND);
+    sim.run_until(failure + 60 * SECOND);
+    let later = sim.phase("recovered");
+    lookups(sim, later, n, 0, 60 * SECOND);
+    sim.run_until(failure + 140 * SECOND);
+    before
+}
+
 fn phase<'a>(r: &'a IndexReport, name: &str) -> &'a PhaseReport {
     &r.phases.iter().find(|(n, _)| n == name).expect("phase").1
 }
@@ -69,17 +89,7 @@ fn churn_and_a_mass_failure_of_30_percent() {
     // Heavy churn, compressed: a median session of 20 minutes.
     cfg.median_session = Some(1_200 * SECOND);
     let mut sim = IndexSim::new(cfg);
-    sim.run_until(60 * SECOND);
-    let steady = sim.phase("churn");
-    lookups(&mut sim, steady, 2_000, 200, 600 * SECOND);
-    sim.run_until(660 * SECOND);
-    sim.mass_failure(0.3);
-    let after = sim.phase("right after");
-    lookups(&mut sim, after, 2_000, 200, 30 * SECOND);
-    sim.run_until(720 * SECOND);
-    let later = sim.phase("recovered");
-    lookups(&mut sim, later, 2_000, 0, 60 * SECOND);
-    sim.run_until(800 * SECOND);
+    churn_then_mass_failure(&mut sim, 2_000, 600 * SECOND);
     let r = sim.report();
     assert!(r.left > 100, "churn happened: {} left", r.left);
     let churn = phase(&r, "churn");
@@ -126,18 +136,9 @@ fn real_membership_under_churn_and_a_mass_failure() {
     cfg.median_session = Some(1_200 * SECOND);
     cfg.real_membership = true;
     let mut sim = IndexSim::new(cfg);
-    sim.run_until(60 * SECOND);
-    let steady = sim.phase("churn");
-    lookups(&mut sim, steady, 1_000, 100, 540 * SECOND);
-    sim.run_until(600 * SECOND);
-    let before = sim.report().membership.expect("real membership");
-    sim.mass_failure(0.3);
-    let after = sim.phase("right after");
-    lookups(&mut sim, after, 1_000, 100, 30 * SECOND);
-    sim.run_until(660 * SECOND);
-    let later = sim.phase("recovered");
-    lookups(&mut sim, later, 1_000, 0, 60 * SECOND);
-    sim.run_until(760 * SECOND);
+    let before = churn_then_mass_failure(&mut sim, 1_000, 540 * SECOND)
+        .membership
+        .expect("real membership");
     let r = sim.report();
     let m = r.membership.clone().expect("real membership");
     eprintln!("before the failure: {before:?}");
