@@ -14,21 +14,53 @@
 //! | `0x10..=0x1F` | login (certificate renewal relayed through an SN)      |
 //! | `0x20..=0x2F` | overlay: attach, host cache exchange, promotion        |
 //! | `0x30..=0x3F` | global index: presence store, search                   |
-//! | `0x40..=0x4F` | call signalling                                        |
+//! | `0x40..=0x4F` | call signalling (see [`crate::call`])                  |
 //! | `0x50..=0x5F` | media control: quality reports, path probes            |
 //! | `0x60..=0x6F` | chat                                                   |
 //! | `0x70..=0x7F` | file transfer                                          |
 //! | `0x80..=0x8F` | conferences                                            |
 //! | `0x90..=0x9F` | presence and buddy list                                |
 //! | `0xF0..=0xFF` | private extensions                                     |
+//!
+//! Call signalling, every message `[type][call id 16][...]`, at most 51 bytes:
+//!
+//! | type   | message                     | body after the call id                              |
+//! |--------|-----------------------------|-----------------------------------------------------|
+//! | `0x40` | `CallInvite`                | caller device 16, nonce u64, media u8, unix secs u64 |
+//! | `0x41` | `CallRinging`               | none                                                |
+//! | `0x42` | `CallAnswer`                | media u8 (also the caller's confirmation)           |
+//! | `0x43` | `CallDecline`               | none                                                |
+//! | `0x44` | `CallBusy`                  | none                                                |
+//! | `0x45` | `CallCancel`                | none                                                |
+//! | `0x46` | `CallHangup`                | none                                                |
+//! | `0x47` | `CallHold`                  | none                                                |
+//! | `0x48` | `CallResume`                | none                                                |
+//! | `0x49` | `CallCandidates`            | reserved (connectivity, not implemented)            |
+//! | `0x4A` | `CallAnsweredElsewhere`     | none                                                |
+//! | `0x4B` | `CallKeepAlive`             | held u8 (0 or 1: the sender's own hold state)       |
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{BufMut, BytesMut};
 
 use super::{DecodeError, Reader, MAX_DATAGRAM};
-use crate::identity::UserName;
+use crate::identity::{DeviceId, UnixTime, UserName};
 use crate::presence::PresenceRecord;
+
+/// Identifies one call: 128 random bits chosen by the caller. Ordered, because glare is
+/// resolved by comparing call ids (see [`crate::call`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub [u8; 16]);
+
+impl std::fmt::Debug for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallId(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
 
 /// Most host entries in one overlay message (16 entries of at most 51 bytes fit a datagram).
 pub const MAX_HOST_ENTRIES: usize = 16;
@@ -197,28 +229,30 @@ message_types! {
     IndexResult = 0x32,
     /// A search answer without records: "not found" or "could not tell".
     IndexNotFound = 0x33,
-    /// Reserved: call invitation.
+    /// Call signalling: call invitation (see [`Message::CallInvite`]).
     CallInvite = 0x40,
-    /// Reserved: the callee's device is ringing.
+    /// Call signalling: the callee's device is ringing (see [`Message::CallRinging`]).
     CallRinging = 0x41,
-    /// Reserved: answered.
+    /// Call signalling: answered (see [`Message::CallAnswer`]).
     CallAnswer = 0x42,
-    /// Reserved: declined.
+    /// Call signalling: declined (see [`Message::CallDecline`]).
     CallDecline = 0x43,
-    /// Reserved: busy.
+    /// Call signalling: busy (see [`Message::CallBusy`]).
     CallBusy = 0x44,
-    /// Reserved: the caller cancelled.
+    /// Call signalling: the caller cancelled (see [`Message::CallCancel`]).
     CallCancel = 0x45,
-    /// Reserved: hang-up.
+    /// Call signalling: hang-up (see [`Message::CallHangup`]).
     CallHangup = 0x46,
-    /// Reserved: hold.
+    /// Call signalling: hold (see [`Message::CallHold`]).
     CallHold = 0x47,
-    /// Reserved: resume.
+    /// Call signalling: resume (see [`Message::CallResume`]).
     CallResume = 0x48,
     /// Reserved: connectivity candidates.
     CallCandidates = 0x49,
-    /// Reserved: another device answered; stop ringing.
+    /// Call signalling: another device answered; stop ringing (see [`Message::CallAnsweredElsewhere`]).
     CallAnsweredElsewhere = 0x4A,
+    /// Call signalling: liveness of an active call (see [`Message::CallKeepAlive`]).
+    CallKeepAlive = 0x4B,
     /// Reserved: receiver report (loss, jitter, RTT).
     MediaReport = 0x50,
     /// Reserved: connectivity check on a candidate path.
@@ -421,6 +455,75 @@ pub enum Message<'a> {
         /// tell (replicas unreachable); try again later.
         definite: bool,
     },
+    /// Invite the receiving device to a call.
+    CallInvite {
+        /// Chosen at random by the caller.
+        call: CallId,
+        /// The calling device (must match the session's peer).
+        caller: DeviceId,
+        /// Random per invite; retransmissions repeat it, so a device can tell a retransmitted
+        /// invite (answer again) from a replayed one (drop).
+        nonce: u64,
+        /// Media capability bits (codecs, video), opaque to signalling.
+        media: u8,
+        /// The caller's wall clock when it placed the call; old invites are refused.
+        timestamp: UnixTime,
+    },
+    /// The callee's device is ringing.
+    CallRinging {
+        /// Which call.
+        call: CallId,
+    },
+    /// From a callee device: "I answer". From the caller, back to the device whose answer
+    /// won: "you are connected".
+    CallAnswer {
+        /// Which call.
+        call: CallId,
+        /// Media capability bits of the sender.
+        media: u8,
+    },
+    /// The callee declined.
+    CallDecline {
+        /// Which call.
+        call: CallId,
+    },
+    /// The callee's device is in another call.
+    CallBusy {
+        /// Which call.
+        call: CallId,
+    },
+    /// The caller gave up before the call was answered.
+    CallCancel {
+        /// Which call.
+        call: CallId,
+    },
+    /// An active call ends.
+    CallHangup {
+        /// Which call.
+        call: CallId,
+    },
+    /// The sender puts the call on hold.
+    CallHold {
+        /// Which call.
+        call: CallId,
+    },
+    /// The sender takes the call off hold.
+    CallResume {
+        /// Which call.
+        call: CallId,
+    },
+    /// Another device of the callee answered: stop ringing (or: your answer came too late).
+    CallAnsweredElsewhere {
+        /// Which call.
+        call: CallId,
+    },
+    /// Periodic liveness of a call, with the sender's hold state (repairs a lost hold/resume).
+    CallKeepAlive {
+        /// Which call.
+        call: CallId,
+        /// The sender has the call on hold.
+        held: bool,
+    },
 }
 
 impl<'a> Message<'a> {
@@ -447,6 +550,17 @@ impl<'a> Message<'a> {
             Message::IndexSearch { .. } => MessageType::IndexSearch,
             Message::IndexResult { .. } => MessageType::IndexResult,
             Message::IndexNotFound { .. } => MessageType::IndexNotFound,
+            Message::CallInvite { .. } => MessageType::CallInvite,
+            Message::CallRinging { .. } => MessageType::CallRinging,
+            Message::CallAnswer { .. } => MessageType::CallAnswer,
+            Message::CallDecline { .. } => MessageType::CallDecline,
+            Message::CallBusy { .. } => MessageType::CallBusy,
+            Message::CallCancel { .. } => MessageType::CallCancel,
+            Message::CallHangup { .. } => MessageType::CallHangup,
+            Message::CallHold { .. } => MessageType::CallHold,
+            Message::CallResume { .. } => MessageType::CallResume,
+            Message::CallAnsweredElsewhere { .. } => MessageType::CallAnsweredElsewhere,
+            Message::CallKeepAlive { .. } => MessageType::CallKeepAlive,
         }
     }
 
@@ -607,6 +721,45 @@ impl<'a> Message<'a> {
                 hops: r.u8()?,
                 definite: read_bool(&mut r, "definite")?,
             },
+            MessageType::CallInvite => Message::CallInvite {
+                call: CallId(r.array()?),
+                caller: DeviceId(r.array()?),
+                nonce: r.u64()?,
+                media: r.u8()?,
+                timestamp: UnixTime(r.u64()?),
+            },
+            MessageType::CallRinging => Message::CallRinging {
+                call: CallId(r.array()?),
+            },
+            MessageType::CallAnswer => Message::CallAnswer {
+                call: CallId(r.array()?),
+                media: r.u8()?,
+            },
+            MessageType::CallDecline => Message::CallDecline {
+                call: CallId(r.array()?),
+            },
+            MessageType::CallBusy => Message::CallBusy {
+                call: CallId(r.array()?),
+            },
+            MessageType::CallCancel => Message::CallCancel {
+                call: CallId(r.array()?),
+            },
+            MessageType::CallHangup => Message::CallHangup {
+                call: CallId(r.array()?),
+            },
+            MessageType::CallHold => Message::CallHold {
+                call: CallId(r.array()?),
+            },
+            MessageType::CallResume => Message::CallResume {
+                call: CallId(r.array()?),
+            },
+            MessageType::CallAnsweredElsewhere => Message::CallAnsweredElsewhere {
+                call: CallId(r.array()?),
+            },
+            MessageType::CallKeepAlive => Message::CallKeepAlive {
+                call: CallId(r.array()?),
+                held: read_bool(&mut r, "held")?,
+            },
             other => return Err(DecodeError::Unimplemented(other)),
         };
         r.finish()?;
@@ -714,6 +867,35 @@ impl<'a> Message<'a> {
                 out.put_u8(*hops);
                 out.put_u8(u8::from(*definite));
             }
+            Message::CallInvite {
+                call,
+                caller,
+                nonce,
+                media,
+                timestamp,
+            } => {
+                out.put_slice(&call.0);
+                out.put_slice(&caller.0);
+                out.put_u64(*nonce);
+                out.put_u8(*media);
+                out.put_u64(timestamp.0);
+            }
+            Message::CallAnswer { call, media } => {
+                out.put_slice(&call.0);
+                out.put_u8(*media);
+            }
+            Message::CallKeepAlive { call, held } => {
+                out.put_slice(&call.0);
+                out.put_u8(u8::from(*held));
+            }
+            Message::CallRinging { call }
+            | Message::CallDecline { call }
+            | Message::CallBusy { call }
+            | Message::CallCancel { call }
+            | Message::CallHangup { call }
+            | Message::CallHold { call }
+            | Message::CallResume { call }
+            | Message::CallAnsweredElsewhere { call } => out.put_slice(&call.0),
         }
     }
 }
@@ -740,8 +922,8 @@ mod tests {
     #[test]
     fn reserved_types_are_typed_errors() {
         assert_eq!(
-            Message::decode(&[0x40, 1, 2, 3]),
-            Err(DecodeError::Unimplemented(MessageType::CallInvite))
+            Message::decode(&[0x49, 1, 2, 3]),
+            Err(DecodeError::Unimplemented(MessageType::CallCandidates))
         );
         assert_eq!(
             Message::decode(&[0xEE]),
@@ -904,6 +1086,56 @@ mod tests {
         assert!(Message::decode(&b).is_err());
     }
 
+    #[test]
+    fn call_messages_roundtrip_and_fit_a_datagram() {
+        let call = CallId([0xAB; 16]);
+        let all = [
+            Message::CallInvite {
+                call,
+                caller: DeviceId([7; 16]),
+                nonce: u64::MAX,
+                media: 0x81,
+                timestamp: UnixTime(1_700_000_000),
+            },
+            Message::CallRinging { call },
+            Message::CallAnswer { call, media: 1 },
+            Message::CallDecline { call },
+            Message::CallBusy { call },
+            Message::CallCancel { call },
+            Message::CallHangup { call },
+            Message::CallHold { call },
+            Message::CallResume { call },
+            Message::CallAnsweredElsewhere { call },
+            Message::CallKeepAlive { call, held: true },
+            Message::CallKeepAlive { call, held: false },
+        ];
+        for m in all {
+            let mut b = BytesMut::new();
+            m.encode(&mut b);
+            assert!(b.len() <= 51, "{} bytes", b.len());
+            assert!(b.len() <= MAX_APP_DATA);
+            assert_eq!(Message::decode(&b).unwrap(), m);
+            // Every strict prefix is a typed truncation error, one byte more is trailing.
+            for cut in 1..b.len() {
+                assert!(
+                    matches!(
+                        Message::decode(&b[..cut]),
+                        Err(DecodeError::Truncated { .. })
+                    ),
+                    "{m:?} cut at {cut}"
+                );
+            }
+            let mut long = b.to_vec();
+            long.push(0);
+            assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(1)));
+        }
+        // The hold flag is a strict boolean, so decoding stays canonical.
+        let mut b = BytesMut::new();
+        Message::CallKeepAlive { call, held: true }.encode(&mut b);
+        b[17] = 2;
+        assert_eq!(Message::decode(&b), Err(DecodeError::Invalid("held")));
+    }
+
     fn msg_strategy() -> impl Strategy<Value = (u8, u32, Vec<u8>)> {
         (
             0u8..5,
@@ -936,6 +1168,41 @@ mod tests {
             let mut buf = vec![ty];
             buf.extend(data);
             let _ = Message::decode(&buf);
+        }
+
+        #[test]
+        fn call_decode_never_panics(
+            ty in 0x40u8..0x4C,
+            data in proptest::collection::vec(any::<u8>(), 0..1300),
+        ) {
+            let mut buf = vec![ty];
+            buf.extend(data);
+            if let Ok(m) = Message::decode(&buf) {
+                // What decodes re-encodes to the same bytes (the fuzz target's property).
+                let mut out = BytesMut::new();
+                m.encode(&mut out);
+                prop_assert_eq!(&out[..], &buf[..]);
+            }
+        }
+
+        #[test]
+        fn call_invites_roundtrip(
+            call in any::<[u8; 16]>(),
+            caller in any::<[u8; 16]>(),
+            nonce in any::<u64>(),
+            media in any::<u8>(),
+            ts in any::<u64>(),
+        ) {
+            let m = Message::CallInvite {
+                call: CallId(call),
+                caller: DeviceId(caller),
+                nonce,
+                media,
+                timestamp: UnixTime(ts),
+            };
+            let mut buf = BytesMut::new();
+            m.encode(&mut buf);
+            prop_assert_eq!(Message::decode(&buf).unwrap(), m);
         }
 
         #[test]
