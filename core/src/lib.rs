@@ -38,6 +38,7 @@
 //! * [`attach`]: joining the overlay: probing super nodes, keeping links to them.
 //! * [`nat`]: NAT and firewall behaviour discovery (RFC 5780).
 //! * [`presence`]: signed presence records for the global index.
+//! * [`call`]: call signalling (invite, ring, answer, hold, hang-up; multi-device, glare).
 //!
 //! ## Example: two endpoints in a hand-driven loop
 //!
@@ -60,6 +61,7 @@
 #![deny(missing_docs)]
 
 pub mod attach;
+pub mod call;
 pub mod endpoint;
 pub mod handshake;
 pub mod hostcache;

@@ -1,0 +1,1087 @@
+//! Call signalling: one device's calls, as a sans-IO state machine.
+//!
+//! [`CallMachine`] runs on every device. It sees call messages ([`Message::CallInvite`] and the
+//! rest of the `0x40` range) that arrived over authenticated sessions, with the peer's user
+//! name and device id the session proved, and produces messages to send to peer devices
+//! ([`CallTransmit`]), events for the application ([`CallEvent`]) and one deadline. It never
+//! touches a socket or a clock: the owner feeds `now` into every call.
+//!
+//! | kind | method |
+//! |---|---|
+//! | input | [`CallMachine::handle_message`] (a call message from a peer device) |
+//! | input | [`CallMachine::handle_heard`] (the transport heard from a device: media, keep-alive) |
+//! | input | [`CallMachine::handle_timeout`] |
+//! | command | [`CallMachine::call`], [`CallMachine::answer`], [`CallMachine::decline`], [`CallMachine::hang_up`], [`CallMachine::hold`], [`CallMachine::resume`] |
+//! | output | [`CallMachine::poll_transmit`], [`CallMachine::poll_event`], [`CallMachine::poll_timeout`] |
+//!
+//! Drain order is the crate's: transmits, then events, then the deadline once.
+//!
+//! # States
+//!
+//! ```text
+//!                call()                          Answer from a callee device (first wins;
+//!   idle ───────────────────► Outgoing ─────────► the caller confirms with Answer, tells the
+//!    │                        (inviting, then      others AnsweredElsewhere) ──────┐
+//!    │                         ringing)                                              │
+//!    │                          │ Decline / all Busy / ring timeout / hang_up        ▼
+//!    │                          └──────────► Ended(Declined | Busy | Missed |     Active ◄──┐
+//!    │ Invite                                      Cancelled)               (hold/resume: │
+//!    ▼                answer()                                               local and    │
+//!  Incoming ───────────────────► Answering ── caller's Answer (confirm) ──► remote flags)─┘
+//!  (ringing)                        │                                          │
+//!    │ decline() / Cancel /         │ AnsweredElsewhere / Cancel /             │ Hangup / hang_up()
+//!    │ AnsweredElsewhere /          │ no confirmation within peer_timeout      │ / silence for
+//!    │ ring timeout / caller silent ▼                                          ▼ peer_timeout
+//!    └─────────────────────► Ended(Declined | Cancelled | AnsweredElsewhere | Missed |
+//!                                  PeerVanished | HungUp)
+//! ```
+//!
+//! A device has at most one call. An invite that arrives while it has one is answered
+//! [`Message::CallBusy`] (no call waiting), except in glare (below).
+//!
+//! # Multi-device
+//!
+//! [`CallMachine::call`] invites every device of the callee. Each device rings and answers
+//! [`Message::CallRinging`]. The **first** [`Message::CallAnswer`] to reach the caller wins:
+//! the caller sends `CallAnswer` back to that device (the confirmation that moves it from
+//! Answering to Active) and [`Message::CallAnsweredElsewhere`] to every other invited device,
+//! which stops ringing ([`EndReason::AnsweredElsewhere`]). A device whose answer arrives later
+//! gets `CallAnsweredElsewhere` too. One `Decline` from any device declines the call for the
+//! user (the others get `CallCancel`); `Busy` removes one device, and the call ends Busy when
+//! every invited device is busy.
+//!
+//! # Glare
+//!
+//! When a device with an unanswered outgoing call to user U gets an invite from U, the call
+//! with the **lower call id** (byte order) survives, on both sides, without another round
+//! trip: if the incoming call's id is lower, the device cancels its own call (to all of U's
+//! devices), reports [`CallEvent::GlareMerged`] and answers the incoming call automatically;
+//! otherwise it ignores the incoming invite (no Busy, which would race) and waits for U's
+//! device to do the mirror image and answer. Both sides end up in the same single call.
+//!
+//! # Replay protection
+//!
+//! Invites carry the caller's wall-clock time; one older than `max_invite_age` (60 s) or more
+//! than `max_skew` (30 s) in the future is dropped. Every accepted invite's call id is
+//! remembered with its nonce until the invite could no longer pass the age check (at most
+//! `max_seen` entries; evicting one raises a timestamp floor so an evicted invite is still
+//! refused). A repeated (call id, nonce) from the same device while that call still rings is
+//! a retransmission and is answered again (Ringing or Busy) without ringing twice; anything
+//! else with a known call id is a replay and is dropped. Every drop is counted in
+//! [`CallStats`].
+//!
+//! # Liveness
+//!
+//! The caller retransmits invites every `retransmit_interval` (1 s) to devices that have not
+//! answered Ringing and sends [`Message::CallKeepAlive`] to the ringing ones; a ringing device
+//! whose caller stays silent for `peer_timeout` (5 s) stops ringing ([`EndReason::PeerVanished`]).
+//! In a call both sides send `CallKeepAlive` every `keepalive_interval` (1 s), carrying their
+//! own hold flag (which repairs a lost Hold or Resume), and the call ends PeerVanished after
+//! `peer_timeout` of silence; [`CallMachine::handle_heard`] lets the owner count media
+//! packets as signs of life too.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::identity::{DeviceId, UnixTime, UserName};
+use crate::rng::Rng;
+pub use crate::wire::message::CallId;
+use crate::wire::message::Message;
+
+/// Most devices one call invites.
+pub const MAX_CALLEE_DEVICES: usize = 8;
+/// Ended calls remembered for [`CallMachine::state`] and for answering late messages.
+const ENDED_MEMORY: usize = 16;
+
+/// Tuning of a [`CallMachine`].
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    /// Seed for call ids and nonces.
+    pub seed: [u8; 32],
+    /// The wall clock at the `now` given to [`CallMachine::new`] (invite timestamps).
+    pub wall_anchor: UnixTime,
+    /// This device's media capability bits, sent in invites and answers.
+    pub media: u8,
+    /// How long a call rings before it is missed (45 s).
+    pub ring_timeout: Duration,
+    /// Silence after which the peer is gone (5 s).
+    pub peer_timeout: Duration,
+    /// Keep-alive period of an active call (1 s).
+    pub keepalive_interval: Duration,
+    /// Retransmission period of invites and answers (1 s).
+    pub retransmit_interval: Duration,
+    /// Oldest invite accepted, by its timestamp (60 s).
+    pub max_invite_age: Duration,
+    /// How far in the future an invite's timestamp may be (30 s).
+    pub max_skew: Duration,
+    /// Most invites remembered for replay protection (1024).
+    pub max_seen: usize,
+}
+
+impl CallConfig {
+    /// Defaults with this seed and wall clock.
+    pub fn new(seed: [u8; 32], wall_anchor: UnixTime) -> Self {
+        Self {
+            seed,
+            wall_anchor,
+            media: 1,
+            ring_timeout: Duration::from_secs(45),
+            peer_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(1),
+            retransmit_interval: Duration::from_secs(1),
+            max_invite_age: Duration::from_secs(60),
+            max_skew: Duration::from_secs(30),
+            max_seen: 1024,
+        }
+    }
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// An active call was hung up (`local`: by this device).
+    HungUp {
+        /// This device hung up.
+        local: bool,
+    },
+    /// The callee declined (`local`: this device declined).
+    Declined {
+        /// This device declined.
+        local: bool,
+    },
+    /// Every invited device is in another call.
+    Busy,
+    /// The caller gave up before an answer (`local`: this device was the caller).
+    Cancelled {
+        /// This device cancelled.
+        local: bool,
+    },
+    /// Nobody answered within the ring timeout.
+    Missed,
+    /// No signalling or media from the peer for the peer timeout.
+    PeerVanished,
+    /// Another device of this user answered.
+    AnsweredElsewhere,
+}
+
+/// Where a call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// This device calls; `ringing` once a callee device rings.
+    Outgoing {
+        /// At least one callee device is ringing.
+        ringing: bool,
+    },
+    /// An incoming call rings here.
+    Incoming,
+    /// This device answered and waits for the caller's confirmation.
+    Answering,
+    /// Connected.
+    Active {
+        /// This device holds the call.
+        local_hold: bool,
+        /// The peer holds the call.
+        remote_hold: bool,
+    },
+    /// Over.
+    Ended(EndReason),
+}
+
+/// What the application hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    /// A call rings here.
+    Incoming {
+        /// Which call.
+        call: CallId,
+        /// The caller.
+        user: UserName,
+        /// The caller's device.
+        device: DeviceId,
+        /// The caller's media capabilities.
+        media: u8,
+    },
+    /// A callee device rings (once per device).
+    Ringing {
+        /// Which call.
+        call: CallId,
+        /// The ringing device.
+        device: DeviceId,
+    },
+    /// The call is connected to `device`.
+    Connected {
+        /// Which call.
+        call: CallId,
+        /// The peer device.
+        device: DeviceId,
+        /// The peer's media capabilities.
+        media: u8,
+    },
+    /// The hold state changed.
+    HoldChanged {
+        /// Which call.
+        call: CallId,
+        /// This device holds the call.
+        local_hold: bool,
+        /// The peer holds the call.
+        remote_hold: bool,
+    },
+    /// Glare: our outgoing call `dropped` was merged into the incoming call `kept`, which
+    /// this device answered automatically. `dropped` gets no `Ended` event.
+    GlareMerged {
+        /// Our own call, abandoned.
+        dropped: CallId,
+        /// The call that continues.
+        kept: CallId,
+    },
+    /// An invite was refused with Busy because this device is in a call.
+    RejectedBusy {
+        /// The refused call.
+        call: CallId,
+        /// Who called.
+        user: UserName,
+    },
+    /// The call ended.
+    Ended {
+        /// Which call.
+        call: CallId,
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// A call message to send to one peer device (over its session, or through a super node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallTransmit {
+    /// The destination device.
+    pub device: DeviceId,
+    /// The message; encode it with [`Message::encode`].
+    pub message: Message<'static>,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// This device already has a call.
+    #[error("already in a call")]
+    InCall,
+    /// No device to invite.
+    #[error("no device to invite")]
+    NoDevices,
+    /// More than [`MAX_CALLEE_DEVICES`] devices.
+    #[error("too many devices")]
+    TooManyDevices,
+    /// Not the current call.
+    #[error("unknown call")]
+    UnknownCall,
+    /// The command does not apply in the call's state.
+    #[error("not possible in this call state")]
+    WrongState,
+}
+
+/// Counters of dropped and notable input. Nothing here is ever a panic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Invites with a known call id that are not retransmissions.
+    pub replayed_invites: u64,
+    /// Invites too old, from the future, or below the eviction floor.
+    pub stale_invites: u64,
+    /// Retransmitted invites answered again.
+    pub duplicate_invites: u64,
+    /// Invites refused with Busy.
+    pub busy_rejected: u64,
+    /// Glare cases resolved (either side).
+    pub glare: u64,
+    /// Messages about a call this device does not have.
+    pub unknown_call: u64,
+    /// Messages from a device that is not part of the call (or an invite whose caller field
+    /// is not the session's device).
+    pub unexpected_device: u64,
+    /// Messages that do not apply in the call's state.
+    pub wrong_state: u64,
+    /// Answers that lost to another device's answer.
+    pub late_answers: u64,
+    /// Replay-protection entries evicted because the set was full.
+    pub seen_evictions: u64,
+    /// Non-call messages handed to the machine.
+    pub not_call: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Outgoing,
+    Incoming,
+    Answering,
+    Active,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Callee {
+    device: DeviceId,
+    ringing: bool,
+    busy: bool,
+}
+
+#[derive(Debug)]
+struct Call {
+    id: CallId,
+    user: UserName,
+    outgoing: bool,
+    phase: Phase,
+    /// Outgoing: the invited devices.
+    callees: Vec<Callee>,
+    nonce: u64,
+    timestamp: UnixTime,
+    /// Incoming: the caller's device; outgoing: the device that won, once answered.
+    peer: Option<DeviceId>,
+    local_hold: bool,
+    remote_hold: bool,
+    ring_deadline: Instant,
+    last_heard: Instant,
+    next_send: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    from: DeviceId,
+    nonce: u64,
+    timestamp: UnixTime,
+    expires: Instant,
+    busy: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Ended {
+    id: CallId,
+    reason: EndReason,
+    outgoing: bool,
+    user: UserName,
+}
+
+/// One device's call signalling machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct CallMachine {
+    device: DeviceId,
+    cfg: CallConfig,
+    rng: Rng,
+    start: Instant,
+    call: Option<Call>,
+    seen: HashMap<CallId, Seen>,
+    /// Invites with a timestamp at or below this were evicted from `seen` and are refused.
+    floor: Option<UnixTime>,
+    ended: VecDeque<Ended>,
+    transmits: VecDeque<CallTransmit>,
+    events: VecDeque<CallEvent>,
+    stats: CallStats,
+}
+
+impl CallMachine {
+    /// A machine for `device`, created at `now` (when the wall clock read
+    /// `cfg.wall_anchor`).
+    pub fn new(device: DeviceId, cfg: CallConfig, now: Instant) -> Self {
+        Self {
+            device,
+            rng: Rng::from_seed_bytes(cfg.seed),
+            cfg,
+            start: now,
+            call: None,
+            seen: HashMap::new(),
+            floor: None,
+            ended: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: CallStats::default(),
+        }
+    }
+
+    /// This device.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// Drop counters.
+    pub fn stats(&self) -> CallStats {
+        self.stats
+    }
+
+    /// The current call, if any.
+    pub fn current(&self) -> Option<CallId> {
+        self.call.as_ref().map(|c| c.id)
+    }
+
+    /// Where `call` stands: the current call, or one of the last ended ones.
+    pub fn state(&self, call: CallId) -> Option<CallState> {
+        if let Some(c) = self.call.as_ref().filter(|c| c.id == call) {
+            return Some(match c.phase {
+                Phase::Outgoing => CallState::Outgoing {
+                    ringing: c.callees.iter().any(|d| d.ringing),
+                },
+                Phase::Incoming => CallState::Incoming,
+                Phase::Answering => CallState::Answering,
+                Phase::Active => CallState::Active {
+                    local_hold: c.local_hold,
+                    remote_hold: c.remote_hold,
+                },
+            });
+        }
+        self.ended
+            .iter()
+            .find(|e| e.id == call)
+            .map(|e| CallState::Ended(e.reason))
+    }
+
+    fn wall(&self, now: Instant) -> UnixTime {
+        UnixTime(self.cfg.wall_anchor.0 + now.saturating_duration_since(self.start).as_secs())
+    }
+
+    fn send(&mut self, device: DeviceId, message: Message<'static>) {
+        self.transmits.push_back(CallTransmit { device, message });
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        if let Some(c) = self.call.take() {
+            if self.ended.len() == ENDED_MEMORY {
+                self.ended.pop_front();
+            }
+            self.ended.push_back(Ended {
+                id: c.id,
+                reason,
+                outgoing: c.outgoing,
+                user: c.user,
+            });
+            self.events
+                .push_back(CallEvent::Ended { call: c.id, reason });
+        }
+    }
+
+    /// Tell every invited device that is not busy (except `except`) this message.
+    fn tell_callees(&mut self, except: Option<DeviceId>, msg: Message<'static>) {
+        let devices: Vec<DeviceId> = match &self.call {
+            Some(c) => c
+                .callees
+                .iter()
+                .filter(|d| !d.busy && Some(d.device) != except)
+                .map(|d| d.device)
+                .collect(),
+            None => return,
+        };
+        for d in devices {
+            self.send(d, msg.clone());
+        }
+    }
+
+    // ---- commands ----
+
+    /// Call `user` on every one of `devices` (duplicates and this device are skipped).
+    pub fn call(
+        &mut self,
+        now: Instant,
+        user: UserName,
+        devices: &[DeviceId],
+    ) -> Result<CallId, CallError> {
+        if self.call.is_some() {
+            return Err(CallError::InCall);
+        }
+        let mut callees: Vec<Callee> = Vec::new();
+        for d in devices {
+            if *d != self.device && !callees.iter().any(|c| c.device == *d) {
+                callees.push(Callee {
+                    device: *d,
+                    ringing: false,
+                    busy: false,
+                });
+            }
+        }
+        if callees.is_empty() {
+            return Err(CallError::NoDevices);
+        }
+        if callees.len() > MAX_CALLEE_DEVICES {
+            return Err(CallError::TooManyDevices);
+        }
+        let mut id = [0u8; 16];
+        self.rng.fill(&mut id);
+        let call = Call {
+            id: CallId(id),
+            user,
+            outgoing: true,
+            phase: Phase::Outgoing,
+            callees,
+            nonce: self.rng.u64(),
+            timestamp: self.wall(now),
+            peer: None,
+            local_hold: false,
+            remote_hold: false,
+            ring_deadline: now + self.cfg.ring_timeout,
+            last_heard: now,
+            next_send: now + self.cfg.retransmit_interval,
+        };
+        let invite = self.invite(&call);
+        let devices: Vec<DeviceId> = call.callees.iter().map(|c| c.device).collect();
+        self.call = Some(call);
+        for d in devices {
+            self.send(d, invite.clone());
+        }
+        Ok(CallId(id))
+    }
+
+    fn invite(&self, c: &Call) -> Message<'static> {
+        Message::CallInvite {
+            call: c.id,
+            caller: self.device,
+            nonce: c.nonce,
+            media: self.cfg.media,
+            timestamp: c.timestamp,
+        }
+    }
+
+    fn current_mut(&mut self, call: CallId) -> Result<&mut Call, CallError> {
+        self.call
+            .as_mut()
+            .filter(|c| c.id == call)
+            .ok_or(CallError::UnknownCall)
+    }
+
+    /// Answer the incoming call that rings here.
+    pub fn answer(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
+        let media = self.cfg.media;
+        let interval = self.cfg.retransmit_interval;
+        let c = self.current_mut(call)?;
+        if c.phase != Phase::Incoming {
+            return Err(CallError::WrongState);
+        }
+        c.phase = Phase::Answering;
+        c.last_heard = now;
+        c.next_send = now + interval;
+        let peer = c.peer.expect("incoming calls have a peer");
+        self.send(peer, Message::CallAnswer { call, media });
+        Ok(())
+    }
+
+    /// Decline the incoming call that rings here.
+    pub fn decline(&mut self, _now: Instant, call: CallId) -> Result<(), CallError> {
+        let c = self.current_mut(call)?;
+        if c.phase != Phase::Incoming {
+            return Err(CallError::WrongState);
+        }
+        let peer = c.peer.expect("incoming calls have a peer");
+        self.send(peer, Message::CallDecline { call });
+        self.end(EndReason::Declined { local: true });
+        Ok(())
+    }
+
+    /// End the call whatever its state: cancel an outgoing call, decline an incoming one,
+    /// hang up a connected (or answering) one.
+    pub fn hang_up(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
+        let c = self.current_mut(call)?;
+        match c.phase {
+            Phase::Outgoing => {
+                self.tell_callees(None, Message::CallCancel { call });
+                self.end(EndReason::Cancelled { local: true });
+            }
+            Phase::Incoming => return self.decline(now, call),
+            Phase::Answering | Phase::Active => {
+                let peer = c.peer.expect("connected calls have a peer");
+                self.send(peer, Message::CallHangup { call });
+                self.end(EndReason::HungUp { local: true });
+            }
+        }
+        Ok(())
+    }
+
+    /// Put the active call on hold.
+    pub fn hold(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
+        self.set_hold(now, call, true)
+    }
+
+    /// Take the active call off hold.
+    pub fn resume(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
+        self.set_hold(now, call, false)
+    }
+
+    fn set_hold(&mut self, _now: Instant, call: CallId, hold: bool) -> Result<(), CallError> {
+        let c = self.current_mut(call)?;
+        if c.phase != Phase::Active {
+            return Err(CallError::WrongState);
+        }
+        let changed = c.local_hold != hold;
+        c.local_hold = hold;
+        let (peer, remote_hold) = (c.peer.expect("active calls have a peer"), c.remote_hold);
+        let msg = if hold {
+            Message::CallHold { call }
+        } else {
+            Message::CallResume { call }
+        };
+        self.send(peer, msg);
+        if changed {
+            self.events.push_back(CallEvent::HoldChanged {
+                call,
+                local_hold: hold,
+                remote_hold,
+            });
+        }
+        Ok(())
+    }
+
+    // ---- inputs ----
+
+    /// The owner heard from `device` (media, a session keep-alive): the call with it is alive.
+    pub fn handle_heard(&mut self, now: Instant, device: DeviceId) {
+        if let Some(c) = self.call.as_mut() {
+            if c.peer == Some(device) {
+                c.last_heard = now;
+            }
+        }
+    }
+
+    /// A call message from `device` of `user` (as its session proved them). Returns false
+    /// (and counts it) when `msg` is not a call message.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        device: DeviceId,
+        user: &UserName,
+        msg: &Message<'_>,
+    ) -> bool {
+        let (call, kind) = match *msg {
+            Message::CallInvite {
+                call,
+                caller,
+                nonce,
+                media,
+                timestamp,
+            } => {
+                self.on_invite(now, device, user, call, caller, nonce, media, timestamp);
+                return true;
+            }
+            Message::CallRinging { call } => (call, Kind::Ringing),
+            Message::CallAnswer { call, media } => (call, Kind::Answer(media)),
+            Message::CallDecline { call } => (call, Kind::Decline),
+            Message::CallBusy { call } => (call, Kind::Busy),
+            Message::CallCancel { call } => (call, Kind::Cancel),
+            Message::CallHangup { call } => (call, Kind::Hangup),
+            Message::CallHold { call } => (call, Kind::Hold(true)),
+            Message::CallResume { call } => (call, Kind::Hold(false)),
+            Message::CallAnsweredElsewhere { call } => (call, Kind::AnsweredElsewhere),
+            Message::CallKeepAlive { call, held } => (call, Kind::KeepAlive(held)),
+            _ => {
+                self.stats.not_call += 1;
+                return false;
+            }
+        };
+        let Some(c) = self.call.as_mut().filter(|c| c.id == call) else {
+            self.on_unknown(device, user, call, kind);
+            return true;
+        };
+        if c.outgoing {
+            self.on_outgoing(now, device, kind);
+        } else {
+            self.on_incoming(now, device, kind);
+        }
+        true
+    }
+
+    fn on_unknown(&mut self, device: DeviceId, user: &UserName, call: CallId, kind: Kind) {
+        let ended = self.ended.iter().find(|e| e.id == call);
+        match (ended, kind) {
+            // A callee device answers a call that is over here: tell it so.
+            (Some(e), Kind::Answer(_)) if e.outgoing && &e.user == user => {
+                self.stats.late_answers += 1;
+                let msg = if matches!(e.reason, EndReason::HungUp { .. }) {
+                    Message::CallAnsweredElsewhere { call }
+                } else {
+                    Message::CallCancel { call }
+                };
+                self.send(device, msg);
+            }
+            (Some(_), _) => self.stats.wrong_state += 1,
+            (None, _) => self.stats.unknown_call += 1,
+        }
+    }
+
+    fn on_outgoing(&mut self, now: Instant, device: DeviceId, kind: Kind) {
+        let media = self.cfg.media;
+        let keepalive = self.cfg.keepalive_interval;
+        let Some(c) = self.call.as_mut() else { return };
+        let call = c.id;
+        let Some(i) = c.callees.iter().position(|d| d.device == device) else {
+            self.stats.unexpected_device += 1;
+            return;
+        };
+        if c.phase == Phase::Active {
+            if c.peer != Some(device) {
+                // Another device of the callee: its answer came too late.
+                if let Kind::Answer(_) = kind {
+                    self.stats.late_answers += 1;
+                    self.send(device, Message::CallAnsweredElsewhere { call });
+                } else {
+                    self.stats.wrong_state += 1;
+                }
+                return;
+            }
+            self.on_active(now, kind);
+            return;
+        }
+        // Outgoing, not answered yet.
+        if c.callees[i].busy {
+            self.stats.wrong_state += 1;
+            return;
+        }
+        match kind {
+            Kind::Ringing => {
+                if !c.callees[i].ringing {
+                    c.callees[i].ringing = true;
+                    self.events.push_back(CallEvent::Ringing { call, device });
+                }
+            }
+            Kind::Answer(peer_media) => {
+                c.phase = Phase::Active;
+                c.peer = Some(device);
+                c.last_heard = now;
+                c.next_send = now + keepalive;
+                self.send(device, Message::CallAnswer { call, media });
+                self.tell_callees(Some(device), Message::CallAnsweredElsewhere { call });
+                self.events.push_back(CallEvent::Connected {
+                    call,
+                    device,
+                    media: peer_media,
+                });
+            }
+            Kind::Decline => {
+                self.tell_callees(Some(device), Message::CallCancel { call });
+                self.end(EndReason::Declined { local: false });
+            }
+            Kind::Busy => {
+                c.callees[i].busy = true;
+                if c.callees.iter().all(|d| d.busy) {
+                    self.end(EndReason::Busy);
+                }
+            }
+            Kind::KeepAlive(_) => {}
+            _ => self.stats.wrong_state += 1,
+        }
+    }
+
+    fn on_incoming(&mut self, now: Instant, device: DeviceId, kind: Kind) {
+        let Some(c) = self.call.as_mut() else { return };
+        if c.peer != Some(device) {
+            self.stats.unexpected_device += 1;
+            return;
+        }
+        let call = c.id;
+        match (c.phase, kind) {
+            (Phase::Incoming | Phase::Answering, Kind::Cancel) => {
+                self.end(EndReason::Cancelled { local: false })
+            }
+            (Phase::Incoming | Phase::Answering, Kind::AnsweredElsewhere) => {
+                self.end(EndReason::AnsweredElsewhere)
+            }
+            (Phase::Incoming | Phase::Answering, Kind::KeepAlive(_)) => c.last_heard = now,
+            (Phase::Answering, Kind::Answer(media)) => {
+                c.phase = Phase::Active;
+                c.last_heard = now;
+                c.next_send = now + self.cfg.keepalive_interval;
+                self.events.push_back(CallEvent::Connected {
+                    call,
+                    device,
+                    media,
+                });
+            }
+            (Phase::Answering, Kind::Hangup) => self.end(EndReason::HungUp { local: false }),
+            (Phase::Active, _) => self.on_active(now, kind),
+            _ => self.stats.wrong_state += 1,
+        }
+    }
+
+    /// A message from the peer of an active call.
+    fn on_active(&mut self, now: Instant, kind: Kind) {
+        let media = self.cfg.media;
+        let Some(c) = self.call.as_mut() else { return };
+        c.last_heard = now;
+        let call = c.id;
+        let peer = c.peer.expect("active calls have a peer");
+        let held = match kind {
+            Kind::Hold(h) | Kind::KeepAlive(h) => h,
+            Kind::Hangup => {
+                self.end(EndReason::HungUp { local: false });
+                return;
+            }
+            // A retransmitted answer (our confirmation was lost): confirm again.
+            Kind::Answer(_) if c.outgoing => {
+                self.send(peer, Message::CallAnswer { call, media });
+                return;
+            }
+            // A repeated confirmation.
+            Kind::Answer(_) if !c.outgoing => return,
+            _ => {
+                self.stats.wrong_state += 1;
+                return;
+            }
+        };
+        if c.remote_hold != held {
+            c.remote_hold = held;
+            self.events.push_back(CallEvent::HoldChanged {
+                call,
+                local_hold: c.local_hold,
+                remote_hold: held,
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_invite(
+        &mut self,
+        now: Instant,
+        from: DeviceId,
+        user: &UserName,
+        call: CallId,
+        caller: DeviceId,
+        nonce: u64,
+        media: u8,
+        timestamp: UnixTime,
+    ) {
+        if caller != from || from == self.device {
+            self.stats.unexpected_device += 1;
+            return;
+        }
+        let wall = self.wall(now);
+        if timestamp
+            .0
+            .saturating_add(self.cfg.max_invite_age.as_secs())
+            < wall.0
+            || timestamp.0 > wall.0.saturating_add(self.cfg.max_skew.as_secs())
+            || self.floor.is_some_and(|f| timestamp <= f)
+        {
+            self.stats.stale_invites += 1;
+            return;
+        }
+        self.seen.retain(|_, s| s.expires > now);
+        if let Some(s) = self.seen.get(&call).copied() {
+            let retransmit = s.from == from && s.nonce == nonce;
+            let ringing_here = self
+                .call
+                .as_ref()
+                .is_some_and(|c| c.id == call && !c.outgoing);
+            if retransmit && ringing_here {
+                self.stats.duplicate_invites += 1;
+                if let Some(c) = self.call.as_mut() {
+                    c.last_heard = now;
+                    if c.phase == Phase::Incoming {
+                        self.send(from, Message::CallRinging { call });
+                    }
+                }
+            } else if retransmit && s.busy {
+                self.stats.duplicate_invites += 1;
+                self.send(from, Message::CallBusy { call });
+            } else {
+                self.stats.replayed_invites += 1;
+            }
+            return;
+        }
+        if self.seen.len() >= self.cfg.max_seen.max(1) {
+            if let Some((&old, s)) = self
+                .seen
+                .iter()
+                .min_by_key(|(_, s)| (s.timestamp, s.expires))
+            {
+                let ts = s.timestamp;
+                self.seen.remove(&old);
+                self.floor = Some(self.floor.map_or(ts, |f| f.max(ts)));
+                self.stats.seen_evictions += 1;
+                if timestamp <= ts {
+                    self.stats.stale_invites += 1;
+                    return;
+                }
+            }
+        }
+        self.seen.insert(
+            call,
+            Seen {
+                from,
+                nonce,
+                timestamp,
+                expires: now + self.cfg.max_invite_age + self.cfg.max_skew,
+                busy: false,
+            },
+        );
+
+        // Glare: our unanswered call to this very user crosses theirs.
+        if let Some(c) = self
+            .call
+            .as_ref()
+            .filter(|c| c.outgoing && c.phase == Phase::Outgoing && &c.user == user)
+        {
+            self.stats.glare += 1;
+            let dropped = c.id;
+            if call < dropped {
+                self.tell_callees(None, Message::CallCancel { call: dropped });
+                self.call = None;
+                self.events.push_back(CallEvent::GlareMerged {
+                    dropped,
+                    kept: call,
+                });
+                self.ring(now, from, user, call, media, false);
+                self.answer(now, call).expect("the merged call rings here");
+            }
+            // Otherwise our call wins: the peer merges it; its invite is ignored.
+            return;
+        }
+        if self.call.is_some() {
+            self.stats.busy_rejected += 1;
+            if let Some(s) = self.seen.get_mut(&call) {
+                s.busy = true;
+            }
+            self.send(from, Message::CallBusy { call });
+            self.events.push_back(CallEvent::RejectedBusy {
+                call,
+                user: user.clone(),
+            });
+            return;
+        }
+        self.ring(now, from, user, call, media, true);
+    }
+
+    fn ring(
+        &mut self,
+        now: Instant,
+        from: DeviceId,
+        user: &UserName,
+        call: CallId,
+        media: u8,
+        announce: bool,
+    ) {
+        self.call = Some(Call {
+            id: call,
+            user: user.clone(),
+            outgoing: false,
+            phase: Phase::Incoming,
+            callees: Vec::new(),
+            nonce: 0,
+            timestamp: self.wall(now),
+            peer: Some(from),
+            local_hold: false,
+            remote_hold: false,
+            ring_deadline: now + self.cfg.ring_timeout,
+            last_heard: now,
+            next_send: now + self.cfg.retransmit_interval,
+        });
+        self.send(from, Message::CallRinging { call });
+        if announce {
+            self.events.push_back(CallEvent::Incoming {
+                call,
+                user: user.clone(),
+                device: from,
+                media,
+            });
+        }
+    }
+
+    /// The deadline from [`CallMachine::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let media = self.cfg.media;
+        let (retransmit, keepalive, peer_timeout) = (
+            self.cfg.retransmit_interval,
+            self.cfg.keepalive_interval,
+            self.cfg.peer_timeout,
+        );
+        let Some(c) = self.call.as_mut() else { return };
+        let call = c.id;
+        match c.phase {
+            Phase::Outgoing => {
+                if now >= c.ring_deadline {
+                    self.tell_callees(None, Message::CallCancel { call });
+                    self.end(EndReason::Missed);
+                } else if now >= c.next_send {
+                    c.next_send = now + retransmit;
+                    let invite = Message::CallInvite {
+                        call,
+                        caller: self.device,
+                        nonce: c.nonce,
+                        media,
+                        timestamp: c.timestamp,
+                    };
+                    let sends: Vec<(DeviceId, Message<'static>)> = c
+                        .callees
+                        .iter()
+                        .filter(|d| !d.busy)
+                        .map(|d| {
+                            let m = if d.ringing {
+                                Message::CallKeepAlive { call, held: false }
+                            } else {
+                                invite.clone()
+                            };
+                            (d.device, m)
+                        })
+                        .collect();
+                    for (d, m) in sends {
+                        self.send(d, m);
+                    }
+                }
+            }
+            Phase::Incoming => {
+                if now >= c.ring_deadline {
+                    self.end(EndReason::Missed);
+                } else if now >= c.last_heard + peer_timeout {
+                    self.end(EndReason::PeerVanished);
+                }
+            }
+            Phase::Answering => {
+                if now >= c.last_heard + peer_timeout {
+                    self.end(EndReason::PeerVanished);
+                } else if now >= c.next_send {
+                    c.next_send = now + retransmit;
+                    let peer = c.peer.expect("answering calls have a peer");
+                    self.send(peer, Message::CallAnswer { call, media });
+                }
+            }
+            Phase::Active => {
+                if now >= c.last_heard + peer_timeout {
+                    self.end(EndReason::PeerVanished);
+                } else if now >= c.next_send {
+                    c.next_send = now + keepalive;
+                    let (peer, held) = (c.peer.expect("active calls have a peer"), c.local_hold);
+                    self.send(peer, Message::CallKeepAlive { call, held });
+                }
+            }
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<CallTransmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`CallMachine::handle_timeout`]; `None` without a call.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let c = self.call.as_ref()?;
+        let silence = c.last_heard + self.cfg.peer_timeout;
+        Some(match c.phase {
+            Phase::Outgoing => c.ring_deadline.min(c.next_send),
+            Phase::Incoming => c.ring_deadline.min(silence),
+            Phase::Answering | Phase::Active => c.next_send.min(silence),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Ringing,
+    Answer(u8),
+    Decline,
+    Busy,
+    Cancel,
+    Hangup,
+    Hold(bool),
+    AnsweredElsewhere,
+    KeepAlive(bool),
+}
+
+#[cfg(test)]
+mod tests;
