@@ -215,7 +215,7 @@ pub enum AttachAction {
         tls: bool,
     },
     /// Start a Noise session over the open stream, to the super node with that key (IK when
-    /// known), and report the connection id with [`Attacher::session_started`].
+    /// known), and report the connection id with [`Attacher::session_established`].
     StartSession {
         /// The stream.
         stream: StreamId,
