@@ -13,7 +13,12 @@
 //!    change of port only tells address-dependent (answer) from address-and-port-dependent
 //!    (none). (Run after the mapping tests, which send to the other IP, an address-dependent
 //!    filter would already be open for it and pass as endpoint-independent.)
-//! 3. **Mapping** (behind a NAT): a Binding to `A` (another IP) gives `M2`; `M2 == M1` means
+//! 3. **Mapping** (behind a NAT): a Binding to another IP gives `M2`: to `A`'s IP with the
+//!    primary port (RFC 5780's test II), falling back to `A` itself when that goes unanswered
+//!    (a partner super node on another port). Not to `A` first: the filtering test's answer
+//!    from `A` reached the NAT unasked, and a Linux NAT (conntrack) keeps an entry for it that
+//!    forces the node's own later flow to `A` onto a new port, so a port-restricted cone looked
+//!    symmetric (seen in the network-namespace tests). `M2 == M1` means
 //!    endpoint-independent mapping, anything else an address-dependent or
 //!    address-and-port-dependent one, which are the same for hole punching ("symmetric": the
 //!    peer cannot predict the port), so RFC 5780's third mapping test is not needed. `A` may
@@ -174,6 +179,8 @@ pub struct NatProbe {
     m1: Option<SocketAddr>,
     m2: Option<SocketAddr>,
     other: Option<SocketAddr>,
+    /// Where the mapping test goes if its first destination does not answer.
+    mapping_fallback: Option<SocketAddr>,
     public: bool,
     filtering: Option<Filtering>,
     filtering_certain: bool,
@@ -197,6 +204,7 @@ impl NatProbe {
             m1: None,
             m2: None,
             other: None,
+            mapping_fallback: None,
             public: false,
             filtering: None,
             filtering_certain: true,
@@ -282,7 +290,13 @@ impl NatProbe {
             return self.finish(now, nat);
         }
         match self.other {
-            Some(other) => self.start(now, Test::Mapping, other, None),
+            Some(other) => {
+                let test_two = SocketAddr::new(other.ip(), self.cfg.server.port());
+                if test_two != other {
+                    self.mapping_fallback = Some(other);
+                }
+                self.start(now, Test::Mapping, test_two, None)
+            }
             None => self.fail(NatProbeError::NoOtherAddress),
         }
     }
@@ -330,7 +344,10 @@ impl NatProbe {
             Test::Binding => self.finish(now, NatType::UdpBlocked),
             // The alternate address did not answer although the primary did: treat the
             // mapping as unpredictable (the safe assumption for hole punching).
-            Test::Mapping => self.mapping_result(now, true),
+            Test::Mapping => match self.mapping_fallback.take() {
+                Some(other) => self.start(now, Test::Mapping, other, None),
+                None => self.mapping_result(now, true),
+            },
             Test::FilterChangeBoth => {
                 let server = self.cfg.server;
                 self.start(now, Test::FilterChangePort, server, Some((false, true)));

@@ -1,0 +1,478 @@
+//! A harness for real NAT tests: hosts, NAT routers and firewalls as Linux network namespaces
+//! joined by veth links, with real NAT (nftables masquerade) and real `natter` processes in
+//! them. Linux only, needs root, `ip` (iproute2) and `nft` (nftables).
+//!
+//! Topology ([`Net`]): a **core** namespace routes between sites and stands for the Internet.
+//! Public hosts hang directly off it, each on a /24 of its own in `198.18.K.0/24` (the core is
+//! `.1`, the host `.10`, `.11`, ...). A NAT **site** ([`Net::nat_site`]) is three namespaces:
+//! a router hop (`198.18.K.0/24` to the core), the NAT router (`198.18.M.0/24` to the hop; its
+//! outside address is `198.18.M.2`) and a host on a private LAN `198.19.J.0/24` (the NAT is
+//! `.1`, the host `.2`). The core knows no route to `198.19.0.0/16`, so nothing from a private
+//! LAN gets anywhere without the NAT. Every address is in `198.18.0.0/15` (RFC 2544 benchmarking
+//! space), so nothing leaks to or from a real network.
+//!
+//! NAT behaviours: [`Nat::PortRestricted`] is plain `masquerade` (conntrack keeps the source
+//! port when it can and lets in only replies from the exact address and port a packet went to:
+//! endpoint-independent mapping, address-and-port-dependent filtering); [`Nat::Symmetric`] is
+//! `masquerade random` (a fresh random port for every new flow, i.e. every new destination).
+//! A site may also drop all forwarded UDP (a firewall that lets only TCP through).
+//!
+//! Names are `ntrPIDxN-NAME` (process id and a per-process counter), so tests running at the
+//! same time never collide. [`Net`]'s `Drop` kills the processes it started (and any other
+//! process left in its namespaces) and deletes the namespaces, which removes their links, also
+//! when a test panics; [`Net::new`] first deletes namespaces left by runs whose process no
+//! longer exists (a run killed with SIGKILL cannot clean up after itself).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Prefix of every namespace this harness makes.
+const PREFIX: &str = "ntr";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Run `program args` on the host; its standard output, or an error with its standard error.
+pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    run_stdin(program, args, None)
+}
+
+fn run_stdin(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program} {args:?}: {e}"))?;
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("{program} {args:?}: writing stdin: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program} {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether the test must fail (rather than skip) when namespaces cannot be made.
+pub fn required() -> bool {
+    std::env::var_os("NATTER_REQUIRE_NETNS").is_some()
+}
+
+/// A [`Net`], or `None` after saying clearly why the test is skipped; a failure under
+/// `NATTER_REQUIRE_NETNS` (as `make test` sets).
+pub fn net_or_skip(test: &str) -> Option<Net> {
+    match Net::new() {
+        Ok(net) => Some(net),
+        Err(e) if !required() => {
+            eprintln!(
+                "SKIPPED {test}: network-namespace tests need root, iproute2 and nftables \
+                 (set NATTER_REQUIRE_NETNS=1 to make this a failure): {e}"
+            );
+            None
+        }
+        Err(e) => panic!("NATTER_REQUIRE_NETNS is set but network namespaces are unusable: {e}"),
+    }
+}
+
+/// Delete the namespaces of earlier runs whose process is gone.
+fn clean_stale() {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            kill_all_in(name);
+            let _ = run("ip", &["netns", "del", name]);
+        }
+    }
+}
+
+/// SIGKILL every process in namespace `ns`.
+fn kill_all_in(ns: &str) {
+    if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
+        for pid in pids.split_whitespace() {
+            let _ = run("kill", &["-KILL", pid]);
+        }
+    }
+}
+
+/// NAT behaviour of a site's router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// `masquerade`: endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// `masquerade random`: a new random port for every flow (address-and-port-dependent
+    /// mapping).
+    Symmetric,
+}
+
+/// A host behind a NAT router.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The host's namespace.
+    pub host: String,
+    /// The host's private address.
+    pub private: Ipv4Addr,
+    /// The NAT router's namespace.
+    pub router: String,
+    /// The NAT router's outside (public) address.
+    pub public: Ipv4Addr,
+}
+
+/// A set of namespaces and the processes in them, all removed on drop.
+pub struct Net {
+    prefix: String,
+    /// Namespaces in creation order.
+    namespaces: Vec<String>,
+    /// Interfaces made so far per namespace (to name the next one).
+    ifaces: HashMap<String, u32>,
+    children: Vec<Child>,
+    /// The core (Internet) router's namespace.
+    pub core: String,
+    /// Next free /24 in 198.18.0.0/16 (public side) and 198.19.0.0/16 (private LANs).
+    next_public: u8,
+    next_private: u8,
+}
+
+impl Net {
+    /// A new network with its core router. Fails when namespaces or nftables are unusable
+    /// (not root, tools missing).
+    pub fn new() -> Result<Net, String> {
+        run("ip", &["-V"]).map_err(|e| format!("iproute2 missing: {e}"))?;
+        run("nft", &["--version"]).map_err(|e| format!("nftables missing: {e}"))?;
+        clean_stale();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let mut net = Net {
+            prefix: format!("{PREFIX}{}x{n}-", std::process::id()),
+            namespaces: Vec::new(),
+            ifaces: HashMap::new(),
+            children: Vec::new(),
+            core: String::new(),
+            next_public: 1,
+            next_private: 1,
+        };
+        net.core = net.router("core")?;
+        // nftables works here (the kernel has nf_tables and we may use it).
+        net.nft(&net.core.clone(), "table inet natter_probe {\n}\n")?;
+        Ok(net)
+    }
+
+    /// The prefix of this network's namespace names.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Names of the namespaces that exist now and start with `prefix`.
+    pub fn existing(prefix: &str) -> Vec<String> {
+        run("ip", &["netns", "list"])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A new namespace with its loopback up; returns its full name.
+    pub fn namespace(&mut self, name: &str) -> Result<String, String> {
+        let ns = format!("{}{name}", self.prefix);
+        run("ip", &["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        self.exec(&ns, &["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A namespace that forwards IPv4.
+    pub fn router(&mut self, name: &str) -> Result<String, String> {
+        let ns = self.namespace(name)?;
+        self.exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(ns)
+    }
+
+    /// Run a command in namespace `ns`; its standard output.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["netns", "exec", ns];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Load an nftables ruleset into namespace `ns`.
+    pub fn nft(&self, ns: &str, ruleset: &str) -> Result<(), String> {
+        run_stdin(
+            "ip",
+            &["netns", "exec", ns, "nft", "-f", "-"],
+            Some(ruleset),
+        )
+        .map(|_| ())
+    }
+
+    fn next_iface(&mut self, ns: &str) -> String {
+        let n = self.ifaces.entry(ns.to_string()).or_insert(0);
+        *n += 1;
+        format!("veth{}", *n - 1)
+    }
+
+    /// A veth link between namespaces `a` and `b`, up, with addresses (CIDR notation, e.g.
+    /// `198.18.1.1/24`; several for one end separated by spaces); returns the interface names.
+    pub fn link(
+        &mut self,
+        a: &str,
+        a_addrs: &str,
+        b: &str,
+        b_addrs: &str,
+    ) -> Result<(String, String), String> {
+        let (ia, ib) = (self.next_iface(a), self.next_iface(b));
+        run(
+            "ip",
+            &[
+                "-n", a, "link", "add", &ia, "type", "veth", "peer", "name", &ib, "netns", b,
+            ],
+        )?;
+        for (ns, iface, addrs) in [(a, &ia, a_addrs), (b, &ib, b_addrs)] {
+            for addr in addrs.split_whitespace() {
+                run("ip", &["-n", ns, "addr", "add", addr, "dev", iface])?;
+            }
+            run("ip", &["-n", ns, "link", "set", iface, "up"])?;
+        }
+        Ok((ia, ib))
+    }
+
+    /// A route in namespace `ns`: `to` (`default` or a CIDR) via `via`.
+    pub fn route(&self, ns: &str, to: &str, via: Ipv4Addr) -> Result<(), String> {
+        run(
+            "ip",
+            &["-n", ns, "route", "add", to, "via", &via.to_string()],
+        )
+        .map(|_| ())
+    }
+
+    fn public_subnet(&mut self) -> u8 {
+        let k = self.next_public;
+        self.next_public += 1;
+        k
+    }
+
+    /// A host on the Internet side: directly attached to the core on a /24 of its own, with
+    /// `count` addresses (`198.18.K.10`, `.11`, ...).
+    pub fn public_host(
+        &mut self,
+        name: &str,
+        count: u8,
+    ) -> Result<(String, Vec<Ipv4Addr>), String> {
+        let ns = self.namespace(name)?;
+        let k = self.public_subnet();
+        let addrs: Vec<Ipv4Addr> = (0..count)
+            .map(|i| Ipv4Addr::new(198, 18, k, 10 + i))
+            .collect();
+        let cidrs: Vec<String> = addrs.iter().map(|a| format!("{a}/24")).collect();
+        let core = self.core.clone();
+        self.link(&core, &format!("198.18.{k}.1/24"), &ns, &cidrs.join(" "))?;
+        self.route(&ns, "default", Ipv4Addr::new(198, 18, k, 1))?;
+        Ok((ns, addrs))
+    }
+
+    /// A host behind a NAT router with behaviour `nat`, one router hop away from the core;
+    /// with `drop_udp` the NAT router also drops all forwarded UDP.
+    pub fn nat_site(&mut self, name: &str, nat: Nat, drop_udp: bool) -> Result<Site, String> {
+        let hop = self.router(&format!("{name}-hop"))?;
+        let router = self.router(&format!("{name}-nat"))?;
+        let host = self.namespace(name)?;
+        let core = self.core.clone();
+        // Core <-> hop.
+        let k = self.public_subnet();
+        self.link(
+            &core,
+            &format!("198.18.{k}.1/24"),
+            &hop,
+            &format!("198.18.{k}.2/24"),
+        )?;
+        self.route(&hop, "default", Ipv4Addr::new(198, 18, k, 1))?;
+        // Hop <-> NAT router (its outside address).
+        let m = self.public_subnet();
+        let public = Ipv4Addr::new(198, 18, m, 2);
+        let (_, outside) = self.link(
+            &hop,
+            &format!("198.18.{m}.1/24"),
+            &router,
+            &format!("{public}/24"),
+        )?;
+        self.route(&router, "default", Ipv4Addr::new(198, 18, m, 1))?;
+        self.route(
+            &core,
+            &format!("198.18.{m}.0/24"),
+            Ipv4Addr::new(198, 18, k, 2),
+        )?;
+        // NAT router <-> host, on a private LAN.
+        let j = self.next_private;
+        self.next_private += 1;
+        let private = Ipv4Addr::new(198, 19, j, 2);
+        self.link(
+            &router,
+            &format!("198.19.{j}.1/24"),
+            &host,
+            &format!("{private}/24"),
+        )?;
+        self.route(&host, "default", Ipv4Addr::new(198, 19, j, 1))?;
+        let masquerade = match nat {
+            Nat::PortRestricted => "masquerade",
+            Nat::Symmetric => "masquerade random",
+        };
+        let mut rules = format!(
+            "table ip natter_nat {{\n  chain postrouting {{\n    \
+             type nat hook postrouting priority srcnat; policy accept;\n    \
+             oifname \"{outside}\" {masquerade}\n  }}\n}}\n"
+        );
+        if drop_udp {
+            rules.push_str(
+                "table inet natter_fw {\n  chain udpdrop {\n    \
+                 type filter hook forward priority filter; policy accept;\n    \
+                 meta l4proto udp drop\n  }\n}\n",
+            );
+        }
+        self.nft(&router, &rules)?;
+        Ok(Site {
+            host,
+            private,
+            router,
+            public,
+        })
+    }
+
+    /// Start `program args` in namespace `ns` with `env`; the [`Net`] kills it on drop.
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Proc, String> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("{} {args:?} in {ns}: {e}", program.display()))?;
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            // Keep draining after the receiver is gone: a closed pipe would kill the process
+            // at its next line of output.
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        self.children.push(child);
+        Ok(Proc {
+            name: format!("{} in {ns}", program.display()),
+            lines,
+            seen: Vec::new(),
+            stderr,
+        })
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            kill_all_in(ns);
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+    }
+}
+
+/// A process started by [`Net::spawn`]: its output lines.
+pub struct Proc {
+    name: String,
+    lines: Receiver<String>,
+    /// Every standard-output line read so far.
+    pub seen: Vec<String>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Read standard output until every one of `want` is in some line seen so far (or
+    /// `within` passes: an error listing what it printed).
+    pub fn wait_for(&mut self, want: &[&str], within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        while !want.iter().all(|w| self.seen.iter().any(|l| l.contains(w))) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    return Err(format!(
+                        "{}: waited {within:?} for {want:?}; stdout {:#?}; stderr {:#?}",
+                        self.name,
+                        self.seen,
+                        self.stderr.lock().unwrap()
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Its standard error so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The first line seen that contains `needle`.
+    pub fn line(&self, needle: &str) -> Option<&str> {
+        self.seen
+            .iter()
+            .find(|l| l.contains(needle))
+            .map(|s| s.as_str())
+    }
+}
