@@ -174,6 +174,18 @@ fn sans_io_sources_never_touch_the_os() {
             if p.is_dir() {
                 stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
             } else if p.extension().is_some_and(|e| e == "rs") {
+                // A unit-test module kept in its own file (`foo/tests.rs`, declared in `foo.rs`
+                // as `#[cfg(test)] mod tests;`) is test code as a whole.
+                if p.file_name().is_some_and(|n| n == "tests.rs") {
+                    let parent = p.parent().unwrap().with_extension("rs");
+                    let decl = std::fs::read_to_string(&parent).unwrap_or_default();
+                    let declared = decl
+                        .split("#[cfg(test)]")
+                        .skip(1)
+                        .any(|after| after.trim_start().starts_with("mod tests;"));
+                    assert!(declared, "{} is not a cfg(test) module", p.display());
+                    continue;
+                }
                 let text = std::fs::read_to_string(&p).unwrap();
                 // Unit tests (the `#[cfg(test)]` module that ends each file) may use a real
                 // `Instant` as an arbitrary origin; library code may not.
