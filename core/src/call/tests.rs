@@ -196,6 +196,23 @@ fn pair() -> Net {
     Net::new(&[("alice", 1), ("bob", 2)], 0)
 }
 
+/// Alice has called Bob and his device rings.
+fn ringing_pair() -> (Net, CallId) {
+    let mut n = pair();
+    let call = n.place(1, "bob");
+    n.deliver();
+    (n, call)
+}
+
+/// Alice called Bob and he answered: the call is active on both sides.
+fn active_pair() -> (Net, CallId) {
+    let (mut n, call) = ringing_pair();
+    let now = n.now;
+    n.m(2).answer(now, call).unwrap();
+    n.deliver();
+    (n, call)
+}
+
 #[test]
 fn invite_ring_answer_hang_up() {
     let mut n = pair();
@@ -242,9 +259,7 @@ fn invite_ring_answer_hang_up() {
 
 #[test]
 fn decline() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
+    let (mut n, call) = ringing_pair();
     let now = n.now;
     n.m(2).decline(now, call).unwrap();
     n.deliver();
@@ -296,9 +311,7 @@ fn busy_retransmission_is_answered_busy_again() {
 
 #[test]
 fn cancel_before_answer() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
+    let (mut n, call) = ringing_pair();
     let now = n.now;
     n.m(1).hang_up(now, call).unwrap();
     n.deliver();
@@ -356,12 +369,7 @@ fn lost_ringing_gets_a_duplicate_invite_answered_again() {
 
 #[test]
 fn peer_vanished_while_active() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
-    let now = n.now;
-    n.m(2).answer(now, call).unwrap();
-    n.deliver();
+    let (mut n, call) = active_pair();
     n.advance(Duration::from_secs(3));
     n.offline.insert(dev(2));
     n.advance(Duration::from_secs(4));
@@ -376,12 +384,7 @@ fn peer_vanished_while_active() {
 
 #[test]
 fn media_counts_as_liveness() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
-    let now = n.now;
-    n.m(2).answer(now, call).unwrap();
-    n.deliver();
+    let (mut n, call) = active_pair();
     // Signalling from Bob is lost, but the transport keeps hearing his media.
     n.offline.insert(dev(2));
     for _ in 0..20 {
@@ -394,9 +397,7 @@ fn media_counts_as_liveness() {
 
 #[test]
 fn caller_vanished_while_ringing() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
+    let (mut n, call) = ringing_pair();
     n.offline.insert(dev(1));
     n.advance(Duration::from_secs(6));
     assert_eq!(n.ended(2, call), Some(EndReason::PeerVanished));
@@ -404,9 +405,7 @@ fn caller_vanished_while_ringing() {
 
 #[test]
 fn unconfirmed_answer_times_out() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
+    let (mut n, call) = ringing_pair();
     n.offline.insert(dev(1));
     let now = n.now;
     n.m(2).answer(now, call).unwrap();
@@ -416,9 +415,7 @@ fn unconfirmed_answer_times_out() {
 
 #[test]
 fn lost_confirmation_is_repaired_by_answer_retransmission() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
+    let (mut n, call) = ringing_pair();
     let now = n.now;
     n.m(2).answer(now, call).unwrap();
     n.step(); // the answer reaches Alice
@@ -431,12 +428,8 @@ fn lost_confirmation_is_repaired_by_answer_retransmission() {
 
 #[test]
 fn hold_and_resume_both_sides() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
+    let (mut n, call) = active_pair();
     let now = n.now;
-    n.m(2).answer(now, call).unwrap();
-    n.deliver();
     n.m(1).hold(now, call).unwrap();
     n.deliver();
     let held = |l, r| CallState::Active {
@@ -470,12 +463,8 @@ fn hold_and_resume_both_sides() {
 
 #[test]
 fn lost_hold_is_repaired_by_keepalive() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
+    let (mut n, call) = active_pair();
     let now = n.now;
-    n.m(2).answer(now, call).unwrap();
-    n.deliver();
     n.m(1).hold(now, call).unwrap();
     n.collect();
     n.queue.clear();
@@ -492,9 +481,7 @@ fn lost_hold_is_repaired_by_keepalive() {
 
 #[test]
 fn replayed_invite_never_rings_twice() {
-    let mut n = pair();
-    let call = n.place(1, "bob");
-    n.deliver();
+    let (mut n, call) = ringing_pair();
     let now = n.now;
     n.m(1).hang_up(now, call).unwrap();
     n.deliver();
