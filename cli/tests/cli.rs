@@ -291,13 +291,49 @@ fn wait_in(rx: &std::sync::mpsc::Receiver<String>, want: &[&str]) -> Vec<String>
     seen
 }
 
+/// Registers `user` (device data in `data`, password from `password`), then starts
+/// `natter node` for it on 127.0.0.1:`port` with `extra` options.
+fn start_node(
+    network: &str,
+    data: &std::path::Path,
+    user: &str,
+    password: &str,
+    port: u16,
+    extra: &[&str],
+) -> std::process::Child {
+    let ok = natter()
+        .args(["register", "--user", user, "--network", network, "--data"])
+        .arg(data)
+        .env("NATTER_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    natter()
+        .args(["node", "--user", user, "--network", network, "--data"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("NATTER_PASSWORD", password)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn nodes_join_and_search_the_index_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let mut children = Children(Vec::new());
+    // The super node's address goes into the network file as its bootstrap entry.
+    let sn_port = free_port_block(std::process::id() as u16);
     let mut server = natter()
         .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path().join("server"))
+        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -312,35 +348,16 @@ fn nodes_join_and_search_the_index_from_the_command_line() {
         .next()
         .unwrap()
         .to_string();
-    let sn_port = free_port_block(std::process::id() as u16);
-    let mut file = std::fs::read_to_string(&network).unwrap();
-    file.push_str(&format!(
-        "\n[[bootstrap]]\naddress = \"127.0.0.1:{sn_port}\"\n"
-    ));
-    std::fs::write(&network, file).unwrap();
     let node = |user: &str, port: u16, extra: &[&str]| {
         let data = dir.path().join(user);
-        let ok = natter()
-            .args(["register", "--user", user, "--network", &network, "--data"])
-            .arg(data.join("device").parent().unwrap())
-            .env("NATTER_PASSWORD", "a passphrase for the index")
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        natter()
-            .args(["node", "--user", user, "--network", &network, "--data"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env("NATTER_PASSWORD", "a passphrase for the index")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        start_node(
+            &network,
+            &data,
+            user,
+            "a passphrase for the index",
+            port,
+            extra,
+        )
     };
     let mut sn = node("snode", sn_port, &["--supernode"]);
     wait_for_lines(&mut sn, &["node listening"]);
@@ -369,37 +386,20 @@ fn nodes_join_and_search_the_index_from_the_command_line() {
 fn a_node_saves_its_host_cache_when_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let mut children = Children(Vec::new());
-    let (server, network) = login_server(&dir.path().join("server"), &[]);
-    children.0.push(server);
     let sn_port = free_port_block(std::process::id() as u16 ^ 0x5a5a);
-    let mut file = std::fs::read_to_string(&network).unwrap();
-    file.push_str(&format!(
-        "\n[[bootstrap]]\naddress = \"127.0.0.1:{sn_port}\"\n"
-    ));
-    std::fs::write(&network, file).unwrap();
+    let bootstrap = format!("127.0.0.1:{sn_port}");
+    let (server, network) = login_server(&dir.path().join("server"), &["--bootstrap", &bootstrap]);
+    children.0.push(server);
     let node = |user: &str, port: u16, extra: &[&str]| {
         let data = dir.path().join(user);
-        let ok = natter()
-            .args(["register", "--user", user, "--network", &network, "--data"])
-            .arg(&data)
-            .env("NATTER_PASSWORD", "a passphrase for the cache")
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
+        let child = start_node(
+            &network,
+            &data,
+            user,
+            "a passphrase for the cache",
+            port,
+            extra,
         );
-        let child = natter()
-            .args(["node", "--user", user, "--network", &network, "--data"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env("NATTER_PASSWORD", "a passphrase for the cache")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         (child, data)
     };
     let (mut sn, _) = node("snode", sn_port, &["--supernode"]);

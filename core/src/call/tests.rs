@@ -204,6 +204,17 @@ fn ringing_pair() -> (Net, CallId) {
     (n, call)
 }
 
+/// Carol called Bob and he answered; Alice is there too, free.
+fn bob_busy_with_carol() -> (Net, CallId) {
+    let mut n = Net::new(&[("alice", 1), ("bob", 2), ("carol", 3)], 0);
+    let first = n.place(3, "bob");
+    n.deliver();
+    let now = n.now;
+    n.m(2).answer(now, first).unwrap();
+    n.deliver();
+    (n, first)
+}
+
 /// Alice called Bob and he answered: the call is active on both sides.
 fn active_pair() -> (Net, CallId) {
     let (mut n, call) = ringing_pair();
@@ -273,12 +284,7 @@ fn decline() {
 
 #[test]
 fn busy_when_in_another_call() {
-    let mut n = Net::new(&[("alice", 1), ("bob", 2), ("carol", 3)], 0);
-    let first = n.place(3, "bob");
-    n.deliver();
-    let now = n.now;
-    n.m(2).answer(now, first).unwrap();
-    n.deliver();
+    let (mut n, first) = bob_busy_with_carol();
     let call = n.place(1, "bob");
     n.deliver();
     assert_eq!(n.ended(1, call), Some(EndReason::Busy));
@@ -293,12 +299,7 @@ fn busy_when_in_another_call() {
 
 #[test]
 fn busy_retransmission_is_answered_busy_again() {
-    let mut n = Net::new(&[("alice", 1), ("bob", 2), ("carol", 3)], 0);
-    let first = n.place(3, "bob");
-    n.deliver();
-    let now = n.now;
-    n.m(2).answer(now, first).unwrap();
-    n.deliver();
+    let (mut n, first) = bob_busy_with_carol();
     let call = n.place(1, "bob");
     // The invite arrives, Bob's Busy is lost; Alice retransmits and hears Busy then.
     n.step();
