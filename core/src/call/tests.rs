@@ -299,7 +299,7 @@ fn busy_when_in_another_call() {
 
 #[test]
 fn busy_retransmission_is_answered_busy_again() {
-    let (mut n, first) = bob_busy_with_carol();
+    let (mut n, _) = bob_busy_with_carol();
     let call = n.place(1, "bob");
     // The invite arrives, Bob's Busy is lost; Alice retransmits and hears Busy then.
     n.step();
