@@ -278,8 +278,6 @@ impl Drop for Relay {
     }
 }
 
-/// Pause briefly every 32 packets so a burst does not overflow the kernel's receive buffer:
-/// the demo should show what the endpoint does with every packet, not what the kernel drops.
 /// Search from `node` for each `(user, should_exist)`, print the outcomes and record rows.
 /// False (and a failed step) when an outcome is not the expected one.
 fn search_step(r: &mut Report, node: &OverlayRuntime, searches: &[(&str, bool)]) -> bool {
@@ -317,6 +315,8 @@ fn search_step(r: &mut Report, node: &OverlayRuntime, searches: &[(&str, bool)])
     true
 }
 
+/// Pause briefly every 32 packets so a burst does not overflow the kernel's receive buffer:
+/// the demo should show what the endpoint does with every packet, not what the kernel drops.
 fn pace(i: usize) {
     if i % 32 == 31 {
         std::thread::sleep(Duration::from_millis(2));

@@ -539,8 +539,12 @@ impl Endpoint {
         keepalive: Duration,
         idle_timeout: Duration,
     ) -> bool {
-        let floor = Duration::from_millis(1);
-        let (keepalive, idle_timeout) = (keepalive.max(floor), idle_timeout.max(floor));
+        // Bounded both ways: a peer's advertised interval (or a caller's mistake) can neither
+        // spin the timer nor overflow `Instant` arithmetic; a keep-alive comes before the idle
+        // timeout.
+        let (floor, ceiling) = (Duration::from_millis(1), Duration::from_secs(24 * 3600));
+        let idle_timeout = idle_timeout.clamp(floor, ceiling);
+        let keepalive = keepalive.clamp(floor, idle_timeout);
         let Some(peer) = self.peers.get_mut(&SessionIndex(conn.0)) else {
             return false;
         };

@@ -290,6 +290,12 @@ impl NatProbe {
             return self.finish(now, nat);
         }
         match self.other {
+            // RFC 5780 test II: the other IP with the primary port. When the other address
+            // shares the server's IP (two super nodes on one host), that would be the server
+            // itself and every mapping would look endpoint-independent: use `other` as is.
+            Some(other) if other.ip() == self.cfg.server.ip() => {
+                self.start(now, Test::Mapping, other, None)
+            }
             Some(other) => {
                 let test_two = SocketAddr::new(other.ip(), self.cfg.server.port());
                 if test_two != other {

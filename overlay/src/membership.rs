@@ -148,6 +148,9 @@ const SYNC_ANSWER: Duration = Duration::from_secs(1);
 /// Partners tried per anti-entropy round.
 const SYNC_TRIES: u8 = 3;
 
+/// How far (seconds) an incarnation may run ahead of this super node's clock.
+const MAX_INCARNATION_AHEAD: u64 = 24 * 3600;
+
 /// Most members probed at once because of stale reports of their departure.
 const MAX_CHECKS: usize = 64;
 
@@ -159,6 +162,10 @@ pub struct Membership {
     me: HostEntry,
     my_key: Key,
     incarnation: u32,
+    /// The incarnation this super node started with (its wall-clock second then) and when:
+    /// together, a clock to bound the incarnations others claim.
+    started_incarnation: u32,
+    started: Instant,
     members: HashMap<SocketAddr, Member>,
     /// Every member (alive and departed) by ring key, for bucket ranges.
     by_key: BTreeMap<Key, SocketAddr>,
@@ -185,7 +192,6 @@ pub struct Membership {
     /// When any member was last heard from: a super node that hears nobody is more likely cut
     /// off itself than surrounded by failures, and declares nobody gone.
     last_heard: Option<Instant>,
-    generation: u64,
     stats: MembershipStats,
 }
 
@@ -233,6 +239,8 @@ impl Membership {
             me,
             my_key: Key::of_super_node(&me.static_key),
             incarnation,
+            started_incarnation: incarnation,
+            started: now,
             members: HashMap::new(),
             by_key: BTreeMap::new(),
             ring: BTreeMap::new(),
@@ -249,7 +257,6 @@ impl Membership {
             next_sync: now,
             sync_wait: None,
             last_heard: None,
-            generation: 0,
             stats: MembershipStats::default(),
             cfg,
         };
@@ -294,11 +301,6 @@ impl Membership {
     /// What this view holds about `addr`: alive or gone, at which incarnation.
     pub fn member(&self, addr: SocketAddr) -> Option<MemberEvent> {
         self.members.get(&addr).map(Member::event)
-    }
-
-    /// Raised whenever the set of live members changes.
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Counters.
@@ -372,6 +374,14 @@ impl Membership {
     /// Apply what is said about a super node; true when it changed the view. `spread`: gossip
     /// it on.
     fn apply(&mut self, now: Instant, ev: MemberEvent, spread: bool) -> bool {
+        // Incarnations are wall-clock seconds plus a few refutations: one far in the future is a
+        // lie that would outrank every later refutation (it is dropped).
+        let wall = u64::from(self.started_incarnation)
+            + now.saturating_duration_since(self.started).as_secs();
+        if u64::from(ev.incarnation) > wall + MAX_INCARNATION_AHEAD {
+            self.stats.dropped += 1;
+            return false;
+        }
         let addr = ev.entry.addr;
         if addr == self.me.addr {
             if ev.entry.static_key == self.me.static_key
@@ -451,7 +461,6 @@ impl Membership {
     }
 
     fn change(&mut self, entry: HostEntry, alive: bool) {
-        self.generation += 1;
         if self.changes.len() == MAX_CHANGES {
             self.changes.pop_front();
         }
@@ -493,7 +502,7 @@ impl Membership {
         match msg {
             Message::MemberProbe { nonce } => {
                 self.send(from, Message::MemberProbeAck { nonce: *nonce });
-                self.heard_from(now, from);
+                self.heard_from(from);
             }
             Message::MemberProbeAck { nonce } => {
                 let answered =
@@ -509,10 +518,20 @@ impl Membership {
                 }
             }
             Message::MemberUpdate { sync, events } => {
+                // What a super node says about others counts only if it is a member itself;
+                // a newcomer may speak for itself alone.
+                let member = self
+                    .members
+                    .get(&from.addr)
+                    .is_some_and(|m| m.alive && m.entry.static_key == from.static_key);
                 for ev in events {
-                    self.apply(now, *ev, !*sync);
+                    if member || ev.entry == from {
+                        self.apply(now, *ev, !*sync);
+                    } else {
+                        self.stats.dropped += 1;
+                    }
                 }
-                self.heard_from(now, from);
+                self.heard_from(from);
             }
             Message::MemberDigest {
                 level,
@@ -523,7 +542,7 @@ impl Membership {
                     self.stats.dropped += 1;
                     return true;
                 }
-                self.heard_from(now, from);
+                self.heard_from(from);
                 if *level == 0 {
                     let differing: Vec<usize> = (0..DIGEST_BUCKETS)
                         .filter(|&b| self.top[b] != hashes[b])
@@ -573,11 +592,12 @@ impl Membership {
         true
     }
 
-    /// The sender is evidently running: learn it if unknown; if this view holds it as gone,
-    /// tell it so it can refute.
-    fn heard_from(&mut self, now: Instant, from: HostEntry) {
+    /// The sender is evidently running: if this view holds it as gone, tell it so it can
+    /// refute.
+    fn heard_from(&mut self, from: HostEntry) {
         match self.members.get(&from.addr) {
-            None => self.hint(now, from),
+            // A stranger becomes a member by announcing itself (its own event), not by talking.
+            None => {}
             Some(m) if !m.alive && m.entry.static_key == from.static_key => {
                 let ev = m.event();
                 self.send(

@@ -254,11 +254,10 @@ impl SuperNodeRole {
             }
             Message::OverlayMembership { entries } => {
                 let first_contact = !self.peers.contains_key(&conn);
+                // A host-cache style hello: the sender names itself first. Who is a member is
+                // for the membership protocol to say (what anyone lists here is not taken).
                 if let Some(me) = entries.first() {
                     self.peers.insert(conn, me.addr);
-                }
-                for e in entries {
-                    self.membership.hint(now, *e);
                 }
                 if first_contact {
                     replies.push(Reply {
@@ -361,8 +360,7 @@ mod tests {
         assert!(
             matches!(&r[0].message, Message::OverlayHostCache { entries } if entries[0] == entry(1) && entries.len() == 3)
         );
-        // A linking super node's list teaches new members; the membership protocol says who
-        // is gone.
+        // A linking super node's list is a hello, not membership: nobody new is taken from it.
         let (r, _) = sn.handle_message(
             now,
             ConnId(9),
@@ -374,30 +372,37 @@ mod tests {
             },
         );
         assert_eq!(r.len(), 1, "first contact is answered");
-        assert_eq!(sn.members().len(), 4);
-        let gone = natter_core::wire::message::MemberEvent {
+        assert_eq!(sn.members().len(), 2);
+        // A member can report another gone; a stranger can speak only for itself.
+        let gone = |i: u8| natter_core::wire::message::MemberEvent {
             alive: false,
             incarnation: 0,
-            entry: entry(5),
+            entry: entry(i),
         };
-        assert!(sn.membership_mut().handle_message(
-            now,
-            entry(4),
-            &Message::MemberUpdate {
-                sync: false,
-                events: vec![gone],
-            },
-        ));
+        let update = |i: u8| Message::MemberUpdate {
+            sync: false,
+            events: vec![gone(i)],
+        };
+        assert!(sn
+            .membership_mut()
+            .handle_message(now, entry(7), &update(3)));
+        assert_eq!(sn.members().len(), 2, "a stranger's report is dropped");
+        assert_eq!(sn.membership().stats().dropped, 1);
+        assert!(sn
+            .membership_mut()
+            .handle_message(now, entry(2), &update(3)));
         assert_eq!(
             sn.members().iter().map(|e| e.addr).collect::<Vec<_>>(),
-            vec![entry(2).addr, entry(3).addr, entry(4).addr],
+            vec![entry(2).addr],
+            "a member's report counts"
         );
+        // Its timers probe the member it has left.
         sn.handle_timeout(now + Duration::from_secs(2));
-        assert!(
-            sn.membership_mut().poll_output().is_some(),
-            "probes and gossip"
-        );
-        assert!(sn.poll_timeout() > now);
+        let mut probed = false;
+        while let Some((to, m)) = sn.membership_mut().poll_output() {
+            probed |= to == entry(2) && matches!(m, Message::MemberProbe { .. });
+        }
+        assert!(probed, "the successor is probed");
         assert_eq!(
             sn.session_closed(ConnId(1)),
             Some(SuperNodeEvent::ClientDetached {

@@ -1119,6 +1119,12 @@ fn logging_in_with_the_password_skips_the_refused_certificate() {
         Err(LoginFailure::WrongPassword)
     ));
     assert_eq!(dev.certificate().unwrap(), stale);
+    // So does `login` with a wrong password (it tries the certificate, then the password).
+    assert!(matches!(
+        login(&net, &dev, "pia", Some("not pia's password"), V, T),
+        Err(LoginFailure::WrongPassword)
+    ));
+    assert_eq!(dev.certificate().unwrap(), stale);
     drain();
 
     // The right one: one password login, no renewal attempt with the refused certificate.

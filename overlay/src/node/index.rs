@@ -255,9 +255,12 @@ impl Node {
             return;
         };
         self.index_suspects.retain(|_, until| *until > now);
-        let mut members = role.members();
-        members.retain(|m| !self.index_suspects.contains_key(&m.addr));
-        members.push(self.me());
+        let mut members: std::collections::HashSet<HostEntry> = role
+            .membership()
+            .alive()
+            .filter(|m| !self.index_suspects.contains_key(&m.addr))
+            .collect();
+        members.insert(self.me());
         let before = self.ring.generation();
         let stale: Vec<_> = self
             .ring
@@ -268,6 +271,10 @@ impl Node {
         for addr in stale {
             self.ring.remove(addr);
         }
+        // In address order: which of several super nodes in one prefix get past the cap must
+        // not depend on a hash map's order.
+        let mut members: Vec<HostEntry> = members.into_iter().collect();
+        members.sort_by_key(|e| e.addr);
         for m in members {
             self.ring.insert(m);
         }

@@ -53,6 +53,9 @@ struct PresenceKey {
     nat: u8,
 }
 
+/// Sessions a super node may hold with other super nodes, beyond its clients.
+const MAX_PEER_SESSIONS: usize = 16_384;
+
 /// Whether a node may be a super node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolePolicy {
@@ -319,7 +322,10 @@ impl Node {
         );
         ep_cfg.keepalive_interval = cfg.keepalive;
         ep_cfg.idle_timeout = cfg.idle_timeout;
-        ep_cfg.max_sessions = cfg.max_clients + 64;
+        // Clients, plus the super nodes a super node talks to for the membership and the
+        // index: random gossip and sync partners and replicas reach most of them in time, and
+        // keep-alives hold those sessions open (about 3 KB each: 30 MB for 10,000 peers).
+        ep_cfg.max_sessions = cfg.max_clients + 64 + MAX_PEER_SESSIONS;
         // A super node holds one TCP stream per client.
         ep_cfg.max_streams = cfg.max_clients + 64;
         let endpoint = Endpoint::new(ep_cfg);

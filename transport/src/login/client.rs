@@ -461,11 +461,10 @@ fn login_inner(
             Err(LoginFailure::Revoked)
         }
         LoginClientError::Refused(e) if stored.is_some() => match (not_renewable(e), password) {
+            // Log in with the password; the stored certificate stays until a new one replaces
+            // it, so a mistyped password loses nothing.
             (Some(_), Some(pw)) => {
-                store
-                    .clear_certificate()
-                    .map_err(LoginFailure::Credentials)?;
-                login(network, store, user, Some(pw), version, timeout)
+                login_inner(network, store, user, Some(pw), false, version, timeout)
             }
             (Some(why), None) => Err(LoginFailure::PasswordNeeded(why)),
             (None, _) => Err(error.into()),
