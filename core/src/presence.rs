@@ -192,11 +192,7 @@ impl PresenceRecord {
             return Err(DecodeError::Invalid("presence version"));
         }
         let certificate = Certificate::read(r)?;
-        let online = match r.u8()? {
-            0 => false,
-            1 => true,
-            _ => return Err(DecodeError::Invalid("online flag")),
-        };
+        let online = r.bool("online flag")?;
         let super_nodes = read_addrs(r)?;
         let reflexive = match r.u8()? {
             0 => None,

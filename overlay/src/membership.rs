@@ -417,8 +417,24 @@ impl Membership {
             return false;
         }
         if old.is_none() && self.members.len() >= self.cfg.max_members {
-            self.stats.dropped += 1;
-            return false;
+            // Full: a live member outranks the oldest tombstone (invented members reported gone
+            // must not keep real ones out); with no tombstone to give up, drop the news.
+            let oldest = self
+                .members
+                .values()
+                .filter(|m| !m.alive)
+                .min_by_key(|m| (m.changed, m.entry.addr))
+                .map(|m| (m.entry.addr, m.key));
+            match oldest {
+                Some((gone, key)) if ev.alive => {
+                    self.members.remove(&gone);
+                    self.by_key.remove(&key);
+                }
+                _ => {
+                    self.stats.dropped += 1;
+                    return false;
+                }
+            }
         }
         let key = Key::of_super_node(&ev.entry.static_key);
         if let Some(m) = old {
@@ -1026,6 +1042,12 @@ mod tests {
         }
         assert_eq!(m.len(), 3);
         assert_eq!(m.stats().dropped, 6);
+        // Full of tombstones and members: a new live member takes the oldest tombstone's place.
+        m.apply(now, ev(false, 1, 1), true);
+        assert_eq!(m.len(), 2);
+        assert!(m.apply(now, ev(true, 1, 20), true));
+        assert_eq!(m.len(), 3);
+        assert!(m.member(entry(1).addr).is_none(), "the tombstone made room");
         assert!(m.handle_message(
             now,
             entry(1),

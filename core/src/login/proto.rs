@@ -441,11 +441,7 @@ impl Request {
         let req = match r.u8()? {
             REQ_HELLO => Request::Hello {
                 version: Version::read(&mut r)?,
-                first_start: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::Invalid("first_start")),
-                },
+                first_start: r.bool("first_start")?,
             },
             REQ_REGISTER => Request::Register {
                 user: name(&mut r)?,
@@ -554,11 +550,7 @@ impl Response {
             RESP_DONE => Response::Done,
             RESP_REVOCATIONS => {
                 let since = r.u64()?;
-                let complete = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::Invalid("complete")),
-                };
+                let complete = r.bool("complete")?;
                 let issued_at = UnixTime(r.u64()?);
                 let n = usize::from(r.u16()?);
                 if n > MAX_REVOCATIONS_PER_PAGE {

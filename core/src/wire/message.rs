@@ -111,14 +111,6 @@ fn put_entries(out: &mut BytesMut, entries: &[HostEntry]) {
     }
 }
 
-fn read_bool(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
-    match r.u8()? {
-        0 => Ok(false),
-        1 => Ok(true),
-        _ => Err(DecodeError::Invalid(what)),
-    }
-}
-
 fn read_entries(r: &mut Reader<'_>) -> Result<Vec<HostEntry>, DecodeError> {
     let n = usize::from(r.u8()?);
     if n > MAX_HOST_ENTRIES {
@@ -607,11 +599,7 @@ impl<'a> Message<'a> {
                 }
             }
             MessageType::OverlayAttachAck => Message::OverlayAttachAck {
-                accepted: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::Invalid("accepted")),
-                },
+                accepted: r.bool("accepted")?,
                 reflexive: read_addr(&mut r)?,
                 keepalive_secs: r.u16()?,
                 super_nodes: read_entries(&mut r)?,
@@ -632,7 +620,7 @@ impl<'a> Message<'a> {
             MessageType::MemberProbe => Message::MemberProbe { nonce: r.u32()? },
             MessageType::MemberProbeAck => Message::MemberProbeAck { nonce: r.u32()? },
             MessageType::MemberUpdate => {
-                let sync = read_bool(&mut r, "sync")?;
+                let sync = r.bool("sync")?;
                 let n = usize::from(r.u8()?);
                 if n > MAX_MEMBER_EVENTS {
                     return Err(DecodeError::TooLong {
@@ -644,7 +632,7 @@ impl<'a> Message<'a> {
                 let mut events = Vec::with_capacity(n);
                 for _ in 0..n {
                     events.push(MemberEvent {
-                        alive: read_bool(&mut r, "alive")?,
+                        alive: r.bool("alive")?,
                         incarnation: r.u32()?,
                         entry: HostEntry {
                             addr: read_addr(&mut r)?,
@@ -692,12 +680,12 @@ impl<'a> Message<'a> {
                 }
             }
             MessageType::IndexStore => Message::IndexStore {
-                replicate: read_bool(&mut r, "replicate")?,
+                replicate: r.bool("replicate")?,
                 record: Box::new(PresenceRecord::read(&mut r)?),
             },
             MessageType::IndexSearch => Message::IndexSearch {
                 query: r.u32()?,
-                full: read_bool(&mut r, "full")?,
+                full: r.bool("full")?,
                 user: {
                     let raw = r.bytes_u8("user name", UserName::MAX_LEN)?;
                     let raw =
@@ -719,7 +707,7 @@ impl<'a> Message<'a> {
             MessageType::IndexNotFound => Message::IndexNotFound {
                 query: r.u32()?,
                 hops: r.u8()?,
-                definite: read_bool(&mut r, "definite")?,
+                definite: r.bool("definite")?,
             },
             MessageType::CallInvite => Message::CallInvite {
                 call: CallId(r.array()?),
@@ -758,7 +746,7 @@ impl<'a> Message<'a> {
             },
             MessageType::CallKeepAlive => Message::CallKeepAlive {
                 call: CallId(r.array()?),
-                held: read_bool(&mut r, "held")?,
+                held: r.bool("held")?,
             },
             other => return Err(DecodeError::Unimplemented(other)),
         };

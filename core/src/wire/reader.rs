@@ -47,6 +47,16 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    /// A flag byte: 0 or 1, anything else is [`DecodeError::Invalid`] naming `what` (so what
+    /// decodes re-encodes to the same bytes).
+    pub fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid(what)),
+        }
+    }
+
     /// Read a big-endian u16.
     pub fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array()?))
