@@ -18,6 +18,7 @@
 //! this machine provides.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -30,13 +31,60 @@ use crate::rng::Rng;
 use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
 use crate::session::{OpenError, SealError, Session};
 use crate::wire::frame::{self, FrameDecoder};
-use crate::wire::message::{CloseReason, Message, MAX_APP_DATA};
+use crate::wire::message::{CloseReason, Message, MessageType, MAX_APP_DATA};
 use crate::wire::packet::{Channel, Packet, Pattern, SessionIndex};
+use crate::wire::relay;
 use crate::wire::{classify, Class, MAX_DATAGRAM};
 
 /// A handle on one session, stable for its lifetime (our session index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u32);
+
+/// Where a session's packets go: straight to the peer, or through a super node's relay.
+///
+/// A session moves between paths without renegotiation (the receiver index, not the address,
+/// finds the session): that is how a call switches from a relay to a direct path and back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// Straight to the peer: a UDP address or a stream.
+    Direct(Destination),
+    /// Through a relay (see [`crate::wire::relay`]): frames go to `relay` (the transport of
+    /// our session with the super node) on `channel`.
+    Relayed {
+        /// Where the relay is: its UDP address or our stream to it.
+        relay: Destination,
+        /// The channel the relay allocated.
+        channel: u32,
+    },
+}
+
+impl Path {
+    /// The transport packets on this path leave by.
+    pub fn transport(&self) -> &Destination {
+        match self {
+            Path::Direct(d) | Path::Relayed { relay: d, .. } => d,
+        }
+    }
+
+    /// Through a relay.
+    pub fn is_relayed(&self) -> bool {
+        matches!(self, Path::Relayed { .. })
+    }
+
+    /// The peer's UDP address, for a direct UDP path.
+    pub fn udp(&self) -> Option<SocketAddr> {
+        match self {
+            Path::Direct(Destination::Udp(a)) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+impl From<Destination> for Path {
+    fn from(d: Destination) -> Self {
+        Path::Direct(d)
+    }
+}
 
 /// Configuration of an [`Endpoint`].
 #[derive(Debug, Clone)]
@@ -135,7 +183,7 @@ pub enum EndpointEvent {
         /// The verified peer.
         peer: Box<PeerInfo>,
         /// Where the peer is.
-        remote: Destination,
+        remote: Path,
         /// True when we initiated it.
         initiator: bool,
     },
@@ -175,12 +223,25 @@ pub enum EndpointEvent {
         /// Measured round-trip time.
         rtt: Duration,
     },
+    /// A path probe ([`Endpoint::probe`]) was answered: the path works both ways.
+    ProbeAnswered {
+        /// Which session.
+        conn: ConnId,
+        /// The probe's id.
+        id: u32,
+        /// The path the answer came by.
+        path: Path,
+        /// Round-trip time of the probe.
+        rtt: Duration,
+        /// Our UDP address as the peer saw the probe arrive (a peer-reflexive candidate).
+        observed: Option<SocketAddr>,
+    },
     /// The peer's address changed (roaming, NAT rebinding, relay switch).
     PathChanged {
         /// Which session.
         conn: ConnId,
         /// The new address.
-        remote: Destination,
+        remote: Path,
     },
     /// A stream's framing broke (the peer sent garbage): the driver must close it.
     StreamBroken {
@@ -229,9 +290,15 @@ pub struct EndpointStats {
     pub early_data_buffered: u64,
     /// Stream connections closed because their framing broke.
     pub streams_failed: u64,
+    /// Packets that arrived through a relay.
+    pub relayed_in: u64,
+    /// Path probes answered.
+    pub probes_answered: u64,
 }
 
 const EARLY_DATA_LIMIT: usize = 8;
+/// Pings and path probes awaiting an answer, per session.
+const MAX_OUTSTANDING_PINGS: usize = 64;
 const MAX_HANDSHAKE_RTO: Duration = Duration::from_secs(2);
 const RESPONDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timers are coalesced onto ticks of this length: with N sessions each wanting a keep-alive
@@ -254,7 +321,7 @@ struct Initiation {
     /// initiation, and the answer to an earlier one may still arrive (the round trip can exceed
     /// the retransmission timeout), so each answer is tried against every state kept.
     handshakes: Vec<Handshake>,
-    dest: Destination,
+    dest: Path,
     peer_static: Option<[u8; 32]>,
     packet: Bytes,
     attempts: u32,
@@ -266,15 +333,15 @@ struct Responding {
     /// The initiator's ephemeral key: a retransmitted message 1 is answered from this entry.
     ephemeral: [u8; 32],
     reply: Bytes,
-    source: Destination,
+    source: Path,
     expires: Instant,
-    early: Vec<(Destination, Vec<u8>)>,
+    early: Vec<(Path, Vec<u8>)>,
 }
 
 struct Peer {
     session: Session,
     info: PeerInfo,
-    dest: Destination,
+    dest: Path,
     /// Responder side of IK: the session exists but the initiator has not yet proved it holds
     /// it (by sending a packet on it). Until then it is not reported, not used, and expires
     /// silently: an IK answer may be lost and retried, and a replayed message 1 produces such
@@ -467,9 +534,10 @@ impl Endpoint {
     pub fn connect(
         &mut self,
         now: Instant,
-        dest: Destination,
+        dest: impl Into<Path>,
         peer_static: Option<[u8; 32]>,
     ) -> Result<ConnId, HandshakeError> {
+        let dest = dest.into();
         let index = self.fresh_index();
         let init = self.initiation(now, index, dest, peer_static, 1)?;
         self.arm(init.next_retry);
@@ -482,7 +550,7 @@ impl Endpoint {
         &mut self,
         now: Instant,
         index: SessionIndex,
-        dest: Destination,
+        dest: Path,
         peer_static: Option<[u8; 32]>,
         attempts: u32,
     ) -> Result<Initiation, HandshakeError> {
@@ -555,7 +623,7 @@ impl Endpoint {
     }
 
     /// Where a connection's peer currently is (it moves when the peer roams).
-    pub fn remote(&self, conn: ConnId) -> Option<&Destination> {
+    pub fn remote(&self, conn: ConnId) -> Option<&Path> {
         self.peers
             .get(&SessionIndex(conn.0))
             .filter(|p| p.tentative.is_none())
@@ -583,11 +651,59 @@ impl Endpoint {
             .peers
             .get_mut(&SessionIndex(conn.0))
             .ok_or(SendError::UnknownConnection)?;
-        if peer.pings.len() >= 16 {
+        if peer.pings.len() >= MAX_OUTSTANDING_PINGS {
             peer.pings.pop_front();
         }
         peer.pings.push_back((id, now));
         self.send_message(now, SessionIndex(conn.0), Message::Ping { id })
+    }
+
+    /// Check whether `path` works for session `conn`: send a [`Message::PathProbe`] there
+    /// (with an IP TTL when given: a low TTL opens this side's NAT without reaching the peer).
+    /// The peer answers on the path the probe arrived by; the answer arrives as
+    /// [`EndpointEvent::ProbeAnswered`] with the returned id. Neither moves the session.
+    pub fn probe(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        path: Path,
+        ttl: Option<u8>,
+    ) -> Result<u32, SendError> {
+        let id = self.next_ping;
+        self.next_ping = self.next_ping.wrapping_add(1);
+        let peer = self
+            .peers
+            .get_mut(&SessionIndex(conn.0))
+            .filter(|p| p.tentative.is_none())
+            .ok_or(SendError::UnknownConnection)?;
+        if peer.pings.len() >= MAX_OUTSTANDING_PINGS {
+            peer.pings.pop_front();
+        }
+        peer.pings.push_back((id, now));
+        self.send_message_via(
+            now,
+            SessionIndex(conn.0),
+            Message::PathProbe { id },
+            Some(path),
+            ttl,
+        )?;
+        Ok(id)
+    }
+
+    /// Send session `conn`'s packets on `path` from now on (the peer follows when our
+    /// packets reach it there). Returns false when there is no such session.
+    pub fn set_path(&mut self, conn: ConnId, path: Path) -> bool {
+        match self
+            .peers
+            .get_mut(&SessionIndex(conn.0))
+            .filter(|p| p.tentative.is_none())
+        {
+            Some(peer) => {
+                peer.dest = path;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Close a session, telling the peer.
@@ -615,9 +731,22 @@ impl Endpoint {
         index: SessionIndex,
         msg: Message<'_>,
     ) -> Result<(), SendError> {
+        self.send_message_via(now, index, msg, None, None)
+    }
+
+    /// Seal `msg` on the session and send it on `via` (default: the session's path) with an
+    /// optional IP TTL.
+    fn send_message_via(
+        &mut self,
+        now: Instant,
+        index: SessionIndex,
+        msg: Message<'_>,
+        via: Option<Path>,
+        ttl: Option<u8>,
+    ) -> Result<(), SendError> {
         let mut buf = BytesMut::with_capacity(16);
         msg.encode(&mut buf);
-        self.seal_to(now, index, Channel::Control, &buf)
+        self.seal_via(now, index, Channel::Control, &buf, via, ttl)
     }
 
     fn seal_to(
@@ -626,6 +755,18 @@ impl Endpoint {
         index: SessionIndex,
         channel: Channel,
         plaintext: &[u8],
+    ) -> Result<(), SendError> {
+        self.seal_via(now, index, channel, plaintext, None, None)
+    }
+
+    fn seal_via(
+        &mut self,
+        now: Instant,
+        index: SessionIndex,
+        channel: Channel,
+        plaintext: &[u8],
+        via: Option<Path>,
+        ttl: Option<u8>,
     ) -> Result<(), SendError> {
         let peer = self
             .peers
@@ -641,14 +782,32 @@ impl Endpoint {
             });
             return Err(e.into());
         }
-        peer.last_sent = now;
-        let dest = peer.dest.clone();
-        self.send_raw(&dest, out.freeze());
+        let dest = match via {
+            Some(p) => p,
+            None => {
+                // Only traffic on the session's own path keeps it alive.
+                peer.last_sent = now;
+                peer.dest.clone()
+            }
+        };
+        self.send_raw_ttl(&dest, out.freeze(), ttl);
         Ok(())
     }
 
-    fn send_raw(&mut self, dest: &Destination, payload: Bytes) {
-        let payload = match dest {
+    fn send_raw(&mut self, dest: &Path, payload: Bytes) {
+        self.send_raw_ttl(dest, payload, None);
+    }
+
+    fn send_raw_ttl(&mut self, dest: &Path, payload: Bytes, ttl: Option<u8>) {
+        let (transport, payload) = match dest {
+            Path::Direct(d) => (d, payload),
+            Path::Relayed { relay, channel } => {
+                let mut b = BytesMut::with_capacity(payload.len() + relay::HEADER_LEN);
+                relay::encode(*channel, false, &payload, &mut b);
+                (relay, b.freeze())
+            }
+        };
+        let payload = match transport {
             Destination::Udp(_) => payload,
             Destination::Stream(_) => {
                 let mut framed = BytesMut::with_capacity(payload.len() + frame::PREFIX_LEN);
@@ -660,25 +819,52 @@ impl Endpoint {
         };
         self.stats.packets_out += 1;
         self.transmits.push_back(Transmit {
-            destination: dest.clone(),
+            destination: transport.clone(),
             source: None,
             payload,
+            ttl: if matches!(transport, Destination::Udp(_)) {
+                ttl
+            } else {
+                None
+            },
         });
     }
 
-    fn receive(&mut self, now: Instant, from: Destination, data: &[u8]) {
+    fn receive(&mut self, now: Instant, from: Path, data: &[u8]) {
         self.stats.packets_in += 1;
         self.on_packet(now, from, data);
     }
 
-    fn on_packet(&mut self, now: Instant, from: Destination, data: &[u8]) {
+    fn on_packet(&mut self, now: Instant, from: Path, data: &[u8]) {
         match classify(data) {
             Class::Stun => {
                 self.stats.stun_seen += 1;
                 return;
             }
             Class::Control { .. } | Class::Media { .. } => {}
-            Class::Relay { .. } | Class::Unknown => {
+            Class::Relay { .. } => {
+                // A packet a relay forwarded to us: unwrap it once (a relayed packet is never
+                // itself a relay frame) and remember the channel as its path.
+                let Path::Direct(transport) = from else {
+                    self.stats.dropped_malformed += 1;
+                    return;
+                };
+                match relay::decode(data) {
+                    Ok((h, inner))
+                        if h.to_party && !matches!(classify(inner), Class::Relay { .. }) =>
+                    {
+                        self.stats.relayed_in += 1;
+                        let from = Path::Relayed {
+                            relay: transport,
+                            channel: h.channel,
+                        };
+                        self.on_packet(now, from, inner);
+                    }
+                    _ => self.stats.dropped_malformed += 1,
+                }
+                return;
+            }
+            Class::Unknown => {
                 self.stats.dropped_not_natter += 1;
                 return;
             }
@@ -725,16 +911,23 @@ impl Endpoint {
                         peer.last_received = now;
                         peer.unconfirmed_final = None;
                         // Only the newest packet moves the path: a delayed packet from the old
-                        // address must not move it back.
-                        if newest && peer.dest != from {
+                        // address must not move it back. A path probe or its answer never
+                        // moves it: checking a path is not choosing it.
+                        let probe = header.channel == Channel::Control
+                            && matches!(
+                                plain.first(),
+                                Some(&t) if t == MessageType::PathProbe as u8
+                                    || t == MessageType::PathProbeAck as u8
+                            );
+                        if newest && !probe && peer.dest != from {
                             peer.dest = from.clone();
                             self.events.push_back(EndpointEvent::PathChanged {
                                 conn: ConnId(index.0),
-                                remote: from,
+                                remote: from.clone(),
                             });
                         }
                         self.confirm_tentative(index);
-                        self.on_plaintext(now, index, header.channel, &plain);
+                        self.on_plaintext(now, index, &from, header.channel, &plain);
                     }
                     Err(OpenError::Replay(_)) => self.stats.dropped_replay += 1,
                     Err(OpenError::Authentication | OpenError::Generation) => {
@@ -746,7 +939,14 @@ impl Endpoint {
         }
     }
 
-    fn on_plaintext(&mut self, now: Instant, index: SessionIndex, channel: Channel, plain: &[u8]) {
+    fn on_plaintext(
+        &mut self,
+        now: Instant,
+        index: SessionIndex,
+        from: &Path,
+        channel: Channel,
+        plain: &[u8],
+    ) {
         let conn = ConnId(index.0);
         if channel == Channel::Media {
             self.events.push_back(EndpointEvent::Media {
@@ -767,6 +967,30 @@ impl Endpoint {
                         self.events.push_back(EndpointEvent::Pong {
                             conn,
                             rtt: now.saturating_duration_since(sent),
+                        });
+                    }
+                }
+            }
+            Ok(Message::PathProbe { id }) => {
+                // Answered on the path it came by (which may not be the session's): the
+                // prober learns that this path works both ways.
+                self.stats.probes_answered += 1;
+                let ack = Message::PathProbeAck {
+                    id,
+                    observed: from.udp(),
+                };
+                let _ = self.send_message_via(now, index, ack, Some(from.clone()), None);
+            }
+            Ok(Message::PathProbeAck { id, observed }) => {
+                if let Some(peer) = self.peers.get_mut(&index) {
+                    if let Some(pos) = peer.pings.iter().position(|(i, _)| *i == id) {
+                        let (_, sent) = peer.pings.remove(pos).unwrap_or((id, now));
+                        self.events.push_back(EndpointEvent::ProbeAnswered {
+                            conn,
+                            id,
+                            path: from.clone(),
+                            rtt: now.saturating_duration_since(sent),
+                            observed,
                         });
                     }
                 }
@@ -793,7 +1017,7 @@ impl Endpoint {
     fn on_init(
         &mut self,
         now: Instant,
-        from: Destination,
+        from: Path,
         pattern: Pattern,
         sender: SessionIndex,
         noise: &[u8],
@@ -944,7 +1168,7 @@ impl Endpoint {
         }
     }
 
-    fn on_final(&mut self, now: Instant, from: Destination, receiver: SessionIndex, noise: &[u8]) {
+    fn on_final(&mut self, now: Instant, from: Path, receiver: SessionIndex, noise: &[u8]) {
         let Some(mut r) = self.responding.remove(&receiver) else {
             // A retransmitted final whose session exists (our confirmation was lost): confirm
             // again, but only for an exact copy of the final we accepted.
@@ -990,7 +1214,7 @@ impl Endpoint {
         &mut self,
         now: Instant,
         est: Established,
-        dest: Destination,
+        dest: Path,
         initiator: bool,
         unconfirmed_final: Option<(Bytes, Instant, u32)>,
     ) {
@@ -1036,7 +1260,7 @@ impl Endpoint {
         );
     }
 
-    fn establish_tentative(&mut self, now: Instant, est: Established, dest: Destination) {
+    fn establish_tentative(&mut self, now: Instant, est: Established, dest: Path) {
         if self.revoked.contains(&est.peer.certificate.device) {
             self.stats.revoked_peers += 1;
             return;
@@ -1112,7 +1336,7 @@ impl Endpoint {
             }
         }
         for f in frames {
-            self.receive(now, Destination::Stream(stream), &f);
+            self.receive(now, Path::Direct(Destination::Stream(stream)), &f);
         }
         if broken {
             // Framing is lost for good: ignore the rest and have the driver close it.
@@ -1137,7 +1361,7 @@ impl Machine for Endpoint {
     fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::Datagram { source, data, .. } => {
-                self.receive(now, Destination::Udp(source), data)
+                self.receive(now, Path::Direct(Destination::Udp(source)), data)
             }
             Input::Stream { stream, data, .. } => self.on_stream(now, stream, data),
             Input::StreamOpened { .. } => {}

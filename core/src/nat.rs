@@ -246,6 +246,7 @@ impl NatProbe {
             destination: Destination::Udp(self.destination),
             source: None,
             payload: Bytes::from(msg.encode()),
+            ttl: None,
         });
     }
 

@@ -147,7 +147,7 @@ pub enum Input<'a> {
 }
 
 /// Where a transmit goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// A UDP datagram to this address.
     Udp(SocketAddr),
@@ -167,6 +167,9 @@ pub struct Transmit {
     pub source: Option<SocketAddr>,
     /// The bytes.
     pub payload: Bytes,
+    /// Send this one UDP datagram with this IP TTL (hop limit) instead of the socket's
+    /// default: hole punching sends packets that open its own NAT but die before the far one.
+    pub ttl: Option<u8>,
 }
 
 /// The common shape of every sans-IO state machine in Natter.

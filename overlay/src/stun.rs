@@ -417,6 +417,7 @@ impl StunServer {
             destination: Destination::Udp(to),
             source: Some(from),
             payload: Bytes::from(message.encode()),
+            ttl: None,
         });
     }
 }

@@ -208,6 +208,7 @@ impl ToyMachine {
             destination: Destination::Stream(stream),
             source: None,
             payload: data.into(),
+            ttl: None,
         });
     }
 
@@ -216,6 +217,7 @@ impl ToyMachine {
             destination: Destination::Udp(to),
             source: Some(local),
             payload,
+            ttl: None,
         });
     }
 }

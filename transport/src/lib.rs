@@ -407,6 +407,7 @@ mod tests {
                     destination: Destination::Udp(source),
                     source: from,
                     payload: bytes::Bytes::from(local.to_string()),
+                    ttl: None,
                 });
             }
         }
@@ -496,6 +497,7 @@ mod tests {
                 destination: Destination::Udp(to),
                 source: None,
                 payload: bytes::Bytes::from_static(b"hello"),
+                ttl: None,
             }),
             later: now + Duration::from_secs(10),
         })

@@ -763,7 +763,22 @@ impl<M: Machine> Loop<M> {
                             .source
                             .and_then(|s| self.udp_addrs.iter().position(|a| *a == s))
                             .unwrap_or(0);
-                        match self.udp.get(i).map(|s| s.send_to(&t.payload, to)) {
+                        let sent = self.udp.get(i).map(|s| match t.ttl {
+                            None => s.send_to(&t.payload, to),
+                            // One datagram with its own TTL (hole punching): set it, send, and
+                            // put the socket's default back. On IPv6 the TTL cannot be set this
+                            // way; the datagram goes with the default.
+                            Some(ttl) => {
+                                let old = s.ttl().ok();
+                                let set = s.set_ttl(u32::from(ttl)).is_ok();
+                                let r = s.send_to(&t.payload, to);
+                                if let (true, Some(old)) = (set, old) {
+                                    let _ = s.set_ttl(old);
+                                }
+                                r
+                            }
+                        });
+                        match sent {
                             Some(Ok(n)) => {
                                 self.stats.datagrams_out += 1;
                                 self.stats.datagram_bytes += n as u64;

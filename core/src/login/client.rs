@@ -248,6 +248,7 @@ impl LoginClient {
                 destination: Destination::Stream(self.stream),
                 source: None,
                 payload: framed.freeze(),
+                ttl: None,
             });
         }
     }

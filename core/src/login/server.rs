@@ -488,6 +488,7 @@ impl LoginServer {
             destination: Destination::Stream(stream),
             source: None,
             payload: framed.freeze(),
+            ttl: None,
         });
     }
 

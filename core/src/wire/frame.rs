@@ -8,7 +8,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{DecodeError, MAX_DATAGRAM};
+use super::{DecodeError, MAX_FRAME};
 
 /// Length of the frame prefix.
 pub const PREFIX_LEN: usize = 2;
@@ -43,7 +43,7 @@ pub struct FrameDecoder {
 
 impl Default for FrameDecoder {
     fn default() -> Self {
-        Self::new(MAX_DATAGRAM)
+        Self::new(MAX_FRAME)
     }
 }
 

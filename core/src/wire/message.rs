@@ -35,7 +35,7 @@
 //! | `0x46` | `CallHangup`                | none                                                |
 //! | `0x47` | `CallHold`                  | none                                                |
 //! | `0x48` | `CallResume`                | none                                                |
-//! | `0x49` | `CallCandidates`            | reserved (connectivity, not implemented)            |
+//! | `0x49` | `CallCandidates`            | opened u8, n u8, n × (kind u8, address)             |
 //! | `0x4A` | `CallAnsweredElsewhere`     | none                                                |
 //! | `0x4B` | `CallKeepAlive`             | held u8 (0 or 1: the sender's own hold state)       |
 
@@ -213,6 +213,16 @@ message_types! {
     MemberDigest = 0x29,
     /// Anti-entropy: send me your members in these buckets.
     MemberPull = 0x2A,
+    /// Relay: give me a channel to this device (from a node to a super node).
+    RelayAllocate = 0x2B,
+    /// Relay: the channel is ready.
+    RelayAllocated = 0x2C,
+    /// Relay: refused (quota, unknown device, ...).
+    RelayRefused = 0x2D,
+    /// Relay: a device opened a channel to you (from the super node to the other party).
+    RelayOffer = 0x2E,
+    /// Relay: the channel is over (either direction).
+    RelayRelease = 0x2F,
     /// Store a signed presence record in the index.
     IndexStore = 0x30,
     /// Search the index for a user name.
@@ -239,16 +249,19 @@ message_types! {
     CallHold = 0x47,
     /// Call signalling: resume (see [`Message::CallResume`]).
     CallResume = 0x48,
-    /// Reserved: connectivity candidates.
+    /// Connectivity: the sender's candidate addresses for a direct path, and whether it has
+    /// opened its NAT towards ours (see [`Message::CallCandidates`]).
     CallCandidates = 0x49,
     /// Call signalling: another device answered; stop ringing (see [`Message::CallAnsweredElsewhere`]).
     CallAnsweredElsewhere = 0x4A,
     /// Call signalling: liveness of an active call (see [`Message::CallKeepAlive`]).
     CallKeepAlive = 0x4B,
-    /// Reserved: receiver report (loss, jitter, RTT).
+    /// Receiver report: loss, jitter and RTT of the media the sender received.
     MediaReport = 0x50,
-    /// Reserved: connectivity check on a candidate path.
-    MediaPathProbe = 0x51,
+    /// Connectivity check on a candidate path: `id u32`; answered on the path it came from.
+    PathProbe = 0x51,
+    /// Answer to a path probe: `id u32`, the address the probe came from.
+    PathProbeAck = 0x52,
     /// Reserved: chat message.
     ChatMessage = 0x60,
     /// Reserved: chat delivery receipt.
@@ -516,6 +529,98 @@ pub enum Message<'a> {
         /// The sender has the call on hold.
         held: bool,
     },
+    /// Where the sender can be reached directly, for connectivity checks.
+    CallCandidates {
+        /// Which call.
+        call: CallId,
+        /// The sender has sent its NAT-opening packets towards the receiver's candidates:
+        /// checks may start once both sides say so.
+        opened: bool,
+        /// At most [`MAX_CANDIDATES`].
+        candidates: Vec<Candidate>,
+    },
+    /// A receiver report on the media of a call, sent about once a second.
+    MediaReport {
+        /// Which call.
+        call: CallId,
+        /// Frames expected in the interval (from sequence numbers).
+        expected: u16,
+        /// Of those, frames that did not arrive.
+        lost: u16,
+        /// Interarrival jitter, RFC 3550 style, in milliseconds.
+        jitter_ms: u16,
+        /// The sender's current round-trip time estimate on the active path, milliseconds
+        /// (0: unknown).
+        rtt_ms: u16,
+    },
+    /// A connectivity check on one path of a session; answered on the path it arrived on and
+    /// never moves the session there by itself.
+    PathProbe {
+        /// Echoed in the answer.
+        id: u32,
+    },
+    /// Answer to [`Message::PathProbe`].
+    PathProbeAck {
+        /// The probe's id.
+        id: u32,
+        /// The UDP address the probe came from, as the answering side saw it (a
+        /// peer-reflexive candidate), when it came straight over UDP.
+        observed: Option<SocketAddr>,
+    },
+    /// Ask a super node for a relay channel to `device` (which must have a session with it).
+    RelayAllocate {
+        /// Echoed in the answer.
+        request: u32,
+        /// The other party.
+        device: DeviceId,
+    },
+    /// The relay channel is ready.
+    RelayAllocated {
+        /// The request answered.
+        request: u32,
+        /// The channel number for relayed frames (31 bits).
+        channel: u32,
+    },
+    /// The relay refused.
+    RelayRefused {
+        /// The request answered.
+        request: u32,
+        /// Why (see `natter_overlay::relay::RelayRefusal`).
+        reason: u8,
+    },
+    /// A device opened a relay channel to the receiver.
+    RelayOffer {
+        /// The channel.
+        channel: u32,
+        /// Who opened it (the super node vouches for the device id it authenticated).
+        device: DeviceId,
+    },
+    /// The relay channel is over.
+    RelayRelease {
+        /// The channel.
+        channel: u32,
+    },
+}
+
+/// Most candidates in one [`Message::CallCandidates`].
+pub const MAX_CANDIDATES: usize = 8;
+
+/// What kind of address a candidate is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CandidateKind {
+    /// One of the device's own addresses (same LAN).
+    Host = 0,
+    /// Its address as a super node saw it (server-reflexive).
+    Reflexive = 1,
+}
+
+/// An address where a device may be reachable directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    /// Host or reflexive.
+    pub kind: CandidateKind,
+    /// The UDP address.
+    pub addr: SocketAddr,
 }
 
 impl<'a> Message<'a> {
@@ -553,6 +658,15 @@ impl<'a> Message<'a> {
             Message::CallResume { .. } => MessageType::CallResume,
             Message::CallAnsweredElsewhere { .. } => MessageType::CallAnsweredElsewhere,
             Message::CallKeepAlive { .. } => MessageType::CallKeepAlive,
+            Message::CallCandidates { .. } => MessageType::CallCandidates,
+            Message::MediaReport { .. } => MessageType::MediaReport,
+            Message::PathProbe { .. } => MessageType::PathProbe,
+            Message::PathProbeAck { .. } => MessageType::PathProbeAck,
+            Message::RelayAllocate { .. } => MessageType::RelayAllocate,
+            Message::RelayAllocated { .. } => MessageType::RelayAllocated,
+            Message::RelayRefused { .. } => MessageType::RelayRefused,
+            Message::RelayOffer { .. } => MessageType::RelayOffer,
+            Message::RelayRelease { .. } => MessageType::RelayRelease,
         }
     }
 
@@ -748,6 +862,68 @@ impl<'a> Message<'a> {
                 call: CallId(r.array()?),
                 held: r.bool("held")?,
             },
+            MessageType::CallCandidates => {
+                let call = CallId(r.array()?);
+                let opened = r.bool("opened")?;
+                let n = usize::from(r.u8()?);
+                if n > MAX_CANDIDATES {
+                    return Err(DecodeError::TooLong {
+                        what: "candidates",
+                        len: n,
+                        max: MAX_CANDIDATES,
+                    });
+                }
+                let mut candidates = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let kind = match r.u8()? {
+                        0 => CandidateKind::Host,
+                        1 => CandidateKind::Reflexive,
+                        _ => return Err(DecodeError::Invalid("candidate kind")),
+                    };
+                    candidates.push(Candidate {
+                        kind,
+                        addr: read_addr(&mut r)?,
+                    });
+                }
+                Message::CallCandidates {
+                    call,
+                    opened,
+                    candidates,
+                }
+            }
+            MessageType::MediaReport => Message::MediaReport {
+                call: CallId(r.array()?),
+                expected: r.u16()?,
+                lost: r.u16()?,
+                jitter_ms: r.u16()?,
+                rtt_ms: r.u16()?,
+            },
+            MessageType::PathProbe => Message::PathProbe { id: r.u32()? },
+            MessageType::PathProbeAck => Message::PathProbeAck {
+                id: r.u32()?,
+                observed: if r.bool("observed")? {
+                    Some(read_addr(&mut r)?)
+                } else {
+                    None
+                },
+            },
+            MessageType::RelayAllocate => Message::RelayAllocate {
+                request: r.u32()?,
+                device: DeviceId(r.array()?),
+            },
+            MessageType::RelayAllocated => Message::RelayAllocated {
+                request: r.u32()?,
+                channel: r.u32()?,
+            },
+            MessageType::RelayRefused => Message::RelayRefused {
+                request: r.u32()?,
+                reason: r.u8()?,
+            },
+            MessageType::RelayOffer => Message::RelayOffer {
+                channel: r.u32()?,
+                device: DeviceId(r.array()?),
+            },
+            MessageType::RelayRelease => Message::RelayRelease { channel: r.u32()? },
             other => return Err(DecodeError::Unimplemented(other)),
         };
         r.finish()?;
@@ -876,6 +1052,58 @@ impl<'a> Message<'a> {
                 out.put_slice(&call.0);
                 out.put_u8(u8::from(*held));
             }
+            Message::CallCandidates {
+                call,
+                opened,
+                candidates,
+            } => {
+                out.put_slice(&call.0);
+                out.put_u8(u8::from(*opened));
+                let n = candidates.len().min(MAX_CANDIDATES);
+                out.put_u8(n as u8);
+                for c in &candidates[..n] {
+                    out.put_u8(c.kind as u8);
+                    put_addr(out, &c.addr);
+                }
+            }
+            Message::MediaReport {
+                call,
+                expected,
+                lost,
+                jitter_ms,
+                rtt_ms,
+            } => {
+                out.put_slice(&call.0);
+                out.put_u16(*expected);
+                out.put_u16(*lost);
+                out.put_u16(*jitter_ms);
+                out.put_u16(*rtt_ms);
+            }
+            Message::PathProbe { id } => out.put_u32(*id),
+            Message::PathProbeAck { id, observed } => {
+                out.put_u32(*id);
+                out.put_u8(u8::from(observed.is_some()));
+                if let Some(a) = observed {
+                    put_addr(out, a);
+                }
+            }
+            Message::RelayAllocate { request, device } => {
+                out.put_u32(*request);
+                out.put_slice(&device.0);
+            }
+            Message::RelayAllocated { request, channel } => {
+                out.put_u32(*request);
+                out.put_u32(*channel);
+            }
+            Message::RelayRefused { request, reason } => {
+                out.put_u32(*request);
+                out.put_u8(*reason);
+            }
+            Message::RelayOffer { channel, device } => {
+                out.put_u32(*channel);
+                out.put_slice(&device.0);
+            }
+            Message::RelayRelease { channel } => out.put_u32(*channel),
             Message::CallRinging { call }
             | Message::CallDecline { call }
             | Message::CallBusy { call }
@@ -910,8 +1138,8 @@ mod tests {
     #[test]
     fn reserved_types_are_typed_errors() {
         assert_eq!(
-            Message::decode(&[0x49, 1, 2, 3]),
-            Err(DecodeError::Unimplemented(MessageType::CallCandidates))
+            Message::decode(&[0x60, 1, 2, 3]),
+            Err(DecodeError::Unimplemented(MessageType::ChatMessage))
         );
         assert_eq!(
             Message::decode(&[0xEE]),
@@ -1122,6 +1350,111 @@ mod tests {
         Message::CallKeepAlive { call, held: true }.encode(&mut b);
         b[17] = 2;
         assert_eq!(Message::decode(&b), Err(DecodeError::Invalid("held")));
+    }
+
+    #[test]
+    fn connectivity_and_relay_messages_roundtrip() {
+        let call = CallId([3; 16]);
+        let full: Vec<Candidate> = (0..MAX_CANDIDATES)
+            .map(|i| Candidate {
+                kind: if i % 2 == 0 {
+                    CandidateKind::Host
+                } else {
+                    CandidateKind::Reflexive
+                },
+                addr: if i < 4 {
+                    format!("198.18.0.{i}:4000").parse().unwrap()
+                } else {
+                    format!("[2001:db8::{i}]:4000").parse().unwrap()
+                },
+            })
+            .collect();
+        let all = [
+            Message::CallCandidates {
+                call,
+                opened: false,
+                candidates: vec![],
+            },
+            Message::CallCandidates {
+                call,
+                opened: true,
+                candidates: full,
+            },
+            Message::MediaReport {
+                call,
+                expected: 50,
+                lost: 3,
+                jitter_ms: 12,
+                rtt_ms: 65535,
+            },
+            Message::PathProbe { id: 7 },
+            Message::PathProbeAck {
+                id: 7,
+                observed: None,
+            },
+            Message::PathProbeAck {
+                id: u32::MAX,
+                observed: Some("198.19.1.2:5000".parse().unwrap()),
+            },
+            Message::RelayAllocate {
+                request: 1,
+                device: DeviceId([4; 16]),
+            },
+            Message::RelayAllocated {
+                request: 1,
+                channel: 0x7fff_ffff,
+            },
+            Message::RelayRefused {
+                request: 1,
+                reason: 2,
+            },
+            Message::RelayOffer {
+                channel: 9,
+                device: DeviceId([5; 16]),
+            },
+            Message::RelayRelease { channel: 9 },
+        ];
+        for m in all {
+            let mut b = BytesMut::new();
+            m.encode(&mut b);
+            assert!(b.len() <= MAX_APP_DATA, "{m:?}: {} bytes", b.len());
+            assert_eq!(Message::decode(&b).unwrap(), m);
+            for cut in 1..b.len() {
+                assert!(Message::decode(&b[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+            let mut long = b.to_vec();
+            long.push(0);
+            assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(1)));
+        }
+        // Too many candidates, an unknown kind and a non-boolean flag are typed errors.
+        let mut b = BytesMut::new();
+        b.put_u8(0x49);
+        b.put_slice(&call.0);
+        b.put_u8(1);
+        b.put_u8(MAX_CANDIDATES as u8 + 1);
+        assert!(matches!(
+            Message::decode(&b),
+            Err(DecodeError::TooLong { .. })
+        ));
+        let mut b = BytesMut::new();
+        Message::CallCandidates {
+            call,
+            opened: true,
+            candidates: vec![Candidate {
+                kind: CandidateKind::Host,
+                addr: "198.18.0.1:1".parse().unwrap(),
+            }],
+        }
+        .encode(&mut b);
+        let mut bad = b.to_vec();
+        bad[19] = 9;
+        assert_eq!(
+            Message::decode(&bad),
+            Err(DecodeError::Invalid("candidate kind"))
+        );
+        let mut bad = b.to_vec();
+        bad[17] = 2;
+        assert_eq!(Message::decode(&bad), Err(DecodeError::Invalid("opened")));
     }
 
     fn msg_strategy() -> impl Strategy<Value = (u8, u32, Vec<u8>)> {

@@ -11,7 +11,7 @@
 //! | `0x00..=0x03` | [`Class::Stun`]             | an RFC 8489 message (magic cookie checked)     |
 //! | `0x50..=0x5F` | [`Class::Control`]          | a Natter [`packet`]; low nibble = version      |
 //! | `0x60..=0x6F` | [`Class::Media`]            | a Natter data envelope carrying media          |
-//! | `0x70..=0x7F` | [`Class::Relay`]            | reserved: a relayed frame (channel + packet)   |
+//! | `0x70..=0x7F` | [`Class::Relay`]            | a relayed frame ([`relay`]: channel + packet)  |
 //! | anything else | [`Class::Unknown`]          | dropped and counted                            |
 //!
 //! The ranges avoid those RFC 7983 assigns to DTLS (20-63), TURN channels (64-79) and RTP/RTCP
@@ -24,6 +24,7 @@
 //!   reserved for the whole mission (login, overlay, search, calls, media control, chat, file
 //!   transfer, conferences, presence).
 //! * [`frame`]: length-prefixed framing of packets on TCP (and TLS) streams.
+//! * [`relay`]: the header of a packet relayed by a super node.
 //!
 //! Every decoder returns a typed [`DecodeError`] on bad input, never panics and never
 //! allocates more than the input it was given.
@@ -32,6 +33,7 @@ pub mod frame;
 pub mod message;
 pub mod packet;
 mod reader;
+pub mod relay;
 
 pub use reader::Reader;
 
@@ -42,6 +44,10 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// room for a relay header: a file-transfer chunk or a 60 ms fullband Opus frame fits easily.
 pub const MAX_DATAGRAM: usize = 1200;
 
+/// The largest frame on a stream or datagram on the wire: a packet of [`MAX_DATAGRAM`] bytes
+/// inside a relay header.
+pub const MAX_FRAME: usize = MAX_DATAGRAM + relay::HEADER_LEN;
+
 /// STUN's fixed magic cookie (RFC 8489 §5).
 pub const STUN_MAGIC_COOKIE: u32 = 0x2112_A442;
 
@@ -49,7 +55,7 @@ pub const STUN_MAGIC_COOKIE: u32 = 0x2112_A442;
 pub const CONTROL_BASE: u8 = 0x50;
 /// First-byte base of media packets (`0x60 | version`).
 pub const MEDIA_BASE: u8 = 0x60;
-/// First-byte base of relayed frames (`0x70 | version`), reserved.
+/// First-byte base of relayed frames (`0x70 | version`).
 pub const RELAY_BASE: u8 = 0x70;
 
 /// The class of a datagram, from its first byte.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use natter_core::endpoint::ConnId;
+use natter_core::endpoint::{ConnId, Path};
 use natter_core::identity::UserName;
 use natter_core::presence::PresenceRecord;
 use natter_core::sansio::Destination;
@@ -345,10 +345,14 @@ impl Node {
         }
         // Super nodes talk membership over UDP sessions, from their listening address.
         let from = match (self.endpoint.remote(conn), self.endpoint.peer(conn)) {
-            (Some(Destination::Udp(addr)), Some(peer)) if *addr != self.cfg.listen => HostEntry {
-                addr: *addr,
-                static_key: peer.certificate.dh_public,
-            },
+            (Some(Path::Direct(Destination::Udp(addr))), Some(peer))
+                if *addr != self.cfg.listen =>
+            {
+                HostEntry {
+                    addr: *addr,
+                    static_key: peer.certificate.dh_public,
+                }
+            }
             _ => {
                 self.stats.overlay_dropped += 1;
                 return true;
@@ -407,7 +411,7 @@ impl Node {
             .endpoint
             .connections()
             .filter(|&c| {
-                self.endpoint.remote(c) == Some(&Destination::Udp(to.addr))
+                self.endpoint.remote(c) == Some(&Path::Direct(Destination::Udp(to.addr)))
                     && self
                         .endpoint
                         .peer(c)
@@ -494,7 +498,7 @@ impl Node {
             return false;
         }
         let udp = match self.endpoint.remote(conn) {
-            Some(Destination::Udp(a)) => Some(*a),
+            Some(Path::Direct(Destination::Udp(a))) => Some(*a),
             _ => None,
         };
         let Some(peer_key) = self.endpoint.peer(conn).map(|p| p.certificate.dh_public) else {

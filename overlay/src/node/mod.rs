@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use natter_core::attach::{AttachAction, AttachConfig, AttachEvent, Attacher};
-use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
+use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent, Path};
 use natter_core::handshake::{Capabilities, LocalIdentity};
 use natter_core::hostcache::HostCache;
 use natter_core::identity::UnixTime;
@@ -713,6 +713,7 @@ impl Node {
                         destination: Destination::Udp(addr),
                         source: None,
                         payload: Bytes::from(probe_request(transaction)),
+                        ttl: None,
                     });
                 }
                 AttachAction::OpenStream {
@@ -794,7 +795,7 @@ impl Node {
         match &e {
             EndpointEvent::Connected {
                 conn,
-                remote: Destination::Stream(stream),
+                remote: Path::Direct(Destination::Stream(stream)),
                 initiator: false,
                 ..
             } => {
@@ -803,7 +804,7 @@ impl Node {
             }
             EndpointEvent::PathChanged { conn, remote } if self.incoming.contains_key(conn) => {
                 match remote {
-                    Destination::Stream(stream) => {
+                    Path::Direct(Destination::Stream(stream)) => {
                         let old = self.incoming.insert(*conn, *stream);
                         self.close_if_unused(old);
                     }
@@ -953,8 +954,9 @@ impl Node {
         // (Every stream is announced with its far end before data arrives on it, so the
         // fallback is never used for a live session.)
         let remote = match self.endpoint.remote(conn) {
-            Some(Destination::Udp(a)) => Some(*a),
-            Some(Destination::Stream(s)) => self.stream_remote.get(s).copied(),
+            Some(Path::Direct(Destination::Udp(a))) => Some(*a),
+            Some(Path::Direct(Destination::Stream(s))) => self.stream_remote.get(s).copied(),
+            Some(Path::Relayed { .. }) => None,
             None => None,
         }
         .unwrap_or(self.cfg.listen);
@@ -1207,6 +1209,7 @@ impl Machine for Node {
                     destination: Destination::Udp(sn),
                     source: None,
                     payload: Bytes::from(probe_request(transaction)),
+                    ttl: None,
                 });
             }
         }
