@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 mod accounts;
+mod client;
 mod demo;
 mod node;
 
@@ -28,6 +29,8 @@ enum Command {
     Login(accounts::AccountArgs),
     /// Run a node: join the network, become a super node when suitable.
     Node(node::NodeArgs),
+    /// Run a client (an ordinary node) that makes and takes calls.
+    Client(client::ClientArgs),
     /// Pass a WAV file through the media pipeline over a simulated network.
     MediaLoopback(natter_media::loopback::LoopbackArgs),
 }
@@ -48,6 +51,7 @@ fn main() {
         Command::Register(a) => accounts::register(a),
         Command::Login(a) => accounts::login_cmd(a),
         Command::Node(a) => node::run(a),
+        Command::Client(a) => client::run(a),
         Command::MediaLoopback(a) => natter_media::loopback::main(a),
     };
     std::process::exit(code);

@@ -83,136 +83,194 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         .iter()
         .map(|u| UserName::parse(u).map_err(|e| format!("--search {u}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
-    let store = DeviceStore::open(args.data.join("device")).map_err(|e| e.to_string())?;
-    let li = login_or_ask(&net, &store, &args.user, || {
-        read_password(args.password_stdin, "Password: ")
-    })
-    .map_err(|e| format!("login failed: {e}"))?;
-    println!(
-        "logged in as {} (device {})",
-        li.certificate.user, li.certificate.device
-    );
-    let renewer = Renewer::spawn(net.clone(), store.clone(), li.certificate.clone());
-    // Every node refuses revoked devices; the list is small and fetched every 5 minutes.
-    let revocations =
-        RevocationFetcher::spawn(net.clone(), li.device.clone(), Duration::from_secs(300));
-
-    let cache_path = args.data.join("hostcache.bin");
-    let mut cache = load_host_cache(&cache_path);
-    for b in &net.bootstrap {
-        if let Ok(a) = b.address.parse() {
-            cache.insert(a, None, wall_clock());
-        }
-    }
-    let identity = LocalIdentity {
-        device: li.device,
-        certificate: li.certificate,
-        trusted: net.trusted().map_err(|e| e.to_string())?,
-        capabilities: Capabilities::VOICE.union(Capabilities::CHAT),
-    };
-    let role = if args.supernode {
-        RolePolicy::Force
-    } else if args.no_supernode {
-        RolePolicy::Forbid
-    } else {
-        RolePolicy::Auto
-    };
-    let seed = os_seed().map_err(|e| e.to_string())?;
-    let mut cfg = NodeConfig::new(identity, seed, wall_clock(), Instant::now(), args.listen);
-    cfg.role = role;
-    cfg.stun_alternate = args.stun_alternate;
-    cfg.uplink_bytes_per_sec = args.uplink_kbps.map(|k| k.saturating_mul(1000) / 8);
-    if let Some(n) = args.max_clients {
-        cfg.max_clients = n;
-    }
-    cfg.host_cache = cache;
-    cfg.local_addresses = local_addresses(args.listen);
-    cfg.attach.fallback_ports = match args.fallback_ports {
-        Some(p) => p,
-        None => net.fallback_ports().map_err(|e| e.to_string())?,
-    };
-    let cfg_fallback = cfg.attach.fallback_ports;
-    let probe = Node::new(cfg.clone(), Instant::now());
-    let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
-    drop(probe);
-    let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
-        cfg.clock_anchor = now;
-        Node::new(cfg, now)
-    })
-    .map_err(|e| format!("binding {}: {e}", args.listen))?;
-    println!(
-        "node listening on {} (role: {role:?}; fallback TCP ports {})",
-        args.listen, cfg_fallback
-    );
-    let handle = rt.handle();
-    let _watch = NetWatch::spawn(args.listen, move |addrs| {
-        handle.command(move |n, now| n.set_local_addresses(now, addrs));
-    });
-    // From now on (not while asking for a password), stop cleanly on Ctrl-C / SIGINT / SIGTERM:
-    // the loop below sees the flag within a second.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst))
-            .map_err(|e| format!("installing the signal handler: {e}"))?;
-    }
-    let save = |cache: &natter_core::hostcache::HostCache| {
-        if let Err(e) = save_host_cache(&cache_path, cache) {
-            tracing::warn!(error = %e, "saving the host cache");
-        }
-    };
-    let mut last_save = Instant::now();
-    let mut renewing = true;
+    let mut node = Started::start(&args, None)?;
     loop {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            // A node that ran for less than a minute keeps what it learnt too.
-            save(&rt.command(|n, _| n.host_cache().clone()));
-            println!("stopping: host cache saved to {}", cache_path.display());
+        if node.stopping() {
+            node.save_cache();
+            println!(
+                "stopping: host cache saved to {}",
+                node.cache_path.display()
+            );
             return Ok(());
         }
-        while let Ok(devices) = revocations.revoked().try_recv() {
-            println!("{} device(s) revoked by the login authority", devices.len());
-            rt.command(move |n, now| n.revoke(now, devices));
+        node.housekeeping();
+        if let Ok(e) = node.rt.events().recv_timeout(Duration::from_secs(1)) {
+            describe(&e);
         }
-        while renewing {
-            match renewer.certificates().try_recv() {
+        // Search once joined: attached to a super node, or one.
+        if !searches.is_empty() && node.joined() {
+            for user in searches.drain(..) {
+                println!("searching for {user}");
+                node.rt.command(move |n, now| n.search(now, user));
+            }
+        }
+    }
+}
+
+/// A running node with what keeps it logged in and its host cache saved.
+pub struct Started {
+    /// The runtime driving the node.
+    pub rt: Runtime<Node>,
+    /// Where the host cache is saved.
+    pub cache_path: PathBuf,
+    renewer: Renewer,
+    revocations: RevocationFetcher,
+    _watch: NetWatch,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    last_save: Instant,
+    renewing: bool,
+    network: PathBuf,
+    user: String,
+    data: PathBuf,
+}
+
+impl Started {
+    /// Log in (asking for the password when needed), start the node and install the signal
+    /// handler. `role` overrides the role the flags choose.
+    pub fn start(args: &NodeArgs, role: Option<RolePolicy>) -> Result<Started, String> {
+        let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
+        let store = DeviceStore::open(args.data.join("device")).map_err(|e| e.to_string())?;
+        let li = login_or_ask(&net, &store, &args.user, || {
+            read_password(args.password_stdin, "Password: ")
+        })
+        .map_err(|e| format!("login failed: {e}"))?;
+        println!(
+            "logged in as {} (device {})",
+            li.certificate.user, li.certificate.device
+        );
+        let renewer = Renewer::spawn(net.clone(), store.clone(), li.certificate.clone());
+        // Every node refuses revoked devices; the list is small and fetched every 5 minutes.
+        let revocations =
+            RevocationFetcher::spawn(net.clone(), li.device.clone(), Duration::from_secs(300));
+
+        let cache_path = args.data.join("hostcache.bin");
+        let mut cache = load_host_cache(&cache_path);
+        for b in &net.bootstrap {
+            if let Ok(a) = b.address.parse() {
+                cache.insert(a, None, wall_clock());
+            }
+        }
+        let identity = LocalIdentity {
+            device: li.device,
+            certificate: li.certificate,
+            trusted: net.trusted().map_err(|e| e.to_string())?,
+            capabilities: Capabilities::VOICE.union(Capabilities::CHAT),
+        };
+        let role = role.unwrap_or(if args.supernode {
+            RolePolicy::Force
+        } else if args.no_supernode {
+            RolePolicy::Forbid
+        } else {
+            RolePolicy::Auto
+        });
+        let seed = os_seed().map_err(|e| e.to_string())?;
+        let mut cfg = NodeConfig::new(identity, seed, wall_clock(), Instant::now(), args.listen);
+        cfg.role = role;
+        cfg.stun_alternate = args.stun_alternate;
+        cfg.uplink_bytes_per_sec = args.uplink_kbps.map(|k| k.saturating_mul(1000) / 8);
+        if let Some(n) = args.max_clients {
+            cfg.max_clients = n;
+        }
+        cfg.host_cache = cache;
+        cfg.local_addresses = local_addresses(args.listen);
+        cfg.attach.fallback_ports = match args.fallback_ports {
+            Some(p) => p,
+            None => net.fallback_ports().map_err(|e| e.to_string())?,
+        };
+        let cfg_fallback = cfg.attach.fallback_ports;
+        let probe = Node::new(cfg.clone(), Instant::now());
+        let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
+        drop(probe);
+        let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
+            cfg.clock_anchor = now;
+            Node::new(cfg, now)
+        })
+        .map_err(|e| format!("binding {}: {e}", args.listen))?;
+        println!(
+            "node listening on {} (role: {role:?}; fallback TCP ports {})",
+            args.listen, cfg_fallback
+        );
+        let handle = rt.handle();
+        let watch = NetWatch::spawn(args.listen, move |addrs| {
+            handle.command(move |n, now| n.set_local_addresses(now, addrs));
+        });
+        // From now on (not while asking for a password), stop cleanly on Ctrl-C / SIGINT /
+        // SIGTERM: the loop sees the flag within a second.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst))
+                .map_err(|e| format!("installing the signal handler: {e}"))?;
+        }
+        Ok(Started {
+            rt,
+            cache_path,
+            renewer,
+            revocations,
+            _watch: watch,
+            stop,
+            last_save: Instant::now(),
+            renewing: true,
+            network: args.network.clone(),
+            user: args.user.clone(),
+            data: args.data.clone(),
+        })
+    }
+
+    /// Ctrl-C, SIGINT or SIGTERM arrived.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Attached to a super node, or one.
+    pub fn joined(&self) -> bool {
+        self.rt
+            .command(|n, _| n.is_super_node() || !n.attached().is_empty())
+    }
+
+    /// Save the host cache now.
+    pub fn save_cache(&mut self) {
+        let cache = self.rt.command(|n, _| n.host_cache().clone());
+        if let Err(e) = save_host_cache(&self.cache_path, &cache) {
+            tracing::warn!(error = %e, "saving the host cache");
+        }
+        self.last_save = Instant::now();
+    }
+
+    /// Revocations, renewed certificates, load reports and the periodic host-cache save: call
+    /// this about once a second.
+    pub fn housekeeping(&mut self) {
+        while let Ok(devices) = self.revocations.revoked().try_recv() {
+            println!("{} device(s) revoked by the login authority", devices.len());
+            self.rt.command(move |n, now| n.revoke(now, devices));
+        }
+        while self.renewing {
+            match self.renewer.certificates().try_recv() {
                 Ok(cert) => {
-                    rt.command(move |n, _| n.update_certificate(cert));
+                    self.rt.command(move |n, _| n.update_certificate(cert));
                     println!("certificate renewed");
                 }
                 Err(TryRecvError::Empty) => break,
                 // The renewer gave up (its reason is logged): say what to do, once.
                 Err(TryRecvError::Disconnected) => {
-                    renewing = false;
+                    self.renewing = false;
                     eprintln!(
-                        "natter node: this device's certificate can no longer be renewed \
+                        "natter: this device's certificate can no longer be renewed \
                          without the password; run `natter login --network {} --user {} --data {}` \
                          with the password, then restart this node (or just restart it: it asks \
                          for the password)",
-                        args.network.display(),
-                        args.user,
-                        args.data.join("device").display()
+                        self.network.display(),
+                        self.user,
+                        self.data.join("device").display()
                     );
                 }
             }
         }
-        if let Ok(e) = rt.events().recv_timeout(Duration::from_secs(1)) {
-            describe(&e);
-        }
-        // Search once joined: attached to a super node, or one.
-        if !searches.is_empty() && rt.command(|n, _| n.is_super_node() || !n.attached().is_empty())
-        {
-            for user in searches.drain(..) {
-                println!("searching for {user}");
-                rt.command(move |n, now| n.search(now, user));
-            }
-        }
-        let (cpu, bytes_per_sec) = rt.load();
-        rt.command(move |n, now| n.report_load(now, Load { cpu, bytes_per_sec }));
-        if last_save.elapsed() >= Duration::from_secs(60) {
-            save(&rt.command(|n, _| n.host_cache().clone()));
-            last_save = Instant::now();
+        let (cpu, bytes_per_sec) = self.rt.load();
+        self.rt
+            .command(move |n, now| n.report_load(now, Load { cpu, bytes_per_sec }));
+        if self.last_save.elapsed() >= Duration::from_secs(60) {
+            self.save_cache();
         }
     }
 }
@@ -253,6 +311,13 @@ pub fn describe(e: &NodeEvent) {
         NodeEvent::SuperNode(ev) => tracing::info!(?ev, "super node"),
         NodeEvent::Session(ev) => tracing::debug!(?ev, "session"),
         NodeEvent::Search { outcome, .. } => println!("{}", describe_search(outcome)),
+        NodeEvent::Dial { dial, outcome } => println!("dial {dial}: {outcome:?}"),
+        NodeEvent::Call(ev) => println!("call: {ev:?}"),
+        NodeEvent::CallPath { kind, reason, .. } => {
+            println!("call path {} ({reason:?})", kind.name())
+        }
+        NodeEvent::CallQuality { quality, .. } => tracing::info!(?quality, "call quality"),
+        NodeEvent::CallMedia { .. } => {}
     }
 }
 

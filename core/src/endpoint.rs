@@ -223,6 +223,22 @@ pub enum EndpointEvent {
         /// Measured round-trip time.
         rtt: Duration,
     },
+    /// A relay frame addressed to this node's relay arrived (only while relaying is on:
+    /// [`Endpoint::set_relaying`]); the relay decides whether and where to forward it.
+    RelayFrame {
+        /// Where it came from.
+        from: Destination,
+        /// The whole frame, relay header included.
+        frame: Bytes,
+    },
+    /// The peer probed a path of this session (and was answered there): a path the peer can
+    /// reach us by, possibly one we did not know (a peer-reflexive address).
+    ProbeReceived {
+        /// Which session.
+        conn: ConnId,
+        /// The path the probe came by.
+        path: Path,
+    },
     /// A path probe ([`Endpoint::probe`]) was answered: the path works both ways.
     ProbeAnswered {
         /// Which session.
@@ -375,6 +391,8 @@ impl Peer {
 /// The peer endpoint machine. See the [module documentation](self).
 pub struct Endpoint {
     cfg: EndpointConfig,
+    /// Frames for a relay are handed up instead of dropped.
+    relaying: bool,
     rng: Rng,
     initiations: HashMap<SessionIndex, Initiation>,
     responding: HashMap<SessionIndex, Responding>,
@@ -409,6 +427,7 @@ impl Endpoint {
     /// A new endpoint.
     pub fn new(cfg: EndpointConfig) -> Self {
         Self {
+            relaying: false,
             rng: Rng::from_seed_bytes(cfg.seed),
             cfg,
             initiations: HashMap::new(),
@@ -706,6 +725,13 @@ impl Endpoint {
         }
     }
 
+    /// Hand frames addressed to a relay ([`crate::wire::relay`], direction "to the relay") to
+    /// the application as [`EndpointEvent::RelayFrame`] instead of dropping them: on while
+    /// this node is a super node.
+    pub fn set_relaying(&mut self, on: bool) {
+        self.relaying = on;
+    }
+
     /// Close a session, telling the peer.
     pub fn close(&mut self, now: Instant, conn: ConnId) {
         let index = SessionIndex(conn.0);
@@ -850,6 +876,13 @@ impl Endpoint {
                     return;
                 };
                 match relay::decode(data) {
+                    Ok((h, _)) if !h.to_party && self.relaying => {
+                        // A frame for the relay this node runs (as a super node).
+                        self.events.push_back(EndpointEvent::RelayFrame {
+                            from: transport,
+                            frame: Bytes::copy_from_slice(data),
+                        });
+                    }
                     Ok((h, inner))
                         if h.to_party && !matches!(classify(inner), Class::Relay { .. }) =>
                     {
@@ -975,6 +1008,10 @@ impl Endpoint {
                 // Answered on the path it came by (which may not be the session's): the
                 // prober learns that this path works both ways.
                 self.stats.probes_answered += 1;
+                self.events.push_back(EndpointEvent::ProbeReceived {
+                    conn,
+                    path: from.clone(),
+                });
                 let ack = Message::PathProbeAck {
                     id,
                     observed: from.udp(),

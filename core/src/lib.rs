@@ -62,6 +62,7 @@
 
 pub mod attach;
 pub mod call;
+pub mod callpath;
 pub mod endpoint;
 pub mod handshake;
 pub mod hostcache;

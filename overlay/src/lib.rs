@@ -23,6 +23,7 @@ pub mod dht;
 pub mod index;
 pub mod membership;
 pub mod node;
+pub mod relay;
 pub mod stun;
 pub mod supernode;
 

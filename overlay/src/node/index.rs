@@ -9,7 +9,7 @@ use natter_core::presence::PresenceRecord;
 use natter_core::sansio::Destination;
 use natter_core::wire::message::{HostEntry, Message};
 
-use super::{nat_code, Node, NodeEvent, PresenceKey};
+use super::{nat_code, Node, PresenceKey};
 use crate::dht::{DhtOutput, Origin, SearchOutcome, SearchResult};
 
 /// How often a super node re-reads its membership into the index ring.
@@ -85,7 +85,7 @@ impl Node {
                     messages: 0,
                     elapsed: Duration::ZERO,
                 });
-            self.events.push_back(NodeEvent::Search { id, outcome });
+            self.search_finished(now, id, outcome);
         }
         self.pump(now);
         id
@@ -176,10 +176,7 @@ impl Node {
             }
         }
         outcome.elapsed = now.saturating_duration_since(attempt.started);
-        self.events.push_back(NodeEvent::Search {
-            id: attempt.id,
-            outcome,
-        });
+        self.search_finished(now, attempt.id, outcome);
     }
 
     /// Our own record, signed now.
@@ -383,7 +380,7 @@ impl Node {
                         .send_control(now, ConnId(client as u32), &message);
                 }
                 DhtOutput::Done { id, outcome } => {
-                    self.events.push_back(NodeEvent::Search { id, outcome });
+                    self.search_finished(now, id, outcome);
                 }
             }
         }

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use natter_core::attach::{AttachAction, AttachConfig, AttachEvent, Attacher};
+use natter_core::call::{CallConfig, CallEvent};
+use natter_core::callpath::{CallQuality, PathConfig, PathKind, SwitchReason};
 use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent, Path};
 use natter_core::handshake::{Capabilities, LocalIdentity};
 use natter_core::hostcache::HostCache;
@@ -32,6 +34,7 @@ use natter_core::nat::{NatEvent, NatProbe, NatProbeConfig, NatReport, NatType};
 use natter_core::rng::Rng;
 use natter_core::sansio::{Destination, Input, Machine, StreamCommand, StreamId, Transmit};
 use natter_core::stun::{Class, Message as StunMessage, TransactionId};
+use natter_core::wire::message::CallId;
 use natter_core::wire::message::{HostEntry, Message};
 use natter_core::wire::{classify, Class as WireClass};
 
@@ -39,7 +42,10 @@ use crate::dht::{ClientSearches, Dht, DhtConfig, Ring, SearchOutcome};
 use crate::stun::StunServer;
 use crate::supernode::{SuperNodeConfig, SuperNodeEvent, SuperNodeRole};
 
+mod calls;
 mod index;
+mod relaying;
+pub use calls::{DialError, DialOutcome};
 use index::ClientSearchTry;
 
 /// What a presence record says, apart from its sequence number and time: a fresh record is
@@ -136,6 +142,10 @@ pub struct NodeConfig {
     pub presence_refresh: Duration,
     /// Give a search up after this long (default 3 s).
     pub search_timeout: Duration,
+    /// Connectivity checks and path switching of calls.
+    pub call_paths: PathConfig,
+    /// The media relay, as a super node (quotas, idle timeout; the seed is drawn by the node).
+    pub relay: crate::relay::RelayConfig,
 }
 
 /// How busy a node is, measured by its runtime.
@@ -183,12 +193,14 @@ impl NodeConfig {
             ring_prefix_cap: 4,
             presence_refresh: Duration::from_secs(1800),
             search_timeout: Duration::from_secs(3),
+            call_paths: PathConfig::default(),
+            relay: crate::relay::RelayConfig::new([0; 32]),
         }
     }
 }
 
 /// What a node reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum NodeEvent {
     /// Joining progress: connecting, UDP blocked, attached, detached, no super node.
     Attach(AttachEvent),
@@ -202,6 +214,40 @@ pub enum NodeEvent {
     SuperNode(SuperNodeEvent),
     /// A session event for the application (peer sessions, data, media).
     Session(EndpointEvent),
+    /// A dial started with [`Node::call`] placed its call or failed.
+    Dial {
+        /// The id [`Node::call`] returned.
+        dial: u64,
+        /// What happened.
+        outcome: DialOutcome,
+    },
+    /// Call signalling: ringing, connected, hold, ended...
+    Call(CallEvent),
+    /// The connected call's path changed (the first one included).
+    CallPath {
+        /// Which call.
+        call: CallId,
+        /// The path.
+        path: Path,
+        /// Its kind.
+        kind: PathKind,
+        /// Why.
+        reason: SwitchReason,
+    },
+    /// Quality of the connected call, about once a second.
+    CallQuality {
+        /// Which call.
+        call: CallId,
+        /// RTT, loss both ways, jitter, path.
+        quality: CallQuality,
+    },
+    /// A media frame of the connected call arrived.
+    CallMedia {
+        /// Which call.
+        call: CallId,
+        /// The frame (see `natter_media::frame`).
+        data: Bytes,
+    },
     /// A search started with [`Node::search`] ended.
     Search {
         /// The id [`Node::search`] returned.
@@ -284,6 +330,10 @@ pub struct Node {
     presence_published: Option<PresenceKey>,
     next_presence: Option<Instant>,
     online: bool,
+    /// Calls: signalling, sessions with peer devices, connectivity.
+    calls: calls::Calls,
+    /// The media relay, as a super node.
+    relaying: Option<relaying::Relaying>,
 }
 
 impl std::fmt::Debug for Node {
@@ -375,6 +425,20 @@ impl Node {
             presence_published: None,
             next_presence: None,
             online: true,
+            relaying: None,
+            calls: {
+                // A stream of its own, so adding calls changed no other draw of the node's.
+                let mut seed = cfg.seed;
+                seed[0] ^= 0xCA;
+                seed[31] ^= 0x11;
+                let mut call_rng = Rng::from_seed_bytes(seed);
+                calls::Calls::new(
+                    cfg.identity.device.device_id(),
+                    CallConfig::new(call_rng.bytes32(), cfg.wall_anchor),
+                    cfg.call_paths.clone(),
+                    now,
+                )
+            },
             cfg,
         };
         if node.cfg.role == RolePolicy::Force {
@@ -562,6 +626,7 @@ impl Node {
             }
             self.stun = None;
             self.dht = None;
+            self.stop_relaying(now);
             self.ring = Ring::new(self.cfg.ring_prefix_cap);
             self.presence_published = None;
             self.events.push_back(NodeEvent::Demoted);
@@ -608,6 +673,7 @@ impl Node {
             self.cfg.identity.trusted.clone(),
         ));
         self.sync_ring(now);
+        self.start_relaying();
         // Our own record now names us.
         self.presence_published = None;
         self.events.push_back(NodeEvent::Promoted);
@@ -792,6 +858,9 @@ impl Node {
     }
 
     fn on_endpoint_event(&mut self, now: Instant, e: EndpointEvent) {
+        if self.relay_endpoint_event(now, &e) {
+            return;
+        }
         match &e {
             EndpointEvent::Connected {
                 conn,
@@ -821,6 +890,9 @@ impl Node {
                 self.close_if_unused(old);
             }
             _ => {}
+        }
+        if self.on_call_endpoint_event(now, &e) {
+            return;
         }
         {
             match e {
@@ -876,6 +948,9 @@ impl Node {
             self.stats.overlay_dropped += 1;
             return;
         };
+        if self.on_call_message(now, conn, &msg) || self.on_relay_message(now, conn, &msg) {
+            return;
+        }
         let wall = self.wall(now);
         if let Some(stream) = self.conn_stream.get(&conn).copied() {
             match &msg {
@@ -1082,6 +1157,9 @@ impl Node {
             if self.drain_index(now) {
                 progressed = true;
             }
+            if self.drain_calls(now) {
+                progressed = true;
+            }
             while let Some(t) = self.endpoint.poll_transmit() {
                 self.transmits.push_back(t);
             }
@@ -1111,7 +1189,12 @@ impl Machine for Node {
             },
             Input::StreamOpened { stream, remote } => {
                 self.stream_remote.insert(stream, remote);
-                if stream.is_local() {
+                if self.calls.owns_stream(stream) {
+                    self.endpoint.handle_input(now, input);
+                    self.call_stream_opened(now, stream);
+                    self.pump(now);
+                    return;
+                } else if stream.is_local() {
                     self.attacher.stream_opened(now, stream);
                 } else {
                     self.unclaimed
@@ -1155,6 +1238,7 @@ impl Machine for Node {
                     self.endpoint.close(now, conn);
                 }
                 self.attacher.stream_closed(now, stream);
+                self.call_stream_closed(now, stream);
             }
         }
         self.pump(now);
@@ -1194,6 +1278,8 @@ impl Machine for Node {
         }
         self.check_overload(now);
         self.index_timeout(now);
+        self.calls_timeout(now);
+        self.relay_timeout(now);
         if self.next_udp_keepalive.is_some_and(|t| t <= now) {
             self.next_udp_keepalive = Some(now + self.cfg.udp_keepalive);
             // No UDP binding to keep when UDP is blocked.
@@ -1251,6 +1337,8 @@ impl Machine for Node {
             self.next_presence,
             self.next_ring_sync,
             self.unclaimed.values().min().copied(),
+            self.calls.poll_timeout(),
+            self.relaying.as_ref().and_then(|r| r.relay.poll_timeout()),
         ]
         .into_iter()
         .flatten()

@@ -1,0 +1,124 @@
+//! Helpers shared by the command-line tests: the binary, free ports, child processes and
+//! their output.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `natter` binary under test.
+pub fn natter() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_natter"))
+}
+
+/// A port p with UDP and TCP p, p+1, p+2 free on 127.0.0.1.
+pub fn free_port_block(seed: u16) -> u16 {
+    for i in 0..2000u16 {
+        let p = 21_000 + (seed.wrapping_mul(61).wrapping_add(i * 5)) % 28_000;
+        let ok = (0..3).all(|k| {
+            std::net::UdpSocket::bind(("127.0.0.1", p + k)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()
+        });
+        if ok {
+            return p;
+        }
+    }
+    panic!("no free ports");
+}
+
+/// Kills the child processes when the test ends, however it ends.
+pub struct Children(pub Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Read `child`'s standard output until a line contains every one of `want` (or 30 s pass).
+pub fn wait_for_lines(child: &mut std::process::Child, want: &[&str]) -> Vec<String> {
+    wait_in(&output_lines(child), want)
+}
+
+/// `child`'s standard output, line by line (read for as long as the receiver lives).
+pub fn output_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Read lines from `rx` until a line contains every one of `want` (or 30 s pass).
+pub fn wait_in(rx: &std::sync::mpsc::Receiver<String>, want: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !want
+        .iter()
+        .all(|w| seen.iter().any(|l: &String| l.contains(w)))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("waited for {want:?}; saw {seen:#?}"),
+        }
+    }
+    seen
+}
+
+/// Registers `user` (device data in `data`, password from `password`), then starts
+/// `natter node` for it on 127.0.0.1:`port` with `extra` options.
+pub fn start_node(
+    network: &str,
+    data: &std::path::Path,
+    user: &str,
+    password: &str,
+    port: u16,
+    extra: &[&str],
+) -> std::process::Child {
+    start_as("node", network, data, user, password, port, extra)
+}
+
+/// Registers `user`, then starts `natter SUBCOMMAND` (`node` or `client`) for it on
+/// 127.0.0.1:`port` with `extra` options; standard input is piped (for client commands).
+pub fn start_as(
+    subcommand: &str,
+    network: &str,
+    data: &std::path::Path,
+    user: &str,
+    password: &str,
+    port: u16,
+    extra: &[&str],
+) -> std::process::Child {
+    let ok = natter()
+        .args(["register", "--user", user, "--network", network, "--data"])
+        .arg(data)
+        .env("NATTER_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    natter()
+        .args([subcommand, "--user", user, "--network", network, "--data"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("NATTER_PASSWORD", password)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}

@@ -1,0 +1,778 @@
+//! Connectivity and path selection for one call: ICE-like candidates, coordinated hole
+//! punching, path choice, monitoring and switching, as a sans-IO machine.
+//!
+//! A call starts on the end-to-end session the caller opened **through a super node's relay**
+//! (signalling needs no direct path). [`PathManager`] then looks for something better and keeps
+//! watching what it uses:
+//!
+//! 1. **Candidates.** Each side sends [`Message::CallCandidates`]: its host addresses (same
+//!    LAN) and its server-reflexive address (what a super node saw), nothing when its UDP is
+//!    blocked.
+//! 2. **Opening, then checking.** Two Linux masquerading NATs that punch at the same moment
+//!    fail: the first packet to reach a NAT leaves a conntrack entry that pushes the other
+//!    side's mapping onto a new port. So each side first sends *opening* probes with a low IP
+//!    TTL ([`PathConfig::punch_ttl`]): they create its own NAT's mapping towards the peer and
+//!    die in the network before the far NAT. It then says so (`opened: true`). Only when both
+//!    sides have opened do the real checks ([`Message::PathProbe`], normal TTL) start, and they
+//!    go through both NATs as replies of mappings that already exist. A check is answered on
+//!    the path it came by, so a peer behind a symmetric NAT that reaches a public or
+//!    full-cone peer from an unexpected port still gets its answer (and the answering side
+//!    learns that port as a peer-reflexive candidate).
+//! 3. **Choice.** The controlling side (the caller) picks the best working path: a host
+//!    candidate (same LAN) before a reflexive one, lower RTT first, direct before the relay;
+//!    it moves the session there ([`PathAction::UsePath`]) and the other side follows when the
+//!    first packet arrives on it (the endpoint moves a session to where authenticated data
+//!    comes from).
+//! 4. **Watching.** While a call is up the active path is probed when nothing else arrives,
+//!    3 times a second while on hold; receiver reports ([`Message::MediaReport`]) give the loss
+//!    the peer sees. When the active path is silent for [`PathConfig::dead_after`], or loss
+//!    stays above [`PathConfig::max_loss`] or RTT above [`PathConfig::max_rtt`] for two
+//!    reports, the manager switches to the next path (in the end the relay) without ending the
+//!    call; direct candidates are re-probed every second and win back once they answered
+//!    [`PathConfig::recover_after`] times in a row.
+//!
+//! | kind | method |
+//! |---|---|
+//! | input | [`PathManager::handle_message`] (candidates and reports from the peer) |
+//! | input | [`PathManager::probe_answered`], [`PathManager::probe_received`], [`PathManager::heard`], [`PathManager::path_changed`] (from the endpoint) |
+//! | input | [`PathManager::handle_timeout`] |
+//! | command | [`PathManager::set_hold`], [`PathManager::set_relay`], [`PathManager::set_local_candidates`] |
+//! | output | [`PathManager::poll_action`], [`PathManager::poll_timeout`] |
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::endpoint::Path;
+use crate::sansio::Destination;
+use crate::wire::message::{CallId, Candidate, CandidateKind, Message, MAX_CANDIDATES};
+
+/// Tuning of a [`PathManager`].
+#[derive(Debug, Clone)]
+pub struct PathConfig {
+    /// IP TTL of the NAT-opening probes (default 2: through this side's NAT, dead at the next
+    /// router).
+    pub punch_ttl: u8,
+    /// How often each candidate is checked while connecting (default 50 ms).
+    pub check_interval: Duration,
+    /// How long the fast checks last (default 3 s); afterwards candidates are re-checked every
+    /// `recheck_interval`.
+    pub check_phase: Duration,
+    /// Re-check interval of the paths not in use (default 1 s).
+    pub recheck_interval: Duration,
+    /// After the first working direct path, wait this long for a better one before switching
+    /// (default 100 ms).
+    pub settle: Duration,
+    /// Probe the active path after this long without hearing anything on it (default 200 ms).
+    pub active_probe: Duration,
+    /// Probe the active path this often while the call is on hold (default 333 ms: about 3
+    /// packets a second).
+    pub hold_probe: Duration,
+    /// The active path is dead after this long without hearing anything (default 600 ms).
+    pub dead_after: Duration,
+    /// Switch when the loss the peer reports stays above this (default 0.25).
+    pub max_loss: f64,
+    /// Switch when the RTT stays above this (default 4 s).
+    pub max_rtt: Duration,
+    /// A direct path that failed wins back after this many answers in a row (default 3).
+    pub recover_after: u32,
+    /// Candidate messages are repeated this often until the peer's have arrived (default 1 s).
+    pub candidates_retransmit: Duration,
+    /// Receiver reports go out this often (default 1 s).
+    pub report_interval: Duration,
+}
+
+impl Default for PathConfig {
+    fn default() -> Self {
+        Self {
+            punch_ttl: 2,
+            check_interval: Duration::from_millis(50),
+            check_phase: Duration::from_secs(3),
+            recheck_interval: Duration::from_secs(1),
+            settle: Duration::from_millis(100),
+            active_probe: Duration::from_millis(200),
+            hold_probe: Duration::from_millis(333),
+            dead_after: Duration::from_millis(600),
+            max_loss: 0.25,
+            max_rtt: Duration::from_secs(4),
+            recover_after: 3,
+            candidates_retransmit: Duration::from_secs(1),
+            report_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What kind of path a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathKind {
+    /// Direct over UDP between addresses of one LAN (host candidates).
+    DirectLan,
+    /// Direct over UDP through the NATs (reflexive candidates, hole punching).
+    Direct,
+    /// Relayed by a super node, over UDP on this side.
+    RelayUdp,
+    /// Relayed by a super node, over TCP on this side.
+    RelayTcp,
+}
+
+impl PathKind {
+    /// The kind of `path` (`lan`: a direct path to a host candidate).
+    pub fn of(path: &Path, lan: bool) -> PathKind {
+        match path {
+            Path::Direct(_) if lan => PathKind::DirectLan,
+            Path::Direct(_) => PathKind::Direct,
+            Path::Relayed {
+                relay: Destination::Udp(_),
+                ..
+            } => PathKind::RelayUdp,
+            Path::Relayed { .. } => PathKind::RelayTcp,
+        }
+    }
+
+    /// A short name: `direct-lan`, `direct`, `relay-udp`, `relay-tcp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::DirectLan => "direct-lan",
+            PathKind::Direct => "direct",
+            PathKind::RelayUdp => "relay-udp",
+            PathKind::RelayTcp => "relay-tcp",
+        }
+    }
+}
+
+/// Why the path changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchReason {
+    /// The first choice, or a better path started to work.
+    Better,
+    /// Nothing arrived on the active path for [`PathConfig::dead_after`].
+    Dead,
+    /// The peer reported loss above [`PathConfig::max_loss`].
+    Loss,
+    /// RTT above [`PathConfig::max_rtt`].
+    Rtt,
+    /// The peer moved the session (this side follows).
+    Peer,
+}
+
+/// What the manager reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathEvent {
+    /// The call's path is now `path`.
+    Switched {
+        /// The path.
+        path: Path,
+        /// Its kind.
+        kind: PathKind,
+        /// Why.
+        reason: SwitchReason,
+    },
+    /// Quality of the call, about once a second.
+    Stats(CallQuality),
+}
+
+/// Measured quality of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CallQuality {
+    /// Round-trip time on the active path.
+    pub rtt: Option<Duration>,
+    /// Fraction of the peer's media this side did not receive in the last interval.
+    pub loss_in: f64,
+    /// Fraction of this side's media the peer reported lost.
+    pub loss_out: f64,
+    /// Interarrival jitter of received media, milliseconds.
+    pub jitter_ms: f64,
+    /// Media frames received in total.
+    pub frames_in: u64,
+    /// Current path kind.
+    pub kind: Option<PathKind>,
+}
+
+/// What the owner must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathAction {
+    /// Send this message on the session (its current path).
+    Send(Message<'static>),
+    /// Probe `path` on the session ([`crate::endpoint::Endpoint::probe`]) with this TTL.
+    Probe {
+        /// Where.
+        path: Path,
+        /// IP TTL (`None`: normal).
+        ttl: Option<u8>,
+    },
+    /// Move the session to `path` ([`crate::endpoint::Endpoint::set_path`]).
+    UsePath(Path),
+    /// Tell the application.
+    Event(PathEvent),
+}
+
+#[derive(Debug, Clone)]
+struct Remote {
+    addr: SocketAddr,
+    /// A host candidate (same LAN).
+    lan: bool,
+    /// Answers in a row (reset when a check goes unanswered).
+    streak: u32,
+    /// Outstanding checks since the last answer.
+    unanswered: u32,
+    rtt: Option<Duration>,
+    last_answer: Option<Instant>,
+    /// Failed while in use: needs `recover_after` answers in a row to be chosen again.
+    failed: bool,
+}
+
+/// Receive statistics from media frame headers (RFC 3550 style).
+#[derive(Debug, Clone, Default)]
+struct RxStats {
+    base: Option<u64>,
+    highest: u64,
+    received: u64,
+    interval_expected_prior: u64,
+    interval_received_prior: u64,
+    jitter: f64,
+    last_transit: Option<f64>,
+}
+
+impl RxStats {
+    /// A media frame with 16-bit sequence `seq` and timestamp `ts` (2.5 ms ticks) arrived at
+    /// `arrival_ms`.
+    fn on_frame(&mut self, seq: u16, ts: u16, arrival_ms: f64) {
+        match self.base {
+            None => {
+                self.base = Some(u64::from(seq));
+                self.highest = u64::from(seq);
+            }
+            Some(_) => {
+                // Extend against the highest seen (wraps every 65,536 frames).
+                let hi = self.highest;
+                let cand = (hi & !0xFFFF) | u64::from(seq);
+                let ext = if cand + 0x8000 < hi {
+                    cand + 0x1_0000
+                } else if cand > hi + 0x8000 && cand >= 0x1_0000 {
+                    cand - 0x1_0000
+                } else {
+                    cand
+                };
+                self.highest = self.highest.max(ext);
+            }
+        }
+        self.received += 1;
+        // Jitter: the timestamp only orders frames within one wrap of 163 s, which is all
+        // the difference of consecutive transits needs.
+        let transit = arrival_ms - f64::from(ts) * 2.5;
+        if let Some(prev) = self.last_transit {
+            let mut d = (transit - prev).abs();
+            // A timestamp wrap between two frames shows up as a jump of 163,840 ms.
+            if d > 81_920.0 {
+                d = (d - 163_840.0).abs();
+            }
+            self.jitter += (d - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    /// Expected and lost frames since the last call.
+    fn interval(&mut self) -> (u64, u64) {
+        let Some(base) = self.base else {
+            return (0, 0);
+        };
+        let expected = self.highest - base + 1;
+        let exp_i = expected - self.interval_expected_prior;
+        let rec_i = self.received - self.interval_received_prior;
+        self.interval_expected_prior = expected;
+        self.interval_received_prior = self.received;
+        (exp_i, exp_i.saturating_sub(rec_i))
+    }
+}
+
+/// The connectivity machine of one call on one session. See the [module documentation](self).
+#[derive(Debug)]
+pub struct PathManager {
+    cfg: PathConfig,
+    call: CallId,
+    controlling: bool,
+    relay: Path,
+    active: Path,
+    active_kind: PathKind,
+    local: Vec<Candidate>,
+    remotes: Vec<Remote>,
+    opened: bool,
+    peer_opened: bool,
+    peer_candidates: bool,
+    checks_started: Option<Instant>,
+    first_valid: Option<Instant>,
+    next_candidates: Option<Instant>,
+    next_check: Option<Instant>,
+    next_report: Instant,
+    last_heard: Instant,
+    last_active_probe: Instant,
+    hold: bool,
+    rx: RxStats,
+    epoch: Instant,
+    rtt: Option<Duration>,
+    loss_out: f64,
+    high_loss_reports: u32,
+    high_rtt_reports: u32,
+    actions: VecDeque<PathAction>,
+}
+
+impl PathManager {
+    /// A manager for `call` on a session whose path is now the relay path `relay`.
+    /// `controlling`: this side chooses paths (the caller). `local`: this side's candidates.
+    pub fn new(
+        cfg: PathConfig,
+        call: CallId,
+        controlling: bool,
+        relay: Path,
+        local: Vec<Candidate>,
+        now: Instant,
+    ) -> Self {
+        let active_kind = PathKind::of(&relay, false);
+        let mut m = Self {
+            next_report: now + cfg.report_interval,
+            cfg,
+            call,
+            controlling,
+            active: relay.clone(),
+            relay,
+            active_kind,
+            local: Vec::new(),
+            remotes: Vec::new(),
+            opened: false,
+            peer_opened: false,
+            peer_candidates: false,
+            checks_started: None,
+            first_valid: None,
+            next_candidates: Some(now),
+            next_check: None,
+            last_heard: now,
+            last_active_probe: now,
+            hold: false,
+            rx: RxStats::default(),
+            epoch: now,
+            rtt: None,
+            loss_out: 0.0,
+            high_loss_reports: 0,
+            high_rtt_reports: 0,
+            actions: VecDeque::new(),
+        };
+        m.set_local_candidates(local);
+        m.actions.push_back(PathAction::Event(PathEvent::Switched {
+            path: m.active.clone(),
+            kind: m.active_kind,
+            reason: SwitchReason::Better,
+        }));
+        m.handle_timeout(now);
+        m
+    }
+
+    /// The call.
+    pub fn call(&self) -> CallId {
+        self.call
+    }
+
+    /// The path in use.
+    pub fn active(&self) -> (&Path, PathKind) {
+        (&self.active, self.active_kind)
+    }
+
+    /// This side's candidates (at most [`MAX_CANDIDATES`]).
+    pub fn set_local_candidates(&mut self, mut local: Vec<Candidate>) {
+        local.sort_by_key(|c| c.kind);
+        local.dedup_by_key(|c| c.addr);
+        local.truncate(MAX_CANDIDATES);
+        self.local = local;
+    }
+
+    /// The relay path changed (this side's leg moved from TCP to UDP, say).
+    pub fn set_relay(&mut self, now: Instant, relay: Path) {
+        let was_active = self.active == self.relay;
+        self.relay = relay.clone();
+        if was_active {
+            self.switch(now, relay, false, SwitchReason::Better);
+        }
+    }
+
+    /// The call went on or off hold (probes the active path 3 times a second while held).
+    pub fn set_hold(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+
+    /// Candidates or a receiver report from the peer.
+    pub fn handle_message(&mut self, now: Instant, msg: &Message<'_>) {
+        match msg {
+            Message::CallCandidates {
+                call,
+                opened,
+                candidates,
+            } if *call == self.call => {
+                self.peer_candidates = true;
+                for c in candidates.iter().take(MAX_CANDIDATES) {
+                    self.add_remote(c.addr, c.kind == CandidateKind::Host);
+                }
+                if !self.opened {
+                    // Open our NAT towards every candidate of the peer, then say so.
+                    for r in &self.remotes {
+                        self.actions.push_back(PathAction::Probe {
+                            path: Path::Direct(Destination::Udp(r.addr)),
+                            ttl: Some(self.cfg.punch_ttl),
+                        });
+                    }
+                    self.opened = true;
+                    self.send_candidates(now);
+                }
+                if *opened {
+                    self.peer_opened = true;
+                }
+                self.maybe_start_checks(now);
+            }
+            Message::MediaReport {
+                call,
+                expected,
+                lost,
+                ..
+            } if *call == self.call && *expected > 0 => {
+                self.loss_out = f64::from(*lost) / f64::from(*expected);
+                if self.loss_out > self.cfg.max_loss {
+                    self.high_loss_reports += 1;
+                } else {
+                    self.high_loss_reports = 0;
+                }
+                if self.high_loss_reports >= 2 {
+                    self.high_loss_reports = 0;
+                    self.fail_active(now, SwitchReason::Loss);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn add_remote(&mut self, addr: SocketAddr, lan: bool) {
+        if self.remotes.iter().any(|r| r.addr == addr) || self.remotes.len() >= 2 * MAX_CANDIDATES {
+            return;
+        }
+        self.remotes.push(Remote {
+            addr,
+            lan,
+            streak: 0,
+            unanswered: 0,
+            rtt: None,
+            last_answer: None,
+            failed: false,
+        });
+    }
+
+    fn maybe_start_checks(&mut self, now: Instant) {
+        if self.checks_started.is_none() && self.opened && self.peer_opened {
+            self.checks_started = Some(now);
+            self.next_check = Some(now);
+        }
+    }
+
+    fn send_candidates(&mut self, now: Instant) {
+        self.actions
+            .push_back(PathAction::Send(Message::CallCandidates {
+                call: self.call,
+                opened: self.opened,
+                candidates: self.local.clone(),
+            }));
+        self.next_candidates = Some(now + self.cfg.candidates_retransmit);
+    }
+
+    /// A probe of ours on `path` was answered after `rtt`.
+    pub fn probe_answered(&mut self, now: Instant, path: &Path, rtt: Duration) {
+        if *path == self.active {
+            self.heard(now);
+            self.rtt = Some(self.rtt.map_or(rtt, |old| (old * 7 + rtt) / 8));
+            if rtt > self.cfg.max_rtt {
+                self.high_rtt_reports += 1;
+                if self.high_rtt_reports >= 2 {
+                    self.high_rtt_reports = 0;
+                    self.fail_active(now, SwitchReason::Rtt);
+                }
+            } else {
+                self.high_rtt_reports = 0;
+            }
+        }
+        let Some(addr) = path.udp() else {
+            return;
+        };
+        if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr) {
+            r.streak += 1;
+            r.unanswered = 0;
+            r.rtt = Some(rtt);
+            r.last_answer = Some(now);
+            if r.failed && r.streak >= self.cfg.recover_after {
+                r.failed = false;
+            }
+            self.first_valid.get_or_insert(now);
+        }
+        self.choose(now);
+    }
+
+    /// The peer probed us on `path`: a peer-reflexive candidate when its address is new.
+    pub fn probe_received(&mut self, now: Instant, path: &Path) {
+        if let Some(addr) = path.udp() {
+            let known = self.remotes.iter().any(|r| r.addr == addr);
+            self.add_remote(addr, false);
+            if !known && self.checks_started.is_some() {
+                self.actions.push_back(PathAction::Probe {
+                    path: path.clone(),
+                    ttl: None,
+                });
+            }
+        }
+        if *path == self.active {
+            self.heard(now);
+        }
+    }
+
+    /// Something authenticated arrived on the session's current path (media, keep-alives).
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// A media frame arrived: `frame` starts with the media header (flags, sequence u16,
+    /// timestamp u16 in 2.5 ms ticks), see `natter_media::frame`.
+    pub fn media_received(&mut self, now: Instant, frame: &[u8]) {
+        self.heard(now);
+        if frame.len() >= 5 {
+            let seq = u16::from_be_bytes([frame[1], frame[2]]);
+            let ts = u16::from_be_bytes([frame[3], frame[4]]);
+            let ms = now.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0;
+            self.rx.on_frame(seq, ts, ms);
+        }
+    }
+
+    /// The endpoint moved the session to `path` because the peer's packets arrive there now
+    /// (on the controlled side, this is how it follows the controlling side).
+    pub fn path_changed(&mut self, now: Instant, path: &Path) {
+        if *path == self.active {
+            return;
+        }
+        let lan = path
+            .udp()
+            .is_some_and(|a| self.remotes.iter().any(|r| r.addr == a && r.lan));
+        self.active = path.clone();
+        self.active_kind = PathKind::of(path, lan);
+        self.last_heard = now;
+        self.actions
+            .push_back(PathAction::Event(PathEvent::Switched {
+                path: path.clone(),
+                kind: self.active_kind,
+                reason: SwitchReason::Peer,
+            }));
+    }
+
+    fn remote_rank(r: &Remote) -> (u8, Duration) {
+        (u8::from(!r.lan), r.rtt.unwrap_or(Duration::MAX))
+    }
+
+    /// The controlling side picks the best working direct path, if any beats the active one.
+    fn choose(&mut self, now: Instant) {
+        if !self.controlling {
+            return;
+        }
+        let Some(first) = self.first_valid else {
+            return;
+        };
+        if now < first + self.cfg.settle && self.active == self.relay {
+            // Give a better candidate (same LAN) a moment to answer too.
+            self.next_check = Some(
+                self.next_check
+                    .map_or(first + self.cfg.settle, |t| t.min(first + self.cfg.settle)),
+            );
+            return;
+        }
+        let best = self
+            .remotes
+            .iter()
+            .filter(|r| !r.failed && r.streak > 0 && r.unanswered < 3)
+            .min_by_key(|r| Self::remote_rank(r))
+            .cloned();
+        let Some(best) = best else {
+            return;
+        };
+        let path = Path::Direct(Destination::Udp(best.addr));
+        if path == self.active {
+            return;
+        }
+        let better = match self.active.udp() {
+            None => true,
+            Some(a) => match self.remotes.iter().find(|r| r.addr == a) {
+                Some(cur) => cur.failed || (best.lan && !cur.lan),
+                None => true,
+            },
+        };
+        if better {
+            self.switch(now, path, best.lan, SwitchReason::Better);
+        }
+    }
+
+    fn switch(&mut self, now: Instant, path: Path, lan: bool, reason: SwitchReason) {
+        self.active = path.clone();
+        self.active_kind = PathKind::of(&path, lan);
+        self.last_heard = now;
+        self.high_loss_reports = 0;
+        self.high_rtt_reports = 0;
+        self.actions.push_back(PathAction::UsePath(path.clone()));
+        // Something on the new path at once, so the peer follows without waiting for media.
+        self.actions.push_back(PathAction::Send(Message::KeepAlive));
+        self.actions
+            .push_back(PathAction::Event(PathEvent::Switched {
+                path,
+                kind: self.active_kind,
+                reason,
+            }));
+    }
+
+    /// The active path does not do: mark it failed and move to the next best (the relay
+    /// last).
+    fn fail_active(&mut self, now: Instant, reason: SwitchReason) {
+        if !self.controlling {
+            return;
+        }
+        if let Some(a) = self.active.udp() {
+            if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == a) {
+                r.failed = true;
+                r.streak = 0;
+            }
+        } else {
+            // Already on the relay: nothing better to go to.
+            return;
+        }
+        let next = self
+            .remotes
+            .iter()
+            .filter(|r| !r.failed && r.streak > 0 && r.unanswered == 0)
+            .min_by_key(|r| Self::remote_rank(r))
+            .map(|r| (r.addr, r.lan));
+        match next {
+            Some((addr, lan)) => {
+                self.switch(now, Path::Direct(Destination::Udp(addr)), lan, reason)
+            }
+            None => {
+                let relay = self.relay.clone();
+                self.switch(now, relay, false, reason)
+            }
+        }
+    }
+
+    /// The deadline passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_candidates.is_some_and(|t| now >= t) {
+            if self.peer_candidates && self.peer_opened {
+                self.next_candidates = None;
+            } else {
+                self.send_candidates(now);
+            }
+        }
+        if self.next_check.is_some_and(|t| now >= t) {
+            let fast = self
+                .checks_started
+                .is_some_and(|s| now < s + self.cfg.check_phase);
+            for r in &mut self.remotes {
+                let path = Path::Direct(Destination::Udp(r.addr));
+                if path == self.active {
+                    continue;
+                }
+                if r.unanswered >= 2 {
+                    r.streak = 0;
+                }
+                r.unanswered = r.unanswered.saturating_add(1);
+                self.actions
+                    .push_back(PathAction::Probe { path, ttl: None });
+            }
+            // The relay stays checked (and its channel alive) while a direct path is in use.
+            if self.active != self.relay && !fast {
+                self.actions.push_back(PathAction::Probe {
+                    path: self.relay.clone(),
+                    ttl: None,
+                });
+            }
+            self.next_check = Some(
+                now + if fast {
+                    self.cfg.check_interval
+                } else {
+                    self.cfg.recheck_interval
+                },
+            );
+            self.choose(now);
+        }
+        // Watch the active path.
+        let quiet = now.saturating_duration_since(self.last_heard);
+        if quiet >= self.cfg.dead_after && self.active != self.relay {
+            self.fail_active(now, SwitchReason::Dead);
+        }
+        let probe_every = if self.hold {
+            self.cfg.hold_probe
+        } else {
+            self.cfg.active_probe
+        };
+        let since_probe = now.saturating_duration_since(self.last_active_probe);
+        if (self.hold || quiet >= self.cfg.active_probe) && since_probe >= probe_every {
+            self.last_active_probe = now;
+            self.actions.push_back(PathAction::Probe {
+                path: self.active.clone(),
+                ttl: None,
+            });
+        }
+        if now >= self.next_report {
+            self.next_report = now + self.cfg.report_interval;
+            let (expected, lost) = self.rx.interval();
+            let loss_in = if expected > 0 {
+                lost as f64 / expected as f64
+            } else {
+                0.0
+            };
+            let rtt_ms = self
+                .rtt
+                .map_or(0, |r| r.as_millis().min(u128::from(u16::MAX)) as u16);
+            self.actions
+                .push_back(PathAction::Send(Message::MediaReport {
+                    call: self.call,
+                    expected: expected.min(u64::from(u16::MAX)) as u16,
+                    lost: lost.min(u64::from(u16::MAX)) as u16,
+                    jitter_ms: self.rx.jitter.min(f64::from(u16::MAX)) as u16,
+                    rtt_ms,
+                }));
+            self.actions
+                .push_back(PathAction::Event(PathEvent::Stats(CallQuality {
+                    rtt: self.rtt,
+                    loss_in,
+                    loss_out: self.loss_out,
+                    jitter_ms: self.rx.jitter,
+                    frames_in: self.rx.received,
+                    kind: Some(self.active_kind),
+                })));
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_action(&mut self) -> Option<PathAction> {
+        self.actions.pop_front()
+    }
+
+    /// When [`PathManager::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let probe_every = if self.hold {
+            self.cfg.hold_probe
+        } else {
+            self.cfg.active_probe
+        };
+        let watch = if self.active != self.relay {
+            (self.last_heard + self.cfg.dead_after).min(self.last_active_probe + probe_every)
+        } else {
+            self.last_active_probe + probe_every
+        };
+        [
+            self.next_candidates,
+            self.next_check,
+            Some(self.next_report),
+            Some(watch),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
