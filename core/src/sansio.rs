@@ -147,7 +147,7 @@ pub enum Input<'a> {
 }
 
 /// Where a transmit goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// A UDP datagram to this address.
     Udp(SocketAddr),
