@@ -14,6 +14,7 @@
 //! * [`index`]: a super node's share of the global index (verified presence records).
 //! * [`membership`]: every super node knowing every other: ring probing, gossip, anti-entropy.
 //! * [`node`]: the node facade composing every sub-machine behind one port, any role.
+//! * [`relay`]: the media relay table: channels between two devices that cannot meet directly.
 //! * [`stun`]: the STUN server (RFC 8489 Binding, RFC 5780 NAT-behaviour discovery).
 //! * [`supernode`]: the super-node role: attached clients, membership gossip, handover.
 #![forbid(unsafe_code)]
