@@ -89,13 +89,13 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
         }
         if let Some(t) = args.timeout {
             if !ever_connected && begun.elapsed().as_secs_f64() > t {
-                println!("timeout: no call connected within {t} s");
+                say!("timeout: no call connected within {t} s");
                 return Ok(1);
             }
         }
         if let Some(user) = dial.take() {
             if node.joined() {
-                println!("dialing {user}");
+                say!("dialing {user}");
                 let u = user.clone();
                 node.rt.command(move |n, now| n.call(now, u));
                 call = None;
@@ -116,7 +116,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                 .is_some_and(|t| t.elapsed().as_secs_f64() >= after)
             {
                 let id = c.id;
-                println!("hanging up");
+                say!("hanging up");
                 let _ = node.rt.command(move |n, now| n.hang_up(now, id));
             }
         }
@@ -126,7 +126,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
         match e {
             NodeEvent::Dial { outcome, .. } => match outcome {
                 DialOutcome::Calling(id) => {
-                    println!("calling (call {id:?})");
+                    say!("calling (call {id:?})");
                     if let Some(c) = call.as_mut() {
                         c.id = id;
                     } else {
@@ -134,7 +134,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                     }
                 }
                 DialOutcome::Failed(e) => {
-                    println!("dial failed: {e}");
+                    say!("dial failed: {e}");
                     call = None;
                     if args.exit_after_call {
                         return Ok(1);
@@ -150,9 +150,9 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
             }
             NodeEvent::CallPath {
                 kind, reason, path, ..
-            } => println!("call path {} ({reason:?}) {path:?}", kind.name()),
+            } => say!("call path {} ({reason:?}) {path:?}", kind.name()),
             NodeEvent::CallQuality { quality, .. } => {
-                println!(
+                say!(
                     "call stats: path {} rtt {} loss in {:.1}% out {:.1}% jitter {:.1} ms frames in {}",
                     quality.kind.map_or("-", |k| k.name()),
                     quality
@@ -170,7 +170,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                     c.frames_in += 1;
                     if c.first_media.is_none() {
                         c.first_media = Some(Instant::now());
-                        println!(
+                        say!(
                             "first media received {:.1} ms after the call started",
                             c.started.elapsed().as_secs_f64() * 1000.0
                         );
@@ -205,14 +205,14 @@ fn handle_call_event(
 ) -> bool {
     match ev {
         CallEvent::Incoming { call: id, user, .. } => {
-            println!("incoming call from {user} (call {id:?})");
+            say!("incoming call from {user} (call {id:?})");
             *call = Some(CallView::new(id));
             if args.auto_answer {
                 let r = node.rt.command(move |n, now| n.answer(now, id));
-                println!("answering: {r:?}");
+                say!("answering: {r:?}");
             }
         }
-        CallEvent::Ringing { device, .. } => println!("ringing on device {device}"),
+        CallEvent::Ringing { device, .. } => say!("ringing on device {device}"),
         CallEvent::Connected {
             call: id, device, ..
         } => {
@@ -220,7 +220,7 @@ fn handle_call_event(
             let c = call.get_or_insert_with(|| CallView::new(id));
             c.id = id;
             c.connected = Some(Instant::now());
-            println!(
+            say!(
                 "call connected to device {device}, signalling took {:.1} ms",
                 c.started.elapsed().as_secs_f64() * 1000.0
             );
@@ -230,14 +230,14 @@ fn handle_call_event(
             local_hold,
             remote_hold,
             ..
-        } => println!("hold: local {local_hold}, remote {remote_hold}"),
+        } => say!("hold: local {local_hold}, remote {remote_hold}"),
         CallEvent::GlareMerged { dropped, kept } => {
-            println!("both called at once: our call {dropped:?} merged into {kept:?}");
+            say!("both called at once: our call {dropped:?} merged into {kept:?}");
             if let Some(c) = call.as_mut() {
                 c.id = kept;
             }
         }
-        CallEvent::RejectedBusy { user, .. } => println!("{user} called while we were busy"),
+        CallEvent::RejectedBusy { user, .. } => say!("{user} called while we were busy"),
         CallEvent::Ended { reason, .. } => {
             let what = match reason {
                 EndReason::HungUp { local: true } => "hung up".to_string(),
@@ -245,7 +245,7 @@ fn handle_call_event(
                 other => format!("{other:?}"),
             };
             let frames = call.as_ref().map_or(0, |c| c.frames_in);
-            println!("call ended: {what} ({frames} media frames received)");
+            say!("call ended: {what} ({frames} media frames received)");
             if let Some(c) = call.take() {
                 if let Some(t) = c.tone {
                     t.store(false, Ordering::SeqCst);
@@ -304,7 +304,7 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>) -> bool {
         (Some("quit"), _) => return false,
         (Some("call"), Some(user)) => match UserName::parse(user) {
             Ok(u) => {
-                println!("dialing {u}");
+                say!("dialing {u}");
                 *call = Some(CallView::new(CallId([0; 16])));
                 node.rt.command(move |n, now| n.call(now, u));
                 Ok(())
@@ -344,7 +344,7 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>) -> bool {
                     n.calls().current()
                 )
             });
-            println!("{s}");
+            say!("{s}");
             Ok(())
         }
         (Some(other), _) => Err(format!(
@@ -352,7 +352,7 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>) -> bool {
         )),
     };
     if let Err(e) = r {
-        println!("error: {e}");
+        say!("error: {e}");
     }
     true
 }

@@ -4,6 +4,15 @@
 
 use clap::{Parser, Subcommand};
 
+/// `println!` for long-running commands: a closed standard output (a reader that went away)
+/// must not kill a node or a call.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod accounts;
 mod client;
 mod demo;

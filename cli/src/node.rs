@@ -87,7 +87,7 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
     loop {
         if node.stopping() {
             node.save_cache();
-            println!(
+            say!(
                 "stopping: host cache saved to {}",
                 node.cache_path.display()
             );
@@ -100,7 +100,7 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
         // Search once joined: attached to a super node, or one.
         if !searches.is_empty() && node.joined() {
             for user in searches.drain(..) {
-                println!("searching for {user}");
+                say!("searching for {user}");
                 node.rt.command(move |n, now| n.search(now, user));
             }
         }
@@ -134,9 +134,10 @@ impl Started {
             read_password(args.password_stdin, "Password: ")
         })
         .map_err(|e| format!("login failed: {e}"))?;
-        println!(
+        say!(
             "logged in as {} (device {})",
-            li.certificate.user, li.certificate.device
+            li.certificate.user,
+            li.certificate.device
         );
         let renewer = Renewer::spawn(net.clone(), store.clone(), li.certificate.clone());
         // Every node refuses revoked devices; the list is small and fetched every 5 minutes.
@@ -186,9 +187,10 @@ impl Started {
             Node::new(cfg, now)
         })
         .map_err(|e| format!("binding {}: {e}", args.listen))?;
-        println!(
+        say!(
             "node listening on {} (role: {role:?}; fallback TCP ports {})",
-            args.listen, cfg_fallback
+            args.listen,
+            cfg_fallback
         );
         let handle = rt.handle();
         let watch = NetWatch::spawn(args.listen, move |addrs| {
@@ -241,14 +243,14 @@ impl Started {
     /// this about once a second.
     pub fn housekeeping(&mut self) {
         while let Ok(devices) = self.revocations.revoked().try_recv() {
-            println!("{} device(s) revoked by the login authority", devices.len());
+            say!("{} device(s) revoked by the login authority", devices.len());
             self.rt.command(move |n, now| n.revoke(now, devices));
         }
         while self.renewing {
             match self.renewer.certificates().try_recv() {
                 Ok(cert) => {
                     self.rt.command(move |n, _| n.update_certificate(cert));
-                    println!("certificate renewed");
+                    say!("certificate renewed");
                 }
                 Err(TryRecvError::Empty) => break,
                 // The renewer gave up (its reason is logged): say what to do, once.
@@ -279,26 +281,26 @@ impl Started {
 pub fn describe(e: &NodeEvent) {
     match e {
         NodeEvent::Attach(AttachEvent::Connecting { candidates }) => {
-            println!("connecting: probing {candidates} super nodes")
+            say!("connecting: probing {candidates} super nodes")
         }
         NodeEvent::Attach(AttachEvent::UdpBlocked) => {
-            println!("UDP seems blocked: connecting over TCP")
+            say!("UDP seems blocked: connecting over TCP")
         }
         NodeEvent::Attach(AttachEvent::Attached {
             super_node,
             transport,
             reflexive,
             rtt,
-        }) => println!(
+        }) => say!(
             "attached to super node {super_node} via {transport:?} (seen as {reflexive}{})",
             rtt.map(|r| format!(", UDP RTT {:.1} ms", r.as_secs_f64() * 1000.0))
                 .unwrap_or_default()
         ),
         NodeEvent::Attach(AttachEvent::Detached { super_node }) => {
-            println!("lost super node {super_node}")
+            say!("lost super node {super_node}")
         }
-        NodeEvent::Attach(AttachEvent::NoSuperNode) => println!("no super node reachable yet"),
-        NodeEvent::Nat(r) => println!(
+        NodeEvent::Attach(AttachEvent::NoSuperNode) => say!("no super node reachable yet"),
+        NodeEvent::Nat(r) => say!(
             "NAT: {} (mapped address {}, probed in {:.0} ms)",
             r.nat.describe(),
             r.mapped
@@ -306,15 +308,15 @@ pub fn describe(e: &NodeEvent) {
                 .unwrap_or_else(|| "-".into()),
             r.elapsed.as_secs_f64() * 1000.0
         ),
-        NodeEvent::Promoted => println!("promoted to super node"),
-        NodeEvent::Demoted => println!("gave up the super-node role"),
+        NodeEvent::Promoted => say!("promoted to super node"),
+        NodeEvent::Demoted => say!("gave up the super-node role"),
         NodeEvent::SuperNode(ev) => tracing::info!(?ev, "super node"),
         NodeEvent::Session(ev) => tracing::debug!(?ev, "session"),
-        NodeEvent::Search { outcome, .. } => println!("{}", describe_search(outcome)),
-        NodeEvent::Dial { dial, outcome } => println!("dial {dial}: {outcome:?}"),
-        NodeEvent::Call(ev) => println!("call: {ev:?}"),
+        NodeEvent::Search { outcome, .. } => say!("{}", describe_search(outcome)),
+        NodeEvent::Dial { dial, outcome } => say!("dial {dial}: {outcome:?}"),
+        NodeEvent::Call(ev) => say!("call: {ev:?}"),
         NodeEvent::CallPath { kind, reason, .. } => {
-            println!("call path {} ({reason:?})", kind.name())
+            say!("call path {} ({reason:?})", kind.name())
         }
         NodeEvent::CallQuality { quality, .. } => tracing::info!(?quality, "call quality"),
         NodeEvent::CallMedia { .. } => {}

@@ -118,7 +118,12 @@ pub fn start_as(
         .env("NATTER_PASSWORD", password)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // NATTER_TEST_STDERR=1 shows the processes' logs (NATTER_LOG sets their level).
+        .stderr(if std::env::var_os("NATTER_TEST_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap()
 }
