@@ -7,15 +7,35 @@
 //! `.1`, the host `.10`, `.11`, ...). A NAT **site** ([`Net::nat_site`]) is three namespaces:
 //! a router hop (`198.18.K.0/24` to the core), the NAT router (`198.18.M.0/24` to the hop; its
 //! outside address is `198.18.M.2`) and a host on a private LAN `198.19.J.0/24` (the NAT is
-//! `.1`, the host `.2`). The core knows no route to `198.19.0.0/16`, so nothing from a private
-//! LAN gets anywhere without the NAT. Every address is in `198.18.0.0/15` (RFC 2544 benchmarking
-//! space), so nothing leaks to or from a real network.
+//! `.1`, the host `.2`; [`Net::add_host`] puts more hosts on the same LAN, `.3`, `.4`, ..., all
+//! on a bridge in the NAT router, so they reach one another directly, like on a home switch).
+//! The core knows no route to `198.19.0.0/16`, so nothing from a private LAN gets anywhere
+//! without the NAT. Every address is in `198.18.0.0/15` (RFC 2544 benchmarking space), so
+//! nothing leaks to or from a real network.
+//!
+//! The hop matters: a packet sent with IP TTL 2 from a site's host crosses its own NAT (which
+//! creates the mapping) and dies at the hop, before it can reach, and spoil, the other side's
+//! NAT. That is the low-TTL opener of hole punching. Measured: TTL 2, 3 (dies in the core) and
+//! 4 (at the far hop) open the way both ways; TTL 1 dies in the NAT router before conntrack
+//! keeps a mapping, and 5 reaches the far NAT router and spoils it, like a normal packet.
+//!
+//! [`Net::block_udp`] cuts UDP between two public addresses in the core (e.g. two NATs' outside
+//! addresses, [`Net::block_udp_between`]) and [`Net::unblock_udp`] restores it, mid-test: the
+//! direct path of a call breaks while the paths to super nodes keep working.
+//! [`Net::udp_probe`] and [`Net::ping`] check what reaches what. [`Net::endpoint`] makes one
+//! side of a call at a [`Place`] (public, behind a NAT, behind a NAT and a UDP-dropping
+//! firewall), so a test can run the same call over every topology.
 //!
 //! NAT behaviours: [`Nat::PortRestricted`] is plain `masquerade` (conntrack keeps the source
 //! port when it can and lets in only replies from the exact address and port a packet went to:
 //! endpoint-independent mapping, address-and-port-dependent filtering); [`Nat::Symmetric`] is
 //! `masquerade random` (a fresh random port for every new flow, i.e. every new destination).
-//! A site may also drop all forwarded UDP (a firewall that lets only TCP through).
+//! A site may also drop all UDP between its LAN and the outside (a firewall that lets only TCP
+//! through). Measured on this kernel: a packet that reaches a NAT router's outside address
+//! before its host sent anything to that source leaves a conntrack entry (30 s, refreshed by
+//! every further such packet) that pushes the host's own mapping towards that source onto
+//! another port, so naive simultaneous punching between two port-restricted NATs fails unless
+//! both first packets cross their own NATs before either reaches the other.
 //!
 //! Names are `ntrPIDxN-NAME` (process id and a per-process counter), so tests running at the
 //! same time never collide. [`Net`]'s `Drop` kills the processes it started (and any other
@@ -25,7 +45,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -37,6 +57,18 @@ use std::time::{Duration, Instant};
 
 /// Prefix of every namespace this harness makes.
 const PREFIX: &str = "ntr";
+
+/// The bridge that is a NAT site's LAN, in its NAT router's namespace.
+const LAN_BRIDGE: &str = "lan0";
+
+/// The core's nftables table that drops UDP between blocked pairs of addresses.
+const BLOCK_TABLE: &str = "natter_block";
+
+/// The nftables table in which [`Net::udp_probe`] notes the datagrams it watches for.
+const PROBE_TABLE: &str = "natter_probe";
+
+/// The UDP ports [`Net::udp_probe`] sends to, one per probe.
+pub const PROBE_PORTS: std::ops::Range<u16> = 20000..30000;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -150,6 +182,46 @@ pub struct Site {
     pub router: String,
     /// The NAT router's outside (public) address.
     pub public: Ipv4Addr,
+    /// The router hop's namespace (between the NAT router and the core).
+    pub hop: String,
+    /// The NAT router's behaviour.
+    pub nat: Nat,
+}
+
+/// Where an [`Endpoint`] sits: what is between it and the Internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A public address, directly on the core.
+    Public,
+    /// Behind a NAT router with this behaviour.
+    Behind(Nat),
+    /// Behind a NAT router with this behaviour whose firewall drops all UDP to and from the
+    /// outside.
+    Firewalled(Nat),
+}
+
+/// A host for one side of a call, wherever it sits ([`Net::endpoint`]).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Its namespace.
+    pub ns: String,
+    /// Its own address (what it listens on): public, or private behind a NAT.
+    pub addr: Ipv4Addr,
+    /// The address the Internet sees it from: `addr`, or its NAT's outside address.
+    pub public: Ipv4Addr,
+    /// Its NAT site, unless it is public.
+    pub site: Option<Site>,
+}
+
+impl From<Site> for Endpoint {
+    fn from(site: Site) -> Endpoint {
+        Endpoint {
+            ns: site.host.clone(),
+            addr: site.private,
+            public: site.public,
+            site: Some(site),
+        }
+    }
 }
 
 /// A set of namespaces and the processes in them, all removed on drop.
@@ -165,6 +237,12 @@ pub struct Net {
     /// Next free /24 in 198.18.0.0/16 (public side) and 198.19.0.0/16 (private LANs).
     next_public: u8,
     next_private: u8,
+    /// Next free host number on each NAT site's LAN, by NAT router namespace.
+    next_on_lan: HashMap<String, u8>,
+    /// Probes sent by [`Net::udp_probe`] so far (each goes to a port of its own).
+    probes: u16,
+    /// Namespaces that have [`Net::udp_probe`]'s table.
+    probe_tables: HashSet<String>,
 }
 
 impl Net {
@@ -183,10 +261,22 @@ impl Net {
             core: String::new(),
             next_public: 1,
             next_private: 1,
+            next_on_lan: HashMap::new(),
+            probes: 0,
+            probe_tables: HashSet::new(),
         };
         net.core = net.router("core")?;
-        // nftables works here (the kernel has nf_tables and we may use it).
-        net.nft(&net.core.clone(), "table inet natter_probe {\n}\n")?;
+        // Also shows that nftables works here (the kernel has nf_tables and we may use it).
+        net.nft(
+            &net.core.clone(),
+            &format!(
+                "table inet {BLOCK_TABLE} {{\n  \
+                 set udp_pairs {{\n    type ipv4_addr . ipv4_addr;\n  }}\n  \
+                 chain forward {{\n    \
+                 type filter hook forward priority filter; policy accept;\n    \
+                 meta l4proto udp ip saddr . ip daddr @udp_pairs drop\n  }}\n}}\n"
+            ),
+        )?;
         Ok(net)
     }
 
@@ -246,7 +336,8 @@ impl Net {
     }
 
     /// A veth link between namespaces `a` and `b`, up, with addresses (CIDR notation, e.g.
-    /// `198.18.1.1/24`; several for one end separated by spaces); returns the interface names.
+    /// `198.18.1.1/24`; several for one end separated by spaces, none for an empty string);
+    /// returns the interface names.
     pub fn link(
         &mut self,
         a: &str,
@@ -305,7 +396,7 @@ impl Net {
     }
 
     /// A host behind a NAT router with behaviour `nat`, one router hop away from the core;
-    /// with `drop_udp` the NAT router also drops all forwarded UDP.
+    /// with `drop_udp` the NAT router also drops all UDP between its LAN and the outside.
     pub fn nat_site(&mut self, name: &str, nat: Nat, drop_udp: bool) -> Result<Site, String> {
         let hop = self.router(&format!("{name}-hop"))?;
         let router = self.router(&format!("{name}-nat"))?;
@@ -335,17 +426,36 @@ impl Net {
             &format!("198.18.{m}.0/24"),
             Ipv4Addr::new(198, 18, k, 2),
         )?;
-        // NAT router <-> host, on a private LAN.
+        // The private LAN: a bridge in the NAT router, which is its `.1`. Bridged frames stay
+        // out of the router's IP hooks (as on a real switch), whatever br_netfilter says.
         let j = self.next_private;
         self.next_private += 1;
-        let private = Ipv4Addr::new(198, 19, j, 2);
-        self.link(
+        let bridged = self.exec(
             &router,
-            &format!("198.19.{j}.1/24"),
-            &host,
-            &format!("{private}/24"),
+            &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"],
+        );
+        if bridged.is_err() && Path::new("/proc/sys/net/bridge").exists() {
+            bridged?;
+        }
+        run(
+            "ip",
+            &["-n", &router, "link", "add", LAN_BRIDGE, "type", "bridge"],
         )?;
-        self.route(&host, "default", Ipv4Addr::new(198, 19, j, 1))?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &router,
+                "addr",
+                "add",
+                &format!("198.19.{j}.1/24"),
+                "dev",
+                LAN_BRIDGE,
+            ],
+        )?;
+        run("ip", &["-n", &router, "link", "set", LAN_BRIDGE, "up"])?;
+        self.next_on_lan.insert(router.clone(), 2);
+        let private = self.lan_link(&router, j, &host)?;
         let masquerade = match nat {
             Nat::PortRestricted => "masquerade",
             Nat::Symmetric => "masquerade random",
@@ -356,11 +466,12 @@ impl Net {
              oifname \"{outside}\" {masquerade}\n  }}\n}}\n"
         );
         if drop_udp {
-            rules.push_str(
-                "table inet natter_fw {\n  chain udpdrop {\n    \
+            rules.push_str(&format!(
+                "table inet natter_fw {{\n  chain udpdrop {{\n    \
                  type filter hook forward priority filter; policy accept;\n    \
-                 meta l4proto udp drop\n  }\n}\n",
-            );
+                 iifname \"{outside}\" meta l4proto udp drop\n    \
+                 oifname \"{outside}\" meta l4proto udp drop\n  }}\n}}\n"
+            ));
         }
         self.nft(&router, &rules)?;
         Ok(Site {
@@ -368,7 +479,166 @@ impl Net {
             private,
             router,
             public,
+            hop,
+            nat,
         })
+    }
+
+    /// Link namespace `host` to the LAN `198.19.J.0/24` of the NAT router `router` with the
+    /// LAN's next free address, and route through the router; returns that address.
+    fn lan_link(&mut self, router: &str, j: u8, host: &str) -> Result<Ipv4Addr, String> {
+        let next = self
+            .next_on_lan
+            .get_mut(router)
+            .ok_or_else(|| format!("{router} is no NAT router of this net"))?;
+        let private = Ipv4Addr::new(198, 19, j, *next);
+        *next = next
+            .checked_add(1)
+            .filter(|n| *n < 255)
+            .ok_or("the LAN is full")?;
+        let (port, _) = self.link(router, "", host, &format!("{private}/24"))?;
+        run(
+            "ip",
+            &["-n", router, "link", "set", &port, "master", LAN_BRIDGE],
+        )?;
+        self.route(host, "default", Ipv4Addr::new(198, 19, j, 1))?;
+        Ok(private)
+    }
+
+    /// Another host on `site`'s private LAN, behind the same NAT (`198.19.J.3`, `.4`, ...):
+    /// its namespace and private address. It reaches the site's other hosts directly.
+    pub fn add_host(&mut self, site: &Site, name: &str) -> Result<(String, Ipv4Addr), String> {
+        let host = self.namespace(name)?;
+        let j = site.private.octets()[2];
+        let private = self.lan_link(&site.router.clone(), j, &host)?;
+        Ok((host, private))
+    }
+
+    /// A host for one side of a call at `place`: a public host, or the host of a new NAT site
+    /// (whose namespaces are named after `name`).
+    pub fn endpoint(&mut self, name: &str, place: Place) -> Result<Endpoint, String> {
+        match place {
+            Place::Public => {
+                let (ns, addrs) = self.public_host(name, 1)?;
+                Ok(Endpoint {
+                    ns,
+                    addr: addrs[0],
+                    public: addrs[0],
+                    site: None,
+                })
+            }
+            Place::Behind(nat) => Ok(self.nat_site(name, nat, false)?.into()),
+            Place::Firewalled(nat) => Ok(self.nat_site(name, nat, true)?.into()),
+        }
+    }
+
+    /// Drop all UDP between the public addresses `a` and `b` (both ways) in the core, until
+    /// [`Net::unblock_udp`]; everything else keeps flowing, also UDP from either to any other
+    /// address. Takes effect at once, also on flows already under way.
+    pub fn block_udp(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<(), String> {
+        self.udp_pairs("add", a, b)
+    }
+
+    /// Let UDP between `a` and `b` through the core again (an error if it was not blocked).
+    pub fn unblock_udp(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<(), String> {
+        self.udp_pairs("delete", a, b)
+    }
+
+    /// [`Net::block_udp`] between two NAT sites' outside addresses: the direct path between
+    /// their hosts breaks, their paths to public hosts do not.
+    pub fn block_udp_between(&self, a: &Site, b: &Site) -> Result<(), String> {
+        self.block_udp(a.public, b.public)
+    }
+
+    /// Undo [`Net::block_udp_between`].
+    pub fn unblock_udp_between(&self, a: &Site, b: &Site) -> Result<(), String> {
+        self.unblock_udp(a.public, b.public)
+    }
+
+    /// `add` or `delete` the pairs `a . b` and `b . a` in the core's set of blocked pairs.
+    fn udp_pairs(&self, verb: &str, a: Ipv4Addr, b: Ipv4Addr) -> Result<(), String> {
+        let elements = format!("{{ {a} . {b}, {b} . {a} }}");
+        self.exec(
+            &self.core,
+            &[
+                "nft",
+                verb,
+                "element",
+                "inet",
+                BLOCK_TABLE,
+                "udp_pairs",
+                &elements,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// Send a few UDP datagrams from namespace `from` to `to` and watch namespace `at` for
+    /// them (as they arrive there, before any NAT): the source addresses they came from, once
+    /// some arrived, or none after `within`. Every probe goes to a port of its own (from
+    /// [`PROBE_PORTS`], where nothing listens), so probes never see one another's datagrams.
+    /// Needs only bash (its `/dev/udp`) and nft. The datagrams leave conntrack state on their
+    /// way like any others, but on flows of their own.
+    pub fn udp_probe(
+        &mut self,
+        from: &str,
+        at: &str,
+        to: Ipv4Addr,
+        within: Duration,
+    ) -> Result<Vec<Ipv4Addr>, String> {
+        let port = PROBE_PORTS.start + self.probes;
+        if port >= PROBE_PORTS.end {
+            return Err("out of probe ports".into());
+        }
+        self.probes += 1;
+        if !self.probe_tables.contains(at) {
+            self.nft(
+                at,
+                &format!(
+                    "table inet {PROBE_TABLE} {{\n  \
+                     set seen {{\n    \
+                     type ipv4_addr . ipv4_addr . inet_service; flags dynamic;\n  }}\n  \
+                     chain pre {{\n    \
+                     type filter hook prerouting priority raw; policy accept;\n    \
+                     udp dport {}-{} add @seen {{ ip saddr . ip daddr . udp dport }}\n  \
+                     }}\n}}\n",
+                    PROBE_PORTS.start,
+                    PROBE_PORTS.end - 1
+                ),
+            )?;
+            self.probe_tables.insert(at.to_string());
+        }
+        let send = format!("for i in 1 2 3; do echo probe >/dev/udp/{to}/{port}; done");
+        self.exec(from, &["bash", "-c", &send])?;
+        let wanted = format!(" . {to} . {port}");
+        let deadline = Instant::now() + within;
+        loop {
+            let listed = self.exec(
+                at,
+                &["nft", "-n", "list", "set", "inet", PROBE_TABLE, "seen"],
+            )?;
+            let seen: Vec<Ipv4Addr> = listed
+                .split_once("elements")
+                .map_or("", |(_, rest)| rest)
+                .split([',', '{', '}', '\n'])
+                .filter_map(|e| e.trim().strip_suffix(&wanted)?.parse().ok())
+                .collect();
+            if !seen.is_empty() || Instant::now() >= deadline {
+                return Ok(seen);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether `ping` is installed (iputils-ping), for [`Net::ping`].
+    pub fn have_ping() -> bool {
+        run("ping", &["-V"]).is_ok()
+    }
+
+    /// Whether one ICMP echo from namespace `from` to `to` gets its reply within a second.
+    pub fn ping(&self, from: &str, to: Ipv4Addr) -> bool {
+        self.exec(from, &["ping", "-c1", "-W1", "-q", &to.to_string()])
+            .is_ok()
     }
 
     /// Start `program args` in namespace `ns` with `env`; the [`Net`] kills it on drop.
