@@ -225,9 +225,10 @@ coturn_attempt() {
   # peer mode: -e/-r the peer each allocation sends to; c2c: -y sessions pair up and talk.
   # -L: each process sends from its own loopback address. uclient first makes a "probe"
   # allocation per session and closes its socket without freeing it; when another socket
-  # later gets the same port, the server answers 437 (uclient waits 1 s and retries) or a
-  # channel bind fails and uclient exits. Separate source addresses keep processes from
-  # stepping on each other's leftovers; what is left fails rarely and is retried.
+  # later gets the same port, the server answers 437 and uclient waits 1 s and retries.
+  # Separate source addresses keep processes from stepping on each other's leftovers.
+  # uclient also binds two random channel numbers per allocation (the first to peer port + 1)
+  # and exits when they collide (about 1 in 16384 allocations): then the whole N is retried.
   local mode_args=(-e 127.0.0.1 -r "$PEER_PORT")
   [ "$MODE" = c2c ] && mode_args=(-y)
   local i left=$calls uclients=() logs=()
