@@ -258,7 +258,7 @@ fn handle_call_event(
 }
 
 /// Send a 440 Hz tone, Opus-encoded, on the call until the returned flag is cleared.
-fn start_tone(rt: RuntimeHandle<Node>, call: CallId) -> Arc<AtomicBool> {
+pub(crate) fn start_tone(rt: RuntimeHandle<Node>, call: CallId) -> Arc<AtomicBool> {
     let run = Arc::new(AtomicBool::new(true));
     let flag = run.clone();
     std::thread::spawn(move || {

@@ -9,7 +9,9 @@
 //! renews without the password are shown, and a second session is set up with Noise IK (one
 //! round trip) using the key learnt in the first. Between, three super nodes start, the users
 //! join the overlay through them and search the global index for each other, and a super
-//! node dies without anyone losing their links or their records. Exits non-zero when any step
+//! node dies without anyone losing their links or their records; then alice calls bob by name
+//! (a relay channel on bob's super node carries the signalling, hole punching finds the direct
+//! path) and they exchange an Opus tone for three seconds. Exits non-zero when any step
 //! fails.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -28,9 +30,12 @@ use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::{os_seed, wall_clock, UdpNode};
 
 use natter_core::attach::AttachEvent;
+use natter_core::call::CallEvent;
 use natter_core::hostcache::HostCache;
+use natter_core::identity::UserName;
+use natter_core::wire::message::CallId;
 use natter_overlay::dht::SearchResult;
-use natter_overlay::node::{Node as OverlayNode, NodeConfig, NodeEvent, RolePolicy};
+use natter_overlay::node::{DialOutcome, Node as OverlayNode, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 
 use crate::accounts::client_version;
@@ -201,6 +206,110 @@ fn joined(node: &OverlayRuntime) -> Option<(Vec<String>, String)> {
         }
     }
     Some((links, nat?)).filter(|(l, _)| l.len() >= 2)
+}
+
+/// What one side of the demo call saw.
+#[derive(Default)]
+struct CallSide {
+    call: Option<CallId>,
+    connected: Option<Instant>,
+    first_media: Option<Instant>,
+    frames: u64,
+    path: Option<String>,
+    rtt: Option<Duration>,
+    ended: bool,
+    tone: Option<Arc<AtomicBool>>,
+}
+
+impl CallSide {
+    fn on(&mut self, e: NodeEvent, node: &OverlayRuntime, answer: bool) {
+        match e {
+            NodeEvent::Dial {
+                outcome: DialOutcome::Calling(id),
+                ..
+            } => self.call = Some(id),
+            NodeEvent::Call(CallEvent::Incoming { call, .. }) if answer => {
+                self.call = Some(call);
+                let _ = node.command(move |n, now| n.answer(now, call));
+            }
+            NodeEvent::Call(CallEvent::Connected { call, .. }) => {
+                self.call = Some(call);
+                self.connected = Some(Instant::now());
+                self.tone = Some(crate::client::start_tone(node.handle(), call));
+            }
+            NodeEvent::Call(CallEvent::Ended { .. }) => {
+                self.ended = true;
+                if let Some(t) = self.tone.take() {
+                    t.store(false, Ordering::SeqCst);
+                }
+            }
+            NodeEvent::CallPath { kind, .. } => self.path = Some(kind.name().to_string()),
+            NodeEvent::CallQuality { quality, .. } => self.rtt = quality.rtt.or(self.rtt),
+            NodeEvent::CallMedia { .. } => {
+                self.frames += 1;
+                self.first_media.get_or_insert_with(Instant::now);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// alice (`a`) calls bob (`b`) through the overlay and they talk for 3 s.
+fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime) {
+    let (mut sa, mut sb) = (CallSide::default(), CallSide::default());
+    let bob = UserName::parse("bob").expect("literal");
+    let dialled = Instant::now();
+    a.command(move |n, now| n.call(now, bob));
+    let deadline = Instant::now() + STEP_TIMEOUT + Duration::from_secs(5);
+    let mut hung_up = false;
+    while Instant::now() < deadline && !(sa.ended && sb.ended) {
+        while let Ok(e) = a.events().try_recv() {
+            sa.on(e, a, false);
+        }
+        while let Ok(e) = b.events().try_recv() {
+            sb.on(e, b, true);
+        }
+        if let (false, Some(t0), Some(call)) = (hung_up, sa.connected, sa.call) {
+            if t0.elapsed() >= Duration::from_secs(3) {
+                hung_up = true;
+                let _ = a.command(move |n, now| n.hang_up(now, call));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for s in [&sa, &sb] {
+        if let Some(t) = &s.tone {
+            t.store(false, Ordering::SeqCst);
+        }
+    }
+    let (Some(connected), true, true) = (sa.connected, sa.ended, sb.ended) else {
+        r.fail("the call did not connect and end cleanly");
+        return;
+    };
+    if sa.frames == 0 || sb.frames == 0 {
+        r.fail("media did not flow both ways");
+        return;
+    }
+    let path = sa.path.clone().unwrap_or_else(|| "-".into());
+    r.ok(
+        t,
+        &format!(
+            "connected, path {path}; {} frames reached alice, {} reached bob",
+            sa.frames, sb.frames
+        ),
+    );
+    r.row("Call setup (dial to connected)", ms(connected - dialled));
+    if let Some(m) = sa.first_media {
+        r.row("Call: dial to first media at alice", ms(m - dialled));
+    }
+    r.row("Call path (alice's choice)", path);
+    if let Some(rtt) = sa.rtt {
+        r.row("Call RTT", ms(rtt));
+    }
+    r.row(
+        "Call media frames (bob->alice / alice->bob)",
+        format!("{} / {}", sa.frames, sb.frames),
+    );
 }
 
 fn spawn(id: LocalIdentity, seed: [u8; 32]) -> std::io::Result<Node> {
@@ -545,6 +654,11 @@ fn run_inner() -> std::io::Result<bool> {
     if search_step(&mut r, &clients[2], &[("alice", true)]) {
         r.ok(t, "found through the surviving replicas");
     }
+    let t = r.step(
+        "alice calls bob: search, a relay channel on bob's super node, IK through it, ring, answer, \
+         hole punching, an Opus tone both ways for 3 s, hang up",
+    );
+    call_step(&mut r, t, &clients[0], &clients[1]);
     drop(clients);
     drop(super_nodes);
 

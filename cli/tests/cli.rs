@@ -40,6 +40,13 @@ fn demo_passes_and_reports() {
     };
     assert!(row("Frames delivered both ways").ends_with("1000/1000"));
     assert!(row("Replays accepted").contains(" 0 of "));
+    // A call between alice and bob, 3 s of Opus tone both ways, on loopback's direct path.
+    assert!(row("Call path (alice's choice)").ends_with("direct-lan"));
+    let frames = row("Call media frames (bob->alice / alice->bob)");
+    for n in frames.rsplit("  ").next().unwrap().split(" / ") {
+        let n: u32 = n.trim().parse().unwrap();
+        assert!(n >= 100, "{frames}");
+    }
     // Each user's attach path and NAT type (loopback: no NAT).
     for user in ["alice", "bob", "carol"] {
         let line = row(&format!("{user}: attached to "));

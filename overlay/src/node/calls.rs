@@ -106,6 +106,8 @@ pub(super) struct Calls {
     outgoing: Option<CallId>,
     /// The connected call's connectivity: call, device, session, manager.
     path: Option<(CallId, DeviceId, ConnId, PathManager)>,
+    /// Relay channels offered to us over a TCP link, to move to UDP: super node, channel.
+    offers: Vec<(SocketAddr, u32)>,
 }
 
 impl Calls {
@@ -131,6 +133,7 @@ impl Calls {
             next_stream: STREAM_BASE,
             outgoing: None,
             path: None,
+            offers: Vec::new(),
         }
     }
 
@@ -323,12 +326,7 @@ impl Node {
         if entry.conn.is_some() || self.calls.relay_streams.values().any(|a| *a == sn) {
             return;
         }
-        let udp_blocked = self.attacher.udp_blocked()
-            || self
-                .nat_report
-                .as_ref()
-                .is_some_and(|r| r.nat == NatType::UdpBlocked);
-        if udp_blocked {
+        if self.udp_blocked() {
             // A link we already have to it carries the request; else a TCP stream of our own.
             let link = self
                 .attacher
@@ -399,6 +397,106 @@ impl Node {
         self.calls.relay_sn_conns.insert(conn, sn);
         for device in waiting {
             self.ask_relay(now, conn, sn, device);
+        }
+        self.upgrade_relays(now);
+    }
+
+    fn udp_blocked(&self) -> bool {
+        self.attacher.udp_blocked()
+            || self
+                .nat_report
+                .as_ref()
+                .is_some_and(|r| r.nat == NatType::UdpBlocked)
+    }
+
+    /// A super node offered us a relay channel over our TCP link to it: relayed UDP beats
+    /// relayed TCP, so open a UDP session with it (IK: the link told us its key) and move our
+    /// side of the channel there once it is up.
+    fn relay_offered(&mut self, now: Instant, link: ConnId, channel: u32) {
+        if self.udp_blocked() {
+            return;
+        }
+        let Some(stream) = self.conn_stream.get(&link).copied() else {
+            return;
+        };
+        let Some(sn) = self
+            .attacher
+            .attached()
+            .into_iter()
+            .find(|(s, _)| *s == stream)
+            .map(|(_, a)| a)
+        else {
+            return;
+        };
+        if self.calls.offers.len() >= 16 {
+            self.calls.offers.remove(0);
+        }
+        self.calls.offers.push((sn, channel));
+        let key = self.endpoint.peer(link).map(|p| p.certificate.dh_public);
+        let entry = self.calls.relay_sns.entry(sn).or_default();
+        if entry.up {
+            self.upgrade_relays(now);
+        } else if entry.conn.is_none() {
+            match self.endpoint.connect(now, Destination::Udp(sn), key) {
+                Ok(conn) => {
+                    self.note_udp(sn);
+                    if let Some(e) = self.calls.relay_sns.get_mut(&sn) {
+                        e.conn = Some(conn);
+                    }
+                    self.calls.relay_sn_conns.insert(conn, sn);
+                }
+                Err(_) => {
+                    self.calls.relay_sns.remove(&sn);
+                }
+            }
+        }
+    }
+
+    /// Move relayed call sessions from a TCP link to the UDP session with the same super node,
+    /// for the channels offered to us.
+    fn upgrade_relays(&mut self, now: Instant) {
+        if self.calls.offers.is_empty() {
+            return;
+        }
+        let mut done = Vec::new();
+        for (i, (sn, channel)) in self.calls.offers.iter().enumerate() {
+            let udp_up = self.calls.relay_sns.get(sn).is_some_and(|e| {
+                e.up && e
+                    .conn
+                    .and_then(|c| self.endpoint.remote(c))
+                    .and_then(|p| p.udp())
+                    == Some(*sn)
+            });
+            if !udp_up {
+                continue;
+            }
+            let on_link = self.calls.conn_device.keys().copied().find(|c| {
+                matches!(
+                    self.endpoint.remote(*c),
+                    Some(Path::Relayed { relay: Destination::Stream(_), channel: ch }) if ch == channel
+                )
+            });
+            if let Some(conn) = on_link {
+                done.push((
+                    i,
+                    conn,
+                    Path::Relayed {
+                        relay: Destination::Udp(*sn),
+                        channel: *channel,
+                    },
+                ));
+            }
+        }
+        for (i, conn, path) in done.into_iter().rev() {
+            self.calls.offers.remove(i);
+            self.endpoint.set_path(conn, path.clone());
+            // Something on the new leg at once: the relay sends to where we last sent from.
+            let _ = self.endpoint.send_control(now, conn, &Message::KeepAlive);
+            if let Some((_, _, c, pm)) = self.calls.path.as_mut() {
+                if *c == conn {
+                    pm.set_relay(now, path);
+                }
+            }
         }
     }
 
@@ -473,6 +571,7 @@ impl Node {
                     for m in queue {
                         let _ = self.endpoint.send_control(now, *conn, &m);
                     }
+                    self.upgrade_relays(now);
                     return true;
                 }
                 false
@@ -626,8 +725,12 @@ impl Node {
                 }
                 true
             }
-            // A relay channel was opened to us: the peer's handshake follows on it.
-            Message::RelayOffer { .. } => true,
+            // A relay channel was opened to us: the peer's handshake follows on it, over our
+            // link; move our side of it to UDP when we can.
+            Message::RelayOffer { channel, .. } => {
+                self.relay_offered(now, conn, *channel);
+                true
+            }
             // A relay we use let a channel go (the call ends, or moves to another path).
             Message::RelayRelease { .. } if self.calls.relay_sn_conns.contains_key(&conn) => true,
             _ => false,
@@ -637,12 +740,7 @@ impl Node {
     /// This node's candidates for a direct path: its own addresses on the listen port and the
     /// address super nodes see; none when UDP is blocked.
     fn local_candidates(&self) -> Vec<Candidate> {
-        if self.attacher.udp_blocked()
-            || self
-                .nat_report
-                .as_ref()
-                .is_some_and(|r| r.nat == NatType::UdpBlocked)
-        {
+        if self.udp_blocked() {
             return Vec::new();
         }
         let port = self.cfg.listen.port();
