@@ -1,0 +1,406 @@
+//! The call path manager between two sides over a small model of NATs: checks only pass where
+//! the receiving side has opened its NAT towards the sender (port-restricted), low-TTL probes
+//! open the sender's NAT and arrive nowhere, and links can be cut.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natter_core::callpath::{
+    PathAction, PathConfig, PathEvent, PathKind, PathManager, SwitchReason,
+};
+use natter_core::endpoint::Path;
+use natter_core::sansio::Destination;
+use natter_core::wire::message::{CallId, Candidate, CandidateKind, Message};
+
+const RTT: Duration = Duration::from_millis(20);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn relay() -> Path {
+    Path::Relayed {
+        relay: Destination::Udp(addr("198.18.0.9:4000")),
+        channel: 5,
+    }
+}
+
+struct Side {
+    pm: PathManager,
+    /// The address others see this side at for each of its candidates.
+    addrs: Vec<SocketAddr>,
+    /// Behind a filtering NAT: accepts only from addresses it sent to.
+    filtered: bool,
+    opened: HashSet<SocketAddr>,
+    events: Vec<PathEvent>,
+    probes_sent: u32,
+    active: Path,
+}
+
+struct World {
+    sides: [Side; 2],
+    /// Cut: direct UDP between the two sides is dropped.
+    cut: bool,
+    now: Instant,
+}
+
+fn side(controlling: bool, local: Vec<Candidate>, filtered: bool, now: Instant) -> Side {
+    let addrs = local.iter().map(|c| c.addr).collect();
+    Side {
+        pm: PathManager::new(
+            PathConfig::default(),
+            CallId([1; 16]),
+            controlling,
+            relay(),
+            local,
+            now,
+        ),
+        addrs,
+        filtered,
+        opened: HashSet::new(),
+        events: Vec::new(),
+        probes_sent: 0,
+        active: relay(),
+    }
+}
+
+impl World {
+    /// Run the two managers for `d` of virtual time in 5 ms steps.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(5);
+            for i in 0..2 {
+                let now = self.now;
+                if self.sides[i].pm.poll_timeout().is_some_and(|t| t <= now) {
+                    self.sides[i].pm.handle_timeout(now);
+                }
+                self.drain(i);
+            }
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        let j = 1 - i;
+        let now = self.now;
+        while let Some(a) = self.sides[i].pm.poll_action() {
+            match a {
+                PathAction::Send(m) => {
+                    if matches!(m, Message::KeepAlive) {
+                        // Data on the new path: the other side's endpoint moves there.
+                        let from = self.seen_from(i);
+                        if self.sides[i].active != relay() || !self.sides[j].active.is_relayed() {
+                            if let Some(p) = from {
+                                if self.sides[j].active != p {
+                                    self.sides[j].active = p.clone();
+                                    self.sides[j].pm.path_changed(now, &p);
+                                }
+                            }
+                        } else if !self.sides[j].active.is_relayed() {
+                            self.sides[j].active = relay();
+                            self.sides[j].pm.path_changed(now, &relay());
+                        }
+                        continue;
+                    }
+                    // Signalling goes through the relay, which always works.
+                    self.sides[j].pm.handle_message(now, &m);
+                }
+                PathAction::Probe { path, ttl } => {
+                    self.sides[i].probes_sent += 1;
+                    match path.udp() {
+                        None => self.sides[i].pm.probe_answered(now, &path, RTT),
+                        Some(to) => {
+                            self.sides[i].opened.insert(to);
+                            if ttl.is_some_and(|t| t < 3) || self.cut {
+                                continue;
+                            }
+                            // No address of its own: its UDP is blocked, nothing gets out.
+                            if !self.sides[j].addrs.contains(&to) || self.sides[i].addrs.is_empty()
+                            {
+                                continue;
+                            }
+                            // Which of our addresses the peer sees: the one of the same kind.
+                            let mine = self.sides[i].addrs[self.sides[j]
+                                .addrs
+                                .iter()
+                                .position(|a| *a == to)
+                                .unwrap()
+                                .min(self.sides[i].addrs.len() - 1)];
+                            if self.sides[j].filtered && !self.sides[j].opened.contains(&mine) {
+                                continue;
+                            }
+                            let back = Path::Direct(Destination::Udp(mine));
+                            self.sides[j].pm.probe_received(now, &back);
+                            self.sides[i].pm.probe_answered(now, &path, RTT);
+                        }
+                    }
+                }
+                PathAction::UsePath(p) => {
+                    self.sides[i].active = p;
+                }
+                PathAction::Event(e) => self.sides[i].events.push(e),
+            }
+        }
+    }
+
+    /// Where side `i`'s packets on its active path appear to come from, for the other side.
+    fn seen_from(&self, i: usize) -> Option<Path> {
+        let j = 1 - i;
+        match self.sides[i].active.udp() {
+            None => Some(relay()),
+            Some(to) => {
+                let k = self.sides[j].addrs.iter().position(|a| *a == to)?;
+                let mine = self.sides[i].addrs[k.min(self.sides[i].addrs.len() - 1)];
+                (!self.cut).then(|| Path::Direct(Destination::Udp(mine)))
+            }
+        }
+    }
+
+    fn switches(&self, i: usize) -> Vec<(PathKind, SwitchReason)> {
+        self.sides[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PathEvent::Switched { kind, reason, .. } => Some((*kind, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Media keeps both sides hearing each other on their active paths.
+    fn media(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            for i in 0..2 {
+                let heard = match self.seen_from(1 - i) {
+                    Some(p) => p == self.sides[i].active || p.is_relayed(),
+                    None => false,
+                };
+                if heard && !(self.cut && !self.sides[i].active.is_relayed()) {
+                    let now = self.now;
+                    self.sides[i].pm.heard(now);
+                }
+            }
+            self.run(Duration::from_millis(20));
+        }
+    }
+}
+
+fn reflexive(a: &str) -> Candidate {
+    Candidate {
+        kind: CandidateKind::Reflexive,
+        addr: addr(a),
+    }
+}
+
+fn host(a: &str) -> Candidate {
+    Candidate {
+        kind: CandidateKind::Host,
+        addr: addr(a),
+    }
+}
+
+fn world(a: Vec<Candidate>, a_filtered: bool, b: Vec<Candidate>, b_filtered: bool) -> World {
+    let now = Instant::now();
+    World {
+        sides: [
+            side(true, a, a_filtered, now),
+            side(false, b, b_filtered, now),
+        ],
+        cut: false,
+        now,
+    }
+}
+
+#[test]
+fn two_port_restricted_nats_open_then_check_and_go_direct() {
+    let mut w = world(
+        vec![reflexive("198.18.1.2:4000")],
+        true,
+        vec![reflexive("198.18.2.2:4000")],
+        true,
+    );
+    w.run(Duration::from_millis(500));
+    assert_eq!(
+        w.switches(0),
+        vec![
+            (PathKind::RelayUdp, SwitchReason::Better),
+            (PathKind::Direct, SwitchReason::Better)
+        ]
+    );
+    // The callee followed when the caller's first packet arrived on the direct path.
+    assert_eq!(
+        w.switches(1).last(),
+        Some(&(PathKind::Direct, SwitchReason::Peer))
+    );
+    assert_eq!(
+        w.sides[1].active,
+        Path::Direct(Destination::Udp(addr("198.18.1.2:4000")))
+    );
+}
+
+#[test]
+fn without_candidates_the_call_stays_on_the_relay() {
+    // The callee's UDP is blocked: it has no candidates.
+    let mut w = world(vec![reflexive("198.18.1.2:4000")], true, vec![], true);
+    w.run(Duration::from_secs(4));
+    assert_eq!(
+        w.switches(0),
+        vec![(PathKind::RelayUdp, SwitchReason::Better)]
+    );
+    assert!(w.sides[0].active.is_relayed());
+}
+
+#[test]
+fn a_lan_address_beats_the_reflexive_one() {
+    let mut w = world(
+        vec![host("198.19.1.2:4000"), reflexive("198.18.1.2:4000")],
+        false,
+        vec![host("198.19.1.3:4000"), reflexive("198.18.1.2:4001")],
+        false,
+    );
+    w.run(Duration::from_millis(500));
+    assert_eq!(
+        w.switches(0).last(),
+        Some(&(PathKind::DirectLan, SwitchReason::Better))
+    );
+    assert_eq!(
+        w.sides[0].active,
+        Path::Direct(Destination::Udp(addr("198.19.1.3:4000")))
+    );
+}
+
+#[test]
+fn a_dead_direct_path_falls_back_to_the_relay_within_a_second_and_recovers() {
+    let mut w = world(
+        vec![reflexive("198.18.1.2:4000")],
+        true,
+        vec![reflexive("198.18.2.2:4000")],
+        true,
+    );
+    w.media(Duration::from_secs(4));
+    assert_eq!(w.switches(0).last().unwrap().0, PathKind::Direct);
+    w.cut = true;
+    let cut_at = w.now;
+    w.media(Duration::from_secs(1));
+    let fell_back = w.sides[0].events.iter().any(|e| {
+        matches!(
+            e,
+            PathEvent::Switched {
+                kind: PathKind::RelayUdp,
+                reason: SwitchReason::Dead,
+                ..
+            }
+        )
+    });
+    assert!(fell_back, "{:?}", w.switches(0));
+    assert!(w.now - cut_at <= Duration::from_secs(1));
+    assert!(
+        w.sides[1].active.is_relayed(),
+        "the callee followed to the relay"
+    );
+    // Healed: after a few answers in a row the direct path wins back.
+    w.cut = false;
+    w.media(Duration::from_secs(5));
+    assert_eq!(
+        w.switches(0).last(),
+        Some(&(PathKind::Direct, SwitchReason::Better))
+    );
+}
+
+#[test]
+fn reported_loss_above_a_quarter_moves_the_call_to_the_relay() {
+    let mut w = world(
+        vec![reflexive("198.18.1.2:4000")],
+        false,
+        vec![reflexive("198.18.2.2:4000")],
+        false,
+    );
+    w.media(Duration::from_secs(1));
+    assert_eq!(w.switches(0).last().unwrap().0, PathKind::Direct);
+    let report = Message::MediaReport {
+        call: CallId([1; 16]),
+        expected: 50,
+        lost: 20,
+        jitter_ms: 3,
+        rtt_ms: 20,
+    };
+    let now = w.now;
+    w.sides[0].pm.handle_message(now, &report);
+    w.run(Duration::from_millis(10));
+    assert_eq!(
+        w.switches(0).last().unwrap().0,
+        PathKind::Direct,
+        "one report is not enough"
+    );
+    let now = w.now;
+    w.sides[0].pm.handle_message(now, &report);
+    w.run(Duration::from_millis(10));
+    assert_eq!(
+        w.switches(0).last(),
+        Some(&(PathKind::RelayUdp, SwitchReason::Loss))
+    );
+}
+
+#[test]
+fn on_hold_the_active_path_is_probed_three_times_a_second() {
+    let mut w = world(vec![], false, vec![], false);
+    w.run(Duration::from_secs(1));
+    w.sides[0].pm.set_hold(true);
+    let before = w.sides[0].probes_sent;
+    w.run(Duration::from_secs(3));
+    let per_sec = f64::from(w.sides[0].probes_sent - before) / 3.0;
+    assert!((2.5..=3.5).contains(&per_sec), "{per_sec} probes/s");
+}
+
+#[test]
+fn receiver_reports_carry_loss_and_jitter() {
+    let now = Instant::now();
+    let mut pm = PathManager::new(
+        PathConfig::default(),
+        CallId([2; 16]),
+        false,
+        relay(),
+        vec![],
+        now,
+    );
+    // Frames 0..50 every 20 ms, with 5 missing and one arriving 10 ms late.
+    for seq in 0u16..50 {
+        if seq % 10 == 3 {
+            continue;
+        }
+        let late = if seq == 20 { 10 } else { 0 };
+        let at = now + Duration::from_millis(u64::from(seq) * 20 + late);
+        let ts = seq * 8; // 20 ms in 2.5 ms ticks
+        let f = [
+            0,
+            (seq >> 8) as u8,
+            seq as u8,
+            (ts >> 8) as u8,
+            ts as u8,
+            0xAA,
+        ];
+        pm.media_received(at, &f);
+    }
+    pm.handle_timeout(now + Duration::from_millis(1000));
+    let mut report = None;
+    while let Some(a) = pm.poll_action() {
+        if let PathAction::Send(Message::MediaReport {
+            expected,
+            lost,
+            jitter_ms,
+            ..
+        }) = a
+        {
+            report = Some((expected, lost, jitter_ms));
+        }
+    }
+    let (expected, lost, jitter) = report.expect("a report within a second");
+    assert_eq!(
+        (expected, lost),
+        (50, 5),
+        "frames 0..=49 expected, 3, 13, 23, 33, 43 lost"
+    );
+    assert!(jitter <= 2, "{jitter}");
+}
