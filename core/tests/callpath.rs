@@ -152,7 +152,7 @@ impl World {
             Some(to) => {
                 let k = self.sides[j].addrs.iter().position(|a| *a == to)?;
                 let mine = self.sides[i].addrs[k.min(self.sides[i].addrs.len() - 1)];
-                (!self.cut).then(|| Path::Direct(Destination::Udp(mine)))
+                (!self.cut).then_some(Path::Direct(Destination::Udp(mine)))
             }
         }
     }
@@ -177,7 +177,7 @@ impl World {
                     Some(p) => p == self.sides[i].active || p.is_relayed(),
                     None => false,
                 };
-                if heard && !(self.cut && !self.sides[i].active.is_relayed()) {
+                if heard && (self.sides[i].active.is_relayed() || !self.cut) {
                     let now = self.now;
                     self.sides[i].pm.heard(now);
                 }
