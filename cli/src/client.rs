@@ -51,8 +51,9 @@ struct CallView {
     started: Instant,
     connected: Option<Instant>,
     first_media: Option<Instant>,
+    last_media: Option<Instant>,
     frames_in: u64,
-    tone: Option<Arc<AtomicBool>>,
+    tone: Option<Tone>,
 }
 
 /// Run the client; returns the exit code.
@@ -168,6 +169,17 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
             NodeEvent::CallMedia { .. } => {
                 if let Some(c) = call.as_mut() {
                     c.frames_in += 1;
+                    let now = Instant::now();
+                    if let Some(gap) = c.last_media.map(|t| now - t) {
+                        // An interruption (a path switch, a loss burst) is worth a line.
+                        if gap >= Duration::from_millis(100) {
+                            say!(
+                                "media resumed after a gap of {:.0} ms",
+                                gap.as_secs_f64() * 1000.0
+                            );
+                        }
+                    }
+                    c.last_media = Some(now);
                     if c.first_media.is_none() {
                         c.first_media = Some(Instant::now());
                         say!(
@@ -189,6 +201,7 @@ impl CallView {
             started: Instant::now(),
             connected: None,
             first_media: None,
+            last_media: None,
             frames_in: 0,
             tone: None,
         }
@@ -230,7 +243,16 @@ fn handle_call_event(
             local_hold,
             remote_hold,
             ..
-        } => say!("hold: local {local_hold}, remote {remote_hold}"),
+        } => {
+            say!("hold: local {local_hold}, remote {remote_hold}");
+            // No media while held (the path stays watched: about 3 probes a second).
+            if let Some(t) = call.as_ref().and_then(|c| c.tone.as_ref()) {
+                t.paused.store(local_hold || remote_hold, Ordering::SeqCst);
+            }
+            if let Some(c) = call.as_mut() {
+                c.last_media = None;
+            }
+        }
         CallEvent::GlareMerged { dropped, kept } => {
             say!("both called at once: our call {dropped:?} merged into {kept:?}");
             if let Some(c) = call.as_mut() {
@@ -248,7 +270,7 @@ fn handle_call_event(
             say!("call ended: {what} ({frames} media frames received)");
             if let Some(c) = call.take() {
                 if let Some(t) = c.tone {
-                    t.store(false, Ordering::SeqCst);
+                    t.stop();
                 }
             }
             return true;
@@ -257,10 +279,26 @@ fn handle_call_event(
     false
 }
 
-/// Send a 440 Hz tone, Opus-encoded, on the call until the returned flag is cleared.
-pub(crate) fn start_tone(rt: RuntimeHandle<Node>, call: CallId) -> Arc<AtomicBool> {
+/// A test tone being sent on a call.
+pub(crate) struct Tone {
+    running: Arc<AtomicBool>,
+    /// While set, no frames are sent (the call is on hold).
+    paused: Arc<AtomicBool>,
+}
+
+impl Tone {
+    /// Stop sending.
+    pub(crate) fn stop(&self) {
+        self.running.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Send a 440 Hz tone, Opus-encoded, on the call until stopped.
+pub(crate) fn start_tone(rt: RuntimeHandle<Node>, call: CallId) -> Tone {
     let run = Arc::new(AtomicBool::new(true));
+    let paused = Arc::new(AtomicBool::new(false));
     let flag = run.clone();
+    let hold = paused.clone();
     std::thread::spawn(move || {
         let mut sender = match MediaSender::new(SenderConfig::default()) {
             Ok(s) => s,
@@ -279,7 +317,9 @@ pub(crate) fn start_tone(rt: RuntimeHandle<Node>, call: CallId) -> Arc<AtomicBoo
                 *s = (phase.sin() * 8000.0) as i16;
                 phase += 2.0 * std::f64::consts::PI * 440.0 / 16_000.0;
             }
-            if let Ok(true) = sender.encode(&pcm, &mut out) {
+            if hold.load(Ordering::SeqCst) {
+                // Held: keep the clock, send nothing.
+            } else if let Ok(true) = sender.encode(&pcm, &mut out) {
                 let frame = out.clone();
                 if rt
                     .command(move |n, now| n.send_media(now, call, &frame))
@@ -292,7 +332,10 @@ pub(crate) fn start_tone(rt: RuntimeHandle<Node>, call: CallId) -> Arc<AtomicBoo
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
     });
-    run
+    Tone {
+        running: run,
+        paused,
+    }
 }
 
 /// One line from standard input; returns false on `quit`.

@@ -218,7 +218,7 @@ struct CallSide {
     path: Option<String>,
     rtt: Option<Duration>,
     ended: bool,
-    tone: Option<Arc<AtomicBool>>,
+    tone: Option<crate::client::Tone>,
 }
 
 impl CallSide {
@@ -240,7 +240,7 @@ impl CallSide {
             NodeEvent::Call(CallEvent::Ended { .. }) => {
                 self.ended = true;
                 if let Some(t) = self.tone.take() {
-                    t.store(false, Ordering::SeqCst);
+                    t.stop();
                 }
             }
             NodeEvent::CallPath { kind, .. } => self.path = Some(kind.name().to_string()),
@@ -279,7 +279,7 @@ fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime)
     }
     for s in [&sa, &sb] {
         if let Some(t) = &s.tone {
-            t.store(false, Ordering::SeqCst);
+            t.stop();
         }
     }
     let (Some(connected), true, true) = (sa.connected, sa.ended, sb.ended) else {

@@ -63,6 +63,8 @@ fn deliver(from: u8, src: &mut Endpoint, dst: &mut Endpoint, now: Instant) -> bo
         };
         let (source, data) = if to == addr(RELAY) {
             let (h, inner) = relay::decode(&t.payload).expect("a relay frame");
+            // The relay sees only ciphertext.
+            assert!(!inner.windows(17).any(|w| w == b"through the relay"));
             assert!(!h.to_party);
             assert_eq!(h.channel, CHANNEL);
             let mut out = bytes::BytesMut::new();
