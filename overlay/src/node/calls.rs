@@ -100,7 +100,9 @@ pub(super) struct Calls {
     next_request: u32,
     relay_sns: HashMap<SocketAddr, RelaySn>,
     relay_sn_conns: HashMap<ConnId, SocketAddr>,
-    relay_streams: HashMap<StreamId, SocketAddr>,
+    /// Streams to super nodes for relays: the super node, and which port was tried (0 main,
+    /// 1 plain fallback, 2 TLS fallback).
+    relay_streams: HashMap<StreamId, (SocketAddr, u8)>,
     next_stream: u64,
     /// Our outgoing call (this side controls the path).
     outgoing: Option<CallId>,
@@ -323,7 +325,7 @@ impl Node {
             return;
         }
         entry.waiting.push(device);
-        if entry.conn.is_some() || self.calls.relay_streams.values().any(|a| *a == sn) {
+        if entry.conn.is_some() || self.calls.relay_streams.values().any(|(a, _)| *a == sn) {
             return;
         }
         if self.udp_blocked() {
@@ -338,14 +340,7 @@ impl Node {
                 self.relay_sn_up(now, sn, conn);
                 return;
             }
-            let stream = StreamId::local(self.calls.next_stream);
-            self.calls.next_stream += 1;
-            self.calls.relay_streams.insert(stream, sn);
-            self.commands.push_back(StreamCommand::Connect {
-                stream,
-                remote: sn,
-                tls: false,
-            });
+            self.open_relay_stream(sn, 0);
         } else {
             match self.endpoint.connect(now, Destination::Udp(sn), None) {
                 Ok(conn) => {
@@ -359,9 +354,28 @@ impl Node {
         }
     }
 
+    /// A TCP stream to super node `sn` for relays: its main port, then (when refused) the
+    /// fallback port, then the TLS port, like an attachment.
+    fn open_relay_stream(&mut self, sn: SocketAddr, attempt: u8) {
+        let ports = self.cfg.attach.fallback_ports;
+        let (remote, tls) = match attempt {
+            0 => (sn, false),
+            1 => (ports.plain(sn), false),
+            _ => (ports.tls(sn), true),
+        };
+        let stream = StreamId::local(self.calls.next_stream);
+        self.calls.next_stream += 1;
+        self.calls.relay_streams.insert(stream, (sn, attempt));
+        self.commands.push_back(StreamCommand::Connect {
+            stream,
+            remote,
+            tls,
+        });
+    }
+
     /// A stream this module asked for is connected: run the session with the super node on it.
     pub(super) fn call_stream_opened(&mut self, now: Instant, stream: StreamId) {
-        let Some(sn) = self.calls.relay_streams.get(&stream).copied() else {
+        let Some((sn, _)) = self.calls.relay_streams.get(&stream).copied() else {
             return;
         };
         match self
@@ -379,9 +393,14 @@ impl Node {
 
     /// A stream of ours closed (or could not be opened).
     pub(super) fn call_stream_closed(&mut self, now: Instant, stream: StreamId) {
-        if let Some(sn) = self.calls.relay_streams.remove(&stream) {
-            let up = self.calls.relay_sns.get(&sn).is_some_and(|e| e.up);
-            if !up {
+        if let Some((sn, attempt)) = self.calls.relay_streams.remove(&stream) {
+            let entry = self.calls.relay_sns.get(&sn);
+            let up = entry.is_some_and(|e| e.up);
+            let session = entry.and_then(|e| e.conn);
+            if !up && session.is_none() && attempt < 2 {
+                // Refused (or cut) before any session ran: the next port.
+                self.open_relay_stream(sn, attempt + 1);
+            } else if !up {
                 self.relay_sn_failed(now, sn);
             } else {
                 self.calls.relay_sns.remove(&sn);
@@ -822,6 +841,10 @@ impl Node {
                     if self.calls.outgoing == Some(*call) {
                         self.calls.outgoing = None;
                     }
+                    // Forget what was only for this call: unanswered relay requests, devices
+                    // never reached.
+                    self.calls.relay_requests.clear();
+                    self.calls.devices.retain(|_, l| l.conn.is_some());
                     // Give the relay channels back.
                     let relays: Vec<(SocketAddr, u32)> = self
                         .calls
