@@ -8,15 +8,16 @@
 //! quality every second. Results go to standard output, one line each; logs to standard error.
 
 use std::io::BufRead;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use natter_core::call::{CallEvent, EndReason};
 use natter_core::identity::UserName;
 use natter_core::wire::message::CallId;
-use natter_media::sender::{MediaSender, SenderConfig};
+use natter_media::audio::synth::Tone;
+use natter_media::audio::wav::{WavSink, WavSource};
+use natter_media::audio::{AudioSink, AudioSource};
+use natter_media::call::{CallAudio, CallAudioConfig};
 use natter_overlay::node::{DialOutcome, Node, NodeEvent, RolePolicy};
 use natter_transport::runtime::RuntimeHandle;
 
@@ -42,6 +43,12 @@ pub struct ClientArgs {
     /// Give up (exit 1) if no call connected within this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// Send this WAV file (16 kHz mono) in calls instead of a 440 Hz test tone.
+    #[arg(long, value_name = "WAV")]
+    audio_in: Option<std::path::PathBuf>,
+    /// Save what the other side sends in a call to this WAV file.
+    #[arg(long, value_name = "WAV")]
+    audio_out: Option<std::path::PathBuf>,
 }
 
 /// What the current call is doing, as the client follows it.
@@ -53,7 +60,7 @@ struct CallView {
     first_media: Option<Instant>,
     last_media: Option<Instant>,
     frames_in: u64,
-    tone: Option<Tone>,
+    audio: Option<CallAudio>,
 }
 
 /// Run the client; returns the exit code.
@@ -153,6 +160,9 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                 kind, reason, path, ..
             } => say!("call path {} ({reason:?}) {path:?}", kind.name()),
             NodeEvent::CallQuality { quality, .. } => {
+                if let Some(a) = call.as_ref().and_then(|c| c.audio.as_ref()) {
+                    a.on_report(quality.loss_out, quality.jitter_ms, quality.rtt);
+                }
                 say!(
                     "call stats: path {} rtt {} loss in {:.1}% out {:.1}% jitter {:.1} ms frames in {}",
                     quality.kind.map_or("-", |k| k.name()),
@@ -166,8 +176,11 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                     quality.frames_in
                 );
             }
-            NodeEvent::CallMedia { .. } => {
+            NodeEvent::CallMedia { data, .. } => {
                 if let Some(c) = call.as_mut() {
+                    if let Some(a) = &c.audio {
+                        a.receive(&data);
+                    }
                     c.frames_in += 1;
                     let now = Instant::now();
                     if let Some(gap) = c.last_media.map(|t| now - t) {
@@ -203,7 +216,7 @@ impl CallView {
             first_media: None,
             last_media: None,
             frames_in: 0,
-            tone: None,
+            audio: None,
         }
     }
 }
@@ -237,7 +250,10 @@ fn handle_call_event(
                 "call connected to device {device}, signalling took {:.1} ms",
                 c.started.elapsed().as_secs_f64() * 1000.0
             );
-            c.tone = Some(start_tone(node.rt.handle(), id));
+            match start_audio(node.rt.handle(), id, args) {
+                Ok(a) => c.audio = Some(a),
+                Err(e) => say!("audio: {e}"),
+            }
         }
         CallEvent::HoldChanged {
             local_hold,
@@ -246,8 +262,8 @@ fn handle_call_event(
         } => {
             say!("hold: local {local_hold}, remote {remote_hold}");
             // No media while held (the path stays watched: about 3 probes a second).
-            if let Some(t) = call.as_ref().and_then(|c| c.tone.as_ref()) {
-                t.paused.store(local_hold || remote_hold, Ordering::SeqCst);
+            if let Some(a) = call.as_ref().and_then(|c| c.audio.as_ref()) {
+                a.set_paused(local_hold || remote_hold);
             }
             if let Some(c) = call.as_mut() {
                 c.last_media = None;
@@ -269,8 +285,18 @@ fn handle_call_event(
             let frames = call.as_ref().map_or(0, |c| c.frames_in);
             say!("call ended: {what} ({frames} media frames received)");
             if let Some(c) = call.take() {
-                if let Some(t) = c.tone {
-                    t.stop();
+                if let Some(a) = c.audio {
+                    let st = a.stop();
+                    let q = st.receiver.quality;
+                    say!(
+                        "call audio: {} frames sent, {} received; estimated MOS {:.2}",
+                        st.sender.sent,
+                        st.receiver.jitter.received,
+                        q.mos
+                    );
+                    if let Some(p) = &args.audio_out {
+                        say!("what the other side sent is in {}", p.display());
+                    }
                 }
             }
             return true;
@@ -279,62 +305,55 @@ fn handle_call_event(
     false
 }
 
-/// A test tone being sent on a call.
-pub(crate) struct Tone {
-    running: Arc<AtomicBool>,
-    /// While set, no frames are sent (the call is on hold).
-    paused: Arc<AtomicBool>,
+/// Start the call's media: the WAV file or a 440 Hz tone in, the WAV file or nothing out.
+pub(crate) fn start_audio(
+    rt: RuntimeHandle<Node>,
+    call: CallId,
+    args: &ClientArgs,
+) -> Result<CallAudio, String> {
+    audio_for_call(
+        rt,
+        call,
+        args.audio_in.as_deref(),
+        args.audio_out.as_deref(),
+    )
 }
 
-impl Tone {
-    /// Stop sending.
-    pub(crate) fn stop(&self) {
-        self.running.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Send a 440 Hz tone, Opus-encoded, on the call until stopped.
-pub(crate) fn start_tone(rt: RuntimeHandle<Node>, call: CallId) -> Tone {
-    let run = Arc::new(AtomicBool::new(true));
-    let paused = Arc::new(AtomicBool::new(false));
-    let flag = run.clone();
-    let hold = paused.clone();
-    std::thread::spawn(move || {
-        let mut sender = match MediaSender::new(SenderConfig::default()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("natter client: no Opus encoder: {e}");
-                return;
-            }
-        };
-        let n = sender.frame_samples();
-        let mut phase = 0f64;
-        let mut pcm = vec![0i16; n];
-        let mut out = Vec::new();
-        let mut next = Instant::now();
-        while flag.load(Ordering::SeqCst) {
-            for s in pcm.iter_mut() {
-                *s = (phase.sin() * 8000.0) as i16;
-                phase += 2.0 * std::f64::consts::PI * 440.0 / 16_000.0;
-            }
-            if hold.load(Ordering::SeqCst) {
-                // Held: keep the clock, send nothing.
-            } else if let Ok(true) = sender.encode(&pcm, &mut out) {
-                let frame = out.clone();
-                if rt
-                    .command(move |n, now| n.send_media(now, call, &frame))
-                    .is_none()
-                {
-                    return;
-                }
-            }
-            next += Duration::from_millis(20);
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        }
+/// The media of `call` on the node behind `rt`, from `input` (a 16 kHz mono WAV file; a
+/// 440 Hz tone when none) to `output` (a WAV file; discarded when none).
+pub(crate) fn audio_for_call(
+    rt: RuntimeHandle<Node>,
+    call: CallId,
+    input: Option<&std::path::Path>,
+    output: Option<&std::path::Path>,
+) -> Result<CallAudio, String> {
+    let cfg = CallAudioConfig::default();
+    let rate = cfg.sender.codec.rate.hz();
+    let source: Box<dyn AudioSource + Send> = match input {
+        Some(p) => Box::new(WavSource::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => Box::new(Tone::new(rate, 440.0, 0.25)),
+    };
+    let sink: Box<dyn AudioSink + Send> = match output {
+        Some(p) => Box::new(WavSink::create(p, rate).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => Box::new(Discard(rate)),
+    };
+    let send = Box::new(move |frame: &[u8]| {
+        let frame = frame.to_vec();
+        rt.command(move |n, now| n.send_media(now, call, &frame).is_ok())
+            .unwrap_or(false)
     });
-    Tone {
-        running: run,
-        paused,
+    CallAudio::start(cfg, source, sink, send).map_err(|e| e.to_string())
+}
+
+/// A sink that drops what it is given.
+struct Discard(u32);
+
+impl AudioSink for Discard {
+    fn sample_rate(&self) -> u32 {
+        self.0
+    }
+    fn write_frame(&mut self, _frame: &[i16]) -> Result<(), natter_media::audio::AudioError> {
+        Ok(())
     }
 }
 

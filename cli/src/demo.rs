@@ -218,7 +218,11 @@ struct CallSide {
     path: Option<String>,
     rtt: Option<Duration>,
     ended: bool,
-    tone: Option<crate::client::Tone>,
+    audio: Option<natter_media::call::CallAudio>,
+    stats: Option<natter_media::call::CallAudioStats>,
+    /// This side sends `input` and saves what it hears to `output`.
+    input: Option<std::path::PathBuf>,
+    output: Option<std::path::PathBuf>,
 }
 
 impl CallSide {
@@ -235,17 +239,33 @@ impl CallSide {
             NodeEvent::Call(CallEvent::Connected { call, .. }) => {
                 self.call = Some(call);
                 self.connected = Some(Instant::now());
-                self.tone = Some(crate::client::start_tone(node.handle(), call));
+                match crate::client::audio_for_call(
+                    node.handle(),
+                    call,
+                    self.input.as_deref(),
+                    self.output.as_deref(),
+                ) {
+                    Ok(a) => self.audio = Some(a),
+                    Err(e) => eprintln!("natter demo: call audio: {e}"),
+                }
             }
             NodeEvent::Call(CallEvent::Ended { .. }) => {
                 self.ended = true;
-                if let Some(t) = self.tone.take() {
-                    t.stop();
+                if let Some(a) = self.audio.take() {
+                    self.stats = Some(a.stop());
                 }
             }
             NodeEvent::CallPath { kind, .. } => self.path = Some(kind.name().to_string()),
-            NodeEvent::CallQuality { quality, .. } => self.rtt = quality.rtt.or(self.rtt),
-            NodeEvent::CallMedia { .. } => {
+            NodeEvent::CallQuality { quality, .. } => {
+                self.rtt = quality.rtt.or(self.rtt);
+                if let Some(a) = &self.audio {
+                    a.on_report(quality.loss_out, quality.jitter_ms, quality.rtt);
+                }
+            }
+            NodeEvent::CallMedia { data, .. } => {
+                if let Some(a) = &self.audio {
+                    a.receive(&data);
+                }
                 self.frames += 1;
                 self.first_media.get_or_insert_with(Instant::now);
             }
@@ -254,9 +274,24 @@ impl CallSide {
     }
 }
 
-/// alice (`a`) calls bob (`b`) through the overlay and they talk for 3 s.
+/// The speech recording the demo plays through its call (20 s, 16 kHz mono, espeak-ng).
+const SPEECH: &[u8] = include_bytes!("../../media/testdata/speech.wav");
+
+/// alice (`a`) calls bob (`b`) through the overlay and they talk for 3 s: each plays the
+/// speech recording; what each heard is saved next to it in the system's temporary directory.
 fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime) {
-    let (mut sa, mut sb) = (CallSide::default(), CallSide::default());
+    let dir = std::env::temp_dir().join("natter-demo");
+    let speech = dir.join("speech.wav");
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&speech, SPEECH)) {
+        r.fail(&format!("writing {}: {e}", speech.display()));
+        return;
+    }
+    let side = |name: &str| CallSide {
+        input: Some(speech.clone()),
+        output: Some(dir.join(format!("{name}-heard.wav"))),
+        ..CallSide::default()
+    };
+    let (mut sa, mut sb) = (side("alice"), side("bob"));
     let bob = UserName::parse("bob").expect("literal");
     let dialled = Instant::now();
     a.command(move |n, now| n.call(now, bob));
@@ -277,9 +312,9 @@ fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime)
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    for s in [&sa, &sb] {
-        if let Some(t) = &s.tone {
-            t.stop();
+    for s in [&mut sa, &mut sb] {
+        if let Some(a) = s.audio.take() {
+            s.stats = Some(a.stop());
         }
     }
     let (Some(connected), true, true) = (sa.connected, sa.ended, sb.ended) else {
@@ -309,6 +344,41 @@ fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime)
     r.row(
         "Call media frames (bob->alice / alice->bob)",
         format!("{} / {}", sa.frames, sb.frames),
+    );
+    if let (Some(qa), Some(qb)) = (sa.stats, sb.stats) {
+        let (a, b) = (qa.receiver.quality, qb.receiver.quality);
+        r.row(
+            "Call loss after recovery (alice / bob)",
+            format!(
+                "{:.1} % / {:.1} %",
+                a.loss_after_recovery * 100.0,
+                b.loss_after_recovery * 100.0
+            ),
+        );
+        r.row(
+            "Call jitter buffer (alice / bob)",
+            format!(
+                "{:.0} ms / {:.0} ms",
+                a.jitter_buffer_ms, b.jitter_buffer_ms
+            ),
+        );
+        r.row(
+            "Call bitrate received (alice / bob)",
+            format!(
+                "{:.1} / {:.1} kbit/s",
+                a.bitrate_bps / 1000.0,
+                b.bitrate_bps / 1000.0
+            ),
+        );
+        r.row(
+            "Call estimated MOS (alice / bob)",
+            format!("{:.2} / {:.2}", a.mos, b.mos),
+        );
+    }
+    println!(
+        "    what each side heard: {} and {}",
+        dir.join("alice-heard.wav").display(),
+        dir.join("bob-heard.wav").display()
     );
 }
 

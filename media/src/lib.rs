@@ -50,6 +50,7 @@
 #![deny(missing_docs)]
 
 pub mod audio;
+pub mod call;
 pub mod codec;
 pub mod frame;
 pub mod jitter;

@@ -1,0 +1,247 @@
+//! The media of one call: a thread that captures, encodes and sends, and plays what arrives.
+//!
+//! [`CallAudio`] ties the engine to a call without knowing how frames travel: it calls a
+//! `send` function with each media frame (the call layer seals it on the call's session) and
+//! takes received frames with [`CallAudio::receive`] from whatever thread hears them. Its
+//! *media thread* runs a fixed clock: every frame period it reads one frame from the
+//! [`AudioSource`] (silence once it ended), encodes it, sends it, and pulls one frame of
+//! playout from the jitter buffer into the [`AudioSink`]. Quality reports of the call layer
+//! (loss the peer saw, jitter, RTT) feed the sender's adaptation with
+//! [`CallAudio::on_report`].
+//!
+//! | thread | calls |
+//! |---|---|
+//! | any | [`CallAudio::receive`], [`CallAudio::on_report`], [`CallAudio::set_paused`], [`CallAudio::stats`] |
+//! | owner | [`CallAudio::start`], [`CallAudio::stop`] |
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::audio::{AudioSink, AudioSource, SourceRead};
+use crate::codec::CodecError;
+use crate::receiver::{MediaReceiver, ReceiverConfig, ReceiverReport, ReceiverStats};
+use crate::sender::{MediaSender, SenderConfig, SenderStats};
+
+/// Why a call's media could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallAudioError {
+    /// The codec could not be set up.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A source or sink runs at another sample rate than the codec.
+    #[error("the audio {what} runs at {got} Hz, the codec at {want} Hz")]
+    Rate {
+        /// "source" or "sink".
+        what: &'static str,
+        /// Its rate.
+        got: u32,
+        /// The codec's.
+        want: u32,
+    },
+    /// The media thread could not be started.
+    #[error("starting the media thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Hands a media frame to the call layer; false when it could not be sent.
+pub type FrameSender = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
+/// Settings of a call's media.
+#[derive(Debug, Clone, Default)]
+pub struct CallAudioConfig {
+    /// Encoder and adaptation.
+    pub sender: SenderConfig,
+    /// Decoder and jitter buffer.
+    pub receiver: ReceiverConfig,
+}
+
+/// What a call's media did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CallAudioStats {
+    /// The sending side.
+    pub sender: SenderStats,
+    /// The receiving side (jitter buffer, concealment, quality with an estimated MOS).
+    pub receiver: ReceiverStats,
+    /// Frames handed to the call layer that it could not send.
+    pub send_failures: u64,
+}
+
+struct Shared {
+    receiver: Mutex<MediaReceiver>,
+    report: Mutex<Option<ReceiverReport>>,
+    running: AtomicBool,
+    paused: AtomicBool,
+    stats: Mutex<CallAudioStats>,
+}
+
+/// The media of one call. See the [module documentation](self).
+pub struct CallAudio {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for CallAudio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallAudio").finish_non_exhaustive()
+    }
+}
+
+impl CallAudio {
+    /// Start the media thread: frames from `source` go to `send`, received frames to `sink`.
+    /// Both must run at the codec's sample rate (16 kHz by default). `send` returns false
+    /// when the frame could not be sent (counted).
+    pub fn start(
+        cfg: CallAudioConfig,
+        mut source: Box<dyn AudioSource + Send>,
+        mut sink: Box<dyn AudioSink + Send>,
+        mut send: FrameSender,
+    ) -> Result<Self, CallAudioError> {
+        let in_rate = cfg.sender.codec.rate.hz();
+        if source.sample_rate() != in_rate {
+            return Err(CallAudioError::Rate {
+                what: "source",
+                got: source.sample_rate(),
+                want: in_rate,
+            });
+        }
+        let mut sender = MediaSender::new(cfg.sender)?;
+        let receiver = MediaReceiver::new(cfg.receiver)?;
+        let out_rate = receiver.rate().hz();
+        if sink.sample_rate() != out_rate {
+            return Err(CallAudioError::Rate {
+                what: "sink",
+                got: sink.sample_rate(),
+                want: out_rate,
+            });
+        }
+        let shared = Arc::new(Shared {
+            receiver: Mutex::new(receiver),
+            report: Mutex::new(None),
+            running: AtomicBool::new(true),
+            paused: AtomicBool::new(false),
+            stats: Mutex::new(CallAudioStats::default()),
+        });
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("natter-media".into())
+            .spawn(move || {
+                let mut pcm = Vec::new();
+                let mut play = Vec::new();
+                let mut frame = Vec::new();
+                let mut ended = false;
+                let mut next = Instant::now();
+                let mut failures = 0u64;
+                while sh.running.load(Ordering::SeqCst) {
+                    if let Some(r) = lock(&sh.report).take() {
+                        let _ = sender.on_report(&r);
+                    }
+                    let n = sender.frame_samples();
+                    pcm.resize(n, 0);
+                    if !ended {
+                        match source.read_frame(&mut pcm) {
+                            Ok(SourceRead::Frame) => {}
+                            Ok(SourceRead::Pending) => pcm.fill(0),
+                            Ok(SourceRead::Ended) | Err(_) => {
+                                ended = true;
+                                pcm.fill(0);
+                            }
+                        }
+                    } else {
+                        pcm.fill(0);
+                    }
+                    if !sh.paused.load(Ordering::SeqCst) {
+                        if let Ok(true) = sender.encode(&pcm, &mut frame) {
+                            if !send(&frame) {
+                                failures += 1;
+                            }
+                        }
+                    }
+                    // Play as much as was captured: the same duration at the output rate.
+                    let period = Duration::from_secs_f64(n as f64 / f64::from(in_rate));
+                    let out_n = (f64::from(out_rate) * period.as_secs_f64()).round() as usize;
+                    play.resize(out_n, 0);
+                    let now = Instant::now();
+                    let rstats = {
+                        let mut rx = lock(&sh.receiver);
+                        rx.pull(now, &mut play);
+                        rx.stats()
+                    };
+                    let _ = sink.write_frame(&play);
+                    {
+                        let mut st = lock(&sh.stats);
+                        st.sender = sender.stats();
+                        st.receiver = rstats;
+                        st.send_failures = failures;
+                    }
+                    next += period;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                let _ = sink.finish();
+            })
+            .map_err(CallAudioError::Thread)?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// A media frame of the call arrived (any thread).
+    pub fn receive(&self, frame: &[u8]) {
+        let _ = lock(&self.shared.receiver).receive(Instant::now(), frame);
+    }
+
+    /// The call layer's latest quality figures: the fraction of our frames the peer did not
+    /// receive, its jitter, and the RTT (feeds FEC, redundancy and bitrate adaptation, and
+    /// the receiver's MOS estimate).
+    pub fn on_report(&self, loss: f64, jitter_ms: f64, rtt: Option<Duration>) {
+        let frames = 50u16;
+        *lock(&self.shared.report) = Some(ReceiverReport {
+            frames,
+            lost: (loss.clamp(0.0, 1.0) * f64::from(frames)).round() as u16,
+            mean_burst: if loss > 0.0 { 1.0 } else { 0.0 },
+            jitter_ms,
+        });
+        if let Some(rtt) = rtt {
+            lock(&self.shared.receiver).set_rtt(rtt);
+        }
+    }
+
+    /// Stop sending (hold) or start again; playout goes on.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// What the media did so far.
+    pub fn stats(&self) -> CallAudioStats {
+        *lock(&self.shared.stats)
+    }
+
+    /// Stop the media thread (the sink is finished: a WAV file is complete) and return the
+    /// final counters.
+    pub fn stop(mut self) -> CallAudioStats {
+        self.halt();
+        self.stats()
+    }
+
+    fn halt(&mut self) {
+        self.shared.running.store(false, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for CallAudio {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data is counters
+/// and codec state that stay usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
