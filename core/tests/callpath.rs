@@ -404,3 +404,32 @@ fn receiver_reports_carry_loss_and_jitter() {
     );
     assert!(jitter <= 2, "{jitter}");
 }
+
+#[test]
+fn a_probe_before_the_candidates_does_not_hide_a_lan_address() {
+    // On one host (or a LAN without hops) the peer's opening probe arrives before its
+    // candidates: the address is first learnt as peer-reflexive, then announced as a host one.
+    let now = Instant::now();
+    let mut pm = PathManager::new(
+        PathConfig::default(),
+        CallId([3; 16]),
+        true,
+        relay(),
+        vec![host("198.19.1.2:4000")],
+        now,
+    );
+    let peer = Path::Direct(Destination::Udp(addr("198.19.1.3:4000")));
+    pm.probe_received(now, &peer);
+    pm.handle_message(
+        now,
+        &Message::CallCandidates {
+            call: CallId([3; 16]),
+            opened: true,
+            candidates: vec![host("198.19.1.3:4000")],
+        },
+    );
+    pm.probe_answered(now, &peer, RTT);
+    pm.handle_timeout(now + Duration::from_millis(200));
+    pm.probe_answered(now + Duration::from_millis(200), &peer, RTT);
+    assert_eq!(pm.active(), (&peer, PathKind::DirectLan));
+}
