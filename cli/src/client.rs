@@ -175,6 +175,18 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                     quality.jitter_ms,
                     quality.frames_in
                 );
+                if let Some(a) = call.as_ref().and_then(|c| c.audio.as_ref()) {
+                    let q = a.stats().receiver.quality;
+                    say!(
+                        "call audio: jitter buffer {:.0} ms, loss before recovery {:.1}% after {:.1}%, concealed {:.0} ms, bitrate {:.1} kbit/s, MOS {:.2}",
+                        q.jitter_buffer_ms,
+                        q.loss_before_recovery * 100.0,
+                        q.loss_after_recovery * 100.0,
+                        q.concealed_ms,
+                        q.bitrate_bps / 1000.0,
+                        q.mos
+                    );
+                }
             }
             NodeEvent::CallMedia { data, .. } => {
                 if let Some(c) = call.as_mut() {
