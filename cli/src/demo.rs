@@ -168,6 +168,7 @@ fn start_client_node(
     id: LocalIdentity,
     bootstrap: &HostCache,
     seed: [u8; 32],
+    relay_only: bool,
 ) -> std::io::Result<OverlayRuntime> {
     let cache = bootstrap.clone();
     Runtime::spawn(
@@ -179,6 +180,7 @@ fn start_client_node(
             let mut cfg = NodeConfig::new(id, seed, wall_clock(), now, addrs[0]);
             cfg.role = RolePolicy::Forbid;
             cfg.host_cache = cache;
+            cfg.call_paths.direct = !relay_only;
             OverlayNode::new(cfg, now)
         },
     )
@@ -277,9 +279,17 @@ impl CallSide {
 /// The speech recording the demo plays through its call (20 s, 16 kHz mono, espeak-ng).
 const SPEECH: &[u8] = include_bytes!("../../media/testdata/speech.wav");
 
-/// alice (`a`) calls bob (`b`) through the overlay and they talk for 3 s: each plays the
-/// speech recording; what each heard is saved next to it in the system's temporary directory.
-fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime) {
+/// `names.0` (on `a`) calls `names.1` (on `b`) through the overlay and they talk for `secs`:
+/// each plays the speech recording; what each heard is saved in the system's temporary
+/// directory. Rows are labelled `label`.
+fn call_step(
+    r: &mut Report,
+    t: Instant,
+    (a, b): (&OverlayRuntime, &OverlayRuntime),
+    (caller, callee): (&str, &str),
+    label: &str,
+    secs: u64,
+) {
     let dir = std::env::temp_dir().join("natter-demo");
     let speech = dir.join("speech.wav");
     if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&speech, SPEECH)) {
@@ -291,10 +301,10 @@ fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime)
         output: Some(dir.join(format!("{name}-heard.wav"))),
         ..CallSide::default()
     };
-    let (mut sa, mut sb) = (side("alice"), side("bob"));
-    let bob = UserName::parse("bob").expect("literal");
+    let (mut sa, mut sb) = (side(caller), side(callee));
+    let to = UserName::parse(callee).expect("a demo user");
     let dialled = Instant::now();
-    a.command(move |n, now| n.call(now, bob));
+    a.command(move |n, now| n.call(now, to));
     let deadline = Instant::now() + STEP_TIMEOUT + Duration::from_secs(5);
     let mut hung_up = false;
     while Instant::now() < deadline && !(sa.ended && sb.ended) {
@@ -305,7 +315,7 @@ fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime)
             sb.on(e, b, true);
         }
         if let (false, Some(t0), Some(call)) = (hung_up, sa.connected, sa.call) {
-            if t0.elapsed() >= Duration::from_secs(3) {
+            if t0.elapsed() >= Duration::from_secs(secs) {
                 hung_up = true;
                 let _ = a.command(move |n, now| n.hang_up(now, call));
             }
@@ -329,26 +339,32 @@ fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime)
     r.ok(
         t,
         &format!(
-            "connected, path {path}; {} frames reached alice, {} reached bob",
+            "connected, path {path}; {} frames reached {caller}, {} reached {callee}",
             sa.frames, sb.frames
         ),
     );
-    r.row("Call setup (dial to connected)", ms(connected - dialled));
+    r.row(
+        &format!("{label} setup (dial to connected)"),
+        ms(connected - dialled),
+    );
     if let Some(m) = sa.first_media {
-        r.row("Call: dial to first media at alice", ms(m - dialled));
+        r.row(
+            &format!("{label}: dial to first media at {caller}"),
+            ms(m - dialled),
+        );
     }
-    r.row("Call path (alice's choice)", path);
+    r.row(&format!("{label} path ({caller}'s choice)"), path);
     if let Some(rtt) = sa.rtt {
-        r.row("Call RTT", ms(rtt));
+        r.row(&format!("{label} RTT"), ms(rtt));
     }
     r.row(
-        "Call media frames (bob->alice / alice->bob)",
+        &format!("{label} media frames ({callee}->{caller} / {caller}->{callee})"),
         format!("{} / {}", sa.frames, sb.frames),
     );
     if let (Some(qa), Some(qb)) = (sa.stats, sb.stats) {
         let (a, b) = (qa.receiver.quality, qb.receiver.quality);
         r.row(
-            "Call loss after recovery (alice / bob)",
+            &format!("{label} loss after recovery ({caller} / {callee})"),
             format!(
                 "{:.1} % / {:.1} %",
                 a.loss_after_recovery * 100.0,
@@ -356,14 +372,14 @@ fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime)
             ),
         );
         r.row(
-            "Call jitter buffer (alice / bob)",
+            &format!("{label} jitter buffer ({caller} / {callee})"),
             format!(
                 "{:.0} ms / {:.0} ms",
                 a.jitter_buffer_ms, b.jitter_buffer_ms
             ),
         );
         r.row(
-            "Call bitrate received (alice / bob)",
+            &format!("{label} bitrate received ({caller} / {callee})"),
             format!(
                 "{:.1} / {:.1} kbit/s",
                 a.bitrate_bps / 1000.0,
@@ -371,14 +387,14 @@ fn call_step(r: &mut Report, t: Instant, a: &OverlayRuntime, b: &OverlayRuntime)
             ),
         );
         r.row(
-            "Call estimated MOS (alice / bob)",
+            &format!("{label} estimated MOS ({caller} / {callee})"),
             format!("{:.2} / {:.2}", a.mos, b.mos),
         );
     }
     println!(
         "    what each side heard: {} and {}",
-        dir.join("alice-heard.wav").display(),
-        dir.join("bob-heard.wav").display()
+        dir.join(format!("{caller}-heard.wav")).display(),
+        dir.join(format!("{callee}-heard.wav")).display()
     );
 }
 
@@ -651,7 +667,13 @@ fn run_inner() -> std::io::Result<bool> {
     let mut clients = Vec::new();
     for (i, user) in ["alice", "bob", "carol"].iter().enumerate() {
         let started = Instant::now();
-        let node = start_client_node(identities[i].clone(), &bootstrap, rng.bytes32())?;
+        // carol keeps her address from the people she calls: her calls stay relayed.
+        let node = start_client_node(
+            identities[i].clone(),
+            &bootstrap,
+            rng.bytes32(),
+            *user == "carol",
+        )?;
         match joined(&node) {
             Some((links, nat)) => {
                 let took = started.elapsed();
@@ -728,7 +750,25 @@ fn run_inner() -> std::io::Result<bool> {
         "alice calls bob: search, a relay channel on bob's super node, IK through it, ring, answer, \
          hole punching, an Opus tone both ways for 3 s, hang up",
     );
-    call_step(&mut r, t, &clients[0], &clients[1]);
+    call_step(
+        &mut r,
+        t,
+        (&clients[0], &clients[1]),
+        ("alice", "bob"),
+        "Call",
+        3,
+    );
+    let t = r.step(
+        "carol, who keeps her address private (relay only), calls alice: the call stays on the relay",
+    );
+    call_step(
+        &mut r,
+        t,
+        (&clients[2], &clients[0]),
+        ("carol", "alice"),
+        "Relayed call",
+        2,
+    );
     drop(clients);
     drop(super_nodes);
 

@@ -42,6 +42,8 @@ fn demo_passes_and_reports() {
     assert!(row("Replays accepted").contains(" 0 of "));
     // A call between alice and bob, 3 s of Opus tone both ways, on loopback's direct path.
     assert!(row("Call path (alice's choice)").ends_with("direct-lan"));
+    // carol keeps her address private: her call stays on a super node's relay.
+    assert!(row("Relayed call path (carol's choice)").ends_with("relay-udp"));
     let frames = row("Call media frames (bob->alice / alice->bob)");
     for n in frames.rsplit("  ").next().unwrap().split(" / ") {
         let n: u32 = n.trim().parse().unwrap();

@@ -80,6 +80,11 @@ pub struct PathConfig {
     pub candidates_retransmit: Duration,
     /// Receiver reports go out this often (default 1 s).
     pub report_interval: Duration,
+    /// Look for a direct path at all (default true). Off, calls stay on the relay and this
+    /// side never tells the peer its addresses: a privacy setting (the peer never learns
+    /// where this device is), at the cost of the relay's latency and the super node's
+    /// bandwidth.
+    pub direct: bool,
 }
 
 impl Default for PathConfig {
@@ -98,6 +103,7 @@ impl Default for PathConfig {
             recover_after: 3,
             candidates_retransmit: Duration::from_secs(1),
             report_interval: Duration::from_secs(1),
+            direct: true,
         }
     }
 }
@@ -299,6 +305,7 @@ pub struct PathManager {
     opened: bool,
     peer_opened: bool,
     peer_candidates: bool,
+    candidates_sent: u32,
     checks_started: Option<Instant>,
     first_valid: Option<Instant>,
     next_candidates: Option<Instant>,
@@ -341,6 +348,7 @@ impl PathManager {
             opened: false,
             peer_opened: false,
             peer_candidates: false,
+            candidates_sent: 0,
             checks_started: None,
             first_valid: None,
             next_candidates: Some(now),
@@ -405,7 +413,7 @@ impl PathManager {
                 call,
                 opened,
                 candidates,
-            } if *call == self.call => {
+            } if *call == self.call && self.cfg.direct => {
                 self.peer_candidates = true;
                 for c in candidates.iter().take(MAX_CANDIDATES) {
                     self.add_remote(c.addr, c.kind == CandidateKind::Host);
@@ -476,6 +484,7 @@ impl PathManager {
     }
 
     fn send_candidates(&mut self, now: Instant) {
+        self.candidates_sent += 1;
         self.actions
             .push_back(PathAction::Send(Message::CallCandidates {
                 call: self.call,
@@ -667,7 +676,11 @@ impl PathManager {
     /// The deadline passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_candidates.is_some_and(|t| now >= t) {
-            if self.peer_candidates && self.peer_opened {
+            // Until the peer's arrived, at most 10 times (a relay-only peer never answers).
+            if !self.cfg.direct
+                || (self.peer_candidates && self.peer_opened)
+                || self.candidates_sent >= 10
+            {
                 self.next_candidates = None;
             } else {
                 self.send_candidates(now);
@@ -716,7 +729,11 @@ impl PathManager {
             self.cfg.active_probe
         };
         let since_probe = now.saturating_duration_since(self.last_active_probe);
-        if (self.hold || quiet >= self.cfg.active_probe) && since_probe >= probe_every {
+        // When media flows the path is alive, but its RTT is still measured once a report
+        // interval.
+        if ((self.hold || quiet >= self.cfg.active_probe) && since_probe >= probe_every)
+            || since_probe >= self.cfg.report_interval
+        {
             self.last_active_probe = now;
             self.actions.push_back(PathAction::Probe {
                 path: self.active.clone(),
@@ -770,7 +787,8 @@ impl PathManager {
             (self.last_heard + self.cfg.dead_after).min(self.last_active_probe + probe_every)
         } else {
             self.last_active_probe + probe_every
-        };
+        }
+        .min(self.last_active_probe + self.cfg.report_interval);
         [
             self.next_candidates,
             self.next_check,

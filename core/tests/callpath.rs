@@ -433,3 +433,38 @@ fn a_probe_before_the_candidates_does_not_hide_a_lan_address() {
     pm.probe_answered(now + Duration::from_millis(200), &peer, RTT);
     assert_eq!(pm.active(), (&peer, PathKind::DirectLan));
 }
+
+#[test]
+fn relay_only_never_tells_its_addresses_nor_leaves_the_relay() {
+    let now = Instant::now();
+    let cfg = PathConfig {
+        direct: false,
+        ..PathConfig::default()
+    };
+    let mut w = world(
+        vec![reflexive("198.18.1.2:4000")],
+        false,
+        vec![reflexive("198.18.2.2:4000")],
+        false,
+    );
+    w.sides[0].pm = PathManager::new(
+        cfg,
+        CallId([1; 16]),
+        true,
+        relay(),
+        vec![reflexive("198.18.1.2:4000")],
+        now,
+    );
+    w.sides[0].events.clear();
+    w.run(Duration::from_secs(3));
+    assert!(w.sides[0].active.is_relayed() && w.sides[1].active.is_relayed());
+    assert!(w.switches(0).iter().all(|(k, _)| *k == PathKind::RelayUdp));
+    // Nothing of its own went to the peer: it sent no candidates.
+    assert!(!w.sides[1].events.iter().any(|e| matches!(
+        e,
+        PathEvent::Switched {
+            kind: PathKind::Direct,
+            ..
+        }
+    )));
+}
