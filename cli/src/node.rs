@@ -63,6 +63,10 @@ pub struct NodeArgs {
     /// Search the global index for this user once joined (repeatable).
     #[arg(long, value_name = "USER")]
     pub search: Vec<String>,
+    /// Keep this device's addresses private in calls: never tell the peer where it is, so
+    /// calls stay on a super node's relay.
+    #[arg(long)]
+    pub relay_only: bool,
 }
 
 /// Run a node until interrupted (Ctrl-C, SIGINT or SIGTERM: it saves its host cache and
@@ -173,6 +177,7 @@ impl Started {
             cfg.max_clients = n;
         }
         cfg.host_cache = cache;
+        cfg.call_paths.direct = !args.relay_only;
         cfg.local_addresses = local_addresses(args.listen);
         cfg.attach.fallback_ports = match args.fallback_ports {
             Some(p) => p,
