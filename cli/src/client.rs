@@ -11,6 +11,7 @@ use std::io::BufRead;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use natter_core::attach::AttachEvent;
 use natter_core::call::{CallEvent, EndReason};
 use natter_core::identity::UserName;
 use natter_core::wire::message::CallId;
@@ -18,8 +19,10 @@ use natter_media::audio::synth::Tone;
 use natter_media::audio::wav::{WavSink, WavSource};
 use natter_media::audio::{AudioSink, AudioSource};
 use natter_media::call::{CallAudio, CallAudioConfig};
+use natter_overlay::dht::SearchResult;
 use natter_overlay::node::{DialOutcome, Node, NodeEvent, RolePolicy};
 use natter_transport::runtime::RuntimeHandle;
+use serde_json::json;
 
 use crate::node::{describe, NodeArgs, Started};
 
@@ -49,6 +52,10 @@ pub struct ClientArgs {
     /// Save what the other side sends in a call to this WAV file.
     #[arg(long, value_name = "WAV")]
     audio_out: Option<std::path::PathBuf>,
+    /// Be driven by a program: one JSON command per line on standard input, one JSON event
+    /// per line on standard output (see docs/json-api.md); logs stay on standard error.
+    #[arg(long)]
+    json: bool,
 }
 
 /// What the current call is doing, as the client follows it.
@@ -80,11 +87,29 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
         .as_deref()
         .map(|u| UserName::parse(u).map_err(|e| format!("--call {u}: {e}")))
         .transpose()?;
-    let mut node = Started::start(&args.node, Some(RolePolicy::Forbid))?;
+    if args.json {
+        crate::set_json_mode();
+    }
+    let mut node = match Started::start(&args.node, Some(RolePolicy::Forbid)) {
+        Ok(n) => n,
+        Err(e) => {
+            report!(
+                json!({"event": "error", "message": e}),
+                "natter client: {e}"
+            );
+            return Ok(1);
+        }
+    };
+    report!(
+        json!({"event": "logged_in", "user": args.node.user, "listen": args.node.listen.to_string()}),
+        "client ready"
+    );
     let lines = stdin_lines();
     let begun = Instant::now();
     let mut call: Option<CallView> = None;
     let mut ever_connected = false;
+    // Links to super nodes now up.
+    let mut links = 0usize;
     let mut last_housekeeping = Instant::now();
     loop {
         if node.stopping() {
@@ -97,13 +122,19 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
         }
         if let Some(t) = args.timeout {
             if !ever_connected && begun.elapsed().as_secs_f64() > t {
-                say!("timeout: no call connected within {t} s");
+                report!(
+                    json!({"event": "error", "message": format!("no call connected within {t} s")}),
+                    "timeout: no call connected within {t} s"
+                );
                 return Ok(1);
             }
         }
         if let Some(user) = dial.take() {
             if node.joined() {
-                say!("dialing {user}");
+                report!(
+                    json!({"event": "dialing", "user": user.as_str()}),
+                    "dialing {user}"
+                );
                 let u = user.clone();
                 node.rt.command(move |n, now| n.call(now, u));
                 call = None;
@@ -114,7 +145,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
             }
         }
         while let Ok(line) = lines.try_recv() {
-            if !command(&node, line.trim(), &mut call) {
+            if !command(&node, &line, &mut call, args.json) {
                 return Ok(0);
             }
         }
@@ -124,7 +155,10 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                 .is_some_and(|t| t.elapsed().as_secs_f64() >= after)
             {
                 let id = c.id;
-                say!("hanging up");
+                report!(
+                    json!({"event": "hanging_up", "call": call_id(id)}),
+                    "hanging up"
+                );
                 let _ = node.rt.command(move |n, now| n.hang_up(now, id));
             }
         }
@@ -134,7 +168,10 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
         match e {
             NodeEvent::Dial { outcome, .. } => match outcome {
                 DialOutcome::Calling(id) => {
-                    say!("calling (call {id:?})");
+                    report!(
+                        json!({"event": "calling", "call": call_id(id)}),
+                        "calling (call {id:?})"
+                    );
                     if let Some(c) = call.as_mut() {
                         c.id = id;
                     } else {
@@ -142,7 +179,10 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                     }
                 }
                 DialOutcome::Failed(e) => {
-                    say!("dial failed: {e}");
+                    report!(
+                        json!({"event": "dial_failed", "reason": e.to_string()}),
+                        "dial failed: {e}"
+                    );
                     call = None;
                     if args.exit_after_call {
                         return Ok(1);
@@ -157,11 +197,41 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                 }
             }
             NodeEvent::CallPath {
-                kind, reason, path, ..
-            } => say!("call path {} ({reason:?}) {path:?}", kind.name()),
-            NodeEvent::CallQuality { quality, .. } => {
+                call: id,
+                kind,
+                reason,
+                path,
+            } => report!(
+                json!({"event": "call_path", "call": call_id(id), "path": kind.name(),
+                       "reason": format!("{reason:?}").to_lowercase(), "via": format!("{path:?}")}),
+                "call path {} ({reason:?}) {path:?}",
+                kind.name()
+            ),
+            NodeEvent::CallQuality { call: id, quality } => {
                 if let Some(a) = call.as_ref().and_then(|c| c.audio.as_ref()) {
                     a.on_report(quality.loss_out, quality.jitter_ms, quality.rtt);
+                }
+                if args.json {
+                    let audio = call
+                        .as_ref()
+                        .and_then(|c| c.audio.as_ref())
+                        .map(|a| a.stats().receiver.quality);
+                    crate::emit(json!({
+                        "event": "call_stats",
+                        "call": call_id(id),
+                        "path": quality.kind.map(|k| k.name()),
+                        "rtt_ms": quality.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                        "loss_in": quality.loss_in,
+                        "loss_out": quality.loss_out,
+                        "jitter_ms": quality.jitter_ms,
+                        "frames_in": quality.frames_in,
+                        "jitter_buffer_ms": audio.map(|q| q.jitter_buffer_ms),
+                        "loss_after_recovery": audio.map(|q| q.loss_after_recovery),
+                        "concealed_ms": audio.map(|q| q.concealed_ms),
+                        "bitrate_kbps": audio.map(|q| q.bitrate_bps / 1000.0),
+                        "mos": audio.map(|q| q.mos),
+                    }));
+                    continue;
                 }
                 say!(
                     "call stats: path {} rtt {} loss in {:.1}% out {:.1}% jitter {:.1} ms frames in {}",
@@ -188,7 +258,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                     );
                 }
             }
-            NodeEvent::CallMedia { data, .. } => {
+            NodeEvent::CallMedia { call: id, data } => {
                 if let Some(c) = call.as_mut() {
                     if let Some(a) = &c.audio {
                         a.receive(&data);
@@ -198,23 +268,43 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
                     if let Some(gap) = c.last_media.map(|t| now - t) {
                         // An interruption (a path switch, a loss burst) is worth a line.
                         if gap >= Duration::from_millis(100) {
-                            say!(
-                                "media resumed after a gap of {:.0} ms",
-                                gap.as_secs_f64() * 1000.0
+                            let ms = gap.as_secs_f64() * 1000.0;
+                            report!(
+                                json!({"event": "media_gap", "call": call_id(id), "ms": ms}),
+                                "media resumed after a gap of {ms:.0} ms"
                             );
                         }
                     }
                     c.last_media = Some(now);
                     if c.first_media.is_none() {
                         c.first_media = Some(Instant::now());
-                        say!(
-                            "first media received {:.1} ms after the call started",
-                            c.started.elapsed().as_secs_f64() * 1000.0
+                        let ms = c.started.elapsed().as_secs_f64() * 1000.0;
+                        report!(
+                            json!({"event": "first_media", "call": call_id(id), "ms": ms}),
+                            "first media received {ms:.1} ms after the call started"
                         );
                     }
                 }
             }
-            other => describe(&other),
+            NodeEvent::Attach(AttachEvent::NoSuperNode) if links > 0 => {
+                // Still linked to one: the node only looks for a second.
+            }
+            other => {
+                match &other {
+                    NodeEvent::Attach(AttachEvent::Attached { .. }) => links += 1,
+                    NodeEvent::Attach(AttachEvent::Detached { .. }) => {
+                        links = links.saturating_sub(1)
+                    }
+                    _ => {}
+                }
+                if args.json {
+                    if let Some(j) = event_json(&other) {
+                        crate::emit(j);
+                    }
+                } else {
+                    describe(&other)
+                }
+            }
         }
     }
 }
@@ -242,15 +332,31 @@ fn handle_call_event(
     ever_connected: &mut bool,
 ) -> bool {
     match ev {
-        CallEvent::Incoming { call: id, user, .. } => {
-            say!("incoming call from {user} (call {id:?})");
+        CallEvent::Incoming {
+            call: id,
+            user,
+            device,
+            ..
+        } => {
+            report!(
+                json!({"event": "incoming_call", "call": call_id(id), "user": user.as_str(), "device": device.to_string()}),
+                "incoming call from {user} (call {id:?})"
+            );
             *call = Some(CallView::new(id));
             if args.auto_answer {
                 let r = node.rt.command(move |n, now| n.answer(now, id));
-                say!("answering: {r:?}");
+                if let Err(e) = r {
+                    report!(
+                        json!({"event": "error", "message": e.to_string()}),
+                        "answering: {e}"
+                    );
+                }
             }
         }
-        CallEvent::Ringing { device, .. } => say!("ringing on device {device}"),
+        CallEvent::Ringing { call: id, device } => report!(
+            json!({"event": "ringing", "call": call_id(id), "device": device.to_string()}),
+            "ringing on device {device}"
+        ),
         CallEvent::Connected {
             call: id, device, ..
         } => {
@@ -258,21 +364,31 @@ fn handle_call_event(
             let c = call.get_or_insert_with(|| CallView::new(id));
             c.id = id;
             c.connected = Some(Instant::now());
-            say!(
-                "call connected to device {device}, signalling took {:.1} ms",
-                c.started.elapsed().as_secs_f64() * 1000.0
+            let ms = c.started.elapsed().as_secs_f64() * 1000.0;
+            report!(
+                json!({"event": "call_state", "call": call_id(id), "state": "connected",
+                       "device": device.to_string(), "setup_ms": ms}),
+                "call connected to device {device}, signalling took {ms:.1} ms"
             );
             match start_audio(node.rt.handle(), id, args) {
                 Ok(a) => c.audio = Some(a),
-                Err(e) => say!("audio: {e}"),
+                Err(e) => report!(
+                    json!({"event": "error", "message": format!("audio: {e}")}),
+                    "audio: {e}"
+                ),
             }
         }
         CallEvent::HoldChanged {
+            call: id,
             local_hold,
             remote_hold,
-            ..
         } => {
-            say!("hold: local {local_hold}, remote {remote_hold}");
+            report!(
+                json!({"event": "call_state", "call": call_id(id),
+                       "state": if local_hold || remote_hold { "held" } else { "connected" },
+                       "local_hold": local_hold, "remote_hold": remote_hold}),
+                "hold: local {local_hold}, remote {remote_hold}"
+            );
             // No media while held (the path stays watched: about 3 probes a second).
             if let Some(a) = call.as_ref().and_then(|c| c.audio.as_ref()) {
                 a.set_paused(local_hold || remote_hold);
@@ -282,31 +398,54 @@ fn handle_call_event(
             }
         }
         CallEvent::GlareMerged { dropped, kept } => {
-            say!("both called at once: our call {dropped:?} merged into {kept:?}");
+            report!(
+                json!({"event": "glare", "dropped": call_id(dropped), "call": call_id(kept)}),
+                "both called at once: our call {dropped:?} merged into {kept:?}"
+            );
             if let Some(c) = call.as_mut() {
                 c.id = kept;
             }
         }
-        CallEvent::RejectedBusy { user, .. } => say!("{user} called while we were busy"),
-        CallEvent::Ended { reason, .. } => {
+        CallEvent::RejectedBusy { call: id, user } => report!(
+            json!({"event": "missed_busy", "call": call_id(id), "user": user.as_str()}),
+            "{user} called while we were busy"
+        ),
+        CallEvent::Ended { call: id, reason } => {
             let what = match reason {
                 EndReason::HungUp { local: true } => "hung up".to_string(),
                 EndReason::HungUp { local: false } => "the peer hung up".to_string(),
                 other => format!("{other:?}"),
             };
             let frames = call.as_ref().map_or(0, |c| c.frames_in);
-            say!("call ended: {what} ({frames} media frames received)");
+            let code = match reason {
+                EndReason::HungUp { local: true } => "hung_up",
+                EndReason::HungUp { local: false } => "peer_hung_up",
+                EndReason::Declined { .. } => "declined",
+                EndReason::Busy => "busy",
+                EndReason::Cancelled { .. } => "cancelled",
+                EndReason::Missed => "missed",
+                EndReason::PeerVanished => "peer_vanished",
+                EndReason::AnsweredElsewhere => "answered_elsewhere",
+            };
+            report!(
+                json!({"event": "call_state", "call": call_id(id), "state": "ended",
+                       "reason": code, "frames_in": frames}),
+                "call ended: {what} ({frames} media frames received)"
+            );
             if let Some(c) = call.take() {
                 if let Some(a) = c.audio {
                     let st = a.stop();
                     let q = st.receiver.quality;
-                    say!(
+                    report!(
+                        json!({"event": "call_audio", "call": call_id(id), "frames_sent": st.sender.sent,
+                               "frames_received": st.receiver.jitter.received, "mos": q.mos,
+                               "saved_to": args.audio_out.as_ref().map(|p| p.display().to_string())}),
                         "call audio: {} frames sent, {} received; estimated MOS {:.2}",
                         st.sender.sent,
                         st.receiver.jitter.received,
                         q.mos
                     );
-                    if let Some(p) = &args.audio_out {
+                    if let (false, Some(p)) = (args.json, &args.audio_out) {
                         say!("what the other side sent is in {}", p.display());
                     }
                 }
@@ -369,36 +508,68 @@ impl AudioSink for Discard {
     }
 }
 
-/// One line from standard input; returns false on `quit`.
-fn command(node: &Started, line: &str, call: &mut Option<CallView>) -> bool {
-    let mut words = line.split_whitespace();
+/// One line from standard input (words, or a JSON command in JSON mode); returns false on
+/// `quit`.
+fn command(node: &Started, line: &str, call: &mut Option<CallView>, json: bool) -> bool {
+    let parsed: Result<(String, Option<String>), String> = if json {
+        if line.trim().is_empty() {
+            return true;
+        }
+        serde_json::from_str::<serde_json::Value>(line)
+            .map_err(|e| format!("not a JSON command: {e}"))
+            .and_then(|v| {
+                let cmd = v
+                    .get("cmd")
+                    .and_then(|c| c.as_str())
+                    .ok_or("a command needs a \"cmd\" string")?
+                    .to_string();
+                let user = v.get("user").and_then(|u| u.as_str()).map(str::to_string);
+                Ok((cmd, user))
+            })
+    } else {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            None => return true,
+            Some(w) => Ok((w.to_string(), words.next().map(str::to_string))),
+        }
+    };
     let current = call.as_ref().map(|c| c.id);
-    let r: Result<(), String> = match (words.next(), words.next()) {
-        (None, _) => Ok(()),
-        (Some("quit"), _) => return false,
-        (Some("call"), Some(user)) => match UserName::parse(user) {
-            Ok(u) => {
-                say!("dialing {u}");
-                *call = Some(CallView::new(CallId([0; 16])));
-                node.rt.command(move |n, now| n.call(now, u));
-                Ok(())
-            }
-            Err(e) => Err(format!("{user}: {e}")),
-        },
-        (Some("search"), Some(user)) => match UserName::parse(user) {
-            Ok(u) => {
-                node.rt.command(move |n, now| n.search(now, u));
-                Ok(())
-            }
-            Err(e) => Err(format!("{user}: {e}")),
-        },
-        (Some(cmd @ ("answer" | "decline" | "hangup" | "hold" | "resume")), _) => {
-            match current {
+    let r: Result<(), String> = match parsed {
+        Err(e) => Err(e),
+        Ok((cmd, arg)) => match (cmd.as_str(), arg) {
+            ("quit", _) => return false,
+            ("call", Some(user)) => match UserName::parse(&user) {
+                Ok(u) => {
+                    report!(json!({"event": "dialing", "user": u.as_str()}), "dialing {u}");
+                    *call = Some(CallView::new(CallId([0; 16])));
+                    node.rt.command(move |n, now| n.call(now, u));
+                    Ok(())
+                }
+                Err(e) => Err(format!("{user}: {e}")),
+            },
+            ("search", Some(user)) => match UserName::parse(&user) {
+                Ok(u) => {
+                    node.rt.command(move |n, now| n.search(now, u));
+                    Ok(())
+                }
+                Err(e) => Err(format!("{user}: {e}")),
+            },
+            ("call" | "search", None) => Err(format!("{cmd} needs a user")),
+            (c @ ("mute" | "unmute"), _) => match call.as_ref().and_then(|c| c.audio.as_ref()) {
+                Some(a) => {
+                    let muted = c == "mute";
+                    a.set_paused(muted);
+                    report!(json!({"event": "muted", "muted": muted}), "muted: {muted}");
+                    Ok(())
+                }
+                None => Err("no call".into()),
+            },
+            (c @ ("answer" | "decline" | "hangup" | "hold" | "resume"), _) => match current {
                 None => Err("no call".into()),
                 Some(id) => {
-                    let cmd = cmd.to_string();
+                    let c = c.to_string();
                     node.rt
-                        .command(move |n, now| match cmd.as_str() {
+                        .command(move |n, now| match c.as_str() {
                             "answer" => n.answer(now, id),
                             "decline" => n.decline(now, id),
                             "hangup" => n.hang_up(now, id),
@@ -407,28 +578,77 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>) -> bool {
                         })
                         .map_err(|e| e.to_string())
                 }
+            },
+            ("status", _) => {
+                let (attach, nat, sn, current) = node.rt.command(|n, now| {
+                    (
+                        n.describe_attach(now),
+                        n.nat().map(|r| r.nat.describe().to_string()),
+                        n.attached().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                        n.calls().current(),
+                    )
+                });
+                report!(
+                    json!({"event": "status", "attach": attach, "super_nodes": sn,
+                           "nat": nat, "call": current.map(call_id)}),
+                    "{attach}; NAT {}; call {current:?}",
+                    nat.as_deref().unwrap_or("unknown")
+                );
+                Ok(())
             }
-        }
-        (Some("status"), _) => {
-            let s = node.rt.command(|n, now| {
-                format!(
-                    "{}; NAT {}; call {:?}",
-                    n.describe_attach(now),
-                    n.nat().map_or("unknown", |r| r.nat.describe()),
-                    n.calls().current()
-                )
-            });
-            say!("{s}");
-            Ok(())
-        }
-        (Some(other), _) => Err(format!(
-            "unknown command {other:?} (call USER, answer, decline, hangup, hold, resume, search USER, status, quit)"
-        )),
+            (other, _) => Err(format!(
+                "unknown command {other:?} (call USER, answer, decline, hangup, hold, resume, mute, unmute, search USER, status, quit)"
+            )),
+        },
     };
     if let Err(e) = r {
-        say!("error: {e}");
+        report!(json!({"event": "error", "message": e}), "error: {e}");
     }
     true
+}
+
+/// A call id as events show it: 32 hex digits.
+fn call_id(id: CallId) -> String {
+    id.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The JSON event of a node event the client does not handle itself (joining, NAT, search).
+fn event_json(e: &NodeEvent) -> Option<serde_json::Value> {
+    Some(match e {
+        NodeEvent::Attach(AttachEvent::Attached {
+            super_node,
+            transport,
+            reflexive,
+            ..
+        }) => json!({"event": "attached", "super_node": super_node.to_string(),
+                     "transport": format!("{transport:?}").to_lowercase(),
+                     "reflexive": reflexive.to_string()}),
+        NodeEvent::Attach(AttachEvent::Detached { super_node }) => {
+            json!({"event": "detached", "super_node": super_node.to_string()})
+        }
+        NodeEvent::Attach(AttachEvent::NoSuperNode) => json!({"event": "no_super_node"}),
+        NodeEvent::Nat(r) => json!({"event": "nat", "type": r.nat.describe(),
+                                    "mapped": r.mapped.map(|m| m.to_string())}),
+        NodeEvent::Search { outcome, .. } => {
+            let (result, devices) = match &outcome.result {
+                SearchResult::Found(records) => (
+                    "found",
+                    records
+                        .iter()
+                        .map(|r| json!({"device": r.device().to_string(), "online": r.online,
+                                        "last_seen": r.timestamp.0,
+                                        "super_nodes": r.super_nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>()}))
+                        .collect::<Vec<_>>(),
+                ),
+                SearchResult::NotFound => ("not_found", vec![]),
+                SearchResult::Unavailable => ("unavailable", vec![]),
+            };
+            json!({"event": "search_result", "user": outcome.user.as_str(), "result": result,
+                   "devices": devices, "hops": outcome.hops,
+                   "ms": outcome.elapsed.as_secs_f64() * 1000.0})
+        }
+        _ => return None,
+    })
 }
 
 /// Lines of standard input, read on a thread of their own.

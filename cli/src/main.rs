@@ -9,8 +9,45 @@ use clap::{Parser, Subcommand};
 macro_rules! say {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
+        // In JSON mode standard output carries JSON events only; people's lines go to
+        // standard error with the logs.
+        if crate::json_mode() {
+            let _ = writeln!(std::io::stderr(), $($t)*);
+        } else {
+            let _ = writeln!(std::io::stdout(), $($t)*);
+        }
     }};
+}
+
+/// One event for programs (JSON mode) or one line for people: `report!(json_value, "fmt", ..)`.
+macro_rules! report {
+    ($json:expr, $($t:tt)*) => {{
+        if crate::json_mode() {
+            crate::emit($json);
+        } else {
+            say!($($t)*);
+        }
+    }};
+}
+
+static JSON_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Standard output carries JSON events only (`natter client --json`).
+pub(crate) fn json_mode() -> bool {
+    JSON_MODE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Switch JSON mode on.
+pub(crate) fn set_json_mode() {
+    JSON_MODE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Write one JSON event line to standard output (a closed output is ignored).
+pub(crate) fn emit(event: serde_json::Value) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{event}");
+    let _ = out.flush();
 }
 
 mod accounts;

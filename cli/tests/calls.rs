@@ -3,46 +3,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{free_port_block, natter, output_lines, start_as, wait_for_lines, wait_in, Children};
-
-/// A login server whose network file names one super node, and that super node; returns the
-/// network file.
-fn network_with_a_super_node(dir: &std::path::Path, children: &mut Children) -> String {
-    let sn_port = free_port_block(std::process::id() as u16 ^ 0x5a5a);
-    let mut server = natter()
-        .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("server"))
-        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = wait_for_lines(&mut server, &["network file: "]);
-    children.0.push(server);
-    let network = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("network file: "))
-        .unwrap()
-        .split(" (")
-        .next()
-        .unwrap()
-        .to_string();
-    let mut sn = start_as(
-        "node",
-        &network,
-        &dir.join("snode"),
-        "snode",
-        "super node password",
-        sn_port,
-        &["--supernode"],
-    );
-    wait_for_lines(&mut sn, &["node listening"]);
-    children.0.push(sn);
-    network
-}
+use common::{
+    free_port_block, network_with_a_super_node, output_lines, start_as, wait_in, Children,
+};
 
 #[test]
 fn two_clients_call_each_other_with_media_both_ways() {

@@ -127,3 +127,39 @@ pub fn start_as(
         .spawn()
         .unwrap()
 }
+
+/// A login server whose network file names one super node, and that super node; returns the
+/// network file.
+pub fn network_with_a_super_node(dir: &std::path::Path, children: &mut Children) -> String {
+    let sn_port = free_port_block(std::process::id() as u16 ^ 0x5a5a);
+    let mut server = natter()
+        .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.join("server"))
+        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = wait_for_lines(&mut server, &["network file: "]);
+    children.0.push(server);
+    let network = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("network file: "))
+        .unwrap()
+        .split(" (")
+        .next()
+        .unwrap()
+        .to_string();
+    let mut sn = start_as(
+        "node",
+        &network,
+        &dir.join("snode"),
+        "snode",
+        "super node password",
+        sn_port,
+        &["--supernode"],
+    );
+    wait_for_lines(&mut sn, &["node listening"]);
+    children.0.push(sn);
+    network
+}

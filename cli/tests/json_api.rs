@@ -1,0 +1,190 @@
+//! `natter client --json` driven by a program: two clients log in, search, call with WAV audio
+//! both ways and hang up; every event they print is checked against docs/json-api.md.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use common::{free_port_block, network_with_a_super_node, output_lines, start_as, Children};
+use serde_json::Value;
+
+/// The events docs/json-api.md documents, with their fields.
+fn documented() -> BTreeMap<String, BTreeSet<String>> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/json-api.md"))
+        .unwrap();
+    let mut events = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in doc.lines() {
+        if let Some(name) = line.strip_prefix("### `").and_then(|r| r.strip_suffix('`')) {
+            current = Some(name.to_string());
+            events.insert(name.to_string(), BTreeSet::new());
+        } else if line.starts_with("## ") {
+            current = None;
+        } else if let (Some(ev), Some(rest)) = (&current, line.strip_prefix("- ")) {
+            // "- `a`, `b`: ..." documents a and b.
+            let names = rest.split(':').next().unwrap_or("");
+            for part in names.split(',') {
+                if let Some(f) = part
+                    .trim()
+                    .strip_prefix('`')
+                    .and_then(|p| p.strip_suffix('`'))
+                {
+                    events.get_mut(ev).unwrap().insert(f.to_string());
+                }
+            }
+        }
+    }
+    events
+}
+
+struct Client {
+    lines: Receiver<String>,
+    stdin: std::process::ChildStdin,
+    seen: Vec<Value>,
+    who: &'static str,
+}
+
+impl Client {
+    fn send(&mut self, cmd: Value) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The first event, already read or still to come, that matches `want`.
+    fn saw(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| want(v)) {
+            return v.clone();
+        }
+        self.wait(want)
+    }
+
+    /// Read events until one matches `want` (30 s at most); every line must be a JSON event.
+    fn wait(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{}: waited in vain; saw {:#?}", self.who, self.seen));
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{}: not JSON on stdout: {line:?}: {e}", self.who));
+            self.seen.push(v.clone());
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+fn is(event: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["event"] == event
+}
+
+fn state(s: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["event"] == "call_state" && v["state"] == s
+}
+
+#[test]
+fn two_programs_call_each_other_through_the_json_interface() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Children(Vec::new());
+    let network = network_with_a_super_node(dir.path(), &mut children);
+    let speech = concat!(env!("CARGO_MANIFEST_DIR"), "/../media/testdata/speech.wav");
+    let mut start = |user: &'static str, port_seed: u16| {
+        let heard = dir.path().join(format!("{user}-heard.wav"));
+        let mut child = start_as(
+            "client",
+            &network,
+            &dir.path().join(user),
+            user,
+            "a json password",
+            free_port_block(port_seed),
+            &[
+                "--json",
+                "--audio-in",
+                speech,
+                "--audio-out",
+                heard.to_str().unwrap(),
+            ],
+        );
+        let lines = output_lines(&mut child);
+        let stdin = child.stdin.take().unwrap();
+        children.0.push(child);
+        (
+            Client {
+                lines,
+                stdin,
+                seen: Vec::new(),
+                who: user,
+            },
+            heard,
+        )
+    };
+    let (mut alice, alice_heard) = start("alice", 41);
+    let (mut bob, bob_heard) = start("bob", 43);
+    for c in [&mut alice, &mut bob] {
+        c.wait(is("logged_in"));
+        c.wait(is("attached"));
+    }
+    // Search, then call.
+    bob.send(serde_json::json!({"cmd": "search", "user": "alice"}));
+    let found = bob.wait(is("search_result"));
+    assert_eq!(found["result"], "found", "{found}");
+    assert_eq!(found["devices"][0]["online"], true);
+    bob.send(serde_json::json!({"cmd": "nonsense"}));
+    bob.wait(is("error"));
+    bob.send(serde_json::json!({"cmd": "call", "user": "alice"}));
+    bob.wait(is("calling"));
+    let incoming = alice.wait(is("incoming_call"));
+    assert_eq!(incoming["user"], "bob");
+    alice.send(serde_json::json!({"cmd": "answer"}));
+    for c in [&mut alice, &mut bob] {
+        c.saw(state("connected"));
+        c.saw(is("first_media"));
+        c.wait(|v| v["event"] == "call_stats" && v["frames_in"].as_u64() > Some(50));
+    }
+    bob.saw(|v| v["event"] == "call_path" && v["path"] == "direct-lan");
+    bob.send(serde_json::json!({"cmd": "status"}));
+    let status = bob.wait(is("status"));
+    assert!(status["call"].is_string(), "{status}");
+    bob.send(serde_json::json!({"cmd": "hangup"}));
+    let ended = bob.wait(state("ended"));
+    assert_eq!(ended["reason"], "hung_up");
+    let ended = alice.wait(state("ended"));
+    assert_eq!(ended["reason"], "peer_hung_up");
+    for c in [&mut alice, &mut bob] {
+        let audio = c.wait(is("call_audio"));
+        assert!(audio["frames_received"].as_u64() > Some(50), "{audio}");
+        c.send(serde_json::json!({"cmd": "quit"}));
+    }
+    // What each side heard was saved, and is not silence.
+    for heard in [alice_heard, bob_heard] {
+        let bytes = std::fs::read(&heard).unwrap();
+        let samples: Vec<i16> = bytes[44..]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let loud = samples.iter().filter(|s| s.unsigned_abs() > 1000).count();
+        assert!(loud > 1000, "{}: {loud} loud samples", heard.display());
+    }
+    // Every event printed is documented, with documented fields only.
+    let doc = documented();
+    for v in alice.seen.iter().chain(&bob.seen) {
+        let name = v["event"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event name: {v}"));
+        let fields = doc
+            .get(name)
+            .unwrap_or_else(|| panic!("event {name:?} is not in docs/json-api.md: {v}"));
+        for key in v.as_object().unwrap().keys().filter(|k| *k != "event") {
+            assert!(
+                fields.contains(key),
+                "field {key:?} of {name:?} is not in docs/json-api.md: {v}"
+            );
+        }
+    }
+}
