@@ -15,6 +15,7 @@ use natter_core::attach::AttachEvent;
 use natter_core::call::{CallEvent, EndReason};
 use natter_core::identity::UserName;
 use natter_core::wire::message::CallId;
+use natter_media::audio::device::{CaptureDevice, PlaybackDevice};
 use natter_media::audio::synth::Tone;
 use natter_media::audio::wav::{WavSink, WavSource};
 use natter_media::audio::{AudioSink, AudioSource};
@@ -46,12 +47,16 @@ pub struct ClientArgs {
     /// Give up (exit 1) if no call connected within this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
-    /// Send this WAV file (16 kHz mono) in calls instead of a 440 Hz test tone.
+    /// Send this WAV file (16 kHz mono) in calls instead of the microphone.
     #[arg(long, value_name = "WAV")]
     audio_in: Option<std::path::PathBuf>,
-    /// Save what the other side sends in a call to this WAV file.
+    /// Save what the other side sends in a call to this WAV file instead of playing it.
     #[arg(long, value_name = "WAV")]
     audio_out: Option<std::path::PathBuf>,
+    /// Use no audio device: send a 440 Hz test tone (unless --audio-in) and drop what arrives
+    /// (unless --audio-out). Without a device this is what happens anyway.
+    #[arg(long)]
+    no_devices: bool,
     /// Be driven by a program: one JSON command per line on standard input, one JSON event
     /// per line on standard output (see docs/json-api.md); logs stay on standard error.
     #[arg(long)]
@@ -467,25 +472,50 @@ pub(crate) fn start_audio(
         call,
         args.audio_in.as_deref(),
         args.audio_out.as_deref(),
+        !args.no_devices,
     )
 }
 
-/// The media of `call` on the node behind `rt`, from `input` (a 16 kHz mono WAV file; a
-/// 440 Hz tone when none) to `output` (a WAV file; discarded when none).
+/// The media of `call` on the node behind `rt`, from `input` (a 16 kHz mono WAV file) or else
+/// the default microphone (`devices`) or else a 440 Hz tone, to `output` (a WAV file) or else
+/// the default speaker (`devices`) or else nowhere. A missing device is said, not fatal.
 pub(crate) fn audio_for_call(
     rt: RuntimeHandle<Node>,
     call: CallId,
     input: Option<&std::path::Path>,
     output: Option<&std::path::Path>,
+    devices: bool,
 ) -> Result<CallAudio, String> {
     let cfg = CallAudioConfig::default();
     let rate = cfg.sender.codec.rate.hz();
     let source: Box<dyn AudioSource + Send> = match input {
         Some(p) => Box::new(WavSource::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None if devices => {
+            match CaptureDevice::open(None, rate) {
+                Ok(d) => {
+                    say!("audio in: {}", d.name());
+                    Box::new(d)
+                }
+                Err(e) => {
+                    say!("no microphone ({e}): sending a 440 Hz test tone (--audio-in sends a WAV file)");
+                    Box::new(Tone::new(rate, 440.0, 0.25))
+                }
+            }
+        }
         None => Box::new(Tone::new(rate, 440.0, 0.25)),
     };
     let sink: Box<dyn AudioSink + Send> = match output {
         Some(p) => Box::new(WavSink::create(p, rate).map_err(|e| format!("{}: {e}", p.display()))?),
+        None if devices => match PlaybackDevice::open(None, rate) {
+            Ok(d) => {
+                say!("audio out: {}", d.name());
+                Box::new(d)
+            }
+            Err(e) => {
+                say!("no speaker ({e}): what arrives is not played (--audio-out saves it)");
+                Box::new(Discard(rate))
+            }
+        },
         None => Box::new(Discard(rate)),
     };
     let send = Box::new(move |frame: &[u8]| {

@@ -246,6 +246,7 @@ impl CallSide {
                     call,
                     self.input.as_deref(),
                     self.output.as_deref(),
+                    false,
                 ) {
                     Ok(a) => self.audio = Some(a),
                     Err(e) => eprintln!("natter demo: call audio: {e}"),
