@@ -8,7 +8,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 
 # Debian packages the build and the tests need.
-SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping
+SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping tmux
 
 .PHONY: all demo test deps check-deps fmt clippy unit header bench fuzz-check clean
 
@@ -53,7 +53,7 @@ unit:
 	@set -eo pipefail; \
 	trap 'scripts/pg-test.sh stop "$(PG_TEST_DIR)"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	url=$$(scripts/pg-test.sh start "$(PG_TEST_DIR)" "$(PG_TEST_PORT)" | tail -n 1); \
-	NATTER_TEST_POSTGRES="$$url" NATTER_REQUIRE_POSTGRES=1 NATTER_REQUIRE_COTURN=1 NATTER_REQUIRE_NETNS=1 \
+	NATTER_TEST_POSTGRES="$$url" NATTER_REQUIRE_POSTGRES=1 NATTER_REQUIRE_COTURN=1 NATTER_REQUIRE_NETNS=1 NATTER_REQUIRE_TMUX=1 \
 	  $(CARGO) test --workspace --locked
 
 # Regenerate include/natter.h from ffi/src (commit the result).

@@ -107,7 +107,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
     };
     report!(
         json!({"event": "logged_in", "user": args.node.user, "listen": args.node.listen.to_string()}),
-        "client ready"
+        "client ready: type `help` for the commands"
     );
     let lines = stdin_lines();
     let begun = Instant::now();
@@ -568,9 +568,16 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>, json: bool) 
         Err(e) => Err(e),
         Ok((cmd, arg)) => match (cmd.as_str(), arg) {
             ("quit", _) => return false,
+            ("help", _) => {
+                say!("{HELP}");
+                Ok(())
+            }
             ("call", Some(user)) => match UserName::parse(&user) {
                 Ok(u) => {
-                    report!(json!({"event": "dialing", "user": u.as_str()}), "dialing {u}");
+                    report!(
+                        json!({"event": "dialing", "user": u.as_str()}),
+                        "dialing {u}"
+                    );
                     *call = Some(CallView::new(CallId([0; 16])));
                     node.rt.command(move |n, now| n.call(now, u));
                     Ok(())
@@ -614,7 +621,10 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>, json: bool) 
                     (
                         n.describe_attach(now),
                         n.nat().map(|r| r.nat.describe().to_string()),
-                        n.attached().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                        n.attached()
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>(),
                         n.calls().current(),
                     )
                 });
@@ -627,7 +637,7 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>, json: bool) 
                 Ok(())
             }
             (other, _) => Err(format!(
-                "unknown command {other:?} (call USER, answer, decline, hangup, hold, resume, mute, unmute, search USER, status, quit)"
+                "unknown command {other:?}: type `help` for the commands"
             )),
         },
     };
@@ -636,6 +646,18 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>, json: bool) 
     }
     true
 }
+
+/// What `help` prints.
+const HELP: &str = "commands:
+  call USER       call every online device of USER
+  answer          answer the call that rings here
+  decline         decline it
+  hangup          hang up (or cancel a call not answered yet)
+  hold, resume    put the call on hold and back
+  mute, unmute    stop and restart sending audio
+  search USER     look USER up in the global index
+  status          how this node is joined, its NAT type, the current call
+  quit            leave (Ctrl-C too)";
 
 /// A call id as events show it: 32 hex digits.
 fn call_id(id: CallId) -> String {
