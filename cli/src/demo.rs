@@ -219,6 +219,7 @@ struct CallSide {
     frames: u64,
     path: Option<String>,
     rtt: Option<Duration>,
+    jitter_ms: Option<f64>,
     ended: bool,
     audio: Option<natter_media::call::CallAudio>,
     stats: Option<natter_media::call::CallAudioStats>,
@@ -261,6 +262,9 @@ impl CallSide {
             NodeEvent::CallPath { kind, .. } => self.path = Some(kind.name().to_string()),
             NodeEvent::CallQuality { quality, .. } => {
                 self.rtt = quality.rtt.or(self.rtt);
+                if quality.frames_in > 0 {
+                    self.jitter_ms = Some(quality.jitter_ms);
+                }
                 if let Some(a) = &self.audio {
                     a.on_report(quality.loss_out, quality.jitter_ms, quality.rtt);
                 }
@@ -357,6 +361,12 @@ fn call_step(
     r.row(&format!("{label} path ({caller}'s choice)"), path);
     if let Some(rtt) = sa.rtt {
         r.row(&format!("{label} RTT"), ms(rtt));
+    }
+    if let (Some(ja), Some(jb)) = (sa.jitter_ms, sb.jitter_ms) {
+        r.row(
+            &format!("{label} jitter ({caller} / {callee})"),
+            format!("{ja:.1} ms / {jb:.1} ms"),
+        );
     }
     r.row(
         &format!("{label} media frames ({callee}->{caller} / {caller}->{callee})"),
