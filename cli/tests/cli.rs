@@ -245,24 +245,7 @@ fn nodes_join_and_search_the_index_from_the_command_line() {
     let mut children = Children(Vec::new());
     // The super node's address goes into the network file as its bootstrap entry.
     let sn_port = free_port_block(std::process::id() as u16);
-    let mut server = natter()
-        .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("server"))
-        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = wait_for_lines(&mut server, &["network file: "]);
-    children.0.push(server);
-    let network = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("network file: "))
-        .unwrap()
-        .split(" (")
-        .next()
-        .unwrap()
-        .to_string();
+    let network = common::login_server_naming(dir.path(), sn_port, &mut children);
     let node = |user: &str, port: u16, extra: &[&str]| {
         let data = dir.path().join(user);
         start_node(

@@ -132,24 +132,7 @@ pub fn start_as(
 /// network file.
 pub fn network_with_a_super_node(dir: &std::path::Path, children: &mut Children) -> String {
     let sn_port = free_port_block(std::process::id() as u16 ^ 0x5a5a);
-    let mut server = natter()
-        .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("server"))
-        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = wait_for_lines(&mut server, &["network file: "]);
-    children.0.push(server);
-    let network = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("network file: "))
-        .unwrap()
-        .split(" (")
-        .next()
-        .unwrap()
-        .to_string();
+    let network = login_server_naming(dir, sn_port, children);
     let mut sn = start_as(
         "node",
         &network,
@@ -162,4 +145,27 @@ pub fn network_with_a_super_node(dir: &std::path::Path, children: &mut Children)
     wait_for_lines(&mut sn, &["node listening"]);
     children.0.push(sn);
     network
+}
+
+/// Start `natter login-server` on loopback with its data in `dir/server` and the super node
+/// `127.0.0.1:sn_port` as its bootstrap entry; returns the network file it wrote.
+pub fn login_server_naming(dir: &std::path::Path, sn_port: u16, children: &mut Children) -> String {
+    let mut server = natter()
+        .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.join("server"))
+        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = wait_for_lines(&mut server, &["network file: "]);
+    children.0.push(server);
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("network file: "))
+        .unwrap()
+        .split(" (")
+        .next()
+        .unwrap()
+        .to_string()
 }

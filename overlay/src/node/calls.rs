@@ -173,35 +173,36 @@ impl Node {
 
     /// Answer the call ringing here.
     pub fn answer(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
-        let r = self.calls.machine.answer(now, call);
-        self.pump(now);
-        r
+        self.call_command(now, |m| m.answer(now, call))
     }
 
     /// Decline the call ringing here (for every device of this user).
     pub fn decline(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
-        let r = self.calls.machine.decline(now, call);
-        self.pump(now);
-        r
+        self.call_command(now, |m| m.decline(now, call))
     }
 
     /// Hang up (or cancel an outgoing call that has not been answered).
     pub fn hang_up(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
-        let r = self.calls.machine.hang_up(now, call);
-        self.pump(now);
-        r
+        self.call_command(now, |m| m.hang_up(now, call))
     }
 
     /// Put the call on hold.
     pub fn hold(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
-        let r = self.calls.machine.hold(now, call);
-        self.pump(now);
-        r
+        self.call_command(now, |m| m.hold(now, call))
     }
 
     /// Take the call off hold.
     pub fn resume(&mut self, now: Instant, call: CallId) -> Result<(), CallError> {
-        let r = self.calls.machine.resume(now, call);
+        self.call_command(now, |m| m.resume(now, call))
+    }
+
+    /// Run a command of the call machine, then route what it produced.
+    fn call_command(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut CallMachine) -> Result<(), CallError>,
+    ) -> Result<(), CallError> {
+        let r = f(&mut self.calls.machine);
         self.pump(now);
         r
     }
