@@ -306,6 +306,8 @@ pub struct CallStats {
     pub seen_evictions: u64,
     /// Non-call messages handed to the machine.
     pub not_call: u64,
+    /// Decline or hang-up said again because the peer went on as if it was lost.
+    pub repeated_endings: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -694,9 +696,41 @@ impl CallMachine {
                 };
                 self.send(device, msg);
             }
+            // The peer still thinks the call is on (keep-alive, hold): our hang-up was lost.
+            (Some(e), Kind::KeepAlive(_) | Kind::Hold(_)) if &e.user == user => {
+                let (outgoing, user) = (e.outgoing, e.user.clone());
+                if let Some(word) = self.final_word(call, &user, outgoing) {
+                    self.send(device, word);
+                } else {
+                    self.stats.wrong_state += 1;
+                }
+            }
             (Some(_), _) => self.stats.wrong_state += 1,
             (None, _) => self.stats.unknown_call += 1,
         }
+    }
+
+    /// What to say again to a peer that goes on with `call` (invites, keep-alives), which
+    /// ended here (`outgoing`: this device was the caller): a lost decline or hang-up is
+    /// repeated; a call that ended otherwise needs no answer.
+    fn final_word(
+        &mut self,
+        call: CallId,
+        user: &UserName,
+        outgoing: bool,
+    ) -> Option<Message<'static>> {
+        let e = self
+            .ended
+            .iter()
+            .find(|e| e.id == call && e.outgoing == outgoing && &e.user == user)?;
+        let word = match e.reason {
+            EndReason::Declined { local: true } if !outgoing => Message::CallDecline { call },
+            EndReason::HungUp { local: true } => Message::CallHangup { call },
+            EndReason::PeerVanished if !outgoing => Message::CallHangup { call },
+            _ => return None,
+        };
+        self.stats.repeated_endings += 1;
+        Some(word)
     }
 
     fn on_outgoing(&mut self, now: Instant, device: DeviceId, kind: Kind) {
@@ -873,6 +907,10 @@ impl CallMachine {
             } else if retransmit && s.busy {
                 self.stats.duplicate_invites += 1;
                 self.send(from, Message::CallBusy { call });
+            } else if let (true, Some(word)) = (retransmit, self.final_word(call, user, false)) {
+                // The caller still invites a call that is over here: our last word was lost.
+                self.stats.duplicate_invites += 1;
+                self.send(from, word);
             } else {
                 self.stats.replayed_invites += 1;
             }

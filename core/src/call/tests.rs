@@ -811,3 +811,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_lost_decline_is_repeated_when_the_invite_comes_again() {
+    let (mut n, call) = ringing_pair();
+    let now = n.now;
+    n.m(2).decline(now, call).unwrap();
+    // The decline is lost on the way.
+    n.collect();
+    n.queue.clear();
+    assert_eq!(n.ended(2, call), Some(EndReason::Declined { local: true }));
+    // The caller still rings; its next invite retransmission is answered with the decline.
+    n.advance(Duration::from_millis(1500));
+    assert_eq!(n.ended(1, call), Some(EndReason::Declined { local: false }));
+    assert_eq!(n.stats(2).repeated_endings, 1);
+}
+
+#[test]
+fn a_lost_hang_up_is_repeated_when_the_peer_keeps_the_call_alive() {
+    let (mut n, call) = ringing_pair();
+    let now = n.now;
+    n.m(2).answer(now, call).unwrap();
+    n.deliver();
+    assert_eq!(n.state(1, call), Some(active()));
+    let now = n.now;
+    n.m(2).hang_up(now, call).unwrap();
+    n.collect();
+    n.queue.clear();
+    // Alice's next keep-alive gets the hang-up again, well before she would give up on Bob.
+    n.advance(Duration::from_millis(1500));
+    assert_eq!(n.ended(1, call), Some(EndReason::HungUp { local: false }));
+    assert_eq!(n.stats(2).repeated_endings, 1);
+}
