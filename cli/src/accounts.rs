@@ -56,6 +56,11 @@ pub struct LoginServerArgs {
     /// addresses with commas. Entries already in the network file are kept.
     #[arg(long, value_delimiter = ',')]
     pub bootstrap: Vec<SocketAddr>,
+    /// Read options from this TOML file: each flag is a key (its name with underscores, e.g.
+    /// `public_address = "login.example.org:4433"`, `bootstrap = ["198.51.100.7:4000"]`);
+    /// flags given on the command line override it.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_version(s: &str) -> Result<Version, String> {

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// `println!` for long-running commands: a closed standard output (a reader that went away)
 /// must not kill a node or a call.
@@ -52,6 +52,7 @@ pub(crate) fn emit(event: serde_json::Value) {
 
 mod accounts;
 mod client;
+mod config;
 mod demo;
 mod node;
 
@@ -74,7 +75,7 @@ enum Command {
     /// Log this device in (renews its certificate without the password when it can).
     Login(accounts::AccountArgs),
     /// Run a node: join the network, become a super node when suitable.
-    Node(node::NodeArgs),
+    Node(node::NodeCommand),
     /// Run a client (an ordinary node) that makes and takes calls.
     Client(client::ClientArgs),
     /// Pass a WAV file through the media pipeline over a simulated network.
@@ -90,7 +91,15 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let cli = Cli::parse();
+    // `--config FILE.toml` (node, login-server): the file's options become flags.
+    let argv = match config::expand(&Cli::command(), std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("natter: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let code = match cli.command {
         Command::Demo => demo::run(),
         Command::LoginServer(a) => accounts::login_server(a),

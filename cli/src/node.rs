@@ -69,9 +69,22 @@ pub struct NodeArgs {
     pub relay_only: bool,
 }
 
+/// Options of `natter node`: a node's options, and those only a long-running node has.
+#[derive(clap::Args, Debug)]
+pub struct NodeCommand {
+    /// The node's options.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Read options from this TOML file: each flag is a key (its name with underscores, e.g.
+    /// `max_clients = 500`, `supernode = true`, `search = ["alice"]`); flags given on the
+    /// command line override it.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+}
+
 /// Run a node until interrupted (Ctrl-C, SIGINT or SIGTERM: it saves its host cache and
 /// exits with 0); returns an exit code on a startup failure.
-pub fn run(args: NodeArgs) -> i32 {
+pub fn run(args: NodeCommand) -> i32 {
     match run_inner(args) {
         Ok(()) => 0,
         Err(e) => {
@@ -81,7 +94,8 @@ pub fn run(args: NodeArgs) -> i32 {
     }
 }
 
-fn run_inner(args: NodeArgs) -> Result<(), String> {
+fn run_inner(cmd: NodeCommand) -> Result<(), String> {
+    let args = cmd.node;
     let mut searches = args
         .search
         .iter()
@@ -108,6 +122,17 @@ fn run_inner(args: NodeArgs) -> Result<(), String> {
                 node.rt.command(move |n, now| n.search(now, user));
             }
         }
+    }
+}
+
+/// The role the flags choose.
+fn role_policy(args: &NodeArgs) -> RolePolicy {
+    if args.supernode {
+        RolePolicy::Force
+    } else if args.no_supernode {
+        RolePolicy::Forbid
+    } else {
+        RolePolicy::Auto
     }
 }
 
@@ -161,13 +186,7 @@ impl Started {
             trusted: net.trusted().map_err(|e| e.to_string())?,
             capabilities: Capabilities::VOICE.union(Capabilities::CHAT),
         };
-        let role = role.unwrap_or(if args.supernode {
-            RolePolicy::Force
-        } else if args.no_supernode {
-            RolePolicy::Forbid
-        } else {
-            RolePolicy::Auto
-        });
+        let role = role.unwrap_or(role_policy(args));
         let seed = os_seed().map_err(|e| e.to_string())?;
         let mut cfg = NodeConfig::new(identity, seed, wall_clock(), Instant::now(), args.listen);
         cfg.role = role;
