@@ -55,6 +55,7 @@ mod client;
 mod config;
 mod demo;
 mod node;
+mod status;
 
 /// Natter: peer-to-peer voice and messaging.
 #[derive(Parser)]
@@ -76,6 +77,8 @@ enum Command {
     Login(accounts::AccountArgs),
     /// Run a node: join the network, become a super node when suitable.
     Node(node::NodeCommand),
+    /// Show a running node's status (role, clients, index, relay, NAT, uptime).
+    Status(status::StatusArgs),
     /// Run a client (an ordinary node) that makes and takes calls.
     Client(client::ClientArgs),
     /// Pass a WAV file through the media pipeline over a simulated network.
@@ -106,6 +109,7 @@ fn main() {
         Command::Register(a) => accounts::register(a),
         Command::Login(a) => accounts::login_cmd(a),
         Command::Node(a) => node::run(a),
+        Command::Status(a) => status::status_cmd(a),
         Command::Client(a) => client::run(a),
         Command::MediaLoopback(a) => natter_media::loopback::main(a),
     };

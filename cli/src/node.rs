@@ -18,6 +18,7 @@ use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::{os_seed, wall_clock};
 
 use crate::accounts::{login_or_ask, read_password};
+use crate::status;
 
 /// Options of `natter node`.
 #[derive(clap::Args, Debug)]
@@ -75,6 +76,11 @@ pub struct NodeCommand {
     /// The node's options.
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Write this node's status (role, clients, index size, relay counters, NAT type, uptime)
+    /// as JSON to this file every 5 seconds (default: DIR/status.json in --data); `natter
+    /// status` reads it.
+    #[arg(long, value_name = "PATH")]
+    pub status_file: Option<PathBuf>,
     /// Read options from this TOML file: each flag is a key (its name with underscores, e.g.
     /// `max_clients = 500`, `supernode = true`, `search = ["alice"]`); flags given on the
     /// command line override it.
@@ -101,10 +107,27 @@ fn run_inner(cmd: NodeCommand) -> Result<(), String> {
         .iter()
         .map(|u| UserName::parse(u).map_err(|e| format!("--search {u}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
     let mut node = Started::start(&args, None)?;
+    let status_path = cmd
+        .status_file
+        .unwrap_or_else(|| args.data.join(status::DEFAULT_NAME));
+    let cx = status::Context {
+        started,
+        user: args.user.clone(),
+        listen: args.listen,
+        role: role_policy(&args),
+    };
+    let mut status_written: Option<Instant> = None;
+    let mut status_logged = Instant::now();
+    let mut status_failed = false;
     loop {
         if node.stopping() {
             node.save_cache();
+            let mut last = status::Status::gather(&node.rt, &cx);
+            last.running = false;
+            // Best effort: a status file that says "running" would go stale anyway.
+            let _ = last.write(&status_path);
             say!(
                 "stopping: host cache saved to {}",
                 node.cache_path.display()
@@ -112,6 +135,23 @@ fn run_inner(cmd: NodeCommand) -> Result<(), String> {
             return Ok(());
         }
         node.housekeeping();
+        if status_written.is_none_or(|t| t.elapsed() >= status::WRITE_EVERY) {
+            status_written = Some(Instant::now());
+            let s = status::Status::gather(&node.rt, &cx);
+            match s.write(&status_path) {
+                Ok(()) => status_failed = false,
+                // Once per failure streak, not every 5 seconds.
+                Err(e) if !status_failed => {
+                    status_failed = true;
+                    tracing::warn!(path = %status_path.display(), error = %e, "writing the status file");
+                }
+                Err(_) => {}
+            }
+            if status_logged.elapsed() >= status::LOG_EVERY {
+                status_logged = Instant::now();
+                tracing::info!("status: {}", s.summary());
+            }
+        }
         if let Ok(e) = node.rt.events().recv_timeout(Duration::from_secs(1)) {
             describe(&e);
         }

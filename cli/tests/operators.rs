@@ -1,11 +1,13 @@
-//! What operators use: config files for `natter login-server` and `natter node`.
+//! What operators use: config files for `natter login-server` and `natter node`, and a node's
+//! status (`--status-file`, `natter status`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{free_port_block, natter, output_lines, wait_in, Children};
+use common::{free_port_block, natter, output_lines, start_as, start_node, wait_in, Children};
 
 /// The announced network file's path in a login server's output lines.
 fn network_file(lines: &[String]) -> String {
@@ -185,4 +187,186 @@ fn config_file_mistakes_are_refused_with_the_key_named() {
     let (ok, _, stderr) = run(&["node", "--config", broken.to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("is not valid TOML"), "{stderr}");
+}
+
+/// `natter status --json` for this status file, parsed, once it satisfies `want` (or 40 s
+/// pass: the node rewrites it every 5 s).
+fn status_when(
+    path: &Path,
+    what: &str,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, stdout, stderr) =
+            run(&["status", "--json", "--status-file", path.to_str().unwrap()]);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&stdout) {
+            if want(&v) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited for a status with {what}; last: {stdout}{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_super_node_reports_its_clients_index_and_relayed_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Children(Vec::new());
+    let sn_port = free_port_block(std::process::id() as u16 ^ 0x7a7a);
+    let mut server = natter()
+        .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("server"))
+        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = output_lines(&mut server);
+    children.0.push(server);
+    let network = network_file(&wait_in(&out, &["network file: "]));
+    let sn_status = dir.path().join("sn-status.json");
+    let mut sn = start_node(
+        &network,
+        &dir.path().join("snode"),
+        "snode",
+        "super node password",
+        sn_port,
+        &["--supernode", "--status-file", sn_status.to_str().unwrap()],
+    );
+    let sn_out = output_lines(&mut sn);
+    children.0.push(sn);
+    wait_in(&sn_out, &["node listening"]);
+
+    // An ordinary node, with its status in its data directory.
+    let carol_data = dir.path().join("carol");
+    let mut carol = start_node(
+        &network,
+        &carol_data,
+        "carol",
+        "carol's password",
+        free_port_block(43),
+        &["--no-supernode"],
+    );
+    let carol_out = output_lines(&mut carol);
+    children.0.push(carol);
+    wait_in(&carol_out, &["attached to super node"]);
+    let sn_addr = format!("127.0.0.1:{sn_port}");
+    let carol_status = status_when(&carol_data.join("status.json"), "carol attached", |v| {
+        v["attached_to"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s == sn_addr.as_str()))
+    });
+    assert_eq!(carol_status["super_node"], false);
+    assert_eq!(carol_status["role_policy"], "forbid");
+    let (ok, report, stderr) = run(&["status", "--data", carol_data.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        report.contains("role: ordinary node (policy forbid)")
+            && report.contains(&format!("attached to: {sn_addr}")),
+        "{report}"
+    );
+
+    // Two clients call each other; both keep their addresses private, so the call stays on
+    // the super node's relay.
+    let mut alice = start_as(
+        "client",
+        &network,
+        &dir.path().join("alice"),
+        "alice",
+        "alice's password",
+        free_port_block(47),
+        &["--auto-answer", "--relay-only"],
+    );
+    let alice_out = output_lines(&mut alice);
+    children.0.push(alice);
+    wait_in(&alice_out, &["attached to super node"]);
+    let mut bob = start_as(
+        "client",
+        &network,
+        &dir.path().join("bob"),
+        "bob",
+        "bob's password",
+        free_port_block(53),
+        &[
+            "--call",
+            "alice",
+            "--relay-only",
+            "--hangup-after",
+            "2",
+            "--timeout",
+            "20",
+        ],
+    );
+    let bob_out = output_lines(&mut bob);
+    children.0.push(bob);
+    wait_in(&bob_out, &["call connected", "first media received"]);
+
+    let v = status_when(
+        &sn_status,
+        "3 clients, their records and a relayed call",
+        |v| {
+            v["clients"].as_u64() == Some(3)
+                && v["index"]["records"].as_u64().is_some_and(|n| n >= 3)
+                && v["relay"]["allocated"].as_u64().is_some_and(|n| n >= 1)
+                && v["relay"]["relayed_packets"]
+                    .as_u64()
+                    .is_some_and(|n| n > 50)
+        },
+    );
+    assert_eq!(v["super_node"], true);
+    assert_eq!(v["running"], true);
+    assert!(
+        v["super_nodes_known"].as_u64().is_some_and(|n| n >= 1),
+        "{v}"
+    );
+    assert!(
+        v["relay"]["relayed_bytes"]
+            .as_u64()
+            .is_some_and(|n| n > 1000),
+        "{v}"
+    );
+    assert!(v["nat"].is_string() || v["nat"].is_null(), "{v}");
+
+    let (ok, report, stderr) = run(&["status", "--status-file", sn_status.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    eprintln!("{v:#}\n{report}");
+    for needle in [
+        "role: super node (policy force)",
+        "clients: 3",
+        "index: ",
+        "relay: ",
+        "running (status written",
+    ] {
+        assert!(report.contains(needle), "{needle:?} in {report}");
+    }
+
+    // Stopped cleanly, the node says so in its last status, and `natter status` fails.
+    let sn = &mut children.0[1];
+    let term = Command::new("kill")
+        .args(["-TERM", &sn.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    wait_in(&sn_out, &["stopping: host cache saved"]);
+    let _ = wait_exit(sn);
+    let (ok, report, stderr) = run(&["status", "--status-file", sn_status.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(report.contains("stopped"), "{report}");
+    assert!(stderr.contains("the node stopped"), "{stderr}");
+}
+
+fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
