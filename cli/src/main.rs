@@ -86,9 +86,11 @@ enum Command {
 }
 
 fn main() {
-    // Logs go to standard error; standard output is for results.
+    // Logs go to standard error; standard output is for results. Colours only on a terminal:
+    // not in journald or a log file.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
