@@ -111,7 +111,8 @@ pub struct AccountArgs {
     /// User name.
     #[arg(long)]
     pub user: String,
-    /// This device's data directory (its keys and certificate).
+    /// This device's data directory, the same as `natter node --data` and `natter client
+    /// --data` take: its keys and certificate live in `DIR/device`.
     #[arg(long, default_value = "natter-data")]
     pub data: PathBuf,
     /// Read the password from the first line of standard input instead of prompting.
@@ -146,7 +147,7 @@ pub fn read_password(stdin: bool, prompt: &str) -> Result<String, String> {
 
 fn open(args: &AccountArgs) -> Result<(NetworkFile, DeviceStore), String> {
     let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
-    let store = DeviceStore::open(&args.data)
+    let store = DeviceStore::open(args.data.join("device"))
         .map_err(|e| format!("device data directory {}: {e}", args.data.display()))?;
     Ok((net, store))
 }

@@ -202,7 +202,7 @@ fn login_asks_for_the_password_when_the_certificate_can_no_longer_be_renewed() {
     // Give the device a certificate (signed with the server's own authority key) that expired
     // `days_ago` days ago, as if it had been switched off that long.
     let authority = Authority::from_secret_bytes(read_key(&data.join("authority.key")).unwrap());
-    let store = DeviceStore::open(&device).unwrap();
+    let store = DeviceStore::open(device.join("device")).unwrap();
     let (id, _) = store.identity().unwrap();
     let expired = |days_ago: u64| {
         let now = natter_transport::wall_clock().0;
