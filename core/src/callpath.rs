@@ -755,24 +755,94 @@ impl PathManager {
 
     /// When [`PathManager::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let probe_every = if self.hold {
-            self.cfg.hold_probe
+        // Exactly when `handle_timeout` would act, never earlier: a deadline that stays in the
+        // past while nothing is due (media keeps the active path heard; the controlled side
+        // never fails a path itself) would make the owner spin.
+        let probe = if self.hold {
+            self.last_active_probe + self.cfg.hold_probe
         } else {
-            self.cfg.active_probe
+            (self.last_active_probe + self.cfg.active_probe)
+                .max(self.last_heard + self.cfg.active_probe)
         };
-        let watch = if self.active != self.relay {
-            (self.last_heard + self.cfg.dead_after).min(self.last_active_probe + probe_every)
-        } else {
-            self.last_active_probe + probe_every
-        };
+        let dead = (self.controlling && self.active != self.relay)
+            .then(|| self.last_heard + self.cfg.dead_after);
         [
             self.next_candidates,
             self.next_check,
             Some(self.next_report),
-            Some(watch),
+            Some(probe),
+            dead,
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay() -> Path {
+        Path::Relayed {
+            relay: Destination::Udp("198.18.0.10:4000".parse().unwrap()),
+            channel: 7,
+        }
+    }
+
+    fn manager(controlling: bool, now: Instant) -> PathManager {
+        PathManager::new(
+            PathConfig::default(),
+            CallId([1; 16]),
+            controlling,
+            relay(),
+            Vec::new(),
+            now,
+        )
+    }
+
+    /// Drives `m` from `start` for `secs` seconds in 10 ms steps, calling `each` at every
+    /// step; the deadline it reports after each timeout must be in the future (an owner
+    /// would spin on a deadline that stays in the past).
+    fn drive(
+        m: &mut PathManager,
+        start: Instant,
+        secs: u64,
+        mut each: impl FnMut(&mut PathManager, Instant),
+    ) {
+        let mut t = start;
+        while t < start + Duration::from_secs(secs) {
+            each(m, t);
+            if m.poll_timeout().is_some_and(|d| d <= t) {
+                m.handle_timeout(t);
+                while m.poll_action().is_some() {}
+                let next = m.poll_timeout().expect("a report is always due");
+                assert!(next > t, "deadline {next:?} not after {t:?}");
+            }
+            t += Duration::from_millis(10);
+        }
+    }
+
+    #[test]
+    fn media_on_the_active_path_does_not_leave_the_deadline_in_the_past() {
+        let start = Instant::now();
+        let mut m = manager(true, start);
+        let mut seq = 0u16;
+        drive(&mut m, start, 3, |m, t| {
+            m.media_received(t, &[0, (seq >> 8) as u8, seq as u8, 0, 0]);
+            seq = seq.wrapping_add(1);
+        });
+    }
+
+    #[test]
+    fn the_controlled_side_on_a_silent_direct_path_does_not_spin() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        let direct = Path::Direct(Destination::Udp("198.18.50.1:5000".parse().unwrap()));
+        m.path_changed(start, &direct);
+        assert_eq!(m.active().1, PathKind::Direct);
+        // Nothing arrives any more: only the controlling side moves the call.
+        drive(&mut m, start, 3, |_, _| {});
+        assert_eq!(m.active().1, PathKind::Direct);
     }
 }
