@@ -448,7 +448,13 @@ impl PathManager {
     }
 
     fn add_remote(&mut self, addr: SocketAddr, lan: bool) {
-        if self.remotes.iter().any(|r| r.addr == addr) || self.remotes.len() >= 2 * MAX_CANDIDATES {
+        if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr) {
+            // A peer's probe can arrive before its candidates (on one LAN, its opener does):
+            // the address is learnt as peer-reflexive first, then named a host candidate.
+            r.lan |= lan;
+            return;
+        }
+        if self.remotes.len() >= 2 * MAX_CANDIDATES {
             return;
         }
         self.remotes.push(Remote {
@@ -844,5 +850,28 @@ mod tests {
         // Nothing arrives any more: only the controlling side moves the call.
         drive(&mut m, start, 3, |_, _| {});
         assert_eq!(m.active().1, PathKind::Direct);
+    }
+
+    #[test]
+    fn a_host_candidate_first_seen_as_peer_reflexive_is_still_on_the_lan() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        let lan: SocketAddr = "10.0.0.3:5000".parse().unwrap();
+        let path = Path::Direct(Destination::Udp(lan));
+        // On one LAN the peer's opener arrives before its candidates.
+        m.probe_received(start, &path);
+        m.handle_message(
+            start,
+            &Message::CallCandidates {
+                call: CallId([1; 16]),
+                opened: true,
+                candidates: vec![Candidate {
+                    kind: CandidateKind::Host,
+                    addr: lan,
+                }],
+            },
+        );
+        m.path_changed(start, &path);
+        assert_eq!(m.active().1, PathKind::DirectLan);
     }
 }
