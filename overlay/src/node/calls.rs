@@ -660,12 +660,13 @@ impl Node {
             .reflexive
             .or_else(|| self.nat_report.as_ref().and_then(|r| r.mapped));
         if let Some(r) = reflexive {
-            if !out.iter().any(|c| c.addr == r) {
-                out.push(Candidate {
-                    kind: CandidateKind::Reflexive,
-                    addr: r,
-                });
-            }
+            // Our own address as the super nodes see it: a public address, reachable from
+            // anywhere, not a same-LAN shortcut (the peer would call the path DirectLan).
+            out.retain(|c| c.addr != r);
+            out.push(Candidate {
+                kind: CandidateKind::Reflexive,
+                addr: r,
+            });
         }
         out
     }
