@@ -10,7 +10,10 @@
 //! (the call machine retransmits them anyway).
 //!
 //! **Answering.** A session that a peer opens to us through a relay is a call session; call
-//! messages on it go to the call machine with the user and device the session proved.
+//! messages on it go to the call machine with the user and device the session proved. It
+//! arrives over our link to the super node, a TCP stream: unless UDP is blocked here, the node
+//! opens a UDP session with that super node at once and moves its leg of the relay channel
+//! there ([`PathManager::set_relay`]; the relay sends to the session a party last used).
 //!
 //! **Media.** Once connected, a [`PathManager`] runs on the session: candidates, hole
 //! punching, path choice and switching; [`Node::send_media`] seals frames on the session's
@@ -74,6 +77,9 @@ struct DeviceLink {
     sns_left: VecDeque<SocketAddr>,
     /// The relay in use: super node and channel.
     relay: Option<(SocketAddr, u32)>,
+    /// Our UDP leg of the relay channel a peer reached us by, once our UDP session with that
+    /// super node is up.
+    udp_leg: Option<Path>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +88,9 @@ struct RelaySn {
     up: bool,
     /// Devices waiting for this super node's session to ask for a relay.
     waiting: Vec<DeviceId>,
+    /// Call sessions (the peer device, the relay channel) waiting for this super node's UDP
+    /// session to move our leg of their relay channel onto it.
+    legs: Vec<(DeviceId, u32)>,
 }
 
 /// The node's call state.
@@ -289,6 +298,7 @@ impl Node {
                 queue: Vec::new(),
                 sns_left: VecDeque::new(),
                 relay: None,
+                udp_leg: None,
             });
             if link.conn.is_none() {
                 link.sns_left = r.super_nodes.iter().copied().collect();
@@ -323,12 +333,7 @@ impl Node {
         if entry.conn.is_some() || self.calls.relay_streams.values().any(|a| *a == sn) {
             return;
         }
-        let udp_blocked = self.attacher.udp_blocked()
-            || self
-                .nat_report
-                .as_ref()
-                .is_some_and(|r| r.nat == NatType::UdpBlocked);
-        if udp_blocked {
+        if self.udp_blocked_here() {
             // A link we already have to it carries the request; else a TCP stream of our own.
             let link = self
                 .attacher
@@ -396,9 +401,98 @@ impl Node {
         entry.conn = Some(conn);
         entry.up = true;
         let waiting = std::mem::take(&mut entry.waiting);
+        let legs = std::mem::take(&mut entry.legs);
         self.calls.relay_sn_conns.insert(conn, sn);
         for device in waiting {
             self.ask_relay(now, conn, sn, device);
+        }
+        for (device, channel) in legs {
+            self.use_udp_leg(now, sn, conn, device, channel);
+        }
+    }
+
+    fn udp_blocked_here(&self) -> bool {
+        self.attacher.udp_blocked()
+            || self
+                .nat_report
+                .as_ref()
+                .is_some_and(|r| r.nat == NatType::UdpBlocked)
+    }
+
+    /// `device` reached us through relay channel `channel` over our link `stream` to a super
+    /// node: unless UDP is blocked here, open a UDP session with that super node (or use the
+    /// one we have) and move our leg of the channel onto it.
+    fn open_udp_leg(&mut self, now: Instant, device: DeviceId, stream: StreamId, channel: u32) {
+        if self.udp_blocked_here() {
+            return;
+        }
+        let sn = self
+            .attacher
+            .attached()
+            .into_iter()
+            .find(|(s, _)| *s == stream)
+            .map(|(_, a)| a)
+            .or_else(|| self.stream_remote.get(&stream).copied());
+        let Some(sn) = sn else {
+            return;
+        };
+        let entry = self.calls.relay_sns.entry(sn).or_default();
+        if entry.up {
+            if let Some(conn) = entry.conn {
+                self.use_udp_leg(now, sn, conn, device, channel);
+            }
+            return;
+        }
+        entry.legs.push((device, channel));
+        if entry.conn.is_some() {
+            return;
+        }
+        match self.endpoint.connect(now, Destination::Udp(sn), None) {
+            Ok(conn) => {
+                self.note_udp(sn);
+                let entry = self.calls.relay_sns.entry(sn).or_default();
+                entry.conn = Some(conn);
+                self.calls.relay_sn_conns.insert(conn, sn);
+            }
+            Err(_) => self.relay_sn_failed(now, sn),
+        }
+    }
+
+    /// Our UDP session `conn` with super node `sn` is up: `device`'s call session moves its
+    /// leg of relay channel `channel` there (the relay sends to the session a party last sent
+    /// from).
+    fn use_udp_leg(
+        &mut self,
+        now: Instant,
+        sn: SocketAddr,
+        conn: ConnId,
+        device: DeviceId,
+        channel: u32,
+    ) {
+        if !matches!(
+            self.endpoint.remote(conn),
+            Some(Path::Direct(Destination::Udp(_)))
+        ) {
+            return;
+        }
+        let leg = Path::Relayed {
+            relay: Destination::Udp(sn),
+            channel,
+        };
+        let Some(link) = self.calls.devices.get_mut(&device) else {
+            return;
+        };
+        let Some(call_conn) = link.conn else {
+            return;
+        };
+        link.udp_leg = Some(leg.clone());
+        match self.calls.path.as_mut() {
+            Some((_, _, c, pm)) if *c == call_conn => pm.set_relay(now, leg),
+            _ => {
+                if is_other_leg(self.endpoint.remote(call_conn), &leg) {
+                    self.endpoint.set_path(call_conn, leg);
+                }
+            }
         }
     }
 
@@ -462,6 +556,7 @@ impl Node {
                         queue: Vec::new(),
                         sns_left: VecDeque::new(),
                         relay: None,
+                        udp_leg: None,
                     });
                     if let Some(old) = link.conn.replace(*conn) {
                         if old != *conn {
@@ -469,9 +564,17 @@ impl Node {
                         }
                     }
                     link.up = true;
+                    link.udp_leg = None;
                     let queue = std::mem::take(&mut link.queue);
                     for m in queue {
                         let _ = self.endpoint.send_control(now, *conn, &m);
+                    }
+                    if let Path::Relayed {
+                        relay: Destination::Stream(stream),
+                        channel,
+                    } = remote
+                    {
+                        self.open_udp_leg(now, device, *stream, *channel);
                     }
                     return true;
                 }
@@ -499,6 +602,7 @@ impl Node {
                             link.conn = None;
                             link.up = false;
                             link.relay = None;
+                            link.udp_leg = None;
                         }
                     }
                     if matches!(&self.calls.path, Some((_, _, c, _)) if c == conn) {
@@ -548,9 +652,22 @@ impl Node {
                 self.calls.conn_device.contains_key(conn)
             }
             EndpointEvent::PathChanged { conn, remote } => {
-                if let Some((_, _, c, pm)) = self.calls.path.as_mut() {
-                    if c == conn {
-                        pm.path_changed(now, remote);
+                match self.calls.path.as_mut() {
+                    Some((_, _, c, pm)) if c == conn => pm.path_changed(now, remote),
+                    _ => {
+                        // Before the call connects, the session stays on our UDP leg too.
+                        let leg = self
+                            .calls
+                            .conn_device
+                            .get(conn)
+                            .and_then(|d| self.calls.devices.get(d))
+                            .filter(|l| l.conn == Some(*conn))
+                            .and_then(|l| l.udp_leg.clone());
+                        if let Some(leg) = leg {
+                            if is_other_leg(Some(remote), &leg) {
+                                self.endpoint.set_path(*conn, leg);
+                            }
+                        }
                     }
                 }
                 self.calls.conn_device.contains_key(conn)
@@ -637,12 +754,7 @@ impl Node {
     /// This node's candidates for a direct path: its own addresses on the listen port and the
     /// address super nodes see; none when UDP is blocked.
     fn local_candidates(&self) -> Vec<Candidate> {
-        if self.attacher.udp_blocked()
-            || self
-                .nat_report
-                .as_ref()
-                .is_some_and(|r| r.nat == NatType::UdpBlocked)
-        {
+        if self.udp_blocked_here() {
             return Vec::new();
         }
         let port = self.cfg.listen.port();
@@ -692,8 +804,20 @@ impl Node {
             moved = true;
             match &e {
                 CallEvent::Connected { call, device, .. } => {
-                    let conn = self.calls.devices.get(device).and_then(|l| l.conn);
-                    let relay = conn.and_then(|c| self.endpoint.remote(c).cloned());
+                    let link = self.calls.devices.get(device);
+                    let conn = link.and_then(|l| l.conn);
+                    let leg = link.and_then(|l| l.udp_leg.clone());
+                    let remote = conn.and_then(|c| self.endpoint.remote(c).cloned());
+                    // Our UDP leg of the relay, when we moved to one.
+                    let relay = match (remote, leg) {
+                        (Some(r), Some(leg)) if is_other_leg(Some(&r), &leg) => {
+                            if let Some(c) = conn {
+                                self.endpoint.set_path(c, leg.clone());
+                            }
+                            Some(leg)
+                        }
+                        (r, _) => r,
+                    };
                     if let (Some(conn), Some(relay)) = (conn, relay) {
                         let controlling = self.calls.outgoing == Some(*call);
                         let pm = PathManager::new(
@@ -791,5 +915,15 @@ impl Node {
         if let Some((_, _, _, pm)) = self.calls.path.as_mut() {
             pm.handle_timeout(now);
         }
+    }
+}
+
+/// Whether `path` is relay channel `leg`'s channel reached by another leg than `leg`.
+fn is_other_leg(path: Option<&Path>, leg: &Path) -> bool {
+    match (path, leg) {
+        (Some(p @ Path::Relayed { channel: a, .. }), Path::Relayed { channel: b, .. }) => {
+            a == b && p != leg
+        }
+        _ => false,
     }
 }
