@@ -77,9 +77,6 @@ struct DeviceLink {
     sns_left: VecDeque<SocketAddr>,
     /// The relay in use: super node and channel.
     relay: Option<(SocketAddr, u32)>,
-    /// Our UDP leg of the relay channel a peer reached us by, once our UDP session with that
-    /// super node is up.
-    udp_leg: Option<Path>,
 }
 
 #[derive(Debug, Default)]
@@ -88,9 +85,9 @@ struct RelaySn {
     up: bool,
     /// Devices waiting for this super node's session to ask for a relay.
     waiting: Vec<DeviceId>,
-    /// Call sessions (the peer device, the relay channel) waiting for this super node's UDP
-    /// session to move our leg of their relay channel onto it.
-    legs: Vec<(DeviceId, u32)>,
+    /// Call sessions (and their relay channel) waiting for this super node's UDP session to
+    /// move our leg of the channel onto it.
+    legs: Vec<(ConnId, u32)>,
 }
 
 /// The node's call state.
@@ -113,6 +110,10 @@ pub(super) struct Calls {
     next_stream: u64,
     /// Our outgoing call (this side controls the path).
     outgoing: Option<CallId>,
+    /// The session the last invite arrived on: an incoming call runs on it.
+    invite_conn: Option<(CallId, ConnId)>,
+    /// Our UDP leg of the relay channel of call sessions peers opened to us through a relay.
+    udp_legs: HashMap<ConnId, Path>,
     /// The connected call's connectivity: call, device, session, manager.
     path: Option<(CallId, DeviceId, ConnId, PathManager)>,
 }
@@ -139,6 +140,8 @@ impl Calls {
             relay_streams: HashMap::new(),
             next_stream: STREAM_BASE,
             outgoing: None,
+            invite_conn: None,
+            udp_legs: HashMap::new(),
             path: None,
         }
     }
@@ -298,7 +301,6 @@ impl Node {
                 queue: Vec::new(),
                 sns_left: VecDeque::new(),
                 relay: None,
-                udp_leg: None,
             });
             if link.conn.is_none() {
                 link.sns_left = r.super_nodes.iter().copied().collect();
@@ -406,8 +408,8 @@ impl Node {
         for device in waiting {
             self.ask_relay(now, conn, sn, device);
         }
-        for (device, channel) in legs {
-            self.use_udp_leg(now, sn, conn, device, channel);
+        for (call_conn, channel) in legs {
+            self.use_udp_leg(now, sn, conn, call_conn, channel);
         }
     }
 
@@ -419,10 +421,10 @@ impl Node {
                 .is_some_and(|r| r.nat == NatType::UdpBlocked)
     }
 
-    /// `device` reached us through relay channel `channel` over our link `stream` to a super
-    /// node: unless UDP is blocked here, open a UDP session with that super node (or use the
-    /// one we have) and move our leg of the channel onto it.
-    fn open_udp_leg(&mut self, now: Instant, device: DeviceId, stream: StreamId, channel: u32) {
+    /// A peer opened call session `call_conn` to us through relay channel `channel` over our
+    /// link `stream` to a super node: unless UDP is blocked here, open a UDP session with that
+    /// super node (or use the one we have) and move our leg of the channel onto it.
+    fn open_udp_leg(&mut self, now: Instant, call_conn: ConnId, stream: StreamId, channel: u32) {
         if self.udp_blocked_here() {
             return;
         }
@@ -439,11 +441,11 @@ impl Node {
         let entry = self.calls.relay_sns.entry(sn).or_default();
         if entry.up {
             if let Some(conn) = entry.conn {
-                self.use_udp_leg(now, sn, conn, device, channel);
+                self.use_udp_leg(now, sn, conn, call_conn, channel);
             }
             return;
         }
-        entry.legs.push((device, channel));
+        entry.legs.push((call_conn, channel));
         if entry.conn.is_some() {
             return;
         }
@@ -458,7 +460,7 @@ impl Node {
         }
     }
 
-    /// Our UDP session `conn` with super node `sn` is up: `device`'s call session moves its
+    /// Our UDP session `conn` with super node `sn` is up: call session `call_conn` moves its
     /// leg of relay channel `channel` there (the relay sends to the session a party last sent
     /// from).
     fn use_udp_leg(
@@ -466,26 +468,21 @@ impl Node {
         now: Instant,
         sn: SocketAddr,
         conn: ConnId,
-        device: DeviceId,
+        call_conn: ConnId,
         channel: u32,
     ) {
         if !matches!(
             self.endpoint.remote(conn),
             Some(Path::Direct(Destination::Udp(_)))
-        ) {
+        ) || !self.calls.conn_device.contains_key(&call_conn)
+        {
             return;
         }
         let leg = Path::Relayed {
             relay: Destination::Udp(sn),
             channel,
         };
-        let Some(link) = self.calls.devices.get_mut(&device) else {
-            return;
-        };
-        let Some(call_conn) = link.conn else {
-            return;
-        };
-        link.udp_leg = Some(leg.clone());
+        self.calls.udp_legs.insert(call_conn, leg.clone());
         match self.calls.path.as_mut() {
             Some((_, _, c, pm)) if *c == call_conn => pm.set_relay(now, leg),
             _ => {
@@ -556,25 +553,24 @@ impl Node {
                         queue: Vec::new(),
                         sns_left: VecDeque::new(),
                         relay: None,
-                        udp_leg: None,
                     });
-                    if let Some(old) = link.conn.replace(*conn) {
-                        if old != *conn {
-                            self.calls.conn_device.remove(&old);
+                    // Call messages are taken from every session with the device. In glare
+                    // both sides opened one: each keeps sending on its own, and a call runs on
+                    // the session its caller invited on (see `invite_conn`).
+                    if !link.up || link.conn.is_none() {
+                        link.conn = Some(*conn);
+                        link.up = true;
+                        let queue = std::mem::take(&mut link.queue);
+                        for m in queue {
+                            let _ = self.endpoint.send_control(now, *conn, &m);
                         }
-                    }
-                    link.up = true;
-                    link.udp_leg = None;
-                    let queue = std::mem::take(&mut link.queue);
-                    for m in queue {
-                        let _ = self.endpoint.send_control(now, *conn, &m);
                     }
                     if let Path::Relayed {
                         relay: Destination::Stream(stream),
                         channel,
                     } = remote
                     {
-                        self.open_udp_leg(now, device, *stream, *channel);
+                        self.open_udp_leg(now, *conn, *stream, *channel);
                     }
                     return true;
                 }
@@ -592,17 +588,25 @@ impl Node {
                     return true;
                 }
                 if let Some(device) = self.calls.conn_device.remove(conn) {
+                    self.calls.udp_legs.remove(conn);
                     let was_up = self
                         .calls
                         .devices
                         .get(&device)
                         .is_some_and(|l| l.up && l.conn == Some(*conn));
+                    // Another session with the device, if there is one (glare left two).
+                    let other = self
+                        .calls
+                        .conn_device
+                        .iter()
+                        .filter(|(_, d)| **d == device)
+                        .map(|(c, _)| *c)
+                        .min();
                     if let Some(link) = self.calls.devices.get_mut(&device) {
                         if link.conn == Some(*conn) {
-                            link.conn = None;
-                            link.up = false;
+                            link.conn = other;
+                            link.up = other.is_some();
                             link.relay = None;
-                            link.udp_leg = None;
                         }
                     }
                     if matches!(&self.calls.path, Some((_, _, c, _)) if c == conn) {
@@ -656,13 +660,7 @@ impl Node {
                     Some((_, _, c, pm)) if c == conn => pm.path_changed(now, remote),
                     _ => {
                         // Before the call connects, the session stays on our UDP leg too.
-                        let leg = self
-                            .calls
-                            .conn_device
-                            .get(conn)
-                            .and_then(|d| self.calls.devices.get(d))
-                            .filter(|l| l.conn == Some(*conn))
-                            .and_then(|l| l.udp_leg.clone());
+                        let leg = self.calls.udp_legs.get(conn).cloned();
                         if let Some(leg) = leg {
                             if is_other_leg(Some(remote), &leg) {
                                 self.endpoint.set_path(*conn, leg);
@@ -690,6 +688,9 @@ impl Node {
                 .contains(&t)
                 && !matches!(msg, Message::CallCandidates { .. });
             if is_call {
+                if let Message::CallInvite { call, .. } = msg {
+                    self.calls.invite_conn = Some((*call, conn));
+                }
                 let user = self.endpoint.peer(conn).map(|p| p.certificate.user.clone());
                 if let Some(user) = user {
                     self.calls.machine.handle_message(now, device, &user, msg);
@@ -804,9 +805,26 @@ impl Node {
             moved = true;
             match &e {
                 CallEvent::Connected { call, device, .. } => {
-                    let link = self.calls.devices.get(device);
-                    let conn = link.and_then(|l| l.conn);
-                    let leg = link.and_then(|l| l.udp_leg.clone());
+                    let outgoing = self.calls.outgoing == Some(*call);
+                    // An outgoing call runs on the session we invited on, an incoming one on
+                    // the session the invite came by: one session for both sides, also when
+                    // glare left two.
+                    let invited = self
+                        .calls
+                        .invite_conn
+                        .filter(|(c, conn)| {
+                            !outgoing
+                                && c == call
+                                && self.calls.conn_device.get(conn) == Some(device)
+                        })
+                        .map(|(_, conn)| conn);
+                    let link = self.calls.devices.get_mut(device);
+                    if let (Some(link), Some(conn)) = (link, invited) {
+                        link.conn = Some(conn);
+                        link.up = true;
+                    }
+                    let conn = self.calls.devices.get(device).and_then(|l| l.conn);
+                    let leg = conn.and_then(|c| self.calls.udp_legs.get(&c).cloned());
                     let remote = conn.and_then(|c| self.endpoint.remote(c).cloned());
                     // Our UDP leg of the relay, when we moved to one.
                     let relay = match (remote, leg) {
@@ -819,7 +837,7 @@ impl Node {
                         (r, _) => r,
                     };
                     if let (Some(conn), Some(relay)) = (conn, relay) {
-                        let controlling = self.calls.outgoing == Some(*call);
+                        let controlling = outgoing;
                         let pm = PathManager::new(
                             self.calls.path_cfg.clone(),
                             *call,
