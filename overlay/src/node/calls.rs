@@ -294,19 +294,34 @@ impl Node {
         self.calls.outgoing = Some(call);
         for r in records {
             let device = r.certificate.device;
-            let link = self.calls.devices.entry(device).or_insert(DeviceLink {
-                conn: None,
-                up: false,
-                record: None,
-                queue: Vec::new(),
-                sns_left: VecDeque::new(),
-                relay: None,
-            });
-            if link.conn.is_none() {
-                link.sns_left = r.super_nodes.iter().copied().collect();
-                link.record = Some(r);
-                self.dial_device(now, device);
+            // Sessions left from an earlier call with the device are not reused: their relay
+            // channel was released, and they may sit on a direct path that has no relay
+            // behind it any more. Every call gets a relay (and a session through it) of its
+            // own.
+            let old: Vec<ConnId> = self
+                .calls
+                .conn_device
+                .iter()
+                .filter(|(_, d)| **d == device)
+                .map(|(c, _)| *c)
+                .collect();
+            for c in old {
+                self.calls.conn_device.remove(&c);
+                self.calls.udp_legs.remove(&c);
+                self.endpoint.close(now, c);
             }
+            self.calls.devices.insert(
+                device,
+                DeviceLink {
+                    conn: None,
+                    up: false,
+                    record: Some(r.clone()),
+                    queue: Vec::new(),
+                    sns_left: r.super_nodes.iter().copied().collect(),
+                    relay: None,
+                },
+            );
+            self.dial_device(now, device);
         }
         Ok(call)
     }
