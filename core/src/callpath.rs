@@ -312,6 +312,8 @@ pub struct PathManager {
     next_check: Option<Instant>,
     next_report: Instant,
     last_heard: Instant,
+    /// When this side last moved the session itself.
+    switched_at: Option<Instant>,
     last_active_probe: Instant,
     hold: bool,
     rx: RxStats,
@@ -354,6 +356,7 @@ impl PathManager {
             next_candidates: Some(now),
             next_check: None,
             last_heard: now,
+            switched_at: None,
             last_active_probe: now,
             hold: false,
             rx: RxStats::default(),
@@ -457,8 +460,8 @@ impl PathManager {
 
     fn add_remote(&mut self, addr: SocketAddr, lan: bool) {
         if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr) {
-            // Learnt first from a probe (peer-reflexive), then announced as a host address:
-            // it is on our LAN after all.
+            // A peer's probe can arrive before its candidates (on one LAN, its opener does):
+            // the address is learnt as peer-reflexive first, then named a host candidate.
             r.lan |= lan;
             return;
         }
@@ -565,6 +568,41 @@ impl PathManager {
         if *path == self.active {
             return;
         }
+        // The relay channel, reached by another leg of ours than the one chosen with
+        // `set_relay` (frames forwarded on the old leg before the relay learnt the new one): it
+        // is the relay, and this side stays on its own leg.
+        let other_leg = *path != self.relay
+            && matches!(
+                (path, &self.relay),
+                (Path::Relayed { channel: a, .. }, Path::Relayed { channel: b, .. }) if a == b
+            );
+        if other_leg && self.active == self.relay {
+            self.actions
+                .push_back(PathAction::UsePath(self.relay.clone()));
+            return;
+        }
+        let path = if other_leg {
+            self.relay.clone()
+        } else {
+            path.clone()
+        };
+        // The controlling side just chose a direct path: frames the peer still sends through
+        // the relay until it follows do not move this side back (later ones do: the peer
+        // cannot follow, the new path works one way only).
+        let just_chose = self
+            .switched_at
+            .is_some_and(|t| now < t + self.cfg.dead_after);
+        if self.controlling && just_chose && path == self.relay && self.active != self.relay {
+            self.actions
+                .push_back(PathAction::UsePath(self.active.clone()));
+            return;
+        }
+        if other_leg {
+            // Following the peer to the relay, on our own leg.
+            self.actions
+                .push_back(PathAction::UsePath(self.relay.clone()));
+        }
+        let path = &path;
         let lan = path
             .udp()
             .is_some_and(|a| self.remotes.iter().any(|r| r.addr == a && r.lan));
@@ -625,6 +663,7 @@ impl PathManager {
     }
 
     fn switch(&mut self, now: Instant, path: Path, lan: bool, reason: SwitchReason) {
+        self.switched_at = Some(now);
         self.active = path.clone();
         self.active_kind = PathKind::of(&path, lan);
         self.last_heard = now;
@@ -778,25 +817,203 @@ impl PathManager {
 
     /// When [`PathManager::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let probe_every = if self.hold {
-            self.cfg.hold_probe
+        // Exactly when `handle_timeout` would act, never earlier: a deadline that stays in the
+        // past while nothing is due (media keeps the active path heard; the controlled side
+        // never fails a path itself) would make the owner spin.
+        let probe = if self.hold {
+            self.last_active_probe + self.cfg.hold_probe
         } else {
-            self.cfg.active_probe
+            (self.last_active_probe + self.cfg.active_probe)
+                .max(self.last_heard + self.cfg.active_probe)
         };
-        let watch = if self.active != self.relay {
-            (self.last_heard + self.cfg.dead_after).min(self.last_active_probe + probe_every)
-        } else {
-            self.last_active_probe + probe_every
-        }
-        .min(self.last_active_probe + self.cfg.report_interval);
+        let dead = (self.controlling && self.active != self.relay)
+            .then(|| self.last_heard + self.cfg.dead_after);
         [
             self.next_candidates,
             self.next_check,
             Some(self.next_report),
-            Some(watch),
+            Some(probe),
+            // The active path's RTT is measured once a report interval even while media flows.
+            Some(self.last_active_probe + self.cfg.report_interval),
+            dead,
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay() -> Path {
+        Path::Relayed {
+            relay: Destination::Udp("198.18.0.10:4000".parse().unwrap()),
+            channel: 7,
+        }
+    }
+
+    fn manager(controlling: bool, now: Instant) -> PathManager {
+        PathManager::new(
+            PathConfig::default(),
+            CallId([1; 16]),
+            controlling,
+            relay(),
+            Vec::new(),
+            now,
+        )
+    }
+
+    /// Drives `m` from `start` for `secs` seconds in 10 ms steps, calling `each` at every
+    /// step; the deadline it reports after each timeout must be in the future (an owner
+    /// would spin on a deadline that stays in the past).
+    fn drive(
+        m: &mut PathManager,
+        start: Instant,
+        secs: u64,
+        mut each: impl FnMut(&mut PathManager, Instant),
+    ) {
+        let mut t = start;
+        while t < start + Duration::from_secs(secs) {
+            each(m, t);
+            if m.poll_timeout().is_some_and(|d| d <= t) {
+                m.handle_timeout(t);
+                while m.poll_action().is_some() {}
+                let next = m.poll_timeout().expect("a report is always due");
+                assert!(next > t, "deadline {next:?} not after {t:?}");
+            }
+            t += Duration::from_millis(10);
+        }
+    }
+
+    #[test]
+    fn media_on_the_active_path_does_not_leave_the_deadline_in_the_past() {
+        let start = Instant::now();
+        let mut m = manager(true, start);
+        let mut seq = 0u16;
+        drive(&mut m, start, 3, |m, t| {
+            m.media_received(t, &[0, (seq >> 8) as u8, seq as u8, 0, 0]);
+            seq = seq.wrapping_add(1);
+        });
+    }
+
+    #[test]
+    fn the_controlled_side_on_a_silent_direct_path_does_not_spin() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        let direct = Path::Direct(Destination::Udp("198.18.50.1:5000".parse().unwrap()));
+        m.path_changed(start, &direct);
+        assert_eq!(m.active().1, PathKind::Direct);
+        // Nothing arrives any more: only the controlling side moves the call.
+        drive(&mut m, start, 3, |_, _| {});
+        assert_eq!(m.active().1, PathKind::Direct);
+    }
+
+    fn actions(m: &mut PathManager) -> Vec<PathAction> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn direct() -> Path {
+        Path::Direct(Destination::Udp("198.18.50.1:5000".parse().unwrap()))
+    }
+
+    /// A controlling manager that chose the direct path at the returned instant.
+    fn chose_direct(start: Instant) -> (PathManager, Instant) {
+        let mut m = manager(true, start);
+        m.handle_message(
+            start,
+            &Message::CallCandidates {
+                call: CallId([1; 16]),
+                opened: true,
+                candidates: vec![Candidate {
+                    kind: CandidateKind::Reflexive,
+                    addr: direct().udp().unwrap(),
+                }],
+            },
+        );
+        let t = start + Duration::from_millis(50);
+        m.probe_answered(t, &direct(), Duration::from_millis(40));
+        let t = t + m.cfg.settle;
+        m.handle_timeout(t);
+        assert_eq!(m.active(), (&direct(), PathKind::Direct));
+        actions(&mut m);
+        (m, t)
+    }
+
+    #[test]
+    fn the_controlling_side_is_not_pulled_back_to_the_relay_by_a_peer_that_has_not_followed() {
+        let start = Instant::now();
+        let (mut m, t) = chose_direct(start);
+        // The peer's frames still come through the relay for a moment: the endpoint moved the
+        // session there, the manager moves it back.
+        m.path_changed(t + Duration::from_millis(30), &relay());
+        assert_eq!(m.active().1, PathKind::Direct);
+        assert_eq!(actions(&mut m), vec![PathAction::UsePath(direct())]);
+        // A peer that still sends through the relay after `dead_after` cannot follow: go to it.
+        m.path_changed(t + m.cfg.dead_after, &relay());
+        assert_eq!(m.active().1, PathKind::RelayUdp);
+        assert!(matches!(
+            actions(&mut m)[..],
+            [PathAction::Event(PathEvent::Switched {
+                reason: SwitchReason::Peer,
+                ..
+            })]
+        ));
+    }
+
+    #[test]
+    fn this_side_keeps_its_own_leg_of_the_relay() {
+        let start = Instant::now();
+        let tcp_leg = Path::Relayed {
+            relay: Destination::Stream(crate::sansio::StreamId::local(3)),
+            channel: 7,
+        };
+        let mut m = PathManager::new(
+            PathConfig::default(),
+            CallId([1; 16]),
+            false,
+            tcp_leg.clone(),
+            Vec::new(),
+            start,
+        );
+        assert_eq!(m.active().1, PathKind::RelayTcp);
+        m.set_relay(start, relay());
+        assert_eq!(m.active(), (&relay(), PathKind::RelayUdp));
+        actions(&mut m);
+        // Frames the relay forwarded on the TCP leg before it heard from the UDP one.
+        m.path_changed(start, &tcp_leg);
+        assert_eq!(m.active(), (&relay(), PathKind::RelayUdp));
+        assert_eq!(actions(&mut m), vec![PathAction::UsePath(relay())]);
+        // On a direct path, the peer going back to the relay is followed, on the UDP leg.
+        m.path_changed(start, &direct());
+        assert_eq!(m.active().1, PathKind::Direct);
+        actions(&mut m);
+        m.path_changed(start, &tcp_leg);
+        assert_eq!(m.active(), (&relay(), PathKind::RelayUdp));
+        assert_eq!(actions(&mut m)[0], PathAction::UsePath(relay()));
+    }
+
+    #[test]
+    fn a_host_candidate_first_seen_as_peer_reflexive_is_still_on_the_lan() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        let lan: SocketAddr = "10.0.0.3:5000".parse().unwrap();
+        let path = Path::Direct(Destination::Udp(lan));
+        // On one LAN the peer's opener arrives before its candidates.
+        m.probe_received(start, &path);
+        m.handle_message(
+            start,
+            &Message::CallCandidates {
+                call: CallId([1; 16]),
+                opened: true,
+                candidates: vec![Candidate {
+                    kind: CandidateKind::Host,
+                    addr: lan,
+                }],
+            },
+        );
+        m.path_changed(start, &path);
+        assert_eq!(m.active().1, PathKind::DirectLan);
     }
 }

@@ -31,6 +31,13 @@
 //!   behaviours, hairpinning, idle mapping timeouts and random, preserving or sequential
 //!   port allocation. Hosts on the same LAN reach each other directly. NATs can be nested
 //!   ([`Sim::add_nat_behind`]). TCP is outbound-only through a NAT.
+//!   [`NatConfig::linux_masquerade`] adds the conntrack clash of Linux NATs
+//!   ([`NatConfig::conntrack_clash`]): a packet from a peer that reaches the NAT before the
+//!   host inside sent to that peer pushes the host's later mapping towards it onto a new port.
+//! * **IP TTL.** Datagrams carry the TTL of their `Transmit` (64 when unset); every NAT box
+//!   and the internet (one hop) is a router that decrements it, and a packet dies
+//!   ([`DropReason::TtlExpired`]) at the router where it runs out, after the NATs it crossed
+//!   mapped it. A TTL-2 packet from behind one NAT opens that NAT and dies before the far one.
 //! * **Firewalls.** [`NatConfig::block_udp`] makes a NAT drop all UDP in both directions
 //!   while TCP still goes out; [`Sim::set_udp_blocked`] does the same for one host.
 //! * **Streams** ([`Sim::connect_stream`]) are reliable, ordered byte streams: losses on the

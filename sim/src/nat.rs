@@ -45,7 +45,8 @@ pub enum PortAllocation {
 /// Behaviour of one NAT box.
 ///
 /// The presets ([`full_cone`](Self::full_cone), [`restricted_cone`](Self::restricted_cone),
-/// [`port_restricted_cone`](Self::port_restricted_cone), [`symmetric`](Self::symmetric),
+/// [`port_restricted_cone`](Self::port_restricted_cone),
+/// [`linux_masquerade`](Self::linux_masquerade), [`symmetric`](Self::symmetric),
 /// [`udp_blocking_firewall`](Self::udp_blocking_firewall)) can be tweaked with struct update
 /// syntax.
 ///
@@ -72,6 +73,16 @@ pub struct NatConfig {
     pub port_range: RangeInclusive<u16>,
     /// Firewall: drop all UDP crossing the box, in either direction. TCP still goes out.
     pub block_udp: bool,
+    /// Model the connection-tracking clash of Linux NATs: an inbound UDP packet from a remote
+    /// `R` that matches no mapping (or that the filter refuses) still leaves a tracking entry
+    /// for (`R`, external port) behind, for [`mapping_timeout`](Self::mapping_timeout) after
+    /// the last such packet. When an inside endpoint later sends to `R` and its mapping's
+    /// external port is that port, the pair is taken: the NAT moves this one destination onto
+    /// a new external port (a mapping of its own). This is why two Linux NATs punching at
+    /// each other without care fail: the first packet to reach a NAT before the inside host
+    /// sent pushes the host's later packets to the peer onto a port the peer never heard of.
+    /// Opening the own NAT first with a low-TTL packet that dies before the far NAT avoids it.
+    pub conntrack_clash: bool,
     /// The link between the box and the hosts behind it (also used between two hosts on the
     /// same LAN).
     pub lan_link: LinkConfig,
@@ -89,6 +100,7 @@ impl NatConfig {
             port_allocation: PortAllocation::Random,
             port_range: 1024..=65535,
             block_udp: false,
+            conntrack_clash: false,
             lan_link: LinkConfig::with_latency(Duration::from_millis(1)),
         }
     }
@@ -106,6 +118,19 @@ impl NatConfig {
     pub fn port_restricted_cone() -> Self {
         NatConfig {
             filtering: FilteringBehavior::AddressAndPortDependent,
+            ..Self::full_cone()
+        }
+    }
+
+    /// A Linux router masquerading its LAN, as measured in network namespaces: endpoint-
+    /// independent mapping, address-and-port-dependent filtering, the source port kept when
+    /// free, no hairpinning, and the [`conntrack_clash`](Self::conntrack_clash).
+    pub fn linux_masquerade() -> Self {
+        NatConfig {
+            filtering: FilteringBehavior::AddressAndPortDependent,
+            port_allocation: PortAllocation::Preserve,
+            hairpinning: false,
+            conntrack_clash: true,
             ..Self::full_cone()
         }
     }
@@ -142,7 +167,9 @@ pub struct MappingInfo {
     /// The external endpoint it is mapped to.
     pub external: SocketAddr,
     /// The destination the mapping is tied to: `None` for endpoint-independent mappings, an
-    /// address with port 0 for address-dependent ones.
+    /// address with port 0 for address-dependent ones, the full remote address for
+    /// address-and-port-dependent ones and for those a
+    /// [conntrack clash](NatConfig::conntrack_clash) split off.
     pub destination: Option<SocketAddr>,
     /// Remote endpoints the internal endpoint has sent to through this mapping.
     pub contacted: Vec<SocketAddr>,
@@ -173,6 +200,9 @@ pub(crate) struct NatState {
     pub(crate) config: NatConfig,
     external_ip: IpAddr,
     udp: BTreeMap<u16, Mapping>,
+    /// Tracking entries left by unsolicited inbound packets ([`NatConfig::conntrack_clash`]):
+    /// (remote, external port) to the time of the last such packet.
+    clashes: BTreeMap<(SocketAddr, u16), Duration>,
     tcp: BTreeSet<u16>,
     next_sequential: u16,
 }
@@ -184,6 +214,7 @@ impl NatState {
             config,
             external_ip,
             udp: BTreeMap::new(),
+            clashes: BTreeMap::new(),
             tcp: BTreeSet::new(),
             next_sequential,
         }
@@ -193,11 +224,13 @@ impl NatState {
         self.external_ip
     }
 
-    /// Drops UDP mappings idle for at least the mapping timeout.
+    /// Drops UDP mappings (and clash entries) idle for at least the mapping timeout.
     fn expire(&mut self, now: Duration) {
         let timeout = self.config.mapping_timeout;
         self.udp
             .retain(|_, m| now.saturating_sub(m.last_active) < timeout);
+        self.clashes
+            .retain(|_, last| now.saturating_sub(*last) < timeout);
     }
 
     fn destination_key(&self, remote: SocketAddr) -> Option<SocketAddr> {
@@ -219,20 +252,38 @@ impl NatState {
     ) -> Result<u16, NatRefusal> {
         self.expire(now);
         let key = self.destination_key(remote);
-        let existing = self
-            .udp
-            .iter()
-            .find(|(_, m)| m.internal == internal && m.destination == key)
-            .map(|(port, _)| *port);
+        let find = |s: &Self, dest: Option<SocketAddr>| {
+            s.udp
+                .iter()
+                .find(|(_, m)| m.internal == internal && m.destination == dest)
+                .map(|(port, _)| *port)
+        };
+        // A mapping split off for exactly this remote by a clash comes first.
+        let split = if key == Some(remote) {
+            None
+        } else {
+            find(self, Some(remote))
+        };
+        let existing = split.or_else(|| find(self, key));
+        let taken = |s: &Self, port: u16| s.clashes.contains_key(&(remote, port));
         let port = match existing {
-            Some(port) => port,
-            None => {
-                let port = self.allocate(internal.port(), rng, |p, s| s.udp.contains_key(&p))?;
+            Some(port) if split.is_some() || !taken(self, port) => port,
+            _ => {
+                // A new mapping; or, when the pair (remote, port) is taken by a tracking entry,
+                // a mapping of this remote's own on another port (the port the endpoint's
+                // mapping has, or would keep, stays for other destinations).
+                let preserved = self.config.port_allocation == PortAllocation::Preserve
+                    && !self.udp.contains_key(&internal.port())
+                    && taken(self, internal.port());
+                let clashed = existing.is_some() || preserved;
+                let port = self.allocate(internal.port(), rng, |p, s| {
+                    s.udp.contains_key(&p) || s.clashes.contains_key(&(remote, p))
+                })?;
                 self.udp.insert(
                     port,
                     Mapping {
                         internal,
-                        destination: key,
+                        destination: if clashed { Some(remote) } else { key },
                         contacted: BTreeSet::new(),
                         last_active: now,
                     },
@@ -260,21 +311,32 @@ impl NatState {
         self.expire(now);
         let filtering = self.config.filtering;
         let refresh = self.config.refresh_on_inbound;
-        let mapping = self.udp.get_mut(&port).ok_or(NatRefusal::NoMapping)?;
-        let allowed = match filtering {
-            FilteringBehavior::EndpointIndependent => true,
-            FilteringBehavior::AddressDependent => {
-                mapping.contacted.iter().any(|c| c.ip() == remote.ip())
+        let verdict = match self.udp.get_mut(&port) {
+            None => Err(NatRefusal::NoMapping),
+            Some(mapping) => {
+                let allowed = match filtering {
+                    FilteringBehavior::EndpointIndependent => true,
+                    FilteringBehavior::AddressDependent => {
+                        mapping.contacted.iter().any(|c| c.ip() == remote.ip())
+                    }
+                    FilteringBehavior::AddressAndPortDependent => {
+                        mapping.contacted.contains(&remote)
+                    }
+                };
+                if allowed {
+                    if refresh {
+                        mapping.last_active = now;
+                    }
+                    Ok(mapping.internal)
+                } else {
+                    Err(NatRefusal::Filtered)
+                }
             }
-            FilteringBehavior::AddressAndPortDependent => mapping.contacted.contains(&remote),
         };
-        if !allowed {
-            return Err(NatRefusal::Filtered);
+        if verdict.is_err() && self.config.conntrack_clash {
+            self.clashes.insert((remote, port), now);
         }
-        if refresh {
-            mapping.last_active = now;
-        }
-        Ok(mapping.internal)
+        verdict
     }
 
     /// Reserves an external port for an outbound TCP connection from internal port
@@ -462,5 +524,60 @@ mod tests {
         assert_ne!(other, 6000);
         n.release_tcp(6000);
         assert_eq!(n.allocate_tcp(6000, &mut rng), Ok(6000));
+    }
+
+    #[test]
+    fn an_unsolicited_packet_pushes_the_later_mapping_to_its_sender_onto_a_new_port() {
+        let mut rng = SimRng::new(4);
+        let inside = sa("10.0.0.2:5000");
+        let (server, peer) = (sa("198.18.1.1:4000"), sa("198.18.2.1:5000"));
+        let t = Duration::ZERO;
+        let mut n = nat(NatConfig::linux_masquerade());
+        assert_eq!(n.outbound_udp(t, inside, server, &mut rng), Ok(5000));
+        // The peer's packet arrives before Alice sent to the peer: refused, but remembered.
+        assert_eq!(n.inbound_udp(t, peer, 5000), Err(NatRefusal::Filtered));
+        let moved = n.outbound_udp(t, inside, peer, &mut rng).unwrap();
+        assert_ne!(
+            moved, 5000,
+            "(peer, 5000) is taken: the peer gets a port of its own"
+        );
+        assert_eq!(n.outbound_udp(t, inside, peer, &mut rng), Ok(moved));
+        assert_eq!(n.outbound_udp(t, inside, server, &mut rng), Ok(5000));
+        assert_eq!(n.inbound_udp(t, peer, moved), Ok(inside));
+        assert_eq!(n.inbound_udp(t, peer, 5000), Err(NatRefusal::Filtered));
+        assert_eq!(n.mappings(t).len(), 2);
+        // Once the entry expired (the peer stopped sending), a new flow keeps the port again.
+        let later = Duration::from_secs(31);
+        let other = sa("198.18.3.1:5000");
+        assert_eq!(n.inbound_udp(t, other, 5000), Err(NatRefusal::Filtered));
+        assert_eq!(n.outbound_udp(later, inside, other, &mut rng), Ok(5000));
+
+        // Without the clash, the same order keeps one port.
+        let mut n = nat(NatConfig {
+            conntrack_clash: false,
+            ..NatConfig::linux_masquerade()
+        });
+        assert_eq!(n.outbound_udp(t, inside, server, &mut rng), Ok(5000));
+        assert_eq!(n.inbound_udp(t, peer, 5000), Err(NatRefusal::Filtered));
+        assert_eq!(n.outbound_udp(t, inside, peer, &mut rng), Ok(5000));
+        assert_eq!(n.inbound_udp(t, peer, 5000), Ok(inside));
+    }
+
+    #[test]
+    fn a_packet_to_an_unmapped_port_also_takes_the_pair() {
+        let mut rng = SimRng::new(5);
+        let inside = sa("10.0.0.2:5000");
+        let peer = sa("198.18.2.1:5000");
+        let t = Duration::ZERO;
+        let mut n = nat(NatConfig::linux_masquerade());
+        assert_eq!(n.inbound_udp(t, peer, 5000), Err(NatRefusal::NoMapping));
+        let port = n.outbound_udp(t, inside, peer, &mut rng).unwrap();
+        assert_ne!(port, 5000);
+        assert_eq!(n.inbound_udp(t, peer, port), Ok(inside));
+        // Another destination still gets the internal port.
+        assert_eq!(
+            n.outbound_udp(t, inside, sa("198.18.4.1:1"), &mut rng),
+            Ok(5000)
+        );
     }
 }

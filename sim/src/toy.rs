@@ -188,6 +188,19 @@ impl ToyMachine {
         self.reply(local, to, tagged(PING, seq));
     }
 
+    /// Sends one ping (with the next sequence number) to `to` with IP TTL `ttl`: a low TTL
+    /// opens the NATs on the way without reaching `to` (hole punching).
+    pub fn send_ping_with_ttl(&mut self, _now: Instant, to: SocketAddr, ttl: u8) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.transmits.push_back(Transmit {
+            destination: Destination::Udp(to),
+            source: Some(self.local),
+            payload: tagged(PING, seq),
+            ttl: Some(ttl),
+        });
+    }
+
     /// Asks `reflector` which address it sees us at; the answer arrives as
     /// [`ToyEvent::Observed`].
     pub fn ask_reflection(&mut self, now: Instant, reflector: SocketAddr) {

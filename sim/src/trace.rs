@@ -26,8 +26,11 @@ pub enum DropReason {
     /// A firewall (a NAT with [`block_udp`](crate::NatConfig::block_udp) or a host with
     /// [`Sim::set_udp_blocked`](crate::Sim::set_udp_blocked)) dropped UDP.
     Firewall,
-    /// No node owns the destination address, or the packet looped too long.
+    /// No node owns the destination address.
     NoRoute,
+    /// The packet's IP TTL ran out at a router (a NAT box, or the internet, which counts as
+    /// one hop): a low-TTL hole-punching opener dies this way after crossing its own NAT.
+    TtlExpired,
     /// The destination host has no socket bound to the destination address.
     NoSocket,
     /// A machine asked to send from an address its host is not bound to.
@@ -60,6 +63,7 @@ impl DropReason {
             DropReason::StreamClosed => 11,
             DropReason::Intercepted => 12,
             DropReason::RetransmitsExhausted => 13,
+            DropReason::TtlExpired => 14,
         }
     }
 }

@@ -391,3 +391,118 @@ fn nested_nats() {
     // Two translations each way.
     assert_eq!(sim.trace().of_kind(TraceKind::Translated).count(), 4);
 }
+
+/// Sends one ping with IP TTL `ttl` from `host` to `to`.
+fn ping_ttl(sim: &mut S, host: HostId, to: SocketAddr, ttl: u8) {
+    sim.with_machine(host, |m: &mut ToyMachine, now| {
+        m.send_ping_with_ttl(now, to, ttl)
+    });
+}
+
+fn ttl_drops(sim: &S) -> usize {
+    sim.trace()
+        .of_kind(TraceKind::Dropped(DropReason::TtlExpired))
+        .count()
+}
+
+#[test]
+fn the_ttl_counts_nat_boxes_and_the_internet_as_routers() {
+    let mut sim = sim(15);
+    let n1 = sim.add_nat(
+        "n1",
+        "198.18.0.1".parse().unwrap(),
+        NatConfig::linux_masquerade(),
+    );
+    let n2 = sim.add_nat(
+        "n2",
+        "198.18.0.2".parse().unwrap(),
+        NatConfig::linux_masquerade(),
+    );
+    let a = quiet_behind(&mut sim, n1, "a", "10.0.0.2:5000");
+    let b = quiet_behind(&mut sim, n2, "b", "10.0.0.3:6000");
+    let s1 = toy(&mut sim, "s1", S1);
+    let b_pub = reflect(&mut sim, b, sa(S1));
+    assert_eq!(b_pub, sa("198.18.0.2:6000"), "the source port is kept");
+
+    // TTL 1 dies at Alice's own NAT, before it maps anything.
+    ping_ttl(&mut sim, a, sa(S1), 1);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(ttl_drops(&sim), 1);
+    assert!(sim.nat_mappings(n1).is_empty());
+    // TTL 2 crosses it (the mapping is made) and dies in the internet.
+    ping_ttl(&mut sim, a, sa(S1), 2);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(ttl_drops(&sim), 2);
+    assert!(pings(&sim, s1).is_empty());
+    let m = sim.nat_mappings(n1);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].contacted, vec![sa(S1)]);
+    // TTL 3 reaches a public host.
+    ping_ttl(&mut sim, a, sa(S1), 3);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(pings(&sim, s1), vec![(sa("198.18.0.1:5000"), 2)]);
+
+    // To a host behind another NAT, TTL 3 dies at the far NAT without leaving anything there:
+    // Bob's later packet to Alice still leaves from his usual port, and gets in (Alice's NAT
+    // was opened towards it).
+    ping_ttl(&mut sim, a, b_pub, 3);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(ttl_drops(&sim), 3);
+    assert!(pings(&sim, b).is_empty());
+    ping(&mut sim, b, sa("198.18.0.1:5000"));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(pings(&sim, a), vec![(b_pub, 0)]);
+    // And TTL 4 gets there.
+    ping_ttl(&mut sim, a, b_pub, 4);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(pings(&sim, b).len(), 1);
+}
+
+/// Two hosts behind Linux-like NATs (with the conntrack clash) who know each other's public
+/// address; Alice starts 100 ms before Bob, as signalling through a server makes it.
+/// `openers`: each first sends one TTL-2 packet, and both start pinging only once both did.
+/// Returns the pings each received.
+fn punch(config: NatConfig, openers: bool) -> (usize, usize) {
+    let mut sim = sim(16);
+    let n1 = sim.add_nat("n1", "198.18.0.1".parse().unwrap(), config.clone());
+    let n2 = sim.add_nat("n2", "198.18.0.2".parse().unwrap(), config);
+    let a = toy_behind(&mut sim, n1, "a", "10.0.0.2:5000");
+    let b = toy_behind(&mut sim, n2, "b", "10.0.0.3:6000");
+    toy(&mut sim, "s1", S1);
+    let a_pub = reflect(&mut sim, a, sa(S1));
+    let b_pub = reflect(&mut sim, b, sa(S1));
+    let start = |sim: &mut S, h: HostId, to: SocketAddr| {
+        sim.with_machine(h, |m: &mut ToyMachine, now| {
+            m.start_pinging(now, to, Duration::from_millis(20), 10)
+        })
+    };
+    if openers {
+        ping_ttl(&mut sim, a, b_pub, 2);
+        sim.run_for(Duration::from_millis(100));
+        ping_ttl(&mut sim, b, a_pub, 2);
+        sim.run_for(Duration::from_millis(50));
+        start(&mut sim, a, b_pub);
+        start(&mut sim, b, a_pub);
+    } else {
+        start(&mut sim, a, b_pub);
+        sim.run_for(Duration::from_millis(100));
+        start(&mut sim, b, a_pub);
+    }
+    sim.run_for(Duration::from_secs(1));
+    (pings(&sim, a).len(), pings(&sim, b).len())
+}
+
+#[test]
+fn naive_punching_fails_through_linux_nats_and_ttl_2_openers_succeed() {
+    // Without the clash (the RFC model) the naive way works once Bob sent...
+    let rfc = NatConfig {
+        conntrack_clash: false,
+        ..NatConfig::linux_masquerade()
+    };
+    assert_eq!(punch(rfc, false), (10, 6));
+    // ...with it, Alice's early packets took (Alice, Bob's port) at Bob's NAT, Bob's packets
+    // leave from a new port Alice's NAT never opened for, and nothing ever gets through.
+    assert_eq!(punch(NatConfig::linux_masquerade(), false), (0, 0));
+    // Openers that die before the far NAT open both NATs first: everything gets through.
+    assert_eq!(punch(NatConfig::linux_masquerade(), true), (10, 10));
+}

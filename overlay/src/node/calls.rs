@@ -10,7 +10,10 @@
 //! (the call machine retransmits them anyway).
 //!
 //! **Answering.** A session that a peer opens to us through a relay is a call session; call
-//! messages on it go to the call machine with the user and device the session proved.
+//! messages on it go to the call machine with the user and device the session proved. It
+//! arrives over our link to the super node, a TCP stream: unless UDP is blocked here, the node
+//! opens a UDP session with that super node at once and moves its leg of the relay channel
+//! there ([`PathManager::set_relay`]; the relay sends to the session a party last used).
 //!
 //! **Media.** Once connected, a [`PathManager`] runs on the session: candidates, hole
 //! punching, path choice and switching; [`Node::send_media`] seals frames on the session's
@@ -82,6 +85,9 @@ struct RelaySn {
     up: bool,
     /// Devices waiting for this super node's session to ask for a relay.
     waiting: Vec<DeviceId>,
+    /// Call sessions (and their relay channel) waiting for this super node's UDP session to
+    /// move our leg of the channel onto it.
+    legs: Vec<(ConnId, u32)>,
 }
 
 /// The node's call state.
@@ -106,10 +112,12 @@ pub(super) struct Calls {
     next_stream: u64,
     /// Our outgoing call (this side controls the path).
     outgoing: Option<CallId>,
+    /// The session the last invite arrived on: an incoming call runs on it.
+    invite_conn: Option<(CallId, ConnId)>,
+    /// Our UDP leg of the relay channel of call sessions peers opened to us through a relay.
+    udp_legs: HashMap<ConnId, Path>,
     /// The connected call's connectivity: call, device, session, manager.
     path: Option<(CallId, DeviceId, ConnId, PathManager)>,
-    /// Relay channels offered to us over a TCP link, to move to UDP: super node, channel.
-    offers: Vec<(SocketAddr, u32)>,
 }
 
 impl Calls {
@@ -134,8 +142,9 @@ impl Calls {
             relay_streams: HashMap::new(),
             next_stream: STREAM_BASE,
             outgoing: None,
+            invite_conn: None,
+            udp_legs: HashMap::new(),
             path: None,
-            offers: Vec::new(),
         }
     }
 
@@ -288,19 +297,34 @@ impl Node {
         self.calls.outgoing = Some(call);
         for r in records {
             let device = r.certificate.device;
-            let link = self.calls.devices.entry(device).or_insert(DeviceLink {
-                conn: None,
-                up: false,
-                record: None,
-                queue: Vec::new(),
-                sns_left: VecDeque::new(),
-                relay: None,
-            });
-            if link.conn.is_none() {
-                link.sns_left = r.super_nodes.iter().copied().collect();
-                link.record = Some(r);
-                self.dial_device(now, device);
+            // Sessions left from an earlier call with the device are not reused: their relay
+            // channel was released, and they may sit on a direct path that has no relay
+            // behind it any more. Every call gets a relay (and a session through it) of its
+            // own.
+            let old: Vec<ConnId> = self
+                .calls
+                .conn_device
+                .iter()
+                .filter(|(_, d)| **d == device)
+                .map(|(c, _)| *c)
+                .collect();
+            for c in old {
+                self.calls.conn_device.remove(&c);
+                self.calls.udp_legs.remove(&c);
+                self.endpoint.close(now, c);
             }
+            self.calls.devices.insert(
+                device,
+                DeviceLink {
+                    conn: None,
+                    up: false,
+                    record: Some(r.clone()),
+                    queue: Vec::new(),
+                    sns_left: r.super_nodes.iter().copied().collect(),
+                    relay: None,
+                },
+            );
+            self.dial_device(now, device);
         }
         Ok(call)
     }
@@ -329,7 +353,7 @@ impl Node {
         if entry.conn.is_some() || self.calls.relay_streams.values().any(|(a, _)| *a == sn) {
             return;
         }
-        if self.udp_blocked() {
+        if self.udp_blocked_here() {
             // A link we already have to it carries the request; else a TCP stream of our own.
             let link = self
                 .attacher
@@ -414,14 +438,17 @@ impl Node {
         entry.conn = Some(conn);
         entry.up = true;
         let waiting = std::mem::take(&mut entry.waiting);
+        let legs = std::mem::take(&mut entry.legs);
         self.calls.relay_sn_conns.insert(conn, sn);
         for device in waiting {
             self.ask_relay(now, conn, sn, device);
         }
-        self.upgrade_relays(now);
+        for (call_conn, channel) in legs {
+            self.use_udp_leg(now, sn, conn, call_conn, channel);
+        }
     }
 
-    fn udp_blocked(&self) -> bool {
+    fn udp_blocked_here(&self) -> bool {
         self.attacher.udp_blocked()
             || self
                 .nat_report
@@ -429,92 +456,73 @@ impl Node {
                 .is_some_and(|r| r.nat == NatType::UdpBlocked)
     }
 
-    /// A super node offered us a relay channel over our TCP link to it: relayed UDP beats
-    /// relayed TCP, so open a UDP session with it (IK: the link told us its key) and move our
-    /// side of the channel there once it is up.
-    fn relay_offered(&mut self, now: Instant, link: ConnId, channel: u32) {
-        if self.udp_blocked() {
+    /// A peer opened call session `call_conn` to us through relay channel `channel` over our
+    /// link `stream` to a super node: unless UDP is blocked here, open a UDP session with that
+    /// super node (or use the one we have) and move our leg of the channel onto it.
+    fn open_udp_leg(&mut self, now: Instant, call_conn: ConnId, stream: StreamId, channel: u32) {
+        if self.udp_blocked_here() {
             return;
         }
-        let Some(stream) = self.conn_stream.get(&link).copied() else {
-            return;
-        };
-        let Some(sn) = self
+        let sn = self
             .attacher
             .attached()
             .into_iter()
             .find(|(s, _)| *s == stream)
             .map(|(_, a)| a)
-        else {
+            .or_else(|| self.stream_remote.get(&stream).copied());
+        let Some(sn) = sn else {
             return;
         };
-        if self.calls.offers.len() >= 16 {
-            self.calls.offers.remove(0);
-        }
-        self.calls.offers.push((sn, channel));
-        let key = self.endpoint.peer(link).map(|p| p.certificate.dh_public);
         let entry = self.calls.relay_sns.entry(sn).or_default();
         if entry.up {
-            self.upgrade_relays(now);
-        } else if entry.conn.is_none() {
-            match self.endpoint.connect(now, Destination::Udp(sn), key) {
-                Ok(conn) => {
-                    self.note_udp(sn);
-                    if let Some(e) = self.calls.relay_sns.get_mut(&sn) {
-                        e.conn = Some(conn);
-                    }
-                    self.calls.relay_sn_conns.insert(conn, sn);
-                }
-                Err(_) => {
-                    self.calls.relay_sns.remove(&sn);
-                }
+            if let Some(conn) = entry.conn {
+                self.use_udp_leg(now, sn, conn, call_conn, channel);
             }
+            return;
+        }
+        entry.legs.push((call_conn, channel));
+        if entry.conn.is_some() {
+            return;
+        }
+        match self.endpoint.connect(now, Destination::Udp(sn), None) {
+            Ok(conn) => {
+                self.note_udp(sn);
+                let entry = self.calls.relay_sns.entry(sn).or_default();
+                entry.conn = Some(conn);
+                self.calls.relay_sn_conns.insert(conn, sn);
+            }
+            Err(_) => self.relay_sn_failed(now, sn),
         }
     }
 
-    /// Move relayed call sessions from a TCP link to the UDP session with the same super node,
-    /// for the channels offered to us.
-    fn upgrade_relays(&mut self, now: Instant) {
-        if self.calls.offers.is_empty() {
+    /// Our UDP session `conn` with super node `sn` is up: call session `call_conn` moves its
+    /// leg of relay channel `channel` there (the relay sends to the session a party last sent
+    /// from).
+    fn use_udp_leg(
+        &mut self,
+        now: Instant,
+        sn: SocketAddr,
+        conn: ConnId,
+        call_conn: ConnId,
+        channel: u32,
+    ) {
+        if !matches!(
+            self.endpoint.remote(conn),
+            Some(Path::Direct(Destination::Udp(_)))
+        ) || !self.calls.conn_device.contains_key(&call_conn)
+        {
             return;
         }
-        let mut done = Vec::new();
-        for (i, (sn, channel)) in self.calls.offers.iter().enumerate() {
-            let udp_up = self.calls.relay_sns.get(sn).is_some_and(|e| {
-                e.up && e
-                    .conn
-                    .and_then(|c| self.endpoint.remote(c))
-                    .and_then(|p| p.udp())
-                    == Some(*sn)
-            });
-            if !udp_up {
-                continue;
-            }
-            let on_link = self.calls.conn_device.keys().copied().find(|c| {
-                matches!(
-                    self.endpoint.remote(*c),
-                    Some(Path::Relayed { relay: Destination::Stream(_), channel: ch }) if ch == channel
-                )
-            });
-            if let Some(conn) = on_link {
-                done.push((
-                    i,
-                    conn,
-                    Path::Relayed {
-                        relay: Destination::Udp(*sn),
-                        channel: *channel,
-                    },
-                ));
-            }
-        }
-        for (i, conn, path) in done.into_iter().rev() {
-            self.calls.offers.remove(i);
-            self.endpoint.set_path(conn, path.clone());
-            // Something on the new leg at once: the relay sends to where we last sent from.
-            let _ = self.endpoint.send_control(now, conn, &Message::KeepAlive);
-            if let Some((_, _, c, pm)) = self.calls.path.as_mut() {
-                if *c == conn {
-                    pm.set_relay(now, path);
+        let leg = Path::Relayed {
+            relay: Destination::Udp(sn),
+            channel,
+        };
+        self.calls.udp_legs.insert(call_conn, leg.clone());
+        match self.calls.path.as_mut() {
+            Some((_, _, c, pm)) if *c == call_conn => pm.set_relay(now, leg),
+            _ => {
+                if is_other_leg(self.endpoint.remote(call_conn), &leg) {
+                    self.endpoint.set_path(call_conn, leg);
                 }
             }
         }
@@ -581,17 +589,24 @@ impl Node {
                         sns_left: VecDeque::new(),
                         relay: None,
                     });
-                    if let Some(old) = link.conn.replace(*conn) {
-                        if old != *conn {
-                            self.calls.conn_device.remove(&old);
+                    // Call messages are taken from every session with the device. In glare
+                    // both sides opened one: each keeps sending on its own, and a call runs on
+                    // the session its caller invited on (see `invite_conn`).
+                    if !link.up || link.conn.is_none() {
+                        link.conn = Some(*conn);
+                        link.up = true;
+                        let queue = std::mem::take(&mut link.queue);
+                        for m in queue {
+                            let _ = self.endpoint.send_control(now, *conn, &m);
                         }
                     }
-                    link.up = true;
-                    let queue = std::mem::take(&mut link.queue);
-                    for m in queue {
-                        let _ = self.endpoint.send_control(now, *conn, &m);
+                    if let Path::Relayed {
+                        relay: Destination::Stream(stream),
+                        channel,
+                    } = remote
+                    {
+                        self.open_udp_leg(now, *conn, *stream, *channel);
                     }
-                    self.upgrade_relays(now);
                     return true;
                 }
                 false
@@ -608,15 +623,24 @@ impl Node {
                     return true;
                 }
                 if let Some(device) = self.calls.conn_device.remove(conn) {
+                    self.calls.udp_legs.remove(conn);
                     let was_up = self
                         .calls
                         .devices
                         .get(&device)
                         .is_some_and(|l| l.up && l.conn == Some(*conn));
+                    // Another session with the device, if there is one (glare left two).
+                    let other = self
+                        .calls
+                        .conn_device
+                        .iter()
+                        .filter(|(_, d)| **d == device)
+                        .map(|(c, _)| *c)
+                        .min();
                     if let Some(link) = self.calls.devices.get_mut(&device) {
                         if link.conn == Some(*conn) {
-                            link.conn = None;
-                            link.up = false;
+                            link.conn = other;
+                            link.up = other.is_some();
                             link.relay = None;
                         }
                     }
@@ -667,9 +691,16 @@ impl Node {
                 self.calls.conn_device.contains_key(conn)
             }
             EndpointEvent::PathChanged { conn, remote } => {
-                if let Some((_, _, c, pm)) = self.calls.path.as_mut() {
-                    if c == conn {
-                        pm.path_changed(now, remote);
+                match self.calls.path.as_mut() {
+                    Some((_, _, c, pm)) if c == conn => pm.path_changed(now, remote),
+                    _ => {
+                        // Before the call connects, the session stays on our UDP leg too.
+                        let leg = self.calls.udp_legs.get(conn).cloned();
+                        if let Some(leg) = leg {
+                            if is_other_leg(Some(remote), &leg) {
+                                self.endpoint.set_path(*conn, leg);
+                            }
+                        }
                     }
                 }
                 self.calls.conn_device.contains_key(conn)
@@ -692,6 +723,9 @@ impl Node {
                 .contains(&t)
                 && !matches!(msg, Message::CallCandidates { .. });
             if is_call {
+                if let Message::CallInvite { call, .. } = msg {
+                    self.calls.invite_conn = Some((*call, conn));
+                }
                 let user = self.endpoint.peer(conn).map(|p| p.certificate.user.clone());
                 if let Some(user) = user {
                     self.calls.machine.handle_message(now, device, &user, msg);
@@ -745,12 +779,8 @@ impl Node {
                 }
                 true
             }
-            // A relay channel was opened to us: the peer's handshake follows on it, over our
-            // link; move our side of it to UDP when we can.
-            Message::RelayOffer { channel, .. } => {
-                self.relay_offered(now, conn, *channel);
-                true
-            }
+            // A relay channel was opened to us: the peer's handshake follows on it.
+            Message::RelayOffer { .. } => true,
             // A relay we use let a channel go (the call ends, or moves to another path).
             Message::RelayRelease { .. } if self.calls.relay_sn_conns.contains_key(&conn) => true,
             _ => false,
@@ -760,7 +790,7 @@ impl Node {
     /// This node's candidates for a direct path: its own addresses on the listen port and the
     /// address super nodes see; none when UDP is blocked.
     fn local_candidates(&self) -> Vec<Candidate> {
-        if self.udp_blocked() {
+        if self.udp_blocked_here() {
             return Vec::new();
         }
         let port = self.cfg.listen.port();
@@ -778,12 +808,13 @@ impl Node {
             .reflexive
             .or_else(|| self.nat_report.as_ref().and_then(|r| r.mapped));
         if let Some(r) = reflexive {
-            if !out.iter().any(|c| c.addr == r) {
-                out.push(Candidate {
-                    kind: CandidateKind::Reflexive,
-                    addr: r,
-                });
-            }
+            // Our own address as the super nodes see it: a public address, reachable from
+            // anywhere, not a same-LAN shortcut (the peer would call the path DirectLan).
+            out.retain(|c| c.addr != r);
+            out.push(Candidate {
+                kind: CandidateKind::Reflexive,
+                addr: r,
+            });
         }
         out
     }
@@ -809,10 +840,39 @@ impl Node {
             moved = true;
             match &e {
                 CallEvent::Connected { call, device, .. } => {
+                    let outgoing = self.calls.outgoing == Some(*call);
+                    // An outgoing call runs on the session we invited on, an incoming one on
+                    // the session the invite came by: one session for both sides, also when
+                    // glare left two.
+                    let invited = self
+                        .calls
+                        .invite_conn
+                        .filter(|(c, conn)| {
+                            !outgoing
+                                && c == call
+                                && self.calls.conn_device.get(conn) == Some(device)
+                        })
+                        .map(|(_, conn)| conn);
+                    let link = self.calls.devices.get_mut(device);
+                    if let (Some(link), Some(conn)) = (link, invited) {
+                        link.conn = Some(conn);
+                        link.up = true;
+                    }
                     let conn = self.calls.devices.get(device).and_then(|l| l.conn);
-                    let relay = conn.and_then(|c| self.endpoint.remote(c).cloned());
+                    let leg = conn.and_then(|c| self.calls.udp_legs.get(&c).cloned());
+                    let remote = conn.and_then(|c| self.endpoint.remote(c).cloned());
+                    // Our UDP leg of the relay, when we moved to one.
+                    let relay = match (remote, leg) {
+                        (Some(r), Some(leg)) if is_other_leg(Some(&r), &leg) => {
+                            if let Some(c) = conn {
+                                self.endpoint.set_path(c, leg.clone());
+                            }
+                            Some(leg)
+                        }
+                        (r, _) => r,
+                    };
                     if let (Some(conn), Some(relay)) = (conn, relay) {
-                        let controlling = self.calls.outgoing == Some(*call);
+                        let controlling = outgoing;
                         let pm = PathManager::new(
                             self.calls.path_cfg.clone(),
                             *call,
@@ -842,10 +902,6 @@ impl Node {
                     if self.calls.outgoing == Some(*call) {
                         self.calls.outgoing = None;
                     }
-                    // Forget what was only for this call: unanswered relay requests, devices
-                    // never reached.
-                    self.calls.relay_requests.clear();
-                    self.calls.devices.retain(|_, l| l.conn.is_some());
                     // Give the relay channels back.
                     let relays: Vec<(SocketAddr, u32)> = self
                         .calls
@@ -912,5 +968,15 @@ impl Node {
         if let Some((_, _, _, pm)) = self.calls.path.as_mut() {
             pm.handle_timeout(now);
         }
+    }
+}
+
+/// Whether `path` is relay channel `leg`'s channel reached by another leg than `leg`.
+fn is_other_leg(path: Option<&Path>, leg: &Path) -> bool {
+    match (path, leg) {
+        (Some(p @ Path::Relayed { channel: a, .. }), Path::Relayed { channel: b, .. }) => {
+            a == b && p != leg
+        }
+        _ => false,
     }
 }

@@ -9,7 +9,9 @@ impl<E: 'static> Sim<E> {
 
     pub(super) fn on_transmit(&mut self, host: HostId, t: Transmit) {
         match t.destination {
-            Destination::Udp(dst) => self.send_datagram(host, t.source, dst, t.payload),
+            Destination::Udp(dst) => {
+                self.send_datagram(host, t.source, dst, t.payload, t.ttl.unwrap_or(MAX_TTL))
+            }
             Destination::Stream(id) => {
                 let id = self.sim_stream(host, id);
                 self.stream_write(host, id, t.payload)
@@ -23,6 +25,7 @@ impl<E: 'static> Sim<E> {
         source: Option<SocketAddr>,
         dst: SocketAddr,
         payload: Bytes,
+        ttl: u8,
     ) {
         let h = &self.hosts[host.0];
         let default_src = h.addrs[0];
@@ -73,7 +76,7 @@ impl<E: 'static> Sim<E> {
             src,
             dst,
             body: Body::Datagram(payload),
-            ttl: MAX_TTL,
+            ttl,
         };
         if blocked {
             self.drop_packet(&packet, DropReason::Firewall);
@@ -170,13 +173,27 @@ impl<E: 'static> Sim<E> {
         None
     }
 
-    /// Sends `packet` across `network` from `from` towards its destination.
-    pub(super) fn transmit_in(&mut self, network: Network, from: Option<Node>, mut packet: Packet) {
-        if packet.ttl == 0 {
-            self.drop_packet(&packet, DropReason::NoRoute);
-            return;
+    /// A router forwards `packet`: its TTL goes down by one, and a packet that arrived with
+    /// TTL 1 (or 0) dies here (returns false, after recording the drop).
+    ///
+    /// The routers are the NAT boxes (in either direction) and the internet, which counts as
+    /// one hop; hosts on one LAN reach each other without a router. So a datagram sent with
+    /// TTL 2 by a host behind one NAT crosses its NAT (which maps it) and dies in the internet,
+    /// before the far NAT sees it.
+    fn cross_router(&mut self, packet: &mut Packet) -> bool {
+        if packet.ttl <= 1 {
+            self.drop_packet(packet, DropReason::TtlExpired);
+            return false;
         }
         packet.ttl -= 1;
+        true
+    }
+
+    /// Sends `packet` across `network` from `from` towards its destination.
+    pub(super) fn transmit_in(&mut self, network: Network, from: Option<Node>, mut packet: Packet) {
+        if network == Network::Internet && !self.cross_router(&mut packet) {
+            return;
+        }
         let Some((hop, to)) = self.route(network, packet.dst.ip()) else {
             self.drop_packet(&packet, DropReason::NoRoute);
             return;
@@ -281,6 +298,9 @@ impl<E: 'static> Sim<E> {
     }
 
     pub(super) fn nat_outbound(&mut self, nat: NatId, mut packet: Packet) {
+        if !self.cross_router(&mut packet) {
+            return;
+        }
         let now = self.now;
         let n = &mut self.nats[nat.0];
         let external_ip = n.state.external_ip();
@@ -321,7 +341,8 @@ impl<E: 'static> Sim<E> {
             packet.len(),
         );
         if hairpin {
-            self.nat_inbound(nat, packet);
+            // Turned around inside the box: one router hop in all.
+            self.nat_translate_inbound(nat, packet);
         } else {
             let network = self.nats[nat.0].network;
             self.transmit_in(network, Some(Node::Nat(nat)), packet);
@@ -329,6 +350,12 @@ impl<E: 'static> Sim<E> {
     }
 
     pub(super) fn nat_inbound(&mut self, nat: NatId, mut packet: Packet) {
+        if self.cross_router(&mut packet) {
+            self.nat_translate_inbound(nat, packet);
+        }
+    }
+
+    fn nat_translate_inbound(&mut self, nat: NatId, mut packet: Packet) {
         let now = self.now;
         let n = &mut self.nats[nat.0];
         match packet.body {

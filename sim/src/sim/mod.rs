@@ -24,7 +24,8 @@ use crate::trace::{
     CapturePoint, Captured, Counters, DropReason, Trace, TraceEntry, TraceKind, Verdict,
 };
 
-/// Hops a packet may take before it is dropped as looping.
+/// The IP TTL of packets sent without one (Linux's default): the number of routers (NAT boxes,
+/// the internet) a packet may cross.
 const MAX_TTL: u8 = 64;
 /// First ephemeral port used for outbound streams.
 const EPHEMERAL_START: u16 = 49152;
