@@ -83,7 +83,7 @@ const CONNECTING: usize = 128;
 const ALLOCATING: usize = 256;
 /// How long the clients keep sending after the window, so frames in flight are counted.
 const GRACE: Duration = Duration::from_secs(1);
-/// Latency histogram: 1 µs buckets up to this many µs (beyond: one overflow bucket).
+/// Latency histogram: 1 µs buckets up to this many µs (beyond: 1 ms buckets).
 const HIST_US: usize = 200_000;
 
 // ------------------------------------------------------------------------------------------
@@ -241,10 +241,10 @@ fn open_files_limit() -> Option<u64> {
 // Latency histogram.
 // ------------------------------------------------------------------------------------------
 
-/// Latencies in 1 µs buckets.
+/// Latencies: 1 µs buckets up to [`HIST_US`], then 1 ms buckets up to a minute.
 struct Histogram {
-    buckets: Vec<u32>,
-    over: u64,
+    fine: Vec<u32>,
+    coarse: Vec<u32>,
     count: u64,
     max_us: u64,
     sum_us: u64,
@@ -253,8 +253,8 @@ struct Histogram {
 impl Histogram {
     fn new() -> Self {
         Self {
-            buckets: vec![0; HIST_US],
-            over: 0,
+            fine: vec![0; HIST_US],
+            coarse: vec![0; 60_000],
             count: 0,
             max_us: 0,
             sum_us: 0,
@@ -262,26 +262,35 @@ impl Histogram {
     }
 
     fn add(&mut self, us: u64) {
-        match self.buckets.get_mut(us as usize) {
+        match self.fine.get_mut(us as usize) {
             Some(b) => *b += 1,
-            None => self.over += 1,
+            None => {
+                let ms = ((us / 1000) as usize).min(self.coarse.len() - 1);
+                self.coarse[ms] += 1;
+            }
         }
         self.count += 1;
         self.max_us = self.max_us.max(us);
         self.sum_us += us;
     }
 
-    /// The `p` quantile in ms (the overflow bucket reads as the maximum).
+    /// The `p` quantile in ms.
     fn quantile_ms(&self, p: f64) -> f64 {
         if self.count == 0 {
             return 0.0;
         }
         let rank = ((self.count - 1) as f64 * p).round() as u64;
         let mut seen = 0u64;
-        for (us, &n) in self.buckets.iter().enumerate() {
+        for (us, &n) in self.fine.iter().enumerate() {
             seen += u64::from(n);
             if seen > rank {
                 return us as f64 / 1000.0;
+            }
+        }
+        for (ms, &n) in self.coarse.iter().enumerate() {
+            seen += u64::from(n);
+            if seen > rank {
+                return ms as f64;
             }
         }
         self.max_us as f64 / 1000.0
