@@ -225,6 +225,35 @@ fn udp_rcvbuf_errors() -> u64 {
         .unwrap_or(0)
 }
 
+/// Warnings about this machine that make the numbers less telling: the kernel capping the
+/// super node's receive buffer, and autogroup scheduling on a busy machine.
+fn machine_warnings(machine_busy_pct: f64) -> Vec<String> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let mut w = Vec::new();
+    if let Ok(max) = read("/proc/sys/net/core/rmem_max").trim().parse::<u64>() {
+        if max < 4 << 20 {
+            w.push(format!(
+                "net.core.rmem_max is {max} B: the super node's socket gets less than the 4 MiB \
+                 it asks for, and loses frames whenever its loop is off the CPU for a while"
+            ));
+        }
+    }
+    let autogroup = read("/proc/sys/kernel/sched_autogroup_enabled").trim() == "1";
+    let nice = read("/proc/self/autogroup")
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if autogroup && nice >= 0 && machine_busy_pct > 90.0 {
+        w.push(format!(
+            "the machine was {machine_busy_pct:.0} % busy and this process's autogroup has nice \
+             {nice}: other sessions get as much CPU as this whole benchmark (as root: `echo -10 \
+             > /proc/self/autogroup` in the shell that runs it)"
+        ));
+    }
+    w
+}
+
 /// The soft limit on open files (the clients need one socket each).
 fn open_files_limit() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -1009,6 +1038,9 @@ fn main() {
         rt_stats.datagrams_out,
         rt_stats.errors,
     );
+    for w in machine_warnings(machine_busy) {
+        eprintln!("  warning: {w}");
+    }
     if args.json {
         println!(
             "{}",
