@@ -28,6 +28,18 @@
 # them the counts come from uclient's own once-a-second totals). Our half needs cargo and
 # python3 or jq to read the load program's JSON line.
 #
+# Our half is benches/src/bin/relay_load.rs (its header says how it works): one super node on a
+# thread of its own, 2N devices on one client thread, 155-byte frames (5-byte relay header and
+# a 150-byte inner packet: a 120-byte payload in a media envelope). It counts what the super
+# node's relay forwarded and that thread's CPU only. Its UDP socket asks for a 4 MiB receive
+# buffer, which the kernel caps at net.core.rmem_max (208 KiB by default: then expect loss
+# from about 500 calls whenever the loop is descheduled for a few ms).
+# On a shared machine with autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled),
+# nice values only weigh threads inside one session: every other session's build gets as much
+# CPU as this whole benchmark, both halves lose packets to scheduling rather than to the relay,
+# and the numbers say little. Run it from a shell whose autogroup weighs more (as root):
+#   echo -10 > /proc/self/autogroup; benches/relay_load.sh
+#
 # What is measured, per N:
 #   relayed pkt/s  packets the relay sent on towards their destination in the window, counted
 #                  by nft on the output hook by port and exact UDP length (ChannelData with the

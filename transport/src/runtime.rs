@@ -37,6 +37,12 @@ const WAKER: Token = Token(0);
 const RECV_BUFFER: usize = 2048;
 /// Most bytes buffered for a stream that does not drain (then it is closed).
 const MAX_STREAM_BACKLOG: usize = 1 << 20;
+/// Receive buffer asked for on every UDP socket. A super node relaying a thousand calls takes
+/// 100,000 small datagrams a second on one socket; the usual default (208 KiB, a few hundred
+/// datagrams once the kernel's per-packet overhead is counted) overflows whenever the event
+/// loop is off the CPU for a few milliseconds. The kernel caps the request at
+/// `net.core.rmem_max` (raise it on super nodes); coturn asks for 2 MiB per socket.
+const UDP_RECV_BUFFER: usize = 4 << 20;
 
 /// What to bind.
 #[derive(Debug, Clone, Default)]
@@ -109,7 +115,10 @@ where
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut udp = Vec::new();
         for a in &config.udp {
-            udp.push(UdpSocket::bind(*a)?);
+            let socket = UdpSocket::bind(*a)?;
+            // Best effort: a smaller buffer than asked for still works.
+            let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(UDP_RECV_BUFFER);
+            udp.push(socket);
         }
         let mut tcp = Vec::new();
         for (a, tls) in &config.tcp {

@@ -1185,6 +1185,8 @@ impl Machine for Node {
                 data,
             } => match classify(data) {
                 WireClass::Stun => self.on_stun(now, source, local, data),
+                // A frame for our relay is forwarded at once, with no pump: nothing else moved.
+                WireClass::Relay { .. } if self.relay_datagram(now, source, data) => return,
                 _ => self.endpoint.handle_input(now, input),
             },
             Input::StreamOpened { stream, remote } => {
