@@ -808,13 +808,20 @@ impl Node {
             .reflexive
             .or_else(|| self.nat_report.as_ref().and_then(|r| r.mapped));
         if let Some(r) = reflexive {
-            // Our own address as the super nodes see it: a public address, reachable from
-            // anywhere, not a same-LAN shortcut (the peer would call the path DirectLan).
-            out.retain(|c| c.addr != r);
-            out.push(Candidate {
-                kind: CandidateKind::Reflexive,
-                addr: r,
-            });
+            if !out.iter().any(|c| c.addr == r) {
+                out.push(Candidate {
+                    kind: CandidateKind::Reflexive,
+                    addr: r,
+                });
+            } else if !is_lan_address(r.ip()) {
+                // Our own public address, as the super nodes see it (no NAT here): reachable
+                // from anywhere, not a same-LAN shortcut (the peer would call the path
+                // DirectLan). A private or loopback one (super nodes on the same LAN or host)
+                // stays a host candidate.
+                for c in out.iter_mut().filter(|c| c.addr == r) {
+                    c.kind = CandidateKind::Reflexive;
+                }
+            }
         }
         out
     }
@@ -978,5 +985,48 @@ fn is_other_leg(path: Option<&Path>, leg: &Path) -> bool {
             a == b && p != leg
         }
         _ => false,
+    }
+}
+
+/// Whether `ip` can only be reached on a LAN or this host: loopback, private (RFC 1918, unique
+/// local), shared (carrier-grade NAT) and link-local addresses.
+fn is_lan_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (a == 100 && (64..128).contains(&b))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_lan_address;
+
+    #[test]
+    fn lan_addresses() {
+        for lan in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.2",
+            "169.254.0.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(is_lan_address(lan.parse().unwrap()), "{lan}");
+        }
+        for public in ["198.18.0.1", "8.8.8.8", "100.128.0.1", "2001:db8::1"] {
+            assert!(!is_lan_address(public.parse().unwrap()), "{public}");
+        }
     }
 }
