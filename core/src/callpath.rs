@@ -448,7 +448,14 @@ impl PathManager {
     }
 
     fn add_remote(&mut self, addr: SocketAddr, lan: bool) {
-        if self.remotes.iter().any(|r| r.addr == addr) || self.remotes.len() >= 2 * MAX_CANDIDATES {
+        if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr) {
+            // Learned first from a probe (peer-reflexive), then announced as a host
+            // candidate: the peer's opening probes can overtake its candidates, which come
+            // through the relay.
+            r.lan |= lan;
+            return;
+        }
+        if self.remotes.len() >= 2 * MAX_CANDIDATES {
             return;
         }
         self.remotes.push(Remote {
