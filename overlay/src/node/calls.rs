@@ -635,7 +635,10 @@ impl Node {
     }
 
     /// This node's candidates for a direct path: its own addresses on the listen port and the
-    /// address super nodes see; none when UDP is blocked.
+    /// address super nodes see; none when UDP is blocked. An address of its own that super
+    /// nodes see it at, and that is no loopback, private or link-local one, is a public
+    /// address rather than a LAN one: it goes out as reflexive, so a direct path between two
+    /// public hosts is `direct`, not `direct-lan`.
     fn local_candidates(&self) -> Vec<Candidate> {
         if self.attacher.udp_blocked()
             || self
@@ -645,20 +648,25 @@ impl Node {
         {
             return Vec::new();
         }
+        let reflexive = self
+            .reflexive
+            .or_else(|| self.nat_report.as_ref().and_then(|r| r.mapped));
         let port = self.cfg.listen.port();
         let mut out: Vec<Candidate> = self
             .cfg
             .local_addresses
             .iter()
-            .map(|a| Candidate {
-                kind: CandidateKind::Host,
-                addr: SocketAddr::new(a.ip(), port),
+            .map(|a| SocketAddr::new(a.ip(), port))
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|addr| Candidate {
+                kind: if reflexive == Some(addr) && !lan_only(addr.ip()) {
+                    CandidateKind::Reflexive
+                } else {
+                    CandidateKind::Host
+                },
+                addr,
             })
-            .filter(|c| !c.addr.ip().is_unspecified())
             .collect();
-        let reflexive = self
-            .reflexive
-            .or_else(|| self.nat_report.as_ref().and_then(|r| r.mapped));
         if let Some(r) = reflexive {
             if !out.iter().any(|c| c.addr == r) {
                 out.push(Candidate {
@@ -789,6 +797,17 @@ impl Node {
         self.calls.machine.handle_timeout(now);
         if let Some((_, _, _, pm)) = self.calls.path.as_mut() {
             pm.handle_timeout(now);
+        }
+    }
+}
+
+/// Whether `ip` is an address only its own host or LAN can reach (loopback, private,
+/// link-local, unique local).
+fn lan_only(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => a.is_loopback() || a.is_private() || a.is_link_local(),
+        std::net::IpAddr::V6(a) => {
+            a.is_loopback() || a.is_unique_local() || a.is_unicast_link_local()
         }
     }
 }
