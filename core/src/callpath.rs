@@ -552,9 +552,18 @@ impl PathManager {
     }
 
     /// The endpoint moved the session to `path` because the peer's packets arrive there now
-    /// (on the controlled side, this is how it follows the controlling side).
+    /// (on the controlled side, this is how it follows the controlling side). The controlling
+    /// side on a direct path does not follow the peer back onto the relay: the peer only uses
+    /// the relay until the first packet on the chosen path reaches it, and one it sent just
+    /// before (the newest when it arrives, the relay being slower) would otherwise move this
+    /// side back, and the peer after it.
     pub fn path_changed(&mut self, now: Instant, path: &Path) {
         if *path == self.active {
+            return;
+        }
+        if self.controlling && *path == self.relay {
+            self.actions
+                .push_back(PathAction::UsePath(self.active.clone()));
             return;
         }
         let lan = path
@@ -781,5 +790,78 @@ impl PathManager {
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A manager on `relay` whose peer offered `direct` and opened, with `direct` answered
+    /// and chosen (when controlling).
+    fn on_direct(controlling: bool, relay: &Path, direct: SocketAddr) -> (PathManager, Instant) {
+        let t0 = Instant::now();
+        let call = CallId([7; 16]);
+        let mut pm = PathManager::new(
+            PathConfig::default(),
+            call,
+            controlling,
+            relay.clone(),
+            vec![Candidate {
+                kind: CandidateKind::Reflexive,
+                addr: addr("198.18.9.2:4000"),
+            }],
+            t0,
+        );
+        pm.handle_message(
+            t0,
+            &Message::CallCandidates {
+                call,
+                opened: true,
+                candidates: vec![Candidate {
+                    kind: CandidateKind::Reflexive,
+                    addr: direct,
+                }],
+            },
+        );
+        let path = Path::Direct(Destination::Udp(direct));
+        let t = t0 + Duration::from_millis(10);
+        pm.probe_answered(t, &path, Duration::from_millis(1));
+        let t = t0 + Duration::from_millis(200);
+        pm.handle_timeout(t);
+        if controlling {
+            pm.probe_answered(t, &path, Duration::from_millis(1));
+            assert_eq!(pm.active().1, PathKind::Direct);
+        } else {
+            pm.path_changed(t, &path);
+        }
+        while pm.poll_action().is_some() {}
+        (pm, t)
+    }
+
+    #[test]
+    fn the_controlling_side_does_not_follow_a_late_relayed_packet_back_to_the_relay() {
+        let relay = Path::Relayed {
+            relay: Destination::Udp(addr("198.18.1.10:4000")),
+            channel: 5,
+        };
+        let direct = addr("198.18.5.2:4000");
+        let (mut pm, t) = on_direct(true, &relay, direct);
+        pm.path_changed(t, &relay);
+        assert_eq!(pm.active().1, PathKind::Direct);
+        let actions: Vec<PathAction> = std::iter::from_fn(|| pm.poll_action()).collect();
+        assert_eq!(
+            actions,
+            vec![PathAction::UsePath(Path::Direct(Destination::Udp(direct)))]
+        );
+        // The controlled side follows, as before.
+        let (mut pm, t) = on_direct(false, &relay, direct);
+        assert_eq!(pm.active().1, PathKind::Direct);
+        pm.path_changed(t, &relay);
+        assert_eq!(pm.active().1, PathKind::RelayUdp);
     }
 }
