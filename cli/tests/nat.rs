@@ -9,59 +9,10 @@ mod netns;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use netns::natter::{self, servers, WAIT};
 use netns::{net_or_skip, Nat, Net, Proc};
-
-const PASSWORD: &str = "a passphrase behind the NAT";
-const WAIT: Duration = Duration::from_secs(20);
-
-fn natter() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_natter"))
-}
-
-/// A login server and a super node (with a second address for NAT classification) on a
-/// public host; returns the network file's path.
-fn servers(net: &mut Net, dir: &Path) -> Result<String, String> {
-    let (srv, addrs) = net.public_host("srv", 2)?;
-    let (a, b) = (addrs[0], addrs[1]);
-    let data = dir.join("login");
-    let mut login = net.spawn(
-        &srv,
-        natter(),
-        &[
-            "login-server",
-            "--listen",
-            &format!("{a}:4433"),
-            "--data",
-            data.to_str().unwrap(),
-            "--bootstrap",
-            &format!("{a}:4000"),
-        ],
-        &[],
-    )?;
-    login.wait_for(&["network file: "], WAIT)?;
-    let network = login
-        .line("network file: ")
-        .unwrap()
-        .strip_prefix("network file: ")
-        .unwrap()
-        .split(" (")
-        .next()
-        .unwrap()
-        .to_string();
-    let mut sn = node(
-        net,
-        dir,
-        &network,
-        &srv,
-        "snode",
-        a,
-        &["--supernode", "--stun-alternate", &format!("{b}:4001")],
-    )?;
-    sn.wait_for(&["node listening"], WAIT)?;
-    Ok(network)
-}
 
 /// Register `user` from namespace `ns` and start its node there, listening on `ip:4000`.
 fn node(
@@ -73,42 +24,7 @@ fn node(
     ip: Ipv4Addr,
     extra: &[&str],
 ) -> Result<Proc, String> {
-    let data = dir.join(user);
-    let data = data.to_str().unwrap();
-    let pw = format!("NATTER_PASSWORD={PASSWORD}");
-    let bin = natter().to_str().unwrap();
-    let out = net.exec(
-        ns,
-        &[
-            "env",
-            &pw,
-            bin,
-            "register",
-            "--user",
-            user,
-            "--network",
-            network,
-            "--data",
-            data,
-        ],
-    )?;
-    if !out.contains("registered") {
-        return Err(format!("register {user}: {out}"));
-    }
-    let listen = format!("{ip}:4000");
-    let mut args = vec![
-        "node",
-        "--user",
-        user,
-        "--network",
-        network,
-        "--data",
-        data,
-        "--listen",
-        &listen,
-    ];
-    args.extend_from_slice(extra);
-    net.spawn(ns, natter(), &args, &[("NATTER_PASSWORD", PASSWORD)])
+    natter::start(net, dir, network, ns, "node", user, ip, extra)
 }
 
 /// A node's attach line and NAT line, once both printed.

@@ -563,7 +563,11 @@ impl PathManager {
     }
 
     /// The endpoint moved the session to `path` because the peer's packets arrive there now
-    /// (on the controlled side, this is how it follows the controlling side).
+    /// (on the controlled side, this is how it follows the controlling side). The controlling
+    /// side on a direct path does not follow the peer back onto the relay: the peer only uses
+    /// the relay until the first packet on the chosen path reaches it, and one it sent just
+    /// before (the newest when it arrives, the relay being slower) would otherwise move this
+    /// side back, and the peer after it.
     pub fn path_changed(&mut self, now: Instant, path: &Path) {
         if *path == self.active {
             return;

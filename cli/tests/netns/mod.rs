@@ -24,7 +24,9 @@
 //! direct path of a call breaks while the paths to super nodes keep working.
 //! [`Net::udp_probe`] and [`Net::ping`] check what reaches what. [`Net::endpoint`] makes one
 //! side of a call at a [`Place`] (public, behind a NAT, behind a NAT and a UDP-dropping
-//! firewall), so a test can run the same call over every topology.
+//! firewall), so a test can run the same call over every topology. [`natter`] starts real
+//! `natter` processes in them (a login server and a super node, nodes and clients);
+//! [`Proc`] follows their output, with the time each line arrived.
 //!
 //! NAT behaviours: [`Nat::PortRestricted`] is plain `masquerade` (conntrack keeps the source
 //! port when it can and lets in only replies from the exact address and port a packet went to:
@@ -44,6 +46,8 @@
 //! longer exists (a run killed with SIGKILL cannot clean up after itself).
 
 #![allow(dead_code)]
+
+pub mod natter;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -668,7 +672,7 @@ impl Net {
             // Keep draining after the receiver is gone: a closed pipe would kill the process
             // at its next line of output.
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+                let _ = tx.send((Instant::now(), line));
             }
         });
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -682,10 +686,30 @@ impl Net {
         self.children.push(child);
         Ok(Proc {
             name: format!("{} in {ns}", program.display()),
+            child: self.children.len() - 1,
             lines,
             seen: Vec::new(),
+            seen_at: Vec::new(),
             stderr,
         })
+    }
+}
+
+impl Net {
+    /// `p`'s exit code once it exited (within `within`); `None` while it runs (or when a
+    /// signal ended it).
+    pub fn wait_exit(&mut self, p: &Proc, within: Duration) -> Option<i32> {
+        let child = &mut self.children[p.child];
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -705,9 +729,13 @@ impl Drop for Net {
 /// A process started by [`Net::spawn`]: its output lines.
 pub struct Proc {
     name: String,
-    lines: Receiver<String>,
+    /// Its index in the [`Net`]'s children.
+    child: usize,
+    lines: Receiver<(Instant, String)>,
     /// Every standard-output line read so far.
     pub seen: Vec<String>,
+    /// When each line of `seen` was read from the pipe.
+    pub seen_at: Vec<Instant>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -715,14 +743,52 @@ impl Proc {
     /// Read standard output until every one of `want` is in some line seen so far (or
     /// `within` passes: an error listing what it printed).
     pub fn wait_for(&mut self, want: &[&str], within: Duration) -> Result<(), String> {
+        self.wait_until(&format!("{want:?}"), within, |seen| {
+            want.iter().all(|w| seen.iter().any(|l| l.contains(w)))
+        })
+    }
+
+    /// Read the lines printed so far into [`Proc::seen`]; their number, a mark for
+    /// [`Proc::wait_after`].
+    pub fn mark(&mut self) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.push(line);
+        }
+        self.seen.len()
+    }
+
+    /// Read standard output until a line from index `mark` of [`Proc::seen`] on contains
+    /// `want` (or `within` passes: an error listing what it printed); that line's index and
+    /// the line.
+    pub fn wait_after(
+        &mut self,
+        mark: usize,
+        want: &str,
+        within: Duration,
+    ) -> Result<(usize, String), String> {
+        self.wait_until(&format!("{want:?} after line {mark}"), within, |seen| {
+            seen.iter().skip(mark).any(|l| l.contains(want))
+        })?;
+        let i = (mark..self.seen.len())
+            .find(|&i| self.seen[i].contains(want))
+            .unwrap();
+        Ok((i, self.seen[i].clone()))
+    }
+
+    fn wait_until(
+        &mut self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + within;
-        while !want.iter().all(|w| self.seen.iter().any(|l| l.contains(w))) {
+        while !done(&self.seen) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
+                Ok(line) => self.push(line),
                 Err(_) => {
                     return Err(format!(
-                        "{}: waited {within:?} for {want:?}; stdout {:#?}; stderr {:#?}",
+                        "{}: waited {within:?} for {what}; stdout {:#?}; stderr {:#?}",
                         self.name,
                         self.seen,
                         self.stderr.lock().unwrap()
@@ -731,6 +797,26 @@ impl Proc {
             }
         }
         Ok(())
+    }
+
+    /// The last line seen that contains `needle`.
+    pub fn last_line(&self, needle: &str) -> Option<&str> {
+        self.seen
+            .iter()
+            .rev()
+            .find(|l| l.contains(needle))
+            .map(|s| s.as_str())
+    }
+
+    fn push(&mut self, (at, line): (Instant, String)) {
+        self.seen_at.push(at);
+        self.seen.push(line);
+    }
+
+    /// When the first line seen that contains `needle` was read.
+    pub fn line_at(&self, needle: &str) -> Option<Instant> {
+        let i = self.seen.iter().position(|l| l.contains(needle))?;
+        Some(self.seen_at[i])
     }
 
     /// Its standard error so far.

@@ -788,25 +788,29 @@ impl Node {
     }
 
     /// This node's candidates for a direct path: its own addresses on the listen port and the
-    /// address super nodes see; none when UDP is blocked.
+    /// address super nodes see; none when UDP is blocked. An address of its own that super
+    /// nodes see it at, and that is no loopback, private or link-local one, is a public
+    /// address rather than a LAN one: it goes out as reflexive, so a direct path between two
+    /// public hosts is `direct`, not `direct-lan`.
     fn local_candidates(&self) -> Vec<Candidate> {
         if self.udp_blocked_here() {
             return Vec::new();
         }
+        let reflexive = self
+            .reflexive
+            .or_else(|| self.nat_report.as_ref().and_then(|r| r.mapped));
         let port = self.cfg.listen.port();
         let mut out: Vec<Candidate> = self
             .cfg
             .local_addresses
             .iter()
-            .map(|a| Candidate {
+            .map(|a| SocketAddr::new(a.ip(), port))
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|addr| Candidate {
                 kind: CandidateKind::Host,
-                addr: SocketAddr::new(a.ip(), port),
+                addr,
             })
-            .filter(|c| !c.addr.ip().is_unspecified())
             .collect();
-        let reflexive = self
-            .reflexive
-            .or_else(|| self.nat_report.as_ref().and_then(|r| r.mapped));
         if let Some(r) = reflexive {
             if !out.iter().any(|c| c.addr == r) {
                 out.push(Candidate {

@@ -741,6 +741,12 @@ impl Node {
             }
             Class::Success | Class::Error => {
                 if self.attacher.probe_answered(now, msg.transaction) {
+                    // The first address a super node sees us at over UDP: a call placed or
+                    // answered before the NAT report (about a second after attaching) or the
+                    // first keep-alive needs it as its reflexive candidate.
+                    if self.reflexive.is_none() {
+                        self.reflexive = msg.mapped_address();
+                    }
                     return;
                 }
                 if self.keepalive_probe == Some(msg.transaction) {
