@@ -366,7 +366,7 @@ pub fn describe(e: &NodeEvent) {
         NodeEvent::Attach(AttachEvent::NoSuperNode) => say!("no super node reachable yet"),
         NodeEvent::Nat(r) => say!(
             "NAT: {} (mapped address {}, probed in {:.0} ms)",
-            r.nat.describe(),
+            r.nat.describe().trim_start_matches("NAT: "),
             r.mapped
                 .map(|m| m.to_string())
                 .unwrap_or_else(|| "-".into()),

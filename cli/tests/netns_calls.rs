@@ -337,7 +337,7 @@ fn call_between_two_port_restricted_nats_punches_through() {
 }
 
 /// (5) Both behind symmetric NATs: no direct path, the call stays on the super node's relay
-/// (over UDP on both sides).
+/// (over UDP on both sides: the callee moves its leg off its TCP link).
 #[test]
 fn call_between_two_symmetric_nats_stays_relayed() {
     let test = "call_between_two_symmetric_nats_stays_relayed";
@@ -353,7 +353,7 @@ fn call_between_two_symmetric_nats_stays_relayed() {
         (&b.ns, b.addr),
         3,
     );
-    call.finish("relay-udp", "relay-tcp");
+    call.finish("relay-udp", "relay-udp");
 }
 
 /// (6) Two hosts behind one NAT call each other on their private addresses.
@@ -445,7 +445,7 @@ fn a_call_survives_losing_its_direct_path_and_returns_to_it() {
         .callee
         .wait_after(
             callee_mark,
-            "call path relay-tcp (Peer)",
+            "call path relay-udp (Peer)",
             Duration::from_secs(3),
         )
         .unwrap();
