@@ -5,6 +5,8 @@
 #
 # The C library:
 #   make install [PREFIX=/usr/local] [DESTDIR=...]   libnatter.so and .a, natter.h, natter.pc
+#   make examples                                    the C and C++ examples, against a staging
+#                                                    install (target/natter-prefix)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -13,7 +15,7 @@ PREFIX ?= /usr/local
 # Debian packages the build and the tests need.
 SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping
 
-.PHONY: all demo test deps check-deps fmt clippy unit header bench fuzz-check clean lib install install-files uninstall
+.PHONY: all demo test deps check-deps fmt clippy unit header bench fuzz-check clean lib install install-files uninstall examples
 
 all: test
 
@@ -105,6 +107,13 @@ uninstall:
 	rm -f "$(DESTDIR)$(INCLUDEDIR)/natter.h" "$(DESTDIR)$(LIBDIR)/pkgconfig/natter.pc" \
 	    "$(DESTDIR)$(LIBDIR)/libnatter.a" "$(DESTDIR)$(LIBDIR)/libnatter.so" \
 	    "$(DESTDIR)$(LIBDIR)/$(SONAME)" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+
+# The C and C++ examples, built with pkg-config against a staging install.
+EXAMPLES_PREFIX ?= $(abspath $(TARGET_DIR))/natter-prefix
+examples: deps
+	$(MAKE) install PREFIX="$(EXAMPLES_PREFIX)"
+	PKG_CONFIG_PATH="$(EXAMPLES_PREFIX)/lib/pkgconfig" $(MAKE) -C examples OUT="$(EXAMPLES_PREFIX)/bin"
+	@echo "examples in $(EXAMPLES_PREFIX)/bin (run them with LD_LIBRARY_PATH=$(EXAMPLES_PREFIX)/lib)"
 
 bench: deps
 	$(CARGO) bench -p natter-benches

@@ -1,6 +1,6 @@
 /* Prints the library and ABI versions, and checks the header matches the library.
  *
- *   cc -std=c99 -Wall -Wextra -Werror version.c -I../../include -L../../target/release -lnatter
+ *   cc -std=c99 -Wall -Wextra -Werror version.c $(pkg-config --cflags --libs natter)
  */
 #include <stdio.h>
 
