@@ -1,6 +1,7 @@
 # Natter: two commands matter.
 #   make demo   a whole network on loopback, step by step (the main job)
-#   make test   everything: format, lints, every test in the workspace, the C header
+#   make test   everything: format, lints, every test in the workspace, the C header, the C
+#               and C++ programs (built against an installed libnatter, run under valgrind)
 # Both install the system packages they need (apt-get when root, else they print the line).
 #
 # The C library:
@@ -13,7 +14,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 
 # Debian packages the build and the tests need.
-SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping
+SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping valgrind g++
 
 .PHONY: all demo test deps check-deps fmt clippy unit header bench fuzz-check clean lib install install-files uninstall examples
 
@@ -59,7 +60,7 @@ unit:
 	trap 'scripts/pg-test.sh stop "$(PG_TEST_DIR)"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	url=$$(scripts/pg-test.sh start "$(PG_TEST_DIR)" "$(PG_TEST_PORT)" | tail -n 1); \
 	NATTER_TEST_POSTGRES="$$url" NATTER_REQUIRE_POSTGRES=1 NATTER_REQUIRE_COTURN=1 NATTER_REQUIRE_NETNS=1 \
-	  $(CARGO) test --workspace --locked
+	  NATTER_REQUIRE_VALGRIND=1 $(CARGO) test --workspace --locked
 
 # Regenerate include/natter.h from ffi/src (commit the result).
 header:
