@@ -43,7 +43,8 @@
  *
  * VERSIONING. natter_abi_version() is major << 16 | minor << 8 | patch. An application
  * built against this header (NATTER_ABI_*) runs with a library whose major is the same and
- * whose version is at least the header's. Structs passed across (NatterOptions,
+ * whose version is at least the header's (while the major is 0, with the same minor too:
+ * before 1.0 every minor may break the ABI). Structs passed across (NatterOptions,
  * NatterNodeState, NatterCallStats) start with a version field set by the application, so
  * new fields can be added without breaking it; NatterEvent is only ever allocated by the
  * library and only grows at its end. See docs/abi.md for the whole policy.
@@ -66,7 +67,7 @@
 #define NATTER_ABI_MAJOR 0
 
 /**
- * Minor part of the ABI version: additions only.
+ * Minor part of the ABI version: additions only (before 1.0, any change).
  */
 #define NATTER_ABI_MINOR 2
 
@@ -905,8 +906,10 @@ const char *natter_version(void);
 /**
  * The ABI version as one number: `major << 16 | minor << 8 | patch`.
  *
- * An application built against header version `H` works with a library of version `L` when
- * `L >> 16 == H >> 16` and `L >= H`. Safe to call from any thread.
+ * An application built against header version `H` (`NATTER_ABI_*`) works with a library of
+ * version `L` when `L >> 16 == H >> 16` and `L >= H`, and, while the major is 0 (when every
+ * minor version may break the ABI), `(L >> 8 & 0xff) == (H >> 8 & 0xff)`. See docs/abi.md.
+ * Safe to call from any thread.
  */
 uint32_t natter_abi_version(void);
 

@@ -56,7 +56,7 @@ pub use result::{natter_result_message, NatterResult};
 
 /// The ABI version: bumped in its major part on any incompatible change to `natter.h`.
 pub const NATTER_ABI_MAJOR: u32 = 0;
-/// Minor part of the ABI version: additions only.
+/// Minor part of the ABI version: additions only (before 1.0, any change).
 pub const NATTER_ABI_MINOR: u32 = 2;
 /// Patch part of the ABI version.
 pub const NATTER_ABI_PATCH: u32 = 0;
@@ -73,8 +73,10 @@ pub extern "C" fn natter_version() -> *const c_char {
 
 /// The ABI version as one number: `major << 16 | minor << 8 | patch`.
 ///
-/// An application built against header version `H` works with a library of version `L` when
-/// `L >> 16 == H >> 16` and `L >= H`. Safe to call from any thread.
+/// An application built against header version `H` (`NATTER_ABI_*`) works with a library of
+/// version `L` when `L >> 16 == H >> 16` and `L >= H`, and, while the major is 0 (when every
+/// minor version may break the ABI), `(L >> 8 & 0xff) == (H >> 8 & 0xff)`. See docs/abi.md.
+/// Safe to call from any thread.
 #[no_mangle]
 pub extern "C" fn natter_abi_version() -> u32 {
     boundary::value_or(0, || {
