@@ -1,16 +1,22 @@
 # Natter: two commands matter.
 #   make demo   a whole network on loopback, step by step (the main job)
-#   make test   everything: format, lints, every test in the workspace, the C header
+#   make test   everything: format, lints, every test in the workspace, the C header, the C
+#               and C++ programs (built against an installed libnatter, run under valgrind)
 # Both install the system packages they need (apt-get when root, else they print the line).
+#
+# The C library:
+#   make install [PREFIX=/usr/local] [DESTDIR=...]   libnatter.so and .a, natter.h, natter.pc
+#   make examples                                    the C and C++ examples, against a staging
+#                                                    install (target/natter-prefix)
 
 SHELL := /bin/bash
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
 # Debian packages the build and the tests need.
-SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping tmux
+SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping tmux valgrind g++
 
-.PHONY: all demo test deps check-deps fmt clippy unit header bench fuzz-check clean
+.PHONY: all demo test deps check-deps fmt clippy unit header bench fuzz-check clean lib install install-files uninstall examples
 
 all: test
 
@@ -54,11 +60,61 @@ unit:
 	trap 'scripts/pg-test.sh stop "$(PG_TEST_DIR)"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	url=$$(scripts/pg-test.sh start "$(PG_TEST_DIR)" "$(PG_TEST_PORT)" | tail -n 1); \
 	NATTER_TEST_POSTGRES="$$url" NATTER_REQUIRE_POSTGRES=1 NATTER_REQUIRE_COTURN=1 NATTER_REQUIRE_NETNS=1 NATTER_REQUIRE_TMUX=1 \
-	  $(CARGO) test --workspace --locked
+	  NATTER_REQUIRE_VALGRIND=1 $(CARGO) test --workspace --locked
 
 # Regenerate include/natter.h from ffi/src (commit the result).
 header:
 	NATTER_BLESS=1 $(CARGO) test -p natter-ffi --test header --locked
+
+# --- The C library --------------------------------------------------------------------------
+# The ABI version and the shared library's SONAME come from ffi/src/lib.rs (NATTER_ABI_*):
+# libnatter.so.0.MINOR while the major is 0 (each minor may break the ABI), then
+# libnatter.so.MAJOR. The real file is named after the whole ABI version.
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PROFILE ?= release
+TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
+LIB_BUILD_DIR ?= $(TARGET_DIR)/$(if $(filter dev debug,$(PROFILE)),debug,$(PROFILE))
+abi = $(shell sed -n 's/^pub const NATTER_ABI_$(1): u32 = \([0-9]*\);/\1/p' ffi/src/lib.rs)
+ABI_MAJOR := $(call abi,MAJOR)
+ABI_MINOR := $(call abi,MINOR)
+ABI_PATCH := $(call abi,PATCH)
+SONAME := $(if $(filter 0,$(ABI_MAJOR)),libnatter.so.0.$(ABI_MINOR),libnatter.so.$(ABI_MAJOR))
+LIB_FILE := libnatter.so.$(ABI_MAJOR).$(ABI_MINOR).$(ABI_PATCH)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# What a program linking libnatter.a statically also needs (rustc --print native-static-libs).
+PRIVATE_LIBS := -lopus -lasound -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+
+lib:
+	$(CARGO) build --locked -p natter-ffi --profile $(if $(filter debug,$(PROFILE)),dev,$(PROFILE))
+
+# Build, then install the header, both libraries and natter.pc under $(DESTDIR)$(PREFIX).
+install: lib install-files
+
+# Install what `make lib` built (tests call this with LIB_BUILD_DIR set to their own build).
+install-files:
+	install -d "$(DESTDIR)$(INCLUDEDIR)" "$(DESTDIR)$(LIBDIR)/pkgconfig"
+	install -m 644 include/natter.h "$(DESTDIR)$(INCLUDEDIR)/natter.h"
+	install -m 755 "$(LIB_BUILD_DIR)/libnatter.so" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+	ln -sf "$(LIB_FILE)" "$(DESTDIR)$(LIBDIR)/$(SONAME)"
+	ln -sf "$(SONAME)" "$(DESTDIR)$(LIBDIR)/libnatter.so"
+	install -m 644 "$(LIB_BUILD_DIR)/libnatter.a" "$(DESTDIR)$(LIBDIR)/libnatter.a"
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE_LIBS@|$(PRIVATE_LIBS)|' \
+	    ffi/natter.pc.in > "$(DESTDIR)$(LIBDIR)/pkgconfig/natter.pc"
+	@echo "installed libnatter $(VERSION) (ABI $(ABI_MAJOR).$(ABI_MINOR).$(ABI_PATCH), $(SONAME)) under $(DESTDIR)$(PREFIX)"
+
+uninstall:
+	rm -f "$(DESTDIR)$(INCLUDEDIR)/natter.h" "$(DESTDIR)$(LIBDIR)/pkgconfig/natter.pc" \
+	    "$(DESTDIR)$(LIBDIR)/libnatter.a" "$(DESTDIR)$(LIBDIR)/libnatter.so" \
+	    "$(DESTDIR)$(LIBDIR)/$(SONAME)" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+
+# The C and C++ examples, built with pkg-config against a staging install.
+EXAMPLES_PREFIX ?= $(abspath $(TARGET_DIR))/natter-prefix
+examples: deps
+	$(MAKE) install PREFIX="$(EXAMPLES_PREFIX)"
+	PKG_CONFIG_PATH="$(EXAMPLES_PREFIX)/lib/pkgconfig" $(MAKE) -C examples OUT="$(EXAMPLES_PREFIX)/bin"
+	@echo "examples in $(EXAMPLES_PREFIX)/bin (run them with LD_LIBRARY_PATH=$(EXAMPLES_PREFIX)/lib)"
 
 bench: deps
 	$(CARGO) bench -p natter-benches

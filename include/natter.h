@@ -1,9 +1,53 @@
 /*
  * natter.h: the C ABI of Natter, a peer-to-peer voice and messaging SDK.
  *
- * Threading: every function declared here may be called from any thread.
- * Strings are NUL-terminated UTF-8. Each function says who owns what it returns.
- * Versioning: see natter_abi_version() and docs in README.md ("C ABI").
+ * A minimal program:
+ *
+ *     NatterOptions o;
+ *     natter_options_default(&o, NATTER_OPTIONS_VERSION);
+ *     o.network_file = "network.toml";      // from the login server
+ *     o.data_dir = "natter-data";           // this device's keys and certificate
+ *     NatterClient *c;
+ *     if (natter_client_new(&o, &c) != NATTER_OK) ...
+ *     natter_client_login(c, "alice", "alice's password");   // blocking
+ *     natter_client_start(c);
+ *     uint64_t call;
+ *     natter_call_start(c, "bob", &call);
+ *     ... events: poll natter_client_event_fd(), then natter_client_next_event() ...
+ *     natter_client_free(c);
+ *
+ * THREADING. Every function may be called from any thread, at any time, concurrently with
+ * any other, on the same client or different ones. A client runs threads of its own:
+ * "natter-<address>" (sockets and the protocol), "natter-node" (events, certificate renewal),
+ * one "natter-media" per connected call (codec, jitter buffer) and, once a callback is set,
+ * "natter-callback", the only thread the event callback runs on (one event at a time, in
+ * order). Functions that block say so: natter_client_register and natter_client_login (a
+ * login-server exchange, up to 15 s), natter_client_stop and natter_client_free (joining
+ * threads, usually well under a second), natter_client_wait_event (up to its timeout). The
+ * others return within milliseconds.
+ *
+ * RESULTS. Fallible functions return a NatterResult; natter_result_message() renders any
+ * value. A panic inside Natter never crosses into C: it is caught and returned as
+ * NATTER_PANIC. Output arguments are written only on success (except the documented
+ * "ask size, then fill" lengths).
+ *
+ * ARGUMENTS AND OWNERSHIP. Every pointer argument is checked for NULL
+ * (NATTER_NULL_ARGUMENT). A NatterClient pointer is a handle that Natter never dereferences:
+ * a freed, stale or made-up one gives NATTER_INVALID_HANDLE, never a crash. Calls are
+ * uint64_t ids (NATTER_UNKNOWN_CALL when unknown). Strings are NUL-terminated UTF-8
+ * (NATTER_INVALID_UTF8 otherwise) and are copied when passed in; binary data (audio) comes
+ * with an explicit length. Each function says who owns what it returns: the caller frees a
+ * client with natter_client_free and a polled event with natter_event_free; static strings
+ * are never freed. What C cannot let a library check (a non-NULL pointer that is dangling or
+ * shorter than its stated length) remains undefined behaviour.
+ *
+ * VERSIONING. natter_abi_version() is major << 16 | minor << 8 | patch. An application
+ * built against this header (NATTER_ABI_*) runs with a library whose major is the same and
+ * whose version is at least the header's (while the major is 0, with the same minor too:
+ * before 1.0 every minor may break the ABI). Structs passed across (NatterOptions,
+ * NatterNodeState, NatterCallStats) start with a version field set by the application, so
+ * new fields can be added without breaking it; NatterEvent is only ever allocated by the
+ * library and only grows at its end. See docs/abi.md for the whole policy.
  */
 
 #ifndef NATTER_H
@@ -23,9 +67,9 @@
 #define NATTER_ABI_MAJOR 0
 
 /**
- * Minor part of the ABI version: additions only.
+ * Minor part of the ABI version: additions only (before 1.0, any change).
  */
-#define NATTER_ABI_MINOR 1
+#define NATTER_ABI_MINOR 2
 
 /**
  * Patch part of the ABI version.
@@ -33,8 +77,27 @@
 #define NATTER_ABI_PATCH 0
 
 /**
- * Result of every fallible Natter function. Values are grouped by subsystem, stable, and never
- * reused for another meaning.
+ * The version of `NatterOptions` this header describes. Pass it to `natter_options_default`.
+ */
+#define NATTER_OPTIONS_VERSION 1
+
+/**
+ * The version of `NatterNodeState` this header describes.
+ */
+#define NATTER_NODE_STATE_VERSION 1
+
+/**
+ * The version of `NatterCallStats` this header describes.
+ */
+#define NATTER_CALL_STATS_VERSION 1
+
+/**
+ * Result of every fallible Natter function.
+ *
+ * Values are grouped by subsystem (0-99 general, 100-199 login, 200-299 the node, 300-399
+ * calls and audio), stable, and never reused for another meaning; new values may be added in
+ * minor versions, so treat an unknown value as a failure and show
+ * `natter_result_message(value)`.
  */
 enum NatterResult
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -46,7 +109,8 @@ enum NatterResult
    */
   NATTER_OK = 0,
   /**
-   * A Rust panic was caught at the ABI boundary (a bug in Natter: please report it).
+   * A Rust panic was caught at the ABI boundary (a bug in Natter: please report it). The
+   * object it happened on stays usable.
    */
   NATTER_PANIC = 1,
   /**
@@ -65,6 +129,106 @@ enum NatterResult
    * A handle was invalid or already freed.
    */
   NATTER_INVALID_HANDLE = 5,
+  /**
+   * An argument had a value outside its range (an unknown enum value, a malformed
+   * address, an invalid user name).
+   */
+  NATTER_INVALID_ARGUMENT = 6,
+  /**
+   * A struct's `version` field names a version this library does not know.
+   */
+  NATTER_UNSUPPORTED_VERSION = 7,
+  /**
+   * No event is waiting (not a failure: try again when the event file descriptor is
+   * readable).
+   */
+  NATTER_NO_EVENT = 8,
+  /**
+   * The operation is not available on this platform or in this build.
+   */
+  NATTER_UNSUPPORTED = 9,
+  /**
+   * A file or socket operation failed (unreadable network file, data directory that cannot
+   * be created, address already in use).
+   */
+  NATTER_IO_ERROR = 10,
+  /**
+   * The login server could not be reached, or its TLS certificate did not match the one
+   * the network file pins.
+   */
+  NATTER_LOGIN_UNREACHABLE = 100,
+  /**
+   * Wrong password.
+   */
+  NATTER_WRONG_PASSWORD = 101,
+  /**
+   * No such user: register first.
+   */
+  NATTER_UNKNOWN_USER = 102,
+  /**
+   * The user name is taken (registration).
+   */
+  NATTER_NAME_TAKEN = 103,
+  /**
+   * The user name breaks the rules: 3 to 32 characters, ASCII letters, digits, `.`, `_`,
+   * `-`, starting with a letter.
+   */
+  NATTER_INVALID_USER_NAME = 104,
+  /**
+   * The password is too weak: at least 10 characters, and not the user name.
+   */
+  NATTER_WEAK_PASSWORD = 105,
+  /**
+   * Too many failed attempts: wait and try again.
+   */
+  NATTER_THROTTLED = 106,
+  /**
+   * This version of Natter is too old for the network: upgrade.
+   */
+  NATTER_UPGRADE_REQUIRED = 107,
+  /**
+   * This device was revoked by the login authority.
+   */
+  NATTER_REVOKED = 108,
+  /**
+   * The stored certificate cannot be renewed (none stored, or expired too long ago): log in
+   * with the password.
+   */
+  NATTER_PASSWORD_NEEDED = 109,
+  /**
+   * Logging in failed for another reason (a server error, an unacceptable certificate).
+   */
+  NATTER_LOGIN_FAILED = 110,
+  /**
+   * The client has not logged in yet.
+   */
+  NATTER_NOT_LOGGED_IN = 200,
+  /**
+   * The client is not started (`natter_client_start`).
+   */
+  NATTER_NOT_STARTED = 201,
+  /**
+   * The client is already started.
+   */
+  NATTER_ALREADY_STARTED = 202,
+  /**
+   * No call with this id (never existed, or ended long ago).
+   */
+  NATTER_UNKNOWN_CALL = 300,
+  /**
+   * The call is not in a state where this is possible (answering an outgoing call,
+   * holding a call that is not connected, anything on a call that ended).
+   */
+  NATTER_WRONG_CALL_STATE = 301,
+  /**
+   * This client already has a call: a device has at most one.
+   */
+  NATTER_IN_CALL = 302,
+  /**
+   * The call has no application audio: it is not connected, or the client uses the
+   * built-in audio devices (`NATTER_AUDIO_DEVICES`).
+   */
+  NATTER_NO_AUDIO = 303,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -73,6 +237,660 @@ typedef enum NatterResult NatterResult;
 typedef uint32_t NatterResult;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * What this node currently is.
+ */
+enum NatterNodeRole
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * An ordinary node, attached to super nodes.
+   */
+  NATTER_NODE_CLIENT = 0,
+  /**
+   * A super node.
+   */
+  NATTER_NODE_SUPER_NODE = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterNodeRole NatterNodeRole;
+#else
+typedef uint32_t NatterNodeRole;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * The NAT this node is behind, as detected against its super nodes (RFC 5780).
+ */
+enum NatterNatType
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Not detected yet (not attached, or the probe is running).
+   */
+  NATTER_NAT_UNKNOWN = 0,
+  /**
+   * A public address and no filtering.
+   */
+  NATTER_NAT_OPEN = 1,
+  /**
+   * A public address behind a filtering firewall.
+   */
+  NATTER_NAT_PUBLIC_FILTERED = 2,
+  /**
+   * Endpoint-independent mapping and filtering ("full cone").
+   */
+  NATTER_NAT_FULL_CONE = 3,
+  /**
+   * Endpoint-independent mapping, address-dependent filtering ("restricted cone").
+   */
+  NATTER_NAT_RESTRICTED_CONE = 4,
+  /**
+   * Endpoint-independent mapping, address-and-port-dependent filtering ("port-restricted").
+   */
+  NATTER_NAT_PORT_RESTRICTED_CONE = 5,
+  /**
+   * Address-dependent mapping ("symmetric"): calls with another such node go through a
+   * relay.
+   */
+  NATTER_NAT_SYMMETRIC = 6,
+  /**
+   * No UDP at all: everything goes over TCP.
+   */
+  NATTER_NAT_UDP_BLOCKED = 7,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterNatType NatterNatType;
+#else
+typedef uint32_t NatterNatType;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What an event is about. Values are stable and never reused; new kinds may be added in
+ * minor versions: ignore kinds you do not know (and free them).
+ */
+enum NatterEventKind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Attached to a super node. `detail`: its address and transport; `count`: super nodes
+   * attached now.
+   */
+  NATTER_EVENT_ATTACHED = 1,
+  /**
+   * Lost a super node. `detail`: its address; `count`: super nodes attached now (the node
+   * looks for another by itself).
+   */
+  NATTER_EVENT_DETACHED = 2,
+  /**
+   * No super node is reachable yet; the node keeps trying (0.5 s doubling to 30 s).
+   */
+  NATTER_EVENT_NO_SUPER_NODE = 3,
+  /**
+   * The NAT type was (re)detected. `code`: a `NatterNatType`; `detail`: a description.
+   */
+  NATTER_EVENT_NAT_DETECTED = 4,
+  /**
+   * This node became a super node or gave the role up. `code`: a `NatterNodeRole`.
+   */
+  NATTER_EVENT_ROLE_CHANGED = 5,
+  /**
+   * The device's certificate can no longer be renewed without the password: call
+   * `natter_client_login` with it (the node keeps running until the certificate expires).
+   */
+  NATTER_EVENT_LOGIN_REQUIRED = 6,
+  /**
+   * A search started with `natter_client_search` ended. `search`: its id; `user`: who;
+   * `code`: a `NatterSearchResult`; `count`: devices of the user online now; `detail`: a
+   * description (devices, hops, time).
+   */
+  NATTER_EVENT_SEARCH_RESULT = 20,
+  /**
+   * A call rings here. `call`: its id (answer or decline it); `user`: the caller.
+   */
+  NATTER_EVENT_CALL_INCOMING = 40,
+  /**
+   * Our outgoing call rings on one of the callee's devices (once per device). `call`, `user`.
+   */
+  NATTER_EVENT_CALL_RINGING = 41,
+  /**
+   * The call is connected; its audio starts. `call`, `user`.
+   */
+  NATTER_EVENT_CALL_CONNECTED = 42,
+  /**
+   * The call's hold state changed. `call`; `local_hold`: this side holds it;
+   * `remote_hold`: the peer does. No audio flows while either holds.
+   */
+  NATTER_EVENT_CALL_HOLD_CHANGED = 43,
+  /**
+   * The call's media path changed (the first one included). `call`; `code`: a
+   * `NatterPathKind`; `detail`: the path and why it was chosen.
+   */
+  NATTER_EVENT_CALL_PATH_CHANGED = 44,
+  /**
+   * Fresh call statistics (about once a second while connected): read them with
+   * `natter_call_get_stats`. `call`.
+   */
+  NATTER_EVENT_CALL_STATS = 45,
+  /**
+   * The call ended. `call`; `code`: a `NatterEndReason`; `detail`: a description. The
+   * call's id stays valid for `natter_call_get_stats` (final figures) for a while.
+   */
+  NATTER_EVENT_CALL_ENDED = 46,
+  /**
+   * Someone called while this device was in a call; they were told it is busy. `user`.
+   */
+  NATTER_EVENT_CALL_REJECTED_BUSY = 47,
+  /**
+   * The call's audio could not use the devices (no sound card, device busy): it sends
+   * silence and discards what it receives. `call`; `detail`: why.
+   */
+  NATTER_EVENT_AUDIO_ERROR = 48,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterEventKind NatterEventKind;
+#else
+typedef uint32_t NatterEventKind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Where a call stands.
+ */
+enum NatterCallState
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Outgoing: looking the callee up and inviting their devices.
+   */
+  NATTER_CALL_DIALING = 1,
+  /**
+   * Outgoing: at least one of the callee's devices rings.
+   */
+  NATTER_CALL_RINGING = 2,
+  /**
+   * Incoming: ringing here; answer or decline it.
+   */
+  NATTER_CALL_INCOMING = 3,
+  /**
+   * Answered here; waiting for the caller's confirmation (a round trip).
+   */
+  NATTER_CALL_ANSWERING = 4,
+  /**
+   * Connected (see the hold flags).
+   */
+  NATTER_CALL_ACTIVE = 5,
+  /**
+   * Over (see the end reason).
+   */
+  NATTER_CALL_ENDED = 6,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterCallState NatterCallState;
+#else
+typedef uint32_t NatterCallState;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How a connected call's media travels.
+ */
+enum NatterPathKind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * No path yet (not connected).
+   */
+  NATTER_PATH_NONE = 0,
+  /**
+   * Directly over UDP within one LAN.
+   */
+  NATTER_PATH_DIRECT_LAN = 1,
+  /**
+   * Directly over UDP through the NATs (hole punching).
+   */
+  NATTER_PATH_DIRECT = 2,
+  /**
+   * Relayed by a super node, over UDP on this side.
+   */
+  NATTER_PATH_RELAY_UDP = 3,
+  /**
+   * Relayed by a super node, over TCP on this side.
+   */
+  NATTER_PATH_RELAY_TCP = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterPathKind NatterPathKind;
+#else
+typedef uint32_t NatterPathKind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Whether a client's node may become a super node (`NatterOptions::role`).
+ */
+enum NatterRole
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Never a super node: apps on phones, laptops, anything behind a NAT or on a battery.
+   * The default; the only role that may listen on an ephemeral port (port 0).
+   */
+  NATTER_ROLE_CLIENT = 0,
+  /**
+   * Become a super node when measured suitable (a public address reachable unsolicited,
+   * two minutes up, spare CPU). Needs a fixed listen port.
+   */
+  NATTER_ROLE_AUTO = 1,
+  /**
+   * Always a super node (operators' bootstrap nodes). Needs a fixed listen port.
+   */
+  NATTER_ROLE_SUPER_NODE = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterRole NatterRole;
+#else
+typedef uint32_t NatterRole;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Where a client's call audio comes from and goes to (`NatterOptions::audio`).
+ */
+enum NatterAudioMode
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The system's microphone and speaker (default devices unless
+   * `NatterOptions::capture_device` / `playback_device` name others). The default.
+   */
+  NATTER_AUDIO_DEVICES = 0,
+  /**
+   * The application owns audio: it pushes captured samples with `natter_call_push_audio`
+   * and pulls samples to play with `natter_call_pull_audio` (mono, 16-bit, at
+   * `natter_audio_sample_rate()`), from its own audio callback or loop.
+   */
+  NATTER_AUDIO_APP = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterAudioMode NatterAudioMode;
+#else
+typedef uint32_t NatterAudioMode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Why a call ended (`NATTER_EVENT_CALL_ENDED`'s `code`).
+ */
+enum NatterEndReason
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * This side hung up.
+   */
+  NATTER_END_HUNG_UP_LOCAL = 1,
+  /**
+   * The other side hung up.
+   */
+  NATTER_END_HUNG_UP_REMOTE = 2,
+  /**
+   * This side declined the incoming call.
+   */
+  NATTER_END_DECLINED_LOCAL = 3,
+  /**
+   * The callee declined.
+   */
+  NATTER_END_DECLINED_REMOTE = 4,
+  /**
+   * Every device of the callee is in another call.
+   */
+  NATTER_END_BUSY = 5,
+  /**
+   * This side hung up before the callee answered.
+   */
+  NATTER_END_CANCELLED_LOCAL = 6,
+  /**
+   * The caller gave up before this side answered.
+   */
+  NATTER_END_CANCELLED_REMOTE = 7,
+  /**
+   * Nobody answered within 45 s.
+   */
+  NATTER_END_MISSED = 8,
+  /**
+   * Nothing came from the other side for 5 s (network lost, peer crashed).
+   */
+  NATTER_END_PEER_VANISHED = 9,
+  /**
+   * Another device of this user answered.
+   */
+  NATTER_END_ANSWERED_ELSEWHERE = 10,
+  /**
+   * The callee does not exist.
+   */
+  NATTER_END_USER_NOT_FOUND = 11,
+  /**
+   * No device of the callee is online.
+   */
+  NATTER_END_USER_OFFLINE = 12,
+  /**
+   * The index could not be searched (not attached yet, too few super nodes answered).
+   */
+  NATTER_END_SEARCH_UNAVAILABLE = 13,
+  /**
+   * The call could not be placed (this device was already in a call, too many devices).
+   */
+  NATTER_END_REFUSED = 14,
+  /**
+   * The client was stopped or freed.
+   */
+  NATTER_END_STOPPED = 15,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterEndReason NatterEndReason;
+#else
+typedef uint32_t NatterEndReason;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What a search found (`NATTER_EVENT_SEARCH_RESULT`'s `code`).
+ */
+enum NatterSearchResult
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The user exists: `count` of their devices are online.
+   */
+  NATTER_SEARCH_FOUND = 1,
+  /**
+   * Definitely no such user in the index.
+   */
+  NATTER_SEARCH_NOT_FOUND = 2,
+  /**
+   * The index could not answer (not attached, too few super nodes): try again.
+   */
+  NATTER_SEARCH_UNAVAILABLE = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterSearchResult NatterSearchResult;
+#else
+typedef uint32_t NatterSearchResult;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * A Natter client: one user's node on the network, its calls and its events.
+ *
+ * Opaque: created by `natter_client_new`, destroyed by `natter_client_free`. The pointer is
+ * a handle, never dereferenced; every function checks it and answers
+ * `NATTER_INVALID_HANDLE` for one that is not live.
+ */
+typedef struct NatterClient NatterClient;
+
+/**
+ * Options of `natter_client_new`. Fill it with `natter_options_default`, then set what you
+ * need; the strings are copied by `natter_client_new` (the struct may be freed afterwards).
+ *
+ * `version` says which fields exist: the library reads only those, so an application built
+ * against an older header keeps working with a newer library. Fields are only ever added at
+ * the end, with a new version number.
+ */
+typedef struct {
+  /**
+   * `NATTER_OPTIONS_VERSION` of the header the application was built with (set by
+   * `natter_options_default`).
+   */
+  uint32_t version;
+  /**
+   * Path of the network file from the login server (`network.toml`). Required.
+   */
+  const char *network_file;
+  /**
+   * The device's data directory: its keys, its certificate and the super-node cache
+   * (created with mode 0700; the same layout as `natter node --data`). Required.
+   */
+  const char *data_dir;
+  /**
+   * UDP (and, for super nodes, TCP) address to listen on, `IP:PORT`. NULL: `0.0.0.0:0`,
+   * any address and a port chosen by the system.
+   */
+  const char *listen;
+  /**
+   * A `NatterRole`. Default `NATTER_ROLE_CLIENT`.
+   */
+  uint32_t role;
+  /**
+   * A `NatterAudioMode`. Default `NATTER_AUDIO_DEVICES`.
+   */
+  uint32_t audio;
+  /**
+   * With `NATTER_AUDIO_DEVICES`: the microphone's name, NULL for the default one.
+   */
+  const char *capture_device;
+  /**
+   * With `NATTER_AUDIO_DEVICES`: the speaker's name, NULL for the default one.
+   */
+  const char *playback_device;
+  /**
+   * Opus encoder complexity, 0 (least CPU) to 10 (best quality per bit). Default 10; lower
+   * it on slow devices (or under a memory checker, which slows code ~50 times).
+   */
+  uint32_t encoder_complexity;
+} NatterOptions;
+
+/**
+ * The state of a client's node, filled by `natter_client_get_state`. Set `version` to
+ * `NATTER_NODE_STATE_VERSION` before the call: the library fills the fields of that version.
+ */
+typedef struct {
+  /**
+   * Set by the caller: `NATTER_NODE_STATE_VERSION`.
+   */
+  uint32_t version;
+  /**
+   * A login succeeded (the device holds a certificate).
+   */
+  bool logged_in;
+  /**
+   * The node runs (`natter_client_start` succeeded and `natter_client_stop` was not
+   * called).
+   */
+  bool started;
+  /**
+   * Super nodes this node is attached to now (0 to 2; 0 for a super node itself).
+   */
+  uint32_t super_nodes;
+  /**
+   * What the node is now.
+   */
+  NatterNodeRole role;
+  /**
+   * The detected NAT.
+   */
+  NatterNatType nat;
+  /**
+   * The UDP port the node listens on (0 when not started).
+   */
+  uint16_t udp_port;
+  /**
+   * Events dropped because the application did not take them (the queue holds 4096).
+   */
+  uint64_t events_dropped;
+} NatterNodeState;
+
+/**
+ * One event. Allocated by the library and owned by whoever received it from
+ * `natter_client_next_event` or `natter_client_wait_event` (free it with
+ * `natter_event_free`); an event passed to the callback belongs to the library and is valid
+ * only during the callback.
+ *
+ * Read the fields directly. Which fields are set depends on `kind` (see
+ * `NatterEventKind`); the others are 0, false or NULL. Future versions only add fields at
+ * the end: never allocate a `NatterEvent` yourself or copy one by value.
+ */
+typedef struct {
+  /**
+   * What happened.
+   */
+  NatterEventKind kind;
+  /**
+   * The call concerned, or 0.
+   */
+  uint64_t call;
+  /**
+   * The search concerned (`NATTER_EVENT_SEARCH_RESULT`), or 0.
+   */
+  uint64_t search;
+  /**
+   * A user name (NUL-terminated UTF-8), or NULL. Owned by the event.
+   */
+  const char *user;
+  /**
+   * A human-readable English description (NUL-terminated UTF-8), never NULL (may be
+   * empty). Owned by the event. For people, not for parsing: its wording may change.
+   */
+  const char *detail;
+  /**
+   * A kind-specific code: `NatterEndReason`, `NatterSearchResult`, `NatterNatType`,
+   * `NatterPathKind` or `NatterNodeRole`; 0 otherwise.
+   */
+  uint32_t code;
+  /**
+   * A kind-specific count (super nodes attached, devices online), or 0.
+   */
+  uint32_t count;
+  /**
+   * `NATTER_EVENT_CALL_HOLD_CHANGED`: this side holds the call.
+   */
+  bool local_hold;
+  /**
+   * `NATTER_EVENT_CALL_HOLD_CHANGED`: the peer holds the call.
+   */
+  bool remote_hold;
+} NatterEvent;
+
+/**
+ * The function `natter_client_set_event_callback` registers: called with the `user_data`
+ * given there and an event that is valid only until the function returns (copy what you
+ * keep; do not free it).
+ */
+typedef void (*NatterEventCallback)(void *user_data, const NatterEvent *event);
+
+/**
+ * A call's state and statistics, filled by `natter_call_get_stats`. Set `version` to
+ * `NATTER_CALL_STATS_VERSION` before the call: the library fills the fields of that
+ * version. Figures not known yet are 0 (negative for `rtt_ms`).
+ */
+typedef struct {
+  /**
+   * Set by the caller: `NATTER_CALL_STATS_VERSION`.
+   */
+  uint32_t version;
+  /**
+   * Where the call stands.
+   */
+  NatterCallState state;
+  /**
+   * Why it ended (0 while it has not).
+   */
+  uint32_t end_reason;
+  /**
+   * Captured audio is replaced by silence (`natter_call_set_muted`).
+   */
+  bool muted;
+  /**
+   * This side holds the call.
+   */
+  bool local_hold;
+  /**
+   * The other side holds the call.
+   */
+  bool remote_hold;
+  /**
+   * The media path.
+   */
+  NatterPathKind path;
+  /**
+   * Milliseconds since the call connected (until it ended), 0 before.
+   */
+  uint64_t duration_ms;
+  /**
+   * Round-trip time on the media path in milliseconds; negative when unknown.
+   */
+  double rtt_ms;
+  /**
+   * Fraction (0 to 1) of the other side's media this side did not receive, last second.
+   */
+  double loss_in;
+  /**
+   * Fraction of this side's media the other side reported lost, last second.
+   */
+  double loss_out;
+  /**
+   * Interarrival jitter of received media, milliseconds.
+   */
+  double jitter_ms;
+  /**
+   * Media frames this side sent.
+   */
+  uint64_t frames_sent;
+  /**
+   * Media frames this side received.
+   */
+  uint64_t frames_received;
+  /**
+   * Media bytes sent (frames, without UDP/IP overhead).
+   */
+  uint64_t bytes_sent;
+  /**
+   * Milliseconds of received audio that had to be concealed (lost after FEC and
+   * redundancy).
+   */
+  double concealed_ms;
+  /**
+   * The jitter buffer's current delay, milliseconds.
+   */
+  double jitter_buffer_ms;
+  /**
+   * Estimated listening quality of received audio (MOS, 1 to 4.5), 0 before any audio.
+   */
+  double mos;
+} NatterCallStats;
+
+/**
+ * Every value, for tests and for `natter_result_message`.
+ */
+#define NatterResult_ALL { NatterResult_NatterOk, NatterResult_NatterPanic, NatterResult_NatterNullArgument, NatterResult_NatterInvalidUtf8, NatterResult_NatterBufferTooSmall, NatterResult_NatterInvalidHandle, NatterResult_NatterInvalidArgument, NatterResult_NatterUnsupportedVersion, NatterResult_NatterNoEvent, NatterResult_NatterUnsupported, NatterResult_NatterIoError, NatterResult_NatterLoginUnreachable, NatterResult_NatterWrongPassword, NatterResult_NatterUnknownUser, NatterResult_NatterNameTaken, NatterResult_NatterInvalidUserName, NatterResult_NatterWeakPassword, NatterResult_NatterThrottled, NatterResult_NatterUpgradeRequired, NatterResult_NatterRevoked, NatterResult_NatterPasswordNeeded, NatterResult_NatterLoginFailed, NatterResult_NatterNotLoggedIn, NatterResult_NatterNotStarted, NatterResult_NatterAlreadyStarted, NatterResult_NatterUnknownCall, NatterResult_NatterWrongCallState, NatterResult_NatterInCall, NatterResult_NatterNoAudio, }
 
 #ifdef __cplusplus
 extern "C" {
@@ -88,16 +906,12 @@ const char *natter_version(void);
 /**
  * The ABI version as one number: `major << 16 | minor << 8 | patch`.
  *
- * An application built against header version `H` works with a library of version `L` when
- * `L >> 16 == H >> 16` and `L >= H`. Safe to call from any thread.
+ * An application built against header version `H` (`NATTER_ABI_*`) works with a library of
+ * version `L` when `L >> 16 == H >> 16` and `L >= H`, and, while the major is 0 (when every
+ * minor version may break the ABI), `(L >> 8 & 0xff) == (H >> 8 & 0xff)`. See docs/abi.md.
+ * Safe to call from any thread.
  */
 uint32_t natter_abi_version(void);
-
-/**
- * A static, NUL-terminated English description of `result`. Never NULL; unknown values give
- * `"unknown result"`. The caller must not free it. Safe to call from any thread.
- */
-const char *natter_result_message(uint32_t result);
 
 /**
  * Copy the version string into `buf` (capacity `len` bytes, NUL included) and write its
@@ -112,6 +926,419 @@ const char *natter_result_message(uint32_t result);
  * one write.
  */
 NatterResult natter_version_copy(char *buf, size_t len, size_t *out_len);
+
+/**
+ * A static, NUL-terminated English description of `result` (any value, known or not).
+ *
+ * Never NULL; unknown values give `"unknown result"`. The string is static: the caller must
+ * not free it. Safe to call from any thread.
+ */
+const char *natter_result_message(uint32_t result);
+
+/**
+ * Fill `*out` with the defaults for options version `version` (pass
+ * `NATTER_OPTIONS_VERSION`): no network file or data directory (both required), listen on
+ * `0.0.0.0:0`, role `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default
+ * devices, encoder complexity 10. Only the fields of that version are written.
+ *
+ * Returns `NATTER_NULL_ARGUMENT` when `out` is NULL, `NATTER_UNSUPPORTED_VERSION` when this
+ * library does not know `version` (`*out` is then untouched). Safe to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or point to writable memory holding a `NatterOptions` of version
+ * `version`.
+ */
+NatterResult natter_options_default(NatterOptions *out, uint32_t version);
+
+/**
+ * Create a client from `options` and write its handle to `*out_client`. Nothing touches the
+ * network yet: this reads the network file and creates the data directory. Then register
+ * (once per account), log in, and start.
+ *
+ * The client is owned by the caller: free it with `natter_client_free`. `options` and its
+ * strings are copied and may be freed when this returns.
+ *
+ * Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string or `out_client` is
+ * NULL, `NATTER_UNSUPPORTED_VERSION` for an unknown `options->version`,
+ * `NATTER_INVALID_ARGUMENT` for a malformed `listen` address, an unknown role or audio mode,
+ * or a super-node role with port 0, `NATTER_INVALID_UTF8` for a string that is not UTF-8,
+ * `NATTER_IO_ERROR` when the network file cannot be read or the data directory created.
+ * `*out_client` is written only on success. Safe to call from any thread.
+ *
+ * # Safety
+ * `options` must be NULL or point to a `NatterOptions` of the version its `version` field
+ * states, whose strings are NULL or NUL-terminated; `out_client` must be NULL or valid for
+ * one write.
+ */
+NatterResult natter_client_new(const NatterOptions *options, NatterClient **out_client);
+
+/**
+ * Free a client: stop it if started (its call ends, it publishes "offline" and saves its
+ * super-node cache), stop the callbacks, close its event file descriptor, and invalidate the
+ * handle and its call ids. When this returns, no callback of this client is running or will
+ * run (unless it is called from that callback, which then finishes normally), and all its
+ * threads have ended. Events not yet freed stay valid until `natter_event_free`.
+ *
+ * `natter_client_free(NULL)` does nothing and returns `NATTER_OK`; a handle that is not live
+ * (freed already, never valid) returns `NATTER_INVALID_HANDLE` and does nothing. Calls on
+ * the client running in other threads when it is freed finish normally; later calls return
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ */
+NatterResult natter_client_free(NatterClient *client);
+
+/**
+ * Create the account `user` with `password` on the login server of the client's network.
+ * Blocks for one exchange with the login server (up to 15 s; typically well under a second,
+ * most of it the server hashing the password): do not call it from a UI thread. It does
+ * not log in: call `natter_client_login` next.
+ *
+ * User names are 3 to 32 characters (ASCII letters, digits, `.`, `_`, `-`, starting with a
+ * letter) and unique regardless of case; passwords have at least 10 characters and are not
+ * the user name. The password is not stored.
+ *
+ * Returns `NATTER_NAME_TAKEN`, `NATTER_INVALID_USER_NAME`, `NATTER_WEAK_PASSWORD`,
+ * `NATTER_THROTTLED`, `NATTER_UPGRADE_REQUIRED`, `NATTER_LOGIN_UNREACHABLE`,
+ * `NATTER_LOGIN_FAILED`; `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8` or
+ * `NATTER_INVALID_HANDLE` for bad arguments. Safe to call from any thread.
+ *
+ * # Safety
+ * `user` and `password` must be NULL or NUL-terminated strings.
+ */
+NatterResult natter_client_register(NatterClient *client, const char *user, const char *password);
+
+/**
+ * Log `user` in on this device: the login server certifies the device's keys (kept in the
+ * data directory). With a certificate stored from an earlier login the password is not
+ * needed (pass NULL): the certificate is renewed. Blocks for one or two exchanges with the
+ * login server (up to 15 s each): do not call it from a UI thread. While started, the
+ * client renews its certificate in the background and sends `NATTER_EVENT_LOGIN_REQUIRED`
+ * if that ever needs the password again.
+ *
+ * Logging in again while started is allowed for the same user (the node takes the new
+ * certificate); another user gives `NATTER_ALREADY_STARTED`.
+ *
+ * Returns `NATTER_PASSWORD_NEEDED` (password NULL, and no certificate that can be renewed),
+ * `NATTER_WRONG_PASSWORD`, `NATTER_UNKNOWN_USER`, `NATTER_INVALID_USER_NAME`,
+ * `NATTER_THROTTLED`, `NATTER_REVOKED`, `NATTER_UPGRADE_REQUIRED`,
+ * `NATTER_LOGIN_UNREACHABLE`, `NATTER_LOGIN_FAILED`, `NATTER_IO_ERROR` (the data directory);
+ * `NATTER_NULL_ARGUMENT` (user NULL), `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe
+ * to call from any thread.
+ *
+ * # Safety
+ * `user` must be NULL or a NUL-terminated string; `password` NULL or a NUL-terminated
+ * string.
+ */
+NatterResult natter_client_login(NatterClient *client, const char *user, const char *password);
+
+/**
+ * Start the client's node: bind the listen address, find super nodes (events
+ * `NATTER_EVENT_ATTACHED`, `NATTER_EVENT_NAT_DETECTED`...), publish the user as online, and
+ * accept calls. Returns once the sockets are bound; joining continues in the background
+ * (typically tens of milliseconds).
+ *
+ * Returns `NATTER_NOT_LOGGED_IN` before a successful login, `NATTER_ALREADY_STARTED`,
+ * `NATTER_IO_ERROR` when the address cannot be bound, `NATTER_NULL_ARGUMENT` or
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ */
+NatterResult natter_client_start(NatterClient *client);
+
+/**
+ * Stop the client's node: the call (if any) is hung up and ends with
+ * `NATTER_END_STOPPED`, the user is published as offline, the super-node cache is saved,
+ * and the node's threads and sockets are closed. The client stays logged in and can be
+ * started again. Blocks while the node's threads end: usually well under a second, up to
+ * 15 s when the login server accepted a background request (a renewal, the revocation list)
+ * and stopped answering.
+ *
+ * Returns `NATTER_NOT_STARTED` when not started, `NATTER_NULL_ARGUMENT` or
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread, the event callback included.
+ */
+NatterResult natter_client_stop(NatterClient *client);
+
+/**
+ * Fill `*out_state` with the state of the client's node. Set `out_state->version` to
+ * `NATTER_NODE_STATE_VERSION` first.
+ *
+ * Returns `NATTER_NULL_ARGUMENT` when `client` or `out_state` is NULL,
+ * `NATTER_UNSUPPORTED_VERSION` for an unknown version (nothing written),
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `out_state` must be NULL or point to a writable `NatterNodeState` whose `version` field
+ * is set.
+ */
+NatterResult natter_client_get_state(const NatterClient *client, NatterNodeState *out_state);
+
+/**
+ * Describe the client for people (who is logged in, which super nodes it is attached to and
+ * how, its NAT, its role) into `buf` (capacity `len` bytes) as a NUL-terminated UTF-8
+ * string, and write the string's length without the NUL to `*out_len`. Ask the size by
+ * passing `buf == NULL`, then call again with a buffer of `*out_len + 1` bytes. The wording
+ * may change between versions: do not parse it.
+ *
+ * Returns `NATTER_BUFFER_TOO_SMALL` when `buf` is NULL or too small (`*out_len` is still
+ * written), `NATTER_NULL_ARGUMENT` when `client` or `out_len` is NULL,
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `buf` must be NULL or valid for `len` bytes of writes; `out_len` NULL or valid for one
+ * write.
+ */
+NatterResult natter_client_describe(const NatterClient *client,
+                                    char *buf,
+                                    size_t len,
+                                    size_t *out_len);
+
+/**
+ * Search the global index for `user` (is the user known, which devices are online). Returns
+ * at once with the search's id in `*out_search`; the outcome arrives as a
+ * `NATTER_EVENT_SEARCH_RESULT` with that id (typically within a few hundred milliseconds, at
+ * most about 3 s).
+ *
+ * Returns `NATTER_NOT_STARTED`, `NATTER_INVALID_USER_NAME`, `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. `*out_search` is written only on success.
+ * Safe to call from any thread.
+ *
+ * # Safety
+ * `user` must be NULL or a NUL-terminated string; `out_search` NULL or valid for one write.
+ */
+NatterResult natter_client_search(NatterClient *client, const char *user, uint64_t *out_search);
+
+/**
+ * The file descriptor that is readable while events wait in `client`'s queue, written to
+ * `*out_fd`. Use it with `select`, `poll`, `epoll`, kqueue or a run loop, then take events
+ * with `natter_client_next_event` until it returns `NATTER_NO_EVENT`.
+ *
+ * The descriptor belongs to the client: do not read, write or close it; it is closed by
+ * `natter_client_free`. It stays the same for the client's life. Unix only: elsewhere
+ * returns `NATTER_UNSUPPORTED` (use the callback or `natter_client_wait_event`).
+ *
+ * Returns `NATTER_NULL_ARGUMENT` when `client` or `out_fd` is NULL, `NATTER_INVALID_HANDLE`
+ * when `client` is not live. Safe to call from any thread.
+ *
+ * # Safety
+ * `out_fd` must be NULL or valid for one write.
+ */
+NatterResult natter_client_event_fd(const NatterClient *client, int *out_fd);
+
+/**
+ * Take the oldest waiting event of `client` without blocking.
+ *
+ * On `NATTER_OK`, `*out_event` is an event the caller owns: free it with
+ * `natter_event_free`. When none waits, returns `NATTER_NO_EVENT` and sets `*out_event` to
+ * NULL. With a callback registered, events go to the callback instead and this usually finds
+ * none.
+ *
+ * Returns `NATTER_NULL_ARGUMENT` when `client` or `out_event` is NULL,
+ * `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread (each
+ * event is taken by exactly one caller).
+ *
+ * # Safety
+ * `out_event` must be NULL or valid for one write.
+ */
+NatterResult natter_client_next_event(NatterClient *client, NatterEvent **out_event);
+
+/**
+ * Take the oldest waiting event of `client`, waiting up to `timeout_ms` milliseconds for one
+ * (0: do not wait). For programs without their own event loop, and platforms without file
+ * descriptors.
+ *
+ * On `NATTER_OK`, `*out_event` is an event the caller owns: free it with
+ * `natter_event_free`. When none arrived in time (or the client was freed meanwhile),
+ * returns `NATTER_NO_EVENT` and sets `*out_event` to NULL.
+ *
+ * Returns `NATTER_NULL_ARGUMENT` when `client` or `out_event` is NULL,
+ * `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread. Do not
+ * call it from the event callback (it would wait for itself).
+ *
+ * # Safety
+ * `out_event` must be NULL or valid for one write.
+ */
+NatterResult natter_client_wait_event(NatterClient *client,
+                                      uint32_t timeout_ms,
+                                      NatterEvent **out_event);
+
+/**
+ * Free an event returned by `natter_client_next_event` or `natter_client_wait_event`.
+ *
+ * `natter_event_free(NULL)` does nothing and returns `NATTER_OK`. A pointer that is not a
+ * live event from those functions (freed already, an event given to the callback, anything
+ * else) returns `NATTER_INVALID_HANDLE` and frees nothing: double frees are caught, as long
+ * as the library has not meanwhile handed out a new event at the same address. Safe to call
+ * from any thread.
+ */
+NatterResult natter_event_free(NatterEvent *event);
+
+/**
+ * Deliver `client`'s events to `callback` (with `user_data`) instead of the queue; NULL
+ * stops the callbacks (events queue up again for polling).
+ *
+ * **Thread**: the callback runs on the client's callback thread (named `natter-callback`),
+ * one event at a time, in order, never concurrently with itself. It may call any Natter
+ * function, `natter_client_free` of its own client included (the client is then torn down
+ * when the callback returns). Keep it short: later events wait for it. It must not let a C++
+ * exception or a `longjmp` cross it. `user_data` is passed back untouched; it must stay
+ * usable from that thread until the callback is replaced or the client freed.
+ *
+ * When this returns (called from another thread than the callback's), the previous callback
+ * is not running and will not be called again, so its `user_data` may be released. Events
+ * already waiting in the queue go to the new callback.
+ *
+ * Returns `NATTER_INVALID_HANDLE` when `client` is not live, `NATTER_NULL_ARGUMENT` when it
+ * is NULL, `NATTER_IO_ERROR` when the callback thread cannot be started. Safe to call from
+ * any thread.
+ */
+NatterResult natter_client_set_event_callback(NatterClient *client,
+                                              NatterEventCallback callback,
+                                              void *user_data);
+
+/**
+ * Call `user` (every online device of theirs rings). Returns at once with the new call's id
+ * in `*out_call`; progress arrives as events: `NATTER_EVENT_CALL_RINGING`,
+ * `NATTER_EVENT_CALL_CONNECTED` (audio starts), and in the end `NATTER_EVENT_CALL_ENDED`
+ * (also when the user does not exist or is offline: see `NatterEndReason`).
+ *
+ * Returns `NATTER_NOT_STARTED`, `NATTER_IN_CALL` (this client already has a call),
+ * `NATTER_INVALID_USER_NAME`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`,
+ * `NATTER_INVALID_HANDLE`. `*out_call` is written only on success. Safe to call from any
+ * thread.
+ *
+ * # Safety
+ * `user` must be NULL or a NUL-terminated string; `out_call` NULL or valid for one write.
+ */
+NatterResult natter_call_start(NatterClient *client, const char *user, uint64_t *out_call);
+
+/**
+ * Answer the incoming call `call` (ringing: `NATTER_EVENT_CALL_INCOMING`).
+ * `NATTER_EVENT_CALL_CONNECTED` follows once the caller confirms.
+ *
+ * Returns `NATTER_WRONG_CALL_STATE` when the call is not ringing here,
+ * `NATTER_UNKNOWN_CALL`, `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ */
+NatterResult natter_call_answer(NatterClient *client, uint64_t call);
+
+/**
+ * Decline the incoming call `call`, for every device of this user (the caller hears
+ * `NATTER_END_DECLINED_REMOTE`).
+ *
+ * Returns `NATTER_WRONG_CALL_STATE` when the call is not ringing here,
+ * `NATTER_UNKNOWN_CALL`, `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ */
+NatterResult natter_call_decline(NatterClient *client, uint64_t call);
+
+/**
+ * Hang up call `call`: a connected call ends for both sides, an outgoing one that was not
+ * answered is cancelled (even while still dialling). `NATTER_EVENT_CALL_ENDED` follows.
+ *
+ * Returns `NATTER_WRONG_CALL_STATE` when the call already ended, `NATTER_UNKNOWN_CALL`,
+ * `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from
+ * any thread.
+ */
+NatterResult natter_call_hang_up(NatterClient *client, uint64_t call);
+
+/**
+ * Put the connected call `call` on hold: no audio flows either way until
+ * `natter_call_resume` (the path stays checked, about 3 small packets a second).
+ * `NATTER_EVENT_CALL_HOLD_CHANGED` follows.
+ *
+ * Returns `NATTER_WRONG_CALL_STATE` when the call is not connected, `NATTER_UNKNOWN_CALL`,
+ * `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from
+ * any thread.
+ */
+NatterResult natter_call_hold(NatterClient *client, uint64_t call);
+
+/**
+ * Take the connected call `call` off hold (this side's hold; the other side's stays until it
+ * resumes). `NATTER_EVENT_CALL_HOLD_CHANGED` follows.
+ *
+ * Returns `NATTER_WRONG_CALL_STATE` when the call is not connected, `NATTER_UNKNOWN_CALL`,
+ * `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from
+ * any thread.
+ */
+NatterResult natter_call_resume(NatterClient *client, uint64_t call);
+
+/**
+ * Mute (`muted` true) or unmute call `call`: while muted, captured audio is replaced by
+ * silence before encoding (the other side hears silence; the call and its statistics go on).
+ * Local only: the other side is not told. May be set before the call connects.
+ *
+ * Returns `NATTER_WRONG_CALL_STATE` when the call ended, `NATTER_UNKNOWN_CALL`,
+ * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ */
+NatterResult natter_call_set_muted(NatterClient *client, uint64_t call, bool muted);
+
+/**
+ * Fill `*out_stats` with call `call`'s state and statistics (live while it runs, final once
+ * it ended). Set `out_stats->version` to `NATTER_CALL_STATS_VERSION` first.
+ *
+ * Returns `NATTER_UNKNOWN_CALL`, `NATTER_UNSUPPORTED_VERSION` (nothing written),
+ * `NATTER_NULL_ARGUMENT` when `client` or `out_stats` is NULL, `NATTER_INVALID_HANDLE`.
+ * Safe to call from any thread.
+ *
+ * # Safety
+ * `out_stats` must be NULL or point to a writable `NatterCallStats` whose `version` field is
+ * set.
+ */
+NatterResult natter_call_get_stats(const NatterClient *client,
+                                   uint64_t call,
+                                   NatterCallStats *out_stats);
+
+/**
+ * The sample rate of call audio in Hz (16000): what `natter_call_push_audio` takes and
+ * `natter_call_pull_audio` gives (mono, signed 16-bit, native byte order). Safe to call from
+ * any thread.
+ */
+uint32_t natter_audio_sample_rate(void);
+
+/**
+ * Samples in one 20 ms frame (320): the natural amount to push and pull at a time, though
+ * any amount works. Safe to call from any thread.
+ */
+uint32_t natter_audio_frame_samples(void);
+
+/**
+ * Queue `count` captured samples (mono, signed 16-bit, at `natter_audio_sample_rate()`) for
+ * sending in call `call` of `client`, which uses `NATTER_AUDIO_APP`. Call it from your audio
+ * capture callback or loop, in real time; it never blocks beyond a copy. The queue holds
+ * 400 ms: beyond that the oldest samples are dropped. While the call is muted or held the
+ * samples are consumed and not sent. The samples are copied; the caller keeps `samples`.
+ *
+ * Returns `NATTER_NO_AUDIO` when the call is not connected (yet, or any more) or the client
+ * uses the devices, `NATTER_UNKNOWN_CALL` for an unknown call, `NATTER_NULL_ARGUMENT` when
+ * `client` is NULL or `samples` is NULL with `count > 0`, `NATTER_INVALID_HANDLE` when
+ * `client` is not live. Safe to call from any thread.
+ *
+ * # Safety
+ * `samples` must be NULL or point to `count` readable `int16_t`.
+ */
+NatterResult natter_call_push_audio(NatterClient *client,
+                                    uint64_t call,
+                                    const int16_t *samples,
+                                    size_t count);
+
+/**
+ * Take `count` samples to play (mono, signed 16-bit, at `natter_audio_sample_rate()`) from
+ * call `call` of `client`, which uses `NATTER_AUDIO_APP`, into `out`; where fewer were
+ * received, the rest of `out` is silence. `*out_received` (when not NULL) gets the number of
+ * real samples written before the silence. Call it from your playback callback or loop, in
+ * real time; it never blocks beyond a copy.
+ *
+ * Returns `NATTER_NO_AUDIO` when the call is not connected (yet, or any more) or the client
+ * uses the devices (`out` is then untouched), `NATTER_UNKNOWN_CALL` for an unknown call,
+ * `NATTER_NULL_ARGUMENT` when `client` is NULL or `out` is NULL with `count > 0`,
+ * `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or valid for `count` writes of `int16_t`; `out_received` must be NULL
+ * or valid for one write.
+ */
+NatterResult natter_call_pull_audio(NatterClient *client,
+                                    uint64_t call,
+                                    int16_t *out,
+                                    size_t count,
+                                    size_t *out_received);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -7,75 +7,81 @@
 //! Conventions (after rustls-ffi and c-toxcore): functions are named `natter_object_verb`;
 //! every fallible function returns a [`NatterResult`] whose values are stable and never reused;
 //! [`natter_result_message`] renders any of them; every exported body runs inside a panic
-//! boundary. The node, call and audio objects arrive with the C ABI issue; this first slice
-//! fixes the versioning and error conventions they will use.
+//! boundary ([`boundary`]); every pointer argument is checked for NULL; inputs come before
+//! outputs, each buffer is followed by its length, and outputs are written only on success
+//! (except the documented "ask size, then fill" lengths).
+//!
+//! | module | C objects and functions |
+//! |---|---|
+//! | [`result`] | `NatterResult`, `natter_result_message` |
+//! | this file | versions: `natter_version`, `natter_abi_version`, `natter_version_copy` |
+//! | [`options`] | `NatterOptions`, `natter_options_default` |
+//! | [`client`] | `NatterClient`: new, free, register, login, start, stop, state, describe, search |
+//! | [`events`] | `NatterEvent`: the queue and its file descriptor, the callback, `natter_event_free` |
+//! | [`call`] | calls: start, answer, decline, hang up, hold, resume, mute, statistics |
+//! | [`audio`] | application PCM: push and pull, the sample rate and frame size |
+//!
+//! Inside, [`handle`] turns handles into clients (a handle is a token, never dereferenced),
+//! [`engine`] is the client in safe Rust (login, the node and its event thread), and
+//! [`calltable`] keeps the calls. `unsafe` appears only where C pointers are read or written,
+//! each block with the reason it is sound.
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::c_char;
-use std::panic::{catch_unwind, UnwindSafe};
+
+// The C objects, in the order natter.h presents them (cbindgen follows this order; the
+// blank lines keep rustfmt from sorting them).
+pub mod result;
+
+pub mod options;
+
+pub mod handle;
+
+pub mod client;
+
+pub mod events;
+
+pub mod call;
+
+pub mod audio;
+
+// The Rust side.
+mod boundary;
+mod calltable;
+mod engine;
+
+pub use result::{natter_result_message, NatterResult};
 
 /// The ABI version: bumped in its major part on any incompatible change to `natter.h`.
 pub const NATTER_ABI_MAJOR: u32 = 0;
-/// Minor part of the ABI version: additions only.
-pub const NATTER_ABI_MINOR: u32 = 1;
+/// Minor part of the ABI version: additions only (before 1.0, any change).
+pub const NATTER_ABI_MINOR: u32 = 2;
 /// Patch part of the ABI version.
 pub const NATTER_ABI_PATCH: u32 = 0;
-
-/// Result of every fallible Natter function. Values are grouped by subsystem, stable, and never
-/// reused for another meaning.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NatterResult {
-    /// Success.
-    NatterOk = 0,
-    /// A Rust panic was caught at the ABI boundary (a bug in Natter: please report it).
-    NatterPanic = 1,
-    /// A required pointer argument was NULL.
-    NatterNullArgument = 2,
-    /// A string argument was not valid UTF-8.
-    NatterInvalidUtf8 = 3,
-    /// A buffer was too small; the needed size was written where the function says.
-    NatterBufferTooSmall = 4,
-    /// A handle was invalid or already freed.
-    NatterInvalidHandle = 5,
-}
-
-/// Run `f` inside a panic boundary: a panic becomes [`NatterResult::NatterPanic`].
-fn boundary(f: impl FnOnce() -> NatterResult + UnwindSafe) -> NatterResult {
-    catch_unwind(f).unwrap_or(NatterResult::NatterPanic)
-}
 
 /// The library's version as a NUL-terminated UTF-8 string, e.g. `"0.1.0"`.
 ///
 /// The string is static: the caller must not free it. Safe to call from any thread.
 #[no_mangle]
 pub extern "C" fn natter_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    boundary::value_or(c"?".as_ptr(), || {
+        concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    })
 }
 
 /// The ABI version as one number: `major << 16 | minor << 8 | patch`.
 ///
-/// An application built against header version `H` works with a library of version `L` when
-/// `L >> 16 == H >> 16` and `L >= H`. Safe to call from any thread.
+/// An application built against header version `H` (`NATTER_ABI_*`) works with a library of
+/// version `L` when `L >> 16 == H >> 16` and `L >= H`, and, while the major is 0 (when every
+/// minor version may break the ABI), `(L >> 8 & 0xff) == (H >> 8 & 0xff)`. See docs/abi.md.
+/// Safe to call from any thread.
 #[no_mangle]
 pub extern "C" fn natter_abi_version() -> u32 {
-    NATTER_ABI_MAJOR << 16 | NATTER_ABI_MINOR << 8 | NATTER_ABI_PATCH
-}
-
-/// A static, NUL-terminated English description of `result`. Never NULL; unknown values give
-/// `"unknown result"`. The caller must not free it. Safe to call from any thread.
-#[no_mangle]
-pub extern "C" fn natter_result_message(result: u32) -> *const c_char {
-    let msg: &'static str = match result {
-        0 => "ok\0",
-        1 => "internal error (panic caught at the ABI boundary)\0",
-        2 => "a required pointer argument was NULL\0",
-        3 => "a string argument was not valid UTF-8\0",
-        4 => "buffer too small\0",
-        5 => "invalid or freed handle\0",
-        _ => "unknown result\0",
-    };
-    msg.as_ptr().cast()
+    boundary::value_or(0, || {
+        NATTER_ABI_MAJOR << 16 | NATTER_ABI_MINOR << 8 | NATTER_ABI_PATCH
+    })
 }
 
 /// Copy the version string into `buf` (capacity `len` bytes, NUL included) and write its
@@ -94,23 +100,9 @@ pub unsafe extern "C" fn natter_version_copy(
     len: usize,
     out_len: *mut usize,
 ) -> NatterResult {
-    boundary(|| {
-        let version = env!("CARGO_PKG_VERSION").as_bytes();
-        if out_len.is_null() {
-            return NatterResult::NatterNullArgument;
-        }
-        // SAFETY: out_len is non-NULL and the caller guarantees it is valid for one write.
-        unsafe { out_len.write(version.len()) };
-        if buf.is_null() || len < version.len() + 1 {
-            return NatterResult::NatterBufferTooSmall;
-        }
-        // SAFETY: buf is non-NULL and valid for `len >= version.len() + 1` bytes of writes
-        // (checked above, guaranteed by the caller); the source is a distinct static string.
-        unsafe {
-            std::ptr::copy_nonoverlapping(version.as_ptr().cast(), buf, version.len());
-            buf.add(version.len()).write(0);
-        }
-        NatterResult::NatterOk
+    boundary::result(|| {
+        // SAFETY: the caller's guarantees for buf and out_len are passed on.
+        unsafe { boundary::copy_str(env!("CARGO_PKG_VERSION"), buf, len, out_len) }
     })
 }
 

@@ -1,0 +1,307 @@
+//! Calls: start, answer, decline, hang up, hold, resume, mute, statistics.
+//!
+//! A call is named by a `uint64_t` id, unique within its client and never reused (0 is never
+//! a call). It is valid from `natter_call_start` (or the `NATTER_EVENT_CALL_INCOMING` event)
+//! until well after its `NATTER_EVENT_CALL_ENDED` (the last 16 ended calls are kept for
+//! `natter_call_get_stats`); an unknown id gives `NATTER_UNKNOWN_CALL`, never a crash. A
+//! client has at most one call at a time.
+
+use std::ffi::c_char;
+use std::time::Instant;
+
+use crate::boundary::{self, lock, str_arg};
+use crate::calltable::path_kind;
+use crate::engine::CallOp;
+use crate::handle::{self, NatterClient};
+use crate::result::NatterResult;
+
+/// The version of `NatterCallStats` this header describes.
+pub const NATTER_CALL_STATS_VERSION: u32 = 1;
+
+/// Where a call stands.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatterCallState {
+    /// Outgoing: looking the callee up and inviting their devices.
+    NatterCallDialing = 1,
+    /// Outgoing: at least one of the callee's devices rings.
+    NatterCallRinging = 2,
+    /// Incoming: ringing here; answer or decline it.
+    NatterCallIncoming = 3,
+    /// Answered here; waiting for the caller's confirmation (a round trip).
+    NatterCallAnswering = 4,
+    /// Connected (see the hold flags).
+    NatterCallActive = 5,
+    /// Over (see the end reason).
+    NatterCallEnded = 6,
+}
+
+/// Why a call ended (`NATTER_EVENT_CALL_ENDED`'s `code`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatterEndReason {
+    /// This side hung up.
+    NatterEndHungUpLocal = 1,
+    /// The other side hung up.
+    NatterEndHungUpRemote = 2,
+    /// This side declined the incoming call.
+    NatterEndDeclinedLocal = 3,
+    /// The callee declined.
+    NatterEndDeclinedRemote = 4,
+    /// Every device of the callee is in another call.
+    NatterEndBusy = 5,
+    /// This side hung up before the callee answered.
+    NatterEndCancelledLocal = 6,
+    /// The caller gave up before this side answered.
+    NatterEndCancelledRemote = 7,
+    /// Nobody answered within 45 s.
+    NatterEndMissed = 8,
+    /// Nothing came from the other side for 5 s (network lost, peer crashed).
+    NatterEndPeerVanished = 9,
+    /// Another device of this user answered.
+    NatterEndAnsweredElsewhere = 10,
+    /// The callee does not exist.
+    NatterEndUserNotFound = 11,
+    /// No device of the callee is online.
+    NatterEndUserOffline = 12,
+    /// The index could not be searched (not attached yet, too few super nodes answered).
+    NatterEndSearchUnavailable = 13,
+    /// The call could not be placed (this device was already in a call, too many devices).
+    NatterEndRefused = 14,
+    /// The client was stopped or freed.
+    NatterEndStopped = 15,
+}
+
+/// How a connected call's media travels.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatterPathKind {
+    /// No path yet (not connected).
+    NatterPathNone = 0,
+    /// Directly over UDP within one LAN.
+    NatterPathDirectLan = 1,
+    /// Directly over UDP through the NATs (hole punching).
+    NatterPathDirect = 2,
+    /// Relayed by a super node, over UDP on this side.
+    NatterPathRelayUdp = 3,
+    /// Relayed by a super node, over TCP on this side.
+    NatterPathRelayTcp = 4,
+}
+
+/// A call's state and statistics, filled by `natter_call_get_stats`. Set `version` to
+/// `NATTER_CALL_STATS_VERSION` before the call: the library fills the fields of that
+/// version. Figures not known yet are 0 (negative for `rtt_ms`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct NatterCallStats {
+    /// Set by the caller: `NATTER_CALL_STATS_VERSION`.
+    pub version: u32,
+    /// Where the call stands.
+    pub state: NatterCallState,
+    /// Why it ended (0 while it has not).
+    pub end_reason: u32,
+    /// Captured audio is replaced by silence (`natter_call_set_muted`).
+    pub muted: bool,
+    /// This side holds the call.
+    pub local_hold: bool,
+    /// The other side holds the call.
+    pub remote_hold: bool,
+    /// The media path.
+    pub path: NatterPathKind,
+    /// Milliseconds since the call connected (until it ended), 0 before.
+    pub duration_ms: u64,
+    /// Round-trip time on the media path in milliseconds; negative when unknown.
+    pub rtt_ms: f64,
+    /// Fraction (0 to 1) of the other side's media this side did not receive, last second.
+    pub loss_in: f64,
+    /// Fraction of this side's media the other side reported lost, last second.
+    pub loss_out: f64,
+    /// Interarrival jitter of received media, milliseconds.
+    pub jitter_ms: f64,
+    /// Media frames this side sent.
+    pub frames_sent: u64,
+    /// Media frames this side received.
+    pub frames_received: u64,
+    /// Media bytes sent (frames, without UDP/IP overhead).
+    pub bytes_sent: u64,
+    /// Milliseconds of received audio that had to be concealed (lost after FEC and
+    /// redundancy).
+    pub concealed_ms: f64,
+    /// The jitter buffer's current delay, milliseconds.
+    pub jitter_buffer_ms: f64,
+    /// Estimated listening quality of received audio (MOS, 1 to 4.5), 0 before any audio.
+    pub mos: f64,
+}
+
+/// Call `user` (every online device of theirs rings). Returns at once with the new call's id
+/// in `*out_call`; progress arrives as events: `NATTER_EVENT_CALL_RINGING`,
+/// `NATTER_EVENT_CALL_CONNECTED` (audio starts), and in the end `NATTER_EVENT_CALL_ENDED`
+/// (also when the user does not exist or is offline: see `NatterEndReason`).
+///
+/// Returns `NATTER_NOT_STARTED`, `NATTER_IN_CALL` (this client already has a call),
+/// `NATTER_INVALID_USER_NAME`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`,
+/// `NATTER_INVALID_HANDLE`. `*out_call` is written only on success. Safe to call from any
+/// thread.
+///
+/// # Safety
+/// `user` must be NULL or a NUL-terminated string; `out_call` NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_call_start(
+    client: *mut NatterClient,
+    user: *const c_char,
+    out_call: *mut u64,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_call)?;
+        // SAFETY: the caller guarantees NULL or a NUL-terminated string.
+        let user = unsafe { str_arg(user) }?;
+        let id = handle::get(client)?.call(user)?;
+        // SAFETY: out_call is non-NULL (checked) and valid for one write (caller's promise).
+        unsafe { boundary::write_out(out_call, id) }
+    })
+}
+
+fn command(client: *const NatterClient, call: u64, op: CallOp) -> NatterResult {
+    boundary::result(|| handle::get(client)?.call_command(call, op))
+}
+
+/// Answer the incoming call `call` (ringing: `NATTER_EVENT_CALL_INCOMING`).
+/// `NATTER_EVENT_CALL_CONNECTED` follows once the caller confirms.
+///
+/// Returns `NATTER_WRONG_CALL_STATE` when the call is not ringing here,
+/// `NATTER_UNKNOWN_CALL`, `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`,
+/// `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+#[no_mangle]
+pub extern "C" fn natter_call_answer(client: *mut NatterClient, call: u64) -> NatterResult {
+    command(client, call, CallOp::Answer)
+}
+
+/// Decline the incoming call `call`, for every device of this user (the caller hears
+/// `NATTER_END_DECLINED_REMOTE`).
+///
+/// Returns `NATTER_WRONG_CALL_STATE` when the call is not ringing here,
+/// `NATTER_UNKNOWN_CALL`, `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`,
+/// `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+#[no_mangle]
+pub extern "C" fn natter_call_decline(client: *mut NatterClient, call: u64) -> NatterResult {
+    command(client, call, CallOp::Decline)
+}
+
+/// Hang up call `call`: a connected call ends for both sides, an outgoing one that was not
+/// answered is cancelled (even while still dialling). `NATTER_EVENT_CALL_ENDED` follows.
+///
+/// Returns `NATTER_WRONG_CALL_STATE` when the call already ended, `NATTER_UNKNOWN_CALL`,
+/// `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
+#[no_mangle]
+pub extern "C" fn natter_call_hang_up(client: *mut NatterClient, call: u64) -> NatterResult {
+    command(client, call, CallOp::HangUp)
+}
+
+/// Put the connected call `call` on hold: no audio flows either way until
+/// `natter_call_resume` (the path stays checked, about 3 small packets a second).
+/// `NATTER_EVENT_CALL_HOLD_CHANGED` follows.
+///
+/// Returns `NATTER_WRONG_CALL_STATE` when the call is not connected, `NATTER_UNKNOWN_CALL`,
+/// `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
+#[no_mangle]
+pub extern "C" fn natter_call_hold(client: *mut NatterClient, call: u64) -> NatterResult {
+    command(client, call, CallOp::Hold)
+}
+
+/// Take the connected call `call` off hold (this side's hold; the other side's stays until it
+/// resumes). `NATTER_EVENT_CALL_HOLD_CHANGED` follows.
+///
+/// Returns `NATTER_WRONG_CALL_STATE` when the call is not connected, `NATTER_UNKNOWN_CALL`,
+/// `NATTER_NOT_STARTED`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
+#[no_mangle]
+pub extern "C" fn natter_call_resume(client: *mut NatterClient, call: u64) -> NatterResult {
+    command(client, call, CallOp::Resume)
+}
+
+/// Mute (`muted` true) or unmute call `call`: while muted, captured audio is replaced by
+/// silence before encoding (the other side hears silence; the call and its statistics go on).
+/// Local only: the other side is not told. May be set before the call connects.
+///
+/// Returns `NATTER_WRONG_CALL_STATE` when the call ended, `NATTER_UNKNOWN_CALL`,
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+#[no_mangle]
+pub extern "C" fn natter_call_set_muted(
+    client: *mut NatterClient,
+    call: u64,
+    muted: bool,
+) -> NatterResult {
+    boundary::result(|| {
+        let c = handle::get(client)?;
+        let r = lock(&c.shared.calls).set_muted(call, muted);
+        r
+    })
+}
+
+/// Fill `*out_stats` with call `call`'s state and statistics (live while it runs, final once
+/// it ended). Set `out_stats->version` to `NATTER_CALL_STATS_VERSION` first.
+///
+/// Returns `NATTER_UNKNOWN_CALL`, `NATTER_UNSUPPORTED_VERSION` (nothing written),
+/// `NATTER_NULL_ARGUMENT` when `client` or `out_stats` is NULL, `NATTER_INVALID_HANDLE`.
+/// Safe to call from any thread.
+///
+/// # Safety
+/// `out_stats` must be NULL or point to a writable `NatterCallStats` whose `version` field is
+/// set.
+#[no_mangle]
+pub unsafe extern "C" fn natter_call_get_stats(
+    client: *const NatterClient,
+    call: u64,
+    out_stats: *mut NatterCallStats,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_stats)?;
+        // SAFETY: out_stats is non-NULL and points to a NatterCallStats whose first field,
+        // the version, the caller has set.
+        let version = unsafe { std::ptr::addr_of!((*out_stats).version).read_unaligned() };
+        if version != NATTER_CALL_STATS_VERSION {
+            return Err(NatterResult::NatterUnsupportedVersion);
+        }
+        let c = handle::get(client)?;
+        let stats = {
+            let mut t = lock(&c.shared.calls);
+            let e = t.get(call).ok_or(NatterResult::NatterUnknownCall)?;
+            let audio = e.audio_stats().unwrap_or_default();
+            let q = e.quality.unwrap_or_default();
+            let duration = e.connected_at.map_or(0, |t0| {
+                let end = e.ended_at.unwrap_or_else(Instant::now);
+                u64::try_from(end.saturating_duration_since(t0).as_millis()).unwrap_or(u64::MAX)
+            });
+            let rq = audio.receiver.quality;
+            NatterCallStats {
+                version,
+                state: e.state,
+                end_reason: e.end_reason.map_or(0, |r| r as u32),
+                muted: e.muted.load(std::sync::atomic::Ordering::Relaxed),
+                local_hold: e.local_hold,
+                remote_hold: e.remote_hold,
+                path: path_kind(e.path),
+                duration_ms: duration,
+                rtt_ms: q.rtt.map_or(-1.0, |r| r.as_secs_f64() * 1000.0),
+                loss_in: q.loss_in,
+                loss_out: q.loss_out,
+                jitter_ms: q.jitter_ms,
+                frames_sent: audio.sender.sent,
+                frames_received: audio.receiver.jitter.received,
+                bytes_sent: audio.sender.bytes,
+                concealed_ms: rq.concealed_ms,
+                jitter_buffer_ms: rq.jitter_buffer_ms,
+                mos: if audio.receiver.jitter.received > 0 {
+                    rq.mos
+                } else {
+                    0.0
+                },
+            }
+        };
+        // SAFETY: out_stats is non-NULL and holds a version-1 NatterCallStats (checked
+        // above, the caller's promise), which is this struct.
+        unsafe { boundary::write_out(out_stats, stats) }
+    })
+}

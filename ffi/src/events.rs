@@ -1,0 +1,704 @@
+//! Events: what a client tells the application, as a polled queue with a file descriptor, or
+//! through a callback.
+//!
+//! Each client has one queue. The client's event thread (network events, calls) pushes onto
+//! it; the application takes events either
+//!
+//! * by polling: `natter_client_next_event` (non-blocking) or `natter_client_wait_event`
+//!   (blocking up to a timeout), with `natter_client_event_fd` readable exactly while the
+//!   queue is not empty, for `select`/`poll`/`epoll`/kqueue/run-loop integration; or
+//! * by callback: `natter_client_set_event_callback`, called on the client's callback thread
+//!   for each event in order.
+//!
+//! The file descriptor is one end of a Unix socket pair holding one byte while events wait:
+//! the byte is written when the queue goes from empty to non-empty and read when it becomes
+//! empty again, both under the queue's lock, so "readable" and "not empty" never disagree.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crate::boundary::{self, lock};
+use crate::handle::{self, NatterClient};
+use crate::result::NatterResult;
+
+/// Most events a queue holds; beyond it the oldest is dropped (and counted in
+/// `NatterNodeState::events_dropped`).
+pub(crate) const MAX_QUEUED: usize = 4096;
+
+/// What an event is about. Values are stable and never reused; new kinds may be added in
+/// minor versions: ignore kinds you do not know (and free them).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatterEventKind {
+    /// Attached to a super node. `detail`: its address and transport; `count`: super nodes
+    /// attached now.
+    NatterEventAttached = 1,
+    /// Lost a super node. `detail`: its address; `count`: super nodes attached now (the node
+    /// looks for another by itself).
+    NatterEventDetached = 2,
+    /// No super node is reachable yet; the node keeps trying (0.5 s doubling to 30 s).
+    NatterEventNoSuperNode = 3,
+    /// The NAT type was (re)detected. `code`: a `NatterNatType`; `detail`: a description.
+    NatterEventNatDetected = 4,
+    /// This node became a super node or gave the role up. `code`: a `NatterNodeRole`.
+    NatterEventRoleChanged = 5,
+    /// The device's certificate can no longer be renewed without the password: call
+    /// `natter_client_login` with it (the node keeps running until the certificate expires).
+    NatterEventLoginRequired = 6,
+    /// A search started with `natter_client_search` ended. `search`: its id; `user`: who;
+    /// `code`: a `NatterSearchResult`; `count`: devices of the user online now; `detail`: a
+    /// description (devices, hops, time).
+    NatterEventSearchResult = 20,
+    /// A call rings here. `call`: its id (answer or decline it); `user`: the caller.
+    NatterEventCallIncoming = 40,
+    /// Our outgoing call rings on one of the callee's devices (once per device). `call`, `user`.
+    NatterEventCallRinging = 41,
+    /// The call is connected; its audio starts. `call`, `user`.
+    NatterEventCallConnected = 42,
+    /// The call's hold state changed. `call`; `local_hold`: this side holds it;
+    /// `remote_hold`: the peer does. No audio flows while either holds.
+    NatterEventCallHoldChanged = 43,
+    /// The call's media path changed (the first one included). `call`; `code`: a
+    /// `NatterPathKind`; `detail`: the path and why it was chosen.
+    NatterEventCallPathChanged = 44,
+    /// Fresh call statistics (about once a second while connected): read them with
+    /// `natter_call_get_stats`. `call`.
+    NatterEventCallStats = 45,
+    /// The call ended. `call`; `code`: a `NatterEndReason`; `detail`: a description. The
+    /// call's id stays valid for `natter_call_get_stats` (final figures) for a while.
+    NatterEventCallEnded = 46,
+    /// Someone called while this device was in a call; they were told it is busy. `user`.
+    NatterEventCallRejectedBusy = 47,
+    /// The call's audio could not use the devices (no sound card, device busy): it sends
+    /// silence and discards what it receives. `call`; `detail`: why.
+    NatterEventAudioError = 48,
+}
+
+/// One event. Allocated by the library and owned by whoever received it from
+/// `natter_client_next_event` or `natter_client_wait_event` (free it with
+/// `natter_event_free`); an event passed to the callback belongs to the library and is valid
+/// only during the callback.
+///
+/// Read the fields directly. Which fields are set depends on `kind` (see
+/// `NatterEventKind`); the others are 0, false or NULL. Future versions only add fields at
+/// the end: never allocate a `NatterEvent` yourself or copy one by value.
+#[repr(C)]
+#[derive(Debug)]
+pub struct NatterEvent {
+    /// What happened.
+    pub kind: NatterEventKind,
+    /// The call concerned, or 0.
+    pub call: u64,
+    /// The search concerned (`NATTER_EVENT_SEARCH_RESULT`), or 0.
+    pub search: u64,
+    /// A user name (NUL-terminated UTF-8), or NULL. Owned by the event.
+    pub user: *const c_char,
+    /// A human-readable English description (NUL-terminated UTF-8), never NULL (may be
+    /// empty). Owned by the event. For people, not for parsing: its wording may change.
+    pub detail: *const c_char,
+    /// A kind-specific code: `NatterEndReason`, `NatterSearchResult`, `NatterNatType`,
+    /// `NatterPathKind` or `NatterNodeRole`; 0 otherwise.
+    pub code: u32,
+    /// A kind-specific count (super nodes attached, devices online), or 0.
+    pub count: u32,
+    /// `NATTER_EVENT_CALL_HOLD_CHANGED`: this side holds the call.
+    pub local_hold: bool,
+    /// `NATTER_EVENT_CALL_HOLD_CHANGED`: the peer holds the call.
+    pub remote_hold: bool,
+}
+
+/// The function `natter_client_set_event_callback` registers: called with the `user_data`
+/// given there and an event that is valid only until the function returns (copy what you
+/// keep; do not free it).
+pub type NatterEventCallback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const NatterEvent)>;
+
+/// An event as the library holds it before handing it out.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Event {
+    pub kind: NatterEventKind,
+    pub call: u64,
+    pub search: u64,
+    pub user: Option<String>,
+    pub detail: String,
+    pub code: u32,
+    pub count: u32,
+    pub local_hold: bool,
+    pub remote_hold: bool,
+}
+
+impl Event {
+    /// An event of `kind` with nothing else set.
+    pub fn new(kind: NatterEventKind) -> Self {
+        Self {
+            kind,
+            call: 0,
+            search: 0,
+            user: None,
+            detail: String::new(),
+            code: 0,
+            count: 0,
+            local_hold: false,
+            remote_hold: false,
+        }
+    }
+
+    /// About `call`.
+    pub fn call(mut self, call: u64) -> Self {
+        self.call = call;
+        self
+    }
+
+    /// With a user name.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// With a description.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
+    /// With a code.
+    pub fn code(mut self, code: u32) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// With a count.
+    pub fn count(mut self, count: u32) -> Self {
+        self.count = count;
+        self
+    }
+}
+
+/// A C event and the strings it points into. `event` comes first, so a pointer to an
+/// `Owned` is a pointer to its `NatterEvent` (both `repr(C)`).
+#[repr(C)]
+struct Owned {
+    event: NatterEvent,
+    _user: Option<CString>,
+    _detail: CString,
+}
+
+fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
+}
+
+impl Owned {
+    fn new(e: &Event) -> Box<Owned> {
+        let user = e.user.as_deref().map(c_string);
+        let detail = c_string(&e.detail);
+        Box::new(Owned {
+            event: NatterEvent {
+                kind: e.kind,
+                call: e.call,
+                search: e.search,
+                // The CStrings' heap buffers do not move when the Box is built or moved.
+                user: user.as_ref().map_or(std::ptr::null(), |u| u.as_ptr()),
+                detail: detail.as_ptr(),
+                code: e.code,
+                count: e.count,
+                local_hold: e.local_hold,
+                remote_hold: e.remote_hold,
+            },
+            _user: user,
+            _detail: detail,
+        })
+    }
+}
+
+/// Events handed to the application and not yet freed, by address: `natter_event_free`
+/// frees only these, so freeing twice (or freeing something else) is an error, not a crash.
+static LIVE: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
+
+/// Hand `e` to C: the caller owns the result until `natter_event_free`.
+fn hand_out(e: &Event) -> *mut NatterEvent {
+    let p = Box::into_raw(Owned::new(e));
+    lock(&LIVE).insert(p.addr());
+    p.cast()
+}
+
+/// A registered callback and its user data.
+#[derive(Clone, Copy)]
+struct Callback {
+    f: unsafe extern "C" fn(*mut c_void, *const NatterEvent),
+    user_data: *mut c_void,
+}
+
+// SAFETY: Natter never dereferences `user_data`; it only passes it back to the application's
+// callback on the callback thread, which `natter_client_set_event_callback` documents (the
+// application promises its user data may be used from that thread).
+unsafe impl Send for Callback {}
+
+struct Queue {
+    items: VecDeque<Event>,
+    dropped: u64,
+    closed: bool,
+    callback: Option<Callback>,
+    dispatcher: Option<JoinHandle<()>>,
+    dispatcher_id: Option<ThreadId>,
+}
+
+/// One client's event queue. See the [module documentation](self).
+pub(crate) struct Events {
+    q: Mutex<Queue>,
+    ready: Condvar,
+    /// Held while a callback runs: `natter_client_set_event_callback` waits on it so that the
+    /// old callback is not running once it returns.
+    invoking: Mutex<()>,
+    #[cfg(unix)]
+    signal: (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ),
+}
+
+impl Events {
+    /// A new, empty queue.
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        #[cfg(unix)]
+        let signal = {
+            let (r, w) = std::os::unix::net::UnixStream::pair()?;
+            r.set_nonblocking(true)?;
+            w.set_nonblocking(true)?;
+            (r, w)
+        };
+        Ok(Arc::new(Self {
+            q: Mutex::new(Queue {
+                items: VecDeque::new(),
+                dropped: 0,
+                closed: false,
+                callback: None,
+                dispatcher: None,
+                dispatcher_id: None,
+            }),
+            ready: Condvar::new(),
+            invoking: Mutex::new(()),
+            #[cfg(unix)]
+            signal,
+        }))
+    }
+
+    /// Queue `e` (dropping the oldest when full).
+    pub fn push(&self, e: Event) {
+        let mut q = lock(&self.q);
+        if q.closed {
+            return;
+        }
+        if q.items.len() >= MAX_QUEUED {
+            q.items.pop_front();
+            q.dropped += 1;
+        }
+        if q.items.is_empty() {
+            self.raise();
+        }
+        q.items.push_back(e);
+        drop(q);
+        self.ready.notify_all();
+    }
+
+    /// Take the oldest event.
+    pub fn pop(&self) -> Option<Event> {
+        let mut q = lock(&self.q);
+        self.pop_locked(&mut q)
+    }
+
+    /// Take the oldest event, waiting up to `timeout` for one.
+    pub fn wait_pop(&self, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.q);
+        loop {
+            if let Some(e) = self.pop_locked(&mut q) {
+                return Some(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || q.closed {
+                return None;
+            }
+            q = self
+                .ready
+                .wait_timeout(q, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    fn pop_locked(&self, q: &mut Queue) -> Option<Event> {
+        let e = q.items.pop_front()?;
+        if q.items.is_empty() {
+            self.lower();
+        }
+        Some(e)
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.q).dropped
+    }
+
+    #[cfg(unix)]
+    fn raise(&self) {
+        use std::io::Write;
+        let _ = (&self.signal.1).write(&[1]);
+    }
+
+    #[cfg(unix)]
+    fn lower(&self) {
+        use std::io::Read;
+        let mut buf = [0u8; 16];
+        while matches!((&self.signal.0).read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    #[cfg(not(unix))]
+    fn raise(&self) {}
+
+    #[cfg(not(unix))]
+    fn lower(&self) {}
+
+    /// The readable end of the signal (Unix).
+    #[cfg(unix)]
+    pub fn fd(&self) -> c_int {
+        use std::os::fd::AsRawFd;
+        self.signal.0.as_raw_fd()
+    }
+
+    fn on_dispatcher(q: &Queue) -> bool {
+        q.dispatcher_id == Some(std::thread::current().id())
+    }
+
+    /// Deliver events to `callback` from now on (or stop, with `None`). When this returns
+    /// (from any thread but the callback thread itself), the previous callback is not
+    /// running and will not be called again.
+    pub fn set_callback(
+        self: &Arc<Self>,
+        callback: NatterEventCallback,
+        user_data: *mut c_void,
+    ) -> std::io::Result<()> {
+        let mut q = lock(&self.q);
+        if q.closed {
+            return Ok(());
+        }
+        q.callback = callback.map(|f| Callback { f, user_data });
+        if q.callback.is_some() && q.dispatcher.is_none() {
+            let me = self.clone();
+            let t = std::thread::Builder::new()
+                .name("natter-callback".into())
+                .spawn(move || me.dispatch())?;
+            q.dispatcher_id = Some(t.thread().id());
+            q.dispatcher = Some(t);
+        }
+        let inside = Self::on_dispatcher(&q);
+        drop(q);
+        self.ready.notify_all();
+        if !inside {
+            drop(lock(&self.invoking));
+        }
+        Ok(())
+    }
+
+    /// The callback thread: delivers events while a callback is set.
+    fn dispatch(self: Arc<Self>) {
+        loop {
+            let mut q = lock(&self.q);
+            let (event, callback) = loop {
+                if q.closed {
+                    return;
+                }
+                if let Some(cb) = q.callback {
+                    if let Some(e) = self.pop_locked(&mut q) {
+                        break (e, cb);
+                    }
+                }
+                q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+            };
+            // Taken before the queue is released: see `set_callback`.
+            let running = lock(&self.invoking);
+            drop(q);
+            let owned = Owned::new(&event);
+            // SAFETY: `f` is the function the application registered for this client, with
+            // the promise that it may be called on this thread with `user_data`; the event
+            // pointer is valid (owned here) for the duration of the call, as documented.
+            unsafe { (callback.f)(callback.user_data, &owned.event) };
+            drop(owned);
+            drop(running);
+        }
+    }
+
+    /// Close the queue: nothing more is queued or delivered; waiting events are dropped and
+    /// the callback thread ends (joined, unless this is the callback thread itself, which
+    /// then ends when its callback returns).
+    pub fn close(&self) {
+        let mut q = lock(&self.q);
+        q.closed = true;
+        q.items.clear();
+        self.lower();
+        let inside = Self::on_dispatcher(&q);
+        let t = q.dispatcher.take();
+        drop(q);
+        self.ready.notify_all();
+        if let Some(t) = t {
+            if !inside {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The file descriptor that is readable while events wait in `client`'s queue, written to
+/// `*out_fd`. Use it with `select`, `poll`, `epoll`, kqueue or a run loop, then take events
+/// with `natter_client_next_event` until it returns `NATTER_NO_EVENT`.
+///
+/// The descriptor belongs to the client: do not read, write or close it; it is closed by
+/// `natter_client_free`. It stays the same for the client's life. Unix only: elsewhere
+/// returns `NATTER_UNSUPPORTED` (use the callback or `natter_client_wait_event`).
+///
+/// Returns `NATTER_NULL_ARGUMENT` when `client` or `out_fd` is NULL, `NATTER_INVALID_HANDLE`
+/// when `client` is not live. Safe to call from any thread.
+///
+/// # Safety
+/// `out_fd` must be NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_client_event_fd(
+    client: *const NatterClient,
+    out_fd: *mut c_int,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_fd)?;
+        let c = handle::get(client)?;
+        #[cfg(unix)]
+        {
+            // SAFETY: out_fd is non-NULL (checked) and valid for one write (caller's promise).
+            unsafe { boundary::write_out(out_fd, c.shared.events.fd()) }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = c;
+            Err(NatterResult::NatterUnsupported)
+        }
+    })
+}
+
+/// Take the oldest waiting event of `client` without blocking.
+///
+/// On `NATTER_OK`, `*out_event` is an event the caller owns: free it with
+/// `natter_event_free`. When none waits, returns `NATTER_NO_EVENT` and sets `*out_event` to
+/// NULL. With a callback registered, events go to the callback instead and this usually finds
+/// none.
+///
+/// Returns `NATTER_NULL_ARGUMENT` when `client` or `out_event` is NULL,
+/// `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread (each
+/// event is taken by exactly one caller).
+///
+/// # Safety
+/// `out_event` must be NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_client_next_event(
+    client: *mut NatterClient,
+    out_event: *mut *mut NatterEvent,
+) -> NatterResult {
+    // SAFETY: the caller's guarantee for out_event is passed on.
+    unsafe { take_event(client, out_event, None) }
+}
+
+/// Take the oldest waiting event of `client`, waiting up to `timeout_ms` milliseconds for one
+/// (0: do not wait). For programs without their own event loop, and platforms without file
+/// descriptors.
+///
+/// On `NATTER_OK`, `*out_event` is an event the caller owns: free it with
+/// `natter_event_free`. When none arrived in time (or the client was freed meanwhile),
+/// returns `NATTER_NO_EVENT` and sets `*out_event` to NULL.
+///
+/// Returns `NATTER_NULL_ARGUMENT` when `client` or `out_event` is NULL,
+/// `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread. Do not
+/// call it from the event callback (it would wait for itself).
+///
+/// # Safety
+/// `out_event` must be NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_client_wait_event(
+    client: *mut NatterClient,
+    timeout_ms: u32,
+    out_event: *mut *mut NatterEvent,
+) -> NatterResult {
+    let timeout = Duration::from_millis(u64::from(timeout_ms));
+    // SAFETY: the caller's guarantee for out_event is passed on.
+    unsafe { take_event(client, out_event, Some(timeout)) }
+}
+
+/// # Safety
+/// `out_event` must be NULL or valid for one write.
+unsafe fn take_event(
+    client: *const NatterClient,
+    out_event: *mut *mut NatterEvent,
+    wait: Option<Duration>,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_event)?;
+        let c = handle::get(client)?;
+        let e = match wait {
+            Some(t) => c.shared.events.wait_pop(t),
+            None => c.shared.events.pop(),
+        };
+        let (p, r) = match e {
+            Some(e) => (hand_out(&e), Ok(())),
+            None => (std::ptr::null_mut(), Err(NatterResult::NatterNoEvent)),
+        };
+        // SAFETY: out_event is non-NULL (checked) and valid for one write (caller's promise).
+        unsafe { boundary::write_out(out_event, p)? };
+        r
+    })
+}
+
+/// Free an event returned by `natter_client_next_event` or `natter_client_wait_event`.
+///
+/// `natter_event_free(NULL)` does nothing and returns `NATTER_OK`. A pointer that is not a
+/// live event from those functions (freed already, an event given to the callback, anything
+/// else) returns `NATTER_INVALID_HANDLE` and frees nothing: double frees are caught, as long
+/// as the library has not meanwhile handed out a new event at the same address. Safe to call
+/// from any thread.
+#[no_mangle]
+pub extern "C" fn natter_event_free(event: *mut NatterEvent) -> NatterResult {
+    boundary::result(|| {
+        if event.is_null() {
+            return Ok(());
+        }
+        if !lock(&LIVE).remove(&event.addr()) {
+            return Err(NatterResult::NatterInvalidHandle);
+        }
+        // SAFETY: the address was in LIVE, so it came from Box::into_raw(Box<Owned>) in
+        // hand_out and has not been freed (it is removed from LIVE exactly once, here);
+        // NatterEvent is the first field of the repr(C) Owned, so the cast restores the
+        // original pointer.
+        drop(unsafe { Box::from_raw(event.cast::<Owned>()) });
+        Ok(())
+    })
+}
+
+/// Deliver `client`'s events to `callback` (with `user_data`) instead of the queue; NULL
+/// stops the callbacks (events queue up again for polling).
+///
+/// **Thread**: the callback runs on the client's callback thread (named `natter-callback`),
+/// one event at a time, in order, never concurrently with itself. It may call any Natter
+/// function, `natter_client_free` of its own client included (the client is then torn down
+/// when the callback returns). Keep it short: later events wait for it. It must not let a C++
+/// exception or a `longjmp` cross it. `user_data` is passed back untouched; it must stay
+/// usable from that thread until the callback is replaced or the client freed.
+///
+/// When this returns (called from another thread than the callback's), the previous callback
+/// is not running and will not be called again, so its `user_data` may be released. Events
+/// already waiting in the queue go to the new callback.
+///
+/// Returns `NATTER_INVALID_HANDLE` when `client` is not live, `NATTER_NULL_ARGUMENT` when it
+/// is NULL, `NATTER_IO_ERROR` when the callback thread cannot be started. Safe to call from
+/// any thread.
+#[no_mangle]
+pub extern "C" fn natter_client_set_event_callback(
+    client: *mut NatterClient,
+    callback: NatterEventCallback,
+    user_data: *mut c_void,
+) -> NatterResult {
+    boundary::result(|| {
+        let c = handle::get(client)?;
+        c.shared
+            .events
+            .set_callback(callback, user_data)
+            .map_err(|_| NatterResult::NatterIoError)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_is_readable_exactly_while_events_wait() {
+        let q = Events::new().unwrap();
+        let readable = |q: &Events| {
+            use std::io::Read;
+            let mut b = [0u8; 1];
+            // Peek by reading and putting back: a byte present means readable.
+            match (&q.signal.0).read(&mut b) {
+                Ok(1) => {
+                    q.raise();
+                    true
+                }
+                _ => false,
+            }
+        };
+        assert!(!readable(&q));
+        q.push(Event::new(NatterEventKind::NatterEventAttached));
+        q.push(Event::new(NatterEventKind::NatterEventDetached));
+        assert!(readable(&q));
+        assert_eq!(q.pop().unwrap().kind, NatterEventKind::NatterEventAttached);
+        assert!(readable(&q));
+        assert_eq!(q.pop().unwrap().kind, NatterEventKind::NatterEventDetached);
+        assert!(!readable(&q));
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn full_queue_drops_the_oldest() {
+        let q = Events::new().unwrap();
+        for i in 0..MAX_QUEUED + 3 {
+            q.push(Event::new(NatterEventKind::NatterEventCallStats).call(i as u64));
+        }
+        assert_eq!(q.dropped(), 3);
+        assert_eq!(q.pop().unwrap().call, 3);
+    }
+
+    #[test]
+    fn events_are_freed_once() {
+        let e = Event::new(NatterEventKind::NatterEventCallIncoming)
+            .user("alice")
+            .detail("rings");
+        let p = hand_out(&e);
+        // SAFETY: p is a live event from hand_out.
+        let user = unsafe { std::ffi::CStr::from_ptr((*p).user) };
+        assert_eq!(user.to_str().unwrap(), "alice");
+        assert_eq!(natter_event_free(p), NatterResult::NatterOk);
+        assert_eq!(natter_event_free(p), NatterResult::NatterInvalidHandle);
+        assert_eq!(
+            natter_event_free(std::ptr::dangling_mut()),
+            NatterResult::NatterInvalidHandle
+        );
+        assert_eq!(
+            natter_event_free(std::ptr::null_mut()),
+            NatterResult::NatterOk
+        );
+    }
+
+    unsafe extern "C" fn count(user_data: *mut c_void, event: *const NatterEvent) {
+        // SAFETY: the test passes a live AtomicU64 as user data and a valid event.
+        unsafe {
+            let n = &*(user_data as *const std::sync::atomic::AtomicU64);
+            n.fetch_add((*event).call, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn callback_gets_every_event_and_stops_when_cleared() {
+        let q = Events::new().unwrap();
+        let n = std::sync::atomic::AtomicU64::new(0);
+        q.push(Event::new(NatterEventKind::NatterEventCallStats).call(1));
+        q.set_callback(Some(count), &n as *const _ as *mut c_void)
+            .unwrap();
+        q.push(Event::new(NatterEventKind::NatterEventCallStats).call(2));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while n.load(std::sync::atomic::Ordering::SeqCst) != 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 3);
+        q.set_callback(None, std::ptr::null_mut()).unwrap();
+        q.push(Event::new(NatterEventKind::NatterEventCallStats).call(4));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(q.pop().unwrap().call, 4);
+        q.close();
+    }
+}

@@ -1,0 +1,204 @@
+//! Client options: a versioned struct the application fills, starting from defaults.
+
+use std::ffi::c_char;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use natter_overlay::node::RolePolicy;
+
+use crate::boundary::{self, opt_str_arg, str_arg};
+use crate::result::NatterResult;
+
+/// The version of `NatterOptions` this header describes. Pass it to `natter_options_default`.
+pub const NATTER_OPTIONS_VERSION: u32 = 1;
+
+/// Whether a client's node may become a super node (`NatterOptions::role`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatterRole {
+    /// Never a super node: apps on phones, laptops, anything behind a NAT or on a battery.
+    /// The default; the only role that may listen on an ephemeral port (port 0).
+    NatterRoleClient = 0,
+    /// Become a super node when measured suitable (a public address reachable unsolicited,
+    /// two minutes up, spare CPU). Needs a fixed listen port.
+    NatterRoleAuto = 1,
+    /// Always a super node (operators' bootstrap nodes). Needs a fixed listen port.
+    NatterRoleSuperNode = 2,
+}
+
+/// Where a client's call audio comes from and goes to (`NatterOptions::audio`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatterAudioMode {
+    /// The system's microphone and speaker (default devices unless
+    /// `NatterOptions::capture_device` / `playback_device` name others). The default.
+    NatterAudioDevices = 0,
+    /// The application owns audio: it pushes captured samples with `natter_call_push_audio`
+    /// and pulls samples to play with `natter_call_pull_audio` (mono, 16-bit, at
+    /// `natter_audio_sample_rate()`), from its own audio callback or loop.
+    NatterAudioApp = 1,
+}
+
+/// Options of `natter_client_new`. Fill it with `natter_options_default`, then set what you
+/// need; the strings are copied by `natter_client_new` (the struct may be freed afterwards).
+///
+/// `version` says which fields exist: the library reads only those, so an application built
+/// against an older header keeps working with a newer library. Fields are only ever added at
+/// the end, with a new version number.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct NatterOptions {
+    /// `NATTER_OPTIONS_VERSION` of the header the application was built with (set by
+    /// `natter_options_default`).
+    pub version: u32,
+    /// Path of the network file from the login server (`network.toml`). Required.
+    pub network_file: *const c_char,
+    /// The device's data directory: its keys, its certificate and the super-node cache
+    /// (created with mode 0700; the same layout as `natter node --data`). Required.
+    pub data_dir: *const c_char,
+    /// UDP (and, for super nodes, TCP) address to listen on, `IP:PORT`. NULL: `0.0.0.0:0`,
+    /// any address and a port chosen by the system.
+    pub listen: *const c_char,
+    /// A `NatterRole`. Default `NATTER_ROLE_CLIENT`.
+    pub role: u32,
+    /// A `NatterAudioMode`. Default `NATTER_AUDIO_DEVICES`.
+    pub audio: u32,
+    /// With `NATTER_AUDIO_DEVICES`: the microphone's name, NULL for the default one.
+    pub capture_device: *const c_char,
+    /// With `NATTER_AUDIO_DEVICES`: the speaker's name, NULL for the default one.
+    pub playback_device: *const c_char,
+    /// Opus encoder complexity, 0 (least CPU) to 10 (best quality per bit). Default 10; lower
+    /// it on slow devices (or under a memory checker, which slows code ~50 times).
+    pub encoder_complexity: u32,
+}
+
+/// Fill `*out` with the defaults for options version `version` (pass
+/// `NATTER_OPTIONS_VERSION`): no network file or data directory (both required), listen on
+/// `0.0.0.0:0`, role `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default
+/// devices, encoder complexity 10. Only the fields of that version are written.
+///
+/// Returns `NATTER_NULL_ARGUMENT` when `out` is NULL, `NATTER_UNSUPPORTED_VERSION` when this
+/// library does not know `version` (`*out` is then untouched). Safe to call from any thread.
+///
+/// # Safety
+/// `out` must be NULL or point to writable memory holding a `NatterOptions` of version
+/// `version`.
+#[no_mangle]
+pub unsafe extern "C" fn natter_options_default(
+    out: *mut NatterOptions,
+    version: u32,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out)?;
+        if version != 1 {
+            return Err(NatterResult::NatterUnsupportedVersion);
+        }
+        let defaults = NatterOptions {
+            version,
+            network_file: std::ptr::null(),
+            data_dir: std::ptr::null(),
+            listen: std::ptr::null(),
+            role: NatterRole::NatterRoleClient as u32,
+            audio: NatterAudioMode::NatterAudioDevices as u32,
+            capture_device: std::ptr::null(),
+            playback_device: std::ptr::null(),
+            encoder_complexity: 10,
+        };
+        // SAFETY: out is non-NULL and holds a version-1 NatterOptions (the caller's promise),
+        // which is exactly this struct.
+        unsafe { boundary::write_out(out, defaults) }
+    })
+}
+
+/// Where a call's audio goes, as the engine uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AudioMode {
+    /// Devices by name (`None`: the default one).
+    Devices {
+        capture: Option<String>,
+        playback: Option<String>,
+    },
+    /// Pushed and pulled by the application.
+    App,
+}
+
+/// How calls' audio is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AudioSettings {
+    pub mode: AudioMode,
+    /// Opus encoder complexity (0 to 10).
+    pub complexity: u8,
+}
+
+/// Checked options.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub network_file: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub role: RolePolicy,
+    pub audio: AudioSettings,
+}
+
+impl Settings {
+    /// Read and check the options at `p`.
+    ///
+    /// # Safety
+    /// `p` must be NULL or point to a readable `NatterOptions` of the version its first field
+    /// states, whose strings are NULL or NUL-terminated and valid for the call.
+    pub unsafe fn read(p: *const NatterOptions) -> Result<Settings, NatterResult> {
+        if p.is_null() {
+            return Err(NatterResult::NatterNullArgument);
+        }
+        // SAFETY: p is non-NULL and points to at least the version field (every version has
+        // it first); read_unaligned makes no alignment assumption.
+        let version = unsafe { std::ptr::addr_of!((*p).version).read_unaligned() };
+        if version != 1 {
+            return Err(NatterResult::NatterUnsupportedVersion);
+        }
+        // SAFETY: a version-1 struct is this whole struct (the caller's promise); every field
+        // is a pointer or an integer, valid for any bit pattern.
+        let o = unsafe { p.read_unaligned() };
+        // SAFETY: the caller promises NULL or valid NUL-terminated strings (this one and the
+        // ones below), which are copied before returning.
+        let network_file = PathBuf::from(unsafe { str_arg(o.network_file) }?);
+        // SAFETY: as above.
+        let data_dir = PathBuf::from(unsafe { str_arg(o.data_dir) }?);
+        // SAFETY: as above.
+        let listen = match unsafe { opt_str_arg(o.listen) }? {
+            None => SocketAddr::from(([0, 0, 0, 0], 0)),
+            Some(s) => s.parse().map_err(|_| NatterResult::NatterInvalidArgument)?,
+        };
+        let role = match o.role {
+            0 => RolePolicy::Forbid,
+            1 => RolePolicy::Auto,
+            2 => RolePolicy::Force,
+            _ => return Err(NatterResult::NatterInvalidArgument),
+        };
+        if role != RolePolicy::Forbid && listen.port() == 0 {
+            return Err(NatterResult::NatterInvalidArgument);
+        }
+        let mode = match o.audio {
+            0 => AudioMode::Devices {
+                // SAFETY: as above.
+                capture: unsafe { opt_str_arg(o.capture_device) }?.map(str::to_owned),
+                // SAFETY: as above.
+                playback: unsafe { opt_str_arg(o.playback_device) }?.map(str::to_owned),
+            },
+            1 => AudioMode::App,
+            _ => return Err(NatterResult::NatterInvalidArgument),
+        };
+        let complexity = u8::try_from(o.encoder_complexity)
+            .ok()
+            .filter(|c| *c <= 10)
+            .ok_or(NatterResult::NatterInvalidArgument)?;
+        let audio = AudioSettings { mode, complexity };
+        Ok(Settings {
+            network_file,
+            data_dir,
+            listen,
+            role,
+            audio,
+        })
+    }
+}

@@ -1,0 +1,231 @@
+/* Every function of natter.h, called with NULL pointers, made-up handles, freed handles,
+ * unknown calls, bad strings and out-of-range values: each must return its documented error,
+ * never crash (the test runs under valgrind). ffi/tests/c_programs.rs checks that every
+ * function the header declares is called here.
+ *
+ *   null_args NETWORK_FILE DATA_DIR
+ *
+ * NETWORK_FILE must parse; its login server need not exist (logging in is expected to fail
+ * with NATTER_LOGIN_UNREACHABLE).
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "natter.h"
+
+static int checks, failures;
+
+#define EXPECT(call, want)                                                                     \
+    do {                                                                                       \
+        NatterResult r_ = (call);                                                              \
+        if (r_ != (NatterResult)(want)) {                                                      \
+            fprintf(stderr, "%s:%d: %s gave %u (%s), expected %s\n", __FILE__, __LINE__, #call, \
+                    (unsigned)r_, natter_result_message(r_), #want);                           \
+            failures++;                                                                        \
+        }                                                                                      \
+        checks++;                                                                              \
+    } while (0)
+
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            fprintf(stderr, "%s:%d: %s is false\n", __FILE__, __LINE__, #cond);                \
+            failures++;                                                                        \
+        }                                                                                      \
+        checks++;                                                                              \
+    } while (0)
+
+static void never_called(void *user_data, const NatterEvent *event) {
+    (void)user_data;
+    (void)event;
+}
+
+/* Every function that takes a client, with `c` as the client: all must give `want`. */
+static void all_with_client(NatterClient *c, NatterResult want) {
+    NatterNodeState st;
+    st.version = NATTER_NODE_STATE_VERSION;
+    NatterCallStats cs;
+    cs.version = NATTER_CALL_STATS_VERSION;
+    char buf[64];
+    size_t len = 0;
+    uint64_t id = 0;
+    int fd = -1;
+    NatterEvent *e = NULL;
+    int16_t pcm[320] = {0};
+    EXPECT(natter_client_register(c, "alice", "a good password"), want);
+    EXPECT(natter_client_login(c, "alice", "a good password"), want);
+    EXPECT(natter_client_start(c), want);
+    EXPECT(natter_client_stop(c), want);
+    EXPECT(natter_client_get_state(c, &st), want);
+    EXPECT(natter_client_describe(c, buf, sizeof buf, &len), want);
+    EXPECT(natter_client_search(c, "alice", &id), want);
+    EXPECT(natter_client_event_fd(c, &fd), want);
+    EXPECT(natter_client_next_event(c, &e), want);
+    EXPECT(natter_client_wait_event(c, 10, &e), want);
+    EXPECT(natter_client_set_event_callback(c, never_called, NULL), want);
+    EXPECT(natter_call_start(c, "alice", &id), want);
+    EXPECT(natter_call_answer(c, 1), want);
+    EXPECT(natter_call_decline(c, 1), want);
+    EXPECT(natter_call_hang_up(c, 1), want);
+    EXPECT(natter_call_hold(c, 1), want);
+    EXPECT(natter_call_resume(c, 1), want);
+    EXPECT(natter_call_set_muted(c, 1, true), want);
+    EXPECT(natter_call_get_stats(c, 1, &cs), want);
+    EXPECT(natter_call_push_audio(c, 1, pcm, 320), want);
+    EXPECT(natter_call_pull_audio(c, 1, pcm, 320, &len), want);
+    CHECK(id == 0 && fd == -1 && e == NULL);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s NETWORK_FILE DATA_DIR\n", argv[0]);
+        return 2;
+    }
+    const char *network = argv[1], *data = argv[2];
+
+    /* Functions without pointers. */
+    CHECK(natter_version() != NULL && strlen(natter_version()) > 0);
+    CHECK(natter_abi_version() >> 16 == NATTER_ABI_MAJOR);
+    CHECK(natter_abi_version() >= (NATTER_ABI_MAJOR << 16 | NATTER_ABI_MINOR << 8 | NATTER_ABI_PATCH));
+    CHECK(natter_result_message(0) != NULL && strcmp(natter_result_message(0), "ok") == 0);
+    CHECK(strcmp(natter_result_message(0xdeadbeef), "unknown result") == 0);
+    CHECK(strcmp(natter_result_message(NATTER_NO_EVENT), "unknown result") != 0);
+    CHECK(natter_audio_sample_rate() == 16000);
+    CHECK(natter_audio_frame_samples() == 320);
+
+    /* natter_version_copy: ask the size, then fill. */
+    size_t len = 0;
+    char small[2];
+    EXPECT(natter_version_copy(NULL, 0, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_version_copy(NULL, 0, &len), NATTER_BUFFER_TOO_SMALL);
+    CHECK(len == strlen(natter_version()));
+    EXPECT(natter_version_copy(small, sizeof small, &len), NATTER_BUFFER_TOO_SMALL);
+
+    /* Options. */
+    NatterOptions o;
+    EXPECT(natter_options_default(NULL, NATTER_OPTIONS_VERSION), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_options_default(&o, 0), NATTER_UNSUPPORTED_VERSION);
+    EXPECT(natter_options_default(&o, 9999), NATTER_UNSUPPORTED_VERSION);
+    EXPECT(natter_options_default(&o, NATTER_OPTIONS_VERSION), NATTER_OK);
+    CHECK(o.version == NATTER_OPTIONS_VERSION && o.role == NATTER_ROLE_CLIENT &&
+          o.audio == NATTER_AUDIO_DEVICES && o.encoder_complexity == 10 && o.listen == NULL);
+
+    /* natter_client_new: every way to get it wrong. */
+    NatterClient *c = NULL;
+    EXPECT(natter_client_new(NULL, &c), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_new(&o, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_new(&o, &c), NATTER_NULL_ARGUMENT); /* no network file */
+    o.network_file = network;
+    EXPECT(natter_client_new(&o, &c), NATTER_NULL_ARGUMENT); /* no data directory */
+    o.data_dir = data;
+    o.version = 0;
+    EXPECT(natter_client_new(&o, &c), NATTER_UNSUPPORTED_VERSION);
+    o.version = NATTER_OPTIONS_VERSION;
+    o.listen = "not an address";
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
+    o.listen = "127.0.0.1:0";
+    o.role = 77;
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
+    o.role = NATTER_ROLE_SUPER_NODE; /* needs a fixed port */
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
+    o.role = NATTER_ROLE_CLIENT;
+    o.audio = 5;
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
+    o.audio = NATTER_AUDIO_APP;
+    o.encoder_complexity = 11;
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
+    o.encoder_complexity = 0;
+    o.network_file = "\xff\xfe not UTF-8";
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_UTF8);
+    o.network_file = "/nonexistent/network.toml";
+    EXPECT(natter_client_new(&o, &c), NATTER_IO_ERROR);
+    o.network_file = network;
+    CHECK(c == NULL); /* outputs are written only on success */
+    EXPECT(natter_client_new(&o, &c), NATTER_OK);
+    CHECK(c != NULL);
+
+    /* NULL, made-up and freed handles. */
+    all_with_client(NULL, NATTER_NULL_ARGUMENT);
+    all_with_client((NatterClient *)(uintptr_t)0x12345678u, NATTER_INVALID_HANDLE);
+    all_with_client((NatterClient *)(uintptr_t)1u, NATTER_INVALID_HANDLE);
+    NatterClient *freed = NULL;
+    EXPECT(natter_client_new(&o, &freed), NATTER_OK);
+    EXPECT(natter_client_free(freed), NATTER_OK);
+    all_with_client(freed, NATTER_INVALID_HANDLE);
+    EXPECT(natter_client_free(freed), NATTER_INVALID_HANDLE); /* double free: an error */
+    EXPECT(natter_client_free((NatterClient *)(uintptr_t)0x12345678u), NATTER_INVALID_HANDLE);
+    EXPECT(natter_client_free(NULL), NATTER_OK);
+
+    /* A live client: NULL pointer arguments and bad strings. */
+    NatterNodeState st;
+    NatterCallStats cs;
+    NatterEvent *e = NULL;
+    uint64_t id = 0;
+    int fd = -1;
+    int16_t pcm[320] = {0};
+    char buf[8];
+    EXPECT(natter_client_register(c, NULL, "a good password"), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_register(c, "alice", NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_register(c, "\xc3\x28", "a good password"), NATTER_INVALID_UTF8);
+    EXPECT(natter_client_register(c, "9 not a name", "a good password"), NATTER_INVALID_USER_NAME);
+    EXPECT(natter_client_login(c, NULL, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_login(c, "alice", "\xff"), NATTER_INVALID_UTF8);
+    EXPECT(natter_client_login(c, "no", NULL), NATTER_INVALID_USER_NAME);
+    EXPECT(natter_client_get_state(c, NULL), NATTER_NULL_ARGUMENT);
+    st.version = 0;
+    EXPECT(natter_client_get_state(c, &st), NATTER_UNSUPPORTED_VERSION);
+    EXPECT(natter_client_describe(c, buf, sizeof buf, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_describe(c, NULL, 0, &len), NATTER_BUFFER_TOO_SMALL);
+    CHECK(len > 0);
+    EXPECT(natter_client_describe(c, buf, sizeof buf, &len), NATTER_BUFFER_TOO_SMALL);
+    EXPECT(natter_client_search(c, NULL, &id), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_search(c, "alice", NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_event_fd(c, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_next_event(c, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_wait_event(c, 0, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_event_free(NULL), NATTER_OK);
+    EXPECT(natter_event_free((NatterEvent *)(uintptr_t)0x1000u), NATTER_INVALID_HANDLE);
+    EXPECT(natter_client_set_event_callback(c, NULL, NULL), NATTER_OK); /* none: fine */
+    EXPECT(natter_call_start(c, NULL, &id), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_call_start(c, "alice", NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_call_get_stats(c, 1, NULL), NATTER_NULL_ARGUMENT);
+    cs.version = 42;
+    EXPECT(natter_call_get_stats(c, 1, &cs), NATTER_UNSUPPORTED_VERSION);
+    EXPECT(natter_call_push_audio(c, 1, NULL, 320), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_call_pull_audio(c, 1, NULL, 320, &len), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_call_push_audio(c, 1, NULL, 0), NATTER_UNKNOWN_CALL); /* empty is fine */
+    EXPECT(natter_call_pull_audio(c, 1, pcm, 320, NULL), NATTER_UNKNOWN_CALL);
+
+    /* A live client in the wrong state. */
+    st.version = NATTER_NODE_STATE_VERSION;
+    EXPECT(natter_client_get_state(c, &st), NATTER_OK);
+    CHECK(!st.logged_in && !st.started && st.super_nodes == 0 && st.udp_port == 0);
+    EXPECT(natter_client_login(c, "alice", NULL), NATTER_PASSWORD_NEEDED);
+    EXPECT(natter_client_login(c, "alice", "a good password"), NATTER_LOGIN_UNREACHABLE);
+    EXPECT(natter_client_register(c, "alice", "a good password"), NATTER_LOGIN_UNREACHABLE);
+    EXPECT(natter_client_start(c), NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_stop(c), NATTER_NOT_STARTED);
+    EXPECT(natter_client_search(c, "alice", &id), NATTER_NOT_STARTED);
+    EXPECT(natter_call_start(c, "alice", &id), NATTER_NOT_STARTED);
+    CHECK(id == 0);
+    EXPECT(natter_call_answer(c, 1), NATTER_NOT_STARTED);
+    EXPECT(natter_call_hang_up(c, 0), NATTER_NOT_STARTED);
+    EXPECT(natter_call_set_muted(c, 1, false), NATTER_UNKNOWN_CALL);
+    cs.version = NATTER_CALL_STATS_VERSION;
+    EXPECT(natter_call_get_stats(c, 0, &cs), NATTER_UNKNOWN_CALL);
+    EXPECT(natter_call_get_stats(c, UINT64_MAX, &cs), NATTER_UNKNOWN_CALL);
+    EXPECT(natter_call_push_audio(c, 7, pcm, 320), NATTER_UNKNOWN_CALL);
+    EXPECT(natter_client_next_event(c, &e), NATTER_NO_EVENT);
+    CHECK(e == NULL);
+    EXPECT(natter_client_wait_event(c, 20, &e), NATTER_NO_EVENT);
+    EXPECT(natter_client_event_fd(c, &fd), NATTER_OK);
+    CHECK(fd >= 0);
+    EXPECT(natter_client_set_event_callback(c, never_called, NULL), NATTER_OK);
+    EXPECT(natter_client_set_event_callback(c, NULL, NULL), NATTER_OK);
+    EXPECT(natter_client_free(c), NATTER_OK);
+    all_with_client(c, NATTER_INVALID_HANDLE);
+
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}
