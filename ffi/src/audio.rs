@@ -24,7 +24,7 @@ use natter_core::wire::message::CallId;
 use natter_media::audio::pcm::{capture_channel, playback_channel, CapturePusher, PlaybackPuller};
 use natter_media::audio::synth::Silence;
 use natter_media::audio::{AudioError, AudioSink, AudioSource, SourceRead};
-use natter_media::call::{CallAudio, CallAudioConfig};
+use natter_media::call::{CallAudio, CallAudioConfig, FrameSender};
 use natter_overlay::node::Node;
 use natter_transport::runtime::RuntimeHandle;
 
@@ -91,6 +91,16 @@ pub(crate) fn start(
     call: CallId,
     muted: Arc<AtomicBool>,
 ) -> Started {
+    let send = Box::new(move |frame: &[u8]| {
+        let frame = frame.to_vec();
+        rt.command(move |n, now| n.send_media(now, call, &frame).is_ok())
+            .unwrap_or(false)
+    });
+    start_with(audio, send, muted)
+}
+
+/// Start a call's media that hands its frames to `send`.
+fn start_with(audio: &AudioSettings, send: FrameSender, muted: Arc<AtomicBool>) -> Started {
     let mut cfg = CallAudioConfig::default();
     cfg.sender.codec.complexity = audio.complexity;
     let rate = cfg.sender.codec.rate.hz();
@@ -112,11 +122,6 @@ pub(crate) fn start(
     let source = Box::new(Muted {
         inner: source,
         muted,
-    });
-    let send = Box::new(move |frame: &[u8]| {
-        let frame = frame.to_vec();
-        rt.command(move |n, now| n.send_media(now, call, &frame).is_ok())
-            .unwrap_or(false)
     });
     match CallAudio::start(cfg, source, sink, send) {
         Ok(audio) => Started {
@@ -257,4 +262,80 @@ pub unsafe extern "C" fn natter_call_pull_audio(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    fn frames_sent(audio: AudioSettings, muted: bool) -> (Started, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let s = sent.clone();
+        let send = Box::new(move |f: &[u8]| {
+            lock(&s).push(f.to_vec());
+            true
+        });
+        let started = start_with(&audio, send, Arc::new(AtomicBool::new(muted)));
+        (started, sent)
+    }
+
+    #[test]
+    fn missing_devices_give_an_error_and_the_call_goes_on_with_silence() {
+        let (started, sent) = frames_sent(
+            AudioSettings {
+                mode: AudioMode::Devices {
+                    capture: Some("no-such-microphone".into()),
+                    playback: Some("no-such-speaker".into()),
+                },
+                complexity: 0,
+            },
+            false,
+        );
+        let why = started.error.clone().expect("an error for missing devices");
+        assert!(
+            why.contains("microphone") && why.contains("speaker"),
+            "{why}"
+        );
+        assert!(started.pcm.is_none());
+        let audio = started.audio.expect("media runs anyway");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&sent).len() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        audio.stop();
+        assert!(lock(&sent).len() >= 5, "frames of silence are sent");
+    }
+
+    #[test]
+    fn application_pcm_goes_out_unless_muted() {
+        for muted in [false, true] {
+            let (started, sent) = frames_sent(
+                AudioSettings {
+                    mode: AudioMode::App,
+                    complexity: 0,
+                },
+                muted,
+            );
+            assert!(started.error.is_none());
+            let (pusher, _puller) = started.pcm.clone().unwrap();
+            let tone: Vec<i16> = (0..16_000)
+                .map(|i| if i % 40 < 20 { 9000 } else { -9000 })
+                .collect();
+            pusher.push(&tone[..6400]);
+            std::thread::sleep(Duration::from_millis(300));
+            let audio = started.audio.unwrap();
+            audio.stop();
+            let frames = lock(&sent).clone();
+            assert!(frames.len() >= 5);
+            // Opus codes silence in a few bytes and a loud tone in many more.
+            let biggest = frames.iter().map(Vec::len).max().unwrap();
+            if muted {
+                assert!(biggest < 20, "muted: frames of {biggest} bytes");
+            } else {
+                assert!(biggest > 30, "unmuted: frames of at most {biggest} bytes");
+            }
+        }
+    }
 }

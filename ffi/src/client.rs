@@ -326,3 +326,92 @@ pub unsafe extern "C" fn natter_client_search(
         unsafe { boundary::write_out(out_search, id) }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{natter_client_set_event_callback, Event, NatterEvent, NatterEventKind};
+    use crate::options::{AudioMode, AudioSettings};
+    use std::ffi::c_void;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn offline_client(dir: &std::path::Path) -> *mut NatterClient {
+        let network = dir.join("network.toml");
+        std::fs::write(
+            &network,
+            format!(
+                "[login]\naddress = \"127.0.0.1:1\"\nserver_name = \"n\"\n\
+                 tls_sha256 = \"{}\"\n\n[authority]\nkeys = [\"{}\"]\n",
+                "ab".repeat(32),
+                "cd".repeat(32)
+            ),
+        )
+        .unwrap();
+        let settings = Settings {
+            network_file: network,
+            data_dir: dir.join("data"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            role: natter_overlay::node::RolePolicy::Forbid,
+            audio: AudioSettings {
+                mode: AudioMode::App,
+                complexity: 10,
+            },
+        };
+        handle::insert(Arc::new(Client::new(settings).unwrap()))
+    }
+
+    /// What the callbacks below do: the client's handle, and how often they ran.
+    struct Ctx {
+        client: *mut NatterClient,
+        calls: AtomicUsize,
+    }
+
+    unsafe extern "C" fn free_own_client(user_data: *mut c_void, _e: *const NatterEvent) {
+        // SAFETY: the test passes a Ctx that outlives the client.
+        let ctx = unsafe { &*(user_data as *const Ctx) };
+        ctx.calls.fetch_add(1, Ordering::SeqCst);
+        // Replacing the callback from inside it, then freeing the client, must not deadlock.
+        assert_eq!(
+            natter_client_set_event_callback(ctx.client, Some(free_own_client), user_data),
+            NatterResult::NatterOk
+        );
+        assert_eq!(natter_client_free(ctx.client), NatterResult::NatterOk);
+        assert_eq!(
+            natter_client_free(ctx.client),
+            NatterResult::NatterInvalidHandle
+        );
+    }
+
+    #[test]
+    fn the_callback_may_free_its_own_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = offline_client(dir.path());
+        let ctx = Ctx {
+            client,
+            calls: AtomicUsize::new(0),
+        };
+        let events = handle::get(client).unwrap().shared.events.clone();
+        let r = natter_client_set_event_callback(
+            client,
+            Some(free_own_client),
+            &ctx as *const Ctx as *mut c_void,
+        );
+        assert_eq!(r, NatterResult::NatterOk);
+        events.push(Event::new(NatterEventKind::NatterEventNoSuperNode));
+        events.push(Event::new(NatterEventKind::NatterEventNoSuperNode));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while handle::get(client).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            ctx.calls.load(Ordering::SeqCst),
+            1,
+            "no event after the free"
+        );
+        assert_eq!(
+            handle::get(client).err(),
+            Some(NatterResult::NatterInvalidHandle)
+        );
+    }
+}
