@@ -137,6 +137,10 @@ fn two_programs_call_each_other_through_the_json_interface() {
     assert_eq!(found["devices"][0]["online"], true);
     bob.send(serde_json::json!({"cmd": "nonsense"}));
     bob.wait(is("error"));
+    // A user nobody registered: a clear reason, not a hang.
+    bob.send(serde_json::json!({"cmd": "call", "user": "nobody"}));
+    let failed = bob.wait(is("dial_failed"));
+    assert_eq!(failed["reason"], "no such user", "{failed}");
     bob.send(serde_json::json!({"cmd": "call", "user": "alice"}));
     bob.wait(is("calling"));
     let incoming = alice.wait(is("incoming_call"));
