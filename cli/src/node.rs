@@ -230,6 +230,15 @@ impl Started {
         let seed = os_seed().map_err(|e| e.to_string())?;
         let mut cfg = NodeConfig::new(identity, seed, wall_clock(), Instant::now(), args.listen);
         cfg.role = role;
+        if let Some(alt) = args.stun_alternate {
+            // RFC 5780 needs another IP *and* another port; anything else would be ignored.
+            if alt.ip() == args.listen.ip() || alt.port() == args.listen.port() {
+                return Err(format!(
+                    "--stun-alternate {alt}: needs another IP and another port than --listen {}",
+                    args.listen
+                ));
+            }
+        }
         cfg.stun_alternate = args.stun_alternate;
         cfg.uplink_bytes_per_sec = args.uplink_kbps.map(|k| k.saturating_mul(1000) / 8);
         if let Some(n) = args.max_clients {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, natter, output_lines, start_as, start_node, wait_in, Children};
+use common::{
+    free_port_block, natter, output_lines, register, start_as, start_node, wait_in, Children,
+};
 
 /// The announced network file's path in a login server's output lines.
 fn network_file(lines: &[String]) -> String {
@@ -24,20 +26,6 @@ fn network_file(lines: &[String]) -> String {
 fn write(path: &Path, text: &str) -> PathBuf {
     std::fs::write(path, text).unwrap();
     path.to_path_buf()
-}
-
-fn register(network: &str, data: &Path, user: &str, password: &str) {
-    let ok = natter()
-        .args(["register", "--user", user, "--network", network, "--data"])
-        .arg(data)
-        .env("NATTER_PASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
 }
 
 /// `natter ARGS` run to completion: (success, stdout, stderr).

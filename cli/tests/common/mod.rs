@@ -99,17 +99,7 @@ pub fn start_as(
     port: u16,
     extra: &[&str],
 ) -> std::process::Child {
-    let ok = natter()
-        .args(["register", "--user", user, "--network", network, "--data"])
-        .arg(data)
-        .env("NATTER_PASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    register(network, data, user, password);
     natter()
         .args([subcommand, "--user", user, "--network", network, "--data"])
         .arg(data)
@@ -168,4 +158,20 @@ pub fn login_server_naming(dir: &std::path::Path, sn_port: u16, children: &mut C
         .next()
         .unwrap()
         .to_string()
+}
+
+/// `natter register` `user` (device data under `data`, password `password`); panics with the
+/// program's error output when it fails.
+pub fn register(network: &str, data: &std::path::Path, user: &str, password: &str) {
+    let ok = natter()
+        .args(["register", "--user", user, "--network", network, "--data"])
+        .arg(data)
+        .env("NATTER_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }

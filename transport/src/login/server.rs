@@ -236,6 +236,18 @@ fn existing_bootstrap(path: &Path) -> Result<Vec<BootstrapEntry>, StartError> {
 /// The `[overlay]` table of the network file at `path`, kept when the file is rewritten (the
 /// operator set it); read leniently like the bootstrap entries: an unreadable or invalid
 /// table gives the defaults, with a warning.
+/// The `ca_file` of the `[login]` table of the network file at `path`, if any (read leniently:
+/// an unreadable file has none).
+fn existing_ca_file(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: toml::Value = toml::from_str(&text).ok()?;
+    value
+        .get("login")?
+        .get("ca_file")?
+        .as_str()
+        .map(PathBuf::from)
+}
+
 fn existing_overlay(path: &Path) -> OverlayEntry {
     #[derive(Debug, Default, serde::Deserialize)]
     struct OverlayOnly {
@@ -335,7 +347,12 @@ impl LoginServerHandle {
                     .unwrap_or_else(|| addr.to_string()),
                 server_name: opts.server_name.clone(),
                 tls_sha256: self_signed.then(|| hex(&tls.fingerprint())),
-                ca_file: None,
+                // An operator's extra CA roots for a CA-issued certificate survive restarts.
+                ca_file: if self_signed {
+                    None
+                } else {
+                    existing_ca_file(&network_path)
+                },
             },
             authority: AuthorityEntry { keys },
             bootstrap: bootstrap_entries(&network_path, &opts.bootstrap)?,
@@ -715,5 +732,28 @@ impl IoLoop {
                     .handle_input(Instant::now(), Input::StreamClosed { stream: c.stream });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_added_ca_file_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("network.toml");
+        assert_eq!(existing_ca_file(&p), None, "no file");
+        std::fs::write(
+            &p,
+            "[login]\naddress = \"x\"\nca_file = \"/etc/natter/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            existing_ca_file(&p),
+            Some(PathBuf::from("/etc/natter/ca.pem"))
+        );
+        std::fs::write(&p, "not toml [").unwrap();
+        assert_eq!(existing_ca_file(&p), None, "unreadable");
     }
 }
