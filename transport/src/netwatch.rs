@@ -48,14 +48,20 @@ impl NetWatch {
     pub const INTERVAL: Duration = Duration::from_secs(1);
 
     /// Watch the addresses of a socket bound to `bound`; `on_change` gets the new list.
+    ///
+    /// Every change made after this returns is reported, on the watcher's thread, within about
+    /// one [`NetWatch::INTERVAL`].
     pub fn spawn(
         bound: SocketAddr,
         mut on_change: impl FnMut(Vec<SocketAddr>) + Send + 'static,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        // The baseline is read before returning, not on the new thread: a change made right
+        // after `spawn` returns (the thread not yet scheduled) would otherwise be taken for the
+        // baseline and never reported.
+        let mut last = local_addresses(bound);
         let thread = std::thread::spawn(move || {
-            let mut last = local_addresses(bound);
             while !stop2.load(Ordering::Relaxed) {
                 std::thread::sleep(Self::INTERVAL);
                 let now = local_addresses(bound);

@@ -50,7 +50,8 @@ fn in_own_namespace() -> Result<Vec<Vec<SocketAddr>>, String> {
     });
     let within = NetWatch::INTERVAL * 2 + Duration::from_millis(500);
     let mut seen = Vec::new();
-    // A new lease on another network appears.
+    // A new lease on another network appears, right after the watcher started (the baseline
+    // must already be taken, whether or not its thread has run yet).
     ip(&["addr", "add", "198.18.201.7/24", "dev", "lo"])?;
     seen.push(
         rx.recv_timeout(within)
