@@ -17,8 +17,9 @@
  *
  * The password comes from NATTER_PASSWORD (or --password); with --register the account is
  * created first (an existing one is fine). --complexity lowers the Opus encoder's complexity
- * (0-10, default 10) for slow machines. Exit status 0 when the call connected, audio
- * arrived, and the call ended cleanly.
+ * (0-10, default 10) for slow machines. --min-frames N keeps the caller in the call past
+ * --seconds until N frames went each way (a loaded machine may fall behind real time).
+ * Exit status 0 when the call connected, audio arrived, and the call ended cleanly.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -38,6 +39,7 @@ struct args {
     int answer, do_register;
     double seconds, timeout;
     int complexity;
+    unsigned long long min_frames;
 };
 
 struct pcm {
@@ -236,6 +238,15 @@ static int pump(NatterClient *c, int fd, int wait_ms, struct call_view *v) {
     return attached;
 }
 
+/* Whether at least `min` frames went each way on the call so far. */
+static int frames_each_way(NatterClient *c, uint64_t call, unsigned long long min) {
+    if (min == 0) return 1;
+    NatterCallStats s;
+    s.version = NATTER_CALL_STATS_VERSION;
+    return natter_call_get_stats(c, call, &s) == NATTER_OK && s.frames_sent >= min &&
+           s.frames_received >= min;
+}
+
 static int parse(int argc, char **argv, struct args *a) {
     memset(a, 0, sizeof *a);
     a->password = getenv("NATTER_PASSWORD");
@@ -261,6 +272,7 @@ static int parse(int argc, char **argv, struct args *a) {
             else if (!strcmp(k, "--seconds")) a->seconds = atof(val);
             else if (!strcmp(k, "--timeout")) a->timeout = atof(val);
             else if (!strcmp(k, "--complexity")) a->complexity = atoi(val);
+            else if (!strcmp(k, "--min-frames")) a->min_frames = strtoull(val, NULL, 10);
             else return 0;
         }
     }
@@ -273,7 +285,7 @@ int main(int argc, char **argv) {
         fprintf(stderr,
                 "usage: %s --network FILE --data DIR --user NAME [--password PW] [--register]\n"
                 "          (--call USER [--seconds S] | --answer) --play IN.wav --record OUT.wav\n"
-                "          [--listen IP:PORT] [--timeout S] [--complexity 0-10]\n",
+                "          [--listen IP:PORT] [--timeout S] [--complexity 0-10] [--min-frames N]\n",
                 argv[0]);
         return 2;
     }
@@ -387,7 +399,8 @@ int main(int argc, char **argv) {
             if (r == NATTER_OK && !append(&heard, buf, frame)) break;
         }
         if (r != NATTER_OK && r != NATTER_NO_AUDIO) fail("audio", r);
-        if (a.call && !hung_up && now_s() - started >= a.seconds) {
+        if (a.call && !hung_up && now_s() - started >= a.seconds &&
+            frames_each_way(c, v.id, a.min_frames)) {
             if ((r = natter_call_hang_up(c, v.id)) != NATTER_OK) fail("hanging up", r);
             printf("hung up\n");
             hung_up = 1;
