@@ -43,11 +43,27 @@ pub enum LinkTransport {
 }
 
 impl LinkTransport {
-    fn next(self) -> Option<Self> {
+    /// The next one to try when this one failed (main port, fallback port, TLS port).
+    pub fn next(self) -> Option<Self> {
         match self {
             Self::Tcp => Some(Self::TcpFallback),
             Self::TcpFallback => Some(Self::Tls),
             Self::Tls => None,
+        }
+    }
+
+    /// The next one in the cycle main, fallback, TLS, main: for trying every port of a super
+    /// node starting anywhere.
+    pub fn cycle(self) -> Self {
+        self.next().unwrap_or(Self::Tcp)
+    }
+
+    /// The super node address this transport connects to (`main`: its main address).
+    pub fn address(self, main: SocketAddr, ports: FallbackPorts) -> SocketAddr {
+        match self {
+            Self::Tcp => main,
+            Self::TcpFallback => ports.plain(main),
+            Self::Tls => ports.tls(main),
         }
     }
 }
@@ -384,6 +400,23 @@ impl Attacher {
         )
     }
 
+    /// How the attached links got through: the first of main port, fallback port and TLS
+    /// port that an attached link uses (`None` when not attached). A stream opened to a super
+    /// node for something else starts there, rather than waiting for a firewall to time out
+    /// the ports before it.
+    pub fn link_transport(&self) -> Option<LinkTransport> {
+        let rank = |t: LinkTransport| match t {
+            LinkTransport::Tcp => 0,
+            LinkTransport::TcpFallback => 1,
+            LinkTransport::Tls => 2,
+        };
+        self.links
+            .values()
+            .filter(|l| l.state == LinkState::Attached)
+            .map(|l| l.transport)
+            .min_by_key(|t| rank(*t))
+    }
+
     /// True when UDP probes went unanswered in the last round.
     pub fn udp_blocked(&self) -> bool {
         self.udp_blocked
@@ -513,11 +546,7 @@ impl Attacher {
     }
 
     fn port_for(&self, entry: &CacheEntry, transport: LinkTransport) -> SocketAddr {
-        match transport {
-            LinkTransport::Tcp => entry.addr,
-            LinkTransport::TcpFallback => self.cfg.fallback_ports.plain(entry.addr),
-            LinkTransport::Tls => self.cfg.fallback_ports.tls(entry.addr),
-        }
+        transport.address(entry.addr, self.cfg.fallback_ports)
     }
 
     fn open(

@@ -40,6 +40,8 @@
 //!   mapped it. A TTL-2 packet from behind one NAT opens that NAT and dies before the far one.
 //! * **Firewalls.** [`NatConfig::block_udp`] makes a NAT drop all UDP in both directions
 //!   while TCP still goes out; [`Sim::set_udp_blocked`] does the same for one host.
+//!   [`NatConfig::tcp_ports`] (see [`NatConfig::web_only_firewall`]) lets TCP out only to
+//!   the given destination ports.
 //! * **Streams** ([`Sim::connect_stream`]) are reliable, ordered byte streams: losses on the
 //!   path become retransmission delays. The accepting machine learns about a new stream from
 //!   an `Input::StreamOpened` with a new [`StreamId`](natter_core::sansio::StreamId), and the

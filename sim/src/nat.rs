@@ -73,6 +73,10 @@ pub struct NatConfig {
     pub port_range: RangeInclusive<u16>,
     /// Firewall: drop all UDP crossing the box, in either direction. TCP still goes out.
     pub block_udp: bool,
+    /// Firewall: when set, outbound TCP connections are let through only to these
+    /// destination ports (a corporate firewall that passes web ports only); the others are
+    /// dropped silently, so the attempt times out. `None` lets every port through.
+    pub tcp_ports: Option<Vec<u16>>,
     /// Model the connection-tracking clash of Linux NATs: an inbound UDP packet from a remote
     /// `R` that matches no mapping (or that the filter refuses) still leaves a tracking entry
     /// for (`R`, external port) behind, for [`mapping_timeout`](Self::mapping_timeout) after
@@ -100,6 +104,7 @@ impl NatConfig {
             port_allocation: PortAllocation::Random,
             port_range: 1024..=65535,
             block_udp: false,
+            tcp_ports: None,
             conntrack_clash: false,
             lan_link: LinkConfig::with_latency(Duration::from_millis(1)),
         }
@@ -149,6 +154,15 @@ impl NatConfig {
         NatConfig {
             block_udp: true,
             ..Self::port_restricted_cone()
+        }
+    }
+
+    /// A [`udp_blocking_firewall`](Self::udp_blocking_firewall) that also lets TCP out only
+    /// to the destination ports `tcp_ports` (web ports, say).
+    pub fn web_only_firewall(tcp_ports: &[u16]) -> Self {
+        NatConfig {
+            tcp_ports: Some(tcp_ports.to_vec()),
+            ..Self::udp_blocking_firewall()
         }
     }
 }

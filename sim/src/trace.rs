@@ -24,7 +24,8 @@ pub enum DropReason {
     /// A NAT had no free external port.
     NatPortsExhausted,
     /// A firewall (a NAT with [`block_udp`](crate::NatConfig::block_udp) or a host with
-    /// [`Sim::set_udp_blocked`](crate::Sim::set_udp_blocked)) dropped UDP.
+    /// [`Sim::set_udp_blocked`](crate::Sim::set_udp_blocked)) dropped UDP, or a NAT with
+    /// [`tcp_ports`](crate::NatConfig::tcp_ports) a connection to another port.
     Firewall,
     /// No node owns the destination address.
     NoRoute,

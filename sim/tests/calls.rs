@@ -147,6 +147,18 @@ impl World {
         behind: Option<NatId>,
         lan: u8,
     ) -> HostId {
+        self.client_tweaked(name, identity, behind, lan, |_| {})
+    }
+
+    /// [`World::client_at`], its configuration changed by `tweak`.
+    fn client_tweaked(
+        &mut self,
+        name: &str,
+        identity: LocalIdentity,
+        behind: Option<NatId>,
+        lan: u8,
+        tweak: impl FnOnce(&mut NodeConfig),
+    ) -> HostId {
         let i = self.next_index;
         self.next_index += 1;
         // LAN addresses differ between sites too, so that trace entries name one host.
@@ -158,11 +170,24 @@ impl World {
         let mut cfg = NodeConfig::new(identity, [100 + i; 32], TEST_WALL, start, addr);
         cfg.role = RolePolicy::Forbid;
         cfg.host_cache = self.bootstrap.clone();
+        tweak(&mut cfg);
         let node = Node::new(cfg, start);
         match behind {
             Some(n) => self.sim.add_host_behind(n, name, addr, node),
             None => self.sim.add_host(name, addr, node),
         }
+    }
+
+    /// A client of user `name` behind `behind` (or public), its configuration changed by
+    /// `tweak`.
+    fn client_with(
+        &mut self,
+        name: &str,
+        behind: Option<NatId>,
+        tweak: impl FnOnce(&mut NodeConfig),
+    ) -> HostId {
+        let id = self.net.identity(name);
+        self.client_tweaked(name, id, behind, 2, tweak)
     }
 
     /// A client of user `name` at a site of its own.
@@ -563,6 +588,92 @@ fn two_clients_behind_one_port_restricted_nat_talk_over_the_lan() {
 #[test]
 fn two_clients_behind_one_symmetric_nat_talk_over_the_lan() {
     same_lan(Site::Symmetric);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A firewalled caller and a super node it is not linked to
+// ---------------------------------------------------------------------------------------------
+
+/// A caller behind a firewall that drops UDP and passes TCP to one super-node port only, with
+/// its one link on super node 0, calls a callee linked to super node 1 only. The caller opens
+/// a stream of its own to super node 1 for the relay, on the port its link got through (no
+/// waiting for the firewall to time out the ports before it), and the call runs relayed over
+/// TCP on its side, over UDP on the callee's.
+fn firewalled_caller_relays_through_a_super_node_it_is_not_linked_to(tls: bool) {
+    let mut w = world(31);
+    let (port, transport) = if tls {
+        (4002, natter_core::attach::LinkTransport::Tls)
+    } else {
+        (4001, natter_core::attach::LinkTransport::TcpFallback)
+    };
+    let fw = w.sim.add_nat(
+        "corp",
+        "198.18.50.200".parse().unwrap(),
+        NatConfig::web_only_firewall(&[port]),
+    );
+    let only = |sn: u8| {
+        let net = &w.net;
+        let key = net.identity(&format!("sn{sn}")).device.dh_public();
+        let mut cache = HostCache::new();
+        cache.insert(sn_addr(sn), Some(key), TEST_WALL);
+        move |cfg: &mut NodeConfig| {
+            cfg.host_cache = cache;
+            cfg.attach.links = 1;
+        }
+    };
+    let (to_sn0, to_sn1) = (only(0), only(1));
+    let alice = w.client_with("alice", Some(fw), to_sn0);
+    let bob = w.client_with("bob", None, to_sn1);
+    let ok = w.sim.run_until_cond(Duration::from_secs(30), |sim| {
+        [alice, bob].iter().all(|h| {
+            let n = sim.machine::<Node>(*h);
+            n.attached().len() == 1 && n.nat().is_some()
+        })
+    });
+    assert!(
+        ok,
+        "both attached: {} / {}",
+        w.node(alice).describe_attach(w.sim.now()),
+        w.node(bob).describe_attach(w.sim.now())
+    );
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(w.node(alice).attached(), vec![sn_addr(0)]);
+    assert_eq!(w.node(bob).attached(), vec![sn_addr(1)]);
+
+    let before = w.sim.elapsed();
+    let (call, t0) = connect(&mut w, alice, bob, "bob");
+    let rang = connected_at(&w.sim, alice, call).unwrap() - t0;
+    w.talk(alice, bob, call, Duration::from_secs(3));
+    assert_eq!(kind_now(&w, alice, call), Some(RelayTcp));
+    assert_eq!(kind_now(&w, bob, call), Some(RelayUdp));
+    let heard = |to: HostId, from: HostId| {
+        media(&w.sim, to, call)
+            .iter()
+            .filter(|(_, _, tag)| *tag == from.index() as u8)
+            .count()
+    };
+    let (ab, ba) = (heard(bob, alice), heard(alice, bob));
+    assert!(ab >= 140 && ba >= 140, "media both ways: {ab} / {ba}");
+    // The caller's streams to super node 1 since the dial: one, on the port its link used.
+    let tried: Vec<u16> = w
+        .sim
+        .trace()
+        .of_kind(TraceKind::StreamConnect)
+        .filter(|e| e.at >= before && e.dst.ip() == sn_addr(1).ip())
+        .map(|e| e.dst.port())
+        .collect();
+    assert_eq!(tried, vec![port], "{transport:?} first, nothing timed out");
+    println!("firewalled caller ({transport:?}) -> other super node: connected in {rang:?}");
+}
+
+#[test]
+fn a_caller_that_only_gets_out_on_the_fallback_port_relays_through_the_callees_super_node() {
+    firewalled_caller_relays_through_a_super_node_it_is_not_linked_to(false);
+}
+
+#[test]
+fn a_caller_that_only_gets_out_on_the_tls_port_relays_through_the_callees_super_node() {
+    firewalled_caller_relays_through_a_super_node_it_is_not_linked_to(true);
 }
 
 // ---------------------------------------------------------------------------------------------

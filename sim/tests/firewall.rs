@@ -88,3 +88,39 @@ fn host_firewall() {
     sim.run_for(Duration::from_secs(1));
     assert_eq!(pings(&sim, b).len(), 1);
 }
+
+#[test]
+fn web_only_firewall_lets_tcp_out_to_its_ports_only() {
+    let mut sim = sim(3);
+    let fw = sim.add_nat(
+        "corp",
+        "198.18.0.1".parse().unwrap(),
+        NatConfig::web_only_firewall(&[443]),
+    );
+    let alice = toy_behind(&mut sim, fw, "alice", "10.1.0.2:5000");
+    let server = toy(&mut sim, "server", "198.18.5.5:443");
+    sim.bind(server, sa("198.18.5.5:4000"));
+
+    // To another port: dropped without a reset, so the attempt times out.
+    let refused = sim.connect_stream(alice, sa("198.18.5.5:4000"));
+    sim.run_for(Duration::from_secs(5));
+    assert!(closed(&sim, alice, refused));
+    assert!(opened(&sim, server).is_empty());
+    assert_eq!(sim.counters().dropped_firewall, 1);
+    assert_eq!(sim.counters().streams_failed, 1);
+
+    // To the allowed port: through.
+    let stream = sim.connect_stream(alice, sa("198.18.5.5:443"));
+    sim.with_machine(alice, |m: &mut natter_sim::toy::ToyMachine, now| {
+        m.send_stream(now, stream, &b"hello"[..])
+    });
+    sim.run_for(Duration::from_secs(1));
+    let accepted = opened(&sim, server);
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(stream_bytes(&sim, server, accepted[0].0), b"hello");
+    // And UDP stays blocked.
+    ping(&mut sim, alice, sa("198.18.5.5:443"));
+    sim.run_for(Duration::from_secs(1));
+    assert!(pings(&sim, server).is_empty());
+    assert_eq!(sim.counters().dropped_firewall, 2);
+}

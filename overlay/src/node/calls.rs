@@ -23,6 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use natter_core::attach::LinkTransport;
 use natter_core::call::{CallConfig, CallError, CallEvent, CallMachine};
 use natter_core::callpath::{PathAction, PathConfig, PathEvent, PathManager};
 use natter_core::endpoint::{ConnId, EndpointEvent, Path, SendError};
@@ -91,6 +92,16 @@ struct RelaySn {
 }
 
 /// The node's call state.
+/// One attempt at a TCP stream to a super node for relays.
+#[derive(Debug, Clone, Copy)]
+struct RelayStream {
+    sn: SocketAddr,
+    /// The port being tried.
+    transport: LinkTransport,
+    /// The port tried first.
+    first: LinkTransport,
+}
+
 #[derive(Debug)]
 pub(super) struct Calls {
     machine: CallMachine,
@@ -106,9 +117,9 @@ pub(super) struct Calls {
     next_request: u32,
     relay_sns: HashMap<SocketAddr, RelaySn>,
     relay_sn_conns: HashMap<ConnId, SocketAddr>,
-    /// Streams to super nodes for relays: the super node, and which port was tried (0 main,
-    /// 1 plain fallback, 2 TLS fallback).
-    relay_streams: HashMap<StreamId, (SocketAddr, u8)>,
+    /// Streams to super nodes for relays: the super node, the port being tried, and the one
+    /// tried first (the ports are tried in turn from there, each once).
+    relay_streams: HashMap<StreamId, RelayStream>,
     next_stream: u64,
     /// Our outgoing call (this side controls the path).
     outgoing: Option<CallId>,
@@ -350,7 +361,7 @@ impl Node {
             return;
         }
         entry.waiting.push(device);
-        if entry.conn.is_some() || self.calls.relay_streams.values().any(|(a, _)| *a == sn) {
+        if entry.conn.is_some() || self.calls.relay_streams.values().any(|r| r.sn == sn) {
             return;
         }
         if self.udp_blocked_here() {
@@ -365,7 +376,14 @@ impl Node {
                 self.relay_sn_up(now, sn, conn);
                 return;
             }
-            self.open_relay_stream(sn, 0);
+            // Start on the port our links got through (a firewall that passes only the TLS
+            // port would make each port before it time out), then try the others.
+            let first = self.attacher.link_transport().unwrap_or(LinkTransport::Tcp);
+            self.open_relay_stream(RelayStream {
+                sn,
+                transport: first,
+                first,
+            });
         } else {
             match self.endpoint.connect(now, Destination::Udp(sn), None) {
                 Ok(conn) => {
@@ -379,28 +397,23 @@ impl Node {
         }
     }
 
-    /// A TCP stream to super node `sn` for relays: its main port, then (when refused) the
-    /// fallback port, then the TLS port, like an attachment.
-    fn open_relay_stream(&mut self, sn: SocketAddr, attempt: u8) {
+    /// A TCP stream to a super node for relays, on the port `attempt` names.
+    fn open_relay_stream(&mut self, attempt: RelayStream) {
         let ports = self.cfg.attach.fallback_ports;
-        let (remote, tls) = match attempt {
-            0 => (sn, false),
-            1 => (ports.plain(sn), false),
-            _ => (ports.tls(sn), true),
-        };
+        let remote = attempt.transport.address(attempt.sn, ports);
         let stream = StreamId::local(self.calls.next_stream);
         self.calls.next_stream += 1;
-        self.calls.relay_streams.insert(stream, (sn, attempt));
+        self.calls.relay_streams.insert(stream, attempt);
         self.commands.push_back(StreamCommand::Connect {
             stream,
             remote,
-            tls,
+            tls: attempt.transport == LinkTransport::Tls,
         });
     }
 
     /// A stream this module asked for is connected: run the session with the super node on it.
     pub(super) fn call_stream_opened(&mut self, now: Instant, stream: StreamId) {
-        let Some((sn, _)) = self.calls.relay_streams.get(&stream).copied() else {
+        let Some(sn) = self.calls.relay_streams.get(&stream).map(|r| r.sn) else {
             return;
         };
         match self
@@ -418,13 +431,18 @@ impl Node {
 
     /// A stream of ours closed (or could not be opened).
     pub(super) fn call_stream_closed(&mut self, now: Instant, stream: StreamId) {
-        if let Some((sn, attempt)) = self.calls.relay_streams.remove(&stream) {
+        if let Some(attempt) = self.calls.relay_streams.remove(&stream) {
+            let sn = attempt.sn;
             let entry = self.calls.relay_sns.get(&sn);
             let up = entry.is_some_and(|e| e.up);
             let session = entry.and_then(|e| e.conn);
-            if !up && session.is_none() && attempt < 2 {
-                // Refused (or cut) before any session ran: the next port.
-                self.open_relay_stream(sn, attempt + 1);
+            let next = attempt.transport.cycle();
+            if !up && session.is_none() && next != attempt.first {
+                // Refused or timed out before any session ran: the next port.
+                self.open_relay_stream(RelayStream {
+                    transport: next,
+                    ..attempt
+                });
             } else if !up {
                 self.relay_sn_failed(now, sn);
             } else {

@@ -305,7 +305,16 @@ impl<E: 'static> Sim<E> {
         let n = &mut self.nats[nat.0];
         let external_ip = n.state.external_ip();
         let hairpin = packet.dst.ip() == external_ip;
-        if matches!(packet.body, Body::Datagram(_)) && n.state.config.block_udp {
+        let firewalled = match packet.body {
+            Body::Datagram(_) => n.state.config.block_udp,
+            Body::Syn { .. } => n
+                .state
+                .config
+                .tcp_ports
+                .as_ref()
+                .is_some_and(|ports| !ports.contains(&packet.dst.port())),
+        };
+        if firewalled {
             self.drop_packet(&packet, DropReason::Firewall);
             return;
         }

@@ -178,7 +178,14 @@ pub fn add_super_node_with(
     cfg.host_cache = bootstrap.clone();
     tweak(&mut cfg);
     let node = Node::new(cfg, start);
-    let addrs = node.bind_addresses();
+    let mut addrs = node.bind_addresses();
+    // And its TCP ports: the fallback pair (the simulator has no TLS; the transport layer
+    // wraps the TLS port's streams, the node sees the same bytes).
+    for (a, _) in node.tcp_listen_addresses() {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
     let h = sim.add_host(name, addrs[0], node);
     for a in &addrs[1..] {
         sim.bind(h, *a);
