@@ -29,14 +29,22 @@
 //!    stays above [`PathConfig::max_loss`] or RTT above [`PathConfig::max_rtt`] for two
 //!    reports, the manager switches to the next path (in the end the relay) without ending the
 //!    call; direct candidates are re-probed every second and win back once they answered
-//!    [`PathConfig::recover_after`] times in a row.
+//!    [`PathConfig::recover_after`] times in a row. The other side, which otherwise only
+//!    follows, falls back to the relay by itself when its path stays silent for twice
+//!    `dead_after` (its NAT restarted, say, and the controlling side's packets no longer reach
+//!    it).
+//! 5. **Gathering again.** Candidates can change mid-call (a NAT that rebinds to a new port,
+//!    a new network): [`PathManager::update_local_candidates`] sends them again, after opening
+//!    probes from the new mapping; the peer opens towards the new ones, answers with its own
+//!    candidates, and the checks run again over the new pairs. Until that answer this side
+//!    sends no checks, so none reaches the peer's NAT before the peer opened towards it.
 //!
 //! | kind | method |
 //! |---|---|
 //! | input | [`PathManager::handle_message`] (candidates and reports from the peer) |
 //! | input | [`PathManager::probe_answered`], [`PathManager::probe_received`], [`PathManager::heard`], [`PathManager::path_changed`] (from the endpoint) |
 //! | input | [`PathManager::handle_timeout`] |
-//! | command | [`PathManager::set_hold`], [`PathManager::set_relay`], [`PathManager::set_local_candidates`] |
+//! | command | [`PathManager::set_hold`], [`PathManager::set_relay`], [`PathManager::set_local_candidates`], [`PathManager::update_local_candidates`] |
 //! | output | [`PathManager::poll_action`], [`PathManager::poll_timeout`] |
 
 use std::collections::VecDeque;
@@ -306,6 +314,8 @@ pub struct PathManager {
     peer_opened: bool,
     peer_candidates: bool,
     candidates_sent: u32,
+    /// Our candidates changed mid-call and the peer has not answered them yet.
+    update_pending: bool,
     checks_started: Option<Instant>,
     first_valid: Option<Instant>,
     next_candidates: Option<Instant>,
@@ -351,6 +361,7 @@ impl PathManager {
             peer_opened: false,
             peer_candidates: false,
             candidates_sent: 0,
+            update_pending: false,
             checks_started: None,
             first_valid: None,
             next_candidates: Some(now),
@@ -395,6 +406,45 @@ impl PathManager {
         self.local = local;
     }
 
+    /// This side's candidates changed mid-call (a reflexive address learnt late, a NAT that
+    /// rebound, a new network). When they differ from the last ones and the peer's are known,
+    /// opening probes go from the new mapping to every peer candidate, then the candidates go
+    /// to the peer (repeated until it answers), and checks resume once it answered.
+    pub fn update_local_candidates(&mut self, now: Instant, local: Vec<Candidate>) {
+        let old = std::mem::take(&mut self.local);
+        self.set_local_candidates(local);
+        if self.local == old || !self.cfg.direct {
+            return;
+        }
+        if !self.opened {
+            // Nothing said yet beyond the first candidates: the next ones carry the new set.
+            self.next_candidates.get_or_insert(now);
+            return;
+        }
+        self.open_towards(self.remotes.iter().map(|r| r.addr).collect());
+        self.update_pending = true;
+        self.candidates_sent = 0;
+        self.send_candidates(now);
+    }
+
+    /// Opening probes (low TTL) from our NAT towards `addrs`.
+    fn open_towards(&mut self, addrs: Vec<SocketAddr>) {
+        for addr in addrs {
+            self.actions.push_back(PathAction::Probe {
+                path: Path::Direct(Destination::Udp(addr)),
+                ttl: Some(self.cfg.punch_ttl),
+            });
+        }
+    }
+
+    /// Checks (again) from now, fast for a while.
+    fn restart_checks(&mut self, now: Instant) {
+        if self.checks_started.is_some() {
+            self.checks_started = Some(now);
+            self.next_check = Some(now);
+        }
+    }
+
     /// The relay path changed (this side's leg moved from TCP to UDP, say).
     pub fn set_relay(&mut self, now: Instant, relay: Path) {
         let was_active = self.active == self.relay;
@@ -417,20 +467,30 @@ impl PathManager {
                 opened,
                 candidates,
             } if *call == self.call && self.cfg.direct => {
+                let repeat = self.peer_candidates;
                 self.peer_candidates = true;
+                let mut new = Vec::new();
                 for c in candidates.iter().take(MAX_CANDIDATES) {
-                    self.add_remote(c.addr, c.kind == CandidateKind::Host);
+                    if self.add_remote(c.addr, c.kind == CandidateKind::Host) {
+                        new.push(c.addr);
+                    }
+                }
+                if self.update_pending {
+                    // The peer answered our new candidates: it opened towards them.
+                    self.update_pending = false;
+                    self.restart_checks(now);
                 }
                 if !self.opened {
                     // Open our NAT towards every candidate of the peer, then say so.
-                    for r in &self.remotes {
-                        self.actions.push_back(PathAction::Probe {
-                            path: Path::Direct(Destination::Udp(r.addr)),
-                            ttl: Some(self.cfg.punch_ttl),
-                        });
-                    }
+                    self.open_towards(self.remotes.iter().map(|r| r.addr).collect());
                     self.opened = true;
                     self.send_candidates(now);
+                } else if repeat && !new.is_empty() {
+                    // The peer's candidates changed mid-call: open towards the new ones, say
+                    // so (which also answers them), and check them.
+                    self.open_towards(new);
+                    self.send_candidates(now);
+                    self.restart_checks(now);
                 }
                 if *opened {
                     self.peer_opened = true;
@@ -458,15 +518,24 @@ impl PathManager {
         }
     }
 
-    fn add_remote(&mut self, addr: SocketAddr, lan: bool) {
+    /// Learns a peer address; true when it is new.
+    fn add_remote(&mut self, addr: SocketAddr, lan: bool) -> bool {
         if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr) {
             // A peer's probe can arrive before its candidates (on one LAN, its opener does):
             // the address is learnt as peer-reflexive first, then named a host candidate.
             r.lan |= lan;
-            return;
+            return false;
         }
         if self.remotes.len() >= 2 * MAX_CANDIDATES {
-            return;
+            // Make room: the oldest address that never answered (a candidate that changed).
+            let Some(i) = self
+                .remotes
+                .iter()
+                .position(|r| r.last_answer.is_none() || r.failed)
+            else {
+                return false;
+            };
+            self.remotes.remove(i);
         }
         self.remotes.push(Remote {
             addr,
@@ -477,6 +546,7 @@ impl PathManager {
             last_answer: None,
             failed: false,
         });
+        true
     }
 
     fn maybe_start_checks(&mut self, now: Instant) {
@@ -721,7 +791,7 @@ impl PathManager {
         if self.next_candidates.is_some_and(|t| now >= t) {
             // Until the peer's arrived, at most 10 times (a relay-only peer never answers).
             if !self.cfg.direct
-                || (self.peer_candidates && self.peer_opened)
+                || (self.peer_candidates && self.peer_opened && !self.update_pending)
                 || self.candidates_sent >= 10
             {
                 self.next_candidates = None;
@@ -735,7 +805,9 @@ impl PathManager {
                 .is_some_and(|s| now < s + self.cfg.check_phase);
             for r in &mut self.remotes {
                 let path = Path::Direct(Destination::Udp(r.addr));
-                if path == self.active {
+                // While the peer has not answered our new candidates it may not have opened
+                // towards our new mapping: a check now could reach its NAT first.
+                if path == self.active || self.update_pending {
                     continue;
                 }
                 if r.unanswered >= 2 {
@@ -764,7 +836,14 @@ impl PathManager {
         // Watch the active path.
         let quiet = now.saturating_duration_since(self.last_heard);
         if quiet >= self.cfg.dead_after && self.active != self.relay {
-            self.fail_active(now, SwitchReason::Dead);
+            if self.controlling {
+                self.fail_active(now, SwitchReason::Dead);
+            } else if quiet >= self.cfg.dead_after * 2 {
+                // The controlling side's packets no longer reach us on this path (and it may
+                // not know): back to the relay, which always works; it chooses again there.
+                let relay = self.relay.clone();
+                self.switch(now, relay, false, SwitchReason::Dead);
+            }
         }
         let probe_every = if self.hold {
             self.cfg.hold_probe
@@ -830,8 +909,14 @@ impl PathManager {
             (self.last_active_probe + self.cfg.active_probe)
                 .max(self.last_heard + self.cfg.active_probe)
         };
-        let dead = (self.controlling && self.active != self.relay)
-            .then(|| self.last_heard + self.cfg.dead_after);
+        let dead = (self.active != self.relay).then(|| {
+            self.last_heard
+                + if self.controlling {
+                    self.cfg.dead_after
+                } else {
+                    self.cfg.dead_after * 2
+                }
+        });
         [
             self.next_candidates,
             self.next_check,
@@ -903,19 +988,145 @@ mod tests {
     }
 
     #[test]
-    fn the_controlled_side_on_a_silent_direct_path_does_not_spin() {
+    fn the_controlled_side_on_a_silent_direct_path_falls_back_to_the_relay_without_spinning() {
         let start = Instant::now();
         let mut m = manager(false, start);
         let direct = Path::Direct(Destination::Udp("198.18.50.1:5000".parse().unwrap()));
         m.path_changed(start, &direct);
         assert_eq!(m.active().1, PathKind::Direct);
-        // Nothing arrives any more: only the controlling side moves the call.
-        drive(&mut m, start, 3, |_, _| {});
-        assert_eq!(m.active().1, PathKind::Direct);
+        // Heard until 1 s, then nothing: the relay twice `dead_after` later (not before).
+        let mut fell_back = None;
+        drive(&mut m, start, 3, |m, t| {
+            if t < start + Duration::from_secs(1) {
+                m.heard(t);
+            } else if fell_back.is_none() && m.active().1 == PathKind::RelayUdp {
+                fell_back = Some(t);
+            }
+        });
+        let after = fell_back.expect("fell back") - (start + Duration::from_secs(1));
+        let dead = PathConfig::default().dead_after;
+        assert!(after >= dead * 2 && after <= dead * 2 + Duration::from_millis(20));
+        assert_eq!(m.active(), (&relay(), PathKind::RelayUdp));
     }
 
     fn actions(m: &mut PathManager) -> Vec<PathAction> {
         std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn candidates(opened: bool, addrs: &[&str]) -> Message<'static> {
+        Message::CallCandidates {
+            call: CallId([1; 16]),
+            opened,
+            candidates: addrs
+                .iter()
+                .map(|a| Candidate {
+                    kind: CandidateKind::Reflexive,
+                    addr: a.parse().unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    fn reflexive(a: &str) -> Vec<Candidate> {
+        vec![Candidate {
+            kind: CandidateKind::Reflexive,
+            addr: a.parse().unwrap(),
+        }]
+    }
+
+    /// (opening probes with their targets, checks with theirs, candidate messages sent).
+    fn sorted(acts: &[PathAction]) -> (Vec<SocketAddr>, Vec<SocketAddr>, usize) {
+        let mut open = Vec::new();
+        let mut check = Vec::new();
+        let mut sent = 0;
+        for a in acts {
+            match a {
+                PathAction::Probe {
+                    path: Path::Direct(Destination::Udp(to)),
+                    ttl,
+                } => {
+                    if ttl.is_some() {
+                        open.push(*to);
+                    } else {
+                        check.push(*to);
+                    }
+                }
+                PathAction::Send(Message::CallCandidates { .. }) => sent += 1,
+                _ => {}
+            }
+        }
+        (open, check, sent)
+    }
+
+    #[test]
+    fn new_local_candidates_mid_call_open_first_and_check_only_after_the_peer_answered() {
+        let start = Instant::now();
+        let mut m = manager(true, start);
+        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        // Checks run; then our NAT rebinds us.
+        let t = start + Duration::from_secs(5);
+        m.handle_timeout(t);
+        assert!(!sorted(&actions(&mut m)).1.is_empty(), "checks run");
+        let t = t + Duration::from_millis(10);
+        m.update_local_candidates(t, reflexive("198.18.50.2:6001"));
+        let (open, check, sent) = sorted(&actions(&mut m));
+        assert_eq!(open, vec!["198.18.50.1:5000".parse().unwrap()]);
+        assert!(check.is_empty());
+        assert_eq!(sent, 1, "the new candidates go out");
+        // The same candidates again: nothing to say.
+        m.update_local_candidates(t, reflexive("198.18.50.2:6001"));
+        assert!(actions(&mut m).is_empty());
+        // No checks until the peer answers, and the candidates are repeated meanwhile.
+        let t = t + Duration::from_secs(2);
+        m.handle_timeout(t);
+        let (_, check, sent) = sorted(&actions(&mut m));
+        assert!(
+            check.is_empty(),
+            "no check before the peer opened: {check:?}"
+        );
+        assert_eq!(sent, 1, "repeated");
+        // The peer answers (same candidates as before): checks at once.
+        m.handle_message(t, &candidates(true, &["198.18.50.1:5000"]));
+        m.handle_timeout(t);
+        let (open, check, sent) = sorted(&actions(&mut m));
+        assert!(open.is_empty() && sent == 0);
+        assert_eq!(check, vec!["198.18.50.1:5000".parse().unwrap()]);
+        // And no more repeats.
+        m.handle_timeout(t + Duration::from_secs(2));
+        assert_eq!(sorted(&actions(&mut m)).2, 0);
+    }
+
+    #[test]
+    fn new_peer_candidates_mid_call_are_opened_answered_and_checked() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        // The same candidates repeated: nothing new.
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        assert_eq!(sorted(&actions(&mut m)), (vec![], vec![], 0));
+        // The peer moved to a new port.
+        let t = start + Duration::from_secs(5);
+        m.handle_message(t, &candidates(true, &["198.18.50.1:5001"]));
+        let mut acts = actions(&mut m);
+        m.handle_timeout(t);
+        acts.extend(actions(&mut m));
+        let (open, check, sent) = sorted(&acts);
+        let new: SocketAddr = "198.18.50.1:5001".parse().unwrap();
+        assert_eq!(open, vec![new], "opened towards the new one only");
+        assert_eq!(sent, 1, "answered");
+        assert!(check.contains(&new), "checked: {check:?}");
+        // The opener goes before the answer.
+        let first_open = acts
+            .iter()
+            .position(|a| matches!(a, PathAction::Probe { ttl: Some(_), .. }));
+        let answer = acts
+            .iter()
+            .position(|a| matches!(a, PathAction::Send(Message::CallCandidates { .. })));
+        assert!(first_open < answer);
     }
 
     fn direct() -> Path {

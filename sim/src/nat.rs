@@ -238,6 +238,12 @@ impl NatState {
         self.external_ip
     }
 
+    /// Forgets every UDP mapping and tracking entry.
+    pub(crate) fn reset_udp(&mut self) {
+        self.udp.clear();
+        self.clashes.clear();
+    }
+
     /// Drops UDP mappings (and clash entries) idle for at least the mapping timeout.
     fn expire(&mut self, now: Duration) {
         let timeout = self.config.mapping_timeout;

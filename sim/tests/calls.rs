@@ -590,6 +590,76 @@ fn two_clients_behind_one_symmetric_nat_talk_over_the_lan() {
     same_lan(Site::Symmetric);
 }
 
+/// The callee's NAT restarts mid-call (or a carrier NAT rebinds it): its mappings are gone and
+/// new ones get new ports, so the direct path dies and the callee's relay leg arrives from a
+/// new address. The call goes on over the relay; the callee learns its new reflexive address,
+/// offers it (candidates gathered again mid-call), and the call is direct again.
+fn nat_rebinds_mid_call(site: Site) {
+    let mut w = world(17);
+    let alice = w.client("alice", Site::PortRestricted);
+    let (bob, nat_b) = w.client_nat("bob", site);
+    let nat_b = nat_b.unwrap();
+    w.settle(&[alice, bob]);
+    let (call, _) = connect(&mut w, alice, bob, "bob");
+    w.talk(alice, bob, call, Duration::from_secs(3));
+    assert_eq!(kind_now(&w, alice, call), Some(Direct));
+    assert_eq!(kind_now(&w, bob, call), Some(Direct));
+    let old = w.node(bob).call_path(call).unwrap().0;
+
+    let reset = w.sim.elapsed();
+    w.sim.reset_nat_udp(nat_b);
+    w.talk(alice, bob, call, Duration::from_secs(10));
+    assert!(
+        ended(&w.sim, alice, call).is_none() && ended(&w.sim, bob, call).is_none(),
+        "the call goes on: {:?} / {:?}; caller paths {:?}; callee paths {:?}",
+        ended(&w.sim, alice, call),
+        ended(&w.sim, bob, call),
+        paths(&w.sim, alice, call),
+        paths(&w.sim, bob, call)
+    );
+    let after: Vec<_> = paths(&w.sim, alice, call)
+        .into_iter()
+        .filter(|(t, _, _)| *t >= reset)
+        .collect();
+    eprintln!("REBIND ({site:?}) caller paths after the reset: {after:?}");
+    let back = after
+        .iter()
+        .find(|(_, k, _)| *k == Direct)
+        .map(|(t, _, _)| *t - reset);
+    assert_eq!(kind_now(&w, alice, call), Some(Direct), "{after:?}");
+    assert_eq!(kind_now(&w, bob, call), Some(Direct));
+    if site == Site::FullCone {
+        // New ports: the old path cannot be the one found again.
+        assert_ne!(
+            w.node(alice).call_path(call).unwrap().0,
+            old,
+            "a new direct path"
+        );
+    }
+    eprintln!("REBIND ({site:?}) direct again after {back:?}");
+    // Media flows both ways in the last second.
+    let now = w.sim.elapsed();
+    w.talk(alice, bob, call, Duration::from_secs(1));
+    w.sim.run_for(Duration::from_millis(300));
+    for (to, from) in [(bob, alice), (alice, bob)] {
+        let got = media(&w.sim, to, call)
+            .into_iter()
+            .filter(|(t, _, tag)| *t >= now && *tag == from.index() as u8)
+            .count();
+        assert!(got >= 48, "media after the rebinding: {got}");
+    }
+}
+
+#[test]
+fn a_nat_that_rebinds_to_new_ports_mid_call_keeps_the_call_and_the_new_address_goes_direct() {
+    nat_rebinds_mid_call(Site::FullCone);
+}
+
+#[test]
+fn a_linux_nat_that_forgets_its_mappings_mid_call_keeps_the_call_and_it_goes_direct_again() {
+    nat_rebinds_mid_call(Site::PortRestricted);
+}
+
 // ---------------------------------------------------------------------------------------------
 // A firewalled caller and a super node it is not linked to
 // ---------------------------------------------------------------------------------------------

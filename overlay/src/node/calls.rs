@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use natter_core::attach::LinkTransport;
 use natter_core::call::{CallConfig, CallError, CallEvent, CallMachine};
-use natter_core::callpath::{PathAction, PathConfig, PathEvent, PathManager};
+use natter_core::callpath::{PathAction, PathConfig, PathEvent, PathManager, SwitchReason};
 use natter_core::endpoint::{ConnId, EndpointEvent, Path, SendError};
 use natter_core::identity::{DeviceId, UserName};
 use natter_core::nat::NatType;
@@ -974,6 +974,9 @@ impl Node {
                         self.endpoint.set_path(conn, path);
                     }
                     PathAction::Event(PathEvent::Switched { path, kind, reason }) => {
+                        if reason == SwitchReason::Dead {
+                            self.direct_path_died(now, &path);
+                        }
                         self.events.push_back(NodeEvent::CallPath {
                             call,
                             path,
@@ -989,6 +992,33 @@ impl Node {
             }
         }
         moved
+    }
+
+    /// The call's direct path went silent and it fell back to `relay`. Perhaps our NAT
+    /// rebound us to a new port: a packet on our session with the relay's super node lets it
+    /// relay from and to our new address (relayed frames from an address it does not know are
+    /// dropped), and our reflexive address is asked again at once (a new one is offered to the
+    /// peer as a candidate).
+    fn direct_path_died(&mut self, now: Instant, relay: &Path) {
+        if let Path::Relayed {
+            relay: Destination::Udp(sn),
+            ..
+        } = relay
+        {
+            if let Some(conn) = self.calls.relay_sns.get(sn).and_then(|e| e.conn) {
+                let _ = self.endpoint.ping(now, conn);
+            }
+        }
+        self.recheck_reflexive(now);
+    }
+
+    /// Our candidates may have changed (a new reflexive address, new local addresses): the
+    /// connected call offers them to the peer when they did.
+    pub(super) fn refresh_call_candidates(&mut self, now: Instant) {
+        let local = self.local_candidates();
+        if let Some((_, _, _, pm)) = self.calls.path.as_mut() {
+            pm.update_local_candidates(now, local);
+        }
     }
 
     /// Timers of calls.

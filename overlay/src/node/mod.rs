@@ -592,6 +592,8 @@ impl Node {
         self.cfg.local_addresses = addresses;
         // What we knew about our NAT is stale: the next attachment probes it again.
         self.nat_report = None;
+        self.reflexive = None;
+        self.refresh_call_candidates(now);
         self.nat = None;
         self.next_nat_check = None;
         let links: Vec<StreamId> = self
@@ -606,6 +608,14 @@ impl Node {
         let wall = self.wall(now);
         self.attacher.start(now, wall);
         self.pump(now);
+    }
+
+    /// Ask a super node for our reflexive address now rather than at the next UDP keep-alive
+    /// (a call's direct path died: perhaps our NAT rebound us).
+    fn recheck_reflexive(&mut self, now: Instant) {
+        if self.next_udp_keepalive.is_some() {
+            self.next_udp_keepalive = Some(now);
+        }
     }
 
     /// Give the super-node role up now (operator request or overload): clients are told
@@ -746,6 +756,7 @@ impl Node {
                     // first keep-alive needs it as its reflexive candidate.
                     if self.reflexive.is_none() {
                         self.reflexive = msg.mapped_address();
+                        self.refresh_call_candidates(now);
                     }
                     return;
                 }
@@ -757,6 +768,8 @@ impl Node {
                         self.next_nat_check = Some(now);
                     }
                     self.reflexive = mapped.or(self.reflexive);
+                    // A call offers the new address to its peer.
+                    self.refresh_call_candidates(now);
                     return;
                 }
                 if let Some(probe) = self.nat.as_mut() {
@@ -1115,6 +1128,7 @@ impl Node {
                     progressed = true;
                     self.nat_report = Some(report.clone());
                     self.events.push_back(NodeEvent::Nat(report));
+                    self.refresh_call_candidates(now);
                     // A re-check demotes a super node that is no longer open.
                     if self.supernode.is_some()
                         && self.cfg.role == RolePolicy::Auto

@@ -207,6 +207,13 @@ impl<E: 'static> Sim<E> {
         &mut self.nats[nat.0].state.config
     }
 
+    /// Makes `nat` forget its UDP mappings and tracking entries, as a router that restarts
+    /// (or a carrier NAT that rebinds) does: hosts behind it get new external ports (unless it
+    /// keeps source ports) the next time they send. Streams are kept.
+    pub fn reset_nat_udp(&mut self, nat: NatId) {
+        self.nats[nat.0].state.reset_udp();
+    }
+
     /// The live UDP mappings of `nat`, in external port order.
     pub fn nat_mappings(&self, nat: NatId) -> Vec<MappingInfo> {
         self.nats[nat.0].state.mappings(self.now)
