@@ -615,15 +615,29 @@ impl PathManager {
         }
     }
 
+    /// Whether `path` is the active one: the same path, or the relay's channel reached by
+    /// another leg of ours while the relay is active.
+    fn is_active(&self, path: &Path) -> bool {
+        *path == self.active
+            || matches!(
+                (path, &self.active),
+                (Path::Relayed { channel: a, .. }, Path::Relayed { channel: b, .. }) if a == b
+            )
+    }
+
     /// Something authenticated arrived on the session's current path (media, keep-alives).
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
     }
 
-    /// A media frame arrived: `frame` starts with the media header (flags, sequence u16,
-    /// timestamp u16 in 2.5 ms ticks), see `natter_media::frame`.
-    pub fn media_received(&mut self, now: Instant, frame: &[u8]) {
-        self.heard(now);
+    /// A media frame arrived on `path`: `frame` starts with the media header (flags, sequence
+    /// u16, timestamp u16 in 2.5 ms ticks), see `natter_media::frame`. It counts in the
+    /// receiver statistics whatever path it came by, but keeps only the active path alive (a
+    /// frame still arriving through the relay says nothing about a direct path).
+    pub fn media_received(&mut self, now: Instant, path: &Path, frame: &[u8]) {
+        if self.is_active(path) {
+            self.heard(now);
+        }
         if frame.len() >= 5 {
             let seq = u16::from_be_bytes([frame[1], frame[2]]);
             let ts = u16::from_be_bytes([frame[3], frame[4]]);
@@ -982,7 +996,7 @@ mod tests {
         let mut m = manager(true, start);
         let mut seq = 0u16;
         drive(&mut m, start, 3, |m, t| {
-            m.media_received(t, &[0, (seq >> 8) as u8, seq as u8, 0, 0]);
+            m.media_received(t, &relay(), &[0, (seq >> 8) as u8, seq as u8, 0, 0]);
             seq = seq.wrapping_add(1);
         });
     }
@@ -1056,6 +1070,25 @@ mod tests {
             }
         }
         (open, check, sent)
+    }
+
+    #[test]
+    fn media_through_the_relay_does_not_keep_a_silent_direct_path_alive() {
+        let start = Instant::now();
+        let (mut m, t) = chose_direct(start);
+        // The peer's frames still come through the relay (it never followed): the direct
+        // path is silent, and the controlling side leaves it after `dead_after`.
+        let mut seq = 0u16;
+        let mut left = None;
+        drive(&mut m, t, 2, |m, now| {
+            m.media_received(now, &relay(), &[0, (seq >> 8) as u8, seq as u8, 0, 0]);
+            seq = seq.wrapping_add(1);
+            if left.is_none() && m.active().1 == PathKind::RelayUdp {
+                left = Some(now - t);
+            }
+        });
+        let left = left.expect("left the direct path");
+        assert!(left <= PathConfig::default().dead_after + Duration::from_millis(20));
     }
 
     #[test]

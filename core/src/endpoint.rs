@@ -213,6 +213,8 @@ pub enum EndpointEvent {
     Media {
         /// From which session.
         conn: ConnId,
+        /// The path it came by (the session's path, unless it just moved).
+        path: Path,
         /// The bytes.
         data: Bytes,
     },
@@ -984,6 +986,7 @@ impl Endpoint {
         if channel == Channel::Media {
             self.events.push_back(EndpointEvent::Media {
                 conn,
+                path: from.clone(),
                 data: Bytes::copy_from_slice(plain),
             });
             return;

@@ -381,7 +381,8 @@ fn receiver_reports_carry_loss_and_jitter() {
             ts as u8,
             0xAA,
         ];
-        pm.media_received(at, &f);
+        let path = pm.active().0.clone();
+        pm.media_received(at, &path, &f);
     }
     pm.handle_timeout(now + Duration::from_millis(1000));
     let mut report = None;

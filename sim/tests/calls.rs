@@ -890,6 +890,14 @@ fn glare_ends_in_one_call() {
     assert_eq!(kind_now(&w, bob, call), Some(Direct));
     assert!(media(&w.sim, alice, call).len() > 100);
     assert!(media(&w.sim, bob, call).len() > 100);
+    // The dropped call's relay channel was given back: one channel, the kept call's.
+    let channels: usize = (0..SUPER_NODES)
+        .map(|i| {
+            let sn = w.sim.host_by_name(&format!("sn{i}")).unwrap();
+            w.node(sn).relay().map_or(0, |r| r.channels())
+        })
+        .sum();
+    assert_eq!(channels, 1, "relay channels left after glare");
     for h in [alice, bob] {
         assert!(
             !call_events(&w.sim, h)

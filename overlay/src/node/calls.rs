@@ -673,14 +673,14 @@ impl Node {
                 }
                 false
             }
-            EndpointEvent::Media { conn, data } => {
+            EndpointEvent::Media { conn, path, data } => {
                 let Some(device) = self.calls.conn_device.get(conn).copied() else {
                     return false;
                 };
                 self.calls.machine.handle_heard(now, device);
                 if let Some((call, _, c, pm)) = self.calls.path.as_mut() {
                     if c == conn {
-                        pm.media_received(now, data);
+                        pm.media_received(now, path, data);
                         let call = *call;
                         self.events.push_back(NodeEvent::CallMedia {
                             call,
@@ -883,9 +883,18 @@ impl Node {
                         })
                         .map(|(_, conn)| conn);
                     let link = self.calls.devices.get_mut(device);
+                    let mut replaced = None;
                     if let (Some(link), Some(conn)) = (link, invited) {
+                        if link.conn != Some(conn) {
+                            // Glare: our own (dropped) call's session with the device, and
+                            // the relay channel we took for it, serve nothing any more.
+                            replaced = Some((link.conn.take(), link.relay.take()));
+                        }
                         link.conn = Some(conn);
                         link.up = true;
+                    }
+                    if let Some((old, relay)) = replaced {
+                        self.drop_call_session(now, old, relay);
                     }
                     let conn = self.calls.devices.get(device).and_then(|l| l.conn);
                     let leg = conn.and_then(|c| self.calls.udp_legs.get(&c).cloned());
@@ -938,14 +947,8 @@ impl Node {
                         .values_mut()
                         .filter_map(|l| l.relay)
                         .collect();
-                    for (sn, channel) in relays {
-                        if let Some(conn) = self.calls.relay_sns.get(&sn).and_then(|e| e.conn) {
-                            let _ = self.endpoint.send_control(
-                                now,
-                                conn,
-                                &Message::RelayRelease { channel },
-                            );
-                        }
+                    for relay in relays {
+                        self.release_relay(now, relay);
                     }
                 }
                 _ => {}
@@ -992,6 +995,32 @@ impl Node {
             }
         }
         moved
+    }
+
+    /// Closes a call session nothing uses any more and gives its relay channel back.
+    fn drop_call_session(
+        &mut self,
+        now: Instant,
+        conn: Option<ConnId>,
+        relay: Option<(SocketAddr, u32)>,
+    ) {
+        if let Some(old) = conn {
+            self.calls.conn_device.remove(&old);
+            self.calls.udp_legs.remove(&old);
+            self.endpoint.close(now, old);
+        }
+        if let Some(relay) = relay {
+            self.release_relay(now, relay);
+        }
+    }
+
+    /// Gives relay channel `channel` on super node `sn` back.
+    fn release_relay(&mut self, now: Instant, (sn, channel): (SocketAddr, u32)) {
+        if let Some(conn) = self.calls.relay_sns.get(&sn).and_then(|e| e.conn) {
+            let _ = self
+                .endpoint
+                .send_control(now, conn, &Message::RelayRelease { channel });
+        }
     }
 
     /// The call's direct path went silent and it fell back to `relay`. Perhaps our NAT
