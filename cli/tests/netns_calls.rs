@@ -251,15 +251,20 @@ impl Call {
     }
 }
 
-/// (1) Two public hosts (on different /24s) call directly.
-#[test]
-fn call_between_two_public_hosts_goes_direct() {
-    let test = "call_between_two_public_hosts_goes_direct";
+/// A three-second call from an endpoint at `caller` to one at `callee`, each on its own site;
+/// it must end on `caller_kind` and `callee_kind`.
+fn call_between(
+    test: &'static str,
+    caller: Place,
+    callee: Place,
+    caller_kind: &str,
+    callee_kind: &str,
+) {
     let Some((mut net, dir, network)) = network(test) else {
         return;
     };
-    let a = net.endpoint("a", Place::Public).unwrap();
-    let b = net.endpoint("b", Place::Public).unwrap();
+    let a = net.endpoint("a", caller).unwrap();
+    let b = net.endpoint("b", callee).unwrap();
     let call = Call::start(
         test,
         (net, dir, network),
@@ -267,95 +272,69 @@ fn call_between_two_public_hosts_goes_direct() {
         (&b.ns, b.addr),
         3,
     );
-    call.finish("direct", "direct");
+    call.finish(caller_kind, callee_kind);
+}
+
+/// (1) Two public hosts (on different /24s) call directly.
+#[test]
+fn call_between_two_public_hosts_goes_direct() {
+    call_between(
+        "call_between_two_public_hosts_goes_direct",
+        Place::Public,
+        Place::Public,
+        "direct",
+        "direct",
+    );
 }
 
 /// (2) A caller behind a port-restricted NAT calls a public host: direct.
 #[test]
 fn call_from_behind_a_port_restricted_nat_to_a_public_host_goes_direct() {
-    let test = "call_from_behind_a_port_restricted_nat_to_a_public_host_goes_direct";
-    let Some((mut net, dir, network)) = network(test) else {
-        return;
-    };
-    let a = net
-        .endpoint("a", Place::Behind(Nat::PortRestricted))
-        .unwrap();
-    let b = net.endpoint("b", Place::Public).unwrap();
-    let call = Call::start(
-        test,
-        (net, dir, network),
-        (&a.ns, a.addr),
-        (&b.ns, b.addr),
-        3,
+    call_between(
+        "call_from_behind_a_port_restricted_nat_to_a_public_host_goes_direct",
+        Place::Behind(Nat::PortRestricted),
+        Place::Public,
+        "direct",
+        "direct",
     );
-    call.finish("direct", "direct");
 }
 
 /// (3) Both behind port-restricted NATs whose firewalls drop UDP: relayed over TCP on both
 /// sides.
 #[test]
 fn call_between_two_udp_firewalled_sites_is_relayed_over_tcp() {
-    let test = "call_between_two_udp_firewalled_sites_is_relayed_over_tcp";
-    let Some((mut net, dir, network)) = network(test) else {
-        return;
-    };
-    let a = net
-        .endpoint("a", Place::Firewalled(Nat::PortRestricted))
-        .unwrap();
-    let b = net
-        .endpoint("b", Place::Firewalled(Nat::PortRestricted))
-        .unwrap();
-    let call = Call::start(
-        test,
-        (net, dir, network),
-        (&a.ns, a.addr),
-        (&b.ns, b.addr),
-        3,
+    call_between(
+        "call_between_two_udp_firewalled_sites_is_relayed_over_tcp",
+        Place::Firewalled(Nat::PortRestricted),
+        Place::Firewalled(Nat::PortRestricted),
+        "relay-tcp",
+        "relay-tcp",
     );
-    call.finish("relay-tcp", "relay-tcp");
 }
 
 /// (4) Both behind port-restricted NATs: hole punching makes a direct path.
 #[test]
 fn call_between_two_port_restricted_nats_punches_through() {
-    let test = "call_between_two_port_restricted_nats_punches_through";
-    let Some((mut net, dir, network)) = network(test) else {
-        return;
-    };
-    let a = net
-        .endpoint("a", Place::Behind(Nat::PortRestricted))
-        .unwrap();
-    let b = net
-        .endpoint("b", Place::Behind(Nat::PortRestricted))
-        .unwrap();
-    let call = Call::start(
-        test,
-        (net, dir, network),
-        (&a.ns, a.addr),
-        (&b.ns, b.addr),
-        3,
+    call_between(
+        "call_between_two_port_restricted_nats_punches_through",
+        Place::Behind(Nat::PortRestricted),
+        Place::Behind(Nat::PortRestricted),
+        "direct",
+        "direct",
     );
-    call.finish("direct", "direct");
 }
 
 /// (5) Both behind symmetric NATs: no direct path, the call stays on the super node's relay
 /// (over UDP on both sides: the callee moves its leg off its TCP link).
 #[test]
 fn call_between_two_symmetric_nats_stays_relayed() {
-    let test = "call_between_two_symmetric_nats_stays_relayed";
-    let Some((mut net, dir, network)) = network(test) else {
-        return;
-    };
-    let a = net.endpoint("a", Place::Behind(Nat::Symmetric)).unwrap();
-    let b = net.endpoint("b", Place::Behind(Nat::Symmetric)).unwrap();
-    let call = Call::start(
-        test,
-        (net, dir, network),
-        (&a.ns, a.addr),
-        (&b.ns, b.addr),
-        3,
+    call_between(
+        "call_between_two_symmetric_nats_stays_relayed",
+        Place::Behind(Nat::Symmetric),
+        Place::Behind(Nat::Symmetric),
+        "relay-udp",
+        "relay-udp",
     );
-    call.finish("relay-udp", "relay-udp");
 }
 
 /// (6) Two hosts behind one NAT call each other on their private addresses.
