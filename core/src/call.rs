@@ -348,8 +348,8 @@ struct Call {
 struct Seen {
     from: DeviceId,
     nonce: u64,
+    /// The invite's timestamp: the entry is kept while the age check would let it pass.
     timestamp: UnixTime,
-    expires: Instant,
     busy: bool,
 }
 
@@ -889,7 +889,11 @@ impl CallMachine {
             self.stats.stale_invites += 1;
             return;
         }
-        self.seen.retain(|_, s| s.expires > now);
+        // Kept exactly as long as the age check would let the invite pass: an entry kept for
+        // a fixed time after arrival could go a second early, as `wall` is whole seconds.
+        let age = self.cfg.max_invite_age.as_secs();
+        self.seen
+            .retain(|_, s| s.timestamp.0.saturating_add(age) >= wall.0);
         if let Some(s) = self.seen.get(&call).copied() {
             let retransmit = s.from == from && s.nonce == nonce;
             let ringing_here = self
@@ -917,11 +921,7 @@ impl CallMachine {
             return;
         }
         if self.seen.len() >= self.cfg.max_seen.max(1) {
-            if let Some((&old, s)) = self
-                .seen
-                .iter()
-                .min_by_key(|(_, s)| (s.timestamp, s.expires))
-            {
+            if let Some((&old, s)) = self.seen.iter().min_by_key(|(_, s)| s.timestamp) {
                 let ts = s.timestamp;
                 self.seen.remove(&old);
                 self.floor = Some(self.floor.map_or(ts, |f| f.max(ts)));
@@ -938,7 +938,6 @@ impl CallMachine {
                 from,
                 nonce,
                 timestamp,
-                expires: now + self.cfg.max_invite_age + self.cfg.max_skew,
                 busy: false,
             },
         );

@@ -551,6 +551,42 @@ fn replay_protection_survives_eviction() {
     assert_eq!(incoming, 3);
 }
 
+/// Incoming-call events drained from a lone machine.
+fn drain_incoming(m: &mut CallMachine) -> Vec<CallId> {
+    let mut calls = Vec::new();
+    while let Some(e) = m.poll_event() {
+        if let CallEvent::Incoming { call, .. } = e {
+            calls.push(call);
+        }
+    }
+    calls
+}
+
+#[test]
+fn an_invite_at_the_skew_limit_is_never_replayed_when_forgotten() {
+    // Stamped as far in the future as the skew allows, it stays young enough for the age
+    // check until `max_skew + max_invite_age` after it arrived: its entry must outlive that.
+    let now = Instant::now();
+    let cfg = CallConfig::new([1; 32], WALL);
+    let span = (cfg.max_skew + cfg.max_invite_age).as_secs();
+    let mut bob = CallMachine::new(dev(2), cfg.clone(), now);
+    let alice = name("alice");
+    let invite = Message::CallInvite {
+        call: CallId([1; 16]),
+        caller: dev(1),
+        nonce: 7,
+        media: 1,
+        timestamp: UnixTime(WALL.0 + cfg.max_skew.as_secs()),
+    };
+    bob.handle_message(now, dev(1), &alice, &invite);
+    bob.hang_up(now, CallId([1; 16])).unwrap();
+    for ms in (0..=(span + 2) * 1000).step_by(250) {
+        bob.handle_message(now + Duration::from_millis(ms), dev(1), &alice, &invite);
+        assert_eq!(bob.current(), None, "rang again {ms} ms later");
+    }
+    assert_eq!(drain_incoming(&mut bob).len(), 1);
+}
+
 #[test]
 fn multi_device_second_answers_first_and_the_others_are_told() {
     let mut n = Net::new(&[("alice", 1), ("bob", 11), ("bob", 12), ("bob", 13)], 0);
