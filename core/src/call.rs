@@ -63,12 +63,27 @@
 //!
 //! Invites carry the caller's wall-clock time; one older than `max_invite_age` (60 s) or more
 //! than `max_skew` (30 s) in the future is dropped. Every accepted invite's call id is
-//! remembered with its nonce until the invite could no longer pass the age check (at most
-//! `max_seen` entries; evicting one raises a timestamp floor so an evicted invite is still
-//! refused). A repeated (call id, nonce) from the same device while that call still rings is
-//! a retransmission and is answered again (Ringing or Busy) without ringing twice; anything
-//! else with a known call id is a replay and is dropped. Every drop is counted in
-//! [`CallStats`].
+//! remembered with its nonce until the invite could no longer pass the age check. A repeated
+//! (call id, nonce) from the same device while that call still rings is a retransmission and
+//! is answered again (Ringing or Busy) without ringing twice; anything else with a known call
+//! id is a replay and is dropped. Every drop is counted in [`CallStats`].
+//!
+//! The memory is bounded, and what it forgets it refuses wholesale: an evicted entry raises a
+//! timestamp **floor** for the device that sent it, and an invite not remembered from that
+//! device with a timestamp at or below its floor is refused, so an evicted invite replayed
+//! later is still refused. Floors are per device so that one device cannot shut out the
+//! others:
+//!
+//! * a device has at most `max_seen_per_device` (16) entries; its next invite evicts its own
+//!   oldest one and raises its own floor. A device that floods invites only raises the floor
+//!   under its own invites;
+//! * all devices together have at most `max_seen` (1024); when full, the oldest entry is
+//!   evicted and the floor of *its* device raised. The current incoming call's entry is evicted
+//!   last, so its caller's retransmissions are still answered;
+//! * at most `max_seen` devices have a floor, each forgotten once the age check refuses every
+//!   invite under it. When every slot is taken, the lowest floor is folded into a floor for all
+//!   devices (counted in [`CallStats::global_floor_raises`]): the one fallback that refuses
+//!   other devices' invites, and then only those stamped at or below the lowest floor.
 //!
 //! # Liveness
 //!
@@ -114,8 +129,12 @@ pub struct CallConfig {
     pub max_invite_age: Duration,
     /// How far in the future an invite's timestamp may be (30 s).
     pub max_skew: Duration,
-    /// Most invites remembered for replay protection (1024).
+    /// Most invites remembered for replay protection, over all devices (1024); also the most
+    /// devices with a replay floor of their own. See the [module docs](self).
     pub max_seen: usize,
+    /// Most invites remembered from one device (16): its next invite evicts its own oldest,
+    /// so one device flooding invites cannot evict (and raise the floor of) any other.
+    pub max_seen_per_device: usize,
 }
 
 impl CallConfig {
@@ -132,6 +151,7 @@ impl CallConfig {
             max_invite_age: Duration::from_secs(60),
             max_skew: Duration::from_secs(30),
             max_seen: 1024,
+            max_seen_per_device: 16,
         }
     }
 }
@@ -285,7 +305,8 @@ pub enum CallError {
 pub struct CallStats {
     /// Invites with a known call id that are not retransmissions.
     pub replayed_invites: u64,
-    /// Invites too old, from the future, or below the eviction floor.
+    /// Invites too old, from the future, or at or below a replay floor (their device's, or the
+    /// one for all devices).
     pub stale_invites: u64,
     /// Retransmitted invites answered again.
     pub duplicate_invites: u64,
@@ -302,8 +323,15 @@ pub struct CallStats {
     pub wrong_state: u64,
     /// Answers that lost to another device's answer.
     pub late_answers: u64,
-    /// Replay-protection entries evicted because the set was full.
+    /// Replay-protection entries evicted, whatever the limit (`max_seen` or
+    /// `max_seen_per_device`); each raised the floor of its device.
     pub seen_evictions: u64,
+    /// Of [`CallStats::seen_evictions`], those for `max_seen_per_device`: a device inviting
+    /// this one more often than it could answer.
+    pub seen_device_evictions: u64,
+    /// Per-device floors folded into the floor for all devices because `max_seen` devices
+    /// held one: each may refuse other devices' old invites (see the [module docs](self)).
+    pub global_floor_raises: u64,
     /// Non-call messages handed to the machine.
     pub not_call: u64,
     /// Decline or hang-up said again because the peer went on as if it was lost.
@@ -348,8 +376,8 @@ struct Call {
 struct Seen {
     from: DeviceId,
     nonce: u64,
+    /// The invite's timestamp: the entry is kept while the age check would let it pass.
     timestamp: UnixTime,
-    expires: Instant,
     busy: bool,
 }
 
@@ -369,8 +397,14 @@ pub struct CallMachine {
     rng: Rng,
     start: Instant,
     call: Option<Call>,
+    /// Accepted invites, until the age check refuses them: at most `max_seen`, and
+    /// `max_seen_per_device` from one device.
     seen: HashMap<CallId, Seen>,
-    /// Invites with a timestamp at or below this were evicted from `seen` and are refused.
+    /// Per device, the highest timestamp evicted from `seen`: its invites not in `seen` with
+    /// a timestamp at or below it are refused. At most `max_seen` devices; dropped once the
+    /// age check refuses everything at or below it.
+    floors: HashMap<DeviceId, UnixTime>,
+    /// The same for every device: per-device floors folded in when `floors` was full.
     floor: Option<UnixTime>,
     ended: VecDeque<Ended>,
     transmits: VecDeque<CallTransmit>,
@@ -389,6 +423,7 @@ impl CallMachine {
             start: now,
             call: None,
             seen: HashMap::new(),
+            floors: HashMap::new(),
             floor: None,
             ended: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -435,6 +470,85 @@ impl CallMachine {
 
     fn wall(&self, now: Instant) -> UnixTime {
         UnixTime(self.cfg.wall_anchor.0 + now.saturating_duration_since(self.start).as_secs())
+    }
+
+    /// An invite stamped `timestamp` fails the age check at `wall`.
+    fn too_old(&self, timestamp: UnixTime, wall: UnixTime) -> bool {
+        timestamp
+            .0
+            .saturating_add(self.cfg.max_invite_age.as_secs())
+            < wall.0
+    }
+
+    /// Forget what the age check now covers: remembered invites (kept exactly as long as it
+    /// lets them pass: `wall` is whole seconds, so a fixed time after arrival could be a second
+    /// short), and floors under which it refuses every invite.
+    fn forget_old(&mut self, wall: UnixTime) {
+        let age = self.cfg.max_invite_age.as_secs();
+        let young = |t: &UnixTime| t.0.saturating_add(age) >= wall.0;
+        self.seen.retain(|_, s| young(&s.timestamp));
+        self.floors.retain(|_, f| young(f));
+        if self.floor.is_some_and(|f| !young(&f)) {
+            self.floor = None;
+        }
+    }
+
+    /// An invite from `device` stamped `timestamp`, not remembered, may have been evicted.
+    fn under_floor(&self, device: DeviceId, timestamp: UnixTime) -> bool {
+        self.floor.is_some_and(|f| timestamp <= f)
+            || self.floors.get(&device).is_some_and(|&f| timestamp <= f)
+    }
+
+    /// Make room in `seen` for an invite from `device`: evict its own oldest entry when it has
+    /// `max_seen_per_device`, else the oldest of all when there are `max_seen`.
+    fn make_room(&mut self, device: DeviceId) {
+        let mine = self.seen.values().filter(|s| s.from == device).count();
+        if mine >= self.cfg.max_seen_per_device.max(1) {
+            self.evict_oldest(Some(device));
+            self.stats.seen_device_evictions += 1;
+        } else if self.seen.len() >= self.cfg.max_seen.max(1) {
+            self.evict_oldest(None);
+        }
+    }
+
+    /// Evict the oldest entry (of `device`, or of all) and raise the floor of its device. The
+    /// current incoming call's entry goes last, so its caller's retransmissions are answered.
+    fn evict_oldest(&mut self, device: Option<DeviceId>) {
+        let current = self.call.as_ref().filter(|c| !c.outgoing).map(|c| c.id);
+        let Some((&id, &s)) = self
+            .seen
+            .iter()
+            .filter(|(_, s)| device.is_none_or(|d| s.from == d))
+            .min_by_key(|(&id, s)| (Some(id) == current, s.timestamp, id))
+        else {
+            return;
+        };
+        self.seen.remove(&id);
+        self.stats.seen_evictions += 1;
+        self.raise_floor(s.from, s.timestamp);
+    }
+
+    /// Refuse `device`'s invites stamped at or below `timestamp` that are not remembered.
+    fn raise_floor(&mut self, device: DeviceId, timestamp: UnixTime) {
+        if let Some(f) = self.floors.get_mut(&device) {
+            *f = (*f).max(timestamp);
+            return;
+        }
+        if self.floors.len() < self.cfg.max_seen.max(1) {
+            self.floors.insert(device, timestamp);
+            return;
+        }
+        // Every slot taken: the lowest floor, this one or a held one, goes to all devices.
+        self.stats.global_floor_raises += 1;
+        let mut lowest = timestamp;
+        if let Some((&d, &f)) = self.floors.iter().min_by_key(|(&d, &f)| (f, d)) {
+            if f < timestamp {
+                self.floors.remove(&d);
+                self.floors.insert(device, timestamp);
+                lowest = f;
+            }
+        }
+        self.floor = Some(self.floor.map_or(lowest, |f| f.max(lowest)));
     }
 
     fn send(&mut self, device: DeviceId, message: Message<'static>) {
@@ -879,17 +993,15 @@ impl CallMachine {
             return;
         }
         let wall = self.wall(now);
-        if timestamp
-            .0
-            .saturating_add(self.cfg.max_invite_age.as_secs())
-            < wall.0
+        if self.too_old(timestamp, wall)
             || timestamp.0 > wall.0.saturating_add(self.cfg.max_skew.as_secs())
-            || self.floor.is_some_and(|f| timestamp <= f)
         {
             self.stats.stale_invites += 1;
             return;
         }
-        self.seen.retain(|_, s| s.expires > now);
+        self.forget_old(wall);
+        // A remembered call id is answered from memory, whatever the floors: they stand only
+        // for what was forgotten.
         if let Some(s) = self.seen.get(&call).copied() {
             let retransmit = s.from == from && s.nonce == nonce;
             let ringing_here = self
@@ -916,21 +1028,16 @@ impl CallMachine {
             }
             return;
         }
-        if self.seen.len() >= self.cfg.max_seen.max(1) {
-            if let Some((&old, s)) = self
-                .seen
-                .iter()
-                .min_by_key(|(_, s)| (s.timestamp, s.expires))
-            {
-                let ts = s.timestamp;
-                self.seen.remove(&old);
-                self.floor = Some(self.floor.map_or(ts, |f| f.max(ts)));
-                self.stats.seen_evictions += 1;
-                if timestamp <= ts {
-                    self.stats.stale_invites += 1;
-                    return;
-                }
-            }
+        if self.under_floor(from, timestamp) {
+            self.stats.stale_invites += 1;
+            return;
+        }
+        self.make_room(from);
+        // The eviction may have raised a floor over this very invite: its device's, when the
+        // entry evicted was its own and no older, or, as a fallback, the one for all devices.
+        if self.under_floor(from, timestamp) {
+            self.stats.stale_invites += 1;
+            return;
         }
         self.seen.insert(
             call,
@@ -938,7 +1045,6 @@ impl CallMachine {
                 from,
                 nonce,
                 timestamp,
-                expires: now + self.cfg.max_invite_age + self.cfg.max_skew,
                 busy: false,
             },
         );

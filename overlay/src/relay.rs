@@ -56,10 +56,16 @@
 //!   is either not registered or belongs to that party anyway.
 //! * **Opaque payload.** The inner packet is the two devices' end-to-end encrypted session
 //!   packet; the super node cannot read or alter it undetected, and does not try.
-//! * **Bounded cost.** Each user (all of its devices together) may take part in at most
-//!   [`RelayConfig::max_channels_per_user`] channels and send at most
+//! * **Bounded cost.** Each user (all of its devices together) may hold at most
+//!   [`RelayConfig::max_channels_per_user`] channels it asked for, at most
+//!   [`RelayConfig::max_channels_per_pair`] of them to any one peer device, and send at most
 //!   [`RelayConfig::rate_per_user`] bytes per second through the relay (a token bucket of
-//!   [`RelayConfig::burst`] bytes); the table holds at most [`RelayConfig::max_channels`].
+//!   [`RelayConfig::burst`] bytes, charged to the user of the device that sends); the table
+//!   holds at most [`RelayConfig::max_channels`].
+//! * **No quota denial.** A channel counts against the quota of the user who asked for it
+//!   only, never the peer's: however many channels other users open to a device, its user can
+//!   still open its own (until the table is full). The per-pair cap keeps one user from piling
+//!   channels onto one device.
 //!
 //! # Where frames go
 //!
@@ -103,9 +109,13 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 pub struct RelayConfig {
     /// Most live channels (default 10,000).
     pub max_channels: usize,
-    /// Most live channels a user takes part in, as requester or peer, over all its devices
-    /// (default 8).
+    /// Most live channels a user asked for, over all its devices (default 8). Channels other
+    /// users asked for to one of its devices do not count: one user cannot use up another's
+    /// quota.
     pub max_channels_per_user: usize,
+    /// Most live channels a user asked for to one peer device, over all the user's devices
+    /// (default 4): one user cannot pile channels onto one device.
+    pub max_channels_per_pair: usize,
     /// Bytes per second a user's devices together may send through the relay (default 64,000:
     /// a few voice calls' worth).
     pub rate_per_user: u64,
@@ -128,6 +138,7 @@ impl RelayConfig {
         Self {
             max_channels: 10_000,
             max_channels_per_user: 8,
+            max_channels_per_pair: 4,
             rate_per_user: 64_000,
             burst: 128_000,
             idle_timeout: Duration::from_secs(60),
@@ -144,8 +155,8 @@ pub enum RelayRefusal {
     /// The other device has no session with this super node.
     #[error("the peer device has no session with this super node")]
     UnknownPeer,
-    /// The requester's user, or the peer's, already takes part in
-    /// [`RelayConfig::max_channels_per_user`] channels.
+    /// The requester's user already holds [`RelayConfig::max_channels_per_user`] channels it
+    /// asked for, or [`RelayConfig::max_channels_per_pair`] to this peer device.
     #[error("relay channel quota reached")]
     Quota,
     /// The table holds [`RelayConfig::max_channels`] channels.
@@ -278,8 +289,8 @@ struct UserEntry {
     name: UserName,
     /// Registered devices of this user.
     devices: usize,
-    /// Live channels this user takes part in (a channel between two of its devices counts
-    /// once).
+    /// Live channels this user asked for (the channels whose first leg is one of its
+    /// devices), counted against [`RelayConfig::max_channels_per_user`].
     channels: usize,
     /// Token bucket, in byte-nanoseconds (bytes × 10⁹): refills exactly, with no rounding
     /// drift however often it is touched.
@@ -357,6 +368,11 @@ pub struct Relay {
     users: Vec<Option<UserEntry>>,
     free_users: Vec<usize>,
     user_slots: HashMap<UserName, usize>,
+    /// Live channels per (requester's user slot, peer device), counted against
+    /// [`RelayConfig::max_channels_per_pair`]; no zero entries. A user slot is freed only
+    /// when its last device goes, which releases the user's channels first, so a reused slot
+    /// never inherits counts.
+    pairs: HashMap<(usize, DeviceId), usize>,
     channels: HashMap<u32, Channel>,
     /// When idle channels are next looked for (a lower bound of the earliest expiry, at least
     /// [`SCAN_INTERVAL`] after the previous scan).
@@ -377,6 +393,7 @@ impl Relay {
             users: Vec::new(),
             free_users: Vec::new(),
             user_slots: HashMap::new(),
+            pairs: HashMap::new(),
             channels: HashMap::new(),
             next_scan: None,
             last_scan: None,
@@ -538,9 +555,15 @@ impl Relay {
             .last()
             .cloned()
             .ok_or(RelayRefusal::UnknownPeer)?;
-        let max = self.cfg.max_channels_per_user;
-        let count = |slot: usize| self.users[slot].as_ref().map_or(0, |u| u.channels);
-        if count(req_user) >= max || count(peer_user) >= max {
+        // Only the requester's user pays: the peer did not ask, and must not be shut out of
+        // the relay by others' requests.
+        let held = self.users[req_user].as_ref().map_or(0, |u| u.channels);
+        let to_peer = self
+            .pairs
+            .get(&(req_user, peer_device))
+            .copied()
+            .unwrap_or(0);
+        if held >= self.cfg.max_channels_per_user || to_peer >= self.cfg.max_channels_per_pair {
             return Err(RelayRefusal::Quota);
         }
         if self.channels.len() >= self.cfg.max_channels {
@@ -574,7 +597,7 @@ impl Relay {
                 dev.channels.push(channel);
             }
         }
-        self.add_user_channels(req_user, peer_user, true);
+        self.charge(req_user, peer_device, true);
         self.stats.allocated += 1;
 
         let floor = self.last_scan.map_or(now, |t| t + SCAN_INTERVAL);
@@ -772,16 +795,23 @@ impl Relay {
         slot
     }
 
-    /// Count a channel for its users (once when both legs are the same user), or uncount it.
-    fn add_user_channels(&mut self, a: usize, b: usize, add: bool) {
-        let slots: &[usize] = if a == b { &[a] } else { &[a, b] };
-        for &slot in slots {
-            if let Some(u) = self.users[slot].as_mut() {
-                if add {
-                    u.channels += 1;
-                } else {
-                    u.channels = u.channels.saturating_sub(1);
-                }
+    /// Charge a channel to the user (slot) who asked for it and to its pair with the peer
+    /// device, or (`add` false) give back exactly that when the channel goes.
+    fn charge(&mut self, user: usize, peer_device: DeviceId, add: bool) {
+        if let Some(u) = self.users[user].as_mut() {
+            if add {
+                u.channels += 1;
+            } else {
+                u.channels = u.channels.saturating_sub(1);
+            }
+        }
+        let key = (user, peer_device);
+        if add {
+            *self.pairs.entry(key).or_insert(0) += 1;
+        } else if let Some(n) = self.pairs.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pairs.remove(&key);
             }
         }
     }
@@ -796,7 +826,8 @@ impl Relay {
                 dev.channels.retain(|&c| c != channel);
             }
         }
-        self.add_user_channels(ch.legs[0].user, ch.legs[1].user, false);
+        // Legs are [requester, peer]: give back what `try_allocate` charged.
+        self.charge(ch.legs[0].user, ch.legs[1].device, false);
     }
 
     /// Unregister one session destination; see [`Relay::session_down`].
@@ -1046,6 +1077,39 @@ mod tests {
         assert_eq!(r.stats().dropped_rate, 2 + 2 + 900 + 1);
     }
 
+    /// The quota counters are exactly what the live channels charge: each channel once to
+    /// its requester's user and once to (that user, the peer device); no zero pair entries.
+    fn assert_charges_match(r: &Relay) {
+        let mut users: HashMap<usize, usize> = HashMap::new();
+        let mut pairs: HashMap<(usize, DeviceId), usize> = HashMap::new();
+        for ch in r.channels.values() {
+            *users.entry(ch.legs[0].user).or_default() += 1;
+            *pairs
+                .entry((ch.legs[0].user, ch.legs[1].device))
+                .or_default() += 1;
+        }
+        for (slot, u) in r.users.iter().enumerate() {
+            let held = u.as_ref().map_or(0, |u| u.channels);
+            assert_eq!(
+                held,
+                users.get(&slot).copied().unwrap_or(0),
+                "user slot {slot}"
+            );
+            assert!(held <= r.cfg.max_channels_per_user);
+        }
+        assert_eq!(r.pairs, pairs);
+        assert!(r
+            .pairs
+            .values()
+            .all(|&n| n > 0 && n <= r.cfg.max_channels_per_pair));
+    }
+
+    /// Channels `user` is charged for.
+    fn held(r: &Relay, user: &str) -> usize {
+        let slot = r.user_slots[&UserName::parse(user).unwrap()];
+        r.users[slot].as_ref().unwrap().channels
+    }
+
     #[test]
     fn quota_per_user_and_global_max() {
         let now = Instant::now();
@@ -1060,23 +1124,164 @@ mod tests {
         }
         let to = |d: u8| DeviceId([d; 16]);
         // Alice's two devices share her quota.
-        r.allocate(now, &udp(1), to(2)).unwrap();
+        let ab = r.allocate(now, &udp(1), to(2)).unwrap().channel;
         r.allocate(now, &udp(11), to(3)).unwrap();
         assert_eq!(r.allocate(now, &udp(1), to(4)), Err(RelayRefusal::Quota));
-        // As a peer too: user4 may not open a channel to her either.
-        assert_eq!(r.allocate(now, &udp(4), to(1)), Err(RelayRefusal::Quota));
+        assert_eq!(r.stats().refused_quota, 1);
+        // A channel user4 asks for to her is user4's to pay: allowed, and not hers.
+        r.allocate(now, &udp(4), to(1)).unwrap();
+        assert_eq!((held(&r, "alice"), held(&r, "user4")), (2, 1));
+        assert_eq!(r.allocate(now, &udp(11), to(4)), Err(RelayRefusal::Quota));
         assert_eq!(r.stats().refused_quota, 2);
-        // Releasing one frees her quota.
-        let ch = r.allocate(now, &udp(4), to(5)).unwrap().channel;
-        r.release(now, &udp(5), ch).unwrap();
+        // One of hers released, by the peer: her slot is back.
+        r.release(now, &udp(2), ab).unwrap();
+        assert_eq!(held(&r, "alice"), 1);
+        r.allocate(now, &udp(1), to(4)).unwrap();
+        assert_charges_match(&r);
         // Global max: 5 channels.
-        r.allocate(now, &udp(4), to(5)).unwrap();
         r.allocate(now, &udp(6), to(7)).unwrap();
         r.allocate(now, &udp(8), to(9)).unwrap();
         assert_eq!(r.channels(), 5);
         assert_eq!(r.allocate(now, &udp(6), to(9)), Err(RelayRefusal::Full));
         assert_eq!(r.stats().refused_full, 1);
         assert_eq!(r.stats().refused(), 3);
+        assert_charges_match(&r);
+    }
+
+    #[test]
+    fn a_victim_keeps_its_quota_whatever_others_open_to_it() {
+        let now = Instant::now();
+        let mut r = Relay::new(cfg());
+        let to = |d: u8| DeviceId([d; 16]);
+        r.session_up(udp(1), party(1, "victim"));
+        // Five other users, each with as many channels to the victim's device as the pair
+        // cap lets it: 20 channels, far over the victim's quota of 8.
+        for d in 2..=6 {
+            r.session_up(udp(d), party(d, &format!("mallory{d}")));
+            for _ in 0..cfg().max_channels_per_pair {
+                r.allocate(now, &udp(d), to(1)).unwrap();
+            }
+        }
+        assert_eq!(r.channels(), 20);
+        assert_eq!(held(&r, "victim"), 0);
+        assert_eq!(r.stats().refused_quota, 0);
+        // The victim still opens its own 8 channels, to anyone: to the users who hold channels
+        // to it, and to others.
+        for d in 2..=9 {
+            r.session_up(udp(d + 20), party(d + 20, &format!("friend{d}")));
+        }
+        for d in 2..=6 {
+            r.allocate(now, &udp(1), to(d)).unwrap();
+        }
+        for d in 22..=24 {
+            r.allocate(now, &udp(1), to(d)).unwrap();
+        }
+        assert_eq!(held(&r, "victim"), cfg().max_channels_per_user);
+        // Then its own quota binds, and only its own.
+        assert_eq!(r.allocate(now, &udp(1), to(25)), Err(RelayRefusal::Quota));
+        assert!(r.allocate(now, &udp(25), to(1)).is_ok());
+        assert_eq!(r.stats().refused_quota, 1);
+        assert_eq!(r.channels(), 20 + 8 + 1);
+        assert_charges_match(&r);
+    }
+
+    #[test]
+    fn pair_cap_per_requesting_user_and_peer_device() {
+        let now = Instant::now();
+        let mut r = Relay::new(cfg());
+        let to = |d: u8| DeviceId([d; 16]);
+        r.session_up(udp(1), party(1, "victim"));
+        r.session_up(udp(11), party(11, "victim")); // the victim's second device
+        r.session_up(udp(9), party(9, "mallory"));
+        r.session_up(udp(19), party(19, "mallory")); // hers
+        r.session_up(udp(3), party(3, "carol"));
+        let cap = cfg().max_channels_per_pair;
+        assert_eq!(cap, 4);
+        let mut first = None;
+        for _ in 0..cap {
+            let ch = r.allocate(now, &udp(9), to(1)).unwrap().channel;
+            first.get_or_insert(ch);
+        }
+        // A fifth to that device is refused, from either of mallory's devices.
+        assert_eq!(r.allocate(now, &udp(9), to(1)), Err(RelayRefusal::Quota));
+        assert_eq!(r.allocate(now, &udp(19), to(1)), Err(RelayRefusal::Quota));
+        assert_eq!(r.stats().refused_quota, 2);
+        // The cap is per peer device: the victim's other device, or carol's, may still be
+        // reached, up to mallory's own quota of 8.
+        for _ in 0..cap {
+            r.allocate(now, &udp(19), to(11)).unwrap();
+        }
+        assert_eq!(held(&r, "mallory"), 8);
+        assert_eq!(r.allocate(now, &udp(9), to(3)), Err(RelayRefusal::Quota));
+        assert_eq!(r.stats().refused_quota, 3);
+        // Mallory's channels to the victim do not cap the victim's to her.
+        for _ in 0..cap {
+            r.allocate(now, &udp(1), to(9)).unwrap();
+        }
+        // One released: one more to that device.
+        r.release(now, &udp(1), first.unwrap()).unwrap();
+        r.allocate(now, &udp(19), to(1)).unwrap();
+        assert_eq!(r.allocate(now, &udp(9), to(1)), Err(RelayRefusal::Quota));
+        assert_eq!(r.stats().refused_quota, 4);
+        assert_charges_match(&r);
+    }
+
+    #[test]
+    fn quotas_are_given_back_on_release_expiry_and_session_down() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.max_channels_per_user = 2;
+        c.max_channels_per_pair = 1;
+        let idle = c.idle_timeout;
+        let mut r = Relay::new(c);
+        let to = |d: u8| DeviceId([d; 16]);
+        r.session_up(udp(1), party(1, "alice"));
+        r.session_up(udp(2), party(2, "bob"));
+        r.session_up(udp(3), party(3, "carol"));
+        let full = |r: &mut Relay, t: Instant| {
+            // Alice's two: one to Bob, one to Carol; a third, or a second to Bob, is refused.
+            let ab = r.allocate(t, &udp(1), to(2)).unwrap().channel;
+            let ac = r.allocate(t, &udp(1), to(3)).unwrap().channel;
+            assert_eq!(r.allocate(t, &udp(1), to(2)), Err(RelayRefusal::Quota));
+            assert_charges_match(r);
+            (ab, ac)
+        };
+
+        // Released by either party.
+        let (ab, ac) = full(&mut r, t0);
+        r.release(t0, &udp(1), ab).unwrap();
+        r.release(t0, &udp(3), ac).unwrap();
+        assert_eq!(held(&r, "alice"), 0);
+        assert!(r.pairs.is_empty());
+
+        // Idle expiry.
+        full(&mut r, t0);
+        assert_eq!(r.handle_timeout(t0 + idle).len(), 4);
+        assert_eq!(r.channels(), 0);
+        assert_eq!(held(&r, "alice"), 0);
+        assert!(r.pairs.is_empty());
+
+        // The peer's last session going down gives the requester back her share.
+        let t1 = t0 + idle;
+        full(&mut r, t1);
+        assert_eq!(r.session_down(t1, &udp(2)).len(), 1);
+        assert_eq!(held(&r, "alice"), 1);
+        assert_charges_match(&r);
+        r.session_up(udp(2), party(2, "bob"));
+        r.allocate(t1, &udp(1), to(2)).unwrap();
+        assert_eq!(r.allocate(t1, &udp(1), to(2)), Err(RelayRefusal::Quota));
+        // Her own last session going down: everything she held, nothing left charged.
+        assert_eq!(r.session_down(t1, &udp(1)).len(), 2);
+        assert_eq!(r.channels(), 0);
+        assert!(r.pairs.is_empty());
+        assert!(r.users.iter().flatten().all(|u| u.channels == 0));
+        // A channel Bob asked for to Carol goes with her last session, and his share with it.
+        r.allocate(t1, &udp(2), to(3)).unwrap();
+        assert_eq!(held(&r, "bob"), 1);
+        assert_eq!(r.session_down(t1, &udp(3)).len(), 1);
+        assert_eq!(held(&r, "bob"), 0);
+        assert_charges_match(&r);
+        assert_eq!(r.stats().refused_quota, 4);
     }
 
     #[test]
@@ -1501,6 +1706,7 @@ mod tests {
                     _ => { r.handle_timeout(t); }
                 }
                 prop_assert!(r.channels() <= cfg().max_channels);
+                assert_charges_match(&r);
                 if r.poll_timeout().is_some() {
                     prop_assert!(r.channels() > 0);
                 }

@@ -551,6 +551,248 @@ fn replay_protection_survives_eviction() {
     assert_eq!(incoming, 3);
 }
 
+/// Incoming-call events drained from a lone machine.
+fn drain_incoming(m: &mut CallMachine) -> Vec<CallId> {
+    let mut calls = Vec::new();
+    while let Some(e) = m.poll_event() {
+        if let CallEvent::Incoming { call, .. } = e {
+            calls.push(call);
+        }
+    }
+    calls
+}
+
+#[test]
+fn an_invite_at_the_skew_limit_is_never_replayed_when_forgotten() {
+    // Stamped as far in the future as the skew allows, it stays young enough for the age
+    // check until `max_skew + max_invite_age` after it arrived: its entry must outlive that.
+    let now = Instant::now();
+    let cfg = CallConfig::new([1; 32], WALL);
+    let span = (cfg.max_skew + cfg.max_invite_age).as_secs();
+    let mut bob = CallMachine::new(dev(2), cfg.clone(), now);
+    let alice = name("alice");
+    let invite = Message::CallInvite {
+        call: CallId([1; 16]),
+        caller: dev(1),
+        nonce: 7,
+        media: 1,
+        timestamp: UnixTime(WALL.0 + cfg.max_skew.as_secs()),
+    };
+    bob.handle_message(now, dev(1), &alice, &invite);
+    bob.hang_up(now, CallId([1; 16])).unwrap();
+    for ms in (0..=(span + 2) * 1000).step_by(250) {
+        bob.handle_message(now + Duration::from_millis(ms), dev(1), &alice, &invite);
+        assert_eq!(bob.current(), None, "rang again {ms} ms later");
+    }
+    assert_eq!(drain_incoming(&mut bob).len(), 1);
+}
+
+/// An invite from device `caller` for call `n`, stamped `ts`.
+fn invite_from(caller: u8, n: u32, ts: u64) -> Message<'static> {
+    let mut id = [caller; 16];
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    Message::CallInvite {
+        call: CallId(id),
+        caller: dev(caller),
+        nonce: u64::from(n),
+        media: 1,
+        timestamp: UnixTime(ts),
+    }
+}
+
+/// Hand Bob an invite from `caller`; true when it rings (then declined, to make way).
+fn rings(bob: &mut CallMachine, now: Instant, caller: u8, invite: &Message) -> bool {
+    bob.handle_message(now, dev(caller), &name("caller"), invite);
+    let rang = !drain_incoming(bob).is_empty();
+    if let Some(c) = bob.current() {
+        bob.hang_up(now, c).unwrap();
+    }
+    while bob.poll_transmit().is_some() {}
+    rang
+}
+
+#[test]
+fn an_invite_flood_from_one_device_does_not_shut_out_the_others() {
+    let start = Instant::now();
+    let cfg = CallConfig::new([1; 32], WALL);
+    let (per_device, max_seen) = (cfg.max_seen_per_device, cfg.max_seen);
+    let mut bob = CallMachine::new(dev(2), cfg, start);
+
+    // Mallory's device (9) bursts: more invites than Bob remembers in all, within one second,
+    // all stamped now. Her first 16 ring (and are declined); the next evicts her oldest, which
+    // raises her floor to now: the rest are refused. (One global floor would have been raised
+    // to now for every device.)
+    let burst = max_seen as u32 + 200;
+    let mut rang = 0;
+    for n in 0..burst {
+        let now = start + Duration::from_micros(800 * u64::from(n));
+        rang += u64::from(rings(&mut bob, now, 9, &invite_from(9, n, WALL.0)));
+    }
+    let s = bob.stats();
+    assert_eq!(rang, per_device as u64);
+    assert_eq!(s.stale_invites, u64::from(burst) - rang);
+    assert_eq!((s.seen_evictions, s.seen_device_evictions), (1, 1));
+    assert_eq!(bob.floors.get(&dev(9)), Some(&WALL));
+    assert_eq!(bob.floor, None);
+    let hers = |bob: &CallMachine| bob.seen.values().filter(|s| s.from == dev(9)).count();
+    assert_eq!(hers(&bob), per_device - 1);
+    // Other devices still get through, stamped as fresh as the burst, or a bit older.
+    let now = start + Duration::from_millis(999);
+    assert!(rings(&mut bob, now, 1, &invite_from(1, 1, WALL.0)));
+    assert!(rings(&mut bob, now, 3, &invite_from(3, 1, WALL.0 - 5)));
+    // Her evicted invite replayed is refused; a remembered one does not ring either.
+    let stale = bob.stats().stale_invites;
+    assert!(!rings(&mut bob, now, 9, &invite_from(9, 0, WALL.0)));
+    assert_eq!(bob.stats().stale_invites, stale + 1);
+    assert!(!rings(&mut bob, now, 9, &invite_from(9, 5, WALL.0)));
+
+    // A longer flood: 500 invites over 25 s, 20 a second, each stamped with the time it is
+    // sent. 16 a second pass, each evicting her own oldest; then her floor is this second.
+    let flood = 500;
+    let (mut rang, mut now, mut ts) = (0, start, WALL.0);
+    let before = bob.stats();
+    for n in 0..flood {
+        now = start + Duration::from_secs(1) + Duration::from_millis(50 * u64::from(n));
+        ts = bob.wall(now).0;
+        rang += u64::from(rings(&mut bob, now, 9, &invite_from(9, burst + n, ts)));
+    }
+    let s = bob.stats();
+    let stale = s.stale_invites - before.stale_invites;
+    assert_eq!(rang + stale, u64::from(flood));
+    assert_eq!((rang, stale), (25 * per_device as u64, 25 * 4));
+    // Each second she starts with 15 remembered (the last eviction made room that was not
+    // used): 15 of the last second's evicted, then one of this second's, which raises her floor.
+    assert_eq!(s.seen_evictions - before.seen_evictions, rang);
+    assert_eq!(s.seen_device_evictions, s.seen_evictions);
+    assert_eq!(hers(&bob), per_device - 1);
+    assert_eq!(s.global_floor_raises, 0);
+    assert_eq!(bob.floor, None);
+    let stale = s.stale_invites;
+    // Others still get through, as fresh as the flood's latest, or older.
+    assert!(rings(&mut bob, now, 1, &invite_from(1, 2, ts)));
+    assert!(rings(&mut bob, now, 3, &invite_from(3, 2, ts - 5)));
+    assert_eq!(bob.stats().stale_invites, stale);
+    // Her evicted invites replayed are refused, and so is a new one at her floor; a fresher
+    // one rings.
+    assert!(!rings(&mut bob, now, 9, &invite_from(9, burst, WALL.0 + 1)));
+    assert!(!rings(
+        &mut bob,
+        now,
+        9,
+        &invite_from(9, burst + 300, WALL.0 + 16)
+    ));
+    let floor = bob.floors[&dev(9)].0;
+    assert!(!rings(
+        &mut bob,
+        now,
+        9,
+        &invite_from(9, burst + flood, floor)
+    ));
+    assert_eq!(bob.stats().stale_invites, stale + 3);
+    let later = now + Duration::from_secs(1);
+    assert!(rings(
+        &mut bob,
+        later,
+        9,
+        &invite_from(9, burst + flood + 1, ts + 1)
+    ));
+    // Past the age limit her floor is forgotten: the age check refuses all under it.
+    let much_later = later + Duration::from_secs(62);
+    let fresh = bob.wall(much_later).0;
+    assert!(rings(&mut bob, much_later, 3, &invite_from(3, 3, fresh)));
+    assert!(bob.floors.is_empty());
+    assert_eq!(bob.seen.len(), 1);
+}
+
+#[test]
+fn a_full_table_raises_the_floor_of_the_evicted_entrys_device_only() {
+    let now = Instant::now();
+    let mut cfg = CallConfig::new([1; 32], WALL);
+    cfg.max_seen = 4;
+    let mut bob = CallMachine::new(dev(2), cfg, now);
+    let caller = name("caller");
+    // Alice's invite, the oldest, rings and keeps ringing.
+    let alice = invite_from(1, 1, WALL.0 - 20);
+    bob.handle_message(now, dev(1), &caller, &alice);
+    let ringing = bob.current().unwrap();
+    // Three more from three devices (Busy) fill the table.
+    for d in 10..=12u8 {
+        bob.handle_message(
+            now,
+            dev(d),
+            &caller,
+            &invite_from(d, 1, WALL.0 - 20 + u64::from(d)),
+        );
+    }
+    assert_eq!(bob.seen.len(), 4);
+    // A fifth evicts the oldest entry that is not the ringing call's: device 10's.
+    bob.handle_message(now, dev(13), &caller, &invite_from(13, 1, WALL.0 - 5));
+    assert_eq!(bob.stats().seen_evictions, 1);
+    assert_eq!(bob.stats().seen_device_evictions, 0);
+    assert_eq!(bob.floors.get(&dev(10)), Some(&UnixTime(WALL.0 - 10)));
+    assert_eq!(bob.floor, None);
+    // Alice's retransmission is still answered: Ringing again.
+    while bob.poll_transmit().is_some() {}
+    bob.handle_message(now, dev(1), &caller, &alice);
+    assert_eq!(bob.stats().duplicate_invites, 1);
+    assert_eq!(
+        bob.poll_transmit(),
+        Some(CallTransmit {
+            device: dev(1),
+            message: Message::CallRinging { call: ringing }
+        })
+    );
+    // Device 10's evicted invite replayed: refused.
+    bob.handle_message(now, dev(10), &caller, &invite_from(10, 1, WALL.0 - 10));
+    assert_eq!(bob.stats().stale_invites, 1);
+    // Another device's invite older than the evicted one is not refused (Busy: Alice rings);
+    // it evicts device 11's entry.
+    bob.handle_message(now, dev(14), &caller, &invite_from(14, 1, WALL.0 - 15));
+    let s = bob.stats();
+    assert_eq!(
+        (s.stale_invites, s.busy_rejected, s.seen_evictions),
+        (1, 5, 2)
+    );
+    assert_eq!(bob.floors.get(&dev(11)), Some(&UnixTime(WALL.0 - 9)));
+    assert_eq!(bob.current(), Some(ringing));
+    assert_eq!(drain_incoming(&mut bob), vec![ringing]);
+}
+
+#[test]
+fn a_full_floor_map_folds_the_lowest_floor_into_one_for_all() {
+    let now = Instant::now();
+    let mut cfg = CallConfig::new([1; 32], WALL);
+    cfg.max_seen = 2;
+    let mut bob = CallMachine::new(dev(2), cfg, now);
+    let w = |back: u64| WALL.0 - back;
+    assert!(rings(&mut bob, now, 10, &invite_from(10, 1, w(30))));
+    assert!(rings(&mut bob, now, 11, &invite_from(11, 1, w(20))));
+    // Each new device evicts the oldest entry: floors for 10, then 11.
+    assert!(rings(&mut bob, now, 12, &invite_from(12, 1, w(10))));
+    assert!(rings(&mut bob, now, 13, &invite_from(13, 1, w(5))));
+    assert_eq!(bob.floors.len(), 2);
+    assert_eq!(bob.stats().global_floor_raises, 0);
+    // A third floor (device 12's) finds the map full: the lowest, device 10's, goes to all.
+    assert!(rings(&mut bob, now, 14, &invite_from(14, 1, w(4))));
+    assert_eq!(bob.stats().global_floor_raises, 1);
+    assert_eq!(bob.floor, Some(UnixTime(w(30))));
+    assert_eq!(bob.floors.len(), 2);
+    assert!(bob.floors.contains_key(&dev(12)) && !bob.floors.contains_key(&dev(10)));
+    // Device 10's replay is refused by that floor, as is anyone's invite at or under it.
+    assert!(!rings(&mut bob, now, 10, &invite_from(10, 1, w(30))));
+    assert!(!rings(&mut bob, now, 15, &invite_from(15, 1, w(30))));
+    assert_eq!(bob.stats().stale_invites, 2);
+    // A fresher one rings; every evicted invite replayed is still refused.
+    assert!(rings(&mut bob, now, 15, &invite_from(15, 2, w(3))));
+    assert_eq!(bob.stats().global_floor_raises, 2);
+    assert_eq!(bob.floor, Some(UnixTime(w(20))));
+    for (d, back) in [(10, 30), (11, 20), (12, 10), (13, 5)] {
+        assert!(!rings(&mut bob, now, d, &invite_from(d, 1, w(back))));
+    }
+    assert_eq!(bob.stats().stale_invites, 6);
+    assert!(bob.floors.len() <= 2 && bob.seen.len() <= 2);
+}
+
 #[test]
 fn multi_device_second_answers_first_and_the_others_are_told() {
     let mut n = Net::new(&[("alice", 1), ("bob", 11), ("bob", 12), ("bob", 13)], 0);
