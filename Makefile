@@ -16,7 +16,7 @@ PREFIX ?= /usr/local
 # Debian packages the build and the tests need.
 SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping tmux valgrind g++
 
-.PHONY: all demo test deps check-deps fmt clippy unit header bench fuzz-check clean lib install install-files uninstall examples
+.PHONY: all demo test deps check-deps fmt clippy doc unit header bench fuzz-check clean lib install install-files uninstall examples
 
 all: test
 
@@ -41,7 +41,7 @@ deps:
 demo: deps
 	$(CARGO) run --release --quiet -p natter-cli -- demo
 
-test: deps fmt clippy unit
+test: deps fmt clippy doc unit
 	@echo "make test: all checks passed"
 
 fmt:
@@ -49,6 +49,12 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# API docs build without warnings (broken or private links included). The library and the
+# program share the name `natter`, so they are documented in two runs.
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --workspace --exclude natter-cli
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p natter-cli
 
 # Throwaway PostgreSQL for the account-store and login-server tests (scripts/pg-test.sh):
 # started before the tests, stopped and removed after them, even when they fail.

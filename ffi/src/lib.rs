@@ -7,7 +7,7 @@
 //! Conventions (after rustls-ffi and c-toxcore): functions are named `natter_object_verb`;
 //! every fallible function returns a [`NatterResult`] whose values are stable and never reused;
 //! [`natter_result_message`] renders any of them; every exported body runs inside a panic
-//! boundary ([`boundary`]); every pointer argument is checked for NULL; inputs come before
+//! boundary (`boundary`); every pointer argument is checked for NULL; inputs come before
 //! outputs, each buffer is followed by its length, and outputs are written only on success
 //! (except the documented "ask size, then fill" lengths).
 //!
@@ -22,8 +22,8 @@
 //! | [`audio`] | application PCM: push and pull, the sample rate and frame size |
 //!
 //! Inside, [`handle`] turns handles into clients (a handle is a token, never dereferenced),
-//! [`engine`] is the client in safe Rust (login, the node and its event thread), and
-//! [`calltable`] keeps the calls. `unsafe` appears only where C pointers are read or written,
+//! `engine` is the client in safe Rust (login, the node and its event thread), and
+//! `calltable` keeps the calls. `unsafe` appears only where C pointers are read or written,
 //! each block with the reason it is sound.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -33,7 +33,7 @@ pub(super) struct ClientSearchTry {
 }
 
 impl Node {
-    /// Search the global index for `user`. The outcome arrives as [`NodeEvent::Search`] with
+    /// Search the global index for `user`. The outcome arrives as [`NodeEvent::Search`](super::NodeEvent::Search) with
     /// the returned id: the user's records (one per device, each verified here), a definite
     /// "not found", or "unavailable" when too few super nodes answered. An ordinary node asks
     /// its super node, which runs the search; a super node runs it itself.
