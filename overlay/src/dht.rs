@@ -26,7 +26,8 @@
 //!   [`DhtConfig::not_found_quorum`] replicas answered and none had a record; otherwise the
 //!   answer is "unavailable", never a false "not found".
 //! * **Path cache**: the super node that ran a search keeps what it found for
-//!   [`DhtConfig::cache_ttl`] and answers repeated searches from it.
+//!   [`DhtConfig::cache_ttl`] and answers repeated searches from it, unless a cached record
+//!   names a super node that has left the ring (its device has re-attached elsewhere).
 //!
 //! Every record is verified by the replica that stores it, by the replica that answers with
 //! it, by the super node that runs the search and by the node that asked.
@@ -683,9 +684,14 @@ impl Dht {
             messages: 0,
             hops: 0,
         };
-        // The path cache.
+        // The path cache, unless a record in it names a super node that has left the ring:
+        // its device has moved to another one since (and published again), so the replicas
+        // know better.
         if let Some((records, expires)) = self.cache.get(&user) {
-            if *expires > now {
+            let current = records
+                .iter()
+                .all(|r| r.super_nodes.iter().all(|sn| ring.contains(*sn)));
+            if *expires > now && current {
                 let records: Vec<_> = records
                     .iter()
                     .filter(|r| self.verify(r, wall))
@@ -1633,6 +1639,44 @@ mod search_tests {
         let mut forged = record(&tn, "bob", 1);
         forged.sequence = 5;
         assert!(!net.dhts[0].publish(later, TEST_WALL, &ring, forged));
+    }
+
+    #[test]
+    fn the_path_cache_is_skipped_when_a_record_names_a_super_node_that_left() {
+        let tn = TestNetwork::new(1);
+        let mut net = Net::new(&tn, 3);
+        let ring = net.ring.clone();
+        let now = net.now;
+        let home = net.dhts[0].me.addr;
+        let id = tn.identity("alice");
+        let rec = PresenceRecord::sign(
+            &id.device,
+            id.certificate,
+            true,
+            vec![home],
+            None,
+            vec![],
+            1,
+            Capabilities::VOICE,
+            1,
+            TEST_WALL,
+        );
+        assert!(net.dhts[0].publish(now, TEST_WALL, &ring, rec));
+        net.run();
+        let alice = UserName::parse("alice").unwrap();
+        net.dhts[1].search(now, TEST_WALL, &ring, Origin::Local(1), alice.clone());
+        net.run();
+        assert!(net.done.pop().unwrap().messages > 0);
+        // Cached: answered without a message while its super node is on the ring.
+        net.dhts[1].search(now, TEST_WALL, &ring, Origin::Local(2), alice.clone());
+        net.run();
+        assert_eq!(net.done.pop().unwrap().messages, 0);
+        // That super node left: the device is elsewhere now, the replicas are asked.
+        let mut smaller = ring.clone();
+        assert!(smaller.remove(home));
+        net.dhts[1].search(now, TEST_WALL, &smaller, Origin::Local(3), alice);
+        net.run();
+        assert!(net.done.pop().unwrap().messages > 0);
     }
 
     #[test]
