@@ -20,7 +20,11 @@
 //!   member a digest of its view: 64 hashes, one per top bucket of the key space. The other
 //!   answers with 64 sub-hashes for each bucket that differs, and the two then exchange the
 //!   members of the sub-buckets that differ (alive ones and recent departures). This repairs
-//!   whatever gossip missed and brings a new super node the whole view, in chunks.
+//!   whatever gossip missed and brings a new super node the whole view, in chunks. A super
+//!   node learnt outside the membership (a link, a bootstrap entry) gets a digest at once, and
+//!   in a super node's first 30 s a sync that changed its view, or any new member, is followed
+//!   by another sync at gossip pace, so super nodes that start together mostly know each
+//!   other within a fraction of a second rather than after one or more sync intervals.
 //!
 //! **Incarnations** order what is said about a super node: only the super node itself raises
 //! its own (it starts at the wall-clock second it took the role, so a restart outranks what
@@ -147,6 +151,10 @@ const MAX_CHANGES: usize = 4096;
 const SYNC_ANSWER: Duration = Duration::from_secs(1);
 /// Partners tried per anti-entropy round.
 const SYNC_TRIES: u8 = 3;
+/// How long after taking the role a super node syncs again soon whenever a sync changed its
+/// view or it learnt of a new member (past that, joins are gossiped and the periodic sync
+/// repairs the rest: the churn measurements in ARCHITECTURE.md hold).
+const STARTUP: Duration = Duration::from_secs(30);
 
 /// How far (seconds) an incarnation may run ahead of this super node's clock.
 const MAX_INCARNATION_AHEAD: u64 = 24 * 3600;
@@ -356,11 +364,16 @@ impl Membership {
     /// A super node learnt outside the membership (a bootstrap entry, a super node that
     /// linked here): taken as alive at incarnation 0 when unknown, so anything the membership
     /// itself says outranks it.
+    ///
+    /// A digest exchange with it follows at once (or, when one is under way, at the next
+    /// gossip round): a super node that just started knows only the few it linked to, and
+    /// waiting for the periodic sync left views (and so the index ring) incomplete for up to
+    /// [`MembershipConfig::sync_interval`].
     pub fn hint(&mut self, now: Instant, entry: HostEntry) {
         if entry.addr == self.me.addr || self.members.contains_key(&entry.addr) {
             return;
         }
-        self.apply(
+        let added = self.apply(
             now,
             MemberEvent {
                 alive: true,
@@ -369,6 +382,22 @@ impl Membership {
             },
             false,
         );
+        if added {
+            if self.sync_wait.is_none() {
+                // An extra exchange: no retry with another member when it goes unanswered.
+                self.sync_wait = Some((entry.addr, now + SYNC_ANSWER, SYNC_TRIES));
+                self.send(
+                    entry,
+                    Message::MemberDigest {
+                        level: 0,
+                        bucket: 0,
+                        hashes: self.top.to_vec(),
+                    },
+                );
+            } else {
+                self.next_sync = self.next_sync.min(now + self.cfg.gossip_interval);
+            }
+        }
     }
 
     /// Apply what is said about a super node; true when it changed the view. `spread`: gossip
@@ -469,6 +498,12 @@ impl Membership {
         if ev.alive && (old.is_none_or(|m| !m.alive) || key_changed) {
             self.change(ev.entry, true);
         }
+        if old.is_none() && now < self.started + STARTUP {
+            // Still learning who is there (members found through gossip are not gossiped on
+            // by those that learnt them in a sync): sync again soon rather than in a whole
+            // interval. Past start-up, joins are gossiped and this would only add traffic.
+            self.next_sync = self.next_sync.min(now + self.cfg.gossip_interval);
+        }
         self.stats.applied += 1;
         if spread {
             self.rumors.push_back(ev);
@@ -540,12 +575,19 @@ impl Membership {
                     .members
                     .get(&from.addr)
                     .is_some_and(|m| m.alive && m.entry.static_key == from.static_key);
+                let mut changed = false;
                 for ev in events {
                     if member || ev.entry == from {
-                        self.apply(now, *ev, !*sync);
+                        changed |= self.apply(now, *ev, !*sync);
                     } else {
                         self.stats.dropped += 1;
                     }
+                }
+                if changed && *sync && now < self.started + STARTUP {
+                    // Anti-entropy found this young view behind: others may be too, or hold
+                    // what this one still lacks. Sync again at gossip pace, not in a whole
+                    // interval.
+                    self.next_sync = self.next_sync.min(now + self.cfg.gossip_interval);
                 }
                 self.heard_from(from);
             }
@@ -891,6 +933,28 @@ mod tests {
                 break;
             }
         }
+    }
+
+    #[test]
+    fn a_hinted_super_node_brings_its_whole_view_at_once() {
+        let now = Instant::now();
+        // Super node 0 knows nobody; 1 knows 2 to 5. Node 0 learns of 1 by a link: one digest
+        // exchange, with no periodic sync due, gives 0 the whole view.
+        let others: Vec<HostEntry> = (2..6).map(entry).collect();
+        let mut ms = vec![machine(0, &[], now), machine(1, &others, now)];
+        for m in ms.iter_mut() {
+            // The start-up sync (to nobody, or to a member that is not in this test).
+            m.handle_timeout(now);
+            while m.poll_output().is_some() {}
+        }
+        let t = now + Duration::from_millis(100);
+        ms[0].hint(t, entry(1));
+        settle(&mut ms, t, &[]);
+        let mut view: Vec<SocketAddr> = ms[0].alive().map(|e| e.addr).collect();
+        view.sort();
+        let mut want: Vec<SocketAddr> = (1..6).map(|i| entry(i).addr).collect();
+        want.sort();
+        assert_eq!(view, want);
     }
 
     #[test]

@@ -355,6 +355,7 @@ impl Node {
                 return true;
             }
         };
+        self.super_node_heard(now, from.addr);
         match self.supernode.as_mut() {
             Some(role) => {
                 self.index_sessions.entry(from.addr).or_insert(conn);
@@ -445,6 +446,7 @@ impl Node {
 
     pub(super) fn index_connected(&mut self, now: Instant, conn: ConnId) {
         if let Some((to, queue)) = self.index_connecting.remove(&conn) {
+            self.super_node_heard(now, to.addr);
             self.index_sessions.insert(to.addr, conn);
             for m in queue {
                 let _ = self.endpoint.send_control(now, conn, &m);
@@ -458,8 +460,17 @@ impl Node {
         }
     }
 
+    /// A super node we had taken out of the ring as unreachable answered after all (at start,
+    /// a session to one that was not up yet fails): back into the ring at the next sync, now.
+    fn super_node_heard(&mut self, now: Instant, addr: std::net::SocketAddr) {
+        if self.index_suspects.remove(&addr).is_some() {
+            self.next_ring_sync = Some(now);
+        }
+    }
+
     /// No session with the super node at `addr`: fail what waits for it and take it out of
-    /// the ring for a while, so searches and replicas go to live ones.
+    /// the ring for a while (until it is heard from again), so searches and replicas go to
+    /// live ones.
     pub(super) fn super_node_unreachable(&mut self, now: Instant, addr: std::net::SocketAddr) {
         if addr == self.cfg.listen {
             return;
@@ -522,6 +533,7 @@ impl Node {
         if from_super_node {
             match from {
                 Some(f) if f.addr != self.cfg.listen => {
+                    self.super_node_heard(now, f.addr);
                     self.index_sessions.entry(f.addr).or_insert(conn);
                 }
                 _ => {
