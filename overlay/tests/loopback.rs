@@ -127,6 +127,24 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
     }
     let attach_time = started.elapsed();
     eprintln!("50 nodes attached to two super nodes each in {attach_time:?}");
+    // And the index ring has formed: every super node knows every other one (membership and
+    // ring sync take a few seconds; records published before then sat on partial replica
+    // sets until the next repair, and a kill right after attaching raced that).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sns
+        .iter()
+        .all(|s| s.as_ref().unwrap().command(|m, _| m.ring_len()) == SUPER_NODES)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the index ring did not form in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "index ring of {SUPER_NODES} formed in {:?}",
+        started.elapsed()
+    );
 
     // Kill the busiest super node: its process goes away, its sockets close.
     let load: Vec<usize> = sns
