@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 pub mod login;
+mod machine_thread;
 pub mod netwatch;
 pub mod persist;
 pub mod runtime;
@@ -33,16 +34,17 @@ pub mod store;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use natter_core::identity::UnixTime;
 use natter_core::sansio::{Destination, Input, Machine};
+
+use machine_thread::{LoopEnds, MachineThread};
 
 /// The waker's token; socket `i` of a node has token `i + 1`.
 const WAKER: Token = Token(0);
@@ -70,8 +72,6 @@ pub fn os_seed() -> io::Result<[u8; 32]> {
     Ok(seed)
 }
 
-type Command<M> = Box<dyn FnOnce(&mut M, Instant) + Send>;
-
 /// Counters kept by the driver itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DriverStats {
@@ -94,11 +94,7 @@ pub struct DriverStats {
 /// of [`UdpNode::events`] in the order the machine produced them.
 pub struct UdpNode<M: Machine> {
     locals: Vec<SocketAddr>,
-    commands: Sender<Command<M>>,
-    waker: Arc<Waker>,
-    events: Receiver<M::Event>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<io::Result<DriverStats>>>,
+    thread: MachineThread<M, DriverStats>,
 }
 
 impl<M: Machine> std::fmt::Debug for UdpNode<M> {
@@ -150,21 +146,11 @@ where
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let machine = make(Instant::now());
-        let (cmd_tx, cmd_rx) = mpsc::channel();
-        let (ev_tx, ev_rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("natter-udp-{}", locals[0]))
-            .spawn(move || run(poll, sockets, machine, cmd_rx, ev_tx, stop2))?;
-        Ok(Self {
-            locals,
-            commands: cmd_tx,
-            waker,
-            events: ev_rx,
-            stop,
-            thread: Some(thread),
-        })
+        let thread =
+            MachineThread::spawn(format!("natter-udp-{}", locals[0]), waker, move |ends| {
+                run(poll, sockets, machine, ends)
+            })?;
+        Ok(Self { locals, thread })
     }
 
     /// The bound address (the first one, with [`UdpNode::spawn_multi`]).
@@ -186,18 +172,15 @@ where
         &self,
         f: impl FnOnce(&mut M, Instant) -> R + Send + 'static,
     ) -> R {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let cmd: Command<M> = Box::new(move |m, now| {
-            let _ = tx.send(f(m, now));
-        });
-        self.commands.send(cmd).expect("driver thread is running");
-        let _ = self.waker.wake();
-        rx.recv().expect("driver thread is running")
+        self.thread
+            .commands()
+            .run(f)
+            .expect("driver thread is running")
     }
 
     /// The machine's events.
     pub fn events(&self) -> &Receiver<M::Event> {
-        &self.events
+        self.thread.events()
     }
 
     /// Wait up to `timeout` for an event matching `pred`, returning it; other events are
@@ -205,18 +188,9 @@ where
     pub fn wait_for(
         &self,
         timeout: Duration,
-        mut pred: impl FnMut(&M::Event) -> bool,
+        pred: impl FnMut(&M::Event) -> bool,
     ) -> (Option<M::Event>, Vec<M::Event>) {
-        let deadline = Instant::now() + timeout;
-        let mut others = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(e) if pred(&e) => return (Some(e), others),
-                Ok(e) => others.push(e),
-                Err(_) => return (None, others),
-            }
-        }
+        self.thread.wait_for(timeout, pred)
     }
 
     /// Stop the driver thread and return its counters.
@@ -224,28 +198,7 @@ where
     /// # Errors
     /// The I/O error that stopped the loop, if one did.
     pub fn shutdown(mut self) -> io::Result<DriverStats> {
-        self.stop_thread()
-    }
-
-    fn stop_thread(&mut self) -> io::Result<DriverStats> {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("driver thread panicked"))),
-            None => Ok(DriverStats::default()),
-        }
-    }
-}
-
-impl<M: Machine> Drop for UdpNode<M> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.thread.stop()
     }
 }
 
@@ -265,10 +218,13 @@ fn run<M: Machine>(
     mut poll: Poll,
     mut sockets: Vec<Socket>,
     mut machine: M,
-    commands: Receiver<Command<M>>,
-    events_out: Sender<M::Event>,
-    stop: Arc<AtomicBool>,
+    ends: LoopEnds<M>,
 ) -> io::Result<DriverStats> {
+    let LoopEnds {
+        commands,
+        events: events_out,
+        stop,
+    } = ends;
     for (i, s) in sockets.iter_mut().enumerate() {
         poll.registry()
             .register(&mut s.socket, token(i), Interest::READABLE)?;

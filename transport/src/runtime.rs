@@ -16,10 +16,9 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -32,6 +31,7 @@ use rustls::{
 };
 
 use crate::login::tls::{server_config, TlsIdentity};
+use crate::machine_thread::{Commands, LoopEnds, MachineThread};
 
 const WAKER: Token = Token(0);
 const RECV_BUFFER: usize = 2048;
@@ -74,18 +74,12 @@ pub struct RuntimeStats {
     pub errors: u64,
 }
 
-type Command<M> = Box<dyn FnOnce(&mut M, Instant) + Send>;
-
 /// A machine running on its own thread behind UDP sockets and TCP streams.
 pub struct Runtime<M: Machine> {
     load: Arc<LoadMeter>,
     udp: Vec<SocketAddr>,
     tcp: Vec<SocketAddr>,
-    commands: Sender<Command<M>>,
-    waker: Arc<Waker>,
-    events: Receiver<M::Event>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<io::Result<RuntimeStats>>>,
+    thread: MachineThread<M, RuntimeStats>,
 }
 
 impl<M: Machine> std::fmt::Debug for Runtime<M> {
@@ -140,44 +134,36 @@ where
             None
         };
         let machine = make(Instant::now(), &udp_addrs);
-        let (cmd_tx, cmd_rx) = mpsc::channel();
-        let (ev_tx, ev_rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
         let load = Arc::new(LoadMeter::default());
-        let io = Loop {
-            load: load.clone(),
-            poll,
-            udp,
-            udp_addrs: udp_addrs.clone(),
-            listeners: tcp,
-            server_tls: tls,
-            client_tls: client_config(),
-            streams: HashMap::new(),
-            tokens: HashMap::new(),
-            next_token: 1,
-            next_inbound: 0,
-            machine,
-            commands: cmd_rx,
-            events: ev_tx,
-            stop: stop2,
-            stats: RuntimeStats::default(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!(
-                "natter-{}",
-                udp_addrs.first().map(|a| a.to_string()).unwrap_or_default()
-            ))
-            .spawn(move || io.run())?;
+        let name = format!(
+            "natter-{}",
+            udp_addrs.first().map(|a| a.to_string()).unwrap_or_default()
+        );
+        let (meter, addrs) = (load.clone(), udp_addrs.clone());
+        let thread = MachineThread::spawn(name, waker, move |ends| {
+            Loop {
+                load: meter,
+                poll,
+                udp,
+                udp_addrs: addrs,
+                listeners: tcp,
+                server_tls: tls,
+                client_tls: client_config(),
+                streams: HashMap::new(),
+                tokens: HashMap::new(),
+                next_token: 1,
+                next_inbound: 0,
+                machine,
+                ends,
+                stats: RuntimeStats::default(),
+            }
+            .run()
+        })?;
         Ok(Self {
             load,
             udp: udp_addrs,
             tcp: tcp_addrs,
-            commands: cmd_tx,
-            waker,
-            events: ev_rx,
-            stop,
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -207,44 +193,31 @@ where
         &self,
         f: impl FnOnce(&mut M, Instant) -> R + Send + 'static,
     ) -> R {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let cmd: Command<M> = Box::new(move |m, now| {
-            let _ = tx.send(f(m, now));
-        });
-        self.commands.send(cmd).expect("runtime thread is running");
-        let _ = self.waker.wake();
-        rx.recv().expect("runtime thread is running")
+        self.thread
+            .commands()
+            .run(f)
+            .expect("runtime thread is running")
     }
 
     /// A handle other threads can use to send commands.
     pub fn handle(&self) -> RuntimeHandle<M> {
         RuntimeHandle {
-            commands: self.commands.clone(),
-            waker: self.waker.clone(),
+            commands: self.thread.commands().clone(),
         }
     }
 
     /// The machine's events.
     pub fn events(&self) -> &Receiver<M::Event> {
-        &self.events
+        self.thread.events()
     }
 
     /// Wait up to `timeout` for an event matching `pred`; the others are returned too.
     pub fn wait_for(
         &self,
         timeout: Duration,
-        mut pred: impl FnMut(&M::Event) -> bool,
+        pred: impl FnMut(&M::Event) -> bool,
     ) -> (Option<M::Event>, Vec<M::Event>) {
-        let deadline = Instant::now() + timeout;
-        let mut others = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(e) if pred(&e) => return (Some(e), others),
-                Ok(e) => others.push(e),
-                Err(_) => return (None, others),
-            }
-        }
+        self.thread.wait_for(timeout, pred)
     }
 
     /// Stop the runtime (its sockets close, as when a process dies) and return its counters.
@@ -252,28 +225,7 @@ where
     /// # Errors
     /// The I/O error that stopped the loop, if one did.
     pub fn shutdown(mut self) -> io::Result<RuntimeStats> {
-        self.stop_thread()
-    }
-
-    fn stop_thread(&mut self) -> io::Result<RuntimeStats> {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("runtime thread panicked"))),
-            None => Ok(RuntimeStats::default()),
-        }
-    }
-}
-
-impl<M: Machine> Drop for Runtime<M> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.thread.stop()
     }
 }
 
@@ -287,15 +239,13 @@ struct LoadMeter {
 
 /// Sends commands to a [`Runtime`] from any thread.
 pub struct RuntimeHandle<M: Machine> {
-    commands: Sender<Command<M>>,
-    waker: Arc<Waker>,
+    commands: Commands<M>,
 }
 
 impl<M: Machine> Clone for RuntimeHandle<M> {
     fn clone(&self) -> Self {
         Self {
             commands: self.commands.clone(),
-            waker: self.waker.clone(),
         }
     }
 }
@@ -312,13 +262,7 @@ impl<M: Machine + 'static> RuntimeHandle<M> {
         &self,
         f: impl FnOnce(&mut M, Instant) -> R + Send + 'static,
     ) -> Option<R> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let cmd: Command<M> = Box::new(move |m, now| {
-            let _ = tx.send(f(m, now));
-        });
-        self.commands.send(cmd).ok()?;
-        let _ = self.waker.wake();
-        rx.recv().ok()
+        self.commands.run(f)
     }
 }
 
@@ -521,9 +465,8 @@ struct Loop<M: Machine> {
     next_token: usize,
     next_inbound: u64,
     machine: M,
-    commands: Receiver<Command<M>>,
-    events: Sender<M::Event>,
-    stop: Arc<AtomicBool>,
+    /// Its owner's ends: commands in, events out, the stop flag.
+    ends: LoopEnds<M>,
     stats: RuntimeStats,
 }
 
@@ -571,7 +514,7 @@ impl<M: Machine> Loop<M> {
                 Err(e) => return Err(e),
             }
             let woke = Instant::now();
-            if self.stop.load(Ordering::SeqCst) {
+            if self.ends.stop.load(Ordering::SeqCst) {
                 return Ok(self.stats);
             }
             for event in events.iter() {
@@ -587,7 +530,7 @@ impl<M: Machine> Loop<M> {
                 }
             }
             let now = Instant::now();
-            while let Ok(cmd) = self.commands.try_recv() {
+            while let Ok(cmd) = self.ends.commands.try_recv() {
                 cmd(&mut self.machine, now);
             }
             if self.machine.poll_timeout().is_some_and(|t| t <= now) {
@@ -825,7 +768,7 @@ impl<M: Machine> Loop<M> {
             }
             while let Some(e) = self.machine.poll_event() {
                 progressed = true;
-                if self.events.send(e).is_err() {
+                if self.ends.events.send(e).is_err() {
                     // Nobody listens any more: keep running for the network's sake.
                 }
             }
