@@ -545,26 +545,48 @@ fn sweep_timers(clients: &mut [Client], report: &mut ClientReport) {
     }
 }
 
-/// Wait for socket readiness up to `timeout` and read everything ready.
-#[allow(clippy::too_many_arguments)]
-fn poll_once(
-    poll: &mut Poll,
-    events: &mut Events,
-    timeout: Duration,
-    shared: &Shared,
-    clients: &mut [Client],
-    buf: &mut [u8],
-    report: &mut ClientReport,
-    hist: &mut Histogram,
-    sn: SocketAddr,
-) {
-    match poll.poll(events, Some(timeout)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
-        Err(e) => panic!("poll: {e}"),
-    }
-    for ev in events.iter() {
-        on_readable(shared, clients, ev.token().0, buf, report, hist, sn);
+/// The client thread's event loop: its poll, read buffer and latency histogram.
+struct Io {
+    poll: Poll,
+    events: Events,
+    buf: Vec<u8>,
+    hist: Histogram,
+    last_sweep: Instant,
+}
+
+impl Io {
+    /// One turn: wait for socket readiness up to `timeout`, read everything ready, and run
+    /// the endpoints' due timers when `sweep_every` has passed since they last ran.
+    fn turn(
+        &mut self,
+        timeout: Duration,
+        sweep_every: Duration,
+        shared: &Shared,
+        clients: &mut [Client],
+        report: &mut ClientReport,
+        sn: SocketAddr,
+    ) {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {
+                for ev in self.events.iter() {
+                    on_readable(
+                        shared,
+                        clients,
+                        ev.token().0,
+                        &mut self.buf,
+                        report,
+                        &mut self.hist,
+                        sn,
+                    );
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+        if self.last_sweep.elapsed() >= sweep_every {
+            self.last_sweep = Instant::now();
+            sweep_timers(clients, report);
+        }
     }
 }
 
@@ -582,13 +604,16 @@ fn run_clients(
         let _ = progress.send(Progress::Tid(tid));
     }
     let mut report = ClientReport::default();
-    let mut hist = Histogram::new();
     let fail = |msg: String| {
         let _ = progress.send(Progress::Failed(msg));
     };
-    let mut poll = Poll::new().expect("mio poll");
-    let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 2048];
+    let mut io = Io {
+        poll: Poll::new().expect("mio poll"),
+        events: Events::with_capacity(1024),
+        buf: vec![0u8; 2048],
+        hist: Histogram::new(),
+        last_sweep: Instant::now(),
+    };
 
     // Devices: one user each, so that the relay's per-user quotas never bind.
     let mut clients = Vec::with_capacity(2 * calls);
@@ -614,7 +639,8 @@ fn run_clients(
         std_socket.set_nonblocking(true).expect("non-blocking");
         let local = std_socket.local_addr().expect("bound");
         let mut socket = UdpSocket::from_std(std_socket);
-        poll.registry()
+        io.poll
+            .registry()
             .register(&mut socket, Token(i), Interest::READABLE)
             .expect("register a socket");
         clients.push(Client {
@@ -634,7 +660,6 @@ fn run_clients(
     // Sessions with the super node, CONNECTING handshakes at a time.
     let deadline = Instant::now() + Duration::from_secs(60 + calls as u64 / 20);
     let mut next = 0;
-    let mut last_sweep = Instant::now();
     loop {
         let done = clients.iter().filter(|c| c.connected || c.failed).count();
         let pending = next - done;
@@ -661,21 +686,14 @@ fn run_clients(
             flush(c);
             next += 1;
         }
-        poll_once(
-            &mut poll,
-            &mut events,
+        io.turn(
             Duration::from_millis(5),
+            Duration::from_millis(20),
             &shared,
             &mut clients,
-            &mut buf,
             &mut report,
-            &mut hist,
             sn,
         );
-        if last_sweep.elapsed() >= Duration::from_millis(20) {
-            last_sweep = Instant::now();
-            sweep_timers(&mut clients, &mut report);
-        }
     }
     let connected = clients.iter().filter(|c| c.connected).count();
     if connected < clients.len() {
@@ -735,21 +753,14 @@ fn run_clients(
             flush(c);
             budget -= 1;
         }
-        poll_once(
-            &mut poll,
-            &mut events,
+        io.turn(
             Duration::from_millis(5),
+            Duration::from_millis(20),
             &shared,
             &mut clients,
-            &mut buf,
             &mut report,
-            &mut hist,
             sn,
         );
-        if last_sweep.elapsed() >= Duration::from_millis(20) {
-            last_sweep = Instant::now();
-            sweep_timers(&mut clients, &mut report);
-        }
     }
     let _ = progress.send(Progress::Ready {
         connected,
@@ -805,23 +816,16 @@ fn run_clients(
             due = first + tick * slot_ns;
         }
         let wait = Duration::from_nanos(due.saturating_sub(shared.ns()));
-        poll_once(
-            &mut poll,
-            &mut events,
+        io.turn(
             wait,
+            Duration::from_millis(50),
             &shared,
             &mut clients,
-            &mut buf,
             &mut report,
-            &mut hist,
             sn,
         );
-        if last_sweep.elapsed() >= Duration::from_millis(50) {
-            last_sweep = Instant::now();
-            sweep_timers(&mut clients, &mut report);
-        }
     }
-    report.latency = Some(hist);
+    report.latency = Some(io.hist);
     report
 }
 
