@@ -343,6 +343,20 @@ fn media(sim: &Sim<NodeEvent>, h: HostId, call: CallId) -> Vec<(Duration, u16, u
         .collect()
 }
 
+/// The media frames `to` received on `call` from `from`: arrival and sequence.
+fn frames_from(
+    sim: &Sim<NodeEvent>,
+    to: HostId,
+    from: HostId,
+    call: CallId,
+) -> Vec<(Duration, u16)> {
+    media(sim, to, call)
+        .into_iter()
+        .filter(|(_, _, tag)| *tag == from.index() as u8)
+        .map(|(t, s, _)| (t, s))
+        .collect()
+}
+
 /// UDP datagrams delivered to `h` since `since`.
 fn udp_delivered_since(sim: &Sim<NodeEvent>, h: HostId, since: Duration) -> usize {
     let addrs = sim.host_addrs(h);
@@ -439,10 +453,10 @@ fn run_pair(caller_site: Site, callee_site: Site, seed: u64) -> Outcome {
         "no more switching"
     );
     for (to, from, first) in [(bob, alice, sent_a), (alice, bob, sent_b)] {
-        let got: Vec<u16> = media(&w.sim, to, call)
+        let got: Vec<u16> = frames_from(&w.sim, to, from, call)
             .into_iter()
-            .filter(|(_, s, tag)| *tag == from.index() as u8 && *s >= first)
-            .map(|(_, s, _)| s)
+            .map(|(_, s)| s)
+            .filter(|s| *s >= first)
             .collect();
         let want: Vec<u16> = (first..w.next_seq(from)).collect();
         assert_eq!(
@@ -642,9 +656,9 @@ fn nat_rebinds_mid_call(site: Site) {
     w.talk(alice, bob, call, Duration::from_secs(1));
     w.sim.run_for(Duration::from_millis(300));
     for (to, from) in [(bob, alice), (alice, bob)] {
-        let got = media(&w.sim, to, call)
-            .into_iter()
-            .filter(|(t, _, tag)| *t >= now && *tag == from.index() as u8)
+        let got = frames_from(&w.sim, to, from, call)
+            .iter()
+            .filter(|(t, _)| *t >= now)
             .count();
         assert!(got >= 48, "media after the rebinding: {got}");
     }
@@ -716,13 +730,10 @@ fn firewalled_caller_relays_through_a_super_node_it_is_not_linked_to(tls: bool) 
     w.talk(alice, bob, call, Duration::from_secs(3));
     assert_eq!(kind_now(&w, alice, call), Some(RelayTcp));
     assert_eq!(kind_now(&w, bob, call), Some(RelayUdp));
-    let heard = |to: HostId, from: HostId| {
-        media(&w.sim, to, call)
-            .iter()
-            .filter(|(_, _, tag)| *tag == from.index() as u8)
-            .count()
-    };
-    let (ab, ba) = (heard(bob, alice), heard(alice, bob));
+    let (ab, ba) = (
+        frames_from(&w.sim, bob, alice, call).len(),
+        frames_from(&w.sim, alice, bob, call).len(),
+    );
     assert!(ab >= 140 && ba >= 140, "media both ways: {ab} / {ba}");
     // The caller's streams to super node 1 since the dial: one, on the port its link used.
     let tried: Vec<u16> = w
@@ -789,9 +800,9 @@ fn a_direct_path_that_dies_falls_back_to_the_relay_within_a_second_and_comes_bac
     let lost_a = sent_a - 50 * 2; // frames sent in the last two seconds
     let lost_b = sent_b - 50 * 2;
     for (to, from, first) in [(bob, alice, lost_a), (alice, bob, lost_b)] {
-        let got = media(&w.sim, to, call)
-            .into_iter()
-            .filter(|(_, s, tag)| *tag == from.index() as u8 && *s >= first)
+        let got = frames_from(&w.sim, to, from, call)
+            .iter()
+            .filter(|(_, s)| *s >= first)
             .count();
         assert_eq!(got, 100, "media through the relay");
     }
