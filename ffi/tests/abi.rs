@@ -28,6 +28,25 @@ fn offline_network(dir: &std::path::Path) -> CString {
     CString::new(path.to_str().unwrap()).unwrap()
 }
 
+/// Default (version 1) options for an offline network in `dir`, with the strings they point
+/// to: keep those alive as long as the options are used.
+fn offline_options(dir: &std::path::Path) -> (NatterOptions, [CString; 2]) {
+    let net = offline_network(dir);
+    let data = CString::new(dir.join("data").to_str().unwrap()).unwrap();
+    let mut o = std::mem::MaybeUninit::<NatterOptions>::uninit();
+    // SAFETY: o has room for a version-1 NatterOptions.
+    assert_eq!(
+        unsafe { natter_options_default(o.as_mut_ptr(), 1) },
+        NatterOk
+    );
+    // SAFETY: natter_options_default filled it.
+    let mut o = unsafe { o.assume_init() };
+    // A CString's bytes stay where they are when it moves: these pointers remain valid.
+    o.network_file = net.as_ptr();
+    o.data_dir = data.as_ptr();
+    (o, [net, data])
+}
+
 /// Every function taking a client, with `c`; each must give `want`.
 fn all_with(c: *mut NatterClient, want: NatterResult) {
     let user = c"alice".as_ptr();
@@ -112,18 +131,7 @@ fn null_made_up_and_freed_handles_are_errors() {
         NatterInvalidHandle,
     );
     let dir = tempfile::tempdir().unwrap();
-    let net = offline_network(dir.path());
-    let data = CString::new(dir.path().join("data").to_str().unwrap()).unwrap();
-    let mut o = std::mem::MaybeUninit::<NatterOptions>::uninit();
-    // SAFETY: o has room for a version-1 NatterOptions.
-    assert_eq!(
-        unsafe { natter_options_default(o.as_mut_ptr(), 1) },
-        NatterOk
-    );
-    // SAFETY: natter_options_default filled it.
-    let mut o = unsafe { o.assume_init() };
-    o.network_file = net.as_ptr();
-    o.data_dir = data.as_ptr();
+    let (mut o, _strings) = offline_options(dir.path());
     o.listen = c"127.0.0.1:0".as_ptr();
     o.audio = NatterAudioMode::NatterAudioApp as u32;
     let mut c: *mut NatterClient = null_mut();
@@ -215,18 +223,7 @@ fn options_are_checked() {
 #[test]
 fn a_client_that_is_not_logged_in_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let net = offline_network(dir.path());
-    let data = CString::new(dir.path().join("data").to_str().unwrap()).unwrap();
-    let mut o = std::mem::MaybeUninit::<NatterOptions>::uninit();
-    // SAFETY: room for a version-1 NatterOptions.
-    assert_eq!(
-        unsafe { natter_options_default(o.as_mut_ptr(), 1) },
-        NatterOk
-    );
-    // SAFETY: filled above.
-    let mut o = unsafe { o.assume_init() };
-    o.network_file = net.as_ptr();
-    o.data_dir = data.as_ptr();
+    let (o, _strings) = offline_options(dir.path());
     let mut c: *mut NatterClient = null_mut();
     let mut id = 0u64;
     let mut ev: *mut NatterEvent = null_mut();
