@@ -1044,6 +1044,9 @@ impl Node {
     /// Our candidates may have changed (a new reflexive address, new local addresses): the
     /// connected call offers them to the peer when they did.
     pub(super) fn refresh_call_candidates(&mut self, now: Instant) {
+        if self.calls.path.is_none() {
+            return;
+        }
         let local = self.local_candidates();
         if let Some((_, _, _, pm)) = self.calls.path.as_mut() {
             pm.update_local_candidates(now, local);
