@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use natter_core::session::Session;
+use natter_core::crypto::Session;
 use natter_core::testkit::{pump, TestNetwork};
 use natter_core::wire::packet::{Channel, Packet, SessionIndex};
 

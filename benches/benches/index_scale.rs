@@ -24,8 +24,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use natter_core::handshake::Capabilities;
-use natter_core::presence::PresenceRecord;
+use natter_core::crypto::Capabilities;
+use natter_core::overlay::PresenceRecord;
 use natter_core::rng::Rng;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_core::wire::message::{HostEntry, Message};

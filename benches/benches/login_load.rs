@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use natter_core::identity::DeviceIdentity;
+use natter_core::crypto::DeviceIdentity;
 use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::proto::Version;
 use natter_core::rng::Rng;
+use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_transport::login::client::run_operations;
 use natter_transport::login::network::NetworkFile;
-use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 
 const V: Version = Version::new(0, 1, 0);
 const T: Duration = Duration::from_secs(60);

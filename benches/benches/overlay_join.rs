@@ -30,20 +30,20 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_core::attach::AttachEvent;
-use natter_core::handshake::{Capabilities, LocalIdentity};
-use natter_core::hostcache::HostCache;
+use natter_core::crypto::{Capabilities, LocalIdentity};
 use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::proto::Version;
+use natter_core::overlay::AttachEvent;
+use natter_core::overlay::HostCache;
 use natter_core::sansio::{
     Destination, Input, Machine, Protocol, StreamCommand, StreamId, Transmit,
 };
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
+use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_sim::{HostId, LinkConfig, Sim, SimConfig, TraceKind};
 use natter_transport::login::client::{login, run_operations, DeviceStore};
 use natter_transport::login::network::NetworkFile;
-use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
 
@@ -1396,9 +1396,9 @@ fn main() {
     }
     println!(
         "    inline sizes: Session {} B (ReplayWindow {} B), PeerInfo {} B",
-        std::mem::size_of::<natter_core::session::Session>(),
-        std::mem::size_of::<natter_core::replay::ReplayWindow>(),
-        std::mem::size_of::<natter_core::handshake::PeerInfo>()
+        std::mem::size_of::<natter_core::crypto::Session>(),
+        std::mem::size_of::<natter_core::crypto::ReplayWindow>(),
+        std::mem::size_of::<natter_core::crypto::PeerInfo>()
     );
     // Extrapolation to 10,000 attached clients from the fully attached runs: CPU as a·N + b·N²
     // (least squares; every keep-alive timer and every poll scans all sessions, so the

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::proto::{LoginError, Version};
+use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_transport::login::client::{
     login, login_with_password, run_operations, DeviceStore, LoggedIn, LoginFailure, PasswordNeeded,
 };
 use natter_transport::login::network::NetworkFile;
-use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -19,22 +19,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use natter_core::crypto::{Capabilities, LocalIdentity};
 use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
-use natter_core::handshake::{Capabilities, LocalIdentity};
 use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::rng::Rng;
 use natter_core::sansio::Destination;
+use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_transport::login::client::{login, run_operations, DeviceStore, LoginFailure};
 use natter_transport::login::network::NetworkFile;
-use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::{os_seed, wall_clock, UdpNode};
 
-use natter_core::attach::AttachEvent;
 use natter_core::call::CallEvent;
-use natter_core::hostcache::HostCache;
-use natter_core::identity::UserName;
+use natter_core::crypto::UserName;
+use natter_core::overlay::AttachEvent;
+use natter_core::overlay::HostCache;
+use natter_core::overlay::SearchResult;
 use natter_core::wire::message::CallId;
-use natter_overlay::dht::SearchResult;
 use natter_overlay::node::{DialOutcome, Node as OverlayNode, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 
@@ -488,7 +488,7 @@ impl Drop for Relay {
 /// False (and a failed step) when an outcome is not the expected one.
 fn search_step(r: &mut Report, node: &OverlayRuntime, searches: &[(&str, bool)]) -> bool {
     for (user, exists) in searches {
-        let Ok(name) = natter_core::identity::UserName::parse(user) else {
+        let Ok(name) = natter_core::crypto::UserName::parse(user) else {
             r.fail(&format!("{user} is not a user name"));
             return false;
         };
@@ -529,7 +529,7 @@ fn pace(i: usize) {
     }
 }
 
-fn connected(node: &Node) -> Option<(ConnId, Box<natter_core::handshake::PeerInfo>)> {
+fn connected(node: &Node) -> Option<(ConnId, Box<natter_core::crypto::PeerInfo>)> {
     match node.wait_for(STEP_TIMEOUT, |e| {
         matches!(e, EndpointEvent::Connected { .. })
     }) {

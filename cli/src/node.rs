@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
-use natter_core::attach::AttachEvent;
-use natter_core::handshake::{Capabilities, LocalIdentity};
-use natter_core::identity::UserName;
-use natter_overlay::dht::{SearchOutcome, SearchResult};
+use natter_core::crypto::UserName;
+use natter_core::crypto::{Capabilities, LocalIdentity};
+use natter_core::overlay::AttachEvent;
+use natter_core::overlay::{SearchOutcome, SearchResult};
 use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::login::client::{DeviceStore, Renewer, RevocationFetcher};
 use natter_transport::login::network::NetworkFile;
@@ -48,7 +48,7 @@ pub struct NodeArgs {
     /// `PLAIN,TLS` absolute ports (`80,443`) or offsets from the main port (`+1,+2`). A super
     /// node listens there; the node also looks for super nodes there.
     #[arg(long, value_name = "PLAIN,TLS")]
-    pub fallback_ports: Option<natter_core::attach::FallbackPorts>,
+    pub fallback_ports: Option<natter_core::overlay::FallbackPorts>,
     /// This host's uplink capacity in kilobits per second, when known: the node then promotes
     /// itself only while at most half of it is in use (promotion also needs spare CPU, an open
     /// address and two minutes of uptime).

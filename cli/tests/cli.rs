@@ -130,7 +130,7 @@ fn login_server_register_and_login_from_the_command_line() {
 
 #[test]
 fn login_asks_for_the_password_when_the_certificate_can_no_longer_be_renewed() {
-    use natter_core::identity::{Authority, UnixTime, UserName};
+    use natter_core::crypto::{Authority, UnixTime, UserName};
     use natter_transport::login::client::DeviceStore;
     use natter_transport::login::files::read_key;
     use natter_transport::login::network::NetworkFile;
@@ -330,7 +330,7 @@ fn a_node_saves_its_host_cache_when_stopped() {
     };
     assert!(status.success(), "a clean stop: {status:?}");
     wait_in(&lines, &["stopping: host cache saved"]);
-    let saved = natter_core::hostcache::HostCache::decode(&std::fs::read(&cache).unwrap()).unwrap();
+    let saved = natter_core::overlay::HostCache::decode(&std::fs::read(&cache).unwrap()).unwrap();
     let sn_addr: std::net::SocketAddr = format!("127.0.0.1:{sn_port}").parse().unwrap();
     let entry = saved
         .entries()

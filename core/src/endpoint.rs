@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::handshake::{
+use crate::crypto::UnixTime;
+use crate::crypto::{
     Established, Handshake, HandshakeError, InitMessage, LocalIdentity, PeerInfo, Step,
 };
-use crate::identity::UnixTime;
+use crate::crypto::{OpenError, SealError, Session};
 use crate::rng::Rng;
 use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
-use crate::session::{OpenError, SealError, Session};
 use crate::wire::frame::{self, FrameDecoder};
 use crate::wire::message::{CloseReason, Message, MessageType, MAX_APP_DATA};
 use crate::wire::packet::{Channel, Packet, Pattern, SessionIndex};
@@ -405,7 +405,7 @@ pub struct Endpoint {
     streams: HashMap<StreamId, FrameDecoder>,
     broken_streams: std::collections::HashSet<StreamId>,
     /// Devices the login authority revoked: no session with them.
-    revoked: std::collections::HashSet<crate::identity::DeviceId>,
+    revoked: std::collections::HashSet<crate::crypto::DeviceId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EndpointEvent>,
     stats: EndpointStats,
@@ -459,7 +459,7 @@ impl Endpoint {
     pub fn revoke(
         &mut self,
         now: Instant,
-        devices: impl IntoIterator<Item = crate::identity::DeviceId>,
+        devices: impl IntoIterator<Item = crate::crypto::DeviceId>,
     ) {
         self.revoked.extend(devices);
         let gone: Vec<SessionIndex> = self
@@ -475,12 +475,12 @@ impl Endpoint {
 
     /// Use a renewed certificate for new handshakes (it must bind this device's keys; sessions
     /// already established keep going).
-    pub fn update_certificate(&mut self, certificate: crate::identity::Certificate) {
+    pub fn update_certificate(&mut self, certificate: crate::crypto::Certificate) {
         self.cfg.identity.certificate = certificate;
     }
 
     /// The session statistics of a connection.
-    pub fn session_stats(&self, conn: ConnId) -> Option<crate::session::SessionStats> {
+    pub fn session_stats(&self, conn: ConnId) -> Option<crate::crypto::SessionStats> {
         self.peers
             .get(&SessionIndex(conn.0))
             .map(|p| p.session.stats())
@@ -1265,7 +1265,7 @@ impl Endpoint {
                 self.events.push_back(EndpointEvent::ConnectFailed {
                     conn: ConnId(index.0),
                     error: ConnectError::Handshake(HandshakeError::Certificate(
-                        crate::identity::CertError::Revoked,
+                        crate::crypto::CertError::Revoked,
                     )),
                 });
             }

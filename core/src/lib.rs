@@ -25,20 +25,20 @@
 //! (`natter-transport`) drives machines over real sockets; the simulator (`natter-sim`) drives
 //! the same machines in virtual time.
 //!
-//! ## Modules
+//! ## Modules, by role
 //!
-//! * [`wire`]: first-byte demultiplexing, packets, messages, stream framing.
-//! * [`identity`]: device keys, user names, the login authority and certificates.
-//! * [`handshake`]: Noise XX / IK through `snow`, certificate binding.
-//! * [`session`]: ChaCha20-Poly1305 data plane with explicit counters, replay window, key update.
-//! * [`replay`]: the RFC 6479 sliding window.
-//! * [`endpoint`]: the peer endpoint machine (sessions, keep-alives, retransmission).
-//! * [`login`]: the login protocol, server and client machines, Argon2id password hashing.
-//! * [`hostcache`]: the super nodes a node knows, persisted between runs.
-//! * [`attach`]: joining the overlay: probing super nodes, keeping links to them.
-//! * [`nat`]: NAT and firewall behaviour discovery (RFC 5780).
-//! * [`presence`]: signed presence records for the global index.
-//! * [`call`]: call signalling (invite, ring, answer, hold, hang-up; multi-device, glare).
+//! * [`sansio`]: the machine contract; [`rng`]: seeded randomness.
+//! * [`wire`]: first-byte demultiplexing, packets, messages, stream framing, relay headers,
+//!   STUN.
+//! * [`crypto`]: device keys, user names, the login authority and certificates; Noise XX / IK
+//!   through `snow`; the ChaCha20-Poly1305 data plane with its replay window and key update.
+//! * [`endpoint`]: the peer endpoint machine (sessions, keep-alives, retransmission, roaming).
+//! * [`login`]: the login protocol and the client's machine (the server is `natter-server`).
+//! * [`overlay`]: the overlay client: host cache, attaching to super nodes, NAT detection,
+//!   signed presence records, searching the global index.
+//! * [`call`]: call signalling (invite, ring, answer, hold, hang-up; multi-device, glare) and
+//!   a connected call's paths (candidates, hole punching, switching, quality).
+//! * `testkit` (feature `testkit`): a test authority and identities, a pump for two endpoints.
 //!
 //! ## Example: two endpoints in a hand-driven loop
 //!
@@ -60,20 +60,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod attach;
 pub mod call;
-pub mod callpath;
+pub mod crypto;
 pub mod endpoint;
-pub mod handshake;
-pub mod hostcache;
-pub mod identity;
 pub mod login;
-pub mod nat;
-pub mod presence;
-pub mod replay;
+pub mod overlay;
 pub mod rng;
 pub mod sansio;
-pub mod session;
-pub mod stun;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod wire;

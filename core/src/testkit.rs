@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::crypto::{Authority, DeviceIdentity, TrustedAuthorities, UnixTime, UserName};
+use crate::crypto::{Capabilities, LocalIdentity};
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
-use crate::handshake::{Capabilities, LocalIdentity};
-use crate::identity::{Authority, DeviceIdentity, TrustedAuthorities, UnixTime, UserName};
 use crate::rng::Rng;
 use crate::sansio::{Destination, Input, Machine};
 

@@ -6,9 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natter_core::callpath::{
-    PathAction, PathConfig, PathEvent, PathKind, PathManager, SwitchReason,
-};
+use natter_core::call::{PathAction, PathConfig, PathEvent, PathKind, PathManager, SwitchReason};
 use natter_core::endpoint::Path;
 use natter_core::sansio::Destination;
 use natter_core::wire::message::{CallId, Candidate, CandidateKind, Message};

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use natter_core::crypto::{Authority, CertError, UnixTime, UserName};
+use natter_core::crypto::{Handshake, HandshakeError, InitMessage, LocalIdentity, Step};
 use natter_core::endpoint::{CloseCause, Endpoint, EndpointEvent};
-use natter_core::handshake::{Handshake, HandshakeError, InitMessage, LocalIdentity, Step};
-use natter_core::identity::{Authority, CertError, UnixTime, UserName};
 use natter_core::rng::Rng;
 use natter_core::sansio::{Destination, Input, Machine};
 use natter_core::testkit::{pump, TestNetwork, TEST_WALL};

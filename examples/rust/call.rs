@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use natter_core::call::CallEvent;
-use natter_core::hostcache::HostCache;
-use natter_core::identity::UserName;
+use natter_core::crypto::UserName;
+use natter_core::overlay::HostCache;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_overlay::node::{DialOutcome, Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use natter_core::call::{CallError, CallEvent, EndReason};
-use natter_core::callpath::{CallQuality, PathKind};
-use natter_core::identity::UserName;
+use natter_core::call::{CallQuality, PathKind};
+use natter_core::crypto::UserName;
 use natter_core::wire::message::CallId;
 use natter_media::audio::pcm::{CapturePusher, PlaybackPuller};
 use natter_media::call::{CallAudio, CallAudioStats};

@@ -29,13 +29,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use natter_core::attach::AttachEvent;
-use natter_core::handshake::{Capabilities, LocalIdentity};
-use natter_core::identity::UserName;
+use natter_core::crypto::UserName;
+use natter_core::crypto::{Capabilities, LocalIdentity};
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
 use natter_core::login::proto::{LoginError, Version};
-use natter_core::nat::{Filtering, NatType};
-use natter_overlay::dht::{SearchOutcome, SearchResult};
+use natter_core::overlay::AttachEvent;
+use natter_core::overlay::{Filtering, NatType};
+use natter_core::overlay::{SearchOutcome, SearchResult};
 use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent};
 use natter_transport::login::client::{
     login, login_with_password, run_operations, DeviceStore, LoggedIn, LoginFailure, Renewer,

@@ -1,7 +1,7 @@
 //! Certificate decoder and verifier: never panics; nothing random verifies.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natter_core::identity::{Certificate, UnixTime};
+use natter_core::crypto::{Certificate, UnixTime};
 use natter_core::testkit::TestNetwork;
 
 fuzz_target!(|data: &[u8]| {

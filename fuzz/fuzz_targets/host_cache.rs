@@ -2,7 +2,7 @@
 //! panics, never holds more than its capacity, and what decodes survives a save and load.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natter_core::hostcache::HostCache;
+use natter_core::overlay::HostCache;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(cache) = HostCache::decode(data) {

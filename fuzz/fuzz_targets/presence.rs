@@ -2,8 +2,8 @@
 //! bytes; nothing random verifies.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natter_core::identity::UnixTime;
-use natter_core::presence::{PresenceRecord, DEFAULT_RETENTION};
+use natter_core::crypto::UnixTime;
+use natter_core::overlay::{PresenceRecord, DEFAULT_RETENTION};
 use natter_core::testkit::TestNetwork;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! message (byte equality is not expected: padding bytes are ignored, FINGERPRINT optional).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use natter_core::stun::Message;
+use natter_core::wire::stun::Message;
 
 fuzz_target!(|data: &[u8]| {
     let _ = natter_core::wire::classify(data);

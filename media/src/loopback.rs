@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use natter_core::session::Session;
+use natter_core::crypto::Session;
 use natter_core::wire::packet::{Channel, Packet, SessionIndex};
 use serde_json::json;
 

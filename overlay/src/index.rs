@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use natter_core::identity::{DeviceId, TrustedAuthorities, UnixTime, UserName};
-use natter_core::presence::{PresenceError, PresenceRecord, DEFAULT_RETENTION};
+use natter_core::crypto::{DeviceId, TrustedAuthorities, UnixTime, UserName};
+use natter_core::overlay::{PresenceError, PresenceRecord, DEFAULT_RETENTION};
 
 /// Why a record was not stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,7 +200,7 @@ impl IndexStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_core::handshake::Capabilities;
+    use natter_core::crypto::Capabilities;
     use natter_core::testkit::{TestNetwork, TEST_WALL};
 
     fn record(

@@ -85,7 +85,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use natter_core::identity::{DeviceId, UserName};
+use natter_core::crypto::{DeviceId, UserName};
 use natter_core::rng::Rng;
 use natter_core::sansio::Destination;
 use natter_core::wire::{MAX_DATAGRAM, PROTOCOL_VERSION, RELAY_BASE};

@@ -35,7 +35,7 @@
 //! A request carrying a comprehension-required attribute the server does not understand gets
 //! a 420 (Unknown Attribute) error listing them in UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1). That
 //! includes RFC 5780's PADDING, which this server does not implement (the PADDING tests send
-//! datagrams over [`natter_core::stun::MAX_MESSAGE`], which are dropped anyway), and USERNAME /
+//! datagrams over [`natter_core::wire::stun::MAX_MESSAGE`], which are dropped anyway), and USERNAME /
 //! MESSAGE-INTEGRITY: it does no authentication. Error responses go to the request's source.
 //!
 //! **Without an alternate**, a request carrying CHANGE-REQUEST (whatever its flags) also gets
@@ -56,7 +56,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use natter_core::sansio::{Destination, Input, Machine, Transmit};
-use natter_core::stun::{kind, Attribute, Class, Message, BINDING};
+use natter_core::wire::stun::{kind, Attribute, Class, Message, BINDING};
 
 /// The SOFTWARE attribute a server sends unless told otherwise.
 pub const DEFAULT_SOFTWARE: &str = concat!("natter ", env!("CARGO_PKG_VERSION"));
@@ -120,7 +120,7 @@ pub struct PartnerForward {
     /// The client, as this server saw it.
     pub client: SocketAddr,
     /// The request's transaction id.
-    pub transaction: natter_core::stun::TransactionId,
+    pub transaction: natter_core::wire::stun::TransactionId,
 }
 
 impl StunServer {
@@ -187,7 +187,7 @@ impl StunServer {
     pub fn answer_for_partner(
         &mut self,
         client: SocketAddr,
-        transaction: natter_core::stun::TransactionId,
+        transaction: natter_core::wire::stun::TransactionId,
         forwarded_by: SocketAddr,
     ) {
         let from = self
@@ -363,7 +363,7 @@ impl StunServer {
     /// address when there is one, SOFTWARE.
     fn send_success(
         &mut self,
-        transaction: natter_core::stun::TransactionId,
+        transaction: natter_core::wire::stun::TransactionId,
         mapped: SocketAddr,
         to: SocketAddr,
         from: SocketAddr,
@@ -463,7 +463,7 @@ impl Machine for StunServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_core::stun::TransactionId;
+    use natter_core::wire::stun::TransactionId;
 
     const A1P1: &str = "192.0.2.1:3478";
     const A2P2: &str = "192.0.2.2:3479";

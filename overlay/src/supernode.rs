@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use natter_core::crypto::{DeviceId, UserName};
 use natter_core::endpoint::ConnId;
-use natter_core::identity::{DeviceId, UserName};
 use natter_core::wire::message::{HostEntry, Message, MAX_HOST_ENTRIES};
 
 use crate::membership::{Membership, MembershipConfig};

@@ -9,8 +9,8 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{enrol, login_server, search};
-use natter_core::hostcache::HostCache;
-use natter_overlay::dht::SearchResult;
+use natter_core::overlay::HostCache;
+use natter_core::overlay::SearchResult;
 use natter_overlay::node::{Node, NodeConfig, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;

@@ -11,9 +11,9 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{enrol, login_server, search};
-use natter_core::attach::AttachEvent;
-use natter_core::hostcache::HostCache;
-use natter_overlay::dht::SearchResult;
+use natter_core::overlay::AttachEvent;
+use natter_core::overlay::HostCache;
+use natter_core::overlay::SearchResult;
 use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_transport::runtime::{Runtime, RuntimeConfig};
 use natter_transport::wall_clock;
@@ -266,7 +266,7 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
 /// only their TLS port answers. Nodes still attach, over TLS.
 #[test]
 fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
-    use natter_core::attach::LinkTransport;
+    use natter_core::overlay::LinkTransport;
     let dir = tempfile::tempdir().unwrap();
     let server = login_server(dir.path());
     let net = server.network().clone();
@@ -333,7 +333,7 @@ fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
 /// on both super nodes, which sit on two loopback IPs. Nodes attach over the plain port.
 #[test]
 fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
-    use natter_core::attach::{FallbackPorts, LinkTransport};
+    use natter_core::overlay::{FallbackPorts, LinkTransport};
     let ips = ["127.0.0.1", "127.0.0.3"];
     let free = |p: u16| {
         ips.iter()

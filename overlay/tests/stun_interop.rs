@@ -19,10 +19,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use natter_core::nat::{Filtering, NatEvent, NatProbe, NatProbeConfig, NatType};
+use natter_core::overlay::{Filtering, NatEvent, NatProbe, NatProbeConfig, NatType};
 use natter_core::sansio::{Destination, Input, Machine, Transmit};
-use natter_core::stun::{Attribute, Class, Message, TransactionId};
 use natter_core::testkit::{TestNetwork, TEST_WALL};
+use natter_core::wire::stun::{Attribute, Class, Message, TransactionId};
 use natter_overlay::node::{Node, NodeConfig, RolePolicy};
 use natter_overlay::stun::StunServer;
 use natter_transport::runtime::{Runtime, RuntimeConfig};
@@ -715,7 +715,7 @@ fn our_nat_probe_reports_coturn_without_alternate_as_unable() {
     assert_eq!(
         event,
         NatEvent::Failed {
-            error: natter_core::nat::NatProbeError::NoOtherAddress,
+            error: natter_core::overlay::NatProbeError::NoOtherAddress,
             mapped: Some(local),
         }
     );

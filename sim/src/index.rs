@@ -30,14 +30,15 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use natter_core::handshake::Capabilities;
-use natter_core::identity::{
+use natter_core::crypto::Capabilities;
+use natter_core::crypto::{
     Authority, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities, UnixTime, UserName,
 };
-use natter_core::presence::PresenceRecord;
+use natter_core::overlay::PresenceRecord;
+use natter_core::overlay::{ClientSearches, SearchResult};
 use natter_core::rng::Rng;
 use natter_core::wire::message::{HostEntry, Message};
-use natter_overlay::dht::{ClientSearches, Dht, DhtConfig, DhtOutput, Origin, Ring, SearchResult};
+use natter_overlay::dht::{Dht, DhtConfig, DhtOutput, Origin, Ring};
 use natter_overlay::membership::{Membership, MembershipConfig};
 
 /// Bytes a message costs on the wire beyond its encoding: data header, AEAD tag, UDP/IPv4.
@@ -1089,7 +1090,7 @@ impl IndexSim {
         self.schedule(timeout, Ev::ClientTimer);
     }
 
-    fn finish_lookup(&mut self, query: u32, outcome: natter_overlay::dht::SearchOutcome) {
+    fn finish_lookup(&mut self, query: u32, outcome: natter_core::overlay::SearchOutcome) {
         let Some(p) = self.pending.remove(&query) else {
             return;
         };

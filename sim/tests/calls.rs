@@ -19,10 +19,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use natter_core::call::{CallEvent, EndReason};
-use natter_core::callpath::{PathKind, SwitchReason};
-use natter_core::handshake::LocalIdentity;
-use natter_core::hostcache::HostCache;
-use natter_core::identity::{DeviceIdentity, UnixTime, UserName};
+use natter_core::call::{PathKind, SwitchReason};
+use natter_core::crypto::LocalIdentity;
+use natter_core::crypto::{DeviceIdentity, UnixTime, UserName};
+use natter_core::overlay::HostCache;
 use natter_core::rng::Rng;
 use natter_core::sansio::Protocol;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
@@ -686,9 +686,9 @@ fn a_linux_nat_that_forgets_its_mappings_mid_call_keeps_the_call_and_it_goes_dir
 fn firewalled_caller_relays_through_a_super_node_it_is_not_linked_to(tls: bool) {
     let mut w = world(31);
     let (port, transport) = if tls {
-        (4002, natter_core::attach::LinkTransport::Tls)
+        (4002, natter_core::overlay::LinkTransport::Tls)
     } else {
-        (4001, natter_core::attach::LinkTransport::TcpFallback)
+        (4001, natter_core::overlay::LinkTransport::TcpFallback)
     };
     let fw = w.sim.add_nat(
         "corp",

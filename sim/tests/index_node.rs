@@ -9,10 +9,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natter_core::hostcache::HostCache;
-use natter_core::identity::UserName;
+use natter_core::crypto::UserName;
+use natter_core::overlay::HostCache;
+use natter_core::overlay::{SearchOutcome, SearchResult};
 use natter_core::testkit::{TestNetwork, TEST_WALL};
-use natter_overlay::dht::{SearchOutcome, SearchResult};
 use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_sim::{HostId, LinkConfig, NatConfig, Sim, SimConfig};
 
@@ -216,7 +216,7 @@ fn a_new_address_or_nat_report_is_re_announced_within_two_seconds() {
         .nat()
         .map(|r| r.nat)
         .expect("NAT detected");
-    assert_ne!(nat, natter_core::nat::NatType::UdpBlocked);
+    assert_ne!(nat, natter_core::overlay::NatType::UdpBlocked);
     let first = record(&mut w.sim);
     assert_ne!(first.nat, 0, "the record carries the detected NAT type");
     // A new local address (Wi-Fi to cable): found with it 2 s later.

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natter_core::hostcache::HostCache;
+use natter_core::overlay::HostCache;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_overlay::node::{Node, NodeEvent};
 use natter_sim::{HostId, LinkConfig, Sim, SimConfig};

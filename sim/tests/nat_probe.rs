@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natter_core::nat::{Filtering, NatEvent, NatProbe, NatProbeConfig, NatType};
+use natter_core::overlay::{Filtering, NatEvent, NatProbe, NatProbeConfig, NatType};
 use natter_overlay::stun::StunServer;
 use natter_sim::{LinkConfig, Mapped, NatConfig, Sim, SimConfig};
 

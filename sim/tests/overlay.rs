@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natter_core::attach::AttachEvent;
-use natter_core::hostcache::HostCache;
-use natter_core::nat::{Filtering, NatType};
+use natter_core::overlay::AttachEvent;
+use natter_core::overlay::HostCache;
+use natter_core::overlay::{Filtering, NatType};
 use natter_core::sansio::StreamId;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_overlay::node::{Load, Node, NodeConfig, NodeEvent, RolePolicy};

@@ -29,7 +29,6 @@ mod machine_thread;
 pub mod netwatch;
 pub mod persist;
 pub mod runtime;
-pub mod store;
 
 use std::collections::VecDeque;
 use std::io;
@@ -41,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use natter_core::identity::UnixTime;
+use natter_core::crypto::UnixTime;
 use natter_core::sansio::{Destination, Input, Machine};
 
 use machine_thread::{LoopEnds, MachineThread};

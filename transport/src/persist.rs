@@ -3,7 +3,7 @@
 use std::io;
 use std::path::Path;
 
-use natter_core::hostcache::HostCache;
+use natter_core::overlay::HostCache;
 
 /// Load the host cache from `path`; a missing or corrupt file gives an empty cache (the node
 /// falls back to the network file's bootstrap list), and a corrupt one is logged.
@@ -27,7 +27,7 @@ pub fn save_host_cache(path: &Path, cache: &HostCache) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_core::identity::UnixTime;
+    use natter_core::crypto::UnixTime;
 
     #[test]
     fn survives_restart_and_corruption() {

@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
+use natter_core::crypto::DeviceId;
 use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
-use natter_core::identity::DeviceId;
 use natter_core::sansio::{Destination, Input, Machine};
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_core::wire::message::Message;

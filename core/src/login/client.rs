@@ -14,7 +14,7 @@ use super::proto::{
     proof_message, DeviceKeys, LoginError, Request, Response, RevocationPage, Version,
     VersionStatus, PROOF_CONTEXT, REVOCATION_CONTEXT,
 };
-use crate::identity::{
+use crate::crypto::{
     verify_signature, CertError, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities,
     UnixTime, UserName,
 };
@@ -590,7 +590,7 @@ impl RenewalTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Authority;
+    use crate::crypto::Authority;
     use crate::login::proto::RevokedDevice;
     use crate::rng::Rng;
     use crate::testkit::{TestNetwork, TEST_WALL};

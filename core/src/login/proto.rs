@@ -11,7 +11,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::identity::{Certificate, DeviceId, UnixTime, UserName};
+use crate::crypto::{Certificate, DeviceId, UnixTime, UserName};
 use crate::wire::{DecodeError, Reader};
 
 /// Longest password accepted, in bytes (Argon2 takes any length; this bounds the work a request

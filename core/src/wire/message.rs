@@ -5,7 +5,7 @@
 //! mission has its numbers now, before it is built; a peer that receives a type this build does
 //! not implement gets [`DecodeError::Unimplemented`] and drops the message (it is counted, the
 //! session carries on), so newer peers can talk to older ones. Capabilities are negotiated in
-//! the handshake ([`crate::handshake::Capabilities`]) so a peer never needs to send what the
+//! the handshake ([`crate::crypto::Capabilities`]) so a peer never needs to send what the
 //! other cannot read.
 //!
 //! | range         | subsystem                                              |
@@ -44,8 +44,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{BufMut, BytesMut};
 
 use super::{DecodeError, Reader, MAX_DATAGRAM};
-use crate::identity::{DeviceId, UnixTime, UserName};
-use crate::presence::PresenceRecord;
+use crate::crypto::{DeviceId, UnixTime, UserName};
+use crate::overlay::PresenceRecord;
 
 /// Identifies one call: 128 random bits chosen by the caller. Ordered, because glare is
 /// resolved by comparing call ids (see [`crate::call`]).
@@ -346,7 +346,7 @@ pub enum Message<'a> {
     AppData(&'a [u8]),
     /// An ordinary node asks a super node to serve it.
     OverlayAttach {
-        /// The node's NAT type code (see `natter_core::nat`), 0 when unknown.
+        /// The node's NAT type code (see `natter_core::overlay`), 0 when unknown.
         nat: u8,
         /// The node's own (private) addresses, for same-LAN shortcuts.
         local_addresses: Vec<SocketAddr>,
@@ -1245,7 +1245,7 @@ mod tests {
 
     #[test]
     fn index_messages_roundtrip_and_fit_a_datagram() {
-        use crate::handshake::Capabilities;
+        use crate::crypto::Capabilities;
         use crate::testkit::{TestNetwork, TEST_WALL};
         let net = TestNetwork::new(1);
         let id = net.identity("alice");

@@ -25,6 +25,7 @@
 //!   transfer, conferences, presence).
 //! * [`frame`]: length-prefixed framing of packets on TCP (and TLS) streams.
 //! * [`relay`]: the header of a packet relayed by a super node.
+//! * [`stun`]: STUN messages (RFC 8489, RFC 5780 attributes), for NAT discovery and keep-alives.
 //!
 //! Every decoder returns a typed [`DecodeError`] on bad input, never panics and never
 //! allocates more than the input it was given.
@@ -34,6 +35,7 @@ pub mod message;
 pub mod packet;
 mod reader;
 pub mod relay;
+pub mod stun;
 
 pub use reader::Reader;
 

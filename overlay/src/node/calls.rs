@@ -23,18 +23,18 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use natter_core::attach::LinkTransport;
 use natter_core::call::{CallConfig, CallError, CallEvent, CallMachine};
-use natter_core::callpath::{PathAction, PathConfig, PathEvent, PathManager, SwitchReason};
+use natter_core::call::{PathAction, PathConfig, PathEvent, PathManager, SwitchReason};
+use natter_core::crypto::{DeviceId, UserName};
 use natter_core::endpoint::{ConnId, EndpointEvent, Path, SendError};
-use natter_core::identity::{DeviceId, UserName};
-use natter_core::nat::NatType;
-use natter_core::presence::PresenceRecord;
+use natter_core::overlay::LinkTransport;
+use natter_core::overlay::NatType;
+use natter_core::overlay::PresenceRecord;
 use natter_core::sansio::{Destination, StreamCommand, StreamId};
 use natter_core::wire::message::{CallId, Candidate, CandidateKind, Message, MessageType};
 
 use super::{Node, NodeEvent};
-use crate::dht::{SearchOutcome, SearchResult};
+use natter_core::overlay::{SearchOutcome, SearchResult};
 
 /// Streams this module opens are numbered from here (the attacher's start at 0).
 const STREAM_BASE: u64 = 1 << 40;
@@ -249,7 +249,7 @@ impl Node {
     }
 
     /// The path the connected call uses, and its kind.
-    pub fn call_path(&self, call: CallId) -> Option<(Path, natter_core::callpath::PathKind)> {
+    pub fn call_path(&self, call: CallId) -> Option<(Path, natter_core::call::PathKind)> {
         match &self.calls.path {
             Some((c, _, _, p)) if *c == call => {
                 let (path, kind) = p.active();

@@ -3,14 +3,15 @@
 
 use std::time::{Duration, Instant};
 
+use natter_core::crypto::UserName;
 use natter_core::endpoint::{ConnId, Path};
-use natter_core::identity::UserName;
-use natter_core::presence::PresenceRecord;
+use natter_core::overlay::PresenceRecord;
 use natter_core::sansio::Destination;
 use natter_core::wire::message::{HostEntry, Message};
 
 use super::{nat_code, Node, PresenceKey};
-use crate::dht::{DhtOutput, Origin, SearchOutcome, SearchResult};
+use crate::dht::{DhtOutput, Origin};
+use natter_core::overlay::{SearchOutcome, SearchResult};
 
 /// How often a super node re-reads its membership into the index ring.
 const RING_SYNC: Duration = Duration::from_secs(2);

@@ -23,24 +23,25 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use natter_core::attach::{AttachAction, AttachConfig, AttachEvent, Attacher};
 use natter_core::call::{CallConfig, CallEvent};
-use natter_core::callpath::{CallQuality, PathConfig, PathKind, SwitchReason};
+use natter_core::call::{CallQuality, PathConfig, PathKind, SwitchReason};
+use natter_core::crypto::UnixTime;
+use natter_core::crypto::{Capabilities, LocalIdentity};
 use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent, Path};
-use natter_core::handshake::{Capabilities, LocalIdentity};
-use natter_core::hostcache::HostCache;
-use natter_core::identity::UnixTime;
-use natter_core::nat::{NatEvent, NatProbe, NatProbeConfig, NatReport, NatType};
+use natter_core::overlay::HostCache;
+use natter_core::overlay::{AttachAction, AttachConfig, AttachEvent, Attacher};
+use natter_core::overlay::{NatEvent, NatProbe, NatProbeConfig, NatReport, NatType};
 use natter_core::rng::Rng;
 use natter_core::sansio::{Destination, Input, Machine, StreamCommand, StreamId, Transmit};
-use natter_core::stun::{Class, Message as StunMessage, TransactionId};
 use natter_core::wire::message::CallId;
 use natter_core::wire::message::{HostEntry, Message};
+use natter_core::wire::stun::{Class, Message as StunMessage, TransactionId};
 use natter_core::wire::{classify, Class as WireClass};
 
-use crate::dht::{ClientSearches, Dht, DhtConfig, Ring, SearchOutcome};
+use crate::dht::{Dht, DhtConfig, Ring};
 use crate::stun::StunServer;
 use crate::supernode::{SuperNodeConfig, SuperNodeEvent, SuperNodeRole};
+use natter_core::overlay::{ClientSearches, SearchOutcome};
 
 mod calls;
 mod index;
@@ -539,7 +540,7 @@ impl Node {
 
     /// Refuse sessions with these revoked devices and close the open ones (the runtime fetches
     /// the authority's signed revocation list).
-    pub fn revoke(&mut self, now: Instant, devices: Vec<natter_core::identity::DeviceId>) {
+    pub fn revoke(&mut self, now: Instant, devices: Vec<natter_core::crypto::DeviceId>) {
         if let Some(dht) = self.dht.as_mut() {
             dht.revoke(devices.iter().copied());
         }
@@ -548,7 +549,7 @@ impl Node {
     }
 
     /// Use a renewed certificate from now on.
-    pub fn update_certificate(&mut self, certificate: natter_core::identity::Certificate) {
+    pub fn update_certificate(&mut self, certificate: natter_core::crypto::Certificate) {
         self.cfg.identity.certificate = certificate.clone();
         self.endpoint.update_certificate(certificate);
     }

@@ -3,18 +3,18 @@
 
 use std::time::Duration;
 
-use natter_core::identity::UserName;
-use natter_overlay::dht::SearchOutcome;
+use natter_core::crypto::UserName;
+use natter_core::overlay::SearchOutcome;
 use natter_overlay::node::{Node, NodeEvent};
 use natter_transport::runtime::Runtime;
 
-use natter_core::handshake::{Capabilities, LocalIdentity};
+use natter_core::crypto::{Capabilities, LocalIdentity};
 use natter_core::login::client::{LoginClientEvent, Operation};
-use natter_core::login::password::HashParams;
 use natter_core::login::proto::Version;
+use natter_server::password::HashParams;
+use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_transport::login::client::{login, run_operations, DeviceStore};
 use natter_transport::login::network::NetworkFile;
-use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 
 /// The client version the tests log in with.
 pub const V: Version = Version::new(0, 1, 0);

@@ -140,11 +140,11 @@ pub fn closed(sim: &S, host: HostId, stream: StreamId) -> bool {
 pub fn add_super_node(
     sim: &mut Sim<natter_overlay::node::NodeEvent>,
     name: &str,
-    identity: natter_core::handshake::LocalIdentity,
+    identity: natter_core::crypto::LocalIdentity,
     seed: [u8; 32],
     addr: SocketAddr,
     stun_alternate: Option<SocketAddr>,
-    bootstrap: &natter_core::hostcache::HostCache,
+    bootstrap: &natter_core::overlay::HostCache,
 ) -> HostId {
     add_super_node_with(
         sim,
@@ -163,11 +163,11 @@ pub fn add_super_node(
 pub fn add_super_node_with(
     sim: &mut Sim<natter_overlay::node::NodeEvent>,
     name: &str,
-    identity: natter_core::handshake::LocalIdentity,
+    identity: natter_core::crypto::LocalIdentity,
     seed: [u8; 32],
     addr: SocketAddr,
     stun_alternate: Option<SocketAddr>,
-    bootstrap: &natter_core::hostcache::HostCache,
+    bootstrap: &natter_core::overlay::HostCache,
     tweak: impl FnOnce(&mut natter_overlay::node::NodeConfig),
 ) -> HostId {
     use natter_overlay::node::{Node, NodeConfig, RolePolicy};

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_core::identity::{CertError, Certificate, DeviceIdentity, UnixTime};
+use natter_core::crypto::{CertError, Certificate, DeviceIdentity, UnixTime};
 use natter_core::login::client::{
     LoginClient, LoginClientConfig, LoginClientError, LoginClientEvent, Operation,
 };
@@ -574,7 +574,7 @@ impl Drop for Renewer {
 pub struct RevocationFetcher {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    revoked: std::sync::mpsc::Receiver<Vec<natter_core::identity::DeviceId>>,
+    revoked: std::sync::mpsc::Receiver<Vec<natter_core::crypto::DeviceId>>,
 }
 
 impl std::fmt::Debug for RevocationFetcher {
@@ -640,7 +640,7 @@ impl RevocationFetcher {
     }
 
     /// Batches of newly revoked devices.
-    pub fn revoked(&self) -> &std::sync::mpsc::Receiver<Vec<natter_core::identity::DeviceId>> {
+    pub fn revoked(&self) -> &std::sync::mpsc::Receiver<Vec<natter_core::crypto::DeviceId>> {
         &self.revoked
     }
 }

@@ -28,8 +28,8 @@ use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use natter_core::attach::FallbackPorts;
-use natter_core::identity::TrustedAuthorities;
+use natter_core::crypto::TrustedAuthorities;
+use natter_core::overlay::FallbackPorts;
 use serde::{Deserialize, Serialize};
 
 /// Why a network file could not be used.

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, Row};
-use natter_core::identity::{DeviceId, UnixTime, UserName};
+use natter_core::crypto::{DeviceId, UnixTime, UserName};
 
 use super::{AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError};
 

@@ -24,12 +24,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::hostcache::{CacheEntry, HostCache};
-use crate::identity::UnixTime;
+use crate::crypto::UnixTime;
+use crate::overlay::{CacheEntry, HostCache};
 use crate::rng::Rng;
 use crate::sansio::StreamId;
-use crate::stun::TransactionId;
 use crate::wire::message::HostEntry;
+use crate::wire::stun::TransactionId;
 
 /// How a link reaches its super node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::identity::UnixTime;
+use crate::crypto::UnixTime;
 use crate::wire::message::{put_addr, read_addr, HostEntry};
 use crate::wire::{DecodeError, Reader};
 

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::handshake::Capabilities;
-use crate::identity::{
+use crate::crypto::Capabilities;
+use crate::crypto::{
     verify_signature, CertError, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities,
     UnixTime, UserName,
 };
@@ -75,7 +75,7 @@ pub struct PresenceRecord {
     pub reflexive: Option<SocketAddr>,
     /// Its own addresses (same-LAN calls).
     pub local_addresses: Vec<SocketAddr>,
-    /// Its NAT type code (see `natter_core::nat`; 0 when unknown).
+    /// Its NAT type code (see `natter_core::overlay`; 0 when unknown).
     pub nat: u8,
     /// What it can do.
     pub capabilities: Capabilities,

@@ -43,7 +43,7 @@ impl Default for ReplayWindow {
 
 impl ReplayWindow {
     /// Would `counter` be accepted? Changes nothing. `u64::MAX` is never valid: senders stop
-    /// one short of it (see [`crate::session::SealError::Exhausted`]).
+    /// one short of it (see [`crate::crypto::SealError::Exhausted`]).
     pub fn check(&self, counter: u64) -> Result<(), ReplayError> {
         if counter == u64::MAX {
             return Err(ReplayError::TooOld);

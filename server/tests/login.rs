@@ -5,18 +5,18 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use natter_core::identity::{Authority, Certificate, TrustedAuthorities, UnixTime, UserName};
+use natter_core::crypto::{Authority, Certificate, TrustedAuthorities, UnixTime, UserName};
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
-use natter_core::login::password::HashParams;
 use natter_core::login::proto::{LoginError, Version, VersionStatus};
 use natter_core::rng::Rng;
+use natter_server::password::HashParams;
+use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_transport::login::client::{
     login, run_operations, ConnectError, DeviceStore, LoginFailure, PasswordNeeded, Renewer,
     RevocationFetcher,
 };
 use natter_transport::login::files::{read_key, write_private};
 use natter_transport::login::network::{hex, NetworkFile};
-use natter_transport::login::server::{LoginServerHandle, LoginServerOptions};
 use natter_transport::wall_clock;
 
 const V: Version = Version::new(0, 1, 0);
@@ -968,7 +968,7 @@ fn the_network_file_keeps_bootstrap_super_nodes_across_restarts() {
     assert_eq!(addrs(&on_disk), want);
     assert_eq!(
         on_disk.fallback_ports().unwrap(),
-        natter_core::attach::FallbackPorts::Absolute {
+        natter_core::overlay::FallbackPorts::Absolute {
             plain: 80,
             tls: 443
         }
@@ -1028,7 +1028,7 @@ fn an_unreadable_network_file_does_not_stop_the_server_and_is_rewritten() {
 
 #[test]
 fn the_renewer_keeps_retrying_a_certificate_not_accepted_and_stops_when_it_expired() {
-    use natter_core::login::server::LoginServerEvent;
+    use natter_server::machine::LoginServerEvent;
     use std::sync::mpsc::RecvTimeoutError;
 
     // The device directory must outlive the test body: bind it.
@@ -1092,7 +1092,7 @@ fn the_renewer_keeps_retrying_a_certificate_not_accepted_and_stops_when_it_expir
 
 #[test]
 fn logging_in_with_the_password_skips_the_refused_certificate() {
-    use natter_core::login::server::LoginServerEvent;
+    use natter_server::machine::LoginServerEvent;
     use natter_transport::login::client::login_with_password;
 
     // The device directory must outlive the test body: bind it.

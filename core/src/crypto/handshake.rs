@@ -23,9 +23,9 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::identity::{CertError, Certificate, DeviceIdentity, TrustedAuthorities, UnixTime};
+use crate::crypto::Session;
+use crate::crypto::{CertError, Certificate, DeviceIdentity, TrustedAuthorities, UnixTime};
 use crate::rng::Rng;
-use crate::session::Session;
 use crate::wire::packet::{Packet, Pattern, SessionIndex, MAX_NOISE_MESSAGE};
 use crate::wire::{DecodeError, Reader, PROTOCOL_VERSION};
 

@@ -37,7 +37,7 @@ use bytes::Bytes;
 
 use crate::rng::Rng;
 use crate::sansio::{Destination, Input, Machine, Transmit};
-use crate::stun::{Attribute, Class, Message, TransactionId, BINDING};
+use crate::wire::stun::{Attribute, Class, Message, TransactionId, BINDING};
 
 /// How the NAT (if any) filters inbound packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,10 +13,10 @@
 use std::path::PathBuf;
 use std::sync::Barrier;
 
-use natter_core::identity::{DeviceId, UnixTime, UserName};
-use natter_transport::store::postgres::PostgresStore;
-use natter_transport::store::sqlite::SqliteStore;
-use natter_transport::store::{AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError};
+use natter_core::crypto::{DeviceId, UnixTime, UserName};
+use natter_server::store::postgres::PostgresStore;
+use natter_server::store::sqlite::SqliteStore;
+use natter_server::store::{AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError};
 
 /// Opens the store under test afresh (same file, same schema) each time it is called.
 type Open<'a> = &'a (dyn Fn() -> Box<dyn AccountStore> + Sync);

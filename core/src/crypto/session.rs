@@ -22,7 +22,7 @@ use blake2::{Blake2s256, Digest};
 use bytes::{BufMut, BytesMut};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
-use crate::replay::{ReplayError, ReplayWindow};
+use crate::crypto::{ReplayError, ReplayWindow};
 use crate::wire::packet::{Channel, DataHeader, SessionIndex, DATA_HEADER_LEN, TAG_LEN};
 
 /// Move to a new key generation after this long, even when few packets were sent.

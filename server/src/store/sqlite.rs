@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use natter_core::identity::{DeviceId, UnixTime, UserName};
+use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };

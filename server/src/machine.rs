@@ -21,16 +21,16 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::proto::{
+use natter_core::crypto::{
+    verify_signature, Authority, DeviceId, TrustedAuthorities, UnixTime, UserName,
+};
+use natter_core::login::proto::{
     proof_message, DeviceKeys, LoginError, Request, Response, RevocationPage, RevokedDevice,
     Version, VersionStatus, MAX_REVOCATIONS_PER_PAGE, PROOF_CONTEXT, REVOCATION_CONTEXT,
 };
-use crate::identity::{
-    verify_signature, Authority, DeviceId, TrustedAuthorities, UnixTime, UserName,
-};
-use crate::rng::Rng;
-use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
-use crate::wire::frame::{self, FrameDecoder};
+use natter_core::rng::Rng;
+use natter_core::sansio::{Destination, Input, Machine, StreamId, Transmit};
+use natter_core::wire::frame::{self, FrameDecoder};
 
 /// A password in memory: never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -420,7 +420,7 @@ impl std::fmt::Debug for LoginServer {
 pub fn password_acceptable(user: &UserName, password: &str, min_len: usize) -> bool {
     let len = password.chars().count();
     len >= min_len
-        && password.len() <= super::proto::MAX_PASSWORD
+        && password.len() <= natter_core::login::proto::MAX_PASSWORD
         && !password.eq_ignore_ascii_case(user.as_str())
 }
 
@@ -923,8 +923,8 @@ impl Machine for LoginServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Certificate;
-    use crate::testkit::{TestNetwork, TEST_WALL};
+    use natter_core::crypto::Certificate;
+    use natter_core::testkit::{TestNetwork, TEST_WALL};
 
     const STREAM: StreamId = StreamId(1);
     const GRACE: u64 = 30 * 86_400;

@@ -98,7 +98,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::identity::{DeviceId, UnixTime, UserName};
+use crate::crypto::{DeviceId, UnixTime, UserName};
 use crate::rng::Rng;
 pub use crate::wire::message::CallId;
 use crate::wire::message::Message;

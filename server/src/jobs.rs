@@ -1,9 +1,9 @@
 //! Runs the login server's jobs against an [`AccountStore`] with Argon2id, on worker threads.
 
-use natter_core::identity::{DeviceId, UnixTime, UserName};
-use natter_core::login::password::{self, HashParams};
+use crate::machine::{Job, JobOutcome, Secret, WorkItem};
+use crate::password::{self, HashParams};
+use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use natter_core::login::proto::{LoginError, RevokedDevice};
-use natter_core::login::server::{Job, JobOutcome, Secret, WorkItem};
 
 use crate::store::{AccountRecord, AccountStore, DeviceRecord, StoreError};
 

@@ -28,7 +28,7 @@
 //! growing at most threefold through lossy decoding and then cut to [`MAX_TEXT`].
 //!
 //! ```
-//! use natter_core::stun::{Attribute, Class, Message, TransactionId};
+//! use natter_core::wire::stun::{Attribute, Class, Message, TransactionId};
 //!
 //! let request = Message::binding_request(TransactionId([7; 12]));
 //! let bytes = request.encode();

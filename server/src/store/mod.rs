@@ -8,7 +8,7 @@
 //! key on the canonical lower-case name), so two login servers sharing one PostgreSQL database
 //! can never create the same account twice.
 
-use natter_core::identity::{DeviceId, UnixTime, UserName};
+use natter_core::crypto::{DeviceId, UnixTime, UserName};
 
 pub mod postgres;
 pub mod sqlite;

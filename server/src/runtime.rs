@@ -25,28 +25,28 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
-use natter_core::identity::{Authority, TrustedAuthorities};
-use natter_core::login::password::{self, HashParams};
-use natter_core::login::proto::Version;
-use natter_core::login::server::{
+use crate::machine::{
     JobId, JobOutcome, LoginServer, LoginServerConfig, LoginServerEvent, WorkItem,
 };
+use crate::password::{self, HashParams};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use natter_core::crypto::{Authority, TrustedAuthorities};
+use natter_core::login::proto::Version;
 use natter_core::rng::Rng;
 use natter_core::sansio::{Destination, Input, Machine, StreamId};
 use rustls::ServerConnection;
 
-use super::files::{private_dir, read_key, write_private};
-use super::jobs::JobContext;
-use super::network::{
-    hex, unhex, AuthorityEntry, BootstrapEntry, LoginEntry, NetworkFile, OverlayEntry,
-};
-use super::tls::{server_config, TlsIdentity};
+use crate::jobs::JobContext;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::AccountStore;
-use crate::{os_seed, wall_clock};
+use natter_transport::login::files::{private_dir, read_key, write_private};
+use natter_transport::login::network::{
+    hex, unhex, AuthorityEntry, BootstrapEntry, LoginEntry, NetworkFile, OverlayEntry,
+};
+use natter_transport::login::tls::{server_config, TlsIdentity};
+use natter_transport::{os_seed, wall_clock};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -130,13 +130,13 @@ pub enum StartError {
     },
     /// TLS material.
     #[error(transparent)]
-    Tls(#[from] super::tls::TlsError),
+    Tls(#[from] natter_transport::login::tls::TlsError),
     /// The account store.
     #[error("account store: {0}")]
     Store(#[from] crate::store::StoreError),
     /// The network file.
     #[error(transparent)]
-    Network(#[from] super::network::NetworkFileError),
+    Network(#[from] natter_transport::login::network::NetworkFileError),
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {

@@ -1,0 +1,13 @@
+//! Calls: signalling between devices ([`CallMachine`]) and the connectivity of a connected
+//! call ([`PathManager`]: candidates, hole punching, path choice and switching, quality).
+
+mod path;
+mod signalling;
+
+pub use path::{
+    CallQuality, PathAction, PathConfig, PathEvent, PathKind, PathManager, SwitchReason,
+};
+pub use signalling::{
+    CallConfig, CallError, CallEvent, CallMachine, CallState, CallStats, CallTransmit, EndReason,
+    MAX_CALLEE_DEVICES,
+};

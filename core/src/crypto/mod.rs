@@ -1,0 +1,24 @@
+//! Identities and the cryptography of sessions.
+//!
+//! * Device keys, user names, the login authority and certificates ([`DeviceIdentity`],
+//!   [`UserName`], [`Authority`], [`Certificate`], [`TrustedAuthorities`]).
+//! * The Noise XX / IK handshake through `snow`, with the certificate bound to the static key
+//!   it authenticated ([`Handshake`], [`LocalIdentity`], [`PeerInfo`]).
+//! * The data plane: ChaCha20-Poly1305 under explicit counters, key update, and the RFC 6479
+//!   replay window ([`Session`], [`ReplayWindow`]).
+
+mod handshake;
+mod identity;
+mod replay;
+mod session;
+
+pub use handshake::{
+    Capabilities, Established, Handshake, HandshakeError, HandshakePayload, InitMessage,
+    LocalIdentity, PeerInfo, Step,
+};
+pub use identity::{
+    verify_signature, Authority, AuthorityKeyId, CertError, Certificate, DeviceId, DeviceIdentity,
+    TrustedAuthorities, UnixTime, UserName, UserNameError, MAX_CERT_LEN,
+};
+pub use replay::{ReplayError, ReplayWindow, WINDOW};
+pub use session::{OpenError, SealError, Session, SessionStats, MAX_GENERATION_SKIP, REKEY_AFTER};
