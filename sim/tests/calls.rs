@@ -1136,3 +1136,79 @@ fn a_second_call_between_the_same_devices_has_a_relay_of_its_own() {
     assert_eq!(got, 50, "media through the relay");
     assert!(ended(&w.sim, alice, second).is_none());
 }
+
+/// Rings `callee` from `caller` and waits until it rings there; returns the call.
+fn ring(w: &mut World, caller: HostId, callee: HostId, user: &str) -> CallId {
+    let before = incoming(&w.sim, callee);
+    w.dial(caller, user);
+    w.wait(Duration::from_secs(10), "the callee to ring", |sim| {
+        incoming(sim, callee).is_some_and(|c| Some(c) != before && ended(sim, callee, c).is_none())
+    });
+    incoming(&w.sim, callee).unwrap()
+}
+
+/// A call that ends unanswered (`end` ends it on one side), then a second call between the
+/// same two devices (`back`: the callee of the first calls back), answered: both sides must
+/// connect and talk. The first call's session sat on a relay channel that was given back, so a
+/// second call that signalled on it was never heard by the caller.
+fn missed_then_called_again(seed: u64, end: fn(&mut World, HostId, HostId, CallId), back: bool) {
+    let (mut w, alice, bob) = two(seed);
+    let first = ring(&mut w, alice, bob, "bob");
+    end(&mut w, alice, bob, first);
+    wait_ended(&mut w, alice, first, Duration::from_secs(2));
+    wait_ended(&mut w, bob, first, Duration::from_secs(2));
+    assert!(connected_at(&w.sim, alice, first).is_none());
+    w.sim.run_for(Duration::from_secs(1));
+    let (caller, callee, user) = if back {
+        (bob, alice, "alice")
+    } else {
+        (alice, bob, "bob")
+    };
+    let second = ring(&mut w, caller, callee, user);
+    assert_ne!(second, first);
+    w.wait(
+        Duration::from_secs(2),
+        "the caller to hear ringing",
+        |sim| {
+            call_events(sim, caller)
+                .iter()
+                .any(|(_, e)| matches!(e, CallEvent::Ringing { call, .. } if *call == second))
+        },
+    );
+    w.sim
+        .with_machine(callee, |n: &mut Node, now| n.answer(now, second))
+        .expect("answer");
+    w.wait(Duration::from_secs(5), "both sides to connect", |sim| {
+        connected_at(sim, caller, second).is_some() && connected_at(sim, callee, second).is_some()
+    });
+    w.talk(caller, callee, second, Duration::from_secs(2));
+    assert!(frames_from(&w.sim, callee, caller, second).len() > 50);
+    assert!(frames_from(&w.sim, caller, callee, second).len() > 50);
+}
+
+fn caller_cancels(w: &mut World, caller: HostId, _: HostId, call: CallId) {
+    w.sim
+        .with_machine(caller, |n: &mut Node, now| n.hang_up(now, call))
+        .unwrap();
+}
+
+fn callee_declines(w: &mut World, _: HostId, callee: HostId, call: CallId) {
+    w.sim
+        .with_machine(callee, |n: &mut Node, now| n.decline(now, call))
+        .unwrap();
+}
+
+#[test]
+fn a_call_cancelled_while_ringing_does_not_break_the_next_one() {
+    missed_then_called_again(27, caller_cancels, false);
+}
+
+#[test]
+fn a_declined_call_does_not_break_the_next_one() {
+    missed_then_called_again(28, callee_declines, false);
+}
+
+#[test]
+fn a_missed_call_does_not_break_the_call_back() {
+    missed_then_called_again(29, caller_cancels, true);
+}

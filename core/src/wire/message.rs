@@ -624,6 +624,26 @@ pub struct Candidate {
 }
 
 impl<'a> Message<'a> {
+    /// The call a call-signalling or media-control message is about; `None` for any other.
+    pub fn call_id(&self) -> Option<CallId> {
+        match self {
+            Message::CallInvite { call, .. }
+            | Message::CallRinging { call }
+            | Message::CallAnswer { call, .. }
+            | Message::CallDecline { call }
+            | Message::CallBusy { call }
+            | Message::CallCancel { call }
+            | Message::CallHangup { call }
+            | Message::CallHold { call }
+            | Message::CallResume { call }
+            | Message::CallAnsweredElsewhere { call }
+            | Message::CallKeepAlive { call, .. }
+            | Message::CallCandidates { call, .. }
+            | Message::MediaReport { call, .. } => Some(*call),
+            _ => None,
+        }
+    }
+
     /// This message's type number.
     pub fn message_type(&self) -> MessageType {
         match self {

@@ -38,6 +38,9 @@ use natter_core::overlay::{SearchOutcome, SearchResult};
 
 /// Streams this module opens are numbered from here (the attacher's start at 0).
 const STREAM_BASE: u64 = 1 << 40;
+/// A call's relay channels are given back this long after it ended: its last signalling (a
+/// cancel while ringing, a decline) still crosses them, retransmissions included.
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a dial ended before the call machine took over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +128,13 @@ pub(super) struct Calls {
     outgoing: Option<CallId>,
     /// The session the last invite arrived on: an incoming call runs on it.
     invite_conn: Option<(CallId, ConnId)>,
+    /// The session each call signals on with each device: an outgoing call on the session
+    /// opened for it, an incoming one on the session its invite came by. A device may still
+    /// hold an older session (an unanswered call's, whose relay channel is gone): signalling
+    /// sent there would never arrive.
+    call_sessions: HashMap<(CallId, DeviceId), ConnId>,
+    /// Relay channels of ended calls, given back at these instants.
+    releases: Vec<(Instant, (SocketAddr, u32))>,
     /// Our UDP leg of the relay channel of call sessions peers opened to us through a relay.
     udp_legs: HashMap<ConnId, Path>,
     /// The connected call's connectivity: call, device, session, manager.
@@ -154,6 +164,8 @@ impl Calls {
             next_stream: STREAM_BASE,
             outgoing: None,
             invite_conn: None,
+            call_sessions: HashMap::new(),
+            releases: Vec::new(),
             udp_legs: HashMap::new(),
             path: None,
         }
@@ -163,6 +175,7 @@ impl Calls {
         [
             self.machine.poll_timeout(),
             self.path.as_ref().and_then(|(_, _, _, p)| p.poll_timeout()),
+            self.releases.iter().map(|(at, _)| *at).min(),
         ]
         .into_iter()
         .flatten()
@@ -642,6 +655,7 @@ impl Node {
                 }
                 if let Some(device) = self.calls.conn_device.remove(conn) {
                     self.calls.udp_legs.remove(conn);
+                    self.calls.call_sessions.retain(|_, c| c != conn);
                     let was_up = self
                         .calls
                         .devices
@@ -743,6 +757,7 @@ impl Node {
             if is_call {
                 if let Message::CallInvite { call, .. } = msg {
                     self.calls.invite_conn = Some((*call, conn));
+                    self.calls.call_sessions.insert((*call, device), conn);
                 }
                 let user = self.endpoint.peer(conn).map(|p| p.certificate.user.clone());
                 if let Some(user) = user {
@@ -783,6 +798,9 @@ impl Node {
                     };
                     if let Ok(e2e) = self.endpoint.connect(now, path, Some(key)) {
                         self.calls.conn_device.insert(e2e, device);
+                        if let Some(call) = self.calls.outgoing {
+                            self.calls.call_sessions.insert((call, device), e2e);
+                        }
                         if let Some(link) = self.calls.devices.get_mut(&device) {
                             link.conn = Some(e2e);
                             link.relay = Some((sn, *channel));
@@ -853,6 +871,16 @@ impl Node {
         let mut moved = false;
         while let Some(t) = self.calls.machine.poll_transmit() {
             moved = true;
+            // The call's own session, once up; else the device's current one.
+            let bound = t
+                .message
+                .call_id()
+                .and_then(|call| self.calls.call_sessions.get(&(call, t.device)).copied())
+                .filter(|conn| self.endpoint.peer(*conn).is_some());
+            if let Some(conn) = bound {
+                let _ = self.endpoint.send_control(now, conn, &t.message);
+                continue;
+            }
             let link = self.calls.devices.get_mut(&t.device);
             match link {
                 Some(l) if l.up => {
@@ -940,16 +968,18 @@ impl Node {
                     if self.calls.outgoing == Some(*call) {
                         self.calls.outgoing = None;
                     }
-                    // Give the relay channels back.
+                    // Give the relay channels back, once the call's last words (a cancel, a
+                    // decline, a hang-up, and their retransmissions) had time to cross them.
                     let relays: Vec<(SocketAddr, u32)> = self
                         .calls
                         .devices
                         .values_mut()
-                        .filter_map(|l| l.relay)
+                        .filter_map(|l| l.relay.take())
                         .collect();
-                    for relay in relays {
-                        self.release_relay(now, relay);
-                    }
+                    let at = now + RELEASE_GRACE;
+                    self.calls
+                        .releases
+                        .extend(relays.into_iter().map(|r| (at, r)));
                 }
                 _ => {}
             }
@@ -1055,6 +1085,13 @@ impl Node {
 
     /// Timers of calls.
     pub(super) fn calls_timeout(&mut self, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.calls.releases)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.calls.releases = later;
+        for (_, relay) in due {
+            self.release_relay(now, relay);
+        }
         self.calls.machine.handle_timeout(now);
         if let Some((_, _, _, pm)) = self.calls.path.as_mut() {
             pm.handle_timeout(now);
