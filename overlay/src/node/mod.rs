@@ -198,6 +198,38 @@ impl NodeConfig {
             relay: crate::relay::RelayConfig::new([0; 32]),
         }
     }
+
+    /// The UDP addresses a driver binds for a node with this configuration: the listen
+    /// address and, when the node may be a super node, the other RFC 5780 combinations of its
+    /// STUN server (a second port, and with [`NodeConfig::stun_alternate`] a second IP). The
+    /// first is the listen address.
+    pub fn bind_addresses(&self) -> Vec<SocketAddr> {
+        if self.role == RolePolicy::Forbid {
+            return vec![self.listen];
+        }
+        self.stun_server().local_addresses()
+    }
+
+    /// The TCP addresses a driver listens on, with whether each is TLS-wrapped: none for a
+    /// node that may never be a super node; else the listen address and the fallback port pair
+    /// of [`AttachConfig::fallback_ports`] (plain, then TLS) on its IP.
+    pub fn tcp_listen_addresses(&self) -> Vec<(SocketAddr, bool)> {
+        if self.role == RolePolicy::Forbid {
+            return Vec::new();
+        }
+        let l = self.listen;
+        let ports = self.attach.fallback_ports;
+        vec![(l, false), (ports.plain(l), false), (ports.tls(l), true)]
+    }
+
+    /// The STUN server a super node with this configuration runs: with a second IP when it
+    /// has one, else on its one IP with a second port and a partner super node for IP changes.
+    fn stun_server(&self) -> StunServer {
+        let listen = self.listen;
+        self.stun_alternate
+            .and_then(|alt| StunServer::new(listen, Some(alt)).ok())
+            .unwrap_or_else(|| StunServer::single_address(listen, listen.port().wrapping_add(1)))
+    }
 }
 
 /// What a node reports.
@@ -554,35 +586,18 @@ impl Node {
         self.endpoint.update_certificate(certificate);
     }
 
-    /// The addresses the driver must bind (UDP and TCP): the listen address and, for a super
-    /// node with a STUN alternate, the other three RFC 5780 combinations.
+    /// The addresses the driver must bind (UDP and TCP): see [`NodeConfig::bind_addresses`].
     pub fn bind_addresses(&self) -> Vec<SocketAddr> {
-        if self.cfg.role == RolePolicy::Forbid {
-            return vec![self.cfg.listen];
-        }
-        self.new_stun_server().local_addresses()
+        self.cfg.bind_addresses()
     }
 
-    /// The TCP addresses the driver must listen on, with whether each is TLS-wrapped: none
-    /// for a node that may never be a super node; else the listen address and the fallback
-    /// port pair of [`AttachConfig::fallback_ports`] (plain, then TLS) on its IP.
+    /// The TCP addresses the driver must listen on: see [`NodeConfig::tcp_listen_addresses`].
     pub fn tcp_listen_addresses(&self) -> Vec<(SocketAddr, bool)> {
-        if self.cfg.role == RolePolicy::Forbid {
-            return Vec::new();
-        }
-        let l = self.cfg.listen;
-        let ports = self.cfg.attach.fallback_ports;
-        vec![(l, false), (ports.plain(l), false), (ports.tls(l), true)]
+        self.cfg.tcp_listen_addresses()
     }
 
-    /// The STUN server this node runs as a super node: with a second IP when it has one,
-    /// else on its one IP with a second port and a partner super node for IP changes.
     fn new_stun_server(&self) -> StunServer {
-        let listen = self.cfg.listen;
-        self.cfg
-            .stun_alternate
-            .and_then(|alt| StunServer::new(listen, Some(alt)).ok())
-            .unwrap_or_else(|| StunServer::single_address(listen, listen.port().wrapping_add(1)))
+        self.cfg.stun_server()
     }
 
     /// This host's addresses changed (a new network, a new lease): re-detect and re-attach.
