@@ -7,43 +7,34 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use natter_core::endpoint::{ConnId, EndpointEvent, Path};
+use natter_core::endpoint::{ConnId, Endpoint, EndpointEvent, Path};
 use natter_core::sansio::{Destination, Transmit};
 use natter_core::wire::message::Message;
 use natter_core::wire::{frame, relay};
 
-use super::Node;
+use super::super::parts::Cx;
 use crate::relay::{Party, Relay, RelayConfig, Released};
 
 /// The relay and the sessions registered with it.
 #[derive(Debug)]
-pub(super) struct Relaying {
-    pub(super) relay: Relay,
+pub(crate) struct Relaying {
+    relay: Relay,
     /// Each registered session's transport, and the reverse.
     by_conn: HashMap<ConnId, Destination>,
     by_dest: HashMap<Destination, ConnId>,
 }
 
 impl Relaying {
-    pub(super) fn new(cfg: RelayConfig) -> Self {
-        Self {
+    /// Start relaying: every session already open is registered.
+    pub fn new(cfg: RelayConfig, endpoint: &Endpoint) -> Self {
+        let mut r = Self {
             relay: Relay::new(cfg),
             by_conn: HashMap::new(),
             by_dest: HashMap::new(),
-        }
-    }
-}
-
-impl Node {
-    /// Start relaying (on promotion): every open session is registered.
-    pub(super) fn start_relaying(&mut self) {
-        let mut cfg = self.cfg.relay.clone();
-        cfg.seed = self.rng.bytes32();
-        let mut r = Relaying::new(cfg);
-        let conns: Vec<ConnId> = self.endpoint.connections().collect();
-        for conn in conns {
+        };
+        for conn in endpoint.connections() {
             if let (Some(Path::Direct(dest)), Some(peer)) =
-                (self.endpoint.remote(conn), self.endpoint.peer(conn))
+                (endpoint.remote(conn), endpoint.peer(conn))
             {
                 let party = Party {
                     device: peer.certificate.device,
@@ -54,39 +45,32 @@ impl Node {
                 r.by_dest.insert(dest.clone(), conn);
             }
         }
-        self.relaying = Some(r);
-        self.endpoint.set_relaying(true);
+        r
     }
 
-    /// Stop relaying (on demotion): the parties of every channel are told.
-    pub(super) fn stop_relaying(&mut self, now: Instant) {
-        self.endpoint.set_relaying(false);
-        if let Some(mut r) = self.relaying.take() {
-            let dests: Vec<Destination> = r.by_dest.keys().cloned().collect();
-            let mut released = Vec::new();
-            for d in dests {
-                released.extend(r.relay.session_down(now, &d));
-            }
-            self.relaying = Some(r);
-            self.notify_released(now, released);
-            self.relaying = None;
+    /// The relay table and its counters.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Stop relaying: the parties of every channel are told.
+    pub fn stop(&mut self, cx: &mut Cx<'_>) {
+        cx.sessions.endpoint().set_relaying(false);
+        let dests: Vec<Destination> = self.by_dest.keys().cloned().collect();
+        let mut released = Vec::new();
+        for d in dests {
+            released.extend(self.relay.session_down(cx.now, &d));
         }
+        self.notify_released(cx, released);
     }
 
-    /// The relay counters, as a super node.
-    pub fn relay(&self) -> Option<&Relay> {
-        self.relaying.as_ref().map(|r| &r.relay)
-    }
-
-    /// Follow sessions for the relay; consumes relayed frames. Returns true when consumed.
-    pub(super) fn relay_endpoint_event(&mut self, now: Instant, e: &EndpointEvent) -> bool {
-        let Some(r) = self.relaying.as_mut() else {
-            return false;
-        };
+    /// Follow every session for the relay; forwards relayed frames that came through the
+    /// endpoint (on streams). Returns true when the event was such a frame.
+    pub fn observe(&mut self, cx: &mut Cx<'_>, e: &EndpointEvent) -> bool {
         let released = match e {
             EndpointEvent::RelayFrame { from, frame } => {
-                if let Some((to, bytes)) = r.relay.forward(now, from, frame) {
-                    self.send_relayed(to, bytes);
+                if let Some((to, bytes)) = self.relay.forward(cx.now, from, frame) {
+                    send_relayed(cx, to, bytes);
                 }
                 return true;
             }
@@ -96,9 +80,9 @@ impl Node {
                 remote: Path::Direct(dest),
                 ..
             } => {
-                r.by_conn.insert(*conn, dest.clone());
-                r.by_dest.insert(dest.clone(), *conn);
-                r.relay.session_up(
+                self.by_conn.insert(*conn, dest.clone());
+                self.by_dest.insert(dest.clone(), *conn);
+                self.relay.session_up(
                     dest.clone(),
                     Party {
                         device: peer.certificate.device,
@@ -109,93 +93,58 @@ impl Node {
             EndpointEvent::PathChanged {
                 conn,
                 remote: Path::Direct(new),
-            } => match r.by_conn.get(conn).cloned() {
+            } => match self.by_conn.get(conn).cloned() {
                 Some(old) if old != *new => {
-                    r.by_dest.remove(&old);
-                    r.by_conn.insert(*conn, new.clone());
-                    r.by_dest.insert(new.clone(), *conn);
-                    r.relay.session_moved(&old, new.clone())
+                    self.by_dest.remove(&old);
+                    self.by_conn.insert(*conn, new.clone());
+                    self.by_dest.insert(new.clone(), *conn);
+                    self.relay.session_moved(&old, new.clone())
                 }
                 _ => Vec::new(),
             },
-            EndpointEvent::Closed { conn, .. } => match r.by_conn.remove(conn) {
+            EndpointEvent::Closed { conn, .. } => match self.by_conn.remove(conn) {
                 Some(dest) => {
-                    r.by_dest.remove(&dest);
-                    r.relay.session_down(now, &dest)
+                    self.by_dest.remove(&dest);
+                    self.relay.session_down(cx.now, &dest)
                 }
                 None => Vec::new(),
             },
             _ => Vec::new(),
         };
-        self.notify_released(now, released);
+        self.notify_released(cx, released);
         false
     }
 
     /// A UDP datagram that is a frame for our relay: forwarded (or dropped and counted) at
-    /// once, without a trip through the endpoint's event queue and the node's pump, the
-    /// per-packet path of a busy relay. Returns false, and leaves the datagram to the
-    /// endpoint, when not relaying or when it is not such a frame: a frame relayed *to* this
-    /// node as a party of its own calls (direction bit set), or one the endpoint counts as
-    /// malformed (shorter than a header and one byte, another version, channel 0). Frames on
-    /// streams still arrive as [`EndpointEvent::RelayFrame`].
-    pub(super) fn relay_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
-        let Some(r) = self.relaying.as_mut() else {
-            return false;
-        };
+    /// once, without a trip through the endpoint's event queue, the per-packet path of a busy
+    /// relay. Returns false, and leaves the datagram to the endpoint, when it is not such a
+    /// frame: a frame relayed *to* this node as a party of its own calls (direction bit set),
+    /// or one the endpoint counts as malformed (shorter than a header and one byte, another
+    /// version, channel 0). Frames on streams arrive as [`EndpointEvent::RelayFrame`].
+    pub fn datagram(&mut self, cx: &mut Cx<'_>, source: SocketAddr, data: &[u8]) -> bool {
         match relay::decode(data) {
             Ok((h, _)) if !h.to_party => {}
             _ => return false,
         }
-        if let Some((to, bytes)) = r.relay.forward(now, &Destination::Udp(source), data) {
-            self.send_relayed(to, bytes);
+        if let Some((to, bytes)) = self.relay.forward(cx.now, &Destination::Udp(source), data) {
+            send_relayed(cx, to, bytes);
         }
         true
     }
 
-    /// Queue a forwarded frame: as is in a datagram, with the stream's length prefix on a
-    /// stream.
-    fn send_relayed(&mut self, to: Destination, bytes: Bytes) {
-        let payload = match to {
-            Destination::Udp(_) => bytes,
-            Destination::Stream(_) => {
-                let mut framed = BytesMut::with_capacity(bytes.len() + frame::PREFIX_LEN);
-                if frame::encode(&bytes, &mut framed).is_err() {
-                    return;
-                }
-                framed.freeze()
-            }
-        };
-        self.transmits.push_back(Transmit {
-            destination: to,
-            source: None,
-            payload,
-            ttl: None,
-        });
-    }
-
-    /// Relay requests and releases from sessions; returns true when consumed.
-    pub(super) fn on_relay_message(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        msg: &Message<'_>,
-    ) -> bool {
-        let Some(r) = self.relaying.as_mut() else {
-            return false;
-        };
-        let Some(from) = r.by_conn.get(&conn).cloned() else {
-            return matches!(
-                msg,
-                Message::RelayAllocate { .. } | Message::RelayRelease { .. }
-            );
+    /// Relay requests and releases from a session.
+    pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
+        let Some(from) = self.by_conn.get(&conn).cloned() else {
+            // Not a session the relay knows (relayed itself, or not up): nothing to do.
+            return;
         };
         match msg {
             Message::RelayAllocate { request, device } => {
-                match r.relay.allocate(now, &from, *device) {
+                match self.relay.allocate(cx.now, &from, *device) {
                     Ok(a) => {
-                        let peer_conn = r.by_dest.get(&a.peer).copied();
-                        let _ = self.endpoint.send_control(
-                            now,
+                        let peer_conn = self.by_dest.get(&a.peer).copied();
+                        let _ = cx.sessions.send(
+                            cx.now,
                             conn,
                             &Message::RelayAllocated {
                                 request: *request,
@@ -203,8 +152,8 @@ impl Node {
                             },
                         );
                         if let Some(pc) = peer_conn {
-                            let _ = self.endpoint.send_control(
-                                now,
+                            let _ = cx.sessions.send(
+                                cx.now,
                                 pc,
                                 &Message::RelayOffer {
                                     channel: a.channel,
@@ -214,8 +163,8 @@ impl Node {
                         }
                     }
                     Err(refusal) => {
-                        let _ = self.endpoint.send_control(
-                            now,
+                        let _ = cx.sessions.send(
+                            cx.now,
                             conn,
                             &Message::RelayRefused {
                                 request: *request,
@@ -224,26 +173,20 @@ impl Node {
                         );
                     }
                 }
-                true
             }
             Message::RelayRelease { channel } => {
-                let released = r.relay.release(now, &from, *channel);
-                self.notify_released(now, released.into_iter().collect());
-                true
+                let released = self.relay.release(cx.now, &from, *channel);
+                self.notify_released(cx, released.into_iter().collect());
             }
-            _ => false,
+            _ => {}
         }
     }
 
-    fn notify_released(&mut self, now: Instant, released: Vec<Released>) {
+    fn notify_released(&mut self, cx: &mut Cx<'_>, released: Vec<Released>) {
         for rel in released {
-            let conn = self
-                .relaying
-                .as_ref()
-                .and_then(|r| r.by_dest.get(&rel.notify).copied());
-            if let Some(conn) = conn {
-                let _ = self.endpoint.send_control(
-                    now,
+            if let Some(&conn) = self.by_dest.get(&rel.notify) {
+                let _ = cx.sessions.send(
+                    cx.now,
                     conn,
                     &Message::RelayRelease {
                         channel: rel.channel,
@@ -254,24 +197,46 @@ impl Node {
     }
 
     /// The relay's timers.
-    pub(super) fn relay_timeout(&mut self, now: Instant) {
-        let released = match self.relaying.as_mut() {
-            Some(r) if r.relay.poll_timeout().is_some_and(|t| t <= now) => {
-                r.relay.handle_timeout(now)
-            }
-            _ => return,
-        };
-        self.notify_released(now, released);
+    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+        if self.relay.poll_timeout().is_some_and(|t| t <= cx.now) {
+            let released = self.relay.handle_timeout(cx.now);
+            self.notify_released(cx, released);
+        }
     }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.relay.poll_timeout()
+    }
+}
+
+/// Queue a forwarded frame: as is in a datagram, with the stream's length prefix on a stream.
+fn send_relayed(cx: &mut Cx<'_>, to: Destination, bytes: Bytes) {
+    let payload = match to {
+        Destination::Udp(_) => bytes,
+        Destination::Stream(_) => {
+            let mut framed = BytesMut::with_capacity(bytes.len() + frame::PREFIX_LEN);
+            if frame::encode(&bytes, &mut framed).is_err() {
+                return;
+            }
+            framed.freeze()
+        }
+    };
+    cx.out.transmits.push_back(Transmit {
+        destination: to,
+        source: None,
+        payload,
+        ttl: None,
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::{NodeConfig, RolePolicy};
+    use crate::node::{Node, NodeConfig, RolePolicy};
     use natter_core::endpoint::Endpoint;
     use natter_core::sansio::{Input, Machine};
     use natter_core::testkit::{TestNetwork, TEST_WALL};
+    use natter_core::wire::message::Message;
 
     const SN: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7000);

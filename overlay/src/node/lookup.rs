@@ -1,0 +1,321 @@
+//! The index client: searching the global index, and keeping our own presence record in it.
+//!
+//! An ordinary node asks one of its super nodes, which runs the search, and verifies every
+//! record it gets back; when that super node cannot tell, or says "not found" (which cannot be
+//! checked here), it asks once more through the other one. A super node runs searches in its
+//! own index (the super-node role). Outcomes go to the part that asked (calls dial by user name)
+//! or to the application.
+//!
+//! Our own record is signed here and published whenever what it says changes (the super nodes
+//! we are attached to, our addresses, our NAT type, online or not) and every
+//! [`NodeConfig::presence_refresh`](super::NodeConfig::presence_refresh).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natter_core::crypto::UserName;
+use natter_core::endpoint::ConnId;
+use natter_core::overlay::{ClientSearches, PresenceRecord, SearchOutcome, SearchResult};
+use natter_core::wire::message::Message;
+
+use super::parts::{Cx, Notice, PartId};
+use super::NodeEvent;
+
+/// Ids of searches a super node runs in its own index (apart from those it asks others for).
+const LOCAL_SEARCH: u64 = 1 << 62;
+
+/// What a presence record says, apart from its sequence number and time: a fresh record is
+/// published whenever this changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PresenceKey {
+    super_nodes: Vec<SocketAddr>,
+    online: bool,
+    reflexive: Option<SocketAddr>,
+    local_addresses: Vec<SocketAddr>,
+    nat: u8,
+}
+
+/// An ordinary node's search in flight.
+#[derive(Debug)]
+struct ClientSearchTry {
+    id: u64,
+    user: UserName,
+    started: Instant,
+    asked: ConnId,
+    retried: bool,
+    /// The first super node said "not found": kept if the second cannot tell.
+    first: Option<SearchOutcome>,
+}
+
+/// The index client. See the [module documentation](self).
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    searches: ClientSearches,
+    /// Per query of ours: the id handed out, who was searched, when, the link asked, and
+    /// whether this is already the second try.
+    tries: HashMap<u32, ClientSearchTry>,
+    /// Who wants each search's outcome (absent: the application).
+    replies: HashMap<u64, PartId>,
+    next_search: u64,
+    presence_seq: u64,
+    published: Option<PresenceKey>,
+    next_presence: Option<Instant>,
+    online: bool,
+}
+
+impl Lookup {
+    /// An index client whose searches give up after `timeout`.
+    pub fn new(searches: ClientSearches) -> Self {
+        Self {
+            searches,
+            tries: HashMap::new(),
+            replies: HashMap::new(),
+            next_search: 0,
+            presence_seq: 0,
+            published: None,
+            next_presence: None,
+            online: true,
+        }
+    }
+
+    /// Search the index for `user`; the outcome goes to `reply`, or to the application as
+    /// [`NodeEvent::Search`] with the returned id.
+    pub fn search(&mut self, cx: &mut Cx<'_>, user: UserName, reply: Option<PartId>) -> u64 {
+        self.next_search += 1;
+        if cx.facts.super_node {
+            let id = self.next_search | LOCAL_SEARCH;
+            if let Some(part) = reply {
+                self.replies.insert(id, part);
+            }
+            cx.out
+                .notify(PartId::SuperNode, Notice::SearchHere { id, user });
+            return id;
+        }
+        let id = self.next_search;
+        if let Some(part) = reply {
+            self.replies.insert(id, part);
+        }
+        let target = index_link(cx, None);
+        let (query, message) = self.searches.start(cx.now, user.clone());
+        let sent = target.is_some_and(|conn| cx.sessions.send(cx.now, conn, &message).is_ok());
+        match target {
+            Some(asked) if sent => {
+                self.tries.insert(
+                    query,
+                    ClientSearchTry {
+                        id,
+                        user,
+                        started: cx.now,
+                        asked,
+                        retried: false,
+                        first: None,
+                    },
+                );
+            }
+            _ => {
+                // Not attached: nobody to ask. Fail now rather than at the timeout.
+                let outcome = self
+                    .searches
+                    .handle_message(cx.now, cx.wall, &not_found(query))
+                    .map(|(_, o)| o)
+                    .unwrap_or(SearchOutcome {
+                        user,
+                        result: SearchResult::Unavailable,
+                        hops: 0,
+                        messages: 0,
+                        elapsed: Duration::ZERO,
+                    });
+                self.finished(cx, id, outcome);
+            }
+        }
+        id
+    }
+
+    /// Set whether the user is online, publishing a fresh record when it changes.
+    pub fn set_online(&mut self, cx: &mut Cx<'_>, online: bool) {
+        if self.online != online {
+            self.online = online;
+            self.published = None;
+            self.publish(cx);
+        }
+    }
+
+    /// An answer to one of our searches, from the super node asked.
+    pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
+        let query = match msg {
+            Message::IndexResult { query, .. } | Message::IndexNotFound { query, .. } => *query,
+            _ => {
+                cx.out.stats.overlay_dropped += 1;
+                return;
+            }
+        };
+        if self.tries.get(&query).is_none_or(|t| t.asked != conn) {
+            cx.out.stats.overlay_dropped += 1;
+            return;
+        }
+        if let Some((query, outcome)) = self.searches.handle_message(cx.now, cx.wall, msg) {
+            self.client_outcome(cx, query, outcome);
+        }
+    }
+
+    /// A notice from another part.
+    pub fn on_notice(&mut self, cx: &mut Cx<'_>, notice: Notice) {
+        match notice {
+            Notice::SearchDone { id, outcome } => self.finished(cx, id, outcome),
+            Notice::FactsChanged => self.publish(cx),
+            _ => {}
+        }
+    }
+
+    /// Search and publication timers.
+    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+        for (query, outcome) in self.searches.handle_timeout(cx.now) {
+            self.client_outcome(cx, query, outcome);
+        }
+        if self.next_presence.is_some_and(|t| t <= cx.now) {
+            self.publish(cx);
+            if self.next_presence.is_some_and(|t| t <= cx.now) {
+                // Could not publish (not attached): try again once attached.
+                self.next_presence = None;
+                self.published = None;
+            }
+        }
+    }
+
+    /// When the index client next wants its timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.searches.poll_timeout(), self.next_presence]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A search ended: to the part that asked, or to the application.
+    fn finished(&mut self, cx: &mut Cx<'_>, id: u64, outcome: SearchOutcome) {
+        match self.replies.remove(&id) {
+            Some(part) => cx.out.notify(part, Notice::SearchDone { id, outcome }),
+            None => cx.out.events.push_back(NodeEvent::Search { id, outcome }),
+        }
+    }
+
+    /// A search of ours ended at the super node asked. When it could not tell (or did not
+    /// answer), or said "not found" (which, unlike records, cannot be checked here), ask once
+    /// more through the other attached super node: ours may have died or be lying.
+    fn client_outcome(&mut self, cx: &mut Cx<'_>, query: u32, mut outcome: SearchOutcome) {
+        let Some(attempt) = self.tries.remove(&query) else {
+            return;
+        };
+        let doubt = matches!(
+            outcome.result,
+            SearchResult::Unavailable | SearchResult::NotFound
+        );
+        if doubt && !attempt.retried {
+            if let Some(other) = index_link(cx, Some(attempt.asked)) {
+                let (q2, message) = self.searches.start(cx.now, attempt.user.clone());
+                if cx.sessions.send(cx.now, other, &message).is_ok() {
+                    let first = (outcome.result == SearchResult::NotFound).then_some(outcome);
+                    self.tries.insert(
+                        q2,
+                        ClientSearchTry {
+                            asked: other,
+                            retried: true,
+                            first,
+                            ..attempt
+                        },
+                    );
+                    return;
+                }
+                // Could not send: drop the second try's bookkeeping and report below.
+                let _ = self
+                    .searches
+                    .handle_message(cx.now, cx.wall, &not_found(q2));
+            }
+        }
+        if let Some(first) = attempt.first {
+            // Both answers count; a second "could not tell" does not undo a first "not found".
+            outcome.messages += first.messages;
+            if outcome.result == SearchResult::Unavailable {
+                outcome.result = SearchResult::NotFound;
+                outcome.hops = first.hops;
+            }
+        }
+        outcome.elapsed = cx.now.saturating_duration_since(attempt.started);
+        self.finished(cx, attempt.id, outcome);
+    }
+
+    /// What our record would say now, apart from its sequence number and time.
+    fn key(&self, cx: &Cx<'_>) -> PresenceKey {
+        PresenceKey {
+            super_nodes: if cx.facts.super_node {
+                vec![cx.cfg.listen]
+            } else {
+                cx.facts.attached()
+            },
+            online: self.online,
+            reflexive: cx.facts.reflexive,
+            local_addresses: cx.facts.local_addresses.clone(),
+            nat: cx.facts.nat_code(),
+        }
+    }
+
+    /// Publish our record when anything it says changed, or when it is due.
+    fn publish(&mut self, cx: &mut Cx<'_>) {
+        let key = self.key(cx);
+        let due = self.next_presence.is_some_and(|t| t <= cx.now);
+        if key.super_nodes.is_empty() || (!due && self.published.as_ref() == Some(&key)) {
+            return;
+        }
+        // Increasing across restarts without a stored counter: wall-clock seconds, with room
+        // for 65,536 records a second.
+        self.presence_seq = (cx.wall.0 << 16).max(self.presence_seq + 1);
+        let record = PresenceRecord::sign(
+            &cx.cfg.identity.device,
+            cx.cfg.identity.certificate.clone(),
+            self.online,
+            key.super_nodes.clone(),
+            key.reflexive,
+            key.local_addresses.clone(),
+            key.nat,
+            cx.cfg.identity.capabilities,
+            self.presence_seq,
+            cx.wall,
+        );
+        let published = if cx.facts.super_node {
+            cx.out
+                .notify(PartId::SuperNode, Notice::Publish(Box::new(record)));
+            true
+        } else if let Some(conn) = index_link(cx, None) {
+            let msg = Message::IndexStore {
+                replicate: true,
+                record: Box::new(record),
+            };
+            cx.sessions.send(cx.now, conn, &msg).is_ok()
+        } else {
+            false
+        };
+        if published {
+            self.published = Some(key);
+            self.next_presence = Some(cx.now + cx.cfg.presence_refresh);
+        }
+    }
+}
+
+/// The session to ask the index through: the first attached super node's (other than
+/// `except`).
+fn index_link(cx: &Cx<'_>, except: Option<ConnId>) -> Option<ConnId> {
+    cx.facts
+        .links
+        .iter()
+        .map(|l| l.conn)
+        .find(|c| Some(*c) != except)
+}
+
+/// The answer a search that could not be asked ends with.
+fn not_found(query: u32) -> Message<'static> {
+    Message::IndexNotFound {
+        query,
+        hops: 0,
+        definite: false,
+    }
+}

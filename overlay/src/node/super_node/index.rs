@@ -1,0 +1,382 @@
+//! A super node's side of the global index: the [`Dht`], the [`Ring`] it routes on (kept in
+//! step with the membership), and the sessions with other super nodes that carry the index's
+//! and the membership's messages.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natter_core::crypto::{DeviceId, UserName};
+use natter_core::endpoint::{ConnId, Path};
+use natter_core::overlay::PresenceRecord;
+use natter_core::sansio::Destination;
+use natter_core::wire::message::{HostEntry, Message};
+
+use super::super::parts::{Cx, Notice, PartId};
+use crate::dht::{Dht, DhtOutput, Origin, Ring};
+use crate::supernode::SuperNodeRole;
+
+/// How often a super node re-reads its membership into the index ring.
+const RING_SYNC: Duration = Duration::from_secs(2);
+/// A super node no session could be opened with stays out of the ring this long (the
+/// membership's own probes then tell whether it is gone for good).
+const SUSPECT_FOR: Duration = Duration::from_secs(60);
+/// Messages waiting for a session with a super node to open.
+const MAX_QUEUED: usize = 64;
+
+/// The index as a super node holds it. See the [module documentation](self).
+#[derive(Debug)]
+pub(crate) struct IndexPart {
+    me: HostEntry,
+    dht: Dht,
+    ring: Ring,
+    next_ring_sync: Option<Instant>,
+    /// Sessions with super nodes for index and membership traffic, and those being opened
+    /// (with what waits for them).
+    sessions: HashMap<SocketAddr, ConnId>,
+    connecting: HashMap<ConnId, (HostEntry, Vec<Message<'static>>)>,
+    /// Super nodes a session could not be opened with: out of the ring until then.
+    suspects: HashMap<SocketAddr, Instant>,
+}
+
+impl IndexPart {
+    pub fn new(cx: &Cx<'_>, me: HostEntry) -> Self {
+        Self {
+            me,
+            dht: Dht::new(cx.cfg.index.clone(), me, cx.cfg.identity.trusted.clone()),
+            ring: Ring::new(cx.cfg.ring_prefix_cap),
+            next_ring_sync: None,
+            sessions: HashMap::new(),
+            connecting: HashMap::new(),
+            suspects: HashMap::new(),
+        }
+    }
+
+    pub fn dht(&self) -> &Dht {
+        &self.dht
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    pub fn revoke(&mut self, devices: &[DeviceId]) {
+        self.dht.revoke(devices.iter().copied());
+    }
+
+    /// Run a search of our own in our index.
+    pub fn search_here(&mut self, cx: &mut Cx<'_>, id: u64, user: UserName) {
+        self.dht
+            .search(cx.now, cx.wall, &self.ring, Origin::Local(id), user);
+    }
+
+    /// Store our own presence record.
+    pub fn publish(&mut self, cx: &mut Cx<'_>, record: PresenceRecord) {
+        self.dht.publish(cx.now, cx.wall, &self.ring, record);
+    }
+
+    /// Make the ring follow the super-node membership.
+    pub fn sync_ring(&mut self, cx: &mut Cx<'_>, role: &SuperNodeRole) {
+        let now = cx.now;
+        self.suspects.retain(|_, until| *until > now);
+        let mut members: HashSet<HostEntry> = role
+            .membership()
+            .alive()
+            .filter(|m| !self.suspects.contains_key(&m.addr))
+            .collect();
+        members.insert(self.me);
+        let before = self.ring.generation();
+        let stale: Vec<_> = self
+            .ring
+            .entries()
+            .filter(|e| !members.contains(e))
+            .map(|e| e.addr)
+            .collect();
+        for addr in stale {
+            self.ring.remove(addr);
+        }
+        // In address order: which of several super nodes in one prefix get past the cap must
+        // not depend on a hash map's order.
+        let mut members: Vec<HostEntry> = members.into_iter().collect();
+        members.sort_by_key(|e| e.addr);
+        for m in members {
+            self.ring.insert(m);
+        }
+        if self.ring.generation() != before {
+            self.dht.ring_changed(now);
+        }
+        self.next_ring_sync = Some(now + RING_SYNC);
+    }
+
+    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>, role: &SuperNodeRole) {
+        if self.next_ring_sync.is_some_and(|t| t <= cx.now) {
+            self.next_ring_sync = None;
+            self.sync_ring(cx, role);
+        }
+        self.dht.handle_timeout(cx.now, cx.wall, &self.ring);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.dht.poll_timeout(), self.next_ring_sync]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Send the membership's and the index's messages; follow membership changes in the ring.
+    pub fn flush(&mut self, cx: &mut Cx<'_>, role: &mut SuperNodeRole) {
+        loop {
+            let mut moved = false;
+            let mut changed = false;
+            let m = role.membership_mut();
+            let mut out = Vec::new();
+            while let Some(o) = m.poll_output() {
+                out.push(o);
+            }
+            while m.poll_change().is_some() {
+                changed = true;
+            }
+            for (to, message) in out {
+                moved = true;
+                self.send_to_super_node(cx, to, message);
+            }
+            if changed {
+                moved = true;
+                self.sync_ring(cx, role);
+            }
+            while let Some(out) = self.dht.poll_output() {
+                moved = true;
+                match out {
+                    DhtOutput::Send { to, message } => self.send_to_super_node(cx, to, message),
+                    DhtOutput::Reply { client, message } => {
+                        let _ = cx.sessions.send(cx.now, ConnId(client as u32), &message);
+                    }
+                    DhtOutput::Done { id, outcome } => {
+                        cx.out
+                            .notify(PartId::Lookup, Notice::SearchDone { id, outcome });
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// A membership message on session `conn`.
+    pub fn membership_message(
+        &mut self,
+        cx: &mut Cx<'_>,
+        role: &mut SuperNodeRole,
+        conn: ConnId,
+        msg: &Message<'_>,
+    ) {
+        // Super nodes talk membership over UDP sessions, from their listening address.
+        let from = match (
+            cx.sessions.view().remote(conn),
+            cx.sessions.view().peer(conn),
+        ) {
+            (Some(Path::Direct(Destination::Udp(addr))), Some(peer)) if *addr != cx.cfg.listen => {
+                HostEntry {
+                    addr: *addr,
+                    static_key: peer.certificate.dh_public,
+                }
+            }
+            _ => {
+                cx.out.stats.overlay_dropped += 1;
+                return;
+            }
+        };
+        self.heard(cx, from.addr);
+        self.sessions.entry(from.addr).or_insert(conn);
+        role.membership_mut().handle_message(cx.now, from, msg);
+    }
+
+    /// An index message on session `conn`.
+    pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
+        let (now, wall) = (cx.now, cx.wall);
+        let udp = match cx.sessions.view().remote(conn) {
+            Some(Path::Direct(Destination::Udp(a))) => Some(*a),
+            _ => None,
+        };
+        let Some(peer_key) = cx
+            .sessions
+            .view()
+            .peer(conn)
+            .map(|p| p.certificate.dh_public)
+        else {
+            cx.out.stats.overlay_dropped += 1;
+            return;
+        };
+        // Super nodes talk index over UDP sessions (answers go back on the same session);
+        // what a stream peer (a client) may send is a publication or a full search.
+        let from = udp.map(|addr| HostEntry {
+            addr,
+            static_key: peer_key,
+        });
+        let from_super_node = matches!(
+            msg,
+            Message::IndexStore {
+                replicate: false,
+                ..
+            } | Message::IndexSearch { full: false, .. }
+                | Message::IndexResult { .. }
+                | Message::IndexNotFound { .. }
+        );
+        if from_super_node {
+            match from {
+                Some(f) if f.addr != cx.cfg.listen => {
+                    self.heard(cx, f.addr);
+                    self.sessions.entry(f.addr).or_insert(conn);
+                }
+                _ => {
+                    cx.out.stats.overlay_dropped += 1;
+                    return;
+                }
+            }
+        }
+        let from = from.unwrap_or(HostEntry {
+            addr: cx.cfg.listen,
+            static_key: peer_key,
+        });
+        match msg {
+            // A client publishes its record or asks for a search.
+            Message::IndexStore {
+                replicate: true,
+                record,
+            } => {
+                if !self.dht.publish(now, wall, &self.ring, (**record).clone()) {
+                    cx.out.stats.overlay_dropped += 1;
+                }
+            }
+            Message::IndexSearch {
+                query,
+                full: true,
+                user,
+            } => {
+                self.dht.search(
+                    now,
+                    wall,
+                    &self.ring,
+                    Origin::Client {
+                        client: u64::from(conn.0),
+                        query: *query,
+                    },
+                    user.clone(),
+                );
+            }
+            // Another super node stores, asks, or answers.
+            m => {
+                if !self.dht.handle_message(now, wall, &self.ring, from, m) {
+                    cx.out.stats.overlay_dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// Send `message` to super node `to` over a session with it (opened if needed).
+    pub fn send_to_super_node(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: HostEntry,
+        message: Message<'static>,
+    ) {
+        if to.addr == cx.cfg.listen {
+            return;
+        }
+        if let Some(conn) = self.sessions.get(&to.addr).copied() {
+            if cx.sessions.send(cx.now, conn, &message).is_ok() {
+                return;
+            }
+            self.sessions.remove(&to.addr);
+        }
+        // An existing session with that super node (a membership link, or one it opened).
+        // Both super nodes may have opened one: take the oldest, the same one on every run.
+        let existing = {
+            let ep = cx.sessions.view();
+            ep.connections()
+                .filter(|&c| {
+                    ep.remote(c) == Some(&Path::Direct(Destination::Udp(to.addr)))
+                        && ep
+                            .peer(c)
+                            .is_some_and(|p| p.certificate.dh_public == to.static_key)
+                })
+                .min()
+        };
+        if let Some(conn) = existing {
+            self.sessions.insert(to.addr, conn);
+            if cx.sessions.send(cx.now, conn, &message).is_ok() {
+                return;
+            }
+        }
+        if let Some((_, queue)) = self
+            .connecting
+            .values_mut()
+            .find(|(e, _)| e.addr == to.addr)
+        {
+            // Bounded: past this, the super node is too slow to answer anyway.
+            if queue.len() < MAX_QUEUED {
+                queue.push(message);
+            }
+            return;
+        }
+        match cx
+            .sessions
+            .connect(cx.now, Destination::Udp(to.addr), Some(to.static_key))
+        {
+            Ok(conn) => {
+                self.connecting.insert(conn, (to, vec![message]));
+            }
+            Err(_) => self.unreachable(cx, to.addr),
+        }
+    }
+
+    /// A session we opened to a super node is up: what waited for it goes.
+    pub fn connected(&mut self, cx: &mut Cx<'_>, conn: ConnId) -> bool {
+        let Some((to, queue)) = self.connecting.remove(&conn) else {
+            return false;
+        };
+        self.heard(cx, to.addr);
+        self.sessions.insert(to.addr, conn);
+        for m in queue {
+            let _ = cx.sessions.send(cx.now, conn, &m);
+        }
+        true
+    }
+
+    /// A session we opened to a super node could not be opened.
+    pub fn connect_failed(&mut self, cx: &mut Cx<'_>, conn: ConnId) -> bool {
+        let Some((to, _)) = self.connecting.remove(&conn) else {
+            return false;
+        };
+        self.unreachable(cx, to.addr);
+        true
+    }
+
+    /// A session ended: no index traffic on it any more.
+    pub fn session_closed(&mut self, conn: ConnId) {
+        self.sessions.retain(|_, c| *c != conn);
+    }
+
+    /// A super node we had taken out of the ring as unreachable answered after all (at start,
+    /// a session to one that was not up yet fails): back into the ring at the next sync, now.
+    fn heard(&mut self, cx: &Cx<'_>, addr: SocketAddr) {
+        if self.suspects.remove(&addr).is_some() {
+            self.next_ring_sync = Some(cx.now);
+        }
+    }
+
+    /// No session with the super node at `addr`: fail what waits for it and take it out of
+    /// the ring for a while (until it is heard from again), so searches and replicas go to
+    /// live ones.
+    pub fn unreachable(&mut self, cx: &mut Cx<'_>, addr: SocketAddr) {
+        if addr == cx.cfg.listen {
+            return;
+        }
+        self.suspects.insert(addr, cx.now + SUSPECT_FOR);
+        if self.ring.remove(addr) {
+            self.dht.ring_changed(cx.now);
+        }
+        self.dht.unreachable(cx.now, cx.wall, addr);
+    }
+}

@@ -1,0 +1,331 @@
+//! The super-node part: everything a node does only while it holds the super-node role.
+//!
+//! * the clients attached to it and the membership of every super node
+//!   ([`SuperNodeRole`], [`crate::membership`]);
+//! * the STUN server (RFC 8489 Binding and RFC 5780 tests; a single-address super node pairs
+//!   with a peer super node on another IP for change-IP requests);
+//! * its share of the global index and the ring it routes on ([`index`]);
+//! * the media relay ([`relay`]): channels between two devices that cannot meet directly.
+//!
+//! The facade creates this part on promotion and drops it on demotion (after
+//! [`SuperNode::leave`] told the clients and the other super nodes). It owns the sessions
+//! clients and other super nodes open to it and those it opens to other super nodes; the relay
+//! also watches every other session (a relay channel joins two sessions' addresses).
+
+mod index;
+mod relay;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use natter_core::crypto::DeviceId;
+use natter_core::endpoint::{ConnId, EndpointEvent, Path};
+use natter_core::sansio::{Destination, Input, Machine};
+use natter_core::wire::message::{HostEntry, Message};
+use natter_core::wire::stun::TransactionId;
+
+use super::parts::{Cx, Link, Notice};
+use super::NodeEvent;
+use crate::dht::{Dht, Ring};
+use crate::relay::RelayConfig;
+use crate::stun::StunServer;
+use crate::supernode::{SuperNodeConfig, SuperNodeRole};
+
+pub(crate) use index::IndexPart;
+pub(crate) use relay::Relaying;
+
+/// What a new super node starts from.
+pub(crate) struct Promotion {
+    /// This super node's entry.
+    pub me: HostEntry,
+    /// Seeds for the membership and the relay.
+    pub seeds: [[u8; 32]; 2],
+    /// The wall-clock second it takes the role (its incarnation).
+    pub incarnation: u32,
+    /// Super nodes it already knows (from its host cache).
+    pub known: Vec<HostEntry>,
+    /// The STUN server it runs.
+    pub stun: StunServer,
+    /// The relay's settings.
+    pub relay: RelayConfig,
+}
+
+/// The super-node part. See the [module documentation](self).
+#[derive(Debug)]
+pub(crate) struct SuperNode {
+    role: SuperNodeRole,
+    stun: StunServer,
+    index: IndexPart,
+    relay: Relaying,
+}
+
+impl SuperNode {
+    /// Take the role at `cx.now`. Links the node already has to super nodes become membership
+    /// links.
+    pub fn new(cx: &mut Cx<'_>, p: Promotion) -> Self {
+        let mut sn_cfg = SuperNodeConfig::new(p.me, p.seeds[0], p.incarnation);
+        sn_cfg.max_clients = cx.cfg.max_clients;
+        sn_cfg.keepalive = cx.cfg.keepalive;
+        let role = SuperNodeRole::new(sn_cfg, &p.known, cx.now);
+        let mut relay_cfg = p.relay;
+        relay_cfg.seed = p.seeds[1];
+        let mut sn = Self {
+            role,
+            stun: p.stun,
+            index: IndexPart::new(cx, p.me),
+            relay: Relaying::new(relay_cfg, cx.sessions.view()),
+        };
+        for link in cx.facts.links.clone() {
+            sn.linked(cx, link);
+        }
+        sn.index.sync_ring(cx, &sn.role);
+        sn.flush(cx);
+        sn
+    }
+
+    /// The role's state (clients, membership).
+    pub fn role(&self) -> &SuperNodeRole {
+        &self.role
+    }
+
+    /// The index, as a super node.
+    pub fn dht(&self) -> &Dht {
+        self.index.dht()
+    }
+
+    /// The ring the index routes on.
+    pub fn ring(&self) -> &Ring {
+        self.index.ring()
+    }
+
+    /// The relay.
+    pub fn relay(&self) -> &crate::relay::Relay {
+        self.relay.relay()
+    }
+
+    /// Give the role up: tell every client where to go instead and the other super nodes that
+    /// this one leaves, and release every relay channel.
+    pub fn leave(mut self, cx: &mut Cx<'_>) {
+        for r in self.role.handover() {
+            let _ = cx.sessions.send(cx.now, r.conn, &r.message);
+        }
+        while let Some((to, message)) = self.role.membership_mut().poll_output() {
+            self.index.send_to_super_node(cx, to, message);
+        }
+        self.relay.stop(cx);
+    }
+
+    /// Refuse records of these revoked devices.
+    pub fn revoke(&mut self, devices: &[DeviceId]) {
+        self.index.revoke(devices);
+    }
+
+    /// A STUN request on one of our addresses.
+    pub fn on_stun_request(&mut self, cx: &mut Cx<'_>, input: Input<'_>) {
+        self.stun.handle_input(cx.now, input);
+        cx.out.stats.stun_answered += 1;
+        self.flush(cx);
+    }
+
+    /// A datagram that may be a frame for our relay: forwarded at once (the per-packet path
+    /// of a busy relay). Returns false when it is not one (the endpoint takes it then).
+    pub fn relay_datagram(&mut self, cx: &mut Cx<'_>, source: SocketAddr, data: &[u8]) -> bool {
+        self.relay.datagram(cx, source, data)
+    }
+
+    /// Every session's events go by here first: the relay registers every session's address.
+    /// Returns true when the event was a relayed frame (consumed).
+    pub fn observe(&mut self, cx: &mut Cx<'_>, e: &EndpointEvent) -> bool {
+        let consumed = self.relay.observe(cx, e);
+        self.flush(cx);
+        consumed
+    }
+
+    /// An event of a session this part owns. Returns false when the application should hear
+    /// it (clients and peers coming and going are reported as session events too).
+    pub fn on_session(&mut self, cx: &mut Cx<'_>, e: &EndpointEvent) -> bool {
+        let consumed = match e {
+            EndpointEvent::Connected { conn, .. } => self.index.connected(cx, *conn),
+            EndpointEvent::ConnectFailed { conn, .. } => self.index.connect_failed(cx, *conn),
+            EndpointEvent::Closed { conn, .. } => {
+                self.index.session_closed(*conn);
+                if let Some(ev) = self.role.session_closed(*conn) {
+                    cx.out.events.push_back(NodeEvent::SuperNode(ev));
+                }
+                false
+            }
+            _ => false,
+        };
+        self.flush(cx);
+        consumed
+    }
+
+    /// An overlay, membership, index or relay message for the role.
+    pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
+        match msg {
+            Message::OverlayStunForward {
+                client,
+                transaction,
+            } => {
+                let from = self
+                    .role
+                    .peer_links()
+                    .into_iter()
+                    .find(|(c, _)| *c == conn)
+                    .map(|(_, a)| a);
+                match from {
+                    Some(forwarded_by) => self.stun.answer_for_partner(
+                        *client,
+                        TransactionId(*transaction),
+                        forwarded_by,
+                    ),
+                    None => cx.out.stats.overlay_dropped += 1,
+                }
+            }
+            Message::RelayAllocate { .. } | Message::RelayRelease { .. } => {
+                self.relay.on_message(cx, conn, msg)
+            }
+            m if crate::membership::Membership::is_membership_message(m) => {
+                self.index.membership_message(cx, &mut self.role, conn, m)
+            }
+            Message::IndexStore { .. }
+            | Message::IndexSearch { .. }
+            | Message::IndexResult { .. }
+            | Message::IndexNotFound { .. } => self.index.on_message(cx, conn, msg),
+            _ => self.role_message(cx, conn, msg),
+        }
+        self.flush(cx);
+    }
+
+    /// Attach requests, host-cache requests and membership hellos.
+    fn role_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
+        let Some(peer) = cx.sessions.view().peer(conn).cloned() else {
+            return;
+        };
+        // Where the client is seen from: its UDP address, or the far end of the stream its
+        // session runs over (clients behind a UDP-blocking firewall attach over TCP).
+        // (Every stream is announced with its far end before data arrives on it, so the
+        // fallback is never used for a live session.)
+        let remote = match cx.sessions.view().remote(conn) {
+            Some(Path::Direct(Destination::Udp(a))) => Some(*a),
+            Some(Path::Direct(Destination::Stream(s))) => cx.stream_remotes.get(s).copied(),
+            Some(Path::Relayed { .. }) | None => None,
+        }
+        .unwrap_or(cx.cfg.listen);
+        let (replies, events) = self.role.handle_message(
+            cx.now,
+            conn,
+            &peer.certificate.user,
+            peer.certificate.device,
+            remote,
+            msg,
+        );
+        for r in replies {
+            let _ = cx.sessions.send(cx.now, r.conn, &r.message);
+        }
+        cx.out
+            .events
+            .extend(events.into_iter().map(NodeEvent::SuperNode));
+        if matches!(msg, Message::OverlayMembership { .. }) {
+            self.index.sync_ring(cx, &self.role);
+        }
+    }
+
+    /// A notice from another part.
+    pub fn on_notice(&mut self, cx: &mut Cx<'_>, notice: Notice) {
+        match notice {
+            Notice::Linked(link) => self.linked(cx, link),
+            Notice::Unlinked { link, lost } => {
+                self.role.session_closed(link.conn);
+                // A super node whose link just broke may be gone: keep index traffic off it
+                // for a while.
+                if lost {
+                    self.index.unreachable(cx, link.addr);
+                }
+            }
+            Notice::SearchHere { id, user } => self.index.search_here(cx, id, user),
+            Notice::Publish(record) => self.index.publish(cx, *record),
+            _ => {}
+        }
+        self.flush(cx);
+    }
+
+    /// A link to a super node is a membership link too.
+    fn linked(&mut self, cx: &mut Cx<'_>, link: Link) {
+        if let Some(peer) = cx.sessions.view().peer(link.conn) {
+            let entry = HostEntry {
+                addr: link.addr,
+                static_key: peer.certificate.dh_public,
+            };
+            let r = self.role.peer_connected(cx.now, link.conn, entry);
+            let _ = cx.sessions.send(cx.now, r.conn, &r.message);
+        }
+    }
+
+    /// The role's timers: membership, ring, index, relay.
+    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+        self.role.handle_timeout(cx.now);
+        self.index.handle_timeout(cx, &self.role);
+        self.relay.handle_timeout(cx);
+        self.flush(cx);
+    }
+
+    /// When the role next wants its timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            Some(self.role.poll_timeout()),
+            self.index.poll_timeout(),
+            self.relay.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Send what the membership, the index and the STUN server produced.
+    fn flush(&mut self, cx: &mut Cx<'_>) {
+        self.index.flush(cx, &mut self.role);
+        // A single-address super node pairs with a peer super node on another IP.
+        if self.stun.other().is_none() {
+            let links = self.role.peer_links();
+            let want = links
+                .iter()
+                .map(|(_, a)| *a)
+                .find(|a| a.ip() != cx.cfg.listen.ip());
+            if self.stun.partner() != want {
+                self.stun.set_partner(want);
+            }
+            while let Some(f) = self.stun.poll_forward() {
+                if let Some((conn, _)) = links.iter().find(|(_, a)| *a == f.partner) {
+                    let msg = Message::OverlayStunForward {
+                        client: f.client,
+                        transaction: f.transaction.0,
+                    };
+                    let _ = cx.sessions.send(cx.now, *conn, &msg);
+                }
+            }
+        }
+        while let Some(t) = self.stun.poll_transmit() {
+            cx.out.transmits.push_back(t);
+        }
+    }
+}
+
+/// What a node that is not a super node does with a message for the role: an index search is
+/// answered "could not tell" (so the asker does not wait), anything else is dropped.
+pub(crate) fn not_a_super_node(cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
+    match msg {
+        Message::IndexSearch { query, .. } => {
+            let _ = cx.sessions.send(
+                cx.now,
+                conn,
+                &Message::IndexNotFound {
+                    query: *query,
+                    hops: 0,
+                    definite: false,
+                },
+            );
+        }
+        _ => cx.out.stats.overlay_dropped += 1,
+    }
+}
