@@ -559,93 +559,9 @@ impl Calls {
                 peer,
                 remote,
                 initiator,
-            } => {
-                if let Some(sn) = self.relay_sn_conns.get(conn).copied() {
-                    self.relay_sn_up(cx, sn, *conn);
-                    return true;
-                }
-                if let Some(device) = self.conn_device.get(conn).copied() {
-                    if peer.certificate.device != device {
-                        // IK bound the session to the key in the record; a certificate for
-                        // another device with that key cannot happen, but never trust it.
-                        cx.sessions.close(now, *conn);
-                        return true;
-                    }
-                    if let Some(link) = self.devices.get_mut(&device) {
-                        link.up = true;
-                        for m in std::mem::take(&mut link.queue) {
-                            let _ = cx.sessions.send(now, *conn, &m);
-                        }
-                    }
-                    return true;
-                }
-                if !initiator && remote.is_relayed() {
-                    // A peer reached us through a relay: a call session.
-                    let device = peer.certificate.device;
-                    self.conn_device.insert(*conn, device);
-                    let link = self
-                        .devices
-                        .entry(device)
-                        .or_insert_with(DeviceLink::incoming);
-                    // Call messages are taken from every session with the device. In glare
-                    // both sides opened one: each keeps sending on its own, and a call runs on
-                    // the session its caller invited on (see `invite_conn`).
-                    if !link.up || link.conn.is_none() {
-                        link.conn = Some(*conn);
-                        link.up = true;
-                        for m in std::mem::take(&mut link.queue) {
-                            let _ = cx.sessions.send(now, *conn, &m);
-                        }
-                    }
-                    if let Path::Relayed {
-                        relay: Destination::Stream(stream),
-                        channel,
-                    } = remote
-                    {
-                        self.open_udp_leg(cx, *conn, *stream, *channel);
-                    }
-                    return true;
-                }
-                false
-            }
-            EndpointEvent::ConnectFailed { conn, .. } | EndpointEvent::Closed { conn, .. } => {
-                let failed = matches!(e, EndpointEvent::ConnectFailed { .. });
-                if self.relay_sn_conns.contains_key(conn) {
-                    self.relay_sn_gone(cx, *conn, failed);
-                    return true;
-                }
-                let Some(device) = self.conn_device.remove(conn) else {
-                    return false;
-                };
-                self.udp_legs.remove(conn);
-                self.call_sessions.retain(|_, c| c != conn);
-                let was_up = self
-                    .devices
-                    .get(&device)
-                    .is_some_and(|l| l.up && l.conn == Some(*conn));
-                // Another session with the device, if there is one (glare left two).
-                let other = self
-                    .conn_device
-                    .iter()
-                    .filter(|(_, d)| **d == device)
-                    .map(|(c, _)| *c)
-                    .min();
-                if let Some(link) = self.devices.get_mut(&device) {
-                    if link.conn == Some(*conn) {
-                        link.conn = other;
-                        link.up = other.is_some();
-                        link.relay = None;
-                    }
-                }
-                if self.connected.as_ref().is_some_and(|c| c.conn == *conn) {
-                    self.connected = None;
-                }
-                if !was_up && failed {
-                    // The handshake through this relay failed: try another super node.
-                    self.dial_device(cx, device);
-                }
-                true
-            }
+            } => self.connected(cx, *conn, peer.certificate.device, remote, *initiator),
+            EndpointEvent::ConnectFailed { conn, .. } => self.session_ended(cx, *conn, true),
+            EndpointEvent::Closed { conn, .. } => self.session_ended(cx, *conn, false),
             EndpointEvent::Media { conn, path, data } => {
                 let Some(device) = self.conn_device.get(conn).copied() else {
                     return false;
@@ -690,6 +606,103 @@ impl Calls {
             }
             _ => false,
         }
+    }
+
+    /// A session is up: one with a relaying super node, one we opened to a callee device, or
+    /// one a peer opened to us through a relay (an incoming call session).
+    fn connected(
+        &mut self,
+        cx: &mut Cx<'_>,
+        conn: ConnId,
+        proven: DeviceId,
+        remote: &Path,
+        initiator: bool,
+    ) -> bool {
+        if let Some(sn) = self.relay_sn_conns.get(&conn).copied() {
+            self.relay_sn_up(cx, sn, conn);
+            return true;
+        }
+        if let Some(device) = self.conn_device.get(&conn).copied() {
+            if proven != device {
+                // IK bound the session to the key in the record; a certificate for another
+                // device with that key cannot happen, but never trust it.
+                cx.sessions.close(cx.now, conn);
+                return true;
+            }
+            if let Some(link) = self.devices.get_mut(&device) {
+                link.up = true;
+                for m in std::mem::take(&mut link.queue) {
+                    let _ = cx.sessions.send(cx.now, conn, &m);
+                }
+            }
+            return true;
+        }
+        if initiator || !remote.is_relayed() {
+            return false;
+        }
+        // A peer reached us through a relay: a call session.
+        self.conn_device.insert(conn, proven);
+        let link = self
+            .devices
+            .entry(proven)
+            .or_insert_with(DeviceLink::incoming);
+        // Call messages are taken from every session with the device. In glare both sides
+        // opened one: each keeps sending on its own, and a call runs on the session its caller
+        // invited on (see `invite_conn`).
+        if !link.up || link.conn.is_none() {
+            link.conn = Some(conn);
+            link.up = true;
+            for m in std::mem::take(&mut link.queue) {
+                let _ = cx.sessions.send(cx.now, conn, &m);
+            }
+        }
+        if let Path::Relayed {
+            relay: Destination::Stream(stream),
+            channel,
+        } = remote
+        {
+            self.open_udp_leg(cx, conn, *stream, *channel);
+        }
+        true
+    }
+
+    /// A session of ours ended (`failed`: it never came up).
+    fn session_ended(&mut self, cx: &mut Cx<'_>, conn: ConnId, failed: bool) -> bool {
+        if self.relay_sn_conns.contains_key(&conn) {
+            self.relay_sn_gone(cx, conn, failed);
+            return true;
+        }
+        let Some(device) = self.conn_device.remove(&conn) else {
+            return false;
+        };
+        self.udp_legs.remove(&conn);
+        self.call_sessions.retain(|_, c| *c != conn);
+        let was_up = self
+            .devices
+            .get(&device)
+            .is_some_and(|l| l.up && l.conn == Some(conn));
+        // Another session with the device, if there is one (glare left two).
+        let other = self
+            .conn_device
+            .iter()
+            .filter(|(_, d)| **d == device)
+            .map(|(c, _)| *c)
+            .min();
+        if let Some(link) = self.devices.get_mut(&device) {
+            if link.conn == Some(conn) {
+                link.conn = other;
+                link.up = other.is_some();
+                link.relay = None;
+            }
+        }
+        if self.connected.as_ref().is_some_and(|c| c.conn == conn) {
+            self.connected = None;
+        }
+        if !was_up && failed {
+            // The handshake through this relay failed: try another super node.
+            self.dial_device(cx, device);
+        }
+        true
     }
 
     /// A call message from a peer device, a media report, or a relay's answer.
