@@ -137,6 +137,8 @@ impl World {
                 PathAction::UsePath(p) => {
                     self.sides[i].active = p;
                 }
+                // The relay in this model always works: nothing to check.
+                PathAction::RelayQuiet => {}
                 PathAction::Event(e) => self.sides[i].events.push(e),
             }
         }

@@ -1212,3 +1212,186 @@ fn a_declined_call_does_not_break_the_next_one() {
 fn a_missed_call_does_not_break_the_call_back() {
     missed_then_called_again(29, caller_cancels, true);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resilience: a call survives any single failure on its path
+// ---------------------------------------------------------------------------------------------
+
+/// The longest time, from `since`, that `to` heard nothing from `from` on `call`, and when
+/// media from `from` first arrived at `to` after `since`.
+fn longest_gap(
+    sim: &Sim<NodeEvent>,
+    to: HostId,
+    from: HostId,
+    call: CallId,
+    since: Duration,
+) -> (Duration, Option<Duration>) {
+    let times: Vec<Duration> = frames_from(sim, to, from, call)
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| *t >= since)
+        .collect();
+    let first = times.first().copied();
+    let mut gap = first.map_or(sim.elapsed() - since, |f| f - since);
+    for w in times.windows(2) {
+        gap = gap.max(w[1] - w[0]);
+    }
+    (gap, first)
+}
+
+/// A NAT in front of one side (`callee_side`) forwards nothing for `outage` and comes back
+/// without its state (a home router rebooting): the call goes on, media resumes within a
+/// second of the NAT's return, and the call is direct again within three. While it is down
+/// nothing reaches it; it comes back with no mappings (a Linux NAT: a packet from outside that
+/// arrives before the host inside sent to that sender pushes the host's mapping towards it
+/// onto a new port).
+fn nat_restarts_with_an_outage(callee_side: bool, outage: Duration) {
+    let mut w = world(31);
+    let (alice, nat_a) = w.client_nat("alice", Site::PortRestricted);
+    let (bob, nat_b) = w.client_nat("bob", Site::PortRestricted);
+    w.settle(&[alice, bob]);
+    let (call, _) = connect(&mut w, alice, bob, "bob");
+    w.talk(alice, bob, call, Duration::from_secs(3));
+    assert_eq!(kind_now(&w, alice, call), Some(Direct));
+    let (nat, host) = if callee_side {
+        (nat_b, bob)
+    } else {
+        (nat_a, alice)
+    };
+    let _ = host;
+    let nat = nat.unwrap();
+    let down = w.sim.elapsed();
+    w.sim.set_access_link(nat, LinkConfig::IDEAL.loss(1.0));
+    w.talk(alice, bob, call, outage);
+    w.sim.reset_nat_udp(nat);
+    w.sim.clear_access_link(nat);
+    let up = w.sim.elapsed();
+    w.talk(alice, bob, call, Duration::from_secs(8));
+    let side = if callee_side { "callee" } else { "caller" };
+    assert!(
+        ended(&w.sim, alice, call).is_none() && ended(&w.sim, bob, call).is_none(),
+        "{side}'s NAT restarted: the call ended: {:?} / {:?}; caller paths {:?}; callee paths {:?}",
+        ended(&w.sim, alice, call),
+        ended(&w.sim, bob, call),
+        paths(&w.sim, alice, call),
+        paths(&w.sim, bob, call)
+    );
+    for (to, from) in [(bob, alice), (alice, bob)] {
+        let (gap, first) = longest_gap(&w.sim, to, from, call, up);
+        let resumed = first.map(|t| t - up);
+        eprintln!(
+            "NAT RESTART ({side}, outage {outage:?}): {} hears {} again {resumed:?} after the \
+             NAT came back (down at {down:?}); longest gap after that {gap:?}",
+            w.sim.host_name(to),
+            w.sim.host_name(from)
+        );
+        assert!(
+            resumed.is_some_and(|r| r <= Duration::from_secs(1)),
+            "media resumed {resumed:?} after the NAT came back"
+        );
+    }
+    let back = paths(&w.sim, alice, call)
+        .into_iter()
+        .filter(|(t, k, _)| *t >= up && *k == Direct)
+        .map(|(t, _, _)| t - up)
+        .next();
+    eprintln!("NAT RESTART ({side}): direct again {back:?} after the NAT came back");
+    assert_eq!(kind_now(&w, alice, call), Some(Direct));
+    assert_eq!(kind_now(&w, bob, call), Some(Direct));
+    assert!(
+        back.is_some_and(|b| b <= Duration::from_secs(3)),
+        "{back:?}"
+    );
+}
+
+#[test]
+fn the_callers_nat_restarting_with_a_two_second_outage_keeps_the_call() {
+    nat_restarts_with_an_outage(false, Duration::from_secs(2));
+}
+
+#[test]
+fn the_callees_nat_restarting_with_a_two_second_outage_keeps_the_call() {
+    nat_restarts_with_an_outage(true, Duration::from_secs(2));
+}
+
+/// Which super node relays `call`'s media: the one holding a channel.
+fn relaying_super_node(w: &World) -> HostId {
+    (0..SUPER_NODES)
+        .map(|i| w.sim.host_by_name(&format!("sn{i}")).unwrap())
+        .find(|sn| w.node(*sn).relay().is_some_and(|r| r.channels() > 0))
+        .expect("a super node relays the call")
+}
+
+#[test]
+fn the_relaying_super_node_crashing_moves_the_call_to_another_relay() {
+    let mut w = world(32);
+    let alice = w.client("alice", Site::Symmetric);
+    let bob = w.client("bob", Site::Symmetric);
+    w.settle(&[alice, bob]);
+    let (call, _) = connect(&mut w, alice, bob, "bob");
+    w.talk(alice, bob, call, Duration::from_secs(3));
+    assert_eq!(kind_now(&w, alice, call), Some(RelayUdp));
+    let relay = relaying_super_node(&w);
+    let crash = w.sim.elapsed();
+    w.sim.power_off(relay);
+    w.talk(alice, bob, call, Duration::from_secs(8));
+    assert!(
+        ended(&w.sim, alice, call).is_none() && ended(&w.sim, bob, call).is_none(),
+        "the call ended: {:?} / {:?}",
+        ended(&w.sim, alice, call),
+        ended(&w.sim, bob, call)
+    );
+    for (to, from) in [(bob, alice), (alice, bob)] {
+        let (gap, first) = longest_gap(&w.sim, to, from, call, crash);
+        eprintln!(
+            "RELAY CRASH: {} hears {} again {:?} after the crash; longest gap {gap:?}",
+            w.sim.host_name(to),
+            w.sim.host_name(from),
+            first.map(|t| t - crash)
+        );
+        assert!(gap <= Duration::from_secs(1), "gap {gap:?}");
+    }
+    assert_eq!(kind_now(&w, alice, call), Some(RelayUdp));
+    assert_eq!(kind_now(&w, bob, call), Some(RelayUdp));
+    let now = relaying_super_node(&w);
+    assert_ne!(now, relay, "another super node relays");
+}
+
+/// The caller's NAT forwards nothing for two seconds while what arrives from outside still
+/// reaches it, and forgets its state: with a Linux NAT every packet the peer and the relay
+/// send meanwhile leaves a conntrack entry that pushes the caller's next mapping towards that
+/// sender onto a new port, so the NAT now maps like a symmetric one and no direct path exists
+/// with a port-restricted peer. The call goes on over the relay, media resuming within a
+/// second of the NAT forwarding again.
+#[test]
+fn a_nat_that_forgets_its_state_while_still_hearing_the_peer_keeps_the_call_on_the_relay() {
+    let mut w = world(33);
+    let (alice, nat) = w.client_nat("alice", Site::PortRestricted);
+    let bob = w.client("bob", Site::PortRestricted);
+    w.settle(&[alice, bob]);
+    let (call, _) = connect(&mut w, alice, bob, "bob");
+    w.talk(alice, bob, call, Duration::from_secs(3));
+    assert_eq!(kind_now(&w, alice, call), Some(Direct));
+    w.sim.reset_nat_udp(nat.unwrap());
+    w.sim.set_access_link(alice, LinkConfig::IDEAL.loss(1.0));
+    w.talk(alice, bob, call, Duration::from_secs(2));
+    w.sim.clear_access_link(alice);
+    let up = w.sim.elapsed();
+    w.talk(alice, bob, call, Duration::from_secs(6));
+    assert!(ended(&w.sim, alice, call).is_none() && ended(&w.sim, bob, call).is_none());
+    for (to, from) in [(bob, alice), (alice, bob)] {
+        let (gap, first) = longest_gap(&w.sim, to, from, call, up);
+        let resumed = first.map(|t| t - up);
+        eprintln!(
+            "NAT CLASH: {} hears {} again {resumed:?} after the NAT forwards again; gap {gap:?}",
+            w.sim.host_name(to),
+            w.sim.host_name(from)
+        );
+        assert!(
+            resumed.is_some_and(|r| r <= Duration::from_secs(1)),
+            "{resumed:?}"
+        );
+        assert!(gap <= Duration::from_secs(1), "{gap:?}");
+    }
+    assert_eq!(kind_now(&w, alice, call), Some(RelayUdp));
+}

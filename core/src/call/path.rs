@@ -216,6 +216,13 @@ pub enum PathAction {
     },
     /// Move the session to `path` ([`crate::endpoint::Endpoint::set_path`]).
     UsePath(Path),
+    /// The relay path is in use and nothing arrived on it for half of
+    /// [`PathConfig::dead_after`] (repeated every `dead_after` while that lasts): the owner
+    /// checks that the relay still
+    /// knows this side's address (a NAT that restarted gives it a new one) and, on the
+    /// controlling side, replaces a relay that no longer answers
+    /// ([`PathManager::replace_relay`]).
+    RelayQuiet,
     /// Tell the application.
     Event(PathEvent),
 }
@@ -322,6 +329,8 @@ pub struct PathManager {
     next_check: Option<Instant>,
     next_report: Instant,
     last_heard: Instant,
+    /// When the relay, in use and silent, was last reported quiet.
+    relay_quiet_at: Option<Instant>,
     /// When this side last moved the session itself.
     switched_at: Option<Instant>,
     last_active_probe: Instant,
@@ -367,6 +376,7 @@ impl PathManager {
             next_candidates: Some(now),
             next_check: None,
             last_heard: now,
+            relay_quiet_at: None,
             switched_at: None,
             last_active_probe: now,
             hold: false,
@@ -452,6 +462,27 @@ impl PathManager {
         if was_active {
             self.switch(now, relay, false, SwitchReason::Better);
         }
+    }
+
+    /// The relay itself changed: a new channel on another super node replaces one that died
+    /// (`reason`: [`SwitchReason::Dead`] on the side that replaced it, [`SwitchReason::Peer`]
+    /// on the side the new relay offered its channel to). The call moves there at once when it
+    /// was on the relay.
+    pub fn replace_relay(&mut self, now: Instant, relay: Path, reason: SwitchReason) {
+        if relay == self.relay {
+            return;
+        }
+        let was_active = self.active == self.relay;
+        self.relay = relay.clone();
+        self.relay_quiet_at = None;
+        if was_active {
+            self.switch(now, relay, false, reason);
+        }
+    }
+
+    /// The relay path in use.
+    pub fn relay(&self) -> &Path {
+        &self.relay
     }
 
     /// The call went on or off hold (probes the active path 3 times a second while held).
@@ -628,6 +659,7 @@ impl PathManager {
     /// Something authenticated arrived on the session's current path (media, keep-alives).
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
+        self.relay_quiet_at = None;
     }
 
     /// A media frame arrived on `path`: `frame` starts with the media header (flags, sequence
@@ -755,6 +787,7 @@ impl PathManager {
         self.active = path.clone();
         self.active_kind = PathKind::of(&path, lan);
         self.last_heard = now;
+        self.relay_quiet_at = None;
         self.high_loss_reports = 0;
         self.high_rtt_reports = 0;
         self.actions.push_back(PathAction::UsePath(path.clone()));
@@ -859,6 +892,12 @@ impl PathManager {
                 self.switch(now, relay, false, SwitchReason::Dead);
             }
         }
+        if let Some(at) = self.relay_quiet_due() {
+            if now >= at {
+                self.relay_quiet_at = Some(now);
+                self.actions.push_back(PathAction::RelayQuiet);
+            }
+        }
         let probe_every = if self.hold {
             self.cfg.hold_probe
         } else {
@@ -907,6 +946,16 @@ impl PathManager {
         }
     }
 
+    /// When the relay, if in use, is next reported quiet: half of `dead_after` after the last
+    /// thing heard (the relay is the last resort: a dead one is worth checking early), then
+    /// every `dead_after` while nothing is.
+    fn relay_quiet_due(&self) -> Option<Instant> {
+        (self.active == self.relay).then(|| match self.relay_quiet_at {
+            Some(at) if at >= self.last_heard => at + self.cfg.dead_after,
+            _ => self.last_heard + self.cfg.dead_after / 2,
+        })
+    }
+
     /// The next thing to do.
     pub fn poll_action(&mut self) -> Option<PathAction> {
         self.actions.pop_front()
@@ -932,6 +981,7 @@ impl PathManager {
                 }
         });
         [
+            self.relay_quiet_due(),
             self.next_candidates,
             self.next_check,
             Some(self.next_report),

@@ -44,6 +44,21 @@ const STREAM_BASE: u64 = 1 << 40;
 /// cancel while ringing, a decline) still crosses them, retransmissions included.
 const RELEASE_GRACE: Duration = Duration::from_secs(2);
 
+/// A silent relay whose super node does not answer a ping within this is replaced.
+const RELAY_PING_TIMEOUT: Duration = Duration::from_millis(250);
+/// A replacement relay not granted this long after it was asked for is given up (the next
+/// quiet report tries another).
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a relay channel is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// To reach a device for a new call (the session runs through it).
+    Dial,
+    /// To replace the connected call's relay, which stopped working.
+    Replace,
+}
+
 /// How a dial ended before the call machine took over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialOutcome {
@@ -102,8 +117,8 @@ impl DeviceLink {
 struct RelaySn {
     conn: Option<ConnId>,
     up: bool,
-    /// Devices waiting for this super node's session to ask for a relay.
-    waiting: Vec<DeviceId>,
+    /// Devices waiting for this super node's session to ask for a relay, and why.
+    waiting: Vec<(DeviceId, Purpose)>,
     /// Call sessions (and their relay channel) waiting for this super node's UDP session to
     /// move our leg of the channel onto it.
     legs: Vec<(ConnId, u32)>,
@@ -123,8 +138,17 @@ struct RelayStream {
 #[derive(Debug)]
 struct Connected {
     call: CallId,
+    device: DeviceId,
     conn: ConnId,
     paths: PathManager,
+    /// This side chooses paths (and replaces a dead relay): the caller.
+    controlling: bool,
+    /// When the relay's super node was pinged, the relay being silent, and has not answered.
+    relay_ping: Option<Instant>,
+    /// A replacement relay asked for, and when.
+    replacing: Option<Instant>,
+    /// Super nodes tried for a replacement relay.
+    tried: Vec<SocketAddr>,
 }
 
 /// The calls part. See the [module documentation](self).
@@ -137,7 +161,7 @@ pub(crate) struct Calls {
     next_dial: u64,
     devices: HashMap<DeviceId, DeviceLink>,
     conn_device: HashMap<ConnId, DeviceId>,
-    relay_requests: HashMap<u32, (DeviceId, SocketAddr)>,
+    relay_requests: HashMap<u32, (DeviceId, SocketAddr, Purpose)>,
     next_request: u32,
     relay_sns: HashMap<SocketAddr, RelaySn>,
     relay_sn_conns: HashMap<ConnId, SocketAddr>,
@@ -334,19 +358,30 @@ impl Calls {
             // call machine ends the call as missed if no other device answers.
             return;
         };
+        self.relay_via(cx, sn, device, Purpose::Dial);
+    }
+
+    /// Ask super node `sn` for a relay channel to `device`, over a session with it (opened
+    /// first when there is none).
+    fn relay_via(&mut self, cx: &mut Cx<'_>, sn: SocketAddr, device: DeviceId, purpose: Purpose) {
         let entry = self.relay_sns.entry(sn).or_default();
         if entry.up {
             if let Some(conn) = entry.conn {
-                self.ask_relay(cx, conn, sn, device);
+                self.ask_relay(cx, conn, sn, device, purpose);
             }
             return;
         }
-        entry.waiting.push(device);
+        entry.waiting.push((device, purpose));
         if entry.conn.is_some() || self.relay_streams.values().any(|r| r.sn == sn) {
             return;
         }
+        self.open_relay_session(cx, sn);
+    }
+
+    /// A session with super node `sn` for relays: over UDP, or over TCP when UDP is blocked
+    /// here (a link we have to it, else a stream of our own).
+    fn open_relay_session(&mut self, cx: &mut Cx<'_>, sn: SocketAddr) {
         if cx.facts.udp_blocked_here() {
-            // A link we already have to it carries the request; else a TCP stream of our own.
             if let Some(conn) = cx.facts.link_to(sn) {
                 self.relay_sn_up(cx, sn, conn);
                 return;
@@ -441,8 +476,8 @@ impl Calls {
         let waiting = std::mem::take(&mut entry.waiting);
         let legs = std::mem::take(&mut entry.legs);
         self.relay_sn_conns.insert(conn, sn);
-        for device in waiting {
-            self.ask_relay(cx, conn, sn, device);
+        for (device, purpose) in waiting {
+            self.ask_relay(cx, conn, sn, device, purpose);
         }
         for (call_conn, channel) in legs {
             self.use_udp_leg(cx, sn, conn, call_conn, channel);
@@ -515,8 +550,16 @@ impl Calls {
             if let Some(c) = entry.conn {
                 self.relay_sn_conns.remove(&c);
             }
-            for device in entry.waiting {
-                self.dial_device(cx, device);
+            for (device, purpose) in entry.waiting {
+                match purpose {
+                    Purpose::Dial => self.dial_device(cx, device),
+                    // The next quiet report tries another super node.
+                    Purpose::Replace => {
+                        if let Some(c) = self.connected.as_mut() {
+                            c.replacing = None;
+                        }
+                    }
+                }
             }
         }
     }
@@ -534,10 +577,17 @@ impl Calls {
         }
     }
 
-    fn ask_relay(&mut self, cx: &mut Cx<'_>, conn: ConnId, sn: SocketAddr, device: DeviceId) {
+    fn ask_relay(
+        &mut self,
+        cx: &mut Cx<'_>,
+        conn: ConnId,
+        sn: SocketAddr,
+        device: DeviceId,
+        purpose: Purpose,
+    ) {
         self.next_request = self.next_request.wrapping_add(1);
         let request = self.next_request;
-        self.relay_requests.insert(request, (device, sn));
+        self.relay_requests.insert(request, (device, sn, purpose));
         let _ = cx
             .sessions
             .send(cx.now, conn, &Message::RelayAllocate { request, device });
@@ -568,11 +618,22 @@ impl Calls {
                 };
                 self.machine.handle_heard(now, device);
                 if let Some(c) = self.connected.as_mut().filter(|c| c.conn == *conn) {
+                    c.relay_ping = None;
                     c.paths.media_received(now, path, data);
                     cx.out.events.push_back(NodeEvent::CallMedia {
                         call: c.call,
                         data: data.clone(),
                     });
+                }
+                true
+            }
+            EndpointEvent::Pong { conn, .. } if self.relay_sn_conns.contains_key(conn) => {
+                // A relay's super node answered: it is alive (and knows where we are now).
+                let relay = self.connected.as_ref().map(|c| c.paths.relay().clone());
+                if relay.is_some_and(|r| self.relay_session_of(cx, &r) == Some(*conn)) {
+                    if let Some(c) = self.connected.as_mut() {
+                        c.relay_ping = None;
+                    }
                 }
                 true
             }
@@ -746,45 +807,222 @@ impl Calls {
         }
         match msg {
             Message::RelayAllocated { request, channel } => {
-                let Some((device, sn)) = self.relay_requests.remove(request) else {
+                let Some((device, sn, purpose)) = self.relay_requests.remove(request) else {
                     return;
                 };
-                let via = cx
+                let Some(via) = cx
                     .sessions
                     .view()
                     .remote(conn)
-                    .map(|p| p.transport().clone());
-                let key = self
-                    .devices
-                    .get(&device)
-                    .and_then(|l| l.record.as_ref())
-                    .map(|r| r.certificate.dh_public);
-                if let (Some(via), Some(key)) = (via, key) {
-                    let path = Path::Relayed {
-                        relay: via,
-                        channel: *channel,
-                    };
-                    if let Ok(e2e) = cx.sessions.connect(now, path, Some(key)) {
-                        self.conn_device.insert(e2e, device);
-                        if let Some(call) = self.outgoing {
-                            self.call_sessions.insert((call, device), e2e);
-                        }
-                        if let Some(link) = self.devices.get_mut(&device) {
-                            link.conn = Some(e2e);
-                            link.relay = Some((sn, *channel));
-                        }
+                    .map(|p| p.transport().clone())
+                else {
+                    return;
+                };
+                let path = Path::Relayed {
+                    relay: via,
+                    channel: *channel,
+                };
+                match purpose {
+                    Purpose::Dial => self.dial_through(cx, device, sn, *channel, path),
+                    Purpose::Replace => self.relay_replaced(cx, device, sn, *channel, path),
+                }
+            }
+            Message::RelayRefused { request, .. } => match self.relay_requests.remove(request) {
+                Some((device, _, Purpose::Dial)) => self.dial_device(cx, device),
+                Some((_, _, Purpose::Replace)) => {
+                    if let Some(c) = self.connected.as_mut() {
+                        c.replacing = None;
                     }
                 }
+                None => {}
+            },
+            // A relay channel was opened to us: for a new call the peer's handshake follows on
+            // it; for the connected call it replaces a relay that died.
+            Message::RelayOffer { channel, device } => {
+                self.relay_offered(cx, conn, *channel, *device)
             }
-            Message::RelayRefused { request, .. } => {
-                if let Some((device, _)) = self.relay_requests.remove(request) {
-                    self.dial_device(cx, device);
-                }
-            }
-            // A relay channel was opened to us: the peer's handshake follows on it. Or a relay
-            // we use let a channel go (the call ends, or moves to another path).
-            Message::RelayOffer { .. } | Message::RelayRelease { .. } => {}
+            // A relay we use let a channel go (the call ends, or moves to another path).
+            Message::RelayRelease { .. } => {}
             _ => cx.out.stats.overlay_dropped += 1,
+        }
+    }
+
+    /// A relay channel to `device` for a new call: open the end-to-end session through it.
+    fn dial_through(
+        &mut self,
+        cx: &mut Cx<'_>,
+        device: DeviceId,
+        sn: SocketAddr,
+        channel: u32,
+        path: Path,
+    ) {
+        let key = self
+            .devices
+            .get(&device)
+            .and_then(|l| l.record.as_ref())
+            .map(|r| r.certificate.dh_public);
+        let Some(key) = key else {
+            return;
+        };
+        if let Ok(e2e) = cx.sessions.connect(cx.now, path, Some(key)) {
+            self.conn_device.insert(e2e, device);
+            if let Some(call) = self.outgoing {
+                self.call_sessions.insert((call, device), e2e);
+            }
+            if let Some(link) = self.devices.get_mut(&device) {
+                link.conn = Some(e2e);
+                link.relay = Some((sn, channel));
+            }
+        }
+    }
+
+    /// A replacement relay channel for the connected call was granted: the call moves there
+    /// (the peer follows when our first packet arrives through it, and the super node offered
+    /// it the channel), and the old channel is given back.
+    fn relay_replaced(
+        &mut self,
+        cx: &mut Cx<'_>,
+        device: DeviceId,
+        sn: SocketAddr,
+        channel: u32,
+        path: Path,
+    ) {
+        let Some(c) = self.connected.as_mut().filter(|c| c.device == device) else {
+            // The call ended meanwhile.
+            self.release_relay(cx, (sn, channel));
+            return;
+        };
+        c.replacing = None;
+        c.relay_ping = None;
+        c.paths.replace_relay(cx.now, path, SwitchReason::Dead);
+        let old = self
+            .devices
+            .get_mut(&device)
+            .and_then(|l| l.relay.replace((sn, channel)));
+        if let Some(old) = old.filter(|o| *o != (sn, channel)) {
+            self.release_relay(cx, old);
+        }
+    }
+
+    /// A super node offers us a relay channel to `device`, on our session `conn` with it.
+    /// While a call with that device is connected and its relay is another super node's, the
+    /// peer replaced a relay that died: this side's leg is the new channel, over UDP when it
+    /// can be.
+    fn relay_offered(&mut self, cx: &mut Cx<'_>, conn: ConnId, channel: u32, device: DeviceId) {
+        let Some(c) = self.connected.as_mut().filter(|c| c.device == device) else {
+            return;
+        };
+        let Some(via) = cx
+            .sessions
+            .view()
+            .remote(conn)
+            .map(|p| p.transport().clone())
+        else {
+            return;
+        };
+        let same_relay =
+            matches!(c.paths.relay(), Path::Relayed { channel: ch, .. } if *ch == channel);
+        if same_relay {
+            return;
+        }
+        let leg = Path::Relayed {
+            relay: via.clone(),
+            channel,
+        };
+        c.relay_ping = None;
+        c.paths.replace_relay(cx.now, leg, SwitchReason::Peer);
+        let call_conn = c.conn;
+        if let Destination::Stream(stream) = via {
+            self.open_udp_leg(cx, call_conn, stream, channel);
+        }
+    }
+
+    /// The connected call's relay is in use and silent: make sure its super node still knows
+    /// our address (a ping on our session with it moves the session, and the relay with it,
+    /// to the address our NAT gives us now), ask our reflexive address again, and on the
+    /// controlling side watch for the ping's answer: a super node that does not answer is
+    /// replaced.
+    fn relay_quiet(&mut self, cx: &mut Cx<'_>) {
+        let Some(relay) = self.connected.as_ref().map(|c| c.paths.relay().clone()) else {
+            return;
+        };
+        if let Some(conn) = self.relay_session_of(cx, &relay) {
+            let _ = cx.sessions.endpoint().ping(cx.now, conn);
+        }
+        cx.out.notify(PartId::Uplink, Notice::RecheckReflexive);
+        if let Some(c) = self.connected.as_mut().filter(|c| c.controlling) {
+            c.relay_ping.get_or_insert(cx.now);
+        }
+    }
+
+    /// Our session with the super node that relays on `relay`.
+    fn relay_session_of(&self, cx: &Cx<'_>, relay: &Path) -> Option<ConnId> {
+        match relay {
+            Path::Relayed {
+                relay: Destination::Udp(sn),
+                ..
+            } => self.relay_sns.get(sn).and_then(|e| e.conn),
+            Path::Relayed {
+                relay: Destination::Stream(stream),
+                ..
+            } => cx.facts.link_on(*stream).map(|l| l.conn).or_else(|| {
+                self.relay_sn_conns.keys().copied().find(|c| {
+                    cx.sessions.view().remote(*c)
+                        == Some(&Path::Direct(Destination::Stream(*stream)))
+                })
+            }),
+            Path::Direct(_) => None,
+        }
+    }
+
+    /// Ask another super node of the peer for a relay channel to replace the connected call's.
+    fn replace_relay(&mut self, cx: &mut Cx<'_>) {
+        let Some(c) = self.connected.as_mut() else {
+            return;
+        };
+        let device = c.device;
+        let current = self.devices.get(&device).and_then(|l| l.relay).map(|r| r.0);
+        let known: Vec<SocketAddr> = self
+            .devices
+            .get(&device)
+            .and_then(|l| l.record.as_ref())
+            .map(|r| r.super_nodes.clone())
+            .unwrap_or_default();
+        let untried =
+            |c: &Connected, sn: &SocketAddr| Some(*sn) != current && !c.tried.contains(sn);
+        let mut next = known.iter().find(|sn| untried(c, sn)).copied();
+        if next.is_none() {
+            // Every one tried: start over (a super node that was down may be back).
+            c.tried.clear();
+            next = known.iter().find(|sn| Some(**sn) != current).copied();
+        }
+        let Some(sn) = next else {
+            return;
+        };
+        c.tried.push(sn);
+        c.replacing = Some(cx.now);
+        c.relay_ping = None;
+        self.relay_via(cx, sn, device, Purpose::Replace);
+    }
+
+    /// A session with the next super node that could relay the connected call, opened ahead
+    /// of need: a relay that dies is then replaced in one round trip.
+    fn prepare_standby(&mut self, cx: &mut Cx<'_>, device: DeviceId, current: Option<SocketAddr>) {
+        let standby = self
+            .devices
+            .get(&device)
+            .and_then(|l| l.record.as_ref())
+            .and_then(|r| {
+                r.super_nodes
+                    .iter()
+                    .copied()
+                    .find(|sn| Some(*sn) != current)
+            });
+        if let Some(sn) = standby {
+            if !self.relay_sns.contains_key(&sn) && !cx.facts.udp_blocked_here() {
+                self.relay_sns.entry(sn).or_default();
+                self.open_udp_session(cx, sn);
+            }
         }
     }
 
@@ -936,9 +1174,18 @@ impl Calls {
                     );
                     self.connected = Some(Connected {
                         call: *call,
+                        device: *device,
                         conn,
                         paths,
+                        controlling: outgoing,
+                        relay_ping: None,
+                        replacing: None,
+                        tried: Vec::new(),
                     });
+                    if outgoing {
+                        let current = self.devices.get(device).and_then(|l| l.relay).map(|r| r.0);
+                        self.prepare_standby(cx, *device, current);
+                    }
                 }
             }
             CallEvent::HoldChanged {
@@ -985,6 +1232,7 @@ impl Calls {
             PathAction::UsePath(path) => {
                 cx.sessions.endpoint().set_path(conn, path);
             }
+            PathAction::RelayQuiet => self.relay_quiet(cx),
             PathAction::Event(PathEvent::Switched { path, kind, reason }) => {
                 if reason == SwitchReason::Dead {
                     self.direct_path_died(cx, &path);
@@ -1069,6 +1317,17 @@ impl Calls {
         for (_, relay) in due {
             self.release_relay(cx, relay);
         }
+        if let Some(c) = self.connected.as_mut() {
+            if c.replacing.is_some_and(|t| cx.now >= t + REPLACE_TIMEOUT) {
+                c.replacing = None;
+            }
+            if c.replacing.is_none()
+                && c.relay_ping
+                    .is_some_and(|t| cx.now >= t + RELAY_PING_TIMEOUT)
+            {
+                self.replace_relay(cx);
+            }
+        }
         self.machine.handle_timeout(cx.now);
         if let Some(c) = self.connected.as_mut() {
             c.paths.handle_timeout(cx.now);
@@ -1081,6 +1340,14 @@ impl Calls {
         [
             self.machine.poll_timeout(),
             self.connected.as_ref().and_then(|c| c.paths.poll_timeout()),
+            self.connected.as_ref().and_then(|c| {
+                let replace = c.replacing.map(|t| t + REPLACE_TIMEOUT);
+                let ping = c
+                    .relay_ping
+                    .filter(|_| c.replacing.is_none())
+                    .map(|t| t + RELAY_PING_TIMEOUT);
+                replace.into_iter().chain(ping).min()
+            }),
             self.releases.iter().map(|(at, _)| *at).min(),
         ]
         .into_iter()

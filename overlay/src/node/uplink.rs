@@ -27,6 +27,10 @@ use super::NodeEvent;
 
 /// UDP destinations remembered for the NAT probe.
 const MAX_CONTACTED: usize = 64;
+/// While our reflexive address is asked again, an unanswered keep-alive is repeated this often.
+const RECHECK_EVERY: Duration = Duration::from_millis(500);
+/// ... for at most this long.
+const RECHECK_FOR: Duration = Duration::from_secs(10);
 
 /// The uplink part. See the [module documentation](self).
 #[derive(Debug)]
@@ -42,6 +46,9 @@ pub(crate) struct Uplink {
     next_udp_keepalive: Option<Instant>,
     /// The transaction of the last UDP keep-alive.
     keepalive_probe: Option<TransactionId>,
+    /// Our reflexive address is asked again (a call's path died): keep asking every
+    /// [`RECHECK_EVERY`] until an answer comes, or until then.
+    recheck_until: Option<Instant>,
     /// Our address as super nodes see it over UDP.
     reflexive: Option<SocketAddr>,
     /// IPs this node sent UDP to (probes, keep-alives, calls), for the NAT probe: their
@@ -68,6 +75,7 @@ impl Uplink {
             next_nat_check: None,
             next_udp_keepalive: None,
             keepalive_probe: None,
+            recheck_until: None,
             reflexive: None,
             udp_contacted: Vec::new(),
             local_addresses,
@@ -148,6 +156,9 @@ impl Uplink {
             true
         } else if self.keepalive_probe == Some(msg.transaction) {
             self.keepalive_probe = None;
+            if self.recheck_until.take().is_some() {
+                self.next_udp_keepalive = Some(cx.now + cx.cfg.udp_keepalive);
+            }
             let mapped = msg.mapped_address();
             if self.reflexive.is_some() && mapped != self.reflexive {
                 // The NAT gave us a new mapping (rebinding): re-detect it.
@@ -277,9 +288,13 @@ impl Uplink {
         match notice {
             Notice::UdpContacted(addr) => self.note_udp(addr),
             // Ask a super node for our reflexive address now rather than at the next UDP
-            // keep-alive (a call's direct path died: perhaps our NAT rebound us).
+            // keep-alive (a call's path died: perhaps our NAT rebound us), and again until it
+            // answers (the NAT may still be down).
             Notice::RecheckReflexive if self.next_udp_keepalive.is_some() => {
-                self.next_udp_keepalive = Some(cx.now);
+                if self.recheck_until.is_none() {
+                    self.next_udp_keepalive = Some(cx.now);
+                }
+                self.recheck_until = Some(cx.now + RECHECK_FOR);
             }
             _ => {}
         }
@@ -302,8 +317,16 @@ impl Uplink {
                 }
             }
         }
+        if self.recheck_until.is_some_and(|t| t <= now) {
+            self.recheck_until = None;
+        }
         if self.next_udp_keepalive.is_some_and(|t| t <= now) {
-            self.next_udp_keepalive = Some(now + cx.cfg.udp_keepalive);
+            let every = if self.recheck_until.is_some() {
+                RECHECK_EVERY
+            } else {
+                cx.cfg.udp_keepalive
+            };
+            self.next_udp_keepalive = Some(now + every);
             // No UDP binding to keep when UDP is blocked.
             let target = (!self.attacher.udp_blocked())
                 .then(|| cx.facts.links.first().map(|l| l.addr))
@@ -326,6 +349,7 @@ impl Uplink {
             self.nat.as_ref().and_then(|p| p.poll_timeout()),
             self.next_nat_check,
             self.next_udp_keepalive,
+            self.recheck_until,
         ]
         .into_iter()
         .flatten()
