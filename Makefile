@@ -75,7 +75,9 @@ header:
 # --- The C library --------------------------------------------------------------------------
 # The ABI version and the shared library's SONAME come from ffi/src/lib.rs (NATTER_ABI_*):
 # libnatter.so.0.MINOR while the major is 0 (each minor may break the ABI), then
-# libnatter.so.MAJOR. The real file is named after the whole ABI version.
+# libnatter.so.MAJOR. The real file is named after the whole ABI version. Cargo builds it as
+# libnatter_ffi.so and .a (the Rust crate `natter` is the Rust API); it is installed as
+# libnatter.
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PROFILE ?= release
@@ -101,10 +103,10 @@ install: lib install-files
 install-files:
 	install -d "$(DESTDIR)$(INCLUDEDIR)" "$(DESTDIR)$(LIBDIR)/pkgconfig"
 	install -m 644 include/natter.h "$(DESTDIR)$(INCLUDEDIR)/natter.h"
-	install -m 755 "$(LIB_BUILD_DIR)/libnatter.so" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+	install -m 755 "$(LIB_BUILD_DIR)/libnatter_ffi.so" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
 	ln -sf "$(LIB_FILE)" "$(DESTDIR)$(LIBDIR)/$(SONAME)"
 	ln -sf "$(SONAME)" "$(DESTDIR)$(LIBDIR)/libnatter.so"
-	install -m 644 "$(LIB_BUILD_DIR)/libnatter.a" "$(DESTDIR)$(LIBDIR)/libnatter.a"
+	install -m 644 "$(LIB_BUILD_DIR)/libnatter_ffi.a" "$(DESTDIR)$(LIBDIR)/libnatter.a"
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE_LIBS@|$(PRIVATE_LIBS)|' \
 	    ffi/natter.pc.in > "$(DESTDIR)$(LIBDIR)/pkgconfig/natter.pc"

@@ -657,6 +657,11 @@ impl Client {
         self.shared.events.close();
     }
 
+    /// True while the node runs (between [`Client::start`] and [`Client::stop`]).
+    pub fn is_started(&self) -> bool {
+        lock(&self.shared.state).running.is_some()
+    }
+
     /// The client's events. Clones of the returned [`Events`] share the queue.
     pub fn events(&self) -> &Events {
         &self.shared.events
