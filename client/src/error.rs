@@ -320,6 +320,7 @@ impl LoginError {
                 path: device_dir,
                 source,
             },
+            LoginFailure::Server(why) => Self::Server(ServerError::Protocol(why)),
             other => Self::Server(ServerError::Protocol(other.to_string())),
         }
     }

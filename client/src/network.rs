@@ -93,6 +93,15 @@ impl Network {
             .collect()
     }
 
+    /// The network-wide fallback TCP ports of super nodes (`[overlay]`; by default the main
+    /// port +1 and +2).
+    ///
+    /// # Errors
+    /// [`NetworkError::Invalid`] when the `[overlay]` table is inconsistent.
+    pub fn fallback_ports(&self) -> Result<natter_core::overlay::FallbackPorts, NetworkError> {
+        Ok(self.file.fallback_ports()?)
+    }
+
     /// Add a bootstrap super node (nothing happens when it is listed already).
     pub fn add_bootstrap(&mut self, super_node: SocketAddr) {
         let address = super_node.to_string();
