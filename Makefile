@@ -49,11 +49,13 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p natter --all-targets --locked --features async -- -D warnings
 
 # API docs build without warnings (broken or private links included). The library and the
 # program share the name `natter`, so they are documented in two runs.
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --workspace --exclude natter-cli
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p natter --features async
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p natter-cli
 
 # Throwaway PostgreSQL for the account-store and login-server tests (scripts/pg-test.sh):
@@ -67,6 +69,9 @@ unit:
 	url=$$(scripts/pg-test.sh start "$(PG_TEST_DIR)" "$(PG_TEST_PORT)" | tail -n 1); \
 	NATTER_TEST_POSTGRES="$$url" NATTER_REQUIRE_POSTGRES=1 NATTER_REQUIRE_COTURN=1 NATTER_REQUIRE_NETNS=1 NATTER_REQUIRE_TMUX=1 \
 	  NATTER_REQUIRE_VALGRIND=1 $(CARGO) test --workspace --locked
+	$(CARGO) test --locked -p natter --features async --test stream
+	$(CARGO) run --locked --quiet -p natter --example call
+	$(CARGO) run --locked --quiet -p natter --example login
 
 # Regenerate include/natter.h from ffi/src (commit the result).
 header:

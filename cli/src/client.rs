@@ -17,7 +17,7 @@ use natter::{
 };
 use serde_json::json;
 
-use crate::node::{NodeArgs, Started};
+use crate::node::{NodeArgs, Running};
 
 /// Options of `natter client`.
 #[derive(clap::Args, Debug)]
@@ -100,7 +100,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
     }
     let mut audio_cfg = AudioConfig::default();
     audio_cfg.tone_without_microphone = true;
-    let node = match Started::start(&args.node, Some((Role::Client, audio_cfg))) {
+    let node = match Running::start(&args.node, Some((Role::Client, audio_cfg))) {
         Ok(n) => n,
         Err(e) => {
             report!(
@@ -177,7 +177,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
 }
 
 /// Dial `user`.
-fn place(node: &Started, user: &str, audio: &Audio, call: &mut Option<CallView>) {
+fn place(node: &Running, user: &str, audio: &Audio, call: &mut Option<CallView>) {
     report!(json!({"event": "dialing", "user": user}), "dialing {user}");
     match node.client.call(user, audio.clone()) {
         Ok(c) => {
@@ -218,7 +218,7 @@ fn reason_word(r: PathReason) -> String {
 
 /// One event; `Some(exit code)` when the call ended (0 if one was ever connected).
 fn on_event(
-    node: &Started,
+    node: &Running,
     args: &ClientArgs,
     audio: &Audio,
     e: Event,
@@ -424,7 +424,7 @@ fn on_event(
 /// One line from standard input (words, or a JSON command in JSON mode); returns false on
 /// `quit`.
 fn command(
-    node: &Started,
+    node: &Running,
     line: &str,
     call: &mut Option<CallView>,
     audio: &Audio,

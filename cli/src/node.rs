@@ -98,7 +98,7 @@ fn run_inner(cmd: NodeCommand) -> Result<(), String> {
     for u in &searches {
         natter::UserName::parse(u).map_err(|e| format!("--search {u}: {e}"))?;
     }
-    let node = Started::start(&args, None)?;
+    let node = Running::start(&args, None)?;
     let status_path = cmd
         .status_file
         .unwrap_or_else(|| args.data.join(status::DEFAULT_NAME));
@@ -177,7 +177,7 @@ pub fn policy_name(role: Role) -> &'static str {
 }
 
 /// A logged-in, running client, and the signal handler's flag.
-pub struct Started {
+pub struct Running {
     /// The client.
     pub client: Client,
     /// Its role policy.
@@ -188,13 +188,13 @@ pub struct Started {
     data: PathBuf,
 }
 
-impl Started {
+impl Running {
     /// Log in (asking for the password when needed), start the node and install the signal
     /// handler. `role` overrides the role the flags choose; `audio` sets the calls' audio.
     pub fn start(
         args: &NodeArgs,
         over: Option<(Role, natter::AudioConfig)>,
-    ) -> Result<Started, String> {
+    ) -> Result<Running, String> {
         let network = Network::from_file(&args.network).map_err(|e| e.to_string())?;
         let role = over.as_ref().map_or(role(args), |(r, _)| *r);
         let mut b = Client::builder(network)
@@ -250,7 +250,7 @@ impl Started {
             ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
                 .map_err(|e| format!("installing the signal handler: {e}"))?;
         }
-        Ok(Started {
+        Ok(Running {
             client,
             role,
             stop,

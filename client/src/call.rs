@@ -7,7 +7,7 @@
 //! statistics can still be read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use natter_core::call::{CallError as Refused, CallEvent, CallQuality, PathKind};
@@ -31,7 +31,7 @@ pub(crate) const ENDED_KEPT: usize = 16;
 ///
 /// A handle: cheap to clone, usable from any thread; every clone names the same call. It
 /// stays usable after the call ended (its final [`Call::stats`]) until the client forgets it
-/// (it keeps the last 16 ended calls).
+/// (it keeps the last 16 ended calls) or is dropped; it does not keep the client alive.
 ///
 /// ```
 /// # let net = natter_fixtures::TestNet::start();
@@ -60,7 +60,7 @@ pub(crate) const ENDED_KEPT: usize = 16;
 /// ```
 #[derive(Clone)]
 pub struct Call {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Weak<Shared>,
     pub(crate) id: CallId,
 }
 
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Call {
 
 impl PartialEq for Call {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && Arc::ptr_eq(&self.shared, &other.shared)
+        self.id == other.id && Weak::ptr_eq(&self.shared, &other.shared)
     }
 }
 
@@ -102,11 +102,16 @@ impl Call {
         self.id
     }
 
+    /// The client's shared state, while the client lives.
+    fn shared(&self) -> Option<Arc<Shared>> {
+        self.shared.upgrade()
+    }
+
     /// The other side.
     pub fn peer(&self) -> Option<UserName> {
-        lock(&self.shared.calls)
-            .get(self.id)
-            .map(|c| c.peer.clone())
+        let shared = self.shared()?;
+        let peer = lock(&shared.calls).get(self.id).map(|c| c.peer.clone());
+        peer
     }
 
     /// Answer this incoming call with `audio`. [`Event::CallConnected`] follows once the
@@ -164,7 +169,8 @@ impl Call {
     /// # Errors
     /// [`CallError::WrongState`] when the call ended, [`CallError::UnknownCall`].
     pub fn set_muted(&self, muted: bool) -> Result<(), CallError> {
-        let mut t = lock(&self.shared.calls);
+        let shared = self.shared().ok_or(CallError::UnknownCall)?;
+        let mut t = lock(&shared.calls);
         let c = t.get_mut(self.id).ok_or(CallError::UnknownCall)?;
         if !c.is_live() {
             return Err(CallError::WrongState);
@@ -178,10 +184,9 @@ impl Call {
     /// # Errors
     /// [`CallError::UnknownCall`] once the client forgot it.
     pub fn stats(&self) -> Result<CallStats, CallError> {
-        lock(&self.shared.calls)
-            .get(self.id)
-            .map(CallEntry::stats)
-            .ok_or(CallError::UnknownCall)
+        let shared = self.shared().ok_or(CallError::UnknownCall)?;
+        let stats = lock(&shared.calls).get(self.id).map(CallEntry::stats);
+        stats.ok_or(CallError::UnknownCall)
     }
 
     /// Queue captured samples (mono, signed 16-bit, at [`SAMPLE_RATE`](crate::SAMPLE_RATE))
@@ -194,8 +199,9 @@ impl Call {
     /// [`PcmError::NoAppAudio`] when the call is not connected (yet, or any more) or does not
     /// take the application's audio; [`PcmError::UnknownCall`].
     pub fn push_pcm(&self, samples: &[i16]) -> Result<(), PcmError> {
+        let shared = self.shared().ok_or(PcmError::UnknownCall)?;
         let push = {
-            let t = lock(&self.shared.calls);
+            let t = lock(&shared.calls);
             let c = t.get(self.id).ok_or(PcmError::UnknownCall)?;
             c.pcm.push.clone().ok_or(PcmError::NoAppAudio)?
         };
@@ -212,8 +218,9 @@ impl Call {
     /// # Errors
     /// As [`Call::push_pcm`] (`out` is then untouched).
     pub fn pull_pcm(&self, out: &mut [i16]) -> Result<usize, PcmError> {
+        let shared = self.shared().ok_or(PcmError::UnknownCall)?;
         let pull = {
-            let t = lock(&self.shared.calls);
+            let t = lock(&shared.calls);
             let c = t.get(self.id).ok_or(PcmError::UnknownCall)?;
             c.pcm.pull.clone().ok_or(PcmError::NoAppAudio)?
         };
@@ -221,9 +228,10 @@ impl Call {
     }
 
     fn command(&self, op: Op, audio: Option<Audio>) -> Result<(), CallError> {
-        let rt = self.shared.runtime().ok_or(CallError::NotStarted)?;
+        let shared = self.shared().ok_or(CallError::NotStarted)?;
+        let rt = shared.runtime().ok_or(CallError::NotStarted)?;
         let target = {
-            let mut t = lock(&self.shared.calls);
+            let mut t = lock(&shared.calls);
             let c = t.get_mut(self.id).ok_or(CallError::UnknownCall)?;
             if !c.is_live() {
                 return Err(CallError::WrongState);
@@ -243,9 +251,9 @@ impl Call {
             if op != Op::HangUp {
                 return Err(CallError::WrongState);
             }
-            let e = lock(&self.shared.calls).cancel_dial(self.id);
+            let e = lock(&shared.calls).cancel_dial(self.id);
             if let Some(e) = e {
-                self.shared.events.push(e);
+                shared.events.push(e);
             }
             return Ok(());
         };
@@ -523,7 +531,7 @@ impl CallTable {
                 c.wire = Some(call);
                 events.push(Event::IncomingCall {
                     call: Call {
-                        shared: shared.clone(),
+                        shared: Arc::downgrade(shared),
                         id: c.id,
                     },
                     from: user,
@@ -695,7 +703,7 @@ pub(crate) fn dial(
         return Err(CallError::NotStarted);
     }
     Ok(Call {
-        shared: shared.clone(),
+        shared: Arc::downgrade(shared),
         id,
     })
 }

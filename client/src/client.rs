@@ -812,7 +812,7 @@ impl Client {
     /// ones).
     pub fn call_by_id(&self, id: CallId) -> Option<Call> {
         lock(&self.shared.calls).get(id).map(|_| Call {
-            shared: self.shared.clone(),
+            shared: Arc::downgrade(&self.shared),
             id,
         })
     }
@@ -821,7 +821,7 @@ impl Client {
     pub fn current_call(&self) -> Option<Call> {
         let id = lock(&self.shared.calls).live().map(|c| c.id)?;
         Some(Call {
-            shared: self.shared.clone(),
+            shared: Arc::downgrade(&self.shared),
             id,
         })
     }
