@@ -513,6 +513,7 @@ impl Client {
         .map_err(|e| {
             LoginError::from_failure(
                 e,
+                user,
                 self.shared.network.login_server(),
                 self.shared.store.dir().to_path_buf(),
             )

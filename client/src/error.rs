@@ -300,7 +300,12 @@ pub(crate) fn parse_name(name: &str) -> Result<UserName, (String, UserNameError)
 }
 
 impl LoginError {
-    pub(crate) fn from_failure(e: LoginFailure, address: &str, device_dir: PathBuf) -> Self {
+    pub(crate) fn from_failure(
+        e: LoginFailure,
+        user: &str,
+        address: &str,
+        device_dir: PathBuf,
+    ) -> Self {
         match e {
             LoginFailure::Connect(c) => Self::Server(ServerError::from_connect(c, address)),
             LoginFailure::WrongPassword => Self::WrongPassword,
@@ -310,7 +315,7 @@ impl LoginError {
             },
             LoginFailure::UpgradeRequired { minimum } => Self::UpgradeRequired { minimum },
             LoginFailure::InvalidName => Self::InvalidName {
-                name: String::new(),
+                name: user.to_string(),
                 reason: "refused by the login server".into(),
             },
             LoginFailure::Revoked => Self::Revoked,
