@@ -49,11 +49,13 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p natter --all-targets --locked --features async -- -D warnings
 
 # API docs build without warnings (broken or private links included). The library and the
 # program share the name `natter`, so they are documented in two runs.
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --workspace --exclude natter-cli
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p natter --features async
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p natter-cli
 
 # Throwaway PostgreSQL for the account-store and login-server tests (scripts/pg-test.sh):
@@ -67,6 +69,9 @@ unit:
 	url=$$(scripts/pg-test.sh start "$(PG_TEST_DIR)" "$(PG_TEST_PORT)" | tail -n 1); \
 	NATTER_TEST_POSTGRES="$$url" NATTER_REQUIRE_POSTGRES=1 NATTER_REQUIRE_COTURN=1 NATTER_REQUIRE_NETNS=1 NATTER_REQUIRE_TMUX=1 \
 	  NATTER_REQUIRE_VALGRIND=1 $(CARGO) test --workspace --locked
+	$(CARGO) test --locked -p natter --features async --test stream
+	$(CARGO) run --locked --quiet -p natter --example call
+	$(CARGO) run --locked --quiet -p natter --example login
 
 # Regenerate include/natter.h from ffi/src (commit the result).
 header:
@@ -75,7 +80,9 @@ header:
 # --- The C library --------------------------------------------------------------------------
 # The ABI version and the shared library's SONAME come from ffi/src/lib.rs (NATTER_ABI_*):
 # libnatter.so.0.MINOR while the major is 0 (each minor may break the ABI), then
-# libnatter.so.MAJOR. The real file is named after the whole ABI version.
+# libnatter.so.MAJOR. The real file is named after the whole ABI version. Cargo builds it as
+# libnatter_ffi.so and .a (the Rust crate `natter` is the Rust API); it is installed as
+# libnatter.
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PROFILE ?= release
@@ -101,10 +108,10 @@ install: lib install-files
 install-files:
 	install -d "$(DESTDIR)$(INCLUDEDIR)" "$(DESTDIR)$(LIBDIR)/pkgconfig"
 	install -m 644 include/natter.h "$(DESTDIR)$(INCLUDEDIR)/natter.h"
-	install -m 755 "$(LIB_BUILD_DIR)/libnatter.so" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+	install -m 755 "$(LIB_BUILD_DIR)/libnatter_ffi.so" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
 	ln -sf "$(LIB_FILE)" "$(DESTDIR)$(LIBDIR)/$(SONAME)"
 	ln -sf "$(SONAME)" "$(DESTDIR)$(LIBDIR)/libnatter.so"
-	install -m 644 "$(LIB_BUILD_DIR)/libnatter.a" "$(DESTDIR)$(LIBDIR)/libnatter.a"
+	install -m 644 "$(LIB_BUILD_DIR)/libnatter_ffi.a" "$(DESTDIR)$(LIBDIR)/libnatter.a"
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE_LIBS@|$(PRIVATE_LIBS)|' \
 	    ffi/natter.pc.in > "$(DESTDIR)$(LIBDIR)/pkgconfig/natter.pc"

@@ -4,15 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
-use natter_core::login::proto::{LoginError, Version};
+use natter::{Client, LoginError, LoginInfo, Network, PasswordNeeded, RegisterError, Version};
 use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
-use natter_transport::login::client::{
-    login, login_with_password, run_operations, DeviceStore, LoggedIn, LoginFailure, PasswordNeeded,
-};
-use natter_transport::login::network::NetworkFile;
-
-const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// This build's version, as the login server sees it.
 pub fn client_version() -> Version {
@@ -145,65 +138,46 @@ pub fn read_password(stdin: bool, prompt: &str) -> Result<String, String> {
     })
 }
 
-fn open(args: &AccountArgs) -> Result<(NetworkFile, DeviceStore), String> {
-    let net = NetworkFile::load(&args.network).map_err(|e| e.to_string())?;
-    let store = DeviceStore::open(args.data.join("device"))
-        .map_err(|e| format!("device data directory {}: {e}", args.data.display()))?;
-    Ok((net, store))
+fn open(args: &AccountArgs) -> Result<Client, String> {
+    let network = Network::from_file(&args.network).map_err(|e| e.to_string())?;
+    Client::builder(network)
+        .data_dir(&args.data)
+        .build()
+        .map_err(|e| format!("device data directory {}: {e}", args.data.display()))
 }
 
-fn explain(e: &LoginFailure) -> String {
+fn explain(e: &LoginError) -> String {
     match e {
-        LoginFailure::UnknownUser => "unknown user: register first with `natter register`".into(),
-        LoginFailure::WrongPassword => "wrong password".into(),
+        LoginError::UnknownUser => "unknown user: register first with `natter register`".into(),
         other => other.to_string(),
     }
+}
+
+/// Seconds since the Unix epoch of `t`.
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Create an account, then log this device in.
 pub fn register(args: AccountArgs) -> i32 {
     let run = || -> Result<(), String> {
-        let (net, store) = open(&args)?;
+        let client = open(&args)?;
         let pw = password(&args, "New password (10+ characters): ")?;
-        let (device, first) = store.identity().map_err(|e| e.to_string())?;
-        let events = run_operations(
-            &net,
-            &device,
-            client_version(),
-            first,
-            vec![Operation::Register {
-                user: args.user.clone(),
-                password: pw.clone(),
-            }],
-            TIMEOUT,
-        )
-        .map_err(|e| e.to_string())?;
-        for e in events {
-            match e {
-                LoginClientEvent::Registered => println!("registered {}", args.user),
-                LoginClientEvent::Failed { error, .. } => {
-                    return Err(match error {
-                        LoginClientError::Refused(LoginError::NameTaken) => {
-                            format!("the name {:?} is taken: choose another", args.user)
-                        }
-                        other => LoginFailure::from(other).to_string(),
-                    })
-                }
-                _ => {}
+        client.register(&args.user, &pw).map_err(|e| match e {
+            RegisterError::NameTaken(_) => {
+                format!("the name {:?} is taken: choose another", args.user)
             }
-        }
-        let li = login(
-            &net,
-            &store,
-            &args.user,
-            Some(&pw),
-            client_version(),
-            TIMEOUT,
-        )
-        .map_err(|e| explain(&e))?;
+            other => other.to_string(),
+        })?;
+        println!("registered {}", args.user);
+        let li = client
+            .login(&args.user, Some(&pw))
+            .map_err(|e| explain(&e))?;
         println!(
             "logged in: device {} certified until unix time {}",
-            li.certificate.device, li.certificate.not_after.0
+            li.device,
+            unix(li.valid_until)
         );
         Ok(())
     };
@@ -216,24 +190,21 @@ pub fn register(args: AccountArgs) -> i32 {
     }
 }
 
-/// Log `user` in: renew the stored certificate without the password when the server allows
-/// it; when it does not (none stored, expired too long ago, no longer accepted), get the
-/// password from `ask` and log in with it.
+/// Log `user` in on `client`: renew the stored certificate without the password when the
+/// server allows it; when it does not (none stored, expired too long ago, no longer
+/// accepted), get the password from `ask` and log in with it.
 pub fn login_or_ask(
-    net: &NetworkFile,
-    store: &DeviceStore,
+    client: &Client,
     user: &str,
     ask: impl FnOnce() -> Result<String, String>,
-) -> Result<LoggedIn, String> {
-    match login(net, store, user, None, client_version(), TIMEOUT) {
-        Err(LoginFailure::PasswordNeeded(why)) => {
+) -> Result<LoginInfo, String> {
+    match client.login(user, None) {
+        Err(LoginError::PasswordNeeded(why)) => {
             if why != PasswordNeeded::NoCertificate {
                 eprintln!("{why}: the password is needed");
             }
             let pw = ask().map_err(|e| format!("the password is needed: {e}"))?;
-            // The stored certificate was just refused: log in with the password directly.
-            login_with_password(net, store, user, &pw, client_version(), TIMEOUT)
-                .map_err(|e| explain(&e))
+            client.login(user, Some(&pw)).map_err(|e| explain(&e))
         }
         other => other.map_err(|e| explain(&e)),
     }
@@ -242,19 +213,19 @@ pub fn login_or_ask(
 /// Log this device in (renewing without the password when possible).
 pub fn login_cmd(args: AccountArgs) -> i32 {
     let run = || -> Result<(), String> {
-        let (net, store) = open(&args)?;
-        let li = login_or_ask(&net, &store, &args.user, || password(&args, "Password: "))?;
+        let client = open(&args)?;
+        let li = login_or_ask(&client, &args.user, || password(&args, "Password: "))?;
         println!(
             "logged in as {} ({}) in {:.0} ms: device {} certified until unix time {}",
-            li.certificate.user,
+            li.user,
             if li.renewed {
                 "renewed without password"
             } else {
                 "password"
             },
-            li.elapsed.as_secs_f64() * 1000.0,
-            li.certificate.device,
-            li.certificate.not_after.0
+            li.took.as_secs_f64() * 1000.0,
+            li.device,
+            unix(li.valid_until)
         );
         if let Some(v) = li.upgrade_recommended {
             println!("an upgrade is recommended: version {v} is available");

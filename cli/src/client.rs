@@ -9,23 +9,15 @@
 
 use std::io::BufRead;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use natter_core::call::{CallEvent, EndReason};
-use natter_core::crypto::UserName;
-use natter_core::overlay::AttachEvent;
-use natter_core::overlay::SearchResult;
-use natter_core::wire::message::CallId;
-use natter_media::audio::device::{CaptureDevice, PlaybackDevice};
-use natter_media::audio::synth::Tone;
-use natter_media::audio::wav::{WavSink, WavSource};
-use natter_media::audio::{AudioSink, AudioSource};
-use natter_media::call::{CallAudio, CallAudioConfig};
-use natter_overlay::node::{DialOutcome, Node, NodeEvent, RolePolicy};
-use natter_transport::runtime::RuntimeHandle;
+use natter::{
+    Audio, AudioConfig, AudioError, AudioInput, AudioOutput, Call, CallId, EndReason, Event, Found,
+    PathReason, Role,
+};
 use serde_json::json;
 
-use crate::node::{describe, NodeArgs, Started};
+use crate::node::{NodeArgs, Running};
 
 /// Options of `natter client`.
 #[derive(clap::Args, Debug)]
@@ -63,16 +55,28 @@ pub struct ClientArgs {
     json: bool,
 }
 
+impl ClientArgs {
+    /// The calls' audio: the WAV file or the microphone (a 440 Hz tone without one, or
+    /// with --no-devices) in; the WAV file or the speaker (nowhere without one) out.
+    fn audio(&self) -> Audio {
+        let input = match (&self.audio_in, self.no_devices) {
+            (Some(p), _) => AudioInput::Wav(p.clone()),
+            (None, false) => AudioInput::Device(None),
+            (None, true) => AudioInput::Tone,
+        };
+        let output = match (&self.audio_out, self.no_devices) {
+            (Some(p), _) => AudioOutput::Wav(p.clone()),
+            (None, false) => AudioOutput::Device(None),
+            (None, true) => AudioOutput::Discard,
+        };
+        Audio::new(input, output)
+    }
+}
+
 /// What the current call is doing, as the client follows it.
 struct CallView {
-    id: CallId,
-    /// When the dial or the incoming call started (setup time reference).
-    started: Instant,
+    call: Call,
     connected: Option<Instant>,
-    first_media: Option<Instant>,
-    last_media: Option<Instant>,
-    frames_in: u64,
-    audio: Option<CallAudio>,
 }
 
 /// Run the client; returns the exit code.
@@ -87,15 +91,16 @@ pub fn run(args: ClientArgs) -> i32 {
 }
 
 fn run_inner(args: ClientArgs) -> Result<i32, String> {
-    let mut dial = args
-        .call
-        .as_deref()
-        .map(|u| UserName::parse(u).map_err(|e| format!("--call {u}: {e}")))
-        .transpose()?;
+    if let Some(u) = &args.call {
+        natter::UserName::parse(u).map_err(|e| format!("--call {u}: {e}"))?;
+    }
+    let mut dial = args.call.clone();
     if args.json {
         crate::set_json_mode();
     }
-    let mut node = match Started::start(&args.node, Some(RolePolicy::Forbid)) {
+    let mut audio_cfg = AudioConfig::default();
+    audio_cfg.tone_without_microphone = true;
+    let node = match Running::start(&args.node, Some((Role::Client, audio_cfg))) {
         Ok(n) => n,
         Err(e) => {
             report!(
@@ -109,21 +114,15 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
         json!({"event": "logged_in", "user": args.node.user, "listen": args.node.listen.to_string()}),
         "client ready: type `help` for the commands"
     );
+    let audio = args.audio();
     let lines = stdin_lines();
     let begun = Instant::now();
     let mut call: Option<CallView> = None;
     let mut ever_connected = false;
-    // Links to super nodes now up.
-    let mut links = 0usize;
-    let mut last_housekeeping = Instant::now();
     loop {
         if node.stopping() {
-            node.save_cache();
+            node.client.close();
             return Ok(0);
-        }
-        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
-            node.housekeeping();
-            last_housekeeping = Instant::now();
         }
         if let Some(t) = args.timeout {
             if !ever_connected && begun.elapsed().as_secs_f64() > t {
@@ -135,412 +134,302 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
             }
         }
         if let Some(user) = dial.take() {
-            if node.joined() {
-                report!(
-                    json!({"event": "dialing", "user": user.as_str()}),
-                    "dialing {user}"
-                );
-                let u = user.clone();
-                node.rt.command(move |n, now| n.call(now, u));
-                call = None;
-                // The view starts when the dial is placed (setup time counts the search).
-                call.replace(CallView::new(CallId([0; 16])));
+            if node.client.state().is_joined() {
+                place(&node, &user, &audio, &mut call);
             } else {
                 dial = Some(user);
             }
         }
         while let Ok(line) = lines.try_recv() {
-            if !command(&node, &line, &mut call, args.json) {
+            if !command(&node, &line, &mut call, &audio, args.json) {
+                node.client.close();
                 return Ok(0);
             }
         }
         // Hang up on schedule.
-        if let (Some(after), Some(c)) = (args.hangup_after, call.as_ref()) {
+        if let (Some(after), Some(c)) = (args.hangup_after, call.as_mut()) {
             if c.connected
                 .is_some_and(|t| t.elapsed().as_secs_f64() >= after)
             {
-                let id = c.id;
+                c.connected = None;
                 report!(
-                    json!({"event": "hanging_up", "call": call_id(id)}),
+                    json!({"event": "hanging_up", "call": call_id(c.call.id())}),
                     "hanging up"
                 );
-                let _ = node.rt.command(move |n, now| n.hang_up(now, id));
+                let _ = c.call.hang_up();
             }
         }
-        let Ok(e) = node.rt.events().recv_timeout(Duration::from_millis(100)) else {
+        let Ok(e) = node
+            .client
+            .events()
+            .recv_timeout(std::time::Duration::from_millis(100))
+        else {
             continue;
         };
-        match e {
-            NodeEvent::Dial { outcome, .. } => match outcome {
-                DialOutcome::Calling(id) => {
-                    report!(
-                        json!({"event": "calling", "call": call_id(id)}),
-                        "calling (call {id:?})"
-                    );
-                    if let Some(c) = call.as_mut() {
-                        c.id = id;
-                    } else {
-                        call = Some(CallView::new(id));
-                    }
-                }
-                DialOutcome::Failed(e) => {
-                    report!(
-                        json!({"event": "dial_failed", "reason": e.to_string()}),
-                        "dial failed: {e}"
-                    );
-                    call = None;
-                    if args.exit_after_call {
-                        return Ok(1);
-                    }
-                }
-            },
-            NodeEvent::Call(ev) => {
-                if handle_call_event(&node, &args, ev, &mut call, &mut ever_connected)
-                    && args.exit_after_call
-                {
-                    return Ok(if ever_connected { 0 } else { 1 });
-                }
+        match on_event(&node, &args, &audio, e, &mut call, &mut ever_connected) {
+            Some(code) if args.exit_after_call => {
+                node.client.close();
+                return Ok(code);
             }
-            NodeEvent::CallPath {
-                call: id,
-                kind,
-                reason,
-                path,
-            } => report!(
-                json!({"event": "call_path", "call": call_id(id), "path": kind.name(),
-                       "reason": format!("{reason:?}").to_lowercase(), "via": format!("{path:?}")}),
-                "call path {} ({reason:?}) {path:?}",
-                kind.name()
-            ),
-            NodeEvent::CallQuality { call: id, quality } => {
-                if let Some(a) = call.as_ref().and_then(|c| c.audio.as_ref()) {
-                    a.on_report(quality.loss_out, quality.jitter_ms, quality.rtt);
-                }
-                if args.json {
-                    let audio = call
-                        .as_ref()
-                        .and_then(|c| c.audio.as_ref())
-                        .map(|a| a.stats().receiver.quality);
-                    crate::emit(json!({
-                        "event": "call_stats",
-                        "call": call_id(id),
-                        "path": quality.kind.map(|k| k.name()),
-                        "rtt_ms": quality.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                        "loss_in": quality.loss_in,
-                        "loss_out": quality.loss_out,
-                        "jitter_ms": quality.jitter_ms,
-                        "frames_in": quality.frames_in,
-                        "jitter_buffer_ms": audio.map(|q| q.jitter_buffer_ms),
-                        "loss_after_recovery": audio.map(|q| q.loss_after_recovery),
-                        "concealed_ms": audio.map(|q| q.concealed_ms),
-                        "bitrate_kbps": audio.map(|q| q.bitrate_bps / 1000.0),
-                        "mos": audio.map(|q| q.mos),
-                    }));
-                    continue;
-                }
-                say!(
-                    "call stats: path {} rtt {} loss in {:.1}% out {:.1}% jitter {:.1} ms frames in {}",
-                    quality.kind.map_or("-", |k| k.name()),
-                    quality
-                        .rtt
-                        .map(|r| format!("{:.1} ms", r.as_secs_f64() * 1000.0))
-                        .unwrap_or_else(|| "-".into()),
-                    quality.loss_in * 100.0,
-                    quality.loss_out * 100.0,
-                    quality.jitter_ms,
-                    quality.frames_in
-                );
-                if let Some(a) = call.as_ref().and_then(|c| c.audio.as_ref()) {
-                    let q = a.stats().receiver.quality;
-                    say!(
-                        "call audio: jitter buffer {:.0} ms, loss before recovery {:.1}% after {:.1}%, concealed {:.0} ms, bitrate {:.1} kbit/s, MOS {:.2}",
-                        q.jitter_buffer_ms,
-                        q.loss_before_recovery * 100.0,
-                        q.loss_after_recovery * 100.0,
-                        q.concealed_ms,
-                        q.bitrate_bps / 1000.0,
-                        q.mos
-                    );
-                }
-            }
-            NodeEvent::CallMedia { call: id, data } => {
-                if let Some(c) = call.as_mut() {
-                    if let Some(a) = &c.audio {
-                        a.receive(&data);
-                    }
-                    c.frames_in += 1;
-                    let now = Instant::now();
-                    if let Some(gap) = c.last_media.map(|t| now - t) {
-                        // An interruption (a path switch, a loss burst) is worth a line.
-                        if gap >= Duration::from_millis(100) {
-                            let ms = gap.as_secs_f64() * 1000.0;
-                            report!(
-                                json!({"event": "media_gap", "call": call_id(id), "ms": ms}),
-                                "media resumed after a gap of {ms:.0} ms"
-                            );
-                        }
-                    }
-                    c.last_media = Some(now);
-                    if c.first_media.is_none() {
-                        c.first_media = Some(Instant::now());
-                        let ms = c.started.elapsed().as_secs_f64() * 1000.0;
-                        report!(
-                            json!({"event": "first_media", "call": call_id(id), "ms": ms}),
-                            "first media received {ms:.1} ms after the call started"
-                        );
-                    }
-                }
-            }
-            NodeEvent::Attach(AttachEvent::NoSuperNode) if links > 0 => {
-                // Still linked to one: the node only looks for a second.
-            }
-            other => {
-                match &other {
-                    NodeEvent::Attach(AttachEvent::Attached { .. }) => links += 1,
-                    NodeEvent::Attach(AttachEvent::Detached { .. }) => {
-                        links = links.saturating_sub(1)
-                    }
-                    _ => {}
-                }
-                if args.json {
-                    if let Some(j) = event_json(&other) {
-                        crate::emit(j);
-                    }
-                } else {
-                    describe(&other)
-                }
-            }
+            _ => {}
         }
     }
 }
 
-impl CallView {
-    fn new(id: CallId) -> Self {
-        Self {
-            id,
-            started: Instant::now(),
-            connected: None,
-            first_media: None,
-            last_media: None,
-            frames_in: 0,
-            audio: None,
+/// Dial `user`.
+fn place(node: &Running, user: &str, audio: &Audio, call: &mut Option<CallView>) {
+    report!(json!({"event": "dialing", "user": user}), "dialing {user}");
+    match node.client.call(user, audio.clone()) {
+        Ok(c) => {
+            *call = Some(CallView {
+                call: c,
+                connected: None,
+            })
         }
+        Err(e) => report!(
+            json!({"event": "error", "message": e.to_string()}),
+            "error: {e}"
+        ),
     }
 }
 
-/// One call event; returns true when the call ended.
-fn handle_call_event(
-    node: &Started,
+/// The name `call_state` events give why a call ended.
+fn end_code(r: EndReason) -> &'static str {
+    match r {
+        EndReason::HungUp { local: false } => "peer_hung_up",
+        EndReason::Declined { .. } => "declined",
+        EndReason::Busy => "busy",
+        EndReason::Cancelled { .. } => "cancelled",
+        EndReason::Missed => "missed",
+        EndReason::PeerVanished => "peer_vanished",
+        EndReason::AnsweredElsewhere => "answered_elsewhere",
+        _ => "hung_up",
+    }
+}
+
+/// How a person reads why the path changed (`Better`, `Dead`, ...).
+fn reason_word(r: PathReason) -> String {
+    let n = r.name();
+    let mut c = n.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// One event; `Some(exit code)` when the call ended (0 if one was ever connected).
+fn on_event(
+    node: &Running,
     args: &ClientArgs,
-    ev: CallEvent,
+    audio: &Audio,
+    e: Event,
     call: &mut Option<CallView>,
     ever_connected: &mut bool,
-) -> bool {
-    match ev {
-        CallEvent::Incoming {
-            call: id,
-            user,
-            device,
-            ..
-        } => {
+) -> Option<i32> {
+    match e {
+        Event::CallPlaced { call: id } => report!(
+            json!({"event": "calling", "call": call_id(id)}),
+            "calling (call {})",
+            call_id(id)
+        ),
+        Event::CallEnded { reason, .. } if reason.never_placed() => {
             report!(
-                json!({"event": "incoming_call", "call": call_id(id), "user": user.as_str(), "device": device.to_string()}),
-                "incoming call from {user} (call {id:?})"
+                json!({"event": "dial_failed", "reason": reason.to_string()}),
+                "dial failed: {reason}"
             );
-            *call = Some(CallView::new(id));
+            *call = None;
+            return Some(1);
+        }
+        Event::IncomingCall {
+            call: incoming,
+            from,
+            device,
+        } => {
+            let id = incoming.id();
+            report!(
+                json!({"event": "incoming_call", "call": call_id(id), "user": from.as_str(), "device": device.to_string()}),
+                "incoming call from {from} (call {})",
+                call_id(id)
+            );
             if args.auto_answer {
-                let r = node.rt.command(move |n, now| n.answer(now, id));
-                if let Err(e) = r {
+                if let Err(e) = incoming.answer(audio.clone()) {
                     report!(
                         json!({"event": "error", "message": e.to_string()}),
                         "answering: {e}"
                     );
                 }
             }
+            *call = Some(CallView {
+                call: incoming,
+                connected: None,
+            });
         }
-        CallEvent::Ringing { call: id, device } => report!(
+        Event::Ringing { call: id, device } => report!(
             json!({"event": "ringing", "call": call_id(id), "device": device.to_string()}),
             "ringing on device {device}"
         ),
-        CallEvent::Connected {
-            call: id, device, ..
+        Event::CallConnected {
+            call: id,
+            device,
+            setup,
         } => {
             *ever_connected = true;
-            let c = call.get_or_insert_with(|| CallView::new(id));
-            c.id = id;
-            c.connected = Some(Instant::now());
-            let ms = c.started.elapsed().as_secs_f64() * 1000.0;
+            if let Some(c) = call.as_mut().filter(|c| c.call.id() == id) {
+                c.connected = Some(Instant::now());
+            }
+            let ms = setup.as_secs_f64() * 1000.0;
             report!(
                 json!({"event": "call_state", "call": call_id(id), "state": "connected",
                        "device": device.to_string(), "setup_ms": ms}),
                 "call connected to device {device}, signalling took {ms:.1} ms"
             );
-            match start_audio(node.rt.handle(), id, args) {
-                Ok(a) => c.audio = Some(a),
-                Err(e) => report!(
-                    json!({"event": "error", "message": format!("audio: {e}")}),
-                    "audio: {e}"
-                ),
-            }
         }
-        CallEvent::HoldChanged {
+        Event::CallHoldChanged {
             call: id,
-            local_hold,
-            remote_hold,
-        } => {
-            report!(
-                json!({"event": "call_state", "call": call_id(id),
-                       "state": if local_hold || remote_hold { "held" } else { "connected" },
-                       "local_hold": local_hold, "remote_hold": remote_hold}),
-                "hold: local {local_hold}, remote {remote_hold}"
-            );
-            // No media while held (the path stays watched: about 3 probes a second).
-            if let Some(a) = call.as_ref().and_then(|c| c.audio.as_ref()) {
-                a.set_paused(local_hold || remote_hold);
-            }
-            if let Some(c) = call.as_mut() {
-                c.last_media = None;
-            }
-        }
-        CallEvent::GlareMerged { dropped, kept } => {
-            report!(
-                json!({"event": "glare", "dropped": call_id(dropped), "call": call_id(kept)}),
-                "both called at once: our call {dropped:?} merged into {kept:?}"
-            );
-            if let Some(c) = call.as_mut() {
-                c.id = kept;
-            }
-        }
-        CallEvent::RejectedBusy { call: id, user } => report!(
-            json!({"event": "missed_busy", "call": call_id(id), "user": user.as_str()}),
-            "{user} called while we were busy"
+            local,
+            remote,
+        } => report!(
+            json!({"event": "call_state", "call": call_id(id),
+                   "state": if local || remote { "held" } else { "connected" },
+                   "local_hold": local, "remote_hold": remote}),
+            "hold: local {local}, remote {remote}"
         ),
-        CallEvent::Ended { call: id, reason } => {
+        Event::CallMerged { call: id } => report!(
+            json!({"event": "glare", "dropped": call_id(id), "call": call_id(id)}),
+            "both called at once: our call {} merged with theirs",
+            call_id(id)
+        ),
+        Event::MissedBusy { call: id, from } => report!(
+            json!({"event": "missed_busy", "call": call_id(id), "user": from.as_str()}),
+            "{from} called while we were busy"
+        ),
+        Event::CallEnded { call: id, reason } => {
             let what = match reason {
                 EndReason::HungUp { local: true } => "hung up".to_string(),
                 EndReason::HungUp { local: false } => "the peer hung up".to_string(),
-                other => format!("{other:?}"),
+                other => other.to_string(),
             };
-            let frames = call.as_ref().map_or(0, |c| c.frames_in);
-            let code = match reason {
-                EndReason::HungUp { local: true } => "hung_up",
-                EndReason::HungUp { local: false } => "peer_hung_up",
-                EndReason::Declined { .. } => "declined",
-                EndReason::Busy => "busy",
-                EndReason::Cancelled { .. } => "cancelled",
-                EndReason::Missed => "missed",
-                EndReason::PeerVanished => "peer_vanished",
-                EndReason::AnsweredElsewhere => "answered_elsewhere",
-            };
+            let stats = node.client.call_by_id(id).and_then(|c| c.stats().ok());
+            let frames = stats.map_or(0, |s| s.frames_in);
             report!(
                 json!({"event": "call_state", "call": call_id(id), "state": "ended",
-                       "reason": code, "frames_in": frames}),
+                       "reason": end_code(reason), "frames_in": frames}),
                 "call ended: {what} ({frames} media frames received)"
             );
-            if let Some(c) = call.take() {
-                if let Some(a) = c.audio {
-                    let st = a.stop();
-                    let q = st.receiver.quality;
-                    report!(
-                        json!({"event": "call_audio", "call": call_id(id), "frames_sent": st.sender.sent,
-                               "frames_received": st.receiver.jitter.received, "mos": q.mos,
-                               "saved_to": args.audio_out.as_ref().map(|p| p.display().to_string())}),
-                        "call audio: {} frames sent, {} received; estimated MOS {:.2}",
-                        st.sender.sent,
-                        st.receiver.jitter.received,
-                        q.mos
+            if let Some(a) = stats.and_then(|s| s.audio) {
+                let mos = a.mos.unwrap_or(0.0);
+                report!(
+                    json!({"event": "call_audio", "call": call_id(id), "frames_sent": a.frames_sent,
+                           "frames_received": a.frames_received, "mos": mos,
+                           "saved_to": args.audio_out.as_ref().map(|p| p.display().to_string())}),
+                    "call audio: {} frames sent, {} received; estimated MOS {:.2}",
+                    a.frames_sent,
+                    a.frames_received,
+                    mos
+                );
+                if let (false, Some(p)) = (args.json, &args.audio_out) {
+                    say!("what the other side sent is in {}", p.display());
+                }
+            }
+            *call = None;
+            return Some(if *ever_connected { 0 } else { 1 });
+        }
+        Event::CallPath { call: id, path } => report!(
+            json!({"event": "call_path", "call": call_id(id), "path": path.kind.name(),
+                   "reason": path.reason.name(), "via": path.route}),
+            "call path {} ({}) {}",
+            path.kind.name(),
+            reason_word(path.reason),
+            path.route
+        ),
+        Event::CallStats { call: id, stats } => {
+            let a = stats.audio;
+            if args.json {
+                crate::emit(json!({
+                    "event": "call_stats",
+                    "call": call_id(id),
+                    "path": stats.path.map(|k| k.name()),
+                    "rtt_ms": stats.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                    "loss_in": stats.loss_in,
+                    "loss_out": stats.loss_out,
+                    "jitter_ms": stats.jitter_ms,
+                    "frames_in": stats.frames_in,
+                    "jitter_buffer_ms": a.map(|q| q.jitter_buffer_ms),
+                    "loss_after_recovery": a.map(|q| q.loss_after_recovery),
+                    "concealed_ms": a.map(|q| q.concealed_ms),
+                    "bitrate_kbps": a.map(|q| q.bitrate_kbps),
+                    "mos": a.and_then(|q| q.mos),
+                }));
+            } else {
+                say!(
+                    "call stats: path {} rtt {} loss in {:.1}% out {:.1}% jitter {:.1} ms frames in {}",
+                    stats.path.map_or("-", |k| k.name()),
+                    stats
+                        .rtt
+                        .map(|r| format!("{:.1} ms", r.as_secs_f64() * 1000.0))
+                        .unwrap_or_else(|| "-".into()),
+                    stats.loss_in * 100.0,
+                    stats.loss_out * 100.0,
+                    stats.jitter_ms,
+                    stats.frames_in
+                );
+                if let Some(q) = a {
+                    say!(
+                        "call audio: jitter buffer {:.0} ms, loss before recovery {:.1}% after {:.1}%, concealed {:.0} ms, bitrate {:.1} kbit/s, MOS {:.2}",
+                        q.jitter_buffer_ms,
+                        q.loss_before_recovery * 100.0,
+                        q.loss_after_recovery * 100.0,
+                        q.concealed_ms,
+                        q.bitrate_kbps,
+                        q.mos.unwrap_or(0.0)
                     );
-                    if let (false, Some(p)) = (args.json, &args.audio_out) {
-                        say!("what the other side sent is in {}", p.display());
-                    }
-                }
-            }
-            return true;
-        }
-    }
-    false
-}
-
-/// Start the call's media: the WAV file or a 440 Hz tone in, the WAV file or nothing out.
-pub(crate) fn start_audio(
-    rt: RuntimeHandle<Node>,
-    call: CallId,
-    args: &ClientArgs,
-) -> Result<CallAudio, String> {
-    audio_for_call(
-        rt,
-        call,
-        args.audio_in.as_deref(),
-        args.audio_out.as_deref(),
-        !args.no_devices,
-    )
-}
-
-/// The media of `call` on the node behind `rt`, from `input` (a 16 kHz mono WAV file) or else
-/// the default microphone (`devices`) or else a 440 Hz tone, to `output` (a WAV file) or else
-/// the default speaker (`devices`) or else nowhere. A missing device is said, not fatal.
-pub(crate) fn audio_for_call(
-    rt: RuntimeHandle<Node>,
-    call: CallId,
-    input: Option<&std::path::Path>,
-    output: Option<&std::path::Path>,
-    devices: bool,
-) -> Result<CallAudio, String> {
-    let cfg = CallAudioConfig::default();
-    let rate = cfg.sender.codec.rate.hz();
-    let source: Box<dyn AudioSource + Send> = match input {
-        Some(p) => Box::new(WavSource::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
-        None if devices => {
-            match CaptureDevice::open(None, rate) {
-                Ok(d) => {
-                    say!("audio in: {}", d.name());
-                    Box::new(d)
-                }
-                Err(e) => {
-                    say!("no microphone ({e}): sending a 440 Hz test tone (--audio-in sends a WAV file)");
-                    Box::new(Tone::new(rate, 440.0, 0.25))
                 }
             }
         }
-        None => Box::new(Tone::new(rate, 440.0, 0.25)),
-    };
-    let sink: Box<dyn AudioSink + Send> = match output {
-        Some(p) => Box::new(WavSink::create(p, rate).map_err(|e| format!("{}: {e}", p.display()))?),
-        None if devices => match PlaybackDevice::open(None, rate) {
-            Ok(d) => {
-                say!("audio out: {}", d.name());
-                Box::new(d)
-            }
-            Err(e) => {
-                say!("no speaker ({e}): what arrives is not played (--audio-out saves it)");
-                Box::new(Discard(rate))
-            }
+        Event::FirstMedia { call: id, after } => {
+            let ms = after.as_secs_f64() * 1000.0;
+            report!(
+                json!({"event": "first_media", "call": call_id(id), "ms": ms}),
+                "first media received {ms:.1} ms after the call started"
+            );
+        }
+        Event::MediaGap { call: id, gap } => {
+            let ms = gap.as_secs_f64() * 1000.0;
+            report!(
+                json!({"event": "media_gap", "call": call_id(id), "ms": ms}),
+                "media resumed after a gap of {ms:.0} ms"
+            );
+        }
+        Event::AudioError { error, .. } => match error {
+            AudioError::Microphone { .. } | AudioError::Speaker { .. } => say!("{error}"),
+            other => report!(
+                json!({"event": "error", "message": format!("audio: {other}")}),
+                "audio: {other}"
+            ),
         },
-        None => Box::new(Discard(rate)),
-    };
-    let send = Box::new(move |frame: &[u8]| {
-        let frame = frame.to_vec();
-        rt.command(move |n, now| n.send_media(now, call, &frame).is_ok())
-            .unwrap_or(false)
-    });
-    CallAudio::start(cfg, source, sink, send).map_err(|e| e.to_string())
-}
-
-/// A sink that drops what it is given.
-struct Discard(u32);
-
-impl AudioSink for Discard {
-    fn sample_rate(&self) -> u32 {
-        self.0
+        // Still linked to one: the node only looks for a second.
+        Event::NoSuperNode { attached } if attached > 0 => {}
+        other => {
+            if args.json {
+                if let Some(j) = event_json(&other) {
+                    crate::emit(j);
+                }
+            } else {
+                node.describe(&other)
+            }
+        }
     }
-    fn write_frame(&mut self, _frame: &[i16]) -> Result<(), natter_media::audio::AudioError> {
-        Ok(())
-    }
+    None
 }
 
 /// One line from standard input (words, or a JSON command in JSON mode); returns false on
 /// `quit`.
-fn command(node: &Started, line: &str, call: &mut Option<CallView>, json: bool) -> bool {
+fn command(
+    node: &Running,
+    line: &str,
+    call: &mut Option<CallView>,
+    audio: &Audio,
+    json: bool,
+) -> bool {
     let parsed: Result<(String, Option<String>), String> = if json {
         if line.trim().is_empty() {
             return true;
@@ -563,7 +452,7 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>, json: bool) 
             Some(w) => Ok((w.to_string(), words.next().map(str::to_string))),
         }
     };
-    let current = call.as_ref().map(|c| c.id);
+    let current = call.as_ref().map(|c| c.call.clone());
     let r: Result<(), String> = match parsed {
         Err(e) => Err(e),
         Ok((cmd, arg)) => match (cmd.as_str(), arg) {
@@ -572,67 +461,52 @@ fn command(node: &Started, line: &str, call: &mut Option<CallView>, json: bool) 
                 say!("{HELP}");
                 Ok(())
             }
-            ("call", Some(user)) => match UserName::parse(&user) {
+            ("call", Some(user)) => match natter::UserName::parse(&user) {
                 Ok(u) => {
-                    report!(
-                        json!({"event": "dialing", "user": u.as_str()}),
-                        "dialing {u}"
-                    );
-                    *call = Some(CallView::new(CallId([0; 16])));
-                    node.rt.command(move |n, now| n.call(now, u));
+                    place(node, u.as_str(), audio, call);
                     Ok(())
                 }
                 Err(e) => Err(format!("{user}: {e}")),
             },
-            ("search", Some(user)) => match UserName::parse(&user) {
-                Ok(u) => {
-                    node.rt.command(move |n, now| n.search(now, u));
-                    Ok(())
-                }
-                Err(e) => Err(format!("{user}: {e}")),
-            },
+            ("search", Some(user)) => node
+                .client
+                .search(&user)
+                .map(|_| ())
+                .map_err(|e| format!("{user}: {e}")),
             ("call" | "search", None) => Err(format!("{cmd} needs a user")),
-            (c @ ("mute" | "unmute"), _) => match call.as_ref().and_then(|c| c.audio.as_ref()) {
-                Some(a) => {
+            (c @ ("mute" | "unmute"), _) => match &current {
+                Some(call) => {
                     let muted = c == "mute";
-                    a.set_paused(muted);
-                    report!(json!({"event": "muted", "muted": muted}), "muted: {muted}");
-                    Ok(())
-                }
-                None => Err("no call".into()),
-            },
-            (c @ ("answer" | "decline" | "hangup" | "hold" | "resume"), _) => match current {
-                None => Err("no call".into()),
-                Some(id) => {
-                    let c = c.to_string();
-                    node.rt
-                        .command(move |n, now| match c.as_str() {
-                            "answer" => n.answer(now, id),
-                            "decline" => n.decline(now, id),
-                            "hangup" => n.hang_up(now, id),
-                            "hold" => n.hold(now, id),
-                            _ => n.resume(now, id),
+                    call.set_muted(muted)
+                        .map(|()| {
+                            report!(json!({"event": "muted", "muted": muted}), "muted: {muted}")
                         })
                         .map_err(|e| e.to_string())
                 }
+                None => Err("no call".into()),
+            },
+            (c @ ("answer" | "decline" | "hangup" | "hold" | "resume"), _) => match &current {
+                None => Err("no call".into()),
+                Some(call) => match c {
+                    "answer" => call.answer(audio.clone()),
+                    "decline" => call.decline(),
+                    "hangup" => call.hang_up(),
+                    "hold" => call.hold(),
+                    _ => call.resume(),
+                }
+                .map_err(|e| e.to_string()),
             },
             ("status", _) => {
-                let (attach, nat, sn, current) = node.rt.command(|n, now| {
-                    (
-                        n.describe_attach(now),
-                        n.nat().map(|r| r.nat.describe().to_string()),
-                        n.attached()
-                            .iter()
-                            .map(|a| a.to_string())
-                            .collect::<Vec<_>>(),
-                        n.calls().current(),
-                    )
-                });
+                let s = node.client.state();
+                let nat = s.nat.map(|n| n.describe().to_string());
+                let sn: Vec<String> = s.super_nodes.iter().map(|a| a.to_string()).collect();
                 report!(
-                    json!({"event": "status", "attach": attach, "super_nodes": sn,
-                           "nat": nat, "call": current.map(call_id)}),
-                    "{attach}; NAT {}; call {current:?}",
-                    nat.as_deref().unwrap_or("unknown")
+                    json!({"event": "status", "attach": s.attach, "super_nodes": sn,
+                           "nat": nat, "call": s.call.map(call_id)}),
+                    "{}; NAT {}; call {}",
+                    s.attach,
+                    nat.as_deref().unwrap_or("unknown"),
+                    s.call.map_or_else(|| "none".to_string(), call_id)
                 );
                 Ok(())
             }
@@ -661,43 +535,43 @@ const HELP: &str = "commands:
 
 /// A call id as events show it: 32 hex digits.
 fn call_id(id: CallId) -> String {
-    id.0.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:032x}", id.as_u64())
 }
 
-/// The JSON event of a node event the client does not handle itself (joining, NAT, search).
-fn event_json(e: &NodeEvent) -> Option<serde_json::Value> {
+/// The JSON event of a joining or search event.
+fn event_json(e: &Event) -> Option<serde_json::Value> {
     Some(match e {
-        NodeEvent::Attach(AttachEvent::Attached {
+        Event::Attached {
             super_node,
             transport,
-            reflexive,
+            seen_as,
             ..
-        }) => json!({"event": "attached", "super_node": super_node.to_string(),
-                     "transport": format!("{transport:?}").to_lowercase(),
-                     "reflexive": reflexive.to_string()}),
-        NodeEvent::Attach(AttachEvent::Detached { super_node }) => {
+        } => json!({"event": "attached", "super_node": super_node.to_string(),
+                     "transport": crate::node::transport_name(*transport).to_lowercase(),
+                     "reflexive": seen_as.to_string()}),
+        Event::Detached { super_node, .. } => {
             json!({"event": "detached", "super_node": super_node.to_string()})
         }
-        NodeEvent::Attach(AttachEvent::NoSuperNode) => json!({"event": "no_super_node"}),
-        NodeEvent::Nat(r) => json!({"event": "nat", "type": r.nat.describe(),
-                                    "mapped": r.mapped.map(|m| m.to_string())}),
-        NodeEvent::Search { outcome, .. } => {
-            let (result, devices) = match &outcome.result {
-                SearchResult::Found(records) => (
+        Event::NoSuperNode { .. } => json!({"event": "no_super_node"}),
+        Event::NatDetected { nat, mapped, .. } => json!({"event": "nat", "type": nat.describe(),
+                                    "mapped": mapped.map(|m| m.to_string())}),
+        Event::SearchResult { user, outcome, .. } => {
+            let (result, devices) = match &outcome.found {
+                Found::Devices(records) => (
                     "found",
                     records
                         .iter()
-                        .map(|r| json!({"device": r.device().to_string(), "online": r.online,
-                                        "last_seen": r.timestamp.0,
+                        .map(|r| json!({"device": r.device.to_string(), "online": r.online,
+                                        "last_seen": r.last_seen.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                                         "super_nodes": r.super_nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>()}))
                         .collect::<Vec<_>>(),
                 ),
-                SearchResult::NotFound => ("not_found", vec![]),
-                SearchResult::Unavailable => ("unavailable", vec![]),
+                Found::NotFound => ("not_found", vec![]),
+                _ => ("unavailable", vec![]),
             };
-            json!({"event": "search_result", "user": outcome.user.as_str(), "result": result,
+            json!({"event": "search_result", "user": user.as_str(), "result": result,
                    "devices": devices, "hops": outcome.hops,
-                   "ms": outcome.elapsed.as_secs_f64() * 1000.0})
+                   "ms": outcome.took.as_secs_f64() * 1000.0})
         }
         _ => return None,
     })

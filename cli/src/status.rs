@@ -9,10 +9,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use natter_overlay::node::{Node, RolePolicy};
-use natter_transport::runtime::Runtime;
+use natter::{Client, Role};
 use serde::{Deserialize, Serialize};
 
 /// How often `natter node` rewrites its status file.
@@ -97,71 +96,55 @@ pub struct RelayStatus {
 
 /// What the status needs besides the node itself.
 pub struct Context {
-    /// When the node started.
-    pub started: Instant,
     /// The account.
     pub user: String,
     /// The listen address.
     pub listen: SocketAddr,
     /// The role policy.
-    pub role: RolePolicy,
+    pub role: Role,
 }
 
 impl Status {
-    /// Read a running node's status.
-    pub fn gather(rt: &Runtime<Node>, cx: &Context) -> Status {
-        let (cpu, bytes_per_sec) = rt.load();
-        let mut s = rt.command(|n, _| Status {
+    /// Read a running node's status (`None` when it is not running).
+    pub fn gather(client: &Client, cx: &Context) -> Option<Status> {
+        let n = client.status()?;
+        Some(Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             running: true,
-            updated: 0,
-            uptime_secs: 0,
-            user: String::new(),
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            role_policy: String::new(),
-            super_node: n.is_super_node(),
-            attached_to: n.attached(),
-            clients: n.super_node().map_or(0, |s| s.client_count()),
-            super_nodes_known: n.ring_len(),
-            nat: n.nat().map(|r| r.nat.describe().to_string()),
-            mapped_address: n.nat().and_then(|r| r.mapped),
-            index: n.index().map(|d| IndexStatus {
-                records: d.store().len(),
-                stored: d.stats().stored,
-                refused: d.stats().refused,
-                searches: d.searches_in_progress(),
+            updated: natter_transport::wall_clock().0,
+            uptime_secs: n.uptime.as_secs(),
+            user: cx.user.clone(),
+            listen: cx.listen,
+            role_policy: match cx.role {
+                Role::SuperNode => "force",
+                Role::Client => "forbid",
+                _ => "auto",
+            }
+            .into(),
+            super_node: n.super_node,
+            attached_to: n.attached_to,
+            clients: n.clients,
+            super_nodes_known: n.super_nodes_known,
+            nat: n.nat.map(|t| t.describe().to_string()),
+            mapped_address: n.mapped_address,
+            index: n.index.map(|i| IndexStatus {
+                records: i.records,
+                stored: i.stored,
+                refused: i.refused,
+                searches: i.searches,
             }),
-            relay: n.relay().map(|r| {
-                let st = r.stats();
-                RelayStatus {
-                    channels: r.channels(),
-                    allocated: st.allocated,
-                    refused: st.refused(),
-                    relayed_packets: st.relayed_packets,
-                    relayed_bytes: st.relayed_bytes,
-                    dropped: st.dropped_malformed
-                        + st.dropped_unknown_channel
-                        + st.dropped_not_party
-                        + st.dropped_rate,
-                }
+            relay: n.relay.map(|r| RelayStatus {
+                channels: r.channels,
+                allocated: r.allocated,
+                refused: r.refused,
+                relayed_packets: r.relayed_packets,
+                relayed_bytes: r.relayed_bytes,
+                dropped: r.dropped,
             }),
-            cpu: 0.0,
-            bytes_per_sec: 0,
-        });
-        s.updated = natter_transport::wall_clock().0;
-        s.uptime_secs = cx.started.elapsed().as_secs();
-        s.user = cx.user.clone();
-        s.listen = cx.listen;
-        s.role_policy = match cx.role {
-            RolePolicy::Auto => "auto",
-            RolePolicy::Force => "force",
-            RolePolicy::Forbid => "forbid",
-        }
-        .into();
-        s.cpu = cpu;
-        s.bytes_per_sec = bytes_per_sec;
-        s
+            cpu: n.cpu,
+            bytes_per_sec: n.bytes_per_sec,
+        })
     }
 
     /// One line: the role and what it serves, the NAT and the uptime.

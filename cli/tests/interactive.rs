@@ -78,12 +78,7 @@ impl Drop for Tmux {
 
 #[test]
 fn a_new_user_calls_from_the_interactive_client() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var_os("NATTER_REQUIRE_TMUX").is_none(),
-            "NATTER_REQUIRE_TMUX is set but tmux is missing"
-        );
-        eprintln!("SKIPPED: tmux is not installed");
+    if !natter_fixtures::require_tool("tmux", "NATTER_REQUIRE_TMUX") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -7,13 +7,91 @@
 //! client has at most one call at a time.
 
 use std::ffi::c_char;
-use std::time::Instant;
 
-use crate::boundary::{self, lock, str_arg};
-use crate::calltable::path_kind;
-use crate::engine::CallOp;
+use natter::{CallError, CallId, CallState, EndReason, PathKind};
+
+use crate::boundary::{self, str_arg};
+use crate::client::Client;
 use crate::handle::{self, NatterClient};
 use crate::result::NatterResult;
+
+/// A command on a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallOp {
+    Answer,
+    Decline,
+    HangUp,
+    Hold,
+    Resume,
+}
+
+/// The C result of a refused call operation.
+pub(crate) fn call_result(e: CallError) -> NatterResult {
+    match e {
+        CallError::NotStarted => NatterResult::NatterNotStarted,
+        CallError::InvalidName { .. } => NatterResult::NatterInvalidUserName,
+        CallError::InCall => NatterResult::NatterInCall,
+        CallError::UnknownCall => NatterResult::NatterUnknownCall,
+        _ => NatterResult::NatterWrongCallState,
+    }
+}
+
+/// Call `call` of `c`; an unknown id is `NATTER_NOT_STARTED` while the client is stopped
+/// (commands need the node before anything else), else `NATTER_UNKNOWN_CALL`.
+fn find(c: &Client, call: u64, stopped_first: bool) -> Result<natter::Call, NatterResult> {
+    c.client
+        .call_by_id(CallId::from_u64(call))
+        .ok_or(if stopped_first && !c.client.is_started() {
+            NatterResult::NatterNotStarted
+        } else {
+            NatterResult::NatterUnknownCall
+        })
+}
+
+/// The C form of why a call ended.
+impl From<EndReason> for NatterEndReason {
+    fn from(r: EndReason) -> Self {
+        match r {
+            EndReason::HungUp { local: true } => Self::NatterEndHungUpLocal,
+            EndReason::HungUp { local: false } => Self::NatterEndHungUpRemote,
+            EndReason::Declined { local: true } => Self::NatterEndDeclinedLocal,
+            EndReason::Declined { local: false } => Self::NatterEndDeclinedRemote,
+            EndReason::Busy | EndReason::RejectedBusy => Self::NatterEndBusy,
+            EndReason::Cancelled { local: true } => Self::NatterEndCancelledLocal,
+            EndReason::Cancelled { local: false } => Self::NatterEndCancelledRemote,
+            EndReason::Missed => Self::NatterEndMissed,
+            EndReason::PeerVanished => Self::NatterEndPeerVanished,
+            EndReason::AnsweredElsewhere => Self::NatterEndAnsweredElsewhere,
+            EndReason::UserNotFound => Self::NatterEndUserNotFound,
+            EndReason::UserOffline => Self::NatterEndUserOffline,
+            EndReason::SearchUnavailable => Self::NatterEndSearchUnavailable,
+            EndReason::Stopped => Self::NatterEndStopped,
+            _ => Self::NatterEndRefused,
+        }
+    }
+}
+
+/// The C form of a path kind.
+pub(crate) fn path_kind(k: Option<PathKind>) -> NatterPathKind {
+    match k {
+        None => NatterPathKind::NatterPathNone,
+        Some(PathKind::DirectLan) => NatterPathKind::NatterPathDirectLan,
+        Some(PathKind::Direct) => NatterPathKind::NatterPathDirect,
+        Some(PathKind::RelayUdp) => NatterPathKind::NatterPathRelayUdp,
+        Some(PathKind::RelayTcp) => NatterPathKind::NatterPathRelayTcp,
+    }
+}
+
+fn call_state(s: CallState) -> NatterCallState {
+    match s {
+        CallState::Dialing => NatterCallState::NatterCallDialing,
+        CallState::Ringing => NatterCallState::NatterCallRinging,
+        CallState::Incoming => NatterCallState::NatterCallIncoming,
+        CallState::Answering => NatterCallState::NatterCallAnswering,
+        CallState::Active => NatterCallState::NatterCallActive,
+        _ => NatterCallState::NatterCallEnded,
+    }
+}
 
 /// The version of `NatterCallStats` this header describes.
 pub const NATTER_CALL_STATS_VERSION: u32 = 1;
@@ -155,14 +233,31 @@ pub unsafe extern "C" fn natter_call_start(
         boundary::check_out(out_call)?;
         // SAFETY: the caller guarantees NULL or a NUL-terminated string.
         let user = unsafe { str_arg(user) }?;
-        let id = handle::get(client)?.call(user)?;
+        let c = handle::get(client)?;
+        let id = c
+            .client
+            .call(user, c.audio.clone())
+            .map_err(call_result)?
+            .id()
+            .as_u64();
         // SAFETY: out_call is non-NULL (checked) and valid for one write (caller's promise).
         unsafe { boundary::write_out(out_call, id) }
     })
 }
 
 fn command(client: *const NatterClient, call: u64, op: CallOp) -> NatterResult {
-    boundary::result(|| handle::get(client)?.call_command(call, op))
+    boundary::result(|| {
+        let c = handle::get(client)?;
+        let call = find(&c, call, true)?;
+        match op {
+            CallOp::Answer => call.answer(c.audio.clone()),
+            CallOp::Decline => call.decline(),
+            CallOp::HangUp => call.hang_up(),
+            CallOp::Hold => call.hold(),
+            CallOp::Resume => call.resume(),
+        }
+        .map_err(call_result)
+    })
 }
 
 /// Answer the incoming call `call` (ringing: `NATTER_EVENT_CALL_INCOMING`).
@@ -235,8 +330,7 @@ pub extern "C" fn natter_call_set_muted(
 ) -> NatterResult {
     boundary::result(|| {
         let c = handle::get(client)?;
-        let r = lock(&c.shared.calls).set_muted(call, muted);
-        r
+        find(&c, call, false)?.set_muted(muted).map_err(call_result)
     })
 }
 
@@ -265,40 +359,27 @@ pub unsafe extern "C" fn natter_call_get_stats(
             return Err(NatterResult::NatterUnsupportedVersion);
         }
         let c = handle::get(client)?;
-        let stats = {
-            let mut t = lock(&c.shared.calls);
-            let e = t.get(call).ok_or(NatterResult::NatterUnknownCall)?;
-            let audio = e.audio_stats().unwrap_or_default();
-            let q = e.quality.unwrap_or_default();
-            let duration = e.connected_at.map_or(0, |t0| {
-                let end = e.ended_at.unwrap_or_else(Instant::now);
-                u64::try_from(end.saturating_duration_since(t0).as_millis()).unwrap_or(u64::MAX)
-            });
-            let rq = audio.receiver.quality;
-            NatterCallStats {
-                version,
-                state: e.state,
-                end_reason: e.end_reason.map_or(0, |r| r as u32),
-                muted: e.muted.load(std::sync::atomic::Ordering::Relaxed),
-                local_hold: e.local_hold,
-                remote_hold: e.remote_hold,
-                path: path_kind(e.path),
-                duration_ms: duration,
-                rtt_ms: q.rtt.map_or(-1.0, |r| r.as_secs_f64() * 1000.0),
-                loss_in: q.loss_in,
-                loss_out: q.loss_out,
-                jitter_ms: q.jitter_ms,
-                frames_sent: audio.sender.sent,
-                frames_received: audio.receiver.jitter.received,
-                bytes_sent: audio.sender.bytes,
-                concealed_ms: rq.concealed_ms,
-                jitter_buffer_ms: rq.jitter_buffer_ms,
-                mos: if audio.receiver.jitter.received > 0 {
-                    rq.mos
-                } else {
-                    0.0
-                },
-            }
+        let st = find(&c, call, false)?.stats().map_err(call_result)?;
+        let audio = st.audio.unwrap_or_default();
+        let stats = NatterCallStats {
+            version,
+            state: call_state(st.state),
+            end_reason: st.end_reason.map_or(0, |r| NatterEndReason::from(r) as u32),
+            muted: st.muted,
+            local_hold: st.local_hold,
+            remote_hold: st.remote_hold,
+            path: path_kind(st.path),
+            duration_ms: u64::try_from(st.duration.as_millis()).unwrap_or(u64::MAX),
+            rtt_ms: st.rtt.map_or(-1.0, |r| r.as_secs_f64() * 1000.0),
+            loss_in: st.loss_in,
+            loss_out: st.loss_out,
+            jitter_ms: st.jitter_ms,
+            frames_sent: audio.frames_sent,
+            frames_received: audio.frames_received,
+            bytes_sent: audio.bytes_sent,
+            concealed_ms: audio.concealed_ms,
+            jitter_buffer_ms: audio.jitter_buffer_ms,
+            mos: audio.mos.unwrap_or(0.0),
         };
         // SAFETY: out_stats is non-NULL and holds a version-1 NatterCallStats (checked
         // above, the caller's promise), which is this struct.

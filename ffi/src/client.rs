@@ -3,11 +3,180 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
+use natter::{
+    BuildError, Filtering, LoginError, NatType, RegisterError, SearchError, ServerError,
+    StartError, StopError,
+};
+
 use crate::boundary::{self, str_arg};
-use crate::engine::Client;
 use crate::handle::{self, NatterClient};
-use crate::options::{NatterOptions, Settings};
+use crate::options::{AudioMode, NatterOptions, Settings};
 use crate::result::NatterResult;
+
+/// The client behind a `NatterClient` handle: a [`natter::Client`], the audio its calls use,
+/// and its events as C takes them.
+pub(crate) struct Client {
+    pub client: natter::Client,
+    pub audio: natter::Audio,
+    pub events: Arc<crate::events::Events>,
+}
+
+impl Client {
+    /// A client with these settings: loads the network file and opens the data directory
+    /// (nothing touches the network yet).
+    pub fn new(s: Settings) -> Result<Client, NatterResult> {
+        init_logging();
+        let network = natter::Network::from_file(&s.network_file).map_err(|e| {
+            tracing::warn!(error = %e, "loading the network file");
+            NatterResult::NatterIoError
+        })?;
+        let mut audio_cfg = natter::AudioConfig::default();
+        audio_cfg.complexity = s.audio.complexity;
+        let audio = match s.audio.mode {
+            AudioMode::App => natter::Audio::app(),
+            AudioMode::Devices { capture, playback } => {
+                audio_cfg.input_device = capture;
+                audio_cfg.output_device = playback;
+                natter::Audio::devices()
+            }
+        };
+        let client = natter::Client::builder(network)
+            .data_dir(s.data_dir)
+            .listen(s.listen)
+            .role(s.role)
+            .audio(audio_cfg)
+            .build()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "creating the client");
+                match e {
+                    BuildError::StunAlternate { .. }
+                    | BuildError::FallbackPorts(_)
+                    | BuildError::Complexity(_) => NatterResult::NatterInvalidArgument,
+                    _ => NatterResult::NatterIoError,
+                }
+            })?;
+        let events = crate::events::Events::new(client.events().clone());
+        Ok(Client {
+            client,
+            audio,
+            events,
+        })
+    }
+
+    /// Tear the client down (`natter_client_free`): no more callbacks, stop, close the queue,
+    /// end the callback thread.
+    pub fn close(&self) {
+        self.events.close_begin();
+        self.client.close();
+        self.events.close_end();
+    }
+
+    /// The node's state, as C sees it.
+    fn state(&self) -> NatterNodeState {
+        let s = self.client.state();
+        NatterNodeState {
+            version: NATTER_NODE_STATE_VERSION,
+            logged_in: s.user.is_some(),
+            started: s.started,
+            super_nodes: u32::try_from(s.super_nodes.len()).unwrap_or(u32::MAX),
+            role: match s.role {
+                natter::NodeRole::SuperNode => NatterNodeRole::NatterNodeSuperNode,
+                _ => NatterNodeRole::NatterNodeClient,
+            },
+            nat: nat_type(s.nat),
+            udp_port: s.local_addr.map_or(0, |a| a.port()),
+            events_dropped: s.events_dropped,
+        }
+    }
+}
+
+/// Logging to standard error when `NATTER_LOG` is set (e.g. `NATTER_LOG=info`), once per
+/// process.
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("NATTER_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
+/// The C form of a NAT type.
+pub(crate) fn nat_type(nat: Option<NatType>) -> NatterNatType {
+    match nat {
+        None => NatterNatType::NatterNatUnknown,
+        Some(NatType::Open) => NatterNatType::NatterNatOpen,
+        Some(NatType::PublicFiltered(_)) => NatterNatType::NatterNatPublicFiltered,
+        Some(NatType::EndpointIndependent(Filtering::EndpointIndependent)) => {
+            NatterNatType::NatterNatFullCone
+        }
+        Some(NatType::EndpointIndependent(Filtering::AddressDependent)) => {
+            NatterNatType::NatterNatRestrictedCone
+        }
+        Some(NatType::EndpointIndependent(Filtering::AddressAndPortDependent)) => {
+            NatterNatType::NatterNatPortRestrictedCone
+        }
+        Some(NatType::Symmetric) => NatterNatType::NatterNatSymmetric,
+        Some(NatType::UdpBlocked) => NatterNatType::NatterNatUdpBlocked,
+    }
+}
+
+fn server_result(e: &ServerError) -> NatterResult {
+    match e {
+        ServerError::Unreachable { .. } | ServerError::Certificate(_) => {
+            NatterResult::NatterLoginUnreachable
+        }
+        _ => NatterResult::NatterLoginFailed,
+    }
+}
+
+fn register_result(e: RegisterError) -> NatterResult {
+    tracing::warn!(error = %e, "registering");
+    match e {
+        RegisterError::InvalidName { .. } => NatterResult::NatterInvalidUserName,
+        RegisterError::NameTaken(_) => NatterResult::NatterNameTaken,
+        RegisterError::WeakPassword => NatterResult::NatterWeakPassword,
+        RegisterError::Throttled { .. } => NatterResult::NatterThrottled,
+        RegisterError::UpgradeRequired { .. } => NatterResult::NatterUpgradeRequired,
+        RegisterError::Server(s) => server_result(&s),
+        RegisterError::Io { .. } => NatterResult::NatterIoError,
+        RegisterError::Closed => NatterResult::NatterInvalidHandle,
+        _ => NatterResult::NatterLoginFailed,
+    }
+}
+
+fn login_result(e: LoginError) -> NatterResult {
+    tracing::warn!(error = %e, "logging in");
+    match e {
+        LoginError::InvalidName { .. } => NatterResult::NatterInvalidUserName,
+        LoginError::WrongPassword => NatterResult::NatterWrongPassword,
+        LoginError::UnknownUser => NatterResult::NatterUnknownUser,
+        LoginError::PasswordNeeded(_) => NatterResult::NatterPasswordNeeded,
+        LoginError::Throttled { .. } => NatterResult::NatterThrottled,
+        LoginError::UpgradeRequired { .. } => NatterResult::NatterUpgradeRequired,
+        LoginError::Revoked => NatterResult::NatterRevoked,
+        LoginError::Server(s) => server_result(&s),
+        LoginError::Io { .. } => NatterResult::NatterIoError,
+        LoginError::OtherUserRunning { .. } => NatterResult::NatterAlreadyStarted,
+        LoginError::Closed => NatterResult::NatterInvalidHandle,
+        _ => NatterResult::NatterLoginFailed,
+    }
+}
+
+fn start_result(e: StartError) -> NatterResult {
+    match e {
+        StartError::NotLoggedIn => NatterResult::NatterNotLoggedIn,
+        StartError::AlreadyStarted => NatterResult::NatterAlreadyStarted,
+        StartError::Closed => NatterResult::NatterInvalidHandle,
+        e => {
+            tracing::warn!(error = %e, "starting");
+            NatterResult::NatterIoError
+        }
+    }
+}
 
 /// The version of `NatterNodeState` this header describes.
 pub const NATTER_NODE_STATE_VERSION: u32 = 1;
@@ -168,7 +337,10 @@ pub unsafe extern "C" fn natter_client_register(
     boundary::result(|| {
         // SAFETY: the caller guarantees NULL or NUL-terminated strings.
         let (user, password) = unsafe { (str_arg(user)?, str_arg(password)?) };
-        handle::get(client)?.register(user, password)
+        handle::get(client)?
+            .client
+            .register(user, password)
+            .map_err(register_result)
     })
 }
 
@@ -201,7 +373,11 @@ pub unsafe extern "C" fn natter_client_login(
     boundary::result(|| {
         // SAFETY: the caller guarantees NULL or NUL-terminated strings.
         let (user, password) = unsafe { (str_arg(user)?, boundary::opt_str_arg(password)?) };
-        handle::get(client)?.login(user, password)
+        handle::get(client)?
+            .client
+            .login(user, password)
+            .map(|_| ())
+            .map_err(login_result)
     })
 }
 
@@ -215,7 +391,7 @@ pub unsafe extern "C" fn natter_client_login(
 /// `NATTER_INVALID_HANDLE`. Safe to call from any thread.
 #[no_mangle]
 pub extern "C" fn natter_client_start(client: *mut NatterClient) -> NatterResult {
-    boundary::result(|| handle::get(client)?.start())
+    boundary::result(|| handle::get(client)?.client.start().map_err(start_result))
 }
 
 /// Stop the client's node: the call (if any) is hung up and ends with
@@ -229,7 +405,12 @@ pub extern "C" fn natter_client_start(client: *mut NatterClient) -> NatterResult
 /// `NATTER_INVALID_HANDLE`. Safe to call from any thread, the event callback included.
 #[no_mangle]
 pub extern "C" fn natter_client_stop(client: *mut NatterClient) -> NatterResult {
-    boundary::result(|| handle::get(client)?.stop())
+    boundary::result(|| {
+        handle::get(client)?
+            .client
+            .stop()
+            .map_err(|_: StopError| NatterResult::NatterNotStarted)
+    })
 }
 
 /// Fill `*out_state` with the state of the client's node. Set `out_state->version` to
@@ -255,16 +436,9 @@ pub unsafe extern "C" fn natter_client_get_state(
         if version != NATTER_NODE_STATE_VERSION {
             return Err(NatterResult::NatterUnsupportedVersion);
         }
-        let s = handle::get(client)?.state();
         let state = NatterNodeState {
             version,
-            logged_in: s.logged_in,
-            started: s.started,
-            super_nodes: s.super_nodes,
-            role: s.role,
-            nat: s.nat,
-            udp_port: s.udp_port,
-            events_dropped: s.events_dropped,
+            ..handle::get(client)?.state()
         };
         // SAFETY: out_state is non-NULL and holds a version-1 NatterNodeState (checked above,
         // the caller's promise), which is this struct.
@@ -294,7 +468,7 @@ pub unsafe extern "C" fn natter_client_describe(
 ) -> NatterResult {
     boundary::result(|| {
         boundary::check_out(out_len)?;
-        let text = handle::get(client)?.describe();
+        let text = handle::get(client)?.client.state().to_string();
         // SAFETY: the caller's guarantees for buf and out_len are passed on.
         unsafe { boundary::copy_str(&text, buf, len, out_len) }
     })
@@ -321,97 +495,15 @@ pub unsafe extern "C" fn natter_client_search(
         boundary::check_out(out_search)?;
         // SAFETY: the caller guarantees NULL or a NUL-terminated string.
         let user = unsafe { str_arg(user) }?;
-        let id = handle::get(client)?.search(user)?;
+        let id = handle::get(client)?
+            .client
+            .search(user)
+            .map_err(|e| match e {
+                SearchError::InvalidName { .. } => NatterResult::NatterInvalidUserName,
+                _ => NatterResult::NatterNotStarted,
+            })?
+            .as_u64();
         // SAFETY: out_search is non-NULL (checked) and valid for one write (caller's promise).
         unsafe { boundary::write_out(out_search, id) }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::{natter_client_set_event_callback, Event, NatterEvent, NatterEventKind};
-    use crate::options::{AudioMode, AudioSettings};
-    use std::ffi::c_void;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn offline_client(dir: &std::path::Path) -> *mut NatterClient {
-        let network = dir.join("network.toml");
-        std::fs::write(
-            &network,
-            format!(
-                "[login]\naddress = \"127.0.0.1:1\"\nserver_name = \"n\"\n\
-                 tls_sha256 = \"{}\"\n\n[authority]\nkeys = [\"{}\"]\n",
-                "ab".repeat(32),
-                "cd".repeat(32)
-            ),
-        )
-        .unwrap();
-        let settings = Settings {
-            network_file: network,
-            data_dir: dir.join("data"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            role: natter_overlay::node::RolePolicy::Forbid,
-            audio: AudioSettings {
-                mode: AudioMode::App,
-                complexity: 10,
-            },
-        };
-        handle::insert(Arc::new(Client::new(settings).unwrap()))
-    }
-
-    /// What the callbacks below do: the client's handle, and how often they ran.
-    struct Ctx {
-        client: *mut NatterClient,
-        calls: AtomicUsize,
-    }
-
-    unsafe extern "C" fn free_own_client(user_data: *mut c_void, _e: *const NatterEvent) {
-        // SAFETY: the test passes a Ctx that outlives the client.
-        let ctx = unsafe { &*(user_data as *const Ctx) };
-        ctx.calls.fetch_add(1, Ordering::SeqCst);
-        // Replacing the callback from inside it, then freeing the client, must not deadlock.
-        assert_eq!(
-            natter_client_set_event_callback(ctx.client, Some(free_own_client), user_data),
-            NatterResult::NatterOk
-        );
-        assert_eq!(natter_client_free(ctx.client), NatterResult::NatterOk);
-        assert_eq!(
-            natter_client_free(ctx.client),
-            NatterResult::NatterInvalidHandle
-        );
-    }
-
-    #[test]
-    fn the_callback_may_free_its_own_client() {
-        let dir = tempfile::tempdir().unwrap();
-        let client = offline_client(dir.path());
-        let ctx = Ctx {
-            client,
-            calls: AtomicUsize::new(0),
-        };
-        let events = handle::get(client).unwrap().shared.events.clone();
-        let r = natter_client_set_event_callback(
-            client,
-            Some(free_own_client),
-            &ctx as *const Ctx as *mut c_void,
-        );
-        assert_eq!(r, NatterResult::NatterOk);
-        events.push(Event::new(NatterEventKind::NatterEventNoSuperNode));
-        events.push(Event::new(NatterEventKind::NatterEventNoSuperNode));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while handle::get(client).is_ok() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!(
-            ctx.calls.load(Ordering::SeqCst),
-            1,
-            "no event after the free"
-        );
-        assert_eq!(
-            handle::get(client).err(),
-            Some(NatterResult::NatterInvalidHandle)
-        );
-    }
 }

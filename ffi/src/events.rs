@@ -14,7 +14,7 @@
 //! the byte is written when the queue goes from empty to non-empty and read when it becomes
 //! empty again, both under the queue's lock, so "readable" and "not empty" never disagree.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, ThreadId};
@@ -23,10 +23,6 @@ use std::time::{Duration, Instant};
 use crate::boundary::{self, lock};
 use crate::handle::{self, NatterClient};
 use crate::result::NatterResult;
-
-/// Most events a queue holds; beyond it the oldest is dropped (and counted in
-/// `NatterNodeState::events_dropped`).
-pub(crate) const MAX_QUEUED: usize = 4096;
 
 /// What an event is about. Values are stable and never reused; new kinds may be added in
 /// minor versions: ignore kinds you do not know (and free them).
@@ -236,140 +232,188 @@ struct Callback {
 // application promises its user data may be used from that thread).
 unsafe impl Send for Callback {}
 
-struct Queue {
-    items: VecDeque<Event>,
-    dropped: u64,
+/// The C form of a client event; `None` for events the C ABI does not report (yet).
+pub(crate) fn from_natter(e: &natter::Event) -> Option<Event> {
+    use crate::call::NatterEndReason as R;
+    use crate::client::{nat_type, NatterNodeRole, NatterSearchResult};
+    use natter::Event as E;
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Some(match e {
+        E::Attached {
+            super_node,
+            transport,
+            attached,
+            ..
+        } => Event::new(NatterEventKind::NatterEventAttached)
+            .detail(format!(
+                "{super_node} via {}",
+                match transport {
+                    natter::LinkTransport::Tcp => "TCP",
+                    natter::LinkTransport::TcpFallback => "TCP (fallback port)",
+                    _ => "TLS",
+                }
+            ))
+            .count(count(*attached)),
+        E::Detached {
+            super_node,
+            attached,
+        } => Event::new(NatterEventKind::NatterEventDetached)
+            .detail(super_node.to_string())
+            .count(count(*attached)),
+        E::NoSuperNode { .. } => Event::new(NatterEventKind::NatterEventNoSuperNode),
+        E::NatDetected { nat, .. } => Event::new(NatterEventKind::NatterEventNatDetected)
+            .code(nat_type(Some(*nat)) as u32)
+            .detail(nat.describe()),
+        E::RoleChanged { role } => {
+            let (code, detail) = match role {
+                natter::NodeRole::SuperNode => (
+                    NatterNodeRole::NatterNodeSuperNode,
+                    "promoted to super node",
+                ),
+                _ => (
+                    NatterNodeRole::NatterNodeClient,
+                    "gave the super-node role up",
+                ),
+            };
+            Event::new(NatterEventKind::NatterEventRoleChanged)
+                .code(code as u32)
+                .detail(detail)
+        }
+        E::LoginRequired => Event::new(NatterEventKind::NatterEventLoginRequired)
+            .detail("the certificate can no longer be renewed without the password"),
+        E::SearchResult {
+            search,
+            user,
+            outcome,
+        } => {
+            let took = format!("{:.1} ms", outcome.took.as_secs_f64() * 1000.0);
+            let online = outcome.online();
+            let (code, detail) = match &outcome.found {
+                natter::Found::Devices(devices) => (
+                    NatterSearchResult::NatterSearchFound,
+                    format!(
+                        "found {user}: {} device(s), {online} online ({} hops, {took})",
+                        devices.len(),
+                        outcome.hops
+                    ),
+                ),
+                natter::Found::NotFound => (
+                    NatterSearchResult::NatterSearchNotFound,
+                    format!("{user} not found ({took})"),
+                ),
+                _ => (
+                    NatterSearchResult::NatterSearchUnavailable,
+                    format!("{user}: the index could not answer, try again ({took})"),
+                ),
+            };
+            let mut e = Event::new(NatterEventKind::NatterEventSearchResult)
+                .user(user.as_str())
+                .code(code as u32)
+                .count(count(online))
+                .detail(detail);
+            e.search = search.as_u64();
+            e
+        }
+        E::IncomingCall { call, from, .. } => Event::new(NatterEventKind::NatterEventCallIncoming)
+            .call(call.id().as_u64())
+            .user(from.as_str())
+            .detail(format!("{from} is calling")),
+        E::Ringing { call, device } => Event::new(NatterEventKind::NatterEventCallRinging)
+            .call(call.as_u64())
+            .detail(format!("ringing on device {device}")),
+        E::CallConnected { call, device, .. } => {
+            Event::new(NatterEventKind::NatterEventCallConnected)
+                .call(call.as_u64())
+                .detail(format!("connected to device {device}"))
+        }
+        E::CallHoldChanged {
+            call,
+            local,
+            remote,
+        } => {
+            let mut e = Event::new(NatterEventKind::NatterEventCallHoldChanged)
+                .call(call.as_u64())
+                .detail(format!("hold: local {local}, remote {remote}"));
+            e.local_hold = *local;
+            e.remote_hold = *remote;
+            e
+        }
+        E::CallPath { call, path } => Event::new(NatterEventKind::NatterEventCallPathChanged)
+            .call(call.as_u64())
+            .code(crate::call::path_kind(Some(path.kind)) as u32)
+            .detail(path.to_string()),
+        E::CallStats { call, .. } => {
+            Event::new(NatterEventKind::NatterEventCallStats).call(call.as_u64())
+        }
+        E::CallEnded { call, reason } => Event::new(NatterEventKind::NatterEventCallEnded)
+            .call(call.as_u64())
+            .code(R::from(*reason) as u32)
+            .detail(reason.to_string()),
+        E::MissedBusy { from, .. } => Event::new(NatterEventKind::NatterEventCallRejectedBusy)
+            .user(from.as_str())
+            .detail(format!("{from} called while this device was busy")),
+        E::AudioError { call, error } => Event::new(NatterEventKind::NatterEventAudioError)
+            .call(call.as_u64())
+            .detail(error.to_string()),
+        _ => return None,
+    })
+}
+
+/// The next event the C ABI reports, waiting up to `wait` (`None`: not at all).
+pub(crate) fn next(events: &natter::Events, wait: Option<Duration>) -> Option<Event> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    loop {
+        let e = match deadline {
+            None => events.try_recv().ok()?,
+            Some(d) => events
+                .recv_timeout(d.saturating_duration_since(Instant::now()))
+                .ok()?,
+        };
+        if let Some(e) = from_natter(&e) {
+            return Some(e);
+        }
+    }
+}
+
+struct CallbackState {
     closed: bool,
     callback: Option<Callback>,
     dispatcher: Option<JoinHandle<()>>,
     dispatcher_id: Option<ThreadId>,
 }
 
-/// One client's event queue. See the [module documentation](self).
+/// A client's events for C: the client's queue (its file descriptor, polled by
+/// `natter_client_next_event`), and the callback thread that takes them instead while a
+/// callback is set.
 pub(crate) struct Events {
-    q: Mutex<Queue>,
-    ready: Condvar,
+    /// The client's queue.
+    pub queue: natter::Events,
+    state: Mutex<CallbackState>,
+    /// Signalled when the callback or `closed` changes.
+    changed: Condvar,
     /// Held while a callback runs: `natter_client_set_event_callback` waits on it so that the
     /// old callback is not running once it returns.
     invoking: Mutex<()>,
-    #[cfg(unix)]
-    signal: (
-        std::os::unix::net::UnixStream,
-        std::os::unix::net::UnixStream,
-    ),
 }
 
 impl Events {
-    /// A new, empty queue.
-    pub fn new() -> std::io::Result<Arc<Self>> {
-        #[cfg(unix)]
-        let signal = {
-            let (r, w) = std::os::unix::net::UnixStream::pair()?;
-            r.set_nonblocking(true)?;
-            w.set_nonblocking(true)?;
-            (r, w)
-        };
-        Ok(Arc::new(Self {
-            q: Mutex::new(Queue {
-                items: VecDeque::new(),
-                dropped: 0,
+    /// The C side of `queue`.
+    pub fn new(queue: natter::Events) -> Arc<Self> {
+        Arc::new(Self {
+            queue,
+            state: Mutex::new(CallbackState {
                 closed: false,
                 callback: None,
                 dispatcher: None,
                 dispatcher_id: None,
             }),
-            ready: Condvar::new(),
+            changed: Condvar::new(),
             invoking: Mutex::new(()),
-            #[cfg(unix)]
-            signal,
-        }))
+        })
     }
 
-    /// Queue `e` (dropping the oldest when full).
-    pub fn push(&self, e: Event) {
-        let mut q = lock(&self.q);
-        if q.closed {
-            return;
-        }
-        if q.items.len() >= MAX_QUEUED {
-            q.items.pop_front();
-            q.dropped += 1;
-        }
-        if q.items.is_empty() {
-            self.raise();
-        }
-        q.items.push_back(e);
-        drop(q);
-        self.ready.notify_all();
-    }
-
-    /// Take the oldest event.
-    pub fn pop(&self) -> Option<Event> {
-        let mut q = lock(&self.q);
-        self.pop_locked(&mut q)
-    }
-
-    /// Take the oldest event, waiting up to `timeout` for one.
-    pub fn wait_pop(&self, timeout: Duration) -> Option<Event> {
-        let deadline = Instant::now() + timeout;
-        let mut q = lock(&self.q);
-        loop {
-            if let Some(e) = self.pop_locked(&mut q) {
-                return Some(e);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || q.closed {
-                return None;
-            }
-            q = self
-                .ready
-                .wait_timeout(q, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-    }
-
-    fn pop_locked(&self, q: &mut Queue) -> Option<Event> {
-        let e = q.items.pop_front()?;
-        if q.items.is_empty() {
-            self.lower();
-        }
-        Some(e)
-    }
-
-    /// Events dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        lock(&self.q).dropped
-    }
-
-    #[cfg(unix)]
-    fn raise(&self) {
-        use std::io::Write;
-        let _ = (&self.signal.1).write(&[1]);
-    }
-
-    #[cfg(unix)]
-    fn lower(&self) {
-        use std::io::Read;
-        let mut buf = [0u8; 16];
-        while matches!((&self.signal.0).read(&mut buf), Ok(n) if n > 0) {}
-    }
-
-    #[cfg(not(unix))]
-    fn raise(&self) {}
-
-    #[cfg(not(unix))]
-    fn lower(&self) {}
-
-    /// The readable end of the signal (Unix).
-    #[cfg(unix)]
-    pub fn fd(&self) -> c_int {
-        use std::os::fd::AsRawFd;
-        self.signal.0.as_raw_fd()
-    }
-
-    fn on_dispatcher(q: &Queue) -> bool {
-        q.dispatcher_id == Some(std::thread::current().id())
+    fn on_dispatcher(st: &CallbackState) -> bool {
+        st.dispatcher_id == Some(std::thread::current().id())
     }
 
     /// Deliver events to `callback` from now on (or stop, with `None`). When this returns
@@ -380,68 +424,83 @@ impl Events {
         callback: NatterEventCallback,
         user_data: *mut c_void,
     ) -> std::io::Result<()> {
-        let mut q = lock(&self.q);
-        if q.closed {
+        let mut st = lock(&self.state);
+        if st.closed {
             return Ok(());
         }
-        q.callback = callback.map(|f| Callback { f, user_data });
-        if q.callback.is_some() && q.dispatcher.is_none() {
+        st.callback = callback.map(|f| Callback { f, user_data });
+        if st.callback.is_some() && st.dispatcher.is_none() {
             let me = self.clone();
             let t = std::thread::Builder::new()
                 .name("natter-callback".into())
                 .spawn(move || me.dispatch())?;
-            q.dispatcher_id = Some(t.thread().id());
-            q.dispatcher = Some(t);
+            st.dispatcher_id = Some(t.thread().id());
+            st.dispatcher = Some(t);
         }
-        let inside = Self::on_dispatcher(&q);
-        drop(q);
-        self.ready.notify_all();
+        let inside = Self::on_dispatcher(&st);
+        drop(st);
+        self.changed.notify_all();
         if !inside {
             drop(lock(&self.invoking));
         }
         Ok(())
     }
 
-    /// The callback thread: delivers events while a callback is set.
+    /// The callback thread: delivers events while a callback is set. It waits for an event
+    /// without taking it, so events that arrive while no callback is set stay queued for
+    /// polling.
     fn dispatch(self: Arc<Self>) {
         loop {
-            let mut q = lock(&self.q);
-            let (event, callback) = loop {
-                if q.closed {
-                    return;
-                }
-                if let Some(cb) = q.callback {
-                    if let Some(e) = self.pop_locked(&mut q) {
-                        break (e, cb);
-                    }
-                }
-                q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+            let st = lock(&self.state);
+            if st.closed {
+                return;
+            }
+            let Some(callback) = st.callback else {
+                drop(self.changed.wait(st).unwrap_or_else(|e| e.into_inner()));
+                continue;
             };
-            // Taken before the queue is released: see `set_callback`.
-            let running = lock(&self.invoking);
-            drop(q);
-            let owned = Owned::new(&event);
-            // SAFETY: `f` is the function the application registered for this client, with
-            // the promise that it may be called on this thread with `user_data`; the event
-            // pointer is valid (owned here) for the duration of the call, as documented.
-            unsafe { (callback.f)(callback.user_data, &owned.event) };
-            drop(owned);
-            drop(running);
+            match self.queue.try_recv() {
+                Ok(e) => {
+                    let Some(event) = from_natter(&e) else {
+                        continue;
+                    };
+                    // Taken before the state is released: see `set_callback`.
+                    let running = lock(&self.invoking);
+                    drop(st);
+                    let owned = Owned::new(&event);
+                    // SAFETY: `f` is the function the application registered for this
+                    // client, with the promise that it may be called on this thread with
+                    // `user_data`; the event pointer is valid (owned here) for the duration of
+                    // the call, as documented.
+                    unsafe { (callback.f)(callback.user_data, &owned.event) };
+                    drop(owned);
+                    drop(running);
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    drop(st);
+                    // Woken by an event or by the client closing; a callback change while
+                    // waiting is seen when the next event arrives.
+                    self.queue.wait(Duration::from_secs(3600));
+                }
+            }
         }
     }
 
-    /// Close the queue: nothing more is queued or delivered; waiting events are dropped and
-    /// the callback thread ends (joined, unless this is the callback thread itself, which
-    /// then ends when its callback returns).
-    pub fn close(&self) {
-        let mut q = lock(&self.q);
-        q.closed = true;
-        q.items.clear();
-        self.lower();
-        let inside = Self::on_dispatcher(&q);
-        let t = q.dispatcher.take();
-        drop(q);
-        self.ready.notify_all();
+    /// Stop the callbacks (first step of closing): no callback starts from now on.
+    pub fn close_begin(&self) {
+        lock(&self.state).closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Last step of closing, once the client is closed (which closes the queue and wakes the
+    /// callback thread): the callback thread ends (joined, unless this is the callback thread
+    /// itself, which then ends when its callback returns).
+    pub fn close_end(&self) {
+        let mut st = lock(&self.state);
+        let inside = Self::on_dispatcher(&st);
+        let t = st.dispatcher.take();
+        drop(st);
         if let Some(t) = t {
             if !inside {
                 let _ = t.join();
@@ -473,8 +532,9 @@ pub unsafe extern "C" fn natter_client_event_fd(
         let c = handle::get(client)?;
         #[cfg(unix)]
         {
+            use std::os::fd::AsRawFd as _;
             // SAFETY: out_fd is non-NULL (checked) and valid for one write (caller's promise).
-            unsafe { boundary::write_out(out_fd, c.shared.events.fd()) }
+            unsafe { boundary::write_out(out_fd, c.events.queue.as_raw_fd()) }
         }
         #[cfg(not(unix))]
         {
@@ -541,10 +601,7 @@ unsafe fn take_event(
     boundary::result(|| {
         boundary::check_out(out_event)?;
         let c = handle::get(client)?;
-        let e = match wait {
-            Some(t) => c.shared.events.wait_pop(t),
-            None => c.shared.events.pop(),
-        };
+        let e = next(&c.events.queue, wait);
         let (p, r) = match e {
             Some(e) => (hand_out(&e), Ok(())),
             None => (std::ptr::null_mut(), Err(NatterResult::NatterNoEvent)),
@@ -605,8 +662,7 @@ pub extern "C" fn natter_client_set_event_callback(
 ) -> NatterResult {
     boundary::result(|| {
         let c = handle::get(client)?;
-        c.shared
-            .events
+        c.events
             .set_callback(callback, user_data)
             .map_err(|_| NatterResult::NatterIoError)
     })
@@ -615,42 +671,6 @@ pub extern "C" fn natter_client_set_event_callback(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fd_is_readable_exactly_while_events_wait() {
-        let q = Events::new().unwrap();
-        let readable = |q: &Events| {
-            use std::io::Read;
-            let mut b = [0u8; 1];
-            // Peek by reading and putting back: a byte present means readable.
-            match (&q.signal.0).read(&mut b) {
-                Ok(1) => {
-                    q.raise();
-                    true
-                }
-                _ => false,
-            }
-        };
-        assert!(!readable(&q));
-        q.push(Event::new(NatterEventKind::NatterEventAttached));
-        q.push(Event::new(NatterEventKind::NatterEventDetached));
-        assert!(readable(&q));
-        assert_eq!(q.pop().unwrap().kind, NatterEventKind::NatterEventAttached);
-        assert!(readable(&q));
-        assert_eq!(q.pop().unwrap().kind, NatterEventKind::NatterEventDetached);
-        assert!(!readable(&q));
-        assert!(q.pop().is_none());
-    }
-
-    #[test]
-    fn full_queue_drops_the_oldest() {
-        let q = Events::new().unwrap();
-        for i in 0..MAX_QUEUED + 3 {
-            q.push(Event::new(NatterEventKind::NatterEventCallStats).call(i as u64));
-        }
-        assert_eq!(q.dropped(), 3);
-        assert_eq!(q.pop().unwrap().call, 3);
-    }
 
     #[test]
     fn events_are_freed_once() {
@@ -673,32 +693,22 @@ mod tests {
         );
     }
 
-    unsafe extern "C" fn count(user_data: *mut c_void, event: *const NatterEvent) {
-        // SAFETY: the test passes a live AtomicU64 as user data and a valid event.
-        unsafe {
-            let n = &*(user_data as *const std::sync::atomic::AtomicU64);
-            n.fetch_add((*event).call, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
     #[test]
-    fn callback_gets_every_event_and_stops_when_cleared() {
-        let q = Events::new().unwrap();
-        let n = std::sync::atomic::AtomicU64::new(0);
-        q.push(Event::new(NatterEventKind::NatterEventCallStats).call(1));
-        q.set_callback(Some(count), &n as *const _ as *mut c_void)
-            .unwrap();
-        q.push(Event::new(NatterEventKind::NatterEventCallStats).call(2));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while n.load(std::sync::atomic::Ordering::SeqCst) != 3 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 3);
-        q.set_callback(None, std::ptr::null_mut()).unwrap();
-        q.push(Event::new(NatterEventKind::NatterEventCallStats).call(4));
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 3);
-        assert_eq!(q.pop().unwrap().call, 4);
-        q.close();
+    fn client_events_become_c_events() {
+        let e = from_natter(&natter::Event::NoSuperNode { attached: 0 }).unwrap();
+        assert_eq!(e.kind, NatterEventKind::NatterEventNoSuperNode);
+        let e = from_natter(&natter::Event::CallEnded {
+            call: natter::CallId::from_u64(7),
+            reason: natter::EndReason::UserOffline,
+        })
+        .unwrap();
+        assert_eq!(e.kind, NatterEventKind::NatterEventCallEnded);
+        assert_eq!(e.call, 7);
+        assert_eq!(
+            e.code,
+            crate::call::NatterEndReason::NatterEndUserOffline as u32
+        );
+        assert_eq!(e.detail, "the user is offline");
+        assert!(from_natter(&natter::Event::UdpBlocked).is_none());
     }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::boundary::lock;
-use crate::engine::Client;
+use crate::client::Client;
 use crate::result::NatterResult;
 
 /// A Natter client: one user's node on the network, its calls and its events.

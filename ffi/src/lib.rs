@@ -21,10 +21,11 @@
 //! | [`call`] | calls: start, answer, decline, hang up, hold, resume, mute, statistics |
 //! | [`audio`] | application PCM: push and pull, the sample rate and frame size |
 //!
-//! Inside, [`handle`] turns handles into clients (a handle is a token, never dereferenced),
-//! `engine` is the client in safe Rust (login, the node and its event thread), and
-//! `calltable` keeps the calls. `unsafe` appears only where C pointers are read or written,
-//! each block with the reason it is sound.
+//! Inside, [`handle`] turns handles into clients (a handle is a token, never dereferenced).
+//! A client is a [`natter::Client`], the Rust API: logging in, the node, its event thread,
+//! calls and their audio all live there, and this crate only translates (options, results,
+//! events, call ids). `unsafe` appears only where C pointers are read or written, each block
+//! with the reason it is sound.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -49,8 +50,6 @@ pub mod audio;
 
 // The Rust side.
 mod boundary;
-mod calltable;
-mod engine;
 
 pub use result::{natter_result_message, NatterResult};
 

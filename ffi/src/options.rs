@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use natter_overlay::node::RolePolicy;
+use natter::Role;
 
 use crate::boundary::{self, opt_str_arg, str_arg};
 use crate::result::NatterResult;
@@ -136,7 +136,7 @@ pub(crate) struct Settings {
     pub network_file: PathBuf,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    pub role: RolePolicy,
+    pub role: Role,
     pub audio: AudioSettings,
 }
 
@@ -170,12 +170,12 @@ impl Settings {
             Some(s) => s.parse().map_err(|_| NatterResult::NatterInvalidArgument)?,
         };
         let role = match o.role {
-            0 => RolePolicy::Forbid,
-            1 => RolePolicy::Auto,
-            2 => RolePolicy::Force,
+            0 => Role::Client,
+            1 => Role::Auto,
+            2 => Role::SuperNode,
             _ => return Err(NatterResult::NatterInvalidArgument),
         };
-        if role != RolePolicy::Forbid && listen.port() == 0 {
+        if role != Role::Client && listen.port() == 0 {
             return Err(NatterResult::NatterInvalidArgument);
         }
         let mode = match o.audio {

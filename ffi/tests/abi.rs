@@ -5,13 +5,13 @@
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::{null, null_mut};
 
-use natter::audio::*;
-use natter::call::*;
-use natter::client::*;
-use natter::events::*;
-use natter::handle::NatterClient;
-use natter::options::*;
-use natter::NatterResult::{self, *};
+use natter_ffi::audio::*;
+use natter_ffi::call::*;
+use natter_ffi::client::*;
+use natter_ffi::events::*;
+use natter_ffi::handle::NatterClient;
+use natter_ffi::options::*;
+use natter_ffi::NatterResult::{self, *};
 
 fn offline_network(dir: &std::path::Path) -> CString {
     let path = dir.join("network.toml");
@@ -268,4 +268,83 @@ fn a_client_that_is_not_logged_in_says_so() {
     assert_eq!(id, 0);
     assert_eq!(natter_audio_sample_rate(), 16_000);
     assert_eq!(natter_audio_frame_samples(), 320);
+}
+
+/// What the callback below does: the client's handle, and how often it ran.
+struct Ctx {
+    client: *mut NatterClient,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+unsafe extern "C" fn free_own_client(user_data: *mut std::ffi::c_void, _e: *const NatterEvent) {
+    // SAFETY: the test passes a Ctx that outlives the client.
+    let ctx = unsafe { &*(user_data as *const Ctx) };
+    ctx.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    // Replacing the callback from inside it, then freeing the client, must not deadlock.
+    assert_eq!(
+        natter_client_set_event_callback(ctx.client, Some(free_own_client), user_data),
+        NatterOk
+    );
+    assert_eq!(natter_client_free(ctx.client), NatterOk);
+    assert_eq!(natter_client_free(ctx.client), NatterInvalidHandle);
+}
+
+#[test]
+fn the_callback_may_free_its_own_client() {
+    let net = natter_fixtures::TestNet::start();
+    let dir = tempfile::tempdir().unwrap();
+    let network = CString::new(net.network_path().to_str().unwrap()).unwrap();
+    let data = CString::new(dir.path().join("data").to_str().unwrap()).unwrap();
+    let password = CString::new(natter_fixtures::PASSWORD).unwrap();
+    let mut o = std::mem::MaybeUninit::<NatterOptions>::uninit();
+    let mut c: *mut NatterClient = null_mut();
+    // SAFETY: o has room for a version-1 NatterOptions, which natter_options_default fills;
+    // the strings are live CStrings and literals; c is a valid out pointer.
+    unsafe {
+        assert_eq!(natter_options_default(o.as_mut_ptr(), 1), NatterOk);
+        let mut o = o.assume_init();
+        o.network_file = network.as_ptr();
+        o.data_dir = data.as_ptr();
+        o.listen = c"127.0.0.1:0".as_ptr();
+        o.audio = NatterAudioMode::NatterAudioApp as u32;
+        assert_eq!(natter_client_new(&o, &mut c), NatterOk);
+        assert_eq!(
+            natter_client_register(c, c"carol".as_ptr(), password.as_ptr()),
+            NatterOk
+        );
+        assert_eq!(
+            natter_client_login(c, c"carol".as_ptr(), password.as_ptr()),
+            NatterOk
+        );
+    }
+    let ctx = Ctx {
+        client: c,
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let r = natter_client_set_event_callback(
+        c,
+        Some(free_own_client),
+        &ctx as *const Ctx as *mut std::ffi::c_void,
+    );
+    assert_eq!(r, NatterOk);
+    // Joining the network brings events; the first one frees the client.
+    assert_eq!(natter_client_start(c), NatterOk);
+    let mut st = NatterNodeState {
+        version: NATTER_NODE_STATE_VERSION,
+        logged_in: false,
+        started: false,
+        super_nodes: 0,
+        role: NatterNodeRole::NatterNodeClient,
+        nat: NatterNatType::NatterNatUnknown,
+        udp_port: 0,
+        events_dropped: 0,
+    };
+    assert!(natter_fixtures::poll_until(
+        natter_fixtures::DEADLINE,
+        || {
+            // SAFETY: st is a valid NatterNodeState with its version set.
+            unsafe { natter_client_get_state(c, &mut st) == NatterInvalidHandle }
+        }
+    ));
+    assert_eq!(ctx.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

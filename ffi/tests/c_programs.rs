@@ -2,13 +2,13 @@
 //! both libraries and `natter.pc` under a prefix; the examples (`examples/Makefile`) and the
 //! C test programs (`ffi/tests/c/`) are compiled against that prefix through pkg-config with
 //! every warning an error; then they run, C programs under valgrind's memcheck (no errors, no
-//! definite leaks), against a real login server and super node (`natter` processes) on
-//! loopback.
+//! definite leaks), against a real login server and super node on loopback (started in this
+//! process by `natter_fixtures::TestNet`).
 //!
-//! The library and the `natter` binary come from this test's own target directory: the first
-//! test builds them with `cargo build -p natter-ffi -p natter-cli` (a no-op after
-//! `cargo test --workspace`). Without valgrind the programs run bare, with a note, unless
-//! `NATTER_REQUIRE_VALGRIND=1` (set by `make test`) makes that a failure.
+//! The library comes from this test's own target directory: the first test builds it with
+//! `cargo build -p natter-ffi` (a no-op after `cargo test --workspace`). Without valgrind the
+//! programs run bare, with a note, unless `NATTER_REQUIRE_VALGRIND=1` (set by `make test`)
+//! makes that a failure.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,8 +30,6 @@ struct Staged {
     prefix: PathBuf,
     /// Compiled examples and test programs.
     bin: PathBuf,
-    /// The `natter` binary.
-    natter: PathBuf,
     /// Whether valgrind runs.
     valgrind: bool,
 }
@@ -74,7 +72,7 @@ fn stage() -> &'static Staged {
         let mut build = Command::new(env!("CARGO"));
         build
             .current_dir(root())
-            .args(["build", "-p", "natter-ffi", "-p", "natter-cli"])
+            .args(["build", "-p", "natter-ffi"])
             .env("CARGO_TARGET_DIR", target_dir);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
@@ -96,7 +94,7 @@ fn stage() -> &'static Staged {
                 build.env_remove(k);
             }
         }
-        run(&mut build, "cargo build -p natter-ffi -p natter-cli");
+        run(&mut build, "cargo build -p natter-ffi");
 
         let out = profile_dir.join("natter-c-tests");
         let _ = std::fs::remove_dir_all(&out);
@@ -141,19 +139,9 @@ fn stage() -> &'static Staged {
                 &format!("compiling {name}.c"),
             );
         }
-        let valgrind = Command::new("valgrind")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !valgrind {
-            assert!(
-                std::env::var_os("NATTER_REQUIRE_VALGRIND").is_none(),
-                "valgrind is missing and NATTER_REQUIRE_VALGRIND is set (make deps installs it)"
-            );
-            eprintln!("NOTE valgrind not found: C programs run without memcheck");
-        }
+        // Without valgrind the programs run bare (the test still checks what they do).
+        let valgrind = natter_fixtures::require_tool("valgrind", "NATTER_REQUIRE_VALGRIND");
         Staged {
-            natter: profile_dir.join("natter"),
             prefix,
             bin,
             valgrind,
@@ -191,18 +179,6 @@ impl Staged {
     }
 }
 
-/// Kills child processes when dropped.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn lines(child: &mut Child) -> Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let out = child.stdout.take().unwrap();
@@ -235,76 +211,17 @@ fn wait_line(rx: &Receiver<String>, want: &str, secs: u64) -> Vec<String> {
     }
 }
 
-/// A port p with UDP and TCP p, p+1, p+2 free on 127.0.0.1.
-fn free_port_block() -> u16 {
-    let seed = std::process::id() as u16;
-    for i in 0..2000u16 {
-        let p = 30_000 + (seed.wrapping_mul(37).wrapping_add(i.wrapping_mul(7))) % 20_000;
-        let free = (0..3).all(|k| {
-            std::net::UdpSocket::bind(("127.0.0.1", p + k)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()
-        });
-        if free {
-            return p;
-        }
-    }
-    panic!("no free ports");
-}
-
-/// A login server and one super node, on loopback.
+/// A login server and one super node, on loopback, in this process.
 struct Network {
     file: PathBuf,
-    _children: Children,
+    _net: natter_fixtures::TestNet,
 }
 
-fn network(s: &Staged, dir: &Path) -> Network {
-    let sn_port = free_port_block();
-    let mut children = Children(Vec::new());
-    let mut server = Command::new(&s.natter)
-        .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("server"))
-        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = lines(&mut server);
-    children.0.push(server);
-    let seen = wait_line(&rx, "network file: ", 30);
-    let file = seen
-        .iter()
-        .find_map(|l| l.strip_prefix("network file: "))
-        .and_then(|l| l.split(" (").next())
-        .map(PathBuf::from)
-        .unwrap();
-    let sn_data = dir.join("snode");
-    let pw = "super node password";
-    run(
-        Command::new(&s.natter)
-            .args(["register", "--user", "snode", "--network"])
-            .arg(&file)
-            .arg("--data")
-            .arg(&sn_data)
-            .env("NATTER_PASSWORD", pw),
-        "natter register",
-    );
-    let mut sn = Command::new(&s.natter)
-        .args(["node", "--supernode", "--user", "snode", "--network"])
-        .arg(&file)
-        .arg("--data")
-        .arg(&sn_data)
-        .args(["--listen", &format!("127.0.0.1:{sn_port}")])
-        .env("NATTER_PASSWORD", pw)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = lines(&mut sn);
-    children.0.push(sn);
-    wait_line(&rx, "node listening", 30);
+fn network(_s: &Staged, _dir: &Path) -> Network {
+    let net = natter_fixtures::TestNet::start();
     Network {
-        file,
-        _children: children,
+        file: net.network_path().to_path_buf(),
+        _net: net,
     }
 }
 
@@ -352,8 +269,8 @@ fn run_to_end(mut cmd: Command, what: &str, log: &Path, secs: u64) -> Vec<String
         .unwrap();
     let rx = lines(&mut child);
     let code = wait_exit(&mut child, secs);
-    std::thread::sleep(Duration::from_millis(100));
-    let out: Vec<String> = rx.try_iter().collect();
+    // The reader ends at the end of the program's output.
+    let out: Vec<String> = rx.iter().collect();
     assert_clean(what, code, &out, log);
     out
 }
@@ -477,9 +394,9 @@ fn two_c_processes_call_with_audio_both_ways_under_valgrind() {
     );
     let bob_code = wait_exit(&mut bob, 300);
     let alice_code = wait_exit(&mut alice, 60);
-    std::thread::sleep(Duration::from_millis(100));
-    let bob_out: Vec<String> = bob_rx.try_iter().collect();
-    alice_out.extend(alice_rx.try_iter());
+    // The readers end at the end of the programs' output.
+    let bob_out: Vec<String> = bob_rx.iter().collect();
+    alice_out.extend(alice_rx.iter());
     for l in alice_out
         .iter()
         .filter(|l| l.contains("stats") || l.contains("path"))

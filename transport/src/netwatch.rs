@@ -6,8 +6,7 @@
 //! within that interval (the node then re-attaches in well under a second).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,7 +32,9 @@ pub fn local_addresses(bound: SocketAddr) -> Vec<SocketAddr> {
 
 /// Polls the host's addresses and reports changes.
 pub struct NetWatch {
-    stop: Arc<AtomicBool>,
+    /// Set to stop the thread, which waits on the condition variable between polls (so
+    /// dropping a watcher does not wait out a poll interval).
+    stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -55,21 +56,28 @@ impl NetWatch {
         bound: SocketAddr,
         mut on_change: impl FnMut(Vec<SocketAddr>) + Send + 'static,
     ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stop2 = stop.clone();
         // The baseline is read before returning, not on the new thread: a change made right
         // after `spawn` returns (the thread not yet scheduled) would otherwise be taken for the
         // baseline and never reported.
         let mut last = local_addresses(bound);
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                std::thread::sleep(Self::INTERVAL);
-                let now = local_addresses(bound);
-                if now != last {
-                    tracing::info!(?now, "local addresses changed");
-                    on_change(now.clone());
-                    last = now;
+        let thread = std::thread::spawn(move || loop {
+            {
+                let (lock, cv) = &*stop2;
+                let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (stopped, _) = cv
+                    .wait_timeout_while(stopped, Self::INTERVAL, |s| !*s)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
                 }
+            }
+            let now = local_addresses(bound);
+            if now != last {
+                tracing::info!(?now, "local addresses changed");
+                on_change(now.clone());
+                last = now;
             }
         });
         Self {
@@ -81,7 +89,9 @@ impl NetWatch {
 
 impl Drop for NetWatch {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

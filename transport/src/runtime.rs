@@ -53,6 +53,34 @@ pub struct RuntimeConfig {
     pub tcp: Vec<(SocketAddr, bool)>,
 }
 
+/// Sockets bound before the runtime starts, for [`Runtime::spawn_bound`]: a caller that must
+/// choose ports together (a super node on an ephemeral port needs its neighbours free too)
+/// binds them itself and hands them over, so no port is ever released and taken again.
+#[derive(Debug, Default)]
+pub struct BoundSockets {
+    /// UDP sockets (the first is the default source).
+    pub udp: Vec<std::net::UdpSocket>,
+    /// TCP listeners, with whether each is TLS-wrapped.
+    pub tcp: Vec<(std::net::TcpListener, bool)>,
+}
+
+impl BoundSockets {
+    /// Bind everything `config` names, in order.
+    ///
+    /// # Errors
+    /// The first socket that cannot be bound.
+    pub fn bind(config: &RuntimeConfig) -> io::Result<Self> {
+        let mut out = Self::default();
+        for a in &config.udp {
+            out.udp.push(std::net::UdpSocket::bind(a)?);
+        }
+        for (a, tls) in &config.tcp {
+            out.tcp.push((std::net::TcpListener::bind(a)?, *tls));
+        }
+        Ok(out)
+    }
+}
+
 /// Counters kept by the runtime.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RuntimeStats {
@@ -105,18 +133,33 @@ where
         config: RuntimeConfig,
         make: impl FnOnce(Instant, &[SocketAddr]) -> M,
     ) -> io::Result<Self> {
+        Self::spawn_bound(BoundSockets::bind(&config)?, make)
+    }
+
+    /// Like [`Runtime::spawn`], with sockets the caller bound (see [`BoundSockets`]).
+    ///
+    /// # Errors
+    /// When a socket cannot be made non-blocking or the event loop cannot be created.
+    pub fn spawn_bound(
+        sockets: BoundSockets,
+        make: impl FnOnce(Instant, &[SocketAddr]) -> M,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut udp = Vec::new();
-        for a in &config.udp {
-            let socket = UdpSocket::bind(*a)?;
+        for s in sockets.udp {
+            s.set_nonblocking(true)?;
+            let socket = UdpSocket::from_std(s);
             // Best effort: a smaller buffer than asked for still works.
             let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(UDP_RECV_BUFFER);
             udp.push(socket);
         }
         let mut tcp = Vec::new();
-        for (a, tls) in &config.tcp {
-            tcp.push((TcpListener::bind(*a)?, *tls));
+        let mut any_tls = false;
+        for (l, tls) in sockets.tcp {
+            l.set_nonblocking(true)?;
+            any_tls |= tls;
+            tcp.push((TcpListener::from_std(l), tls));
         }
         let udp_addrs: Vec<SocketAddr> = udp
             .iter()
@@ -126,7 +169,7 @@ where
             .iter()
             .map(|(l, _)| l.local_addr())
             .collect::<io::Result<_>>()?;
-        let tls = if config.tcp.iter().any(|(_, t)| *t) {
+        let tls = if any_tls {
             let id = TlsIdentity::self_signed("natter-node")
                 .map_err(|e| io::Error::other(e.to_string()))?;
             Some(server_config(&id).map_err(|e| io::Error::other(e.to_string()))?)

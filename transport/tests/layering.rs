@@ -1,6 +1,8 @@
 //! The layering rule, enforced: `natter-core` and `natter-overlay` depend on no I/O crate
 //! (sockets, event loops, threads runtimes, OS randomness, databases, audio devices), and their
-//! sources never read the clock or touch the OS. See ARCHITECTURE.md, "Layers".
+//! sources never read the clock or touch the OS; workspace crates depend only on the crates
+//! below them; what applications link (`natter`, `natter-ffi`) carries no login server or
+//! database. See ARCHITECTURE.md, "Layers".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -40,7 +42,42 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("natter-transport", &["natter-core", "natter-overlay"]),
     ("natter-media", &["natter-core"]),
     ("natter-sim", &["natter-core", "natter-overlay"]),
+    ("natter-server", &["natter-core", "natter-transport"]),
+    (
+        "natter",
+        &[
+            "natter-core",
+            "natter-overlay",
+            "natter-transport",
+            "natter-media",
+        ],
+    ),
+    (
+        "natter-ffi",
+        &[
+            "natter",
+            "natter-core",
+            "natter-overlay",
+            "natter-transport",
+            "natter-media",
+        ],
+    ),
+    (
+        "natter-cli",
+        &[
+            "natter",
+            "natter-core",
+            "natter-overlay",
+            "natter-transport",
+            "natter-media",
+            "natter-server",
+        ],
+    ),
 ];
+
+/// What an application links: the client crate and the C library carry no login server and
+/// no database.
+const SERVER_SIDE: &[&str] = &["postgres", "rusqlite", "argon2", "natter-server"];
 
 fn metadata() -> serde_json::Value {
     let host = String::from_utf8(
@@ -148,6 +185,19 @@ fn workspace_arrows_point_down() {
                 "{krate} must not depend on {d}"
             );
         }
+    }
+}
+
+#[test]
+fn applications_link_no_server_side_crate() {
+    let meta = metadata();
+    for root in ["natter", "natter-ffi"] {
+        let deps = normal_closure(&meta, root);
+        let bad: Vec<_> = SERVER_SIDE.iter().filter(|f| deps.contains(**f)).collect();
+        assert!(
+            bad.is_empty(),
+            "{root} depends on server-side crates {bad:?}"
+        );
     }
 }
 

@@ -161,7 +161,17 @@ impl NetworkFile {
             path: path.to_owned(),
             source,
         })?;
-        let file: Self = toml::from_str(&text).map_err(|e| NetworkFileError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parse a network file's text (read from somewhere else than a file: an application's
+    /// resources, a provisioning message). Parse errors name the path `<string>`.
+    pub fn from_toml_str(text: &str) -> Result<Self, NetworkFileError> {
+        Self::parse(text, Path::new("<string>"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, NetworkFileError> {
+        let file: Self = toml::from_str(text).map_err(|e| NetworkFileError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;

@@ -1,0 +1,845 @@
+//! The client: building it, logging in, starting and stopping its node, searching, calling.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use natter_core::crypto::{Capabilities, DeviceId, LocalIdentity, UserName};
+use natter_core::login::client::{LoginClientEvent, Operation};
+use natter_core::login::proto::Version;
+use natter_core::overlay::{FallbackPorts, NatType};
+use natter_overlay::node::{Node, NodeConfig, RolePolicy};
+use natter_transport::login::client::{login, run_operations, DeviceStore, LoggedIn};
+use natter_transport::netwatch::local_addresses;
+use natter_transport::persist::load_host_cache;
+use natter_transport::runtime::{Runtime, RuntimeHandle};
+use natter_transport::{os_seed, wall_clock};
+
+use crate::audio::{Audio, AudioConfig};
+use crate::call::{Call, CallTable};
+use crate::error::{
+    parse_name, BuildError, CallError, LoginError, RegisterError, SearchError, StartError,
+    StopError,
+};
+use crate::events::Events;
+use crate::network::Network;
+use crate::status::{IndexStatus, NodeStatus, RelayStatus};
+use crate::types::{CallId, NodeRole, SearchId};
+use crate::worker::Worker;
+
+/// How long a login-server exchange may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// This build's version, as the login server sees it.
+fn client_version() -> Version {
+    Version::parse(env!("CARGO_PKG_VERSION")).unwrap_or_default()
+}
+
+/// Lock a mutex, taking over a poisoned one: a panicking thread must not take the client
+/// down with it (the data behind every lock here stays consistent between statements).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a client's node may become a super node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Role {
+    /// Never a super node: apps on phones, laptops, anything behind a NAT or on a battery.
+    #[default]
+    Client,
+    /// Become a super node when measured suitable (a public address reachable unsolicited,
+    /// two minutes up, its event loop at most half busy, and with
+    /// [`ClientBuilder::uplink_kbps`] half of the uplink spare); give the role up when
+    /// overloaded or no longer reachable.
+    Auto,
+    /// Always a super node (operators' bootstrap nodes).
+    SuperNode,
+}
+
+impl Role {
+    fn policy(self) -> RolePolicy {
+        match self {
+            Role::Client => RolePolicy::Forbid,
+            Role::Auto => RolePolicy::Auto,
+            Role::SuperNode => RolePolicy::Force,
+        }
+    }
+}
+
+/// The checked options of a client.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub role: Role,
+    pub relay_only: bool,
+    pub stun_alternate: Option<SocketAddr>,
+    pub fallback_ports: FallbackPorts,
+    pub uplink_kbps: Option<u64>,
+    pub max_clients: Option<usize>,
+    pub audio: AudioConfig,
+}
+
+/// Options of a [`Client`], each with a default: [`Client::builder`], set what you need,
+/// [`ClientBuilder::build`].
+///
+/// ```
+/// use natter::{AudioConfig, Client, Network, Role};
+/// # let dir = tempfile::tempdir()?;
+/// # let net = natter_fixtures::LoginServer::start();
+/// # let network = net.network();
+/// let mut audio = AudioConfig::default();
+/// audio.complexity = 5;                        // less CPU for Opus
+/// let client = Client::builder(network)        // from Network::from_file("network.toml")
+///     .data_dir(dir.path().join("alice"))      // this device's keys and certificate
+///     .listen("0.0.0.0:0".parse()?)            // the default: any address, any port
+///     .role(Role::Client)                      // the default: never a super node
+///     .audio(audio)
+///     .build()?;
+/// assert!(!client.state().started);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct ClientBuilder {
+    network: Network,
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    role: Role,
+    relay_only: bool,
+    stun_alternate: Option<SocketAddr>,
+    fallback_ports: Option<FallbackPorts>,
+    uplink_kbps: Option<u64>,
+    max_clients: Option<usize>,
+    audio: AudioConfig,
+}
+
+impl ClientBuilder {
+    /// The device's data directory: its keys and certificate (in `DIR/device`, mode 0700)
+    /// and its cache of super nodes (`DIR/hostcache.bin`). Default: `natter` in the user's
+    /// data directory (`$XDG_DATA_HOME`, else `$HOME/.local/share`). Two clients in one
+    /// process need two directories.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The UDP address to listen on (TCP too, for super nodes). Default `0.0.0.0:0`: any
+    /// address, a port the system chooses. A super node on port 0 gets a port whose
+    /// neighbours (its second STUN port, its fallback ports) are free too.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Whether the node may become a super node. Default [`Role::Client`].
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// Keep this device's addresses from the people it calls: its calls stay on a super
+    /// node's relay. Default false.
+    pub fn relay_only(mut self, relay_only: bool) -> Self {
+        self.relay_only = relay_only;
+        self
+    }
+
+    /// A second IP and port of this host, for super nodes: clients classify their NAT
+    /// against it (RFC 5780). It must differ from the listen address in both. Default none.
+    pub fn stun_alternate(mut self, addr: SocketAddr) -> Self {
+        self.stun_alternate = Some(addr);
+        self
+    }
+
+    /// The fallback TCP ports (plain and TLS), overriding the network file's `[overlay]`
+    /// for this node: where it listens as a super node and where it looks for super nodes.
+    /// Default: the network file's.
+    pub fn fallback_ports(mut self, ports: FallbackPorts) -> Self {
+        self.fallback_ports = Some(ports);
+        self
+    }
+
+    /// This host's uplink capacity in kilobits per second, when known: the node then
+    /// promotes itself only while at most half of it is in use. Default unknown.
+    pub fn uplink_kbps(mut self, kbps: u64) -> Self {
+        self.uplink_kbps = Some(kbps);
+        self
+    }
+
+    /// Most clients this node serves as a super node. Default 2,000.
+    pub fn max_clients(mut self, n: usize) -> Self {
+        self.max_clients = Some(n);
+        self
+    }
+
+    /// Audio settings: default devices, encoder complexity. Default [`AudioConfig::default`].
+    pub fn audio(mut self, audio: AudioConfig) -> Self {
+        self.audio = audio;
+        self
+    }
+
+    /// Check the options, open the data directory and set up the event queue. Nothing
+    /// touches the network yet: [`Client::register`], [`Client::login`], [`Client::start`].
+    ///
+    /// # Errors
+    /// See [`BuildError`].
+    pub fn build(self) -> Result<Client, BuildError> {
+        let data_dir = match self.data_dir {
+            Some(d) => d,
+            None => default_data_dir().ok_or(BuildError::NoDataDir)?,
+        };
+        if let Some(alt) = self.stun_alternate {
+            let listen = self.listen;
+            if alt.ip() == listen.ip() || (listen.port() != 0 && alt.port() == listen.port()) {
+                return Err(BuildError::StunAlternate {
+                    alternate: alt,
+                    listen,
+                });
+            }
+        }
+        let fallback_ports = match self.fallback_ports {
+            Some(p) => {
+                p.validate().map_err(BuildError::FallbackPorts)?;
+                p
+            }
+            None => self
+                .network
+                .file
+                .fallback_ports()
+                .map_err(|e| BuildError::FallbackPorts(e.to_string()))?,
+        };
+        if self.audio.complexity > 10 {
+            return Err(BuildError::Complexity(self.audio.complexity));
+        }
+        let device_dir = data_dir.join("device");
+        let store = DeviceStore::open(&device_dir).map_err(|source| BuildError::DataDir {
+            path: device_dir,
+            source,
+        })?;
+        let events = Events::new().map_err(BuildError::Events)?;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                network: self.network,
+                store,
+                events,
+                settings: Settings {
+                    data_dir,
+                    listen: self.listen,
+                    role: self.role,
+                    relay_only: self.relay_only,
+                    stun_alternate: self.stun_alternate,
+                    fallback_ports,
+                    uplink_kbps: self.uplink_kbps,
+                    max_clients: self.max_clients,
+                    audio: self.audio,
+                },
+                calls: Mutex::new(CallTable::default()),
+                dials: Mutex::new(Vec::new()),
+                login: Mutex::new(None),
+                state: Mutex::new(RunState::default()),
+                load: Mutex::new((0.0, 0)),
+            }),
+        })
+    }
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/share"))
+        })?;
+    Some(base.join("natter"))
+}
+
+/// A running node.
+pub(crate) struct Running {
+    pub rt: RuntimeHandle<Node>,
+    pub udp: SocketAddr,
+    pub stop: Arc<AtomicBool>,
+    pub worker: JoinHandle<()>,
+    pub started: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct RunState {
+    pub closed: bool,
+    pub running: Option<Running>,
+}
+
+/// What the client's threads and handles share.
+pub(crate) struct Shared {
+    pub network: Network,
+    pub store: DeviceStore,
+    pub settings: Settings,
+    pub events: Events,
+    pub calls: Mutex<CallTable>,
+    /// Dials placed and not yet reported: node dial id -> call. Held only for a map
+    /// operation (the runtime thread locks it).
+    pub dials: Mutex<Vec<(u64, CallId)>>,
+    /// The latest login (its certificate is replaced by renewals).
+    pub login: Mutex<Option<LoggedIn>>,
+    pub state: Mutex<RunState>,
+    /// The runtime's last load measure (busy fraction, bytes per second).
+    pub load: Mutex<(f32, u64)>,
+}
+
+impl Shared {
+    /// The running node, if any.
+    pub fn runtime(&self) -> Option<RuntimeHandle<Node>> {
+        lock(&self.state).running.as_ref().map(|r| r.rt.clone())
+    }
+}
+
+/// What a successful [`Client::login`] tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoginInfo {
+    /// The user, in canonical (lower-case) form.
+    pub user: UserName,
+    /// This device.
+    pub device: DeviceId,
+    /// True when the stored certificate was renewed without the password.
+    pub renewed: bool,
+    /// When the certificate expires (the client renews it in the background, at 80 % of its
+    /// life, while started).
+    pub valid_until: SystemTime,
+    /// A newer version of Natter is available.
+    pub upgrade_recommended: Option<Version>,
+    /// How long the exchange took.
+    pub took: Duration,
+}
+
+/// A client's state now ([`Client::state`]). `Display` describes it for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct State {
+    /// Who is logged in on this device (a successful [`Client::login`]).
+    pub user: Option<UserName>,
+    /// The node runs ([`Client::start`] and not [`Client::stop`]).
+    pub started: bool,
+    /// The super nodes this node is attached to (none for a super node itself).
+    pub super_nodes: Vec<SocketAddr>,
+    /// What the node is now.
+    pub role: NodeRole,
+    /// The detected NAT, once detected.
+    pub nat: Option<NatType>,
+    /// The UDP address the node listens on, while started.
+    pub local_addr: Option<SocketAddr>,
+    /// How the node is joined, in words.
+    pub attach: String,
+    /// The live call, if any.
+    pub call: Option<CallId>,
+    /// Events dropped because nobody took them.
+    pub events_dropped: u64,
+}
+
+impl State {
+    /// Attached to a super node, or one: searches and calls can work.
+    pub fn is_joined(&self) -> bool {
+        self.started && (self.role == NodeRole::SuperNode || !self.super_nodes.is_empty())
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.user {
+            Some(u) => write!(f, "logged in as {u}")?,
+            None => f.write_str("not logged in")?,
+        }
+        if !self.started {
+            return f.write_str("; not started");
+        }
+        write!(
+            f,
+            "; {}; NAT: {}; {}",
+            self.attach,
+            self.nat
+                .as_ref()
+                .map_or("not detected yet", NatType::describe),
+            self.role
+        )
+    }
+}
+
+/// One user on one device: logs in, joins the network, makes and takes calls, and tells
+/// what happens through [`Client::events`].
+///
+/// A client is `Send + Sync`: share it between threads with an `Arc`. Dropping it (or
+/// [`Client::close`]) stops it cleanly: the call is hung up, the user published as offline,
+/// the super-node cache saved.
+///
+/// It runs threads of its own once started: `natter-<address>` (sockets and the protocol),
+/// `natter-node` (events, certificate renewal, the call's audio, the host cache) and one
+/// `natter-media` per connected call (codec, jitter buffer).
+///
+/// ```
+/// # let net = natter_fixtures::TestNet::start();
+/// # let network = net.network();
+/// # let dir = tempfile::tempdir()?;
+/// # natter_fixtures::register(&network, "alice", "alice's password");
+/// use natter::Client;
+///
+/// let alice = Client::builder(network).data_dir(dir.path()).build()?;
+/// let info = alice.login("alice", Some("alice's password"))?;
+/// println!("logged in as {} on device {}", info.user, info.device);
+/// alice.start()?;
+/// println!("{}", alice.state()); // "logged in as alice; attaching...; NAT: ...; ordinary node"
+/// alice.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("data_dir", &self.shared.settings.data_dir)
+            .field("listen", &self.shared.settings.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+fn name_or<E>(name: &str, make: impl FnOnce(String, String) -> E) -> Result<UserName, E> {
+    parse_name(name).map_err(|(n, e)| make(n, e.to_string()))
+}
+
+impl Client {
+    /// Options for a client of `network`, each with a default.
+    pub fn builder(network: Network) -> ClientBuilder {
+        ClientBuilder {
+            network,
+            data_dir: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            role: Role::Client,
+            relay_only: false,
+            stun_alternate: None,
+            fallback_ports: None,
+            uplink_kbps: None,
+            max_clients: None,
+            audio: AudioConfig::default(),
+        }
+    }
+
+    /// Create the account `user` with `password` on the network's login server. Blocks for
+    /// one exchange with it (up to 15 s; typically well under a second, most of it the server
+    /// hashing the password). Does not log in: call [`Client::login`] next.
+    ///
+    /// User names are 3 to 32 characters (ASCII letters, digits, `.`, `_`, `-`, starting
+    /// with a letter) and unique regardless of case; passwords have at least 10 characters
+    /// and are not the user name. The password is not stored.
+    ///
+    /// # Errors
+    /// See [`RegisterError`].
+    pub fn register(&self, user: &str, password: &str) -> Result<(), RegisterError> {
+        name_or(user, |name, reason| RegisterError::InvalidName {
+            name,
+            reason,
+        })?;
+        if lock(&self.shared.state).closed {
+            return Err(RegisterError::Closed);
+        }
+        let (device, first) = self
+            .shared
+            .store
+            .identity()
+            .map_err(|source| RegisterError::Io {
+                path: self.shared.store.dir().to_path_buf(),
+                source,
+            })?;
+        let address = self.shared.network.login_server().to_string();
+        let events = run_operations(
+            &self.shared.network.file,
+            &device,
+            client_version(),
+            first,
+            vec![Operation::Register {
+                user: user.to_string(),
+                password: password.to_string(),
+            }],
+            LOGIN_TIMEOUT,
+        )
+        .map_err(|e| RegisterError::from_connect(e, &address))?;
+        for e in events {
+            match e {
+                LoginClientEvent::Registered => return Ok(()),
+                LoginClientEvent::Failed { error, .. } => {
+                    return Err(RegisterError::from_refusal(error, user))
+                }
+                _ => {}
+            }
+        }
+        Err(RegisterError::Server(crate::error::ServerError::Protocol(
+            "no answer".into(),
+        )))
+    }
+
+    /// Log `user` in on this device: the login server certifies the device's keys (kept in
+    /// the data directory). With a certificate stored by an earlier login, `password` may be
+    /// `None`: the certificate is renewed without it. Blocks for one or two exchanges with
+    /// the login server (up to 15 s each).
+    ///
+    /// While started, the client renews its certificate in the background and sends
+    /// [`Event::LoginRequired`](crate::Event::LoginRequired) if that ever needs the password
+    /// again. Logging in again while started is allowed for the same user (the node takes
+    /// the new certificate).
+    ///
+    /// # Errors
+    /// See [`LoginError`]; [`LoginError::PasswordNeeded`] says to ask for the password.
+    pub fn login(&self, user: &str, password: Option<&str>) -> Result<LoginInfo, LoginError> {
+        let name = name_or(user, |name, reason| LoginError::InvalidName {
+            name,
+            reason,
+        })?;
+        self.check_login_target(&name)?;
+        let li = login(
+            &self.shared.network.file,
+            &self.shared.store,
+            user,
+            password,
+            client_version(),
+            LOGIN_TIMEOUT,
+        )
+        .map_err(|e| {
+            LoginError::from_failure(
+                e,
+                user,
+                self.shared.network.login_server(),
+                self.shared.store.dir().to_path_buf(),
+            )
+        })?;
+        // A running node takes the new certificate (for the same user: checked again, as
+        // the client may have started meanwhile).
+        self.check_login_target(&name)?;
+        let rt = self.shared.runtime();
+        if let Some(rt) = rt {
+            let cert = li.certificate.clone();
+            rt.command(move |n, _| n.update_certificate(cert));
+        }
+        let info = LoginInfo {
+            user: li.certificate.user.clone(),
+            device: li.certificate.device,
+            renewed: li.renewed,
+            valid_until: SystemTime::UNIX_EPOCH + Duration::from_secs(li.certificate.not_after.0),
+            upgrade_recommended: li.upgrade_recommended,
+            took: li.elapsed,
+        };
+        *lock(&self.shared.login) = Some(li);
+        Ok(info)
+    }
+
+    /// Logging in as `name` is possible now: not closed, and not running as someone else.
+    fn check_login_target(&self, name: &UserName) -> Result<(), LoginError> {
+        let st = lock(&self.shared.state);
+        if st.closed {
+            return Err(LoginError::Closed);
+        }
+        if st.running.is_some() {
+            let running = lock(&self.shared.login)
+                .as_ref()
+                .map(|l| l.certificate.user.clone());
+            if let Some(running) = running.filter(|r| r != name) {
+                return Err(LoginError::OtherUserRunning { running });
+            }
+        }
+        Ok(())
+    }
+
+    /// Join the network: bind the listen address, find super nodes
+    /// ([`Event::Attached`](crate::Event::Attached), [`Event::NatDetected`](crate::Event::NatDetected)...),
+    /// publish the user as online, and accept calls. Returns once the sockets are bound;
+    /// joining goes on in the background (typically tens of milliseconds).
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub fn start(&self) -> Result<(), StartError> {
+        let mut st = lock(&self.shared.state);
+        if st.closed {
+            return Err(StartError::Closed);
+        }
+        if st.running.is_some() {
+            return Err(StartError::AlreadyStarted);
+        }
+        let li = lock(&self.shared.login)
+            .clone()
+            .ok_or(StartError::NotLoggedIn)?;
+        let s = &self.shared.settings;
+        let net = &self.shared.network.file;
+        let cache_path = s.data_dir.join("hostcache.bin");
+        let mut cache = load_host_cache(&cache_path);
+        for b in self.shared.network.bootstrap() {
+            cache.insert(b, None, wall_clock());
+        }
+        let identity = LocalIdentity {
+            device: li.device.clone(),
+            certificate: li.certificate.clone(),
+            trusted: net
+                .trusted()
+                .map_err(|e| StartError::Network(e.to_string()))?,
+            capabilities: Capabilities::VOICE.union(Capabilities::CHAT),
+        };
+        let seed = os_seed().map_err(StartError::Io)?;
+        let mut cfg = NodeConfig::new(identity, seed, wall_clock(), Instant::now(), s.listen);
+        cfg.role = s.role.policy();
+        cfg.stun_alternate = s.stun_alternate;
+        cfg.uplink_bytes_per_sec = s.uplink_kbps.map(|k| k.saturating_mul(1000) / 8);
+        if let Some(n) = s.max_clients {
+            cfg.max_clients = n;
+        }
+        cfg.host_cache = cache;
+        cfg.call_paths.direct = !s.relay_only;
+        cfg.attach.fallback_ports = s.fallback_ports;
+        let sockets = crate::bind::bind(&mut cfg)
+            .map_err(|(address, source)| StartError::Bind { address, source })?;
+        cfg.local_addresses = local_addresses(cfg.listen);
+        let rt = Runtime::spawn_bound(sockets, move |now, _| {
+            cfg.clock_anchor = now;
+            Node::new(cfg, now)
+        })
+        .map_err(StartError::Io)?;
+        let udp = rt.udp_addrs().first().copied().unwrap_or(s.listen);
+        let handle = rt.handle();
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Worker::new(rt, self.shared.clone(), &li, cache_path, stop.clone());
+        let worker = std::thread::Builder::new()
+            .name("natter-node".into())
+            .spawn(move || worker.run())
+            .map_err(StartError::Io)?;
+        st.running = Some(Running {
+            rt: handle,
+            udp,
+            stop,
+            worker,
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Leave the network: the call (if any) is hung up and ends with
+    /// [`EndReason::Stopped`](crate::EndReason::Stopped), the user is published as offline,
+    /// the super-node cache is saved, and the node's threads and sockets are closed. The
+    /// client stays logged in and can be started again. Blocks while the threads end:
+    /// usually well under a second, up to 15 s when the login server accepted a background
+    /// request (a renewal, the revocation list) and stopped answering.
+    ///
+    /// # Errors
+    /// [`StopError::NotStarted`].
+    pub fn stop(&self) -> Result<(), StopError> {
+        let running = lock(&self.shared.state).running.take();
+        let r = running.ok_or(StopError::NotStarted)?;
+        r.stop.store(true, Ordering::SeqCst);
+        let _ = r.worker.join();
+        Ok(())
+    }
+
+    /// Stop (if started) and close the event queue: receivers get what is still queued, then
+    /// `Disconnected`; later operations fail with `Closed` (or `NotStarted`). Dropping the
+    /// client does this too; `close` is for a client shared between threads.
+    pub fn close(&self) {
+        let running = {
+            let mut st = lock(&self.shared.state);
+            st.closed = true;
+            st.running.take()
+        };
+        if let Some(r) = running {
+            r.stop.store(true, Ordering::SeqCst);
+            let _ = r.worker.join();
+        }
+        self.shared.events.close();
+    }
+
+    /// True while the node runs (between [`Client::start`] and [`Client::stop`]).
+    pub fn is_started(&self) -> bool {
+        lock(&self.shared.state).running.is_some()
+    }
+
+    /// The client's events. Clones of the returned [`Events`] share the queue.
+    pub fn events(&self) -> &Events {
+        &self.shared.events
+    }
+
+    /// The client's events as a [`futures_core::Stream`] (feature `async`), for tokio and
+    /// other async runtimes. It shares the queue with [`Client::events`]: each event is taken
+    /// once, by whichever asks first.
+    #[cfg(feature = "async")]
+    pub fn event_stream(&self) -> crate::events::EventStream {
+        crate::events::EventStream {
+            events: self.shared.events.clone(),
+        }
+    }
+
+    /// The client's state now: who is logged in, whether it runs, its super nodes, role, NAT,
+    /// address and call.
+    pub fn state(&self) -> State {
+        let user = lock(&self.shared.login)
+            .as_ref()
+            .map(|l| l.certificate.user.clone());
+        let (rt, udp) = {
+            let st = lock(&self.shared.state);
+            match &st.running {
+                Some(r) => (Some(r.rt.clone()), Some(r.udp)),
+                None => (None, None),
+            }
+        };
+        let live = rt.and_then(|rt| {
+            rt.command(|n, now| {
+                (
+                    n.attached(),
+                    n.nat().map(|r| r.nat),
+                    n.is_super_node(),
+                    n.describe_attach(now),
+                )
+            })
+        });
+        let call = lock(&self.shared.calls).live().map(|c| c.id);
+        let events_dropped = self.shared.events.dropped();
+        match live {
+            Some((super_nodes, nat, sn, attach)) => State {
+                user,
+                started: true,
+                super_nodes,
+                role: if sn {
+                    NodeRole::SuperNode
+                } else {
+                    NodeRole::Client
+                },
+                nat,
+                local_addr: udp,
+                attach,
+                call,
+                events_dropped,
+            },
+            None => State {
+                user,
+                started: false,
+                super_nodes: Vec::new(),
+                role: NodeRole::Client,
+                nat: None,
+                local_addr: None,
+                attach: "not started".into(),
+                call,
+                events_dropped,
+            },
+        }
+    }
+
+    /// What a running node does, for operators: role, clients served, index and relay
+    /// figures, NAT, load and uptime. `None` when not started.
+    pub fn status(&self) -> Option<NodeStatus> {
+        let (rt, udp, started) = {
+            let st = lock(&self.shared.state);
+            let r = st.running.as_ref()?;
+            (r.rt.clone(), r.udp, r.started)
+        };
+        let (cpu, bytes_per_sec) = *lock(&self.shared.load);
+        rt.command(move |n, _| NodeStatus {
+            listen: udp,
+            uptime: started.elapsed(),
+            super_node: n.is_super_node(),
+            attached_to: n.attached(),
+            clients: n.super_node().map_or(0, |s| s.client_count()),
+            super_nodes_known: n.ring_len(),
+            nat: n.nat().map(|r| r.nat),
+            mapped_address: n.nat().and_then(|r| r.mapped),
+            index: n.index().map(|d| IndexStatus {
+                records: d.store().len(),
+                stored: d.stats().stored,
+                refused: d.stats().refused,
+                searches: d.searches_in_progress(),
+            }),
+            relay: n.relay().map(|r| {
+                let st = r.stats();
+                RelayStatus {
+                    channels: r.channels(),
+                    allocated: st.allocated,
+                    refused: st.refused(),
+                    relayed_packets: st.relayed_packets,
+                    relayed_bytes: st.relayed_bytes,
+                    dropped: st.dropped_malformed
+                        + st.dropped_unknown_channel
+                        + st.dropped_not_party
+                        + st.dropped_rate,
+                }
+            }),
+            cpu,
+            bytes_per_sec,
+        })
+    }
+
+    /// Look `user` up in the global index (is the user known, which devices are online).
+    /// Returns at once; the outcome comes as an
+    /// [`Event::SearchResult`](crate::Event::SearchResult) with the returned id (typically
+    /// within a few hundred milliseconds, at most about 3 s).
+    ///
+    /// # Errors
+    /// [`SearchError::InvalidName`], [`SearchError::NotStarted`].
+    pub fn search(&self, user: &str) -> Result<SearchId, SearchError> {
+        let user = name_or(user, |name, reason| SearchError::InvalidName {
+            name,
+            reason,
+        })?;
+        let rt = self.shared.runtime().ok_or(SearchError::NotStarted)?;
+        rt.command(move |n, now| SearchId(n.search(now, user)))
+            .ok_or(SearchError::NotStarted)
+    }
+
+    /// Call `user` (every online device of theirs rings) with `audio`. Returns the call at
+    /// once; what happens comes as events: [`Event::CallPlaced`](crate::Event::CallPlaced),
+    /// [`Event::Ringing`](crate::Event::Ringing),
+    /// [`Event::CallConnected`](crate::Event::CallConnected) (audio starts), and in the end
+    /// [`Event::CallEnded`](crate::Event::CallEnded) (also when the user does not exist or is
+    /// offline: see [`EndReason`](crate::EndReason)).
+    ///
+    /// # Errors
+    /// [`CallError::InvalidName`], [`CallError::NotStarted`], [`CallError::InCall`] (a
+    /// client has at most one call).
+    pub fn call(&self, user: &str, audio: Audio) -> Result<Call, CallError> {
+        let user = name_or(user, |name, reason| CallError::InvalidName { name, reason })?;
+        let rt = self.shared.runtime().ok_or(CallError::NotStarted)?;
+        crate::call::dial(&self.shared, &rt, user, audio)
+    }
+
+    /// The call `id` names, while the client remembers it (live calls and the last 16 ended
+    /// ones).
+    pub fn call_by_id(&self, id: CallId) -> Option<Call> {
+        lock(&self.shared.calls).get(id).map(|_| Call {
+            shared: Arc::downgrade(&self.shared),
+            id,
+        })
+    }
+
+    /// The call in progress, if any.
+    pub fn current_call(&self) -> Option<Call> {
+        let id = lock(&self.shared.calls).live().map(|c| c.id)?;
+        Some(Call {
+            shared: Arc::downgrade(&self.shared),
+            id,
+        })
+    }
+
+    /// The network this client belongs to.
+    pub fn network(&self) -> &Network {
+        &self.shared.network
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.shared.settings.data_dir
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

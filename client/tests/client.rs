@@ -1,0 +1,267 @@
+//! The client API with real parts: a login server (TLS, SQLite), a super node and users on
+//! loopback sockets.
+
+use std::time::{Duration, Instant};
+
+use natter::{
+    Audio, CallError, CallState, Client, EndReason, Event, Found, LoginError, PasswordNeeded,
+    PcmError, RegisterError, SearchError, ServerError, StartError, StopError,
+};
+use natter_fixtures::{wait_for, TestNet, DEADLINE, PASSWORD};
+
+fn ended(client: &Client) -> EndReason {
+    match wait_for(client, |e| matches!(e, Event::CallEnded { .. })) {
+        Some(Event::CallEnded { reason, .. }) => reason,
+        other => panic!("no end: {other:?}"),
+    }
+}
+
+#[test]
+fn a_call_with_application_audio_both_ways() {
+    let net = TestNet::start();
+    let alice = net.client("alice");
+    let bob = net.client("bob");
+    let call = alice.call("bob", Audio::app()).unwrap();
+    assert_eq!(call.stats().unwrap().state, CallState::Dialing);
+    // Not connected yet: no application audio.
+    assert_eq!(call.push_pcm(&[0; 320]), Err(PcmError::NoAppAudio));
+    let incoming = match wait_for(&bob, |e| matches!(e, Event::IncomingCall { .. })) {
+        Some(Event::IncomingCall { call, from, .. }) => {
+            assert_eq!(from.as_str(), "alice");
+            call
+        }
+        other => panic!("no incoming call: {other:?}"),
+    };
+    assert_eq!(incoming.peer().unwrap().as_str(), "alice");
+    // Only the callee answers.
+    assert_eq!(call.answer(Audio::app()), Err(CallError::WrongState));
+    incoming.answer(Audio::app()).unwrap();
+    let connected = wait_for(&alice, |e| matches!(e, Event::CallConnected { .. }));
+    assert!(
+        matches!(connected, Some(Event::CallConnected { call: c, .. }) if c == call.id()),
+        "{connected:?}"
+    );
+    assert!(wait_for(&bob, |e| matches!(e, Event::CallConnected { .. })).is_some());
+    // A second call while in one is refused at once.
+    assert_eq!(
+        alice.call("bob", Audio::silent()).unwrap_err(),
+        CallError::InCall
+    );
+    // alice pushes a loud square wave in real time; bob pulls until he has heard it.
+    let tone: Vec<i16> = (0..320)
+        .map(|i| if i % 40 < 20 { 8000 } else { -8000 })
+        .collect();
+    let deadline = Instant::now() + DEADLINE;
+    let mut loud = 0usize;
+    let mut buf = [0i16; 320];
+    let mut next = Instant::now();
+    while loud < 16_000 && Instant::now() < deadline {
+        call.push_pcm(&tone).unwrap();
+        let got = incoming.pull_pcm(&mut buf).unwrap();
+        loud += buf[..got]
+            .iter()
+            .filter(|s| s.unsigned_abs() > 2000)
+            .count();
+        next += Duration::from_millis(20);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    assert!(loud >= 16_000, "bob heard {loud} loud samples");
+    let stats = incoming.stats().unwrap();
+    assert_eq!(stats.state, CallState::Active);
+    assert!(stats.path.is_some() && stats.frames_in > 0, "{stats}");
+    assert!(stats.audio.unwrap().frames_received > 0, "{stats}");
+    // Hold and resume, mute.
+    call.hold().unwrap();
+    let held = wait_for(&bob, |e| matches!(e, Event::CallHoldChanged { .. }));
+    assert!(
+        matches!(
+            held,
+            Some(Event::CallHoldChanged {
+                remote: true,
+                local: false,
+                ..
+            })
+        ),
+        "{held:?}"
+    );
+    call.resume().unwrap();
+    assert!(wait_for(&bob, |e| matches!(
+        e,
+        Event::CallHoldChanged { remote: false, .. }
+    ))
+    .is_some());
+    call.set_muted(true).unwrap();
+    assert!(call.stats().unwrap().muted);
+    // bob hangs up; both see why.
+    incoming.hang_up().unwrap();
+    assert_eq!(ended(&bob), EndReason::HungUp { local: true });
+    assert_eq!(ended(&alice), EndReason::HungUp { local: false });
+    let last = call.stats().unwrap();
+    assert_eq!(last.state, CallState::Ended);
+    assert_eq!(last.end_reason, Some(EndReason::HungUp { local: false }));
+    assert!(last.duration > Duration::ZERO);
+    assert!(last.audio.unwrap().frames_sent > 0);
+    assert_eq!(call.hang_up(), Err(CallError::WrongState));
+    assert_eq!(call.pull_pcm(&mut buf), Err(PcmError::NoAppAudio));
+    assert_eq!(alice.call_by_id(call.id()), Some(call.clone()));
+    assert!(alice.current_call().is_none());
+}
+
+#[test]
+fn calls_that_cannot_happen_end_with_a_reason() {
+    let net = TestNet::start();
+    let alice = net.client("alice");
+    // Nobody by that name: the call ends before it is placed.
+    alice.call("nobody", Audio::silent()).unwrap();
+    let reason = ended(&alice);
+    assert_eq!(reason, EndReason::UserNotFound);
+    assert!(reason.never_placed());
+    assert_eq!(reason.to_string(), "no such user");
+    // A user who logged out: offline.
+    let bob = net.client("bob");
+    bob.stop().unwrap();
+    let id = alice.search("bob").unwrap();
+    match wait_for(
+        &alice,
+        |e| matches!(e, Event::SearchResult { search, .. } if *search == id),
+    ) {
+        Some(Event::SearchResult { outcome, .. }) => {
+            assert!(matches!(outcome.found, Found::Devices(_)), "{outcome}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Hanging up while still dialling cancels at once; the dial's call is hung up later.
+    let call = alice.call("bob", Audio::silent()).unwrap();
+    call.hang_up().unwrap();
+    assert_eq!(ended(&alice), EndReason::Cancelled { local: true });
+    // Bad input is a typed error.
+    assert!(matches!(
+        alice.call("1x", Audio::silent()),
+        Err(CallError::InvalidName { .. })
+    ));
+    assert!(matches!(
+        alice.search("no spaces allowed"),
+        Err(SearchError::InvalidName { .. })
+    ));
+    drop(bob);
+}
+
+#[test]
+fn logging_in_fails_for_a_reason() {
+    let net = TestNet::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::builder(net.network())
+        .data_dir(dir.path())
+        .build()
+        .unwrap();
+    assert!(matches!(
+        c.login("carol", None),
+        Err(LoginError::PasswordNeeded(PasswordNeeded::NoCertificate))
+    ));
+    assert!(matches!(
+        c.login("carol", Some(PASSWORD)),
+        Err(LoginError::UnknownUser)
+    ));
+    assert!(matches!(c.start(), Err(StartError::NotLoggedIn)));
+    assert_eq!(c.stop(), Err(StopError::NotStarted));
+    assert!(matches!(
+        c.register("carol", "short"),
+        Err(RegisterError::WeakPassword)
+    ));
+    assert!(matches!(
+        c.register("9lives", PASSWORD),
+        Err(RegisterError::InvalidName { .. })
+    ));
+    c.register("carol", PASSWORD).unwrap();
+    assert!(matches!(
+        c.register("Carol", PASSWORD),
+        Err(RegisterError::NameTaken(_))
+    ));
+    assert!(matches!(
+        c.login("carol", Some("not her password")),
+        Err(LoginError::WrongPassword)
+    ));
+    let first = c.login("carol", Some(PASSWORD)).unwrap();
+    assert!(!first.renewed);
+    assert_eq!(first.user.as_str(), "carol");
+    // The stored certificate renews without the password.
+    let again = c.login("carol", None).unwrap();
+    assert!(again.renewed);
+    assert_eq!(again.device, first.device);
+    c.start().unwrap();
+    assert!(matches!(c.start(), Err(StartError::AlreadyStarted)));
+    // Another user while running: stop first.
+    assert!(matches!(
+        c.login("supernode", Some(PASSWORD)),
+        Err(LoginError::OtherUserRunning { .. })
+    ));
+    c.close();
+    assert!(matches!(c.start(), Err(StartError::Closed)));
+    assert!(c.events().is_closed());
+
+    // A login server that is gone.
+    let mut server = natter_fixtures::LoginServer::start();
+    let network = server.network();
+    server.shutdown();
+    let d = Client::builder(network)
+        .data_dir(dir.path().join("d"))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        d.login("dave", Some(PASSWORD)),
+        Err(LoginError::Server(ServerError::Unreachable { .. }))
+    ));
+    assert!(matches!(
+        d.register("dave", PASSWORD),
+        Err(RegisterError::Server(ServerError::Unreachable { .. }))
+    ));
+}
+
+#[test]
+fn dropping_a_client_mid_call_ends_the_call_on_both_sides() {
+    let net = TestNet::start();
+    let alice = net.client("alice");
+    let bob = net.client("bob");
+    natter_fixtures::answer_calls(&bob);
+    alice.call("bob", Audio::silent()).unwrap();
+    assert!(wait_for(&alice, |e| matches!(e, Event::CallConnected { .. })).is_some());
+    let events = alice.events().clone();
+    drop(alice);
+    // What the client said as it stopped is still queued, then the queue ends.
+    let rest: Vec<Event> = events.iter().collect();
+    assert!(
+        rest.iter().any(|e| matches!(
+            e,
+            Event::CallEnded {
+                reason: EndReason::Stopped,
+                ..
+            }
+        )),
+        "{rest:?}"
+    );
+    // bob's answering thread took his events; his call ended (he is free again).
+    assert!(natter_fixtures::poll_until(DEADLINE, || bob
+        .state()
+        .call
+        .is_none()));
+    let state = bob.state();
+    assert!(state.is_joined());
+    assert!(
+        state.to_string().starts_with("logged in as bob; "),
+        "{state}"
+    );
+}
+
+#[test]
+fn the_status_of_a_super_node() {
+    let net = TestNet::start();
+    let _alice = net.client("alice");
+    let status = net.super_node().status().expect("running");
+    assert!(status.super_node);
+    assert!(status.index.is_some() && status.relay.is_some());
+    assert!(natter_fixtures::poll_until(DEADLINE, || net
+        .super_node()
+        .status()
+        .is_some_and(|s| s.clients >= 1)));
+    assert_eq!(status.listen, net.super_node_addr());
+}
