@@ -1,51 +1,4 @@
-//! Connectivity and path selection for one call: ICE-like candidates, coordinated hole
-//! punching, path choice, monitoring and switching, as a sans-IO machine.
-//!
-//! A call starts on the end-to-end session the caller opened **through a super node's relay**
-//! (signalling needs no direct path). [`PathManager`] then looks for something better and keeps
-//! watching what it uses:
-//!
-//! 1. **Candidates.** Each side sends [`Message::CallCandidates`]: its host addresses (same
-//!    LAN) and its server-reflexive address (what a super node saw), nothing when its UDP is
-//!    blocked.
-//! 2. **Opening, then checking.** Two Linux masquerading NATs that punch at the same moment
-//!    fail: the first packet to reach a NAT leaves a conntrack entry that pushes the other
-//!    side's mapping onto a new port. So each side first sends *opening* probes with a low IP
-//!    TTL ([`PathConfig::punch_ttl`]): they create its own NAT's mapping towards the peer and
-//!    die in the network before the far NAT. It then says so (`opened: true`). Only when both
-//!    sides have opened do the real checks ([`Message::PathProbe`], normal TTL) start, and they
-//!    go through both NATs as replies of mappings that already exist. A check is answered on
-//!    the path it came by, so a peer behind a symmetric NAT that reaches a public or
-//!    full-cone peer from an unexpected port still gets its answer (and the answering side
-//!    learns that port as a peer-reflexive candidate).
-//! 3. **Choice.** The controlling side (the caller) picks the best working path: a host
-//!    candidate (same LAN) before a reflexive one, lower RTT first, direct before the relay;
-//!    it moves the session there ([`PathAction::UsePath`]) and the other side follows when the
-//!    first packet arrives on it (the endpoint moves a session to where authenticated data
-//!    comes from).
-//! 4. **Watching.** While a call is up the active path is probed when nothing else arrives,
-//!    3 times a second while on hold; receiver reports ([`Message::MediaReport`]) give the loss
-//!    the peer sees. When the active path is silent for [`PathConfig::dead_after`], or loss
-//!    stays above [`PathConfig::max_loss`] or RTT above [`PathConfig::max_rtt`] for two
-//!    reports, the manager switches to the next path (in the end the relay) without ending the
-//!    call; direct candidates are re-probed every second and win back once they answered
-//!    [`PathConfig::recover_after`] times in a row. The other side, which otherwise only
-//!    follows, falls back to the relay by itself when its path stays silent for twice
-//!    `dead_after` (its NAT restarted, say, and the controlling side's packets no longer reach
-//!    it).
-//! 5. **Gathering again.** Candidates can change mid-call (a NAT that rebinds to a new port,
-//!    a new network): [`PathManager::update_local_candidates`] sends them again, after opening
-//!    probes from the new mapping; the peer opens towards the new ones, answers with its own
-//!    candidates, and the checks run again over the new pairs. Until that answer this side
-//!    sends no checks, so none reaches the peer's NAT before the peer opened towards it.
-//!
-//! | kind | method |
-//! |---|---|
-//! | input | [`PathManager::handle_message`] (candidates and reports from the peer) |
-//! | input | [`PathManager::probe_answered`], [`PathManager::probe_received`], [`PathManager::heard`], [`PathManager::path_changed`] (from the endpoint) |
-//! | input | [`PathManager::handle_timeout`] |
-//! | command | [`PathManager::set_hold`], [`PathManager::set_relay`], [`PathManager::set_local_candidates`], [`PathManager::update_local_candidates`] |
-//! | output | [`PathManager::poll_action`], [`PathManager::poll_timeout`] |
+//! Connectivity and path selection for one call (see [`PathManager`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -306,7 +259,56 @@ impl RxStats {
     }
 }
 
-/// The connectivity machine of one call on one session. See the [module documentation](self).
+/// The connectivity machine of one call on one session.
+///
+/// Connectivity and path selection for one call: ICE-like candidates, coordinated hole
+/// punching, path choice, monitoring and switching, as a sans-IO machine.
+///
+/// A call starts on the end-to-end session the caller opened **through a super node's relay**
+/// (signalling needs no direct path). [`PathManager`] then looks for something better and keeps
+/// watching what it uses:
+///
+/// 1. **Candidates.** Each side sends [`Message::CallCandidates`]: its host addresses (same
+///    LAN) and its server-reflexive address (what a super node saw), nothing when its UDP is
+///    blocked.
+/// 2. **Opening, then checking.** Two Linux masquerading NATs that punch at the same moment
+///    fail: the first packet to reach a NAT leaves a conntrack entry that pushes the other
+///    side's mapping onto a new port. So each side first sends *opening* probes with a low IP
+///    TTL ([`PathConfig::punch_ttl`]): they create its own NAT's mapping towards the peer and
+///    die in the network before the far NAT. It then says so (`opened: true`). Only when both
+///    sides have opened do the real checks ([`Message::PathProbe`], normal TTL) start, and they
+///    go through both NATs as replies of mappings that already exist. A check is answered on
+///    the path it came by, so a peer behind a symmetric NAT that reaches a public or
+///    full-cone peer from an unexpected port still gets its answer (and the answering side
+///    learns that port as a peer-reflexive candidate).
+/// 3. **Choice.** The controlling side (the caller) picks the best working path: a host
+///    candidate (same LAN) before a reflexive one, lower RTT first, direct before the relay;
+///    it moves the session there ([`PathAction::UsePath`]) and the other side follows when the
+///    first packet arrives on it (the endpoint moves a session to where authenticated data
+///    comes from).
+/// 4. **Watching.** While a call is up the active path is probed when nothing else arrives,
+///    3 times a second while on hold; receiver reports ([`Message::MediaReport`]) give the loss
+///    the peer sees. When the active path is silent for [`PathConfig::dead_after`], or loss
+///    stays above [`PathConfig::max_loss`] or RTT above [`PathConfig::max_rtt`] for two
+///    reports, the manager switches to the next path (in the end the relay) without ending the
+///    call; direct candidates are re-probed every second and win back once they answered
+///    [`PathConfig::recover_after`] times in a row. The other side, which otherwise only
+///    follows, falls back to the relay by itself when its path stays silent for twice
+///    `dead_after` (its NAT restarted, say, and the controlling side's packets no longer reach
+///    it).
+/// 5. **Gathering again.** Candidates can change mid-call (a NAT that rebinds to a new port,
+///    a new network): [`PathManager::update_local_candidates`] sends them again, after opening
+///    probes from the new mapping; the peer opens towards the new ones, answers with its own
+///    candidates, and the checks run again over the new pairs. Until that answer this side
+///    sends no checks, so none reaches the peer's NAT before the peer opened towards it.
+///
+/// | kind | method |
+/// |---|---|
+/// | input | [`PathManager::handle_message`] (candidates and reports from the peer) |
+/// | input | [`PathManager::probe_answered`], [`PathManager::probe_received`], [`PathManager::heard`], [`PathManager::path_changed`] (from the endpoint) |
+/// | input | [`PathManager::handle_timeout`] |
+/// | command | [`PathManager::set_hold`], [`PathManager::set_relay`], [`PathManager::set_local_candidates`], [`PathManager::update_local_candidates`] |
+/// | output | [`PathManager::poll_action`], [`PathManager::poll_timeout`] |
 #[derive(Debug)]
 pub struct PathManager {
     cfg: PathConfig,

@@ -1,99 +1,4 @@
 //! Call signalling: one device's calls, as a sans-IO state machine.
-//!
-//! [`CallMachine`] runs on every device. It sees call messages ([`Message::CallInvite`] and the
-//! rest of the `0x40` range) that arrived over authenticated sessions, with the peer's user
-//! name and device id the session proved, and produces messages to send to peer devices
-//! ([`CallTransmit`]), events for the application ([`CallEvent`]) and one deadline. It never
-//! touches a socket or a clock: the owner feeds `now` into every call.
-//!
-//! | kind | method |
-//! |---|---|
-//! | input | [`CallMachine::handle_message`] (a call message from a peer device) |
-//! | input | [`CallMachine::handle_heard`] (the transport heard from a device: media, keep-alive) |
-//! | input | [`CallMachine::handle_timeout`] |
-//! | command | [`CallMachine::call`], [`CallMachine::answer`], [`CallMachine::decline`], [`CallMachine::hang_up`], [`CallMachine::hold`], [`CallMachine::resume`] |
-//! | output | [`CallMachine::poll_transmit`], [`CallMachine::poll_event`], [`CallMachine::poll_timeout`] |
-//!
-//! Drain order is the crate's: transmits, then events, then the deadline once.
-//!
-//! # States
-//!
-//! ```text
-//!                call()                          Answer from a callee device (first wins;
-//!   idle ───────────────────► Outgoing ─────────► the caller confirms with Answer, tells the
-//!    │                        (inviting, then      others AnsweredElsewhere) ──────┐
-//!    │                         ringing)                                              │
-//!    │                          │ Decline / all Busy / ring timeout / hang_up        ▼
-//!    │                          └──────────► Ended(Declined | Busy | Missed |     Active ◄──┐
-//!    │ Invite                                      Cancelled)               (hold/resume: │
-//!    ▼                answer()                                               local and    │
-//!  Incoming ───────────────────► Answering ── caller's Answer (confirm) ──► remote flags)─┘
-//!  (ringing)                        │                                          │
-//!    │ decline() / Cancel /         │ AnsweredElsewhere / Cancel /             │ Hangup / hang_up()
-//!    │ AnsweredElsewhere /          │ no confirmation within peer_timeout      │ / silence for
-//!    │ ring timeout / caller silent ▼                                          ▼ peer_timeout
-//!    └─────────────────────► Ended(Declined | Cancelled | AnsweredElsewhere | Missed |
-//!                                  PeerVanished | HungUp)
-//! ```
-//!
-//! A device has at most one call. An invite that arrives while it has one is answered
-//! [`Message::CallBusy`] (no call waiting), except in glare (below).
-//!
-//! # Multi-device
-//!
-//! [`CallMachine::call`] invites every device of the callee. Each device rings and answers
-//! [`Message::CallRinging`]. The **first** [`Message::CallAnswer`] to reach the caller wins:
-//! the caller sends `CallAnswer` back to that device (the confirmation that moves it from
-//! Answering to Active) and [`Message::CallAnsweredElsewhere`] to every other invited device,
-//! which stops ringing ([`EndReason::AnsweredElsewhere`]). A device whose answer arrives later
-//! gets `CallAnsweredElsewhere` too. One `Decline` from any device declines the call for the
-//! user (the others get `CallCancel`); `Busy` removes one device, and the call ends Busy when
-//! every invited device is busy.
-//!
-//! # Glare
-//!
-//! When a device with an unanswered outgoing call to user U gets an invite from U, the call
-//! with the **lower call id** (byte order) survives, on both sides, without another round
-//! trip: if the incoming call's id is lower, the device cancels its own call (to all of U's
-//! devices), reports [`CallEvent::GlareMerged`] and answers the incoming call automatically;
-//! otherwise it ignores the incoming invite (no Busy, which would race) and waits for U's
-//! device to do the mirror image and answer. Both sides end up in the same single call.
-//!
-//! # Replay protection
-//!
-//! Invites carry the caller's wall-clock time; one older than `max_invite_age` (60 s) or more
-//! than `max_skew` (30 s) in the future is dropped. Every accepted invite's call id is
-//! remembered with its nonce until the invite could no longer pass the age check. A repeated
-//! (call id, nonce) from the same device while that call still rings is a retransmission and
-//! is answered again (Ringing or Busy) without ringing twice; anything else with a known call
-//! id is a replay and is dropped. Every drop is counted in [`CallStats`].
-//!
-//! The memory is bounded, and what it forgets it refuses wholesale: an evicted entry raises a
-//! timestamp **floor** for the device that sent it, and an invite not remembered from that
-//! device with a timestamp at or below its floor is refused, so an evicted invite replayed
-//! later is still refused. Floors are per device so that one device cannot shut out the
-//! others:
-//!
-//! * a device has at most `max_seen_per_device` (16) entries; its next invite evicts its own
-//!   oldest one and raises its own floor. A device that floods invites only raises the floor
-//!   under its own invites;
-//! * all devices together have at most `max_seen` (1024); when full, the oldest entry is
-//!   evicted and the floor of *its* device raised. The current incoming call's entry is evicted
-//!   last, so its caller's retransmissions are still answered;
-//! * at most `max_seen` devices have a floor, each forgotten once the age check refuses every
-//!   invite under it. When every slot is taken, the lowest floor is folded into a floor for all
-//!   devices (counted in [`CallStats::global_floor_raises`]): the one fallback that refuses
-//!   other devices' invites, and then only those stamped at or below the lowest floor.
-//!
-//! # Liveness
-//!
-//! The caller retransmits invites every `retransmit_interval` (1 s) to devices that have not
-//! answered Ringing and sends [`Message::CallKeepAlive`] to the ringing ones; a ringing device
-//! whose caller stays silent for `peer_timeout` (5 s) stops ringing ([`EndReason::PeerVanished`]).
-//! In a call both sides send `CallKeepAlive` every `keepalive_interval` (1 s), carrying their
-//! own hold flag (which repairs a lost Hold or Resume), and the call ends PeerVanished after
-//! `peer_timeout` of silence; [`CallMachine::handle_heard`] lets the owner count media
-//! packets as signs of life too.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -130,7 +35,7 @@ pub struct CallConfig {
     /// How far in the future an invite's timestamp may be (30 s).
     pub max_skew: Duration,
     /// Most invites remembered for replay protection, over all devices (1024); also the most
-    /// devices with a replay floor of their own. See the [module docs](self).
+    /// devices with a replay floor of their own. See [`CallMachine`].
     pub max_seen: usize,
     /// Most invites remembered from one device (16): its next invite evicts its own oldest,
     /// so one device flooding invites cannot evict (and raise the floor of) any other.
@@ -330,7 +235,7 @@ pub struct CallStats {
     /// this one more often than it could answer.
     pub seen_device_evictions: u64,
     /// Per-device floors folded into the floor for all devices because `max_seen` devices
-    /// held one: each may refuse other devices' old invites (see the [module docs](self)).
+    /// held one: each may refuse other devices' old invites (see [`CallMachine`]).
     pub global_floor_raises: u64,
     /// Non-call messages handed to the machine.
     pub not_call: u64,
@@ -389,7 +294,104 @@ struct Ended {
     user: UserName,
 }
 
-/// One device's call signalling machine. See the [module docs](self).
+/// One device's call signalling machine.
+///
+/// Call signalling: one device's calls, as a sans-IO state machine.
+///
+/// [`CallMachine`] runs on every device. It sees call messages ([`Message::CallInvite`] and the
+/// rest of the `0x40` range) that arrived over authenticated sessions, with the peer's user
+/// name and device id the session proved, and produces messages to send to peer devices
+/// ([`CallTransmit`]), events for the application ([`CallEvent`]) and one deadline. It never
+/// touches a socket or a clock: the owner feeds `now` into every call.
+///
+/// | kind | method |
+/// |---|---|
+/// | input | [`CallMachine::handle_message`] (a call message from a peer device) |
+/// | input | [`CallMachine::handle_heard`] (the transport heard from a device: media, keep-alive) |
+/// | input | [`CallMachine::handle_timeout`] |
+/// | command | [`CallMachine::call`], [`CallMachine::answer`], [`CallMachine::decline`], [`CallMachine::hang_up`], [`CallMachine::hold`], [`CallMachine::resume`] |
+/// | output | [`CallMachine::poll_transmit`], [`CallMachine::poll_event`], [`CallMachine::poll_timeout`] |
+///
+/// Drain order is the crate's: transmits, then events, then the deadline once.
+///
+/// # States
+///
+/// ```text
+///                call()                          Answer from a callee device (first wins;
+///   idle ───────────────────► Outgoing ─────────► the caller confirms with Answer, tells the
+///    │                        (inviting, then      others AnsweredElsewhere) ──────┐
+///    │                         ringing)                                              │
+///    │                          │ Decline / all Busy / ring timeout / hang_up        ▼
+///    │                          └──────────► Ended(Declined | Busy | Missed |     Active ◄──┐
+///    │ Invite                                      Cancelled)               (hold/resume: │
+///    ▼                answer()                                               local and    │
+///  Incoming ───────────────────► Answering ── caller's Answer (confirm) ──► remote flags)─┘
+///  (ringing)                        │                                          │
+///    │ decline() / Cancel /         │ AnsweredElsewhere / Cancel /             │ Hangup / hang_up()
+///    │ AnsweredElsewhere /          │ no confirmation within peer_timeout      │ / silence for
+///    │ ring timeout / caller silent ▼                                          ▼ peer_timeout
+///    └─────────────────────► Ended(Declined | Cancelled | AnsweredElsewhere | Missed |
+///                                  PeerVanished | HungUp)
+/// ```
+///
+/// A device has at most one call. An invite that arrives while it has one is answered
+/// [`Message::CallBusy`] (no call waiting), except in glare (below).
+///
+/// # Multi-device
+///
+/// [`CallMachine::call`] invites every device of the callee. Each device rings and answers
+/// [`Message::CallRinging`]. The **first** [`Message::CallAnswer`] to reach the caller wins:
+/// the caller sends `CallAnswer` back to that device (the confirmation that moves it from
+/// Answering to Active) and [`Message::CallAnsweredElsewhere`] to every other invited device,
+/// which stops ringing ([`EndReason::AnsweredElsewhere`]). A device whose answer arrives later
+/// gets `CallAnsweredElsewhere` too. One `Decline` from any device declines the call for the
+/// user (the others get `CallCancel`); `Busy` removes one device, and the call ends Busy when
+/// every invited device is busy.
+///
+/// # Glare
+///
+/// When a device with an unanswered outgoing call to user U gets an invite from U, the call
+/// with the **lower call id** (byte order) survives, on both sides, without another round
+/// trip: if the incoming call's id is lower, the device cancels its own call (to all of U's
+/// devices), reports [`CallEvent::GlareMerged`] and answers the incoming call automatically;
+/// otherwise it ignores the incoming invite (no Busy, which would race) and waits for U's
+/// device to do the mirror image and answer. Both sides end up in the same single call.
+///
+/// # Replay protection
+///
+/// Invites carry the caller's wall-clock time; one older than `max_invite_age` (60 s) or more
+/// than `max_skew` (30 s) in the future is dropped. Every accepted invite's call id is
+/// remembered with its nonce until the invite could no longer pass the age check. A repeated
+/// (call id, nonce) from the same device while that call still rings is a retransmission and
+/// is answered again (Ringing or Busy) without ringing twice; anything else with a known call
+/// id is a replay and is dropped. Every drop is counted in [`CallStats`].
+///
+/// The memory is bounded, and what it forgets it refuses wholesale: an evicted entry raises a
+/// timestamp **floor** for the device that sent it, and an invite not remembered from that
+/// device with a timestamp at or below its floor is refused, so an evicted invite replayed
+/// later is still refused. Floors are per device so that one device cannot shut out the
+/// others:
+///
+/// * a device has at most `max_seen_per_device` (16) entries; its next invite evicts its own
+///   oldest one and raises its own floor. A device that floods invites only raises the floor
+///   under its own invites;
+/// * all devices together have at most `max_seen` (1024); when full, the oldest entry is
+///   evicted and the floor of *its* device raised. The current incoming call's entry is evicted
+///   last, so its caller's retransmissions are still answered;
+/// * at most `max_seen` devices have a floor, each forgotten once the age check refuses every
+///   invite under it. When every slot is taken, the lowest floor is folded into a floor for all
+///   devices (counted in [`CallStats::global_floor_raises`]): the one fallback that refuses
+///   other devices' invites, and then only those stamped at or below the lowest floor.
+///
+/// # Liveness
+///
+/// The caller retransmits invites every `retransmit_interval` (1 s) to devices that have not
+/// answered Ringing and sends [`Message::CallKeepAlive`] to the ringing ones; a ringing device
+/// whose caller stays silent for `peer_timeout` (5 s) stops ringing ([`EndReason::PeerVanished`]).
+/// In a call both sides send `CallKeepAlive` every `keepalive_interval` (1 s), carrying their
+/// own hold flag (which repairs a lost Hold or Resume), and the call ends PeerVanished after
+/// `peer_timeout` of silence; [`CallMachine::handle_heard`] lets the owner count media
+/// packets as signs of life too.
 #[derive(Debug)]
 pub struct CallMachine {
     device: DeviceId,

@@ -1,24 +1,4 @@
 //! Joining the overlay as an ordinary node: finding super nodes and keeping links to them.
-//!
-//! The [`Attacher`] is a sub-machine of the node. It owns the [`HostCache`] and decides; the
-//! node facade carries its [`AttachAction`]s out on the endpoint and the driver, and feeds the
-//! outcomes back. A round, as the original network did it and better:
-//!
-//! 1. **Probe**: STUN Binding requests over UDP to the best few (default 5) host-cache entries
-//!    at once. Answers give each super node's round-trip time (and the node's reflexive
-//!    address).
-//! 2. **Link**: TCP connections to the fastest responders, each carrying a Noise session and an
-//!    `OverlayAttach`; the node keeps [`AttachConfig::links`] (default 2) attached links. When
-//!    no probe is answered within [`AttachConfig::probe_window`], UDP is treated as blocked and
-//!    the node goes straight to TCP with every candidate. A TCP connection refused or timing
-//!    out on the main port is retried on the super node's fallback port, then on its
-//!    TLS-wrapped port (the stand-ins for 80 and 443, [`AttachConfig::fallback_ports`]),
-//!    which strict firewalls pass.
-//! 3. **Keep**: a lost link (its stream closed, its session timed out, a handover) starts a new
-//!    round at once; the other link keeps the node attached meanwhile. Rounds that attach
-//!    nothing back off with jitter (0.5 s doubling to 30 s, each delay drawn from its upper
-//!    half). When failures have pruned every host-cache entry, the entries the cache started
-//!    with (the bootstrap list) are put back, so the node keeps trying.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -310,7 +290,29 @@ struct Probe {
     rtt: Option<Duration>,
 }
 
-/// The ordinary node's attach logic. See the [module documentation](self).
+/// The ordinary node's attach logic.
+///
+/// Joining the overlay as an ordinary node: finding super nodes and keeping links to them.
+///
+/// The [`Attacher`] is a sub-machine of the node. It owns the [`HostCache`] and decides; the
+/// node facade carries its [`AttachAction`]s out on the endpoint and the driver, and feeds the
+/// outcomes back. A round, as the original network did it and better:
+///
+/// 1. **Probe**: STUN Binding requests over UDP to the best few (default 5) host-cache entries
+///    at once. Answers give each super node's round-trip time (and the node's reflexive
+///    address).
+/// 2. **Link**: TCP connections to the fastest responders, each carrying a Noise session and an
+///    `OverlayAttach`; the node keeps [`AttachConfig::links`] (default 2) attached links. When
+///    no probe is answered within [`AttachConfig::probe_window`], UDP is treated as blocked and
+///    the node goes straight to TCP with every candidate. A TCP connection refused or timing
+///    out on the main port is retried on the super node's fallback port, then on its
+///    TLS-wrapped port (the stand-ins for 80 and 443, [`AttachConfig::fallback_ports`]),
+///    which strict firewalls pass.
+/// 3. **Keep**: a lost link (its stream closed, its session timed out, a handover) starts a new
+///    round at once; the other link keeps the node attached meanwhile. Rounds that attach
+///    nothing back off with jitter (0.5 s doubling to 30 s, each delay drawn from its upper
+///    half). When failures have pruned every host-cache entry, the entries the cache started
+///    with (the bootstrap list) are put back, so the node keeps trying.
 #[derive(Debug)]
 pub struct Attacher {
     cfg: AttachConfig,

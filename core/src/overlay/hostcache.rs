@@ -1,11 +1,4 @@
 //! The host cache: the super nodes a node knows, with their history.
-//!
-//! Up to [`HostCache::CAPACITY`] (200, as the original network kept) entries, each with its
-//! address, Noise static key, when it was last seen working and how often connecting to it
-//! succeeded or failed. It is seeded from the network file's bootstrap list, refreshed from
-//! super nodes (attach answers, host cache exchanges), pruned of entries that keep failing or
-//! have not been seen for a week, and saved in the node's data directory ([`HostCache::encode`]
-//! and [`HostCache::decode`]; the runtime does the file I/O).
 
 use std::net::SocketAddr;
 
@@ -43,7 +36,16 @@ impl CacheEntry {
     }
 }
 
-/// The host cache. See the [module documentation](self).
+/// The host cache.
+///
+/// The host cache: the super nodes a node knows, with their history.
+///
+/// Up to [`HostCache::CAPACITY`] (200, as the original network kept) entries, each with its
+/// address, Noise static key, when it was last seen working and how often connecting to it
+/// succeeded or failed. It is seeded from the network file's bootstrap list, refreshed from
+/// super nodes (attach answers, host cache exchanges), pruned of entries that keep failing or
+/// have not been seen for a week, and saved in the node's data directory ([`HostCache::encode`]
+/// and [`HostCache::decode`]; the runtime does the file I/O).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostCache {
     entries: Vec<CacheEntry>,

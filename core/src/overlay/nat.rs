@@ -1,33 +1,4 @@
 //! NAT and firewall behaviour discovery (RFC 5780), as a sans-IO machine.
-//!
-//! [`NatProbe`] talks to a STUN server that has a second address (OTHER-ADDRESS: another IP
-//! and port; super nodes serve this) from the node's own socket, and classifies what sits
-//! between the node and the Internet:
-//!
-//! 1. **Binding** to the server's primary address. No answer after the retries: UDP is blocked.
-//!    The answer gives the mapped address `M1` and the server's other address `A`. If `M1` is
-//!    one of the node's own addresses there is no NAT.
-//! 2. **Filtering**, first, while the node has contacted only the primary address: a Binding
-//!    to the primary address asking the server to answer from its other IP and port
-//!    (CHANGE-REQUEST). An answer means endpoint-independent filtering; otherwise asking for a
-//!    change of port only tells address-dependent (answer) from address-and-port-dependent
-//!    (none). (Run after the mapping tests, which send to the other IP, an address-dependent
-//!    filter would already be open for it and pass as endpoint-independent.)
-//! 3. **Mapping** (behind a NAT): a Binding to another IP gives `M2`: to `A`'s IP with the
-//!    primary port (RFC 5780's test II), falling back to `A` itself when that goes unanswered
-//!    (a partner super node on another port). Not to `A` first: the filtering test's answer
-//!    from `A` reached the NAT unasked, and a Linux NAT (conntrack) keeps an entry for it that
-//!    forces the node's own later flow to `A` onto a new port, so a port-restricted cone looked
-//!    symmetric (seen in the network-namespace tests). `M2 == M1` means
-//!    endpoint-independent mapping, anything else an address-dependent or
-//!    address-and-port-dependent one, which are the same for hole punching ("symmetric": the
-//!    peer cannot predict the port), so RFC 5780's third mapping test is not needed. `A` may
-//!    be the same host's second address or a partner super node's
-//!    (`natter_overlay::stun::StunServer::single_address`).
-//!
-//! Tests that are expected to go unanswered (filtering) cost their timeout; with the defaults
-//! (3 tries, 200 ms apart) a full classification takes under 2 s in the worst case and a few
-//! round trips in the common one.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -164,7 +135,38 @@ enum Test {
     FilterChangePort,
 }
 
-/// The RFC 5780 probe. See the [module documentation](self).
+/// The RFC 5780 probe.
+///
+/// NAT and firewall behaviour discovery (RFC 5780), as a sans-IO machine.
+///
+/// [`NatProbe`] talks to a STUN server that has a second address (OTHER-ADDRESS: another IP
+/// and port; super nodes serve this) from the node's own socket, and classifies what sits
+/// between the node and the Internet:
+///
+/// 1. **Binding** to the server's primary address. No answer after the retries: UDP is blocked.
+///    The answer gives the mapped address `M1` and the server's other address `A`. If `M1` is
+///    one of the node's own addresses there is no NAT.
+/// 2. **Filtering**, first, while the node has contacted only the primary address: a Binding
+///    to the primary address asking the server to answer from its other IP and port
+///    (CHANGE-REQUEST). An answer means endpoint-independent filtering; otherwise asking for a
+///    change of port only tells address-dependent (answer) from address-and-port-dependent
+///    (none). (Run after the mapping tests, which send to the other IP, an address-dependent
+///    filter would already be open for it and pass as endpoint-independent.)
+/// 3. **Mapping** (behind a NAT): a Binding to another IP gives `M2`: to `A`'s IP with the
+///    primary port (RFC 5780's test II), falling back to `A` itself when that goes unanswered
+///    (a partner super node on another port). Not to `A` first: the filtering test's answer
+///    from `A` reached the NAT unasked, and a Linux NAT (conntrack) keeps an entry for it that
+///    forces the node's own later flow to `A` onto a new port, so a port-restricted cone looked
+///    symmetric (seen in the network-namespace tests). `M2 == M1` means
+///    endpoint-independent mapping, anything else an address-dependent or
+///    address-and-port-dependent one, which are the same for hole punching ("symmetric": the
+///    peer cannot predict the port), so RFC 5780's third mapping test is not needed. `A` may
+///    be the same host's second address or a partner super node's
+///    (`natter_overlay::stun::StunServer::single_address`).
+///
+/// Tests that are expected to go unanswered (filtering) cost their timeout; with the defaults
+/// (3 tries, 200 ms apart) a full classification takes under 2 s in the worst case and a few
+/// round trips in the common one.
 #[derive(Debug)]
 pub struct NatProbe {
     cfg: NatProbeConfig,

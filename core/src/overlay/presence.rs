@@ -1,20 +1,4 @@
 //! Presence records: what the global index stores about a user's device.
-//!
-//! A record is signed by the device's own Ed25519 key and carries the device's certificate
-//! from the login authority, so anyone (a super node storing it, a searcher reading it) can
-//! check it without trusting whoever handed it over:
-//!
-//! * the certificate verifies against the trusted authorities **as of the record's timestamp**
-//!   (a record stays findable for the retention period, 72 hours, after the user's last login,
-//!   longer than a certificate lives);
-//! * the signature is the certified device's, over everything else in the record;
-//! * the device is not revoked;
-//! * the record is not older than the retention period nor from the future (5 minutes of clock
-//!   skew allowed);
-//! * between two records of one device, the higher sequence number wins
-//!   ([`PresenceRecord::supersedes`]), so a replayed or stale record never replaces a fresh one.
-//!
-//! A user with several devices has one record per device.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -63,6 +47,22 @@ pub enum PresenceError {
 }
 
 /// A signed statement of where a device is (or was last seen).
+///
+/// A record is signed by the device's own Ed25519 key and carries the device's certificate
+/// from the login authority, so anyone (a super node storing it, a searcher reading it) can
+/// check it without trusting whoever handed it over:
+///
+/// * the certificate verifies against the trusted authorities **as of the record's timestamp**
+///   (a record stays findable for the retention period, 72 hours, after the user's last login,
+///   longer than a certificate lives);
+/// * the signature is the certified device's, over everything else in the record;
+/// * the device is not revoked;
+/// * the record is not older than the retention period nor from the future (5 minutes of clock
+///   skew allowed);
+/// * between two records of one device, the higher sequence number wins
+///   ([`PresenceRecord::supersedes`]), so a replayed or stale record never replaces a fresh one.
+///
+/// A user with several devices has one record per device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceRecord {
     /// The device's certificate (user name, device id, keys).
@@ -221,7 +221,7 @@ impl PresenceRecord {
         Ok(rec)
     }
 
-    /// Check everything listed in the [module documentation](self) at wall-clock `now`.
+    /// Check everything listed in [`PresenceRecord`]'s documentation at wall-clock `now`.
     pub fn verify(
         &self,
         trusted: &TrustedAuthorities,
