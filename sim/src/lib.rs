@@ -91,7 +91,6 @@
 #![deny(missing_docs)]
 
 mod config;
-pub mod index;
 mod link;
 mod mapped;
 mod nat;
