@@ -39,7 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("natter-overlay", &["natter-core"]),
     ("natter-transport", &["natter-core", "natter-overlay"]),
     ("natter-media", &["natter-core"]),
-    ("natter-sim", &["natter-core", "natter-overlay"]),
+    ("natter-sim", &["natter-core"]),
 ];
 
 fn metadata() -> serde_json::Value {

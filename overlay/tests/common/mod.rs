@@ -1,5 +1,8 @@
-//! Helpers shared by the loopback tests.
+//! Helpers shared by the integration tests: logging users in and searching over real sockets
+//! (the loopback tests), and [`sim`] for the scenarios in the simulator.
 #![allow(dead_code)]
+
+pub mod sim;
 
 use std::time::Duration;
 
