@@ -56,6 +56,8 @@
 //!
 //! # Example
 //!
+//! With the `toy` feature (a tiny ping/echo/reflector machine for tests and examples):
+//!
 //! ```
 //! use std::time::Duration;
 //! use natter_sim::toy::{ToyEvent, ToyMachine};
@@ -97,6 +99,7 @@ mod nat;
 mod rng;
 mod sim;
 mod stream;
+#[cfg(feature = "toy")]
 pub mod toy;
 mod trace;
 
