@@ -104,7 +104,7 @@ pub mod toy;
 mod trace;
 
 pub use config::{SimConfig, StreamConfig};
-pub use link::LinkConfig;
+pub use link::{LinkConfig, OneWayLink};
 pub use mapped::Mapped;
 pub use nat::{FilteringBehavior, MappingBehavior, MappingInfo, NatConfig, PortAllocation};
 pub use sim::{Deadline, HostId, NatId, Network, Node, Sim};
