@@ -24,13 +24,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use natter_benches::index_sim::{one_way, IndexReport, IndexSim, IndexSimConfig, PhaseReport};
 use natter_core::crypto::Capabilities;
 use natter_core::overlay::PresenceRecord;
 use natter_core::rng::Rng;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_core::wire::message::{HostEntry, Message};
 use natter_overlay::dht::{Dht, DhtConfig, Ring};
-use natter_benches::index_sim::{one_way, IndexReport, IndexSim, IndexSimConfig, PhaseReport};
 use serde_json::json;
 
 const SECOND: Duration = Duration::from_secs(1);

@@ -348,7 +348,10 @@ mod tests {
         let mut none = OneWayLink::new(LinkConfig::IDEAL.burst(3.0), 1);
         assert!((0..100).all(|_| none.transit() == Some(Duration::ZERO)));
         for burst in [f64::NAN, f64::INFINITY, 1.0, -2.0] {
-            assert!(!LinkConfig::IDEAL.loss(0.2).burst(burst).is_bursty(), "{burst}");
+            assert!(
+                !LinkConfig::IDEAL.loss(0.2).burst(burst).is_bursty(),
+                "{burst}"
+            );
         }
         assert!(!LinkConfig::IDEAL.loss(f64::NAN).burst(3.0).is_bursty());
     }

@@ -145,7 +145,9 @@ fn every_segment_and_direction_has_its_own_chain() {
         if bursty_downlink {
             sim.set_access_link(carol, bursty);
         } else {
-            let path = LinkConfig::with_latency(Duration::from_millis(25)).loss(0.2).burst(6.0);
+            let path = LinkConfig::with_latency(Duration::from_millis(25))
+                .loss(0.2)
+                .burst(6.0);
             sim.set_link(alice, carol, path);
             sim.set_link(bob, carol, path);
         }
