@@ -1,5 +1,5 @@
-//! The global index at scale, in the message-level simulator (`natter_sim::index`): real
-//! `Dht` machines, real signed records, virtual time.
+//! The global index at scale, in the message-level simulator
+//! (`natter_benches::index_sim`): real `Dht` machines, real signed records, virtual time.
 //!
 //! For 1,000 and 10,000 super nodes (100,000 users at 10,000; 10 per super node at 1,000):
 //! heavy-tailed super-node sessions (Pareto, shape 1.5, median 4 h), one virtual hour of
@@ -24,13 +24,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use natter_benches::index_sim::{one_way, IndexReport, IndexSim, IndexSimConfig, PhaseReport};
 use natter_core::crypto::Capabilities;
 use natter_core::overlay::PresenceRecord;
 use natter_core::rng::Rng;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_core::wire::message::{HostEntry, Message};
 use natter_overlay::dht::{Dht, DhtConfig, Ring};
-use natter_sim::index::{one_way, IndexReport, IndexSim, IndexSimConfig, PhaseReport};
 use serde_json::json;
 
 const SECOND: Duration = Duration::from_secs(1);

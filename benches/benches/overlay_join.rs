@@ -23,14 +23,17 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::hash::BuildHasher;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_core::crypto::{Capabilities, LocalIdentity};
+use natter_core::crypto::{Capabilities, LocalIdentity, UserName};
 use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::proto::Version;
 use natter_core::overlay::AttachEvent;
@@ -446,84 +449,104 @@ fn log_in(net: &NetworkFile, dir: &Path, user: &str) -> LocalIdentity {
     identity(net, li)
 }
 
-/// A port p with UDP and TCP p, p+1, p+2 free on 127.0.0.1 and UDP p, p+1 on 127.0.0.2.
-fn free_ports(salt: u16) -> u16 {
-    for i in 0..4000u16 {
-        let p = 20_000 + (salt.wrapping_mul(97).wrapping_add(i.wrapping_mul(7))) % 30_000;
-        let ok = (0..3).all(|k| {
-            UdpSocket::bind(("127.0.0.1", p + k)).is_ok()
-                && TcpListener::bind(("127.0.0.1", p + k)).is_ok()
-        }) && UdpSocket::bind(("127.0.0.2", p)).is_ok()
-            && UdpSocket::bind(("127.0.0.2", p + 1)).is_ok();
-        if ok {
-            return p;
+/// Runs `start` with random base ports (below Linux's ephemeral range) until none of the
+/// sockets it binds on `base..base + span` is taken (`AddrInUse`). The sockets it binds are the
+/// ones used, so no other process can take a port between choosing and binding it.
+fn on_free_ports<T>(span: u16, mut start: impl FnMut(u16) -> io::Result<T>) -> T {
+    const PORTS: std::ops::Range<u16> = 20_000..32_000;
+    let random = RandomState::new();
+    for attempt in 0u64..100 {
+        let room = u64::from(PORTS.end - PORTS.start - span);
+        let base = PORTS.start + (random.hash_one(attempt) % room) as u16;
+        match start(base) {
+            Ok(t) => return t,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("binding ports {base}..{}: {e}", base + span),
         }
     }
-    panic!("no free ports");
+    panic!("no free block of {span} ports in 100 tries");
+}
+
+/// Polls `cond` every 10 ms until it holds (true) or `deadline` passes (false).
+fn wait_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 struct SuperNodes {
     addrs: Vec<SocketAddr>,
     rts: Vec<Option<Runtime<Watched>>>,
     bootstrap: HostCache,
+    /// With UDP blocked: the main UDP ports, held where nothing answers.
+    _silent: Vec<UdpSocket>,
 }
 
 /// Forced super nodes listening on TCP main, fallback (+1) and TLS (+2) ports. With
-/// `udp_blocked` their one UDP socket is on an ephemeral port that nobody probes, so every
-/// probe to their main port goes unanswered, as behind a firewall that drops UDP.
+/// `udp_blocked` their one UDP socket is on an ephemeral port that nobody probes, and their
+/// main UDP port is held by a socket that never answers, so every probe to it goes
+/// unanswered, as behind a firewall that drops UDP.
 fn spawn_super_nodes(ids: Vec<LocalIdentity>, udp_blocked: bool, salt: u16) -> SuperNodes {
-    let mut addrs = Vec::new();
-    let mut bootstrap = HostCache::new();
-    for i in 0..ids.len() {
-        let p = free_ports(salt.wrapping_add(i as u16 * 131));
-        let addr = SocketAddr::from(([127, 0, 0, 1], p));
-        addrs.push(addr);
-        bootstrap.insert(addr, None, wall_clock());
-    }
-    let mut rts = Vec::new();
-    for (i, (id, addr)) in ids.into_iter().zip(&addrs).enumerate() {
-        let mut cfg = NodeConfig::new(
-            id,
-            seed(1000 + u64::from(salt) + i as u64),
-            wall_clock(),
-            Instant::now(),
-            *addr,
-        );
-        cfg.role = RolePolicy::Force;
-        cfg.host_cache = bootstrap.clone();
-        let udp = if udp_blocked {
-            vec![SocketAddr::from(([127, 0, 0, 1], 0))]
-        } else {
-            cfg.stun_alternate = Some(SocketAddr::from(([127, 0, 0, 2], addr.port() + 1)));
-            let probe = Node::new(cfg.clone(), Instant::now());
-            probe.bind_addresses()
-        };
-        let tcp = vec![
-            (*addr, false),
-            (SocketAddr::new(addr.ip(), addr.port() + 1), false),
-            (SocketAddr::new(addr.ip(), addr.port() + 2), true),
-        ];
-        let traffic = Arc::new(Traffic::default());
-        let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
-            cfg.clock_anchor = now;
-            Watched::new(Node::new(cfg, now), traffic)
-        })
-        .expect("super node runtime");
-        rts.push(Some(rt));
-    }
+    // A block of 4 ports per super node, tried until every one binds.
+    let (addrs, bootstrap, rts, silent) = on_free_ports(4 * ids.len() as u16, |base| {
+        let addrs: Vec<SocketAddr> = (0..ids.len() as u16)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], base + 4 * i)))
+            .collect();
+        let mut bootstrap = HostCache::new();
+        for addr in &addrs {
+            bootstrap.insert(*addr, None, wall_clock());
+        }
+        let mut rts = Vec::new();
+        let mut silent = Vec::new();
+        for (i, (id, addr)) in ids.iter().zip(&addrs).enumerate() {
+            let mut cfg = NodeConfig::new(
+                id.clone(),
+                seed(1000 + u64::from(salt) + i as u64),
+                wall_clock(),
+                Instant::now(),
+                *addr,
+            );
+            cfg.role = RolePolicy::Force;
+            cfg.host_cache = bootstrap.clone();
+            let udp = if udp_blocked {
+                silent.push(UdpSocket::bind(addr)?);
+                vec![SocketAddr::from(([127, 0, 0, 1], 0))]
+            } else {
+                cfg.stun_alternate = Some(SocketAddr::from(([127, 0, 0, 2], addr.port() + 1)));
+                let probe = Node::new(cfg.clone(), Instant::now());
+                probe.bind_addresses()
+            };
+            let tcp = vec![
+                (*addr, false),
+                (SocketAddr::new(addr.ip(), addr.port() + 1), false),
+                (SocketAddr::new(addr.ip(), addr.port() + 2), true),
+            ];
+            let traffic = Arc::new(Traffic::default());
+            let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
+                cfg.clock_anchor = now;
+                Watched::new(Node::new(cfg, now), traffic)
+            })?;
+            rts.push(Some(rt));
+        }
+        Ok((addrs, bootstrap, rts, silent))
+    });
     // Let them link up with each other before anyone is timed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline
-        && !rts.iter().flatten().all(|rt: &Runtime<Watched>| {
+    wait_until(Instant::now() + Duration::from_secs(10), || {
+        rts.iter().flatten().all(|rt: &Runtime<Watched>| {
             rt.command(|w, _| w.node.attached().len()) >= SUPER_NODES - 1
         })
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
     SuperNodes {
         addrs,
         rts,
         bootstrap,
+        _silent: silent,
     }
 }
 
@@ -1189,21 +1212,37 @@ fn main() {
     drop(blocked_members);
     drop(blocked_sns);
 
-    // 4a. Idle traffic over real sockets; the simulations run meanwhile on this thread.
-    let settle = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < settle
-        && !open_members
+    // 4a. Idle traffic over real sockets; the simulations run meanwhile on this thread. The
+    // window starts once every node knows its NAT type and the super nodes hold the presence
+    // record that says it (the first re-publication after joining).
+    wait_until(Instant::now() + Duration::from_secs(5), || {
+        open_members
             .iter()
             .all(|m| m.rt.command(|w, _| w.node.nat().is_some()))
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    });
+    let names: Vec<UserName> = open_users
+        .iter()
+        .map(|u| UserName::parse(u).expect("user name"))
+        .collect();
+    wait_until(Instant::now() + Duration::from_secs(5), || {
+        open_sns.rts.iter().flatten().all(|rt| {
+            let names = names.clone();
+            rt.command(move |w, _| {
+                let Some(index) = w.node.index() else {
+                    return false;
+                };
+                names
+                    .iter()
+                    .all(|u| index.store().held(u).iter().any(|r| r.nat != 0))
+            })
+        })
+    });
     let traffic: Vec<Arc<Traffic>> = open_members.iter().map(|m| m.traffic.clone()).collect();
     eprintln!("4. {idle_secs} s of idle traffic on the loopback nodes (simulations meanwhile)...");
     let idle_thread = std::thread::spawn(move || {
         let t0 = Instant::now();
         let before: Vec<Counts> = traffic.iter().map(|t| t.snapshot()).collect();
+        // The measurement itself: idle traffic is counted over this much wall-clock time.
         std::thread::sleep(Duration::from_secs(idle_secs));
         let after: Vec<Counts> = traffic.iter().map(|t| t.snapshot()).collect();
         let window = t0.elapsed();

@@ -20,7 +20,8 @@
 //! * [`receiver`]: jitter buffer plus decoder, with statistics and reports.
 //! * [`quality`]: RFC 3550 jitter and the E-model MOS.
 //! * [`audio`]: sources and sinks (WAV, synthetic, push/pull, cpal devices), resampling.
-//! * [`netsim`] and [`loopback`]: the simulated network and `natter media-loopback`.
+//! * [`loopback`]: `natter media-loopback`, over the simulator's link model
+//!   ([`natter_sim::OneWayLink`]).
 //!
 //! ## Example: a frame through sender and receiver
 //!
@@ -55,7 +56,6 @@ pub mod codec;
 pub mod frame;
 pub mod jitter;
 pub mod loopback;
-pub mod netsim;
 pub mod opus_packet;
 pub mod quality;
 pub mod receiver;

@@ -3,7 +3,7 @@
 //! ```text
 //! WAV -> resample to the codec rate -> 20 ms frames -> MediaSender (Opus, FEC, RED)
 //!     -> media frame -> Session::seal (the real encrypted envelope, fixed test keys)
-//!     -> Link (seeded loss / Gilbert-Elliott bursts, delay, jitter)
+//!     -> natter_sim::OneWayLink (seeded loss / Gilbert-Elliott bursts, delay, jitter)
 //!     -> Packet::decode + Session::open -> MediaReceiver (jitter buffer, Opus decode)
 //!     -> 10 ms playout pulls -> WAV, time-aligned with the input
 //! ```
@@ -33,13 +33,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use natter_core::crypto::Session;
 use natter_core::wire::packet::{Channel, Packet, SessionIndex};
+use natter_sim::{LinkConfig, OneWayLink};
 use serde_json::json;
 
 use crate::audio::resample::resample_all;
 use crate::audio::wav;
 use crate::audio::AudioError;
 use crate::codec::{CodecConfig, CodecError, FrameDuration, SampleRate};
-use crate::netsim::{Impairments, Link};
 use crate::receiver::{MediaReceiver, ReceiverConfig, ReceiverReport, ReceiverStats};
 use crate::sender::{MediaSender, SenderConfig, SenderStats};
 
@@ -55,8 +55,11 @@ const MEDIA_CONTROL: u8 = 0x50;
 /// Settings of one loopback run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopbackConfig {
-    /// Network impairments (both directions).
-    pub impairments: Impairments,
+    /// The network, the same both ways (each direction with its own seed and loss chain):
+    /// `latency` is the fixed one-way delay, `jitter` the uniform extra delay (which
+    /// reorders), `loss` the long-run loss and `burst` its mean burst length
+    /// (Gilbert-Elliott; 1 means independent loss). Duplication is not modelled.
+    pub link: LinkConfig,
     /// Opus base bitrate, bit/s.
     pub bitrate: u32,
     /// Sample rate of the codec.
@@ -78,7 +81,7 @@ pub struct LoopbackConfig {
 impl Default for LoopbackConfig {
     fn default() -> Self {
         Self {
-            impairments: Impairments::default(),
+            link: LinkConfig::IDEAL,
             bitrate: CodecConfig::default().bitrate,
             rate: SampleRate::Wideband,
             frame: FrameDuration::Ms20,
@@ -165,10 +168,10 @@ impl LoopbackResult {
             "frame_ms": config.frame.ms(),
             "seed": config.seed,
             "impairments": {
-                "loss_pct": round(config.impairments.loss * 100.0, 2),
-                "burst": config.impairments.burst,
-                "jitter_ms": config.impairments.jitter.as_millis() as u64,
-                "delay_ms": config.impairments.delay.as_millis() as u64,
+                "loss_pct": round(config.link.loss * 100.0, 2),
+                "burst": config.link.burst,
+                "jitter_ms": config.link.jitter.as_millis() as u64,
+                "delay_ms": config.link.latency.as_millis() as u64,
             },
             "frames_sent": self.sender.sent,
             "network_lost": self.network_lost,
@@ -269,18 +272,18 @@ pub fn run_samples(
         ..ReceiverConfig::default()
     })?;
     receiver.set_codec_delay(Duration::from_secs_f64(lookahead as f64 / f64::from(hz)));
-    let rtt = config.impairments.delay * 2 + config.impairments.jitter;
+    let rtt = config.link.latency * 2 + config.link.jitter;
     receiver.set_rtt(rtt);
     let (mut alice, mut bob) = sessions(t0);
-    let mut forward = Link::new(config.impairments, config.seed);
-    let mut backward = Link::new(config.impairments, config.seed ^ 0x9E37_79B9_7F4A_7C15);
+    let mut forward = OneWayLink::new(config.link, config.seed);
+    let mut backward = OneWayLink::new(config.link, config.seed ^ 0x9E37_79B9_7F4A_7C15);
     let mut phase_rng = natter_core::rng::Rng::from_seed(config.seed.wrapping_add(17));
     let phase_us = (phase_rng.unit() * PULL.as_micros() as f64) as u64;
 
     let input_len = input.len();
     let end_us = (input_len as u64 * 1_000_000 / u64::from(hz))
-        + config.impairments.delay.as_micros() as u64
-        + config.impairments.jitter.as_micros() as u64
+        + config.link.latency.as_micros() as u64
+        + config.link.jitter.as_micros() as u64
         + 1_000_000;
 
     // Events: (time µs, kind order, sequence) -> payload. Deliveries sort before pulls.
@@ -412,7 +415,7 @@ pub fn run_samples(
     }
 
     // Latency of every sample played from real audio.
-    let net_us = config.impairments.delay.as_micros() as f64;
+    let net_us = config.link.latency.as_micros() as f64;
     let mut lat_ms = Vec::new();
     let mut shifts = Vec::new();
     let mut delay_steps: Vec<(f64, f64)> = Vec::new();
@@ -553,12 +556,10 @@ pub fn main(args: LoopbackArgs) -> i32 {
         }
     };
     let config = LoopbackConfig {
-        impairments: Impairments {
-            loss: (args.loss / 100.0).clamp(0.0, 0.99),
-            burst: args.burst.max(1.0),
-            delay: Duration::from_millis(args.delay_ms),
-            jitter: Duration::from_millis(args.jitter_ms),
-        },
+        link: LinkConfig::with_latency(Duration::from_millis(args.delay_ms))
+            .jitter(Duration::from_millis(args.jitter_ms))
+            .loss((args.loss / 100.0).clamp(0.0, 0.99))
+            .burst(args.burst.max(1.0)),
         bitrate: args
             .bitrate
             .map(|k| (k * 1000.0) as u32)
@@ -626,10 +627,7 @@ mod tests {
     #[test]
     fn loss_is_recovered_by_fec_and_red() {
         let config = LoopbackConfig {
-            impairments: Impairments {
-                loss: 0.10,
-                ..Impairments::default()
-            },
+            link: LinkConfig::IDEAL.loss(0.10),
             seed: 3,
             ..LoopbackConfig::default()
         };
@@ -642,10 +640,7 @@ mod tests {
         assert!(r.sender.red_blocks > 0);
         // 5 % without redundancy: in-band FEC.
         let config = LoopbackConfig {
-            impairments: Impairments {
-                loss: 0.05,
-                ..Impairments::default()
-            },
+            link: LinkConfig::IDEAL.loss(0.05),
             seed: 5,
             max_red: 0,
             ..LoopbackConfig::default()
@@ -661,10 +656,7 @@ mod tests {
     #[test]
     fn jitter_is_absorbed() {
         let config = LoopbackConfig {
-            impairments: Impairments {
-                jitter: Duration::from_millis(40),
-                ..Impairments::default()
-            },
+            link: LinkConfig::IDEAL.jitter(Duration::from_millis(40)),
             ..LoopbackConfig::default()
         };
         let r = run_speech(&config, 8.0);

@@ -7,10 +7,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{enrol, login_server, search};
+use common::{
+    enrol, listens_on, login_server, on_free_ports, refusing_tcp, search, silent_udp, spawn_node,
+    wait_until,
+};
 use natter_core::overlay::AttachEvent;
 use natter_core::overlay::HostCache;
 use natter_core::overlay::SearchResult;
@@ -20,22 +23,9 @@ use natter_transport::wall_clock;
 
 const SUPER_NODES: usize = 5;
 const NODES: usize = 50;
-
-/// A port p such that UDP and TCP p, p+1, p+2 are free on 127.0.0.1 and UDP p+1 on 127.0.0.2.
-fn free_ports(seed: u16) -> u16 {
-    for i in 0..2000u16 {
-        let p = 20_000 + (seed.wrapping_mul(97).wrapping_add(i * 7)) % 30_000;
-        let ok = (0..3).all(|k| {
-            UdpSocket::bind(("127.0.0.1", p + k)).is_ok()
-                && TcpListener::bind(("127.0.0.1", p + k)).is_ok()
-        }) && UdpSocket::bind(("127.0.0.2", p)).is_ok()
-            && UdpSocket::bind(("127.0.0.2", p + 1)).is_ok();
-        if ok {
-            return p;
-        }
-    }
-    panic!("no free ports");
-}
+/// Ports per super node: UDP and TCP on its port p, TCP on p + 1 and p + 2 (fallback and
+/// TLS), UDP on p + 1 (STUN change port) and on 127.0.0.2:p + 1 (its alternate).
+const SN_PORTS: u16 = 4;
 
 #[test]
 fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
@@ -43,37 +33,38 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
     let server = login_server(dir.path());
     let net = server.network().clone();
 
-    // Super nodes: forced role, STUN alternate on 127.0.0.2, TCP on the main, fallback and TLS ports.
-    let mut sn_addrs = Vec::new();
-    let mut bootstrap = HostCache::new();
-    for i in 0..SUPER_NODES {
-        let p = free_ports(i as u16 * 13 + std::process::id() as u16);
-        let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
-        sn_addrs.push(addr);
-        bootstrap.insert(addr, None, wall_clock());
-    }
-    let mut sns = Vec::new();
-    for (i, addr) in sn_addrs.iter().enumerate() {
-        let id = enrol(&net, dir.path(), &format!("sn{i}"));
-        let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), *addr);
-        cfg.role = RolePolicy::Force;
-        // Every super node sits on 127.0.0.1: lift the per-/24 cap of the index ring.
-        cfg.ring_prefix_cap = 64;
-        cfg.stun_alternate = Some(SocketAddr::new(
-            "127.0.0.2".parse().unwrap(),
-            addr.port() + 1,
-        ));
-        cfg.host_cache = bootstrap.clone();
-        let probe = Node::new(cfg.clone(), Instant::now());
-        let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
-        drop(probe);
-        let rt = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
-            cfg.clock_anchor = now;
-            Node::new(cfg, now)
-        })
-        .unwrap();
-        sns.push(Some(rt));
-    }
+    // Super nodes: forced role, STUN alternate on 127.0.0.2, TCP on the main, fallback and TLS
+    // ports; each knows them all. A block of ports is tried until all five bind.
+    let sn_ids: Vec<_> = (0..SUPER_NODES)
+        .map(|i| enrol(&net, dir.path(), &format!("sn{i}")))
+        .collect();
+    let (sn_addrs, bootstrap, mut sns) = on_free_ports(SN_PORTS * SUPER_NODES as u16, |base| {
+        let sn_addrs: Vec<SocketAddr> = (0..SUPER_NODES as u16)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], base + i * SN_PORTS)))
+            .collect();
+        let mut bootstrap = HostCache::new();
+        for addr in &sn_addrs {
+            bootstrap.insert(*addr, None, wall_clock());
+        }
+        let mut sns = Vec::new();
+        for (i, (addr, id)) in sn_addrs.iter().zip(&sn_ids).enumerate() {
+            let mut cfg = NodeConfig::new(
+                id.clone(),
+                [i as u8; 32],
+                wall_clock(),
+                Instant::now(),
+                *addr,
+            );
+            cfg.role = RolePolicy::Force;
+            // Every super node sits on 127.0.0.1: lift the per-/24 cap of the index ring.
+            cfg.ring_prefix_cap = 64;
+            cfg.stun_alternate = Some(SocketAddr::from(([127, 0, 0, 2], addr.port() + 1)));
+            cfg.host_cache = bootstrap.clone();
+            let bind = listens_on(&cfg);
+            sns.push(Some(spawn_node(cfg, bind)?));
+        }
+        Ok((sn_addrs, bootstrap, sns))
+    });
 
     let mut ids = Vec::new();
     for i in 0..NODES {
@@ -104,43 +95,35 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
             .iter()
             .all(|n| n.command(|m, _| m.attached().len()) >= want)
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !all_attached(&nodes, 2) {
-        if Instant::now() >= deadline {
-            for (i, n) in nodes.iter().enumerate() {
-                let (attached, cache) = n.command(|m, now| {
-                    (
-                        m.attached(),
-                        format!("{} / {}", m.host_cache().len(), m.describe_attach(now)),
-                    )
-                });
-                if attached.len() < 2 {
-                    let ev: Vec<_> = n.events().try_iter().collect();
-                    eprintln!(
-                        "node {i}: attached {attached:?}, host cache {cache}; events: {ev:?}"
-                    );
-                }
+    if !wait_until(Instant::now() + Duration::from_secs(60), || {
+        all_attached(&nodes, 2)
+    }) {
+        for (i, n) in nodes.iter().enumerate() {
+            let (attached, cache) = n.command(|m, now| {
+                (
+                    m.attached(),
+                    format!("{} / {}", m.host_cache().len(), m.describe_attach(now)),
+                )
+            });
+            if attached.len() < 2 {
+                let ev: Vec<_> = n.events().try_iter().collect();
+                eprintln!("node {i}: attached {attached:?}, host cache {cache}; events: {ev:?}");
             }
-            panic!("not every node attached twice in 60 s");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        panic!("not every node attached twice in 60 s");
     }
     let attach_time = started.elapsed();
     eprintln!("50 nodes attached to two super nodes each in {attach_time:?}");
     // And the index ring has formed: every super node knows every other one (membership and
     // ring sync take a few seconds; records published before then sat on partial replica
     // sets until the next repair, and a kill right after attaching raced that).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sns
-        .iter()
-        .all(|s| s.as_ref().unwrap().command(|m, _| m.ring_len()) == SUPER_NODES)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the index ring did not form in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(Instant::now() + Duration::from_secs(30), || {
+            sns.iter()
+                .all(|s| s.as_ref().unwrap().command(|m, _| m.ring_len()) == SUPER_NODES)
+        }),
+        "the index ring did not form in 30 s"
+    );
     eprintln!(
         "index ring of {SUPER_NODES} formed in {:?}",
         started.elapsed()
@@ -270,30 +253,41 @@ fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
     let dir = tempfile::tempdir().unwrap();
     let server = login_server(dir.path());
     let net = server.network().clone();
-    let mut bootstrap = HostCache::new();
-    let mut sns = Vec::new();
-    for i in 0..2 {
-        let p = free_ports(i as u16 * 31 + 7 + std::process::id() as u16);
-        let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
-        bootstrap.insert(addr, None, wall_clock());
-        let id = enrol(&net, dir.path(), &format!("tls-sn{i}"));
-        let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), addr);
-        cfg.role = RolePolicy::Force;
-        // Its UDP socket sits elsewhere (nothing answers on the main port), and only the TLS
-        // port (main + 2) listens for TCP.
-        let rt = Runtime::spawn(
-            RuntimeConfig {
+    // Two super nodes whose UDP socket sits elsewhere (nothing answers on the main port) and
+    // that listen for TCP only on the TLS port (main + 2). The main UDP port and the main and
+    // plain fallback TCP ports are held where nothing answers, so no other process can answer
+    // there either.
+    let sn_ids: Vec<_> = (0..2)
+        .map(|i| enrol(&net, dir.path(), &format!("tls-sn{i}")))
+        .collect();
+    let (bootstrap, _sns, _held) = on_free_ports(8, |base| {
+        let mut bootstrap = HostCache::new();
+        let mut sns = Vec::new();
+        let mut held = (Vec::new(), Vec::new());
+        for (i, id) in sn_ids.iter().enumerate() {
+            let p = base + 4 * i as u16;
+            let addr = SocketAddr::from(([127, 0, 0, 1], p));
+            bootstrap.insert(addr, None, wall_clock());
+            let mut cfg = NodeConfig::new(
+                id.clone(),
+                [i as u8; 32],
+                wall_clock(),
+                Instant::now(),
+                addr,
+            );
+            cfg.role = RolePolicy::Force;
+            held.0.push(silent_udp(addr)?);
+            held.1.push(refusing_tcp(addr)?);
+            held.1
+                .push(refusing_tcp(SocketAddr::new(addr.ip(), p + 1))?);
+            let bind = RuntimeConfig {
                 udp: vec!["127.0.0.1:0".parse().unwrap()],
                 tcp: vec![(SocketAddr::new(addr.ip(), p + 2), true)],
-            },
-            move |now, _| {
-                cfg.clock_anchor = now;
-                Node::new(cfg, now)
-            },
-        )
-        .unwrap();
-        sns.push(rt);
-    }
+            };
+            sns.push(spawn_node(cfg, bind)?);
+        }
+        Ok((bootstrap, sns, held))
+    });
     let id = enrol(&net, dir.path(), "walled");
     let cache = bootstrap.clone();
     let node = Runtime::spawn(
@@ -335,62 +329,63 @@ fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
 fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
     use natter_core::overlay::{FallbackPorts, LinkTransport};
     let ips = ["127.0.0.1", "127.0.0.3"];
-    let free = |p: u16| {
-        ips.iter()
-            .all(|ip| TcpListener::bind((*ip, p)).is_ok() && UdpSocket::bind((*ip, p)).is_ok())
-    };
-    let base = 20_000 + (std::process::id() as u16).wrapping_mul(61) % 30_000;
-    let mut candidates = (0..3000u16).map(|i| 20_000 + (base + i * 3) % 30_000);
-    // The fallback pair, and a main port per super node with nothing on TCP.
-    let plain = candidates.find(|p| free(*p) && free(p + 1)).unwrap();
-    let ports = FallbackPorts::Absolute {
-        plain,
-        tls: plain + 1,
-    };
-    let main = candidates.find(|p| *p > plain + 1 && free(*p)).unwrap();
-
     let dir = tempfile::tempdir().unwrap();
     let server = login_server(dir.path());
     let net = server.network().clone();
-    let mut bootstrap = HostCache::new();
-    let mut sns = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        let addr: SocketAddr = format!("{ip}:{main}").parse().unwrap();
-        bootstrap.insert(addr, None, wall_clock());
-        let id = enrol(&net, dir.path(), &format!("plain-sn{i}"));
-        let mut cfg = NodeConfig::new(id, [i as u8; 32], wall_clock(), Instant::now(), addr);
-        cfg.role = RolePolicy::Force;
-        cfg.attach.fallback_ports = ports;
-        let listen = Node::new(cfg.clone(), Instant::now()).tcp_listen_addresses();
-        let ip = addr.ip();
-        assert_eq!(
-            listen,
-            [
-                (addr, false),
-                (SocketAddr::new(ip, plain), false),
-                (SocketAddr::new(ip, plain + 1), true)
-            ],
-            "a super node listens on the configured ports"
-        );
-        // The firewall: its UDP socket sits elsewhere (nothing answers on the main port),
-        // and of its TCP ports only the plain fallback one is reachable.
-        let tcp: Vec<_> = listen
-            .into_iter()
-            .filter(|(a, tls)| !tls && *a != addr)
-            .collect();
-        let rt = Runtime::spawn(
-            RuntimeConfig {
+    let sn_ids: Vec<_> = (0..ips.len())
+        .map(|i| enrol(&net, dir.path(), &format!("plain-sn{i}")))
+        .collect();
+    // On both IPs: a main port where nothing answers (UDP held silent, TCP refused), the plain
+    // fallback port where the super node listens, and the TLS port, refused.
+    let (ports, bootstrap, _sns, _held) = on_free_ports(3, |main| {
+        let plain = main + 1;
+        let ports = FallbackPorts::Absolute {
+            plain,
+            tls: plain + 1,
+        };
+        let mut bootstrap = HostCache::new();
+        let mut sns = Vec::new();
+        let mut held = (Vec::new(), Vec::new());
+        for (i, (ip, id)) in ips.iter().zip(&sn_ids).enumerate() {
+            let addr: SocketAddr = format!("{ip}:{main}").parse().unwrap();
+            bootstrap.insert(addr, None, wall_clock());
+            let mut cfg = NodeConfig::new(
+                id.clone(),
+                [i as u8; 32],
+                wall_clock(),
+                Instant::now(),
+                addr,
+            );
+            cfg.role = RolePolicy::Force;
+            cfg.attach.fallback_ports = ports;
+            let listen = listens_on(&cfg).tcp;
+            let ip = addr.ip();
+            assert_eq!(
+                listen,
+                [
+                    (addr, false),
+                    (SocketAddr::new(ip, plain), false),
+                    (SocketAddr::new(ip, plain + 1), true)
+                ],
+                "a super node listens on the configured ports"
+            );
+            held.0.push(silent_udp(addr)?);
+            held.1.push(refusing_tcp(addr)?);
+            held.1.push(refusing_tcp(SocketAddr::new(ip, plain + 1))?);
+            // The firewall: its UDP socket sits elsewhere (nothing answers on the main port),
+            // and of its TCP ports only the plain fallback one is reachable.
+            let tcp: Vec<_> = listen
+                .into_iter()
+                .filter(|(a, tls)| !tls && *a != addr)
+                .collect();
+            let bind = RuntimeConfig {
                 udp: vec![SocketAddr::new(ip, 0)],
                 tcp,
-            },
-            move |now, _| {
-                cfg.clock_anchor = now;
-                Node::new(cfg, now)
-            },
-        )
-        .unwrap();
-        sns.push(rt);
-    }
+            };
+            sns.push(spawn_node(cfg, bind)?);
+        }
+        Ok((ports, bootstrap, sns, held))
+    });
     let id = enrol(&net, dir.path(), "plain-walled");
     let cache = bootstrap.clone();
     let node = Runtime::spawn(
@@ -450,22 +445,18 @@ fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
 fn silent_and_junk_tcp_connections_are_closed() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
-    let port = free_ports(7);
     let dir = tempfile::tempdir().unwrap();
     let server = login_server(dir.path());
     let net = server.network().clone();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let id = enrol(&net, dir.path(), "claim-sn");
-    let mut cfg = NodeConfig::new(id, [3; 32], wall_clock(), Instant::now(), addr);
-    cfg.role = RolePolicy::Force;
-    cfg.stream_claim_timeout = Duration::from_secs(1);
-    let node = Node::new(cfg.clone(), Instant::now());
-    let (udp, tcp) = (node.bind_addresses(), node.tcp_listen_addresses());
-    let sn = Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
-        cfg.clock_anchor = now;
-        Node::new(cfg, now)
-    })
-    .unwrap();
+    let (addr, sn) = on_free_ports(3, |port| {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cfg = NodeConfig::new(id.clone(), [3; 32], wall_clock(), Instant::now(), addr);
+        cfg.role = RolePolicy::Force;
+        cfg.stream_claim_timeout = Duration::from_secs(1);
+        let bind = listens_on(&cfg);
+        Ok((addr, spawn_node(cfg, bind)?))
+    });
     let silent = TcpStream::connect(addr).unwrap();
     let mut junk = TcpStream::connect(addr).unwrap();
     // Well-framed but meaningless: a 4-byte frame of zeros.

@@ -5,19 +5,29 @@
 //!   (RFC 5780 mapping and filtering tests).
 //! * coturn's `turnserver` (STUN only, no auth, two listening IPs for RFC 5780) answers our
 //!   codec's Binding requests, with and without CHANGE-REQUEST, and our RFC 5780 classifier
-//!   ([`NatProbe`], driven over a real socket by `UdpNode`) classifies loopback against it.
+//!   ([`NatProbe`], driven over a real socket by the transport [`Runtime`]) classifies
+//!   loopback against it.
 //! * A full [`Node`] in the super-node role, run by the transport [`Runtime`], answers
 //!   `turnutils_stunclient` and `turnutils_natdiscovery`.
 //!
 //! The whole of 127.0.0.0/8 answers on Linux loopback, so 127.0.0.2 serves as the alternate
-//! IP. Without the coturn binaries the tests print `SKIPPED: ...` and pass, unless
+//! IP. Our servers bind the ports they use (random ones, again on `AddrInUse`: they need a
+//! port and the one above it); coturn is started on random ports until it has bound them all
+//! (it logs a failed bind, and every address must answer with coturn's SOFTWARE). Without the
+//! coturn binaries the tests print `SKIPPED: ...` and pass, unless
 //! `NATTER_REQUIRE_COTURN=1` (as `make test` sets), in which case they fail.
 
+mod common;
+
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::on_free_ports;
 
 use natter_core::overlay::{Filtering, NatEvent, NatProbe, NatProbeConfig, NatType};
 use natter_core::sansio::{Destination, Input, Machine, Transmit};
@@ -55,28 +65,6 @@ fn coturn_installed() -> bool {
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-/// A port `p` such that `p` and `p + 1` looked free on both loopback IPs a moment ago.
-fn free_port_pair() -> u16 {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
-        let p = probe.local_addr().unwrap().port();
-        drop(probe);
-        if p == u16::MAX {
-            continue;
-        }
-        let all_free = [PRIMARY_IP, ALTERNATE_IP]
-            .iter()
-            .flat_map(|ip| [addr(ip, p), addr(ip, p + 1)])
-            .map(UdpSocket::bind)
-            .collect::<io::Result<Vec<_>>>()
-            .is_ok();
-        if all_free {
-            return p;
-        }
-    }
-    panic!("no free port pair on loopback");
 }
 
 /// Run a command to completion, killing it after `timeout`.
@@ -128,22 +116,15 @@ fn addresses(output: &str, label: &str) -> Vec<SocketAddr> {
 /// Our server on loopback: with an alternate, bound on all four of
 /// {127.0.0.1, 127.0.0.2} × {P, P + 1}.
 fn spawn_server(alternate: bool) -> (UdpNode<StunServer>, SocketAddr, Option<SocketAddr>) {
-    for _ in 0..20 {
-        let p = free_port_pair();
+    on_free_ports(2, |p| {
         let primary = addr(PRIMARY_IP, p);
         let other = alternate.then(|| addr(ALTERNATE_IP, p + 1));
         let server = StunServer::new(primary, other).unwrap();
         let addrs = server.local_addresses();
-        match UdpNode::spawn_multi(&addrs, move |_| server) {
-            Ok(node) => {
-                assert_eq!(node.local_addrs(), &addrs[..]);
-                return (node, primary, other);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("binding {addrs:?}: {e}"),
-        }
-    }
-    panic!("could not bind the STUN server");
+        let node = UdpNode::spawn_multi(&addrs, move |_| server)?;
+        assert_eq!(node.local_addrs(), &addrs[..]);
+        Ok((node, primary, other))
+    })
 }
 
 /// Runs coturn's `turnutils_stunclient` against `primary`. The client never gives up on its
@@ -207,20 +188,22 @@ fn our_server_answers_turnutils_stunclient() {
 /// Runs coturn's `turnutils_natdiscovery` against the server at `primary` (alternate
 /// `other`) and checks what loopback must give: no NAT, every answer from where RFC 5780 says.
 fn natdiscovery_finds_no_nat(primary: SocketAddr, other: SocketAddr) {
-    let local_port = UdpSocket::bind(addr(PRIMARY_IP, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let out = stdout_of(
-        Command::new("turnutils_natdiscovery")
-            .args(["-m", "-f", "-L", PRIMARY_IP, "-l"])
-            .arg(local_port.to_string())
-            .arg("-p")
-            .arg(primary.port().to_string())
-            .arg(PRIMARY_IP),
-        Duration::from_secs(20),
-    );
+    // Its mapping test binds the local port given: a random one, again if it was taken.
+    let (local_port, out) = on_free_ports(1, |local_port| {
+        let out = stdout_of(
+            Command::new("turnutils_natdiscovery")
+                .args(["-m", "-f", "-L", PRIMARY_IP, "-l"])
+                .arg(local_port.to_string())
+                .arg("-p")
+                .arg(primary.port().to_string())
+                .arg(PRIMARY_IP),
+            Duration::from_secs(20),
+        );
+        if out.contains("Address already in use") {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        Ok((local_port, out))
+    });
     // Loopback has no NAT: both RFC 5780 tests find endpoint-independent behaviour.
     assert!(
         out.contains("NAT with Endpoint Independent Mapping!"),
@@ -307,13 +290,29 @@ struct Coturn {
     primary: SocketAddr,
 }
 
+/// Ports of the coturn servers this test process started (two tests must not pick the same:
+/// coturn binds with `SO_REUSEPORT`, so a second one on a port would share it silently).
+static COTURN_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
 impl Coturn {
     /// coturn in STUN-only, no-auth mode on 127.0.0.1:P (and 127.0.0.2 when `alternate`),
     /// its alternate port P + 1 (the default), no TCP, TLS, DTLS or CLI, and no config file:
-    /// Debian's /etc/turnserver.conf turns RFC 5780 and MAPPED-ADDRESS off.
+    /// Debian's /etc/turnserver.conf turns RFC 5780 and MAPPED-ADDRESS off. Returns once every
+    /// address answers, so the NAT probe's few tries are not spent on a server still starting.
     fn start(alternate: bool) -> Self {
+        on_free_ports(2, |p| {
+            if !COTURN_PORTS.lock().unwrap().insert(p) {
+                return Err(io::ErrorKind::AddrInUse.into());
+            }
+            Self::try_start(alternate, p)
+        })
+    }
+
+    /// coturn on port `p`, once all its addresses answer; `AddrInUse` (coturn stopped) when
+    /// one of its ports was taken: it logs the failed bind (and keeps retrying), and whatever
+    /// holds the port answers without coturn's SOFTWARE attribute, or not at all.
+    fn try_start(alternate: bool, p: u16) -> io::Result<Self> {
         let dir = tempfile::tempdir().unwrap();
-        let p = free_port_pair();
         let log = File::create(dir.path().join("turnserver.log")).unwrap();
         let mut cmd = Command::new("turnserver");
         cmd.args([
@@ -341,11 +340,37 @@ impl Coturn {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let child = cmd.spawn().expect("turnserver starts");
-        Self {
+        let coturn = Self {
             child,
             dir,
             primary: addr(PRIMARY_IP, p),
+        };
+        // With one IP coturn listens on its primary port only (no RFC 5780).
+        let addresses = if alternate {
+            [PRIMARY_IP, ALTERNATE_IP]
+                .iter()
+                .flat_map(|ip| [addr(ip, p), addr(ip, p + 1)])
+                .collect()
+        } else {
+            vec![addr(PRIMARY_IP, p)]
+        };
+        let socket = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (n, to) in addresses.into_iter().enumerate() {
+            let request = Message::binding_request(transaction(n as u8));
+            loop {
+                if coturn.log().contains("Cannot bind") {
+                    return Err(io::ErrorKind::AddrInUse.into());
+                }
+                match try_exchange(&socket, to, &request, Duration::from_millis(250)) {
+                    Some((m, _)) if is_coturn(&m) => break,
+                    Some(_) => return Err(io::ErrorKind::AddrInUse.into()),
+                    None if Instant::now() < deadline => {}
+                    None => panic!("coturn does not answer on {to}:\n{}", coturn.log()),
+                }
+            }
         }
+        Ok(coturn)
     }
 
     fn log(&self) -> String {
@@ -363,6 +388,31 @@ impl Drop for Coturn {
     }
 }
 
+/// Starting coturn on a port something else holds is noticed (and `start` then tries other
+/// ports): whether the holder answers STUN or not.
+#[test]
+fn coturn_on_a_taken_port_is_noticed() {
+    if !coturn_installed() {
+        return;
+    }
+    let (silent, p) = on_free_ports(2, |p| Ok((UdpSocket::bind(addr(PRIMARY_IP, p))?, p)));
+    let started = Instant::now();
+    assert_eq!(
+        Coturn::try_start(false, p).err().map(|e| e.kind()),
+        Some(io::ErrorKind::AddrInUse)
+    );
+    drop(silent);
+    let (ours, primary, _) = spawn_server(false);
+    assert_eq!(
+        Coturn::try_start(false, primary.port())
+            .err()
+            .map(|e| e.kind()),
+        Some(io::ErrorKind::AddrInUse)
+    );
+    drop(ours);
+    eprintln!("both noticed in {:?}", started.elapsed());
+}
+
 fn transaction(n: u8) -> TransactionId {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -375,15 +425,33 @@ fn transaction(n: u8) -> TransactionId {
     TransactionId(id)
 }
 
+/// Whether a STUN answer came from coturn (its SOFTWARE attribute names it).
+fn is_coturn(m: &Message) -> bool {
+    m.attributes
+        .iter()
+        .any(|a| matches!(a, Attribute::Software(s) if s.starts_with("Coturn")))
+}
+
 /// Send `request` to `to` until a response with its transaction id arrives (coturn may still
 /// be starting); return it and the address it came from.
 fn exchange(socket: &UdpSocket, to: SocketAddr, request: &Message) -> (Message, SocketAddr) {
+    try_exchange(socket, to, request, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no answer from {to} to {request:?}"))
+}
+
+/// [`exchange`], giving up (`None`) after `timeout`.
+fn try_exchange(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    request: &Message,
+    timeout: Duration,
+) -> Option<(Message, SocketAddr)> {
     socket
         .set_read_timeout(Some(Duration::from_millis(250)))
         .unwrap();
     let bytes = request.encode();
     let mut buf = [0u8; 2048];
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         socket.send_to(&bytes, to).unwrap();
         let wait_until = Instant::now() + Duration::from_millis(250);
@@ -391,9 +459,9 @@ fn exchange(socket: &UdpSocket, to: SocketAddr, request: &Message) -> (Message, 
             match socket.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     let m = Message::decode(&buf[..n])
-                        .unwrap_or_else(|e| panic!("coturn's answer {:02x?}: {e}", &buf[..n]));
+                        .unwrap_or_else(|e| panic!("the answer {:02x?}: {e}", &buf[..n]));
                     if m.transaction == request.transaction {
-                        return (m, from);
+                        return Some((m, from));
                     }
                 }
                 Err(e)
@@ -410,7 +478,7 @@ fn exchange(socket: &UdpSocket, to: SocketAddr, request: &Message) -> (Message, 
             }
         }
     }
-    panic!("no answer from {to} to {request:?}");
+    None
 }
 
 fn change_request(n: u8, change_ip: bool, change_port: bool) -> Message {
@@ -596,48 +664,37 @@ impl<M: Machine> Machine for Firewalled<M> {
     }
 }
 
-/// Wait until `server` answers a Binding request (coturn takes a moment to start): the NAT
-/// probe's few tries must not be spent on a server that is not up yet.
-fn wait_until_answering(server: SocketAddr) {
-    let socket = UdpSocket::bind(addr(PRIMARY_IP, 0)).unwrap();
-    let (m, _) = exchange(&socket, server, &Message::binding_request(transaction(0)));
-    assert_eq!(m.class, Class::Success, "{m:?}");
-}
-
-/// Run our [`NatProbe`] against `server` from a UDP socket on 127.0.0.1 (it knows that
-/// address as its own), behind `filter`; return the socket's address, the probe's event, and
-/// where the datagrams that passed and were dropped came from.
+/// Run our [`NatProbe`] against `server` from a UDP socket on 127.0.0.1 (bound to port 0, its
+/// address handed to the probe, which knows it as its own), behind `filter`; return the
+/// socket's address, the probe's event, and where the datagrams that passed and were dropped
+/// came from.
 fn probe_against(
     server: SocketAddr,
     filter: Filtering,
 ) -> (SocketAddr, NatEvent, Vec<SocketAddr>, Vec<SocketAddr>) {
-    for n in 0..20u8 {
-        let port = UdpSocket::bind(addr(PRIMARY_IP, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let local = addr(PRIMARY_IP, port);
-        let cfg = NatProbeConfig::new(server, vec![local], [n; 32]);
-        let spawned = UdpNode::spawn(local, move |now| Firewalled {
-            inner: NatProbe::new(cfg, now),
-            filter,
-            sent: Vec::new(),
-            passed: Vec::new(),
-            dropped: Vec::new(),
-        });
-        let node = match spawned {
-            Ok(node) => node,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("binding {local}: {e}"),
-        };
-        // Worst case: three tests of three tries 200 ms apart go unanswered.
-        let (event, others) = node.wait_for(Duration::from_secs(5), |_| true);
-        let event = event.unwrap_or_else(|| panic!("the probe did not finish: {others:?}"));
-        let (passed, dropped) = node.command(|m, _| (m.passed.clone(), m.dropped.clone()));
-        return (local, event, passed, dropped);
-    }
-    panic!("could not bind a probe socket");
+    let node = Runtime::spawn(
+        RuntimeConfig {
+            udp: vec![addr(PRIMARY_IP, 0)],
+            tcp: vec![],
+        },
+        move |now, bound| {
+            let cfg = NatProbeConfig::new(server, vec![bound[0]], [0; 32]);
+            Firewalled {
+                inner: NatProbe::new(cfg, now),
+                filter,
+                sent: Vec::new(),
+                passed: Vec::new(),
+                dropped: Vec::new(),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("binding a probe socket: {e}"));
+    let local = node.udp_addrs()[0];
+    // Worst case: three tests of three tries 200 ms apart go unanswered.
+    let (event, others) = node.wait_for(Duration::from_secs(5), |_| true);
+    let event = event.unwrap_or_else(|| panic!("the probe did not finish: {others:?}"));
+    let (passed, dropped) = node.command(|m, _| (m.passed.clone(), m.dropped.clone()));
+    (local, event, passed, dropped)
 }
 
 #[test]
@@ -648,7 +705,6 @@ fn our_nat_probe_classifies_loopback_against_coturn() {
     let coturn = Coturn::start(true);
     let primary = coturn.primary;
     let alternate = addr(ALTERNATE_IP, primary.port() + 1);
-    wait_until_answering(primary);
 
     // Loopback: no NAT (the mapped address is the socket's own) and no filtering (coturn's
     // answer from its other IP and port, to the CHANGE-REQUEST, came in): open.
@@ -710,7 +766,6 @@ fn our_nat_probe_reports_coturn_without_alternate_as_unable() {
         return;
     }
     let coturn = Coturn::start(false);
-    wait_until_answering(coturn.primary);
     let (local, event, _, _) = probe_against(coturn.primary, Filtering::EndpointIndependent);
     assert_eq!(
         event,
@@ -726,35 +781,18 @@ fn our_nat_probe_reports_coturn_without_alternate_as_unable() {
 /// transport runtime. It knows no other super node.
 fn spawn_super_node(alternate: bool) -> (Runtime<Node>, SocketAddr, Option<SocketAddr>) {
     let net = TestNetwork::new(11);
-    for i in 0..20u8 {
-        let p = free_port_pair();
+    let identity = net.identity("supernode");
+    on_free_ports(3, |p| {
         let listen = addr(PRIMARY_IP, p);
         let other = alternate.then(|| addr(ALTERNATE_IP, p + 1));
-        let mut cfg = NodeConfig::new(
-            net.identity("supernode"),
-            [i; 32],
-            TEST_WALL,
-            Instant::now(),
-            listen,
-        );
+        let mut cfg = NodeConfig::new(identity.clone(), [1; 32], TEST_WALL, Instant::now(), listen);
         cfg.role = RolePolicy::Force;
         cfg.stun_alternate = other;
-        let probe = Node::new(cfg.clone(), Instant::now());
-        let (udp, tcp) = (probe.bind_addresses(), probe.tcp_listen_addresses());
-        drop(probe);
-        match Runtime::spawn(RuntimeConfig { udp, tcp }, move |now, _| {
-            cfg.clock_anchor = now;
-            Node::new(cfg, now)
-        }) {
-            Ok(rt) => {
-                assert!(rt.command(|m, _| m.is_super_node()));
-                return (rt, listen, other);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("super node on {listen}: {e}"),
-        }
-    }
-    panic!("could not start a super node");
+        let bind = common::listens_on(&cfg);
+        let rt = common::spawn_node(cfg, bind)?;
+        assert!(rt.command(|m, _| m.is_super_node()));
+        Ok((rt, listen, other))
+    })
 }
 
 #[test]

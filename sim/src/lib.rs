@@ -11,7 +11,8 @@
 //!   event queue is ordered by `(time, insertion sequence)`, and [`Sim::run_until`] jumps
 //!   straight from one event to the next.
 //! * **Randomness.** One ChaCha20 generator seeded with [`SimConfig::seed`] makes every
-//!   random decision: loss, jitter, reordering, duplication, NAT port allocation.
+//!   random decision: loss (and the loss chains' steps), jitter, reordering, duplication, NAT
+//!   port allocation.
 //! * **Networks and hosts.** There is one public [`Network::Internet`] plus a private
 //!   [`Network::Lan`] behind every NAT box. A host lives on one network, is bound to one or
 //!   more `SocketAddr`s ([`Sim::add_host`], [`Sim::add_host_behind`], [`Sim::bind`]) and
@@ -23,10 +24,12 @@
 //!   as `natter_core::sansio` prescribes: every transmit, then every event (stored, see
 //!   [`Sim::events`]), then the timer, repeated until nothing new appears. Transmits never
 //!   reach another machine synchronously; every delivery goes through the event queue.
-//! * **Links.** Every hop across a network crosses a [`LinkConfig`] (latency, jitter, loss,
-//!   reordering, duplication): [`SimConfig::internet`] on the internet,
-//!   [`NatConfig::lan_link`] on a LAN, unless [`Sim::set_link`] overrides a pair of nodes;
-//!   [`Sim::set_access_link`] adds a per-node link on top.
+//! * **Links.** Every hop across a network crosses a [`LinkConfig`] (latency, jitter,
+//!   independent or burst loss, reordering, duplication): [`SimConfig::internet`] on the
+//!   internet, [`NatConfig::lan_link`] on a LAN, unless [`Sim::set_link`] overrides a pair of
+//!   nodes; [`Sim::set_access_link`] adds a per-node link on top. Burst loss is a
+//!   Gilbert-Elliott chain per segment and direction; [`OneWayLink`] is one link on its own,
+//!   for code with a virtual-time loop of its own (`natter-media`'s loopback).
 //! * **NATs** ([`Sim::add_nat`], [`NatConfig`]) implement the RFC 4787 mapping and filtering
 //!   behaviours, hairpinning, idle mapping timeouts and random, preserving or sequential
 //!   port allocation. Hosts on the same LAN reach each other directly. NATs can be nested
@@ -55,6 +58,8 @@
 //!   machines send.
 //!
 //! # Example
+//!
+//! With the `toy` feature (a tiny ping/echo/reflector machine for tests and examples):
 //!
 //! ```
 //! use std::time::Duration;
@@ -91,18 +96,18 @@
 #![deny(missing_docs)]
 
 mod config;
-pub mod index;
 mod link;
 mod mapped;
 mod nat;
 mod rng;
 mod sim;
 mod stream;
+#[cfg(feature = "toy")]
 pub mod toy;
 mod trace;
 
 pub use config::{SimConfig, StreamConfig};
-pub use link::LinkConfig;
+pub use link::{LinkConfig, OneWayLink};
 pub use mapped::Mapped;
 pub use nat::{FilteringBehavior, MappingBehavior, MappingInfo, NatConfig, PortAllocation};
 pub use sim::{Deadline, HostId, NatId, Network, Node, Sim};

@@ -11,6 +11,7 @@ use crate::link::clamp_prob;
 ///
 /// Every helper consumes a fixed number of words for a given argument, so the sequence of
 /// decisions depends only on the seed and the sequence of calls.
+#[derive(Clone)]
 pub(crate) struct SimRng(ChaCha20Rng);
 
 impl SimRng {

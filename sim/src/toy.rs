@@ -1,5 +1,6 @@
 //! A tiny [`Machine`] for tests and examples: it pings, echoes, reflects addresses (like a
-//! STUN server) and records everything it receives.
+//! STUN server) and records everything it receives. Behind the `toy` feature: the
+//! simulator's own tests and doctests enable it, applications never need it.
 //!
 //! Wire format (all UDP):
 //!

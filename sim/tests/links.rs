@@ -1,4 +1,5 @@
-//! Link behaviour: latency, loss, jitter, reordering, duplication, overrides.
+//! Link behaviour: latency, independent and bursty loss, jitter, reordering, duplication,
+//! overrides.
 
 mod common;
 
@@ -61,6 +62,123 @@ fn loss_rate_matches_configuration() {
     assert_eq!(c.sent, n);
     assert_eq!(c.delivered + c.dropped_loss, n);
     assert_eq!(c.delivered as f64, got);
+}
+
+/// The sequence numbers `b` did not receive out of `n`, as (long-run loss, mean burst length).
+fn loss_and_burst(received: &[u64], n: u64) -> (f64, f64) {
+    let mut got = vec![false; n as usize];
+    for s in received {
+        got[*s as usize] = true;
+    }
+    let lost = got.iter().filter(|g| !**g).count();
+    let bursts = got.windows(2).filter(|w| w[0] && !w[1]).count() + usize::from(!got[0]);
+    (lost as f64 / n as f64, lost as f64 / bursts.max(1) as f64)
+}
+
+#[test]
+fn bursty_loss_hits_its_long_run_rate_and_mean_burst() {
+    let n = 40_000u64;
+    for (loss, burst, seed) in [(0.2, 3.0, 21), (0.05, 4.0, 22)] {
+        let (mut sim, a, b) = pair(LinkConfig::default().loss(loss).burst(burst), seed);
+        start(&mut sim, a, Duration::from_millis(1), n);
+        sim.run_for(Duration::from_secs(41));
+        let seqs: Vec<u64> = pings(&sim, b).into_iter().map(|(_, s)| s).collect();
+        let (got_loss, got_burst) = loss_and_burst(&seqs, n);
+        eprintln!("loss {loss} burst {burst}: measured {got_loss:.4}, mean burst {got_burst:.3}");
+        assert!(
+            (got_loss - loss).abs() < loss * 0.1,
+            "loss {got_loss}, target {loss}"
+        );
+        assert!(
+            (got_burst - burst).abs() < burst * 0.1,
+            "mean burst {got_burst}, target {burst}"
+        );
+        let c = sim.counters();
+        assert_eq!(c.delivered + c.dropped_loss, n);
+    }
+    // The same long-run loss without bursts: runs of about 1 / (1 - loss).
+    let (mut sim, a, b) = pair(LinkConfig::default().loss(0.2), 21);
+    start(&mut sim, a, Duration::from_millis(1), n);
+    sim.run_for(Duration::from_secs(41));
+    let seqs: Vec<u64> = pings(&sim, b).into_iter().map(|(_, s)| s).collect();
+    let (got_loss, got_burst) = loss_and_burst(&seqs, n);
+    assert!((got_loss - 0.2).abs() < 0.02, "{got_loss}");
+    assert!((got_burst - 1.25).abs() < 0.1, "{got_burst}");
+}
+
+#[test]
+fn seeded_bursty_runs_repeat() {
+    let run = |seed| {
+        let link = LinkConfig::default()
+            .loss(0.3)
+            .burst(5.0)
+            .jitter(Duration::from_millis(3));
+        let (mut sim, a, b) = pair(link, seed);
+        start(&mut sim, a, Duration::from_millis(2), 2000);
+        sim.run_for(Duration::from_secs(5));
+        (sim.digest(), pings(&sim, b))
+    };
+    let (digest, received) = run(9);
+    assert_eq!((digest, received.clone()), run(9));
+    let (other, other_received) = run(10);
+    assert_ne!(digest, other);
+    assert_ne!(received, other_received);
+}
+
+/// Each direction of a segment has its own chain: a burst on the path from Alice to Carol
+/// does not touch Bob's datagrams to Carol; an access link's chain is shared by everything
+/// crossing it, so Carol's bursty downlink loses runs of the interleaved stream.
+#[test]
+fn every_segment_and_direction_has_its_own_chain() {
+    let n = 20_000u64;
+    let run = |bursty_downlink: bool| {
+        let mut sim = sim(31);
+        let alice = toy(&mut sim, "alice", "198.18.0.1:1000");
+        let bob = toy(&mut sim, "bob", "198.18.0.2:1000");
+        let carol_addr = sa("198.18.0.3:3000");
+        let carol = sim.add_host(
+            "carol",
+            carol_addr,
+            ToyMachine::new(carol_addr).with_echo(false),
+        );
+        let bursty = LinkConfig::IDEAL.loss(0.2).burst(6.0);
+        if bursty_downlink {
+            sim.set_access_link(carol, bursty);
+        } else {
+            let path = LinkConfig::with_latency(Duration::from_millis(25))
+                .loss(0.2)
+                .burst(6.0);
+            sim.set_link(alice, carol, path);
+            sim.set_link(bob, carol, path);
+        }
+        // Alice and Bob interleave: Alice at 0, 2, 4 ms, Bob at 1, 3, 5 ms.
+        sim.with_machine(alice, |m: &mut ToyMachine, now| {
+            m.start_pinging(now, carol_addr, Duration::from_millis(2), n / 2)
+        });
+        sim.run_for(Duration::from_millis(1));
+        sim.with_machine(bob, |m: &mut ToyMachine, now| {
+            m.start_pinging(now, carol_addr, Duration::from_millis(2), n / 2)
+        });
+        sim.run_for(Duration::from_secs(30));
+        // The merged stream in sending order: Alice's seq s is slot 2s, Bob's 2s + 1.
+        let alice_addr = sa("198.18.0.1:1000");
+        let slots: Vec<u64> = pings(&sim, carol)
+            .into_iter()
+            .map(|(from, s)| 2 * s + u64::from(from != alice_addr))
+            .collect();
+        loss_and_burst(&slots, n)
+    };
+    // One shared chain: runs of 6 in the merged stream.
+    let (loss, burst) = run(true);
+    eprintln!("shared downlink chain: loss {loss:.4}, mean burst {burst:.3}");
+    assert!((loss - 0.2).abs() < 0.03, "{loss}");
+    assert!((burst - 6.0).abs() < 0.9, "{burst}");
+    // Two independent chains, interleaved: each run of the merged stream is broken up by the
+    // other sender's datagrams, mostly delivered, so runs are short.
+    let (loss, burst) = run(false);
+    eprintln!("two path chains, interleaved: loss {loss:.4}, mean burst {burst:.3}");
+    assert!((loss - 0.2).abs() < 0.03, "{loss}");
+    assert!(burst < 1.6, "{burst}");
 }
 
 #[test]

@@ -150,11 +150,30 @@ impl<E: 'static> Sim<E> {
     }
 
     pub(super) fn sample_delay(&mut self, link: &LinkConfig) -> Duration {
-        let mut d = link.latency + self.rng.duration_up_to(link.jitter);
-        if self.rng.chance(link.reorder) {
-            d += link.reorder_delay;
+        link.delay(&mut self.rng)
+    }
+
+    /// Whether a datagram from `from` to `to` on `network` is lost. Without bursty segments
+    /// that is one draw against the composed loss `link`; otherwise the datagram crosses the
+    /// segments in order, each stepping its own chain, until one loses it.
+    fn datagram_lost(
+        &mut self,
+        network: Network,
+        from: Option<Node>,
+        to: Node,
+        link: &LinkConfig,
+    ) -> bool {
+        let segments = self.link_segments(network, from, to);
+        if !segments.iter().flatten().any(|(_, l)| l.is_bursty()) {
+            return self.rng.chance(link.loss);
         }
-        d
+        for (key, segment) in segments.into_iter().flatten() {
+            let bad = self.loss_chains.entry(key).or_insert(false);
+            if segment.lose(bad, &mut self.rng) {
+                return true;
+            }
+        }
+        false
     }
 
     /// The delay of a reliable transfer over `link`: each loss costs a retransmission
@@ -202,7 +221,7 @@ impl<E: 'static> Sim<E> {
         let now = self.now;
         match &mut packet.body {
             Body::Datagram(_) => {
-                if self.rng.chance(link.loss) {
+                if self.datagram_lost(network, from, to, &link) {
                     self.drop_packet(&packet, DropReason::Loss);
                     return;
                 }

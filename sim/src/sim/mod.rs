@@ -159,6 +159,22 @@ enum Body {
     },
 }
 
+/// One direction of one link segment, which has a loss chain of its own when bursty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum LossChain {
+    /// What `node` sends on its network, across its access link.
+    Upstream(Node),
+    /// The link between two attachment points on `network`, from `from` (`None`: an injected
+    /// datagram with no sender on the network) to `to`.
+    Path {
+        network: Network,
+        from: Option<Node>,
+        to: Node,
+    },
+    /// What `node` receives, across its access link.
+    Downstream(Node),
+}
+
 #[derive(Clone)]
 struct Packet {
     src: SocketAddr,
@@ -274,6 +290,8 @@ pub struct Sim<E> {
     internet: BTreeMap<IpAddr, Node>,
     links: BTreeMap<(Node, Node), LinkConfig>,
     access: BTreeMap<Node, LinkConfig>,
+    /// The state of every bursty segment's Gilbert-Elliott chain (true: in a burst).
+    loss_chains: BTreeMap<LossChain, bool>,
     streams: BTreeMap<StreamId, StreamEnd>,
     next_stream: u64,
     /// Streams machines opened with `StreamCommand::Connect`: (host, the machine's id) to the
@@ -322,6 +340,7 @@ impl<E: 'static> Sim<E> {
             internet: BTreeMap::new(),
             links: BTreeMap::new(),
             access: BTreeMap::new(),
+            loss_chains: BTreeMap::new(),
             streams: BTreeMap::new(),
             next_stream: 1,
             aliases: BTreeMap::new(),

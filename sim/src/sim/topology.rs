@@ -332,8 +332,29 @@ impl<E: 'static> Sim<E> {
         })
     }
 
-    /// The link crossed by a packet from `from` to `to` on `network`.
+    /// The link crossed by a packet from `from` to `to` on `network`: the composition of its
+    /// [segments](Self::link_segments).
     pub(super) fn link_for(&self, network: Network, from: Option<Node>, to: Node) -> LinkConfig {
+        let [up, core, down] = self.link_segments(network, from, to);
+        let mut link = core.map_or(LinkConfig::IDEAL, |(_, l)| l);
+        if let Some((_, a)) = up {
+            link = a.then(&link);
+        }
+        if let Some((_, a)) = down {
+            link = link.then(&a);
+        }
+        link
+    }
+
+    /// The segments a packet from `from` to `to` on `network` crosses, in order, each with the
+    /// key of its loss chain: the sender's access link (upstream), the link between the two
+    /// (an override, or the network's default), the receiver's access link (downstream).
+    pub(super) fn link_segments(
+        &self,
+        network: Network,
+        from: Option<Node>,
+        to: Node,
+    ) -> [Option<(LossChain, LinkConfig)>; 3] {
         let base = match network {
             Network::Internet => self.config.internet,
             Network::Lan(n) => self.nats[n.0].state.config.lan_link,
@@ -341,13 +362,12 @@ impl<E: 'static> Sim<E> {
         let core = from
             .and_then(|f| self.links.get(&ordered(f, to)).copied())
             .unwrap_or(base);
-        let mut link = core;
-        if let Some(a) = self.access_link(network, from) {
-            link = a.then(&link);
-        }
-        if let Some(a) = self.access_link(network, Some(to)) {
-            link = link.then(&a);
-        }
-        link
+        [
+            from.zip(self.access_link(network, from))
+                .map(|(node, l)| (LossChain::Upstream(node), l)),
+            Some((LossChain::Path { network, from, to }, core)),
+            self.access_link(network, Some(to))
+                .map(|l| (LossChain::Downstream(to), l)),
+        ]
     }
 }

@@ -61,7 +61,7 @@ fn world_tweaked(seed: u64, alternates: bool, tweak: impl Fn(&mut NodeConfig)) -
     }
     let mut sns = Vec::new();
     for i in 0..SUPER_NODES {
-        sns.push(common::add_super_node_with(
+        sns.push(common::sim::add_super_node_with(
             &mut sim,
             &format!("sn{i}"),
             net.identity(&format!("sn{i}")),
@@ -858,7 +858,7 @@ fn with_every_super_node_down_rounds_back_off_with_jitter_until_one_comes_back()
     );
     // A super node comes back: both attach to it within one capped back-off and a round.
     let bootstrap = w.bootstrap.clone();
-    common::add_super_node(
+    common::sim::add_super_node(
         &mut w.sim,
         "sn0",
         w.net.identity("sn0"),

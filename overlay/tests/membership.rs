@@ -58,7 +58,7 @@ fn sixty_super_nodes_learn_each_other_and_each_others_failures() {
     }
     let mut live: Vec<(usize, HostId)> = Vec::new();
     for i in 0..SUPER_NODES {
-        let h = common::add_super_node(
+        let h = common::sim::add_super_node(
             &mut sim,
             &format!("sn{i}"),
             net.identity(&format!("sn{i}")),
@@ -92,7 +92,7 @@ fn sixty_super_nodes_learn_each_other_and_each_others_failures() {
 
     // A new super node, knowing the same three, is known by every other soon after.
     let n = SUPER_NODES;
-    let h = common::add_super_node(
+    let h = common::sim::add_super_node(
         &mut sim,
         &format!("sn{n}"),
         net.identity(&format!("sn{n}")),

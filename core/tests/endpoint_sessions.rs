@@ -51,6 +51,7 @@ fn scenario(seed: u64) -> Outcome {
         reorder: 0.05,
         reorder_delay: Duration::from_millis(40),
         duplicate: 0.01,
+        ..LinkConfig::IDEAL
     };
     let mut sim: Sim<EndpointEvent> = Sim::new(SimConfig {
         seed,

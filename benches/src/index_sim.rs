@@ -22,7 +22,7 @@
 //!
 //! Super nodes can be made to lie ([`Behaviour`]). Searches start at honest super nodes (a
 //! node attaches to the fastest of five probed); see `benches/benches/index_scale.rs` for the
-//! benchmark and `sim/tests/index.rs` for the adversarial tests.
+//! benchmark and `benches/tests/index_sim.rs` for the adversarial tests.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

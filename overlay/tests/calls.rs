@@ -92,7 +92,7 @@ fn world(seed: u64) -> World {
         bootstrap.insert(sn_addr(i), Some(key), TEST_WALL);
     }
     for i in 0..SUPER_NODES {
-        common::add_super_node(
+        common::sim::add_super_node(
             &mut sim,
             &format!("sn{i}"),
             net.identity(&format!("sn{i}")),

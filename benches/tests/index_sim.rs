@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use natter_sim::index::{Behaviour, IndexReport, IndexSim, IndexSimConfig, PhaseReport};
+use natter_benches::index_sim::{Behaviour, IndexReport, IndexSim, IndexSimConfig, PhaseReport};
 
 const SECOND: Duration = Duration::from_secs(1);
 

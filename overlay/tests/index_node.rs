@@ -40,7 +40,7 @@ fn world(seed: u64) -> World {
     }
     let mut sns = Vec::new();
     for i in 0..SUPER_NODES {
-        sns.push(common::add_super_node(
+        sns.push(common::sim::add_super_node(
             &mut sim,
             &format!("sn{i}"),
             net.identity(&format!("sn{i}")),
