@@ -23,10 +23,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
-use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -42,6 +39,7 @@ use natter_core::sansio::{
     Destination, Input, Machine, Protocol, StreamCommand, StreamId, Transmit,
 };
 use natter_core::testkit::{TestNetwork, TEST_WALL};
+use natter_fixtures::on_free_ports;
 use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
 use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_sim::{HostId, LinkConfig, Sim, SimConfig, TraceKind};
@@ -447,24 +445,6 @@ fn log_in(net: &NetworkFile, dir: &Path, user: &str) -> LocalIdentity {
     )
     .expect("login");
     identity(net, li)
-}
-
-/// Runs `start` with random base ports (below Linux's ephemeral range) until none of the
-/// sockets it binds on `base..base + span` is taken (`AddrInUse`). The sockets it binds are the
-/// ones used, so no other process can take a port between choosing and binding it.
-fn on_free_ports<T>(span: u16, mut start: impl FnMut(u16) -> io::Result<T>) -> T {
-    const PORTS: std::ops::Range<u16> = 20_000..32_000;
-    let random = RandomState::new();
-    for attempt in 0u64..100 {
-        let room = u64::from(PORTS.end - PORTS.start - span);
-        let base = PORTS.start + (random.hash_one(attempt) % room) as u16;
-        match start(base) {
-            Ok(t) => return t,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("binding ports {base}..{}: {e}", base + span),
-        }
-    }
-    panic!("no free block of {span} ports in 100 tries");
 }
 
 /// Polls `cond` every 10 ms until it holds (true) or `deadline` passes (false).

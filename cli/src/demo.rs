@@ -88,6 +88,13 @@ fn enrol(
     Ok((client, li))
 }
 
+/// A user's client options: any port on loopback; carol keeps her address from the people she
+/// calls (her calls stay relayed).
+fn user_options(b: ClientBuilder, user: &str) -> ClientBuilder {
+    b.listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .relay_only(user == "carol")
+}
+
 /// The identity a session needs, from the device data a login left in `dir/user`.
 fn identity(
     network: &natter_transport::login::network::NetworkFile,
@@ -109,22 +116,6 @@ fn identity(
         capabilities: natter_core::crypto::Capabilities::VOICE
             .union(natter_core::crypto::Capabilities::CHAT),
     })
-}
-
-/// A port p with UDP and TCP p, p+1, p+2 free on 127.0.0.1 and UDP p, p+1 on 127.0.0.2.
-fn free_port_block(rng: &mut Rng) -> std::io::Result<u16> {
-    for _ in 0..500 {
-        let p = 20_000 + (rng.u32() % 40_000) as u16;
-        let free = (0..3u16).all(|k| {
-            UdpSocket::bind(("127.0.0.1", p + k)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()
-        }) && UdpSocket::bind(("127.0.0.2", p)).is_ok()
-            && UdpSocket::bind(("127.0.0.2", p + 1)).is_ok();
-        if free {
-            return Ok(p);
-        }
-    }
-    Err(std::io::Error::other("no free port block on loopback"))
 }
 
 /// Wait until a client has two super-node links and a NAT report; describe them.
@@ -511,15 +502,9 @@ fn run_inner() -> std::io::Result<bool> {
             &net.login.tls_sha256.clone().unwrap_or_default()[..16]
         ),
     );
-    // The super nodes' addresses are chosen now, so the users' network lists them.
+    // The super nodes bind port 0 when they start; the network file then lists them.
     let mut network = Network::from_file(server.network_path())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut sn_addrs = Vec::new();
-    for _ in 0..3 {
-        let a = SocketAddr::from(([127, 0, 0, 1], free_port_block(&mut rng)?));
-        network.add_bootstrap(a);
-        sn_addrs.push(a);
-    }
     let dir = workdir.path();
 
     let t =
@@ -527,12 +512,7 @@ fn run_inner() -> std::io::Result<bool> {
     let mut clients = Vec::new();
     let mut devices = Vec::new();
     for user in ["alice", "bob", "carol"] {
-        // carol keeps her address from the people she calls: her calls stay relayed.
-        let options = |b: ClientBuilder| {
-            b.listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-                .relay_only(user == "carol")
-        };
-        match enrol(&network, dir, user, options) {
+        match enrol(&network, dir, user, |b| user_options(b, user)) {
             Ok((client, li)) => {
                 r.row(&format!("Login time ({user})"), ms(li.took));
                 devices.push(li.device);
@@ -571,14 +551,28 @@ fn run_inner() -> std::io::Result<bool> {
     }
     let t = r.step("Start 3 super nodes: STUN with an RFC 5780 alternate on 127.0.0.2, TCP, fallback and TLS ports");
     let mut super_nodes = Vec::new();
-    for (i, a) in sn_addrs.iter().enumerate() {
-        let alternate = SocketAddr::new("127.0.0.2".parse().expect("literal"), a.port() + 1);
-        let options =
-            |b: ClientBuilder| b.listen(*a).role(Role::SuperNode).stun_alternate(alternate);
+    let mut sn_addrs = Vec::new();
+    for i in 0..3 {
+        // Port 0: the system picks the port, the fallback ports and the STUN server's second
+        // port follow it (bound together, retried when one of them is taken), and so does the
+        // RFC 5780 alternate on 127.0.0.2. Each one knows the super nodes started before it.
+        let options = |b: ClientBuilder| {
+            b.listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .role(Role::SuperNode)
+                .stun_alternate(SocketAddr::from(([127, 0, 0, 2], 0)))
+        };
         let started = enrol(&network, dir, &format!("supernode{i}"), options)
-            .and_then(|(sn, _)| sn.start().map(|()| sn).map_err(|e| e.to_string()));
+            .and_then(|(sn, _)| sn.start().map(|()| sn).map_err(|e| e.to_string()))
+            .and_then(|sn| {
+                let addr = sn.state().local_addr.ok_or("no listen address")?;
+                Ok((sn, addr))
+            });
         match started {
-            Ok(sn) => super_nodes.push(sn),
+            Ok((sn, addr)) => {
+                network.add_bootstrap(addr);
+                sn_addrs.push(addr);
+                super_nodes.push(sn);
+            }
             Err(e) => {
                 r.fail(&format!("super node {i}: {e}"));
                 return Ok(false);
@@ -596,6 +590,23 @@ fn run_inner() -> std::io::Result<bool> {
                 .join(", ")
         ),
     );
+    // The users' clients were made before the super nodes existed: made again from the
+    // network that lists them (their certificates renew without the password).
+    let mut rebuilt = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let client = user_options(
+            Client::builder(network.clone()).data_dir(dir.join(user)),
+            user,
+        )
+        .build()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Err(e) = client.login(user, None) {
+            r.fail(&format!("{user}: {e}"));
+            return Ok(false);
+        }
+        rebuilt.push(client);
+    }
+    let clients = rebuilt;
 
     let t = r
         .step("alice, bob and carol join: UDP probes, TCP links to the two fastest, NAT detection");
@@ -747,14 +758,22 @@ fn run_inner() -> std::io::Result<bool> {
         "Exchange {FRAMES} encrypted {FRAME_LEN}-byte media frames each way"
     ));
     let exchange = Instant::now();
-    for i in 0..FRAMES {
-        let mut frame = vec![0u8; FRAME_LEN];
-        frame[..4].copy_from_slice(&i.to_be_bytes());
-        let f2 = frame.clone();
-        let _ = alice.command(move |e, now| e.send_media(now, a_conn, &frame));
-        let _ = bob.command(move |e, now| e.send_media(now, b_conn, &f2));
+    // In windows of 50 frames each way, each window received before the next is sent: a
+    // burst of all of them at once could overflow a socket buffer on a busy machine, and the
+    // step counts what the session delivers, not what a kernel queue holds.
+    let (mut to_bob, mut to_alice) = (0, 0);
+    for window in (0..FRAMES).step_by(50) {
+        let n = (FRAMES - window).min(50);
+        for i in window..window + n {
+            let mut frame = vec![0u8; FRAME_LEN];
+            frame[..4].copy_from_slice(&i.to_be_bytes());
+            let f2 = frame.clone();
+            let _ = alice.command(move |e, now| e.send_media(now, a_conn, &frame));
+            let _ = bob.command(move |e, now| e.send_media(now, b_conn, &f2));
+        }
+        to_bob += receive_media(&bob, n);
+        to_alice += receive_media(&alice, n);
     }
-    let (to_bob, to_alice) = (receive_media(&bob, FRAMES), receive_media(&alice, FRAMES));
     let took = exchange.elapsed();
     if to_bob == FRAMES && to_alice == FRAMES {
         r.ok(

@@ -236,9 +236,11 @@ impl Running {
                 .fallback_ports()
                 .map_err(|e| e.to_string())?,
         };
+        // The address bound (with --listen on port 0, the port the system picked).
+        let listening = client.state().local_addr.unwrap_or(args.listen);
         say!(
             "node listening on {} (role: {}; fallback TCP ports {})",
-            args.listen,
+            listening,
             policy_name(role),
             fallback
         );

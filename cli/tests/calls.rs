@@ -5,9 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    free_port_block, network_with_a_super_node, output_lines, start_as, wait_in, Children,
-};
+use common::{network_with_a_super_node, output_lines, start_as, wait_in, Children};
 
 #[test]
 fn two_clients_call_each_other_with_media_both_ways() {
@@ -20,7 +18,7 @@ fn two_clients_call_each_other_with_media_both_ways() {
         &dir.path().join("alice"),
         "alice",
         "alice's password",
-        free_port_block(31),
+        0,
         &["--auto-answer"],
     );
     let alice_out = output_lines(&mut alice);
@@ -32,7 +30,7 @@ fn two_clients_call_each_other_with_media_both_ways() {
         &dir.path().join("bob"),
         "bob",
         "bob's password",
-        free_port_block(37),
+        0,
         &[
             "--call",
             "alice",

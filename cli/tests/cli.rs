@@ -7,9 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    free_port_block, natter, output_lines, start_node, wait_for_lines, wait_in, Children,
-};
+use common::{natter, output_lines, start_node, wait_for_lines, wait_in, Children};
 
 #[test]
 fn demo_passes_and_reports() {
@@ -243,29 +241,32 @@ fn login_asks_for_the_password_when_the_certificate_can_no_longer_be_renewed() {
 fn nodes_join_and_search_the_index_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let mut children = Children(Vec::new());
-    // The super node's address goes into the network file as its bootstrap entry.
-    let sn_port = free_port_block(std::process::id() as u16);
-    let network = common::login_server_naming(dir.path(), sn_port, &mut children);
-    let node = |user: &str, port: u16, extra: &[&str]| {
+    let network = common::login_server(dir.path(), &mut children);
+    let node = |user: &str, extra: &[&str]| {
         let data = dir.path().join(user);
         start_node(
             &network,
             &data,
             user,
             "a passphrase for the index",
-            port,
+            0,
             extra,
         )
     };
-    let mut sn = node("snode", sn_port, &["--supernode"]);
-    wait_for_lines(&mut sn, &["node listening"]);
+    // The super node's address goes into the network file as its bootstrap entry.
+    let (sn, _, _) = common::start_super_node(
+        &network,
+        &dir.path().join("snode"),
+        "snode",
+        "a passphrase for the index",
+        &[],
+    );
     children.0.push(sn);
-    let mut bob = node("bob", free_port_block(7), &["--no-supernode"]);
+    let mut bob = node("bob", &["--no-supernode"]);
     wait_for_lines(&mut bob, &["attached to super node"]);
     children.0.push(bob);
     let mut alice = node(
         "alice",
-        free_port_block(11),
         &["--no-supernode", "--search", "bob", "--search", "nobody"],
     );
     let seen = wait_for_lines(&mut alice, &["found bob: device", "nobody not found"]);
@@ -284,26 +285,25 @@ fn nodes_join_and_search_the_index_from_the_command_line() {
 fn a_node_saves_its_host_cache_when_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let mut children = Children(Vec::new());
-    let sn_port = free_port_block(std::process::id() as u16 ^ 0x5a5a);
-    let bootstrap = format!("127.0.0.1:{sn_port}");
-    let (server, network) = login_server(&dir.path().join("server"), &["--bootstrap", &bootstrap]);
+    let (server, network) = login_server(&dir.path().join("server"), &[]);
     children.0.push(server);
-    let node = |user: &str, port: u16, extra: &[&str]| {
-        let data = dir.path().join(user);
-        let child = start_node(
-            &network,
-            &data,
-            user,
-            "a passphrase for the cache",
-            port,
-            extra,
-        );
-        (child, data)
-    };
-    let (mut sn, _) = node("snode", sn_port, &["--supernode"]);
-    wait_for_lines(&mut sn, &["node listening"]);
+    let (sn, sn_addr, _) = common::start_super_node(
+        &network,
+        &dir.path().join("snode"),
+        "snode",
+        "a passphrase for the cache",
+        &[],
+    );
     children.0.push(sn);
-    let (mut carol, data) = node("carol", free_port_block(13), &["--no-supernode"]);
+    let data = dir.path().join("carol");
+    let mut carol = start_node(
+        &network,
+        &data,
+        "carol",
+        "a passphrase for the cache",
+        0,
+        &["--no-supernode"],
+    );
     let cache = data.join("hostcache.bin");
     // Keep reading its output: a closed pipe would make its last words fail.
     let lines = output_lines(&mut carol);
@@ -331,7 +331,6 @@ fn a_node_saves_its_host_cache_when_stopped() {
     assert!(status.success(), "a clean stop: {status:?}");
     wait_in(&lines, &["stopping: host cache saved"]);
     let saved = natter_core::overlay::HostCache::decode(&std::fs::read(&cache).unwrap()).unwrap();
-    let sn_addr: std::net::SocketAddr = format!("127.0.0.1:{sn_port}").parse().unwrap();
     let entry = saved
         .entries()
         .iter()
@@ -351,7 +350,6 @@ fn a_super_node_listens_on_the_fallback_ports_it_is_given() {
     let mut children = Children(Vec::new());
     let (server, network) = login_server(&dir.path().join("server"), &[]);
     children.0.push(server);
-    let port = free_port_block(std::process::id() as u16 ^ 0x3c3c);
     let mut file = std::fs::read_to_string(&network).unwrap();
     file.push_str("\n[overlay]\nfallback_ports = [80, 443]\n");
     std::fs::write(&network, file).unwrap();
@@ -378,7 +376,7 @@ fn a_super_node_listens_on_the_fallback_ports_it_is_given() {
         natter()
             .args(["node", "--user", "fbsn", "--network", &network, "--data"])
             .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--supernode"])
+            .args(["--listen", "127.0.0.1:0", "--supernode"])
             .args(["--fallback-ports", ports])
             .env("NATTER_PASSWORD", "a passphrase for the ports")
             .stdout(Stdio::piped())
@@ -393,6 +391,7 @@ fn a_super_node_listens_on_the_fallback_ports_it_is_given() {
     children.0.push(sn);
     let line = lines.iter().find(|l| l.contains("node listening")).unwrap();
     assert!(line.contains("fallback TCP ports +2,+1"), "{line}");
+    let port = common::listening_address(&lines).port();
     for p in [port, port + 1, port + 2] {
         std::net::TcpStream::connect(("127.0.0.1", p))
             .unwrap_or_else(|e| panic!("TCP port {p} listens: {e}"));

@@ -7,9 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    free_port_block, natter, network_with_a_super_node, start_as, wait_for_lines, Children,
-};
+use common::{natter, network_with_a_super_node, start_as, wait_for_lines, Children};
 
 /// A tmux session, killed when dropped.
 struct Tmux(String);
@@ -91,7 +89,7 @@ fn a_new_user_calls_from_the_interactive_client() {
         &dir.path().join("alice"),
         "alice",
         "alice's password",
-        free_port_block(51),
+        0,
         &["--auto-answer", "--no-devices"],
     );
     wait_for_lines(&mut alice, &["attached to super node"]);
@@ -99,10 +97,9 @@ fn a_new_user_calls_from_the_interactive_client() {
 
     let bin = natter().get_program().to_string_lossy().into_owned();
     let data = dir.path().join("carol");
-    let port = free_port_block(53);
     let script = format!(
         "{bin} register --user carol --network {network} --data {data} && \
-         {bin} client --user carol --network {network} --data {data} --listen 127.0.0.1:{port} --no-devices; \
+         {bin} client --user carol --network {network} --data {data} --listen 127.0.0.1:0 --no-devices; \
          echo CLIENT EXITED $?; sleep 30",
         data = data.display()
     );

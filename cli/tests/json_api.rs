@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{free_port_block, network_with_a_super_node, output_lines, start_as, Children};
+use common::{network_with_a_super_node, output_lines, start_as, Children};
 use serde_json::Value;
 
 /// The events docs/json-api.md documents, with their fields.
@@ -94,7 +94,7 @@ fn two_programs_call_each_other_through_the_json_interface() {
     let mut children = Children(Vec::new());
     let network = network_with_a_super_node(dir.path(), &mut children);
     let speech = concat!(env!("CARGO_MANIFEST_DIR"), "/../media/testdata/speech.wav");
-    let mut start = |user: &'static str, port_seed: u16| {
+    let mut start = |user: &'static str| {
         let heard = dir.path().join(format!("{user}-heard.wav"));
         let mut child = start_as(
             "client",
@@ -102,7 +102,7 @@ fn two_programs_call_each_other_through_the_json_interface() {
             &dir.path().join(user),
             user,
             "a json password",
-            free_port_block(port_seed),
+            0,
             &[
                 "--json",
                 "--audio-in",
@@ -124,8 +124,8 @@ fn two_programs_call_each_other_through_the_json_interface() {
             heard,
         )
     };
-    let (mut alice, alice_heard) = start("alice", 41);
-    let (mut bob, bob_heard) = start("bob", 43);
+    let (mut alice, alice_heard) = start("alice");
+    let (mut bob, bob_heard) = start("bob");
     for c in [&mut alice, &mut bob] {
         c.wait(is("logged_in"));
         c.wait(is("attached"));

@@ -2,7 +2,7 @@
 //! namespaces behind real NAT routers and firewalls (see `netns/mod.rs`): a login server and
 //! one super node on a public host, a callee that answers at once, and a caller that dials it,
 //! hangs up after a few seconds and exits. Each test checks the path the call ends up on (as
-//! each side prints it), media both ways at about 50 frames a second, and prints the setup
+//! each side prints it), media both ways (each side hears what the other sent), and prints the setup
 //! times (with `--nocapture`). The last test breaks the direct path mid-call and restores it.
 //! Needs root, iproute2 and nftables; skipped with a clear note otherwise, unless
 //! `NATTER_REQUIRE_NETNS` is set.
@@ -16,9 +16,6 @@ use std::time::{Duration, Instant};
 
 use netns::natter::{servers, start, WAIT};
 use netns::{net_or_skip, Nat, Net, Place, Proc};
-
-/// Test tone frames a second.
-const FRAMES_PER_SEC: f64 = 50.0;
 
 /// A network with a login server and a super node on a public host: the net, the directory
 /// of everyone's data and the network file.
@@ -139,7 +136,7 @@ impl Call {
 
     /// Wait for the caller to hang up and exit 0; check that the call ended on `caller_kind`
     /// (as the caller prints it) and `callee_kind` (as the callee does), started on the relay,
-    /// and carried media both ways at about 50 frames a second; print the setup times.
+    /// and carried media both ways (each side heard what the other sent); print the setup times.
     fn finish(mut self, caller_kind: &str, callee_kind: &str) {
         let within = WAIT + Duration::from_secs(u64::from(self.hangup_after));
         self.caller
@@ -148,6 +145,7 @@ impl Call {
                     "call connected",
                     "first media received",
                     "call ended: hung up",
+                    " frames sent, ",
                 ],
                 within,
             )
@@ -165,6 +163,7 @@ impl Call {
                     "call connected",
                     "first media received",
                     "call ended: the peer hung up",
+                    " frames sent, ",
                 ],
                 Duration::from_secs(5),
             )
@@ -196,19 +195,25 @@ impl Call {
                 p.seen
             );
         }
-        // Media both ways, about 50 frames a second for as long as the call lasted (the
-        // caller hangs up `hangup_after` s after it connected; the callee's tone starts a
-        // little earlier, when it answers).
-        let secs = f64::from(self.hangup_after);
+        // Media both ways: each side received what the other sent, but for a few frames in
+        // flight when the call ended (counted by the frames themselves, not by the clock: a
+        // loaded machine sends fewer frames, and that is no loss).
+        let sent = |p: &Proc| {
+            let line = p.line(" frames sent, ").unwrap();
+            number_after(line, "call audio: ")
+        };
+        let secs = self.hangup_after;
         let mut frames = Vec::new();
-        for (who, p) in [("caller", &self.caller), ("callee", &self.callee)] {
+        for (who, p, peer) in [
+            ("caller", &self.caller, &self.callee),
+            ("callee", &self.callee, &self.caller),
+        ] {
             let ended = p.line("call ended").unwrap();
             let n = frames_at_end(ended);
-            // At least 60 %: the media threads of two processes in real time fall behind
-            // when the machine is loaded (CI runs other tests beside these).
+            let peer_sent = sent(peer);
             assert!(
-                n > 0.6 * FRAMES_PER_SEC * secs && n < FRAMES_PER_SEC * (secs + 1.0),
-                "{who}: {n} frames in a {secs} s call: {ended}"
+                n > 0.0 && n <= peer_sent && n >= 0.95 * peer_sent - 25.0,
+                "{who}: received {n} of the {peer_sent} frames the other side sent: {ended}"
             );
             frames.push(n);
         }
@@ -364,14 +369,14 @@ fn next_stats(p: &mut Proc, mark: usize) -> (f64, usize) {
     (number_after(&line, "frames in "), i + 1)
 }
 
-/// Media keeps arriving at `p`: two `call stats` lines from `mark` on, about a second apart,
-/// show at least half a second's frames more (media flows; a loaded machine slows it).
+/// Media keeps arriving at `p`: the frame count grows between two `call stats` lines from
+/// `mark` on (how fast is the machine's business, not the path's).
 fn frames_keep_growing(p: &mut Proc, mark: usize, who: &str) {
     let (a, next) = next_stats(p, mark);
     let (b, _) = next_stats(p, next);
     assert!(
-        b - a >= 0.5 * FRAMES_PER_SEC,
-        "{who}: frames in went from {a} to {b} in a second: {:#?}",
+        b > a,
+        "{who}: frames in went from {a} to {b}: {:#?}",
         p.seen
     );
 }

@@ -8,20 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port_block, natter, output_lines, register, start_as, start_node, wait_in, Children,
+    natter, network_file, output_lines, register, start_as, start_node, wait_in, Children,
 };
-
-/// The announced network file's path in a login server's output lines.
-fn network_file(lines: &[String]) -> String {
-    lines
-        .iter()
-        .find_map(|l| l.strip_prefix("network file: "))
-        .expect("the network file was announced")
-        .split(" (")
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 fn write(path: &Path, text: &str) -> PathBuf {
     std::fs::write(path, text).unwrap();
@@ -42,13 +30,14 @@ fn run(args: &[&str]) -> (bool, String, String) {
 fn a_login_server_and_nodes_run_from_config_files_and_flags_override_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut children = Children(Vec::new());
-    let sn_port = free_port_block(std::process::id() as u16 ^ 0x0c0f);
     // 192.0.2.1 (TEST-NET-1) is no address of this host: had the file's `listen` won over the
-    // flag, the server could not start.
+    // flag, the server could not start. The file's bootstrap entry (a loopback address where
+    // nothing listens) must reach the network file; the real super node joins the list once it
+    // listens, on a port the system picks.
     let server_toml = write(
         &dir.path().join("login.toml"),
         &format!(
-            "data = {:?}\nlisten = \"192.0.2.1:4433\"\nbootstrap = [\"127.0.0.1:{sn_port}\"]\n\
+            "data = {:?}\nlisten = \"192.0.2.1:4433\"\nbootstrap = [\"127.0.0.3:9\"]\n\
              renewal_grace_days = 3\nserver_name = \"natter-login\"\n",
             dir.path().join("server")
         ),
@@ -69,7 +58,7 @@ fn a_login_server_and_nodes_run_from_config_files_and_flags_override_them() {
     let network = network_file(&lines);
     let listed = std::fs::read_to_string(&network).unwrap();
     assert!(
-        listed.contains(&format!("127.0.0.1:{sn_port}")),
+        listed.contains("127.0.0.3:9"),
         "the file's bootstrap list: {listed}"
     );
 
@@ -80,7 +69,7 @@ fn a_login_server_and_nodes_run_from_config_files_and_flags_override_them() {
         &dir.path().join("snode.toml"),
         &format!(
             "network = {network:?}\ndata = {sn_data:?}\nuser = \"snode\"\n\
-             listen = \"127.0.0.1:{sn_port}\"\nsupernode = true\nmax_clients = 10\n"
+             listen = \"127.0.0.1:0\"\nsupernode = true\nmax_clients = 10\n"
         ),
     );
     let mut sn = natter()
@@ -93,16 +82,17 @@ fn a_login_server_and_nodes_run_from_config_files_and_flags_override_them() {
         .unwrap();
     let sn_out = output_lines(&mut sn);
     children.0.push(sn);
-    wait_in(
-        &sn_out,
-        &[&format!(
-            "node listening on 127.0.0.1:{sn_port} (role: Force"
-        )],
-    );
+    let listening = wait_in(&sn_out, &["node listening on 127.0.0.1:"]);
+    let line = listening
+        .iter()
+        .find(|l| l.contains("node listening"))
+        .unwrap();
+    assert!(line.contains("(role: Force"), "{line}");
+    let sn_addr = common::listening_address(&listening);
+    common::add_bootstrap(&network, sn_addr);
 
     let dora_data = dir.path().join("dora");
     register(&network, &dora_data, "dora", password);
-    let dora_port = free_port_block(41);
     let dora_toml = write(
         &dir.path().join("dora.toml"),
         &format!(
@@ -111,7 +101,7 @@ fn a_login_server_and_nodes_run_from_config_files_and_flags_override_them() {
         ),
     );
     let mut dora = natter()
-        .args(["node", "--listen", &format!("127.0.0.1:{dora_port}")])
+        .args(["node", "--listen", "127.0.0.1:0"])
         .arg("--config")
         .arg(&dora_toml)
         .env("NATTER_PASSWORD", password)
@@ -124,8 +114,8 @@ fn a_login_server_and_nodes_run_from_config_files_and_flags_override_them() {
     wait_in(
         &dora_out,
         &[
-            &format!("node listening on 127.0.0.1:{dora_port} (role: Forbid"),
-            &format!("attached to super node 127.0.0.1:{sn_port}"),
+            "(role: Forbid",
+            &format!("attached to super node {sn_addr}"),
             "found snode: device",
         ],
     );
@@ -205,30 +195,16 @@ fn status_when(
 fn a_super_node_reports_its_clients_index_and_relayed_calls() {
     let dir = tempfile::tempdir().unwrap();
     let mut children = Children(Vec::new());
-    let sn_port = free_port_block(std::process::id() as u16 ^ 0x7a7a);
-    let mut server = natter()
-        .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("server"))
-        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = output_lines(&mut server);
-    children.0.push(server);
-    let network = network_file(&wait_in(&out, &["network file: "]));
+    let network = common::login_server(dir.path(), &mut children);
     let sn_status = dir.path().join("sn-status.json");
-    let mut sn = start_node(
+    let (sn, sn_addr, sn_out) = common::start_super_node(
         &network,
         &dir.path().join("snode"),
         "snode",
         "super node password",
-        sn_port,
-        &["--supernode", "--status-file", sn_status.to_str().unwrap()],
+        &["--status-file", sn_status.to_str().unwrap()],
     );
-    let sn_out = output_lines(&mut sn);
     children.0.push(sn);
-    wait_in(&sn_out, &["node listening"]);
 
     // An ordinary node, with its status in its data directory.
     let carol_data = dir.path().join("carol");
@@ -237,13 +213,13 @@ fn a_super_node_reports_its_clients_index_and_relayed_calls() {
         &carol_data,
         "carol",
         "carol's password",
-        free_port_block(43),
+        0,
         &["--no-supernode"],
     );
     let carol_out = output_lines(&mut carol);
     children.0.push(carol);
     wait_in(&carol_out, &["attached to super node"]);
-    let sn_addr = format!("127.0.0.1:{sn_port}");
+    let sn_addr = sn_addr.to_string();
     let carol_status = status_when(&carol_data.join("status.json"), "carol attached", |v| {
         v["attached_to"]
             .as_array()
@@ -267,7 +243,7 @@ fn a_super_node_reports_its_clients_index_and_relayed_calls() {
         &dir.path().join("alice"),
         "alice",
         "alice's password",
-        free_port_block(47),
+        0,
         &["--auto-answer", "--relay-only"],
     );
     let alice_out = output_lines(&mut alice);
@@ -279,7 +255,7 @@ fn a_super_node_reports_its_clients_index_and_relayed_calls() {
         &dir.path().join("bob"),
         "bob",
         "bob's password",
-        free_port_block(53),
+        0,
         &[
             "--call",
             "alice",

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{enrol, login_server, on_free_ports, search, spawn_node, wait_until};
+use common::{enrol, on_free_ports, search, spawn_node, wait_until, LoginServer};
 use natter_core::crypto::UserName;
 use natter_core::overlay::{HostCache, PresenceRecord, SearchResult};
 use natter_core::wire::message::HostEntry;
@@ -62,11 +62,10 @@ fn index_settings(cfg: &mut NodeConfig) {
 #[test]
 fn twenty_super_nodes_two_hundred_users_all_found_and_logouts_age_out() {
     let dir = tempfile::tempdir().unwrap();
-    let server = login_server(dir.path());
-    let net = server.network().clone();
+    let mut server = LoginServer::start();
 
     let sn_ids: Vec<_> = (0..SUPER_NODES)
-        .map(|i| enrol(&net, dir.path(), &format!("sn{i}")))
+        .map(|i| enrol(&server, dir.path(), &format!("sn{i}")))
         .collect();
     let mut ring = Ring::new(64);
     let mut replicas = 0;
@@ -114,7 +113,7 @@ fn twenty_super_nodes_two_hundred_users_all_found_and_logouts_age_out() {
         .collect();
     let mut users = Vec::new();
     for i in 0..USERS {
-        let id = enrol(&net, dir.path(), &format!("user{i}"));
+        let id = enrol(&server, dir.path(), &format!("user{i}"));
         let cache = bootstrap.clone();
         let rt = Runtime::spawn(
             RuntimeConfig {

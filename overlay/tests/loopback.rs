@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    enrol, listens_on, login_server, on_free_ports, refusing_tcp, search, silent_udp, spawn_node,
-    wait_until,
+    enrol, listens_on, on_free_ports, refusing_tcp, search, silent_udp, spawn_node, wait_until,
+    LoginServer,
 };
 use natter_core::overlay::AttachEvent;
 use natter_core::overlay::HostCache;
@@ -30,13 +30,12 @@ const SN_PORTS: u16 = 4;
 #[test]
 fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
     let dir = tempfile::tempdir().unwrap();
-    let server = login_server(dir.path());
-    let net = server.network().clone();
+    let mut server = LoginServer::start();
 
     // Super nodes: forced role, STUN alternate on 127.0.0.2, TCP on the main, fallback and TLS
     // ports; each knows them all. A block of ports is tried until all five bind.
     let sn_ids: Vec<_> = (0..SUPER_NODES)
-        .map(|i| enrol(&net, dir.path(), &format!("sn{i}")))
+        .map(|i| enrol(&server, dir.path(), &format!("sn{i}")))
         .collect();
     let (sn_addrs, bootstrap, mut sns) = on_free_ports(SN_PORTS * SUPER_NODES as u16, |base| {
         let sn_addrs: Vec<SocketAddr> = (0..SUPER_NODES as u16)
@@ -68,7 +67,7 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
 
     let mut ids = Vec::new();
     for i in 0..NODES {
-        ids.push(enrol(&net, dir.path(), &format!("user{i}")));
+        ids.push(enrol(&server, dir.path(), &format!("user{i}")));
     }
     let started = Instant::now();
     let mut nodes = Vec::new();
@@ -251,14 +250,13 @@ fn fifty_nodes_attach_to_five_super_nodes_and_survive_one_dying() {
 fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
     use natter_core::overlay::LinkTransport;
     let dir = tempfile::tempdir().unwrap();
-    let server = login_server(dir.path());
-    let net = server.network().clone();
+    let mut server = LoginServer::start();
     // Two super nodes whose UDP socket sits elsewhere (nothing answers on the main port) and
     // that listen for TCP only on the TLS port (main + 2). The main UDP port and the main and
     // plain fallback TCP ports are held where nothing answers, so no other process can answer
     // there either.
     let sn_ids: Vec<_> = (0..2)
-        .map(|i| enrol(&net, dir.path(), &format!("tls-sn{i}")))
+        .map(|i| enrol(&server, dir.path(), &format!("tls-sn{i}")))
         .collect();
     let (bootstrap, _sns, _held) = on_free_ports(8, |base| {
         let mut bootstrap = HostCache::new();
@@ -288,7 +286,7 @@ fn nodes_behind_a_strict_firewall_attach_over_the_tls_port() {
         }
         Ok((bootstrap, sns, held))
     });
-    let id = enrol(&net, dir.path(), "walled");
+    let id = enrol(&server, dir.path(), "walled");
     let cache = bootstrap.clone();
     let node = Runtime::spawn(
         RuntimeConfig {
@@ -330,10 +328,9 @@ fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
     use natter_core::overlay::{FallbackPorts, LinkTransport};
     let ips = ["127.0.0.1", "127.0.0.3"];
     let dir = tempfile::tempdir().unwrap();
-    let server = login_server(dir.path());
-    let net = server.network().clone();
+    let mut server = LoginServer::start();
     let sn_ids: Vec<_> = (0..ips.len())
-        .map(|i| enrol(&net, dir.path(), &format!("plain-sn{i}")))
+        .map(|i| enrol(&server, dir.path(), &format!("plain-sn{i}")))
         .collect();
     // On both IPs: a main port where nothing answers (UDP held silent, TCP refused), the plain
     // fallback port where the super node listens, and the TLS port, refused.
@@ -386,7 +383,7 @@ fn nodes_behind_a_firewall_attach_over_the_configured_plain_fallback_port() {
         }
         Ok((ports, bootstrap, sns, held))
     });
-    let id = enrol(&net, dir.path(), "plain-walled");
+    let id = enrol(&server, dir.path(), "plain-walled");
     let cache = bootstrap.clone();
     let node = Runtime::spawn(
         RuntimeConfig {
@@ -446,9 +443,8 @@ fn silent_and_junk_tcp_connections_are_closed() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     let dir = tempfile::tempdir().unwrap();
-    let server = login_server(dir.path());
-    let net = server.network().clone();
-    let id = enrol(&net, dir.path(), "claim-sn");
+    let server = LoginServer::start();
+    let id = enrol(&server, dir.path(), "claim-sn");
     let (addr, sn) = on_free_ports(3, |port| {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut cfg = NodeConfig::new(id.clone(), [3; 32], wall_clock(), Instant::now(), addr);

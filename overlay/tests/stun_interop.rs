@@ -41,26 +41,16 @@ use natter_transport::UdpNode;
 const PRIMARY_IP: &str = "127.0.0.1";
 const ALTERNATE_IP: &str = "127.0.0.2";
 
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
-}
-
-/// True when the coturn binaries are installed; otherwise skip (or fail when required).
+/// True when the coturn binaries are installed; otherwise skip (or fail under
+/// `NATTER_REQUIRE_COTURN`, as `make test` sets).
 fn coturn_installed() -> bool {
-    let bins = [
+    [
         "turnserver",
         "turnutils_stunclient",
         "turnutils_natdiscovery",
-    ];
-    if bins.iter().all(|b| on_path(b)) {
-        return true;
-    }
-    if std::env::var("NATTER_REQUIRE_COTURN").as_deref() == Ok("1") {
-        panic!("coturn is not installed (apt-get install coturn) and NATTER_REQUIRE_COTURN=1");
-    }
-    println!("SKIPPED: coturn not installed (make test installs it)");
-    false
+    ]
+    .iter()
+    .all(|b| natter_fixtures::require_tool(b, "NATTER_REQUIRE_COTURN"))
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {

@@ -1,30 +1,17 @@
-//! Helpers shared by the command-line tests: the binary, free ports, child processes and
-//! their output.
+//! Helpers shared by the command-line tests: the binary, child processes and their output, and
+//! a network to run them in. Nodes listen on ports the system picks (`--listen 127.0.0.1:0`):
+//! a super node prints the address it got, which goes into the network file's bootstrap list.
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `natter` binary under test.
 pub fn natter() -> Command {
     Command::new(env!("CARGO_BIN_EXE_natter"))
-}
-
-/// A port p with UDP and TCP p, p+1, p+2 free on 127.0.0.1.
-pub fn free_port_block(seed: u16) -> u16 {
-    for i in 0..2000u16 {
-        let p = 21_000 + (seed.wrapping_mul(61).wrapping_add(i * 5)) % 28_000;
-        let ok = (0..3).all(|k| {
-            std::net::UdpSocket::bind(("127.0.0.1", p + k)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()
-        });
-        if ok {
-            return p;
-        }
-    }
-    panic!("no free ports");
 }
 
 /// Kills the child processes when the test ends, however it ends.
@@ -121,35 +108,35 @@ pub fn start_as(
 /// A login server whose network file names one super node, and that super node; returns the
 /// network file.
 pub fn network_with_a_super_node(dir: &std::path::Path, children: &mut Children) -> String {
-    let sn_port = free_port_block(std::process::id() as u16 ^ 0x5a5a);
-    let network = login_server_naming(dir, sn_port, children);
-    let mut sn = start_as(
-        "node",
+    let network = login_server(dir, children);
+    let (sn, _, _) = start_super_node(
         &network,
         &dir.join("snode"),
         "snode",
         "super node password",
-        sn_port,
-        &["--supernode"],
+        &[],
     );
-    wait_for_lines(&mut sn, &["node listening"]);
     children.0.push(sn);
     network
 }
 
-/// Start `natter login-server` on loopback with its data in `dir/server` and the super node
-/// `127.0.0.1:sn_port` as its bootstrap entry; returns the network file it wrote.
-pub fn login_server_naming(dir: &std::path::Path, sn_port: u16, children: &mut Children) -> String {
+/// Start `natter login-server` on loopback with its data in `dir/server`; returns the network
+/// file it wrote.
+pub fn login_server(dir: &std::path::Path, children: &mut Children) -> String {
     let mut server = natter()
         .args(["login-server", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.join("server"))
-        .args(["--bootstrap", &format!("127.0.0.1:{sn_port}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let lines = wait_for_lines(&mut server, &["network file: "]);
     children.0.push(server);
+    network_file(&lines)
+}
+
+/// The network file a login server's `network file: PATH (...)` line names.
+pub fn network_file(lines: &[String]) -> String {
     lines
         .iter()
         .find_map(|l| l.strip_prefix("network file: "))
@@ -158,6 +145,48 @@ pub fn login_server_naming(dir: &std::path::Path, sn_port: u16, children: &mut C
         .next()
         .unwrap()
         .to_string()
+}
+
+/// Registers `user` and starts `natter node --supernode` for it on a port the system picks,
+/// with `extra` options; once it listens, its address joins the network file's bootstrap
+/// list. Returns the process, its address and its output (the lines so far are consumed).
+pub fn start_super_node(
+    network: &str,
+    data: &std::path::Path,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut args = vec!["--supernode"];
+    args.extend_from_slice(extra);
+    let mut sn = start_node(network, data, user, password, 0, &args);
+    let out = output_lines(&mut sn);
+    let lines = wait_in(&out, &["node listening on "]);
+    let addr = listening_address(&lines);
+    add_bootstrap(network, addr);
+    (sn, addr, out)
+}
+
+/// The address in a `node listening on ADDR (...)` line.
+pub fn listening_address(lines: &[String]) -> SocketAddr {
+    lines
+        .iter()
+        .find_map(|l| l.split("node listening on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no listening address in {lines:#?}"))
+}
+
+/// Add super node `addr` to the network file's bootstrap list (as an operator would by hand;
+/// the login server keeps such entries when it rewrites the file).
+pub fn add_bootstrap(network: &str, addr: SocketAddr) {
+    let mut file = std::fs::read_to_string(network).unwrap();
+    file.push_str(&format!("\n[[bootstrap]]\naddress = \"{addr}\"\n"));
+    std::fs::write(network, file).unwrap();
 }
 
 /// `natter register` `user` (device data under `data`, password `password`); panics with the

@@ -37,7 +37,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// This host's own addresses (NAT detection; same-LAN shortcuts).
     pub local_addresses: Vec<SocketAddr>,
-    /// A second IP and port for RFC 5780 tests, when this host has one.
+    /// A second IP and port for RFC 5780 tests, when this host has one. Port 0 means the
+    /// listen port + 1 (so a node listening on port 0 can have one: it follows the port the
+    /// driver got).
     pub stun_alternate: Option<SocketAddr>,
     /// Super-node policy.
     pub role: RolePolicy,
@@ -175,6 +177,10 @@ impl NodeConfig {
     pub(crate) fn stun_server(&self) -> StunServer {
         let listen = self.listen;
         self.stun_alternate
+            .map(|alt| match alt.port() {
+                0 => SocketAddr::new(alt.ip(), listen.port().wrapping_add(1)),
+                _ => alt,
+            })
             .and_then(|alt| StunServer::new(listen, Some(alt)).ok())
             .unwrap_or_else(|| StunServer::single_address(listen, listen.port().wrapping_add(1)))
     }
