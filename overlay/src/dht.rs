@@ -5,7 +5,8 @@
 //! Lookups for Peer-to-Peer Overlays", HotOS 2003). Every super node knows every other one
 //! (the [`Ring`]), so the super node that runs a search asks the replicas of the user's key
 //! directly: one overlay hop, where Kademlia needs `log2(N)/b` sequential rounds. The numbers
-//! that chose it (from `natter-sim`'s `index_scale` benchmark) are in ARCHITECTURE.md.
+//! that chose it (from the `index_scale` benchmark, `benches/`) are in ARCHITECTURE.md and
+//! docs/measurements.md.
 //!
 //! * **Ids cannot be chosen**: a super node's ring position is [`Key::of_super_node`], a hash
 //!   of its Noise static key, which the login server certified (sessions prove it). A user's
