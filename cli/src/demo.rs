@@ -507,12 +507,46 @@ fn run_inner() -> std::io::Result<bool> {
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let dir = workdir.path();
 
+    let Some((clients, super_nodes, sn_addrs)) = users_and_super_nodes(&mut r, &mut network, dir)?
+    else {
+        return Ok(false);
+    };
+    index_and_calls(&mut r, &clients, super_nodes, &sn_addrs);
+    drop(clients);
+    if !session_layer(&mut r, &net, dir, &mut rng)? {
+        return Ok(false);
+    }
+    server.shutdown();
+
+    println!("\nSummary");
+    let width = r.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in &r.rows {
+        println!("  {k:<width$}  {v}");
+    }
+    println!("  {:<width$}  {}", "Total", ms(total.elapsed()));
+    if r.failed {
+        println!("\nRESULT: FAILED");
+    } else {
+        println!("\nRESULT: all steps passed");
+    }
+    Ok(!r.failed)
+}
+
+/// Steps 2-5: the users register and log in, a wrong password is refused, three super nodes
+/// start (each on a port the system picks, added to the network file), the users join.
+/// `None` when a step failed and the demo cannot go on.
+#[allow(clippy::type_complexity)]
+fn users_and_super_nodes(
+    r: &mut Report,
+    network: &mut Network,
+    dir: &Path,
+) -> std::io::Result<Option<(Vec<Client>, Vec<Client>, Vec<SocketAddr>)>> {
     let t =
         r.step("Register alice, bob and carol and log their devices in (Argon2id, certificates)");
     let mut clients = Vec::new();
     let mut devices = Vec::new();
     for user in ["alice", "bob", "carol"] {
-        match enrol(&network, dir, user, |b| user_options(b, user)) {
+        match enrol(network, dir, user, |b| user_options(b, user)) {
             Ok((client, li)) => {
                 r.row(&format!("Login time ({user})"), ms(li.took));
                 devices.push(li.device);
@@ -520,7 +554,7 @@ fn run_inner() -> std::io::Result<bool> {
             }
             Err(e) => {
                 r.fail(&format!("{user}: {e}"));
-                return Ok(false);
+                return Ok(None);
             }
         }
     }
@@ -561,7 +595,7 @@ fn run_inner() -> std::io::Result<bool> {
                 .role(Role::SuperNode)
                 .stun_alternate(SocketAddr::from(([127, 0, 0, 2], 0)))
         };
-        let started = enrol(&network, dir, &format!("supernode{i}"), options)
+        let started = enrol(network, dir, &format!("supernode{i}"), options)
             .and_then(|(sn, _)| sn.start().map(|()| sn).map_err(|e| e.to_string()))
             .and_then(|sn| {
                 let addr = sn.state().local_addr.ok_or("no listen address")?;
@@ -575,7 +609,7 @@ fn run_inner() -> std::io::Result<bool> {
             }
             Err(e) => {
                 r.fail(&format!("super node {i}: {e}"));
-                return Ok(false);
+                return Ok(None);
             }
         }
     }
@@ -602,7 +636,7 @@ fn run_inner() -> std::io::Result<bool> {
         .map_err(|e| std::io::Error::other(e.to_string()))?;
         if let Err(e) = client.login(user, None) {
             r.fail(&format!("{user}: {e}"));
-            return Ok(false);
+            return Ok(None);
         }
         rebuilt.push(client);
     }
@@ -614,7 +648,7 @@ fn run_inner() -> std::io::Result<bool> {
         let started = Instant::now();
         if let Err(e) = client.start() {
             r.fail(&format!("{user}: {e}"));
-            return Ok(false);
+            return Ok(None);
         }
         match joined(client) {
             Some((links, nat)) => {
@@ -627,12 +661,23 @@ fn run_inner() -> std::io::Result<bool> {
             }
             None => {
                 r.fail(&format!("{user} did not attach to two super nodes"));
-                return Ok(false);
+                return Ok(None);
             }
         }
     }
     r.ok(t, "every user has two super-node links");
 
+    Ok(Some((clients, super_nodes, sn_addrs)))
+}
+
+/// Steps 6-10: searching the global index, a super node dying and its clients moving, and
+/// two calls (direct, then relayed).
+fn index_and_calls(
+    r: &mut Report,
+    clients: &[Client],
+    mut super_nodes: Vec<Client>,
+    sn_addrs: &[SocketAddr],
+) {
     let t = r.step(
         "Search the global index: alice looks up bob and carol (signed, verified records) and a name nobody has",
     );
@@ -645,7 +690,7 @@ fn run_inner() -> std::io::Result<bool> {
         std::thread::sleep(Duration::from_millis(20));
     }
     if search_step(
-        &mut r,
+        r,
         &clients[0],
         &[("bob", true), ("carol", true), ("nobody", false)],
     ) {
@@ -685,7 +730,7 @@ fn run_inner() -> std::io::Result<bool> {
         r.row("Fail-over after a super node died", ms(killed.elapsed()));
     }
     let t = r.step("With a super node gone, carol still finds alice (the records are replicated)");
-    if search_step(&mut r, &clients[2], &[("alice", true)]) {
+    if search_step(r, &clients[2], &[("alice", true)]) {
         r.ok(t, "found through the surviving replicas");
     }
     let t = r.step(
@@ -693,7 +738,7 @@ fn run_inner() -> std::io::Result<bool> {
          hole punching, an Opus tone both ways for 3 s, hang up",
     );
     call_step(
-        &mut r,
+        r,
         t,
         (&clients[0], &clients[1]),
         ("alice", "bob"),
@@ -704,18 +749,26 @@ fn run_inner() -> std::io::Result<bool> {
         "carol, who keeps her address private (relay only), calls alice: the call stays on the relay",
     );
     call_step(
-        &mut r,
+        r,
         t,
         (&clients[2], &clients[0]),
         ("carol", "alice"),
         "Relayed call",
         2,
     );
-    drop(clients);
-    drop(super_nodes);
+}
 
-    let alice_id = identity(&net, dir, "alice")?;
-    let bob_id = identity(&net, dir, "bob")?;
+/// Steps 11-17: the session layer on its own, over real UDP sockets: an on-path relay that
+/// records everything, Noise XX and IK handshakes, encrypted media frames, pings, and a replay
+/// attack with garbage. False when a step failed.
+fn session_layer(
+    r: &mut Report,
+    net: &natter_transport::login::network::NetworkFile,
+    dir: &Path,
+    rng: &mut Rng,
+) -> std::io::Result<bool> {
+    let alice_id = identity(net, dir, "alice")?;
+    let bob_id = identity(net, dir, "bob")?;
     let bob_static = bob_id.device.dh_public();
 
     let t =
@@ -879,18 +932,5 @@ fn run_inner() -> std::io::Result<bool> {
     drop(relay);
     let _ = alice.shutdown();
     let _ = bob.shutdown();
-    server.shutdown();
-
-    println!("\nSummary");
-    let width = r.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (k, v) in &r.rows {
-        println!("  {k:<width$}  {v}");
-    }
-    println!("  {:<width$}  {}", "Total", ms(total.elapsed()));
-    if r.failed {
-        println!("\nRESULT: FAILED");
-    } else {
-        println!("\nRESULT: all steps passed");
-    }
-    Ok(!r.failed)
+    Ok(true)
 }
