@@ -238,6 +238,12 @@ impl NatState {
         self.external_ip
     }
 
+    /// A new external address: every UDP mapping (of the old one) is forgotten.
+    pub(crate) fn set_external_ip(&mut self, ip: IpAddr) {
+        self.external_ip = ip;
+        self.reset_udp();
+    }
+
     /// Forgets every UDP mapping and tracking entry.
     pub(crate) fn reset_udp(&mut self) {
         self.udp.clear();

@@ -536,6 +536,25 @@ impl<E: 'static> Sim<E> {
         h.silent = true;
     }
 
+    /// Start `host` again with `machine`, as a process started anew after a crash: it keeps
+    /// its addresses, its streams are closed (as [`crash`](Self::crash) does, if it had not
+    /// crashed yet), and from now on its new machine gets input and timers.
+    pub fn restart<M>(&mut self, host: HostId, machine: M)
+    where
+        M: Machine<Event = E> + 'static,
+    {
+        if !self.hosts[host.0].crashed {
+            self.crash(host);
+        }
+        let h = &mut self.hosts[host.0];
+        h.machine = Box::new(machine);
+        h.crashed = false;
+        h.silent = false;
+        h.timer = None;
+        h.timer_gen += 1;
+        self.drain(host);
+    }
+
     /// The simulator's id of a stream a machine names `id`.
     pub(super) fn sim_stream(&self, host: HostId, id: StreamId) -> StreamId {
         self.aliases.get(&(host, id)).copied().unwrap_or(id)

@@ -214,6 +214,26 @@ impl<E: 'static> Sim<E> {
         self.nats[nat.0].state.reset_udp();
     }
 
+    /// Moves `nat` to a new external (public) address, as a router whose provider hands it a
+    /// new lease does: it forgets its UDP mappings (they named the old address) and packets to
+    /// the old address reach nobody. Streams are kept (a real one would lose them too; the
+    /// scenarios that use this care about UDP).
+    ///
+    /// # Panics
+    ///
+    /// If another node of the NAT's network already uses `ip`.
+    pub fn set_nat_external_ip(&mut self, nat: NatId, ip: IpAddr) {
+        let network = self.nats[nat.0].network;
+        let old = self.nats[nat.0].state.external_ip();
+        self.claim_ip(network, ip, Node::Nat(nat));
+        let nodes = match network {
+            Network::Internet => &mut self.internet,
+            Network::Lan(n) => &mut self.nats[n.0].lan,
+        };
+        nodes.remove(&old);
+        self.nats[nat.0].state.set_external_ip(ip);
+    }
+
     /// The live UDP mappings of `nat`, in external port order.
     pub fn nat_mappings(&self, nat: NatId) -> Vec<MappingInfo> {
         self.nats[nat.0].state.mappings(self.now)
