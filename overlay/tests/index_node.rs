@@ -230,3 +230,69 @@ fn a_new_address_or_nat_report_is_re_announced_within_two_seconds() {
     assert_eq!(second.local_addresses, new);
     assert!(second.sequence > first.sequence);
 }
+
+/// A super node that restarts (same address, same keys, a later incarnation, nothing
+/// remembered) is asked on a fresh session: the other super nodes' sessions with its earlier
+/// run lead nowhere: the restarted node answers their next packet with a session reset, so no
+/// search waits for the query timeout on one (in the sim the quorum of four rarely needs the
+/// restarted replica; `cli/tests/restart.rs` shows the 501 ms wait with three real nodes).
+#[test]
+fn searches_stay_fast_after_a_super_node_restarts() {
+    let mut w = world(24);
+    w.sim.run_for(Duration::from_secs(10));
+    let (seeker, sought) = (w.users[0], "user5");
+    let before = search(&mut w.sim, seeker, sought);
+    assert!(matches!(before.result, SearchResult::Found(_)));
+    // sn0 restarts: its process is killed and started again a second later.
+    let sn = w.sns[0];
+    w.sim.crash(sn);
+    w.sim.run_for(Duration::from_secs(1));
+    let net = TestNetwork::new(24);
+    let mut bootstrap = HostCache::new();
+    for i in 0..SUPER_NODES {
+        let key = net.identity(&format!("sn{i}")).device.dh_public();
+        bootstrap.insert(
+            SocketAddr::from(([198, 18, i, 10], 4000)),
+            Some(key),
+            TEST_WALL,
+        );
+    }
+    let machine = common::sim::super_node_machine(
+        &w.sim,
+        net.identity("sn0"),
+        [0; 32],
+        SocketAddr::from(([198, 18, 0, 10], 4000)),
+        Some(SocketAddr::from(([198, 18, 100, 10], 4001))),
+        &bootstrap,
+        |_| {},
+    );
+    w.sim.restart(sn, machine);
+    // Searches from the moment it is back: it rejoins, the others hear of its new
+    // incarnation, the records it held are handed to it again.
+    let mut slowest = Duration::ZERO;
+    for round in 0..4 {
+        for (i, &user) in w.users.iter().enumerate() {
+            let target = format!("user{}", (i + 3 + round) % w.users.len());
+            let o = search(&mut w.sim, user, &target);
+            assert!(
+                matches!(o.result, SearchResult::Found(_)),
+                "{target}: {o:?}"
+            );
+            eprintln!(
+                "SN RESTART: round {round}, {} -> {target}: {:?}",
+                w.sim.host_name(user),
+                o.elapsed
+            );
+            slowest = slowest.max(o.elapsed);
+        }
+        w.sim.run_for(Duration::from_secs(2));
+    }
+    eprintln!(
+        "SN RESTART: slowest search after the restart {slowest:?} (before: {:?})",
+        before.elapsed
+    );
+    assert!(
+        slowest < Duration::from_millis(400),
+        "a search waited for a dead session: {slowest:?}"
+    );
+}

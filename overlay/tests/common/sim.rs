@@ -44,13 +44,7 @@ pub fn add_super_node_with(
     bootstrap: &HostCache,
     tweak: impl FnOnce(&mut NodeConfig),
 ) -> HostId {
-    let start = sim.now();
-    let mut cfg = NodeConfig::new(identity, seed, TEST_WALL, start, addr);
-    cfg.role = RolePolicy::Force;
-    cfg.stun_alternate = stun_alternate;
-    cfg.host_cache = bootstrap.clone();
-    tweak(&mut cfg);
-    let node = Node::new(cfg, start);
+    let node = super_node_machine(sim, identity, seed, addr, stun_alternate, bootstrap, tweak);
     let mut addrs = node.bind_addresses();
     // And its TCP ports: the fallback pair (the simulator has no TLS; the transport layer
     // wraps the TLS port's streams, the node sees the same bytes).
@@ -64,4 +58,27 @@ pub fn add_super_node_with(
         sim.bind(h, *a);
     }
     h
+}
+
+/// The machine of a super node (forced role) as [`add_super_node_with`] makes it, started at
+/// the simulator's present: for a super node that restarts ([`Sim::restart`]).
+#[allow(clippy::too_many_arguments)]
+pub fn super_node_machine(
+    sim: &Sim<NodeEvent>,
+    identity: LocalIdentity,
+    seed: [u8; 32],
+    addr: SocketAddr,
+    stun_alternate: Option<SocketAddr>,
+    bootstrap: &HostCache,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> Node {
+    let start = sim.now();
+    // The wall clock moves on with the simulator (a restart has a later incarnation).
+    let wall = natter_core::crypto::UnixTime(TEST_WALL.0 + sim.elapsed().as_secs());
+    let mut cfg = NodeConfig::new(identity, seed, wall, start, addr);
+    cfg.role = RolePolicy::Force;
+    cfg.stun_alternate = stun_alternate;
+    cfg.host_cache = bootstrap.clone();
+    tweak(&mut cfg);
+    Node::new(cfg, start)
 }
