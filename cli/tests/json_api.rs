@@ -4,11 +4,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
 
-use common::{network_with_a_super_node, output_lines, start_as, Children};
+use common::{is, network_with_a_super_node, output_lines, start_as, Children, JsonClient};
 use serde_json::Value;
 
 /// The events docs/json-api.md documents, with their fields.
@@ -38,50 +35,6 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     events
-}
-
-struct Client {
-    lines: Receiver<String>,
-    stdin: std::process::ChildStdin,
-    seen: Vec<Value>,
-    who: &'static str,
-}
-
-impl Client {
-    fn send(&mut self, cmd: Value) {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// The first event, already read or still to come, that matches `want`.
-    fn saw(&mut self, want: impl Fn(&Value) -> bool) -> Value {
-        if let Some(v) = self.seen.iter().find(|v| want(v)) {
-            return v.clone();
-        }
-        self.wait(want)
-    }
-
-    /// Read events until one matches `want` (30 s at most); every line must be a JSON event.
-    fn wait(&mut self, want: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("{}: waited in vain; saw {:#?}", self.who, self.seen));
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("{}: not JSON on stdout: {line:?}: {e}", self.who));
-            self.seen.push(v.clone());
-            if want(&v) {
-                return v;
-            }
-        }
-    }
-}
-
-fn is(event: &'static str) -> impl Fn(&Value) -> bool {
-    move |v| v["event"] == event
 }
 
 fn state(s: &'static str) -> impl Fn(&Value) -> bool {
@@ -115,7 +68,7 @@ fn two_programs_call_each_other_through_the_json_interface() {
         let stdin = child.stdin.take().unwrap();
         children.0.push(child);
         (
-            Client {
+            JsonClient {
                 lines,
                 stdin,
                 seen: Vec::new(),

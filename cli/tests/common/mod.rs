@@ -204,3 +204,56 @@ pub fn register(network: &str, data: &std::path::Path, user: &str, password: &st
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+/// A `natter client --json` process, driven as a program would: JSON commands in, JSON
+/// events out.
+pub struct JsonClient {
+    /// Its standard output, line by line.
+    pub lines: std::sync::mpsc::Receiver<String>,
+    /// Its standard input.
+    pub stdin: std::process::ChildStdin,
+    /// Every event read so far.
+    pub seen: Vec<serde_json::Value>,
+    /// Who it is, for messages.
+    pub who: &'static str,
+}
+
+impl JsonClient {
+    /// Send one command.
+    pub fn send(&mut self, cmd: serde_json::Value) {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The first event, already read or still to come, that matches `want`.
+    pub fn saw(&mut self, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        if let Some(v) = self.seen.iter().find(|v| want(v)) {
+            return v.clone();
+        }
+        self.wait(want)
+    }
+
+    /// Read events until one matches `want` (30 s at most); every line must be a JSON event.
+    pub fn wait(&mut self, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{}: waited in vain; saw {:#?}", self.who, self.seen));
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{}: not JSON on stdout: {line:?}: {e}", self.who));
+            self.seen.push(v.clone());
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+/// Matches the JSON event named `event`.
+pub fn is(event: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |v| v["event"] == event
+}
