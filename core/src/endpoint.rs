@@ -157,6 +157,9 @@ pub enum CloseCause {
     Timeout,
     /// The session's counters ran out.
     Exhausted,
+    /// The peer restarted and no longer knows the session: it answered our data with a
+    /// session reset carrying the token it gave in the handshake.
+    Reset,
 }
 
 /// Why a send was refused.
@@ -312,9 +315,18 @@ pub struct EndpointStats {
     pub relayed_in: u64,
     /// Path probes answered.
     pub probes_answered: u64,
+    /// Session resets sent (data for a session this endpoint does not know).
+    pub resets_sent: u64,
+    /// Session resets accepted (a peer that restarted: the session closed at once).
+    pub resets_accepted: u64,
+    /// Dropped: session resets with a wrong token or for no session.
+    pub dropped_reset: u64,
 }
 
 const EARLY_DATA_LIMIT: usize = 8;
+/// At most this many session resets a second: a peer's stale session needs one, and a flood of
+/// data for unknown sessions must not turn the endpoint into a reflector.
+const RESETS_PER_SECOND: u32 = 64;
 /// Pings and path probes awaiting an answer, per session.
 const MAX_OUTSTANDING_PINGS: usize = 64;
 const MAX_HANDSHAKE_RTO: Duration = Duration::from_secs(2);
@@ -411,6 +423,8 @@ pub struct Endpoint {
     stats: EndpointStats,
     scratch: Vec<u8>,
     next_ping: u32,
+    /// Resets sent in the current one-second window, and when it began.
+    resets: (Instant, u32),
     /// The earliest pending deadline, never later than the true one: lowered when a deadline
     /// is created, recomputed after each `handle_timeout`. Keeps `poll_timeout` O(1).
     deadline: Option<Instant>,
@@ -428,6 +442,7 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// A new endpoint.
     pub fn new(cfg: EndpointConfig) -> Self {
+        let cfg_now = cfg.clock_anchor;
         Self {
             relaying: false,
             rng: Rng::from_seed_bytes(cfg.seed),
@@ -445,6 +460,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             scratch: Vec::with_capacity(MAX_DATAGRAM),
             next_ping: 0,
+            resets: (cfg_now, 0),
             deadline: None,
         }
     }
@@ -923,6 +939,7 @@ impl Endpoint {
                 noise,
             } => self.on_response(now, sender, receiver, noise),
             Packet::HandshakeFinal { receiver, noise } => self.on_final(now, from, receiver, noise),
+            Packet::Reset { index, token } => self.on_reset(index, &token),
             Packet::Data { header, ciphertext } => {
                 let index = header.receiver;
                 if let Some(r) = self.responding.get_mut(&index) {
@@ -936,6 +953,7 @@ impl Endpoint {
                 }
                 let Some(peer) = self.peers.get_mut(&index) else {
                     self.stats.dropped_unknown_session += 1;
+                    self.send_reset(now, &from, index);
                     return;
                 };
                 let mut plain = std::mem::take(&mut self.scratch);
@@ -970,6 +988,51 @@ impl Endpoint {
                     }
                 }
                 self.scratch = plain;
+            }
+        }
+    }
+
+    /// Tell the sender of data for a session we do not know (we restarted) that it is gone,
+    /// so it drops the session now instead of after its idle timeout.
+    fn send_reset(&mut self, now: Instant, to: &Path, index: SessionIndex) {
+        let (since, sent) = &mut self.resets;
+        if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
+            *since = now;
+            *sent = 0;
+        }
+        if *sent >= RESETS_PER_SECOND {
+            return;
+        }
+        *sent += 1;
+        self.stats.resets_sent += 1;
+        let token = crate::crypto::reset_token(&self.cfg.identity.device, index);
+        let mut out = BytesMut::with_capacity(crate::wire::packet::RESET_LEN);
+        Packet::Reset { index, token }.encode(&mut out);
+        self.send_raw(to, out.freeze());
+    }
+
+    /// A peer says it no longer knows the session it chose `index` for: believe it only with
+    /// the token it gave in that session's handshake.
+    fn on_reset(&mut self, index: SessionIndex, token: &[u8; crate::crypto::RESET_TOKEN_LEN]) {
+        use subtle::ConstantTimeEq;
+        let found = self.peers.iter().find_map(|(local, p)| {
+            let genuine = p.remote_index == index
+                && p.info
+                    .reset_token
+                    .is_some_and(|t| bool::from(t.ct_eq(token)));
+            genuine.then_some(*local)
+        });
+        let Some(local) = found else {
+            self.stats.dropped_reset += 1;
+            return;
+        };
+        self.stats.resets_accepted += 1;
+        if let Some(peer) = self.peers.remove(&local) {
+            if peer.tentative.is_none() {
+                self.events.push_back(EndpointEvent::Closed {
+                    conn: ConnId(local.0),
+                    cause: CloseCause::Reset,
+                });
             }
         }
     }

@@ -669,3 +669,115 @@ fn revoked_devices_get_no_session_and_lose_theirs() {
     assert_eq!(b.connections().count(), 0);
     assert!(b.stats().revoked_peers >= 1);
 }
+
+/// A peer that restarted (same device keys, no memory of the session) answers data on the old
+/// session with a reset: the other side closes the session at once instead of after its idle
+/// timeout. A reset with a wrong token, or from another device, changes nothing.
+#[test]
+fn a_restarted_peer_resets_the_session_and_forged_resets_are_dropped() {
+    let net = TestNetwork::new(1);
+    let now = Instant::now();
+    for ik in [false, true] {
+        let mut a = net.endpoint("alice", now);
+        let mut b = net.endpoint("bob", now);
+        let key = ik.then(|| net.identity("bob").device.dh_public());
+        let conn = a.connect(now, Destination::Udp(addr(2)), key).unwrap();
+        pump(&mut a, addr(1), &mut b, addr(2), now);
+        assert!(a.peer(conn).is_some());
+        assert!(a.peer(conn).unwrap().reset_token.is_some());
+
+        // Bob restarts: a new endpoint with the same identity (and a different seed, as a
+        // real restart would have).
+        let mut cfg_seed = [7u8; 32];
+        cfg_seed[0] = u8::from(ik);
+        let mut b2 =
+            natter_core::endpoint::Endpoint::new(natter_core::endpoint::EndpointConfig::new(
+                net.identity("bob"),
+                cfg_seed,
+                TEST_WALL,
+                now,
+            ));
+        // A stranger (carol) cannot make one: her reset for the same index is dropped.
+        let mut c = net.endpoint("carol", now);
+        a.send(now, conn, b"are you there").unwrap();
+        let data = a.poll_transmit().unwrap().payload;
+        let feed = |e: &mut Endpoint, from: u8, data: &[u8]| {
+            e.handle_input(
+                now,
+                Input::Datagram {
+                    source: addr(from),
+                    local: addr(9),
+                    data,
+                },
+            )
+        };
+        feed(&mut c, 1, &data);
+        let forged = c
+            .poll_transmit()
+            .expect("carol answers with a reset")
+            .payload;
+        feed(&mut a, 2, &forged);
+        assert!(
+            a.peer(conn).is_some(),
+            "a reset from another device is ignored"
+        );
+        assert_eq!(a.stats().dropped_reset, 1);
+        // Bob's new run answers with the genuine token; one flipped bit is not enough.
+        feed(&mut b2, 1, &data);
+        let reset = b2
+            .poll_transmit()
+            .expect("bob answers with a reset")
+            .payload;
+        assert_eq!(reset.len(), natter_core::wire::packet::RESET_LEN);
+        assert!(data.len() >= reset.len(), "a reset never amplifies");
+        let mut flipped = reset.to_vec();
+        *flipped.last_mut().unwrap() ^= 1;
+        feed(&mut a, 2, &flipped);
+        assert!(a.peer(conn).is_some());
+        assert_eq!(a.stats().dropped_reset, 2);
+        while a.poll_event().is_some() {}
+        feed(&mut a, 2, &reset);
+        assert!(a.peer(conn).is_none(), "the session is gone");
+        assert_eq!(
+            a.poll_event(),
+            Some(EndpointEvent::Closed {
+                conn,
+                cause: CloseCause::Reset
+            })
+        );
+        assert_eq!(a.stats().resets_accepted, 1);
+        // Replaying the reset changes nothing more.
+        feed(&mut a, 2, &reset);
+        assert_eq!(a.stats().dropped_reset, 3);
+    }
+}
+
+/// Data for unknown sessions gets at most 64 resets a second: no reflector.
+#[test]
+fn resets_are_rate_limited() {
+    let net = TestNetwork::new(1);
+    let now = Instant::now();
+    let mut a = net.endpoint("alice", now);
+    let mut b = net.endpoint("bob", now);
+    let conn = a.connect(now, Destination::Udp(addr(2)), None).unwrap();
+    pump(&mut a, addr(1), &mut b, addr(2), now);
+    let mut stranger = net.endpoint("bob", now);
+    let mut resets = 0;
+    for i in 0..200u32 {
+        let t = now + Duration::from_millis(u64::from(i));
+        a.send(t, conn, b"x").unwrap();
+        let data = a.poll_transmit().unwrap().payload;
+        stranger.handle_input(
+            t,
+            Input::Datagram {
+                source: addr(1),
+                local: addr(2),
+                data: &data,
+            },
+        );
+        resets += std::iter::from_fn(|| stranger.poll_transmit()).count();
+    }
+    // 200 ms of packets: one window's worth.
+    assert_eq!(resets, 64);
+    assert_eq!(stranger.stats().resets_sent, 64);
+}

@@ -75,6 +75,31 @@ pub struct HandshakePayload {
     pub timestamp: u64,
     /// The sender's certificate.
     pub certificate: Certificate,
+    /// The token that proves a reset of this session comes from the sender ([`reset_token`]
+    /// of the index it chose for the session). Absent from peers that cannot reset.
+    pub reset_token: Option<[u8; RESET_TOKEN_LEN]>,
+}
+
+/// Length of a session reset token.
+pub const RESET_TOKEN_LEN: usize = 16;
+
+/// The token a device gives a peer with each session it accepts or opens, for the session
+/// index it chose: a later run of the same device (the same keys, nothing else remembered)
+/// computes it again for a packet that names an index it does not know, and answers with a
+/// reset ([`crate::wire::packet::Packet::Reset`]) that the peer can check and no one else can
+/// forge: the peer then drops the session at once instead of waiting for its idle timeout.
+/// (QUIC's stateless reset, keyed by the device's static secret.)
+pub fn reset_token(device: &DeviceIdentity, index: SessionIndex) -> [u8; RESET_TOKEN_LEN] {
+    use blake2::{Blake2s256, Digest};
+    let (dh, _) = device.secret_bytes();
+    let mut h = Blake2s256::new();
+    h.update(b"natter-reset-token-v1");
+    h.update(dh);
+    h.update(index.0.to_be_bytes());
+    let digest = h.finalize();
+    let mut token = [0u8; RESET_TOKEN_LEN];
+    token.copy_from_slice(&digest[..RESET_TOKEN_LEN]);
+    token
 }
 
 impl HandshakePayload {
@@ -85,6 +110,9 @@ impl HandshakePayload {
         out.put_u32(self.capabilities.0);
         out.put_u64(self.timestamp);
         self.certificate.encode(out);
+        if let Some(token) = &self.reset_token {
+            out.put_slice(token);
+        }
     }
 
     /// Decode a payload.
@@ -98,6 +126,11 @@ impl HandshakePayload {
         let capabilities = Capabilities(r.u32()?);
         let timestamp = r.u64()?;
         let certificate = Certificate::read(&mut r)?;
+        let reset_token = match r.remaining() {
+            0 => None,
+            RESET_TOKEN_LEN => Some(r.array::<RESET_TOKEN_LEN>()?),
+            _ => return Err(DecodeError::Invalid("reset token length")),
+        };
         r.finish()?;
         Ok(Self {
             min_version,
@@ -105,6 +138,7 @@ impl HandshakePayload {
             capabilities,
             timestamp,
             certificate,
+            reset_token,
         })
     }
 }
@@ -161,7 +195,8 @@ pub struct LocalIdentity {
 }
 
 impl LocalIdentity {
-    fn payload(&self, timestamp: u64) -> Vec<u8> {
+    /// Our payload for a session whose index on our side is `index`.
+    fn payload(&self, timestamp: u64, index: SessionIndex) -> Vec<u8> {
         let mut b = BytesMut::new();
         HandshakePayload {
             min_version: PROTOCOL_VERSION,
@@ -169,6 +204,7 @@ impl LocalIdentity {
             capabilities: self.capabilities,
             timestamp,
             certificate: self.certificate.clone(),
+            reset_token: Some(reset_token(&self.device, index)),
         }
         .encode(&mut b);
         b.to_vec()
@@ -186,6 +222,8 @@ pub struct PeerInfo {
     pub version: u8,
     /// The peer's handshake timestamp (see [`HandshakePayload::timestamp`]).
     pub timestamp: u64,
+    /// The token a reset of this session from the peer must carry, if the peer gave one.
+    pub reset_token: Option<[u8; RESET_TOKEN_LEN]>,
 }
 
 /// The result of a completed handshake.
@@ -311,7 +349,7 @@ impl Handshake {
         let payload = match pattern {
             // Zero padding only (message 1 of XX is not encrypted): see XX_INIT_PADDING.
             Pattern::Xx => vec![0u8; crate::endpoint::XX_INIT_PADDING],
-            Pattern::Ik => hs.identity.payload(timestamp),
+            Pattern::Ik => hs.identity.payload(timestamp, local_index),
         };
         let noise = hs.write(&payload)?;
         let mut out = BytesMut::new();
@@ -384,7 +422,7 @@ impl Handshake {
             Pattern::Xx => {}
             Pattern::Ik => hs.accept_peer(&payload, wall)?,
         }
-        let reply = hs.identity.payload(0);
+        let reply = hs.identity.payload(0, local_index);
         let noise = hs.write(&reply)?;
         let mut out = BytesMut::new();
         Packet::HandshakeResponse {
@@ -417,7 +455,7 @@ impl Handshake {
         match self.pattern {
             Pattern::Ik => Ok(Step::Done(None, Box::new(self.finish(now)?))),
             Pattern::Xx => {
-                let mine = self.identity.payload(0);
+                let mine = self.identity.payload(0, self.local_index);
                 let noise = self.write(&mine)?;
                 let mut out = BytesMut::new();
                 Packet::HandshakeFinal {
@@ -531,6 +569,7 @@ impl Handshake {
             capabilities: p.capabilities,
             version: PROTOCOL_VERSION,
             timestamp: p.timestamp,
+            reset_token: p.reset_token,
         });
         Ok(())
     }
@@ -678,7 +717,13 @@ mod tests {
         }
 
         #[test]
-        fn payload_roundtrip(min in 0u8..4, extra in 0u8..4, caps in any::<u32>(), ts in any::<u64>()) {
+        fn payload_roundtrip(
+            min in 0u8..4,
+            extra in 0u8..4,
+            caps in any::<u32>(),
+            ts in any::<u64>(),
+            reset_token in any::<Option<[u8; RESET_TOKEN_LEN]>>(),
+        ) {
             let certificate = TestNetwork::new(1).identity("alice").certificate;
             let p = HandshakePayload {
                 min_version: min,
@@ -686,6 +731,7 @@ mod tests {
                 capabilities: Capabilities(caps),
                 timestamp: ts,
                 certificate,
+                reset_token,
             };
             let mut b = BytesMut::new();
             p.encode(&mut b);
@@ -703,8 +749,24 @@ mod tests {
             capabilities: Capabilities::VOICE,
             timestamp: 0,
             certificate,
+            reset_token: None,
         }
         .encode(&mut b);
         assert!(HandshakePayload::decode(&b).is_err());
+    }
+
+    /// A reset token is the device's own: the same device computes the same token for the
+    /// same index after a restart, and no other device (or index) gives it.
+    #[test]
+    fn reset_tokens_are_per_device_and_index() {
+        let net = TestNetwork::new(1);
+        let alice = net.identity("alice").device;
+        let (dh, signing) = alice.secret_bytes();
+        let again = DeviceIdentity::from_secret_bytes(dh, signing);
+        let bob = net.identity("bob").device;
+        let i = SessionIndex(7);
+        assert_eq!(reset_token(&alice, i), reset_token(&again, i));
+        assert_ne!(reset_token(&alice, i), reset_token(&bob, i));
+        assert_ne!(reset_token(&alice, i), reset_token(&alice, SessionIndex(8)));
     }
 }

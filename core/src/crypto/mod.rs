@@ -13,8 +13,8 @@ mod replay;
 mod session;
 
 pub use handshake::{
-    Capabilities, Established, Handshake, HandshakeError, HandshakePayload, InitMessage,
-    LocalIdentity, PeerInfo, Step,
+    reset_token, Capabilities, Established, Handshake, HandshakeError, HandshakePayload,
+    InitMessage, LocalIdentity, PeerInfo, Step, RESET_TOKEN_LEN,
 };
 pub use identity::{
     verify_signature, Authority, AuthorityKeyId, CertError, Certificate, DeviceId, DeviceIdentity,

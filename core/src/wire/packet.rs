@@ -4,6 +4,7 @@
 //! handshake init     [0x5V][0x01 XX | 0x02 IK][sender index u32][noise message ...]
 //! handshake response [0x5V][0x03][sender index u32][receiver index u32][noise message ...]
 //! handshake final    [0x5V][0x04][receiver index u32][noise message ...]
+//! session reset      [0x5V][0x05][unknown index u32][reset token 16]
 //! data envelope      [0x5V control | 0x6V media][0x10 | key phase][receiver index u32]
 //!                    [counter u64][ChaCha20-Poly1305 ciphertext ... ][tag 16]
 //! ```
@@ -12,6 +13,11 @@
 //! packet finds its session in O(1) without trial decryption and without trusting the source
 //! address (which changes when a call moves from a direct path to a relay). The data header is
 //! the AEAD's associated data, so any bit flipped in it fails authentication.
+//!
+//! A session reset answers a data envelope for an index the receiver does not know (it restarted
+//! and forgot the session): the token is the one the same device gave inside the encrypted
+//! handshake ([`crate::crypto::reset_token`]), so only that device can make the peer drop the
+//! session early. A reset is never larger than the envelope that caused it.
 
 use bytes::{BufMut, BytesMut};
 
@@ -29,7 +35,11 @@ const TYPE_INIT_XX: u8 = 0x01;
 const TYPE_INIT_IK: u8 = 0x02;
 const TYPE_RESPONSE: u8 = 0x03;
 const TYPE_FINAL: u8 = 0x04;
+const TYPE_RESET: u8 = 0x05;
 const TYPE_DATA: u8 = 0x10;
+
+/// Length of a session reset packet.
+pub const RESET_LEN: usize = 2 + 4 + crate::crypto::RESET_TOKEN_LEN;
 
 /// A session index: a random number chosen by the side that will *receive* packets carrying it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,6 +125,13 @@ pub enum Packet<'a> {
         /// Ciphertext including the 16-byte tag.
         ciphertext: &'a [u8],
     },
+    /// "I no longer know this session": the answer of a restarted device to data it cannot open.
+    Reset {
+        /// The index the sender chose for the session (the receiver's remote index).
+        index: SessionIndex,
+        /// The session's reset token, proving the sender is the device the session was with.
+        token: [u8; crate::crypto::RESET_TOKEN_LEN],
+    },
 }
 
 impl<'a> Packet<'a> {
@@ -161,6 +178,14 @@ impl<'a> Packet<'a> {
                 receiver: SessionIndex(r.u32()?),
                 noise: nonempty(r.rest())?,
             },
+            TYPE_RESET => {
+                let packet = Packet::Reset {
+                    index: SessionIndex(r.u32()?),
+                    token: r.array()?,
+                };
+                r.finish()?;
+                packet
+            }
             t if t & 0xFE == TYPE_DATA => {
                 let header = DataHeader {
                     channel,
@@ -217,6 +242,12 @@ impl<'a> Packet<'a> {
             Packet::Data { header, ciphertext } => {
                 header.encode(out);
                 out.put_slice(ciphertext);
+            }
+            Packet::Reset { index, token } => {
+                out.put_u8(CONTROL_BASE | PROTOCOL_VERSION);
+                out.put_u8(TYPE_RESET);
+                out.put_u32(index.0);
+                out.put_slice(&token);
             }
         }
     }
@@ -298,6 +329,17 @@ mod tests {
             roundtrip(Packet::HandshakeInit { pattern, sender: SessionIndex(s), noise: &noise });
             roundtrip(Packet::HandshakeResponse { sender: SessionIndex(s), receiver: SessionIndex(r), noise: &noise });
             roundtrip(Packet::HandshakeFinal { receiver: SessionIndex(r), noise: &noise });
+        }
+
+        #[test]
+        fn reset_roundtrip(i in any::<u32>(), token in any::<[u8; crate::crypto::RESET_TOKEN_LEN]>()) {
+            let p = Packet::Reset { index: SessionIndex(i), token };
+            let mut buf = BytesMut::new();
+            p.encode(&mut buf);
+            prop_assert_eq!(buf.len(), RESET_LEN);
+            prop_assert_eq!(Packet::decode(&buf).unwrap(), p);
+            buf.put_u8(0);
+            prop_assert!(Packet::decode(&buf).is_err());
         }
 
         #[test]

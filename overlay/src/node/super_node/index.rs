@@ -354,8 +354,20 @@ impl IndexPart {
     }
 
     /// A session ended: no index traffic on it any more.
-    pub fn session_closed(&mut self, conn: ConnId) {
-        self.sessions.retain(|_, c| *c != conn);
+    pub fn session_closed(&mut self, cx: &mut Cx<'_>, conn: ConnId) {
+        let gone: Vec<SocketAddr> = self
+            .sessions
+            .iter()
+            .filter(|(_, c)| **c == conn)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in gone {
+            self.sessions.remove(&addr);
+            // What was asked on it will not be answered (a super node that restarted resets
+            // the session at our next packet; its store is empty anyway): the searches go on
+            // without it now instead of at their timeout. The node stays in the ring.
+            self.dht.unreachable(cx.now, cx.wall, addr);
+        }
     }
 
     /// A super node we had taken out of the ring as unreachable answered after all (at start,

@@ -148,7 +148,7 @@ impl SuperNode {
             EndpointEvent::Connected { conn, .. } => self.index.connected(cx, *conn),
             EndpointEvent::ConnectFailed { conn, .. } => self.index.connect_failed(cx, *conn),
             EndpointEvent::Closed { conn, .. } => {
-                self.index.session_closed(*conn);
+                self.index.session_closed(cx, *conn);
                 if let Some(ev) = self.role.session_closed(*conn) {
                     cx.out.events.push_back(NodeEvent::SuperNode(ev));
                 }
