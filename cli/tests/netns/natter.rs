@@ -21,23 +21,47 @@ pub fn natter() -> &'static Path {
 /// public host `srv`, the super node listening on `198.18.K.10:4000`; returns the network
 /// file's path.
 pub fn servers(net: &mut Net, dir: &Path) -> Result<String, String> {
-    let (srv, addrs) = net.public_host("srv", 2)?;
-    let (a, b) = (addrs[0], addrs[1]);
+    Ok(servers_with(net, dir, 1, true)?.network)
+}
+
+/// A running network: the network file and its super nodes.
+pub struct Servers {
+    /// The network file's path.
+    pub network: String,
+    /// Each super node: its namespace, its main address (port 4000) and its process.
+    pub super_nodes: Vec<(String, Ipv4Addr, Proc)>,
+}
+
+/// A login server on public host `srv` (with the first super node) and `count` super nodes,
+/// each on a public host of its own after the first (`srv`, `sn1`, `sn2`...), all listed as
+/// bootstrap super nodes; with `alternate` each has a second address (`--stun-alternate`),
+/// else each has one address and must pair with another for NAT classification.
+pub fn servers_with(
+    net: &mut Net,
+    dir: &Path,
+    count: usize,
+    alternate: bool,
+) -> Result<Servers, String> {
+    let addresses = if alternate { 2 } else { 1 };
+    let mut hosts = vec![net.public_host("srv", addresses)?];
+    for i in 1..count {
+        hosts.push(net.public_host(&format!("sn{i}"), addresses)?);
+    }
+    let a = hosts[0].1[0];
     let data = dir.join("login");
-    let mut login = net.spawn(
-        &srv,
-        natter(),
-        &[
-            "login-server",
-            "--listen",
-            &format!("{a}:4433"),
-            "--data",
-            data.to_str().unwrap(),
-            "--bootstrap",
-            &format!("{a}:4000"),
-        ],
-        &[],
-    )?;
+    let mut args = vec![
+        "login-server".to_string(),
+        "--listen".into(),
+        format!("{a}:4433"),
+        "--data".into(),
+        data.to_str().unwrap().into(),
+    ];
+    for (_, addrs) in &hosts {
+        args.push("--bootstrap".into());
+        args.push(format!("{}:4000", addrs[0]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut login = net.spawn(&hosts[0].0, natter(), &args, &[])?;
     login.wait_for(&["network file: "], WAIT)?;
     let network = login
         .line("network file: ")
@@ -48,18 +72,26 @@ pub fn servers(net: &mut Net, dir: &Path) -> Result<String, String> {
         .next()
         .unwrap()
         .to_string();
-    let mut sn = start(
-        net,
-        dir,
-        &network,
-        &srv,
-        "node",
-        "snode",
-        a,
-        &["--supernode", "--stun-alternate", &format!("{b}:4001")],
-    )?;
-    sn.wait_for(&["node listening"], WAIT)?;
-    Ok(network)
+    let mut super_nodes = Vec::new();
+    for (i, (ns, addrs)) in hosts.into_iter().enumerate() {
+        let alt = addrs.get(1).map(|b| format!("{b}:4001"));
+        let mut extra = vec!["--supernode"];
+        if let Some(alt) = &alt {
+            extra.extend(["--stun-alternate", alt]);
+        }
+        let user = if i == 0 {
+            "snode".to_string()
+        } else {
+            format!("snode{i}")
+        };
+        let mut sn = start(net, dir, &network, &ns, "node", &user, addrs[0], &extra)?;
+        sn.wait_for(&["node listening"], WAIT)?;
+        super_nodes.push((ns, addrs[0], sn));
+    }
+    Ok(Servers {
+        network,
+        super_nodes,
+    })
 }
 
 /// Register `user` from namespace `ns` (device data under `dir`) and start `natter

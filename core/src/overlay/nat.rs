@@ -67,10 +67,12 @@ pub struct NatReport {
     pub mapped: Option<SocketAddr>,
     /// How long the probe took.
     pub elapsed: Duration,
-    /// False when the filtering could not be told apart for certain: the server's other
-    /// address is an IP the node had already sent to (a partner super node it probed while
-    /// joining), so an address-dependent filter lets its answer in as if it filtered
-    /// nothing. The report then says address-dependent, the conservative reading.
+    /// False when the filtering could not be told apart for certain: the "change IP" answer
+    /// came from an IP the node had already sent to (a partner super node it probed while
+    /// joining), so an address-dependent filter lets it in as if it filtered nothing. Behind
+    /// a NAT the report then says address-dependent, the conservative reading. On a public
+    /// address an answer from a port the node never sent to still shows that nothing filters
+    /// by port (what stateful firewalls do); the report says open, uncertain.
     pub filtering_certain: bool,
 }
 
@@ -109,8 +111,9 @@ pub struct NatProbeConfig {
     pub interval: Duration,
     /// Randomness for transaction ids.
     pub seed: [u8; 32],
-    /// IPs the node sent UDP to recently (besides the server): their filters may be open.
-    pub contacted: Vec<std::net::IpAddr>,
+    /// Addresses the node sent UDP to recently (besides the server): filters may be open
+    /// for them (for their IPs, with an address-dependent filter).
+    pub contacted: Vec<SocketAddr>,
 }
 
 impl NatProbeConfig {
@@ -275,13 +278,25 @@ impl NatProbe {
         self.start(now, Test::FilterChangeBoth, server, Some((true, true)));
     }
 
-    fn filtering_result(&mut self, now: Instant, mut filtering: Filtering) {
-        let other_contacted = self
-            .other
-            .is_some_and(|o| self.cfg.contacted.contains(&o.ip()));
-        if filtering == Filtering::EndpointIndependent && other_contacted {
-            filtering = Filtering::AddressDependent;
+    /// The filtering test's outcome; for an answer to "change IP and port", `origin` is where
+    /// it came from (RESPONSE-ORIGIN, else the server's other address).
+    fn filtering_result(
+        &mut self,
+        now: Instant,
+        mut filtering: Filtering,
+        origin: Option<SocketAddr>,
+    ) {
+        let contacted_ip =
+            origin.is_some_and(|o| self.cfg.contacted.iter().any(|c| c.ip() == o.ip()));
+        let contacted_port = origin.is_some_and(|o| self.cfg.contacted.contains(&o));
+        if filtering == Filtering::EndpointIndependent && contacted_ip {
             self.filtering_certain = false;
+            // A filter open to the contacted IP lets the answer in whatever it does to
+            // strangers. On a public address an answer from a port never sent to does show
+            // that nothing filters by port, which is what stateful firewalls do: open.
+            if !self.public || contacted_port {
+                filtering = Filtering::AddressDependent;
+            }
         }
         self.filtering = Some(filtering);
         if self.public {
@@ -341,8 +356,11 @@ impl NatProbe {
                 let symmetric = Some(m2) != self.m1;
                 self.mapping_result(now, symmetric);
             }
-            Test::FilterChangeBoth => self.filtering_result(now, Filtering::EndpointIndependent),
-            Test::FilterChangePort => self.filtering_result(now, Filtering::AddressDependent),
+            Test::FilterChangeBoth => {
+                let origin = response.response_origin().or(self.other);
+                self.filtering_result(now, Filtering::EndpointIndependent, origin)
+            }
+            Test::FilterChangePort => self.filtering_result(now, Filtering::AddressDependent, None),
         }
     }
 
@@ -362,7 +380,7 @@ impl NatProbe {
                 self.start(now, Test::FilterChangePort, server, Some((false, true)));
             }
             Test::FilterChangePort => {
-                self.filtering_result(now, Filtering::AddressAndPortDependent)
+                self.filtering_result(now, Filtering::AddressAndPortDependent, None)
             }
         }
     }

@@ -9,7 +9,7 @@
 //! tells the super-node role when a link comes up or breaks.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +27,9 @@ use super::NodeEvent;
 
 /// UDP destinations remembered for the NAT probe.
 const MAX_CONTACTED: usize = 64;
+/// How soon a NAT probe that could not classify (the super node had no second address or
+/// partner yet) is tried again.
+const NAT_RETRY: Duration = Duration::from_secs(15);
 /// While our reflexive address is asked again, an unanswered keep-alive is repeated this often.
 const RECHECK_EVERY: Duration = Duration::from_millis(500);
 /// ... for at most this long.
@@ -53,7 +56,7 @@ pub(crate) struct Uplink {
     reflexive: Option<SocketAddr>,
     /// IPs this node sent UDP to (probes, keep-alives, calls), for the NAT probe: their
     /// filters may be open. Bounded.
-    udp_contacted: Vec<IpAddr>,
+    udp_contacted: Vec<SocketAddr>,
     local_addresses: Vec<SocketAddr>,
 }
 
@@ -376,11 +379,18 @@ impl Uplink {
                 cx.out.transmits.push_back(t);
             }
             let mut reports = Vec::new();
+            let mut failed = false;
             while let Some(e) = probe.poll_event() {
-                if let NatEvent::Classified(report) = e {
-                    reports.push(report);
+                match e {
+                    NatEvent::Classified(report) => reports.push(report),
+                    // The super node offers no RFC 5780 tests yet (one address and no partner
+                    // so far): nothing learnt; try again soon rather than at the next recheck.
+                    NatEvent::Failed { .. } => failed = true,
                 }
-                // NatEvent::Failed: the super node offers no RFC 5780 tests; nothing learnt.
+            }
+            if failed {
+                let soon = cx.now + NAT_RETRY.min(cx.cfg.nat_recheck);
+                self.next_nat_check = Some(self.next_nat_check.map_or(soon, |t| t.min(soon)));
             }
             if probe.is_done() {
                 self.nat = None;
@@ -475,11 +485,11 @@ impl Uplink {
     }
 
     fn note_udp(&mut self, to: SocketAddr) {
-        if !self.udp_contacted.contains(&to.ip()) {
+        if !self.udp_contacted.contains(&to) {
             if self.udp_contacted.len() >= MAX_CONTACTED {
                 self.udp_contacted.remove(0);
             }
-            self.udp_contacted.push(to.ip());
+            self.udp_contacted.push(to);
         }
     }
 
@@ -489,7 +499,7 @@ impl Uplink {
             .udp_contacted
             .iter()
             .copied()
-            .filter(|ip| *ip != server.ip())
+            .filter(|a| a.ip() != server.ip())
             .collect();
         self.nat = Some(NatProbe::new(cfg, cx.now));
         self.next_nat_check = Some(cx.now + cx.cfg.nat_recheck);
