@@ -1395,3 +1395,70 @@ fn a_nat_that_forgets_its_state_while_still_hearing_the_peer_keeps_the_call_on_t
     }
     assert_eq!(kind_now(&w, alice, call), Some(RelayUdp));
 }
+
+/// One side's NAT moves to a new public address mid-call (a new lease from its provider), both
+/// sides behind Linux-like port-restricted NATs: the call goes on over the relay with an audio
+/// gap under a second on both sides, and goes direct again. The moved side's media reached the
+/// peer's NAT from the new address before it knew it had moved, and the tracking entry that
+/// left pushes the peer's mapping towards the new address onto another port for as long as it
+/// lives (30 s after the last such packet, as on Linux): the new pairs fail their checks, both
+/// sides stay quiet towards each other for `PathConfig::stale_wait` (32 s), open again and
+/// meet. Before, the call stayed on the relay for good (its re-checks kept the stale entry
+/// alive) and the callee's side heard nothing for 1.26 s.
+fn nat_moves_to_a_new_address(callee_side: bool) {
+    let mut w = world(33);
+    let (alice, nat_a) = w.client_nat("alice", Site::PortRestricted);
+    let (bob, nat_b) = w.client_nat("bob", Site::PortRestricted);
+    w.settle(&[alice, bob]);
+    let (call, _) = connect(&mut w, alice, bob, "bob");
+    w.talk(alice, bob, call, Duration::from_secs(3));
+    assert_eq!(kind_now(&w, alice, call), Some(Direct));
+    let nat = if callee_side { nat_b } else { nat_a }.unwrap();
+    let moved = w.sim.elapsed();
+    w.sim
+        .set_nat_external_ip(nat, std::net::IpAddr::from([198, 18, 250, 7]));
+    w.talk(alice, bob, call, Duration::from_secs(45));
+    let side = if callee_side { "callee" } else { "caller" };
+    assert!(
+        ended(&w.sim, alice, call).is_none() && ended(&w.sim, bob, call).is_none(),
+        "{side}'s NAT moved: the call ended: {:?} / {:?}; caller paths {:?}; callee paths {:?}",
+        ended(&w.sim, alice, call),
+        ended(&w.sim, bob, call),
+        paths(&w.sim, alice, call),
+        paths(&w.sim, bob, call)
+    );
+    for (to, from) in [(bob, alice), (alice, bob)] {
+        let (gap, _) = longest_gap(&w.sim, to, from, call, moved);
+        eprintln!(
+            "NAT MOVED ({side}): {} longest gap hearing {} {gap:?}",
+            w.sim.host_name(to),
+            w.sim.host_name(from)
+        );
+        assert!(gap <= Duration::from_secs(1), "gap {gap:?}");
+    }
+    let back = paths(&w.sim, alice, call)
+        .into_iter()
+        .filter(|(t, k, _)| *t > moved && *k == Direct)
+        .map(|(t, _, _)| t - moved)
+        .next();
+    eprintln!(
+        "NAT MOVED ({side}): direct again {back:?} after the move; caller paths {:?}",
+        paths(&w.sim, alice, call)
+    );
+    assert_eq!(kind_now(&w, alice, call), Some(Direct));
+    assert_eq!(kind_now(&w, bob, call), Some(Direct));
+    assert!(
+        back.is_some_and(|b| b <= Duration::from_secs(40)),
+        "{back:?}"
+    );
+}
+
+#[test]
+fn the_callers_nat_moving_to_a_new_address_goes_direct_again() {
+    nat_moves_to_a_new_address(false);
+}
+
+#[test]
+fn the_callees_nat_moving_to_a_new_address_goes_direct_again() {
+    nat_moves_to_a_new_address(true);
+}

@@ -41,6 +41,14 @@ pub struct PathConfig {
     pub candidates_retransmit: Duration,
     /// Receiver reports go out this often (default 1 s).
     pub report_interval: Duration,
+    /// After a mid-call change of candidates (a NAT rebinding or a new address on either
+    /// side) whose checks found no direct path within `check_phase`, send nothing directly to
+    /// the peer for this long, then open and check again (default 32 s). A Linux NAT keeps
+    /// the tracking entry left by an unsolicited packet (the moved side's media, sent to the
+    /// peer before it knew it had moved) for 30 s after the last such packet, and while it
+    /// lives it pushes the peer's mapping towards the new address onto another port: the
+    /// paths can only meet once both sides stayed quiet that long.
+    pub stale_wait: Duration,
     /// Look for a direct path at all (default true). Off, calls stay on the relay and this
     /// side never tells the peer its addresses: a privacy setting (the peer never learns
     /// where this device is), at the cost of the relay's latency and the super node's
@@ -64,6 +72,7 @@ impl Default for PathConfig {
             recover_after: 3,
             candidates_retransmit: Duration::from_secs(1),
             report_interval: Duration::from_secs(1),
+            stale_wait: Duration::from_secs(32),
             direct: true,
         }
     }
@@ -301,6 +310,13 @@ impl RxStats {
 ///    probes from the new mapping; the peer opens towards the new ones, answers with its own
 ///    candidates, and the checks run again over the new pairs. Until that answer this side
 ///    sends no checks, so none reaches the peer's NAT before the peer opened towards it.
+///    Packets the moved side sent before it knew (its media) may still have reached the
+///    peer's NAT from the new address; on Linux the entry they left pushes the peer's mapping
+///    towards that address onto another port. When the new pairs answer nothing within
+///    `check_phase`, both sides send nothing directly for [`PathConfig::stale_wait`] (so the
+///    stale entries expire), then open and check again. A controlled side whose direct path
+///    goes silent pings the relay's super node and probes the relay after `dead_after`, so
+///    that its leg of the relay follows it to a new address before it falls back.
 ///
 /// | kind | method |
 /// |---|---|
@@ -325,6 +341,12 @@ pub struct PathManager {
     candidates_sent: u32,
     /// Our candidates changed mid-call and the peer has not answered them yet.
     update_pending: bool,
+    /// When checks restarted after a mid-call change of either side's candidates, until a
+    /// direct path answered or the checks gave up.
+    changed_at: Option<Instant>,
+    /// No direct packets until then (stale NAT state left by a change must expire first; see
+    /// [`PathConfig::stale_wait`]).
+    quiet_until: Option<Instant>,
     checks_started: Option<Instant>,
     first_valid: Option<Instant>,
     next_candidates: Option<Instant>,
@@ -333,6 +355,9 @@ pub struct PathManager {
     last_heard: Instant,
     /// When the relay, in use and silent, was last reported quiet.
     relay_quiet_at: Option<Instant>,
+    /// When the controlled side, its direct path silent, last probed the relay (so that the
+    /// relay learns where its leg is now, should its address have changed).
+    relay_poked_at: Option<Instant>,
     /// When this side last moved the session itself.
     switched_at: Option<Instant>,
     last_active_probe: Instant,
@@ -373,12 +398,15 @@ impl PathManager {
             peer_candidates: false,
             candidates_sent: 0,
             update_pending: false,
+            changed_at: None,
+            quiet_until: None,
             checks_started: None,
             first_valid: None,
             next_candidates: Some(now),
             next_check: None,
             last_heard: now,
             relay_quiet_at: None,
+            relay_poked_at: None,
             switched_at: None,
             last_active_probe: now,
             hold: false,
@@ -433,6 +461,14 @@ impl PathManager {
             self.next_candidates.get_or_insert(now);
             return;
         }
+        self.reopen(now);
+    }
+
+    /// Open towards every peer candidate again and send ours; checks resume when the peer
+    /// answered (it opened towards ours by then).
+    fn reopen(&mut self, now: Instant) {
+        self.quiet_until = None;
+        self.changed_at = Some(now);
         self.open_towards(self.remotes.iter().map(|r| r.addr).collect());
         self.update_pending = true;
         self.candidates_sent = 0;
@@ -451,6 +487,7 @@ impl PathManager {
 
     /// Checks (again) from now, fast for a while.
     fn restart_checks(&mut self, now: Instant) {
+        self.changed_at = Some(now);
         if self.checks_started.is_some() {
             self.checks_started = Some(now);
             self.next_check = Some(now);
@@ -511,6 +548,13 @@ impl PathManager {
                 if self.update_pending {
                     // The peer answered our new candidates: it opened towards them.
                     self.update_pending = false;
+                    self.restart_checks(now);
+                } else if self.quiet_until.is_some() {
+                    // The peer waited out the stale NAT state too and opened again: open
+                    // towards it, answer, and check.
+                    self.quiet_until = None;
+                    self.open_towards(self.remotes.iter().map(|r| r.addr).collect());
+                    self.send_candidates(now);
                     self.restart_checks(now);
                 }
                 if !self.opened {
@@ -848,6 +892,23 @@ impl PathManager {
                 self.send_candidates(now);
             }
         }
+        if let Some(changed) = self.changed_at {
+            let answered = self
+                .remotes
+                .iter()
+                .any(|r| r.last_answer.is_some_and(|t| t >= changed));
+            if answered || self.active != self.relay {
+                self.changed_at = None;
+            } else if now >= changed + self.cfg.check_phase && !self.update_pending {
+                // The new pairs never answered: most likely a NAT's stale state from the
+                // change. Stay quiet until it expired, then open again.
+                self.changed_at = None;
+                self.quiet_until = Some(now + self.cfg.stale_wait);
+            }
+        }
+        if self.quiet_until.is_some_and(|t| now >= t) {
+            self.reopen(now);
+        }
         if self.next_check.is_some_and(|t| now >= t) {
             let fast = self
                 .checks_started
@@ -856,7 +917,7 @@ impl PathManager {
                 let path = Path::Direct(Destination::Udp(r.addr));
                 // While the peer has not answered our new candidates it may not have opened
                 // towards our new mapping: a check now could reach its NAT first.
-                if path == self.active || self.update_pending {
+                if path == self.active || self.update_pending || self.quiet_until.is_some() {
                     continue;
                 }
                 if r.unanswered >= 2 {
@@ -892,6 +953,17 @@ impl PathManager {
                 // not know): back to the relay, which always works; it chooses again there.
                 let relay = self.relay.clone();
                 self.switch(now, relay, false, SwitchReason::Dead);
+            } else if !self.poked_since_heard() {
+                // The controlling side has moved to the relay by now; if our address changed
+                // the relay still sends our leg to the old one until we send on it.
+                // The ping of the relay's super node (RelayQuiet) moves our session with it
+                // to where we are now, and with it our leg of the relay.
+                self.relay_poked_at = Some(now);
+                self.actions.push_back(PathAction::RelayQuiet);
+                self.actions.push_back(PathAction::Probe {
+                    path: self.relay.clone(),
+                    ttl: None,
+                });
             }
         }
         if let Some(at) = self.relay_quiet_due() {
@@ -948,6 +1020,11 @@ impl PathManager {
         }
     }
 
+    /// Whether the controlled side probed the relay since it last heard the peer.
+    fn poked_since_heard(&self) -> bool {
+        self.relay_poked_at.is_some_and(|t| t >= self.last_heard)
+    }
+
     /// When the relay, if in use, is next reported quiet: half of `dead_after` after the last
     /// thing heard (the relay is the last resort: a dead one is worth checking early), then
     /// every `dead_after` while nothing is.
@@ -976,7 +1053,7 @@ impl PathManager {
         };
         let dead = (self.active != self.relay).then(|| {
             self.last_heard
-                + if self.controlling {
+                + if self.controlling || !self.poked_since_heard() {
                     self.cfg.dead_after
                 } else {
                     self.cfg.dead_after * 2
@@ -984,6 +1061,8 @@ impl PathManager {
         });
         [
             self.relay_quiet_due(),
+            self.quiet_until,
+            self.changed_at.map(|c| c + self.cfg.check_phase),
             self.next_candidates,
             self.next_check,
             Some(self.next_report),
