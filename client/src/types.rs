@@ -288,7 +288,9 @@ pub struct AudioStats {
     /// Received media bitrate, kilobits per second.
     pub bitrate_kbps: f64,
     /// Estimated listening quality of received audio (MOS, 1 to 4.5; ITU-T G.107 E-model,
-    /// wideband), `None` before any audio arrived.
+    /// wideband, calibrated against wideband PESQ) over the last 8 s of received audio,
+    /// recent loss weighing most, so it recovers after a burst of loss; time on hold is not
+    /// counted. `None` before any audio arrived.
     pub mos: Option<f64>,
 }
 

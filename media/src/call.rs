@@ -164,12 +164,21 @@ impl CallAudio {
                     let out_n = (f64::from(out_rate) * period.as_secs_f64()).round() as usize;
                     play.resize(out_n, 0);
                     let now = Instant::now();
+                    // On hold nothing is received: the sink is told it is silence, not audio
+                    // (an application pulling PCM gets no samples counted as real).
+                    let held = sh.paused.load(Ordering::SeqCst);
                     let rstats = {
                         let mut rx = lock(&sh.receiver);
-                        rx.pull(now, &mut play);
+                        if !held {
+                            rx.pull(now, &mut play);
+                        }
                         rx.stats()
                     };
-                    let _ = sink.write_frame(&play);
+                    let _ = if held {
+                        sink.write_silence(play.len())
+                    } else {
+                        sink.write_frame(&play)
+                    };
                     {
                         let mut st = lock(&sh.stats);
                         st.sender = sender.stats();
@@ -209,8 +218,12 @@ impl CallAudio {
         }
     }
 
-    /// Stop sending (hold) or start again; playout goes on.
+    /// Hold (`true`) or resume the call's media: while held nothing is sent, nothing is
+    /// played (the sink gets [`AudioSink::write_silence`]) and the receiver knows the silence
+    /// from the peer is on purpose ([`MediaReceiver::set_held`]): not loss, not delay, and
+    /// not in the MOS. Call it whenever either side holds or resumes.
     pub fn set_paused(&self, paused: bool) {
+        lock(&self.shared.receiver).set_held(paused, Instant::now());
         self.shared.paused.store(paused, Ordering::SeqCst);
     }
 

@@ -43,6 +43,18 @@
 //! buffer re-anchors on the latest one instead of concealing until the estimate catches up.
 //! After a second of concealment with nothing buffered it goes idle and re-anchors on the
 //! next frame; a frame more than 2 s ahead of playout (a sender restart) does the same.
+//!
+//! ## Hold
+//!
+//! A call on hold is a gap on purpose: [`JitterBuffer::set_held`] says so. While held the
+//! buffer plays [`Playout::Idle`] (no loss, no concealment, no stretching), drops what it
+//! buffered, reads a current delay of 0, and counts frames that still arrive (sent before
+//! the sender heard of the hold) without playing them or taking their transit. On resume
+//! the next frame re-anchors media time: the sender's timestamps did not advance through the
+//! hold (or not by the time it took), so the held time is neither transit nor jitter; the
+//! delay window keeps the relative delays it learned before the hold, so the target delay is
+//! kept too. Playout starts again once that frame has waited the target delay, as at the start
+//! of a call, and the frames missing until then are not loss.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -166,6 +178,8 @@ pub enum InsertOutcome {
     Overflow,
     /// It re-anchored the playout (a delay jump, a sender restart, or the end of a long gap).
     Resync,
+    /// The call is on hold ([`JitterBuffer::set_held`]): counted, not played.
+    Held,
 }
 
 /// Whether the buffer wants to shed a frame of delay.
@@ -224,6 +238,8 @@ pub struct JitterStats {
     pub gap_runs: u64,
     /// Frames in those gaps.
     pub gap_frames: u64,
+    /// Frames that arrived while the call was on hold (counted in `received`, not played).
+    pub held_received: u64,
 }
 
 impl JitterStats {
@@ -343,6 +359,10 @@ pub struct JitterBuffer {
     excess_slots: u32,
     loss_ewma: f64,
     last_slot_lost: bool,
+    /// On hold: play nothing, count nothing as lost.
+    held: bool,
+    /// Resumed from hold: the next frame re-anchors media time.
+    resume_pending: bool,
     stats: JitterStats,
 }
 
@@ -381,8 +401,61 @@ impl JitterBuffer {
             excess_slots: 0,
             loss_ewma: 0.0,
             last_slot_lost: false,
+            held: false,
+            resume_pending: false,
             stats: JitterStats::default(),
         }
+    }
+
+    /// The call went on hold (`true`: the peer sends nothing on purpose, and nothing is played)
+    /// or was resumed (`false`). See the [module documentation](self#hold).
+    pub fn set_held(&mut self, held: bool) {
+        if held == self.held {
+            return;
+        }
+        self.held = held;
+        if held {
+            self.frames.clear();
+            self.red.clear();
+            self.started = false;
+            self.idle = false;
+            self.concealing_ms = 0.0;
+            self.excess_slots = 0;
+            self.consecutive_late = 0;
+            self.last_slot_lost = false;
+            self.stats.current_delay_ms = 0.0;
+        } else {
+            self.resume_pending = true;
+        }
+    }
+
+    /// Whether the call is on hold.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// The first frame after a hold (timestamp `ts`, arrived at `now`): media time restarts
+    /// here; the window keeps its relative delays (shifted so its fastest frame is 0).
+    fn resume(&mut self, now: Instant, ts: u64) {
+        self.resume_pending = false;
+        let min = self.min_transit;
+        for t in &mut self.transits {
+            *t -= min;
+        }
+        self.min_transit = 0.0;
+        self.anchor = Some((now, ts));
+        self.frames.clear();
+        self.red.clear();
+        self.playout_ts = ts;
+        self.played_until = self.played_until.min(ts);
+        self.started = false;
+        self.idle = false;
+        self.concealing_ms = 0.0;
+        self.consecutive_late = 0;
+        self.excess_slots = 0;
+        self.last_played_seq = None;
+        self.last_played_dtx = false;
+        self.last_slot_lost = false;
     }
 
     /// Counters and gauges.
@@ -498,6 +571,13 @@ impl JitterBuffer {
         self.stats.expected = self.last_seq.unwrap_or(seq) - self.first_seq.unwrap_or(seq) + 1;
         let ticks = opus_packet::packet_ticks(frame.payload).unwrap_or(8).max(1);
 
+        if self.held {
+            self.stats.held_received += 1;
+            return InsertOutcome::Held;
+        }
+        if self.resume_pending {
+            self.resume(now, ts);
+        }
         // Delay estimation takes every frame, late ones included.
         if self.anchor.is_none() {
             self.anchor = Some((now, ts));
@@ -583,7 +663,10 @@ impl JitterBuffer {
     /// [`pop`](Self::pop) at a quiet moment. Growth needed to absorb jitter is not optional:
     /// `pop` does it by itself.
     pub fn grow_wanted(&self, now: Instant) -> bool {
-        self.started && !self.idle && self.delay_ms(now, self.playout_ts) + 1e-6 < self.target_ms
+        !self.held
+            && self.started
+            && !self.idle
+            && self.delay_ms(now, self.playout_ts) + 1e-6 < self.target_ms
     }
 
     /// Play one frame of concealment without advancing: the delay grows by a frame.
@@ -612,6 +695,11 @@ impl JitterBuffer {
     /// What to play for the next slot, at `now`.
     pub fn pop(&mut self, now: Instant) -> Playout {
         // Drop what can no longer be played.
+        if self.held {
+            return Playout::Idle {
+                ticks: self.last_ticks,
+            };
+        }
         let p = self.playout_ts;
         self.red.retain(|&t, _| t >= p);
 
@@ -944,6 +1032,50 @@ mod tests {
         let ts = played_ts(&out);
         assert_eq!(ts.len(), 100);
         assert_eq!(ts[50], 200);
+    }
+
+    #[test]
+    fn hold_is_neither_loss_nor_delay() {
+        let mut jb = JitterBuffer::default();
+        let t0 = Instant::now();
+        // 100 frames, then 2 s on hold (the sender's clock stands still: frame 100 follows
+        // frame 99 in sequence and timestamp, 2 s later), then 100 more.
+        let arrival = |i: u16| 20 * u64::from(i) + if i >= 100 { 2000 } else { 0 };
+        let mut k = 0u16;
+        let (mut idle_on_hold, mut delays_after) = (0, Vec::new());
+        for p in 0..300u64 {
+            let now_ms = 5 + 20 * p;
+            if now_ms == 5 + 20 * 100 {
+                jb.set_held(true);
+            }
+            if now_ms == 5 + 20 * 200 {
+                jb.set_held(false);
+            }
+            while k < 200 && arrival(k) <= now_ms {
+                jb.insert(at(t0, arrival(k)), &frame(k));
+                k += 1;
+            }
+            let out = jb.pop(at(t0, now_ms));
+            if (100..200).contains(&p) {
+                assert!(matches!(out, Playout::Idle { .. }), "{out:?} on hold");
+                idle_on_hold += 1;
+            }
+            if p >= 200 {
+                delays_after.push(jb.stats().current_delay_ms);
+            }
+        }
+        assert_eq!(idle_on_hold, 100);
+        let s = jb.stats();
+        assert_eq!(
+            (s.lost_before_recovery, s.late, s.resyncs),
+            (0, 0, 0),
+            "{s:?}"
+        );
+        assert_eq!(s.concealed_ms + s.stretched_ms, 0.0, "{s:?}");
+        assert_eq!(s.played, 200);
+        assert!(s.target_delay_ms < 1e-6, "{}", s.target_delay_ms);
+        // Every delay read after the resume is the real one (a few ms), not the 2 s held.
+        assert!(delays_after.iter().all(|&d| d < 10.0), "{delays_after:?}");
     }
 
     #[test]

@@ -211,6 +211,17 @@ impl LoopbackResult {
             "bitrate_kbps": round(q.bitrate_bps / 1000.0, 2),
             "mos": round(q.mos, 2),
             "r_wb": round(q.r_wb, 1),
+            "mos_call": round(q.mos_call, 2),
+            "burst_ratio_after_recovery": round(
+                crate::quality::LossSummary::from_counts(
+                    j.slots_total(),
+                    j.lost_before_recovery,
+                    j.lost_after_recovery,
+                    self.receiver.conceal_runs,
+                )
+                .burst_r,
+                2,
+            ),
             "latency_ms": {
                 "p50": round(self.latency.p50, 1),
                 "p95": round(self.latency.p95, 1),

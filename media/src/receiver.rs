@@ -5,6 +5,11 @@
 //! via the playback queue, or a loop) for a block of samples at a time, and decodes whatever
 //! the [`JitterBuffer`] decides: a frame, a redundant copy, an FEC rebuild, or concealment.
 //! Decoding errors are concealed and counted, never propagated to the playout.
+//!
+//! **Hold.** [`MediaReceiver::set_held`] tells the receiver that the call is on hold (the
+//! peer sends nothing on purpose): pulls give silence, and neither the loss counters, the MOS
+//! window, the jitter-buffer delay, the interarrival jitter nor the bitrate take the held
+//! time. [`CallAudio`](crate::call::CallAudio) calls it from its `set_paused`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -13,7 +18,9 @@ use crate::codec::{CodecError, OpusDecoder, SampleRate};
 use crate::frame::{FrameError, MediaFrame};
 use crate::jitter::{InsertOutcome, JitterBuffer, JitterConfig, JitterStats, Playout, Shrink};
 use crate::opus_packet::TICK_US;
-use crate::quality::{self, EModelInput, InterarrivalJitter, QualityReport, RateMeter};
+use crate::quality::{
+    self, InterarrivalJitter, LossSummary, LossWindow, QualityReport, RateMeter, SlotFate,
+};
 
 /// Frames quieter than this RMS may be dropped to shrink the delay (about -46 dBFS).
 const QUIET_RMS: f64 = 160.0;
@@ -114,6 +121,12 @@ pub struct ReceiverStats {
     pub bad_frames: u64,
     /// Payloads libopus refused (concealed instead).
     pub decode_errors: u64,
+    /// Runs of consecutive concealed slots (for the burst ratio of the concealed loss).
+    pub conceal_runs: u64,
+    /// The call is on hold now ([`MediaReceiver::set_held`]).
+    pub held: bool,
+    /// Time spent on hold, ms (up to the last [`MediaReceiver::set_held`]).
+    pub held_ms: f64,
     /// Quality summary.
     pub quality: QualityReport,
 }
@@ -141,6 +154,14 @@ pub struct MediaReceiver {
     last_concealed: bool,
     last_report_at: Option<Instant>,
     report_interval: Duration,
+    /// Loss of the recent slots, for the running MOS.
+    window: LossWindow,
+    /// Runs of concealed slots over the call.
+    conceal_runs: u64,
+    last_slot_concealed: bool,
+    /// Since when the call is on hold.
+    held_since: Option<Instant>,
+    held_ms: f64,
 }
 
 impl MediaReceiver {
@@ -166,7 +187,36 @@ impl MediaReceiver {
             last_concealed: false,
             last_report_at: None,
             report_interval: config.report_interval,
+            window: LossWindow::default(),
+            conceal_runs: 0,
+            last_slot_concealed: false,
+            held_since: None,
+            held_ms: 0.0,
         })
+    }
+
+    /// The call went on hold at `now` (`true`: the peer sends nothing on purpose, nothing is
+    /// played) or resumed (`false`). Held time is not loss, delay, jitter or bitrate: see the
+    /// [module documentation](self). Calling it again with the same state does nothing.
+    pub fn set_held(&mut self, held: bool, now: Instant) {
+        if held == self.held_since.is_some() {
+            return;
+        }
+        self.jb.set_held(held);
+        self.ia_jitter.restart();
+        self.rate_meter.pause();
+        self.last_slot_concealed = false;
+        if held {
+            self.held_since = Some(now);
+            self.last_concealed = false;
+        } else if let Some(since) = self.held_since.take() {
+            self.held_ms += now.saturating_duration_since(since).as_secs_f64() * 1000.0;
+        }
+    }
+
+    /// Whether the call is on hold.
+    pub fn is_held(&self) -> bool {
+        self.held_since.is_some()
     }
 
     /// The output sample rate.
@@ -193,8 +243,11 @@ impl MediaReceiver {
                 return Err(e);
             }
         };
-        self.rate_meter.on_bytes(now, frame.len());
         let outcome = self.jb.insert(now, &f);
+        if outcome == InsertOutcome::Held {
+            return Ok(outcome);
+        }
+        self.rate_meter.on_bytes(now, frame.len());
         if !matches!(outcome, InsertOutcome::Duplicate) {
             // RFC 3550 uses the unwrapped timestamp; 16-bit ticks are unwrapped against the
             // jitter buffer's playout point.
@@ -318,6 +371,7 @@ impl MediaReceiver {
         if let Playout::Frame { ticks, .. } = p {
             self.frame_ms = f64::from(ticks) * TICK_US as f64 / 1000.0;
         }
+        self.note_slot(&p);
         let (n, origin) = self.decode_one(&p, false);
         let droppable = matches!(
             p,
@@ -337,6 +391,7 @@ impl MediaReceiver {
         {
             // Drop this frame: cross-fade from it into the next one, in the next one's time.
             let q = self.jb.pop(now);
+            self.note_slot(&q);
             let (m, origin2) = self.decode_one(&q, true);
             let fade = n.min(m);
             for i in 0..fade {
@@ -350,6 +405,23 @@ impl MediaReceiver {
             return;
         }
         self.push(n, origin, false);
+    }
+
+    /// A slot the jitter buffer decided on, into the MOS window.
+    fn note_slot(&mut self, p: &Playout) {
+        let fate = match p {
+            Playout::Frame { .. } => SlotFate::Played,
+            Playout::Red { .. } | Playout::Fec { .. } => SlotFate::Recovered,
+            Playout::Conceal { .. } => SlotFate::Concealed,
+            Playout::Idle { .. } | Playout::Stretch { .. } | Playout::Dtx { .. } => return,
+        };
+        let concealed = fate == SlotFate::Concealed;
+        if concealed && !self.last_slot_concealed {
+            self.conceal_runs += 1;
+        }
+        self.last_slot_concealed = concealed;
+        self.window
+            .on_slot(f64::from(p.ticks()) * TICK_US as f64 / 1000.0, fate);
     }
 
     /// A report to send back to the sender, when one is due at `now`: every
@@ -405,25 +477,22 @@ impl MediaReceiver {
             + self.frame_ms
             + self.codec_delay_ms
             + DEVICE_MS;
-        let ppl = j.loss_after_recovery() * 100.0;
-        // Burst ratio: the mean run of frames missing at playout over the mean run random
-        // loss would give, 1 / (1 - p).
-        let burst_r = if j.loss_runs == 0 || ppl <= 0.0 {
-            1.0
-        } else {
-            (j.lost_before_recovery as f64 / j.loss_runs as f64) * (1.0 - j.loss_before_recovery())
-        };
-        let input = EModelInput {
-            ta_ms: mouth_to_ear,
-            ppl,
-            burst_r,
-            ie_wb: quality::OPUS_WB_IE,
-            bpl: quality::OPUS_WB_BPL,
-        };
+        let recent = self.window.summary();
+        let call = LossSummary::from_counts(
+            j.slots_total(),
+            j.lost_before_recovery,
+            j.lost_after_recovery,
+            self.conceal_runs,
+        );
+        let now_input = quality::opus_wb_input(mouth_to_ear, &recent);
+        let call_input = quality::opus_wb_input(mouth_to_ear, &call);
         ReceiverStats {
             jitter: j,
             bad_frames: self.bad_frames,
             decode_errors: self.decode_errors,
+            conceal_runs: self.conceal_runs,
+            held: self.is_held(),
+            held_ms: self.held_ms,
             quality: QualityReport {
                 rtt_ms,
                 network_loss: j.network_loss(),
@@ -437,8 +506,9 @@ impl MediaReceiver {
                     .rate_meter
                     .bps(Duration::from_secs_f64(self.frame_ms / 1000.0)),
                 mouth_to_ear_ms: mouth_to_ear,
-                r_wb: quality::r_wideband(&input),
-                mos: quality::mos_wideband(&input),
+                r_wb: quality::r_wideband(&now_input),
+                mos: quality::mos_wideband(&now_input),
+                mos_call: quality::mos_wideband(&call_input),
             },
         }
     }
@@ -447,6 +517,211 @@ impl MediaReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::synth::speechlike;
+    use crate::sender::{MediaSender, SenderConfig};
+
+    /// What happens to the frame sent in slot `i` (20 ms each) of a [`drive`] run.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Slot {
+        /// Sent, arrives 30 ms later.
+        Sent,
+        /// Sent, lost by the network.
+        Lost,
+        /// Not sent: the call is on hold (the sender encodes nothing, its clock stands).
+        Held,
+    }
+
+    /// One value per 20 ms slot of a [`drive`] run.
+    struct Sample {
+        held: bool,
+        stats: ReceiverStats,
+    }
+
+    /// Speech through a sender and a receiver in virtual time: slot `i` is encoded at `20 i`
+    /// ms (per `plan(i)`), arrives 30 ms later, and the receiver pulls 20 ms at `20 i + 5`.
+    /// The receiver is held from the first `Held` slot of a run to the first slot after it
+    /// (both sides learn of the hold at once; frames in flight arrive while held).
+    fn drive(slots: usize, plan: impl Fn(usize) -> Slot) -> Vec<Sample> {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut tx = MediaSender::new(SenderConfig::default()).unwrap();
+        let mut rx = MediaReceiver::new(ReceiverConfig::default()).unwrap();
+        rx.set_rtt(Duration::from_millis(60));
+        let speech = speechlike(16_000, 10.0);
+        let n = tx.frame_samples();
+        let mut in_flight: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+        let mut frame = Vec::new();
+        let mut out = vec![0i16; n];
+        let mut samples = Vec::new();
+        let mut spoken = 0usize;
+        for i in 0..slots {
+            let now_ms = 20 * i as u64;
+            let slot = plan(i);
+            let was_held = i > 0 && plan(i - 1) == Slot::Held;
+            if slot == Slot::Held && !was_held {
+                rx.set_held(true, at(now_ms));
+            } else if slot != Slot::Held && was_held {
+                rx.set_held(false, at(now_ms));
+            }
+            if slot != Slot::Held {
+                let start = spoken % (speech.len() - n);
+                spoken += n;
+                if tx.encode(&speech[start..start + n], &mut frame).unwrap() && slot == Slot::Sent {
+                    in_flight.push_back((now_ms + 30, frame.clone()));
+                }
+            }
+            let pull_ms = now_ms + 5;
+            while in_flight.front().is_some_and(|(t, _)| *t <= pull_ms) {
+                let (t, f) = in_flight.pop_front().unwrap();
+                rx.receive(at(t), &f).unwrap();
+            }
+            rx.pull(at(pull_ms), &mut out);
+            samples.push(Sample {
+                held: rx.is_held(),
+                stats: rx.stats(),
+            });
+        }
+        samples
+    }
+
+    #[test]
+    fn lossless_call_scores_the_calibrated_clean_mos() {
+        let run = drive(500, |_| Slot::Sent);
+        let q = run.last().unwrap().stats.quality;
+        let clean = quality::mos_wideband(&quality::opus_wb_input(60.0, &LossSummary::default()));
+        assert!((q.mos - clean).abs() < 0.01, "{q:?}");
+        assert!((q.mos_call - clean).abs() < 0.01, "{q:?}");
+        assert!(q.mos >= quality::tests::CLEAN_PESQ - 0.1, "{q:?}");
+    }
+
+    #[test]
+    fn mos_recovers_after_a_gap() {
+        // 10 s clean, a 0.6 s outage (30 frames lost), then clean again.
+        let gap = 500..530;
+        let run = drive(1500, |i| {
+            if gap.contains(&i) {
+                Slot::Lost
+            } else {
+                Slot::Sent
+            }
+        });
+        let clean = run[499].stats.quality.mos;
+        assert!(clean >= quality::tests::CLEAN_PESQ - 0.1, "{clean}");
+        // The outage shows at once...
+        let after_gap = run[535].stats.quality.mos;
+        assert!(
+            after_gap < 2.5,
+            "MOS {after_gap} right after a 0.6 s outage"
+        );
+        // ...and weighs less and less: back to the clean score within 10 s.
+        let mos: Vec<f64> = run[535..].iter().map(|s| s.stats.quality.mos).collect();
+        assert!(
+            mos.windows(2).all(|w| w[1] >= w[0] - 1e-9),
+            "not recovering monotonically"
+        );
+        let back = run[530 + 500].stats.quality.mos;
+        assert!(
+            (back - clean).abs() < 0.01,
+            "MOS {back} 10 s after, {clean} before"
+        );
+        assert!(run[530 + 250].stats.quality.mos > after_gap + 0.5);
+        // The whole-call figure and the counters still remember it.
+        let last = &run.last().unwrap().stats;
+        assert!((29..=30).contains(&last.jitter.lost_after_recovery));
+        assert_eq!(last.conceal_runs, 1);
+        assert!(last.quality.mos_call < clean - 0.3, "{:?}", last.quality);
+    }
+
+    #[test]
+    fn hold_is_not_loss_delay_or_jitter() {
+        // 5 s of call, 2 s on hold, 5 s of call.
+        let hold = 250..350;
+        let run = drive(600, |i| {
+            if hold.contains(&i) {
+                Slot::Held
+            } else {
+                Slot::Sent
+            }
+        });
+        let before = &run[249].stats;
+        let after = &run.last().unwrap().stats;
+        assert!(run[250..350].iter().all(|s| s.held) && !run[350].held);
+        // Not loss: no frame missing, none concealed, nothing lost on the network.
+        assert_eq!(after.jitter.lost_before_recovery, 0, "{:?}", after.jitter);
+        assert_eq!(after.jitter.concealed_ms, 0.0);
+        assert_eq!(after.jitter.network_loss(), 0.0);
+        assert_eq!(after.jitter.late, 0);
+        // Frames in flight when the hold began were counted, not played.
+        assert!(after.jitter.held_received >= 1, "{:?}", after.jitter);
+        // Not delay: the buffer reads its real delay within a second of the resume.
+        for s in &run[350 + 50..] {
+            let q = s.stats.quality;
+            assert!(q.jitter_buffer_ms < 60.0, "{q:?}");
+            assert!(
+                q.mouth_to_ear_ms < before.quality.mouth_to_ear_ms + 25.0,
+                "{q:?}"
+            );
+        }
+        assert!(run[350..]
+            .iter()
+            .all(|s| s.stats.quality.jitter_buffer_ms < 200.0));
+        // Not jitter: the path never varied.
+        assert!(run.iter().all(|s| s.stats.quality.jitter_ms < 1.0));
+        // Not in the MOS: the same score before, during and after.
+        for s in &run[250..] {
+            assert!(
+                (s.stats.quality.mos - before.quality.mos).abs() < 0.01,
+                "{:?} vs {:?}",
+                s.stats.quality,
+                before.quality
+            );
+        }
+        assert!((after.quality.mos_call - before.quality.mos_call).abs() < 0.01);
+        // Not a lower bitrate: held time is not in the average.
+        let (b0, b1) = (before.quality.bitrate_bps, after.quality.bitrate_bps);
+        assert!((b1 - b0).abs() < 0.15 * b0, "{b0} bit/s before, {b1} after");
+        assert!((after.held_ms - 2000.0).abs() < 1e-6, "{}", after.held_ms);
+    }
+
+    #[test]
+    fn pulls_on_hold_are_silence_not_audio() {
+        let t0 = Instant::now();
+        let mut tx = MediaSender::new(SenderConfig::default()).unwrap();
+        let mut rx = MediaReceiver::new(ReceiverConfig::default()).unwrap();
+        let speech = speechlike(16_000, 1.0);
+        let mut frame = Vec::new();
+        let mut out = vec![0i16; 320];
+        let mut origins = Vec::new();
+        for (i, pcm) in speech.chunks_exact(320).enumerate() {
+            let now = t0 + Duration::from_millis(20 * i as u64);
+            if tx.encode(pcm, &mut frame).unwrap() {
+                rx.receive(now, &frame).unwrap();
+            }
+            rx.pull(now, &mut out);
+        }
+        let before = rx.stats();
+        let t1 = t0 + Duration::from_secs(1);
+        rx.set_held(true, t1);
+        origins.clear();
+        let mut loud = 0;
+        for k in 0..100u64 {
+            // Concealment would be speech-like noise; a held call plays silence.
+            rx.pull_traced(t1 + Duration::from_millis(20 * k), &mut out, &mut origins);
+            loud += out.iter().filter(|&&s| s != 0).count();
+        }
+        let held = rx.stats();
+        assert_eq!(loud, 0, "non-zero samples played on hold");
+        assert_eq!(origins.len(), 32_000);
+        assert!(
+            origins.iter().all(Option::is_none),
+            "held samples traced as media"
+        );
+        assert_eq!(held.jitter.played, before.jitter.played);
+        assert_eq!(held.jitter.lost_before_recovery, 0);
+        assert_eq!(held.jitter.stretched_ms, before.jitter.stretched_ms);
+        assert_eq!(held.jitter.concealed_ms, 0.0);
+        assert!(held.held);
+    }
 
     #[test]
     fn report_round_trip() {

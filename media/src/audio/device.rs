@@ -399,4 +399,11 @@ impl AudioSink for PlaybackDevice {
         }
         self.writer.write_frame(frame)
     }
+
+    fn write_silence(&mut self, samples: usize) -> Result<(), AudioError> {
+        if let Some(e) = take_error(&self.errors) {
+            return Err(AudioError::Backend(e));
+        }
+        self.writer.write_silence(samples)
+    }
 }

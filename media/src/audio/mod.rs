@@ -78,6 +78,12 @@ pub trait AudioSink {
     fn sample_rate(&self) -> u32;
     /// Take the next samples.
     fn write_frame(&mut self, frame: &[i16]) -> Result<(), AudioError>;
+    /// `samples` of silence that were not received audio (the call is on hold). The default
+    /// writes zeros, so a file keeps the call's timeline; a queue an application pulls from
+    /// queues nothing instead, so its pulls report no real samples.
+    fn write_silence(&mut self, samples: usize) -> Result<(), AudioError> {
+        self.write_frame(&vec![0; samples])
+    }
     /// Flush and close (files); the default does nothing.
     fn finish(&mut self) -> Result<(), AudioError> {
         Ok(())
@@ -99,6 +105,9 @@ impl<T: AudioSink + ?Sized> AudioSink for Box<T> {
     }
     fn write_frame(&mut self, frame: &[i16]) -> Result<(), AudioError> {
         (**self).write_frame(frame)
+    }
+    fn write_silence(&mut self, samples: usize) -> Result<(), AudioError> {
+        (**self).write_silence(samples)
     }
     fn finish(&mut self) -> Result<(), AudioError> {
         (**self).finish()

@@ -28,6 +28,10 @@ pub struct QueueStats {
     pub dropped: u64,
     /// Samples of silence played because the queue was empty.
     pub underrun: u64,
+    /// Samples of silence the engine did not queue because nothing was received on purpose
+    /// (the call on hold, [`AudioSink::write_silence`]): the puller plays silence there and
+    /// reports no real samples (it counts them in `underrun`).
+    pub held: u64,
 }
 
 #[derive(Debug)]
@@ -156,6 +160,11 @@ impl AudioSink for PlaybackWriter {
 
     fn write_frame(&mut self, frame: &[i16]) -> Result<(), AudioError> {
         self.0.push(frame);
+        Ok(())
+    }
+
+    fn write_silence(&mut self, samples: usize) -> Result<(), AudioError> {
+        self.0.lock().stats.held += samples as u64;
         Ok(())
     }
 }
