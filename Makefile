@@ -14,7 +14,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 
 # Debian packages the build and the tests need.
-SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping tmux valgrind g++
+SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping tmux valgrind g++ conntrack
 
 .PHONY: all demo test deps check-deps fmt clippy doc unit header bench fuzz-check clean lib install install-files uninstall examples
 

@@ -7,6 +7,8 @@
 
 mod netns;
 
+use std::time::{Duration, Instant};
+
 use netns::natter::{self, servers_with, WAIT};
 use netns::{net_or_skip, Nat, Proc};
 
@@ -64,4 +66,268 @@ fn nodes_classify_their_nat_with_single_address_super_nodes() {
     assert!(o.contains("open (public address"), "{o}");
     assert!(p.contains("(port-restricted)"), "{p}");
     assert!(s.contains("(symmetric)"), "{s}");
+}
+
+/// What happens to a call in [`disturb`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disturbance {
+    /// One side's NAT forwards nothing for 2 s and comes back without its state.
+    NatRestart,
+    /// One side's NAT moves to a new public address.
+    NewAddress,
+    /// The super node relaying the call (both sides behind symmetric NATs) is killed -9.
+    RelayCrash,
+}
+
+/// One run's figures: the longest audio gap each side heard, the caller's path at the end,
+/// how long after the network allowed it the call was back on its best path.
+#[derive(Debug)]
+struct Row {
+    caller_gap_ms: f64,
+    callee_gap_ms: f64,
+    path_after: String,
+    back_ms: Option<f64>,
+}
+
+/// The longest audio gap a side heard from line `mark` on, not counting time before `up`
+/// (while the network let nothing through): from its "media resumed after a gap of N ms"
+/// lines (0 when none: gaps under 100 ms are not reported).
+fn longest_gap(p: &Proc, mark: usize, up: Instant) -> f64 {
+    p.seen
+        .iter()
+        .zip(&p.seen_at)
+        .skip(mark)
+        .filter_map(|(l, at)| {
+            let (_, rest) = l.split_once("media resumed after a gap of ")?;
+            let gap = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+            let since_up = at.saturating_duration_since(up).as_secs_f64() * 1000.0;
+            Some(gap.min(since_up))
+        })
+        .fold(0.0, f64::max)
+}
+
+/// A call between two `natter client`s behind NATs, a login server and three super nodes on
+/// public hosts; once the call is on its best path, `what` happens (to the callee's side when
+/// `callee_side`); the call must go on and end when the caller hangs up.
+fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
+    let mut net = net_or_skip(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let servers = servers_with(&mut net, d, 3, true).unwrap();
+    let network = servers.network.clone();
+    let nat = if what == Disturbance::RelayCrash {
+        Nat::Symmetric
+    } else {
+        Nat::PortRestricted
+    };
+    let mut a = net.nat_site("a", nat, false).unwrap();
+    let mut b = net.nat_site("b", nat, false).unwrap();
+    let hangup = match what {
+        Disturbance::NatRestart => 52,
+        Disturbance::NewAddress => 52,
+        Disturbance::RelayCrash => 14,
+    };
+    let mut callee = natter::start(
+        &mut net,
+        d,
+        &network,
+        &b.host,
+        "client",
+        "callee",
+        b.private,
+        &["--auto-answer"],
+    )
+    .unwrap();
+    callee.wait_for(&["attached to super node"], WAIT).unwrap();
+    let after = hangup.to_string();
+    let mut caller = natter::start(
+        &mut net,
+        d,
+        &network,
+        &a.host,
+        "client",
+        "caller",
+        a.private,
+        &[
+            "--call",
+            "callee",
+            "--hangup-after",
+            &after,
+            "--exit-after-call",
+            "--timeout",
+            "30",
+        ],
+    )
+    .unwrap();
+    let best = if nat == Nat::Symmetric {
+        "relay-udp"
+    } else {
+        "direct"
+    };
+    caller
+        .wait_for(&[&format!("call path {best} (")], WAIT)
+        .unwrap();
+    // Settled: past the fast checks of the first 3 s.
+    std::thread::sleep(Duration::from_secs(4));
+    let (mark_a, mark_b) = (caller.mark(), callee.mark());
+    let up = match what {
+        Disturbance::NatRestart => {
+            let site = if callee_side { &b } else { &a };
+            net.restart_nat(site, Duration::from_secs(2)).unwrap();
+            Instant::now()
+        }
+        Disturbance::NewAddress => {
+            let site = if callee_side { &mut b } else { &mut a };
+            net.move_nat(site).unwrap();
+            Instant::now()
+        }
+        Disturbance::RelayCrash => {
+            let line = caller.last_line("call path relay-udp").unwrap().to_string();
+            let at = line
+                .rsplit_once("super node at ")
+                .map(|(_, a)| a.trim().trim_start_matches("UDP ").to_string())
+                .unwrap();
+            let i = servers
+                .super_nodes
+                .iter()
+                .position(|(_, ip, _)| at.starts_with(&format!("{ip}:")))
+                .unwrap_or_else(|| panic!("no super node at {at}"));
+            net.kill(&servers.super_nodes[i].2);
+            Instant::now()
+        }
+    };
+    let within = WAIT + Duration::from_secs(hangup);
+    // With NATTER_NETNS_LOGS=DIR each side's output and log go to DIR/TEST.{caller,callee}.
+    let save = |who: &str, p: &Proc| {
+        if let Some(dir) = std::env::var_os("NATTER_NETNS_LOGS") {
+            let dir = std::path::PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let text = p.seen.join("\n") + "\n--- stderr\n" + &p.stderr_lines().join("\n");
+            let _ = std::fs::write(dir.join(format!("{test}.{who}")), text);
+        }
+    };
+    caller.wait_after(mark_a, "call ended: ", within).unwrap();
+    let ended = caller.last_line("call ended: ").unwrap().to_string();
+    callee
+        .wait_after(mark_b, "call ended: ", Duration::from_secs(5))
+        .unwrap();
+    let callee_ended = callee.last_line("call ended: ").unwrap().to_string();
+    save("caller", &caller);
+    save("callee", &callee);
+    assert!(
+        ended.contains("hung up") && callee_ended.contains("peer hung up"),
+        "{test}: the call ended by itself: caller {ended:?}, callee {callee_ended:?}; caller \
+         printed {:#?}; callee printed {:#?}",
+        caller.seen,
+        callee.seen
+    );
+    let paths: Vec<(Instant, String)> = caller
+        .seen
+        .iter()
+        .zip(&caller.seen_at)
+        .skip(mark_a)
+        .filter_map(|(l, t)| l.strip_prefix("call path ").map(|p| (*t, p.to_string())))
+        .collect();
+    let path_after = paths.last().map_or(best.to_string(), |(_, p)| {
+        p.split(' ').next().unwrap().to_string()
+    });
+    let back_ms = paths
+        .iter()
+        .filter(|(t, p)| *t >= up && p.starts_with(best))
+        .map(|(t, _)| t.duration_since(up).as_secs_f64() * 1000.0)
+        .next();
+    let row = Row {
+        caller_gap_ms: longest_gap(&caller, mark_a, up),
+        callee_gap_ms: longest_gap(&callee, mark_b, up),
+        path_after,
+        back_ms,
+    };
+    let side = if callee_side { "callee" } else { "caller" };
+    eprintln!(
+        "RESILIENCE | {what:?} | {side} | caller heard gap {:.0} ms | callee heard gap {:.0} ms \
+         | path after: {} | back on {best} after {} | caller paths after: {:?}",
+        row.caller_gap_ms,
+        row.callee_gap_ms,
+        row.path_after,
+        row.back_ms
+            .map_or("-".to_string(), |b| format!("{b:.0} ms")),
+        paths.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>()
+    );
+    Some(row)
+}
+
+/// Runs per case: `NATTER_RESILIENCE_RUNS` (default 1; the closing table uses 5).
+fn runs() -> usize {
+    std::env::var("NATTER_RESILIENCE_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Every run of one case survives, with the call back on its best path.
+fn case(test: &str, what: Disturbance, callee_side: bool) {
+    for _ in 0..runs() {
+        let Some(row) = disturb(test, what, callee_side) else {
+            return;
+        };
+        let best = if what == Disturbance::RelayCrash {
+            "relay-udp"
+        } else {
+            "direct"
+        };
+        // Known gap: after a new address the real call stays on the relay (the simulator's
+        // goes direct again after 36 s, waiting out the peer NAT's stale entry); what differs
+        // between the two is still to be found. It must survive with a short gap meanwhile.
+        if what != Disturbance::NewAddress {
+            assert_eq!(row.path_after, best, "{row:?}");
+        }
+        for gap in [row.caller_gap_ms, row.callee_gap_ms] {
+            assert!(gap <= 1500.0, "audio gap {gap} ms: {row:?}");
+        }
+    }
+}
+
+#[test]
+fn a_call_survives_the_callers_nat_restarting() {
+    case(
+        "a_call_survives_the_callers_nat_restarting",
+        Disturbance::NatRestart,
+        false,
+    );
+}
+
+#[test]
+fn a_call_survives_the_callees_nat_restarting() {
+    case(
+        "a_call_survives_the_callees_nat_restarting",
+        Disturbance::NatRestart,
+        true,
+    );
+}
+
+#[test]
+fn a_call_survives_the_callers_nat_moving_to_a_new_address() {
+    case(
+        "a_call_survives_the_callers_nat_moving_to_a_new_address",
+        Disturbance::NewAddress,
+        false,
+    );
+}
+
+#[test]
+fn a_call_survives_the_callees_nat_moving_to_a_new_address() {
+    case(
+        "a_call_survives_the_callees_nat_moving_to_a_new_address",
+        Disturbance::NewAddress,
+        true,
+    );
+}
+
+#[test]
+fn a_call_survives_its_relaying_super_node_crashing() {
+    case(
+        "a_call_survives_its_relaying_super_node_crashing",
+        Disturbance::RelayCrash,
+        false,
+    );
 }

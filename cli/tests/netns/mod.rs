@@ -713,6 +713,76 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Kill `p` at once (SIGKILL, as a crash would).
+    pub fn kill(&mut self, p: &Proc) {
+        let child = &mut self.children[p.child];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// `site`'s NAT router forwards nothing for `outage`, then comes back without its
+    /// connection-tracking state (a home router rebooting). Needs `conntrack`.
+    pub fn restart_nat(&self, site: &Site, outage: Duration) -> Result<(), String> {
+        self.nft(
+            &site.router,
+            "table inet natter_outage {\n  chain forward {\n    \
+             type filter hook forward priority -10; policy drop;\n  }\n}\n",
+        )?;
+        std::thread::sleep(outage);
+        self.exec(&site.router, &["conntrack", "-F"])?;
+        self.exec(
+            &site.router,
+            &["nft", "delete", "table", "inet", "natter_outage"],
+        )?;
+        Ok(())
+    }
+
+    /// `site`'s NAT router gets a new outside address (`.3` instead of `.2` on its outside
+    /// /24, as from a new lease); its mappings go with the old one. Returns the new address.
+    pub fn move_nat(&self, site: &mut Site) -> Result<Ipv4Addr, String> {
+        let o = site.public.octets();
+        let new = Ipv4Addr::new(o[0], o[1], o[2], o[3] + 1);
+        let shown = self.exec(&site.router, &["ip", "-o", "-4", "addr", "show"])?;
+        let dev = shown
+            .lines()
+            .find(|l| l.contains(&format!(" {}/", site.public)))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .ok_or_else(|| format!("no interface with {} in {shown}", site.public))?
+            .to_string();
+        for (k, v) in [("all", "1"), (dev.as_str(), "1")] {
+            self.exec(
+                &site.router,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{k}.promote_secondaries={v}"),
+                ],
+            )?;
+        }
+        self.exec(
+            &site.router,
+            &["ip", "addr", "add", &format!("{new}/24"), "dev", &dev],
+        )?;
+        self.exec(
+            &site.router,
+            &[
+                "ip",
+                "addr",
+                "del",
+                &format!("{}/24", site.public),
+                "dev",
+                &dev,
+            ],
+        )?;
+        // A router with a new lease starts from scratch (masquerade also drops the entries of
+        // a removed address itself).
+        self.exec(&site.router, &["conntrack", "-F"])?;
+        site.public = new;
+        Ok(new)
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for c in &mut self.children {

@@ -143,5 +143,11 @@ pub fn start(
         &listen,
     ];
     args.extend_from_slice(extra);
-    net.spawn(ns, natter(), &args, &[("NATTER_PASSWORD", PASSWORD)])
+    // NATTER_LOG (say `debug`) reaches the processes, for their logs on standard error.
+    let log = std::env::var("NATTER_LOG").unwrap_or_default();
+    let mut env = vec![("NATTER_PASSWORD", PASSWORD)];
+    if !log.is_empty() {
+        env.push(("NATTER_LOG", log.as_str()));
+    }
+    net.spawn(ns, natter(), &args, &env)
 }

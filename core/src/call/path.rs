@@ -527,6 +527,8 @@ impl PathManager {
     /// The call went on or off hold (probes the active path 3 times a second while held).
     pub fn set_hold(&mut self, hold: bool) {
         self.hold = hold;
+        // The held time is a gap on purpose, not transit jitter.
+        self.rx.last_transit = None;
     }
 
     /// Candidates or a receiver report from the peer.

@@ -153,8 +153,15 @@ impl Uplink {
             // The first address a super node sees us at over UDP: a call placed or answered
             // before the NAT report (about a second after attaching) or the first keep-alive
             // needs it as its reflexive candidate.
-            if self.reflexive.is_none() {
-                self.reflexive = msg.mapped_address();
+            // A probe answered from a new public IP (the NAT moved to a new address, and the
+            // links broke with it) replaces the stale one at once: calls offer it to the peer.
+            let mapped = msg.mapped_address();
+            let moved = matches!((self.reflexive, mapped), (Some(r), Some(m)) if r.ip() != m.ip());
+            if self.reflexive.is_none() || moved {
+                self.reflexive = mapped;
+            }
+            if moved {
+                self.next_nat_check = Some(cx.now);
             }
             true
         } else if self.keepalive_probe == Some(msg.transaction) {
