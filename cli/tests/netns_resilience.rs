@@ -77,6 +77,9 @@ enum Disturbance {
     NewAddress,
     /// The super node relaying the call (both sides behind symmetric NATs) is killed -9.
     RelayCrash,
+    /// A super node the callee is attached to (that does not relay the direct call) is
+    /// killed -9.
+    SignallingCrash,
 }
 
 /// One run's figures: the longest audio gap each side heard, the caller's path at the end,
@@ -124,8 +127,9 @@ fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
     let mut b = net.nat_site("b", nat, false).unwrap();
     let hangup = match what {
         Disturbance::NatRestart => 52,
-        Disturbance::NewAddress => 52,
+        Disturbance::NewAddress => 115,
         Disturbance::RelayCrash => 14,
+        Disturbance::SignallingCrash => 14,
     };
     let mut callee = natter::start(
         &mut net,
@@ -181,12 +185,30 @@ fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
             net.move_nat(site).unwrap();
             Instant::now()
         }
-        Disturbance::RelayCrash => {
+        Disturbance::RelayCrash | Disturbance::SignallingCrash => {
             let line = caller.last_line("call path relay-udp").unwrap().to_string();
-            let at = line
+            let relay = line
                 .rsplit_once("super node at ")
                 .map(|(_, a)| a.trim().trim_start_matches("UDP ").to_string())
                 .unwrap();
+            let at = if what == Disturbance::RelayCrash {
+                relay
+            } else {
+                // One the callee is attached to, not the relay (when it can be told apart).
+                let attached: Vec<String> = callee
+                    .seen
+                    .iter()
+                    .filter_map(|l| l.strip_prefix("attached to super node "))
+                    .filter_map(|l| l.split_whitespace().next())
+                    .map(str::to_string)
+                    .collect();
+                attached
+                    .iter()
+                    .find(|a| **a != relay)
+                    .or(attached.first())
+                    .cloned()
+                    .unwrap()
+            };
             let i = servers
                 .super_nodes
                 .iter()
@@ -275,11 +297,13 @@ fn case(test: &str, what: Disturbance, callee_side: bool) {
         } else {
             "direct"
         };
-        // Known gap: after a new address, and after the caller's NAT lost its state when the
-        // callee's packets reached it first (1 of 5 runs), the real call stays on the relay
-        // (the simulator's goes direct again after 36 s, waiting out the stale NAT entry);
-        // what differs between the two is still to be found. It must survive with a short
-        // gap meanwhile.
+        // After a new address (and after the caller's NAT lost its state when the callee's
+        // packets reached it first, 1 of 5 runs) the peer's NAT holds a stale entry that
+        // pushes the peer's mapping onto another port until the kernel reaps it: 30 s after
+        // the last packet, plus up to a minute for its garbage collector. The call waits it
+        // out on the relay (quiet 32 s, then 64 s) and is direct again after about 103 s
+        // (printed); the wait depends on the kernel's collector, so only survival and the
+        // gap are asserted here (the simulator asserts the return).
         let stale_state =
             what == Disturbance::NewAddress || (what == Disturbance::NatRestart && !callee_side);
         if !stale_state {
@@ -323,6 +347,15 @@ fn a_call_survives_the_callees_nat_moving_to_a_new_address() {
     case(
         "a_call_survives_the_callees_nat_moving_to_a_new_address",
         Disturbance::NewAddress,
+        true,
+    );
+}
+
+#[test]
+fn a_call_survives_a_super_node_of_the_callee_crashing() {
+    case(
+        "a_call_survives_a_super_node_of_the_callee_crashing",
+        Disturbance::SignallingCrash,
         true,
     );
 }

@@ -43,11 +43,13 @@ pub struct PathConfig {
     pub report_interval: Duration,
     /// After a mid-call change of candidates (a NAT rebinding or a new address on either
     /// side) whose checks found no direct path within `check_phase`, send nothing directly to
-    /// the peer for this long, then open and check again (default 32 s). A Linux NAT keeps
-    /// the tracking entry left by an unsolicited packet (the moved side's media, sent to the
-    /// peer before it knew it had moved) for 30 s after the last such packet, and while it
-    /// lives it pushes the peer's mapping towards the new address onto another port: the
-    /// paths can only meet once both sides stayed quiet that long.
+    /// the peer for this long, then open and check again (default 32 s); twice as long after
+    /// each further failure, up to 4 times this. A Linux NAT keeps the tracking entry left by
+    /// an unsolicited packet (the moved side's media, sent to the peer before it knew it had
+    /// moved) for 30 s after the last such packet, and until its garbage collector reaps it
+    /// (measured: 18 s later; up to a minute) it pushes the peer's mapping towards the new
+    /// address onto another port: the paths can only meet once both sides stayed quiet that
+    /// long.
     pub stale_wait: Duration,
     /// Look for a direct path at all (default true). Off, calls stay on the relay and this
     /// side never tells the peer its addresses: a privacy setting (the peer never learns
@@ -347,6 +349,8 @@ pub struct PathManager {
     /// No direct packets until then (stale NAT state left by a change must expire first; see
     /// [`PathConfig::stale_wait`]).
     quiet_until: Option<Instant>,
+    /// Quiet periods in a row that did not end on a direct path.
+    quiet_rounds: u32,
     checks_started: Option<Instant>,
     first_valid: Option<Instant>,
     next_candidates: Option<Instant>,
@@ -400,6 +404,7 @@ impl PathManager {
             update_pending: false,
             changed_at: None,
             quiet_until: None,
+            quiet_rounds: 0,
             checks_started: None,
             first_valid: None,
             next_candidates: Some(now),
@@ -901,11 +906,15 @@ impl PathManager {
                 .any(|r| r.last_answer.is_some_and(|t| t >= changed));
             if answered || self.active != self.relay {
                 self.changed_at = None;
+                self.quiet_rounds = 0;
             } else if now >= changed + self.cfg.check_phase && !self.update_pending {
                 // The new pairs never answered: most likely a NAT's stale state from the
-                // change. Stay quiet until it expired, then open again.
+                // change. Stay quiet until it expired and was reaped, then open again; longer
+                // each time (the failed round may have left state of its own).
                 self.changed_at = None;
-                self.quiet_until = Some(now + self.cfg.stale_wait);
+                let wait = self.cfg.stale_wait * (1 << self.quiet_rounds.min(2));
+                self.quiet_rounds += 1;
+                self.quiet_until = Some(now + wait);
             }
         }
         if self.quiet_until.is_some_and(|t| now >= t) {
@@ -1262,6 +1271,48 @@ mod tests {
         // And no more repeats.
         m.handle_timeout(t + Duration::from_secs(2));
         assert_eq!(sorted(&actions(&mut m)).2, 0);
+    }
+
+    #[test]
+    fn new_pairs_that_never_answer_go_quiet_then_reopen_waiting_longer_each_time() {
+        let start = Instant::now();
+        let mut m = manager(true, start);
+        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        // Our NAT moves mid-call; the peer answers our new candidates; nothing answers checks.
+        let mut t = start + Duration::from_secs(5);
+        m.update_local_candidates(t, reflexive("198.18.51.2:6000"));
+        m.handle_message(t, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        let check_phase = PathConfig::default().check_phase;
+        let stale = PathConfig::default().stale_wait;
+        for round in 0..3u32 {
+            let quiet_from = t + check_phase;
+            // Checks for the check phase, then nothing direct for the quiet period.
+            let mut direct_during_quiet = 0;
+            while t < quiet_from + stale * (1 << round) - Duration::from_millis(50) {
+                t += Duration::from_millis(50);
+                m.handle_timeout(t);
+                let (open, check, _) = sorted(&actions(&mut m));
+                if t > quiet_from + Duration::from_millis(60) {
+                    direct_during_quiet += open.len() + check.len();
+                }
+            }
+            assert_eq!(direct_during_quiet, 0, "round {round}: quiet");
+            // Then it opens again and sends its candidates.
+            t += Duration::from_millis(100);
+            m.handle_timeout(t);
+            let (open, check, sent) = sorted(&actions(&mut m));
+            assert_eq!(
+                open,
+                vec!["198.18.50.1:5000".parse().unwrap()],
+                "round {round}"
+            );
+            assert!(check.is_empty() && sent == 1, "round {round}");
+            // The peer answers; checks run again and fail again.
+            m.handle_message(t, &candidates(true, &["198.18.50.1:5000"]));
+        }
     }
 
     #[test]
