@@ -80,6 +80,9 @@ enum Disturbance {
     /// A super node the callee is attached to (that does not relay the direct call) is
     /// killed -9.
     SignallingCrash,
+    /// The device itself gets a new address on its LAN (a new DHCP lease, another network
+    /// behind the same NAT); both sides listen on 0.0.0.0.
+    DeviceMove,
 }
 
 /// One run's figures: the longest audio gap each side heard, the caller's path at the end,
@@ -130,6 +133,15 @@ fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
         Disturbance::NewAddress => 115,
         Disturbance::RelayCrash => 14,
         Disturbance::SignallingCrash => 14,
+        Disturbance::DeviceMove => 20,
+    };
+    let any = what == Disturbance::DeviceMove;
+    let listen = |ip: std::net::Ipv4Addr| {
+        if any {
+            std::net::Ipv4Addr::UNSPECIFIED
+        } else {
+            ip
+        }
     };
     let mut callee = natter::start(
         &mut net,
@@ -138,7 +150,7 @@ fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
         &b.host,
         "client",
         "callee",
-        b.private,
+        listen(b.private),
         &["--auto-answer"],
     )
     .unwrap();
@@ -151,7 +163,7 @@ fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
         &a.host,
         "client",
         "caller",
-        a.private,
+        listen(a.private),
         &[
             "--call",
             "callee",
@@ -183,6 +195,40 @@ fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
         Disturbance::NewAddress => {
             let site = if callee_side { &mut b } else { &mut a };
             net.move_nat(site).unwrap();
+            Instant::now()
+        }
+        Disturbance::DeviceMove => {
+            let site = if callee_side { &b } else { &a };
+            let o = site.private.octets();
+            let new = std::net::Ipv4Addr::new(o[0], o[1], o[2], 99);
+            let gw = std::net::Ipv4Addr::new(o[0], o[1], o[2], 1);
+            let shown = net
+                .exec(&site.host, &["ip", "-o", "-4", "addr", "show"])
+                .unwrap();
+            let dev = shown
+                .lines()
+                .find(|l| l.contains(&format!(" {}/", site.private)))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap()
+                .to_string();
+            let promote = format!("net.ipv4.conf.{dev}.promote_secondaries=1");
+            for cmd in [
+                vec!["sysctl", "-qw", "net.ipv4.conf.all.promote_secondaries=1"],
+                vec!["sysctl", "-qw", &promote],
+                vec!["ip", "addr", "add", &format!("{new}/24"), "dev", &dev],
+                vec![
+                    "ip",
+                    "addr",
+                    "del",
+                    &format!("{}/24", site.private),
+                    "dev",
+                    &dev,
+                ],
+                vec!["ip", "route", "replace", "default", "via", &gw.to_string()],
+            ] {
+                let cmd: Vec<&str> = cmd.iter().map(|s| s.as_ref()).collect();
+                net.exec(&site.host, &cmd).unwrap();
+            }
             Instant::now()
         }
         Disturbance::RelayCrash | Disturbance::SignallingCrash => {
@@ -356,6 +402,24 @@ fn a_call_survives_a_super_node_of_the_callee_crashing() {
     case(
         "a_call_survives_a_super_node_of_the_callee_crashing",
         Disturbance::SignallingCrash,
+        true,
+    );
+}
+
+#[test]
+fn a_call_survives_the_callers_device_changing_address() {
+    case(
+        "a_call_survives_the_callers_device_changing_address",
+        Disturbance::DeviceMove,
+        false,
+    );
+}
+
+#[test]
+fn a_call_survives_the_callees_device_changing_address() {
+    case(
+        "a_call_survives_the_callees_device_changing_address",
+        Disturbance::DeviceMove,
         true,
     );
 }
