@@ -43,13 +43,15 @@ pub struct PathConfig {
     pub report_interval: Duration,
     /// After a mid-call change of candidates (a NAT rebinding or a new address on either
     /// side) whose checks found no direct path within `check_phase`, send nothing directly to
-    /// the peer for this long, then open and check again (default 32 s); twice as long after
-    /// each further failure, up to 4 times this. A Linux NAT keeps the tracking entry left by
-    /// an unsolicited packet (the moved side's media, sent to the peer before it knew it had
+    /// the peer for this long, then open and check again (default 32 s); 3 times as long after
+    /// a second failure, 6 times after more. A Linux NAT keeps the tracking entry left by an
+    /// unsolicited packet (the moved side's media, sent to the peer before it knew it had
     /// moved) for 30 s after the last such packet, and until its garbage collector reaps it
     /// (measured: 18 s later; up to a minute) it pushes the peer's mapping towards the new
     /// address onto another port: the paths can only meet once both sides stayed quiet that
-    /// long.
+    /// long. The first wait is enough when the collector ran in time; the second (96 s)
+    /// outlasts the entry that the failed first round left plus a whole minute of
+    /// collector delay.
     pub stale_wait: Duration,
     /// Look for a direct path at all (default true). Off, calls stay on the relay and this
     /// side never tells the peer its addresses: a privacy setting (the peer never learns
@@ -910,9 +912,9 @@ impl PathManager {
             } else if now >= changed + self.cfg.check_phase && !self.update_pending {
                 // The new pairs never answered: most likely a NAT's stale state from the
                 // change. Stay quiet until it expired and was reaped, then open again; longer
-                // each time (the failed round may have left state of its own).
+                // each time (the failed round left state of its own).
                 self.changed_at = None;
-                let wait = self.cfg.stale_wait * (1 << self.quiet_rounds.min(2));
+                let wait = self.cfg.stale_wait * [1, 3, 6][self.quiet_rounds.min(2) as usize];
                 self.quiet_rounds += 1;
                 self.quiet_until = Some(now + wait);
             }
@@ -1291,7 +1293,7 @@ mod tests {
             let quiet_from = t + check_phase;
             // Checks for the check phase, then nothing direct for the quiet period.
             let mut direct_during_quiet = 0;
-            while t < quiet_from + stale * (1 << round) - Duration::from_millis(50) {
+            while t < quiet_from + stale * [1, 3, 6][round as usize] - Duration::from_millis(50) {
                 t += Duration::from_millis(50);
                 m.handle_timeout(t);
                 let (open, check, _) = sorted(&actions(&mut m));
