@@ -14,7 +14,7 @@ mod netns;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use netns::natter::{servers, start, WAIT};
+use netns::natter::{self, servers, start, WAIT};
 use netns::{net_or_skip, Nat, Net, Place, Proc};
 
 /// A network with a login server and a super node on a public host: the net, the directory
@@ -113,15 +113,7 @@ impl Call {
             "client",
             "caller",
             caller.1,
-            &[
-                "--call",
-                "callee",
-                "--hangup-after",
-                &after,
-                "--exit-after-call",
-                "--timeout",
-                "30",
-            ],
+            &natter::caller_args("callee", &after),
         )
         .unwrap();
         Call {

@@ -175,15 +175,7 @@ fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
         "client",
         "caller",
         listen(a.private),
-        &[
-            "--call",
-            "callee",
-            "--hangup-after",
-            &after,
-            "--exit-after-call",
-            "--timeout",
-            "30",
-        ],
+        &natter::caller_args("callee", &after),
     )
     .unwrap();
     let best = if nat == Nat::Symmetric {

@@ -1239,6 +1239,18 @@ fn longest_gap(
     (gap, first)
 }
 
+/// Neither side of `call` between `alice` and `bob` has ended it (after `what`).
+fn call_goes_on(w: &World, alice: HostId, bob: HostId, call: CallId, what: &str) {
+    assert!(
+        ended(&w.sim, alice, call).is_none() && ended(&w.sim, bob, call).is_none(),
+        "{what}: the call ended: {:?} / {:?}; caller paths {:?}; callee paths {:?}",
+        ended(&w.sim, alice, call),
+        ended(&w.sim, bob, call),
+        paths(&w.sim, alice, call),
+        paths(&w.sim, bob, call)
+    );
+}
+
 /// A NAT in front of one side (`callee_side`) forwards nothing for `outage` and comes back
 /// without its state (a home router rebooting): the call goes on, media resumes within a
 /// second of the NAT's return, and the call is direct again within three. While it is down
@@ -1268,14 +1280,7 @@ fn nat_restarts_with_an_outage(callee_side: bool, outage: Duration) {
     let up = w.sim.elapsed();
     w.talk(alice, bob, call, Duration::from_secs(8));
     let side = if callee_side { "callee" } else { "caller" };
-    assert!(
-        ended(&w.sim, alice, call).is_none() && ended(&w.sim, bob, call).is_none(),
-        "{side}'s NAT restarted: the call ended: {:?} / {:?}; caller paths {:?}; callee paths {:?}",
-        ended(&w.sim, alice, call),
-        ended(&w.sim, bob, call),
-        paths(&w.sim, alice, call),
-        paths(&w.sim, bob, call)
-    );
+    call_goes_on(&w, alice, bob, call, &format!("{side}'s NAT restarted"));
     for (to, from) in [(bob, alice), (alice, bob)] {
         let (gap, first) = longest_gap(&w.sim, to, from, call, up);
         let resumed = first.map(|t| t - up);
@@ -1419,14 +1424,7 @@ fn nat_moves_to_a_new_address(callee_side: bool) {
         .set_nat_external_ip(nat, std::net::IpAddr::from([198, 18, 250, 7]));
     w.talk(alice, bob, call, Duration::from_secs(45));
     let side = if callee_side { "callee" } else { "caller" };
-    assert!(
-        ended(&w.sim, alice, call).is_none() && ended(&w.sim, bob, call).is_none(),
-        "{side}'s NAT moved: the call ended: {:?} / {:?}; caller paths {:?}; callee paths {:?}",
-        ended(&w.sim, alice, call),
-        ended(&w.sim, bob, call),
-        paths(&w.sim, alice, call),
-        paths(&w.sim, bob, call)
-    );
+    call_goes_on(&w, alice, bob, call, &format!("{side}'s NAT moved"));
     for (to, from) in [(bob, alice), (alice, bob)] {
         let (gap, _) = longest_gap(&w.sim, to, from, call, moved);
         eprintln!(

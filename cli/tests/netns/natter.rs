@@ -151,3 +151,17 @@ pub fn start(
     }
     net.spawn(ns, natter(), &args, &env)
 }
+
+/// The options of a `natter client` that dials `callee` once joined, hangs up `hangup_after`
+/// seconds (a number, as text) after the call connected and exits.
+pub fn caller_args<'a>(callee: &'a str, hangup_after: &'a str) -> [&'a str; 7] {
+    [
+        "--call",
+        callee,
+        "--hangup-after",
+        hangup_after,
+        "--exit-after-call",
+        "--timeout",
+        "30",
+    ]
+}

@@ -54,8 +54,8 @@ pub(crate) struct Uplink {
     recheck_until: Option<Instant>,
     /// Our address as super nodes see it over UDP.
     reflexive: Option<SocketAddr>,
-    /// IPs this node sent UDP to (probes, keep-alives, calls), for the NAT probe: their
-    /// filters may be open. Bounded.
+    /// Addresses this node sent UDP to (probes, keep-alives, calls), for the NAT probe:
+    /// filters may be open for them. Bounded.
     udp_contacted: Vec<SocketAddr>,
     local_addresses: Vec<SocketAddr>,
 }
