@@ -90,6 +90,9 @@ impl JobContext<'_> {
             Ok(()) => Ok(()),
             Err(StoreError::NoSuchAccount) => Err(LoginError::UnknownUser),
             Err(StoreError::DeviceOwnedElsewhere) => Err(LoginError::UnknownDevice),
+            // One X25519 key, one device: a second device claiming it proves nothing it may
+            // have (the proof of possession makes this a copied key, not a stolen one).
+            Err(StoreError::KeyInUse) => Err(LoginError::BadProof),
             Err(e) => Err(backend(&e)),
         }
     }

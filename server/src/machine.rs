@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use natter_core::crypto::{
-    verify_signature, Authority, DeviceId, TrustedAuthorities, UnixTime, UserName,
+    dh_public_of, verify_dh_proof, verify_signature, Authority, DeviceId, TrustedAuthorities,
+    UnixTime, UserName,
 };
 use natter_core::login::proto::{
     proof_message, DeviceKeys, LoginError, Request, Response, RevocationPage, RevokedDevice,
-    Version, VersionStatus, MAX_REVOCATIONS_PER_PAGE, PROOF_CONTEXT, REVOCATION_CONTEXT,
+    Version, VersionStatus, DH_PROOF_CONTEXT, MAX_REVOCATIONS_PER_PAGE, PROOF_CONTEXT,
+    REVOCATION_CONTEXT,
 };
 use natter_core::rng::Rng;
 use natter_core::sansio::{Destination, Input, Machine, StreamId, Transmit};
@@ -313,7 +315,9 @@ pub struct LoginServerStats {
 struct Conn {
     remote: SocketAddr,
     decoder: FrameDecoder,
-    hello: Option<(VersionStatus, [u8; 32])>,
+    /// After Hello: the version verdict, the challenge and the X25519 secret this connection's
+    /// proofs of possession are checked against.
+    hello: Option<(VersionStatus, [u8; 32], [u8; 32])>,
     busy: Option<JobId>,
     queued: VecDeque<Request>,
     last_activity: Instant,
@@ -569,7 +573,7 @@ impl LoginServer {
         let remote = conn.remote;
         let hello = conn.hello;
         let wall = self.wall(now);
-        let (status, challenge) = match (&request, hello) {
+        let (status, challenge, secret) = match (&request, hello) {
             (
                 Request::Hello {
                     version,
@@ -590,8 +594,10 @@ impl LoginServer {
                 };
                 let mut challenge = [0u8; 32];
                 self.rng.fill(&mut challenge);
+                let mut secret = [0u8; 32];
+                self.rng.fill(&mut secret);
                 if let Some(c) = self.conns.get_mut(&stream) {
-                    c.hello = Some((status, challenge));
+                    c.hello = Some((status, challenge, secret));
                 }
                 self.events.push_back(LoginServerEvent::Hello {
                     stream,
@@ -599,7 +605,14 @@ impl LoginServer {
                     first_start: *first_start,
                     status,
                 });
-                self.respond(stream, &Response::Hello { status, challenge });
+                self.respond(
+                    stream,
+                    &Response::Hello {
+                        status,
+                        challenge,
+                        server_key: dh_public_of(&secret),
+                    },
+                );
                 return;
             }
             (Request::Hello { .. }, Some(_)) | (_, None) => {
@@ -636,7 +649,15 @@ impl LoginServer {
             } => parse_user(&user).and_then(|user| {
                 let msg =
                     proof_message(&challenge, &user, &device.signing_public, &device.dh_public);
-                if verify_signature(&device.signing_public, PROOF_CONTEXT, &msg, &device.proof) {
+                if verify_signature(&device.signing_public, PROOF_CONTEXT, &msg, &device.proof)
+                    && verify_dh_proof(
+                        &secret,
+                        &device.dh_public,
+                        DH_PROOF_CONTEXT,
+                        &msg,
+                        &device.dh_proof,
+                    )
+                {
                     Ok((
                         Job::Login {
                             device: DeviceId::from_signing_key(&device.signing_public),
@@ -650,7 +671,11 @@ impl LoginServer {
                     Err(LoginError::BadProof)
                 }
             }),
-            Request::Renew { certificate, proof } => {
+            Request::Renew {
+                certificate,
+                proof,
+                dh_proof,
+            } => {
                 // The signature and binding are checked at a moment inside the certificate's
                 // validity (now, or its last second once expired), so an expired certificate
                 // still proves what it said; how long ago it expired is checked separately.
@@ -667,6 +692,13 @@ impl LoginServer {
                 );
                 if certificate.verify(&self.cfg.trusted, check_at).is_err()
                     || !verify_signature(&certificate.signing_public, PROOF_CONTEXT, &msg, &proof)
+                    || !verify_dh_proof(
+                        &secret,
+                        &certificate.dh_public,
+                        DH_PROOF_CONTEXT,
+                        &msg,
+                        &dh_proof,
+                    )
                 {
                     Err(LoginError::BadProof)
                 } else if wall.0 > grace_end {
@@ -996,7 +1028,12 @@ mod tests {
                 first_start: false,
             },
         );
-        let Some(Response::Hello { challenge, .. }) = responses(&mut server).pop() else {
+        let Some(Response::Hello {
+            challenge,
+            server_key,
+            ..
+        }) = responses(&mut server).pop()
+        else {
             panic!("no hello");
         };
         let msg = proof_message(
@@ -1006,7 +1043,19 @@ mod tests {
             &certificate.dh_public,
         );
         let proof = id.device.sign(PROOF_CONTEXT, &msg);
-        send(&mut server, now, &Request::Renew { certificate, proof });
+        let dh_proof = id
+            .device
+            .dh_proof(&server_key, DH_PROOF_CONTEXT, &msg)
+            .unwrap();
+        send(
+            &mut server,
+            now,
+            &Request::Renew {
+                certificate,
+                proof,
+                dh_proof,
+            },
+        );
         if let Some(item) = server.poll_work() {
             return Ok(item.job);
         }
@@ -1053,5 +1102,85 @@ mod tests {
             renew_tampered_at(past, t, |_| {}),
             Err(LoginError::RenewalExpired)
         );
+    }
+
+    /// Log `mallory` in on a fresh server with a device whose Ed25519 key is `device`'s and
+    /// whose X25519 key is `dh_public`, proving the latter with `device`'s own X25519 key; return
+    /// the job it hands out, or its refusal.
+    fn login_claiming(
+        device: &natter_core::crypto::DeviceIdentity,
+        dh_public: [u8; 32],
+    ) -> Result<Job, LoginError> {
+        let net = TestNetwork::new(6);
+        let now = Instant::now();
+        let cfg = LoginServerConfig::new(
+            Authority::from_secret_bytes(net.authority().secret_bytes()),
+            [1; 32],
+            TEST_WALL,
+            now,
+        );
+        let mut server = LoginServer::new(cfg);
+        send(
+            &mut server,
+            now,
+            &Request::Hello {
+                version: Version::new(0, 1, 0),
+                first_start: false,
+            },
+        );
+        let Some(Response::Hello {
+            challenge,
+            server_key,
+            ..
+        }) = responses(&mut server).pop()
+        else {
+            panic!("no hello");
+        };
+        let user = UserName::parse("mallory").unwrap();
+        let msg = proof_message(&challenge, &user, &device.signing_public(), &dh_public);
+        let keys = DeviceKeys {
+            signing_public: device.signing_public(),
+            dh_public,
+            proof: device.sign(PROOF_CONTEXT, &msg),
+            dh_proof: device
+                .dh_proof(&server_key, DH_PROOF_CONTEXT, &msg)
+                .unwrap(),
+        };
+        send(
+            &mut server,
+            now,
+            &Request::Login {
+                user: user.to_string(),
+                password: "correct horse battery".into(),
+                device: keys,
+            },
+        );
+        if let Some(item) = server.poll_work() {
+            return Ok(item.job);
+        }
+        match responses(&mut server).pop() {
+            Some(Response::Error(e)) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_certificate_for_someone_elses_x25519_key_is_refused() {
+        let net = TestNetwork::new(7);
+        let mallory = net.identity("mallory").device;
+        let victim = net.identity("victim").device;
+        // Mallory's own keys: certified (the job goes to the password check).
+        assert!(matches!(
+            login_claiming(&mallory, mallory.dh_public()),
+            Ok(Job::Login { .. })
+        ));
+        // Mallory's Ed25519 key with the victim's X25519 key: Mallory can sign, but cannot
+        // compute the Diffie-Hellman of the victim's key with the server's.
+        assert_eq!(
+            login_claiming(&mallory, victim.dh_public()),
+            Err(LoginError::BadProof)
+        );
+        // A low-order X25519 key (every party "knows" its shared secret) is refused too.
+        assert_eq!(login_claiming(&mallory, [0; 32]), Err(LoginError::BadProof));
     }
 }

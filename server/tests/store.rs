@@ -146,6 +146,50 @@ mod suite {
         assert_eq!(s.devices(&name("nobody")).expect("list"), vec![]);
     }
 
+    pub fn device_key_in_use(s: &dyn AccountStore) {
+        let alice = name("alice");
+        let bob = name("bob");
+        s.create_account(&account("alice", "a", 1)).expect("create");
+        s.create_account(&account("bob", "b", 1)).expect("create");
+        let d = device(&alice, 9, 100);
+        s.upsert_device(&d).expect("insert");
+        // Another device, of another account or the same one, with d's X25519 key.
+        for user in [&bob, &alice] {
+            let copy = DeviceRecord {
+                user: user.clone(),
+                dh_public: d.dh_public,
+                ..device(user, 10, 200)
+            };
+            assert!(matches!(s.upsert_device(&copy), Err(StoreError::KeyInUse)));
+            assert_eq!(s.device(&copy.device).expect("lookup"), None);
+        }
+        // An existing device moving to another device's key is refused too.
+        let other = device(&alice, 11, 300);
+        s.upsert_device(&other).expect("insert");
+        let moved = DeviceRecord {
+            dh_public: d.dh_public,
+            ..other.clone()
+        };
+        assert!(matches!(s.upsert_device(&moved), Err(StoreError::KeyInUse)));
+        assert_eq!(s.device(&other.device).expect("lookup"), Some(other));
+        // A revoked device keeps its key for good.
+        s.revoke_device(&alice, &d.device, UnixTime(400))
+            .expect("revoke");
+        let reuse = DeviceRecord {
+            dh_public: d.dh_public,
+            ..device(&bob, 12, 500)
+        };
+        assert!(matches!(s.upsert_device(&reuse), Err(StoreError::KeyInUse)));
+        // The device itself renews with its own key.
+        let d2 = device(&bob, 13, 600);
+        s.upsert_device(&d2).expect("insert");
+        s.upsert_device(&DeviceRecord {
+            last_seen: UnixTime(700),
+            ..d2.clone()
+        })
+        .expect("renew");
+    }
+
     pub fn device_owned_elsewhere(s: &dyn AccountStore) {
         let alice = name("alice");
         let bob = name("bob");
@@ -580,6 +624,11 @@ fn sqlite_devices() {
 }
 
 #[test]
+fn sqlite_device_key_in_use() {
+    sqlite(suite::device_key_in_use);
+}
+
+#[test]
 fn sqlite_device_owned_elsewhere() {
     sqlite(suite::device_owned_elsewhere);
 }
@@ -709,6 +758,11 @@ fn postgres_accounts() {
 #[test]
 fn postgres_devices() {
     postgres("devices", suite::devices);
+}
+
+#[test]
+fn postgres_device_key_in_use() {
+    postgres("device_key_in_use", suite::device_key_in_use);
 }
 
 #[test]

@@ -172,6 +172,51 @@ impl DeviceIdentity {
     pub fn sign(&self, context: &[u8], message: &[u8]) -> [u8; 64] {
         self.signing.sign(&domain(context, message)).to_bytes()
     }
+
+    /// Prove possession of the X25519 key to the holder of `peer_ephemeral`'s secret: a MAC
+    /// over `message` keyed by the Diffie-Hellman of this device's key with that ephemeral key
+    /// (see [`dh_mac`]). `None` when `peer_ephemeral` is a low-order point.
+    pub fn dh_proof(
+        &self,
+        peer_ephemeral: &[u8; 32],
+        context: &[u8],
+        message: &[u8],
+    ) -> Option<[u8; 32]> {
+        let shared = self.dh.diffie_hellman(&DhPublic::from(*peer_ephemeral));
+        shared
+            .was_contributory()
+            .then(|| dh_mac(shared.as_bytes(), context, message))
+    }
+}
+
+/// The MAC of a proof of possession of an X25519 key: BLAKE2s-256 keyed with the shared secret
+/// (the Diffie-Hellman of the proven key and a verifier's ephemeral key), over the
+/// domain-separated `message`. Only the key's holder and the ephemeral's holder can compute it.
+pub fn dh_mac(shared: &[u8; 32], context: &[u8], message: &[u8]) -> [u8; 32] {
+    use blake2::digest::{KeyInit, Mac};
+    let mut mac = <blake2::Blake2sMac256 as KeyInit>::new(&(*shared).into());
+    mac.update(&domain(context, message));
+    mac.finalize().into_bytes().into()
+}
+
+/// Check a proof made with [`DeviceIdentity::dh_proof`], as the holder of the ephemeral
+/// `secret`, in constant time. Low-order `dh_public` keys never verify.
+pub fn verify_dh_proof(
+    secret: &[u8; 32],
+    dh_public: &[u8; 32],
+    context: &[u8],
+    message: &[u8],
+    proof: &[u8; 32],
+) -> bool {
+    use subtle::ConstantTimeEq;
+    let shared = StaticSecret::from(*secret).diffie_hellman(&DhPublic::from(*dh_public));
+    shared.was_contributory()
+        && bool::from(dh_mac(shared.as_bytes(), context, message).ct_eq(proof))
+}
+
+/// The public X25519 key of an ephemeral `secret` (for [`verify_dh_proof`]'s verifier).
+pub fn dh_public_of(secret: &[u8; 32]) -> [u8; 32] {
+    DhPublic::from(&StaticSecret::from(*secret)).to_bytes()
 }
 
 fn domain(context: &[u8], message: &[u8]) -> Vec<u8> {

@@ -17,8 +17,9 @@ pub use handshake::{
     InitMessage, LocalIdentity, PeerInfo, Step, RESET_TOKEN_LEN,
 };
 pub use identity::{
-    verify_signature, Authority, AuthorityKeyId, CertError, Certificate, DeviceId, DeviceIdentity,
-    TrustedAuthorities, UnixTime, UserName, UserNameError, MAX_CERT_LEN,
+    dh_mac, dh_public_of, verify_dh_proof, verify_signature, Authority, AuthorityKeyId, CertError,
+    Certificate, DeviceId, DeviceIdentity, TrustedAuthorities, UnixTime, UserName, UserNameError,
+    MAX_CERT_LEN,
 };
 pub use replay::{ReplayError, ReplayWindow, WINDOW};
 pub use session::{OpenError, SealError, Session, SessionStats, MAX_GENERATION_SKIP, REKEY_AFTER};

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 
 use super::proto::{
     proof_message, DeviceKeys, LoginError, Request, Response, RevocationPage, Version,
-    VersionStatus, PROOF_CONTEXT, REVOCATION_CONTEXT,
+    VersionStatus, DH_PROOF_CONTEXT, PROOF_CONTEXT, REVOCATION_CONTEXT,
 };
 use crate::crypto::{
     verify_signature, CertError, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities,
@@ -171,12 +171,19 @@ pub struct LoginClientConfig {
     pub timeout: Duration,
 }
 
+/// What the server's Hello gave this connection for proofs of possession.
+#[derive(Debug, Clone, Copy)]
+struct Hello {
+    challenge: [u8; 32],
+    server_key: [u8; 32],
+}
+
 /// A login connection's machine. See the [module documentation](self).
 pub struct LoginClient {
     cfg: LoginClientConfig,
     stream: StreamId,
     decoder: FrameDecoder,
-    challenge: Option<[u8; 32]>,
+    hello: Option<Hello>,
     upgrade_required: Option<Version>,
     ops: VecDeque<Operation>,
     current: Option<(Operation, Instant)>,
@@ -202,7 +209,7 @@ impl LoginClient {
             cfg,
             stream,
             decoder: FrameDecoder::new(usize::from(u16::MAX)),
-            challenge: None,
+            hello: None,
             upgrade_required: None,
             ops: VecDeque::new(),
             current: None,
@@ -253,13 +260,17 @@ impl LoginClient {
         }
     }
 
-    fn keys(&self, challenge: &[u8; 32], user: &UserName) -> DeviceKeys {
+    fn keys(&self, hello: &Hello, user: &UserName) -> DeviceKeys {
         let d = &self.cfg.device;
-        let msg = proof_message(challenge, user, &d.signing_public(), &d.dh_public());
+        let msg = proof_message(&hello.challenge, user, &d.signing_public(), &d.dh_public());
         DeviceKeys {
             signing_public: d.signing_public(),
             dh_public: d.dh_public(),
             proof: d.sign(PROOF_CONTEXT, &msg),
+            // A low-order server key gets a proof the server cannot check: it answers BadProof.
+            dh_proof: d
+                .dh_proof(&hello.server_key, DH_PROOF_CONTEXT, &msg)
+                .unwrap_or([0; 32]),
         }
     }
 
@@ -267,7 +278,7 @@ impl LoginClient {
         if self.current.is_some() || self.dead {
             return;
         }
-        let Some(challenge) = self.challenge else {
+        let Some(hello) = self.hello else {
             return;
         };
         while let Some(op) = self.ops.pop_front() {
@@ -286,11 +297,12 @@ impl LoginClient {
                 Operation::Login { user, password } => {
                     // An invalid name is sent as is: the server's answer is authoritative.
                     let device = match UserName::parse(user) {
-                        Ok(name) => self.keys(&challenge, &name),
+                        Ok(name) => self.keys(&hello, &name),
                         Err(_) => DeviceKeys {
                             signing_public: self.cfg.device.signing_public(),
                             dh_public: self.cfg.device.dh_public(),
                             proof: [0; 64],
+                            dh_proof: [0; 32],
                         },
                     };
                     Request::Login {
@@ -299,10 +311,14 @@ impl LoginClient {
                         device,
                     }
                 }
-                Operation::Renew { certificate } => Request::Renew {
-                    certificate: certificate.clone(),
-                    proof: self.keys(&challenge, &certificate.user).proof,
-                },
+                Operation::Renew { certificate } => {
+                    let keys = self.keys(&hello, &certificate.user);
+                    Request::Renew {
+                        certificate: certificate.clone(),
+                        proof: keys.proof,
+                        dh_proof: keys.dh_proof,
+                    }
+                }
                 Operation::ChangePassword { user, old, new } => Request::ChangePassword {
                     user: user.clone(),
                     old: old.clone(),
@@ -444,8 +460,15 @@ impl LoginClient {
                 return self.protocol_error();
             };
             match response {
-                Response::Hello { status, challenge } if self.challenge.is_none() => {
-                    self.challenge = Some(challenge);
+                Response::Hello {
+                    status,
+                    challenge,
+                    server_key,
+                } if self.hello.is_none() => {
+                    self.hello = Some(Hello {
+                        challenge,
+                        server_key,
+                    });
                     if let VersionStatus::UpgradeRequired { minimum } = status {
                         self.upgrade_required = Some(minimum);
                     }
@@ -480,7 +503,7 @@ impl Machine for LoginClient {
         if self.dead {
             return;
         }
-        let started = match (&self.current, self.challenge) {
+        let started = match (&self.current, self.hello) {
             (Some((_, at)), _) => Some(*at),
             (None, None) => Some(self.hello_sent),
             (None, Some(_)) => None,
@@ -502,7 +525,7 @@ impl Machine for LoginClient {
         if self.dead {
             return None;
         }
-        match (&self.current, self.challenge) {
+        match (&self.current, self.hello) {
             (Some((_, at)), _) => Some(*at + self.cfg.timeout),
             (None, None) => Some(self.hello_sent + self.cfg.timeout),
             (None, Some(_)) => None,
@@ -619,6 +642,7 @@ mod tests {
             &Response::Hello {
                 status: VersionStatus::Ok,
                 challenge: [9; 32],
+                server_key: [10; 32],
             },
         );
         assert_eq!(

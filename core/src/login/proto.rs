@@ -5,9 +5,11 @@
 //! UTF-8 with a one-byte length; passwords are at most [`MAX_PASSWORD`] bytes.
 //!
 //! A connection starts with [`Request::Hello`] (client version, first start), answered by
-//! [`Response::Hello`] (version verdict and a fresh challenge). Requests that prove possession
-//! of a device key sign the challenge ([`proof_message`]), so a recorded request cannot be
-//! replayed on another connection.
+//! [`Response::Hello`] (version verdict, a fresh challenge and a fresh X25519 key). Requests that
+//! prove possession of a device's keys sign the challenge with the Ed25519 key
+//! ([`proof_message`]) and MAC the same message with the Diffie-Hellman of the device's X25519
+//! key and the server's fresh key ([`crate::crypto::dh_mac`]), so a recorded request cannot be
+//! replayed on another connection and nobody gets a certificate for a key they do not hold.
 
 use bytes::{BufMut, BytesMut};
 
@@ -21,6 +23,8 @@ pub const MAX_PASSWORD: usize = 128;
 pub const MAX_REVOCATIONS_PER_PAGE: usize = 1000;
 /// Domain separation for proofs of possession.
 pub const PROOF_CONTEXT: &[u8] = b"natter-login-proof-v1";
+/// Domain separation for the X25519 proof of possession ([`DeviceKeys::dh_proof`]).
+pub const DH_PROOF_CONTEXT: &[u8] = b"natter-login-dh-proof-v1";
 /// Domain separation for signed revocation pages.
 pub const REVOCATION_CONTEXT: &[u8] = b"natter-revocations-v1";
 
@@ -78,6 +82,9 @@ pub struct DeviceKeys {
     pub dh_public: [u8; 32],
     /// Signature by the Ed25519 key over [`proof_message`].
     pub proof: [u8; 64],
+    /// MAC over [`proof_message`] keyed by the Diffie-Hellman of the X25519 key with the
+    /// server's key from [`Response::Hello`] (context [`DH_PROOF_CONTEXT`]).
+    pub dh_proof: [u8; 32],
 }
 
 /// The message a device signs to prove it holds its keys on this connection.
@@ -126,8 +133,10 @@ pub enum Request {
     Renew {
         /// The current (possibly recently expired) certificate.
         certificate: Certificate,
-        /// Proof of possession of the certified keys.
+        /// Proof of possession of the certified Ed25519 key.
         proof: [u8; 64],
+        /// Proof of possession of the certified X25519 key (as [`DeviceKeys::dh_proof`]).
+        dh_proof: [u8; 32],
     },
     /// Change the password.
     ChangePassword {
@@ -327,6 +336,9 @@ pub enum Response {
         status: VersionStatus,
         /// A fresh random challenge for proofs of possession on this connection.
         challenge: [u8; 32],
+        /// A fresh X25519 public key for this connection: devices prove they hold their
+        /// X25519 key with a MAC keyed by its Diffie-Hellman with this one.
+        server_key: [u8; 32],
     },
     /// The account was created.
     Registered,
@@ -399,11 +411,17 @@ impl Request {
                 out.put_slice(&device.signing_public);
                 out.put_slice(&device.dh_public);
                 out.put_slice(&device.proof);
+                out.put_slice(&device.dh_proof);
             }
-            Request::Renew { certificate, proof } => {
+            Request::Renew {
+                certificate,
+                proof,
+                dh_proof,
+            } => {
                 out.put_u8(REQ_RENEW);
                 certificate.encode(out);
                 out.put_slice(proof);
+                out.put_slice(dh_proof);
             }
             Request::ChangePassword { user, old, new } => {
                 out.put_u8(REQ_CHANGE_PASSWORD);
@@ -454,11 +472,13 @@ impl Request {
                     signing_public: r.array()?,
                     dh_public: r.array()?,
                     proof: r.array()?,
+                    dh_proof: r.array()?,
                 },
             },
             REQ_RENEW => Request::Renew {
                 certificate: Certificate::read(&mut r)?,
                 proof: r.array()?,
+                dh_proof: r.array()?,
             },
             REQ_CHANGE_PASSWORD => Request::ChangePassword {
                 user: name(&mut r)?,
@@ -486,7 +506,11 @@ impl Response {
     /// Append the encoded response.
     pub fn encode(&self, out: &mut BytesMut) {
         match self {
-            Response::Hello { status, challenge } => {
+            Response::Hello {
+                status,
+                challenge,
+                server_key,
+            } => {
                 out.put_u8(RESP_HELLO);
                 match status {
                     VersionStatus::Ok => {
@@ -503,6 +527,7 @@ impl Response {
                     }
                 }
                 out.put_slice(challenge);
+                out.put_slice(server_key);
             }
             Response::Registered => out.put_u8(RESP_REGISTERED),
             Response::Certified { certificate } => {
@@ -541,6 +566,7 @@ impl Response {
                 Response::Hello {
                     status,
                     challenge: r.array()?,
+                    server_key: r.array()?,
                 }
             }
             RESP_REGISTERED => Response::Registered,
@@ -625,12 +651,14 @@ mod tests {
                 device: DeviceKeys {
                     signing_public: k,
                     dh_public: k,
-                    proof: [7; 64]
+                    proof: [7; 64],
+                    dh_proof: [8; 32],
                 }
             }),
             Just(Request::Renew {
                 certificate: cert(),
-                proof: [1; 64]
+                proof: [1; 64],
+                dh_proof: [2; 32],
             }),
             (s, s, s).prop_map(|(user, old, new)| Request::ChangePassword { user, old, new }),
             (s, s, any::<[u8; 16]>()).prop_map(|(user, password, d)| Request::RevokeDevice {
@@ -645,18 +673,21 @@ mod tests {
 
     fn responses() -> impl Strategy<Value = Response> {
         prop_oneof![
-            (0u8..3, any::<[u8; 32]>()).prop_map(|(k, challenge)| Response::Hello {
-                status: match k {
-                    0 => VersionStatus::Ok,
-                    1 => VersionStatus::UpgradeRecommended {
-                        latest: Version::new(1, 2, 3)
+            (0u8..3, any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
+                |(k, challenge, server_key)| Response::Hello {
+                    status: match k {
+                        0 => VersionStatus::Ok,
+                        1 => VersionStatus::UpgradeRecommended {
+                            latest: Version::new(1, 2, 3)
+                        },
+                        _ => VersionStatus::UpgradeRequired {
+                            minimum: Version::new(2, 0, 0)
+                        },
                     },
-                    _ => VersionStatus::UpgradeRequired {
-                        minimum: Version::new(2, 0, 0)
-                    },
-                },
-                challenge
-            }),
+                    challenge,
+                    server_key,
+                }
+            ),
             Just(Response::Registered),
             Just(Response::Certified {
                 certificate: cert()
@@ -716,6 +747,7 @@ mod tests {
                 signing_public: [0; 32],
                 dh_public: [0; 32],
                 proof: [0; 64],
+                dh_proof: [0; 32],
             },
         };
         assert!(!format!("{r:?}").contains("hunter2"));

@@ -73,6 +73,9 @@ pub enum StoreError {
     /// The device id is registered to another account.
     #[error("device belongs to another account")]
     DeviceOwnedElsewhere,
+    /// Another device (of any account, revoked or not) holds that X25519 key.
+    #[error("the device key is certified for another device")]
+    KeyInUse,
     /// The database failed (connection, I/O, corruption). The message never contains a
     /// password or a password hash.
     #[error("storage failure: {0}")]
@@ -102,7 +105,8 @@ pub trait AccountStore: Send + Sync {
 
     /// Record a certified device: insert it, or update `last_seen` (and keys, which never
     /// change for a device id since the id derives from the signing key). Errors:
-    /// [`StoreError::NoSuchAccount`], [`StoreError::DeviceOwnedElsewhere`].
+    /// [`StoreError::NoSuchAccount`], [`StoreError::DeviceOwnedElsewhere`],
+    /// [`StoreError::KeyInUse`] (another device, of any account, has that `dh_public`).
     /// Does not clear `revoked_at`: a revoked device stays revoked.
     fn upsert_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
 

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS devices (
     revoked_at     BIGINT
 );
 CREATE INDEX IF NOT EXISTS devices_by_user ON devices ("user", first_seen);
+CREATE UNIQUE INDEX IF NOT EXISTS devices_by_dh_public ON devices (dh_public);
 CREATE TABLE IF NOT EXISTS revocations (
     serial     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     device     BYTEA  NOT NULL,
@@ -474,6 +475,10 @@ impl AccountStore for PostgresStore {
                 Ok(None) => return Err(StoreError::DeviceOwnedElsewhere.into()),
                 Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
                     return Err(StoreError::NoSuchAccount.into())
+                }
+                // The only other unique index on devices: another device's X25519 key.
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    return Err(StoreError::KeyInUse.into())
                 }
                 Err(e) => return Err(e.into()),
             }

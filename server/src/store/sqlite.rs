@@ -11,7 +11,9 @@
 //!
 //! - `accounts(user TEXT PRIMARY KEY, password_hash, created_at)`;
 //! - `devices(device BLOB PRIMARY KEY, user REFERENCES accounts ON DELETE CASCADE,
-//!   signing_public, dh_public, first_seen, last_seen, revoked_at NULL)`;
+//!   signing_public, dh_public UNIQUE, first_seen, last_seen, revoked_at NULL)`: one X25519
+//!   key is certified for one device only, across the whole database and for good (a revoked
+//!   device keeps its key);
 //! - `revocations(serial INTEGER PRIMARY KEY AUTOINCREMENT, device, user, revoked_at)`, with
 //!   no foreign key, so the revocation list outlives deleted accounts. `AUTOINCREMENT` makes
 //!   SQLite never reuse a serial, even after the newest rows are gone.
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS devices (
     revoked_at     INTEGER
 );
 CREATE INDEX IF NOT EXISTS devices_by_user ON devices (user, first_seen);
+CREATE UNIQUE INDEX IF NOT EXISTS devices_by_dh_public ON devices (dh_public);
 CREATE TABLE IF NOT EXISTS revocations (
     serial     INTEGER PRIMARY KEY AUTOINCREMENT,
     device     BLOB    NOT NULL,
@@ -168,6 +171,15 @@ impl SqliteStore {
 /// columns and constraints, never bound values), nothing else.
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
+}
+
+/// A device write's error: [`StoreError::KeyInUse`] when another device holds the X25519 key.
+fn key_in_use(e: rusqlite::Error) -> StoreError {
+    if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) {
+        StoreError::KeyInUse
+    } else {
+        backend(e)
+    }
 }
 
 fn is_constraint(e: &rusqlite::Error, extended: i32) -> bool {
@@ -346,7 +358,7 @@ impl AccountStore for SqliteStore {
                         last_seen
                     ],
                 )
-                .map_err(backend)?;
+                .map_err(key_in_use)?;
             }
             None => {
                 // `revoked_at` is not taken from the record: only `revoke_device` revokes,
@@ -364,7 +376,7 @@ impl AccountStore for SqliteStore {
                         last_seen
                     ],
                 )
-                .map_err(backend)?;
+                .map_err(key_in_use)?;
             }
         }
         tx.commit().map_err(backend)
