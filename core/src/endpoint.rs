@@ -32,7 +32,7 @@ use crate::rng::Rng;
 use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
 use crate::wire::frame::{self, FrameDecoder};
 use crate::wire::message::{CloseReason, Message, MessageType, MAX_APP_DATA};
-use crate::wire::packet::{Channel, Packet, Pattern, SessionIndex};
+use crate::wire::packet::{Channel, Packet, Pattern, SessionIndex, DATA_HEADER_LEN, TAG_LEN};
 use crate::wire::relay;
 use crate::wire::{classify, Class, MAX_DATAGRAM};
 
@@ -321,12 +321,29 @@ pub struct EndpointStats {
     pub resets_accepted: u64,
     /// Dropped: session resets with a wrong token or for no session.
     pub dropped_reset: u64,
+    /// Path challenges sent (a session's newer packets came from another address).
+    pub path_challenges_sent: u64,
+    /// Sessions moved to a validated new address.
+    pub paths_validated: u64,
+    /// Moves refused or abandoned: the new address never answered its challenges, or another
+    /// device's session holds it.
+    pub paths_refused: u64,
+    /// Challenges not sent because they would exceed three times the bytes received from the
+    /// unvalidated address (anti-amplification).
+    pub path_challenges_limited: u64,
 }
 
 const EARLY_DATA_LIMIT: usize = 8;
 /// At most this many session resets a second: a peer's stale session needs one, and a flood of
 /// data for unknown sessions must not turn the endpoint into a reflector.
 const RESETS_PER_SECOND: u32 = 64;
+/// A path challenge unanswered for this long is sent again (while the amplification budget
+/// allows), at most [`PATH_CHALLENGES`] times in all.
+const PATH_CHALLENGE_RTO: Duration = Duration::from_millis(250);
+/// Challenges sent to one unvalidated path before the move is abandoned.
+const PATH_CHALLENGES: u32 = 4;
+/// An unvalidated path receives at most this many times the bytes that came from it.
+const AMPLIFICATION_LIMIT: usize = 3;
 /// Pings and path probes awaiting an answer, per session.
 const MAX_OUTSTANDING_PINGS: usize = 64;
 const MAX_HANDSHAKE_RTO: Duration = Duration::from_secs(2);
@@ -390,6 +407,23 @@ struct Peer {
     /// This session's keep-alive interval and idle timeout, when they differ from the
     /// configuration's ([`Endpoint::set_session_timing`]).
     timing: Option<(Duration, Duration)>,
+    /// A newer packet came from another UDP path: the session moves there once the peer
+    /// answers a challenge sent there.
+    validating: Option<Validation>,
+}
+
+/// Path validation in progress (as QUIC's PATH_CHALLENGE): an authenticated packet from a new
+/// address proves the peer sent it, not that the peer is there (the source may be spoofed).
+struct Validation {
+    path: Path,
+    token: [u8; 8],
+    /// Bytes received from `path` and sent to it: sent stays within
+    /// [`AMPLIFICATION_LIMIT`] times received.
+    received: usize,
+    sent: usize,
+    challenges: u32,
+    /// When the challenge is sent again; `None` while the budget forbids it.
+    retry_at: Option<Instant>,
 }
 
 impl Peer {
@@ -529,7 +563,7 @@ impl Endpoint {
         let resp = self.responding.values().map(|r| r.expires);
         let peers = self.peers.values().flat_map(|p| {
             if let Some(at) = p.tentative {
-                return [Some(at + RESPONDER_TIMEOUT), None, None]
+                return [Some(at + RESPONDER_TIMEOUT), None, None, None]
                     .into_iter()
                     .flatten();
             }
@@ -537,6 +571,7 @@ impl Endpoint {
                 Some(p.last_sent + p.keepalive(&self.cfg)),
                 Some(p.last_received + p.idle_timeout(&self.cfg)),
                 p.unconfirmed_final.as_ref().map(|(_, at, _)| *at),
+                p.validating.as_ref().and_then(|v| v.retry_at),
             ]
             .into_iter()
             .flatten()
@@ -971,13 +1006,41 @@ impl Endpoint {
                                 plain.first(),
                                 Some(&t) if t == MessageType::PathProbe as u8
                                     || t == MessageType::PathProbeAck as u8
+                                    || t == MessageType::PathChallenge as u8
+                                    || t == MessageType::PathResponse as u8
                             );
+                        let mut resume = false;
+                        if let Some(v) = peer.validating.as_mut().filter(|v| v.path == from) {
+                            v.received = v.received.saturating_add(data.len());
+                            // More bytes from the path: a challenge the budget held back may go.
+                            resume = v.retry_at.is_none();
+                        }
                         if newest && !probe && peer.dest != from {
-                            peer.dest = from.clone();
-                            self.events.push_back(EndpointEvent::PathChanged {
-                                conn: ConnId(index.0),
-                                remote: from.clone(),
-                            });
+                            if matches!(from, Path::Direct(Destination::Stream(_))) {
+                                // A stream's peer completed a TCP handshake from there: it
+                                // cannot be spoofed, so the session moves at once.
+                                peer.dest = from.clone();
+                                peer.validating = None;
+                                self.events.push_back(EndpointEvent::PathChanged {
+                                    conn: ConnId(index.0),
+                                    remote: from.clone(),
+                                });
+                            } else if peer.validating.as_ref().is_none_or(|v| v.path != from) {
+                                let mut token = [0u8; 8];
+                                self.rng.fill(&mut token);
+                                peer.validating = Some(Validation {
+                                    path: from.clone(),
+                                    token,
+                                    received: data.len(),
+                                    sent: 0,
+                                    challenges: 0,
+                                    retry_at: Some(now),
+                                });
+                                resume = true;
+                            }
+                        }
+                        if resume {
+                            self.challenge(now, index);
                         }
                         self.confirm_tentative(index);
                         self.on_plaintext(now, index, &from, header.channel, &plain);
@@ -990,6 +1053,86 @@ impl Endpoint {
                 self.scratch = plain;
             }
         }
+    }
+
+    /// Send (or send again) the challenge of session `index`'s path validation, within the
+    /// amplification budget; give the move up after [`PATH_CHALLENGES`] unanswered ones.
+    fn challenge(&mut self, now: Instant, index: SessionIndex) {
+        let Some(v) = self
+            .peers
+            .get_mut(&index)
+            .and_then(|p| p.validating.as_mut())
+        else {
+            return;
+        };
+        if v.challenges >= PATH_CHALLENGES {
+            if let Some(p) = self.peers.get_mut(&index) {
+                p.validating = None;
+            }
+            self.stats.paths_refused += 1;
+            return;
+        }
+        let (path, token) = (v.path.clone(), v.token);
+        // A sealed challenge's size: the data header, the message and the AEAD tag.
+        let relay_header = if path.is_relayed() {
+            relay::HEADER_LEN
+        } else {
+            0
+        };
+        let size = DATA_HEADER_LEN + 1 + token.len() + TAG_LEN + relay_header;
+        if v.sent + size > AMPLIFICATION_LIMIT * v.received {
+            v.retry_at = None;
+            self.stats.path_challenges_limited += 1;
+            return;
+        }
+        v.sent += size;
+        v.challenges += 1;
+        let at = now + PATH_CHALLENGE_RTO * v.challenges;
+        v.retry_at = Some(at);
+        self.arm(at);
+        self.stats.path_challenges_sent += 1;
+        let _ = self.send_message_via(
+            now,
+            index,
+            Message::PathChallenge { token },
+            Some(path),
+            None,
+        );
+    }
+
+    /// The answer to session `index`'s path challenge: the peer is at the new path, so the
+    /// session moves there, unless another device's session is there already.
+    fn path_validated(&mut self, index: SessionIndex, token: &[u8; 8]) {
+        use subtle::ConstantTimeEq;
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        let Some(v) = peer
+            .validating
+            .take_if(|v| bool::from(v.token.ct_eq(token)))
+        else {
+            return;
+        };
+        let device = peer.info.certificate.device;
+        let taken = self.peers.iter().any(|(i, p)| {
+            *i != index
+                && p.tentative.is_none()
+                && p.dest == v.path
+                && p.info.certificate.device != device
+        });
+        if taken {
+            self.stats.paths_refused += 1;
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        peer.dest = v.path.clone();
+        self.stats.paths_validated += 1;
+        self.events.push_back(EndpointEvent::PathChanged {
+            conn: ConnId(index.0),
+            remote: v.path,
+        });
     }
 
     /// Tell the sender of data for a session we do not know (we restarted) that it is gone,
@@ -1084,6 +1227,12 @@ impl Endpoint {
                 };
                 let _ = self.send_message_via(now, index, ack, Some(from.clone()), None);
             }
+            Ok(Message::PathChallenge { token }) => {
+                // Answered on the path it came by: that is the path being checked.
+                let answer = Message::PathResponse { token };
+                let _ = self.send_message_via(now, index, answer, Some(from.clone()), None);
+            }
+            Ok(Message::PathResponse { token }) => self.path_validated(index, &token),
             Ok(Message::PathProbeAck { id, observed }) => {
                 if let Some(peer) = self.peers.get_mut(&index) {
                     if let Some(pos) = peer.pings.iter().position(|(i, _)| *i == id) {
@@ -1359,6 +1508,7 @@ impl Endpoint {
                 remote_index,
                 pings: VecDeque::new(),
                 timing: None,
+                validating: None,
             },
         );
     }
@@ -1385,6 +1535,7 @@ impl Endpoint {
                 remote_index,
                 pings: VecDeque::new(),
                 timing: None,
+                validating: None,
             },
         );
     }
@@ -1534,6 +1685,7 @@ impl Machine for Endpoint {
         let mut keepalive = Vec::new();
         let mut dead = Vec::new();
         let mut resend = Vec::new();
+        let mut challenges = Vec::new();
         self.peers.retain(|_, p| {
             p.tentative
                 .is_none_or(|at| now.saturating_duration_since(at) < RESPONDER_TIMEOUT)
@@ -1560,6 +1712,14 @@ impl Machine for Endpoint {
             if now.saturating_duration_since(peer.last_sent) >= peer.keepalive(&self.cfg) {
                 keepalive.push(*index);
             }
+            if peer
+                .validating
+                .as_ref()
+                .and_then(|v| v.retry_at)
+                .is_some_and(|at| at <= now)
+            {
+                challenges.push(*index);
+            }
         }
         // In a fixed order: runs with the same seed send the same packets.
         resend.sort_by_key(|(index, _, _)| *index);
@@ -1577,6 +1737,10 @@ impl Machine for Endpoint {
         }
         for index in keepalive {
             let _ = self.send_message(now, index, Message::KeepAlive);
+        }
+        challenges.sort();
+        for index in challenges {
+            self.challenge(now, index);
         }
         self.recompute_deadline();
     }

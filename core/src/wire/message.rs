@@ -262,6 +262,11 @@ message_types! {
     PathProbe = 0x51,
     /// Answer to a path probe: `id u32`, the address the probe came from.
     PathProbeAck = 0x52,
+    /// Path validation: before a session moves to a new address, prove the peer is there:
+    /// `token [u8; 8]`.
+    PathChallenge = 0x53,
+    /// Answer to [`MessageType::PathChallenge`], sent on the path it came by: `token [u8; 8]`.
+    PathResponse = 0x54,
     /// Reserved: chat message.
     ChatMessage = 0x60,
     /// Reserved: chat delivery receipt.
@@ -567,6 +572,18 @@ pub enum Message<'a> {
         /// peer-reflexive candidate), when it came straight over UDP.
         observed: Option<SocketAddr>,
     },
+    /// Before a session moves to the address a newer packet came from, the receiver sends this
+    /// there (and only this, within three times the bytes received from it); the session moves
+    /// when the answer comes back, so a spoofed source address cannot move it.
+    PathChallenge {
+        /// Random; echoed in the answer.
+        token: [u8; 8],
+    },
+    /// Answer to [`Message::PathChallenge`], sent on the path it arrived by.
+    PathResponse {
+        /// The challenge's token.
+        token: [u8; 8],
+    },
     /// Ask a super node for a relay channel to `device` (which must have a session with it).
     RelayAllocate {
         /// Echoed in the answer.
@@ -682,6 +699,8 @@ impl<'a> Message<'a> {
             Message::MediaReport { .. } => MessageType::MediaReport,
             Message::PathProbe { .. } => MessageType::PathProbe,
             Message::PathProbeAck { .. } => MessageType::PathProbeAck,
+            Message::PathChallenge { .. } => MessageType::PathChallenge,
+            Message::PathResponse { .. } => MessageType::PathResponse,
             Message::RelayAllocate { .. } => MessageType::RelayAllocate,
             Message::RelayAllocated { .. } => MessageType::RelayAllocated,
             Message::RelayRefused { .. } => MessageType::RelayRefused,
@@ -927,6 +946,8 @@ impl<'a> Message<'a> {
                     None
                 },
             },
+            MessageType::PathChallenge => Message::PathChallenge { token: r.array()? },
+            MessageType::PathResponse => Message::PathResponse { token: r.array()? },
             MessageType::RelayAllocate => Message::RelayAllocate {
                 request: r.u32()?,
                 device: DeviceId(r.array()?),
@@ -1106,6 +1127,9 @@ impl<'a> Message<'a> {
                 if let Some(a) = observed {
                     put_addr(out, a);
                 }
+            }
+            Message::PathChallenge { token } | Message::PathResponse { token } => {
+                out.put_slice(token)
             }
             Message::RelayAllocate { request, device } => {
                 out.put_u32(*request);
@@ -1408,6 +1432,8 @@ mod tests {
                 rtt_ms: 65535,
             },
             Message::PathProbe { id: 7 },
+            Message::PathChallenge { token: [1; 8] },
+            Message::PathResponse { token: [2; 8] },
             Message::PathProbeAck {
                 id: 7,
                 observed: None,
