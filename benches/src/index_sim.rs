@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use natter_core::crypto::Capabilities;
 use natter_core::crypto::{
-    Authority, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities, UnixTime, UserName,
+    Authority, Certificate, DeviceId, DeviceIdentity, LocalIdentity, TrustedAuthorities, UnixTime,
+    UserName,
 };
 use natter_core::overlay::PresenceRecord;
 use natter_core::overlay::{ClientSearches, SearchResult};
@@ -236,6 +237,8 @@ struct Sn {
     membership: Option<Membership>,
     ring: Option<Ring>,
     member_timer_at: Option<Duration>,
+    /// Its identity (real membership only: it signs its membership events).
+    identity: Option<LocalIdentity>,
     /// Clients attach to it from then on (real membership: a new super node first gets
     /// the view).
     ready_at: Duration,
@@ -426,8 +429,32 @@ impl IndexSim {
 
     fn new_sn(&mut self, behaviour: Behaviour) -> usize {
         let i = self.sns.len();
-        let mut static_key = self.rng.bytes32();
-        static_key[0] = 0x40;
+        // Real membership signs events and checks certificates: a real, certified key.
+        let identity = self.cfg.real_membership.then(|| {
+            let device = DeviceIdentity::generate(&mut self.rng);
+            let name = UserName::parse(&format!("sn{i}")).expect("valid");
+            let certificate = self.authority.certify(
+                &name,
+                device.dh_public(),
+                device.signing_public(),
+                UnixTime(self.wall0.0 - 86_400),
+                UnixTime(self.wall0.0 + 30 * 86_400),
+            );
+            LocalIdentity {
+                device,
+                certificate,
+                trusted: self.trusted.clone(),
+                capabilities: Default::default(),
+            }
+        });
+        let static_key = match &identity {
+            Some(id) => id.device.dh_public(),
+            None => {
+                let mut k = self.rng.bytes32();
+                k[0] = 0x40;
+                k
+            }
+        };
         // One /48 each (the ring caps super nodes per /48).
         let addr = SocketAddr::new(
             IpAddr::V6(Ipv6Addr::new(
@@ -452,6 +479,7 @@ impl IndexSim {
             membership: None,
             ring: None,
             member_timer_at: None,
+            identity,
             ready_at: if self.now.is_zero() {
                 Duration::ZERO
             } else {
@@ -476,7 +504,18 @@ impl IndexSim {
         let incarnation = self.wall().0 as u32;
         let mut ring = Ring::new(self.cfg.max_per_prefix);
         ring.insert(entry);
-        self.sns[sn].membership = Some(Membership::new(cfg, entry, incarnation, known, now));
+        let identity = self.sns[sn]
+            .identity
+            .clone()
+            .expect("real membership has identities");
+        self.sns[sn].membership = Some(Membership::new(
+            cfg,
+            identity,
+            entry,
+            incarnation,
+            known,
+            now,
+        ));
         self.sns[sn].ring = Some(ring);
         self.joining.insert(sn, self.now);
         self.member_changed(sn);
@@ -945,7 +984,15 @@ impl IndexSim {
         let now = self.instant();
         let wall = self.wall();
         let from_entry = self.sns[from].entry;
+        let from_certificate = self.sns[from]
+            .identity
+            .as_ref()
+            .map(|i| i.certificate.clone());
         if let Some(m) = self.sns[to].membership.as_mut() {
+            // As a session with the sender would prove its certificate.
+            if let Some(c) = &from_certificate {
+                m.learn_certificate(now, c);
+            }
             if m.handle_message(now, from_entry, &message) {
                 self.member_changed(to);
                 return;

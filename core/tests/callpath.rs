@@ -426,6 +426,7 @@ fn a_probe_before_the_candidates_does_not_hide_a_lan_address() {
         &Message::CallCandidates {
             call: CallId([3; 16]),
             opened: true,
+            update: false,
             candidates: vec![host("198.19.1.3:4000")],
         },
     );

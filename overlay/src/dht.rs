@@ -147,6 +147,11 @@ impl Ring {
         self.by_addr.contains_key(&addr)
     }
 
+    /// The member at `addr`, if any.
+    pub fn at(&self, addr: SocketAddr) -> Option<&HostEntry> {
+        self.by_addr.get(&addr).and_then(|k| self.members.get(k))
+    }
+
     /// Every member.
     pub fn entries(&self) -> impl Iterator<Item = &HostEntry> {
         self.members.values()

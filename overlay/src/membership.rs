@@ -33,19 +33,29 @@
 //! that it is alive, which outranks the report. A departure is remembered as a tombstone for
 //! [`MembershipConfig::tombstone_ttl`] so that stale views cannot bring the member back.
 //!
-//! What is said about others is not signed (a super node's key is an X25519 key): a lying
-//! super node can report live ones gone, which they refute within a gossip round or a sync, or
-//! invent members, which their predecessors' probes find unreachable and report gone. Sessions
-//! between super nodes are authenticated, so every report has a certified sender.
+//! **Who may say what.** A super node signs what it says of itself (alive at an incarnation,
+//! or leaving) with its certified Ed25519 key; a receiver checks the signature against the
+//! super node's certificate (learnt from a session with it, or pulled from the member that
+//! passed the event on, [`Message::MemberCertPull`]) and drops unsigned "alive" news. What a
+//! super node says of *others* (a failure its probes found) is a hint: the receiver probes the
+//! named super node itself and declares it gone only when its own probes go unanswered, and
+//! passes the news on only then, so a liar's report reaches its direct recipients and costs
+//! them one probe each. A key already live at one address never moves to another, and an
+//! address live under one key never changes key, unless a probe answered on a session at the
+//! new address with that key proves it (a signed "alive" is the key holder's word, not proof
+//! of where it is). So a certified user running a super node can neither take another super
+//! node out of the views nor rebind it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
+use natter_core::crypto::{verify_signature, Certificate, LocalIdentity, UnixTime};
 use natter_core::rng::Rng;
 use natter_core::wire::message::{
-    HostEntry, MemberEvent, Message, DIGEST_BUCKETS, MAX_MEMBER_EVENTS,
+    HostEntry, MemberEvent, Message, DIGEST_BUCKETS, MAX_CERT_PULL, MAX_MEMBER_CERTS,
+    MAX_MEMBER_EVENTS, MEMBER_CONTEXT,
 };
 
 use crate::dht::Key;
@@ -105,6 +115,19 @@ pub struct MembershipStats {
     pub dropped: u64,
     /// Messages sent.
     pub sent: u64,
+    /// Events dropped for lack of the subject's signature ("alive" said by another).
+    pub unsigned: u64,
+    /// Events whose signature did not verify against the subject's certificate.
+    pub bad_signature: u64,
+    /// Reports of another super node's failure, checked by probing it.
+    pub hints: u64,
+    /// Signed events that would move a live key to another address (or give a live address
+    /// another key): held until a probe proves them.
+    pub rebinds_held: u64,
+    /// Of those, the ones no session at the new address proved.
+    pub rebinds_refused: u64,
+    /// Certificates learnt (from sessions or pulled).
+    pub certificates: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +137,12 @@ struct Member {
     incarnation: u32,
     alive: bool,
     changed: Instant,
+    /// The member's own signature over this state, when it said so itself.
+    signature: Option<[u8; 64]>,
+    /// Learnt outside the membership (a bootstrap entry, a link) and not yet confirmed by the
+    /// member's own word: yields to anything the membership says, is never sent on, and is
+    /// not in the digest.
+    provisional: bool,
 }
 
 impl Member {
@@ -122,8 +151,28 @@ impl Member {
             alive: self.alive,
             incarnation: self.incarnation,
             entry: self.entry,
+            signature: self.signature,
         }
     }
+
+    /// Counted in the digest (and so compared with other views).
+    fn in_digest(&self) -> bool {
+        self.alive && !self.provisional
+    }
+}
+
+/// Where a fact about a member comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The member signed it.
+    Signed,
+    /// The member's signed "alive", and a probe answered on a session at that address with
+    /// that key.
+    Proven,
+    /// This super node's own probes went unanswered.
+    OwnProbe,
+    /// Learnt outside the membership ([`Membership::hint`]).
+    Hint,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -159,8 +208,16 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// How far (seconds) an incarnation may run ahead of this super node's clock.
 const MAX_INCARNATION_AHEAD: u64 = 24 * 3600;
 
-/// Most members probed at once because of stale reports of their departure.
+/// Most members probed at once because of reports of their departure, and most rebindings
+/// waiting for proof.
 const MAX_CHECKS: usize = 64;
+/// Unanswered probes that confirm another super node's report of a failure.
+const CHECK_MISSES: u32 = 2;
+/// Most signed events waiting for their subject's certificate, and how long they wait.
+const MAX_PARKED: usize = 4096;
+const PARKED_FOR: Duration = Duration::from_secs(10);
+/// A key whose certificate was asked for is not asked for again for this long.
+const PULL_AGAIN: Duration = Duration::from_secs(5);
 
 /// The membership machine. See the [module documentation](self).
 #[derive(Debug)]
@@ -185,13 +242,28 @@ pub struct Membership {
     top: [u64; DIGEST_BUCKETS],
     rumors: VecDeque<MemberEvent>,
     watches: HashMap<SocketAddr, Watch>,
-    /// Members reported gone at an older incarnation than this view holds: probed here too
-    /// until they answer or are found gone (the report may be stale, or right).
+    /// Members another super node reported gone: probed here until they answer or are found
+    /// gone (the report may be stale, wrong, or right).
     checks: HashMap<SocketAddr, Watch>,
+    /// Signed "alive" events that would rebind a live key or address, each until a probe of
+    /// its address answered by its key proves it, or goes unanswered.
+    proofs: HashMap<SocketAddr, (MemberEvent, Watch)>,
+    /// This super node's identity (to sign its own events) and the authorities it trusts.
+    identity: LocalIdentity,
+    /// Checked certificates of super nodes, by static key.
+    certs: HashMap<[u8; 32], Certificate>,
+    /// Signed events waiting for their subject's certificate: when they came, whether to
+    /// spread them, the event.
+    parked: VecDeque<(Instant, bool, MemberEvent)>,
+    /// Keys whose certificate was asked for, and when.
+    pulled: HashMap<[u8; 32], Instant>,
     next_nonce: u32,
     out: VecDeque<(HostEntry, Message<'static>)>,
     changes: VecDeque<MemberChange>,
     next_probe: Instant,
+    /// Reported failures and claimed rebindings are probed twice as often as successors, so
+    /// a real failure crosses each gossip hop (a check by every receiver) quickly.
+    next_check: Instant,
     next_gossip: Instant,
     next_sync: Instant,
     /// The member our last digest went to, until when we wait for its answer, and how many
@@ -232,16 +304,19 @@ fn member_hash(key: &Key, addr: &SocketAddr, incarnation: u32) -> u64 {
 }
 
 impl Membership {
-    /// Start as `me` at `incarnation` (the wall-clock second the role was taken), knowing the
-    /// super nodes in `known` (from the host cache and the network file; they count as alive
-    /// until heard otherwise).
+    /// Start as `me` (whose static key is `identity`'s) at `incarnation` (the wall-clock
+    /// second the role was taken), knowing the super nodes in `known` (from the host cache and
+    /// the network file; they count as alive until heard otherwise).
     pub fn new(
         cfg: MembershipConfig,
+        identity: LocalIdentity,
         me: HostEntry,
         incarnation: u32,
         known: &[HostEntry],
         now: Instant,
     ) -> Self {
+        let mut certs = HashMap::new();
+        certs.insert(me.static_key, identity.certificate.clone());
         let mut m = Self {
             rng: Rng::from_seed_bytes(cfg.seed),
             me,
@@ -257,10 +332,16 @@ impl Membership {
             rumors: VecDeque::new(),
             watches: HashMap::new(),
             checks: HashMap::new(),
+            proofs: HashMap::new(),
+            identity,
+            certs,
+            parked: VecDeque::new(),
+            pulled: HashMap::new(),
             next_nonce: 1,
             out: VecDeque::new(),
             changes: VecDeque::new(),
             next_probe: now + cfg.probe_interval,
+            next_check: now + cfg.probe_interval / 2,
             next_gossip: now,
             next_sync: now,
             sync_wait: None,
@@ -347,11 +428,78 @@ impl Membership {
         Some(self.members[&addr].entry)
     }
 
+    /// The wall clock, from the incarnation taken at start (a wall-clock second).
+    fn wall(&self, now: Instant) -> UnixTime {
+        UnixTime(
+            u64::from(self.started_incarnation)
+                + now.saturating_duration_since(self.started).as_secs(),
+        )
+    }
+
+    /// Sign an event about this super node.
+    fn sign(&self, mut ev: MemberEvent) -> MemberEvent {
+        ev.signature = Some(
+            self.identity
+                .device
+                .sign(MEMBER_CONTEXT, &ev.signed_bytes()),
+        );
+        ev
+    }
+
     fn my_event(&self) -> MemberEvent {
-        MemberEvent {
+        self.sign(MemberEvent {
             alive: true,
             incarnation: self.incarnation,
             entry: self.me,
+            signature: None,
+        })
+    }
+
+    /// This super node's certificate was renewed: others get the new one from now on.
+    pub fn set_certificate(&mut self, certificate: &Certificate) {
+        if self.identity.certificate != *certificate && certificate.dh_public == self.me.static_key
+        {
+            self.identity.certificate = certificate.clone();
+            self.certs.insert(self.me.static_key, certificate.clone());
+        }
+    }
+
+    /// The certificate a session with a super node proved (the handshake checked it): its
+    /// membership events can be checked from now on.
+    pub fn learn_certificate(&mut self, now: Instant, certificate: &Certificate) {
+        let key = certificate.dh_public;
+        if self.certs.get(&key) == Some(certificate) {
+            return;
+        }
+        if self
+            .certs
+            .get(&key)
+            .is_some_and(|c| c.not_after >= certificate.not_after)
+        {
+            return;
+        }
+        if !self.certs.contains_key(&key) && self.certs.len() > self.cfg.max_members {
+            self.stats.dropped += 1;
+            return;
+        }
+        if certificate
+            .verify(&self.identity.trusted, self.wall(now))
+            .is_err()
+        {
+            self.stats.bad_signature += 1;
+            return;
+        }
+        self.stats.certificates += 1;
+        self.certs.insert(key, certificate.clone());
+        self.pulled.remove(&key);
+        // Events that waited for it.
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .parked
+            .drain(..)
+            .partition(|(_, _, ev)| ev.entry.static_key == key);
+        self.parked = waiting.into();
+        for (_, spread, ev) in ready {
+            self.signed_event(now, ev, spread);
         }
     }
 
@@ -362,7 +510,7 @@ impl Membership {
     }
 
     /// A super node learnt outside the membership (a bootstrap entry, a super node that
-    /// linked here): taken as alive at incarnation 0 when unknown, so anything the membership
+    /// linked here): taken as alive, provisionally, when unknown, so anything the membership
     /// itself says outranks it.
     ///
     /// A digest exchange with it follows at once (or, when one is under way, at the next
@@ -379,7 +527,9 @@ impl Membership {
                 alive: true,
                 incarnation: 0,
                 entry,
+                signature: None,
             },
+            Origin::Hint,
             false,
         );
         if added {
@@ -400,37 +550,148 @@ impl Membership {
         }
     }
 
-    /// Apply what is said about a super node; true when it changed the view. `spread`: gossip
-    /// it on.
-    fn apply(&mut self, now: Instant, ev: MemberEvent, spread: bool) -> bool {
+    /// Would `ev` change what this view holds (before its signature is checked)?
+    fn is_news(&self, ev: &MemberEvent) -> bool {
+        if ev.entry.static_key == self.me.static_key || ev.entry.addr == self.me.addr {
+            return ev.entry == self.me
+                && ((!ev.alive && ev.incarnation >= self.incarnation)
+                    || (ev.alive && ev.incarnation > self.incarnation));
+        }
+        match self.members.get(&ev.entry.addr) {
+            None => true,
+            Some(m) if m.provisional => ev.alive || m.entry.static_key == ev.entry.static_key,
+            Some(m) if m.entry.static_key != ev.entry.static_key => ev.alive,
+            Some(m) => {
+                ev.incarnation > m.incarnation
+                    || (ev.incarnation == m.incarnation && m.alive && !ev.alive)
+                    || (ev.incarnation == m.incarnation
+                        && !m.alive
+                        && ev.alive
+                        && m.signature.is_none())
+            }
+        }
+    }
+
+    /// A signed event: checked against its subject's certificate (pulled when unknown), then
+    /// applied.
+    fn signed_event(&mut self, now: Instant, ev: MemberEvent, spread: bool) -> Option<bool> {
+        let Some(signature) = ev.signature else {
+            return Some(false);
+        };
+        if !self.is_news(&ev) {
+            self.stats.stale += 1;
+            return Some(false);
+        }
+        let wall = self.wall(now);
+        let Some(cert) = self
+            .certs
+            .get(&ev.entry.static_key)
+            .filter(|c| c.not_after >= wall)
+        else {
+            if self.parked.len() >= MAX_PARKED {
+                self.parked.pop_front();
+                self.stats.dropped += 1;
+            }
+            self.parked.push_back((now, spread, ev));
+            return None;
+        };
+        if !verify_signature(
+            &cert.signing_public,
+            MEMBER_CONTEXT,
+            &ev.signed_bytes(),
+            &signature,
+        ) {
+            self.stats.bad_signature += 1;
+            return Some(false);
+        }
+        Some(self.apply(now, ev, Origin::Signed, spread))
+    }
+
+    /// Another super node says `ev.entry` is gone, without its signature: see for ourselves.
+    fn hint_gone(&mut self, now: Instant, ev: MemberEvent) {
+        if ev.entry == self.me {
+            if ev.incarnation >= self.incarnation {
+                self.refute(ev.incarnation);
+            } else {
+                self.stats.stale += 1;
+            }
+            return;
+        }
+        match self.members.get(&ev.entry.addr) {
+            Some(m)
+                if m.alive
+                    && m.entry.static_key == ev.entry.static_key
+                    && ev.incarnation >= m.incarnation =>
+            {
+                if !self.checks.contains_key(&ev.entry.addr) && self.checks.len() < MAX_CHECKS {
+                    self.stats.hints += 1;
+                    self.checks.insert(ev.entry.addr, Watch::default());
+                    if !self.watches.contains_key(&ev.entry.addr) {
+                        self.probe_one(now, ev.entry.addr, false);
+                    }
+                }
+            }
+            _ => self.stats.stale += 1,
+        }
+    }
+
+    /// Said to be gone while running (or a newer self we never were): outrank it.
+    fn refute(&mut self, incarnation: u32) {
+        self.toggle_digest(self.my_key, self.me.addr, self.incarnation);
+        self.incarnation = incarnation.saturating_add(1);
+        self.toggle_digest(self.my_key, self.me.addr, self.incarnation);
+        self.stats.refuted += 1;
+        self.rumors.push_back(self.my_event());
+    }
+
+    /// Apply a fact about a super node; true when it changed the view. `spread`: gossip it
+    /// on.
+    fn apply(&mut self, now: Instant, ev: MemberEvent, origin: Origin, spread: bool) -> bool {
         // Incarnations are wall-clock seconds plus a few refutations: one far in the future is a
         // lie that would outrank every later refutation (it is dropped).
-        let wall = u64::from(self.started_incarnation)
-            + now.saturating_duration_since(self.started).as_secs();
-        if u64::from(ev.incarnation) > wall + MAX_INCARNATION_AHEAD {
+        if u64::from(ev.incarnation) > self.wall(now).0 + MAX_INCARNATION_AHEAD {
             self.stats.dropped += 1;
             return false;
         }
         let addr = ev.entry.addr;
-        if addr == self.me.addr {
-            if ev.entry.static_key == self.me.static_key
+        if addr == self.me.addr || ev.entry.static_key == self.me.static_key {
+            if ev.entry == self.me
                 && ((!ev.alive && ev.incarnation >= self.incarnation)
                     || (ev.alive && ev.incarnation > self.incarnation))
             {
-                // Said to be gone while running (or a newer self we never were): outrank it.
-                self.toggle_digest(self.my_key, self.me.addr, self.incarnation);
-                self.incarnation = ev.incarnation.saturating_add(1);
-                self.toggle_digest(self.my_key, self.me.addr, self.incarnation);
-                self.stats.refuted += 1;
-                self.rumors.push_back(self.my_event());
+                self.refute(ev.incarnation);
             } else {
                 self.stats.stale += 1;
             }
             return false;
         }
+        let key = Key::of_super_node(&ev.entry.static_key);
         let old = self.members.get(&addr).copied();
+        let same_key = old.is_some_and(|m| m.entry.static_key == ev.entry.static_key);
+        if ev.alive && origin != Origin::Proven {
+            // One live binding per key and per address: moving either needs proof.
+            let key_elsewhere = self
+                .by_key
+                .get(&key)
+                .filter(|a| **a != addr)
+                .and_then(|a| self.members.get(a))
+                .is_some_and(|m| m.alive && !m.provisional);
+            let address_taken = old.is_some_and(|m| m.alive && !m.provisional && !same_key);
+            if key_elsewhere || address_taken {
+                if origin == Origin::Signed {
+                    self.hold_for_proof(ev);
+                }
+                return false;
+            }
+        }
+        if !ev.alive && old.is_some_and(|m| !same_key && !m.provisional) {
+            // A departure of whoever held this address before: not the member there now.
+            self.stats.stale += 1;
+            return false;
+        }
         let newer = match old {
             None => true,
+            Some(m) if m.provisional || !same_key => origin != Origin::Hint,
             Some(m) => {
                 ev.incarnation > m.incarnation
                     || (ev.incarnation == m.incarnation && m.alive && !ev.alive)
@@ -438,10 +699,19 @@ impl Membership {
         };
         if !newer {
             self.stats.stale += 1;
-            if let Some(m) = old.filter(|m| m.alive && !ev.alive && self.checks.len() < MAX_CHECKS)
-            {
-                // Someone whose view was behind found it gone: see for ourselves.
-                self.checks.entry(m.entry.addr).or_default();
+            if let Some(m) = old.filter(|m| {
+                !m.alive
+                    && m.signature.is_none()
+                    && ev.alive
+                    && ev.incarnation == m.incarnation
+                    && origin == Origin::Signed
+            }) {
+                // Our probes found it gone, but it says it is alive at that incarnation: our
+                // view may be the one cut off. Probe it again; an answer gets it our report,
+                // which it then refutes.
+                if self.checks.len() < MAX_CHECKS {
+                    self.checks.entry(m.entry.addr).or_default();
+                }
             }
             return false;
         }
@@ -465,31 +735,51 @@ impl Membership {
                 }
             }
         }
-        let key = Key::of_super_node(&ev.entry.static_key);
+        if ev.alive {
+            // A proven move: the key's old address is forgotten.
+            if let Some(a) = self.by_key.get(&key).copied().filter(|a| *a != addr) {
+                if let Some(m) = self.members.remove(&a) {
+                    if m.in_digest() {
+                        self.toggle_digest(m.key, a, m.incarnation);
+                    }
+                    if m.alive {
+                        self.ring.remove(&m.key);
+                        self.watches.remove(&a);
+                        self.checks.remove(&a);
+                        self.change(m.entry, false);
+                    }
+                }
+                self.by_key.remove(&key);
+            }
+        }
         if let Some(m) = old {
             self.by_key.remove(&m.key);
             if m.alive {
                 self.ring.remove(&m.key);
+            }
+            if m.in_digest() {
                 self.toggle_digest(m.key, addr, m.incarnation);
             }
         }
-        self.members.insert(
-            addr,
-            Member {
-                entry: ev.entry,
-                key,
-                incarnation: ev.incarnation,
-                alive: ev.alive,
-                changed: now,
-            },
-        );
+        let member = Member {
+            entry: ev.entry,
+            key,
+            incarnation: ev.incarnation,
+            alive: ev.alive,
+            changed: now,
+            signature: ev.signature,
+            provisional: origin == Origin::Hint,
+        };
+        self.members.insert(addr, member);
         self.by_key.insert(key, addr);
         if ev.alive {
             self.ring.insert(key, addr);
-            self.toggle_digest(key, addr, ev.incarnation);
         } else {
             self.watches.remove(&addr);
             self.checks.remove(&addr);
+        }
+        if member.in_digest() {
+            self.toggle_digest(key, addr, ev.incarnation);
         }
         let key_changed = old.is_some_and(|m| m.key != key);
         if let Some(m) = old.filter(|m| m.alive && (!ev.alive || key_changed)) {
@@ -505,10 +795,37 @@ impl Membership {
             self.next_sync = self.next_sync.min(now + self.cfg.gossip_interval);
         }
         self.stats.applied += 1;
-        if spread {
-            self.rumors.push_back(ev);
+        if spread && origin != Origin::Hint {
+            self.rumors.push_back(member.event());
         }
         true
+    }
+
+    /// A signed "alive" that would rebind a live key or address: probe the claimed address;
+    /// an answer on a session with the claimed key proves it.
+    fn hold_for_proof(&mut self, ev: MemberEvent) {
+        let addr = ev.entry.addr;
+        if self
+            .proofs
+            .get(&addr)
+            .is_some_and(|(held, _)| held.entry == ev.entry && held.incarnation >= ev.incarnation)
+        {
+            return;
+        }
+        if self.proofs.len() >= MAX_CHECKS && !self.proofs.contains_key(&addr) {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.stats.rebinds_held += 1;
+        let nonce = self.next_nonce;
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        let watch = Watch {
+            outstanding: Some(nonce),
+            previous: None,
+            misses: 0,
+        };
+        self.proofs.insert(addr, (ev, watch));
+        self.send(ev.entry, Message::MemberProbe { nonce });
     }
 
     fn change(&mut self, entry: HostEntry, alive: bool) {
@@ -537,6 +854,8 @@ impl Membership {
                 | Message::MemberUpdate { .. }
                 | Message::MemberDigest { .. }
                 | Message::MemberPull { .. }
+                | Message::MemberCertPull { .. }
+                | Message::MemberCerts { .. }
         )
     }
 
@@ -556,33 +875,61 @@ impl Membership {
                 self.heard_from(from);
             }
             Message::MemberProbeAck { nonce } => {
+                // Only an answer on a session with the member's own key counts.
                 let answered =
                     |w: &Watch| w.outstanding == Some(*nonce) || w.previous == Some(*nonce);
-                if let Some(w) = self.watches.get_mut(&from.addr) {
-                    if answered(w) {
-                        w.outstanding = None;
-                        w.misses = 0;
+                let holds = self
+                    .members
+                    .get(&from.addr)
+                    .is_some_and(|m| m.entry.static_key == from.static_key);
+                if holds {
+                    if let Some(w) = self.watches.get_mut(&from.addr) {
+                        if answered(w) {
+                            w.outstanding = None;
+                            w.misses = 0;
+                        }
+                    }
+                    if self.checks.get(&from.addr).is_some_and(answered) {
+                        self.checks.remove(&from.addr);
                     }
                 }
-                if self.checks.get(&from.addr).is_some_and(answered) {
-                    self.checks.remove(&from.addr);
+                let proven = self
+                    .proofs
+                    .get(&from.addr)
+                    .is_some_and(|(ev, w)| ev.entry == from && answered(w));
+                if proven {
+                    if let Some((ev, _)) = self.proofs.remove(&from.addr) {
+                        self.apply(now, ev, Origin::Proven, true);
+                    }
                 }
+                self.heard_from(from);
             }
             Message::MemberUpdate { sync, events } => {
-                // What a super node says about others counts only if it is a member itself;
-                // a newcomer may speak for itself alone.
+                // Signed events speak for their subject, whoever passes them on; a report of
+                // another's failure counts (as a hint to check) only from a member.
                 let member = self
                     .members
                     .get(&from.addr)
                     .is_some_and(|m| m.alive && m.entry.static_key == from.static_key);
                 let mut changed = false;
+                let mut missing: Vec<[u8; 32]> = Vec::new();
                 for ev in events {
-                    if member || ev.entry == from {
-                        changed |= self.apply(now, *ev, !*sync);
-                    } else {
-                        self.stats.dropped += 1;
+                    match (ev.alive, ev.signature.is_some()) {
+                        (_, true) => match self.signed_event(now, *ev, !*sync) {
+                            Some(c) => changed |= c,
+                            None => {
+                                if !missing.contains(&ev.entry.static_key) {
+                                    missing.push(ev.entry.static_key);
+                                }
+                            }
+                        },
+                        // Anyone may tell this super node it was reported gone (it refutes).
+                        (false, false) if member || ev.entry == self.me => self.hint_gone(now, *ev),
+                        (true, false) => self.stats.unsigned += 1,
+                        (false, false) => self.stats.dropped += 1,
                     }
                 }
+                self.pull_certificates(now, from, missing);
                 if changed && *sync && now < self.started + STARTUP {
                     // Anti-entropy found this young view behind: others may be too, or hold
                     // what this one still lacks. Sync again at gossip pace, not in a whole
@@ -590,6 +937,29 @@ impl Membership {
                     self.next_sync = self.next_sync.min(now + self.cfg.gossip_interval);
                 }
                 self.heard_from(from);
+            }
+            Message::MemberCertPull { keys } => {
+                let certs: Vec<Certificate> = keys
+                    .iter()
+                    .take(MAX_CERT_PULL)
+                    .filter_map(|k| self.certs.get(k).cloned())
+                    .collect();
+                for chunk in certs.chunks(MAX_MEMBER_CERTS) {
+                    self.send(
+                        from,
+                        Message::MemberCerts {
+                            certs: chunk.to_vec(),
+                        },
+                    );
+                }
+            }
+            Message::MemberCerts { certs } => {
+                for c in certs {
+                    // Only what was asked for: a stranger cannot fill the cache.
+                    if self.pulled.contains_key(&c.dh_public) {
+                        self.learn_certificate(now, c);
+                    }
+                }
             }
             Message::MemberDigest {
                 level,
@@ -650,6 +1020,29 @@ impl Membership {
         true
     }
 
+    /// Ask `from` (which passed on events signed by these keys) for their certificates.
+    fn pull_certificates(&mut self, now: Instant, from: HostEntry, keys: Vec<[u8; 32]>) {
+        let keys: Vec<[u8; 32]> = keys
+            .into_iter()
+            .filter(|k| {
+                self.pulled
+                    .get(k)
+                    .is_none_or(|at| now.saturating_duration_since(*at) >= PULL_AGAIN)
+            })
+            .collect();
+        for k in &keys {
+            self.pulled.insert(*k, now);
+        }
+        for chunk in keys.chunks(MAX_CERT_PULL) {
+            self.send(
+                from,
+                Message::MemberCertPull {
+                    keys: chunk.to_vec(),
+                },
+            );
+        }
+    }
+
     /// The sender is evidently running: if this view holds it as gone, tell it so it can
     /// refute.
     fn heard_from(&mut self, from: HostEntry) {
@@ -688,7 +1081,9 @@ impl Membership {
             .by_key
             .range((Bound::Included(Key(lo)), hi))
             .filter(|(k, _)| mask & (1 << sub_bucket(k)) != 0)
-            .map(|(_, a)| self.members[a].event())
+            .map(|(_, a)| self.members[a])
+            .filter(|m| !m.provisional)
+            .map(|m| m.event())
             .collect();
         if top_bucket(&self.my_key) == bucket && mask & (1 << sub_bucket(&self.my_key)) != 0 {
             events.push(self.my_event());
@@ -732,6 +1127,10 @@ impl Membership {
             self.next_probe = now + self.cfg.probe_interval;
             self.probe(now);
         }
+        if now >= self.next_check {
+            self.next_check = now + self.cfg.probe_interval / 2;
+            self.check(now);
+        }
         if now >= self.next_gossip {
             self.next_gossip = now + self.cfg.gossip_interval;
             self.gossip();
@@ -760,6 +1159,16 @@ impl Membership {
                 self.by_key.remove(&key);
             }
         }
+        while self
+            .parked
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) >= PARKED_FOR)
+        {
+            self.parked.pop_front();
+            self.stats.dropped += 1;
+        }
+        self.pulled
+            .retain(|_, at| now.saturating_duration_since(*at) < PARKED_FOR);
     }
 
     fn send_digest(&mut self, now: Instant, tries: u8) {
@@ -779,7 +1188,13 @@ impl Membership {
     fn probe(&mut self, now: Instant) {
         let watched = self.watched();
         self.watches.retain(|a, _| watched.contains(a));
-        let mut targets: Vec<(SocketAddr, bool)> = watched.into_iter().map(|a| (a, true)).collect();
+        for addr in watched {
+            self.probe_one(now, addr, true);
+        }
+    }
+
+    /// Probe the members others reported gone, and the claimed rebindings.
+    fn check(&mut self, now: Instant) {
         let mut checks: Vec<SocketAddr> = self
             .checks
             .keys()
@@ -788,40 +1203,80 @@ impl Membership {
             .collect();
         // In a fixed order: runs with the same seed behave the same.
         checks.sort();
-        targets.extend(checks.into_iter().map(|a| (a, false)));
-        for (addr, watched) in targets {
-            let w = if watched {
-                self.watches.entry(addr).or_default()
-            } else {
-                self.checks.entry(addr).or_default()
+        for addr in checks {
+            self.probe_one(now, addr, false);
+        }
+        let mut proofs: Vec<SocketAddr> = self.proofs.keys().copied().collect();
+        proofs.sort();
+        for addr in proofs {
+            let Some((ev, w)) = self.proofs.get_mut(&addr) else {
+                continue;
             };
             if w.outstanding.is_some() {
                 w.misses += 1;
             }
-            let connected = self.last_heard.is_some_and(|t| {
-                now.saturating_duration_since(t) <= self.cfg.probe_interval * self.cfg.probe_misses
-            });
-            if w.misses >= self.cfg.probe_misses && connected {
-                let m = self.members[&addr];
-                self.stats.declared_gone += 1;
-                self.apply(
-                    now,
-                    MemberEvent {
-                        alive: false,
-                        incarnation: m.incarnation,
-                        entry: m.entry,
-                    },
-                    true,
-                );
+            if w.misses >= self.cfg.probe_misses {
+                self.proofs.remove(&addr);
+                self.stats.rebinds_refused += 1;
                 continue;
             }
             let nonce = self.next_nonce;
             self.next_nonce = self.next_nonce.wrapping_add(1);
             w.previous = w.outstanding.or(w.previous);
             w.outstanding = Some(nonce);
-            let to = self.members[&addr].entry;
+            let to = ev.entry;
             self.send(to, Message::MemberProbe { nonce });
         }
+    }
+
+    /// Probe one watched successor (`watched`) or reported member; declare it gone after
+    /// [`MembershipConfig::probe_misses`] unanswered probes in a row.
+    fn probe_one(&mut self, now: Instant, addr: SocketAddr, watched: bool) {
+        let Some(m) = self.members.get(&addr).copied() else {
+            self.checks.remove(&addr);
+            return;
+        };
+        let connected = self.last_heard.is_some_and(|t| {
+            now.saturating_duration_since(t) <= self.cfg.probe_interval * self.cfg.probe_misses
+        });
+        let w = if watched {
+            self.watches.entry(addr).or_default()
+        } else {
+            self.checks.entry(addr).or_default()
+        };
+        if w.outstanding.is_some() {
+            w.misses += 1;
+        }
+        // A reported failure was seen by the reporter's own probes already: two misses here
+        // (at twice the pace) confirm it.
+        let misses = if watched {
+            self.cfg.probe_misses
+        } else {
+            CHECK_MISSES.min(self.cfg.probe_misses)
+        };
+        if w.misses >= misses && connected {
+            self.stats.declared_gone += 1;
+            self.checks.remove(&addr);
+            if m.alive {
+                self.apply(
+                    now,
+                    MemberEvent {
+                        alive: false,
+                        incarnation: m.incarnation,
+                        entry: m.entry,
+                        signature: None,
+                    },
+                    Origin::OwnProbe,
+                    true,
+                );
+            }
+            return;
+        }
+        let nonce = self.next_nonce;
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        w.previous = w.outstanding.or(w.previous);
+        w.outstanding = Some(nonce);
+        self.send(m.entry, Message::MemberProbe { nonce });
     }
 
     fn gossip(&mut self) {
@@ -850,11 +1305,12 @@ impl Membership {
     /// This super node leaves (shutdown, demotion): tell twice the usual number of members
     /// at once, since it will not be around to gossip further.
     pub fn leave(&mut self) {
-        let ev = MemberEvent {
+        let ev = self.sign(MemberEvent {
             alive: false,
             incarnation: self.incarnation,
             entry: self.me,
-        };
+            signature: None,
+        });
         for to in self.sample(self.cfg.fanout * 2) {
             self.send(
                 to,
@@ -869,6 +1325,9 @@ impl Membership {
     /// When [`Membership::handle_timeout`] wants calling next.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_probe.min(self.next_sync);
+        if !self.checks.is_empty() || !self.proofs.is_empty() {
+            t = t.min(self.next_check);
+        }
         if let Some((_, until, _)) = self.sync_wait {
             t = t.min(until);
         }
@@ -887,33 +1346,57 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natter_core::testkit::{TestNetwork, TEST_WALL};
+
+    /// Every test starts at this wall-clock second (the test certificates are valid then).
+    const INC: u32 = TEST_WALL.0 as u32;
+
+    fn identity(i: u16) -> LocalIdentity {
+        TestNetwork::new(1).identity(&format!("sn{i}"))
+    }
 
     fn entry(i: u16) -> HostEntry {
-        let mut static_key = [0u8; 32];
-        static_key[..2].copy_from_slice(&i.to_be_bytes());
-        static_key[31] = 0x55;
         HostEntry {
             addr: SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 4000)),
-            static_key,
+            static_key: identity(i).device.dh_public(),
         }
     }
 
     fn machine(i: u16, known: &[HostEntry], now: Instant) -> Membership {
         let mut seed = [7u8; 32];
         seed[..2].copy_from_slice(&i.to_be_bytes());
-        Membership::new(MembershipConfig::new(seed), entry(i), 100, known, now)
+        Membership::new(
+            MembershipConfig::new(seed),
+            identity(i),
+            entry(i),
+            INC,
+            known,
+            now,
+        )
     }
 
+    /// What another says of super node `i` (unsigned).
     fn ev(alive: bool, incarnation: u32, i: u16) -> MemberEvent {
         MemberEvent {
             alive,
             incarnation,
             entry: entry(i),
+            signature: None,
+        }
+    }
+
+    /// What super node `i` says of itself (signed).
+    fn signed(alive: bool, incarnation: u32, i: u16) -> MemberEvent {
+        let e = ev(alive, incarnation, i);
+        MemberEvent {
+            signature: Some(identity(i).device.sign(MEMBER_CONTEXT, &e.signed_bytes())),
+            ..e
         }
     }
 
     /// Deliver every queued message between the machines (instantly, losing those to
-    /// `down`) until nothing moves.
+    /// `down`) until nothing moves. Each receiver learns the sender's certificate, as a session
+    /// with it would prove.
     fn settle(ms: &mut [Membership], now: Instant, down: &[u16]) {
         loop {
             let mut moved = false;
@@ -926,6 +1409,8 @@ mod tests {
                         continue;
                     }
                     let from = ms[i].me();
+                    let cert = ms[i].identity.certificate.clone();
+                    ms[j].learn_certificate(now, &cert);
                     ms[j].handle_message(now, from, &msg);
                 }
             }
@@ -935,13 +1420,24 @@ mod tests {
         }
     }
 
+    fn update(events: Vec<MemberEvent>) -> Message<'static> {
+        Message::MemberUpdate {
+            sync: false,
+            events,
+        }
+    }
+
     #[test]
     fn a_hinted_super_node_brings_its_whole_view_at_once() {
         let now = Instant::now();
-        // Super node 0 knows nobody; 1 knows 2 to 5. Node 0 learns of 1 by a link: one digest
-        // exchange, with no periodic sync due, gives 0 the whole view.
-        let others: Vec<HostEntry> = (2..6).map(entry).collect();
-        let mut ms = vec![machine(0, &[], now), machine(1, &others, now)];
+        // Super node 0 knows nobody; 1 knows 2 to 5 (from their own signed word). Node 0 learns
+        // of 1 by a link: one digest exchange (and a certificate pull), with no periodic sync
+        // due, gives 0 the whole view.
+        let mut ms = vec![machine(0, &[], now), machine(1, &[], now)];
+        for i in 2..6 {
+            ms[1].learn_certificate(now, &identity(i).certificate);
+            assert!(ms[1].apply(now, signed(true, INC, i), Origin::Signed, false));
+        }
         for m in ms.iter_mut() {
             // The start-up sync (to nobody, or to a member that is not in this test).
             m.handle_timeout(now);
@@ -955,29 +1451,160 @@ mod tests {
         let mut want: Vec<SocketAddr> = (1..6).map(|i| entry(i).addr).collect();
         want.sort();
         assert_eq!(view, want);
+        assert!(ms[0].stats().certificates >= 4, "{:?}", ms[0].stats());
     }
 
     #[test]
     fn incarnations_order_reports_and_gone_wins_ties() {
         let now = Instant::now();
         let mut m = machine(0, &[], now);
-        assert!(m.apply(now, ev(true, 5, 1), true));
-        assert!(!m.apply(now, ev(true, 5, 1), true), "duplicate");
-        assert!(!m.apply(now, ev(true, 4, 1), true), "older");
+        let s = Origin::Signed;
+        assert!(m.apply(now, signed(true, 5, 1), s, true));
+        assert!(!m.apply(now, signed(true, 5, 1), s, true), "duplicate");
+        assert!(!m.apply(now, signed(true, 4, 1), s, true), "older");
         assert!(
-            m.apply(now, ev(false, 5, 1), true),
+            m.apply(now, signed(false, 5, 1), s, true),
             "gone beats alive at equal incarnation"
         );
         assert!(!m.is_alive(entry(1).addr));
         assert!(
-            !m.apply(now, ev(true, 5, 1), true),
+            !m.apply(now, signed(true, 5, 1), s, true),
             "alive does not beat gone at equal"
         );
         assert!(
-            m.apply(now, ev(true, 6, 1), true),
+            m.apply(now, signed(true, 6, 1), s, true),
             "a newer incarnation comes back"
         );
         assert!(m.is_alive(entry(1).addr));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn only_the_subjects_signature_makes_news_and_others_reports_are_checked() {
+        let now = Instant::now();
+        let mut m = machine(0, &[], now);
+        for i in [1, 2] {
+            m.learn_certificate(now, &identity(i).certificate);
+            assert!(m.apply(now, signed(true, INC, i), Origin::Signed, false));
+        }
+        while m.poll_output().is_some() {}
+        // Member 2 says 1 is gone, and that 3 (never seen) is alive: the first is checked,
+        // the second dropped; 1 stays alive.
+        m.handle_message(
+            now,
+            entry(2),
+            &update(vec![ev(false, INC, 1), ev(true, INC, 3)]),
+        );
+        assert!(m.is_alive(entry(1).addr));
+        assert!(!m.is_alive(entry(3).addr));
+        assert_eq!(m.stats().hints, 1);
+        assert_eq!(m.stats().unsigned, 1);
+        // A forged signature: counted, ignored.
+        let mut forged = signed(false, INC + 1, 1);
+        forged.signature = Some([7; 64]);
+        m.handle_message(now, entry(2), &update(vec![forged]));
+        assert_eq!(m.stats().bad_signature, 1);
+        assert!(m.is_alive(entry(1).addr));
+        // 1 signs that it leaves: it is gone.
+        m.handle_message(now, entry(2), &update(vec![signed(false, INC, 1)]));
+        assert!(!m.is_alive(entry(1).addr));
+    }
+
+    #[test]
+    fn a_live_key_or_address_never_moves_without_proof() {
+        let now = Instant::now();
+        let mut m = machine(0, &[], now);
+        for i in [1, 2] {
+            m.learn_certificate(now, &identity(i).certificate);
+            assert!(m.apply(now, signed(true, INC, i), Origin::Signed, false));
+        }
+        while m.poll_output().is_some() {}
+        let elsewhere: SocketAddr = "198.18.200.10:4000".parse().unwrap();
+        // The attack, unsigned: 1's key at another address, then gone there.
+        let moved = MemberEvent {
+            entry: HostEntry {
+                addr: elsewhere,
+                ..entry(1)
+            },
+            ..ev(true, INC, 1)
+        };
+        let gone = MemberEvent {
+            alive: false,
+            ..moved
+        };
+        m.handle_message(now, entry(2), &update(vec![moved, gone]));
+        assert!(m.is_alive(entry(1).addr));
+        assert_eq!(m.alive().filter(|e| *e == entry(1)).count(), 1);
+        // Signed by 2 itself: 2's key at 1's address. Held, probed at 1's address with 2's key.
+        let hijack = MemberEvent {
+            entry: HostEntry {
+                addr: entry(1).addr,
+                ..entry(2)
+            },
+            ..ev(true, INC + 1, 2)
+        };
+        let hijack = MemberEvent {
+            signature: Some(
+                identity(2)
+                    .device
+                    .sign(MEMBER_CONTEXT, &hijack.signed_bytes()),
+            ),
+            ..hijack
+        };
+        m.handle_message(now, entry(2), &update(vec![hijack]));
+        assert_eq!(m.stats().rebinds_held, 1);
+        let nonce = std::iter::from_fn(|| m.poll_output())
+            .find_map(|(to, msg)| match msg {
+                Message::MemberProbe { nonce } if to == hijack.entry => Some(nonce),
+                _ => None,
+            })
+            .expect("a probe of the claimed binding");
+        // The honest super node at that address answers with its own key: no proof.
+        m.handle_message(now, entry(1), &Message::MemberProbeAck { nonce });
+        assert_eq!(m.member(entry(1).addr).map(|e| e.entry), Some(entry(1)));
+        for k in 1..=5 {
+            m.handle_timeout(now + Duration::from_secs(2 * k));
+        }
+        assert_eq!(m.stats().rebinds_refused, 1);
+        assert!(m.is_alive(entry(1).addr));
+        assert!(m.is_alive(entry(2).addr));
+    }
+
+    #[test]
+    fn a_proven_move_rebinds_the_key() {
+        let now = Instant::now();
+        let mut m = machine(0, &[], now);
+        m.learn_certificate(now, &identity(1).certificate);
+        assert!(m.apply(now, signed(true, INC, 1), Origin::Signed, false));
+        while m.poll_output().is_some() {}
+        // 1 restarted at a new address and says so.
+        let new = HostEntry {
+            addr: "198.18.9.9:4000".parse().unwrap(),
+            ..entry(1)
+        };
+        let said = MemberEvent {
+            entry: new,
+            ..ev(true, INC + 5, 1)
+        };
+        let said = MemberEvent {
+            signature: Some(
+                identity(1)
+                    .device
+                    .sign(MEMBER_CONTEXT, &said.signed_bytes()),
+            ),
+            ..said
+        };
+        m.handle_message(now, entry(1), &update(vec![said]));
+        assert!(m.is_alive(entry(1).addr), "not moved on its word alone");
+        let nonce = std::iter::from_fn(|| m.poll_output())
+            .find_map(|(to, msg)| match msg {
+                Message::MemberProbe { nonce } if to == new => Some(nonce),
+                _ => None,
+            })
+            .unwrap();
+        m.handle_message(now, new, &Message::MemberProbeAck { nonce });
+        assert!(!m.is_alive(entry(1).addr));
+        assert!(m.is_alive(new.addr));
         assert_eq!(m.len(), 1);
     }
 
@@ -986,20 +1613,21 @@ mod tests {
         let now = Instant::now();
         let mut m = machine(0, &[], now);
         let before = m.incarnation();
-        m.apply(now, ev(false, before, 0), true);
+        m.handle_message(now, entry(2), &update(vec![ev(false, before, 0)]));
         assert_eq!(m.incarnation(), before + 1);
         assert_eq!(m.stats().refuted, 1);
         // An older report changes nothing.
-        m.apply(now, ev(false, before, 0), true);
+        m.handle_message(now, entry(2), &update(vec![ev(false, before, 0)]));
         assert_eq!(m.incarnation(), before + 1);
-        // The refutation is gossiped to the members.
-        m.apply(now, ev(true, 1, 2), false);
+        // The refutation is gossiped to the members, signed.
+        m.learn_certificate(now, &identity(2).certificate);
+        m.apply(now, signed(true, INC, 2), Origin::Signed, false);
         m.handle_timeout(now);
         let mut saw = false;
         while let Some((to, msg)) = m.poll_output() {
             if let Message::MemberUpdate { events, .. } = msg {
                 assert_eq!(to, entry(2));
-                saw |= events.contains(&ev(true, before + 1, 0));
+                saw |= events.contains(&signed(true, before + 1, 0));
             }
         }
         assert!(saw);
@@ -1010,8 +1638,8 @@ mod tests {
         let mut now = Instant::now();
         let all: Vec<HostEntry> = (0..8).map(entry).collect();
         let mut ms: Vec<Membership> = (0..8).map(|i| machine(i, &all, now)).collect();
-        // A few rounds: everyone gossips its own incarnation (the entries above count as
-        // incarnation 0).
+        // A few rounds: everyone gossips its own incarnation (the entries above are only
+        // provisional).
         for _ in 0..6 {
             now += Duration::from_secs(1);
             for m in ms.iter_mut() {
@@ -1020,11 +1648,13 @@ mod tests {
             settle(&mut ms, now, &[]);
         }
         assert!(ms.iter().all(|m| m.len() == 7));
-        assert!(ms
-            .iter()
-            .all(|m| m.members.values().all(|x| x.incarnation == 100)));
-        // Node 5 stops answering.
-        for _ in 0..8 {
+        assert!(ms.iter().all(|m| m
+            .members
+            .values()
+            .all(|x| x.incarnation == INC && !x.provisional)));
+        // Node 5 stops answering: its watchers find it gone, and every other node checks
+        // their report with probes of its own before it believes it.
+        for _ in 0..14 {
             now += Duration::from_secs(2);
             for m in ms.iter_mut() {
                 m.handle_timeout(now);
@@ -1050,7 +1680,7 @@ mod tests {
             }
             settle(&mut ms, now, &[]);
         }
-        assert_eq!(ms[5].stats().refuted, 1);
+        assert!(ms[5].stats().refuted >= 1);
         for m in &ms {
             assert_eq!(m.len(), 7);
         }
@@ -1059,10 +1689,15 @@ mod tests {
     #[test]
     fn anti_entropy_gives_a_newcomer_the_whole_view() {
         let now = Instant::now();
-        // A knows 300 super nodes (most of them only as entries); B knows only A.
-        let many: Vec<HostEntry> = (2..302).map(entry).collect();
-        let mut a = machine(0, &many, now);
+        // A knows 300 super nodes (their signed word, their certificates); B knows only A.
+        let mut a = machine(0, &[], now);
+        for i in 2..302 {
+            a.learn_certificate(now, &identity(i).certificate);
+            a.apply(now, signed(true, INC, i), Origin::Signed, false);
+        }
         let mut b = machine(1, &[entry(0)], now);
+        a.learn_certificate(now, &identity(1).certificate);
+        b.learn_certificate(now, &identity(0).certificate);
         while a.poll_output().is_some() {}
         // B's first sync goes to A (the only one it knows).
         b.handle_timeout(now);
@@ -1073,7 +1708,7 @@ mod tests {
                 to_a.push(msg);
             }
         }
-        for _ in 0..4 {
+        for _ in 0..8 {
             for msg in to_a.drain(..) {
                 a.handle_message(now, entry(1), &msg);
             }
@@ -1101,15 +1736,16 @@ mod tests {
         let now = Instant::now();
         let mut m = machine(0, &[], now);
         m.cfg.max_members = 3;
+        let s = Origin::Signed;
         for i in 1..10 {
-            m.apply(now, ev(true, 1, i), true);
+            m.apply(now, signed(true, 1, i), s, true);
         }
         assert_eq!(m.len(), 3);
         assert_eq!(m.stats().dropped, 6);
         // Full of tombstones and members: a new live member takes the oldest tombstone's place.
-        m.apply(now, ev(false, 1, 1), true);
+        m.apply(now, signed(false, 1, 1), s, true);
         assert_eq!(m.len(), 2);
-        assert!(m.apply(now, ev(true, 1, 20), true));
+        assert!(m.apply(now, signed(true, 1, 20), s, true));
         assert_eq!(m.len(), 3);
         assert!(m.member(entry(1).addr).is_none(), "the tombstone made room");
         assert!(m.handle_message(
@@ -1129,7 +1765,7 @@ mod tests {
     fn tombstones_expire_after_their_time() {
         let now = Instant::now();
         let mut m = machine(0, &[], now);
-        m.apply(now, ev(false, 3, 1), true);
+        m.apply(now, signed(false, 3, 1), Origin::Signed, true);
         assert_eq!(m.members.len(), 1);
         m.handle_timeout(now + Duration::from_secs(3599));
         assert_eq!(m.members.len(), 1);
@@ -1137,6 +1773,6 @@ mod tests {
         assert!(m.members.is_empty());
         // Gone, an old "alive" could come back: incarnations are what stops it while the
         // tombstone lasts.
-        assert!(m.apply(now, ev(true, 3, 1), true));
+        assert!(m.apply(now, signed(true, 3, 1), Origin::Signed, true));
     }
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natter_core::crypto::{DeviceId, UserName};
+use natter_core::crypto::{DeviceId, LocalIdentity, UserName};
 use natter_core::endpoint::ConnId;
 use natter_core::wire::message::{HostEntry, Message, MAX_HOST_ENTRIES};
 
@@ -25,6 +25,8 @@ use crate::membership::{Membership, MembershipConfig};
 pub struct SuperNodeConfig {
     /// This super node's own entry (its address and static key).
     pub me: HostEntry,
+    /// Its identity: signs its membership events, and its trusted authorities check others'.
+    pub identity: LocalIdentity,
     /// Most attached clients (default 2,000).
     pub max_clients: usize,
     /// Keep-alive interval clients are told to use (default 20 s).
@@ -39,9 +41,10 @@ pub struct SuperNodeConfig {
 impl SuperNodeConfig {
     /// Defaults around this node's own entry, taking the role at wall-clock second
     /// `incarnation`.
-    pub fn new(me: HostEntry, seed: [u8; 32], incarnation: u32) -> Self {
+    pub fn new(me: HostEntry, identity: LocalIdentity, seed: [u8; 32], incarnation: u32) -> Self {
         Self {
             me,
+            identity,
             max_clients: 2000,
             keepalive: Duration::from_secs(20),
             membership: MembershipConfig::new(seed),
@@ -113,8 +116,14 @@ pub struct SuperNodeRole {
 impl SuperNodeRole {
     /// Take the role at `now`, knowing the super nodes in `known`.
     pub fn new(cfg: SuperNodeConfig, known: &[HostEntry], now: Instant) -> Self {
-        let membership =
-            Membership::new(cfg.membership.clone(), cfg.me, cfg.incarnation, known, now);
+        let membership = Membership::new(
+            cfg.membership.clone(),
+            cfg.identity.clone(),
+            cfg.me,
+            cfg.incarnation,
+            known,
+            now,
+        );
         Self {
             cfg,
             clients: HashMap::new(),
@@ -325,7 +334,9 @@ mod tests {
     #[test]
     fn attach_refuse_when_full_host_cache_and_gossip() {
         let now = Instant::now();
-        let mut cfg = SuperNodeConfig::new(entry(1), [0; 32], 1_000);
+        let mut identity = natter_core::testkit::TestNetwork::new(1).identity("sn1");
+        identity.certificate.dh_public = entry(1).static_key;
+        let mut cfg = SuperNodeConfig::new(entry(1), identity, [0; 32], 1_000);
         cfg.max_clients = 1;
         let mut sn = SuperNodeRole::new(cfg, &[entry(2), entry(3)], now);
         let alice = UserName::parse("alice").unwrap();
@@ -373,11 +384,12 @@ mod tests {
         );
         assert_eq!(r.len(), 1, "first contact is answered");
         assert_eq!(sn.members().len(), 2);
-        // A member can report another gone; a stranger can speak only for itself.
+        // A member can report another gone (a hint it checks); a stranger's report is dropped.
         let gone = |i: u8| natter_core::wire::message::MemberEvent {
             alive: false,
             incarnation: 0,
             entry: entry(i),
+            signature: None,
         };
         let update = |i: u8| Message::MemberUpdate {
             sync: false,
@@ -392,17 +404,18 @@ mod tests {
             .membership_mut()
             .handle_message(now, entry(2), &update(3)));
         assert_eq!(
-            sn.members().iter().map(|e| e.addr).collect::<Vec<_>>(),
-            vec![entry(2).addr],
-            "a member's report counts"
+            sn.members().len(),
+            2,
+            "a member's report is a hint, not a fact"
         );
-        // Its timers probe the member it has left.
+        assert_eq!(sn.membership().stats().hints, 1);
+        // Its timers probe the member reported gone.
         sn.handle_timeout(now + Duration::from_secs(2));
         let mut probed = false;
         while let Some((to, m)) = sn.membership_mut().poll_output() {
-            probed |= to == entry(2) && matches!(m, Message::MemberProbe { .. });
+            probed |= to == entry(3) && matches!(m, Message::MemberProbe { .. });
         }
-        assert!(probed, "the successor is probed");
+        assert!(probed, "the reported member is probed");
         assert_eq!(
             sn.session_closed(ConnId(1)),
             Some(SuperNodeEvent::ClientDetached {

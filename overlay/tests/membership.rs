@@ -123,3 +123,170 @@ fn sixty_super_nodes_learn_each_other_and_each_others_failures() {
         .sum();
     assert!(refuted <= 2, "{refuted} refutations");
 }
+
+/// Issue 25's membership poisoning, by a certified user running a super node of its own
+/// ("mallory", running the honest code, plus what it injects on its sessions): the
+/// duplicate-key "alive" then "gone" of the report, a signed claim of its own key at the
+/// victim's address then its signed departure, and a plain lie that the victim is gone. At
+/// every moment of each phase every other view still holds the victim, and every ring counts
+/// every super node.
+#[test]
+fn forged_membership_news_cannot_take_a_super_node_out_of_the_views() {
+    use natter_core::sansio::Machine;
+    use natter_core::wire::message::{HostEntry, MemberEvent, Message, MEMBER_CONTEXT};
+
+    const N: usize = 8;
+    let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
+        seed: 25,
+        internet: LinkConfig::with_latency(Duration::from_millis(20))
+            .jitter(Duration::from_millis(5)),
+        ..SimConfig::default()
+    });
+    let net = TestNetwork::new(25);
+    let mut bootstrap = HostCache::new();
+    for i in 0..3 {
+        let key = net.identity(&format!("sn{i}")).device.dh_public();
+        bootstrap.insert(sn_addr(i), Some(key), TEST_WALL);
+    }
+    // Super node N is Mallory's.
+    let mut live: Vec<(usize, HostId)> = Vec::new();
+    for i in 0..=N {
+        let h = common::sim::add_super_node(
+            &mut sim,
+            &format!("sn{i}"),
+            net.identity(&format!("sn{i}")),
+            [i as u8; 32],
+            sn_addr(i),
+            None,
+            &bootstrap,
+        );
+        live.push((i, h));
+        sim.run_for(Duration::from_millis(500));
+    }
+    sim.run_for(Duration::from_secs(30));
+    assert_complete(&sim, &live, "before the attack");
+    let mallory = live[N].1;
+    let victim = 3;
+    let victim_key = net.identity(&format!("sn{victim}")).device.dh_public();
+    let victim_inc = sim
+        .machine::<Node>(live[victim].1)
+        .super_node()
+        .expect("super node")
+        .membership()
+        .incarnation();
+    let mallory_id = net.identity(&format!("sn{N}"));
+    let elsewhere: SocketAddr = "198.18.200.10:4000".parse().unwrap();
+
+    // Mallory sends `events` to every super node it has a session with.
+    let inject = |sim: &mut Sim<NodeEvent>, events: Vec<MemberEvent>| {
+        sim.with_machine::<Node, _>(mallory, |node, now| {
+            let ep = node.endpoint();
+            let conns: Vec<_> = ep
+                .connections()
+                .filter(|c| {
+                    ep.remote(*c)
+                        .and_then(|p| p.udp())
+                        .is_some_and(|a| (0..N).any(|i| sn_addr(i) == a))
+                })
+                .collect();
+            for c in conns {
+                let msg = Message::MemberUpdate {
+                    sync: false,
+                    events: events.clone(),
+                };
+                let _ = node.endpoint().send_control(now, c, &msg);
+            }
+            node.handle_timeout(now);
+        });
+    };
+    // Every view but the victim's own holds the victim, and every ring is whole, at every
+    // moment of the next 30 s.
+    let watch = |sim: &mut Sim<NodeEvent>, phase: &str| {
+        for step in 0..120 {
+            sim.run_for(Duration::from_millis(250));
+            for (i, h) in &live {
+                if *i == victim {
+                    continue;
+                }
+                let node = sim.machine::<Node>(*h);
+                let role = node.super_node().expect("super node");
+                assert!(
+                    role.members()
+                        .iter()
+                        .any(|e| e.addr == sn_addr(victim) && e.static_key == victim_key),
+                    "{phase}: super node {i} lost the victim after {} ms",
+                    (step + 1) * 250
+                );
+                assert_eq!(node.ring_len(), N + 1, "{phase}: super node {i}'s ring");
+            }
+        }
+    };
+    let unsigned =
+        |alive: bool, incarnation: u32, addr: SocketAddr, static_key: [u8; 32]| MemberEvent {
+            alive,
+            incarnation,
+            entry: HostEntry { addr, static_key },
+            signature: None,
+        };
+    let signed_by_mallory = |alive: bool, incarnation: u32, addr: SocketAddr| {
+        let ev = unsigned(alive, incarnation, addr, mallory_id.device.dh_public());
+        MemberEvent {
+            signature: Some(mallory_id.device.sign(MEMBER_CONTEXT, &ev.signed_bytes())),
+            ..ev
+        }
+    };
+
+    // 1. The report's attack: the victim's key "alive" at another address, then "gone" there.
+    inject(
+        &mut sim,
+        vec![unsigned(true, victim_inc, elsewhere, victim_key)],
+    );
+    sim.run_for(Duration::from_secs(1));
+    inject(
+        &mut sim,
+        vec![unsigned(false, victim_inc, elsewhere, victim_key)],
+    );
+    watch(&mut sim, "duplicate key alive then gone");
+
+    // 2. Mallory's own key, signed, at the victim's address; then its signed departure there.
+    inject(
+        &mut sim,
+        vec![signed_by_mallory(true, victim_inc + 10, sn_addr(victim))],
+    );
+    sim.run_for(Duration::from_secs(1));
+    inject(
+        &mut sim,
+        vec![signed_by_mallory(false, victim_inc + 10, sn_addr(victim))],
+    );
+    watch(&mut sim, "signed rebinding of the victim's address");
+
+    // 3. A plain lie: the victim is gone.
+    inject(
+        &mut sim,
+        vec![unsigned(false, victim_inc, sn_addr(victim), victim_key)],
+    );
+    watch(&mut sim, "the victim reported gone");
+
+    // What the honest super nodes counted.
+    let (mut unsigned_dropped, mut held, mut hints) = (0, 0, 0);
+    for (i, h) in &live[..N] {
+        if *i == victim {
+            continue;
+        }
+        let s = sim
+            .machine::<Node>(*h)
+            .super_node()
+            .expect("super node")
+            .membership()
+            .stats();
+        unsigned_dropped += s.unsigned;
+        held += s.rebinds_held;
+        hints += s.hints;
+    }
+    eprintln!(
+        "FORGED MEMBERSHIP: {unsigned_dropped} unsigned alive dropped, {held} rebindings held \
+         for proof, {hints} reports checked"
+    );
+    assert!(unsigned_dropped > 0 && held > 0 && hints > 0);
+    assert_complete(&sim, &live, "after the attack");
+}

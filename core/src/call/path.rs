@@ -53,6 +53,11 @@ pub struct PathConfig {
     /// outlasts the entry that the failed first round left plus a whole minute of
     /// collector delay.
     pub stale_wait: Duration,
+    /// After the direct path died (both sides on the relay), re-check it this long (default
+    /// 10 s: a transient cut heals within it) before assuming a NAT restarted and the peer's
+    /// re-checks keep a stale tracking entry alive in it; then both sides go quiet for
+    /// `stale_wait` and open again, as after a change of candidates.
+    pub dead_wait: Duration,
     /// Look for a direct path at all (default true). Off, calls stay on the relay and this
     /// side never tells the peer its addresses: a privacy setting (the peer never learns
     /// where this device is), at the cost of the relay's latency and the super node's
@@ -77,6 +82,7 @@ impl Default for PathConfig {
             candidates_retransmit: Duration::from_secs(1),
             report_interval: Duration::from_secs(1),
             stale_wait: Duration::from_secs(32),
+            dead_wait: Duration::from_secs(10),
             direct: true,
         }
     }
@@ -348,6 +354,9 @@ pub struct PathManager {
     /// When checks restarted after a mid-call change of either side's candidates, until a
     /// direct path answered or the checks gave up.
     changed_at: Option<Instant>,
+    /// When the direct path in use died (we went to the relay): if no direct pair answers
+    /// within `dead_wait`, quiet as after a failed change.
+    died_at: Option<Instant>,
     /// No direct packets until then (stale NAT state left by a change must expire first; see
     /// [`PathConfig::stale_wait`]).
     quiet_until: Option<Instant>,
@@ -405,6 +414,7 @@ impl PathManager {
             candidates_sent: 0,
             update_pending: false,
             changed_at: None,
+            died_at: None,
             quiet_until: None,
             quiet_rounds: 0,
             checks_started: None,
@@ -544,6 +554,7 @@ impl PathManager {
             Message::CallCandidates {
                 call,
                 opened,
+                update,
                 candidates,
             } if *call == self.call && self.cfg.direct => {
                 let repeat = self.peer_candidates;
@@ -554,26 +565,31 @@ impl PathManager {
                         new.push(c.addr);
                     }
                 }
+
+                let mut answered = false;
                 if self.update_pending {
                     // The peer answered our new candidates: it opened towards them.
                     self.update_pending = false;
                     self.restart_checks(now);
-                } else if self.quiet_until.is_some() {
+                } else if self.quiet_until.is_some() && (*update || !new.is_empty()) {
                     // The peer waited out the stale NAT state too and opened again: open
                     // towards it, answer, and check.
                     self.quiet_until = None;
                     self.open_towards(self.remotes.iter().map(|r| r.addr).collect());
                     self.send_candidates(now);
                     self.restart_checks(now);
+                    answered = true;
                 }
                 if !self.opened {
                     // Open our NAT towards every candidate of the peer, then say so.
                     self.open_towards(self.remotes.iter().map(|r| r.addr).collect());
                     self.opened = true;
                     self.send_candidates(now);
-                } else if repeat && !new.is_empty() {
+                } else if repeat && !answered && (*update || !new.is_empty()) {
                     // The peer's candidates changed mid-call: open towards the new ones, say
-                    // so (which also answers them), and check them.
+                    // so (which answers them: the peer repeats its update until an answer
+                    // comes, and its addresses may be known already from its probes), and
+                    // check them.
                     self.open_towards(new);
                     self.send_candidates(now);
                     self.restart_checks(now);
@@ -648,6 +664,7 @@ impl PathManager {
             .push_back(PathAction::Send(Message::CallCandidates {
                 call: self.call,
                 opened: self.opened,
+                update: self.update_pending,
                 candidates: self.local.clone(),
             }));
         self.next_candidates = Some(now + self.cfg.candidates_retransmit);
@@ -838,6 +855,12 @@ impl PathManager {
     }
 
     fn switch(&mut self, now: Instant, path: Path, lan: bool, reason: SwitchReason) {
+        if self.active != self.relay
+            && path == self.relay
+            && matches!(reason, SwitchReason::Dead | SwitchReason::Peer)
+        {
+            self.died_at = Some(now);
+        }
         self.switched_at = Some(now);
         self.active = path.clone();
         self.active_kind = PathKind::of(&path, lan);
@@ -854,6 +877,14 @@ impl PathManager {
                 kind: self.active_kind,
                 reason,
             }));
+    }
+
+    /// Send nothing directly to the peer until a NAT's stale state expired and was reaped,
+    /// then open again; longer each time (a failed round left state of its own).
+    fn go_quiet(&mut self, now: Instant) {
+        let wait = self.cfg.stale_wait * [1, 3, 6][self.quiet_rounds.min(2) as usize];
+        self.quiet_rounds += 1;
+        self.quiet_until = Some(now + wait);
     }
 
     /// The active path does not do: mark it failed and move to the next best (the relay
@@ -897,6 +928,11 @@ impl PathManager {
                 || self.candidates_sent >= 10
             {
                 self.next_candidates = None;
+                if self.update_pending {
+                    // Ten unanswered updates: check anyway rather than wait for good.
+                    self.update_pending = false;
+                    self.restart_checks(now);
+                }
             } else {
                 self.send_candidates(now);
             }
@@ -911,12 +947,26 @@ impl PathManager {
                 self.quiet_rounds = 0;
             } else if now >= changed + self.cfg.check_phase && !self.update_pending {
                 // The new pairs never answered: most likely a NAT's stale state from the
-                // change. Stay quiet until it expired and was reaped, then open again; longer
-                // each time (the failed round left state of its own).
+                // change.
                 self.changed_at = None;
-                let wait = self.cfg.stale_wait * [1, 3, 6][self.quiet_rounds.min(2) as usize];
-                self.quiet_rounds += 1;
-                self.quiet_until = Some(now + wait);
+                self.go_quiet(now);
+            }
+        }
+        if let Some(died) = self.died_at {
+            let answered = self
+                .remotes
+                .iter()
+                .any(|r| r.last_answer.is_some_and(|t| t >= died));
+            if answered || self.active != self.relay || self.quiet_until.is_some() {
+                self.died_at = None;
+            } else if now >= died + self.cfg.dead_wait
+                && !self.update_pending
+                && self.changed_at.is_none()
+            {
+                // The direct path died and stayed dead while the relay works: a NAT that
+                // restarted may hold a stale entry our peer's re-checks keep alive.
+                self.died_at = None;
+                self.go_quiet(now);
             }
         }
         if self.quiet_until.is_some_and(|t| now >= t) {
@@ -1075,7 +1125,14 @@ impl PathManager {
         [
             self.relay_quiet_due(),
             self.quiet_until,
-            self.changed_at.map(|c| c + self.cfg.check_phase),
+            // A round waiting for the peer's answer to our new candidates is judged only after
+            // it came (`handle_timeout` skips it until then).
+            self.changed_at
+                .filter(|_| !self.update_pending)
+                .map(|c| c + self.cfg.check_phase),
+            self.died_at
+                .filter(|_| !self.update_pending && self.changed_at.is_none())
+                .map(|d| d + self.cfg.dead_wait),
             self.next_candidates,
             self.next_check,
             Some(self.next_report),
@@ -1175,6 +1232,7 @@ mod tests {
         Message::CallCandidates {
             call: CallId([1; 16]),
             opened,
+            update: false,
             candidates: addrs
                 .iter()
                 .map(|a| Candidate {
@@ -1360,6 +1418,7 @@ mod tests {
             &Message::CallCandidates {
                 call: CallId([1; 16]),
                 opened: true,
+                update: false,
                 candidates: vec![Candidate {
                     kind: CandidateKind::Reflexive,
                     addr: direct().udp().unwrap(),
@@ -1441,6 +1500,7 @@ mod tests {
             &Message::CallCandidates {
                 call: CallId([1; 16]),
                 opened: true,
+                update: false,
                 candidates: vec![Candidate {
                     kind: CandidateKind::Host,
                     addr: lan,

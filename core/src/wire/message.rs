@@ -35,7 +35,7 @@
 //! | `0x46` | `CallHangup`                | none                                                |
 //! | `0x47` | `CallHold`                  | none                                                |
 //! | `0x48` | `CallResume`                | none                                                |
-//! | `0x49` | `CallCandidates`            | opened u8, n u8, n × (kind u8, address)             |
+//! | `0x49` | `CallCandidates`            | flags u8 (opened, answer me), n u8, n × (kind, addr) |
 //! | `0x4A` | `CallAnsweredElsewhere`     | none                                                |
 //! | `0x4B` | `CallKeepAlive`             | held u8 (0 or 1: the sender's own hold state)       |
 
@@ -44,7 +44,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{BufMut, BytesMut};
 
 use super::{DecodeError, Reader, MAX_DATAGRAM};
-use crate::crypto::{DeviceId, UnixTime, UserName};
+use crate::crypto::{Certificate, DeviceId, UnixTime, UserName};
 use crate::overlay::PresenceRecord;
 
 /// Identifies one call: 128 random bits chosen by the caller. Ordered, because glare is
@@ -130,15 +130,26 @@ fn read_entries(r: &mut Reader<'_>) -> Result<Vec<HostEntry>, DecodeError> {
     Ok(v)
 }
 
-/// Most membership events in one [`Message::MemberUpdate`] (20 IPv6 events of 56 bytes fit a
-/// datagram).
-pub const MAX_MEMBER_EVENTS: usize = 20;
+/// Most membership events in one [`Message::MemberUpdate`] (9 signed IPv6 events of 120 bytes
+/// fit a datagram).
+pub const MAX_MEMBER_EVENTS: usize = 9;
+/// Most static keys in one [`Message::MemberCertPull`].
+pub const MAX_CERT_PULL: usize = 32;
+/// Most certificates in one [`Message::MemberCerts`] (5 of at most
+/// [`crate::crypto::MAX_CERT_LEN`] bytes fit a datagram).
+pub const MAX_MEMBER_CERTS: usize = 5;
+/// Domain separation for a super node's signature on its own membership events.
+pub const MEMBER_CONTEXT: &[u8] = b"natter-member-v1";
 /// Hashes in one [`Message::MemberDigest`].
 pub const DIGEST_BUCKETS: usize = 64;
 
 /// One super node's membership state, as spread between super nodes: alive or gone, at an
 /// incarnation (a number only the super node itself raises, to refute reports of its death;
 /// at equal incarnations "gone" wins).
+///
+/// What a super node says of itself is signed with its certified Ed25519 key
+/// ([`MemberEvent::signed_bytes`] under [`MEMBER_CONTEXT`]); what others say of it (a failure
+/// their probes found) is not, and the receiver treats it as a hint to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MemberEvent {
     /// True: the super node is alive. False: it left or failed.
@@ -147,7 +158,27 @@ pub struct MemberEvent {
     pub incarnation: u32,
     /// Who.
     pub entry: HostEntry,
+    /// The super node's own signature over [`MemberEvent::signed_bytes`], when it said this
+    /// itself.
+    pub signature: Option<[u8; 64]>,
 }
+
+impl MemberEvent {
+    /// What the subject signs: `alive u8, incarnation u32, address, static key`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut b = BytesMut::with_capacity(1 + 4 + 19 + 32);
+        b.put_u8(u8::from(self.alive));
+        b.put_u32(self.incarnation);
+        put_addr(&mut b, &self.entry.addr);
+        b.put_slice(&self.entry.static_key);
+        b.to_vec()
+    }
+}
+
+/// Member event flag: alive.
+const MEMBER_ALIVE: u8 = 1;
+/// Member event flag: a signature follows.
+const MEMBER_SIGNED: u8 = 2;
 
 /// The largest application payload in one [`Message::AppData`].
 pub const MAX_APP_DATA: usize = MAX_DATAGRAM - 64;
@@ -231,6 +262,10 @@ message_types! {
     IndexResult = 0x32,
     /// A search answer without records: "not found" or "could not tell".
     IndexNotFound = 0x33,
+    /// Membership: send me these super nodes' certificates (`n u8, n x key 32`).
+    MemberCertPull = 0x34,
+    /// Membership: super nodes' certificates (`n u8, n x certificate`).
+    MemberCerts = 0x35,
     /// Call signalling: call invitation (see [`Message::CallInvite`]).
     CallInvite = 0x40,
     /// Call signalling: the callee's device is ringing (see [`Message::CallRinging`]).
@@ -419,6 +454,18 @@ pub enum Message<'a> {
         /// The hashes.
         hashes: Vec<u64>,
     },
+    /// Send me the certificates of the super nodes with these static keys (to check their
+    /// signed membership events). At most [`MAX_CERT_PULL`].
+    MemberCertPull {
+        /// X25519 static keys.
+        keys: Vec<[u8; 32]>,
+    },
+    /// Certificates of super nodes, in answer to [`Message::MemberCertPull`]. At most
+    /// [`MAX_MEMBER_CERTS`].
+    MemberCerts {
+        /// The certificates (each checked by the receiver).
+        certs: Vec<Certificate>,
+    },
     /// Send me your members in the sub-buckets `mask` of top bucket `bucket`.
     MemberPull {
         /// Top bucket.
@@ -541,6 +588,9 @@ pub enum Message<'a> {
         /// The sender has sent its NAT-opening packets towards the receiver's candidates:
         /// checks may start once both sides say so.
         opened: bool,
+        /// The sender's candidates changed mid-call and it waits for an answer (the
+        /// receiver's candidates, after it opened towards the new ones); answers never set it.
+        update: bool,
         /// At most [`MAX_CANDIDATES`].
         candidates: Vec<Candidate>,
     },
@@ -680,6 +730,8 @@ impl<'a> Message<'a> {
             Message::MemberUpdate { .. } => MessageType::MemberUpdate,
             Message::MemberDigest { .. } => MessageType::MemberDigest,
             Message::MemberPull { .. } => MessageType::MemberPull,
+            Message::MemberCertPull { .. } => MessageType::MemberCertPull,
+            Message::MemberCerts { .. } => MessageType::MemberCerts,
             Message::IndexStore { .. } => MessageType::IndexStore,
             Message::IndexSearch { .. } => MessageType::IndexSearch,
             Message::IndexResult { .. } => MessageType::IndexResult,
@@ -784,12 +836,21 @@ impl<'a> Message<'a> {
                 }
                 let mut events = Vec::with_capacity(n);
                 for _ in 0..n {
+                    let flags = r.u8()?;
+                    if flags & !(MEMBER_ALIVE | MEMBER_SIGNED) != 0 {
+                        return Err(DecodeError::Invalid("member event flags"));
+                    }
                     events.push(MemberEvent {
-                        alive: r.bool("alive")?,
+                        alive: flags & MEMBER_ALIVE != 0,
                         incarnation: r.u32()?,
                         entry: HostEntry {
                             addr: read_addr(&mut r)?,
                             static_key: r.array()?,
+                        },
+                        signature: if flags & MEMBER_SIGNED != 0 {
+                            Some(r.array()?)
+                        } else {
+                            None
                         },
                     });
                 }
@@ -821,6 +882,36 @@ impl<'a> Message<'a> {
                     bucket,
                     hashes,
                 }
+            }
+            MessageType::MemberCertPull => {
+                let n = usize::from(r.u8()?);
+                if n > MAX_CERT_PULL {
+                    return Err(DecodeError::TooLong {
+                        what: "certificate pull",
+                        len: n,
+                        max: MAX_CERT_PULL,
+                    });
+                }
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push(r.array()?);
+                }
+                Message::MemberCertPull { keys }
+            }
+            MessageType::MemberCerts => {
+                let n = usize::from(r.u8()?);
+                if n > MAX_MEMBER_CERTS {
+                    return Err(DecodeError::TooLong {
+                        what: "member certificates",
+                        len: n,
+                        max: MAX_MEMBER_CERTS,
+                    });
+                }
+                let mut certs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    certs.push(Certificate::read(&mut r)?);
+                }
+                Message::MemberCerts { certs }
             }
             MessageType::MemberPull => {
                 let bucket = r.u8()?;
@@ -903,7 +994,11 @@ impl<'a> Message<'a> {
             },
             MessageType::CallCandidates => {
                 let call = CallId(r.array()?);
-                let opened = r.bool("opened")?;
+                let flags = r.u8()?;
+                if flags & !3 != 0 {
+                    return Err(DecodeError::Invalid("candidate flags"));
+                }
+                let (opened, update) = (flags & 1 != 0, flags & 2 != 0);
                 let n = usize::from(r.u8()?);
                 if n > MAX_CANDIDATES {
                     return Err(DecodeError::TooLong {
@@ -927,6 +1022,7 @@ impl<'a> Message<'a> {
                 Message::CallCandidates {
                     call,
                     opened,
+                    update,
                     candidates,
                 }
             }
@@ -1019,10 +1115,20 @@ impl<'a> Message<'a> {
                 let n = events.len().min(MAX_MEMBER_EVENTS);
                 out.put_u8(n as u8);
                 for e in &events[..n] {
-                    out.put_u8(u8::from(e.alive));
+                    let mut flags = 0;
+                    if e.alive {
+                        flags |= MEMBER_ALIVE;
+                    }
+                    if e.signature.is_some() {
+                        flags |= MEMBER_SIGNED;
+                    }
+                    out.put_u8(flags);
                     out.put_u32(e.incarnation);
                     put_addr(out, &e.entry.addr);
                     out.put_slice(&e.entry.static_key);
+                    if let Some(sig) = &e.signature {
+                        out.put_slice(sig);
+                    }
                 }
             }
             Message::MemberDigest {
@@ -1041,6 +1147,20 @@ impl<'a> Message<'a> {
             Message::MemberPull { bucket, mask } => {
                 out.put_u8(*bucket);
                 out.put_u64(*mask);
+            }
+            Message::MemberCertPull { keys } => {
+                let n = keys.len().min(MAX_CERT_PULL);
+                out.put_u8(n as u8);
+                for k in &keys[..n] {
+                    out.put_slice(k);
+                }
+            }
+            Message::MemberCerts { certs } => {
+                let n = certs.len().min(MAX_MEMBER_CERTS);
+                out.put_u8(n as u8);
+                for c in &certs[..n] {
+                    c.encode(out);
+                }
             }
             Message::IndexStore { replicate, record } => {
                 out.put_u8(u8::from(*replicate));
@@ -1096,10 +1216,11 @@ impl<'a> Message<'a> {
             Message::CallCandidates {
                 call,
                 opened,
+                update,
                 candidates,
             } => {
                 out.put_slice(&call.0);
-                out.put_u8(u8::from(*opened));
+                out.put_u8(u8::from(*opened) | u8::from(*update) << 1);
                 let n = candidates.len().min(MAX_CANDIDATES);
                 out.put_u8(n as u8);
                 for c in &candidates[..n] {
@@ -1248,7 +1369,11 @@ mod tests {
             alive: false,
             incarnation: u32::MAX,
             entry: e6,
+            signature: Some([9; 64]),
         };
+        let cert = crate::testkit::TestNetwork::new(3)
+            .identity("a-very-long-user-name-of-32-char")
+            .certificate;
         for m in [
             Message::MemberProbe { nonce: 7 },
             Message::MemberProbeAck { nonce: u32::MAX },
@@ -1259,6 +1384,12 @@ mod tests {
             Message::MemberUpdate {
                 sync: true,
                 events: vec![],
+            },
+            Message::MemberCertPull {
+                keys: vec![[3; 32]; MAX_CERT_PULL],
+            },
+            Message::MemberCerts {
+                certs: vec![cert; MAX_MEMBER_CERTS],
             },
             Message::MemberDigest {
                 level: 1,
@@ -1417,11 +1548,13 @@ mod tests {
             Message::CallCandidates {
                 call,
                 opened: false,
+                update: true,
                 candidates: vec![],
             },
             Message::CallCandidates {
                 call,
                 opened: true,
+                update: false,
                 candidates: full,
             },
             Message::MediaReport {
@@ -1486,6 +1619,7 @@ mod tests {
         Message::CallCandidates {
             call,
             opened: true,
+            update: false,
             candidates: vec![Candidate {
                 kind: CandidateKind::Host,
                 addr: "198.18.0.1:1".parse().unwrap(),
@@ -1499,8 +1633,11 @@ mod tests {
             Err(DecodeError::Invalid("candidate kind"))
         );
         let mut bad = b.to_vec();
-        bad[17] = 2;
-        assert_eq!(Message::decode(&bad), Err(DecodeError::Invalid("opened")));
+        bad[17] = 4;
+        assert_eq!(
+            Message::decode(&bad),
+            Err(DecodeError::Invalid("candidate flags"))
+        );
     }
 
     fn msg_strategy() -> impl Strategy<Value = (u8, u32, Vec<u8>)> {
@@ -1576,19 +1713,20 @@ mod tests {
         fn member_updates_roundtrip(
             sync in any::<bool>(),
             events in proptest::collection::vec(
-                (any::<bool>(), any::<u32>(), any::<[u8; 4]>(), any::<u16>(), any::<[u8; 32]>()),
+                (any::<bool>(), any::<u32>(), any::<[u8; 4]>(), any::<u16>(), any::<[u8; 32]>(), any::<Option<u8>>()),
                 0..=MAX_MEMBER_EVENTS,
             ),
         ) {
             let events: Vec<MemberEvent> = events
                 .into_iter()
-                .map(|(alive, incarnation, ip, port, static_key)| MemberEvent {
+                .map(|(alive, incarnation, ip, port, static_key, sig)| MemberEvent {
                     alive,
                     incarnation,
                     entry: HostEntry {
                         addr: SocketAddr::from((ip, port)),
                         static_key,
                     },
+                    signature: sig.map(|b| [b; 64]),
                 })
                 .collect();
             let m = Message::MemberUpdate { sync, events };

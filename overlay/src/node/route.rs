@@ -81,6 +81,8 @@ pub(crate) fn message(msg: &Message<'_>, owner: Option<PartId>, super_node: bool
         | Message::MemberUpdate { .. }
         | Message::MemberDigest { .. }
         | Message::MemberPull { .. }
+        | Message::MemberCertPull { .. }
+        | Message::MemberCerts { .. }
         | Message::IndexStore { .. }
         | Message::IndexSearch { .. }
         | Message::IndexResult { .. }

@@ -172,16 +172,17 @@ impl IndexPart {
         msg: &Message<'_>,
     ) {
         // Super nodes talk membership over UDP sessions, from their listening address.
-        let from = match (
+        let (from, certificate) = match (
             cx.sessions.view().remote(conn),
             cx.sessions.view().peer(conn),
         ) {
-            (Some(Path::Direct(Destination::Udp(addr))), Some(peer)) if *addr != cx.cfg.listen => {
+            (Some(Path::Direct(Destination::Udp(addr))), Some(peer)) if *addr != cx.cfg.listen => (
                 HostEntry {
                     addr: *addr,
                     static_key: peer.certificate.dh_public,
-                }
-            }
+                },
+                peer.certificate.clone(),
+            ),
             _ => {
                 cx.out.stats.overlay_dropped += 1;
                 return;
@@ -189,7 +190,12 @@ impl IndexPart {
         };
         self.heard(cx, from.addr);
         self.sessions.entry(from.addr).or_insert(conn);
-        role.membership_mut().handle_message(cx.now, from, msg);
+        let membership = role.membership_mut();
+        // Its certificate (the handshake checked it) checks what it signs; ours may have been
+        // renewed since the role was taken.
+        membership.set_certificate(&cx.cfg.identity.certificate);
+        membership.learn_certificate(cx.now, &certificate);
+        membership.handle_message(cx.now, from, msg);
     }
 
     /// An index message on session `conn`.
@@ -285,6 +291,17 @@ impl IndexPart {
             return;
         }
         if let Some(conn) = self.sessions.get(&to.addr).copied() {
+            let key = cx
+                .sessions
+                .view()
+                .peer(conn)
+                .map(|p| p.certificate.dh_public);
+            if key.is_some_and(|k| k != to.static_key) {
+                // Another key holds that address here: a message for `to` (a probe checking a
+                // claimed rebinding) must not be answered by whoever is there. It waits until
+                // that session is gone.
+                return;
+            }
             if cx.sessions.send(cx.now, conn, &message).is_ok() {
                 return;
             }
@@ -327,7 +344,7 @@ impl IndexPart {
             Ok(conn) => {
                 self.connecting.insert(conn, (to, vec![message]));
             }
-            Err(_) => self.unreachable(cx, to.addr),
+            Err(_) => self.failed(cx, to),
         }
     }
 
@@ -349,8 +366,17 @@ impl IndexPart {
         let Some((to, _)) = self.connecting.remove(&conn) else {
             return false;
         };
-        self.unreachable(cx, to.addr);
+        self.failed(cx, to);
         true
+    }
+
+    /// No session could be opened with `to`. When the ring has another key at that address
+    /// (the attempt checked a claimed rebinding), the super node there is not suspected: a
+    /// lie about it must not take it out of the ring.
+    fn failed(&mut self, cx: &mut Cx<'_>, to: HostEntry) {
+        if self.ring.at(to.addr).is_none_or(|e| *e == to) {
+            self.unreachable(cx, to.addr);
+        }
     }
 
     /// A session ended: no index traffic on it any more.

@@ -63,7 +63,8 @@ impl SuperNode {
     /// Take the role at `cx.now`. Links the node already has to super nodes become membership
     /// links.
     pub fn new(cx: &mut Cx<'_>, p: Promotion) -> Self {
-        let mut sn_cfg = SuperNodeConfig::new(p.me, p.seeds[0], p.incarnation);
+        let mut sn_cfg =
+            SuperNodeConfig::new(p.me, cx.cfg.identity.clone(), p.seeds[0], p.incarnation);
         sn_cfg.max_clients = cx.cfg.max_clients;
         sn_cfg.keepalive = cx.cfg.keepalive;
         let role = SuperNodeRole::new(sn_cfg, &p.known, cx.now);
