@@ -151,15 +151,35 @@ impl JobContext<'_> {
                 self.record_device(user, *device, *signing_public, *dh_public, wall, true)?;
                 Ok(JobOutcome::Ok)
             }
-            Job::ChangePassword { user, old, new } => {
+            Job::ChangePassword {
+                user,
+                old,
+                new,
+                keep_only,
+            } => {
                 self.check_password(user, old)?;
                 let hash =
                     password::hash(&new.0, salt()?, self.params).map_err(|_| LoginError::Server)?;
                 match self.store.set_password_hash(user, &hash) {
-                    Ok(()) => Ok(JobOutcome::Ok),
-                    Err(StoreError::NoSuchAccount) => Err(LoginError::UnknownUser),
-                    Err(e) => Err(backend(&e)),
+                    Ok(()) => {}
+                    Err(StoreError::NoSuchAccount) => return Err(LoginError::UnknownUser),
+                    Err(e) => return Err(backend(&e)),
                 }
+                if let Some(keep) = keep_only {
+                    // Each revocation is atomic and goes on the revocation list; a crash
+                    // midway leaves some devices certified, and asking again revokes them.
+                    let devices = self.store.devices(user).map_err(|e| backend(&e))?;
+                    for d in devices
+                        .iter()
+                        .filter(|d| d.device != *keep && d.revoked_at.is_none())
+                    {
+                        match self.store.revoke_device(user, &d.device, wall) {
+                            Ok(_) | Err(StoreError::NoSuchDevice) => {}
+                            Err(e) => return Err(backend(&e)),
+                        }
+                    }
+                }
+                Ok(JobOutcome::Ok)
             }
             Job::RevokeDevice {
                 user,

@@ -14,6 +14,12 @@
 //! during which requests that check that account's password, or come from that address, are
 //! refused with [`LoginError::Throttled`] without touching the password. Scripted guessing
 //! from one address and against one account are both slowed; state is bounded.
+//!
+//! Admission: every request that costs an Argon2 hash (registration, login, password change,
+//! revocation, deletion), successful or not, takes a token from its source address's bucket
+//! ([`AdmissionConfig`]), and at most [`AdmissionConfig::max_in_flight`] such jobs wait or run
+//! at once; past either limit the request is refused with [`LoginError::Throttled`] before any
+//! hashing, so no set of connections can queue more hashing than the workers get through.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -74,6 +80,65 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// Admission of requests that cost a password hash.
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// Hashing requests one address may make in a burst (default 30: a NAT of many users).
+    /// Loopback addresses (the operator's own tools, tests) have no bucket.
+    pub burst: u32,
+    /// And then one every this long (default 1 s: one Argon2 hash of about 50 ms a second
+    /// per address, so it takes many addresses to keep even one worker busy).
+    pub refill: Duration,
+    /// Most hashing jobs queued or running at once, whatever their source (default 64).
+    pub max_in_flight: usize,
+    /// Most addresses tracked at once (default 100,000; full buckets are forgotten first).
+    pub capacity: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            burst: 30,
+            refill: Duration::from_secs(1),
+            max_in_flight: 64,
+            capacity: 100_000,
+        }
+    }
+}
+
+/// Token buckets per source address.
+#[derive(Debug, Default)]
+struct Admission {
+    /// Tokens left and when they were counted.
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl Admission {
+    /// Take a token for `ip`; when there is none, how long until there is.
+    fn take(&mut self, now: Instant, ip: IpAddr, cfg: &AdmissionConfig) -> Result<(), Duration> {
+        let burst = f64::from(cfg.burst.max(1));
+        let per_sec = 1.0 / cfg.refill.as_secs_f64().max(1e-3);
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= cfg.capacity {
+            // Forget the addresses whose buckets have refilled: they lose nothing.
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec < burst
+            });
+            if self.buckets.len() >= cfg.capacity {
+                return Err(cfg.refill);
+            }
+        }
+        let (tokens, at) = self.buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / per_sec))
+        }
+    }
+}
+
 /// Configuration of a [`LoginServer`].
 pub struct LoginServerConfig {
     /// The signing key; its public half must be in `trusted`.
@@ -106,6 +171,8 @@ pub struct LoginServerConfig {
     pub idle_timeout: Duration,
     /// Requests queued per connection while one is being worked on (default 4).
     pub max_queued: usize,
+    /// Admission of requests that cost a password hash.
+    pub admission: AdmissionConfig,
 }
 
 impl std::fmt::Debug for LoginServerConfig {
@@ -137,6 +204,7 @@ impl LoginServerConfig {
             throttle: ThrottleConfig::default(),
             idle_timeout: Duration::from_secs(30),
             max_queued: 4,
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -177,7 +245,8 @@ pub enum Job {
         /// X25519 key.
         dh_public: [u8; 32],
     },
-    /// Check the old password, hash and store the new one.
+    /// Check the old password, hash and store the new one; with `keep_only`, revoke every
+    /// other device of the account.
     ChangePassword {
         /// Account.
         user: UserName,
@@ -185,6 +254,8 @@ pub enum Job {
         old: Secret,
         /// New password.
         new: Secret,
+        /// The only device that stays certified, if the others are to be revoked.
+        keep_only: Option<DeviceId>,
     },
     /// Check the password and revoke the device.
     RevokeDevice {
@@ -213,6 +284,11 @@ pub enum Job {
 
 impl Job {
     /// The account whose password this job checks, for throttling.
+    /// Whether the job costs an Argon2 hash (or two).
+    fn hashes(&self) -> bool {
+        matches!(self, Job::Register { .. }) || self.checks_password_of().is_some()
+    }
+
     fn checks_password_of(&self) -> Option<&UserName> {
         match self {
             Job::Login { user, .. }
@@ -302,8 +378,11 @@ pub struct LoginServerStats {
     pub requests: u64,
     /// Frames that could not be decoded (the connection was closed).
     pub malformed: u64,
-    /// Requests refused by throttling.
+    /// Requests refused by throttling (failures' back-off or admission).
     pub throttled: u64,
+    /// Of those, hashing requests refused by admission (the address's bucket was empty or
+    /// too many hashing jobs were in flight).
+    pub not_admitted: u64,
     /// Failed password checks.
     pub password_failures: u64,
     /// Certificates issued.
@@ -405,6 +484,9 @@ pub struct LoginServer {
     next_job: u64,
     by_account: Throttle<UserName>,
     by_address: Throttle<IpAddr>,
+    admission: Admission,
+    /// Hashing jobs queued or running.
+    hashing: usize,
     work: VecDeque<WorkItem>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LoginServerEvent>,
@@ -435,6 +517,8 @@ impl LoginServer {
             rng: Rng::from_seed_bytes(cfg.seed),
             by_account: Throttle::new(cfg.throttle.free_per_account),
             by_address: Throttle::new(cfg.throttle.free_per_address),
+            admission: Admission::default(),
+            hashing: 0,
             cfg,
             conns: HashMap::new(),
             pending: HashMap::new(),
@@ -715,13 +799,19 @@ impl LoginServer {
                     ))
                 }
             }
-            Request::ChangePassword { user, old, new } => parse_user(&user).and_then(|user| {
+            Request::ChangePassword {
+                user,
+                old,
+                new,
+                keep_only,
+            } => parse_user(&user).and_then(|user| {
                 if password_acceptable(&user, &new, self.cfg.min_password_len) {
                     Ok((
                         Job::ChangePassword {
                             user,
                             old: Secret(old),
                             new: Secret(new),
+                            keep_only,
                         },
                         false,
                     ))
@@ -779,6 +869,23 @@ impl LoginServer {
                 return;
             }
         }
+        if job.hashes() {
+            let admitted = if self.hashing >= self.cfg.admission.max_in_flight {
+                Err(Duration::from_secs(1))
+            } else if remote.ip().is_loopback() {
+                Ok(())
+            } else {
+                self.admission.take(now, remote.ip(), &self.cfg.admission)
+            };
+            if let Err(wait) = admitted {
+                self.stats.throttled += 1;
+                self.stats.not_admitted += 1;
+                let retry_after_secs = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
+                self.fail(stream, LoginError::Throttled { retry_after_secs });
+                return;
+            }
+            self.hashing += 1;
+        }
         let id = JobId(self.next_job);
         self.next_job += 1;
         if let Some(c) = self.conns.get_mut(&stream) {
@@ -800,6 +907,9 @@ impl LoginServer {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
+        if p.job.hashes() {
+            self.hashing = self.hashing.saturating_sub(1);
+        }
         let stream = p.stream;
         let remote = self.conns.get(&stream).map(|c| c.remote);
         let wall = self.wall(now);
@@ -1182,5 +1292,100 @@ mod tests {
         );
         // A low-order X25519 key (every party "knows" its shared secret) is refused too.
         assert_eq!(login_claiming(&mallory, [0; 32]), Err(LoginError::BadProof));
+    }
+
+    fn send_on(
+        server: &mut LoginServer,
+        now: Instant,
+        stream: StreamId,
+        remote: SocketAddr,
+        request: &Request,
+    ) {
+        let mut body = BytesMut::new();
+        request.encode(&mut body);
+        let mut framed = BytesMut::new();
+        frame::encode(&body, &mut framed).unwrap();
+        server.handle_input(
+            now,
+            Input::Stream {
+                stream,
+                remote,
+                data: &framed,
+            },
+        );
+    }
+
+    /// A registration on a connection of its own from `remote`: queued as a job, or refused.
+    fn register_from(
+        server: &mut LoginServer,
+        now: Instant,
+        n: u64,
+        remote: SocketAddr,
+    ) -> Result<(), LoginError> {
+        let stream = StreamId(1000 + n);
+        let hello = Request::Hello {
+            version: Version::new(0, 1, 0),
+            first_start: false,
+        };
+        send_on(server, now, stream, remote, &hello);
+        let register = Request::Register {
+            user: format!("user{n}"),
+            password: "correct horse battery".into(),
+        };
+        send_on(server, now, stream, remote, &register);
+        if server.poll_work().is_some() {
+            return Ok(());
+        }
+        match responses(server).pop() {
+            Some(Response::Error(e)) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hashing_work_is_admitted_per_address_and_in_total() {
+        let net = TestNetwork::new(8);
+        let now = Instant::now();
+        let cfg = LoginServerConfig::new(
+            Authority::from_secret_bytes(net.authority().secret_bytes()),
+            [1; 32],
+            TEST_WALL,
+            now,
+        );
+        let (burst, max) = (cfg.admission.burst, cfg.admission.max_in_flight);
+        let mut server = LoginServer::new(cfg);
+        let a: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        // One address: its burst, then refused with a wait of about a refill.
+        for n in 0..u64::from(burst) {
+            assert_eq!(register_from(&mut server, now, n, a), Ok(()), "{n}");
+        }
+        assert_eq!(
+            register_from(&mut server, now, 100, a),
+            Err(LoginError::Throttled {
+                retry_after_secs: 2
+            })
+        );
+        // A second later it has one more.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(register_from(&mut server, later, 101, a), Ok(()));
+        assert_eq!(server.stats().not_admitted, 1);
+        // Many addresses: no more than `max_in_flight` hashing jobs wait at once.
+        let mut admitted = u64::from(burst) + 1;
+        let mut refused = 0;
+        for n in 0..(max as u64 + 10) {
+            let remote = SocketAddr::from(([198, 51, 100, (n % 250) as u8], 4000 + n as u16));
+            match register_from(&mut server, later, 200 + n, remote) {
+                Ok(()) => admitted += 1,
+                Err(LoginError::Throttled { .. }) => refused += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(admitted, max as u64);
+        assert_eq!(refused, 10 + u64::from(burst) + 1);
+        // Loopback (the operator's tools) has no bucket, only the total.
+        let id = server.pending.keys().next().copied().unwrap();
+        server.handle_job(later, id, JobOutcome::Ok);
+        let lo: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(register_from(&mut server, later, 999, lo), Ok(()));
     }
 }

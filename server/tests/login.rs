@@ -162,6 +162,7 @@ fn full_account_lifecycle(net: &NetworkFile, tag: &str) {
             user: alice.clone(),
             old: PASSWORD.into(),
             new: "a new passphrase".into(),
+            revoke_others: false,
         }],
     );
     assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
@@ -171,6 +172,39 @@ fn full_account_lifecycle(net: &NetworkFile, tag: &str) {
         Err(LoginFailure::WrongPassword)
     ));
     login(net, &dev, &alice, Some("a new passphrase"), V, T).unwrap();
+
+    // A password change that revokes the account's other devices (one the user does not know
+    // of, certified with the old password): this device stays, the other is revoked.
+    let stranger = DeviceStore::open(tmp.path().join("stranger")).unwrap();
+    login(net, &stranger, &alice, Some("a new passphrase"), V, T).unwrap();
+    let ev = ops(
+        net,
+        &dev,
+        vec![Operation::ChangePassword {
+            user: alice.clone(),
+            old: "a new passphrase".into(),
+            new: "a newer passphrase".into(),
+            revoke_others: true,
+        }],
+    );
+    assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
+    stranger.clear_certificate().unwrap();
+    assert!(matches!(
+        login(net, &stranger, &alice, Some("a newer passphrase"), V, T),
+        Err(LoginFailure::Revoked)
+    ));
+    login(net, &dev, &alice, Some("a newer passphrase"), V, T).unwrap();
+    let ev = ops(
+        net,
+        &dev,
+        vec![Operation::ChangePassword {
+            user: alice.clone(),
+            old: "a newer passphrase".into(),
+            new: "a new passphrase".into(),
+            revoke_others: false,
+        }],
+    );
+    assert!(ev.contains(&LoginClientEvent::Done), "{ev:?}");
 
     // Revocation: renewal refused, and listed (signed) for super nodes.
     let device = li.certificate.device;

@@ -60,6 +60,8 @@ pub enum Operation {
         old: String,
         /// New password.
         new: String,
+        /// Also revoke every other device of the account (this one stays certified).
+        revoke_others: bool,
     },
     /// Revoke a device of the account.
     RevokeDevice {
@@ -319,10 +321,16 @@ impl LoginClient {
                         dh_proof: keys.dh_proof,
                     }
                 }
-                Operation::ChangePassword { user, old, new } => Request::ChangePassword {
+                Operation::ChangePassword {
+                    user,
+                    old,
+                    new,
+                    revoke_others,
+                } => Request::ChangePassword {
                     user: user.clone(),
                     old: old.clone(),
                     new: new.clone(),
+                    keep_only: revoke_others.then(|| self.cfg.device.device_id()),
                 },
                 Operation::RevokeDevice {
                     user,

@@ -146,6 +146,9 @@ pub enum Request {
         old: String,
         /// The new password.
         new: String,
+        /// Revoke every other device of the account, keeping this one (the asking device: a
+        /// password that leaked may have certified devices the user does not know).
+        keep_only: Option<DeviceId>,
     },
     /// Revoke one of the account's devices.
     RevokeDevice {
@@ -423,11 +426,20 @@ impl Request {
                 out.put_slice(proof);
                 out.put_slice(dh_proof);
             }
-            Request::ChangePassword { user, old, new } => {
+            Request::ChangePassword {
+                user,
+                old,
+                new,
+                keep_only,
+            } => {
                 out.put_u8(REQ_CHANGE_PASSWORD);
                 put_str(out, user);
                 put_str(out, old);
                 put_str(out, new);
+                out.put_u8(u8::from(keep_only.is_some()));
+                if let Some(d) = keep_only {
+                    out.put_slice(&d.0);
+                }
             }
             Request::RevokeDevice {
                 user,
@@ -484,6 +496,11 @@ impl Request {
                 user: name(&mut r)?,
                 old: pass(&mut r)?,
                 new: pass(&mut r)?,
+                keep_only: if r.bool("keep_only")? {
+                    Some(DeviceId(r.array()?))
+                } else {
+                    None
+                },
             },
             REQ_REVOKE => Request::RevokeDevice {
                 user: name(&mut r)?,
@@ -660,7 +677,14 @@ mod tests {
                 proof: [1; 64],
                 dh_proof: [2; 32],
             }),
-            (s, s, s).prop_map(|(user, old, new)| Request::ChangePassword { user, old, new }),
+            (s, s, s, any::<Option<[u8; 16]>>()).prop_map(|(user, old, new, keep)| {
+                Request::ChangePassword {
+                    user,
+                    old,
+                    new,
+                    keep_only: keep.map(DeviceId),
+                }
+            }),
             (s, s, any::<[u8; 16]>()).prop_map(|(user, password, d)| Request::RevokeDevice {
                 user,
                 password,
@@ -755,6 +779,7 @@ mod tests {
             user: "alice".into(),
             old: "old-secret".into(),
             new: "new-secret".into(),
+            keep_only: None,
         };
         assert!(!format!("{r:?}").contains("secret"));
     }
