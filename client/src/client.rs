@@ -524,7 +524,7 @@ impl Client {
         let rt = self.shared.runtime();
         if let Some(rt) = rt {
             let cert = li.certificate.clone();
-            rt.command(move |n, _| n.update_certificate(cert));
+            rt.command(move |n, now| n.update_certificate(now, cert));
         }
         let info = LoginInfo {
             user: li.certificate.user.clone(),

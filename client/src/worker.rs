@@ -137,7 +137,8 @@ impl Worker {
                     if let Some(li) = lock(&self.shared.login).as_mut() {
                         li.certificate = cert.clone();
                     }
-                    self.handle.command(move |n, _| n.update_certificate(cert));
+                    self.handle
+                        .command(move |n, now| n.update_certificate(now, cert));
                     self.shared.events.push(Event::CertificateRenewed);
                 }
                 Err(TryRecvError::Empty) => break,

@@ -160,6 +160,8 @@ pub enum CloseCause {
     /// The peer restarted and no longer knows the session: it answered our data with a
     /// session reset carrying the token it gave in the handshake.
     Reset,
+    /// The peer's certificate expired and no renewed one came on the session.
+    CertificateExpired,
 }
 
 /// Why a send was refused.
@@ -331,9 +333,17 @@ pub struct EndpointStats {
     /// Challenges not sent because they would exceed three times the bytes received from the
     /// unvalidated address (anti-amplification).
     pub path_challenges_limited: u64,
+    /// Renewed certificates peers presented on their sessions.
+    pub certificates_updated: u64,
+    /// Renewed certificates refused (invalid, or another user, device or key).
+    pub certificates_refused: u64,
+    /// Sessions closed because the peer's certificate expired.
+    pub certificates_expired: u64,
 }
 
 const EARLY_DATA_LIMIT: usize = 8;
+/// A session outlives its peer's certificate by this much at most (clocks differ).
+const CERTIFICATE_SKEW: Duration = Duration::from_secs(60);
 /// At most this many session resets a second: a peer's stale session needs one, and a flood of
 /// data for unknown sessions must not turn the endpoint into a reflector.
 const RESETS_PER_SECOND: u32 = 64;
@@ -410,6 +420,18 @@ struct Peer {
     /// A newer packet came from another UDP path: the session moves there once the peer
     /// answers a challenge sent there.
     validating: Option<Validation>,
+}
+
+/// When the peer's certificate of a session runs out (with the clock-skew allowance).
+fn certificate_deadline(cfg: &EndpointConfig, p: &Peer) -> Instant {
+    let until = p
+        .info
+        .certificate
+        .not_after
+        .0
+        .saturating_add(CERTIFICATE_SKEW.as_secs())
+        .saturating_sub(cfg.wall_anchor.0);
+    cfg.clock_anchor + Duration::from_secs(until.min(u64::from(u32::MAX)))
 }
 
 /// Path validation in progress (as QUIC's PATH_CHALLENGE): an authenticated packet from a new
@@ -525,8 +547,28 @@ impl Endpoint {
 
     /// Use a renewed certificate for new handshakes (it must bind this device's keys; sessions
     /// already established keep going).
-    pub fn update_certificate(&mut self, certificate: crate::crypto::Certificate) {
-        self.cfg.identity.certificate = certificate;
+    ///
+    /// Every established session gets it too ([`Message::CertificateUpdate`]): a peer closes
+    /// a session whose certificate expired.
+    pub fn update_certificate(&mut self, now: Instant, certificate: crate::crypto::Certificate) {
+        self.cfg.identity.certificate = certificate.clone();
+        let mut live: Vec<SessionIndex> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.tentative.is_none())
+            .map(|(i, _)| *i)
+            .collect();
+        live.sort();
+        for index in live {
+            let msg = Message::CertificateUpdate {
+                certificate: Box::new(certificate.clone()),
+            };
+            let _ = self.send_message(now, index, msg);
+        }
+    }
+
+    fn certificate_deadline(&self, p: &Peer) -> Instant {
+        certificate_deadline(&self.cfg, p)
     }
 
     /// The session statistics of a connection.
@@ -563,7 +605,7 @@ impl Endpoint {
         let resp = self.responding.values().map(|r| r.expires);
         let peers = self.peers.values().flat_map(|p| {
             if let Some(at) = p.tentative {
-                return [Some(at + RESPONDER_TIMEOUT), None, None, None]
+                return [Some(at + RESPONDER_TIMEOUT), None, None, None, None]
                     .into_iter()
                     .flatten();
             }
@@ -572,6 +614,7 @@ impl Endpoint {
                 Some(p.last_received + p.idle_timeout(&self.cfg)),
                 p.unconfirmed_final.as_ref().map(|(_, at, _)| *at),
                 p.validating.as_ref().and_then(|v| v.retry_at),
+                Some(self.certificate_deadline(p)),
             ]
             .into_iter()
             .flatten()
@@ -1199,6 +1242,28 @@ impl Endpoint {
         }
         match Message::decode(plain) {
             Ok(Message::KeepAlive) => {}
+            Ok(Message::CertificateUpdate { certificate }) => {
+                let wall = self.wall(now);
+                let trusted = &self.cfg.identity.trusted;
+                let Some(peer) = self.peers.get_mut(&index) else {
+                    return;
+                };
+                let old = &peer.info.certificate;
+                let same = certificate.user == old.user
+                    && certificate.device == old.device
+                    && certificate.signing_public == old.signing_public
+                    && certificate.dh_public == old.dh_public;
+                if same && certificate.verify(trusted, wall).is_ok() {
+                    if certificate.not_after > old.not_after {
+                        peer.info.certificate = *certificate;
+                        let at = self.certificate_deadline(&self.peers[&index]);
+                        self.arm(at);
+                    }
+                    self.stats.certificates_updated += 1;
+                } else {
+                    self.stats.certificates_refused += 1;
+                }
+            }
             Ok(Message::Ping { id }) => {
                 let _ = self.send_message(now, index, Message::Pong { id });
             }
@@ -1686,6 +1751,7 @@ impl Machine for Endpoint {
         let mut dead = Vec::new();
         let mut resend = Vec::new();
         let mut challenges = Vec::new();
+        let mut expired = Vec::new();
         self.peers.retain(|_, p| {
             p.tentative
                 .is_none_or(|at| now.saturating_duration_since(at) < RESPONDER_TIMEOUT)
@@ -1696,6 +1762,10 @@ impl Machine for Endpoint {
             }
             if now.saturating_duration_since(peer.last_received) >= peer.idle_timeout(&self.cfg) {
                 dead.push(*index);
+                continue;
+            }
+            if now >= certificate_deadline(&self.cfg, peer) {
+                expired.push(*index);
                 continue;
             }
             if let Some((msg, at, attempts)) = &mut peer.unconfirmed_final {
@@ -1733,6 +1803,15 @@ impl Machine for Endpoint {
             self.events.push_back(EndpointEvent::Closed {
                 conn: ConnId(index.0),
                 cause: CloseCause::Timeout,
+            });
+        }
+        expired.sort();
+        for index in expired {
+            self.peers.remove(&index);
+            self.stats.certificates_expired += 1;
+            self.events.push_back(EndpointEvent::Closed {
+                conn: ConnId(index.0),
+                cause: CloseCause::CertificateExpired,
             });
         }
         for index in keepalive {

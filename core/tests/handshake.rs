@@ -781,3 +781,81 @@ fn resets_are_rate_limited() {
     assert_eq!(resets, 64);
     assert_eq!(stranger.stats().resets_sent, 64);
 }
+
+/// A session lasts as long as the peer's certificate: a renewed one presented on the session
+/// extends it, none closes it (issue 25, item 4); a certificate for other keys is refused.
+#[test]
+fn a_session_ends_with_its_peers_certificate_unless_a_renewed_one_arrives() {
+    let net = TestNetwork::new(77);
+    let start = Instant::now();
+    let short = |id: &mut LocalIdentity, until: u64| {
+        id.certificate = net.authority().certify(
+            &id.certificate.user,
+            id.device.dh_public(),
+            id.device.signing_public(),
+            UnixTime(TEST_WALL.0 - 60),
+            UnixTime(TEST_WALL.0 + until),
+        );
+    };
+    for renew in [false, true] {
+        let mut bob_id = net.identity("bob");
+        short(&mut bob_id, 100);
+        let mut alice = net.endpoint("alice", start);
+        let mut bob = Endpoint::new(natter_core::endpoint::EndpointConfig::new(
+            bob_id.clone(),
+            [5; 32],
+            TEST_WALL,
+            start,
+        ));
+        alice
+            .connect(start, Destination::Udp(addr(2)), None)
+            .unwrap();
+        pump(&mut alice, addr(1), &mut bob, addr(2), start);
+        let conn = alice.connections().next().expect("a session");
+        if renew {
+            // Another device's certificate first: refused.
+            let stranger = net.identity("carol").certificate;
+            let at = start + Duration::from_secs(50);
+            bob.update_certificate(at, stranger);
+            pump(&mut alice, addr(1), &mut bob, addr(2), at);
+            assert_eq!(alice.stats().certificates_refused, 1);
+            let mut renewed = bob_id.clone();
+            short(&mut renewed, 3600);
+            bob.update_certificate(at, renewed.certificate.clone());
+            pump(&mut alice, addr(1), &mut bob, addr(2), at);
+            assert_eq!(alice.stats().certificates_updated, 1);
+            assert_eq!(
+                alice.peer(conn).map(|p| p.certificate.not_after),
+                Some(renewed.certificate.not_after)
+            );
+        }
+        // Past the first certificate's end (and the minute of clock-skew allowance).
+        let mut events = Vec::new();
+        for s in (60..=200).step_by(10) {
+            let now = start + Duration::from_secs(s);
+            // Keep the session alive both ways meanwhile.
+            alice.send(now, conn, b"hi").ok();
+            let b = bob.connections().next();
+            if let Some(b) = b {
+                bob.send(now, b, b"hi").ok();
+            }
+            let (ea, _) = pump(&mut alice, addr(1), &mut bob, addr(2), now);
+            events.extend(ea);
+            alice.handle_timeout(now);
+            bob.handle_timeout(now);
+            let (ea, _) = pump(&mut alice, addr(1), &mut bob, addr(2), now);
+            events.extend(ea);
+        }
+        let closed = events.iter().any(|e| {
+            matches!(
+                e,
+                EndpointEvent::Closed {
+                    cause: CloseCause::CertificateExpired,
+                    ..
+                }
+            )
+        });
+        assert_eq!(closed, !renew, "renewed: {renew}: {events:?}");
+        assert_eq!(alice.connections().count(), usize::from(renew));
+    }
+}

@@ -43,7 +43,8 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::AccountStore;
 use natter_transport::login::files::{private_dir, read_key, write_private};
 use natter_transport::login::network::{
-    hex, unhex, AuthorityEntry, BootstrapEntry, LoginEntry, NetworkFile, OverlayEntry,
+    hex, unhex, AuthorityEntry, AuthorityWindow, BootstrapEntry, LoginEntry, NetworkFile,
+    OverlayEntry,
 };
 use natter_transport::login::tls::{server_config, TlsIdentity};
 use natter_transport::{os_seed, wall_clock};
@@ -248,6 +249,34 @@ fn existing_ca_file(path: &Path) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The `[[authority.window]]` entries of the network file at `path` for keys still in `keys`
+/// (an operator's retirement dates survive restarts); none when the file does not parse.
+fn existing_windows(path: &Path, keys: &[String]) -> Vec<AuthorityWindow> {
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct WindowsOnly {
+        #[serde(default)]
+        authority: Option<AuthorityWindows>,
+    }
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct AuthorityWindows {
+        #[serde(default)]
+        window: Vec<AuthorityWindow>,
+    }
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let Ok(parsed) = toml::from_str::<WindowsOnly>(&String::from_utf8_lossy(&bytes)) else {
+        return Vec::new();
+    };
+    parsed
+        .authority
+        .map(|a| a.window)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|w| keys.iter().any(|k| k.eq_ignore_ascii_case(&w.key)))
+        .collect()
+}
+
 fn existing_overlay(path: &Path) -> OverlayEntry {
     #[derive(Debug, Default, serde::Deserialize)]
     struct OverlayOnly {
@@ -354,11 +383,18 @@ impl LoginServerHandle {
                     existing_ca_file(&network_path)
                 },
             },
-            authority: AuthorityEntry { keys },
+            authority: AuthorityEntry {
+                window: existing_windows(&network_path, &keys),
+                keys,
+            },
             bootstrap: bootstrap_entries(&network_path, &opts.bootstrap)?,
             overlay: existing_overlay(&network_path),
         };
         network.save(&network_path)?;
+        // Renewals honour the windows too (a retired previous key renews nothing).
+        if let Ok(t) = network.trusted() {
+            trusted = t;
+        }
 
         let now = Instant::now();
         let seed = os_seed().map_err(io_ctx("OS randomness"))?;

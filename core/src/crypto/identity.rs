@@ -327,9 +327,13 @@ impl Authority {
 }
 
 /// The authority public keys a node trusts (several at once during key rotation).
+///
+/// A key may carry a validity window ([`TrustedAuthorities::add_with_window`]): outside it,
+/// nothing it signed verifies, and certificates it signed must lie inside it. A retired or
+/// leaked key is given an end, a key planned for a rotation a start.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedAuthorities {
-    keys: Vec<(AuthorityKeyId, [u8; 32])>,
+    keys: Vec<(AuthorityKeyId, [u8; 32], Option<(UnixTime, UnixTime)>)>,
 }
 
 impl TrustedAuthorities {
@@ -344,15 +348,30 @@ impl TrustedAuthorities {
 
     /// Trust one more key.
     pub fn add(&mut self, public: [u8; 32]) {
+        self.insert(public, None);
+    }
+
+    /// Trust one more key from `not_before` to `not_after` only (a key added twice keeps its
+    /// last window).
+    pub fn add_with_window(&mut self, public: [u8; 32], not_before: UnixTime, not_after: UnixTime) {
+        self.insert(public, Some((not_before, not_after)));
+    }
+
+    fn insert(&mut self, public: [u8; 32], window: Option<(UnixTime, UnixTime)>) {
         let id = AuthorityKeyId::of(&public);
-        if !self.keys.iter().any(|(i, _)| *i == id) {
-            self.keys.push((id, public));
+        match self.keys.iter_mut().find(|(i, _, _)| *i == id) {
+            Some(entry) => {
+                if window.is_some() {
+                    entry.2 = window;
+                }
+            }
+            None => self.keys.push((id, public, window)),
         }
     }
 
     /// The trusted public keys.
     pub fn keys(&self) -> impl Iterator<Item = &[u8; 32]> {
-        self.keys.iter().map(|(_, k)| k)
+        self.keys.iter().map(|(_, k, _)| k)
     }
 
     /// True when no key is trusted.
@@ -360,8 +379,12 @@ impl TrustedAuthorities {
         self.keys.is_empty()
     }
 
-    fn get(&self, id: AuthorityKeyId) -> Option<&[u8; 32]> {
-        self.keys.iter().find(|(i, _)| *i == id).map(|(_, k)| k)
+    /// The key with this id, and its window if it has one.
+    fn get(&self, id: AuthorityKeyId) -> Option<([u8; 32], Option<(UnixTime, UnixTime)>)> {
+        self.keys
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, k, w)| (*k, *w))
     }
 }
 
@@ -393,6 +416,10 @@ pub enum CertError {
     /// The login authority revoked this device.
     #[error("the device was revoked")]
     Revoked,
+    /// The authority key that signed it is trusted only for a window that excludes now or
+    /// the certificate's validity (a retired or not yet active key).
+    #[error("certificate from an authority key outside its validity window")]
+    AuthorityOutOfWindow,
 }
 
 /// A user certificate: the login authority's statement that a device belongs to a user.
@@ -487,10 +514,16 @@ impl Certificate {
 
     /// Check the signature against the trusted authorities and the validity window at `now`.
     pub fn verify(&self, trusted: &TrustedAuthorities, now: UnixTime) -> Result<(), CertError> {
-        let key = trusted
+        let (key, window) = trusted
             .get(self.authority)
             .ok_or(CertError::UnknownAuthority)?;
-        let key = VerifyingKey::from_bytes(key).map_err(|_| CertError::UnknownAuthority)?;
+        if let Some((from, until)) = window {
+            // Used only inside its window, for certificates inside it.
+            if now < from || now > until || self.not_before < from || self.not_after > until {
+                return Err(CertError::AuthorityOutOfWindow);
+            }
+        }
+        let key = VerifyingKey::from_bytes(&key).map_err(|_| CertError::UnknownAuthority)?;
         key.verify_strict(
             &self.signed_bytes(),
             &Signature::from_bytes(&self.signature),
@@ -613,6 +646,35 @@ mod tests {
             UnixTime(5000),
         );
         assert!(c2.verify(&trusted, UnixTime(1500)).is_ok());
+    }
+
+    #[test]
+    fn an_authority_key_is_trusted_only_inside_its_window() {
+        let (auth, _, cert, _) = setup();
+        let mut trusted = TrustedAuthorities::default();
+        // Retired at 1800: its certificates verify until then, none after, and one that
+        // claims validity past the retirement never does.
+        trusted.add_with_window(auth.public(), UnixTime(0), UnixTime(1800));
+        assert_eq!(
+            cert.verify(&trusted, UnixTime(1500)),
+            Err(CertError::AuthorityOutOfWindow),
+            "valid until 2000, past the key's end"
+        );
+        trusted.add_with_window(auth.public(), UnixTime(0), UnixTime(2500));
+        assert!(cert.verify(&trusted, UnixTime(1500)).is_ok());
+        trusted.add_with_window(auth.public(), UnixTime(1200), UnixTime(2500));
+        assert_eq!(
+            cert.verify(&trusted, UnixTime(1500)),
+            Err(CertError::AuthorityOutOfWindow),
+            "issued before the key's start"
+        );
+        trusted.add_with_window(auth.public(), UnixTime(500), UnixTime(2500));
+        assert!(cert.verify(&trusted, UnixTime(1999)).is_ok());
+        // Without a window (plain `add` keeps the last one), anything in the certificate's own.
+        trusted.add(auth.public());
+        assert!(cert.verify(&trusted, UnixTime(1999)).is_ok());
+        let plain = TrustedAuthorities::new([auth.public()]);
+        assert!(cert.verify(&plain, UnixTime(1999)).is_ok());
     }
 
     #[test]

@@ -219,6 +219,8 @@ message_types! {
     Close = 0x04,
     /// Opaque application bytes (tests, demos, app extensions).
     AppData = 0x05,
+    /// The sender's certificate was renewed: the new one (same user, device and keys).
+    CertificateUpdate = 0x06,
     /// Reserved: renew a certificate through an SN.
     LoginRenew = 0x10,
     /// Reserved: an ordinary node attaches to an SN.
@@ -367,6 +369,12 @@ impl CloseReason {
 pub enum Message<'a> {
     /// See [`MessageType::KeepAlive`].
     KeepAlive,
+    /// The sender's renewed certificate: the session's peer must present a valid one, and
+    /// a session whose peer's certificate expired is closed.
+    CertificateUpdate {
+        /// The new certificate (same user, device and keys as the session's).
+        certificate: Box<Certificate>,
+    },
     /// See [`MessageType::Ping`].
     Ping {
         /// Echoed in the pong.
@@ -715,6 +723,7 @@ impl<'a> Message<'a> {
     pub fn message_type(&self) -> MessageType {
         match self {
             Message::KeepAlive => MessageType::KeepAlive,
+            Message::CertificateUpdate { .. } => MessageType::CertificateUpdate,
             Message::Ping { .. } => MessageType::Ping,
             Message::Pong { .. } => MessageType::Pong,
             Message::Close { .. } => MessageType::Close,
@@ -768,6 +777,9 @@ impl<'a> Message<'a> {
         let ty = MessageType::from_u8(raw).ok_or(DecodeError::UnknownMessageType(raw))?;
         let msg = match ty {
             MessageType::KeepAlive => Message::KeepAlive,
+            MessageType::CertificateUpdate => Message::CertificateUpdate {
+                certificate: Box::new(Certificate::read(&mut r)?),
+            },
             MessageType::Ping => Message::Ping { id: r.u32()? },
             MessageType::Pong => Message::Pong { id: r.u32()? },
             MessageType::Close => Message::Close {
@@ -1072,6 +1084,7 @@ impl<'a> Message<'a> {
         out.put_u8(self.message_type() as u8);
         match self {
             Message::KeepAlive => {}
+            Message::CertificateUpdate { certificate } => certificate.encode(out),
             Message::Ping { id } | Message::Pong { id } => out.put_u32(*id),
             Message::Close { reason } => out.put_u8(reason.to_u8()),
             Message::AppData(data) => out.put_slice(data),

@@ -483,9 +483,10 @@ impl Node {
     }
 
     /// Use a renewed certificate from now on.
-    pub fn update_certificate(&mut self, certificate: Certificate) {
+    pub fn update_certificate(&mut self, now: Instant, certificate: Certificate) {
         self.cfg.identity.certificate = certificate.clone();
-        self.endpoint.update_certificate(certificate);
+        self.endpoint.update_certificate(now, certificate);
+        self.drive(now);
     }
 
     /// The addresses the driver must bind (UDP and TCP): see [`NodeConfig::bind_addresses`].

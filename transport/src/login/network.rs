@@ -16,6 +16,10 @@
 //! [authority]
 //! keys = ["3b6a27bc..."]           # hex Ed25519 public keys
 //!
+//! [[authority.window]]             # optional: a key trusted only from/until (Unix seconds)
+//! key = "3b6a27bc..."
+//! not_after = 1800000000           # retired (or leaked): nothing it signed counts after this
+//!
 //! [[bootstrap]]
 //! address = "198.18.0.10:4000"
 //!
@@ -28,7 +32,7 @@ use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use natter_core::crypto::TrustedAuthorities;
+use natter_core::crypto::{TrustedAuthorities, UnixTime};
 use natter_core::overlay::FallbackPorts;
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +81,22 @@ pub struct LoginEntry {
 pub struct AuthorityEntry {
     /// Hex Ed25519 public keys.
     pub keys: Vec<String>,
+    /// Validity windows of some of them (a key without one is trusted without limit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub window: Vec<AuthorityWindow>,
+}
+
+/// One `[[authority.window]]`: when a key of `keys` may be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityWindow {
+    /// The key (hex, as in `keys`).
+    pub key: String,
+    /// Unix seconds from which it counts (default: always).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
+    /// Unix seconds after which nothing it signed counts (default: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<u64>,
 }
 
 /// One `[[bootstrap]]` entry.
@@ -229,6 +249,29 @@ impl NetworkFile {
         if t.is_empty() {
             return Err(NetworkFileError::Invalid("no authority key".into()));
         }
+        for w in &self.authority.window {
+            let key = unhex::<32>(&w.key)
+                .filter(|_| {
+                    self.authority
+                        .keys
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(&w.key))
+                })
+                .ok_or_else(|| {
+                    NetworkFileError::Invalid(format!(
+                        "authority window for {:?}, which is not one of the keys",
+                        w.key
+                    ))
+                })?;
+            let (from, until) = (w.not_before.unwrap_or(0), w.not_after.unwrap_or(u64::MAX));
+            if from > until {
+                return Err(NetworkFileError::Invalid(format!(
+                    "authority window for {:?} ends before it starts",
+                    w.key
+                )));
+            }
+            t.add_with_window(key, UnixTime(from), UnixTime(until));
+        }
         Ok(t)
     }
 
@@ -279,6 +322,11 @@ mod tests {
             },
             authority: AuthorityEntry {
                 keys: vec![hex(&[1; 32]), hex(&[2; 32])],
+                window: vec![AuthorityWindow {
+                    key: hex(&[1; 32]),
+                    not_before: None,
+                    not_after: Some(1_800_000_000),
+                }],
             },
             bootstrap: vec![],
             overlay: OverlayEntry::default(),
@@ -290,6 +338,13 @@ mod tests {
         assert_eq!(f, g);
         assert_eq!(g.pin().unwrap(), Some([0xab; 32]));
         assert_eq!(g.trusted().unwrap().keys().count(), 2);
+        // A window for a key that is not listed, or one that ends before it starts: refused.
+        let mut bad = f.clone();
+        bad.authority.window[0].key = hex(&[3; 32]);
+        assert!(bad.trusted().is_err());
+        let mut bad = f.clone();
+        bad.authority.window[0].not_before = Some(1_900_000_000);
+        assert!(bad.trusted().is_err());
         // Saving again replaces the file atomically: same permissions, no temporary left.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         f.save(&p).unwrap();
