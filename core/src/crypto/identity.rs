@@ -333,8 +333,11 @@ impl Authority {
 /// leaked key is given an end, a key planned for a rotation a start.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedAuthorities {
-    keys: Vec<(AuthorityKeyId, [u8; 32], Option<(UnixTime, UnixTime)>)>,
+    keys: Vec<(AuthorityKeyId, [u8; 32], Option<Window>)>,
 }
+
+/// When an authority key may be used: from, until (inclusive).
+type Window = (UnixTime, UnixTime);
 
 impl TrustedAuthorities {
     /// Trust these public keys.
@@ -357,7 +360,7 @@ impl TrustedAuthorities {
         self.insert(public, Some((not_before, not_after)));
     }
 
-    fn insert(&mut self, public: [u8; 32], window: Option<(UnixTime, UnixTime)>) {
+    fn insert(&mut self, public: [u8; 32], window: Option<Window>) {
         let id = AuthorityKeyId::of(&public);
         match self.keys.iter_mut().find(|(i, _, _)| *i == id) {
             Some(entry) => {
@@ -380,7 +383,7 @@ impl TrustedAuthorities {
     }
 
     /// The key with this id, and its window if it has one.
-    fn get(&self, id: AuthorityKeyId) -> Option<([u8; 32], Option<(UnixTime, UnixTime)>)> {
+    fn get(&self, id: AuthorityKeyId) -> Option<([u8; 32], Option<Window>)> {
         self.keys
             .iter()
             .find(|(i, _, _)| *i == id)
