@@ -39,7 +39,7 @@ use natter_core::overlay::PresenceRecord;
 use natter_core::overlay::{ClientSearches, SearchResult};
 use natter_core::rng::Rng;
 use natter_core::wire::message::{HostEntry, Message};
-use natter_overlay::dht::{Dht, DhtConfig, DhtOutput, Origin, Ring};
+use natter_overlay::dht::{Dht, DhtConfig, DhtOutput, Key, Origin, Ring};
 use natter_overlay::membership::{Membership, MembershipConfig};
 
 /// Bytes a message costs on the wire beyond its encoding: data header, AEAD tag, UDP/IPv4.
@@ -109,6 +109,10 @@ pub struct IndexSimConfig {
     /// Bootstrap entries a joining super node knows (real membership only): this many random
     /// live super nodes, as from its host cache.
     pub bootstrap: usize,
+    /// Users whose index key the adversaries surround: the lying super nodes' keys are ground
+    /// (tried until their ring position lands just after the user's key), a few per user, so
+    /// they take the whole replica set (shared ring only). Empty: adversaries sit at random.
+    pub ground_victims: Vec<usize>,
 }
 
 impl IndexSimConfig {
@@ -133,6 +137,7 @@ impl IndexSimConfig {
             real_membership: false,
             membership: MembershipConfig::new([0; 32]),
             bootstrap: 5,
+            ground_victims: Vec::new(),
         }
     }
 }
@@ -407,7 +412,15 @@ impl IndexSim {
             } else {
                 Behaviour::Honest
             };
+            let near =
+                (behaviour != Behaviour::Honest && !sim.cfg.ground_victims.is_empty()).then(|| {
+                    let v = sim.cfg.ground_victims[i % sim.cfg.ground_victims.len()];
+                    Key::of_user(&Self::user_name(v))
+                });
             let sn = sim.new_sn(behaviour);
+            if let Some(target) = near {
+                sim.grind(sn, target);
+            }
             sim.ring.insert(sim.sns[sn].entry);
             sim.schedule_leave(sn, true);
         }
@@ -425,6 +438,26 @@ impl IndexSim {
             sim.new_user(u);
         }
         sim
+    }
+
+    /// Give super node `sn` (shared ring, no identity) a static key whose ring position lies
+    /// just after `target`, closer than the nearest honest super node most likely is: what a
+    /// certified attacker does offline before it certifies the keys.
+    fn grind(&mut self, sn: usize, target: Key) {
+        let top = |k: &Key| u64::from_be_bytes(k.0[..8].try_into().expect("8 bytes"));
+        let span = u64::MAX / (20 * self.cfg.super_nodes.max(1) as u64);
+        let old = self.sns[sn].entry.static_key;
+        let key = loop {
+            let k = self.rng.bytes32();
+            if top(&Key::of_super_node(&k)).wrapping_sub(top(&target)) < span {
+                break k;
+            }
+        };
+        self.by_key.remove(&old);
+        self.by_key.insert(key, sn);
+        self.sns[sn].entry.static_key = key;
+        let entry = self.sns[sn].entry;
+        self.sns[sn].dht = Dht::new(self.cfg.dht.clone(), entry, self.trusted.clone());
     }
 
     fn new_sn(&mut self, behaviour: Behaviour) -> usize {
