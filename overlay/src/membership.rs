@@ -1387,11 +1387,25 @@ mod tests {
 
     /// What super node `i` says of itself (signed).
     fn signed(alive: bool, incarnation: u32, i: u16) -> MemberEvent {
-        let e = ev(alive, incarnation, i);
+        signed_by(i, ev(alive, incarnation, i))
+    }
+
+    /// `e` signed by super node `i` (whatever it says).
+    fn signed_by(i: u16, e: MemberEvent) -> MemberEvent {
         MemberEvent {
             signature: Some(identity(i).device.sign(MEMBER_CONTEXT, &e.signed_bytes())),
             ..e
         }
+    }
+
+    /// The nonce of the probe `m` sent to `to`.
+    fn probe_to(m: &mut Membership, to: HostEntry) -> u32 {
+        std::iter::from_fn(|| m.poll_output())
+            .find_map(|(t, msg)| match msg {
+                Message::MemberProbe { nonce } if t == to => Some(nonce),
+                _ => None,
+            })
+            .expect("a probe")
     }
 
     /// Deliver every queued message between the machines (instantly, losing those to
@@ -1543,22 +1557,10 @@ mod tests {
             },
             ..ev(true, INC + 1, 2)
         };
-        let hijack = MemberEvent {
-            signature: Some(
-                identity(2)
-                    .device
-                    .sign(MEMBER_CONTEXT, &hijack.signed_bytes()),
-            ),
-            ..hijack
-        };
+        let hijack = signed_by(2, hijack);
         m.handle_message(now, entry(2), &update(vec![hijack]));
         assert_eq!(m.stats().rebinds_held, 1);
-        let nonce = std::iter::from_fn(|| m.poll_output())
-            .find_map(|(to, msg)| match msg {
-                Message::MemberProbe { nonce } if to == hijack.entry => Some(nonce),
-                _ => None,
-            })
-            .expect("a probe of the claimed binding");
+        let nonce = probe_to(&mut m, hijack.entry);
         // The honest super node at that address answers with its own key: no proof.
         m.handle_message(now, entry(1), &Message::MemberProbeAck { nonce });
         assert_eq!(m.member(entry(1).addr).map(|e| e.entry), Some(entry(1)));
@@ -1586,22 +1588,10 @@ mod tests {
             entry: new,
             ..ev(true, INC + 5, 1)
         };
-        let said = MemberEvent {
-            signature: Some(
-                identity(1)
-                    .device
-                    .sign(MEMBER_CONTEXT, &said.signed_bytes()),
-            ),
-            ..said
-        };
+        let said = signed_by(1, said);
         m.handle_message(now, entry(1), &update(vec![said]));
         assert!(m.is_alive(entry(1).addr), "not moved on its word alone");
-        let nonce = std::iter::from_fn(|| m.poll_output())
-            .find_map(|(to, msg)| match msg {
-                Message::MemberProbe { nonce } if to == new => Some(nonce),
-                _ => None,
-            })
-            .unwrap();
+        let nonce = probe_to(&mut m, new);
         m.handle_message(now, new, &Message::MemberProbeAck { nonce });
         assert!(!m.is_alive(entry(1).addr));
         assert!(m.is_alive(new.addr));

@@ -40,24 +40,27 @@ fn assert_complete(sim: &Sim<NodeEvent>, live: &[(usize, HostId)], when: &str) {
     }
 }
 
-#[test]
-fn sixty_super_nodes_learn_each_other_and_each_others_failures() {
+/// `count` super nodes on links like `link`, started `spacing` apart, whose host caches hold the
+/// first three: the simulator, the test network, that bootstrap cache, and the nodes.
+fn start_super_nodes(
+    seed: u64,
+    link: LinkConfig,
+    count: usize,
+    spacing: Duration,
+) -> (Sim<NodeEvent>, TestNetwork, HostCache, Vec<(usize, HostId)>) {
     let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
-        seed: 31,
-        internet: LinkConfig::with_latency(Duration::from_millis(30))
-            .jitter(Duration::from_millis(10))
-            .loss(0.01),
+        seed,
+        internet: link,
         ..SimConfig::default()
     });
-    let net = TestNetwork::new(31);
-    // Everyone's host cache holds only the first three.
+    let net = TestNetwork::new(seed);
     let mut bootstrap = HostCache::new();
     for i in 0..3 {
         let key = net.identity(&format!("sn{i}")).device.dh_public();
         bootstrap.insert(sn_addr(i), Some(key), TEST_WALL);
     }
-    let mut live: Vec<(usize, HostId)> = Vec::new();
-    for i in 0..SUPER_NODES {
+    let mut live = Vec::new();
+    for i in 0..count {
         let h = common::sim::add_super_node(
             &mut sim,
             &format!("sn{i}"),
@@ -68,9 +71,19 @@ fn sixty_super_nodes_learn_each_other_and_each_others_failures() {
             &bootstrap,
         );
         live.push((i, h));
-        // They come up over a minute.
-        sim.run_for(Duration::from_secs(1));
+        sim.run_for(spacing);
     }
+    (sim, net, bootstrap, live)
+}
+
+#[test]
+fn sixty_super_nodes_learn_each_other_and_each_others_failures() {
+    let link = LinkConfig::with_latency(Duration::from_millis(30))
+        .jitter(Duration::from_millis(10))
+        .loss(0.01);
+    // They come up over a minute.
+    let (mut sim, net, bootstrap, mut live) =
+        start_super_nodes(31, link, SUPER_NODES, Duration::from_secs(1));
     sim.run_for(Duration::from_secs(60));
     assert_complete(&sim, &live, "two minutes after the first started");
     for (_, h) in &live {
@@ -136,33 +149,9 @@ fn forged_membership_news_cannot_take_a_super_node_out_of_the_views() {
     use natter_core::wire::message::{HostEntry, MemberEvent, Message, MEMBER_CONTEXT};
 
     const N: usize = 8;
-    let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
-        seed: 25,
-        internet: LinkConfig::with_latency(Duration::from_millis(20))
-            .jitter(Duration::from_millis(5)),
-        ..SimConfig::default()
-    });
-    let net = TestNetwork::new(25);
-    let mut bootstrap = HostCache::new();
-    for i in 0..3 {
-        let key = net.identity(&format!("sn{i}")).device.dh_public();
-        bootstrap.insert(sn_addr(i), Some(key), TEST_WALL);
-    }
+    let link = LinkConfig::with_latency(Duration::from_millis(20)).jitter(Duration::from_millis(5));
     // Super node N is Mallory's.
-    let mut live: Vec<(usize, HostId)> = Vec::new();
-    for i in 0..=N {
-        let h = common::sim::add_super_node(
-            &mut sim,
-            &format!("sn{i}"),
-            net.identity(&format!("sn{i}")),
-            [i as u8; 32],
-            sn_addr(i),
-            None,
-            &bootstrap,
-        );
-        live.push((i, h));
-        sim.run_for(Duration::from_millis(500));
-    }
+    let (mut sim, net, _, live) = start_super_nodes(25, link, N + 1, Duration::from_millis(500));
     sim.run_for(Duration::from_secs(30));
     assert_complete(&sim, &live, "before the attack");
     let mallory = live[N].1;

@@ -1100,6 +1100,36 @@ mod tests {
             .collect()
     }
 
+    /// A fresh server whose clock reads `wall`, after a Hello: with its challenge and X25519
+    /// key for proofs.
+    fn greeted(net: &TestNetwork, wall: UnixTime) -> (LoginServer, Instant, [u8; 32], [u8; 32]) {
+        let now = Instant::now();
+        let cfg = LoginServerConfig::new(
+            Authority::from_secret_bytes(net.authority().secret_bytes()),
+            [1; 32],
+            wall,
+            now,
+        );
+        let mut server = LoginServer::new(cfg);
+        send(
+            &mut server,
+            now,
+            &Request::Hello {
+                version: Version::new(0, 1, 0),
+                first_start: false,
+            },
+        );
+        let Some(Response::Hello {
+            challenge,
+            server_key,
+            ..
+        }) = responses(&mut server).pop()
+        else {
+            panic!("no hello");
+        };
+        (server, now, challenge, server_key)
+    }
+
     /// Ask a server whose clock reads `wall` to renew a certificate of `alice` that expired at
     /// `not_after`; return the job it hands out, or its refusal.
     fn renew_at(wall: u64, not_after: u64) -> Result<Job, LoginError> {
@@ -1122,30 +1152,7 @@ mod tests {
             UnixTime(not_after),
         );
         tamper(&mut certificate);
-        let now = Instant::now();
-        let cfg = LoginServerConfig::new(
-            Authority::from_secret_bytes(net.authority().secret_bytes()),
-            [1; 32],
-            UnixTime(wall),
-            now,
-        );
-        let mut server = LoginServer::new(cfg);
-        send(
-            &mut server,
-            now,
-            &Request::Hello {
-                version: Version::new(0, 1, 0),
-                first_start: false,
-            },
-        );
-        let Some(Response::Hello {
-            challenge,
-            server_key,
-            ..
-        }) = responses(&mut server).pop()
-        else {
-            panic!("no hello");
-        };
+        let (mut server, now, challenge, server_key) = greeted(&net, UnixTime(wall));
         let msg = proof_message(
             &challenge,
             &certificate.user,
@@ -1222,30 +1229,7 @@ mod tests {
         dh_public: [u8; 32],
     ) -> Result<Job, LoginError> {
         let net = TestNetwork::new(6);
-        let now = Instant::now();
-        let cfg = LoginServerConfig::new(
-            Authority::from_secret_bytes(net.authority().secret_bytes()),
-            [1; 32],
-            TEST_WALL,
-            now,
-        );
-        let mut server = LoginServer::new(cfg);
-        send(
-            &mut server,
-            now,
-            &Request::Hello {
-                version: Version::new(0, 1, 0),
-                first_start: false,
-            },
-        );
-        let Some(Response::Hello {
-            challenge,
-            server_key,
-            ..
-        }) = responses(&mut server).pop()
-        else {
-            panic!("no hello");
-        };
+        let (mut server, now, challenge, server_key) = greeted(&net, TEST_WALL);
         let user = UserName::parse("mallory").unwrap();
         let msg = proof_message(&challenge, &user, &device.signing_public(), &dh_public);
         let keys = DeviceKeys {
