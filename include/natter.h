@@ -887,11 +887,6 @@ typedef struct {
   double mos;
 } NatterCallStats;
 
-/**
- * Every value, for tests and for `natter_result_message`.
- */
-#define NatterResult_ALL { NatterResult_NatterOk, NatterResult_NatterPanic, NatterResult_NatterNullArgument, NatterResult_NatterInvalidUtf8, NatterResult_NatterBufferTooSmall, NatterResult_NatterInvalidHandle, NatterResult_NatterInvalidArgument, NatterResult_NatterUnsupportedVersion, NatterResult_NatterNoEvent, NatterResult_NatterUnsupported, NatterResult_NatterIoError, NatterResult_NatterLoginUnreachable, NatterResult_NatterWrongPassword, NatterResult_NatterUnknownUser, NatterResult_NatterNameTaken, NatterResult_NatterInvalidUserName, NatterResult_NatterWeakPassword, NatterResult_NatterThrottled, NatterResult_NatterUpgradeRequired, NatterResult_NatterRevoked, NatterResult_NatterPasswordNeeded, NatterResult_NatterLoginFailed, NatterResult_NatterNotLoggedIn, NatterResult_NatterNotStarted, NatterResult_NatterAlreadyStarted, NatterResult_NatterUnknownCall, NatterResult_NatterWrongCallState, NatterResult_NatterInCall, NatterResult_NatterNoAudio, }
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

@@ -188,6 +188,13 @@ fn logging_in_fails_for_a_reason() {
     let again = c.login("carol", None).unwrap();
     assert!(again.renewed);
     assert_eq!(again.device, first.device);
+    // A password given is checked, even with a renewable certificate stored (issue 16: a
+    // wrong one used to renew and answer OK).
+    assert!(matches!(
+        c.login("carol", Some("not her password")),
+        Err(LoginError::WrongPassword)
+    ));
+    assert!(!c.login("carol", Some(PASSWORD)).unwrap().renewed);
     c.start().unwrap();
     assert!(matches!(c.start(), Err(StartError::AlreadyStarted)));
     // Another user while running: stop first.

@@ -123,7 +123,7 @@ impl NatterResult {
     }
 
     /// Every value, for tests and for `natter_result_message`.
-    pub const ALL: [NatterResult; 29] = [
+    pub(crate) const ALL: [NatterResult; 29] = [
         Self::NatterOk,
         Self::NatterPanic,
         Self::NatterNullArgument,

@@ -143,7 +143,15 @@ static void *bring_up(void *arg) {
     NatterResult r = natter_client_register(c, p->name, password);
     if (r != NATTER_OK && r != NATTER_NAME_TAKEN) FAIL("register %s: %s", p->name, natter_result_message(r));
     OK(natter_client_login(c, p->name, password));
+    /* A password given is checked, even with a renewable certificate stored (issue 16: a
+       wrong one used to renew the certificate and answer OK). */
+    NatterResult wrong = natter_client_login(c, p->name, "not the password!");
+    if (wrong != NATTER_WRONG_PASSWORD) FAIL("a wrong password gave %s", natter_result_message(wrong));
+    OK(natter_client_login(c, p->name, password));
     OK(natter_client_start(c));
+    /* Another user on a started client: NATTER_ALREADY_STARTED, as the header says. */
+    NatterResult other = natter_client_login(c, p == &bob ? "alice" : "bob", password);
+    if (other != NATTER_ALREADY_STARTED) FAIL("another user while started gave %s", natter_result_message(other));
     pthread_mutex_lock(&lock);
     p->started_ok = 1;
     pthread_cond_broadcast(&changed);

@@ -351,8 +351,9 @@ pub struct LoggedIn {
     pub elapsed: Duration,
 }
 
-/// Log `user` in on this device: renew the stored certificate without the password while it
-/// can be renewed, else log in with `password` (when given). The certificate is stored.
+/// Log `user` in on this device: with `password`, a password login (the password is always
+/// checked); without, renew the stored certificate while it can be renewed. The certificate
+/// is stored.
 ///
 /// Without a password, a stored certificate the server will no longer renew (expired longer
 /// ago than its grace period, or not accepted any more) gives
@@ -402,8 +403,11 @@ fn login_inner(
 ) -> Result<LoggedIn, LoginFailure> {
     let started = Instant::now();
     let (device, first_start) = store.identity().map_err(LoginFailure::Credentials)?;
+    // A password given is a password checked: renewing the stored certificate instead would
+    // tell the user a wrong password was right.
     let stored = store.certificate().filter(|c| {
         try_renewal
+            && password.is_none()
             && c.user.as_str().eq_ignore_ascii_case(user)
             && c.dh_public == device.dh_public()
     });
