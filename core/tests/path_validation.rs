@@ -197,6 +197,15 @@ fn a_spoofed_source_moves_no_session_and_gets_at_most_three_times_its_bytes() {
 
     // The spoofed address got only challenges, within three times the spoofed bytes.
     let reflected = w.bytes_to_victim_not_hers(since);
+    eprintln!(
+        "SPOOFED SOURCE: {spoofed} bytes in 20 packets spoofed, {reflected} bytes sent to the \
+         claimed address ({:.2}x), {} challenges",
+        reflected as f64 / spoofed as f64,
+        w.sim
+            .machine::<Endpoint>(w.server)
+            .stats()
+            .path_challenges_sent
+    );
     assert!(reflected > 0, "challenges were sent to the claimed address");
     assert!(
         reflected <= 3 * spoofed,
