@@ -963,7 +963,7 @@ impl IndexSim {
                 }
             }
             Ev::ClientTimer => {
-                for (query, outcome) in self.clients.handle_timeout(now) {
+                for (query, outcome) in self.clients.handle_timeout(now, wall) {
                     self.finish_lookup(query, outcome);
                 }
             }

@@ -1,7 +1,7 @@
 //! Searching the global index from an ordinary node: the node asks one of its super nodes,
 //! which runs the search, and verifies every record it gets back itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::PresenceRecord;
@@ -46,6 +46,11 @@ pub fn merge_record(merged: &mut BTreeMap<DeviceId, PresenceRecord>, r: Presence
 
 /// An ordinary node's side of searching: it asks its super node and collects the answer,
 /// verifying every record itself.
+///
+/// With a memory ([`ClientSearches::with_memory`]) it also keeps the newest verified record of
+/// each device of the last users it searched for, and never reports an older one, or "not
+/// found", while a newer one it saw is still within the retention period: replicas that lie
+/// with an old record or a "not found" cannot roll back what this node already knows.
 #[derive(Debug)]
 pub struct ClientSearches {
     trusted: TrustedAuthorities,
@@ -53,6 +58,10 @@ pub struct ClientSearches {
     timeout: Duration,
     next_query: u32,
     pending: HashMap<u32, ClientSearch>,
+    /// The newest records seen per user, for at most `memory` users (oldest forgotten first).
+    known: HashMap<UserName, BTreeMap<DeviceId, PresenceRecord>>,
+    known_order: VecDeque<UserName>,
+    memory: usize,
 }
 
 #[derive(Debug)]
@@ -74,7 +83,61 @@ impl ClientSearches {
             timeout,
             next_query: 0,
             pending: HashMap::new(),
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
+            memory: 0,
         }
+    }
+
+    /// Remember the newest records of the last `users` users searched for (see the type's
+    /// documentation); 0 (the default) remembers nothing.
+    pub fn with_memory(mut self, users: usize) -> Self {
+        self.memory = users;
+        self
+    }
+
+    /// Forget what this node knows of these revoked devices.
+    pub fn revoke(&mut self, devices: &[DeviceId]) {
+        for records in self.known.values_mut() {
+            records.retain(|d, _| !devices.contains(d));
+        }
+    }
+
+    /// What a search found, reconciled with what this node already knows of the user.
+    fn reconcile(&mut self, wall: UnixTime, user: &UserName, result: SearchResult) -> SearchResult {
+        if self.memory == 0 {
+            return result;
+        }
+        let (trusted, retention) = (&self.trusted, self.retention);
+        let mut merged: BTreeMap<DeviceId, PresenceRecord> = self
+            .known
+            .get(user)
+            .map(|k| {
+                k.values()
+                    .filter(|r| r.verify(trusted, wall, retention, |_| false).is_ok())
+                    .map(|r| (r.device(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let SearchResult::Found(records) = &result {
+            for r in records {
+                merge_record(&mut merged, r.clone());
+            }
+        }
+        if merged.is_empty() {
+            self.known.remove(user);
+            return result;
+        }
+        if !self.known.contains_key(user) {
+            if self.known_order.len() >= self.memory {
+                if let Some(old) = self.known_order.pop_front() {
+                    self.known.remove(&old);
+                }
+            }
+            self.known_order.push_back(user.clone());
+        }
+        self.known.insert(user.clone(), merged.clone());
+        SearchResult::Found(merged.into_values().collect())
     }
 
     /// Start a search: send the returned message to the super node; the query id identifies
@@ -158,6 +221,7 @@ impl ClientSearches {
             _ => return None,
         };
         let s = self.pending.remove(&query)?;
+        let result = self.reconcile(wall, &s.user, result);
         Some((
             query,
             SearchOutcome {
@@ -170,8 +234,9 @@ impl ClientSearches {
         ))
     }
 
-    /// Searches that got no (complete) answer in time end as [`SearchResult::Unavailable`].
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<(u32, SearchOutcome)> {
+    /// Searches that got no (complete) answer in time end as [`SearchResult::Unavailable`]
+    /// (or with what this node already knows, with a memory; `wall` checks its age).
+    pub fn handle_timeout(&mut self, now: Instant, wall: UnixTime) -> Vec<(u32, SearchOutcome)> {
         let late: Vec<u32> = self
             .pending
             .iter()
@@ -186,6 +251,7 @@ impl ClientSearches {
                 } else {
                     SearchResult::Found(s.records.into_values().collect())
                 };
+                let result = self.reconcile(wall, &s.user, result);
                 Some((
                     q,
                     SearchOutcome {
@@ -203,5 +269,91 @@ impl ClientSearches {
     /// The next deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.pending.values().map(|s| s.deadline).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Capabilities;
+    use crate::overlay::presence::DEFAULT_RETENTION;
+    use crate::testkit::{TestNetwork, TEST_WALL};
+
+    fn record(net: &TestNetwork, sequence: u64) -> PresenceRecord {
+        let id = net.identity("alice");
+        PresenceRecord::sign(
+            &id.device,
+            id.certificate,
+            true,
+            vec!["198.18.0.10:4000".parse().unwrap()],
+            None,
+            vec![],
+            3,
+            Capabilities::VOICE,
+            sequence,
+            TEST_WALL,
+        )
+    }
+
+    /// One search for alice answered with `answer` (a record, or a definite "not found").
+    fn search(
+        c: &mut ClientSearches,
+        now: Instant,
+        answer: Option<PresenceRecord>,
+    ) -> SearchResult {
+        let (query, _) = c.start(now, UserName::parse("alice").unwrap());
+        let msg = match answer {
+            Some(r) => Message::IndexResult {
+                query,
+                hops: 1,
+                total: 1,
+                record: Box::new(r),
+            },
+            None => Message::IndexNotFound {
+                query,
+                hops: 1,
+                definite: true,
+            },
+        };
+        c.handle_message(now, TEST_WALL, &msg)
+            .expect("ended")
+            .1
+            .result
+    }
+
+    #[test]
+    fn a_newer_record_seen_is_never_rolled_back_by_an_old_one_or_not_found() {
+        let net = TestNetwork::new(4);
+        let now = Instant::now();
+        let (old, new) = (record(&net, 1), record(&net, 2));
+        let fresh = |memory| {
+            ClientSearches::new(net.trusted(), DEFAULT_RETENTION, Duration::from_secs(3))
+                .with_memory(memory)
+        };
+        let mut c = fresh(16);
+        assert_eq!(
+            search(&mut c, now, Some(new.clone())),
+            SearchResult::Found(vec![new.clone()])
+        );
+        // Lying replicas: the old record, then "not found".
+        assert_eq!(
+            search(&mut c, now, Some(old.clone())),
+            SearchResult::Found(vec![new.clone()])
+        );
+        assert_eq!(
+            search(&mut c, now, None),
+            SearchResult::Found(vec![new.clone()])
+        );
+        // A revoked device's record is forgotten.
+        c.revoke(&[new.device()]);
+        assert_eq!(search(&mut c, now, None), SearchResult::NotFound);
+        // Without a memory (the simulator's many clients in one), answers pass as they are.
+        let mut c = fresh(0);
+        search(&mut c, now, Some(new));
+        assert_eq!(
+            search(&mut c, now, Some(old.clone())),
+            SearchResult::Found(vec![old])
+        );
+        assert_eq!(search(&mut c, now, None), SearchResult::NotFound);
     }
 }

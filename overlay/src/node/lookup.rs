@@ -141,6 +141,11 @@ impl Lookup {
         }
     }
 
+    /// Forget the records of these revoked devices.
+    pub fn revoke(&mut self, devices: &[natter_core::crypto::DeviceId]) {
+        self.searches.revoke(devices);
+    }
+
     /// An answer to one of our searches, from the super node asked.
     pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
         let query = match msg {
@@ -170,7 +175,7 @@ impl Lookup {
 
     /// Search and publication timers.
     pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
-        for (query, outcome) in self.searches.handle_timeout(cx.now) {
+        for (query, outcome) in self.searches.handle_timeout(cx.now, cx.wall) {
             self.client_outcome(cx, query, outcome);
         }
         if self.next_presence.is_some_and(|t| t <= cx.now) {

@@ -250,11 +250,16 @@ impl Node {
             cache,
             cfg.local_addresses.clone(),
         );
-        let lookup = Lookup::new(ClientSearches::new(
-            cfg.identity.trusted.clone(),
-            cfg.index.retention,
-            cfg.search_timeout,
-        ));
+        // The newest records of the last 1,024 users searched for: lying replicas cannot roll
+        // back what this node already saw.
+        let lookup = Lookup::new(
+            ClientSearches::new(
+                cfg.identity.trusted.clone(),
+                cfg.index.retention,
+                cfg.search_timeout,
+            )
+            .with_memory(1024),
+        );
         let calls = {
             // A stream of its own, so adding calls changed no other draw of the node's.
             let mut seed = cfg.seed;
@@ -478,6 +483,7 @@ impl Node {
         if let Some(sn) = self.super_node.as_mut() {
             sn.revoke(&devices);
         }
+        self.lookup.revoke(&devices);
         self.endpoint.revoke(now, devices);
         self.drive(now);
     }
