@@ -342,6 +342,8 @@ pub struct EndpointStats {
 }
 
 const EARLY_DATA_LIMIT: usize = 8;
+/// A renewed certificate is sent again with this many keep-alives after the first copy.
+const CERTIFICATE_RESENDS: u8 = 2;
 /// A session outlives its peer's certificate by this much at most (clocks differ).
 const CERTIFICATE_SKEW: Duration = Duration::from_secs(60);
 /// At most this many session resets a second: a peer's stale session needs one, and a flood of
@@ -420,6 +422,10 @@ struct Peer {
     /// A newer packet came from another UDP path: the session moves there once the peer
     /// answers a challenge sent there.
     validating: Option<Validation>,
+    /// Our renewed certificate goes out this many more times, a keep-alive interval apart
+    /// (it is not acknowledged: one lost copy must not end the session at the old expiry),
+    /// next at this time.
+    certificate_resends: (u8, Instant),
 }
 
 /// When the peer's certificate of a session runs out (with the clock-skew allowance).
@@ -560,6 +566,13 @@ impl Endpoint {
             .collect();
         live.sort();
         for index in live {
+            let next = self.peers.get_mut(&index).map(|p| {
+                p.certificate_resends = (CERTIFICATE_RESENDS, now + p.keepalive(&self.cfg));
+                p.certificate_resends.1
+            });
+            if let Some(at) = next {
+                self.arm(at);
+            }
             let msg = Message::CertificateUpdate {
                 certificate: Box::new(certificate.clone()),
             };
@@ -605,7 +618,7 @@ impl Endpoint {
         let resp = self.responding.values().map(|r| r.expires);
         let peers = self.peers.values().flat_map(|p| {
             if let Some(at) = p.tentative {
-                return [Some(at + RESPONDER_TIMEOUT), None, None, None, None]
+                return [Some(at + RESPONDER_TIMEOUT), None, None, None, None, None]
                     .into_iter()
                     .flatten();
             }
@@ -615,6 +628,7 @@ impl Endpoint {
                 p.unconfirmed_final.as_ref().map(|(_, at, _)| *at),
                 p.validating.as_ref().and_then(|v| v.retry_at),
                 Some(self.certificate_deadline(p)),
+                (p.certificate_resends.0 > 0).then_some(p.certificate_resends.1),
             ]
             .into_iter()
             .flatten()
@@ -1574,6 +1588,7 @@ impl Endpoint {
                 pings: VecDeque::new(),
                 timing: None,
                 validating: None,
+                certificate_resends: (0, now),
             },
         );
     }
@@ -1601,6 +1616,7 @@ impl Endpoint {
                 pings: VecDeque::new(),
                 timing: None,
                 validating: None,
+                certificate_resends: (0, now),
             },
         );
     }
@@ -1816,6 +1832,21 @@ impl Machine for Endpoint {
         }
         for index in keepalive {
             let _ = self.send_message(now, index, Message::KeepAlive);
+        }
+        let mut resend: Vec<SessionIndex> = Vec::new();
+        for (index, p) in &mut self.peers {
+            let (left, at) = p.certificate_resends;
+            if left > 0 && at <= now {
+                p.certificate_resends = (left - 1, now + p.keepalive(&self.cfg));
+                resend.push(*index);
+            }
+        }
+        resend.sort();
+        for index in resend {
+            let msg = Message::CertificateUpdate {
+                certificate: Box::new(self.cfg.identity.certificate.clone()),
+            };
+            let _ = self.send_message(now, index, msg);
         }
         challenges.sort();
         for index in challenges {

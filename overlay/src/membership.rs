@@ -121,10 +121,8 @@ pub struct MembershipStats {
     pub bad_signature: u64,
     /// Reports of another super node's failure, checked by probing it.
     pub hints: u64,
-    /// Signed events that would move a live key to another address (or give a live address
-    /// another key): held until a probe proves them.
-    pub rebinds_held: u64,
-    /// Of those, the ones no session at the new address proved.
+    /// Signed events refused because they would move a live key to another address (or give
+    /// a live address another key) without the member saying so over a session there.
     pub rebinds_refused: u64,
     /// Certificates learnt (from sessions or pulled).
     pub certificates: u64,
@@ -166,8 +164,8 @@ impl Member {
 enum Origin {
     /// The member signed it.
     Signed,
-    /// The member's signed "alive", and a probe answered on a session at that address with
-    /// that key.
+    /// The member's signed "alive", said by the member itself over a session at that
+    /// address (the session proves the key is there).
     Proven,
     /// This super node's own probes went unanswered.
     OwnProbe,
@@ -245,9 +243,6 @@ pub struct Membership {
     /// Members another super node reported gone: probed here until they answer or are found
     /// gone (the report may be stale, wrong, or right).
     checks: HashMap<SocketAddr, Watch>,
-    /// Signed "alive" events that would rebind a live key or address, each until a probe of
-    /// its address answered by its key proves it, or goes unanswered.
-    proofs: HashMap<SocketAddr, (MemberEvent, Watch)>,
     /// This super node's identity (to sign its own events) and the authorities it trusts.
     identity: LocalIdentity,
     /// Checked certificates of super nodes, by static key.
@@ -332,7 +327,6 @@ impl Membership {
             rumors: VecDeque::new(),
             watches: HashMap::new(),
             checks: HashMap::new(),
-            proofs: HashMap::new(),
             identity,
             certs,
             parked: VecDeque::new(),
@@ -499,7 +493,7 @@ impl Membership {
             .partition(|(_, _, ev)| ev.entry.static_key == key);
         self.parked = waiting.into();
         for (_, spread, ev) in ready {
-            self.signed_event(now, ev, spread);
+            self.signed_event(now, ev, spread, false);
         }
     }
 
@@ -574,7 +568,14 @@ impl Membership {
 
     /// A signed event: checked against its subject's certificate (pulled when unknown), then
     /// applied.
-    fn signed_event(&mut self, now: Instant, ev: MemberEvent, spread: bool) -> Option<bool> {
+    /// `direct`: the member itself sent it, over a session at the event's address.
+    fn signed_event(
+        &mut self,
+        now: Instant,
+        ev: MemberEvent,
+        spread: bool,
+        direct: bool,
+    ) -> Option<bool> {
         let Some(signature) = ev.signature else {
             return Some(false);
         };
@@ -604,13 +605,21 @@ impl Membership {
             self.stats.bad_signature += 1;
             return Some(false);
         }
-        Some(self.apply(now, ev, Origin::Signed, spread))
+        let origin = if direct {
+            Origin::Proven
+        } else {
+            Origin::Signed
+        };
+        Some(self.apply(now, ev, origin, spread))
     }
 
     /// Another super node says `ev.entry` is gone, without its signature: see for ourselves.
     fn hint_gone(&mut self, now: Instant, ev: MemberEvent) {
         if ev.entry == self.me {
-            if ev.incarnation >= self.incarnation {
+            // Refuting a report far in the future would push this incarnation past what
+            // anyone accepts, for good.
+            let ahead = u64::from(ev.incarnation) > self.wall(now).0 + MAX_INCARNATION_AHEAD;
+            if ev.incarnation >= self.incarnation && !ahead {
                 self.refute(ev.incarnation);
             } else {
                 self.stats.stale += 1;
@@ -668,6 +677,20 @@ impl Membership {
         let key = Key::of_super_node(&ev.entry.static_key);
         let old = self.members.get(&addr).copied();
         let same_key = old.is_some_and(|m| m.entry.static_key == ev.entry.static_key);
+        // What is said of a key at another address than where it lives now is old news unless
+        // it is newer than the live incarnation (a replayed event from a former address must
+        // not move or remove it).
+        let live_elsewhere = self
+            .by_key
+            .get(&key)
+            .filter(|a| **a != addr)
+            .and_then(|a| self.members.get(a))
+            .filter(|m| m.alive && !m.provisional)
+            .map(|m| m.incarnation);
+        if live_elsewhere.is_some_and(|inc| !ev.alive || inc >= ev.incarnation) {
+            self.stats.stale += 1;
+            return false;
+        }
         if ev.alive && origin != Origin::Proven {
             // One live binding per key and per address: moving either needs proof.
             let key_elsewhere = self
@@ -678,9 +701,9 @@ impl Membership {
                 .is_some_and(|m| m.alive && !m.provisional);
             let address_taken = old.is_some_and(|m| m.alive && !m.provisional && !same_key);
             if key_elsewhere || address_taken {
-                if origin == Origin::Signed {
-                    self.hold_for_proof(ev);
-                }
+                // Refused until the member says it over a session at the new address, or the
+                // old binding is found gone.
+                self.stats.rebinds_refused += 1;
                 return false;
             }
         }
@@ -727,7 +750,9 @@ impl Membership {
             match oldest {
                 Some((gone, key)) if ev.alive => {
                     self.members.remove(&gone);
-                    self.by_key.remove(&key);
+                    if self.by_key.get(&key) == Some(&gone) {
+                        self.by_key.remove(&key);
+                    }
                 }
                 _ => {
                     self.stats.dropped += 1;
@@ -753,7 +778,9 @@ impl Membership {
             }
         }
         if let Some(m) = old {
-            self.by_key.remove(&m.key);
+            if self.by_key.get(&m.key) == Some(&addr) {
+                self.by_key.remove(&m.key);
+            }
             if m.alive {
                 self.ring.remove(&m.key);
             }
@@ -799,33 +826,6 @@ impl Membership {
             self.rumors.push_back(member.event());
         }
         true
-    }
-
-    /// A signed "alive" that would rebind a live key or address: probe the claimed address;
-    /// an answer on a session with the claimed key proves it.
-    fn hold_for_proof(&mut self, ev: MemberEvent) {
-        let addr = ev.entry.addr;
-        if self
-            .proofs
-            .get(&addr)
-            .is_some_and(|(held, _)| held.entry == ev.entry && held.incarnation >= ev.incarnation)
-        {
-            return;
-        }
-        if self.proofs.len() >= MAX_CHECKS && !self.proofs.contains_key(&addr) {
-            self.stats.dropped += 1;
-            return;
-        }
-        self.stats.rebinds_held += 1;
-        let nonce = self.next_nonce;
-        self.next_nonce = self.next_nonce.wrapping_add(1);
-        let watch = Watch {
-            outstanding: Some(nonce),
-            previous: None,
-            misses: 0,
-        };
-        self.proofs.insert(addr, (ev, watch));
-        self.send(ev.entry, Message::MemberProbe { nonce });
     }
 
     fn change(&mut self, entry: HostEntry, alive: bool) {
@@ -893,15 +893,6 @@ impl Membership {
                         self.checks.remove(&from.addr);
                     }
                 }
-                let proven = self
-                    .proofs
-                    .get(&from.addr)
-                    .is_some_and(|(ev, w)| ev.entry == from && answered(w));
-                if proven {
-                    if let Some((ev, _)) = self.proofs.remove(&from.addr) {
-                        self.apply(now, ev, Origin::Proven, true);
-                    }
-                }
                 self.heard_from(from);
             }
             Message::MemberUpdate { sync, events } => {
@@ -915,7 +906,7 @@ impl Membership {
                 let mut missing: Vec<[u8; 32]> = Vec::new();
                 for ev in events {
                     match (ev.alive, ev.signature.is_some()) {
-                        (_, true) => match self.signed_event(now, *ev, !*sync) {
+                        (_, true) => match self.signed_event(now, *ev, !*sync, ev.entry == from) {
                             Some(c) => changed |= c,
                             None => {
                                 if !missing.contains(&ev.entry.static_key) {
@@ -923,8 +914,7 @@ impl Membership {
                                 }
                             }
                         },
-                        // Anyone may tell this super node it was reported gone (it refutes).
-                        (false, false) if member || ev.entry == self.me => self.hint_gone(now, *ev),
+                        (false, false) if member => self.hint_gone(now, *ev),
                         (true, false) => self.stats.unsigned += 1,
                         (false, false) => self.stats.dropped += 1,
                     }
@@ -1156,7 +1146,9 @@ impl Membership {
                 .collect();
             for (addr, key) in expired {
                 self.members.remove(&addr);
-                self.by_key.remove(&key);
+                if self.by_key.get(&key) == Some(&addr) {
+                    self.by_key.remove(&key);
+                }
             }
         }
         while self
@@ -1205,27 +1197,6 @@ impl Membership {
         checks.sort();
         for addr in checks {
             self.probe_one(now, addr, false);
-        }
-        let mut proofs: Vec<SocketAddr> = self.proofs.keys().copied().collect();
-        proofs.sort();
-        for addr in proofs {
-            let Some((ev, w)) = self.proofs.get_mut(&addr) else {
-                continue;
-            };
-            if w.outstanding.is_some() {
-                w.misses += 1;
-            }
-            if w.misses >= self.cfg.probe_misses {
-                self.proofs.remove(&addr);
-                self.stats.rebinds_refused += 1;
-                continue;
-            }
-            let nonce = self.next_nonce;
-            self.next_nonce = self.next_nonce.wrapping_add(1);
-            w.previous = w.outstanding.or(w.previous);
-            w.outstanding = Some(nonce);
-            let to = ev.entry;
-            self.send(to, Message::MemberProbe { nonce });
         }
     }
 
@@ -1325,7 +1296,7 @@ impl Membership {
     /// When [`Membership::handle_timeout`] wants calling next.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_probe.min(self.next_sync);
-        if !self.checks.is_empty() || !self.proofs.is_empty() {
+        if !self.checks.is_empty() {
             t = t.min(self.next_check);
         }
         if let Some((_, until, _)) = self.sync_wait {
@@ -1396,16 +1367,6 @@ mod tests {
             signature: Some(identity(i).device.sign(MEMBER_CONTEXT, &e.signed_bytes())),
             ..e
         }
-    }
-
-    /// The nonce of the probe `m` sent to `to`.
-    fn probe_to(m: &mut Membership, to: HostEntry) -> u32 {
-        std::iter::from_fn(|| m.poll_output())
-            .find_map(|(t, msg)| match msg {
-                Message::MemberProbe { nonce } if t == to => Some(nonce),
-                _ => None,
-            })
-            .expect("a probe")
     }
 
     /// Deliver every queued message between the machines (instantly, losing those to
@@ -1549,7 +1510,8 @@ mod tests {
         m.handle_message(now, entry(2), &update(vec![moved, gone]));
         assert!(m.is_alive(entry(1).addr));
         assert_eq!(m.alive().filter(|e| *e == entry(1)).count(), 1);
-        // Signed by 2 itself: 2's key at 1's address. Held, probed at 1's address with 2's key.
+        // Signed by 2 itself: 2's key at 1's address, passed on by 2 from its own address:
+        // refused (only a session at 1's address with 2's key could prove it).
         let hijack = MemberEvent {
             entry: HostEntry {
                 addr: entry(1).addr,
@@ -1559,17 +1521,42 @@ mod tests {
         };
         let hijack = signed_by(2, hijack);
         m.handle_message(now, entry(2), &update(vec![hijack]));
-        assert_eq!(m.stats().rebinds_held, 1);
-        let nonce = probe_to(&mut m, hijack.entry);
-        // The honest super node at that address answers with its own key: no proof.
-        m.handle_message(now, entry(1), &Message::MemberProbeAck { nonce });
-        assert_eq!(m.member(entry(1).addr).map(|e| e.entry), Some(entry(1)));
-        for k in 1..=5 {
-            m.handle_timeout(now + Duration::from_secs(2 * k));
-        }
         assert_eq!(m.stats().rebinds_refused, 1);
-        assert!(m.is_alive(entry(1).addr));
+        assert_eq!(m.member(entry(1).addr).map(|e| e.entry), Some(entry(1)));
         assert!(m.is_alive(entry(2).addr));
+        // A replay of 1's own old signed departure from a former address, and of its old
+        // "alive" there: old news while it lives here at a newer incarnation.
+        let former = HostEntry {
+            addr: elsewhere,
+            ..entry(1)
+        };
+        let old_gone = signed_by(
+            1,
+            MemberEvent {
+                entry: former,
+                ..ev(false, INC - 5, 1)
+            },
+        );
+        let old_alive = signed_by(
+            1,
+            MemberEvent {
+                entry: former,
+                ..ev(true, INC - 3, 1)
+            },
+        );
+        m.handle_message(now, entry(2), &update(vec![old_gone, old_alive]));
+        assert_eq!(
+            m.alive()
+                .filter(|e| e.static_key == entry(1).static_key)
+                .count(),
+            1
+        );
+        assert!(m.is_alive(entry(1).addr));
+        // A report of this node's own death far in the future is not refuted (it would push
+        // the incarnation past what anyone accepts).
+        let before = m.incarnation();
+        m.handle_message(now, entry(2), &update(vec![ev(false, u32::MAX - 1, 0)]));
+        assert_eq!(m.incarnation(), before);
     }
 
     #[test]
@@ -1589,10 +1576,10 @@ mod tests {
             ..ev(true, INC + 5, 1)
         };
         let said = signed_by(1, said);
-        m.handle_message(now, entry(1), &update(vec![said]));
-        assert!(m.is_alive(entry(1).addr), "not moved on its word alone");
-        let nonce = probe_to(&mut m, new);
-        m.handle_message(now, new, &Message::MemberProbeAck { nonce });
+        m.handle_message(now, entry(2), &update(vec![said]));
+        assert!(m.is_alive(entry(1).addr), "not moved on another's word");
+        // 1 itself says so, over a session at its new address: proof.
+        m.handle_message(now, new, &update(vec![said]));
         assert!(!m.is_alive(entry(1).addr));
         assert!(m.is_alive(new.addr));
         assert_eq!(m.len(), 1);
@@ -1603,6 +1590,13 @@ mod tests {
         let now = Instant::now();
         let mut m = machine(0, &[], now);
         let before = m.incarnation();
+        // A stranger's report is not even a hint.
+        m.handle_message(now, entry(2), &update(vec![ev(false, before, 0)]));
+        assert_eq!(m.incarnation(), before);
+        m.learn_certificate(now, &identity(2).certificate);
+        m.apply(now, signed(true, INC, 2), Origin::Signed, false);
+        while m.poll_output().is_some() {}
+        // A member's is refuted.
         m.handle_message(now, entry(2), &update(vec![ev(false, before, 0)]));
         assert_eq!(m.incarnation(), before + 1);
         assert_eq!(m.stats().refuted, 1);
@@ -1610,8 +1604,6 @@ mod tests {
         m.handle_message(now, entry(2), &update(vec![ev(false, before, 0)]));
         assert_eq!(m.incarnation(), before + 1);
         // The refutation is gossiped to the members, signed.
-        m.learn_certificate(now, &identity(2).certificate);
-        m.apply(now, signed(true, INC, 2), Origin::Signed, false);
         m.handle_timeout(now);
         let mut saw = false;
         while let Some((to, msg)) = m.poll_output() {

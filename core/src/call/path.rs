@@ -485,6 +485,10 @@ impl PathManager {
     /// answered (it opened towards ours by then).
     fn reopen(&mut self, now: Instant) {
         self.quiet_until = None;
+        if !self.cfg.direct {
+            // Privacy: this side never tells the peer its addresses.
+            return;
+        }
         self.changed_at = Some(now);
         self.open_towards(self.remotes.iter().map(|r| r.addr).collect());
         self.update_pending = true;
@@ -855,8 +859,10 @@ impl PathManager {
     }
 
     fn switch(&mut self, now: Instant, path: Path, lan: bool, reason: SwitchReason) {
-        if self.active != self.relay
-            && path == self.relay
+        // (Not `active != relay`: a replaced relay is a relay too, and no direct path died.)
+        if self.cfg.direct
+            && !self.active.is_relayed()
+            && path.is_relayed()
             && matches!(reason, SwitchReason::Dead | SwitchReason::Peer)
         {
             self.died_at = Some(now);
@@ -882,6 +888,9 @@ impl PathManager {
     /// Send nothing directly to the peer until a NAT's stale state expired and was reaped,
     /// then open again; longer each time (a failed round left state of its own).
     fn go_quiet(&mut self, now: Instant) {
+        if !self.cfg.direct {
+            return;
+        }
         let wait = self.cfg.stale_wait * [1, 3, 6][self.quiet_rounds.min(2) as usize];
         self.quiet_rounds += 1;
         self.quiet_until = Some(now + wait);
@@ -1200,6 +1209,37 @@ mod tests {
             m.media_received(t, &relay(), &[0, (seq >> 8) as u8, seq as u8, 0, 0]);
             seq = seq.wrapping_add(1);
         });
+    }
+
+    #[test]
+    fn a_replaced_relay_is_no_dead_direct_path_and_privacy_never_sends_candidates() {
+        for direct in [true, false] {
+            let start = Instant::now();
+            let cfg = PathConfig {
+                direct,
+                ..PathConfig::default()
+            };
+            let mut m = PathManager::new(cfg, CallId([1; 16]), true, relay(), Vec::new(), start);
+            while m.poll_action().is_some() {}
+            // The relaying super node crashed: the call moves to another relay.
+            let other = Path::Relayed {
+                relay: Destination::Udp("198.18.0.11:4000".parse().unwrap()),
+                channel: 8,
+            };
+            m.replace_relay(start, other, SwitchReason::Dead);
+            let mut candidates = 0;
+            drive(&mut m, start, 60, |m, t| {
+                m.heard(t);
+                while let Some(a) = m.poll_action() {
+                    if matches!(a, PathAction::Send(Message::CallCandidates { .. })) {
+                        candidates += 1;
+                    }
+                }
+            });
+            // No quiet period and no reopening: nothing direct ever died.
+            assert_eq!(candidates, 0, "direct: {direct}");
+            assert!(m.quiet_until.is_none(), "direct: {direct}");
+        }
     }
 
     #[test]
