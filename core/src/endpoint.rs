@@ -829,6 +829,7 @@ impl Endpoint {
         {
             Some(peer) => {
                 peer.dest = path;
+                peer.validating = None;
                 true
             }
             None => false,
@@ -1071,6 +1072,11 @@ impl Endpoint {
                             v.received = v.received.saturating_add(data.len());
                             // More bytes from the path: a challenge the budget held back may go.
                             resume = v.retry_at.is_none();
+                        }
+                        if newest && !probe && peer.dest == from {
+                            // The peer is back where the session is: a late answer to a
+                            // challenge elsewhere must not move it away.
+                            peer.validating = None;
                         }
                         if newest && !probe && peer.dest != from {
                             if matches!(from, Path::Direct(Destination::Stream(_))) {

@@ -114,8 +114,17 @@ struct Admission {
 }
 
 impl Admission {
-    /// Take a token for `ip`; when there is none, how long until there is.
+    /// Take a token for `ip` (an IPv6 address counts by its /64: one subscriber's whole
+    /// block); when there is none, how long until there is.
     fn take(&mut self, now: Instant, ip: IpAddr, cfg: &AdmissionConfig) -> Result<(), Duration> {
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+            v4 => v4,
+        };
         let burst = f64::from(cfg.burst.max(1));
         let per_sec = 1.0 / cfg.refill.as_secs_f64().max(1e-3);
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= cfg.capacity {

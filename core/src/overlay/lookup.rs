@@ -125,7 +125,9 @@ impl ClientSearches {
             }
         }
         if merged.is_empty() {
-            self.known.remove(user);
+            if self.known.remove(user).is_some() {
+                self.known_order.retain(|u| u != user);
+            }
             return result;
         }
         if !self.known.contains_key(user) {

@@ -464,14 +464,10 @@ fn login_inner(
             let _ = store.clear_certificate();
             Err(LoginFailure::Revoked)
         }
-        LoginClientError::Refused(e) if stored.is_some() => match (not_renewable(e), password) {
-            // Log in with the password; the stored certificate stays until a new one replaces
-            // it, so a mistyped password loses nothing.
-            (Some(_), Some(pw)) => {
-                login_inner(network, store, user, Some(pw), false, version, timeout)
-            }
-            (Some(why), None) => Err(LoginFailure::PasswordNeeded(why)),
-            (None, _) => Err(error.into()),
+        // Only a renewal (no password given) gets here with a stored certificate.
+        LoginClientError::Refused(e) if stored.is_some() => match not_renewable(e) {
+            Some(why) => Err(LoginFailure::PasswordNeeded(why)),
+            None => Err(error.into()),
         },
         other => Err(other.into()),
     }

@@ -249,7 +249,16 @@ impl NetworkFile {
         if t.is_empty() {
             return Err(NetworkFileError::Invalid("no authority key".into()));
         }
-        for w in &self.authority.window {
+        for (i, w) in self.authority.window.iter().enumerate() {
+            if self.authority.window[..i]
+                .iter()
+                .any(|o| o.key.eq_ignore_ascii_case(&w.key))
+            {
+                return Err(NetworkFileError::Invalid(format!(
+                    "two authority windows for {:?}: give one with both ends",
+                    w.key
+                )));
+            }
             let key = unhex::<32>(&w.key)
                 .filter(|_| {
                     self.authority
@@ -345,6 +354,9 @@ mod tests {
         let mut bad = f.clone();
         bad.authority.window[0].not_before = Some(1_900_000_000);
         assert!(bad.trusted().is_err());
+        let mut bad = f.clone();
+        bad.authority.window.push(bad.authority.window[0].clone());
+        assert!(bad.trusted().is_err(), "two windows for one key");
         // Saving again replaces the file atomically: same permissions, no temporary left.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         f.save(&p).unwrap();
