@@ -650,7 +650,7 @@ impl Membership {
         self.incarnation = incarnation.saturating_add(1);
         self.toggle_digest(self.my_key, self.me.addr, self.incarnation);
         self.stats.refuted += 1;
-        self.rumors.push_back(self.my_event());
+        self.rumor(self.my_event());
     }
 
     /// Apply a fact about a super node; true when it changed the view. `spread`: gossip it
@@ -823,9 +823,19 @@ impl Membership {
         }
         self.stats.applied += 1;
         if spread && origin != Origin::Hint {
-            self.rumors.push_back(member.event());
+            self.rumor(member.event());
         }
         true
+    }
+
+    /// Queue news for gossip; past [`MAX_PARKED`] queued, the oldest is dropped (anti-entropy
+    /// repairs what gossip misses).
+    fn rumor(&mut self, ev: MemberEvent) {
+        if self.rumors.len() >= MAX_PARKED {
+            self.rumors.pop_front();
+            self.stats.dropped += 1;
+        }
+        self.rumors.push_back(ev);
     }
 
     fn change(&mut self, entry: HostEntry, alive: bool) {
@@ -1012,6 +1022,7 @@ impl Membership {
 
     /// Ask `from` (which passed on events signed by these keys) for their certificates.
     fn pull_certificates(&mut self, now: Instant, from: HostEntry, keys: Vec<[u8; 32]>) {
+        let room = MAX_PARKED.saturating_sub(self.pulled.len());
         let keys: Vec<[u8; 32]> = keys
             .into_iter()
             .filter(|k| {
@@ -1019,6 +1030,7 @@ impl Membership {
                     .get(k)
                     .is_none_or(|at| now.saturating_duration_since(*at) >= PULL_AGAIN)
             })
+            .take(room)
             .collect();
         for k in &keys {
             self.pulled.insert(*k, now);
@@ -1150,6 +1162,13 @@ impl Membership {
                     self.by_key.remove(&key);
                 }
             }
+            // Certificates only of members (alive or departed), keys asked for, and this one:
+            // any session peer's certificate is learnt, and must not stay.
+            let me = self.me.static_key;
+            let (by_key, pulled) = (&self.by_key, &self.pulled);
+            self.certs.retain(|k, _| {
+                *k == me || pulled.contains_key(k) || by_key.contains_key(&Key::of_super_node(k))
+            });
         }
         while self
             .parked
@@ -1483,6 +1502,15 @@ mod tests {
         // 1 signs that it leaves: it is gone.
         m.handle_message(now, entry(2), &update(vec![signed(false, INC, 1)]));
         assert!(!m.is_alive(entry(1).addr));
+        // A certificate learnt from a session with a non-member (a client) does not stay.
+        m.learn_certificate(now, &identity(40).certificate);
+        assert!(m.certs.contains_key(&entry(40).static_key));
+        m.handle_timeout(now + Duration::from_secs(6));
+        assert!(!m.certs.contains_key(&entry(40).static_key));
+        assert!(
+            m.certs.contains_key(&entry(1).static_key),
+            "a departed member's stays"
+        );
     }
 
     #[test]
