@@ -239,13 +239,19 @@ int main(int argc, char **argv) {
                     s.started ? "started" : "stopped", static_cast<unsigned>(s.super_nodes),
                     nat_name(s.nat), s.role == NATTER_NODE_SUPER_NODE ? "super node" : "client",
                     static_cast<unsigned>(s.udp_port));
-        size_t len = 0;
-        NatterResult r = natter_client_describe(client.get(), nullptr, 0, &len);
-        if (r != NATTER_BUFFER_TOO_SMALL) natter::check(r, "describing");
-        std::string text(len + 1, '\0');
-        natter::check(natter_client_describe(client.get(), text.data(), text.size(), &len),
-                      "describing");
-        text.resize(len);
+        // Ask the size, then fill; the live text may grow in between: ask again then.
+        std::string text;
+        for (;;) {
+            size_t len = 0;
+            NatterResult r = natter_client_describe(client.get(), nullptr, 0, &len);
+            if (r != NATTER_BUFFER_TOO_SMALL) natter::check(r, "describing");
+            text.assign(len + 1, '\0');
+            r = natter_client_describe(client.get(), text.data(), text.size(), &len);
+            if (r == NATTER_BUFFER_TOO_SMALL) continue;
+            natter::check(r, "describing");
+            text.resize(len);
+            break;
+        }
         std::printf("%s\n", text.c_str());
         natter::check(natter_client_stop(client.get()), "stopping");
     } catch (const std::exception &e) {
