@@ -302,6 +302,24 @@ impl Authority {
         self.key.sign(&domain(context, message)).to_bytes()
     }
 
+    /// The device's ring salt: a keyed hash of its X25519 key under a key derived from this
+    /// authority's secret. Nobody else can compute it, so a super node's position in the index
+    /// ring ([`Certificate::ring_salt`]) is known only once the key is certified, and the same
+    /// key keeps its position across renewals.
+    pub fn ring_salt(&self, dh_public: &[u8; 32]) -> [u8; RING_SALT_LEN] {
+        let mut k = Blake2s256::new();
+        k.update(b"natter-ring-salt-key-v1");
+        k.update(self.key.to_bytes());
+        let key = k.finalize();
+        let mut h = Blake2s256::new();
+        h.update(b"natter-ring-salt-v1");
+        h.update(key);
+        h.update(dh_public);
+        let mut salt = [0u8; RING_SALT_LEN];
+        salt.copy_from_slice(&h.finalize()[..RING_SALT_LEN]);
+        salt
+    }
+
     /// Certify a device's keys for `user` from `not_before` to `not_after`.
     pub fn certify(
         &self,
@@ -317,6 +335,7 @@ impl Authority {
             device: DeviceId::from_signing_key(&signing_public),
             signing_public,
             dh_public,
+            ring_salt: self.ring_salt(&dh_public),
             not_before,
             not_after,
             signature: [0; 64],
@@ -438,6 +457,10 @@ pub struct Certificate {
     pub signing_public: [u8; 32],
     /// The device's X25519 public key (its Noise static key).
     pub dh_public: [u8; 32],
+    /// Where the device sits in the index ring when it serves as a super node (with
+    /// `dh_public`): chosen by the authority ([`Authority::ring_salt`]), so a key cannot be
+    /// ground offline to land next to a user's records.
+    pub ring_salt: [u8; RING_SALT_LEN],
     /// Valid from (inclusive).
     pub not_before: UnixTime,
     /// Valid until (inclusive).
@@ -446,10 +469,13 @@ pub struct Certificate {
     pub signature: [u8; 64],
 }
 
-const CERT_VERSION: u8 = 1;
-const CERT_CONTEXT: &[u8] = b"natter-certificate-v1";
+const CERT_VERSION: u8 = 2;
+const CERT_CONTEXT: &[u8] = b"natter-certificate-v2";
+/// Bytes of a [`Certificate::ring_salt`].
+pub const RING_SALT_LEN: usize = 16;
 /// The largest encoded certificate.
-pub const MAX_CERT_LEN: usize = 1 + 8 + 1 + UserName::MAX_LEN + 16 + 32 + 32 + 8 + 8 + 64;
+pub const MAX_CERT_LEN: usize =
+    1 + 8 + 1 + UserName::MAX_LEN + 16 + 32 + 32 + RING_SALT_LEN + 8 + 8 + 64;
 
 impl Certificate {
     fn encode_body(&self, out: &mut BytesMut) {
@@ -460,6 +486,7 @@ impl Certificate {
         out.put_slice(&self.device.0);
         out.put_slice(&self.signing_public);
         out.put_slice(&self.dh_public);
+        out.put_slice(&self.ring_salt);
         out.put_u64(self.not_before.0);
         out.put_u64(self.not_after.0);
     }
@@ -509,6 +536,7 @@ impl Certificate {
             device: DeviceId(r.array()?),
             signing_public: r.array()?,
             dh_public: r.array()?,
+            ring_salt: r.array()?,
             not_before: UnixTime(r.u64()?),
             not_after: UnixTime(r.u64()?),
             signature: r.array()?,
@@ -590,6 +618,32 @@ mod tests {
         let bytes = cert.to_bytes();
         assert!(bytes.len() <= MAX_CERT_LEN);
         assert_eq!(Certificate::decode(&bytes).unwrap(), cert);
+    }
+
+    #[test]
+    fn ring_salt_is_the_authoritys_choice_and_stays_with_the_key() {
+        let (auth, dev, cert, trusted) = setup();
+        // A renewal keeps the position; another key or another authority moves it.
+        let renewed = auth.certify(
+            &cert.user,
+            dev.dh_public(),
+            dev.signing_public(),
+            UnixTime(2000),
+            UnixTime(3000),
+        );
+        assert_eq!(renewed.ring_salt, cert.ring_salt);
+        let mut rng = Rng::from_seed(9);
+        let other_dev = DeviceIdentity::generate(&mut rng);
+        assert_ne!(auth.ring_salt(&other_dev.dh_public()), cert.ring_salt);
+        let other_auth = Authority::generate(&mut rng);
+        assert_ne!(other_auth.ring_salt(&dev.dh_public()), cert.ring_salt);
+        // The salt is signed: changing it breaks the certificate.
+        let mut moved = cert.clone();
+        moved.ring_salt[0] ^= 1;
+        assert_eq!(
+            moved.verify(&trusted, UnixTime(1500)),
+            Err(CertError::BadSignature)
+        );
     }
 
     #[test]

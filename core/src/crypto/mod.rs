@@ -19,7 +19,7 @@ pub use handshake::{
 pub use identity::{
     dh_mac, dh_public_of, verify_dh_proof, verify_signature, Authority, AuthorityKeyId, CertError,
     Certificate, DeviceId, DeviceIdentity, TrustedAuthorities, UnixTime, UserName, UserNameError,
-    MAX_CERT_LEN,
+    MAX_CERT_LEN, RING_SALT_LEN,
 };
 pub use replay::{ReplayError, ReplayWindow, WINDOW};
 pub use session::{OpenError, SealError, Session, SessionStats, MAX_GENERATION_SKIP, REKEY_AFTER};
