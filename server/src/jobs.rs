@@ -1,6 +1,9 @@
 //! Runs the login server's jobs against an [`AccountStore`] with Argon2id, on worker threads.
 
-use crate::machine::{Job, JobOutcome, Secret, WorkItem};
+use crate::machine::{Job, JobOutcome, NewDeviceLimit, Secret, WorkItem};
+
+/// Seconds in the window of [`NewDeviceLimit::per_account_per_day`].
+const DAY: u64 = 86_400;
 use crate::password::{self, HashParams};
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use natter_core::login::proto::{LoginError, RevokedDevice};
@@ -65,16 +68,17 @@ impl JobContext<'_> {
         signing_public: [u8; 32],
         dh_public: [u8; 32],
         wall: UnixTime,
-        must_exist: bool,
-    ) -> Result<(), LoginError> {
+        new_device: Option<NewDeviceLimit>,
+    ) -> Result<bool, LoginError> {
         let existing = self.store.device(&device).map_err(|e| backend(&e))?;
-        match &existing {
-            Some(d) if d.revoked_at.is_some() => return Err(LoginError::Revoked),
-            Some(d) if d.user != *user => return Err(LoginError::UnknownDevice),
-            Some(d) if d.signing_public != signing_public || d.dh_public != dh_public => {
+        match (&existing, new_device) {
+            (Some(d), _) if d.revoked_at.is_some() => return Err(LoginError::Revoked),
+            (Some(d), _) if d.user != *user => return Err(LoginError::UnknownDevice),
+            (Some(d), _) if d.signing_public != signing_public || d.dh_public != dh_public => {
                 return Err(LoginError::BadProof)
             }
-            None if must_exist => return Err(LoginError::UnknownDevice),
+            (None, None) => return Err(LoginError::UnknownDevice),
+            (None, Some(limit)) => self.may_add_device(user, wall, limit)?,
             _ => {}
         }
         let record = DeviceRecord {
@@ -87,7 +91,7 @@ impl JobContext<'_> {
             revoked_at: None,
         };
         match self.store.upsert_device(&record) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(existing.is_none()),
             Err(StoreError::NoSuchAccount) => Err(LoginError::UnknownUser),
             Err(StoreError::DeviceOwnedElsewhere) => Err(LoginError::UnknownDevice),
             // One X25519 key, one device: a second device claiming it proves nothing it may
@@ -95,6 +99,36 @@ impl JobContext<'_> {
             Err(StoreError::KeyInUse) => Err(LoginError::BadProof),
             Err(e) => Err(backend(&e)),
         }
+    }
+
+    /// Whether `user` may add a device now: within its own allowance for 24 hours and its
+    /// address's.
+    fn may_add_device(
+        &self,
+        user: &UserName,
+        wall: UnixTime,
+        limit: NewDeviceLimit,
+    ) -> Result<(), LoginError> {
+        if let Some(retry_after_secs) = limit.address_retry_after {
+            return Err(LoginError::Throttled { retry_after_secs });
+        }
+        let since = wall.0.saturating_sub(DAY);
+        let recent: Vec<u64> = self
+            .store
+            .devices(user)
+            .map_err(|e| backend(&e))?
+            .iter()
+            .map(|d| d.first_seen.0)
+            .filter(|t| *t > since)
+            .collect();
+        if recent.len() >= limit.per_account_per_day as usize {
+            let oldest = recent.iter().min().copied().unwrap_or(wall.0);
+            let wait = (oldest + DAY).saturating_sub(wall.0).max(1);
+            return Err(LoginError::Throttled {
+                retry_after_secs: u32::try_from(wait).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(())
     }
 
     /// Run one job.
@@ -127,17 +161,22 @@ impl JobContext<'_> {
                 password,
                 device,
                 keys,
+                new_device,
             } => {
                 self.check_password(user, password)?;
-                self.record_device(
+                let added = self.record_device(
                     user,
                     *device,
                     keys.signing_public,
                     keys.dh_public,
                     wall,
-                    false,
+                    Some(*new_device),
                 )?;
-                Ok(JobOutcome::Ok)
+                Ok(if added {
+                    JobOutcome::DeviceAdded
+                } else {
+                    JobOutcome::Ok
+                })
             }
             Job::Renew {
                 user,
@@ -148,7 +187,7 @@ impl JobContext<'_> {
                 if self.store.account(user).map_err(|e| backend(&e))?.is_none() {
                     return Err(LoginError::UnknownUser);
                 }
-                self.record_device(user, *device, *signing_public, *dh_public, wall, true)?;
+                self.record_device(user, *device, *signing_public, *dh_public, wall, None)?;
                 Ok(JobOutcome::Ok)
             }
             Job::ChangePassword {

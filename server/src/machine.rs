@@ -93,6 +93,18 @@ pub struct AdmissionConfig {
     pub max_in_flight: usize,
     /// Most addresses tracked at once (default 100,000; full buckets are forgotten first).
     pub capacity: usize,
+    /// New accounts and new devices (certifications of a key the server has not seen) one
+    /// address may create in a burst (default 10), and then one every
+    /// [`AdmissionConfig::identity_refill`]. Each new device key is a fresh, unpredictable
+    /// position in the super nodes' index ring (its certificate's ring salt), so these
+    /// limits are what it costs to try for a position next to a victim's records
+    /// (ARCHITECTURE.md, threat model). Loopback addresses are exempt.
+    pub identity_burst: u32,
+    /// See [`AdmissionConfig::identity_burst`] (default 1 hour).
+    pub identity_refill: Duration,
+    /// New devices one account may add in 24 hours, whatever the addresses (default 5;
+    /// revoked devices count too).
+    pub new_devices_per_day: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -102,6 +114,9 @@ impl Default for AdmissionConfig {
             refill: Duration::from_secs(1),
             max_in_flight: 64,
             capacity: 100_000,
+            identity_burst: 10,
+            identity_refill: Duration::from_secs(3600),
+            new_devices_per_day: 5,
         }
     }
 }
@@ -114,9 +129,16 @@ struct Admission {
 }
 
 impl Admission {
-    /// Take a token for `ip` (an IPv6 address counts by its /64: one subscriber's whole
-    /// block); when there is none, how long until there is.
-    fn take(&mut self, now: Instant, ip: IpAddr, cfg: &AdmissionConfig) -> Result<(), Duration> {
+    /// Take a token for `ip` from a bucket of `burst` refilled one every `refill` (an IPv6
+    /// address counts by its /64: one subscriber's whole block); when there is none, how long
+    /// until there is.
+    fn take(
+        &mut self,
+        now: Instant,
+        ip: IpAddr,
+        (burst, refill): (u32, Duration),
+        capacity: usize,
+    ) -> Result<(), Duration> {
         let ip = match ip {
             IpAddr::V6(v6) => {
                 let mut o = v6.octets();
@@ -125,15 +147,15 @@ impl Admission {
             }
             v4 => v4,
         };
-        let burst = f64::from(cfg.burst.max(1));
-        let per_sec = 1.0 / cfg.refill.as_secs_f64().max(1e-3);
-        if !self.buckets.contains_key(&ip) && self.buckets.len() >= cfg.capacity {
+        let burst = f64::from(burst.max(1));
+        let per_sec = 1.0 / refill.as_secs_f64().max(1e-3);
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= capacity {
             // Forget the addresses whose buckets have refilled: they lose nothing.
             self.buckets.retain(|_, (tokens, at)| {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec < burst
             });
-            if self.buckets.len() >= cfg.capacity {
-                return Err(cfg.refill);
+            if self.buckets.len() >= capacity {
+                return Err(refill);
             }
         }
         let (tokens, at) = self.buckets.entry(ip).or_insert((burst, now));
@@ -144,6 +166,23 @@ impl Admission {
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - *tokens) / per_sec))
+        }
+    }
+}
+
+impl Admission {
+    /// Return a token taken for `ip` that was not used.
+    fn give_back(&mut self, ip: IpAddr) {
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+            v4 => v4,
+        };
+        if let Some((tokens, _)) = self.buckets.get_mut(&ip) {
+            *tokens += 1.0;
         }
     }
 }
@@ -222,6 +261,17 @@ impl LoginServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct JobId(pub u64);
 
+/// The limits on a login that adds a device the account has not had before
+/// ([`AdmissionConfig::new_devices_per_day`] and [`AdmissionConfig::identity_burst`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewDeviceLimit {
+    /// New devices the account may add in 24 hours.
+    pub per_account_per_day: u32,
+    /// Set when the request's address has used up its new identities: seconds until it
+    /// may add one again.
+    pub address_retry_after: Option<u32>,
+}
+
 /// Work the runtime must do with the account store and the password hasher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Job {
@@ -242,6 +292,8 @@ pub enum Job {
         device: DeviceId,
         /// Its keys.
         keys: DeviceKeys,
+        /// What limits adding it when the account has not had it before.
+        new_device: NewDeviceLimit,
     },
     /// Check the device is still this user's and not revoked, and record the renewal.
     Renew {
@@ -325,6 +377,8 @@ pub struct WorkItem {
 pub enum JobOutcome {
     /// Done.
     Ok,
+    /// A login done that added a device the account had not had before.
+    DeviceAdded,
     /// Revocations read.
     Revocations {
         /// Entries, ascending.
@@ -416,6 +470,8 @@ struct Pending {
     stream: StreamId,
     job: Job,
     renewal: bool,
+    /// The address whose new identity this job holds (given back unless one was added).
+    identity: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -494,6 +550,8 @@ pub struct LoginServer {
     by_account: Throttle<UserName>,
     by_address: Throttle<IpAddr>,
     admission: Admission,
+    /// New accounts and devices per address.
+    identities: Admission,
     /// Hashing jobs queued or running.
     hashing: usize,
     work: VecDeque<WorkItem>,
@@ -527,6 +585,7 @@ impl LoginServer {
             by_account: Throttle::new(cfg.throttle.free_per_account),
             by_address: Throttle::new(cfg.throttle.free_per_address),
             admission: Admission::default(),
+            identities: Admission::default(),
             hashing: 0,
             cfg,
             conns: HashMap::new(),
@@ -757,6 +816,10 @@ impl LoginServer {
                             user,
                             password: Secret(password),
                             keys: device,
+                            new_device: NewDeviceLimit {
+                                per_account_per_day: self.cfg.admission.new_devices_per_day,
+                                address_retry_after: None,
+                            },
                         },
                         false,
                     ))
@@ -859,7 +922,7 @@ impl LoginServer {
                 false,
             )),
         };
-        let (job, renewal) = match result {
+        let (mut job, renewal) = match result {
             Ok(j) => j,
             Err(e) => {
                 self.fail(stream, e);
@@ -884,7 +947,9 @@ impl LoginServer {
             } else if remote.ip().is_loopback() {
                 Ok(())
             } else {
-                self.admission.take(now, remote.ip(), &self.cfg.admission)
+                let a = &self.cfg.admission;
+                self.admission
+                    .take(now, remote.ip(), (a.burst, a.refill), a.capacity)
             };
             if let Err(wait) = admitted {
                 self.stats.throttled += 1;
@@ -894,6 +959,34 @@ impl LoginServer {
                 return;
             }
             self.hashing += 1;
+        }
+        // New accounts and devices per address (loopback is the operator's own): a job that
+        // may add one holds one of the address's until it is done.
+        let mut identity = None;
+        if matches!(job, Job::Register { .. } | Job::Login { .. }) && !remote.ip().is_loopback() {
+            let a = &self.cfg.admission;
+            let taken = self.identities.take(
+                now,
+                remote.ip(),
+                (a.identity_burst, a.identity_refill),
+                a.capacity,
+            );
+            match (taken, &mut job) {
+                (Ok(()), _) => identity = Some(remote.ip()),
+                (Err(wait), Job::Login { new_device, .. }) => {
+                    new_device.address_retry_after =
+                        Some(u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX));
+                }
+                (Err(wait), _) => {
+                    if job.hashes() {
+                        self.hashing -= 1;
+                    }
+                    self.stats.throttled += 1;
+                    let retry_after_secs = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
+                    self.fail(stream, LoginError::Throttled { retry_after_secs });
+                    return;
+                }
+            }
         }
         let id = JobId(self.next_job);
         self.next_job += 1;
@@ -906,6 +999,7 @@ impl LoginServer {
                 stream,
                 job: job.clone(),
                 renewal,
+                identity,
             },
         );
         self.work.push_back(WorkItem { id, job, wall });
@@ -923,6 +1017,7 @@ impl LoginServer {
         let remote = self.conns.get(&stream).map(|c| c.remote);
         let wall = self.wall(now);
         let throttle_cfg = self.cfg.throttle.clone();
+        let mut identity_used = false;
         let response = match (outcome, &p.job) {
             (JobOutcome::Failed(e), job) => {
                 if matches!(e, LoginError::WrongPassword | LoginError::UnknownUser) {
@@ -937,11 +1032,16 @@ impl LoginServer {
                 Response::Error(e)
             }
             (JobOutcome::Ok, Job::Register { user, .. }) => {
+                identity_used = true;
                 self.events
                     .push_back(LoginServerEvent::Registered { user: user.clone() });
                 Response::Registered
             }
-            (JobOutcome::Ok, Job::Login { user, keys, .. }) => {
+            (
+                outcome @ (JobOutcome::Ok | JobOutcome::DeviceAdded),
+                Job::Login { user, keys, .. },
+            ) => {
+                identity_used = outcome == JobOutcome::DeviceAdded;
                 self.by_account.succeed(user);
                 self.issue(wall, user, keys.signing_public, keys.dh_public, p.renewal)
             }
@@ -954,7 +1054,7 @@ impl LoginServer {
                     ..
                 },
             ) => self.issue(wall, user, *signing_public, *dh_public, p.renewal),
-            (JobOutcome::Ok, job) => {
+            (JobOutcome::Ok | JobOutcome::DeviceAdded, job) => {
                 if let Some(user) = job.checks_password_of() {
                     self.by_account.succeed(user);
                 }
@@ -976,6 +1076,9 @@ impl LoginServer {
             }
             (JobOutcome::Revocations { .. }, _) => Response::Error(LoginError::Server),
         };
+        if let Some(ip) = p.identity.filter(|_| !identity_used) {
+            self.identities.give_back(ip);
+        }
         if !self.conns.contains_key(&stream) {
             return;
         }
@@ -1345,6 +1448,9 @@ mod tests {
             TEST_WALL,
             now,
         );
+        let mut cfg = cfg;
+        // New identities per address have their own test.
+        cfg.admission.identity_burst = 1000;
         let (burst, max) = (cfg.admission.burst, cfg.admission.max_in_flight);
         let mut server = LoginServer::new(cfg);
         let a: SocketAddr = "192.0.2.7:4000".parse().unwrap();
@@ -1380,5 +1486,79 @@ mod tests {
         server.handle_job(later, id, JobOutcome::Ok);
         let lo: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         assert_eq!(register_from(&mut server, later, 999, lo), Ok(()));
+    }
+
+    #[test]
+    fn new_accounts_and_devices_are_limited_per_address() {
+        let net = TestNetwork::new(9);
+        let now = Instant::now();
+        let cfg = LoginServerConfig::new(
+            Authority::from_secret_bytes(net.authority().secret_bytes()),
+            [1; 32],
+            TEST_WALL,
+            now,
+        );
+        let burst = cfg.admission.identity_burst;
+        let mut server = LoginServer::new(cfg);
+        let a: SocketAddr = "192.0.2.9:4000".parse().unwrap();
+        let mut ids = Vec::new();
+        for n in 0..u64::from(burst) {
+            assert_eq!(register_from(&mut server, now, n, a), Ok(()), "{n}");
+            ids.push(*server.pending.keys().max_by_key(|j| j.0).unwrap());
+        }
+        // Ten in flight hold the address's ten: the eleventh waits about an hour.
+        match register_from(&mut server, now, 100, a) {
+            Err(LoginError::Throttled { retry_after_secs }) => {
+                assert!(
+                    (3000..=3601).contains(&retry_after_secs),
+                    "{retry_after_secs}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A registration that failed gives its back; one that succeeded keeps it.
+        server.handle_job(now, ids[0], JobOutcome::Failed(LoginError::NameTaken));
+        server.handle_job(now, ids[1], JobOutcome::Ok);
+        assert_eq!(register_from(&mut server, now, 101, a), Ok(()));
+        assert!(register_from(&mut server, now, 102, a).is_err());
+        // A login from the spent address may still use a device it has, not add one.
+        let dev = net.identity("someone").device;
+        let stream = StreamId(5000);
+        let hello = Request::Hello {
+            version: Version::new(0, 1, 0),
+            first_start: false,
+        };
+        send_on(&mut server, now, stream, a, &hello);
+        let (challenge, server_key) = match responses(&mut server).pop() {
+            Some(Response::Hello {
+                challenge,
+                server_key,
+                ..
+            }) => (challenge, server_key),
+            other => panic!("{other:?}"),
+        };
+        let user = UserName::parse("someone").unwrap();
+        let msg = proof_message(&challenge, &user, &dev.signing_public(), &dev.dh_public());
+        let keys = DeviceKeys {
+            signing_public: dev.signing_public(),
+            dh_public: dev.dh_public(),
+            proof: dev.sign(PROOF_CONTEXT, &msg),
+            dh_proof: dev.dh_proof(&server_key, DH_PROOF_CONTEXT, &msg).unwrap(),
+        };
+        let login = Request::Login {
+            user: user.to_string(),
+            password: "correct horse battery".into(),
+            device: keys,
+        };
+        send_on(&mut server, now, stream, a, &login);
+        match server.poll_work().map(|w| w.job) {
+            Some(Job::Login { new_device, .. }) => {
+                assert!(new_device.address_retry_after.is_some_and(|s| s > 3000))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another address is not affected.
+        let b: SocketAddr = "192.0.2.10:4000".parse().unwrap();
+        assert_eq!(register_from(&mut server, now, 200, b), Ok(()));
     }
 }

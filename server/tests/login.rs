@@ -467,6 +467,35 @@ fn throttling_per_account_and_per_address() {
 }
 
 #[test]
+fn an_account_adds_at_most_five_devices_a_day() {
+    // Each new device key is a new, unpredictable position in the super nodes' index ring:
+    // the limit is what makes trying for one next to a victim cost accounts and days.
+    let r = registered("gwen");
+    login(&r.net, &r.dev, "gwen", Some(PASSWORD), V, T).unwrap();
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut outcomes = Vec::new();
+    for d in &dirs {
+        let dev = DeviceStore::open(d.path()).unwrap();
+        outcomes.push(login(&r.net, &dev, "gwen", Some(PASSWORD), V, T).map(|_| ()));
+    }
+    // The first device and four more; the sixth new one waits for a day to pass.
+    assert!(outcomes[..4].iter().all(Result::is_ok), "{outcomes:?}");
+    match &outcomes[4] {
+        Err(LoginFailure::Throttled { retry_after_secs }) => {
+            assert!(
+                (86_000..=86_400).contains(retry_after_secs),
+                "{retry_after_secs}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // Devices it already has log in as before.
+    login(&r.net, &r.dev, "gwen", Some(PASSWORD), V, T).unwrap();
+    let dev = DeviceStore::open(dirs[0].path()).unwrap();
+    login(&r.net, &dev, "gwen", Some(PASSWORD), V, T).unwrap();
+}
+
+#[test]
 fn pin_mismatch_unreachable_and_tampered_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
