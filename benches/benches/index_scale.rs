@@ -30,7 +30,7 @@ use natter_core::overlay::PresenceRecord;
 use natter_core::rng::Rng;
 use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_core::wire::message::{HostEntry, Message};
-use natter_overlay::dht::{Dht, DhtConfig, Ring};
+use natter_overlay::dht::{Dht, DhtConfig, Key, Ring};
 use serde_json::json;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -230,29 +230,34 @@ fn measure_memory(ring: usize, records: usize) -> f64 {
                 .expect("literal"),
             static_key: rng.bytes32(),
         };
-        r.insert(me);
+        // Ring positions come from certificates' ring salts: random here.
+        let my_key = Key(rng.bytes32());
+        r.insert(my_key, me);
         for i in 0..ring {
-            r.insert(HostEntry {
-                addr: std::net::SocketAddr::new(
-                    std::net::IpAddr::V6(std::net::Ipv6Addr::new(
-                        0x2001,
-                        0xdb8,
-                        i as u16,
-                        (i >> 16) as u16,
-                        0,
-                        0,
-                        0,
-                        1,
-                    )),
-                    4000,
-                ),
-                static_key: rng.bytes32(),
-            });
+            r.insert(
+                Key(rng.bytes32()),
+                HostEntry {
+                    addr: std::net::SocketAddr::new(
+                        std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                            0x2001,
+                            0xdb8,
+                            i as u16,
+                            (i >> 16) as u16,
+                            0,
+                            0,
+                            0,
+                            1,
+                        )),
+                        4000,
+                    ),
+                    static_key: rng.bytes32(),
+                },
+            );
         }
         // Only this super node in the ring it stores against: every record is its to hold.
         let mut alone = Ring::new(4);
-        alone.insert(me);
-        let mut dht = Dht::new(DhtConfig::default(), me, net.trusted());
+        alone.insert(my_key, me);
+        let mut dht = Dht::new(DhtConfig::default(), me, my_key, net.trusted());
         let now = Instant::now();
         for rec in &signed {
             dht.handle_message(

@@ -109,10 +109,14 @@ pub struct IndexSimConfig {
     /// Bootstrap entries a joining super node knows (real membership only): this many random
     /// live super nodes, as from its host cache.
     pub bootstrap: usize,
-    /// Users whose index key the adversaries surround: the lying super nodes' keys are ground
-    /// (tried until their ring position lands just after the user's key), a few per user, so
-    /// they take the whole replica set (shared ring only). Empty: adversaries sit at random.
+    /// Users whose index key the adversaries try to surround, a few lying super nodes per
+    /// user (shared ring only). Empty: adversaries sit at random.
     pub ground_victims: Vec<usize>,
+    /// Ring positions each of those lying super nodes gets to try: each try is one
+    /// certification (the ring salt in the certificate places it), and it keeps the position
+    /// that lands nearest after its user's key. `u64::MAX`: free offline grinding, as when a
+    /// position was a hash of the key alone (it lands closer than any honest super node).
+    pub grind_tries: u64,
 }
 
 impl IndexSimConfig {
@@ -138,6 +142,7 @@ impl IndexSimConfig {
             membership: MembershipConfig::new([0; 32]),
             bootstrap: 5,
             ground_victims: Vec::new(),
+            grind_tries: u64::MAX,
         }
     }
 }
@@ -248,6 +253,8 @@ struct Sn {
     /// the view).
     ready_at: Duration,
     entry: HostEntry,
+    /// Its ring position.
+    key: Key,
     pos: (f64, f64),
     alive: bool,
     behaviour: Behaviour,
@@ -264,6 +271,10 @@ struct User {
     /// a new record is still on its way may rightly find the previous one.
     published: Duration,
     previous: u64,
+    /// Where it sits, and the super node it is attached to (named in its records; it
+    /// publishes through it, and attaches anew when that one has gone).
+    pos: (f64, f64),
+    home: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -421,7 +432,7 @@ impl IndexSim {
             if let Some(target) = near {
                 sim.grind(sn, target);
             }
-            sim.ring.insert(sim.sns[sn].entry);
+            sim.ring.insert(sim.sns[sn].key, sim.sns[sn].entry);
             sim.schedule_leave(sn, true);
         }
         if sim.cfg.real_membership {
@@ -440,24 +451,27 @@ impl IndexSim {
         sim
     }
 
-    /// Give super node `sn` (shared ring, no identity) a static key whose ring position lies
-    /// just after `target`, closer than the nearest honest super node most likely is: what a
-    /// certified attacker does offline before it certifies the keys.
+    /// Place super node `sn` (shared ring, no identity) as near after `target` as
+    /// [`IndexSimConfig::grind_tries`] certifications get it: the best of that many uniform
+    /// positions (drawn directly: the nearest of `n` lies at `1 - (1 - u)^(1/n)` of the ring).
+    /// Unlimited tries land it within a twentieth of the honest spacing, closer than the
+    /// nearest honest super node most likely is.
     fn grind(&mut self, sn: usize, target: Key) {
         let top = |k: &Key| u64::from_be_bytes(k.0[..8].try_into().expect("8 bytes"));
-        let span = u64::MAX / (20 * self.cfg.super_nodes.max(1) as u64);
-        let old = self.sns[sn].entry.static_key;
-        let key = loop {
-            let k = self.rng.bytes32();
-            if top(&Key::of_super_node(&k)).wrapping_sub(top(&target)) < span {
-                break k;
-            }
+        let offset = if self.cfg.grind_tries == u64::MAX {
+            let span = u64::MAX / (20 * self.cfg.super_nodes.max(1) as u64);
+            (self.rng.unit() * span as f64) as u64
+        } else {
+            let n = self.cfg.grind_tries.max(1) as f64;
+            let u = self.rng.unit();
+            let d = -((1.0 - u).ln() / n).exp_m1();
+            (d * u64::MAX as f64) as u64
         };
-        self.by_key.remove(&old);
-        self.by_key.insert(key, sn);
-        self.sns[sn].entry.static_key = key;
+        let mut key = Key(self.rng.bytes32());
+        key.0[..8].copy_from_slice(&top(&target).wrapping_add(offset).to_be_bytes());
+        self.sns[sn].key = key;
         let entry = self.sns[sn].entry;
-        self.sns[sn].dht = Dht::new(self.cfg.dht.clone(), entry, self.trusted.clone());
+        self.sns[sn].dht = Dht::new(self.cfg.dht.clone(), entry, key, self.trusted.clone());
     }
 
     fn new_sn(&mut self, behaviour: Behaviour) -> usize {
@@ -503,7 +517,12 @@ impl IndexSim {
             4000,
         );
         let entry = HostEntry { addr, static_key };
-        let dht = Dht::new(self.cfg.dht.clone(), entry, self.trusted.clone());
+        // Its ring position: from its certificate's ring salt, or (no identity) a random one.
+        let key = match &identity {
+            Some(id) => Key::of_certificate(&id.certificate),
+            None => Key(self.rng.bytes32()),
+        };
+        let dht = Dht::new(self.cfg.dht.clone(), entry, key, self.trusted.clone());
         let pos = (self.rng.unit(), self.rng.unit());
         self.by_key.insert(static_key, i);
         self.holders.push(0);
@@ -519,6 +538,7 @@ impl IndexSim {
                 self.now + self.cfg.join_delay
             },
             entry,
+            key,
             pos,
             alive: true,
             behaviour,
@@ -536,7 +556,7 @@ impl IndexSim {
         let entry = self.sns[sn].entry;
         let incarnation = self.wall().0 as u32;
         let mut ring = Ring::new(self.cfg.max_per_prefix);
-        ring.insert(entry);
+        ring.insert(self.sns[sn].key, entry);
         let identity = self.sns[sn]
             .identity
             .clone()
@@ -567,10 +587,11 @@ impl IndexSim {
             let Some(&j) = self.by_key.get(&c.entry.static_key) else {
                 continue;
             };
+            let key = self.sns[j].key;
             let s = &mut self.sns[sn];
             let ring = s.ring.as_mut().expect("real membership");
             if c.alive {
-                ring_changed |= ring.insert(c.entry);
+                ring_changed |= ring.insert(key, c.entry);
                 self.holders[j] += 1;
             } else {
                 ring_changed |= ring.remove(c.entry.addr);
@@ -667,13 +688,17 @@ impl IndexSim {
         } else {
             UnixTime(self.wall0.0 - (self.rng.unit() * (retention as f64 * 0.9)) as u64)
         };
-        let latest = Self::sign(&device, &certificate, online, 1, signed);
+        let (pos, home) = self.attach();
+        let at = vec![self.sns[home].entry.addr];
+        let latest = Self::sign(&device, &certificate, online, at, 1, signed);
         self.users.push(User {
             device,
             certificate,
             latest,
             published: self.now,
             previous: 1,
+            pos,
+            home,
         });
         self.publish(i);
         if online {
@@ -686,6 +711,7 @@ impl IndexSim {
         device: &DeviceIdentity,
         certificate: &Certificate,
         online: bool,
+        super_nodes: Vec<SocketAddr>,
         sequence: u64,
         at: UnixTime,
     ) -> PresenceRecord {
@@ -693,7 +719,7 @@ impl IndexSim {
             device,
             certificate.clone(),
             online,
-            vec![],
+            super_nodes,
             None,
             vec![],
             3,
@@ -740,6 +766,17 @@ impl IndexSim {
 
     /// A client attached to super nodes: the fastest of five random live, honest ones (an
     /// ordinary node attaches to the fastest it probes).
+    /// True when a client may attach to super node `i`.
+    fn usable(&self, i: usize) -> bool {
+        let s = &self.sns[i];
+        let ready = if self.cfg.real_membership {
+            s.ready_at <= self.now
+        } else {
+            self.ring.contains(s.entry.addr)
+        };
+        s.alive && s.behaviour == Behaviour::Honest && ready
+    }
+
     fn attach(&mut self) -> ((f64, f64), usize) {
         let pos = (self.rng.unit(), self.rng.unit());
         let mut best: Option<(Duration, usize)> = None;
@@ -749,17 +786,11 @@ impl IndexSim {
                 break;
             }
             let i = (self.rng.u64() % self.sns.len() as u64) as usize;
-            let s = &self.sns[i];
-            let ready = if self.cfg.real_membership {
-                s.ready_at <= self.now
-            } else {
-                self.ring.contains(s.entry.addr)
-            };
-            if !s.alive || s.behaviour != Behaviour::Honest || !ready {
+            if !self.usable(i) {
                 continue;
             }
             tries += 1;
-            let d = Self::one_way(pos, s.pos);
+            let d = Self::one_way(pos, self.sns[i].pos);
             if best.is_none_or(|(b, _)| d < b) {
                 best = Some((d, i));
             }
@@ -768,7 +799,7 @@ impl IndexSim {
     }
 
     fn publish(&mut self, user: usize) {
-        let (pos, sn) = self.attach();
+        let (pos, sn) = (self.users[user].pos, self.users[user].home);
         let delay = Self::one_way(pos, self.sns[sn].pos);
         let record = self.users[user].latest.clone();
         let message = Message::IndexStore {
@@ -995,16 +1026,22 @@ impl IndexSim {
                 }
             }
             Ev::RingAdd { sn } => {
-                if self.sns[sn].alive && self.ring.insert(self.sns[sn].entry) {
+                if self.sns[sn].alive && self.ring.insert(self.sns[sn].key, self.sns[sn].entry) {
                     self.ring_changed();
                 }
             }
             Ev::Refresh { user } => {
+                if !self.usable(self.users[user].home) {
+                    let (pos, home) = self.attach();
+                    self.users[user].pos = pos;
+                    self.users[user].home = home;
+                }
+                let at = vec![self.sns[self.users[user].home].entry.addr];
                 let u = &mut self.users[user];
                 let seq = u.latest.sequence + 1;
                 u.previous = u.latest.sequence;
                 u.published = self.now;
-                u.latest = Self::sign(&u.device, &u.certificate, true, seq, wall);
+                u.latest = Self::sign(&u.device, &u.certificate, true, at, seq, wall);
                 self.publish(user);
                 let refresh = self.cfg.refresh;
                 self.schedule(refresh, Ev::Refresh { user });

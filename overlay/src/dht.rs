@@ -9,8 +9,12 @@
 //! docs/measurements.md.
 //!
 //! * **Ids cannot be chosen**: a super node's ring position is [`Key::of_super_node`], a hash
-//!   of its Noise static key, which the login server certified (sessions prove it). A user's
-//!   position is [`Key::of_user`], a hash of the user name.
+//!   of its Noise static key (sessions prove it) and of the ring salt the login authority put
+//!   in its certificate: a keyed hash of the key that only the authority can compute. A
+//!   certified user cannot grind keys offline to land next to a victim's key; each try costs a
+//!   certification, and the login server limits those per account and per address
+//!   (ARCHITECTURE.md, threat model). A user's position is [`Key::of_user`], a hash of the
+//!   user name.
 //! * **Prefix caps**: the ring holds at most [`Ring::max_per_prefix`] super nodes per IPv4 /24
 //!   or IPv6 /48, so one party cannot surround a key by running many super nodes side by side.
 //! * **Replication**: a record lives on the [`DhtConfig::replicas`] super nodes that follow its
@@ -26,6 +30,12 @@
 //!   answering with a stale record loses to an honest one. "Not found" is definite only when
 //!   [`DhtConfig::not_found_quorum`] replicas answered and none had a record; otherwise the
 //!   answer is "unavailable", never a false "not found".
+//! * **The user's own super nodes have the last word on freshness**: each super node keeps
+//!   the latest record its own clients published through it and answers for them from it
+//!   too. A search whose newest record says "online" but is older than
+//!   [`DhtConfig::confirm_after`] (an online device refreshes every 30 minutes) asks the
+//!   super nodes that record names before it answers, so replicas that all serve an old
+//!   record, or leave out the newest, are overruled.
 //! * **Path cache**: the super node that ran a search keeps what it found for
 //!   [`DhtConfig::cache_ttl`] and answers repeated searches from it, unless a cached record
 //!   names a super node that has left the ring (its device has re-attached elsewhere).
@@ -42,7 +52,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use blake2::{Blake2s256, Digest};
-use natter_core::crypto::{DeviceId, TrustedAuthorities, UnixTime, UserName};
+use natter_core::crypto::{
+    Certificate, DeviceId, TrustedAuthorities, UnixTime, UserName, RING_SALT_LEN,
+};
 use natter_core::overlay::{merge_record, SearchOutcome, SearchResult};
 use natter_core::overlay::{PresenceRecord, DEFAULT_RETENTION};
 use natter_core::wire::message::{HostEntry, Message};
@@ -61,8 +73,25 @@ impl Key {
         Self(h.finalize().into())
     }
 
-    /// A super node's position: a hash of its certified Noise static key.
-    pub fn of_super_node(static_key: &[u8; 32]) -> Self {
+    /// A super node's position in the index ring: a hash of its certified Noise static key
+    /// and the ring salt its certificate carries ([`Certificate::ring_salt`], the
+    /// authority's choice), so a key cannot be ground offline to land next to a user's key.
+    pub fn of_super_node(static_key: &[u8; 32], ring_salt: &[u8; RING_SALT_LEN]) -> Self {
+        let mut data = [0u8; 32 + RING_SALT_LEN];
+        data[..32].copy_from_slice(static_key);
+        data[32..].copy_from_slice(ring_salt);
+        Self::hash(b"natter-sn-id-v2", &data)
+    }
+
+    /// [`Key::of_super_node`] of the device a certificate certifies.
+    pub fn of_certificate(certificate: &Certificate) -> Self {
+        Self::of_super_node(&certificate.dh_public, &certificate.ring_salt)
+    }
+
+    /// A super node's name in the membership (its digest bucket and the order in which super
+    /// nodes watch each other): a hash of its static key alone, known before its certificate
+    /// is. Not its place in the index.
+    pub fn of_static_key(static_key: &[u8; 32]) -> Self {
         Self::hash(b"natter-sn-id-v1", static_key)
     }
 
@@ -105,6 +134,8 @@ const PUBLISHED_MEMORY: usize = 100_000;
 const MAX_CLIENT_SEARCHES: usize = 8;
 /// Searches a super node runs at once.
 const MAX_SEARCHES: usize = 10_000;
+/// Super nodes a search asks to confirm an old-looking record.
+const MAX_CONFIRMS: usize = 4;
 
 /// Ring changes remembered for [`Ring::changed_since`].
 const CHANGE_LOG: usize = 4096;
@@ -157,9 +188,9 @@ impl Ring {
         self.members.values()
     }
 
-    /// Add (or update) a super node. False when its address prefix is full.
-    pub fn insert(&mut self, entry: HostEntry) -> bool {
-        let key = Key::of_super_node(&entry.static_key);
+    /// Add (or update) a super node at ring position `key` ([`Key::of_certificate`] of its
+    /// certificate). False when its address prefix is full.
+    pub fn insert(&mut self, key: Key, entry: HostEntry) -> bool {
         if self.by_addr.get(&entry.addr) == Some(&key) {
             return true;
         }
@@ -272,6 +303,12 @@ pub struct DhtConfig {
     pub retention: Duration,
     /// Most records stored (default 1,000,000).
     pub capacity: usize,
+    /// A search whose newest record says "online" but is older than this (default 33
+    /// minutes: a little over the 30-minute refresh of online devices) asks the super nodes
+    /// that record names, before it ends, whether the device published a newer one through
+    /// them. Replicas that all serve an old record (or leave out a newer one) are overruled by
+    /// the user's own super nodes.
+    pub confirm_after: Duration,
 }
 
 impl Default for DhtConfig {
@@ -288,6 +325,7 @@ impl Default for DhtConfig {
             repair_interval: Duration::from_secs(10),
             retention: DEFAULT_RETENTION,
             capacity: 1_000_000,
+            confirm_after: Duration::from_secs(33 * 60),
         }
     }
 }
@@ -349,6 +387,9 @@ pub struct DhtStats {
     pub repaired: u64,
     /// Messages that matched nothing (late answers, unknown queries).
     pub unmatched: u64,
+    /// Searches that asked the super nodes an old-looking record names
+    /// ([`DhtConfig::confirm_after`]).
+    pub confirms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +430,8 @@ struct Search {
     verified: Vec<PresenceRecord>,
     messages: u32,
     hops: u8,
+    /// The super nodes its newest record names were asked (or need not be).
+    confirmed: bool,
 }
 
 #[derive(Debug)]
@@ -437,18 +480,27 @@ pub struct Dht {
     repaired_generation: u64,
     /// The last sequence published through this super node, per device (bounded).
     published: HashMap<DeviceId, u64>,
+    /// The last record each device attached here published through this super node, per user
+    /// (bounded with `published`): what it answers for its own clients, whatever the
+    /// replicas say.
+    attached: HashMap<UserName, Vec<PresenceRecord>>,
     next_repair: Option<Instant>,
     next_expiry: Option<Instant>,
     outputs: VecDeque<DhtOutput>,
+    /// Searches waiting to ask the super nodes their newest record names (with when they
+    /// started waiting: the next [`Dht::handle_timeout`] asks them).
+    to_confirm: Vec<u64>,
+    confirm_at: Option<Instant>,
     stats: DhtStats,
 }
 
 impl Dht {
-    /// The index part of the super node `me`, checking records against `trusted`.
-    pub fn new(cfg: DhtConfig, me: HostEntry, trusted: TrustedAuthorities) -> Self {
+    /// The index part of the super node `me` at ring position `my_key`
+    /// ([`Key::of_certificate`] of its certificate), checking records against `trusted`.
+    pub fn new(cfg: DhtConfig, me: HostEntry, my_key: Key, trusted: TrustedAuthorities) -> Self {
         let store = IndexStore::new(trusted.clone(), cfg.retention, cfg.capacity);
         Self {
-            my_key: Key::of_super_node(&me.static_key),
+            my_key,
             me,
             trusted,
             store,
@@ -462,9 +514,12 @@ impl Dht {
             placed: HashMap::new(),
             repaired_generation: 0,
             published: HashMap::new(),
+            attached: HashMap::new(),
             next_repair: None,
             next_expiry: None,
             outputs: VecDeque::new(),
+            to_confirm: Vec::new(),
+            confirm_at: None,
             stats: DhtStats::default(),
             cfg,
         }
@@ -525,6 +580,7 @@ impl Dht {
             .chain(self.searches.values().map(|s| s.deadline))
             .chain(self.next_repair)
             .chain(self.next_expiry)
+            .chain(self.confirm_at)
             .min()
     }
 
@@ -566,6 +622,22 @@ impl Dht {
             .is_ok()
     }
 
+    /// What this super node answers for `user` from what it holds: its store, and the
+    /// records its own clients published through it (the newest per device).
+    fn local_answer(&mut self, user: &UserName, wall: UnixTime) -> Vec<PresenceRecord> {
+        let revoked = &self.revoked;
+        let mut records = self.store.lookup(user, wall, |d| revoked.contains(&d));
+        if let Some(mine) = self.attached.get(user) {
+            let mut merged: BTreeMap<DeviceId, PresenceRecord> =
+                records.drain(..).map(|r| (r.device(), r)).collect();
+            for r in mine.iter().filter(|r| self.verify(r, wall)) {
+                merge_record(&mut merged, r.clone());
+            }
+            records = merged.into_values().collect();
+        }
+        records
+    }
+
     /// A client of this super node publishes its record: verify it and spread it to the
     /// replicas (storing it here when this node is one). False when it does not verify.
     pub fn publish(
@@ -590,8 +662,12 @@ impl Dht {
         }
         if self.published.len() >= PUBLISHED_MEMORY {
             self.published.clear();
+            self.attached.clear();
         }
         self.published.insert(record.device(), record.sequence);
+        let mine = self.attached.entry(record.user().clone()).or_default();
+        mine.retain(|r| r.device() != record.device());
+        mine.push(record.clone());
         self.arm_expiry(now);
         let user = record.user().clone();
         self.cache.remove(&user);
@@ -664,6 +740,7 @@ impl Dht {
             verified: Vec::new(),
             messages: 0,
             hops: 0,
+            confirmed: false,
         };
         // The path cache, unless a record in it names a super node that has left the ring:
         // its device has moved to another one since (and published again), so the replicas
@@ -696,7 +773,7 @@ impl Dht {
         for _ in 0..first {
             self.ask_next(now, wall, id);
         }
-        self.check_done(now, id);
+        self.check_done(now, wall, id);
         id
     }
 
@@ -712,8 +789,7 @@ impl Dht {
         if to.static_key == self.me.static_key {
             // This node is a replica: answer from its own store, no hop.
             let user = search.user.clone();
-            let revoked = &self.revoked;
-            let records = self.store.lookup(&user, wall, |d| revoked.contains(&d));
+            let records = self.local_answer(&user, wall);
             let search = self.searches.get_mut(&id).expect("present");
             let replica = search.next <= search.replicas;
             search.answers.push((replica, summary_of(&records)));
@@ -771,10 +847,10 @@ impl Dht {
                 merge_record(&mut search.merged, r);
             }
         }
-        self.check_done(now, search_id);
+        self.check_done(now, wall, search_id);
     }
 
-    fn check_done(&mut self, now: Instant, id: u64) {
+    fn check_done(&mut self, now: Instant, wall: UnixTime, id: u64) {
         let Some(search) = self.searches.get(&id) else {
             return;
         };
@@ -798,8 +874,23 @@ impl Dht {
         // Agreement ends a search early only when it found something: empty answers from a
         // few fast replicas (new ones not yet handed the record, or liars) must not outrun the
         // replicas that hold it.
-        let early = consistent && agreeing >= quorum && !summary.is_empty();
+        // Once the record's own super nodes are asked, their answers are waited for.
+        let early = consistent && agreeing >= quorum && !summary.is_empty() && !search.confirmed;
         let done = early || pending == 0 || now >= search.deadline;
+        if now < search.deadline && self.to_confirm.contains(&id) {
+            // Asks the record's super nodes at the next timer.
+            return;
+        }
+        if done && !search.confirmed && now < search.deadline && self.looks_old(search, wall) {
+            // Its newest record should have been refreshed by now: before answering, ask the
+            // super nodes it names (the device's own) whether a newer one came through them.
+            let search = self.searches.get_mut(&id).expect("present");
+            search.confirmed = true;
+            self.stats.confirms += 1;
+            self.to_confirm.push(id);
+            self.confirm_at = Some(self.confirm_at.map_or(now, |t| t.min(now)));
+            return;
+        }
         if done {
             let search = self.searches.remove(&id).expect("present");
             if let Origin::Client { client, .. } = search.origin {
@@ -814,6 +905,49 @@ impl Dht {
                 self.asks.remove(q);
             }
             self.finish(now, id, search, false);
+        }
+    }
+
+    /// True when the newest record a search found says "online" yet is older than
+    /// [`DhtConfig::confirm_after`].
+    fn looks_old(&self, search: &Search, wall: UnixTime) -> bool {
+        search
+            .merged
+            .values()
+            .max_by_key(|r| r.timestamp)
+            .is_some_and(|r| {
+                r.online
+                    && !r.super_nodes.is_empty()
+                    && wall.0.saturating_sub(r.timestamp.0) > self.cfg.confirm_after.as_secs()
+            })
+    }
+
+    /// Ask the super nodes named by the records of searches that found old-looking records
+    /// (those in the ring and not asked yet), at once.
+    fn confirm(&mut self, now: Instant, wall: UnixTime, ring: &Ring) {
+        self.confirm_at = None;
+        for id in std::mem::take(&mut self.to_confirm) {
+            let Some(search) = self.searches.get_mut(&id) else {
+                continue;
+            };
+            let mut targets: Vec<HostEntry> = Vec::new();
+            for r in search.merged.values() {
+                for addr in &r.super_nodes {
+                    if let Some(e) = ring.at(*addr) {
+                        let asked = search.candidates[..search.next].contains(e);
+                        if !asked && !targets.contains(e) && targets.len() < MAX_CONFIRMS {
+                            targets.push(*e);
+                        }
+                    }
+                }
+            }
+            let n = targets.len();
+            let at = search.next;
+            search.candidates.splice(at..at, targets);
+            for _ in 0..n {
+                self.ask_next(now, wall, id);
+            }
+            self.check_done(now, wall, id);
         }
     }
 
@@ -940,8 +1074,7 @@ impl Dht {
                 full: false,
                 user,
             } => {
-                let revoked = &self.revoked;
-                let records = self.store.lookup(user, wall, |d| revoked.contains(&d));
+                let records = self.local_answer(user, wall);
                 if records.is_empty() {
                     self.outputs.push_back(DhtOutput::Send {
                         to: from,
@@ -1059,6 +1192,9 @@ impl Dht {
 
     /// Timers: query timeouts, search deadlines, repair after ring changes, expiry.
     pub fn handle_timeout(&mut self, now: Instant, wall: UnixTime, ring: &Ring) {
+        if self.confirm_at.is_some_and(|t| t <= now) {
+            self.confirm(now, wall, ring);
+        }
         let timed_out: Vec<u32> = self
             .asks
             .iter()
@@ -1079,7 +1215,7 @@ impl Dht {
             .map(|(id, _)| *id)
             .collect();
         for id in overdue {
-            self.check_done(now, id);
+            self.check_done(now, wall, id);
         }
         if self.next_expiry.is_some_and(|t| t <= now) {
             self.next_expiry = None;
@@ -1090,6 +1226,11 @@ impl Dht {
                 self.arm_expiry(now);
             }
             self.cache.retain(|_, (_, expires)| *expires > now);
+            let retention = self.cfg.retention.as_secs();
+            self.attached.retain(|_, records| {
+                records.retain(|r| wall.0.saturating_sub(r.timestamp.0) <= retention);
+                !records.is_empty()
+            });
         }
         if self.next_repair.is_some_and(|t| t <= now) {
             self.next_repair = None;
@@ -1178,6 +1319,15 @@ fn summary_of(records: &[PresenceRecord]) -> Vec<(DeviceId, u64)> {
 mod tests {
     use super::*;
 
+    /// A ring position for a test super node (its ring salt: zeros).
+    pub(super) fn key_of(e: &HostEntry) -> Key {
+        Key::of_super_node(&e.static_key, &[0; RING_SALT_LEN])
+    }
+
+    pub(super) fn put(ring: &mut Ring, e: HostEntry) -> bool {
+        ring.insert(key_of(&e), e)
+    }
+
     fn entry(addr: &str, key: u32) -> HostEntry {
         let mut static_key = [0x55; 32];
         static_key[..4].copy_from_slice(&key.to_be_bytes());
@@ -1191,23 +1341,20 @@ mod tests {
     fn ring_orders_by_key_and_wraps() {
         let mut ring = Ring::new(4);
         for i in 0..10u32 {
-            assert!(ring.insert(entry(&format!("198.18.{i}.1:4000"), i)));
+            assert!(put(&mut ring, entry(&format!("198.18.{i}.1:4000"), i)));
         }
         assert_eq!(ring.len(), 10);
         let all = ring.successors(Key([0; 32]), 100);
         assert_eq!(all.len(), 10, "never more than the ring holds");
-        let keys: Vec<Key> = all
-            .iter()
-            .map(|e| Key::of_super_node(&e.static_key))
-            .collect();
+        let keys: Vec<Key> = all.iter().map(key_of).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
         // Past the last key, the successors wrap around to the first.
         let last = *keys.last().unwrap();
         let after = ring.successors(last, 2);
-        assert_eq!(Key::of_super_node(&after[1].static_key), keys[0]);
+        assert_eq!(key_of(&after[1]), keys[0]);
         // Re-inserting changes nothing; removing bumps the generation.
         let g = ring.generation();
-        assert!(ring.insert(all[0]));
+        assert!(put(&mut ring, all[0]));
         assert_eq!(ring.generation(), g);
         assert!(ring.remove(all[0].addr));
         assert!(!ring.remove(all[0].addr));
@@ -1219,14 +1366,17 @@ mod tests {
     fn one_party_cannot_surround_a_key_from_one_prefix() {
         let mut ring = Ring::new(4);
         for i in 0..20u32 {
-            ring.insert(entry(&format!("198.18.{i}.1:4000"), i));
+            put(&mut ring, entry(&format!("198.18.{i}.1:4000"), i));
         }
         // Mallory runs 200 super nodes in one /24 (and 200 in one IPv6 /48).
         let mut accepted = 0;
         for i in 0..200u32 {
-            accepted += usize::from(ring.insert(entry(&format!("198.19.7.{i}:4000"), 1000 + i)));
+            accepted += usize::from(put(
+                &mut ring,
+                entry(&format!("198.19.7.{i}:4000"), 1000 + i),
+            ));
             let v6 = format!("[2001:db8:1:{i:x}::1]:4000");
-            accepted += usize::from(ring.insert(entry(&v6, 2000 + i)));
+            accepted += usize::from(put(&mut ring, entry(&v6, 2000 + i)));
         }
         assert_eq!(accepted, 8, "four per prefix");
         // However the keys fall, honest super nodes remain among any key's replicas.
@@ -1244,20 +1394,20 @@ mod tests {
             .copied()
             .unwrap();
         assert!(ring.remove(first.addr));
-        assert!(ring.insert(entry("198.19.7.250:4000", 250)));
+        assert!(put(&mut ring, entry("198.19.7.250:4000", 250)));
     }
 
     #[test]
     fn the_change_log_tells_which_sets_moved() {
         let mut ring = Ring::new(4);
         for i in 0..10u32 {
-            ring.insert(entry(&format!("198.18.{i}.1:4000"), i));
+            put(&mut ring, entry(&format!("198.18.{i}.1:4000"), i));
         }
         let g = ring.generation();
         assert_eq!(ring.changed_since(g), Some(vec![]));
         let e = entry("198.18.50.1:4000", 50);
-        ring.insert(e);
-        let k = Key::of_super_node(&e.static_key);
+        put(&mut ring, e);
+        let k = key_of(&e);
         assert_eq!(ring.changed_since(g), Some(vec![k]));
         assert_eq!(ring.changed_since(0).map(|v| v.len()), Some(11));
         // A set is touched by a change between its key and its last member, not elsewhere.
@@ -1279,7 +1429,7 @@ mod tests {
         // Past the log's reach: unknown.
         for i in 0..(CHANGE_LOG as u32 + 1) {
             ring.remove(e.addr);
-            ring.insert(entry("198.18.50.1:4000", 1000 + i));
+            put(&mut ring, entry("198.18.50.1:4000", 1000 + i));
         }
         assert_eq!(ring.changed_since(g), None);
     }
@@ -1293,14 +1443,11 @@ mod tests {
         };
         // The same key at another address is the same ring position (it moved).
         let mut ring = Ring::new(4);
-        ring.insert(a);
-        ring.insert(b);
+        put(&mut ring, a);
+        put(&mut ring, b);
         assert_eq!(ring.len(), 1);
         assert!(ring.contains(b.addr) && !ring.contains(a.addr));
-        assert_ne!(
-            Key::of_super_node(&a.static_key),
-            Key::of_user(&UserName::parse("alice").unwrap())
-        );
+        assert_ne!(key_of(&a), Key::of_user(&UserName::parse("alice").unwrap()));
     }
 }
 
@@ -1309,6 +1456,7 @@ mod search_tests {
     use super::*;
     use natter_core::crypto::Capabilities;
     use natter_core::testkit::{TestNetwork, TEST_WALL};
+    use tests::{key_of, put};
 
     /// Three super nodes on one ring, delivering each other's messages at once.
     struct Net {
@@ -1328,8 +1476,13 @@ mod search_tests {
                     addr: format!("198.18.{i}.1:4000").parse().unwrap(),
                     static_key: [i + 1; 32],
                 };
-                ring.insert(me);
-                dhts.push(Dht::new(DhtConfig::default(), me, net.trusted()));
+                put(&mut ring, me);
+                dhts.push(Dht::new(
+                    DhtConfig::default(),
+                    me,
+                    key_of(&me),
+                    net.trusted(),
+                ));
             }
             Self {
                 ring,
@@ -1384,6 +1537,69 @@ mod search_tests {
             seq,
             TEST_WALL,
         )
+    }
+
+    #[test]
+    fn replicas_serving_an_old_record_are_overruled_by_the_users_own_super_node() {
+        let tn = TestNetwork::new(1);
+        let mut net = Net::new(&tn, 10);
+        let ring = net.ring.clone();
+        let now = net.now;
+        let alice = UserName::parse("alice").unwrap();
+        let replicas = ring.successors(Key::of_user(&alice), DhtConfig::default().replicas);
+        let outside: Vec<usize> = (0..10)
+            .filter(|i| !replicas.contains(&net.dhts[*i].me))
+            .collect();
+        let (home, searcher) = (outside[0], outside[1]);
+        let home_addr = net.dhts[home].me.addr;
+        let signed = |seq: u64, age: u64| {
+            let id = tn.identity("alice");
+            PresenceRecord::sign(
+                &id.device,
+                id.certificate,
+                true,
+                vec![home_addr],
+                None,
+                vec![],
+                1,
+                Capabilities::VOICE,
+                seq,
+                UnixTime(TEST_WALL.0 - age),
+            )
+        };
+        // The replicas hold a record an hour old (an online device refreshes every 30
+        // minutes); the newest went through its super node only (the replicas lost it, or
+        // lie about it).
+        assert!(net.dhts[home].publish(now, TEST_WALL, &ring, signed(1, 3600)));
+        net.run();
+        assert!(net.dhts[home].publish(now, TEST_WALL, &Ring::new(4), signed(2, 60)));
+        net.run();
+        net.dhts[searcher].search(now, TEST_WALL, &ring, Origin::Local(1), alice.clone());
+        net.run();
+        assert!(
+            net.done.is_empty(),
+            "waits to ask the record's super node: {:?}",
+            net.done
+        );
+        assert_eq!(net.dhts[searcher].poll_timeout(), Some(now));
+        net.dhts[searcher].handle_timeout(now, TEST_WALL, &ring);
+        net.run();
+        let found = net.done.pop().unwrap();
+        match found.result {
+            SearchResult::Found(r) => assert_eq!(r[0].sequence, 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(net.dhts[searcher].stats().confirms, 1);
+        // A fresh record is answered as it is.
+        assert!(net.dhts[home].publish(now, TEST_WALL, &ring, signed(3, 60)));
+        net.run();
+        let other = outside[2];
+        net.dhts[other].search(now, TEST_WALL, &ring, Origin::Local(2), alice);
+        net.run();
+        assert!(
+            matches!(net.done.pop().unwrap().result, SearchResult::Found(r) if r[0].sequence == 3)
+        );
+        assert_eq!(net.dhts[other].stats().confirms, 0);
     }
 
     #[test]
@@ -1495,7 +1711,7 @@ mod search_tests {
             addr: "198.18.0.1:4000".parse().unwrap(),
             static_key: [1; 32],
         };
-        let mut dht = Dht::new(DhtConfig::default(), me, tn.trusted());
+        let mut dht = Dht::new(DhtConfig::default(), me, key_of(&me), tn.trusted());
         let ring = Ring::new(4);
         dht.search(
             Instant::now(),
@@ -1517,6 +1733,7 @@ mod search_tests {
 mod answer_tests {
     use super::*;
     use natter_core::testkit::{TestNetwork, TEST_WALL};
+    use tests::{key_of, put};
 
     /// This super node and two others; returns the outcome when both others answer `reply`.
     fn both_answer(definite: bool) -> SearchResult {
@@ -1527,9 +1744,14 @@ mod answer_tests {
         };
         let mut ring = Ring::new(4);
         for i in 0..3 {
-            ring.insert(entry(i));
+            put(&mut ring, entry(i));
         }
-        let mut dht = Dht::new(DhtConfig::default(), entry(0), tn.trusted());
+        let mut dht = Dht::new(
+            DhtConfig::default(),
+            entry(0),
+            key_of(&entry(0)),
+            tn.trusted(),
+        );
         let now = Instant::now();
         let alice = UserName::parse("alice").unwrap();
         dht.search(now, TEST_WALL, &ring, Origin::Local(1), alice);
@@ -1588,6 +1810,7 @@ mod answer_tests {
 mod limit_tests {
     use super::*;
     use natter_core::testkit::{TestNetwork, TEST_WALL};
+    use tests::{key_of, put};
 
     #[test]
     fn a_client_runs_at_most_eight_searches_at_once() {
@@ -1597,9 +1820,14 @@ mod limit_tests {
             static_key: [i + 1; 32],
         };
         let mut ring = Ring::new(4);
-        ring.insert(entry(0));
-        ring.insert(entry(1));
-        let mut dht = Dht::new(DhtConfig::default(), entry(0), tn.trusted());
+        put(&mut ring, entry(0));
+        put(&mut ring, entry(1));
+        let mut dht = Dht::new(
+            DhtConfig::default(),
+            entry(0),
+            key_of(&entry(0)),
+            tn.trusted(),
+        );
         let now = Instant::now();
         let alice = UserName::parse("alice").unwrap();
         for query in 0..10 {

@@ -214,6 +214,8 @@ const CHECK_MISSES: u32 = 2;
 /// Most signed events waiting for their subject's certificate, and how long they wait.
 const MAX_PARKED: usize = 4096;
 const PARKED_FOR: Duration = Duration::from_secs(10);
+/// Live members a sync round asks for their own certificate.
+const MAX_OWN_PULLS: usize = 32;
 /// A key whose certificate was asked for is not asked for again for this long.
 const PULL_AGAIN: Duration = Duration::from_secs(5);
 
@@ -315,7 +317,7 @@ impl Membership {
         let mut m = Self {
             rng: Rng::from_seed_bytes(cfg.seed),
             me,
-            my_key: Key::of_super_node(&me.static_key),
+            my_key: Key::of_static_key(&me.static_key),
             incarnation,
             started_incarnation: incarnation,
             started: now,
@@ -447,6 +449,12 @@ impl Membership {
             entry: self.me,
             signature: None,
         })
+    }
+
+    /// The certificate known for the super node with `static_key` (from a session with it, or
+    /// pulled); the membership asks live members whose certificate it lacks for theirs.
+    pub fn certificate(&self, static_key: &[u8; 32]) -> Option<&Certificate> {
+        self.certs.get(static_key)
     }
 
     /// This super node's certificate was renewed: others get the new one from now on.
@@ -674,7 +682,7 @@ impl Membership {
             }
             return false;
         }
-        let key = Key::of_super_node(&ev.entry.static_key);
+        let key = Key::of_static_key(&ev.entry.static_key);
         let old = self.members.get(&addr).copied();
         let same_key = old.is_some_and(|m| m.entry.static_key == ev.entry.static_key);
         // What is said of a key at another address than where it lives now is old news unless
@@ -1167,8 +1175,20 @@ impl Membership {
             let me = self.me.static_key;
             let (by_key, pulled) = (&self.by_key, &self.pulled);
             self.certs.retain(|k, _| {
-                *k == me || pulled.contains_key(k) || by_key.contains_key(&Key::of_super_node(k))
+                *k == me || pulled.contains_key(k) || by_key.contains_key(&Key::of_static_key(k))
             });
+            // Live members whose certificate is not known yet (from the host cache, say): ask
+            // them for it, a few a round; it places them in the index ring.
+            let missing: Vec<HostEntry> = self
+                .ring
+                .values()
+                .map(|a| self.members[a].entry)
+                .filter(|e| !self.certs.contains_key(&e.static_key))
+                .take(MAX_OWN_PULLS)
+                .collect();
+            for e in missing {
+                self.pull_certificates(now, e, vec![e.static_key]);
+            }
         }
         while self
             .parked

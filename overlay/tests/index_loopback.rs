@@ -101,10 +101,13 @@ fn twenty_super_nodes_two_hundred_users_all_found_and_logouts_age_out() {
         Ok((bootstrap, sns))
     });
     for ((addr, _), id) in sns.iter().zip(&sn_ids) {
-        ring.insert(HostEntry {
-            addr: *addr,
-            static_key: id.device.dh_public(),
-        });
+        ring.insert(
+            Key::of_certificate(&id.certificate),
+            HostEntry {
+                addr: *addr,
+                static_key: id.device.dh_public(),
+            },
+        );
     }
     assert_eq!(ring.len(), SUPER_NODES);
     let sn_addrs: Vec<SocketAddr> = sns.iter().map(|(a, _)| *a).collect();

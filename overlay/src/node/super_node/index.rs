@@ -2,7 +2,7 @@
 //! step with the membership), and the sessions with other super nodes that carry the index's
 //! and the membership's messages.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use natter_core::sansio::Destination;
 use natter_core::wire::message::{HostEntry, Message};
 
 use super::super::parts::{Cx, Notice, PartId};
-use crate::dht::{Dht, DhtOutput, Origin, Ring};
+use crate::dht::{Dht, DhtOutput, Key, Origin, Ring};
 use crate::supernode::SuperNodeRole;
 
 /// How often a super node re-reads its membership into the index ring.
@@ -43,7 +43,12 @@ impl IndexPart {
     pub fn new(cx: &Cx<'_>, me: HostEntry) -> Self {
         Self {
             me,
-            dht: Dht::new(cx.cfg.index.clone(), me, cx.cfg.identity.trusted.clone()),
+            dht: Dht::new(
+                cx.cfg.index.clone(),
+                me,
+                Key::of_certificate(&cx.cfg.identity.certificate),
+                cx.cfg.identity.trusted.clone(),
+            ),
             ring: Ring::new(cx.cfg.ring_prefix_cap),
             next_ring_sync: None,
             sessions: HashMap::new(),
@@ -75,21 +80,26 @@ impl IndexPart {
         self.dht.publish(cx.now, cx.wall, &self.ring, record);
     }
 
-    /// Make the ring follow the super-node membership.
+    /// Make the ring follow the super-node membership. A member takes its place once its
+    /// certificate is known (its ring salt is in it; the membership asks the member for it).
     pub fn sync_ring(&mut self, cx: &mut Cx<'_>, role: &SuperNodeRole) {
         let now = cx.now;
         self.suspects.retain(|_, until| *until > now);
-        let mut members: HashSet<HostEntry> = role
-            .membership()
+        let membership = role.membership();
+        let mut members: HashMap<HostEntry, Key> = membership
             .alive()
             .filter(|m| !self.suspects.contains_key(&m.addr))
+            .filter_map(|m| {
+                let cert = membership.certificate(&m.static_key)?;
+                Some((m, Key::of_certificate(cert)))
+            })
             .collect();
-        members.insert(self.me);
+        members.insert(self.me, Key::of_certificate(&cx.cfg.identity.certificate));
         let before = self.ring.generation();
         let stale: Vec<_> = self
             .ring
             .entries()
-            .filter(|e| !members.contains(e))
+            .filter(|e| !members.contains_key(e))
             .map(|e| e.addr)
             .collect();
         for addr in stale {
@@ -97,10 +107,10 @@ impl IndexPart {
         }
         // In address order: which of several super nodes in one prefix get past the cap must
         // not depend on a hash map's order.
-        let mut members: Vec<HostEntry> = members.into_iter().collect();
-        members.sort_by_key(|e| e.addr);
-        for m in members {
-            self.ring.insert(m);
+        let mut members: Vec<(HostEntry, Key)> = members.into_iter().collect();
+        members.sort_by_key(|(e, _)| e.addr);
+        for (m, key) in members {
+            self.ring.insert(key, m);
         }
         if self.ring.generation() != before {
             self.dht.ring_changed(now);
