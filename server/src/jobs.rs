@@ -6,7 +6,7 @@ use crate::machine::{Job, JobOutcome, NewDeviceLimit, Secret, WorkItem};
 const DAY: u64 = 86_400;
 use crate::password::{self, HashParams};
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
-use natter_core::login::proto::{LoginError, RevokedDevice};
+use natter_core::login::proto::{DeviceSummary, LoginError, RevokedDevice, MAX_DEVICES_LISTED};
 
 use crate::store::{AccountRecord, AccountStore, DeviceRecord, StoreError};
 
@@ -256,6 +256,32 @@ impl JobContext<'_> {
                     })
                     .collect();
                 Ok(JobOutcome::Revocations { entries, complete })
+            }
+            Job::Devices { user, device } => {
+                let mut devices = self.store.devices(user).map_err(|e| backend(&e))?;
+                // Only a device of the account in use may ask.
+                match devices.iter().find(|d| d.device == *device) {
+                    None => return Err(LoginError::UnknownDevice),
+                    Some(d) if d.revoked_at.is_some() => return Err(LoginError::Revoked),
+                    Some(_) => {}
+                }
+                // In use first (oldest first), then the most recently revoked.
+                devices.sort_by_key(|d| match d.revoked_at {
+                    None => (0, d.first_seen.0),
+                    Some(t) => (1, u64::MAX - t.0),
+                });
+                Ok(JobOutcome::Devices(
+                    devices
+                        .into_iter()
+                        .take(MAX_DEVICES_LISTED)
+                        .map(|d| DeviceSummary {
+                            device: d.device,
+                            first_seen: d.first_seen,
+                            last_seen: d.last_seen,
+                            revoked_at: d.revoked_at,
+                        })
+                        .collect(),
+                ))
             }
         }
     }

@@ -32,9 +32,9 @@ use natter_core::crypto::{
     UnixTime, UserName,
 };
 use natter_core::login::proto::{
-    proof_message, DeviceKeys, LoginError, Request, Response, RevocationPage, RevokedDevice,
-    Version, VersionStatus, DH_PROOF_CONTEXT, MAX_REVOCATIONS_PER_PAGE, PROOF_CONTEXT,
-    REVOCATION_CONTEXT,
+    proof_message, DeviceKeys, DeviceSummary, LoginError, Request, Response, RevocationPage,
+    RevokedDevice, Version, VersionStatus, DH_PROOF_CONTEXT, MAX_REVOCATIONS_PER_PAGE,
+    PROOF_CONTEXT, REVOCATION_CONTEXT,
 };
 use natter_core::rng::Rng;
 use natter_core::sansio::{Destination, Input, Machine, StreamId, Transmit};
@@ -341,15 +341,22 @@ pub enum Job {
         /// Page size.
         limit: usize,
     },
+    /// List the account's devices for one of them (its certificate was checked).
+    Devices {
+        /// Account.
+        user: UserName,
+        /// The asking device: must be the account's and not revoked.
+        device: DeviceId,
+    },
 }
 
 impl Job {
-    /// The account whose password this job checks, for throttling.
     /// Whether the job costs an Argon2 hash (or two).
     fn hashes(&self) -> bool {
         matches!(self, Job::Register { .. }) || self.checks_password_of().is_some()
     }
 
+    /// The account whose password this job checks, for throttling.
     fn checks_password_of(&self) -> Option<&UserName> {
         match self {
             Job::Login { user, .. }
@@ -386,6 +393,9 @@ pub enum JobOutcome {
         /// No more after these.
         complete: bool,
     },
+    /// The account's devices (in use first, then the most recently revoked; at most
+    /// [`MAX_DEVICES_LISTED`](natter_core::login::proto::MAX_DEVICES_LISTED)).
+    Devices(Vec<DeviceSummary>),
     /// Refused: [`LoginError::WrongPassword`], `UnknownUser`, `NameTaken`, `Revoked`,
     /// `UnknownDevice`, `BadProof` (keys differing from those recorded for the device)
     /// or `Server`.
@@ -840,22 +850,14 @@ impl LoginServer {
                     .not_after
                     .0
                     .saturating_add(self.cfg.renewal_grace.as_secs());
-                let msg = proof_message(
+                if !self.holds(
+                    &certificate,
+                    check_at,
                     &challenge,
-                    &certificate.user,
-                    &certificate.signing_public,
-                    &certificate.dh_public,
-                );
-                if certificate.verify(&self.cfg.trusted, check_at).is_err()
-                    || !verify_signature(&certificate.signing_public, PROOF_CONTEXT, &msg, &proof)
-                    || !verify_dh_proof(
-                        &secret,
-                        &certificate.dh_public,
-                        DH_PROOF_CONTEXT,
-                        &msg,
-                        &dh_proof,
-                    )
-                {
+                    &secret,
+                    &proof,
+                    &dh_proof,
+                ) {
                     Err(LoginError::BadProof)
                 } else if wall.0 > grace_end {
                     Err(LoginError::RenewalExpired)
@@ -869,6 +871,23 @@ impl LoginServer {
                         },
                         true,
                     ))
+                }
+            }
+            Request::Devices {
+                certificate,
+                proof,
+                dh_proof,
+            } => {
+                if self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
+                    Ok((
+                        Job::Devices {
+                            user: certificate.user.clone(),
+                            device: certificate.device,
+                        },
+                        false,
+                    ))
+                } else {
+                    Err(LoginError::BadProof)
                 }
             }
             Request::ChangePassword {
@@ -1074,7 +1093,10 @@ impl LoginServer {
                     .sign(REVOCATION_CONTEXT, &page.signed_bytes());
                 Response::Revocations(page)
             }
-            (JobOutcome::Revocations { .. }, _) => Response::Error(LoginError::Server),
+            (JobOutcome::Devices(devices), Job::Devices { .. }) => Response::Devices(devices),
+            (JobOutcome::Revocations { .. } | JobOutcome::Devices(_), _) => {
+                Response::Error(LoginError::Server)
+            }
         };
         if let Some(ip) = p.identity.filter(|_| !identity_used) {
             self.identities.give_back(ip);
@@ -1091,6 +1113,34 @@ impl LoginServer {
         if let Some(r) = next {
             self.on_request(now, stream, r);
         }
+    }
+
+    /// True when `certificate` verifies at `at` and the asker proved (over this connection's
+    /// `challenge` and server key `secret`) that it holds both certified keys.
+    fn holds(
+        &self,
+        certificate: &natter_core::crypto::Certificate,
+        at: UnixTime,
+        challenge: &[u8; 32],
+        secret: &[u8; 32],
+        proof: &[u8; 64],
+        dh_proof: &[u8; 32],
+    ) -> bool {
+        let msg = proof_message(
+            challenge,
+            &certificate.user,
+            &certificate.signing_public,
+            &certificate.dh_public,
+        );
+        certificate.verify(&self.cfg.trusted, at).is_ok()
+            && verify_signature(&certificate.signing_public, PROOF_CONTEXT, &msg, proof)
+            && verify_dh_proof(
+                secret,
+                &certificate.dh_public,
+                DH_PROOF_CONTEXT,
+                &msg,
+                dh_proof,
+            )
     }
 
     fn issue(

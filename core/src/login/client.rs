@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::proto::{
-    proof_message, DeviceKeys, LoginError, Request, Response, RevocationPage, Version,
-    VersionStatus, DH_PROOF_CONTEXT, PROOF_CONTEXT, REVOCATION_CONTEXT,
+    proof_message, DeviceKeys, DeviceSummary, LoginError, Request, Response, RevocationPage,
+    Version, VersionStatus, DH_PROOF_CONTEXT, PROOF_CONTEXT, REVOCATION_CONTEXT,
 };
 use crate::crypto::{
     verify_signature, CertError, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities,
@@ -84,6 +84,11 @@ pub enum Operation {
         /// Last serial known.
         since: u64,
     },
+    /// List the account's devices, proving this device holds `certificate` (no password).
+    ListDevices {
+        /// This device's current certificate.
+        certificate: Certificate,
+    },
 }
 
 impl std::fmt::Debug for Operation {
@@ -98,6 +103,9 @@ impl std::fmt::Debug for Operation {
             }
             Operation::DeleteAccount { user, .. } => write!(f, "DeleteAccount({user:?})"),
             Operation::FetchRevocations { since } => write!(f, "FetchRevocations({since})"),
+            Operation::ListDevices { certificate } => {
+                write!(f, "ListDevices({})", certificate.user)
+            }
         }
     }
 }
@@ -145,6 +153,8 @@ pub enum LoginClientEvent {
     Done,
     /// A verified page of revocations.
     Revocations(RevocationPage),
+    /// The account's devices.
+    Devices(Vec<DeviceSummary>),
     /// An operation failed.
     Failed {
         /// Which.
@@ -346,6 +356,14 @@ impl LoginClient {
                     password: password.clone(),
                 },
                 Operation::FetchRevocations { since } => Request::Revocations { since: *since },
+                Operation::ListDevices { certificate } => {
+                    let keys = self.keys(&hello, &certificate.user);
+                    Request::Devices {
+                        certificate: certificate.clone(),
+                        proof: keys.proof,
+                        dh_proof: keys.dh_proof,
+                    }
+                }
             };
             self.send(&request);
             self.current = Some((op, now));
@@ -378,6 +396,9 @@ impl LoginClient {
                 | Operation::RevokeDevice { .. }
                 | Operation::DeleteAccount { .. },
             ) => LoginClientEvent::Done,
+            (Response::Devices(devices), Operation::ListDevices { .. }) => {
+                LoginClientEvent::Devices(devices)
+            }
             (Response::Revocations(page), Operation::FetchRevocations { since })
                 if page.since == *since =>
             {

@@ -171,7 +171,34 @@ pub enum Request {
         /// Last serial already known (0 for all).
         since: u64,
     },
+    /// List the account's devices, asked by a certified device of it (proved as for
+    /// [`Request::Renew`]; no password).
+    Devices {
+        /// The asking device's certificate (possibly recently expired).
+        certificate: Certificate,
+        /// Proof of possession of the certified Ed25519 key.
+        proof: [u8; 64],
+        /// Proof of possession of the certified X25519 key.
+        dh_proof: [u8; 32],
+    },
 }
+
+/// One device of an account, as [`Response::Devices`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSummary {
+    /// The device.
+    pub device: DeviceId,
+    /// When it was first certified.
+    pub first_seen: UnixTime,
+    /// When it last logged in or renewed its certificate.
+    pub last_seen: UnixTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// Most devices in one [`Response::Devices`]: the devices in use first, then the most
+/// recently revoked.
+pub const MAX_DEVICES_LISTED: usize = 64;
 
 impl std::fmt::Debug for Request {
     // Passwords never appear in logs.
@@ -192,6 +219,9 @@ impl std::fmt::Debug for Request {
             }
             Request::DeleteAccount { user, .. } => write!(f, "DeleteAccount({user:?})"),
             Request::Revocations { since } => write!(f, "Revocations(since {since})"),
+            Request::Devices { certificate, .. } => {
+                write!(f, "Devices({}, {:?})", certificate.user, certificate.device)
+            }
         }
     }
 }
@@ -354,6 +384,8 @@ pub enum Response {
     Done,
     /// A page of revocations.
     Revocations(RevocationPage),
+    /// The account's devices (at most [`MAX_DEVICES_LISTED`]).
+    Devices(Vec<DeviceSummary>),
     /// The request failed.
     Error(LoginError),
 }
@@ -366,6 +398,7 @@ const REQ_CHANGE_PASSWORD: u8 = 5;
 const REQ_REVOKE: u8 = 6;
 const REQ_DELETE: u8 = 7;
 const REQ_REVOCATIONS: u8 = 8;
+const REQ_DEVICES: u8 = 9;
 
 const RESP_HELLO: u8 = 0x81;
 const RESP_REGISTERED: u8 = 0x82;
@@ -373,6 +406,7 @@ const RESP_CERTIFIED: u8 = 0x83;
 const RESP_DONE: u8 = 0x84;
 const RESP_REVOCATIONS: u8 = 0x85;
 const RESP_ERROR: u8 = 0x86;
+const RESP_DEVICES: u8 = 0x87;
 
 fn put_str(out: &mut BytesMut, s: &str) {
     let b = s.as_bytes();
@@ -460,6 +494,16 @@ impl Request {
                 out.put_u8(REQ_REVOCATIONS);
                 out.put_u64(*since);
             }
+            Request::Devices {
+                certificate,
+                proof,
+                dh_proof,
+            } => {
+                out.put_u8(REQ_DEVICES);
+                certificate.encode(out);
+                out.put_slice(proof);
+                out.put_slice(dh_proof);
+            }
         }
     }
 
@@ -512,6 +556,11 @@ impl Request {
                 password: pass(&mut r)?,
             },
             REQ_REVOCATIONS => Request::Revocations { since: r.u64()? },
+            REQ_DEVICES => Request::Devices {
+                certificate: Certificate::read(&mut r)?,
+                proof: r.array()?,
+                dh_proof: r.array()?,
+            },
             t => return Err(DecodeError::UnknownMessageType(t)),
         };
         r.finish()?;
@@ -556,6 +605,17 @@ impl Response {
                 out.put_u8(RESP_REVOCATIONS);
                 page.put_body(out);
                 out.put_slice(&page.signature);
+            }
+            Response::Devices(devices) => {
+                out.put_u8(RESP_DEVICES);
+                let n = devices.len().min(MAX_DEVICES_LISTED);
+                out.put_u8(n as u8);
+                for d in &devices[..n] {
+                    out.put_slice(&d.device.0);
+                    out.put_u64(d.first_seen.0);
+                    out.put_u64(d.last_seen.0);
+                    out.put_u64(d.revoked_at.map_or(0, |t| t.0));
+                }
             }
             Response::Error(e) => {
                 out.put_u8(RESP_ERROR);
@@ -618,6 +678,29 @@ impl Response {
                     issued_at,
                     signature: r.array()?,
                 })
+            }
+            RESP_DEVICES => {
+                let n = usize::from(r.u8()?);
+                if n > MAX_DEVICES_LISTED {
+                    return Err(DecodeError::TooLong {
+                        what: "device list",
+                        len: n,
+                        max: MAX_DEVICES_LISTED,
+                    });
+                }
+                let mut devices = Vec::with_capacity(n.min(r.remaining() / 40));
+                for _ in 0..n {
+                    devices.push(DeviceSummary {
+                        device: DeviceId(r.array()?),
+                        first_seen: UnixTime(r.u64()?),
+                        last_seen: UnixTime(r.u64()?),
+                        revoked_at: match r.u64()? {
+                            0 => None,
+                            t => Some(UnixTime(t)),
+                        },
+                    });
+                }
+                Response::Devices(devices)
             }
             RESP_ERROR => Response::Error(match r.u8()? {
                 1 => LoginError::WrongPassword,
@@ -692,6 +775,11 @@ mod tests {
             }),
             (s, s).prop_map(|(user, password)| Request::DeleteAccount { user, password }),
             any::<u64>().prop_map(|since| Request::Revocations { since }),
+            Just(Request::Devices {
+                certificate: cert(),
+                proof: [3; 64],
+                dh_proof: [4; 32],
+            }),
         ]
     }
 
@@ -737,6 +825,20 @@ mod tests {
             })),
             Just(Response::Error(LoginError::WrongPassword)),
             Just(Response::Error(LoginError::RenewalExpired)),
+            proptest::collection::vec(
+                (any::<[u8; 16]>(), any::<u64>(), 1u64..),
+                0..MAX_DEVICES_LISTED
+            )
+            .prop_map(|v| Response::Devices(
+                v.into_iter()
+                    .map(|(d, t, r)| DeviceSummary {
+                        device: DeviceId(d),
+                        first_seen: UnixTime(t),
+                        last_seen: UnixTime(t),
+                        revoked_at: (r % 2 == 0).then_some(UnixTime(r)),
+                    })
+                    .collect()
+            )),
         ]
     }
 
