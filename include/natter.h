@@ -69,7 +69,7 @@
 /**
  * Minor part of the ABI version: additions only (before 1.0, any change).
  */
-#define NATTER_ABI_MINOR 2
+#define NATTER_ABI_MINOR 3
 
 /**
  * Patch part of the ABI version.
@@ -179,7 +179,8 @@ enum NatterResult
    */
   NATTER_WEAK_PASSWORD = 105,
   /**
-   * Too many failed attempts: wait and try again.
+   * Too many failed attempts, or too many new devices or accounts lately: wait and try
+   * again.
    */
   NATTER_THROTTLED = 106,
   /**
@@ -199,6 +200,14 @@ enum NatterResult
    * Logging in failed for another reason (a server error, an unacceptable certificate).
    */
   NATTER_LOGIN_FAILED = 110,
+  /**
+   * No such device on this account.
+   */
+  NATTER_UNKNOWN_DEVICE = 111,
+  /**
+   * A device cannot revoke itself: revoke it from another device.
+   */
+  NATTER_THIS_DEVICE = 112,
   /**
    * The client has not logged in yet.
    */
@@ -749,6 +758,36 @@ typedef struct {
 } NatterNodeState;
 
 /**
+ * One device of the user's account (`natter_client_devices`).
+ */
+typedef struct {
+  /**
+   * The device's id (pass it to `natter_client_revoke_device`).
+   */
+  uint8_t id[16];
+  /**
+   * Its id as people see it: the first 12 hexadecimal digits, NUL-terminated.
+   */
+  char id_text[13];
+  /**
+   * When it was first certified (Unix time, seconds).
+   */
+  uint64_t first_seen;
+  /**
+   * When it last logged in or renewed its certificate (Unix time, seconds).
+   */
+  uint64_t last_seen;
+  /**
+   * When it was revoked (Unix time, seconds), or 0 while it is in use.
+   */
+  uint64_t revoked_at;
+  /**
+   * True for the device asking.
+   */
+  bool this_device;
+} NatterAccountDevice;
+
+/**
  * One event. Allocated by the library and owned by whoever received it from
  * `natter_client_next_event` or `natter_client_wait_event` (free it with
  * `natter_event_free`); an event passed to the callback belongs to the library and is valid
@@ -1098,6 +1137,66 @@ NatterResult natter_client_describe(const NatterClient *client,
  * `user` must be NULL or a NUL-terminated string; `out_search` NULL or valid for one write.
  */
 NatterResult natter_client_search(NatterClient *client, const char *user, uint64_t *out_search);
+
+/**
+ * List the devices of the logged-in user's account into `out` (room for `capacity`):
+ * those in use first (oldest first), then the most recently revoked, at most 64 in all.
+ * `*count` is set to how many there are, even when `capacity` is too small (then the first
+ * `capacity` are written and `NATTER_BUFFER_TOO_SMALL` returned). This device proves its
+ * certificate: no password is needed. Blocks for one exchange with the login server (up to
+ * 15 s): do not call it from a UI thread.
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_BUFFER_TOO_SMALL`, `NATTER_REVOKED` (this device
+ * was revoked), `NATTER_PASSWORD_NEEDED` (its certificate is no longer accepted: log in
+ * again), `NATTER_LOGIN_UNREACHABLE`, `NATTER_LOGIN_FAILED`; `NATTER_NULL_ARGUMENT` (`count`
+ * NULL, or `out` NULL with `capacity` > 0), `NATTER_INVALID_ARGUMENT` (`out` misaligned),
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or valid for `capacity` writes of `NatterAccountDevice`; `count`
+ * valid for one write.
+ */
+NatterResult natter_client_devices(NatterClient *client,
+                                   NatterAccountDevice *out,
+                                   size_t capacity,
+                                   size_t *count);
+
+/**
+ * Revoke another device of the logged-in user's account (`id`: 16 bytes from
+ * `natter_client_devices`); its certificate stops working. Needs the account's password.
+ * Blocks for one exchange with the login server (up to 15 s).
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_THIS_DEVICE` (a device cannot revoke itself),
+ * `NATTER_WRONG_PASSWORD`, `NATTER_UNKNOWN_DEVICE`, `NATTER_THROTTLED`,
+ * `NATTER_LOGIN_UNREACHABLE`, `NATTER_LOGIN_FAILED`; `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `id` must be NULL or point to 16 readable bytes; `password` NULL or a NUL-terminated
+ * string.
+ */
+NatterResult natter_client_revoke_device(NatterClient *client,
+                                         const uint8_t *id,
+                                         const char *password);
+
+/**
+ * Change the logged-in user's password from `old_password` to `new_password`; with
+ * `revoke_others`, also revoke every other device of the account (this one stays
+ * certified): what to do when the password may have leaked. Blocks for one exchange with
+ * the login server (up to 15 s).
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_WRONG_PASSWORD`, `NATTER_WEAK_PASSWORD`,
+ * `NATTER_THROTTLED`, `NATTER_LOGIN_UNREACHABLE`, `NATTER_LOGIN_FAILED`;
+ * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+ * any thread.
+ *
+ * # Safety
+ * `old_password` and `new_password` must be NULL or NUL-terminated strings.
+ */
+NatterResult natter_client_change_password(NatterClient *client,
+                                           const char *old_password,
+                                           const char *new_password,
+                                           bool revoke_others);
 
 /**
  * The file descriptor that is readable while events wait in `client`'s queue, written to

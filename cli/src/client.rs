@@ -118,9 +118,13 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
     let lines = stdin_lines();
     let begun = Instant::now();
     let mut call: Option<CallView> = None;
+    let mut pending: Option<Pending> = None;
     let mut ever_connected = false;
     loop {
         if node.stopping() {
+            if pending.is_some() {
+                echo(true);
+            }
             node.client.close();
             return Ok(0);
         }
@@ -141,7 +145,11 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
             }
         }
         while let Ok(line) = lines.try_recv() {
-            if !command(&node, &line, &mut call, &audio, args.json) {
+            if let Some(p) = pending.take() {
+                pending = p.answer(&node, line);
+                continue;
+            }
+            if !command(&node, &line, &mut call, &mut pending, &audio, args.json) {
                 node.client.close();
                 return Ok(0);
             }
@@ -421,15 +429,167 @@ fn on_event(
     None
 }
 
+/// A text-mode command that waits for the next lines of standard input (passwords).
+enum Pending {
+    /// `revoke DEVICE`: its password.
+    Revoke { device: String },
+    /// `passwd`: the current password.
+    Old { revoke_others: bool },
+    /// `passwd`: the new one.
+    New { revoke_others: bool, old: String },
+}
+
+impl Pending {
+    /// Ask for what it waits for (the terminal does not echo it).
+    fn prompt(&self) {
+        echo(false);
+        match self {
+            Pending::Revoke { .. } | Pending::Old { .. } => say!("Current password:"),
+            Pending::New { .. } => say!("New password (at least 10 characters):"),
+        }
+    }
+
+    /// Take `line`; what it waits for next, if anything.
+    fn answer(self, node: &Running, line: String) -> Option<Pending> {
+        echo(true);
+        let r = match self {
+            Pending::Revoke { device } => revoke(node, &device, &line),
+            Pending::Old { revoke_others } => {
+                let next = Pending::New {
+                    revoke_others,
+                    old: line,
+                };
+                next.prompt();
+                return Some(next);
+            }
+            Pending::New { revoke_others, old } => {
+                change_password(node, &old, &line, revoke_others)
+            }
+        };
+        if let Err(e) = r {
+            report!(json!({"event": "error", "message": e}), "error: {e}");
+        }
+        None
+    }
+}
+
+/// Turn the terminal's echo of standard input off (while a password is typed) or back on.
+/// Nothing happens when standard input is not a terminal.
+fn echo(on: bool) {
+    use rustix::termios::{isatty, tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let stdin = std::io::stdin();
+    if !isatty(&stdin) {
+        return;
+    }
+    if let Ok(mut t) = tcgetattr(&stdin) {
+        t.local_modes.set(LocalModes::ECHO, on);
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &t);
+    }
+}
+
+/// A device id in full (32 hexadecimal digits).
+fn full_id(d: &natter::DeviceId) -> String {
+    d.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `devices`: the account's devices.
+fn devices(node: &Running) -> Result<(), String> {
+    let list = node.client.devices().map_err(|e| e.to_string())?;
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let json_list: Vec<serde_json::Value> = list
+        .iter()
+        .map(|d| {
+            json!({"device": d.device.to_string(), "id": full_id(&d.device),
+                   "first_seen": unix(d.first_seen), "last_seen": unix(d.last_seen),
+                   "revoked_at": d.revoked.map(unix), "this_device": d.this_device})
+        })
+        .collect();
+    let text: Vec<String> = list
+        .iter()
+        .map(|d| {
+            format!(
+                "  {}{}{}",
+                d.device,
+                if d.this_device { " (this device)" } else { "" },
+                if d.revoked.is_some() { " revoked" } else { "" }
+            )
+        })
+        .collect();
+    report!(
+        json!({"event": "devices", "devices": json_list}),
+        "{} device(s):\n{}",
+        list.len(),
+        text.join("\n")
+    );
+    Ok(())
+}
+
+/// `revoke DEVICE`: `device` is an id or the start of one (the 12 digits shown), matching
+/// exactly one device of the account in use.
+fn revoke(node: &Running, device: &str, password: &str) -> Result<(), String> {
+    let want = device.to_ascii_lowercase();
+    let list = node.client.devices().map_err(|e| e.to_string())?;
+    let matching: Vec<_> = list
+        .iter()
+        .filter(|d| {
+            d.revoked.is_none() && !want.is_empty() && full_id(&d.device).starts_with(&want)
+        })
+        .collect();
+    let d = match matching.as_slice() {
+        [d] => d.device,
+        [] => return Err(format!("no device {device} in use on this account")),
+        _ => {
+            return Err(format!(
+                "{device} matches several devices: give more digits"
+            ))
+        }
+    };
+    node.client
+        .revoke_device(d, password)
+        .map_err(|e| e.to_string())?;
+    report!(
+        json!({"event": "device_revoked", "device": d.to_string()}),
+        "device {d} revoked"
+    );
+    Ok(())
+}
+
+/// `passwd`: change the password, revoking the other devices when asked.
+fn change_password(
+    node: &Running,
+    old: &str,
+    new: &str,
+    revoke_others: bool,
+) -> Result<(), String> {
+    node.client
+        .change_password(old, new, revoke_others)
+        .map_err(|e| e.to_string())?;
+    report!(
+        json!({"event": "password_changed", "revoked_others": revoke_others}),
+        "password changed{}",
+        if revoke_others {
+            "; every other device revoked"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 /// One line from standard input (words, or a JSON command in JSON mode); returns false on
 /// `quit`.
 fn command(
     node: &Running,
     line: &str,
     call: &mut Option<CallView>,
+    pending: &mut Option<Pending>,
     audio: &Audio,
     json: bool,
 ) -> bool {
+    let mut value = serde_json::Value::Null;
     let parsed: Result<(String, Option<String>), String> = if json {
         if line.trim().is_empty() {
             return true;
@@ -443,6 +603,7 @@ fn command(
                     .ok_or("a command needs a \"cmd\" string")?
                     .to_string();
                 let user = v.get("user").and_then(|u| u.as_str()).map(str::to_string);
+                value = v;
                 Ok((cmd, user))
             })
     } else {
@@ -452,6 +613,7 @@ fn command(
             Some(w) => Ok((w.to_string(), words.next().map(str::to_string))),
         }
     };
+    let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_string);
     let current = call.as_ref().map(|c| c.call.clone());
     let r: Result<(), String> = match parsed {
         Err(e) => Err(e),
@@ -496,6 +658,35 @@ fn command(
                 }
                 .map_err(|e| e.to_string()),
             },
+            ("devices", _) => devices(node),
+            ("revoke_device", _) if json => match (field("device"), field("password")) {
+                (Some(d), Some(p)) => revoke(node, &d, &p),
+                _ => Err("revoke_device needs \"device\" and \"password\"".into()),
+            },
+            ("change_password", _) if json => {
+                match (field("old_password"), field("new_password")) {
+                    (Some(old), Some(new)) => {
+                        let others = value.get("revoke_others").and_then(|v| v.as_bool());
+                        change_password(node, &old, &new, others.unwrap_or(false))
+                    }
+                    _ => Err("change_password needs \"old_password\" and \"new_password\"".into()),
+                }
+            }
+            ("revoke", Some(device)) if !json => {
+                let p = Pending::Revoke { device };
+                p.prompt();
+                *pending = Some(p);
+                Ok(())
+            }
+            ("revoke", None) if !json => Err("revoke needs a device (see `devices`)".into()),
+            ("passwd", arg) if !json => {
+                let p = Pending::Old {
+                    revoke_others: arg.as_deref() == Some("revoke-others"),
+                };
+                p.prompt();
+                *pending = Some(p);
+                Ok(())
+            }
             ("status", _) => {
                 let s = node.client.state();
                 let nat = s.nat.map(|n| n.describe().to_string());
@@ -530,6 +721,10 @@ const HELP: &str = "commands:
   hold, resume    put the call on hold and back
   mute, unmute    stop and restart sending audio
   search USER     look USER up in the global index
+  devices         this account's devices
+  revoke DEVICE   revoke another device of this account (asks for the password)
+  passwd [revoke-others]
+                  change the password (and revoke every other device)
   status          how this node is joined, its NAT type, the current call
   quit            leave (Ctrl-C too)";
 

@@ -532,7 +532,47 @@ fn run_inner() -> std::io::Result<bool> {
     Ok(!r.failed)
 }
 
-/// Steps 2-5: the users register and log in, a wrong password is refused, three super nodes
+/// carol's second device logs in; her first lists both, changes the password revoking the
+/// other, and the other can no longer log in.
+fn account_step(carol: &Client, laptop: &Client) -> Result<String, String> {
+    laptop
+        .login("carol", Some(DEMO_PASSWORD))
+        .map_err(|e| format!("the laptop's login: {e}"))?;
+    let before = carol
+        .devices()
+        .map_err(|e| format!("listing devices: {e}"))?;
+    if before.len() != 2 || before.iter().filter(|d| d.this_device).count() != 1 {
+        return Err(format!(
+            "expected 2 devices, one of them this one: {before:?}"
+        ));
+    }
+    carol
+        .change_password(DEMO_PASSWORD, NEW_CAROL_PASSWORD, true)
+        .map_err(|e| format!("changing the password: {e}"))?;
+    let after = carol
+        .devices()
+        .map_err(|e| format!("listing devices: {e}"))?;
+    let revoked = after.iter().filter(|d| d.revoked.is_some()).count();
+    match laptop.login("carol", Some(NEW_CAROL_PASSWORD)) {
+        Err(LoginError::Revoked) if revoked == 1 => Ok(format!(
+            "2 devices listed; password changed; laptop {} revoked (its login: \"device revoked\")",
+            before
+                .iter()
+                .find(|d| !d.this_device)
+                .map(|d| d.device.to_string())
+                .unwrap_or_default()
+        )),
+        other => Err(format!(
+            "after the change: {revoked} revoked, the laptop's login -> {other:?}"
+        )),
+    }
+}
+
+/// carol's password after the account step.
+const NEW_CAROL_PASSWORD: &str = "carol's new password";
+
+/// Steps 2-6: the users register and log in, a wrong password is refused, carol's account
+/// steps (devices, a password change revoking her laptop), three super nodes
 /// start (each on a port the system picks, added to the network file), the users join.
 /// `None` when a step failed and the demo cannot go on.
 #[allow(clippy::type_complexity)]
@@ -582,6 +622,13 @@ fn users_and_super_nodes(
         (w, n) => r.fail(&format!(
             "unexpected: wrong password -> {w:?}, renewal -> {n:?}"
         )),
+    }
+    let t = r.step(
+        "carol logs her laptop in too, then fears her password leaked: a new one, the laptop revoked",
+    );
+    match account_step(&clients[2], &carol_elsewhere) {
+        Ok(detail) => r.ok(t, &detail),
+        Err(e) => r.fail(&e),
     }
     let t = r.step("Start 3 super nodes: STUN with an RFC 5780 alternate on 127.0.0.2, TCP, fallback and TLS ports");
     let mut super_nodes = Vec::new();
@@ -670,7 +717,7 @@ fn users_and_super_nodes(
     Ok(Some((clients, super_nodes, sn_addrs)))
 }
 
-/// Steps 6-10: searching the global index, a super node dying and its clients moving, and
+/// Steps 7-11: searching the global index, a super node dying and its clients moving, and
 /// two calls (direct, then relayed).
 fn index_and_calls(
     r: &mut Report,
@@ -758,7 +805,7 @@ fn index_and_calls(
     );
 }
 
-/// Steps 11-17: the session layer on its own, over real UDP sockets: an on-path relay that
+/// Steps 12-18: the session layer on its own, over real UDP sockets: an on-path relay that
 /// records everything, Noise XX and IK handshakes, encrypted media frames, pings, and a replay
 /// attack with garbage. False when a step failed.
 fn session_layer(

@@ -125,6 +125,15 @@ fn a_new_user_calls_from_the_interactive_client() {
     tmux.wait("call stats:");
     tmux.keys("hangup");
     tmux.wait("call ended: hung up");
+    // The account: its devices, and a new password typed at prompts that do not echo it.
+    tmux.keys("devices");
+    tmux.wait("1 device(s)");
+    tmux.keys("passwd revoke-others");
+    tmux.wait("Current password:");
+    tmux.keys("correct horse battery staple");
+    tmux.wait("New password (at least 10 characters):");
+    tmux.keys("correct horse battery staple twice");
+    tmux.wait("password changed; every other device revoked");
     tmux.keys("quit");
     let screen = tmux.wait("CLIENT EXITED 0");
     eprintln!("---- the client's screen ----\n{screen}\n-----------------------------");

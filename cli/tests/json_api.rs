@@ -116,6 +116,40 @@ fn two_programs_call_each_other_through_the_json_interface() {
     for c in [&mut alice, &mut bob] {
         let audio = c.wait(is("call_audio"));
         assert!(audio["frames_received"].as_u64() > Some(50), "{audio}");
+    }
+    // The account: its devices, and a password change that revokes the others.
+    bob.send(serde_json::json!({"cmd": "devices"}));
+    let devices = bob.wait(is("devices"));
+    assert_eq!(
+        devices["devices"].as_array().map(Vec::len),
+        Some(1),
+        "{devices}"
+    );
+    assert_eq!(devices["devices"][0]["this_device"], true, "{devices}");
+    assert!(devices["devices"][0]["revoked_at"].is_null(), "{devices}");
+    bob.send(
+        serde_json::json!({"cmd": "revoke_device", "device": "ffffffffffff",
+                                "password": "a json password"}),
+    );
+    bob.wait(is("error"));
+    bob.send(
+        serde_json::json!({"cmd": "change_password", "old_password": "not it at all",
+                                "new_password": "a newer json password"}),
+    );
+    let wrong = bob.wait(is("error"));
+    assert!(
+        wrong["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wrong password")),
+        "{wrong}"
+    );
+    bob.send(
+        serde_json::json!({"cmd": "change_password", "old_password": "a json password",
+                                "new_password": "a newer json password", "revoke_others": true}),
+    );
+    let changed = bob.wait(is("password_changed"));
+    assert_eq!(changed["revoked_others"], true);
+    for c in [&mut alice, &mut bob] {
         c.send(serde_json::json!({"cmd": "quit"}));
     }
     // What each side heard was saved, and is not silence.

@@ -22,8 +22,8 @@ use natter_transport::{os_seed, wall_clock};
 use crate::audio::{Audio, AudioConfig};
 use crate::call::{Call, CallTable};
 use crate::error::{
-    parse_name, BuildError, CallError, LoginError, RegisterError, SearchError, StartError,
-    StopError,
+    parse_name, AccountError, BuildError, CallError, LoginError, RegisterError, SearchError,
+    ServerError, StartError, StopError,
 };
 use crate::events::Events;
 use crate::network::Network;
@@ -319,6 +319,22 @@ pub struct LoginInfo {
     pub took: Duration,
 }
 
+/// One device of the user's account ([`Client::devices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AccountDevice {
+    /// The device.
+    pub device: DeviceId,
+    /// When it was first certified.
+    pub first_seen: SystemTime,
+    /// When it last logged in or renewed its certificate.
+    pub last_seen: SystemTime,
+    /// When it was revoked, if it was.
+    pub revoked: Option<SystemTime>,
+    /// True for the device asking.
+    pub this_device: bool,
+}
+
 /// A client's state now ([`Client::state`]). `Display` describes it for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -536,6 +552,132 @@ impl Client {
         };
         *lock(&self.shared.login) = Some(li);
         Ok(info)
+    }
+
+    /// The devices of the logged-in user's account: those in use first (oldest first), then
+    /// the most recently revoked (at most 64 in all). This device proves its certificate; no
+    /// password is needed. Blocks for one exchange with the login server (up to 15 s).
+    ///
+    /// # Errors
+    /// [`AccountError::NotLoggedIn`] before [`Client::login`]; otherwise see
+    /// [`AccountError`].
+    pub fn devices(&self) -> Result<Vec<AccountDevice>, AccountError> {
+        let (certificate, _) = self.account()?;
+        let this = certificate.device;
+        let events = self.account_operation(Operation::ListDevices { certificate })?;
+        let at =
+            |t: natter_core::crypto::UnixTime| SystemTime::UNIX_EPOCH + Duration::from_secs(t.0);
+        for e in events {
+            match e {
+                LoginClientEvent::Devices(list) => {
+                    return Ok(list
+                        .into_iter()
+                        .map(|d| AccountDevice {
+                            device: d.device,
+                            first_seen: at(d.first_seen),
+                            last_seen: at(d.last_seen),
+                            revoked: d.revoked_at.map(at),
+                            this_device: d.device == this,
+                        })
+                        .collect())
+                }
+                LoginClientEvent::Failed { error, .. } => {
+                    return Err(AccountError::from_client_error(error))
+                }
+                _ => {}
+            }
+        }
+        Err(AccountError::Server(ServerError::Protocol(
+            "no answer".into(),
+        )))
+    }
+
+    /// Revoke another device of the logged-in user's account (its certificate stops
+    /// working: super nodes learn it from the signed revocation list, and its sessions end).
+    /// Needs the password. Blocks for one exchange with the login server (up to 15 s).
+    ///
+    /// # Errors
+    /// [`AccountError::ThisDevice`] for this device itself; otherwise see [`AccountError`].
+    pub fn revoke_device(&self, device: DeviceId, password: &str) -> Result<(), AccountError> {
+        let (certificate, user) = self.account()?;
+        if device == certificate.device {
+            return Err(AccountError::ThisDevice);
+        }
+        self.account_done(Operation::RevokeDevice {
+            user,
+            password: password.to_string(),
+            device,
+        })
+    }
+
+    /// Change the logged-in user's password from `old` to `new`; with `revoke_others`, also
+    /// revoke every other device of the account (this one stays certified): what to do after
+    /// a password leaked, since whoever had it may have certified devices of their own.
+    /// Blocks for one exchange with the login server (up to 15 s).
+    ///
+    /// # Errors
+    /// See [`AccountError`].
+    pub fn change_password(
+        &self,
+        old: &str,
+        new: &str,
+        revoke_others: bool,
+    ) -> Result<(), AccountError> {
+        let (_, user) = self.account()?;
+        self.account_done(Operation::ChangePassword {
+            user,
+            old: old.to_string(),
+            new: new.to_string(),
+            revoke_others,
+        })
+    }
+
+    /// The logged-in user's certificate and name.
+    fn account(&self) -> Result<(natter_core::crypto::Certificate, String), AccountError> {
+        if lock(&self.shared.state).closed {
+            return Err(AccountError::Closed);
+        }
+        let login = lock(&self.shared.login);
+        let li = login.as_ref().ok_or(AccountError::NotLoggedIn)?;
+        Ok((li.certificate.clone(), li.certificate.user.to_string()))
+    }
+
+    /// Run one account operation with the login server.
+    fn account_operation(&self, op: Operation) -> Result<Vec<LoginClientEvent>, AccountError> {
+        let (device, _) = self
+            .shared
+            .store
+            .identity()
+            .map_err(|source| AccountError::Io {
+                path: self.shared.store.dir().to_path_buf(),
+                source,
+            })?;
+        let address = self.shared.network.login_server().to_string();
+        run_operations(
+            &self.shared.network.file,
+            &device,
+            client_version(),
+            false,
+            vec![op],
+            LOGIN_TIMEOUT,
+        )
+        .map_err(|e| AccountError::from_connect(e, &address))
+    }
+
+    /// [`Client::account_operation`] for an operation answered with "done".
+    fn account_done(&self, op: Operation) -> Result<(), AccountError> {
+        for e in self.account_operation(op)? {
+            match e {
+                LoginClientEvent::Done => return Ok(()),
+                LoginClientEvent::Failed { error, .. } => {
+                    return Err(AccountError::from_client_error(error))
+                }
+                _ => {}
+            }
+        }
+        Err(AccountError::Server(ServerError::Protocol(
+            "no answer".into(),
+        )))
     }
 
     /// Logging in as `name` is possible now: not closed, and not running as someone else.

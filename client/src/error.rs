@@ -155,8 +155,9 @@ pub enum LoginError {
     /// was given.
     #[error("{0}: log in with the password")]
     PasswordNeeded(PasswordNeeded),
-    /// Too many failed attempts: wait.
-    #[error("too many failed attempts: try again in {} s", retry_after.as_secs())]
+    /// Too many failed attempts, or too many new devices for the account or from this
+    /// address lately (5 a day per account): wait.
+    #[error("too many attempts: try again in {} s", retry_after.as_secs())]
     Throttled {
         /// How long to wait.
         retry_after: Duration,
@@ -195,6 +196,82 @@ pub enum LoginError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+}
+
+/// Why an account operation failed: [`Client::devices`](crate::Client::devices),
+/// [`Client::revoke_device`](crate::Client::revoke_device),
+/// [`Client::change_password`](crate::Client::change_password).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountError {
+    /// Log in first: account operations act for the logged-in user.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// Wrong password.
+    #[error("wrong password")]
+    WrongPassword,
+    /// The new password is too weak: at least 10 characters, and not the user name.
+    #[error("password too weak: at least 10 characters, and not the user name")]
+    WeakPassword,
+    /// Too many failed attempts: wait.
+    #[error("too many attempts: try again in {} s", retry_after.as_secs())]
+    Throttled {
+        /// How long to wait.
+        retry_after: Duration,
+    },
+    /// No such device on this account.
+    #[error("unknown device")]
+    UnknownDevice,
+    /// A device cannot revoke itself (change the password with `revoke_others` from another
+    /// device, or revoke this one from there).
+    #[error("this is the device asking: revoke it from another device")]
+    ThisDevice,
+    /// This device was revoked.
+    #[error("this device was revoked")]
+    Revoked,
+    /// This device's certificate is not accepted any more: log in again.
+    #[error("this device's certificate is not accepted: log in again")]
+    CertificateRefused,
+    /// The login server could not be reached or was not trusted.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The device's keys could not be read.
+    #[error("device keys in {}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+}
+
+impl AccountError {
+    pub(crate) fn from_client_error(e: LoginClientError) -> Self {
+        match e {
+            LoginClientError::Refused(r) => match r {
+                Refused::WrongPassword => Self::WrongPassword,
+                Refused::WeakPassword => Self::WeakPassword,
+                Refused::Throttled { retry_after_secs } => Self::Throttled {
+                    retry_after: Duration::from_secs(u64::from(retry_after_secs)),
+                },
+                Refused::UnknownDevice => Self::UnknownDevice,
+                Refused::Revoked => Self::Revoked,
+                Refused::BadProof | Refused::RenewalExpired | Refused::UnknownUser => {
+                    Self::CertificateRefused
+                }
+                other => Self::Server(ServerError::Protocol(other.to_string())),
+            },
+            other => Self::Server(ServerError::Protocol(other.to_string())),
+        }
+    }
+
+    pub(crate) fn from_connect(e: ConnectError, address: &str) -> Self {
+        Self::Server(ServerError::from_connect(e, address))
+    }
 }
 
 /// Why [`Client::start`](crate::Client::start) failed.

@@ -65,10 +65,10 @@ mod worker;
 
 pub use audio::{Audio, AudioConfig, AudioInput, AudioOutput, FRAME_SAMPLES, SAMPLE_RATE};
 pub use call::Call;
-pub use client::{Client, ClientBuilder, LoginInfo, Role, State};
+pub use client::{AccountDevice, Client, ClientBuilder, LoginInfo, Role, State};
 pub use error::{
-    BuildError, CallError, LoginError, PcmError, RegisterError, SearchError, ServerError,
-    StartError, StopError,
+    AccountError, BuildError, CallError, LoginError, PcmError, RegisterError, SearchError,
+    ServerError, StartError, StopError,
 };
 #[cfg(feature = "async")]
 pub use events::EventStream;

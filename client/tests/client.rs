@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use natter::{
-    Audio, CallError, CallState, Client, EndReason, Event, Found, LoginError, PasswordNeeded,
-    PcmError, RegisterError, SearchError, ServerError, StartError, StopError,
+    AccountError, Audio, CallError, CallState, Client, DeviceId, EndReason, Event, Found,
+    LoginError, PasswordNeeded, PcmError, RegisterError, SearchError, ServerError, StartError,
+    StopError,
 };
 use natter_fixtures::{wait_for, TestNet, DEADLINE, PASSWORD};
 
@@ -222,6 +223,70 @@ fn logging_in_fails_for_a_reason() {
         d.register("dave", PASSWORD),
         Err(RegisterError::Server(ServerError::Unreachable { .. }))
     ));
+}
+
+#[test]
+fn the_account_lists_devices_and_a_password_change_revokes_the_others() {
+    let net = TestNet::start();
+    let dir = tempfile::tempdir().unwrap();
+    let device = |name: &str| {
+        Client::builder(net.network())
+            .data_dir(dir.path().join(name))
+            .build()
+            .unwrap()
+    };
+    let (desk, phone) = (device("desk"), device("phone"));
+    assert!(matches!(desk.devices(), Err(AccountError::NotLoggedIn)));
+    desk.register("erin", PASSWORD).unwrap();
+    let me = desk.login("erin", Some(PASSWORD)).unwrap().device;
+    let other = phone.login("erin", Some(PASSWORD)).unwrap().device;
+    let list = desk.devices().unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().all(|d| d.revoked.is_none()));
+    assert_eq!(
+        list.iter().find(|d| d.this_device).map(|d| d.device),
+        Some(me)
+    );
+    // Each refusal says why.
+    assert!(matches!(
+        desk.revoke_device(me, PASSWORD),
+        Err(AccountError::ThisDevice)
+    ));
+    assert!(matches!(
+        desk.revoke_device(DeviceId([9; 16]), PASSWORD),
+        Err(AccountError::UnknownDevice)
+    ));
+    assert!(matches!(
+        desk.change_password("not the password", "a brand new password", true),
+        Err(AccountError::WrongPassword)
+    ));
+    assert!(matches!(
+        desk.change_password(PASSWORD, "short", true),
+        Err(AccountError::WeakPassword)
+    ));
+    // A leak: a new password, and every other device out.
+    desk.change_password(PASSWORD, "a brand new password", true)
+        .unwrap();
+    let list = desk.devices().unwrap();
+    let revoked: Vec<DeviceId> = list
+        .iter()
+        .filter(|d| d.revoked.is_some())
+        .map(|d| d.device)
+        .collect();
+    assert_eq!(revoked, vec![other]);
+    assert!(matches!(phone.devices(), Err(AccountError::Revoked)));
+    assert!(matches!(
+        phone.login("erin", Some("a brand new password")),
+        Err(LoginError::Revoked)
+    ));
+    // Revoking one device by id, from another.
+    let tablet = device("tablet");
+    let t = tablet
+        .login("erin", Some("a brand new password"))
+        .unwrap()
+        .device;
+    desk.revoke_device(t, "a brand new password").unwrap();
+    assert!(matches!(tablet.devices(), Err(AccountError::Revoked)));
 }
 
 #[test]

@@ -124,7 +124,7 @@ pub(crate) fn nat_type(nat: Option<NatType>) -> NatterNatType {
     }
 }
 
-fn server_result(e: &ServerError) -> NatterResult {
+pub(crate) fn server_result(e: &ServerError) -> NatterResult {
     match e {
         ServerError::Unreachable { .. } | ServerError::Certificate(_) => {
             NatterResult::NatterLoginUnreachable

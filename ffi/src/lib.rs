@@ -42,6 +42,8 @@ pub mod handle;
 
 pub mod client;
 
+pub mod account;
+
 pub mod events;
 
 pub mod call;
@@ -56,7 +58,7 @@ pub use result::{natter_result_message, NatterResult};
 /// The ABI version: bumped in its major part on any incompatible change to `natter.h`.
 pub const NATTER_ABI_MAJOR: u32 = 0;
 /// Minor part of the ABI version: additions only (before 1.0, any change).
-pub const NATTER_ABI_MINOR: u32 = 2;
+pub const NATTER_ABI_MINOR: u32 = 3;
 /// Patch part of the ABI version.
 pub const NATTER_ABI_PATCH: u32 = 0;
 

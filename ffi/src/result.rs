@@ -51,7 +51,8 @@ pub enum NatterResult {
     NatterInvalidUserName = 104,
     /// The password is too weak: at least 10 characters, and not the user name.
     NatterWeakPassword = 105,
-    /// Too many failed attempts: wait and try again.
+    /// Too many failed attempts, or too many new devices or accounts lately: wait and try
+    /// again.
     NatterThrottled = 106,
     /// This version of Natter is too old for the network: upgrade.
     NatterUpgradeRequired = 107,
@@ -62,6 +63,10 @@ pub enum NatterResult {
     NatterPasswordNeeded = 109,
     /// Logging in failed for another reason (a server error, an unacceptable certificate).
     NatterLoginFailed = 110,
+    /// No such device on this account.
+    NatterUnknownDevice = 111,
+    /// A device cannot revoke itself: revoke it from another device.
+    NatterThisDevice = 112,
     /// The client has not logged in yet.
     NatterNotLoggedIn = 200,
     /// The client is not started (`natter_client_start`).
@@ -107,11 +112,13 @@ impl NatterResult {
             Self::NatterWeakPassword => {
                 c"password too weak: at least 10 characters, and not the user name"
             }
-            Self::NatterThrottled => c"too many failed attempts: try again later",
+            Self::NatterThrottled => c"too many attempts: try again later",
             Self::NatterUpgradeRequired => c"this version of Natter is too old: upgrade",
             Self::NatterRevoked => c"this device was revoked",
             Self::NatterPasswordNeeded => c"the password is needed to log in",
             Self::NatterLoginFailed => c"login failed",
+            Self::NatterUnknownDevice => c"no such device on this account",
+            Self::NatterThisDevice => c"a device cannot revoke itself: revoke it from another device",
             Self::NatterNotLoggedIn => c"not logged in",
             Self::NatterNotStarted => c"not started",
             Self::NatterAlreadyStarted => c"already started",
@@ -123,7 +130,7 @@ impl NatterResult {
     }
 
     /// Every value, for tests and for `natter_result_message`.
-    pub(crate) const ALL: [NatterResult; 29] = [
+    pub(crate) const ALL: [NatterResult; 31] = [
         Self::NatterOk,
         Self::NatterPanic,
         Self::NatterNullArgument,
@@ -146,6 +153,8 @@ impl NatterResult {
         Self::NatterRevoked,
         Self::NatterPasswordNeeded,
         Self::NatterLoginFailed,
+        Self::NatterUnknownDevice,
+        Self::NatterThisDevice,
         Self::NatterNotLoggedIn,
         Self::NatterNotStarted,
         Self::NatterAlreadyStarted,

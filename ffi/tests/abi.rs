@@ -5,6 +5,7 @@
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::{null, null_mut};
 
+use natter_ffi::account::*;
 use natter_ffi::audio::*;
 use natter_ffi::call::*;
 use natter_ffi::client::*;
@@ -85,6 +86,14 @@ fn all_with(c: *mut NatterClient, want: NatterResult) {
     let mut ev: *mut NatterEvent = null_mut();
     let mut buf = [0 as c_char; 64];
     let mut pcm = [0i16; 320];
+    let mut devices = [NatterAccountDevice {
+        id: [0; 16],
+        id_text: [0; 13],
+        first_seen: 0,
+        last_seen: 0,
+        revoked_at: 0,
+        this_device: false,
+    }; 2];
     // SAFETY: every pointer passed is NULL or valid for what the function reads or writes.
     unsafe {
         assert_eq!(natter_client_register(c, user, pw), want);
@@ -114,6 +123,12 @@ fn all_with(c: *mut NatterClient, want: NatterResult) {
             natter_call_pull_audio(c, 1, pcm.as_mut_ptr(), 320, &mut len),
             want
         );
+        assert_eq!(
+            natter_client_devices(c, devices.as_mut_ptr(), 2, &mut len),
+            want
+        );
+        assert_eq!(natter_client_revoke_device(c, [7u8; 16].as_ptr(), pw), want);
+        assert_eq!(natter_client_change_password(c, pw, pw, true), want);
     }
     assert_eq!((id, fd, len), (0, -1, 0), "outputs written on failure");
     assert!(ev.is_null());

@@ -118,7 +118,11 @@ fn stage() -> &'static Staged {
         );
         let cflags = pkg_config(&prefix, &["--cflags"]);
         let libs = pkg_config(&prefix, &["--libs"]);
-        for (name, extra) in [("null_args", None), ("threads", Some("-pthread"))] {
+        for (name, extra) in [
+            ("null_args", None),
+            ("threads", Some("-pthread")),
+            ("account", None),
+        ] {
             let src = root().join(format!("ffi/tests/c/{name}.c"));
             run(
                 Command::new("cc")
@@ -446,6 +450,23 @@ fn c_threads_share_clients_under_valgrind() {
     eprintln!(
         "threads under valgrind: {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn c_account_lists_devices_and_changes_the_password_under_valgrind() {
+    let s = stage();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(s, dir.path());
+    let log = dir.path().join("account.vg");
+    let mut cmd = s.program("account", &log, true);
+    cmd.arg(&net.file).arg(dir.path().join("data"));
+    let out = run_to_end(cmd, "account", &log, 300);
+    eprintln!("account: {}", out.join(" | "));
+    assert!(
+        out.iter().any(|l| l.contains("account: all checks passed")),
+        "{out:#?}"
     );
 }
 

@@ -53,8 +53,14 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     int fd = -1;
     NatterEvent *e = NULL;
     int16_t pcm[320] = {0};
+    NatterAccountDevice devices[2];
+    size_t n_devices = 0;
+    uint8_t device_id[16] = {0};
     EXPECT(natter_client_register(c, "alice", "a good password"), want);
     EXPECT(natter_client_login(c, "alice", "a good password"), want);
+    EXPECT(natter_client_devices(c, devices, 2, &n_devices), want);
+    EXPECT(natter_client_revoke_device(c, device_id, "a good password"), want);
+    EXPECT(natter_client_change_password(c, "a good password", "another good one", true), want);
     EXPECT(natter_client_start(c), want);
     EXPECT(natter_client_stop(c), want);
     EXPECT(natter_client_get_state(c, &st), want);
@@ -172,6 +178,14 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_login(c, NULL, NULL), NATTER_NULL_ARGUMENT);
     EXPECT(natter_client_login(c, "alice", "\xff"), NATTER_INVALID_UTF8);
     EXPECT(natter_client_login(c, "no", NULL), NATTER_INVALID_USER_NAME);
+    uint8_t device_id[16] = {0};
+    NatterAccountDevice devices[1];
+    EXPECT(natter_client_devices(c, NULL, 1, &len), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_devices(c, devices, 1, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_revoke_device(c, NULL, "a good password"), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_revoke_device(c, device_id, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_change_password(c, NULL, "another good one", false), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_change_password(c, "a good password", "\xff", false), NATTER_INVALID_UTF8);
     EXPECT(natter_client_get_state(c, NULL), NATTER_NULL_ARGUMENT);
     st.version = 0;
     EXPECT(natter_client_get_state(c, &st), NATTER_UNSUPPORTED_VERSION);
@@ -205,6 +219,10 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_login(c, "alice", "a good password"), NATTER_LOGIN_UNREACHABLE);
     EXPECT(natter_client_register(c, "alice", "a good password"), NATTER_LOGIN_UNREACHABLE);
     EXPECT(natter_client_start(c), NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_devices(c, devices, 1, &len), NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_revoke_device(c, device_id, "a good password"), NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_change_password(c, "a good password", "another good one", true),
+           NATTER_NOT_LOGGED_IN);
     EXPECT(natter_client_stop(c), NATTER_NOT_STARTED);
     EXPECT(natter_client_search(c, "alice", &id), NATTER_NOT_STARTED);
     EXPECT(natter_call_start(c, "alice", &id), NATTER_NOT_STARTED);
