@@ -1151,15 +1151,28 @@ impl LoginServer {
         dh_public: [u8; 32],
         renewal: bool,
     ) -> Response {
+        let mut not_before = wall
+            .0
+            .saturating_sub(self.cfg.clock_skew_allowance.as_secs());
+        let mut not_after = wall.0 + self.cfg.certificate_lifetime.as_secs();
+        // A signing key with a validity window signs only inside it: a certificate reaching
+        // past its end would be refused by every node.
+        if let Some((from, until)) = self.cfg.trusted.window(self.cfg.authority.key_id()) {
+            not_before = not_before.max(from.0);
+            not_after = not_after.min(until.0);
+            if wall.0 < from.0 || not_after <= not_before {
+                tracing::error!(
+                    "the authority key is outside its validity window: rotate it (network file)"
+                );
+                return Response::Error(LoginError::Server);
+            }
+        }
         let certificate = self.cfg.authority.certify(
             user,
             dh_public,
             signing_public,
-            UnixTime(
-                wall.0
-                    .saturating_sub(self.cfg.clock_skew_allowance.as_secs()),
-            ),
-            UnixTime(wall.0 + self.cfg.certificate_lifetime.as_secs()),
+            UnixTime(not_before),
+            UnixTime(not_after),
         );
         self.stats.certified += 1;
         self.events.push_back(LoginServerEvent::Certified {
@@ -1610,5 +1623,44 @@ mod tests {
         // Another address is not affected.
         let b: SocketAddr = "192.0.2.10:4000".parse().unwrap();
         assert_eq!(register_from(&mut server, now, 200, b), Ok(()));
+    }
+
+    #[test]
+    fn certificates_end_with_the_signing_keys_window() {
+        let net = TestNetwork::new(10);
+        let now = Instant::now();
+        let mut cfg = LoginServerConfig::new(
+            Authority::from_secret_bytes(net.authority().secret_bytes()),
+            [1; 32],
+            TEST_WALL,
+            now,
+        );
+        let mut trusted = TrustedAuthorities::default();
+        trusted.add_with_window(
+            net.authority().public(),
+            UnixTime(TEST_WALL.0 - 10),
+            UnixTime(TEST_WALL.0 + 3600),
+        );
+        cfg.trusted = trusted.clone();
+        let mut server = LoginServer::new(cfg);
+        let user = UserName::parse("alice").unwrap();
+        let dev = net.identity("alice").device;
+        let issue = |server: &mut LoginServer, wall| {
+            server.issue(wall, &user, dev.signing_public(), dev.dh_public(), false)
+        };
+        // Inside the window: the certificate stops where the key does, and verifies.
+        match issue(&mut server, TEST_WALL) {
+            Response::Certified { certificate } => {
+                assert_eq!(certificate.not_after, UnixTime(TEST_WALL.0 + 3600));
+                assert!(certificate.not_before >= UnixTime(TEST_WALL.0 - 10));
+                certificate.verify(&trusted, TEST_WALL).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        // Past its end, the key signs nothing.
+        assert_eq!(
+            issue(&mut server, UnixTime(TEST_WALL.0 + 7200)),
+            Response::Error(LoginError::Server)
+        );
     }
 }

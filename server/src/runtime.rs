@@ -437,7 +437,15 @@ impl LoginServerHandle {
                         params,
                         dummy_hash: &dummy,
                     };
-                    let outcome = ctx.run(&item);
+                    // A panic in a job (a bug, or a store driver's) answers that request
+                    // "server error" and keeps the worker: otherwise its hashing slot and its
+                    // connection would stay taken for good.
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.run(&item)))
+                            .unwrap_or_else(|_| {
+                                tracing::error!(job = item.id.0, "a login job panicked");
+                                JobOutcome::Failed(natter_core::login::proto::LoginError::Server)
+                            });
                     if tx.send((item.id, outcome)).is_err() {
                         return;
                     }

@@ -401,6 +401,11 @@ impl TrustedAuthorities {
         self.keys.is_empty()
     }
 
+    /// The validity window of the trusted key with this id (from, until), if it has one.
+    pub fn window(&self, id: AuthorityKeyId) -> Option<(UnixTime, UnixTime)> {
+        self.get(id).and_then(|(_, w)| w)
+    }
+
     /// The key with this id, and its window if it has one.
     fn get(&self, id: AuthorityKeyId) -> Option<([u8; 32], Option<Window>)> {
         self.keys

@@ -15,8 +15,8 @@ use super::proto::{
     Version, VersionStatus, DH_PROOF_CONTEXT, PROOF_CONTEXT, REVOCATION_CONTEXT,
 };
 use crate::crypto::{
-    verify_signature, CertError, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities,
-    UnixTime, UserName,
+    verify_signature, AuthorityKeyId, CertError, Certificate, DeviceId, DeviceIdentity,
+    TrustedAuthorities, UnixTime, UserName,
 };
 use crate::sansio::{Destination, Input, Machine, StreamId, Transmit};
 use crate::wire::frame::{self, FrameDecoder};
@@ -421,10 +421,16 @@ impl LoginClient {
     }
 
     fn page_signed(&self, page: &RevocationPage) -> bool {
-        // Any trusted authority may have signed the page.
-        self.cfg
-            .trusted
+        // Any trusted authority may have signed the page, a key with a validity window only
+        // a page dated inside it.
+        let trusted = &self.cfg.trusted;
+        trusted
             .keys()
+            .filter(|k| {
+                trusted
+                    .window(AuthorityKeyId::of(k))
+                    .is_none_or(|(from, until)| from <= page.issued_at && page.issued_at <= until)
+            })
             .any(|k| verify_signature(k, REVOCATION_CONTEXT, &page.signed_bytes(), &page.signature))
     }
 
@@ -852,6 +858,37 @@ mod tests {
             )),
             Some(CertError::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_revocation_page_dated_outside_its_keys_window_is_rejected() {
+        let net = TestNetwork::new(4);
+        let id = net.identity("alice");
+        let mut c = client(&net, id.device.clone(), Instant::now());
+        let mut trusted = TrustedAuthorities::default();
+        trusted.add_with_window(
+            net.authority().public(),
+            UnixTime(TEST_WALL.0 - 100),
+            UnixTime(TEST_WALL.0 + 100),
+        );
+        c.cfg.trusted = trusted;
+        let signed = |issued_at: UnixTime| {
+            let mut page = RevocationPage {
+                since: 0,
+                entries: vec![],
+                complete: true,
+                issued_at,
+                signature: [0; 64],
+            };
+            page.signature = net
+                .authority()
+                .sign(REVOCATION_CONTEXT, &page.signed_bytes());
+            page
+        };
+        assert!(c.page_signed(&signed(TEST_WALL)));
+        // A retired key (or a stolen one) signs nothing dated after its window.
+        assert!(!c.page_signed(&signed(UnixTime(TEST_WALL.0 + 1000))));
+        assert!(!c.page_signed(&signed(UnixTime(TEST_WALL.0 - 1000))));
     }
 
     #[test]
