@@ -342,7 +342,9 @@ enum NatterEventKind
    */
   NATTER_EVENT_DETACHED = 2,
   /**
-   * No super node is reachable yet; the node keeps trying (0.5 s doubling to 30 s).
+   * No super node is attached and none could be reached: the node is cut off for now and
+   * keeps trying (0.5 s doubling to 30 s). Sent once, again only after a super node
+   * attached in between; never while one is attached.
    */
   NATTER_EVENT_NO_SUPER_NODE = 3,
   /**

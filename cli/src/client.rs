@@ -414,8 +414,6 @@ fn on_event(
                 "audio: {other}"
             ),
         },
-        // Still linked to one: the node only looks for a second.
-        Event::NoSuperNode { attached } if attached > 0 => {}
         other => {
             if args.json {
                 if let Some(j) = event_json(&other) {

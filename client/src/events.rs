@@ -49,10 +49,12 @@ pub enum Event {
         /// Super nodes attached now.
         attached: usize,
     },
-    /// No super node could be reached in this round; the node keeps trying (0.5 s doubling to
-    /// 30 s).
+    /// No super node is attached, and a round of attempts found none: the node is cut off
+    /// from the network for now, and keeps trying (0.5 s doubling to 30 s). Sent once when
+    /// that happens, again only after a super node attached in between (never while one is
+    /// attached, e.g. to a network's only super node).
     NoSuperNode {
-        /// Super nodes still attached (a node with one looks for a second).
+        /// Super nodes attached (0).
         attached: usize,
     },
     /// The NAT type was (re)detected.
@@ -258,8 +260,7 @@ impl fmt::Display for Event {
                 f.write_str(")")
             }
             Event::Detached { super_node, .. } => write!(f, "lost super node {super_node}"),
-            Event::NoSuperNode { attached: 0 } => f.write_str("no super node reachable yet"),
-            Event::NoSuperNode { .. } => f.write_str("no second super node reachable yet"),
+            Event::NoSuperNode { .. } => f.write_str("no super node reachable yet"),
             Event::NatDetected { nat, mapped, took } => {
                 write!(
                     f,

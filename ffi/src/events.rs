@@ -35,7 +35,9 @@ pub enum NatterEventKind {
     /// Lost a super node. `detail`: its address; `count`: super nodes attached now (the node
     /// looks for another by itself).
     NatterEventDetached = 2,
-    /// No super node is reachable yet; the node keeps trying (0.5 s doubling to 30 s).
+    /// No super node is attached and none could be reached: the node is cut off for now and
+    /// keeps trying (0.5 s doubling to 30 s). Sent once, again only after a super node
+    /// attached in between; never while one is attached.
     NatterEventNoSuperNode = 3,
     /// The NAT type was (re)detected. `code`: a `NatterNatType`; `detail`: a description.
     NatterEventNatDetected = 4,

@@ -810,9 +810,10 @@ fn with_every_super_node_down_rounds_back_off_with_jitter_until_one_comes_back()
             .iter()
             .filter(|(_, e)| matches!(e, NodeEvent::Attach(AttachEvent::NoSuperNode)))
             .count();
-        // More failed rounds than the host cache keeps a failing entry through (8): the
-        // bootstrap entries are put back rather than leaving the node with nobody to try.
-        assert_eq!(empty, 0, "never without a candidate");
+        // Cut off: said once, not at every round (the rounds below had candidates: more
+        // failed rounds than the host cache keeps a failing entry through, 8, and the
+        // bootstrap entries are put back rather than leaving the node with nobody to try).
+        assert_eq!(empty, 1, "reported once");
         let gaps: Vec<Duration> = starts.windows(2).map(|p| p[1] - p[0]).collect();
         eprintln!(
             "{}: {} rounds; gaps between them {:?}",

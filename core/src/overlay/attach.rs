@@ -261,7 +261,9 @@ pub enum AttachEvent {
         /// The super node.
         super_node: SocketAddr,
     },
-    /// No super node could be found in this round.
+    /// No super node is attached and a round found none to attach to. Sent once when that
+    /// happens, again only after one attached in between (the node keeps trying, backing off
+    /// from 0.5 s to 30 s).
     NoSuperNode,
 }
 
@@ -327,6 +329,8 @@ pub struct Attacher {
     probing_until: Option<Instant>,
     next_round: Option<Instant>,
     failed_rounds: u32,
+    /// [`AttachEvent::NoSuperNode`] was sent and no super node attached since.
+    reported_none: bool,
     next_stream: u64,
     next_refresh: Option<Instant>,
     udp_blocked: bool,
@@ -351,6 +355,7 @@ impl Attacher {
             probing_until: None,
             next_round: None,
             failed_rounds: 0,
+            reported_none: false,
             next_stream: 0,
             next_refresh: None,
             udp_blocked: false,
@@ -458,7 +463,6 @@ impl Attacher {
         let tiebreak = self.rng.u64();
         let candidates = self.cache.best(self.cfg.probes, &exclude, wall, tiebreak);
         if candidates.is_empty() {
-            self.events.push(AttachEvent::NoSuperNode);
             self.schedule_retry(now);
             return;
         }
@@ -483,7 +487,13 @@ impl Attacher {
         self.probing_until = Some(now + self.cfg.probe_window);
     }
 
+    /// A round ended without the links wanted: try again after a back-off. With no super node
+    /// at all, say so (once, until one attaches).
     fn schedule_retry(&mut self, now: Instant) {
+        if self.attached_count() == 0 && self.in_progress() == 0 && !self.reported_none {
+            self.reported_none = true;
+            self.events.push(AttachEvent::NoSuperNode);
+        }
         self.failed_rounds += 1;
         let exp = self.failed_rounds.min(7);
         let base = Duration::from_millis(250) * (1 << exp);
@@ -636,6 +646,7 @@ impl Attacher {
             self.cache.success(link.entry.addr, key, wall);
         }
         self.failed_rounds = 0;
+        self.reported_none = false;
         self.events.push(AttachEvent::Attached {
             super_node: link.entry.addr,
             transport: link.transport,

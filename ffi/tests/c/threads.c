@@ -53,6 +53,7 @@ struct peer {
     const char *name;
     NatterClient *c;
     int attached, connected, ended, hold_events;
+    int cut_off_while_attached; /* NO_SUPER_NODE events after attaching (issue 16: 5-9 in 12 s) */
     uint64_t call, search;
     uint32_t search_code;
     int started_ok;
@@ -77,6 +78,9 @@ static void on_event(struct peer *p, const NatterEvent *e) {
     pthread_mutex_lock(&lock);
     switch (e->kind) {
     case NATTER_EVENT_ATTACHED: p->attached = 1; break;
+    case NATTER_EVENT_NO_SUPER_NODE:
+        if (p->attached) p->cut_off_while_attached++;
+        break;
     case NATTER_EVENT_SEARCH_RESULT:
         if (e->search == p->search) p->search_code = e->code;
         break;
@@ -395,6 +399,11 @@ int main(int argc, char **argv) {
     if (!wait_flag(&alice.ended, 30, "alice's call ended") || !wait_flag(&bob.ended, 30, "bob's call ended"))
         goto join;
     printf("call ended\n");
+    /* Attached to the network's only super node the whole time: never "no super node". */
+    pthread_mutex_lock(&lock);
+    int cut_off = alice.cut_off_while_attached + bob.cut_off_while_attached;
+    pthread_mutex_unlock(&lock);
+    if (cut_off) FAIL("NATTER_EVENT_NO_SUPER_NODE %d times while attached", cut_off);
 
 join:
     /* Stop alice from another thread and free both while the hammers still run. */
