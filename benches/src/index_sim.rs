@@ -66,6 +66,8 @@ pub enum Behaviour {
     Stale,
     /// Ignores searches.
     Drop,
+    /// Answers every search with a definite "not found".
+    Deny,
 }
 
 /// Settings of a run.
@@ -764,8 +766,6 @@ impl IndexSim {
         self.schedule(Duration::from_secs_f64(session), Ev::Leave { sn });
     }
 
-    /// A client attached to super nodes: the fastest of five random live, honest ones (an
-    /// ordinary node attaches to the fastest it probes).
     /// True when a client may attach to super node `i`.
     fn usable(&self, i: usize) -> bool {
         let s = &self.sns[i];
@@ -777,6 +777,8 @@ impl IndexSim {
         s.alive && s.behaviour == Behaviour::Honest && ready
     }
 
+    /// A client attached to super nodes: the fastest of five random live, honest ones (an
+    /// ordinary node attaches to the fastest it probes).
     fn attach(&mut self) -> ((f64, f64), usize) {
         let pos = (self.rng.unit(), self.rng.unit());
         let mut best: Option<(Duration, usize)> = None;
@@ -1084,6 +1086,7 @@ impl IndexSim {
             {
                 let answer = match behaviour {
                     Behaviour::Drop => return,
+                    Behaviour::Deny => None,
                     Behaviour::Stale => self.sns[to].first_seen.get(user).cloned(),
                     Behaviour::Forge => self.sns[to].first_seen.get(user).cloned().map(|mut r| {
                         r.sequence += 1000;

@@ -81,7 +81,10 @@ struct CallView {
 
 /// Run the client; returns the exit code.
 pub fn run(args: ClientArgs) -> i32 {
-    match run_inner(args) {
+    let outcome = run_inner(args);
+    // However it ended, a password prompt does not leave the terminal without echo.
+    echo(true);
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("natter client: {e}");
@@ -122,9 +125,6 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
     let mut ever_connected = false;
     loop {
         if node.stopping() {
-            if pending.is_some() {
-                echo(true);
-            }
             node.client.close();
             return Ok(0);
         }

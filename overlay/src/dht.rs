@@ -430,8 +430,10 @@ struct Search {
     verified: Vec<PresenceRecord>,
     messages: u32,
     hops: u8,
-    /// The super nodes its newest record names were asked (or need not be).
+    /// The super nodes its old-looking records name were looked for (see [`Dht::confirm`]).
     confirmed: bool,
+    /// Some of them were asked: their answers are waited for.
+    confirming: bool,
 }
 
 #[derive(Debug)]
@@ -522,6 +524,16 @@ impl Dht {
             confirm_at: None,
             stats: DhtStats::default(),
             cfg,
+        }
+    }
+
+    /// This super node's ring position changed (its certificate was renewed under a new
+    /// authority key, which salts positions anew): repair re-checks what it holds.
+    pub fn set_key(&mut self, now: Instant, key: Key) {
+        if key != self.my_key {
+            self.my_key = key;
+            self.repaired_generation = 0;
+            self.ring_changed(now);
         }
     }
 
@@ -665,9 +677,15 @@ impl Dht {
             self.attached.clear();
         }
         self.published.insert(record.device(), record.sequence);
+        // Answered for as this node's own client only while it says it is attached here.
         let mine = self.attached.entry(record.user().clone()).or_default();
         mine.retain(|r| r.device() != record.device());
-        mine.push(record.clone());
+        if record.super_nodes.contains(&self.me.addr) {
+            mine.push(record.clone());
+        }
+        if mine.is_empty() {
+            self.attached.remove(record.user());
+        }
         self.arm_expiry(now);
         let user = record.user().clone();
         self.cache.remove(&user);
@@ -741,6 +759,7 @@ impl Dht {
             messages: 0,
             hops: 0,
             confirmed: false,
+            confirming: false,
         };
         // The path cache, unless a record in it names a super node that has left the ring:
         // its device has moved to another one since (and published again), so the replicas
@@ -875,7 +894,7 @@ impl Dht {
         // few fast replicas (new ones not yet handed the record, or liars) must not outrun the
         // replicas that hold it.
         // Once the record's own super nodes are asked, their answers are waited for.
-        let early = consistent && agreeing >= quorum && !summary.is_empty() && !search.confirmed;
+        let early = consistent && agreeing >= quorum && !summary.is_empty() && !search.confirming;
         let done = early || pending == 0 || now >= search.deadline;
         if now < search.deadline && self.to_confirm.contains(&id) {
             // Asks the record's super nodes at the next timer.
@@ -908,18 +927,15 @@ impl Dht {
         }
     }
 
-    /// True when the newest record a search found says "online" yet is older than
-    /// [`DhtConfig::confirm_after`].
+    /// True when a record a search found says "online" yet is older than
+    /// [`DhtConfig::confirm_after`] (any device's: liars may pair an old record of one device
+    /// with a fresh one of another).
     fn looks_old(&self, search: &Search, wall: UnixTime) -> bool {
+        let after = self.cfg.confirm_after;
         search
             .merged
             .values()
-            .max_by_key(|r| r.timestamp)
-            .is_some_and(|r| {
-                r.online
-                    && !r.super_nodes.is_empty()
-                    && wall.0.saturating_sub(r.timestamp.0) > self.cfg.confirm_after.as_secs()
-            })
+            .any(|r| record_looks_old(r, wall, after))
     }
 
     /// Ask the super nodes named by the records of searches that found old-looking records
@@ -931,7 +947,12 @@ impl Dht {
                 continue;
             };
             let mut targets: Vec<HostEntry> = Vec::new();
-            for r in search.merged.values() {
+            let after = self.cfg.confirm_after;
+            for r in search
+                .merged
+                .values()
+                .filter(|r| record_looks_old(r, wall, after))
+            {
                 for addr in &r.super_nodes {
                     if let Some(e) = ring.at(*addr) {
                         let asked = search.candidates[..search.next].contains(e);
@@ -942,6 +963,7 @@ impl Dht {
                 }
             }
             let n = targets.len();
+            search.confirming = n > 0;
             let at = search.next;
             search.candidates.splice(at..at, targets);
             for _ in 0..n {
@@ -1305,6 +1327,12 @@ impl Dht {
     }
 }
 
+/// True when `r` says "online", names super nodes, and is older than `after`: an online device
+/// would have published a newer one.
+fn record_looks_old(r: &PresenceRecord, wall: UnixTime, after: Duration) -> bool {
+    r.online && !r.super_nodes.is_empty() && wall.0.saturating_sub(r.timestamp.0) > after.as_secs()
+}
+
 /// An answer as its (device, sequence) pairs, in device order, once each (highest sequence
 /// per device), comparable with the merged result.
 fn summary_of(records: &[PresenceRecord]) -> Vec<(DeviceId, u64)> {
@@ -1454,7 +1482,7 @@ mod tests {
 #[cfg(test)]
 mod search_tests {
     use super::*;
-    use natter_core::crypto::Capabilities;
+    use natter_core::crypto::{Capabilities, DeviceIdentity};
     use natter_core::testkit::{TestNetwork, TEST_WALL};
     use tests::{key_of, put};
 
@@ -1600,6 +1628,83 @@ mod search_tests {
             matches!(net.done.pop().unwrap().result, SearchResult::Found(r) if r[0].sequence == 3)
         );
         assert_eq!(net.dhts[other].stats().confirms, 0);
+    }
+
+    #[test]
+    fn an_old_record_of_one_device_is_confirmed_and_nobody_to_ask_costs_no_wait() {
+        let tn = TestNetwork::new(2);
+        let mut net = Net::new(&tn, 10);
+        let ring = net.ring.clone();
+        let now = net.now;
+        let alice = UserName::parse("alice").unwrap();
+        let replicas = ring.successors(Key::of_user(&alice), DhtConfig::default().replicas);
+        let outside: Vec<usize> = (0..10)
+            .filter(|i| !replicas.contains(&net.dhts[*i].me))
+            .collect();
+        let (home, searcher) = (outside[0], outside[1]);
+        let home_addr = net.dhts[home].me.addr;
+        // Alice's phone: a fresh record; her laptop: an hour-old one at the replicas, a fresh
+        // one at its super node. Liars pairing the two must not pass the old one off.
+        let phone = tn.identity("alice");
+        let laptop = DeviceIdentity::generate(&mut natter_core::rng::Rng::from_seed(5));
+        let laptop_cert = tn.authority().certify(
+            &alice,
+            laptop.dh_public(),
+            laptop.signing_public(),
+            phone.certificate.not_before,
+            phone.certificate.not_after,
+        );
+        let sign = |dev: &DeviceIdentity, cert: &Certificate, at: SocketAddr, seq, age: u64| {
+            PresenceRecord::sign(
+                dev,
+                cert.clone(),
+                true,
+                vec![at],
+                None,
+                vec![],
+                1,
+                Capabilities::VOICE,
+                seq,
+                UnixTime(TEST_WALL.0 - age),
+            )
+        };
+        let nowhere: SocketAddr = "198.18.99.1:4000".parse().unwrap();
+        let fresh_phone = sign(&phone.device, &phone.certificate, nowhere, 1, 60);
+        assert!(net.dhts[home].publish(now, TEST_WALL, &ring, fresh_phone));
+        let old_laptop = sign(&laptop, &laptop_cert, home_addr, 1, 3600);
+        assert!(net.dhts[home].publish(now, TEST_WALL, &ring, old_laptop));
+        net.run();
+        let new_laptop = sign(&laptop, &laptop_cert, home_addr, 2, 60);
+        assert!(net.dhts[home].publish(now, TEST_WALL, &Ring::new(4), new_laptop));
+        net.run();
+        net.dhts[searcher].search(now, TEST_WALL, &ring, Origin::Local(1), alice.clone());
+        net.run();
+        net.dhts[searcher].handle_timeout(now, TEST_WALL, &ring);
+        net.run();
+        match net.done.pop().map(|o| o.result) {
+            Some(SearchResult::Found(r)) => {
+                let laptop_seq = r.iter().find(|r| r.device() == laptop_cert.device);
+                assert_eq!(laptop_seq.map(|r| r.sequence), Some(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An old record naming a super node that is not in the ring: nobody to ask, and the
+        // search ends at once with what it has.
+        let mut net = Net::new(&tn, 10);
+        let now = net.now;
+        let gone = sign(&phone.device, &phone.certificate, nowhere, 5, 3600);
+        assert!(net.dhts[home].publish(now, TEST_WALL, &ring, gone));
+        net.run();
+        net.dhts[searcher].search(now, TEST_WALL, &ring, Origin::Local(2), alice);
+        net.run();
+        assert!(net.done.is_empty());
+        net.dhts[searcher].handle_timeout(now, TEST_WALL, &ring);
+        net.run();
+        match net.done.pop().map(|o| o.result) {
+            Some(SearchResult::Found(r)) => assert_eq!(r[0].sequence, 5),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(net.dhts[searcher].stats().confirms, 1);
     }
 
     #[test]

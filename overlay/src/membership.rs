@@ -1183,7 +1183,13 @@ impl Membership {
                 .ring
                 .values()
                 .map(|a| self.members[a].entry)
-                .filter(|e| !self.certs.contains_key(&e.static_key))
+                .filter(|e| {
+                    !self.certs.contains_key(&e.static_key)
+                        && self
+                            .pulled
+                            .get(&e.static_key)
+                            .is_none_or(|at| now.saturating_duration_since(*at) >= PULL_AGAIN)
+                })
                 .take(MAX_OWN_PULLS)
                 .collect();
             for e in missing {

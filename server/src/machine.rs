@@ -91,7 +91,8 @@ pub struct AdmissionConfig {
     pub refill: Duration,
     /// Most hashing jobs queued or running at once, whatever their source (default 64).
     pub max_in_flight: usize,
-    /// Most addresses tracked at once (default 100,000; full buckets are forgotten first).
+    /// Most addresses tracked at once (default 100,000; full buckets are forgotten first, then
+    /// the one counted longest ago).
     pub capacity: usize,
     /// New accounts and new devices (certifications of a key the server has not seen) one
     /// address may create in a burst (default 10), and then one every
@@ -155,7 +156,17 @@ impl Admission {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec < burst
             });
             if self.buckets.len() >= capacity {
-                return Err(refill);
+                // Full of addresses still waiting: forget the one counted longest ago rather
+                // than refuse every new address (one party with many addresses must not lock
+                // everyone else out).
+                if let Some(oldest) = self
+                    .buckets
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(ip, _)| *ip)
+                {
+                    self.buckets.remove(&oldest);
+                }
             }
         }
         let (tokens, at) = self.buckets.entry(ip).or_insert((burst, now));
@@ -562,6 +573,9 @@ pub struct LoginServer {
     admission: Admission,
     /// New accounts and devices per address.
     identities: Admission,
+    /// Login jobs in flight per account: each may add a device, so each takes one from the
+    /// others' daily allowance (workers run them in parallel).
+    logins_in_flight: HashMap<UserName, u32>,
     /// Hashing jobs queued or running.
     hashing: usize,
     work: VecDeque<WorkItem>,
@@ -596,6 +610,7 @@ impl LoginServer {
             by_address: Throttle::new(cfg.throttle.free_per_address),
             admission: Admission::default(),
             identities: Admission::default(),
+            logins_in_flight: HashMap::new(),
             hashing: 0,
             cfg,
             conns: HashMap::new(),
@@ -1007,6 +1022,14 @@ impl LoginServer {
                 }
             }
         }
+        if let Job::Login {
+            user, new_device, ..
+        } = &mut job
+        {
+            let n = self.logins_in_flight.entry(user.clone()).or_default();
+            new_device.per_account_per_day = new_device.per_account_per_day.saturating_sub(*n);
+            *n += 1;
+        }
         let id = JobId(self.next_job);
         self.next_job += 1;
         if let Some(c) = self.conns.get_mut(&stream) {
@@ -1031,6 +1054,14 @@ impl LoginServer {
         };
         if p.job.hashes() {
             self.hashing = self.hashing.saturating_sub(1);
+        }
+        if let Job::Login { user, .. } = &p.job {
+            if let Some(n) = self.logins_in_flight.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    self.logins_in_flight.remove(user);
+                }
+            }
         }
         let stream = p.stream;
         let remote = self.conns.get(&stream).map(|c| c.remote);
@@ -1662,5 +1693,58 @@ mod tests {
             issue(&mut server, UnixTime(TEST_WALL.0 + 7200)),
             Response::Error(LoginError::Server)
         );
+    }
+
+    /// A `Devices` request by alice's device at `wall` with a certificate ending at
+    /// `not_after`; `other_challenge`: its proofs made for another connection.
+    fn devices_at(wall: u64, not_after: u64, other_challenge: bool) -> Result<Job, LoginError> {
+        let net = TestNetwork::new(5);
+        let id = net.identity("alice");
+        let certificate = net.authority().certify(
+            &id.certificate.user,
+            id.device.dh_public(),
+            id.device.signing_public(),
+            UnixTime(not_after - 86_400),
+            UnixTime(not_after),
+        );
+        let (mut server, now, mut challenge, server_key) = greeted(&net, UnixTime(wall));
+        if other_challenge {
+            challenge[0] ^= 1;
+        }
+        let msg = proof_message(
+            &challenge,
+            &certificate.user,
+            &certificate.signing_public,
+            &certificate.dh_public,
+        );
+        let request = Request::Devices {
+            proof: id.device.sign(PROOF_CONTEXT, &msg),
+            dh_proof: id
+                .device
+                .dh_proof(&server_key, DH_PROOF_CONTEXT, &msg)
+                .unwrap(),
+            certificate,
+        };
+        send(&mut server, now, &request);
+        if let Some(item) = server.poll_work() {
+            return Ok(item.job);
+        }
+        match responses(&mut server).pop() {
+            Some(Response::Error(e)) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_device_proving_a_valid_certificate_lists_its_accounts_devices() {
+        let t = TEST_WALL.0;
+        assert!(matches!(
+            devices_at(t, t + 3600, false),
+            Ok(Job::Devices { ref user, .. }) if user.as_str() == "alice"
+        ));
+        // Proofs made for another connection's challenge (a replay), or an expired
+        // certificate (it renews first): refused.
+        assert_eq!(devices_at(t, t + 3600, true), Err(LoginError::BadProof));
+        assert_eq!(devices_at(t, t - 1, false), Err(LoginError::BadProof));
     }
 }

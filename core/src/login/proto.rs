@@ -174,7 +174,7 @@ pub enum Request {
     /// List the account's devices, asked by a certified device of it (proved as for
     /// [`Request::Renew`]; no password).
     Devices {
-        /// The asking device's certificate (possibly recently expired).
+        /// The asking device's certificate (valid now: an expired one renews first).
         certificate: Certificate,
         /// Proof of possession of the certified Ed25519 key.
         proof: [u8; 64],

@@ -94,7 +94,9 @@ impl IndexPart {
                 Some((m, Key::of_certificate(cert)))
             })
             .collect();
-        members.insert(self.me, Key::of_certificate(&cx.cfg.identity.certificate));
+        let my_key = Key::of_certificate(&cx.cfg.identity.certificate);
+        self.dht.set_key(now, my_key);
+        members.insert(self.me, my_key);
         let before = self.ring.generation();
         let stale: Vec<_> = self
             .ring
@@ -261,7 +263,11 @@ impl IndexPart {
                 replicate: true,
                 record,
             } => {
-                if !self.dht.publish(now, wall, &self.ring, (**record).clone()) {
+                // A client publishes its own record only (the super node keeps the latest
+                // of each of its clients and answers for them).
+                if record.certificate.dh_public != peer_key
+                    || !self.dht.publish(now, wall, &self.ring, (**record).clone())
+                {
                     cx.out.stats.overlay_dropped += 1;
                 }
             }
