@@ -35,7 +35,10 @@
 //!   too. A search whose newest record says "online" but is older than
 //!   [`DhtConfig::confirm_after`] (an online device refreshes every 30 minutes) asks the
 //!   super nodes that record names before it answers, so replicas that all serve an old
-//!   record, or leave out the newest, are overruled.
+//!   record, or leave out the newest, are overruled. A node that remembers a record of the
+//!   user and was told "not found" asks again naming those super nodes
+//!   ([`Dht::search_also`], [`Message::IndexSearchAt`]): the search widens past replicas
+//!   that all say "not found" when the user's own super nodes know better.
 //! * **Path cache**: the super node that ran a search keeps what it found for
 //!   [`DhtConfig::cache_ttl`] and answers repeated searches from it, unless a cached record
 //!   names a super node that has left the ring (its device has re-attached elsewhere).
@@ -721,6 +724,22 @@ impl Dht {
         origin: Origin,
         user: UserName,
     ) -> u64 {
+        self.search_also(now, wall, ring, origin, user, Vec::new())
+    }
+
+    /// [`Dht::search`], also asking `extra` super nodes from the start (the user's own, from a
+    /// record the asker knows: [`Message::IndexSearchAt`]) and waiting for their answers: the
+    /// search widens past replicas that all say "not found" when the user's super nodes know
+    /// better. The path cache is not used.
+    pub fn search_also(
+        &mut self,
+        now: Instant,
+        wall: UnixTime,
+        ring: &Ring,
+        origin: Origin,
+        user: UserName,
+        extra: Vec<HostEntry>,
+    ) -> u64 {
         let id = match origin {
             Origin::Local(id) => id,
             Origin::Client { .. } => {
@@ -764,7 +783,7 @@ impl Dht {
         // The path cache, unless a record in it names a super node that has left the ring:
         // its device has moved to another one since (and published again), so the replicas
         // know better.
-        if let Some((records, expires)) = self.cache.get(&user) {
+        if let Some((records, expires)) = self.cache.get(&user).filter(|_| extra.is_empty()) {
             let current = records
                 .iter()
                 .all(|r| r.super_nodes.iter().all(|sn| ring.contains(*sn)));
@@ -785,11 +804,25 @@ impl Dht {
         search.candidates = self.replica_set(ring, &user, self.cfg.replicas + self.cfg.widen);
         let first = self.cfg.replicas.min(search.candidates.len());
         search.replicas = first;
+        // The user's own super nodes go right after the replicas, asked at once.
+        let mut extra: Vec<HostEntry> = extra
+            .into_iter()
+            .filter(|e| !search.candidates[..first].contains(e))
+            .take(MAX_CONFIRMS)
+            .collect();
+        extra.dedup();
+        let asked = first + extra.len();
+        if !extra.is_empty() {
+            search.confirmed = true;
+            search.confirming = true;
+            search.candidates.retain(|c| !extra.contains(c));
+            search.candidates.splice(first..first, extra);
+        }
         if let Origin::Client { client, .. } = origin {
             *self.per_client.entry(client).or_default() += 1;
         }
         self.searches.insert(id, search);
-        for _ in 0..first {
+        for _ in 0..asked {
             self.ask_next(now, wall, id);
         }
         self.check_done(now, wall, id);
@@ -1705,6 +1738,53 @@ mod search_tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(net.dhts[searcher].stats().confirms, 1);
+    }
+
+    #[test]
+    fn replicas_that_all_say_not_found_are_overruled_by_the_users_own_super_node() {
+        let tn = TestNetwork::new(3);
+        let mut net = Net::new(&tn, 10);
+        let ring = net.ring.clone();
+        let now = net.now;
+        let alice = UserName::parse("alice").unwrap();
+        let replicas = ring.successors(Key::of_user(&alice), DhtConfig::default().replicas);
+        let outside: Vec<usize> = (0..10)
+            .filter(|i| !replicas.contains(&net.dhts[*i].me))
+            .collect();
+        let (home, searcher) = (outside[0], outside[1]);
+        let home_entry = net.dhts[home].me;
+        let id = tn.identity("alice");
+        let record = PresenceRecord::sign(
+            &id.device,
+            id.certificate,
+            true,
+            vec![home_entry.addr],
+            None,
+            vec![],
+            1,
+            Capabilities::VOICE,
+            1,
+            TEST_WALL,
+        );
+        // Every replica lost (or denies) the record; only alice's own super node has it.
+        assert!(net.dhts[home].publish(now, TEST_WALL, &Ring::new(4), record));
+        net.dhts[searcher].search(now, TEST_WALL, &ring, Origin::Local(1), alice.clone());
+        net.run();
+        assert_eq!(net.done.pop().unwrap().result, SearchResult::NotFound);
+        // Asked again with the super node a record the asker remembers names: found.
+        net.dhts[searcher].search_also(
+            now,
+            TEST_WALL,
+            &ring,
+            Origin::Local(2),
+            alice,
+            vec![home_entry],
+        );
+        net.run();
+        match net.done.pop().map(|o| o.result) {
+            Some(SearchResult::Found(r)) => assert_eq!(r[0].sequence, 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

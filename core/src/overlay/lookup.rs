@@ -2,11 +2,12 @@
 //! which runs the search, and verifies every record it gets back itself.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::PresenceRecord;
 use crate::crypto::{DeviceId, TrustedAuthorities, UnixTime, UserName};
-use crate::wire::message::Message;
+use crate::wire::message::{Message, MAX_SEARCH_AT};
 
 /// How a search ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +169,31 @@ impl ClientSearches {
         )
     }
 
+    /// True when this node remembers records of `user` (with a memory).
+    pub fn knows(&self, user: &UserName) -> bool {
+        self.known.get(user).is_some_and(|k| !k.is_empty())
+    }
+
+    /// [`ClientSearches::start`] for a second try after "not found" or "could not tell": when
+    /// this node remembers records of the user (with a memory), the search also asks the super
+    /// nodes those name ([`Message::IndexSearchAt`]), which answer for their own clients when
+    /// every replica says "not found".
+    pub fn start_widened(&mut self, now: Instant, user: UserName) -> (u32, Message<'static>) {
+        let mut at: Vec<SocketAddr> = Vec::new();
+        for r in self.known.get(&user).into_iter().flat_map(|k| k.values()) {
+            for a in &r.super_nodes {
+                if !at.contains(a) && at.len() < MAX_SEARCH_AT {
+                    at.push(*a);
+                }
+            }
+        }
+        let (query, message) = self.start(now, user.clone());
+        if at.is_empty() {
+            return (query, message);
+        }
+        (query, Message::IndexSearchAt { query, user, at })
+    }
+
     /// An answer from the super node. Returns the finished search, if this ended one.
     pub fn handle_message(
         &mut self,
@@ -321,6 +347,43 @@ mod tests {
             .expect("ended")
             .1
             .result
+    }
+
+    #[test]
+    fn a_second_try_also_asks_the_super_nodes_of_a_remembered_record() {
+        let net = TestNetwork::new(1);
+        let mut s = ClientSearches::new(
+            net.trusted(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3),
+        )
+        .with_memory(8);
+        let alice = UserName::parse("alice").unwrap();
+        let now = Instant::now();
+        // Nothing known: a plain search.
+        assert!(!s.knows(&alice));
+        assert!(matches!(
+            s.start_widened(now, alice.clone()).1,
+            Message::IndexSearch { full: true, .. }
+        ));
+        // Once a record is known, its super nodes are asked too.
+        let r = record(&net, 1);
+        let (q, _) = s.start(now, alice.clone());
+        let answer = Message::IndexResult {
+            query: q,
+            hops: 1,
+            total: 1,
+            record: Box::new(r.clone()),
+        };
+        assert!(s.handle_message(now, TEST_WALL, &answer).is_some());
+        assert!(s.knows(&alice));
+        match s.start_widened(now, alice.clone()).1 {
+            Message::IndexSearchAt { user, at, .. } => {
+                assert_eq!(user, alice);
+                assert_eq!(at, r.super_nodes);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

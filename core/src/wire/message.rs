@@ -92,6 +92,17 @@ pub fn put_addr(out: &mut BytesMut, addr: &SocketAddr) {
     out.put_u16(addr.port());
 }
 
+/// Read a canonical user name (`len u8, bytes`).
+fn read_user(r: &mut Reader<'_>) -> Result<UserName, DecodeError> {
+    let raw = r.bytes_u8("user name", UserName::MAX_LEN)?;
+    let raw = std::str::from_utf8(raw).map_err(|_| DecodeError::Invalid("user name"))?;
+    let user = UserName::parse(raw).map_err(|_| DecodeError::Invalid("user name"))?;
+    if user.as_str() != raw {
+        return Err(DecodeError::Invalid("user name not canonical"));
+    }
+    Ok(user)
+}
+
 /// Read a socket address written by [`put_addr`].
 pub fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
     let ip = match r.u8()? {
@@ -133,6 +144,8 @@ fn read_entries(r: &mut Reader<'_>) -> Result<Vec<HostEntry>, DecodeError> {
 /// Most membership events in one [`Message::MemberUpdate`] (9 signed IPv6 events of 120 bytes
 /// fit a datagram).
 pub const MAX_MEMBER_EVENTS: usize = 9;
+/// Most super nodes in one [`Message::IndexSearchAt`].
+pub const MAX_SEARCH_AT: usize = 4;
 /// Most static keys in one [`Message::MemberCertPull`].
 pub const MAX_CERT_PULL: usize = 32;
 /// Most certificates in one [`Message::MemberCerts`] (5 of at most
@@ -268,6 +281,9 @@ message_types! {
     MemberCertPull = 0x34,
     /// Membership: super nodes' certificates (`n u8, n x certificate`).
     MemberCerts = 0x35,
+    /// Search the index, and also ask the user's own super nodes (see
+    /// [`Message::IndexSearchAt`]).
+    IndexSearchAt = 0x36,
     /// Call signalling: call invitation (see [`Message::CallInvite`]).
     CallInvite = 0x40,
     /// Call signalling: the callee's device is ringing (see [`Message::CallRinging`]).
@@ -498,6 +514,18 @@ pub enum Message<'a> {
         full: bool,
         /// Who.
         user: UserName,
+    },
+    /// From a node to its super node: run the whole search, and also ask these super nodes
+    /// (the ones a record of the user that the node knows names: the user's own), which answer
+    /// for their clients even when every replica says "not found". At most
+    /// [`MAX_SEARCH_AT`]; only super nodes in the ring are asked.
+    IndexSearchAt {
+        /// Chosen by the asker, echoed in the answers.
+        query: u32,
+        /// Who.
+        user: UserName,
+        /// The user's super nodes.
+        at: Vec<SocketAddr>,
     },
     /// One record of an answer; an answer with `total` records is `total` of these.
     IndexResult {
@@ -743,6 +771,7 @@ impl<'a> Message<'a> {
             Message::MemberCerts { .. } => MessageType::MemberCerts,
             Message::IndexStore { .. } => MessageType::IndexStore,
             Message::IndexSearch { .. } => MessageType::IndexSearch,
+            Message::IndexSearchAt { .. } => MessageType::IndexSearchAt,
             Message::IndexResult { .. } => MessageType::IndexResult,
             Message::IndexNotFound { .. } => MessageType::IndexNotFound,
             Message::CallInvite { .. } => MessageType::CallInvite,
@@ -942,16 +971,25 @@ impl<'a> Message<'a> {
             MessageType::IndexSearch => Message::IndexSearch {
                 query: r.u32()?,
                 full: r.bool("full")?,
-                user: {
-                    let raw = r.bytes_u8("user name", UserName::MAX_LEN)?;
-                    let raw =
-                        std::str::from_utf8(raw).map_err(|_| DecodeError::Invalid("user name"))?;
-                    let user =
-                        UserName::parse(raw).map_err(|_| DecodeError::Invalid("user name"))?;
-                    if user.as_str() != raw {
-                        return Err(DecodeError::Invalid("user name not canonical"));
+                user: read_user(&mut r)?,
+            },
+            MessageType::IndexSearchAt => Message::IndexSearchAt {
+                query: r.u32()?,
+                user: read_user(&mut r)?,
+                at: {
+                    let n = usize::from(r.u8()?);
+                    if n > MAX_SEARCH_AT {
+                        return Err(DecodeError::TooLong {
+                            what: "super nodes to ask",
+                            len: n,
+                            max: MAX_SEARCH_AT,
+                        });
                     }
-                    user
+                    let mut at = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        at.push(read_addr(&mut r)?);
+                    }
+                    at
                 },
             },
             MessageType::IndexResult => Message::IndexResult {
@@ -1184,6 +1222,16 @@ impl<'a> Message<'a> {
                 out.put_u8(u8::from(*full));
                 out.put_u8(user.as_str().len() as u8);
                 out.put_slice(user.as_str().as_bytes());
+            }
+            Message::IndexSearchAt { query, user, at } => {
+                out.put_u32(*query);
+                out.put_u8(user.as_str().len() as u8);
+                out.put_slice(user.as_str().as_bytes());
+                let n = at.len().min(MAX_SEARCH_AT);
+                out.put_u8(n as u8);
+                for a in &at[..n] {
+                    put_addr(out, a);
+                }
             }
             Message::IndexResult {
                 query,
@@ -1460,6 +1508,16 @@ mod tests {
                 query: 7,
                 full: true,
                 user: UserName::parse("alice").unwrap(),
+            },
+            Message::IndexSearchAt {
+                query: 8,
+                user: UserName::parse("alice").unwrap(),
+                at: vec![
+                    "198.18.0.1:4000".parse().unwrap(),
+                    "[2001:db8::1]:4000".parse().unwrap(),
+                    "198.18.0.2:4000".parse().unwrap(),
+                    "198.18.0.3:4000".parse().unwrap(),
+                ],
             },
             Message::IndexResult {
                 query: 7,

@@ -206,7 +206,8 @@ impl Lookup {
 
     /// A search of ours ended at the super node asked. When it could not tell (or did not
     /// answer), or said "not found" (which, unlike records, cannot be checked here), ask once
-    /// more through the other attached super node: ours may have died or be lying.
+    /// more through the other attached super node (ours may have died or be lying), also asking
+    /// the super nodes a record of the user we remember names: the replicas may all be lying.
     fn client_outcome(&mut self, cx: &mut Cx<'_>, query: u32, mut outcome: SearchOutcome) {
         let Some(attempt) = self.tries.remove(&query) else {
             return;
@@ -216,8 +217,12 @@ impl Lookup {
             SearchResult::Unavailable | SearchResult::NotFound
         );
         if doubt && !attempt.retried {
-            if let Some(other) = index_link(cx, Some(attempt.asked)) {
-                let (q2, message) = self.searches.start(cx.now, attempt.user.clone());
+            // Through the other super node (ours may be lying or gone), else the same one;
+            // either way also asking the user's own super nodes when we know a record of theirs.
+            let link = index_link(cx, Some(attempt.asked))
+                .or_else(|| self.searches.knows(&attempt.user).then_some(attempt.asked));
+            if let Some(other) = link {
+                let (q2, message) = self.searches.start_widened(cx.now, attempt.user.clone());
                 if cx.sessions.send(cx.now, other, &message).is_ok() {
                     let first = (outcome.result == SearchResult::NotFound).then_some(outcome);
                     self.tries.insert(

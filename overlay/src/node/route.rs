@@ -85,6 +85,7 @@ pub(crate) fn message(msg: &Message<'_>, owner: Option<PartId>, super_node: bool
         | Message::MemberCerts { .. }
         | Message::IndexStore { .. }
         | Message::IndexSearch { .. }
+        | Message::IndexSearchAt { .. }
         | Message::IndexResult { .. }
         | Message::IndexNotFound { .. } => Route::To(SuperNode),
         // Handled inside the endpoint, or not implemented by this build.

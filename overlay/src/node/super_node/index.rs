@@ -287,6 +287,25 @@ impl IndexPart {
                     user.clone(),
                 );
             }
+            Message::IndexSearchAt { query, user, at } => {
+                // Only super nodes of the ring are asked: nobody is sent queries through us.
+                let extra: Vec<HostEntry> = at
+                    .iter()
+                    .filter_map(|a| self.ring.at(*a))
+                    .copied()
+                    .collect();
+                self.dht.search_also(
+                    now,
+                    wall,
+                    &self.ring,
+                    Origin::Client {
+                        client: u64::from(conn.0),
+                        query: *query,
+                    },
+                    user.clone(),
+                    extra,
+                );
+            }
             // Another super node stores, asks, or answers.
             m => {
                 if !self.dht.handle_message(now, wall, &self.ring, from, m) {

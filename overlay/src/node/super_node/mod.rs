@@ -191,6 +191,7 @@ impl SuperNode {
             }
             Message::IndexStore { .. }
             | Message::IndexSearch { .. }
+            | Message::IndexSearchAt { .. }
             | Message::IndexResult { .. }
             | Message::IndexNotFound { .. } => self.index.on_message(cx, conn, msg),
             _ => self.role_message(cx, conn, msg),
@@ -316,7 +317,7 @@ impl SuperNode {
 /// answered "could not tell" (so the asker does not wait), anything else is dropped.
 pub(crate) fn not_a_super_node(cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
     match msg {
-        Message::IndexSearch { query, .. } => {
+        Message::IndexSearch { query, .. } | Message::IndexSearchAt { query, .. } => {
             let _ = cx.sessions.send(
                 cx.now,
                 conn,
