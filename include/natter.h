@@ -21,13 +21,15 @@
  * "natter-<address>" (sockets and the protocol), "natter-node" (events, certificate renewal),
  * one "natter-media" per connected call (codec, jitter buffer) and, once a callback is set,
  * "natter-callback", the only thread the event callback runs on (one event at a time, in
- * order). Functions that block say so: natter_client_register and natter_client_login (a
+ * order). Log lines go to natter_set_log_callback's callback, from any of these threads;
+ * nothing is printed unless NATTER_LOG is set in the environment. Functions that block say so: natter_client_register and natter_client_login (a
  * login-server exchange, up to 15 s), natter_client_stop and natter_client_free (joining
  * threads, usually well under a second), natter_client_wait_event (up to its timeout). The
  * others return within milliseconds.
  *
  * RESULTS. Fallible functions return a NatterResult; natter_result_message() renders any
- * value. A panic inside Natter never crosses into C: it is caught and returned as
+ * value, and natter_last_error_message() / natter_last_error_detail() tell why the last call
+ * on this thread failed (the address, the errno, how long to wait). A panic inside Natter never crosses into C: it is caught and returned as
  * NATTER_PANIC. Output arguments are written only on success (except the documented
  * "ask size, then fill" lengths).
  *
@@ -45,7 +47,7 @@
  * built against this header (NATTER_ABI_*) runs with a library whose major is the same and
  * whose version is at least the header's (while the major is 0, with the same minor too:
  * before 1.0 every minor may break the ABI). Structs passed across (NatterOptions,
- * NatterNodeState, NatterCallStats) start with a version field set by the application, so
+ * NatterNodeState, NatterCallStats, NatterErrorDetail) start with a version field set by the application, so
  * new fields can be added without breaking it; NatterEvent is only ever allocated by the
  * library and only grows at its end. See docs/abi.md for the whole policy.
  */
@@ -75,6 +77,11 @@
  * Patch part of the ABI version.
  */
 #define NATTER_ABI_PATCH 0
+
+/**
+ * The version of [`NatterErrorDetail`] this header describes.
+ */
+#define NATTER_ERROR_DETAIL_VERSION 1
 
 /**
  * The version of `NatterOptions` this header describes. Pass it to `natter_options_default`.
@@ -660,6 +667,47 @@ typedef uint32_t NatterSearchResult;
 #endif // __cplusplus
 
 /**
+ * How much a log line matters (`natter_set_log_callback`).
+ */
+enum NatterLogLevel
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Nothing (switches the callback off).
+   */
+  NATTER_LOG_OFF = 0,
+  /**
+   * Something failed that the application may want to know about.
+   */
+  NATTER_LOG_ERROR = 1,
+  /**
+   * Something unexpected that Natter worked around.
+   */
+  NATTER_LOG_WARN = 2,
+  /**
+   * Milestones: logins, links to super nodes, calls and their paths.
+   */
+  NATTER_LOG_INFO = 3,
+  /**
+   * Details for debugging.
+   */
+  NATTER_LOG_DEBUG = 4,
+  /**
+   * Everything, packet by packet.
+   */
+  NATTER_LOG_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterLogLevel NatterLogLevel;
+#else
+typedef uint32_t NatterLogLevel;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A Natter client: one user's node on the network, its calls and its events.
  *
  * Opaque: created by `natter_client_new`, destroyed by `natter_client_free`. The pointer is
@@ -667,6 +715,36 @@ typedef uint32_t NatterSearchResult;
  * `NATTER_INVALID_HANDLE` for one that is not live.
  */
 typedef struct NatterClient NatterClient;
+
+/**
+ * The typed specifics of the last failure on this thread (`natter_last_error_detail`).
+ * Set `version` to `NATTER_ERROR_DETAIL_VERSION` before the call.
+ */
+typedef struct {
+  /**
+   * Set by the caller: `NATTER_ERROR_DETAIL_VERSION`.
+   */
+  uint32_t version;
+  /**
+   * What the failing function returned (`NATTER_OK` when nothing failed on this thread
+   * yet).
+   */
+  NatterResult result;
+  /**
+   * `NATTER_THROTTLED`: how long to wait before trying again, in milliseconds; else 0.
+   */
+  uint64_t retry_after_ms;
+  /**
+   * `NATTER_UPGRADE_REQUIRED`: the oldest version the network accepts, as
+   * "major.minor.patch" (NUL-terminated); else empty.
+   */
+  char minimum_version[16];
+  /**
+   * The operating system's error number behind `NATTER_IO_ERROR` or
+   * `NATTER_LOGIN_UNREACHABLE` (an `errno` value), or 0.
+   */
+  int32_t os_error;
+} NatterErrorDetail;
 
 /**
  * Options of `natter_client_new`. Fill it with `natter_options_default`, then set what you
@@ -928,6 +1006,18 @@ typedef struct {
   double mos;
 } NatterCallStats;
 
+/**
+ * Receives one log line: its level (a `NatterLogLevel`), its target (the part of Natter it
+ * comes from, e.g. `natter_overlay::node`) and its message, both NUL-terminated UTF-8 valid
+ * only during the call. Called from Natter's threads, one line at a time per thread; it must
+ * not block for long. Natter functions may be called from it; what they log meanwhile is not
+ * delivered (no recursion).
+ */
+typedef void (*NatterLogCallback)(void *user_data,
+                                  uint32_t level,
+                                  const char *target,
+                                  const char *message);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -970,6 +1060,36 @@ NatterResult natter_version_copy(char *buf, size_t len, size_t *out_len);
  * not free it. Safe to call from any thread.
  */
 const char *natter_result_message(uint32_t result);
+
+/**
+ * Copy the message of the last failure on this thread into `buf` (capacity `len` bytes) as
+ * a NUL-terminated UTF-8 string, and its length (without the NUL) to `*out_len`: English
+ * for people and logs, with the specifics (for example `login server 127.0.0.1:4000
+ * unreachable: Connection refused (os error 111)`); not for parsing. Empty when nothing
+ * failed on this thread yet. Ask for the size with `buf` NULL and `len` 0, then call again.
+ * This function does not change the record.
+ *
+ * Returns `NATTER_BUFFER_TOO_SMALL` (with `*out_len` set) or `NATTER_NULL_ARGUMENT`
+ * (`out_len` NULL).
+ *
+ * # Safety
+ * `buf` must be NULL or valid for `len` bytes of writes; `out_len` NULL or valid for one
+ * write.
+ */
+NatterResult natter_last_error_message(char *buf, size_t len, size_t *out_len);
+
+/**
+ * Fill `*out` with the typed specifics of the last failure on this thread (see
+ * `NatterErrorDetail`). Set `out->version` to `NATTER_ERROR_DETAIL_VERSION` first. This
+ * function does not change the record.
+ *
+ * Returns `NATTER_NULL_ARGUMENT` (`out` NULL) or `NATTER_UNSUPPORTED_VERSION` (nothing
+ * written).
+ *
+ * # Safety
+ * `out` must be NULL or point to a writable `NatterErrorDetail` whose `version` is set.
+ */
+NatterResult natter_last_error_detail(NatterErrorDetail *out);
 
 /**
  * Fill `*out` with the defaults for options version `version` (pass
@@ -1435,6 +1555,24 @@ NatterResult natter_call_pull_audio(NatterClient *client,
                                     int16_t *out,
                                     size_t count,
                                     size_t *out_received);
+
+/**
+ * Deliver the library's log lines at `max_level` and above (a `NatterLogLevel`:
+ * `NATTER_LOG_OFF` or a NULL callback switches delivery off) to `callback` with
+ * `user_data`, for the whole process. Replaces any previous callback; lines already being
+ * delivered on other threads may still reach the previous one. Nothing is printed on the
+ * application's standard error unless `NATTER_LOG` is set in the environment.
+ *
+ * Returns `NATTER_INVALID_ARGUMENT` for a level above `NATTER_LOG_TRACE`. Safe to call from
+ * any thread.
+ *
+ * # Safety
+ * `callback` must be callable from any thread, with `user_data`, until it is replaced (a
+ * later call) and any line being delivered has returned.
+ */
+NatterResult natter_set_log_callback(NatterLogCallback callback,
+                                     void *user_data,
+                                     uint32_t max_level);
 
 #ifdef __cplusplus
 }  // extern "C"

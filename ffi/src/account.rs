@@ -7,7 +7,9 @@ use std::time::SystemTime;
 use natter::{AccountError, DeviceId};
 
 use crate::boundary::{self, str_arg};
+use crate::client::{os, server_detail, server_result, wait};
 use crate::handle::{self, NatterClient};
+use crate::last_error::{self, Detail};
 use crate::result::NatterResult;
 
 /// One device of the user's account (`natter_client_devices`).
@@ -35,20 +37,23 @@ fn unix(t: SystemTime) -> u64 {
 
 fn account_result(e: AccountError) -> NatterResult {
     tracing::warn!(error = %e, "account operation");
-    match e {
-        AccountError::NotLoggedIn => NatterResult::NatterNotLoggedIn,
-        AccountError::WrongPassword => NatterResult::NatterWrongPassword,
-        AccountError::WeakPassword => NatterResult::NatterWeakPassword,
-        AccountError::Throttled { .. } => NatterResult::NatterThrottled,
-        AccountError::UnknownDevice => NatterResult::NatterUnknownDevice,
-        AccountError::ThisDevice => NatterResult::NatterThisDevice,
-        AccountError::Revoked => NatterResult::NatterRevoked,
-        AccountError::CertificateRefused => NatterResult::NatterPasswordNeeded,
-        AccountError::Server(s) => crate::client::server_result(&s),
-        AccountError::Io { .. } => NatterResult::NatterIoError,
-        AccountError::Closed => NatterResult::NatterInvalidHandle,
-        _ => NatterResult::NatterLoginFailed,
-    }
+    let (r, detail) = match &e {
+        AccountError::NotLoggedIn => (NatterResult::NatterNotLoggedIn, Detail::default()),
+        AccountError::WrongPassword => (NatterResult::NatterWrongPassword, Detail::default()),
+        AccountError::WeakPassword => (NatterResult::NatterWeakPassword, Detail::default()),
+        AccountError::Throttled { retry_after } => {
+            (NatterResult::NatterThrottled, wait(retry_after))
+        }
+        AccountError::UnknownDevice => (NatterResult::NatterUnknownDevice, Detail::default()),
+        AccountError::ThisDevice => (NatterResult::NatterThisDevice, Detail::default()),
+        AccountError::Revoked => (NatterResult::NatterRevoked, Detail::default()),
+        AccountError::CertificateRefused => (NatterResult::NatterPasswordNeeded, Detail::default()),
+        AccountError::Server(s) => (server_result(s), server_detail(s)),
+        AccountError::Io { source, .. } => (NatterResult::NatterIoError, os(source)),
+        AccountError::Closed => (NatterResult::NatterInvalidHandle, Detail::default()),
+        _ => (NatterResult::NatterLoginFailed, Detail::default()),
+    };
+    last_error::record(r, e, detail)
 }
 
 /// List the devices of the logged-in user's account into `out` (room for `capacity`):

@@ -24,10 +24,11 @@ use crate::handle::{self, NatterClient};
 use crate::result::NatterResult;
 
 fn pcm_result(e: PcmError) -> NatterResult {
-    match e {
+    let r = match &e {
         PcmError::UnknownCall => NatterResult::NatterUnknownCall,
         _ => NatterResult::NatterNoAudio,
-    }
+    };
+    crate::last_error::record(r, e, Default::default())
 }
 
 /// The call `call` of `client`, for its PCM.

@@ -19,12 +19,18 @@ use crate::result::NatterResult;
 /// `AssertUnwindSafe` is right here: after a panic the only shared state is behind mutexes
 /// whose poisoning every lock site ignores on purpose (the data they guard are queues and
 /// tables that stay consistent between statements), so the object stays usable.
+///
+/// A failure is recorded for `natter_last_error_message` (with the specifics the function
+/// recorded through [`crate::last_error::record`], else the result's own message).
 pub(crate) fn result(f: impl FnOnce() -> Result<(), NatterResult>) -> NatterResult {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    crate::last_error::begin();
+    let r = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => NatterResult::NatterOk,
         Ok(Err(r)) => r,
         Err(_) => NatterResult::NatterPanic,
-    }
+    };
+    crate::last_error::end(r);
+    r
 }
 
 /// Run `f` inside a panic boundary, returning `fallback` if it panics.
@@ -35,6 +41,16 @@ pub(crate) fn value_or<T>(fallback: T, f: impl FnOnce() -> T) -> T {
 /// Lock a mutex, ignoring poisoning (see [`result`] for why that is sound here).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Read-lock an `RwLock`, ignoring poisoning (as [`lock`]).
+pub(crate) fn lock_read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write-lock an `RwLock`, ignoring poisoning (as [`lock`]).
+pub(crate) fn lock_write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Borrow a required C string argument.

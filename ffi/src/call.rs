@@ -27,13 +27,14 @@ enum CallOp {
 
 /// The C result of a refused call operation.
 pub(crate) fn call_result(e: CallError) -> NatterResult {
-    match e {
+    let r = match &e {
         CallError::NotStarted => NatterResult::NatterNotStarted,
         CallError::InvalidName { .. } => NatterResult::NatterInvalidUserName,
         CallError::InCall => NatterResult::NatterInCall,
         CallError::UnknownCall => NatterResult::NatterUnknownCall,
         _ => NatterResult::NatterWrongCallState,
-    }
+    };
+    crate::last_error::record(r, e, Default::default())
 }
 
 /// Call `call` of `c`; an unknown id is `NATTER_NOT_STARTED` while the client is stopped

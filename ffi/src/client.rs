@@ -10,6 +10,7 @@ use natter::{
 
 use crate::boundary::{self, str_arg};
 use crate::handle::{self, NatterClient};
+use crate::last_error::{self, Detail};
 use crate::options::{AudioMode, NatterOptions, Settings};
 use crate::result::NatterResult;
 
@@ -25,10 +26,14 @@ impl Client {
     /// A client with these settings: loads the network file and opens the data directory
     /// (nothing touches the network yet).
     pub fn new(s: Settings) -> Result<Client, NatterResult> {
-        init_logging();
+        crate::log::init(false);
         let network = natter::Network::from_file(&s.network_file).map_err(|e| {
             tracing::warn!(error = %e, "loading the network file");
-            NatterResult::NatterIoError
+            let detail = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .map(os)
+                .unwrap_or_default();
+            last_error::record(NatterResult::NatterIoError, &e, detail)
         })?;
         let mut audio_cfg = natter::AudioConfig::default();
         audio_cfg.complexity = s.audio.complexity;
@@ -48,12 +53,18 @@ impl Client {
             .build()
             .map_err(|e| {
                 tracing::warn!(error = %e, "creating the client");
-                match e {
+                let (r, detail) = match &e {
                     BuildError::StunAlternate { .. }
                     | BuildError::FallbackPorts(_)
-                    | BuildError::Complexity(_) => NatterResult::NatterInvalidArgument,
-                    _ => NatterResult::NatterIoError,
-                }
+                    | BuildError::Complexity(_) => {
+                        (NatterResult::NatterInvalidArgument, Detail::default())
+                    }
+                    BuildError::DataDir { source, .. } | BuildError::Events(source) => {
+                        (NatterResult::NatterIoError, os(source))
+                    }
+                    _ => (NatterResult::NatterIoError, Detail::default()),
+                };
+                last_error::record(r, e, detail)
             })?;
         let events = crate::events::Events::new(client.events().clone());
         Ok(Client {
@@ -90,20 +101,6 @@ impl Client {
     }
 }
 
-/// Logging to standard error when `NATTER_LOG` is set (e.g. `NATTER_LOG=info`), once per
-/// process.
-fn init_logging() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if let Ok(filter) = std::env::var("NATTER_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_writer(std::io::stderr)
-                .try_init();
-        }
-    });
-}
-
 /// The C form of a NAT type.
 pub(crate) fn nat_type(nat: Option<NatType>) -> NatterNatType {
     match nat {
@@ -133,41 +130,88 @@ pub(crate) fn server_result(e: &ServerError) -> NatterResult {
     }
 }
 
+/// The typed specifics of a login server's refusal or of not reaching it.
+pub(crate) fn server_detail(e: &ServerError) -> Detail {
+    match e {
+        ServerError::Unreachable { source, .. } => Detail {
+            os_error: last_error::os_error(source),
+            ..Detail::default()
+        },
+        _ => Detail::default(),
+    }
+}
+
+/// A wait, for `Detail::retry_after`.
+pub(crate) fn wait(retry_after: &std::time::Duration) -> Detail {
+    Detail {
+        retry_after: Some(*retry_after),
+        ..Detail::default()
+    }
+}
+
+/// A minimum version, for `Detail::minimum_version`.
+pub(crate) fn needs(minimum: &natter::Version) -> Detail {
+    Detail {
+        minimum_version: Some(minimum.to_string()),
+        ..Detail::default()
+    }
+}
+
+/// An I/O error's number, for `Detail::os_error`.
+pub(crate) fn os(source: &std::io::Error) -> Detail {
+    Detail {
+        os_error: last_error::os_error(source),
+        ..Detail::default()
+    }
+}
+
 fn register_result(e: RegisterError) -> NatterResult {
     tracing::warn!(error = %e, "registering");
-    match e {
-        RegisterError::InvalidName { .. } => NatterResult::NatterInvalidUserName,
-        RegisterError::NameTaken(_) => NatterResult::NatterNameTaken,
-        RegisterError::WeakPassword => NatterResult::NatterWeakPassword,
-        RegisterError::Throttled { .. } => NatterResult::NatterThrottled,
-        RegisterError::UpgradeRequired { .. } => NatterResult::NatterUpgradeRequired,
-        RegisterError::Server(s) => server_result(&s),
-        RegisterError::Io { .. } => NatterResult::NatterIoError,
-        RegisterError::Closed => NatterResult::NatterInvalidHandle,
-        _ => NatterResult::NatterLoginFailed,
-    }
+    let (r, detail) = match &e {
+        RegisterError::InvalidName { .. } => {
+            (NatterResult::NatterInvalidUserName, Detail::default())
+        }
+        RegisterError::NameTaken(_) => (NatterResult::NatterNameTaken, Detail::default()),
+        RegisterError::WeakPassword => (NatterResult::NatterWeakPassword, Detail::default()),
+        RegisterError::Throttled { retry_after } => {
+            (NatterResult::NatterThrottled, wait(retry_after))
+        }
+        RegisterError::UpgradeRequired { minimum } => {
+            (NatterResult::NatterUpgradeRequired, needs(minimum))
+        }
+        RegisterError::Server(s) => (server_result(s), server_detail(s)),
+        RegisterError::Io { source, .. } => (NatterResult::NatterIoError, os(source)),
+        RegisterError::Closed => (NatterResult::NatterInvalidHandle, Detail::default()),
+        _ => (NatterResult::NatterLoginFailed, Detail::default()),
+    };
+    last_error::record(r, e, detail)
 }
 
 fn login_result(e: LoginError) -> NatterResult {
     tracing::warn!(error = %e, "logging in");
-    match e {
-        LoginError::InvalidName { .. } => NatterResult::NatterInvalidUserName,
-        LoginError::WrongPassword => NatterResult::NatterWrongPassword,
-        LoginError::UnknownUser => NatterResult::NatterUnknownUser,
-        LoginError::PasswordNeeded(_) => NatterResult::NatterPasswordNeeded,
-        LoginError::Throttled { .. } => NatterResult::NatterThrottled,
-        LoginError::UpgradeRequired { .. } => NatterResult::NatterUpgradeRequired,
-        LoginError::Revoked => NatterResult::NatterRevoked,
-        LoginError::Server(s) => server_result(&s),
-        LoginError::Io { .. } => NatterResult::NatterIoError,
-        LoginError::OtherUserRunning { .. } => NatterResult::NatterAlreadyStarted,
-        LoginError::Closed => NatterResult::NatterInvalidHandle,
-        _ => NatterResult::NatterLoginFailed,
-    }
+    let (r, detail) = match &e {
+        LoginError::InvalidName { .. } => (NatterResult::NatterInvalidUserName, Detail::default()),
+        LoginError::WrongPassword => (NatterResult::NatterWrongPassword, Detail::default()),
+        LoginError::UnknownUser => (NatterResult::NatterUnknownUser, Detail::default()),
+        LoginError::PasswordNeeded(_) => (NatterResult::NatterPasswordNeeded, Detail::default()),
+        LoginError::Throttled { retry_after } => (NatterResult::NatterThrottled, wait(retry_after)),
+        LoginError::UpgradeRequired { minimum } => {
+            (NatterResult::NatterUpgradeRequired, needs(minimum))
+        }
+        LoginError::Revoked => (NatterResult::NatterRevoked, Detail::default()),
+        LoginError::Server(s) => (server_result(s), server_detail(s)),
+        LoginError::Io { source, .. } => (NatterResult::NatterIoError, os(source)),
+        LoginError::OtherUserRunning { .. } => {
+            (NatterResult::NatterAlreadyStarted, Detail::default())
+        }
+        LoginError::Closed => (NatterResult::NatterInvalidHandle, Detail::default()),
+        _ => (NatterResult::NatterLoginFailed, Detail::default()),
+    };
+    last_error::record(r, e, detail)
 }
 
 fn start_result(e: StartError) -> NatterResult {
-    match e {
+    let r = match &e {
         StartError::NotLoggedIn => NatterResult::NatterNotLoggedIn,
         StartError::AlreadyStarted => NatterResult::NatterAlreadyStarted,
         StartError::Closed => NatterResult::NatterInvalidHandle,
@@ -175,7 +219,12 @@ fn start_result(e: StartError) -> NatterResult {
             tracing::warn!(error = %e, "starting");
             NatterResult::NatterIoError
         }
-    }
+    };
+    let detail = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(os)
+        .unwrap_or_default();
+    last_error::record(r, e, detail)
 }
 
 /// The version of `NatterNodeState` this header describes.

@@ -36,6 +36,8 @@ use std::ffi::c_char;
 // blank lines keep rustfmt from sorting them).
 pub mod result;
 
+pub mod last_error;
+
 pub mod options;
 
 pub mod handle;
@@ -49,6 +51,8 @@ pub mod events;
 pub mod call;
 
 pub mod audio;
+
+pub mod log;
 
 // The Rust side.
 mod boundary;

@@ -82,6 +82,10 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_revoke_device(laptop, unknown, old_password), NATTER_UNKNOWN_DEVICE);
     EXPECT(natter_client_revoke_device(laptop, devices[other].id, "not carol's password"),
            NATTER_WRONG_PASSWORD);
+    char why[256];
+    size_t why_len = 0;
+    EXPECT(natter_last_error_message(why, sizeof why, &why_len), NATTER_OK);
+    CHECK(strcmp(why, "wrong password") == 0);
     EXPECT(natter_client_change_password(laptop, "not carol's password", new_password, true),
            NATTER_WRONG_PASSWORD);
     EXPECT(natter_client_change_password(laptop, old_password, "short", true), NATTER_WEAK_PASSWORD);

@@ -36,6 +36,15 @@ static int checks, failures;
         checks++;                                                                              \
     } while (0)
 
+/* Log lines delivered to the application. */
+static int log_lines, log_login_warnings;
+static void on_log(void *user_data, uint32_t level, const char *target, const char *message) {
+    (void)user_data;
+    log_lines++;
+    if (level == NATTER_LOG_WARN && strstr(message, "logging in") && strstr(target, "natter"))
+        log_login_warnings++;
+}
+
 static void never_called(void *user_data, const NatterEvent *event) {
     (void)user_data;
     (void)event;
@@ -216,7 +225,39 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_get_state(c, &st), NATTER_OK);
     CHECK(!st.logged_in && !st.started && st.super_nodes == 0 && st.udp_port == 0);
     EXPECT(natter_client_login(c, "alice", NULL), NATTER_PASSWORD_NEEDED);
+    /* The library's logs go to the application's callback (and nowhere else). */
+    EXPECT(natter_set_log_callback(on_log, NULL, 99), NATTER_INVALID_ARGUMENT);
+    EXPECT(natter_set_log_callback(on_log, NULL, NATTER_LOG_WARN), NATTER_OK);
     EXPECT(natter_client_login(c, "alice", "a good password"), NATTER_LOGIN_UNREACHABLE);
+    CHECK(log_login_warnings == 1);
+    EXPECT(natter_set_log_callback(on_log, NULL, NATTER_LOG_OFF), NATTER_OK);
+    int lines_before = log_lines;
+    EXPECT(natter_client_login(c, "alice", "a good password"), NATTER_LOGIN_UNREACHABLE);
+    CHECK(log_lines == lines_before);
+    EXPECT(natter_set_log_callback(NULL, NULL, NATTER_LOG_INFO), NATTER_OK);
+    /* Why, for people and in typed form: the address, and the operating system's error. */
+    {
+        size_t need = 0;
+        EXPECT(natter_last_error_message(NULL, 0, &need), NATTER_BUFFER_TOO_SMALL);
+        char why[256];
+        EXPECT(natter_last_error_message(why, sizeof why, &need), NATTER_OK);
+        CHECK(strstr(why, "127.0.0.1:1") != NULL && strstr(why, "unreachable") != NULL);
+        printf("last error: %s\n", why);
+        NatterErrorDetail d;
+        d.version = 99;
+        EXPECT(natter_last_error_detail(&d), NATTER_UNSUPPORTED_VERSION);
+        EXPECT(natter_last_error_detail(NULL), NATTER_NULL_ARGUMENT);
+        d.version = NATTER_ERROR_DETAIL_VERSION;
+        EXPECT(natter_last_error_detail(&d), NATTER_OK);
+        CHECK(d.result == NATTER_LOGIN_UNREACHABLE && d.os_error == 111 /* ECONNREFUSED */);
+        CHECK(d.retry_after_ms == 0 && d.minimum_version[0] == 0);
+        /* Reading it changed nothing; a NULL argument records its own reason. */
+        EXPECT(natter_client_search(c, NULL, &id), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_last_error_message(why, sizeof why, &need), NATTER_OK);
+        CHECK(strstr(why, "NULL") != NULL);
+        EXPECT(natter_last_error_detail(&d), NATTER_OK);
+        CHECK(d.result == NATTER_NULL_ARGUMENT && d.os_error == 0);
+    }
     EXPECT(natter_client_register(c, "alice", "a good password"), NATTER_LOGIN_UNREACHABLE);
     EXPECT(natter_client_start(c), NATTER_NOT_LOGGED_IN);
     EXPECT(natter_client_devices(c, devices, 1, &len), NATTER_NOT_LOGGED_IN);
