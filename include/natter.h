@@ -86,7 +86,7 @@
 /**
  * The version of `NatterOptions` this header describes. Pass it to `natter_options_default`.
  */
-#define NATTER_OPTIONS_VERSION 1
+#define NATTER_OPTIONS_VERSION 2
 
 /**
  * The version of `NatterNodeState` this header describes.
@@ -761,7 +761,8 @@ typedef struct {
    */
   uint32_t version;
   /**
-   * Path of the network file from the login server (`network.toml`). Required.
+   * Path of the network file from the login server (`network.toml`). This or
+   * `network_toml` (version 2) is required.
    */
   const char *network_file;
   /**
@@ -795,6 +796,12 @@ typedef struct {
    * it on slow devices (or under a memory checker, which slows code ~50 times).
    */
   uint32_t encoder_complexity;
+  /**
+   * (Version 2.) The network file's contents, for an application that ships it inside
+   * itself or keeps it in its own storage: used instead of `network_file`, which must then
+   * be NULL. Default NULL.
+   */
+  const char *network_toml;
 } NatterOptions;
 
 /**
@@ -1093,7 +1100,8 @@ NatterResult natter_last_error_detail(NatterErrorDetail *out);
 
 /**
  * Fill `*out` with the defaults for options version `version` (pass
- * `NATTER_OPTIONS_VERSION`): no network file or data directory (both required), listen on
+ * `NATTER_OPTIONS_VERSION`, or 1 for the older struct): no network file or contents and no
+ * data directory (one of the first two, and the third, are required), listen on
  * `0.0.0.0:0`, role `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default
  * devices, encoder complexity 10. Only the fields of that version are written.
  *
@@ -1114,11 +1122,14 @@ NatterResult natter_options_default(NatterOptions *out, uint32_t version);
  * The client is owned by the caller: free it with `natter_client_free`. `options` and its
  * strings are copied and may be freed when this returns.
  *
- * Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string or `out_client` is
- * NULL, `NATTER_UNSUPPORTED_VERSION` for an unknown `options->version`,
- * `NATTER_INVALID_ARGUMENT` for a malformed `listen` address, an unknown role or audio mode,
- * or a super-node role with port 0, `NATTER_INVALID_UTF8` for a string that is not UTF-8,
- * `NATTER_IO_ERROR` when the network file cannot be read or the data directory created.
+ * Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string (the data
+ * directory; the network file or its contents) or `out_client` is NULL,
+ * `NATTER_UNSUPPORTED_VERSION` for an unknown `options->version`, `NATTER_INVALID_ARGUMENT`
+ * for a malformed `listen` address, an unknown role or audio mode, a super-node role with
+ * port 0, an encoder complexity above 10, or both `network_file` and `network_toml`,
+ * `NATTER_INVALID_UTF8` for a string that is not UTF-8, `NATTER_IO_ERROR` when the network
+ * file cannot be read or parsed (its contents too) or the data directory created
+ * (`natter_last_error_message` says which and why).
  * `*out_client` is written only on success. Safe to call from any thread.
  *
  * # Safety

@@ -11,7 +11,7 @@ use natter::{
 use crate::boundary::{self, str_arg};
 use crate::handle::{self, NatterClient};
 use crate::last_error::{self, Detail};
-use crate::options::{AudioMode, NatterOptions, Settings};
+use crate::options::{AudioMode, NatterOptions, NetworkSource, Settings};
 use crate::result::NatterResult;
 
 /// The client behind a `NatterClient` handle: a [`natter::Client`], the audio its calls use,
@@ -27,7 +27,11 @@ impl Client {
     /// (nothing touches the network yet).
     pub fn new(s: Settings) -> Result<Client, NatterResult> {
         crate::log::init(false);
-        let network = natter::Network::from_file(&s.network_file).map_err(|e| {
+        let network = match &s.network {
+            NetworkSource::File(path) => natter::Network::from_file(path),
+            NetworkSource::Toml(text) => natter::Network::from_toml_str(text),
+        }
+        .map_err(|e| {
             tracing::warn!(error = %e, "loading the network file");
             let detail = std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<std::io::Error>())
@@ -306,11 +310,14 @@ pub struct NatterNodeState {
 /// The client is owned by the caller: free it with `natter_client_free`. `options` and its
 /// strings are copied and may be freed when this returns.
 ///
-/// Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string or `out_client` is
-/// NULL, `NATTER_UNSUPPORTED_VERSION` for an unknown `options->version`,
-/// `NATTER_INVALID_ARGUMENT` for a malformed `listen` address, an unknown role or audio mode,
-/// or a super-node role with port 0, `NATTER_INVALID_UTF8` for a string that is not UTF-8,
-/// `NATTER_IO_ERROR` when the network file cannot be read or the data directory created.
+/// Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string (the data
+/// directory; the network file or its contents) or `out_client` is NULL,
+/// `NATTER_UNSUPPORTED_VERSION` for an unknown `options->version`, `NATTER_INVALID_ARGUMENT`
+/// for a malformed `listen` address, an unknown role or audio mode, a super-node role with
+/// port 0, an encoder complexity above 10, or both `network_file` and `network_toml`,
+/// `NATTER_INVALID_UTF8` for a string that is not UTF-8, `NATTER_IO_ERROR` when the network
+/// file cannot be read or parsed (its contents too) or the data directory created
+/// (`natter_last_error_message` says which and why).
 /// `*out_client` is written only on success. Safe to call from any thread.
 ///
 /// # Safety

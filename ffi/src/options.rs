@@ -10,7 +10,7 @@ use crate::boundary::{self, opt_str_arg, str_arg};
 use crate::result::NatterResult;
 
 /// The version of `NatterOptions` this header describes. Pass it to `natter_options_default`.
-pub const NATTER_OPTIONS_VERSION: u32 = 1;
+pub const NATTER_OPTIONS_VERSION: u32 = 2;
 
 /// Whether a client's node may become a super node (`NatterOptions::role`).
 #[repr(u32)]
@@ -51,7 +51,8 @@ pub struct NatterOptions {
     /// `NATTER_OPTIONS_VERSION` of the header the application was built with (set by
     /// `natter_options_default`).
     pub version: u32,
-    /// Path of the network file from the login server (`network.toml`). Required.
+    /// Path of the network file from the login server (`network.toml`). This or
+    /// `network_toml` (version 2) is required.
     pub network_file: *const c_char,
     /// The device's data directory: its keys, its certificate and the super-node cache
     /// (created with mode 0700; the same layout as `natter node --data`). Required.
@@ -70,10 +71,47 @@ pub struct NatterOptions {
     /// Opus encoder complexity, 0 (least CPU) to 10 (best quality per bit). Default 10; lower
     /// it on slow devices (or under a memory checker, which slows code ~50 times).
     pub encoder_complexity: u32,
+    /// (Version 2.) The network file's contents, for an application that ships it inside
+    /// itself or keeps it in its own storage: used instead of `network_file`, which must then
+    /// be NULL. Default NULL.
+    pub network_toml: *const c_char,
+}
+
+/// The first version of [`NatterOptions`], as applications built against it pass it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OptionsV1 {
+    version: u32,
+    network_file: *const c_char,
+    data_dir: *const c_char,
+    listen: *const c_char,
+    role: u32,
+    audio: u32,
+    capture_device: *const c_char,
+    playback_device: *const c_char,
+    encoder_complexity: u32,
+}
+
+impl From<OptionsV1> for NatterOptions {
+    fn from(o: OptionsV1) -> Self {
+        NatterOptions {
+            version: o.version,
+            network_file: o.network_file,
+            data_dir: o.data_dir,
+            listen: o.listen,
+            role: o.role,
+            audio: o.audio,
+            capture_device: o.capture_device,
+            playback_device: o.playback_device,
+            encoder_complexity: o.encoder_complexity,
+            network_toml: std::ptr::null(),
+        }
+    }
 }
 
 /// Fill `*out` with the defaults for options version `version` (pass
-/// `NATTER_OPTIONS_VERSION`): no network file or data directory (both required), listen on
+/// `NATTER_OPTIONS_VERSION`, or 1 for the older struct): no network file or contents and no
+/// data directory (one of the first two, and the third, are required), listen on
 /// `0.0.0.0:0`, role `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default
 /// devices, encoder complexity 10. Only the fields of that version are written.
 ///
@@ -90,10 +128,7 @@ pub unsafe extern "C" fn natter_options_default(
 ) -> NatterResult {
     boundary::result(|| {
         boundary::check_out(out)?;
-        if version != 1 {
-            return Err(NatterResult::NatterUnsupportedVersion);
-        }
-        let defaults = NatterOptions {
+        let v1 = OptionsV1 {
             version,
             network_file: std::ptr::null(),
             data_dir: std::ptr::null(),
@@ -104,9 +139,15 @@ pub unsafe extern "C" fn natter_options_default(
             playback_device: std::ptr::null(),
             encoder_complexity: 10,
         };
-        // SAFETY: out is non-NULL and holds a version-1 NatterOptions (the caller's promise),
-        // which is exactly this struct.
-        unsafe { boundary::write_out(out, defaults) }
+        match version {
+            // SAFETY: out is non-NULL and holds a version-1 NatterOptions (the caller's
+            // promise), whose layout OptionsV1 is.
+            1 => unsafe { boundary::write_out(out.cast::<OptionsV1>(), v1) },
+            // SAFETY: out is non-NULL and holds a version-2 NatterOptions (the caller's
+            // promise), which is this struct.
+            2 => unsafe { boundary::write_out(out, NatterOptions::from(v1)) },
+            _ => Err(NatterResult::NatterUnsupportedVersion),
+        }
     })
 }
 
@@ -130,10 +171,19 @@ pub(crate) struct AudioSettings {
     pub complexity: u8,
 }
 
+/// Where the network description comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum NetworkSource {
+    /// A file.
+    File(PathBuf),
+    /// The file's contents.
+    Toml(String),
+}
+
 /// Checked options.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub network_file: PathBuf,
+    pub network: NetworkSource,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub role: Role,
@@ -141,7 +191,7 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// Read and check the options at `p`.
+    /// Read and check the options at `p` (version 1 or 2).
     ///
     /// # Safety
     /// `p` must be NULL or point to a readable `NatterOptions` of the version its first field
@@ -153,15 +203,23 @@ impl Settings {
         // SAFETY: p is non-NULL and points to at least the version field (every version has
         // it first); read_unaligned makes no alignment assumption.
         let version = unsafe { std::ptr::addr_of!((*p).version).read_unaligned() };
-        if version != 1 {
-            return Err(NatterResult::NatterUnsupportedVersion);
-        }
-        // SAFETY: a version-1 struct is this whole struct (the caller's promise); every field
-        // is a pointer or an integer, valid for any bit pattern.
-        let o = unsafe { p.read_unaligned() };
-        // SAFETY: the caller promises NULL or valid NUL-terminated strings (this one and the
+        let o: NatterOptions = match version {
+            // SAFETY: a version-1 struct has OptionsV1's layout (the caller's promise); every
+            // field is a pointer or an integer, valid for any bit pattern.
+            1 => unsafe { p.cast::<OptionsV1>().read_unaligned() }.into(),
+            // SAFETY: a version-2 struct is this whole struct (the caller's promise).
+            2 => unsafe { p.read_unaligned() },
+            _ => return Err(NatterResult::NatterUnsupportedVersion),
+        };
+        // SAFETY: the caller promises NULL or valid NUL-terminated strings (these two and the
         // ones below), which are copied before returning.
-        let network_file = PathBuf::from(unsafe { str_arg(o.network_file) }?);
+        let network = match unsafe { (opt_str_arg(o.network_file)?, opt_str_arg(o.network_toml)?) }
+        {
+            (Some(path), None) => NetworkSource::File(PathBuf::from(path)),
+            (None, Some(toml)) => NetworkSource::Toml(toml.to_string()),
+            (None, None) => return Err(NatterResult::NatterNullArgument),
+            (Some(_), Some(_)) => return Err(NatterResult::NatterInvalidArgument),
+        };
         // SAFETY: as above.
         let data_dir = PathBuf::from(unsafe { str_arg(o.data_dir) }?);
         // SAFETY: as above.
@@ -194,7 +252,7 @@ impl Settings {
             .ok_or(NatterResult::NatterInvalidArgument)?;
         let audio = AudioSettings { mode, complexity };
         Ok(Settings {
-            network_file,
+            network,
             data_dir,
             listen,
             role,

@@ -168,10 +168,13 @@ fn options_are_checked() {
     unsafe {
         assert_eq!(natter_options_default(null_mut(), 1), NatterNullArgument);
         assert_eq!(
-            natter_options_default(o.as_mut_ptr(), 2),
+            natter_options_default(o.as_mut_ptr(), NATTER_OPTIONS_VERSION + 1),
             NatterUnsupportedVersion
         );
-        assert_eq!(natter_options_default(o.as_mut_ptr(), 1), NatterOk);
+        assert_eq!(
+            natter_options_default(o.as_mut_ptr(), NATTER_OPTIONS_VERSION),
+            NatterOk
+        );
     }
     // SAFETY: filled above.
     let good = {
@@ -192,6 +195,10 @@ fn options_are_checked() {
     type Change = Box<dyn Fn(&mut NatterOptions)>;
     let cases: Vec<(Change, NatterResult)> = vec![
         (Box::new(|o| o.network_file = null()), NatterNullArgument),
+        (
+            Box::new(|o| o.network_toml = c"[login]".as_ptr()),
+            NatterInvalidArgument,
+        ),
         (Box::new(|o| o.data_dir = null()), NatterNullArgument),
         (Box::new(|o| o.version = 0), NatterUnsupportedVersion),
         (

@@ -31,12 +31,26 @@ static int failures;
         }                                                                                      \
     } while (0)
 
+/* The network file's contents, for a client set up from memory. */
+static char network_text[16384];
+
 static NatterClient *client(const char *network, const char *root, const char *name) {
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/%s", root, name);
     NatterOptions o;
     EXPECT(natter_options_default(&o, NATTER_OPTIONS_VERSION), NATTER_OK);
-    o.network_file = network;
+    /* The laptop reads the network file; the phone gets its contents, as an app that ships
+       the description inside itself would. */
+    if (strcmp(name, "phone") == 0) {
+        FILE *f = fopen(network, "r");
+        if (!f) return NULL;
+        size_t n = fread(network_text, 1, sizeof network_text - 1, f);
+        fclose(f);
+        network_text[n] = 0;
+        o.network_toml = network_text;
+    } else {
+        o.network_file = network;
+    }
     o.data_dir = dir;
     o.listen = "127.0.0.1:0";
     o.audio = NATTER_AUDIO_APP;

@@ -124,7 +124,38 @@ int main(int argc, char **argv) {
     EXPECT(natter_options_default(&o, 9999), NATTER_UNSUPPORTED_VERSION);
     EXPECT(natter_options_default(&o, NATTER_OPTIONS_VERSION), NATTER_OK);
     CHECK(o.version == NATTER_OPTIONS_VERSION && o.role == NATTER_ROLE_CLIENT &&
-          o.audio == NATTER_AUDIO_DEVICES && o.encoder_complexity == 10 && o.listen == NULL);
+          o.audio == NATTER_AUDIO_DEVICES && o.encoder_complexity == 10 && o.listen == NULL &&
+          o.network_toml == NULL);
+    /* Version 1 (an application built against an older header) still works: only its
+       fields are written and read. */
+    {
+        NatterOptions v1;
+        memset(&v1, 0x5a, sizeof v1);
+        EXPECT(natter_options_default(&v1, 1), NATTER_OK);
+        CHECK(v1.version == 1 && v1.encoder_complexity == 10);
+        CHECK(((const unsigned char *)&v1.network_toml)[0] == 0x5a); /* not written */
+        v1.network_file = network;
+        v1.data_dir = data;
+        v1.audio = NATTER_AUDIO_APP;
+        NatterClient *old = NULL;
+        EXPECT(natter_client_new(&v1, &old), NATTER_OK);
+        EXPECT(natter_client_free(old), NATTER_OK);
+    }
+    /* The network description from memory instead of a file: one or the other. */
+    {
+        NatterOptions m;
+        EXPECT(natter_options_default(&m, NATTER_OPTIONS_VERSION), NATTER_OK);
+        m.data_dir = data;
+        m.audio = NATTER_AUDIO_APP;
+        m.network_file = network;
+        m.network_toml = "[login]";
+        NatterClient *mc = NULL;
+        EXPECT(natter_client_new(&m, &mc), NATTER_INVALID_ARGUMENT);
+        m.network_file = NULL;
+        m.network_toml = "this is not a network description";
+        EXPECT(natter_client_new(&m, &mc), NATTER_IO_ERROR);
+        CHECK(mc == NULL);
+    }
 
     /* natter_client_new: every way to get it wrong. */
     NatterClient *c = NULL;
