@@ -1240,8 +1240,10 @@ NatterResult natter_client_get_state(const NatterClient *client, NatterNodeState
  * Describe the client for people (who is logged in, which super nodes it is attached to and
  * how, its NAT, its role) into `buf` (capacity `len` bytes) as a NUL-terminated UTF-8
  * string, and write the string's length without the NUL to `*out_len`. Ask the size by
- * passing `buf == NULL`, then call again with a buffer of `*out_len + 1` bytes. The wording
- * may change between versions: do not parse it.
+ * passing `buf == NULL`, then call again with a buffer of `*out_len + 1` bytes; the text may
+ * grow in between (a super node attaches), so call again while it says
+ * `NATTER_BUFFER_TOO_SMALL`, or use `natter_client_describe_copy`, which cannot race. The
+ * wording may change between versions: do not parse it.
  *
  * Returns `NATTER_BUFFER_TOO_SMALL` when `buf` is NULL or too small (`*out_len` is still
  * written), `NATTER_NULL_ARGUMENT` when `client` or `out_len` is NULL,
@@ -1255,6 +1257,30 @@ NatterResult natter_client_describe(const NatterClient *client,
                                     char *buf,
                                     size_t len,
                                     size_t *out_len);
+
+/**
+ * Describe the client for people, as `natter_client_describe` does, into a string the
+ * library allocates: one call, so the text cannot grow between asking its size and filling
+ * it. Write it to `*out_text`; free it with `natter_string_free`. The wording may change
+ * between versions: do not parse it.
+ *
+ * Returns `NATTER_NULL_ARGUMENT` when `client` or `out_text` is NULL, `NATTER_INVALID_HANDLE`.
+ * `*out_text` is written only on success. Safe to call from any thread.
+ *
+ * # Safety
+ * `out_text` must be NULL or valid for one write.
+ */
+NatterResult natter_client_describe_copy(const NatterClient *client, char **out_text);
+
+/**
+ * Free a string the library allocated (`natter_client_describe_copy`). NULL does nothing.
+ *
+ * Returns `NATTER_OK`. Safe to call from any thread.
+ *
+ * # Safety
+ * `text` must be NULL or a string from `natter_client_describe_copy` not freed yet.
+ */
+NatterResult natter_string_free(char *text);
 
 /**
  * Search the global index for `user` (is the user known, which devices are online). Returns

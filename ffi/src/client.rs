@@ -505,8 +505,10 @@ pub unsafe extern "C" fn natter_client_get_state(
 /// Describe the client for people (who is logged in, which super nodes it is attached to and
 /// how, its NAT, its role) into `buf` (capacity `len` bytes) as a NUL-terminated UTF-8
 /// string, and write the string's length without the NUL to `*out_len`. Ask the size by
-/// passing `buf == NULL`, then call again with a buffer of `*out_len + 1` bytes. The wording
-/// may change between versions: do not parse it.
+/// passing `buf == NULL`, then call again with a buffer of `*out_len + 1` bytes; the text may
+/// grow in between (a super node attaches), so call again while it says
+/// `NATTER_BUFFER_TOO_SMALL`, or use `natter_client_describe_copy`, which cannot race. The
+/// wording may change between versions: do not parse it.
 ///
 /// Returns `NATTER_BUFFER_TOO_SMALL` when `buf` is NULL or too small (`*out_len` is still
 /// written), `NATTER_NULL_ARGUMENT` when `client` or `out_len` is NULL,
@@ -527,6 +529,49 @@ pub unsafe extern "C" fn natter_client_describe(
         let text = handle::get(client)?.client.state().to_string();
         // SAFETY: the caller's guarantees for buf and out_len are passed on.
         unsafe { boundary::copy_str(&text, buf, len, out_len) }
+    })
+}
+
+/// Describe the client for people, as `natter_client_describe` does, into a string the
+/// library allocates: one call, so the text cannot grow between asking its size and filling
+/// it. Write it to `*out_text`; free it with `natter_string_free`. The wording may change
+/// between versions: do not parse it.
+///
+/// Returns `NATTER_NULL_ARGUMENT` when `client` or `out_text` is NULL, `NATTER_INVALID_HANDLE`.
+/// `*out_text` is written only on success. Safe to call from any thread.
+///
+/// # Safety
+/// `out_text` must be NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_client_describe_copy(
+    client: *const NatterClient,
+    out_text: *mut *mut c_char,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_text)?;
+        let text = handle::get(client)?.client.state().to_string();
+        let owned = std::ffi::CString::new(text.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: out_text is non-NULL (checked) and valid for one write (the caller's
+        // promise); the string is handed over and comes back through natter_string_free.
+        unsafe { boundary::write_out(out_text, owned.into_raw()) }
+    })
+}
+
+/// Free a string the library allocated (`natter_client_describe_copy`). NULL does nothing.
+///
+/// Returns `NATTER_OK`. Safe to call from any thread.
+///
+/// # Safety
+/// `text` must be NULL or a string from `natter_client_describe_copy` not freed yet.
+#[no_mangle]
+pub unsafe extern "C" fn natter_string_free(text: *mut c_char) -> NatterResult {
+    boundary::result(|| {
+        if !text.is_null() {
+            // SAFETY: the caller guarantees text came from CString::into_raw in
+            // natter_client_describe_copy and was not freed: ownership returns here once.
+            drop(unsafe { std::ffi::CString::from_raw(text) });
+        }
+        Ok(())
     })
 }
 

@@ -74,6 +74,9 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     EXPECT(natter_client_stop(c), want);
     EXPECT(natter_client_get_state(c, &st), want);
     EXPECT(natter_client_describe(c, buf, sizeof buf, &len), want);
+    char *text = NULL;
+    EXPECT(natter_client_describe_copy(c, &text), want);
+    CHECK(text == NULL);
     EXPECT(natter_client_search(c, "alice", &id), want);
     EXPECT(natter_client_event_fd(c, &fd), want);
     EXPECT(natter_client_next_event(c, &e), want);
@@ -233,6 +236,15 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_describe(c, NULL, 0, &len), NATTER_BUFFER_TOO_SMALL);
     CHECK(len > 0);
     EXPECT(natter_client_describe(c, buf, sizeof buf, &len), NATTER_BUFFER_TOO_SMALL);
+    /* One call, no race: the library allocates, natter_string_free frees. */
+    {
+        char *text = NULL;
+        EXPECT(natter_client_describe_copy(c, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_describe_copy(c, &text), NATTER_OK);
+        CHECK(text != NULL && strlen(text) == len);
+        EXPECT(natter_string_free(text), NATTER_OK);
+        EXPECT(natter_string_free(NULL), NATTER_OK);
+    }
     EXPECT(natter_client_search(c, NULL, &id), NATTER_NULL_ARGUMENT);
     EXPECT(natter_client_search(c, "alice", NULL), NATTER_NULL_ARGUMENT);
     EXPECT(natter_client_event_fd(c, NULL), NATTER_NULL_ARGUMENT);
