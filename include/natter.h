@@ -62,6 +62,23 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+/**
+ * The ABI version of this header as one number, as natter_abi_version() gives a library's
+ * (NATTER_ABI_MAJOR and the others are defined below).
+ */
+#define NATTER_ABI_VERSION (NATTER_ABI_MAJOR << 16 | NATTER_ABI_MINOR << 8 | NATTER_ABI_PATCH)
+
+/**
+ * True when a library whose natter_abi_version() is `v` runs an application built against
+ * this header: the same major and at least this version, and, while the major is 0 (every
+ * minor may break the ABI then), the same minor. Check it once at start-up:
+ *
+ *     if (!NATTER_ABI_IS_COMPATIBLE(natter_abi_version())) { ... refuse to run ... }
+ */
+#define NATTER_ABI_IS_COMPATIBLE(v)                                                     \
+  ((((v) >> 16) == NATTER_ABI_MAJOR) && ((v) >= NATTER_ABI_VERSION) &&                   \
+   (NATTER_ABI_MAJOR != 0 || ((((v) >> 8) & 0xff) == NATTER_ABI_MINOR)))
+
 
 /**
  * The ABI version: bumped in its major part on any incompatible change to `natter.h`.

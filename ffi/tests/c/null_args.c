@@ -106,6 +106,13 @@ int main(int argc, char **argv) {
     CHECK(natter_version() != NULL && strlen(natter_version()) > 0);
     CHECK(natter_abi_version() >> 16 == NATTER_ABI_MAJOR);
     CHECK(natter_abi_version() >= (NATTER_ABI_MAJOR << 16 | NATTER_ABI_MINOR << 8 | NATTER_ABI_PATCH));
+    /* The header's own check: this library, a later patch; not another major, nor (while the
+       major is 0) another minor. */
+    CHECK(NATTER_ABI_IS_COMPATIBLE(natter_abi_version()));
+    CHECK(NATTER_ABI_IS_COMPATIBLE(natter_abi_version() + 1u));
+    CHECK(!NATTER_ABI_IS_COMPATIBLE(natter_abi_version() + (1u << 16)));
+    CHECK(!NATTER_ABI_IS_COMPATIBLE(natter_abi_version() + (1u << 8)));
+    CHECK(!NATTER_ABI_IS_COMPATIBLE(NATTER_ABI_VERSION - 1u) || NATTER_ABI_PATCH == 0);
     CHECK(natter_result_message(0) != NULL && strcmp(natter_result_message(0), "ok") == 0);
     CHECK(strcmp(natter_result_message(0xdeadbeef), "unknown result") == 0);
     CHECK(strcmp(natter_result_message(NATTER_NO_EVENT), "unknown result") != 0);
