@@ -5,7 +5,9 @@
 # Both install the system packages they need (apt-get when root, else they print the line).
 #
 # The C library:
-#   make install [PREFIX=/usr/local] [DESTDIR=...]   libnatter.so and .a, natter.h, natter.pc
+#   make install [PREFIX=/usr/local] [DESTDIR=...]   libnatter.so (stripped, debug info in
+#                                                    .debug/) and .a, natter.h, natter.pc,
+#                                                    share/natter/valgrind.supp
 #   make examples                                    the C and C++ examples, against a staging
 #                                                    install (target/natter-prefix)
 
@@ -109,9 +111,19 @@ install-files:
 	install -d "$(DESTDIR)$(INCLUDEDIR)" "$(DESTDIR)$(LIBDIR)/pkgconfig"
 	install -m 644 include/natter.h "$(DESTDIR)$(INCLUDEDIR)/natter.h"
 	install -m 755 "$(LIB_BUILD_DIR)/libnatter_ffi.so" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+	# Debug information split out, as distributions do: the library is stripped, and gdb and
+	# valgrind find its symbols in .debug/ through the debug link.
+	install -d "$(DESTDIR)$(LIBDIR)/.debug"
+	objcopy --only-keep-debug "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)" "$(DESTDIR)$(LIBDIR)/.debug/$(LIB_FILE).debug"
+	chmod 644 "$(DESTDIR)$(LIBDIR)/.debug/$(LIB_FILE).debug"
+	strip --strip-debug --strip-unneeded "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+	cd "$(DESTDIR)$(LIBDIR)" && objcopy --add-gnu-debuglink=".debug/$(LIB_FILE).debug" "$(LIB_FILE)"
 	ln -sf "$(LIB_FILE)" "$(DESTDIR)$(LIBDIR)/$(SONAME)"
 	ln -sf "$(SONAME)" "$(DESTDIR)$(LIBDIR)/libnatter.so"
 	install -m 644 "$(LIB_BUILD_DIR)/libnatter_ffi.a" "$(DESTDIR)$(LIBDIR)/libnatter.a"
+	strip --strip-debug "$(DESTDIR)$(LIBDIR)/libnatter.a"
+	install -d "$(DESTDIR)$(PREFIX)/share/natter"
+	install -m 644 ffi/tests/valgrind.supp "$(DESTDIR)$(PREFIX)/share/natter/valgrind.supp"
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE_LIBS@|$(PRIVATE_LIBS)|' \
 	    ffi/natter.pc.in > "$(DESTDIR)$(LIBDIR)/pkgconfig/natter.pc"
@@ -120,7 +132,8 @@ install-files:
 uninstall:
 	rm -f "$(DESTDIR)$(INCLUDEDIR)/natter.h" "$(DESTDIR)$(LIBDIR)/pkgconfig/natter.pc" \
 	    "$(DESTDIR)$(LIBDIR)/libnatter.a" "$(DESTDIR)$(LIBDIR)/libnatter.so" \
-	    "$(DESTDIR)$(LIBDIR)/$(SONAME)" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+	    "$(DESTDIR)$(LIBDIR)/$(SONAME)" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)" \
+	    "$(DESTDIR)$(LIBDIR)/.debug/$(LIB_FILE).debug" "$(DESTDIR)$(PREFIX)/share/natter/valgrind.supp"
 
 # The C and C++ examples, built with pkg-config against a staging install.
 EXAMPLES_PREFIX ?= $(abspath $(TARGET_DIR))/natter-prefix

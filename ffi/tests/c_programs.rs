@@ -498,6 +498,45 @@ fn cpp_example_logs_in_and_searches() {
 }
 
 #[test]
+fn the_installed_library_is_stripped_with_its_debug_information_beside_it() {
+    let s = stage();
+    let lib = s.prefix.join("lib");
+    let real = std::fs::read_dir(&lib)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("libnatter.so.") && name.matches('.').count() == 4 && !p.is_symlink()
+        })
+        .expect("libnatter.so.MAJOR.MINOR.PATCH");
+    let sections = |path: &Path| {
+        let out = run(
+            Command::new("readelf").args(["-S", "--wide"]).arg(path),
+            "readelf -S",
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shipped = sections(&real);
+    assert!(!shipped.contains(".debug_info"), "not stripped");
+    assert!(shipped.contains(".gnu_debuglink"), "no debug link");
+    let debug = lib.join(".debug").join(format!(
+        "{}.debug",
+        real.file_name().unwrap().to_string_lossy()
+    ));
+    assert!(
+        sections(&debug).contains(".debug_info"),
+        "no split debug information"
+    );
+    assert!(s.prefix.join("share/natter/valgrind.supp").exists());
+    let (shipped_mb, debug_mb) = (
+        std::fs::metadata(&real).unwrap().len() / 1_000_000,
+        std::fs::metadata(&debug).unwrap().len() / 1_000_000,
+    );
+    eprintln!("installed libnatter: {shipped_mb} MB, its debug information {debug_mb} MB");
+}
+
+#[test]
 fn static_library_links_and_runs() {
     let s = stage();
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
