@@ -725,6 +725,35 @@ typedef uint32_t NatterLogLevel;
 #endif // __cplusplus
 
 /**
+ * Which side placed a call (`NatterEvent::direction`).
+ */
+enum NatterCallDirection
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Not a call event, or not known.
+   */
+  NATTER_CALL_DIRECTION_NONE = 0,
+  /**
+   * This device called.
+   */
+  NATTER_CALL_DIRECTION_OUTGOING = 1,
+  /**
+   * This device was called.
+   */
+  NATTER_CALL_DIRECTION_INCOMING = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterCallDirection NatterCallDirection;
+#else
+typedef uint32_t NatterCallDirection;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A Natter client: one user's node on the network, its calls and its events.
  *
  * Opaque: created by `natter_client_new`, destroyed by `natter_client_free`. The pointer is
@@ -940,7 +969,56 @@ typedef struct {
    * `NATTER_EVENT_CALL_HOLD_CHANGED`: the peer holds the call.
    */
   bool remote_hold;
+  /**
+   * (ABI 0.3.) The peer's device as 12 hexadecimal digits (NUL-terminated), or NULL:
+   * `NATTER_EVENT_CALL_INCOMING` (the calling device), `NATTER_EVENT_CALL_RINGING` and
+   * `NATTER_EVENT_CALL_CONNECTED` (the callee's device). Owned by the event.
+   */
+  const char *device;
+  /**
+   * (ABI 0.3.) For call events: a `NatterCallDirection`; 0 otherwise.
+   */
+  uint32_t direction;
+  /**
+   * (ABI 0.3.) An address, `IP:PORT` (NUL-terminated), or NULL: the super node
+   * (`NATTER_EVENT_ATTACHED`, `NATTER_EVENT_DETACHED`), the mapped address
+   * (`NATTER_EVENT_NAT_DETECTED`), where the call's media goes over UDP
+   * (`NATTER_EVENT_CALL_PATH_CHANGED`: the peer, or the relaying super node). Owned by the
+   * event.
+   */
+  const char *address;
+  /**
+   * (ABI 0.3.) `NATTER_EVENT_SEARCH_RESULT`: how many devices the search found (online or
+   * not); read each with `natter_event_search_device`. 0 otherwise.
+   */
+  uint32_t devices;
 } NatterEvent;
+
+/**
+ * One device a search found (`natter_event_search_device`).
+ */
+typedef struct {
+  /**
+   * The device's id.
+   */
+  uint8_t id[16];
+  /**
+   * Its id as people see it: 12 hexadecimal digits, NUL-terminated.
+   */
+  char id_text[13];
+  /**
+   * Online now (false: logged out; `last_seen` says when).
+   */
+  bool online;
+  /**
+   * When its presence record was signed (Unix time, seconds).
+   */
+  uint64_t last_seen;
+  /**
+   * How many super nodes it is attached to.
+   */
+  uint32_t super_nodes;
+} NatterSearchDevice;
 
 /**
  * The function `natter_client_set_event_callback` registers: called with the `user_data`
@@ -1427,6 +1505,22 @@ NatterResult natter_client_next_event(NatterClient *client, NatterEvent **out_ev
 NatterResult natter_client_wait_event(NatterClient *client,
                                       uint32_t timeout_ms,
                                       NatterEvent **out_event);
+
+/**
+ * Copy device `index` (0 to `event->devices - 1`) of a `NATTER_EVENT_SEARCH_RESULT` into
+ * `*out`. `event` is an event from `natter_client_next_event` or `natter_client_wait_event`
+ * not freed yet, or the one the event callback is running with (from within the callback).
+ *
+ * Returns `NATTER_NULL_ARGUMENT` (`event` or `out` NULL), `NATTER_INVALID_HANDLE` (not such
+ * an event), `NATTER_INVALID_ARGUMENT` (`index` out of range, or not a search result). Safe
+ * to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or valid for one write of a `NatterSearchDevice`.
+ */
+NatterResult natter_event_search_device(const NatterEvent *event,
+                                        uint32_t index,
+                                        NatterSearchDevice *out);
 
 /**
  * Free an event returned by `natter_client_next_event` or `natter_client_wait_event`.

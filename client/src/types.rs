@@ -259,6 +259,9 @@ pub struct PathInfo {
     pub reason: PathReason,
     /// Where the media goes, in words (addresses, relay channel), for logs.
     pub route: String,
+    /// The address the media is sent to over UDP: the peer's (direct) or the relaying super
+    /// node's; `None` over a TCP stream.
+    pub remote: Option<SocketAddr>,
 }
 
 impl fmt::Display for PathInfo {

@@ -236,6 +236,14 @@ impl Worker {
                             kind,
                             reason: path_reason(reason),
                             route: route(&path),
+                            remote: match &path {
+                                Path::Direct(Destination::Udp(a))
+                                | Path::Relayed {
+                                    relay: Destination::Udp(a),
+                                    ..
+                                } => Some(*a),
+                                _ => None,
+                            },
                         }),
                     });
                 }

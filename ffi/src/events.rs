@@ -14,7 +14,7 @@
 //! the byte is written when the queue goes from empty to non-empty and read when it becomes
 //! empty again, both under the queue's lock, so "readable" and "not empty" never disagree.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, ThreadId};
@@ -106,6 +106,49 @@ pub struct NatterEvent {
     pub local_hold: bool,
     /// `NATTER_EVENT_CALL_HOLD_CHANGED`: the peer holds the call.
     pub remote_hold: bool,
+    /// (ABI 0.3.) The peer's device as 12 hexadecimal digits (NUL-terminated), or NULL:
+    /// `NATTER_EVENT_CALL_INCOMING` (the calling device), `NATTER_EVENT_CALL_RINGING` and
+    /// `NATTER_EVENT_CALL_CONNECTED` (the callee's device). Owned by the event.
+    pub device: *const c_char,
+    /// (ABI 0.3.) For call events: a `NatterCallDirection`; 0 otherwise.
+    pub direction: u32,
+    /// (ABI 0.3.) An address, `IP:PORT` (NUL-terminated), or NULL: the super node
+    /// (`NATTER_EVENT_ATTACHED`, `NATTER_EVENT_DETACHED`), the mapped address
+    /// (`NATTER_EVENT_NAT_DETECTED`), where the call's media goes over UDP
+    /// (`NATTER_EVENT_CALL_PATH_CHANGED`: the peer, or the relaying super node). Owned by the
+    /// event.
+    pub address: *const c_char,
+    /// (ABI 0.3.) `NATTER_EVENT_SEARCH_RESULT`: how many devices the search found (online or
+    /// not); read each with `natter_event_search_device`. 0 otherwise.
+    pub devices: u32,
+}
+
+/// Which side placed a call (`NatterEvent::direction`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatterCallDirection {
+    /// Not a call event, or not known.
+    NatterCallDirectionNone = 0,
+    /// This device called.
+    NatterCallDirectionOutgoing = 1,
+    /// This device was called.
+    NatterCallDirectionIncoming = 2,
+}
+
+/// One device a search found (`natter_event_search_device`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatterSearchDevice {
+    /// The device's id.
+    pub id: [u8; 16],
+    /// Its id as people see it: 12 hexadecimal digits, NUL-terminated.
+    pub id_text: [c_char; 13],
+    /// Online now (false: logged out; `last_seen` says when).
+    pub online: bool,
+    /// When its presence record was signed (Unix time, seconds).
+    pub last_seen: u64,
+    /// How many super nodes it is attached to.
+    pub super_nodes: u32,
 }
 
 /// The function `natter_client_set_event_callback` registers: called with the `user_data`
@@ -126,6 +169,10 @@ pub(crate) struct Event {
     pub count: u32,
     pub local_hold: bool,
     pub remote_hold: bool,
+    pub device: Option<String>,
+    pub direction: u32,
+    pub address: Option<String>,
+    pub found: Vec<NatterSearchDevice>,
 }
 
 impl Event {
@@ -141,7 +188,23 @@ impl Event {
             count: 0,
             local_hold: false,
             remote_hold: false,
+            device: None,
+            direction: 0,
+            address: None,
+            found: Vec::new(),
         }
+    }
+
+    /// With the peer's device.
+    pub fn device(mut self, device: natter::DeviceId) -> Self {
+        self.device = Some(device.to_string());
+        self
+    }
+
+    /// With an address.
+    pub fn address(mut self, address: impl std::fmt::Display) -> Self {
+        self.address = Some(address.to_string());
+        self
     }
 
     /// About `call`.
@@ -182,6 +245,9 @@ struct Owned {
     event: NatterEvent,
     _user: Option<CString>,
     _detail: CString,
+    _device: Option<CString>,
+    _address: Option<CString>,
+    found: Vec<NatterSearchDevice>,
 }
 
 fn c_string(s: &str) -> CString {
@@ -192,21 +258,31 @@ impl Owned {
     fn new(e: &Event) -> Box<Owned> {
         let user = e.user.as_deref().map(c_string);
         let detail = c_string(&e.detail);
+        let device = e.device.as_deref().map(c_string);
+        let address = e.address.as_deref().map(c_string);
+        let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
         Box::new(Owned {
             event: NatterEvent {
                 kind: e.kind,
                 call: e.call,
                 search: e.search,
                 // The CStrings' heap buffers do not move when the Box is built or moved.
-                user: user.as_ref().map_or(std::ptr::null(), |u| u.as_ptr()),
+                user: ptr(&user),
                 detail: detail.as_ptr(),
                 code: e.code,
                 count: e.count,
                 local_hold: e.local_hold,
                 remote_hold: e.remote_hold,
+                device: ptr(&device),
+                direction: e.direction,
+                address: ptr(&address),
+                devices: u32::try_from(e.found.len()).unwrap_or(u32::MAX),
             },
             _user: user,
             _detail: detail,
+            _device: device,
+            _address: address,
+            found: e.found.clone(),
         })
     }
 }
@@ -234,8 +310,63 @@ struct Callback {
 // application promises its user data may be used from that thread).
 unsafe impl Send for Callback {}
 
-/// The C form of a client event; `None` for events the C ABI does not report (yet).
-pub(crate) fn from_natter(e: &natter::Event) -> Option<Event> {
+/// Which side placed each call of one client whose events are being reported (bounded; a call
+/// leaves when it ends). Per client: both ends of a call share its id.
+pub(crate) type Directions = Mutex<BTreeMap<u64, u32>>;
+
+/// The C form of a client event (with the call's direction, tracked in `directions`); `None`
+/// for events the C ABI does not report (yet).
+pub(crate) fn from_natter(e: &natter::Event, directions: &Directions) -> Option<Event> {
+    use natter::Event as E;
+    let placed = match e {
+        E::IncomingCall { call, .. } => Some((
+            call.id().as_u64(),
+            NatterCallDirection::NatterCallDirectionIncoming,
+        )),
+        E::CallPlaced { call } => Some((
+            call.as_u64(),
+            NatterCallDirection::NatterCallDirectionOutgoing,
+        )),
+        _ => None,
+    };
+    if let Some((call, direction)) = placed {
+        let mut d = lock(directions);
+        if d.len() >= 4096 {
+            d.clear();
+        }
+        d.insert(call, direction as u32);
+    }
+    let mut event = event_of(e)?;
+    if event.call != 0 {
+        let mut d = lock(directions);
+        event.direction = d.get(&event.call).copied().unwrap_or(0);
+        if event.kind == NatterEventKind::NatterEventCallEnded {
+            d.remove(&event.call);
+        }
+    }
+    Some(event)
+}
+
+/// One device of a search result in C form.
+fn search_device(d: &natter::DeviceRecord) -> NatterSearchDevice {
+    let mut id_text = [0 as c_char; 13];
+    for (i, b) in d.device.to_string().bytes().take(12).enumerate() {
+        id_text[i] = b as c_char;
+    }
+    NatterSearchDevice {
+        id: d.device.0,
+        id_text,
+        online: d.online,
+        last_seen: d
+            .last_seen
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs()),
+        super_nodes: u32::try_from(d.super_nodes.len()).unwrap_or(u32::MAX),
+    }
+}
+
+/// [`from_natter`] without the direction.
+fn event_of(e: &natter::Event) -> Option<Event> {
     use crate::call::NatterEndReason as R;
     use crate::client::{nat_type, NatterNodeRole, NatterSearchResult};
     use natter::Event as E;
@@ -255,17 +386,25 @@ pub(crate) fn from_natter(e: &natter::Event) -> Option<Event> {
                     _ => "TLS",
                 }
             ))
+            .address(super_node)
             .count(count(*attached)),
         E::Detached {
             super_node,
             attached,
         } => Event::new(NatterEventKind::NatterEventDetached)
             .detail(super_node.to_string())
+            .address(super_node)
             .count(count(*attached)),
         E::NoSuperNode { .. } => Event::new(NatterEventKind::NatterEventNoSuperNode),
-        E::NatDetected { nat, .. } => Event::new(NatterEventKind::NatterEventNatDetected)
-            .code(nat_type(Some(*nat)) as u32)
-            .detail(nat.describe()),
+        E::NatDetected { nat, mapped, .. } => {
+            let mut e = Event::new(NatterEventKind::NatterEventNatDetected)
+                .code(nat_type(Some(*nat)) as u32)
+                .detail(nat.describe());
+            if let Some(m) = mapped {
+                e = e.address(m);
+            }
+            e
+        }
         E::RoleChanged { role } => {
             let (code, detail) = match role {
                 natter::NodeRole::SuperNode => (
@@ -314,18 +453,26 @@ pub(crate) fn from_natter(e: &natter::Event) -> Option<Event> {
                 .count(count(online))
                 .detail(detail);
             e.search = search.as_u64();
+            if let natter::Found::Devices(devices) = &outcome.found {
+                e.found = devices.iter().map(search_device).collect();
+            }
             e
         }
-        E::IncomingCall { call, from, .. } => Event::new(NatterEventKind::NatterEventCallIncoming)
-            .call(call.id().as_u64())
-            .user(from.as_str())
-            .detail(format!("{from} is calling")),
+        E::IncomingCall { call, from, device } => {
+            Event::new(NatterEventKind::NatterEventCallIncoming)
+                .call(call.id().as_u64())
+                .user(from.as_str())
+                .device(*device)
+                .detail(format!("{from} is calling"))
+        }
         E::Ringing { call, device } => Event::new(NatterEventKind::NatterEventCallRinging)
             .call(call.as_u64())
+            .device(*device)
             .detail(format!("ringing on device {device}")),
         E::CallConnected { call, device, .. } => {
             Event::new(NatterEventKind::NatterEventCallConnected)
                 .call(call.as_u64())
+                .device(*device)
                 .detail(format!("connected to device {device}"))
         }
         E::CallHoldChanged {
@@ -340,10 +487,16 @@ pub(crate) fn from_natter(e: &natter::Event) -> Option<Event> {
             e.remote_hold = *remote;
             e
         }
-        E::CallPath { call, path } => Event::new(NatterEventKind::NatterEventCallPathChanged)
-            .call(call.as_u64())
-            .code(crate::call::path_kind(Some(path.kind)) as u32)
-            .detail(path.to_string()),
+        E::CallPath { call, path } => {
+            let mut e = Event::new(NatterEventKind::NatterEventCallPathChanged)
+                .call(call.as_u64())
+                .code(crate::call::path_kind(Some(path.kind)) as u32)
+                .detail(path.to_string());
+            if let Some(a) = path.remote {
+                e = e.address(a);
+            }
+            e
+        }
         E::CallStats { call, .. } => {
             Event::new(NatterEventKind::NatterEventCallStats).call(call.as_u64())
         }
@@ -362,16 +515,17 @@ pub(crate) fn from_natter(e: &natter::Event) -> Option<Event> {
 }
 
 /// The next event the C ABI reports, waiting up to `wait` (`None`: not at all).
-pub(crate) fn next(events: &natter::Events, wait: Option<Duration>) -> Option<Event> {
+pub(crate) fn next(events: &Events, wait: Option<Duration>) -> Option<Event> {
     let deadline = wait.map(|w| Instant::now() + w);
     loop {
         let e = match deadline {
-            None => events.try_recv().ok()?,
+            None => events.queue.try_recv().ok()?,
             Some(d) => events
+                .queue
                 .recv_timeout(d.saturating_duration_since(Instant::now()))
                 .ok()?,
         };
-        if let Some(e) = from_natter(&e) {
+        if let Some(e) = from_natter(&e, &events.directions) {
             return Some(e);
         }
     }
@@ -396,6 +550,8 @@ pub(crate) struct Events {
     /// Held while a callback runs: `natter_client_set_event_callback` waits on it so that the
     /// old callback is not running once it returns.
     invoking: Mutex<()>,
+    /// The direction of this client's calls.
+    directions: Directions,
 }
 
 impl Events {
@@ -411,6 +567,7 @@ impl Events {
             }),
             changed: Condvar::new(),
             invoking: Mutex::new(()),
+            directions: Directions::default(),
         })
     }
 
@@ -463,18 +620,20 @@ impl Events {
             };
             match self.queue.try_recv() {
                 Ok(e) => {
-                    let Some(event) = from_natter(&e) else {
+                    let Some(event) = from_natter(&e, &self.directions) else {
                         continue;
                     };
                     // Taken before the state is released: see `set_callback`.
                     let running = lock(&self.invoking);
                     drop(st);
                     let owned = Owned::new(&event);
+                    IN_CALLBACK.with(|c| c.set(std::ptr::addr_of!(*owned).addr()));
                     // SAFETY: `f` is the function the application registered for this
                     // client, with the promise that it may be called on this thread with
                     // `user_data`; the event pointer is valid (owned here) for the duration of
                     // the call, as documented.
                     unsafe { (callback.f)(callback.user_data, &owned.event) };
+                    IN_CALLBACK.with(|c| c.set(0));
                     drop(owned);
                     drop(running);
                 }
@@ -603,7 +762,7 @@ unsafe fn take_event(
     boundary::result(|| {
         boundary::check_out(out_event)?;
         let c = handle::get(client)?;
-        let e = next(&c.events.queue, wait);
+        let e = next(&c.events, wait);
         let (p, r) = match e {
             Some(e) => (hand_out(&e), Ok(())),
             None => (std::ptr::null_mut(), Err(NatterResult::NatterNoEvent)),
@@ -611,6 +770,53 @@ unsafe fn take_event(
         // SAFETY: out_event is non-NULL (checked) and valid for one write (caller's promise).
         unsafe { boundary::write_out(out_event, p)? };
         r
+    })
+}
+
+thread_local! {
+    /// The event this thread is handing to the application's callback (its address), or 0.
+    static IN_CALLBACK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Copy device `index` (0 to `event->devices - 1`) of a `NATTER_EVENT_SEARCH_RESULT` into
+/// `*out`. `event` is an event from `natter_client_next_event` or `natter_client_wait_event`
+/// not freed yet, or the one the event callback is running with (from within the callback).
+///
+/// Returns `NATTER_NULL_ARGUMENT` (`event` or `out` NULL), `NATTER_INVALID_HANDLE` (not such
+/// an event), `NATTER_INVALID_ARGUMENT` (`index` out of range, or not a search result). Safe
+/// to call from any thread.
+///
+/// # Safety
+/// `out` must be NULL or valid for one write of a `NatterSearchDevice`.
+#[no_mangle]
+pub unsafe extern "C" fn natter_event_search_device(
+    event: *const NatterEvent,
+    index: u32,
+    out: *mut NatterSearchDevice,
+) -> NatterResult {
+    boundary::result(|| {
+        if event.is_null() {
+            return Err(NatterResult::NatterNullArgument);
+        }
+        boundary::check_out(out)?;
+        let addr = event.addr();
+        // Held while reading, so another thread cannot free the event meanwhile.
+        let live = lock(&LIVE);
+        if !live.contains(&addr) && IN_CALLBACK.with(|c| c.get()) != addr {
+            return Err(NatterResult::NatterInvalidHandle);
+        }
+        // SAFETY: the address is a live event from hand_out (in LIVE, under its lock) or the
+        // one this thread's callback runs with (alive until the callback returns); either way
+        // it points to the NatterEvent at the start of a repr(C) Owned.
+        let owned = unsafe { &*event.cast::<Owned>() };
+        let device = owned
+            .found
+            .get(index as usize)
+            .copied()
+            .ok_or(NatterResult::NatterInvalidArgument)?;
+        drop(live);
+        // SAFETY: out is non-NULL (checked) and valid for one write (the caller's promise).
+        unsafe { boundary::write_out(out, device) }
     })
 }
 
@@ -697,12 +903,19 @@ mod tests {
 
     #[test]
     fn client_events_become_c_events() {
-        let e = from_natter(&natter::Event::NoSuperNode { attached: 0 }).unwrap();
+        let e = from_natter(
+            &natter::Event::NoSuperNode { attached: 0 },
+            &Directions::default(),
+        )
+        .unwrap();
         assert_eq!(e.kind, NatterEventKind::NatterEventNoSuperNode);
-        let e = from_natter(&natter::Event::CallEnded {
-            call: natter::CallId::from_u64(7),
-            reason: natter::EndReason::UserOffline,
-        })
+        let e = from_natter(
+            &natter::Event::CallEnded {
+                call: natter::CallId::from_u64(7),
+                reason: natter::EndReason::UserOffline,
+            },
+            &Directions::default(),
+        )
         .unwrap();
         assert_eq!(e.kind, NatterEventKind::NatterEventCallEnded);
         assert_eq!(e.call, 7);
@@ -711,6 +924,6 @@ mod tests {
             crate::call::NatterEndReason::NatterEndUserOffline as u32
         );
         assert_eq!(e.detail, "the user is offline");
-        assert!(from_natter(&natter::Event::UdpBlocked).is_none());
+        assert!(from_natter(&natter::Event::UdpBlocked, &Directions::default()).is_none());
     }
 }

@@ -258,6 +258,12 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_next_event(c, NULL), NATTER_NULL_ARGUMENT);
     EXPECT(natter_client_wait_event(c, 0, NULL), NATTER_NULL_ARGUMENT);
     EXPECT(natter_event_free(NULL), NATTER_OK);
+    {
+        NatterSearchDevice d;
+        EXPECT(natter_event_search_device(NULL, 0, &d), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_event_search_device((const NatterEvent *)(uintptr_t)0x1000u, 0, &d),
+               NATTER_INVALID_HANDLE);
+    }
     EXPECT(natter_event_free((NatterEvent *)(uintptr_t)0x1000u), NATTER_INVALID_HANDLE);
     EXPECT(natter_client_set_event_callback(c, NULL, NULL), NATTER_OK); /* none: fine */
     EXPECT(natter_call_start(c, NULL, &id), NATTER_NULL_ARGUMENT);

@@ -54,6 +54,8 @@ struct peer {
     NatterClient *c;
     int attached, connected, ended, hold_events;
     int cut_off_while_attached; /* NO_SUPER_NODE events after attaching (issue 16: 5-9 in 12 s) */
+    int typed_fields_wrong;     /* structured fields missing or wrong (issue 16) */
+    int typed_fields_seen;
     uint64_t call, search;
     uint32_t search_code;
     int started_ok;
@@ -73,6 +75,14 @@ static void sleep_ms(long ms) {
     }
 }
 
+/* An event whose typed fields are missing or wrong (under `lock`). */
+static void typed_wrong(struct peer *p, const NatterEvent *e) {
+    p->typed_fields_wrong++;
+    fprintf(stderr, "typed fields wrong on %s: kind %d, direction %u, device %s, address %s, "
+            "devices %u: %s\n", p->name, (int)e->kind, e->direction, e->device ? e->device : "NULL",
+            e->address ? e->address : "NULL", e->devices, e->detail);
+}
+
 /* Record an event of `p` (any thread). Bob's callback answers here. */
 static void on_event(struct peer *p, const NatterEvent *e) {
     pthread_mutex_lock(&lock);
@@ -82,9 +92,30 @@ static void on_event(struct peer *p, const NatterEvent *e) {
         if (p->attached) p->cut_off_while_attached++;
         break;
     case NATTER_EVENT_SEARCH_RESULT:
-        if (e->search == p->search) p->search_code = e->code;
+        if (e->search == p->search) {
+            p->search_code = e->code;
+            /* The devices found, typed: one online device of bob's. */
+            NatterSearchDevice d;
+            if (e->devices < 1 || natter_event_search_device(e, 0, &d) != NATTER_OK || !d.online ||
+                strlen(d.id_text) != 12 || d.super_nodes < 1 ||
+                natter_event_search_device(e, e->devices, &d) != NATTER_INVALID_ARGUMENT)
+                typed_wrong(p, e);
+            p->typed_fields_seen++;
+        }
         break;
-    case NATTER_EVENT_CALL_INCOMING: p->call = e->call; break;
+    case NATTER_EVENT_CALL_INCOMING:
+        p->call = e->call;
+        if (!e->device || e->direction != NATTER_CALL_DIRECTION_INCOMING) typed_wrong(p, e);
+        p->typed_fields_seen++;
+        break;
+    case NATTER_EVENT_CALL_RINGING:
+        if (!e->device || e->direction != NATTER_CALL_DIRECTION_OUTGOING) typed_wrong(p, e);
+        p->typed_fields_seen++;
+        break;
+    case NATTER_EVENT_CALL_PATH_CHANGED:
+        if (!e->address || e->direction == NATTER_CALL_DIRECTION_NONE) typed_wrong(p, e);
+        p->typed_fields_seen++;
+        break;
     case NATTER_EVENT_CALL_CONNECTED: p->connected = 1; break;
     case NATTER_EVENT_CALL_HOLD_CHANGED: p->hold_events++; break;
     case NATTER_EVENT_CALL_ENDED: p->ended = 1; break;
@@ -404,6 +435,14 @@ int main(int argc, char **argv) {
     int cut_off = alice.cut_off_while_attached + bob.cut_off_while_attached;
     pthread_mutex_unlock(&lock);
     if (cut_off) FAIL("NATTER_EVENT_NO_SUPER_NODE %d times while attached", cut_off);
+    /* Typed event fields: alice's search result and ringing (polled), bob's incoming call
+       (callback), both sides' path events. */
+    pthread_mutex_lock(&lock);
+    int wrong = alice.typed_fields_wrong + bob.typed_fields_wrong;
+    int seen_a = alice.typed_fields_seen, seen_b = bob.typed_fields_seen;
+    pthread_mutex_unlock(&lock);
+    if (wrong || seen_a < 3 || seen_b < 2)
+        FAIL("typed event fields: %d wrong; seen %d (alice), %d (bob)", wrong, seen_a, seen_b);
 
 join:
     /* Stop alice from another thread and free both while the hammers still run. */
