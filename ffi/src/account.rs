@@ -88,19 +88,13 @@ pub unsafe extern "C" fn natter_client_devices(
             .map_err(account_result)?;
         let list: Vec<NatterAccountDevice> = devices
             .iter()
-            .map(|d| {
-                let mut id_text = [0 as c_char; 13];
-                for (i, b) in d.device.to_string().bytes().take(12).enumerate() {
-                    id_text[i] = b as c_char;
-                }
-                NatterAccountDevice {
-                    id: d.device.0,
-                    id_text,
-                    first_seen: unix(d.first_seen),
-                    last_seen: unix(d.last_seen),
-                    revoked_at: d.revoked.map_or(0, unix),
-                    this_device: d.this_device,
-                }
+            .map(|d| NatterAccountDevice {
+                id: d.device.0,
+                id_text: boundary::id_text(&d.device),
+                first_seen: unix(d.first_seen),
+                last_seen: unix(d.last_seen),
+                revoked_at: d.revoked.map_or(0, unix),
+                this_device: d.this_device,
             })
             .collect();
         // SAFETY: count is non-NULL (checked) and valid for one write (caller's promise).

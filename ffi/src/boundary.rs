@@ -43,6 +43,15 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A device id as people see it (12 hexadecimal digits), NUL-terminated, for C structs.
+pub(crate) fn id_text(device: &natter::DeviceId) -> [c_char; 13] {
+    let mut text = [0 as c_char; 13];
+    for (i, b) in device.to_string().bytes().take(12).enumerate() {
+        text[i] = b as c_char;
+    }
+    text
+}
+
 /// Read-lock an `RwLock`, ignoring poisoning (as [`lock`]).
 pub(crate) fn lock_read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|e| e.into_inner())

@@ -349,13 +349,9 @@ pub(crate) fn from_natter(e: &natter::Event, directions: &Directions) -> Option<
 
 /// One device of a search result in C form.
 fn search_device(d: &natter::DeviceRecord) -> NatterSearchDevice {
-    let mut id_text = [0 as c_char; 13];
-    for (i, b) in d.device.to_string().bytes().take(12).enumerate() {
-        id_text[i] = b as c_char;
-    }
     NatterSearchDevice {
         id: d.device.0,
-        id_text,
+        id_text: boundary::id_text(&d.device),
         online: d.online,
         last_seen: d
             .last_seen

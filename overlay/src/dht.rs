@@ -1554,6 +1554,16 @@ mod search_tests {
             }
         }
 
+        /// The super nodes that are not among `user`'s replicas.
+        fn outside_replicas(&self, user: &UserName) -> Vec<usize> {
+            let replicas = self
+                .ring
+                .successors(Key::of_user(user), DhtConfig::default().replicas);
+            (0..self.dhts.len())
+                .filter(|i| !replicas.contains(&self.dhts[*i].me))
+                .collect()
+        }
+
         fn run(&mut self) {
             loop {
                 let mut moved = false;
@@ -1607,10 +1617,7 @@ mod search_tests {
         let ring = net.ring.clone();
         let now = net.now;
         let alice = UserName::parse("alice").unwrap();
-        let replicas = ring.successors(Key::of_user(&alice), DhtConfig::default().replicas);
-        let outside: Vec<usize> = (0..10)
-            .filter(|i| !replicas.contains(&net.dhts[*i].me))
-            .collect();
+        let outside = net.outside_replicas(&alice);
         let (home, searcher) = (outside[0], outside[1]);
         let home_addr = net.dhts[home].me.addr;
         let signed = |seq: u64, age: u64| {
@@ -1670,10 +1677,7 @@ mod search_tests {
         let ring = net.ring.clone();
         let now = net.now;
         let alice = UserName::parse("alice").unwrap();
-        let replicas = ring.successors(Key::of_user(&alice), DhtConfig::default().replicas);
-        let outside: Vec<usize> = (0..10)
-            .filter(|i| !replicas.contains(&net.dhts[*i].me))
-            .collect();
+        let outside = net.outside_replicas(&alice);
         let (home, searcher) = (outside[0], outside[1]);
         let home_addr = net.dhts[home].me.addr;
         // Alice's phone: a fresh record; her laptop: an hour-old one at the replicas, a fresh
@@ -1747,10 +1751,7 @@ mod search_tests {
         let ring = net.ring.clone();
         let now = net.now;
         let alice = UserName::parse("alice").unwrap();
-        let replicas = ring.successors(Key::of_user(&alice), DhtConfig::default().replicas);
-        let outside: Vec<usize> = (0..10)
-            .filter(|i| !replicas.contains(&net.dhts[*i].me))
-            .collect();
+        let outside = net.outside_replicas(&alice);
         let (home, searcher) = (outside[0], outside[1]);
         let home_entry = net.dhts[home].me;
         let id = tn.identity("alice");

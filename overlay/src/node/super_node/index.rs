@@ -175,6 +175,29 @@ impl IndexPart {
         }
     }
 
+    /// A client's search, also asking the super nodes `at` (only those of the ring: nobody is
+    /// sent queries through us).
+    fn client_search(
+        &mut self,
+        cx: &mut Cx<'_>,
+        conn: ConnId,
+        query: u32,
+        user: &UserName,
+        at: &[SocketAddr],
+    ) {
+        let extra: Vec<HostEntry> = at
+            .iter()
+            .filter_map(|a| self.ring.at(*a))
+            .copied()
+            .collect();
+        let origin = Origin::Client {
+            client: u64::from(conn.0),
+            query,
+        };
+        self.dht
+            .search_also(cx.now, cx.wall, &self.ring, origin, user.clone(), extra);
+    }
+
     /// A membership message on session `conn`.
     pub fn membership_message(
         &mut self,
@@ -275,36 +298,9 @@ impl IndexPart {
                 query,
                 full: true,
                 user,
-            } => {
-                self.dht.search(
-                    now,
-                    wall,
-                    &self.ring,
-                    Origin::Client {
-                        client: u64::from(conn.0),
-                        query: *query,
-                    },
-                    user.clone(),
-                );
-            }
+            } => self.client_search(cx, conn, *query, user, &[]),
             Message::IndexSearchAt { query, user, at } => {
-                // Only super nodes of the ring are asked: nobody is sent queries through us.
-                let extra: Vec<HostEntry> = at
-                    .iter()
-                    .filter_map(|a| self.ring.at(*a))
-                    .copied()
-                    .collect();
-                self.dht.search_also(
-                    now,
-                    wall,
-                    &self.ring,
-                    Origin::Client {
-                        client: u64::from(conn.0),
-                        query: *query,
-                    },
-                    user.clone(),
-                    extra,
-                );
+                self.client_search(cx, conn, *query, user, at)
             }
             // Another super node stores, asks, or answers.
             m => {
