@@ -1453,6 +1453,17 @@ NatterResult natter_client_change_password(NatterClient *client,
                                            bool revoke_others);
 
 /**
+ * Log out on this device: stop the client's node if it runs (the user is published as
+ * offline; the call, if any, ends) and forget the certificate, so that the next
+ * `natter_client_login` needs the password. The device keeps its keys and stays one of the
+ * account's devices. Blocks while the node stops (as `natter_client_stop`).
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_IO_ERROR` (the certificate file could not be
+ * removed), `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ */
+NatterResult natter_client_logout(NatterClient *client);
+
+/**
  * The file descriptor that is readable while events wait in `client`'s queue, written to
  * `*out_fd`. Use it with `select`, `poll`, `epoll`, kqueue or a run loop, then take events
  * with `natter_client_next_event` until it returns `NATTER_NO_EVENT`.

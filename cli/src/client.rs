@@ -657,6 +657,16 @@ fn command(
                 .map_err(|e| e.to_string()),
             },
             ("devices", _) => devices(node),
+            ("logout", _) => match node.client.logout() {
+                Ok(()) => {
+                    report!(
+                        json!({"event": "logged_out"}),
+                        "logged out: the next start asks for the password"
+                    );
+                    return false;
+                }
+                Err(e) => Err(e.to_string()),
+            },
             ("revoke_device", _) if json => match (field("device"), field("password")) {
                 (Some(d), Some(p)) => revoke(node, &d, &p),
                 _ => Err("revoke_device needs \"device\" and \"password\"".into()),
@@ -724,6 +734,7 @@ const HELP: &str = "commands:
   passwd [revoke-others]
                   change the password (and revoke every other device)
   status          how this node is joined, its NAT type, the current call
+  logout          log out on this device (forget the certificate) and leave
   quit            leave (Ctrl-C too)";
 
 /// A call id as events show it: 32 hex digits.

@@ -149,9 +149,9 @@ fn two_programs_call_each_other_through_the_json_interface() {
     );
     let changed = bob.wait(is("password_changed"));
     assert_eq!(changed["revoked_others"], true);
-    for c in [&mut alice, &mut bob] {
-        c.send(serde_json::json!({"cmd": "quit"}));
-    }
+    bob.send(serde_json::json!({"cmd": "quit"}));
+    alice.send(serde_json::json!({"cmd": "logout"}));
+    alice.wait(is("logged_out"));
     // What each side heard was saved, and is not silence.
     for heard in [alice_heard, bob_heard] {
         let bytes = std::fs::read(&heard).unwrap();

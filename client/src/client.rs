@@ -784,6 +784,28 @@ impl Client {
         Ok(())
     }
 
+    /// Log out on this device: stop the node if it runs (the user is published as offline),
+    /// and forget the certificate, so that the next [`Client::login`] needs the password. The
+    /// device keeps its keys and stays one of the account's devices (revoking it is
+    /// [`Client::revoke_device`] from another device).
+    ///
+    /// # Errors
+    /// [`AccountError::NotLoggedIn`], [`AccountError::Io`] when the certificate file cannot be
+    /// removed, [`AccountError::Closed`].
+    pub fn logout(&self) -> Result<(), AccountError> {
+        self.account()?;
+        let _ = self.stop();
+        self.shared
+            .store
+            .clear_certificate()
+            .map_err(|source| AccountError::Io {
+                path: self.shared.store.dir().to_path_buf(),
+                source,
+            })?;
+        *lock(&self.shared.login) = None;
+        Ok(())
+    }
+
     /// Stop (if started) and close the event queue: receivers get what is still queued, then
     /// `Disconnected`; later operations fail with `Closed` (or `NotStarted`). Dropping the
     /// client does this too; `close` is for a client shared between threads.

@@ -200,7 +200,8 @@ pub enum LoginError {
 
 /// Why an account operation failed: [`Client::devices`](crate::Client::devices),
 /// [`Client::revoke_device`](crate::Client::revoke_device),
-/// [`Client::change_password`](crate::Client::change_password).
+/// [`Client::change_password`](crate::Client::change_password),
+/// [`Client::logout`](crate::Client::logout).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AccountError {

@@ -287,6 +287,15 @@ fn the_account_lists_devices_and_a_password_change_revokes_the_others() {
         .device;
     desk.revoke_device(t, "a brand new password").unwrap();
     assert!(matches!(tablet.devices(), Err(AccountError::Revoked)));
+    // Logging out forgets the certificate: the next login needs the password.
+    desk.logout().unwrap();
+    assert!(matches!(desk.devices(), Err(AccountError::NotLoggedIn)));
+    assert!(matches!(desk.logout(), Err(AccountError::NotLoggedIn)));
+    assert!(matches!(
+        desk.login("erin", None),
+        Err(LoginError::PasswordNeeded(_))
+    ));
+    desk.login("erin", Some("a brand new password")).unwrap();
 }
 
 #[test]

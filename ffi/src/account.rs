@@ -170,3 +170,15 @@ pub unsafe extern "C" fn natter_client_change_password(
             .map_err(account_result)
     })
 }
+
+/// Log out on this device: stop the client's node if it runs (the user is published as
+/// offline; the call, if any, ends) and forget the certificate, so that the next
+/// `natter_client_login` needs the password. The device keeps its keys and stays one of the
+/// account's devices. Blocks while the node stops (as `natter_client_stop`).
+///
+/// Returns `NATTER_NOT_LOGGED_IN`, `NATTER_IO_ERROR` (the certificate file could not be
+/// removed), `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+#[no_mangle]
+pub extern "C" fn natter_client_logout(client: *mut NatterClient) -> NatterResult {
+    boundary::result(|| handle::get(client)?.client.logout().map_err(account_result))
+}

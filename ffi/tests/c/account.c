@@ -120,6 +120,13 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_login(phone, "carol", new_password), NATTER_REVOKED);
     EXPECT(natter_client_login(laptop, "carol", new_password), NATTER_OK);
 
+    /* Logging out forgets the certificate: the next login needs the password. */
+    EXPECT(natter_client_logout(laptop), NATTER_OK);
+    EXPECT(natter_client_logout(laptop), NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_devices(laptop, devices, 4, &n), NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_login(laptop, "carol", NULL), NATTER_PASSWORD_NEEDED);
+    EXPECT(natter_client_login(laptop, "carol", new_password), NATTER_OK);
+
     natter_client_free(laptop);
     natter_client_free(phone);
     if (failures) {

@@ -70,6 +70,7 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     EXPECT(natter_client_devices(c, devices, 2, &n_devices), want);
     EXPECT(natter_client_revoke_device(c, device_id, "a good password"), want);
     EXPECT(natter_client_change_password(c, "a good password", "another good one", true), want);
+    EXPECT(natter_client_logout(c), want);
     EXPECT(natter_client_start(c), want);
     EXPECT(natter_client_stop(c), want);
     EXPECT(natter_client_get_state(c, &st), want);
@@ -320,6 +321,7 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_revoke_device(c, device_id, "a good password"), NATTER_NOT_LOGGED_IN);
     EXPECT(natter_client_change_password(c, "a good password", "another good one", true),
            NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_logout(c), NATTER_NOT_LOGGED_IN);
     EXPECT(natter_client_stop(c), NATTER_NOT_STARTED);
     EXPECT(natter_client_search(c, "alice", &id), NATTER_NOT_STARTED);
     EXPECT(natter_call_start(c, "alice", &id), NATTER_NOT_STARTED);
