@@ -13,6 +13,8 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
+STRIP ?= strip
+OBJCOPY ?= objcopy
 PREFIX ?= /usr/local
 
 # Debian packages the build and the tests need.
@@ -114,14 +116,14 @@ install-files:
 	# Debug information split out, as distributions do: the library is stripped, and gdb and
 	# valgrind find its symbols in .debug/ through the debug link.
 	install -d "$(DESTDIR)$(LIBDIR)/.debug"
-	objcopy --only-keep-debug "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)" "$(DESTDIR)$(LIBDIR)/.debug/$(LIB_FILE).debug"
+	$(OBJCOPY) --only-keep-debug "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)" "$(DESTDIR)$(LIBDIR)/.debug/$(LIB_FILE).debug"
 	chmod 644 "$(DESTDIR)$(LIBDIR)/.debug/$(LIB_FILE).debug"
-	strip --strip-debug --strip-unneeded "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
-	cd "$(DESTDIR)$(LIBDIR)" && objcopy --add-gnu-debuglink=".debug/$(LIB_FILE).debug" "$(LIB_FILE)"
+	$(STRIP) --strip-debug --strip-unneeded "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)"
+	cd "$(DESTDIR)$(LIBDIR)" && $(OBJCOPY) --add-gnu-debuglink=".debug/$(LIB_FILE).debug" "$(LIB_FILE)"
 	ln -sf "$(LIB_FILE)" "$(DESTDIR)$(LIBDIR)/$(SONAME)"
 	ln -sf "$(SONAME)" "$(DESTDIR)$(LIBDIR)/libnatter.so"
 	install -m 644 "$(LIB_BUILD_DIR)/libnatter_ffi.a" "$(DESTDIR)$(LIBDIR)/libnatter.a"
-	strip --strip-debug "$(DESTDIR)$(LIBDIR)/libnatter.a"
+	$(STRIP) --strip-debug "$(DESTDIR)$(LIBDIR)/libnatter.a"
 	install -d "$(DESTDIR)$(PREFIX)/share/natter"
 	install -m 644 ffi/tests/valgrind.supp "$(DESTDIR)$(PREFIX)/share/natter/valgrind.supp"
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
@@ -134,6 +136,7 @@ uninstall:
 	    "$(DESTDIR)$(LIBDIR)/libnatter.a" "$(DESTDIR)$(LIBDIR)/libnatter.so" \
 	    "$(DESTDIR)$(LIBDIR)/$(SONAME)" "$(DESTDIR)$(LIBDIR)/$(LIB_FILE)" \
 	    "$(DESTDIR)$(LIBDIR)/.debug/$(LIB_FILE).debug" "$(DESTDIR)$(PREFIX)/share/natter/valgrind.supp"
+	-rmdir "$(DESTDIR)$(LIBDIR)/.debug" "$(DESTDIR)$(PREFIX)/share/natter" 2>/dev/null
 
 # The C and C++ examples, built with pkg-config against a staging install.
 EXAMPLES_PREFIX ?= $(abspath $(TARGET_DIR))/natter-prefix

@@ -700,11 +700,11 @@ enum NatterLogLevel
    */
   NATTER_LOG_ERROR = 1,
   /**
-   * Something unexpected that Natter worked around.
+   * Something unexpected that Natter worked around, or a request refused.
    */
   NATTER_LOG_WARN = 2,
   /**
-   * Milestones: logins, links to super nodes, calls and their paths.
+   * Notable events of the node and the servers.
    */
   NATTER_LOG_INFO = 3,
   /**
@@ -712,7 +712,7 @@ enum NatterLogLevel
    */
   NATTER_LOG_DEBUG = 4,
   /**
-   * Everything, packet by packet.
+   * Everything Natter logs.
    */
   NATTER_LOG_TRACE = 5,
 };
@@ -1110,10 +1110,9 @@ typedef struct {
 
 /**
  * Receives one log line: its level (a `NatterLogLevel`), its target (the part of Natter it
- * comes from, e.g. `natter_overlay::node`) and its message, both NUL-terminated UTF-8 valid
- * only during the call. Called from Natter's threads, one line at a time per thread; it must
- * not block for long. Natter functions may be called from it; what they log meanwhile is not
- * delivered (no recursion).
+ * comes from, e.g. `natter_ffi::client`) and its message, both NUL-terminated UTF-8 valid
+ * only during the call. Called on the library's "natter-log" thread, one line at a time; it
+ * may call any Natter function (what those log meanwhile is not delivered).
  */
 typedef void (*NatterLogCallback)(void *user_data,
                                   uint32_t level,
@@ -1368,12 +1367,11 @@ NatterResult natter_client_describe(const NatterClient *client,
 NatterResult natter_client_describe_copy(const NatterClient *client, char **out_text);
 
 /**
- * Free a string the library allocated (`natter_client_describe_copy`). NULL does nothing.
+ * Free a string the library allocated (`natter_client_describe_copy`); the application may
+ * have changed its bytes, not written past its end. NULL does nothing.
  *
- * Returns `NATTER_OK`. Safe to call from any thread.
- *
- * # Safety
- * `text` must be NULL or a string from `natter_client_describe_copy` not freed yet.
+ * Returns `NATTER_OK`, or `NATTER_INVALID_HANDLE` for a pointer that is not such a string
+ * (freed already, or anything else), which is left alone. Safe to call from any thread.
  */
 NatterResult natter_string_free(char *text);
 
@@ -1718,16 +1716,18 @@ NatterResult natter_call_pull_audio(NatterClient *client,
 /**
  * Deliver the library's log lines at `max_level` and above (a `NatterLogLevel`:
  * `NATTER_LOG_OFF` or a NULL callback switches delivery off) to `callback` with
- * `user_data`, for the whole process. Replaces any previous callback; lines already being
- * delivered on other threads may still reach the previous one. Nothing is printed on the
+ * `user_data`, for the whole process, on the library's "natter-log" thread. Replaces any
+ * previous callback: when this returns, the previous one is not running and will not be
+ * called again (unless this is called from the callback itself), so its `user_data` may be
+ * released. Lines come through a queue of 1,024; more are dropped. Nothing is printed on the
  * application's standard error unless `NATTER_LOG` is set in the environment.
  *
  * Returns `NATTER_INVALID_ARGUMENT` for a level above `NATTER_LOG_TRACE`. Safe to call from
- * any thread.
+ * any thread, the callback included.
  *
  * # Safety
- * `callback` must be callable from any thread, with `user_data`, until it is replaced (a
- * later call) and any line being delivered has returned.
+ * `callback` must be callable from the natter-log thread, with `user_data`, until it is
+ * replaced.
  */
 NatterResult natter_set_log_callback(NatterLogCallback callback,
                                      void *user_data,

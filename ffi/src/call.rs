@@ -241,6 +241,11 @@ pub unsafe extern "C" fn natter_call_start(
             .map_err(call_result)?
             .id()
             .as_u64();
+        // Its events say "outgoing", those of a call that ends before it is placed too.
+        c.events.set_direction(
+            id,
+            crate::events::NatterCallDirection::NatterCallDirectionOutgoing,
+        );
         // SAFETY: out_call is non-NULL (checked) and valid for one write (caller's promise).
         unsafe { boundary::write_out(out_call, id) }
     })

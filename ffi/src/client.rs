@@ -551,27 +551,38 @@ pub unsafe extern "C" fn natter_client_describe_copy(
         boundary::check_out(out_text)?;
         let text = handle::get(client)?.client.state().to_string();
         let owned = std::ffi::CString::new(text.replace('\0', " ")).unwrap_or_default();
+        // Kept here until natter_string_free: an unknown or twice-freed pointer is an error,
+        // and bytes the application changed do not matter when it is dropped.
+        let p = owned.as_ptr().cast_mut();
+        boundary::lock(&STRINGS).insert(p.addr(), owned);
         // SAFETY: out_text is non-NULL (checked) and valid for one write (the caller's
-        // promise); the string is handed over and comes back through natter_string_free.
-        unsafe { boundary::write_out(out_text, owned.into_raw()) }
+        // promise).
+        unsafe { boundary::write_out(out_text, p) }
     })
 }
 
-/// Free a string the library allocated (`natter_client_describe_copy`). NULL does nothing.
+/// Strings handed to the application and not freed yet, by address.
+static STRINGS: std::sync::Mutex<std::collections::BTreeMap<usize, std::ffi::CString>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Free a string the library allocated (`natter_client_describe_copy`); the application may
+/// have changed its bytes, not written past its end. NULL does nothing.
 ///
-/// Returns `NATTER_OK`. Safe to call from any thread.
-///
-/// # Safety
-/// `text` must be NULL or a string from `natter_client_describe_copy` not freed yet.
+/// Returns `NATTER_OK`, or `NATTER_INVALID_HANDLE` for a pointer that is not such a string
+/// (freed already, or anything else), which is left alone. Safe to call from any thread.
 #[no_mangle]
-pub unsafe extern "C" fn natter_string_free(text: *mut c_char) -> NatterResult {
+pub extern "C" fn natter_string_free(text: *mut c_char) -> NatterResult {
     boundary::result(|| {
-        if !text.is_null() {
-            // SAFETY: the caller guarantees text came from CString::into_raw in
-            // natter_client_describe_copy and was not freed: ownership returns here once.
-            drop(unsafe { std::ffi::CString::from_raw(text) });
+        if text.is_null() {
+            return Ok(());
         }
-        Ok(())
+        match boundary::lock(&STRINGS).remove(&text.addr()) {
+            Some(owned) => {
+                drop(owned);
+                Ok(())
+            }
+            None => Err(NatterResult::NatterInvalidHandle),
+        }
     })
 }
 

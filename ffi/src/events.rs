@@ -330,11 +330,7 @@ pub(crate) fn from_natter(e: &natter::Event, directions: &Directions) -> Option<
         _ => None,
     };
     if let Some((call, direction)) = placed {
-        let mut d = lock(directions);
-        if d.len() >= 4096 {
-            d.clear();
-        }
-        d.insert(call, direction as u32);
+        remember_direction(directions, call, direction);
     }
     let mut event = event_of(e)?;
     if event.call != 0 {
@@ -345,6 +341,16 @@ pub(crate) fn from_natter(e: &natter::Event, directions: &Directions) -> Option<
         }
     }
     Some(event)
+}
+
+/// Remember which side placed `call` (past 4,096 calls one entry makes room: calls leave when
+/// they end, so this only happens with thousands of calls whose end was never taken).
+fn remember_direction(directions: &Directions, call: u64, direction: NatterCallDirection) {
+    let mut d = lock(directions);
+    if d.len() >= 4096 && !d.contains_key(&call) {
+        d.pop_first();
+    }
+    d.insert(call, direction as u32);
 }
 
 /// One device of a search result in C form.
@@ -551,6 +557,11 @@ pub(crate) struct Events {
 }
 
 impl Events {
+    /// This client placed `call` (its events say so even before it is placed).
+    pub fn set_direction(&self, call: u64, direction: NatterCallDirection) {
+        remember_direction(&self.directions, call, direction);
+    }
+
     /// The C side of `queue`.
     pub fn new(queue: natter::Events) -> Arc<Self> {
         Arc::new(Self {

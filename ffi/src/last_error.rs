@@ -5,8 +5,9 @@
 //! Every exported function that returns a failure records it on the calling thread: the
 //! result, an English sentence with the specifics (which address was unreachable and the
 //! operating system's error, how long to wait, the version needed), and the typed parts of
-//! those specifics. Success leaves the record as it was (like `errno`), and so does
-//! `NATTER_NO_EVENT`, which is not a failure.
+//! those specifics. Success leaves the record as it was (like `errno`), and so do
+//! `NATTER_NO_EVENT` and `NATTER_BUFFER_TOO_SMALL` (an answer to a size query), which are not
+//! failures.
 
 use std::cell::RefCell;
 use std::ffi::c_char;
@@ -72,12 +73,14 @@ thread_local! {
 
 /// A call starts: what it records from now on is its own.
 pub(crate) fn begin() {
-    LAST.with(|l| l.borrow_mut().fresh = false);
+    // try_with: during thread exit (a thread-local destructor calling Natter) there may be no
+    // record any more; nothing is recorded then.
+    let _ = LAST.try_with(|l| l.borrow_mut().fresh = false);
 }
 
 /// Record a failure with its specifics; returns `result` (for `map_err` chains).
 pub(crate) fn record(result: NatterResult, message: impl ToString, detail: Detail) -> NatterResult {
-    LAST.with(|l| {
+    let _ = LAST.try_with(|l| {
         *l.borrow_mut() = Last {
             result,
             message: message.to_string(),
@@ -91,13 +94,19 @@ pub(crate) fn record(result: NatterResult, message: impl ToString, detail: Detai
 /// A call ended with `result`: a failure nobody recorded with specifics gets the result's
 /// own message.
 pub(crate) fn end(result: NatterResult) {
-    if matches!(result, NatterResult::NatterOk | NatterResult::NatterNoEvent) {
+    // Not failures: no event waiting, and the size query of the "ask size, then fill" pattern.
+    if matches!(
+        result,
+        NatterResult::NatterOk | NatterResult::NatterNoEvent | NatterResult::NatterBufferTooSmall
+    ) {
         return;
     }
-    let fresh = LAST.with(|l| {
-        let l = l.borrow();
-        l.fresh && l.result == result
-    });
+    let fresh = LAST
+        .try_with(|l| {
+            let l = l.borrow();
+            l.fresh && l.result == result
+        })
+        .unwrap_or(true);
     if !fresh {
         let message = result.message().to_string_lossy().into_owned();
         record(result, message, Detail::default());

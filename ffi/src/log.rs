@@ -1,16 +1,18 @@
 //! The library's logs, delivered to the application: `natter_set_log_callback`.
 //!
-//! Natter logs through `tracing`. The first client created (or the first call of
-//! `natter_set_log_callback`) installs one process-wide subscriber that hands every event at or
-//! above the chosen level to the application's callback, and also prints to standard error
-//! when the `NATTER_LOG` environment variable asks for it (e.g. `NATTER_LOG=info`). Nothing is
-//! printed otherwise.
+//! Natter logs through `tracing`. The first `natter_set_log_callback` (or the first client
+//! created while the `NATTER_LOG` environment variable is set) installs one process-wide
+//! subscriber: lines at or above the chosen level go into a bounded queue (dropped when it is
+//! full), and a thread of their own, "natter-log", hands them to the application's callback
+//! one at a time; with `NATTER_LOG` (e.g. `NATTER_LOG=info`) they are also printed on standard
+//! error. With neither, nothing is installed and nothing is printed.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CString};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Once, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, Once, RwLock};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -18,7 +20,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::boundary;
+use crate::boundary::{self, lock};
 use crate::result::NatterResult;
 
 /// How much a log line matters (`natter_set_log_callback`).
@@ -29,21 +31,20 @@ pub enum NatterLogLevel {
     NatterLogOff = 0,
     /// Something failed that the application may want to know about.
     NatterLogError = 1,
-    /// Something unexpected that Natter worked around.
+    /// Something unexpected that Natter worked around, or a request refused.
     NatterLogWarn = 2,
-    /// Milestones: logins, links to super nodes, calls and their paths.
+    /// Notable events of the node and the servers.
     NatterLogInfo = 3,
     /// Details for debugging.
     NatterLogDebug = 4,
-    /// Everything, packet by packet.
+    /// Everything Natter logs.
     NatterLogTrace = 5,
 }
 
 /// Receives one log line: its level (a `NatterLogLevel`), its target (the part of Natter it
-/// comes from, e.g. `natter_overlay::node`) and its message, both NUL-terminated UTF-8 valid
-/// only during the call. Called from Natter's threads, one line at a time per thread; it must
-/// not block for long. Natter functions may be called from it; what they log meanwhile is not
-/// delivered (no recursion).
+/// comes from, e.g. `natter_ffi::client`) and its message, both NUL-terminated UTF-8 valid
+/// only during the call. Called on the library's "natter-log" thread, one line at a time; it
+/// may call any Natter function (what those log meanwhile is not delivered).
 pub type NatterLogCallback = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -58,23 +59,31 @@ pub type NatterLogCallback = Option<
 struct Sink {
     callback: unsafe extern "C" fn(*mut c_void, u32, *const c_char, *const c_char),
     user_data: *mut c_void,
-    max: u32,
 }
 
-// SAFETY: the pointer is the application's, handed back to its own callback only; the
-// application promises (natter_set_log_callback's contract) that callback and data may be
-// used from any thread.
+// SAFETY: the pointer is the application's, handed back to its own callback only, on the
+// natter-log thread; the application promises (natter_set_log_callback's contract) that
+// callback and data may be used from that thread.
 unsafe impl Send for Sink {}
-// SAFETY: as above: the sink is only read (copied) by the threads that log.
+// SAFETY: as above: the sink is only read (copied) by the natter-log thread.
 unsafe impl Sync for Sink {}
 
 static SINK: RwLock<Option<Sink>> = RwLock::new(None);
 /// The callback's level (0: none): read for every log line, so an atomic.
 static MAX: AtomicU32 = AtomicU32::new(0);
+/// Lines waiting for the natter-log thread (level, target, message).
+static QUEUE: Mutex<VecDeque<(u32, String, String)>> = Mutex::new(VecDeque::new());
+static QUEUED: Condvar = Condvar::new();
+/// Held while the callback runs: replacing it waits until the old one has returned.
+static DELIVERING: Mutex<()> = Mutex::new(());
+/// Lines dropped because the queue was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Most lines waiting for delivery.
+const MAX_QUEUED: usize = 1024;
 
 thread_local! {
-    /// This thread is inside the callback: what it logs now is dropped.
-    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// This is the natter-log thread: what it logs is not delivered (no loop).
+    static LOG_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 fn level_number(level: &Level) -> u32 {
@@ -87,52 +96,82 @@ fn level_number(level: &Level) -> u32 {
     }
 }
 
-/// Collects an event's message and fields as one line.
+/// Collects an event's message and fields as one line (without the `log` crate's
+/// bookkeeping fields).
 #[derive(Default)]
 struct Line(String);
 
-impl Visit for Line {
-    fn record_str(&mut self, field: &Field, value: &str) {
+impl Line {
+    fn field(&mut self, field: &Field, value: &dyn std::fmt::Display) {
         if field.name() == "message" {
             let _ = write!(self.0, "{value}");
-        } else {
+        } else if !field.name().starts_with("log.") {
             let _ = write!(self.0, " {}={value}", field.name());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.0, "{value:?}");
-        } else {
-            let _ = write!(self.0, " {}={value:?}", field.name());
         }
     }
 }
 
-/// The layer that hands events to the application's callback.
+impl Visit for Line {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, &value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.field(field, &format_args!("{value:?}"));
+    }
+}
+
+/// The layer that queues lines for the application's callback.
 struct CallbackLayer;
 
 impl<S: Subscriber> Layer<S> for CallbackLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if level_number(event.metadata().level()) > MAX.load(Ordering::Relaxed) {
-            return;
-        }
-        let Some(sink) = *boundary::lock_read(&SINK) else {
-            return;
-        };
         let level = level_number(event.metadata().level());
-        if level > sink.max || IN_CALLBACK.with(Cell::get) {
+        if level > MAX.load(Ordering::Relaxed) || LOG_THREAD.with(Cell::get) {
             return;
         }
         let mut line = Line::default();
         event.record(&mut line);
-        let clean = |s: &str| CString::new(s.replace('\0', " ")).unwrap_or_default();
-        let (target, message) = (clean(event.metadata().target()), clean(line.0.trim_start()));
-        IN_CALLBACK.with(|c| c.set(true));
-        // SAFETY: the callback is the application's (non-NULL, checked when set), called with
-        // its own user_data and two NUL-terminated strings that live until it returns.
+        let mut q = lock(&QUEUE);
+        if q.len() >= MAX_QUEUED {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.push_back((
+            level,
+            event.metadata().target().to_string(),
+            line.0.trim_start().to_string(),
+        ));
+        QUEUED.notify_one();
+    }
+}
+
+/// The natter-log thread: hand queued lines to the callback, one at a time.
+fn deliver() {
+    LOG_THREAD.with(|t| t.set(true));
+    let clean = |s: &str| CString::new(s.replace('\0', " ")).unwrap_or_default();
+    loop {
+        let (level, target, message) = {
+            let mut q = lock(&QUEUE);
+            loop {
+                if let Some(line) = q.pop_front() {
+                    break line;
+                }
+                q = QUEUED.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let _delivering = lock(&DELIVERING);
+        let Some(sink) = *boundary::lock_read(&SINK) else {
+            continue;
+        };
+        if level > MAX.load(Ordering::Relaxed) {
+            continue;
+        }
+        let (target, message) = (clean(&target), clean(&message));
+        // SAFETY: the callback is the application's (non-NULL, checked when set), called on
+        // this thread as its contract allows, with its own user_data and two NUL-terminated
+        // strings that live until it returns.
         unsafe { (sink.callback)(sink.user_data, level, target.as_ptr(), message.as_ptr()) };
-        IN_CALLBACK.with(|c| c.set(false));
     }
 }
 
@@ -146,6 +185,9 @@ pub(crate) fn init(force: bool) {
         return;
     }
     ONCE.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("natter-log".into())
+            .spawn(deliver);
         let stderr = stderr_filter.map(|filter| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
@@ -163,16 +205,18 @@ pub(crate) fn init(force: bool) {
 
 /// Deliver the library's log lines at `max_level` and above (a `NatterLogLevel`:
 /// `NATTER_LOG_OFF` or a NULL callback switches delivery off) to `callback` with
-/// `user_data`, for the whole process. Replaces any previous callback; lines already being
-/// delivered on other threads may still reach the previous one. Nothing is printed on the
+/// `user_data`, for the whole process, on the library's "natter-log" thread. Replaces any
+/// previous callback: when this returns, the previous one is not running and will not be
+/// called again (unless this is called from the callback itself), so its `user_data` may be
+/// released. Lines come through a queue of 1,024; more are dropped. Nothing is printed on the
 /// application's standard error unless `NATTER_LOG` is set in the environment.
 ///
 /// Returns `NATTER_INVALID_ARGUMENT` for a level above `NATTER_LOG_TRACE`. Safe to call from
-/// any thread.
+/// any thread, the callback included.
 ///
 /// # Safety
-/// `callback` must be callable from any thread, with `user_data`, until it is replaced (a
-/// later call) and any line being delivered has returned.
+/// `callback` must be callable from the natter-log thread, with `user_data`, until it is
+/// replaced.
 #[no_mangle]
 pub unsafe extern "C" fn natter_set_log_callback(
     callback: NatterLogCallback,
@@ -187,10 +231,17 @@ pub unsafe extern "C" fn natter_set_log_callback(
         let sink = callback.filter(|_| max_level > 0).map(|callback| Sink {
             callback,
             user_data,
-            max: max_level,
         });
-        MAX.store(sink.map_or(0, |s| s.max), Ordering::Relaxed);
+        // Wait for a delivery in progress (not from the callback itself: it holds the lock).
+        let _delivering = (!LOG_THREAD.with(Cell::get)).then(|| lock(&DELIVERING));
+        MAX.store(
+            if sink.is_some() { max_level } else { 0 },
+            Ordering::Relaxed,
+        );
         *boundary::lock_write(&SINK) = sink;
+        if sink.is_none() {
+            lock(&QUEUE).clear();
+        }
         // Events at levels nobody listens to are skipped cheaply once this is known.
         tracing::callsite::rebuild_interest_cache();
         Ok(())
