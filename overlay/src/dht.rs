@@ -804,29 +804,47 @@ impl Dht {
         search.candidates = self.replica_set(ring, &user, self.cfg.replicas + self.cfg.widen);
         let first = self.cfg.replicas.min(search.candidates.len());
         search.replicas = first;
-        // The user's own super nodes go right after the replicas, asked at once.
-        let mut extra: Vec<HostEntry> = extra
-            .into_iter()
-            .filter(|e| !search.candidates[..first].contains(e))
-            .take(MAX_CONFIRMS)
-            .collect();
-        extra.dedup();
-        let asked = first + extra.len();
-        if !extra.is_empty() {
-            search.confirmed = true;
-            search.confirming = true;
-            search.candidates.retain(|c| !extra.contains(c));
-            search.candidates.splice(first..first, extra);
-        }
         if let Origin::Client { client, .. } = origin {
             *self.per_client.entry(client).or_default() += 1;
         }
         self.searches.insert(id, search);
-        for _ in 0..asked {
+        for _ in 0..first {
             self.ask_next(now, wall, id);
         }
+        // The user's own super nodes, asked at once.
+        self.ask_also(now, wall, id, extra);
         self.check_done(now, wall, id);
         id
+    }
+
+    /// Ask `targets` too, at once (a user's own super nodes): those not asked yet, at most
+    /// [`MAX_CONFIRMS`], ahead of any widening candidate left. The search then waits for
+    /// their answers rather than ending early.
+    fn ask_also(&mut self, now: Instant, wall: UnixTime, id: u64, targets: Vec<HostEntry>) {
+        let Some(search) = self.searches.get_mut(&id) else {
+            return;
+        };
+        let mut new: Vec<HostEntry> = Vec::new();
+        for e in targets {
+            if !search.candidates[..search.next].contains(&e)
+                && !new.contains(&e)
+                && new.len() < MAX_CONFIRMS
+            {
+                new.push(e);
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        search.confirmed = true;
+        search.confirming = true;
+        // Not asked yet, so all after `next`: dropping them later in the list keeps `next`.
+        search.candidates.retain(|c| !new.contains(c));
+        let (at, n) = (search.next, new.len());
+        search.candidates.splice(at..at, new);
+        for _ in 0..n {
+            self.ask_next(now, wall, id);
+        }
     }
 
     /// Ask the search's next candidate; false when none is left.
@@ -976,32 +994,17 @@ impl Dht {
     fn confirm(&mut self, now: Instant, wall: UnixTime, ring: &Ring) {
         self.confirm_at = None;
         for id in std::mem::take(&mut self.to_confirm) {
-            let Some(search) = self.searches.get_mut(&id) else {
+            let Some(search) = self.searches.get(&id) else {
                 continue;
             };
-            let mut targets: Vec<HostEntry> = Vec::new();
             let after = self.cfg.confirm_after;
-            for r in search
+            let targets: Vec<HostEntry> = search
                 .merged
                 .values()
                 .filter(|r| record_looks_old(r, wall, after))
-            {
-                for addr in &r.super_nodes {
-                    if let Some(e) = ring.at(*addr) {
-                        let asked = search.candidates[..search.next].contains(e);
-                        if !asked && !targets.contains(e) && targets.len() < MAX_CONFIRMS {
-                            targets.push(*e);
-                        }
-                    }
-                }
-            }
-            let n = targets.len();
-            search.confirming = n > 0;
-            let at = search.next;
-            search.candidates.splice(at..at, targets);
-            for _ in 0..n {
-                self.ask_next(now, wall, id);
-            }
+                .flat_map(|r| r.super_nodes.iter().filter_map(|a| ring.at(*a)).copied())
+                .collect();
+            self.ask_also(now, wall, id, targets);
             self.check_done(now, wall, id);
         }
     }
@@ -1594,6 +1597,28 @@ mod search_tests {
         }
     }
 
+    /// An online record of `dev` naming the super node `at`, signed `age` seconds ago.
+    fn attached_record(
+        dev: &DeviceIdentity,
+        cert: &Certificate,
+        at: SocketAddr,
+        seq: u64,
+        age: u64,
+    ) -> PresenceRecord {
+        PresenceRecord::sign(
+            dev,
+            cert.clone(),
+            true,
+            vec![at],
+            None,
+            vec![],
+            1,
+            Capabilities::VOICE,
+            seq,
+            UnixTime(TEST_WALL.0 - age),
+        )
+    }
+
     fn record(net: &TestNetwork, user: &str, seq: u64) -> PresenceRecord {
         let id = net.identity(user);
         PresenceRecord::sign(
@@ -1620,21 +1645,8 @@ mod search_tests {
         let outside = net.outside_replicas(&alice);
         let (home, searcher) = (outside[0], outside[1]);
         let home_addr = net.dhts[home].me.addr;
-        let signed = |seq: u64, age: u64| {
-            let id = tn.identity("alice");
-            PresenceRecord::sign(
-                &id.device,
-                id.certificate,
-                true,
-                vec![home_addr],
-                None,
-                vec![],
-                1,
-                Capabilities::VOICE,
-                seq,
-                UnixTime(TEST_WALL.0 - age),
-            )
-        };
+        let id = tn.identity("alice");
+        let signed = |seq, age| attached_record(&id.device, &id.certificate, home_addr, seq, age);
         // The replicas hold a record an hour old (an online device refreshes every 30
         // minutes); the newest went through its super node only (the replicas lost it, or
         // lie about it).
@@ -1691,20 +1703,7 @@ mod search_tests {
             phone.certificate.not_before,
             phone.certificate.not_after,
         );
-        let sign = |dev: &DeviceIdentity, cert: &Certificate, at: SocketAddr, seq, age: u64| {
-            PresenceRecord::sign(
-                dev,
-                cert.clone(),
-                true,
-                vec![at],
-                None,
-                vec![],
-                1,
-                Capabilities::VOICE,
-                seq,
-                UnixTime(TEST_WALL.0 - age),
-            )
-        };
+        let sign = attached_record;
         let nowhere: SocketAddr = "198.18.99.1:4000".parse().unwrap();
         let fresh_phone = sign(&phone.device, &phone.certificate, nowhere, 1, 60);
         assert!(net.dhts[home].publish(now, TEST_WALL, &ring, fresh_phone));
@@ -1755,18 +1754,7 @@ mod search_tests {
         let (home, searcher) = (outside[0], outside[1]);
         let home_entry = net.dhts[home].me;
         let id = tn.identity("alice");
-        let record = PresenceRecord::sign(
-            &id.device,
-            id.certificate,
-            true,
-            vec![home_entry.addr],
-            None,
-            vec![],
-            1,
-            Capabilities::VOICE,
-            1,
-            TEST_WALL,
-        );
+        let record = attached_record(&id.device, &id.certificate, home_entry.addr, 1, 0);
         // Every replica lost (or denies) the record; only alice's own super node has it.
         assert!(net.dhts[home].publish(now, TEST_WALL, &Ring::new(4), record));
         net.dhts[searcher].search(now, TEST_WALL, &ring, Origin::Local(1), alice.clone());

@@ -1342,6 +1342,24 @@ mod tests {
         renew_tampered_at(wall, not_after, |_| {})
     }
 
+    /// A device's proofs that it holds `certificate`'s keys, for a connection's `challenge`
+    /// and server key (as a renewal or a device list sends them).
+    fn proofs(
+        device: &natter_core::crypto::DeviceIdentity,
+        certificate: &Certificate,
+        challenge: &[u8; 32],
+        server_key: &[u8; 32],
+    ) -> ([u8; 64], [u8; 32]) {
+        let msg = proof_message(
+            challenge,
+            &certificate.user,
+            &certificate.signing_public,
+            &certificate.dh_public,
+        );
+        let dh_proof = device.dh_proof(server_key, DH_PROOF_CONTEXT, &msg).unwrap();
+        (device.sign(PROOF_CONTEXT, &msg), dh_proof)
+    }
+
     /// [`renew_at`] with the certificate changed by `tamper` after signing.
     fn renew_tampered_at(
         wall: u64,
@@ -1359,17 +1377,7 @@ mod tests {
         );
         tamper(&mut certificate);
         let (mut server, now, challenge, server_key) = greeted(&net, UnixTime(wall));
-        let msg = proof_message(
-            &challenge,
-            &certificate.user,
-            &certificate.signing_public,
-            &certificate.dh_public,
-        );
-        let proof = id.device.sign(PROOF_CONTEXT, &msg);
-        let dh_proof = id
-            .device
-            .dh_proof(&server_key, DH_PROOF_CONTEXT, &msg)
-            .unwrap();
+        let (proof, dh_proof) = proofs(&id.device, &certificate, &challenge, &server_key);
         send(
             &mut server,
             now,
@@ -1711,18 +1719,10 @@ mod tests {
         if other_challenge {
             challenge[0] ^= 1;
         }
-        let msg = proof_message(
-            &challenge,
-            &certificate.user,
-            &certificate.signing_public,
-            &certificate.dh_public,
-        );
+        let (proof, dh_proof) = proofs(&id.device, &certificate, &challenge, &server_key);
         let request = Request::Devices {
-            proof: id.device.sign(PROOF_CONTEXT, &msg),
-            dh_proof: id
-                .device
-                .dh_proof(&server_key, DH_PROOF_CONTEXT, &msg)
-                .unwrap(),
+            proof,
+            dh_proof,
             certificate,
         };
         send(&mut server, now, &request);
