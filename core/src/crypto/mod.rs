@@ -7,11 +7,13 @@
 //! * The data plane: ChaCha20-Poly1305 under explicit counters, key update, and the RFC 6479
 //!   replay window ([`Session`], [`ReplayWindow`]).
 
+mod credentials;
 mod handshake;
 mod identity;
 mod replay;
 mod session;
 
+pub use credentials::{CredentialsError, DeviceCredentials, MAX_CREDENTIALS_LEN};
 pub use handshake::{
     reset_token, Capabilities, Established, Handshake, HandshakeError, HandshakePayload,
     InitMessage, LocalIdentity, PeerInfo, Step, RESET_TOKEN_LEN,
