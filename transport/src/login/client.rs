@@ -10,10 +10,11 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use natter_core::crypto::{CertError, Certificate, DeviceIdentity, UnixTime};
+use natter_core::crypto::{CertError, Certificate, DeviceCredentials, DeviceIdentity, UnixTime};
 use natter_core::login::client::{
     LoginClient, LoginClientConfig, LoginClientError, LoginClientEvent, Operation,
 };
@@ -52,6 +53,56 @@ pub enum ConnectError {
     /// The connection broke.
     #[error("connection to the login server failed: {0}")]
     Io(#[from] io::Error),
+    /// The exchange was cancelled ([`Budget::cancel`]).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// How long a login-server exchange may take, and a flag that ends it early. A plain
+/// [`Duration`] converts into a budget that cannot be cancelled.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// The longest the connection, and then the exchange, may take.
+    pub timeout: Duration,
+    /// Set to end the exchange at once with [`ConnectError::Cancelled`] (checked every 20 ms).
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Budget {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+
+    /// Connect to `address` within the timeout, in slices short enough to notice a cancel.
+    fn connect(&self, address: &std::net::SocketAddr) -> io::Result<TcpStream> {
+        if self.cancel.is_none() {
+            return TcpStream::connect_timeout(address, self.timeout);
+        }
+        const SLICE: Duration = Duration::from_millis(250);
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if self.cancelled() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match TcpStream::connect_timeout(address, left.min(SLICE).max(Duration::from_millis(1)))
+            {
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && left > SLICE => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl From<Duration> for Budget {
+    fn from(timeout: Duration) -> Self {
+        Budget {
+            timeout,
+            cancel: None,
+        }
+    }
 }
 
 /// Connect to the login server, run `ops` in order, and return every event.
@@ -61,14 +112,19 @@ pub fn run_operations(
     version: Version,
     first_start: bool,
     ops: Vec<Operation>,
-    timeout: Duration,
+    budget: impl Into<Budget>,
 ) -> Result<Vec<LoginClientEvent>, ConnectError> {
+    let budget = budget.into();
+    let timeout = budget.timeout;
     let address = network.login_address()?;
     let config = client_config(network.pin()?, network.login.ca_file.as_deref())
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
     let name = ServerName::try_from(network.login.server_name.clone())
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
-    let mut tcp = TcpStream::connect_timeout(&address, timeout).map_err(|source| {
+    let mut tcp = budget.connect(&address).map_err(|source| {
+        if budget.cancelled() {
+            return ConnectError::Cancelled;
+        }
         ConnectError::Unreachable {
             address: network.login.address.clone(),
             source,
@@ -98,6 +154,9 @@ pub fn run_operations(
     let mut buf = vec![0u8; 16 * 1024];
     let mut closed = false;
     loop {
+        if budget.cancelled() {
+            return Err(ConnectError::Cancelled);
+        }
         while let Some(t) = machine.poll_transmit() {
             tls.writer().write_all(&t.payload)?;
         }
@@ -268,11 +327,34 @@ impl From<LoginClientError> for LoginFailure {
     }
 }
 
-/// A device's credentials on disk (a directory, mode 0700): its keys (`device.key`, 0600) and
-/// its latest certificate (`certificate.bin`), so a restart can renew without the password.
+/// A device's credentials: on disk in a directory (mode 0700) holding its keys
+/// (`device.key`, 0600) and its latest certificate (`certificate.bin`), so a restart can renew
+/// without the password; or in memory only, for an application that keeps them elsewhere (the
+/// platform's keychain) as [`DeviceCredentials`] bytes. Clones share the same credentials.
 #[derive(Debug, Clone)]
 pub struct DeviceStore {
-    dir: PathBuf,
+    kind: StoreKind,
+}
+
+#[derive(Clone)]
+enum StoreKind {
+    Dir(PathBuf),
+    Memory(Arc<Mutex<Memory>>),
+}
+
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::Dir(d) => f.debug_tuple("Dir").field(d).finish(),
+            StoreKind::Memory(_) => f.write_str("Memory"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Memory {
+    identity: Option<DeviceIdentity>,
+    certificate: Option<Certificate>,
 }
 
 impl DeviceStore {
@@ -280,18 +362,56 @@ impl DeviceStore {
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
         private_dir(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            kind: StoreKind::Dir(dir),
+        })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Credentials kept in memory only: `initial` (imported), or new keys made on first use.
+    pub fn in_memory(initial: Option<DeviceCredentials>) -> Self {
+        let memory = initial.map_or_else(Memory::default, |c| Memory {
+            identity: Some(c.identity),
+            certificate: c.certificate,
+        });
+        Self {
+            kind: StoreKind::Memory(Arc::new(Mutex::new(memory))),
+        }
+    }
+
+    /// The directory, for credentials on disk.
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.kind {
+            StoreKind::Dir(d) => Some(d),
+            StoreKind::Memory(_) => None,
+        }
+    }
+
+    /// Where the credentials are, for messages: the directory, or `(in memory)`.
+    pub fn location(&self) -> PathBuf {
+        self.dir()
+            .map_or_else(|| PathBuf::from("(in memory)"), Path::to_path_buf)
+    }
+
+    fn memory(m: &Mutex<Memory>) -> std::sync::MutexGuard<'_, Memory> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The device's keys, created on first use; `true` when they were just created (first
     /// start).
     pub fn identity(&self) -> io::Result<(DeviceIdentity, bool)> {
-        let path = self.dir.join("device.key");
+        let dir = match &self.kind {
+            StoreKind::Dir(d) => d,
+            StoreKind::Memory(m) => {
+                let mut m = Self::memory(m);
+                if let Some(id) = &m.identity {
+                    return Ok((id.clone(), false));
+                }
+                let id = DeviceIdentity::generate(&mut Rng::from_seed_bytes(os_seed()?));
+                m.identity = Some(id.clone());
+                return Ok((id, true));
+            }
+        };
+        let path = dir.join("device.key");
         match std::fs::read(&path) {
             Ok(data) if data.len() == 64 => {
                 let mut dh = [0u8; 32];
@@ -318,21 +438,50 @@ impl DeviceStore {
 
     /// The stored certificate, if any.
     pub fn certificate(&self) -> Option<Certificate> {
-        let data = std::fs::read(self.dir.join("certificate.bin")).ok()?;
-        Certificate::decode(&data).ok()
+        match &self.kind {
+            StoreKind::Dir(d) => {
+                let data = std::fs::read(d.join("certificate.bin")).ok()?;
+                Certificate::decode(&data).ok()
+            }
+            StoreKind::Memory(m) => Self::memory(m).certificate.clone(),
+        }
     }
 
     /// Store a certificate.
     pub fn save_certificate(&self, certificate: &Certificate) -> io::Result<()> {
-        write_private(&self.dir.join("certificate.bin"), &certificate.to_bytes())
+        match &self.kind {
+            StoreKind::Dir(d) => write_private(&d.join("certificate.bin"), &certificate.to_bytes()),
+            StoreKind::Memory(m) => {
+                Self::memory(m).certificate = Some(certificate.clone());
+                Ok(())
+            }
+        }
     }
 
     /// Forget the certificate (after a revocation).
     pub fn clear_certificate(&self) -> io::Result<()> {
-        match std::fs::remove_file(self.dir.join("certificate.bin")) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        match &self.kind {
+            StoreKind::Dir(d) => match std::fs::remove_file(d.join("certificate.bin")) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            StoreKind::Memory(m) => {
+                Self::memory(m).certificate = None;
+                Ok(())
+            }
         }
+    }
+
+    /// The keys (created if there are none yet) and the stored certificate, to export.
+    pub fn credentials(&self) -> io::Result<DeviceCredentials> {
+        let (identity, _) = self.identity()?;
+        let certificate = self
+            .certificate()
+            .filter(|c| c.dh_public == identity.dh_public());
+        Ok(DeviceCredentials {
+            identity,
+            certificate,
+        })
     }
 }
 
@@ -364,9 +513,9 @@ pub fn login(
     user: &str,
     password: Option<&str>,
     version: Version,
-    timeout: Duration,
+    budget: impl Into<Budget>,
 ) -> Result<LoggedIn, LoginFailure> {
-    login_inner(network, store, user, password, true, version, timeout)
+    login_inner(network, store, user, password, true, version, budget.into())
 }
 
 /// Log `user` in on this device with `password`, without first trying to renew the stored
@@ -379,7 +528,7 @@ pub fn login_with_password(
     user: &str,
     password: &str,
     version: Version,
-    timeout: Duration,
+    budget: impl Into<Budget>,
 ) -> Result<LoggedIn, LoginFailure> {
     login_inner(
         network,
@@ -388,7 +537,7 @@ pub fn login_with_password(
         Some(password),
         false,
         version,
-        timeout,
+        budget.into(),
     )
 }
 
@@ -399,7 +548,7 @@ fn login_inner(
     password: Option<&str>,
     try_renewal: bool,
     version: Version,
-    timeout: Duration,
+    budget: Budget,
 ) -> Result<LoggedIn, LoginFailure> {
     let started = Instant::now();
     let (device, first_start) = store.identity().map_err(LoginFailure::Credentials)?;
@@ -422,7 +571,7 @@ fn login_inner(
     } else {
         return Err(LoginFailure::PasswordNeeded(PasswordNeeded::NoCertificate));
     }
-    let events = run_operations(network, &device, version, first_start, ops, timeout)?;
+    let events = run_operations(network, &device, version, first_start, ops, budget)?;
     let mut upgrade_recommended = None;
     let mut failure = None;
     for e in events {
