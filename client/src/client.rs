@@ -1,5 +1,6 @@
 //! The client: building it, logging in, starting and stopping its node, searching, calling.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::proto::Version;
 use natter_core::overlay::{FallbackPorts, NatType};
 use natter_overlay::node::{Node, NodeConfig, RolePolicy};
-use natter_transport::login::client::{login, run_operations, DeviceStore, LoggedIn};
+use natter_transport::login::client::{login, run_operations, Budget, DeviceStore, LoggedIn};
 use natter_transport::netwatch::local_addresses;
 use natter_transport::persist::load_host_cache;
 use natter_transport::runtime::{Runtime, RuntimeHandle};
@@ -21,14 +22,15 @@ use natter_transport::{os_seed, wall_clock};
 
 use crate::audio::{Audio, AudioConfig};
 use crate::call::{Call, CallTable};
+use crate::credentials::Credentials;
 use crate::error::{
     parse_name, AccountError, BuildError, CallError, LoginError, RegisterError, SearchError,
     ServerError, StartError, StopError,
 };
-use crate::events::Events;
+use crate::events::{Event, Events};
 use crate::network::Network;
 use crate::status::{IndexStatus, NodeStatus, RelayStatus};
-use crate::types::{CallId, NodeRole, SearchId};
+use crate::types::{CallId, NodeRole, RequestId, SearchId};
 use crate::worker::Worker;
 
 /// How long a login-server exchange may take.
@@ -74,7 +76,8 @@ impl Role {
 /// The checked options of a client.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub data_dir: PathBuf,
+    /// None: nothing is written to disk.
+    pub data_dir: Option<PathBuf>,
     pub listen: SocketAddr,
     pub role: Role,
     pub relay_only: bool,
@@ -109,6 +112,8 @@ pub(crate) struct Settings {
 pub struct ClientBuilder {
     network: Network,
     data_dir: Option<PathBuf>,
+    no_data_dir: bool,
+    credentials: Option<Credentials>,
     listen: SocketAddr,
     role: Role,
     relay_only: bool,
@@ -126,6 +131,26 @@ impl ClientBuilder {
     /// process need two directories.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self.no_data_dir = false;
+        self
+    }
+
+    /// Write nothing to disk: the device's keys and certificate stay in memory (new keys,
+    /// unless [`ClientBuilder::credentials`] gives them), and so does the cache of super
+    /// nodes (the next start begins from the network file's bootstrap nodes). For an
+    /// application that keeps the credentials in the platform's keychain
+    /// ([`Client::credentials`]).
+    pub fn without_data_dir(mut self) -> Self {
+        self.no_data_dir = true;
+        self.data_dir = None;
+        self
+    }
+
+    /// The device's keys and certificate, as exported by [`Client::credentials`] (from the
+    /// platform's keychain, say). They are kept in memory and never written to disk; a data
+    /// directory, if any, then holds only the cache of super nodes.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 
@@ -190,9 +215,10 @@ impl ClientBuilder {
     /// # Errors
     /// See [`BuildError`].
     pub fn build(self) -> Result<Client, BuildError> {
-        let data_dir = match self.data_dir {
-            Some(d) => d,
-            None => default_data_dir().ok_or(BuildError::NoDataDir)?,
+        let data_dir = match (self.data_dir, self.no_data_dir) {
+            (_, true) => None,
+            (Some(d), false) => Some(d),
+            (None, false) => Some(default_data_dir().ok_or(BuildError::NoDataDir)?),
         };
         if let Some(alt) = self.stun_alternate {
             let listen = self.listen;
@@ -217,11 +243,25 @@ impl ClientBuilder {
         if self.audio.complexity > 10 {
             return Err(BuildError::Complexity(self.audio.complexity));
         }
-        let device_dir = data_dir.join("device");
-        let store = DeviceStore::open(&device_dir).map_err(|source| BuildError::DataDir {
-            path: device_dir,
-            source,
-        })?;
+        let store = match (self.credentials, &data_dir) {
+            (Some(c), dir) => {
+                if let Some(dir) = dir {
+                    std::fs::create_dir_all(dir).map_err(|source| BuildError::DataDir {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                }
+                DeviceStore::in_memory(Some(c.0))
+            }
+            (None, None) => DeviceStore::in_memory(None),
+            (None, Some(dir)) => {
+                let device_dir = dir.join("device");
+                DeviceStore::open(&device_dir).map_err(|source| BuildError::DataDir {
+                    path: device_dir,
+                    source,
+                })?
+            }
+        };
         let events = Events::new().map_err(BuildError::Events)?;
         Ok(Client {
             shared: Arc::new(Shared {
@@ -242,6 +282,7 @@ impl ClientBuilder {
                 calls: Mutex::new(CallTable::default()),
                 dials: Mutex::new(Vec::new()),
                 login: Mutex::new(None),
+                requests: Mutex::new(Requests::default()),
                 state: Mutex::new(RunState::default()),
                 load: Mutex::new((0.0, 0)),
             }),
@@ -276,6 +317,20 @@ pub(crate) struct RunState {
     pub running: Option<Running>,
 }
 
+/// What a background request tells when it is cancelled.
+type OnCancel = Box<dyn FnOnce(RequestId) -> Event + Send>;
+
+/// Login-server requests running in the background.
+#[derive(Default)]
+pub(crate) struct Requests {
+    next: u64,
+    /// Running: id -> its cancel flag and the event that says it was cancelled.
+    running: HashMap<u64, (Arc<AtomicBool>, OnCancel)>,
+    /// Their threads (joined by [`Client::close`]; finished ones are dropped as new ones
+    /// start).
+    threads: Vec<JoinHandle<()>>,
+}
+
 /// What the client's threads and handles share.
 pub(crate) struct Shared {
     pub network: Network,
@@ -288,6 +343,8 @@ pub(crate) struct Shared {
     pub dials: Mutex<Vec<(u64, CallId)>>,
     /// The latest login (its certificate is replaced by renewals).
     pub login: Mutex<Option<LoggedIn>>,
+    /// Background requests (lock order: `requests`, then `state`, then `login`).
+    pub requests: Mutex<Requests>,
     pub state: Mutex<RunState>,
     /// The runtime's last load measure (busy fraction, bytes per second).
     pub load: Mutex<(f32, u64)>,
@@ -297,6 +354,110 @@ impl Shared {
     /// The running node, if any.
     pub fn runtime(&self) -> Option<RuntimeHandle<Node>> {
         lock(&self.state).running.as_ref().map(|r| r.rt.clone())
+    }
+
+    /// Logging in as `name` is possible now: not closed, and not running as someone else.
+    fn check_login_target(&self, name: &UserName) -> Result<(), LoginError> {
+        let st = lock(&self.state);
+        if st.closed {
+            return Err(LoginError::Closed);
+        }
+        if st.running.is_some() {
+            let running = lock(&self.login)
+                .as_ref()
+                .map(|l| l.certificate.user.clone());
+            if let Some(running) = running.filter(|r| r != name) {
+                return Err(LoginError::OtherUserRunning { running });
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Client::register`] within `budget`.
+    fn register(&self, user: &str, password: &str, budget: Budget) -> Result<(), RegisterError> {
+        name_or(user, |name, reason| RegisterError::InvalidName {
+            name,
+            reason,
+        })?;
+        if lock(&self.state).closed {
+            return Err(RegisterError::Closed);
+        }
+        let (device, first) = self.store.identity().map_err(|source| RegisterError::Io {
+            path: self.store.location(),
+            source,
+        })?;
+        let address = self.network.login_server().to_string();
+        let events = run_operations(
+            &self.network.file,
+            &device,
+            client_version(),
+            first,
+            vec![Operation::Register {
+                user: user.to_string(),
+                password: password.to_string(),
+            }],
+            budget,
+        )
+        .map_err(|e| RegisterError::from_connect(e, &address))?;
+        for e in events {
+            match e {
+                LoginClientEvent::Registered => return Ok(()),
+                LoginClientEvent::Failed { error, .. } => {
+                    return Err(RegisterError::from_refusal(error, user))
+                }
+                _ => {}
+            }
+        }
+        Err(RegisterError::Server(ServerError::Protocol(
+            "no answer".into(),
+        )))
+    }
+
+    /// The login exchange of [`Client::login`] within `budget` (the certificate is stored;
+    /// the client is not logged in until [`Shared::login_commit`]).
+    fn login_exchange(
+        &self,
+        user: &str,
+        password: Option<&str>,
+        budget: Budget,
+    ) -> Result<LoggedIn, LoginError> {
+        let name = name_or(user, |name, reason| LoginError::InvalidName {
+            name,
+            reason,
+        })?;
+        self.check_login_target(&name)?;
+        login(
+            &self.network.file,
+            &self.store,
+            user,
+            password,
+            client_version(),
+            budget,
+        )
+        .map_err(|e| {
+            LoginError::from_failure(e, user, self.network.login_server(), self.store.location())
+        })
+    }
+
+    /// Log in with what [`Shared::login_exchange`] got: a running node takes the new
+    /// certificate.
+    fn login_commit(&self, li: LoggedIn) -> Result<LoginInfo, LoginError> {
+        // For the same user only: checked again, as the client may have started meanwhile.
+        self.check_login_target(&li.certificate.user)?;
+        if let Some(rt) = self.runtime() {
+            let cert = li.certificate.clone();
+            rt.command(move |n, now| n.update_certificate(now, cert));
+        }
+        let info = LoginInfo {
+            user: li.certificate.user.clone(),
+            device: li.certificate.device,
+            renewed: li.renewed,
+            valid_until: SystemTime::UNIX_EPOCH + Duration::from_secs(li.certificate.not_after.0),
+            upgrade_recommended: li.upgrade_recommended,
+            took: li.elapsed,
+        };
+        *lock(&self.login) = Some(li);
+        Ok(info)
     }
 }
 
@@ -436,6 +597,8 @@ impl Client {
         ClientBuilder {
             network,
             data_dir: None,
+            no_data_dir: false,
+            credentials: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             role: Role::Client,
             relay_only: false,
@@ -458,6 +621,18 @@ impl Client {
     /// # Errors
     /// See [`RegisterError`].
     pub fn register(&self, user: &str, password: &str) -> Result<(), RegisterError> {
+        self.shared
+            .register(user, password, Budget::from(LOGIN_TIMEOUT))
+    }
+
+    /// [`Client::register`] in the background: returns at once with the request's id; the
+    /// outcome comes as [`Event::RegisterFinished`] with that id. The user name is checked
+    /// at once.
+    ///
+    /// # Errors
+    /// [`RegisterError::InvalidName`], [`RegisterError::Closed`]; [`RegisterError::Io`] when
+    /// no thread could be started.
+    pub fn begin_register(&self, user: &str, password: &str) -> Result<RequestId, RegisterError> {
         name_or(user, |name, reason| RegisterError::InvalidName {
             name,
             reason,
@@ -465,45 +640,33 @@ impl Client {
         if lock(&self.shared.state).closed {
             return Err(RegisterError::Closed);
         }
-        let (device, first) = self
-            .shared
-            .store
-            .identity()
-            .map_err(|source| RegisterError::Io {
-                path: self.shared.store.dir().to_path_buf(),
-                source,
-            })?;
-        let address = self.shared.network.login_server().to_string();
-        let events = run_operations(
-            &self.shared.network.file,
-            &device,
-            client_version(),
-            first,
-            vec![Operation::Register {
-                user: user.to_string(),
-                password: password.to_string(),
-            }],
-            LOGIN_TIMEOUT,
+        let (name, password) = (user.to_string(), password.to_string());
+        let cancelled_name = name.clone();
+        self.in_background(
+            move |shared, budget| {
+                let result = shared.register(&name, &password, budget);
+                Box::new(move |request| Event::RegisterFinished {
+                    request,
+                    user: name,
+                    result: result.map_err(Arc::new),
+                })
+            },
+            Box::new(move |request| Event::RegisterFinished {
+                request,
+                user: cancelled_name,
+                result: Err(Arc::new(RegisterError::Cancelled)),
+            }),
         )
-        .map_err(|e| RegisterError::from_connect(e, &address))?;
-        for e in events {
-            match e {
-                LoginClientEvent::Registered => return Ok(()),
-                LoginClientEvent::Failed { error, .. } => {
-                    return Err(RegisterError::from_refusal(error, user))
-                }
-                _ => {}
-            }
-        }
-        Err(RegisterError::Server(crate::error::ServerError::Protocol(
-            "no answer".into(),
-        )))
+        .map_err(|source| RegisterError::Io {
+            path: self.shared.store.location(),
+            source,
+        })
     }
 
     /// Log `user` in on this device: the login server certifies the device's keys (kept in
     /// the data directory). With a certificate stored by an earlier login, `password` may be
     /// `None`: the certificate is renewed without it. Blocks for one or two exchanges with
-    /// the login server (up to 15 s each).
+    /// the login server (up to 15 s each); [`Client::begin_login`] does not block.
     ///
     /// While started, the client renews its certificate in the background and sends
     /// [`Event::LoginRequired`](crate::Event::LoginRequired) if that ever needs the password
@@ -513,45 +676,120 @@ impl Client {
     /// # Errors
     /// See [`LoginError`]; [`LoginError::PasswordNeeded`] says to ask for the password.
     pub fn login(&self, user: &str, password: Option<&str>) -> Result<LoginInfo, LoginError> {
+        let li = self
+            .shared
+            .login_exchange(user, password, Budget::from(LOGIN_TIMEOUT))?;
+        self.shared.login_commit(li)
+    }
+
+    /// [`Client::login`] in the background: returns at once with the request's id; the
+    /// outcome comes as [`Event::LoginFinished`] with that id. What can be checked without
+    /// the server (the user name, a client closed or running as someone else) is checked at
+    /// once.
+    ///
+    /// # Errors
+    /// [`LoginError::InvalidName`], [`LoginError::OtherUserRunning`], [`LoginError::Closed`];
+    /// [`LoginError::Io`] when no thread could be started.
+    pub fn begin_login(&self, user: &str, password: Option<&str>) -> Result<RequestId, LoginError> {
         let name = name_or(user, |name, reason| LoginError::InvalidName {
             name,
             reason,
         })?;
-        self.check_login_target(&name)?;
-        let li = login(
-            &self.shared.network.file,
-            &self.shared.store,
-            user,
-            password,
-            client_version(),
-            LOGIN_TIMEOUT,
+        self.shared.check_login_target(&name)?;
+        let (user, password) = (user.to_string(), password.map(str::to_string));
+        self.in_background(
+            move |shared, budget| {
+                let exchanged = shared.login_exchange(&user, password.as_deref(), budget);
+                let shared = Arc::clone(shared);
+                // Run only if not cancelled meanwhile: a cancelled login logs nobody in.
+                Box::new(move |request| Event::LoginFinished {
+                    request,
+                    result: exchanged
+                        .and_then(|li| shared.login_commit(li))
+                        .map_err(Arc::new),
+                })
+            },
+            Box::new(|request| Event::LoginFinished {
+                request,
+                result: Err(Arc::new(LoginError::Cancelled)),
+            }),
         )
-        .map_err(|e| {
-            LoginError::from_failure(
-                e,
-                user,
-                self.shared.network.login_server(),
-                self.shared.store.dir().to_path_buf(),
-            )
-        })?;
-        // A running node takes the new certificate (for the same user: checked again, as
-        // the client may have started meanwhile).
-        self.check_login_target(&name)?;
-        let rt = self.shared.runtime();
-        if let Some(rt) = rt {
-            let cert = li.certificate.clone();
-            rt.command(move |n, now| n.update_certificate(now, cert));
-        }
-        let info = LoginInfo {
-            user: li.certificate.user.clone(),
-            device: li.certificate.device,
-            renewed: li.renewed,
-            valid_until: SystemTime::UNIX_EPOCH + Duration::from_secs(li.certificate.not_after.0),
-            upgrade_recommended: li.upgrade_recommended,
-            took: li.elapsed,
+        .map_err(|source| LoginError::Io {
+            path: self.shared.store.location(),
+            source,
+        })
+    }
+
+    /// Run `work` on a thread of its own as a background request; its event goes out unless
+    /// the request was cancelled first ([`Client::cancel_request`]), in which case
+    /// `on_cancel` says so at once.
+    fn in_background(
+        &self,
+        work: impl FnOnce(&Arc<Shared>, Budget) -> OnCancel + Send + 'static,
+        on_cancel: OnCancel,
+    ) -> std::io::Result<RequestId> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let id = {
+            let mut r = lock(&self.shared.requests);
+            r.next += 1;
+            let id = r.next;
+            r.running.insert(id, (Arc::clone(&cancel), on_cancel));
+            id
         };
-        *lock(&self.shared.login) = Some(li);
-        Ok(info)
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("natter-request".into())
+            .spawn(move || {
+                let budget = Budget {
+                    timeout: LOGIN_TIMEOUT,
+                    cancel: Some(cancel),
+                };
+                let finish = work(&shared, budget);
+                let mut requests = lock(&shared.requests);
+                if requests.running.remove(&id).is_some() {
+                    let event = finish(RequestId(id));
+                    shared.events.push(event);
+                }
+            });
+        let mut requests = lock(&self.shared.requests);
+        match spawned {
+            Ok(thread) => {
+                requests.threads.retain(|t| !t.is_finished());
+                requests.threads.push(thread);
+                Ok(RequestId(id))
+            }
+            Err(e) => {
+                requests.running.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Cancel a background request ([`Client::begin_login`], [`Client::begin_register`]):
+    /// its event comes at once with a `Cancelled` error, and nothing it would have done
+    /// happens (a cancelled login logs nobody in). False when the request already ended (its
+    /// event is on its way or was delivered) or never existed.
+    pub fn cancel_request(&self, request: RequestId) -> bool {
+        let entry = lock(&self.shared.requests).running.remove(&request.0);
+        match entry {
+            Some((flag, on_cancel)) => {
+                flag.store(true, Ordering::SeqCst);
+                self.shared.events.push(on_cancel(request));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// This device's credentials (its keys, made now if it has none yet, and its latest
+    /// certificate), to keep in the platform's keychain and give back with
+    /// [`ClientBuilder::credentials`]. Export them again after every login and
+    /// [`Event::CertificateRenewed`]: the certificate changes.
+    ///
+    /// # Errors
+    /// The keys could not be read from the data directory (or made: no randomness).
+    pub fn credentials(&self) -> std::io::Result<Credentials> {
+        self.shared.store.credentials().map(Credentials)
     }
 
     /// The devices of the logged-in user's account: those in use first (oldest first), then
@@ -649,7 +887,7 @@ impl Client {
             .store
             .identity()
             .map_err(|source| AccountError::Io {
-                path: self.shared.store.dir().to_path_buf(),
+                path: self.shared.store.location(),
                 source,
             })?;
         let address = self.shared.network.login_server().to_string();
@@ -680,23 +918,6 @@ impl Client {
         )))
     }
 
-    /// Logging in as `name` is possible now: not closed, and not running as someone else.
-    fn check_login_target(&self, name: &UserName) -> Result<(), LoginError> {
-        let st = lock(&self.shared.state);
-        if st.closed {
-            return Err(LoginError::Closed);
-        }
-        if st.running.is_some() {
-            let running = lock(&self.shared.login)
-                .as_ref()
-                .map(|l| l.certificate.user.clone());
-            if let Some(running) = running.filter(|r| r != name) {
-                return Err(LoginError::OtherUserRunning { running });
-            }
-        }
-        Ok(())
-    }
-
     /// Join the network: bind the listen address, find super nodes
     /// ([`Event::Attached`](crate::Event::Attached), [`Event::NatDetected`](crate::Event::NatDetected)...),
     /// publish the user as online, and accept calls. Returns once the sockets are bound;
@@ -717,8 +938,11 @@ impl Client {
             .ok_or(StartError::NotLoggedIn)?;
         let s = &self.shared.settings;
         let net = &self.shared.network.file;
-        let cache_path = s.data_dir.join("hostcache.bin");
-        let mut cache = load_host_cache(&cache_path);
+        let cache_path = s.data_dir.as_ref().map(|d| d.join("hostcache.bin"));
+        let mut cache = cache_path
+            .as_deref()
+            .map(load_host_cache)
+            .unwrap_or_default();
         for b in self.shared.network.bootstrap() {
             cache.insert(b, None, wall_clock());
         }
@@ -799,7 +1023,7 @@ impl Client {
             .store
             .clear_certificate()
             .map_err(|source| AccountError::Io {
-                path: self.shared.store.dir().to_path_buf(),
+                path: self.shared.store.location(),
                 source,
             })?;
         *lock(&self.shared.login) = None;
@@ -810,6 +1034,18 @@ impl Client {
     /// `Disconnected`; later operations fail with `Closed` (or `NotStarted`). Dropping the
     /// client does this too; `close` is for a client shared between threads.
     pub fn close(&self) {
+        // Background requests end without an event (the queue closes), within ~20 ms (up to
+        // 250 ms while connecting).
+        let threads = {
+            let mut requests = lock(&self.shared.requests);
+            for (_, (flag, _)) in requests.running.drain() {
+                flag.store(true, Ordering::SeqCst);
+            }
+            std::mem::take(&mut requests.threads)
+        };
+        for t in threads {
+            let _ = t.join();
+        }
         let running = {
             let mut st = lock(&self.shared.state);
             st.closed = true;
@@ -996,9 +1232,9 @@ impl Client {
         &self.shared.network
     }
 
-    /// The data directory.
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.shared.settings.data_dir
+    /// The data directory (None: [`ClientBuilder::without_data_dir`]).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.shared.settings.data_dir.as_deref()
     }
 }
 

@@ -46,6 +46,9 @@ pub enum BuildError {
     Events(#[source] io::Error),
 }
 
+/// Why bytes given as [`Credentials`](crate::Credentials) are not.
+pub use natter_core::crypto::CredentialsError;
+
 /// Why the login server could not be reached (an `Unreachable` reason of the login
 /// operations).
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,9 @@ pub enum RegisterError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// Cancelled ([`Client::cancel_request`](crate::Client::cancel_request)).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Why [`Client::login`](crate::Client::login) failed.
@@ -196,6 +202,11 @@ pub enum LoginError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// Cancelled ([`Client::cancel_request`](crate::Client::cancel_request)). The client is
+    /// not logged in by it (a certificate the server issued just before may still have been
+    /// stored, to be renewed by the next login).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Why an account operation failed: [`Client::devices`](crate::Client::devices),
@@ -385,6 +396,7 @@ impl LoginError {
         device_dir: PathBuf,
     ) -> Self {
         match e {
+            LoginFailure::Connect(ConnectError::Cancelled) => Self::Cancelled,
             LoginFailure::Connect(c) => Self::Server(ServerError::from_connect(c, address)),
             LoginFailure::WrongPassword => Self::WrongPassword,
             LoginFailure::UnknownUser => Self::UnknownUser,
@@ -427,6 +439,9 @@ impl RegisterError {
     }
 
     pub(crate) fn from_connect(e: ConnectError, address: &str) -> Self {
-        Self::Server(ServerError::from_connect(e, address))
+        match e {
+            ConnectError::Cancelled => Self::Cancelled,
+            e => Self::Server(ServerError::from_connect(e, address)),
+        }
     }
 }

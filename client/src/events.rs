@@ -12,7 +12,11 @@ use natter_core::crypto::{DeviceId, UserName};
 use natter_core::overlay::{LinkTransport, NatType};
 
 use crate::call::Call;
-use crate::types::{CallId, CallStats, EndReason, NodeRole, PathInfo, SearchId, SearchOutcome};
+use crate::client::LoginInfo;
+use crate::error::{LoginError, RegisterError};
+use crate::types::{
+    CallId, CallStats, EndReason, NodeRole, PathInfo, RequestId, SearchId, SearchOutcome,
+};
 
 /// Something that happened to a client: joining the network, searches, calls.
 ///
@@ -71,8 +75,30 @@ pub enum Event {
         /// What it is now.
         role: NodeRole,
     },
-    /// The device's certificate was renewed in the background.
+    /// The device's certificate was renewed in the background. An application that keeps the
+    /// device's [`Credentials`](crate::Credentials) itself exports them again
+    /// ([`Client::credentials`](crate::Client::credentials)).
     CertificateRenewed,
+    /// A login started with [`Client::begin_login`](crate::Client::begin_login) ended: what
+    /// [`Client::login`](crate::Client::login) would have returned
+    /// ([`LoginError::Cancelled`](crate::LoginError::Cancelled) after
+    /// [`Client::cancel_request`](crate::Client::cancel_request)).
+    LoginFinished {
+        /// Which request.
+        request: RequestId,
+        /// What it gave.
+        result: Result<LoginInfo, Arc<LoginError>>,
+    },
+    /// A registration started with [`Client::begin_register`](crate::Client::begin_register)
+    /// ended: what [`Client::register`](crate::Client::register) would have returned.
+    RegisterFinished {
+        /// Which request.
+        request: RequestId,
+        /// The user name asked for.
+        user: String,
+        /// What it gave.
+        result: Result<(), Arc<RegisterError>>,
+    },
     /// The certificate can no longer be renewed without the password: call
     /// [`Client::login`](crate::Client::login) with it (the node keeps running until the
     /// certificate expires).
@@ -275,6 +301,20 @@ impl fmt::Display for Event {
             } => f.write_str("promoted to super node"),
             Event::RoleChanged { .. } => f.write_str("gave up the super-node role"),
             Event::CertificateRenewed => f.write_str("certificate renewed"),
+            Event::LoginFinished {
+                result: Ok(info), ..
+            } => write!(f, "logged in as {} on device {}", info.user, info.device),
+            Event::LoginFinished { result: Err(e), .. } => write!(f, "login failed: {e}"),
+            Event::RegisterFinished {
+                user,
+                result: Ok(()),
+                ..
+            } => write!(f, "registered {user}"),
+            Event::RegisterFinished {
+                user,
+                result: Err(e),
+                ..
+            } => write!(f, "registering {user} failed: {e}"),
             Event::LoginRequired => f.write_str(
                 "the certificate can no longer be renewed without the password: log in again",
             ),

@@ -56,6 +56,7 @@ mod audio;
 mod bind;
 mod call;
 mod client;
+mod credentials;
 mod error;
 mod events;
 mod network;
@@ -66,9 +67,10 @@ mod worker;
 pub use audio::{Audio, AudioConfig, AudioInput, AudioOutput, FRAME_SAMPLES, SAMPLE_RATE};
 pub use call::Call;
 pub use client::{AccountDevice, Client, ClientBuilder, LoginInfo, Role, State};
+pub use credentials::{Credentials, MAX_CREDENTIALS_LEN};
 pub use error::{
-    AccountError, BuildError, CallError, LoginError, PcmError, RegisterError, SearchError,
-    ServerError, StartError, StopError,
+    AccountError, BuildError, CallError, CredentialsError, LoginError, PcmError, RegisterError,
+    SearchError, ServerError, StartError, StopError,
 };
 #[cfg(feature = "async")]
 pub use events::EventStream;
@@ -77,7 +79,7 @@ pub use network::{Network, NetworkError};
 pub use status::{IndexStatus, NodeStatus, RelayStatus};
 pub use types::{
     AudioStats, CallId, CallState, CallStats, DeviceRecord, EndReason, Found, NodeRole, PathInfo,
-    PathReason, Refusal, SearchId, SearchOutcome,
+    PathReason, Refusal, RequestId, SearchId, SearchOutcome,
 };
 
 pub use natter_core::call::PathKind;

@@ -52,6 +52,33 @@ impl fmt::Display for SearchId {
     }
 }
 
+/// A login-server request running in the background
+/// ([`Client::begin_login`](crate::Client::begin_login),
+/// [`Client::begin_register`](crate::Client::begin_register)): its outcome comes as an event
+/// with the same id ([`Event::LoginFinished`](crate::Event::LoginFinished),
+/// [`Event::RegisterFinished`](crate::Event::RegisterFinished)); cancel it with
+/// [`Client::cancel_request`](crate::Client::cancel_request). Unique within a client, never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// The id as a number (what the C ABI hands out).
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The id a number names (from [`RequestId::as_u64`]).
+    pub const fn from_u64(n: u64) -> Self {
+        Self(n)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request {}", self.0)
+    }
+}
+
 /// What a node is now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]

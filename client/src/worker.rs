@@ -41,7 +41,7 @@ pub(crate) struct Worker {
     renewer: Renewer,
     revocations: RevocationFetcher,
     _watch: NetWatch,
-    cache_path: PathBuf,
+    cache_path: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     renewing: bool,
     last_save: Instant,
@@ -52,7 +52,7 @@ impl Worker {
         rt: Runtime<Node>,
         shared: Arc<Shared>,
         li: &LoggedIn,
-        cache_path: PathBuf,
+        cache_path: Option<PathBuf>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         let udp = rt.udp_addrs().first().copied();
@@ -118,9 +118,12 @@ impl Worker {
     }
 
     fn save_cache(&self) {
+        let Some(path) = &self.cache_path else {
+            return;
+        };
         if let Some(cache) = self.handle.command(|n, _| n.host_cache().clone()) {
-            if let Err(e) = save_host_cache(&self.cache_path, &cache) {
-                tracing::warn!(path = %self.cache_path.display(), error = %e, "saving the host cache");
+            if let Err(e) = save_host_cache(path, &cache) {
+                tracing::warn!(path = %path.display(), error = %e, "saving the host cache");
             }
         }
     }

@@ -346,3 +346,127 @@ fn the_status_of_a_super_node() {
         .is_some_and(|s| s.clients >= 1)));
     assert_eq!(status.listen, net.super_node_addr());
 }
+
+/// The login server's network file, pointing at another address.
+fn network_at(net: &TestNet, address: std::net::SocketAddr) -> natter::Network {
+    let toml = std::fs::read_to_string(net.network_path())
+        .unwrap()
+        .replace(&net.server().address().to_string(), &address.to_string());
+    natter::Network::from_toml_str(&toml).unwrap()
+}
+
+fn finished(client: &Client) -> Event {
+    wait_for(client, |e| {
+        matches!(
+            e,
+            Event::LoginFinished { .. } | Event::RegisterFinished { .. }
+        )
+    })
+    .expect("a finished request")
+}
+
+#[test]
+fn background_requests_answer_by_event_and_cancel_at_once() {
+    let net = TestNet::start();
+    let c = Client::builder(net.network())
+        .without_data_dir()
+        .build()
+        .unwrap();
+    assert!(c.data_dir().is_none());
+    let r = c.begin_register("frank", PASSWORD).unwrap();
+    match finished(&c) {
+        Event::RegisterFinished {
+            request, result, ..
+        } => {
+            assert_eq!(request, r);
+            result.unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    // What needs no server is checked at once.
+    assert!(matches!(
+        c.begin_login("9lives", None),
+        Err(LoginError::InvalidName { .. })
+    ));
+    let wrong = c.begin_login("frank", Some("not his password")).unwrap();
+    assert_ne!(wrong, r);
+    match finished(&c) {
+        Event::LoginFinished { request, result } => {
+            assert_eq!(request, wrong);
+            assert!(matches!(*result.unwrap_err(), LoginError::WrongPassword));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(c.state().user.is_none());
+    let right = c.begin_login("frank", Some(PASSWORD)).unwrap();
+    let info = match finished(&c) {
+        Event::LoginFinished { request, result } => {
+            assert_eq!(request, right);
+            result.unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(c.state().user.unwrap().as_str(), "frank");
+    // Ended: nothing to cancel.
+    assert!(!c.cancel_request(right));
+
+    // The credentials, through bytes (the keychain), make the same device elsewhere, and
+    // it renews without the password; nothing is written to disk.
+    let bytes = c.credentials().unwrap().to_bytes();
+    let creds = natter::Credentials::from_bytes(&bytes).unwrap();
+    assert_eq!(creds.user().unwrap().as_str(), "frank");
+    assert_eq!(creds.device(), info.device);
+    assert!(!format!("{creds:?}").contains(&format!("{:?}", &bytes[5..12])));
+    let d = Client::builder(net.network())
+        .without_data_dir()
+        .credentials(creds)
+        .build()
+        .unwrap();
+    let again = d.login("frank", None).unwrap();
+    assert!(again.renewed);
+    assert_eq!(again.device, info.device);
+    d.start().unwrap();
+    net.wait_joined(&d);
+    d.close();
+    assert!(matches!(
+        natter::Credentials::from_bytes(b"not credentials"),
+        Err(natter::CredentialsError::NotCredentials)
+    ));
+
+    // A login server that accepts connections and never answers: a cancel ends the
+    // request at once with one event, and logs nobody in.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = Client::builder(network_at(&net, silent.local_addr().unwrap()))
+        .without_data_dir()
+        .build()
+        .unwrap();
+    let login = s.begin_login("frank", Some(PASSWORD)).unwrap();
+    let register = s.begin_register("grace", PASSWORD).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    assert!(s.cancel_request(login));
+    assert!(!s.cancel_request(login));
+    match finished(&s) {
+        Event::LoginFinished { request, result } => {
+            assert_eq!(request, login);
+            assert!(matches!(*result.unwrap_err(), LoginError::Cancelled));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.cancel_request(register));
+    match finished(&s) {
+        Event::RegisterFinished {
+            request, result, ..
+        } => {
+            assert_eq!(request, register);
+            assert!(matches!(*result.unwrap_err(), RegisterError::Cancelled));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Well before the 15 s the exchanges would have waited.
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(s.state().user.is_none());
+    // The cancelled requests' threads end without another event.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.events().try_recv().is_err());
+}
