@@ -103,12 +103,19 @@
 /**
  * The version of `NatterOptions` this header describes. Pass it to `natter_options_default`.
  */
-#define NATTER_OPTIONS_VERSION 2
+#define NATTER_OPTIONS_VERSION 3
 
 /**
  * The version of `NatterNodeState` this header describes.
  */
 #define NATTER_NODE_STATE_VERSION 1
+
+/**
+ * The size of a buffer that always holds a device's credentials
+ * (`natter_client_export_credentials`): today's format needs at most 290 bytes; the limit
+ * leaves room for later formats.
+ */
+#define NATTER_CREDENTIALS_MAX_LEN 512
 
 /**
  * The version of `NatterCallStats` this header describes.
@@ -176,6 +183,15 @@ enum NatterResult
    * be created, address already in use).
    */
   NATTER_IO_ERROR = 10,
+  /**
+   * (ABI 0.3.) The background request was cancelled (`natter_client_cancel`).
+   */
+  NATTER_CANCELLED = 11,
+  /**
+   * (ABI 0.3.) No background request with this id is running (it ended, its event is on
+   * its way or was delivered, or it never existed).
+   */
+  NATTER_UNKNOWN_REQUEST = 12,
   /**
    * The login server could not be reached, or its TLS certificate did not match the one
    * the network file pins.
@@ -384,6 +400,24 @@ enum NatterEventKind
    * `natter_client_login` with it (the node keeps running until the certificate expires).
    */
   NATTER_EVENT_LOGIN_REQUIRED = 6,
+  /**
+   * (ABI 0.3.) A login started with `natter_client_login_begin` ended. `request`: its id;
+   * `result`: what `natter_client_login` would have returned (`NATTER_OK`, or why not, with
+   * `NATTER_CANCELLED` after `natter_client_cancel`); `user`: the user; `detail`: a
+   * description (the reason, with the wait or the minimum version where there is one).
+   */
+  NATTER_EVENT_LOGIN_FINISHED = 7,
+  /**
+   * (ABI 0.3.) A registration started with `natter_client_register_begin` ended.
+   * `request`, `result`, `user`, `detail` as for `NATTER_EVENT_LOGIN_FINISHED`.
+   */
+  NATTER_EVENT_REGISTER_FINISHED = 8,
+  /**
+   * (ABI 0.3.) The certificate was renewed in the background. An application that keeps
+   * the device's credentials itself (`natter_client_export_credentials`) exports them
+   * again.
+   */
+  NATTER_EVENT_CERTIFICATE_RENEWED = 9,
   /**
    * A search started with `natter_client_search` ended. `search`: its id; `user`: who;
    * `code`: a `NatterSearchResult`; `count`: devices of the user online now; `detail`: a
@@ -813,7 +847,10 @@ typedef struct {
   const char *network_file;
   /**
    * The device's data directory: its keys, its certificate and the super-node cache
-   * (created with mode 0700; the same layout as `natter node --data`). Required.
+   * (created with mode 0700; the same layout as `natter node --data`). Required in
+   * versions 1 and 2. From version 3, NULL means nothing is written to disk: the keys and
+   * certificate stay in memory (new keys unless `credentials` gives them; export them with
+   * `natter_client_export_credentials`), and so does the super-node cache.
    */
   const char *data_dir;
   /**
@@ -848,6 +885,18 @@ typedef struct {
    * be NULL. Default NULL.
    */
   const char *network_toml;
+  /**
+   * (Version 3.) The device's credentials as `natter_client_export_credentials` wrote
+   * them (from the platform's keychain, say), `credentials_len` bytes; NULL for none.
+   * They are kept in memory and never written to disk (`data_dir`, if set, then holds only
+   * the super-node cache). Bytes that are not credentials give `NATTER_INVALID_ARGUMENT`.
+   * Default NULL.
+   */
+  const uint8_t *credentials;
+  /**
+   * (Version 3.) The length of `credentials`. Default 0.
+   */
+  size_t credentials_len;
 } NatterOptions;
 
 /**
@@ -992,6 +1041,16 @@ typedef struct {
    * not); read each with `natter_event_search_device`. 0 otherwise.
    */
   uint32_t devices;
+  /**
+   * (ABI 0.3.) The background request concerned (`NATTER_EVENT_LOGIN_FINISHED`,
+   * `NATTER_EVENT_REGISTER_FINISHED`), or 0.
+   */
+  uint64_t request;
+  /**
+   * (ABI 0.3.) How a background request ended: `NATTER_OK` or why not. `NATTER_OK` for
+   * other kinds.
+   */
+  NatterResult result;
 } NatterEvent;
 
 /**
@@ -1194,10 +1253,11 @@ NatterResult natter_last_error_detail(NatterErrorDetail *out);
 
 /**
  * Fill `*out` with the defaults for options version `version` (pass
- * `NATTER_OPTIONS_VERSION`, or 1 for the older struct): no network file or contents and no
- * data directory (one of the first two, and the third, are required), listen on
- * `0.0.0.0:0`, role `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default
- * devices, encoder complexity 10. Only the fields of that version are written.
+ * `NATTER_OPTIONS_VERSION`, or 1 or 2 for the older structs): no network file or contents
+ * (one of them is required), no data directory (required before version 3; from version 3,
+ * none means nothing on disk) and no credentials, listen on `0.0.0.0:0`, role
+ * `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default devices, encoder
+ * complexity 10. Only the fields of that version are written.
  *
  * Returns `NATTER_NULL_ARGUMENT` when `out` is NULL, `NATTER_UNSUPPORTED_VERSION` when this
  * library does not know `version` (`*out` is then untouched). Safe to call from any thread.
@@ -1290,6 +1350,59 @@ NatterResult natter_client_register(NatterClient *client, const char *user, cons
  * string.
  */
 NatterResult natter_client_login(NatterClient *client, const char *user, const char *password);
+
+/**
+ * `natter_client_login` without blocking: starts the login in the background, writes its
+ * request id (never 0) to `*out_request` and returns at once. Its outcome comes as a
+ * `NATTER_EVENT_LOGIN_FINISHED` event with that `request` and a `result` (the code
+ * `natter_client_login` would have returned; `NATTER_CANCELLED` after
+ * `natter_client_cancel`); on success the client is logged in before the event is queued.
+ *
+ * Returns at once `NATTER_INVALID_USER_NAME`, `NATTER_ALREADY_STARTED` (started as another
+ * user), `NATTER_NULL_ARGUMENT` (user or out_request NULL), `NATTER_INVALID_UTF8`,
+ * `NATTER_INVALID_HANDLE`, `NATTER_IO_ERROR` (no thread could be started); everything else
+ * through the event. Safe to call from any thread, the event callback included.
+ *
+ * # Safety
+ * `user` must be NULL or a NUL-terminated string; `password` NULL or a NUL-terminated
+ * string; `out_request` NULL or valid for one write.
+ */
+NatterResult natter_client_login_begin(NatterClient *client,
+                                       const char *user,
+                                       const char *password,
+                                       uint64_t *out_request);
+
+/**
+ * `natter_client_register` without blocking: starts the registration in the background,
+ * writes its request id (never 0) to `*out_request` and returns at once. Its outcome comes
+ * as a `NATTER_EVENT_REGISTER_FINISHED` event with that `request` and a `result` (the code
+ * `natter_client_register` would have returned; `NATTER_CANCELLED` after
+ * `natter_client_cancel`).
+ *
+ * Returns at once `NATTER_INVALID_USER_NAME`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`,
+ * `NATTER_INVALID_HANDLE`, `NATTER_IO_ERROR` (no thread could be started); everything else
+ * through the event. Safe to call from any thread, the event callback included.
+ *
+ * # Safety
+ * `user` and `password` must be NULL or NUL-terminated strings; `out_request` NULL or valid
+ * for one write.
+ */
+NatterResult natter_client_register_begin(NatterClient *client,
+                                          const char *user,
+                                          const char *password,
+                                          uint64_t *out_request);
+
+/**
+ * Cancel a background request (`natter_client_login_begin`,
+ * `natter_client_register_begin`): its event comes at once with `result`
+ * `NATTER_CANCELLED`, and nothing it would have done happens (a cancelled login logs nobody
+ * in). The connection to the login server is dropped within about 20 ms.
+ *
+ * Returns `NATTER_UNKNOWN_REQUEST` when the request is not running (it ended: its event is
+ * queued or was delivered; or it never existed), `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread, the event callback included.
+ */
+NatterResult natter_client_cancel(NatterClient *client, uint64_t request);
 
 /**
  * Start the client's node: bind the listen address, find super nodes (events
@@ -1460,6 +1573,29 @@ NatterResult natter_client_change_password(NatterClient *client,
  * removed), `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
  */
 NatterResult natter_client_logout(NatterClient *client);
+
+/**
+ * Write the device's credentials (its secret keys, made now if it has none yet, and its
+ * latest certificate) to `out` (`out_cap` bytes; `NATTER_CREDENTIALS_MAX_LEN` always
+ * suffices) and their length to `*out_len`: what an application keeps in the platform's
+ * keychain and passes back as `NatterOptions::credentials` (version 3) at the next start,
+ * to be the same device and log in without the password while the certificate can be
+ * renewed. Export again after each login and `NATTER_EVENT_CERTIFICATE_RENEWED`: the
+ * certificate changes. The bytes are secret: whoever has them can act as this device until
+ * it is revoked.
+ *
+ * Returns `NATTER_BUFFER_TOO_SMALL` when `out_cap` is too small (`*out_len` says how many
+ * bytes are needed), `NATTER_IO_ERROR` when the keys in the data directory cannot be read,
+ * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or valid for `out_cap` bytes of writes; `out_len` NULL or valid for one
+ * write.
+ */
+NatterResult natter_client_export_credentials(NatterClient *client,
+                                              uint8_t *out,
+                                              size_t out_cap,
+                                              size_t *out_len);
 
 /**
  * The file descriptor that is readable while events wait in `client`'s queue, written to

@@ -182,3 +182,56 @@ pub unsafe extern "C" fn natter_client_change_password(
 pub extern "C" fn natter_client_logout(client: *mut NatterClient) -> NatterResult {
     boundary::result(|| handle::get(client)?.client.logout().map_err(account_result))
 }
+
+/// The size of a buffer that always holds a device's credentials
+/// (`natter_client_export_credentials`): today's format needs at most 290 bytes; the limit
+/// leaves room for later formats.
+pub const NATTER_CREDENTIALS_MAX_LEN: usize = 512;
+
+const _: () = assert!(natter::MAX_CREDENTIALS_LEN <= NATTER_CREDENTIALS_MAX_LEN);
+
+/// Write the device's credentials (its secret keys, made now if it has none yet, and its
+/// latest certificate) to `out` (`out_cap` bytes; `NATTER_CREDENTIALS_MAX_LEN` always
+/// suffices) and their length to `*out_len`: what an application keeps in the platform's
+/// keychain and passes back as `NatterOptions::credentials` (version 3) at the next start,
+/// to be the same device and log in without the password while the certificate can be
+/// renewed. Export again after each login and `NATTER_EVENT_CERTIFICATE_RENEWED`: the
+/// certificate changes. The bytes are secret: whoever has them can act as this device until
+/// it is revoked.
+///
+/// Returns `NATTER_BUFFER_TOO_SMALL` when `out_cap` is too small (`*out_len` says how many
+/// bytes are needed), `NATTER_IO_ERROR` when the keys in the data directory cannot be read,
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+///
+/// # Safety
+/// `out` must be NULL or valid for `out_cap` bytes of writes; `out_len` NULL or valid for one
+/// write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_client_export_credentials(
+    client: *mut NatterClient,
+    out: *mut u8,
+    out_cap: usize,
+    out_len: *mut usize,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_len)?;
+        let c = handle::get(client)?;
+        let bytes = c.client.credentials().map_err(|e| {
+            let d = os(&e);
+            last_error::record(
+                NatterResult::NatterIoError,
+                format!("device credentials: {e}"),
+                d,
+            )
+        })?;
+        let bytes = bytes.to_bytes();
+        // SAFETY: out_len is non-NULL (checked) and valid for one write (caller's promise).
+        unsafe { boundary::write_out(out_len, bytes.len()) }?;
+        if out.is_null() || out_cap < bytes.len() {
+            return Err(NatterResult::NatterBufferTooSmall);
+        }
+        // SAFETY: out is non-NULL and valid for out_cap >= bytes.len() writes (caller's
+        // promise).
+        unsafe { boundary::copy_out_slice(&bytes, out) }
+    })
+}

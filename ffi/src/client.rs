@@ -49,8 +49,15 @@ impl Client {
                 natter::Audio::devices()
             }
         };
-        let client = natter::Client::builder(network)
-            .data_dir(s.data_dir)
+        let mut builder = natter::Client::builder(network);
+        builder = match s.data_dir {
+            Some(dir) => builder.data_dir(dir),
+            None => builder.without_data_dir(),
+        };
+        if let Some(c) = s.credentials {
+            builder = builder.credentials(c);
+        }
+        let client = builder
             .listen(s.listen)
             .role(s.role)
             .audio(audio_cfg)
@@ -171,7 +178,13 @@ pub(crate) fn os(source: &std::io::Error) -> Detail {
 
 fn register_result(e: RegisterError) -> NatterResult {
     tracing::warn!(error = %e, "registering");
-    let (r, detail) = match &e {
+    let (r, detail) = register_reason(&e);
+    last_error::record(r, e, detail)
+}
+
+/// The result code and typed details of a registration's failure.
+pub(crate) fn register_reason(e: &RegisterError) -> (NatterResult, Detail) {
+    match e {
         RegisterError::InvalidName { .. } => {
             (NatterResult::NatterInvalidUserName, Detail::default())
         }
@@ -186,14 +199,20 @@ fn register_result(e: RegisterError) -> NatterResult {
         RegisterError::Server(s) => (server_result(s), server_detail(s)),
         RegisterError::Io { source, .. } => (NatterResult::NatterIoError, os(source)),
         RegisterError::Closed => (NatterResult::NatterInvalidHandle, Detail::default()),
+        RegisterError::Cancelled => (NatterResult::NatterCancelled, Detail::default()),
         _ => (NatterResult::NatterLoginFailed, Detail::default()),
-    };
-    last_error::record(r, e, detail)
+    }
 }
 
 fn login_result(e: LoginError) -> NatterResult {
     tracing::warn!(error = %e, "logging in");
-    let (r, detail) = match &e {
+    let (r, detail) = login_reason(&e);
+    last_error::record(r, e, detail)
+}
+
+/// The result code and typed details of a login's failure.
+pub(crate) fn login_reason(e: &LoginError) -> (NatterResult, Detail) {
+    match e {
         LoginError::InvalidName { .. } => (NatterResult::NatterInvalidUserName, Detail::default()),
         LoginError::WrongPassword => (NatterResult::NatterWrongPassword, Detail::default()),
         LoginError::UnknownUser => (NatterResult::NatterUnknownUser, Detail::default()),
@@ -209,9 +228,9 @@ fn login_result(e: LoginError) -> NatterResult {
             (NatterResult::NatterAlreadyStarted, Detail::default())
         }
         LoginError::Closed => (NatterResult::NatterInvalidHandle, Detail::default()),
+        LoginError::Cancelled => (NatterResult::NatterCancelled, Detail::default()),
         _ => (NatterResult::NatterLoginFailed, Detail::default()),
-    };
-    last_error::record(r, e, detail)
+    }
 }
 
 fn start_result(e: StartError) -> NatterResult {
@@ -434,6 +453,95 @@ pub unsafe extern "C" fn natter_client_login(
             .login(user, password)
             .map(|_| ())
             .map_err(login_result)
+    })
+}
+
+/// `natter_client_login` without blocking: starts the login in the background, writes its
+/// request id (never 0) to `*out_request` and returns at once. Its outcome comes as a
+/// `NATTER_EVENT_LOGIN_FINISHED` event with that `request` and a `result` (the code
+/// `natter_client_login` would have returned; `NATTER_CANCELLED` after
+/// `natter_client_cancel`); on success the client is logged in before the event is queued.
+///
+/// Returns at once `NATTER_INVALID_USER_NAME`, `NATTER_ALREADY_STARTED` (started as another
+/// user), `NATTER_NULL_ARGUMENT` (user or out_request NULL), `NATTER_INVALID_UTF8`,
+/// `NATTER_INVALID_HANDLE`, `NATTER_IO_ERROR` (no thread could be started); everything else
+/// through the event. Safe to call from any thread, the event callback included.
+///
+/// # Safety
+/// `user` must be NULL or a NUL-terminated string; `password` NULL or a NUL-terminated
+/// string; `out_request` NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_client_login_begin(
+    client: *mut NatterClient,
+    user: *const c_char,
+    password: *const c_char,
+    out_request: *mut u64,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_request)?;
+        // SAFETY: the caller guarantees NULL or NUL-terminated strings.
+        let (user, password) = unsafe { (str_arg(user)?, boundary::opt_str_arg(password)?) };
+        let id = handle::get(client)?
+            .client
+            .begin_login(user, password)
+            .map_err(login_result)?;
+        // SAFETY: out_request is non-NULL (checked) and valid for one write (caller's promise).
+        unsafe { boundary::write_out(out_request, id.as_u64()) }
+    })
+}
+
+/// `natter_client_register` without blocking: starts the registration in the background,
+/// writes its request id (never 0) to `*out_request` and returns at once. Its outcome comes
+/// as a `NATTER_EVENT_REGISTER_FINISHED` event with that `request` and a `result` (the code
+/// `natter_client_register` would have returned; `NATTER_CANCELLED` after
+/// `natter_client_cancel`).
+///
+/// Returns at once `NATTER_INVALID_USER_NAME`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`,
+/// `NATTER_INVALID_HANDLE`, `NATTER_IO_ERROR` (no thread could be started); everything else
+/// through the event. Safe to call from any thread, the event callback included.
+///
+/// # Safety
+/// `user` and `password` must be NULL or NUL-terminated strings; `out_request` NULL or valid
+/// for one write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_client_register_begin(
+    client: *mut NatterClient,
+    user: *const c_char,
+    password: *const c_char,
+    out_request: *mut u64,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_request)?;
+        // SAFETY: the caller guarantees NULL or NUL-terminated strings.
+        let (user, password) = unsafe { (str_arg(user)?, str_arg(password)?) };
+        let id = handle::get(client)?
+            .client
+            .begin_register(user, password)
+            .map_err(register_result)?;
+        // SAFETY: out_request is non-NULL (checked) and valid for one write (caller's promise).
+        unsafe { boundary::write_out(out_request, id.as_u64()) }
+    })
+}
+
+/// Cancel a background request (`natter_client_login_begin`,
+/// `natter_client_register_begin`): its event comes at once with `result`
+/// `NATTER_CANCELLED`, and nothing it would have done happens (a cancelled login logs nobody
+/// in). The connection to the login server is dropped within about 20 ms.
+///
+/// Returns `NATTER_UNKNOWN_REQUEST` when the request is not running (it ended: its event is
+/// queued or was delivered; or it never existed), `NATTER_NULL_ARGUMENT`,
+/// `NATTER_INVALID_HANDLE`. Safe to call from any thread, the event callback included.
+#[no_mangle]
+pub extern "C" fn natter_client_cancel(client: *mut NatterClient, request: u64) -> NatterResult {
+    boundary::result(|| {
+        if handle::get(client)?
+            .client
+            .cancel_request(natter::RequestId::from_u64(request))
+        {
+            Ok(())
+        } else {
+            Err(NatterResult::NatterUnknownRequest)
+        }
     })
 }
 

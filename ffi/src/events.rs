@@ -46,6 +46,18 @@ pub enum NatterEventKind {
     /// The device's certificate can no longer be renewed without the password: call
     /// `natter_client_login` with it (the node keeps running until the certificate expires).
     NatterEventLoginRequired = 6,
+    /// (ABI 0.3.) A login started with `natter_client_login_begin` ended. `request`: its id;
+    /// `result`: what `natter_client_login` would have returned (`NATTER_OK`, or why not, with
+    /// `NATTER_CANCELLED` after `natter_client_cancel`); `user`: the user; `detail`: a
+    /// description (the reason, with the wait or the minimum version where there is one).
+    NatterEventLoginFinished = 7,
+    /// (ABI 0.3.) A registration started with `natter_client_register_begin` ended.
+    /// `request`, `result`, `user`, `detail` as for `NATTER_EVENT_LOGIN_FINISHED`.
+    NatterEventRegisterFinished = 8,
+    /// (ABI 0.3.) The certificate was renewed in the background. An application that keeps
+    /// the device's credentials itself (`natter_client_export_credentials`) exports them
+    /// again.
+    NatterEventCertificateRenewed = 9,
     /// A search started with `natter_client_search` ended. `search`: its id; `user`: who;
     /// `code`: a `NatterSearchResult`; `count`: devices of the user online now; `detail`: a
     /// description (devices, hops, time).
@@ -121,6 +133,12 @@ pub struct NatterEvent {
     /// (ABI 0.3.) `NATTER_EVENT_SEARCH_RESULT`: how many devices the search found (online or
     /// not); read each with `natter_event_search_device`. 0 otherwise.
     pub devices: u32,
+    /// (ABI 0.3.) The background request concerned (`NATTER_EVENT_LOGIN_FINISHED`,
+    /// `NATTER_EVENT_REGISTER_FINISHED`), or 0.
+    pub request: u64,
+    /// (ABI 0.3.) How a background request ended: `NATTER_OK` or why not. `NATTER_OK` for
+    /// other kinds.
+    pub result: NatterResult,
 }
 
 /// Which side placed a call (`NatterEvent::direction`).
@@ -173,6 +191,8 @@ pub(crate) struct Event {
     pub direction: u32,
     pub address: Option<String>,
     pub found: Vec<NatterSearchDevice>,
+    pub request: u64,
+    pub result: NatterResult,
 }
 
 impl Event {
@@ -192,6 +212,8 @@ impl Event {
             direction: 0,
             address: None,
             found: Vec::new(),
+            request: 0,
+            result: NatterResult::NatterOk,
         }
     }
 
@@ -277,6 +299,8 @@ impl Owned {
                 direction: e.direction,
                 address: ptr(&address),
                 devices: u32::try_from(e.found.len()).unwrap_or(u32::MAX),
+                request: e.request,
+                result: e.result,
             },
             _user: user,
             _detail: detail,
@@ -424,6 +448,44 @@ fn event_of(e: &natter::Event) -> Option<Event> {
         }
         E::LoginRequired => Event::new(NatterEventKind::NatterEventLoginRequired)
             .detail("the certificate can no longer be renewed without the password"),
+        E::CertificateRenewed => Event::new(NatterEventKind::NatterEventCertificateRenewed)
+            .detail("the certificate was renewed"),
+        E::LoginFinished { request, result } => {
+            let mut e = Event::new(NatterEventKind::NatterEventLoginFinished);
+            match result {
+                Ok(info) => {
+                    e = e
+                        .user(info.user.as_str())
+                        .device(info.device)
+                        .detail(format!(
+                            "logged in as {} on device {}",
+                            info.user, info.device
+                        ));
+                }
+                Err(err) => {
+                    e.result = crate::client::login_reason(err).0;
+                    e = e.detail(err.to_string());
+                }
+            }
+            e.request = request.as_u64();
+            e
+        }
+        E::RegisterFinished {
+            request,
+            user,
+            result,
+        } => {
+            let mut e = Event::new(NatterEventKind::NatterEventRegisterFinished).user(user.clone());
+            match result {
+                Ok(()) => e = e.detail(format!("registered {user}")),
+                Err(err) => {
+                    e.result = crate::client::register_reason(err).0;
+                    e = e.detail(err.to_string());
+                }
+            }
+            e.request = request.as_u64();
+            e
+        }
         E::SearchResult {
             search,
             user,

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use natter::Role;
 
-use crate::boundary::{self, opt_str_arg, str_arg};
+use crate::boundary::{self, opt_str_arg};
 use crate::result::NatterResult;
 
 /// The version of `NatterOptions` this header describes. Pass it to `natter_options_default`.
-pub const NATTER_OPTIONS_VERSION: u32 = 2;
+pub const NATTER_OPTIONS_VERSION: u32 = 3;
 
 /// Whether a client's node may become a super node (`NatterOptions::role`).
 #[repr(u32)]
@@ -55,7 +55,10 @@ pub struct NatterOptions {
     /// `network_toml` (version 2) is required.
     pub network_file: *const c_char,
     /// The device's data directory: its keys, its certificate and the super-node cache
-    /// (created with mode 0700; the same layout as `natter node --data`). Required.
+    /// (created with mode 0700; the same layout as `natter node --data`). Required in
+    /// versions 1 and 2. From version 3, NULL means nothing is written to disk: the keys and
+    /// certificate stay in memory (new keys unless `credentials` gives them; export them with
+    /// `natter_client_export_credentials`), and so does the super-node cache.
     pub data_dir: *const c_char,
     /// UDP (and, for super nodes, TCP) address to listen on, `IP:PORT`. NULL: `0.0.0.0:0`,
     /// any address and a port chosen by the system.
@@ -75,6 +78,49 @@ pub struct NatterOptions {
     /// itself or keeps it in its own storage: used instead of `network_file`, which must then
     /// be NULL. Default NULL.
     pub network_toml: *const c_char,
+    /// (Version 3.) The device's credentials as `natter_client_export_credentials` wrote
+    /// them (from the platform's keychain, say), `credentials_len` bytes; NULL for none.
+    /// They are kept in memory and never written to disk (`data_dir`, if set, then holds only
+    /// the super-node cache). Bytes that are not credentials give `NATTER_INVALID_ARGUMENT`.
+    /// Default NULL.
+    pub credentials: *const u8,
+    /// (Version 3.) The length of `credentials`. Default 0.
+    pub credentials_len: usize,
+}
+
+/// The second version of [`NatterOptions`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OptionsV2 {
+    version: u32,
+    network_file: *const c_char,
+    data_dir: *const c_char,
+    listen: *const c_char,
+    role: u32,
+    audio: u32,
+    capture_device: *const c_char,
+    playback_device: *const c_char,
+    encoder_complexity: u32,
+    network_toml: *const c_char,
+}
+
+impl From<OptionsV2> for NatterOptions {
+    fn from(o: OptionsV2) -> Self {
+        NatterOptions {
+            version: o.version,
+            network_file: o.network_file,
+            data_dir: o.data_dir,
+            listen: o.listen,
+            role: o.role,
+            audio: o.audio,
+            capture_device: o.capture_device,
+            playback_device: o.playback_device,
+            encoder_complexity: o.encoder_complexity,
+            network_toml: o.network_toml,
+            credentials: std::ptr::null(),
+            credentials_len: 0,
+        }
+    }
 }
 
 /// The first version of [`NatterOptions`], as applications built against it pass it.
@@ -92,9 +138,9 @@ pub(crate) struct OptionsV1 {
     encoder_complexity: u32,
 }
 
-impl From<OptionsV1> for NatterOptions {
+impl From<OptionsV1> for OptionsV2 {
     fn from(o: OptionsV1) -> Self {
-        NatterOptions {
+        OptionsV2 {
             version: o.version,
             network_file: o.network_file,
             data_dir: o.data_dir,
@@ -109,11 +155,31 @@ impl From<OptionsV1> for NatterOptions {
     }
 }
 
+impl From<OptionsV1> for NatterOptions {
+    fn from(o: OptionsV1) -> Self {
+        NatterOptions {
+            version: o.version,
+            network_file: o.network_file,
+            data_dir: o.data_dir,
+            listen: o.listen,
+            role: o.role,
+            audio: o.audio,
+            capture_device: o.capture_device,
+            playback_device: o.playback_device,
+            encoder_complexity: o.encoder_complexity,
+            network_toml: std::ptr::null(),
+            credentials: std::ptr::null(),
+            credentials_len: 0,
+        }
+    }
+}
+
 /// Fill `*out` with the defaults for options version `version` (pass
-/// `NATTER_OPTIONS_VERSION`, or 1 for the older struct): no network file or contents and no
-/// data directory (one of the first two, and the third, are required), listen on
-/// `0.0.0.0:0`, role `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default
-/// devices, encoder complexity 10. Only the fields of that version are written.
+/// `NATTER_OPTIONS_VERSION`, or 1 or 2 for the older structs): no network file or contents
+/// (one of them is required), no data directory (required before version 3; from version 3,
+/// none means nothing on disk) and no credentials, listen on `0.0.0.0:0`, role
+/// `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default devices, encoder
+/// complexity 10. Only the fields of that version are written.
 ///
 /// Returns `NATTER_NULL_ARGUMENT` when `out` is NULL, `NATTER_UNSUPPORTED_VERSION` when this
 /// library does not know `version` (`*out` is then untouched). Safe to call from any thread.
@@ -144,8 +210,11 @@ pub unsafe extern "C" fn natter_options_default(
             // promise), whose layout OptionsV1 is.
             1 => unsafe { boundary::write_out(out.cast::<OptionsV1>(), v1) },
             // SAFETY: out is non-NULL and holds a version-2 NatterOptions (the caller's
+            // promise), whose layout OptionsV2 is.
+            2 => unsafe { boundary::write_out(out.cast::<OptionsV2>(), OptionsV2::from(v1)) },
+            // SAFETY: out is non-NULL and holds a version-3 NatterOptions (the caller's
             // promise), which is this struct.
-            2 => unsafe { boundary::write_out(out, NatterOptions::from(v1)) },
+            3 => unsafe { boundary::write_out(out, NatterOptions::from(v1)) },
             _ => Err(NatterResult::NatterUnsupportedVersion),
         }
     })
@@ -184,14 +253,17 @@ pub(crate) enum NetworkSource {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub network: NetworkSource,
-    pub data_dir: PathBuf,
+    /// None: nothing on disk (version 3).
+    pub data_dir: Option<PathBuf>,
+    /// Imported credentials.
+    pub credentials: Option<natter::Credentials>,
     pub listen: SocketAddr,
     pub role: Role,
     pub audio: AudioSettings,
 }
 
 impl Settings {
-    /// Read and check the options at `p` (version 1 or 2).
+    /// Read and check the options at `p` (version 1, 2 or 3).
     ///
     /// # Safety
     /// `p` must be NULL or point to a readable `NatterOptions` of the version its first field
@@ -207,8 +279,10 @@ impl Settings {
             // SAFETY: a version-1 struct has OptionsV1's layout (the caller's promise); every
             // field is a pointer or an integer, valid for any bit pattern.
             1 => unsafe { p.cast::<OptionsV1>().read_unaligned() }.into(),
-            // SAFETY: a version-2 struct is this whole struct (the caller's promise).
-            2 => unsafe { p.read_unaligned() },
+            // SAFETY: a version-2 struct has OptionsV2's layout (the caller's promise).
+            2 => unsafe { p.cast::<OptionsV2>().read_unaligned() }.into(),
+            // SAFETY: a version-3 struct is this whole struct (the caller's promise).
+            3 => unsafe { p.read_unaligned() },
             _ => return Err(NatterResult::NatterUnsupportedVersion),
         };
         // SAFETY: the caller promises NULL or valid NUL-terminated strings (these two and the
@@ -221,7 +295,25 @@ impl Settings {
             (Some(_), Some(_)) => return Err(NatterResult::NatterInvalidArgument),
         };
         // SAFETY: as above.
-        let data_dir = PathBuf::from(unsafe { str_arg(o.data_dir) }?);
+        let data_dir = match unsafe { opt_str_arg(o.data_dir) }? {
+            Some(d) => Some(PathBuf::from(d)),
+            None if version >= 3 => None,
+            None => return Err(NatterResult::NatterNullArgument),
+        };
+        // SAFETY: the caller promises credentials_len readable bytes at credentials (or
+        // NULL), valid for the call; they are decoded (copied) before returning.
+        let bytes = unsafe { boundary::slice_arg(o.credentials, o.credentials_len) }?;
+        let credentials = if o.credentials.is_null() {
+            None
+        } else {
+            Some(natter::Credentials::from_bytes(bytes).map_err(|e| {
+                crate::last_error::record(
+                    NatterResult::NatterInvalidArgument,
+                    format!("credentials: {e}"),
+                    crate::last_error::Detail::default(),
+                )
+            })?)
+        };
         // SAFETY: as above.
         let listen = match unsafe { opt_str_arg(o.listen) }? {
             None => SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -254,6 +346,7 @@ impl Settings {
         Ok(Settings {
             network,
             data_dir,
+            credentials,
             listen,
             role,
             audio,

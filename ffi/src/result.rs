@@ -37,6 +37,11 @@ pub enum NatterResult {
     /// A file or socket operation failed (unreadable network file, data directory that cannot
     /// be created, address already in use).
     NatterIoError = 10,
+    /// (ABI 0.3.) The background request was cancelled (`natter_client_cancel`).
+    NatterCancelled = 11,
+    /// (ABI 0.3.) No background request with this id is running (it ended, its event is on
+    /// its way or was delivered, or it never existed).
+    NatterUnknownRequest = 12,
     /// The login server could not be reached, or its TLS certificate did not match the one
     /// the network file pins.
     NatterLoginUnreachable = 100,
@@ -100,6 +105,8 @@ impl NatterResult {
             Self::NatterNoEvent => c"no event waiting",
             Self::NatterUnsupported => c"not supported on this platform",
             Self::NatterIoError => c"file or socket error",
+            Self::NatterCancelled => c"cancelled",
+            Self::NatterUnknownRequest => c"no such request running",
             Self::NatterLoginUnreachable => {
                 c"login server unreachable (or its certificate does not match the pin)"
             }
@@ -130,7 +137,7 @@ impl NatterResult {
     }
 
     /// Every value, for tests and for `natter_result_message`.
-    pub(crate) const ALL: [NatterResult; 31] = [
+    pub(crate) const ALL: [NatterResult; 33] = [
         Self::NatterOk,
         Self::NatterPanic,
         Self::NatterNullArgument,
@@ -142,6 +149,8 @@ impl NatterResult {
         Self::NatterNoEvent,
         Self::NatterUnsupported,
         Self::NatterIoError,
+        Self::NatterCancelled,
+        Self::NatterUnknownRequest,
         Self::NatterLoginUnreachable,
         Self::NatterWrongPassword,
         Self::NatterUnknownUser,

@@ -122,6 +122,7 @@ fn stage() -> &'static Staged {
             ("null_args", None),
             ("threads", Some("-pthread")),
             ("account", None),
+            ("requests", None),
         ] {
             let src = root().join(format!("ffi/tests/c/{name}.c"));
             run(
@@ -466,6 +467,32 @@ fn c_account_lists_devices_and_changes_the_password_under_valgrind() {
     eprintln!("account: {}", out.join(" | "));
     assert!(
         out.iter().any(|l| l.contains("account: all checks passed")),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn c_requests_in_the_background_and_setup_from_memory_under_valgrind() {
+    let s = stage();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(s, dir.path());
+    // A login server that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let toml = std::fs::read_to_string(&net.file).unwrap().replace(
+        &net._net.server().address().to_string(),
+        &silent.local_addr().unwrap().to_string(),
+    );
+    let silent_file = dir.path().join("silent.toml");
+    std::fs::write(&silent_file, toml).unwrap();
+    let log = dir.path().join("requests.vg");
+    let mut cmd = s.program("requests", &log, true);
+    cmd.arg(&net.file).arg(&silent_file);
+    let out = run_to_end(cmd, "requests", &log, 300);
+    eprintln!("requests: {}", out.join(" | "));
+    assert!(
+        out.iter()
+            .any(|l| l.contains("requests: all checks passed")),
         "{out:#?}"
     );
 }

@@ -74,6 +74,11 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     EXPECT(natter_client_revoke_device(c, device_id, "a good password"), want);
     EXPECT(natter_client_change_password(c, "a good password", "another good one", true), want);
     EXPECT(natter_client_logout(c), want);
+    EXPECT(natter_client_login_begin(c, "alice", "a good password", &id), want);
+    EXPECT(natter_client_register_begin(c, "alice", "a good password", &id), want);
+    EXPECT(natter_client_cancel(c, 1), want);
+    uint8_t creds[NATTER_CREDENTIALS_MAX_LEN];
+    EXPECT(natter_client_export_credentials(c, creds, sizeof creds, &len), want);
     EXPECT(natter_client_start(c), want);
     EXPECT(natter_client_stop(c), want);
     EXPECT(natter_client_get_state(c, &st), want);
@@ -177,7 +182,32 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_new(&o, NULL), NATTER_NULL_ARGUMENT);
     EXPECT(natter_client_new(&o, &c), NATTER_NULL_ARGUMENT); /* no network file */
     o.network_file = network;
-    EXPECT(natter_client_new(&o, &c), NATTER_NULL_ARGUMENT); /* no data directory */
+    /* No data directory: nothing on disk from version 3; required before. */
+    {
+        NatterOptions v2;
+        memset(&v2, 0x5a, sizeof v2);
+        EXPECT(natter_options_default(&v2, 2), NATTER_OK);
+        CHECK(v2.version == 2 && v2.network_toml == NULL);
+        CHECK(((const unsigned char *)&v2.credentials_len)[0] == 0x5a); /* not written */
+        v2.network_file = network;
+        v2.audio = NATTER_AUDIO_APP;
+        EXPECT(natter_client_new(&v2, &c), NATTER_NULL_ARGUMENT);
+        NatterOptions v3 = o;
+        v3.audio = NATTER_AUDIO_APP;
+        EXPECT(natter_client_new(&v3, &c), NATTER_OK);
+        EXPECT(natter_client_free(c), NATTER_OK);
+        c = NULL;
+        uint8_t junk[4] = {0};
+        v3.credentials = junk; /* not credentials */
+        v3.credentials_len = sizeof junk;
+        EXPECT(natter_client_new(&v3, &c), NATTER_INVALID_ARGUMENT);
+        v3.credentials_len = 0; /* a pointer with no bytes is not credentials either */
+        EXPECT(natter_client_new(&v3, &c), NATTER_INVALID_ARGUMENT);
+        v3.credentials = NULL;
+        v3.credentials_len = 7; /* NULL with a length */
+        EXPECT(natter_client_new(&v3, &c), NATTER_NULL_ARGUMENT);
+        CHECK(c == NULL);
+    }
     o.data_dir = data;
     o.version = 0;
     EXPECT(natter_client_new(&o, &c), NATTER_UNSUPPORTED_VERSION);
@@ -232,6 +262,26 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_login(c, NULL, NULL), NATTER_NULL_ARGUMENT);
     EXPECT(natter_client_login(c, "alice", "\xff"), NATTER_INVALID_UTF8);
     EXPECT(natter_client_login(c, "no", NULL), NATTER_INVALID_USER_NAME);
+    uint64_t request = 0;
+    EXPECT(natter_client_login_begin(c, NULL, NULL, &request), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_login_begin(c, "alice", NULL, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_login_begin(c, "alice", "\xff", &request), NATTER_INVALID_UTF8);
+    EXPECT(natter_client_login_begin(c, "no", NULL, &request), NATTER_INVALID_USER_NAME);
+    EXPECT(natter_client_register_begin(c, "alice", NULL, &request), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_register_begin(c, "alice", "a good password", NULL),
+           NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_register_begin(c, "9 not a name", "a good password", &request),
+           NATTER_INVALID_USER_NAME);
+    CHECK(request == 0);
+    EXPECT(natter_client_cancel(c, 0), NATTER_UNKNOWN_REQUEST);
+    EXPECT(natter_client_cancel(c, 12345), NATTER_UNKNOWN_REQUEST);
+    uint8_t credentials[NATTER_CREDENTIALS_MAX_LEN];
+    size_t credentials_len = 0;
+    EXPECT(natter_client_export_credentials(c, credentials, sizeof credentials, NULL),
+           NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_export_credentials(c, NULL, 0, &credentials_len),
+           NATTER_BUFFER_TOO_SMALL);
+    CHECK(credentials_len > 0 && credentials_len <= NATTER_CREDENTIALS_MAX_LEN);
     uint8_t device_id[16] = {0};
     NatterAccountDevice devices[1];
     EXPECT(natter_client_devices(c, NULL, 1, &len), NATTER_NULL_ARGUMENT);
