@@ -657,6 +657,7 @@ fn command(
                 .map_err(|e| e.to_string()),
             },
             ("devices", _) => devices(node),
+            ("credentials" | "export_credentials", _) => credentials(node),
             ("logout", _) => match node.client.logout() {
                 Ok(()) => {
                     report!(
@@ -720,6 +721,19 @@ fn command(
     true
 }
 
+/// Export this device's credentials (`credentials` / `{"cmd":"export_credentials"}`).
+fn credentials(node: &Running) -> Result<(), String> {
+    let c = node.client.credentials().map_err(|e| e.to_string())?;
+    let hex = crate::node::to_hex(&c.to_bytes());
+    report!(
+        json!({"event": "credentials", "device": c.device().to_string(),
+               "user": c.user().map(|u| u.to_string()), "hex": hex}),
+        "credentials of device {} (secret; NATTER_CREDENTIALS takes them): {hex}",
+        c.device()
+    );
+    Ok(())
+}
+
 /// What `help` prints.
 const HELP: &str = "commands:
   call USER       call every online device of USER
@@ -730,6 +744,8 @@ const HELP: &str = "commands:
   mute, unmute    stop and restart sending audio
   search USER     look USER up in the global index
   devices         this account's devices
+  credentials     this device's credentials in hex (secret: keys and certificate), for
+                  NATTER_CREDENTIALS
   revoke DEVICE   revoke another device of this account (asks for the password)
   passwd [revoke-others]
                   change the password (and revoke every other device)

@@ -568,11 +568,72 @@ fn account_step(carol: &Client, laptop: &Client) -> Result<String, String> {
     }
 }
 
+/// bob's phone keeps his credentials in its keychain: a client with no data directory is made
+/// from their bytes and logs in in the background without the password; a login to a server
+/// that never answers is cancelled.
+fn keychain_step(network: &Network, dir: &Path, bob: &Client) -> Result<String, String> {
+    let keychain = bob
+        .credentials()
+        .map_err(|e| format!("exporting: {e}"))?
+        .to_bytes();
+    let credentials =
+        natter::Credentials::from_bytes(&keychain).map_err(|e| format!("importing: {e}"))?;
+    let phone = Client::builder(network.clone())
+        .without_data_dir()
+        .credentials(credentials)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let finished = |client: &Client, want: natter::RequestId| loop {
+        match client.events().recv_timeout(Duration::from_secs(20)) {
+            Ok(Event::LoginFinished { request, result }) if request == want => break Ok(result),
+            Ok(_) => {}
+            Err(e) => break Err(format!("no answer: {e}")),
+        }
+    };
+    let request = phone
+        .begin_login("bob", None)
+        .map_err(|e| format!("the phone's login: {e}"))?;
+    let info = finished(&phone, request)?.map_err(|e| format!("the phone's login: {e}"))?;
+    if !info.renewed {
+        return Err("the phone's login needed the password".into());
+    }
+    // A login server that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let path = dir.join("silent-network.toml");
+    network.save(&path).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    let silent_addr = silent.local_addr().map_err(|e| e.to_string())?;
+    let stuck =
+        Network::from_toml_str(&text.replace(network.login_server(), &silent_addr.to_string()))
+            .map_err(|e| e.to_string())?;
+    let stuck = Client::builder(stuck)
+        .without_data_dir()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let request = stuck
+        .begin_login("bob", Some(DEMO_PASSWORD))
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    stuck.cancel_request(request);
+    match finished(&stuck, request)? {
+        Err(e) if matches!(*e, LoginError::Cancelled) => Ok(format!(
+            "device {} from {} bytes of credentials, renewed in {} without the password, nothing on disk; a login stuck on a silent server cancelled in {}",
+            info.device,
+            keychain.len(),
+            ms(info.took),
+            ms(asked.elapsed())
+        )),
+        other => Err(format!("the stuck login after a cancel: {other:?}")),
+    }
+}
+
 /// carol's password after the account step.
 const NEW_CAROL_PASSWORD: &str = "carol's new password";
 
-/// Steps 2-6: the users register and log in, a wrong password is refused, carol's account
-/// steps (devices, a password change revoking her laptop), three super nodes
+/// Steps 2-7: the users register and log in, a wrong password is refused, carol's account
+/// steps (devices, a password change revoking her laptop), bob's credentials from a keychain
+/// and a cancelled login, three super nodes
 /// start (each on a port the system picks, added to the network file), the users join.
 /// `None` when a step failed and the demo cannot go on.
 #[allow(clippy::type_complexity)]
@@ -627,6 +688,13 @@ fn users_and_super_nodes(
         "carol logs her laptop in too, then fears her password leaked: a new one, the laptop revoked",
     );
     match account_step(&clients[2], &carol_elsewhere) {
+        Ok(detail) => r.ok(t, &detail),
+        Err(e) => r.fail(&e),
+    }
+    let t = r.step(
+        "bob's phone keeps his credentials in its keychain: no data directory, a login in the background; a stuck login cancelled",
+    );
+    match keychain_step(network, dir, &clients[1]) {
         Ok(detail) => r.ok(t, &detail),
         Err(e) => r.fail(&e),
     }

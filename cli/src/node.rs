@@ -217,6 +217,17 @@ impl Running {
         if let Some((_, audio)) = over {
             b = b.audio(audio);
         }
+        // Credentials kept elsewhere (a keychain, a secret store), in hex: used in memory,
+        // never written to --data.
+        if let Some(hex) = std::env::var_os("NATTER_CREDENTIALS").filter(|v| !v.is_empty()) {
+            let bytes = hex
+                .to_str()
+                .and_then(from_hex)
+                .ok_or("NATTER_CREDENTIALS: not hexadecimal")?;
+            let c = natter::Credentials::from_bytes(&bytes)
+                .map_err(|e| format!("NATTER_CREDENTIALS: {e}"))?;
+            b = b.credentials(c);
+        }
         let client = b.build().map_err(|e| match e {
             BuildError::StunAlternate { alternate, listen } => format!(
                 "--stun-alternate {alternate}: needs another IP and another port than --listen {listen}"
@@ -339,4 +350,21 @@ pub fn describe_search(user: &natter::UserName, o: &SearchOutcome) -> String {
         Found::NotFound => format!("{user} not found ({:.1} ms)", o.took.as_secs_f64() * 1000.0),
         _ => format!("{user}: {o}"),
     }
+}
+
+/// Bytes as lower-case hexadecimal.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hexadecimal (either case, whitespace around ignored) as bytes; None if it is not.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }

@@ -21,6 +21,7 @@ fn demo_passes_and_reports() {
     for needle in [
         "Login time (alice)",
         "Renewal without password",
+        "bytes of credentials, renewed in",
         "Attach time (alice)",
         "Fail-over after a super node died",
         "XX handshake",

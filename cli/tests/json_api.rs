@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{is, network_with_a_super_node, output_lines, start_as, Children, JsonClient};
+use common::{is, natter, network_with_a_super_node, output_lines, start_as, Children, JsonClient};
 use serde_json::Value;
 
 /// The events docs/json-api.md documents, with their fields.
@@ -150,6 +150,50 @@ fn two_programs_call_each_other_through_the_json_interface() {
     let changed = bob.wait(is("password_changed"));
     assert_eq!(changed["revoked_others"], true);
     bob.send(serde_json::json!({"cmd": "quit"}));
+    // Alice's credentials leave through the interface (to a program's own secret store)...
+    alice.send(serde_json::json!({"cmd": "export_credentials"}));
+    let creds = alice.wait(is("credentials"));
+    assert_eq!(creds["user"], "alice", "{creds}");
+    let hex = creds["hex"].as_str().unwrap().to_string();
+    alice.send(serde_json::json!({"cmd": "quit"}));
+    // It leaves: its standard output closes.
+    while let Ok(line) = alice.lines.recv_timeout(std::time::Duration::from_secs(30)) {
+        alice.seen.push(serde_json::from_str(&line).unwrap());
+    }
+    // ... and come back: the same device, started with a fresh --data, renews its
+    // certificate without the password and writes no keys to disk.
+    let fresh = dir.path().join("alice-elsewhere");
+    let mut again = natter()
+        .args([
+            "client",
+            "--json",
+            "--user",
+            "alice",
+            "--network",
+            &network,
+            "--data",
+        ])
+        .arg(&fresh)
+        .args(["--listen", "127.0.0.1:0", "--no-devices"])
+        .env("NATTER_CREDENTIALS", &hex)
+        .env("NATTER_PASSWORD", "not the password at all")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut alice = JsonClient {
+        lines: output_lines(&mut again),
+        stdin: again.stdin.take().unwrap(),
+        seen: alice.seen,
+        who: "alice again",
+    };
+    children.0.push(again);
+    alice.wait(is("logged_in"));
+    alice.send(serde_json::json!({"cmd": "export_credentials"}));
+    let same = alice.wait(is("credentials"));
+    assert_eq!(same["device"], creds["device"], "{same}");
+    assert!(!fresh.join("device/device.key").exists());
     alice.send(serde_json::json!({"cmd": "logout"}));
     alice.wait(is("logged_out"));
     // What each side heard was saved, and is not silence.
