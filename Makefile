@@ -1,7 +1,8 @@
 # Natter: two commands matter.
 #   make demo   a whole network on loopback, step by step (the main job)
 #   make test   everything: format, lints, every test in the workspace, the C header, the C
-#               and C++ programs (built against an installed libnatter, run under valgrind)
+#               and C++ programs (built against an installed libnatter, run under valgrind),
+#               the C ABI against the last released one (abidiff)
 # Both install the system packages they need (apt-get when root, else they print the line).
 #
 # The C library:
@@ -18,9 +19,9 @@ OBJCOPY ?= objcopy
 PREFIX ?= /usr/local
 
 # Debian packages the build and the tests need.
-SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping tmux valgrind g++ conntrack
+SYSTEM_PACKAGES := build-essential pkg-config cmake libopus-dev libasound2-dev postgresql coturn iproute2 nftables iputils-ping tmux valgrind g++ conntrack abigail-tools
 
-.PHONY: all demo test deps check-deps fmt clippy doc unit header bench fuzz-check clean lib install install-files uninstall examples
+.PHONY: all demo test deps check-deps fmt clippy doc unit abi-check header bench fuzz-check clean lib install install-files uninstall examples
 
 all: test
 
@@ -45,7 +46,7 @@ deps:
 demo: deps
 	$(CARGO) run --release --quiet -p natter-cli -- demo
 
-test: deps fmt clippy doc unit
+test: deps fmt clippy doc unit abi-check
 	@echo "make test: all checks passed"
 
 fmt:
@@ -76,6 +77,14 @@ unit:
 	$(CARGO) test --locked -p natter --features async --test stream
 	$(CARGO) run --locked --quiet -p natter --example call
 	$(CARGO) run --locked --quiet -p natter --example login
+
+# The C ABI that include/natter.h describes, compared with the last released header
+# (ffi/abi/natter-0.2.h) by libabigail's abidiff: additions and the changes reviewed in
+# ffi/abi/reviewed.abignore pass, anything else fails (ffi/abi/README.md). The self-test
+# shows that real breaks are caught.
+abi-check:
+	scripts/abi-check.sh
+	scripts/abi-check.sh --self-test
 
 # Regenerate include/natter.h from ffi/src (commit the result).
 header:
