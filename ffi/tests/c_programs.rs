@@ -63,6 +63,17 @@ fn pkg_config(prefix: &Path, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The C program of docs/c-api.md (the code block after `<!-- walkthrough -->`).
+fn walkthrough_source() -> String {
+    let page = std::fs::read_to_string(root().join("docs/c-api.md")).unwrap();
+    let start = page
+        .find("<!-- walkthrough -->\n```c\n")
+        .expect("docs/c-api.md has the walkthrough")
+        + "<!-- walkthrough -->\n```c\n".len();
+    let len = page[start..].find("\n```").expect("the code block ends");
+    format!("{}\n", &page[start..start + len])
+}
+
 fn stage() -> &'static Staged {
     static STAGED: OnceLock<Staged> = OnceLock::new();
     STAGED.get_or_init(|| {
@@ -118,13 +129,21 @@ fn stage() -> &'static Staged {
         );
         let cflags = pkg_config(&prefix, &["--cflags"]);
         let libs = pkg_config(&prefix, &["--libs"]);
+        // docs/c-api.md's walkthrough, exactly as the page shows it.
+        let walkthrough = out.join("walkthrough.c");
+        std::fs::write(&walkthrough, walkthrough_source()).unwrap();
         for (name, extra) in [
             ("null_args", None),
             ("threads", Some("-pthread")),
             ("account", None),
             ("requests", None),
+            ("walkthrough", None),
         ] {
-            let src = root().join(format!("ffi/tests/c/{name}.c"));
+            let src = if name == "walkthrough" {
+                walkthrough.clone()
+            } else {
+                root().join(format!("ffi/tests/c/{name}.c"))
+            };
             run(
                 Command::new("cc")
                     .args([
@@ -495,6 +514,51 @@ fn c_requests_in_the_background_and_setup_from_memory_under_valgrind() {
             .any(|l| l.contains("requests: all checks passed")),
         "{out:#?}"
     );
+}
+
+#[test]
+fn the_c_walkthrough_logs_in_from_memory_and_calls_under_valgrind() {
+    let s = stage();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(s, dir.path());
+    let network = net._net.network();
+    natter_fixtures::register(&network, "alice", "alice's password");
+    let bob = net._net.client("bob");
+    let _answers = natter_fixtures::answer_calls(&bob);
+    let keychain = dir.path().join("keychain.bin");
+    let mut outputs = Vec::new();
+    for run in ["with the password", "from the keychain"] {
+        let log = dir.path().join(format!("walkthrough-{}.vg", outputs.len()));
+        let mut cmd = s.program("walkthrough", &log, true);
+        cmd.arg(&net.file)
+            .arg("alice")
+            .arg("bob")
+            .arg(&keychain)
+            .env("NATTER_PASSWORD", "alice's password");
+        if run == "from the keychain" {
+            // The password is not needed (nor offered) the second time.
+            cmd.env_remove("NATTER_PASSWORD");
+        }
+        let out = run_to_end(cmd, "walkthrough", &log, 300);
+        eprintln!("walkthrough ({run}): {}", out.join(" | "));
+        assert!(
+            out.iter().any(|l| l.starts_with("logged in as alice")),
+            "{out:#?}"
+        );
+        assert!(out.iter().any(|l| l.ends_with("(this one)")), "{out:#?}");
+        assert!(out.iter().any(|l| l.starts_with("call: ")), "{out:#?}");
+        assert!(keychain.exists());
+        outputs.push(out);
+    }
+    // The same device both times: the keychain made it.
+    let device = |out: &[String]| {
+        out.iter()
+            .find(|l| l.starts_with("logged in as"))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(device(&outputs[0]), device(&outputs[1]));
 }
 
 #[test]
