@@ -158,6 +158,10 @@ pub struct AudioConfig {
     /// Without a microphone, send a 440 Hz test tone instead of silence (default false):
     /// for demos and tests, where hearing something proves the path.
     pub tone_without_microphone: bool,
+    /// While started, look at the system's audio devices every 3 s and report changes as
+    /// [`Event::AudioDevicesChanged`](crate::Event::AudioDevicesChanged) (default false: for
+    /// applications that use the devices and let their users pick them).
+    pub watch_devices: bool,
 }
 
 impl Default for AudioConfig {
@@ -167,6 +171,158 @@ impl Default for AudioConfig {
             output_device: None,
             complexity: 10,
             tone_without_microphone: false,
+            watch_devices: false,
+        }
+    }
+}
+
+/// An audio device of the system ([`audio_devices`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct AudioDevice {
+    /// Its name for people.
+    pub name: String,
+    /// The system's identifier for it (on Linux, `alsa:` and the ALSA name): pass this (or
+    /// the name) to [`Call::set_microphone`](crate::Call::set_microphone),
+    /// [`Call::set_speaker`](crate::Call::set_speaker), [`AudioInput::Device`] or
+    /// [`AudioOutput::Device`].
+    pub id: String,
+    /// It can capture.
+    pub input: bool,
+    /// It can play.
+    pub output: bool,
+    /// The system's default microphone.
+    pub default_input: bool,
+    /// The system's default speaker.
+    pub default_output: bool,
+}
+
+/// The system's audio devices now (capture and playback; on Linux through ALSA, a few
+/// milliseconds). Empty without any (no sound card, a container).
+///
+/// # Errors
+/// [`AudioError::Devices`] when the audio system cannot be asked.
+pub fn audio_devices() -> Result<Vec<AudioDevice>, AudioError> {
+    let list = natter_media::audio::device::list_devices()
+        .map_err(|e| AudioError::Devices(e.to_string()))?;
+    Ok(list
+        .into_iter()
+        .map(|d| AudioDevice {
+            name: d.name,
+            id: d.id,
+            input: d.input,
+            output: d.output,
+            default_input: d.default_input,
+            default_output: d.default_output,
+        })
+        .collect())
+}
+
+/// Switch a running call's microphone (`input`) or speaker to the device `name` (`None`: the
+/// configured or default one) on its media thread; the old device is closed once the new one
+/// is open, and stays when the new one cannot be opened. Waits for the outcome (opening a
+/// device takes up to 3 s).
+pub(crate) fn switch_device(
+    media: &CallAudio,
+    input: bool,
+    name: Option<String>,
+    cfg: &AudioConfig,
+    muted: Arc<AtomicBool>,
+) -> std::sync::mpsc::Receiver<Result<String, String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = name.or_else(|| {
+        if input {
+            cfg.input_device.clone()
+        } else {
+            cfg.output_device.clone()
+        }
+    });
+    media.on_media_thread(Box::new(move |source, sink| {
+        let rate = SAMPLE_RATE;
+        if input {
+            match natter_media::audio::device::CaptureDevice::open(name.as_deref(), rate) {
+                Ok(d) => {
+                    let opened = d.name().to_string();
+                    *source = Box::new(Muted {
+                        inner: Box::new(d),
+                        muted,
+                    });
+                    let _ = tx.send(Ok(opened));
+                    true
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    false
+                }
+            }
+        } else {
+            match natter_media::audio::device::PlaybackDevice::open(name.as_deref(), rate) {
+                Ok(d) => {
+                    let opened = d.name().to_string();
+                    let mut old = std::mem::replace(sink, Box::new(d));
+                    let _ = old.finish();
+                    let _ = tx.send(Ok(opened));
+                    false
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    false
+                }
+            }
+        }
+    }));
+    rx
+}
+
+/// How often [`DeviceWatch`] looks at the devices.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A thread that lists the system's audio devices every 3 s and reports changes
+/// ([`AudioConfig::watch_devices`]); stopped and joined when dropped (within 100 ms).
+pub(crate) struct DeviceWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeviceWatch {
+    /// Start watching; changes go to `events`.
+    pub fn spawn(events: crate::events::Events) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("natter-audio-watch".into())
+            .spawn(move || {
+                let mut known = audio_devices().unwrap_or_default();
+                let mut last = std::time::Instant::now();
+                while !flag.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if last.elapsed() < WATCH_EVERY {
+                        continue;
+                    }
+                    last = std::time::Instant::now();
+                    let Ok(now) = audio_devices() else { continue };
+                    let added: Vec<_> =
+                        now.iter().filter(|d| !known.contains(d)).cloned().collect();
+                    let removed: Vec<_> =
+                        known.iter().filter(|d| !now.contains(d)).cloned().collect();
+                    if !added.is_empty() || !removed.is_empty() {
+                        events.push(crate::Event::AudioDevicesChanged { added, removed });
+                    }
+                    known = now;
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DeviceWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

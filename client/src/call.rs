@@ -179,6 +179,102 @@ impl Call {
         Ok(())
     }
 
+    /// Switch the call's microphone to the device `name` (an [`AudioDevice`](crate::AudioDevice)'s
+    /// id or name; `None`: the configured or the system's default one), at once while it is
+    /// connected (the old device is closed once the new one is open), else for when it
+    /// connects. Blocks while the device opens (typically milliseconds, at most 3 s).
+    ///
+    /// # Errors
+    /// [`CallError::NotDeviceAudio`] when the call's audio does not come from a device,
+    /// [`CallError::Device`] when the device cannot be opened (the call keeps the one it
+    /// had), [`CallError::WrongState`] when the call ended, [`CallError::UnknownCall`].
+    pub fn set_microphone(&self, name: Option<&str>) -> Result<(), CallError> {
+        self.set_device(true, name)
+    }
+
+    /// Switch the call's speaker: as [`Call::set_microphone`].
+    ///
+    /// # Errors
+    /// As [`Call::set_microphone`].
+    pub fn set_speaker(&self, name: Option<&str>) -> Result<(), CallError> {
+        self.set_device(false, name)
+    }
+
+    fn set_device(&self, input: bool, name: Option<&str>) -> Result<(), CallError> {
+        let shared = self.shared().ok_or(CallError::UnknownCall)?;
+        let reply = {
+            let mut t = lock(&shared.calls);
+            let c = t.get_mut(self.id).ok_or(CallError::UnknownCall)?;
+            if !c.is_live() {
+                return Err(CallError::WrongState);
+            }
+            let chosen = name.map(str::to_string);
+            let previous = match (input, &mut c.audio) {
+                (
+                    true,
+                    Audio {
+                        input: crate::AudioInput::Device(d),
+                        ..
+                    },
+                )
+                | (
+                    false,
+                    Audio {
+                        output: crate::AudioOutput::Device(d),
+                        ..
+                    },
+                ) => std::mem::replace(d, chosen.clone()),
+                _ => return Err(CallError::NotDeviceAudio),
+            };
+            let rx = match &c.media {
+                Some(media) => audio::switch_device(
+                    media,
+                    input,
+                    chosen,
+                    &shared.settings.audio,
+                    c.muted.clone(),
+                ),
+                // Not connected yet: the media starts with the new choice.
+                None => return Ok(()),
+            };
+            (rx, previous)
+        };
+        let (reply, previous) = reply;
+        match reply.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(opened)) => {
+                tracing::info!(device = %opened, input, "audio device switched");
+                Ok(())
+            }
+            Ok(Err(why)) => {
+                // The call keeps the device it had.
+                if let Some(c) = lock(&shared.calls).get_mut(self.id) {
+                    match (input, &mut c.audio) {
+                        (
+                            true,
+                            Audio {
+                                input: crate::AudioInput::Device(d),
+                                ..
+                            },
+                        )
+                        | (
+                            false,
+                            Audio {
+                                output: crate::AudioOutput::Device(d),
+                                ..
+                            },
+                        ) => {
+                            *d = previous;
+                        }
+                        _ => {}
+                    }
+                }
+                Err(CallError::Device(why))
+            }
+            // The media stopped (the call ended) before it could switch.
+            Err(_) => Err(CallError::WrongState),
+        }
+    }
+
     /// The call's state and statistics: live while it runs, final once it ended.
     ///
     /// # Errors

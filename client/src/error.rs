@@ -350,6 +350,13 @@ pub enum CallError {
     /// not connected, anything on a call that ended).
     #[error("not possible in this call state")]
     WrongState,
+    /// The call's audio does not come from (or go to) a device: it uses WAV files, a tone or
+    /// the application's PCM.
+    #[error("the call does not use an audio device")]
+    NotDeviceAudio,
+    /// The audio device could not be opened: the call keeps the one it had.
+    #[error("audio device: {0}")]
+    Device(String),
 }
 
 /// Why [`Client::search`](crate::Client::search) failed.

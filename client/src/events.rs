@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use natter_core::crypto::{DeviceId, UserName};
 use natter_core::overlay::{LinkTransport, NatType};
 
+use crate::audio::AudioDevice;
 use crate::call::Call;
 use crate::client::LoginInfo;
 use crate::error::{LoginError, RegisterError};
@@ -206,6 +207,16 @@ pub enum Event {
         /// The caller.
         from: UserName,
     },
+    /// The system's audio devices changed (one was plugged in or out), with
+    /// [`AudioConfig::watch_devices`](crate::AudioConfig::watch_devices): list them again
+    /// with [`audio_devices`](crate::audio_devices). A call whose device went away goes on
+    /// with silence; switch it with [`Call::set_microphone`] or [`Call::set_speaker`].
+    AudioDevicesChanged {
+        /// Devices that appeared.
+        added: Vec<AudioDevice>,
+        /// Devices that went away.
+        removed: Vec<AudioDevice>,
+    },
     /// A call's audio could not use what was asked (a device, a file): it goes on with
     /// silence in its place.
     AudioError {
@@ -247,6 +258,9 @@ pub enum AudioError {
     /// The audio engine could not start: the call has no audio.
     #[error("call audio: {0}")]
     Engine(String),
+    /// The system's audio devices could not be listed.
+    #[error("listing audio devices: {0}")]
+    Devices(String),
 }
 
 fn transport_name(t: LinkTransport) -> &'static str {
@@ -301,6 +315,22 @@ impl fmt::Display for Event {
             } => f.write_str("promoted to super node"),
             Event::RoleChanged { .. } => f.write_str("gave up the super-node role"),
             Event::CertificateRenewed => f.write_str("certificate renewed"),
+            Event::AudioDevicesChanged { added, removed } => {
+                let names = |l: &[AudioDevice]| {
+                    l.iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                f.write_str("audio devices changed")?;
+                if !added.is_empty() {
+                    write!(f, "; added: {}", names(added))?;
+                }
+                if !removed.is_empty() {
+                    write!(f, "; removed: {}", names(removed))?;
+                }
+                Ok(())
+            }
             Event::LoginFinished {
                 result: Ok(info), ..
             } => write!(f, "logged in as {} on device {}", info.user, info.device),

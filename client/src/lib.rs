@@ -64,7 +64,10 @@ mod status;
 mod types;
 mod worker;
 
-pub use audio::{Audio, AudioConfig, AudioInput, AudioOutput, FRAME_SAMPLES, SAMPLE_RATE};
+pub use audio::{
+    audio_devices, Audio, AudioConfig, AudioDevice, AudioInput, AudioOutput, FRAME_SAMPLES,
+    SAMPLE_RATE,
+};
 pub use call::Call;
 pub use client::{AccountDevice, Client, ClientBuilder, LoginInfo, Role, State};
 pub use credentials::{Credentials, MAX_CREDENTIALS_LEN};

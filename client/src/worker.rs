@@ -41,6 +41,7 @@ pub(crate) struct Worker {
     renewer: Renewer,
     revocations: RevocationFetcher,
     _watch: NetWatch,
+    _audio_watch: Option<crate::audio::DeviceWatch>,
     cache_path: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     renewing: bool,
@@ -72,6 +73,13 @@ impl Worker {
             ),
             revocations: RevocationFetcher::spawn(network, li.device.clone(), REVOCATIONS_EVERY),
             _watch: watch,
+            _audio_watch: if shared.settings.audio.watch_devices {
+                crate::audio::DeviceWatch::spawn(shared.events.clone())
+                    .map_err(|e| tracing::warn!(error = %e, "watching audio devices"))
+                    .ok()
+            } else {
+                None
+            },
             handle: rt.handle(),
             rt,
             shared,

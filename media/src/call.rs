@@ -11,7 +11,7 @@
 //!
 //! | thread | calls |
 //! |---|---|
-//! | any | [`CallAudio::receive`], [`CallAudio::on_report`], [`CallAudio::set_paused`], [`CallAudio::stats`] |
+//! | any | [`CallAudio::receive`], [`CallAudio::on_report`], [`CallAudio::set_paused`], [`CallAudio::stats`], [`CallAudio::on_media_thread`] |
 //! | owner | [`CallAudio::start`], [`CallAudio::stop`] |
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +49,17 @@ pub enum CallAudioError {
 /// Hands a media frame to the call layer; false when it could not be sent.
 pub type FrameSender = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
+/// The source a call's media reads.
+pub type Source = Box<dyn AudioSource + Send>;
+/// The sink a call's media plays into.
+pub type Sink = Box<dyn AudioSink + Send>;
+
+/// Work for a call's media thread ([`CallAudio::on_media_thread`]): it may replace the
+/// source or the sink (a device switched mid-call is opened, and the old one closed, on the
+/// thread that uses them). A new source or sink must run at the codec's rate. Returns true
+/// when it replaced the source (one that had ended is read again).
+pub type MediaTask = Box<dyn FnOnce(&mut Source, &mut Sink) -> bool + Send>;
+
 /// Settings of a call's media.
 #[derive(Debug, Clone, Default)]
 pub struct CallAudioConfig {
@@ -75,6 +86,7 @@ struct Shared {
     running: AtomicBool,
     paused: AtomicBool,
     stats: Mutex<CallAudioStats>,
+    tasks: Mutex<Vec<MediaTask>>,
 }
 
 /// The media of one call. See the [module documentation](self).
@@ -95,8 +107,8 @@ impl CallAudio {
     /// when the frame could not be sent (counted).
     pub fn start(
         cfg: CallAudioConfig,
-        mut source: Box<dyn AudioSource + Send>,
-        mut sink: Box<dyn AudioSink + Send>,
+        mut source: Source,
+        mut sink: Sink,
         mut send: FrameSender,
     ) -> Result<Self, CallAudioError> {
         let in_rate = cfg.sender.codec.rate.hz();
@@ -123,6 +135,7 @@ impl CallAudio {
             running: AtomicBool::new(true),
             paused: AtomicBool::new(false),
             stats: Mutex::new(CallAudioStats::default()),
+            tasks: Mutex::new(Vec::new()),
         });
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
@@ -135,6 +148,12 @@ impl CallAudio {
                 let mut next = Instant::now();
                 let mut failures = 0u64;
                 while sh.running.load(Ordering::SeqCst) {
+                    let tasks = std::mem::take(&mut *lock(&sh.tasks));
+                    for task in tasks {
+                        if task(&mut source, &mut sink) {
+                            ended = false;
+                        }
+                    }
                     if let Some(r) = lock(&sh.report).take() {
                         let _ = sender.on_report(&r);
                     }
@@ -225,6 +244,12 @@ impl CallAudio {
     pub fn set_paused(&self, paused: bool) {
         lock(&self.shared.receiver).set_held(paused, Instant::now());
         self.shared.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Run `task` on the media thread before its next frame (within one frame period, 20 ms);
+    /// tasks that are still queued when the media stops are dropped without running.
+    pub fn on_media_thread(&self, task: MediaTask) {
+        lock(&self.shared.tasks).push(task);
     }
 
     /// What the media did so far.
