@@ -278,6 +278,16 @@ enum NatterResult
    * built-in audio devices (`NATTER_AUDIO_DEVICES`).
    */
   NATTER_NO_AUDIO = 303,
+  /**
+   * (ABI 0.3.) The call's audio does not come from (or go to) a device (WAV, tone or the
+   * application's PCM): there is no device to switch.
+   */
+  NATTER_NOT_DEVICE_AUDIO = 304,
+  /**
+   * (ABI 0.3.) The audio device could not be opened (no such device, busy, unplugged):
+   * the call keeps the one it had. `natter_last_error_message` says why.
+   */
+  NATTER_AUDIO_DEVICE_FAILED = 305,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -465,6 +475,14 @@ enum NatterEventKind
    * silence and discards what it receives. `call`; `detail`: why.
    */
   NATTER_EVENT_AUDIO_ERROR = 48,
+  /**
+   * (ABI 0.3.) The system's audio devices changed (one was plugged in or out), for clients
+   * with `NATTER_AUDIO_DEVICES`, while started (looked at every 3 s): list them again with
+   * `natter_audio_devices`. `count`: how many appeared; `detail` names those that appeared
+   * and went away. A call whose device went away goes on with silence: switch it with
+   * `natter_call_set_microphone` / `natter_call_set_speaker`.
+   */
+  NATTER_EVENT_AUDIO_DEVICES_CHANGED = 49,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -1085,6 +1103,39 @@ typedef struct {
  * keep; do not free it).
  */
 typedef void (*NatterEventCallback)(void *user_data, const NatterEvent *event);
+
+/**
+ * One audio device of the system (`natter_audio_devices`).
+ */
+typedef struct {
+  /**
+   * Its name for people (NUL-terminated UTF-8, cut at a character boundary to fit).
+   */
+  char name[128];
+  /**
+   * The system's identifier for it (NUL-terminated; on Linux `alsa:` and the ALSA name):
+   * pass it to `natter_call_set_microphone` / `natter_call_set_speaker` or as
+   * `NatterOptions::capture_device` / `playback_device`. An identifier longer than 255
+   * bytes is left empty (choose that device by its name).
+   */
+  char id[256];
+  /**
+   * It can capture.
+   */
+  bool input;
+  /**
+   * It can play.
+   */
+  bool output;
+  /**
+   * The system's default microphone.
+   */
+  bool default_input;
+  /**
+   * The system's default speaker.
+   */
+  bool default_output;
+} NatterAudioDevice;
 
 /**
  * A call's state and statistics, filled by `natter_call_get_stats`. Set `version` to
@@ -1779,6 +1830,50 @@ NatterResult natter_call_resume(NatterClient *client, uint64_t call);
 NatterResult natter_call_set_muted(NatterClient *client, uint64_t call, bool muted);
 
 /**
+ * Switch call `call`'s microphone to the device `device` (a `NatterAudioDevice`'s `id` or
+ * `name` from `natter_audio_devices`; NULL: the one the options name, else the system's
+ * default): at once while the call is connected (the old device is closed once the new one
+ * is open), else for when it connects. Blocks while the device opens (typically
+ * milliseconds, at most 3 s).
+ *
+ * Returns `NATTER_NOT_DEVICE_AUDIO` when the call's audio does not come from a device
+ * (`NATTER_AUDIO_APP`), `NATTER_AUDIO_DEVICE_FAILED` when the device cannot be opened (the
+ * call keeps the one it had; `natter_last_error_message` says why),
+ * `NATTER_WRONG_CALL_STATE` when the call ended, `NATTER_UNKNOWN_CALL`,
+ * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+ * any thread.
+ *
+ * # Safety
+ * `device` must be NULL or a NUL-terminated string.
+ */
+NatterResult natter_call_set_microphone(NatterClient *client, uint64_t call, const char *device);
+
+/**
+ * Switch call `call`'s speaker: as `natter_call_set_microphone`.
+ *
+ * # Safety
+ * `device` must be NULL or a NUL-terminated string.
+ */
+NatterResult natter_call_set_speaker(NatterClient *client, uint64_t call, const char *device);
+
+/**
+ * List the system's audio devices (capture and playback; on Linux through ALSA, a few
+ * milliseconds) into `out` (`cap` entries) and write their number to `*out_len`, even when
+ * `cap` is too small. No client is needed. With `NATTER_AUDIO_DEVICES`, clients report
+ * changes as `NATTER_EVENT_AUDIO_DEVICES_CHANGED` while started.
+ *
+ * Returns `NATTER_BUFFER_TOO_SMALL` when `cap` entries are not enough (`*out_len` says how
+ * many; call again), `NATTER_IO_ERROR` when the audio system cannot be asked,
+ * `NATTER_NULL_ARGUMENT` (`out_len` NULL, or `out` NULL with `cap` > 0). No devices (a
+ * container, no sound card) is `NATTER_OK` with 0. Safe to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or valid for `cap` writes of `NatterAudioDevice`; `out_len` NULL or
+ * valid for one write.
+ */
+NatterResult natter_audio_devices(NatterAudioDevice *out, size_t cap, size_t *out_len);
+
+/**
  * Fill `*out_stats` with call `call`'s state and statistics (live while it runs, final once
  * it ended). Set `out_stats->version` to `NATTER_CALL_STATS_VERSION` first.
  *
@@ -1868,6 +1963,11 @@ NatterResult natter_call_pull_audio(NatterClient *client,
 NatterResult natter_set_log_callback(NatterLogCallback callback,
                                      void *user_data,
                                      uint32_t max_level);
+
+/**
+ * src/alsa_log.c: route ALSA's error messages to `sink`.
+ */
+extern void natter_internal_alsa_quiet(void (*sink)(const char *line));
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -32,6 +32,8 @@ pub(crate) fn call_result(e: CallError) -> NatterResult {
         CallError::InvalidName { .. } => NatterResult::NatterInvalidUserName,
         CallError::InCall => NatterResult::NatterInCall,
         CallError::UnknownCall => NatterResult::NatterUnknownCall,
+        CallError::NotDeviceAudio => NatterResult::NatterNotDeviceAudio,
+        CallError::Device(_) => NatterResult::NatterAudioDeviceFailed,
         _ => NatterResult::NatterWrongCallState,
     };
     crate::last_error::record(r, e, Default::default())
@@ -337,6 +339,155 @@ pub extern "C" fn natter_call_set_muted(
     boundary::result(|| {
         let c = handle::get(client)?;
         find(&c, call, false)?.set_muted(muted).map_err(call_result)
+    })
+}
+
+/// Switch call `call`'s microphone to the device `device` (a `NatterAudioDevice`'s `id` or
+/// `name` from `natter_audio_devices`; NULL: the one the options name, else the system's
+/// default): at once while the call is connected (the old device is closed once the new one
+/// is open), else for when it connects. Blocks while the device opens (typically
+/// milliseconds, at most 3 s).
+///
+/// Returns `NATTER_NOT_DEVICE_AUDIO` when the call's audio does not come from a device
+/// (`NATTER_AUDIO_APP`), `NATTER_AUDIO_DEVICE_FAILED` when the device cannot be opened (the
+/// call keeps the one it had; `natter_last_error_message` says why),
+/// `NATTER_WRONG_CALL_STATE` when the call ended, `NATTER_UNKNOWN_CALL`,
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
+///
+/// # Safety
+/// `device` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn natter_call_set_microphone(
+    client: *mut NatterClient,
+    call: u64,
+    device: *const c_char,
+) -> NatterResult {
+    // SAFETY: the caller's guarantee for device is passed on.
+    unsafe { set_device(client, call, device, true) }
+}
+
+/// Switch call `call`'s speaker: as `natter_call_set_microphone`.
+///
+/// # Safety
+/// `device` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn natter_call_set_speaker(
+    client: *mut NatterClient,
+    call: u64,
+    device: *const c_char,
+) -> NatterResult {
+    // SAFETY: the caller's guarantee for device is passed on.
+    unsafe { set_device(client, call, device, false) }
+}
+
+/// `natter_call_set_microphone` (`input`) and `natter_call_set_speaker`.
+///
+/// # Safety
+/// `device` must be NULL or a NUL-terminated string.
+unsafe fn set_device(
+    client: *mut NatterClient,
+    call: u64,
+    device: *const c_char,
+    input: bool,
+) -> NatterResult {
+    boundary::result(|| {
+        // SAFETY: the caller guarantees NULL or a NUL-terminated string.
+        let device = unsafe { boundary::opt_str_arg(device) }?;
+        let c = handle::get(client)?;
+        let call = find(&c, call, false)?;
+        if input {
+            call.set_microphone(device)
+        } else {
+            call.set_speaker(device)
+        }
+        .map_err(call_result)
+    })
+}
+
+/// One audio device of the system (`natter_audio_devices`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct NatterAudioDevice {
+    /// Its name for people (NUL-terminated UTF-8, cut at a character boundary to fit).
+    pub name: [c_char; 128],
+    /// The system's identifier for it (NUL-terminated; on Linux `alsa:` and the ALSA name):
+    /// pass it to `natter_call_set_microphone` / `natter_call_set_speaker` or as
+    /// `NatterOptions::capture_device` / `playback_device`. An identifier longer than 255
+    /// bytes is left empty (choose that device by its name).
+    pub id: [c_char; 256],
+    /// It can capture.
+    pub input: bool,
+    /// It can play.
+    pub output: bool,
+    /// The system's default microphone.
+    pub default_input: bool,
+    /// The system's default speaker.
+    pub default_output: bool,
+}
+
+/// `text` into a fixed C buffer, NUL-terminated, cut at a character boundary (or left empty
+/// when `whole` and it does not fit).
+fn fixed<const N: usize>(text: &str, whole: bool) -> [c_char; N] {
+    let mut out = [0 as c_char; N];
+    let mut end = text.len().min(N - 1);
+    if whole && end < text.len() {
+        return out;
+    }
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    for (o, b) in out.iter_mut().zip(&text.as_bytes()[..end]) {
+        *o = *b as c_char;
+    }
+    out
+}
+
+/// List the system's audio devices (capture and playback; on Linux through ALSA, a few
+/// milliseconds) into `out` (`cap` entries) and write their number to `*out_len`, even when
+/// `cap` is too small. No client is needed. With `NATTER_AUDIO_DEVICES`, clients report
+/// changes as `NATTER_EVENT_AUDIO_DEVICES_CHANGED` while started.
+///
+/// Returns `NATTER_BUFFER_TOO_SMALL` when `cap` entries are not enough (`*out_len` says how
+/// many; call again), `NATTER_IO_ERROR` when the audio system cannot be asked,
+/// `NATTER_NULL_ARGUMENT` (`out_len` NULL, or `out` NULL with `cap` > 0). No devices (a
+/// container, no sound card) is `NATTER_OK` with 0. Safe to call from any thread.
+///
+/// # Safety
+/// `out` must be NULL or valid for `cap` writes of `NatterAudioDevice`; `out_len` NULL or
+/// valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn natter_audio_devices(
+    out: *mut NatterAudioDevice,
+    cap: usize,
+    out_len: *mut usize,
+) -> NatterResult {
+    boundary::result(|| {
+        boundary::check_out(out_len)?;
+        boundary::check_out_slice(out, cap)?;
+        crate::log::quiet_alsa();
+        let devices = natter::audio_devices().map_err(|e| {
+            crate::last_error::record(NatterResult::NatterIoError, e, Default::default())
+        })?;
+        let list: Vec<NatterAudioDevice> = devices
+            .iter()
+            .map(|d| NatterAudioDevice {
+                name: fixed(&d.name, false),
+                id: fixed(&d.id, true),
+                input: d.input,
+                output: d.output,
+                default_input: d.default_input,
+                default_output: d.default_output,
+            })
+            .collect();
+        // SAFETY: out_len is non-NULL (checked) and valid for one write (caller's promise).
+        unsafe { boundary::write_out(out_len, list.len()) }?;
+        if list.len() > cap {
+            return Err(NatterResult::NatterBufferTooSmall);
+        }
+        // SAFETY: out is valid for cap >= list.len() writes (checked above and the caller's
+        // promise).
+        unsafe { boundary::copy_out_slice(&list, out) }
     })
 }
 

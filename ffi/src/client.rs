@@ -46,6 +46,7 @@ impl Client {
             AudioMode::Devices { capture, playback } => {
                 audio_cfg.input_device = capture;
                 audio_cfg.output_device = playback;
+                audio_cfg.watch_devices = true;
                 natter::Audio::devices()
             }
         };

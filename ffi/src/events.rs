@@ -85,6 +85,12 @@ pub enum NatterEventKind {
     /// The call's audio could not use the devices (no sound card, device busy): it sends
     /// silence and discards what it receives. `call`; `detail`: why.
     NatterEventAudioError = 48,
+    /// (ABI 0.3.) The system's audio devices changed (one was plugged in or out), for clients
+    /// with `NATTER_AUDIO_DEVICES`, while started (looked at every 3 s): list them again with
+    /// `natter_audio_devices`. `count`: how many appeared; `detail` names those that appeared
+    /// and went away. A call whose device went away goes on with silence: switch it with
+    /// `natter_call_set_microphone` / `natter_call_set_speaker`.
+    NatterEventAudioDevicesChanged = 49,
 }
 
 /// One event. Allocated by the library and owned by whoever received it from
@@ -571,6 +577,11 @@ fn event_of(e: &natter::Event) -> Option<Event> {
         E::MissedBusy { from, .. } => Event::new(NatterEventKind::NatterEventCallRejectedBusy)
             .user(from.as_str())
             .detail(format!("{from} called while this device was busy")),
+        E::AudioDevicesChanged { added, .. } => {
+            Event::new(NatterEventKind::NatterEventAudioDevicesChanged)
+                .count(count(added.len()))
+                .detail(e.to_string())
+        }
         E::AudioError { call, error } => Event::new(NatterEventKind::NatterEventAudioError)
             .call(call.as_u64())
             .detail(error.to_string()),

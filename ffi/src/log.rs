@@ -179,6 +179,7 @@ fn deliver() {
 /// against an atomic first), and standard error when `NATTER_LOG` is set. With neither a
 /// callback nor `NATTER_LOG` (`force` false), nothing is installed and logging costs nothing.
 pub(crate) fn init(force: bool) {
+    quiet_alsa();
     static ONCE: Once = Once::new();
     let stderr_filter = std::env::var("NATTER_LOG").ok();
     if !force && stderr_filter.is_none() {
@@ -246,4 +247,38 @@ pub unsafe extern "C" fn natter_set_log_callback(
         tracing::callsite::rebuild_interest_cache();
         Ok(())
     })
+}
+
+#[cfg(target_os = "linux")]
+extern "C" {
+    /// src/alsa_log.c: route ALSA's error messages to `sink`.
+    fn natter_internal_alsa_quiet(sink: unsafe extern "C" fn(line: *const c_char));
+}
+
+/// One of ALSA's error messages, as src/alsa_log.c formatted it: into the log (target
+/// `alsa`, level debug: in normal operation they are noise, such as a configuration naming a
+/// card 0 that does not exist; real failures come back as errors of their own).
+#[cfg(target_os = "linux")]
+unsafe extern "C" fn alsa_line(line: *const c_char) {
+    if line.is_null() {
+        return;
+    }
+    // SAFETY: alsa_log.c passes a NUL-terminated buffer that lives for this call.
+    let text = unsafe { std::ffi::CStr::from_ptr(line) }.to_string_lossy();
+    tracing::debug!(target: "alsa", "{text}");
+}
+
+/// Send ALSA's messages to the log rather than the application's standard error (once per
+/// process, at the first client or device listing). ALSA's handler is process-wide: an
+/// application with its own sets it again after that.
+pub(crate) fn quiet_alsa() {
+    #[cfg(target_os = "linux")]
+    {
+        static ONCE: Once = Once::new();
+        // SAFETY: natter_internal_alsa_quiet stores the function pointer and installs a
+        // handler with ALSA's exact (variadic) signature, defined in C; alsa_line has the
+        // signature the C side declares and never unwinds (to_string_lossy and tracing do
+        // not panic on any input).
+        ONCE.call_once(|| unsafe { natter_internal_alsa_quiet(alsa_line) });
+    }
 }

@@ -88,6 +88,12 @@ pub enum NatterResult {
     /// The call has no application audio: it is not connected, or the client uses the
     /// built-in audio devices (`NATTER_AUDIO_DEVICES`).
     NatterNoAudio = 303,
+    /// (ABI 0.3.) The call's audio does not come from (or go to) a device (WAV, tone or the
+    /// application's PCM): there is no device to switch.
+    NatterNotDeviceAudio = 304,
+    /// (ABI 0.3.) The audio device could not be opened (no such device, busy, unplugged):
+    /// the call keeps the one it had. `natter_last_error_message` says why.
+    NatterAudioDeviceFailed = 305,
 }
 
 impl NatterResult {
@@ -133,11 +139,13 @@ impl NatterResult {
             Self::NatterWrongCallState => c"not possible in this call state",
             Self::NatterInCall => c"already in a call",
             Self::NatterNoAudio => c"the call has no application audio now",
+            Self::NatterNotDeviceAudio => c"the call does not use an audio device",
+            Self::NatterAudioDeviceFailed => c"the audio device could not be opened",
         }
     }
 
     /// Every value, for tests and for `natter_result_message`.
-    pub(crate) const ALL: [NatterResult; 33] = [
+    pub(crate) const ALL: [NatterResult; 35] = [
         Self::NatterOk,
         Self::NatterPanic,
         Self::NatterNullArgument,
@@ -171,6 +179,8 @@ impl NatterResult {
         Self::NatterWrongCallState,
         Self::NatterInCall,
         Self::NatterNoAudio,
+        Self::NatterNotDeviceAudio,
+        Self::NatterAudioDeviceFailed,
     ];
 }
 

@@ -77,6 +77,8 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     EXPECT(natter_client_login_begin(c, "alice", "a good password", &id), want);
     EXPECT(natter_client_register_begin(c, "alice", "a good password", &id), want);
     EXPECT(natter_client_cancel(c, 1), want);
+    EXPECT(natter_call_set_microphone(c, 1, "natter_a"), want);
+    EXPECT(natter_call_set_speaker(c, 1, NULL), want);
     uint8_t creds[NATTER_CREDENTIALS_MAX_LEN];
     EXPECT(natter_client_export_credentials(c, creds, sizeof creds, &len), want);
     EXPECT(natter_client_start(c), want);
@@ -274,6 +276,14 @@ int main(int argc, char **argv) {
            NATTER_INVALID_USER_NAME);
     CHECK(request == 0);
     EXPECT(natter_client_cancel(c, 0), NATTER_UNKNOWN_REQUEST);
+    EXPECT(natter_call_set_microphone(c, 1, "\xff"), NATTER_INVALID_UTF8);
+    /* The audio devices: the count is required; a NULL array only with room for none. */
+    size_t n_audio = 0;
+    NatterAudioDevice audio_devices[2];
+    EXPECT(natter_audio_devices(audio_devices, 2, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_audio_devices(NULL, 2, &n_audio), NATTER_NULL_ARGUMENT);
+    NatterResult listed = natter_audio_devices(NULL, 0, &n_audio);
+    CHECK(listed == NATTER_OK || listed == NATTER_BUFFER_TOO_SMALL);
     EXPECT(natter_client_cancel(c, 12345), NATTER_UNKNOWN_REQUEST);
     uint8_t credentials[NATTER_CREDENTIALS_MAX_LEN];
     size_t credentials_len = 0;
