@@ -103,6 +103,9 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
     }
     let mut audio_cfg = AudioConfig::default();
     audio_cfg.tone_without_microphone = true;
+    // A client that plays and records through the devices reports when they change.
+    audio_cfg.watch_devices =
+        !args.no_devices && args.audio_in.is_none() && args.audio_out.is_none();
     let node = match Running::start(&args.node, Some((Role::Client, audio_cfg))) {
         Ok(n) => n,
         Err(e) => {
@@ -407,6 +410,17 @@ fn on_event(
                 "media resumed after a gap of {ms:.0} ms"
             );
         }
+        Event::AudioDevicesChanged { added, removed } => {
+            let names = |l: &[natter::AudioDevice]| -> Vec<String> {
+                l.iter().map(|d| d.id.clone()).collect()
+            };
+            report!(
+                json!({"event": "audio_devices_changed", "added": names(&added),
+                       "removed": names(&removed)}),
+                "{}",
+                Event::AudioDevicesChanged { added, removed }
+            )
+        }
         Event::AudioError { error, .. } => match error {
             AudioError::Microphone { .. } | AudioError::Speaker { .. } => say!("{error}"),
             other => report!(
@@ -658,6 +672,31 @@ fn command(
             },
             ("devices", _) => devices(node),
             ("credentials" | "export_credentials", _) => credentials(node),
+            ("audio" | "audio_devices", _) => audio_devices(),
+            (c @ ("mic" | "speaker" | "set_microphone" | "set_speaker"), arg) => {
+                let device = if json { field("device") } else { arg };
+                let device = device.filter(|d| d != "default");
+                match &current {
+                    None => Err("no call".into()),
+                    Some(call) => {
+                        let microphone = c == "mic" || c == "set_microphone";
+                        if microphone {
+                            call.set_microphone(device.as_deref())
+                        } else {
+                            call.set_speaker(device.as_deref())
+                        }
+                        .map(|()| {
+                            let kind = if microphone { "microphone" } else { "speaker" };
+                            let shown = device.as_deref().unwrap_or("default");
+                            report!(
+                                json!({"event": "audio_device", "kind": kind, "device": device}),
+                                "{kind}: {shown}"
+                            )
+                        })
+                        .map_err(|e| e.to_string())
+                    }
+                }
+            }
             ("logout", _) => match node.client.logout() {
                 Ok(()) => {
                     report!(
@@ -721,6 +760,42 @@ fn command(
     true
 }
 
+/// List the system's audio devices (`audio` / `{"cmd":"audio_devices"}`).
+fn audio_devices() -> Result<(), String> {
+    let list = natter::audio_devices().map_err(|e| e.to_string())?;
+    let json_list: Vec<_> = list
+        .iter()
+        .map(|d| {
+            json!({"name": d.name, "id": d.id, "input": d.input, "output": d.output,
+                   "default_input": d.default_input, "default_output": d.default_output})
+        })
+        .collect();
+    let text: Vec<String> = list
+        .iter()
+        .map(|d| {
+            let kind = match (d.input, d.output) {
+                (true, true) => "in/out",
+                (true, false) => "in",
+                _ => "out",
+            };
+            let default = if d.default_input || d.default_output {
+                " (default)"
+            } else {
+                ""
+            };
+            format!("  {} [{kind}] {}{default}", d.id, d.name)
+        })
+        .collect();
+    report!(
+        json!({"event": "audio_devices", "devices": json_list}),
+        "{} audio device(s){}{}",
+        list.len(),
+        if text.is_empty() { "" } else { ":\n" },
+        text.join("\n")
+    );
+    Ok(())
+}
+
 /// Export this device's credentials (`credentials` / `{"cmd":"export_credentials"}`).
 fn credentials(node: &Running) -> Result<(), String> {
     let c = node.client.credentials().map_err(|e| e.to_string())?;
@@ -744,6 +819,9 @@ const HELP: &str = "commands:
   mute, unmute    stop and restart sending audio
   search USER     look USER up in the global index
   devices         this account's devices
+  audio           the system's audio devices (microphones and speakers)
+  mic DEVICE      switch the call's microphone (an id or name from `audio`, or default)
+  speaker DEVICE  switch the call's speaker
   credentials     this device's credentials in hex (secret: keys and certificate), for
                   NATTER_CREDENTIALS
   revoke DEVICE   revoke another device of this account (asks for the password)

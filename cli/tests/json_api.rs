@@ -108,6 +108,19 @@ fn two_programs_call_each_other_through_the_json_interface() {
     bob.send(serde_json::json!({"cmd": "status"}));
     let status = bob.wait(is("status"));
     assert!(status["call"].is_string(), "{status}");
+    // The audio devices (none may exist here), and a call whose audio goes to a WAV file
+    // has no speaker to switch.
+    bob.send(serde_json::json!({"cmd": "audio_devices"}));
+    let listed = bob.wait(is("audio_devices"));
+    assert!(listed["devices"].is_array(), "{listed}");
+    bob.send(serde_json::json!({"cmd": "set_speaker", "device": "natter_a"}));
+    let refused = bob.wait(is("error"));
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not use an audio device")),
+        "{refused}"
+    );
     bob.send(serde_json::json!({"cmd": "hangup"}));
     let ended = bob.wait(state("ended"));
     assert_eq!(ended["reason"], "hung_up");
