@@ -88,7 +88,7 @@ abi-check:
 
 # Regenerate include/natter.h from ffi/src (commit the result).
 header:
-	NATTER_BLESS=1 $(CARGO) test -p natter-ffi --test header --locked
+	NATTER_BLESS=1 $(CARGO) test -p natter-ffi --test header --locked -- checked_in_header_is_current
 
 # --- The C library --------------------------------------------------------------------------
 # The ABI version and the shared library's SONAME come from ffi/src/lib.rs (NATTER_ABI_*):

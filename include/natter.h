@@ -1849,7 +1849,13 @@ NatterResult natter_call_set_muted(NatterClient *client, uint64_t call, bool mut
 NatterResult natter_call_set_microphone(NatterClient *client, uint64_t call, const char *device);
 
 /**
- * Switch call `call`'s speaker: as `natter_call_set_microphone`.
+ * Switch call `call`'s speaker to the device `device`: as `natter_call_set_microphone`.
+ *
+ * Returns `NATTER_NOT_DEVICE_AUDIO` when the call's audio does not go to a device,
+ * `NATTER_AUDIO_DEVICE_FAILED` when the device cannot be opened (the call keeps the one it
+ * had), `NATTER_WRONG_CALL_STATE` when the call ended, `NATTER_UNKNOWN_CALL`,
+ * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+ * any thread.
  *
  * # Safety
  * `device` must be NULL or a NUL-terminated string.
@@ -1864,7 +1870,8 @@ NatterResult natter_call_set_speaker(NatterClient *client, uint64_t call, const 
  *
  * Returns `NATTER_BUFFER_TOO_SMALL` when `cap` entries are not enough (`*out_len` says how
  * many; call again), `NATTER_IO_ERROR` when the audio system cannot be asked,
- * `NATTER_NULL_ARGUMENT` (`out_len` NULL, or `out` NULL with `cap` > 0). No devices (a
+ * `NATTER_NULL_ARGUMENT` (`out_len` NULL, or `out` NULL with `cap` > 0),
+ * `NATTER_INVALID_ARGUMENT` (`cap` more than any buffer can hold, `out` not aligned). No devices (a
  * container, no sound card) is `NATTER_OK` with 0. Safe to call from any thread.
  *
  * # Safety
@@ -1911,8 +1918,9 @@ uint32_t natter_audio_frame_samples(void);
  *
  * Returns `NATTER_NO_AUDIO` when the call is not connected (yet, or any more) or the client
  * uses the devices, `NATTER_UNKNOWN_CALL` for an unknown call, `NATTER_NULL_ARGUMENT` when
- * `client` is NULL or `samples` is NULL with `count > 0`, `NATTER_INVALID_HANDLE` when
- * `client` is not live. Safe to call from any thread.
+ * `client` is NULL or `samples` is NULL with `count > 0`, `NATTER_INVALID_ARGUMENT` when
+ * `count` is more than any buffer can hold (over `PTRDIFF_MAX` bytes) or `samples` is not
+ * aligned, `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread.
  *
  * # Safety
  * `samples` must be NULL or point to `count` readable `int16_t`.
@@ -1932,7 +1940,9 @@ NatterResult natter_call_push_audio(NatterClient *client,
  * Returns `NATTER_NO_AUDIO` when the call is not connected (yet, or any more) or the client
  * uses the devices (`out` is then untouched), `NATTER_UNKNOWN_CALL` for an unknown call,
  * `NATTER_NULL_ARGUMENT` when `client` is NULL or `out` is NULL with `count > 0`,
- * `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread.
+ * `NATTER_INVALID_ARGUMENT` when `count` is more than any buffer can hold (over
+ * `PTRDIFF_MAX` bytes) or `out` is not aligned, `NATTER_INVALID_HANDLE` when `client` is not
+ * live. Safe to call from any thread.
  *
  * # Safety
  * `out` must be NULL or valid for `count` writes of `int16_t`; `out_received` must be NULL

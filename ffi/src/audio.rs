@@ -62,8 +62,9 @@ pub extern "C" fn natter_audio_frame_samples() -> u32 {
 ///
 /// Returns `NATTER_NO_AUDIO` when the call is not connected (yet, or any more) or the client
 /// uses the devices, `NATTER_UNKNOWN_CALL` for an unknown call, `NATTER_NULL_ARGUMENT` when
-/// `client` is NULL or `samples` is NULL with `count > 0`, `NATTER_INVALID_HANDLE` when
-/// `client` is not live. Safe to call from any thread.
+/// `client` is NULL or `samples` is NULL with `count > 0`, `NATTER_INVALID_ARGUMENT` when
+/// `count` is more than any buffer can hold (over `PTRDIFF_MAX` bytes) or `samples` is not
+/// aligned, `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread.
 ///
 /// # Safety
 /// `samples` must be NULL or point to `count` readable `int16_t`.
@@ -91,7 +92,9 @@ pub unsafe extern "C" fn natter_call_push_audio(
 /// Returns `NATTER_NO_AUDIO` when the call is not connected (yet, or any more) or the client
 /// uses the devices (`out` is then untouched), `NATTER_UNKNOWN_CALL` for an unknown call,
 /// `NATTER_NULL_ARGUMENT` when `client` is NULL or `out` is NULL with `count > 0`,
-/// `NATTER_INVALID_HANDLE` when `client` is not live. Safe to call from any thread.
+/// `NATTER_INVALID_ARGUMENT` when `count` is more than any buffer can hold (over
+/// `PTRDIFF_MAX` bytes) or `out` is not aligned, `NATTER_INVALID_HANDLE` when `client` is not
+/// live. Safe to call from any thread.
 ///
 /// # Safety
 /// `out` must be NULL or valid for `count` writes of `int16_t`; `out_received` must be NULL

@@ -367,7 +367,13 @@ pub unsafe extern "C" fn natter_call_set_microphone(
     unsafe { set_device(client, call, device, true) }
 }
 
-/// Switch call `call`'s speaker: as `natter_call_set_microphone`.
+/// Switch call `call`'s speaker to the device `device`: as `natter_call_set_microphone`.
+///
+/// Returns `NATTER_NOT_DEVICE_AUDIO` when the call's audio does not go to a device,
+/// `NATTER_AUDIO_DEVICE_FAILED` when the device cannot be opened (the call keeps the one it
+/// had), `NATTER_WRONG_CALL_STATE` when the call ended, `NATTER_UNKNOWN_CALL`,
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
 ///
 /// # Safety
 /// `device` must be NULL or a NUL-terminated string.
@@ -450,7 +456,8 @@ fn fixed<const N: usize>(text: &str, whole: bool) -> [c_char; N] {
 ///
 /// Returns `NATTER_BUFFER_TOO_SMALL` when `cap` entries are not enough (`*out_len` says how
 /// many; call again), `NATTER_IO_ERROR` when the audio system cannot be asked,
-/// `NATTER_NULL_ARGUMENT` (`out_len` NULL, or `out` NULL with `cap` > 0). No devices (a
+/// `NATTER_NULL_ARGUMENT` (`out_len` NULL, or `out` NULL with `cap` > 0),
+/// `NATTER_INVALID_ARGUMENT` (`cap` more than any buffer can hold, `out` not aligned). No devices (a
 /// container, no sound card) is `NATTER_OK` with 0. Safe to call from any thread.
 ///
 /// # Safety

@@ -73,3 +73,94 @@ fn header_compiles_as_c_and_cpp() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each `EXPECT(natter_f(...), NATTER_R)` of the C tests, as (f, R).
+fn expectations(source: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(i) = rest.find("EXPECT(") {
+        rest = &rest[i + "EXPECT(".len()..];
+        // The two top-level arguments, up to the closing parenthesis.
+        let (mut depth, mut in_string, mut escaped, mut comma, mut end) =
+            (0, false, false, None, None);
+        for (j, ch) in rest.char_indices() {
+            if in_string {
+                match (escaped, ch) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match ch {
+                '"' => in_string = true,
+                '(' => depth += 1,
+                ')' if depth == 0 => {
+                    end = Some(j);
+                    break;
+                }
+                ')' => depth -= 1,
+                ',' if depth == 0 => comma = Some(j),
+                _ => {}
+            }
+        }
+        let (Some(comma), Some(end)) = (comma, end) else {
+            continue;
+        };
+        let call = rest[..comma].trim();
+        let want = rest[comma + 1..end].trim();
+        if let (Some(f), true) = (
+            call.strip_prefix("natter_")
+                .and_then(|c| c.split('(').next()),
+            want.starts_with("NATTER_") && want != "NATTER_OK",
+        ) {
+            out.push((format!("natter_{f}"), want.to_string()));
+        }
+    }
+    out
+}
+
+/// The documentation comment natter.h gives function `f`.
+fn doc_of<'a>(header: &'a str, f: &str) -> Option<&'a str> {
+    let decl = header
+        .match_indices(&format!(" {f}("))
+        .chain(header.match_indices(&format!("*{f}(")))
+        .map(|(i, _)| i)
+        .next()?;
+    let before = &header[..decl];
+    let start = before.rfind("/**")?;
+    Some(&before[start..])
+}
+
+/// Every result the C tests see a function return is in that function's documented list
+/// (issue 16: `SIZE_MAX` counts and `encoder_complexity` 999 gave results the header did not
+/// list). Generic results every function may give are documented once at the top.
+#[test]
+fn every_result_a_function_returns_is_documented() {
+    let header = std::fs::read_to_string(root().join("include/natter.h")).unwrap();
+    let everywhere = ["NATTER_PANIC"];
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root().join("ffi/tests/c")).unwrap() {
+        let path = entry.unwrap().path();
+        let source = std::fs::read_to_string(&path).unwrap();
+        for (f, want) in expectations(&source) {
+            let Some(doc) = doc_of(&header, &f) else {
+                continue;
+            };
+            checked += 1;
+            if !everywhere.contains(&want.as_str()) && !doc.contains(&want) {
+                missing.push(format!("{f} returns {want} ({})", path.display()));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(checked > 80, "only {checked} expectations found");
+    assert!(
+        missing.is_empty(),
+        "results missing from the functions' documentation:\n{}",
+        missing.join("\n")
+    );
+}

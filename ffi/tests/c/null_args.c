@@ -225,6 +225,8 @@ int main(int argc, char **argv) {
     o.audio = 5;
     EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
     o.audio = NATTER_AUDIO_APP;
+    o.encoder_complexity = 999;
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
     o.encoder_complexity = 11;
     EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
     o.encoder_complexity = 0;
@@ -340,6 +342,16 @@ int main(int argc, char **argv) {
     EXPECT(natter_call_pull_audio(c, 1, NULL, 320, &len), NATTER_NULL_ARGUMENT);
     EXPECT(natter_call_push_audio(c, 1, NULL, 0), NATTER_UNKNOWN_CALL); /* empty is fine */
     EXPECT(natter_call_pull_audio(c, 1, pcm, 320, NULL), NATTER_UNKNOWN_CALL);
+    /* Counts no buffer can have (issue 16: these results were missing from the docs). */
+    EXPECT(natter_call_push_audio(c, 1, pcm, SIZE_MAX), NATTER_INVALID_ARGUMENT);
+    EXPECT(natter_call_pull_audio(c, 1, pcm, SIZE_MAX, &len), NATTER_INVALID_ARGUMENT);
+    {
+        NatterAccountDevice many[1];
+        size_t got = 0;
+        EXPECT(natter_client_devices(c, many, SIZE_MAX, &got), NATTER_INVALID_ARGUMENT);
+        NatterAudioDevice audio_many[1];
+        EXPECT(natter_audio_devices(audio_many, SIZE_MAX, &got), NATTER_INVALID_ARGUMENT);
+    }
 
     /* A live client in the wrong state. */
     st.version = NATTER_NODE_STATE_VERSION;
