@@ -5,8 +5,8 @@
  *
  *     NatterOptions o;
  *     natter_options_default(&o, NATTER_OPTIONS_VERSION);
- *     o.network_file = "network.toml";      // from the login server
- *     o.data_dir = "natter-data";           // this device's keys and certificate
+ *     o.network_file = "network.toml";      // from the login server (or network_toml)
+ *     o.data_dir = "natter-data";           // keys and certificate (or NULL and credentials)
  *     NatterClient *c;
  *     if (natter_client_new(&o, &c) != NATTER_OK) ...
  *     natter_client_login(c, "alice", "alice's password");   // blocking
@@ -19,13 +19,19 @@
  * THREADING. Every function may be called from any thread, at any time, concurrently with
  * any other, on the same client or different ones. A client runs threads of its own:
  * "natter-<address>" (sockets and the protocol), "natter-node" (events, certificate renewal),
- * one "natter-media" per connected call (codec, jitter buffer) and, once a callback is set,
- * "natter-callback", the only thread the event callback runs on (one event at a time, in
- * order). Log lines go to natter_set_log_callback's callback, from any of these threads;
- * nothing is printed unless NATTER_LOG is set in the environment. Functions that block say so: natter_client_register and natter_client_login (a
- * login-server exchange, up to 15 s), natter_client_stop and natter_client_free (joining
- * threads, usually well under a second), natter_client_wait_event (up to its timeout). The
- * others return within milliseconds.
+ * one "natter-media" per connected call (codec, jitter buffer), one "natter-request" per
+ * background login or registration, "natter-audio-watch" with NATTER_AUDIO_DEVICES while
+ * started, and, once a callback is set, "natter-callback", the only thread the event
+ * callback runs on (one event at a time, in order). Log lines go to the callback of
+ * natter_set_log_callback, on its "natter-log" thread; ALSA's messages go there too (Natter
+ * installs ALSA's process-wide error handler at the first client or device listing: an
+ * application with its own sets it again afterwards). Nothing is printed unless NATTER_LOG
+ * is set in the environment. Functions that block say so: natter_client_register and
+ * natter_client_login (a login-server exchange, up to 15 s; natter_client_login_begin and
+ * natter_client_register_begin do not block), natter_client_stop and natter_client_free
+ * (joining threads, usually well under a second), natter_client_wait_event (up to its
+ * timeout), natter_call_set_microphone and natter_call_set_speaker (opening a device, up
+ * to 3 s). The others return within milliseconds.
  *
  * RESULTS. Fallible functions return a NatterResult; natter_result_message() renders any
  * value, and natter_last_error_message() / natter_last_error_detail() tell why the last call
@@ -1321,26 +1327,28 @@ NatterResult natter_options_default(NatterOptions *out, uint32_t version);
 
 /**
  * Create a client from `options` and write its handle to `*out_client`. Nothing touches the
- * network yet: this reads the network file and creates the data directory. Then register
- * (once per account), log in, and start.
+ * network yet: this reads the network file (or its contents) and creates the data directory
+ * (none from options version 3 with `data_dir` NULL: nothing is written to disk). Then
+ * register (once per account), log in, and start.
  *
- * The client is owned by the caller: free it with `natter_client_free`. `options` and its
- * strings are copied and may be freed when this returns.
+ * The client is owned by the caller: free it with `natter_client_free`. `options`, its
+ * strings and its credentials bytes are copied and may be freed when this returns.
  *
- * Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string (the data
- * directory; the network file or its contents) or `out_client` is NULL,
- * `NATTER_UNSUPPORTED_VERSION` for an unknown `options->version`, `NATTER_INVALID_ARGUMENT`
- * for a malformed `listen` address, an unknown role or audio mode, a super-node role with
- * port 0, an encoder complexity above 10, or both `network_file` and `network_toml`,
- * `NATTER_INVALID_UTF8` for a string that is not UTF-8, `NATTER_IO_ERROR` when the network
- * file cannot be read or parsed (its contents too) or the data directory created
- * (`natter_last_error_message` says which and why).
+ * Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string (the network file
+ * or its contents; the data directory before options version 3) or `out_client` is NULL, or
+ * `credentials` is NULL with a length, `NATTER_UNSUPPORTED_VERSION` for an unknown
+ * `options->version`, `NATTER_INVALID_ARGUMENT` for a malformed `listen` address, an unknown
+ * role or audio mode, a super-node role with port 0, an encoder complexity above 10, both
+ * `network_file` and `network_toml`, or `credentials` bytes that are not credentials (none
+ * at all included), `NATTER_INVALID_UTF8` for a string that is not UTF-8, `NATTER_IO_ERROR`
+ * when the network file cannot be read or parsed (its contents too) or the data directory
+ * created (`natter_last_error_message` says which and why).
  * `*out_client` is written only on success. Safe to call from any thread.
  *
  * # Safety
  * `options` must be NULL or point to a `NatterOptions` of the version its `version` field
- * states, whose strings are NULL or NUL-terminated; `out_client` must be NULL or valid for
- * one write.
+ * states, whose strings are NULL or NUL-terminated and whose `credentials` are NULL or
+ * `credentials_len` readable bytes; `out_client` must be NULL or valid for one write.
  */
 NatterResult natter_client_new(const NatterOptions *options, NatterClient **out_client);
 
@@ -1703,6 +1711,24 @@ NatterResult natter_client_wait_event(NatterClient *client,
                                       NatterEvent **out_event);
 
 /**
+ * The typed specifics of a failed background request's `result`
+ * (`NATTER_EVENT_LOGIN_FINISHED`, `NATTER_EVENT_REGISTER_FINISHED`), as
+ * `natter_last_error_detail` gives them for a failed call: the wait of `NATTER_THROTTLED`,
+ * the version `NATTER_UPGRADE_REQUIRED` needs, the `errno` behind `NATTER_LOGIN_UNREACHABLE`
+ * or `NATTER_IO_ERROR`. For other events `result` is `NATTER_OK` and the rest is empty. Set
+ * `out->version` to `NATTER_ERROR_DETAIL_VERSION` first. `event` is as for
+ * `natter_event_search_device`.
+ *
+ * Returns `NATTER_NULL_ARGUMENT` (`event` or `out` NULL), `NATTER_INVALID_HANDLE` (not such
+ * an event), `NATTER_UNSUPPORTED_VERSION` (nothing written). Safe to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or point to a writable `NatterErrorDetail` whose `version` field is
+ * set.
+ */
+NatterResult natter_event_error_detail(const NatterEvent *event, NatterErrorDetail *out);
+
+/**
  * Copy device `index` (0 to `event->devices - 1`) of a `NATTER_EVENT_SEARCH_RESULT` into
  * `*out`. `event` is an event from `natter_client_next_event` or `natter_client_wait_event`
  * not freed yet, or the one the event callback is running with (from within the callback).
@@ -1973,11 +1999,6 @@ NatterResult natter_call_pull_audio(NatterClient *client,
 NatterResult natter_set_log_callback(NatterLogCallback callback,
                                      void *user_data,
                                      uint32_t max_level);
-
-/**
- * src/alsa_log.c: route ALSA's error messages to `sink`.
- */
-extern void natter_internal_alsa_quiet(void (*sink)(const char *line));
 
 #ifdef __cplusplus
 }  // extern "C"

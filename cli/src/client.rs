@@ -49,6 +49,9 @@ pub struct ClientArgs {
     /// (unless --audio-out). Without a device this is what happens anyway.
     #[arg(long)]
     no_devices: bool,
+    /// Report audio devices plugged in and out while running (`audio_devices_changed`).
+    #[arg(long)]
+    watch_audio_devices: bool,
     /// Be driven by a program: one JSON command per line on standard input, one JSON event
     /// per line on standard output (see docs/json-api.md); logs stay on standard error.
     #[arg(long)]
@@ -103,9 +106,9 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
     }
     let mut audio_cfg = AudioConfig::default();
     audio_cfg.tone_without_microphone = true;
-    // A client that plays and records through the devices reports when they change.
-    audio_cfg.watch_devices =
-        !args.no_devices && args.audio_in.is_none() && args.audio_out.is_none();
+    // Report audio devices plugged in and out (lists them every 3 s; where there is no sound
+    // card ALSA complains on standard error at each listing, hence a flag).
+    audio_cfg.watch_devices = args.watch_audio_devices;
     let node = match Running::start(&args.node, Some((Role::Client, audio_cfg))) {
         Ok(n) => n,
         Err(e) => {
@@ -871,6 +874,8 @@ fn event_json(e: &Event) -> Option<serde_json::Value> {
                    "devices": devices, "hops": outcome.hops,
                    "ms": outcome.took.as_secs_f64() * 1000.0})
         }
+        Event::CertificateRenewed => json!({"event": "certificate_renewed"}),
+        Event::LoginRequired => json!({"event": "login_required"}),
         _ => return None,
     })
 }

@@ -585,7 +585,9 @@ fn keychain_step(network: &Network, dir: &Path, bob: &Client) -> Result<String, 
         .map_err(|e| e.to_string())?;
     let finished = |client: &Client, want: natter::RequestId| loop {
         match client.events().recv_timeout(Duration::from_secs(20)) {
-            Ok(Event::LoginFinished { request, result }) if request == want => break Ok(result),
+            Ok(Event::LoginFinished {
+                request, result, ..
+            }) if request == want => break Ok(result),
             Ok(_) => {}
             Err(e) => break Err(format!("no answer: {e}")),
         }

@@ -25,7 +25,7 @@ use natter_media::audio::pcm::{capture_channel, playback_channel, CapturePusher,
 use natter_media::audio::synth::{Silence, Tone};
 use natter_media::audio::wav::{WavSink, WavSource};
 use natter_media::audio::{AudioSink, AudioSource, SourceRead};
-use natter_media::call::{CallAudio, CallAudioConfig, FrameSender};
+use natter_media::call::{CallAudio, CallAudioConfig, FrameSender, MediaTask};
 
 use crate::events::AudioError;
 
@@ -218,60 +218,38 @@ pub fn audio_devices() -> Result<Vec<AudioDevice>, AudioError> {
         .collect())
 }
 
-/// Switch a running call's microphone (`input`) or speaker to the device `name` (`None`: the
-/// configured or default one) on its media thread; the old device is closed once the new one
-/// is open, and stays when the new one cannot be opened. Waits for the outcome (opening a
-/// device takes up to 3 s).
-pub(crate) fn switch_device(
-    media: &CallAudio,
+/// Open the microphone (`input`) or speaker `name` (`None`: the configured or default one)
+/// for a running call, and the task that swaps it in on the call's media thread before its
+/// next frame (closing the old one there), with a receiver told when that happened (or
+/// disconnected when the media stopped first). Opening happens on the caller's thread, so
+/// the call's audio goes on meanwhile; when it fails the call keeps its device.
+pub(crate) fn prepare_switch(
     input: bool,
-    name: Option<String>,
+    name: Option<&str>,
     cfg: &AudioConfig,
     muted: Arc<AtomicBool>,
-) -> std::sync::mpsc::Receiver<Result<String, String>> {
+) -> Result<(MediaTask, std::sync::mpsc::Receiver<()>), String> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let name = name.or_else(|| {
-        if input {
-            cfg.input_device.clone()
-        } else {
-            cfg.output_device.clone()
-        }
-    });
-    media.on_media_thread(Box::new(move |source, sink| {
-        let rate = SAMPLE_RATE;
-        if input {
-            match natter_media::audio::device::CaptureDevice::open(name.as_deref(), rate) {
-                Ok(d) => {
-                    let opened = d.name().to_string();
-                    *source = Box::new(Muted {
-                        inner: Box::new(d),
-                        muted,
-                    });
-                    let _ = tx.send(Ok(opened));
-                    true
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    false
-                }
-            }
-        } else {
-            match natter_media::audio::device::PlaybackDevice::open(name.as_deref(), rate) {
-                Ok(d) => {
-                    let opened = d.name().to_string();
-                    let mut old = std::mem::replace(sink, Box::new(d));
-                    let _ = old.finish();
-                    let _ = tx.send(Ok(opened));
-                    false
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    false
-                }
-            }
-        }
-    }));
-    rx
+    let task: MediaTask = if input {
+        let d = open_microphone(name, cfg, SAMPLE_RATE).map_err(|e| e.to_string())?;
+        Box::new(move |source, _| {
+            *source = Box::new(Muted {
+                inner: Box::new(d),
+                muted,
+            });
+            let _ = tx.send(());
+            true
+        })
+    } else {
+        let d = open_speaker(name, cfg, SAMPLE_RATE).map_err(|e| e.to_string())?;
+        Box::new(move |_, sink| {
+            let mut old = std::mem::replace(sink, Box::new(d));
+            let _ = old.finish();
+            let _ = tx.send(());
+            false
+        })
+    };
+    Ok((task, rx))
 }
 
 /// How often [`DeviceWatch`] looks at the devices.
@@ -385,6 +363,30 @@ fn tone(rate: u32) -> Box<dyn AudioSource + Send> {
     Box::new(Tone::new(rate, 440.0, 0.25))
 }
 
+/// The microphone `name` (else the configured one, else the system's default).
+fn open_microphone(
+    name: Option<&str>,
+    cfg: &AudioConfig,
+    rate: u32,
+) -> Result<natter_media::audio::device::CaptureDevice, natter_media::audio::AudioError> {
+    let name = name.or(cfg.input_device.as_deref());
+    let d = natter_media::audio::device::CaptureDevice::open(name, rate)?;
+    tracing::info!(device = d.name(), "audio in");
+    Ok(d)
+}
+
+/// The speaker `name` (else the configured one, else the system's default).
+fn open_speaker(
+    name: Option<&str>,
+    cfg: &AudioConfig,
+    rate: u32,
+) -> Result<natter_media::audio::device::PlaybackDevice, natter_media::audio::AudioError> {
+    let name = name.or(cfg.output_device.as_deref());
+    let d = natter_media::audio::device::PlaybackDevice::open(name, rate)?;
+    tracing::info!(device = d.name(), "audio out");
+    Ok(d)
+}
+
 fn open_input(
     input: &AudioInput,
     cfg: &AudioConfig,
@@ -393,30 +395,24 @@ fn open_input(
     errors: &mut Vec<AudioError>,
 ) -> Box<dyn AudioSource + Send> {
     match input {
-        AudioInput::Device(name) => {
-            let name = name.as_deref().or(cfg.input_device.as_deref());
-            match natter_media::audio::device::CaptureDevice::open(name, rate) {
-                Ok(d) => {
-                    tracing::info!(device = d.name(), "audio in");
-                    Box::new(d)
-                }
-                Err(e) => {
-                    let (src, instead) = if cfg.tone_without_microphone {
-                        (tone(rate), "a 440 Hz test tone")
-                    } else {
-                        (
-                            Box::new(Silence::new(rate)) as Box<dyn AudioSource + Send>,
-                            "silence",
-                        )
-                    };
-                    errors.push(AudioError::Microphone {
-                        reason: e.to_string(),
-                        instead,
-                    });
-                    src
-                }
+        AudioInput::Device(name) => match open_microphone(name.as_deref(), cfg, rate) {
+            Ok(d) => Box::new(d),
+            Err(e) => {
+                let (src, instead) = if cfg.tone_without_microphone {
+                    (tone(rate), "a 440 Hz test tone")
+                } else {
+                    (
+                        Box::new(Silence::new(rate)) as Box<dyn AudioSource + Send>,
+                        "silence",
+                    )
+                };
+                errors.push(AudioError::Microphone {
+                    reason: e.to_string(),
+                    instead,
+                });
+                src
             }
-        }
+        },
         AudioInput::Wav(path) => match WavSource::open(path) {
             Ok(w) => Box::new(w),
             Err(e) => {
@@ -445,21 +441,15 @@ fn open_output(
     errors: &mut Vec<AudioError>,
 ) -> Box<dyn AudioSink + Send> {
     match output {
-        AudioOutput::Device(name) => {
-            let name = name.as_deref().or(cfg.output_device.as_deref());
-            match natter_media::audio::device::PlaybackDevice::open(name, rate) {
-                Ok(d) => {
-                    tracing::info!(device = d.name(), "audio out");
-                    Box::new(d)
-                }
-                Err(e) => {
-                    errors.push(AudioError::Speaker {
-                        reason: e.to_string(),
-                    });
-                    Box::new(Discard(rate))
-                }
+        AudioOutput::Device(name) => match open_speaker(name.as_deref(), cfg, rate) {
+            Ok(d) => Box::new(d),
+            Err(e) => {
+                errors.push(AudioError::Speaker {
+                    reason: e.to_string(),
+                });
+                Box::new(Discard(rate))
             }
-        }
+        },
         AudioOutput::Wav(path) => match WavSink::create(path, rate) {
             Ok(w) => Box::new(w),
             Err(e) => {

@@ -78,6 +78,28 @@ impl PartialEq for Call {
 
 impl Eq for Call {}
 
+/// The device name a call's audio uses for its microphone (`input`) or speaker, when it uses
+/// a device.
+fn device_choice(audio: &mut Audio, input: bool) -> Option<&mut Option<String>> {
+    match (input, audio) {
+        (
+            true,
+            Audio {
+                input: crate::AudioInput::Device(d),
+                ..
+            },
+        )
+        | (
+            false,
+            Audio {
+                output: crate::AudioOutput::Device(d),
+                ..
+            },
+        ) => Some(d),
+        _ => None,
+    }
+}
+
 /// A command on a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -182,7 +204,9 @@ impl Call {
     /// Switch the call's microphone to the device `name` (an [`AudioDevice`](crate::AudioDevice)'s
     /// id or name; `None`: the configured or the system's default one), at once while it is
     /// connected (the old device is closed once the new one is open), else for when it
-    /// connects. Blocks while the device opens (typically milliseconds, at most 3 s).
+    /// connects (for an incoming call, the [`Audio`] given to [`Call::answer`] replaces the
+    /// choice). Blocks while the device opens (typically milliseconds, at most 3 s); the
+    /// call's audio goes on meanwhile.
     ///
     /// # Errors
     /// [`CallError::NotDeviceAudio`] when the call's audio does not come from a device,
@@ -202,76 +226,42 @@ impl Call {
 
     fn set_device(&self, input: bool, name: Option<&str>) -> Result<(), CallError> {
         let shared = self.shared().ok_or(CallError::UnknownCall)?;
-        let reply = {
+        // Checked first, then the device is opened without holding the call table (the
+        // node's thread takes it for every media frame).
+        let muted = {
             let mut t = lock(&shared.calls);
             let c = t.get_mut(self.id).ok_or(CallError::UnknownCall)?;
             if !c.is_live() {
                 return Err(CallError::WrongState);
             }
-            let chosen = name.map(str::to_string);
-            let previous = match (input, &mut c.audio) {
-                (
-                    true,
-                    Audio {
-                        input: crate::AudioInput::Device(d),
-                        ..
-                    },
-                )
-                | (
-                    false,
-                    Audio {
-                        output: crate::AudioOutput::Device(d),
-                        ..
-                    },
-                ) => std::mem::replace(d, chosen.clone()),
-                _ => return Err(CallError::NotDeviceAudio),
-            };
-            let rx = match &c.media {
-                Some(media) => audio::switch_device(
-                    media,
-                    input,
-                    chosen,
-                    &shared.settings.audio,
-                    c.muted.clone(),
-                ),
-                // Not connected yet: the media starts with the new choice.
-                None => return Ok(()),
-            };
-            (rx, previous)
+            device_choice(&mut c.audio, input).ok_or(CallError::NotDeviceAudio)?;
+            c.muted.clone()
         };
-        let (reply, previous) = reply;
-        match reply.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(opened)) => {
-                tracing::info!(device = %opened, input, "audio device switched");
-                Ok(())
+        let (task, swapped) = audio::prepare_switch(input, name, &shared.settings.audio, muted)
+            .map_err(CallError::Device)?;
+        {
+            let mut t = lock(&shared.calls);
+            let c = t.get_mut(self.id).ok_or(CallError::UnknownCall)?;
+            if !c.is_live() {
+                return Err(CallError::WrongState);
             }
-            Ok(Err(why)) => {
-                // The call keeps the device it had.
-                if let Some(c) = lock(&shared.calls).get_mut(self.id) {
-                    match (input, &mut c.audio) {
-                        (
-                            true,
-                            Audio {
-                                input: crate::AudioInput::Device(d),
-                                ..
-                            },
-                        )
-                        | (
-                            false,
-                            Audio {
-                                output: crate::AudioOutput::Device(d),
-                                ..
-                            },
-                        ) => {
-                            *d = previous;
-                        }
-                        _ => {}
-                    }
-                }
-                Err(CallError::Device(why))
+            if let Some(choice) = device_choice(&mut c.audio, input) {
+                *choice = name.map(str::to_string);
             }
-            // The media stopped (the call ended) before it could switch.
-            Err(_) => Err(CallError::WrongState),
+            match &c.media {
+                Some(media) => media.on_media_thread(task),
+                // Not connected yet: the media starts with the new choice (the device just
+                // opened only proved it can be).
+                None => return Ok(()),
+            }
+        }
+        match swapped.recv_timeout(Duration::from_secs(2)) {
+            Ok(()) => Ok(()),
+            // The media stopped (the call ended) before its next frame.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(CallError::WrongState),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(CallError::Device(
+                "the call's media did not take the device within 2 s".into(),
+            )),
         }
     }
 

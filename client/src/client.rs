@@ -657,9 +657,12 @@ impl Client {
                 result: Err(Arc::new(RegisterError::Cancelled)),
             }),
         )
-        .map_err(|source| RegisterError::Io {
-            path: self.shared.store.location(),
-            source,
+        .map_err(|source| match lock(&self.shared.state).closed {
+            true => RegisterError::Closed,
+            false => RegisterError::Io {
+                path: self.shared.store.location(),
+                source,
+            },
         })
     }
 
@@ -697,6 +700,7 @@ impl Client {
         })?;
         self.shared.check_login_target(&name)?;
         let (user, password) = (user.to_string(), password.map(str::to_string));
+        let cancelled_user = user.clone();
         self.in_background(
             move |shared, budget| {
                 let exchanged = shared.login_exchange(&user, password.as_deref(), budget);
@@ -704,19 +708,25 @@ impl Client {
                 // Run only if not cancelled meanwhile: a cancelled login logs nobody in.
                 Box::new(move |request| Event::LoginFinished {
                     request,
+                    user,
                     result: exchanged
                         .and_then(|li| shared.login_commit(li))
+                        .map(Box::new)
                         .map_err(Arc::new),
                 })
             },
-            Box::new(|request| Event::LoginFinished {
+            Box::new(move |request| Event::LoginFinished {
                 request,
+                user: cancelled_user,
                 result: Err(Arc::new(LoginError::Cancelled)),
             }),
         )
-        .map_err(|source| LoginError::Io {
-            path: self.shared.store.location(),
-            source,
+        .map_err(|source| match lock(&self.shared.state).closed {
+            true => LoginError::Closed,
+            false => LoginError::Io {
+                path: self.shared.store.location(),
+                source,
+            },
         })
     }
 
@@ -731,6 +741,9 @@ impl Client {
         let cancel = Arc::new(AtomicBool::new(false));
         let id = {
             let mut r = lock(&self.shared.requests);
+            if lock(&self.shared.state).closed {
+                return Err(std::io::Error::other("the client is closed"));
+            }
             r.next += 1;
             let id = r.next;
             r.running.insert(id, (Arc::clone(&cancel), on_cancel));
@@ -744,12 +757,19 @@ impl Client {
                     timeout: LOGIN_TIMEOUT,
                     cancel: Some(cancel),
                 };
-                let finish = work(&shared, budget);
+                let worked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    work(&shared, budget)
+                }));
                 let mut requests = lock(&shared.requests);
-                if requests.running.remove(&id).is_some() {
-                    let event = finish(RequestId(id));
-                    shared.events.push(event);
-                }
+                let Some((_, on_cancel)) = requests.running.remove(&id) else {
+                    return;
+                };
+                let event = match worked {
+                    Ok(finish) => finish(RequestId(id)),
+                    // Still exactly one event (a bug, logged by the panic hook).
+                    Err(_) => on_cancel(RequestId(id)),
+                };
+                shared.events.push(event);
             });
         let mut requests = lock(&self.shared.requests);
         match spawned {
@@ -1034,10 +1054,12 @@ impl Client {
     /// `Disconnected`; later operations fail with `Closed` (or `NotStarted`). Dropping the
     /// client does this too; `close` is for a client shared between threads.
     pub fn close(&self) {
-        // Background requests end without an event (the queue closes), within ~20 ms (up to
-        // 250 ms while connecting).
+        // Background requests end without an event (the queue closes), within ~20 ms (unless
+        // resolving the login server's host name). Closed under the request lock, so no
+        // request can start after the drain.
         let threads = {
             let mut requests = lock(&self.shared.requests);
+            lock(&self.shared.state).closed = true;
             for (_, (flag, _)) in requests.running.drain() {
                 flag.store(true, Ordering::SeqCst);
             }

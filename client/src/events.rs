@@ -87,8 +87,10 @@ pub enum Event {
     LoginFinished {
         /// Which request.
         request: RequestId,
-        /// What it gave.
-        result: Result<LoginInfo, Arc<LoginError>>,
+        /// The user name asked for.
+        user: String,
+        /// What it gave (boxed: events stay small).
+        result: Result<Box<LoginInfo>, Arc<LoginError>>,
     },
     /// A registration started with [`Client::begin_register`](crate::Client::begin_register)
     /// ended: what [`Client::register`](crate::Client::register) would have returned.
@@ -334,7 +336,11 @@ impl fmt::Display for Event {
             Event::LoginFinished {
                 result: Ok(info), ..
             } => write!(f, "logged in as {} on device {}", info.user, info.device),
-            Event::LoginFinished { result: Err(e), .. } => write!(f, "login failed: {e}"),
+            Event::LoginFinished {
+                user,
+                result: Err(e),
+                ..
+            } => write!(f, "logging {user} in failed: {e}"),
             Event::RegisterFinished {
                 user,
                 result: Ok(()),

@@ -391,7 +391,9 @@ fn background_requests_answer_by_event_and_cancel_at_once() {
     let wrong = c.begin_login("frank", Some("not his password")).unwrap();
     assert_ne!(wrong, r);
     match finished(&c) {
-        Event::LoginFinished { request, result } => {
+        Event::LoginFinished {
+            request, result, ..
+        } => {
             assert_eq!(request, wrong);
             assert!(matches!(*result.unwrap_err(), LoginError::WrongPassword));
         }
@@ -400,7 +402,9 @@ fn background_requests_answer_by_event_and_cancel_at_once() {
     assert!(c.state().user.is_none());
     let right = c.begin_login("frank", Some(PASSWORD)).unwrap();
     let info = match finished(&c) {
-        Event::LoginFinished { request, result } => {
+        Event::LoginFinished {
+            request, result, ..
+        } => {
             assert_eq!(request, right);
             result.unwrap()
         }
@@ -447,7 +451,9 @@ fn background_requests_answer_by_event_and_cancel_at_once() {
     assert!(s.cancel_request(login));
     assert!(!s.cancel_request(login));
     match finished(&s) {
-        Event::LoginFinished { request, result } => {
+        Event::LoginFinished {
+            request, result, ..
+        } => {
             assert_eq!(request, login);
             assert!(matches!(*result.unwrap_err(), LoginError::Cancelled));
         }

@@ -324,26 +324,28 @@ pub struct NatterNodeState {
 }
 
 /// Create a client from `options` and write its handle to `*out_client`. Nothing touches the
-/// network yet: this reads the network file and creates the data directory. Then register
-/// (once per account), log in, and start.
+/// network yet: this reads the network file (or its contents) and creates the data directory
+/// (none from options version 3 with `data_dir` NULL: nothing is written to disk). Then
+/// register (once per account), log in, and start.
 ///
-/// The client is owned by the caller: free it with `natter_client_free`. `options` and its
-/// strings are copied and may be freed when this returns.
+/// The client is owned by the caller: free it with `natter_client_free`. `options`, its
+/// strings and its credentials bytes are copied and may be freed when this returns.
 ///
-/// Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string (the data
-/// directory; the network file or its contents) or `out_client` is NULL,
-/// `NATTER_UNSUPPORTED_VERSION` for an unknown `options->version`, `NATTER_INVALID_ARGUMENT`
-/// for a malformed `listen` address, an unknown role or audio mode, a super-node role with
-/// port 0, an encoder complexity above 10, or both `network_file` and `network_toml`,
-/// `NATTER_INVALID_UTF8` for a string that is not UTF-8, `NATTER_IO_ERROR` when the network
-/// file cannot be read or parsed (its contents too) or the data directory created
-/// (`natter_last_error_message` says which and why).
+/// Returns `NATTER_NULL_ARGUMENT` when `options`, a required option string (the network file
+/// or its contents; the data directory before options version 3) or `out_client` is NULL, or
+/// `credentials` is NULL with a length, `NATTER_UNSUPPORTED_VERSION` for an unknown
+/// `options->version`, `NATTER_INVALID_ARGUMENT` for a malformed `listen` address, an unknown
+/// role or audio mode, a super-node role with port 0, an encoder complexity above 10, both
+/// `network_file` and `network_toml`, or `credentials` bytes that are not credentials (none
+/// at all included), `NATTER_INVALID_UTF8` for a string that is not UTF-8, `NATTER_IO_ERROR`
+/// when the network file cannot be read or parsed (its contents too) or the data directory
+/// created (`natter_last_error_message` says which and why).
 /// `*out_client` is written only on success. Safe to call from any thread.
 ///
 /// # Safety
 /// `options` must be NULL or point to a `NatterOptions` of the version its `version` field
-/// states, whose strings are NULL or NUL-terminated; `out_client` must be NULL or valid for
-/// one write.
+/// states, whose strings are NULL or NUL-terminated and whose `credentials` are NULL or
+/// `credentials_len` readable bytes; `out_client` must be NULL or valid for one write.
 #[no_mangle]
 pub unsafe extern "C" fn natter_client_new(
     options: *const NatterOptions,

@@ -199,6 +199,8 @@ pub(crate) struct Event {
     pub found: Vec<NatterSearchDevice>,
     pub request: u64,
     pub result: NatterResult,
+    /// The typed specifics of `result` (`natter_event_error_detail`).
+    pub error: crate::last_error::Detail,
 }
 
 impl Event {
@@ -220,6 +222,7 @@ impl Event {
             found: Vec::new(),
             request: 0,
             result: NatterResult::NatterOk,
+            error: crate::last_error::Detail::default(),
         }
     }
 
@@ -276,6 +279,7 @@ struct Owned {
     _device: Option<CString>,
     _address: Option<CString>,
     found: Vec<NatterSearchDevice>,
+    error: crate::last_error::Detail,
 }
 
 fn c_string(s: &str) -> CString {
@@ -313,6 +317,7 @@ impl Owned {
             _device: device,
             _address: address,
             found: e.found.clone(),
+            error: e.error.clone(),
         })
     }
 }
@@ -456,8 +461,12 @@ fn event_of(e: &natter::Event) -> Option<Event> {
             .detail("the certificate can no longer be renewed without the password"),
         E::CertificateRenewed => Event::new(NatterEventKind::NatterEventCertificateRenewed)
             .detail("the certificate was renewed"),
-        E::LoginFinished { request, result } => {
-            let mut e = Event::new(NatterEventKind::NatterEventLoginFinished);
+        E::LoginFinished {
+            request,
+            user,
+            result,
+        } => {
+            let mut e = Event::new(NatterEventKind::NatterEventLoginFinished).user(user.clone());
             match result {
                 Ok(info) => {
                     e = e
@@ -469,7 +478,7 @@ fn event_of(e: &natter::Event) -> Option<Event> {
                         ));
                 }
                 Err(err) => {
-                    e.result = crate::client::login_reason(err).0;
+                    (e.result, e.error) = crate::client::login_reason(err);
                     e = e.detail(err.to_string());
                 }
             }
@@ -485,7 +494,7 @@ fn event_of(e: &natter::Event) -> Option<Event> {
             match result {
                 Ok(()) => e = e.detail(format!("registered {user}")),
                 Err(err) => {
-                    e.result = crate::client::register_reason(err).0;
+                    (e.result, e.error) = crate::client::register_reason(err);
                     e = e.detail(err.to_string());
                 }
             }
@@ -850,6 +859,52 @@ unsafe fn take_event(
         // SAFETY: out_event is non-NULL (checked) and valid for one write (caller's promise).
         unsafe { boundary::write_out(out_event, p)? };
         r
+    })
+}
+
+/// The typed specifics of a failed background request's `result`
+/// (`NATTER_EVENT_LOGIN_FINISHED`, `NATTER_EVENT_REGISTER_FINISHED`), as
+/// `natter_last_error_detail` gives them for a failed call: the wait of `NATTER_THROTTLED`,
+/// the version `NATTER_UPGRADE_REQUIRED` needs, the `errno` behind `NATTER_LOGIN_UNREACHABLE`
+/// or `NATTER_IO_ERROR`. For other events `result` is `NATTER_OK` and the rest is empty. Set
+/// `out->version` to `NATTER_ERROR_DETAIL_VERSION` first. `event` is as for
+/// `natter_event_search_device`.
+///
+/// Returns `NATTER_NULL_ARGUMENT` (`event` or `out` NULL), `NATTER_INVALID_HANDLE` (not such
+/// an event), `NATTER_UNSUPPORTED_VERSION` (nothing written). Safe to call from any thread.
+///
+/// # Safety
+/// `out` must be NULL or point to a writable `NatterErrorDetail` whose `version` field is
+/// set.
+#[no_mangle]
+pub unsafe extern "C" fn natter_event_error_detail(
+    event: *const NatterEvent,
+    out: *mut crate::last_error::NatterErrorDetail,
+) -> NatterResult {
+    boundary::result(|| {
+        if event.is_null() {
+            return Err(NatterResult::NatterNullArgument);
+        }
+        boundary::check_out(out)?;
+        // SAFETY: out is non-NULL and points to a NatterErrorDetail whose first field, the
+        // version, the caller has set.
+        let version = unsafe { std::ptr::addr_of!((*out).version).read_unaligned() };
+        if version != crate::last_error::NATTER_ERROR_DETAIL_VERSION {
+            return Err(NatterResult::NatterUnsupportedVersion);
+        }
+        let addr = event.addr();
+        let live = lock(&LIVE);
+        if !live.contains(&addr) && IN_CALLBACK.with(|c| c.get()) != addr {
+            return Err(NatterResult::NatterInvalidHandle);
+        }
+        // SAFETY: as in natter_event_search_device: a live event from hand_out (under LIVE's
+        // lock) or the one this thread's callback runs with, at the start of a repr(C) Owned.
+        let owned = unsafe { &*event.cast::<Owned>() };
+        let detail = crate::last_error::c_detail(owned.event.result, &owned.error);
+        drop(live);
+        // SAFETY: out is non-NULL and holds a version-1 NatterErrorDetail (checked above, the
+        // caller's promise), which is this struct.
+        unsafe { boundary::write_out(out, detail) }
     })
 }
 

@@ -40,7 +40,7 @@ pub struct NatterErrorDetail {
 }
 
 /// The typed specifics a failure may carry.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Detail {
     pub retry_after: Option<Duration>,
     pub minimum_version: Option<String>,
@@ -170,22 +170,7 @@ pub unsafe extern "C" fn natter_last_error_detail(out: *mut NatterErrorDetail) -
         }
         let detail = LAST.with(|l| {
             let l = l.borrow();
-            let mut minimum_version = [0 as c_char; 16];
-            if let Some(v) = &l.detail.minimum_version {
-                for (i, b) in v.bytes().take(15).enumerate() {
-                    minimum_version[i] = b as c_char;
-                }
-            }
-            NatterErrorDetail {
-                version,
-                result: l.result,
-                retry_after_ms: l
-                    .detail
-                    .retry_after
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                minimum_version,
-                os_error: l.detail.os_error.unwrap_or(0),
-            }
+            c_detail(l.result, &l.detail)
         });
         // SAFETY: out is non-NULL and holds a version-1 NatterErrorDetail (checked above, the
         // caller's promise), which is this struct.
@@ -194,5 +179,24 @@ pub unsafe extern "C" fn natter_last_error_detail(out: *mut NatterErrorDetail) -
     match r {
         Ok(()) => NatterResult::NatterOk,
         Err(r) => r,
+    }
+}
+
+/// A result and its typed specifics in C form (version 1).
+pub(crate) fn c_detail(result: NatterResult, detail: &Detail) -> NatterErrorDetail {
+    let mut minimum_version = [0 as c_char; 16];
+    if let Some(v) = &detail.minimum_version {
+        for (i, b) in v.bytes().take(15).enumerate() {
+            minimum_version[i] = b as c_char;
+        }
+    }
+    NatterErrorDetail {
+        version: NATTER_ERROR_DETAIL_VERSION,
+        result,
+        retry_after_ms: detail
+            .retry_after
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        minimum_version,
+        os_error: detail.os_error.unwrap_or(0),
     }
 }

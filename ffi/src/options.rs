@@ -157,20 +157,7 @@ impl From<OptionsV1> for OptionsV2 {
 
 impl From<OptionsV1> for NatterOptions {
     fn from(o: OptionsV1) -> Self {
-        NatterOptions {
-            version: o.version,
-            network_file: o.network_file,
-            data_dir: o.data_dir,
-            listen: o.listen,
-            role: o.role,
-            audio: o.audio,
-            capture_device: o.capture_device,
-            playback_device: o.playback_device,
-            encoder_complexity: o.encoder_complexity,
-            network_toml: std::ptr::null(),
-            credentials: std::ptr::null(),
-            credentials_len: 0,
-        }
+        NatterOptions::from(OptionsV2::from(o))
     }
 }
 

@@ -199,7 +199,16 @@ fn options_are_checked() {
             Box::new(|o| o.network_toml = c"[login]".as_ptr()),
             NatterInvalidArgument,
         ),
-        (Box::new(|o| o.data_dir = null()), NatterNullArgument),
+        // From options version 3 no data directory means nothing on disk; before, it is
+        // required.
+        (Box::new(|o| o.data_dir = null()), NatterOk),
+        (
+            Box::new(|o| {
+                o.data_dir = null();
+                o.version = 2;
+            }),
+            NatterNullArgument,
+        ),
         (Box::new(|o| o.version = 0), NatterUnsupportedVersion),
         (
             Box::new(|o| o.listen = c"nowhere".as_ptr()),

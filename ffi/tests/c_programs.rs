@@ -507,7 +507,9 @@ fn c_requests_in_the_background_and_setup_from_memory_under_valgrind() {
     std::fs::write(&silent_file, toml).unwrap();
     let log = dir.path().join("requests.vg");
     let mut cmd = s.program("requests", &log, true);
-    cmd.arg(&net.file).arg(&silent_file);
+    cmd.arg(&net.file)
+        .arg(&silent_file)
+        .arg(offline_network(dir.path()));
     let out = run_to_end(cmd, "requests", &log, 300);
     eprintln!("requests: {}", out.join(" | "));
     assert!(

@@ -205,7 +205,13 @@ impl CallAudio {
                         st.send_failures = failures;
                     }
                     next += period;
-                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    // Fallen behind (a slow device, a stalled thread): start the clock again
+                    // rather than sending a burst of frames to catch up.
+                    let now = Instant::now();
+                    if now > next + period * 2 {
+                        next = now;
+                    }
+                    std::thread::sleep(next.saturating_duration_since(now));
                 }
                 let _ = sink.finish();
             })

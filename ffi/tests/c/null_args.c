@@ -330,6 +330,12 @@ int main(int argc, char **argv) {
         EXPECT(natter_event_search_device(NULL, 0, &d), NATTER_NULL_ARGUMENT);
         EXPECT(natter_event_search_device((const NatterEvent *)(uintptr_t)0x1000u, 0, &d),
                NATTER_INVALID_HANDLE);
+        NatterErrorDetail why = {.version = NATTER_ERROR_DETAIL_VERSION};
+        EXPECT(natter_event_error_detail(NULL, &why), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_event_error_detail((const NatterEvent *)(uintptr_t)0x1000u, NULL),
+               NATTER_NULL_ARGUMENT);
+        EXPECT(natter_event_error_detail((const NatterEvent *)(uintptr_t)0x1000u, &why),
+               NATTER_INVALID_HANDLE);
     }
     EXPECT(natter_event_free((NatterEvent *)(uintptr_t)0x1000u), NATTER_INVALID_HANDLE);
     EXPECT(natter_client_set_event_callback(c, NULL, NULL), NATTER_OK); /* none: fine */

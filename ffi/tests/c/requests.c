@@ -4,7 +4,8 @@
  * those bytes is the same device and logs in without the password. Against a login server
  * that never answers, a cancel ends a login and a registration at once.
  *
- *   requests NETWORK_FILE SILENT_NETWORK_FILE      (a login server must be running)
+ *   requests NETWORK_FILE SILENT_NETWORK_FILE OFFLINE_NETWORK_FILE
+ *   (a login server must be running; nothing listens at the offline one's address)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -74,6 +75,7 @@ static void finished(NatterClient *c, NatterEventKind kind, uint64_t request, Na
     NatterEvent *e = next_of(c, kind);
     if (!e) return;
     CHECK(e->request == request);
+    CHECK(e->user != NULL); /* the user asked for, even when it failed or was cancelled */
     if (e->result != want)
         fprintf(stderr, "request %llu: %s (%s), wanted %s\n", (unsigned long long)request,
                 natter_result_message(e->result), e->detail, natter_result_message(want));
@@ -83,8 +85,8 @@ static void finished(NatterClient *c, NatterEventKind kind, uint64_t request, Na
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: requests NETWORK_FILE SILENT_NETWORK_FILE\n");
+    if (argc != 4) {
+        fprintf(stderr, "usage: requests NETWORK_FILE SILENT_NETWORK_FILE OFFLINE_NETWORK_FILE\n");
         return 2;
     }
     const char *password = "erin's own password";
@@ -159,6 +161,22 @@ int main(int argc, char **argv) {
     finished(s, NATTER_EVENT_REGISTER_FINISHED, registration, NATTER_CANCELLED);
     EXPECT(natter_client_get_state(s, &st), NATTER_OK);
     CHECK(!st.logged_in);
+    /* A login server that is not there: the event says so, with the errno. */
+    NatterClient *off = from_memory(argv[3], NULL, 0, NATTER_OK);
+    if (!off) return 1;
+    uint64_t unreachable = 0;
+    EXPECT(natter_client_login_begin(off, "erin", password, &unreachable), NATTER_OK);
+    NatterEvent *gone = next_of(off, NATTER_EVENT_LOGIN_FINISHED);
+    if (gone) {
+        CHECK(gone->request == unreachable && gone->result == NATTER_LOGIN_UNREACHABLE);
+        NatterErrorDetail why = {.version = NATTER_ERROR_DETAIL_VERSION};
+        EXPECT(natter_event_error_detail(gone, &why), NATTER_OK);
+        CHECK(why.result == NATTER_LOGIN_UNREACHABLE && why.os_error != 0);
+        why.version = 99;
+        EXPECT(natter_event_error_detail(gone, &why), NATTER_UNSUPPORTED_VERSION);
+        natter_event_free(gone);
+    }
+    EXPECT(natter_client_free(off), NATTER_OK);
     /* A request still running when the client is freed ends with it (no event, no leak). */
     uint64_t left = 0;
     EXPECT(natter_client_login_begin(s, "erin", password, &left), NATTER_OK);

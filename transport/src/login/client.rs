@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+
 use natter_core::crypto::{CertError, Certificate, DeviceCredentials, DeviceIdentity, UnixTime};
 use natter_core::login::client::{
     LoginClient, LoginClientConfig, LoginClientError, LoginClientEvent, Operation,
@@ -75,24 +77,46 @@ impl Budget {
             .is_some_and(|c| c.load(Ordering::SeqCst))
     }
 
-    /// Connect to `address` within the timeout, in slices short enough to notice a cancel.
+    /// Connect to `address` within the timeout. With a cancel flag, one non-blocking connect
+    /// whose progress is checked every 20 ms (a pending `connect` answers "already in
+    /// progress", then "connected" or the error), so a cancel is noticed at once and a slow
+    /// network keeps the kernel's own SYN retries.
     fn connect(&self, address: &std::net::SocketAddr) -> io::Result<TcpStream> {
         if self.cancel.is_none() {
             return TcpStream::connect_timeout(address, self.timeout);
         }
-        const SLICE: Duration = Duration::from_millis(250);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(*address),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_nonblocking(true)?;
+        let target = socket2::SockAddr::from(*address);
         let deadline = Instant::now() + self.timeout;
         loop {
+            match socket.connect(&target) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(Errno::ISCONN.raw_os_error()) => break,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || [Errno::INPROGRESS, Errno::ALREADY]
+                            .iter()
+                            .any(|c| e.raw_os_error() == Some(c.raw_os_error())) => {}
+                Err(e) => return Err(e),
+            }
             if self.cancelled() {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match TcpStream::connect_timeout(address, left.min(SLICE).max(Duration::from_millis(1)))
-            {
-                Err(e) if e.kind() == io::ErrorKind::TimedOut && left > SLICE => continue,
-                other => return other,
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection timed out",
+                ));
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        socket.set_nonblocking(false)?;
+        Ok(socket.into())
     }
 }
 
@@ -475,9 +499,10 @@ impl DeviceStore {
     /// The keys (created if there are none yet) and the stored certificate, to export.
     pub fn credentials(&self) -> io::Result<DeviceCredentials> {
         let (identity, _) = self.identity()?;
+        // What DeviceCredentials::decode accepts back: a certificate for these very keys.
         let certificate = self
             .certificate()
-            .filter(|c| c.dh_public == identity.dh_public());
+            .filter(|c| c.dh_public == identity.dh_public() && c.device == identity.device_id());
         Ok(DeviceCredentials {
             identity,
             certificate,
