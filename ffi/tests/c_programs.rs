@@ -579,10 +579,8 @@ fn c_audio_devices_listed_and_switched_mid_call() {
     let (speaker_a, speaker_b) = (Speaker::new(&a), Speaker::new(&b));
     let conf = dir.path().join("natter.conf");
     std::fs::write(&conf, sink("natter_a", &a) + &sink("natter_b", &b)).unwrap();
-    // ALSA in the library itself is not what this checks for leaks (its configuration cache
-    // lives as long as the process): the program runs bare.
     let log = dir.path().join("audio.vg");
-    let mut cmd = s.program("audio", &log, false);
+    let mut cmd = s.program("audio", &log, true);
     cmd.arg(&net.file).arg(dir.path().join("data")).env(
         "ALSA_CONFIG_PATH",
         format!("{ALSA_CONF}:{}", conf.display()),
