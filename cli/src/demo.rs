@@ -25,6 +25,7 @@ use natter_core::crypto::LocalIdentity;
 use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
 use natter_core::rng::Rng;
 use natter_core::sansio::Destination;
+use natter_fixtures::alsa::{sink, Speaker};
 use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_transport::login::client::DeviceStore;
 use natter_transport::{os_seed, wall_clock, UdpNode};
@@ -873,6 +874,98 @@ fn index_and_calls(
         "Relayed call",
         2,
     );
+    let t = r.step(
+        "bob switches his speaker mid-call: two sound devices (ALSA, playing into pipes at a speaker's pace), alice's tone moves from one to the other",
+    );
+    match audio_device_step(&clients[0], &clients[1]) {
+        Ok((detail, switch)) => {
+            r.ok(t, &detail);
+            r.row("Speaker switch mid-call", ms(switch));
+        }
+        Err(e) => r.fail(&e),
+    }
+}
+
+/// alice calls bob, who hears her on one ALSA device, then switches his speaker to another
+/// mid-call. The devices are ALSA's `file` plugin over its `null` device, in a configuration of
+/// their own (`ALSA_CONFIG_PATH`: this is the demo's first use of ALSA), writing into FIFOs the
+/// demo reads at a speaker's pace (natter_fixtures::alsa). Returns the details and how long
+/// `set_speaker` took.
+fn audio_device_step(alice: &Client, bob: &Client) -> Result<(String, Duration), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (a, b) = (dir.path().join("speaker-a"), dir.path().join("speaker-b"));
+    let io = |e: std::io::Error| e.to_string();
+    let (speaker_a, speaker_b) = (
+        Speaker::try_new(&a).map_err(io)?,
+        Speaker::try_new(&b).map_err(io)?,
+    );
+    let conf = dir.path().join("alsa.conf");
+    std::fs::write(
+        &conf,
+        sink("natter_demo_a", &a) + &sink("natter_demo_b", &b),
+    )
+    .map_err(io)?;
+    // Before ALSA's first use in this process; nothing else runs ALSA meanwhile.
+    std::env::set_var("ALSA_CONFIG_PATH", &conf);
+    let listed = natter::audio_devices().map_err(|e| e.to_string())?;
+    let call = alice
+        .call("bob", Audio::tone())
+        .map_err(|e| e.to_string())?;
+    let incoming = loop {
+        match bob.events().recv_timeout(STEP_TIMEOUT) {
+            Ok(Event::IncomingCall { call, .. }) => break call,
+            Ok(_) => {}
+            Err(e) => return Err(format!("no incoming call: {e}")),
+        }
+    };
+    incoming
+        .answer(Audio::new(
+            natter::AudioInput::Silence,
+            natter::AudioOutput::Device(Some("natter_demo_a".into())),
+        ))
+        .map_err(|e| e.to_string())?;
+    let heard = |s: &Speaker, samples: usize| {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while s.loud() < samples && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.loud() >= samples
+    };
+    // A second of alice's tone (16,000 samples, most of them loud) on the first device.
+    if !heard(&speaker_a, 12_000) {
+        return Err(format!(
+            "the first speaker played {} samples",
+            speaker_a.loud()
+        ));
+    }
+    let asked = Instant::now();
+    incoming
+        .set_speaker(Some("natter_demo_b"))
+        .map_err(|e| format!("switching: {e}"))?;
+    let switch = asked.elapsed();
+    if !heard(&speaker_b, 12_000) {
+        return Err(format!(
+            "the second speaker played {} samples",
+            speaker_b.loud()
+        ));
+    }
+    let _ = call.hang_up();
+    // The devices close when bob's side of the call has ended (before their pipes do).
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Event::CallEnded { .. }) = bob.events().recv_timeout(Duration::from_millis(100)) {
+            break;
+        }
+    }
+    Ok((
+        format!(
+            "{} devices listed; the first played {:.1} s of alice, the second {:.1} s after the switch; the call went on",
+            listed.len(),
+            speaker_a.loud() as f64 / 16_000.0,
+            speaker_b.loud() as f64 / 16_000.0
+        ),
+        switch,
+    ))
 }
 
 /// Steps 12-18: the session layer on its own, over real UDP sockets: an on-path relay that

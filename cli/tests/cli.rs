@@ -22,6 +22,7 @@ fn demo_passes_and_reports() {
         "Login time (alice)",
         "Renewal without password",
         "bytes of credentials, renewed in",
+        "Speaker switch mid-call",
         "Attach time (alice)",
         "Fail-over after a super node died",
         "XX handshake",
