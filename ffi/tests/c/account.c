@@ -10,26 +10,7 @@
 #include <string.h>
 
 #include "natter.h"
-
-static int failures;
-
-#define EXPECT(call, want)                                                                     \
-    do {                                                                                       \
-        NatterResult r_ = (call);                                                              \
-        if (r_ != (want)) {                                                                    \
-            fprintf(stderr, "%s:%d: %s gave %s, wanted %s\n", __FILE__, __LINE__, #call,       \
-                    natter_result_message(r_), natter_result_message(want));                   \
-            failures++;                                                                        \
-        }                                                                                      \
-    } while (0)
-
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "%s:%d: %s is false\n", __FILE__, __LINE__, #cond);                \
-            failures++;                                                                        \
-        }                                                                                      \
-    } while (0)
+#include "check.h"
 
 /* The network file's contents, for a client set up from memory. */
 static char network_text[16384];

@@ -15,8 +15,8 @@
 #include <time.h>
 
 #include "natter.h"
+#include "check.h"
 
-static int failures;
 static volatile int alsa_lines; /* ALSA's messages that reached the log callback */
 
 static void on_log(void *user_data, uint32_t level, const char *target, const char *message) {
@@ -25,24 +25,6 @@ static void on_log(void *user_data, uint32_t level, const char *target, const ch
     (void)message;
     if (strcmp(target, "alsa") == 0) alsa_lines++;
 }
-
-#define EXPECT(call, want)                                                                     \
-    do {                                                                                       \
-        NatterResult r_ = (call);                                                              \
-        if (r_ != (want)) {                                                                    \
-            fprintf(stderr, "%s:%d: %s gave %s, wanted %s\n", __FILE__, __LINE__, #call,       \
-                    natter_result_message(r_), natter_result_message(want));                   \
-            failures++;                                                                        \
-        }                                                                                      \
-    } while (0)
-
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "%s:%d: %s is false\n", __FILE__, __LINE__, #cond);                \
-            failures++;                                                                        \
-        }                                                                                      \
-    } while (0)
 
 static NatterClient *client(const char *network, const char *root, const char *name,
                             uint32_t audio) {

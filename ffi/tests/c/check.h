@@ -1,0 +1,29 @@
+/* What the C tests share: a failure counter and two checks that report where they failed. */
+#ifndef NATTER_TEST_CHECK_H
+#define NATTER_TEST_CHECK_H
+
+#include <stdio.h>
+
+#include "natter.h"
+
+static int failures;
+
+#define EXPECT(call, want)                                                                     \
+    do {                                                                                       \
+        NatterResult r_ = (call);                                                              \
+        if (r_ != (want)) {                                                                    \
+            fprintf(stderr, "%s:%d: %s gave %s, wanted %s\n", __FILE__, __LINE__, #call,       \
+                    natter_result_message(r_), natter_result_message(want));                   \
+            failures++;                                                                        \
+        }                                                                                      \
+    } while (0)
+
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            fprintf(stderr, "%s:%d: %s is false\n", __FILE__, __LINE__, #cond);                \
+            failures++;                                                                        \
+        }                                                                                      \
+    } while (0)
+
+#endif
