@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use natter::{audio_devices, Audio, AudioConfig, CallError, Event};
-use natter_fixtures::alsa::{sink, Speaker, ALSA_CONF};
+use natter_fixtures::alsa::{sink, source, Microphone, Speaker, ALSA_CONF};
 use natter_fixtures::{join, wait_for, TestNet};
 
 fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -32,8 +32,15 @@ fn a_call_switches_its_speaker_and_new_devices_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.fifo"), dir.path().join("b.fifo"));
     let (speaker_a, speaker_b) = (Speaker::new(&a), Speaker::new(&b));
+    // Two microphones: one hears silence, the other a 1 kHz tone.
+    let (quiet, loud) = (dir.path().join("quiet.fifo"), dir.path().join("loud.fifo"));
+    let _mics = (
+        Microphone::try_new(&quiet, false).unwrap(),
+        Microphone::try_new(&loud, true).unwrap(),
+    );
+    let mics = source("natter_quiet", &quiet) + &source("natter_loud", &loud);
     let conf = dir.path().join("natter.conf");
-    std::fs::write(&conf, sink("natter_a", &a) + &sink("natter_b", &b)).unwrap();
+    std::fs::write(&conf, sink("natter_a", &a) + &sink("natter_b", &b) + &mics).unwrap();
     std::env::set_var(
         "ALSA_CONFIG_PATH",
         format!("{ALSA_CONF}:{}", conf.display()),
@@ -57,7 +64,12 @@ fn a_call_switches_its_speaker_and_new_devices_are_reported() {
     join(&bob, "bob");
     net.wait_joined(&bob);
 
-    let call = alice.call("bob", Audio::tone()).unwrap();
+    let call = alice
+        .call(
+            "bob",
+            Audio::new(natter::AudioInput::Tone, natter::AudioOutput::App),
+        )
+        .unwrap();
     // Not a device call: nothing to switch.
     assert_eq!(call.set_microphone(None), Err(CallError::NotDeviceAudio));
     assert_eq!(
@@ -68,10 +80,10 @@ fn a_call_switches_its_speaker_and_new_devices_are_reported() {
         Some(Event::IncomingCall { call, .. }) => call,
         other => panic!("no incoming call: {other:?}"),
     };
-    // bob's speaker is natter_a; his microphone a tone (no capture device needed).
+    // bob's speaker is natter_a, his microphone the quiet one.
     incoming
         .answer(Audio::new(
-            natter::AudioInput::Tone,
+            natter::AudioInput::Device(Some("natter_quiet".into())),
             natter::AudioOutput::Device(Some("natter_a".into())),
         ))
         .unwrap();
@@ -106,11 +118,35 @@ fn a_call_switches_its_speaker_and_new_devices_are_reported() {
     );
     assert_eq!(incoming.stats().unwrap().state, natter::CallState::Active);
 
+    // What alice hears of bob's microphone: silence, then (switched mid-call to the other
+    // microphone) the tone.
+    let heard_loud = |within: Duration, want: usize| {
+        let (mut pcm, mut loud_samples) = ([0i16; 320], 0);
+        wait_until(within, || {
+            if let Ok(n) = call.pull_pcm(&mut pcm) {
+                loud_samples += pcm[..n].iter().filter(|s| s.unsigned_abs() > 3000).count();
+            }
+            loud_samples > want
+        });
+        loud_samples
+    };
+    let before = heard_loud(Duration::from_secs(1), usize::MAX);
+    assert!(
+        before < 1_000,
+        "alice heard {before} loud samples from the quiet microphone"
+    );
+    incoming.set_microphone(Some("natter_loud")).unwrap();
+    let after = heard_loud(Duration::from_secs(20), 8_000);
+    assert!(
+        after > 8_000,
+        "alice heard {after} loud samples after the switch"
+    );
+
     // A device plugged in (here: added to the configuration) is reported.
     let c = dir.path().join("c.raw");
     std::fs::write(
         &conf,
-        sink("natter_a", &a) + &sink("natter_b", &b) + &sink("natter_c", &c),
+        sink("natter_a", &a) + &sink("natter_b", &b) + &mics + &sink("natter_c", &c),
     )
     .unwrap();
     match wait_for(&bob, |e| matches!(e, Event::AudioDevicesChanged { .. })) {
