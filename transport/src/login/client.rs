@@ -596,7 +596,7 @@ fn login_inner(
     } else {
         return Err(LoginFailure::PasswordNeeded(PasswordNeeded::NoCertificate));
     }
-    let events = run_operations(network, &device, version, first_start, ops, budget)?;
+    let events = run_operations(network, &device, version, first_start, ops, budget.clone())?;
     let mut upgrade_recommended = None;
     let mut failure = None;
     for e in events {
@@ -605,6 +605,10 @@ fn login_inner(
                 natter_core::login::proto::VersionStatus::UpgradeRecommended { latest },
             ) => upgrade_recommended = Some(latest),
             LoginClientEvent::Certified(certificate) => {
+                // Cancelled meanwhile: the certificate is not stored (the caller logs nobody in).
+                if budget.cancelled() {
+                    return Err(LoginFailure::Connect(ConnectError::Cancelled));
+                }
                 store
                     .save_certificate(&certificate)
                     .map_err(LoginFailure::Credentials)?;
