@@ -485,6 +485,10 @@ fn run_inner() -> std::io::Result<bool> {
     };
     println!("Natter demo: a network on loopback (127.0.0.1), no configuration needed.\n");
     let total = Instant::now();
+    // The sound devices of the audio-device step, set up while this process has one thread
+    // (ALSA reads ALSA_CONFIG_PATH at its first use, and setting the environment is safe only
+    // before other threads start). They live as long as the demo.
+    let sound = SoundDevices::new()?;
 
     let t = r.step("Start a login server: TLS 1.3, SQLite, fresh authority key, network file");
     let mut rng = Rng::from_seed_bytes(os_seed()?);
@@ -512,7 +516,7 @@ fn run_inner() -> std::io::Result<bool> {
     else {
         return Ok(false);
     };
-    index_and_calls(&mut r, &clients, super_nodes, &sn_addrs);
+    index_and_calls(&mut r, &clients, super_nodes, &sn_addrs, &sound);
     drop(clients);
     if !session_layer(&mut r, &net, dir, &mut rng)? {
         return Ok(false);
@@ -795,6 +799,7 @@ fn index_and_calls(
     clients: &[Client],
     mut super_nodes: Vec<Client>,
     sn_addrs: &[SocketAddr],
+    sound: &SoundDevices,
 ) {
     let t = r.step(
         "Search the global index: alice looks up bob and carol (signed, verified records) and a name nobody has",
@@ -877,7 +882,7 @@ fn index_and_calls(
     let t = r.step(
         "bob switches his speaker mid-call: two sound devices (ALSA, playing into pipes at a speaker's pace), alice's tone moves from one to the other",
     );
-    match audio_device_step(&clients[0], &clients[1]) {
+    match audio_device_step(&clients[0], &clients[1], sound) {
         Ok((detail, switch)) => {
             r.ok(t, &detail);
             r.row("Speaker switch mid-call", ms(switch));
@@ -886,31 +891,75 @@ fn index_and_calls(
     }
 }
 
-/// alice calls bob, who hears her on one ALSA device, then switches his speaker to another
-/// mid-call. The devices are ALSA's `file` plugin over its `null` device, in a configuration of
-/// their own (`ALSA_CONFIG_PATH`: this is the demo's first use of ALSA), writing into FIFOs the
-/// demo reads at a speaker's pace (natter_fixtures::alsa). Returns the details and how long
-/// `set_speaker` took.
-fn audio_device_step(alice: &Client, bob: &Client) -> Result<(String, Duration), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (a, b) = (dir.path().join("speaker-a"), dir.path().join("speaker-b"));
-    let io = |e: std::io::Error| e.to_string();
-    let (speaker_a, speaker_b) = (
-        Speaker::try_new(&a).map_err(io)?,
-        Speaker::try_new(&b).map_err(io)?,
-    );
-    let conf = dir.path().join("alsa.conf");
-    std::fs::write(
-        &conf,
-        sink("natter_demo_a", &a) + &sink("natter_demo_b", &b),
-    )
-    .map_err(io)?;
-    // Before ALSA's first use in this process; nothing else runs ALSA meanwhile.
-    std::env::set_var("ALSA_CONFIG_PATH", &conf);
+/// Two sound devices for the demo: ALSA's `file` plugin over its `null` device, in a
+/// configuration of their own (`ALSA_CONFIG_PATH`), writing into FIFOs the demo reads at a
+/// speaker's pace (natter_fixtures::alsa).
+struct SoundDevices {
+    _dir: tempfile::TempDir,
+    a: Speaker,
+    b: Speaker,
+}
+
+impl SoundDevices {
+    /// Set them up: call before any other thread starts.
+    fn new() -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (a, b) = (dir.path().join("speaker-a"), dir.path().join("speaker-b"));
+        let (speaker_a, speaker_b) = (Speaker::try_new(&a)?, Speaker::try_new(&b)?);
+        let conf = dir.path().join("alsa.conf");
+        std::fs::write(
+            &conf,
+            sink("natter_demo_a", &a) + &sink("natter_demo_b", &b),
+        )?;
+        std::env::set_var("ALSA_CONFIG_PATH", &conf);
+        Ok(Self {
+            _dir: dir,
+            a: speaker_a,
+            b: speaker_b,
+        })
+    }
+}
+
+/// Hangs a call up when dropped and waits (up to 5 s) until the callee's side ended, so that
+/// its devices close before anything they write into goes away.
+struct HangUp<'a> {
+    call: natter::Call,
+    callee: &'a Client,
+}
+
+impl Drop for HangUp<'_> {
+    fn drop(&mut self) {
+        let _ = self.call.hang_up();
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Event::CallEnded { .. }) = self
+                .callee
+                .events()
+                .recv_timeout(Duration::from_millis(100))
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// alice calls bob, who hears her on one sound device ([`SoundDevices`]), then switches his
+/// speaker to the other mid-call. Returns the details and how long `set_speaker` took.
+fn audio_device_step(
+    alice: &Client,
+    bob: &Client,
+    sound: &SoundDevices,
+) -> Result<(String, Duration), String> {
+    let (speaker_a, speaker_b) = (&sound.a, &sound.b);
     let listed = natter::audio_devices().map_err(|e| e.to_string())?;
     let call = alice
         .call("bob", Audio::tone())
         .map_err(|e| e.to_string())?;
+    // However this step ends, the call ends before the devices could go away.
+    let hang_up = HangUp {
+        call: call.clone(),
+        callee: bob,
+    };
     let incoming = loop {
         match bob.events().recv_timeout(STEP_TIMEOUT) {
             Ok(Event::IncomingCall { call, .. }) => break call,
@@ -932,7 +981,7 @@ fn audio_device_step(alice: &Client, bob: &Client) -> Result<(String, Duration),
         s.loud() >= samples
     };
     // A second of alice's tone (16,000 samples, most of them loud) on the first device.
-    if !heard(&speaker_a, 12_000) {
+    if !heard(speaker_a, 12_000) {
         return Err(format!(
             "the first speaker played {} samples",
             speaker_a.loud()
@@ -943,20 +992,13 @@ fn audio_device_step(alice: &Client, bob: &Client) -> Result<(String, Duration),
         .set_speaker(Some("natter_demo_b"))
         .map_err(|e| format!("switching: {e}"))?;
     let switch = asked.elapsed();
-    if !heard(&speaker_b, 12_000) {
+    if !heard(speaker_b, 12_000) {
         return Err(format!(
             "the second speaker played {} samples",
             speaker_b.loud()
         ));
     }
-    let _ = call.hang_up();
-    // The devices close when bob's side of the call has ended (before their pipes do).
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(Event::CallEnded { .. }) = bob.events().recv_timeout(Duration::from_millis(100)) {
-            break;
-        }
-    }
+    drop(hang_up);
     Ok((
         format!(
             "{} devices listed; the first played {:.1} s of alice, the second {:.1} s after the switch; the call went on",

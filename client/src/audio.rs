@@ -218,21 +218,66 @@ pub fn audio_devices() -> Result<Vec<AudioDevice>, AudioError> {
         .collect())
 }
 
+/// How a device switch queued on a call's media thread ended ([`SwapWait::wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Swap {
+    /// The new device is in use.
+    Done,
+    /// The media stopped before its next frame (the task was dropped unrun).
+    MediaStopped,
+    /// Not done in time: the task was told not to swap, and will not.
+    Abandoned,
+}
+
+/// Waits for a queued device switch; the task and the waiter agree on one outcome through a
+/// flag that whichever comes first claims.
+pub(crate) struct SwapWait {
+    done: std::sync::mpsc::Receiver<()>,
+    claimed: Arc<AtomicBool>,
+}
+
+impl SwapWait {
+    /// Wait up to `within` for the swap; after that it is abandoned (unless the task claimed
+    /// it first, then it is waited for: it is running).
+    pub fn wait(self, within: std::time::Duration) -> Swap {
+        use std::sync::mpsc::RecvTimeoutError;
+        match self.done.recv_timeout(within) {
+            Ok(()) => Swap::Done,
+            Err(RecvTimeoutError::Disconnected) => Swap::MediaStopped,
+            Err(RecvTimeoutError::Timeout) => {
+                if self.claimed.swap(true, Ordering::SeqCst) {
+                    // The task runs now: its answer comes within a frame.
+                    match self.done.recv() {
+                        Ok(()) => Swap::Done,
+                        Err(_) => Swap::MediaStopped,
+                    }
+                } else {
+                    Swap::Abandoned
+                }
+            }
+        }
+    }
+}
+
 /// Open the microphone (`input`) or speaker `name` (`None`: the configured or default one)
 /// for a running call, and the task that swaps it in on the call's media thread before its
-/// next frame (closing the old one there), with a receiver told when that happened (or
-/// disconnected when the media stopped first). Opening happens on the caller's thread, so
-/// the call's audio goes on meanwhile; when it fails the call keeps its device.
+/// next frame (closing the old one there), with its waiter. Opening happens on the caller's
+/// thread, so the call's audio goes on meanwhile; when it fails the call keeps its device.
 pub(crate) fn prepare_switch(
     input: bool,
     name: Option<&str>,
     cfg: &AudioConfig,
     muted: Arc<AtomicBool>,
-) -> Result<(MediaTask, std::sync::mpsc::Receiver<()>), String> {
+) -> Result<(MediaTask, SwapWait), String> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let claimed = Arc::new(AtomicBool::new(false));
+    let claim = claimed.clone();
     let task: MediaTask = if input {
         let d = open_microphone(name, cfg, SAMPLE_RATE).map_err(|e| e.to_string())?;
         Box::new(move |source, _| {
+            if claim.swap(true, Ordering::SeqCst) {
+                return false; // abandoned: the new device is dropped
+            }
             *source = Box::new(Muted {
                 inner: Box::new(d),
                 muted,
@@ -243,13 +288,16 @@ pub(crate) fn prepare_switch(
     } else {
         let d = open_speaker(name, cfg, SAMPLE_RATE).map_err(|e| e.to_string())?;
         Box::new(move |_, sink| {
+            if claim.swap(true, Ordering::SeqCst) {
+                return false;
+            }
             let mut old = std::mem::replace(sink, Box::new(d));
             let _ = old.finish();
             let _ = tx.send(());
             false
         })
     };
-    Ok((task, rx))
+    Ok((task, SwapWait { done: rx, claimed }))
 }
 
 /// How often [`DeviceWatch`] looks at the devices.
@@ -343,6 +391,10 @@ impl AudioSource for Muted {
             frame.fill(0);
         }
         Ok(r)
+    }
+
+    fn discard_backlog(&mut self, keep: usize) {
+        self.inner.discard_backlog(keep);
     }
 }
 

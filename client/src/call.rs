@@ -245,9 +245,9 @@ impl Call {
             if !c.is_live() {
                 return Err(CallError::WrongState);
             }
-            if let Some(choice) = device_choice(&mut c.audio, input) {
-                *choice = name.map(str::to_string);
-            }
+            // Answered meanwhile with audio that uses no device: nothing to switch.
+            let choice = device_choice(&mut c.audio, input).ok_or(CallError::NotDeviceAudio)?;
+            *choice = name.map(str::to_string);
             match &c.media {
                 Some(media) => media.on_media_thread(task),
                 // Not connected yet: the media starts with the new choice (the device just
@@ -255,11 +255,12 @@ impl Call {
                 None => return Ok(()),
             }
         }
-        match swapped.recv_timeout(Duration::from_secs(2)) {
-            Ok(()) => Ok(()),
+        match swapped.wait(Duration::from_secs(2)) {
+            audio::Swap::Done => Ok(()),
             // The media stopped (the call ended) before its next frame.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(CallError::WrongState),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(CallError::Device(
+            audio::Swap::MediaStopped => Err(CallError::WrongState),
+            // The task will not swap any more: the call keeps its device.
+            audio::Swap::Abandoned => Err(CallError::Device(
                 "the call's media did not take the device within 2 s".into(),
             )),
         }

@@ -14,7 +14,9 @@ use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::proto::Version;
 use natter_core::overlay::{FallbackPorts, NatType};
 use natter_overlay::node::{Node, NodeConfig, RolePolicy};
-use natter_transport::login::client::{login, run_operations, Budget, DeviceStore, LoggedIn};
+use natter_transport::login::client::{
+    login_unstored, run_operations, Budget, DeviceStore, LoggedIn,
+};
 use natter_transport::netwatch::local_addresses;
 use natter_transport::persist::load_host_cache;
 use natter_transport::runtime::{Runtime, RuntimeHandle};
@@ -318,14 +320,27 @@ pub(crate) struct RunState {
 }
 
 /// What a background request tells when it is cancelled.
-type OnCancel = Box<dyn FnOnce(RequestId) -> Event + Send>;
+type OnEnd = Box<dyn FnOnce(RequestId, Ended) -> Event + Send>;
+
+/// What a background request's work gives: its event, made once the request is known not to
+/// be cancelled (a login is committed there).
+type Finish = Box<dyn FnOnce(RequestId) -> Event + Send>;
+
+/// How a background request ended without its work's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// [`Client::cancel_request`].
+    Cancelled,
+    /// Its work panicked (a bug; the panic hook logged it).
+    Failed,
+}
 
 /// Login-server requests running in the background.
 #[derive(Default)]
 pub(crate) struct Requests {
     next: u64,
     /// Running: id -> its cancel flag and the event that says it was cancelled.
-    running: HashMap<u64, (Arc<AtomicBool>, OnCancel)>,
+    running: HashMap<u64, (Arc<AtomicBool>, OnEnd)>,
     /// Their threads (joined by [`Client::close`]; finished ones are dropped as new ones
     /// start).
     threads: Vec<JoinHandle<()>>,
@@ -413,8 +428,8 @@ impl Shared {
         )))
     }
 
-    /// The login exchange of [`Client::login`] within `budget` (the certificate is stored;
-    /// the client is not logged in until [`Shared::login_commit`]).
+    /// The login exchange of [`Client::login`] within `budget` (nothing is stored and the
+    /// client is not logged in until [`Shared::login_commit`]).
     fn login_exchange(
         &self,
         user: &str,
@@ -426,7 +441,7 @@ impl Shared {
             reason,
         })?;
         self.check_login_target(&name)?;
-        login(
+        login_unstored(
             &self.network.file,
             &self.store,
             user,
@@ -444,6 +459,14 @@ impl Shared {
     fn login_commit(&self, li: LoggedIn) -> Result<LoginInfo, LoginError> {
         // For the same user only: checked again, as the client may have started meanwhile.
         self.check_login_target(&li.certificate.user)?;
+        // Stored only now: a login cancelled or refused before this point leaves the store as
+        // it was.
+        self.store
+            .save_certificate(&li.certificate)
+            .map_err(|source| LoginError::Io {
+                path: self.store.location(),
+                source,
+            })?;
         if let Some(rt) = self.runtime() {
             let cert = li.certificate.clone();
             rt.command(move |n, now| n.update_certificate(now, cert));
@@ -651,10 +674,15 @@ impl Client {
                     result: result.map_err(Arc::new),
                 })
             },
-            Box::new(move |request| Event::RegisterFinished {
+            Box::new(move |request, ended| Event::RegisterFinished {
                 request,
                 user: cancelled_name,
-                result: Err(Arc::new(RegisterError::Cancelled)),
+                result: Err(Arc::new(match ended {
+                    Ended::Cancelled => RegisterError::Cancelled,
+                    Ended::Failed => RegisterError::Server(ServerError::Protocol(
+                        "internal error (a bug: see the log)".into(),
+                    )),
+                })),
             }),
         )
         .map_err(|source| match lock(&self.shared.state).closed {
@@ -715,10 +743,15 @@ impl Client {
                         .map_err(Arc::new),
                 })
             },
-            Box::new(move |request| Event::LoginFinished {
+            Box::new(move |request, ended| Event::LoginFinished {
                 request,
                 user: cancelled_user,
-                result: Err(Arc::new(LoginError::Cancelled)),
+                result: Err(Arc::new(match ended {
+                    Ended::Cancelled => LoginError::Cancelled,
+                    Ended::Failed => LoginError::Server(ServerError::Protocol(
+                        "internal error (a bug: see the log)".into(),
+                    )),
+                })),
             }),
         )
         .map_err(|source| match lock(&self.shared.state).closed {
@@ -735,43 +768,41 @@ impl Client {
     /// `on_cancel` says so at once.
     fn in_background(
         &self,
-        work: impl FnOnce(&Arc<Shared>, Budget) -> OnCancel + Send + 'static,
-        on_cancel: OnCancel,
+        work: impl FnOnce(&Arc<Shared>, Budget) -> Finish + Send + 'static,
+        on_end: OnEnd,
     ) -> std::io::Result<RequestId> {
         let cancel = Arc::new(AtomicBool::new(false));
-        let id = {
-            let mut r = lock(&self.shared.requests);
-            if lock(&self.shared.state).closed {
-                return Err(std::io::Error::other("the client is closed"));
-            }
-            r.next += 1;
-            let id = r.next;
-            r.running.insert(id, (Arc::clone(&cancel), on_cancel));
-            id
-        };
+        // Held until the thread is recorded, so that `close` (which takes this lock first)
+        // either refuses the request or joins its thread.
+        let mut requests = lock(&self.shared.requests);
+        if lock(&self.shared.state).closed {
+            return Err(std::io::Error::other("the client is closed"));
+        }
+        requests.next += 1;
+        let id = requests.next;
+        requests.running.insert(id, (Arc::clone(&cancel), on_end));
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new()
             .name("natter-request".into())
             .spawn(move || {
+                use std::panic::{catch_unwind, AssertUnwindSafe};
                 let budget = Budget {
                     timeout: LOGIN_TIMEOUT,
                     cancel: Some(cancel),
                 };
-                let worked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    work(&shared, budget)
-                }));
+                let worked = catch_unwind(AssertUnwindSafe(|| work(&shared, budget)));
                 let mut requests = lock(&shared.requests);
-                let Some((_, on_cancel)) = requests.running.remove(&id) else {
+                let Some((_, on_end)) = requests.running.remove(&id) else {
                     return;
                 };
-                let event = match worked {
-                    Ok(finish) => finish(RequestId(id)),
-                    // Still exactly one event (a bug, logged by the panic hook).
-                    Err(_) => on_cancel(RequestId(id)),
-                };
+                let request = RequestId(id);
+                let finished = worked
+                    .ok()
+                    .and_then(|finish| catch_unwind(AssertUnwindSafe(|| finish(request))).ok());
+                // Exactly one event, even after a panic.
+                let event = finished.unwrap_or_else(|| on_end(request, Ended::Failed));
                 shared.events.push(event);
             });
-        let mut requests = lock(&self.shared.requests);
         match spawned {
             Ok(thread) => {
                 requests.threads.retain(|t| !t.is_finished());
@@ -792,9 +823,9 @@ impl Client {
     pub fn cancel_request(&self, request: RequestId) -> bool {
         let entry = lock(&self.shared.requests).running.remove(&request.0);
         match entry {
-            Some((flag, on_cancel)) => {
+            Some((flag, on_end)) => {
                 flag.store(true, Ordering::SeqCst);
-                self.shared.events.push(on_cancel(request));
+                self.shared.events.push(on_end(request, Ended::Cancelled));
                 true
             }
             None => false,

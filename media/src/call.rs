@@ -151,7 +151,9 @@ impl CallAudio {
                     let tasks = std::mem::take(&mut *lock(&sh.tasks));
                     for task in tasks {
                         if task(&mut source, &mut sink) {
+                            // A new source: what it captured while being opened is old.
                             ended = false;
+                            source.discard_backlog(sender.frame_samples());
                         }
                     }
                     if let Some(r) = lock(&sh.report).take() {
@@ -210,6 +212,8 @@ impl CallAudio {
                     let now = Instant::now();
                     if now > next + period * 2 {
                         next = now;
+                        // What piled up meanwhile would stay as added delay.
+                        source.discard_backlog(n);
                     }
                     std::thread::sleep(next.saturating_duration_since(now));
                 }

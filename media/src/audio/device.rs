@@ -277,6 +277,10 @@ impl AudioSource for CaptureDevice {
         }
         self.reader.read_frame(frame)
     }
+
+    fn discard_backlog(&mut self, keep: usize) {
+        self.reader.discard_backlog(keep);
+    }
 }
 
 /// A speaker: an [`AudioSink`] of mono frames at the codec rate.

@@ -70,6 +70,12 @@ pub trait AudioSource {
     fn sample_rate(&self) -> u32;
     /// Fill `frame` entirely with the next samples.
     fn read_frame(&mut self, frame: &mut [i16]) -> Result<SourceRead, AudioError>;
+    /// Drop what a live source has queued beyond `keep` samples (after a stall, or when it
+    /// just started), so the call does not carry that backlog as added delay. The default
+    /// does nothing (files, generators: they have no backlog).
+    fn discard_backlog(&mut self, keep: usize) {
+        let _ = keep;
+    }
 }
 
 /// A sink for mono PCM frames.

@@ -140,6 +140,12 @@ impl AudioSource for CaptureReader {
         }
         Ok(SourceRead::Frame)
     }
+
+    fn discard_backlog(&mut self, keep: usize) {
+        let mut q = self.0.lock();
+        let excess = q.samples.len().saturating_sub(keep);
+        q.samples.drain(..excess);
+    }
 }
 
 /// The engine's end of playback, an [`AudioSink`].
@@ -201,6 +207,18 @@ impl PlaybackPuller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backlog_is_dropped_down_to_what_is_kept_newest_first() {
+        let (pusher, mut reader) = capture_channel(16_000, 3200);
+        let samples: Vec<i16> = (0..1000).collect();
+        pusher.push(&samples);
+        reader.discard_backlog(320);
+        let mut frame = [0i16; 320];
+        assert_eq!(reader.read_frame(&mut frame).unwrap(), SourceRead::Frame);
+        assert_eq!(frame[0], 680, "the newest 320 samples are kept");
+        assert_eq!(reader.read_frame(&mut frame).unwrap(), SourceRead::Pending);
+    }
 
     #[test]
     fn capture_frames_cross_threads() {

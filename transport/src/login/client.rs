@@ -540,7 +540,39 @@ pub fn login(
     version: Version,
     budget: impl Into<Budget>,
 ) -> Result<LoggedIn, LoginFailure> {
-    login_inner(network, store, user, password, true, version, budget.into())
+    let mode = Mode {
+        try_renewal: true,
+        store: true,
+    };
+    login_inner(network, store, user, password, mode, version, budget.into())
+}
+
+/// [`login`] without storing the new certificate: for a caller that decides afterwards
+/// whether the login counts (a background login that may be cancelled meanwhile stores it
+/// with [`DeviceStore::save_certificate`] when it commits). A revocation still forgets the
+/// stored certificate.
+pub fn login_unstored(
+    network: &NetworkFile,
+    store: &DeviceStore,
+    user: &str,
+    password: Option<&str>,
+    version: Version,
+    budget: impl Into<Budget>,
+) -> Result<LoggedIn, LoginFailure> {
+    let mode = Mode {
+        try_renewal: true,
+        store: false,
+    };
+    login_inner(network, store, user, password, mode, version, budget.into())
+}
+
+/// How [`login_inner`] goes about it.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    /// Renew a stored certificate when no password is given.
+    try_renewal: bool,
+    /// Store the new certificate.
+    store: bool,
 }
 
 /// Log `user` in on this device with `password`, without first trying to renew the stored
@@ -560,7 +592,10 @@ pub fn login_with_password(
         store,
         user,
         Some(password),
-        false,
+        Mode {
+            try_renewal: false,
+            store: true,
+        },
         version,
         budget.into(),
     )
@@ -571,7 +606,7 @@ fn login_inner(
     store: &DeviceStore,
     user: &str,
     password: Option<&str>,
-    try_renewal: bool,
+    mode: Mode,
     version: Version,
     budget: Budget,
 ) -> Result<LoggedIn, LoginFailure> {
@@ -580,7 +615,7 @@ fn login_inner(
     // A password given is a password checked: renewing the stored certificate instead would
     // tell the user a wrong password was right.
     let stored = store.certificate().filter(|c| {
-        try_renewal
+        mode.try_renewal
             && password.is_none()
             && c.user.as_str().eq_ignore_ascii_case(user)
             && c.dh_public == device.dh_public()
@@ -596,7 +631,7 @@ fn login_inner(
     } else {
         return Err(LoginFailure::PasswordNeeded(PasswordNeeded::NoCertificate));
     }
-    let events = run_operations(network, &device, version, first_start, ops, budget.clone())?;
+    let events = run_operations(network, &device, version, first_start, ops, budget)?;
     let mut upgrade_recommended = None;
     let mut failure = None;
     for e in events {
@@ -605,13 +640,11 @@ fn login_inner(
                 natter_core::login::proto::VersionStatus::UpgradeRecommended { latest },
             ) => upgrade_recommended = Some(latest),
             LoginClientEvent::Certified(certificate) => {
-                // Cancelled meanwhile: the certificate is not stored (the caller logs nobody in).
-                if budget.cancelled() {
-                    return Err(LoginFailure::Connect(ConnectError::Cancelled));
+                if mode.store {
+                    store
+                        .save_certificate(&certificate)
+                        .map_err(LoginFailure::Credentials)?;
                 }
-                store
-                    .save_certificate(&certificate)
-                    .map_err(LoginFailure::Credentials)?;
                 return Ok(LoggedIn {
                     device,
                     certificate: *certificate,
