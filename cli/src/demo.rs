@@ -25,7 +25,7 @@ use natter_core::crypto::LocalIdentity;
 use natter_core::endpoint::{ConnId, Endpoint, EndpointConfig, EndpointEvent};
 use natter_core::rng::Rng;
 use natter_core::sansio::Destination;
-use natter_fixtures::alsa::{sink, Speaker};
+use natter_media::audio::fifo::{sink, Speaker};
 use natter_server::runtime::{LoginServerHandle, LoginServerOptions};
 use natter_transport::login::client::DeviceStore;
 use natter_transport::{os_seed, wall_clock, UdpNode};
@@ -893,7 +893,7 @@ fn index_and_calls(
 
 /// Two sound devices for the demo: ALSA's `file` plugin over its `null` device, in a
 /// configuration of their own (`ALSA_CONFIG_PATH`), writing into FIFOs the demo reads at a
-/// speaker's pace (natter_fixtures::alsa).
+/// speaker's pace (natter_media::audio::fifo).
 struct SoundDevices {
     _dir: tempfile::TempDir,
     a: Speaker,

@@ -14,6 +14,8 @@
 
 #[cfg(feature = "devices")]
 pub mod device;
+#[cfg(all(target_os = "linux", feature = "devices"))]
+pub mod fifo;
 pub mod pcm;
 pub mod resample;
 pub mod synth;
