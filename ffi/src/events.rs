@@ -892,20 +892,37 @@ pub unsafe extern "C" fn natter_event_error_detail(
         if version != crate::last_error::NATTER_ERROR_DETAIL_VERSION {
             return Err(NatterResult::NatterUnsupportedVersion);
         }
-        let addr = event.addr();
-        let live = lock(&LIVE);
-        if !live.contains(&addr) && IN_CALLBACK.with(|c| c.get()) != addr {
-            return Err(NatterResult::NatterInvalidHandle);
-        }
-        // SAFETY: as in natter_event_search_device: a live event from hand_out (under LIVE's
-        // lock) or the one this thread's callback runs with, at the start of a repr(C) Owned.
-        let owned = unsafe { &*event.cast::<Owned>() };
-        let detail = crate::last_error::c_detail(owned.event.result, &owned.error);
-        drop(live);
+        let detail = with_live_event(event, |owned| {
+            Ok(crate::last_error::c_detail(
+                owned.event.result,
+                &owned.error,
+            ))
+        })?;
         // SAFETY: out is non-NULL and holds a version-1 NatterErrorDetail (checked above, the
         // caller's promise), which is this struct.
         unsafe { boundary::write_out(out, detail) }
     })
+}
+
+/// Run `f` on the event behind `event` if it is one the application may read now: polled and
+/// not freed (in LIVE, whose lock is held meanwhile, so no other thread frees it), or the one
+/// this thread's callback runs with. `NATTER_INVALID_HANDLE` otherwise.
+fn with_live_event<T>(
+    event: *const NatterEvent,
+    f: impl FnOnce(&Owned) -> Result<T, NatterResult>,
+) -> Result<T, NatterResult> {
+    let addr = event.addr();
+    let live = lock(&LIVE);
+    if !live.contains(&addr) && IN_CALLBACK.with(|c| c.get()) != addr {
+        return Err(NatterResult::NatterInvalidHandle);
+    }
+    // SAFETY: the address is a live event from hand_out (in LIVE, under its lock, held until
+    // f returns) or the one this thread's callback runs with (alive until the callback
+    // returns); either way it points to the NatterEvent at the start of a repr(C) Owned.
+    let owned = unsafe { &*event.cast::<Owned>() };
+    let r = f(owned);
+    drop(live);
+    r
 }
 
 thread_local! {
@@ -934,22 +951,13 @@ pub unsafe extern "C" fn natter_event_search_device(
             return Err(NatterResult::NatterNullArgument);
         }
         boundary::check_out(out)?;
-        let addr = event.addr();
-        // Held while reading, so another thread cannot free the event meanwhile.
-        let live = lock(&LIVE);
-        if !live.contains(&addr) && IN_CALLBACK.with(|c| c.get()) != addr {
-            return Err(NatterResult::NatterInvalidHandle);
-        }
-        // SAFETY: the address is a live event from hand_out (in LIVE, under its lock) or the
-        // one this thread's callback runs with (alive until the callback returns); either way
-        // it points to the NatterEvent at the start of a repr(C) Owned.
-        let owned = unsafe { &*event.cast::<Owned>() };
-        let device = owned
-            .found
-            .get(index as usize)
-            .copied()
-            .ok_or(NatterResult::NatterInvalidArgument)?;
-        drop(live);
+        let device = with_live_event(event, |owned| {
+            owned
+                .found
+                .get(index as usize)
+                .copied()
+                .ok_or(NatterResult::NatterInvalidArgument)
+        })?;
         // SAFETY: out is non-NULL (checked) and valid for one write (the caller's promise).
         unsafe { boundary::write_out(out, device) }
     })

@@ -48,19 +48,6 @@ static NatterClient *client(const char *network, const char *root, const char *n
     return c;
 }
 
-/* The next event of `kind` (others are skipped), or NULL after 30 s. */
-static NatterEvent *next_of(NatterClient *c, NatterEventKind kind) {
-    for (int i = 0; i < 300; i++) {
-        NatterEvent *e = NULL;
-        if (natter_client_wait_event(c, 100, &e) != NATTER_OK) continue;
-        if (e->kind == kind) return e;
-        natter_event_free(e);
-    }
-    fprintf(stderr, "no event of kind %d\n", (int)kind);
-    failures++;
-    return NULL;
-}
-
 /* alice speaks (a 440 Hz tone) for `frames` frames of 20 ms, in real time. */
 static void speak(NatterClient *alice, uint64_t call, int frames, int *phase) {
     int16_t pcm[320];

@@ -26,4 +26,17 @@ static int failures;
         }                                                                                      \
     } while (0)
 
+/* The next event of `kind` (others are freed and skipped), or NULL (a failure) after 30 s. */
+static inline NatterEvent *next_of(NatterClient *c, NatterEventKind kind) {
+    for (int i = 0; i < 300; i++) {
+        NatterEvent *e = NULL;
+        if (natter_client_wait_event(c, 100, &e) != NATTER_OK) continue;
+        if (e->kind == kind) return e;
+        natter_event_free(e);
+    }
+    fprintf(stderr, "no event of kind %d\n", (int)kind);
+    failures++;
+    return NULL;
+}
+
 #endif

@@ -38,19 +38,6 @@ static NatterClient *from_memory(const char *network_file, const uint8_t *creden
     return c;
 }
 
-/* The next event of `kind` (others are skipped), or NULL after 20 s. */
-static NatterEvent *next_of(NatterClient *c, NatterEventKind kind) {
-    for (int i = 0; i < 200; i++) {
-        NatterEvent *e = NULL;
-        if (natter_client_wait_event(c, 100, &e) != NATTER_OK) continue;
-        if (e->kind == kind) return e;
-        natter_event_free(e);
-    }
-    fprintf(stderr, "no event of kind %d\n", (int)kind);
-    failures++;
-    return NULL;
-}
-
 /* Wait for the end of `request` and check its result. */
 static void finished(NatterClient *c, NatterEventKind kind, uint64_t request, NatterResult want) {
     NatterEvent *e = next_of(c, kind);
