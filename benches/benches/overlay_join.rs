@@ -354,7 +354,7 @@ impl Machine for Watched {
             Input::StreamClosed { stream } => {
                 self.frames.remove(stream);
             }
-            Input::StreamOpened { .. } => {}
+            Input::StreamOpened { .. } | Input::UdpBound { .. } => {}
         }
         self.node.handle_input(now, input);
     }

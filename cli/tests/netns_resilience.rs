@@ -128,24 +128,11 @@ fn disturb(test: &str, what: Disturbance, callee_side: bool) -> Option<Row> {
     };
     let mut a = net.nat_site("a", nat, false).unwrap();
     let mut b = net.nat_site("b", nat, false).unwrap();
-    // NATTER_RESILIENCE_HANGUP=S makes the calls that may wait out stale NAT state on the
-    // relay (a new address, a restart) last S seconds, to see them go direct again (150 is
-    // enough for the second reopening).
-    let long = std::env::var("NATTER_RESILIENCE_HANGUP")
+    // NATTER_RESILIENCE_HANGUP=S makes every call last S seconds (to watch one longer).
+    let hangup = std::env::var("NATTER_RESILIENCE_HANGUP")
         .ok()
-        .and_then(|s| s.parse::<u64>().ok());
-    let hangup = match what {
-        Disturbance::NewAddress | Disturbance::DeviceMove | Disturbance::NatRestart
-            if long.is_some() =>
-        {
-            long.unwrap()
-        }
-        Disturbance::NatRestart => 52,
-        Disturbance::NewAddress => 52,
-        Disturbance::RelayCrash => 14,
-        Disturbance::SignallingCrash => 14,
-        Disturbance::DeviceMove => 20,
-    };
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(16);
     let any = what == Disturbance::DeviceMove;
     let listen = |ip: std::net::Ipv4Addr| {
         if any {
@@ -347,19 +334,18 @@ fn case(test: &str, what: Disturbance, callee_side: bool) {
             "direct"
         };
         // After a new address, a device's new address, or a NAT restart whose state the
-        // peer's packets reached first (seen on either side, 2 of 14 runs), the peer's NAT
-        // holds a stale entry that pushes the peer's mapping onto another port until the
-        // kernel reaps it: 30 s after the last packet, plus up to a minute for its garbage
-        // collector. The call waits it out on the relay (quiet 32 s, then 96 s) and goes
-        // direct again later (printed; `NATTER_RESILIENCE_HANGUP=150` to see it); that wait
-        // depends on the kernel's collector, so only survival and the gap are asserted for
-        // these (the simulator asserts the return).
-        let stale_state = matches!(
-            what,
-            Disturbance::NewAddress | Disturbance::DeviceMove | Disturbance::NatRestart
-        );
-        if !stale_state {
-            assert_eq!(row.path_after, best, "{row:?}");
+        // peer's packets reached first, a NAT holds a stale entry that pushes the peer's
+        // mapping onto another port until the kernel reaps it (30 s after the last packet,
+        // plus up to a minute for its garbage collector; a call waited it out on the relay
+        // for 135-140 s). Both sides now move the call's direct paths to fresh ports, flows
+        // no stale entry clashes with: the call is back on its best path within seconds (the
+        // bound here is loose: a timing, not a benchmark; the closing table has the figures).
+        assert_eq!(row.path_after, best, "{row:?}");
+        if what != Disturbance::SignallingCrash {
+            assert!(
+                row.back_ms.is_some_and(|b| b <= 10_000.0),
+                "not back on {best} within 10 s: {row:?}"
+            );
         }
         for gap in [row.caller_gap_ms, row.callee_gap_ms] {
             assert!(gap <= 1500.0, "audio gap {gap} ms: {row:?}");

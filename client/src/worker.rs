@@ -248,7 +248,10 @@ impl Worker {
                             reason: path_reason(reason),
                             route: route(&path),
                             remote: match &path {
-                                Path::Direct(Destination::Udp(a))
+                                Path::Direct {
+                                    to: Destination::Udp(a),
+                                    ..
+                                }
                                 | Path::Relayed {
                                     relay: Destination::Udp(a),
                                     ..
@@ -302,7 +305,7 @@ fn destination(d: &Destination) -> String {
 /// A path in words.
 fn route(p: &Path) -> String {
     match p {
-        Path::Direct(d) => format!("direct, {}", destination(d)),
+        Path::Direct { to, .. } => format!("direct, {}", destination(to)),
         Path::Relayed { relay, channel } => {
             format!(
                 "relayed on channel {channel} by the super node at {}",

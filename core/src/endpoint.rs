@@ -47,7 +47,16 @@ pub struct ConnId(pub u32);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Path {
     /// Straight to the peer: a UDP address or a stream.
-    Direct(Destination),
+    Direct {
+        /// The peer's UDP address, or the stream to it.
+        to: Destination,
+        /// The local UDP socket the path leaves from and arrives on: `None` for the driver's
+        /// default sockets, or one the machine opened on demand
+        /// ([`crate::sansio::StreamCommand::BindUdp`], announced with
+        /// [`Endpoint::add_socket`]). The same peer address from two sockets is two paths:
+        /// each crosses the NATs as a flow of its own.
+        via: Option<SocketAddr>,
+    },
     /// Through a relay (see [`crate::wire::relay`]): frames go to `relay` (the transport of
     /// our session with the super node) on `channel`.
     Relayed {
@@ -62,7 +71,40 @@ impl Path {
     /// The transport packets on this path leave by.
     pub fn transport(&self) -> &Destination {
         match self {
-            Path::Direct(d) | Path::Relayed { relay: d, .. } => d,
+            Path::Direct { to: d, .. } | Path::Relayed { relay: d, .. } => d,
+        }
+    }
+
+    /// Straight to the peer's UDP address `to`, from the default socket.
+    pub fn udp(to: SocketAddr) -> Path {
+        Path::Direct {
+            to: Destination::Udp(to),
+            via: None,
+        }
+    }
+
+    /// Straight to the peer's UDP address `to`, from the local socket `via` (`None`: the
+    /// default one).
+    pub fn udp_via(via: Option<SocketAddr>, to: SocketAddr) -> Path {
+        Path::Direct {
+            to: Destination::Udp(to),
+            via,
+        }
+    }
+
+    /// Straight to the peer on `stream`.
+    pub fn stream(stream: StreamId) -> Path {
+        Path::Direct {
+            to: Destination::Stream(stream),
+            via: None,
+        }
+    }
+
+    /// The local socket a direct UDP path leaves from, when it is one opened on demand.
+    pub fn via(&self) -> Option<SocketAddr> {
+        match self {
+            Path::Direct { via, .. } => *via,
+            Path::Relayed { .. } => None,
         }
     }
 
@@ -72,9 +114,12 @@ impl Path {
     }
 
     /// The peer's UDP address, for a direct UDP path.
-    pub fn udp(&self) -> Option<SocketAddr> {
+    pub fn peer_udp(&self) -> Option<SocketAddr> {
         match self {
-            Path::Direct(Destination::Udp(a)) => Some(*a),
+            Path::Direct {
+                to: Destination::Udp(a),
+                ..
+            } => Some(*a),
             _ => None,
         }
     }
@@ -82,7 +127,7 @@ impl Path {
 
 impl From<Destination> for Path {
     fn from(d: Destination) -> Self {
-        Path::Direct(d)
+        Path::Direct { to: d, via: None }
     }
 }
 
@@ -469,6 +514,9 @@ pub struct Endpoint {
     cfg: EndpointConfig,
     /// Frames for a relay are handed up instead of dropped.
     relaying: bool,
+    /// UDP sockets opened on demand ([`Endpoint::add_socket`]): what arrives on them comes by
+    /// a path `via` them.
+    sockets: Vec<SocketAddr>,
     rng: Rng,
     initiations: HashMap<SessionIndex, Initiation>,
     responding: HashMap<SessionIndex, Responding>,
@@ -507,6 +555,7 @@ impl Endpoint {
         let cfg_now = cfg.clock_anchor;
         Self {
             relaying: false,
+            sockets: Vec::new(),
             rng: Rng::from_seed_bytes(cfg.seed),
             cfg,
             initiations: HashMap::new(),
@@ -525,6 +574,20 @@ impl Endpoint {
             resets: (cfg_now, 0),
             deadline: None,
         }
+    }
+
+    /// A UDP socket opened on demand ([`crate::sansio::StreamCommand::BindUdp`]) at `local`:
+    /// datagrams arriving on it come by paths [`Path::Direct`] `via` it, and the answers to
+    /// them leave from it. Datagrams on any other socket come by paths with `via: None`.
+    pub fn add_socket(&mut self, local: SocketAddr) {
+        if !self.sockets.contains(&local) {
+            self.sockets.push(local);
+        }
+    }
+
+    /// The socket at `local` is closed ([`crate::sansio::StreamCommand::CloseUdp`]).
+    pub fn remove_socket(&mut self, local: SocketAddr) {
+        self.sockets.retain(|s| *s != local);
     }
 
     /// Counters.
@@ -937,7 +1000,7 @@ impl Endpoint {
 
     fn send_raw_ttl(&mut self, dest: &Path, payload: Bytes, ttl: Option<u8>) {
         let (transport, payload) = match dest {
-            Path::Direct(d) => (d, payload),
+            Path::Direct { to: d, .. } => (d, payload),
             Path::Relayed { relay, channel } => {
                 let mut b = BytesMut::with_capacity(payload.len() + relay::HEADER_LEN);
                 relay::encode(*channel, false, &payload, &mut b);
@@ -957,7 +1020,7 @@ impl Endpoint {
         self.stats.packets_out += 1;
         self.transmits.push_back(Transmit {
             destination: transport.clone(),
-            source: None,
+            source: dest.via(),
             payload,
             ttl: if matches!(transport, Destination::Udp(_)) {
                 ttl
@@ -982,7 +1045,7 @@ impl Endpoint {
             Class::Relay { .. } => {
                 // A packet a relay forwarded to us: unwrap it once (a relayed packet is never
                 // itself a relay frame) and remember the channel as its path.
-                let Path::Direct(transport) = from else {
+                let Path::Direct { to: transport, .. } = from else {
                     self.stats.dropped_malformed += 1;
                     return;
                 };
@@ -1079,7 +1142,13 @@ impl Endpoint {
                             peer.validating = None;
                         }
                         if newest && !probe && peer.dest != from {
-                            if matches!(from, Path::Direct(Destination::Stream(_))) {
+                            if matches!(
+                                from,
+                                Path::Direct {
+                                    to: Destination::Stream(_),
+                                    ..
+                                }
+                            ) {
                                 // A stream's peer completed a TCP handshake from there: it
                                 // cannot be spoofed, so the session moves at once.
                                 peer.dest = from.clone();
@@ -1308,7 +1377,7 @@ impl Endpoint {
                 });
                 let ack = Message::PathProbeAck {
                     id,
-                    observed: from.udp(),
+                    observed: from.peer_udp(),
                 };
                 let _ = self.send_message_via(now, index, ack, Some(from.clone()), None);
             }
@@ -1677,7 +1746,7 @@ impl Endpoint {
             }
         }
         for f in frames {
-            self.receive(now, Path::Direct(Destination::Stream(stream)), &f);
+            self.receive(now, Path::stream(stream), &f);
         }
         if broken {
             // Framing is lost for good: ignore the rest and have the driver close it.
@@ -1701,11 +1770,17 @@ impl Machine for Endpoint {
 
     fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
-            Input::Datagram { source, data, .. } => {
-                self.receive(now, Path::Direct(Destination::Udp(source)), data)
+            Input::Datagram {
+                source,
+                local,
+                data,
+            } => {
+                let via = self.sockets.contains(&local).then_some(local);
+                self.receive(now, Path::udp_via(via, source), data)
             }
             Input::Stream { stream, data, .. } => self.on_stream(now, stream, data),
-            Input::StreamOpened { .. } => {}
+            // Its owner opened the socket and announces it with `add_socket`.
+            Input::StreamOpened { .. } | Input::UdpBound { .. } => {}
             Input::StreamClosed { stream } => {
                 self.streams.remove(&stream);
                 self.broken_streams.remove(&stream);

@@ -34,6 +34,14 @@
 //! with [`Input::StreamOpened`] or, on failure, [`Input::StreamClosed`]. Streams the driver
 //! accepts get ids from the lower half and are announced with [`Input::StreamOpened`] too.
 //!
+//! # Sockets on demand
+//!
+//! A machine that needs a UDP port of its own (a call moving its direct paths to a flow no
+//! stale NAT state clashes with) asks with [`StreamCommand::BindUdp`]; the driver opens a
+//! socket on the IP of the named local address and answers with [`Input::UdpBound`]. Its
+//! datagrams arrive with its address as `local`; [`Transmit::source`] sends from it;
+//! [`StreamCommand::CloseUdp`] closes it.
+//!
 //! A machine may only produce output in response to an input, so a driver that follows this
 //! order never misses work. The same loop drives a machine over real sockets
 //! (`natter-transport`) and in virtual time (`natter-sim`).
@@ -90,7 +98,7 @@ impl StreamId {
     }
 }
 
-/// A machine's request to its driver about streams.
+/// A machine's request to its driver about streams, and about UDP sockets it opens on demand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamCommand {
     /// Open a TCP connection to `remote` (TLS-wrapped when `tls`), known as `stream`. The
@@ -107,6 +115,24 @@ pub enum StreamCommand {
     Close {
         /// Which stream.
         stream: StreamId,
+    },
+    /// Open one more UDP socket on the IP address of `near` (one of the driver's sockets), on
+    /// a port the system chooses. The driver answers with [`Input::UdpBound`] carrying the
+    /// same `token`; the new socket's datagrams then arrive as [`Input::Datagram`] with its
+    /// address as `local`, and [`Transmit::source`] names it to send from it. A call uses one
+    /// to reach its peer from a port no NAT holds stale state for. Drivers that cannot open
+    /// sockets answer with `local: None`.
+    BindUdp {
+        /// The machine's name for the request.
+        token: u64,
+        /// A local address of the driver's: the new socket gets its IP.
+        near: SocketAddr,
+    },
+    /// Close a UDP socket opened with [`StreamCommand::BindUdp`] (the driver's own sockets are
+    /// never closed this way).
+    CloseUdp {
+        /// The socket's address, as [`Input::UdpBound`] gave it.
+        local: SocketAddr,
     },
 }
 
@@ -143,6 +169,13 @@ pub enum Input<'a> {
     StreamClosed {
         /// Which stream.
         stream: StreamId,
+    },
+    /// The answer to [`StreamCommand::BindUdp`].
+    UdpBound {
+        /// The request's token.
+        token: u64,
+        /// The new socket's address, or `None` when none could be opened.
+        local: Option<SocketAddr>,
     },
 }
 

@@ -106,7 +106,7 @@ impl World {
                 }
                 PathAction::Probe { path, ttl } => {
                     self.sides[i].probes_sent += 1;
-                    match path.udp() {
+                    match path.peer_udp() {
                         None => self.sides[i].pm.probe_answered(now, &path, RTT),
                         Some(to) => {
                             self.sides[i].opened.insert(to);
@@ -128,7 +128,7 @@ impl World {
                             if self.sides[j].filtered && !self.sides[j].opened.contains(&mine) {
                                 continue;
                             }
-                            let back = Path::Direct(Destination::Udp(mine));
+                            let back = Path::udp(mine);
                             self.sides[j].pm.probe_received(now, &back);
                             self.sides[i].pm.probe_answered(now, &path, RTT);
                         }
@@ -139,6 +139,8 @@ impl World {
                 }
                 // The relay in this model always works: nothing to check.
                 PathAction::RelayQuiet => {}
+                // Nor does it open ports: a rebind always fails here.
+                PathAction::Rebind => self.sides[i].pm.rebind_failed(now),
                 PathAction::Event(e) => self.sides[i].events.push(e),
             }
         }
@@ -147,12 +149,12 @@ impl World {
     /// Where side `i`'s packets on its active path appear to come from, for the other side.
     fn seen_from(&self, i: usize) -> Option<Path> {
         let j = 1 - i;
-        match self.sides[i].active.udp() {
+        match self.sides[i].active.peer_udp() {
             None => Some(relay()),
             Some(to) => {
                 let k = self.sides[j].addrs.iter().position(|a| *a == to)?;
                 let mine = self.sides[i].addrs[k.min(self.sides[i].addrs.len() - 1)];
-                (!self.cut).then_some(Path::Direct(Destination::Udp(mine)))
+                (!self.cut).then_some(Path::udp(mine))
             }
         }
     }
@@ -234,10 +236,7 @@ fn two_port_restricted_nats_open_then_check_and_go_direct() {
         w.switches(1).last(),
         Some(&(PathKind::Direct, SwitchReason::Peer))
     );
-    assert_eq!(
-        w.sides[1].active,
-        Path::Direct(Destination::Udp(addr("198.18.1.2:4000")))
-    );
+    assert_eq!(w.sides[1].active, Path::udp(addr("198.18.1.2:4000")));
 }
 
 #[test]
@@ -265,10 +264,7 @@ fn a_lan_address_beats_the_reflexive_one() {
         w.switches(0).last(),
         Some(&(PathKind::DirectLan, SwitchReason::Better))
     );
-    assert_eq!(
-        w.sides[0].active,
-        Path::Direct(Destination::Udp(addr("198.19.1.3:4000")))
-    );
+    assert_eq!(w.sides[0].active, Path::udp(addr("198.19.1.3:4000")));
 }
 
 #[test]
@@ -419,7 +415,7 @@ fn a_probe_before_the_candidates_does_not_hide_a_lan_address() {
         vec![host("198.19.1.2:4000")],
         now,
     );
-    let peer = Path::Direct(Destination::Udp(addr("198.19.1.3:4000")));
+    let peer = Path::udp(addr("198.19.1.3:4000"));
     pm.probe_received(now, &peer);
     pm.handle_message(
         now,
@@ -427,6 +423,7 @@ fn a_probe_before_the_candidates_does_not_hide_a_lan_address() {
             call: CallId([3; 16]),
             opened: true,
             update: false,
+            fresh: false,
             candidates: vec![host("198.19.1.3:4000")],
         },
     );

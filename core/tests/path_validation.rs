@@ -188,7 +188,7 @@ fn a_spoofed_source_moves_no_session_and_gets_at_most_three_times_its_bytes() {
     assert_eq!(w.server_remote(w.at_server_mallory), mallory_real);
     assert_eq!(
         w.server_remote(w.at_server_victim),
-        Path::Direct(Destination::Udp(victim_addr()))
+        Path::udp(victim_addr())
     );
     assert_eq!(w.path_changes_at_server(), vec![]);
     let stats = w.sim.machine::<Endpoint>(w.server).stats();
@@ -252,7 +252,7 @@ fn a_peer_that_really_moved_is_followed_after_one_challenge() {
     let after = w.server_remote(w.at_server_mallory);
     assert_ne!(after, before);
     assert_eq!(
-        after.udp().map(|a| a.ip()),
+        after.peer_udp().map(|a| a.ip()),
         Some(addr("198.18.50.9:0").ip())
     );
     assert_eq!(
@@ -283,7 +283,7 @@ fn a_session_never_moves_onto_another_devices_address() {
         .map(|c| c.payload.clone())
         .collect();
     assert!(!challenges.is_empty());
-    let mallory_public = mallory_real.udp().unwrap();
+    let mallory_public = mallory_real.peer_udp().unwrap();
     for c in challenges {
         w.sim.inject_datagram(server_addr(), mallory_public, c);
     }

@@ -128,7 +128,7 @@ fn a_session_runs_through_a_relay_and_moves_to_a_direct_path() {
 
     // A low-TTL probe opens A's side and dies; a normal probe is answered on its own path and
     // moves neither session.
-    let direct = Path::Direct(Destination::Udp(addr(B)));
+    let direct = Path::udp(addr(B));
     a.probe(now, ca, direct.clone(), Some(2)).unwrap();
     let (ea, eb) = run(&mut a, &mut b, now);
     assert!(ea.is_empty() && eb.is_empty(), "{ea:?} {eb:?}");
@@ -136,10 +136,7 @@ fn a_session_runs_through_a_relay_and_moves_to_a_direct_path() {
     let (ea, eb) = run(&mut a, &mut b, now);
     match &eb[..] {
         [EndpointEvent::ProbeReceived { conn, path }] => {
-            assert_eq!(
-                (*conn, path),
-                (cb, &Path::Direct(Destination::Udp(addr(A))))
-            );
+            assert_eq!((*conn, path), (cb, &Path::udp(addr(A))));
         }
         other => panic!("a probe moves nothing on B, it is only reported: {other:?}"),
     }
@@ -165,7 +162,7 @@ fn a_session_runs_through_a_relay_and_moves_to_a_direct_path() {
     let (_, eb) = run(&mut a, &mut b, now);
     assert!(eb.iter().any(|e| matches!(
         e,
-        EndpointEvent::PathChanged { remote, .. } if *remote == Path::Direct(Destination::Udp(addr(A)))
+        EndpointEvent::PathChanged { remote, .. } if *remote == Path::udp(addr(A))
     )));
     b.send(now, cb, b"back").unwrap();
     let before = a.stats().relayed_in;

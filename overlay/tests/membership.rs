@@ -174,7 +174,7 @@ fn forged_membership_news_cannot_take_a_super_node_out_of_the_views() {
                 .connections()
                 .filter(|c| {
                     ep.remote(*c)
-                        .and_then(|p| p.udp())
+                        .and_then(|p| p.peer_udp())
                         .is_some_and(|a| (0..N).any(|i| sn_addr(i) == a))
                 })
                 .collect();

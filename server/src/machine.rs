@@ -1230,7 +1230,7 @@ impl Machine for LoginServer {
                 // Jobs in flight finish; their answers are dropped.
             }
             // Bytes follow; the login server speaks only TLS over TCP.
-            Input::StreamOpened { .. } | Input::Datagram { .. } => {}
+            Input::StreamOpened { .. } | Input::Datagram { .. } | Input::UdpBound { .. } => {}
         }
     }
 

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use natter_core::sansio::{Destination, Input, Machine, StreamId, Transmit};
+use natter_core::sansio::{Destination, Input, Machine, StreamCommand, StreamId, Transmit};
 
 const PING: &[u8; 4] = b"PING";
 const PONG: &[u8; 4] = b"PONG";
@@ -80,6 +80,13 @@ pub enum ToyEvent {
         /// The stream.
         stream: StreamId,
     },
+    /// A socket asked for with [`ToyMachine::bind_udp`] is open (or could not be: `None`).
+    UdpBound {
+        /// The request's token.
+        token: u64,
+        /// The new socket's address.
+        local: Option<SocketAddr>,
+    },
 }
 
 /// A ping/echo/reflector machine. See the [module documentation](self).
@@ -96,6 +103,7 @@ pub struct ToyMachine {
     streams: BTreeSet<StreamId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ToyEvent>,
+    commands: VecDeque<StreamCommand>,
 }
 
 impl ToyMachine {
@@ -113,7 +121,22 @@ impl ToyMachine {
             streams: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            commands: VecDeque::new(),
         }
+    }
+
+    /// Asks the driver for one more UDP socket next to the default one; the answer arrives as
+    /// [`ToyEvent::UdpBound`].
+    pub fn bind_udp(&mut self, token: u64) {
+        self.commands.push_back(StreamCommand::BindUdp {
+            token,
+            near: self.local,
+        });
+    }
+
+    /// Closes a socket opened with [`ToyMachine::bind_udp`].
+    pub fn close_udp(&mut self, local: SocketAddr) {
+        self.commands.push_back(StreamCommand::CloseUdp { local });
     }
 
     /// Turns echoing of pings on or off.
@@ -326,6 +349,9 @@ impl Machine for ToyMachine {
                 self.streams.remove(&stream);
                 self.events.push_back(ToyEvent::StreamClosed { stream });
             }
+            Input::UdpBound { token, local } => {
+                self.events.push_back(ToyEvent::UdpBound { token, local })
+            }
         }
     }
 
@@ -356,5 +382,9 @@ impl Machine for ToyMachine {
 
     fn poll_timeout(&self) -> Option<Instant> {
         self.next_ping
+    }
+
+    fn poll_stream_command(&mut self) -> Option<StreamCommand> {
+        self.commands.pop_front()
     }
 }

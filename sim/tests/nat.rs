@@ -506,3 +506,56 @@ fn naive_punching_fails_through_linux_nats_and_ttl_2_openers_succeed() {
     // Openers that die before the far NAT open both NATs first: everything gets through.
     assert_eq!(punch(NatConfig::linux_masquerade(), true), (10, 10));
 }
+
+#[test]
+fn a_socket_opened_on_demand_gets_a_mapping_of_its_own_and_is_gone_once_closed() {
+    use natter_sim::toy::ToyEvent;
+    let mut sim = sim(9);
+    let nat = sim.add_nat(
+        "nat",
+        "198.18.0.1".parse().unwrap(),
+        NatConfig::port_restricted_cone(),
+    );
+    let alice = toy_behind(&mut sim, nat, "alice", "192.168.1.2:5000");
+    let s1 = toy(&mut sim, "s1", S1);
+    let main = reflect(&mut sim, alice, sa(S1));
+    sim.with_machine(alice, |m: &mut ToyMachine, _| m.bind_udp(3));
+    sim.run_for(Duration::from_millis(10));
+    let fresh = sim
+        .events(alice)
+        .iter()
+        .find_map(|(_, e)| match e {
+            ToyEvent::UdpBound {
+                token: 3,
+                local: Some(l),
+            } => Some(*l),
+            _ => None,
+        })
+        .expect("a socket");
+    assert_eq!(fresh.ip(), sa("192.168.1.2:5000").ip());
+    assert_ne!(fresh.port(), 5000);
+    // It sends from itself, through a mapping of its own, and hears the answer.
+    ping_from(&mut sim, alice, fresh, sa(S1));
+    sim.run_for(Duration::from_secs(1));
+    let (from, _) = *pings(&sim, s1).last().unwrap();
+    assert_eq!(from.ip(), main.ip());
+    assert_ne!(from, main, "a new flow through the NAT");
+    assert_eq!(pongs(&sim, alice).len(), 1);
+    // Closed: the NAT still forwards, but no socket takes it.
+    sim.with_machine(alice, |m: &mut ToyMachine, _| m.close_udp(fresh));
+    sim.run_for(Duration::from_millis(10));
+    ping_from(&mut sim, s1, sa(S1), from);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(pings(&sim, alice).len(), 0);
+    assert_eq!(
+        sim.trace()
+            .entries()
+            .iter()
+            .rev()
+            .find_map(|e| match e.kind {
+                TraceKind::Dropped(r) => Some(r),
+                _ => None,
+            }),
+        Some(DropReason::NoSocket)
+    );
+}

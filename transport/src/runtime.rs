@@ -189,6 +189,7 @@ where
                 poll,
                 udp,
                 udp_addrs: addrs,
+                extra_udp: HashMap::new(),
                 listeners: tcp,
                 server_tls: tls,
                 client_tls: client_config(),
@@ -500,6 +501,8 @@ struct Loop<M: Machine> {
     poll: Poll,
     udp: Vec<UdpSocket>,
     udp_addrs: Vec<SocketAddr>,
+    /// Sockets the machine opened on demand ([`StreamCommand::BindUdp`]), by token.
+    extra_udp: HashMap<Token, (UdpSocket, SocketAddr)>,
     listeners: Vec<(TcpListener, bool)>,
     server_tls: Option<Arc<rustls::ServerConfig>>,
     client_tls: Arc<rustls::ClientConfig>,
@@ -568,6 +571,8 @@ impl<M: Machine> Loop<M> {
                     self.read_udp(t - 1, &mut buf);
                 } else if t < base + self.listeners.len() {
                     self.accept(t - base);
+                } else if let Some((socket, local)) = self.extra_udp.get(&event.token()) {
+                    read_socket(socket, *local, &mut self.machine, &mut self.stats, &mut buf);
                 } else if let Some(id) = self.tokens.get(&event.token()).copied() {
                     self.on_stream_event(id, event.is_writable(), &mut buf);
                 }
@@ -590,29 +595,52 @@ impl<M: Machine> Loop<M> {
     }
 
     fn read_udp(&mut self, i: usize, buf: &mut [u8]) {
-        let local = self.udp_addrs[i];
-        loop {
-            match self.udp[i].recv_from(buf) {
-                Ok((n, source)) => {
-                    self.stats.datagrams_in += 1;
-                    self.stats.datagram_bytes += n as u64;
-                    self.machine.handle_input(
-                        Instant::now(),
-                        Input::Datagram {
-                            source,
-                            local,
-                            data: &buf[..n],
-                        },
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(_) => return,
-            }
+        read_socket(
+            &self.udp[i],
+            self.udp_addrs[i],
+            &mut self.machine,
+            &mut self.stats,
+            buf,
+        );
+    }
+
+    /// Opens a UDP socket on the IP of `near` for the machine ([`StreamCommand::BindUdp`]) and
+    /// tells it where.
+    fn bind_udp(&mut self, token: u64, near: SocketAddr) {
+        let bound = (|| {
+            let std = std::net::UdpSocket::bind(SocketAddr::new(near.ip(), 0))?;
+            std.set_nonblocking(true)?;
+            let mut socket = UdpSocket::from_std(std);
+            let local = socket.local_addr()?;
+            let t = Token(self.next_token);
+            self.poll
+                .registry()
+                .register(&mut socket, t, Interest::READABLE)?;
+            self.next_token += 1;
+            self.extra_udp.insert(t, (socket, local));
+            io::Result::Ok(local)
+        })();
+        if bound.is_err() {
+            self.stats.errors += 1;
+        }
+        self.machine.handle_input(
+            Instant::now(),
+            Input::UdpBound {
+                token,
+                local: bound.ok(),
+            },
+        );
+    }
+
+    /// Closes a socket the machine opened ([`StreamCommand::CloseUdp`]).
+    fn close_udp(&mut self, local: SocketAddr) {
+        let token = self
+            .extra_udp
+            .iter()
+            .find(|(_, (_, l))| *l == local)
+            .map(|(t, _)| *t);
+        if let Some((mut socket, _)) = token.and_then(|t| self.extra_udp.remove(&t)) {
+            let _ = self.poll.registry().deregister(&mut socket);
         }
     }
 
@@ -758,7 +786,13 @@ impl<M: Machine> Loop<M> {
                             .source
                             .and_then(|s| self.udp_addrs.iter().position(|a| *a == s))
                             .unwrap_or(0);
-                        let sent = self.udp.get(i).map(|s| match t.ttl {
+                        let extra = t.source.and_then(|s| {
+                            self.extra_udp
+                                .values()
+                                .find(|(_, l)| *l == s)
+                                .map(|(socket, _)| socket)
+                        });
+                        let sent = extra.or(self.udp.get(i)).map(|s| match t.ttl {
                             None => s.send_to(&t.payload, to),
                             // One datagram with its own TTL (hole punching): set it, send, and
                             // put the socket's default back. On IPv6 the TTL cannot be set this
@@ -807,6 +841,8 @@ impl<M: Machine> Loop<M> {
                             }
                         }
                     }
+                    StreamCommand::BindUdp { token, near } => self.bind_udp(token, near),
+                    StreamCommand::CloseUdp { local } => self.close_udp(local),
                 }
             }
             while let Some(e) = self.machine.poll_event() {
@@ -859,6 +895,39 @@ impl<M: Machine> Loop<M> {
         if reaped {
             // The machine heard about closed streams and may have something to say.
             self.drain();
+        }
+    }
+}
+
+/// Reads every datagram waiting on `socket` (at `local`) into `machine`.
+fn read_socket<M: Machine>(
+    socket: &UdpSocket,
+    local: SocketAddr,
+    machine: &mut M,
+    stats: &mut RuntimeStats,
+    buf: &mut [u8],
+) {
+    loop {
+        match socket.recv_from(buf) {
+            Ok((n, source)) => {
+                stats.datagrams_in += 1;
+                stats.datagram_bytes += n as u64;
+                machine.handle_input(
+                    Instant::now(),
+                    Input::Datagram {
+                        source,
+                        local,
+                        data: &buf[..n],
+                    },
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
         }
     }
 }

@@ -6,6 +6,7 @@ mod signalling;
 
 pub use path::{
     CallQuality, PathAction, PathConfig, PathEvent, PathKind, PathManager, SwitchReason,
+    MAX_REBINDS,
 };
 pub use signalling::{
     CallConfig, CallError, CallEvent, CallMachine, CallState, CallStats, CallTransmit, EndReason,

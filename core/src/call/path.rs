@@ -8,6 +8,10 @@ use crate::endpoint::Path;
 use crate::sansio::Destination;
 use crate::wire::message::{CallId, Candidate, CandidateKind, Message, MAX_CANDIDATES};
 
+/// Rebinds in a row ([`PathAction::Rebind`]) that found no direct path before this side waits
+/// the stale NAT state out instead ([`PathConfig::stale_wait`]).
+pub const MAX_REBINDS: u32 = 3;
+
 /// Tuning of a [`PathManager`].
 #[derive(Debug, Clone)]
 pub struct PathConfig {
@@ -58,6 +62,14 @@ pub struct PathConfig {
     /// re-checks keep a stale tracking entry alive in it; then both sides go quiet for
     /// `stale_wait` and open again, as after a change of candidates.
     pub dead_wait: Duration,
+    /// On the controlling side, when the direct path died and has not come back after this
+    /// long (default 1 s), or when a change of candidates found no direct pair within
+    /// `check_phase`, move the call's direct paths to a fresh local UDP port
+    /// ([`PathAction::Rebind`]): a new flow through both NATs, which no tracking entry left
+    /// by the old one can clash with, so the call goes direct again as soon as the network
+    /// allows rather than after `stale_wait`. `None` turns this off (both sides then only
+    /// wait out the stale state).
+    pub rebind_after: Option<Duration>,
     /// Look for a direct path at all (default true). Off, calls stay on the relay and this
     /// side never tells the peer its addresses: a privacy setting (the peer never learns
     /// where this device is), at the cost of the relay's latency and the super node's
@@ -83,6 +95,7 @@ impl Default for PathConfig {
             report_interval: Duration::from_secs(1),
             stale_wait: Duration::from_secs(32),
             dead_wait: Duration::from_secs(10),
+            rebind_after: Some(Duration::from_secs(1)),
             direct: true,
         }
     }
@@ -105,8 +118,8 @@ impl PathKind {
     /// The kind of `path` (`lan`: a direct path to a host candidate).
     pub fn of(path: &Path, lan: bool) -> PathKind {
         match path {
-            Path::Direct(_) if lan => PathKind::DirectLan,
-            Path::Direct(_) => PathKind::Direct,
+            Path::Direct { .. } if lan => PathKind::DirectLan,
+            Path::Direct { .. } => PathKind::Direct,
             Path::Relayed {
                 relay: Destination::Udp(_),
                 ..
@@ -195,6 +208,10 @@ pub enum PathAction {
     /// controlling side, replaces a relay that no longer answers
     /// ([`PathManager::replace_relay`]).
     RelayQuiet,
+    /// Open a fresh local UDP port for the call's direct paths and learn its reflexive
+    /// address (a STUN request to a super node from it), then hand both to
+    /// [`PathManager::rebound`]; or report [`PathManager::rebind_failed`].
+    Rebind,
     /// Tell the application.
     Event(PathEvent),
 }
@@ -362,6 +379,18 @@ pub struct PathManager {
     quiet_until: Option<Instant>,
     /// Quiet periods in a row that did not end on a direct path.
     quiet_rounds: u32,
+    /// The local socket direct paths leave from (`None`: the default one).
+    via: Option<SocketAddr>,
+    /// When the next [`PathAction::Rebind`] is due.
+    next_rebind: Option<Instant>,
+    /// A [`PathAction::Rebind`] is under way: no direct checks until it ends.
+    rebinding: bool,
+    /// Rebinds since a direct pair last answered.
+    rebinds: u32,
+    /// The rebind under way answers the peer's move to a fresh port (the controlled side).
+    following: bool,
+    /// Our pending update comes from a fresh port and asks the peer to move too.
+    fresh_update: bool,
     checks_started: Option<Instant>,
     first_valid: Option<Instant>,
     next_candidates: Option<Instant>,
@@ -417,6 +446,12 @@ impl PathManager {
             died_at: None,
             quiet_until: None,
             quiet_rounds: 0,
+            via: None,
+            next_rebind: None,
+            rebinding: false,
+            rebinds: 0,
+            following: false,
+            fresh_update: false,
             checks_started: None,
             first_valid: None,
             next_candidates: Some(now),
@@ -467,7 +502,17 @@ impl PathManager {
     /// rebound, a new network). When they differ from the last ones and the peer's are known,
     /// opening probes go from the new mapping to every peer candidate, then the candidates go
     /// to the peer (repeated until it answers), and checks resume once it answered.
+    /// These are the default socket's candidates: once the call moved to a port of its own
+    /// ([`PathManager::rebound`]) they are not the call's any more and are ignored; during a
+    /// rebind they are only kept.
     pub fn update_local_candidates(&mut self, now: Instant, local: Vec<Candidate>) {
+        if self.via.is_some() {
+            return;
+        }
+        if self.rebinding {
+            self.set_local_candidates(local);
+            return;
+        }
         let old = std::mem::take(&mut self.local);
         self.set_local_candidates(local);
         if self.local == old || !self.cfg.direct {
@@ -500,7 +545,7 @@ impl PathManager {
     fn open_towards(&mut self, addrs: Vec<SocketAddr>) {
         for addr in addrs {
             self.actions.push_back(PathAction::Probe {
-                path: Path::Direct(Destination::Udp(addr)),
+                path: Path::udp_via(self.via, addr),
                 ttl: Some(self.cfg.punch_ttl),
             });
         }
@@ -559,6 +604,7 @@ impl PathManager {
                 call,
                 opened,
                 update,
+                fresh,
                 candidates,
             } if *call == self.call && self.cfg.direct => {
                 let repeat = self.peer_candidates;
@@ -571,9 +617,37 @@ impl PathManager {
                 }
 
                 let mut answered = false;
+                if *fresh && *update && !self.controlling && self.cfg.rebind_after.is_some() {
+                    // The peer moved to a fresh port and asks us to follow: our answer comes
+                    // from a fresh port of ours (`rebound`), or from this one if that fails.
+                    // A repeat of the request while we follow is answered by then.
+                    if !new.is_empty() && !self.rebinding {
+                        self.rebinding = true;
+                        self.following = true;
+                        self.update_pending = false;
+                        self.quiet_until = None;
+                        self.actions.push_back(PathAction::Rebind);
+                    }
+                    if *opened {
+                        self.peer_opened = true;
+                    }
+                    return;
+                }
+                if self.controlling
+                    && self.update_pending
+                    && self.fresh_update
+                    && *update
+                    && !*fresh
+                {
+                    // Not the answer to our fresh port but an update of the peer's own (its
+                    // old port's address changed): it must follow us, not we it. Ask again.
+                    self.send_candidates(now);
+                    return;
+                }
                 if self.update_pending {
                     // The peer answered our new candidates: it opened towards them.
                     self.update_pending = false;
+                    self.fresh_update = false;
                     self.restart_checks(now);
                 } else if self.quiet_until.is_some() && (*update || !new.is_empty()) {
                     // The peer waited out the stale NAT state too and opened again: open
@@ -669,6 +743,7 @@ impl PathManager {
                 call: self.call,
                 opened: self.opened,
                 update: self.update_pending,
+                fresh: self.update_pending && self.fresh_update,
                 candidates: self.local.clone(),
             }));
         self.next_candidates = Some(now + self.cfg.candidates_retransmit);
@@ -689,9 +764,13 @@ impl PathManager {
                 self.high_rtt_reports = 0;
             }
         }
-        let Some(addr) = path.udp() else {
+        let Some(addr) = path.peer_udp() else {
             return;
         };
+        if path.via() != self.via {
+            // An answer on a port this side has left: its pairs are the new port's now.
+            return;
+        }
         if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == addr) {
             r.streak += 1;
             r.unanswered = 0;
@@ -707,7 +786,7 @@ impl PathManager {
 
     /// The peer probed us on `path`: a peer-reflexive candidate when its address is new.
     pub fn probe_received(&mut self, now: Instant, path: &Path) {
-        if let Some(addr) = path.udp() {
+        if let Some(addr) = path.peer_udp() {
             let known = self.remotes.iter().any(|r| r.addr == addr);
             self.add_remote(addr, false);
             if !known && self.checks_started.is_some() {
@@ -800,7 +879,7 @@ impl PathManager {
         }
         let path = &path;
         let lan = path
-            .udp()
+            .peer_udp()
             .is_some_and(|a| self.remotes.iter().any(|r| r.addr == a && r.lan));
         self.active = path.clone();
         self.active_kind = PathKind::of(path, lan);
@@ -842,11 +921,11 @@ impl PathManager {
         let Some(best) = best else {
             return;
         };
-        let path = Path::Direct(Destination::Udp(best.addr));
+        let path = Path::udp_via(self.via, best.addr);
         if path == self.active {
             return;
         }
-        let better = match self.active.udp() {
+        let better = match self.active.peer_udp() {
             None => true,
             Some(a) => match self.remotes.iter().find(|r| r.addr == a) {
                 Some(cur) => cur.failed || (best.lan && !cur.lan),
@@ -866,6 +945,9 @@ impl PathManager {
             && matches!(reason, SwitchReason::Dead | SwitchReason::Peer)
         {
             self.died_at = Some(now);
+            if let Some(after) = self.cfg.rebind_after.filter(|_| self.may_rebind()) {
+                self.next_rebind.get_or_insert(now + after);
+            }
         }
         self.switched_at = Some(now);
         self.active = path.clone();
@@ -885,6 +967,74 @@ impl PathManager {
             }));
     }
 
+    /// Whether this side may move its direct paths to a fresh port now.
+    fn may_rebind(&self) -> bool {
+        self.controlling
+            && self.cfg.direct
+            && self.cfg.rebind_after.is_some()
+            && !self.rebinding
+            && self.rebinds < MAX_REBINDS
+    }
+
+    /// The fresh port asked for with [`PathAction::Rebind`] is open at `via`, and `local` are
+    /// its candidates (its reflexive address, host addresses with its port). Direct paths
+    /// leave from it from now on: opening probes go from it to every peer candidate, the
+    /// candidates go to the peer as an update, and checks resume once it answered (it opened
+    /// towards the new mapping by then). The owner may close the port used before.
+    pub fn rebound(&mut self, now: Instant, via: SocketAddr, local: Vec<Candidate>) {
+        self.rebinding = false;
+        // The update says it comes from a fresh port: from the controlling side, a request
+        // that the peer follows; from the controlled side, the answer to one.
+        self.fresh_update = true;
+        self.following = false;
+        self.via = Some(via);
+        // The pairs start afresh on the new port.
+        for r in &mut self.remotes {
+            r.streak = 0;
+            r.unanswered = 0;
+            r.rtt = None;
+            r.last_answer = None;
+            r.failed = false;
+        }
+        self.set_local_candidates(local);
+        if self.active != self.relay {
+            // A direct path from the old port came back meanwhile: keep using it until the
+            // new port's pairs are chosen.
+            self.died_at = None;
+        }
+        self.reopen(now);
+    }
+
+    /// The fresh port asked for with [`PathAction::Rebind`] could not be opened, or its
+    /// reflexive address not learnt (the NAT or the super node still down): try again a
+    /// second later, at most [`MAX_REBINDS`] times in a row, then wait the stale state out.
+    pub fn rebind_failed(&mut self, now: Instant) {
+        if !self.rebinding {
+            return;
+        }
+        self.rebinding = false;
+        if std::mem::take(&mut self.following) {
+            // Answer the peer's fresh port from the port we have.
+            self.open_towards(self.remotes.iter().map(|r| r.addr).collect());
+            self.send_candidates(now);
+            self.restart_checks(now);
+            return;
+        }
+        if self.active != self.relay {
+            return;
+        }
+        if self.may_rebind() {
+            self.next_rebind = Some(now + self.cfg.recheck_interval);
+        } else if self.died_at.is_none() {
+            self.go_quiet(now);
+        }
+    }
+
+    /// The local socket direct paths leave from (`None`: the default one).
+    pub fn via(&self) -> Option<SocketAddr> {
+        self.via
+    }
+
     /// Send nothing directly to the peer until a NAT's stale state expired and was reaped,
     /// then open again; longer each time (a failed round left state of its own).
     fn go_quiet(&mut self, now: Instant) {
@@ -902,7 +1052,7 @@ impl PathManager {
         if !self.controlling {
             return;
         }
-        if let Some(a) = self.active.udp() {
+        if let Some(a) = self.active.peer_udp() {
             if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == a) {
                 r.failed = true;
                 r.streak = 0;
@@ -918,9 +1068,7 @@ impl PathManager {
             .min_by_key(|r| Self::remote_rank(r))
             .map(|r| (r.addr, r.lan));
         match next {
-            Some((addr, lan)) => {
-                self.switch(now, Path::Direct(Destination::Udp(addr)), lan, reason)
-            }
+            Some((addr, lan)) => self.switch(now, Path::udp_via(self.via, addr), lan, reason),
             None => {
                 let relay = self.relay.clone();
                 self.switch(now, relay, false, reason)
@@ -940,6 +1088,7 @@ impl PathManager {
                 if self.update_pending {
                     // Ten unanswered updates: check anyway rather than wait for good.
                     self.update_pending = false;
+                    self.fresh_update = false;
                     self.restart_checks(now);
                 }
             } else {
@@ -954,11 +1103,17 @@ impl PathManager {
             if answered || self.active != self.relay {
                 self.changed_at = None;
                 self.quiet_rounds = 0;
+                self.rebinds = 0;
+                self.next_rebind = None;
             } else if now >= changed + self.cfg.check_phase && !self.update_pending {
                 // The new pairs never answered: most likely a NAT's stale state from the
-                // change.
+                // change. A fresh port avoids it; failing that, wait it out.
                 self.changed_at = None;
-                self.go_quiet(now);
+                if self.may_rebind() {
+                    self.next_rebind = Some(now);
+                } else {
+                    self.go_quiet(now);
+                }
             }
         }
         if let Some(died) = self.died_at {
@@ -971,11 +1126,21 @@ impl PathManager {
             } else if now >= died + self.cfg.dead_wait
                 && !self.update_pending
                 && self.changed_at.is_none()
+                && !self.rebinding
+                && self.next_rebind.is_none()
             {
                 // The direct path died and stayed dead while the relay works: a NAT that
                 // restarted may hold a stale entry our peer's re-checks keep alive.
                 self.died_at = None;
                 self.go_quiet(now);
+            }
+        }
+        if self.next_rebind.is_some_and(|t| now >= t) {
+            self.next_rebind = None;
+            if self.active == self.relay && self.may_rebind() {
+                self.rebinds += 1;
+                self.rebinding = true;
+                self.actions.push_back(PathAction::Rebind);
             }
         }
         if self.quiet_until.is_some_and(|t| now >= t) {
@@ -985,11 +1150,17 @@ impl PathManager {
             let fast = self
                 .checks_started
                 .is_some_and(|s| now < s + self.cfg.check_phase);
+            let via = self.via;
             for r in &mut self.remotes {
-                let path = Path::Direct(Destination::Udp(r.addr));
+                let path = Path::udp_via(via, r.addr);
                 // While the peer has not answered our new candidates it may not have opened
-                // towards our new mapping: a check now could reach its NAT first.
-                if path == self.active || self.update_pending || self.quiet_until.is_some() {
+                // towards our new mapping: a check now could reach its NAT first. While a
+                // rebind is under way the old port is being left.
+                if path == self.active
+                    || self.update_pending
+                    || self.quiet_until.is_some()
+                    || self.rebinding
+                {
                     continue;
                 }
                 if r.unanswered >= 2 {
@@ -1140,8 +1311,14 @@ impl PathManager {
                 .filter(|_| !self.update_pending)
                 .map(|c| c + self.cfg.check_phase),
             self.died_at
-                .filter(|_| !self.update_pending && self.changed_at.is_none())
+                .filter(|_| {
+                    !self.update_pending
+                        && self.changed_at.is_none()
+                        && !self.rebinding
+                        && self.next_rebind.is_none()
+                })
                 .map(|d| d + self.cfg.dead_wait),
+            self.next_rebind,
             self.next_candidates,
             self.next_check,
             Some(self.next_report),
@@ -1168,14 +1345,11 @@ mod tests {
     }
 
     fn manager(controlling: bool, now: Instant) -> PathManager {
-        PathManager::new(
-            PathConfig::default(),
-            CallId([1; 16]),
-            controlling,
-            relay(),
-            Vec::new(),
-            now,
-        )
+        manager_with(PathConfig::default(), controlling, now)
+    }
+
+    fn manager_with(cfg: PathConfig, controlling: bool, now: Instant) -> PathManager {
+        PathManager::new(cfg, CallId([1; 16]), controlling, relay(), Vec::new(), now)
     }
 
     /// Drives `m` from `start` for `secs` seconds in 10 ms steps, calling `each` at every
@@ -1246,7 +1420,7 @@ mod tests {
     fn the_controlled_side_on_a_silent_direct_path_falls_back_to_the_relay_without_spinning() {
         let start = Instant::now();
         let mut m = manager(false, start);
-        let direct = Path::Direct(Destination::Udp("198.18.50.1:5000".parse().unwrap()));
+        let direct = Path::udp("198.18.50.1:5000".parse().unwrap());
         m.path_changed(start, &direct);
         assert_eq!(m.active().1, PathKind::Direct);
         // Heard until 1 s, then nothing: the relay twice `dead_after` later (not before).
@@ -1273,6 +1447,7 @@ mod tests {
             call: CallId([1; 16]),
             opened,
             update: false,
+            fresh: false,
             candidates: addrs
                 .iter()
                 .map(|a| Candidate {
@@ -1298,7 +1473,11 @@ mod tests {
         for a in acts {
             match a {
                 PathAction::Probe {
-                    path: Path::Direct(Destination::Udp(to)),
+                    path:
+                        Path::Direct {
+                            to: Destination::Udp(to),
+                            ..
+                        },
                     ttl,
                 } => {
                     if ttl.is_some() {
@@ -1376,7 +1555,12 @@ mod tests {
     #[test]
     fn new_pairs_that_never_answer_go_quiet_then_reopen_waiting_longer_each_time() {
         let start = Instant::now();
-        let mut m = manager(true, start);
+        // A side that cannot move to a fresh port (the controlled one, or rebinds off).
+        let cfg = PathConfig {
+            rebind_after: None,
+            ..PathConfig::default()
+        };
+        let mut m = manager_with(cfg, true, start);
         m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
         m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
         actions(&mut m);
@@ -1415,6 +1599,228 @@ mod tests {
         }
     }
 
+    /// The probes among `acts`: (opening probes, checks), each with the port it leaves from.
+    fn probes_via(acts: &[PathAction]) -> (Vec<Option<SocketAddr>>, Vec<Option<SocketAddr>>) {
+        let (mut open, mut check) = (Vec::new(), Vec::new());
+        for a in acts {
+            if let PathAction::Probe { path, ttl } = a {
+                if path.peer_udp().is_some() {
+                    if ttl.is_some() { &mut open } else { &mut check }.push(path.via());
+                }
+            }
+        }
+        (open, check)
+    }
+
+    #[test]
+    fn new_pairs_that_never_answer_move_to_a_fresh_port_before_going_quiet() {
+        let start = Instant::now();
+        let mut m = manager(true, start);
+        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        // Our NAT moves mid-call; the peer answers our new candidates; nothing answers checks.
+        let mut t = start + Duration::from_secs(5);
+        m.update_local_candidates(t, reflexive("198.18.51.2:6000"));
+        m.handle_message(t, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        let check_phase = PathConfig::default().check_phase;
+        let fresh: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        for round in 0..MAX_REBINDS {
+            // The checks fail for the check phase: the manager asks for a fresh port.
+            let end = t + check_phase + Duration::from_millis(100);
+            let mut rebinds = 0;
+            while t < end {
+                t += Duration::from_millis(50);
+                m.handle_timeout(t);
+                rebinds += actions(&mut m)
+                    .iter()
+                    .filter(|a| matches!(a, PathAction::Rebind))
+                    .count();
+            }
+            assert_eq!(rebinds, 1, "round {round}");
+            // No checks at all while the port is being opened.
+            t += Duration::from_secs(1);
+            m.handle_timeout(t);
+            assert_eq!(probes_via(&actions(&mut m)).1.len(), 0, "round {round}");
+            // The port is open: openers go from it, then the update; no checks yet.
+            let port = SocketAddr::new(fresh.ip(), fresh.port() + round as u16);
+            m.rebound(t, port, reflexive("198.18.51.2:7000"));
+            let acts = actions(&mut m);
+            let (open, check) = probes_via(&acts);
+            assert_eq!((open, check.len()), (vec![Some(port)], 0), "round {round}");
+            let update = acts.iter().any(|a| {
+                matches!(a, PathAction::Send(Message::CallCandidates { update: true, candidates, .. })
+                    if candidates[0].addr == "198.18.51.2:7000".parse().unwrap())
+            });
+            assert!(update, "round {round}: the new candidates go to the peer");
+            // The default socket's candidates no longer concern the call.
+            m.update_local_candidates(t, reflexive("198.18.52.2:6000"));
+            assert!(actions(&mut m).is_empty());
+            // The peer answers: checks from the new port.
+            m.handle_message(t, &candidates(true, &["198.18.50.1:5000"]));
+            t += Duration::from_millis(50);
+            m.handle_timeout(t);
+            let (_, check) = probes_via(&actions(&mut m));
+            assert_eq!(check, vec![Some(port)], "round {round}");
+            assert_eq!(m.via(), Some(port));
+        }
+        // After the last rebind failed too, the stale state is waited out.
+        let end = t + check_phase + Duration::from_secs(5);
+        while t < end {
+            t += Duration::from_millis(50);
+            m.handle_timeout(t);
+            let acts = actions(&mut m);
+            assert!(!acts.iter().any(|a| matches!(a, PathAction::Rebind)));
+            if t > start + Duration::from_secs(60) {
+                break;
+            }
+        }
+        assert!(m.quiet_until.is_some(), "quiet after {MAX_REBINDS} rebinds");
+    }
+
+    /// A mid-call update from the peer: `fresh` when its candidates are a fresh port's.
+    fn update_from(fresh: bool, addrs: &[&str]) -> Message<'static> {
+        let Message::CallCandidates {
+            call,
+            opened,
+            candidates,
+            ..
+        } = candidates(true, addrs)
+        else {
+            unreachable!()
+        };
+        Message::CallCandidates {
+            call,
+            opened,
+            update: true,
+            fresh,
+            candidates,
+        }
+    }
+
+    /// The candidate messages among `acts`: (update, fresh) of each.
+    fn sent_flags(acts: &[PathAction]) -> Vec<(bool, bool)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                PathAction::Send(Message::CallCandidates { update, fresh, .. }) => {
+                    Some((*update, *fresh))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_callee_follows_a_fresh_port_with_one_of_its_own_before_it_answers() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        let t = start + Duration::from_secs(5);
+        // The caller moved to a fresh port: no answer, no probe, a port of our own first.
+        m.handle_message(t, &update_from(true, &["198.18.50.1:7000"]));
+        let acts = actions(&mut m);
+        assert!(matches!(acts[..], [PathAction::Rebind]), "{acts:?}");
+        // Its repeats while the port opens change nothing.
+        m.handle_message(t, &update_from(true, &["198.18.50.1:7000"]));
+        m.handle_timeout(t + Duration::from_millis(100));
+        let acts = actions(&mut m);
+        assert!(probes_via(&acts) == (vec![], vec![]) && sent_flags(&acts).is_empty());
+        // Open: openers from the new port to every caller candidate, then our fresh update.
+        let port: SocketAddr = "10.0.0.3:41000".parse().unwrap();
+        let t = t + Duration::from_millis(150);
+        m.rebound(t, port, reflexive("198.18.51.2:41000"));
+        let acts = actions(&mut m);
+        assert_eq!(probes_via(&acts), (vec![Some(port); 2], vec![]));
+        assert_eq!(sent_flags(&acts), vec![(true, true)]);
+        // The caller answers: checks from the new port.
+        m.handle_message(t, &candidates(true, &["198.18.50.1:7000"]));
+        m.handle_timeout(t + Duration::from_millis(50));
+        let (_, check) = probes_via(&actions(&mut m));
+        assert!(!check.is_empty() && check.iter().all(|v| *v == Some(port)));
+    }
+
+    #[test]
+    fn a_callee_that_cannot_open_a_port_answers_a_fresh_port_from_its_own() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        let t = start + Duration::from_secs(5);
+        m.handle_message(t, &update_from(true, &["198.18.50.1:7000"]));
+        assert!(matches!(actions(&mut m)[..], [PathAction::Rebind]));
+        m.rebind_failed(t);
+        let acts = actions(&mut m);
+        assert_eq!(probes_via(&acts).0, vec![None; 2]);
+        assert_eq!(sent_flags(&acts), vec![(false, false)]);
+        m.handle_timeout(t + Duration::from_millis(50));
+        assert!(!probes_via(&actions(&mut m)).1.is_empty());
+    }
+
+    #[test]
+    fn the_caller_asks_again_when_the_callee_updates_its_old_port_instead_of_following() {
+        let (mut m, t0) = chose_direct(Instant::now());
+        let mut t = t0;
+        let mut rebind_at = None;
+        while rebind_at.is_none() && t < t0 + Duration::from_secs(5) {
+            t += Duration::from_millis(10);
+            m.handle_timeout(t);
+            if actions(&mut m).contains(&PathAction::Rebind) {
+                rebind_at = Some(t);
+            }
+        }
+        assert!(
+            rebind_at.is_some(),
+            "the dead direct path leads to a fresh port"
+        );
+        let port: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        m.rebound(t, port, reflexive("198.18.51.2:40000"));
+        assert_eq!(sent_flags(&actions(&mut m)), vec![(true, true)]);
+        // The callee's NAT restarted: it announces its old port's new mapping, unaware.
+        m.handle_message(t, &update_from(false, &["198.18.50.1:6100"]));
+        let acts = actions(&mut m);
+        assert_eq!(sent_flags(&acts), vec![(true, true)], "asked again");
+        m.handle_timeout(t + Duration::from_millis(50));
+        assert!(probes_via(&actions(&mut m)).1.is_empty(), "no checks yet");
+        // It follows: its fresh port's update is the answer.
+        m.handle_message(t, &update_from(true, &["198.18.50.1:7000"]));
+        let acts = actions(&mut m);
+        assert_eq!(sent_flags(&acts), vec![(false, false)], "answered");
+        assert_eq!(
+            probes_via(&acts).0,
+            vec![Some(port)],
+            "opened towards it first"
+        );
+        m.handle_timeout(t + Duration::from_millis(100));
+        assert!(!probes_via(&actions(&mut m)).1.is_empty());
+    }
+
+    #[test]
+    fn a_failed_rebind_is_tried_again_then_the_dead_path_waits_as_before() {
+        let (mut m, t0) = chose_direct(Instant::now());
+        // The direct path dies: the relay at once, a rebind a second later.
+        let mut t = t0;
+        let mut asked = Vec::new();
+        while t < t0 + Duration::from_secs(20) {
+            t += Duration::from_millis(10);
+            m.handle_timeout(t);
+            for a in actions(&mut m) {
+                if matches!(a, PathAction::Rebind) {
+                    asked.push(t);
+                    // The NAT is down: the port's super node never answers.
+                    m.rebind_failed(t);
+                }
+            }
+        }
+        assert_eq!(asked.len(), MAX_REBINDS as usize, "{asked:?}");
+        assert!(m.active().0.is_relayed());
+        // Then, as without rebinds, quiet once `dead_wait` passed.
+        assert!(m.quiet_until.is_some());
+    }
+
     #[test]
     fn new_peer_candidates_mid_call_are_opened_answered_and_checked() {
         let start = Instant::now();
@@ -1447,7 +1853,7 @@ mod tests {
     }
 
     fn direct() -> Path {
-        Path::Direct(Destination::Udp("198.18.50.1:5000".parse().unwrap()))
+        Path::udp("198.18.50.1:5000".parse().unwrap())
     }
 
     /// A controlling manager that chose the direct path at the returned instant.
@@ -1459,9 +1865,10 @@ mod tests {
                 call: CallId([1; 16]),
                 opened: true,
                 update: false,
+                fresh: false,
                 candidates: vec![Candidate {
                     kind: CandidateKind::Reflexive,
-                    addr: direct().udp().unwrap(),
+                    addr: direct().peer_udp().unwrap(),
                 }],
             },
         );
@@ -1532,7 +1939,7 @@ mod tests {
         let start = Instant::now();
         let mut m = manager(false, start);
         let lan: SocketAddr = "10.0.0.3:5000".parse().unwrap();
-        let path = Path::Direct(Destination::Udp(lan));
+        let path = Path::udp(lan);
         // On one LAN the peer's opener arrives before its candidates.
         m.probe_received(start, &path);
         m.handle_message(
@@ -1541,6 +1948,7 @@ mod tests {
                 call: CallId([1; 16]),
                 opened: true,
                 update: false,
+                fresh: false,
                 candidates: vec![Candidate {
                     kind: CandidateKind::Host,
                     addr: lan,

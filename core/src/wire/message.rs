@@ -35,7 +35,7 @@
 //! | `0x46` | `CallHangup`                | none                                                |
 //! | `0x47` | `CallHold`                  | none                                                |
 //! | `0x48` | `CallResume`                | none                                                |
-//! | `0x49` | `CallCandidates`            | flags u8 (opened, answer me), n u8, n × (kind, addr) |
+//! | `0x49` | `CallCandidates`            | flags u8 (opened, answer me, fresh port), n u8, n × (kind, addr) |
 //! | `0x4A` | `CallAnsweredElsewhere`     | none                                                |
 //! | `0x4B` | `CallKeepAlive`             | held u8 (0 or 1: the sender's own hold state)       |
 
@@ -627,6 +627,12 @@ pub enum Message<'a> {
         /// The sender's candidates changed mid-call and it waits for an answer (the
         /// receiver's candidates, after it opened towards the new ones); answers never set it.
         update: bool,
+        /// With `update`: the candidates are those of a fresh port the sender moved the call's
+        /// direct paths to (a flow no stale NAT state clashes with). From the caller, it asks
+        /// the callee to do the same before it answers (a NAT that already mapped the
+        /// callee's port twice gives every new flow from it one of those mappings); from the
+        /// callee, it is that answer.
+        fresh: bool,
         /// At most [`MAX_CANDIDATES`].
         candidates: Vec<Candidate>,
     },
@@ -1045,10 +1051,10 @@ impl<'a> Message<'a> {
             MessageType::CallCandidates => {
                 let call = CallId(r.array()?);
                 let flags = r.u8()?;
-                if flags & !3 != 0 {
+                if flags & !7 != 0 {
                     return Err(DecodeError::Invalid("candidate flags"));
                 }
-                let (opened, update) = (flags & 1 != 0, flags & 2 != 0);
+                let (opened, update, fresh) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
                 let n = usize::from(r.u8()?);
                 if n > MAX_CANDIDATES {
                     return Err(DecodeError::TooLong {
@@ -1073,6 +1079,7 @@ impl<'a> Message<'a> {
                     call,
                     opened,
                     update,
+                    fresh,
                     candidates,
                 }
             }
@@ -1278,10 +1285,11 @@ impl<'a> Message<'a> {
                 call,
                 opened,
                 update,
+                fresh,
                 candidates,
             } => {
                 out.put_slice(&call.0);
-                out.put_u8(u8::from(*opened) | u8::from(*update) << 1);
+                out.put_u8(u8::from(*opened) | u8::from(*update) << 1 | u8::from(*fresh) << 2);
                 let n = candidates.len().min(MAX_CANDIDATES);
                 out.put_u8(n as u8);
                 for c in &candidates[..n] {
@@ -1620,12 +1628,14 @@ mod tests {
                 call,
                 opened: false,
                 update: true,
+                fresh: true,
                 candidates: vec![],
             },
             Message::CallCandidates {
                 call,
                 opened: true,
                 update: false,
+                fresh: false,
                 candidates: full,
             },
             Message::MediaReport {
@@ -1691,6 +1701,7 @@ mod tests {
             call,
             opened: true,
             update: false,
+            fresh: false,
             candidates: vec![Candidate {
                 kind: CandidateKind::Host,
                 addr: "198.18.0.1:1".parse().unwrap(),
@@ -1704,7 +1715,7 @@ mod tests {
             Err(DecodeError::Invalid("candidate kind"))
         );
         let mut bad = b.to_vec();
-        bad[17] = 4;
+        bad[17] = 8;
         assert_eq!(
             Message::decode(&bad),
             Err(DecodeError::Invalid("candidate flags"))

@@ -32,8 +32,10 @@ use natter_core::call::{
 use natter_core::crypto::{DeviceId, UserName};
 use natter_core::endpoint::{ConnId, EndpointEvent, Path, SendError};
 use natter_core::overlay::{LinkTransport, PresenceRecord, SearchOutcome, SearchResult};
-use natter_core::sansio::{Destination, StreamId};
+use natter_core::rng::Rng;
+use natter_core::sansio::{Destination, StreamCommand, StreamId, Transmit};
 use natter_core::wire::message::{CallId, Candidate, CandidateKind, Message, MessageType};
+use natter_core::wire::stun::{Message as StunMessage, TransactionId};
 
 use super::parts::{Cx, Notice, PartId};
 use super::NodeEvent;
@@ -49,6 +51,11 @@ const RELAY_PING_TIMEOUT: Duration = Duration::from_millis(250);
 /// A replacement relay not granted this long after it was asked for is given up (the next
 /// quiet report tries another).
 const REPLACE_TIMEOUT: Duration = Duration::from_secs(3);
+/// While a call's fresh port asks a super node for its reflexive address, the request is
+/// repeated this often...
+const REBIND_STUN_EVERY: Duration = Duration::from_millis(200);
+/// ...for at most this long (the NAT may still be down), then the rebind failed.
+const REBIND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a relay channel is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +156,43 @@ struct Connected {
     replacing: Option<Instant>,
     /// Super nodes tried for a replacement relay.
     tried: Vec<SocketAddr>,
+    /// The port of its own the call's direct paths use, once it moved to one
+    /// ([`PathAction::Rebind`]).
+    socket: Option<SocketAddr>,
+    /// A fresh port being opened.
+    rebind: Option<Rebind>,
+}
+
+/// A fresh port being opened for the connected call's direct paths ([`PathAction::Rebind`]):
+/// the driver opens the socket, then a super node tells its reflexive address.
+#[derive(Debug)]
+struct Rebind {
+    /// The name of the driver request.
+    token: u64,
+    /// The new socket, once open.
+    local: Option<SocketAddr>,
+    /// The super node asked.
+    server: SocketAddr,
+    /// The STUN request's transaction.
+    transaction: TransactionId,
+    /// When the request is repeated.
+    next_send: Option<Instant>,
+    /// When the rebind has failed.
+    deadline: Instant,
+}
+
+impl Rebind {
+    /// The STUN request asking the super node for the reflexive address of `local`.
+    fn request(&self, local: SocketAddr) -> Transmit {
+        Transmit {
+            destination: Destination::Udp(self.server),
+            source: Some(local),
+            payload: StunMessage::binding_request(self.transaction)
+                .encode()
+                .into(),
+            ttl: None,
+        }
+    }
 }
 
 /// The calls part. See the [module documentation](self).
@@ -184,12 +228,24 @@ pub(crate) struct Calls {
     udp_legs: HashMap<ConnId, Path>,
     /// The connected call's connectivity.
     connected: Option<Connected>,
+    /// Transaction ids of the STUN requests of fresh ports.
+    rng: Rng,
+    /// Names of driver requests ([`StreamCommand::BindUdp`]).
+    next_token: u64,
 }
 
 impl Calls {
-    /// The calls of device `device`.
-    pub fn new(device: DeviceId, cfg: CallConfig, path_cfg: PathConfig, now: Instant) -> Self {
+    /// The calls of device `device` (`seed`: this part's random draws).
+    pub fn new(
+        device: DeviceId,
+        cfg: CallConfig,
+        path_cfg: PathConfig,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Self {
         Self {
+            rng: Rng::from_seed_bytes(seed),
+            next_token: 0,
             machine: CallMachine::new(device, cfg, now),
             path_cfg,
             dials: HashMap::new(),
@@ -525,7 +581,10 @@ impl Calls {
     ) {
         if !matches!(
             cx.sessions.view().remote(conn),
-            Some(Path::Direct(Destination::Udp(_)))
+            Some(Path::Direct {
+                to: Destination::Udp(_),
+                ..
+            })
         ) || !self.conn_device.contains_key(&call_conn)
         {
             return;
@@ -757,7 +816,7 @@ impl Calls {
             }
         }
         if self.connected.as_ref().is_some_and(|c| c.conn == conn) {
-            self.connected = None;
+            self.disconnect(cx);
         }
         if !was_up && failed {
             // The handshake through this relay failed: try another super node.
@@ -966,12 +1025,12 @@ impl Calls {
                 relay: Destination::Stream(stream),
                 ..
             } => cx.facts.link_on(*stream).map(|l| l.conn).or_else(|| {
-                self.relay_sn_conns.keys().copied().find(|c| {
-                    cx.sessions.view().remote(*c)
-                        == Some(&Path::Direct(Destination::Stream(*stream)))
-                })
+                self.relay_sn_conns
+                    .keys()
+                    .copied()
+                    .find(|c| cx.sessions.view().remote(*c) == Some(&Path::stream(*stream)))
             }),
-            Path::Direct(_) => None,
+            Path::Direct { .. } => None,
         }
     }
 
@@ -1039,7 +1098,11 @@ impl Calls {
             .facts
             .reflexive
             .or_else(|| cx.facts.nat.as_ref().and_then(|r| r.mapped));
-        let port = cx.cfg.listen.port();
+        Self::candidates(cx, cx.cfg.listen.port(), reflexive)
+    }
+
+    /// Candidates of a socket on `port` whose address super nodes see is `reflexive`.
+    fn candidates(cx: &Cx<'_>, port: u16, reflexive: Option<SocketAddr>) -> Vec<Candidate> {
         let mut out: Vec<Candidate> = cx
             .facts
             .local_addresses
@@ -1181,6 +1244,8 @@ impl Calls {
                         relay_ping: None,
                         replacing: None,
                         tried: Vec::new(),
+                        socket: None,
+                        rebind: None,
                     });
                     if outgoing {
                         let current = self.devices.get(device).and_then(|l| l.relay).map(|r| r.0);
@@ -1199,7 +1264,7 @@ impl Calls {
             }
             CallEvent::Ended { call, .. } => {
                 if self.connected.as_ref().is_some_and(|c| c.call == *call) {
-                    self.connected = None;
+                    self.disconnect(cx);
                 }
                 if self.outgoing == Some(*call) {
                     self.outgoing = None;
@@ -1224,7 +1289,7 @@ impl Calls {
                 let _ = cx.sessions.send(cx.now, conn, &m);
             }
             PathAction::Probe { path, ttl } => {
-                if let Some(a) = path.udp() {
+                if let Some(a) = path.peer_udp() {
                     cx.out.notify(PartId::Uplink, Notice::UdpContacted(a));
                 }
                 let _ = cx.sessions.endpoint().probe(cx.now, conn, path, ttl);
@@ -1233,6 +1298,7 @@ impl Calls {
                 cx.sessions.endpoint().set_path(conn, path);
             }
             PathAction::RelayQuiet => self.relay_quiet(cx),
+            PathAction::Rebind => self.start_rebind(cx),
             PathAction::Event(PathEvent::Switched { path, kind, reason }) => {
                 if reason == SwitchReason::Dead {
                     self.direct_path_died(cx, &path);
@@ -1296,6 +1362,159 @@ impl Calls {
         cx.out.notify(PartId::Uplink, Notice::RecheckReflexive);
     }
 
+    /// The connected call ended: its ports of its own are closed.
+    fn disconnect(&mut self, cx: &mut Cx<'_>) {
+        let Some(c) = self.connected.take() else {
+            return;
+        };
+        let rebinding = c.rebind.and_then(|r| r.local);
+        for local in c.socket.into_iter().chain(rebinding) {
+            close_socket(cx, local);
+        }
+    }
+
+    /// The path manager asks for a fresh port ([`PathAction::Rebind`]): the driver opens one
+    /// next to our socket, and a super node will tell its reflexive address: the one relaying
+    /// the call over UDP (it answers now: the call runs through it), else one we are attached
+    /// to (our links may be re-attaching after our NAT moved).
+    fn start_rebind(&mut self, cx: &mut Cx<'_>) {
+        let relay = self.connected.as_ref().and_then(|c| match c.paths.relay() {
+            Path::Relayed {
+                relay: Destination::Udp(sn),
+                ..
+            } => Some(*sn),
+            _ => None,
+        });
+        let server = relay.or_else(|| {
+            (!cx.facts.udp_blocked_here())
+                .then(|| cx.facts.links.first().map(|l| l.addr))
+                .flatten()
+        });
+        let token = self.next_token;
+        let mut transaction = [0u8; 12];
+        self.rng.fill(&mut transaction);
+        let Some(c) = self.connected.as_mut() else {
+            return;
+        };
+        let Some(server) = server else {
+            c.paths.rebind_failed(cx.now);
+            return;
+        };
+        self.next_token += 1;
+        if let Some(old) = c.rebind.take().and_then(|r| r.local) {
+            close_socket(cx, old);
+        }
+        c.rebind = Some(Rebind {
+            token,
+            local: None,
+            server,
+            transaction: TransactionId(transaction),
+            next_send: None,
+            deadline: cx.now + REBIND_TIMEOUT,
+        });
+        cx.out.commands.push_back(StreamCommand::BindUdp {
+            token,
+            near: cx.cfg.listen,
+        });
+    }
+
+    /// The driver answered [`StreamCommand::BindUdp`] `token`. False when it was none of
+    /// ours (the caller closes a socket nobody wants).
+    pub fn on_udp_bound(&mut self, cx: &mut Cx<'_>, token: u64, local: Option<SocketAddr>) -> bool {
+        let Some(c) = self
+            .connected
+            .as_mut()
+            .filter(|c| c.rebind.as_ref().is_some_and(|r| r.token == token))
+        else {
+            return false;
+        };
+        let r = c.rebind.as_mut().expect("checked");
+        match local {
+            Some(local) => {
+                cx.sessions.endpoint().add_socket(local);
+                r.local = Some(local);
+                r.next_send = Some(cx.now + REBIND_STUN_EVERY);
+                cx.out.transmits.push_back(r.request(local));
+            }
+            None => {
+                c.rebind = None;
+                c.paths.rebind_failed(cx.now);
+            }
+        }
+        self.flush(cx);
+        true
+    }
+
+    /// Whether `local` is a port of the connected call's own (STUN answers arriving on it are
+    /// for [`Calls::on_stun_answer`]).
+    pub fn owns_socket(&self, local: SocketAddr) -> bool {
+        self.connected.as_ref().is_some_and(|c| {
+            c.socket == Some(local) || c.rebind.as_ref().is_some_and(|r| r.local == Some(local))
+        })
+    }
+
+    /// A STUN answer arrived on `local`, a port of the call's own: the reflexive address of a
+    /// fresh port. Returns false when it matched nothing.
+    pub fn on_stun_answer(
+        &mut self,
+        cx: &mut Cx<'_>,
+        msg: &StunMessage,
+        local: SocketAddr,
+    ) -> bool {
+        let Some(c) = self.connected.as_mut() else {
+            return false;
+        };
+        let ours = c
+            .rebind
+            .as_ref()
+            .is_some_and(|r| r.local == Some(local) && r.transaction == msg.transaction);
+        if !ours {
+            return false;
+        }
+        let Some(mapped) = msg.mapped_address() else {
+            // An error answer: this super node will not tell; the rebind failed.
+            c.rebind = None;
+            close_socket(cx, local);
+            c.paths.rebind_failed(cx.now);
+            self.flush(cx);
+            return true;
+        };
+        let candidates = Self::candidates(cx, local.port(), Some(mapped));
+        let c = self.connected.as_mut().expect("checked");
+        c.rebind = None;
+        if let Some(old) = c.socket.replace(local) {
+            close_socket(cx, old);
+        }
+        c.paths.rebound(cx.now, local, candidates);
+        self.flush(cx);
+        true
+    }
+
+    /// Repeats the STUN request of a fresh port, and gives the rebind up at its deadline.
+    fn rebind_timeout(&mut self, cx: &mut Cx<'_>) {
+        let Some(c) = self.connected.as_mut() else {
+            return;
+        };
+        let Some(r) = c.rebind.as_mut() else {
+            return;
+        };
+        if cx.now >= r.deadline {
+            let local = r.local;
+            c.rebind = None;
+            if let Some(local) = local {
+                close_socket(cx, local);
+            }
+            c.paths.rebind_failed(cx.now);
+            return;
+        }
+        if let (Some(local), Some(at)) = (r.local, r.next_send) {
+            if cx.now >= at {
+                r.next_send = Some(cx.now + REBIND_STUN_EVERY);
+                cx.out.transmits.push_back(r.request(local));
+            }
+        }
+    }
+
     /// Our candidates may have changed (a new reflexive address, new local addresses): the
     /// connected call offers them to the peer when they did.
     fn refresh_candidates(&mut self, cx: &mut Cx<'_>) {
@@ -1317,6 +1536,7 @@ impl Calls {
         for (_, relay) in due {
             self.release_relay(cx, relay);
         }
+        self.rebind_timeout(cx);
         if let Some(c) = self.connected.as_mut() {
             if c.replacing.is_some_and(|t| cx.now >= t + REPLACE_TIMEOUT) {
                 c.replacing = None;
@@ -1346,7 +1566,11 @@ impl Calls {
                     .relay_ping
                     .filter(|_| c.replacing.is_none())
                     .map(|t| t + RELAY_PING_TIMEOUT);
-                replace.into_iter().chain(ping).min()
+                let rebind = c
+                    .rebind
+                    .as_ref()
+                    .map(|r| r.next_send.map_or(r.deadline, |t| t.min(r.deadline)));
+                replace.into_iter().chain(ping).chain(rebind).min()
             }),
             self.releases.iter().map(|(at, _)| *at).min(),
         ]
@@ -1354,6 +1578,12 @@ impl Calls {
         .flatten()
         .min()
     }
+}
+
+/// Closes a port of a call's own: the endpoint forgets it and the driver closes it.
+fn close_socket(cx: &mut Cx<'_>, local: SocketAddr) {
+    cx.sessions.endpoint().remove_socket(local);
+    cx.out.commands.push_back(StreamCommand::CloseUdp { local });
 }
 
 /// Whether `path` is relay channel `leg`'s channel reached by another leg than `leg`.

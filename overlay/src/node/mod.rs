@@ -266,10 +266,12 @@ impl Node {
             seed[0] ^= 0xCA;
             seed[31] ^= 0x11;
             let mut call_rng = Rng::from_seed_bytes(seed);
+            let machine = CallConfig::new(call_rng.bytes32(), cfg.wall_anchor);
             Calls::new(
                 cfg.identity.device.device_id(),
-                CallConfig::new(call_rng.bytes32(), cfg.wall_anchor),
+                machine,
                 cfg.call_paths.clone(),
+                call_rng.bytes32(),
                 now,
             )
         };
@@ -815,6 +817,13 @@ impl Node {
                 }
                 None => self.out.stats.stun_unmatched += 1,
             },
+            Class::Success | Class::Error if self.calls.owns_socket(local) => {
+                // The reflexive address of a call's fresh port.
+                let mut cx = cx!(self, now, PartId::Calls);
+                if !self.calls.on_stun_answer(&mut cx, &msg, local) {
+                    self.out.stats.stun_unmatched += 1;
+                }
+            }
             Class::Success | Class::Error => {
                 let mut cx = cx!(self, now, PartId::Uplink);
                 if !self.uplink.on_stun_answer(&mut cx, &msg, input) {
@@ -884,6 +893,17 @@ impl Machine for Node {
                 }
             }
             Input::Stream { .. } => self.endpoint.handle_input(now, input),
+            Input::UdpBound { token, local } => {
+                let mut cx = cx!(self, now, PartId::Calls);
+                if !self.calls.on_udp_bound(&mut cx, token, local) {
+                    // Its call ended meanwhile.
+                    if let Some(local) = local {
+                        self.out
+                            .commands
+                            .push_back(StreamCommand::CloseUdp { local });
+                    }
+                }
+            }
             Input::StreamClosed { stream } => {
                 let orphans = self.streams.closed(stream);
                 self.endpoint.handle_input(now, input);

@@ -201,7 +201,7 @@ mod tests {
             channel: 9,
         };
         assert_eq!(claim(&relayed), Calls);
-        let direct = Path::Direct(Destination::Stream(StreamId(3)));
+        let direct = Path::stream(StreamId(3));
         assert_eq!(claim(&direct), SuperNode);
     }
 }

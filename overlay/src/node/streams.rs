@@ -58,7 +58,11 @@ impl Streams {
         match e {
             EndpointEvent::Connected {
                 conn,
-                remote: Path::Direct(Destination::Stream(stream)),
+                remote:
+                    Path::Direct {
+                        to: Destination::Stream(stream),
+                        ..
+                    },
                 initiator: false,
                 ..
             } => {
@@ -67,9 +71,10 @@ impl Streams {
             }
             EndpointEvent::PathChanged { conn, remote } if self.incoming.contains_key(conn) => {
                 let old = match remote {
-                    Path::Direct(Destination::Stream(stream)) => {
-                        self.incoming.insert(*conn, *stream)
-                    }
+                    Path::Direct {
+                        to: Destination::Stream(stream),
+                        ..
+                    } => self.incoming.insert(*conn, *stream),
                     _ => self.incoming.remove(conn),
                 };
                 self.close_if_unused(old, commands);

@@ -241,6 +241,12 @@ enum Action {
     StreamFin {
         stream: StreamId,
     },
+    /// The answer to a machine's [`StreamCommand::BindUdp`](natter_core::sansio::StreamCommand).
+    UdpBound {
+        host: HostId,
+        token: u64,
+        local: SocketAddr,
+    },
 }
 
 struct Scheduled {
@@ -573,6 +579,39 @@ impl<E: 'static> Sim<E> {
                 let id = self.sim_stream(host, stream);
                 self.close_stream(host, id);
             }
+            // A new socket on an ephemeral port of the address `near` names (or the host's
+            // first), answered right away (in the next event).
+            StreamCommand::BindUdp { token, near } => {
+                let h = &mut self.hosts[host.0];
+                let ip = h
+                    .addrs
+                    .iter()
+                    .find(|a| a.ip() == near.ip())
+                    .unwrap_or(&h.addrs[0])
+                    .ip();
+                let local = loop {
+                    let port = h.next_ephemeral;
+                    h.next_ephemeral = if port == u16::MAX {
+                        EPHEMERAL_START
+                    } else {
+                        port + 1
+                    };
+                    let a = SocketAddr::new(ip, port);
+                    if !h.addrs.contains(&a) {
+                        break a;
+                    }
+                };
+                h.addrs.push(local);
+                let now = self.now;
+                self.schedule(now, Action::UdpBound { host, token, local });
+            }
+            StreamCommand::CloseUdp { local } => {
+                let h = &mut self.hosts[host.0];
+                // Never the host's own first address.
+                if h.addrs.first() != Some(&local) {
+                    h.addrs.retain(|a| *a != local);
+                }
+            }
         }
     }
 
@@ -807,6 +846,14 @@ impl<E: 'static> Sim<E> {
             Action::StreamFailed { stream } => self.stream_failed(stream),
             Action::StreamData { stream, data } => self.stream_data(stream, data),
             Action::StreamFin { stream } => self.stream_fin(stream),
+            Action::UdpBound { host, token, local } => {
+                // A socket closed before its answer came (the machine crashed, say) is gone.
+                let input = Input::UdpBound {
+                    token,
+                    local: self.hosts[host.0].addrs.contains(&local).then_some(local),
+                };
+                self.deliver(host, input);
+            }
         }
     }
 }

@@ -211,7 +211,13 @@ impl IndexPart {
             cx.sessions.view().remote(conn),
             cx.sessions.view().peer(conn),
         ) {
-            (Some(Path::Direct(Destination::Udp(addr))), Some(peer)) if *addr != cx.cfg.listen => (
+            (
+                Some(Path::Direct {
+                    to: Destination::Udp(addr),
+                    ..
+                }),
+                Some(peer),
+            ) if *addr != cx.cfg.listen => (
                 HostEntry {
                     addr: *addr,
                     static_key: peer.certificate.dh_public,
@@ -237,7 +243,10 @@ impl IndexPart {
     pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
         let (now, wall) = (cx.now, cx.wall);
         let udp = match cx.sessions.view().remote(conn) {
-            Some(Path::Direct(Destination::Udp(a))) => Some(*a),
+            Some(Path::Direct {
+                to: Destination::Udp(a),
+                ..
+            }) => Some(*a),
             _ => None,
         };
         let Some(peer_key) = cx
@@ -344,7 +353,7 @@ impl IndexPart {
             let ep = cx.sessions.view();
             ep.connections()
                 .filter(|&c| {
-                    ep.remote(c) == Some(&Path::Direct(Destination::Udp(to.addr)))
+                    ep.remote(c) == Some(&Path::udp(to.addr))
                         && ep
                             .peer(c)
                             .is_some_and(|p| p.certificate.dh_public == to.static_key)

@@ -209,8 +209,14 @@ impl SuperNode {
         // (Every stream is announced with its far end before data arrives on it, so the
         // fallback is never used for a live session.)
         let remote = match cx.sessions.view().remote(conn) {
-            Some(Path::Direct(Destination::Udp(a))) => Some(*a),
-            Some(Path::Direct(Destination::Stream(s))) => cx.stream_remotes.get(s).copied(),
+            Some(Path::Direct {
+                to: Destination::Udp(a),
+                ..
+            }) => Some(*a),
+            Some(Path::Direct {
+                to: Destination::Stream(s),
+                ..
+            }) => cx.stream_remotes.get(s).copied(),
             Some(Path::Relayed { .. }) | None => None,
         }
         .unwrap_or(cx.cfg.listen);

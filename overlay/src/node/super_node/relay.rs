@@ -33,7 +33,7 @@ impl Relaying {
             by_dest: HashMap::new(),
         };
         for conn in endpoint.connections() {
-            if let (Some(Path::Direct(dest)), Some(peer)) =
+            if let (Some(Path::Direct { to: dest, .. }), Some(peer)) =
                 (endpoint.remote(conn), endpoint.peer(conn))
             {
                 let party = Party {
@@ -77,7 +77,7 @@ impl Relaying {
             EndpointEvent::Connected {
                 conn,
                 peer,
-                remote: Path::Direct(dest),
+                remote: Path::Direct { to: dest, .. },
                 ..
             } => {
                 self.by_conn.insert(*conn, dest.clone());
@@ -92,7 +92,7 @@ impl Relaying {
             }
             EndpointEvent::PathChanged {
                 conn,
-                remote: Path::Direct(new),
+                remote: Path::Direct { to: new, .. },
             } => match self.by_conn.get(conn).cloned() {
                 Some(old) if old != *new => {
                     self.by_dest.remove(&old);
