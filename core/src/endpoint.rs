@@ -586,8 +586,28 @@ impl Endpoint {
     }
 
     /// The socket at `local` is closed ([`crate::sansio::StreamCommand::CloseUdp`]).
+    /// Sessions still sent through it go from the default socket from now on (to the same
+    /// peer address), and a path through it being validated is given up.
     pub fn remove_socket(&mut self, local: SocketAddr) {
         self.sockets.retain(|s| *s != local);
+        let moved = |p: &mut Path| {
+            if let Path::Direct { via, .. } = p {
+                if *via == Some(local) {
+                    *via = None;
+                }
+            }
+        };
+        for peer in self.peers.values_mut() {
+            moved(&mut peer.dest);
+            // A path through it can no longer be validated.
+            if peer
+                .validating
+                .as_ref()
+                .is_some_and(|v| v.path.via() == Some(local))
+            {
+                peer.validating = None;
+            }
+        }
     }
 
     /// Counters.

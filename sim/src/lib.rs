@@ -51,6 +51,9 @@
 //!   opener gets one when the handshake completes. Machines can open and close streams
 //!   themselves with `StreamCommand`s (their own ids are translated per host).
 //!   [`Sim::close_stream`] closes one end; both machines get `Input::StreamClosed`.
+//! * **Sockets on demand.** A machine's `StreamCommand::BindUdp` adds an address on an
+//!   ephemeral port of its host (answered with `Input::UdpBound` in the next event);
+//!   `CloseUdp` removes it, as does a crash or restart of the host.
 //! * **Observation.** Every send, translation, delivery and drop is appended to the
 //!   [`Trace`], whose [`digest`](Trace::digest) (FNV-1a) and [`Counters`] make runs easy to
 //!   compare. [`SimConfig::capture`] keeps every datagram's bytes ([`Sim::captured`]) for

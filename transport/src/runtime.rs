@@ -782,17 +782,20 @@ impl<M: Machine> Loop<M> {
                 progressed = true;
                 match t.destination {
                     Destination::Udp(to) => {
-                        let i = t
-                            .source
-                            .and_then(|s| self.udp_addrs.iter().position(|a| *a == s))
-                            .unwrap_or(0);
-                        let extra = t.source.and_then(|s| {
-                            self.extra_udp
-                                .values()
-                                .find(|(_, l)| *l == s)
-                                .map(|(socket, _)| socket)
+                        // From the socket the machine names; the first one when it names
+                        // none, or an address that is none of ours (a configured address
+                        // a wildcard socket stands for).
+                        let named = t.source.and_then(|s| {
+                            let own = self.udp_addrs.iter().position(|a| *a == s);
+                            own.and_then(|i| self.udp.get(i)).or_else(|| {
+                                self.extra_udp
+                                    .values()
+                                    .find(|(_, l)| *l == s)
+                                    .map(|(socket, _)| socket)
+                            })
                         });
-                        let sent = extra.or(self.udp.get(i)).map(|s| match t.ttl {
+                        let socket = named.or(self.udp.first());
+                        let sent = socket.map(|s| match t.ttl {
                             None => s.send_to(&t.payload, to),
                             // One datagram with its own TTL (hole punching): set it, send, and
                             // put the socket's default back. On IPv6 the TTL cannot be set this

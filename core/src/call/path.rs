@@ -389,6 +389,13 @@ pub struct PathManager {
     rebinds: u32,
     /// The rebind under way answers the peer's move to a fresh port (the controlled side).
     following: bool,
+    /// The candidates of the peer's last fresh port we followed, and when.
+    followed: (Vec<SocketAddr>, Option<Instant>),
+    /// The peer understands fresh-port updates ([`PathManager::set_peer_fresh_ports`]).
+    peer_fresh: bool,
+    /// When something authenticated last arrived on the active path (not when this side
+    /// merely moved to it).
+    heard_at: Option<Instant>,
     /// Our pending update comes from a fresh port and asks the peer to move too.
     fresh_update: bool,
     checks_started: Option<Instant>,
@@ -451,6 +458,9 @@ impl PathManager {
             rebinding: false,
             rebinds: 0,
             following: false,
+            followed: (Vec::new(), None),
+            peer_fresh: false,
+            heard_at: None,
             fresh_update: false,
             checks_started: None,
             first_valid: None,
@@ -620,18 +630,32 @@ impl PathManager {
                 if *fresh && *update && !self.controlling && self.cfg.rebind_after.is_some() {
                     // The peer moved to a fresh port and asks us to follow: our answer comes
                     // from a fresh port of ours (`rebound`), or from this one if that fails.
-                    // A repeat of the request while we follow is answered by then.
-                    if !new.is_empty() && !self.rebinding {
+                    // A repeat of the request while we follow is answered by then; a repeat
+                    // of one we followed, or one beyond the limits (a peer cannot make us
+                    // open ports at its pace), is answered from the port we have.
+                    if *opened {
+                        self.peer_opened = true;
+                    }
+                    if self.rebinding {
+                        return;
+                    }
+                    let mut addrs: Vec<SocketAddr> = candidates.iter().map(|c| c.addr).collect();
+                    addrs.sort();
+                    let again = self.followed.0 == addrs;
+                    let soon = self
+                        .followed
+                        .1
+                        .is_some_and(|t| now < t + self.cfg.rebind_after.unwrap_or_default());
+                    if !again && !soon && self.rebinds < MAX_REBINDS {
+                        self.followed = (addrs, Some(now));
+                        self.rebinds += 1;
                         self.rebinding = true;
                         self.following = true;
                         self.update_pending = false;
                         self.quiet_until = None;
                         self.actions.push_back(PathAction::Rebind);
+                        return;
                     }
-                    if *opened {
-                        self.peer_opened = true;
-                    }
-                    return;
                 }
                 if self.controlling
                     && self.update_pending
@@ -814,6 +838,7 @@ impl PathManager {
     /// Something authenticated arrived on the session's current path (media, keep-alives).
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
+        self.heard_at = Some(now);
         self.relay_quiet_at = None;
     }
 
@@ -927,6 +952,8 @@ impl PathManager {
         }
         let better = match self.active.peer_udp() {
             None => true,
+            // A direct path from a port this side has left (it came back during a rebind).
+            Some(_) if self.active.via() != self.via => true,
             Some(a) => match self.remotes.iter().find(|r| r.addr == a) {
                 Some(cur) => cur.failed || (best.lan && !cur.lan),
                 None => true,
@@ -985,8 +1012,10 @@ impl PathManager {
         self.rebinding = false;
         // The update says it comes from a fresh port: from the controlling side, a request
         // that the peer follows; from the controlled side, the answer to one.
-        self.fresh_update = true;
+        self.fresh_update = self.peer_fresh;
         self.following = false;
+        // The new pairs get the settle time of first checks.
+        self.first_valid = None;
         self.via = Some(via);
         // The pairs start afresh on the new port.
         for r in &mut self.remotes {
@@ -1028,6 +1057,14 @@ impl PathManager {
         } else if self.died_at.is_none() {
             self.go_quiet(now);
         }
+    }
+
+    /// Whether the peer understands fresh-port updates (it announced
+    /// [`crate::crypto::Capabilities::FRESH_PORTS`] in its handshake): only then does this
+    /// side's update from a fresh port ask it to follow (an older peer would drop the whole
+    /// message as malformed). Off by default.
+    pub fn set_peer_fresh_ports(&mut self, yes: bool) {
+        self.peer_fresh = yes;
     }
 
     /// The local socket direct paths leave from (`None`: the default one).
@@ -1137,10 +1174,20 @@ impl PathManager {
         }
         if self.next_rebind.is_some_and(|t| now >= t) {
             self.next_rebind = None;
+            let relay_alive = self
+                .heard_at
+                .is_some_and(|h| now.saturating_duration_since(h) < self.cfg.dead_after);
             if self.active == self.relay && self.may_rebind() {
-                self.rebinds += 1;
-                self.rebinding = true;
-                self.actions.push_back(PathAction::Rebind);
+                if relay_alive {
+                    self.rebinds += 1;
+                    self.rebinding = true;
+                    self.actions.push_back(PathAction::Rebind);
+                } else {
+                    // Nothing gets through right now (our NAT is still down, say): a super
+                    // node could not tell the new port's address either. Rebind as soon as
+                    // the relay is heard again, without spending a try.
+                    self.next_rebind = Some(now + self.cfg.check_interval);
+                }
             }
         }
         if self.quiet_until.is_some_and(|t| now >= t) {
@@ -1632,6 +1679,8 @@ mod tests {
             let mut rebinds = 0;
             while t < end {
                 t += Duration::from_millis(50);
+                // Media keeps arriving through the relay.
+                m.heard(t);
                 m.handle_timeout(t);
                 rebinds += actions(&mut m)
                     .iter()
@@ -1715,6 +1764,7 @@ mod tests {
     fn the_callee_follows_a_fresh_port_with_one_of_its_own_before_it_answers() {
         let start = Instant::now();
         let mut m = manager(false, start);
+        m.set_peer_fresh_ports(true);
         m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
         m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
         actions(&mut m);
@@ -1765,8 +1815,12 @@ mod tests {
         let (mut m, t0) = chose_direct(Instant::now());
         let mut t = t0;
         let mut rebind_at = None;
+        m.set_peer_fresh_ports(true);
         while rebind_at.is_none() && t < t0 + Duration::from_secs(5) {
             t += Duration::from_millis(10);
+            if m.active().0.is_relayed() {
+                m.heard(t);
+            }
             m.handle_timeout(t);
             if actions(&mut m).contains(&PathAction::Rebind) {
                 rebind_at = Some(t);
@@ -1799,6 +1853,71 @@ mod tests {
     }
 
     #[test]
+    fn a_rebind_waits_until_the_relay_is_heard_again_and_spends_no_try_meanwhile() {
+        let (mut m, t0) = chose_direct(Instant::now());
+        // The direct path dies and nothing arrives through the relay either (our NAT is
+        // down): no rebind, however long it lasts.
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(30) {
+            t += Duration::from_millis(10);
+            m.handle_timeout(t);
+            assert!(
+                !actions(&mut m).contains(&PathAction::Rebind),
+                "at {:?}",
+                t - t0
+            );
+        }
+        assert!(m.active().0.is_relayed());
+        // The relay is heard again: a rebind at once, the first of MAX_REBINDS.
+        m.heard(t);
+        t += PathConfig::default().check_interval;
+        m.handle_timeout(t);
+        assert!(actions(&mut m).contains(&PathAction::Rebind));
+        assert_eq!(m.rebinds, 1);
+    }
+
+    #[test]
+    fn a_peer_cannot_make_the_callee_open_ports_at_its_pace() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        m.set_peer_fresh_ports(true);
+        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        actions(&mut m);
+        // A fresh update with new addresses every 10 ms for 10 s; every port opens at once.
+        let (mut follows, mut answers) = (Vec::new(), 0);
+        let mut t = start;
+        for i in 0..1000u32 {
+            t += Duration::from_millis(10);
+            let addr = format!("198.18.60.{}:{}", i % 200 + 1, 7000 + i);
+            m.handle_message(t, &update_from(true, &[addr.as_str()]));
+            let acts = actions(&mut m);
+            answers += sent_flags(&acts).len();
+            if acts.contains(&PathAction::Rebind) {
+                follows.push(t);
+                m.rebound(
+                    t,
+                    format!("10.0.0.3:{}", 41000 + i).parse().unwrap(),
+                    Vec::new(),
+                );
+                actions(&mut m);
+            }
+        }
+        assert!(
+            follows.len() as u32 <= MAX_REBINDS,
+            "{} follows",
+            follows.len()
+        );
+        let min_gap = PathConfig::default().rebind_after.unwrap();
+        assert!(
+            follows.windows(2).all(|w| w[1] - w[0] >= min_gap),
+            "{follows:?}"
+        );
+        // The others are answered from the port it has, as any update is.
+        assert!(answers >= 900, "{answers} answers");
+    }
+
+    #[test]
     fn a_failed_rebind_is_tried_again_then_the_dead_path_waits_as_before() {
         let (mut m, t0) = chose_direct(Instant::now());
         // The direct path dies: the relay at once, a rebind a second later.
@@ -1806,6 +1925,9 @@ mod tests {
         let mut asked = Vec::new();
         while t < t0 + Duration::from_secs(20) {
             t += Duration::from_millis(10);
+            if m.active().0.is_relayed() {
+                m.heard(t);
+            }
             m.handle_timeout(t);
             for a in actions(&mut m) {
                 if matches!(a, PathAction::Rebind) {

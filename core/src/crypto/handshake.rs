@@ -49,6 +49,9 @@ impl Capabilities {
     pub const CONFERENCE_MIXER: Self = Self(1 << 3);
     /// Can act as a super node (relay, index).
     pub const SUPER_NODE: Self = Self(1 << 4);
+    /// Moves a call's direct paths to fresh UDP ports after a NAT change and follows a peer
+    /// that does (the `fresh` flag of `CallCandidates`). Every node sets it.
+    pub const FRESH_PORTS: Self = Self(1 << 5);
 
     /// Both sets.
     pub fn union(self, other: Self) -> Self {

@@ -161,6 +161,9 @@ struct Connected {
     socket: Option<SocketAddr>,
     /// A fresh port being opened.
     rebind: Option<Rebind>,
+    /// Ports the call left that its active path may still use (a direct path from one came
+    /// back during a rebind): closed once it does not.
+    retired: Vec<SocketAddr>,
 }
 
 /// A fresh port being opened for the connected call's direct paths ([`PathAction::Rebind`]):
@@ -224,6 +227,9 @@ pub(crate) struct Calls {
     call_sessions: HashMap<(CallId, DeviceId), ConnId>,
     /// Relay channels of ended calls, given back at these instants.
     releases: Vec<(Instant, (SocketAddr, u32))>,
+    /// Ports of ended calls to close, and when: like relays, once the call's last words had
+    /// time to cross them.
+    socket_closes: Vec<(Instant, SocketAddr)>,
     /// Our UDP leg of the relay channel of call sessions peers opened to us through a relay.
     udp_legs: HashMap<ConnId, Path>,
     /// The connected call's connectivity.
@@ -262,6 +268,7 @@ impl Calls {
             invite_conn: None,
             call_sessions: HashMap::new(),
             releases: Vec::new(),
+            socket_closes: Vec::new(),
             udp_legs: HashMap::new(),
             connected: None,
         }
@@ -1161,6 +1168,7 @@ impl Calls {
                 break;
             }
         }
+        self.close_retired(cx);
     }
 
     /// Send a call message to `device`: on the call's own session once up, else on the
@@ -1227,7 +1235,7 @@ impl Calls {
                     (r, _) => r,
                 };
                 if let (Some(conn), Some(relay)) = (conn, relay) {
-                    let paths = PathManager::new(
+                    let mut paths = PathManager::new(
                         self.path_cfg.clone(),
                         *call,
                         outgoing,
@@ -1235,6 +1243,13 @@ impl Calls {
                         Self::local_candidates(cx),
                         now,
                     );
+                    let fresh = cx.sessions.view().peer(conn).is_some_and(|p| {
+                        p.capabilities
+                            .contains(natter_core::crypto::Capabilities::FRESH_PORTS)
+                    });
+                    paths.set_peer_fresh_ports(fresh);
+                    // (One connected call at a time: a previous one's ports are let go.)
+                    self.disconnect(cx);
                     self.connected = Some(Connected {
                         call: *call,
                         device: *device,
@@ -1246,6 +1261,7 @@ impl Calls {
                         tried: Vec::new(),
                         socket: None,
                         rebind: None,
+                        retired: Vec::new(),
                     });
                     if outgoing {
                         let current = self.devices.get(device).and_then(|l| l.relay).map(|r| r.0);
@@ -1289,7 +1305,8 @@ impl Calls {
                 let _ = cx.sessions.send(cx.now, conn, &m);
             }
             PathAction::Probe { path, ttl } => {
-                if let Some(a) = path.peer_udp() {
+                // (What the uplink's NAT probe needs: addresses our default socket sent to.)
+                if let (Some(a), None) = (path.peer_udp(), path.via()) {
                     cx.out.notify(PartId::Uplink, Notice::UdpContacted(a));
                 }
                 let _ = cx.sessions.endpoint().probe(cx.now, conn, path, ttl);
@@ -1362,13 +1379,31 @@ impl Calls {
         cx.out.notify(PartId::Uplink, Notice::RecheckReflexive);
     }
 
-    /// The connected call ended: its ports of its own are closed.
+    /// The connected call ended: its ports of its own are closed once its last words
+    /// (a hang-up and its retransmissions, perhaps on a direct path from one) had time to
+    /// cross them.
     fn disconnect(&mut self, cx: &mut Cx<'_>) {
         let Some(c) = self.connected.take() else {
             return;
         };
         let rebinding = c.rebind.and_then(|r| r.local);
-        for local in c.socket.into_iter().chain(rebinding) {
+        let at = cx.now + RELEASE_GRACE;
+        for local in c.socket.into_iter().chain(rebinding).chain(c.retired) {
+            self.socket_closes.push((at, local));
+        }
+    }
+
+    /// Closes the ports the connected call left once its active path no longer uses them.
+    fn close_retired(&mut self, cx: &mut Cx<'_>) {
+        let Some(c) = self.connected.as_mut() else {
+            return;
+        };
+        let in_use = c.paths.active().0.via();
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut c.retired)
+            .into_iter()
+            .partition(|l| Some(*l) == in_use);
+        c.retired = keep;
+        for local in gone {
             close_socket(cx, local);
         }
     }
@@ -1483,7 +1518,7 @@ impl Calls {
         let c = self.connected.as_mut().expect("checked");
         c.rebind = None;
         if let Some(old) = c.socket.replace(local) {
-            close_socket(cx, old);
+            c.retired.push(old);
         }
         c.paths.rebound(cx.now, local, candidates);
         self.flush(cx);
@@ -1536,6 +1571,13 @@ impl Calls {
         for (_, relay) in due {
             self.release_relay(cx, relay);
         }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.socket_closes)
+            .into_iter()
+            .partition(|(at, _)| *at <= cx.now);
+        self.socket_closes = later;
+        for (_, local) in due {
+            close_socket(cx, local);
+        }
         self.rebind_timeout(cx);
         if let Some(c) = self.connected.as_mut() {
             if c.replacing.is_some_and(|t| cx.now >= t + REPLACE_TIMEOUT) {
@@ -1573,6 +1615,7 @@ impl Calls {
                 replace.into_iter().chain(ping).chain(rebind).min()
             }),
             self.releases.iter().map(|(at, _)| *at).min(),
+            self.socket_closes.iter().map(|(at, _)| *at).min(),
         ]
         .into_iter()
         .flatten()

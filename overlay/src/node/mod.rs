@@ -224,6 +224,8 @@ impl Node {
     /// A node, starting to join at `now`.
     pub fn new(mut cfg: NodeConfig, now: Instant) -> Self {
         let mut rng = Rng::from_seed_bytes(cfg.seed);
+        // The calls part moves direct paths to fresh ports, and follows a peer that does.
+        cfg.identity.capabilities = cfg.identity.capabilities.union(Capabilities::FRESH_PORTS);
         if cfg.role != RolePolicy::Forbid {
             cfg.identity.capabilities = cfg.identity.capabilities.union(Capabilities::SUPER_NODE);
         }

@@ -138,6 +138,9 @@ struct Host<E> {
     /// Powered off ([`Sim::power_off`]): crashed, and nothing answers for it either.
     silent: bool,
     next_ephemeral: u16,
+    /// Sockets its machine opened ([`StreamCommand::BindUdp`](natter_core::sansio::StreamCommand)):
+    /// gone with it when it crashes.
+    on_demand: Vec<SocketAddr>,
 }
 
 struct Nat {
@@ -527,7 +530,12 @@ impl<E: 'static> Sim<E> {
         for s in self.streams_of(host) {
             self.close_stream(host, s);
         }
-        self.hosts[host.0].crashed = true;
+        let h = &mut self.hosts[host.0];
+        h.crashed = true;
+        // The sockets its machine opened die with its process.
+        for local in std::mem::take(&mut h.on_demand) {
+            h.addrs.retain(|a| *a != local);
+        }
     }
 
     /// Stop `host` as a power cut or a pulled cable would: unlike [`crash`](Self::crash), no
@@ -553,6 +561,10 @@ impl<E: 'static> Sim<E> {
             self.crash(host);
         }
         let h = &mut self.hosts[host.0];
+        // (After a power cut the old machine's sockets are still listed.)
+        for local in std::mem::take(&mut h.on_demand) {
+            h.addrs.retain(|a| *a != local);
+        }
         h.machine = Box::new(machine);
         h.crashed = false;
         h.silent = false;
@@ -602,13 +614,15 @@ impl<E: 'static> Sim<E> {
                     }
                 };
                 h.addrs.push(local);
+                h.on_demand.push(local);
                 let now = self.now;
                 self.schedule(now, Action::UdpBound { host, token, local });
             }
             StreamCommand::CloseUdp { local } => {
+                // Only sockets the machine opened itself.
                 let h = &mut self.hosts[host.0];
-                // Never the host's own first address.
-                if h.addrs.first() != Some(&local) {
+                if h.on_demand.contains(&local) {
+                    h.on_demand.retain(|a| *a != local);
                     h.addrs.retain(|a| *a != local);
                 }
             }

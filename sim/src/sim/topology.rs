@@ -66,6 +66,7 @@ impl<E: 'static> Sim<E> {
             crashed: false,
             silent: false,
             next_ephemeral: EPHEMERAL_START,
+            on_demand: Vec::new(),
         });
         // Pick up a timer the machine may already want.
         self.drain(id);
