@@ -59,16 +59,20 @@ impl World {
     }
 
     fn last_drop(&self) -> Option<DropReason> {
-        self.sim
-            .trace()
-            .entries()
-            .iter()
-            .rev()
-            .find_map(|e| match e.kind {
-                TraceKind::Dropped(r) => Some(r),
-                _ => None,
-            })
+        last_drop(&self.sim)
     }
+}
+
+/// Why the last dropped packet was dropped.
+fn last_drop(sim: &S) -> Option<DropReason> {
+    sim.trace()
+        .entries()
+        .iter()
+        .rev()
+        .find_map(|e| match e.kind {
+            TraceKind::Dropped(r) => Some(r),
+            _ => None,
+        })
 }
 
 #[test]
@@ -547,15 +551,5 @@ fn a_socket_opened_on_demand_gets_a_mapping_of_its_own_and_is_gone_once_closed()
     ping_from(&mut sim, s1, sa(S1), from);
     sim.run_for(Duration::from_secs(1));
     assert_eq!(pings(&sim, alice).len(), 0);
-    assert_eq!(
-        sim.trace()
-            .entries()
-            .iter()
-            .rev()
-            .find_map(|e| match e.kind {
-                TraceKind::Dropped(r) => Some(r),
-                _ => None,
-            }),
-        Some(DropReason::NoSocket)
-    );
+    assert_eq!(last_drop(&sim), Some(DropReason::NoSocket));
 }

@@ -1563,9 +1563,7 @@ mod tests {
     fn new_local_candidates_mid_call_open_first_and_check_only_after_the_peer_answered() {
         let start = Instant::now();
         let mut m = manager(true, start);
-        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
-        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
+        connected(&mut m, start);
         // Checks run; then our NAT rebinds us.
         let t = start + Duration::from_secs(5);
         m.handle_timeout(t);
@@ -1608,14 +1606,7 @@ mod tests {
             ..PathConfig::default()
         };
         let mut m = manager_with(cfg, true, start);
-        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
-        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
-        // Our NAT moves mid-call; the peer answers our new candidates; nothing answers checks.
-        let mut t = start + Duration::from_secs(5);
-        m.update_local_candidates(t, reflexive("198.18.51.2:6000"));
-        m.handle_message(t, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
+        let mut t = moved_mid_call(&mut m, start);
         let check_phase = PathConfig::default().check_phase;
         let stale = PathConfig::default().stale_wait;
         for round in 0..3u32 {
@@ -1646,6 +1637,24 @@ mod tests {
         }
     }
 
+    /// Candidates exchanged at `start`; 5 s later our NAT moves, the peer answers our new
+    /// candidates, and nothing answers the checks. Returns that instant.
+    fn moved_mid_call(m: &mut PathManager, start: Instant) -> Instant {
+        connected(m, start);
+        let t = start + Duration::from_secs(5);
+        m.update_local_candidates(t, reflexive("198.18.51.2:6000"));
+        m.handle_message(t, &candidates(true, &["198.18.50.1:5000"]));
+        actions(m);
+        t
+    }
+
+    /// Candidates exchanged at `start` with a peer at 198.18.50.1:5000.
+    fn connected(m: &mut PathManager, start: Instant) {
+        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
+        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
+        actions(m);
+    }
+
     /// The probes among `acts`: (opening probes, checks), each with the port it leaves from.
     fn probes_via(acts: &[PathAction]) -> (Vec<Option<SocketAddr>>, Vec<Option<SocketAddr>>) {
         let (mut open, mut check) = (Vec::new(), Vec::new());
@@ -1663,14 +1672,7 @@ mod tests {
     fn new_pairs_that_never_answer_move_to_a_fresh_port_before_going_quiet() {
         let start = Instant::now();
         let mut m = manager(true, start);
-        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
-        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
-        // Our NAT moves mid-call; the peer answers our new candidates; nothing answers checks.
-        let mut t = start + Duration::from_secs(5);
-        m.update_local_candidates(t, reflexive("198.18.51.2:6000"));
-        m.handle_message(t, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
+        let mut t = moved_mid_call(&mut m, start);
         let check_phase = PathConfig::default().check_phase;
         let fresh: SocketAddr = "10.0.0.2:40000".parse().unwrap();
         for round in 0..MAX_REBINDS {
@@ -1765,9 +1767,7 @@ mod tests {
         let start = Instant::now();
         let mut m = manager(false, start);
         m.set_peer_fresh_ports(true);
-        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
-        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
+        connected(&mut m, start);
         let t = start + Duration::from_secs(5);
         // The caller moved to a fresh port: no answer, no probe, a port of our own first.
         m.handle_message(t, &update_from(true, &["198.18.50.1:7000"]));
@@ -1796,9 +1796,7 @@ mod tests {
     fn a_callee_that_cannot_open_a_port_answers_a_fresh_port_from_its_own() {
         let start = Instant::now();
         let mut m = manager(false, start);
-        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
-        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
+        connected(&mut m, start);
         let t = start + Duration::from_secs(5);
         m.handle_message(t, &update_from(true, &["198.18.50.1:7000"]));
         assert!(matches!(actions(&mut m)[..], [PathAction::Rebind]));
@@ -1881,9 +1879,7 @@ mod tests {
         let start = Instant::now();
         let mut m = manager(false, start);
         m.set_peer_fresh_ports(true);
-        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
-        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
+        connected(&mut m, start);
         // A fresh update with new addresses every 10 ms for 10 s; every port opens at once.
         let (mut follows, mut answers) = (Vec::new(), 0);
         let mut t = start;
@@ -1947,9 +1943,7 @@ mod tests {
     fn new_peer_candidates_mid_call_are_opened_answered_and_checked() {
         let start = Instant::now();
         let mut m = manager(false, start);
-        m.update_local_candidates(start, reflexive("198.18.50.2:6000"));
-        m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
-        actions(&mut m);
+        connected(&mut m, start);
         // The same candidates repeated: nothing new.
         m.handle_message(start, &candidates(true, &["198.18.50.1:5000"]));
         assert_eq!(sorted(&actions(&mut m)), (vec![], vec![], 0));
