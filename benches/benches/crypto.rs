@@ -2,13 +2,16 @@
 //! 160 bytes covers fullband and redundancy), and a full XX handshake for scale.
 //!
 //! `cargo bench -p natter-benches --bench crypto`. The "seal+open" figure is one pair on one
-//! core: pairs per second per core = 1 / time.
+//! core: pairs per second per core = 1 / time. `forged_reset/N` is what a forged session reset
+//! (a flood anyone can send) costs an endpoint holding N sessions: the same for 1 and 3,000
+//! when the lookup does not scan the sessions.
 
 use std::time::Instant;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use natter_core::crypto::Session;
+use natter_core::sansio::Machine;
 use natter_core::testkit::{pump, TestNetwork};
 use natter_core::wire::packet::{Channel, Packet, SessionIndex};
 
@@ -67,7 +70,49 @@ fn handshake(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, raw::aead, seal_open, handshake);
+/// A forged reset at an endpoint with `sessions` sessions (a super node holds thousands).
+fn forged_reset(c: &mut Criterion) {
+    let net = TestNetwork::new(2);
+    let now = Instant::now();
+    let hub_addr: std::net::SocketAddr = "198.18.0.1:1".parse().unwrap();
+    let mut g = c.benchmark_group("forged_reset");
+    for sessions in [1u32, 3000] {
+        let mut hub = net.endpoint("hub", now);
+        for i in 0..sessions {
+            let addr =
+                std::net::SocketAddr::from(([198, 18, 1 + (i / 250) as u8, 1], 1 + i as u16));
+            let mut client = net.endpoint(&format!("user{i:04}"), now);
+            client
+                .connect(now, natter_core::sansio::Destination::Udp(hub_addr), None)
+                .unwrap();
+            pump(&mut client, addr, &mut hub, hub_addr, now);
+        }
+        assert_eq!(hub.connections().count(), sessions as usize);
+        let mut out = BytesMut::new();
+        Packet::Reset {
+            index: SessionIndex(0xDEAD_BEEF),
+            token: [0x5A; natter_core::crypto::RESET_TOKEN_LEN],
+        }
+        .encode(&mut out);
+        let source = "198.18.99.1:9".parse().unwrap();
+        g.bench_function(sessions.to_string(), |b| {
+            b.iter(|| {
+                hub.handle_input(
+                    now,
+                    natter_core::sansio::Input::Datagram {
+                        source,
+                        local: hub_addr,
+                        data: &out,
+                    },
+                )
+            })
+        });
+        assert!(hub.stats().dropped_reset > 0);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, raw::aead, seal_open, handshake, forged_reset);
 criterion_main!(benches);
 
 mod raw {

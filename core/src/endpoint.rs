@@ -521,6 +521,10 @@ pub struct Endpoint {
     initiations: HashMap<SessionIndex, Initiation>,
     responding: HashMap<SessionIndex, Responding>,
     peers: HashMap<SessionIndex, Peer>,
+    /// Our sessions by the peer's index (a reset names the peer's index), so a reset costs
+    /// one lookup, not a scan of every session. It may still list sessions gone since: a
+    /// lookup checks them, and it is rebuilt when it outgrows `peers`.
+    by_remote: HashMap<SessionIndex, Vec<SessionIndex>>,
     /// Highest IK timestamp accepted per initiator static key (IK replay protection).
     ik_seen: HashMap<[u8; 32], u64>,
     last_ik_timestamp: u64,
@@ -561,6 +565,7 @@ impl Endpoint {
             initiations: HashMap::new(),
             responding: HashMap::new(),
             peers: HashMap::new(),
+            by_remote: HashMap::new(),
             ik_seen: HashMap::new(),
             last_ik_timestamp: 0,
             streams: HashMap::new(),
@@ -1310,13 +1315,20 @@ impl Endpoint {
     /// the token it gave in that session's handshake.
     fn on_reset(&mut self, index: SessionIndex, token: &[u8; crate::crypto::RESET_TOKEN_LEN]) {
         use subtle::ConstantTimeEq;
-        let found = self.peers.iter().find_map(|(local, p)| {
-            let genuine = p.remote_index == index
-                && p.info
-                    .reset_token
-                    .is_some_and(|t| bool::from(t.ct_eq(token)));
-            genuine.then_some(*local)
-        });
+        let found = self
+            .by_remote
+            .get(&index)
+            .into_iter()
+            .flatten()
+            .copied()
+            .find(|local| {
+                self.peers.get(local).is_some_and(|p| {
+                    p.remote_index == index
+                        && p.info
+                            .reset_token
+                            .is_some_and(|t| bool::from(t.ct_eq(token)))
+                })
+            });
         let Some(local) = found else {
             self.stats.dropped_reset += 1;
             return;
@@ -1664,6 +1676,7 @@ impl Endpoint {
             initiator,
         });
         let remote_index = est.session.remote_index();
+        self.index_remote(remote_index, index);
         self.arm(now + self.cfg.keepalive_interval.min(self.cfg.idle_timeout));
         if let Some((_, at, _)) = &unconfirmed_final {
             self.arm(*at);
@@ -1688,6 +1701,19 @@ impl Endpoint {
         );
     }
 
+    /// Records that our session `local` has the peer's index `remote` (see `by_remote`).
+    fn index_remote(&mut self, remote: SessionIndex, local: SessionIndex) {
+        if self.by_remote.len() > 2 * self.peers.len() + 64 {
+            self.by_remote.clear();
+            for (l, p) in &self.peers {
+                self.by_remote.entry(p.remote_index).or_default().push(*l);
+            }
+        }
+        let locals = self.by_remote.entry(remote).or_default();
+        locals.retain(|l| self.peers.contains_key(l));
+        locals.push(local);
+    }
+
     fn establish_tentative(&mut self, now: Instant, est: Established, dest: Path) {
         if self.revoked.contains(&est.peer.certificate.device) {
             self.stats.revoked_peers += 1;
@@ -1695,6 +1721,7 @@ impl Endpoint {
         }
         let index = est.session.local_index();
         let remote_index = est.session.remote_index();
+        self.index_remote(remote_index, index);
         self.arm(now + RESPONDER_TIMEOUT);
         self.peers.insert(
             index,
