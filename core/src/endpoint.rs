@@ -555,8 +555,13 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// A new endpoint.
-    pub fn new(cfg: EndpointConfig) -> Self {
+    pub fn new(mut cfg: EndpointConfig) -> Self {
         let cfg_now = cfg.clock_anchor;
+        // This endpoint reads the short media envelope (and sends it to peers that do).
+        cfg.identity.capabilities = cfg
+            .identity
+            .capabilities
+            .union(crate::crypto::Capabilities::SHORT_MEDIA);
         Self {
             relaying: false,
             sockets: Vec::new(),
@@ -1138,7 +1143,7 @@ impl Endpoint {
                     return;
                 };
                 let mut plain = std::mem::take(&mut self.scratch);
-                let newest = peer.session.is_newest(header.counter);
+                let newest = peer.session.is_newest_header(&header);
                 let result = peer.session.open(&header, ciphertext, &mut plain);
                 match result {
                     Ok(()) => {
@@ -1684,7 +1689,7 @@ impl Endpoint {
         self.peers.insert(
             index,
             Peer {
-                session: est.session,
+                session: with_short_media(est.session, &est.peer),
                 info: est.peer,
                 dest,
                 tentative: None,
@@ -1726,7 +1731,7 @@ impl Endpoint {
         self.peers.insert(
             index,
             Peer {
-                session: est.session,
+                session: with_short_media(est.session, &est.peer),
                 info: est.peer,
                 dest,
                 tentative: Some(now),
@@ -1807,6 +1812,18 @@ impl Endpoint {
 }
 
 /// Retransmission delay before attempt `attempt + 1`: `rto` doubling, at most 2 s.
+/// `session`, sealing media in the short envelope when the peer reads it.
+fn with_short_media(
+    mut session: crate::crypto::Session,
+    peer: &crate::crypto::PeerInfo,
+) -> crate::crypto::Session {
+    session.set_short_media(
+        peer.capabilities
+            .contains(crate::crypto::Capabilities::SHORT_MEDIA),
+    );
+    session
+}
+
 fn backoff(rto: Duration, attempt: u32) -> Duration {
     rto.saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(MAX_HANDSHAKE_RTO.max(rto))

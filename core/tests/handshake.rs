@@ -314,8 +314,27 @@ fn endpoints_connect_exchange_and_close() {
         panic!()
     };
     assert_eq!(peer.certificate.user.as_str(), "alice");
-    a.send(now, conn, b"hello bob").unwrap();
+    assert!(peer
+        .capabilities
+        .contains(natter_core::crypto::Capabilities::SHORT_MEDIA));
+    // Media goes in the short envelope (the peer announced it reads it), control in the full.
     a.send_media(now, conn, b"frame").unwrap();
+    let media = a.poll_transmit().unwrap();
+    assert_eq!(media.payload.len(), 10 + 5 + 16);
+    assert_eq!(media.payload[1] & 0xFE, 0x20);
+    a.send(now, conn, b"hello bob").unwrap();
+    let control = a.poll_transmit().unwrap();
+    assert_eq!(control.payload.len(), 14 + 1 + 9 + 16);
+    for t in [media, control] {
+        b.handle_input(
+            now,
+            Input::Datagram {
+                source: addr(1),
+                local: addr(2),
+                data: &t.payload,
+            },
+        );
+    }
     a.ping(now, conn).unwrap();
     let (ea, eb) = pump(&mut a, addr(1), &mut b, addr(2), now);
     assert!(eb

@@ -18,8 +18,8 @@
 //! shortest Opus frame, so it does not depend on the sample rate.
 //!
 //! **Cost**: 5 bytes per frame without redundancy (RTP would take 12). At 50 frames/s with
-//! IPv4 (20) + UDP (8) + the envelope (30), the overhead is 63 bytes per frame, 25.2 kbit/s;
-//! the rest of the 40 kbit/s (5 kB/s) budget is left to Opus.
+//! IPv4 (20) + UDP (8) + the short media envelope (26), the overhead is 59 bytes per frame,
+//! 23.6 kbit/s (63 bytes and 25.2 kbit/s with the full 30-byte envelope).
 //!
 //! **Flags**: *FEC* means the primary Opus payload carries in-band FEC (SILK LBRR) for the
 //! frame before it. *DTX* means the sender entered discontinuous transmission with this frame:
@@ -33,7 +33,8 @@ use crate::opus_packet::{self, TocError};
 pub const HEADER_LEN: usize = 5;
 /// Most redundant blocks one frame can carry.
 pub const MAX_RED_BLOCKS: usize = 3;
-/// The largest media frame (the envelope's 1200-byte datagram limit minus its 30 bytes).
+/// The largest media frame (the envelope's 1200-byte datagram limit minus its 30 bytes: the
+/// full envelope's, so a frame fits whichever envelope carries it).
 pub const MAX_FRAME_LEN: usize = 1200 - 30;
 
 const FLAG_FEC: u8 = 0x01;

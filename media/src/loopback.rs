@@ -236,8 +236,11 @@ fn sessions(t0: Instant) -> (Session, Session) {
     // Fixed test keys: the bytes are the real envelope, the secrets are not.
     let k_ab = [0xA5; 32];
     let k_ba = [0x5A; 32];
-    let alice = Session::new(SessionIndex(0xA11CE), SessionIndex(0xB0B), k_ab, k_ba, t0);
-    let bob = Session::new(SessionIndex(0xB0B), SessionIndex(0xA11CE), k_ba, k_ab, t0);
+    let mut alice = Session::new(SessionIndex(0xA11CE), SessionIndex(0xB0B), k_ab, k_ba, t0);
+    let mut bob = Session::new(SessionIndex(0xB0B), SessionIndex(0xA11CE), k_ba, k_ab, t0);
+    // Media in the short envelope, as between two endpoints of this build.
+    alice.set_short_media(true);
+    bob.set_short_media(true);
     (alice, bob)
 }
 

@@ -33,8 +33,9 @@ use crate::receiver::ReceiverReport;
 /// The loss estimate covers the latest reports totalling at least this many frames (5 s).
 const LOSS_WINDOW_FRAMES: u64 = 250;
 
-/// Bytes per packet outside the media frame: IPv4 (20) + UDP (8) + Natter envelope (30).
-pub const WIRE_OVERHEAD: usize = 20 + 8 + 30;
+/// Bytes per packet outside the media frame: IPv4 (20) + UDP (8) + Natter's short media
+/// envelope (26: a 10-byte header and the 16-byte tag).
+pub const WIRE_OVERHEAD: usize = 20 + 8 + 26;
 
 /// Sender settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -52,6 +52,9 @@ impl Capabilities {
     /// Moves a call's direct paths to fresh UDP ports after a NAT change and follows a peer
     /// that does (the `fresh` flag of `CallCandidates`). Every node sets it.
     pub const FRESH_PORTS: Self = Self(1 << 5);
+    /// Reads media in the short envelope (the counter's low 32 bits on the wire; see
+    /// `crate::wire::packet`). Every endpoint sets it.
+    pub const SHORT_MEDIA: Self = Self(1 << 6);
 
     /// Both sets.
     pub fn union(self, other: Self) -> Self {

@@ -25,6 +25,9 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use crate::crypto::{ReplayError, ReplayWindow};
 use crate::wire::packet::{Channel, DataHeader, SessionIndex, DATA_HEADER_LEN, TAG_LEN};
 
+/// The low half of a counter: what a short media header carries.
+const LOW_MASK: u64 = (1 << GENERATION_SHIFT) - 1;
+
 /// Move to a new key generation after this long, even when few packets were sent.
 pub const REKEY_AFTER: Duration = Duration::from_secs(120);
 /// How many generations ahead of the current one a receiver will derive keys for.
@@ -90,7 +93,7 @@ impl GenKey {
         }
     }
 
-    fn open(&self, counter: u64, aad: [u8; DATA_HEADER_LEN], buf: &mut [u8]) -> bool {
+    fn open(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> bool {
         self.cipher
             .open_in_place(nonce(counter), Aad::from(aad), buf)
             .is_ok()
@@ -131,6 +134,8 @@ pub struct Session {
     /// The previous generation's key and window, for packets still in flight across a key
     /// update.
     recv_previous: Option<(GenKey, ReplayWindow)>,
+    /// Media goes in the short envelope (the peer reads it).
+    short_media: bool,
     stats: SessionStats,
 }
 
@@ -166,8 +171,15 @@ impl Session {
             recv: GenKey::new(0, recv_key),
             recv_previous: None,
             window: ReplayWindow::default(),
+            short_media: false,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Seal media in the short envelope from now on (see [`crate::wire::packet`]): only when
+    /// the peer reads it (it announced [`crate::crypto::Capabilities::SHORT_MEDIA`]).
+    pub fn set_short_media(&mut self, on: bool) {
+        self.short_media = on;
     }
 
     /// Our index (packets to us carry it).
@@ -192,6 +204,31 @@ impl Session {
 
     /// True when `counter` would be the newest this session has received (so a packet with it
     /// may move the path; an older, delayed packet must not).
+    pub fn is_newest_header(&self, header: &DataHeader) -> bool {
+        self.is_newest(self.candidates(header).0[0])
+    }
+
+    /// The full counters a header may stand for, most likely first: its own; for a short
+    /// header, the low half completed with the current generation when the key phase matches
+    /// it, else with the next one or, for a straggler, the previous one. A forged or
+    /// corrupted packet fails authentication under each (at most two tries).
+    fn candidates(&self, header: &DataHeader) -> ([u64; 2], usize) {
+        if !header.short {
+            return ([header.counter, 0], 1);
+        }
+        let low = header.counter & LOW_MASK;
+        let current = self.recv.generation;
+        if header.key_phase == (current & 1 == 1) {
+            return ([current << GENERATION_SHIFT | low, 0], 1);
+        }
+        let next = (current + 1) << GENERATION_SHIFT | low;
+        match current.checked_sub(1) {
+            Some(previous) => ([next, previous << GENERATION_SHIFT | low], 2),
+            None => ([next, 0], 1),
+        }
+    }
+
+    /// True when `counter` would be the newest this session has received.
     pub fn is_newest(&self, counter: u64) -> bool {
         let generation = counter >> GENERATION_SHIFT;
         generation > self.recv.generation
@@ -231,22 +268,25 @@ impl Session {
         let counter = self.send_counter;
         self.send_counter += 1;
 
-        let mut header = [0u8; DATA_HEADER_LEN];
-        DataHeader {
+        let header = DataHeader {
             channel,
             key_phase: generation & 1 == 1,
             receiver: self.remote,
             counter,
-        }
-        .encode(&mut &mut header[..]);
-        out.reserve(DATA_HEADER_LEN + plaintext.len() + TAG_LEN);
-        out.put_slice(&header);
+            short: channel == Channel::Media && self.short_media,
+        };
+        let mut aad = [0u8; DATA_HEADER_LEN];
+        let aad_len = header.wire_len();
+        header.encode(&mut &mut aad[..]);
+        let aad = &aad[..aad_len];
+        out.reserve(aad_len + plaintext.len() + TAG_LEN);
+        out.put_slice(aad);
         let start = out.len();
         out.put_slice(plaintext);
         let tag = self
             .send
             .cipher
-            .seal_in_place_separate_tag(nonce(counter), Aad::from(header), &mut out[start..])
+            .seal_in_place_separate_tag(nonce(counter), Aad::from(aad), &mut out[start..])
             .map_err(|_| SealError::Exhausted)?;
         out.put_slice(tag.as_ref());
         self.stats.sealed += 1;
@@ -255,13 +295,24 @@ impl Session {
 
     /// Authenticate and decrypt a data envelope addressed to this session, writing the
     /// plaintext into `plaintext` (cleared first). On error nothing changes but the counters.
+    /// A short media header is tried under each full counter it may stand for.
     pub fn open(
         &mut self,
         header: &DataHeader,
         ciphertext: &[u8],
         plaintext: &mut Vec<u8>,
     ) -> Result<(), OpenError> {
-        let result = self.open_inner(header, ciphertext, plaintext);
+        let (candidates, n) = self.candidates(header);
+        let mut result = Err(OpenError::Authentication);
+        for counter in &candidates[..n] {
+            result = self.open_inner(header, *counter, ciphertext, plaintext);
+            if !matches!(
+                result,
+                Err(OpenError::Authentication | OpenError::Generation)
+            ) {
+                break;
+            }
+        }
         match result {
             Ok(()) => self.stats.opened += 1,
             Err(OpenError::Replay(ReplayError::Replayed)) => self.stats.replayed += 1,
@@ -272,22 +323,25 @@ impl Session {
         result
     }
 
+    /// Opens under the full counter `counter` (the header's own, or one a short header may
+    /// stand for).
     fn open_inner(
         &mut self,
         header: &DataHeader,
+        counter: u64,
         ciphertext: &[u8],
         plaintext: &mut Vec<u8>,
     ) -> Result<(), OpenError> {
         let Some(body_len) = ciphertext.len().checked_sub(TAG_LEN) else {
             return Err(OpenError::Authentication);
         };
-        let counter = header.counter;
         let generation = counter >> GENERATION_SHIFT;
         if header.key_phase != (generation & 1 == 1) {
             return Err(OpenError::Generation);
         }
         let mut aad = [0u8; DATA_HEADER_LEN];
         header.encode(&mut &mut aad[..]);
+        let aad = &aad[..header.wire_len()];
         let authentic = |key: &GenKey, buf: &mut Vec<u8>| {
             buf.clear();
             buf.extend_from_slice(ciphertext);
@@ -345,7 +399,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::packet::Packet;
+    use crate::wire::packet::{Packet, SHORT_DATA_HEADER_LEN};
 
     fn pair(now: Instant) -> (Session, Session) {
         let a = Session::new(SessionIndex(1), SessionIndex(2), [1; 32], [2; 32], now);
@@ -449,6 +503,102 @@ mod tests {
         let mut q = BytesMut::new();
         a2.seal(t0, Channel::Media, b"y", &mut q).unwrap();
         assert_eq!(open(&mut b, &q).unwrap(), b"y");
+    }
+
+    fn short_pair(now: Instant) -> (Session, Session) {
+        let (mut a, mut b) = pair(now);
+        a.set_short_media(true);
+        b.set_short_media(true);
+        (a, b)
+    }
+
+    #[test]
+    fn short_media_is_four_bytes_shorter_and_control_keeps_the_full_counter() {
+        let now = Instant::now();
+        let (mut a, mut b) = short_pair(now);
+        let mut media = BytesMut::new();
+        a.seal(now, Channel::Media, b"voice", &mut media).unwrap();
+        assert_eq!(media.len(), SHORT_DATA_HEADER_LEN + 5 + TAG_LEN);
+        assert_eq!(DATA_HEADER_LEN - SHORT_DATA_HEADER_LEN, 4);
+        let mut control = BytesMut::new();
+        a.seal(now, Channel::Control, b"hello", &mut control)
+            .unwrap();
+        assert_eq!(control.len(), DATA_HEADER_LEN + 5 + TAG_LEN);
+        assert_eq!(open(&mut b, &media).unwrap(), b"voice");
+        assert_eq!(open(&mut b, &control).unwrap(), b"hello");
+        assert_eq!(
+            open(&mut b, &media),
+            Err(OpenError::Replay(ReplayError::Replayed))
+        );
+        // Every bit of the short header is authenticated.
+        let mut fresh = BytesMut::new();
+        a.seal(now, Channel::Media, b"again", &mut fresh).unwrap();
+        for bit in 0..SHORT_DATA_HEADER_LEN * 8 {
+            let mut d = fresh.to_vec();
+            d[bit / 8] ^= 1 << (bit % 8);
+            if let Ok(Packet::Data { header, ciphertext }) = Packet::decode(&d) {
+                let mut out = Vec::new();
+                assert!(b.open(&header, ciphertext, &mut out).is_err(), "bit {bit}");
+            }
+        }
+        assert_eq!(open(&mut b, &fresh).unwrap(), b"again");
+    }
+
+    /// The truncated counter wraps where its generation ends: the packets around the wrap,
+    /// in any order, open once each under their full counters (never a reused nonce), and
+    /// the generation after it goes on.
+    #[test]
+    fn the_short_counter_wraps_into_the_next_generation() {
+        let t0 = Instant::now();
+        let orders: [[usize; 4]; 4] = [[0, 1, 2, 3], [2, 0, 3, 1], [3, 2, 1, 0], [1, 3, 0, 2]];
+        for order in orders {
+            let (mut a, mut b) = short_pair(t0);
+            a.send_counter = (1 << 32) - 2;
+            let packets: Vec<BytesMut> = (0..4u8)
+                .map(|i| {
+                    let mut p = BytesMut::new();
+                    a.seal(t0, Channel::Media, &[i], &mut p).unwrap();
+                    p
+                })
+                .collect();
+            // The last two are the first of generation 1: counters 0 and 1 on the wire.
+            assert_eq!(&packets[2][6..10], &[0, 0, 0, 0]);
+            assert_eq!(a.send_counter(), (1 << 32) + 2);
+            for &i in &order {
+                assert_eq!(
+                    open(&mut b, &packets[i]).unwrap(),
+                    vec![i as u8],
+                    "{order:?}"
+                );
+            }
+            for p in &packets {
+                assert!(open(&mut b, p).is_err(), "replayed: {order:?}");
+            }
+            let mut later = BytesMut::new();
+            a.seal(t0, Channel::Media, b"later", &mut later).unwrap();
+            assert_eq!(open(&mut b, &later).unwrap(), b"later");
+        }
+    }
+
+    #[test]
+    fn short_media_follows_time_rekeys_and_stragglers() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = short_pair(t0);
+        let mut old = BytesMut::new();
+        a.seal(t0, Channel::Media, b"gen0", &mut old).unwrap();
+        let mut t = t0;
+        for i in 0..6u8 {
+            t += REKEY_AFTER;
+            let mut p = BytesMut::new();
+            a.seal(t, Channel::Media, &[i], &mut p).unwrap();
+            assert_eq!(open(&mut b, &p).unwrap(), vec![i]);
+            if i == 0 {
+                // A straggler of generation 0 after generation 1 began.
+                assert_eq!(open(&mut b, &old).unwrap(), b"gen0");
+            }
+        }
+        assert_eq!(b.stats().opened, 7);
+        assert_eq!(b.stats().auth_failed, 0);
     }
 
     #[test]
