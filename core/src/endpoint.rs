@@ -1143,10 +1143,9 @@ impl Endpoint {
                     return;
                 };
                 let mut plain = std::mem::take(&mut self.scratch);
-                let newest = peer.session.is_newest_header(&header);
                 let result = peer.session.open(&header, ciphertext, &mut plain);
                 match result {
-                    Ok(()) => {
+                    Ok(crate::crypto::Opened { newest, .. }) => {
                         peer.last_received = now;
                         peer.unconfirmed_final = None;
                         // Only the newest packet moves the path: a delayed packet from the old
@@ -1811,7 +1810,6 @@ impl Endpoint {
     }
 }
 
-/// Retransmission delay before attempt `attempt + 1`: `rto` doubling, at most 2 s.
 /// `session`, sealing media in the short envelope when the peer reads it.
 fn with_short_media(
     mut session: crate::crypto::Session,
@@ -1824,6 +1822,7 @@ fn with_short_media(
     session
 }
 
+/// Retransmission delay before attempt `attempt + 1`: `rto` doubling, at most 2 s.
 fn backoff(rto: Duration, attempt: u32) -> Duration {
     rto.saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(MAX_HANDSHAKE_RTO.max(rto))

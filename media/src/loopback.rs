@@ -249,7 +249,7 @@ fn open(session: &mut Session, datagram: &[u8], plaintext: &mut Vec<u8>) -> Opti
         Ok(Packet::Data { header, ciphertext }) => session
             .open(&header, ciphertext, plaintext)
             .ok()
-            .map(|()| header.channel),
+            .map(|_| header.channel),
         _ => None,
     }
 }

@@ -24,4 +24,6 @@ pub use identity::{
     MAX_CERT_LEN, RING_SALT_LEN,
 };
 pub use replay::{ReplayError, ReplayWindow, WINDOW};
-pub use session::{OpenError, SealError, Session, SessionStats, MAX_GENERATION_SKIP, REKEY_AFTER};
+pub use session::{
+    OpenError, Opened, SealError, Session, SessionStats, MAX_GENERATION_SKIP, REKEY_AFTER,
+};

@@ -7,6 +7,9 @@
 //! * **Replay protection**: a [`ReplayWindow`] of 4032 packets; reordered packets inside it
 //!   decrypt, replayed or older ones are dropped and counted. Authentication happens *before*
 //!   the window is updated, so a forged or corrupted packet changes no state at all.
+//! * **Short media envelope**: media to a peer that reads it carries only the counter's low
+//!   32 bits; the receiver completes the generation from the key phase bit (current, else the
+//!   next or the previous one, the likelier first, at most two AEAD tries).
 //! * **Key update (rekeying)**: the counter's high 32 bits are the key *generation*. Generation
 //!   `g + 1`'s key is `BLAKE2s("natter-key-update" ‖ key_g)` and the old key is erased, which
 //!   gives forward secrecy inside a long session. A sender moves to the next generation after
@@ -22,7 +25,7 @@ use blake2::{Blake2s256, Digest};
 use bytes::{BufMut, BytesMut};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
-use crate::crypto::{ReplayError, ReplayWindow};
+use crate::crypto::{ReplayError, ReplayWindow, WINDOW};
 use crate::wire::packet::{Channel, DataHeader, SessionIndex, DATA_HEADER_LEN, TAG_LEN};
 
 /// The low half of a counter: what a short media header carries.
@@ -54,6 +57,16 @@ pub enum OpenError {
     /// The counter names a generation this session has no key for.
     #[error("unknown key generation")]
     Generation,
+}
+
+/// A data envelope that opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// The full counter it was sealed under (a short header's, completed).
+    pub counter: u64,
+    /// No packet with a higher counter had been received: only such a packet may move a
+    /// session's path (a delayed one must not).
+    pub newest: bool,
 }
 
 /// Counters of what a session has done, for statistics and tests.
@@ -202,12 +215,6 @@ impl Session {
         self.send_counter
     }
 
-    /// True when `counter` would be the newest this session has received (so a packet with it
-    /// may move the path; an older, delayed packet must not).
-    pub fn is_newest_header(&self, header: &DataHeader) -> bool {
-        self.is_newest(self.candidates(header).0[0])
-    }
-
     /// The full counters a header may stand for, most likely first: its own; for a short
     /// header, the low half completed with the current generation when the key phase matches
     /// it, else with the next one or, for a straggler, the previous one. A forged or
@@ -222,13 +229,23 @@ impl Session {
             return ([current << GENERATION_SHIFT | low, 0], 1);
         }
         let next = (current + 1) << GENERATION_SHIFT | low;
-        match current.checked_sub(1) {
-            Some(previous) => ([next, previous << GENERATION_SHIFT | low], 2),
+        let previous = self
+            .recv_previous
+            .as_ref()
+            .map(|(k, w)| (k.generation << GENERATION_SHIFT | low, w.highest()));
+        match previous {
+            // A straggler's counter lies within the previous generation's window; a new
+            // generation's counters start from 0: the likelier one first.
+            Some((prev, Some(highest))) if highest.saturating_sub(prev) < WINDOW => {
+                ([prev, next], 2)
+            }
+            Some((prev, _)) => ([next, prev], 2),
             None => ([next, 0], 1),
         }
     }
 
-    /// True when `counter` would be the newest this session has received.
+    /// True when `counter` would be the newest this session has received (so a packet with it
+    /// may move the path; an older, delayed packet must not).
     pub fn is_newest(&self, counter: u64) -> bool {
         let generation = counter >> GENERATION_SHIFT;
         generation > self.recv.generation
@@ -295,26 +312,36 @@ impl Session {
 
     /// Authenticate and decrypt a data envelope addressed to this session, writing the
     /// plaintext into `plaintext` (cleared first). On error nothing changes but the counters.
-    /// A short media header is tried under each full counter it may stand for.
+    /// A short media header is tried under each full counter it may stand for. Returns the
+    /// counter it opened under and whether it was the newest.
     pub fn open(
         &mut self,
         header: &DataHeader,
         ciphertext: &[u8],
         plaintext: &mut Vec<u8>,
-    ) -> Result<(), OpenError> {
+    ) -> Result<Opened, OpenError> {
         let (candidates, n) = self.candidates(header);
+        // The first guess's error stands unless another guess opens (a replay under one
+        // counter says nothing about the other).
         let mut result = Err(OpenError::Authentication);
-        for counter in &candidates[..n] {
-            result = self.open_inner(header, *counter, ciphertext, plaintext);
-            if !matches!(
-                result,
-                Err(OpenError::Authentication | OpenError::Generation)
-            ) {
+        for (i, counter) in candidates[..n].iter().enumerate() {
+            // Judged before the packet commits, by the counter it authenticates under.
+            let newest = self.is_newest(*counter);
+            let attempt = self
+                .open_inner(header, *counter, ciphertext, plaintext)
+                .map(|()| Opened {
+                    counter: *counter,
+                    newest,
+                });
+            if i == 0 || attempt.is_ok() {
+                result = attempt;
+            }
+            if result.is_ok() {
                 break;
             }
         }
         match result {
-            Ok(()) => self.stats.opened += 1,
+            Ok(_) => self.stats.opened += 1,
             Err(OpenError::Replay(ReplayError::Replayed)) => self.stats.replayed += 1,
             Err(OpenError::Replay(ReplayError::TooOld)) => self.stats.too_old += 1,
             Err(OpenError::Authentication) => self.stats.auth_failed += 1,
@@ -412,7 +439,7 @@ mod tests {
             panic!("not data")
         };
         let mut out = Vec::new();
-        s.open(&header, ciphertext, &mut out).map(|()| out)
+        s.open(&header, ciphertext, &mut out).map(|_| out)
     }
 
     #[test]
@@ -593,8 +620,14 @@ mod tests {
             a.seal(t, Channel::Media, &[i], &mut p).unwrap();
             assert_eq!(open(&mut b, &p).unwrap(), vec![i]);
             if i == 0 {
-                // A straggler of generation 0 after generation 1 began.
-                assert_eq!(open(&mut b, &old).unwrap(), b"gen0");
+                // A straggler of generation 0 after generation 1 began: it opens, and it is
+                // not the newest (it must not move a session's path back).
+                let Packet::Data { header, ciphertext } = Packet::decode(&old).unwrap() else {
+                    panic!("not data")
+                };
+                let mut out = Vec::new();
+                let opened = b.open(&header, ciphertext, &mut out).unwrap();
+                assert_eq!((out.as_slice(), opened.newest), (&b"gen0"[..], false));
             }
         }
         assert_eq!(b.stats().opened, 7);

@@ -93,6 +93,10 @@ pub struct DataHeader {
 impl DataHeader {
     /// Append the header: 14 bytes, or 10 in the short form.
     pub fn encode(&self, out: &mut impl BufMut) {
+        debug_assert!(
+            !self.short || self.channel == Channel::Media,
+            "only media comes short"
+        );
         let base = match self.channel {
             Channel::Control => CONTROL_BASE,
             Channel::Media => MEDIA_BASE,
