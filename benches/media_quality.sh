@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Speech quality of the media pipeline: runs `natter media-loopback` on
-# media/testdata/speech.wav under loss and jitter, scores each output against the input with
+# Speech quality of the media pipeline: runs `natter media-loopback` on three speech
+# recordings (media/testdata/speech.wav and two made with espeak-ng: an American English
+# female voice and a German male one, each 20-28 s) under loss and jitter, scores each
+# output against its input with
 # wideband PESQ (ITU-T P.862.2, the `pesq` package from PyPI) and prints a table with the
 # bitrate on the wire (IPv4 + UDP + Natter envelope + media frame) and the receiver's own
 # estimate of the whole run (`mos_call`, the E-model of media/src/quality.rs) next to PESQ:
 # the calibration check of that estimate (quality::tests::estimate_matches_recorded_pesq).
 #
-#   benches/media_quality.sh            # the standard conditions
+#   benches/media_quality.sh            # the standard conditions, a table per recording and
+#                                       # one of the means over the recordings
 #   SEEDS="1 2" benches/media_quality.sh   # PESQ averaged over other network seeds (default 1-5)
+#   RECORDINGS="a.wav b.wav" benches/media_quality.sh   # other recordings (16 kHz mono)
 #
 # Needs python3 with venv (a virtual environment with numpy, scipy, soundfile and pesq is
-# created in target/pesq-venv, or $PESQ_VENV, on first use) and a C compiler for pesq's
-# extension. Honours CARGO_TARGET_DIR; NATTER=/path/to/natter uses that binary (any program
+# created in target/pesq-venv, or $PESQ_VENV, on first use), a C compiler for pesq's
+# extension and espeak-ng (`apt-get install espeak-ng`) for the generated recordings. Honours CARGO_TARGET_DIR; NATTER=/path/to/natter uses that binary (any program
 # with the `media-loopback` subcommand) instead of building natter-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-INPUT=media/testdata/speech.wav
 OUT=target/media-quality
 VENV=${PESQ_VENV:-target/pesq-venv}
 SEEDS=${SEEDS:-"1 2 3 4 5"}
@@ -27,6 +30,35 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pesq, soundfil
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip >&2
   "$VENV/bin/pip" install --quiet numpy scipy soundfile pesq >&2
+fi
+
+# The generated recordings: Harvard sentences (public domain) and the German "Nordwind und
+# Sonne" fable (the IPA's standard passage), at 16 kHz.
+GEN=$OUT/recordings
+mkdir -p "$GEN"
+make_recording() { # name voice words-per-minute text
+  local out="$GEN/$1.wav"
+  [ -s "$out" ] && return
+  command -v espeak-ng > /dev/null || { echo "espeak-ng missing: apt-get install espeak-ng" >&2; exit 1; }
+  espeak-ng -v "$2" -s "$3" -w "$GEN/$1.raw.wav" "$4"
+  "$VENV/bin/python" - "$GEN/$1.raw.wav" "$out" <<'PY'
+import sys
+from math import gcd
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+x, fs = sf.read(sys.argv[1], dtype="float64")
+g = gcd(16000, fs)
+y = resample_poly(x, 16000 // g, fs // g)
+y = y / max(1e-9, float(np.abs(y).max())) * 0.5
+sf.write(sys.argv[2], (y * 32767).astype(np.int16), 16000, subtype="PCM_16")
+PY
+  rm -f "$GEN/$1.raw.wav"
+}
+if [ -z "${RECORDINGS:-}" ]; then
+  make_recording en-us-female en-us+f3 150 "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. It is easy to tell the depth of a well. These days a chicken leg is a rare dish. Rice is often served in round bowls. The juice of lemons makes fine punch. The box was thrown beside the parked truck. The hogs were fed chopped corn and garbage. Four hours of steady work faced us. A large size in stockings is hard to sell."
+  make_recording de-male de+m4 140 "Der Nordwind und die Sonne stritten sich einmal, wer von ihnen beiden wohl der Stärkere wäre, als ein Wanderer, der in einen warmen Mantel gehüllt war, des Weges daherkam. Sie wurden einig, dass derjenige für den Stärkeren gelten sollte, der den Wanderer zwingen würde, seinen Mantel abzunehmen."
+  RECORDINGS="media/testdata/speech.wav $GEN/en-us-female.wav $GEN/de-male.wav"
 fi
 
 if [ -z "${NATTER:-}" ]; then
@@ -43,7 +75,9 @@ CONDITIONS=(
   "20% bursty (mean 3)|--loss 20 --burst 3"
   "40 ms jitter|--jitter-ms 40"
   "5% + 40 ms jitter|--loss 5 --jitter-ms 40"
+  "clean, 16 kbit/s|--loss 0 --bitrate 16"
   "clean, 20 kbit/s|--loss 0 --bitrate 20"
+  "clean, 24 kbit/s|--loss 0 --bitrate 24"
   "clean, DTX|--loss 0 --dtx"
   "2% concealment only|--loss 2 --no-adapt"
   "5% concealment only|--loss 5 --no-adapt"
@@ -66,6 +100,11 @@ print(f"{pesq(fs, ref[:n].astype(np.float64), deg[:n].astype(np.float64), 'wb'):
 PY
 }
 
+SUMMARY=$OUT/summary.jsonl
+: > "$SUMMARY"
+for INPUT in $RECORDINGS; do
+rec=$(basename "$INPUT" .wav)
+echo "== $rec"
 printf '%-22s %6s %6s %6s %8s %9s %8s %8s %7s %8s %8s %7s %9s\n' \
   condition PESQ est diff "wire B/s" "wire kb/s" "lost %" "after %" burstR "RED" "FEC" "p95 ms" "JB tgt ms"
 for c in "${CONDITIONS[@]}"; do
@@ -73,15 +112,15 @@ for c in "${CONDITIONS[@]}"; do
   args=${c#*|}
   scores=(); jsons=()
   for seed in $SEEDS; do
-    out="$OUT/$(printf '%s' "$name" | tr -cs 'a-zA-Z0-9' _)-$seed.wav"
+    out="$OUT/$rec-$(printf '%s' "$name" | tr -cs 'a-zA-Z0-9' _)-$seed.wav"
     # shellcheck disable=SC2086
     "$NATTER" media-loopback --input "$INPUT" --output "$out" --seed "$seed" $args > "${out%.wav}.json"
     scores+=("$(score "$out")")
     jsons+=("${out%.wav}.json")
   done
-  python3 - "$name" "${scores[*]}" "${jsons[@]}" <<'PY'
+  python3 - "$name" "${scores[*]}" "$SUMMARY" "${jsons[@]}" <<'PY'
 import json, sys
-name, scores, files = sys.argv[1], [float(x) for x in sys.argv[2].split()], sys.argv[3:]
+name, scores, summary, files = sys.argv[1], [float(x) for x in sys.argv[2].split()], sys.argv[3], sys.argv[4:]
 runs = [json.load(open(f)) for f in files]
 mean = lambda xs: sum(xs) / len(xs)
 pesq = mean(scores)
@@ -89,12 +128,28 @@ est = mean([d["mos_call"] for d in runs])
 before = mean([d["receiver"]["loss_before_recovery_pct"] for d in runs])
 after = mean([d["receiver"]["loss_after_recovery_pct"] for d in runs])
 burst = mean([d["burst_ratio_after_recovery"] for d in runs])
+wire = mean([d["wire_bytes_per_s"] for d in runs])
+p95 = mean([d["latency_ms"]["p95"] for d in runs])
 d = runs[-1]
 r = d["receiver"]
 print(f"{name:<22} {pesq:6.2f} {est:6.2f} {est - pesq:+6.2f} {d['wire_bytes_per_s']:8.0f} "
       f"{d['wire_kbps']:9.1f} {before:8.2f} {after:8.2f} {burst:7.2f} "
       f"{r['red_recovered']:8d} {r['fec_recovered']:8d} {d['latency_ms']['p95']:7.1f} "
       f"{r['target_delay_ms']:9.1f}")
+with open(summary, "a") as f:
+    f.write(json.dumps({"condition": name, "pesq": pesq, "wire": wire, "after": after, "p95": p95}) + "\n")
 PY
 done
+done
+echo "== mean over the recordings ($RECORDINGS)"
+python3 - "$SUMMARY" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+order = list(dict.fromkeys(r["condition"] for r in rows))
+print(f"{'condition':<22} {'PESQ':>6} {'wire B/s':>9} {'after %':>8} {'p95 ms':>7}")
+for c in order:
+    rs = [r for r in rows if r["condition"] == c]
+    m = lambda k: sum(r[k] for r in rs) / len(rs)
+    print(f"{c:<22} {m('pesq'):6.2f} {m('wire'):9.0f} {m('after'):8.2f} {m('p95'):7.1f}")
+PY
 echo "(PESQ, est (the receiver's mos_call), lost %, after % and burstR: mean over seeds $SEEDS; the other columns: the last seed. Outputs in $OUT.)"

@@ -33,6 +33,10 @@ use crate::receiver::ReceiverReport;
 /// The loss estimate covers the latest reports totalling at least this many frames (5 s).
 const LOSS_WINDOW_FRAMES: u64 = 250;
 
+/// With redundancy on, each copy carries at most this bitrate (the redundancy levels were
+/// measured with it).
+pub const RED_COPY_BITRATE: u32 = 16_000;
+
 /// Bytes per packet outside the media frame: IPv4 (20) + UDP (8) + Natter's short media
 /// envelope (26: a 10-byte header and the 16-byte tag).
 pub const WIRE_OVERHEAD: usize = 20 + 8 + 26;
@@ -133,6 +137,11 @@ pub fn plan(i: &PlanInput) -> Plan {
             b = b.max(f64::from(fec_min_bitrate(loss)));
         }
         let copies = f64::from(red) + 1.0;
+        if red > 0 {
+            // Each copy at most the rate the redundancy was measured with: the clean default
+            // went up for quality, and must not multiply into the lossy link.
+            b = b.min(f64::from(RED_COPY_BITRATE));
+        }
         b = b.min(f64::from(MAX_BITRATE) / copies);
         if let Some(bw) = i.bandwidth {
             let packets = 1000.0 / f64::from(frame.ms());
@@ -423,6 +432,25 @@ mod tests {
         let p = plan(&input(0.2, 3.0, 0));
         assert_eq!((p.red, p.fec), (3, false));
         assert_eq!(p.bitrate, 16_000, "4 copies of 16 kbit/s fit in 64");
+    }
+
+    #[test]
+    fn the_default_bitrate_is_not_multiplied_by_redundancy() {
+        let base = crate::codec::DEFAULT_BITRATE;
+        let with = |loss, burst| {
+            plan(&PlanInput {
+                base_bitrate: base,
+                ..input(loss, burst, 0)
+            })
+        };
+        assert_eq!(with(0.0, 0.0).bitrate, base);
+        for (loss, burst) in [(0.05, 1.0), (0.1, 1.0), (0.2, 1.0), (0.2, 3.0)] {
+            let p = with(loss, burst);
+            assert!(
+                p.red > 0 && p.bitrate <= RED_COPY_BITRATE,
+                "{loss} {burst}: {p:?}"
+            );
+        }
     }
 
     #[test]
