@@ -137,7 +137,8 @@ print(f"{name:<22} {pesq:6.2f} {est:6.2f} {est - pesq:+6.2f} {d['wire_bytes_per_
       f"{r['red_recovered']:8d} {r['fec_recovered']:8d} {d['latency_ms']['p95']:7.1f} "
       f"{r['target_delay_ms']:9.1f}")
 with open(summary, "a") as f:
-    f.write(json.dumps({"condition": name, "pesq": pesq, "wire": wire, "after": after, "p95": p95}) + "\n")
+    f.write(json.dumps({"condition": name, "pesq": pesq, "est": est, "before": before,
+                        "after": after, "wire": wire, "p95": p95}) + "\n")
 PY
 done
 done
@@ -146,10 +147,12 @@ python3 - "$SUMMARY" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 order = list(dict.fromkeys(r["condition"] for r in rows))
-print(f"{'condition':<22} {'PESQ':>6} {'wire B/s':>9} {'after %':>8} {'p95 ms':>7}")
+print(f"{'condition':<22} {'PESQ':>6} {'est':>6} {'diff':>6} {'wire B/s':>9} {'lost %':>7} "
+      f"{'after %':>8} {'p95 ms':>7}")
 for c in order:
     rs = [r for r in rows if r["condition"] == c]
     m = lambda k: sum(r[k] for r in rs) / len(rs)
-    print(f"{c:<22} {m('pesq'):6.2f} {m('wire'):9.0f} {m('after'):8.2f} {m('p95'):7.1f}")
+    print(f"{c:<22} {m('pesq'):6.2f} {m('est'):6.2f} {m('est') - m('pesq'):+6.2f} "
+          f"{m('wire'):9.0f} {m('before'):7.2f} {m('after'):8.2f} {m('p95'):7.1f}")
 PY
 echo "(PESQ, est (the receiver's mos_call), lost %, after % and burstR: mean over seeds $SEEDS; the other columns: the last seed. Outputs in $OUT.)"

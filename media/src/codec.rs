@@ -95,7 +95,7 @@ pub struct CodecConfig {
     /// 22 kbit/s, is the lowest that scores a wideband PESQ of at least 4.0 clean, averaged
     /// over three recordings (two voices, two languages), within 5.5 kB/s per direction on
     /// the wire with 20 ms frames: 4.05 at 5.34-5.48 kB/s (`benches/media_quality.sh`; 20
-    /// kbit/s: 3.96).
+    /// kbit/s: 3.95).
     pub bitrate: u32,
     /// In-band FEC allowed (used once the expected loss is above zero).
     pub fec: bool,

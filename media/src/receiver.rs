@@ -143,8 +143,11 @@ pub struct MediaReceiver {
     scratch2: Vec<i16>,
     ia_jitter: InterarrivalJitter,
     rate_meter: RateMeter,
-    /// The primary Opus payloads' bytes (the codec's bitrate, for its impairment).
-    opus_meter: RateMeter,
+    /// Frames received that carried redundancy, and all frames received (the sender's mode,
+    /// for the codec's impairment), over the call...
+    red_frames: (u64, u64),
+    /// ...and recently (weighted like the MOS window: about its last 8 s).
+    red_recent: f64,
     rtt: Option<Duration>,
     bad_frames: u64,
     decode_errors: u64,
@@ -179,7 +182,8 @@ impl MediaReceiver {
             scratch2: vec![0; 120 * config.rate.hz() as usize / 1000],
             ia_jitter: InterarrivalJitter::default(),
             rate_meter: RateMeter::default(),
-            opus_meter: RateMeter::default(),
+            red_frames: (0, 0),
+            red_recent: 0.0,
             rtt: None,
             bad_frames: 0,
             decode_errors: 0,
@@ -208,7 +212,6 @@ impl MediaReceiver {
         self.jb.set_held(held);
         self.ia_jitter.restart();
         self.rate_meter.pause();
-        self.opus_meter.pause();
         self.last_slot_concealed = false;
         if held {
             self.held_since = Some(now);
@@ -252,7 +255,13 @@ impl MediaReceiver {
             return Ok(outcome);
         }
         self.rate_meter.on_bytes(now, frame.len());
-        self.opus_meter.on_bytes(now, f.payload.len());
+        if !matches!(outcome, InsertOutcome::Duplicate) {
+            let red = !f.red().is_empty();
+            self.red_frames.0 += u64::from(red);
+            self.red_frames.1 += 1;
+            let weight = (self.frame_ms / quality::MOS_WINDOW_MS).clamp(0.0, 1.0);
+            self.red_recent += (f64::from(u8::from(red)) - self.red_recent) * weight;
+        }
         if !matches!(outcome, InsertOutcome::Duplicate) {
             // RFC 3550 uses the unwrapped timestamp; 16-bit ticks are unwrapped against the
             // jitter buffer's playout point.
@@ -489,14 +498,11 @@ impl MediaReceiver {
             j.lost_after_recovery,
             self.conceal_runs,
         );
-        // The codec's impairment depends on its bitrate: the primary payloads' average.
-        let opus_kbps = Some(
-            self.opus_meter
-                .bps(Duration::from_secs_f64(self.frame_ms / 1000.0))
-                / 1000.0,
-        );
-        let now_input = quality::opus_wb_input(mouth_to_ear, &recent, opus_kbps);
-        let call_input = quality::opus_wb_input(mouth_to_ear, &call, opus_kbps);
+        // The codec's impairment depends on the sender's mode: with redundancy, each copy
+        // has fewer bits.
+        let call_red = self.red_frames.0 as f64 / self.red_frames.1.max(1) as f64;
+        let now_input = quality::opus_wb_input(mouth_to_ear, &recent, self.red_recent);
+        let call_input = quality::opus_wb_input(mouth_to_ear, &call, call_red);
         ReceiverStats {
             jitter: j,
             bad_frames: self.bad_frames,
@@ -595,23 +601,11 @@ mod tests {
         samples
     }
 
-    /// The clean estimate at the lowest calibrated bitrate (16 kbit/s target).
-    fn lowest_clean_mos() -> f64 {
-        quality::mos_wideband(&quality::opus_wb_input(
-            60.0,
-            &LossSummary::default(),
-            Some(1.0),
-        ))
-    }
-
     #[test]
     fn lossless_call_scores_the_calibrated_clean_mos() {
         let run = drive(500, |_| Slot::Sent);
         let q = run.last().unwrap().stats.quality;
-        // The calibrated clean figure of the bitrate this synthetic speech comes to (it
-        // compresses well: about 11 kbit/s at the default target, below the curve).
-        let lowest = lowest_clean_mos();
-        assert!((q.mos - lowest).abs() < 0.01, "{q:?}");
+        assert!((q.mos - quality::tests::CLEAN_PESQ).abs() < 0.02, "{q:?}");
         assert!((q.mos_call - q.mos).abs() < 0.01, "{q:?}");
     }
 
@@ -627,7 +621,7 @@ mod tests {
             }
         });
         let clean = run[499].stats.quality.mos;
-        assert!(clean >= lowest_clean_mos() - 0.01, "{clean}");
+        assert!(clean >= quality::tests::CLEAN_PESQ - 0.02, "{clean}");
         // The outage shows at once...
         let after_gap = run[535].stats.quality.mos;
         assert!(

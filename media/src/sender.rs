@@ -18,8 +18,10 @@
 //!   expected-loss hint (capped at 30); off under RED, where it would only duplicate what the
 //!   redundant copy rebuilds better.
 //! * **Bitrate**: the configured bitrate, raised with FEC to the least rate at which libopus
-//!   codes wideband FEC at all ([`fec_min_bitrate`]: 24 kbit/s up to 5 % loss), capped so
-//!   that primary plus redundant copies stay within 64 kbit/s, and, when a bandwidth estimate
+//!   codes wideband FEC at all ([`fec_min_bitrate`]: 24 kbit/s up to 5 % loss); with
+//!   redundancy, each copy at most [`RED_COPY_BITRATE`] (16 kbit/s, the rate the levels were
+//!   tuned with, below the 22 kbit/s default), so that primary plus redundant copies stay
+//!   within 64 kbit/s; and, when a bandwidth estimate
 //!   exists, within 90 % of it after headers. If even 10 kbit/s of primary audio does not
 //!   fit, redundancy goes first, then frames grow to 40 and 60 ms (fewer headers), and the
 //!   bitrate goes down to 6 kbit/s.
