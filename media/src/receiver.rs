@@ -256,13 +256,12 @@ impl MediaReceiver {
         }
         self.rate_meter.on_bytes(now, frame.len());
         if !matches!(outcome, InsertOutcome::Duplicate) {
+            // Whether the sender protects with redundancy (the codec's impairment).
             let red = !f.red().is_empty();
             self.red_frames.0 += u64::from(red);
             self.red_frames.1 += 1;
             let weight = (self.frame_ms / quality::MOS_WINDOW_MS).clamp(0.0, 1.0);
             self.red_recent += (f64::from(u8::from(red)) - self.red_recent) * weight;
-        }
-        if !matches!(outcome, InsertOutcome::Duplicate) {
             // RFC 3550 uses the unwrapped timestamp; 16-bit ticks are unwrapped against the
             // jitter buffer's playout point.
             let base = self.jb.playout_ts();
