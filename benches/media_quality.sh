@@ -155,4 +155,4 @@ for c in order:
     print(f"{c:<22} {m('pesq'):6.2f} {m('est'):6.2f} {m('est') - m('pesq'):+6.2f} "
           f"{m('wire'):9.0f} {m('before'):7.2f} {m('after'):8.2f} {m('p95'):7.1f}")
 PY
-echo "(PESQ, est (the receiver's mos_call), lost %, after % and burstR: mean over seeds $SEEDS; the other columns: the last seed. Outputs in $OUT.)"
+echo "(PESQ, est (the receiver's mos_call), lost %, after % and burstR: mean over seeds $SEEDS; the per-recording tables' other columns: the last seed; the means table: means of everything. Outputs in $OUT.)"

@@ -26,12 +26,14 @@
 //!   at the default `Ie,wb = 129 − 1.29 × R(4.05) = 24.9` ([`OPUS_WB_IE`]). Under loss the
 //!   sender adds redundancy and keeps each copy at 16 kbit/s, where `Ie,wb = 37.7`
 //!   ([`OPUS_WB_IE_RED`]); the receiver sees which frames carry redundancy and weighs the
-//!   two ([`opus_wb_ie`]). It cannot see the sender's bitrate, so a call configured away
-//!   from the default is misjudged (by +0.42 at 16 kbit/s, -0.10 at 24). Bpl = 8.5
+//!   two ([`opus_wb_ie`]). It cannot see the sender's bitrate, so a sender away from the
+//!   default is misjudged: configured so (+0.42 at 16 kbit/s, -0.10 at 24), or by its own
+//!   policy (in-band FEC raises the rate to 24 kbit/s between 0.5 and 3 % loss, a bandwidth
+//!   limit lowers it; neither is calibrated). Bpl = 8.5
 //!   ([`OPUS_WB_BPL`]) and the 2 % were fitted (least squares) to all the conditions of
 //!   `benches/media_quality.sh`, means over the same recordings: random loss with FEC and
 //!   redundancy, 20 % bursty loss, jitter, and concealment alone at 2, 5 and 10 % random and
-//!   5 and 10 % bursty loss. Every estimate at the default bitrate is within 0.10 of PESQ
+//!   5 and 10 % bursty loss. Every estimate at the default bitrate is within 0.11 of PESQ
 //!   (the table and the test: `tests::estimate_matches_recorded_pesq`). **Bursts**: at the same concealed percentage,
 //!   bursts of loss (mean run 2.6 to 2.9 frames) scored *no lower* than random loss (1.88 at
 //!   9.5 % in bursts, 1.68 at 10.3 % random), the opposite of G.107's burst term, which put
@@ -424,7 +426,9 @@ pub(crate) mod tests {
     pub(crate) const CLEAN_PESQ: f64 = 4.05;
 
     /// The conditions of `benches/media_quality.sh`: (condition, PESQ-WB, frames missing
-    /// before recovery %, concealed %, share of frames with redundancy), means over seeds 1 to 5
+    /// before recovery %, concealed %, share of frames with redundancy: 1 where the sender
+    /// adapts to loss, which turns redundancy on from the first report, else 0), means over
+    /// seeds 1 to 5
     /// and over its three recordings, recorded with
     ///
     /// ```text

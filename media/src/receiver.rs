@@ -146,7 +146,7 @@ pub struct MediaReceiver {
     /// Frames received that carried redundancy, and all frames received (the sender's mode,
     /// for the codec's impairment), over the call...
     red_frames: (u64, u64),
-    /// ...and recently (weighted like the MOS window: about its last 8 s).
+    /// ...and recently (as recent as the MOS window's loss: a mean age of 8/3 s).
     red_recent: f64,
     rtt: Option<Duration>,
     bad_frames: u64,
@@ -260,7 +260,9 @@ impl MediaReceiver {
             let red = !f.red().is_empty();
             self.red_frames.0 += u64::from(red);
             self.red_frames.1 += 1;
-            let weight = (self.frame_ms / quality::MOS_WINDOW_MS).clamp(0.0, 1.0);
+            // Averaged over a third of the MOS window: the loss window weighs its slots
+            // linearly down to 0 at 8 s, a mean age of 8/3 s, and so does this.
+            let weight = (3.0 * self.frame_ms / quality::MOS_WINDOW_MS).clamp(0.0, 1.0);
             self.red_recent += (f64::from(u8::from(red)) - self.red_recent) * weight;
             // RFC 3550 uses the unwrapped timestamp; 16-bit ticks are unwrapped against the
             // jitter buffer's playout point.
@@ -598,6 +600,54 @@ mod tests {
             });
         }
         samples
+    }
+
+    /// The sender protects with redundancy for 5 s (as after a loss report) on a lossless
+    /// path: the running MOS shows the codec's lower rate then, and is back to the clean
+    /// figure within the MOS window after redundancy stops.
+    #[test]
+    fn redundancy_lowers_the_running_mos_and_its_end_restores_it() {
+        use crate::codec::FrameDuration;
+        use crate::sender::Plan;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut tx = MediaSender::new(SenderConfig::default()).unwrap();
+        let mut rx = MediaReceiver::new(ReceiverConfig::default()).unwrap();
+        rx.set_rtt(Duration::from_millis(60));
+        let speech = speechlike(16_000, 10.0);
+        let n = tx.frame_samples();
+        let (mut frame, mut out) = (Vec::new(), vec![0i16; n]);
+        let mut mos = Vec::new();
+        for i in 0..1200usize {
+            let plan = |red: u8, bitrate: u32| Plan {
+                bitrate,
+                fec: false,
+                loss_hint: 0,
+                red,
+                frame: FrameDuration::Ms20,
+            };
+            if i == 400 {
+                tx.apply(plan(2, crate::sender::RED_COPY_BITRATE)).unwrap();
+            } else if i == 650 {
+                tx.apply(plan(0, crate::codec::DEFAULT_BITRATE)).unwrap();
+            }
+            let now_ms = 20 * i as u64;
+            let start = (i * n) % (speech.len() - n);
+            if tx.encode(&speech[start..start + n], &mut frame).unwrap() {
+                rx.receive(at(now_ms + 30), &frame).unwrap();
+            }
+            rx.pull(at(now_ms + 35), &mut out);
+            mos.push(rx.stats().quality.mos);
+        }
+        let clean = mos[399];
+        assert!((clean - quality::tests::CLEAN_PESQ).abs() < 0.02, "{clean}");
+        // After 4 s of redundancy most of the share shows.
+        assert!(mos[600] < clean - 0.25, "{} vs {clean}", mos[600]);
+        // Within the 8 s window after it stopped, back to clean.
+        assert!(mos[650 + 400] > clean - 0.05, "{} vs {clean}", mos[1050]);
+        // The call's figure keeps the whole call (a fifth of it with redundancy).
+        let call = rx.stats().quality.mos_call;
+        assert!(call < clean && call > mos[600], "{call}");
     }
 
     #[test]
