@@ -17,7 +17,7 @@
 //! Later sub-machines (login client, SN link, search, call, chat) sit on top of the sessions
 //! this machine provides.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -518,20 +518,20 @@ pub struct Endpoint {
     /// a path `via` them.
     sockets: Vec<SocketAddr>,
     rng: Rng,
-    initiations: HashMap<SessionIndex, Initiation>,
-    responding: HashMap<SessionIndex, Responding>,
-    peers: HashMap<SessionIndex, Peer>,
+    initiations: BTreeMap<SessionIndex, Initiation>,
+    responding: BTreeMap<SessionIndex, Responding>,
+    peers: BTreeMap<SessionIndex, Peer>,
     /// Our sessions by the peer's index (a reset names the peer's index), so a reset costs
     /// one lookup, not a scan of every session. It may still list sessions gone since: a
     /// lookup checks them, and it is rebuilt when it outgrows `peers`.
-    by_remote: HashMap<SessionIndex, Vec<SessionIndex>>,
+    by_remote: BTreeMap<SessionIndex, Vec<SessionIndex>>,
     /// Highest IK timestamp accepted per initiator static key (IK replay protection).
-    ik_seen: HashMap<[u8; 32], u64>,
+    ik_seen: BTreeMap<[u8; 32], u64>,
     last_ik_timestamp: u64,
-    streams: HashMap<StreamId, FrameDecoder>,
-    broken_streams: std::collections::HashSet<StreamId>,
+    streams: BTreeMap<StreamId, FrameDecoder>,
+    broken_streams: std::collections::BTreeSet<StreamId>,
     /// Devices the login authority revoked: no session with them.
-    revoked: std::collections::HashSet<crate::crypto::DeviceId>,
+    revoked: std::collections::BTreeSet<crate::crypto::DeviceId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EndpointEvent>,
     stats: EndpointStats,
@@ -567,15 +567,15 @@ impl Endpoint {
             sockets: Vec::new(),
             rng: Rng::from_seed_bytes(cfg.seed),
             cfg,
-            initiations: HashMap::new(),
-            responding: HashMap::new(),
-            peers: HashMap::new(),
-            by_remote: HashMap::new(),
-            ik_seen: HashMap::new(),
+            initiations: BTreeMap::new(),
+            responding: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            by_remote: BTreeMap::new(),
+            ik_seen: BTreeMap::new(),
             last_ik_timestamp: 0,
-            streams: HashMap::new(),
-            broken_streams: std::collections::HashSet::new(),
-            revoked: std::collections::HashSet::new(),
+            streams: BTreeMap::new(),
+            broken_streams: std::collections::BTreeSet::new(),
+            revoked: std::collections::BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),

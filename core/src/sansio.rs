@@ -180,7 +180,7 @@ pub enum Input<'a> {
 }
 
 /// Where a transmit goes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Destination {
     /// A UDP datagram to this address.
     Udp(SocketAddr),

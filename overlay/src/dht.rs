@@ -50,7 +50,7 @@
 //! clients come out of [`Dht::poll_output`], and the [`Ring`] is passed in (the node facade
 //! keeps it from the membership; a simulator may share one).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -105,7 +105,7 @@ impl Key {
 }
 
 /// The network prefix that caps apply to: a /24 for IPv4, a /48 for IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Prefix([u8; 6]);
 
 impl Prefix {
@@ -123,8 +123,8 @@ impl Prefix {
 #[derive(Debug, Clone)]
 pub struct Ring {
     members: BTreeMap<Key, HostEntry>,
-    by_addr: HashMap<SocketAddr, Key>,
-    per_prefix: HashMap<Prefix, usize>,
+    by_addr: BTreeMap<SocketAddr, Key>,
+    per_prefix: BTreeMap<Prefix, usize>,
     max_per_prefix: usize,
     generation: u64,
     /// The keys that changed, by generation (the last [`CHANGE_LOG`]).
@@ -148,8 +148,8 @@ impl Ring {
     pub fn new(max_per_prefix: usize) -> Self {
         Self {
             members: BTreeMap::new(),
-            by_addr: HashMap::new(),
-            per_prefix: HashMap::new(),
+            by_addr: BTreeMap::new(),
+            per_prefix: BTreeMap::new(),
             max_per_prefix,
             generation: 0,
             changes: VecDeque::new(),
@@ -472,23 +472,23 @@ pub struct Dht {
     my_key: Key,
     trusted: TrustedAuthorities,
     store: IndexStore,
-    revoked: HashSet<DeviceId>,
-    searches: HashMap<u64, Search>,
+    revoked: BTreeSet<DeviceId>,
+    searches: BTreeMap<u64, Search>,
     /// Searches running per client (bounded by [`MAX_CLIENT_SEARCHES`]).
-    per_client: HashMap<u64, usize>,
-    asks: HashMap<u32, Ask>,
+    per_client: BTreeMap<u64, usize>,
+    asks: BTreeMap<u32, Ask>,
     next_search: u64,
     next_query: u32,
-    cache: HashMap<UserName, (Vec<PresenceRecord>, Instant)>,
+    cache: BTreeMap<UserName, (Vec<PresenceRecord>, Instant)>,
     /// Per user held: its key and the replica set computed when stored or last repaired.
-    placed: HashMap<UserName, Placement>,
+    placed: BTreeMap<UserName, Placement>,
     repaired_generation: u64,
     /// The last sequence published through this super node, per device (bounded).
-    published: HashMap<DeviceId, u64>,
+    published: BTreeMap<DeviceId, u64>,
     /// The last record each device attached here published through this super node, per user
     /// (bounded with `published`): what it answers for its own clients, whatever the
     /// replicas say.
-    attached: HashMap<UserName, Vec<PresenceRecord>>,
+    attached: BTreeMap<UserName, Vec<PresenceRecord>>,
     next_repair: Option<Instant>,
     next_expiry: Option<Instant>,
     outputs: VecDeque<DhtOutput>,
@@ -509,17 +509,17 @@ impl Dht {
             me,
             trusted,
             store,
-            revoked: HashSet::new(),
-            searches: HashMap::new(),
-            per_client: HashMap::new(),
-            asks: HashMap::new(),
+            revoked: BTreeSet::new(),
+            searches: BTreeMap::new(),
+            per_client: BTreeMap::new(),
+            asks: BTreeMap::new(),
             next_search: 1,
             next_query: 1,
-            cache: HashMap::new(),
-            placed: HashMap::new(),
+            cache: BTreeMap::new(),
+            placed: BTreeMap::new(),
             repaired_generation: 0,
-            published: HashMap::new(),
-            attached: HashMap::new(),
+            published: BTreeMap::new(),
+            attached: BTreeMap::new(),
             next_repair: None,
             next_expiry: None,
             outputs: VecDeque::new(),

@@ -9,7 +9,7 @@
 //!
 //! How records are spread over super nodes and found (the distributed part) builds on this.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use natter_core::crypto::{DeviceId, TrustedAuthorities, UnixTime, UserName};
@@ -37,7 +37,7 @@ pub struct IndexStore {
     trusted: TrustedAuthorities,
     retention: Duration,
     capacity: usize,
-    by_user: HashMap<UserName, BTreeMap<DeviceId, PresenceRecord>>,
+    by_user: BTreeMap<UserName, BTreeMap<DeviceId, PresenceRecord>>,
     /// Every record by signing time, oldest first: eviction and expiry without a scan.
     by_time: BTreeSet<(UnixTime, UserName, DeviceId)>,
     count: usize,
@@ -51,7 +51,7 @@ impl IndexStore {
             trusted,
             retention,
             capacity,
-            by_user: HashMap::new(),
+            by_user: BTreeMap::new(),
             by_time: BTreeSet::new(),
             count: 0,
         }

@@ -46,7 +46,7 @@
 //! of where it is). So a certified user running a super node can neither take another super
 //! node out of the views nor rebind it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::time::{Duration, Instant};
@@ -231,7 +231,7 @@ pub struct Membership {
     /// together, a clock to bound the incarnations others claim.
     started_incarnation: u32,
     started: Instant,
-    members: HashMap<SocketAddr, Member>,
+    members: BTreeMap<SocketAddr, Member>,
     /// Every member (alive and departed) by ring key, for bucket ranges.
     by_key: BTreeMap<Key, SocketAddr>,
     /// Live members other than this one, by ring key.
@@ -241,19 +241,19 @@ pub struct Membership {
     sub: Vec<[u64; DIGEST_BUCKETS]>,
     top: [u64; DIGEST_BUCKETS],
     rumors: VecDeque<MemberEvent>,
-    watches: HashMap<SocketAddr, Watch>,
+    watches: BTreeMap<SocketAddr, Watch>,
     /// Members another super node reported gone: probed here until they answer or are found
     /// gone (the report may be stale, wrong, or right).
-    checks: HashMap<SocketAddr, Watch>,
+    checks: BTreeMap<SocketAddr, Watch>,
     /// This super node's identity (to sign its own events) and the authorities it trusts.
     identity: LocalIdentity,
     /// Checked certificates of super nodes, by static key.
-    certs: HashMap<[u8; 32], Certificate>,
+    certs: BTreeMap<[u8; 32], Certificate>,
     /// Signed events waiting for their subject's certificate: when they came, whether to
     /// spread them, the event.
     parked: VecDeque<(Instant, bool, MemberEvent)>,
     /// Keys whose certificate was asked for, and when.
-    pulled: HashMap<[u8; 32], Instant>,
+    pulled: BTreeMap<[u8; 32], Instant>,
     next_nonce: u32,
     out: VecDeque<(HostEntry, Message<'static>)>,
     changes: VecDeque<MemberChange>,
@@ -312,7 +312,7 @@ impl Membership {
         known: &[HostEntry],
         now: Instant,
     ) -> Self {
-        let mut certs = HashMap::new();
+        let mut certs = BTreeMap::new();
         certs.insert(me.static_key, identity.certificate.clone());
         let mut m = Self {
             rng: Rng::from_seed_bytes(cfg.seed),
@@ -321,18 +321,18 @@ impl Membership {
             incarnation,
             started_incarnation: incarnation,
             started: now,
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             by_key: BTreeMap::new(),
             ring: BTreeMap::new(),
             sub: vec![[0; DIGEST_BUCKETS]; DIGEST_BUCKETS],
             top: [0; DIGEST_BUCKETS],
             rumors: VecDeque::new(),
-            watches: HashMap::new(),
-            checks: HashMap::new(),
+            watches: BTreeMap::new(),
+            checks: BTreeMap::new(),
             identity,
             certs,
             parked: VecDeque::new(),
-            pulled: HashMap::new(),
+            pulled: BTreeMap::new(),
             next_nonce: 1,
             out: VecDeque::new(),
             changes: VecDeque::new(),

@@ -81,7 +81,7 @@
 //! Idle channels are found by a scan in [`Relay::handle_timeout`], at most once per second
 //! whatever the traffic, never per frame.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -360,20 +360,20 @@ pub struct Relay {
     cfg: RelayConfig,
     rng: Rng,
     /// Every registered session destination and its device.
-    sessions: HashMap<Destination, DeviceId>,
+    sessions: BTreeMap<Destination, DeviceId>,
     /// Every device with at least one registered session.
-    devices: HashMap<DeviceId, DeviceEntry>,
+    devices: BTreeMap<DeviceId, DeviceEntry>,
     /// Users by slot (a slot index is what legs keep, so the per-frame path does not hash a
     /// name); `None` slots are free.
     users: Vec<Option<UserEntry>>,
     free_users: Vec<usize>,
-    user_slots: HashMap<UserName, usize>,
+    user_slots: BTreeMap<UserName, usize>,
     /// Live channels per (requester's user slot, peer device), counted against
     /// [`RelayConfig::max_channels_per_pair`]; no zero entries. A user slot is freed only
     /// when its last device goes, which releases the user's channels first, so a reused slot
     /// never inherits counts.
-    pairs: HashMap<(usize, DeviceId), usize>,
-    channels: HashMap<u32, Channel>,
+    pairs: BTreeMap<(usize, DeviceId), usize>,
+    channels: BTreeMap<u32, Channel>,
     /// When idle channels are next looked for (a lower bound of the earliest expiry, at least
     /// [`SCAN_INTERVAL`] after the previous scan).
     next_scan: Option<Instant>,
@@ -388,13 +388,13 @@ impl Relay {
         Self {
             cfg,
             rng,
-            sessions: HashMap::new(),
-            devices: HashMap::new(),
+            sessions: BTreeMap::new(),
+            devices: BTreeMap::new(),
             users: Vec::new(),
             free_users: Vec::new(),
-            user_slots: HashMap::new(),
-            pairs: HashMap::new(),
-            channels: HashMap::new(),
+            user_slots: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            channels: BTreeMap::new(),
             next_scan: None,
             last_scan: None,
             stats: RelayStats::default(),
@@ -1080,8 +1080,8 @@ mod tests {
     /// The quota counters are exactly what the live channels charge: each channel once to
     /// its requester's user and once to (that user, the peer device); no zero pair entries.
     fn assert_charges_match(r: &Relay) {
-        let mut users: HashMap<usize, usize> = HashMap::new();
-        let mut pairs: HashMap<(usize, DeviceId), usize> = HashMap::new();
+        let mut users: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut pairs: BTreeMap<(usize, DeviceId), usize> = BTreeMap::new();
         for ch in r.channels.values() {
             *users.entry(ch.legs[0].user).or_default() += 1;
             *pairs

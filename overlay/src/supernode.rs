@@ -10,7 +10,7 @@
 //!   protocol (probing ring successors, gossiping joins and failures, anti-entropy). Its
 //!   messages go to super nodes by address; the node facade carries them over sessions.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -107,10 +107,10 @@ pub struct Reply {
 #[derive(Debug)]
 pub struct SuperNodeRole {
     cfg: SuperNodeConfig,
-    clients: HashMap<ConnId, Client>,
+    clients: BTreeMap<ConnId, Client>,
     membership: Membership,
     /// Links with other super nodes (host-cache exchange, STUN partnering).
-    peers: HashMap<ConnId, SocketAddr>,
+    peers: BTreeMap<ConnId, SocketAddr>,
 }
 
 impl SuperNodeRole {
@@ -126,9 +126,9 @@ impl SuperNodeRole {
         );
         Self {
             cfg,
-            clients: HashMap::new(),
+            clients: BTreeMap::new(),
             membership,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
         }
     }
 

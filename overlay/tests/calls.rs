@@ -407,6 +407,8 @@ struct Outcome {
     setup: Duration,
     /// Frames each side received (caller, callee).
     frames: (usize, usize),
+    /// The simulator's trace digest at the end: every packet, in order.
+    digest: u64,
 }
 
 fn run_pair(caller_site: Site, callee_site: Site, seed: u64) -> Outcome {
@@ -490,6 +492,7 @@ fn run_pair(caller_site: Site, callee_site: Site, seed: u64) -> Outcome {
         connect: connect_time,
         setup,
         frames,
+        digest: w.sim.digest(),
     };
     eprintln!(
         "PAIR {caller_site:?} -> {callee_site:?}: caller {ka:?}, callee {kb:?}, \

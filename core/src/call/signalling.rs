@@ -1,6 +1,6 @@
 //! Call signalling: one device's calls, as a sans-IO state machine.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::crypto::{DeviceId, UnixTime, UserName};
@@ -401,11 +401,11 @@ pub struct CallMachine {
     call: Option<Call>,
     /// Accepted invites, until the age check refuses them: at most `max_seen`, and
     /// `max_seen_per_device` from one device.
-    seen: HashMap<CallId, Seen>,
+    seen: BTreeMap<CallId, Seen>,
     /// Per device, the highest timestamp evicted from `seen`: its invites not in `seen` with
     /// a timestamp at or below it are refused. At most `max_seen` devices; dropped once the
     /// age check refuses everything at or below it.
-    floors: HashMap<DeviceId, UnixTime>,
+    floors: BTreeMap<DeviceId, UnixTime>,
     /// The same for every device: per-device floors folded in when `floors` was full.
     floor: Option<UnixTime>,
     ended: VecDeque<Ended>,
@@ -424,8 +424,8 @@ impl CallMachine {
             cfg,
             start: now,
             call: None,
-            seen: HashMap::new(),
-            floors: HashMap::new(),
+            seen: BTreeMap::new(),
+            floors: BTreeMap::new(),
             floor: None,
             ended: VecDeque::new(),
             transmits: VecDeque::new(),

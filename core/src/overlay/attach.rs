@@ -1,6 +1,6 @@
 //! Joining the overlay as an ordinary node: finding super nodes and keeping links to them.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -324,7 +324,7 @@ pub struct Attacher {
     /// finds them when they return.
     seeds: Vec<(SocketAddr, Option<[u8; 32]>)>,
     rng: Rng,
-    links: HashMap<StreamId, Link>,
+    links: BTreeMap<StreamId, Link>,
     probes: Vec<Probe>,
     probing_until: Option<Instant>,
     next_round: Option<Instant>,
@@ -350,7 +350,7 @@ impl Attacher {
                 .map(|e| (e.addr, e.static_key))
                 .collect(),
             cache,
-            links: HashMap::new(),
+            links: BTreeMap::new(),
             probes: Vec::new(),
             probing_until: None,
             next_round: None,

@@ -1,7 +1,7 @@
 //! Searching the global index from an ordinary node: the node asks one of its super nodes,
 //! which runs the search, and verifies every record it gets back itself.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -58,9 +58,9 @@ pub struct ClientSearches {
     retention: Duration,
     timeout: Duration,
     next_query: u32,
-    pending: HashMap<u32, ClientSearch>,
+    pending: BTreeMap<u32, ClientSearch>,
     /// The newest records seen per user, for at most `memory` users (oldest forgotten first).
-    known: HashMap<UserName, BTreeMap<DeviceId, PresenceRecord>>,
+    known: BTreeMap<UserName, BTreeMap<DeviceId, PresenceRecord>>,
     known_order: VecDeque<UserName>,
     memory: usize,
 }
@@ -83,8 +83,8 @@ impl ClientSearches {
             retention,
             timeout,
             next_query: 0,
-            pending: HashMap::new(),
-            known: HashMap::new(),
+            pending: BTreeMap::new(),
+            known: BTreeMap::new(),
             known_order: VecDeque::new(),
             memory: 0,
         }

@@ -69,7 +69,7 @@ pub const MAX_LOCAL_ADDRESSES: usize = 4;
 
 /// A super node as other nodes know it: where it listens and its Noise static key (so the
 /// next connection can use IK and is bound to that key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostEntry {
     /// UDP (and TCP) address.
     pub addr: SocketAddr,

@@ -21,7 +21,7 @@
 //! punching, path choice and switching; [`Calls::send_media`] seals frames on the session's
 //! current path, and received frames arrive as [`NodeEvent::CallMedia`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -204,17 +204,17 @@ pub(crate) struct Calls {
     machine: CallMachine,
     path_cfg: PathConfig,
     /// Searches run for dials: search id -> dial id.
-    dials: HashMap<u64, u64>,
+    dials: BTreeMap<u64, u64>,
     next_dial: u64,
-    devices: HashMap<DeviceId, DeviceLink>,
-    conn_device: HashMap<ConnId, DeviceId>,
-    relay_requests: HashMap<u32, (DeviceId, SocketAddr, Purpose)>,
+    devices: BTreeMap<DeviceId, DeviceLink>,
+    conn_device: BTreeMap<ConnId, DeviceId>,
+    relay_requests: BTreeMap<u32, (DeviceId, SocketAddr, Purpose)>,
     next_request: u32,
-    relay_sns: HashMap<SocketAddr, RelaySn>,
-    relay_sn_conns: HashMap<ConnId, SocketAddr>,
+    relay_sns: BTreeMap<SocketAddr, RelaySn>,
+    relay_sn_conns: BTreeMap<ConnId, SocketAddr>,
     /// Streams to super nodes for relays: the super node, the port being tried, and the one
     /// tried first (the ports are tried in turn from there, each once).
-    relay_streams: HashMap<StreamId, RelayStream>,
+    relay_streams: BTreeMap<StreamId, RelayStream>,
     next_stream: u64,
     /// Our outgoing call (this side controls the path).
     outgoing: Option<CallId>,
@@ -224,14 +224,14 @@ pub(crate) struct Calls {
     /// opened for it, an incoming one on the session its invite came by. A device may still
     /// hold an older session (an unanswered call's, whose relay channel is gone): signalling
     /// sent there would never arrive.
-    call_sessions: HashMap<(CallId, DeviceId), ConnId>,
+    call_sessions: BTreeMap<(CallId, DeviceId), ConnId>,
     /// Relay channels of ended calls, given back at these instants.
     releases: Vec<(Instant, (SocketAddr, u32))>,
     /// Ports of ended calls to close, and when: like relays, once the call's last words had
     /// time to cross them.
     socket_closes: Vec<(Instant, SocketAddr)>,
     /// Our UDP leg of the relay channel of call sessions peers opened to us through a relay.
-    udp_legs: HashMap<ConnId, Path>,
+    udp_legs: BTreeMap<ConnId, Path>,
     /// The connected call's connectivity.
     connected: Option<Connected>,
     /// Transaction ids of the STUN requests of fresh ports.
@@ -254,22 +254,22 @@ impl Calls {
             next_token: 0,
             machine: CallMachine::new(device, cfg, now),
             path_cfg,
-            dials: HashMap::new(),
+            dials: BTreeMap::new(),
             next_dial: 0,
-            devices: HashMap::new(),
-            conn_device: HashMap::new(),
-            relay_requests: HashMap::new(),
+            devices: BTreeMap::new(),
+            conn_device: BTreeMap::new(),
+            relay_requests: BTreeMap::new(),
             next_request: 0,
-            relay_sns: HashMap::new(),
-            relay_sn_conns: HashMap::new(),
-            relay_streams: HashMap::new(),
+            relay_sns: BTreeMap::new(),
+            relay_sn_conns: BTreeMap::new(),
+            relay_streams: BTreeMap::new(),
             next_stream: STREAM_BASE,
             outgoing: None,
             invite_conn: None,
-            call_sessions: HashMap::new(),
+            call_sessions: BTreeMap::new(),
             releases: Vec::new(),
             socket_closes: Vec::new(),
-            udp_legs: HashMap::new(),
+            udp_legs: BTreeMap::new(),
             connected: None,
         }
     }

@@ -10,7 +10,7 @@
 //! we are attached to, our addresses, our NAT type, online or not) and every
 //! [`NodeConfig::presence_refresh`](super::NodeConfig::presence_refresh).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -54,9 +54,9 @@ pub(crate) struct Lookup {
     searches: ClientSearches,
     /// Per query of ours: the id handed out, who was searched, when, the link asked, and
     /// whether this is already the second try.
-    tries: HashMap<u32, ClientSearchTry>,
+    tries: BTreeMap<u32, ClientSearchTry>,
     /// Who wants each search's outcome (absent: the application).
-    replies: HashMap<u64, PartId>,
+    replies: BTreeMap<u64, PartId>,
     next_search: u64,
     presence_seq: u64,
     published: Option<PresenceKey>,
@@ -69,8 +69,8 @@ impl Lookup {
     pub fn new(searches: ClientSearches) -> Self {
         Self {
             searches,
-            tries: HashMap::new(),
-            replies: HashMap::new(),
+            tries: BTreeMap::new(),
+            replies: BTreeMap::new(),
             next_search: 0,
             presence_seq: 0,
             published: None,

@@ -17,7 +17,7 @@
 //! sends [`Notice`]s. Which part gets which session event and which message is decided in one
 //! place, [`super::route`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -46,8 +46,8 @@ pub(crate) enum PartId {
 /// application session) are the application's.
 #[derive(Debug, Default)]
 pub(crate) struct Owners {
-    sessions: HashMap<ConnId, PartId>,
-    streams: HashMap<StreamId, PartId>,
+    sessions: BTreeMap<ConnId, PartId>,
+    streams: BTreeMap<StreamId, PartId>,
 }
 
 impl Owners {
@@ -295,7 +295,7 @@ pub(crate) struct Cx<'a> {
     /// What the node knows of its place in the network.
     pub facts: &'a Facts,
     /// The far end of every open stream, as the driver saw it.
-    pub stream_remotes: &'a HashMap<StreamId, SocketAddr>,
+    pub stream_remotes: &'a BTreeMap<StreamId, SocketAddr>,
     /// The part's handle on the sessions.
     pub sessions: Sessions<'a>,
     /// Where the part's other outputs go.

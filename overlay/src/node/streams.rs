@@ -3,7 +3,7 @@
 //! sessions peers run over streams they opened to us (a stream is closed when its last session
 //! ends, so silent clients do not hold sockets and stream slots).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -15,11 +15,11 @@ use natter_core::sansio::{Destination, StreamCommand, StreamId};
 pub(crate) struct Streams {
     /// The far end of every open stream, as the driver saw it (a client's public, NATed
     /// address on a stream it connected to us: the reflexive address of sessions over it).
-    pub remotes: HashMap<StreamId, SocketAddr>,
+    pub remotes: BTreeMap<StreamId, SocketAddr>,
     /// Accepted streams no session has claimed yet, and when they are closed if none does.
-    unclaimed: HashMap<StreamId, Instant>,
+    unclaimed: BTreeMap<StreamId, Instant>,
     /// Sessions that others opened over streams they connected to us, and those streams.
-    incoming: HashMap<ConnId, StreamId>,
+    incoming: BTreeMap<ConnId, StreamId>,
 }
 
 impl Streams {

@@ -8,7 +8,7 @@
 //! address, the NAT type, whether UDP works) it publishes as [`Facts`] for the other parts; it
 //! tells the super-node role when a link comes up or breaks.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,8 @@ pub(crate) struct Uplink {
     rng: Rng,
     attacher: Attacher,
     /// Link streams and the sessions on them.
-    stream_conn: HashMap<StreamId, ConnId>,
-    conn_stream: HashMap<ConnId, StreamId>,
+    stream_conn: BTreeMap<StreamId, ConnId>,
+    conn_stream: BTreeMap<ConnId, StreamId>,
     nat: Option<NatProbe>,
     nat_report: Option<NatReport>,
     next_nat_check: Option<Instant>,
@@ -71,8 +71,8 @@ impl Uplink {
         Self {
             rng: Rng::from_seed_bytes(seed),
             attacher: Attacher::new(attach, cache),
-            stream_conn: HashMap::new(),
-            conn_stream: HashMap::new(),
+            stream_conn: BTreeMap::new(),
+            conn_stream: BTreeMap::new(),
             nat: None,
             nat_report: None,
             next_nat_check: None,

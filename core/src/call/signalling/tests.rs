@@ -2,7 +2,7 @@
 
 use super::*;
 use bytes::BytesMut;
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 const WALL: UnixTime = UnixTime(1_700_000_000);
 
@@ -26,7 +26,7 @@ struct Net {
     nodes: Vec<Node>,
     queue: VecDeque<(DeviceId, DeviceId, Vec<u8>)>,
     /// Devices that are gone: nothing reaches them, nothing leaves them.
-    offline: HashSet<DeviceId>,
+    offline: BTreeSet<DeviceId>,
     /// Every encoded message sent, for replay tests.
     log: Vec<(DeviceId, DeviceId, Vec<u8>)>,
 }
@@ -46,7 +46,7 @@ impl Net {
             now,
             nodes,
             queue: VecDeque::new(),
-            offline: HashSet::new(),
+            offline: BTreeSet::new(),
             log: Vec::new(),
         }
     }
@@ -898,7 +898,7 @@ fn busy_on_every_device_ends_busy_but_one_free_device_rings() {
 /// Both users call each other at once; whatever the ids, they end up in one call.
 #[test]
 fn glare_resolves_to_the_lower_call_id() {
-    let mut seen = HashSet::new();
+    let mut seen = BTreeSet::new();
     for seed in 0..16u8 {
         let mut n = Net::new(&[("alice", 1), ("bob", 11), ("bob", 12)], seed);
         let a = n.place(1, "bob");

@@ -2,7 +2,7 @@
 //! step with the membership), and the sessions with other super nodes that carry the index's
 //! and the membership's messages.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,10 @@ pub(crate) struct IndexPart {
     next_ring_sync: Option<Instant>,
     /// Sessions with super nodes for index and membership traffic, and those being opened
     /// (with what waits for them).
-    sessions: HashMap<SocketAddr, ConnId>,
-    connecting: HashMap<ConnId, (HostEntry, Vec<Message<'static>>)>,
+    sessions: BTreeMap<SocketAddr, ConnId>,
+    connecting: BTreeMap<ConnId, (HostEntry, Vec<Message<'static>>)>,
     /// Super nodes a session could not be opened with: out of the ring until then.
-    suspects: HashMap<SocketAddr, Instant>,
+    suspects: BTreeMap<SocketAddr, Instant>,
 }
 
 impl IndexPart {
@@ -51,9 +51,9 @@ impl IndexPart {
             ),
             ring: Ring::new(cx.cfg.ring_prefix_cap),
             next_ring_sync: None,
-            sessions: HashMap::new(),
-            connecting: HashMap::new(),
-            suspects: HashMap::new(),
+            sessions: BTreeMap::new(),
+            connecting: BTreeMap::new(),
+            suspects: BTreeMap::new(),
         }
     }
 
@@ -86,7 +86,7 @@ impl IndexPart {
         let now = cx.now;
         self.suspects.retain(|_, until| *until > now);
         let membership = role.membership();
-        let mut members: HashMap<HostEntry, Key> = membership
+        let mut members: BTreeMap<HostEntry, Key> = membership
             .alive()
             .filter(|m| !self.suspects.contains_key(&m.addr))
             .filter_map(|m| {

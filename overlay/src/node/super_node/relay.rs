@@ -2,7 +2,7 @@
 //! registered with the [`Relay`] table (so frames are accepted only from, and sent only to,
 //! session addresses), relay requests are answered, and relayed frames are forwarded.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -20,8 +20,8 @@ use crate::relay::{Party, Relay, RelayConfig, Released};
 pub(crate) struct Relaying {
     relay: Relay,
     /// Each registered session's transport, and the reverse.
-    by_conn: HashMap<ConnId, Destination>,
-    by_dest: HashMap<Destination, ConnId>,
+    by_conn: BTreeMap<ConnId, Destination>,
+    by_dest: BTreeMap<Destination, ConnId>,
 }
 
 impl Relaying {
@@ -29,8 +29,8 @@ impl Relaying {
     pub fn new(cfg: RelayConfig, endpoint: &Endpoint) -> Self {
         let mut r = Self {
             relay: Relay::new(cfg),
-            by_conn: HashMap::new(),
-            by_dest: HashMap::new(),
+            by_conn: BTreeMap::new(),
+            by_dest: BTreeMap::new(),
         };
         for conn in endpoint.connections() {
             if let (Some(Path::Direct { to: dest, .. }), Some(peer)) =
