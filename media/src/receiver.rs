@@ -560,6 +560,16 @@ mod tests {
     /// The receiver is held from the first `Held` slot of a run to the first slot after it
     /// (both sides learn of the hold at once; frames in flight arrive while held).
     fn drive(slots: usize, plan: impl Fn(usize) -> Slot) -> Vec<Sample> {
+        drive_with(slots, plan, |_, _| {})
+    }
+
+    /// [`drive`], with `before(i, sender)` called before slot `i` is encoded (to force a
+    /// sender plan, for example).
+    fn drive_with(
+        slots: usize,
+        plan: impl Fn(usize) -> Slot,
+        mut before: impl FnMut(usize, &mut MediaSender),
+    ) -> Vec<Sample> {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut tx = MediaSender::new(SenderConfig::default()).unwrap();
@@ -581,6 +591,7 @@ mod tests {
             } else if slot != Slot::Held && was_held {
                 rx.set_held(false, at(now_ms));
             }
+            before(i, &mut tx);
             if slot != Slot::Held {
                 let start = spoken % (speech.len() - n);
                 spoken += n;
@@ -609,36 +620,25 @@ mod tests {
     fn redundancy_lowers_the_running_mos_and_its_end_restores_it() {
         use crate::codec::FrameDuration;
         use crate::sender::Plan;
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut tx = MediaSender::new(SenderConfig::default()).unwrap();
-        let mut rx = MediaReceiver::new(ReceiverConfig::default()).unwrap();
-        rx.set_rtt(Duration::from_millis(60));
-        let speech = speechlike(16_000, 10.0);
-        let n = tx.frame_samples();
-        let (mut frame, mut out) = (Vec::new(), vec![0i16; n]);
-        let mut mos = Vec::new();
-        for i in 0..1200usize {
-            let plan = |red: u8, bitrate: u32| Plan {
-                bitrate,
-                fec: false,
-                loss_hint: 0,
-                red,
-                frame: FrameDuration::Ms20,
-            };
-            if i == 400 {
-                tx.apply(plan(2, crate::sender::RED_COPY_BITRATE)).unwrap();
-            } else if i == 650 {
-                tx.apply(plan(0, crate::codec::DEFAULT_BITRATE)).unwrap();
-            }
-            let now_ms = 20 * i as u64;
-            let start = (i * n) % (speech.len() - n);
-            if tx.encode(&speech[start..start + n], &mut frame).unwrap() {
-                rx.receive(at(now_ms + 30), &frame).unwrap();
-            }
-            rx.pull(at(now_ms + 35), &mut out);
-            mos.push(rx.stats().quality.mos);
-        }
+        let plan = |red: u8, bitrate: u32| Plan {
+            bitrate,
+            fec: false,
+            loss_hint: 0,
+            red,
+            frame: FrameDuration::Ms20,
+        };
+        let run = drive_with(
+            1200,
+            |_| Slot::Sent,
+            |i, tx| {
+                if i == 400 {
+                    tx.apply(plan(2, crate::sender::RED_COPY_BITRATE)).unwrap();
+                } else if i == 650 {
+                    tx.apply(plan(0, crate::codec::DEFAULT_BITRATE)).unwrap();
+                }
+            },
+        );
+        let mos: Vec<f64> = run.iter().map(|s| s.stats.quality.mos).collect();
         let clean = mos[399];
         assert!((clean - quality::tests::CLEAN_PESQ).abs() < 0.02, "{clean}");
         // After 4 s of redundancy most of the share shows.
@@ -646,7 +646,7 @@ mod tests {
         // Within the 8 s window after it stopped, back to clean.
         assert!(mos[650 + 400] > clean - 0.05, "{} vs {clean}", mos[1050]);
         // The call's figure keeps the whole call (a fifth of it with redundancy).
-        let call = rx.stats().quality.mos_call;
+        let call = run.last().unwrap().stats.quality.mos_call;
         assert!(call < clean && call > mos[600], "{call}");
     }
 

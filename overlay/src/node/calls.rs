@@ -156,9 +156,6 @@ struct Connected {
     replacing: Option<Instant>,
     /// Super nodes tried for a replacement relay.
     tried: Vec<SocketAddr>,
-    /// The port of its own the call's direct paths use, once it moved to one
-    /// ([`PathAction::Rebind`]).
-    socket: Option<SocketAddr>,
     /// A fresh port being opened.
     rebind: Option<Rebind>,
     /// Ports the call left that its active path may still use (a direct path from one came
@@ -1259,7 +1256,6 @@ impl Calls {
                         relay_ping: None,
                         replacing: None,
                         tried: Vec::new(),
-                        socket: None,
                         rebind: None,
                         retired: Vec::new(),
                     });
@@ -1388,7 +1384,8 @@ impl Calls {
         };
         let rebinding = c.rebind.and_then(|r| r.local);
         let at = cx.now + RELEASE_GRACE;
-        for local in c.socket.into_iter().chain(rebinding).chain(c.retired) {
+        // The port of its own the call's direct paths moved to, if any, is the paths' `via`.
+        for local in c.paths.via().into_iter().chain(rebinding).chain(c.retired) {
             self.socket_closes.push((at, local));
         }
     }
@@ -1484,7 +1481,8 @@ impl Calls {
     /// for [`Calls::on_stun_answer`]).
     pub fn owns_socket(&self, local: SocketAddr) -> bool {
         self.connected.as_ref().is_some_and(|c| {
-            c.socket == Some(local) || c.rebind.as_ref().is_some_and(|r| r.local == Some(local))
+            c.paths.via() == Some(local)
+                || c.rebind.as_ref().is_some_and(|r| r.local == Some(local))
         })
     }
 
@@ -1517,7 +1515,7 @@ impl Calls {
         let candidates = Self::candidates(cx, local.port(), Some(mapped));
         let c = self.connected.as_mut().expect("checked");
         c.rebind = None;
-        if let Some(old) = c.socket.replace(local) {
+        if let Some(old) = c.paths.via() {
             c.retired.push(old);
         }
         c.paths.rebound(cx.now, local, candidates);
