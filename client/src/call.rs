@@ -713,7 +713,12 @@ impl CallTable {
     pub fn on_quality(&mut self, wire: WireId, quality: CallQuality) -> Option<Event> {
         let c = self.by_wire(wire)?;
         if let Some(a) = &c.media {
-            a.on_report(quality.loss_out, quality.jitter_ms, quality.rtt);
+            a.on_report(
+                quality.loss_out,
+                quality.loss_run_out,
+                quality.jitter_ms,
+                quality.rtt,
+            );
         }
         c.path = quality.kind.or(c.path);
         c.quality = Some(quality);

@@ -557,11 +557,13 @@ impl Endpoint {
     /// A new endpoint.
     pub fn new(mut cfg: EndpointConfig) -> Self {
         let cfg_now = cfg.clock_anchor;
-        // This endpoint reads the short media envelope (and sends it to peers that do).
+        // This endpoint reads the short media envelope (and sends it to peers that do), and
+        // media reports with loss runs.
         cfg.identity.capabilities = cfg
             .identity
             .capabilities
-            .union(crate::crypto::Capabilities::SHORT_MEDIA);
+            .union(crate::crypto::Capabilities::SHORT_MEDIA)
+            .union(crate::crypto::Capabilities::LOSS_RUNS);
         Self {
             relaying: false,
             sockets: Vec::new(),

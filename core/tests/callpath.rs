@@ -321,6 +321,7 @@ fn reported_loss_above_a_quarter_moves_the_call_to_the_relay() {
         lost: 20,
         jitter_ms: 3,
         rtt_ms: 20,
+        runs: None,
     };
     let now = w.now;
     w.sides[0].pm.handle_message(now, &report);
@@ -351,7 +352,7 @@ fn on_hold_the_active_path_is_probed_three_times_a_second() {
 }
 
 #[test]
-fn receiver_reports_carry_loss_and_jitter() {
+fn receiver_reports_carry_loss_its_runs_and_jitter() {
     let now = Instant::now();
     let mut pm = PathManager::new(
         PathConfig::default(),
@@ -361,9 +362,11 @@ fn receiver_reports_carry_loss_and_jitter() {
         vec![],
         now,
     );
-    // Frames 0..50 every 20 ms, with 5 missing and one arriving 10 ms late.
+    pm.set_peer_loss_runs(true);
+    // Frames 0..50 every 20 ms, with 7 missing in 5 runs (31 to 33 in a row) and one
+    // arriving 10 ms late.
     for seq in 0u16..50 {
-        if seq % 10 == 3 {
+        if seq % 10 == 3 || seq == 31 || seq == 32 {
             continue;
         }
         let late = if seq == 20 { 10 } else { 0 };
@@ -387,19 +390,65 @@ fn receiver_reports_carry_loss_and_jitter() {
             expected,
             lost,
             jitter_ms,
+            runs,
             ..
         }) = a
         {
-            report = Some((expected, lost, jitter_ms));
+            report = Some((expected, lost, jitter_ms, runs));
         }
     }
-    let (expected, lost, jitter) = report.expect("a report within a second");
+    let (expected, lost, jitter, runs) = report.expect("a report within a second");
     assert_eq!(
-        (expected, lost),
-        (50, 5),
-        "frames 0..=49 expected, 3, 13, 23, 33, 43 lost"
+        (expected, lost, runs),
+        (50, 7, Some(5)),
+        "frames 0..=49 expected, 3, 13, 23, 31-33, 43 lost"
     );
     assert!(jitter <= 2, "{jitter}");
+
+    // The peer's report with runs: the mean run of our lost media, in the call's stats.
+    pm.handle_message(
+        now,
+        &Message::MediaReport {
+            call: CallId([2; 16]),
+            expected: 50,
+            lost: 9,
+            jitter_ms: 0,
+            rtt_ms: 0,
+            runs: Some(3),
+        },
+    );
+    pm.handle_timeout(now + Duration::from_millis(2000));
+    let mut stats = None;
+    while let Some(a) = pm.poll_action() {
+        match a {
+            PathAction::Event(PathEvent::Stats(q)) => stats = Some(q),
+            // This peer reads runs: every report carries them.
+            PathAction::Send(Message::MediaReport { runs, .. }) => assert!(runs.is_some()),
+            _ => {}
+        }
+    }
+    let q = stats.expect("stats within a second");
+    assert_eq!(q.loss_run_out, Some(3.0));
+    assert!((q.loss_out - 0.18).abs() < 1e-9);
+
+    // A peer that does not read runs (an older build) gets reports without them.
+    let mut older = PathManager::new(
+        PathConfig::default(),
+        CallId([2; 16]),
+        false,
+        relay(),
+        vec![],
+        now,
+    );
+    older.handle_timeout(now + Duration::from_millis(1000));
+    let mut sent = 0;
+    while let Some(a) = older.poll_action() {
+        if let PathAction::Send(Message::MediaReport { runs, .. }) = a {
+            assert_eq!(runs, None);
+            sent += 1;
+        }
+    }
+    assert!(sent > 0);
 }
 
 #[test]

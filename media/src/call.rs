@@ -232,14 +232,29 @@ impl CallAudio {
     }
 
     /// The call layer's latest quality figures: the fraction of our frames the peer did not
-    /// receive, its jitter, and the RTT (feeds FEC, redundancy and bitrate adaptation, and
-    /// the receiver's MOS estimate).
-    pub fn on_report(&self, loss: f64, jitter_ms: f64, rtt: Option<Duration>) {
+    /// receive, the mean length of the runs they went missing in (`None` when the peer does
+    /// not count runs: taken as random loss), its jitter, and the RTT (feeds FEC,
+    /// redundancy and bitrate adaptation, and the receiver's MOS estimate).
+    pub fn on_report(
+        &self,
+        loss: f64,
+        loss_run: Option<f64>,
+        jitter_ms: f64,
+        rtt: Option<Duration>,
+    ) {
         let frames = 50u16;
+        let lost = (loss.clamp(0.0, 1.0) * f64::from(frames)).round() as u16;
         *lock(&self.shared.report) = Some(ReceiverReport {
             frames,
-            lost: (loss.clamp(0.0, 1.0) * f64::from(frames)).round() as u16,
-            mean_burst: if loss > 0.0 { 1.0 } else { 0.0 },
+            lost,
+            mean_burst: if lost == 0 {
+                0.0
+            } else {
+                loss_run
+                    .filter(|r| r.is_finite())
+                    .unwrap_or(1.0)
+                    .clamp(1.0, f64::from(lost))
+            },
             jitter_ms,
         });
         if let Some(rtt) = rtt {

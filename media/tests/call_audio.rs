@@ -51,7 +51,7 @@ fn two_sides_hear_each_other() {
     *to_a.lock().unwrap() = Some(a.clone());
     *to_b.lock().unwrap() = Some(b.clone());
     std::thread::sleep(Duration::from_millis(600));
-    a.on_report(0.1, 5.0, Some(Duration::from_millis(40)));
+    a.on_report(0.1, None, 5.0, Some(Duration::from_millis(40)));
     std::thread::sleep(Duration::from_millis(400));
     *to_a.lock().unwrap() = None;
     *to_b.lock().unwrap() = None;

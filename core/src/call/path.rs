@@ -179,6 +179,9 @@ pub struct CallQuality {
     pub loss_in: f64,
     /// Fraction of this side's media the peer reported lost.
     pub loss_out: f64,
+    /// Mean length, in frames, of the runs of this side's media the peer reported lost
+    /// (`None` without loss, or from a peer that does not count runs).
+    pub loss_run_out: Option<f64>,
     /// Interarrival jitter of received media, milliseconds.
     pub jitter_ms: f64,
     /// Media frames received in total.
@@ -239,6 +242,8 @@ struct RxStats {
     received: u64,
     interval_expected_prior: u64,
     interval_received_prior: u64,
+    /// Runs of frames skipped in the sequence (loss runs) since the last interval.
+    interval_runs: u64,
     jitter: f64,
     last_transit: Option<f64>,
 }
@@ -263,6 +268,11 @@ impl RxStats {
                 } else {
                     cand
                 };
+                // A jump past the next number starts a run of lost frames (a reordered
+                // frame that fills it later does not undo it: a slight overcount of runs).
+                if ext > hi + 1 {
+                    self.interval_runs += 1;
+                }
                 self.highest = self.highest.max(ext);
             }
         }
@@ -281,17 +291,19 @@ impl RxStats {
         self.last_transit = Some(transit);
     }
 
-    /// Expected and lost frames since the last call.
-    fn interval(&mut self) -> (u64, u64) {
+    /// Expected frames, lost frames and runs of lost frames since the last call.
+    fn interval(&mut self) -> (u64, u64, u64) {
         let Some(base) = self.base else {
-            return (0, 0);
+            return (0, 0, 0);
         };
         let expected = self.highest - base + 1;
         let exp_i = expected - self.interval_expected_prior;
         let rec_i = self.received - self.interval_received_prior;
         self.interval_expected_prior = expected;
         self.interval_received_prior = self.received;
-        (exp_i, exp_i.saturating_sub(rec_i))
+        let lost = exp_i.saturating_sub(rec_i);
+        let runs = std::mem::take(&mut self.interval_runs).min(lost);
+        (exp_i, lost, runs)
     }
 }
 
@@ -417,6 +429,8 @@ pub struct PathManager {
     epoch: Instant,
     rtt: Option<Duration>,
     loss_out: f64,
+    loss_run_out: Option<f64>,
+    peer_loss_runs: bool,
     high_loss_reports: u32,
     high_rtt_reports: u32,
     actions: VecDeque<PathAction>,
@@ -476,6 +490,8 @@ impl PathManager {
             epoch: now,
             rtt: None,
             loss_out: 0.0,
+            loss_run_out: None,
+            peer_loss_runs: false,
             high_loss_reports: 0,
             high_rtt_reports: 0,
             actions: VecDeque::new(),
@@ -705,9 +721,16 @@ impl PathManager {
                 call,
                 expected,
                 lost,
+                runs,
                 ..
             } if *call == self.call && *expected > 0 => {
                 self.loss_out = f64::from(*lost) / f64::from(*expected);
+                self.loss_run_out = match runs {
+                    Some(r) if *r > 0 && *lost > 0 => {
+                        Some(f64::from(*lost) / f64::from((*r).min(*lost)))
+                    }
+                    _ => None,
+                };
                 if self.loss_out > self.cfg.max_loss {
                     self.high_loss_reports += 1;
                 } else {
@@ -1067,6 +1090,13 @@ impl PathManager {
         self.peer_fresh = yes;
     }
 
+    /// Whether the peer reads the loss-run count of media reports (it announced
+    /// [`crate::crypto::Capabilities::LOSS_RUNS`] in its handshake): only then do this side's
+    /// reports carry it (an older peer would drop them as malformed). Off by default.
+    pub fn set_peer_loss_runs(&mut self, yes: bool) {
+        self.peer_loss_runs = yes;
+    }
+
     /// The local socket direct paths leave from (`None`: the default one).
     pub fn via(&self) -> Option<SocketAddr> {
         self.via
@@ -1281,7 +1311,7 @@ impl PathManager {
         }
         if now >= self.next_report {
             self.next_report = now + self.cfg.report_interval;
-            let (expected, lost) = self.rx.interval();
+            let (expected, lost, runs) = self.rx.interval();
             let loss_in = if expected > 0 {
                 lost as f64 / expected as f64
             } else {
@@ -1297,12 +1327,16 @@ impl PathManager {
                     lost: lost.min(u64::from(u16::MAX)) as u16,
                     jitter_ms: self.rx.jitter.min(f64::from(u16::MAX)) as u16,
                     rtt_ms,
+                    runs: self
+                        .peer_loss_runs
+                        .then(|| runs.min(u64::from(u16::MAX)) as u16),
                 }));
             self.actions
                 .push_back(PathAction::Event(PathEvent::Stats(CallQuality {
                     rtt: self.rtt,
                     loss_in,
                     loss_out: self.loss_out,
+                    loss_run_out: self.loss_run_out,
                     jitter_ms: self.rx.jitter,
                     frames_in: self.rx.received,
                     kind: Some(self.active_kind),

@@ -649,6 +649,11 @@ pub enum Message<'a> {
         /// The sender's current round-trip time estimate on the active path, milliseconds
         /// (0: unknown).
         rtt_ms: u16,
+        /// Runs of consecutive lost frames in the interval (their mean length tells bursty
+        /// loss from random loss). Sent only to peers with
+        /// [`crate::crypto::Capabilities::LOSS_RUNS`]: on the wire it is two more bytes at
+        /// the end, which older decoders reject as trailing.
+        runs: Option<u16>,
     },
     /// A connectivity check on one path of a session; answered on the path it arrived on and
     /// never moves the session there by itself.
@@ -1089,6 +1094,11 @@ impl<'a> Message<'a> {
                 lost: r.u16()?,
                 jitter_ms: r.u16()?,
                 rtt_ms: r.u16()?,
+                runs: if r.remaining() >= 2 {
+                    Some(r.u16()?)
+                } else {
+                    None
+                },
             },
             MessageType::PathProbe => Message::PathProbe { id: r.u32()? },
             MessageType::PathProbeAck => Message::PathProbeAck {
@@ -1303,12 +1313,16 @@ impl<'a> Message<'a> {
                 lost,
                 jitter_ms,
                 rtt_ms,
+                runs,
             } => {
                 out.put_slice(&call.0);
                 out.put_u16(*expected);
                 out.put_u16(*lost);
                 out.put_u16(*jitter_ms);
                 out.put_u16(*rtt_ms);
+                if let Some(runs) = runs {
+                    out.put_u16(*runs);
+                }
             }
             Message::PathProbe { id } => out.put_u32(*id),
             Message::PathProbeAck { id, observed } => {
@@ -1644,6 +1658,7 @@ mod tests {
                 lost: 3,
                 jitter_ms: 12,
                 rtt_ms: 65535,
+                runs: None,
             },
             Message::PathProbe { id: 7 },
             Message::PathChallenge { token: [1; 8] },
@@ -1686,6 +1701,28 @@ mod tests {
             long.push(0);
             assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(1)));
         }
+        // A report with loss runs is the older report and two more bytes: without them it
+        // reads as the older one, with one of them it is malformed.
+        let with_runs = Message::MediaReport {
+            call,
+            expected: 50,
+            lost: 9,
+            jitter_ms: 3,
+            rtt_ms: 40,
+            runs: Some(3),
+        };
+        let mut b = BytesMut::new();
+        with_runs.encode(&mut b);
+        assert_eq!(Message::decode(&b).unwrap(), with_runs);
+        let older = Message::decode(&b[..b.len() - 2]).unwrap();
+        assert!(matches!(older, Message::MediaReport { runs: None, .. }));
+        assert_eq!(
+            Message::decode(&b[..b.len() - 1]),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        let mut long = b.to_vec();
+        long.push(0);
+        assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(1)));
         // Too many candidates, an unknown kind and a non-boolean flag are typed errors.
         let mut b = BytesMut::new();
         b.put_u8(0x49);

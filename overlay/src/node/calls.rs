@@ -1240,11 +1240,18 @@ impl Calls {
                         Self::local_candidates(cx),
                         now,
                     );
-                    let fresh = cx.sessions.view().peer(conn).is_some_and(|p| {
-                        p.capabilities
-                            .contains(natter_core::crypto::Capabilities::FRESH_PORTS)
-                    });
-                    paths.set_peer_fresh_ports(fresh);
+                    let caps = cx
+                        .sessions
+                        .view()
+                        .peer(conn)
+                        .map(|p| p.capabilities)
+                        .unwrap_or_default();
+                    paths.set_peer_fresh_ports(
+                        caps.contains(natter_core::crypto::Capabilities::FRESH_PORTS),
+                    );
+                    paths.set_peer_loss_runs(
+                        caps.contains(natter_core::crypto::Capabilities::LOSS_RUNS),
+                    );
                     // (One connected call at a time: a previous one's ports are let go.)
                     self.disconnect(cx);
                     self.connected = Some(Connected {
