@@ -75,6 +75,11 @@ CONDITIONS=(
   "20% bursty (mean 3)|--loss 20 --burst 3"
   "40 ms jitter|--jitter-ms 40"
   "5% + 40 ms jitter|--loss 5 --jitter-ms 40"
+  "10% + 40 ms jitter|--loss 10 --jitter-ms 40"
+  "20% + 40 ms jitter|--loss 20 --jitter-ms 40"
+  "20% bursty + 40 ms jitter|--loss 20 --burst 3 --jitter-ms 40"
+  "5% bursty|--loss 5 --burst 3"
+  "10% bursty|--loss 10 --burst 3"
   "clean, 16 kbit/s|--loss 0 --bitrate 16"
   "clean, 20 kbit/s|--loss 0 --bitrate 20"
   "clean, 24 kbit/s|--loss 0 --bitrate 24"
@@ -105,7 +110,7 @@ SUMMARY=$OUT/summary.jsonl
 for INPUT in $RECORDINGS; do
 rec=$(basename "$INPUT" .wav)
 echo "== $rec"
-printf '%-22s %6s %6s %6s %8s %9s %8s %8s %7s %8s %8s %7s %9s\n' \
+printf '%-26s %6s %6s %6s %8s %9s %8s %8s %7s %8s %8s %7s %9s\n' \
   condition PESQ est diff "wire B/s" "wire kb/s" "lost %" "after %" burstR "RED" "FEC" "p95 ms" "JB tgt ms"
 for c in "${CONDITIONS[@]}"; do
   name=${c%%|*}
@@ -132,7 +137,7 @@ wire = mean([d["wire_bytes_per_s"] for d in runs])
 p95 = mean([d["latency_ms"]["p95"] for d in runs])
 d = runs[-1]
 r = d["receiver"]
-print(f"{name:<22} {pesq:6.2f} {est:6.2f} {est - pesq:+6.2f} {d['wire_bytes_per_s']:8.0f} "
+print(f"{name:<26} {pesq:6.2f} {est:6.2f} {est - pesq:+6.2f} {d['wire_bytes_per_s']:8.0f} "
       f"{d['wire_kbps']:9.1f} {before:8.2f} {after:8.2f} {burst:7.2f} "
       f"{r['red_recovered']:8d} {r['fec_recovered']:8d} {d['latency_ms']['p95']:7.1f} "
       f"{r['target_delay_ms']:9.1f}")
@@ -147,12 +152,15 @@ python3 - "$SUMMARY" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 order = list(dict.fromkeys(r["condition"] for r in rows))
-print(f"{'condition':<22} {'PESQ':>6} {'est':>6} {'diff':>6} {'wire B/s':>9} {'lost %':>7} "
-      f"{'after %':>8} {'p95 ms':>7}")
+print(f"{'condition':<26} {'PESQ':>6} {'est':>6} {'diff':>6} {'wire B/s':>9} {'x clean':>8} "
+      f"{'lost %':>7} {'after %':>8} {'p95 ms':>7}")
+mean_of = lambda c, k: (lambda rs: sum(r[k] for r in rs) / len(rs))(
+    [r for r in rows if r["condition"] == c])
+clean = mean_of("clean", "wire") if "clean" in order else float("nan")
 for c in order:
-    rs = [r for r in rows if r["condition"] == c]
-    m = lambda k: sum(r[k] for r in rs) / len(rs)
-    print(f"{c:<22} {m('pesq'):6.2f} {m('est'):6.2f} {m('est') - m('pesq'):+6.2f} "
-          f"{m('wire'):9.0f} {m('before'):7.2f} {m('after'):8.2f} {m('p95'):7.1f}")
+    m = lambda k: mean_of(c, k)
+    print(f"{c:<26} {m('pesq'):6.2f} {m('est'):6.2f} {m('est') - m('pesq'):+6.2f} "
+          f"{m('wire'):9.0f} {m('wire') / clean:8.2f} {m('before'):7.2f} {m('after'):8.2f} "
+          f"{m('p95'):7.1f}")
 PY
-echo "(PESQ, est (the receiver's mos_call), lost %, after % and burstR: mean over seeds $SEEDS; the per-recording tables' other columns: the last seed; the means table: means of everything. Outputs in $OUT.)"
+echo "(PESQ, est (the receiver's mos_call), lost %, after % and burstR: mean over seeds $SEEDS; the per-recording tables' other columns: the last seed; the means table: means of everything, "x clean" the wire rate over the clean condition's, the ratio the loss budget caps at 1.6. Outputs in $OUT.)"

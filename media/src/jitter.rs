@@ -11,7 +11,7 @@
 //! *relative delay* of a frame is its transit minus the window's smallest transit: the queueing
 //! a frame saw beyond the fastest one. The **target delay** is the 95th percentile of relative
 //! delays, plus a loss-recovery margin (one frame when in-band FEC is in use and frames are
-//! being lost, *n* frames when the sender adds *n* redundant copies; a depth seen in the last
+//! being lost, *n* frames when the sender's redundant copies reach *n* frames back; a reach seen in the last
 //! 500 frames counts, so the margin does not flap with the sender's choice), clamped to
 //! `[min_delay, max_delay]`. A smooth network gives a target near zero; jitter raises it as
 //! soon as 5 % of the window is delayed; it decays once the jittery frames leave the window.
@@ -63,6 +63,9 @@ use crate::frame::MediaFrame;
 use crate::opus_packet::{self, TICK_US};
 
 const TICK_MS: f64 = TICK_US as f64 / 1000.0;
+/// The deepest protection (in frames) the recovery margin follows: the sender's
+/// [`MAX_RED_REACH`](crate::sender::MAX_RED_REACH).
+const MAX_REACH: usize = crate::sender::MAX_RED_REACH as usize;
 /// How long (in frames) a protection depth seen in the stream keeps its recovery margin.
 const MARGIN_MEMORY: u64 = 500;
 /// Start of the extended sequence and timestamp spaces (so going back never underflows).
@@ -340,9 +343,10 @@ pub struct JitterBuffer {
     anchor: Option<(Instant, u64)>,
     /// Transit (ms) of each frame in the window.
     transits: VecDeque<f64>,
-    /// When (in frames received) each protection depth was last seen: FEC counts as 1,
-    /// `n` redundant blocks as `n`.
-    protection_seen: [Option<u64>; 4],
+    /// When (in frames received) each protection reach was last seen: FEC counts as 1,
+    /// redundant blocks as how many frames back the oldest one goes (`n` for copies of the
+    /// `n` frames right before, more when the sender spreads them against bursts).
+    protection_seen: [Option<u64>; MAX_REACH + 1],
     min_transit: f64,
     target_ms: f64,
     jitter_ms: f64,
@@ -388,7 +392,7 @@ impl JitterBuffer {
             min_transit: 0.0,
             target_ms: 0.0,
             jitter_ms: 0.0,
-            protection_seen: [None; 4],
+            protection_seen: [None; MAX_REACH + 1],
             started: false,
             idle: false,
             playout_ts: 0,
@@ -516,7 +520,7 @@ impl JitterBuffer {
         // are being lost.
         let n = self.stats.unique_received;
         let depth = if self.loss_ewma > 0.002 {
-            (1..=3u32)
+            (1..=MAX_REACH as u32)
                 .rev()
                 .find(|&d| {
                     self.protection_seen[d as usize]
@@ -585,7 +589,13 @@ impl JitterBuffer {
         }
         let transit = self.media_ms(now, ts);
         self.transits.push_back(transit);
-        let depth = frame.red().len().max(usize::from(frame.fec)).min(3);
+        let reach = frame
+            .red()
+            .iter()
+            .map(|b| u32::from(b.offset_ticks).div_ceil(ticks) as usize)
+            .max()
+            .unwrap_or(0);
+        let depth = reach.max(usize::from(frame.fec)).min(MAX_REACH);
         self.protection_seen[depth] = Some(self.stats.unique_received);
         while self.transits.len() > self.config.window.max(1) {
             self.transits.pop_front();

@@ -14,7 +14,7 @@
 //! * **Codec and loss**, G.107 equation 7-29 on the wideband scale:
 //!   `Ie,eff,wb = Ie,wb + (129 − Ie,wb) × Ppl / (Ppl / BurstR + Bpl)`, where `Ppl` is the
 //!   percentage of frames concealed (still lost *after* FEC and redundancy) plus
-//!   [`RECOVERED_WEIGHT`] (3 %) of those rebuilt from FEC or a redundant copy, and `BurstR` is
+//!   [`RECOVERED_WEIGHT`] (2 %) of those rebuilt from FEC or a redundant copy, and `BurstR` is
 //!   taken as 1 (see below).
 //! * **Opus parameters.** ITU-T G.113 Appendix IV lists Ie,wb and Bpl for ITU codecs but not
 //!   for Opus, so they are *derived from measurements*, the way ITU-T P.834.1 derives Ie,wb
@@ -24,20 +24,23 @@
 //!   16 / 20 / 22 (default) / 24 kbit/s targets, means over three recordings
 //!   (`media/testdata/speech.wav` and two espeak-ng voices, American English and German), so
 //!   at the default `Ie,wb = 129 − 1.29 × R(4.05) = 24.9` ([`OPUS_WB_IE`]). Under loss the
-//!   sender adds redundancy and keeps each copy at 16 kbit/s, where `Ie,wb = 37.7`
-//!   ([`OPUS_WB_IE_RED`]); the receiver sees which frames carry redundancy and weighs the
-//!   two ([`opus_wb_ie`]). It cannot see the sender's bitrate, so a sender away from the
-//!   default is misjudged: configured so (+0.42 at 16 kbit/s, -0.10 at 24), or by its own
-//!   policy (in-band FEC raises the rate to 24 kbit/s between 0.5 and 3 % loss, a bandwidth
-//!   limit lowers it; neither is calibrated). Bpl = 8.5
-//!   ([`OPUS_WB_BPL`]) and the 2 % were fitted (least squares) to all the conditions of
-//!   `benches/media_quality.sh`, means over the same recordings: random loss with FEC and
-//!   redundancy, 20 % bursty loss, jitter, and concealment alone at 2, 5 and 10 % random and
-//!   5 and 10 % bursty loss. Every estimate at the default bitrate is within 0.11 of PESQ
-//!   (the table and the test: `tests::estimate_matches_recorded_pesq`). **Bursts**: at the same concealed percentage,
-//!   bursts of loss (mean run 2.6 to 2.9 frames) scored *no lower* than random loss (1.88 at
-//!   9.5 % in bursts, 1.68 at 10.3 % random), the opposite of G.107's burst term, which put
-//!   the 20 % bursty condition at 1.06 against PESQ's 2.02; so `BurstR` is 1 in
+//!   sender keeps the full bitrate for one redundant copy and lowers it to what its loss
+//!   budget leaves for two or more (about 16.5 kbit/s), where `Ie,wb = 37.7`
+//!   ([`OPUS_WB_IE_RED`], from the 16 kbit/s clean score); the receiver counts the frames
+//!   that carry two copies or more and weighs the two ([`opus_wb_ie`]). It cannot see the
+//!   sender's bitrate, so a sender away from the default is misjudged: configured so (+0.42
+//!   at 16 kbit/s, -0.10 at 24), or by its own policy (in-band FEC raises the rate to 24
+//!   kbit/s between 0.5 and 3 % loss, a bandwidth limit lowers it; neither is calibrated).
+//!   Bpl = 8.5 ([`OPUS_WB_BPL`]) and the 2 % were fitted (least squares) to all the
+//!   conditions of `benches/media_quality.sh`, means over the same recordings: random and
+//!   bursty loss with FEC and redundancy, with and without 40 ms of jitter, and concealment
+//!   alone at 2, 5 and 10 % random and 5 and 10 % bursty loss. Every estimate at the default
+//!   bitrate is within 0.17 of PESQ at a fixed 60 ms of delay, the worst with jitter (the
+//!   table and the test: `tests::estimate_matches_recorded_pesq`). **Bursts**: at the same
+//!   concealed percentage, bursts of loss (mean run 2.6 to 2.9 frames) scored *no lower*
+//!   than random loss (1.88 at 9.5 % in bursts, 1.68 at 10.3 % random), the opposite of
+//!   G.107's burst term, which put the then 20 % bursty condition at 1.06 against PESQ's
+//!   2.02; so `BurstR` is 1 in
 //!   [`opus_wb_input`] ([`LossSummary::burst_r`] is still measured and reported). All of
 //!   this comes from an instrumental model on synthetic (espeak-ng) speech, not from a
 //!   listening test: treat the MOS as a relative indicator. Rerun
@@ -62,8 +65,9 @@ use std::time::{Duration, Instant};
 /// (22 kbit/s target, 18.9 kbit/s on average), derived from PESQ-WB (see the module
 /// documentation).
 pub const OPUS_WB_IE: f64 = 24.9;
-/// `Ie,wb` of frames that carry redundancy: the sender then sends each copy at 16 kbit/s
-/// (14.1 kbit/s on average), derived likewise.
+/// `Ie,wb` of frames that carry two redundant copies or more: the sender then sends each at
+/// what its loss budget leaves (about 16.5 kbit/s at the default), derived likewise from the
+/// clean score at 16 kbit/s (14.1 kbit/s on average).
 pub const OPUS_WB_IE_RED: f64 = 37.7;
 /// Packet-loss robustness factor of Opus wideband with its concealment, derived likewise.
 pub const OPUS_WB_BPL: f64 = 8.5;
@@ -72,9 +76,9 @@ pub const OPUS_WB_BPL: f64 = 8.5;
 /// derived likewise.
 pub const RECOVERED_WEIGHT: f64 = 0.02;
 
-/// `Ie,wb` of a stream in which `red_share` (0 to 1) of the frames carried redundancy:
-/// [`OPUS_WB_IE`] and [`OPUS_WB_IE_RED`] in proportion. The receiver sees whether a frame
-/// carries redundancy; it cannot see the sender's bitrate (the received bitrate falls with
+/// `Ie,wb` of a stream in which `red_share` (0 to 1) of the frames carried two redundant
+/// copies or more: [`OPUS_WB_IE`] and [`OPUS_WB_IE_RED`] in proportion. The receiver sees
+/// how many copies a frame carries; it cannot see the sender's bitrate (the received bitrate falls with
 /// loss, silence and DTX, so it would be a poor proxy), so the estimate assumes the default.
 pub fn opus_wb_ie(red_share: f64) -> f64 {
     let s = if red_share.is_finite() {
@@ -426,26 +430,32 @@ pub(crate) mod tests {
     pub(crate) const CLEAN_PESQ: f64 = 4.05;
 
     /// The conditions of `benches/media_quality.sh`: (condition, PESQ-WB, frames missing
-    /// before recovery %, concealed %, share of frames with redundancy: 1 where the sender
-    /// adapts to loss, which turns redundancy on from the first report, else 0), means over
-    /// seeds 1 to 5
-    /// and over its three recordings, recorded with
+    /// before recovery %, concealed %, share of frames with two redundant copies or more,
+    /// at the bitrate the loss budget leaves: 1 where the sender adapts to 8 % random loss
+    /// or more or to bursty loss, else 0), means over seeds 1 to 5 and over its three
+    /// recordings, recorded with
     ///
     /// ```text
     /// NATTER=<a natter binary> PESQ_VENV=<venv with pesq> benches/media_quality.sh
     /// ```
     ///
-    /// (pesq 0.0.4 from PyPI, libopus 1.3.1, espeak-ng 1.51). Every condition's mouth-to-ear
-    /// delay was under 100 ms (p95 added latency 50 to 111 ms, RTT 0 to 40 ms), where the
-    /// E-model's delay impairment is 0.
-    const CALIBRATION: [(&str, f64, f64, f64, f64); 16] = [
+    /// (pesq 0.0.4 from PyPI, libopus 1.3.1, espeak-ng 1.51). PESQ hears no delay, so the
+    /// comparison is at a mouth-to-ear delay of 60 ms, where the E-model's delay impairment
+    /// is 0 (the receiver's own estimate of the bursty rows, with their 175-220 ms p95, is
+    /// lower by that impairment).
+    const CALIBRATION: [(&str, f64, f64, f64, f64); 21] = [
         ("clean", 4.05, 0.0, 0.0, 0.0),
-        ("5% random", 3.54, 5.02, 0.23, 1.0),
-        ("10% random", 3.44, 10.39, 0.31, 1.0),
-        ("20% random", 3.15, 19.93, 0.98, 1.0),
-        ("20% bursty (mean 3)", 2.02, 20.83, 7.46, 1.0),
-        ("40 ms jitter", 3.99, 0.03, 0.03, 0.0),
-        ("5% + 40 ms jitter", 3.51, 5.25, 0.20, 1.0),
+        ("5% random", 3.84, 5.02, 0.29, 0.0),
+        ("10% random", 3.43, 10.39, 0.31, 1.0),
+        ("20% random", 3.15, 19.93, 0.95, 1.0),
+        ("20% bursty (mean 3)", 2.69, 20.81, 3.07, 1.0),
+        ("40 ms jitter", 4.00, 0.03, 0.03, 0.0),
+        ("5% + 40 ms jitter", 3.78, 5.25, 0.30, 0.0),
+        ("10% + 40 ms jitter", 3.41, 10.16, 0.36, 1.0),
+        ("20% + 40 ms jitter", 3.17, 20.21, 1.02, 1.0),
+        ("20% bursty + 40 ms jitter", 2.69, 21.29, 3.41, 1.0),
+        ("5% bursty", 3.05, 4.28, 1.47, 1.0),
+        ("10% bursty", 3.06, 9.62, 1.48, 1.0),
         ("clean, 16 kbit/s", 3.63, 0.0, 0.0, 0.0),
         ("clean, 20 kbit/s", 3.95, 0.0, 0.0, 0.0),
         ("clean, 24 kbit/s", 4.15, 0.0, 0.0, 0.0),
@@ -475,7 +485,10 @@ pub(crate) mod tests {
                 worst = worst.max(diff.abs());
             }
         }
-        assert!(worst <= 0.11, "{worst}");
+        // The worst are the 40 ms jitter rows (-0.17 bursty, +0.13 at 5 %): PESQ hears the
+        // jitter buffer's stretches, the E-model does not. A least-squares refit of Ie,wb
+        // with redundancy, Bpl and the recovered weight only brought the worst to 0.16.
+        assert!(worst <= 0.17, "{worst}");
         let clean = mos_wideband(&opus_wb_input(60.0, &LossSummary::default(), 0.0));
         assert!((clean - CLEAN_PESQ).abs() < 0.02, "{clean}");
     }

@@ -143,8 +143,8 @@ pub struct MediaReceiver {
     scratch2: Vec<i16>,
     ia_jitter: InterarrivalJitter,
     rate_meter: RateMeter,
-    /// Frames received that carried redundancy, and all frames received (the sender's mode,
-    /// for the codec's impairment), over the call...
+    /// Frames received that carried two redundant copies or more (the sender then lowered
+    /// its bitrate: the codec's impairment), and all frames received, over the call...
     red_frames: (u64, u64),
     /// ...and recently (as recent as the MOS window's loss: a mean age of 8/3 s).
     red_recent: f64,
@@ -256,8 +256,9 @@ impl MediaReceiver {
         }
         self.rate_meter.on_bytes(now, frame.len());
         if !matches!(outcome, InsertOutcome::Duplicate) {
-            // Whether the sender protects with redundancy (the codec's impairment).
-            let red = !f.red().is_empty();
+            // Whether the sender lowered its bitrate for redundancy (the codec's impairment):
+            // one copy goes at the full bitrate, two or more at what the loss budget leaves.
+            let red = f.red().len() >= 2;
             self.red_frames.0 += u64::from(red);
             self.red_frames.1 += 1;
             // Averaged over a third of the MOS window: the loss window weighs its slots
@@ -620,19 +621,13 @@ mod tests {
     fn redundancy_lowers_the_running_mos_and_its_end_restores_it() {
         use crate::codec::FrameDuration;
         use crate::sender::Plan;
-        let plan = |red: u8, bitrate: u32| Plan {
-            bitrate,
-            fec: false,
-            loss_hint: 0,
-            red,
-            frame: FrameDuration::Ms20,
-        };
+        let plan = |red: u8, bitrate: u32| Plan::plain(bitrate, FrameDuration::Ms20).with_red(red);
         let run = drive_with(
             1200,
             |_| Slot::Sent,
             |i, tx| {
                 if i == 400 {
-                    tx.apply(plan(2, crate::sender::RED_COPY_BITRATE)).unwrap();
+                    tx.apply(plan(2, 16_000)).unwrap();
                 } else if i == 650 {
                     tx.apply(plan(0, crate::codec::DEFAULT_BITRATE)).unwrap();
                 }
