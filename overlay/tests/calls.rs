@@ -1480,3 +1480,46 @@ fn the_callers_nat_moving_to_a_new_address_goes_direct_again() {
 fn the_callees_nat_moving_to_a_new_address_goes_direct_again() {
     nat_moves_to_a_new_address(true);
 }
+
+/// The mean run the callee reported (`CallQuality::loss_run_out`) over the caller's stats
+/// from `since` on.
+fn reported_runs(sim: &Sim<NodeEvent>, h: HostId, since: Duration) -> (f64, usize) {
+    let runs: Vec<f64> = sim
+        .events(h)
+        .iter()
+        .filter(|(t, _)| *t >= since)
+        .filter_map(|(_, e)| match e {
+            NodeEvent::CallQuality { quality, .. } => quality.loss_run_out,
+            _ => None,
+        })
+        .collect();
+    (
+        runs.iter().sum::<f64>() / runs.len().max(1) as f64,
+        runs.len(),
+    )
+}
+
+/// Media lost in runs on the way to the callee: the callee's reports count the runs
+/// (`MediaReport::runs`), and the caller's call stats carry their mean length, which its
+/// media sender reads to tell bursty loss (spread redundancy) from random loss.
+#[test]
+fn the_callee_reports_the_runs_its_media_was_lost_in() {
+    for (burst, low, high) in [(3.0, 2.0, 4.0), (1.0, 1.0, 1.5)] {
+        let mut w = world(43);
+        let alice = w.client("alice", Site::Public);
+        let bob = w.client("bob", Site::Public);
+        w.settle(&[alice, bob]);
+        let (call, _) = connect(&mut w, alice, bob, "bob");
+        w.talk(alice, bob, call, Duration::from_secs(2));
+        let since = w.sim.elapsed();
+        w.sim
+            .set_access_link(bob, LinkConfig::IDEAL.loss(0.15).burst(burst));
+        w.talk(alice, bob, call, Duration::from_secs(20));
+        let (mean, reports) = reported_runs(&w.sim, alice, since);
+        assert!(reports >= 10, "{reports} reports with runs");
+        assert!(
+            (low..high).contains(&mean),
+            "mean run {mean:.2} reported on a link with runs of {burst}"
+        );
+    }
+}
