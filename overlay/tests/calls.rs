@@ -1504,7 +1504,10 @@ fn reported_runs(sim: &Sim<NodeEvent>, h: HostId, since: Duration) -> (f64, usiz
 /// media sender reads to tell bursty loss (spread redundancy) from random loss.
 #[test]
 fn the_callee_reports_the_runs_its_media_was_lost_in() {
-    for (burst, low, high) in [(3.0, 2.0, 4.0), (1.0, 1.0, 1.5)] {
+    // (mean run, jitter ms, the range the reported mean run must fall in): jitter reorders
+    // frames, which must not read as runs of loss.
+    for (burst, jitter, low, high) in [(3.0, 0, 2.0, 4.0), (1.0, 0, 1.0, 1.5), (3.0, 40, 2.0, 4.0)]
+    {
         let mut w = world(43);
         let alice = w.client("alice", Site::Public);
         let bob = w.client("bob", Site::Public);
@@ -1512,14 +1515,19 @@ fn the_callee_reports_the_runs_its_media_was_lost_in() {
         let (call, _) = connect(&mut w, alice, bob, "bob");
         w.talk(alice, bob, call, Duration::from_secs(2));
         let since = w.sim.elapsed();
-        w.sim
-            .set_access_link(bob, LinkConfig::IDEAL.loss(0.15).burst(burst));
+        w.sim.set_access_link(
+            bob,
+            LinkConfig::IDEAL
+                .loss(0.15)
+                .burst(burst)
+                .jitter(Duration::from_millis(jitter)),
+        );
         w.talk(alice, bob, call, Duration::from_secs(20));
         let (mean, reports) = reported_runs(&w.sim, alice, since);
         assert!(reports >= 10, "{reports} reports with runs");
         assert!(
             (low..high).contains(&mean),
-            "mean run {mean:.2} reported on a link with runs of {burst}"
+            "mean run {mean:.2} reported on a link with runs of {burst}, {jitter} ms of jitter"
         );
     }
 }

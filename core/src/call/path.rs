@@ -234,6 +234,10 @@ struct Remote {
     failed: bool,
 }
 
+/// Frames a late one may trail the highest sequence number by and still not count as lost
+/// in a run (32 frames: 640 ms at 20 ms).
+const RUN_WINDOW: usize = 32;
+
 /// Receive statistics from media frame headers (RFC 3550 style).
 #[derive(Debug, Clone, Default)]
 struct RxStats {
@@ -242,8 +246,14 @@ struct RxStats {
     received: u64,
     interval_expected_prior: u64,
     interval_received_prior: u64,
-    /// Runs of frames skipped in the sequence (loss runs) since the last interval.
+    /// Runs of lost frames since the last interval, counted as frames leave `window`.
     interval_runs: u64,
+    /// Whether each of the last [`RUN_WINDOW`] sequence numbers up to `highest` arrived
+    /// (front: the oldest): a frame's fate is settled only when it leaves, so a frame that
+    /// jitter put behind a later one is not taken for a run of loss.
+    window: VecDeque<bool>,
+    /// Whether the last frame to leave `window` had arrived.
+    settled_received: bool,
     jitter: f64,
     last_transit: Option<f64>,
 }
@@ -268,13 +278,24 @@ impl RxStats {
                 } else {
                     cand
                 };
-                // A jump past the next number starts a run of lost frames (a reordered
-                // frame that fills it later does not undo it: a slight overcount of runs).
-                if ext > hi + 1 {
-                    self.interval_runs += 1;
+                if ext > hi {
+                    self.advance(ext - hi);
+                    self.highest = ext;
                 }
-                self.highest = self.highest.max(ext);
+                // Mark it (too old for the window: its slot was settled as lost already).
+                let back = self.highest - ext;
+                if let Some(slot) = usize::try_from(back)
+                    .ok()
+                    .and_then(|b| (self.window.len()).checked_sub(1 + b))
+                    .and_then(|i| self.window.get_mut(i))
+                {
+                    *slot = true;
+                }
             }
+        }
+        if self.window.is_empty() {
+            self.window.push_back(true);
+            self.settled_received = true;
         }
         self.received += 1;
         // Jitter: the timestamp only orders frames within one wrap of 163 s, which is all
@@ -289,6 +310,41 @@ impl RxStats {
             self.jitter += (d - self.jitter) / 16.0;
         }
         self.last_transit = Some(transit);
+    }
+
+    /// `n` new sequence numbers after the highest: slots for them (not yet arrived), and the
+    /// oldest leave the window, a lost one after an arrived one starting a run.
+    fn advance(&mut self, n: u64) {
+        let fresh = n.min(RUN_WINDOW as u64) as usize;
+        // Numbers beyond the window's length were skipped outright: one run of loss.
+        if n > RUN_WINDOW as u64 {
+            self.settle_all();
+            if self.settled_received {
+                self.interval_runs += 1;
+            }
+            self.settled_received = false;
+        }
+        for _ in 0..fresh {
+            self.window.push_back(false);
+            if self.window.len() > RUN_WINDOW {
+                self.settle_front();
+            }
+        }
+    }
+
+    fn settle_front(&mut self) {
+        if let Some(received) = self.window.pop_front() {
+            if !received && self.settled_received {
+                self.interval_runs += 1;
+            }
+            self.settled_received = received;
+        }
+    }
+
+    fn settle_all(&mut self) {
+        while !self.window.is_empty() {
+            self.settle_front();
+        }
     }
 
     /// Expected frames, lost frames and runs of lost frames since the last call.
