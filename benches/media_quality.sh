@@ -163,4 +163,4 @@ for c in order:
           f"{m('wire'):9.0f} {m('wire') / clean:8.2f} {m('before'):7.2f} {m('after'):8.2f} "
           f"{m('p95'):7.1f}")
 PY
-echo "(PESQ, est (the receiver's mos_call), lost %, after % and burstR: mean over seeds $SEEDS; the per-recording tables' other columns: the last seed; the means table: means of everything, "x clean" the wire rate over the clean condition's, the ratio the loss budget caps at 1.6. Outputs in $OUT.)"
+echo "(PESQ, est (the receiver's mos_call), lost %, after % and burstR: mean over seeds $SEEDS; the per-recording tables' other columns: the last seed; the means table: means of everything, x clean: the wire rate over the clean condition's, the ratio the loss budget caps at 1.6. Outputs in $OUT.)"

@@ -256,6 +256,9 @@ impl CallAudio {
                     .clamp(1.0, f64::from(lost))
             },
             jitter_ms,
+            // The call layer's reports carry no queue yet: no congestion control in calls.
+            queue_ms: 0.0,
+            recv_bps: 0.0,
         });
         if let Some(rtt) = rtt {
             lock(&self.shared.receiver).set_rtt(rtt);

@@ -53,6 +53,7 @@
 pub mod audio;
 pub mod call;
 pub mod codec;
+pub mod congestion;
 pub mod frame;
 pub mod jitter;
 pub mod loopback;

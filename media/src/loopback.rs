@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use natter_core::crypto::Session;
 use natter_core::wire::packet::{Channel, Packet, SessionIndex};
-use natter_sim::{LinkConfig, OneWayLink};
+use natter_sim::{Bottleneck, LinkConfig, OneWayLink};
 use serde_json::json;
 
 use crate::audio::resample::resample_all;
@@ -76,6 +76,12 @@ pub struct LoopbackConfig {
     pub drift_ppm: f64,
     /// Seed of the network and the playout phase.
     pub seed: u64,
+    /// A bottleneck in the media direction, as `tc tbf` makes one: from each time (since
+    /// the start), this rate in bit/s on the wire; empty: none.
+    pub capacity: Vec<(Duration, u64)>,
+    /// The bottleneck's queue: a packet that would wait longer is dropped (`tc tbf`'s
+    /// `latency`).
+    pub queue_limit: Duration,
 }
 
 impl Default for LoopbackConfig {
@@ -90,8 +96,33 @@ impl Default for LoopbackConfig {
             max_red: 3,
             drift_ppm: 0.0,
             seed: 1,
+            capacity: Vec::new(),
+            queue_limit: Duration::from_millis(100),
         }
     }
+}
+
+/// One second of a run, for plotting how the sender follows the path.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Second {
+    /// Start of the second, s.
+    pub t: f64,
+    /// The bottleneck's rate, bit/s (0: none).
+    pub capacity_bps: u64,
+    /// What the sender put on the wire, bit/s.
+    pub sent_bps: f64,
+    /// The sender's Opus target at the end of the second, bit/s.
+    pub bitrate: u32,
+    /// Its frame duration, ms.
+    pub frame_ms: u32,
+    /// Its redundant copies.
+    pub red: u8,
+    /// The congestion controller's estimate, bit/s (0: no limit).
+    pub estimate_bps: u32,
+    /// Frames missing at playout before recovery, %.
+    pub loss_before_pct: f64,
+    /// Frames still missing after recovery (concealed), %.
+    pub loss_after_pct: f64,
 }
 
 /// Why a loopback run failed.
@@ -149,6 +180,8 @@ pub struct LoopbackResult {
     pub duration_s: f64,
     /// The final adaptation plan.
     pub plan: crate::sender::Plan,
+    /// Second by second.
+    pub timeline: Vec<Second>,
 }
 
 impl LoopbackResult {
@@ -229,6 +262,17 @@ impl LoopbackResult {
                 "max": round(self.latency.max, 1),
             },
             "alignment_ms": round(self.alignment_ms, 2),
+            "timeline": self.timeline.iter().map(|s| json!({
+                "t": s.t,
+                "capacity_kbps": round(s.capacity_bps as f64 / 1000.0, 1),
+                "sent_kbps": round(s.sent_bps / 1000.0, 2),
+                "bitrate": s.bitrate,
+                "frame_ms": s.frame_ms,
+                "red": s.red,
+                "estimate_kbps": round(f64::from(s.estimate_bps) / 1000.0, 2),
+                "loss_before_pct": round(s.loss_before_pct, 1),
+                "loss_after_pct": round(s.loss_after_pct, 1),
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -327,6 +371,19 @@ pub fn run_samples(
     let mut play_times: Vec<u64> = Vec::new(); // per block
     let mut next_report_us = POLL_REPORT.as_micros() as u64;
     let mut pcm = vec![0i16; block];
+    let capacity_at = |us: u64| {
+        config
+            .capacity
+            .iter()
+            .take_while(|(from, _)| from.as_micros() as u64 <= us)
+            .last()
+            .map(|(_, bps)| *bps)
+    };
+    let mut bottleneck = (!config.capacity.is_empty())
+        .then(|| Bottleneck::new(capacity_at(0).unwrap_or(u64::MAX), config.queue_limit));
+    let mut timeline: Vec<Second> = Vec::new();
+    let mut second_bytes = 0u64;
+    let mut second_mark = (0u64, 0u64, 0u64); // slots, lost before, lost after
 
     loop {
         let next_pull_us = phase_us + (pulls as f64 * pull_period_us) as u64;
@@ -341,6 +398,30 @@ pub fn run_samples(
             break;
         }
         let now = at(now_us);
+        // A second passed: its line of the timeline.
+        while now_us >= (timeline.len() as u64 + 1) * 1_000_000 {
+            let j = receiver.stats().jitter;
+            let (slots, before, after) = (
+                j.slots_total(),
+                j.lost_before_recovery,
+                j.lost_after_recovery,
+            );
+            let due = slots.saturating_sub(second_mark.0).max(1) as f64;
+            let plan = sender.plan();
+            timeline.push(Second {
+                t: timeline.len() as f64,
+                capacity_bps: capacity_at(timeline.len() as u64 * 1_000_000).unwrap_or(0),
+                sent_bps: second_bytes as f64 * 8.0,
+                bitrate: plan.bitrate,
+                frame_ms: plan.frame.ms(),
+                red: plan.red,
+                estimate_bps: sender.congestion_estimate().unwrap_or(0),
+                loss_before_pct: before.saturating_sub(second_mark.1) as f64 * 100.0 / due,
+                loss_after_pct: after.saturating_sub(second_mark.2) as f64 * 100.0 / due,
+            });
+            second_bytes = 0;
+            second_mark = (slots, before, after);
+        }
         if next_media == now_us {
             if let Some(Reverse((_, _, datagram))) = media_in_flight.pop() {
                 if open(&mut bob, &datagram, &mut plaintext) == Some(Channel::Media) {
@@ -386,7 +467,17 @@ pub fn run_samples(
                             input_frames += 1;
                             wire_bytes += (wire.len() + IP_UDP) as u64;
                         }
-                        match forward.transit() {
+                        second_bytes += (wire.len() + IP_UDP) as u64;
+                        let queued = match bottleneck.as_mut() {
+                            Some(b) => {
+                                if let Some(bps) = capacity_at(now_us) {
+                                    b.set_rate(bps);
+                                }
+                                b.send(Duration::from_micros(now_us), wire.len() + IP_UDP)
+                            }
+                            None => Some(Duration::ZERO),
+                        };
+                        match queued.and_then(|q| forward.transit().map(|d| d + q)) {
                             Some(d) => {
                                 media_in_flight.push(Reverse((
                                     now_us + d.as_micros() as u64,
@@ -494,6 +585,7 @@ pub fn run_samples(
         delay_steps,
         duration_s: input_frames as f64 * f64::from(config.frame.ms()) / 1000.0,
         plan: sender.plan(),
+        timeline,
     })
 }
 
@@ -557,6 +649,39 @@ pub struct LoopbackArgs {
     /// Receiver playout clock drift, ppm (positive: the receiver's clock is slow).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub drift_ppm: f64,
+    /// A bottleneck in the media direction, as `tc tbf` makes one: `SECONDS:KBPS` steps,
+    /// comma-separated (`0:24,20:64,40:16`: 24 kbit/s on the wire, 64 from 20 s, 16 from
+    /// 40 s).
+    #[arg(long)]
+    pub capacity: Option<String>,
+    /// The bottleneck's queue limit, ms (`tc tbf latency`).
+    #[arg(long, default_value_t = 100)]
+    pub queue_ms: u64,
+}
+
+/// Parses `--capacity`: `SECONDS:KBPS[,SECONDS:KBPS...]`, times increasing.
+pub fn parse_capacity(spec: &str) -> Result<Vec<(Duration, u64)>, String> {
+    let mut steps: Vec<(Duration, u64)> = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (at, kbps) = part
+            .split_once(':')
+            .ok_or_else(|| format!("{part:?}: expected SECONDS:KBPS"))?;
+        let at: f64 = at
+            .parse()
+            .map_err(|_| format!("{at:?}: not a number of seconds"))?;
+        let kbps: f64 = kbps
+            .parse()
+            .map_err(|_| format!("{kbps:?}: not a rate in kbit/s"))?;
+        if !(at.is_finite() && at >= 0.0 && kbps.is_finite() && kbps > 0.0) {
+            return Err(format!("{part:?}: times and rates must be positive"));
+        }
+        let at = Duration::from_secs_f64(at);
+        if steps.last().is_some_and(|(t, _)| *t >= at) {
+            return Err(format!("{part:?}: times must increase"));
+        }
+        steps.push((at, (kbps * 1000.0) as u64));
+    }
+    Ok(steps)
 }
 
 /// Run `natter media-loopback`: prints one JSON line on stdout; returns the exit code.
@@ -568,6 +693,13 @@ pub fn main(args: LoopbackArgs) -> i32 {
         60 => FrameDuration::Ms60,
         other => {
             eprintln!("error: --frame-ms must be 20, 40 or 60, not {other}");
+            return 2;
+        }
+    };
+    let capacity = match args.capacity.as_deref().map(parse_capacity).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: --capacity {e}");
             return 2;
         }
     };
@@ -591,6 +723,8 @@ pub fn main(args: LoopbackArgs) -> i32 {
         max_red: args.max_red.min(3),
         drift_ppm: args.drift_ppm,
         seed: args.seed,
+        capacity,
+        queue_limit: Duration::from_millis(args.queue_ms),
     };
     match run(&args.input, &args.output, &config) {
         Ok(result) => {
@@ -690,6 +824,42 @@ mod tests {
         let ratio = r.wire_bytes_per_s() / clean.wire_bytes_per_s();
         assert!(ratio <= 1.6, "{ratio}");
         assert!(ratio >= 1.4, "the budget is used: {ratio}");
+    }
+
+    /// A bottleneck like `tc tbf`: 24 kbit/s, then 64 from 10 s, then 16 from 20 s (the
+    /// clean call needs about 45). The sender is within the link two seconds after each
+    /// narrowing, loses (after recovery) under 1 % of the rest, and is back to its clean plan
+    /// within 10 s of the widening.
+    #[test]
+    fn the_sender_follows_a_narrow_link() {
+        let config = LoopbackConfig {
+            capacity: vec![
+                (Duration::ZERO, 24_000),
+                (Duration::from_secs(10), 64_000),
+                (Duration::from_secs(20), 16_000),
+            ],
+            ..LoopbackConfig::default()
+        };
+        let r = run_speech(&config, 30.0);
+        let tl = &r.timeline;
+        let settled = |from: usize, to: usize| {
+            let s = &tl[from..to];
+            s.iter().map(|x| x.loss_after_pct).sum::<f64>() / s.len() as f64
+        };
+        for (start, end) in [(0, 10), (20, 30)] {
+            let cap = tl[start].capacity_bps as f64;
+            assert!(
+                tl[start + 2..end].iter().all(|x| x.sent_bps <= cap * 1.05),
+                "{:?}",
+                &tl[start..end]
+            );
+            assert!(settled(start + 2, end) < 1.0, "{:?}", &tl[start..end]);
+        }
+        let back = tl[10..20]
+            .iter()
+            .position(|x| x.frame_ms == 20 && x.bitrate == config.bitrate)
+            .expect("back to the clean plan within 10 s");
+        assert!(back < 10, "{back}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::codec::{CodecError, OpusDecoder, SampleRate};
+use crate::congestion::QueueMeter;
 use crate::frame::{FrameError, MediaFrame};
 use crate::jitter::{InsertOutcome, JitterBuffer, JitterConfig, JitterStats, Playout, Shrink};
 use crate::opus_packet::TICK_US;
@@ -74,11 +75,16 @@ pub struct ReceiverReport {
     pub mean_burst: f64,
     /// RFC 3550 interarrival jitter, ms.
     pub jitter_ms: f64,
+    /// Mean queuing delay of the frames received since the last report, ms
+    /// ([`QueueMeter`]).
+    pub queue_ms: f64,
+    /// Rate received on the wire since the last report, bit/s.
+    pub recv_bps: f64,
 }
 
 impl ReceiverReport {
     /// Encoded length.
-    pub const LEN: usize = 7;
+    pub const LEN: usize = 11;
 
     /// The fraction of frames lost (0 to 1).
     pub fn fraction_lost(&self) -> f64 {
@@ -89,18 +95,22 @@ impl ReceiverReport {
         }
     }
 
-    /// `[frames u16][lost u16][mean burst × 16, u8][jitter ms, u16]`, big-endian.
+    /// `[frames u16][lost u16][mean burst × 16, u8][jitter ms, u16][queue ms, u16]`
+    /// `[received rate in 100 bit/s, u16]`, big-endian (values beyond a field saturate).
     pub fn encode(&self) -> [u8; Self::LEN] {
+        let u16_of = |v: f64| v.clamp(0.0, 65_535.0) as u16;
         let [f0, f1] = self.frames.to_be_bytes();
         let [l0, l1] = self.lost.to_be_bytes();
         let b = (self.mean_burst.clamp(0.0, 15.9) * 16.0) as u8;
-        let [j0, j1] = (self.jitter_ms.clamp(0.0, 65_535.0) as u16).to_be_bytes();
-        [f0, f1, l0, l1, b, j0, j1]
+        let [j0, j1] = u16_of(self.jitter_ms).to_be_bytes();
+        let [q0, q1] = u16_of(self.queue_ms).to_be_bytes();
+        let [r0, r1] = u16_of(self.recv_bps / 100.0).to_be_bytes();
+        [f0, f1, l0, l1, b, j0, j1, q0, q1, r0, r1]
     }
 
     /// Decode; `None` when the length is wrong.
     pub fn decode(buf: &[u8]) -> Option<Self> {
-        let &[f0, f1, l0, l1, b, j0, j1] = buf else {
+        let &[f0, f1, l0, l1, b, j0, j1, q0, q1, r0, r1] = buf else {
             return None;
         };
         Some(Self {
@@ -108,6 +118,8 @@ impl ReceiverReport {
             lost: u16::from_be_bytes([l0, l1]),
             mean_burst: f64::from(b) / 16.0,
             jitter_ms: f64::from(u16::from_be_bytes([j0, j1])),
+            queue_ms: f64::from(u16::from_be_bytes([q0, q1])),
+            recv_bps: f64::from(u16::from_be_bytes([r0, r1])) * 100.0,
         })
     }
 }
@@ -143,6 +155,7 @@ pub struct MediaReceiver {
     scratch2: Vec<i16>,
     ia_jitter: InterarrivalJitter,
     rate_meter: RateMeter,
+    queue: QueueMeter,
     /// Frames received that carried two redundant copies or more (the sender then lowered
     /// its bitrate: the codec's impairment), and all frames received, over the call...
     red_frames: (u64, u64),
@@ -182,6 +195,7 @@ impl MediaReceiver {
             scratch2: vec![0; 120 * config.rate.hz() as usize / 1000],
             ia_jitter: InterarrivalJitter::default(),
             rate_meter: RateMeter::default(),
+            queue: QueueMeter::default(),
             red_frames: (0, 0),
             red_recent: 0.0,
             rtt: None,
@@ -212,6 +226,8 @@ impl MediaReceiver {
         self.jb.set_held(held);
         self.ia_jitter.restart();
         self.rate_meter.pause();
+        // The media clock stood still on hold: transits after it are not a queue.
+        self.queue.reset();
         self.last_slot_concealed = false;
         if held {
             self.held_since = Some(now);
@@ -270,8 +286,10 @@ impl MediaReceiver {
             let base = self.jb.playout_ts();
             let diff = f.timestamp.wrapping_sub(base as u16) as i16;
             let ts = base.wrapping_add_signed(i64::from(diff));
-            self.ia_jitter
-                .on_arrival(now, ts as f64 * TICK_US as f64 / 1000.0);
+            let media_ms = ts as f64 * TICK_US as f64 / 1000.0;
+            self.ia_jitter.on_arrival(now, media_ms);
+            self.queue
+                .on_arrival(now, media_ms, frame.len() + crate::sender::WIRE_OVERHEAD);
         }
         Ok(outcome)
     }
@@ -454,11 +472,11 @@ impl MediaReceiver {
             return None;
         }
         self.last_report_at = Some(now);
-        Some(self.report())
+        Some(self.report(now))
     }
 
     /// The report to send back to the sender; counts since the previous call.
-    pub fn report(&mut self) -> ReceiverReport {
+    pub fn report(&mut self, now: Instant) -> ReceiverReport {
         let s = self.jb.stats();
         let (slots0, lost0, runs0, late0) = self.last_report;
         let frames = s.slots_total().saturating_sub(slots0);
@@ -472,6 +490,7 @@ impl MediaReceiver {
         let runs = s.loss_runs.saturating_sub(runs0);
         self.last_report = (s.slots_total(), s.lost_before_recovery, s.loss_runs, s.late);
         let clamp16 = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+        let q = self.queue.take(now);
         ReceiverReport {
             frames: clamp16(frames),
             lost: clamp16(lost.min(frames)),
@@ -481,6 +500,8 @@ impl MediaReceiver {
                 (lost as f64 / runs as f64).max(1.0)
             },
             jitter_ms: self.ia_jitter.ms(),
+            queue_ms: q.queue_ms,
+            recv_bps: q.recv_bps,
         }
     }
 
@@ -789,6 +810,8 @@ mod tests {
             lost: 3,
             mean_burst: 1.5,
             jitter_ms: 37.0,
+            queue_ms: 120.0,
+            recv_bps: 24_300.0,
         };
         let d = ReceiverReport::decode(&r.encode()).unwrap();
         assert_eq!(d, r);

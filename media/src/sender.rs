@@ -20,13 +20,13 @@
 //!   from 8 %, three from 30 % (after a second of evidence), each at the bitrate the budget
 //!   leaves (16.6 and 12.2 kbit/s at the default, counting Opus's measured average output).
 //!   *Bursty* loss (mean run 2 frames or more, estimated with two runs of one frame as a
-//!   prior): two copies from 3 %, the deepest reaching back over all but 5 % of the runs
-//!   the mean implies ([`red_reach`]: 7 frames for runs of 3, 5 for runs of 2), the other
-//!   half way, so a run of up to that many frames is rebuilt from the first packets after
-//!   it. A bursty spell keeps its widest reach and lasts until runs average under 1.6. The
-//!   receiver's jitter buffer waits that reach while losses come. Hysteresis: each level
-//!   stays on down to two thirds of its threshold (one copy down to 1 %), so a noisy
-//!   estimate does not flap. The levels were measured with `benches/media_quality.sh`
+//!   prior): two copies from 3 % (and down to 1 %, as one copy), the deepest reaching back
+//!   past all but 5 % of the runs the mean implies ([`red_reach`]: 5 frames for runs of 2;
+//!   7, the most, for runs of 3, of which 6 % are longer), the other half way, so a run of
+//!   up to that many frames is rebuilt from the first packets after it. A bursty spell
+//!   keeps its widest reach and lasts until runs average under 1.6. The receiver's jitter
+//!   buffer waits that reach while losses come. Hysteresis: each level stays on down to two
+//!   thirds of its threshold (one copy down to 1 %), so a noisy estimate does not flap. The levels were measured with `benches/media_quality.sh`
 //!   (ARCHITECTURE.md, "Loss recovery by pattern").
 //! * **In-band FEC**: from 0.5 % loss while RED is off, with the loss percentage as Opus's
 //!   expected-loss hint (capped at 30); off under RED, where it would only duplicate what the
@@ -39,8 +39,10 @@
 //!   bitrate goes down to 6 kbit/s.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use crate::codec::{CodecConfig, CodecError, FrameDuration, OpusEncoder, MAX_BITRATE, MAX_PACKET};
+use crate::congestion::{QueueReport, RateController};
 use crate::frame::{MediaFrame, RedBlock, HEADER_LEN};
 use crate::receiver::ReceiverReport;
 
@@ -145,15 +147,20 @@ pub fn red_offsets(red: u8, reach: u8) -> impl Iterator<Item = u8> {
     (1..=red).map(move |i| (u16::from(reach) * u16::from(i)).div_ceil(u16::from(red)) as u8)
 }
 
-/// How far back redundancy must reach to rebuild all but 5 % of the lost
-/// frames when losses come in runs of `burst` frames on average: runs whose length is
-/// geometric with that mean (a Gilbert-Elliott channel) are longer than `r` with probability
-/// `(1 − 1/burst)^r`. At least 1, at most [`MAX_RED_REACH`].
+/// How far back redundancy must reach so that all but 5 % of the runs of lost frames are
+/// no longer than it, when losses come in runs of `burst` frames on average: runs whose
+/// length is geometric with that mean (a Gilbert-Elliott channel) are longer than `r` with
+/// probability `(1 − 1/burst)^r`. At least 1, at most [`MAX_RED_REACH`] (runs of 3 would
+/// want 8; at 7, 6 % of them are longer).
 pub fn red_reach(burst: f64) -> u8 {
     if !burst.is_finite() || burst <= 1.0 {
         return 1;
     }
     let r = RED_RESIDUAL.ln() / (1.0 - 1.0 / burst).ln();
+    if !r.is_finite() || r < 0.0 {
+        // Runs so long the logarithm is 0: as far as copies go.
+        return MAX_RED_REACH;
+    }
     r.ceil().clamp(1.0, f64::from(MAX_RED_REACH)) as u8
 }
 
@@ -199,6 +206,15 @@ pub fn fec_min_bitrate(loss: f64) -> u32 {
     }
 }
 
+/// The wire rate of `plan`, bit/s: its payloads at `vbr` of their target, and every
+/// packet's headers (IPv4, UDP, the short envelope, the media frame and its redundant
+/// blocks).
+pub fn wire_bps(plan: &Plan, vbr: f64) -> f64 {
+    let packets = 1000.0 / f64::from(plan.frame.ms());
+    f64::from(plan.bitrate) * vbr * (f64::from(plan.red) + 1.0)
+        + packets * ((WIRE_OVERHEAD + HEADER_LEN + 2 * usize::from(plan.red)) * 8) as f64
+}
+
 /// The adaptation policy (see the [module documentation](self)); a pure function.
 pub fn plan(i: &PlanInput) -> Plan {
     let loss = i.loss.clamp(0.0, 1.0);
@@ -219,7 +235,8 @@ pub fn plan(i: &PlanInput) -> Plan {
     // Three copies cost bitrate: they wait for a second of evidence (a first report of one
     // loss in a few frames reads as 20 % or more).
     let settled = i.frames >= SETTLED_FRAMES;
-    if level(0.08, 0.08 * 2.0 / 3.0, i.current_red >= 2) {
+    // (Spread copies answered bursts: they do not hold the random-loss level.)
+    if level(0.08, 0.08 * 2.0 / 3.0, i.current_red >= 2 && !spread) {
         red = red.max(2);
     }
     if settled && !bursty && level(0.3, 0.2, i.current_red >= 3) {
@@ -339,6 +356,7 @@ pub struct MediaSender {
     vbr_ratio: f64,
     burst: f64,
     bandwidth: Option<u32>,
+    congestion: RateController,
     packet: Vec<u8>,
     stats: SenderStats,
 }
@@ -362,6 +380,7 @@ impl MediaSender {
             vbr_ratio: 1.0,
             burst: 0.0,
             bandwidth: None,
+            congestion: RateController::default(),
             packet: vec![0; MAX_PACKET],
             stats: SenderStats::default(),
         })
@@ -441,14 +460,42 @@ impl MediaSender {
         } else {
             0.0
         };
+        if self.config.adapt && report.frames > 0 {
+            // What the path carries: the wire rate the plan would use without a limit.
+            let unlimited = plan(&PlanInput {
+                bandwidth: None,
+                ..self.plan_input()
+            });
+            let elapsed = Duration::from_micros(
+                u64::from(report.frames) * u64::from(self.plan.frame.ms()) * 1000,
+            );
+            let queue = QueueReport {
+                queue_ms: report.queue_ms,
+                recv_bps: report.recv_bps,
+            };
+            let wanted = wire_bps(&unlimited, self.vbr_ratio);
+            self.congestion
+                .on_report(elapsed, report.fraction_lost(), &queue, wanted);
+        }
         self.replan()
     }
 
-    fn replan(&mut self) -> Result<(), CodecError> {
-        if !self.config.adapt {
-            return Ok(());
+    /// The congestion controller's current estimate of the path, bit/s on the wire (`None`:
+    /// no limit seen).
+    pub fn congestion_estimate(&self) -> Option<u32> {
+        self.congestion.estimate()
+    }
+
+    /// The narrower of the call layer's bandwidth and the congestion controller's estimate.
+    fn bandwidth_now(&self) -> Option<u32> {
+        match (self.bandwidth, self.congestion.estimate()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        let next = plan(&PlanInput {
+    }
+
+    fn plan_input(&self) -> PlanInput {
+        PlanInput {
             base_bitrate: self.config.codec.bitrate,
             base_frame: self.config.codec.frame,
             loss: self.loss,
@@ -458,10 +505,17 @@ impl MediaSender {
             current_reach: self.plan.red_reach,
             max_red: self.config.max_red,
             fec_allowed: self.config.codec.fec,
-            bandwidth: self.bandwidth,
+            bandwidth: self.bandwidth_now(),
             loss_budget: self.config.loss_budget,
             vbr_ratio: self.vbr_ratio,
-        });
+        }
+    }
+
+    fn replan(&mut self) -> Result<(), CodecError> {
+        if !self.config.adapt {
+            return Ok(());
+        }
+        let next = plan(&self.plan_input());
         self.apply(next)
     }
 
@@ -566,13 +620,6 @@ mod tests {
         }
     }
 
-    /// The wire rate of a plan's audio, bit/s (its bitrate times the payloads, and headers).
-    fn wire_bps(p: &Plan) -> f64 {
-        let packets = 1000.0 / f64::from(p.frame.ms());
-        f64::from(p.bitrate) * (f64::from(p.red) + 1.0)
-            + packets * ((WIRE_OVERHEAD + HEADER_LEN + 2 * usize::from(p.red)) * 8) as f64
-    }
-
     #[test]
     fn plan_follows_loss_with_hysteresis() {
         let p = plan(&input(0.0, 0.0, 0));
@@ -614,13 +661,27 @@ mod tests {
             2,
             "never three copies in bursts"
         );
-        // The reach covers all but 5 % of geometric runs with the mean.
+        // A spell holds its reach while runs average 1.6 or more; when it ends at 6 %
+        // loss, one copy of the previous frame: spread copies do not hold the random-loss
+        // level of two.
+        let spell = |loss, burst| {
+            plan(&PlanInput {
+                current_reach: 7,
+                ..input(loss, burst, 2)
+            })
+        };
+        assert_eq!((spell(0.2, 1.7).red, spell(0.2, 1.7).red_reach), (2, 7));
+        assert_eq!((spell(0.06, 1.2).red, spell(0.06, 1.2).red_reach), (1, 1));
+        assert_eq!(spell(0.02, 3.0).red, 2, "down to 1 %, as one copy");
+        // The reach covers all but 5 % of geometric runs with the mean (runs of 3 would want
+        // 8: the cap, 7, leaves 6 %).
         assert_eq!(red_reach(1.0), 1);
         assert_eq!(red_reach(2.0), 5);
         assert_eq!(red_reach(3.0), 7);
         assert_eq!(red_reach(10.0), MAX_RED_REACH);
         assert_eq!(red_reach(f64::NAN), 1);
-        // 60 ms frames: 7 × 24 ticks would not fit a u8 offset; 10 frames would.
+        assert_eq!(red_reach(1e300), MAX_RED_REACH);
+        // 60 ms frames: 7 × 24 = 168 ticks still fits the u8 offset (10 frames would).
         let p = plan(&PlanInput {
             base_frame: FrameDuration::Ms60,
             ..input(0.2, 3.0, 0)
@@ -646,7 +707,7 @@ mod tests {
             let p = with(loss, burst);
             assert!(p.red > 0, "{loss} {burst}: {p:?}");
             assert!(
-                wire_bps(&p) <= wire_bps(&clean) * DEFAULT_LOSS_BUDGET + 1.0,
+                wire_bps(&p, 1.0) <= wire_bps(&clean, 1.0) * DEFAULT_LOSS_BUDGET + 1.0,
                 "{loss} {burst}: {p:?}"
             );
         }
@@ -657,11 +718,6 @@ mod tests {
         // The budget counts what Opus really sends: at 86 % of its target (the test
         // recordings' mean), two copies get 16.5 kbit/s, above libopus's 16 kbit/s step, and
         // the real wire rate is still within the budget.
-        let real = |p: &Plan, vbr: f64| {
-            let packets = 1000.0 / f64::from(p.frame.ms());
-            f64::from(p.bitrate) * vbr * (f64::from(p.red) + 1.0)
-                + packets * ((WIRE_OVERHEAD + HEADER_LEN + 2 * usize::from(p.red)) * 8) as f64
-        };
         let measured = |loss, burst| {
             plan(&PlanInput {
                 base_bitrate: base,
@@ -671,16 +727,17 @@ mod tests {
         };
         let p = measured(0.1, 1.0);
         assert_eq!(p.bitrate / 100, 166, "{p:?}");
-        assert!(real(&p, 0.86) <= real(&measured(0.0, 0.0), 0.86) * DEFAULT_LOSS_BUDGET + 1.0);
+        assert!(
+            wire_bps(&p, 0.86) <= wire_bps(&measured(0.0, 0.0), 0.86) * DEFAULT_LOSS_BUDGET + 1.0
+        );
         assert_eq!(measured(0.2, 3.0).bitrate, p.bitrate);
-        // A budget of 1 leaves nothing for copies beyond the minimum bitrate.
+        // A budget of 1 leaves little for copies: two of 6.8 kbit/s at 10 % loss.
         let p = plan(&PlanInput {
             base_bitrate: base,
             loss_budget: 1.0,
             ..input(0.1, 1.0, 0)
         });
-        assert_eq!(p.bitrate, crate::codec::MIN_BITRATE.max(p.bitrate));
-        assert!(p.bitrate < base / 2, "{p:?}");
+        assert_eq!((p.red, p.bitrate / 100), (2, 68), "{p:?}");
     }
 
     #[test]

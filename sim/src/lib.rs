@@ -98,6 +98,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod bottleneck;
 mod config;
 mod link;
 mod mapped;
@@ -109,6 +110,7 @@ mod stream;
 pub mod toy;
 mod trace;
 
+pub use bottleneck::Bottleneck;
 pub use config::{SimConfig, StreamConfig};
 pub use link::{LinkConfig, OneWayLink};
 pub use mapped::Mapped;
