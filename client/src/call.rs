@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use natter_core::call::{CallError as Refused, CallEvent, CallQuality, PathKind};
 use natter_core::crypto::UserName;
 use natter_core::wire::message::CallId as WireId;
-use natter_media::call::{CallAudio, CallAudioStats};
+use natter_media::call::{CallAudio, CallAudioStats, PeerReport};
 use natter_overlay::node::{DialError, DialOutcome, Node};
 use natter_transport::runtime::RuntimeHandle;
 
@@ -713,12 +713,14 @@ impl CallTable {
     pub fn on_quality(&mut self, wire: WireId, quality: CallQuality) -> Option<Event> {
         let c = self.by_wire(wire)?;
         if let Some(a) = &c.media {
-            a.on_report(
-                quality.loss_out,
-                quality.loss_run_out,
-                quality.jitter_ms,
-                quality.rtt,
-            );
+            a.on_report(&PeerReport {
+                loss: quality.loss_out,
+                loss_run: quality.loss_run_out,
+                queue_ms: quality.queue_ms_out,
+                recv_bps: quality.recv_bps_out,
+                jitter_ms: quality.jitter_ms,
+                rtt: quality.rtt,
+            });
         }
         c.path = quality.kind.or(c.path);
         c.quality = Some(quality);

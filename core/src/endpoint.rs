@@ -563,7 +563,7 @@ impl Endpoint {
             .identity
             .capabilities
             .union(crate::crypto::Capabilities::SHORT_MEDIA)
-            .union(crate::crypto::Capabilities::LOSS_RUNS);
+            .union(crate::crypto::Capabilities::REPORT_EXT);
         Self {
             relaying: false,
             sockets: Vec::new(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use natter_core::call::{PathAction, PathConfig, PathEvent, PathKind, PathManager, SwitchReason};
 use natter_core::endpoint::Path;
 use natter_core::sansio::Destination;
-use natter_core::wire::message::{CallId, Candidate, CandidateKind, Message};
+use natter_core::wire::message::{CallId, Candidate, CandidateKind, MediaReportExt, Message};
 
 const RTT: Duration = Duration::from_millis(20);
 
@@ -321,7 +321,7 @@ fn reported_loss_above_a_quarter_moves_the_call_to_the_relay() {
         lost: 20,
         jitter_ms: 3,
         rtt_ms: 20,
-        runs: None,
+        ext: None,
     };
     let now = w.now;
     w.sides[0].pm.handle_message(now, &report);
@@ -362,7 +362,7 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
         vec![],
         now,
     );
-    pm.set_peer_loss_runs(true);
+    pm.set_peer_report_ext(true);
     // Frames 0..50 every 20 ms, with 7 missing in 5 runs (31 to 33 in a row) and one
     // arriving 10 ms late.
     for seq in 0u16..50 {
@@ -390,14 +390,15 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
             expected,
             lost,
             jitter_ms,
-            runs,
+            ext,
             ..
         }) = a
         {
-            report = Some((expected, lost, jitter_ms, runs));
+            report = Some((expected, lost, jitter_ms, ext.expect("the peer reads it")));
         }
     }
-    let (expected, lost, jitter, runs) = report.expect("a report within a second");
+    let (expected, lost, jitter, ext) = report.expect("a report within a second");
+    let runs = Some(ext.runs);
     // A run counts once its frames are 32 behind the newest (a late frame may still come):
     // the runs at 3 and 13 now, those at 23, 31-33 and 43 in a later report.
     assert_eq!(
@@ -406,6 +407,10 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
         "frames 0..=49 expected, 3, 13, 23, 31-33, 43 lost"
     );
     assert!(jitter <= 2, "{jitter}");
+    // Frames 20 ms apart with one 10 ms late: almost no queue; 43 frames of 6 bytes and the
+    // 54 of IPv4, UDP and envelope in the second since the first: 20.6 kbit/s.
+    assert!(ext.queue_ms <= 1, "{ext:?}");
+    assert!((200..=215).contains(&ext.recv_rate), "{ext:?}");
 
     // The peer's report with runs: the mean run of our lost media, in the call's stats.
     pm.handle_message(
@@ -416,7 +421,11 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
             lost: 9,
             jitter_ms: 0,
             rtt_ms: 0,
-            runs: Some(3),
+            ext: Some(MediaReportExt {
+                runs: 3,
+                queue_ms: 80,
+                recv_rate: 240,
+            }),
         },
     );
     pm.handle_timeout(now + Duration::from_millis(2000));
@@ -424,16 +433,20 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
     while let Some(a) = pm.poll_action() {
         match a {
             PathAction::Event(PathEvent::Stats(q)) => stats = Some(q),
-            // This peer reads runs: every report carries them.
-            PathAction::Send(Message::MediaReport { runs, .. }) => assert!(runs.is_some()),
+            // This peer reads the extension: every report carries it.
+            PathAction::Send(Message::MediaReport { ext, .. }) => assert!(ext.is_some()),
             _ => {}
         }
     }
     let q = stats.expect("stats within a second");
     assert_eq!(q.loss_run_out, Some(3.0));
     assert!((q.loss_out - 0.18).abs() < 1e-9);
+    assert_eq!(
+        (q.queue_ms_out, q.recv_bps_out),
+        (Some(80.0), Some(24_000.0))
+    );
 
-    // A peer that does not read runs (an older build) gets reports without them.
+    // A peer that does not read the extension (an older build) gets reports without it.
     let mut older = PathManager::new(
         PathConfig::default(),
         CallId([2; 16]),
@@ -445,8 +458,8 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
     older.handle_timeout(now + Duration::from_millis(1000));
     let mut sent = 0;
     while let Some(a) = older.poll_action() {
-        if let PathAction::Send(Message::MediaReport { runs, .. }) = a {
-            assert_eq!(runs, None);
+        if let PathAction::Send(Message::MediaReport { ext, .. }) = a {
+            assert_eq!(ext, None);
             sent += 1;
         }
     }
@@ -466,7 +479,7 @@ fn reordered_frames_are_not_counted_as_loss_runs() {
         vec![],
         now,
     );
-    pm.set_peer_loss_runs(true);
+    pm.set_peer_report_ext(true);
     let mut order: Vec<u16> = (0u16..150)
         .filter(|s| !(10..13).contains(&(s % 25)))
         .collect();
@@ -492,9 +505,9 @@ fn reordered_frames_are_not_counted_as_loss_runs() {
     for s in 1..=4 {
         pm.handle_timeout(now + Duration::from_millis(1000 * s));
         while let Some(a) = pm.poll_action() {
-            if let PathAction::Send(Message::MediaReport { lost, runs, .. }) = a {
+            if let PathAction::Send(Message::MediaReport { lost, ext, .. }) = a {
                 lost_total += lost;
-                runs_total += runs.unwrap();
+                runs_total += ext.unwrap().runs;
             }
         }
     }

@@ -46,6 +46,25 @@ pub enum CallAudioError {
     Thread(std::io::Error),
 }
 
+/// What the peer measured of this side's media, from the call layer's receiver reports
+/// ([`CallAudio::on_report`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PeerReport {
+    /// The fraction of our frames the peer did not receive (0 to 1).
+    pub loss: f64,
+    /// The mean length of the runs they went missing in (`None`: unknown, taken as random
+    /// loss).
+    pub loss_run: Option<f64>,
+    /// The mean queuing delay of our frames at the peer, ms (`None`: unknown).
+    pub queue_ms: Option<f64>,
+    /// The rate of our media the peer received on the wire, bit/s (`None`: unknown).
+    pub recv_bps: Option<f64>,
+    /// The peer's interarrival jitter, ms.
+    pub jitter_ms: f64,
+    /// The round-trip time.
+    pub rtt: Option<Duration>,
+}
+
 /// Hands a media frame to the call layer; false when it could not be sent.
 pub type FrameSender = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
@@ -156,7 +175,13 @@ impl CallAudio {
                             source.discard_backlog(sender.frame_samples());
                         }
                     }
-                    if let Some(r) = lock(&sh.report).take() {
+                    if let Some(mut r) = lock(&sh.report).take() {
+                        // The call layer reports once a second: that many frames of the
+                        // current size were due (the loss fraction is the peer's).
+                        let due = (1000 / sender.plan().frame.ms().max(1)).max(1) as u16;
+                        let loss = r.fraction_lost();
+                        r.lost = (loss * f64::from(due)).round() as u16;
+                        r.frames = due;
                         let _ = sender.on_report(&r);
                     }
                     let n = sender.frame_samples();
@@ -231,35 +256,30 @@ impl CallAudio {
         let _ = lock(&self.shared.receiver).receive(Instant::now(), frame);
     }
 
-    /// The call layer's latest quality figures: the fraction of our frames the peer did not
-    /// receive, the mean length of the runs they went missing in (`None` when the peer does
-    /// not count runs: taken as random loss), its jitter, and the RTT (feeds FEC,
-    /// redundancy and bitrate adaptation, and the receiver's MOS estimate).
-    pub fn on_report(
-        &self,
-        loss: f64,
-        loss_run: Option<f64>,
-        jitter_ms: f64,
-        rtt: Option<Duration>,
-    ) {
-        let frames = 50u16;
-        let lost = (loss.clamp(0.0, 1.0) * f64::from(frames)).round() as u16;
+    /// The call layer's latest figures of this side's media at the peer (feeds FEC,
+    /// redundancy, bitrate and congestion adaptation, and the receiver's MOS estimate).
+    pub fn on_report(&self, report: &PeerReport) {
+        // Scaled to the frames due in a second by the media thread.
+        let frames = 1000u16;
+        let lost = (report.loss.clamp(0.0, 1.0) * f64::from(frames)).round() as u16;
         *lock(&self.shared.report) = Some(ReceiverReport {
             frames,
             lost,
             mean_burst: if lost == 0 {
                 0.0
             } else {
-                loss_run
+                report
+                    .loss_run
                     .filter(|r| r.is_finite())
                     .unwrap_or(1.0)
                     .clamp(1.0, f64::from(lost))
             },
-            jitter_ms,
-            // The call layer's reports carry no queue yet: no congestion control in calls.
-            queue_ms: 0.0,
-            recv_bps: 0.0,
+            jitter_ms: report.jitter_ms,
+            // Without the peer's queue and rate the congestion controller sets no limit.
+            queue_ms: report.queue_ms.unwrap_or(0.0),
+            recv_bps: report.recv_bps.unwrap_or(0.0),
         });
+        let rtt = report.rtt;
         if let Some(rtt) = rtt {
             lock(&self.shared.receiver).set_rtt(rtt);
         }

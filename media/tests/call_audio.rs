@@ -7,7 +7,7 @@ use std::time::Duration;
 use natter_media::audio::pcm::{playback_channel, PlaybackWriter};
 use natter_media::audio::synth::Tone;
 use natter_media::audio::{AudioError, AudioSink};
-use natter_media::call::{CallAudio, CallAudioConfig, CallAudioError};
+use natter_media::call::{CallAudio, CallAudioConfig, CallAudioError, PeerReport};
 
 /// Keeps what it is given.
 struct Collect(Arc<Mutex<Vec<i16>>>);
@@ -51,7 +51,12 @@ fn two_sides_hear_each_other() {
     *to_a.lock().unwrap() = Some(a.clone());
     *to_b.lock().unwrap() = Some(b.clone());
     std::thread::sleep(Duration::from_millis(600));
-    a.on_report(0.1, None, 5.0, Some(Duration::from_millis(40)));
+    a.on_report(&PeerReport {
+        loss: 0.1,
+        jitter_ms: 5.0,
+        rtt: Some(Duration::from_millis(40)),
+        ..PeerReport::default()
+    });
     std::thread::sleep(Duration::from_millis(400));
     *to_a.lock().unwrap() = None;
     *to_b.lock().unwrap() = None;

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::endpoint::Path;
 use crate::sansio::Destination;
-use crate::wire::message::{CallId, Candidate, CandidateKind, Message, MAX_CANDIDATES};
+use crate::wire::message::{
+    CallId, Candidate, CandidateKind, MediaReportExt, Message, MAX_CANDIDATES,
+};
 
 /// Rebinds in a row ([`PathAction::Rebind`]) that found no direct path before this side waits
 /// the stale NAT state out instead ([`PathConfig::stale_wait`]).
@@ -182,6 +184,11 @@ pub struct CallQuality {
     /// Mean length, in frames, of the runs of this side's media the peer reported lost
     /// (`None` without loss, or from a peer that does not count runs).
     pub loss_run_out: Option<f64>,
+    /// The mean queuing delay of this side's media at the peer, milliseconds (`None` from a
+    /// peer without [`crate::crypto::Capabilities::REPORT_EXT`]).
+    pub queue_ms_out: Option<f64>,
+    /// The wire rate of this side's media the peer received, bit/s (likewise).
+    pub recv_bps_out: Option<f64>,
     /// Interarrival jitter of received media, milliseconds.
     pub jitter_ms: f64,
     /// Media frames received in total.
@@ -234,6 +241,12 @@ struct Remote {
     failed: bool,
 }
 
+/// The smallest transit the queuing delay is measured from is kept over this many seconds.
+const QUEUE_MIN_SECONDS: u64 = 30;
+/// Bytes a media frame costs on the wire besides itself: IPv4 (20), UDP (8) and the short
+/// media envelope (26).
+const WIRE_OVERHEAD: usize = 54;
+
 /// Frames a late one may trail the highest sequence number by and still not count as lost
 /// in a run (32 frames: 640 ms at 20 ms).
 const RUN_WINDOW: usize = 32;
@@ -254,6 +267,16 @@ struct RxStats {
     window: VecDeque<bool>,
     /// Whether the last frame to leave `window` had arrived.
     settled_received: bool,
+    /// The highest timestamp seen, unwrapped (2.5 ms ticks).
+    ts_high: Option<u64>,
+    /// Smallest transit (ms) per second of arrival, over the last [`QUEUE_MIN_SECONDS`].
+    transit_mins: VecDeque<(u64, f64)>,
+    /// Queuing delay summed over the frames of the interval, and their count.
+    interval_queue: (f64, u64),
+    /// Wire bytes received in the interval (frames plus [`WIRE_OVERHEAD`]).
+    interval_bytes: u64,
+    /// When the interval started, ms since the manager's epoch.
+    interval_start_ms: Option<f64>,
     jitter: f64,
     last_transit: Option<f64>,
 }
@@ -261,7 +284,46 @@ struct RxStats {
 impl RxStats {
     /// A media frame with 16-bit sequence `seq` and timestamp `ts` (2.5 ms ticks) arrived at
     /// `arrival_ms`.
-    fn on_frame(&mut self, seq: u16, ts: u16, arrival_ms: f64) {
+    fn on_frame(&mut self, seq: u16, ts: u16, arrival_ms: f64, len: usize) {
+        self.interval_start_ms.get_or_insert(arrival_ms);
+        self.interval_bytes += (len + WIRE_OVERHEAD) as u64;
+        // Queuing delay: transit (on the unwrapped timestamp) above the smallest lately.
+        let ts_ext = match self.ts_high {
+            None => u64::from(ts) + 0x1_0000,
+            Some(hi) => {
+                let cand = (hi & !0xFFFF) | u64::from(ts);
+                if cand + 0x8000 < hi {
+                    cand + 0x1_0000
+                } else if cand > hi + 0x8000 && cand >= 0x1_0000 {
+                    cand - 0x1_0000
+                } else {
+                    cand
+                }
+            }
+        };
+        self.ts_high = Some(self.ts_high.map_or(ts_ext, |h| h.max(ts_ext)));
+        let transit = arrival_ms - ts_ext as f64 * 2.5;
+        let second = (arrival_ms.max(0.0) / 1000.0) as u64;
+        match self.transit_mins.back_mut() {
+            Some((s, m)) if *s == second => *m = m.min(transit),
+            _ => {
+                self.transit_mins.push_back((second, transit));
+                while self
+                    .transit_mins
+                    .front()
+                    .is_some_and(|(s, _)| second.saturating_sub(*s) >= QUEUE_MIN_SECONDS)
+                {
+                    self.transit_mins.pop_front();
+                }
+            }
+        }
+        let min = self
+            .transit_mins
+            .iter()
+            .map(|(_, m)| *m)
+            .fold(f64::INFINITY, f64::min);
+        self.interval_queue.0 += (transit - min).max(0.0);
+        self.interval_queue.1 += 1;
         match self.base {
             None => {
                 self.base = Some(u64::from(seq));
@@ -345,6 +407,22 @@ impl RxStats {
         while !self.window.is_empty() {
             self.settle_front();
         }
+    }
+
+    /// The mean queuing delay (ms) and the wire rate received (bit/s) since the last call,
+    /// at `now_ms`.
+    fn queue_interval(&mut self, now_ms: f64) -> (f64, f64) {
+        let (sum, n) = std::mem::take(&mut self.interval_queue);
+        let bytes = std::mem::take(&mut self.interval_bytes);
+        let since = self.interval_start_ms.replace(now_ms).unwrap_or(now_ms);
+        let queue = if n == 0 { 0.0 } else { sum / n as f64 };
+        let secs = (now_ms - since) / 1000.0;
+        let rate = if secs > 0.0 {
+            bytes as f64 * 8.0 / secs
+        } else {
+            0.0
+        };
+        (queue, rate)
     }
 
     /// Expected frames, lost frames and runs of lost frames since the last call.
@@ -486,7 +564,9 @@ pub struct PathManager {
     rtt: Option<Duration>,
     loss_out: f64,
     loss_run_out: Option<f64>,
-    peer_loss_runs: bool,
+    /// The peer's last queuing delay (ms) and received rate (bit/s) of our media.
+    queue_out: Option<(f64, f64)>,
+    peer_report_ext: bool,
     high_loss_reports: u32,
     high_rtt_reports: u32,
     actions: VecDeque<PathAction>,
@@ -547,7 +627,8 @@ impl PathManager {
             rtt: None,
             loss_out: 0.0,
             loss_run_out: None,
-            peer_loss_runs: false,
+            queue_out: None,
+            peer_report_ext: false,
             high_loss_reports: 0,
             high_rtt_reports: 0,
             actions: VecDeque::new(),
@@ -777,16 +858,18 @@ impl PathManager {
                 call,
                 expected,
                 lost,
-                runs,
+                ext,
                 ..
             } if *call == self.call && *expected > 0 => {
                 self.loss_out = f64::from(*lost) / f64::from(*expected);
-                self.loss_run_out = match runs {
-                    Some(r) if *r > 0 && *lost > 0 => {
-                        Some(f64::from(*lost) / f64::from((*r).min(*lost)))
+                self.loss_run_out = match ext {
+                    Some(e) if e.runs > 0 && *lost > 0 => {
+                        Some(f64::from(*lost) / f64::from(e.runs.min(*lost)))
                     }
                     _ => None,
                 };
+                self.queue_out =
+                    ext.map(|e| (f64::from(e.queue_ms), f64::from(e.recv_rate) * 100.0));
                 if self.loss_out > self.cfg.max_loss {
                     self.high_loss_reports += 1;
                 } else {
@@ -933,7 +1016,7 @@ impl PathManager {
             let seq = u16::from_be_bytes([frame[1], frame[2]]);
             let ts = u16::from_be_bytes([frame[3], frame[4]]);
             let ms = now.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0;
-            self.rx.on_frame(seq, ts, ms);
+            self.rx.on_frame(seq, ts, ms, frame.len());
         }
     }
 
@@ -1147,10 +1230,10 @@ impl PathManager {
     }
 
     /// Whether the peer reads the loss-run count of media reports (it announced
-    /// [`crate::crypto::Capabilities::LOSS_RUNS`] in its handshake): only then do this side's
+    /// [`crate::crypto::Capabilities::REPORT_EXT`] in its handshake): only then do this side's
     /// reports carry it (an older peer would drop them as malformed). Off by default.
-    pub fn set_peer_loss_runs(&mut self, yes: bool) {
-        self.peer_loss_runs = yes;
+    pub fn set_peer_report_ext(&mut self, yes: bool) {
+        self.peer_report_ext = yes;
     }
 
     /// The local socket direct paths leave from (`None`: the default one).
@@ -1368,6 +1451,8 @@ impl PathManager {
         if now >= self.next_report {
             self.next_report = now + self.cfg.report_interval;
             let (expected, lost, runs) = self.rx.interval();
+            let now_ms = now.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0;
+            let (queue_ms, recv_bps) = self.rx.queue_interval(now_ms);
             let loss_in = if expected > 0 {
                 lost as f64 / expected as f64
             } else {
@@ -1383,9 +1468,11 @@ impl PathManager {
                     lost: lost.min(u64::from(u16::MAX)) as u16,
                     jitter_ms: self.rx.jitter.min(f64::from(u16::MAX)) as u16,
                     rtt_ms,
-                    runs: self
-                        .peer_loss_runs
-                        .then(|| runs.min(u64::from(u16::MAX)) as u16),
+                    ext: self.peer_report_ext.then(|| MediaReportExt {
+                        runs: runs.min(u64::from(u16::MAX)) as u16,
+                        queue_ms: queue_ms.clamp(0.0, f64::from(u16::MAX)) as u16,
+                        recv_rate: (recv_bps / 100.0).clamp(0.0, f64::from(u16::MAX)) as u16,
+                    }),
                 }));
             self.actions
                 .push_back(PathAction::Event(PathEvent::Stats(CallQuality {
@@ -1393,6 +1480,8 @@ impl PathManager {
                     loss_in,
                     loss_out: self.loss_out,
                     loss_run_out: self.loss_run_out,
+                    queue_ms_out: self.queue_out.map(|q| q.0),
+                    recv_bps_out: self.queue_out.map(|q| q.1),
                     jitter_ms: self.rx.jitter,
                     frames_in: self.rx.received,
                     kind: Some(self.active_kind),

@@ -55,9 +55,10 @@ impl Capabilities {
     /// Reads media in the short envelope (the counter's low 32 bits on the wire; see
     /// `crate::wire::packet`). Every endpoint sets it.
     pub const SHORT_MEDIA: Self = Self(1 << 6);
-    /// Reads the loss-run count of media reports (`MediaReport::runs`), from which the
-    /// sender tells bursty loss from random loss. Every endpoint sets it.
-    pub const LOSS_RUNS: Self = Self(1 << 7);
+    /// Reads the extension of media reports (`MediaReport::ext`: loss runs, from which the
+    /// sender tells bursty loss from random loss, and the queuing delay and received rate
+    /// its congestion controller follows). Every endpoint sets it.
+    pub const REPORT_EXT: Self = Self(1 << 7);
 
     /// Both sets.
     pub fn union(self, other: Self) -> Self {

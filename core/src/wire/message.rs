@@ -67,6 +67,25 @@ pub const MAX_HOST_ENTRIES: usize = 16;
 /// Most local addresses a node announces.
 pub const MAX_LOCAL_ADDRESSES: usize = 4;
 
+/// The extension of [`Message::MediaReport`] for peers that read it
+/// ([`crate::crypto::Capabilities::REPORT_EXT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MediaReportExt {
+    /// Runs of consecutive lost frames (their mean length tells bursty loss from random
+    /// loss), counted once the frames are 32 behind the newest.
+    pub runs: u16,
+    /// Mean queuing delay of the frames received in the interval, milliseconds: each
+    /// frame's transit above the smallest of the last 30 s.
+    pub queue_ms: u16,
+    /// The rate received in the interval on the wire, in units of 100 bit/s.
+    pub recv_rate: u16,
+}
+
+impl MediaReportExt {
+    /// Encoded length.
+    pub const LEN: usize = 6;
+}
+
 /// A super node as other nodes know it: where it listens and its Noise static key (so the
 /// next connection can use IK and is bound to that key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -649,11 +668,10 @@ pub enum Message<'a> {
         /// The sender's current round-trip time estimate on the active path, milliseconds
         /// (0: unknown).
         rtt_ms: u16,
-        /// Runs of consecutive lost frames in the interval (their mean length tells bursty
-        /// loss from random loss). Sent only to peers with
-        /// [`crate::crypto::Capabilities::LOSS_RUNS`]: on the wire it is two more bytes at
-        /// the end, which older decoders reject as trailing.
-        runs: Option<u16>,
+        /// What peers with [`crate::crypto::Capabilities::REPORT_EXT`] add (only they get
+        /// it: on the wire it is six more bytes at the end, which older decoders reject as
+        /// trailing).
+        ext: Option<MediaReportExt>,
     },
     /// A connectivity check on one path of a session; answered on the path it arrived on and
     /// never moves the session there by itself.
@@ -1094,8 +1112,12 @@ impl<'a> Message<'a> {
                 lost: r.u16()?,
                 jitter_ms: r.u16()?,
                 rtt_ms: r.u16()?,
-                runs: if r.remaining() >= 2 {
-                    Some(r.u16()?)
+                ext: if r.remaining() >= MediaReportExt::LEN {
+                    Some(MediaReportExt {
+                        runs: r.u16()?,
+                        queue_ms: r.u16()?,
+                        recv_rate: r.u16()?,
+                    })
                 } else {
                     None
                 },
@@ -1313,15 +1335,17 @@ impl<'a> Message<'a> {
                 lost,
                 jitter_ms,
                 rtt_ms,
-                runs,
+                ext,
             } => {
                 out.put_slice(&call.0);
                 out.put_u16(*expected);
                 out.put_u16(*lost);
                 out.put_u16(*jitter_ms);
                 out.put_u16(*rtt_ms);
-                if let Some(runs) = runs {
-                    out.put_u16(*runs);
+                if let Some(e) = ext {
+                    out.put_u16(e.runs);
+                    out.put_u16(e.queue_ms);
+                    out.put_u16(e.recv_rate);
                 }
             }
             Message::PathProbe { id } => out.put_u32(*id),
@@ -1658,7 +1682,7 @@ mod tests {
                 lost: 3,
                 jitter_ms: 12,
                 rtt_ms: 65535,
-                runs: None,
+                ext: None,
             },
             Message::PathProbe { id: 7 },
             Message::PathChallenge { token: [1; 8] },
@@ -1701,25 +1725,31 @@ mod tests {
             long.push(0);
             assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(1)));
         }
-        // A report with loss runs is the older report and two more bytes: without them it
-        // reads as the older one, with one of them it is malformed.
-        let with_runs = Message::MediaReport {
+        // A report with the extension is the older report and six more bytes: without them
+        // it reads as the older one, with some of them it is malformed.
+        let with_ext = Message::MediaReport {
             call,
             expected: 50,
             lost: 9,
             jitter_ms: 3,
             rtt_ms: 40,
-            runs: Some(3),
+            ext: Some(MediaReportExt {
+                runs: 3,
+                queue_ms: 120,
+                recv_rate: 243,
+            }),
         };
         let mut b = BytesMut::new();
-        with_runs.encode(&mut b);
-        assert_eq!(Message::decode(&b).unwrap(), with_runs);
-        let older = Message::decode(&b[..b.len() - 2]).unwrap();
-        assert!(matches!(older, Message::MediaReport { runs: None, .. }));
-        assert_eq!(
-            Message::decode(&b[..b.len() - 1]),
-            Err(DecodeError::TrailingBytes(1))
-        );
+        with_ext.encode(&mut b);
+        assert_eq!(Message::decode(&b).unwrap(), with_ext);
+        let older = Message::decode(&b[..b.len() - MediaReportExt::LEN]).unwrap();
+        assert!(matches!(older, Message::MediaReport { ext: None, .. }));
+        for cut in 1..MediaReportExt::LEN {
+            assert!(matches!(
+                Message::decode(&b[..b.len() - cut]),
+                Err(DecodeError::TrailingBytes(_))
+            ));
+        }
         let mut long = b.to_vec();
         long.push(0);
         assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(1)));

@@ -1249,8 +1249,8 @@ impl Calls {
                     paths.set_peer_fresh_ports(
                         caps.contains(natter_core::crypto::Capabilities::FRESH_PORTS),
                     );
-                    paths.set_peer_loss_runs(
-                        caps.contains(natter_core::crypto::Capabilities::LOSS_RUNS),
+                    paths.set_peer_report_ext(
+                        caps.contains(natter_core::crypto::Capabilities::REPORT_EXT),
                     );
                     // (One connected call at a time: a previous one's ports are let go.)
                     self.disconnect(cx);
