@@ -9,17 +9,52 @@
 #
 #   benches/congestion.sh                      # the schedule above
 #   CAPACITY=0:24,20:64,40:16 SEEDS="1 2" benches/congestion.sh
+#   benches/congestion.sh --netns              # the same schedule with real processes:
+#       a call between two `natter client`s behind NAT routers in network namespaces, `tc
+#       tbf rate ... latency 100ms` on the way to the callee (cli/tests/netns_congestion.rs,
+#       an ignored test); plots target/congestion/netns.svg from the kernel's qdisc counters
+#       (offered and delivered rate) and the callee's concealed time. Needs root, iproute2,
+#       nftables and tc.
 #
 # Needs python3 (standard library only). Honours CARGO_TARGET_DIR; NATTER=/path/to/natter
 # uses that binary. Not part of `make test` (the same behaviour is asserted by
 # `natter-media`'s loopback test `the_sender_follows_a_narrow_link`).
 #
-# What it does not do: real processes in network namespaces behind `tc tbf`. The call layer
-# does not carry the queue and rate figures the controller needs yet (issue 17).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=target/congestion
+if [ "${1:-}" = "--netns" ]; then
+  mkdir -p "$OUT"
+  NATTER_CONGESTION_OUT="$PWD/$OUT/netns.csv" cargo test --quiet -p natter-cli \
+    --test netns_congestion -- --ignored --nocapture
+  python3 - "$OUT/netns.csv" "$OUT/netns.svg" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+f = lambda r, k: float(r[k])
+W, H, P = 900, 300, 50
+n = len(rows)
+top = max(max(min(f(r, "offered_kbps"), 100.0) for r in rows), max(f(r, "link_kbps") for r in rows)) * 1.1
+x = lambda t: P + (W - 2 * P) * t / max(1, n)
+y = lambda v, m: H - P - (H - 2 * P) * min(v, m) / m
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+       f'<text x="{P}" y="20">netns, tc tbf: offered (blue) and delivered (green) kbit/s, link rate (black), '
+       f'loss after recovery at the callee (red, 0-100 %)</text>',
+       f'<line x1="{P}" y1="{y(0, top)}" x2="{W - P}" y2="{y(0, top)}" stroke="#888"/>']
+for v in range(0, int(top) + 1, 20):
+    svg.append(f'<text x="{P - 30}" y="{y(v, top) + 4}">{v}</text>')
+for t in range(0, n + 1, 10):
+    svg.append(f'<text x="{x(t) - 6}" y="{H - P + 16}">{t} s</text>')
+for key, scale, colour in [("link_kbps", top, "black"), ("offered_kbps", top, "#1f6fd0"),
+                           ("delivered_kbps", top, "#20a040"), ("loss_after_pct", 100.0, "#d03030")]:
+    pts = " ".join(f"{x(f(r, 't')):.1f},{y(f(r, key), scale):.1f}" for r in rows)
+    svg.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
+svg.append("</svg>")
+open(sys.argv[2], "w").write("\n".join(svg))
+print(f"plot: {sys.argv[2]}")
+PY
+  exit 0
+fi
 CAPACITY=${CAPACITY:-0:24,20:64,40:16}
 SEEDS=${SEEDS:-"1 2 3"}
 mkdir -p "$OUT"
