@@ -517,6 +517,64 @@ fn reordered_frames_are_not_counted_as_loss_runs() {
     assert_eq!(runs_total, 5, "runs of three, not one run per swap");
 }
 
+/// A hold stops the peer's media clock while ours runs on: after it, frames look late by
+/// the held time. That is not a queue, and the reports must not say so (the peer's
+/// congestion controller would cut its rate to the floor).
+#[test]
+fn a_hold_is_not_read_as_a_queue() {
+    let now = Instant::now();
+    let mut pm = PathManager::new(
+        PathConfig::default(),
+        CallId([4; 16]),
+        false,
+        relay(),
+        vec![],
+        now,
+    );
+    pm.set_peer_report_ext(true);
+    let frame = |seq: u16| {
+        let ts = seq.wrapping_mul(8);
+        [
+            0,
+            (seq >> 8) as u8,
+            seq as u8,
+            (ts >> 8) as u8,
+            ts as u8,
+            0xAA,
+        ]
+    };
+    let mut queue = Vec::new();
+    let mut report = |pm: &mut PathManager, at: Instant| {
+        pm.handle_timeout(at);
+        while let Some(a) = pm.poll_action() {
+            if let PathAction::Send(Message::MediaReport { ext: Some(e), .. }) = a {
+                queue.push(e.queue_ms);
+            }
+        }
+    };
+    // One second of frames, then 5 s on hold, then frames again whose media clock carries on
+    // where it stopped.
+    for seq in 0u16..50 {
+        let path = pm.active().0.clone();
+        pm.media_received(
+            now + Duration::from_millis(u64::from(seq) * 20),
+            &path,
+            &frame(seq),
+        );
+    }
+    report(&mut pm, now + Duration::from_millis(1000));
+    pm.set_hold(true);
+    report(&mut pm, now + Duration::from_millis(3000));
+    pm.set_hold(false);
+    for seq in 50u16..100 {
+        let at = now + Duration::from_millis(6000 + u64::from(seq - 50) * 20);
+        let path = pm.active().0.clone();
+        pm.media_received(at, &path, &frame(seq));
+    }
+    report(&mut pm, now + Duration::from_millis(7000));
+    assert!(queue.iter().all(|q| *q <= 1), "{queue:?}");
+}
+
 #[test]
 fn a_probe_before_the_candidates_does_not_hide_a_lan_address() {
     // On one host (or a LAN without hops) the peer's opening probe arrives before its

@@ -14,19 +14,20 @@
 //! ## Control ([`RateController`], at the sender)
 //!
 //! A delay-and-loss controller in the manner of Google Congestion Control
-//! (draft-ietf-rmcat-gcc-02): *overuse* when the reported queuing delay is high (at least
-//! [`OVERUSE_QUEUE_MS`]) or rising (at least half that and up by a quarter of it since the
+//! (draft-ietf-rmcat-gcc-02): *overuse* when the reported queuing delay stands (at least
+//! three times the interarrival jitter: a queue delays frames alike, jitter unevenly) and is
+//! high (at least [`OVERUSE_QUEUE_MS`]) or rising (at least half that and up by a quarter of it since the
 //! previous report), or when loss of at least 10 % comes with a queue of half of it (loss
 //! on a link that also queues is congestion; loss with no queue, or with the 20 ms mean of
 //! 40 ms of jitter, is the radio or a lossy hop, which redundancy answers, not a lower
-//! rate). On overuse the estimate drops to
-//! 85 % of the received rate (which is remembered as the path's capacity) and holds for one
+//! rate). On overuse the estimate drops to 85 % of the received rate (at least
+//! [`FLOOR_BPS`]; the rate is remembered as the path's capacity) and holds for one
 //! report; otherwise it grows by [`INCREASE_PER_S`] a second, but by only
-//! [`NEAR_INCREASE_PER_S`] between 90 % and 115 % of the capacity last measured (GCC's
+//! [`NEAR_INCREASE_PER_S`] between 95 % and 110 % of the capacity last measured (GCC's
 //! additive increase near convergence: fewer overshoots, so less loss), and once it exceeds
-//! what the sender wants by half it is dropped (no limit). The sender fits its plan into the estimate
-//! ([`crate::sender::MediaSender::set_bandwidth`]: redundancy goes first, then frames grow,
-//! then the bitrate falls).
+//! what the sender wants by half it is dropped (no limit). The sender fits its plan into the
+//! estimate ([`crate::sender::MediaSender::set_bandwidth`]: redundancy goes first, then
+//! frames grow, then the bitrate falls).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -41,6 +42,11 @@ pub const NEAR_INCREASE_PER_S: f64 = 0.05;
 const NEAR_LOW: f64 = 0.95;
 /// ...to this one.
 const NEAR_HIGH: f64 = 1.1;
+/// A queue counts as one only when it is at least this many times the interarrival jitter.
+const JITTER_FACTOR: f64 = 3.0;
+/// The least estimate, bit/s on the wire: about the smallest stream the sender makes (6
+/// kbit/s of Opus in 60 ms frames with their headers).
+pub const FLOOR_BPS: f64 = 14_000.0;
 /// On overuse, the estimate becomes this share of the received rate.
 pub const BACKOFF: f64 = 0.85;
 /// The controller decides once this much media (seconds) was reported.
@@ -55,6 +61,8 @@ pub struct QueueReport {
     pub queue_ms: f64,
     /// Rate received on the wire, bit/s (0 when nothing arrived).
     pub recv_bps: f64,
+    /// RFC 3550 interarrival jitter, ms (from the receiver report).
+    pub jitter_ms: f64,
 }
 
 /// The receiver's side: queuing delay and received rate (see the
@@ -118,6 +126,7 @@ impl QueueMeter {
             } else {
                 0.0
             },
+            jitter_ms: 0.0,
         };
         self.sum_queue = 0.0;
         self.count = 0;
@@ -154,8 +163,9 @@ pub struct RateController {
     hold: bool,
     /// The rate that got through at the last overuse, bit/s.
     capacity: Option<f64>,
-    /// Reports since the last decision: (seconds, loss × s, queue ms × s, bit/s × s).
-    pending: (f64, f64, f64, f64),
+    /// Reports since the last decision: (seconds, loss × s, queue ms × s, bit/s × s,
+    /// jitter ms × s).
+    pending: (f64, f64, f64, f64, f64),
     state: RateState,
 }
 
@@ -166,7 +176,7 @@ impl Default for RateController {
             last_queue: 0.0,
             hold: false,
             capacity: None,
-            pending: (0.0, 0.0, 0.0, 0.0),
+            pending: (0.0, 0.0, 0.0, 0.0, 0.0),
             state: RateState::Unlimited,
         }
     }
@@ -204,13 +214,15 @@ impl RateController {
         self.pending.1 += finite(loss).min(1.0) * w;
         self.pending.2 += finite(queue.queue_ms) * w;
         self.pending.3 += finite(queue.recv_bps) * w;
+        self.pending.4 += finite(queue.jitter_ms) * w;
         if self.pending.0 < DECISION_S {
             return self.estimate();
         }
-        let (total, loss_w, queue_w, recv_w) = std::mem::take(&mut self.pending);
+        let (total, loss_w, queue_w, recv_w, jitter_w) = std::mem::take(&mut self.pending);
         let queue = QueueReport {
             queue_ms: queue_w / total,
             recv_bps: recv_w / total,
+            jitter_ms: jitter_w / total,
         };
         let loss = loss_w / total;
         let dt = total.min(2.0);
@@ -222,11 +234,24 @@ impl RateController {
         let rising = q >= OVERUSE_QUEUE_MS / 2.0 && q >= self.last_queue + OVERUSE_QUEUE_MS / 4.0;
         let lossy_queue = loss >= 0.10 && q >= OVERUSE_QUEUE_MS / 2.0;
         self.last_queue = q;
-        let overuse = q >= OVERUSE_QUEUE_MS || rising || lossy_queue;
+        // A standing queue delays every frame alike, so they arrive evenly spaced (low
+        // interarrival jitter); jitter delays frames unevenly, and its mean delay is about
+        // 1.5 times its RFC 3550 figure (uniform jitter). A queue is only taken for one when
+        // it is well above what the jitter explains.
+        let jitter = if queue.jitter_ms.is_finite() {
+            queue.jitter_ms.max(0.0)
+        } else {
+            0.0
+        };
+        let standing = q >= JITTER_FACTOR * jitter;
+        let overuse = standing && (q >= OVERUSE_QUEUE_MS || rising || lossy_queue);
         if overuse && queue.recv_bps.is_finite() && queue.recv_bps > 0.0 {
-            // What got through while the queue was full is the path's capacity now.
-            self.capacity = Some(queue.recv_bps);
-            let target = queue.recv_bps * BACKOFF;
+            // What got through while the queue was full is the path's capacity now (never
+            // below the smallest stream: a second in which a frozen link delivered three
+            // frames must not pin the call there).
+            let recv = queue.recv_bps.max(FLOOR_BPS);
+            self.capacity = Some(recv);
+            let target = recv * BACKOFF;
             // Never up on overuse: a report of a rate received before the last decrease
             // took effect must not undo it.
             self.estimate = Some(self.estimate.map_or(target, |e| e.min(target)));
@@ -297,7 +322,11 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn report(queue_ms: f64, recv_bps: f64) -> QueueReport {
-        QueueReport { queue_ms, recv_bps }
+        QueueReport {
+            queue_ms,
+            recv_bps,
+            jitter_ms: 2.0,
+        }
     }
 
     #[test]
@@ -365,6 +394,30 @@ mod tests {
             c.on_report(tenth, 0.3, &report(150.0, 24_000.0), 45_000.0);
         }
         assert_eq!(c.estimate(), Some(20_400));
+    }
+
+    #[test]
+    fn a_queue_jitter_explains_is_not_congestion_and_the_floor_holds() {
+        let mut c = RateController::default();
+        // 70 ms of mean delay with 30 ms of interarrival jitter: jitter, not a queue.
+        let jittery = QueueReport {
+            queue_ms: 70.0,
+            recv_bps: 40_000.0,
+            jitter_ms: 30.0,
+        };
+        for _ in 0..5 {
+            assert_eq!(c.on_report(SEC, 0.15, &jittery, 45_000.0), None);
+        }
+        // A frozen second that delivered three frames: the estimate stops at the floor's 85 %.
+        let frozen = QueueReport {
+            queue_ms: 900.0,
+            recv_bps: 2_400.0,
+            jitter_ms: 5.0,
+        };
+        assert_eq!(
+            c.on_report(SEC, 0.9, &frozen, 45_000.0),
+            Some((FLOOR_BPS * BACKOFF) as u32)
+        );
     }
 
     #[test]

@@ -675,7 +675,7 @@ pub fn parse_capacity(spec: &str) -> Result<Vec<(Duration, u64)>, String> {
         if !(at.is_finite() && at >= 0.0 && kbps.is_finite() && kbps > 0.0) {
             return Err(format!("{part:?}: times and rates must be positive"));
         }
-        let at = Duration::from_secs_f64(at);
+        let at = Duration::try_from_secs_f64(at).map_err(|_| format!("{part:?}: too long"))?;
         if steps.last().is_some_and(|(t, _)| *t >= at) {
             return Err(format!("{part:?}: times must increase"));
         }

@@ -472,6 +472,7 @@ impl MediaSender {
             let queue = QueueReport {
                 queue_ms: report.queue_ms,
                 recv_bps: report.recv_bps,
+                jitter_ms: report.jitter_ms,
             };
             let wanted = wire_bps(&unlimited, self.vbr_ratio);
             self.congestion

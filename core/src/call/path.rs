@@ -409,6 +409,14 @@ impl RxStats {
         }
     }
 
+    /// Forget the transit minima (a hold, whose silence moved the sender's media clock
+    /// against ours, or another path, with another transit): the queue is measured afresh.
+    fn reset_queue(&mut self) {
+        self.ts_high = None;
+        self.transit_mins.clear();
+        self.interval_queue = (0.0, 0);
+    }
+
     /// The mean queuing delay (ms) and the wire rate received (bit/s) since the last call,
     /// at `now_ms`.
     fn queue_interval(&mut self, now_ms: f64) -> (f64, f64) {
@@ -756,8 +764,10 @@ impl PathManager {
     /// The call went on or off hold (probes the active path 3 times a second while held).
     pub fn set_hold(&mut self, hold: bool) {
         self.hold = hold;
-        // The held time is a gap on purpose, not transit jitter.
+        // The held time is a gap on purpose, not transit jitter, nor a queue: the sender's
+        // media clock stood still while ours ran.
         self.rx.last_transit = None;
+        self.rx.reset_queue();
     }
 
     /// Candidates or a receiver report from the peer.
@@ -1069,6 +1079,8 @@ impl PathManager {
             .peer_udp()
             .is_some_and(|a| self.remotes.iter().any(|r| r.addr == a && r.lan));
         self.active = path.clone();
+        // Another path has another transit: a longer one is not a queue.
+        self.rx.reset_queue();
         self.active_kind = PathKind::of(path, lan);
         self.last_heard = now;
         self.actions
@@ -1140,6 +1152,8 @@ impl PathManager {
         }
         self.switched_at = Some(now);
         self.active = path.clone();
+        // Another path has another transit: a longer one is not a queue.
+        self.rx.reset_queue();
         self.active_kind = PathKind::of(&path, lan);
         self.last_heard = now;
         self.relay_quiet_at = None;
