@@ -43,6 +43,32 @@ struct World {
     now: Instant,
 }
 
+/// A path manager of call `id` (every byte `id`), not controlling, on the relay, without
+/// candidates.
+fn on_relay(id: u8, now: Instant) -> PathManager {
+    PathManager::new(
+        PathConfig::default(),
+        CallId([id; 16]),
+        false,
+        relay(),
+        vec![],
+        now,
+    )
+}
+
+/// A 20 ms media frame's header (flags, sequence, timestamp in 2.5 ms ticks) and a byte.
+fn media_frame(seq: u16) -> [u8; 6] {
+    let ts = seq.wrapping_mul(8);
+    [
+        0,
+        (seq >> 8) as u8,
+        seq as u8,
+        (ts >> 8) as u8,
+        ts as u8,
+        0xAA,
+    ]
+}
+
 fn side(controlling: bool, local: Vec<Candidate>, filtered: bool, now: Instant) -> Side {
     let addrs = local.iter().map(|c| c.addr).collect();
     Side {
@@ -354,14 +380,7 @@ fn on_hold_the_active_path_is_probed_three_times_a_second() {
 #[test]
 fn receiver_reports_carry_loss_its_runs_and_jitter() {
     let now = Instant::now();
-    let mut pm = PathManager::new(
-        PathConfig::default(),
-        CallId([2; 16]),
-        false,
-        relay(),
-        vec![],
-        now,
-    );
+    let mut pm = on_relay(2, now);
     pm.set_peer_report_ext(true);
     // Frames 0..50 every 20 ms, with 7 missing in 5 runs (31 to 33 in a row) and one
     // arriving 10 ms late.
@@ -371,17 +390,8 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
         }
         let late = if seq == 20 { 10 } else { 0 };
         let at = now + Duration::from_millis(u64::from(seq) * 20 + late);
-        let ts = seq * 8; // 20 ms in 2.5 ms ticks
-        let f = [
-            0,
-            (seq >> 8) as u8,
-            seq as u8,
-            (ts >> 8) as u8,
-            ts as u8,
-            0xAA,
-        ];
         let path = pm.active().0.clone();
-        pm.media_received(at, &path, &f);
+        pm.media_received(at, &path, &media_frame(seq));
     }
     pm.handle_timeout(now + Duration::from_millis(1000));
     let mut report = None;
@@ -447,14 +457,7 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
     );
 
     // A peer that does not read the extension (an older build) gets reports without it.
-    let mut older = PathManager::new(
-        PathConfig::default(),
-        CallId([2; 16]),
-        false,
-        relay(),
-        vec![],
-        now,
-    );
+    let mut older = on_relay(2, now);
     older.handle_timeout(now + Duration::from_millis(1000));
     let mut sent = 0;
     while let Some(a) = older.poll_action() {
@@ -471,14 +474,7 @@ fn receiver_reports_carry_loss_its_runs_and_jitter() {
 #[test]
 fn reordered_frames_are_not_counted_as_loss_runs() {
     let now = Instant::now();
-    let mut pm = PathManager::new(
-        PathConfig::default(),
-        CallId([3; 16]),
-        false,
-        relay(),
-        vec![],
-        now,
-    );
+    let mut pm = on_relay(3, now);
     pm.set_peer_report_ext(true);
     let mut order: Vec<u16> = (0u16..150)
         .filter(|s| !(10..13).contains(&(s % 25)))
@@ -490,17 +486,8 @@ fn reordered_frames_are_not_counted_as_loss_runs() {
     let mut lost_total = 0;
     for (i, seq) in order.into_iter().enumerate() {
         let at = now + Duration::from_millis(i as u64 * 20);
-        let ts = seq * 8;
-        let f = [
-            0,
-            (seq >> 8) as u8,
-            seq as u8,
-            (ts >> 8) as u8,
-            ts as u8,
-            0xAA,
-        ];
         let path = pm.active().0.clone();
-        pm.media_received(at, &path, &f);
+        pm.media_received(at, &path, &media_frame(seq));
     }
     for s in 1..=4 {
         pm.handle_timeout(now + Duration::from_millis(1000 * s));
@@ -523,26 +510,8 @@ fn reordered_frames_are_not_counted_as_loss_runs() {
 #[test]
 fn a_hold_is_not_read_as_a_queue() {
     let now = Instant::now();
-    let mut pm = PathManager::new(
-        PathConfig::default(),
-        CallId([4; 16]),
-        false,
-        relay(),
-        vec![],
-        now,
-    );
+    let mut pm = on_relay(4, now);
     pm.set_peer_report_ext(true);
-    let frame = |seq: u16| {
-        let ts = seq.wrapping_mul(8);
-        [
-            0,
-            (seq >> 8) as u8,
-            seq as u8,
-            (ts >> 8) as u8,
-            ts as u8,
-            0xAA,
-        ]
-    };
     let mut queue = Vec::new();
     let mut report = |pm: &mut PathManager, at: Instant| {
         pm.handle_timeout(at);
@@ -559,7 +528,7 @@ fn a_hold_is_not_read_as_a_queue() {
         pm.media_received(
             now + Duration::from_millis(u64::from(seq) * 20),
             &path,
-            &frame(seq),
+            &media_frame(seq),
         );
     }
     report(&mut pm, now + Duration::from_millis(1000));
@@ -569,7 +538,7 @@ fn a_hold_is_not_read_as_a_queue() {
     for seq in 50u16..100 {
         let at = now + Duration::from_millis(6000 + u64::from(seq - 50) * 20);
         let path = pm.active().0.clone();
-        pm.media_received(at, &path, &frame(seq));
+        pm.media_received(at, &path, &media_frame(seq));
     }
     report(&mut pm, now + Duration::from_millis(7000));
     assert!(queue.iter().all(|q| *q <= 1), "{queue:?}");

@@ -29,8 +29,9 @@
 //! estimate ([`crate::sender::MediaSender::set_bandwidth`]: redundancy goes first, then
 //! frames grow, then the bitrate falls).
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use natter_core::call::TransitFloor;
 
 /// Queuing delay (ms) that means overuse by itself.
 pub const OVERUSE_QUEUE_MS: f64 = 60.0;
@@ -51,8 +52,6 @@ pub const FLOOR_BPS: f64 = 14_000.0;
 pub const BACKOFF: f64 = 0.85;
 /// The controller decides once this much media (seconds) was reported.
 const DECISION_S: f64 = 0.95;
-/// The transit minimum is kept over this many one-second buckets.
-const MIN_BUCKETS: usize = 30;
 
 /// What the receiver measured over one report interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -69,8 +68,8 @@ pub struct QueueReport {
 /// [module documentation](self)).
 #[derive(Debug, Clone, Default)]
 pub struct QueueMeter {
-    /// Smallest transit per second (second index, ms).
-    mins: VecDeque<(u64, f64)>,
+    /// The smallest transit lately.
+    floor: TransitFloor,
     anchor: Option<Instant>,
     sum_queue: f64,
     count: u64,
@@ -86,26 +85,7 @@ impl QueueMeter {
         self.since.get_or_insert(now);
         let at = now.saturating_duration_since(anchor);
         let transit = at.as_secs_f64() * 1000.0 - media_ms;
-        let second = at.as_secs();
-        match self.mins.back_mut() {
-            Some((s, m)) if *s == second => *m = m.min(transit),
-            _ => {
-                self.mins.push_back((second, transit));
-                while self
-                    .mins
-                    .front()
-                    .is_some_and(|(s, _)| second.saturating_sub(*s) >= MIN_BUCKETS as u64)
-                {
-                    self.mins.pop_front();
-                }
-            }
-        }
-        let min = self
-            .mins
-            .iter()
-            .map(|(_, m)| *m)
-            .fold(f64::INFINITY, f64::min);
-        self.sum_queue += (transit - min).max(0.0);
+        self.sum_queue += self.floor.queue_ms(at.as_secs_f64() * 1000.0, transit);
         self.count += 1;
         self.bytes += wire_bytes as u64;
     }

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::TransitFloor;
 use crate::endpoint::Path;
 use crate::sansio::Destination;
 use crate::wire::message::{
@@ -241,8 +242,6 @@ struct Remote {
     failed: bool,
 }
 
-/// The smallest transit the queuing delay is measured from is kept over this many seconds.
-const QUEUE_MIN_SECONDS: u64 = 30;
 /// Bytes a media frame costs on the wire besides itself: IPv4 (20), UDP (8) and the short
 /// media envelope (26).
 const WIRE_OVERHEAD: usize = 54;
@@ -269,8 +268,8 @@ struct RxStats {
     settled_received: bool,
     /// The highest timestamp seen, unwrapped (2.5 ms ticks).
     ts_high: Option<u64>,
-    /// Smallest transit (ms) per second of arrival, over the last [`QUEUE_MIN_SECONDS`].
-    transit_mins: VecDeque<(u64, f64)>,
+    /// The smallest transit lately, which queuing delay is measured from.
+    floor: TransitFloor,
     /// Queuing delay summed over the frames of the interval, and their count.
     interval_queue: (f64, u64),
     /// Wire bytes received in the interval (frames plus [`WIRE_OVERHEAD`]).
@@ -303,26 +302,7 @@ impl RxStats {
         };
         self.ts_high = Some(self.ts_high.map_or(ts_ext, |h| h.max(ts_ext)));
         let transit = arrival_ms - ts_ext as f64 * 2.5;
-        let second = (arrival_ms.max(0.0) / 1000.0) as u64;
-        match self.transit_mins.back_mut() {
-            Some((s, m)) if *s == second => *m = m.min(transit),
-            _ => {
-                self.transit_mins.push_back((second, transit));
-                while self
-                    .transit_mins
-                    .front()
-                    .is_some_and(|(s, _)| second.saturating_sub(*s) >= QUEUE_MIN_SECONDS)
-                {
-                    self.transit_mins.pop_front();
-                }
-            }
-        }
-        let min = self
-            .transit_mins
-            .iter()
-            .map(|(_, m)| *m)
-            .fold(f64::INFINITY, f64::min);
-        self.interval_queue.0 += (transit - min).max(0.0);
+        self.interval_queue.0 += self.floor.queue_ms(arrival_ms, transit);
         self.interval_queue.1 += 1;
         match self.base {
             None => {
@@ -413,7 +393,7 @@ impl RxStats {
     /// against ours, or another path, with another transit): the queue is measured afresh.
     fn reset_queue(&mut self) {
         self.ts_high = None;
-        self.transit_mins.clear();
+        self.floor.clear();
         self.interval_queue = (0.0, 0);
     }
 
