@@ -65,6 +65,30 @@ pub struct PeerReport {
     pub rtt: Option<Duration>,
 }
 
+impl PeerReport {
+    /// The report as the sender takes it: the call layer reports once a second, so `frames`
+    /// frames of the current size were due (the loss fraction and the mean run are the
+    /// peer's; without its queue and rate the congestion controller sets no limit).
+    pub fn as_receiver_report(&self, frames: u16) -> ReceiverReport {
+        let lost = (self.loss.clamp(0.0, 1.0) * f64::from(frames)).round() as u16;
+        ReceiverReport {
+            frames,
+            lost,
+            mean_burst: if lost == 0 {
+                0.0
+            } else {
+                self.loss_run
+                    .filter(|r| r.is_finite())
+                    .unwrap_or(1.0)
+                    .max(1.0)
+            },
+            jitter_ms: self.jitter_ms,
+            queue_ms: self.queue_ms.unwrap_or(0.0),
+            recv_bps: self.recv_bps.unwrap_or(0.0),
+        }
+    }
+}
+
 /// Hands a media frame to the call layer; false when it could not be sent.
 pub type FrameSender = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
@@ -101,7 +125,7 @@ pub struct CallAudioStats {
 
 struct Shared {
     receiver: Mutex<MediaReceiver>,
-    report: Mutex<Option<ReceiverReport>>,
+    report: Mutex<Option<PeerReport>>,
     running: AtomicBool,
     paused: AtomicBool,
     stats: Mutex<CallAudioStats>,
@@ -175,14 +199,9 @@ impl CallAudio {
                             source.discard_backlog(sender.frame_samples());
                         }
                     }
-                    if let Some(mut r) = lock(&sh.report).take() {
-                        // The call layer reports once a second: that many frames of the
-                        // current size were due (the loss fraction is the peer's).
+                    if let Some(r) = lock(&sh.report).take() {
                         let due = (1000 / sender.plan().frame.ms().max(1)).max(1) as u16;
-                        let loss = r.fraction_lost();
-                        r.lost = (loss * f64::from(due)).round() as u16;
-                        r.frames = due;
-                        let _ = sender.on_report(&r);
+                        let _ = sender.on_report(&r.as_receiver_report(due));
                     }
                     let n = sender.frame_samples();
                     pcm.resize(n, 0);
@@ -259,26 +278,7 @@ impl CallAudio {
     /// The call layer's latest figures of this side's media at the peer (feeds FEC,
     /// redundancy, bitrate and congestion adaptation, and the receiver's MOS estimate).
     pub fn on_report(&self, report: &PeerReport) {
-        // Scaled to the frames due in a second by the media thread.
-        let frames = 1000u16;
-        let lost = (report.loss.clamp(0.0, 1.0) * f64::from(frames)).round() as u16;
-        *lock(&self.shared.report) = Some(ReceiverReport {
-            frames,
-            lost,
-            mean_burst: if lost == 0 {
-                0.0
-            } else {
-                report
-                    .loss_run
-                    .filter(|r| r.is_finite())
-                    .unwrap_or(1.0)
-                    .clamp(1.0, f64::from(lost))
-            },
-            jitter_ms: report.jitter_ms,
-            // Without the peer's queue and rate the congestion controller sets no limit.
-            queue_ms: report.queue_ms.unwrap_or(0.0),
-            recv_bps: report.recv_bps.unwrap_or(0.0),
-        });
+        *lock(&self.shared.report) = Some(*report);
         let rtt = report.rtt;
         if let Some(rtt) = rtt {
             lock(&self.shared.receiver).set_rtt(rtt);
@@ -330,4 +330,34 @@ impl Drop for CallAudio {
 /// and codec state that stay usable.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerReport;
+
+    #[test]
+    fn a_peer_report_becomes_a_second_of_frames_of_the_current_size() {
+        let p = PeerReport {
+            loss: 0.2,
+            loss_run: Some(3.0),
+            queue_ms: Some(80.0),
+            recv_bps: Some(24_000.0),
+            jitter_ms: 4.0,
+            rtt: None,
+        };
+        // 60 ms frames: 16 due in a second, 3 of them lost, in runs of 3.
+        let r = p.as_receiver_report(16);
+        assert_eq!((r.frames, r.lost, r.mean_burst), (16, 3, 3.0));
+        assert_eq!((r.queue_ms, r.recv_bps, r.jitter_ms), (80.0, 24_000.0, 4.0));
+        // Without loss, no runs; an unknown or broken run length reads as random loss.
+        assert_eq!(PeerReport::default().as_receiver_report(50).mean_burst, 0.0);
+        let broken = PeerReport {
+            loss: 0.1,
+            loss_run: Some(f64::NAN),
+            ..PeerReport::default()
+        };
+        assert_eq!(broken.as_receiver_report(50).mean_burst, 1.0);
+        assert_eq!(broken.as_receiver_report(50).recv_bps, 0.0);
+    }
 }

@@ -142,7 +142,7 @@ impl Plan {
 /// Where `red` copies reaching back `reach` frames sit: `ceil(reach × i / red)` frames back
 /// for copy `i` of `1..=red`, oldest last (1, 2, 3 for three copies of the frames right
 /// before; 4 and 7 for two copies reaching 7). Empty when `red` is 0.
-pub fn red_offsets(red: u8, reach: u8) -> impl Iterator<Item = u8> {
+pub fn red_offsets(red: u8, reach: u8) -> impl DoubleEndedIterator<Item = u8> {
     let reach = reach.max(red);
     (1..=red).map(move |i| (u16::from(reach) * u16::from(i)).div_ceil(u16::from(red)) as u8)
 }
@@ -558,11 +558,8 @@ impl MediaSender {
         // holds frames by timestamp, so a DTX gap or a frame-size change just leaves a copy
         // out.
         let ticks = u64::from(self.plan.frame.ticks());
-        let mut offsets: Vec<u64> = red_offsets(self.plan.red, self.plan.red_reach)
-            .map(|o| u64::from(o) * ticks)
-            .collect();
-        offsets.reverse();
-        for offset in offsets {
+        let offsets = red_offsets(self.plan.red, self.plan.red_reach).rev();
+        for offset in offsets.map(|o| u64::from(o) * ticks) {
             let Some(want) = ts.checked_sub(offset) else {
                 continue;
             };

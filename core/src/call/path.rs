@@ -551,9 +551,8 @@ pub struct PathManager {
     epoch: Instant,
     rtt: Option<Duration>,
     loss_out: f64,
-    loss_run_out: Option<f64>,
-    /// The peer's last queuing delay (ms) and received rate (bit/s) of our media.
-    queue_out: Option<(f64, f64)>,
+    /// The peer's last report of our media: frames lost, and its extension.
+    report_out: (u16, Option<MediaReportExt>),
     peer_report_ext: bool,
     high_loss_reports: u32,
     high_rtt_reports: u32,
@@ -614,8 +613,7 @@ impl PathManager {
             epoch: now,
             rtt: None,
             loss_out: 0.0,
-            loss_run_out: None,
-            queue_out: None,
+            report_out: (0, None),
             peer_report_ext: false,
             high_loss_reports: 0,
             high_rtt_reports: 0,
@@ -852,14 +850,7 @@ impl PathManager {
                 ..
             } if *call == self.call && *expected > 0 => {
                 self.loss_out = f64::from(*lost) / f64::from(*expected);
-                self.loss_run_out = match ext {
-                    Some(e) if e.runs > 0 && *lost > 0 => {
-                        Some(f64::from(*lost) / f64::from(e.runs.min(*lost)))
-                    }
-                    _ => None,
-                };
-                self.queue_out =
-                    ext.map(|e| (f64::from(e.queue_ms), f64::from(e.recv_rate) * 100.0));
+                self.report_out = (*lost, *ext);
                 if self.loss_out > self.cfg.max_loss {
                     self.high_loss_reports += 1;
                 } else {
@@ -1473,9 +1464,14 @@ impl PathManager {
                     rtt: self.rtt,
                     loss_in,
                     loss_out: self.loss_out,
-                    loss_run_out: self.loss_run_out,
-                    queue_ms_out: self.queue_out.map(|q| q.0),
-                    recv_bps_out: self.queue_out.map(|q| q.1),
+                    loss_run_out: match self.report_out {
+                        (lost, Some(e)) if e.runs > 0 && lost > 0 => {
+                            Some(f64::from(lost) / f64::from(e.runs.min(lost)))
+                        }
+                        _ => None,
+                    },
+                    queue_ms_out: self.report_out.1.map(|e| f64::from(e.queue_ms)),
+                    recv_bps_out: self.report_out.1.map(|e| f64::from(e.recv_rate) * 100.0),
                     jitter_ms: self.rx.jitter,
                     frames_in: self.rx.received,
                     kind: Some(self.active_kind),

@@ -457,6 +457,18 @@ mod tests {
         assert_eq!(b.stats().replayed, 1);
     }
 
+    /// Flipping any one bit of the first `bytes` of `packet` makes it fail to open at `b`.
+    fn every_bit_flip_fails(b: &mut Session, packet: &[u8], bytes: usize) {
+        for bit in 0..bytes * 8 {
+            let mut d = packet.to_vec();
+            d[bit / 8] ^= 1 << (bit % 8);
+            if let Ok(Packet::Data { header, ciphertext }) = Packet::decode(&d) {
+                let mut out = Vec::new();
+                assert!(b.open(&header, ciphertext, &mut out).is_err(), "bit {bit}");
+            }
+        }
+    }
+
     #[test]
     fn any_bit_flip_fails_and_changes_nothing() {
         let now = Instant::now();
@@ -464,14 +476,7 @@ mod tests {
         let mut buf = BytesMut::new();
         a.seal(now, Channel::Control, b"payload!", &mut buf)
             .unwrap();
-        for bit in 0..buf.len() * 8 {
-            let mut d = buf.to_vec();
-            d[bit / 8] ^= 1 << (bit % 8);
-            if let Ok(Packet::Data { header, ciphertext }) = Packet::decode(&d) {
-                let mut out = Vec::new();
-                assert!(b.open(&header, ciphertext, &mut out).is_err(), "bit {bit}");
-            }
-        }
+        every_bit_flip_fails(&mut b, &buf, buf.len());
         // The genuine packet still opens: failures changed no state.
         assert_eq!(open(&mut b, &buf).unwrap(), b"payload!");
     }
@@ -560,14 +565,7 @@ mod tests {
         // Every bit of the short header is authenticated.
         let mut fresh = BytesMut::new();
         a.seal(now, Channel::Media, b"again", &mut fresh).unwrap();
-        for bit in 0..SHORT_DATA_HEADER_LEN * 8 {
-            let mut d = fresh.to_vec();
-            d[bit / 8] ^= 1 << (bit % 8);
-            if let Ok(Packet::Data { header, ciphertext }) = Packet::decode(&d) {
-                let mut out = Vec::new();
-                assert!(b.open(&header, ciphertext, &mut out).is_err(), "bit {bit}");
-            }
-        }
+        every_bit_flip_fails(&mut b, &fresh, SHORT_DATA_HEADER_LEN);
         assert_eq!(open(&mut b, &fresh).unwrap(), b"again");
     }
 

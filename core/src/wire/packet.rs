@@ -309,17 +309,23 @@ mod tests {
         assert_eq!(Packet::decode(&buf).unwrap(), p);
     }
 
-    #[test]
-    fn data_header_is_fourteen_bytes_and_byte_exact() {
+    /// A media header with every field set to a recognisable value, encoded.
+    fn sample_media_header(short: bool) -> BytesMut {
         let mut buf = BytesMut::new();
         DataHeader {
             channel: Channel::Media,
             key_phase: true,
             receiver: SessionIndex(0x0102_0304),
             counter: 0x0A0B_0C0D_0E0F_1011,
-            short: false,
+            short,
         }
         .encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn data_header_is_fourteen_bytes_and_byte_exact() {
+        let buf = sample_media_header(false);
         assert_eq!(
             &buf[..],
             &[0x61, 0x11, 1, 2, 3, 4, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, 0x10, 0x11]
@@ -329,15 +335,7 @@ mod tests {
 
     #[test]
     fn short_media_header_is_ten_bytes_and_byte_exact() {
-        let mut buf = BytesMut::new();
-        DataHeader {
-            channel: Channel::Media,
-            key_phase: true,
-            receiver: SessionIndex(0x0102_0304),
-            counter: 0x0A0B_0C0D_0E0F_1011,
-            short: true,
-        }
-        .encode(&mut buf);
+        let mut buf = sample_media_header(true);
         assert_eq!(&buf[..], &[0x61, 0x21, 1, 2, 3, 4, 0x0E, 0x0F, 0x10, 0x11]);
         assert_eq!(buf.len(), SHORT_DATA_HEADER_LEN);
         // Control traffic never comes short.
