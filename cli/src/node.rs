@@ -360,7 +360,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Hexadecimal (either case, whitespace around ignored) as bytes; None if it is not.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

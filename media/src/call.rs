@@ -7,11 +7,13 @@
 //! [`AudioSource`] (silence once it ended), encodes it, sends it, and pulls one frame of
 //! playout from the jitter buffer into the [`AudioSink`]. Quality reports of the call layer
 //! (loss the peer saw, jitter, RTT) feed the sender's adaptation with
-//! [`CallAudio::on_report`].
+//! [`CallAudio::on_report`]. With [`CallAudioConfig::processing`] on, captured frames go
+//! through echo cancellation, noise suppression and gain control before the encoder, with
+//! every played frame as the echo canceller's reference ([`crate::audio::processing`]).
 //!
 //! | thread | calls |
 //! |---|---|
-//! | any | [`CallAudio::receive`], [`CallAudio::on_report`], [`CallAudio::set_paused`], [`CallAudio::stats`], [`CallAudio::on_media_thread`] |
+//! | any | [`CallAudio::receive`], [`CallAudio::on_report`], [`CallAudio::set_paused`], [`CallAudio::set_processing`], [`CallAudio::stats`], [`CallAudio::on_media_thread`] |
 //! | owner | [`CallAudio::start`], [`CallAudio::stop`] |
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::audio::{AudioSink, AudioSource, SourceRead};
+use crate::audio::processing::{ProcessingStats, VoiceProcessing, VoiceProcessor};
+use crate::audio::{AudioError, AudioSink, AudioSource, SourceRead};
 use crate::codec::CodecError;
 use crate::receiver::{MediaReceiver, ReceiverConfig, ReceiverReport, ReceiverStats};
 use crate::sender::{MediaSender, SenderConfig, SenderStats};
@@ -44,6 +47,9 @@ pub enum CallAudioError {
     /// The media thread could not be started.
     #[error("starting the media thread: {0}")]
     Thread(std::io::Error),
+    /// Voice processing does not take the codec's or the sink's rate.
+    #[error(transparent)]
+    Processing(#[from] AudioError),
 }
 
 /// What the peer measured of this side's media, from the call layer's receiver reports
@@ -110,6 +116,10 @@ pub struct CallAudioConfig {
     pub sender: SenderConfig,
     /// Decoder and jitter buffer.
     pub receiver: ReceiverConfig,
+    /// Echo cancellation, noise suppression and gain control of captured audio (default
+    /// off: a file or an application's PCM needs none of it; a client turns it on for a
+    /// microphone).
+    pub processing: VoiceProcessing,
 }
 
 /// What a call's media did.
@@ -121,6 +131,10 @@ pub struct CallAudioStats {
     pub receiver: ReceiverStats,
     /// Frames handed to the call layer that it could not send.
     pub send_failures: u64,
+    /// The voice processing that runs.
+    pub processing: VoiceProcessing,
+    /// What the echo canceller measured.
+    pub echo: ProcessingStats,
 }
 
 struct Shared {
@@ -130,6 +144,8 @@ struct Shared {
     paused: AtomicBool,
     stats: Mutex<CallAudioStats>,
     tasks: Mutex<Vec<MediaTask>>,
+    /// A change of voice processing for the media thread to make.
+    processing: Mutex<Option<VoiceProcessing>>,
 }
 
 /// The media of one call. See the [module documentation](self).
@@ -179,7 +195,9 @@ impl CallAudio {
             paused: AtomicBool::new(false),
             stats: Mutex::new(CallAudioStats::default()),
             tasks: Mutex::new(Vec::new()),
+            processing: Mutex::new(None),
         });
+        let mut processor = VoiceProcessor::new(cfg.processing, in_rate, out_rate)?;
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("natter-media".into())
@@ -197,6 +215,12 @@ impl CallAudio {
                             // A new source: what it captured while being opened is old.
                             ended = false;
                             source.discard_backlog(sender.frame_samples());
+                        }
+                    }
+                    if let Some(p) = lock(&sh.processing).take() {
+                        // The rates were taken at the start, so this cannot fail.
+                        if let Ok(new) = VoiceProcessor::new(p, in_rate, out_rate) {
+                            processor = new;
                         }
                     }
                     if let Some(r) = lock(&sh.report).take() {
@@ -217,6 +241,7 @@ impl CallAudio {
                     } else {
                         pcm.fill(0);
                     }
+                    processor.capture(&mut pcm);
                     if !sh.paused.load(Ordering::SeqCst) {
                         if let Ok(true) = sender.encode(&pcm, &mut frame) {
                             if !send(&frame) {
@@ -240,15 +265,20 @@ impl CallAudio {
                         rx.stats()
                     };
                     let _ = if held {
+                        play.fill(0);
                         sink.write_silence(play.len())
                     } else {
                         sink.write_frame(&play)
                     };
+                    // The echo to expect is what the speaker plays now.
+                    processor.render(&play);
                     {
                         let mut st = lock(&sh.stats);
                         st.sender = sender.stats();
                         st.receiver = rstats;
                         st.send_failures = failures;
+                        st.processing = processor.config();
+                        st.echo = processor.stats();
                     }
                     next += period;
                     // Fallen behind (a slow device, a stalled thread): start the clock again
@@ -292,6 +322,12 @@ impl CallAudio {
     pub fn set_paused(&self, paused: bool) {
         lock(&self.shared.receiver).set_held(paused, Instant::now());
         self.shared.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Change the voice processing of captured audio from the next frame on (any thread).
+    /// The echo canceller starts learning the room again (about a second).
+    pub fn set_processing(&self, processing: VoiceProcessing) {
+        *lock(&self.shared.processing) = Some(processing);
     }
 
     /// Run `task` on the media thread before its next frame (within one frame period, 20 ms);

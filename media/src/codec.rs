@@ -232,7 +232,7 @@ impl OpusEncoder {
     /// length. A packet of 1 or 2 bytes is a DTX frame (nothing worth sending).
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
         let tick = self.rate.samples_per_tick();
-        if pcm.is_empty() || pcm.len() % tick != 0 || pcm.len() > 24 * tick {
+        if pcm.is_empty() || !pcm.len().is_multiple_of(tick) || pcm.len() > 24 * tick {
             return Err(CodecError::FrameSize {
                 got: pcm.len(),
                 expected: FrameDuration::Ms20.samples(self.rate),

@@ -303,7 +303,7 @@ impl Attribute {
                 }
             }
             kind::UNKNOWN_ATTRIBUTES => {
-                if value.len() % 2 != 0 {
+                if !value.len().is_multiple_of(2) {
                     return Err(StunError::BadAttribute {
                         kind,
                         why: "UNKNOWN-ATTRIBUTES has an odd length",

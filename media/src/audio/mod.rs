@@ -17,6 +17,7 @@ pub mod device;
 #[cfg(all(target_os = "linux", feature = "devices"))]
 pub mod fifo;
 pub mod pcm;
+pub mod processing;
 pub mod resample;
 pub mod synth;
 pub mod wav;
