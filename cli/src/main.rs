@@ -83,6 +83,9 @@ enum Command {
     Client(client::ClientArgs),
     /// Pass a WAV file through the media pipeline over a simulated network.
     MediaLoopback(natter_media::loopback::LoopbackArgs),
+    /// Measure echo cancellation: speech played into a synthetic room, its echo through the
+    /// voice processing (prints JSON; benches/echo.sh scores it).
+    MediaEcho(natter_media::echo::EchoArgs),
 }
 
 fn main() {
@@ -114,6 +117,7 @@ fn main() {
         Command::Status(a) => status::status_cmd(a),
         Command::Client(a) => client::run(a),
         Command::MediaLoopback(a) => natter_media::loopback::main(a),
+        Command::MediaEcho(a) => natter_media::echo::main(a),
     };
     std::process::exit(code);
 }

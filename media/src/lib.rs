@@ -54,6 +54,7 @@ pub mod audio;
 pub mod call;
 pub mod codec;
 pub mod congestion;
+pub mod echo;
 pub mod frame;
 pub mod jitter;
 pub mod loopback;
