@@ -126,7 +126,30 @@
 /**
  * The version of `NatterCallStats` this header describes.
  */
-#define NATTER_CALL_STATS_VERSION 1
+#define NATTER_CALL_STATS_VERSION 2
+
+/**
+ * Voice processing flag: echo cancellation (WebRTC's AEC3) of captured audio, with what is
+ * played as the reference (`natter_call_set_voice_processing`, `NatterOptions`).
+ */
+#define NATTER_VOICE_ECHO_CANCELLATION 1
+
+/**
+ * Voice processing flag: noise suppression of captured audio.
+ */
+#define NATTER_VOICE_NOISE_SUPPRESSION 2
+
+/**
+ * Voice processing flag: automatic gain control of captured audio.
+ */
+#define NATTER_VOICE_GAIN_CONTROL 4
+
+/**
+ * Voice processing: decided by each call's audio (`NatterOptions::voice_processing`'s
+ * default): all three flags with the devices, none with the application's audio. Not a
+ * flag: alone, never combined with the others.
+ */
+#define NATTER_VOICE_PROCESSING_AUTO 2147483648
 
 /**
  * Result of every fallible Natter function.
@@ -921,6 +944,14 @@ typedef struct {
    * (Version 3.) The length of `credentials`. Default 0.
    */
   size_t credentials_len;
+  /**
+   * (Version 3.) Echo cancellation, noise suppression and gain control of captured audio
+   * in every call: `NATTER_VOICE_*` flags (0: none), or `NATTER_VOICE_PROCESSING_AUTO`
+   * (the default): all three with `NATTER_AUDIO_DEVICES`, none with `NATTER_AUDIO_APP`
+   * (turn them on when your audio has not been processed). A call can change its own
+   * with `natter_call_set_voice_processing`.
+   */
+  uint32_t voice_processing;
 } NatterOptions;
 
 /**
@@ -1222,6 +1253,16 @@ typedef struct {
    * Estimated listening quality of received audio (MOS, 1 to 4.5), 0 before any audio.
    */
   double mos;
+  /**
+   * (Version 2.) The voice processing that runs on captured audio: `NATTER_VOICE_*`
+   * flags, 0 for none.
+   */
+  uint32_t voice_processing;
+  /**
+   * (Version 2.) How much the echo canceller attenuates the echo (echo return loss
+   * enhancement of its linear filter), dB; negative while off or not measured yet.
+   */
+  double echo_erle_db;
 } NatterCallStats;
 
 /**
@@ -1854,6 +1895,18 @@ NatterResult natter_call_resume(NatterClient *client, uint64_t call);
  * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
  */
 NatterResult natter_call_set_muted(NatterClient *client, uint64_t call, bool muted);
+
+/**
+ * Choose the voice processing of call `call`'s captured audio: `NATTER_VOICE_*` flags (0:
+ * none; `NATTER_VOICE_PROCESSING_AUTO`: what the client's options say). At once while the
+ * call is connected (the echo canceller then takes about a second to learn the room
+ * again), else from when it connects. `NatterCallStats::voice_processing` tells what runs.
+ *
+ * Returns `NATTER_INVALID_ARGUMENT` for unknown flags, `NATTER_WRONG_CALL_STATE` when the
+ * call ended, `NATTER_UNKNOWN_CALL`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to
+ * call from any thread.
+ */
+NatterResult natter_call_set_voice_processing(NatterClient *client, uint64_t call, uint32_t flags);
 
 /**
  * Switch call `call`'s microphone to the device `device` (a `NatterAudioDevice`'s `id` or

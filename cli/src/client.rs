@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use natter::{
     Audio, AudioConfig, AudioError, AudioInput, AudioOutput, Call, CallId, EndReason, Event, Found,
-    PathReason, Role,
+    PathReason, Role, VoiceProcessing,
 };
 use serde_json::json;
 
@@ -49,6 +49,11 @@ pub struct ClientArgs {
     /// (unless --audio-out). Without a device this is what happens anyway.
     #[arg(long)]
     no_devices: bool,
+    /// Voice processing of captured audio in calls: `auto` (the default: echo cancellation,
+    /// noise suppression and gain control with the microphone and speaker, none with files),
+    /// `off`, or a comma-separated list of `echo`, `noise`, `gain`.
+    #[arg(long, value_name = "STAGES", value_parser = parse_processing)]
+    voice_processing: Option<Option<VoiceProcessing>>,
     /// Report audio devices plugged in and out while running (`audio_devices_changed`).
     #[arg(long)]
     watch_audio_devices: bool,
@@ -109,6 +114,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
     // Report audio devices plugged in and out (lists them every 3 s; where there is no sound
     // card ALSA complains on standard error at each listing, hence a flag).
     audio_cfg.watch_devices = args.watch_audio_devices;
+    audio_cfg.voice_processing = args.voice_processing.flatten();
     let node = match Running::start(&args.node, Some((Role::Client, audio_cfg))) {
         Ok(n) => n,
         Err(e) => {
@@ -372,6 +378,8 @@ fn on_event(
                     "concealed_ms": a.map(|q| q.concealed_ms),
                     "bitrate_kbps": a.map(|q| q.bitrate_kbps),
                     "mos": a.and_then(|q| q.mos),
+                    "voice_processing": a.map(|q| q.voice_processing.to_string()),
+                    "echo_erle_db": a.and_then(|q| q.echo_erle_db),
                 }));
             } else {
                 say!(
@@ -395,6 +403,13 @@ fn on_event(
                         q.concealed_ms,
                         q.bitrate_kbps,
                         q.mos.unwrap_or(0.0)
+                    );
+                    say!(
+                        "voice processing: {}{}",
+                        q.voice_processing.to_string(),
+                        q.echo_erle_db
+                            .map(|e| format!(", echo attenuated {e:.1} dB"))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -673,6 +688,24 @@ fn command(
                 }
                 .map_err(|e| e.to_string()),
             },
+            ("voice" | "voice_processing", arg) => {
+                let set = if json { field("set") } else { arg };
+                match (&current, set.as_deref().map(parse_processing)) {
+                    (None, _) => Err("no call".into()),
+                    (_, None) => Err(format!("{cmd} needs auto, off or stages like echo,noise")),
+                    (_, Some(Err(e))) => Err(e),
+                    (Some(call), Some(Ok(p))) => call
+                        .set_voice_processing(p)
+                        .map(|()| {
+                            let set = p.map_or("auto".to_string(), |p| p.to_string());
+                            report!(
+                                json!({"event": "voice_processing", "call": call_id(call.id()), "set": set}),
+                                "voice processing: {set}"
+                            )
+                        })
+                        .map_err(|e| e.to_string()),
+                }
+            }
             ("devices", _) => devices(node),
             ("credentials" | "export_credentials", _) => credentials(node),
             ("audio" | "audio_devices", _) => audio_devices(),
@@ -820,6 +853,7 @@ const HELP: &str = "commands:
   hangup          hang up (or cancel a call not answered yet)
   hold, resume    put the call on hold and back
   mute, unmute    stop and restart sending audio
+  voice STAGES    the call's voice processing: auto, off, or some of echo,noise,gain
   search USER     look USER up in the global index
   devices         this account's devices
   audio           the system's audio devices (microphones and speakers)
@@ -833,6 +867,18 @@ const HELP: &str = "commands:
   status          how this node is joined, its NAT type, the current call
   logout          log out on this device (forget the certificate) and leave
   quit            leave (Ctrl-C too)";
+
+/// Voice processing as `--voice-processing` and `voice` take it: `auto` (`None`), or what
+/// [`VoiceProcessing`]'s `FromStr` reads (`off`, or some of `echo`, `noise`, `gain`).
+fn parse_processing(s: &str) -> Result<Option<VoiceProcessing>, String> {
+    match s.trim() {
+        "auto" => Ok(None),
+        other => other
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{e} (or auto)")),
+    }
+}
 
 /// A call id as events show it: 32 hex digits.
 fn call_id(id: CallId) -> String {
@@ -892,4 +938,24 @@ fn stdin_lines() -> mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voice_processing_reads_back_as_written() {
+        assert_eq!(parse_processing("auto"), Ok(None));
+        assert_eq!(parse_processing("off"), Ok(Some(VoiceProcessing::OFF)));
+        assert_eq!(
+            parse_processing("echo,noise,gain"),
+            Ok(Some(VoiceProcessing::ALL))
+        );
+        let p = parse_processing(" noise , echo ").unwrap().unwrap();
+        assert_eq!(p.to_string(), "echo,noise");
+        assert_eq!(VoiceProcessing::OFF.to_string(), "off");
+        assert!(parse_processing("echo,reverb").is_err());
+        assert!(parse_processing("").is_err());
+    }
 }

@@ -121,6 +121,13 @@ fn two_programs_call_each_other_through_the_json_interface() {
             .is_some_and(|m| m.contains("does not use an audio device")),
         "{refused}"
     );
+    // Voice processing: off for WAV audio, on when asked, and reported in the statistics.
+    bob.send(serde_json::json!({"cmd": "voice_processing", "set": "echo,noise"}));
+    let set = bob.wait(is("voice_processing"));
+    assert_eq!(set["set"], "echo,noise", "{set}");
+    bob.wait(|v| v["event"] == "call_stats" && v["voice_processing"] == "echo,noise");
+    bob.send(serde_json::json!({"cmd": "voice_processing", "set": "reverb"}));
+    bob.wait(is("error"));
     bob.send(serde_json::json!({"cmd": "hangup"}));
     let ended = bob.wait(state("ended"));
     assert_eq!(ended["reason"], "hung_up");

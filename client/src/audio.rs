@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use natter_media::audio::pcm::{capture_channel, playback_channel, CapturePusher, PlaybackPuller};
+use natter_media::audio::processing::VoiceProcessing;
 use natter_media::audio::synth::{Silence, Tone};
 use natter_media::audio::wav::{WavSink, WavSource};
 use natter_media::audio::{AudioSink, AudioSource, SourceRead};
@@ -140,6 +141,29 @@ impl Audio {
     pub fn silent() -> Self {
         Self::new(AudioInput::Silence, AudioOutput::Discard)
     }
+
+    /// The voice processing this audio needs by default: echo cancellation, noise
+    /// suppression and gain control with a microphone and a speaker (the speaker's sound
+    /// reaches the microphone); noise suppression and gain control with a microphone alone;
+    /// none otherwise (a file, a tone, or the application's PCM, which it may have processed
+    /// itself: it turns processing on with
+    /// [`AudioConfig::voice_processing`] or [`Call::set_voice_processing`](crate::Call::set_voice_processing)).
+    ///
+    /// ```
+    /// use natter::{Audio, VoiceProcessing};
+    /// assert_eq!(Audio::devices().voice_processing(), VoiceProcessing::ALL);
+    /// assert_eq!(Audio::app().voice_processing(), VoiceProcessing::OFF);
+    /// ```
+    pub fn voice_processing(&self) -> VoiceProcessing {
+        match (&self.input, &self.output) {
+            (AudioInput::Device(_), AudioOutput::Device(_)) => VoiceProcessing::ALL,
+            (AudioInput::Device(_), _) => VoiceProcessing {
+                echo_cancellation: false,
+                ..VoiceProcessing::ALL
+            },
+            _ => VoiceProcessing::OFF,
+        }
+    }
 }
 
 /// Audio settings of a client ([`ClientBuilder::audio`](crate::ClientBuilder::audio)).
@@ -162,6 +186,13 @@ pub struct AudioConfig {
     /// [`Event::AudioDevicesChanged`](crate::Event::AudioDevicesChanged) (default false: for
     /// applications that use the devices and let their users pick them).
     pub watch_devices: bool,
+    /// Echo cancellation, noise suppression and gain control of captured audio, for every
+    /// call ([`Call::set_voice_processing`](crate::Call::set_voice_processing) changes one
+    /// call's). `None` (the default): decided by each call's [`Audio`]
+    /// ([`Audio::voice_processing`]): all three with a microphone and a speaker, noise
+    /// suppression and gain control with a microphone alone, none for files, tones and the
+    /// application's PCM (which the application may have processed already).
+    pub voice_processing: Option<VoiceProcessing>,
 }
 
 impl Default for AudioConfig {
@@ -172,6 +203,7 @@ impl Default for AudioConfig {
             complexity: 10,
             tone_without_microphone: false,
             watch_devices: false,
+            voice_processing: None,
         }
     }
 }
@@ -521,15 +553,29 @@ fn open_output(
     }
 }
 
-/// Start a call's media: `audio` in and out, frames to `send`, silence while `muted`.
+/// The voice processing of a call with `audio`: the call's own choice, else the client's,
+/// else the audio's default.
+pub(crate) fn voice_processing(
+    audio: &Audio,
+    cfg: &AudioConfig,
+    call: Option<VoiceProcessing>,
+) -> VoiceProcessing {
+    call.or(cfg.voice_processing)
+        .unwrap_or_else(|| audio.voice_processing())
+}
+
+/// Start a call's media: `audio` in and out, frames to `send`, silence while `muted`, with
+/// the voice processing `processing` (`None`: the client's, else the audio's default).
 pub(crate) fn start(
     audio: &Audio,
     cfg: &AudioConfig,
+    processing: Option<VoiceProcessing>,
     send: FrameSender,
     muted: Arc<AtomicBool>,
 ) -> Started {
     let mut media_cfg = CallAudioConfig::default();
     media_cfg.sender.codec.complexity = cfg.complexity;
+    media_cfg.processing = voice_processing(audio, cfg, processing);
     let rate = media_cfg.sender.codec.rate.hz();
     let mut errors = Vec::new();
     let mut pcm = AppPcm::default();
@@ -573,7 +619,7 @@ mod tests {
             complexity: 0,
             ..AudioConfig::default()
         };
-        let started = start(audio, &cfg, send, Arc::new(AtomicBool::new(muted)));
+        let started = start(audio, &cfg, None, send, Arc::new(AtomicBool::new(muted)));
         (started, sent)
     }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use natter_core::call::{CallError as Refused, CallEvent, CallQuality, PathKind};
 use natter_core::crypto::UserName;
 use natter_core::wire::message::CallId as WireId;
+use natter_media::audio::processing::VoiceProcessing;
 use natter_media::call::{CallAudio, CallAudioStats, PeerReport};
 use natter_overlay::node::{DialError, DialOutcome, Node};
 use natter_transport::runtime::RuntimeHandle;
@@ -201,6 +202,37 @@ impl Call {
         Ok(())
     }
 
+    /// Choose the voice processing of this call's captured audio: echo cancellation, noise
+    /// suppression, gain control; `None`: back to the client's choice
+    /// ([`AudioConfig::voice_processing`](crate::AudioConfig::voice_processing), whose
+    /// default depends on the call's [`Audio`]). At once while the call is connected (the
+    /// echo canceller then takes about a second to learn the room again), else from when it
+    /// connects. [`AudioStats::voice_processing`](crate::AudioStats::voice_processing) tells
+    /// what runs.
+    ///
+    /// # Errors
+    /// [`CallError::WrongState`] when the call ended, [`CallError::UnknownCall`].
+    pub fn set_voice_processing(
+        &self,
+        processing: Option<VoiceProcessing>,
+    ) -> Result<(), CallError> {
+        let shared = self.shared().ok_or(CallError::UnknownCall)?;
+        let mut t = lock(&shared.calls);
+        let c = t.get_mut(self.id).ok_or(CallError::UnknownCall)?;
+        if !c.is_live() {
+            return Err(CallError::WrongState);
+        }
+        c.processing = processing;
+        if let Some(a) = &c.media {
+            a.set_processing(audio::voice_processing(
+                &c.audio,
+                &shared.settings.audio,
+                processing,
+            ));
+        }
+        Ok(())
+    }
+
     /// Switch the call's microphone to the device `name` (an [`AudioDevice`](crate::AudioDevice)'s
     /// id or name; `None`: the configured or the system's default one), at once while it is
     /// connected (the old device is closed once the new one is open), else for when it
@@ -368,6 +400,9 @@ pub(crate) struct CallEntry {
     local_hold: bool,
     remote_hold: bool,
     muted: Arc<AtomicBool>,
+    /// Voice processing the application chose for this call ([`Call::set_voice_processing`]);
+    /// `None`: what the client's [`AudioConfig`](crate::AudioConfig) says for its audio.
+    processing: Option<VoiceProcessing>,
     audio: Audio,
     media: Option<CallAudio>,
     pcm: AppPcm,
@@ -394,6 +429,7 @@ impl CallEntry {
             local_hold: false,
             remote_hold: false,
             muted: Arc::new(AtomicBool::new(false)),
+            processing: None,
             audio,
             media: None,
             pcm: AppPcm::default(),
@@ -452,6 +488,8 @@ impl CallEntry {
                 concealed_ms: rq.concealed_ms,
                 bitrate_kbps: rq.bitrate_bps / 1000.0,
                 mos: (a.receiver.jitter.received > 0).then_some(rq.mos),
+                voice_processing: a.processing,
+                echo_erle_db: a.echo.erle_db,
             }
         });
         CallStats {
@@ -647,7 +685,8 @@ impl CallTable {
                         rt.command(move |n, now| n.send_media(now, call, &frame).is_ok())
                             .unwrap_or(false)
                     });
-                    let started = audio::start(&c.audio, audio_cfg, send, c.muted.clone());
+                    let started =
+                        audio::start(&c.audio, audio_cfg, c.processing, send, c.muted.clone());
                     for error in started.errors {
                         events.push(Event::AudioError { call: c.id, error });
                     }

@@ -89,6 +89,7 @@ pub use natter_core::call::PathKind;
 pub use natter_core::crypto::{DeviceId, UserName, UserNameError};
 pub use natter_core::login::proto::Version;
 pub use natter_core::overlay::{FallbackPorts, Filtering, LinkTransport, NatType};
+pub use natter_media::audio::processing::VoiceProcessing;
 pub use natter_transport::login::client::PasswordNeeded;
 
 #[cfg(test)]

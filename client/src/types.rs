@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use natter_core::call::PathKind;
 use natter_core::crypto::DeviceId;
+use natter_media::audio::processing::VoiceProcessing;
 
 /// A call of one client: unique within that client and never reused (0 is never a call).
 ///
@@ -322,6 +323,11 @@ pub struct AudioStats {
     /// recent loss weighing most, so it recovers after a burst of loss; time on hold is not
     /// counted. `None` before any audio arrived.
     pub mos: Option<f64>,
+    /// The voice processing that runs on captured audio.
+    pub voice_processing: VoiceProcessing,
+    /// How much the echo canceller attenuates the echo (echo return loss enhancement of its
+    /// linear filter, dB); `None` while off or before it measured.
+    pub echo_erle_db: Option<f64>,
 }
 
 /// A call's state and statistics: live while it runs, final once it ended.

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use natter::{
     AccountError, Audio, CallError, CallState, Client, DeviceId, EndReason, Event, Found,
     LoginError, PasswordNeeded, PcmError, RegisterError, SearchError, ServerError, StartError,
-    StopError,
+    StopError, VoiceProcessing,
 };
 use natter_fixtures::{wait_for, TestNet, DEADLINE, PASSWORD};
+use natter_media::audio::synth::{speechlike, EchoPath, Room};
 
 fn ended(client: &Client) -> EndReason {
     match wait_for(client, |e| matches!(e, Event::CallEnded { .. })) {
@@ -71,6 +72,8 @@ fn a_call_with_application_audio_both_ways() {
     assert_eq!(stats.state, CallState::Active);
     assert!(stats.path.is_some() && stats.frames_in > 0, "{stats}");
     assert!(stats.audio.unwrap().frames_received > 0, "{stats}");
+    // Application audio is not processed unless asked.
+    assert_eq!(stats.audio.unwrap().voice_processing, VoiceProcessing::OFF);
     // Hold and resume, mute.
     call.hold().unwrap();
     let held = wait_for(&bob, |e| matches!(e, Event::CallHoldChanged { .. }));
@@ -106,6 +109,72 @@ fn a_call_with_application_audio_both_ways() {
     assert_eq!(call.pull_pcm(&mut buf), Err(PcmError::NoAppAudio));
     assert_eq!(alice.call_by_id(call.id()), Some(call.clone()));
     assert!(alice.current_call().is_none());
+}
+
+/// Mean power of `x`.
+fn power(x: &[i16]) -> f64 {
+    x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len().max(1) as f64
+}
+
+/// bob's "microphone" hears his "speaker" through a synthetic room (100 ms, 10 dB quieter,
+/// 300 ms of reverberation):
+/// without processing alice hears herself come back; once bob turns echo cancellation on
+/// mid-call, the echo she hears drops by more than 20 dB. The far-end reference is what
+/// bob's media played: this is the whole path, queues, codec and jitter buffer included.
+#[test]
+fn echo_cancellation_removes_the_far_end_from_a_call() {
+    let net = TestNet::start();
+    let alice = net.client("alice");
+    let bob = net.client("bob");
+    let call = alice.call("bob", Audio::app()).unwrap();
+    let incoming = match wait_for(&bob, |e| matches!(e, Event::IncomingCall { .. })) {
+        Some(Event::IncomingCall { call, .. }) => call,
+        other => panic!("no incoming call: {other:?}"),
+    };
+    incoming.answer(Audio::app()).unwrap();
+    assert!(wait_for(&alice, |e| matches!(e, Event::CallConnected { .. })).is_some());
+    let speech = speechlike(16_000, 4.0);
+    let mut room = EchoPath::new(16_000, &Room::default(), 5);
+    let (mut played, mut heard) = ([0i16; 320], [0i16; 320]);
+    let mut next = Instant::now();
+    // The echo alice hears over the last `last` of `frames` frames of her talking.
+    let mut talk = |frames: usize, last: usize| {
+        let mut echo = Vec::new();
+        for i in 0..frames {
+            call.push_pcm(&speech[(i * 320) % speech.len()..][..320])
+                .unwrap();
+            let got = incoming.pull_pcm(&mut played).unwrap();
+            played[got..].fill(0);
+            incoming.push_pcm(&room.echo(&played)).unwrap();
+            let got = call.pull_pcm(&mut heard).unwrap();
+            if i >= frames - last {
+                echo.extend_from_slice(&heard[..got]);
+            }
+            next += Duration::from_millis(20);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        power(&echo)
+    };
+    let raw = talk(150, 75);
+    incoming
+        .set_voice_processing(Some(VoiceProcessing {
+            echo_cancellation: true,
+            ..VoiceProcessing::OFF
+        }))
+        .unwrap();
+    let cancelled = talk(200, 75);
+    let erle = 10.0 * (raw / cancelled.max(1.0)).log10();
+    let audio = incoming.stats().unwrap().audio.unwrap();
+    assert!(audio.voice_processing.echo_cancellation);
+    assert!(
+        erle > 20.0,
+        "echo {raw:.0} before, {cancelled:.0} after: {erle:.1} dB"
+    );
+    assert!(
+        raw > 1e4,
+        "alice heard no echo without cancellation: {raw:.0}"
+    );
+    drop(call);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Calls: start, answer, decline, hang up, hold, resume, mute, statistics.
+//! Calls: start, answer, decline, hang up, hold, resume, mute, voice processing, statistics.
 //!
 //! A call is named by a `uint64_t` id, unique within its client and never reused (0 is never
 //! a call). It is valid from `natter_call_start` (or the `NATTER_EVENT_CALL_INCOMING` event)
@@ -8,7 +8,7 @@
 
 use std::ffi::c_char;
 
-use natter::{CallError, CallId, CallState, EndReason, PathKind};
+use natter::{CallError, CallId, CallState, EndReason, PathKind, VoiceProcessing};
 
 use crate::boundary::{self, str_arg};
 use crate::client::Client;
@@ -97,7 +97,43 @@ fn call_state(s: CallState) -> NatterCallState {
 }
 
 /// The version of `NatterCallStats` this header describes.
-pub const NATTER_CALL_STATS_VERSION: u32 = 1;
+pub const NATTER_CALL_STATS_VERSION: u32 = 2;
+
+/// Voice processing flag: echo cancellation (WebRTC's AEC3) of captured audio, with what is
+/// played as the reference (`natter_call_set_voice_processing`, `NatterOptions`).
+pub const NATTER_VOICE_ECHO_CANCELLATION: u32 = 1;
+/// Voice processing flag: noise suppression of captured audio.
+pub const NATTER_VOICE_NOISE_SUPPRESSION: u32 = 2;
+/// Voice processing flag: automatic gain control of captured audio.
+pub const NATTER_VOICE_GAIN_CONTROL: u32 = 4;
+/// Voice processing: decided by each call's audio (`NatterOptions::voice_processing`'s
+/// default): all three flags with the devices, none with the application's audio. Not a
+/// flag: alone, never combined with the others.
+pub const NATTER_VOICE_PROCESSING_AUTO: u32 = 0x8000_0000;
+
+/// The processing `flags` name: `None` for `NATTER_VOICE_PROCESSING_AUTO`.
+pub(crate) fn voice_processing(flags: u32) -> Result<Option<VoiceProcessing>, NatterResult> {
+    const ALL: u32 =
+        NATTER_VOICE_ECHO_CANCELLATION | NATTER_VOICE_NOISE_SUPPRESSION | NATTER_VOICE_GAIN_CONTROL;
+    if flags == NATTER_VOICE_PROCESSING_AUTO {
+        return Ok(None);
+    }
+    if flags & !ALL != 0 {
+        return Err(NatterResult::NatterInvalidArgument);
+    }
+    Ok(Some(VoiceProcessing {
+        echo_cancellation: flags & NATTER_VOICE_ECHO_CANCELLATION != 0,
+        noise_suppression: flags & NATTER_VOICE_NOISE_SUPPRESSION != 0,
+        gain_control: flags & NATTER_VOICE_GAIN_CONTROL != 0,
+    }))
+}
+
+/// The flags of `p`.
+fn voice_flags(p: VoiceProcessing) -> u32 {
+    (u32::from(p.echo_cancellation) * NATTER_VOICE_ECHO_CANCELLATION)
+        | (u32::from(p.noise_suppression) * NATTER_VOICE_NOISE_SUPPRESSION)
+        | (u32::from(p.gain_control) * NATTER_VOICE_GAIN_CONTROL)
+}
 
 /// Where a call stands.
 #[repr(u32)]
@@ -212,6 +248,12 @@ pub struct NatterCallStats {
     pub jitter_buffer_ms: f64,
     /// Estimated listening quality of received audio (MOS, 1 to 4.5), 0 before any audio.
     pub mos: f64,
+    /// (Version 2.) The voice processing that runs on captured audio: `NATTER_VOICE_*`
+    /// flags, 0 for none.
+    pub voice_processing: u32,
+    /// (Version 2.) How much the echo canceller attenuates the echo (echo return loss
+    /// enhancement of its linear filter), dB; negative while off or not measured yet.
+    pub echo_erle_db: f64,
 }
 
 /// Call `user` (every online device of theirs rings). Returns at once with the new call's id
@@ -339,6 +381,29 @@ pub extern "C" fn natter_call_set_muted(
     boundary::result(|| {
         let c = handle::get(client)?;
         find(&c, call, false)?.set_muted(muted).map_err(call_result)
+    })
+}
+
+/// Choose the voice processing of call `call`'s captured audio: `NATTER_VOICE_*` flags (0:
+/// none; `NATTER_VOICE_PROCESSING_AUTO`: what the client's options say). At once while the
+/// call is connected (the echo canceller then takes about a second to learn the room
+/// again), else from when it connects. `NatterCallStats::voice_processing` tells what runs.
+///
+/// Returns `NATTER_INVALID_ARGUMENT` for unknown flags, `NATTER_WRONG_CALL_STATE` when the
+/// call ended, `NATTER_UNKNOWN_CALL`, `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to
+/// call from any thread.
+#[no_mangle]
+pub extern "C" fn natter_call_set_voice_processing(
+    client: *mut NatterClient,
+    call: u64,
+    flags: u32,
+) -> NatterResult {
+    boundary::result(|| {
+        let c = handle::get(client)?;
+        let chosen = voice_processing(flags)?;
+        find(&c, call, false)?
+            .set_voice_processing(chosen)
+            .map_err(call_result)
     })
 }
 
@@ -519,7 +584,7 @@ pub unsafe extern "C" fn natter_call_get_stats(
         // SAFETY: out_stats is non-NULL and points to a NatterCallStats whose first field,
         // the version, the caller has set.
         let version = unsafe { std::ptr::addr_of!((*out_stats).version).read_unaligned() };
-        if version != NATTER_CALL_STATS_VERSION {
+        if !(1..=NATTER_CALL_STATS_VERSION).contains(&version) {
             return Err(NatterResult::NatterUnsupportedVersion);
         }
         let c = handle::get(client)?;
@@ -544,8 +609,26 @@ pub unsafe extern "C" fn natter_call_get_stats(
             concealed_ms: audio.concealed_ms,
             jitter_buffer_ms: audio.jitter_buffer_ms,
             mos: audio.mos.unwrap_or(0.0),
+            voice_processing: voice_flags(audio.voice_processing),
+            echo_erle_db: audio.echo_erle_db.unwrap_or(-1.0),
         };
-        // SAFETY: out_stats is non-NULL and holds a version-1 NatterCallStats (checked
+        if version == 1 {
+            // Version 1 is this struct up to `voice_processing`: the same repr(C) fields
+            // in the same order, ending with an f64, so its size is that field's offset.
+            let v1 = std::mem::offset_of!(NatterCallStats, voice_processing);
+            // SAFETY: out_stats is non-NULL and holds a version-1 NatterCallStats, v1 bytes
+            // (the caller's promise); the source is a local of at least that size; byte
+            // copies make no alignment assumption, and the two do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    std::ptr::addr_of!(stats).cast::<u8>(),
+                    out_stats.cast::<u8>(),
+                    v1,
+                );
+            }
+            return Ok(());
+        }
+        // SAFETY: out_stats is non-NULL and holds a version-2 NatterCallStats (checked
         // above, the caller's promise), which is this struct.
         unsafe { boundary::write_out(out_stats, stats) }
     })

@@ -41,6 +41,7 @@ impl Client {
         })?;
         let mut audio_cfg = natter::AudioConfig::default();
         audio_cfg.complexity = s.audio.complexity;
+        audio_cfg.voice_processing = s.audio.processing;
         let audio = match s.audio.mode {
             AudioMode::App => natter::Audio::app(),
             AudioMode::Devices { capture, playback } => {

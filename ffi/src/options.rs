@@ -86,6 +86,12 @@ pub struct NatterOptions {
     pub credentials: *const u8,
     /// (Version 3.) The length of `credentials`. Default 0.
     pub credentials_len: usize,
+    /// (Version 3.) Echo cancellation, noise suppression and gain control of captured audio
+    /// in every call: `NATTER_VOICE_*` flags (0: none), or `NATTER_VOICE_PROCESSING_AUTO`
+    /// (the default): all three with `NATTER_AUDIO_DEVICES`, none with `NATTER_AUDIO_APP`
+    /// (turn them on when your audio has not been processed). A call can change its own
+    /// with `natter_call_set_voice_processing`.
+    pub voice_processing: u32,
 }
 
 /// The second version of [`NatterOptions`].
@@ -119,6 +125,7 @@ impl From<OptionsV2> for NatterOptions {
             network_toml: o.network_toml,
             credentials: std::ptr::null(),
             credentials_len: 0,
+            voice_processing: crate::call::NATTER_VOICE_PROCESSING_AUTO,
         }
     }
 }
@@ -225,6 +232,8 @@ pub(crate) struct AudioSettings {
     pub mode: AudioMode,
     /// Opus encoder complexity (0 to 10).
     pub complexity: u8,
+    /// Voice processing of every call (`None`: each call's audio decides).
+    pub processing: Option<natter::VoiceProcessing>,
 }
 
 /// Where the network description comes from.
@@ -329,7 +338,12 @@ impl Settings {
             .ok()
             .filter(|c| *c <= 10)
             .ok_or(NatterResult::NatterInvalidArgument)?;
-        let audio = AudioSettings { mode, complexity };
+        let processing = crate::call::voice_processing(o.voice_processing)?;
+        let audio = AudioSettings {
+            mode,
+            complexity,
+            processing,
+        };
         Ok(Settings {
             network,
             data_dir,

@@ -81,6 +81,8 @@ fn all_with(c: *mut NatterClient, want: NatterResult) {
         concealed_ms: 0.0,
         jitter_buffer_ms: 0.0,
         mos: 0.0,
+        voice_processing: 0,
+        echo_erle_db: 0.0,
     };
     let (mut id, mut fd, mut len) = (0u64, -1, 0usize);
     let mut ev: *mut NatterEvent = null_mut();

@@ -225,6 +225,12 @@ int main(int argc, char **argv) {
     o.audio = 5;
     EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
     o.audio = NATTER_AUDIO_APP;
+    CHECK(o.voice_processing == NATTER_VOICE_PROCESSING_AUTO); /* the default */
+    o.voice_processing = 8; /* no such flag */
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
+    o.voice_processing = NATTER_VOICE_PROCESSING_AUTO | NATTER_VOICE_GAIN_CONTROL;
+    EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
+    o.voice_processing = NATTER_VOICE_PROCESSING_AUTO;
     o.encoder_complexity = 999;
     EXPECT(natter_client_new(&o, &c), NATTER_INVALID_ARGUMENT);
     o.encoder_complexity = 11;
@@ -415,6 +421,11 @@ int main(int argc, char **argv) {
     EXPECT(natter_call_answer(c, 1), NATTER_NOT_STARTED);
     EXPECT(natter_call_hang_up(c, 0), NATTER_NOT_STARTED);
     EXPECT(natter_call_set_muted(c, 1, false), NATTER_UNKNOWN_CALL);
+    EXPECT(natter_call_set_voice_processing(c, 1, 0), NATTER_UNKNOWN_CALL);
+    EXPECT(natter_call_set_voice_processing(c, 1, 64), NATTER_INVALID_ARGUMENT);
+    EXPECT(natter_call_set_voice_processing(NULL, 1, 0), NATTER_NULL_ARGUMENT);
+    cs.version = NATTER_CALL_STATS_VERSION + 1;
+    EXPECT(natter_call_get_stats(c, 0, &cs), NATTER_UNSUPPORTED_VERSION);
     cs.version = NATTER_CALL_STATS_VERSION;
     EXPECT(natter_call_get_stats(c, 0, &cs), NATTER_UNKNOWN_CALL);
     EXPECT(natter_call_get_stats(c, UINT64_MAX, &cs), NATTER_UNKNOWN_CALL);
