@@ -11,8 +11,9 @@
 //! join the overlay through them and search the global index for each other, and a super
 //! node dies without anyone losing their links or their records; then alice calls bob by name
 //! (a relay channel on bob's super node carries the signalling, hole punching finds the direct
-//! path) and they exchange an Opus tone for three seconds. Exits non-zero when any step
-//! fails.
+//! path) and they exchange an Opus tone for three seconds; bob switches his speaker mid-call,
+//! and, with his microphone hearing his speaker, turns on echo cancellation, noise
+//! suppression and gain control. Exits non-zero when any step fails.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -889,6 +890,100 @@ fn index_and_calls(
         }
         Err(e) => r.fail(&e),
     }
+    let t = r.step(
+        "bob's microphone hears his speaker (a synthetic room: 100 ms, 300 ms of reverberation): alice hears herself, until bob turns on echo cancellation, noise suppression and gain control",
+    );
+    match echo_step(&clients[0], &clients[1]) {
+        Ok((detail, erle)) => {
+            r.ok(t, &detail);
+            r.row(
+                "Echo of alice removed by bob's processing",
+                format!("{erle:.1} dB"),
+            );
+        }
+        Err(e) => r.fail(&e),
+    }
+}
+
+/// alice talks to bob, whose "microphone" is what his "speaker" plays, through a synthetic
+/// room (application PCM both ways: bob's loop is this function); bob turns his voice
+/// processing on mid-call. Returns the details and how much quieter alice's echo became.
+fn echo_step(alice: &Client, bob: &Client) -> Result<(String, f64), String> {
+    use natter_media::audio::synth::{speechlike, EchoPath, Room};
+    let call = alice.call("bob", Audio::app()).map_err(|e| e.to_string())?;
+    let hang_up = HangUp {
+        call: call.clone(),
+        callee: bob,
+    };
+    let incoming = loop {
+        match bob.events().recv_timeout(STEP_TIMEOUT) {
+            Ok(Event::IncomingCall { call, .. }) => break call,
+            Ok(_) => {}
+            Err(e) => return Err(format!("no incoming call: {e}")),
+        }
+    };
+    incoming.answer(Audio::app()).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while call.stats().map(|s| s.state) != Ok(natter::CallState::Active) {
+        if Instant::now() > deadline {
+            return Err("the call did not connect".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let speech = speechlike(16_000, 4.0);
+    let voice = speech.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / speech.len() as f64;
+    let mut room = EchoPath::new(16_000, &Room::default(), 1);
+    let (mut played, mut heard) = ([0i16; 320], [0i16; 320]);
+    let mut next = Instant::now();
+    // alice talks for `frames` frames; the echo she hears over the last 1.5 s, in dB of her
+    // own voice.
+    let mut talk = |frames: usize| -> Result<f64, String> {
+        let mut echo = (0.0, 0usize);
+        for i in 0..frames {
+            let at = (i * 320) % (speech.len() - 320);
+            call.push_pcm(&speech[at..at + 320])
+                .map_err(|e| e.to_string())?;
+            let got = incoming.pull_pcm(&mut played).map_err(|e| e.to_string())?;
+            played[got..].fill(0);
+            incoming
+                .push_pcm(&room.echo(&played))
+                .map_err(|e| e.to_string())?;
+            let got = call.pull_pcm(&mut heard).map_err(|e| e.to_string())?;
+            if i + 75 >= frames {
+                echo.0 += heard[..got]
+                    .iter()
+                    .map(|&s| f64::from(s).powi(2))
+                    .sum::<f64>();
+                echo.1 += got;
+            }
+            next += Duration::from_millis(20);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        Ok(10.0 * (echo.0 / echo.1.max(1) as f64 / voice).max(1e-12).log10())
+    };
+    let before = talk(100)?;
+    incoming
+        .set_voice_processing(Some(natter::VoiceProcessing::ALL))
+        .map_err(|e| e.to_string())?;
+    let after = talk(150)?;
+    let stats = incoming.stats().map_err(|e| e.to_string())?;
+    let audio = stats.audio.ok_or("no audio statistics")?;
+    drop(hang_up);
+    if after > before - 20.0 {
+        return Err(format!(
+            "alice's echo at {before:.1} dB of her voice before, {after:.1} dB after"
+        ));
+    }
+    Ok((
+        format!(
+            "alice heard herself at {before:.1} dB; with bob's {} on, at {after:.1} dB (the canceller's linear filter alone: {})",
+            audio.voice_processing,
+            audio
+                .echo_erle_db
+                .map_or("not measured yet".into(), |e| format!("{e:.1} dB"))
+        ),
+        before - after,
+    ))
 }
 
 /// Two sound devices for the demo: ALSA's `file` plugin over its `null` device, in a
@@ -1010,7 +1105,7 @@ fn audio_device_step(
     ))
 }
 
-/// Steps 12-18: the session layer on its own, over real UDP sockets: an on-path relay that
+/// The last steps: the session layer on its own, over real UDP sockets: an on-path relay that
 /// records everything, Noise XX and IK handshakes, encrypted media frames, pings, and a replay
 /// attack with garbage. False when a step failed.
 fn session_layer(
