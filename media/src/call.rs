@@ -3,9 +3,9 @@
 //! [`CallAudio`] ties the engine to a call without knowing how frames travel: it calls a
 //! `send` function with each media frame (the call layer seals it on the call's session) and
 //! takes received frames with [`CallAudio::receive`] from whatever thread hears them. Its
-//! *media thread* runs a fixed clock: every frame period it reads one frame from the
-//! [`AudioSource`] (silence once it ended), encodes it, sends it, and pulls one frame of
-//! playout from the jitter buffer into the [`AudioSink`]. Quality reports of the call layer
+//! *media thread* runs a fixed clock: every frame period it pulls one frame of playout from
+//! the jitter buffer into the [`AudioSink`], then reads one frame from the [`AudioSource`]
+//! (silence once it ended), encodes it and sends it. Quality reports of the call layer
 //! (loss the peer saw, jitter, RTT) feed the sender's adaptation with
 //! [`CallAudio::on_report`]. With [`CallAudioConfig::processing`] on, captured frames go
 //! through echo cancellation, noise suppression and gain control before the encoder, with
@@ -144,8 +144,12 @@ struct Shared {
     paused: AtomicBool,
     stats: Mutex<CallAudioStats>,
     tasks: Mutex<Vec<MediaTask>>,
-    /// A change of voice processing for the media thread to make.
-    processing: Mutex<Option<VoiceProcessing>>,
+    /// A new voice processor for the media thread to use (built by the thread that asked).
+    processing: Mutex<Option<VoiceProcessor>>,
+    /// The voice processing asked for last.
+    chosen: Mutex<VoiceProcessing>,
+    /// The capture and playout rates, Hz.
+    rates: (u32, u32),
 }
 
 /// The media of one call. See the [module documentation](self).
@@ -193,9 +197,14 @@ impl CallAudio {
             report: Mutex::new(None),
             running: AtomicBool::new(true),
             paused: AtomicBool::new(false),
-            stats: Mutex::new(CallAudioStats::default()),
+            stats: Mutex::new(CallAudioStats {
+                processing: cfg.processing,
+                ..CallAudioStats::default()
+            }),
             tasks: Mutex::new(Vec::new()),
             processing: Mutex::new(None),
+            chosen: Mutex::new(cfg.processing),
+            rates: (in_rate, out_rate),
         });
         let mut processor = VoiceProcessor::new(cfg.processing, in_rate, out_rate)?;
         let sh = shared.clone();
@@ -217,39 +226,17 @@ impl CallAudio {
                             source.discard_backlog(sender.frame_samples());
                         }
                     }
-                    if let Some(p) = lock(&sh.processing).take() {
-                        // The rates were taken at the start, so this cannot fail.
-                        if let Ok(new) = VoiceProcessor::new(p, in_rate, out_rate) {
-                            processor = new;
-                        }
+                    if let Some(new) = lock(&sh.processing).take() {
+                        processor = new;
                     }
                     if let Some(r) = lock(&sh.report).take() {
                         let due = (1000 / sender.plan().frame.ms().max(1)).max(1) as u16;
                         let _ = sender.on_report(&r.as_receiver_report(due));
                     }
                     let n = sender.frame_samples();
-                    pcm.resize(n, 0);
-                    if !ended {
-                        match source.read_frame(&mut pcm) {
-                            Ok(SourceRead::Frame) => {}
-                            Ok(SourceRead::Pending) => pcm.fill(0),
-                            Ok(SourceRead::Ended) | Err(_) => {
-                                ended = true;
-                                pcm.fill(0);
-                            }
-                        }
-                    } else {
-                        pcm.fill(0);
-                    }
-                    processor.capture(&mut pcm);
-                    if !sh.paused.load(Ordering::SeqCst) {
-                        if let Ok(true) = sender.encode(&pcm, &mut frame) {
-                            if !send(&frame) {
-                                failures += 1;
-                            }
-                        }
-                    }
-                    // Play as much as was captured: the same duration at the output rate.
+                    // Play first: what the speaker plays is the echo canceller's reference
+                    // for the microphone's frame that follows. As much as is captured: the
+                    // same duration at the output rate.
                     let period = Duration::from_secs_f64(n as f64 / f64::from(in_rate));
                     let out_n = (f64::from(out_rate) * period.as_secs_f64()).round() as usize;
                     play.resize(out_n, 0);
@@ -270,8 +257,28 @@ impl CallAudio {
                     } else {
                         sink.write_frame(&play)
                     };
-                    // The echo to expect is what the speaker plays now.
                     processor.render(&play);
+                    pcm.resize(n, 0);
+                    if !ended {
+                        match source.read_frame(&mut pcm) {
+                            Ok(SourceRead::Frame) => {}
+                            Ok(SourceRead::Pending) => pcm.fill(0),
+                            Ok(SourceRead::Ended) | Err(_) => {
+                                ended = true;
+                                pcm.fill(0);
+                            }
+                        }
+                    } else {
+                        pcm.fill(0);
+                    }
+                    processor.capture(&mut pcm);
+                    if !held {
+                        if let Ok(true) = sender.encode(&pcm, &mut frame) {
+                            if !send(&frame) {
+                                failures += 1;
+                            }
+                        }
+                    }
                     {
                         let mut st = lock(&sh.stats);
                         st.sender = sender.stats();
@@ -324,10 +331,21 @@ impl CallAudio {
         self.shared.paused.store(paused, Ordering::SeqCst);
     }
 
-    /// Change the voice processing of captured audio from the next frame on (any thread).
-    /// The echo canceller starts learning the room again (about a second).
+    /// Change the voice processing of captured audio from the next frame on (any thread; the
+    /// new processor is built on it, not on the media thread). A change starts the echo
+    /// canceller learning the room again (about a second); asking for what runs already
+    /// changes nothing.
     pub fn set_processing(&self, processing: VoiceProcessing) {
-        *lock(&self.shared.processing) = Some(processing);
+        let mut chosen = lock(&self.shared.chosen);
+        if *chosen == processing {
+            return;
+        }
+        let (capture, render) = self.shared.rates;
+        // The rates were taken when the media started, so this cannot fail.
+        if let Ok(p) = VoiceProcessor::new(processing, capture, render) {
+            *lock(&self.shared.processing) = Some(p);
+            *chosen = processing;
+        }
     }
 
     /// Run `task` on the media thread before its next frame (within one frame period, 20 ms);
