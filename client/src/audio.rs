@@ -143,11 +143,13 @@ impl Audio {
     }
 
     /// The voice processing this audio needs by default: echo cancellation, noise
-    /// suppression and gain control with a microphone and a speaker (the speaker's sound
-    /// reaches the microphone); noise suppression and gain control with a microphone alone;
-    /// none otherwise (a file, a tone, or the application's PCM, which it may have processed
-    /// itself: it turns processing on with
+    /// suppression and gain control with a microphone and a speaker or the application's
+    /// playback (what it pulls is played somewhere, and reaches the microphone); noise
+    /// suppression and gain control with a microphone alone (what arrives goes to a file or
+    /// nowhere); none without a microphone (a file, a tone, or the application's PCM, which it
+    /// may have processed itself: it turns processing on with
     /// [`AudioConfig::voice_processing`] or [`Call::set_voice_processing`](crate::Call::set_voice_processing)).
+    /// A call whose microphone (or speaker) cannot be opened is processed as if it had none.
     ///
     /// ```
     /// use natter::{Audio, VoiceProcessing};
@@ -155,14 +157,20 @@ impl Audio {
     /// assert_eq!(Audio::app().voice_processing(), VoiceProcessing::OFF);
     /// ```
     pub fn voice_processing(&self) -> VoiceProcessing {
-        match (&self.input, &self.output) {
-            (AudioInput::Device(_), AudioOutput::Device(_)) => VoiceProcessing::ALL,
-            (AudioInput::Device(_), _) => VoiceProcessing {
-                echo_cancellation: false,
-                ..VoiceProcessing::ALL
-            },
-            _ => VoiceProcessing::OFF,
-        }
+        auto_processing(
+            matches!(self.input, AudioInput::Device(_)),
+            matches!(self.output, AudioOutput::Device(_) | AudioOutput::App),
+        )
+    }
+}
+
+/// The default voice processing with (`true`) or without a microphone and something that
+/// plays what arrives.
+fn auto_processing(microphone: bool, playback: bool) -> VoiceProcessing {
+    VoiceProcessing {
+        echo_cancellation: microphone && playback,
+        noise_suppression: microphone,
+        gain_control: microphone,
     }
 }
 
@@ -190,8 +198,8 @@ pub struct AudioConfig {
     /// call ([`Call::set_voice_processing`](crate::Call::set_voice_processing) changes one
     /// call's). `None` (the default): decided by each call's [`Audio`]
     /// ([`Audio::voice_processing`]): all three with a microphone and a speaker, noise
-    /// suppression and gain control with a microphone alone, none for files, tones and the
-    /// application's PCM (which the application may have processed already).
+    /// suppression and gain control with a microphone alone, none without a microphone
+    /// (files, tones and the application's PCM, which it may have processed already).
     pub voice_processing: Option<VoiceProcessing>,
 }
 
@@ -400,6 +408,9 @@ pub(crate) struct Started {
     pub pcm: AppPcm,
     /// What went wrong (the call goes on with silence in its place).
     pub errors: Vec<AudioError>,
+    /// The voice processing the audio that opened needs by default
+    /// ([`Audio::voice_processing`], without the devices that failed).
+    pub auto: VoiceProcessing,
 }
 
 /// A source whose frames become silence while `muted` is set (it still reads its input, so
@@ -553,15 +564,14 @@ fn open_output(
     }
 }
 
-/// The voice processing of a call with `audio`: the call's own choice, else the client's,
-/// else the audio's default.
+/// The voice processing of a call: its own choice, else the client's, else `auto` (what its
+/// audio needs, [`Started::auto`]).
 pub(crate) fn voice_processing(
-    audio: &Audio,
     cfg: &AudioConfig,
     call: Option<VoiceProcessing>,
+    auto: VoiceProcessing,
 ) -> VoiceProcessing {
-    call.or(cfg.voice_processing)
-        .unwrap_or_else(|| audio.voice_processing())
+    call.or(cfg.voice_processing).unwrap_or(auto)
 }
 
 /// Start a call's media: `audio` in and out, frames to `send`, silence while `muted`, with
@@ -575,12 +585,20 @@ pub(crate) fn start(
 ) -> Started {
     let mut media_cfg = CallAudioConfig::default();
     media_cfg.sender.codec.complexity = cfg.complexity;
-    media_cfg.processing = voice_processing(audio, cfg, processing);
     let rate = media_cfg.sender.codec.rate.hz();
     let mut errors = Vec::new();
     let mut pcm = AppPcm::default();
     let source = open_input(&audio.input, cfg, rate, &mut pcm, &mut errors);
     let sink = open_output(&audio.output, cfg, rate, &mut pcm, &mut errors);
+    // A microphone that could not be opened sends silence or a test tone: nothing to process.
+    let failed = |f: fn(&AudioError) -> bool| errors.iter().any(f);
+    let auto = auto_processing(
+        matches!(audio.input, AudioInput::Device(_))
+            && !failed(|e| matches!(e, AudioError::Microphone { .. })),
+        matches!(audio.output, AudioOutput::Device(_) | AudioOutput::App)
+            && !failed(|e| matches!(e, AudioError::Speaker { .. })),
+    );
+    media_cfg.processing = voice_processing(cfg, processing, auto);
     let source = Box::new(Muted {
         inner: source,
         muted,
@@ -590,6 +608,7 @@ pub(crate) fn start(
             media: Some(media),
             pcm,
             errors,
+            auto,
         },
         Err(e) => {
             errors.push(AudioError::Engine(e.to_string()));
@@ -597,6 +616,7 @@ pub(crate) fn start(
                 media: None,
                 pcm: AppPcm::default(),
                 errors,
+                auto,
             }
         }
     }
@@ -641,7 +661,10 @@ mod tests {
         assert!(matches!(started.errors[0], AudioError::Microphone { .. }));
         assert!(matches!(started.errors[1], AudioError::Speaker { .. }));
         assert!(started.errors[0].to_string().contains("sending silence"));
+        // Nothing opened: nothing to process.
+        assert_eq!(started.auto, VoiceProcessing::OFF);
         let media = started.media.expect("media runs anyway");
+        assert_eq!(media.stats().processing, VoiceProcessing::OFF);
         wait_frames(&sent, 5);
         media.stop();
         assert!(

@@ -225,9 +225,9 @@ impl Call {
         c.processing = processing;
         if let Some(a) = &c.media {
             a.set_processing(audio::voice_processing(
-                &c.audio,
                 &shared.settings.audio,
                 processing,
+                c.auto_processing,
             ));
         }
         Ok(())
@@ -403,6 +403,8 @@ pub(crate) struct CallEntry {
     /// Voice processing the application chose for this call ([`Call::set_voice_processing`]);
     /// `None`: what the client's [`AudioConfig`](crate::AudioConfig) says for its audio.
     processing: Option<VoiceProcessing>,
+    /// What the call's audio needs by default, once its media started.
+    auto_processing: VoiceProcessing,
     audio: Audio,
     media: Option<CallAudio>,
     pcm: AppPcm,
@@ -430,6 +432,7 @@ impl CallEntry {
             remote_hold: false,
             muted: Arc::new(AtomicBool::new(false)),
             processing: None,
+            auto_processing: VoiceProcessing::OFF,
             audio,
             media: None,
             pcm: AppPcm::default(),
@@ -692,6 +695,7 @@ impl CallTable {
                     }
                     c.media = started.media;
                     c.pcm = started.pcm;
+                    c.auto_processing = started.auto;
                     if let Some(a) = &c.media {
                         a.set_paused(c.local_hold || c.remote_hold);
                     }

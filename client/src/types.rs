@@ -325,8 +325,10 @@ pub struct AudioStats {
     pub mos: Option<f64>,
     /// The voice processing that runs on captured audio.
     pub voice_processing: VoiceProcessing,
-    /// How much the echo canceller attenuates the echo (echo return loss enhancement of its
-    /// linear filter, dB); `None` while off or before it measured.
+    /// How much the echo canceller's linear filter attenuates the echo, by its own estimate
+    /// (echo return loss enhancement, dB; `None` while echo cancellation is off). It starts
+    /// near 0 and climbs as the filter learns the room; the suppressor after it takes the
+    /// echo much further down than this says (`benches/echo.sh` measures the whole).
     pub echo_erle_db: Option<f64>,
 }
 
