@@ -146,10 +146,11 @@
 
 /**
  * Voice processing: decided by each call's audio (`NatterOptions::voice_processing`'s
- * default): all three flags with the devices, none with the application's audio. Not a
- * flag: alone, never combined with the others.
+ * default): all three flags with the devices (without a microphone that cannot be opened:
+ * none), none with the application's audio. Not a flag: alone, never combined with the
+ * others.
  */
-#define NATTER_VOICE_PROCESSING_AUTO 2147483648
+#define NATTER_VOICE_PROCESSING_AUTO 256
 
 /**
  * Result of every fallible Natter function.
@@ -947,8 +948,9 @@ typedef struct {
   /**
    * (Version 3.) Echo cancellation, noise suppression and gain control of captured audio
    * in every call: `NATTER_VOICE_*` flags (0: none), or `NATTER_VOICE_PROCESSING_AUTO`
-   * (the default): all three with `NATTER_AUDIO_DEVICES`, none with `NATTER_AUDIO_APP`
-   * (turn them on when your audio has not been processed). A call can change its own
+   * (the default): all three with `NATTER_AUDIO_DEVICES` (none while the microphone
+   * cannot be opened), none with `NATTER_AUDIO_APP` (turn them on when your audio has not
+   * been processed). A call can change its own
    * with `natter_call_set_voice_processing`.
    */
   uint32_t voice_processing;
@@ -1177,7 +1179,7 @@ typedef struct {
 /**
  * A call's state and statistics, filled by `natter_call_get_stats`. Set `version` to
  * `NATTER_CALL_STATS_VERSION` before the call: the library fills the fields of that
- * version. Figures not known yet are 0 (negative for `rtt_ms`).
+ * version (1 or 2). Figures not known yet are 0 (negative for `rtt_ms` and `echo_erle_db`).
  */
 typedef struct {
   /**
@@ -1259,8 +1261,10 @@ typedef struct {
    */
   uint32_t voice_processing;
   /**
-   * (Version 2.) How much the echo canceller attenuates the echo (echo return loss
-   * enhancement of its linear filter), dB; negative while off or not measured yet.
+   * (Version 2.) How much the echo canceller's linear filter attenuates the echo, by its
+   * own estimate (echo return loss enhancement, dB; it starts near 0 and climbs as the
+   * filter learns the room; the suppressor after it goes much further); -1 while echo
+   * cancellation is off.
    */
   double echo_erle_db;
 } NatterCallStats;
@@ -1355,7 +1359,8 @@ NatterResult natter_last_error_detail(NatterErrorDetail *out);
  * (one of them is required), no data directory (required before version 3; from version 3,
  * none means nothing on disk) and no credentials, listen on `0.0.0.0:0`, role
  * `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default devices, encoder
- * complexity 10. Only the fields of that version are written.
+ * complexity 10, voice processing `NATTER_VOICE_PROCESSING_AUTO`. Only the fields of that
+ * version are written.
  *
  * Returns `NATTER_NULL_ARGUMENT` when `out` is NULL, `NATTER_UNSUPPORTED_VERSION` when this
  * library does not know `version` (`*out` is then untouched). Safe to call from any thread.

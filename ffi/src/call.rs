@@ -107,9 +107,10 @@ pub const NATTER_VOICE_NOISE_SUPPRESSION: u32 = 2;
 /// Voice processing flag: automatic gain control of captured audio.
 pub const NATTER_VOICE_GAIN_CONTROL: u32 = 4;
 /// Voice processing: decided by each call's audio (`NatterOptions::voice_processing`'s
-/// default): all three flags with the devices, none with the application's audio. Not a
-/// flag: alone, never combined with the others.
-pub const NATTER_VOICE_PROCESSING_AUTO: u32 = 0x8000_0000;
+/// default): all three flags with the devices (without a microphone that cannot be opened:
+/// none), none with the application's audio. Not a flag: alone, never combined with the
+/// others.
+pub const NATTER_VOICE_PROCESSING_AUTO: u32 = 0x100;
 
 /// The processing `flags` name: `None` for `NATTER_VOICE_PROCESSING_AUTO`.
 pub(crate) fn voice_processing(flags: u32) -> Result<Option<VoiceProcessing>, NatterResult> {
@@ -127,6 +128,11 @@ pub(crate) fn voice_processing(flags: u32) -> Result<Option<VoiceProcessing>, Na
         gain_control: flags & NATTER_VOICE_GAIN_CONTROL != 0,
     }))
 }
+
+/// Where version 1 of `NatterCallStats` ends: right after `mos`, with no padding before
+/// `voice_processing` (checked at compile time).
+const V1_END: usize = std::mem::offset_of!(NatterCallStats, voice_processing);
+const _: () = assert!(V1_END == std::mem::offset_of!(NatterCallStats, mos) + 8);
 
 /// The flags of `p`.
 fn voice_flags(p: VoiceProcessing) -> u32 {
@@ -207,7 +213,7 @@ pub enum NatterPathKind {
 
 /// A call's state and statistics, filled by `natter_call_get_stats`. Set `version` to
 /// `NATTER_CALL_STATS_VERSION` before the call: the library fills the fields of that
-/// version. Figures not known yet are 0 (negative for `rtt_ms`).
+/// version (1 or 2). Figures not known yet are 0 (negative for `rtt_ms` and `echo_erle_db`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct NatterCallStats {
@@ -251,8 +257,10 @@ pub struct NatterCallStats {
     /// (Version 2.) The voice processing that runs on captured audio: `NATTER_VOICE_*`
     /// flags, 0 for none.
     pub voice_processing: u32,
-    /// (Version 2.) How much the echo canceller attenuates the echo (echo return loss
-    /// enhancement of its linear filter), dB; negative while off or not measured yet.
+    /// (Version 2.) How much the echo canceller's linear filter attenuates the echo, by its
+    /// own estimate (echo return loss enhancement, dB; it starts near 0 and climbs as the
+    /// filter learns the room; the suppressor after it goes much further); -1 while echo
+    /// cancellation is off.
     pub echo_erle_db: f64,
 }
 
@@ -613,9 +621,10 @@ pub unsafe extern "C" fn natter_call_get_stats(
             echo_erle_db: audio.echo_erle_db.unwrap_or(-1.0),
         };
         if version == 1 {
-            // Version 1 is this struct up to `voice_processing`: the same repr(C) fields
-            // in the same order, ending with an f64, so its size is that field's offset.
-            let v1 = std::mem::offset_of!(NatterCallStats, voice_processing);
+            // Version 1 is this struct up to `voice_processing`: the same repr(C) fields in
+            // the same order, ending with an f64 right before it (V1_END), so its size is
+            // that field's offset.
+            let v1 = V1_END;
             // SAFETY: out_stats is non-NULL and holds a version-1 NatterCallStats, v1 bytes
             // (the caller's promise); the source is a local of at least that size; byte
             // copies make no alignment assumption, and the two do not overlap.

@@ -88,8 +88,9 @@ pub struct NatterOptions {
     pub credentials_len: usize,
     /// (Version 3.) Echo cancellation, noise suppression and gain control of captured audio
     /// in every call: `NATTER_VOICE_*` flags (0: none), or `NATTER_VOICE_PROCESSING_AUTO`
-    /// (the default): all three with `NATTER_AUDIO_DEVICES`, none with `NATTER_AUDIO_APP`
-    /// (turn them on when your audio has not been processed). A call can change its own
+    /// (the default): all three with `NATTER_AUDIO_DEVICES` (none while the microphone
+    /// cannot be opened), none with `NATTER_AUDIO_APP` (turn them on when your audio has not
+    /// been processed). A call can change its own
     /// with `natter_call_set_voice_processing`.
     pub voice_processing: u32,
 }
@@ -173,7 +174,8 @@ impl From<OptionsV1> for NatterOptions {
 /// (one of them is required), no data directory (required before version 3; from version 3,
 /// none means nothing on disk) and no credentials, listen on `0.0.0.0:0`, role
 /// `NATTER_ROLE_CLIENT`, audio `NATTER_AUDIO_DEVICES` on the default devices, encoder
-/// complexity 10. Only the fields of that version are written.
+/// complexity 10, voice processing `NATTER_VOICE_PROCESSING_AUTO`. Only the fields of that
+/// version are written.
 ///
 /// Returns `NATTER_NULL_ARGUMENT` when `out` is NULL, `NATTER_UNSUPPORTED_VERSION` when this
 /// library does not know `version` (`*out` is then untouched). Safe to call from any thread.

@@ -119,6 +119,7 @@ fn all_with(c: *mut NatterClient, want: NatterResult) {
         assert_eq!(natter_call_hold(c, 1), want);
         assert_eq!(natter_call_resume(c, 1), want);
         assert_eq!(natter_call_set_muted(c, 1, true), want);
+        assert_eq!(natter_call_set_voice_processing(c, 1, 0), want);
         assert_eq!(natter_call_get_stats(c, 1, &mut cs), want);
         assert_eq!(natter_call_push_audio(c, 1, pcm.as_ptr(), 320), want);
         assert_eq!(

@@ -566,7 +566,7 @@ fn the_c_walkthrough_logs_in_from_memory_and_calls_under_valgrind() {
 
 #[test]
 fn c_audio_devices_listed_and_switched_mid_call() {
-    use natter_fixtures::alsa::{sink, Speaker, ALSA_CONF};
+    use natter_fixtures::alsa::{sink, source, Microphone, Speaker, ALSA_CONF};
     let s = stage();
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !Path::new(ALSA_CONF).exists() {
@@ -577,8 +577,15 @@ fn c_audio_devices_listed_and_switched_mid_call() {
     let net = network(s, dir.path());
     let (a, b) = (dir.path().join("a.fifo"), dir.path().join("b.fifo"));
     let (speaker_a, speaker_b) = (Speaker::new(&a), Speaker::new(&b));
+    // bob's microphone (silence): with a microphone and a speaker, voice processing is on.
+    let mic = dir.path().join("mic.fifo");
+    let _mic = Microphone::try_new(&mic, false).unwrap();
     let conf = dir.path().join("natter.conf");
-    std::fs::write(&conf, sink("natter_a", &a) + &sink("natter_b", &b)).unwrap();
+    std::fs::write(
+        &conf,
+        sink("natter_a", &a) + &sink("natter_b", &b) + &source("natter_mic", &mic),
+    )
+    .unwrap();
     let log = dir.path().join("audio.vg");
     let mut cmd = s.program("audio", &log, true);
     cmd.arg(&net.file).arg(dir.path().join("data")).env(

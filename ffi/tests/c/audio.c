@@ -1,6 +1,7 @@
 /* Audio devices at run time, from C, with real ALSA devices and no sound card (ALSA's file
  * plugin over its null device; the test that runs this program sets ALSA_CONFIG_PATH and
- * plays the devices natter_a and natter_b at a speaker's pace). The devices are listed; bob
+ * plays the devices natter_a and natter_b at a speaker's pace, and feeds natter_mic with
+ * silence at a microphone's). The devices are listed; bob
  * answers alice with his speaker on natter_a and switches it to natter_b mid-call; a device
  * that does not exist is refused with a reason, and a call with the application's audio has
  * no device to switch. Voice processing: on by default with the devices (bob), off with the
@@ -38,6 +39,7 @@ static NatterClient *client(const char *network, const char *root, const char *n
     o.listen = "127.0.0.1:0";
     o.audio = audio;
     o.playback_device = "natter_a";
+    o.capture_device = "natter_mic";
     o.encoder_complexity = 0;
     NatterClient *c = NULL;
     EXPECT(natter_client_new(&o, &c), NATTER_OK);

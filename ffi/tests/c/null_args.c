@@ -100,6 +100,7 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     EXPECT(natter_call_hold(c, 1), want);
     EXPECT(natter_call_resume(c, 1), want);
     EXPECT(natter_call_set_muted(c, 1, true), want);
+    EXPECT(natter_call_set_voice_processing(c, 1, 0), want);
     EXPECT(natter_call_get_stats(c, 1, &cs), want);
     EXPECT(natter_call_push_audio(c, 1, pcm, 320), want);
     EXPECT(natter_call_pull_audio(c, 1, pcm, 320, &len), want);
