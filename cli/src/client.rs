@@ -50,10 +50,11 @@ pub struct ClientArgs {
     #[arg(long)]
     no_devices: bool,
     /// Voice processing of captured audio in calls: `auto` (the default: echo cancellation,
-    /// noise suppression and gain control with the microphone and speaker, none with files),
-    /// `off`, or a comma-separated list of `echo`, `noise`, `gain`.
-    #[arg(long, value_name = "STAGES", value_parser = parse_processing)]
-    voice_processing: Option<Option<VoiceProcessing>>,
+    /// noise suppression and gain control with the microphone and speaker, noise suppression
+    /// and gain control with the microphone alone, none with a WAV file or a tone), `off`, or a
+    /// comma-separated list of `echo`, `noise`, `gain`.
+    #[arg(long, value_name = "STAGES", value_parser = parse_stages, default_value = "auto")]
+    voice_processing: Stages,
     /// Report audio devices plugged in and out while running (`audio_devices_changed`).
     #[arg(long)]
     watch_audio_devices: bool,
@@ -114,7 +115,7 @@ fn run_inner(args: ClientArgs) -> Result<i32, String> {
     // Report audio devices plugged in and out (lists them every 3 s; where there is no sound
     // card ALSA complains on standard error at each listing, hence a flag).
     audio_cfg.watch_devices = args.watch_audio_devices;
-    audio_cfg.voice_processing = args.voice_processing.flatten();
+    audio_cfg.voice_processing = args.voice_processing.0;
     let node = match Running::start(&args.node, Some((Role::Client, audio_cfg))) {
         Ok(n) => n,
         Err(e) => {
@@ -637,10 +638,12 @@ fn command(
                 Ok((cmd, user))
             })
     } else {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            None => return true,
-            Some(w) => Ok((w.to_string(), words.next().map(str::to_string))),
+        // The command, and the rest of the line as its argument ("voice echo, noise").
+        let line = line.trim();
+        match line.split_once(char::is_whitespace) {
+            None if line.is_empty() => return true,
+            None => Ok((line.to_string(), None)),
+            Some((w, rest)) => Ok((w.to_string(), Some(rest.trim().to_string()))),
         }
     };
     let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_string);
@@ -880,6 +883,14 @@ fn parse_processing(s: &str) -> Result<Option<VoiceProcessing>, String> {
     }
 }
 
+/// `--voice-processing`'s value: `None` for `auto`.
+#[derive(Debug, Clone, Copy)]
+struct Stages(Option<VoiceProcessing>);
+
+fn parse_stages(s: &str) -> Result<Stages, String> {
+    parse_processing(s).map(Stages)
+}
+
 /// A call id as events show it: 32 hex digits.
 fn call_id(id: CallId) -> String {
     format!("{:032x}", id.as_u64())
@@ -943,6 +954,41 @@ fn stdin_lines() -> mpsc::Receiver<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flag as clap hands it over (an `Option<Option<_>>` field here once panicked).
+    #[test]
+    fn the_voice_processing_flag_parses() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            client: ClientArgs,
+        }
+        let parse = |v: &str| {
+            Cli::try_parse_from([
+                "natter",
+                "--network",
+                "n.toml",
+                "--data",
+                "d",
+                "--user",
+                "alice",
+                "--voice-processing",
+                v,
+            ])
+            .map(|c| c.client.voice_processing.0)
+        };
+        assert_eq!(parse("off").unwrap(), Some(VoiceProcessing::OFF));
+        assert_eq!(parse("auto").unwrap(), None);
+        assert_eq!(
+            parse("echo,gain").unwrap().unwrap().to_string(),
+            "echo,gain"
+        );
+        assert!(parse("loud").is_err());
+        let default =
+            Cli::try_parse_from(["natter", "--network", "n", "--data", "d", "--user", "a"]);
+        assert_eq!(default.unwrap().client.voice_processing.0, None);
+    }
 
     #[test]
     fn voice_processing_reads_back_as_written() {

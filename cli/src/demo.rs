@@ -910,18 +910,8 @@ fn index_and_calls(
 /// processing on mid-call. Returns the details and how much quieter alice's echo became.
 fn echo_step(alice: &Client, bob: &Client) -> Result<(String, f64), String> {
     use natter_media::audio::synth::{speechlike, EchoPath, Room};
-    let call = alice.call("bob", Audio::app()).map_err(|e| e.to_string())?;
-    let hang_up = HangUp {
-        call: call.clone(),
-        callee: bob,
-    };
-    let incoming = loop {
-        match bob.events().recv_timeout(STEP_TIMEOUT) {
-            Ok(Event::IncomingCall { call, .. }) => break call,
-            Ok(_) => {}
-            Err(e) => return Err(format!("no incoming call: {e}")),
-        }
-    };
+    let (hang_up, incoming) = ring(alice, bob, Audio::app())?;
+    let call = hang_up.call.clone();
     incoming.answer(Audio::app()).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + STEP_TIMEOUT;
     while call.stats().map(|s| s.state) != Ok(natter::CallState::Active) {
@@ -1038,6 +1028,24 @@ impl Drop for HangUp<'_> {
     }
 }
 
+/// alice calls bob with `audio`; returns what hangs up when dropped (waiting for bob's side
+/// to end) and bob's ringing call.
+fn ring<'a>(
+    alice: &Client,
+    bob: &'a Client,
+    audio: Audio,
+) -> Result<(HangUp<'a>, natter::Call), String> {
+    let call = alice.call("bob", audio).map_err(|e| e.to_string())?;
+    let hang_up = HangUp { call, callee: bob };
+    loop {
+        match bob.events().recv_timeout(STEP_TIMEOUT) {
+            Ok(Event::IncomingCall { call, .. }) => return Ok((hang_up, call)),
+            Ok(_) => {}
+            Err(e) => return Err(format!("no incoming call: {e}")),
+        }
+    }
+}
+
 /// alice calls bob, who hears her on one sound device ([`SoundDevices`]), then switches his
 /// speaker to the other mid-call. Returns the details and how long `set_speaker` took.
 fn audio_device_step(
@@ -1047,21 +1055,8 @@ fn audio_device_step(
 ) -> Result<(String, Duration), String> {
     let (speaker_a, speaker_b) = (&sound.a, &sound.b);
     let listed = natter::audio_devices().map_err(|e| e.to_string())?;
-    let call = alice
-        .call("bob", Audio::tone())
-        .map_err(|e| e.to_string())?;
     // However this step ends, the call ends before the devices could go away.
-    let hang_up = HangUp {
-        call: call.clone(),
-        callee: bob,
-    };
-    let incoming = loop {
-        match bob.events().recv_timeout(STEP_TIMEOUT) {
-            Ok(Event::IncomingCall { call, .. }) => break call,
-            Ok(_) => {}
-            Err(e) => return Err(format!("no incoming call: {e}")),
-        }
-    };
+    let (hang_up, incoming) = ring(alice, bob, Audio::tone())?;
     incoming
         .answer(Audio::new(
             natter::AudioInput::Silence,

@@ -47,7 +47,7 @@ fn two_programs_call_each_other_through_the_json_interface() {
     let mut children = Children(Vec::new());
     let network = network_with_a_super_node(dir.path(), &mut children);
     let speech = concat!(env!("CARGO_MANIFEST_DIR"), "/../media/testdata/speech.wav");
-    let mut start = |user: &'static str| {
+    let mut start = |user: &'static str, processing: &'static str| {
         let heard = dir.path().join(format!("{user}-heard.wav"));
         let mut child = start_as(
             "client",
@@ -62,6 +62,8 @@ fn two_programs_call_each_other_through_the_json_interface() {
                 speech,
                 "--audio-out",
                 heard.to_str().unwrap(),
+                "--voice-processing",
+                processing,
             ],
         );
         let lines = output_lines(&mut child);
@@ -77,8 +79,8 @@ fn two_programs_call_each_other_through_the_json_interface() {
             heard,
         )
     };
-    let (mut alice, alice_heard) = start("alice");
-    let (mut bob, bob_heard) = start("bob");
+    let (mut alice, alice_heard) = start("alice", "auto");
+    let (mut bob, bob_heard) = start("bob", "noise");
     for c in [&mut alice, &mut bob] {
         c.wait(is("logged_in"));
         c.wait(is("attached"));
@@ -121,7 +123,10 @@ fn two_programs_call_each_other_through_the_json_interface() {
             .is_some_and(|m| m.contains("does not use an audio device")),
         "{refused}"
     );
-    // Voice processing: off for WAV audio, on when asked, and reported in the statistics.
+    // Voice processing: off for WAV audio (auto, alice), as --voice-processing says (bob),
+    // changed by a command, and reported in the statistics.
+    alice.saw(|v| v["event"] == "call_stats" && v["voice_processing"] == "off");
+    bob.saw(|v| v["event"] == "call_stats" && v["voice_processing"] == "noise");
     bob.send(serde_json::json!({"cmd": "voice_processing", "set": "echo,noise"}));
     let set = bob.wait(is("voice_processing"));
     assert_eq!(set["set"], "echo,noise", "{set}");
