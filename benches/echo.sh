@@ -6,7 +6,8 @@
 # path, the echo 10 dB under what is played; media/src/audio/synth.rs `Room`) and its echo
 # goes through the processing.
 #
-# - Single talk (only the far end speaks): echo return loss enhancement (ERLE) per 500 ms,
+# - Single talk (only the far end speaks): echo return loss enhancement (ERLE) per 500 ms
+#   (at most 60 dB: beyond that an almost silent output says how loud the echo was),
 #   when it first reaches 25 dB and from when it stays there, its median and 10th percentile
 #   after the first second; for echo cancellation alone and for the whole chain (whose gain
 #   control raises what is left of the echo along with everything else).
@@ -92,14 +93,15 @@ row = {"far": name, "near": near, "pesq_mic": float(mic), "pesq_aec": float(aec)
        "pesq_ref_aec": json.loads(ref_aec), "pesq_ref_all": json.loads(ref_all)}
 
 def erle(echo_file, out_file):
-    """The same curve as media/src/echo.rs: 500 ms windows, echo within 30 dB of its loudest."""
+    """The same curve as media/src/echo.rs: 500 ms windows, echo within 30 dB of its loudest,
+    at most 60 dB (ERLE_CAP_DB)."""
     e, _ = sf.read(echo_file, dtype="int16")
     o, _ = sf.read(out_file, dtype="int16")
     w = 8000
     en = lambda x: float(np.sum(x.astype(np.float64) ** 2))
     wins = [(i / 16000, en(e[i:i + w]), en(o[i:i + w])) for i in range(0, min(len(e), len(o)) - w + 1, w)]
     loud = max(x[1] for x in wins)
-    return [(t, 10 * math.log10(a / max(b, 1.0))) for t, a, b in wins if a > loud * 1e-3]
+    return [(t, min(60.0, 10 * math.log10(a / max(b, 1.0)))) for t, a, b in wins if a > loud * 1e-3]
 
 ref = f"{out}/{name}-single-ref.wav"
 if os.path.exists(ref) and ref_aec != "null":
@@ -154,7 +156,8 @@ def mean(c):
 print(f"{'mean':<29} " + " ".join(num(mean(c), 6, ".2f") for c in cols[:-1])
       + f" {mean('pesq_near_only'):10.2f}")
 print("(mic: near end plus echo, unprocessed; echo: echo cancellation alone; all: echo "
-      "cancellation, noise suppression and gain control; ref: the same stages in Google's C++ "
-      "module on the same signals; near only: the near end through all three without any "
+      "cancellation, noise suppression and gain control; ref: Google's C++ module on the same "
+      "signals, its echo canceller, and with its own noise suppressor and its (AGC1) adaptive "
+      "digital gain for all; near only: the near end through all three without any "
       "echo.)")
 PY

@@ -5,7 +5,8 @@ run on the same far end and microphone signals as Natter's pure-Rust port.
     python webrtc_apm.py FAR.wav MIC.wav OUT.wav [echo|all]
 
 Feeds 10 ms pieces as the media thread does: the far end's (what is played) first, then the
-microphone's. `all` adds noise suppression (moderate) and adaptive digital gain control.
+microphone's. `all` adds its noise suppression (moderate) and its gain control in adaptive
+digital mode (the package's `agc_mode=1`: AGC1's, not the AGC2 Natter runs).
 """
 import sys
 

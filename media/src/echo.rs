@@ -48,6 +48,10 @@ impl Default for EchoConfig {
 /// Window of the ERLE curve.
 pub const WINDOW: Duration = Duration::from_millis(500);
 
+/// The most a window's ERLE counts for, dB: when the output is (nearly) silent, the ratio
+/// says how loud the echo was, not how well it was removed.
+pub const ERLE_CAP_DB: f64 = 60.0;
+
 /// What an echo run measured.
 #[derive(Debug, Clone, Default)]
 pub struct EchoResult {
@@ -56,8 +60,8 @@ pub struct EchoResult {
     /// What the processing made of it: what the far end would hear.
     pub output: Vec<i16>,
     /// Echo return loss enhancement per [`WINDOW`] (start time in s, dB): the echo's energy
-    /// over the output's, over the windows where the echo is loud enough to measure (within
-    /// 30 dB of its loudest window) and the near end is silent.
+    /// over the output's (at most [`ERLE_CAP_DB`]), over the windows where the echo is loud
+    /// enough to measure (within 30 dB of its loudest window) and the near end is silent.
     pub erle: Vec<(f64, f64)>,
     /// The start of the first window with at least 25 dB, s.
     pub first_25db: Option<f64>,
@@ -116,8 +120,8 @@ pub fn run(far: &[i16], near: &[i16], cfg: &EchoConfig) -> Result<EchoResult, Au
 }
 
 /// Echo return loss enhancement per [`WINDOW`]: the echo's energy in the microphone over the
-/// output's, where the echo is active (within 30 dB of its loudest window) and the near end
-/// silent.
+/// output's (at most [`ERLE_CAP_DB`]), where the echo is active (within 30 dB of its loudest
+/// window) and the near end silent.
 fn erle_curve(echo: &[i16], output: &[i16], near: &[i16], rate: u32) -> Vec<(f64, f64)> {
     let win = (WINDOW.as_secs_f64() * f64::from(rate)) as usize;
     let energy = |x: &[i16]| x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>();
@@ -132,7 +136,7 @@ fn erle_curve(echo: &[i16], output: &[i16], near: &[i16], rate: u32) -> Vec<(f64
     windows
         .iter()
         .filter(|w| w.1 > loudest * 1e-3)
-        .map(|&(t, e, o)| (t, 10.0 * (e / o.max(1.0)).log10()))
+        .map(|&(t, e, o)| (t, (10.0 * (e / o.max(1.0)).log10()).min(ERLE_CAP_DB)))
         .collect()
 }
 
