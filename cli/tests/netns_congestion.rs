@@ -111,7 +111,7 @@ fn a_call_follows_a_tbf_bottleneck() {
     let out = std::env::var("NATTER_CONGESTION_OUT")
         .unwrap_or_else(|_| "../target/congestion/netns.csv".into());
     let mut csv = String::from(
-        "t,link_kbps,offered_kbps,delivered_kbps,dropped_pkts,received_kbps,loss_after_pct\n",
+        "t,link_kbps,offered_kbps,delivered_kbps,dropped_pkts,received_kbps,loss_after_pct,caller_path,caller_loss_out_pct\n",
     );
     let start = Instant::now();
     let mut last = (0u64, 0u64, 0u64);
@@ -125,6 +125,7 @@ fn a_call_follows_a_tbf_bottleneck() {
         let due = start + Duration::from_secs(t + 1);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         callee.mark();
+        caller.mark();
         let text = net
             .exec(&b.hop, &["tc", "-s", "qdisc", "show", "dev", &dev])
             .unwrap();
@@ -148,9 +149,13 @@ fn a_call_follows_a_tbf_bottleneck() {
         let concealed = number_after(audio, "concealed ").unwrap_or(concealed_before);
         let after = ((concealed - concealed_before) / 10.0).max(0.0);
         concealed_before = concealed;
+        // The caller's path and the loss of its media the callee reported, as it prints them.
+        let stats = caller.last_line("call stats: path").unwrap_or("");
+        let path = stats.split_whitespace().nth(3).unwrap_or("-").to_string();
+        let loss_out = number_after(stats, "out ").unwrap_or(0.0);
         writeln!(
             csv,
-            "{t},{rate},{offered:.1},{:.1},{dd},{received:.1},{after:.2}",
+            "{t},{rate},{offered:.1},{:.1},{dd},{received:.1},{after:.2},{path},{loss_out:.1}",
             ds as f64 * 8.0 / 1000.0
         )
         .unwrap();
@@ -160,6 +165,10 @@ fn a_call_follows_a_tbf_bottleneck() {
     }
     std::fs::write(&out, &csv).unwrap();
     eprintln!("{csv}");
+    // The caller's path changes and why (for reading the run).
+    for line in caller.seen.iter().filter(|l| l.contains("call path")) {
+        eprintln!("caller: {line}");
+    }
     eprintln!("written to {out}");
     caller
         .wait_for(&["call ended"], Duration::from_secs(30))

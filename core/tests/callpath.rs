@@ -366,6 +366,84 @@ fn reported_loss_above_a_quarter_moves_the_call_to_the_relay() {
     );
 }
 
+/// Loss the direct path alone has: the call moves to the relay and stays there for the
+/// loss hold (30 s) although the direct path answers every probe; then it wins back.
+#[test]
+fn a_path_left_for_loss_is_not_taken_back_at_once() {
+    let mut w = world(
+        vec![reflexive("198.18.1.2:4000")],
+        false,
+        vec![reflexive("198.18.2.2:4000")],
+        false,
+    );
+    w.media(Duration::from_secs(1));
+    let lossy = high_loss();
+    for _ in 0..2 {
+        let now = w.now;
+        w.sides[0].pm.handle_message(now, &lossy);
+    }
+    w.media(Duration::from_secs(10));
+    assert_eq!(
+        w.switches(0).last(),
+        Some(&(PathKind::RelayUdp, SwitchReason::Loss)),
+        "the direct path answers, but lost a quarter: not back within 10 s"
+    );
+    w.media(Duration::from_secs(25));
+    assert_eq!(
+        w.switches(0).last(),
+        Some(&(PathKind::Direct, SwitchReason::Better))
+    );
+}
+
+/// Loss that follows the call to the relay is a bottleneck both paths share (a narrow access
+/// link): the call goes back to the direct path and stops switching for loss, instead of
+/// flapping between the two every few seconds (as it did behind a 16 kbit/s `tc tbf` link).
+#[test]
+fn loss_that_follows_the_call_switches_no_more_paths() {
+    let mut w = world(
+        vec![reflexive("198.18.1.2:4000")],
+        false,
+        vec![reflexive("198.18.2.2:4000")],
+        false,
+    );
+    w.media(Duration::from_secs(1));
+    let lossy = high_loss();
+    let report = |w: &mut World, n: usize| {
+        for _ in 0..n {
+            let now = w.now;
+            w.sides[0].pm.handle_message(now, &lossy);
+            w.media(Duration::from_secs(1));
+        }
+    };
+    report(&mut w, 2);
+    assert_eq!(
+        w.switches(0).last(),
+        Some(&(PathKind::RelayUdp, SwitchReason::Loss))
+    );
+    // Just as lossy on the relay: back to the direct path...
+    report(&mut w, 2);
+    w.media(Duration::from_secs(5));
+    assert_eq!(
+        w.switches(0).last(),
+        Some(&(PathKind::Direct, SwitchReason::Better))
+    );
+    // ... and there it stays, however lossy, for the hold.
+    let switches = w.switches(0).len();
+    report(&mut w, 20);
+    assert_eq!(w.switches(0).len(), switches, "{:?}", w.switches(0));
+}
+
+fn high_loss() -> Message<'static> {
+    Message::MediaReport {
+        call: CallId([1; 16]),
+        expected: 50,
+        lost: 20,
+        jitter_ms: 3,
+        rtt_ms: 20,
+        ext: None,
+    }
+}
+
 #[test]
 fn on_hold_the_active_path_is_probed_three_times_a_second() {
     let mut w = world(vec![], false, vec![], false);

@@ -135,6 +135,9 @@ pub enum RateState {
     Increase,
 }
 
+/// Loss at or above which an estimate is held, not grown.
+const HOLD_LOSS: f64 = 0.10;
+
 /// The sender's side (see the [module documentation](self)).
 #[derive(Debug, Clone)]
 pub struct RateController {
@@ -238,7 +241,11 @@ impl RateController {
             self.hold = true;
             self.state = RateState::Decreased;
         } else if let Some(e) = self.estimate {
-            if self.hold {
+            if self.hold || loss >= HOLD_LOSS {
+                // Just after a decrease, or still losing a tenth (GCC's loss-based rule:
+                // hold between 2 and 10 %, never grow above): a queue the receiver cannot
+                // see (its transit floor reset with a path switch, a standing queue from
+                // the start) must not let the estimate grow back into the loss.
                 self.hold = false;
                 self.state = RateState::Hold;
             } else {
@@ -397,6 +404,26 @@ mod tests {
         assert_eq!(
             c.on_report(SEC, 0.9, &frozen, 45_000.0),
             Some((FLOOR_BPS * BACKOFF) as u32)
+        );
+    }
+
+    /// Once limited, a tenth of the frames lost holds the estimate even without a queue the
+    /// receiver can see (its transit floor reset with a path switch): it grows again only
+    /// when the loss is gone.
+    #[test]
+    fn heavy_loss_holds_an_estimate() {
+        let mut c = RateController::default();
+        let s = Duration::from_secs(1);
+        c.on_report(s, 0.3, &report(120.0, 16_000.0), 45_000.0);
+        let limited = c.estimate().expect("overuse sets a limit");
+        for _ in 0..5 {
+            c.on_report(s, 0.2, &report(0.0, 0.0), 45_000.0);
+            assert_eq!(c.estimate(), Some(limited), "held at 20 % loss");
+        }
+        c.on_report(s, 0.0, &report(0.0, 16_000.0), 45_000.0);
+        assert!(
+            c.estimate().unwrap() > limited,
+            "grows once the loss is gone"
         );
     }
 

@@ -44,6 +44,12 @@ pub struct PathConfig {
     pub max_rtt: Duration,
     /// A direct path that failed wins back after this many answers in a row (default 3).
     pub recover_after: u32,
+    /// After a switch for loss, the path left is not taken back for this long (default 30
+    /// s; doubled at each switch for loss, up to 8 times): a lossy route that answers probes
+    /// would otherwise win back at once and lose again. When the loss follows the call to the
+    /// new path, it is not the path's: a bottleneck both share (the access link); the call
+    /// goes back to the best path and loss switches no paths for as long.
+    pub loss_hold: Duration,
     /// Candidate messages are repeated this often until the peer's have arrived (default 1 s).
     pub candidates_retransmit: Duration,
     /// Receiver reports go out this often (default 1 s).
@@ -94,6 +100,7 @@ impl Default for PathConfig {
             max_loss: 0.25,
             max_rtt: Duration::from_secs(4),
             recover_after: 3,
+            loss_hold: Duration::from_secs(30),
             candidates_retransmit: Duration::from_secs(1),
             report_interval: Duration::from_secs(1),
             stale_wait: Duration::from_secs(32),
@@ -462,7 +469,9 @@ impl RxStats {
 ///    stays above [`PathConfig::max_loss`] or RTT above [`PathConfig::max_rtt`] for two
 ///    reports, the manager switches to the next path (in the end the relay) without ending the
 ///    call; direct candidates are re-probed every second and win back once they answered
-///    [`PathConfig::recover_after`] times in a row. The other side, which otherwise only
+///    [`PathConfig::recover_after`] times in a row (after a switch for loss, not before
+///    [`PathConfig::loss_hold`]; loss that follows the call to the new path is a shared
+///    bottleneck's, and switches nothing for as long). The other side, which otherwise only
 ///    follows, falls back to the relay by itself when its path stays silent for twice
 ///    `dead_after` (its NAT restarted, say, and the controlling side's packets no longer reach
 ///    it).
@@ -556,6 +565,13 @@ pub struct PathManager {
     peer_report_ext: bool,
     high_loss_reports: u32,
     high_rtt_reports: u32,
+    /// Until when the path left for loss stays left ([`PathConfig::loss_hold`]).
+    loss_hold_until: Option<Instant>,
+    /// Until when reported loss switches no paths (it followed the call: a shared
+    /// bottleneck).
+    loss_ignored_until: Option<Instant>,
+    /// Switches for loss so far (each doubles the hold).
+    loss_switches: u32,
     actions: VecDeque<PathAction>,
 }
 
@@ -617,6 +633,9 @@ impl PathManager {
             peer_report_ext: false,
             high_loss_reports: 0,
             high_rtt_reports: 0,
+            loss_hold_until: None,
+            loss_ignored_until: None,
+            loss_switches: 0,
             actions: VecDeque::new(),
         };
         m.set_local_candidates(local);
@@ -851,14 +870,15 @@ impl PathManager {
             } if *call == self.call && *expected > 0 => {
                 self.loss_out = f64::from(*lost) / f64::from(*expected);
                 self.report_out = (*lost, *ext);
-                if self.loss_out > self.cfg.max_loss {
+                let ignored = self.loss_ignored_until.is_some_and(|t| now < t);
+                if self.loss_out > self.cfg.max_loss && !ignored {
                     self.high_loss_reports += 1;
                 } else {
                     self.high_loss_reports = 0;
                 }
                 if self.high_loss_reports >= 2 {
                     self.high_loss_reports = 0;
-                    self.fail_active(now, SwitchReason::Loss);
+                    self.on_high_loss(now);
                 }
             }
             _ => {}
@@ -1095,6 +1115,14 @@ impl PathManager {
         if path == self.active {
             return;
         }
+        // Within the hold, only a path in use that went silent for five times `dead_after`
+        // brings the old one back (a relay whose super node died; a congested one's silences
+        // are shorter).
+        let alive = now.saturating_duration_since(self.last_heard) < self.cfg.dead_after * 5;
+        if self.loss_hold_until.is_some_and(|t| now < t) && alive {
+            // Left for loss a moment ago: it answers probes, but media lost too much on it.
+            return;
+        }
         let better = match self.active.peer_udp() {
             None => true,
             // A direct path from a port this side has left (it came back during a rebind).
@@ -1239,6 +1267,33 @@ impl PathManager {
 
     /// The active path does not do: mark it failed and move to the next best (the relay
     /// last).
+    /// The peer reported loss above [`PathConfig::max_loss`] twice in a row.
+    fn on_high_loss(&mut self, now: Instant) {
+        if !self.controlling {
+            return;
+        }
+        let hold = self.cfg.loss_hold * (1u32 << self.loss_switches.min(3));
+        if self.loss_hold_until.is_some_and(|t| now < t) {
+            // On the path moved to for loss, and it loses as much: the loss is not the
+            // path's. Back to the best path (the one left, if it answers), and let the
+            // congestion control deal with it: switching paths would only reset what it
+            // measured.
+            self.loss_hold_until = None;
+            self.loss_ignored_until = Some(now + hold);
+            for r in &mut self.remotes {
+                r.failed = false;
+            }
+            self.choose(now);
+            return;
+        }
+        if self.active.is_relayed() {
+            return;
+        }
+        self.loss_switches += 1;
+        self.loss_hold_until = Some(now + hold);
+        self.fail_active(now, SwitchReason::Loss);
+    }
+
     fn fail_active(&mut self, now: Instant, reason: SwitchReason) {
         if !self.controlling {
             return;
