@@ -45,10 +45,11 @@ pub struct PathConfig {
     /// A direct path that failed wins back after this many answers in a row (default 3).
     pub recover_after: u32,
     /// After a switch for loss, the path left is not taken back for this long (default 30
-    /// s; doubled at each switch for loss, up to 8 times): a lossy route that answers probes
-    /// would otherwise win back at once and lose again. When the loss follows the call to the
-    /// new path, it is not the path's: a bottleneck both share (the access link); the call
-    /// goes back to the best path and loss switches no paths for as long.
+    /// s; twice as long at each further switch for loss, up to 8 times as long: 4 min): a
+    /// lossy route that answers probes would otherwise win back at once and lose again.
+    /// When the loss follows the call to the new path, it is not the path's but a
+    /// bottleneck both share (the access link): the call may go back to the path left, and
+    /// loss switches no paths for as long. A new network or port forgets both.
     pub loss_hold: Duration,
     /// Candidate messages are repeated this often until the peer's have arrived (default 1 s).
     pub candidates_retransmit: Duration,
@@ -570,8 +571,11 @@ pub struct PathManager {
     /// Until when reported loss switches no paths (it followed the call: a shared
     /// bottleneck).
     loss_ignored_until: Option<Instant>,
-    /// Switches for loss so far (each doubles the hold).
+    /// Switches for loss so far (each doubles the hold), the current hold, and the direct
+    /// path left for loss (its peer address).
     loss_switches: u32,
+    loss_hold_len: Duration,
+    loss_left: Option<SocketAddr>,
     actions: VecDeque<PathAction>,
 }
 
@@ -636,6 +640,8 @@ impl PathManager {
             loss_hold_until: None,
             loss_ignored_until: None,
             loss_switches: 0,
+            loss_hold_len: Duration::ZERO,
+            loss_left: None,
             actions: VecDeque::new(),
         };
         m.set_local_candidates(local);
@@ -691,6 +697,7 @@ impl PathManager {
             self.next_candidates.get_or_insert(now);
             return;
         }
+        self.forget_loss();
         self.reopen(now);
     }
 
@@ -1060,6 +1067,16 @@ impl PathManager {
                 .push_back(PathAction::UsePath(self.active.clone()));
             return;
         }
+        // Nor do frames the peer still sends on the path left for loss, until it follows.
+        if self.controlling
+            && self.loss_left.is_some()
+            && path.peer_udp() == self.loss_left
+            && self.loss_held(now)
+        {
+            self.actions
+                .push_back(PathAction::UsePath(self.active.clone()));
+            return;
+        }
         if other_leg {
             // Following the peer to the relay, on our own leg.
             self.actions
@@ -1102,10 +1119,13 @@ impl PathManager {
             );
             return;
         }
+        // Left for loss a moment ago: it answers probes, but media lost too much on it.
+        let left = self.loss_left.filter(|_| self.loss_held(now));
         let best = self
             .remotes
             .iter()
             .filter(|r| !r.failed && r.streak > 0 && r.unanswered < 3)
+            .filter(|r| Some(r.addr) != left)
             .min_by_key(|r| Self::remote_rank(r))
             .cloned();
         let Some(best) = best else {
@@ -1113,14 +1133,6 @@ impl PathManager {
         };
         let path = Path::udp_via(self.via, best.addr);
         if path == self.active {
-            return;
-        }
-        // Within the hold, only a path in use that went silent for five times `dead_after`
-        // brings the old one back (a relay whose super node died; a congested one's silences
-        // are shorter).
-        let alive = now.saturating_duration_since(self.last_heard) < self.cfg.dead_after * 5;
-        if self.loss_hold_until.is_some_and(|t| now < t) && alive {
-            // Left for loss a moment ago: it answers probes, but media lost too much on it.
             return;
         }
         let better = match self.active.peer_udp() {
@@ -1185,6 +1197,7 @@ impl PathManager {
     /// towards the new mapping by then). The owner may close the port used before.
     pub fn rebound(&mut self, now: Instant, via: SocketAddr, local: Vec<Candidate>) {
         self.rebinding = false;
+        self.forget_loss();
         // The update says it comes from a fresh port: from the controlling side, a request
         // that the peer follows; from the controlled side, the answer to one.
         self.fresh_update = self.peer_fresh;
@@ -1265,23 +1278,22 @@ impl PathManager {
         self.quiet_until = Some(now + wait);
     }
 
-    /// The active path does not do: mark it failed and move to the next best (the relay
-    /// last).
     /// The peer reported loss above [`PathConfig::max_loss`] twice in a row.
     fn on_high_loss(&mut self, now: Instant) {
         if !self.controlling {
             return;
         }
-        let hold = self.cfg.loss_hold * (1u32 << self.loss_switches.min(3));
-        if self.loss_hold_until.is_some_and(|t| now < t) {
+        if self.loss_held(now) && self.active.peer_udp() != self.loss_left {
             // On the path moved to for loss, and it loses as much: the loss is not the
-            // path's. Back to the best path (the one left, if it answers), and let the
-            // congestion control deal with it: switching paths would only reset what it
-            // measured.
+            // path's but a bottleneck both share. Back to the path left once it answers, and
+            // let the congestion control deal with the loss: switching paths would only
+            // reset what it measured.
             self.loss_hold_until = None;
-            self.loss_ignored_until = Some(now + hold);
-            for r in &mut self.remotes {
-                r.failed = false;
+            self.loss_ignored_until = now.checked_add(self.loss_hold_len);
+            if let Some(left) = self.loss_left.take() {
+                if let Some(r) = self.remotes.iter_mut().find(|r| r.addr == left) {
+                    r.failed = false;
+                }
             }
             self.choose(now);
             return;
@@ -1289,11 +1301,30 @@ impl PathManager {
         if self.active.is_relayed() {
             return;
         }
+        self.loss_hold_len = self.cfg.loss_hold * (1u32 << self.loss_switches.min(3));
         self.loss_switches += 1;
-        self.loss_hold_until = Some(now + hold);
+        self.loss_hold_until = now.checked_add(self.loss_hold_len);
+        self.loss_left = self.active.peer_udp();
         self.fail_active(now, SwitchReason::Loss);
     }
 
+    /// Within the hold after a switch for loss, with the path in use alive (a path silent for
+    /// five times `dead_after`, a relay whose super node died, ends the hold's effect; a
+    /// congested one's silences are shorter).
+    fn loss_held(&self, now: Instant) -> bool {
+        self.loss_hold_until.is_some_and(|t| now < t)
+            && now.saturating_duration_since(self.last_heard) < self.cfg.dead_after * 5
+    }
+
+    /// A new network or port: what was learnt of loss on the old paths no longer holds.
+    fn forget_loss(&mut self) {
+        self.loss_hold_until = None;
+        self.loss_ignored_until = None;
+        self.loss_left = None;
+    }
+
+    /// The active path does not do: mark it failed and move to the next best (the relay
+    /// last).
     fn fail_active(&mut self, now: Instant, reason: SwitchReason) {
         if !self.controlling {
             return;
