@@ -333,22 +333,9 @@ fn a_dead_direct_path_falls_back_to_the_relay_within_a_second_and_recovers() {
 
 #[test]
 fn reported_loss_above_a_quarter_moves_the_call_to_the_relay() {
-    let mut w = world(
-        vec![reflexive("198.18.1.2:4000")],
-        false,
-        vec![reflexive("198.18.2.2:4000")],
-        false,
-    );
-    w.media(Duration::from_secs(1));
+    let mut w = direct_call();
     assert_eq!(w.switches(0).last().unwrap().0, PathKind::Direct);
-    let report = Message::MediaReport {
-        call: CallId([1; 16]),
-        expected: 50,
-        lost: 20,
-        jitter_ms: 3,
-        rtt_ms: 20,
-        ext: None,
-    };
+    let report = high_loss();
     let now = w.now;
     w.sides[0].pm.handle_message(now, &report);
     w.run(Duration::from_millis(10));
@@ -370,13 +357,7 @@ fn reported_loss_above_a_quarter_moves_the_call_to_the_relay() {
 /// loss hold (30 s) although the direct path answers every probe; then it wins back.
 #[test]
 fn a_path_left_for_loss_is_not_taken_back_at_once() {
-    let mut w = world(
-        vec![reflexive("198.18.1.2:4000")],
-        false,
-        vec![reflexive("198.18.2.2:4000")],
-        false,
-    );
-    w.media(Duration::from_secs(1));
+    let mut w = direct_call();
     let lossy = high_loss();
     for _ in 0..2 {
         let now = w.now;
@@ -400,13 +381,7 @@ fn a_path_left_for_loss_is_not_taken_back_at_once() {
 /// flapping between the two every few seconds (as it did behind a 16 kbit/s `tc tbf` link).
 #[test]
 fn loss_that_follows_the_call_switches_no_more_paths() {
-    let mut w = world(
-        vec![reflexive("198.18.1.2:4000")],
-        false,
-        vec![reflexive("198.18.2.2:4000")],
-        false,
-    );
-    w.media(Duration::from_secs(1));
+    let mut w = direct_call();
     let lossy = high_loss();
     let report = |w: &mut World, n: usize| {
         for _ in 0..n {
@@ -433,6 +408,19 @@ fn loss_that_follows_the_call_switches_no_more_paths() {
     assert_eq!(w.switches(0).len(), switches, "{:?}", w.switches(0));
 }
 
+/// Two sides behind port-restricted NATs, on their direct path after a second of media.
+fn direct_call() -> World {
+    let mut w = world(
+        vec![reflexive("198.18.1.2:4000")],
+        false,
+        vec![reflexive("198.18.2.2:4000")],
+        false,
+    );
+    w.media(Duration::from_secs(1));
+    w
+}
+
+/// A receiver report of 40 % loss.
 fn high_loss() -> Message<'static> {
     Message::MediaReport {
         call: CallId([1; 16]),
