@@ -675,3 +675,35 @@ fn relay_only_never_tells_its_addresses_nor_leaves_the_relay() {
         }
     )));
 }
+
+#[test]
+fn checks_after_a_move_go_gently_while_the_relay_carries_the_call() {
+    let mut w = direct_call();
+    // The caller moves to another port of its NAT: the direct path dies, the relay carries
+    // the call, and its new candidates go to the callee.
+    w.cut = true;
+    w.media(Duration::from_secs(1));
+    assert!(w.sides[0].active.is_relayed(), "{:?}", w.switches(0));
+    w.cut = false;
+    w.sides[0].addrs = vec![addr("198.18.1.2:5000")];
+    let now = w.now;
+    w.sides[0]
+        .pm
+        .update_local_candidates(now, vec![reflexive("198.18.1.2:5000")]);
+    let before = w.sides.each_ref().map(|s| s.probes_sent);
+    w.media(Duration::from_secs(3));
+    // The checks share the narrowest link with the media: 4 a second per candidate (with
+    // the opening probes and the relay's and the active path's, about 6), not 20 (22 a
+    // second before they were paced).
+    for (i, side) in w.sides.iter().enumerate() {
+        let per_sec = f64::from(side.probes_sent - before[i]) / 3.0;
+        assert!(per_sec <= 8.0, "side {i}: {per_sec} probes a second");
+    }
+    // And the call is back on its direct path all the same.
+    assert_eq!(
+        w.switches(0).last(),
+        Some(&(PathKind::Direct, SwitchReason::Better)),
+        "{:?}",
+        w.switches(0)
+    );
+}
