@@ -59,8 +59,13 @@ pub enum FrameDuration {
     Ms20,
     /// 40 ms, 25 packets/s: less header overhead on slow links.
     Ms40,
-    /// 60 ms, 16.7 packets/s: the least overhead.
+    /// 60 ms, 16.7 packets/s: the longest single Opus frame.
     Ms60,
+    /// 80 ms, 12.5 packets/s (two 40 ms Opus frames in one packet).
+    Ms80,
+    /// 120 ms, 8.3 packets/s (two 60 ms Opus frames in one packet): the least overhead, for
+    /// the narrowest links only (each lost packet is a gap of 120 ms).
+    Ms120,
 }
 
 impl FrameDuration {
@@ -70,6 +75,8 @@ impl FrameDuration {
             Self::Ms20 => 20,
             Self::Ms40 => 40,
             Self::Ms60 => 60,
+            Self::Ms80 => 80,
+            Self::Ms120 => 120,
         }
     }
 
@@ -228,11 +235,11 @@ impl OpusEncoder {
         Ok(self.inner.lookahead()? as usize)
     }
 
-    /// Encode one frame of `pcm` (2.5 to 60 ms of mono samples) into `out`; returns the packet
+    /// Encode one frame of `pcm` (2.5 to 120 ms of mono samples) into `out`; returns the packet
     /// length. A packet of 1 or 2 bytes is a DTX frame (nothing worth sending).
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
         let tick = self.rate.samples_per_tick();
-        if pcm.is_empty() || !pcm.len().is_multiple_of(tick) || pcm.len() > 24 * tick {
+        if pcm.is_empty() || !pcm.len().is_multiple_of(tick) || pcm.len() > 48 * tick {
             return Err(CodecError::FrameSize {
                 got: pcm.len(),
                 expected: FrameDuration::Ms20.samples(self.rate),
@@ -351,6 +358,8 @@ mod tests {
             (SampleRate::Wideband, FrameDuration::Ms20),
             (SampleRate::Wideband, FrameDuration::Ms40),
             (SampleRate::Wideband, FrameDuration::Ms60),
+            (SampleRate::Wideband, FrameDuration::Ms80),
+            (SampleRate::Wideband, FrameDuration::Ms120),
             (SampleRate::Fullband, FrameDuration::Ms20),
         ] {
             let snr = round_trip(rate, frame, 24_000);

@@ -48,8 +48,8 @@ const NEAR_HIGH: f64 = 1.1;
 /// A queue counts as one only when it is at least this many times the interarrival jitter.
 const JITTER_FACTOR: f64 = 3.0;
 /// The least estimate, bit/s on the wire: about the smallest stream the sender makes (6
-/// kbit/s of Opus in 60 ms frames with their headers).
-pub const FLOOR_BPS: f64 = 14_000.0;
+/// kbit/s of Opus in 120 ms packets with their headers).
+pub const FLOOR_BPS: f64 = 10_000.0;
 /// On overuse, the estimate becomes this share of the received rate.
 pub const BACKOFF: f64 = 0.85;
 /// The controller decides once this much media (seconds) was reported.

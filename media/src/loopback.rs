@@ -634,7 +634,7 @@ pub struct LoopbackArgs {
     /// Fullband (48 kHz) instead of wideband (16 kHz).
     #[arg(long)]
     pub fullband: bool,
-    /// Frame duration in ms: 20, 40 or 60.
+    /// Frame duration in ms: 20, 40, 60, 80 or 120.
     #[arg(long, default_value_t = 20)]
     pub frame_ms: u32,
     /// Discontinuous transmission (silence suppression).
@@ -691,8 +691,10 @@ pub fn main(args: LoopbackArgs) -> i32 {
         20 => FrameDuration::Ms20,
         40 => FrameDuration::Ms40,
         60 => FrameDuration::Ms60,
+        80 => FrameDuration::Ms80,
+        120 => FrameDuration::Ms120,
         other => {
-            eprintln!("error: --frame-ms must be 20, 40 or 60, not {other}");
+            eprintln!("error: --frame-ms must be 20, 40, 60, 80 or 120, not {other}");
             return 2;
         }
     };

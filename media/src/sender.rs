@@ -35,7 +35,7 @@
 //!   codes wideband FEC at all ([`fec_min_bitrate`]: 24 kbit/s up to 5 % loss); with
 //!   redundancy, at most what the budget leaves per copy and at most 64 kbit/s for primary
 //!   plus copies; and, when a bandwidth estimate exists, within 90 % of it after headers. If even 10 kbit/s of primary audio does not
-//!   fit, redundancy goes first, then frames grow to 40 and 60 ms (fewer headers), and the
+//!   fit, redundancy goes first, then frames grow to 40, 60, 80 and 120 ms (fewer headers), and the
 //!   bitrate goes down to 6 kbit/s.
 
 use std::collections::VecDeque;
@@ -258,6 +258,11 @@ pub fn plan(i: &PlanInput) -> Plan {
     } else {
         1.0
     };
+    let overshoot = if i.vbr_ratio.is_finite() {
+        i.vbr_ratio.clamp(1.0, 2.0)
+    } else {
+        1.0
+    };
     let budget =
         (f64::from(i.base_bitrate) * vbr + header_bps(0, i.base_frame)) * i.loss_budget.max(1.0);
     let fec_for = |red: u8| i.fec_allowed && red == 0 && loss >= 0.005;
@@ -272,7 +277,9 @@ pub fn plan(i: &PlanInput) -> Plan {
         }
         b = b.min(f64::from(MAX_BITRATE) / copies);
         if let Some(bw) = i.bandwidth {
-            b = b.min((f64::from(bw) * 0.9 - header_bps(red, frame)) / copies);
+            // An encoder that overshoots its target (a tone at 6 kbit/s: 1.5 times) is
+            // fitted by what it sends; one that undershoots keeps the room for its peaks.
+            b = b.min((f64::from(bw) * 0.9 - header_bps(red, frame)) / (copies * overshoot));
         }
         b.max(0.0) as u32
     };
@@ -280,7 +287,12 @@ pub fn plan(i: &PlanInput) -> Plan {
         while red > 0 && bitrate_for(red, frame) < 10_000 {
             red -= 1;
         }
-        for f in [FrameDuration::Ms40, FrameDuration::Ms60] {
+        for f in [
+            FrameDuration::Ms40,
+            FrameDuration::Ms60,
+            FrameDuration::Ms80,
+            FrameDuration::Ms120,
+        ] {
             if bitrate_for(red, frame) < 10_000 && f > frame {
                 frame = f;
             }
@@ -756,6 +768,22 @@ mod tests {
             ..input(0.0, 0.0, 0)
         });
         assert_eq!((p.frame, p.bitrate), (FrameDuration::Ms20, 16_000));
+        // 12 kbit/s (a 16 kbit/s link after the back-off): 60 ms frames would leave 3 kbit/s
+        // for audio after headers, 120 ms leave 7.
+        let p = plan(&PlanInput {
+            bandwidth: Some(12_000),
+            ..input(0.0, 0.0, 0)
+        });
+        assert_eq!(p.frame, FrameDuration::Ms120);
+        assert!(wire_bps(&p, 1.0) <= 12_000.0 * 0.9 + 1.0, "{p:?}");
+        // An encoder that sends 1.4 times its target (a tone) is fitted by what it sends.
+        let p = plan(&PlanInput {
+            bandwidth: Some(14_000),
+            vbr_ratio: 1.4,
+            ..input(0.0, 0.0, 0)
+        });
+        assert!(wire_bps(&p, 1.4) <= 14_000.0 * 0.9 + 1.0, "{p:?}");
+        assert!(p.bitrate > crate::codec::MIN_BITRATE, "{p:?}");
     }
 
     #[test]
