@@ -35,6 +35,41 @@ fn tbf_counters(text: &str) -> Option<(u64, u64, u64)> {
     Some((sent, pkts, dropped))
 }
 
+/// `media/testdata/speech.wav` (16 kHz mono, 16-bit) repeated to last `secs`, written to
+/// `path`: the caller says something for the whole run (a tone costs Opus more than speech
+/// at the lowest bitrates).
+fn long_speech(path: &std::path::Path, secs: u32) {
+    let wav = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../media/testdata/speech.wav"
+    ))
+    .unwrap();
+    let at = wav.windows(4).position(|w| w == b"data").unwrap();
+    let len = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
+    let speech = &wav[at + 8..at + 8 + len];
+    let data: Vec<u8> = speech
+        .iter()
+        .copied()
+        .cycle()
+        .take(secs as usize * 32_000)
+        .collect();
+    let mut out = Vec::with_capacity(44 + data.len());
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&16_000u32.to_le_bytes());
+    out.extend_from_slice(&32_000u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    std::fs::write(path, out).unwrap();
+}
+
 #[test]
 #[ignore = "a benchmark: benches/congestion.sh --netns"]
 fn a_call_follows_a_tbf_bottleneck() {
@@ -61,6 +96,8 @@ fn a_call_follows_a_tbf_bottleneck() {
     .unwrap();
     callee.wait_for(&["attached to super node"], WAIT).unwrap();
     let hangup = (SECONDS + 15).to_string();
+    let speech = d.join("speech.wav");
+    long_speech(&speech, SECONDS as u32 + 30);
     let mut caller = natter::start(
         &mut net,
         d,
@@ -77,6 +114,8 @@ fn a_call_follows_a_tbf_bottleneck() {
             "--exit-after-call",
             "--timeout",
             "30",
+            "--audio-in",
+            speech.to_str().unwrap(),
         ],
     )
     .unwrap();
