@@ -1,7 +1,7 @@
 //! Opus through `audiopus` (the system libopus, found with pkg-config).
 //!
-//! Mono speech, wideband (16 kHz) by default or fullband (48 kHz), in frames of 20 ms (40 or
-//! 60 ms for low-bandwidth links), in-band FEC with the expected-loss hint from measured loss,
+//! Mono speech, wideband (16 kHz) by default or fullband (48 kHz), in frames of 20 ms (40,
+//! 60, 80 or 120 ms for low-bandwidth links), in-band FEC with the expected-loss hint from measured loss,
 //! optional DTX. The wrappers turn every libopus failure into a [`CodecError`]; libopus
 //! itself validates packets, so a hostile payload yields an error, never a crash.
 

@@ -212,7 +212,7 @@ impl LoopbackResult {
             "wire_kbps": round(self.wire_bytes_per_s() * 8.0 / 1000.0, 2),
             "media_frame_bytes_avg": round(self.sender.bytes as f64 / self.sender.sent.max(1) as f64, 1),
             "opus_kbps": round(self.sender.primary_bytes as f64 * 8.0 / 1000.0
-                / (self.sender.encoded as f64 * f64::from(config.frame.ms()) / 1000.0).max(1e-9), 2),
+                / self.duration_s.max(1e-9), 2),
             "red_blocks": self.sender.red_blocks,
             "dtx_suppressed": self.sender.dtx_suppressed,
             "fec_frames": self.sender.fec_frames,
@@ -358,6 +358,8 @@ pub fn run_samples(
     let mut wire = BytesMut::new();
     let mut plaintext = Vec::new();
     let mut input_frames = 0u64;
+    // Seconds of input sent (frames change size when the sender adapts).
+    let mut input_s = 0.0f64;
     let mut wire_bytes = 0u64;
     let mut network_lost = 0u64;
     // For latency: when each frame (by its first sample index) entered the encoder.
@@ -465,6 +467,7 @@ pub fn run_samples(
                     {
                         if carries_input {
                             input_frames += 1;
+                            input_s += n as f64 / f64::from(hz);
                             wire_bytes += (wire.len() + IP_UDP) as u64;
                         }
                         second_bytes += (wire.len() + IP_UDP) as u64;
@@ -583,7 +586,7 @@ pub fn run_samples(
         latency,
         alignment_ms: shift as f64 * 1000.0 / f64::from(hz),
         delay_steps,
-        duration_s: input_frames as f64 * f64::from(config.frame.ms()) / 1000.0,
+        duration_s: input_s,
         plan: sender.plan(),
         timeline,
     })

@@ -49,8 +49,8 @@ use crate::receiver::ReceiverReport;
 /// The loss estimate covers the latest reports totalling at least this many frames (5 s).
 const LOSS_WINDOW_FRAMES: u64 = 250;
 
-/// Frames (5 s at 20 ms) the encoder's output-to-target ratio is averaged over.
-const VBR_FRAMES: f64 = 250.0;
+/// The time (ms) the encoder's output-to-target ratio is averaged over, whatever the frame size.
+const VBR_WINDOW_MS: f64 = 5_000.0;
 
 /// Frames of evidence (1 s) before the loss estimate may ask for more than one copy.
 const SETTLED_FRAMES: u64 = 50;
@@ -274,6 +274,8 @@ pub fn plan(i: &PlanInput) -> Plan {
         let copies = f64::from(red) + 1.0;
         if red > 0 {
             b = b.min((budget - header_bps(red, frame)) / (copies * vbr));
+            // A copy is at most 255 bytes (the frame's block length): 17 kbit/s at 120 ms.
+            b = b.min(255.0 * 8000.0 / (f64::from(frame.ms()) * overshoot));
         }
         b = b.min(f64::from(MAX_BITRATE) / copies);
         if let Some(bw) = i.bandwidth {
@@ -301,7 +303,7 @@ pub fn plan(i: &PlanInput) -> Plan {
     let reach = if red == 0 {
         0
     } else if bursty {
-        // Offsets are u8 ticks: 255 ticks is 10 frames of 60 ms.
+        // Offsets are u8 ticks: 255 ticks is 10 frames of 60 ms, 5 of 120.
         let most = (255 / frame.ticks().max(1)).min(u32::from(MAX_RED_REACH)) as u8;
         // Spread copies keep the widest reach of the bursty spell: the run estimate wanders
         // (2.0 to 2.7 on a link with runs of 3), and each change of reach moves the copies.
@@ -598,7 +600,8 @@ impl MediaSender {
             let target = f64::from(self.plan.bitrate) * f64::from(self.plan.frame.ms()) / 8000.0;
             if target > 0.0 {
                 let ratio = (len as f64 / target).min(2.0);
-                self.vbr_ratio += (ratio - self.vbr_ratio) / VBR_FRAMES;
+                let weight = f64::from(self.plan.frame.ms()) / VBR_WINDOW_MS;
+                self.vbr_ratio += (ratio - self.vbr_ratio) * weight;
             }
             self.history.push_back((ts, payload.to_vec()));
             while self.history.len() > usize::from(MAX_RED_REACH) {
@@ -784,6 +787,14 @@ mod tests {
         });
         assert!(wire_bps(&p, 1.4) <= 14_000.0 * 0.9 + 1.0, "{p:?}");
         assert!(p.bitrate > crate::codec::MIN_BITRATE, "{p:?}");
+        // Copies of 120 ms frames fit the 255-byte block: at most 17 kbit/s each.
+        let p = plan(&PlanInput {
+            base_bitrate: 32_000,
+            base_frame: FrameDuration::Ms120,
+            ..input(0.1, 1.0, 0)
+        });
+        assert!(p.red > 0, "{p:?}");
+        assert!(p.bitrate * 120 / 8000 <= 255, "{p:?}");
     }
 
     #[test]

@@ -31,11 +31,13 @@ pub struct PathConfig {
     /// How often each candidate is checked in a later fast phase (after a rebind, a change
     /// of candidates or a reopening) while another path carries the call (default 250 ms).
     /// Those probes share the narrowest link with the call's media: at `check_interval`,
-    /// two candidates' probes come to about 20 kbit/s, more than the smallest stream (13
-    /// kbit/s), and on a link of 16 kbit/s they starved it, lost it its direct path again
-    /// and again, and the call never fitted. ICE paced its checks to the media's rate for
-    /// this reason (RFC 5245, section 16). A call's first checks, and checks while nothing
-    /// carries the call, keep `check_interval`.
+    /// two candidates' probes came to about 25 kbit/s with their headers, more than the
+    /// smallest stream (about 10 kbit/s), and on a link of 16 kbit/s they starved it, lost it
+    /// its direct path again and again, and the call never fitted. ICE paced its checks to
+    /// the media's rate for this reason (RFC 5245, section 16). A call's first checks keep
+    /// `check_interval`, and so do later ones while nothing carries the call (decided as
+    /// each check is scheduled: a check due when the carrying path fell silent comes at
+    /// most this long after the previous one).
     pub carried_check_interval: Duration,
     /// After the first working direct path, wait this long for a better one before switching
     /// (default 100 ms).

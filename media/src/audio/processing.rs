@@ -23,7 +23,7 @@
 //! The far-end reference is what is *played*: the media thread hands every frame it writes to
 //! the speaker to [`VoiceProcessor::render`], and every captured frame through
 //! [`VoiceProcessor::capture`] before it is encoded. Both work in 10 ms pieces (the module's
-//! unit); the engine's frames (20, 40, 60 ms) are whole multiples of it.
+//! unit); the engine's frames (20 to 120 ms) are whole multiples of it.
 
 use std::collections::VecDeque;
 
