@@ -38,6 +38,7 @@
 //!   signed presence records, searching the global index.
 //! * [`call`]: call signalling (invite, ring, answer, hold, hang-up; multi-device, glare) and
 //!   a connected call's paths (candidates, hole punching, switching, quality).
+//! * [`contacts`]: the buddy list as a state that merges across a user's devices.
 //! * `testkit` (feature `testkit`): a test authority and identities, a pump for two endpoints.
 //!
 //! ## Example: two endpoints in a hand-driven loop
@@ -61,6 +62,7 @@
 #![deny(missing_docs)]
 
 pub mod call;
+pub mod contacts;
 pub mod crypto;
 pub mod endpoint;
 pub mod login;
