@@ -1,8 +1,11 @@
-//! The buddy list merges like a CRDT (any order, any number of times, the same list) and its
-//! decoder never panics and accepts only its own canonical encoding.
+//! The buddy list merges like a CRDT (any order, any number of times, the same list); its
+//! decoder never panics and accepts only its own canonical encoding; a backup opens only
+//! untouched.
 
-use natter_core::contacts::BuddyList;
+use natter_core::contacts::{backup, BuddyList, ListKey};
 use natter_core::crypto::{DeviceId, UserName};
+use natter_core::rng::Rng;
+use natter_core::testkit::TestNetwork;
 use proptest::prelude::*;
 
 /// One local edit: (user, what, value, label), applied at a time.
@@ -113,5 +116,36 @@ proptest! {
         if let Ok(other) = BuddyList::decode(&bytes, DeviceId([1; 16])) {
             prop_assert_eq!(other.encode(), bytes);
         }
+    }
+
+    #[test]
+    fn a_backup_opens_only_untouched(
+        steps in prop::collection::vec((edit(), any::<u16>()), 0..20),
+        at in any::<prop::sample::Index>(),
+        flip in 1u8..,
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let net = TestNetwork::new(3);
+        let alice = net.identity("alice");
+        let mut list = BuddyList::new(alice.certificate.device);
+        for (e, t) in &steps {
+            apply(&mut list, e, u64::from(*t));
+        }
+        let key = ListKey([7; 32]);
+        let sealed = backup::seal(&list, 1, &key, &alice.device, &alice.certificate, &mut Rng::from_seed(1));
+        let name = UserName::parse("alice").unwrap();
+        let open = |b: &[u8]| backup::open(b, &name, &key, &net.trusted(), 0, DeviceId([2; 16]));
+        prop_assert_eq!(open(&sealed).unwrap().list.encode(), list.encode());
+        let mut altered = sealed.clone();
+        altered[at.index(sealed.len())] ^= flip;
+        prop_assert!(open(&altered).is_err());
+        prop_assert!(open(&sealed[..cut.index(sealed.len())]).is_err());
+    }
+
+    #[test]
+    fn opening_random_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        let net = TestNetwork::new(3);
+        let name = UserName::parse("alice").unwrap();
+        prop_assert!(backup::open(&bytes, &name, &ListKey([7; 32]), &net.trusted(), 0, DeviceId([2; 16])).is_err());
     }
 }

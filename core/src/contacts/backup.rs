@@ -1,0 +1,331 @@
+//! The buddy list's backup: sealed so that whatever stores it (the login server, next to the
+//! account) sees only ciphertext and can neither forge it nor roll it back undetected by a
+//! device that saw a newer one.
+//!
+//! ```text
+//! "NBL1" ‖ u64 version ‖ u16 certificate length ‖ writer's certificate ‖ 12-byte nonce ‖
+//! u32 ciphertext length ‖ ciphertext ‖ 64-byte signature
+//! ```
+//!
+//! - **Encrypted** with ChaCha20-Poly1305 under the user's list key (32 bytes, known only to
+//!   the user's devices; how it reaches a new device is the key envelope's business), the
+//!   header before the nonce as associated data. The nonce is random: a key seals a few
+//!   backups a day, far from the 2^48 at which random 96-bit nonces risk a repeat.
+//! - **Signed** by the device that wrote it, with the Ed25519 key its certificate (from the
+//!   login authority) vouches for, over everything before the signature. A reader checks the
+//!   certificate against its trusted authorities and that it names the same user.
+//! - **Versioned**: each backup's version is above the one it replaces. A reader passes the
+//!   highest version it saw; an older one is [`BackupError::RolledBack`].
+//!
+//! What the store learns: the user's name (it files the blob under it), the writing device's
+//! certificate, the version (how often the list changed) and the ciphertext's length (about
+//! how many contacts). Not who they are. What it can do: withhold the backup, or hand a new
+//! install, which has seen no version yet, an older genuine one (the install merges it, and
+//! the next device to synchronise brings the newer edits back). It cannot forge or alter one
+//! (the signature), nor read one (the key).
+
+use bytes::{BufMut, BytesMut};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+
+use crate::crypto::{
+    verify_signature, CertError, Certificate, DeviceIdentity, TrustedAuthorities, UserName,
+    MAX_CERT_LEN,
+};
+use crate::rng::Rng;
+use crate::wire::{DecodeError, Reader};
+
+use super::BuddyList;
+
+/// The first bytes of a backup.
+const MAGIC: &[u8; 4] = b"NBL1";
+/// The signature's domain.
+const CONTEXT: &[u8] = b"natter-buddy-list-backup";
+/// The largest backup accepted, bytes (a list at its decoding limit fits).
+pub const MAX_BACKUP_LEN: usize = 4 * 1024 * 1024;
+
+/// The key the buddy list's backups are encrypted with (shared by the user's devices).
+#[derive(Clone)]
+pub struct ListKey(pub [u8; 32]);
+
+impl std::fmt::Debug for ListKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListKey(..)")
+    }
+}
+
+impl ListKey {
+    fn cipher(&self) -> LessSafeKey {
+        LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &self.0).expect("a 32-byte ChaCha20 key"),
+        )
+    }
+}
+
+/// Why a backup was refused. The local list is never touched by a refused backup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// Not a backup, or truncated, or longer than its fields say.
+    #[error("malformed backup: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The writer's certificate does not verify.
+    #[error("the backup's writer is not certified: {0}")]
+    Certificate(CertError),
+    /// The writer is a device of another user.
+    #[error("the backup was written for {found}, not {expected}")]
+    WrongUser {
+        /// The user asked for.
+        expected: UserName,
+        /// The user the writer's certificate names.
+        found: UserName,
+    },
+    /// The signature does not verify: the backup was altered.
+    #[error("the backup's signature does not verify (altered)")]
+    Signature,
+    /// The ciphertext does not open with this key (altered, or another key).
+    #[error("the backup does not decrypt with this key")]
+    Decrypt,
+    /// Older than a version this device saw: a rollback, or a stale copy.
+    #[error("the backup is version {found}, older than version {seen} already seen")]
+    RolledBack {
+        /// The highest version this device saw.
+        seen: u64,
+        /// The backup's version.
+        found: u64,
+    },
+}
+
+/// A backup opened: its version and the list in it.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The backup's version.
+    pub version: u64,
+    /// Its list, as the list of the reading device.
+    pub list: BuddyList,
+}
+
+/// Seal `list` as backup `version` (above the version it replaces), written by `writer`
+/// (certified by `certificate`) under `key`.
+pub fn seal(
+    list: &BuddyList,
+    version: u64,
+    key: &ListKey,
+    writer: &DeviceIdentity,
+    certificate: &Certificate,
+    rng: &mut Rng,
+) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_slice(MAGIC);
+    out.put_u64(version);
+    let cert = certificate.to_bytes();
+    out.put_u16(cert.len() as u16);
+    out.put_slice(&cert);
+    let aad_len = out.len();
+    let mut nonce = [0u8; 12];
+    rng.fill(&mut nonce);
+    out.put_slice(&nonce);
+    let mut sealed = list.encode();
+    let tag = key
+        .cipher()
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&out[..aad_len]),
+            &mut sealed,
+        )
+        .expect("a buddy list is far below ChaCha20-Poly1305's length limit");
+    out.put_u32((sealed.len() + tag.as_ref().len()) as u32);
+    out.put_slice(&sealed);
+    out.put_slice(tag.as_ref());
+    let signature = writer.sign(CONTEXT, &out);
+    out.put_slice(&signature);
+    out.to_vec()
+}
+
+/// Open a backup of `user`'s list: check its writer (against `trusted`), its signature, that
+/// it is not older than `seen` (the highest version this device saw; 0 for none), and
+/// decrypt it with `key`. The list comes back as `reader`'s (see [`BuddyList::decode`]).
+pub fn open(
+    backup: &[u8],
+    user: &UserName,
+    key: &ListKey,
+    trusted: &TrustedAuthorities,
+    seen: u64,
+    reader: crate::crypto::DeviceId,
+) -> Result<Opened, BackupError> {
+    if backup.len() > MAX_BACKUP_LEN {
+        return Err(DecodeError::TooLong {
+            what: "buddy list backup",
+            len: backup.len(),
+            max: MAX_BACKUP_LEN,
+        }
+        .into());
+    }
+    let mut r = Reader::new(backup);
+    if r.array::<4>()? != *MAGIC {
+        return Err(DecodeError::Invalid("buddy list backup").into());
+    }
+    let version = r.u64()?;
+    let certificate = Certificate::decode(r.bytes_u16("certificate", MAX_CERT_LEN)?)?;
+    let aad_len = backup.len() - r.remaining();
+    let nonce: [u8; 12] = r.array()?;
+    let sealed_len = r.u32()? as usize;
+    let mut sealed = r.take(sealed_len)?.to_vec();
+    let signed_len = backup.len() - r.remaining();
+    let signature: [u8; 64] = r.array()?;
+    r.finish()?;
+
+    // The writer: certified for this user. A list written while the certificate was valid
+    // stays readable after it expired, so the certificate is checked as of its own start.
+    certificate
+        .verify(trusted, certificate.not_before)
+        .map_err(BackupError::Certificate)?;
+    if certificate.user != *user {
+        return Err(BackupError::WrongUser {
+            expected: user.clone(),
+            found: certificate.user,
+        });
+    }
+    if !verify_signature(
+        &certificate.signing_public,
+        CONTEXT,
+        &backup[..signed_len],
+        &signature,
+    ) {
+        return Err(BackupError::Signature);
+    }
+    if version < seen {
+        return Err(BackupError::RolledBack {
+            seen,
+            found: version,
+        });
+    }
+    let plain = key
+        .cipher()
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&backup[..aad_len]),
+            &mut sealed,
+        )
+        .map_err(|_| BackupError::Decrypt)?;
+    let list = BuddyList::decode(plain, reader)?;
+    Ok(Opened { version, list })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::DeviceId;
+    use crate::testkit::TestNetwork;
+
+    fn user(name: &str) -> UserName {
+        UserName::parse(name).unwrap()
+    }
+
+    struct Setup {
+        net: TestNetwork,
+        list: BuddyList,
+        key: ListKey,
+        backup: Vec<u8>,
+    }
+
+    fn setup() -> Setup {
+        let net = TestNetwork::new(7);
+        let alice = net.identity("alice");
+        let mut list = BuddyList::new(alice.certificate.device);
+        list.set_contact(&user("bob"), true, 1_000).unwrap();
+        list.set_nickname(&user("bob"), "Bobby", 1_001).unwrap();
+        let key = ListKey([5; 32]);
+        let mut rng = Rng::from_seed(1);
+        let backup = seal(&list, 3, &key, &alice.device, &alice.certificate, &mut rng);
+        Setup {
+            net,
+            list,
+            key,
+            backup,
+        }
+    }
+
+    fn open_as_alice(s: &Setup, backup: &[u8], seen: u64) -> Result<Opened, BackupError> {
+        open(
+            backup,
+            &user("alice"),
+            &s.key,
+            &s.net.trusted(),
+            seen,
+            DeviceId([9; 16]),
+        )
+    }
+
+    #[test]
+    fn a_new_device_gets_the_list_back() {
+        let s = setup();
+        let opened = open_as_alice(&s, &s.backup, 0).unwrap();
+        assert_eq!(opened.version, 3);
+        assert_eq!(opened.list.encode(), s.list.encode());
+        assert_eq!(opened.list.device(), DeviceId([9; 16]));
+        // The store sees no contact's name.
+        assert!(!s.backup.windows(3).any(|w| w == b"bob"));
+    }
+
+    #[test]
+    fn every_altered_byte_is_refused() {
+        let s = setup();
+        for i in 0..s.backup.len() {
+            let mut bad = s.backup.clone();
+            bad[i] ^= 0x01;
+            assert!(open_as_alice(&s, &bad, 0).is_err(), "byte {i} altered");
+        }
+        for n in 0..s.backup.len() {
+            assert!(matches!(
+                open_as_alice(&s, &s.backup[..n], 0),
+                Err(BackupError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn rollback_wrong_key_and_foreign_writer_are_typed_errors() {
+        let s = setup();
+        assert_eq!(
+            open_as_alice(&s, &s.backup, 4).unwrap_err(),
+            BackupError::RolledBack { seen: 4, found: 3 }
+        );
+        assert!(open_as_alice(&s, &s.backup, 3).is_ok());
+        let other = Setup {
+            key: ListKey([6; 32]),
+            ..setup()
+        };
+        assert_eq!(
+            open_as_alice(&other, &s.backup, 0).unwrap_err(),
+            BackupError::Decrypt
+        );
+        // Mallory signs a backup of his own and passes it off as alice's.
+        let mallory = s.net.identity("mallory");
+        let forged = seal(
+            &s.list,
+            9,
+            &s.key,
+            &mallory.device,
+            &mallory.certificate,
+            &mut Rng::from_seed(2),
+        );
+        assert!(matches!(
+            open_as_alice(&s, &forged, 0),
+            Err(BackupError::WrongUser { .. })
+        ));
+        // A certificate from an authority nobody trusts.
+        let elsewhere = TestNetwork::new(8).identity("alice");
+        let foreign = seal(
+            &s.list,
+            9,
+            &s.key,
+            &elsewhere.device,
+            &elsewhere.certificate,
+            &mut Rng::from_seed(3),
+        );
+        assert!(matches!(
+            open_as_alice(&s, &foreign, 0),
+            Err(BackupError::Certificate(_))
+        ));
+    }
+}
