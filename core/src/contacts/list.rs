@@ -27,17 +27,21 @@
 //! increasing), so one list has one encoding: what a backup signs.
 //!
 //! ```text
-//! u8 format (1) ‖ u32 entries ‖ entry*
+//! u8 format (2) ‖ u16 devices ‖ 16-byte device id* ‖ u32 entries ‖ entry*
 //! entry    = u8 name length ‖ name ‖ contact ‖ blocked ‖ nickname ‖ display name ‖
 //!            u8 groups ‖ (u8 label length ‖ label ‖ member)*
 //! contact, blocked, member = stamp ‖ u8 (0 or 1)
 //! nickname, display name   = stamp ‖ u16 length ‖ UTF-8
-//! stamp    = u64 milliseconds ‖ 16-byte device id
+//! stamp    = u16 device index ‖ u64 milliseconds, or 0xFFFF alone: never set
 //! ```
 //!
-//! (big-endian). Local edits stop at [`MAX_ENTRIES`] entries and [`MAX_GROUPS`] groups per
-//! contact; a merge never drops anything (dropping would break convergence), so a merged list
-//! may hold more, and the decoder accepts up to [`DECODE_FACTOR`] times the limits.
+//! (big-endian). The devices that made the stamps are listed once, in order, each used at
+//! least once: a contact with a nickname takes about 46 bytes
+//! (`tests::a_thousand_contacts_fit_a_frame`), so about 1,400 fit a 64 KiB frame.
+//!
+//! Local edits stop at [`MAX_ENTRIES`] entries and [`MAX_GROUPS`] groups per contact; a merge
+//! never drops anything (dropping would break convergence), so a merged list may hold more,
+//! and the decoder accepts up to [`DECODE_FACTOR`] times the limits.
 
 use std::collections::BTreeMap;
 
@@ -57,7 +61,11 @@ pub const MAX_LABEL: usize = 64;
 /// A decoded (merged) list may hold this many times the local limits.
 pub const DECODE_FACTOR: usize = 4;
 /// The encoding's format byte.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// The stamp index meaning "never set" ([`Stamp::ZERO`]).
+const NEVER: u16 = u16::MAX;
+/// Most devices in one encoded list.
+const MAX_DEVICES: usize = 4096;
 
 /// When an edit was made: the hybrid logical clock's milliseconds, then the device that made
 /// it. Ordered by time, then device: two devices never make equal stamps, and one device
@@ -77,16 +85,48 @@ impl Stamp {
         device: DeviceId([0; 16]),
     };
 
-    fn encode(&self, out: &mut BytesMut) {
-        out.put_u64(self.ms);
-        out.put_slice(&self.device.0);
+    fn encode(&self, devices: &BTreeMap<DeviceId, u16>, out: &mut BytesMut) {
+        if *self == Stamp::ZERO {
+            out.put_u16(NEVER);
+        } else {
+            out.put_u16(devices[&self.device]);
+            out.put_u64(self.ms);
+        }
     }
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Self {
+    fn decode(r: &mut Reader<'_>, devices: &mut DeviceTable) -> Result<Self, DecodeError> {
+        let i = r.u16()?;
+        if i == NEVER {
+            return Ok(Stamp::ZERO);
+        }
+        let device = devices.take(i)?;
+        let stamp = Stamp {
             ms: r.u64()?,
-            device: DeviceId(r.array()?),
-        })
+            device,
+        };
+        if stamp == Stamp::ZERO {
+            // Would have been written as "never set".
+            return Err(DecodeError::Invalid("stamp"));
+        }
+        Ok(stamp)
+    }
+}
+
+/// The devices of an encoded list, as the decoder reads them: every one must be used.
+struct DeviceTable {
+    ids: Vec<DeviceId>,
+    used: Vec<bool>,
+}
+
+impl DeviceTable {
+    fn take(&mut self, i: u16) -> Result<DeviceId, DecodeError> {
+        let i = usize::from(i);
+        let id = *self
+            .ids
+            .get(i)
+            .ok_or(DecodeError::Invalid("device index"))?;
+        self.used[i] = true;
+        Ok(id)
     }
 }
 
@@ -205,25 +245,37 @@ impl Entry {
         latest
     }
 
-    fn encode(&self, out: &mut BytesMut) {
-        encode_flag(&self.contact, out);
-        encode_flag(&self.blocked, out);
-        encode_text(&self.nickname, out);
-        encode_text(&self.display_name, out);
+    /// Every stamp of the entry.
+    fn stamps(&self) -> impl Iterator<Item = Stamp> + '_ {
+        [
+            self.contact.stamp,
+            self.blocked.stamp,
+            self.nickname.stamp,
+            self.display_name.stamp,
+        ]
+        .into_iter()
+        .chain(self.groups.values().map(|m| m.stamp))
+    }
+
+    fn encode(&self, devices: &BTreeMap<DeviceId, u16>, out: &mut BytesMut) {
+        encode_flag(&self.contact, devices, out);
+        encode_flag(&self.blocked, devices, out);
+        encode_text(&self.nickname, devices, out);
+        encode_text(&self.display_name, devices, out);
         // At most 255 groups: local edits stop at MAX_GROUPS, decoding at four times that.
         out.put_u8(self.groups.len().min(usize::from(u8::MAX)) as u8);
         for (label, member) in self.groups.iter().take(usize::from(u8::MAX)) {
             out.put_u8(label.len() as u8);
             out.put_slice(label.as_bytes());
-            encode_flag(member, out);
+            encode_flag(member, devices, out);
         }
     }
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let contact = decode_flag(r)?;
-        let blocked = decode_flag(r)?;
-        let nickname = decode_text(r, "nickname")?;
-        let display_name = decode_text(r, "display name")?;
+    fn decode(r: &mut Reader<'_>, devices: &mut DeviceTable) -> Result<Self, DecodeError> {
+        let contact = decode_flag(r, devices)?;
+        let blocked = decode_flag(r, devices)?;
+        let nickname = decode_text(r, devices, "nickname")?;
+        let display_name = decode_text(r, devices, "display name")?;
         let count = usize::from(r.u8()?);
         if count > MAX_GROUPS * DECODE_FACTOR {
             return Err(DecodeError::TooLong {
@@ -241,7 +293,7 @@ impl Entry {
                 return Err(DecodeError::Invalid("group order"));
             }
             last = Some(label.to_owned());
-            groups.insert(label.to_owned(), decode_flag(r)?);
+            groups.insert(label.to_owned(), decode_flag(r, devices)?);
         }
         Ok(Self {
             contact,
@@ -253,25 +305,29 @@ impl Entry {
     }
 }
 
-fn encode_flag(reg: &Lww<bool>, out: &mut BytesMut) {
-    reg.stamp.encode(out);
+fn encode_flag(reg: &Lww<bool>, devices: &BTreeMap<DeviceId, u16>, out: &mut BytesMut) {
+    reg.stamp.encode(devices, out);
     out.put_u8(u8::from(reg.value));
 }
 
-fn decode_flag(r: &mut Reader<'_>) -> Result<Lww<bool>, DecodeError> {
-    let stamp = Stamp::decode(r)?;
+fn decode_flag(r: &mut Reader<'_>, devices: &mut DeviceTable) -> Result<Lww<bool>, DecodeError> {
+    let stamp = Stamp::decode(r, devices)?;
     let value = r.bool("flag")?;
     Ok(Lww { value, stamp })
 }
 
-fn encode_text(reg: &Lww<String>, out: &mut BytesMut) {
-    reg.stamp.encode(out);
+fn encode_text(reg: &Lww<String>, devices: &BTreeMap<DeviceId, u16>, out: &mut BytesMut) {
+    reg.stamp.encode(devices, out);
     out.put_u16(reg.value.len() as u16);
     out.put_slice(reg.value.as_bytes());
 }
 
-fn decode_text(r: &mut Reader<'_>, what: &'static str) -> Result<Lww<String>, DecodeError> {
-    let stamp = Stamp::decode(r)?;
+fn decode_text(
+    r: &mut Reader<'_>,
+    devices: &mut DeviceTable,
+    what: &'static str,
+) -> Result<Lww<String>, DecodeError> {
+    let stamp = Stamp::decode(r, devices)?;
     let value = std::str::from_utf8(r.bytes_u16(what, MAX_NAME_TEXT)?)
         .map_err(|_| DecodeError::Invalid(what))?
         .to_owned();
@@ -445,14 +501,30 @@ impl BuddyList {
 
     /// The entries, encoded (see the [module documentation](self)).
     pub fn encode(&self) -> Vec<u8> {
+        let mut devices: BTreeMap<DeviceId, u16> = self
+            .entries
+            .values()
+            .flat_map(Entry::stamps)
+            .filter(|s| *s != Stamp::ZERO)
+            .map(|s| (s.device, 0))
+            .collect();
         let mut out = BytesMut::new();
         out.put_u8(FORMAT);
+        // More devices than an index holds would take years of new installs; the encoding
+        // then stops at the limit (the decoder refuses it, as for any list past its limits).
+        out.put_u16(devices.len().min(MAX_DEVICES) as u16);
+        for (i, (id, index)) in devices.iter_mut().enumerate() {
+            *index = i as u16;
+            if i < MAX_DEVICES {
+                out.put_slice(&id.0);
+            }
+        }
         out.put_u32(self.entries.len() as u32);
         for (user, entry) in &self.entries {
             let name = user.as_str();
             out.put_u8(name.len() as u8);
             out.put_slice(name.as_bytes());
-            entry.encode(&mut out);
+            entry.encode(&devices, &mut out);
         }
         out.to_vec()
     }
@@ -463,6 +535,25 @@ impl BuddyList {
         let mut r = Reader::new(buf);
         if r.u8()? != FORMAT {
             return Err(DecodeError::Invalid("buddy list format"));
+        }
+        let n = usize::from(r.u16()?);
+        if n > MAX_DEVICES {
+            return Err(DecodeError::TooLong {
+                what: "devices",
+                len: n,
+                max: MAX_DEVICES,
+            });
+        }
+        let mut devices = DeviceTable {
+            ids: Vec::with_capacity(n),
+            used: vec![false; n],
+        };
+        for _ in 0..n {
+            let id = DeviceId(r.array()?);
+            if devices.ids.last().is_some_and(|last| *last >= id) {
+                return Err(DecodeError::Invalid("device order"));
+            }
+            devices.ids.push(id);
         }
         let count = r.u32()? as usize;
         let max = MAX_ENTRIES * DECODE_FACTOR;
@@ -487,11 +578,14 @@ impl BuddyList {
             {
                 return Err(DecodeError::Invalid("entry order"));
             }
-            let entry = Entry::decode(&mut r)?;
+            let entry = Entry::decode(&mut r, &mut devices)?;
             list.clock = list.clock.max(entry.latest().ms);
             list.entries.insert(user, entry);
         }
         r.finish()?;
+        if devices.used.contains(&false) {
+            return Err(DecodeError::Invalid("unused device"));
+        }
         Ok(list)
     }
 
@@ -626,18 +720,41 @@ mod tests {
         let bytes = l.encode();
         let back = BuddyList::decode(&bytes, device(1)).unwrap();
         assert_eq!(back.encode(), bytes);
-        // Swapping the two entries (of the same length) breaks the order.
-        let entry = (bytes.len() - 5) / 2;
-        let mut swapped = bytes[..5].to_vec();
-        swapped.extend_from_slice(&bytes[5 + entry..]);
-        swapped.extend_from_slice(&bytes[5..5 + entry]);
+        // Swapping the two entries (of the same length) breaks the order. The header: the
+        // format, one device, the entry count.
+        let head = 1 + 2 + 16 + 4;
+        let entry = (bytes.len() - head) / 2;
+        let mut swapped = bytes[..head].to_vec();
+        swapped.extend_from_slice(&bytes[head + entry..]);
+        swapped.extend_from_slice(&bytes[head..head + entry]);
         assert_eq!(
             BuddyList::decode(&swapped, device(1)),
             Err(DecodeError::Invalid("entry order"))
         );
         // Upper case is not the canonical form of a name.
         let mut upper = bytes.clone();
-        upper[6] = b'A';
+        upper[head + 1] = b'A';
         assert!(BuddyList::decode(&upper, device(1)).is_err());
+        // A device listed but never used is another encoding of the same list.
+        let mut extra = vec![FORMAT, 0, 2];
+        extra.extend_from_slice(&[0; 16]);
+        extra.extend_from_slice(&bytes[3..]);
+        assert_eq!(
+            BuddyList::decode(&extra, device(1)),
+            Err(DecodeError::Invalid("unused device"))
+        );
+    }
+
+    #[test]
+    fn a_thousand_contacts_fit_a_frame() {
+        let mut l = BuddyList::new(device(1));
+        for i in 0..1_000 {
+            let u = user(&format!("contact{i}"));
+            l.set_contact(&u, true, 1_000 + i).unwrap();
+            l.set_nickname(&u, "Nick", 2_000 + i).unwrap();
+        }
+        let len = l.encode().len();
+        eprintln!("1,000 contacts with nicknames: {len} bytes");
+        assert!(len < 60_000, "{len} bytes");
     }
 }
