@@ -131,6 +131,16 @@ impl JobContext<'_> {
         Ok(())
     }
 
+    /// The asking `device` is one of `user`'s, not revoked.
+    fn device_in_use(&self, user: &UserName, device: &DeviceId) -> Result<(), LoginError> {
+        match self.store.device(device).map_err(|e| backend(&e))? {
+            Some(d) if d.user != *user => Err(LoginError::UnknownDevice),
+            None => Err(LoginError::UnknownDevice),
+            Some(d) if d.revoked_at.is_some() => Err(LoginError::Revoked),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Run one job.
     pub fn run(&self, item: &WorkItem) -> JobOutcome {
         match self.run_inner(item) {
@@ -282,6 +292,24 @@ impl JobContext<'_> {
                         })
                         .collect(),
                 ))
+            }
+            Job::GetBuddyList { user, device } => {
+                self.device_in_use(user, device)?;
+                let list = self.store.buddy_list(user).map_err(|e| backend(&e))?;
+                Ok(JobOutcome::BuddyList(list))
+            }
+            Job::PutBuddyList {
+                user,
+                device,
+                base,
+                list,
+            } => {
+                self.device_in_use(user, device)?;
+                match self.store.put_buddy_list(user, *base, list) {
+                    Ok(true) => Ok(JobOutcome::Ok),
+                    Ok(false) => Err(LoginError::VersionConflict),
+                    Err(e) => Err(backend(&e)),
+                }
             }
         }
     }

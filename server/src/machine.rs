@@ -40,6 +40,8 @@ use natter_core::rng::Rng;
 use natter_core::sansio::{Destination, Input, Machine, StreamId, Transmit};
 use natter_core::wire::frame::{self, FrameDecoder};
 
+use crate::store::StoredBuddyList;
+
 /// A password in memory: never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -359,6 +361,24 @@ pub enum Job {
         /// The asking device: must be the account's and not revoked.
         device: DeviceId,
     },
+    /// Read the account's buddy-list backup for one of its devices (certificate checked).
+    GetBuddyList {
+        /// Account.
+        user: UserName,
+        /// The asking device: must be the account's and not revoked.
+        device: DeviceId,
+    },
+    /// Store a buddy-list backup in place of version `base` (certificate checked).
+    PutBuddyList {
+        /// Account.
+        user: UserName,
+        /// The asking device: must be the account's and not revoked.
+        device: DeviceId,
+        /// The version replaced.
+        base: u64,
+        /// What to store (an empty envelope keeps the stored one).
+        list: StoredBuddyList,
+    },
 }
 
 impl Job {
@@ -407,6 +427,8 @@ pub enum JobOutcome {
     /// The account's devices (in use first, then the most recently revoked; at most
     /// [`MAX_DEVICES_LISTED`](natter_core::login::proto::MAX_DEVICES_LISTED)).
     Devices(Vec<DeviceSummary>),
+    /// The account's buddy-list backup (`None`: none stored).
+    BuddyList(Option<StoredBuddyList>),
     /// Refused: [`LoginError::WrongPassword`], `UnknownUser`, `NameTaken`, `Revoked`,
     /// `UnknownDevice`, `BadProof` (keys differing from those recorded for the device)
     /// or `Server`.
@@ -905,6 +927,52 @@ impl LoginServer {
                     Err(LoginError::BadProof)
                 }
             }
+            Request::GetBuddyList {
+                certificate,
+                proof,
+                dh_proof,
+            } => {
+                if self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
+                    Ok((
+                        Job::GetBuddyList {
+                            user: certificate.user.clone(),
+                            device: certificate.device,
+                        },
+                        false,
+                    ))
+                } else {
+                    Err(LoginError::BadProof)
+                }
+            }
+            Request::PutBuddyList {
+                certificate,
+                proof,
+                dh_proof,
+                base,
+                version,
+                backup,
+                envelope,
+            } => {
+                if !self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
+                    Err(LoginError::BadProof)
+                } else if version <= base || backup.is_empty() {
+                    Err(LoginError::Protocol)
+                } else {
+                    Ok((
+                        Job::PutBuddyList {
+                            user: certificate.user.clone(),
+                            device: certificate.device,
+                            base,
+                            list: StoredBuddyList {
+                                version,
+                                backup,
+                                envelope,
+                            },
+                        },
+                        false,
+                    ))
+                }
+            }
             Request::ChangePassword {
                 user,
                 old,
@@ -1125,9 +1193,18 @@ impl LoginServer {
                 Response::Revocations(page)
             }
             (JobOutcome::Devices(devices), Job::Devices { .. }) => Response::Devices(devices),
-            (JobOutcome::Revocations { .. } | JobOutcome::Devices(_), _) => {
-                Response::Error(LoginError::Server)
+            (JobOutcome::BuddyList(list), Job::GetBuddyList { .. }) => {
+                let list = list.unwrap_or_default();
+                Response::BuddyList {
+                    version: list.version,
+                    backup: list.backup,
+                    envelope: list.envelope,
+                }
             }
+            (
+                JobOutcome::Revocations { .. } | JobOutcome::Devices(_) | JobOutcome::BuddyList(_),
+                _,
+            ) => Response::Error(LoginError::Server),
         };
         if let Some(ip) = p.identity.filter(|_| !identity_used) {
             self.identities.give_back(ip);
@@ -1706,6 +1783,26 @@ mod tests {
     /// A `Devices` request by alice's device at `wall` with a certificate ending at
     /// `not_after`; `other_challenge`: its proofs made for another connection.
     fn devices_at(wall: u64, not_after: u64, other_challenge: bool) -> Result<Job, LoginError> {
+        proved_request(
+            wall,
+            not_after,
+            other_challenge,
+            |certificate, proof, dh_proof| Request::Devices {
+                proof,
+                dh_proof,
+                certificate,
+            },
+        )
+    }
+
+    /// The job a request made by alice's device (its proofs for this connection's
+    /// challenge, or for another's) becomes, or the error it is refused with.
+    fn proved_request(
+        wall: u64,
+        not_after: u64,
+        other_challenge: bool,
+        make: impl FnOnce(Certificate, [u8; 64], [u8; 32]) -> Request,
+    ) -> Result<Job, LoginError> {
         let net = TestNetwork::new(5);
         let id = net.identity("alice");
         let certificate = net.authority().certify(
@@ -1720,12 +1817,7 @@ mod tests {
             challenge[0] ^= 1;
         }
         let (proof, dh_proof) = proofs(&id.device, &certificate, &challenge, &server_key);
-        let request = Request::Devices {
-            proof,
-            dh_proof,
-            certificate,
-        };
-        send(&mut server, now, &request);
+        send(&mut server, now, &make(certificate, proof, dh_proof));
         if let Some(item) = server.poll_work() {
             return Ok(item.job);
         }
@@ -1733,6 +1825,45 @@ mod tests {
             Some(Response::Error(e)) => Err(e),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn only_a_proved_device_reads_or_stores_its_accounts_buddy_list() {
+        let t = TEST_WALL.0;
+        let get = |other: bool| {
+            proved_request(t, t + 3600, other, |certificate, proof, dh_proof| {
+                Request::GetBuddyList {
+                    certificate,
+                    proof,
+                    dh_proof,
+                }
+            })
+        };
+        assert!(matches!(
+            get(false),
+            Ok(Job::GetBuddyList { ref user, .. }) if user.as_str() == "alice"
+        ));
+        assert_eq!(get(true), Err(LoginError::BadProof));
+        let put = |other: bool, base: u64, version: u64| {
+            proved_request(t, t + 3600, other, |certificate, proof, dh_proof| {
+                Request::PutBuddyList {
+                    certificate,
+                    proof,
+                    dh_proof,
+                    base,
+                    version,
+                    backup: b"sealed".to_vec(),
+                    envelope: Vec::new(),
+                }
+            })
+        };
+        assert!(matches!(
+            put(false, 0, 1),
+            Ok(Job::PutBuddyList { base: 0, ref list, .. }) if list.version == 1
+        ));
+        assert_eq!(put(true, 0, 1), Err(LoginError::BadProof));
+        // A version that does not move forward is a protocol error.
+        assert_eq!(put(false, 4, 4), Err(LoginError::Protocol));
     }
 
     #[test]

@@ -16,7 +16,9 @@ use std::sync::Barrier;
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use natter_server::store::postgres::PostgresStore;
 use natter_server::store::sqlite::SqliteStore;
-use natter_server::store::{AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError};
+use natter_server::store::{
+    AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError, StoredBuddyList,
+};
 
 /// Opens the store under test afresh (same file, same schema) each time it is called.
 type Open<'a> = &'a (dyn Fn() -> Box<dyn AccountStore> + Sync);
@@ -581,6 +583,90 @@ mod suite {
             assert_eq!(a.account(&user).expect("lookup"), None);
         }
     }
+
+    fn list(version: u64, backup: &[u8], envelope: &[u8]) -> StoredBuddyList {
+        StoredBuddyList {
+            version,
+            backup: backup.to_vec(),
+            envelope: envelope.to_vec(),
+        }
+    }
+
+    pub fn buddy_lists(s: &dyn AccountStore) {
+        let alice = name("alice");
+        assert!(matches!(
+            s.put_buddy_list(&alice, 0, &list(1, b"b1", b"e1")),
+            Err(StoreError::NoSuchAccount)
+        ));
+        s.create_account(&account("alice", "a1", 1000))
+            .expect("create");
+        assert_eq!(s.buddy_list(&alice).expect("read"), None);
+        // The first backup replaces "none" (version 0), and only that.
+        assert!(!s
+            .put_buddy_list(&alice, 3, &list(4, b"b1", b"e1"))
+            .expect("put"));
+        assert!(s
+            .put_buddy_list(&alice, 0, &list(1, b"b1", b"e1"))
+            .expect("put"));
+        assert_eq!(
+            s.buddy_list(&alice).expect("read"),
+            Some(list(1, b"b1", b"e1"))
+        );
+        // A device that did not see version 1 is refused, and nothing changes.
+        assert!(!s
+            .put_buddy_list(&alice, 0, &list(2, b"stale", b"e9"))
+            .expect("put"));
+        // An empty envelope keeps the stored one; a new one replaces it.
+        assert!(s
+            .put_buddy_list(&alice, 1, &list(2, b"b2", b""))
+            .expect("put"));
+        assert_eq!(
+            s.buddy_list(&alice).expect("read"),
+            Some(list(2, b"b2", b"e1"))
+        );
+        assert!(s
+            .put_buddy_list(&alice, 2, &list(3, b"b3", b"e2"))
+            .expect("put"));
+        assert_eq!(
+            s.buddy_list(&alice).expect("read"),
+            Some(list(3, b"b3", b"e2"))
+        );
+        // Out of the database's range: an error, not a wrapped number.
+        assert!(s
+            .put_buddy_list(&alice, 3, &list(u64::MAX, b"b", b"e"))
+            .is_err());
+        // The backup goes with the account.
+        s.delete_account(&alice, UnixTime(2000)).expect("delete");
+        s.create_account(&account("alice", "a2", 3000))
+            .expect("create again");
+        assert_eq!(s.buddy_list(&alice).expect("read"), None);
+    }
+
+    /// Two login servers store updates of one account's list at once: every update is
+    /// stored or refused as a conflict, none is lost, and the versions never go back.
+    pub fn concurrent_buddy_lists(a: &dyn AccountStore, b: &dyn AccountStore) {
+        let alice = name("alice");
+        a.create_account(&account("alice", "a1", 1000))
+            .expect("create");
+        let stored = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for s in [a, b] {
+                let (alice, stored) = (&alice, &stored);
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        let base = s.buddy_list(alice).expect("read").map_or(0, |l| l.version);
+                        let next = list(base + 1, &(base + 1).to_be_bytes(), b"e");
+                        if s.put_buddy_list(alice, base, &next).expect("put") {
+                            stored.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        let last = a.buddy_list(&alice).expect("read").expect("stored");
+        assert_eq!(last.version, stored.into_inner());
+        assert_eq!(last.backup, last.version.to_be_bytes());
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -672,6 +758,16 @@ fn sqlite_concurrent_revocation() {
 #[test]
 fn sqlite_concurrent_delete_and_revoke() {
     sqlite_pair(suite::concurrent_delete_and_revoke);
+}
+
+#[test]
+fn sqlite_buddy_lists() {
+    sqlite(suite::buddy_lists);
+}
+
+#[test]
+fn sqlite_concurrent_buddy_lists() {
+    sqlite_pair(suite::concurrent_buddy_lists);
 }
 
 #[test]
@@ -783,6 +879,16 @@ fn postgres_revocations_paging() {
 #[test]
 fn postgres_delete_account() {
     postgres("delete_account", suite::delete_account);
+}
+
+#[test]
+fn postgres_buddy_lists() {
+    postgres("buddy_lists", suite::buddy_lists);
+}
+
+#[test]
+fn postgres_concurrent_buddy_lists() {
+    postgres_pair("concurrent_buddy_lists", suite::concurrent_buddy_lists);
 }
 
 #[test]

@@ -181,7 +181,45 @@ pub enum Request {
         /// Proof of possession of the certified X25519 key.
         dh_proof: [u8; 32],
     },
+    /// Fetch the account's buddy-list backup and its key's envelope, asked by a certified
+    /// device of it (proved as for [`Request::Devices`]). Answered by
+    /// [`Response::BuddyList`].
+    GetBuddyList {
+        /// The asking device's certificate.
+        certificate: Certificate,
+        /// Proof of possession of the certified Ed25519 key.
+        proof: [u8; 64],
+        /// Proof of possession of the certified X25519 key.
+        dh_proof: [u8; 32],
+    },
+    /// Store a new buddy-list backup (opaque to the server: `natter_core::contacts::backup`)
+    /// in place of version `base`, asked by a certified device of the account. Refused with
+    /// [`LoginError::VersionConflict`] when the stored version is not `base` (another device
+    /// stored one since: fetch it, merge, try again).
+    PutBuddyList {
+        /// The asking device's certificate.
+        certificate: Certificate,
+        /// Proof of possession of the certified Ed25519 key.
+        proof: [u8; 64],
+        /// Proof of possession of the certified X25519 key.
+        dh_proof: [u8; 32],
+        /// The version this one replaces (0: none stored yet).
+        base: u64,
+        /// This backup's version (above `base`).
+        version: u64,
+        /// The backup, at most [`MAX_BUDDY_BACKUP`] bytes.
+        backup: Vec<u8>,
+        /// The list key's envelope (`natter_core::contacts::envelope`); empty keeps the
+        /// stored one.
+        envelope: Vec<u8>,
+    },
 }
+
+/// The largest buddy-list backup a login message carries (what fits one 64 KiB frame with
+/// the request's other fields): about 1,300 contacts.
+pub const MAX_BUDDY_BACKUP: usize = 64_000;
+/// The largest list-key envelope.
+pub const MAX_BUDDY_ENVELOPE: usize = 255;
 
 /// One device of an account, as [`Response::Devices`] lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +260,26 @@ impl std::fmt::Debug for Request {
             Request::Devices { certificate, .. } => {
                 write!(f, "Devices({}, {:?})", certificate.user, certificate.device)
             }
+            Request::GetBuddyList { certificate, .. } => {
+                write!(
+                    f,
+                    "GetBuddyList({}, {:?})",
+                    certificate.user, certificate.device
+                )
+            }
+            Request::PutBuddyList {
+                certificate,
+                base,
+                version,
+                backup,
+                ..
+            } => write!(
+                f,
+                "PutBuddyList({}, {:?}, {base} -> {version}, {} bytes)",
+                certificate.user,
+                certificate.device,
+                backup.len()
+            ),
         }
     }
 }
@@ -291,6 +349,9 @@ pub enum LoginError {
     /// renewed without the password, so log in with it.
     #[error("certificate expired too long ago to renew: log in with the password")]
     RenewalExpired,
+    /// The stored buddy list is not the version the update replaces: fetch it, merge, retry.
+    #[error("the stored buddy list changed: fetch it, merge and retry")]
+    VersionConflict,
 }
 
 impl LoginError {
@@ -309,6 +370,7 @@ impl LoginError {
             Self::Protocol => 11,
             Self::Server => 12,
             Self::RenewalExpired => 13,
+            Self::VersionConflict => 14,
         }
     }
 }
@@ -386,6 +448,15 @@ pub enum Response {
     Revocations(RevocationPage),
     /// The account's devices (at most [`MAX_DEVICES_LISTED`]).
     Devices(Vec<DeviceSummary>),
+    /// The account's buddy-list backup and envelope (version 0 and both empty: none stored).
+    BuddyList {
+        /// The backup's version.
+        version: u64,
+        /// The backup.
+        backup: Vec<u8>,
+        /// The list key's envelope.
+        envelope: Vec<u8>,
+    },
     /// The request failed.
     Error(LoginError),
 }
@@ -399,6 +470,8 @@ const REQ_REVOKE: u8 = 6;
 const REQ_DELETE: u8 = 7;
 const REQ_REVOCATIONS: u8 = 8;
 const REQ_DEVICES: u8 = 9;
+const REQ_GET_BUDDY_LIST: u8 = 10;
+const REQ_PUT_BUDDY_LIST: u8 = 11;
 
 const RESP_HELLO: u8 = 0x81;
 const RESP_REGISTERED: u8 = 0x82;
@@ -407,11 +480,19 @@ const RESP_DONE: u8 = 0x84;
 const RESP_REVOCATIONS: u8 = 0x85;
 const RESP_ERROR: u8 = 0x86;
 const RESP_DEVICES: u8 = 0x87;
+const RESP_BUDDY_LIST: u8 = 0x88;
 
 fn put_str(out: &mut BytesMut, s: &str) {
     let b = s.as_bytes();
     let n = b.len().min(255);
     out.put_u8(n as u8);
+    out.put_slice(&b[..n]);
+}
+
+/// A byte string with a two-byte length, cut at `max` (the decoder refuses longer ones).
+fn put_blob(out: &mut BytesMut, b: &[u8], max: usize) {
+    let n = b.len().min(max);
+    out.put_u16(n as u16);
     out.put_slice(&b[..n]);
 }
 
@@ -504,6 +585,34 @@ impl Request {
                 out.put_slice(proof);
                 out.put_slice(dh_proof);
             }
+            Request::GetBuddyList {
+                certificate,
+                proof,
+                dh_proof,
+            } => {
+                out.put_u8(REQ_GET_BUDDY_LIST);
+                certificate.encode(out);
+                out.put_slice(proof);
+                out.put_slice(dh_proof);
+            }
+            Request::PutBuddyList {
+                certificate,
+                proof,
+                dh_proof,
+                base,
+                version,
+                backup,
+                envelope,
+            } => {
+                out.put_u8(REQ_PUT_BUDDY_LIST);
+                certificate.encode(out);
+                out.put_slice(proof);
+                out.put_slice(dh_proof);
+                out.put_u64(*base);
+                out.put_u64(*version);
+                put_blob(out, backup, MAX_BUDDY_BACKUP);
+                put_blob(out, envelope, MAX_BUDDY_ENVELOPE);
+            }
         }
     }
 
@@ -561,6 +670,22 @@ impl Request {
                 proof: r.array()?,
                 dh_proof: r.array()?,
             },
+            REQ_GET_BUDDY_LIST => Request::GetBuddyList {
+                certificate: Certificate::read(&mut r)?,
+                proof: r.array()?,
+                dh_proof: r.array()?,
+            },
+            REQ_PUT_BUDDY_LIST => Request::PutBuddyList {
+                certificate: Certificate::read(&mut r)?,
+                proof: r.array()?,
+                dh_proof: r.array()?,
+                base: r.u64()?,
+                version: r.u64()?,
+                backup: r.bytes_u16("buddy-list backup", MAX_BUDDY_BACKUP)?.to_vec(),
+                envelope: r
+                    .bytes_u16("list-key envelope", MAX_BUDDY_ENVELOPE)?
+                    .to_vec(),
+            },
             t => return Err(DecodeError::UnknownMessageType(t)),
         };
         r.finish()?;
@@ -616,6 +741,16 @@ impl Response {
                     out.put_u64(d.last_seen.0);
                     out.put_u64(d.revoked_at.map_or(0, |t| t.0));
                 }
+            }
+            Response::BuddyList {
+                version,
+                backup,
+                envelope,
+            } => {
+                out.put_u8(RESP_BUDDY_LIST);
+                out.put_u64(*version);
+                put_blob(out, backup, MAX_BUDDY_BACKUP);
+                put_blob(out, envelope, MAX_BUDDY_ENVELOPE);
             }
             Response::Error(e) => {
                 out.put_u8(RESP_ERROR);
@@ -702,6 +837,13 @@ impl Response {
                 }
                 Response::Devices(devices)
             }
+            RESP_BUDDY_LIST => Response::BuddyList {
+                version: r.u64()?,
+                backup: r.bytes_u16("buddy-list backup", MAX_BUDDY_BACKUP)?.to_vec(),
+                envelope: r
+                    .bytes_u16("list-key envelope", MAX_BUDDY_ENVELOPE)?
+                    .to_vec(),
+            },
             RESP_ERROR => Response::Error(match r.u8()? {
                 1 => LoginError::WrongPassword,
                 2 => LoginError::UnknownUser,
@@ -718,6 +860,7 @@ impl Response {
                 11 => LoginError::Protocol,
                 12 => LoginError::Server,
                 13 => LoginError::RenewalExpired,
+                14 => LoginError::VersionConflict,
                 _ => return Err(DecodeError::Invalid("error code")),
             }),
             t => return Err(DecodeError::UnknownMessageType(t)),
@@ -780,6 +923,26 @@ mod tests {
                 proof: [3; 64],
                 dh_proof: [4; 32],
             }),
+            Just(Request::GetBuddyList {
+                certificate: cert(),
+                proof: [3; 64],
+                dh_proof: [4; 32],
+            }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..2000),
+                proptest::collection::vec(any::<u8>(), 0..MAX_BUDDY_ENVELOPE)
+            )
+                .prop_map(|(base, version, backup, envelope)| Request::PutBuddyList {
+                    certificate: cert(),
+                    proof: [3; 64],
+                    dh_proof: [4; 32],
+                    base,
+                    version,
+                    backup,
+                    envelope,
+                }),
         ]
     }
 
@@ -825,6 +988,17 @@ mod tests {
             })),
             Just(Response::Error(LoginError::WrongPassword)),
             Just(Response::Error(LoginError::RenewalExpired)),
+            Just(Response::Error(LoginError::VersionConflict)),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..2000),
+                proptest::collection::vec(any::<u8>(), 0..MAX_BUDDY_ENVELOPE)
+            )
+                .prop_map(|(version, backup, envelope)| Response::BuddyList {
+                    version,
+                    backup,
+                    envelope,
+                }),
             proptest::collection::vec(
                 (any::<[u8; 16]>(), any::<u64>(), 1u64..),
                 0..MAX_DEVICES_LISTED

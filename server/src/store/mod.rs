@@ -25,6 +25,18 @@ pub struct AccountRecord {
     pub created_at: UnixTime,
 }
 
+/// An account's buddy-list backup and its key's envelope, as stored: opaque bytes the server
+/// never reads (`natter_core::contacts`), with the version the writer gave them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredBuddyList {
+    /// The backup's version (above every earlier one; at most `i64::MAX`).
+    pub version: u64,
+    /// The sealed backup.
+    pub backup: Vec<u8>,
+    /// The list key's envelope (empty in an update: keep the stored one).
+    pub envelope: Vec<u8>,
+}
+
 /// A device of an account, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -128,4 +140,23 @@ pub trait AccountStore: Send + Sync {
 
     /// Revocations with `serial > since`, oldest first, at most `limit`.
     fn revocations_since(&self, since: u64, limit: usize) -> Result<Vec<Revocation>, StoreError>;
+
+    /// The account's buddy-list backup, if one is stored (it goes with the account).
+    fn buddy_list(&self, user: &UserName) -> Result<Option<StoredBuddyList>, StoreError>;
+
+    /// Store `list` for `user` in place of version `base` (0: none stored yet), atomically
+    /// even across login servers sharing the database: `false`, and nothing changes, when
+    /// the stored version is not `base`. An empty envelope keeps the stored one.
+    /// [`StoreError::NoSuchAccount`] if absent.
+    fn put_buddy_list(
+        &self,
+        user: &UserName,
+        base: u64,
+        list: &StoredBuddyList,
+    ) -> Result<bool, StoreError>;
+}
+
+/// A version as the databases store it (a signed 64-bit integer).
+fn sql_version(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("version {v} out of range")))
 }

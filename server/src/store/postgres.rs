@@ -38,10 +38,12 @@ use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, Row};
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
 
-use super::{AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError};
+use super::{
+    sql_version, AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError, StoredBuddyList,
+};
 
 /// The schema version this code writes and understands.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// The `pg_advisory_xact_lock` key serialising schema creation and migration
 /// (ASCII "natter" followed by 0x0001).
@@ -80,6 +82,12 @@ CREATE TABLE IF NOT EXISTS revocations (
     revoked_at BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS revocations_by_device ON revocations (device, serial);
+CREATE TABLE IF NOT EXISTS buddy_lists (
+    "user"   TEXT   PRIMARY KEY REFERENCES accounts ("user") ON DELETE CASCADE,
+    version  BIGINT NOT NULL CHECK (version > 0),
+    backup   BYTEA  NOT NULL,
+    envelope BYTEA  NOT NULL
+);
 "#;
 
 const DEVICE_COLUMNS: &str =
@@ -251,7 +259,12 @@ fn create_schema(client: &mut Client, schema: Option<&str>) -> Result<(), StoreE
             .map_err(pg)?;
         }
         Some(SCHEMA_VERSION) => {}
-        // Future migrations go here, still under the advisory lock.
+        // Version 2 added the buddy_lists table, which the schema above creates (still under
+        // the advisory lock).
+        Some(1) => {
+            tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])
+                .map_err(pg)?;
+        }
         Some(v) => {
             return Err(StoreError::Backend(format!(
                 "database schema version {v} is not supported (this server knows {SCHEMA_VERSION})"
@@ -588,6 +601,65 @@ impl AccountStore for PostgresStore {
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn buddy_list(&self, user: &UserName) -> Result<Option<StoredBuddyList>, StoreError> {
+        self.run(|client, _| {
+            let row = client.query_opt(
+                r#"SELECT version, backup, envelope FROM buddy_lists WHERE "user" = $1"#,
+                &[&user.as_str()],
+            )?;
+            Ok(match row {
+                None => None,
+                Some(r) => Some(StoredBuddyList {
+                    version: r.try_get::<_, i64>(0)?.max(0) as u64,
+                    backup: r.try_get(1)?,
+                    envelope: r.try_get(2)?,
+                }),
+            })
+        })
+    }
+
+    fn put_buddy_list(
+        &self,
+        user: &UserName,
+        base: u64,
+        list: &StoredBuddyList,
+    ) -> Result<bool, StoreError> {
+        let (base, version) = (sql_version(base)?, sql_version(list.version)?);
+        self.run(|client, _| {
+            let mut tx = client.transaction()?;
+            // One update at a time per account, across login servers: the account's row is
+            // the lock (and keeps the account from being deleted until we commit).
+            let account = tx.query_opt(
+                r#"SELECT 1 FROM accounts WHERE "user" = $1 FOR UPDATE"#,
+                &[&user.as_str()],
+            )?;
+            if account.is_none() {
+                return Err(StoreError::NoSuchAccount.into());
+            }
+            let stored: Option<i64> = tx
+                .query_opt(
+                    r#"SELECT version FROM buddy_lists WHERE "user" = $1"#,
+                    &[&user.as_str()],
+                )?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            if stored.unwrap_or(0) != base {
+                return Ok(false);
+            }
+            tx.execute(
+                r#"INSERT INTO buddy_lists ("user", version, backup, envelope)
+                   VALUES ($1, $2, $3, $4)
+                   ON CONFLICT ("user") DO UPDATE SET version = excluded.version,
+                       backup = excluded.backup,
+                       envelope = CASE WHEN octet_length(excluded.envelope) = 0
+                           THEN buddy_lists.envelope ELSE excluded.envelope END"#,
+                &[&user.as_str(), &version, &list.backup, &list.envelope],
+            )?;
+            tx.commit()?;
+            Ok(true)
         })
     }
 }

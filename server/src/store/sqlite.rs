@@ -33,10 +33,12 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 
-use super::{AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError};
+use super::{
+    sql_version, AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError, StoredBuddyList,
+};
 
 /// The schema version this code writes and understands.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +70,12 @@ CREATE TABLE IF NOT EXISTS revocations (
     revoked_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS revocations_by_device ON revocations (device, serial);
+CREATE TABLE IF NOT EXISTS buddy_lists (
+    user     TEXT    PRIMARY KEY NOT NULL REFERENCES accounts (user) ON DELETE CASCADE,
+    version  INTEGER NOT NULL CHECK (version > 0),
+    backup   BLOB    NOT NULL,
+    envelope BLOB    NOT NULL
+);
 ";
 
 const DEVICE_COLUMNS: &str =
@@ -147,7 +155,11 @@ impl SqliteStore {
                 .map_err(backend)?;
             }
             Some(SCHEMA_VERSION) => {}
-            // Future migrations go here: `Some(v) if v < SCHEMA_VERSION => migrate(&tx, v)?`.
+            // Version 2 added the buddy_lists table, which the schema above creates.
+            Some(1) => {
+                tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+                    .map_err(backend)?;
+            }
             Some(v) => {
                 return Err(StoreError::Backend(format!(
                 "database schema version {v} is not supported (this server knows {SCHEMA_VERSION})"
@@ -485,6 +497,70 @@ impl AccountStore for SqliteStore {
             .map_err(backend)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
     }
+
+    fn buddy_list(&self, user: &UserName) -> Result<Option<StoredBuddyList>, StoreError> {
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> = self
+            .conn()
+            .query_row(
+                "SELECT version, backup, envelope FROM buddy_lists WHERE user = ?1",
+                [user.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(backend)?;
+        Ok(row.map(|(version, backup, envelope)| StoredBuddyList {
+            version: version.max(0) as u64,
+            backup,
+            envelope,
+        }))
+    }
+
+    fn put_buddy_list(
+        &self,
+        user: &UserName,
+        base: u64,
+        list: &StoredBuddyList,
+    ) -> Result<bool, StoreError> {
+        let (base, version) = (sql_version(base)?, sql_version(list.version)?);
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM accounts WHERE user = ?1",
+                [user.as_str()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(backend)?
+            .is_some();
+        if !exists {
+            return Err(StoreError::NoSuchAccount);
+        }
+        let stored: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM buddy_lists WHERE user = ?1",
+                [user.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        if stored.unwrap_or(0) != base {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO buddy_lists (user, version, backup, envelope) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user) DO UPDATE SET version = excluded.version,
+                 backup = excluded.backup,
+                 envelope = CASE WHEN length(excluded.envelope) = 0
+                     THEN buddy_lists.envelope ELSE excluded.envelope END",
+            params![user.as_str(), version, &list.backup, &list.envelope],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -525,6 +601,26 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .expect("synchronous");
         assert_eq!(sync, 1, "NORMAL");
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_buddy_lists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("accounts.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        // As the previous release left it.
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch("DROP TABLE buddy_lists; UPDATE schema_version SET version = 1;")
+            .expect("downgrade");
+        drop(conn);
+        let store = SqliteStore::open(&path).expect("migrate");
+        let version: i64 = store
+            .conn()
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let user = UserName::parse("alice").unwrap();
+        assert_eq!(store.buddy_list(&user).expect("read"), None);
     }
 
     #[test]
