@@ -1210,3 +1210,170 @@ fn logging_in_with_the_password_skips_the_refused_certificate() {
         "{events:?}"
     );
 }
+
+/// Issue 18's buddy list through a real login server: a new install that knows only the
+/// password gets the list back; two devices storing at once conflict instead of losing an
+/// edit; after a password change the list is still readable, with the new password only.
+#[test]
+fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
+    use natter_core::contacts::{backup, envelope, BuddyList, ListKey, StretchParams};
+
+    let r = registered("alice");
+    let alice = UserName::parse("alice").unwrap();
+    let trusted = r.net.trusted().unwrap();
+    let mut rng = Rng::from_seed(18);
+    let laptop = login(&r.net, &r.dev, "alice", Some(PASSWORD), V, T).unwrap();
+    let mut list = BuddyList::new(laptop.certificate.device);
+    let bob = UserName::parse("bob").unwrap();
+    list.set_contact(&bob, true, 1_000).unwrap();
+    list.set_nickname(&bob, "Bobby", 1_001).unwrap();
+    let key = ListKey(rng.bytes32());
+    let store = |dev: &DeviceStore, cert: &Certificate, base, version, list: &BuddyList, env| {
+        let (id, _) = dev.identity().unwrap();
+        let sealed = backup::seal(list, version, &key, &id, cert, &mut Rng::from_seed(version));
+        ops(
+            &r.net,
+            dev,
+            vec![Operation::StoreBuddyList {
+                certificate: cert.clone(),
+                base,
+                version,
+                backup: sealed,
+                envelope: env,
+            }],
+        )
+        .pop()
+        .unwrap()
+    };
+    let wrapped = envelope::wrap(&key, &alice, PASSWORD, StretchParams::MIN, &mut rng).unwrap();
+    assert_eq!(
+        store(&r.dev, &laptop.certificate, 0, 1, &list, wrapped),
+        LoginClientEvent::BuddyListStored { version: 1 }
+    );
+
+    // A new install: its own keys, the password, nothing else.
+    let fetch = |dev: &DeviceStore, cert: &Certificate| match ops(
+        &r.net,
+        dev,
+        vec![Operation::FetchBuddyList {
+            certificate: cert.clone(),
+        }],
+    )
+    .pop()
+    .unwrap()
+    {
+        LoginClientEvent::BuddyList {
+            version,
+            backup,
+            envelope,
+        } => (version, backup, envelope),
+        other => panic!("unexpected {other:?}"),
+    };
+    let phone_dir = tempfile::tempdir().unwrap();
+    let phone_dev = DeviceStore::open(phone_dir.path()).unwrap();
+    let phone = login(&r.net, &phone_dev, "alice", Some(PASSWORD), V, T).unwrap();
+    let (version, sealed, wrapped) = fetch(&phone_dev, &phone.certificate);
+    assert_eq!(version, 1);
+    let key_back = envelope::unwrap(&wrapped, &alice, PASSWORD).unwrap();
+    let opened = backup::open(
+        &sealed,
+        &alice,
+        &key_back,
+        &trusted,
+        0,
+        phone.certificate.device,
+    )
+    .unwrap();
+    assert_eq!(opened.list.encode(), list.encode());
+
+    // Both devices edit and store on version 1: the second is told to merge and retry.
+    let mut on_phone = opened.list;
+    on_phone
+        .set_contact(&UserName::parse("carol").unwrap(), true, 2_000)
+        .unwrap();
+    assert_eq!(
+        store(&phone_dev, &phone.certificate, 1, 2, &on_phone, Vec::new()),
+        LoginClientEvent::BuddyListStored { version: 2 }
+    );
+    list.set_group(&bob, "work", true, 2_001).unwrap();
+    assert_eq!(
+        refused(&store(&r.dev, &laptop.certificate, 1, 2, &list, Vec::new())),
+        Some(LoginError::VersionConflict)
+    );
+    let (version, sealed, _) = fetch(&r.dev, &laptop.certificate);
+    let theirs = backup::open(
+        &sealed,
+        &alice,
+        &key,
+        &trusted,
+        1,
+        laptop.certificate.device,
+    )
+    .unwrap();
+    list.merge(&theirs.list);
+    assert_eq!(
+        store(
+            &r.dev,
+            &laptop.certificate,
+            version,
+            version + 1,
+            &list,
+            Vec::new()
+        ),
+        LoginClientEvent::BuddyListStored { version: 3 }
+    );
+
+    // A password change: the laptop rewraps the same key; a third install reads the list
+    // with the new password, and the old one no longer opens the envelope.
+    let new_password = "a whole new passphrase";
+    let done = ops(
+        &r.net,
+        &r.dev,
+        vec![Operation::ChangePassword {
+            user: "alice".into(),
+            old: PASSWORD.into(),
+            new: new_password.into(),
+            revoke_others: false,
+        }],
+    );
+    assert!(done.contains(&LoginClientEvent::Done), "{done:?}");
+    let rewrapped =
+        envelope::wrap(&key, &alice, new_password, StretchParams::MIN, &mut rng).unwrap();
+    assert_eq!(
+        store(&r.dev, &laptop.certificate, 3, 4, &list, rewrapped),
+        LoginClientEvent::BuddyListStored { version: 4 }
+    );
+    let tablet_dir = tempfile::tempdir().unwrap();
+    let tablet_dev = DeviceStore::open(tablet_dir.path()).unwrap();
+    let tablet = login(&r.net, &tablet_dev, "alice", Some(new_password), V, T).unwrap();
+    let (_, sealed, wrapped) = fetch(&tablet_dev, &tablet.certificate);
+    assert!(envelope::unwrap(&wrapped, &alice, PASSWORD).is_err());
+    let key_back = envelope::unwrap(&wrapped, &alice, new_password).unwrap();
+    let last = backup::open(
+        &sealed,
+        &alice,
+        &key_back,
+        &trusted,
+        0,
+        tablet.certificate.device,
+    )
+    .unwrap();
+    assert!(last.list.is_contact(&UserName::parse("carol").unwrap()));
+    assert_eq!(
+        last.list.get(&bob).unwrap().groups().collect::<Vec<_>>(),
+        ["work"]
+    );
+    // A device that saw version 4 refuses the older copy the server could hand it.
+    assert_eq!(
+        backup::open(
+            &sealed,
+            &alice,
+            &key,
+            &trusted,
+            5,
+            laptop.certificate.device
+        )
+        .unwrap_err(),
+        backup::BackupError::RolledBack { seen: 5, found: 4 }
+    );
+}

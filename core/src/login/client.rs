@@ -89,6 +89,28 @@ pub enum Operation {
         /// This device's current certificate.
         certificate: Certificate,
     },
+    /// Fetch the account's buddy-list backup and its key's envelope (proved as for
+    /// [`Operation::ListDevices`]).
+    FetchBuddyList {
+        /// This device's current certificate.
+        certificate: Certificate,
+    },
+    /// Store a buddy-list backup in place of version `base` (proved as for
+    /// [`Operation::ListDevices`]); a conflict fails with
+    /// [`LoginError::VersionConflict`].
+    StoreBuddyList {
+        /// This device's current certificate.
+        certificate: Certificate,
+        /// The version replaced (0: none stored).
+        base: u64,
+        /// The new version.
+        version: u64,
+        /// The sealed backup (`crate::contacts::backup::seal`).
+        backup: Vec<u8>,
+        /// The list key's envelope (`crate::contacts::envelope::wrap`); empty keeps the
+        /// stored one.
+        envelope: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for Operation {
@@ -106,6 +128,19 @@ impl std::fmt::Debug for Operation {
             Operation::ListDevices { certificate } => {
                 write!(f, "ListDevices({})", certificate.user)
             }
+            Operation::FetchBuddyList { certificate } => {
+                write!(f, "FetchBuddyList({})", certificate.user)
+            }
+            Operation::StoreBuddyList {
+                certificate,
+                base,
+                version,
+                ..
+            } => write!(
+                f,
+                "StoreBuddyList({}, {base} -> {version})",
+                certificate.user
+            ),
         }
     }
 }
@@ -155,6 +190,21 @@ pub enum LoginClientEvent {
     Revocations(RevocationPage),
     /// The account's devices.
     Devices(Vec<DeviceSummary>),
+    /// The account's buddy-list backup, as stored (version 0 and empty: none). Nothing in it
+    /// is checked yet: `crate::contacts::backup::open` does that.
+    BuddyList {
+        /// The version.
+        version: u64,
+        /// The sealed backup.
+        backup: Vec<u8>,
+        /// The list key's envelope.
+        envelope: Vec<u8>,
+    },
+    /// A buddy-list backup was stored.
+    BuddyListStored {
+        /// Its version.
+        version: u64,
+    },
     /// An operation failed.
     Failed {
         /// Which.
@@ -364,6 +414,32 @@ impl LoginClient {
                         dh_proof: keys.dh_proof,
                     }
                 }
+                Operation::FetchBuddyList { certificate } => {
+                    let keys = self.keys(&hello, &certificate.user);
+                    Request::GetBuddyList {
+                        certificate: certificate.clone(),
+                        proof: keys.proof,
+                        dh_proof: keys.dh_proof,
+                    }
+                }
+                Operation::StoreBuddyList {
+                    certificate,
+                    base,
+                    version,
+                    backup,
+                    envelope,
+                } => {
+                    let keys = self.keys(&hello, &certificate.user);
+                    Request::PutBuddyList {
+                        certificate: certificate.clone(),
+                        proof: keys.proof,
+                        dh_proof: keys.dh_proof,
+                        base: *base,
+                        version: *version,
+                        backup: backup.clone(),
+                        envelope: envelope.clone(),
+                    }
+                }
             };
             self.send(&request);
             self.current = Some((op, now));
@@ -398,6 +474,21 @@ impl LoginClient {
             ) => LoginClientEvent::Done,
             (Response::Devices(devices), Operation::ListDevices { .. }) => {
                 LoginClientEvent::Devices(devices)
+            }
+            (
+                Response::BuddyList {
+                    version,
+                    backup,
+                    envelope,
+                },
+                Operation::FetchBuddyList { .. },
+            ) => LoginClientEvent::BuddyList {
+                version,
+                backup,
+                envelope,
+            },
+            (Response::Done, Operation::StoreBuddyList { version, .. }) => {
+                LoginClientEvent::BuddyListStored { version: *version }
             }
             (Response::Revocations(page), Operation::FetchRevocations { since })
                 if page.since == *since =>
