@@ -5,7 +5,7 @@
 use natter_core::contacts::{backup, BuddyList, ListKey};
 use natter_core::crypto::{DeviceId, UserName};
 use natter_core::rng::Rng;
-use natter_core::testkit::TestNetwork;
+use natter_core::testkit::{TestNetwork, TEST_WALL};
 use proptest::prelude::*;
 
 /// One local edit: (user, what, value, label), applied at a time.
@@ -74,10 +74,10 @@ proptest! {
         ab.merge(&b);
         let mut ba = b.clone();
         ba.merge(&a);
-        prop_assert_eq!(ab.encode(), ba.encode());
-        let once = ab.encode();
+        prop_assert_eq!(ab.encode().unwrap(), ba.encode().unwrap());
+        let once = ab.encode().unwrap();
         prop_assert!(!ab.merge(&b));
-        prop_assert_eq!(ab.encode(), once);
+        prop_assert_eq!(ab.encode().unwrap(), once);
         // ... and associative: every exchange order ends with the same list.
         let mut left = devices[0].clone();
         left.merge(&devices[1]);
@@ -86,17 +86,17 @@ proptest! {
         let mut mid = devices[1].clone();
         mid.merge(&devices[0]);
         right.merge(&mid);
-        prop_assert_eq!(left.encode(), right.encode());
+        prop_assert_eq!(left.encode().unwrap(), right.encode().unwrap());
         // The encoding round-trips.
-        let bytes = left.encode();
-        let back = BuddyList::decode(&bytes, DeviceId([9; 16])).unwrap();
-        prop_assert_eq!(back.encode(), bytes);
+        let bytes = left.encode().unwrap();
+        let back = BuddyList::decode(&bytes, DeviceId([9; 16]), u64::MAX).unwrap();
+        prop_assert_eq!(back.encode().unwrap(), bytes);
     }
 
     #[test]
     fn decoding_never_panics_and_accepts_only_canonical_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        if let Ok(list) = BuddyList::decode(&bytes, DeviceId([1; 16])) {
-            prop_assert_eq!(list.encode(), bytes);
+        if let Ok(list) = BuddyList::decode(&bytes, DeviceId([1; 16]), u64::MAX) {
+            prop_assert_eq!(list.encode().unwrap(), bytes);
         }
     }
 
@@ -110,11 +110,11 @@ proptest! {
         for (_, e, t) in &steps {
             apply(&mut list, e, u64::from(*t));
         }
-        let mut bytes = list.encode();
+        let mut bytes = list.encode().unwrap();
         let i = at.index(bytes.len());
         bytes[i] ^= flip;
-        if let Ok(other) = BuddyList::decode(&bytes, DeviceId([1; 16])) {
-            prop_assert_eq!(other.encode(), bytes);
+        if let Ok(other) = BuddyList::decode(&bytes, DeviceId([1; 16]), u64::MAX) {
+            prop_assert_eq!(other.encode().unwrap(), bytes);
         }
     }
 
@@ -132,10 +132,10 @@ proptest! {
             apply(&mut list, e, u64::from(*t));
         }
         let key = ListKey([7; 32]);
-        let sealed = backup::seal(&list, 1, &key, &alice.device, &alice.certificate, &mut Rng::from_seed(1));
+        let sealed = backup::seal(&list, 1, &key, &alice.device, &alice.certificate, TEST_WALL, &mut Rng::from_seed(1)).unwrap();
         let name = UserName::parse("alice").unwrap();
-        let open = |b: &[u8]| backup::open(b, &name, &key, &net.trusted(), 0, DeviceId([2; 16]));
-        prop_assert_eq!(open(&sealed).unwrap().list.encode(), list.encode());
+        let open = |b: &[u8]| backup::open(b, &name, &key, &net.trusted(), 0, DeviceId([2; 16]), TEST_WALL);
+        prop_assert_eq!(open(&sealed).unwrap().list.encode().unwrap(), list.encode().unwrap());
         let mut altered = sealed.clone();
         altered[at.index(sealed.len())] ^= flip;
         prop_assert!(open(&altered).is_err());
@@ -146,6 +146,6 @@ proptest! {
     fn opening_random_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
         let net = TestNetwork::new(3);
         let name = UserName::parse("alice").unwrap();
-        prop_assert!(backup::open(&bytes, &name, &ListKey([7; 32]), &net.trusted(), 0, DeviceId([2; 16])).is_err());
+        prop_assert!(backup::open(&bytes, &name, &ListKey([7; 32]), &net.trusted(), 0, DeviceId([2; 16]), TEST_WALL).is_err());
     }
 }

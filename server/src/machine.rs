@@ -955,7 +955,14 @@ impl LoginServer {
             } => {
                 if !self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
                     Err(LoginError::BadProof)
-                } else if version <= base || backup.is_empty() {
+                } else if !self.acceptable_backup(
+                    &certificate,
+                    base,
+                    version,
+                    &backup,
+                    &envelope,
+                    wall,
+                ) {
                     Err(LoginError::Protocol)
                 } else {
                     Ok((
@@ -1225,6 +1232,32 @@ impl LoginServer {
 
     /// True when `certificate` verifies at `at` and the asker proved (over this connection's
     /// `challenge` and server key `secret`) that it holds both certified keys.
+    /// Whether a buddy-list update is one a reader could open: the next version, signed
+    /// (at most a day ahead of the server's clock) by the asking device, whose certificate
+    /// names the account, with that version in its signed header; and a key envelope (needed
+    /// with the first backup, optional after) stretched at least as hard as passwords are
+    /// hashed here. Nothing is decrypted.
+    fn acceptable_backup(
+        &self,
+        certificate: &natter_core::crypto::Certificate,
+        base: u64,
+        version: u64,
+        backup: &[u8],
+        envelope: &[u8],
+        wall: UnixTime,
+    ) -> bool {
+        use natter_core::contacts::{backup as sealed, envelope as wrapped, StretchParams};
+        let signed = sealed::verify_writer(backup, &certificate.user, &self.cfg.trusted, wall);
+        let envelope_ok = if envelope.is_empty() {
+            base != 0
+        } else {
+            wrapped::check(envelope, StretchParams::FLOOR).is_ok()
+        };
+        base.checked_add(1) == Some(version)
+            && envelope_ok
+            && signed.is_ok_and(|s| s.version == version && s.writer == certificate.device)
+    }
+
     fn holds(
         &self,
         certificate: &natter_core::crypto::Certificate,
@@ -1844,26 +1877,59 @@ mod tests {
             Ok(Job::GetBuddyList { ref user, .. }) if user.as_str() == "alice"
         ));
         assert_eq!(get(true), Err(LoginError::BadProof));
-        let put = |other: bool, base: u64, version: u64| {
+        // A backup sealed by alice's device (the one `proved_request` proves), with an
+        // envelope stretched as hard as `hard` says.
+        let put = |other: bool, base: u64, version: u64, signed: u64, hard: bool| {
+            use natter_core::contacts::{backup, envelope, BuddyList, ListKey, StretchParams};
             proved_request(t, t + 3600, other, |certificate, proof, dh_proof| {
+                let id = TestNetwork::new(5).identity("alice");
+                let list = BuddyList::new(certificate.device);
+                let key = ListKey([1; 32]);
+                let mut rng = Rng::from_seed(1);
+                let sealed = backup::seal(
+                    &list,
+                    signed,
+                    &key,
+                    &id.device,
+                    &certificate,
+                    UnixTime(t),
+                    &mut rng,
+                )
+                .unwrap();
+                let stretch = if hard {
+                    StretchParams::FLOOR
+                } else {
+                    StretchParams::MIN
+                };
+                let wrapped =
+                    envelope::wrap(&key, &certificate.user, "pw", stretch, &mut rng).unwrap();
                 Request::PutBuddyList {
                     certificate,
                     proof,
                     dh_proof,
                     base,
                     version,
-                    backup: b"sealed".to_vec(),
-                    envelope: Vec::new(),
+                    backup: sealed,
+                    envelope: if base == 0 || hard {
+                        wrapped
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
         };
         assert!(matches!(
-            put(false, 0, 1),
+            put(false, 0, 1, 1, true),
             Ok(Job::PutBuddyList { base: 0, ref list, .. }) if list.version == 1
         ));
-        assert_eq!(put(true, 0, 1), Err(LoginError::BadProof));
-        // A version that does not move forward is a protocol error.
-        assert_eq!(put(false, 4, 4), Err(LoginError::Protocol));
+        assert_eq!(put(true, 0, 1, 1, true), Err(LoginError::BadProof));
+        // Only the next version, the one the backup itself is signed with.
+        assert_eq!(put(false, 0, 2, 2, true), Err(LoginError::Protocol));
+        assert_eq!(put(false, 4, 4, 4, true), Err(LoginError::Protocol));
+        assert_eq!(put(false, 1, 2, 3, true), Err(LoginError::Protocol));
+        // A first backup needs an envelope, stretched at least as passwords are hashed.
+        assert_eq!(put(false, 0, 1, 1, false), Err(LoginError::Protocol));
+        assert!(put(false, 1, 2, 2, false).is_ok());
     }
 
     #[test]

@@ -1230,7 +1230,16 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
     let key = ListKey(rng.bytes32());
     let store = |dev: &DeviceStore, cert: &Certificate, base, version, list: &BuddyList, env| {
         let (id, _) = dev.identity().unwrap();
-        let sealed = backup::seal(list, version, &key, &id, cert, &mut Rng::from_seed(version));
+        let sealed = backup::seal(
+            list,
+            version,
+            &key,
+            &id,
+            cert,
+            natter_transport::wall_clock(),
+            &mut Rng::from_seed(version),
+        )
+        .unwrap();
         ops(
             &r.net,
             dev,
@@ -1245,7 +1254,7 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
         .pop()
         .unwrap()
     };
-    let wrapped = envelope::wrap(&key, &alice, PASSWORD, StretchParams::MIN, &mut rng).unwrap();
+    let wrapped = envelope::wrap(&key, &alice, PASSWORD, StretchParams::FLOOR, &mut rng).unwrap();
     assert_eq!(
         store(&r.dev, &laptop.certificate, 0, 1, &list, wrapped),
         LoginClientEvent::BuddyListStored { version: 1 }
@@ -1274,7 +1283,7 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
     let phone = login(&r.net, &phone_dev, "alice", Some(PASSWORD), V, T).unwrap();
     let (version, sealed, wrapped) = fetch(&phone_dev, &phone.certificate);
     assert_eq!(version, 1);
-    let key_back = envelope::unwrap(&wrapped, &alice, PASSWORD).unwrap();
+    let key_back = envelope::unwrap(&wrapped, &alice, PASSWORD, StretchParams::FLOOR).unwrap();
     let opened = backup::open(
         &sealed,
         &alice,
@@ -1282,6 +1291,7 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
         &trusted,
         0,
         phone.certificate.device,
+        natter_transport::wall_clock(),
     )
     .unwrap();
     assert_eq!(opened.list.encode(), list.encode());
@@ -1308,6 +1318,7 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
         &trusted,
         1,
         laptop.certificate.device,
+        natter_transport::wall_clock(),
     )
     .unwrap();
     list.merge(&theirs.list);
@@ -1338,7 +1349,7 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
     );
     assert!(done.contains(&LoginClientEvent::Done), "{done:?}");
     let rewrapped =
-        envelope::wrap(&key, &alice, new_password, StretchParams::MIN, &mut rng).unwrap();
+        envelope::wrap(&key, &alice, new_password, StretchParams::FLOOR, &mut rng).unwrap();
     assert_eq!(
         store(&r.dev, &laptop.certificate, 3, 4, &list, rewrapped),
         LoginClientEvent::BuddyListStored { version: 4 }
@@ -1347,8 +1358,8 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
     let tablet_dev = DeviceStore::open(tablet_dir.path()).unwrap();
     let tablet = login(&r.net, &tablet_dev, "alice", Some(new_password), V, T).unwrap();
     let (_, sealed, wrapped) = fetch(&tablet_dev, &tablet.certificate);
-    assert!(envelope::unwrap(&wrapped, &alice, PASSWORD).is_err());
-    let key_back = envelope::unwrap(&wrapped, &alice, new_password).unwrap();
+    assert!(envelope::unwrap(&wrapped, &alice, PASSWORD, StretchParams::FLOOR).is_err());
+    let key_back = envelope::unwrap(&wrapped, &alice, new_password, StretchParams::FLOOR).unwrap();
     let last = backup::open(
         &sealed,
         &alice,
@@ -1356,12 +1367,43 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
         &trusted,
         0,
         tablet.certificate.device,
+        natter_transport::wall_clock(),
     )
     .unwrap();
     assert!(last.list.is_contact(&UserName::parse("carol").unwrap()));
     assert_eq!(
         last.list.get(&bob).unwrap().groups().collect::<Vec<_>>(),
         ["work"]
+    );
+    // A revoked device reads and writes nothing more.
+    let revoked = ops(
+        &r.net,
+        &r.dev,
+        vec![Operation::RevokeDevice {
+            user: "alice".into(),
+            password: new_password.into(),
+            device: phone.certificate.device,
+        }],
+    );
+    assert!(revoked.contains(&LoginClientEvent::Done), "{revoked:?}");
+    let asked = ops(
+        &r.net,
+        &phone_dev,
+        vec![Operation::FetchBuddyList {
+            certificate: phone.certificate.clone(),
+        }],
+    );
+    assert_eq!(refused(asked.last().unwrap()), Some(LoginError::Revoked));
+    assert_eq!(
+        refused(&store(
+            &phone_dev,
+            &phone.certificate,
+            4,
+            5,
+            &list,
+            Vec::new()
+        )),
+        Some(LoginError::Revoked)
     );
     // A device that saw version 4 refuses the older copy the server could hand it.
     assert_eq!(
@@ -1371,7 +1413,8 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
             &key,
             &trusted,
             5,
-            laptop.certificate.device
+            laptop.certificate.device,
+            natter_transport::wall_clock()
         )
         .unwrap_err(),
         backup::BackupError::RolledBack { seen: 5, found: 4 }

@@ -3,8 +3,9 @@
 //! device that saw a newer one.
 //!
 //! ```text
-//! "NBL1" ‖ u64 version ‖ u16 certificate length ‖ writer's certificate ‖ 12-byte nonce ‖
-//! u32 ciphertext length ‖ ciphertext ‖ 64-byte signature
+//! "NBL1" ‖ u64 version ‖ u64 written at (Unix seconds) ‖ u16 certificate length ‖
+//! writer's certificate ‖ 12-byte nonce ‖ u32 ciphertext length ‖ ciphertext ‖
+//! 64-byte signature
 //! ```
 //!
 //! - **Encrypted** with ChaCha20-Poly1305 under the user's list key (32 bytes, known only to
@@ -13,23 +14,32 @@
 //!   backups a day, far from the 2^48 at which random 96-bit nonces risk a repeat.
 //! - **Signed** by the device that wrote it, with the Ed25519 key its certificate (from the
 //!   login authority) vouches for, over everything before the signature. A reader checks the
-//!   certificate against its trusted authorities and that it names the same user.
+//!   certificate against its trusted authorities as of the time the backup says it was
+//!   written (not in the future), and that it names the same user; the login server checks
+//!   the same before it stores one ([`verify_writer`]), and refuses revoked devices.
 //! - **Versioned**: each backup's version is above the one it replaces. A reader passes the
 //!   highest version it saw; an older one is [`BackupError::RolledBack`].
 //!
 //! What the store learns: the user's name (it files the blob under it), the writing device's
-//! certificate, the version (how often the list changed) and the ciphertext's length (about
-//! how many contacts). Not who they are. What it can do: withhold the backup, or hand a new
+//! certificate, when and how often the list changed, and the ciphertext's length (about how
+//! many contacts). Not who they are. What it can do: withhold the backup, or hand a new
 //! install, which has seen no version yet, an older genuine one (the install merges it, and
-//! the next device to synchronise brings the newer edits back). It cannot forge or alter one
-//! (the signature), nor read one (the key).
+//! the next device to synchronise brings the newer edits back). A store that is not the
+//! authority cannot forge or alter one (the signature), nor read one (the key). The login
+//! server's operator *is* the authority: it can certify a device of its own for the user and
+//! sign with it, and it sees the password at login, which unwraps the key (see
+//! [`super::envelope`]).
+//!
+//! Still open: the list key is not rotated when a device is revoked, so a stolen device that
+//! kept the key can read backups it fetches some other way than from the login server (which
+//! refuses revoked devices).
 
 use bytes::{BufMut, BytesMut};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 use crate::crypto::{
-    verify_signature, CertError, Certificate, DeviceIdentity, TrustedAuthorities, UserName,
-    MAX_CERT_LEN,
+    verify_signature, CertError, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities,
+    UnixTime, UserName, MAX_CERT_LEN,
 };
 use crate::rng::Rng;
 use crate::wire::{DecodeError, Reader};
@@ -40,8 +50,10 @@ use super::BuddyList;
 const MAGIC: &[u8; 4] = b"NBL1";
 /// The signature's domain.
 const CONTEXT: &[u8] = b"natter-buddy-list-backup";
-/// The largest backup accepted, bytes (a list at its decoding limit fits).
-pub const MAX_BACKUP_LEN: usize = 4 * 1024 * 1024;
+/// The largest backup, bytes: what one login-server message carries (about 1,300 contacts).
+pub const MAX_BACKUP_LEN: usize = 64_000;
+/// How far ahead of the reader's clock a backup's time may be, s.
+const MAX_AHEAD_S: u64 = 86_400;
 
 /// The key the buddy list's backups are encrypted with (shared by the user's devices).
 #[derive(Clone)]
@@ -93,6 +105,23 @@ pub enum BackupError {
         /// The backup's version.
         found: u64,
     },
+    /// Written (it says) more than a day in the future.
+    #[error("the backup says it was written in the future")]
+    FromTheFuture,
+    /// The list does not fit a backup.
+    #[error("the list does not fit a backup: {0}")]
+    TooBig(String),
+}
+
+/// What the signed header of a backup says, once its writer and signature checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    /// The backup's version.
+    pub version: u64,
+    /// When it was written.
+    pub written_at: UnixTime,
+    /// The device that wrote it.
+    pub writer: DeviceId,
 }
 
 /// A backup opened: its version and the list in it.
@@ -104,19 +133,27 @@ pub struct Opened {
     pub list: BuddyList,
 }
 
-/// Seal `list` as backup `version` (above the version it replaces), written by `writer`
-/// (certified by `certificate`) under `key`.
+/// Seal `list` as backup `version` (above the version it replaces), written at `now` by
+/// `writer` (certified by `certificate`) under `key`.
+///
+/// # Errors
+/// [`BackupError::TooBig`] when the list does not fit [`MAX_BACKUP_LEN`] (or its encoding).
 pub fn seal(
     list: &BuddyList,
     version: u64,
     key: &ListKey,
     writer: &DeviceIdentity,
     certificate: &Certificate,
+    now: UnixTime,
     rng: &mut Rng,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, BackupError> {
+    let mut sealed = list
+        .encode()
+        .map_err(|e| BackupError::TooBig(e.to_string()))?;
     let mut out = BytesMut::new();
     out.put_slice(MAGIC);
     out.put_u64(version);
+    out.put_u64(now.0);
     let cert = certificate.to_bytes();
     out.put_u16(cert.len() as u16);
     out.put_slice(&cert);
@@ -124,7 +161,6 @@ pub fn seal(
     let mut nonce = [0u8; 12];
     rng.fill(&mut nonce);
     out.put_slice(&nonce);
-    let mut sealed = list.encode();
     let tag = key
         .cipher()
         .seal_in_place_separate_tag(
@@ -138,20 +174,28 @@ pub fn seal(
     out.put_slice(tag.as_ref());
     let signature = writer.sign(CONTEXT, &out);
     out.put_slice(&signature);
-    out.to_vec()
+    if out.len() > MAX_BACKUP_LEN {
+        return Err(BackupError::TooBig(format!(
+            "{} bytes, more than {MAX_BACKUP_LEN}",
+            out.len()
+        )));
+    }
+    Ok(out.to_vec())
 }
 
-/// Open a backup of `user`'s list: check its writer (against `trusted`), its signature, that
-/// it is not older than `seen` (the highest version this device saw; 0 for none), and
-/// decrypt it with `key`. The list comes back as `reader`'s (see [`BuddyList::decode`]).
-pub fn open(
-    backup: &[u8],
-    user: &UserName,
-    key: &ListKey,
-    trusted: &TrustedAuthorities,
-    seen: u64,
-    reader: crate::crypto::DeviceId,
-) -> Result<Opened, BackupError> {
+/// A backup's parts (nothing checked but the framing).
+struct Parts<'a> {
+    version: u64,
+    written_at: UnixTime,
+    certificate: Certificate,
+    aad: &'a [u8],
+    nonce: [u8; 12],
+    sealed: &'a [u8],
+    signed: &'a [u8],
+    signature: [u8; 64],
+}
+
+fn parts(backup: &[u8]) -> Result<Parts<'_>, BackupError> {
     if backup.len() > MAX_BACKUP_LEN {
         return Err(DecodeError::TooLong {
             what: "buddy list backup",
@@ -165,57 +209,116 @@ pub fn open(
         return Err(DecodeError::Invalid("buddy list backup").into());
     }
     let version = r.u64()?;
+    let written_at = UnixTime(r.u64()?);
     let certificate = Certificate::decode(r.bytes_u16("certificate", MAX_CERT_LEN)?)?;
     let aad_len = backup.len() - r.remaining();
     let nonce: [u8; 12] = r.array()?;
     let sealed_len = r.u32()? as usize;
-    let mut sealed = r.take(sealed_len)?.to_vec();
+    let sealed = r.take(sealed_len)?;
     let signed_len = backup.len() - r.remaining();
     let signature: [u8; 64] = r.array()?;
     r.finish()?;
+    Ok(Parts {
+        version,
+        written_at,
+        certificate,
+        aad: &backup[..aad_len],
+        nonce,
+        sealed,
+        signed: &backup[..signed_len],
+        signature,
+    })
+}
 
-    // The writer: certified for this user. A list written while the certificate was valid
-    // stays readable after it expired, so the certificate is checked as of its own start.
-    certificate
-        .verify(trusted, certificate.not_before)
+/// Check a backup's writer and signature without its key (what the login server does
+/// before it stores one): the writer's certificate verifies against `trusted` as of the
+/// time the backup was written, names `user`, and its key signed the backup; the time is
+/// not more than a day past `now`.
+pub fn verify_writer(
+    backup: &[u8],
+    user: &UserName,
+    trusted: &TrustedAuthorities,
+    now: UnixTime,
+) -> Result<Signed, BackupError> {
+    let p = parts(backup)?;
+    check_writer(&p, user, trusted, now)
+}
+
+fn check_writer(
+    p: &Parts<'_>,
+    user: &UserName,
+    trusted: &TrustedAuthorities,
+    now: UnixTime,
+) -> Result<Signed, BackupError> {
+    if p.written_at.0 > now.0.saturating_add(MAX_AHEAD_S) {
+        return Err(BackupError::FromTheFuture);
+    }
+    p.certificate
+        .verify(trusted, p.written_at)
         .map_err(BackupError::Certificate)?;
-    if certificate.user != *user {
+    if p.certificate.user != *user {
         return Err(BackupError::WrongUser {
             expected: user.clone(),
-            found: certificate.user,
+            found: p.certificate.user.clone(),
         });
     }
     if !verify_signature(
-        &certificate.signing_public,
+        &p.certificate.signing_public,
         CONTEXT,
-        &backup[..signed_len],
-        &signature,
+        p.signed,
+        &p.signature,
     ) {
         return Err(BackupError::Signature);
     }
-    if version < seen {
+    Ok(Signed {
+        version: p.version,
+        written_at: p.written_at,
+        writer: p.certificate.device,
+    })
+}
+
+/// Open a backup of `user`'s list at `now`: check its writer and signature (as
+/// [`verify_writer`]), that it is not older than `seen` (the highest version this device
+/// saw; 0 for none), and decrypt it with `key`. The list comes back as `reader`'s (see
+/// [`BuddyList::decode`]).
+pub fn open(
+    backup: &[u8],
+    user: &UserName,
+    key: &ListKey,
+    trusted: &TrustedAuthorities,
+    seen: u64,
+    reader: DeviceId,
+    now: UnixTime,
+) -> Result<Opened, BackupError> {
+    let p = parts(backup)?;
+    let signed = check_writer(&p, user, trusted, now)?;
+    if signed.version < seen {
         return Err(BackupError::RolledBack {
             seen,
-            found: version,
+            found: signed.version,
         });
     }
+    let mut sealed = p.sealed.to_vec();
     let plain = key
         .cipher()
         .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(&backup[..aad_len]),
+            Nonce::assume_unique_for_key(p.nonce),
+            Aad::from(p.aad),
             &mut sealed,
         )
         .map_err(|_| BackupError::Decrypt)?;
-    let list = BuddyList::decode(plain, reader)?;
-    Ok(Opened { version, list })
+    let list = BuddyList::decode(plain, reader, now.0.saturating_mul(1000))?;
+    Ok(Opened {
+        version: signed.version,
+        list,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::DeviceId;
-    use crate::testkit::TestNetwork;
+    use crate::testkit::{TestNetwork, TEST_WALL};
 
     fn user(name: &str) -> UserName {
         UserName::parse(name).unwrap()
@@ -236,7 +339,16 @@ mod tests {
         list.set_nickname(&user("bob"), "Bobby", 1_001).unwrap();
         let key = ListKey([5; 32]);
         let mut rng = Rng::from_seed(1);
-        let backup = seal(&list, 3, &key, &alice.device, &alice.certificate, &mut rng);
+        let backup = seal(
+            &list,
+            3,
+            &key,
+            &alice.device,
+            &alice.certificate,
+            TEST_WALL,
+            &mut rng,
+        )
+        .unwrap();
         Setup {
             net,
             list,
@@ -253,6 +365,7 @@ mod tests {
             &s.net.trusted(),
             seen,
             DeviceId([9; 16]),
+            TEST_WALL,
         )
     }
 
@@ -265,6 +378,70 @@ mod tests {
         assert_eq!(opened.list.device(), DeviceId([9; 16]));
         // The store sees no contact's name.
         assert!(!s.backup.windows(3).any(|w| w == b"bob"));
+    }
+
+    #[test]
+    fn a_backup_from_the_future_or_outside_its_writers_certificate_is_refused() {
+        let s = setup();
+        let alice = s.net.identity("alice");
+        let at = |t: u64| {
+            seal(
+                &s.list,
+                4,
+                &s.key,
+                &alice.device,
+                &alice.certificate,
+                UnixTime(t),
+                &mut Rng::from_seed(5),
+            )
+            .unwrap()
+        };
+        // Written two days ahead of the reader's clock.
+        assert_eq!(
+            open_as_alice(&s, &at(TEST_WALL.0 + 2 * 86_400), 0).unwrap_err(),
+            BackupError::FromTheFuture
+        );
+        // Written after the writer's certificate expired (it is valid a day around TEST_WALL).
+        let late = at(TEST_WALL.0 + 86_400 + 60);
+        let got = open(
+            &late,
+            &user("alice"),
+            &s.key,
+            &s.net.trusted(),
+            0,
+            DeviceId([9; 16]),
+            UnixTime(TEST_WALL.0 + 2 * 86_400),
+        );
+        assert!(matches!(got, Err(BackupError::Certificate(_))), "{got:?}");
+        // What the login server checks without the key.
+        let signed = verify_writer(&s.backup, &user("alice"), &s.net.trusted(), TEST_WALL).unwrap();
+        assert_eq!(signed.version, 3);
+        assert_eq!(signed.writer, alice.certificate.device);
+    }
+
+    #[test]
+    fn a_list_too_big_for_a_backup_is_an_error_not_a_cut() {
+        let s = setup();
+        let alice = s.net.identity("alice");
+        let mut big = s.list.clone();
+        for i in 0..2_000 {
+            let u = user(&format!("contact{i}"));
+            big.set_contact(&u, true, 2_000 + i).unwrap();
+            big.set_nickname(&u, "a nickname of some length", 3_000 + i)
+                .unwrap();
+        }
+        assert!(matches!(
+            seal(
+                &big,
+                4,
+                &s.key,
+                &alice.device,
+                &alice.certificate,
+                TEST_WALL,
+                &mut Rng::from_seed(6),
+            ),
+            Err(BackupError::TooBig(_))
+        ));
     }
 
     #[test]
@@ -307,8 +484,10 @@ mod tests {
             &s.key,
             &mallory.device,
             &mallory.certificate,
+            TEST_WALL,
             &mut Rng::from_seed(2),
-        );
+        )
+        .unwrap();
         assert!(matches!(
             open_as_alice(&s, &forged, 0),
             Err(BackupError::WrongUser { .. })
@@ -321,8 +500,10 @@ mod tests {
             &s.key,
             &elsewhere.device,
             &elsewhere.certificate,
+            TEST_WALL,
             &mut Rng::from_seed(3),
-        );
+        )
+        .unwrap();
         assert!(matches!(
             open_as_alice(&s, &foreign, 0),
             Err(BackupError::Certificate(_))

@@ -15,11 +15,14 @@
 //!
 //! **Threat model.** Whoever holds an envelope and a backup, without the password (a leaked
 //! database, a stolen backup of the login server), must guess the password through Argon2id
-//! (64 MiB, 3 passes by default) for each guess. The login protocol sends the password to
-//! the login server at every login, so a login server *operator* who records passwords as
-//! they arrive can unwrap the list key: against that operator the list is protected only
-//! once logins stop sending the password itself (a client-side stretched key instead, or
-//! OPAQUE), which they do not yet.
+//! for each guess (64 MiB and 3 passes by default; a reader refuses less than
+//! [`StretchParams::FLOOR`], so a forged cheap envelope cannot make guessing cheaper than
+//! the server's own password hash). The login protocol sends the password to the login
+//! server at every login, so a login server *operator* who records passwords as they arrive
+//! can unwrap the list key: against that operator the list is protected only once logins
+//! stop sending the password itself (a client-side stretched key instead, or OPAQUE), which
+//! they do not yet. A password change leaves the old envelope in place until a device wraps
+//! the key again under the new password and stores it.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
@@ -48,12 +51,21 @@ impl StretchParams {
         memory_kib: 64 * 1024,
         iterations: 3,
     };
-    /// The most an envelope may ask for (a hostile envelope must not exhaust memory).
+    /// The most an envelope may ask for: 256 MiB and 8 passes (a hostile envelope must not
+    /// exhaust a phone's memory).
     pub const MAX: StretchParams = StretchParams {
-        memory_kib: 1024 * 1024,
-        iterations: 16,
+        memory_kib: 256 * 1024,
+        iterations: 8,
     };
-    /// The least an envelope may ask for (tests use it; below it a guess is too cheap).
+    /// The least an application should accept ([`unwrap`]'s `floor`): OWASP's minimum for
+    /// Argon2id, 19 MiB and 2 passes, what the login server hashes passwords with. An
+    /// envelope made cheaper would make guessing the password offline cheaper than from the
+    /// server's own hash.
+    pub const FLOOR: StretchParams = StretchParams {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+    };
+    /// The least Argon2id itself takes: for tests only (pass it as the floor to accept it).
     pub const MIN: StretchParams = StretchParams {
         memory_kib: 8,
         iterations: 1,
@@ -132,8 +144,22 @@ pub fn wrap(
     Ok(out)
 }
 
-/// Unwrap the list key from `envelope` for `user` with `password`.
-pub fn unwrap(envelope: &[u8], user: &UserName, password: &str) -> Result<ListKey, EnvelopeError> {
+/// The stretching an envelope asks for, if it is a well-formed envelope asking for at least
+/// `floor` and at most [`StretchParams::MAX`] (what a store checks before keeping one:
+/// nothing is unwrapped).
+pub fn check(envelope: &[u8], floor: StretchParams) -> Result<StretchParams, EnvelopeError> {
+    Ok(parse(envelope, floor)?.params)
+}
+
+struct Parsed<'a> {
+    salt: [u8; 16],
+    params: StretchParams,
+    nonce: [u8; 12],
+    header: &'a [u8],
+    sealed: [u8; 48],
+}
+
+fn parse(envelope: &[u8], floor: StretchParams) -> Result<Parsed<'_>, EnvelopeError> {
     let mut r = Reader::new(envelope);
     if r.array::<4>()? != *MAGIC {
         return Err(DecodeError::Invalid("list-key envelope").into());
@@ -143,7 +169,7 @@ pub fn unwrap(envelope: &[u8], user: &UserName, password: &str) -> Result<ListKe
         memory_kib: r.u32()?,
         iterations: r.u32()?,
     };
-    let (lo, hi) = (StretchParams::MIN, StretchParams::MAX);
+    let (lo, hi) = (floor, StretchParams::MAX);
     if !(lo.memory_kib..=hi.memory_kib).contains(&params.memory_kib)
         || !(lo.iterations..=hi.iterations).contains(&params.iterations)
     {
@@ -151,12 +177,36 @@ pub fn unwrap(envelope: &[u8], user: &UserName, password: &str) -> Result<ListKe
     }
     let nonce: [u8; 12] = r.array()?;
     let header_len = envelope.len() - r.remaining();
-    let mut sealed: [u8; 48] = r.array()?;
+    let sealed: [u8; 48] = r.array()?;
     r.finish()?;
+    Ok(Parsed {
+        salt,
+        params,
+        nonce,
+        header: &envelope[..header_len],
+        sealed,
+    })
+}
+
+/// Unwrap the list key from `envelope` for `user` with `password`, if its stretching is at
+/// least `floor` ([`StretchParams::FLOOR`]) and at most [`StretchParams::MAX`].
+pub fn unwrap(
+    envelope: &[u8],
+    user: &UserName,
+    password: &str,
+    floor: StretchParams,
+) -> Result<ListKey, EnvelopeError> {
+    let Parsed {
+        salt,
+        params,
+        nonce,
+        header,
+        mut sealed,
+    } = parse(envelope, floor)?;
     let plain = wrapping_key(password, &salt, params)?
         .open_in_place(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad(user, &envelope[..header_len])),
+            Aad::from(aad(user, header)),
             &mut sealed,
         )
         .map_err(|_| EnvelopeError::WrongPassword)?;
@@ -181,11 +231,17 @@ mod tests {
         let mut rng = Rng::from_seed(1);
         let old = wrap(&key, &alice(), "old secret", CHEAP, &mut rng).unwrap();
         assert_eq!(old.len(), ENVELOPE_LEN);
-        assert_eq!(unwrap(&old, &alice(), "old secret").unwrap().0, key.0);
-        let new = wrap(&key, &alice(), "new secret", CHEAP, &mut rng).unwrap();
-        assert_eq!(unwrap(&new, &alice(), "new secret").unwrap().0, key.0);
         assert_eq!(
-            unwrap(&new, &alice(), "old secret").unwrap_err(),
+            unwrap(&old, &alice(), "old secret", CHEAP).unwrap().0,
+            key.0
+        );
+        let new = wrap(&key, &alice(), "new secret", CHEAP, &mut rng).unwrap();
+        assert_eq!(
+            unwrap(&new, &alice(), "new secret", CHEAP).unwrap().0,
+            key.0
+        );
+        assert_eq!(
+            unwrap(&new, &alice(), "old secret", CHEAP).unwrap_err(),
             EnvelopeError::WrongPassword
         );
     }
@@ -196,25 +252,30 @@ mod tests {
         let env = wrap(&key, &alice(), "pw", CHEAP, &mut Rng::from_seed(2)).unwrap();
         let bob = UserName::parse("bob").unwrap();
         assert_eq!(
-            unwrap(&env, &bob, "pw").unwrap_err(),
+            unwrap(&env, &bob, "pw", CHEAP).unwrap_err(),
             EnvelopeError::WrongPassword
         );
         for i in 0..env.len() {
             let mut bad = env.clone();
             bad[i] ^= 0x01;
-            assert!(unwrap(&bad, &alice(), "pw").is_err(), "byte {i}");
+            assert!(unwrap(&bad, &alice(), "pw", CHEAP).is_err(), "byte {i}");
         }
         for n in 0..env.len() {
             assert!(matches!(
-                unwrap(&env[..n], &alice(), "pw"),
+                unwrap(&env[..n], &alice(), "pw", CHEAP),
                 Err(EnvelopeError::Malformed(_))
             ));
         }
+        // Below the floor an application sets: refused before any work.
+        assert!(matches!(
+            unwrap(&env, &alice(), "pw", StretchParams::FLOOR),
+            Err(EnvelopeError::Malformed(_))
+        ));
         // Asking for 4 GiB is refused before any work.
         let mut greedy = env.clone();
         greedy[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(
-            unwrap(&greedy, &alice(), "pw"),
+            unwrap(&greedy, &alice(), "pw", CHEAP),
             Err(EnvelopeError::Malformed(_))
         ));
     }

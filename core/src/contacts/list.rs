@@ -40,8 +40,13 @@
 //! (`tests::a_thousand_contacts_fit_a_frame`), so about 1,400 fit a 64 KiB frame.
 //!
 //! Local edits stop at [`MAX_ENTRIES`] entries and [`MAX_GROUPS`] groups per contact; a merge
-//! never drops anything (dropping would break convergence), so a merged list may hold more,
-//! and the decoder accepts up to [`DECODE_FACTOR`] times the limits.
+//! never drops anything (dropping would break convergence), so a merged list may hold more:
+//! the encoding holds up to [`DECODE_FACTOR`] times the entries, 255 groups per contact and
+//! 4,095 devices, and [`BuddyList::encode`] refuses a list beyond them
+//! ([`ListError::TooBig`]) rather than write one the decoder would refuse. The decoder also
+//! refuses what no edit makes: a field never set that holds a value, a group membership or
+//! an entry with nothing set, and a stamp more than [`MAX_AHEAD_MS`] ahead of the reader's
+//! clock (one such stamp would otherwise pin every device's clock far ahead).
 
 use std::collections::BTreeMap;
 
@@ -58,14 +63,18 @@ pub const MAX_NAME_TEXT: usize = 128;
 pub const MAX_GROUPS: usize = 32;
 /// Longest group label, bytes of UTF-8.
 pub const MAX_LABEL: usize = 64;
-/// A decoded (merged) list may hold this many times the local limits.
+/// A decoded (merged) list may hold this many times the local limit of entries.
 pub const DECODE_FACTOR: usize = 4;
+/// How far ahead of the reader's clock a stamp may be, ms (a day of clock error).
+pub const MAX_AHEAD_MS: u64 = 86_400_000;
+/// Most groups one entry may hold in the encoding (merged lists included).
+const MAX_GROUPS_ENCODED: usize = u8::MAX as usize;
 /// The encoding's format byte.
 const FORMAT: u8 = 2;
 /// The stamp index meaning "never set" ([`Stamp::ZERO`]).
 const NEVER: u16 = u16::MAX;
-/// Most devices in one encoded list.
-const MAX_DEVICES: usize = 4096;
+/// Most devices in one encoded list (an index below [`NEVER`]).
+const MAX_DEVICES: usize = 4095;
 
 /// When an edit was made: the hybrid logical clock's milliseconds, then the device that made
 /// it. Ordered by time, then device: two devices never make equal stamps, and one device
@@ -108,6 +117,9 @@ impl Stamp {
             // Would have been written as "never set".
             return Err(DecodeError::Invalid("stamp"));
         }
+        if stamp.ms > devices.latest_ms {
+            return Err(DecodeError::Invalid("stamp ahead of the clock"));
+        }
         Ok(stamp)
     }
 }
@@ -116,6 +128,8 @@ impl Stamp {
 struct DeviceTable {
     ids: Vec<DeviceId>,
     used: Vec<bool>,
+    /// The latest stamp accepted (the reader's clock plus [`MAX_AHEAD_MS`]).
+    latest_ms: u64,
 }
 
 impl DeviceTable {
@@ -262,9 +276,9 @@ impl Entry {
         encode_flag(&self.blocked, devices, out);
         encode_text(&self.nickname, devices, out);
         encode_text(&self.display_name, devices, out);
-        // At most 255 groups: local edits stop at MAX_GROUPS, decoding at four times that.
-        out.put_u8(self.groups.len().min(usize::from(u8::MAX)) as u8);
-        for (label, member) in self.groups.iter().take(usize::from(u8::MAX)) {
+        // At most 255 groups ([`BuddyList::encode`] checked).
+        out.put_u8(self.groups.len() as u8);
+        for (label, member) in &self.groups {
             out.put_u8(label.len() as u8);
             out.put_slice(label.as_bytes());
             encode_flag(member, devices, out);
@@ -277,13 +291,6 @@ impl Entry {
         let nickname = decode_text(r, devices, "nickname")?;
         let display_name = decode_text(r, devices, "display name")?;
         let count = usize::from(r.u8()?);
-        if count > MAX_GROUPS * DECODE_FACTOR {
-            return Err(DecodeError::TooLong {
-                what: "groups",
-                len: count,
-                max: MAX_GROUPS * DECODE_FACTOR,
-            });
-        }
         let mut groups = BTreeMap::new();
         let mut last: Option<String> = None;
         for _ in 0..count {
@@ -293,15 +300,25 @@ impl Entry {
                 return Err(DecodeError::Invalid("group order"));
             }
             last = Some(label.to_owned());
-            groups.insert(label.to_owned(), decode_flag(r, devices)?);
+            let member = decode_flag(r, devices)?;
+            if member.stamp == Stamp::ZERO {
+                // A membership never set is no membership: it is not written.
+                return Err(DecodeError::Invalid("group never set"));
+            }
+            groups.insert(label.to_owned(), member);
         }
-        Ok(Self {
+        let entry = Self {
             contact,
             blocked,
             nickname,
             display_name,
             groups,
-        })
+        };
+        if entry.latest() == Stamp::ZERO {
+            // An entry with nothing set is no entry.
+            return Err(DecodeError::Invalid("empty entry"));
+        }
+        Ok(entry)
     }
 }
 
@@ -313,6 +330,10 @@ fn encode_flag(reg: &Lww<bool>, devices: &BTreeMap<DeviceId, u16>, out: &mut Byt
 fn decode_flag(r: &mut Reader<'_>, devices: &mut DeviceTable) -> Result<Lww<bool>, DecodeError> {
     let stamp = Stamp::decode(r, devices)?;
     let value = r.bool("flag")?;
+    if stamp == Stamp::ZERO && value {
+        // A field never set holds its default.
+        return Err(DecodeError::Invalid("flag never set"));
+    }
     Ok(Lww { value, stamp })
 }
 
@@ -331,6 +352,9 @@ fn decode_text(
     let value = std::str::from_utf8(r.bytes_u16(what, MAX_NAME_TEXT)?)
         .map_err(|_| DecodeError::Invalid(what))?
         .to_owned();
+    if stamp == Stamp::ZERO && !value.is_empty() {
+        return Err(DecodeError::Invalid(what));
+    }
     Ok(Lww { value, stamp })
 }
 
@@ -357,6 +381,17 @@ pub enum ListError {
     /// A group label is empty.
     #[error("a group label cannot be empty")]
     EmptyLabel,
+    /// The (merged) list holds more than its encoding can: too many entries, groups of one
+    /// entry, or devices.
+    #[error("the buddy list holds {len} {what}, more than the {max} its encoding holds")]
+    TooBig {
+        /// What there is too much of.
+        what: &'static str,
+        /// How many there are.
+        len: usize,
+        /// The most the encoding holds.
+        max: usize,
+    },
 }
 
 /// The buddy list of one user, as one of the user's devices holds it (see the
@@ -478,8 +513,14 @@ impl BuddyList {
         }
         check_text("group label", label, MAX_LABEL)?;
         self.edit(user, now_ms, !member, |e, stamp| {
-            if !e.groups.contains_key(label) && e.groups.len() >= MAX_GROUPS {
-                return Err(ListError::TooManyGroups);
+            if !e.groups.contains_key(label) {
+                if !member {
+                    // Out of a group it was never in: nothing to record.
+                    return Ok(false);
+                }
+                if e.groups.len() >= MAX_GROUPS {
+                    return Err(ListError::TooManyGroups);
+                }
             }
             Ok(e.groups
                 .entry(label.to_owned())
@@ -500,7 +541,21 @@ impl BuddyList {
     }
 
     /// The entries, encoded (see the [module documentation](self)).
-    pub fn encode(&self) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// [`ListError::TooBig`] when a merged list holds more than the encoding can.
+    pub fn encode(&self) -> Result<Vec<u8>, ListError> {
+        let too_big = |what, len, max| {
+            if len > max {
+                Err(ListError::TooBig { what, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        too_big("entries", self.entries.len(), MAX_ENTRIES * DECODE_FACTOR)?;
+        for entry in self.entries.values() {
+            too_big("groups", entry.groups.len(), MAX_GROUPS_ENCODED)?;
+        }
         let mut devices: BTreeMap<DeviceId, u16> = self
             .entries
             .values()
@@ -508,16 +563,14 @@ impl BuddyList {
             .filter(|s| *s != Stamp::ZERO)
             .map(|s| (s.device, 0))
             .collect();
+        // More devices than an index holds would take years of new installs.
+        too_big("devices", devices.len(), MAX_DEVICES)?;
         let mut out = BytesMut::new();
         out.put_u8(FORMAT);
-        // More devices than an index holds would take years of new installs; the encoding
-        // then stops at the limit (the decoder refuses it, as for any list past its limits).
-        out.put_u16(devices.len().min(MAX_DEVICES) as u16);
+        out.put_u16(devices.len() as u16);
         for (i, (id, index)) in devices.iter_mut().enumerate() {
             *index = i as u16;
-            if i < MAX_DEVICES {
-                out.put_slice(&id.0);
-            }
+            out.put_slice(&id.0);
         }
         out.put_u32(self.entries.len() as u32);
         for (user, entry) in &self.entries {
@@ -526,12 +579,13 @@ impl BuddyList {
             out.put_slice(name.as_bytes());
             entry.encode(&devices, &mut out);
         }
-        out.to_vec()
+        Ok(out.to_vec())
     }
 
     /// Decode what [`BuddyList::encode`] wrote, as the list of `device` (whose clock starts
-    /// past every stamp in it).
-    pub fn decode(buf: &[u8], device: DeviceId) -> Result<Self, DecodeError> {
+    /// past every stamp in it), read at `now_ms` (the wall time, ms since the Unix epoch:
+    /// no stamp may be more than [`MAX_AHEAD_MS`] past it).
+    pub fn decode(buf: &[u8], device: DeviceId, now_ms: u64) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf);
         if r.u8()? != FORMAT {
             return Err(DecodeError::Invalid("buddy list format"));
@@ -547,6 +601,7 @@ impl BuddyList {
         let mut devices = DeviceTable {
             ids: Vec::with_capacity(n),
             used: vec![false; n],
+            latest_ms: now_ms.saturating_add(MAX_AHEAD_MS),
         };
         for _ in 0..n {
             let id = DeviceId(r.array()?);
@@ -662,7 +717,7 @@ mod tests {
         a.merge(&phone);
         let mut b = phone.clone();
         b.merge(&laptop);
-        assert_eq!(a.encode(), b.encode());
+        assert_eq!(a.encode().unwrap(), b.encode().unwrap());
         assert_eq!(a.get(&user("bob")).unwrap().nickname(), "Bobby");
         assert_eq!(
             a.get(&user("bob")).unwrap().groups().collect::<Vec<_>>(),
@@ -717,9 +772,9 @@ mod tests {
         let mut l = BuddyList::new(device(1));
         l.set_contact(&user("bob"), true, 1).unwrap();
         l.set_contact(&user("amy"), true, 2).unwrap();
-        let bytes = l.encode();
-        let back = BuddyList::decode(&bytes, device(1)).unwrap();
-        assert_eq!(back.encode(), bytes);
+        let bytes = l.encode().unwrap();
+        let back = BuddyList::decode(&bytes, device(1), u64::MAX).unwrap();
+        assert_eq!(back.encode().unwrap(), bytes);
         // Swapping the two entries (of the same length) breaks the order. The header: the
         // format, one device, the entry count.
         let head = 1 + 2 + 16 + 4;
@@ -728,20 +783,50 @@ mod tests {
         swapped.extend_from_slice(&bytes[head + entry..]);
         swapped.extend_from_slice(&bytes[head..head + entry]);
         assert_eq!(
-            BuddyList::decode(&swapped, device(1)),
+            BuddyList::decode(&swapped, device(1), u64::MAX),
             Err(DecodeError::Invalid("entry order"))
         );
         // Upper case is not the canonical form of a name.
         let mut upper = bytes.clone();
         upper[head + 1] = b'A';
-        assert!(BuddyList::decode(&upper, device(1)).is_err());
+        assert!(BuddyList::decode(&upper, device(1), u64::MAX).is_err());
         // A device listed but never used is another encoding of the same list.
         let mut extra = vec![FORMAT, 0, 2];
         extra.extend_from_slice(&[0; 16]);
         extra.extend_from_slice(&bytes[3..]);
         assert_eq!(
-            BuddyList::decode(&extra, device(1)),
+            BuddyList::decode(&extra, device(1), u64::MAX),
             Err(DecodeError::Invalid("unused device"))
+        );
+    }
+
+    #[test]
+    fn states_no_edit_makes_are_refused() {
+        let mut l = BuddyList::new(device(1));
+        // Leaving a group never joined records nothing.
+        assert_eq!(l.set_group(&user("bob"), "work", false, 5), Ok(false));
+        l.set_contact(&user("bob"), true, 5).unwrap();
+        assert_eq!(l.set_group(&user("bob"), "work", false, 6), Ok(false));
+        let bytes = l.encode().unwrap();
+        assert!(BuddyList::decode(&bytes, device(1), 0).is_ok());
+        // The header (format, one device, count), the name, then `contact` (index, ms,
+        // value) and `blocked`, never set: 0xFFFF and its value.
+        let blocked = 1 + 2 + 16 + 4 + 1 + 3 + (2 + 8 + 1);
+        assert_eq!(&bytes[blocked..blocked + 3], &[0xFF, 0xFF, 0]);
+        let mut set = bytes.clone();
+        set[blocked + 2] = 1;
+        assert_eq!(
+            BuddyList::decode(&set, device(1), 0),
+            Err(DecodeError::Invalid("flag never set"))
+        );
+        // A stamp far ahead of the reader's clock would pin every clock after it.
+        let mut ahead = BuddyList::new(device(1));
+        ahead
+            .set_contact(&user("bob"), true, 10 * MAX_AHEAD_MS)
+            .unwrap();
+        assert_eq!(
+            BuddyList::decode(&ahead.encode().unwrap(), device(1), 0),
+            Err(DecodeError::Invalid("stamp ahead of the clock"))
         );
     }
 
@@ -753,7 +838,7 @@ mod tests {
             l.set_contact(&u, true, 1_000 + i).unwrap();
             l.set_nickname(&u, "Nick", 2_000 + i).unwrap();
         }
-        let len = l.encode().len();
+        let len = l.encode().unwrap().len();
         eprintln!("1,000 contacts with nicknames: {len} bytes");
         assert!(len < 60_000, "{len} bytes");
     }

@@ -217,7 +217,7 @@ pub enum Request {
 
 /// The largest buddy-list backup a login message carries (what fits one 64 KiB frame with
 /// the request's other fields): about 1,300 contacts.
-pub const MAX_BUDDY_BACKUP: usize = 64_000;
+pub const MAX_BUDDY_BACKUP: usize = crate::contacts::backup::MAX_BACKUP_LEN;
 /// The largest list-key envelope.
 pub const MAX_BUDDY_ENVELOPE: usize = 255;
 

@@ -628,7 +628,7 @@ impl AccountStore for PostgresStore {
         list: &StoredBuddyList,
     ) -> Result<bool, StoreError> {
         let (base, version) = (sql_version(base)?, sql_version(list.version)?);
-        self.run(|client, _| {
+        self.run(|client, retried| {
             let mut tx = client.transaction()?;
             // One update at a time per account, across login servers: the account's row is
             // the lock (and keeps the account from being deleted until we commit).
@@ -647,6 +647,15 @@ impl AccountStore for PostgresStore {
                 .map(|r| r.try_get(0))
                 .transpose()?;
             if stored.unwrap_or(0) != base {
+                // On a retry after the connection broke, the first try may have committed:
+                // then this very backup is what is stored.
+                if retried && stored == Some(version) {
+                    let same = tx.query_opt(
+                        r#"SELECT 1 FROM buddy_lists WHERE "user" = $1 AND backup = $2"#,
+                        &[&user.as_str(), &list.backup],
+                    )?;
+                    return Ok(same.is_some());
+                }
                 return Ok(false);
             }
             tx.execute(
