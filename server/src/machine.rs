@@ -1230,13 +1230,13 @@ impl LoginServer {
         }
     }
 
-    /// True when `certificate` verifies at `at` and the asker proved (over this connection's
-    /// `challenge` and server key `secret`) that it holds both certified keys.
     /// Whether a buddy-list update is one a reader could open: the next version, signed
-    /// (at most a day ahead of the server's clock) by the asking device, whose certificate
-    /// names the account, with that version in its signed header; and a key envelope (needed
-    /// with the first backup, optional after) stretched at least as hard as passwords are
-    /// hashed here. Nothing is decrypted.
+    /// within a day of the server's clock by the asking device (whose certificate names the
+    /// account), with that version in its signed header; and a key envelope (needed with the
+    /// first backup, optional after) stretched at least as hard as passwords are hashed here.
+    /// Nothing is decrypted. Readers check the writer's certificate as of the time the backup
+    /// says it was written; this check at the server's own clock, with the revocation check
+    /// of the job, is what keeps an expired or revoked device from writing one.
     fn acceptable_backup(
         &self,
         certificate: &natter_core::crypto::Certificate,
@@ -1247,7 +1247,9 @@ impl LoginServer {
         wall: UnixTime,
     ) -> bool {
         use natter_core::contacts::{backup as sealed, envelope as wrapped, StretchParams};
-        let signed = sealed::verify_writer(backup, &certificate.user, &self.cfg.trusted, wall);
+        let signed = sealed::verify_writer(backup, &certificate.user, &self.cfg.trusted, wall)
+            .ok()
+            .filter(|s| s.written_at.0.saturating_add(86_400) >= wall.0);
         let envelope_ok = if envelope.is_empty() {
             base != 0
         } else {
@@ -1255,9 +1257,11 @@ impl LoginServer {
         };
         base.checked_add(1) == Some(version)
             && envelope_ok
-            && signed.is_ok_and(|s| s.version == version && s.writer == certificate.device)
+            && signed.is_some_and(|s| s.version == version && s.writer == certificate.device)
     }
 
+    /// True when `certificate` verifies at `at` and the asker proved (over this connection's
+    /// `challenge` and server key `secret`) that it holds both certified keys.
     fn holds(
         &self,
         certificate: &natter_core::crypto::Certificate,
@@ -1930,6 +1934,58 @@ mod tests {
         // A first backup needs an envelope, stretched at least as passwords are hashed.
         assert_eq!(put(false, 0, 1, 1, false), Err(LoginError::Protocol));
         assert!(put(false, 1, 2, 2, false).is_ok());
+    }
+
+    #[test]
+    fn a_buddy_list_update_needs_an_envelope_first_and_its_own_writer() {
+        use natter_core::contacts::{backup, envelope, BuddyList, ListKey, StretchParams};
+        let t = TEST_WALL.0;
+        let net = TestNetwork::new(5);
+        // Another device of alice's, certified too.
+        let other = net.identity("alice2").device;
+        let put = |by_other: bool, with_envelope: bool| {
+            proved_request(t, t + 3600, false, |certificate, proof, dh_proof| {
+                let mut rng = Rng::from_seed(2);
+                let key = ListKey([2; 32]);
+                let writer = if by_other {
+                    other.clone()
+                } else {
+                    TestNetwork::new(5).identity("alice").device
+                };
+                let writer_cert = net.authority().certify(
+                    &certificate.user,
+                    writer.dh_public(),
+                    writer.signing_public(),
+                    certificate.not_before,
+                    certificate.not_after,
+                );
+                let list = BuddyList::new(writer_cert.device);
+                let sealed =
+                    backup::seal(&list, 1, &key, &writer, &writer_cert, UnixTime(t), &mut rng)
+                        .unwrap();
+                let wrapped = envelope::wrap(
+                    &key,
+                    &certificate.user,
+                    "pw",
+                    StretchParams::FLOOR,
+                    &mut rng,
+                )
+                .unwrap();
+                Request::PutBuddyList {
+                    certificate,
+                    proof,
+                    dh_proof,
+                    base: 0,
+                    version: 1,
+                    backup: sealed,
+                    envelope: if with_envelope { wrapped } else { Vec::new() },
+                }
+            })
+        };
+        assert!(put(false, true).is_ok());
+        assert_eq!(put(false, false), Err(LoginError::Protocol));
+        // Signed by another device than the one asking.
+        assert_eq!(put(true, true), Err(LoginError::Protocol));
     }
 
     #[test]

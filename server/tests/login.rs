@@ -1294,7 +1294,7 @@ fn a_new_install_gets_the_buddy_list_back_with_the_password_alone() {
         natter_transport::wall_clock(),
     )
     .unwrap();
-    assert_eq!(opened.list.encode(), list.encode());
+    assert_eq!(opened.list.encode().unwrap(), list.encode().unwrap());
 
     // Both devices edit and store on version 1: the second is told to merge and retry.
     let mut on_phone = opened.list;

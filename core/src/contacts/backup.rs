@@ -30,9 +30,16 @@
 //! sign with it, and it sees the password at login, which unwraps the key (see
 //! [`super::envelope`]).
 //!
-//! Still open: the list key is not rotated when a device is revoked, so a stolen device that
-//! kept the key can read backups it fetches some other way than from the login server (which
-//! refuses revoked devices).
+//! Still open:
+//! - the list key is not rotated when a device is revoked, so a stolen device that kept the
+//!   key can read backups it fetches some other way than from the login server (which
+//!   refuses revoked devices);
+//! - a reader checks the writer's certificate as of the time the backup says it was written
+//!   and does not consult revocations: the login server's own check (at its clock, against
+//!   its revocations) is what keeps an expired or revoked device from storing one;
+//! - a list whose encoding passes [`MAX_BACKUP_LEN`] (about 1,300 plain contacts, fewer with
+//!   many groups) is refused with [`BackupError::TooBig`] until backups travel in pieces;
+//!   removed contacts and left groups stay as tombstones and count.
 
 use bytes::{BufMut, BytesMut};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
@@ -105,8 +112,9 @@ pub enum BackupError {
         /// The backup's version.
         found: u64,
     },
-    /// Written (it says) more than a day in the future.
-    #[error("the backup says it was written in the future")]
+    /// Written (it says) more than a day in the future, or (when sealing) holding an edit
+    /// stamped more than a day ahead of the clock.
+    #[error("the backup, or an edit in it, is from more than a day in the future")]
     FromTheFuture,
     /// The list does not fit a backup.
     #[error("the list does not fit a backup: {0}")]
@@ -147,6 +155,16 @@ pub fn seal(
     now: UnixTime,
     rng: &mut Rng,
 ) -> Result<Vec<u8>, BackupError> {
+    // A stamp more than a day ahead (a clock set years ahead when the edit was made) would
+    // make every reader refuse the whole list: not written until the clock catches up.
+    if list.latest_ms()
+        > now
+            .0
+            .saturating_mul(1000)
+            .saturating_add(MAX_AHEAD_S * 1000)
+    {
+        return Err(BackupError::FromTheFuture);
+    }
     let mut sealed = list
         .encode()
         .map_err(|e| BackupError::TooBig(e.to_string()))?;
@@ -417,6 +435,30 @@ mod tests {
         let signed = verify_writer(&s.backup, &user("alice"), &s.net.trusted(), TEST_WALL).unwrap();
         assert_eq!(signed.version, 3);
         assert_eq!(signed.writer, alice.certificate.device);
+    }
+
+    #[test]
+    fn an_edit_stamped_far_ahead_is_not_sealed() {
+        let s = setup();
+        let alice = s.net.identity("alice");
+        let mut ahead = s.list.clone();
+        // Made while the device's clock was a year ahead.
+        let year_ms = 365 * 86_400 * 1000;
+        ahead
+            .set_contact(&user("carol"), true, TEST_WALL.0 * 1000 + year_ms)
+            .unwrap();
+        assert_eq!(
+            seal(
+                &ahead,
+                4,
+                &s.key,
+                &alice.device,
+                &alice.certificate,
+                TEST_WALL,
+                &mut Rng::from_seed(7),
+            ),
+            Err(BackupError::FromTheFuture)
+        );
     }
 
     #[test]

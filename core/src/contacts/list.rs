@@ -42,7 +42,7 @@
 //! Local edits stop at [`MAX_ENTRIES`] entries and [`MAX_GROUPS`] groups per contact; a merge
 //! never drops anything (dropping would break convergence), so a merged list may hold more:
 //! the encoding holds up to [`DECODE_FACTOR`] times the entries, 255 groups per contact and
-//! 4,095 devices, and [`BuddyList::encode`] refuses a list beyond them
+//! 4,096 devices, and [`BuddyList::encode`] refuses a list beyond them
 //! ([`ListError::TooBig`]) rather than write one the decoder would refuse. The decoder also
 //! refuses what no edit makes: a field never set that holds a value, a group membership or
 //! an entry with nothing set, and a stamp more than [`MAX_AHEAD_MS`] ahead of the reader's
@@ -73,8 +73,8 @@ const MAX_GROUPS_ENCODED: usize = u8::MAX as usize;
 const FORMAT: u8 = 2;
 /// The stamp index meaning "never set" ([`Stamp::ZERO`]).
 const NEVER: u16 = u16::MAX;
-/// Most devices in one encoded list (an index below [`NEVER`]).
-const MAX_DEVICES: usize = 4095;
+/// Most devices in one encoded list (their indices stay far below [`NEVER`]).
+const MAX_DEVICES: usize = 4096;
 
 /// When an edit was made: the hybrid logical clock's milliseconds, then the device that made
 /// it. Ordered by time, then device: two devices never make equal stamps, and one device
@@ -417,6 +417,12 @@ impl BuddyList {
     /// The device that stamps this list's edits.
     pub fn device(&self) -> DeviceId {
         self.device
+    }
+
+    /// The latest stamp's milliseconds in the list (0 for none): the clock its next edit
+    /// goes past.
+    pub fn latest_ms(&self) -> u64 {
+        self.clock
     }
 
     /// The entry of `user`, if the list has one (a contact, a removed contact or a blocked
@@ -827,6 +833,29 @@ mod tests {
         assert_eq!(
             BuddyList::decode(&ahead.encode().unwrap(), device(1), 0),
             Err(DecodeError::Invalid("stamp ahead of the clock"))
+        );
+    }
+
+    #[test]
+    fn a_merged_list_beyond_the_encoding_is_an_error() {
+        // Nine devices, offline, each put bob in 32 groups of their own: 288 in all, more
+        // than an entry's 255.
+        let mut merged = BuddyList::new(device(0));
+        for d in 1..=9u8 {
+            let mut l = BuddyList::new(device(d));
+            for g in 0..MAX_GROUPS {
+                l.set_group(&user("bob"), &format!("d{d}-g{g:02}"), true, 10)
+                    .unwrap();
+            }
+            merged.merge(&l);
+        }
+        assert_eq!(
+            merged.encode(),
+            Err(ListError::TooBig {
+                what: "groups",
+                len: 288,
+                max: 255
+            })
         );
     }
 

@@ -199,6 +199,18 @@ fn is_constraint(e: &rusqlite::Error, extended: i32) -> bool {
         if f.code == ErrorCode::ConstraintViolation && f.extended_code == extended)
 }
 
+/// [`StoreError::NoSuchAccount`] unless `user` has an account (read within `tx`).
+fn require_account(tx: &rusqlite::Transaction<'_>, user: &UserName) -> Result<(), StoreError> {
+    tx.query_row(
+        "SELECT 1 FROM accounts WHERE user = ?1",
+        [user.as_str()],
+        |_| Ok(()),
+    )
+    .optional()
+    .map_err(backend)?
+    .ok_or(StoreError::NoSuchAccount)
+}
+
 fn to_sql_time(t: UnixTime) -> Result<i64, StoreError> {
     i64::try_from(t.0).map_err(|_| StoreError::Backend("time out of range".into()))
 }
@@ -303,18 +315,7 @@ impl AccountStore for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let exists = tx
-            .query_row(
-                "SELECT 1 FROM accounts WHERE user = ?1",
-                [user.as_str()],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(backend)?
-            .is_some();
-        if !exists {
-            return Err(StoreError::NoSuchAccount);
-        }
+        require_account(&tx, user)?;
         tx.execute(
             "INSERT INTO revocations (device, user, revoked_at)
              SELECT device, user, ?2 FROM devices
@@ -336,17 +337,7 @@ impl AccountStore for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let account = tx
-            .query_row(
-                "SELECT 1 FROM accounts WHERE user = ?1",
-                [device.user.as_str()],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(backend)?;
-        if account.is_none() {
-            return Err(StoreError::NoSuchAccount);
-        }
+        require_account(&tx, &device.user)?;
         let owner: Option<String> = tx
             .query_row(
                 "SELECT user FROM devices WHERE device = ?1",
@@ -526,18 +517,7 @@ impl AccountStore for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let exists = tx
-            .query_row(
-                "SELECT 1 FROM accounts WHERE user = ?1",
-                [user.as_str()],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(backend)?
-            .is_some();
-        if !exists {
-            return Err(StoreError::NoSuchAccount);
-        }
+        require_account(&tx, user)?;
         let stored: Option<i64> = tx
             .query_row(
                 "SELECT version FROM buddy_lists WHERE user = ?1",
