@@ -709,6 +709,31 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_schema_gains_the_buddy_lists() {
+        let Some(url) = url() else { return };
+        let schema = fresh_schema(&url, "migrate1");
+        drop(PostgresStore::connect_with_schema(&url, &schema).expect("connect"));
+        // As the previous release left it.
+        let mut admin = Client::connect(&url, NoTls).expect("admin");
+        admin
+            .batch_execute(&format!(
+                "DROP TABLE {schema}.buddy_lists; UPDATE {schema}.schema_version SET version = 1"
+            ))
+            .expect("downgrade");
+        let store = PostgresStore::connect_with_schema(&url, &schema).expect("migrate");
+        let version: i32 = store
+            .client()
+            .query_one("SELECT max(version) FROM schema_version", &[])
+            .expect("version")
+            .get(0);
+        assert_eq!(version, SCHEMA_VERSION);
+        let alice = UserName::parse("alice").expect("name");
+        assert_eq!(store.buddy_list(&alice).expect("read"), None);
+        drop(store);
+        drop_schema(&url, &schema);
+    }
+
+    #[test]
     fn reconnects_once_after_the_server_killed_the_connection() {
         let Some(url) = url() else { return };
         let schema = fresh_schema(&url, "reconnect");
