@@ -35,39 +35,23 @@ fn tbf_counters(text: &str) -> Option<(u64, u64, u64)> {
     Some((sent, pkts, dropped))
 }
 
-/// `media/testdata/speech.wav` (16 kHz mono, 16-bit) repeated to last `secs`, written to
-/// `path`: the caller says something for the whole run (a tone costs Opus more than speech
-/// at the lowest bitrates).
+/// `media/testdata/speech.wav` (16 kHz mono) repeated to last `secs`, written to `path`: the
+/// caller says something for the whole run (a tone costs Opus more than speech at the
+/// lowest bitrates).
 fn long_speech(path: &std::path::Path, secs: u32) {
-    let wav = std::fs::read(concat!(
+    use natter_media::audio::wav::{read_wav, write_wav};
+    let (rate, speech) = read_wav(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../media/testdata/speech.wav"
     ))
     .unwrap();
-    let at = wav.windows(4).position(|w| w == b"data").unwrap();
-    let len = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
-    let speech = &wav[at + 8..at + 8 + len];
-    let data: Vec<u8> = speech
+    let samples: Vec<i16> = speech
         .iter()
         .copied()
         .cycle()
-        .take(secs as usize * 32_000)
+        .take((secs * rate) as usize)
         .collect();
-    let mut out = Vec::with_capacity(44 + data.len());
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&16_000u32.to_le_bytes());
-    out.extend_from_slice(&32_000u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&data);
-    std::fs::write(path, out).unwrap();
+    write_wav(path, rate, &samples).unwrap();
 }
 
 #[test]
