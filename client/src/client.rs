@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use natter_core::contacts::{BuddyList, ListError};
 use natter_core::crypto::{Capabilities, DeviceId, LocalIdentity, UserName};
 use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::proto::Version;
@@ -24,10 +25,11 @@ use natter_transport::{os_seed, wall_clock};
 
 use crate::audio::{Audio, AudioConfig};
 use crate::call::{Call, CallTable};
+use crate::contacts::{Contact, Contacts, ContactsSync};
 use crate::credentials::Credentials;
 use crate::error::{
-    parse_name, AccountError, BuildError, CallError, LoginError, RegisterError, SearchError,
-    ServerError, StartError, StopError,
+    parse_name, AccountError, BuildError, CallError, ContactsError, LoginError, RegisterError,
+    SearchError, ServerError, StartError, StopError,
 };
 use crate::events::{Event, Events};
 use crate::network::Network;
@@ -36,10 +38,10 @@ use crate::types::{CallId, NodeRole, RequestId, SearchId};
 use crate::worker::Worker;
 
 /// How long a login-server exchange may take.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// This build's version, as the login server sees it.
-fn client_version() -> Version {
+pub(crate) fn client_version() -> Version {
     Version::parse(env!("CARGO_PKG_VERSION")).unwrap_or_default()
 }
 
@@ -265,6 +267,7 @@ impl ClientBuilder {
             }
         };
         let events = Events::new().map_err(BuildError::Events)?;
+        let contacts = Contacts::new(data_dir.as_deref());
         Ok(Client {
             shared: Arc::new(Shared {
                 network: self.network,
@@ -287,6 +290,7 @@ impl ClientBuilder {
                 requests: Mutex::new(Requests::default()),
                 state: Mutex::new(RunState::default()),
                 load: Mutex::new((0.0, 0)),
+                contacts,
             }),
         })
     }
@@ -363,6 +367,8 @@ pub(crate) struct Shared {
     pub state: Mutex<RunState>,
     /// The runtime's last load measure (busy fraction, bytes per second).
     pub load: Mutex<(f32, u64)>,
+    /// The buddy list and its sync thread.
+    pub contacts: Contacts,
 }
 
 impl Shared {
@@ -456,7 +462,11 @@ impl Shared {
 
     /// Log in with what [`Shared::login_exchange`] got: a running node takes the new
     /// certificate.
-    fn login_commit(&self, li: LoggedIn) -> Result<LoginInfo, LoginError> {
+    fn login_commit(
+        self: &Arc<Self>,
+        li: LoggedIn,
+        password: Option<&str>,
+    ) -> Result<LoginInfo, LoginError> {
         // For the same user only: checked again, as the client may have started meanwhile.
         self.check_login_target(&li.certificate.user)?;
         // Stored only now: a login cancelled or refused before this point leaves the store as
@@ -479,7 +489,14 @@ impl Shared {
             upgrade_recommended: li.upgrade_recommended,
             took: li.elapsed,
         };
+        self.contacts
+            .open(&li.certificate.user, li.certificate.device);
         *lock(&self.login) = Some(li);
+        // The buddy list: merged with its backup now, in the background.
+        self.contacts.spawn(self);
+        self.contacts
+            .schedule(Duration::ZERO, password.map(str::to_string));
+        self.push_blocked();
         Ok(info)
     }
 }
@@ -710,7 +727,7 @@ impl Client {
         let li = self
             .shared
             .login_exchange(user, password, Budget::from(LOGIN_TIMEOUT))?;
-        self.shared.login_commit(li)
+        self.shared.login_commit(li, password)
     }
 
     /// [`Client::login`] in the background: returns at once with the request's id; the
@@ -738,7 +755,7 @@ impl Client {
                     request,
                     user,
                     result: exchanged
-                        .and_then(|li| shared.login_commit(li))
+                        .and_then(|li| shared.login_commit(li, password.as_deref()))
                         .map(Box::new)
                         .map_err(Arc::new),
                 })
@@ -918,7 +935,10 @@ impl Client {
             old: old.to_string(),
             new: new.to_string(),
             revoke_others,
-        })
+        })?;
+        // The buddy list's key, wrapped again under the new password.
+        self.shared.contacts.password_changed(new);
+        Ok(())
     }
 
     /// The logged-in user's certificate and name.
@@ -1032,6 +1052,8 @@ impl Client {
             .name("natter-node".into())
             .spawn(move || worker.run())
             .map_err(StartError::Io)?;
+        let blocked = self.shared.contacts.blocked();
+        handle.command(move |n, _| n.set_blocked(blocked.into_iter().collect()));
         st.running = Some(Running {
             rt: handle,
             udp,
@@ -1078,6 +1100,7 @@ impl Client {
                 source,
             })?;
         *lock(&self.shared.login) = None;
+        self.shared.contacts.forget();
         Ok(())
     }
 
@@ -1099,6 +1122,7 @@ impl Client {
         for t in threads {
             let _ = t.join();
         }
+        self.shared.contacts.shut_down();
         let running = {
             let mut st = lock(&self.shared.state);
             st.closed = true;
@@ -1278,6 +1302,104 @@ impl Client {
             shared: Arc::downgrade(&self.shared),
             id,
         })
+    }
+
+    /// The buddy list: every contact and blocked user, in name order. Empty before
+    /// [`Client::login`]. The list is kept in the data directory and backed up, end-to-end
+    /// encrypted and signed, next to the account on the login server: a new install gets it
+    /// back at its first login with the password ([`Event::ContactsSynced`]).
+    pub fn contacts(&self) -> Vec<Contact> {
+        self.shared.contacts.list()
+    }
+
+    /// One user's entry in the buddy list, if any.
+    pub fn contact(&self, user: &str) -> Option<Contact> {
+        let name = UserName::parse(user).ok()?;
+        self.contacts().into_iter().find(|c| c.user == name)
+    }
+
+    fn edit_contacts(
+        &self,
+        user: &str,
+        edit: impl FnOnce(&mut BuddyList, &UserName, u64) -> Result<bool, ListError>,
+    ) -> Result<bool, ContactsError> {
+        if lock(&self.shared.state).closed {
+            return Err(ContactsError::Closed);
+        }
+        let name = name_or(user, |name, reason| ContactsError::InvalidName {
+            name,
+            reason,
+        })?;
+        let changed = self
+            .shared
+            .contacts
+            .edit(&name, |list, now| edit(list, &name, now))?;
+        if changed {
+            self.shared.push_blocked();
+        }
+        Ok(changed)
+    }
+
+    /// Add `user` to the buddy list (true: added; false: a contact already). The edit is
+    /// kept on disk at once and backed up in the background.
+    ///
+    /// # Errors
+    /// See [`ContactsError`]: not logged in, an invalid name, a full list, the file.
+    pub fn add_contact(&self, user: &str) -> Result<bool, ContactsError> {
+        self.edit_contacts(user, |l, u, now| l.set_contact(u, true, now))
+    }
+
+    /// Remove `user` from the buddy list (true: removed). On every device, once synced: the
+    /// removal is kept as such, so an older copy of the list does not bring them back.
+    ///
+    /// # Errors
+    /// As [`Client::add_contact`].
+    pub fn remove_contact(&self, user: &str) -> Result<bool, ContactsError> {
+        self.edit_contacts(user, |l, u, now| l.set_contact(u, false, now))
+    }
+
+    /// Block `user` (or, with `false`, unblock): a blocked user's calls never ring on any of
+    /// this user's devices (they are dropped without an answer). Whether they are a contact
+    /// does not change.
+    ///
+    /// # Errors
+    /// As [`Client::add_contact`].
+    pub fn block(&self, user: &str, blocked: bool) -> Result<bool, ContactsError> {
+        self.edit_contacts(user, |l, u, now| l.set_blocked(u, blocked, now))
+    }
+
+    /// Give `user` a nickname (empty: none), at most 128 bytes of UTF-8.
+    ///
+    /// # Errors
+    /// As [`Client::add_contact`]; [`ContactsError::Edit`] for a nickname too long.
+    pub fn set_nickname(&self, user: &str, nickname: &str) -> Result<bool, ContactsError> {
+        self.edit_contacts(user, |l, u, now| l.set_nickname(u, nickname, now))
+    }
+
+    /// Put `user` in the group `label` (or, with `false`, take them out). Labels are 1 to
+    /// 64 bytes of UTF-8; a contact is in at most 32 groups.
+    ///
+    /// # Errors
+    /// As [`Client::add_contact`]; [`ContactsError::Edit`] for a label empty or too long,
+    /// or too many groups.
+    pub fn set_group(&self, user: &str, label: &str, member: bool) -> Result<bool, ContactsError> {
+        self.edit_contacts(user, |l, u, now| l.set_group(u, label, member, now))
+    }
+
+    /// Merge the buddy list with its backup in the network now, and store it if this device
+    /// holds edits the backup lacks. Blocks for up to a few exchanges with the login server
+    /// (15 s each at most) and, with `password`, one password stretch (about a quarter of a
+    /// second). The client does this by itself after every login and edit, and every
+    /// [`CONTACTS_PULL_EVERY`](crate::CONTACTS_PULL_EVERY); `password` is needed only on a
+    /// device without the list's key (see [`ContactsError::PasswordNeeded`]).
+    ///
+    /// # Errors
+    /// See [`ContactsError`]; the local list is kept whatever fails.
+    pub fn sync_contacts(&self, password: Option<&str>) -> Result<ContactsSync, ContactsError> {
+        if lock(&self.shared.state).closed {
+            return Err(ContactsError::Closed);
+        }
+        self.shared.sync_contacts(password, None)
     }
 
     /// The network this client belongs to.

@@ -452,3 +452,72 @@ impl RegisterError {
         }
     }
 }
+
+/// Why a buddy-list operation failed: the edits ([`Client::add_contact`](crate::Client::add_contact)
+/// and the others) and [`Client::sync_contacts`](crate::Client::sync_contacts). A failed sync
+/// leaves the local list as it was, edits included (they are stored by a later sync).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContactsError {
+    /// Log in first: the list is the logged-in user's.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// Not a user name.
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it is not one.
+        reason: String,
+    },
+    /// The edit does not fit the list (too many entries or groups, a text too long).
+    #[error(transparent)]
+    Edit(natter_core::contacts::ListError),
+    /// This device has no key for the list's backup yet, or the account has no backup and
+    /// this device must make its key's envelope: sync once with the password (a login with
+    /// the password does).
+    #[error("the buddy list's key is not on this device: log in with the password once")]
+    PasswordNeeded,
+    /// The backup's key is wrapped under another password (a password change whose device
+    /// has not stored the list since): log in with the password on a device that has the
+    /// list, or keep using this device's own list.
+    #[error("the buddy list backup's key does not open with this password")]
+    KeyUnavailable,
+    /// The backup in the network was refused (altered, truncated, older than one already
+    /// seen, another account's, from the future). The local list is kept.
+    #[error("buddy list backup refused: {0}")]
+    Backup(#[from] natter_core::contacts::BackupError),
+    /// Other devices stored the list again and again meanwhile: tried again later.
+    #[error("the buddy list changed on other devices during the sync: try again")]
+    Conflict,
+    /// The login server could not be reached, or refused this device.
+    #[error("buddy list backup: {0}")]
+    Server(AccountError),
+    /// The list file could not be written (the edit was not made), or the device's keys
+    /// could not be read.
+    #[error("buddy list in {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+}
+
+impl ContactsError {
+    /// Whether trying again later may work (the server unreachable, a conflict), as opposed
+    /// to a reason only the user can lift (the password, a refused backup).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Conflict | Self::Io { .. } => true,
+            Self::Server(e) => {
+                matches!(e, AccountError::Server(_) | AccountError::Throttled { .. })
+            }
+            _ => false,
+        }
+    }
+}

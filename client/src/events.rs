@@ -14,7 +14,7 @@ use natter_core::overlay::{LinkTransport, NatType};
 use crate::audio::AudioDevice;
 use crate::call::Call;
 use crate::client::LoginInfo;
-use crate::error::{LoginError, RegisterError};
+use crate::error::{ContactsError, LoginError, RegisterError};
 use crate::types::{
     CallId, CallStats, EndReason, NodeRole, PathInfo, RequestId, SearchId, SearchOutcome,
 };
@@ -110,6 +110,24 @@ pub enum Event {
     DevicesRevoked {
         /// How many.
         count: usize,
+    },
+    /// The buddy list is in step with its backup in the network after a sync that changed
+    /// something: other devices' edits came in (`merged`: read
+    /// [`Client::contacts`](crate::Client::contacts) again), or this device stored its own.
+    ContactsSynced {
+        /// The backup's version now.
+        version: u64,
+        /// The list changed by other devices' edits.
+        merged: bool,
+    },
+    /// A background sync of the buddy list failed; the local list is kept, edits included.
+    ContactsSyncFailed {
+        /// Why ([`ContactsError::PasswordNeeded`]: call
+        /// [`Client::sync_contacts`](crate::Client::sync_contacts) with the password).
+        error: Arc<ContactsError>,
+        /// When it is tried again by itself (`None`: only on the next login, edit or
+        /// explicit sync).
+        retry: Option<Duration>,
     },
     /// A search started with [`Client::search`](crate::Client::search) ended.
     SearchResult {
@@ -356,6 +374,20 @@ impl fmt::Display for Event {
             ),
             Event::DevicesRevoked { count } => {
                 write!(f, "{count} device(s) revoked by the login authority")
+            }
+            Event::ContactsSynced { version, merged } => match merged {
+                true => write!(
+                    f,
+                    "buddy list updated from other devices (backup version {version})"
+                ),
+                false => write!(f, "buddy list backed up (version {version})"),
+            },
+            Event::ContactsSyncFailed { error, retry } => {
+                write!(f, "buddy list sync failed: {error}")?;
+                match retry {
+                    Some(after) => write!(f, "; trying again in {} s", after.as_secs()),
+                    None => Ok(()),
+                }
             }
             Event::SearchResult { user, outcome, .. } => match &outcome.found {
                 crate::types::Found::Devices(_) => write!(

@@ -56,6 +56,7 @@ mod audio;
 mod bind;
 mod call;
 mod client;
+mod contacts;
 mod credentials;
 mod error;
 mod events;
@@ -70,10 +71,11 @@ pub use audio::{
 };
 pub use call::Call;
 pub use client::{AccountDevice, Client, ClientBuilder, LoginInfo, Role, State};
+pub use contacts::{Contact, ContactsSync, CONTACTS_PULL_EVERY};
 pub use credentials::{Credentials, MAX_CREDENTIALS_LEN};
 pub use error::{
-    AccountError, BuildError, CallError, CredentialsError, LoginError, PcmError, RegisterError,
-    SearchError, ServerError, StartError, StopError,
+    AccountError, BuildError, CallError, ContactsError, CredentialsError, LoginError, PcmError,
+    RegisterError, SearchError, ServerError, StartError, StopError,
 };
 #[cfg(feature = "async")]
 pub use events::EventStream;

@@ -21,7 +21,7 @@
 //! punching, path choice and switching; [`Calls::send_media`] seals frames on the session's
 //! current path, and received frames arrive as [`NodeEvent::CallMedia`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -235,6 +235,8 @@ pub(crate) struct Calls {
     rng: Rng,
     /// Names of driver requests ([`StreamCommand::BindUdp`]).
     next_token: u64,
+    /// Users whose invites are dropped unanswered (the user blocked them).
+    blocked: BTreeSet<UserName>,
 }
 
 impl Calls {
@@ -249,6 +251,7 @@ impl Calls {
         Self {
             rng: Rng::from_seed_bytes(seed),
             next_token: 0,
+            blocked: BTreeSet::new(),
             machine: CallMachine::new(device, cfg, now),
             path_cfg,
             dials: BTreeMap::new(),
@@ -829,6 +832,11 @@ impl Calls {
         true
     }
 
+    /// Drop the invites of `users` from now on (calls already ringing go on).
+    pub fn set_blocked(&mut self, users: BTreeSet<UserName>) {
+        self.blocked = users;
+    }
+
     /// A call message from a peer device, a media report, or a relay's answer.
     pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
         self.message(cx, conn, msg);
@@ -843,15 +851,20 @@ impl Calls {
                 .contains(&t)
                 && !matches!(msg, Message::CallCandidates { .. });
             if is_call {
-                if let Message::CallInvite { call, .. } = msg {
-                    self.invite_conn = Some((*call, conn));
-                    self.call_sessions.insert((*call, device), conn);
-                }
                 let user = cx
                     .sessions
                     .view()
                     .peer(conn)
                     .map(|p| p.certificate.user.clone());
+                if let Message::CallInvite { call, .. } = msg {
+                    if user.as_ref().is_some_and(|u| self.blocked.contains(u)) {
+                        // Never rings, never answered: the caller hears no answer.
+                        cx.out.stats.calls_blocked += 1;
+                        return;
+                    }
+                    self.invite_conn = Some((*call, conn));
+                    self.call_sessions.insert((*call, device), conn);
+                }
                 if let Some(user) = user {
                     self.machine.handle_message(now, device, &user, msg);
                 }

@@ -148,6 +148,8 @@ pub struct NodeStats {
     pub overlay_dropped: u64,
     /// Accepted streams closed because no session was run over them in time.
     pub streams_unclaimed: u64,
+    /// Call invites dropped because the user blocked the caller.
+    pub calls_blocked: u64,
 }
 
 /// The node facade. See the [module documentation](self).
@@ -490,6 +492,12 @@ impl Node {
         self.lookup.revoke(&devices);
         self.endpoint.revoke(now, devices);
         self.drive(now);
+    }
+
+    /// Drop the call invites of `users` (the user's blocked list) unanswered from now on:
+    /// they never ring, and the caller is not told why.
+    pub fn set_blocked(&mut self, users: std::collections::BTreeSet<UserName>) {
+        self.calls.set_blocked(users);
     }
 
     /// Use a renewed certificate from now on.

@@ -1,0 +1,221 @@
+//! The buddy list end to end: a real login server (TLS, SQLite) and real clients, each with
+//! a data directory of its own.
+
+use std::time::Duration;
+
+use natter::{Audio, Client, ContactsError, Event};
+use natter_core::contacts::BackupError;
+use natter_fixtures::{register, wait_for, LoginServer, TestNet, PASSWORD};
+
+const NEW_PASSWORD: &str = "another fixture passphrase";
+
+fn device(server: &LoginServer, name: &str) -> Client {
+    Client::builder(server.network())
+        .data_dir(server.dir().join(name))
+        .build()
+        .unwrap()
+}
+
+/// Log `c` in with `password` and wait for the background sync that follows.
+fn log_in(c: &Client, password: &str) -> Event {
+    c.login("alice", Some(password)).unwrap();
+    wait_for(c, |e| {
+        matches!(
+            e,
+            Event::ContactsSynced { .. } | Event::ContactsSyncFailed { .. }
+        )
+    })
+    .expect("a sync after the login")
+}
+
+/// The list as (user, contact, blocked, nickname, groups), for comparing devices.
+fn summary(c: &Client) -> Vec<(String, bool, bool, String, Vec<String>)> {
+    c.contacts()
+        .into_iter()
+        .map(|e| {
+            (
+                e.user.to_string(),
+                e.contact,
+                e.blocked,
+                e.nickname,
+                e.groups,
+            )
+        })
+        .collect()
+}
+
+fn backup_row(server: &LoginServer) -> (i64, Vec<u8>) {
+    let db = rusqlite::Connection::open(server.dir().join("login/accounts.sqlite")).unwrap();
+    db.query_row("SELECT version, backup FROM buddy_lists", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .unwrap()
+}
+
+fn set_backup(server: &LoginServer, version: i64, backup: &[u8]) {
+    let db = rusqlite::Connection::open(server.dir().join("login/accounts.sqlite")).unwrap();
+    db.execute(
+        "UPDATE buddy_lists SET version = ?1, backup = ?2",
+        rusqlite::params![version, backup],
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_list_follows_the_user_to_new_devices_merges_and_survives_a_password_change() {
+    let server = LoginServer::start();
+    register(&server.network(), "alice", PASSWORD);
+
+    // The first login makes the list's key and backs up the (empty) list.
+    let laptop = device(&server, "laptop");
+    assert!(matches!(
+        log_in(&laptop, PASSWORD),
+        Event::ContactsSynced {
+            version: 1,
+            merged: false
+        }
+    ));
+    assert!(laptop.add_contact("bob").unwrap());
+    assert!(
+        !laptop.add_contact("BOB").unwrap(),
+        "names are case-insensitive"
+    );
+    laptop.set_nickname("bob", "Bobby").unwrap();
+    laptop.set_group("bob", "work", true).unwrap();
+    laptop.block("mallory", true).unwrap();
+    assert!(matches!(
+        laptop.add_contact("no spaces"),
+        Err(ContactsError::InvalidName { .. })
+    ));
+    assert!(matches!(
+        laptop.set_nickname("bob", &"x".repeat(129)),
+        Err(ContactsError::Edit(_))
+    ));
+    let synced = laptop.sync_contacts(None).unwrap();
+    assert!(synced.version >= 2, "{synced:?}");
+
+    // A new install gets the whole list back with the password alone.
+    let phone = device(&server, "phone");
+    assert!(matches!(
+        log_in(&phone, PASSWORD),
+        Event::ContactsSynced { merged: true, .. }
+    ));
+    assert_eq!(summary(&phone), summary(&laptop));
+    assert_eq!(
+        summary(&phone)[0],
+        (
+            "bob".into(),
+            true,
+            false,
+            "Bobby".into(),
+            vec!["work".to_string()]
+        )
+    );
+    assert!(phone.contact("mallory").unwrap().blocked);
+
+    // Edits on both devices at once, neither synced first: both stay.
+    laptop.add_contact("carol").unwrap();
+    phone.set_nickname("bob", "B.").unwrap();
+    phone.remove_contact("mallory").unwrap();
+    for _ in 0..2 {
+        laptop.sync_contacts(None).unwrap();
+        phone.sync_contacts(None).unwrap();
+    }
+    assert_eq!(summary(&phone), summary(&laptop));
+    let names: Vec<_> = laptop
+        .contacts()
+        .into_iter()
+        .map(|c| c.user.to_string())
+        .collect();
+    assert_eq!(names, ["bob", "carol", "mallory"]);
+    assert_eq!(laptop.contact("bob").unwrap().nickname, "B.");
+    assert!(!laptop.contact("mallory").unwrap().contact);
+    assert!(laptop.contact("mallory").unwrap().blocked);
+
+    // A password change keeps the list readable by a new install with the new password.
+    phone
+        .change_password(PASSWORD, NEW_PASSWORD, false)
+        .unwrap();
+    assert!(matches!(
+        wait_for(&phone, |e| matches!(e, Event::ContactsSynced { .. })),
+        Some(Event::ContactsSynced { merged: false, .. })
+    ));
+    let tablet = device(&server, "tablet");
+    assert!(matches!(
+        log_in(&tablet, NEW_PASSWORD),
+        Event::ContactsSynced { merged: true, .. }
+    ));
+    assert_eq!(summary(&tablet), summary(&laptop));
+
+    // The list is kept on disk: a restarted client has it before any sync.
+    drop(laptop);
+    let laptop = device(&server, "laptop");
+    laptop.login("alice", None).unwrap();
+    assert_eq!(summary(&laptop), summary(&tablet));
+}
+
+#[test]
+fn a_tampered_or_rolled_back_backup_is_refused_and_the_local_list_kept() {
+    let server = LoginServer::start();
+    register(&server.network(), "alice", PASSWORD);
+    let laptop = device(&server, "laptop");
+    log_in(&laptop, PASSWORD);
+    laptop.add_contact("bob").unwrap();
+    laptop.sync_contacts(None).unwrap();
+    let (old_version, old_backup) = backup_row(&server);
+    laptop.add_contact("carol").unwrap();
+    laptop.sync_contacts(None).unwrap();
+    let (version, backup) = backup_row(&server);
+    let before = summary(&laptop);
+    assert_eq!(before.len(), 2);
+
+    // One bit flipped in the stored backup.
+    let mut tampered = backup.clone();
+    let at = tampered.len() - 80; // in the ciphertext, which the signature covers
+    tampered[at] ^= 1;
+    set_backup(&server, version, &tampered);
+    let err = laptop.sync_contacts(None).unwrap_err();
+    assert!(
+        matches!(err, ContactsError::Backup(BackupError::Signature)),
+        "{err}"
+    );
+    assert_eq!(summary(&laptop), before);
+
+    // Truncated.
+    set_backup(&server, version, &backup[..backup.len() - 10]);
+    let err = laptop.sync_contacts(None).unwrap_err();
+    assert!(matches!(err, ContactsError::Backup(_)), "{err}");
+
+    // The previous version, replayed by the server.
+    set_backup(&server, old_version, &old_backup);
+    let err = laptop.sync_contacts(None).unwrap_err();
+    assert!(
+        matches!(err, ContactsError::Backup(BackupError::RolledBack { .. })),
+        "{err}"
+    );
+    assert_eq!(summary(&laptop), before);
+
+    // A new install cannot be fooled into an older list either: it has never seen a newer
+    // one, but the old backup is signed with the old version, and what it reads it keeps.
+    set_backup(&server, version, &backup);
+    assert_eq!(laptop.sync_contacts(None).unwrap().version, version as u64);
+}
+
+#[test]
+fn a_blocked_users_calls_never_ring() {
+    let net = TestNet::start();
+    let alice = net.client("alice");
+    let mallory = net.client("mallory");
+    let bob = net.client("bob");
+    alice.block("mallory", true).unwrap();
+
+    let _unanswered = mallory.call("alice", Audio::silent()).unwrap();
+    // Mallory's invite has seconds to ring (it takes milliseconds on loopback); then bob
+    // calls. The first call that rings must be bob's.
+    std::thread::sleep(Duration::from_secs(3));
+    let _call = bob.call("alice", Audio::silent()).unwrap();
+    match wait_for(&alice, |e| matches!(e, Event::IncomingCall { .. })) {
+        Some(Event::IncomingCall { from, .. }) => assert_eq!(from.as_str(), "bob"),
+        other => panic!("expected bob's call: {other:?}"),
+    }
+}
