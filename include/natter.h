@@ -318,6 +318,26 @@ enum NatterResult
    * the call keeps the one it had. `natter_last_error_message` says why.
    */
   NATTER_AUDIO_DEVICE_FAILED = 305,
+  /**
+   * (ABI 0.3.) The buddy list's backup in the network was refused (altered, truncated,
+   * older than one this device saw, another account's, from the future): the local list is
+   * kept as it was.
+   */
+  NATTER_BACKUP_REFUSED = 400,
+  /**
+   * (ABI 0.3.) The buddy list is full, or the contact is in too many groups.
+   */
+  NATTER_LIST_FULL = 401,
+  /**
+   * (ABI 0.3.) The buddy list backup's key does not open with this password (it is
+   * wrapped under another one): log in with the password on a device that holds the list.
+   */
+  NATTER_KEY_UNAVAILABLE = 402,
+  /**
+   * (ABI 0.3.) Other devices stored the buddy list again and again during the sync: try
+   * again.
+   */
+  NATTER_SYNC_CONFLICT = 403,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -513,6 +533,19 @@ enum NatterEventKind
    * `natter_call_set_microphone` / `natter_call_set_speaker`.
    */
   NATTER_EVENT_AUDIO_DEVICES_CHANGED = 49,
+  /**
+   * (ABI 0.3.) The buddy list is in step with its backup in the network after a sync that
+   * changed something. `code`: 1 when other devices' edits came in (read the list again
+   * with `natter_client_contacts`), 0 when this device stored its own; `detail`: a
+   * description.
+   */
+  NATTER_EVENT_CONTACTS_SYNCED = 60,
+  /**
+   * (ABI 0.3.) A background sync of the buddy list failed; the local list is kept, edits
+   * included. `result`: why (`NATTER_PASSWORD_NEEDED`: call `natter_client_sync_contacts`
+   * with the password); `detail`: a description, with when it is tried again.
+   */
+  NATTER_EVENT_CONTACTS_SYNC_FAILED = 61,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -845,6 +878,15 @@ typedef uint32_t NatterCallDirection;
 typedef struct NatterClient NatterClient;
 
 /**
+ * A snapshot of the buddy list, from `natter_client_contacts`.
+ *
+ * Opaque: read it with `natter_contact_list_count` and `natter_contact_list_get`, free it
+ * with `natter_contact_list_free`. The pointer is a handle, never dereferenced: a freed or
+ * made-up one gives `NATTER_INVALID_HANDLE`.
+ */
+typedef struct NatterContactList NatterContactList;
+
+/**
  * The typed specifics of the last failure on this thread (`natter_last_error_detail`).
  * Set `version` to `NATTER_ERROR_DETAIL_VERSION` before the call.
  */
@@ -1025,6 +1067,41 @@ typedef struct {
    */
   bool this_device;
 } NatterAccountDevice;
+
+/**
+ * One user of the buddy list (`natter_contact_list_get`). Its strings belong to the list
+ * and stay valid until `natter_contact_list_free`.
+ */
+typedef struct {
+  /**
+   * The user name (NUL-terminated).
+   */
+  const char *user;
+  /**
+   * The nickname the user gave them, or `""`.
+   */
+  const char *nickname;
+  /**
+   * Their own display name as last learnt, or `""`.
+   */
+  const char *display_name;
+  /**
+   * The labels of the groups they are in (`group_count` of them, in label order).
+   */
+  const char *const *groups;
+  /**
+   * How many groups.
+   */
+  size_t group_count;
+  /**
+   * True for a contact (false: only blocked).
+   */
+  bool contact;
+  /**
+   * True for a blocked user: their calls never ring.
+   */
+  bool blocked;
+} NatterContact;
 
 /**
  * One event. Allocated by the library and owned by whoever received it from
@@ -1701,6 +1778,135 @@ NatterResult natter_client_export_credentials(NatterClient *client,
                                               uint8_t *out,
                                               size_t out_cap,
                                               size_t *out_len);
+
+/**
+ * Take a snapshot of the buddy list (every contact and blocked user, in name order) into
+ * `*out_list`; read it with `natter_contact_list_count` / `natter_contact_list_get` and
+ * free it with `natter_contact_list_free`. Empty before a login. Does not block on the
+ * network.
+ *
+ * Returns `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `out_list` must be NULL or valid for one write.
+ */
+NatterResult natter_client_contacts(NatterClient *client, NatterContactList **out_list);
+
+/**
+ * How many users `list` holds, into `*out_count`.
+ *
+ * Returns `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE` (freed or not a list). Safe to
+ * call from any thread.
+ *
+ * # Safety
+ * `out_count` must be NULL or valid for one write.
+ */
+NatterResult natter_contact_list_count(const NatterContactList *list, size_t *out_count);
+
+/**
+ * Copy user `index` (0 to count - 1) of `list` into `*out`. Its strings belong to the list
+ * (valid until `natter_contact_list_free`); do not free them.
+ *
+ * Returns `NATTER_INVALID_ARGUMENT` (index out of range), `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or valid for one write of a `NatterContact`.
+ */
+NatterResult natter_contact_list_get(const NatterContactList *list,
+                                     size_t index,
+                                     NatterContact *out);
+
+/**
+ * Free a list from `natter_client_contacts` (its strings with it). NULL does nothing.
+ *
+ * Returns `NATTER_OK`, or `NATTER_INVALID_HANDLE` for a list freed already (or not a
+ * list), which is left alone. Safe to call from any thread.
+ */
+NatterResult natter_contact_list_free(NatterContactList *list);
+
+/**
+ * Add `user` to the buddy list. `*changed` (if not NULL): false when they were a contact
+ * already. The edit is kept on disk at once and backed up in the background (a
+ * `NATTER_EVENT_CONTACTS_SYNCED` or `NATTER_EVENT_CONTACTS_SYNC_FAILED` follows). Does not
+ * block on the network.
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_LIST_FULL`,
+ * `NATTER_IO_ERROR` (the list file could not be written: the edit was not made),
+ * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+ * any thread.
+ *
+ * # Safety
+ * `user` must be NULL or a NUL-terminated string; `changed` NULL or valid for one write.
+ */
+NatterResult natter_client_add_contact(NatterClient *client, const char *user, bool *changed);
+
+/**
+ * Remove `user` from the buddy list, on every device once synced. As
+ * `natter_client_add_contact`.
+ *
+ * # Safety
+ * As `natter_client_add_contact`.
+ */
+NatterResult natter_client_remove_contact(NatterClient *client, const char *user, bool *changed);
+
+/**
+ * Block `user` (`blocked` true) or unblock them: a blocked user's calls never ring on any of
+ * this user's devices. As `natter_client_add_contact`.
+ *
+ * # Safety
+ * As `natter_client_add_contact`.
+ */
+NatterResult natter_client_block(NatterClient *client,
+                                 const char *user,
+                                 bool blocked,
+                                 bool *changed);
+
+/**
+ * Give `user` a nickname (`""`: none; at most 128 bytes). As `natter_client_add_contact`,
+ * and `NATTER_INVALID_ARGUMENT` for a nickname too long.
+ *
+ * # Safety
+ * As `natter_client_add_contact`; `nickname` NULL or NUL-terminated.
+ */
+NatterResult natter_client_set_nickname(NatterClient *client,
+                                        const char *user,
+                                        const char *nickname,
+                                        bool *changed);
+
+/**
+ * Put `user` in the group `label` (`member` true) or take them out. Labels are 1 to 64
+ * bytes; a contact is in at most 32 groups. As `natter_client_add_contact`, and
+ * `NATTER_INVALID_ARGUMENT` for a label empty or too long.
+ *
+ * # Safety
+ * As `natter_client_add_contact`; `label` NULL or NUL-terminated.
+ */
+NatterResult natter_client_set_group(NatterClient *client,
+                                     const char *user,
+                                     const char *label,
+                                     bool member,
+                                     bool *changed);
+
+/**
+ * Merge the buddy list with its backup in the network now, and store it if this device
+ * holds edits the backup lacks; `*out_version` (if not NULL): the backup's version after.
+ * `password` (NULL: none) is needed only on a device without the list's key
+ * (`NATTER_PASSWORD_NEEDED`); the client syncs by itself after logins and edits. Blocks
+ * for a few exchanges with the login server (up to 15 s each): not from a UI thread.
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_PASSWORD_NEEDED`, `NATTER_KEY_UNAVAILABLE`,
+ * `NATTER_BACKUP_REFUSED` (the local list is kept), `NATTER_SYNC_CONFLICT`,
+ * `NATTER_LOGIN_UNREACHABLE`, `NATTER_LOGIN_FAILED`, `NATTER_IO_ERROR`,
+ * `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `password` must be NULL or a NUL-terminated string; `out_version` NULL or valid for one
+ * write.
+ */
+NatterResult natter_client_sync_contacts(NatterClient *client,
+                                         const char *password,
+                                         uint64_t *out_version);
 
 /**
  * The file descriptor that is readable while events wait in `client`'s queue, written to

@@ -88,6 +88,7 @@ pub use types::{
 };
 
 pub use natter_core::call::PathKind;
+pub use natter_core::contacts::{BackupError, ListError};
 pub use natter_core::crypto::{DeviceId, UserName, UserNameError};
 pub use natter_core::login::proto::Version;
 pub use natter_core::overlay::{FallbackPorts, Filtering, LinkTransport, NatType};

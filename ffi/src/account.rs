@@ -37,7 +37,13 @@ fn unix(t: SystemTime) -> u64 {
 
 fn account_result(e: AccountError) -> NatterResult {
     tracing::warn!(error = %e, "account operation");
-    let (r, detail) = match &e {
+    let (r, detail) = account_reason(&e);
+    last_error::record(r, e, detail)
+}
+
+/// The result and the typed specifics of an account operation's failure.
+pub(crate) fn account_reason(e: &AccountError) -> (NatterResult, Detail) {
+    match e {
         AccountError::NotLoggedIn => (NatterResult::NatterNotLoggedIn, Detail::default()),
         AccountError::WrongPassword => (NatterResult::NatterWrongPassword, Detail::default()),
         AccountError::WeakPassword => (NatterResult::NatterWeakPassword, Detail::default()),
@@ -52,8 +58,7 @@ fn account_result(e: AccountError) -> NatterResult {
         AccountError::Io { source, .. } => (NatterResult::NatterIoError, os(source)),
         AccountError::Closed => (NatterResult::NatterInvalidHandle, Detail::default()),
         _ => (NatterResult::NatterLoginFailed, Detail::default()),
-    };
-    last_error::record(r, e, detail)
+    }
 }
 
 /// List the devices of the logged-in user's account into `out` (room for `capacity`):

@@ -91,6 +91,15 @@ pub enum NatterEventKind {
     /// and went away. A call whose device went away goes on with silence: switch it with
     /// `natter_call_set_microphone` / `natter_call_set_speaker`.
     NatterEventAudioDevicesChanged = 49,
+    /// (ABI 0.3.) The buddy list is in step with its backup in the network after a sync that
+    /// changed something. `code`: 1 when other devices' edits came in (read the list again
+    /// with `natter_client_contacts`), 0 when this device stored its own; `detail`: a
+    /// description.
+    NatterEventContactsSynced = 60,
+    /// (ABI 0.3.) A background sync of the buddy list failed; the local list is kept, edits
+    /// included. `result`: why (`NATTER_PASSWORD_NEEDED`: call `natter_client_sync_contacts`
+    /// with the password); `detail`: a description, with when it is tried again.
+    NatterEventContactsSyncFailed = 61,
 }
 
 /// One event. Allocated by the library and owned by whoever received it from
@@ -461,6 +470,15 @@ fn event_of(e: &natter::Event) -> Option<Event> {
             .detail("the certificate can no longer be renewed without the password"),
         E::CertificateRenewed => Event::new(NatterEventKind::NatterEventCertificateRenewed)
             .detail("the certificate was renewed"),
+        E::ContactsSynced { merged, .. } => Event::new(NatterEventKind::NatterEventContactsSynced)
+            .code(u32::from(*merged))
+            .detail(e.to_string()),
+        E::ContactsSyncFailed { error, .. } => {
+            let mut ev =
+                Event::new(NatterEventKind::NatterEventContactsSyncFailed).detail(e.to_string());
+            (ev.result, ev.error) = crate::contacts::contacts_reason(error);
+            ev
+        }
         E::LoginFinished {
             request,
             user,

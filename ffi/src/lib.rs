@@ -17,6 +17,7 @@
 //! | this file | versions: `natter_version`, `natter_abi_version`, `natter_version_copy` |
 //! | [`options`] | `NatterOptions`, `natter_options_default` |
 //! | [`client`] | `NatterClient`: new, free, register, login, start, stop, state, describe, search |
+//! | [`contacts`] | the buddy list: `NatterContactList`, add, remove, block, nickname, group, sync |
 //! | [`events`] | `NatterEvent`: the queue and its file descriptor, the callback, `natter_event_free` |
 //! | [`call`] | calls: start, answer, decline, hang up, hold, resume, mute, statistics |
 //! | [`audio`] | application PCM: push and pull, the sample rate and frame size |
@@ -45,6 +46,8 @@ pub mod handle;
 pub mod client;
 
 pub mod account;
+
+pub mod contacts;
 
 pub mod events;
 

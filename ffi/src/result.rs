@@ -94,6 +94,18 @@ pub enum NatterResult {
     /// (ABI 0.3.) The audio device could not be opened (no such device, busy, unplugged):
     /// the call keeps the one it had. `natter_last_error_message` says why.
     NatterAudioDeviceFailed = 305,
+    /// (ABI 0.3.) The buddy list's backup in the network was refused (altered, truncated,
+    /// older than one this device saw, another account's, from the future): the local list is
+    /// kept as it was.
+    NatterBackupRefused = 400,
+    /// (ABI 0.3.) The buddy list is full, or the contact is in too many groups.
+    NatterListFull = 401,
+    /// (ABI 0.3.) The buddy list backup's key does not open with this password (it is
+    /// wrapped under another one): log in with the password on a device that holds the list.
+    NatterKeyUnavailable = 402,
+    /// (ABI 0.3.) Other devices stored the buddy list again and again during the sync: try
+    /// again.
+    NatterSyncConflict = 403,
 }
 
 impl NatterResult {
@@ -128,7 +140,7 @@ impl NatterResult {
             Self::NatterThrottled => c"too many attempts: try again later",
             Self::NatterUpgradeRequired => c"this version of Natter is too old: upgrade",
             Self::NatterRevoked => c"this device was revoked",
-            Self::NatterPasswordNeeded => c"the password is needed to log in",
+            Self::NatterPasswordNeeded => c"the password is needed: log in with it",
             Self::NatterLoginFailed => c"login failed",
             Self::NatterUnknownDevice => c"no such device on this account",
             Self::NatterThisDevice => c"a device cannot revoke itself: revoke it from another device",
@@ -141,11 +153,21 @@ impl NatterResult {
             Self::NatterNoAudio => c"the call has no application audio now",
             Self::NatterNotDeviceAudio => c"the call does not use an audio device",
             Self::NatterAudioDeviceFailed => c"the audio device could not be opened",
+            Self::NatterBackupRefused => {
+                c"the buddy list backup was refused (altered, truncated or rolled back); the local list is kept"
+            }
+            Self::NatterListFull => c"the buddy list is full, or the contact is in too many groups",
+            Self::NatterKeyUnavailable => {
+                c"the buddy list backup's key does not open with this password"
+            }
+            Self::NatterSyncConflict => {
+                c"the buddy list changed on other devices during the sync: try again"
+            }
         }
     }
 
     /// Every value, for tests and for `natter_result_message`.
-    pub(crate) const ALL: [NatterResult; 35] = [
+    pub(crate) const ALL: [NatterResult; 39] = [
         Self::NatterOk,
         Self::NatterPanic,
         Self::NatterNullArgument,
@@ -181,6 +203,10 @@ impl NatterResult {
         Self::NatterNoAudio,
         Self::NatterNotDeviceAudio,
         Self::NatterAudioDeviceFailed,
+        Self::NatterBackupRefused,
+        Self::NatterListFull,
+        Self::NatterKeyUnavailable,
+        Self::NatterSyncConflict,
     ];
 }
 

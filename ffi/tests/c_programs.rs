@@ -136,6 +136,7 @@ fn stage() -> &'static Staged {
             ("null_args", None),
             ("threads", Some("-pthread")),
             ("account", None),
+            ("contacts", None),
             ("requests", None),
             ("walkthrough", None),
             ("audio", Some("-lm")),
@@ -487,6 +488,29 @@ fn c_account_lists_devices_and_changes_the_password_under_valgrind() {
     eprintln!("account: {}", out.join(" | "));
     assert!(
         out.iter().any(|l| l.contains("account: all checks passed")),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn c_buddy_list_edited_and_restored_on_a_new_install_under_valgrind() {
+    let s = stage();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(s, dir.path());
+    let log = dir.path().join("contacts.vg");
+    let started = Instant::now();
+    let mut cmd = s.program("contacts", &log, true);
+    cmd.arg(&net.file).arg(dir.path().join("data"));
+    let out = run_to_end(cmd, "contacts", &log, 300);
+    eprintln!(
+        "contacts ({:.1} s): {}",
+        started.elapsed().as_secs_f64(),
+        out.join(" | ")
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.contains("contacts: all checks passed")),
         "{out:#?}"
     );
 }

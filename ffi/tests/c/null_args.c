@@ -74,6 +74,15 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     EXPECT(natter_client_revoke_device(c, device_id, "a good password"), want);
     EXPECT(natter_client_change_password(c, "a good password", "another good one", true), want);
     EXPECT(natter_client_logout(c), want);
+    NatterContactList *contacts = NULL;
+    EXPECT(natter_client_contacts(c, &contacts), want);
+    CHECK(contacts == NULL);
+    EXPECT(natter_client_add_contact(c, "bob", NULL), want);
+    EXPECT(natter_client_remove_contact(c, "bob", NULL), want);
+    EXPECT(natter_client_block(c, "bob", true, NULL), want);
+    EXPECT(natter_client_set_nickname(c, "bob", "Bobby", NULL), want);
+    EXPECT(natter_client_set_group(c, "bob", "work", true, NULL), want);
+    EXPECT(natter_client_sync_contacts(c, NULL, NULL), want);
     EXPECT(natter_client_login_begin(c, "alice", "a good password", &id), want);
     EXPECT(natter_client_register_begin(c, "alice", "a good password", &id), want);
     EXPECT(natter_client_cancel(c, 1), want);
@@ -415,6 +424,35 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_change_password(c, "a good password", "another good one", true),
            NATTER_NOT_LOGGED_IN);
     EXPECT(natter_client_logout(c), NATTER_NOT_LOGGED_IN);
+    /* The buddy list: empty and not editable before a login; list objects checked. */
+    {
+        NatterContactList *list = NULL;
+        size_t count = 99;
+        NatterContact contact;
+        bool changed = true;
+        EXPECT(natter_client_contacts(c, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_contacts(c, &list), NATTER_OK);
+        EXPECT(natter_contact_list_count(list, &count), NATTER_OK);
+        CHECK(count == 0);
+        EXPECT(natter_contact_list_count(list, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_contact_list_get(list, 0, &contact), NATTER_INVALID_ARGUMENT);
+        EXPECT(natter_contact_list_get(list, 0, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_contact_list_free(list), NATTER_OK);
+        EXPECT(natter_contact_list_free(list), NATTER_INVALID_HANDLE);
+        EXPECT(natter_contact_list_free(NULL), NATTER_OK);
+        EXPECT(natter_contact_list_count(NULL, &count), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_contact_list_get((NatterContactList *)c, 0, &contact), NATTER_INVALID_HANDLE);
+        EXPECT(natter_client_add_contact(c, "bob", &changed), NATTER_NOT_LOGGED_IN);
+        CHECK(changed); /* written only on success */
+        EXPECT(natter_client_add_contact(c, NULL, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_add_contact(c, "\xff", NULL), NATTER_INVALID_UTF8);
+        EXPECT(natter_client_remove_contact(c, "bob", NULL), NATTER_NOT_LOGGED_IN);
+        EXPECT(natter_client_block(c, "bob", true, NULL), NATTER_NOT_LOGGED_IN);
+        EXPECT(natter_client_set_nickname(c, "bob", NULL, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_set_group(c, "bob", NULL, true, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_sync_contacts(c, NULL, NULL), NATTER_NOT_LOGGED_IN);
+        EXPECT(natter_client_sync_contacts(c, "\xff", NULL), NATTER_INVALID_UTF8);
+    }
     EXPECT(natter_client_stop(c), NATTER_NOT_STARTED);
     EXPECT(natter_client_search(c, "alice", &id), NATTER_NOT_STARTED);
     EXPECT(natter_call_start(c, "alice", &id), NATTER_NOT_STARTED);

@@ -1,0 +1,118 @@
+/* The buddy list from C: a user edits it on a laptop (add, nickname, group, block, with the
+ * reasons an edit is refused), a new install logs in with the password and gets the whole
+ * list back from the network, and the list objects behave (count, get, bounds, free).
+ *
+ *   contacts NETWORK_FILE DATA_DIR      (a login server must be running)
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "natter.h"
+#include "check.h"
+
+static NatterClient *client(const char *network, const char *root, const char *name) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    NatterOptions o;
+    EXPECT(natter_options_default(&o, NATTER_OPTIONS_VERSION), NATTER_OK);
+    o.network_file = network;
+    o.data_dir = dir;
+    o.listen = "127.0.0.1:0";
+    o.audio = NATTER_AUDIO_APP;
+    NatterClient *c = NULL;
+    EXPECT(natter_client_new(&o, &c), NATTER_OK);
+    return c;
+}
+
+/* Wait for the sync after a login; returns its code (1: other devices' edits came in). */
+static int synced(NatterClient *c) {
+    NatterEvent *e = next_of(c, NATTER_EVENT_CONTACTS_SYNCED);
+    if (!e) return -1;
+    printf("%s\n", e->detail);
+    int code = (int)e->code;
+    natter_event_free(e);
+    return code;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: contacts NETWORK_FILE DATA_DIR\n");
+        return 2;
+    }
+    const char *password = "dave's long password";
+    NatterClient *laptop = client(argv[1], argv[2], "laptop");
+    NatterClient *phone = client(argv[1], argv[2], "phone");
+    if (!laptop || !phone) return 1;
+
+    bool changed = false;
+    EXPECT(natter_client_add_contact(laptop, "bob", &changed), NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_register(laptop, "dave", password), NATTER_OK);
+    EXPECT(natter_client_login(laptop, "dave", password), NATTER_OK);
+    CHECK(synced(laptop) == 0);
+
+    EXPECT(natter_client_add_contact(laptop, "bob", &changed), NATTER_OK);
+    CHECK(changed);
+    EXPECT(natter_client_add_contact(laptop, "Bob", &changed), NATTER_OK);
+    CHECK(!changed);
+    EXPECT(natter_client_set_nickname(laptop, "bob", "Bobby", NULL), NATTER_OK);
+    EXPECT(natter_client_set_group(laptop, "bob", "work", true, NULL), NATTER_OK);
+    EXPECT(natter_client_block(laptop, "mallory", true, &changed), NATTER_OK);
+    CHECK(changed);
+    EXPECT(natter_client_add_contact(laptop, "no spaces", NULL), NATTER_INVALID_USER_NAME);
+    char long_name[200];
+    memset(long_name, 'x', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = 0;
+    EXPECT(natter_client_set_nickname(laptop, "bob", long_name, NULL), NATTER_INVALID_ARGUMENT);
+    EXPECT(natter_client_set_group(laptop, "bob", "", true, NULL), NATTER_INVALID_ARGUMENT);
+    EXPECT(natter_client_add_contact(laptop, NULL, NULL), NATTER_NULL_ARGUMENT);
+    uint64_t version = 0;
+    EXPECT(natter_client_sync_contacts(laptop, NULL, &version), NATTER_OK);
+    CHECK(version >= 2);
+    printf("laptop: backup version %llu\n", (unsigned long long)version);
+
+    /* A new install: the password alone brings the list back. */
+    EXPECT(natter_client_login(phone, "dave", password), NATTER_OK);
+    CHECK(synced(phone) == 1);
+    NatterContactList *list = NULL;
+    EXPECT(natter_client_contacts(phone, &list), NATTER_OK);
+    size_t n = 0;
+    EXPECT(natter_contact_list_count(list, &n), NATTER_OK);
+    CHECK(n == 2);
+    NatterContact bob, mallory, none;
+    EXPECT(natter_contact_list_get(list, 0, &bob), NATTER_OK);
+    EXPECT(natter_contact_list_get(list, 1, &mallory), NATTER_OK);
+    EXPECT(natter_contact_list_get(list, 2, &none), NATTER_INVALID_ARGUMENT);
+    CHECK(strcmp(bob.user, "bob") == 0 && bob.contact && !bob.blocked);
+    CHECK(strcmp(bob.nickname, "Bobby") == 0 && strcmp(bob.display_name, "") == 0);
+    CHECK(bob.group_count == 1 && strcmp(bob.groups[0], "work") == 0);
+    CHECK(strcmp(mallory.user, "mallory") == 0 && !mallory.contact && mallory.blocked);
+    CHECK(mallory.group_count == 0);
+    printf("phone: %s (%s, in %s), %s (blocked)\n", bob.user, bob.nickname, bob.groups[0],
+           mallory.user);
+    EXPECT(natter_contact_list_free(list), NATTER_OK);
+    EXPECT(natter_contact_list_free(list), NATTER_INVALID_HANDLE);
+    EXPECT(natter_contact_list_count(list, &n), NATTER_INVALID_HANDLE);
+
+    /* Removing on the phone reaches the laptop at its next sync. */
+    EXPECT(natter_client_remove_contact(phone, "bob", &changed), NATTER_OK);
+    CHECK(changed);
+    EXPECT(natter_client_sync_contacts(phone, NULL, NULL), NATTER_OK);
+    EXPECT(natter_client_sync_contacts(laptop, NULL, NULL), NATTER_OK);
+    EXPECT(natter_client_contacts(laptop, &list), NATTER_OK);
+    EXPECT(natter_contact_list_count(list, &n), NATTER_OK);
+    CHECK(n == 1);
+    EXPECT(natter_contact_list_get(list, 0, &mallory), NATTER_OK);
+    CHECK(strcmp(mallory.user, "mallory") == 0);
+    EXPECT(natter_contact_list_free(list), NATTER_OK);
+
+    natter_client_free(laptop);
+    natter_client_free(phone);
+    if (failures) {
+        fprintf(stderr, "%d failures\n", failures);
+        return 1;
+    }
+    printf("contacts: all checks passed\n");
+    return 0;
+}
