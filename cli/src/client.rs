@@ -588,6 +588,98 @@ fn revoke(node: &Running, device: &str, password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A buddy-list entry as JSON events show it.
+fn contact_json(c: &natter::Contact) -> serde_json::Value {
+    json!({"user": c.user.as_str(), "contact": c.contact, "blocked": c.blocked,
+           "nickname": c.nickname, "display_name": c.display_name, "groups": c.groups})
+}
+
+/// A buddy-list entry in words: `  bob "Bobby" [work, family] (blocked)`.
+fn contact_text(c: &natter::Contact) -> String {
+    let mut t = format!("  {}", c.user);
+    if !c.nickname.is_empty() {
+        t += &format!(" \"{}\"", c.nickname);
+    }
+    if !c.groups.is_empty() {
+        t += &format!(" [{}]", c.groups.join(", "));
+    }
+    match (c.contact, c.blocked) {
+        (true, true) => t += " (blocked)",
+        (false, _) => t += " (blocked, not a contact)",
+        _ => {}
+    }
+    t
+}
+
+/// One edit of the buddy list: `add USER`, `remove USER`, `block USER`, `unblock USER`,
+/// `nick USER [NICKNAME]`, `group USER LABEL`, `ungroup USER LABEL`, or their JSON forms.
+fn edit_contact(
+    node: &Running,
+    cmd: &str,
+    arg: Option<String>,
+    value: &serde_json::Value,
+    json: bool,
+) -> Result<(), String> {
+    let text = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let flag = |k: &str| value.get(k).and_then(|v| v.as_bool());
+    // Text mode: the user, then the rest of the line (a nickname or a label).
+    let (user, rest) = if json {
+        (text("user"), None)
+    } else {
+        match arg.as_deref().map(str::trim) {
+            Some(a) => match a.split_once(char::is_whitespace) {
+                Some((u, r)) => (Some(u.to_string()), Some(r.trim().to_string())),
+                None => (Some(a.to_string()), None),
+            },
+            None => (None, None),
+        }
+    };
+    let user = user.ok_or_else(|| format!("{cmd} needs a user"))?;
+    let c = &node.client;
+    let changed = match cmd {
+        "add" | "add_contact" => c.add_contact(&user),
+        "remove" | "remove_contact" => c.remove_contact(&user),
+        "block" => c.block(&user, flag("blocked").unwrap_or(true)),
+        "unblock" => c.block(&user, false),
+        "nick" | "set_nickname" => {
+            let nickname = if json { text("nickname") } else { rest };
+            c.set_nickname(&user, nickname.as_deref().unwrap_or(""))
+        }
+        _ => {
+            let label = if json { text("label") } else { rest };
+            let label = label.ok_or_else(|| format!("{cmd} needs a user and a label"))?;
+            let member = match cmd {
+                "group" => true,
+                "ungroup" => false,
+                _ => flag("member").unwrap_or(true),
+            };
+            c.set_group(&user, &label, member)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    let name = natter::UserName::parse(&user).map_err(|e| e.to_string())?;
+    let entry = c.contact(name.as_str());
+    let shown = entry
+        .as_ref()
+        .map_or_else(|| format!("  {name} (not in the list)"), contact_text);
+    let mut j = entry.as_ref().map_or_else(
+        || {
+            json!({"user": name.as_str(), "contact": false, "blocked": false, "nickname": "",
+                  "display_name": "", "groups": []})
+        },
+        contact_json,
+    );
+    j["event"] = json!("contact");
+    j["changed"] = json!(changed);
+    report!(
+        j,
+        "{}{}",
+        shown.trim_start(),
+        if changed { "" } else { " (unchanged)" }
+    );
+    Ok(())
+}
+
 /// `passwd`: change the password, revoking the other devices when asked.
 fn change_password(
     node: &Running,
@@ -710,6 +802,34 @@ fn command(
                 }
             }
             ("devices", _) => devices(node),
+            ("contacts", _) => {
+                let entries = node.client.contacts();
+                let list: Vec<_> = entries.iter().map(contact_json).collect();
+                let text: Vec<String> = entries.iter().map(contact_text).collect();
+                report!(
+                    json!({"event": "contacts", "contacts": list}),
+                    "{} in the buddy list{}{}",
+                    text.len(),
+                    if text.is_empty() { "" } else { ":\n" },
+                    text.join("\n")
+                );
+                Ok(())
+            }
+            (c @ ("add" | "add_contact" | "remove" | "remove_contact" | "block" | "unblock"
+            | "nick" | "set_nickname" | "group" | "ungroup" | "set_group"), arg) => {
+                edit_contact(node, c, arg, &value, json)
+            }
+            ("sync" | "sync_contacts", _) => node
+                .client
+                .sync_contacts(None)
+                .map(|s| {
+                    report!(
+                        json!({"event": "contacts_synced", "version": s.version, "merged": s.merged}),
+                        "buddy list in step with its backup (version {})",
+                        s.version
+                    )
+                })
+                .map_err(|e| e.to_string()),
             ("credentials" | "export_credentials", _) => credentials(node),
             ("audio" | "audio_devices", _) => audio_devices(),
             (c @ ("mic" | "speaker" | "set_microphone" | "set_speaker"), arg) => {
@@ -858,6 +978,14 @@ const HELP: &str = "commands:
   mute, unmute    stop and restart sending audio
   voice STAGES    the call's voice processing: auto, off, or some of echo,noise,gain
   search USER     look USER up in the global index
+  contacts        the buddy list (backed up, encrypted, on the login server)
+  add USER        add USER to the buddy list; remove USER takes them out
+  block USER      never ring for USER's calls; unblock USER
+  nick USER [NAME]
+                  give USER a nickname (none without NAME)
+  group USER LABEL
+                  put USER in the group LABEL; ungroup USER LABEL takes them out
+  sync            merge the buddy list with its backup now (it happens by itself too)
   devices         this account's devices
   audio           the system's audio devices (microphones and speakers)
   mic DEVICE      switch the call's microphone (an id or name from `audio`, or default)
@@ -932,6 +1060,13 @@ fn event_json(e: &Event) -> Option<serde_json::Value> {
                    "ms": outcome.took.as_secs_f64() * 1000.0})
         }
         Event::CertificateRenewed => json!({"event": "certificate_renewed"}),
+        Event::ContactsSynced { version, merged } => {
+            json!({"event": "contacts_synced", "version": version, "merged": merged})
+        }
+        Event::ContactsSyncFailed { error, retry } => {
+            json!({"event": "contacts_sync_failed", "message": error.to_string(),
+                   "retry_ms": retry.map(|r| r.as_millis() as u64)})
+        }
         Event::LoginRequired => json!({"event": "login_required"}),
         _ => return None,
     })

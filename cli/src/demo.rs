@@ -636,12 +636,48 @@ fn keychain_step(network: &Network, dir: &Path, bob: &Client) -> Result<String, 
     }
 }
 
+/// alice's buddy list: bob with a nickname in a group, carol, mallory blocked; backed up,
+/// and her new tablet gets it back from the network with the password alone.
+fn buddy_list_step(network: &Network, dir: &Path, alice: &Client) -> Result<String, String> {
+    let edit = |r: Result<bool, natter::ContactsError>| r.map_err(|e| format!("editing: {e}"));
+    edit(alice.add_contact("bob"))?;
+    edit(alice.set_nickname("bob", "Bob B."))?;
+    edit(alice.set_group("bob", "friends", true))?;
+    edit(alice.add_contact("carol"))?;
+    edit(alice.block("mallory", true))?;
+    let synced = alice
+        .sync_contacts(None)
+        .map_err(|e| format!("backing up: {e}"))?;
+    let tablet = Client::builder(network.clone())
+        .data_dir(dir.join("alice-tablet"))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    tablet
+        .login("alice", Some(DEMO_PASSWORD))
+        .map_err(|e| format!("the tablet's login: {e}"))?;
+    let took = started.elapsed();
+    let (mine, theirs) = (alice.contacts(), tablet.contacts());
+    if mine != theirs {
+        return Err(format!("the tablet has {theirs:?}, alice {mine:?}"));
+    }
+    let bob = theirs.iter().find(|c| c.user.as_str() == "bob");
+    Ok(format!(
+        "{} entries backed up as version {} (encrypted, signed); the tablet's login with the password restored them in {} (bob as \"{}\" in {:?}, mallory blocked)",
+        theirs.len(),
+        synced.version,
+        ms(took),
+        bob.map_or("", |b| b.nickname.as_str()),
+        bob.map_or(&[][..], |b| &b.groups[..]),
+    ))
+}
+
 /// carol's password after the account step.
 const NEW_CAROL_PASSWORD: &str = "carol's new password";
 
-/// Steps 2-7: the users register and log in, a wrong password is refused, carol's account
+/// Steps 2-8: the users register and log in, a wrong password is refused, carol's account
 /// steps (devices, a password change revoking her laptop), bob's credentials from a keychain
-/// and a cancelled login, three super nodes
+/// and a cancelled login, alice's buddy list restored on a new tablet, three super nodes
 /// start (each on a port the system picks, added to the network file), the users join.
 /// `None` when a step failed and the demo cannot go on.
 #[allow(clippy::type_complexity)]
@@ -703,6 +739,13 @@ fn users_and_super_nodes(
         "bob's phone keeps his credentials in its keychain: no data directory, a login in the background; a stuck login cancelled",
     );
     match keychain_step(network, dir, &clients[1]) {
+        Ok(detail) => r.ok(t, &detail),
+        Err(e) => r.fail(&e),
+    }
+    let t = r.step(
+        "alice keeps a buddy list; her new tablet gets it back from the network with the password alone",
+    );
+    match buddy_list_step(network, dir, &clients[0]) {
         Ok(detail) => r.ok(t, &detail),
         Err(e) => r.fail(&e),
     }

@@ -125,6 +125,18 @@ fn a_new_user_calls_from_the_interactive_client() {
     tmux.wait("call stats:");
     tmux.keys("hangup");
     tmux.wait("call ended: hung up");
+    // The buddy list, in words.
+    tmux.keys("add alice");
+    tmux.keys("nick alice Ally Cat");
+    tmux.wait("alice \"Ally Cat\"");
+    tmux.keys("group alice book club");
+    tmux.keys("block mallory");
+    tmux.keys("contacts");
+    tmux.wait("2 in the buddy list:");
+    tmux.wait("alice \"Ally Cat\" [book club]");
+    tmux.wait("mallory (blocked, not a contact)");
+    tmux.keys("sync");
+    tmux.wait("buddy list in step with its backup");
     // The account: its devices, and a new password typed at prompts that do not echo it.
     tmux.keys("devices");
     tmux.wait("1 device(s)");

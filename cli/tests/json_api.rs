@@ -142,6 +142,30 @@ fn two_programs_call_each_other_through_the_json_interface() {
         let audio = c.wait(is("call_audio"));
         assert!(audio["frames_received"].as_u64() > Some(50), "{audio}");
     }
+    // The buddy list: edits answered with the entry, the list, a sync with the backup.
+    bob.send(serde_json::json!({"cmd": "add_contact", "user": "Alice"}));
+    let added = bob.wait(is("contact"));
+    assert_eq!(
+        (&added["user"], &added["contact"], &added["changed"]),
+        (&"alice".into(), &true.into(), &true.into()),
+        "{added}"
+    );
+    bob.send(serde_json::json!({"cmd": "set_nickname", "user": "alice", "nickname": "Al"}));
+    bob.send(serde_json::json!({"cmd": "set_group", "user": "alice", "label": "friends"}));
+    bob.send(serde_json::json!({"cmd": "block", "user": "mallory"}));
+    bob.send(serde_json::json!({"cmd": "add_contact", "user": "alice"}));
+    let again = bob.wait(|v| v["event"] == "contact" && v["changed"] == false);
+    assert_eq!(again["groups"], serde_json::json!(["friends"]), "{again}");
+    bob.send(serde_json::json!({"cmd": "set_group", "user": "alice", "label": ""}));
+    bob.wait(is("error"));
+    bob.send(serde_json::json!({"cmd": "contacts"}));
+    let list = bob.wait(is("contacts"));
+    assert_eq!(list["contacts"][0]["nickname"], "Al", "{list}");
+    assert_eq!(list["contacts"][1]["user"], "mallory", "{list}");
+    assert_eq!(list["contacts"][1]["blocked"], true, "{list}");
+    bob.send(serde_json::json!({"cmd": "sync_contacts"}));
+    let synced = bob.wait(is("contacts_synced"));
+    assert!(synced["version"].as_u64() >= Some(2), "{synced}");
     // The account: its devices, and a password change that revokes the others.
     bob.send(serde_json::json!({"cmd": "devices"}));
     let devices = bob.wait(is("devices"));

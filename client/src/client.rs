@@ -492,11 +492,18 @@ impl Shared {
         self.contacts
             .open(&li.certificate.user, li.certificate.device);
         *lock(&self.login) = Some(li);
-        // The buddy list: merged with its backup now, in the background.
-        self.contacts.spawn(self);
-        self.contacts
-            .schedule(Duration::ZERO, password.map(str::to_string));
         self.push_blocked();
+        // The buddy list: merged with its backup. With the password, now: the list's key
+        // is on this device when the login returns (later logins may go without the
+        // password); without it, in the background.
+        self.contacts.spawn(self);
+        match password {
+            Some(p) => {
+                let r = self.sync_contacts(Some(p), None);
+                self.contacts.settle(self, r, Some(p.to_string()));
+            }
+            None => self.contacts.schedule(Duration::ZERO, None),
+        }
         Ok(info)
     }
 }
@@ -715,6 +722,12 @@ impl Client {
     /// the data directory). With a certificate stored by an earlier login, `password` may be
     /// `None`: the certificate is renewed without it. Blocks for one or two exchanges with
     /// the login server (up to 15 s each); [`Client::begin_login`] does not block.
+    ///
+    /// With the password, the login also brings the buddy list in step with its backup in
+    /// the network before it returns (an exchange or two more, and one password stretch of
+    /// about a quarter of a second): a new install has the user's list when it returns, and
+    /// this device holds the list's key from then on. Without it, that happens in the
+    /// background ([`Event::ContactsSynced`]).
     ///
     /// While started, the client renews its certificate in the background and sends
     /// [`Event::LoginRequired`](crate::Event::LoginRequired) if that ever needs the password

@@ -199,6 +199,8 @@ pub(crate) struct Contacts {
     syncing: Mutex<()>,
     control: Mutex<Control>,
     wake: Condvar,
+    /// Set when the client closes: an exchange under way gives up.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -216,6 +218,7 @@ impl Contacts {
             syncing: Mutex::new(()),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
+            cancel: Arc::default(),
             thread: Mutex::new(None),
         }
     }
@@ -355,6 +358,7 @@ impl Contacts {
     /// Stop the thread (an exchange under way is cancelled) and wait for it.
     pub fn shut_down(&self) {
         lock(&self.control).stop = true;
+        self.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake.notify_all();
         let thread = lock(&self.thread).take();
         if let Some(t) = thread {
@@ -406,12 +410,24 @@ fn run(weak: std::sync::Weak<Shared>) {
             ctl.due = None;
             ctl.password.take()
         };
-        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let result = shared.sync_contacts(password.as_deref(), Some(&cancel));
+        let result = shared.sync_contacts(password.as_deref(), Some(&c.cancel));
         if c.stopped() {
             return;
         }
-        let mut ctl = lock(&c.control);
+        c.settle(&shared, result, password);
+    }
+}
+
+impl Contacts {
+    /// After a sync: report it, and plan the next one (the pull, or a retry with the same
+    /// password while the failure may pass).
+    pub fn settle(
+        &self,
+        shared: &Shared,
+        result: Result<ContactsSync, ContactsError>,
+        password: Option<String>,
+    ) {
+        let mut ctl = lock(&self.control);
         match result {
             Ok(done) => {
                 ctl.backoff = None;
@@ -428,7 +444,6 @@ fn run(weak: std::sync::Weak<Shared>) {
             }
             Err(ContactsError::NotLoggedIn) => {}
             Err(error) => {
-                // Tried again later while edits wait, with the same password.
                 let wait = ctl.backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX));
                 let retry = error.is_transient();
                 if retry {
@@ -436,6 +451,7 @@ fn run(weak: std::sync::Weak<Shared>) {
                     ctl.password = ctl.password.take().or(password);
                     let at = Instant::now() + wait;
                     ctl.due = Some(ctl.due.map_or(at, |d| d.min(at)));
+                    self.wake.notify_all();
                 }
                 drop(ctl);
                 shared.events.push(Event::ContactsSyncFailed {
