@@ -6,9 +6,11 @@ use crate::machine::{Job, JobOutcome, NewDeviceLimit, Secret, WorkItem};
 const DAY: u64 = 86_400;
 use crate::password::{self, HashParams};
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
-use natter_core::login::proto::{DeviceSummary, LoginError, RevokedDevice, MAX_DEVICES_LISTED};
+use natter_core::login::proto::{
+    DeviceSummary, LoginError, RevokedDevice, MAX_DEVICES_LISTED, MAX_REQUESTS_LISTED,
+};
 
-use crate::store::{AccountRecord, AccountStore, DeviceRecord, StoreError};
+use crate::store::{AccountRecord, AccountStore, DeviceRecord, RequestAdded, StoreError};
 
 /// Everything a worker needs besides the job.
 pub struct JobContext<'a> {
@@ -310,6 +312,40 @@ impl JobContext<'_> {
                     Ok(false) => Err(LoginError::VersionConflict),
                     Err(e) => Err(backend(&e)),
                 }
+            }
+            Job::SendContactRequest {
+                user,
+                device,
+                to,
+                note,
+            } => {
+                self.device_in_use(user, device)?;
+                match self.store.add_contact_request(user, to, note, wall) {
+                    Ok(RequestAdded::Stored) => Ok(JobOutcome::Ok),
+                    Ok(RequestAdded::NoSuchRecipient) => Err(LoginError::UnknownUser),
+                    // Waiting requests leave as they are answered: an hour is a guess the
+                    // client only shows.
+                    Ok(RequestAdded::SenderLimit | RequestAdded::RecipientFull) => {
+                        Err(LoginError::Throttled {
+                            retry_after_secs: 3600,
+                        })
+                    }
+                    Err(e) => Err(backend(&e)),
+                }
+            }
+            Job::GetContactRequests { user, device } => {
+                self.device_in_use(user, device)?;
+                self.store
+                    .contact_requests(user, MAX_REQUESTS_LISTED)
+                    .map(JobOutcome::ContactRequests)
+                    .map_err(|e| backend(&e))
+            }
+            Job::DeleteContactRequests { user, device, ids } => {
+                self.device_in_use(user, device)?;
+                self.store
+                    .delete_contact_requests(user, ids)
+                    .map(|()| JobOutcome::Ok)
+                    .map_err(|e| backend(&e))
             }
         }
     }

@@ -379,6 +379,33 @@ pub enum Job {
         /// What to store (an empty envelope keeps the stored one).
         list: StoredBuddyList,
     },
+    /// Leave a contact request from `user` for `to` (certificate checked).
+    SendContactRequest {
+        /// The sender's account.
+        user: UserName,
+        /// The asking device: must be the account's and not revoked.
+        device: DeviceId,
+        /// The recipient.
+        to: UserName,
+        /// The note.
+        note: String,
+    },
+    /// Read the contact requests waiting for the account (certificate checked).
+    GetContactRequests {
+        /// Account.
+        user: UserName,
+        /// The asking device: must be the account's and not revoked.
+        device: DeviceId,
+    },
+    /// Delete answered contact requests (certificate checked).
+    DeleteContactRequests {
+        /// Account.
+        user: UserName,
+        /// The asking device: must be the account's and not revoked.
+        device: DeviceId,
+        /// The requests.
+        ids: Vec<u64>,
+    },
 }
 
 impl Job {
@@ -429,6 +456,8 @@ pub enum JobOutcome {
     Devices(Vec<DeviceSummary>),
     /// The account's buddy-list backup (`None`: none stored).
     BuddyList(Option<StoredBuddyList>),
+    /// The contact requests waiting for the account, oldest first.
+    ContactRequests(Vec<natter_core::login::proto::ContactRequest>),
     /// Refused: [`LoginError::WrongPassword`], `UnknownUser`, `NameTaken`, `Revoked`,
     /// `UnknownDevice`, `BadProof` (keys differing from those recorded for the device)
     /// or `Server`.
@@ -944,6 +973,67 @@ impl LoginServer {
                     Err(LoginError::BadProof)
                 }
             }
+            Request::SendContactRequest {
+                certificate,
+                proof,
+                dh_proof,
+                to,
+                note,
+            } => {
+                if !self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
+                    Err(LoginError::BadProof)
+                } else {
+                    match UserName::parse(&to) {
+                        Ok(to) if to != certificate.user => Ok((
+                            Job::SendContactRequest {
+                                user: certificate.user.clone(),
+                                device: certificate.device,
+                                to,
+                                note,
+                            },
+                            false,
+                        )),
+                        Ok(_) => Err(LoginError::Protocol),
+                        Err(_) => Err(LoginError::UnknownUser),
+                    }
+                }
+            }
+            Request::GetContactRequests {
+                certificate,
+                proof,
+                dh_proof,
+            } => {
+                if self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
+                    Ok((
+                        Job::GetContactRequests {
+                            user: certificate.user.clone(),
+                            device: certificate.device,
+                        },
+                        false,
+                    ))
+                } else {
+                    Err(LoginError::BadProof)
+                }
+            }
+            Request::DeleteContactRequests {
+                certificate,
+                proof,
+                dh_proof,
+                ids,
+            } => {
+                if self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
+                    Ok((
+                        Job::DeleteContactRequests {
+                            user: certificate.user.clone(),
+                            device: certificate.device,
+                            ids,
+                        },
+                        false,
+                    ))
+                } else {
+                    Err(LoginError::BadProof)
+                }
+            }
             Request::PutBuddyList {
                 certificate,
                 proof,
@@ -1208,8 +1298,14 @@ impl LoginServer {
                     envelope: list.envelope,
                 }
             }
+            (JobOutcome::ContactRequests(list), Job::GetContactRequests { .. }) => {
+                Response::ContactRequests(list)
+            }
             (
-                JobOutcome::Revocations { .. } | JobOutcome::Devices(_) | JobOutcome::BuddyList(_),
+                JobOutcome::Revocations { .. }
+                | JobOutcome::Devices(_)
+                | JobOutcome::BuddyList(_)
+                | JobOutcome::ContactRequests(_),
                 _,
             ) => Response::Error(LoginError::Server),
         };

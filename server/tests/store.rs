@@ -17,7 +17,8 @@ use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use natter_server::store::postgres::PostgresStore;
 use natter_server::store::sqlite::SqliteStore;
 use natter_server::store::{
-    AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError, StoredBuddyList,
+    AccountRecord, AccountStore, DeviceRecord, RequestAdded, Revocation, StoreError,
+    StoredBuddyList,
 };
 
 /// Opens the store under test afresh (same file, same schema) each time it is called.
@@ -667,6 +668,74 @@ mod suite {
         assert_eq!(last.version, stored.into_inner());
         assert_eq!(last.backup, last.version.to_be_bytes());
     }
+
+    /// Requests wait for their recipient until deleted by them; a second one from the same
+    /// sender replaces the first; senders and recipients have limits.
+    pub fn contact_requests(s: &dyn AccountStore) {
+        use natter_core::login::proto::{MAX_REQUESTS_SENT, MAX_REQUESTS_WAITING};
+        let (alice, bob) = (name("alice"), name("bob"));
+        assert!(matches!(
+            s.add_contact_request(&alice, &bob, "hi", UnixTime(1)),
+            Err(StoreError::NoSuchAccount)
+        ));
+        s.create_account(&account("alice", "a1", 1000))
+            .expect("create");
+        assert_eq!(
+            s.add_contact_request(&alice, &bob, "hi", UnixTime(1)).expect("add"),
+            RequestAdded::NoSuchRecipient
+        );
+        s.create_account(&account("bob", "b1", 1000)).expect("create");
+        assert_eq!(
+            s.add_contact_request(&alice, &bob, "hi", UnixTime(1)).expect("add"),
+            RequestAdded::Stored
+        );
+        assert_eq!(
+            s.add_contact_request(&alice, &bob, "hi again", UnixTime(2)).expect("add"),
+            RequestAdded::Stored
+        );
+        let waiting = s.contact_requests(&bob, 10).expect("list");
+        assert_eq!(waiting.len(), 1, "{waiting:?}");
+        assert_eq!(
+            (waiting[0].from.as_str(), waiting[0].note.as_str(), waiting[0].sent_at),
+            ("alice", "hi again", UnixTime(2))
+        );
+        assert!(s.contact_requests(&alice, 10).expect("list").is_empty());
+        // Only the recipient deletes it.
+        s.delete_contact_requests(&alice, &[waiting[0].id]).expect("delete");
+        assert_eq!(s.contact_requests(&bob, 10).expect("list").len(), 1);
+        s.delete_contact_requests(&bob, &[waiting[0].id, 999_999]).expect("delete");
+        assert!(s.contact_requests(&bob, 10).expect("list").is_empty());
+
+        // A sender with many requests waiting is held back.
+        for i in 0..MAX_REQUESTS_SENT {
+            let u = name(&format!("user{i}"));
+            s.create_account(&account(u.as_str(), "h", 1000)).expect("create");
+            assert_eq!(
+                s.add_contact_request(&alice, &u, "", UnixTime(3)).expect("add"),
+                RequestAdded::Stored
+            );
+        }
+        assert_eq!(
+            s.add_contact_request(&alice, &bob, "", UnixTime(4)).expect("add"),
+            RequestAdded::SenderLimit
+        );
+        // A flood under many names fills no more than the recipient's limit.
+        let mut full = 0;
+        for i in 0..MAX_REQUESTS_WAITING + 5 {
+            let u = name(&format!("flood{i}"));
+            s.create_account(&account(u.as_str(), "h", 1000)).expect("create");
+            match s.add_contact_request(&u, &bob, "buy now", UnixTime(5)).expect("add") {
+                RequestAdded::Stored => {}
+                RequestAdded::RecipientFull => full += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(full, 5);
+        let listed = s.contact_requests(&bob, 1000).expect("list");
+        assert_eq!(listed.len(), MAX_REQUESTS_WAITING);
+        assert!(listed.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+        assert_eq!(s.contact_requests(&bob, 7).expect("list").len(), 7);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -763,6 +832,11 @@ fn sqlite_concurrent_delete_and_revoke() {
 #[test]
 fn sqlite_buddy_lists() {
     sqlite(suite::buddy_lists);
+}
+
+#[test]
+fn sqlite_contact_requests() {
+    sqlite(suite::contact_requests);
 }
 
 #[test]
@@ -884,6 +958,11 @@ fn postgres_delete_account() {
 #[test]
 fn postgres_buddy_lists() {
     postgres("buddy_lists", suite::buddy_lists);
+}
+
+#[test]
+fn postgres_contact_requests() {
+    postgres("contact_requests", suite::contact_requests);
 }
 
 #[test]

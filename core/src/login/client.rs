@@ -89,6 +89,27 @@ pub enum Operation {
         /// This device's current certificate.
         certificate: Certificate,
     },
+    /// Leave a contact request for `to` (proved as for [`Operation::ListDevices`]).
+    SendContactRequest {
+        /// This device's certificate.
+        certificate: Certificate,
+        /// The user asked.
+        to: UserName,
+        /// The note (at most `proto::MAX_REQUEST_NOTE` bytes).
+        note: String,
+    },
+    /// Fetch the contact requests waiting for the account.
+    FetchContactRequests {
+        /// This device's certificate.
+        certificate: Certificate,
+    },
+    /// Delete answered contact requests.
+    DeleteContactRequests {
+        /// This device's certificate.
+        certificate: Certificate,
+        /// Their ids.
+        ids: Vec<u64>,
+    },
     /// Fetch the account's buddy-list backup and its key's envelope (proved as for
     /// [`Operation::ListDevices`]).
     FetchBuddyList {
@@ -127,6 +148,15 @@ impl std::fmt::Debug for Operation {
             Operation::FetchRevocations { since } => write!(f, "FetchRevocations({since})"),
             Operation::ListDevices { certificate } => {
                 write!(f, "ListDevices({})", certificate.user)
+            }
+            Operation::SendContactRequest {
+                certificate, to, ..
+            } => write!(f, "SendContactRequest({} -> {to})", certificate.user),
+            Operation::FetchContactRequests { certificate } => {
+                write!(f, "FetchContactRequests({})", certificate.user)
+            }
+            Operation::DeleteContactRequests { certificate, ids } => {
+                write!(f, "DeleteContactRequests({}, {} ids)", certificate.user, ids.len())
             }
             Operation::FetchBuddyList { certificate } => {
                 write!(f, "FetchBuddyList({})", certificate.user)
@@ -200,6 +230,8 @@ pub enum LoginClientEvent {
         /// The list key's envelope.
         envelope: Vec<u8>,
     },
+    /// The contact requests waiting for the account, oldest first.
+    ContactRequests(Vec<crate::login::proto::ContactRequest>),
     /// A buddy-list backup was stored.
     BuddyListStored {
         /// Its version.
@@ -414,6 +446,37 @@ impl LoginClient {
                         dh_proof: keys.dh_proof,
                     }
                 }
+                Operation::SendContactRequest {
+                    certificate,
+                    to,
+                    note,
+                } => {
+                    let keys = self.keys(&hello, &certificate.user);
+                    Request::SendContactRequest {
+                        certificate: certificate.clone(),
+                        proof: keys.proof,
+                        dh_proof: keys.dh_proof,
+                        to: to.to_string(),
+                        note: note.clone(),
+                    }
+                }
+                Operation::FetchContactRequests { certificate } => {
+                    let keys = self.keys(&hello, &certificate.user);
+                    Request::GetContactRequests {
+                        certificate: certificate.clone(),
+                        proof: keys.proof,
+                        dh_proof: keys.dh_proof,
+                    }
+                }
+                Operation::DeleteContactRequests { certificate, ids } => {
+                    let keys = self.keys(&hello, &certificate.user);
+                    Request::DeleteContactRequests {
+                        certificate: certificate.clone(),
+                        proof: keys.proof,
+                        dh_proof: keys.dh_proof,
+                        ids: ids.clone(),
+                    }
+                }
                 Operation::FetchBuddyList { certificate } => {
                     let keys = self.keys(&hello, &certificate.user);
                     Request::GetBuddyList {
@@ -487,6 +550,13 @@ impl LoginClient {
                 backup,
                 envelope,
             },
+            (
+                Response::Done,
+                Operation::SendContactRequest { .. } | Operation::DeleteContactRequests { .. },
+            ) => LoginClientEvent::Done,
+            (Response::ContactRequests(requests), Operation::FetchContactRequests { .. }) => {
+                LoginClientEvent::ContactRequests(requests)
+            }
             (Response::Done, Operation::StoreBuddyList { version, .. }) => {
                 LoginClientEvent::BuddyListStored { version: *version }
             }

@@ -192,6 +192,44 @@ pub enum Request {
         /// Proof of possession of the certified X25519 key.
         dh_proof: [u8; 32],
     },
+    /// Leave a contact request for user `to` (every device of theirs fetches it), asked by a
+    /// certified device of the sender (proved as for [`Request::Devices`]). A second request
+    /// to the same user replaces the first. Refused with [`LoginError::UnknownUser`] when
+    /// `to` does not exist, [`LoginError::Throttled`] when the sender has
+    /// [`MAX_REQUESTS_SENT`] requests waiting or the recipient [`MAX_REQUESTS_WAITING`].
+    SendContactRequest {
+        /// The asking device's certificate.
+        certificate: Certificate,
+        /// Proof of possession of the certified Ed25519 key.
+        proof: [u8; 64],
+        /// Proof of possession of the certified X25519 key.
+        dh_proof: [u8; 32],
+        /// The user asked.
+        to: String,
+        /// A note for them, at most [`MAX_REQUEST_NOTE`] bytes of UTF-8.
+        note: String,
+    },
+    /// The contact requests waiting for the account (the oldest [`MAX_REQUESTS_LISTED`]),
+    /// asked by a certified device of it. Answered by [`Response::ContactRequests`].
+    GetContactRequests {
+        /// The asking device's certificate.
+        certificate: Certificate,
+        /// Proof of possession of the certified Ed25519 key.
+        proof: [u8; 64],
+        /// Proof of possession of the certified X25519 key.
+        dh_proof: [u8; 32],
+    },
+    /// Delete contact requests waiting for the account (answered on one of its devices).
+    DeleteContactRequests {
+        /// The asking device's certificate.
+        certificate: Certificate,
+        /// Proof of possession of the certified Ed25519 key.
+        proof: [u8; 64],
+        /// Proof of possession of the certified X25519 key.
+        dh_proof: [u8; 32],
+        /// Their ids (at most [`MAX_REQUESTS_LISTED`]; unknown ones are ignored).
+        ids: Vec<u64>,
+    },
     /// Store a new buddy-list backup (opaque to the server: `natter_core::contacts::backup`)
     /// in place of version `base`, asked by a certified device of the account. Refused with
     /// [`LoginError::VersionConflict`] when the stored version is not `base` (another device
@@ -238,6 +276,31 @@ pub struct DeviceSummary {
 /// recently revoked.
 pub const MAX_DEVICES_LISTED: usize = 64;
 
+/// One contact request waiting for a user, as [`Response::ContactRequests`] lists it. The
+/// sender is the account the login server authenticated (its device proved its certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactRequest {
+    /// The server's id for it (to delete it once answered).
+    pub id: u64,
+    /// Who asks.
+    pub from: UserName,
+    /// Their note (at most [`MAX_REQUEST_NOTE`] bytes).
+    pub note: String,
+    /// When it was left.
+    pub sent_at: UnixTime,
+}
+
+/// The longest note of a contact request, bytes of UTF-8.
+pub const MAX_REQUEST_NOTE: usize = 1024;
+/// Most contact requests in one [`Response::ContactRequests`] (what fits a frame).
+pub const MAX_REQUESTS_LISTED: usize = 48;
+/// Most contact requests waiting for one user: beyond, new ones are refused (a flood of
+/// requests cannot fill anyone's storage).
+pub const MAX_REQUESTS_WAITING: usize = 100;
+/// Most contact requests one user may have waiting at others (a sender cannot flood many
+/// users, and a flood of new accounts is held back where accounts are made).
+pub const MAX_REQUESTS_SENT: usize = 30;
+
 impl std::fmt::Debug for Request {
     // Passwords never appear in logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -260,6 +323,20 @@ impl std::fmt::Debug for Request {
             Request::Devices { certificate, .. } => {
                 write!(f, "Devices({}, {:?})", certificate.user, certificate.device)
             }
+            Request::SendContactRequest {
+                certificate, to, ..
+            } => write!(f, "SendContactRequest({} -> {to:?})", certificate.user),
+            Request::GetContactRequests { certificate, .. } => {
+                write!(f, "GetContactRequests({})", certificate.user)
+            }
+            Request::DeleteContactRequests {
+                certificate, ids, ..
+            } => write!(
+                f,
+                "DeleteContactRequests({}, {} ids)",
+                certificate.user,
+                ids.len()
+            ),
             Request::GetBuddyList { certificate, .. } => {
                 write!(
                     f,
@@ -457,6 +534,9 @@ pub enum Response {
         /// The list key's envelope.
         envelope: Vec<u8>,
     },
+    /// The contact requests waiting for the account, oldest first (at most
+    /// [`MAX_REQUESTS_LISTED`]).
+    ContactRequests(Vec<ContactRequest>),
     /// The request failed.
     Error(LoginError),
 }
@@ -472,6 +552,9 @@ const REQ_REVOCATIONS: u8 = 8;
 const REQ_DEVICES: u8 = 9;
 const REQ_GET_BUDDY_LIST: u8 = 10;
 const REQ_PUT_BUDDY_LIST: u8 = 11;
+const REQ_SEND_CONTACT_REQUEST: u8 = 12;
+const REQ_GET_CONTACT_REQUESTS: u8 = 13;
+const REQ_DELETE_CONTACT_REQUESTS: u8 = 14;
 
 const RESP_HELLO: u8 = 0x81;
 const RESP_REGISTERED: u8 = 0x82;
@@ -481,6 +564,7 @@ const RESP_REVOCATIONS: u8 = 0x85;
 const RESP_ERROR: u8 = 0x86;
 const RESP_DEVICES: u8 = 0x87;
 const RESP_BUDDY_LIST: u8 = 0x88;
+const RESP_CONTACT_REQUESTS: u8 = 0x89;
 
 fn put_str(out: &mut BytesMut, s: &str) {
     let b = s.as_bytes();
@@ -494,6 +578,12 @@ fn put_blob(out: &mut BytesMut, b: &[u8], max: usize) {
     let n = b.len().min(max);
     out.put_u16(n as u16);
     out.put_slice(&b[..n]);
+}
+
+/// A contact request's note: a two-byte length, UTF-8.
+fn read_note(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let b = r.bytes_u16("request note", MAX_REQUEST_NOTE)?;
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid("request note"))
 }
 
 fn read_str(r: &mut Reader<'_>, what: &'static str, max: usize) -> Result<String, DecodeError> {
@@ -613,6 +703,46 @@ impl Request {
                 put_blob(out, backup, MAX_BUDDY_BACKUP);
                 put_blob(out, envelope, MAX_BUDDY_ENVELOPE);
             }
+            Request::SendContactRequest {
+                certificate,
+                proof,
+                dh_proof,
+                to,
+                note,
+            } => {
+                out.put_u8(REQ_SEND_CONTACT_REQUEST);
+                certificate.encode(out);
+                out.put_slice(proof);
+                out.put_slice(dh_proof);
+                put_str(out, to);
+                put_blob(out, note.as_bytes(), MAX_REQUEST_NOTE);
+            }
+            Request::GetContactRequests {
+                certificate,
+                proof,
+                dh_proof,
+            } => {
+                out.put_u8(REQ_GET_CONTACT_REQUESTS);
+                certificate.encode(out);
+                out.put_slice(proof);
+                out.put_slice(dh_proof);
+            }
+            Request::DeleteContactRequests {
+                certificate,
+                proof,
+                dh_proof,
+                ids,
+            } => {
+                out.put_u8(REQ_DELETE_CONTACT_REQUESTS);
+                certificate.encode(out);
+                out.put_slice(proof);
+                out.put_slice(dh_proof);
+                let n = ids.len().min(MAX_REQUESTS_LISTED);
+                out.put_u8(n as u8);
+                for id in &ids[..n] {
+                    out.put_u64(*id);
+                }
+            }
         }
     }
 
@@ -686,6 +816,34 @@ impl Request {
                     .bytes_u16("list-key envelope", MAX_BUDDY_ENVELOPE)?
                     .to_vec(),
             },
+            REQ_SEND_CONTACT_REQUEST => Request::SendContactRequest {
+                certificate: Certificate::read(&mut r)?,
+                proof: r.array()?,
+                dh_proof: r.array()?,
+                to: name(&mut r)?,
+                note: read_note(&mut r)?,
+            },
+            REQ_GET_CONTACT_REQUESTS => Request::GetContactRequests {
+                certificate: Certificate::read(&mut r)?,
+                proof: r.array()?,
+                dh_proof: r.array()?,
+            },
+            REQ_DELETE_CONTACT_REQUESTS => Request::DeleteContactRequests {
+                certificate: Certificate::read(&mut r)?,
+                proof: r.array()?,
+                dh_proof: r.array()?,
+                ids: {
+                    let n = usize::from(r.u8()?);
+                    if n > MAX_REQUESTS_LISTED {
+                        return Err(DecodeError::TooLong {
+                            what: "request ids",
+                            len: n,
+                            max: MAX_REQUESTS_LISTED,
+                        });
+                    }
+                    (0..n).map(|_| r.u64()).collect::<Result<_, _>>()?
+                },
+            },
             t => return Err(DecodeError::UnknownMessageType(t)),
         };
         r.finish()?;
@@ -751,6 +909,17 @@ impl Response {
                 out.put_u64(*version);
                 put_blob(out, backup, MAX_BUDDY_BACKUP);
                 put_blob(out, envelope, MAX_BUDDY_ENVELOPE);
+            }
+            Response::ContactRequests(requests) => {
+                out.put_u8(RESP_CONTACT_REQUESTS);
+                let n = requests.len().min(MAX_REQUESTS_LISTED);
+                out.put_u8(n as u8);
+                for q in &requests[..n] {
+                    out.put_u64(q.id);
+                    put_str(out, q.from.as_str());
+                    put_blob(out, q.note.as_bytes(), MAX_REQUEST_NOTE);
+                    out.put_u64(q.sent_at.0);
+                }
             }
             Response::Error(e) => {
                 out.put_u8(RESP_ERROR);
@@ -844,6 +1013,29 @@ impl Response {
                     .bytes_u16("list-key envelope", MAX_BUDDY_ENVELOPE)?
                     .to_vec(),
             },
+            RESP_CONTACT_REQUESTS => {
+                let n = usize::from(r.u8()?);
+                if n > MAX_REQUESTS_LISTED {
+                    return Err(DecodeError::TooLong {
+                        what: "contact requests",
+                        len: n,
+                        max: MAX_REQUESTS_LISTED,
+                    });
+                }
+                let mut requests = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = r.u64()?;
+                    let from = read_str(&mut r, "user name", UserName::MAX_LEN)?;
+                    requests.push(ContactRequest {
+                        id,
+                        from: UserName::parse(&from)
+                            .map_err(|_| DecodeError::Invalid("user name"))?,
+                        note: read_note(&mut r)?,
+                        sent_at: UnixTime(r.u64()?),
+                    });
+                }
+                Response::ContactRequests(requests)
+            }
             RESP_ERROR => Response::Error(match r.u8()? {
                 1 => LoginError::WrongPassword,
                 2 => LoginError::UnknownUser,
@@ -943,6 +1135,28 @@ mod tests {
                     backup,
                     envelope,
                 }),
+            (s, "\\PC{0,300}")
+                .prop_filter("a note fits", |(_, n)| n.len() <= MAX_REQUEST_NOTE)
+                .prop_map(|(to, note)| Request::SendContactRequest {
+                    certificate: cert(),
+                    proof: [5; 64],
+                    dh_proof: [6; 32],
+                    to,
+                    note,
+                }),
+            Just(Request::GetContactRequests {
+                certificate: cert(),
+                proof: [3; 64],
+                dh_proof: [4; 32],
+            }),
+            proptest::collection::vec(any::<u64>(), 0..=MAX_REQUESTS_LISTED).prop_map(|ids| {
+                Request::DeleteContactRequests {
+                    certificate: cert(),
+                    proof: [3; 64],
+                    dh_proof: [4; 32],
+                    ids,
+                }
+            }),
         ]
     }
 
@@ -1013,7 +1227,48 @@ mod tests {
                     })
                     .collect()
             )),
+            proptest::collection::vec(
+                (any::<u64>(), "[a-z][a-z0-9._-]{2,31}", "\\PC{0,200}", any::<u64>()),
+                0..=MAX_REQUESTS_LISTED
+            )
+            .prop_map(|v| Response::ContactRequests(
+                v.into_iter()
+                    .map(|(id, from, note, at)| ContactRequest {
+                        id,
+                        from: UserName::parse(&from).unwrap(),
+                        note,
+                        sent_at: UnixTime(at),
+                    })
+                    .collect()
+            )),
         ]
+    }
+
+    #[test]
+    fn the_longest_list_of_contact_requests_fits_a_frame() {
+        let full = ContactRequest {
+            id: u64::MAX,
+            from: UserName::parse(&"a".repeat(UserName::MAX_LEN)).unwrap(),
+            note: "é".repeat(MAX_REQUEST_NOTE / 2),
+            sent_at: UnixTime(u64::MAX),
+        };
+        let mut b = BytesMut::new();
+        Response::ContactRequests(vec![full; MAX_REQUESTS_LISTED]).encode(&mut b);
+        assert!(b.len() <= usize::from(u16::MAX), "{} bytes", b.len());
+        let mut b = BytesMut::new();
+        Request::SendContactRequest {
+            certificate: cert(),
+            proof: [0; 64],
+            dh_proof: [0; 32],
+            to: "bob".into(),
+            note: "x".repeat(MAX_REQUEST_NOTE + 1),
+        }
+        .encode(&mut b);
+        // Cut at the limit when encoded: the decoder takes what the encoder writes.
+        assert!(matches!(
+            Request::decode(&b),
+            Ok(Request::SendContactRequest { note, .. }) if note.len() == MAX_REQUEST_NOTE
+        ));
     }
 
     proptest! {

@@ -9,6 +9,7 @@
 //! can never create the same account twice.
 
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
+pub use natter_core::login::proto::ContactRequest;
 
 pub mod postgres;
 pub mod sqlite;
@@ -154,6 +155,43 @@ pub trait AccountStore: Send + Sync {
         base: u64,
         list: &StoredBuddyList,
     ) -> Result<bool, StoreError>;
+
+    /// Leave a contact request from `from` for `to`, atomically within the limits
+    /// (`natter_core::login::proto::MAX_REQUESTS_SENT` waiting per sender,
+    /// `MAX_REQUESTS_WAITING` per recipient); a second request to the same user replaces the
+    /// first's note and time, keeping its id. [`StoreError::NoSuchAccount`] if `from` is
+    /// absent.
+    fn add_contact_request(
+        &self,
+        from: &UserName,
+        to: &UserName,
+        note: &str,
+        at: UnixTime,
+    ) -> Result<RequestAdded, StoreError>;
+
+    /// The contact requests waiting for `user`, oldest first, at most `limit`.
+    fn contact_requests(
+        &self,
+        user: &UserName,
+        limit: usize,
+    ) -> Result<Vec<ContactRequest>, StoreError>;
+
+    /// Delete contact requests waiting for `user` (ids of other users' requests, or unknown
+    /// ones, change nothing).
+    fn delete_contact_requests(&self, user: &UserName, ids: &[u64]) -> Result<(), StoreError>;
+}
+
+/// What became of a contact request left with [`AccountStore::add_contact_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestAdded {
+    /// Stored (or, for a second request to the same user, its note and time replaced).
+    Stored,
+    /// The recipient has no account.
+    NoSuchRecipient,
+    /// The sender has `MAX_REQUESTS_SENT` requests waiting at others.
+    SenderLimit,
+    /// The recipient has `MAX_REQUESTS_WAITING` requests waiting.
+    RecipientFull,
 }
 
 /// A version as the databases store it (a signed 64-bit integer).

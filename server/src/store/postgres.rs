@@ -38,12 +38,15 @@ use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, Row};
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
 
+use natter_core::login::proto::{MAX_REQUESTS_SENT, MAX_REQUESTS_WAITING};
+
 use super::{
-    sql_version, AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError, StoredBuddyList,
+    sql_version, AccountRecord, AccountStore, ContactRequest, DeviceRecord, RequestAdded,
+    Revocation, StoreError, StoredBuddyList,
 };
 
 /// The schema version this code writes and understands.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// The `pg_advisory_xact_lock` key serialising schema creation and migration
 /// (ASCII "natter" followed by 0x0001).
@@ -88,6 +91,15 @@ CREATE TABLE IF NOT EXISTS buddy_lists (
     backup   BYTEA  NOT NULL,
     envelope BYTEA  NOT NULL
 );
+CREATE TABLE IF NOT EXISTS contact_requests (
+    id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    recipient TEXT   NOT NULL REFERENCES accounts ("user") ON DELETE CASCADE,
+    sender    TEXT   NOT NULL REFERENCES accounts ("user") ON DELETE CASCADE,
+    note      TEXT   NOT NULL,
+    sent_at   BIGINT NOT NULL,
+    UNIQUE (recipient, sender)
+);
+CREATE INDEX IF NOT EXISTS contact_requests_by_sender ON contact_requests (sender);
 "#;
 
 const DEVICE_COLUMNS: &str =
@@ -259,9 +271,9 @@ fn create_schema(client: &mut Client, schema: Option<&str>) -> Result<(), StoreE
             .map_err(pg)?;
         }
         Some(SCHEMA_VERSION) => {}
-        // Version 2 added the buddy_lists table, which the schema above creates (still under
-        // the advisory lock).
-        Some(1) => {
+        // Version 2 added the buddy_lists table, version 3 contact_requests: the schema above
+        // creates them (still under the advisory lock).
+        Some(1 | 2) => {
             tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])
                 .map_err(pg)?;
         }
@@ -671,6 +683,111 @@ impl AccountStore for PostgresStore {
             Ok(true)
         })
     }
+
+    fn add_contact_request(
+        &self,
+        from: &UserName,
+        to: &UserName,
+        note: &str,
+        at: UnixTime,
+    ) -> Result<RequestAdded, StoreError> {
+        let at = to_sql_time(at)?;
+        self.run(|client, _| {
+            let mut tx = client.transaction()?;
+            // The sender's row is the lock for its count, the recipient's for theirs (taken
+            // in name order, so two requests between the same two users cannot deadlock).
+            let found: Vec<String> = tx
+                .query(
+                    r#"SELECT "user" FROM accounts WHERE "user" = ANY($1)
+                       ORDER BY "user" FOR UPDATE"#,
+                    &[&vec![from.as_str(), to.as_str()]],
+                )?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            if !found.iter().any(|u| u == from.as_str()) {
+                return Err(StoreError::NoSuchAccount.into());
+            }
+            if !found.iter().any(|u| u == to.as_str()) {
+                return Ok(RequestAdded::NoSuchRecipient);
+            }
+            let again = tx
+                .query_opt(
+                    "SELECT 1 FROM contact_requests WHERE recipient = $1 AND sender = $2",
+                    &[&to.as_str(), &from.as_str()],
+                )?
+                .is_some();
+            if !again {
+                let count = |tx: &mut ::postgres::Transaction<'_>, sql: &str, u: &UserName| {
+                    tx.query_one(sql, &[&u.as_str()])
+                        .and_then(|r| r.try_get::<_, i64>(0))
+                        .map(|n| n.max(0) as usize)
+                };
+                if count(
+                    &mut tx,
+                    "SELECT count(*) FROM contact_requests WHERE sender = $1",
+                    from,
+                )? >= MAX_REQUESTS_SENT
+                {
+                    return Ok(RequestAdded::SenderLimit);
+                }
+                if count(
+                    &mut tx,
+                    "SELECT count(*) FROM contact_requests WHERE recipient = $1",
+                    to,
+                )? >= MAX_REQUESTS_WAITING
+                {
+                    return Ok(RequestAdded::RecipientFull);
+                }
+            }
+            tx.execute(
+                "INSERT INTO contact_requests (recipient, sender, note, sent_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (recipient, sender) DO UPDATE SET note = excluded.note,
+                     sent_at = excluded.sent_at",
+                &[&to.as_str(), &from.as_str(), &note, &at],
+            )?;
+            tx.commit()?;
+            Ok(RequestAdded::Stored)
+        })
+    }
+
+    fn contact_requests(
+        &self,
+        user: &UserName,
+        limit: usize,
+    ) -> Result<Vec<ContactRequest>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(|client, _| {
+            client
+                .query(
+                    "SELECT id, sender, note, sent_at FROM contact_requests WHERE recipient = $1
+                     ORDER BY id LIMIT $2",
+                    &[&user.as_str(), &limit],
+                )?
+                .iter()
+                .map(|r| -> Result<ContactRequest, Fail> {
+                    Ok(ContactRequest {
+                        id: serial_from_sql(r.try_get(0)?)?,
+                        from: user_from_sql(r.try_get(1)?)?,
+                        note: r.try_get(2)?,
+                        sent_at: from_sql_time(r.try_get(3)?)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn delete_contact_requests(&self, user: &UserName, ids: &[u64]) -> Result<(), StoreError> {
+        let ids: Vec<i64> = ids.iter().filter_map(|i| i64::try_from(*i).ok()).collect();
+        self.run(|client, _| {
+            client.execute(
+                "DELETE FROM contact_requests WHERE recipient = $1 AND id = ANY($2)",
+                &[&user.as_str(), &ids],
+            )?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -709,7 +826,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_schema_gains_the_buddy_lists() {
+    fn a_version_1_schema_gains_the_buddy_lists_and_contact_requests() {
         let Some(url) = url() else { return };
         let schema = fresh_schema(&url, "migrate1");
         drop(PostgresStore::connect_with_schema(&url, &schema).expect("connect"));
@@ -717,7 +834,8 @@ mod tests {
         let mut admin = Client::connect(&url, NoTls).expect("admin");
         admin
             .batch_execute(&format!(
-                "DROP TABLE {schema}.buddy_lists; UPDATE {schema}.schema_version SET version = 1"
+                "DROP TABLE {schema}.buddy_lists; DROP TABLE {schema}.contact_requests;
+                 UPDATE {schema}.schema_version SET version = 1"
             ))
             .expect("downgrade");
         let store = PostgresStore::connect_with_schema(&url, &schema).expect("migrate");
@@ -729,6 +847,7 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         let alice = UserName::parse("alice").expect("name");
         assert_eq!(store.buddy_list(&alice).expect("read"), None);
+        assert_eq!(store.contact_requests(&alice, 10).expect("read"), vec![]);
         drop(store);
         drop_schema(&url, &schema);
     }

@@ -33,12 +33,15 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 
+use natter_core::login::proto::{MAX_REQUESTS_SENT, MAX_REQUESTS_WAITING};
+
 use super::{
-    sql_version, AccountRecord, AccountStore, DeviceRecord, Revocation, StoreError, StoredBuddyList,
+    sql_version, AccountRecord, AccountStore, ContactRequest, DeviceRecord, RequestAdded,
+    Revocation, StoreError, StoredBuddyList,
 };
 
 /// The schema version this code writes and understands.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +79,15 @@ CREATE TABLE IF NOT EXISTS buddy_lists (
     backup   BLOB    NOT NULL,
     envelope BLOB    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS contact_requests (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT    NOT NULL REFERENCES accounts (user) ON DELETE CASCADE,
+    sender    TEXT    NOT NULL REFERENCES accounts (user) ON DELETE CASCADE,
+    note      TEXT    NOT NULL,
+    sent_at   INTEGER NOT NULL,
+    UNIQUE (recipient, sender)
+);
+CREATE INDEX IF NOT EXISTS contact_requests_by_sender ON contact_requests (sender);
 ";
 
 const DEVICE_COLUMNS: &str =
@@ -155,8 +167,9 @@ impl SqliteStore {
                 .map_err(backend)?;
             }
             Some(SCHEMA_VERSION) => {}
-            // Version 2 added the buddy_lists table, which the schema above creates.
-            Some(1) => {
+            // Version 2 added the buddy_lists table, version 3 contact_requests: the schema
+            // above creates them.
+            Some(1 | 2) => {
                 tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
                     .map_err(backend)?;
             }
@@ -541,6 +554,103 @@ impl AccountStore for SqliteStore {
         tx.commit().map_err(backend)?;
         Ok(true)
     }
+
+    fn add_contact_request(
+        &self,
+        from: &UserName,
+        to: &UserName,
+        note: &str,
+        at: UnixTime,
+    ) -> Result<RequestAdded, StoreError> {
+        let at = to_sql_time(at)?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        require_account(&tx, from)?;
+        if require_account(&tx, to).is_err() {
+            return Ok(RequestAdded::NoSuchRecipient);
+        }
+        let count = |sql: &str, user: &UserName| -> Result<usize, StoreError> {
+            tx.query_row(sql, [user.as_str()], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as usize)
+                .map_err(backend)
+        };
+        let again: bool = tx
+            .query_row(
+                "SELECT 1 FROM contact_requests WHERE recipient = ?1 AND sender = ?2",
+                [to.as_str(), from.as_str()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(backend)?
+            .is_some();
+        if !again {
+            if count(
+                "SELECT count(*) FROM contact_requests WHERE sender = ?1",
+                from,
+            )? >= MAX_REQUESTS_SENT
+            {
+                return Ok(RequestAdded::SenderLimit);
+            }
+            if count(
+                "SELECT count(*) FROM contact_requests WHERE recipient = ?1",
+                to,
+            )? >= MAX_REQUESTS_WAITING
+            {
+                return Ok(RequestAdded::RecipientFull);
+            }
+        }
+        tx.execute(
+            "INSERT INTO contact_requests (recipient, sender, note, sent_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (recipient, sender) DO UPDATE SET note = excluded.note,
+                 sent_at = excluded.sent_at",
+            params![to.as_str(), from.as_str(), note, at],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(RequestAdded::Stored)
+    }
+
+    fn contact_requests(
+        &self,
+        user: &UserName,
+        limit: usize,
+    ) -> Result<Vec<ContactRequest>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, sender, note, sent_at FROM contact_requests WHERE recipient = ?1
+                 ORDER BY id LIMIT ?2",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![user.as_str(), limit as i64], |r| {
+                Ok(ContactRequest {
+                    id: u64::try_from(r.get::<_, i64>(0)?).map_err(|_| corrupt("negative id"))?,
+                    from: user_col(r, 1)?,
+                    note: r.get(2)?,
+                    sent_at: from_sql_time(r.get(3)?)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+    }
+
+    fn delete_contact_requests(&self, user: &UserName, ids: &[u64]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        for id in ids {
+            let Ok(id) = i64::try_from(*id) else { continue };
+            tx.execute(
+                "DELETE FROM contact_requests WHERE id = ?1 AND recipient = ?2",
+                params![id, user.as_str()],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
 }
 
 #[cfg(test)]
@@ -584,14 +694,17 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_database_gains_the_buddy_lists() {
+    fn a_version_1_database_gains_the_buddy_lists_and_contact_requests() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("accounts.db");
         drop(SqliteStore::open(&path).expect("open"));
         // As the previous release left it.
         let conn = Connection::open(&path).expect("raw open");
-        conn.execute_batch("DROP TABLE buddy_lists; UPDATE schema_version SET version = 1;")
-            .expect("downgrade");
+        conn.execute_batch(
+            "DROP TABLE buddy_lists; DROP TABLE contact_requests;
+             UPDATE schema_version SET version = 1;",
+        )
+        .expect("downgrade");
         drop(conn);
         let store = SqliteStore::open(&path).expect("migrate");
         let version: i64 = store
@@ -601,6 +714,7 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         let user = UserName::parse("alice").unwrap();
         assert_eq!(store.buddy_list(&user).expect("read"), None);
+        assert_eq!(store.contact_requests(&user, 10).expect("read"), vec![]);
     }
 
     #[test]
