@@ -546,6 +546,22 @@ enum NatterEventKind
    * with the password); `detail`: a description, with when it is tried again.
    */
   NATTER_EVENT_CONTACTS_SYNC_FAILED = 61,
+  /**
+   * (ABI 0.3.) Someone asks to be this user's contact (once per request, on every device).
+   * `user`: who; `detail`: their note (may be empty). Answer with
+   * `natter_client_add_contact` or `natter_client_decline_contact`, or leave it: it waits
+   * in the list (`NatterContact::request`).
+   */
+  NATTER_EVENT_CONTACT_REQUEST = 62,
+  /**
+   * (ABI 0.3.) A user this user asked accepted. `user`: who.
+   */
+  NATTER_EVENT_CONTACT_ACCEPTED = 63,
+  /**
+   * (ABI 0.3.) A contact request could never be delivered (no such user) and was dropped.
+   * `user`: the user asked; `result`: why; `detail`: a description.
+   */
+  NATTER_EVENT_CONTACT_REQUEST_FAILED = 64,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -1093,6 +1109,12 @@ typedef struct {
    * How many groups.
    */
   size_t group_count;
+  /**
+   * Their contact request to this user, waiting for an answer: its note (`""` when they
+   * left none); NULL when there is none. Accept with `natter_client_add_contact`, or
+   * `natter_client_decline_contact`.
+   */
+  const char *request;
   /**
    * True for a contact (false: only blocked).
    */
@@ -1826,20 +1848,35 @@ NatterResult natter_contact_list_get(const NatterContactList *list,
 NatterResult natter_contact_list_free(NatterContactList *list);
 
 /**
- * Add `user` to the buddy list. `*changed` (if not NULL): false when they were a contact
- * already. The edit is kept on disk at once and backed up in the background (a
- * `NATTER_EVENT_CONTACTS_SYNCED` or `NATTER_EVENT_CONTACTS_SYNC_FAILED` follows). Does not
- * block on the network.
+ * Add `user` to the buddy list and ask them to add this user too, with `note` (NULL or
+ * `""`: none; at most 1024 bytes): the request waits for them in the network and reaches
+ * every device of theirs (`NATTER_EVENT_CONTACT_REQUEST`); their answer comes as
+ * `NATTER_EVENT_CONTACT_ACCEPTED`. When `user` asked first, this accepts their request.
+ * `*changed` (if not NULL): false when they were a contact already. Kept on disk at once,
+ * sent in the background. Does not block on the network.
  *
- * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_LIST_FULL`,
- * `NATTER_IO_ERROR` (the list file could not be written: the edit was not made),
- * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
- * any thread.
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_INVALID_ARGUMENT`
+ * (note too long), `NATTER_LIST_FULL`, `NATTER_IO_ERROR` (the list file could not be
+ * written: the edit was not made), `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`,
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
  *
  * # Safety
- * `user` must be NULL or a NUL-terminated string; `changed` NULL or valid for one write.
+ * `user` must be NULL or a NUL-terminated string, `note` NULL or NUL-terminated; `changed`
+ * NULL or valid for one write.
  */
-NatterResult natter_client_add_contact(NatterClient *client, const char *user, bool *changed);
+NatterResult natter_client_add_contact(NatterClient *client,
+                                       const char *user,
+                                       const char *note,
+                                       bool *changed);
+
+/**
+ * Decline `user`'s contact request: deleted on every device, and they are not told.
+ * `*changed` (if not NULL): false when there was none. As `natter_client_add_contact`.
+ *
+ * # Safety
+ * As `natter_client_add_contact`.
+ */
+NatterResult natter_client_decline_contact(NatterClient *client, const char *user, bool *changed);
 
 /**
  * Remove `user` from the buddy list, on every device once synced. As

@@ -591,7 +591,8 @@ fn revoke(node: &Running, device: &str, password: &str) -> Result<(), String> {
 /// A buddy-list entry as JSON events show it.
 fn contact_json(c: &natter::Contact) -> serde_json::Value {
     json!({"user": c.user.as_str(), "contact": c.contact, "blocked": c.blocked,
-           "nickname": c.nickname, "display_name": c.display_name, "groups": c.groups})
+           "nickname": c.nickname, "display_name": c.display_name, "groups": c.groups,
+           "request": c.request})
 }
 
 /// A buddy-list entry in words: `  bob "Bobby" [work, family] (blocked)`.
@@ -605,8 +606,11 @@ fn contact_text(c: &natter::Contact) -> String {
     }
     match (c.contact, c.blocked) {
         (true, true) => t += " (blocked)",
-        (false, _) => t += " (blocked, not a contact)",
+        (false, true) => t += " (blocked, not a contact)",
         _ => {}
+    }
+    if let Some(note) = &c.request {
+        t += &format!(" asks to be your contact: {note:?} (accept or decline)");
     }
     t
 }
@@ -637,7 +641,11 @@ fn edit_contact(
     let user = user.ok_or_else(|| format!("{cmd} needs a user"))?;
     let c = &node.client;
     let changed = match cmd {
-        "add" | "add_contact" => c.add_contact(&user),
+        "add" | "add_contact" | "accept" | "accept_contact" => {
+            let note = if json { text("note") } else { rest };
+            c.add_contact(&user, note.as_deref().unwrap_or(""))
+        }
+        "decline_contact" => c.decline_contact(&user),
         "remove" | "remove_contact" => c.remove_contact(&user),
         "block" => c.block(&user, flag("blocked").unwrap_or(true)),
         "unblock" => c.block(&user, false),
@@ -772,6 +780,10 @@ fn command(
                 }
                 None => Err("no call".into()),
             },
+            // `decline` alone declines the call that rings; with a user, their request.
+            ("decline", Some(user)) if !json => {
+                edit_contact(node, "decline_contact", Some(user), &value, json)
+            }
             (c @ ("answer" | "decline" | "hangup" | "hold" | "resume"), _) => match &current {
                 None => Err("no call".into()),
                 Some(call) => match c {
@@ -815,8 +827,9 @@ fn command(
                 );
                 Ok(())
             }
-            (c @ ("add" | "add_contact" | "remove" | "remove_contact" | "block" | "unblock"
-            | "nick" | "set_nickname" | "group" | "ungroup" | "set_group"), arg) => {
+            (c @ ("add" | "add_contact" | "accept" | "accept_contact" | "decline_contact"
+            | "remove" | "remove_contact" | "block" | "unblock" | "nick" | "set_nickname"
+            | "group" | "ungroup" | "set_group"), arg) => {
                 edit_contact(node, c, arg, &value, json)
             }
             ("sync" | "sync_contacts", _) => node
@@ -979,7 +992,9 @@ const HELP: &str = "commands:
   voice STAGES    the call's voice processing: auto, off, or some of echo,noise,gain
   search USER     look USER up in the global index
   contacts        the buddy list (backed up, encrypted, on the login server)
-  add USER        add USER to the buddy list; remove USER takes them out
+  add USER [NOTE] add USER to the buddy list and ask them to add you (with a note);
+                  remove USER takes them out
+  accept USER     accept USER's contact request; decline USER declines it (unseen by them)
   block USER      never ring for USER's calls; unblock USER
   nick USER [NAME]
                   give USER a nickname (none without NAME)
@@ -1062,6 +1077,16 @@ fn event_json(e: &Event) -> Option<serde_json::Value> {
         Event::CertificateRenewed => json!({"event": "certificate_renewed"}),
         Event::ContactsSynced { version, merged } => {
             json!({"event": "contacts_synced", "version": version, "merged": merged})
+        }
+        Event::ContactRequest { from, note } => {
+            json!({"event": "contact_request", "user": from.as_str(), "note": note})
+        }
+        Event::ContactAccepted { user } => {
+            json!({"event": "contact_accepted", "user": user.as_str()})
+        }
+        Event::ContactRequestFailed { user, error } => {
+            json!({"event": "contact_request_failed", "user": user.as_str(),
+                   "message": error.to_string()})
         }
         Event::ContactsSyncFailed { error, retry } => {
             json!({"event": "contacts_sync_failed", "message": error.to_string(),

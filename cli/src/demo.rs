@@ -636,18 +636,36 @@ fn keychain_step(network: &Network, dir: &Path, bob: &Client) -> Result<String, 
     }
 }
 
-/// alice's buddy list: bob with a nickname in a group, carol, mallory blocked; backed up,
-/// and her new tablet gets it back from the network with the password alone.
-fn buddy_list_step(network: &Network, dir: &Path, alice: &Client) -> Result<String, String> {
+/// alice asks bob to be her contact; bob's client finds the request at its next sync and
+/// accepts; alice hears of it. alice's buddy list (bob with a nickname in a group, mallory
+/// blocked) is backed up, and her new tablet gets it back from the network with the password
+/// alone.
+fn buddy_list_step(
+    network: &Network,
+    dir: &Path,
+    alice: &Client,
+    bob: &Client,
+) -> Result<String, String> {
     let edit = |r: Result<bool, natter::ContactsError>| r.map_err(|e| format!("editing: {e}"));
-    edit(alice.add_contact("bob"))?;
+    let sync = |c: &Client| c.sync_contacts(None).map_err(|e| format!("syncing: {e}"));
+    edit(alice.add_contact("bob", "hi Bob, it's Alice"))?;
     edit(alice.set_nickname("bob", "Bob B."))?;
     edit(alice.set_group("bob", "friends", true))?;
-    edit(alice.add_contact("carol"))?;
     edit(alice.block("mallory", true))?;
-    let synced = alice
-        .sync_contacts(None)
-        .map_err(|e| format!("backing up: {e}"))?;
+    let synced = sync(alice)?;
+    sync(bob)?;
+    let note = bob
+        .contact("alice")
+        .and_then(|c| c.request)
+        .ok_or("bob found no request from alice")?;
+    edit(bob.add_contact("alice", ""))?;
+    sync(bob)?;
+    sync(alice)?;
+    let accepted = std::iter::from_fn(|| alice.events().try_recv().ok())
+        .any(|e| matches!(e, Event::ContactAccepted { ref user } if user.as_str() == "bob"));
+    if !accepted {
+        return Err("alice was not told that bob accepted".into());
+    }
     let tablet = Client::builder(network.clone())
         .data_dir(dir.join("alice-tablet"))
         .build()
@@ -661,14 +679,14 @@ fn buddy_list_step(network: &Network, dir: &Path, alice: &Client) -> Result<Stri
     if mine != theirs {
         return Err(format!("the tablet has {theirs:?}, alice {mine:?}"));
     }
-    let bob = theirs.iter().find(|c| c.user.as_str() == "bob");
+    let shown = theirs.iter().find(|c| c.user.as_str() == "bob");
     Ok(format!(
-        "{} entries backed up as version {} (encrypted, signed); the tablet's login with the password restored them in {} (bob as \"{}\" in {:?}, mallory blocked)",
+        "bob got the request ({note:?}) and accepted; {} entries backed up as version {} (encrypted, signed); the tablet's login with the password restored them in {} (bob as \"{}\" in {:?}, mallory blocked)",
         theirs.len(),
         synced.version,
         ms(took),
-        bob.map_or("", |b| b.nickname.as_str()),
-        bob.map_or(&[][..], |b| &b.groups[..]),
+        shown.map_or("", |b| b.nickname.as_str()),
+        shown.map_or(&[][..], |b| &b.groups[..]),
     ))
 }
 
@@ -743,9 +761,9 @@ fn users_and_super_nodes(
         Err(e) => r.fail(&e),
     }
     let t = r.step(
-        "alice keeps a buddy list; her new tablet gets it back from the network with the password alone",
+        "alice asks bob to be her contact, bob accepts; her new tablet gets her buddy list back with the password alone",
     );
-    match buddy_list_step(network, dir, &clients[0]) {
+    match buddy_list_step(network, dir, &clients[0], &clients[1]) {
         Ok(detail) => r.ok(t, &detail),
         Err(e) => r.fail(&e),
     }

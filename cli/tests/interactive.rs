@@ -126,7 +126,7 @@ fn a_new_user_calls_from_the_interactive_client() {
     tmux.keys("hangup");
     tmux.wait("call ended: hung up");
     // The buddy list, in words.
-    tmux.keys("add alice");
+    tmux.keys("add alice hello from carol");
     tmux.keys("nick alice Ally Cat");
     tmux.wait("alice \"Ally Cat\"");
     tmux.keys("group alice book club");

@@ -143,7 +143,7 @@ fn two_programs_call_each_other_through_the_json_interface() {
         assert!(audio["frames_received"].as_u64() > Some(50), "{audio}");
     }
     // The buddy list: edits answered with the entry, the list, a sync with the backup.
-    bob.send(serde_json::json!({"cmd": "add_contact", "user": "Alice"}));
+    bob.send(serde_json::json!({"cmd": "add_contact", "user": "Alice", "note": "bob here"}));
     let added = bob.wait(is("contact"));
     assert_eq!(
         (&added["user"], &added["contact"], &added["changed"]),
@@ -166,6 +166,32 @@ fn two_programs_call_each_other_through_the_json_interface() {
     bob.send(serde_json::json!({"cmd": "sync_contacts"}));
     let synced = bob.wait(is("contacts_synced"));
     assert!(synced["version"].as_u64() >= Some(2), "{synced}");
+    // Bob's request waits for alice: her sync finds it, she accepts, bob hears of it.
+    alice.send(serde_json::json!({"cmd": "sync_contacts"}));
+    let asked = alice.wait(is("contact_request"));
+    assert_eq!(
+        (&asked["user"], &asked["note"]),
+        (&"bob".into(), &"bob here".into())
+    );
+    alice.send(serde_json::json!({"cmd": "contacts"}));
+    let waiting = alice.wait(is("contacts"));
+    assert_eq!(waiting["contacts"][0]["request"], "bob here", "{waiting}");
+    alice.send(serde_json::json!({"cmd": "accept_contact", "user": "bob"}));
+    let accepted = alice.wait(is("contact"));
+    assert!(
+        accepted["request"].is_null() && accepted["contact"] == true,
+        "{accepted}"
+    );
+    alice.send(serde_json::json!({"cmd": "sync_contacts"}));
+    alice.wait(is("contacts_synced"));
+    bob.send(serde_json::json!({"cmd": "sync_contacts"}));
+    bob.wait(is("contact_accepted"));
+    bob.send(serde_json::json!({"cmd": "add_contact", "user": "nobody-at-all"}));
+    bob.send(serde_json::json!({"cmd": "sync_contacts"}));
+    bob.wait(is("contact_request_failed"));
+    bob.send(serde_json::json!({"cmd": "decline_contact", "user": "alice"}));
+    let unchanged = bob.wait(is("contact"));
+    assert_eq!(unchanged["changed"], false, "{unchanged}");
     // The account: its devices, and a password change that revokes the others.
     bob.send(serde_json::json!({"cmd": "devices"}));
     let devices = bob.wait(is("devices"));

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use natter_core::contacts::{BuddyList, ListError};
 use natter_core::crypto::{Capabilities, DeviceId, LocalIdentity, UserName};
 use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::proto::Version;
@@ -1334,7 +1333,7 @@ impl Client {
     fn edit_contacts(
         &self,
         user: &str,
-        edit: impl FnOnce(&mut BuddyList, &UserName, u64) -> Result<bool, ListError>,
+        edit: impl FnOnce(&Contacts, &UserName) -> Result<bool, ContactsError>,
     ) -> Result<bool, ContactsError> {
         if lock(&self.shared.state).closed {
             return Err(ContactsError::Closed);
@@ -1343,23 +1342,35 @@ impl Client {
             name,
             reason,
         })?;
-        let changed = self
-            .shared
-            .contacts
-            .edit(&name, |list, now| edit(list, &name, now))?;
+        let changed = edit(&self.shared.contacts, &name)?;
         if changed {
             self.shared.push_blocked();
         }
         Ok(changed)
     }
 
-    /// Add `user` to the buddy list (true: added; false: a contact already). The edit is
-    /// kept on disk at once and backed up in the background.
+    /// Add `user` to the buddy list and ask them to add this user too, with `note` (at most
+    /// 1 KiB; may be empty): the request waits for them at the login server, and reaches
+    /// every device of theirs at its next sync ([`Event::ContactRequest`]); their answer
+    /// comes as [`Event::ContactAccepted`]. When `user` asked first, this accepts their
+    /// request (they are told). True when something changed (false: a contact already).
+    /// Kept on disk at once, sent in the background (a request to a user who does not exist
+    /// ends as [`Event::ContactRequestFailed`]).
     ///
     /// # Errors
-    /// See [`ContactsError`]: not logged in, an invalid name, a full list, the file.
-    pub fn add_contact(&self, user: &str) -> Result<bool, ContactsError> {
-        self.edit_contacts(user, |l, u, now| l.set_contact(u, true, now))
+    /// See [`ContactsError`]: not logged in, an invalid name, a note too long, a full list,
+    /// the file.
+    pub fn add_contact(&self, user: &str, note: &str) -> Result<bool, ContactsError> {
+        self.edit_contacts(user, |c, u| c.add(u, note))
+    }
+
+    /// Decline `user`'s contact request: it is deleted on every device, and they are not
+    /// told (as if it were ignored). False when there was none.
+    ///
+    /// # Errors
+    /// As [`Client::add_contact`].
+    pub fn decline_contact(&self, user: &str) -> Result<bool, ContactsError> {
+        self.edit_contacts(user, |c, u| c.decline(u))
     }
 
     /// Remove `user` from the buddy list (true: removed). On every device, once synced: the
@@ -1368,17 +1379,17 @@ impl Client {
     /// # Errors
     /// As [`Client::add_contact`].
     pub fn remove_contact(&self, user: &str) -> Result<bool, ContactsError> {
-        self.edit_contacts(user, |l, u, now| l.set_contact(u, false, now))
+        self.edit_contacts(user, |c, u| c.remove(u))
     }
 
     /// Block `user` (or, with `false`, unblock): a blocked user's calls never ring on any of
-    /// this user's devices (they are dropped without an answer). Whether they are a contact
-    /// does not change.
+    /// this user's devices (they are dropped without an answer), and their contact requests
+    /// are dropped unanswered. Whether they are a contact does not change.
     ///
     /// # Errors
     /// As [`Client::add_contact`].
     pub fn block(&self, user: &str, blocked: bool) -> Result<bool, ContactsError> {
-        self.edit_contacts(user, |l, u, now| l.set_blocked(u, blocked, now))
+        self.edit_contacts(user, |c, u| c.block(u, blocked))
     }
 
     /// Give `user` a nickname (empty: none), at most 128 bytes of UTF-8.
@@ -1386,7 +1397,9 @@ impl Client {
     /// # Errors
     /// As [`Client::add_contact`]; [`ContactsError::Edit`] for a nickname too long.
     pub fn set_nickname(&self, user: &str, nickname: &str) -> Result<bool, ContactsError> {
-        self.edit_contacts(user, |l, u, now| l.set_nickname(u, nickname, now))
+        self.edit_contacts(user, |c, u| {
+            c.edit(u, |l, now| l.set_nickname(u, nickname, now))
+        })
     }
 
     /// Put `user` in the group `label` (or, with `false`, take them out). Labels are 1 to
@@ -1396,7 +1409,9 @@ impl Client {
     /// As [`Client::add_contact`]; [`ContactsError::Edit`] for a label empty or too long,
     /// or too many groups.
     pub fn set_group(&self, user: &str, label: &str, member: bool) -> Result<bool, ContactsError> {
-        self.edit_contacts(user, |l, u, now| l.set_group(u, label, member, now))
+        self.edit_contacts(user, |c, u| {
+            c.edit(u, |l, now| l.set_group(u, label, member, now))
+        })
     }
 
     /// Merge the buddy list with its backup in the network now, and store it if this device

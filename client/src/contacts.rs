@@ -17,17 +17,20 @@
 //! runs one now. A refused backup (tampered, truncated, rolled back, another account's)
 //! leaves the local list as it was.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use natter_core::contacts::{
-    backup, envelope, BackupError, BuddyList, EnvelopeError, ListKey, StretchParams,
+    backup, envelope, BackupError, BuddyList, EnvelopeError, ListError, ListKey, StretchParams,
 };
-use natter_core::crypto::{DeviceId, UserName};
+use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use natter_core::login::client::{LoginClientError, LoginClientEvent, Operation};
-use natter_core::login::proto::LoginError as Refused;
+use natter_core::login::proto::{
+    ContactRequest, LoginError as Refused, MAX_REQUESTS_LISTED, MAX_REQUEST_NOTE,
+};
 use natter_core::rng::Rng;
 use natter_core::wire::Reader;
 use natter_transport::login::client::{run_operations, Budget};
@@ -70,6 +73,10 @@ pub struct Contact {
     pub display_name: String,
     /// The groups they are in, in label order.
     pub groups: Vec<String>,
+    /// Their contact request to this user, waiting for an answer: its note. Answer it with
+    /// [`Client::add_contact`](crate::Client::add_contact) (accept) or
+    /// [`Client::decline_contact`](crate::Client::decline_contact), or leave it.
+    pub request: Option<String>,
 }
 
 /// What [`Client::sync_contacts`](crate::Client::sync_contacts) did.
@@ -85,21 +92,28 @@ pub struct ContactsSync {
 }
 
 /// `user`'s entry as the application sees it (`None`: neither a contact nor blocked).
-fn view(list: &BuddyList, user: &UserName) -> Option<Contact> {
-    let e = list
+fn view(b: &Book, user: &UserName) -> Option<Contact> {
+    let entry = b
+        .list
         .get(user)
-        .filter(|e| e.is_contact() || e.is_blocked())?;
+        .filter(|e| e.is_contact() || e.is_blocked());
+    let request = b.incoming.get(user).map(|q| q.note.clone());
+    if entry.is_none() && request.is_none() {
+        return None;
+    }
     Some(Contact {
         user: user.clone(),
-        contact: e.is_contact(),
-        blocked: e.is_blocked(),
-        nickname: e.nickname().to_string(),
-        display_name: e.display_name().to_string(),
-        groups: e.groups().map(str::to_string).collect(),
+        contact: entry.is_some_and(|e| e.is_contact()),
+        blocked: entry.is_some_and(|e| e.is_blocked()),
+        nickname: entry.map_or_else(String::new, |e| e.nickname().to_string()),
+        display_name: entry.map_or_else(String::new, |e| e.display_name().to_string()),
+        groups: entry.map_or_else(Vec::new, |e| e.groups().map(str::to_string).collect()),
+        request,
     })
 }
 
 /// The list on this device, as the file holds it.
+#[derive(Clone)]
 struct Book {
     user: UserName,
     list: BuddyList,
@@ -112,6 +126,12 @@ struct Book {
     rewrap: bool,
     /// Edits made in this run: a sync clears `dirty` only if none came in meanwhile.
     edits: u64,
+    /// Contact requests to leave at the login server: user, note.
+    outbox: Vec<(UserName, String)>,
+    /// Ids of requests to us answered here (accepted, declined, blocked): to delete there.
+    answered: Vec<u64>,
+    /// Requests to us waiting for an answer, as the server last listed them.
+    incoming: BTreeMap<UserName, ContactRequest>,
 }
 
 impl Book {
@@ -124,6 +144,9 @@ impl Book {
             dirty: false,
             rewrap: false,
             edits: 0,
+            outbox: Vec::new(),
+            answered: Vec::new(),
+            incoming: BTreeMap::new(),
         }
     }
 
@@ -146,8 +169,23 @@ impl Book {
             out.extend_from_slice(&k.0);
         }
         out.extend_from_slice(&self.synced.to_be_bytes());
-        out.push(self.user.as_str().len() as u8);
-        out.extend_from_slice(self.user.as_str().as_bytes());
+        put_name(&mut out, &self.user);
+        out.extend_from_slice(&(self.outbox.len() as u16).to_be_bytes());
+        for (to, note) in &self.outbox {
+            put_name(&mut out, to);
+            put_note(&mut out, note);
+        }
+        out.extend_from_slice(&(self.answered.len() as u16).to_be_bytes());
+        for id in &self.answered {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        out.extend_from_slice(&(self.incoming.len() as u16).to_be_bytes());
+        for q in self.incoming.values() {
+            out.extend_from_slice(&q.id.to_be_bytes());
+            put_name(&mut out, &q.from);
+            put_note(&mut out, &q.note);
+            out.extend_from_slice(&q.sent_at.0.to_be_bytes());
+        }
         out.extend_from_slice(&list);
         Ok(out)
     }
@@ -163,8 +201,24 @@ impl Book {
             _ => Some(ListKey(r.array::<32>().ok()?)),
         };
         let synced = r.u64().ok()?;
-        let len = usize::from(r.u8().ok()?);
-        let user = UserName::parse(std::str::from_utf8(r.take(len).ok()?).ok()?).ok()?;
+        let user = read_name(&mut r)?;
+        let outbox = (0..r.u16().ok()?)
+            .map(|_| Some((read_name(&mut r)?, read_note(&mut r)?)))
+            .collect::<Option<_>>()?;
+        let answered = (0..r.u16().ok()?)
+            .map(|_| r.u64().ok())
+            .collect::<Option<_>>()?;
+        let incoming = (0..r.u16().ok()?)
+            .map(|_| {
+                let q = ContactRequest {
+                    id: r.u64().ok()?,
+                    from: read_name(&mut r)?,
+                    note: read_note(&mut r)?,
+                    sent_at: UnixTime(r.u64().ok()?),
+                };
+                Some((q.from.clone(), q))
+            })
+            .collect::<Option<_>>()?;
         let list = BuddyList::decode(r.rest(), device, now_ms).ok()?;
         Some(Book {
             user,
@@ -174,8 +228,31 @@ impl Book {
             dirty: flags & FLAG_DIRTY != 0,
             rewrap: flags & FLAG_REWRAP != 0,
             edits: 0,
+            outbox,
+            answered,
+            incoming,
         })
     }
+}
+
+fn put_name(out: &mut Vec<u8>, user: &UserName) {
+    out.push(user.as_str().len() as u8);
+    out.extend_from_slice(user.as_str().as_bytes());
+}
+
+fn put_note(out: &mut Vec<u8>, note: &str) {
+    out.extend_from_slice(&(note.len() as u16).to_be_bytes());
+    out.extend_from_slice(note.as_bytes());
+}
+
+fn read_name(r: &mut Reader<'_>) -> Option<UserName> {
+    let len = usize::from(r.u8().ok()?);
+    UserName::parse(std::str::from_utf8(r.take(len).ok()?).ok()?).ok()
+}
+
+fn read_note(r: &mut Reader<'_>) -> Option<String> {
+    let len = usize::from(r.u16().ok()?);
+    String::from_utf8(r.take(len).ok()?.to_vec()).ok()
 }
 
 /// The wake-ups of the `natter-contacts` thread.
@@ -273,10 +350,10 @@ impl Contacts {
         let Some(b) = book.as_ref() else {
             return Vec::new();
         };
-        b.list
-            .entries()
-            .filter_map(|(user, _)| view(&b.list, user))
-            .collect()
+        let mut users: Vec<&UserName> = b.list.entries().map(|(u, _)| u).collect();
+        users.extend(b.incoming.keys().filter(|u| b.list.get(u).is_none()));
+        users.sort();
+        users.into_iter().filter_map(|u| view(b, u)).collect()
     }
 
     /// The blocked users.
@@ -299,24 +376,83 @@ impl Contacts {
         user: &UserName,
         edit: impl FnOnce(&mut BuddyList, u64) -> Result<bool, natter_core::contacts::ListError>,
     ) -> Result<bool, ContactsError> {
+        self.edit_book(user, |b, now| edit(&mut b.list, now).map(drop))
+    }
+
+    /// [`Contacts::edit`] of the whole book (the list, the requests in and out).
+    fn edit_book(
+        &self,
+        user: &UserName,
+        edit: impl FnOnce(&mut Book, u64) -> Result<(), natter_core::contacts::ListError>,
+    ) -> Result<bool, ContactsError> {
         let mut book = lock(&self.book);
         let b = book.as_mut().ok_or(ContactsError::NotLoggedIn)?;
-        let before = b.list.clone();
-        edit(&mut b.list, now_ms()).map_err(ContactsError::Edit)?;
-        if view(&b.list, user) == view(&before, user) {
-            b.list = before;
+        let before = b.clone();
+        edit(b, now_ms()).map_err(ContactsError::Edit)?;
+        if view(b, user) == view(&before, user) {
+            *b = before;
             return Ok(false);
         }
-        b.dirty = true;
-        b.edits += 1;
+        if b.list != before.list {
+            b.dirty = true;
+            b.edits += 1;
+        }
         if let Err(e) = self.save(b) {
             // Not kept on disk: not made at all (the caller is told).
-            b.list = before;
+            *b = before;
             return Err(e);
         }
         drop(book);
         self.schedule(EDIT_DELAY, None);
         Ok(true)
+    }
+
+    /// Add `user`: a contact request to them with `note`, or the answer to theirs.
+    pub fn add(&self, user: &UserName, note: &str) -> Result<bool, ContactsError> {
+        if note.len() > MAX_REQUEST_NOTE {
+            return Err(ContactsError::Edit(ListError::TooLong {
+                what: "request note",
+                len: note.len(),
+                max: MAX_REQUEST_NOTE,
+            }));
+        }
+        self.edit_book(user, |b, now| {
+            let answering = b.incoming.remove(user);
+            if !b.list.is_contact(user) || answering.is_some() {
+                b.list.set_contact(user, true, now)?;
+                b.outbox.retain(|(u, _)| u != user);
+                b.outbox.push((user.clone(), note.to_string()));
+            }
+            b.answered.extend(answering.map(|q| q.id));
+            Ok(())
+        })
+    }
+
+    /// Remove `user` from the list (a request to them not sent yet is not sent).
+    pub fn remove(&self, user: &UserName) -> Result<bool, ContactsError> {
+        self.edit_book(user, |b, now| {
+            b.outbox.retain(|(u, _)| u != user);
+            b.list.set_contact(user, false, now).map(drop)
+        })
+    }
+
+    /// Decline `user`'s request (they are not told). False when there was none.
+    pub fn decline(&self, user: &UserName) -> Result<bool, ContactsError> {
+        self.edit_book(user, |b, _| {
+            b.answered.extend(b.incoming.remove(user).map(|q| q.id));
+            Ok(())
+        })
+    }
+
+    /// Block or unblock `user`; a request of theirs waiting here is dropped unanswered.
+    pub fn block(&self, user: &UserName, blocked: bool) -> Result<bool, ContactsError> {
+        self.edit_book(user, |b, now| {
+            b.list.set_blocked(user, blocked, now)?;
+            if blocked {
+                b.answered.extend(b.incoming.remove(user).map(|q| q.id));
+            }
+            Ok(())
+        })
     }
 
     /// Have the thread sync within `after` (sooner if one is due sooner), with `password`
@@ -369,6 +505,11 @@ impl Contacts {
     fn stopped(&self) -> bool {
         lock(&self.control).stop
     }
+}
+
+/// A login server's refusal as a buddy-list error.
+fn refused(error: LoginClientError) -> ContactsError {
+    ContactsError::Server(AccountError::from_client_error(error))
 }
 
 /// The `natter-contacts` thread: waits for a sync to be due, runs it, reports it.
@@ -472,12 +613,13 @@ impl Shared {
         }
     }
 
-    /// One exchange with the login server for the buddy list.
-    fn list_operation(
+    /// One connection to the login server running `ops` in order: an event per operation
+    /// that got an answer, in order.
+    fn operations(
         &self,
-        op: Operation,
+        ops: Vec<Operation>,
         cancel: Option<&Arc<std::sync::atomic::AtomicBool>>,
-    ) -> Result<LoginClientEvent, ContactsError> {
+    ) -> Result<Vec<LoginClientEvent>, ContactsError> {
         let (device, _) = self.store.identity().map_err(|source| ContactsError::Io {
             path: self.store.location(),
             source,
@@ -492,36 +634,182 @@ impl Shared {
             &device,
             client_version(),
             false,
-            vec![op],
+            ops,
             budget,
         )
         .map_err(|e| ContactsError::Server(AccountError::from_connect(e, &address)))?;
-        for e in events {
-            match e {
-                LoginClientEvent::BuddyList { .. } | LoginClientEvent::BuddyListStored { .. } => {
-                    return Ok(e)
+        Ok(events
+            .into_iter()
+            .filter(|e| !matches!(e, LoginClientEvent::VersionChecked(_)))
+            .collect())
+    }
+
+    /// One exchange with the login server for the buddy list.
+    fn list_operation(
+        &self,
+        op: Operation,
+        cancel: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<LoginClientEvent, ContactsError> {
+        match self.operations(vec![op], cancel)?.pop() {
+            Some(
+                e @ (LoginClientEvent::BuddyList { .. } | LoginClientEvent::BuddyListStored { .. }),
+            ) => Ok(e),
+            Some(LoginClientEvent::Failed {
+                error: LoginClientError::Refused(Refused::VersionConflict),
+                ..
+            }) => Err(ContactsError::Conflict),
+            Some(LoginClientEvent::Failed { error, .. }) => Err(refused(error)),
+            _ => Err(ContactsError::Server(AccountError::Server(
+                ServerError::Protocol("no answer".into()),
+            ))),
+        }
+    }
+
+    /// Leave this device's contact requests at the login server, fetch those waiting for the
+    /// user (answering what the list already answers: a blocked sender's is dropped, a
+    /// contact's is their acceptance), and delete those answered here.
+    fn exchange_requests(
+        &self,
+        certificate: &natter_core::crypto::Certificate,
+        cancel: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<(), ContactsError> {
+        let outbox = lock(&self.contacts.book)
+            .as_ref()
+            .map(|b| b.outbox.clone())
+            .ok_or(ContactsError::NotLoggedIn)?;
+        let mut ops: Vec<Operation> = outbox
+            .iter()
+            .map(|(to, note)| Operation::SendContactRequest {
+                certificate: certificate.clone(),
+                to: to.clone(),
+                note: note.clone(),
+            })
+            .collect();
+        ops.push(Operation::FetchContactRequests {
+            certificate: certificate.clone(),
+        });
+        let events = self.operations(ops, cancel)?;
+        let mut sent = Vec::new();
+        let mut first_error = None;
+        let mut fetched = None;
+        for (i, e) in events.into_iter().enumerate() {
+            let to = outbox.get(i).map(|(u, _)| u.clone());
+            match (e, to) {
+                (LoginClientEvent::Done, Some(to)) => sent.push(to),
+                (LoginClientEvent::ContactRequests(list), None) => fetched = Some(list),
+                (
+                    LoginClientEvent::Failed {
+                        error: LoginClientError::Refused(Refused::UnknownUser),
+                        ..
+                    },
+                    Some(to),
+                ) => {
+                    // Never deliverable: dropped, and said.
+                    self.events.push(Event::ContactRequestFailed {
+                        user: to.clone(),
+                        error: Arc::new(ContactsError::UnknownUser(to.to_string())),
+                    });
+                    sent.push(to);
                 }
-                LoginClientEvent::Failed {
-                    error: LoginClientError::Refused(Refused::VersionConflict),
-                    ..
-                } => return Err(ContactsError::Conflict),
-                LoginClientEvent::Failed { error, .. } => {
-                    return Err(ContactsError::Server(AccountError::from_client_error(
-                        error,
-                    )))
+                (LoginClientEvent::Failed { error, .. }, _) => {
+                    first_error.get_or_insert(refused(error));
                 }
                 _ => {}
             }
         }
-        Err(ContactsError::Server(AccountError::Server(
-            ServerError::Protocol("no answer".into()),
-        )))
+        let mut news = Vec::new();
+        let answered = {
+            let mut book = lock(&self.contacts.book);
+            let b = book.as_mut().ok_or(ContactsError::NotLoggedIn)?;
+            b.outbox.retain(|(u, _)| !sent.contains(u));
+            if let Some(list) = fetched {
+                let mut waiting = BTreeMap::new();
+                for q in list {
+                    if b.answered.contains(&q.id) {
+                        continue;
+                    }
+                    if b.list.is_blocked(&q.from) {
+                        b.answered.push(q.id);
+                    } else if b.list.is_contact(&q.from) {
+                        // We asked them (or they are a contact already): their request is
+                        // their acceptance.
+                        b.answered.push(q.id);
+                        news.push(Event::ContactAccepted {
+                            user: q.from.clone(),
+                        });
+                    } else {
+                        if !b.incoming.contains_key(&q.from) {
+                            news.push(Event::ContactRequest {
+                                from: q.from.clone(),
+                                note: q.note.clone(),
+                            });
+                        }
+                        waiting.insert(q.from.clone(), q);
+                    }
+                }
+                b.incoming = waiting;
+            }
+            self.contacts.save(b)?;
+            b.answered.clone()
+        };
+        for e in news {
+            self.events.push(e);
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let answered: Vec<u64> = answered.into_iter().take(MAX_REQUESTS_LISTED).collect();
+        if !answered.is_empty() {
+            let done = self.operations(
+                vec![Operation::DeleteContactRequests {
+                    certificate: certificate.clone(),
+                    ids: answered.clone(),
+                }],
+                cancel,
+            )?;
+            match done.into_iter().next() {
+                Some(LoginClientEvent::Done) => {
+                    let mut book = lock(&self.contacts.book);
+                    if let Some(b) = book.as_mut() {
+                        b.answered.retain(|id| !answered.contains(id));
+                        self.contacts.save(b)?;
+                    }
+                }
+                Some(LoginClientEvent::Failed { error, .. }) => return Err(refused(error)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring the local list and the backup in the network in step, then exchange contact
+    /// requests (see the [module documentation](self)). The requests go even when the list
+    /// could not be synced (its error is returned).
+    pub(crate) fn sync_contacts(
+        &self,
+        password: Option<&str>,
+        cancel: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<ContactsSync, ContactsError> {
+        let listed = self.sync_list(password, cancel);
+        if matches!(listed, Err(ContactsError::NotLoggedIn)) {
+            return listed;
+        }
+        let certificate = lock(&self.login)
+            .as_ref()
+            .map(|l| l.certificate.clone())
+            .ok_or(ContactsError::NotLoggedIn)?;
+        let requests = {
+            let _one = lock(&self.contacts.syncing);
+            self.exchange_requests(&certificate, cancel)
+        };
+        let done = listed?;
+        requests.map(|()| done)
     }
 
     /// Bring the local list and the backup in the network in step (see the
     /// [module documentation](self)). `password` opens the envelope when this device has no
     /// key yet, and wraps the key when the backup needs a new envelope.
-    pub(crate) fn sync_contacts(
+    fn sync_list(
         &self,
         password: Option<&str>,
         cancel: Option<&Arc<std::sync::atomic::AtomicBool>>,

@@ -470,6 +470,9 @@ pub enum ContactsError {
         /// Why it is not one.
         reason: String,
     },
+    /// A contact request went to a user who does not exist.
+    #[error("no such user: {0}")]
+    UnknownUser(String),
     /// The edit does not fit the list (too many entries or groups, a text too long).
     #[error(transparent)]
     Edit(natter_core::contacts::ListError),

@@ -120,6 +120,29 @@ pub enum Event {
         /// The list changed by other devices' edits.
         merged: bool,
     },
+    /// Someone asks to be this user's contact (once per request, on every device of the
+    /// user). Answer with [`Client::add_contact`](crate::Client::add_contact) (accept) or
+    /// [`Client::decline_contact`](crate::Client::decline_contact), or leave it: it waits,
+    /// in [`Client::contacts`](crate::Client::contacts) as the entry's `request`. Requests
+    /// from blocked users never come.
+    ContactRequest {
+        /// Who asks.
+        from: UserName,
+        /// Their note (at most 1 KiB).
+        note: String,
+    },
+    /// A user this user asked accepted (their answer arrived).
+    ContactAccepted {
+        /// Who.
+        user: UserName,
+    },
+    /// A contact request could not be delivered, ever (no such user): it was dropped.
+    ContactRequestFailed {
+        /// The user asked.
+        user: UserName,
+        /// Why.
+        error: Arc<ContactsError>,
+    },
     /// A background sync of the buddy list failed; the local list is kept, edits included.
     ContactsSyncFailed {
         /// Why ([`ContactsError::PasswordNeeded`]: call
@@ -382,6 +405,14 @@ impl fmt::Display for Event {
                 ),
                 false => write!(f, "buddy list backed up (version {version})"),
             },
+            Event::ContactRequest { from, note } => match note.is_empty() {
+                true => write!(f, "{from} asks to be your contact"),
+                false => write!(f, "{from} asks to be your contact: {note:?}"),
+            },
+            Event::ContactAccepted { user } => write!(f, "{user} accepted: now a contact"),
+            Event::ContactRequestFailed { user, error } => {
+                write!(f, "the contact request to {user} failed: {error}")
+            }
             Event::ContactsSyncFailed { error, retry } => {
                 write!(f, "buddy list sync failed: {error}")?;
                 match retry {

@@ -75,16 +75,16 @@ fn the_list_follows_the_user_to_new_devices_merges_and_survives_a_password_chang
             merged: false
         }
     ));
-    assert!(laptop.add_contact("bob").unwrap());
+    assert!(laptop.add_contact("bob", "").unwrap());
     assert!(
-        !laptop.add_contact("BOB").unwrap(),
+        !laptop.add_contact("BOB", "").unwrap(),
         "names are case-insensitive"
     );
     laptop.set_nickname("bob", "Bobby").unwrap();
     laptop.set_group("bob", "work", true).unwrap();
     laptop.block("mallory", true).unwrap();
     assert!(matches!(
-        laptop.add_contact("no spaces"),
+        laptop.add_contact("no spaces", ""),
         Err(ContactsError::InvalidName { .. })
     ));
     assert!(matches!(
@@ -114,7 +114,7 @@ fn the_list_follows_the_user_to_new_devices_merges_and_survives_a_password_chang
     assert!(phone.contact("mallory").unwrap().blocked);
 
     // Edits on both devices at once, neither synced first: both stay.
-    laptop.add_contact("carol").unwrap();
+    laptop.add_contact("carol", "").unwrap();
     phone.set_nickname("bob", "B.").unwrap();
     phone.remove_contact("mallory").unwrap();
     for _ in 0..2 {
@@ -160,10 +160,10 @@ fn a_tampered_or_rolled_back_backup_is_refused_and_the_local_list_kept() {
     register(&server.network(), "alice", PASSWORD);
     let laptop = device(&server, "laptop");
     log_in(&laptop, PASSWORD);
-    laptop.add_contact("bob").unwrap();
+    laptop.add_contact("bob", "").unwrap();
     laptop.sync_contacts(None).unwrap();
     let (old_version, old_backup) = backup_row(&server);
-    laptop.add_contact("carol").unwrap();
+    laptop.add_contact("carol", "").unwrap();
     laptop.sync_contacts(None).unwrap();
     let (version, backup) = backup_row(&server);
     let before = summary(&laptop);
@@ -218,4 +218,115 @@ fn a_blocked_users_calls_never_ring() {
         Some(Event::IncomingCall { from, .. }) => assert_eq!(from.as_str(), "bob"),
         other => panic!("expected bob's call: {other:?}"),
     }
+}
+
+/// `user`'s device `name`, registered and logged in with the fixture password.
+fn user_device(server: &LoginServer, user: &str, name: &str) -> Client {
+    register(&server.network(), user, PASSWORD);
+    let c = Client::builder(server.network())
+        .data_dir(server.dir().join(name))
+        .build()
+        .unwrap();
+    c.login(user, Some(PASSWORD)).unwrap();
+    c
+}
+
+/// The events `c` has queued now (after a sync that pushed them).
+fn queued(c: &Client) -> Vec<Event> {
+    std::iter::from_fn(|| c.events().try_recv().ok()).collect()
+}
+
+fn requests_in(events: &[Event]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ContactRequest { from, note } => Some((from.to_string(), note.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_request_waits_for_every_device_and_is_accepted_declined_or_blocked() {
+    let server = LoginServer::start();
+    let alice = user_device(&server, "alice", "alice");
+    let bob = user_device(&server, "bob", "bob-laptop");
+    let carol = user_device(&server, "carol", "carol");
+    let mallory = user_device(&server, "mallory", "mallory");
+    bob.block("mallory", true).unwrap();
+    bob.sync_contacts(None).unwrap();
+    queued(&bob);
+
+    // Sent while bob's devices are not looking: it waits in the network.
+    alice
+        .add_contact("bob", "it's alice, from the lab")
+        .unwrap();
+    carol.add_contact("bob", "").unwrap();
+    mallory.add_contact("bob", "buy now").unwrap();
+    alice.add_contact("nobody-here", "").unwrap();
+    for c in [&alice, &carol, &mallory] {
+        c.sync_contacts(None).unwrap();
+    }
+    assert!(queued(&alice).iter().any(|e| matches!(
+        e,
+        Event::ContactRequestFailed { user, .. } if user.as_str() == "nobody-here"
+    )));
+
+    // Every device of bob's gets it, a new install included; mallory's never comes.
+    bob.sync_contacts(None).unwrap();
+    let phone = user_device(&server, "bob", "bob-phone");
+    for device in [&bob, &phone] {
+        let got = requests_in(&queued(device));
+        assert_eq!(
+            got,
+            [
+                ("alice".to_string(), "it's alice, from the lab".to_string()),
+                ("carol".to_string(), String::new()),
+            ],
+            "{got:?}"
+        );
+        let alice_entry = device.contact("alice").unwrap();
+        assert!(!alice_entry.contact);
+        assert_eq!(
+            alice_entry.request.as_deref(),
+            Some("it's alice, from the lab")
+        );
+        assert!(device
+            .contact("mallory")
+            .is_none_or(|m| m.request.is_none()));
+    }
+    // Once announced, not again.
+    bob.sync_contacts(None).unwrap();
+    assert!(requests_in(&queued(&bob)).is_empty());
+
+    // The laptop accepts alice and declines carol; alice hears of it, carol does not.
+    assert!(bob.add_contact("alice", "").unwrap());
+    assert!(bob.decline_contact("carol").unwrap());
+    assert!(!bob.decline_contact("carol").unwrap());
+    bob.sync_contacts(None).unwrap();
+    alice.sync_contacts(None).unwrap();
+    assert!(queued(&alice).iter().any(|e| matches!(
+        e,
+        Event::ContactAccepted { user } if user.as_str() == "bob"
+    )));
+    carol.sync_contacts(None).unwrap();
+    assert!(!queued(&carol)
+        .iter()
+        .any(|e| matches!(e, Event::ContactAccepted { .. })));
+    // The phone sees it answered: alice a contact (through the list), no requests left.
+    phone.sync_contacts(None).unwrap();
+    let on_phone = phone.contacts();
+    assert!(on_phone.iter().all(|c| c.request.is_none()), "{on_phone:?}");
+    assert!(phone.contact("alice").unwrap().contact);
+    assert!(phone.contact("carol").is_none());
+    // Nothing is left waiting at the server but... nothing: mallory's was dropped there too.
+    let db = rusqlite::Connection::open(server.dir().join("login/accounts.sqlite")).unwrap();
+    let left: i64 = db
+        .query_row(
+            "SELECT count(*) FROM contact_requests WHERE recipient = 'bob'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
 }

@@ -32,6 +32,10 @@ pub struct NatterContact {
     pub groups: *const *const c_char,
     /// How many groups.
     pub group_count: usize,
+    /// Their contact request to this user, waiting for an answer: its note (`""` when they
+    /// left none); NULL when there is none. Accept with `natter_client_add_contact`, or
+    /// `natter_client_decline_contact`.
+    pub request: *const c_char,
     /// True for a contact (false: only blocked).
     pub contact: bool,
     /// True for a blocked user: their calls never ring.
@@ -86,12 +90,14 @@ fn snapshot(list: Vec<natter::Contact>) -> Snapshot {
         let nickname = keep(&c.nickname);
         let display_name = keep(&c.display_name);
         let labels: Vec<*const c_char> = c.groups.iter().map(|g| keep(g)).collect();
+        let request = c.request.as_deref().map_or(std::ptr::null(), &mut keep);
         contacts.push(NatterContact {
             user,
             nickname,
             display_name,
             groups: labels.as_ptr(),
             group_count: labels.len(),
+            request,
             contact: c.contact,
             blocked: c.blocked,
         });
@@ -119,7 +125,9 @@ pub(crate) fn contacts_reason(e: &ContactsError) -> (NatterResult, Detail) {
     let plain = |r| (r, Detail::default());
     match e {
         ContactsError::NotLoggedIn => plain(NatterResult::NatterNotLoggedIn),
-        ContactsError::InvalidName { .. } => plain(NatterResult::NatterInvalidUserName),
+        ContactsError::InvalidName { .. } | ContactsError::UnknownUser(_) => {
+            plain(NatterResult::NatterInvalidUserName)
+        }
         ContactsError::Edit(natter::ListError::Full)
         | ContactsError::Edit(natter::ListError::TooManyGroups) => {
             plain(NatterResult::NatterListFull)
@@ -253,26 +261,50 @@ unsafe fn edit(
     })
 }
 
-/// Add `user` to the buddy list. `*changed` (if not NULL): false when they were a contact
-/// already. The edit is kept on disk at once and backed up in the background (a
-/// `NATTER_EVENT_CONTACTS_SYNCED` or `NATTER_EVENT_CONTACTS_SYNC_FAILED` follows). Does not
-/// block on the network.
+/// Add `user` to the buddy list and ask them to add this user too, with `note` (NULL or
+/// `""`: none; at most 1024 bytes): the request waits for them in the network and reaches
+/// every device of theirs (`NATTER_EVENT_CONTACT_REQUEST`); their answer comes as
+/// `NATTER_EVENT_CONTACT_ACCEPTED`. When `user` asked first, this accepts their request.
+/// `*changed` (if not NULL): false when they were a contact already. Kept on disk at once,
+/// sent in the background. Does not block on the network.
 ///
-/// Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_LIST_FULL`,
-/// `NATTER_IO_ERROR` (the list file could not be written: the edit was not made),
-/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
-/// any thread.
+/// Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_INVALID_ARGUMENT`
+/// (note too long), `NATTER_LIST_FULL`, `NATTER_IO_ERROR` (the list file could not be
+/// written: the edit was not made), `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`,
+/// `NATTER_INVALID_HANDLE`. Safe to call from any thread.
 ///
 /// # Safety
-/// `user` must be NULL or a NUL-terminated string; `changed` NULL or valid for one write.
+/// `user` must be NULL or a NUL-terminated string, `note` NULL or NUL-terminated; `changed`
+/// NULL or valid for one write.
 #[no_mangle]
 pub unsafe extern "C" fn natter_client_add_contact(
+    client: *mut NatterClient,
+    user: *const c_char,
+    note: *const c_char,
+    changed: *mut bool,
+) -> NatterResult {
+    // SAFETY: the caller guarantees NULL or a NUL-terminated string.
+    let note = match unsafe { opt_str_arg(note) } {
+        Ok(n) => n.unwrap_or_default().to_string(),
+        Err(r) => return r,
+    };
+    // SAFETY: the caller's guarantees are passed on.
+    unsafe { edit(client, user, changed, |c, u| c.add_contact(u, &note)) }
+}
+
+/// Decline `user`'s contact request: deleted on every device, and they are not told.
+/// `*changed` (if not NULL): false when there was none. As `natter_client_add_contact`.
+///
+/// # Safety
+/// As `natter_client_add_contact`.
+#[no_mangle]
+pub unsafe extern "C" fn natter_client_decline_contact(
     client: *mut NatterClient,
     user: *const c_char,
     changed: *mut bool,
 ) -> NatterResult {
     // SAFETY: the caller's guarantees are passed on.
-    unsafe { edit(client, user, changed, |c, u| c.add_contact(u)) }
+    unsafe { edit(client, user, changed, |c, u| c.decline_contact(u)) }
 }
 
 /// Remove `user` from the buddy list, on every device once synced. As

@@ -100,6 +100,16 @@ pub enum NatterEventKind {
     /// included. `result`: why (`NATTER_PASSWORD_NEEDED`: call `natter_client_sync_contacts`
     /// with the password); `detail`: a description, with when it is tried again.
     NatterEventContactsSyncFailed = 61,
+    /// (ABI 0.3.) Someone asks to be this user's contact (once per request, on every device).
+    /// `user`: who; `detail`: their note (may be empty). Answer with
+    /// `natter_client_add_contact` or `natter_client_decline_contact`, or leave it: it waits
+    /// in the list (`NatterContact::request`).
+    NatterEventContactRequest = 62,
+    /// (ABI 0.3.) A user this user asked accepted. `user`: who.
+    NatterEventContactAccepted = 63,
+    /// (ABI 0.3.) A contact request could never be delivered (no such user) and was dropped.
+    /// `user`: the user asked; `result`: why; `detail`: a description.
+    NatterEventContactRequestFailed = 64,
 }
 
 /// One event. Allocated by the library and owned by whoever received it from
@@ -473,6 +483,19 @@ fn event_of(e: &natter::Event) -> Option<Event> {
         E::ContactsSynced { merged, .. } => Event::new(NatterEventKind::NatterEventContactsSynced)
             .code(u32::from(*merged))
             .detail(e.to_string()),
+        E::ContactRequest { from, note } => Event::new(NatterEventKind::NatterEventContactRequest)
+            .user(from.as_str())
+            .detail(note.clone()),
+        E::ContactAccepted { user } => Event::new(NatterEventKind::NatterEventContactAccepted)
+            .user(user.as_str())
+            .detail(e.to_string()),
+        E::ContactRequestFailed { user, error } => {
+            let mut ev = Event::new(NatterEventKind::NatterEventContactRequestFailed)
+                .user(user.as_str())
+                .detail(e.to_string());
+            (ev.result, ev.error) = crate::contacts::contacts_reason(error);
+            ev
+        }
         E::ContactsSyncFailed { error, .. } => {
             let mut ev =
                 Event::new(NatterEventKind::NatterEventContactsSyncFailed).detail(e.to_string());

@@ -2033,6 +2033,61 @@ mod tests {
     }
 
     #[test]
+    fn only_a_proved_device_sends_reads_or_deletes_contact_requests() {
+        let t = TEST_WALL.0;
+        let send = |other: bool, to: &str| {
+            let to = to.to_string();
+            proved_request(t, t + 3600, other, move |certificate, proof, dh_proof| {
+                Request::SendContactRequest {
+                    certificate,
+                    proof,
+                    dh_proof,
+                    to,
+                    note: "hello".into(),
+                }
+            })
+        };
+        assert!(matches!(
+            send(false, "Bob"),
+            Ok(Job::SendContactRequest { ref user, ref to, .. })
+                if user.as_str() == "alice" && to.as_str() == "bob"
+        ));
+        assert_eq!(send(true, "bob"), Err(LoginError::BadProof));
+        assert_eq!(send(false, "no spaces"), Err(LoginError::UnknownUser));
+        assert_eq!(
+            send(false, "ALICE"),
+            Err(LoginError::Protocol),
+            "to oneself"
+        );
+        let get = |other: bool| {
+            proved_request(t, t + 3600, other, |certificate, proof, dh_proof| {
+                Request::GetContactRequests {
+                    certificate,
+                    proof,
+                    dh_proof,
+                }
+            })
+        };
+        assert!(matches!(get(false), Ok(Job::GetContactRequests { .. })));
+        assert_eq!(get(true), Err(LoginError::BadProof));
+        let delete = |other: bool| {
+            proved_request(t, t + 3600, other, |certificate, proof, dh_proof| {
+                Request::DeleteContactRequests {
+                    certificate,
+                    proof,
+                    dh_proof,
+                    ids: vec![7],
+                }
+            })
+        };
+        assert!(matches!(
+            delete(false),
+            Ok(Job::DeleteContactRequests { ref ids, .. }) if ids == &[7]
+        ));
+        assert_eq!(delete(true), Err(LoginError::BadProof));
+    }
+
+    #[test]
     fn a_buddy_list_update_needs_an_envelope_first_and_its_own_writer() {
         use natter_core::contacts::{backup, envelope, BuddyList, ListKey, StretchParams};
         let t = TEST_WALL.0;

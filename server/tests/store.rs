@@ -681,50 +681,67 @@ mod suite {
         s.create_account(&account("alice", "a1", 1000))
             .expect("create");
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "hi", UnixTime(1)).expect("add"),
+            s.add_contact_request(&alice, &bob, "hi", UnixTime(1))
+                .expect("add"),
             RequestAdded::NoSuchRecipient
         );
-        s.create_account(&account("bob", "b1", 1000)).expect("create");
+        s.create_account(&account("bob", "b1", 1000))
+            .expect("create");
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "hi", UnixTime(1)).expect("add"),
+            s.add_contact_request(&alice, &bob, "hi", UnixTime(1))
+                .expect("add"),
             RequestAdded::Stored
         );
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "hi again", UnixTime(2)).expect("add"),
+            s.add_contact_request(&alice, &bob, "hi again", UnixTime(2))
+                .expect("add"),
             RequestAdded::Stored
         );
         let waiting = s.contact_requests(&bob, 10).expect("list");
         assert_eq!(waiting.len(), 1, "{waiting:?}");
         assert_eq!(
-            (waiting[0].from.as_str(), waiting[0].note.as_str(), waiting[0].sent_at),
+            (
+                waiting[0].from.as_str(),
+                waiting[0].note.as_str(),
+                waiting[0].sent_at
+            ),
             ("alice", "hi again", UnixTime(2))
         );
         assert!(s.contact_requests(&alice, 10).expect("list").is_empty());
         // Only the recipient deletes it.
-        s.delete_contact_requests(&alice, &[waiting[0].id]).expect("delete");
+        s.delete_contact_requests(&alice, &[waiting[0].id])
+            .expect("delete");
         assert_eq!(s.contact_requests(&bob, 10).expect("list").len(), 1);
-        s.delete_contact_requests(&bob, &[waiting[0].id, 999_999]).expect("delete");
+        s.delete_contact_requests(&bob, &[waiting[0].id, 999_999])
+            .expect("delete");
         assert!(s.contact_requests(&bob, 10).expect("list").is_empty());
 
         // A sender with many requests waiting is held back.
         for i in 0..MAX_REQUESTS_SENT {
             let u = name(&format!("user{i}"));
-            s.create_account(&account(u.as_str(), "h", 1000)).expect("create");
+            s.create_account(&account(u.as_str(), "h", 1000))
+                .expect("create");
             assert_eq!(
-                s.add_contact_request(&alice, &u, "", UnixTime(3)).expect("add"),
+                s.add_contact_request(&alice, &u, "", UnixTime(3))
+                    .expect("add"),
                 RequestAdded::Stored
             );
         }
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "", UnixTime(4)).expect("add"),
+            s.add_contact_request(&alice, &bob, "", UnixTime(4))
+                .expect("add"),
             RequestAdded::SenderLimit
         );
         // A flood under many names fills no more than the recipient's limit.
         let mut full = 0;
         for i in 0..MAX_REQUESTS_WAITING + 5 {
             let u = name(&format!("flood{i}"));
-            s.create_account(&account(u.as_str(), "h", 1000)).expect("create");
-            match s.add_contact_request(&u, &bob, "buy now", UnixTime(5)).expect("add") {
+            s.create_account(&account(u.as_str(), "h", 1000))
+                .expect("create");
+            match s
+                .add_contact_request(&u, &bob, "buy now", UnixTime(5))
+                .expect("add")
+            {
                 RequestAdded::Stored => {}
                 RequestAdded::RecipientFull => full += 1,
                 other => panic!("{other:?}"),

@@ -156,7 +156,12 @@ impl std::fmt::Debug for Operation {
                 write!(f, "FetchContactRequests({})", certificate.user)
             }
             Operation::DeleteContactRequests { certificate, ids } => {
-                write!(f, "DeleteContactRequests({}, {} ids)", certificate.user, ids.len())
+                write!(
+                    f,
+                    "DeleteContactRequests({}, {} ids)",
+                    certificate.user,
+                    ids.len()
+                )
             }
             Operation::FetchBuddyList { certificate } => {
                 write!(f, "FetchBuddyList({})", certificate.user)

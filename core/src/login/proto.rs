@@ -1228,7 +1228,12 @@ mod tests {
                     .collect()
             )),
             proptest::collection::vec(
-                (any::<u64>(), "[a-z][a-z0-9._-]{2,31}", "\\PC{0,200}", any::<u64>()),
+                (
+                    any::<u64>(),
+                    "[a-z][a-z0-9._-]{2,31}",
+                    "\\PC{0,200}",
+                    any::<u64>()
+                ),
                 0..=MAX_REQUESTS_LISTED
             )
             .prop_map(|v| Response::ContactRequests(

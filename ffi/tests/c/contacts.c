@@ -47,26 +47,26 @@ int main(int argc, char **argv) {
     if (!laptop || !phone) return 1;
 
     bool changed = false;
-    EXPECT(natter_client_add_contact(laptop, "bob", &changed), NATTER_NOT_LOGGED_IN);
+    EXPECT(natter_client_add_contact(laptop, "bob", NULL, &changed), NATTER_NOT_LOGGED_IN);
     EXPECT(natter_client_register(laptop, "dave", password), NATTER_OK);
     EXPECT(natter_client_login(laptop, "dave", password), NATTER_OK);
     CHECK(synced(laptop) == 0);
 
-    EXPECT(natter_client_add_contact(laptop, "bob", &changed), NATTER_OK);
+    EXPECT(natter_client_add_contact(laptop, "bob", "hi bob", &changed), NATTER_OK);
     CHECK(changed);
-    EXPECT(natter_client_add_contact(laptop, "Bob", &changed), NATTER_OK);
+    EXPECT(natter_client_add_contact(laptop, "Bob", NULL, &changed), NATTER_OK);
     CHECK(!changed);
     EXPECT(natter_client_set_nickname(laptop, "bob", "Bobby", NULL), NATTER_OK);
     EXPECT(natter_client_set_group(laptop, "bob", "work", true, NULL), NATTER_OK);
     EXPECT(natter_client_block(laptop, "mallory", true, &changed), NATTER_OK);
     CHECK(changed);
-    EXPECT(natter_client_add_contact(laptop, "no spaces", NULL), NATTER_INVALID_USER_NAME);
+    EXPECT(natter_client_add_contact(laptop, "no spaces", NULL, NULL), NATTER_INVALID_USER_NAME);
     char long_name[200];
     memset(long_name, 'x', sizeof long_name - 1);
     long_name[sizeof long_name - 1] = 0;
     EXPECT(natter_client_set_nickname(laptop, "bob", long_name, NULL), NATTER_INVALID_ARGUMENT);
     EXPECT(natter_client_set_group(laptop, "bob", "", true, NULL), NATTER_INVALID_ARGUMENT);
-    EXPECT(natter_client_add_contact(laptop, NULL, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_add_contact(laptop, NULL, NULL, NULL), NATTER_NULL_ARGUMENT);
     uint64_t version = 0;
     EXPECT(natter_client_sync_contacts(laptop, NULL, &version), NATTER_OK);
     CHECK(version >= 2);
@@ -107,6 +107,41 @@ int main(int argc, char **argv) {
     CHECK(strcmp(mallory.user, "mallory") == 0);
     EXPECT(natter_contact_list_free(list), NATTER_OK);
 
+    /* A contact request: dave asks erin, who is not looking; her first login finds it, she
+       accepts, and dave hears of it. */
+    NatterClient *erin = client(argv[1], argv[2], "erin");
+    if (!erin) return 1;
+    EXPECT(natter_client_register(erin, "erin", "erin's long password"), NATTER_OK);
+    EXPECT(natter_client_add_contact(laptop, "erin", "dave from the lab", NULL), NATTER_OK);
+    EXPECT(natter_client_sync_contacts(laptop, NULL, NULL), NATTER_OK);
+    EXPECT(natter_client_login(erin, "erin", "erin's long password"), NATTER_OK);
+    NatterEvent *asked = next_of(erin, NATTER_EVENT_CONTACT_REQUEST);
+    if (asked) {
+        CHECK(strcmp(asked->user, "dave") == 0 && strcmp(asked->detail, "dave from the lab") == 0);
+        natter_event_free(asked);
+    }
+    EXPECT(natter_client_contacts(erin, &list), NATTER_OK);
+    EXPECT(natter_contact_list_count(list, &n), NATTER_OK);
+    CHECK(n == 1);
+    NatterContact dave;
+    EXPECT(natter_contact_list_get(list, 0, &dave), NATTER_OK);
+    CHECK(strcmp(dave.user, "dave") == 0 && !dave.contact && dave.request != NULL &&
+          strcmp(dave.request, "dave from the lab") == 0);
+    EXPECT(natter_contact_list_free(list), NATTER_OK);
+    EXPECT(natter_client_add_contact(erin, "dave", NULL, &changed), NATTER_OK);
+    CHECK(changed);
+    EXPECT(natter_client_decline_contact(erin, "dave", &changed), NATTER_OK);
+    CHECK(!changed); /* answered already */
+    EXPECT(natter_client_sync_contacts(erin, NULL, NULL), NATTER_OK);
+    EXPECT(natter_client_sync_contacts(laptop, NULL, NULL), NATTER_OK);
+    NatterEvent *accepted = next_of(laptop, NATTER_EVENT_CONTACT_ACCEPTED);
+    if (accepted) {
+        CHECK(strcmp(accepted->user, "erin") == 0);
+        natter_event_free(accepted);
+    }
+    printf("erin accepted dave's request\n");
+
+    natter_client_free(erin);
     natter_client_free(laptop);
     natter_client_free(phone);
     if (failures) {

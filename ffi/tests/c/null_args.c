@@ -77,7 +77,8 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     NatterContactList *contacts = NULL;
     EXPECT(natter_client_contacts(c, &contacts), want);
     CHECK(contacts == NULL);
-    EXPECT(natter_client_add_contact(c, "bob", NULL), want);
+    EXPECT(natter_client_add_contact(c, "bob", "hi", NULL), want);
+    EXPECT(natter_client_decline_contact(c, "bob", NULL), want);
     EXPECT(natter_client_remove_contact(c, "bob", NULL), want);
     EXPECT(natter_client_block(c, "bob", true, NULL), want);
     EXPECT(natter_client_set_nickname(c, "bob", "Bobby", NULL), want);
@@ -442,10 +443,12 @@ int main(int argc, char **argv) {
         EXPECT(natter_contact_list_free(NULL), NATTER_OK);
         EXPECT(natter_contact_list_count(NULL, &count), NATTER_NULL_ARGUMENT);
         EXPECT(natter_contact_list_get((NatterContactList *)c, 0, &contact), NATTER_INVALID_HANDLE);
-        EXPECT(natter_client_add_contact(c, "bob", &changed), NATTER_NOT_LOGGED_IN);
+        EXPECT(natter_client_add_contact(c, "bob", NULL, &changed), NATTER_NOT_LOGGED_IN);
         CHECK(changed); /* written only on success */
-        EXPECT(natter_client_add_contact(c, NULL, NULL), NATTER_NULL_ARGUMENT);
-        EXPECT(natter_client_add_contact(c, "\xff", NULL), NATTER_INVALID_UTF8);
+        EXPECT(natter_client_add_contact(c, NULL, NULL, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_add_contact(c, "bob", "\xff", NULL), NATTER_INVALID_UTF8);
+        EXPECT(natter_client_decline_contact(c, "bob", NULL), NATTER_NOT_LOGGED_IN);
+        EXPECT(natter_client_add_contact(c, "\xff", NULL, NULL), NATTER_INVALID_UTF8);
         EXPECT(natter_client_remove_contact(c, "bob", NULL), NATTER_NOT_LOGGED_IN);
         EXPECT(natter_client_block(c, "bob", true, NULL), NATTER_NOT_LOGGED_IN);
         EXPECT(natter_client_set_nickname(c, "bob", NULL, NULL), NATTER_NULL_ARGUMENT);
