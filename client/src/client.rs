@@ -32,6 +32,7 @@ use crate::error::{
 };
 use crate::events::{Event, Events};
 use crate::network::Network;
+use crate::presence::{Availability, Presence, PresenceError, PresenceState, MAX_MOOD};
 use crate::status::{IndexStatus, NodeStatus, RelayStatus};
 use crate::types::{CallId, NodeRole, RequestId, SearchId};
 use crate::worker::Worker;
@@ -290,6 +291,7 @@ impl ClientBuilder {
                 state: Mutex::new(RunState::default()),
                 load: Mutex::new((0.0, 0)),
                 contacts,
+                presence: Mutex::new(PresenceState::default()),
             }),
         })
     }
@@ -368,6 +370,8 @@ pub(crate) struct Shared {
     pub load: Mutex<(f32, u64)>,
     /// The buddy list and its sync thread.
     pub contacts: Contacts,
+    /// This user's presence as set here.
+    pub presence: Mutex<PresenceState>,
 }
 
 impl Shared {
@@ -504,6 +508,23 @@ impl Shared {
             None => self.contacts.schedule(Duration::ZERO, None),
         }
         Ok(info)
+    }
+}
+
+/// Put `presence` into effect on `node`: do not disturb refuses invites, invisible publishes
+/// the device as offline.
+fn apply_presence(node: &mut Node, now: Instant, presence: &Presence) {
+    node.set_do_not_disturb(presence.availability == Availability::DoNotDisturb);
+    node.set_online(now, presence.availability != Availability::Invisible);
+}
+
+impl Shared {
+    /// Put the presence in effect on the running node, if any.
+    fn push_presence(&self) {
+        if let Some(rt) = self.runtime() {
+            let presence = lock(&self.presence).effective();
+            rt.command(move |n, now| apply_presence(n, now, &presence));
+        }
     }
 }
 
@@ -1051,9 +1072,15 @@ impl Client {
         let sockets = crate::bind::bind(&mut cfg)
             .map_err(|(address, source)| StartError::Bind { address, source })?;
         cfg.local_addresses = local_addresses(cfg.listen);
+        // Before the node's first packet: whom to refuse, and whether to publish as online.
+        let blocked = self.shared.contacts.blocked();
+        let presence = lock(&self.shared.presence).effective();
         let rt = Runtime::spawn_bound(sockets, move |now, _| {
             cfg.clock_anchor = now;
-            Node::new(cfg, now)
+            let mut node = Node::new(cfg, now);
+            node.set_blocked(blocked.into_iter().collect());
+            apply_presence(&mut node, now, &presence);
+            node
         })
         .map_err(StartError::Io)?;
         let udp = rt.udp_addrs().first().copied().unwrap_or(s.listen);
@@ -1064,8 +1091,6 @@ impl Client {
             .name("natter-node".into())
             .spawn(move || worker.run())
             .map_err(StartError::Io)?;
-        let blocked = self.shared.contacts.blocked();
-        handle.command(move |n, _| n.set_blocked(blocked.into_iter().collect()));
         st.running = Some(Running {
             rt: handle,
             udp,
@@ -1428,6 +1453,58 @@ impl Client {
             return Err(ContactsError::Closed);
         }
         self.shared.sync_contacts(password, None)
+    }
+
+    /// Set this user's presence on this device: `availability` and a `mood` (at most 256
+    /// bytes; empty: none). Kept while the client lives (it starts "online"). On this device,
+    /// [`Availability::DoNotDisturb`] refuses calls with Busy (they do not ring;
+    /// [`Event::MissedBusy`] reports each) and [`Availability::Invisible`] publishes the
+    /// device as offline in the global index (searches and callers find the user offline;
+    /// this device can still call). Telling contacts comes later (see the crate's README).
+    ///
+    /// # Errors
+    /// [`PresenceError::MoodTooLong`], [`PresenceError::Offline`] (not settable),
+    /// [`PresenceError::Closed`].
+    pub fn set_presence(
+        &self,
+        availability: Availability,
+        mood: &str,
+    ) -> Result<(), PresenceError> {
+        if lock(&self.shared.state).closed {
+            return Err(PresenceError::Closed);
+        }
+        if availability == Availability::Offline {
+            return Err(PresenceError::Offline);
+        }
+        if mood.len() > MAX_MOOD {
+            return Err(PresenceError::MoodTooLong(mood.len()));
+        }
+        lock(&self.shared.presence).set = Presence {
+            availability,
+            mood: mood.to_string(),
+        };
+        self.shared.push_presence();
+        Ok(())
+    }
+
+    /// This user's presence in effect on this device: as set, "online" turned "away" while
+    /// the user is idle ([`Client::set_away_after`]).
+    pub fn presence(&self) -> Presence {
+        lock(&self.shared.presence).effective()
+    }
+
+    /// Turn "online" into "away" once the user has been idle for `after` (`None`: never),
+    /// as told by [`Client::report_idle`].
+    pub fn set_away_after(&self, after: Option<Duration>) {
+        lock(&self.shared.presence).away_after = after;
+        self.shared.push_presence();
+    }
+
+    /// Tell how long the user has been idle (from the platform's input idle time; zero on
+    /// activity). Cheap: call it every few seconds.
+    pub fn report_idle(&self, idle: Duration) {
+        lock(&self.shared.presence).idle = idle;
+        self.shared.push_presence();
     }
 
     /// The network this client belongs to.

@@ -61,6 +61,7 @@ mod credentials;
 mod error;
 mod events;
 mod network;
+mod presence;
 mod status;
 mod types;
 mod worker;
@@ -81,6 +82,7 @@ pub use error::{
 pub use events::EventStream;
 pub use events::{AudioError, Event, Events, MAX_QUEUED};
 pub use network::{Network, NetworkError};
+pub use presence::{Availability, Presence, PresenceError, MAX_MOOD};
 pub use status::{IndexStatus, NodeStatus, RelayStatus};
 pub use types::{
     AudioStats, CallId, CallState, CallStats, DeviceRecord, EndReason, Found, NodeRole, PathInfo,

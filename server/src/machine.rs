@@ -855,7 +855,14 @@ impl LoginServer {
             return;
         }
         let parse_user = |name: &str| UserName::parse(name).map_err(|_| LoginError::InvalidName);
+        // Requests from a certified device: its proofs of possession, checked once here.
+        let proved = request
+            .proved_by()
+            .is_none_or(|(certificate, proof, dh_proof)| {
+                self.holds(certificate, wall, &challenge, &secret, proof, dh_proof)
+            });
         let result: Result<(Job, bool), LoginError> = match request {
+            _ if !proved => Err(LoginError::BadProof),
             Request::Hello { .. } => return,
             Request::Register { user, password } => parse_user(&user).and_then(|user| {
                 if password_acceptable(&user, &password, self.cfg.min_password_len) {
@@ -939,120 +946,64 @@ impl LoginServer {
                     ))
                 }
             }
-            Request::Devices {
-                certificate,
-                proof,
-                dh_proof,
-            } => {
-                if self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
-                    Ok((
-                        Job::Devices {
-                            user: certificate.user.clone(),
-                            device: certificate.device,
-                        },
-                        false,
-                    ))
-                } else {
-                    Err(LoginError::BadProof)
-                }
-            }
-            Request::GetBuddyList {
-                certificate,
-                proof,
-                dh_proof,
-            } => {
-                if self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
-                    Ok((
-                        Job::GetBuddyList {
-                            user: certificate.user.clone(),
-                            device: certificate.device,
-                        },
-                        false,
-                    ))
-                } else {
-                    Err(LoginError::BadProof)
-                }
-            }
+            Request::Devices { certificate, .. } => Ok((
+                Job::Devices {
+                    user: certificate.user.clone(),
+                    device: certificate.device,
+                },
+                false,
+            )),
+            Request::GetBuddyList { certificate, .. } => Ok((
+                Job::GetBuddyList {
+                    user: certificate.user.clone(),
+                    device: certificate.device,
+                },
+                false,
+            )),
             Request::SendContactRequest {
                 certificate,
-                proof,
-                dh_proof,
                 to,
                 note,
-            } => {
-                if !self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
-                    Err(LoginError::BadProof)
-                } else {
-                    match UserName::parse(&to) {
-                        Ok(to) if to != certificate.user => Ok((
-                            Job::SendContactRequest {
-                                user: certificate.user.clone(),
-                                device: certificate.device,
-                                to,
-                                note,
-                            },
-                            false,
-                        )),
-                        Ok(_) => Err(LoginError::Protocol),
-                        Err(_) => Err(LoginError::UnknownUser),
-                    }
-                }
-            }
-            Request::GetContactRequests {
-                certificate,
-                proof,
-                dh_proof,
-            } => {
-                if self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
-                    Ok((
-                        Job::GetContactRequests {
-                            user: certificate.user.clone(),
-                            device: certificate.device,
-                        },
-                        false,
-                    ))
-                } else {
-                    Err(LoginError::BadProof)
-                }
-            }
+                ..
+            } => match UserName::parse(&to) {
+                Ok(to) if to != certificate.user => Ok((
+                    Job::SendContactRequest {
+                        user: certificate.user.clone(),
+                        device: certificate.device,
+                        to,
+                        note,
+                    },
+                    false,
+                )),
+                Ok(_) => Err(LoginError::Protocol),
+                Err(_) => Err(LoginError::UnknownUser),
+            },
+            Request::GetContactRequests { certificate, .. } => Ok((
+                Job::GetContactRequests {
+                    user: certificate.user.clone(),
+                    device: certificate.device,
+                },
+                false,
+            )),
             Request::DeleteContactRequests {
-                certificate,
-                proof,
-                dh_proof,
-                ids,
-            } => {
-                if self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
-                    Ok((
-                        Job::DeleteContactRequests {
-                            user: certificate.user.clone(),
-                            device: certificate.device,
-                            ids,
-                        },
-                        false,
-                    ))
-                } else {
-                    Err(LoginError::BadProof)
-                }
-            }
+                certificate, ids, ..
+            } => Ok((
+                Job::DeleteContactRequests {
+                    user: certificate.user.clone(),
+                    device: certificate.device,
+                    ids,
+                },
+                false,
+            )),
             Request::PutBuddyList {
                 certificate,
-                proof,
-                dh_proof,
                 base,
                 version,
                 backup,
                 envelope,
+                ..
             } => {
-                if !self.holds(&certificate, wall, &challenge, &secret, &proof, &dh_proof) {
-                    Err(LoginError::BadProof)
-                } else if !self.acceptable_backup(
-                    &certificate,
-                    base,
-                    version,
-                    &backup,
-                    &envelope,
-                    wall,
-                ) {
+                if !self.acceptable_backup(&certificate, base, version, &backup, &envelope, wall) {
                     Err(LoginError::Protocol)
                 } else {
                     Ok((

@@ -159,7 +159,8 @@ pub enum CallEvent {
         /// The call that continues.
         kept: CallId,
     },
-    /// An invite was refused with Busy because this device is in a call.
+    /// An invite was refused with Busy because this device is in a call, or does not want
+    /// to be disturbed.
     RejectedBusy {
         /// The refused call.
         call: CallId,
@@ -412,6 +413,8 @@ pub struct CallMachine {
     transmits: VecDeque<CallTransmit>,
     events: VecDeque<CallEvent>,
     stats: CallStats,
+    /// Do not disturb: invites are refused with Busy, as in a call.
+    do_not_disturb: bool,
 }
 
 impl CallMachine {
@@ -431,12 +434,19 @@ impl CallMachine {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: CallStats::default(),
+            do_not_disturb: false,
         }
     }
 
     /// This device.
     pub fn device(&self) -> DeviceId {
         self.device
+    }
+
+    /// Do not disturb (or, with `false`, ring again): from now on invites are refused with
+    /// Busy, as when this device is in a call ([`CallEvent::RejectedBusy`] reports each).
+    pub fn set_do_not_disturb(&mut self, on: bool) {
+        self.do_not_disturb = on;
     }
 
     /// Drop counters.
@@ -1072,7 +1082,7 @@ impl CallMachine {
             // Otherwise our call wins: the peer merges it; its invite is ignored.
             return;
         }
-        if self.call.is_some() {
+        if self.call.is_some() || self.do_not_disturb {
             self.stats.busy_rejected += 1;
             if let Some(s) = self.seen.get_mut(&call) {
                 s.busy = true;

@@ -592,6 +592,48 @@ fn read_str(r: &mut Reader<'_>, what: &'static str, max: usize) -> Result<String
 }
 
 impl Request {
+    /// The certificate and proofs of possession of a request asked by a certified device on
+    /// its own account's behalf (`Devices`, the buddy list, contact requests); `None` for
+    /// the others (a renewal proves its keys under its own rules).
+    pub fn proved_by(&self) -> Option<(&Certificate, &[u8; 64], &[u8; 32])> {
+        match self {
+            Request::Devices {
+                certificate,
+                proof,
+                dh_proof,
+            }
+            | Request::GetBuddyList {
+                certificate,
+                proof,
+                dh_proof,
+            }
+            | Request::PutBuddyList {
+                certificate,
+                proof,
+                dh_proof,
+                ..
+            }
+            | Request::SendContactRequest {
+                certificate,
+                proof,
+                dh_proof,
+                ..
+            }
+            | Request::GetContactRequests {
+                certificate,
+                proof,
+                dh_proof,
+            }
+            | Request::DeleteContactRequests {
+                certificate,
+                proof,
+                dh_proof,
+                ..
+            } => Some((certificate, proof, dh_proof)),
+            _ => None,
+        }
+    }
+
     /// Append the encoded request.
     pub fn encode(&self, out: &mut BytesMut) {
         match self {

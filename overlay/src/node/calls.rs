@@ -832,6 +832,11 @@ impl Calls {
         true
     }
 
+    /// Refuse invites with Busy (do not disturb), or ring again.
+    pub fn set_do_not_disturb(&mut self, on: bool) {
+        self.machine.set_do_not_disturb(on);
+    }
+
     /// Drop the invites of `users` from now on (calls already ringing go on).
     pub fn set_blocked(&mut self, users: BTreeSet<UserName>) {
         self.blocked = users;

@@ -500,6 +500,13 @@ impl Node {
         self.calls.set_blocked(users);
     }
 
+    /// Do not disturb: from now on invites are refused with Busy, as during a call (the
+    /// caller's call ends Busy, and this node reports each as a missed call). `false` rings
+    /// again.
+    pub fn set_do_not_disturb(&mut self, on: bool) {
+        self.calls.set_do_not_disturb(on);
+    }
+
     /// Use a renewed certificate from now on.
     pub fn update_certificate(&mut self, now: Instant, certificate: Certificate) {
         self.cfg.identity.certificate = certificate.clone();

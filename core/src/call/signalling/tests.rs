@@ -298,6 +298,28 @@ fn busy_when_in_another_call() {
 }
 
 #[test]
+fn do_not_disturb_answers_busy_without_ringing_until_lifted() {
+    let mut n = pair();
+    n.m(2).set_do_not_disturb(true);
+    let call = n.place(1, "bob");
+    n.deliver();
+    assert_eq!(n.ended(1, call), Some(EndReason::Busy));
+    assert_eq!(n.count_incoming(2), 0);
+    assert!(n.events(2).contains(&CallEvent::RejectedBusy {
+        call,
+        user: name("alice")
+    }));
+    n.m(2).set_do_not_disturb(false);
+    let again = n.place(1, "bob");
+    n.deliver();
+    assert_eq!(n.count_incoming(2), 1);
+    assert_eq!(
+        n.state(1, again),
+        Some(CallState::Outgoing { ringing: true })
+    );
+}
+
+#[test]
 fn busy_retransmission_is_answered_busy_again() {
     let (mut n, _) = bob_busy_with_carol();
     let call = n.place(1, "bob");
