@@ -885,6 +885,44 @@ typedef uint32_t NatterCallDirection;
 #endif // __cplusplus
 
 /**
+ * How available a user is (`natter_client_set_presence`, `natter_client_get_presence`).
+ */
+enum NatterAvailability
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Online: calls ring.
+   */
+  NATTER_AVAILABILITY_ONLINE = 1,
+  /**
+   * Away: calls ring.
+   */
+  NATTER_AVAILABILITY_AWAY = 2,
+  /**
+   * Do not disturb: calls are refused with Busy and do not ring
+   * (`NATTER_EVENT_CALL_REJECTED_BUSY` reports each).
+   */
+  NATTER_AVAILABILITY_DO_NOT_DISTURB = 3,
+  /**
+   * Looks offline to everyone, search results included; can still call.
+   */
+  NATTER_AVAILABILITY_INVISIBLE = 4,
+  /**
+   * Not online (how others look; not settable).
+   */
+  NATTER_AVAILABILITY_OFFLINE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterAvailability NatterAvailability;
+#else
+typedef uint32_t NatterAvailability;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A Natter client: one user's node on the network, its calls and its events.
  *
  * Opaque: created by `natter_client_new`, destroyed by `natter_client_free`. The pointer is
@@ -1944,6 +1982,58 @@ NatterResult natter_client_set_group(NatterClient *client,
 NatterResult natter_client_sync_contacts(NatterClient *client,
                                          const char *password,
                                          uint64_t *out_version);
+
+/**
+ * Set this user's presence on this device: `availability` (a `NatterAvailability`) and a
+ * `mood` (NULL or `""`: none; at most 256 bytes). Do not disturb refuses calls with Busy;
+ * invisible publishes the device as offline in the global index (it can still call). Does
+ * not block.
+ *
+ * Returns `NATTER_INVALID_ARGUMENT` (an unknown availability, `OFFLINE`, which is not
+ * settable, or a mood too long), `NATTER_INVALID_UTF8`, `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `mood` must be NULL or a NUL-terminated string.
+ */
+NatterResult natter_client_set_presence(NatterClient *client,
+                                        uint32_t availability,
+                                        const char *mood);
+
+/**
+ * This user's presence in effect on this device: `*out_availability` (a
+ * `NatterAvailability`), and the mood copied into `mood` (`len` bytes) as a NUL-terminated
+ * string, its length in `*mood_len` (written even when `mood` is too small: then
+ * `NATTER_BUFFER_TOO_SMALL`, and `*out_availability` is written too).
+ *
+ * Returns `NATTER_BUFFER_TOO_SMALL`, `NATTER_NULL_ARGUMENT` (`out_availability` or
+ * `mood_len` NULL), `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `out_availability` and `mood_len` must be NULL or valid for one write; `mood` NULL or
+ * valid for `len` bytes.
+ */
+NatterResult natter_client_get_presence(NatterClient *client,
+                                        uint32_t *out_availability,
+                                        char *mood,
+                                        size_t len,
+                                        size_t *mood_len);
+
+/**
+ * Turn "online" into "away" once the user has been idle for `seconds` (0: never), as told
+ * by `natter_client_report_idle`.
+ *
+ * Returns `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ */
+NatterResult natter_client_set_away_after(NatterClient *client, uint32_t seconds);
+
+/**
+ * Tell how long the user has been idle, in seconds (0 on activity; from the platform's
+ * input idle time). Cheap: call it every few seconds.
+ *
+ * Returns `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ */
+NatterResult natter_client_report_idle(NatterClient *client, uint32_t seconds);
 
 /**
  * The file descriptor that is readable while events wait in `client`'s queue, written to

@@ -588,6 +588,14 @@ fn revoke(node: &Running, device: &str, password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// This user's presence in effect, as the `presence` event.
+fn report_presence(p: &natter::Presence) {
+    report!(
+        json!({"event": "presence", "availability": p.availability.name(), "mood": p.mood}),
+        "presence: {p}"
+    );
+}
+
 /// A buddy-list entry as JSON events show it.
 fn contact_json(c: &natter::Contact) -> serde_json::Value {
     json!({"user": c.user.as_str(), "contact": c.contact, "blocked": c.blocked,
@@ -907,6 +915,52 @@ fn command(
                 *pending = Some(p);
                 Ok(())
             }
+            ("set_presence", arg) | ("status", arg @ Some(_)) => {
+                // `status away [mood...]`, or the JSON command's fields.
+                let (name, mood) = if json {
+                    (field("availability").unwrap_or_default(), field("mood"))
+                } else {
+                    let text = arg.unwrap_or_default();
+                    match text.split_once(char::is_whitespace) {
+                        Some((a, m)) => (a.to_string(), Some(m.trim().to_string())),
+                        None => (text, None),
+                    }
+                };
+                match natter::Availability::from_name(&name) {
+                    None => Err(format!(
+                        "{name:?}: the availability is online, away, dnd or invisible"
+                    )),
+                    Some(a) => node
+                        .client
+                        .set_presence(a, mood.as_deref().unwrap_or(""))
+                        .map(|()| report_presence(&node.client.presence()))
+                        .map_err(|e| e.to_string()),
+                }
+            }
+            ("presence", _) => {
+                report_presence(&node.client.presence());
+                Ok(())
+            }
+            (c @ ("away_after" | "away-after" | "idle" | "report_idle"), arg) => {
+                let secs = if json {
+                    value.get("seconds").and_then(|v| v.as_u64())
+                } else {
+                    arg.as_deref().and_then(|a| a.trim().parse().ok())
+                };
+                match secs {
+                    None => Err(format!("{c} needs a number of seconds")),
+                    Some(s) => {
+                        let d = std::time::Duration::from_secs(s);
+                        if c.starts_with("away") {
+                            node.client.set_away_after((s > 0).then_some(d));
+                        } else {
+                            node.client.report_idle(d);
+                        }
+                        report_presence(&node.client.presence());
+                        Ok(())
+                    }
+                }
+            }
             ("status", _) => {
                 let s = node.client.state();
                 let nat = s.nat.map(|n| n.describe().to_string());
@@ -1011,6 +1065,12 @@ const HELP: &str = "commands:
   passwd [revoke-others]
                   change the password (and revoke every other device)
   status          how this node is joined, its NAT type, the current call
+  status AVAILABILITY [MOOD]
+                  set your presence: online, away, dnd (calls are refused busy) or invisible
+                  (searches find you offline), with a mood text
+  away-after SECONDS
+                  turn online into away after SECONDS idle (0: never); idle SECONDS tells
+                  how long you have been idle
   logout          log out on this device (forget the certificate) and leave
   quit            leave (Ctrl-C too)";
 

@@ -952,6 +952,13 @@ fn index_and_calls(
         Err(e) => r.fail(&e),
     }
     let t = r.step(
+        "bob sets \"do not disturb\", then \"invisible\": alice's call is refused busy; carol finds him offline, yet he calls",
+    );
+    match presence_step(&clients[0], &clients[1], &clients[2]) {
+        Ok(detail) => r.ok(t, &detail),
+        Err(e) => r.fail(&e),
+    }
+    let t = r.step(
         "bob's microphone hears his speaker (a synthetic room: 100 ms, 300 ms of reverberation): alice hears herself, until bob turns on echo cancellation, noise suppression and gain control",
     );
     match echo_step(&clients[0], &clients[1]) {
@@ -964,6 +971,80 @@ fn index_and_calls(
         }
         Err(e) => r.fail(&e),
     }
+}
+
+/// The devices of `user` a search from `from` finds online (`None`: no answer).
+fn online_devices(from: &Client, user: &str) -> Option<usize> {
+    let id = from.search(user).ok()?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while let Ok(e) = from
+        .events()
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        if let Event::SearchResult {
+            search, outcome, ..
+        } = e
+        {
+            if search == id {
+                return Some(outcome.online());
+            }
+        }
+    }
+    None
+}
+
+/// bob sets "do not disturb": alice's call is refused busy without ringing; then
+/// "invisible": carol's search finds him offline, yet he calls alice; then online again.
+fn presence_step(alice: &Client, bob: &Client, carol: &Client) -> Result<String, String> {
+    use natter::Availability;
+    let set = |a, mood| bob.set_presence(a, mood).map_err(|e| e.to_string());
+    set(Availability::DoNotDisturb, "in a meeting")?;
+    let call = alice
+        .call("bob", Audio::silent())
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let ended = loop {
+        match alice
+            .events()
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(Event::CallEnded { call: c, reason }) if c == call.id() => break reason,
+            Ok(_) => {}
+            Err(_) => return Err("alice's call to bob did not end".into()),
+        }
+    };
+    if ended != natter::EndReason::Busy {
+        return Err(format!("alice's call ended {ended}, not busy"));
+    }
+    set(Availability::Invisible, "")?;
+    let mut hidden = false;
+    while Instant::now() < deadline && !hidden {
+        hidden = online_devices(carol, "bob") == Some(0);
+    }
+    if !hidden {
+        return Err("carol still finds bob online".into());
+    }
+    let out = bob
+        .call("alice", Audio::silent())
+        .map_err(|e| e.to_string())?;
+    let rang = loop {
+        match alice
+            .events()
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(Event::IncomingCall { from, .. }) if from.as_str() == "bob" => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    let _ = out.hang_up();
+    set(Availability::Online, "")?;
+    if !rang {
+        return Err("invisible bob's call did not ring at alice".into());
+    }
+    Ok(format!(
+        "alice's call ended \"{ended}\" without ringing; invisible bob: carol's search says offline, yet his call to alice rang; online again"
+    ))
 }
 
 /// alice talks to bob, whose "microphone" is what his "speaker" plays, through a synthetic

@@ -135,6 +135,10 @@ fn a_new_user_calls_from_the_interactive_client() {
     tmux.wait("2 in the buddy list:");
     tmux.wait("alice \"Ally Cat\" [book club]");
     tmux.wait("mallory (blocked, not a contact)");
+    tmux.keys("status dnd in a meeting");
+    tmux.wait("presence: do not disturb (\"in a meeting\")");
+    tmux.keys("status online");
+    tmux.wait("presence: online");
     tmux.keys("sync");
     tmux.wait("buddy list in step with its backup");
     // The account: its devices, and a new password typed at prompts that do not echo it.

@@ -192,6 +192,25 @@ fn two_programs_call_each_other_through_the_json_interface() {
     bob.send(serde_json::json!({"cmd": "decline_contact", "user": "alice"}));
     let unchanged = bob.wait(is("contact"));
     assert_eq!(unchanged["changed"], false, "{unchanged}");
+    // Presence: do not disturb, then back; a mood too long is refused.
+    bob.send(
+        serde_json::json!({"cmd": "set_presence", "availability": "dnd", "mood": "busy busy"}),
+    );
+    let p = bob.wait(is("presence"));
+    assert_eq!(
+        (&p["availability"], &p["mood"]),
+        (&"dnd".into(), &"busy busy".into())
+    );
+    bob.send(
+        serde_json::json!({"cmd": "set_presence", "availability": "away", "mood": "x".repeat(300)}),
+    );
+    bob.wait(is("error"));
+    bob.send(serde_json::json!({"cmd": "away_after", "seconds": 60}));
+    bob.send(serde_json::json!({"cmd": "set_presence", "availability": "online"}));
+    bob.send(serde_json::json!({"cmd": "report_idle", "seconds": 61}));
+    bob.wait(|v| v["event"] == "presence" && v["availability"] == "away");
+    bob.send(serde_json::json!({"cmd": "report_idle", "seconds": 0}));
+    bob.wait(|v| v["event"] == "presence" && v["availability"] == "online");
     // The account: its devices, and a password change that revokes the others.
     bob.send(serde_json::json!({"cmd": "devices"}));
     let devices = bob.wait(is("devices"));

@@ -18,6 +18,7 @@
 //! | [`options`] | `NatterOptions`, `natter_options_default` |
 //! | [`client`] | `NatterClient`: new, free, register, login, start, stop, state, describe, search |
 //! | [`contacts`] | the buddy list: `NatterContactList`, add, remove, block, nickname, group, sync |
+//! | [`presence`] | `NatterAvailability`: set and read presence, away after idle |
 //! | [`events`] | `NatterEvent`: the queue and its file descriptor, the callback, `natter_event_free` |
 //! | [`call`] | calls: start, answer, decline, hang up, hold, resume, mute, statistics |
 //! | [`audio`] | application PCM: push and pull, the sample rate and frame size |
@@ -48,6 +49,8 @@ pub mod client;
 pub mod account;
 
 pub mod contacts;
+
+pub mod presence;
 
 pub mod events;
 

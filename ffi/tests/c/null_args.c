@@ -84,6 +84,11 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     EXPECT(natter_client_set_nickname(c, "bob", "Bobby", NULL), want);
     EXPECT(natter_client_set_group(c, "bob", "work", true, NULL), want);
     EXPECT(natter_client_sync_contacts(c, NULL, NULL), want);
+    uint32_t availability = 0;
+    EXPECT(natter_client_set_presence(c, NATTER_AVAILABILITY_AWAY, "out"), want);
+    EXPECT(natter_client_get_presence(c, &availability, buf, sizeof buf, &len), want);
+    EXPECT(natter_client_set_away_after(c, 300), want);
+    EXPECT(natter_client_report_idle(c, 10), want);
     EXPECT(natter_client_login_begin(c, "alice", "a good password", &id), want);
     EXPECT(natter_client_register_begin(c, "alice", "a good password", &id), want);
     EXPECT(natter_client_cancel(c, 1), want);
@@ -455,6 +460,34 @@ int main(int argc, char **argv) {
         EXPECT(natter_client_set_group(c, "bob", NULL, true, NULL), NATTER_NULL_ARGUMENT);
         EXPECT(natter_client_sync_contacts(c, NULL, NULL), NATTER_NOT_LOGGED_IN);
         EXPECT(natter_client_sync_contacts(c, "\xff", NULL), NATTER_INVALID_UTF8);
+    }
+    /* Presence: set before a login too; offline and unknown values refused. */
+    {
+        uint32_t availability = 0;
+        char mood[8];
+        size_t mood_len = 0;
+        EXPECT(natter_client_set_presence(c, NATTER_AVAILABILITY_OFFLINE, NULL),
+               NATTER_INVALID_ARGUMENT);
+        EXPECT(natter_client_set_presence(c, 99, NULL), NATTER_INVALID_ARGUMENT);
+        EXPECT(natter_client_set_presence(c, NATTER_AVAILABILITY_AWAY, "\xff"), NATTER_INVALID_UTF8);
+        EXPECT(natter_client_set_presence(c, NATTER_AVAILABILITY_AWAY, "lunch break"), NATTER_OK);
+        EXPECT(natter_client_get_presence(c, NULL, mood, sizeof mood, &mood_len),
+               NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_get_presence(c, &availability, mood, sizeof mood, NULL),
+               NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_get_presence(c, &availability, mood, sizeof mood, &mood_len),
+               NATTER_BUFFER_TOO_SMALL);
+        CHECK(availability == NATTER_AVAILABILITY_AWAY && mood_len == 11);
+        EXPECT(natter_client_set_presence(c, NATTER_AVAILABILITY_ONLINE, NULL), NATTER_OK);
+        EXPECT(natter_client_set_away_after(c, 60), NATTER_OK);
+        EXPECT(natter_client_report_idle(c, 61), NATTER_OK);
+        EXPECT(natter_client_get_presence(c, &availability, mood, sizeof mood, &mood_len),
+               NATTER_OK);
+        CHECK(availability == NATTER_AVAILABILITY_AWAY && mood_len == 0);
+        EXPECT(natter_client_report_idle(c, 0), NATTER_OK);
+        EXPECT(natter_client_get_presence(c, &availability, mood, sizeof mood, &mood_len),
+               NATTER_OK);
+        CHECK(availability == NATTER_AVAILABILITY_ONLINE);
     }
     EXPECT(natter_client_stop(c), NATTER_NOT_STARTED);
     EXPECT(natter_client_search(c, "alice", &id), NATTER_NOT_STARTED);
