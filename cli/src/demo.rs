@@ -1038,6 +1038,17 @@ fn presence_step(alice: &Client, bob: &Client, carol: &Client) -> Result<String,
         }
     };
     let _ = out.hang_up();
+    // Both ends settle before the next step calls.
+    for c in [bob, alice] {
+        while let Ok(e) = c
+            .events()
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if matches!(e, Event::CallEnded { .. }) {
+                break;
+            }
+        }
+    }
     set(Availability::Online, "")?;
     if !rang {
         return Err("invisible bob's call did not ring at alice".into());
