@@ -465,10 +465,14 @@ impl Shared {
 
     /// Log in with what [`Shared::login_exchange`] got: a running node takes the new
     /// certificate.
+    /// `sync_now`: with the password, sync the buddy list before returning (a foreground
+    /// login), else in the background (a background login's end runs under the request
+    /// lock, which `close` and `cancel_request` take).
     fn login_commit(
         self: &Arc<Self>,
         li: LoggedIn,
         password: Option<&str>,
+        sync_now: bool,
     ) -> Result<LoginInfo, LoginError> {
         // For the same user only: checked again, as the client may have started meanwhile.
         self.check_login_target(&li.certificate.user)?;
@@ -492,20 +496,22 @@ impl Shared {
             upgrade_recommended: li.upgrade_recommended,
             took: li.elapsed,
         };
-        self.contacts
-            .open(&li.certificate.user, li.certificate.device);
+        let user = li.certificate.user.clone();
+        self.contacts.open(&user, li.certificate.device);
         *lock(&self.login) = Some(li);
         self.push_blocked();
-        // The buddy list: merged with its backup. With the password, now: the list's key
-        // is on this device when the login returns (later logins may go without the
-        // password); without it, in the background.
+        // The buddy list: merged with its backup. With the password in a foreground login,
+        // now: the list's key is on this device when the login returns (later logins may go
+        // without the password); otherwise in the background.
         self.contacts.spawn(self);
-        match password {
+        match password.filter(|_| sync_now) {
             Some(p) => {
-                let r = self.sync_contacts(Some(p), None);
-                self.contacts.settle(self, r, Some(p.to_string()));
+                let r = self.sync_contacts(Some(p), Some(self.contacts.cancel()));
+                self.contacts.settle(self, r, Some((user, p.to_string())));
             }
-            None => self.contacts.schedule(Duration::ZERO, None),
+            None => self
+                .contacts
+                .schedule(Duration::ZERO, password.map(|p| (user, p.to_string()))),
         }
         Ok(info)
     }
@@ -744,10 +750,11 @@ impl Client {
     /// the login server (up to 15 s each); [`Client::begin_login`] does not block.
     ///
     /// With the password, the login also brings the buddy list in step with its backup in
-    /// the network before it returns (an exchange or two more, and one password stretch of
-    /// about a quarter of a second): a new install has the user's list when it returns, and
-    /// this device holds the list's key from then on. Without it, that happens in the
-    /// background ([`Event::ContactsSynced`]).
+    /// the network, and exchanges contact requests, before it returns (a few more exchanges,
+    /// and one password stretch of about a quarter of a second): a new install has the
+    /// user's list when it returns, and this device holds the list's key from then on.
+    /// Without it (and for [`Client::begin_login`]), that happens in the background
+    /// ([`Event::ContactsSynced`]).
     ///
     /// While started, the client renews its certificate in the background and sends
     /// [`Event::LoginRequired`](crate::Event::LoginRequired) if that ever needs the password
@@ -760,7 +767,7 @@ impl Client {
         let li = self
             .shared
             .login_exchange(user, password, Budget::from(LOGIN_TIMEOUT))?;
-        self.shared.login_commit(li, password)
+        self.shared.login_commit(li, password, true)
     }
 
     /// [`Client::login`] in the background: returns at once with the request's id; the
@@ -788,7 +795,7 @@ impl Client {
                     request,
                     user,
                     result: exchanged
-                        .and_then(|li| shared.login_commit(li, password.as_deref()))
+                        .and_then(|li| shared.login_commit(li, password.as_deref(), false))
                         .map(Box::new)
                         .map_err(Arc::new),
                 })
@@ -1341,7 +1348,8 @@ impl Client {
         })
     }
 
-    /// The buddy list: every contact and blocked user, in name order. Empty before
+    /// The buddy list: every contact, blocked user and user asking to be a contact, in
+    /// name order. Empty before
     /// [`Client::login`]. The list is kept in the data directory and backed up, end-to-end
     /// encrypted and signed, next to the account on the login server: a new install gets it
     /// back at its first login with the password ([`Event::ContactsSynced`]).

@@ -34,6 +34,7 @@ use natter_core::login::proto::{
 use natter_core::rng::Rng;
 use natter_core::wire::Reader;
 use natter_transport::login::client::{run_operations, Budget};
+use natter_transport::login::files::write_private;
 use natter_transport::{os_seed, wall_clock};
 
 use crate::client::{client_version, lock, Shared, LOGIN_TIMEOUT};
@@ -51,19 +52,22 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Version conflicts one sync takes (each means another device stored meanwhile) before it
 /// gives up for now.
 const MAX_CONFLICTS: usize = 4;
+/// The largest encoded list a backup holds: the backup's limit less its header, the
+/// writer's certificate, the nonce, the tag and the signature (well under 2 KiB).
+const MAX_LIST_BYTES: usize = backup::MAX_BACKUP_LEN - 2048;
 /// The local file's first bytes.
 const MAGIC: &[u8; 4] = b"NCT1";
-const FLAG_DIRTY: u8 = 1;
 const FLAG_REWRAP: u8 = 2;
 const FLAG_KEY: u8 = 4;
 
-/// One user in the buddy list: a contact, a blocked user, or both.
+/// One user in the buddy list: a contact, a blocked user, a user asking to be a contact, or
+/// several of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Contact {
     /// The user.
     pub user: UserName,
-    /// Whether the user is a contact (false: only blocked).
+    /// Whether the user is a contact (false: only blocked, or only asking to be one).
     pub contact: bool,
     /// Whether the user is blocked: their calls never ring.
     pub blocked: bool,
@@ -97,7 +101,11 @@ fn view(b: &Book, user: &UserName) -> Option<Contact> {
         .list
         .get(user)
         .filter(|e| e.is_contact() || e.is_blocked());
-    let request = b.incoming.get(user).map(|q| q.note.clone());
+    let request = b
+        .incoming
+        .get(user)
+        .filter(|_| !b.list.is_blocked(user))
+        .map(|q| q.note.clone());
     if entry.is_none() && request.is_none() {
         return None;
     }
@@ -120,12 +128,8 @@ struct Book {
     key: Option<ListKey>,
     /// The highest backup version seen (older ones are refused as rollbacks).
     synced: u64,
-    /// Edits not stored in the network yet.
-    dirty: bool,
     /// The envelope must be wrapped again (under a changed password).
     rewrap: bool,
-    /// Edits made in this run: a sync clears `dirty` only if none came in meanwhile.
-    edits: u64,
     /// Contact requests to leave at the login server: user, note.
     outbox: Vec<(UserName, String)>,
     /// Ids of requests to us answered here (accepted, declined, blocked): to delete there.
@@ -141,9 +145,7 @@ impl Book {
             list: BuddyList::new(device),
             key: None,
             synced: 0,
-            dirty: false,
             rewrap: false,
-            edits: 0,
             outbox: Vec::new(),
             answered: Vec::new(),
             incoming: BTreeMap::new(),
@@ -155,9 +157,6 @@ impl Book {
         let mut out = Vec::with_capacity(list.len() + 80);
         out.extend_from_slice(MAGIC);
         let mut flags = 0;
-        if self.dirty {
-            flags |= FLAG_DIRTY;
-        }
         if self.rewrap {
             flags |= FLAG_REWRAP;
         }
@@ -190,7 +189,7 @@ impl Book {
         Ok(out)
     }
 
-    fn decode(buf: &[u8], device: DeviceId, now_ms: u64) -> Option<Book> {
+    fn decode(buf: &[u8], device: DeviceId) -> Option<Book> {
         let mut r = Reader::new(buf);
         if r.take(4).ok()? != MAGIC {
             return None;
@@ -219,15 +218,15 @@ impl Book {
                 Some((q.from.clone(), q))
             })
             .collect::<Option<_>>()?;
-        let list = BuddyList::decode(r.rest(), device, now_ms).ok()?;
+        // This device's own file: no bound on how far ahead its stamps are (a clock set back
+        // since must not make it unreadable).
+        let list = BuddyList::decode(r.rest(), device, u64::MAX / 2).ok()?;
         Some(Book {
             user,
             list,
             key,
             synced,
-            dirty: flags & FLAG_DIRTY != 0,
             rewrap: flags & FLAG_REWRAP != 0,
-            edits: 0,
             outbox,
             answered,
             incoming,
@@ -260,9 +259,9 @@ fn read_note(r: &mut Reader<'_>) -> Option<String> {
 struct Control {
     /// A sync is due at this time.
     due: Option<Instant>,
-    /// The password to use in the next sync (given at login, or the new one after a
-    /// password change); dropped after it.
-    password: Option<String>,
+    /// The password to use in the next sync of that user's list (given at login, or the
+    /// new one after a password change); dropped after it.
+    password: Option<(UserName, String)>,
     /// The wait before the next try of a failed sync.
     backoff: Option<Duration>,
     stop: bool,
@@ -270,10 +269,13 @@ struct Control {
 
 /// The buddy list of a client, and the thread that keeps its backup in step.
 pub(crate) struct Contacts {
-    path: Option<PathBuf>,
+    /// Where each user's file goes (`contacts-USER.bin`); `None`: memory only.
+    dir: Option<PathBuf>,
     book: Mutex<Option<Book>>,
     /// Held for a whole sync: one at a time.
     syncing: Mutex<()>,
+    /// Held while the blocked users go to the node: one push at a time.
+    pushing: Mutex<()>,
     control: Mutex<Control>,
     wake: Condvar,
     /// Set when the client closes: an exchange under way gives up.
@@ -290,9 +292,10 @@ fn now_ms() -> u64 {
 impl Contacts {
     pub fn new(data_dir: Option<&Path>) -> Self {
         Contacts {
-            path: data_dir.map(|d| d.join("contacts.bin")),
+            dir: data_dir.map(Path::to_path_buf),
             book: Mutex::new(None),
             syncing: Mutex::new(()),
+            pushing: Mutex::new(()),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
             cancel: Arc::default(),
@@ -307,15 +310,15 @@ impl Contacts {
         if book.as_ref().is_some_and(|b| &b.user == user) {
             return;
         }
-        let loaded = self.path.as_deref().and_then(|p| {
-            let data = std::fs::read(p).ok()?;
-            let b = Book::decode(&data, device, now_ms());
+        let loaded = self.path(user).and_then(|p| {
+            let data = std::fs::read(&p).ok()?;
+            let b = Book::decode(&data, device);
             if b.is_none() {
                 // Kept aside, not lost: the backup in the network restores the list.
                 let aside = p.with_extension("unreadable");
                 tracing::warn!(path = %p.display(), kept = %aside.display(),
                     "buddy list file unreadable; restoring from the network");
-                let _ = std::fs::rename(p, aside);
+                let _ = std::fs::rename(&p, aside);
             }
             b
         });
@@ -325,23 +328,50 @@ impl Contacts {
         });
     }
 
-    /// Drop the list from memory (logged out); its file stays.
+    /// Drop the list from memory (logged out), and the password kept for a retry; its file
+    /// stays.
     pub fn forget(&self) {
         *lock(&self.book) = None;
+        let mut ctl = lock(&self.control);
+        ctl.password = None;
+        ctl.backoff = None;
     }
 
+    /// Run `f` on `user`'s list, under its lock: [`ContactsError::NotLoggedIn`] when the
+    /// list held now is another user's (logged out, or in as someone else, meanwhile), so a
+    /// sync never writes one user's data into another's list.
+    fn with_book<T>(
+        &self,
+        user: &UserName,
+        f: impl FnOnce(&mut Book) -> T,
+    ) -> Result<T, ContactsError> {
+        let mut book = lock(&self.book);
+        match book.as_mut() {
+            Some(b) if &b.user == user => Ok(f(b)),
+            _ => Err(ContactsError::NotLoggedIn),
+        }
+    }
+
+    /// The flag that cancels an exchange under way when the client closes.
+    pub fn cancel(&self) -> &Arc<std::sync::atomic::AtomicBool> {
+        &self.cancel
+    }
+
+    /// The file of `user`'s list: one per user, so that logging in as another user in the
+    /// same data directory loses nothing.
+    fn path(&self, user: &UserName) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("contacts-{user}.bin")))
+    }
+
+    /// Write `book` to its file (owner-only, synced to disk: it holds the list key).
     fn save(&self, book: &Book) -> Result<(), ContactsError> {
-        let Some(path) = &self.path else {
+        let Some(path) = self.path(&book.user) else {
             return Ok(());
         };
-        let io = |source| ContactsError::Io {
-            path: path.clone(),
-            source,
-        };
         let data = book.encode()?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, data).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        write_private(&path, &data).map_err(|source| ContactsError::Io { path, source })
     }
 
     /// Every user in the list.
@@ -393,9 +423,16 @@ impl Contacts {
             *b = before;
             return Ok(false);
         }
-        if b.list != before.list {
-            b.dirty = true;
-            b.edits += 1;
+        // Within what a backup holds (removed contacts stay as entries): refused here
+        // rather than unstorable later.
+        let len = b.list.encode().map_err(ContactsError::Edit)?.len();
+        if len > MAX_LIST_BYTES {
+            *b = before;
+            return Err(ContactsError::Edit(ListError::TooBig {
+                what: "bytes",
+                len,
+                max: MAX_LIST_BYTES,
+            }));
         }
         if let Err(e) = self.save(b) {
             // Not kept on disk: not made at all (the caller is told).
@@ -415,6 +452,13 @@ impl Contacts {
                 len: note.len(),
                 max: MAX_REQUEST_NOTE,
             }));
+        }
+        let me = lock(&self.book).as_ref().map(|b| b.user.clone());
+        if me.as_ref() == Some(user) {
+            return Err(ContactsError::InvalidName {
+                name: user.to_string(),
+                reason: "that is this user".into(),
+            });
         }
         self.edit_book(user, |b, now| {
             let answering = b.incoming.remove(user);
@@ -456,8 +500,8 @@ impl Contacts {
     }
 
     /// Have the thread sync within `after` (sooner if one is due sooner), with `password`
-    /// if given.
-    pub fn schedule(&self, after: Duration, password: Option<String>) {
+    /// (for that user) if given.
+    pub fn schedule(&self, after: Duration, password: Option<(UserName, String)>) {
         let mut c = lock(&self.control);
         let at = Instant::now() + after;
         c.due = Some(c.due.map_or(at, |d| d.min(at)));
@@ -470,11 +514,14 @@ impl Contacts {
 
     /// Mark the envelope for wrapping again under the new password, and sync with it.
     pub fn password_changed(&self, new: &str) {
-        if let Some(b) = lock(&self.book).as_mut() {
+        let user = lock(&self.book).as_mut().map(|b| {
             b.rewrap = true;
             let _ = self.save(b);
+            b.user.clone()
+        });
+        if let Some(user) = user {
+            self.schedule(Duration::ZERO, Some((user, new.to_string())));
         }
-        self.schedule(Duration::ZERO, Some(new.to_string()));
     }
 
     /// Start the `natter-contacts` thread if it is not running.
@@ -526,32 +573,27 @@ fn run(weak: std::sync::Weak<Shared>) {
                     return;
                 }
                 let now = Instant::now();
-                match ctl.due {
-                    Some(at) if at <= now => break,
-                    Some(at) => {
-                        ctl = c
-                            .wake
-                            .wait_timeout(ctl, at - now)
-                            .map(|r| r.0)
-                            .unwrap_or_else(|e| e.into_inner().0)
-                    }
-                    None => {
-                        ctl = c
-                            .wake
-                            .wait_timeout(ctl, CONTACTS_PULL_EVERY)
-                            .map(|r| r.0)
-                            .unwrap_or_else(|e| e.into_inner().0)
-                    }
+                // Nothing asked for: the periodic pull.
+                let at = *ctl.due.get_or_insert(now + CONTACTS_PULL_EVERY);
+                if at <= now {
+                    break;
                 }
-                if ctl.due.is_none() && !ctl.stop {
-                    // Woken by the pull period, or spuriously: pull if logged in.
-                    ctl.due = Some(Instant::now() + CONTACTS_PULL_EVERY);
-                }
+                ctl = c
+                    .wake
+                    .wait_timeout(ctl, at - now)
+                    .map(|r| r.0)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
             ctl.due = None;
             ctl.password.take()
         };
-        let result = shared.sync_contacts(password.as_deref(), Some(&c.cancel));
+        // A password given for another user (logged out meanwhile) is not used.
+        let user = lock(&shared.login)
+            .as_ref()
+            .map(|l| l.certificate.user.clone());
+        let password = password.filter(|(u, _)| Some(u) == user.as_ref());
+        let result =
+            shared.sync_contacts(password.as_ref().map(|(_, p)| p.as_str()), Some(&c.cancel));
         if c.stopped() {
             return;
         }
@@ -566,7 +608,7 @@ impl Contacts {
         &self,
         shared: &Shared,
         result: Result<ContactsSync, ContactsError>,
-        password: Option<String>,
+        password: Option<(UserName, String)>,
     ) {
         let mut ctl = lock(&self.control);
         match result {
@@ -585,7 +627,10 @@ impl Contacts {
             }
             Err(ContactsError::NotLoggedIn) => {}
             Err(error) => {
-                let wait = ctl.backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX));
+                let mut wait = ctl.backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX));
+                if let ContactsError::Server(AccountError::Throttled { retry_after }) = &error {
+                    wait = wait.max(*retry_after);
+                }
                 let retry = error.is_transient();
                 if retry {
                     ctl.backoff = Some(wait);
@@ -607,8 +652,12 @@ impl Contacts {
 impl Shared {
     /// Push the blocked users to the running node (their calls are dropped there).
     pub(crate) fn push_blocked(&self) {
+        // One push at a time, each with the list as it is once its turn comes: the last
+        // one sent holds every block made before it (lock order: this, then the book, then
+        // the client's state).
+        let _turn = lock(&self.contacts.pushing);
+        let blocked = self.contacts.blocked();
         if let Some(rt) = self.runtime() {
-            let blocked = self.contacts.blocked();
             rt.command(move |n, _| n.set_blocked(blocked.into_iter().collect()));
         }
     }
@@ -673,10 +722,8 @@ impl Shared {
         certificate: &natter_core::crypto::Certificate,
         cancel: Option<&Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<(), ContactsError> {
-        let outbox = lock(&self.contacts.book)
-            .as_ref()
-            .map(|b| b.outbox.clone())
-            .ok_or(ContactsError::NotLoggedIn)?;
+        let user = &certificate.user;
+        let outbox = self.contacts.with_book(user, |b| b.outbox.clone())?;
         let mut ops: Vec<Operation> = outbox
             .iter()
             .map(|(to, note)| Operation::SendContactRequest {
@@ -689,54 +736,66 @@ impl Shared {
             certificate: certificate.clone(),
         });
         let events = self.operations(ops, cancel)?;
-        let mut sent = Vec::new();
-        let mut first_error = None;
+        // Sent or never sendable: out of the outbox (matched with the note too, so a request
+        // made again meanwhile stays).
+        let mut done = Vec::new();
         let mut fetched = None;
         for (i, e) in events.into_iter().enumerate() {
-            let to = outbox.get(i).map(|(u, _)| u.clone());
-            match (e, to) {
-                (LoginClientEvent::Done, Some(to)) => sent.push(to),
+            match (e, outbox.get(i)) {
+                (LoginClientEvent::Done, Some(entry)) => done.push(entry.clone()),
                 (LoginClientEvent::ContactRequests(list), None) => fetched = Some(list),
                 (
                     LoginClientEvent::Failed {
-                        error: LoginClientError::Refused(Refused::UnknownUser),
+                        error: LoginClientError::Refused(why),
                         ..
                     },
-                    Some(to),
-                ) => {
+                    Some(entry),
+                ) if matches!(why, Refused::UnknownUser | Refused::Protocol) => {
                     // Never deliverable: dropped, and said.
+                    let to = entry.0.clone();
+                    let error = match why {
+                        Refused::UnknownUser => ContactsError::UnknownUser(to.to_string()),
+                        other => refused(LoginClientError::Refused(other)),
+                    };
                     self.events.push(Event::ContactRequestFailed {
-                        user: to.clone(),
-                        error: Arc::new(ContactsError::UnknownUser(to.to_string())),
+                        user: to,
+                        error: Arc::new(error),
                     });
-                    sent.push(to);
+                    done.push(entry.clone());
                 }
-                (LoginClientEvent::Failed { error, .. }, _) => {
-                    first_error.get_or_insert(refused(error));
+                // Refused for now (the sender's or the recipient's limit): kept, sent again
+                // at a later sync.
+                (LoginClientEvent::Failed { error, .. }, Some(entry)) => {
+                    tracing::info!(to = %entry.0, %error, "contact request not sent yet");
+                }
+                (LoginClientEvent::Failed { error, .. }, None) => {
+                    return Err(refused(error));
                 }
                 _ => {}
             }
         }
         let mut news = Vec::new();
-        let answered = {
-            let mut book = lock(&self.contacts.book);
-            let b = book.as_mut().ok_or(ContactsError::NotLoggedIn)?;
-            b.outbox.retain(|(u, _)| !sent.contains(u));
+        let answered = self.contacts.with_book(user, |b| {
+            b.outbox.retain(|entry| !done.contains(entry));
             if let Some(list) = fetched {
                 let mut waiting = BTreeMap::new();
                 for q in list {
                     if b.answered.contains(&q.id) {
                         continue;
                     }
-                    if b.list.is_blocked(&q.from) {
+                    let entry = b.list.get(&q.from);
+                    if entry.is_some_and(|e| e.is_blocked()) {
                         b.answered.push(q.id);
-                    } else if b.list.is_contact(&q.from) {
-                        // We asked them (or they are a contact already): their request is
-                        // their acceptance.
+                    } else if let Some(e) = entry.filter(|e| e.is_contact()) {
+                        // A contact already: their request is their answer to ours when it
+                        // was made after we added them (else it is one this user accepted on
+                        // another device, whose deletion has not landed yet).
                         b.answered.push(q.id);
-                        news.push(Event::ContactAccepted {
-                            user: q.from.clone(),
-                        });
+                        if q.sent_at.0.saturating_mul(1000) + 1000 >= e.contact_stamp().ms {
+                            news.push(Event::ContactAccepted {
+                                user: q.from.clone(),
+                            });
+                        }
                     } else {
                         if !b.incoming.contains_key(&q.from) {
                             news.push(Event::ContactRequest {
@@ -750,36 +809,30 @@ impl Shared {
                 b.incoming = waiting;
             }
             self.contacts.save(b)?;
-            b.answered.clone()
-        };
+            Ok::<_, ContactsError>(b.answered.clone())
+        })??;
         for e in news {
             self.events.push(e);
         }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
         let answered: Vec<u64> = answered.into_iter().take(MAX_REQUESTS_LISTED).collect();
-        if !answered.is_empty() {
-            let done = self.operations(
-                vec![Operation::DeleteContactRequests {
-                    certificate: certificate.clone(),
-                    ids: answered.clone(),
-                }],
-                cancel,
-            )?;
-            match done.into_iter().next() {
-                Some(LoginClientEvent::Done) => {
-                    let mut book = lock(&self.contacts.book);
-                    if let Some(b) = book.as_mut() {
-                        b.answered.retain(|id| !answered.contains(id));
-                        self.contacts.save(b)?;
-                    }
-                }
-                Some(LoginClientEvent::Failed { error, .. }) => return Err(refused(error)),
-                _ => {}
-            }
+        if answered.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let deleted = self.operations(
+            vec![Operation::DeleteContactRequests {
+                certificate: certificate.clone(),
+                ids: answered.clone(),
+            }],
+            cancel,
+        )?;
+        match deleted.into_iter().next() {
+            Some(LoginClientEvent::Done) => self.contacts.with_book(user, |b| {
+                b.answered.retain(|id| !answered.contains(id));
+                self.contacts.save(b)
+            })?,
+            Some(LoginClientEvent::Failed { error, .. }) => Err(refused(error)),
+            _ => Ok(()),
+        }
     }
 
     /// Bring the local list and the backup in the network in step, then exchange contact
@@ -802,8 +855,19 @@ impl Shared {
             let _one = lock(&self.contacts.syncing);
             self.exchange_requests(&certificate, cancel)
         };
-        let done = listed?;
-        requests.map(|()| done)
+        match (listed, requests) {
+            (Ok(done), Err(e)) => {
+                // The list is in step even so: said, so that the application reads it again.
+                if done.merged || done.stored {
+                    self.events.push(Event::ContactsSynced {
+                        version: done.version,
+                        merged: done.merged,
+                    });
+                }
+                Err(e)
+            }
+            (listed, _) => listed,
+        }
     }
 
     /// Bring the local list and the backup in the network in step (see the
@@ -821,25 +885,32 @@ impl Shared {
             .ok_or(ContactsError::NotLoggedIn)?;
         let user = certificate.user.clone();
         let device = certificate.device;
-        self.contacts.open(&user, device);
-        let (identity, _) = self.store.identity().map_err(|source| ContactsError::Io {
+        let io = |source| ContactsError::Io {
             path: self.store.location(),
             source,
-        })?;
+        };
+        let (identity, _) = self.store.identity().map_err(io)?;
         let trusted = self.network.file.trusted().map_err(|e| {
             ContactsError::Server(AccountError::Server(ServerError::Protocol(e.to_string())))
         })?;
-        let seed = os_seed().map_err(|source| ContactsError::Io {
-            path: self.store.location(),
-            source,
-        })?;
-        let mut rng = Rng::from_seed_bytes(seed);
-        let unwrap_key = |envelope: &[u8]| -> Result<ListKey, ContactsError> {
+        let mut rng = Rng::from_seed_bytes(os_seed().map_err(io)?);
+        // The key from the envelope, and the backup opened with it.
+        let open = |sealed: &[u8], k: &ListKey, synced: u64| {
+            backup::open(sealed, &user, k, &trusted, synced, device, wall_clock())
+        };
+        let from_envelope = |sealed: &[u8], wrapped: &[u8], synced: u64| {
             let password = password.ok_or(ContactsError::PasswordNeeded)?;
-            envelope::unwrap(envelope, &user, password, StretchParams::FLOOR).map_err(|e| match e {
-                EnvelopeError::Malformed(d) => ContactsError::Backup(BackupError::Malformed(d)),
-                _ => ContactsError::KeyUnavailable,
-            })
+            let k =
+                envelope::unwrap(wrapped, &user, password, StretchParams::FLOOR).map_err(|e| {
+                    match e {
+                        EnvelopeError::Malformed(d) => {
+                            ContactsError::Backup(BackupError::Malformed(d))
+                        }
+                        _ => ContactsError::KeyUnavailable,
+                    }
+                })?;
+            let opened = open(sealed, &k, synced)?;
+            Ok::<_, ContactsError>((k, opened))
         };
         let mut merged = false;
         for _ in 0..MAX_CONFLICTS {
@@ -856,11 +927,9 @@ impl Shared {
             else {
                 unreachable!("a fetch is answered with a list");
             };
-            let (key, synced, mut rewrap) = {
-                let book = lock(&self.contacts.book);
-                let b = book.as_ref().ok_or(ContactsError::NotLoggedIn)?;
-                (b.key.clone(), b.synced, b.rewrap)
-            };
+            let (mut key, synced, mut rewrap) = self
+                .contacts
+                .with_book(&user, |b| (b.key.clone(), b.synced, b.rewrap))?;
             if version < synced {
                 return Err(ContactsError::Backup(BackupError::RolledBack {
                     seen: synced,
@@ -868,26 +937,20 @@ impl Shared {
                 }));
             }
             let mut remote = None;
-            let mut key = key;
             if version > 0 {
-                let open = |k: &ListKey| {
-                    backup::open(&sealed, &user, k, &trusted, synced, device, wall_clock())
-                };
                 let opened = match &key {
-                    Some(k) => match open(k) {
-                        // Another install's key won the race to the first backup: take
-                        // it from the envelope.
-                        Err(BackupError::Decrypt) if password.is_some() => {
-                            let k = unwrap_key(&wrapped)?;
-                            let o = open(&k)?;
+                    Some(k) => match open(&sealed, k, synced) {
+                        // Another install's key won the race to the first backup (or this
+                        // device's is wrong): the one in the envelope, with the password.
+                        Err(BackupError::Decrypt) => {
+                            let (k, o) = from_envelope(&sealed, &wrapped, synced)?;
                             key = Some(k);
                             o
                         }
                         r => r?,
                     },
                     None => {
-                        let k = unwrap_key(&wrapped)?;
-                        let o = open(&k)?;
+                        let (k, o) = from_envelope(&sealed, &wrapped, synced)?;
                         key = Some(k);
                         o
                     }
@@ -908,10 +971,11 @@ impl Shared {
                 }
                 remote = Some(opened.list);
             }
+            // A new envelope needs the password: without it, the rewrap waits (the stored
+            // envelope stays) and the list is stored all the same.
+            let rewrap_now = rewrap && password.is_some();
             // Merge, and decide whether to store.
-            let (list, edits) = {
-                let mut book = lock(&self.contacts.book);
-                let b = book.as_mut().ok_or(ContactsError::NotLoggedIn)?;
+            let stored_state = self.contacts.with_book(&user, |b| {
                 if key.is_some() {
                     b.key = key.clone();
                 }
@@ -923,34 +987,41 @@ impl Shared {
                     merged |= b.list.merge(r);
                     ahead = r.clone().merge(&b.list);
                 }
-                if !ahead && !rewrap {
-                    b.synced = version;
-                    b.dirty = false;
-                    self.contacts.save(b)?;
-                    drop(book);
-                    if merged {
-                        self.push_blocked();
+                if merged {
+                    // A block merged in from another device drops that user's request here.
+                    let blocked: Vec<UserName> = b
+                        .incoming
+                        .keys()
+                        .filter(|u| b.list.is_blocked(u))
+                        .cloned()
+                        .collect();
+                    for u in blocked {
+                        b.answered.extend(b.incoming.remove(&u).map(|q| q.id));
                     }
-                    return Ok(ContactsSync {
-                        version,
-                        merged,
-                        stored: false,
-                    });
+                }
+                if !(ahead || rewrap_now) {
+                    b.synced = version;
                 }
                 self.contacts.save(b)?;
-                (b.list.clone(), b.edits)
-            };
+                Ok::<_, ContactsError>((ahead || rewrap_now).then(|| b.list.clone()))
+            })??;
             if merged {
                 self.push_blocked();
             }
+            let Some(list) = stored_state else {
+                return Ok(ContactsSync {
+                    version,
+                    merged,
+                    stored: false,
+                });
+            };
             let fresh = key.is_none();
             let key = key.unwrap_or_else(|| ListKey(rng.bytes32()));
-            let wrapped = if fresh || rewrap {
-                let p = password.ok_or(ContactsError::PasswordNeeded)?;
-                envelope::wrap(&key, &user, p, StretchParams::DEFAULT, &mut rng)
-                    .expect("the default stretch parameters are valid")
-            } else {
-                Vec::new()
+            let wrapped = match (fresh || rewrap_now, password) {
+                (true, Some(p)) => envelope::wrap(&key, &user, p, StretchParams::DEFAULT, &mut rng)
+                    .expect("the default stretch parameters are valid"),
+                (true, None) => return Err(ContactsError::PasswordNeeded),
+                (false, _) => Vec::new(),
             };
             let next = version + 1;
             let sealed = backup::seal(
@@ -974,15 +1045,14 @@ impl Shared {
                 cancel,
             ) {
                 Ok(_) => {
-                    let mut book = lock(&self.contacts.book);
-                    let b = book.as_mut().ok_or(ContactsError::NotLoggedIn)?;
-                    b.key = Some(key);
-                    b.synced = next;
-                    b.rewrap = false;
-                    if b.edits == edits {
-                        b.dirty = false;
-                    }
-                    self.contacts.save(b)?;
+                    self.contacts.with_book(&user, |b| {
+                        b.key = Some(key);
+                        b.synced = next;
+                        if rewrap_now {
+                            b.rewrap = false;
+                        }
+                        self.contacts.save(b)
+                    })??;
                     return Ok(ContactsSync {
                         version: next,
                         merged,

@@ -148,8 +148,8 @@ pub enum Event {
         /// Why ([`ContactsError::PasswordNeeded`]: call
         /// [`Client::sync_contacts`](crate::Client::sync_contacts) with the password).
         error: Arc<ContactsError>,
-        /// When it is tried again by itself (`None`: only on the next login, edit or
-        /// explicit sync).
+        /// When it is tried again by itself (`None`: not before the next login, edit,
+        /// explicit sync or periodic pull, [`CONTACTS_PULL_EVERY`](crate::CONTACTS_PULL_EVERY)).
         retry: Option<Duration>,
     },
     /// A search started with [`Client::search`](crate::Client::search) ended.

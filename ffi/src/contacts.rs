@@ -150,7 +150,8 @@ fn contacts_result(e: ContactsError) -> NatterResult {
     last_error::record(r, e, detail)
 }
 
-/// Take a snapshot of the buddy list (every contact and blocked user, in name order) into
+/// Take a snapshot of the buddy list (every contact, blocked user and user asking to be a
+/// contact, in name order) into
 /// `*out_list`; read it with `natter_contact_list_count` / `natter_contact_list_get` and
 /// free it with `natter_contact_list_free`. Empty before a login. Does not block on the
 /// network.

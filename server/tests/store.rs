@@ -699,6 +699,7 @@ mod suite {
         );
         let waiting = s.contact_requests(&bob, 10).expect("list");
         assert_eq!(waiting.len(), 1, "{waiting:?}");
+        let first_id = waiting[0].id;
         assert_eq!(
             (
                 waiting[0].from.as_str(),
@@ -708,6 +709,10 @@ mod suite {
             ("alice", "hi again", UnixTime(2))
         );
         assert!(s.contact_requests(&alice, 10).expect("list").is_empty());
+        // Replaced in place: the same id.
+        s.add_contact_request(&alice, &bob, "third", UnixTime(3))
+            .expect("add");
+        assert_eq!(s.contact_requests(&bob, 10).expect("list")[0].id, first_id);
         // Only the recipient deletes it.
         s.delete_contact_requests(&alice, &[waiting[0].id])
             .expect("delete");
@@ -752,6 +757,14 @@ mod suite {
         assert_eq!(listed.len(), MAX_REQUESTS_WAITING);
         assert!(listed.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
         assert_eq!(s.contact_requests(&bob, 7).expect("list").len(), 7);
+        // A month later the unanswered ones have left: both limits are free again.
+        let later = UnixTime(5 + natter_core::login::proto::REQUEST_LIFETIME_SECS + 1);
+        assert_eq!(
+            s.add_contact_request(&alice, &bob, "still there?", later)
+                .expect("add"),
+            RequestAdded::Stored
+        );
+        assert_eq!(s.contact_requests(&bob, 1000).expect("list").len(), 1);
     }
 }
 

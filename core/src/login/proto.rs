@@ -297,6 +297,9 @@ pub const MAX_REQUESTS_LISTED: usize = 48;
 /// Most contact requests waiting for one user: beyond, new ones are refused (a flood of
 /// requests cannot fill anyone's storage).
 pub const MAX_REQUESTS_WAITING: usize = 100;
+/// How long a contact request waits for an answer, seconds (30 days): older ones leave when
+/// their sender or recipient is next sent a request, freeing both limits.
+pub const REQUEST_LIFETIME_SECS: u64 = 30 * 86_400;
 /// Most contact requests one user may have waiting at others (a sender cannot flood many
 /// users, and a flood of new accounts is held back where accounts are made).
 pub const MAX_REQUESTS_SENT: usize = 30;

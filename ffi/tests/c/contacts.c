@@ -116,6 +116,7 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_sync_contacts(laptop, NULL, NULL), NATTER_OK);
     EXPECT(natter_client_login(erin, "erin", "erin's long password"), NATTER_OK);
     NatterEvent *asked = next_of(erin, NATTER_EVENT_CONTACT_REQUEST);
+    CHECK(asked != NULL);
     if (asked) {
         CHECK(strcmp(asked->user, "dave") == 0 && strcmp(asked->detail, "dave from the lab") == 0);
         natter_event_free(asked);
@@ -135,6 +136,7 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_sync_contacts(erin, NULL, NULL), NATTER_OK);
     EXPECT(natter_client_sync_contacts(laptop, NULL, NULL), NATTER_OK);
     NatterEvent *accepted = next_of(laptop, NATTER_EVENT_CONTACT_ACCEPTED);
+    CHECK(accepted != NULL);
     if (accepted) {
         CHECK(strcmp(accepted->user, "erin") == 0);
         natter_event_free(accepted);

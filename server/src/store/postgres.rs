@@ -38,7 +38,7 @@ use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, Row};
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
 
-use natter_core::login::proto::{MAX_REQUESTS_SENT, MAX_REQUESTS_WAITING};
+use natter_core::login::proto::{MAX_REQUESTS_SENT, MAX_REQUESTS_WAITING, REQUEST_LIFETIME_SECS};
 
 use super::{
     sql_version, AccountRecord, AccountStore, ContactRequest, DeviceRecord, RequestAdded,
@@ -711,6 +711,16 @@ impl AccountStore for PostgresStore {
             if !found.iter().any(|u| u == to.as_str()) {
                 return Ok(RequestAdded::NoSuchRecipient);
             }
+            // Requests nobody answered within their lifetime leave, freeing both limits.
+            tx.execute(
+                "DELETE FROM contact_requests WHERE (sender = $1 OR recipient = $2)
+                 AND sent_at < $3",
+                &[
+                    &from.as_str(),
+                    &to.as_str(),
+                    &(at - REQUEST_LIFETIME_SECS as i64),
+                ],
+            )?;
             let again = tx
                 .query_opt(
                     "SELECT 1 FROM contact_requests WHERE recipient = $1 AND sender = $2",

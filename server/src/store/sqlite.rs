@@ -33,7 +33,7 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 
-use natter_core::login::proto::{MAX_REQUESTS_SENT, MAX_REQUESTS_WAITING};
+use natter_core::login::proto::{MAX_REQUESTS_SENT, MAX_REQUESTS_WAITING, REQUEST_LIFETIME_SECS};
 
 use super::{
     sql_version, AccountRecord, AccountStore, ContactRequest, DeviceRecord, RequestAdded,
@@ -568,9 +568,20 @@ impl AccountStore for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
         require_account(&tx, from)?;
-        if require_account(&tx, to).is_err() {
-            return Ok(RequestAdded::NoSuchRecipient);
+        match require_account(&tx, to) {
+            Err(StoreError::NoSuchAccount) => return Ok(RequestAdded::NoSuchRecipient),
+            other => other?,
         }
+        // Requests nobody answered within their lifetime leave, freeing both limits.
+        tx.execute(
+            "DELETE FROM contact_requests WHERE (sender = ?1 OR recipient = ?2) AND sent_at < ?3",
+            params![
+                from.as_str(),
+                to.as_str(),
+                at - REQUEST_LIFETIME_SECS as i64
+            ],
+        )
+        .map_err(backend)?;
         let count = |sql: &str, user: &UserName| -> Result<usize, StoreError> {
             tx.query_row(sql, [user.as_str()], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as usize)
