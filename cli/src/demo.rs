@@ -1053,6 +1053,15 @@ fn presence_step(alice: &Client, bob: &Client, carol: &Client) -> Result<String,
     if !rang {
         return Err("invisible bob's call did not ring at alice".into());
     }
+    // Found online again once his fresh record is in the index (before the next step calls).
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut found = false;
+    while Instant::now() < deadline && !found {
+        found = online_devices(alice, "bob") == Some(1);
+    }
+    if !found {
+        return Err("bob, online again, is not found online".into());
+    }
     Ok(format!(
         "alice's call ended \"{ended}\" without ringing; invisible bob: carol's search says offline, yet his call to alice rang; online again"
     ))

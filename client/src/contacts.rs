@@ -130,8 +130,8 @@ struct Book {
     synced: u64,
     /// The envelope must be wrapped again (under a changed password).
     rewrap: bool,
-    /// Contact requests to leave at the login server: user, note.
-    outbox: Vec<(UserName, String)>,
+    /// Contact requests to leave at the login server: user, note, whether it accepts theirs.
+    outbox: Vec<(UserName, String, bool)>,
     /// Ids of requests to us answered here (accepted, declined, blocked): to delete there.
     answered: Vec<u64>,
     /// Requests to us waiting for an answer, as the server last listed them.
@@ -170,9 +170,10 @@ impl Book {
         out.extend_from_slice(&self.synced.to_be_bytes());
         put_name(&mut out, &self.user);
         out.extend_from_slice(&(self.outbox.len() as u16).to_be_bytes());
-        for (to, note) in &self.outbox {
+        for (to, note, accepting) in &self.outbox {
             put_name(&mut out, to);
             put_note(&mut out, note);
+            out.push(u8::from(*accepting));
         }
         out.extend_from_slice(&(self.answered.len() as u16).to_be_bytes());
         for id in &self.answered {
@@ -184,6 +185,7 @@ impl Book {
             put_name(&mut out, &q.from);
             put_note(&mut out, &q.note);
             out.extend_from_slice(&q.sent_at.0.to_be_bytes());
+            out.push(u8::from(q.accepting));
         }
         out.extend_from_slice(&list);
         Ok(out)
@@ -202,7 +204,13 @@ impl Book {
         let synced = r.u64().ok()?;
         let user = read_name(&mut r)?;
         let outbox = (0..r.u16().ok()?)
-            .map(|_| Some((read_name(&mut r)?, read_note(&mut r)?)))
+            .map(|_| {
+                Some((
+                    read_name(&mut r)?,
+                    read_note(&mut r)?,
+                    r.bool("accepting").ok()?,
+                ))
+            })
             .collect::<Option<_>>()?;
         let answered = (0..r.u16().ok()?)
             .map(|_| r.u64().ok())
@@ -214,6 +222,7 @@ impl Book {
                     from: read_name(&mut r)?,
                     note: read_note(&mut r)?,
                     sent_at: UnixTime(r.u64().ok()?),
+                    accepting: r.bool("accepting").ok()?,
                 };
                 Some((q.from.clone(), q))
             })
@@ -464,8 +473,9 @@ impl Contacts {
             let answering = b.incoming.remove(user);
             if !b.list.is_contact(user) || answering.is_some() {
                 b.list.set_contact(user, true, now)?;
-                b.outbox.retain(|(u, _)| u != user);
-                b.outbox.push((user.clone(), note.to_string()));
+                b.outbox.retain(|(u, _, _)| u != user);
+                b.outbox
+                    .push((user.clone(), note.to_string(), answering.is_some()));
             }
             b.answered.extend(answering.map(|q| q.id));
             Ok(())
@@ -475,7 +485,7 @@ impl Contacts {
     /// Remove `user` from the list (a request to them not sent yet is not sent).
     pub fn remove(&self, user: &UserName) -> Result<bool, ContactsError> {
         self.edit_book(user, |b, now| {
-            b.outbox.retain(|(u, _)| u != user);
+            b.outbox.retain(|(u, _, _)| u != user);
             b.list.set_contact(user, false, now).map(drop)
         })
     }
@@ -726,10 +736,11 @@ impl Shared {
         let outbox = self.contacts.with_book(user, |b| b.outbox.clone())?;
         let mut ops: Vec<Operation> = outbox
             .iter()
-            .map(|(to, note)| Operation::SendContactRequest {
+            .map(|(to, note, accepting)| Operation::SendContactRequest {
                 certificate: certificate.clone(),
                 to: to.clone(),
                 note: note.clone(),
+                accepting: *accepting,
             })
             .collect();
         ops.push(Operation::FetchContactRequests {
@@ -786,12 +797,12 @@ impl Shared {
                     let entry = b.list.get(&q.from);
                     if entry.is_some_and(|e| e.is_blocked()) {
                         b.answered.push(q.id);
-                    } else if let Some(e) = entry.filter(|e| e.is_contact()) {
-                        // A contact already: their request is their answer to ours when it
-                        // was made after we added them (else it is one this user accepted on
-                        // another device, whose deletion has not landed yet).
+                    } else if entry.is_some_and(|e| e.is_contact()) {
+                        // A contact already: an acceptance of ours is said; anything else is
+                        // answered (a request this user accepted on another device, whose
+                        // deletion has not landed yet, or one crossing ours).
                         b.answered.push(q.id);
-                        if q.sent_at.0.saturating_mul(1000) + 1000 >= e.contact_stamp().ms {
+                        if q.accepting {
                             news.push(Event::ContactAccepted {
                                 user: q.from.clone(),
                             });
@@ -1064,5 +1075,77 @@ impl Shared {
             }
         }
         Err(ContactsError::Conflict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> Book {
+        let device = DeviceId([7; 16]);
+        let mut b = Book::new(UserName::parse("alice").unwrap(), device);
+        let bob = UserName::parse("bob").unwrap();
+        b.list.set_contact(&bob, true, 1_000).unwrap();
+        b.list.set_nickname(&bob, "Bobby", 1_001).unwrap();
+        b.key = Some(ListKey([3; 32]));
+        b.synced = 42;
+        b.rewrap = true;
+        b.outbox.push((bob.clone(), "hi ✓".into(), true));
+        b.answered.extend([5, 9]);
+        let carol = UserName::parse("carol").unwrap();
+        b.incoming.insert(
+            carol.clone(),
+            ContactRequest {
+                id: 11,
+                from: carol,
+                note: String::new(),
+                sent_at: UnixTime(77),
+                accepting: false,
+            },
+        );
+        b
+    }
+
+    #[test]
+    fn the_file_reads_back_as_written() {
+        let b = book();
+        let data = b.encode().unwrap();
+        let back = Book::decode(&data, b.list.device()).unwrap();
+        assert_eq!(back.user, b.user);
+        assert_eq!(back.list.encode().unwrap(), b.list.encode().unwrap());
+        assert_eq!(back.key.map(|k| k.0), b.key.map(|k| k.0));
+        assert_eq!((back.synced, back.rewrap), (42, true));
+        assert_eq!(back.outbox, b.outbox);
+        assert_eq!(back.answered, b.answered);
+        assert_eq!(back.incoming, b.incoming);
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_without_a_panic() {
+        let data = book().encode().unwrap();
+        let device = DeviceId([7; 16]);
+        for cut in 0..data.len() {
+            // Every truncation but the whole file is refused (the list must be complete).
+            assert!(Book::decode(&data[..cut], device).is_none(), "cut at {cut}");
+        }
+        let mut rng = Rng::from_seed(9);
+        for _ in 0..2000 {
+            let mut bad = data.clone();
+            let i = (rng.u32() as usize) % bad.len();
+            bad[i] ^= 1 << (rng.u32() % 8);
+            let _ = Book::decode(&bad, device);
+        }
+    }
+
+    #[test]
+    fn stamps_far_ahead_of_the_clock_still_read_from_this_devices_own_file() {
+        let device = DeviceId([7; 16]);
+        let mut b = Book::new(UserName::parse("alice").unwrap(), device);
+        let far = now_ms() + 10 * natter_core::contacts::list::MAX_AHEAD_MS;
+        b.list
+            .set_contact(&UserName::parse("bob").unwrap(), true, far)
+            .unwrap();
+        assert!(Book::decode(&b.encode().unwrap(), device).is_some());
     }
 }

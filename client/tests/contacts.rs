@@ -345,3 +345,49 @@ fn a_request_waits_for_every_device_and_is_accepted_declined_or_blocked() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[test]
+fn a_password_changed_elsewhere_is_healed_by_the_next_login_with_it() {
+    use natter_core::login::client::{LoginClientEvent, Operation};
+    use natter_transport::login::client::{run_operations, DeviceStore};
+    use natter_transport::login::network::NetworkFile;
+
+    let server = LoginServer::start();
+    let laptop = user_device(&server, "alice", "laptop");
+    laptop.add_contact("bob", "").unwrap();
+    laptop.sync_contacts(None).unwrap();
+    // The password changes from a device that never wraps the list's key again (as if its
+    // rewrap was lost): the envelope on the server stays under the old password.
+    let dir = tempfile::tempdir().unwrap();
+    let store = DeviceStore::open(dir.path()).unwrap();
+    let (id, _) = store.identity().unwrap();
+    let net = NetworkFile::load(server.network_path()).unwrap();
+    let events = run_operations(
+        &net,
+        &id,
+        natter::Version::parse("0.1.0").unwrap(),
+        false,
+        vec![Operation::ChangePassword {
+            user: "alice".into(),
+            old: PASSWORD.into(),
+            new: NEW_PASSWORD.into(),
+            revoke_others: false,
+        }],
+        Duration::from_secs(15),
+    )
+    .unwrap();
+    assert!(events.contains(&LoginClientEvent::Done), "{events:?}");
+    // A new install with the new password cannot open the envelope yet...
+    let tablet = device(&server, "tablet");
+    tablet.login("alice", Some(NEW_PASSWORD)).unwrap();
+    assert!(matches!(
+        tablet.sync_contacts(Some(NEW_PASSWORD)),
+        Err(ContactsError::KeyUnavailable)
+    ));
+    assert!(tablet.contacts().is_empty());
+    // ...until a device that holds the key logs in with it: it wraps the key again.
+    laptop.login("alice", Some(NEW_PASSWORD)).unwrap();
+    let synced = tablet.sync_contacts(Some(NEW_PASSWORD)).unwrap();
+    assert!(synced.merged, "{synced:?}");
+    assert_eq!(summary(&tablet), summary(&laptop));
+}

@@ -318,9 +318,13 @@ impl JobContext<'_> {
                 device,
                 to,
                 note,
+                accepting,
             } => {
                 self.device_in_use(user, device)?;
-                match self.store.add_contact_request(user, to, note, wall) {
+                match self
+                    .store
+                    .add_contact_request(user, to, note, *accepting, wall)
+                {
                     Ok(RequestAdded::Stored) => Ok(JobOutcome::Ok),
                     Ok(RequestAdded::NoSuchRecipient) => Err(LoginError::UnknownUser),
                     // Waiting requests leave as they are answered: an hour is a guess the

@@ -389,6 +389,8 @@ pub enum Job {
         to: UserName,
         /// The note.
         note: String,
+        /// An acceptance of the recipient's request.
+        accepting: bool,
     },
     /// Read the contact requests waiting for the account (certificate checked).
     GetContactRequests {
@@ -964,6 +966,7 @@ impl LoginServer {
                 certificate,
                 to,
                 note,
+                accepting,
                 ..
             } => match UserName::parse(&to) {
                 Ok(to) if to != certificate.user => Ok((
@@ -972,6 +975,7 @@ impl LoginServer {
                         device: certificate.device,
                         to,
                         note,
+                        accepting,
                     },
                     false,
                 )),
@@ -1995,6 +1999,7 @@ mod tests {
                     dh_proof,
                     to,
                     note: "hello".into(),
+                    accepting: false,
                 }
             })
         };

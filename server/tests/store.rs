@@ -675,25 +675,25 @@ mod suite {
         use natter_core::login::proto::{MAX_REQUESTS_SENT, MAX_REQUESTS_WAITING};
         let (alice, bob) = (name("alice"), name("bob"));
         assert!(matches!(
-            s.add_contact_request(&alice, &bob, "hi", UnixTime(1)),
+            s.add_contact_request(&alice, &bob, "hi", false, UnixTime(1)),
             Err(StoreError::NoSuchAccount)
         ));
         s.create_account(&account("alice", "a1", 1000))
             .expect("create");
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "hi", UnixTime(1))
+            s.add_contact_request(&alice, &bob, "hi", false, UnixTime(1))
                 .expect("add"),
             RequestAdded::NoSuchRecipient
         );
         s.create_account(&account("bob", "b1", 1000))
             .expect("create");
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "hi", UnixTime(1))
+            s.add_contact_request(&alice, &bob, "hi", false, UnixTime(1))
                 .expect("add"),
             RequestAdded::Stored
         );
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "hi again", UnixTime(2))
+            s.add_contact_request(&alice, &bob, "hi again", true, UnixTime(2))
                 .expect("add"),
             RequestAdded::Stored
         );
@@ -708,9 +708,10 @@ mod suite {
             ),
             ("alice", "hi again", UnixTime(2))
         );
+        assert!(waiting[0].accepting);
         assert!(s.contact_requests(&alice, 10).expect("list").is_empty());
         // Replaced in place: the same id.
-        s.add_contact_request(&alice, &bob, "third", UnixTime(3))
+        s.add_contact_request(&alice, &bob, "third", false, UnixTime(3))
             .expect("add");
         assert_eq!(s.contact_requests(&bob, 10).expect("list")[0].id, first_id);
         // Only the recipient deletes it.
@@ -727,13 +728,13 @@ mod suite {
             s.create_account(&account(u.as_str(), "h", 1000))
                 .expect("create");
             assert_eq!(
-                s.add_contact_request(&alice, &u, "", UnixTime(3))
+                s.add_contact_request(&alice, &u, "", false, UnixTime(3))
                     .expect("add"),
                 RequestAdded::Stored
             );
         }
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "", UnixTime(4))
+            s.add_contact_request(&alice, &bob, "", false, UnixTime(4))
                 .expect("add"),
             RequestAdded::SenderLimit
         );
@@ -744,7 +745,7 @@ mod suite {
             s.create_account(&account(u.as_str(), "h", 1000))
                 .expect("create");
             match s
-                .add_contact_request(&u, &bob, "buy now", UnixTime(5))
+                .add_contact_request(&u, &bob, "buy now", false, UnixTime(5))
                 .expect("add")
             {
                 RequestAdded::Stored => {}
@@ -760,7 +761,7 @@ mod suite {
         // A month later the unanswered ones have left: both limits are free again.
         let later = UnixTime(5 + natter_core::login::proto::REQUEST_LIFETIME_SECS + 1);
         assert_eq!(
-            s.add_contact_request(&alice, &bob, "still there?", later)
+            s.add_contact_request(&alice, &bob, "still there?", false, later)
                 .expect("add"),
             RequestAdded::Stored
         );

@@ -198,11 +198,6 @@ impl Entry {
         *self.contact.get()
     }
 
-    /// When the user was last made a contact or removed ([`Stamp::ZERO`]: never).
-    pub fn contact_stamp(&self) -> Stamp {
-        self.contact.stamp()
-    }
-
     /// Whether the user is blocked.
     pub fn is_blocked(&self) -> bool {
         *self.blocked.get()

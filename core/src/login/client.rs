@@ -97,6 +97,8 @@ pub enum Operation {
         to: UserName,
         /// The note (at most `proto::MAX_REQUEST_NOTE` bytes).
         note: String,
+        /// It answers their request (an acceptance).
+        accepting: bool,
     },
     /// Fetch the contact requests waiting for the account.
     FetchContactRequests {
@@ -455,6 +457,7 @@ impl LoginClient {
                     certificate,
                     to,
                     note,
+                    accepting,
                 } => {
                     let keys = self.keys(&hello, &certificate.user);
                     Request::SendContactRequest {
@@ -463,6 +466,7 @@ impl LoginClient {
                         dh_proof: keys.dh_proof,
                         to: to.to_string(),
                         note: note.clone(),
+                        accepting: *accepting,
                     }
                 }
                 Operation::FetchContactRequests { certificate } => {

@@ -208,6 +208,8 @@ pub enum Request {
         to: String,
         /// A note for them, at most [`MAX_REQUEST_NOTE`] bytes of UTF-8.
         note: String,
+        /// The answer to their request: an acceptance.
+        accepting: bool,
     },
     /// The contact requests waiting for the account (the oldest [`MAX_REQUESTS_LISTED`]),
     /// asked by a certified device of it. Answered by [`Response::ContactRequests`].
@@ -286,6 +288,8 @@ pub struct ContactRequest {
     pub from: UserName,
     /// Their note (at most [`MAX_REQUEST_NOTE`] bytes).
     pub note: String,
+    /// It answers a request of the recipient's: an acceptance.
+    pub accepting: bool,
     /// When it was left.
     pub sent_at: UnixTime,
 }
@@ -754,6 +758,7 @@ impl Request {
                 dh_proof,
                 to,
                 note,
+                accepting,
             } => {
                 out.put_u8(REQ_SEND_CONTACT_REQUEST);
                 certificate.encode(out);
@@ -761,6 +766,7 @@ impl Request {
                 out.put_slice(dh_proof);
                 put_str(out, to);
                 put_blob(out, note.as_bytes(), MAX_REQUEST_NOTE);
+                out.put_u8(u8::from(*accepting));
             }
             Request::GetContactRequests {
                 certificate,
@@ -867,6 +873,7 @@ impl Request {
                 dh_proof: r.array()?,
                 to: name(&mut r)?,
                 note: read_note(&mut r)?,
+                accepting: r.bool("accepting")?,
             },
             REQ_GET_CONTACT_REQUESTS => Request::GetContactRequests {
                 certificate: Certificate::read(&mut r)?,
@@ -964,6 +971,7 @@ impl Response {
                     put_str(out, q.from.as_str());
                     put_blob(out, q.note.as_bytes(), MAX_REQUEST_NOTE);
                     out.put_u64(q.sent_at.0);
+                    out.put_u8(u8::from(q.accepting));
                 }
             }
             Response::Error(e) => {
@@ -1077,6 +1085,7 @@ impl Response {
                             .map_err(|_| DecodeError::Invalid("user name"))?,
                         note: read_note(&mut r)?,
                         sent_at: UnixTime(r.u64()?),
+                        accepting: r.bool("accepting")?,
                     });
                 }
                 Response::ContactRequests(requests)
@@ -1180,14 +1189,15 @@ mod tests {
                     backup,
                     envelope,
                 }),
-            (s, "\\PC{0,300}")
-                .prop_filter("a note fits", |(_, n)| n.len() <= MAX_REQUEST_NOTE)
-                .prop_map(|(to, note)| Request::SendContactRequest {
+            (s, "\\PC{0,300}", any::<bool>())
+                .prop_filter("a note fits", |(_, n, _)| n.len() <= MAX_REQUEST_NOTE)
+                .prop_map(|(to, note, accepting)| Request::SendContactRequest {
                     certificate: cert(),
                     proof: [5; 64],
                     dh_proof: [6; 32],
                     to,
                     note,
+                    accepting,
                 }),
             Just(Request::GetContactRequests {
                 certificate: cert(),
@@ -1277,17 +1287,19 @@ mod tests {
                     any::<u64>(),
                     "[a-z][a-z0-9._-]{2,31}",
                     "\\PC{0,200}",
-                    any::<u64>()
+                    any::<u64>(),
+                    any::<bool>()
                 ),
                 0..=MAX_REQUESTS_LISTED
             )
             .prop_map(|v| Response::ContactRequests(
                 v.into_iter()
-                    .map(|(id, from, note, at)| ContactRequest {
+                    .map(|(id, from, note, at, accepting)| ContactRequest {
                         id,
                         from: UserName::parse(&from).unwrap(),
                         note,
                         sent_at: UnixTime(at),
+                        accepting,
                     })
                     .collect()
             )),
@@ -1301,6 +1313,7 @@ mod tests {
             from: UserName::parse(&"a".repeat(UserName::MAX_LEN)).unwrap(),
             note: "é".repeat(MAX_REQUEST_NOTE / 2),
             sent_at: UnixTime(u64::MAX),
+            accepting: true,
         };
         let mut b = BytesMut::new();
         Response::ContactRequests(vec![full; MAX_REQUESTS_LISTED]).encode(&mut b);
@@ -1312,6 +1325,7 @@ mod tests {
             dh_proof: [0; 32],
             to: "bob".into(),
             note: "x".repeat(MAX_REQUEST_NOTE + 1),
+            accepting: false,
         }
         .encode(&mut b);
         // Cut at the limit when encoded: the decoder takes what the encoder writes.

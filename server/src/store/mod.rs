@@ -156,7 +156,8 @@ pub trait AccountStore: Send + Sync {
         list: &StoredBuddyList,
     ) -> Result<bool, StoreError>;
 
-    /// Leave a contact request from `from` for `to`, atomically within the limits
+    /// Leave a contact request from `from` for `to` (`accepting`: the answer to theirs),
+    /// atomically within the limits
     /// (`natter_core::login::proto::MAX_REQUESTS_SENT` waiting per sender,
     /// `MAX_REQUESTS_WAITING` per recipient); a second request to the same user replaces the
     /// first's note and time, keeping its id. [`StoreError::NoSuchAccount`] if `from` is
@@ -166,6 +167,7 @@ pub trait AccountStore: Send + Sync {
         from: &UserName,
         to: &UserName,
         note: &str,
+        accepting: bool,
         at: UnixTime,
     ) -> Result<RequestAdded, StoreError>;
 

@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS contact_requests (
     recipient TEXT   NOT NULL REFERENCES accounts ("user") ON DELETE CASCADE,
     sender    TEXT   NOT NULL REFERENCES accounts ("user") ON DELETE CASCADE,
     note      TEXT   NOT NULL,
+    accepting BOOLEAN NOT NULL,
     sent_at   BIGINT NOT NULL,
     UNIQUE (recipient, sender)
 );
@@ -689,6 +690,7 @@ impl AccountStore for PostgresStore {
         from: &UserName,
         to: &UserName,
         note: &str,
+        accepting: bool,
         at: UnixTime,
     ) -> Result<RequestAdded, StoreError> {
         let at = to_sql_time(at)?;
@@ -751,11 +753,11 @@ impl AccountStore for PostgresStore {
                 }
             }
             tx.execute(
-                "INSERT INTO contact_requests (recipient, sender, note, sent_at)
-                 VALUES ($1, $2, $3, $4)
+                "INSERT INTO contact_requests (recipient, sender, note, accepting, sent_at)
+                 VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (recipient, sender) DO UPDATE SET note = excluded.note,
-                     sent_at = excluded.sent_at",
-                &[&to.as_str(), &from.as_str(), &note, &at],
+                     accepting = excluded.accepting, sent_at = excluded.sent_at",
+                &[&to.as_str(), &from.as_str(), &note, &accepting, &at],
             )?;
             tx.commit()?;
             Ok(RequestAdded::Stored)
@@ -771,8 +773,8 @@ impl AccountStore for PostgresStore {
         self.run(|client, _| {
             client
                 .query(
-                    "SELECT id, sender, note, sent_at FROM contact_requests WHERE recipient = $1
-                     ORDER BY id LIMIT $2",
+                    "SELECT id, sender, note, sent_at, accepting FROM contact_requests
+                     WHERE recipient = $1 ORDER BY id LIMIT $2",
                     &[&user.as_str(), &limit],
                 )?
                 .iter()
@@ -782,6 +784,7 @@ impl AccountStore for PostgresStore {
                         from: user_from_sql(r.try_get(1)?)?,
                         note: r.try_get(2)?,
                         sent_at: from_sql_time(r.try_get(3)?)?,
+                        accepting: r.try_get(4)?,
                     })
                 })
                 .collect()

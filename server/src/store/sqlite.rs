@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS contact_requests (
     recipient TEXT    NOT NULL REFERENCES accounts (user) ON DELETE CASCADE,
     sender    TEXT    NOT NULL REFERENCES accounts (user) ON DELETE CASCADE,
     note      TEXT    NOT NULL,
+    accepting INTEGER NOT NULL,
     sent_at   INTEGER NOT NULL,
     UNIQUE (recipient, sender)
 );
@@ -560,6 +561,7 @@ impl AccountStore for SqliteStore {
         from: &UserName,
         to: &UserName,
         note: &str,
+        accepting: bool,
         at: UnixTime,
     ) -> Result<RequestAdded, StoreError> {
         let at = to_sql_time(at)?;
@@ -613,11 +615,11 @@ impl AccountStore for SqliteStore {
             }
         }
         tx.execute(
-            "INSERT INTO contact_requests (recipient, sender, note, sent_at)
-             VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO contact_requests (recipient, sender, note, accepting, sent_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (recipient, sender) DO UPDATE SET note = excluded.note,
-                 sent_at = excluded.sent_at",
-            params![to.as_str(), from.as_str(), note, at],
+                 accepting = excluded.accepting, sent_at = excluded.sent_at",
+            params![to.as_str(), from.as_str(), note, accepting, at],
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
@@ -632,8 +634,8 @@ impl AccountStore for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT id, sender, note, sent_at FROM contact_requests WHERE recipient = ?1
-                 ORDER BY id LIMIT ?2",
+                "SELECT id, sender, note, sent_at, accepting FROM contact_requests
+                 WHERE recipient = ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(backend)?;
         let rows = stmt
@@ -643,6 +645,7 @@ impl AccountStore for SqliteStore {
                     from: user_col(r, 1)?,
                     note: r.get(2)?,
                     sent_at: from_sql_time(r.get(3)?)?,
+                    accepting: r.get(4)?,
                 })
             })
             .map_err(backend)?;
