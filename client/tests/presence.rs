@@ -54,8 +54,12 @@ fn do_not_disturb_refuses_calls_and_invisible_looks_offline_yet_calls() {
             == 0),
         "bob still looks online"
     );
-    let _answering = natter_fixtures::answer_calls(&alice);
     let out = bob.call("alice", Audio::silent()).unwrap();
+    // Answered here, not by a helper thread: alice's searches below need her events.
+    match wait_for(&alice, |e| matches!(e, Event::IncomingCall { .. })) {
+        Some(Event::IncomingCall { call, .. }) => call.answer(Audio::silent()).unwrap(),
+        other => panic!("invisible bob's call did not ring: {other:?}"),
+    }
     assert!(matches!(
         wait_for(&bob, |e| matches!(e, Event::CallConnected { .. })),
         Some(Event::CallConnected { .. })
