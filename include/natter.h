@@ -20,15 +20,18 @@
  * any other, on the same client or different ones. A client runs threads of its own:
  * "natter-<address>" (sockets and the protocol), "natter-node" (events, certificate renewal),
  * one "natter-media" per connected call (codec, jitter buffer), one "natter-request" per
- * background login or registration, "natter-audio-watch" with NATTER_AUDIO_DEVICES while
+ * background login or registration, "natter-contacts" once logged in (the buddy list's
+ * backup and contact requests, with the login server), "natter-audio-watch" with NATTER_AUDIO_DEVICES while
  * started, and, once a callback is set, "natter-callback", the only thread the event
  * callback runs on (one event at a time, in order). Log lines go to the callback of
  * natter_set_log_callback, on its "natter-log" thread; ALSA's messages go there too (Natter
  * installs ALSA's process-wide error handler at the first client or device listing: an
  * application with its own sets it again afterwards). Nothing is printed unless NATTER_LOG
  * is set in the environment. Functions that block say so: natter_client_register and
- * natter_client_login (a login-server exchange, up to 15 s; natter_client_login_begin and
- * natter_client_register_begin do not block), natter_client_stop and natter_client_free
+ * natter_client_login (a login-server exchange, up to 15 s; with the password, a few more to
+ * bring the buddy list back; natter_client_login_begin and natter_client_register_begin do
+ * not block), natter_client_sync_contacts (a few exchanges), natter_client_devices and the
+ * other account functions (one exchange), natter_client_stop and natter_client_free
  * (joining threads, usually well under a second), natter_client_wait_event (up to its
  * timeout), natter_call_set_microphone and natter_call_set_speaker (opening a device, up
  * to 3 s). The others return within milliseconds.
@@ -1840,7 +1843,8 @@ NatterResult natter_client_export_credentials(NatterClient *client,
                                               size_t *out_len);
 
 /**
- * Take a snapshot of the buddy list (every contact and blocked user, in name order) into
+ * Take a snapshot of the buddy list (every contact, blocked user and user asking to be a
+ * contact, in name order) into
  * `*out_list`; read it with `natter_contact_list_count` / `natter_contact_list_get` and
  * free it with `natter_contact_list_free`. Empty before a login. Does not block on the
  * network.

@@ -630,7 +630,8 @@ impl fmt::Display for State {
 ///
 /// It runs threads of its own once started: `natter-<address>` (sockets and the protocol),
 /// `natter-node` (events, certificate renewal, the call's audio, the host cache) and one
-/// `natter-media` per connected call (codec, jitter buffer).
+/// `natter-media` per connected call (codec, jitter buffer); and, once logged in,
+/// `natter-contacts` (the buddy list's backup and contact requests, with the login server).
 ///
 /// ```
 /// # let net = natter_fixtures::TestNet::start();
