@@ -294,7 +294,12 @@ pub unsafe extern "C" fn natter_client_add_contact(
 }
 
 /// Decline `user`'s contact request: deleted on every device, and they are not told.
-/// `*changed` (if not NULL): false when there was none. As `natter_client_add_contact`.
+/// `*changed` (if not NULL): false when there was none. Does not block on the network.
+///
+/// Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_LIST_FULL`,
+/// `NATTER_IO_ERROR` (the list file could not be written: the edit was not made),
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
 ///
 /// # Safety
 /// As `natter_client_add_contact`.
@@ -308,8 +313,13 @@ pub unsafe extern "C" fn natter_client_decline_contact(
     unsafe { edit(client, user, changed, |c, u| c.decline_contact(u)) }
 }
 
-/// Remove `user` from the buddy list, on every device once synced. As
-/// `natter_client_add_contact`.
+/// Remove `user` from the buddy list, on every device once synced (a request to them not
+/// sent yet is not sent). `*changed` (if not NULL): false when they were not a contact.
+///
+/// Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_LIST_FULL`,
+/// `NATTER_IO_ERROR` (the list file could not be written: the edit was not made),
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
 ///
 /// # Safety
 /// As `natter_client_add_contact`.
@@ -324,7 +334,13 @@ pub unsafe extern "C" fn natter_client_remove_contact(
 }
 
 /// Block `user` (`blocked` true) or unblock them: a blocked user's calls never ring on any of
-/// this user's devices. As `natter_client_add_contact`.
+/// this user's devices, and their contact requests are dropped unseen. `*changed` (if not
+/// NULL): false when nothing changed.
+///
+/// Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_LIST_FULL`,
+/// `NATTER_IO_ERROR` (the list file could not be written: the edit was not made),
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
 ///
 /// # Safety
 /// As `natter_client_add_contact`.
@@ -339,8 +355,13 @@ pub unsafe extern "C" fn natter_client_block(
     unsafe { edit(client, user, changed, |c, u| c.block(u, blocked)) }
 }
 
-/// Give `user` a nickname (`""`: none; at most 128 bytes). As `natter_client_add_contact`,
-/// and `NATTER_INVALID_ARGUMENT` for a nickname too long.
+/// Give `user` a nickname (`""`: none; at most 128 bytes). `*changed` (if not NULL): false
+/// when nothing changed.
+///
+/// Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_LIST_FULL`, `NATTER_INVALID_ARGUMENT` (too long),
+/// `NATTER_IO_ERROR` (the list file could not be written: the edit was not made),
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
 ///
 /// # Safety
 /// As `natter_client_add_contact`; `nickname` NULL or NUL-terminated.
@@ -361,8 +382,14 @@ pub unsafe extern "C" fn natter_client_set_nickname(
 }
 
 /// Put `user` in the group `label` (`member` true) or take them out. Labels are 1 to 64
-/// bytes; a contact is in at most 32 groups. As `natter_client_add_contact`, and
-/// `NATTER_INVALID_ARGUMENT` for a label empty or too long.
+/// bytes; a contact is in at most 32 groups. `*changed` (if not NULL): false when nothing
+/// changed.
+///
+/// Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_LIST_FULL` (too many groups), `NATTER_INVALID_ARGUMENT`
+/// (a label empty or too long),
+/// `NATTER_IO_ERROR` (the list file could not be written: the edit was not made),
+/// `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+/// any thread.
 ///
 /// # Safety
 /// As `natter_client_add_contact`; `label` NULL or NUL-terminated.
