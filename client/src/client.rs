@@ -292,6 +292,7 @@ impl ClientBuilder {
                 load: Mutex::new((0.0, 0)),
                 contacts,
                 presence: Mutex::new(PresenceState::default()),
+                presence_pushing: Mutex::new(()),
             }),
         })
     }
@@ -372,6 +373,8 @@ pub(crate) struct Shared {
     pub contacts: Contacts,
     /// This user's presence as set here.
     pub presence: Mutex<PresenceState>,
+    /// Held while the presence goes to the node: one push at a time.
+    pub presence_pushing: Mutex<()>,
 }
 
 impl Shared {
@@ -527,8 +530,11 @@ fn apply_presence(node: &mut Node, now: Instant, presence: &Presence) {
 impl Shared {
     /// Put the presence in effect on the running node, if any.
     fn push_presence(&self) {
+        // One push at a time, each reading the presence once its turn comes: the last one
+        // sent is the latest (lock order: this, then the presence, then the client's state).
+        let _turn = lock(&self.presence_pushing);
+        let presence = lock(&self.presence).effective();
         if let Some(rt) = self.runtime() {
-            let presence = lock(&self.presence).effective();
             rt.command(move |n, now| apply_presence(n, now, &presence));
         }
     }

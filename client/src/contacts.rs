@@ -17,7 +17,7 @@
 //! runs one now. A refused backup (tampered, truncated, rolled back, another account's)
 //! leaves the local list as it was.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -136,6 +136,9 @@ struct Book {
     answered: Vec<u64>,
     /// Requests to us waiting for an answer, as the server last listed them.
     incoming: BTreeMap<UserName, ContactRequest>,
+    /// Users this device asked and has not heard back from: any request of theirs is their
+    /// answer (they may have added this user before seeing the request).
+    asked: BTreeSet<UserName>,
 }
 
 impl Book {
@@ -149,6 +152,7 @@ impl Book {
             outbox: Vec::new(),
             answered: Vec::new(),
             incoming: BTreeMap::new(),
+            asked: BTreeSet::new(),
         }
     }
 
@@ -186,6 +190,10 @@ impl Book {
             put_note(&mut out, &q.note);
             out.extend_from_slice(&q.sent_at.0.to_be_bytes());
             out.push(u8::from(q.accepting));
+        }
+        out.extend_from_slice(&(self.asked.len() as u16).to_be_bytes());
+        for u in &self.asked {
+            put_name(&mut out, u);
         }
         out.extend_from_slice(&list);
         Ok(out)
@@ -227,6 +235,9 @@ impl Book {
                 Some((q.from.clone(), q))
             })
             .collect::<Option<_>>()?;
+        let asked = (0..r.u16().ok()?)
+            .map(|_| read_name(&mut r))
+            .collect::<Option<_>>()?;
         // This device's own file: no bound on how far ahead its stamps are (a clock set back
         // since must not make it unreadable).
         let list = BuddyList::decode(r.rest(), device, u64::MAX / 2).ok()?;
@@ -239,6 +250,7 @@ impl Book {
             outbox,
             answered,
             incoming,
+            asked,
         })
     }
 }
@@ -476,6 +488,9 @@ impl Contacts {
                 b.outbox.retain(|(u, _, _)| u != user);
                 b.outbox
                     .push((user.clone(), note.to_string(), answering.is_some()));
+                if answering.is_none() {
+                    b.asked.insert(user.clone());
+                }
             }
             b.answered.extend(answering.map(|q| q.id));
             Ok(())
@@ -486,6 +501,7 @@ impl Contacts {
     pub fn remove(&self, user: &UserName) -> Result<bool, ContactsError> {
         self.edit_book(user, |b, now| {
             b.outbox.retain(|(u, _, _)| u != user);
+            b.asked.remove(user);
             b.list.set_contact(user, false, now).map(drop)
         })
     }
@@ -751,6 +767,7 @@ impl Shared {
         // made again meanwhile stays).
         let mut done = Vec::new();
         let mut fetched = None;
+        let mut fetch_error = None;
         for (i, e) in events.into_iter().enumerate() {
             match (e, outbox.get(i)) {
                 (LoginClientEvent::Done, Some(entry)) => done.push(entry.clone()),
@@ -780,13 +797,14 @@ impl Shared {
                     tracing::info!(to = %entry.0, %error, "contact request not sent yet");
                 }
                 (LoginClientEvent::Failed { error, .. }, None) => {
-                    return Err(refused(error));
+                    fetch_error = Some(refused(error));
                 }
                 _ => {}
             }
         }
         let mut news = Vec::new();
         let answered = self.contacts.with_book(user, |b| {
+            // Sent ones leave the outbox even when the fetch failed: never sent twice.
             b.outbox.retain(|entry| !done.contains(entry));
             if let Some(list) = fetched {
                 let mut waiting = BTreeMap::new();
@@ -798,11 +816,13 @@ impl Shared {
                     if entry.is_some_and(|e| e.is_blocked()) {
                         b.answered.push(q.id);
                     } else if entry.is_some_and(|e| e.is_contact()) {
-                        // A contact already: an acceptance of ours is said; anything else is
+                        // A contact already: an acceptance, or any request from a user this
+                        // device asked (theirs crossed ours), is said; anything else is
                         // answered (a request this user accepted on another device, whose
-                        // deletion has not landed yet, or one crossing ours).
+                        // deletion has not landed yet).
                         b.answered.push(q.id);
-                        if q.accepting {
+                        let ours = b.asked.remove(&q.from);
+                        if q.accepting || ours {
                             news.push(Event::ContactAccepted {
                                 user: q.from.clone(),
                             });
@@ -824,6 +844,9 @@ impl Shared {
         })??;
         for e in news {
             self.events.push(e);
+        }
+        if let Some(e) = fetch_error {
+            return Err(e);
         }
         let answered: Vec<u64> = answered.into_iter().take(MAX_REQUESTS_LISTED).collect();
         if answered.is_empty() {
@@ -1093,6 +1116,7 @@ mod tests {
         b.rewrap = true;
         b.outbox.push((bob.clone(), "hi ✓".into(), true));
         b.answered.extend([5, 9]);
+        b.asked.insert(bob.clone());
         let carol = UserName::parse("carol").unwrap();
         b.incoming.insert(
             carol.clone(),
@@ -1119,6 +1143,7 @@ mod tests {
         assert_eq!(back.outbox, b.outbox);
         assert_eq!(back.answered, b.answered);
         assert_eq!(back.incoming, b.incoming);
+        assert_eq!(back.asked, b.asked);
     }
 
     #[test]

@@ -391,3 +391,27 @@ fn a_password_changed_elsewhere_is_healed_by_the_next_login_with_it() {
     assert!(synced.merged, "{synced:?}");
     assert_eq!(summary(&tablet), summary(&laptop));
 }
+
+#[test]
+fn two_users_who_add_each_other_at_once_both_hear_it_accepted() {
+    let server = LoginServer::start();
+    let alice = user_device(&server, "alice", "alice");
+    let bob = user_device(&server, "bob", "bob");
+    // Each asks before seeing the other's request.
+    alice.add_contact("bob", "").unwrap();
+    bob.add_contact("alice", "").unwrap();
+    alice.sync_contacts(None).unwrap();
+    bob.sync_contacts(None).unwrap();
+    alice.sync_contacts(None).unwrap();
+    for (me, them) in [(&alice, "bob"), (&bob, "alice")] {
+        let events = queued(me);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::ContactAccepted { user } if user.as_str() == them)),
+            "{events:?}"
+        );
+        assert!(requests_in(&events).is_empty(), "{events:?}");
+        assert!(me.contact(them).unwrap().request.is_none());
+    }
+}
