@@ -1142,7 +1142,8 @@ impl IndexSim {
                     let delay = self.client_leg(sn);
                     self.schedule(delay, Ev::Reply { message });
                 }
-                DhtOutput::Done { .. } => {}
+                // Nobody watches presence in this simulator.
+                DhtOutput::Done { .. } | DhtOutput::Changed { .. } => {}
             }
         }
         self.rearm(sn);

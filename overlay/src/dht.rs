@@ -43,6 +43,12 @@
 //!   [`DhtConfig::cache_ttl`] and answers repeated searches from it, unless a cached record
 //!   names a super node that has left the ring (its device has re-attached elsewhere).
 //!
+//! * **Watching** ([`Dht::watch`], [`Message::IndexWatch`]): a super node whose clients
+//!   watch a user's presence asks some of the user's replicas to push it every newer record
+//!   they store of that user ([`Message::IndexNotify`]), and what they hold now. Watchers
+//!   are kept per user (bounded) and dropped when they leave the ring; the watching super node
+//!   moves its watches itself when the ring changes (`crate::watch`).
+//!
 //! Every record is verified by the replica that stores it, by the replica that answers with
 //! it, by the super node that runs the search and by the node that asked.
 //!
@@ -135,6 +141,10 @@ pub struct Ring {
 const PUBLISHED_MEMORY: usize = 100_000;
 /// Searches one client may have running at a super node.
 const MAX_CLIENT_SEARCHES: usize = 8;
+/// Most super nodes watching one user here.
+const MAX_WATCHERS_PER_USER: usize = 4096;
+/// Most (user, watching super node) pairs held.
+const MAX_WATCHERS: usize = 500_000;
 /// Searches a super node runs at once.
 const MAX_SEARCHES: usize = 10_000;
 /// Super nodes a search asks to confirm an old-looking record.
@@ -364,6 +374,11 @@ pub enum DhtOutput {
         /// The message.
         message: Message<'static>,
     },
+    /// A user this node watches itself (as one of the user's replicas) has a newer record.
+    Changed {
+        /// The record (verified when stored).
+        record: Box<PresenceRecord>,
+    },
     /// A search this node asked for ended.
     Done {
         /// The id given to [`Dht::search`].
@@ -393,6 +408,10 @@ pub struct DhtStats {
     /// Searches that asked the super nodes an old-looking record names
     /// ([`DhtConfig::confirm_after`]).
     pub confirms: u64,
+    /// Records pushed to watching super nodes.
+    pub notified: u64,
+    /// Watches refused (from outside the ring, or past the bounds).
+    pub watches_refused: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,6 +510,11 @@ pub struct Dht {
     attached: BTreeMap<UserName, Vec<PresenceRecord>>,
     next_repair: Option<Instant>,
     next_expiry: Option<Instant>,
+    /// Per user: the super nodes watching its records here (this one included when it
+    /// watches its own replica).
+    watchers: BTreeMap<UserName, BTreeSet<HostEntry>>,
+    /// Pairs in `watchers`.
+    watcher_count: usize,
     outputs: VecDeque<DhtOutput>,
     /// Searches waiting to ask the super nodes their newest record names (with when they
     /// started waiting: the next [`Dht::handle_timeout`] asks them).
@@ -522,6 +546,8 @@ impl Dht {
             attached: BTreeMap::new(),
             next_repair: None,
             next_expiry: None,
+            watchers: BTreeMap::new(),
+            watcher_count: 0,
             outputs: VecDeque::new(),
             to_confirm: Vec::new(),
             confirm_at: None,
@@ -606,9 +632,16 @@ impl Dht {
     fn store_local(&mut self, ring: &Ring, record: PresenceRecord, wall: UnixTime) -> bool {
         let user = record.user().clone();
         let revoked = &self.revoked;
+        let watched = self.watchers.contains_key(&user).then(|| record.clone());
         match self.store.store(record, wall, |d| revoked.contains(&d)) {
             Ok(()) => {
                 self.stats.stored += 1;
+                if let Some(record) = watched {
+                    let watchers: Vec<HostEntry> = self.watchers[&user].iter().copied().collect();
+                    for to in watchers {
+                        self.notify(to, record.clone());
+                    }
+                }
                 self.cache.remove(&user);
                 // The set it was placed on, for the next repair to compare with.
                 if !self.placed.contains_key(&user) {
@@ -627,6 +660,64 @@ impl Dht {
                 false
             }
         }
+    }
+
+    /// Push `record` to the watching super node `to` (this one: [`DhtOutput::Changed`]).
+    fn notify(&mut self, to: HostEntry, record: PresenceRecord) {
+        self.stats.notified += 1;
+        let record = Box::new(record);
+        self.outputs
+            .push_back(if to.static_key == self.me.static_key {
+                DhtOutput::Changed { record }
+            } else {
+                DhtOutput::Send {
+                    to,
+                    message: Message::IndexNotify { record },
+                }
+            });
+    }
+
+    /// The super node `from` (this one, for its own clients) starts or stops watching
+    /// `users` here. A new watch is answered with the records held now.
+    pub fn watch(&mut self, wall: UnixTime, from: HostEntry, users: &[UserName], watch: bool) {
+        for user in users {
+            if !watch {
+                if let Some(set) = self.watchers.get_mut(user) {
+                    if set.remove(&from) {
+                        self.watcher_count -= 1;
+                    }
+                    if set.is_empty() {
+                        self.watchers.remove(user);
+                    }
+                }
+                continue;
+            }
+            let set = self.watchers.entry(user.clone()).or_default();
+            if !set.contains(&from) {
+                if set.len() >= MAX_WATCHERS_PER_USER || self.watcher_count >= MAX_WATCHERS {
+                    if set.is_empty() {
+                        self.watchers.remove(user);
+                    }
+                    self.stats.watches_refused += 1;
+                    continue;
+                }
+                set.insert(from);
+                self.watcher_count += 1;
+            }
+            for r in self.local_answer(user, wall) {
+                self.notify(from, r);
+            }
+        }
+    }
+
+    /// Super nodes watching `user` here.
+    pub fn watchers(&self, user: &UserName) -> usize {
+        self.watchers.get(user).map_or(0, BTreeSet::len)
+    }
+
+    /// True when `record` verifies here (certificate, signature, not revoked, not expired).
+    pub fn verify_record(&self, record: &PresenceRecord, wall: UnixTime) -> bool {
+        self.verify(record, wall)
     }
 
     fn verify(&self, record: &PresenceRecord, wall: UnixTime) -> bool {
@@ -1157,6 +1248,19 @@ impl Dht {
                 }
                 true
             }
+            Message::IndexWatch {
+                full: false,
+                watch,
+                users,
+            } => {
+                // Only super nodes in the ring watch (a client watches through its own).
+                if !ring.contains(from.addr) {
+                    self.stats.watches_refused += 1;
+                    return false;
+                }
+                self.watch(wall, from, users, *watch);
+                true
+            }
             Message::IndexResult {
                 query,
                 total,
@@ -1306,6 +1410,16 @@ impl Dht {
         // does not reach back to the last repair).
         let changed = ring.changed_since(self.repaired_generation);
         self.repaired_generation = ring.generation();
+        // Watchers that left the ring watch nothing any more.
+        let me = self.me.static_key;
+        let mut dropped = 0;
+        self.watchers.retain(|_, set| {
+            let before = set.len();
+            set.retain(|w| w.static_key == me || ring.at(w.addr) == Some(w));
+            dropped += before - set.len();
+            !set.is_empty()
+        });
+        self.watcher_count -= dropped;
         let replicas = self.cfg.replicas;
         let mut users: Vec<UserName> = self
             .store
@@ -1528,6 +1642,8 @@ mod search_tests {
         dhts: Vec<Dht>,
         replies: Vec<Message<'static>>,
         done: Vec<SearchOutcome>,
+        /// Records pushed to watchers: (the watching super node, the record).
+        notified: Vec<(usize, PresenceRecord)>,
         now: Instant,
     }
 
@@ -1553,6 +1669,7 @@ mod search_tests {
                 dhts,
                 replies: Vec::new(),
                 done: Vec::new(),
+                notified: Vec::new(),
                 now: Instant::now(),
             }
         }
@@ -1581,12 +1698,17 @@ mod search_tests {
                                     .iter()
                                     .position(|d| d.me.static_key == to.static_key)
                                     .unwrap();
+                                if let Message::IndexNotify { record } = message {
+                                    self.notified.push((j, *record));
+                                    continue;
+                                }
                                 let ring = self.ring.clone();
                                 self.dhts[j]
                                     .handle_message(self.now, TEST_WALL, &ring, from, &message);
                             }
                             DhtOutput::Reply { message, .. } => self.replies.push(message),
                             DhtOutput::Done { outcome, .. } => self.done.push(outcome),
+                            DhtOutput::Changed { record } => self.notified.push((i, *record)),
                         }
                     }
                 }
@@ -1633,6 +1755,80 @@ mod search_tests {
             seq,
             TEST_WALL,
         )
+    }
+
+    #[test]
+    fn replicas_push_new_records_to_watchers_until_they_stop_or_leave() {
+        let tn = TestNetwork::new(1);
+        let mut net = Net::new(&tn, 10);
+        let ring = net.ring.clone();
+        let now = net.now;
+        let bob = UserName::parse("bob").unwrap();
+        let replicas: Vec<usize> = ring
+            .successors(Key::of_user(&bob), 2)
+            .iter()
+            .map(|e| net.dhts.iter().position(|d| d.me == *e).unwrap())
+            .collect();
+        let outside = net.outside_replicas(&bob);
+        let (watcher, home) = (outside[0], outside[1]);
+        let w = net.dhts[watcher].me;
+        // Watching at a replica that holds nothing yet costs nothing back.
+        for r in &replicas {
+            let msg = Message::IndexWatch {
+                full: false,
+                watch: true,
+                users: vec![bob.clone()],
+            };
+            assert!(net.dhts[*r].handle_message(now, TEST_WALL, &ring, w, &msg));
+        }
+        net.run();
+        assert!(net.notified.is_empty());
+        // A new record reaches the watcher from both replicas.
+        assert!(net.dhts[home].publish(now, TEST_WALL, &ring, record(&tn, "bob", 5)));
+        net.run();
+        assert_eq!(net.notified.len(), 2);
+        assert!(net
+            .notified
+            .iter()
+            .all(|(to, r)| *to == watcher && r.sequence == 5));
+        net.notified.clear();
+        // A replayed one is not stored, so not pushed.
+        assert!(!net.dhts[home].publish(now, TEST_WALL, &ring, record(&tn, "bob", 5)));
+        net.run();
+        assert!(net.notified.is_empty());
+        // A new watch is answered with what is held.
+        let late = net.dhts[outside[2]].me;
+        let msg = Message::IndexWatch {
+            full: false,
+            watch: true,
+            users: vec![bob.clone()],
+        };
+        net.dhts[replicas[0]].handle_message(now, TEST_WALL, &ring, late, &msg);
+        net.run();
+        assert_eq!(net.notified.len(), 1);
+        net.notified.clear();
+        // Someone outside the ring cannot watch.
+        let stranger = HostEntry {
+            addr: "198.18.200.1:4000".parse().unwrap(),
+            static_key: [0xEE; 32],
+        };
+        assert!(!net.dhts[replicas[0]].handle_message(now, TEST_WALL, &ring, stranger, &msg));
+        assert_eq!(net.dhts[replicas[0]].stats().watches_refused, 1);
+        // The first watcher stops at one replica, and leaves the ring (the other replica
+        // drops it at its next repair).
+        let stop = Message::IndexWatch {
+            full: false,
+            watch: false,
+            users: vec![bob.clone()],
+        };
+        net.dhts[replicas[0]].handle_message(now, TEST_WALL, &ring, w, &stop);
+        assert_eq!(net.dhts[replicas[0]].watchers(&bob), 1, "the late one");
+        let mut smaller = ring.clone();
+        smaller.remove(w.addr);
+        net.dhts[replicas[1]].ring_changed(now);
+        let later = now + DhtConfig::default().repair_interval;
+        net.dhts[replicas[1]].handle_timeout(later, TEST_WALL, &smaller);
+        assert_eq!(net.dhts[replicas[1]].watchers(&bob), 0);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! * [`relay`]: the media relay table: channels between two devices that cannot meet directly.
 //! * [`stun`]: the STUN server (RFC 8489 Binding, RFC 5780 NAT-behaviour discovery).
 //! * [`supernode`]: the super-node role's clients and membership links, and handover.
+//! * [`watch`]: a super node's watches of presence for its clients.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -27,5 +28,6 @@ pub mod node;
 pub mod relay;
 pub mod stun;
 pub mod supernode;
+pub mod watch;
 
 pub use natter_core::sansio::Machine;

@@ -297,3 +297,105 @@ fn searches_stay_fast_after_a_super_node_restarts() {
         "a search waited for a dead session: {slowest:?}"
     );
 }
+
+/// How long after now `host` hears that `user` is (`online`) or is not: the first
+/// [`NodeEvent::Presence`] saying so, within `limit`.
+fn presence_within(
+    sim: &mut Sim<NodeEvent>,
+    host: HostId,
+    user: &str,
+    online: bool,
+    limit: Duration,
+) -> Option<Duration> {
+    let (start, seen) = (sim.elapsed(), sim.events(host).len());
+    let matches = move |sim: &Sim<NodeEvent>| {
+        sim.events(host)[seen..].iter().find_map(|(at, e)| match e {
+            NodeEvent::Presence { user: u, online: o } if u.as_str() == user && *o == online => {
+                Some(*at)
+            }
+            _ => None,
+        })
+    };
+    sim.run_until_cond(limit, |sim| matches(sim).is_some());
+    matches(sim).map(|at| at - start)
+}
+
+fn watch(sim: &mut Sim<NodeEvent>, host: HostId, users: &[&str]) {
+    let users = users.iter().map(|u| UserName::parse(u).unwrap()).collect();
+    sim.with_machine(host, |n: &mut Node, now| n.watch_presence(now, users));
+}
+
+fn presence_run(seed: u64) -> Vec<Duration> {
+    let mut w = world(seed);
+    w.sim.run_for(Duration::from_secs(10));
+    let mut log = Vec::new();
+    // user0 (open) watches users behind a symmetric NAT, a UDP-blocking firewall (over TCP)
+    // and a restricted cone; sn0 (a super node, watching through its own index) watches one.
+    let watcher = w.users[0];
+    watch(&mut w.sim, watcher, &["user3", "user4", "user6"]);
+    watch(&mut w.sim, w.sns[0], &["user3"]);
+    let start = w.sim.elapsed();
+    w.sim.run_for(Duration::from_secs(2));
+    for u in ["user3", "user4", "user6"] {
+        let at = w.sim.events(watcher).iter().find_map(|(at, e)| match e {
+            NodeEvent::Presence { user, online: true } if user.as_str() == u => Some(*at),
+            _ => None,
+        });
+        log.push(at.unwrap_or_else(|| panic!("{u} not shown online")) - start);
+    }
+    // A change is pushed within 2 s, both ways, to both watchers.
+    let user3 = w.users[3];
+    w.sim
+        .with_machine(user3, |n: &mut Node, now| n.set_online(now, false));
+    let at_sn = w.sim.elapsed();
+    let t = presence_within(&mut w.sim, watcher, "user3", false, Duration::from_secs(2));
+    log.push(t.expect("user3 shown offline"));
+    assert!(
+        w.sim
+            .events(w.sns[0])
+            .iter()
+            .any(|(at, e)| *at >= at_sn && matches!(e, NodeEvent::Presence { online: false, .. })),
+        "the super node watching through its own index heard it too"
+    );
+    w.sim
+        .with_machine(user3, |n: &mut Node, now| n.set_online(now, true));
+    let t = presence_within(&mut w.sim, watcher, "user3", true, Duration::from_secs(2));
+    log.push(t.expect("user3 shown online again"));
+    // user4 loses power: its super node notices the silent link and publishes the "offline"
+    // record user4 left with it, within a minute.
+    w.sim.power_off(w.users[4]);
+    let t = presence_within(&mut w.sim, watcher, "user4", false, Duration::from_secs(60));
+    log.push(t.expect("a vanished device is shown offline within a minute"));
+    // One of the watcher's super nodes crashes: the other still pushes, within 2 s.
+    let first = w.sim.machine::<Node>(watcher).attached()[0];
+    let sn = w.sns.iter().copied().find(|h| {
+        (0..SUPER_NODES).any(|i| {
+            w.sim.host_name(*h) == format!("sn{i}")
+                && first == SocketAddr::from(([198, 18, i, 10], 4000))
+        })
+    });
+    w.sim.crash(sn.expect("the watcher's first super node"));
+    w.sim.run_for(Duration::from_secs(1));
+    let user6 = w.users[6];
+    w.sim
+        .with_machine(user6, |n: &mut Node, now| n.set_online(now, false));
+    let t = presence_within(&mut w.sim, watcher, "user6", false, Duration::from_secs(2));
+    log.push(t.expect("pushed through the other super node"));
+    // Nothing was polled: with nothing changing, a watcher hears nothing more.
+    let quiet = w.sim.events(watcher).len();
+    w.sim.run_for(Duration::from_secs(120));
+    assert!(
+        !w.sim.events(watcher)[quiet..]
+            .iter()
+            .any(|(_, e)| matches!(e, NodeEvent::Presence { .. })),
+        "no presence event without a change"
+    );
+    log
+}
+
+#[test]
+fn watched_presence_is_pushed_within_two_seconds_and_a_vanished_device_within_a_minute() {
+    let a = presence_run(26);
+    eprintln!("PRESENCE: {a:?}");
+    assert_eq!(a, presence_run(26), "deterministic");
+}

@@ -165,6 +165,8 @@ fn read_entries(r: &mut Reader<'_>) -> Result<Vec<HostEntry>, DecodeError> {
 pub const MAX_MEMBER_EVENTS: usize = 9;
 /// Most super nodes in one [`Message::IndexSearchAt`].
 pub const MAX_SEARCH_AT: usize = 4;
+/// Most users in one [`Message::IndexWatch`] (32 of the longest names fit a datagram).
+pub const MAX_WATCH_USERS: usize = 32;
 /// Most static keys in one [`Message::MemberCertPull`].
 pub const MAX_CERT_PULL: usize = 32;
 /// Most certificates in one [`Message::MemberCerts`] (5 of at most
@@ -303,6 +305,12 @@ message_types! {
     /// Search the index, and also ask the user's own super nodes (see
     /// [`Message::IndexSearchAt`]).
     IndexSearchAt = 0x36,
+    /// Watch users' presence records, or stop (see [`Message::IndexWatch`]).
+    IndexWatch = 0x37,
+    /// A watched user's record changed (see [`Message::IndexNotify`]).
+    IndexNotify = 0x38,
+    /// The record to publish when the sender's link dies (see [`Message::IndexWill`]).
+    IndexWill = 0x39,
     /// Call signalling: call invitation (see [`Message::CallInvite`]).
     CallInvite = 0x40,
     /// Call signalling: the callee's device is ringing (see [`Message::CallRinging`]).
@@ -567,6 +575,31 @@ pub enum Message<'a> {
         /// tell (replicas unreachable); try again later.
         definite: bool,
     },
+    /// Watch users' presence (`watch`) or stop watching them. From a node to its super node
+    /// (`full`: the super node watches at the users' replicas for it) or from a super node to
+    /// a replica (`full` false: push me every newer record you store of these users, and
+    /// those you hold now). At most [`MAX_WATCH_USERS`].
+    IndexWatch {
+        /// From a node (true) or from a super node (false).
+        full: bool,
+        /// Start (true) or stop (false).
+        watch: bool,
+        /// Who.
+        users: Vec<UserName>,
+    },
+    /// A record of a watched user: from a replica to a watching super node, and from there to
+    /// the watching nodes.
+    IndexNotify {
+        /// The signed record (verified again by whoever receives it).
+        record: Box<PresenceRecord>,
+    },
+    /// From a node to the super node it publishes through: the signed "offline" record to
+    /// publish for it when its link dies without a word (its sequence number is one past
+    /// the record it last published).
+    IndexWill {
+        /// The signed record (it says offline).
+        record: Box<PresenceRecord>,
+    },
     /// Invite the receiving device to a call.
     CallInvite {
         /// Chosen at random by the caller.
@@ -803,6 +836,9 @@ impl<'a> Message<'a> {
             Message::IndexSearchAt { .. } => MessageType::IndexSearchAt,
             Message::IndexResult { .. } => MessageType::IndexResult,
             Message::IndexNotFound { .. } => MessageType::IndexNotFound,
+            Message::IndexWatch { .. } => MessageType::IndexWatch,
+            Message::IndexNotify { .. } => MessageType::IndexNotify,
+            Message::IndexWill { .. } => MessageType::IndexWill,
             Message::CallInvite { .. } => MessageType::CallInvite,
             Message::CallRinging { .. } => MessageType::CallRinging,
             Message::CallAnswer { .. } => MessageType::CallAnswer,
@@ -1031,6 +1067,29 @@ impl<'a> Message<'a> {
                 query: r.u32()?,
                 hops: r.u8()?,
                 definite: r.bool("definite")?,
+            },
+            MessageType::IndexWatch => {
+                let full = r.bool("full")?;
+                let watch = r.bool("watch")?;
+                let n = usize::from(r.u8()?);
+                if n > MAX_WATCH_USERS {
+                    return Err(DecodeError::TooLong {
+                        what: "watched users",
+                        len: n,
+                        max: MAX_WATCH_USERS,
+                    });
+                }
+                let mut users = Vec::with_capacity(n);
+                for _ in 0..n {
+                    users.push(read_user(&mut r)?);
+                }
+                Message::IndexWatch { full, watch, users }
+            }
+            MessageType::IndexNotify => Message::IndexNotify {
+                record: Box::new(PresenceRecord::read(&mut r)?),
+            },
+            MessageType::IndexWill => Message::IndexWill {
+                record: Box::new(PresenceRecord::read(&mut r)?),
             },
             MessageType::CallInvite => Message::CallInvite {
                 call: CallId(r.array()?),
@@ -1292,6 +1351,17 @@ impl<'a> Message<'a> {
                 out.put_u8(*hops);
                 out.put_u8(u8::from(*definite));
             }
+            Message::IndexWatch { full, watch, users } => {
+                out.put_u8(u8::from(*full));
+                out.put_u8(u8::from(*watch));
+                let n = users.len().min(MAX_WATCH_USERS);
+                out.put_u8(n as u8);
+                for u in &users[..n] {
+                    out.put_u8(u.as_str().len() as u8);
+                    out.put_slice(u.as_str().as_bytes());
+                }
+            }
+            Message::IndexNotify { record } | Message::IndexWill { record } => record.encode(out),
             Message::CallInvite {
                 call,
                 caller,
@@ -1569,13 +1639,29 @@ mod tests {
                 query: 7,
                 hops: 2,
                 total: 3,
-                record,
+                record: record.clone(),
             },
             Message::IndexNotFound {
                 query: 7,
                 hops: 2,
                 definite: true,
             },
+            Message::IndexWatch {
+                full: true,
+                watch: true,
+                users: (0..MAX_WATCH_USERS)
+                    .map(|i| UserName::parse(&format!("u{i:0>31}")).unwrap())
+                    .collect(),
+            },
+            Message::IndexWatch {
+                full: false,
+                watch: false,
+                users: vec![UserName::parse("alice").unwrap()],
+            },
+            Message::IndexNotify {
+                record: record.clone(),
+            },
+            Message::IndexWill { record },
         ] {
             let mut b = BytesMut::new();
             m.encode(&mut b);
@@ -1805,7 +1891,7 @@ mod tests {
 
         #[test]
         fn index_decode_never_panics(
-            ty in 0x30u8..0x34,
+            ty in 0x30u8..0x3A,
             data in proptest::collection::vec(any::<u8>(), 0..1300),
         ) {
             let mut buf = vec![ty];

@@ -8,16 +8,25 @@
 //!
 //! Our own record is signed here and published whenever what it says changes (the super nodes
 //! we are attached to, our addresses, our NAT type, online or not) and every
-//! [`NodeConfig::presence_refresh`](super::NodeConfig::presence_refresh).
+//! [`NodeConfig::presence_refresh`](super::NodeConfig::presence_refresh). With each online
+//! record goes a **will**: a signed "offline" record, one sequence number further, that the
+//! super node publishes for us if our link dies without a word.
+//!
+//! **Watching**: the users set with [`Lookup::watch`] are watched through every link (or,
+//! as a super node, through our own index): the super nodes push each new record of theirs,
+//! which is verified here and reported as [`NodeEvent::Presence`] when the user's combined
+//! presence (online when any device is) changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natter_core::crypto::UserName;
+use natter_core::crypto::{DeviceId, UserName};
 use natter_core::endpoint::ConnId;
-use natter_core::overlay::{ClientSearches, PresenceRecord, SearchOutcome, SearchResult};
-use natter_core::wire::message::Message;
+use natter_core::overlay::{
+    ClientSearches, PresenceRecord, SearchOutcome, SearchResult, DEFAULT_RETENTION,
+};
+use natter_core::wire::message::{Message, MAX_WATCH_USERS};
 
 use super::parts::{Cx, Notice, PartId};
 use super::NodeEvent;
@@ -62,6 +71,16 @@ pub(crate) struct Lookup {
     published: Option<PresenceKey>,
     next_presence: Option<Instant>,
     online: bool,
+    /// Users whose presence we watch.
+    watched: BTreeSet<UserName>,
+    /// Links whose super node has the whole watch list.
+    watch_links: BTreeSet<ConnId>,
+    /// Our own super-node role has the whole watch list.
+    watch_here: bool,
+    /// Per watched user: the newest sequence number and online flag per device.
+    presence: BTreeMap<UserName, BTreeMap<DeviceId, (u64, bool)>>,
+    /// Per watched user: the combined presence last reported.
+    shown: BTreeMap<UserName, bool>,
 }
 
 impl Lookup {
@@ -76,6 +95,120 @@ impl Lookup {
             published: None,
             next_presence: None,
             online: true,
+            watched: BTreeSet::new(),
+            watch_links: BTreeSet::new(),
+            watch_here: false,
+            presence: BTreeMap::new(),
+            shown: BTreeMap::new(),
+        }
+    }
+
+    /// Watch exactly these users' presence from now on.
+    pub fn watch(&mut self, cx: &mut Cx<'_>, users: BTreeSet<UserName>) {
+        let added: Vec<UserName> = users.difference(&self.watched).cloned().collect();
+        let removed: Vec<UserName> = self.watched.difference(&users).cloned().collect();
+        self.watched = users;
+        for u in &removed {
+            self.presence.remove(u);
+            self.shown.remove(u);
+        }
+        self.send_watch(cx, &removed, false);
+        self.send_watch(cx, &added, true);
+        self.sync_watch_links(cx);
+    }
+
+    /// Tell where we watch from that these users are (no longer) watched.
+    fn send_watch(&mut self, cx: &mut Cx<'_>, users: &[UserName], watch: bool) {
+        if users.is_empty() {
+            return;
+        }
+        if self.watch_here {
+            cx.out.notify(
+                PartId::SuperNode,
+                Notice::WatchHere {
+                    users: users.to_vec(),
+                    watch,
+                },
+            );
+        }
+        for conn in &self.watch_links {
+            for chunk in users.chunks(MAX_WATCH_USERS) {
+                let msg = Message::IndexWatch {
+                    full: true,
+                    watch,
+                    users: chunk.to_vec(),
+                };
+                let _ = cx.sessions.send(cx.now, *conn, &msg);
+            }
+        }
+    }
+
+    /// Give the whole watch list to every new link (or to our own role when we are a super
+    /// node): it watches for us from then on.
+    fn sync_watch_links(&mut self, cx: &mut Cx<'_>) {
+        let all: Vec<UserName> = self.watched.iter().cloned().collect();
+        if cx.facts.super_node {
+            self.watch_links.clear();
+            if !self.watch_here {
+                self.watch_here = true;
+                cx.out.notify(
+                    PartId::SuperNode,
+                    Notice::WatchHere {
+                        users: all,
+                        watch: true,
+                    },
+                );
+            }
+            return;
+        }
+        self.watch_here = false;
+        let links: BTreeSet<ConnId> = cx.facts.links.iter().map(|l| l.conn).collect();
+        self.watch_links.retain(|c| links.contains(c));
+        for conn in links {
+            if self.watch_links.insert(conn) {
+                for chunk in all.chunks(MAX_WATCH_USERS) {
+                    let msg = Message::IndexWatch {
+                        full: true,
+                        watch: true,
+                        users: chunk.to_vec(),
+                    };
+                    let _ = cx.sessions.send(cx.now, conn, &msg);
+                }
+            }
+        }
+    }
+
+    /// A watched user's record (from a link's super node, or from our own index): verified,
+    /// kept when newer, and reported when the user's combined presence changes.
+    fn on_record(&mut self, cx: &mut Cx<'_>, record: &PresenceRecord) {
+        let user = record.user();
+        if !self.watched.contains(user) {
+            cx.out.stats.overlay_dropped += 1;
+            return;
+        }
+        let devices = self.presence.entry(user.clone()).or_default();
+        if devices
+            .get(&record.device())
+            .is_some_and(|(seq, _)| *seq >= record.sequence)
+        {
+            return;
+        }
+        if record
+            .verify(&cx.cfg.identity.trusted, cx.wall, DEFAULT_RETENTION, |_| {
+                false
+            })
+            .is_err()
+        {
+            cx.out.stats.overlay_dropped += 1;
+            return;
+        }
+        devices.insert(record.device(), (record.sequence, record.online));
+        let online = devices.values().any(|(_, online)| *online);
+        if self.shown.insert(user.clone(), online) != Some(online) {
+            cx.out.events.push_back(NodeEvent::Presence {
+                user: user.clone(),
+                online,
+            });
         }
     }
 
@@ -148,6 +281,14 @@ impl Lookup {
 
     /// An answer to one of our searches, from the super node asked.
     pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
+        if let Message::IndexNotify { record } = msg {
+            if cx.facts.links.iter().any(|l| l.conn == conn) {
+                self.on_record(cx, record);
+            } else {
+                cx.out.stats.overlay_dropped += 1;
+            }
+            return;
+        }
         let query = match msg {
             Message::IndexResult { query, .. } | Message::IndexNotFound { query, .. } => *query,
             _ => {
@@ -168,7 +309,11 @@ impl Lookup {
     pub fn on_notice(&mut self, cx: &mut Cx<'_>, notice: Notice) {
         match notice {
             Notice::SearchDone { id, outcome } => self.finished(cx, id, outcome),
-            Notice::FactsChanged => self.publish(cx),
+            Notice::FactsChanged => {
+                self.publish(cx);
+                self.sync_watch_links(cx);
+            }
+            Notice::Presence(record) => self.on_record(cx, &record),
             _ => {}
         }
     }
@@ -300,7 +445,29 @@ impl Lookup {
                 replicate: true,
                 record: Box::new(record),
             };
-            cx.sessions.send(cx.now, conn, &msg).is_ok()
+            let sent = cx.sessions.send(cx.now, conn, &msg).is_ok();
+            if sent && self.online {
+                // Our will: "offline", one further, for the super node to publish if our
+                // link dies without a word. The next record goes past it.
+                self.presence_seq += 1;
+                let will = PresenceRecord::sign(
+                    &cx.cfg.identity.device,
+                    cx.cfg.identity.certificate.clone(),
+                    false,
+                    Vec::new(),
+                    None,
+                    Vec::new(),
+                    key.nat,
+                    cx.cfg.identity.capabilities,
+                    self.presence_seq,
+                    cx.wall,
+                );
+                let msg = Message::IndexWill {
+                    record: Box::new(will),
+                };
+                let _ = cx.sessions.send(cx.now, conn, &msg);
+            }
+            sent
         } else {
             false
         };

@@ -35,6 +35,7 @@
 //! node whose periodic re-check finds it no longer open demotes itself and hands its clients
 //! over. Operators can force or forbid the role.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -127,6 +128,15 @@ pub enum NodeEvent {
         call: CallId,
         /// The frame (see `natter_media::frame`).
         data: Bytes,
+    },
+    /// A user watched with [`Node::watch_presence`] came online (one of their devices did) or
+    /// went offline (the last one did, or vanished: its super node published the "offline"
+    /// record it left). Also reported once when a watched user's presence is first known.
+    Presence {
+        /// Who.
+        user: UserName,
+        /// Online now.
+        online: bool,
     },
     /// A search started with [`Node::search`] ended.
     Search {
@@ -366,6 +376,11 @@ impl Node {
         self.super_node.as_ref().map_or(0, |s| s.ring().len())
     }
 
+    /// The presence watches of this super node's clients (as a super node).
+    pub fn watches(&self) -> Option<&crate::watch::Watches> {
+        self.super_node.as_ref().map(|s| s.watches())
+    }
+
     /// The relay counters, as a super node.
     pub fn relay(&self) -> Option<&crate::relay::Relay> {
         self.super_node.as_ref().map(|s| s.relay())
@@ -406,6 +421,14 @@ impl Node {
     pub fn set_online(&mut self, now: Instant, online: bool) {
         let mut cx = cx!(self, now, PartId::Lookup);
         self.lookup.set_online(&mut cx, online);
+        self.drive(now);
+    }
+
+    /// Watch exactly these users' presence from now on (replacing the previous set): changes
+    /// arrive as [`NodeEvent::Presence`], pushed by the super nodes (nothing is polled).
+    pub fn watch_presence(&mut self, now: Instant, users: BTreeSet<UserName>) {
+        let mut cx = cx!(self, now, PartId::Lookup);
+        self.lookup.watch(&mut cx, users);
         self.drive(now);
     }
 

@@ -277,6 +277,16 @@ pub(crate) enum Notice {
     },
     /// Store our own presence record in our own index (to the super-node role).
     Publish(Box<PresenceRecord>),
+    /// Watch (or stop watching) these users' presence through our own index (to the
+    /// super-node role).
+    WatchHere {
+        /// Who.
+        users: Vec<UserName>,
+        /// Start or stop.
+        watch: bool,
+    },
+    /// A watched user's record, from our own index (to the index client).
+    Presence(Box<PresenceRecord>),
     /// We sent UDP to this address (to the uplink: its filter towards us may be open, which
     /// the NAT probe must know).
     UdpContacted(SocketAddr),

@@ -70,6 +70,9 @@ pub(crate) fn message(msg: &Message<'_>, owner: Option<PartId>, super_node: bool
         Message::IndexResult { .. } | Message::IndexNotFound { .. } if !super_node => {
             Route::To(Lookup)
         }
+        // Watched users' records: pushed to us by our super node, or, when we are one, by
+        // the replicas we watch at.
+        Message::IndexNotify { .. } if !super_node => Route::To(Lookup),
         // The super-node role: attach requests, host-cache requests, membership, the index,
         // STUN partnering.
         Message::OverlayAttach { .. }
@@ -87,7 +90,10 @@ pub(crate) fn message(msg: &Message<'_>, owner: Option<PartId>, super_node: bool
         | Message::IndexSearch { .. }
         | Message::IndexSearchAt { .. }
         | Message::IndexResult { .. }
-        | Message::IndexNotFound { .. } => Route::To(SuperNode),
+        | Message::IndexNotFound { .. }
+        | Message::IndexWatch { .. }
+        | Message::IndexNotify { .. }
+        | Message::IndexWill { .. } => Route::To(SuperNode),
         // Handled inside the endpoint, or not implemented by this build.
         _ => Route::Drop,
     }

@@ -1,13 +1,14 @@
 //! A super node's side of the global index: the [`Dht`], the [`Ring`] it routes on (kept in
-//! step with the membership), and the sessions with other super nodes that carry the index's
-//! and the membership's messages.
+//! step with the membership), the presence watches of its clients ([`Watches`]) and their
+//! wills, and the sessions with other super nodes that carry the index's and the membership's
+//! messages.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use natter_core::crypto::{DeviceId, UserName};
-use natter_core::endpoint::{ConnId, Path};
+use natter_core::endpoint::{CloseCause, ConnId, Path};
 use natter_core::overlay::PresenceRecord;
 use natter_core::sansio::Destination;
 use natter_core::wire::message::{HostEntry, Message};
@@ -15,6 +16,11 @@ use natter_core::wire::message::{HostEntry, Message};
 use super::super::parts::{Cx, Notice, PartId};
 use crate::dht::{Dht, DhtOutput, Key, Origin, Ring};
 use crate::supernode::SuperNodeRole;
+use crate::watch::{WatchOutput, Watches};
+
+/// The client handle of this node's own watches (the node is a super node and watches its
+/// user's contacts through its own part).
+pub(crate) const SELF_CLIENT: u64 = u64::MAX;
 
 /// How often a super node re-reads its membership into the index ring.
 const RING_SYNC: Duration = Duration::from_secs(2);
@@ -37,6 +43,10 @@ pub(crate) struct IndexPart {
     connecting: BTreeMap<ConnId, (HostEntry, Vec<Message<'static>>)>,
     /// Super nodes a session could not be opened with: out of the ring until then.
     suspects: BTreeMap<SocketAddr, Instant>,
+    /// Presence watches for our clients (and ourselves).
+    watches: Watches,
+    /// Per client session: the signed "offline" record to publish if it dies without a word.
+    wills: BTreeMap<ConnId, PresenceRecord>,
 }
 
 impl IndexPart {
@@ -54,7 +64,20 @@ impl IndexPart {
             sessions: BTreeMap::new(),
             connecting: BTreeMap::new(),
             suspects: BTreeMap::new(),
+            watches: Watches::new(me),
+            wills: BTreeMap::new(),
         }
+    }
+
+    /// The presence watches.
+    pub fn watches(&self) -> &Watches {
+        &self.watches
+    }
+
+    /// This node's own watches (it is a super node).
+    pub fn watch_here(&mut self, users: &[UserName], watch: bool) {
+        self.watches
+            .client_watch(&self.ring, SELF_CLIENT, users, watch);
     }
 
     pub fn dht(&self) -> &Dht {
@@ -156,12 +179,34 @@ impl IndexPart {
                 moved = true;
                 self.sync_ring(cx, role);
             }
+            self.watches.ring_changed(&self.ring);
+            while let Some(out) = self.watches.poll_output() {
+                moved = true;
+                match out {
+                    WatchOutput::Send { to, message } => self.send_to_super_node(cx, to, message),
+                    WatchOutput::Local { watch, users } => {
+                        self.dht.watch(cx.wall, self.me, &users, watch)
+                    }
+                    WatchOutput::Deliver { client, record } if client == SELF_CLIENT => {
+                        cx.out.notify(PartId::Lookup, Notice::Presence(record));
+                    }
+                    WatchOutput::Deliver { client, record } => {
+                        let message = Message::IndexNotify { record };
+                        let _ = cx.sessions.send(cx.now, ConnId(client as u32), &message);
+                    }
+                }
+            }
             while let Some(out) = self.dht.poll_output() {
                 moved = true;
                 match out {
                     DhtOutput::Send { to, message } => self.send_to_super_node(cx, to, message),
                     DhtOutput::Reply { client, message } => {
                         let _ = cx.sessions.send(cx.now, ConnId(client as u32), &message);
+                    }
+                    DhtOutput::Changed { record } => {
+                        // Verified when our index stored it.
+                        let me = self.me;
+                        self.watches.on_notify(&me, *record, |_| true);
                     }
                     DhtOutput::Done { id, outcome } => {
                         cx.out
@@ -272,6 +317,8 @@ impl IndexPart {
             } | Message::IndexSearch { full: false, .. }
                 | Message::IndexResult { .. }
                 | Message::IndexNotFound { .. }
+                | Message::IndexWatch { full: false, .. }
+                | Message::IndexNotify { .. }
         );
         if from_super_node {
             match from {
@@ -310,6 +357,38 @@ impl IndexPart {
             } => self.client_search(cx, conn, *query, user, &[]),
             Message::IndexSearchAt { query, user, at } => {
                 self.client_search(cx, conn, *query, user, at)
+            }
+            // A client watches users' presence, or leaves its will.
+            Message::IndexWatch {
+                full: true,
+                watch,
+                users,
+            } => self
+                .watches
+                .client_watch(&self.ring, u64::from(conn.0), users, *watch),
+            Message::IndexWill { record } => {
+                // Its own, saying offline, newer than the one held.
+                let fits = record.certificate.dh_public == peer_key
+                    && !record.online
+                    && self
+                        .wills
+                        .get(&conn)
+                        .is_none_or(|w| w.sequence < record.sequence);
+                if fits {
+                    self.wills.insert(conn, (**record).clone());
+                } else {
+                    cx.out.stats.overlay_dropped += 1;
+                }
+            }
+            // A replica pushes a watched user's record.
+            Message::IndexNotify { record } => {
+                let dht = &self.dht;
+                if !self
+                    .watches
+                    .on_notify(&from, (**record).clone(), |r| dht.verify_record(r, wall))
+                {
+                    cx.out.stats.overlay_dropped += 1;
+                }
             }
             // Another super node stores, asks, or answers.
             m => {
@@ -419,8 +498,16 @@ impl IndexPart {
         }
     }
 
-    /// A session ended: no index traffic on it any more.
-    pub fn session_closed(&mut self, cx: &mut Cx<'_>, conn: ConnId) {
+    /// A session ended: no index traffic on it any more. A client's watches end with it, and
+    /// a client that vanished without a word (its session timed out, or it restarted) is
+    /// published offline with the will it left.
+    pub fn session_closed(&mut self, cx: &mut Cx<'_>, conn: ConnId, cause: CloseCause) {
+        self.watches.client_gone(u64::from(conn.0));
+        if let Some(will) = self.wills.remove(&conn) {
+            if matches!(cause, CloseCause::Timeout | CloseCause::Reset) {
+                self.dht.publish(cx.now, cx.wall, &self.ring, will);
+            }
+        }
         let gone: Vec<SocketAddr> = self
             .sessions
             .iter()

@@ -99,6 +99,11 @@ impl SuperNode {
         self.index.ring()
     }
 
+    /// The presence watches of our clients.
+    pub fn watches(&self) -> &crate::watch::Watches {
+        self.index.watches()
+    }
+
     /// The relay.
     pub fn relay(&self) -> &crate::relay::Relay {
         self.relay.relay()
@@ -148,8 +153,8 @@ impl SuperNode {
         let consumed = match e {
             EndpointEvent::Connected { conn, .. } => self.index.connected(cx, *conn),
             EndpointEvent::ConnectFailed { conn, .. } => self.index.connect_failed(cx, *conn),
-            EndpointEvent::Closed { conn, .. } => {
-                self.index.session_closed(cx, *conn);
+            EndpointEvent::Closed { conn, cause } => {
+                self.index.session_closed(cx, *conn, *cause);
                 if let Some(ev) = self.role.session_closed(*conn) {
                     cx.out.events.push_back(NodeEvent::SuperNode(ev));
                 }
@@ -193,7 +198,10 @@ impl SuperNode {
             | Message::IndexSearch { .. }
             | Message::IndexSearchAt { .. }
             | Message::IndexResult { .. }
-            | Message::IndexNotFound { .. } => self.index.on_message(cx, conn, msg),
+            | Message::IndexNotFound { .. }
+            | Message::IndexWatch { .. }
+            | Message::IndexNotify { .. }
+            | Message::IndexWill { .. } => self.index.on_message(cx, conn, msg),
             _ => self.role_message(cx, conn, msg),
         }
         self.flush(cx);
@@ -231,6 +239,16 @@ impl SuperNode {
         for r in replies {
             let _ = cx.sessions.send(cx.now, r.conn, &r.message);
         }
+        if matches!(msg, Message::OverlayAttach { .. })
+            && self.role.clients().any(|(c, _)| *c == conn)
+        {
+            // A client that vanishes is noticed after two and a half of its keep-alive
+            // intervals (50 s by default), so its contacts see it offline within a minute.
+            let idle = (cx.cfg.keepalive * 5 / 2).min(cx.cfg.idle_timeout);
+            cx.sessions
+                .endpoint()
+                .set_session_timing(conn, cx.cfg.keepalive, idle);
+        }
         cx.out
             .events
             .extend(events.into_iter().map(NodeEvent::SuperNode));
@@ -253,6 +271,7 @@ impl SuperNode {
             }
             Notice::SearchHere { id, user } => self.index.search_here(cx, id, user),
             Notice::Publish(record) => self.index.publish(cx, *record),
+            Notice::WatchHere { users, watch } => self.index.watch_here(&users, watch),
             _ => {}
         }
         self.flush(cx);
