@@ -565,6 +565,13 @@ enum NatterEventKind
    * `user`: the user asked; `result`: why; `detail`: a description.
    */
   NATTER_EVENT_CONTACT_REQUEST_FAILED = 64,
+  /**
+   * (ABI 0.3.) A contact's presence changed, pushed by their super nodes (within a second
+   * or two; a device that vanished without a word within a minute), or became known after
+   * login. `user`: the contact; `code`: a `NatterAvailability` (online or offline for
+   * now); `detail`: a description. Also in `NatterContact::availability`.
+   */
+  NATTER_EVENT_CONTACT_PRESENCE = 65,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -1164,6 +1171,12 @@ typedef struct {
    * True for a blocked user: their calls never ring.
    */
   bool blocked;
+  /**
+   * How available they are, as their super nodes last pushed it (a `NatterAvailability`:
+   * `NATTER_AVAILABILITY_ONLINE` or `NATTER_AVAILABILITY_OFFLINE` for now; offline until
+   * known). Changes come as `NATTER_EVENT_CONTACT_PRESENCE`.
+   */
+  uint32_t availability;
 } NatterContact;
 
 /**

@@ -600,10 +600,10 @@ fn report_presence(p: &natter::Presence) {
 fn contact_json(c: &natter::Contact) -> serde_json::Value {
     json!({"user": c.user.as_str(), "contact": c.contact, "blocked": c.blocked,
            "nickname": c.nickname, "display_name": c.display_name, "groups": c.groups,
-           "request": c.request})
+           "request": c.request, "availability": c.availability.name()})
 }
 
-/// A buddy-list entry in words: `  bob "Bobby" [work, family] (blocked)`.
+/// A buddy-list entry in words: `  bob "Bobby" [work, family] online (blocked)`.
 fn contact_text(c: &natter::Contact) -> String {
     let mut t = format!("  {}", c.user);
     if !c.nickname.is_empty() {
@@ -611,6 +611,9 @@ fn contact_text(c: &natter::Contact) -> String {
     }
     if !c.groups.is_empty() {
         t += &format!(" [{}]", c.groups.join(", "));
+    }
+    if c.contact && !c.blocked {
+        t += &format!(" {}", c.availability.name());
     }
     match (c.contact, c.blocked) {
         (true, true) => t += " (blocked)",
@@ -681,7 +684,7 @@ fn edit_contact(
     let mut j = entry.as_ref().map_or_else(
         || {
             json!({"user": name.as_str(), "contact": false, "blocked": false, "nickname": "",
-                  "display_name": "", "groups": []})
+                  "display_name": "", "groups": [], "availability": "offline"})
         },
         contact_json,
     );
@@ -1143,6 +1146,10 @@ fn event_json(e: &Event) -> Option<serde_json::Value> {
         }
         Event::ContactAccepted { user } => {
             json!({"event": "contact_accepted", "user": user.as_str()})
+        }
+        Event::ContactPresence { user, availability } => {
+            json!({"event": "contact_presence", "user": user.as_str(),
+                   "availability": availability.name()})
         }
         Event::ContactRequestFailed { user, error } => {
             json!({"event": "contact_request_failed", "user": user.as_str(),

@@ -959,6 +959,16 @@ fn index_and_calls(
         Err(e) => r.fail(&e),
     }
     let t = r.step(
+        "bob turns invisible, then back online: alice, his contact, sees each change pushed by the super nodes",
+    );
+    match contact_presence_step(&clients[0], &clients[1]) {
+        Ok((detail, slowest)) => {
+            r.ok(t, &detail);
+            r.row("Presence change reaching a contact", ms(slowest));
+        }
+        Err(e) => r.fail(&e),
+    }
+    let t = r.step(
         "bob's microphone hears his speaker (a synthetic room: 100 ms, 300 ms of reverberation): alice hears herself, until bob turns on echo cancellation, noise suppression and gain control",
     );
     match echo_step(&clients[0], &clients[1]) {
@@ -1064,6 +1074,48 @@ fn presence_step(alice: &Client, bob: &Client, carol: &Client) -> Result<String,
     }
     Ok(format!(
         "alice's call ended \"{ended}\" without ringing; invisible bob: carol's search says offline, yet his call to alice rang; online again"
+    ))
+}
+
+/// bob turns invisible, then online again: alice (his contact since the buddy-list step)
+/// hears each change, pushed. Returns the details and the slower of the two.
+fn contact_presence_step(alice: &Client, bob: &Client) -> Result<(String, Duration), String> {
+    use natter::Availability;
+    let mut took = Vec::new();
+    for (set, shown) in [
+        (Availability::Invisible, Availability::Offline),
+        (Availability::Online, Availability::Online),
+    ] {
+        let started = Instant::now();
+        bob.set_presence(set, "").map_err(|e| e.to_string())?;
+        let deadline = started + STEP_TIMEOUT;
+        loop {
+            match alice
+                .events()
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Event::ContactPresence { user, availability })
+                    if user.as_str() == "bob" && availability == shown =>
+                {
+                    break
+                }
+                Ok(_) => {}
+                Err(_) => return Err(format!("alice never saw bob {}", shown.name())),
+            }
+        }
+        took.push(started.elapsed());
+    }
+    let listed = alice.contact("bob").map(|c| c.availability);
+    if listed != Some(Availability::Online) {
+        return Err(format!("alice's list shows bob {listed:?}"));
+    }
+    Ok((
+        format!(
+            "alice saw bob offline after {} and online again after {} (no polling: bob's super node pushes to the replicas, which push to alice's)",
+            ms(took[0]),
+            ms(took[1])
+        ),
+        took[0].max(took[1]),
     ))
 }
 

@@ -295,7 +295,8 @@ impl Running {
     }
 }
 
-/// One line for a joining or search event (nothing for call events), as a person reads it.
+/// One line for a joining, search or contacts event (nothing for call events), as a person
+/// reads it.
 pub fn describe(e: &Event) {
     match e {
         Event::Connecting { candidates } => {
@@ -326,7 +327,12 @@ pub fn describe(e: &Event) {
         Event::RoleChanged { .. }
         | Event::CertificateRenewed
         | Event::DevicesRevoked { .. }
-        | Event::LoginRequired => say!("{e}"),
+        | Event::LoginRequired
+        | Event::ContactRequest { .. }
+        | Event::ContactAccepted { .. }
+        | Event::ContactRequestFailed { .. }
+        | Event::ContactPresence { .. }
+        | Event::ContactsSyncFailed { .. } => say!("{e}"),
         other => tracing::debug!(event = %other, "event"),
     }
 }

@@ -192,6 +192,18 @@ fn two_programs_call_each_other_through_the_json_interface() {
     bob.send(serde_json::json!({"cmd": "decline_contact", "user": "alice"}));
     let unchanged = bob.wait(is("contact"));
     assert_eq!(unchanged["changed"], false, "{unchanged}");
+    // Contacts see each other's presence, pushed: alice turns invisible, then back.
+    alice.send(serde_json::json!({"cmd": "set_presence", "availability": "invisible"}));
+    bob.wait(|v| {
+        v["event"] == "contact_presence" && v["user"] == "alice" && v["availability"] == "offline"
+    });
+    alice.send(serde_json::json!({"cmd": "set_presence", "availability": "online"}));
+    bob.wait(|v| {
+        v["event"] == "contact_presence" && v["user"] == "alice" && v["availability"] == "online"
+    });
+    bob.send(serde_json::json!({"cmd": "contacts"}));
+    let list = bob.wait(is("contacts"));
+    assert_eq!(list["contacts"][0]["availability"], "online", "{list}");
     // Presence: do not disturb, then back; a mood too long is refused.
     bob.send(
         serde_json::json!({"cmd": "set_presence", "availability": "dnd", "mood": "busy busy"}),

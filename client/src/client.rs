@@ -502,7 +502,7 @@ impl Shared {
         let user = li.certificate.user.clone();
         self.contacts.open(&user, li.certificate.device);
         *lock(&self.login) = Some(li);
-        self.push_blocked();
+        self.push_contacts();
         // The buddy list: merged with its backup. With the password in a foreground login,
         // now: the list's key is on this device when the login returns (later logins may go
         // without the password); otherwise in the background.
@@ -1088,11 +1088,13 @@ impl Client {
         cfg.local_addresses = local_addresses(cfg.listen);
         // Before the node's first packet: whom to refuse, and whether to publish as online.
         let blocked = self.shared.contacts.blocked();
+        let watched = self.shared.contacts.watched();
         let presence = lock(&self.shared.presence).effective();
         let rt = Runtime::spawn_bound(sockets, move |now, _| {
             cfg.clock_anchor = now;
             let mut node = Node::new(cfg, now);
             node.set_blocked(blocked.into_iter().collect());
+            node.watch_presence(now, watched);
             apply_presence(&mut node, now, &presence);
             node
         })
@@ -1367,7 +1369,7 @@ impl Client {
     /// One user's entry in the buddy list, if any.
     pub fn contact(&self, user: &str) -> Option<Contact> {
         let name = UserName::parse(user).ok()?;
-        self.contacts().into_iter().find(|c| c.user == name)
+        self.shared.contacts.get(&name)
     }
 
     fn edit_contacts(
@@ -1384,7 +1386,7 @@ impl Client {
         })?;
         let changed = edit(&self.shared.contacts, &name)?;
         if changed {
-            self.shared.push_blocked();
+            self.shared.push_contacts();
         }
         Ok(changed)
     }

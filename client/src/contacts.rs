@@ -40,6 +40,7 @@ use natter_transport::{os_seed, wall_clock};
 use crate::client::{client_version, lock, Shared, LOGIN_TIMEOUT};
 use crate::error::{AccountError, ContactsError, ServerError};
 use crate::events::Event;
+use crate::presence::Availability;
 
 /// How often a logged-in client fetches the backup to learn its other devices' edits.
 pub const CONTACTS_PULL_EVERY: Duration = Duration::from_secs(600);
@@ -81,6 +82,10 @@ pub struct Contact {
     /// [`Client::add_contact`](crate::Client::add_contact) (accept) or
     /// [`Client::decline_contact`](crate::Client::decline_contact), or leave it.
     pub request: Option<String>,
+    /// How available they are, as their super nodes last pushed it (contacts only: `Online`
+    /// or `Offline` for now; `Offline` until known). Changes come as
+    /// [`Event::ContactPresence`](crate::Event::ContactPresence).
+    pub availability: Availability,
 }
 
 /// What [`Client::sync_contacts`](crate::Client::sync_contacts) did.
@@ -96,7 +101,7 @@ pub struct ContactsSync {
 }
 
 /// `user`'s entry as the application sees it (`None`: neither a contact nor blocked).
-fn view(b: &Book, user: &UserName) -> Option<Contact> {
+fn view(b: &Book, seen: &BTreeMap<UserName, Availability>, user: &UserName) -> Option<Contact> {
     let entry = b
         .list
         .get(user)
@@ -117,6 +122,7 @@ fn view(b: &Book, user: &UserName) -> Option<Contact> {
         display_name: entry.map_or_else(String::new, |e| e.display_name().to_string()),
         groups: entry.map_or_else(Vec::new, |e| e.groups().map(str::to_string).collect()),
         request,
+        availability: seen.get(user).copied().unwrap_or(Availability::Offline),
     })
 }
 
@@ -295,8 +301,10 @@ pub(crate) struct Contacts {
     book: Mutex<Option<Book>>,
     /// Held for a whole sync: one at a time.
     syncing: Mutex<()>,
-    /// Held while the blocked users go to the node: one push at a time.
+    /// Held while the blocked and watched users go to the node: one push at a time.
     pushing: Mutex<()>,
+    /// Contacts' presence, as pushed to the node (lock order: after `book`).
+    seen: Mutex<BTreeMap<UserName, Availability>>,
     control: Mutex<Control>,
     wake: Condvar,
     /// Set when the client closes: an exchange under way gives up.
@@ -317,6 +325,7 @@ impl Contacts {
             book: Mutex::new(None),
             syncing: Mutex::new(()),
             pushing: Mutex::new(()),
+            seen: Mutex::new(BTreeMap::new()),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
             cancel: Arc::default(),
@@ -353,6 +362,7 @@ impl Contacts {
     /// stays.
     pub fn forget(&self) {
         *lock(&self.book) = None;
+        lock(&self.seen).clear();
         let mut ctl = lock(&self.control);
         ctl.password = None;
         ctl.backoff = None;
@@ -395,6 +405,12 @@ impl Contacts {
         write_private(&path, &data).map_err(|source| ContactsError::Io { path, source })
     }
 
+    /// `user`'s entry (`None`: neither a contact, nor blocked, nor asking).
+    pub fn get(&self, user: &UserName) -> Option<Contact> {
+        let book = lock(&self.book);
+        book.as_ref().and_then(|b| view(b, &lock(&self.seen), user))
+    }
+
     /// Every user in the list.
     pub fn list(&self) -> Vec<Contact> {
         let book = lock(&self.book);
@@ -404,7 +420,34 @@ impl Contacts {
         let mut users: Vec<&UserName> = b.list.entries().map(|(u, _)| u).collect();
         users.extend(b.incoming.keys().filter(|u| b.list.get(u).is_none()));
         users.sort();
-        users.into_iter().filter_map(|u| view(b, u)).collect()
+        let seen = lock(&self.seen);
+        users
+            .into_iter()
+            .filter_map(|u| view(b, &seen, u))
+            .collect()
+    }
+
+    /// The contacts whose presence this device watches: every contact not blocked.
+    pub fn watched(&self) -> BTreeSet<UserName> {
+        let book = lock(&self.book);
+        book.as_ref().map_or_else(BTreeSet::new, |b| {
+            b.list
+                .entries()
+                .filter(|(_, e)| e.is_contact() && !e.is_blocked())
+                .map(|(u, _)| u.clone())
+                .collect()
+        })
+    }
+
+    /// A watched contact's presence changed (pushed by the node). False when `user` is no
+    /// longer watched (the push raced with its removal) or nothing changed.
+    pub fn presence_changed(&self, user: &UserName, availability: Availability) -> bool {
+        let book = lock(&self.book);
+        let watched = book
+            .as_ref()
+            .and_then(|b| b.list.get(user))
+            .is_some_and(|e| e.is_contact() && !e.is_blocked());
+        watched && lock(&self.seen).insert(user.clone(), availability) != Some(availability)
     }
 
     /// The blocked users.
@@ -440,7 +483,8 @@ impl Contacts {
         let b = book.as_mut().ok_or(ContactsError::NotLoggedIn)?;
         let before = b.clone();
         edit(b, now_ms()).map_err(ContactsError::Edit)?;
-        if view(b, user) == view(&before, user) {
+        let unseen = BTreeMap::new();
+        if view(b, &unseen, user) == view(&before, &unseen, user) {
             *b = before;
             return Ok(false);
         }
@@ -676,15 +720,21 @@ impl Contacts {
 }
 
 impl Shared {
-    /// Push the blocked users to the running node (their calls are dropped there).
-    pub(crate) fn push_blocked(&self) {
+    /// Push the blocked users (their calls are dropped there) and the contacts whose
+    /// presence to watch to the running node.
+    pub(crate) fn push_contacts(&self) {
         // One push at a time, each with the list as it is once its turn comes: the last
-        // one sent holds every block made before it (lock order: this, then the book, then
+        // one sent holds every edit made before it (lock order: this, then the book, then
         // the client's state).
         let _turn = lock(&self.contacts.pushing);
         let blocked = self.contacts.blocked();
+        let watched = self.contacts.watched();
+        lock(&self.contacts.seen).retain(|u, _| watched.contains(u));
         if let Some(rt) = self.runtime() {
-            rt.command(move |n, _| n.set_blocked(blocked.into_iter().collect()));
+            rt.command(move |n, now| {
+                n.set_blocked(blocked.into_iter().collect());
+                n.watch_presence(now, watched);
+            });
         }
     }
 
@@ -1040,7 +1090,7 @@ impl Shared {
                 Ok::<_, ContactsError>((ahead || rewrap_now).then(|| b.list.clone()))
             })??;
             if merged {
-                self.push_blocked();
+                self.push_contacts();
             }
             let Some(list) = stored_state else {
                 return Ok(ContactsSync {

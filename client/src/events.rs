@@ -15,6 +15,7 @@ use crate::audio::AudioDevice;
 use crate::call::Call;
 use crate::client::LoginInfo;
 use crate::error::{ContactsError, LoginError, RegisterError};
+use crate::presence::Availability;
 use crate::types::{
     CallId, CallStats, EndReason, NodeRole, PathInfo, RequestId, SearchId, SearchOutcome,
 };
@@ -135,6 +136,17 @@ pub enum Event {
     ContactAccepted {
         /// Who.
         user: UserName,
+    },
+    /// A contact's presence changed, as their super nodes pushed it (within a second or two
+    /// of the change; a device that vanished without a word within a minute). Also once
+    /// when it is first known after login. Read it any time as
+    /// [`Contact::availability`](crate::Contact::availability).
+    ContactPresence {
+        /// The contact.
+        user: UserName,
+        /// `Online` or `Offline` (away, do not disturb and the mood are not shown to contacts
+        /// yet).
+        availability: Availability,
     },
     /// A contact request could not be delivered, ever (no such user): it was dropped.
     ContactRequestFailed {
@@ -410,6 +422,9 @@ impl fmt::Display for Event {
                 false => write!(f, "{from} asks to be your contact: {note:?}"),
             },
             Event::ContactAccepted { user } => write!(f, "{user} accepted: now a contact"),
+            Event::ContactPresence { user, availability } => {
+                write!(f, "{user} is {}", availability.name())
+            }
             Event::ContactRequestFailed { user, error } => {
                 write!(f, "the contact request to {user} failed: {error}")
             }

@@ -27,6 +27,7 @@ use natter_transport::runtime::{Runtime, RuntimeHandle};
 use crate::call::FollowUp;
 use crate::client::{lock, Shared};
 use crate::events::Event;
+use crate::presence::Availability;
 use crate::types::{DeviceRecord, Found, NodeRole, PathInfo, PathReason, SearchId, SearchOutcome};
 
 /// How often the host cache is saved while running.
@@ -214,6 +215,16 @@ impl Worker {
             }),
             NodeEvent::SuperNode(ev) => tracing::info!(?ev, "super node"),
             NodeEvent::Session(ev) => tracing::debug!(?ev, "session"),
+            NodeEvent::Presence { user, online } => {
+                let availability = if online {
+                    Availability::Online
+                } else {
+                    Availability::Offline
+                };
+                if self.shared.contacts.presence_changed(&user, availability) {
+                    events.push(Event::ContactPresence { user, availability });
+                }
+            }
             NodeEvent::Search { id, outcome } => events.push(Event::SearchResult {
                 search: SearchId(id),
                 user: outcome.user.clone(),

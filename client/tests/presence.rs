@@ -1,7 +1,8 @@
-//! Presence on this device, with real clients on loopback: do not disturb refuses calls
-//! with Busy, invisible looks offline in search and can still call.
+//! Presence with real clients on loopback: do not disturb refuses calls with Busy, invisible
+//! looks offline in search and can still call, and contacts see each other come and go,
+//! pushed through the super node.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use natter::{Audio, Availability, Client, EndReason, Event, PresenceError};
 use natter_fixtures::{poll_until, wait_for, TestNet};
@@ -85,4 +86,62 @@ fn online_turns_away_after_the_idle_time_the_app_reports() {
     assert_eq!(c.presence().availability, Availability::Away);
     c.report_idle(Duration::ZERO);
     assert_eq!(c.presence().availability, Availability::Online);
+}
+
+/// Wait for `c` to hear that `user` is `availability`; how long it took.
+fn shown(c: &Client, user: &str, availability: Availability) -> Duration {
+    let start = Instant::now();
+    match wait_for(c, |e| {
+        matches!(e, Event::ContactPresence { user: u, availability: a }
+            if u.as_str() == user && *a == availability)
+    }) {
+        Some(_) => start.elapsed(),
+        None => panic!("{user} never shown {}", availability.name()),
+    }
+}
+
+#[test]
+fn contacts_see_each_other_come_and_go_and_strangers_are_not_watched() {
+    let net = TestNet::start();
+    let alice = net.client("alice");
+    let bob = net.client("bob");
+    let carol = net.client("carol");
+    alice.add_contact("bob", "").unwrap();
+    bob.add_contact("alice", "").unwrap();
+    // As soon as bob is in alice's list, her node watches him: online (and carol, not a
+    // contact, is never reported).
+    let took = shown(&alice, "bob", Availability::Online);
+    eprintln!("PRESENCE: bob first shown online after {took:?}");
+    assert_eq!(
+        alice.contact("bob").unwrap().availability,
+        Availability::Online
+    );
+    // Invisible looks offline to contacts too; back online is shown online.
+    bob.set_presence(Availability::Invisible, "").unwrap();
+    let took = shown(&alice, "bob", Availability::Offline);
+    eprintln!("PRESENCE: bob invisible, shown offline after {took:?}");
+    bob.set_presence(Availability::Online, "").unwrap();
+    let took = shown(&alice, "bob", Availability::Online);
+    eprintln!("PRESENCE: bob back, shown online after {took:?}");
+    // Bob stops: shown offline (he logs out cleanly, so at once).
+    drop(bob);
+    let took = shown(&alice, "bob", Availability::Offline);
+    eprintln!("PRESENCE: bob closed, shown offline after {took:?}");
+    assert_eq!(
+        alice.contact("bob").unwrap().availability,
+        Availability::Offline
+    );
+    // Carol was never watched: nothing about her came.
+    drop(carol);
+    std::thread::sleep(Duration::from_millis(500));
+    let heard: Vec<Event> = std::iter::from_fn(|| alice.events().try_recv().ok()).collect();
+    assert!(
+        !heard
+            .iter()
+            .any(|e| matches!(e, Event::ContactPresence { user, .. } if user.as_str() == "carol")),
+        "{heard:?}"
+    );
+    // A removed contact is no longer watched.
+    alice.remove_contact("bob").unwrap();
+    assert!(alice.contact("bob").is_none());
 }

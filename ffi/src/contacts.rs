@@ -40,6 +40,10 @@ pub struct NatterContact {
     pub contact: bool,
     /// True for a blocked user: their calls never ring.
     pub blocked: bool,
+    /// How available they are, as their super nodes last pushed it (a `NatterAvailability`:
+    /// `NATTER_AVAILABILITY_ONLINE` or `NATTER_AVAILABILITY_OFFLINE` for now; offline until
+    /// known). Changes come as `NATTER_EVENT_CONTACT_PRESENCE`.
+    pub availability: u32,
 }
 
 /// A snapshot of the buddy list, from `natter_client_contacts`.
@@ -100,6 +104,7 @@ fn snapshot(list: Vec<natter::Contact>) -> Snapshot {
             request,
             contact: c.contact,
             blocked: c.blocked,
+            availability: crate::presence::to_c(c.availability) as u32,
         });
         groups.push(labels);
     }

@@ -110,6 +110,11 @@ pub enum NatterEventKind {
     /// (ABI 0.3.) A contact request could never be delivered (no such user) and was dropped.
     /// `user`: the user asked; `result`: why; `detail`: a description.
     NatterEventContactRequestFailed = 64,
+    /// (ABI 0.3.) A contact's presence changed, pushed by their super nodes (within a second
+    /// or two; a device that vanished without a word within a minute), or became known after
+    /// login. `user`: the contact; `code`: a `NatterAvailability` (online or offline for
+    /// now); `detail`: a description. Also in `NatterContact::availability`.
+    NatterEventContactPresence = 65,
 }
 
 /// One event. Allocated by the library and owned by whoever received it from
@@ -489,6 +494,12 @@ fn event_of(e: &natter::Event) -> Option<Event> {
         E::ContactAccepted { user } => Event::new(NatterEventKind::NatterEventContactAccepted)
             .user(user.as_str())
             .detail(e.to_string()),
+        E::ContactPresence { user, availability } => {
+            Event::new(NatterEventKind::NatterEventContactPresence)
+                .user(user.as_str())
+                .code(crate::presence::to_c(*availability) as u32)
+                .detail(e.to_string())
+        }
         E::ContactRequestFailed { user, error } => {
             let mut ev = Event::new(NatterEventKind::NatterEventContactRequestFailed)
                 .user(user.as_str())

@@ -27,7 +27,7 @@ pub enum NatterAvailability {
     NatterAvailabilityOffline = 5,
 }
 
-fn to_c(a: Availability) -> NatterAvailability {
+pub(crate) fn to_c(a: Availability) -> NatterAvailability {
     match a {
         Availability::Online => NatterAvailability::NatterAvailabilityOnline,
         Availability::Away => NatterAvailability::NatterAvailabilityAway,

@@ -653,11 +653,34 @@ impl Net {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Proc, String> {
+        self.spawn_inner(ns, program, args, env, false)
+    }
+
+    /// [`Net::spawn`], with a standard input that [`Proc::send`] writes lines to.
+    #[allow(dead_code)]
+    pub fn spawn_with_input(
+        &mut self,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Proc, String> {
+        self.spawn_inner(ns, program, args, env, true)
+    }
+
+    fn spawn_inner(
+        &mut self,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        input: bool,
+    ) -> Result<Proc, String> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns])
             .arg(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -667,6 +690,7 @@ impl Net {
             .spawn()
             .map_err(|e| format!("{} {args:?} in {ns}: {e}", program.display()))?;
         let (tx, lines) = channel();
+        let stdin = child.stdin.take();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
             // Keep draining after the receiver is gone: a closed pipe would kill the process
@@ -691,6 +715,7 @@ impl Net {
             seen: Vec::new(),
             seen_at: Vec::new(),
             stderr,
+            stdin,
         })
     }
 }
@@ -807,9 +832,24 @@ pub struct Proc {
     /// When each line of `seen` was read from the pipe.
     pub seen_at: Vec<Instant>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Its standard input (started with [`Net::spawn_with_input`]).
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl Proc {
+    /// Write `line` to its standard input.
+    #[allow(dead_code)]
+    pub fn send(&mut self, line: &str) -> Result<(), String> {
+        use std::io::Write;
+        let input = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| format!("{}: started without an input", self.name))?;
+        writeln!(input, "{line}")
+            .and_then(|()| input.flush())
+            .map_err(|e| format!("{}: writing {line:?}: {e}", self.name))
+    }
+
     /// Read standard output until every one of `want` is in some line seen so far (or
     /// `within` passes: an error listing what it printed).
     pub fn wait_for(&mut self, want: &[&str], within: Duration) -> Result<(), String> {

@@ -108,6 +108,34 @@ pub fn start(
     ip: Ipv4Addr,
     extra: &[&str],
 ) -> Result<Proc, String> {
+    start_inner(net, dir, network, ns, subcommand, user, ip, extra, false)
+}
+
+/// [`start`] a `natter client` whose commands [`Proc::send`] types.
+#[allow(dead_code)]
+pub fn start_client_with_input(
+    net: &mut Net,
+    dir: &Path,
+    network: &str,
+    ns: &str,
+    user: &str,
+    ip: Ipv4Addr,
+) -> Result<Proc, String> {
+    start_inner(net, dir, network, ns, "client", user, ip, &[], true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_inner(
+    net: &mut Net,
+    dir: &Path,
+    network: &str,
+    ns: &str,
+    subcommand: &str,
+    user: &str,
+    ip: Ipv4Addr,
+    extra: &[&str],
+    input: bool,
+) -> Result<Proc, String> {
     let data = dir.join(user);
     let data = data.to_str().unwrap();
     let pw = format!("NATTER_PASSWORD={PASSWORD}");
@@ -149,7 +177,11 @@ pub fn start(
     if !log.is_empty() {
         env.push(("NATTER_LOG", log.as_str()));
     }
-    net.spawn(ns, natter(), &args, &env)
+    if input {
+        net.spawn_with_input(ns, natter(), &args, &env)
+    } else {
+        net.spawn(ns, natter(), &args, &env)
+    }
 }
 
 /// The options of a `natter client` that dials `callee` once joined, hangs up `hangup_after`

@@ -1,6 +1,7 @@
 /* The buddy list from C: a user edits it on a laptop (add, nickname, group, block, with the
  * reasons an edit is refused), a new install logs in with the password and gets the whole
- * list back from the network, and the list objects behave (count, get, bounds, free).
+ * list back from the network, and the list objects behave (count, get, bounds, free); a
+ * contact request is accepted, and the two contacts see each other's presence.
  *
  *   contacts NETWORK_FILE DATA_DIR      (a login server must be running)
  */
@@ -142,6 +143,31 @@ int main(int argc, char **argv) {
         natter_event_free(accepted);
     }
     printf("erin accepted dave's request\n");
+
+    /* Contacts see each other's presence once their nodes run: pushed by the super node. */
+    EXPECT(natter_client_start(laptop), NATTER_OK);
+    EXPECT(natter_client_start(erin), NATTER_OK);
+    NatterEvent *seen = next_of(laptop, NATTER_EVENT_CONTACT_PRESENCE);
+    CHECK(seen != NULL);
+    if (seen) {
+        CHECK(strcmp(seen->user, "erin") == 0 && seen->code == NATTER_AVAILABILITY_ONLINE);
+        printf("%s\n", seen->detail);
+        natter_event_free(seen);
+    }
+    EXPECT(natter_client_contacts(laptop, &list), NATTER_OK);
+    NatterContact erin_entry;
+    EXPECT(natter_contact_list_get(list, 0, &erin_entry), NATTER_OK);
+    CHECK(strcmp(erin_entry.user, "erin") == 0 &&
+          erin_entry.availability == NATTER_AVAILABILITY_ONLINE);
+    EXPECT(natter_contact_list_free(list), NATTER_OK);
+    EXPECT(natter_client_set_presence(erin, NATTER_AVAILABILITY_INVISIBLE, NULL), NATTER_OK);
+    if ((seen = next_of(laptop, NATTER_EVENT_CONTACT_PRESENCE))) {
+        CHECK(strcmp(seen->user, "erin") == 0 && seen->code == NATTER_AVAILABILITY_OFFLINE);
+        printf("%s\n", seen->detail);
+        natter_event_free(seen);
+    } else {
+        CHECK(seen != NULL);
+    }
 
     natter_client_free(erin);
     natter_client_free(laptop);
