@@ -1089,6 +1089,7 @@ impl Client {
         // Before the node's first packet: whom to refuse, and whether to publish as online.
         let blocked = self.shared.contacts.blocked();
         let watched = self.shared.contacts.watched();
+        self.shared.contacts.forget_presence();
         let presence = lock(&self.shared.presence).effective();
         let rt = Runtime::spawn_bound(sockets, move |now, _| {
             cfg.clock_anchor = now;
@@ -1131,6 +1132,7 @@ impl Client {
         let r = running.ok_or(StopError::NotStarted)?;
         r.stop.store(true, Ordering::SeqCst);
         let _ = r.worker.join();
+        self.shared.contacts.forget_presence();
         Ok(())
     }
 

@@ -439,6 +439,11 @@ impl Contacts {
         })
     }
 
+    /// The node stopped (or starts anew): contacts' presence is unknown until pushed again.
+    pub fn forget_presence(&self) {
+        lock(&self.seen).clear();
+    }
+
     /// A watched contact's presence changed (pushed by the node). False when `user` is no
     /// longer watched (the push raced with its removal) or nothing changed.
     pub fn presence_changed(&self, user: &UserName, availability: Availability) -> bool {

@@ -45,7 +45,8 @@
 //!
 //! * **Watching** ([`Dht::watch`], [`Message::IndexWatch`]): a super node whose clients
 //!   watch a user's presence asks some of the user's replicas to push it every newer record
-//!   they store of that user ([`Message::IndexNotify`]), and what they hold now. Watchers
+//!   they store of that user that changes its presence (a new device, or a device going
+//!   online or offline; not a refresh: [`Message::IndexNotify`]), and what they hold now. Watchers
 //!   are kept per user (bounded) and dropped when they leave the ring; the watching super node
 //!   moves its watches itself when the ring changes (`crate::watch`).
 //!
@@ -145,6 +146,8 @@ const MAX_CLIENT_SEARCHES: usize = 8;
 const MAX_WATCHERS_PER_USER: usize = 4096;
 /// Most (user, watching super node) pairs held.
 const MAX_WATCHERS: usize = 500_000;
+/// Most users one super node may watch here.
+const MAX_WATCHES_PER_WATCHER: usize = 50_000;
 /// Searches a super node runs at once.
 const MAX_SEARCHES: usize = 10_000;
 /// Super nodes a search asks to confirm an old-looking record.
@@ -515,6 +518,8 @@ pub struct Dht {
     watchers: BTreeMap<UserName, BTreeSet<HostEntry>>,
     /// Pairs in `watchers`.
     watcher_count: usize,
+    /// Pairs in `watchers` per watching super node.
+    per_watcher: BTreeMap<HostEntry, usize>,
     outputs: VecDeque<DhtOutput>,
     /// Searches waiting to ask the super nodes their newest record names (with when they
     /// started waiting: the next [`Dht::handle_timeout`] asks them).
@@ -548,6 +553,7 @@ impl Dht {
             next_expiry: None,
             watchers: BTreeMap::new(),
             watcher_count: 0,
+            per_watcher: BTreeMap::new(),
             outputs: VecDeque::new(),
             to_confirm: Vec::new(),
             confirm_at: None,
@@ -632,7 +638,11 @@ impl Dht {
     fn store_local(&mut self, ring: &Ring, record: PresenceRecord, wall: UnixTime) -> bool {
         let user = record.user().clone();
         let revoked = &self.revoked;
-        let watched = self.watchers.contains_key(&user).then(|| record.clone());
+        // Watchers hear of a change of presence (a device new here, or one whose online
+        // flag changed), not of a refresh that says the same: their traffic follows changes.
+        let watched = (self.watchers.contains_key(&user)
+            && self.store.online(&user, record.device()) != Some(record.online))
+        .then(|| record.clone());
         match self.store.store(record, wall, |d| revoked.contains(&d)) {
             Ok(()) => {
                 self.stats.stored += 1;
@@ -678,13 +688,22 @@ impl Dht {
     }
 
     /// The super node `from` (this one, for its own clients) starts or stops watching
-    /// `users` here. A new watch is answered with the records held now.
-    pub fn watch(&mut self, wall: UnixTime, from: HostEntry, users: &[UserName], watch: bool) {
+    /// `users` here. A watch is answered with the records held now, unless it is a `refresh`
+    /// of one held already.
+    pub fn watch(
+        &mut self,
+        wall: UnixTime,
+        from: HostEntry,
+        users: &[UserName],
+        watch: bool,
+        refresh: bool,
+    ) {
         for user in users {
             if !watch {
                 if let Some(set) = self.watchers.get_mut(user) {
                     if set.remove(&from) {
                         self.watcher_count -= 1;
+                        Self::uncount(&mut self.per_watcher, &from, 1);
                     }
                     if set.is_empty() {
                         self.watchers.remove(user);
@@ -693,8 +712,13 @@ impl Dht {
                 continue;
             }
             let set = self.watchers.entry(user.clone()).or_default();
-            if !set.contains(&from) {
-                if set.len() >= MAX_WATCHERS_PER_USER || self.watcher_count >= MAX_WATCHERS {
+            let held = set.contains(&from);
+            if !held {
+                let mine = self.per_watcher.get(&from).copied().unwrap_or(0);
+                if set.len() >= MAX_WATCHERS_PER_USER
+                    || self.watcher_count >= MAX_WATCHERS
+                    || mine >= MAX_WATCHES_PER_WATCHER
+                {
                     if set.is_empty() {
                         self.watchers.remove(user);
                     }
@@ -703,9 +727,21 @@ impl Dht {
                 }
                 set.insert(from);
                 self.watcher_count += 1;
+                *self.per_watcher.entry(from).or_default() += 1;
             }
-            for r in self.local_answer(user, wall) {
-                self.notify(from, r);
+            if !(held && refresh) {
+                for r in self.local_answer(user, wall) {
+                    self.notify(from, r);
+                }
+            }
+        }
+    }
+
+    fn uncount(per_watcher: &mut BTreeMap<HostEntry, usize>, who: &HostEntry, n: usize) {
+        if let Some(c) = per_watcher.get_mut(who) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                per_watcher.remove(who);
             }
         }
     }
@@ -1251,14 +1287,15 @@ impl Dht {
             Message::IndexWatch {
                 full: false,
                 watch,
+                refresh,
                 users,
             } => {
                 // Only super nodes in the ring watch (a client watches through its own).
-                if !ring.contains(from.addr) {
+                if ring.at(from.addr) != Some(&from) {
                     self.stats.watches_refused += 1;
                     return false;
                 }
-                self.watch(wall, from, users, *watch);
+                self.watch(wall, from, users, *watch, *refresh);
                 true
             }
             Message::IndexResult {
@@ -1412,14 +1449,25 @@ impl Dht {
         self.repaired_generation = ring.generation();
         // Watchers that left the ring watch nothing any more.
         let me = self.me.static_key;
-        let mut dropped = 0;
-        self.watchers.retain(|_, set| {
-            let before = set.len();
-            set.retain(|w| w.static_key == me || ring.at(w.addr) == Some(w));
-            dropped += before - set.len();
-            !set.is_empty()
-        });
-        self.watcher_count -= dropped;
+        let gone: Vec<HostEntry> = self
+            .per_watcher
+            .keys()
+            .filter(|w| w.static_key != me && ring.at(w.addr) != Some(*w))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            let mut dropped = 0;
+            self.watchers.retain(|_, set| {
+                let before = set.len();
+                set.retain(|w| !gone.contains(w));
+                dropped += before - set.len();
+                !set.is_empty()
+            });
+            self.watcher_count -= dropped;
+            for w in &gone {
+                self.per_watcher.remove(w);
+            }
+        }
         let replicas = self.cfg.replicas;
         let mut users: Vec<UserName> = self
             .store
@@ -1777,6 +1825,7 @@ mod search_tests {
             let msg = Message::IndexWatch {
                 full: false,
                 watch: true,
+                refresh: false,
                 users: vec![bob.clone()],
             };
             assert!(net.dhts[*r].handle_message(now, TEST_WALL, &ring, w, &msg));
@@ -1792,8 +1841,9 @@ mod search_tests {
             .iter()
             .all(|(to, r)| *to == watcher && r.sequence == 5));
         net.notified.clear();
-        // A replayed one is not stored, so not pushed.
+        // A replayed one is not stored, so not pushed; nor is a refresh that says the same.
         assert!(!net.dhts[home].publish(now, TEST_WALL, &ring, record(&tn, "bob", 5)));
+        assert!(net.dhts[home].publish(now, TEST_WALL, &ring, record(&tn, "bob", 6)));
         net.run();
         assert!(net.notified.is_empty());
         // A new watch is answered with what is held.
@@ -1801,12 +1851,23 @@ mod search_tests {
         let msg = Message::IndexWatch {
             full: false,
             watch: true,
+            refresh: false,
             users: vec![bob.clone()],
         };
         net.dhts[replicas[0]].handle_message(now, TEST_WALL, &ring, late, &msg);
         net.run();
         assert_eq!(net.notified.len(), 1);
         net.notified.clear();
+        // Its periodic refresh costs nothing back.
+        let refresh = Message::IndexWatch {
+            full: false,
+            watch: true,
+            refresh: true,
+            users: vec![bob.clone()],
+        };
+        net.dhts[replicas[0]].handle_message(now, TEST_WALL, &ring, late, &refresh);
+        net.run();
+        assert!(net.notified.is_empty());
         // Someone outside the ring cannot watch.
         let stranger = HostEntry {
             addr: "198.18.200.1:4000".parse().unwrap(),
@@ -1819,6 +1880,7 @@ mod search_tests {
         let stop = Message::IndexWatch {
             full: false,
             watch: false,
+            refresh: false,
             users: vec![bob.clone()],
         };
         net.dhts[replicas[0]].handle_message(now, TEST_WALL, &ring, w, &stop);

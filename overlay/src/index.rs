@@ -170,6 +170,14 @@ impl IndexStore {
             .unwrap_or_default()
     }
 
+    /// Whether the record held for `user`'s `device` says online (`None`: none held).
+    pub fn online(&self, user: &UserName, device: DeviceId) -> Option<bool> {
+        self.by_user
+            .get(user)
+            .and_then(|d| d.get(&device))
+            .map(|r| r.online)
+    }
+
     /// True when records of `user` are held.
     pub fn holds(&self, user: &UserName) -> bool {
         self.by_user.contains_key(user)

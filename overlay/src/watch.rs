@@ -9,8 +9,12 @@
 //! verifies the rest and hands each to its watching clients.
 //!
 //! When the ring changes, the watch moves with the replica set: only users whose first
-//! replicas changed cost a message. Traffic therefore follows changes (of presence, of the
-//! ring, of watch lists), never time.
+//! replicas changed cost a message. Watches are repeated every [`WATCH_REFRESH`] as one
+//! message per 32 users per replica ([`Watches::refresh`]), which the replicas answer only
+//! when they had lost the watch (a lost datagram, a replica that restarted or did not know
+//! this super node yet); a replica pushing a user nobody here watches any more is told to
+//! stop. Pushes of records therefore follow changes (of presence, of the ring, of watch
+//! lists), never time.
 //!
 //! Sans-IO: what to send comes out of [`Watches::poll_output`].
 
@@ -29,6 +33,8 @@ pub const WATCH_REPLICAS: usize = 2;
 pub const MAX_CLIENT_WATCHES: usize = 2_000;
 /// Most users a super node watches for all its clients.
 pub const MAX_WATCHED: usize = 200_000;
+/// How often a super node repeats its watches to the replicas.
+pub const WATCH_REFRESH: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What the watch table wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +50,8 @@ pub enum WatchOutput {
     Local {
         /// Start (true) or stop.
         watch: bool,
+        /// A refresh (see [`Message::IndexWatch`]).
+        refresh: bool,
         /// Who.
         users: Vec<UserName>,
     },
@@ -84,8 +92,9 @@ pub struct Watches {
     users: BTreeMap<UserName, Watched>,
     clients: BTreeMap<u64, BTreeSet<UserName>>,
     generation: u64,
-    /// Watches and unwatches to send, batched per replica.
-    pending: BTreeMap<(HostEntry, bool), Vec<UserName>>,
+    /// Watches, unwatches and refreshes to send, batched per replica: (replica, watch,
+    /// refresh).
+    pending: BTreeMap<(HostEntry, bool, bool), Vec<UserName>>,
     outputs: VecDeque<WatchOutput>,
     stats: WatchStats,
 }
@@ -155,7 +164,7 @@ impl Watches {
             w.at = ring.successors(Key::of_user(user), WATCH_REPLICAS);
             for to in w.at.clone() {
                 self.pending
-                    .entry((to, true))
+                    .entry((to, true, false))
                     .or_default()
                     .push(user.clone());
             }
@@ -185,7 +194,7 @@ impl Watches {
             let w = self.users.remove(user).expect("present");
             for to in w.at {
                 self.pending
-                    .entry((to, false))
+                    .entry((to, false, false))
                     .or_default()
                     .push(user.clone());
             }
@@ -205,22 +214,44 @@ impl Watches {
         self.flush();
     }
 
+    /// Repeat every watch to its replicas (every [`WATCH_REFRESH`]).
+    pub fn refresh(&mut self) {
+        for (user, w) in &self.users {
+            for to in &w.at {
+                self.pending
+                    .entry((*to, true, true))
+                    .or_default()
+                    .push(user.clone());
+            }
+        }
+        self.flush();
+    }
+
     /// A record pushed by the replica `from` (this super node itself for its own index).
-    /// `verify` checks a record that is new here. False when it was refused.
+    /// `verify` checks a record that is new here. False when it was refused; a replica
+    /// pushing a user not watched there (any more) is told to stop.
     pub fn on_notify(
         &mut self,
         from: &HostEntry,
         record: PresenceRecord,
         verify: impl FnOnce(&PresenceRecord) -> bool,
     ) -> bool {
-        let Some(w) = self.users.get_mut(record.user()) else {
+        let watched_there = self
+            .users
+            .get(record.user())
+            .is_some_and(|w| w.at.contains(from));
+        if !watched_there {
             self.stats.refused += 1;
-            return false;
-        };
-        if !w.at.contains(from) {
-            self.stats.refused += 1;
+            if from.static_key != self.me.static_key {
+                self.pending
+                    .entry((*from, false, false))
+                    .or_default()
+                    .push(record.user().clone());
+                self.flush();
+            }
             return false;
         }
+        let w = self.users.get_mut(record.user()).expect("watched");
         if w.records
             .get(&record.device())
             .is_some_and(|r| r.sequence >= record.sequence)
@@ -259,7 +290,7 @@ impl Watches {
                 // One that left the ring has dropped its watchers already.
                 if ring.at(old.addr) == Some(old) {
                     self.pending
-                        .entry((*old, false))
+                        .entry((*old, false, false))
                         .or_default()
                         .push(user.clone());
                 }
@@ -267,7 +298,7 @@ impl Watches {
             for new in at.iter().filter(|e| !w.at.contains(e)) {
                 self.stats.moved += 1;
                 self.pending
-                    .entry((*new, true))
+                    .entry((*new, true, false))
                     .or_default()
                     .push(user.clone());
             }
@@ -278,9 +309,13 @@ impl Watches {
 
     /// Turn the batched watches into messages.
     fn flush(&mut self) {
-        for ((to, watch), users) in std::mem::take(&mut self.pending) {
+        for ((to, watch, refresh), users) in std::mem::take(&mut self.pending) {
             if to.static_key == self.me.static_key {
-                self.outputs.push_back(WatchOutput::Local { watch, users });
+                self.outputs.push_back(WatchOutput::Local {
+                    watch,
+                    refresh,
+                    users,
+                });
                 continue;
             }
             for chunk in users.chunks(MAX_WATCH_USERS) {
@@ -289,6 +324,7 @@ impl Watches {
                     message: Message::IndexWatch {
                         full: false,
                         watch,
+                        refresh,
                         users: chunk.to_vec(),
                     },
                 });
@@ -361,9 +397,28 @@ mod tests {
         assert!(w.on_notify(&at[1], record(&net, "bob", 4, true), |_| true));
         assert!(drain(&mut w).is_empty());
         assert_eq!(w.stats().duplicates, 2);
-        // Not from a watched replica, or not verifying: refused.
-        assert!(!w.on_notify(&entry(7), record(&net, "bob", 6, false), |_| true));
+        // Not verifying: refused. Not from a watched replica: refused, and that super node
+        // is told to stop.
         assert!(!w.on_notify(&at[0], record(&net, "bob", 6, false), |_| false));
+        assert!(!w.on_notify(&entry(7), record(&net, "bob", 6, false), |_| true));
+        assert!(matches!(
+            &drain(&mut w)[..],
+            [WatchOutput::Send { to, message: Message::IndexWatch { watch: false, .. } }]
+                if *to == entry(7)
+        ));
+        // A refresh repeats the watch at both replicas.
+        w.refresh();
+        assert!(drain(&mut w).iter().all(|o| matches!(
+            o,
+            WatchOutput::Send {
+                message: Message::IndexWatch {
+                    watch: true,
+                    refresh: true,
+                    ..
+                },
+                ..
+            }
+        )));
         // A client that starts watching later gets what is held at once.
         w.client_watch(&ring, 3, std::slice::from_ref(&bob), true);
         assert!(matches!(

@@ -577,13 +577,16 @@ pub enum Message<'a> {
     },
     /// Watch users' presence (`watch`) or stop watching them. From a node to its super node
     /// (`full`: the super node watches at the users' replicas for it) or from a super node to
-    /// a replica (`full` false: push me every newer record you store of these users, and
-    /// those you hold now). At most [`MAX_WATCH_USERS`].
+    /// a replica (`full` false: push me every record you store of these users that changes
+    /// their presence, and those you hold now). At most [`MAX_WATCH_USERS`].
     IndexWatch {
         /// From a node (true) or from a super node (false).
         full: bool,
         /// Start (true) or stop (false).
         watch: bool,
+        /// A periodic repeat of watches already made (replicas answer with the records they
+        /// hold only when they did not have the watch: it was lost, or they restarted).
+        refresh: bool,
         /// Who.
         users: Vec<UserName>,
     },
@@ -1070,7 +1073,12 @@ impl<'a> Message<'a> {
             },
             MessageType::IndexWatch => {
                 let full = r.bool("full")?;
-                let watch = r.bool("watch")?;
+                let (watch, refresh) = match r.u8()? {
+                    0 => (false, false),
+                    1 => (true, false),
+                    2 => (true, true),
+                    _ => return Err(DecodeError::Invalid("watch mode")),
+                };
                 let n = usize::from(r.u8()?);
                 if n > MAX_WATCH_USERS {
                     return Err(DecodeError::TooLong {
@@ -1083,7 +1091,12 @@ impl<'a> Message<'a> {
                 for _ in 0..n {
                     users.push(read_user(&mut r)?);
                 }
-                Message::IndexWatch { full, watch, users }
+                Message::IndexWatch {
+                    full,
+                    watch,
+                    refresh,
+                    users,
+                }
             }
             MessageType::IndexNotify => Message::IndexNotify {
                 record: Box::new(PresenceRecord::read(&mut r)?),
@@ -1351,9 +1364,18 @@ impl<'a> Message<'a> {
                 out.put_u8(*hops);
                 out.put_u8(u8::from(*definite));
             }
-            Message::IndexWatch { full, watch, users } => {
+            Message::IndexWatch {
+                full,
+                watch,
+                refresh,
+                users,
+            } => {
                 out.put_u8(u8::from(*full));
-                out.put_u8(u8::from(*watch));
+                out.put_u8(match (watch, refresh) {
+                    (false, _) => 0,
+                    (true, false) => 1,
+                    (true, true) => 2,
+                });
                 let n = users.len().min(MAX_WATCH_USERS);
                 out.put_u8(n as u8);
                 for u in &users[..n] {
@@ -1649,6 +1671,7 @@ mod tests {
             Message::IndexWatch {
                 full: true,
                 watch: true,
+                refresh: true,
                 users: (0..MAX_WATCH_USERS)
                     .map(|i| UserName::parse(&format!("u{i:0>31}")).unwrap())
                     .collect(),
@@ -1656,6 +1679,7 @@ mod tests {
             Message::IndexWatch {
                 full: false,
                 watch: false,
+                refresh: false,
                 users: vec![UserName::parse("alice").unwrap()],
             },
             Message::IndexNotify {

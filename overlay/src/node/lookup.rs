@@ -38,6 +38,9 @@ const LOCAL_SEARCH: u64 = 1 << 62;
 /// published whenever this changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PresenceKey {
+    /// The session the record goes through: a new one (a link re-opened to the same super
+    /// node, which may have published our will meanwhile) publishes anew.
+    via: Option<ConnId>,
     super_nodes: Vec<SocketAddr>,
     online: bool,
     reflexive: Option<SocketAddr>,
@@ -81,6 +84,8 @@ pub(crate) struct Lookup {
     presence: BTreeMap<UserName, BTreeMap<DeviceId, (u64, bool)>>,
     /// Per watched user: the combined presence last reported.
     shown: BTreeMap<UserName, bool>,
+    /// Devices revoked by the login authority: their records are refused.
+    revoked: BTreeSet<DeviceId>,
 }
 
 impl Lookup {
@@ -100,6 +105,7 @@ impl Lookup {
             watch_here: false,
             presence: BTreeMap::new(),
             shown: BTreeMap::new(),
+            revoked: BTreeSet::new(),
         }
     }
 
@@ -136,6 +142,7 @@ impl Lookup {
                 let msg = Message::IndexWatch {
                     full: true,
                     watch,
+                    refresh: false,
                     users: chunk.to_vec(),
                 };
                 let _ = cx.sessions.send(cx.now, *conn, &msg);
@@ -170,6 +177,7 @@ impl Lookup {
                     let msg = Message::IndexWatch {
                         full: true,
                         watch: true,
+                        refresh: false,
                         users: chunk.to_vec(),
                     };
                     let _ = cx.sessions.send(cx.now, conn, &msg);
@@ -194,8 +202,8 @@ impl Lookup {
             return;
         }
         if record
-            .verify(&cx.cfg.identity.trusted, cx.wall, DEFAULT_RETENTION, |_| {
-                false
+            .verify(&cx.cfg.identity.trusted, cx.wall, DEFAULT_RETENTION, |d| {
+                self.revoked.contains(&d)
             })
             .is_err()
         {
@@ -277,6 +285,10 @@ impl Lookup {
     /// Forget the records of these revoked devices.
     pub fn revoke(&mut self, devices: &[natter_core::crypto::DeviceId]) {
         self.searches.revoke(devices);
+        self.revoked.extend(devices.iter().copied());
+        for records in self.presence.values_mut() {
+            records.retain(|d, _| !devices.contains(d));
+        }
     }
 
     /// An answer to one of our searches, from the super node asked.
@@ -402,6 +414,11 @@ impl Lookup {
     /// What our record would say now, apart from its sequence number and time.
     fn key(&self, cx: &Cx<'_>) -> PresenceKey {
         PresenceKey {
+            via: if cx.facts.super_node {
+                None
+            } else {
+                index_link(cx, None)
+            },
             super_nodes: if cx.facts.super_node {
                 vec![cx.cfg.listen]
             } else {
@@ -445,10 +462,18 @@ impl Lookup {
                 replicate: true,
                 record: Box::new(record),
             };
-            let sent = cx.sessions.send(cx.now, conn, &msg).is_ok();
+            let mut sent = cx.sessions.send(cx.now, conn, &msg).is_ok();
+            if !self.online {
+                // "Offline" goes through every link: it must not be lost with a super node
+                // that died unnoticed (the replicas drop the second copy unverified).
+                for link in cx.facts.links.iter().filter(|l| l.conn != conn) {
+                    sent |= cx.sessions.send(cx.now, link.conn, &msg).is_ok();
+                }
+            }
             if sent && self.online {
-                // Our will: "offline", one further, for the super node to publish if our
-                // link dies without a word. The next record goes past it.
+                // Our will: "offline", one further, for our super nodes to publish if our
+                // links die without a word (every one holds it: one that dies with us
+                // leaves the others). The next record goes past it.
                 self.presence_seq += 1;
                 let will = PresenceRecord::sign(
                     &cx.cfg.identity.device,
@@ -465,7 +490,9 @@ impl Lookup {
                 let msg = Message::IndexWill {
                     record: Box::new(will),
                 };
-                let _ = cx.sessions.send(cx.now, conn, &msg);
+                for link in &cx.facts.links {
+                    let _ = cx.sessions.send(cx.now, link.conn, &msg);
+                }
             }
             sent
         } else {

@@ -16,7 +16,7 @@ use natter_core::wire::message::{HostEntry, Message};
 use super::super::parts::{Cx, Notice, PartId};
 use crate::dht::{Dht, DhtOutput, Key, Origin, Ring};
 use crate::supernode::SuperNodeRole;
-use crate::watch::{WatchOutput, Watches};
+use crate::watch::{WatchOutput, Watches, WATCH_REFRESH};
 
 /// The client handle of this node's own watches (the node is a super node and watches its
 /// user's contacts through its own part).
@@ -47,6 +47,8 @@ pub(crate) struct IndexPart {
     watches: Watches,
     /// Per client session: the signed "offline" record to publish if it dies without a word.
     wills: BTreeMap<ConnId, PresenceRecord>,
+    /// When the watches are next repeated to the replicas.
+    next_watch_refresh: Instant,
 }
 
 impl IndexPart {
@@ -66,6 +68,7 @@ impl IndexPart {
             suspects: BTreeMap::new(),
             watches: Watches::new(me),
             wills: BTreeMap::new(),
+            next_watch_refresh: cx.now + WATCH_REFRESH,
         }
     }
 
@@ -144,6 +147,10 @@ impl IndexPart {
     }
 
     pub fn handle_timeout(&mut self, cx: &mut Cx<'_>, role: &SuperNodeRole) {
+        if self.next_watch_refresh <= cx.now {
+            self.next_watch_refresh = cx.now + WATCH_REFRESH;
+            self.watches.refresh();
+        }
         if self.next_ring_sync.is_some_and(|t| t <= cx.now) {
             self.next_ring_sync = None;
             self.sync_ring(cx, role);
@@ -152,10 +159,14 @@ impl IndexPart {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.dht.poll_timeout(), self.next_ring_sync]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.dht.poll_timeout(),
+            self.next_ring_sync,
+            Some(self.next_watch_refresh),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Send the membership's and the index's messages; follow membership changes in the ring.
@@ -184,9 +195,11 @@ impl IndexPart {
                 moved = true;
                 match out {
                     WatchOutput::Send { to, message } => self.send_to_super_node(cx, to, message),
-                    WatchOutput::Local { watch, users } => {
-                        self.dht.watch(cx.wall, self.me, &users, watch)
-                    }
+                    WatchOutput::Local {
+                        watch,
+                        refresh,
+                        users,
+                    } => self.dht.watch(cx.wall, self.me, &users, watch, refresh),
                     WatchOutput::Deliver { client, record } if client == SELF_CLIENT => {
                         cx.out.notify(PartId::Lookup, Notice::Presence(record));
                     }
@@ -363,6 +376,7 @@ impl IndexPart {
                 full: true,
                 watch,
                 users,
+                ..
             } => self
                 .watches
                 .client_watch(&self.ring, u64::from(conn.0), users, *watch),
@@ -499,12 +513,13 @@ impl IndexPart {
     }
 
     /// A session ended: no index traffic on it any more. A client's watches end with it, and
-    /// a client that vanished without a word (its session timed out, or it restarted) is
-    /// published offline with the will it left.
+    /// a client that went without saying goodbye (its session timed out, its stream closed
+    /// under it, it restarted) is published offline with the will it left. A will that
+    /// arrives after the client published anew is stale and goes nowhere.
     pub fn session_closed(&mut self, cx: &mut Cx<'_>, conn: ConnId, cause: CloseCause) {
         self.watches.client_gone(u64::from(conn.0));
         if let Some(will) = self.wills.remove(&conn) {
-            if matches!(cause, CloseCause::Timeout | CloseCause::Reset) {
+            if !matches!(cause, CloseCause::Remote(_)) {
                 self.dht.publish(cx.now, cx.wall, &self.ring, will);
             }
         }

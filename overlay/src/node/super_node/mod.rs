@@ -194,6 +194,12 @@ impl SuperNode {
             m if crate::membership::Membership::is_membership_message(m) => {
                 self.index.membership_message(cx, &mut self.role, conn, m)
             }
+            // Only attached clients watch and leave wills here.
+            Message::IndexWatch { full: true, .. } | Message::IndexWill { .. }
+                if !self.role.clients().any(|(c, _)| *c == conn) =>
+            {
+                cx.out.stats.overlay_dropped += 1
+            }
             Message::IndexStore { .. }
             | Message::IndexSearch { .. }
             | Message::IndexSearchAt { .. }
