@@ -371,7 +371,26 @@ impl std::fmt::Debug for IndexSim {
     }
 }
 
-fn message_bytes(m: &Message<'_>) -> usize {
+/// The address of simulated super node `i`: one /48 each (the ring caps super nodes per
+/// /48).
+pub fn super_node_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0x0db8 + (i >> 16) as u16,
+            i as u16,
+            0,
+            0,
+            0,
+            0,
+            1,
+        )),
+        4000,
+    )
+}
+
+/// What `m` costs on the wire, framing included.
+pub fn message_bytes(m: &Message<'_>) -> usize {
     let mut b = BytesMut::new();
     m.encode(&mut b);
     b.len() + FRAMING_BYTES
@@ -504,20 +523,7 @@ impl IndexSim {
                 k
             }
         };
-        // One /48 each (the ring caps super nodes per /48).
-        let addr = SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::new(
-                0x2001,
-                0x0db8 + (i >> 16) as u16,
-                i as u16,
-                0,
-                0,
-                0,
-                0,
-                1,
-            )),
-            4000,
-        );
+        let addr = super_node_addr(i);
         let entry = HostEntry { addr, static_key };
         // Its ring position: from its certificate's ring salt, or (no identity) a random one.
         let key = match &identity {

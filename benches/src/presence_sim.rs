@@ -19,10 +19,9 @@
 //! checked 2 s, 10 s and 60 s later: the fraction showing the right value.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use natter_core::crypto::{
     Authority, Capabilities, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities, UnixTime,
     UserName,
@@ -33,7 +32,7 @@ use natter_core::wire::message::{HostEntry, Message};
 use natter_overlay::dht::{Dht, DhtConfig, DhtOutput, Key, Ring};
 use natter_overlay::watch::{WatchOutput, Watches, WATCH_REFRESH};
 
-use crate::index_sim::{one_way, FRAMING_BYTES};
+use crate::index_sim::{message_bytes, one_way, super_node_addr};
 
 /// Settings of a run.
 #[derive(Debug, Clone)]
@@ -251,8 +250,10 @@ enum Ev {
     Failure {
         fraction: f64,
     },
+    /// The ring forgets failed super nodes (all at once: a super node re-reads its
+    /// membership into its ring every 2 s, so a mass failure is one ring change).
     RingRemove {
-        sn: usize,
+        sns: Vec<usize>,
     },
     Check {
         user: usize,
@@ -299,9 +300,7 @@ impl std::fmt::Debug for PresenceSim {
 }
 
 fn bytes_of(m: &Message<'_>) -> u64 {
-    let mut b = BytesMut::new();
-    m.encode(&mut b);
-    (b.len() + FRAMING_BYTES) as u64
+    message_bytes(m) as u64
 }
 
 impl PresenceSim {
@@ -335,20 +334,10 @@ impl PresenceSim {
         for i in 0..sim.cfg.super_nodes {
             let mut static_key = sim.rng.bytes32();
             static_key[0] = 0x40;
-            let addr = SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::new(
-                    0x2001,
-                    0x0db8 + (i >> 16) as u16,
-                    i as u16,
-                    0,
-                    0,
-                    0,
-                    0,
-                    1,
-                )),
-                4000,
-            );
-            let entry = HostEntry { addr, static_key };
+            let entry = HostEntry {
+                addr: super_node_addr(i),
+                static_key,
+            };
             let key = Key(sim.rng.bytes32());
             sim.ring.insert(key, entry);
             sim.by_key.insert(static_key, i);
@@ -663,10 +652,15 @@ impl PresenceSim {
                     victims.swap(i, j.min(last));
                 }
                 victims.truncate(n);
+                let detect = self.cfg.detection_delay;
+                self.schedule(
+                    detect,
+                    Ev::RingRemove {
+                        sns: victims.clone(),
+                    },
+                );
                 for sn in victims {
                     self.sns[sn].alive = false;
-                    let detect = self.cfg.detection_delay;
-                    self.schedule(detect, Ev::RingRemove { sn });
                     // Its clients notice when their keep-alives go unanswered.
                     for device in 0..self.devices.len() {
                         let d = &self.devices[device];
@@ -685,8 +679,10 @@ impl PresenceSim {
                     }
                 }
             }
-            Ev::RingRemove { sn } => {
-                self.ring.remove(self.sns[sn].entry.addr);
+            Ev::RingRemove { sns } => {
+                for sn in sns {
+                    self.ring.remove(self.sns[sn].entry.addr);
+                }
                 let now = self.instant();
                 for i in 0..self.sns.len() {
                     if self.sns[i].alive {
@@ -819,35 +815,24 @@ impl PresenceSim {
         };
         for l in through {
             self.publish_bytes += bytes;
-            self.count_sn(l, bytes);
-            let leg = self.client_leg(device, l);
-            self.schedule(
-                leg,
-                Ev::Publish {
-                    sn: l,
-                    record: Box::new(record.clone()),
-                },
-            );
+            let record = Box::new(record.clone());
+            self.send_up(device, l, bytes, Ev::Publish { sn: l, record });
         }
-        // The will goes to every link: one that dies with the device leaves the other.
+        // The will goes with it, to the same super node.
         if let Some(will) = will {
             let bytes = bytes_of(&Message::IndexWill {
                 record: will.clone(),
             });
-            for l in self.devices[device].links.clone() {
-                self.watch_bytes += bytes;
-                self.count_sn(l, bytes);
-                let leg = self.client_leg(device, l);
-                self.schedule(
-                    leg,
-                    Ev::Will {
-                        sn: l,
-                        device,
-                        will: will.clone(),
-                    },
-                );
-            }
+            self.watch_bytes += bytes;
+            self.send_up(device, sn, bytes, Ev::Will { sn, device, will });
         }
+    }
+
+    /// `ev` (`bytes` long) from `device` reaches super node `sn` after the client leg.
+    fn send_up(&mut self, device: usize, sn: usize, bytes: u64, ev: Ev) {
+        self.count_sn(sn, bytes);
+        let leg = self.client_leg(device, sn);
+        self.schedule(leg, ev);
     }
 
     fn send_watch(&mut self, device: usize, sn: usize) {
@@ -867,9 +852,7 @@ impl PresenceSim {
             });
         }
         self.watch_bytes += bytes;
-        self.count_sn(sn, bytes);
-        let leg = self.client_leg(device, sn);
-        self.schedule(leg, Ev::Watch { sn, device });
+        self.send_up(device, sn, bytes, Ev::Watch { sn, device });
     }
 
     /// Hand on what super node `sn`'s index and watches produced.

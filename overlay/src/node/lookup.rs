@@ -471,9 +471,11 @@ impl Lookup {
                 }
             }
             if sent && self.online {
-                // Our will: "offline", one further, for our super nodes to publish if our
-                // links die without a word (every one holds it: one that dies with us
-                // leaves the others). The next record goes past it.
+                // Our will: "offline", one further, for the super node we publish through
+                // to publish if our link dies without a word. The next record goes past
+                // it. (Only there: a will on every link made a live device that moved
+                // show offline to whoever searched it meanwhile, which slowed calls that
+                // recover by searching.)
                 self.presence_seq += 1;
                 let will = PresenceRecord::sign(
                     &cx.cfg.identity.device,
@@ -490,9 +492,7 @@ impl Lookup {
                 let msg = Message::IndexWill {
                     record: Box::new(will),
                 };
-                for link in &cx.facts.links {
-                    let _ = cx.sessions.send(cx.now, link.conn, &msg);
-                }
+                let _ = cx.sessions.send(cx.now, conn, &msg);
             }
             sent
         } else {

@@ -29,6 +29,10 @@ const RING_SYNC: Duration = Duration::from_secs(2);
 const SUSPECT_FOR: Duration = Duration::from_secs(60);
 /// Messages waiting for a session with a super node to open.
 const MAX_QUEUED: usize = 64;
+/// A client whose session ended without a goodbye but not by silence (its TCP stream closed:
+/// a killed process, or a NAT that moved under a live one) has this long to publish anew
+/// before its will is: a live device's newer record makes the will stale.
+const WILL_GRACE: Duration = Duration::from_secs(10);
 
 /// The index as a super node holds it. See the [module documentation](self).
 #[derive(Debug)]
@@ -49,6 +53,8 @@ pub(crate) struct IndexPart {
     wills: BTreeMap<ConnId, PresenceRecord>,
     /// When the watches are next repeated to the replicas.
     next_watch_refresh: Instant,
+    /// Wills to publish at the end of their grace ([`WILL_GRACE`]).
+    parked_wills: Vec<(Instant, PresenceRecord)>,
 }
 
 impl IndexPart {
@@ -69,6 +75,7 @@ impl IndexPart {
             watches: Watches::new(me),
             wills: BTreeMap::new(),
             next_watch_refresh: cx.now + WATCH_REFRESH,
+            parked_wills: Vec::new(),
         }
     }
 
@@ -151,6 +158,14 @@ impl IndexPart {
             self.next_watch_refresh = cx.now + WATCH_REFRESH;
             self.watches.refresh();
         }
+        let now = cx.now;
+        let (due, parked): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked_wills)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.parked_wills = parked;
+        for (_, will) in due {
+            self.dht.publish(cx.now, cx.wall, &self.ring, will);
+        }
         if self.next_ring_sync.is_some_and(|t| t <= cx.now) {
             self.next_ring_sync = None;
             self.sync_ring(cx, role);
@@ -163,6 +178,7 @@ impl IndexPart {
             self.dht.poll_timeout(),
             self.next_ring_sync,
             Some(self.next_watch_refresh),
+            self.parked_wills.iter().map(|(at, _)| *at).min(),
         ]
         .into_iter()
         .flatten()
@@ -513,14 +529,19 @@ impl IndexPart {
     }
 
     /// A session ended: no index traffic on it any more. A client's watches end with it, and
-    /// a client that went without saying goodbye (its session timed out, its stream closed
-    /// under it, it restarted) is published offline with the will it left. A will that
-    /// arrives after the client published anew is stale and goes nowhere.
+    /// a client that went without saying goodbye is published offline with the will it
+    /// left: at once when its session went silent for the idle timeout, after
+    /// [`WILL_GRACE`] otherwise (its stream closed under it, it restarted). A will that
+    /// comes after the client published anew is stale and goes nowhere.
     pub fn session_closed(&mut self, cx: &mut Cx<'_>, conn: ConnId, cause: CloseCause) {
         self.watches.client_gone(u64::from(conn.0));
         if let Some(will) = self.wills.remove(&conn) {
-            if !matches!(cause, CloseCause::Remote(_)) {
-                self.dht.publish(cx.now, cx.wall, &self.ring, will);
+            match cause {
+                CloseCause::Remote(_) => {}
+                CloseCause::Timeout => {
+                    self.dht.publish(cx.now, cx.wall, &self.ring, will);
+                }
+                _ => self.parked_wills.push((cx.now + WILL_GRACE, will)),
             }
         }
         let gone: Vec<SocketAddr> = self
