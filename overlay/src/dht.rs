@@ -146,8 +146,9 @@ const MAX_CLIENT_SEARCHES: usize = 8;
 const MAX_WATCHERS_PER_USER: usize = 4096;
 /// Most (user, watching super node) pairs held.
 const MAX_WATCHERS: usize = 500_000;
-/// Most users one super node may watch here.
-const MAX_WATCHES_PER_WATCHER: usize = 50_000;
+/// Most users one super node may watch here: as many as it may watch at all (on a small
+/// ring one replica can hold all of them).
+const MAX_WATCHES_PER_WATCHER: usize = crate::watch::MAX_WATCHED;
 /// Searches a super node runs at once.
 const MAX_SEARCHES: usize = 10_000;
 /// Super nodes a search asks to confirm an old-looking record.

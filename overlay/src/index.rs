@@ -1,8 +1,8 @@
 //! A super node's share of the global index: presence records it stores and answers with.
 //!
 //! Every record is verified when it is stored (certificate, device signature, revocation,
-//! retention, skew: [`PresenceRecord::verify`]) and again when it is answered with, since it may
-//! have expired or been revoked meanwhile. Per device only the record with the highest sequence
+//! retention, skew: [`PresenceRecord::verify`]); when it is answered with, only what can change
+//! is checked again (expiry and revocation: its bytes, and so its signatures, cannot). Per device only the record with the highest sequence
 //! number is kept, so a replayed or stale record never replaces a fresh one. Records leave when
 //! their retention (72 hours after the user's last login, configurable) runs out. Memory is
 //! bounded by [`IndexStore::capacity`]; when full, the oldest record goes first.

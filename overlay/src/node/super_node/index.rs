@@ -33,6 +33,8 @@ const MAX_QUEUED: usize = 64;
 /// a killed process, or a NAT that moved under a live one) has this long to publish anew
 /// before its will is: a live device's newer record makes the will stale.
 const WILL_GRACE: Duration = Duration::from_secs(10);
+/// Most wills waiting for their grace to end; past it a will is published at once.
+const MAX_PARKED_WILLS: usize = 10_000;
 
 /// The index as a super node holds it. See the [module documentation](self).
 #[derive(Debug)]
@@ -539,6 +541,9 @@ impl IndexPart {
             match cause {
                 CloseCause::Remote(_) => {}
                 CloseCause::Timeout => {
+                    self.dht.publish(cx.now, cx.wall, &self.ring, will);
+                }
+                _ if self.parked_wills.len() >= MAX_PARKED_WILLS => {
                     self.dht.publish(cx.now, cx.wall, &self.ring, will);
                 }
                 _ => self.parked_wills.push((cx.now + WILL_GRACE, will)),
