@@ -551,12 +551,7 @@ impl PresenceSim {
                 if !self.sns[sn].alive || !self.devices[device].links.contains(&sn) {
                     return;
                 }
-                let u = self.devices[device].user;
-                let names: Vec<UserName> = self.users[u]
-                    .contacts
-                    .iter()
-                    .map(|c| self.users[*c].name.clone())
-                    .collect();
+                let names = self.contact_names(self.devices[device].user);
                 self.sns[sn]
                     .watches
                     .client_watch(&self.ring, device as u64, &names, true);
@@ -835,13 +830,17 @@ impl PresenceSim {
         self.schedule(leg, ev);
     }
 
-    fn send_watch(&mut self, device: usize, sn: usize) {
-        let u = self.devices[device].user;
-        let names: Vec<UserName> = self.users[u]
+    /// The names of user `u`'s contacts: what each of its devices watches.
+    fn contact_names(&self, u: usize) -> Vec<UserName> {
+        self.users[u]
             .contacts
             .iter()
             .map(|c| self.users[*c].name.clone())
-            .collect();
+            .collect()
+    }
+
+    fn send_watch(&mut self, device: usize, sn: usize) {
+        let names = self.contact_names(self.devices[device].user);
         let mut bytes = 0;
         for chunk in names.chunks(natter_core::wire::message::MAX_WATCH_USERS) {
             bytes += bytes_of(&Message::IndexWatch {
