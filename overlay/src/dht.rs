@@ -460,6 +460,9 @@ struct Search {
     confirmed: bool,
     /// Some of them were asked: their answers are waited for.
     confirming: bool,
+    /// A newer record of the user arrived here while this search ran: its outcome is not
+    /// cached (it may be older than what was stored meanwhile).
+    stale: bool,
 }
 
 #[derive(Debug)]
@@ -653,7 +656,7 @@ impl Dht {
                         self.notify(to, record.clone());
                     }
                 }
-                self.cache.remove(&user);
+                self.forget_cached(&user);
                 // The set it was placed on, for the next repair to compare with.
                 if !self.placed.contains_key(&user) {
                     let key = Key::of_user(&user);
@@ -819,7 +822,7 @@ impl Dht {
         }
         self.arm_expiry(now);
         let user = record.user().clone();
-        self.cache.remove(&user);
+        self.forget_cached(&user);
         for to in self.replica_set(ring, &user, self.cfg.replicas) {
             if to.static_key == self.me.static_key {
                 self.store_local(ring, record.clone(), wall);
@@ -834,6 +837,16 @@ impl Dht {
             }
         }
         true
+    }
+
+    /// A newer record of `user` arrived here (stored, published, or pushed to a watch of
+    /// ours): the path cache forgets the user, and searches for them in progress will not
+    /// cache what they find (their answers may predate it).
+    pub fn forget_cached(&mut self, user: &UserName) {
+        self.cache.remove(user);
+        for search in self.searches.values_mut().filter(|s| &s.user == user) {
+            search.stale = true;
+        }
     }
 
     fn arm_expiry(&mut self, now: Instant) {
@@ -907,6 +920,7 @@ impl Dht {
             hops: 0,
             confirmed: false,
             confirming: false,
+            stale: false,
         };
         // The path cache, unless a record in it names a super node that has left the ring:
         // its device has moved to another one since (and published again), so the replicas
@@ -1147,7 +1161,7 @@ impl Dht {
             .filter(|(replica, a)| *replica && a.is_empty())
             .count();
         let result = if !records.is_empty() {
-            if !cached {
+            if !cached && !search.stale {
                 if self.cache.len() >= self.cfg.cache_capacity {
                     self.cache.retain(|_, (_, expires)| *expires > now);
                     if self.cache.len() >= self.cfg.cache_capacity {
@@ -2097,6 +2111,55 @@ mod search_tests {
         let mut forged = record(&tn, "bob", 1);
         forged.sequence = 5;
         assert!(!net.dhts[0].publish(later, TEST_WALL, &ring, forged));
+    }
+
+    #[test]
+    fn a_search_that_raced_a_newer_record_is_not_cached() {
+        let tn = TestNetwork::new(1);
+        let mut net = Net::new(&tn, 3);
+        let ring = net.ring.clone();
+        let now = net.now;
+        assert!(net.dhts[0].publish(now, TEST_WALL, &ring, record(&tn, "alice", 1)));
+        net.run();
+        let alice = UserName::parse("alice").unwrap();
+        // dhts[1] searches; the other replicas' answers are held back...
+        net.dhts[1].search(now, TEST_WALL, &ring, Origin::Local(1), alice.clone());
+        let mut answers = Vec::new();
+        while let Some(out) = net.dhts[1].poll_output() {
+            if let DhtOutput::Send { to, message } = out {
+                let j = net
+                    .dhts
+                    .iter()
+                    .position(|d| d.me.static_key == to.static_key)
+                    .unwrap();
+                let from = net.dhts[1].me;
+                net.dhts[j].handle_message(now, TEST_WALL, &ring, from, &message);
+                while let Some(reply) = net.dhts[j].poll_output() {
+                    answers.push((net.dhts[j].me, reply));
+                }
+            }
+        }
+        assert!(!answers.is_empty());
+        // ...while a newer record is stored everywhere, then they arrive.
+        assert!(net.dhts[0].publish(now, TEST_WALL, &ring, record(&tn, "alice", 2)));
+        net.run();
+        for (from, out) in answers {
+            if let DhtOutput::Send { message, .. } = out {
+                net.dhts[1].handle_message(now, TEST_WALL, &ring, from, &message);
+            }
+        }
+        net.run();
+        assert!(net.done.pop().is_some());
+        // The next search asks again (no cached older record) and finds the newer one.
+        net.dhts[1].search(now, TEST_WALL, &ring, Origin::Local(2), alice);
+        net.run();
+        let second = net.done.pop().unwrap();
+        assert!(second.messages > 0, "not answered from the path cache");
+        match second.result {
+            SearchResult::Found(r) => assert_eq!(r[0].sequence, 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(net.dhts[1].stats().cache_hits, 0);
     }
 
     #[test]

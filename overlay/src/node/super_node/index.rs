@@ -415,10 +415,13 @@ impl IndexPart {
             // A replica pushes a watched user's record.
             Message::IndexNotify { record } => {
                 let dht = &self.dht;
-                if !self
+                if self
                     .watches
                     .on_notify(&from, (**record).clone(), |r| dht.verify_record(r, wall))
                 {
+                    // Searches here must not answer from an older cached record.
+                    self.dht.forget_cached(record.user());
+                } else {
                     cx.out.stats.overlay_dropped += 1;
                 }
             }
