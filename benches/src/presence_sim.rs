@@ -34,6 +34,10 @@ use natter_overlay::watch::{WatchOutput, Watches, WATCH_REFRESH};
 
 use crate::index_sim::{message_bytes, one_way, super_node_addr};
 
+/// How long a super node keeps a standby will after its device's session died (the node's
+/// `STANDBY_FOR`).
+const STANDBY_FOR: Duration = Duration::from_secs(60);
+
 /// Settings of a run.
 #[derive(Debug, Clone)]
 pub struct PresenceSimConfig {
@@ -156,8 +160,12 @@ struct Sn {
     pos: (f64, f64),
     alive: bool,
     timer_at: Option<Duration>,
-    /// Per device attached here: the will it left.
-    wills: BTreeMap<usize, PresenceRecord>,
+    /// Per device attached here: the will it left, and the super node holding it
+    /// first-hand when this one holds it on standby.
+    wills: BTreeMap<usize, (PresenceRecord, Option<usize>)>,
+    /// Standby wills of devices gone without a word: (dropped then, first-hand holder,
+    /// will), published if the holder leaves the ring first.
+    standby: Vec<(Duration, usize, PresenceRecord)>,
     bytes: u64,
 }
 
@@ -206,6 +214,8 @@ enum Ev {
         sn: usize,
         device: usize,
         will: Box<PresenceRecord>,
+        /// On standby for this first-hand holder.
+        standby: Option<usize>,
     },
     /// A super node repeats its watches to the replicas.
     WatchRefresh {
@@ -350,6 +360,7 @@ impl PresenceSim {
                 alive: true,
                 timer_at: None,
                 wills: BTreeMap::new(),
+                standby: Vec::new(),
                 bytes: 0,
             });
         }
@@ -535,9 +546,14 @@ impl PresenceSim {
                 self.sns[sn].dht.publish(now, wall, &self.ring, *record);
                 self.drain(sn);
             }
-            Ev::Will { sn, device, will } => {
+            Ev::Will {
+                sn,
+                device,
+                will,
+                standby,
+            } => {
                 if self.sns[sn].alive {
-                    self.sns[sn].wills.insert(device, *will);
+                    self.sns[sn].wills.insert(device, (*will, standby));
                 }
             }
             Ev::WatchRefresh { sn } => {
@@ -562,13 +578,20 @@ impl PresenceSim {
                     return;
                 }
                 let (now, wall) = (self.instant(), self.wall());
+                let until = self.now + STANDBY_FOR;
                 let s = &mut self.sns[sn];
                 s.watches.client_gone(device as u64);
-                if let Some(w) = s.wills.remove(&device) {
-                    if will {
-                        s.dht.publish(now, wall, &self.ring, w);
+                if let Some((w, standby)) = s.wills.remove(&device) {
+                    match standby {
+                        _ if !will => {}
+                        None => {
+                            s.dht.publish(now, wall, &self.ring, w);
+                        }
+                        // As the node does: only if the first-hand holder left the ring.
+                        Some(holder) => s.standby.push((until, holder, w)),
                     }
                 }
+                self.check_standby(sn);
                 self.drain(sn);
             }
             Ev::ToDevice {
@@ -683,6 +706,7 @@ impl PresenceSim {
                     if self.sns[i].alive {
                         self.sns[i].dht.ring_changed(now);
                         self.sns[i].watches.ring_changed(&self.ring);
+                        self.check_standby(i);
                         self.drain(i);
                     }
                 }
@@ -813,13 +837,51 @@ impl PresenceSim {
             let record = Box::new(record.clone());
             self.send_up(device, l, bytes, Ev::Publish { sn: l, record });
         }
-        // The will goes with it, to the same super node.
+        // The will goes with it, to the same super node, and on standby to the others.
         if let Some(will) = will {
-            let bytes = bytes_of(&Message::IndexWill {
-                record: will.clone(),
-            });
-            self.watch_bytes += bytes;
-            self.send_up(device, sn, bytes, Ev::Will { sn, device, will });
+            for l in self.devices[device].links.clone() {
+                let standby = (l != sn).then_some(sn);
+                let bytes = bytes_of(&Message::IndexWill {
+                    record: will.clone(),
+                    standby: standby.map(|h| self.sns[h].entry.addr),
+                });
+                self.watch_bytes += bytes;
+                let will = will.clone();
+                self.send_up(
+                    device,
+                    l,
+                    bytes,
+                    Ev::Will {
+                        sn: l,
+                        device,
+                        will,
+                        standby,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Publish super node `sn`'s standby wills whose first-hand holder has left the ring;
+    /// drop those kept long enough.
+    fn check_standby(&mut self, sn: usize) {
+        let (now, wall) = (self.instant(), self.wall());
+        let (at, ring) = (self.now, &self.ring);
+        let addrs: Vec<SocketAddr> = self.sns.iter().map(|s| s.entry.addr).collect();
+        let s = &mut self.sns[sn];
+        let mut publish = Vec::new();
+        s.standby.retain(|(until, holder, will)| {
+            if *until <= at {
+                return false;
+            }
+            if !ring.contains(addrs[*holder]) {
+                publish.push(will.clone());
+                return false;
+            }
+            true
+        });
+        for will in publish {
+            s.dht.publish(now, wall, ring, will);
         }
     }
 

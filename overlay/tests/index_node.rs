@@ -402,6 +402,24 @@ fn presence_run(seed: u64) -> Vec<Duration> {
     assert!(before.0 > 0 && before.1 > 0, "{before:?}");
     w.sim.run_for(Duration::from_secs(120));
     assert_eq!(pushed(&w.sim), before, "pushes without a change");
+    // user7 loses power together with the super node it publishes through (which holds its
+    // will): its other super node, which holds the will on standby, publishes it once that
+    // one has left the ring, within a minute.
+    watch(&mut w.sim, watcher, &["user3", "user4", "user6", "user7"]);
+    let t = presence_within(&mut w.sim, watcher, "user7", true, Duration::from_secs(2));
+    log.push(t.expect("user7 shown online"));
+    let user7 = w.users[7];
+    let holder = w.sim.machine::<Node>(user7).attached()[0];
+    let holder = w.sns.iter().copied().find(|h| {
+        (0..SUPER_NODES).any(|i| {
+            w.sim.host_name(*h) == format!("sn{i}")
+                && holder == SocketAddr::from(([198, 18, i, 10], 4000))
+        })
+    });
+    w.sim.power_off(user7);
+    w.sim.power_off(holder.expect("user7's first super node"));
+    let t = presence_within(&mut w.sim, watcher, "user7", false, Duration::from_secs(60));
+    log.push(t.expect("shown offline by the standby will within a minute"));
     log
 }
 

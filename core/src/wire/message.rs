@@ -596,12 +596,18 @@ pub enum Message<'a> {
         /// The signed record (verified again by whoever receives it).
         record: Box<PresenceRecord>,
     },
-    /// From a node to the super node it publishes through: the signed "offline" record to
-    /// publish for it when its link dies without a word (its sequence number is one past
-    /// the record it last published).
+    /// From a node to its super nodes: the signed "offline" record to publish for it when
+    /// its link dies without a word (its sequence number is one past the record it last
+    /// published). The super node it publishes through holds it first-hand; its other super
+    /// nodes hold it on standby, for when that one is gone too.
     IndexWill {
         /// The signed record (it says offline).
         record: Box<PresenceRecord>,
+        /// `None`: publish it when the link dies without a word (you are the super node the
+        /// node publishes through). `Some(sn)`: the super node `sn` holds it first-hand;
+        /// publish it only if, besides the link dying, `sn` has left the ring (a device that
+        /// lost power together with it).
+        standby: Option<SocketAddr>,
     },
     /// Invite the receiving device to a call.
     CallInvite {
@@ -1103,6 +1109,11 @@ impl<'a> Message<'a> {
             },
             MessageType::IndexWill => Message::IndexWill {
                 record: Box::new(PresenceRecord::read(&mut r)?),
+                standby: match r.u8()? {
+                    0 => None,
+                    1 => Some(read_addr(&mut r)?),
+                    _ => return Err(DecodeError::Invalid("standby flag")),
+                },
             },
             MessageType::CallInvite => Message::CallInvite {
                 call: CallId(r.array()?),
@@ -1383,7 +1394,17 @@ impl<'a> Message<'a> {
                     out.put_slice(u.as_str().as_bytes());
                 }
             }
-            Message::IndexNotify { record } | Message::IndexWill { record } => record.encode(out),
+            Message::IndexNotify { record } => record.encode(out),
+            Message::IndexWill { record, standby } => {
+                record.encode(out);
+                match standby {
+                    None => out.put_u8(0),
+                    Some(sn) => {
+                        out.put_u8(1);
+                        put_addr(out, sn);
+                    }
+                }
+            }
             Message::CallInvite {
                 call,
                 caller,
@@ -1685,7 +1706,14 @@ mod tests {
             Message::IndexNotify {
                 record: record.clone(),
             },
-            Message::IndexWill { record },
+            Message::IndexWill {
+                record: record.clone(),
+                standby: None,
+            },
+            Message::IndexWill {
+                record,
+                standby: Some("[2001:db8::1]:443".parse().unwrap()),
+            },
         ] {
             let mut b = BytesMut::new();
             m.encode(&mut b);

@@ -473,9 +473,11 @@ impl Lookup {
             if sent && self.online {
                 // Our will: "offline", one further, for the super node we publish through
                 // to publish if our link dies without a word. The next record goes past
-                // it. (Only there: a will on every link made a live device that moved
-                // show offline to whoever searched it meanwhile, which slowed calls that
-                // recover by searching.)
+                // it. Our other super nodes hold it on standby: they publish it only if
+                // that super node has left the ring as well (we lost power together with
+                // it). (Not first-hand on every link: a live device that moved then showed
+                // offline to whoever searched it meanwhile, which slowed calls that recover
+                // by searching.)
                 self.presence_seq += 1;
                 let will = PresenceRecord::sign(
                     &cx.cfg.identity.device,
@@ -489,10 +491,21 @@ impl Lookup {
                     self.presence_seq,
                     cx.wall,
                 );
-                let msg = Message::IndexWill {
-                    record: Box::new(will),
+                let record = Box::new(will);
+                let first_hand = Message::IndexWill {
+                    record: record.clone(),
+                    standby: None,
                 };
-                let _ = cx.sessions.send(cx.now, conn, &msg);
+                let _ = cx.sessions.send(cx.now, conn, &first_hand);
+                if let Some(holder) = cx.facts.links.iter().find(|l| l.conn == conn) {
+                    let standby = Message::IndexWill {
+                        record,
+                        standby: Some(holder.addr),
+                    };
+                    for link in cx.facts.links.iter().filter(|l| l.conn != conn) {
+                        let _ = cx.sessions.send(cx.now, link.conn, &standby);
+                    }
+                }
             }
             sent
         } else {

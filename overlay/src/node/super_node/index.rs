@@ -3,7 +3,7 @@
 //! wills, and the sessions with other super nodes that carry the index's and the membership's
 //! messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,26 @@ const MAX_QUEUED: usize = 64;
 const WILL_GRACE: Duration = Duration::from_secs(10);
 /// Most wills waiting for their grace to end; past it a will is published at once.
 const MAX_PARKED_WILLS: usize = 10_000;
+/// A will held on standby stays this long after its client's session died, in case the
+/// super node holding it first-hand leaves the ring (it failed with the device) meanwhile.
+const STANDBY_FOR: Duration = Duration::from_secs(60);
+/// Most standby wills kept after their clients' sessions died (past it the oldest go).
+const MAX_STANDBY_WILLS: usize = 10_000;
+
+/// A will held on standby whose client's session died: published if the super node that
+/// holds it first-hand leaves the ring before `until`.
+#[derive(Debug)]
+struct StandbyWill {
+    /// The super node holding it first-hand.
+    holder: SocketAddr,
+    /// Not before this (a stream that closed gets [`WILL_GRACE`], as first-hand).
+    from: Instant,
+    /// Dropped then.
+    until: Instant,
+    /// When it next needs a look without a ring change: `from`, then `until`.
+    next: Instant,
+    record: PresenceRecord,
+}
 
 /// The index as a super node holds it. See the [module documentation](self).
 #[derive(Debug)]
@@ -51,12 +71,15 @@ pub(crate) struct IndexPart {
     suspects: BTreeMap<SocketAddr, Instant>,
     /// Presence watches for our clients (and ourselves).
     watches: Watches,
-    /// Per client session: the signed "offline" record to publish if it dies without a word.
-    wills: BTreeMap<ConnId, PresenceRecord>,
+    /// Per client session: the signed "offline" record to publish if it dies without a word,
+    /// and, for a will held on standby, the super node holding it first-hand.
+    wills: BTreeMap<ConnId, (PresenceRecord, Option<SocketAddr>)>,
     /// When the watches are next repeated to the replicas.
     next_watch_refresh: Instant,
     /// Wills to publish at the end of their grace ([`WILL_GRACE`]).
     parked_wills: Vec<(Instant, PresenceRecord)>,
+    /// Standby wills of clients whose sessions died, oldest first.
+    standby_wills: VecDeque<StandbyWill>,
 }
 
 impl IndexPart {
@@ -78,6 +101,7 @@ impl IndexPart {
             wills: BTreeMap::new(),
             next_watch_refresh: cx.now + WATCH_REFRESH,
             parked_wills: Vec::new(),
+            standby_wills: VecDeque::new(),
         }
     }
 
@@ -151,6 +175,7 @@ impl IndexPart {
         }
         if self.ring.generation() != before {
             self.dht.ring_changed(now);
+            self.check_standby(cx);
         }
         self.next_ring_sync = Some(now + RING_SYNC);
     }
@@ -168,6 +193,7 @@ impl IndexPart {
         for (_, will) in due {
             self.dht.publish(cx.now, cx.wall, &self.ring, will);
         }
+        self.check_standby(cx);
         if self.next_ring_sync.is_some_and(|t| t <= cx.now) {
             self.next_ring_sync = None;
             self.sync_ring(cx, role);
@@ -181,6 +207,7 @@ impl IndexPart {
             self.next_ring_sync,
             Some(self.next_watch_refresh),
             self.parked_wills.iter().map(|(at, _)| *at).min(),
+            self.standby_wills.iter().map(|w| w.next).min(),
         ]
         .into_iter()
         .flatten()
@@ -398,16 +425,16 @@ impl IndexPart {
             } => self
                 .watches
                 .client_watch(&self.ring, u64::from(conn.0), users, *watch),
-            Message::IndexWill { record } => {
+            Message::IndexWill { record, standby } => {
                 // Its own, saying offline, newer than the one held.
                 let fits = record.certificate.dh_public == peer_key
                     && !record.online
                     && self
                         .wills
                         .get(&conn)
-                        .is_none_or(|w| w.sequence < record.sequence);
+                        .is_none_or(|(w, _)| w.sequence < record.sequence);
                 if fits {
-                    self.wills.insert(conn, (**record).clone());
+                    self.wills.insert(conn, ((**record).clone(), *standby));
                 } else {
                     cx.out.stats.overlay_dropped += 1;
                 }
@@ -537,13 +564,33 @@ impl IndexPart {
     /// a client that went without saying goodbye is published offline with the will it
     /// left: at once when its session went silent for the idle timeout, after
     /// [`WILL_GRACE`] otherwise (its stream closed under it, it restarted). A will that
-    /// comes after the client published anew is stale and goes nowhere.
+    /// comes after the client published anew is stale and goes nowhere. A will held on
+    /// standby is kept for [`STANDBY_FOR`], and published only if the super node holding it
+    /// first-hand has left the ring (or leaves it meanwhile).
     pub fn session_closed(&mut self, cx: &mut Cx<'_>, conn: ConnId, cause: CloseCause) {
         self.watches.client_gone(u64::from(conn.0));
-        if let Some(will) = self.wills.remove(&conn) {
-            match cause {
-                CloseCause::Remote(_) => {}
-                CloseCause::Timeout => {
+        if let Some((will, standby)) = self.wills.remove(&conn) {
+            match (cause, standby) {
+                (CloseCause::Remote(_), _) => {}
+                (cause, Some(holder)) => {
+                    if self.standby_wills.len() >= MAX_STANDBY_WILLS {
+                        self.standby_wills.pop_front();
+                    }
+                    let grace = if cause == CloseCause::Timeout {
+                        Duration::ZERO
+                    } else {
+                        WILL_GRACE
+                    };
+                    self.standby_wills.push_back(StandbyWill {
+                        holder,
+                        from: cx.now + grace,
+                        until: cx.now + STANDBY_FOR,
+                        next: cx.now + grace,
+                        record: will,
+                    });
+                    self.check_standby(cx);
+                }
+                (CloseCause::Timeout, None) => {
                     self.dht.publish(cx.now, cx.wall, &self.ring, will);
                 }
                 _ if self.parked_wills.len() >= MAX_PARKED_WILLS => {
@@ -564,6 +611,30 @@ impl IndexPart {
             // the session at our next packet; its store is empty anyway): the searches go on
             // without it now instead of at their timeout. The node stays in the ring.
             self.dht.unreachable(cx.now, cx.wall, addr);
+        }
+    }
+
+    /// Publish the standby wills whose first-hand holder has left the ring; drop those kept
+    /// long enough.
+    fn check_standby(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now;
+        let ring = &self.ring;
+        let mut publish = Vec::new();
+        self.standby_wills.retain_mut(|w| {
+            if w.until <= now {
+                return false;
+            }
+            if w.from <= now {
+                if !ring.contains(w.holder) {
+                    publish.push(w.record.clone());
+                    return false;
+                }
+                w.next = w.until;
+            }
+            true
+        });
+        for will in publish {
+            self.dht.publish(now, cx.wall, &self.ring, will);
         }
     }
 
