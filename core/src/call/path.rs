@@ -840,6 +840,15 @@ impl PathManager {
                         self.actions.push_back(PathAction::Rebind);
                         return;
                     }
+                    if again && self.update_pending && self.fresh_update {
+                        // The request we followed, again (it crossed our answer): a request,
+                        // not the answer to ours. Answer again and keep waiting: checking
+                        // now would send our probes to its new port before its own opened
+                        // its NAT towards ours, and a NAT that drops them keeps an entry
+                        // that pushes its mapping towards us onto another port.
+                        self.send_candidates(now);
+                        return;
+                    }
                 }
                 if self.controlling
                     && self.update_pending
@@ -2067,6 +2076,33 @@ mod tests {
         // The caller answers: checks from the new port.
         m.handle_message(t, &candidates(true, &["198.18.50.1:7000"]));
         m.handle_timeout(t + Duration::from_millis(50));
+        let (_, check) = probes_via(&actions(&mut m));
+        assert!(!check.is_empty() && check.iter().all(|v| *v == Some(port)));
+    }
+
+    #[test]
+    fn a_callee_that_followed_answers_a_repeated_request_again_without_checking_yet() {
+        let start = Instant::now();
+        let mut m = manager(false, start);
+        m.set_peer_fresh_ports(true);
+        connected(&mut m, start);
+        let t = start + Duration::from_secs(5);
+        m.handle_message(t, &update_from(true, &["198.18.50.1:7000"]));
+        assert!(matches!(actions(&mut m)[..], [PathAction::Rebind]));
+        let port: SocketAddr = "10.0.0.3:41000".parse().unwrap();
+        let t = t + Duration::from_millis(150);
+        m.rebound(t, port, reflexive("198.18.51.2:41000"));
+        assert_eq!(sent_flags(&actions(&mut m)), vec![(true, true)]);
+        // The caller's request again (it crossed our answer): answered again, and no check
+        // yet (our probes would reach its NAT before it opened towards our new port).
+        m.handle_message(t, &update_from(true, &["198.18.50.1:7000"]));
+        m.handle_timeout(t + Duration::from_millis(50));
+        let acts = actions(&mut m);
+        assert_eq!(sent_flags(&acts), vec![(true, true)]);
+        assert!(probes_via(&acts).1.is_empty(), "{acts:?}");
+        // Its answer: checks from the new port.
+        m.handle_message(t, &candidates(true, &["198.18.50.1:7000"]));
+        m.handle_timeout(t + Duration::from_millis(100));
         let (_, check) = probes_via(&actions(&mut m));
         assert!(!check.is_empty() && check.iter().all(|v| *v == Some(port)));
     }
