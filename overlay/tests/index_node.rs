@@ -374,7 +374,8 @@ fn presence_run(seed: u64) -> Vec<Duration> {
                 && first == SocketAddr::from(([198, 18, i, 10], 4000))
         })
     });
-    w.sim.crash(sn.expect("the watcher's first super node"));
+    let crashed = sn.expect("the watcher's first super node");
+    w.sim.crash(crashed);
     w.sim.run_for(Duration::from_secs(1));
     let user6 = w.users[6];
     w.sim
@@ -416,10 +417,31 @@ fn presence_run(seed: u64) -> Vec<Duration> {
                 && holder == SocketAddr::from(([198, 18, i, 10], 4000))
         })
     });
+    let holder = holder.expect("user7's first super node");
     w.sim.power_off(user7);
-    w.sim.power_off(holder.expect("user7's first super node"));
+    w.sim.power_off(holder);
     let t = presence_within(&mut w.sim, watcher, "user7", false, Duration::from_secs(60));
     log.push(t.expect("shown offline by the standby will within a minute"));
+    // A super node is a device of its user too, with no super node of its own to hold its
+    // will: it deposits the will with the two after it on the ring, which publish it once
+    // the membership declares it gone.
+    let sn = w
+        .sns
+        .iter()
+        .copied()
+        .find(|h| ![crashed, holder].contains(h))
+        .expect("a live super node");
+    let name = w.sim.host_name(sn).to_string();
+    watch(
+        &mut w.sim,
+        watcher,
+        &["user3", "user4", "user6", "user7", name.as_str()],
+    );
+    let t = presence_within(&mut w.sim, watcher, &name, true, Duration::from_secs(2));
+    log.push(t.expect("the super node's user shown online"));
+    w.sim.power_off(sn);
+    let t = presence_within(&mut w.sim, watcher, &name, false, Duration::from_secs(60));
+    log.push(t.expect("a super node that lost power shown offline within a minute"));
     log
 }
 

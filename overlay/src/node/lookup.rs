@@ -456,6 +456,14 @@ impl Lookup {
         let published = if cx.facts.super_node {
             cx.out
                 .notify(PartId::SuperNode, Notice::Publish(Box::new(record)));
+            if self.online {
+                // Our will, for the super nodes after us on the ring to publish if we leave
+                // it without a word (we hold no link whose super node could).
+                self.presence_seq += 1;
+                let will = self.will(cx, key.nat);
+                cx.out
+                    .notify(PartId::SuperNode, Notice::Will(Box::new(will)));
+            }
             true
         } else if let Some(conn) = index_link(cx, None) {
             let msg = Message::IndexStore {
@@ -479,18 +487,7 @@ impl Lookup {
                 // offline to whoever searched it meanwhile, which slowed calls that recover
                 // by searching.)
                 self.presence_seq += 1;
-                let will = PresenceRecord::sign(
-                    &cx.cfg.identity.device,
-                    cx.cfg.identity.certificate.clone(),
-                    false,
-                    Vec::new(),
-                    None,
-                    Vec::new(),
-                    key.nat,
-                    cx.cfg.identity.capabilities,
-                    self.presence_seq,
-                    cx.wall,
-                );
+                let will = self.will(cx, key.nat);
                 let record = Box::new(will);
                 let first_hand = Message::IndexWill {
                     record: record.clone(),
@@ -515,6 +512,24 @@ impl Lookup {
             self.published = Some(key);
             self.next_presence = Some(cx.now + cx.cfg.presence_refresh);
         }
+    }
+}
+
+impl Lookup {
+    /// Our will: "offline", signed now with the current sequence number.
+    fn will(&self, cx: &Cx<'_>, nat: u8) -> PresenceRecord {
+        PresenceRecord::sign(
+            &cx.cfg.identity.device,
+            cx.cfg.identity.certificate.clone(),
+            false,
+            Vec::new(),
+            None,
+            Vec::new(),
+            nat,
+            cx.cfg.identity.capabilities,
+            self.presence_seq,
+            cx.wall,
+        )
     }
 }
 

@@ -277,6 +277,9 @@ pub(crate) enum Notice {
     },
     /// Store our own presence record in our own index (to the super-node role).
     Publish(Box<PresenceRecord>),
+    /// Our will, as a super node: deposit it with our ring successors, which publish it if
+    /// we leave the ring (to the super-node role).
+    Will(Box<PresenceRecord>),
     /// Watch (or stop watching) these users' presence through our own index (to the
     /// super-node role).
     WatchHere {

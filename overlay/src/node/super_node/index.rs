@@ -3,7 +3,7 @@
 //! wills, and the sessions with other super nodes that carry the index's and the membership's
 //! messages.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ const MAX_PARKED_WILLS: usize = 10_000;
 const STANDBY_FOR: Duration = Duration::from_secs(60);
 /// Most standby wills kept after their clients' sessions died (past it the oldest go).
 const MAX_STANDBY_WILLS: usize = 10_000;
+
+/// Ring successors a super node deposits its own will with.
+const WILL_DEPOSITS: usize = 2;
+/// Most wills of other super nodes held (each deposits with its two successors).
+const MAX_DEPOSITED: usize = 256;
 
 /// A will held on standby whose client's session died: published if the super node that
 /// holds it first-hand leaves the ring before `until`.
@@ -80,6 +85,15 @@ pub(crate) struct IndexPart {
     parked_wills: Vec<(Instant, PresenceRecord)>,
     /// Standby wills of clients whose sessions died, oldest first.
     standby_wills: VecDeque<StandbyWill>,
+    /// Our own will (we are a device too) and the super nodes it is deposited with.
+    own_will: Option<(PresenceRecord, Vec<HostEntry>)>,
+    /// Wills other super nodes deposited here, by their address: published when they leave
+    /// the membership (once seen in it).
+    deposited: BTreeMap<SocketAddr, (PresenceRecord, bool)>,
+    /// The super nodes the membership holds alive (ours to suspect or not): whether a will's
+    /// holder is gone is asked here, not of the ring, from which a super node we merely
+    /// failed to reach is kept out for a while.
+    alive: BTreeSet<SocketAddr>,
 }
 
 impl IndexPart {
@@ -102,6 +116,9 @@ impl IndexPart {
             next_watch_refresh: cx.now + WATCH_REFRESH,
             parked_wills: Vec::new(),
             standby_wills: VecDeque::new(),
+            own_will: None,
+            deposited: BTreeMap::new(),
+            alive: BTreeSet::new(),
         }
     }
 
@@ -145,6 +162,10 @@ impl IndexPart {
         let now = cx.now;
         self.suspects.retain(|_, until| *until > now);
         let membership = role.membership();
+        let mut alive: BTreeSet<SocketAddr> = membership.alive().map(|m| m.addr).collect();
+        alive.insert(self.me.addr);
+        let alive_changed = alive != self.alive;
+        self.alive = alive;
         let mut members: BTreeMap<HostEntry, Key> = membership
             .alive()
             .filter(|m| !self.suspects.contains_key(&m.addr))
@@ -175,6 +196,9 @@ impl IndexPart {
         }
         if self.ring.generation() != before {
             self.dht.ring_changed(now);
+            self.redeposit(cx);
+        }
+        if alive_changed {
             self.check_standby(cx);
         }
         self.next_ring_sync = Some(now + RING_SYNC);
@@ -566,7 +590,7 @@ impl IndexPart {
     /// [`WILL_GRACE`] otherwise (its stream closed under it, it restarted). A will that
     /// comes after the client published anew is stale and goes nowhere. A will held on
     /// standby is kept for [`STANDBY_FOR`], and published only if the super node holding it
-    /// first-hand has left the ring (or leaves it meanwhile).
+    /// first-hand has left the membership (or leaves it meanwhile).
     pub fn session_closed(&mut self, cx: &mut Cx<'_>, conn: ConnId, cause: CloseCause) {
         self.watches.client_gone(u64::from(conn.0));
         if let Some((will, standby)) = self.wills.remove(&conn) {
@@ -614,18 +638,94 @@ impl IndexPart {
         }
     }
 
-    /// Publish the standby wills whose first-hand holder has left the ring; drop those kept
-    /// long enough.
+    /// Our own will (as a device): deposit it with the super nodes after us on the ring.
+    pub fn deposit_own_will(&mut self, cx: &mut Cx<'_>, will: PresenceRecord) {
+        self.own_will = Some((will, Vec::new()));
+        self.redeposit(cx);
+    }
+
+    /// Hand our will to those of our ring successors that do not hold it yet.
+    fn redeposit(&mut self, cx: &mut Cx<'_>) {
+        let Some((will, at)) = &self.own_will else {
+            return;
+        };
+        let key = Key::of_certificate(&cx.cfg.identity.certificate);
+        let successors: Vec<HostEntry> = self
+            .ring
+            .successors(key, WILL_DEPOSITS + 1)
+            .into_iter()
+            .filter(|e| *e != self.me)
+            .take(WILL_DEPOSITS)
+            .collect();
+        let new: Vec<HostEntry> = successors
+            .iter()
+            .filter(|e| !at.contains(e))
+            .copied()
+            .collect();
+        let message = Message::IndexWill {
+            record: Box::new(will.clone()),
+            standby: Some(self.me.addr),
+        };
+        self.own_will = Some((will.clone(), successors));
+        for to in new {
+            self.send_to_super_node(cx, to, message.clone());
+        }
+    }
+
+    /// A super node deposits its own will here: kept (the newest per super node) and
+    /// published if it leaves the ring.
+    pub fn deposited_will(
+        &mut self,
+        cx: &mut Cx<'_>,
+        conn: ConnId,
+        will: &PresenceRecord,
+        holder: SocketAddr,
+    ) {
+        let ep = cx.sessions.view();
+        let peer_key = ep.peer(conn).map(|p| p.certificate.dh_public);
+        let from_holder = matches!(
+            ep.remote(conn),
+            Some(Path::Direct { to: Destination::Udp(a), .. }) if *a == holder
+        );
+        let fits = from_holder
+            && peer_key == Some(will.certificate.dh_public)
+            && !will.online
+            && self
+                .deposited
+                .get(&holder)
+                .is_none_or(|(w, _)| w.sequence < will.sequence)
+            && (self.deposited.len() < MAX_DEPOSITED || self.deposited.contains_key(&holder));
+        if fits {
+            let seen = self.alive.contains(&holder);
+            self.deposited.insert(holder, (will.clone(), seen));
+        } else {
+            cx.out.stats.overlay_dropped += 1;
+        }
+    }
+
+    /// Publish the standby wills whose first-hand holder has left the membership; drop those
+    /// kept long enough. The same for the wills super nodes deposited here.
     fn check_standby(&mut self, cx: &mut Cx<'_>) {
         let now = cx.now;
-        let ring = &self.ring;
+        let alive = &self.alive;
         let mut publish = Vec::new();
+        self.deposited.retain(|holder, (will, seen)| {
+            if alive.contains(holder) {
+                *seen = true;
+                true
+            } else if *seen {
+                publish.push(will.clone());
+                false
+            } else {
+                true
+            }
+        });
         self.standby_wills.retain_mut(|w| {
             if w.until <= now {
                 return false;
             }
             if w.from <= now {
-                if !ring.contains(w.holder) {
+                if !alive.contains(&w.holder) {
                     publish.push(w.record.clone());
                     return false;
                 }

@@ -194,6 +194,13 @@ impl SuperNode {
             m if crate::membership::Membership::is_membership_message(m) => {
                 self.index.membership_message(cx, &mut self.role, conn, m)
             }
+            // A super node deposits its own will with those after it on the ring.
+            Message::IndexWill {
+                record,
+                standby: Some(holder),
+            } if !self.role.clients().any(|(c, _)| *c == conn) => {
+                self.index.deposited_will(cx, conn, record, *holder)
+            }
             // Only attached clients watch and leave wills here.
             Message::IndexWatch { full: true, .. } | Message::IndexWill { .. }
                 if !self.role.clients().any(|(c, _)| *c == conn) =>
@@ -277,6 +284,7 @@ impl SuperNode {
             }
             Notice::SearchHere { id, user } => self.index.search_here(cx, id, user),
             Notice::Publish(record) => self.index.publish(cx, *record),
+            Notice::Will(record) => self.index.deposit_own_will(cx, *record),
             Notice::WatchHere { users, watch } => self.index.watch_here(&users, watch),
             _ => {}
         }
