@@ -1399,7 +1399,8 @@ impl Client {
     /// comes as [`Event::ContactAccepted`]. When `user` asked first, this accepts their
     /// request (they are told). True when something changed (false: a contact already).
     /// Kept on disk at once, sent in the background (a request to a user who does not exist
-    /// ends as [`Event::ContactRequestFailed`]).
+    /// ends as [`Event::ContactRequestFailed`]); the recipient's online devices are poked
+    /// through their super nodes and fetch it at once, the others at their next login.
     ///
     /// # Errors
     /// See [`ContactsError`]: not logged in, an invalid name, a note too long, a full list,
@@ -1461,7 +1462,9 @@ impl Client {
     /// Merge the buddy list with its backup in the network now, and store it if this device
     /// holds edits the backup lacks. Blocks for up to a few exchanges with the login server
     /// (15 s each at most) and, with `password`, one password stretch (about a quarter of a
-    /// second). The client does this by itself after every login and edit, and every
+    /// second). The client does this by itself after every login and edit, when another
+    /// device pokes this one (a request or answer left for this user, an edit stored by
+    /// another of its devices), and every
     /// [`CONTACTS_PULL_EVERY`](crate::CONTACTS_PULL_EVERY); `password` is needed only on a
     /// device without the list's key (see [`ContactsError::PasswordNeeded`]).
     ///

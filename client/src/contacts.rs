@@ -12,7 +12,9 @@
 //!    it; if another device stored first (a version conflict), start again from 1.
 //!
 //! A sync runs on the `natter-contacts` thread after every login, shortly after every edit,
-//! after a password change (the key is wrapped again under the new password), and every
+//! after a password change (the key is wrapped again under the new password), when another
+//! device pokes this one (it left a contact request or an answer for this user, or stored a
+//! new version of this user's list: see [`Contacts::poked`]), and every
 //! [`CONTACTS_PULL_EVERY`] while logged in; [`Client::sync_contacts`](crate::Client::sync_contacts)
 //! runs one now. A refused backup (tampered, truncated, rolled back, another account's)
 //! leaves the local list as it was.
@@ -50,6 +52,9 @@ const EDIT_DELAY: Duration = Duration::from_millis(300);
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// The longest wait between tries of a failed sync.
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// A poke starts a sync at most this often (a user poking in a loop cannot make this
+/// device ask the login server at their pace).
+const POKE_GAP: Duration = Duration::from_secs(5);
 /// Version conflicts one sync takes (each means another device stored meanwhile) before it
 /// gives up for now.
 const MAX_CONFLICTS: usize = 4;
@@ -291,6 +296,8 @@ struct Control {
     password: Option<(UserName, String)>,
     /// The wait before the next try of a failed sync.
     backoff: Option<Duration>,
+    /// When a poke last started a sync.
+    poked: Option<Instant>,
     stop: bool,
 }
 
@@ -587,6 +594,26 @@ impl Contacts {
         self.wake.notify_all();
     }
 
+    /// Another device poked this one ([`natter_overlay::node::NodeEvent::Poked`]): sync
+    /// soon, at most once every [`POKE_GAP`]; a blocked user's pokes do nothing.
+    pub fn poked(&self, from: &UserName) {
+        let blocked = lock(&self.book)
+            .as_ref()
+            .and_then(|b| b.list.get(from))
+            .is_some_and(|e| e.is_blocked());
+        if blocked {
+            return;
+        }
+        let now = Instant::now();
+        let at = {
+            let mut c = lock(&self.control);
+            let at = c.poked.map_or(now, |t| (t + POKE_GAP).max(now));
+            c.poked = Some(at);
+            at
+        };
+        self.schedule(at - now, None);
+    }
+
     /// Mark the envelope for wrapping again under the new password, and sync with it.
     pub fn password_changed(&self, new: &str) {
         let user = lock(&self.book).as_mut().map(|b| {
@@ -821,11 +848,15 @@ impl Shared {
         // Sent or never sendable: out of the outbox (matched with the note too, so a request
         // made again meanwhile stays).
         let mut done = Vec::new();
+        let mut delivered = Vec::new();
         let mut fetched = None;
         let mut fetch_error = None;
         for (i, e) in events.into_iter().enumerate() {
             match (e, outbox.get(i)) {
-                (LoginClientEvent::Done, Some(entry)) => done.push(entry.clone()),
+                (LoginClientEvent::Done, Some(entry)) => {
+                    done.push(entry.clone());
+                    delivered.push(entry.0.clone());
+                }
                 (LoginClientEvent::ContactRequests(list), None) => fetched = Some(list),
                 (
                     LoginClientEvent::Failed {
@@ -900,6 +931,8 @@ impl Shared {
         for e in news {
             self.events.push(e);
         }
+        // The recipients' online devices fetch what we left now, not at their next pull.
+        self.poke(delivered);
         if let Some(e) = fetch_error {
             return Err(e);
         }
@@ -924,6 +957,17 @@ impl Shared {
         }
     }
 
+    /// Poke the online devices of these users ([`natter_overlay::node::Node::poke`]), when
+    /// the node runs.
+    fn poke(&self, users: Vec<UserName>) {
+        let Some(rt) = self.runtime() else {
+            return;
+        };
+        for user in users {
+            rt.command(move |n, now| n.poke(now, user));
+        }
+    }
+
     /// Bring the local list and the backup in the network in step, then exchange contact
     /// requests (see the [module documentation](self)). The requests go even when the list
     /// could not be synced (its error is returned).
@@ -944,6 +988,10 @@ impl Shared {
             let _one = lock(&self.contacts.syncing);
             self.exchange_requests(&certificate, cancel)
         };
+        if matches!(listed, Ok(ContactsSync { stored: true, .. })) {
+            // Our other devices take the new version now rather than at their next pull.
+            self.poke(vec![certificate.user.clone()]);
+        }
         match (listed, requests) {
             (Ok(done), Err(e)) => {
                 // The list is in step even so: said, so that the application reads it again.

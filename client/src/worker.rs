@@ -225,6 +225,7 @@ impl Worker {
                     events.push(Event::ContactPresence { user, availability });
                 }
             }
+            NodeEvent::Poked { from } => self.shared.contacts.poked(&from),
             NodeEvent::Search { id, outcome } => events.push(Event::SearchResult {
                 search: SearchId(id),
                 user: outcome.user.clone(),

@@ -145,3 +145,35 @@ fn contacts_see_each_other_come_and_go_and_strangers_are_not_watched() {
     alice.remove_contact("bob").unwrap();
     assert!(alice.contact("bob").is_none());
 }
+
+#[test]
+fn a_request_and_its_acceptance_reach_online_devices_at_once() {
+    let net = TestNet::start();
+    let alice = net.client("alice");
+    let bob = net.client("bob");
+    // Both in step with the login server: the next periodic pull is ten minutes away, so
+    // what arrives below came because the sender's device poked the recipient's.
+    alice.sync_contacts(None).unwrap();
+    bob.sync_contacts(None).unwrap();
+    let start = Instant::now();
+    alice.add_contact("bob", "hi Bob").unwrap();
+    match wait_for(&bob, |e| matches!(e, Event::ContactRequest { .. })) {
+        Some(Event::ContactRequest { from, note }) => {
+            assert_eq!((from.as_str(), note.as_str()), ("alice", "hi Bob"))
+        }
+        other => panic!("no request: {other:?}"),
+    }
+    let request = start.elapsed();
+    let start = Instant::now();
+    bob.add_contact("alice", "").unwrap();
+    let accepted = wait_for(
+        &alice,
+        |e| matches!(e, Event::ContactAccepted { user } if user.as_str() == "bob"),
+    );
+    assert!(accepted.is_some(), "no acceptance");
+    let acceptance = start.elapsed();
+    // (Within the fixtures' deadline, far below the ten-minute pull: the pokes did it.)
+    eprintln!(
+        "POKE: the request reached bob after {request:?}, his acceptance alice after {acceptance:?}"
+    );
+}

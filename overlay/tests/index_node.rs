@@ -451,3 +451,39 @@ fn watched_presence_is_pushed_within_two_seconds_and_a_vanished_device_within_a_
     eprintln!("PRESENCE: {a:?}");
     assert_eq!(a, presence_run(26), "deterministic");
 }
+
+/// How many times `host` heard a poke from `from` since event `seen`.
+fn pokes_from(sim: &Sim<NodeEvent>, host: HostId, from: &str, seen: usize) -> usize {
+    sim.events(host)[seen..]
+        .iter()
+        .filter(|(_, e)| matches!(e, NodeEvent::Poked { from: f } if f.as_str() == from))
+        .count()
+}
+
+#[test]
+fn a_poke_reaches_the_users_online_devices_through_their_super_nodes_at_a_bounded_rate() {
+    let mut w = world(27);
+    w.sim.run_for(Duration::from_secs(10));
+    // user0 pokes user3 (behind a symmetric NAT) and sn1's own user (a super node).
+    let (poker, user3, sn1) = (w.users[0], w.users[3], w.sns[1]);
+    let (seen3, seen_sn) = (w.sim.events(user3).len(), w.sim.events(sn1).len());
+    for name in ["user3", "sn1"] {
+        let user = UserName::parse(name).unwrap();
+        w.sim
+            .with_machine(poker, |n: &mut Node, now| n.poke(now, user));
+    }
+    w.sim.run_for(Duration::from_secs(2));
+    assert_eq!(pokes_from(&w.sim, user3, "user0", seen3), 1);
+    assert_eq!(pokes_from(&w.sim, sn1, "user0", seen_sn), 1);
+    // A poker in a loop: the super node forwards at most 30 a minute.
+    let seen3 = w.sim.events(user3).len();
+    for _ in 0..40 {
+        let user = UserName::parse("user3").unwrap();
+        w.sim
+            .with_machine(poker, |n: &mut Node, now| n.poke(now, user));
+    }
+    w.sim.run_for(Duration::from_secs(2));
+    let heard = pokes_from(&w.sim, user3, "user0", seen3);
+    eprintln!("POKES: 40 sent in a burst, {heard} forwarded");
+    assert!((1..=30).contains(&heard), "{heard}");
+}

@@ -311,6 +311,10 @@ message_types! {
     IndexNotify = 0x38,
     /// The record to publish when the sender's link dies (see [`Message::IndexWill`]).
     IndexWill = 0x39,
+    /// Ask a super node to poke its client (see [`Message::ContactPoke`]).
+    ContactPoke = 0x3A,
+    /// A poke from another user, forwarded by our super node (see [`Message::ContactPoked`]).
+    ContactPoked = 0x3B,
     /// Call signalling: call invitation (see [`Message::CallInvite`]).
     CallInvite = 0x40,
     /// Call signalling: the callee's device is ringing (see [`Message::CallRinging`]).
@@ -599,15 +603,32 @@ pub enum Message<'a> {
     /// From a node to its super nodes: the signed "offline" record to publish for it when
     /// its link dies without a word (its sequence number is one past the record it last
     /// published). The super node it publishes through holds it first-hand; its other super
-    /// nodes hold it on standby, for when that one is gone too.
+    /// nodes hold it on standby, for when that one is gone too. A super node, which has no
+    /// super node of its own, deposits its will with those after it on the ring, naming
+    /// itself as `standby`.
     IndexWill {
         /// The signed record (it says offline).
         record: Box<PresenceRecord>,
-        /// `None`: publish it when the link dies without a word (you are the super node the
-        /// node publishes through). `Some(sn)`: the super node `sn` holds it first-hand;
-        /// publish it only if, besides the link dying, `sn` has left the ring (a device that
-        /// lost power together with it).
+        /// `None` (absent on the wire): publish it when the link dies without a word (you are
+        /// the super node the node publishes through). `Some(sn)`: the super node `sn` holds
+        /// it first-hand; publish it only if, besides the link dying, the membership holds
+        /// `sn` gone (a device that lost power together with it). From the super node `sn`
+        /// itself: its own will, to publish once the membership holds it gone.
         standby: Option<SocketAddr>,
+    },
+    /// From a node to a super node: tell your client `device` that something of ours waits
+    /// for it at the login server (a contact request or its answer, an edit of our own
+    /// buddy list when it is our own device). Only a hint: the client then syncs with the
+    /// login server, which says what is true. Dropped when `device` is not attached there.
+    ContactPoke {
+        /// The device to poke.
+        device: DeviceId,
+    },
+    /// From a super node to its client: the user `from` (as the poking session proved it)
+    /// has something for it at the login server ([`Message::ContactPoke`]).
+    ContactPoked {
+        /// Who poked.
+        from: UserName,
     },
     /// Invite the receiving device to a call.
     CallInvite {
@@ -848,6 +869,8 @@ impl<'a> Message<'a> {
             Message::IndexWatch { .. } => MessageType::IndexWatch,
             Message::IndexNotify { .. } => MessageType::IndexNotify,
             Message::IndexWill { .. } => MessageType::IndexWill,
+            Message::ContactPoke { .. } => MessageType::ContactPoke,
+            Message::ContactPoked { .. } => MessageType::ContactPoked,
             Message::CallInvite { .. } => MessageType::CallInvite,
             Message::CallRinging { .. } => MessageType::CallRinging,
             Message::CallAnswer { .. } => MessageType::CallAnswer,
@@ -1042,6 +1065,12 @@ impl<'a> Message<'a> {
                 replicate: r.bool("replicate")?,
                 record: Box::new(PresenceRecord::read(&mut r)?),
             },
+            MessageType::ContactPoke => Message::ContactPoke {
+                device: DeviceId(r.array()?),
+            },
+            MessageType::ContactPoked => Message::ContactPoked {
+                from: read_user(&mut r)?,
+            },
             MessageType::IndexSearch => Message::IndexSearch {
                 query: r.u32()?,
                 full: r.bool("full")?,
@@ -1109,9 +1138,10 @@ impl<'a> Message<'a> {
             },
             MessageType::IndexWill => Message::IndexWill {
                 record: Box::new(PresenceRecord::read(&mut r)?),
-                standby: match r.u8()? {
+                // Absent (as older nodes send it): first-hand.
+                standby: match r.remaining() {
                     0 => None,
-                    1 => Some(read_addr(&mut r)?),
+                    _ if r.u8()? == 1 => Some(read_addr(&mut r)?),
                     _ => return Err(DecodeError::Invalid("standby flag")),
                 },
             },
@@ -1339,6 +1369,11 @@ impl<'a> Message<'a> {
                 out.put_u8(u8::from(*replicate));
                 record.encode(out);
             }
+            Message::ContactPoke { device } => out.put_slice(&device.0),
+            Message::ContactPoked { from } => {
+                out.put_u8(from.as_str().len() as u8);
+                out.put_slice(from.as_str().as_bytes());
+            }
             Message::IndexSearch { query, full, user } => {
                 out.put_u32(*query);
                 out.put_u8(u8::from(*full));
@@ -1397,12 +1432,9 @@ impl<'a> Message<'a> {
             Message::IndexNotify { record } => record.encode(out),
             Message::IndexWill { record, standby } => {
                 record.encode(out);
-                match standby {
-                    None => out.put_u8(0),
-                    Some(sn) => {
-                        out.put_u8(1);
-                        put_addr(out, sn);
-                    }
+                if let Some(sn) = standby {
+                    out.put_u8(1);
+                    put_addr(out, sn);
                 }
             }
             Message::CallInvite {
@@ -1713,6 +1745,12 @@ mod tests {
             Message::IndexWill {
                 record,
                 standby: Some("[2001:db8::1]:443".parse().unwrap()),
+            },
+            Message::ContactPoke {
+                device: DeviceId([7; 16]),
+            },
+            Message::ContactPoked {
+                from: UserName::parse("alice").unwrap(),
             },
         ] {
             let mut b = BytesMut::new();

@@ -56,6 +56,9 @@ const REPLACE_TIMEOUT: Duration = Duration::from_secs(3);
 const REBIND_STUN_EVERY: Duration = Duration::from_millis(200);
 /// ...for at most this long (the NAT may still be down), then the rebind failed.
 const REBIND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most pokes searching at once ([`super::Node::poke`]); past it a poke is dropped (the
+/// device syncs at its next pull anyway).
+const MAX_POKES: usize = 256;
 
 /// Why a relay channel is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,9 @@ enum Purpose {
     Dial,
     /// To replace the connected call's relay, which stopped working.
     Replace,
+    /// No relay: to poke the device ([`Message::ContactPoke`]) over our session with its
+    /// super node.
+    Poke,
 }
 
 /// How a dial ended before the call machine took over.
@@ -202,6 +208,8 @@ pub(crate) struct Calls {
     path_cfg: PathConfig,
     /// Searches run for dials: search id -> dial id.
     dials: BTreeMap<u64, u64>,
+    /// Searches run for pokes.
+    pokes: BTreeSet<u64>,
     next_dial: u64,
     devices: BTreeMap<DeviceId, DeviceLink>,
     conn_device: BTreeMap<ConnId, DeviceId>,
@@ -255,6 +263,7 @@ impl Calls {
             machine: CallMachine::new(device, cfg, now),
             path_cfg,
             dials: BTreeMap::new(),
+            pokes: BTreeSet::new(),
             next_dial: 0,
             devices: BTreeMap::new(),
             conn_device: BTreeMap::new(),
@@ -341,7 +350,51 @@ impl Calls {
     }
 
     /// A dial's search ended: place the call, or say why not.
+    /// The search `search` looks for a user to poke ([`super::Node::poke`]).
+    pub fn poking(&mut self, search: u64) {
+        if self.pokes.len() < MAX_POKES {
+            self.pokes.insert(search);
+        }
+    }
+
+    /// Poke every online device the search found (but this one) through one of its super
+    /// nodes: over our session with it (opened as for a relay), or in our own role when we
+    /// are that super node.
+    fn poke_found(&mut self, cx: &mut Cx<'_>, outcome: SearchOutcome) {
+        let SearchResult::Found(records) = outcome.result else {
+            return;
+        };
+        let me = cx.cfg.identity.device.device_id();
+        for r in records
+            .iter()
+            .filter(|r| r.online && r.certificate.device != me)
+        {
+            let device = r.certificate.device;
+            if cx.facts.super_node && r.super_nodes.contains(&cx.cfg.listen) {
+                cx.out
+                    .notify(PartId::SuperNode, Notice::PokeHere { device });
+            } else if let Some(sn) = r.super_nodes.first() {
+                self.relay_via(cx, *sn, device, Purpose::Poke);
+            }
+        }
+    }
+
+    /// Our super node forwards a poke: reported when it came over one of our links.
+    fn poked(&mut self, cx: &mut Cx<'_>, conn: ConnId, from: &UserName) {
+        if cx.facts.links.iter().any(|l| l.conn == conn) {
+            cx.out
+                .events
+                .push_back(NodeEvent::Poked { from: from.clone() });
+        } else {
+            cx.out.stats.overlay_dropped += 1;
+        }
+    }
+
     fn search_done(&mut self, cx: &mut Cx<'_>, search: u64, outcome: SearchOutcome) {
+        if self.pokes.remove(&search) {
+            self.poke_found(cx, outcome);
+            return;
+        }
         let Some(dial) = self.dials.remove(&search) else {
             return;
         };
@@ -625,6 +678,8 @@ impl Calls {
                             c.replacing = None;
                         }
                     }
+                    // A hint only: the device syncs at its next pull anyway.
+                    Purpose::Poke => {}
                 }
             }
         }
@@ -651,6 +706,12 @@ impl Calls {
         device: DeviceId,
         purpose: Purpose,
     ) {
+        if purpose == Purpose::Poke {
+            let _ = cx
+                .sessions
+                .send(cx.now, conn, &Message::ContactPoke { device });
+            return;
+        }
         self.next_request = self.next_request.wrapping_add(1);
         let request = self.next_request;
         self.relay_requests.insert(request, (device, sn, purpose));
@@ -850,6 +911,15 @@ impl Calls {
 
     fn message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
         let now = cx.now;
+        if let Message::ContactPoked { from } = msg {
+            if self.blocked.contains(from) {
+                // Nothing of theirs is wanted: not even a sync for it.
+                cx.out.stats.overlay_dropped += 1;
+            } else {
+                self.poked(cx, conn, from);
+            }
+            return;
+        }
         if let Some(device) = self.conn_device.get(&conn).copied() {
             let t = msg.message_type() as u8;
             let is_call = (MessageType::CallInvite as u8..=MessageType::CallKeepAlive as u8)
@@ -906,6 +976,8 @@ impl Calls {
                 match purpose {
                     Purpose::Dial => self.dial_through(cx, device, sn, *channel, path),
                     Purpose::Replace => self.relay_replaced(cx, device, sn, *channel, path),
+                    // Never asked for a channel.
+                    Purpose::Poke => cx.out.stats.overlay_dropped += 1,
                 }
             }
             Message::RelayRefused { request, .. } => match self.relay_requests.remove(request) {
@@ -915,7 +987,7 @@ impl Calls {
                         c.replacing = None;
                     }
                 }
-                None => {}
+                Some((_, _, Purpose::Poke)) | None => {}
             },
             // A relay channel was opened to us: for a new call the peer's handshake follows on
             // it; for the connected call it replaces a relay that died.

@@ -482,7 +482,7 @@ impl Lookup {
                 // Our will: "offline", one further, for the super node we publish through
                 // to publish if our link dies without a word. The next record goes past
                 // it. Our other super nodes hold it on standby: they publish it only if
-                // that super node has left the ring as well (we lost power together with
+                // that super node is gone as well (we lost power together with
                 // it). (Not first-hand on every link: a live device that moved then showed
                 // offline to whoever searched it meanwhile, which slowed calls that recover
                 // by searching.)

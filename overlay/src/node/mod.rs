@@ -138,6 +138,14 @@ pub enum NodeEvent {
         /// Online now.
         online: bool,
     },
+    /// The user `from` poked this device ([`Node::poke`]): something of theirs waits for it
+    /// at the login server (a contact request, an answer to one, a buddy-list edit of our
+    /// own user). Only a hint, to sync now rather than at the next periodic pull; `from` is
+    /// the user the poking session proved to our super node.
+    Poked {
+        /// Who poked.
+        from: UserName,
+    },
     /// A search started with [`Node::search`] ended.
     Search {
         /// The id [`Node::search`] returned.
@@ -421,6 +429,16 @@ impl Node {
     pub fn set_online(&mut self, now: Instant, online: bool) {
         let mut cx = cx!(self, now, PartId::Lookup);
         self.lookup.set_online(&mut cx, online);
+        self.drive(now);
+    }
+
+    /// Poke every online device of `user` (our own other devices when it is our own name):
+    /// each hears [`NodeEvent::Poked`] through its super node. Best effort: a device that
+    /// is offline, or a poke that is lost, syncs at its next periodic pull anyway.
+    pub fn poke(&mut self, now: Instant, user: UserName) {
+        let mut cx = cx!(self, now, PartId::Lookup);
+        let search = self.lookup.search(&mut cx, user, Some(PartId::Calls));
+        self.calls.poking(search);
         self.drive(now);
     }
 

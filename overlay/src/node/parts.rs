@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use natter_core::crypto::{HandshakeError, UnixTime, UserName};
+use natter_core::crypto::{DeviceId, HandshakeError, UnixTime, UserName};
 use natter_core::endpoint::{ConnId, Endpoint, Path, SendError};
 use natter_core::overlay::{LinkTransport, NatReport, NatType, PresenceRecord, SearchOutcome};
 use natter_core::sansio::{StreamCommand, StreamId, Transmit};
@@ -280,6 +280,12 @@ pub(crate) enum Notice {
     /// Our will, as a super node: deposit it with our ring successors, which publish it if
     /// we leave the ring (to the super-node role).
     Will(Box<PresenceRecord>),
+    /// Poke our own client `device` (we are the super node it is attached to; to the
+    /// super-node role).
+    PokeHere {
+        /// The device.
+        device: DeviceId,
+    },
     /// Watch (or stop watching) these users' presence through our own index (to the
     /// super-node role).
     WatchHere {

@@ -52,6 +52,9 @@ pub(crate) fn message(msg: &Message<'_>, owner: Option<PartId>, super_node: bool
         | Message::RelayAllocated { .. }
         | Message::RelayRefused { .. }
         | Message::RelayOffer { .. } => Route::To(Calls),
+        // Pokes: to a super node, for one of its clients; from our super node, for us.
+        Message::ContactPoke { .. } => Route::To(SuperNode),
+        Message::ContactPoked { .. } => Route::To(Calls),
         // A release names a channel: from a relay we use (to our calls), or from a party of a
         // channel of ours (to our relay).
         Message::RelayRelease { .. } if owner == Some(Calls) => Route::To(Calls),

@@ -36,18 +36,35 @@ const WILL_GRACE: Duration = Duration::from_secs(10);
 /// Most wills waiting for their grace to end; past it a will is published at once.
 const MAX_PARKED_WILLS: usize = 10_000;
 /// A will held on standby stays this long after its client's session died, in case the
-/// super node holding it first-hand leaves the ring (it failed with the device) meanwhile.
+/// super node holding it first-hand is gone from the membership (it failed with the device) meanwhile.
 const STANDBY_FOR: Duration = Duration::from_secs(60);
 /// Most standby wills kept after their clients' sessions died (past it the oldest go).
 const MAX_STANDBY_WILLS: usize = 10_000;
 
 /// Ring successors a super node deposits its own will with.
 const WILL_DEPOSITS: usize = 2;
-/// Most wills of other super nodes held (each deposits with its two successors).
+/// Most wills of other super nodes held (each deposits with its two successors); past it
+/// the oldest deposit goes.
 const MAX_DEPOSITED: usize = 256;
+/// A deposited will is published once its super node has been gone from the membership
+/// this long (one wrongly declared gone refutes it within seconds).
+const DEPOSIT_GRACE: Duration = Duration::from_secs(10);
+/// A deposit not renewed for this long is dropped (a super node re-deposits with every
+/// refresh of its record, every 30 minutes by default).
+const DEPOSIT_KEEP: Duration = Duration::from_secs(2 * 3600);
+
+/// A will another super node deposited here.
+#[derive(Debug)]
+struct Deposit {
+    record: PresenceRecord,
+    /// When it was deposited (dropped [`DEPOSIT_KEEP`] later).
+    at: Instant,
+    /// Since when the membership holds its super node gone.
+    gone_since: Option<Instant>,
+}
 
 /// A will held on standby whose client's session died: published if the super node that
-/// holds it first-hand leaves the ring before `until`.
+/// holds it first-hand is gone from the membership before `until`.
 #[derive(Debug)]
 struct StandbyWill {
     /// The super node holding it first-hand.
@@ -87,13 +104,16 @@ pub(crate) struct IndexPart {
     standby_wills: VecDeque<StandbyWill>,
     /// Our own will (we are a device too) and the super nodes it is deposited with.
     own_will: Option<(PresenceRecord, Vec<HostEntry>)>,
-    /// Wills other super nodes deposited here, by their address: published when they leave
-    /// the membership (once seen in it).
-    deposited: BTreeMap<SocketAddr, (PresenceRecord, bool)>,
-    /// The super nodes the membership holds alive (ours to suspect or not): whether a will's
-    /// holder is gone is asked here, not of the ring, from which a super node we merely
-    /// failed to reach is kept out for a while.
-    alive: BTreeSet<SocketAddr>,
+    /// Wills other super nodes deposited here, by their address: published once the
+    /// membership has held them gone for [`DEPOSIT_GRACE`].
+    deposited: BTreeMap<SocketAddr, Deposit>,
+    /// The super nodes the membership holds alive (ours to suspect or not), with their keys.
+    alive: BTreeMap<SocketAddr, [u8; 32]>,
+    /// Holders of the wills held here (standby or deposited) that the membership knows as
+    /// gone (left or failed): asked of the membership, not of the ring, from which a super
+    /// node we merely failed to reach is kept out for a while, and never of an address the
+    /// membership does not know (a holder reached under another address stays "not gone").
+    departed: BTreeSet<SocketAddr>,
 }
 
 impl IndexPart {
@@ -118,7 +138,8 @@ impl IndexPart {
             standby_wills: VecDeque::new(),
             own_will: None,
             deposited: BTreeMap::new(),
-            alive: BTreeSet::new(),
+            alive: BTreeMap::new(),
+            departed: BTreeSet::new(),
         }
     }
 
@@ -162,10 +183,23 @@ impl IndexPart {
         let now = cx.now;
         self.suspects.retain(|_, until| *until > now);
         let membership = role.membership();
-        let mut alive: BTreeSet<SocketAddr> = membership.alive().map(|m| m.addr).collect();
-        alive.insert(self.me.addr);
-        let alive_changed = alive != self.alive;
+        let mut alive: BTreeMap<SocketAddr, [u8; 32]> =
+            membership.alive().map(|m| (m.addr, m.static_key)).collect();
+        alive.insert(self.me.addr, self.me.static_key);
+        let holders: BTreeSet<SocketAddr> = self
+            .wills
+            .values()
+            .filter_map(|(_, standby)| *standby)
+            .chain(self.standby_wills.iter().map(|w| w.holder))
+            .chain(self.deposited.keys().copied())
+            .collect();
+        let departed: BTreeSet<SocketAddr> = holders
+            .into_iter()
+            .filter(|h| membership.member(*h).is_some_and(|m| !m.alive))
+            .collect();
+        let alive_changed = alive != self.alive || departed != self.departed;
         self.alive = alive;
+        self.departed = departed;
         let mut members: BTreeMap<HostEntry, Key> = membership
             .alive()
             .filter(|m| !self.suspects.contains_key(&m.addr))
@@ -232,6 +266,13 @@ impl IndexPart {
             Some(self.next_watch_refresh),
             self.parked_wills.iter().map(|(at, _)| *at).min(),
             self.standby_wills.iter().map(|w| w.next).min(),
+            self.deposited
+                .values()
+                .map(|d| {
+                    d.gone_since
+                        .map_or(d.at + DEPOSIT_KEEP, |t| t + DEPOSIT_GRACE)
+                })
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -590,7 +631,7 @@ impl IndexPart {
     /// [`WILL_GRACE`] otherwise (its stream closed under it, it restarted). A will that
     /// comes after the client published anew is stale and goes nowhere. A will held on
     /// standby is kept for [`STANDBY_FOR`], and published only if the super node holding it
-    /// first-hand has left the membership (or leaves it meanwhile).
+    /// first-hand is gone from the membership (or goes meanwhile).
     pub fn session_closed(&mut self, cx: &mut Cx<'_>, conn: ConnId, cause: CloseCause) {
         self.watches.client_gone(u64::from(conn.0));
         if let Some((will, standby)) = self.wills.remove(&conn) {
@@ -673,7 +714,7 @@ impl IndexPart {
     }
 
     /// A super node deposits its own will here: kept (the newest per super node) and
-    /// published if it leaves the ring.
+    /// published once the membership has held it gone for [`DEPOSIT_GRACE`].
     pub fn deposited_will(
         &mut self,
         cx: &mut Cx<'_>,
@@ -687,45 +728,66 @@ impl IndexPart {
             ep.remote(conn),
             Some(Path::Direct { to: Destination::Udp(a), .. }) if *a == holder
         );
+        // From a live member of the membership, over its own address, about itself.
         let fits = from_holder
             && peer_key == Some(will.certificate.dh_public)
+            && self.alive.get(&holder) == peer_key.as_ref()
             && !will.online
             && self
                 .deposited
                 .get(&holder)
-                .is_none_or(|(w, _)| w.sequence < will.sequence)
-            && (self.deposited.len() < MAX_DEPOSITED || self.deposited.contains_key(&holder));
-        if fits {
-            let seen = self.alive.contains(&holder);
-            self.deposited.insert(holder, (will.clone(), seen));
-        } else {
+                .is_none_or(|d| d.record.sequence < will.sequence);
+        if !fits {
             cx.out.stats.overlay_dropped += 1;
+            return;
         }
+        if self.deposited.len() >= MAX_DEPOSITED && !self.deposited.contains_key(&holder) {
+            let oldest = self
+                .deposited
+                .iter()
+                .min_by_key(|(_, d)| d.at)
+                .map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                self.deposited.remove(&a);
+            }
+        }
+        self.deposited.insert(
+            holder,
+            Deposit {
+                record: will.clone(),
+                at: cx.now,
+                gone_since: None,
+            },
+        );
     }
 
     /// Publish the standby wills whose first-hand holder has left the membership; drop those
     /// kept long enough. The same for the wills super nodes deposited here.
     fn check_standby(&mut self, cx: &mut Cx<'_>) {
         let now = cx.now;
-        let alive = &self.alive;
+        let departed = &self.departed;
         let mut publish = Vec::new();
-        self.deposited.retain(|holder, (will, seen)| {
-            if alive.contains(holder) {
-                *seen = true;
-                true
-            } else if *seen {
-                publish.push(will.clone());
-                false
-            } else {
-                true
+        self.deposited.retain(|holder, d| {
+            if now >= d.at + DEPOSIT_KEEP {
+                return false;
             }
+            if !departed.contains(holder) {
+                d.gone_since = None;
+                return true;
+            }
+            let since = *d.gone_since.get_or_insert(now);
+            if now >= since + DEPOSIT_GRACE {
+                publish.push(d.record.clone());
+                return false;
+            }
+            true
         });
         self.standby_wills.retain_mut(|w| {
             if w.until <= now {
                 return false;
             }
             if w.from <= now {
-                if !alive.contains(&w.holder) {
+                if departed.contains(&w.holder) {
                     publish.push(w.record.clone());
                     return false;
                 }

@@ -15,10 +15,11 @@
 mod index;
 mod relay;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use natter_core::crypto::DeviceId;
+use natter_core::crypto::{DeviceId, UserName};
 use natter_core::endpoint::{ConnId, EndpointEvent, Path};
 use natter_core::sansio::{Destination, Input, Machine};
 use natter_core::wire::message::{HostEntry, Message};
@@ -57,7 +58,23 @@ pub(crate) struct SuperNode {
     stun: StunServer,
     index: IndexPart,
     relay: Relaying,
+    /// Pokes forwarded per poking session in the current minute (and when it began).
+    pokes: BTreeMap<ConnId, (Instant, u32)>,
 }
+
+/// The address a session runs to, when it runs straight over UDP.
+fn udp_remote(cx: &Cx<'_>, conn: ConnId) -> Option<SocketAddr> {
+    match cx.sessions.view().remote(conn) {
+        Some(Path::Direct {
+            to: Destination::Udp(a),
+            ..
+        }) => Some(*a),
+        _ => None,
+    }
+}
+
+/// Pokes one session may have forwarded in a minute; past it they are dropped.
+const POKES_PER_MINUTE: u32 = 30;
 
 impl SuperNode {
     /// Take the role at `cx.now`. Links the node already has to super nodes become membership
@@ -75,6 +92,7 @@ impl SuperNode {
             stun: p.stun,
             index: IndexPart::new(cx, p.me),
             relay: Relaying::new(relay_cfg, cx.sessions.view()),
+            pokes: BTreeMap::new(),
         };
         for link in cx.facts.links.clone() {
             sn.linked(cx, link);
@@ -154,6 +172,7 @@ impl SuperNode {
             EndpointEvent::Connected { conn, .. } => self.index.connected(cx, *conn),
             EndpointEvent::ConnectFailed { conn, .. } => self.index.connect_failed(cx, *conn),
             EndpointEvent::Closed { conn, cause } => {
+                self.pokes.remove(conn);
                 self.index.session_closed(cx, *conn, *cause);
                 if let Some(ev) = self.role.session_closed(*conn) {
                     cx.out.events.push_back(NodeEvent::SuperNode(ev));
@@ -166,9 +185,55 @@ impl SuperNode {
         consumed
     }
 
+    /// A poke for our client `device` from the session `conn` (at most
+    /// [`POKES_PER_MINUTE`] a session), forwarded in the name of the user the session proved.
+    fn poke(&mut self, cx: &mut Cx<'_>, conn: ConnId, device: DeviceId) {
+        let Some(from) = cx
+            .sessions
+            .view()
+            .peer(conn)
+            .map(|p| p.certificate.user.clone())
+        else {
+            cx.out.stats.overlay_dropped += 1;
+            return;
+        };
+        let (since, count) = self.pokes.entry(conn).or_insert((cx.now, 0));
+        if cx.now >= *since + Duration::from_secs(60) {
+            (*since, *count) = (cx.now, 0);
+        }
+        if *count >= POKES_PER_MINUTE {
+            cx.out.stats.overlay_dropped += 1;
+            return;
+        }
+        *count += 1;
+        self.forward_poke(cx, device, from);
+    }
+
+    /// Tell our client `device` (or ourselves) that `from` poked it.
+    fn forward_poke(&mut self, cx: &mut Cx<'_>, device: DeviceId, from: UserName) {
+        if device == cx.cfg.identity.device.device_id() {
+            cx.out.events.push_back(NodeEvent::Poked { from });
+            return;
+        }
+        let client = self
+            .role
+            .clients()
+            .find(|(_, c)| c.device == device)
+            .map(|(conn, _)| *conn);
+        match client {
+            Some(conn) => {
+                let _ = cx
+                    .sessions
+                    .send(cx.now, conn, &Message::ContactPoked { from });
+            }
+            None => cx.out.stats.overlay_dropped += 1,
+        }
+    }
+
     /// An overlay, membership, index or relay message for the role.
     pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
         match msg {
+            Message::ContactPoke { device } => self.poke(cx, conn, *device),
             Message::OverlayStunForward {
                 client,
                 transaction,
@@ -194,11 +259,13 @@ impl SuperNode {
             m if crate::membership::Membership::is_membership_message(m) => {
                 self.index.membership_message(cx, &mut self.role, conn, m)
             }
-            // A super node deposits its own will with those after it on the ring.
+            // A super node deposits its own will with those after it on the ring, over its
+            // UDP session from its own address (whether it is attached here as a client too
+            // does not matter).
             Message::IndexWill {
                 record,
                 standby: Some(holder),
-            } if !self.role.clients().any(|(c, _)| *c == conn) => {
+            } if udp_remote(cx, conn) == Some(*holder) => {
                 self.index.deposited_will(cx, conn, record, *holder)
             }
             // Only attached clients watch and leave wills here.
@@ -285,6 +352,10 @@ impl SuperNode {
             Notice::SearchHere { id, user } => self.index.search_here(cx, id, user),
             Notice::Publish(record) => self.index.publish(cx, *record),
             Notice::Will(record) => self.index.deposit_own_will(cx, *record),
+            Notice::PokeHere { device } => {
+                let me = cx.cfg.identity.certificate.user.clone();
+                self.forward_poke(cx, device, me);
+            }
             Notice::WatchHere { users, watch } => self.index.watch_here(&users, watch),
             _ => {}
         }
