@@ -298,6 +298,18 @@ fn searches_stay_fast_after_a_super_node_restarts() {
     );
 }
 
+/// The super node `host` is first attached to (the one it publishes through).
+fn first_super_node(w: &World, host: HostId) -> HostId {
+    let first = w.sim.machine::<Node>(host).attached()[0];
+    let found = w.sns.iter().copied().find(|h| {
+        (0..SUPER_NODES).any(|i| {
+            w.sim.host_name(*h) == format!("sn{i}")
+                && first == SocketAddr::from(([198, 18, i, 10], 4000))
+        })
+    });
+    found.expect("attached to one of the super nodes")
+}
+
 /// How long after now `host` hears that `user` is (`online`) or is not: the first
 /// [`NodeEvent::Presence`] saying so, within `limit`.
 fn presence_within(
@@ -367,14 +379,7 @@ fn presence_run(seed: u64) -> Vec<Duration> {
     let t = presence_within(&mut w.sim, watcher, "user4", false, Duration::from_secs(60));
     log.push(t.expect("a vanished device is shown offline within a minute"));
     // One of the watcher's super nodes crashes: the other still pushes, within 2 s.
-    let first = w.sim.machine::<Node>(watcher).attached()[0];
-    let sn = w.sns.iter().copied().find(|h| {
-        (0..SUPER_NODES).any(|i| {
-            w.sim.host_name(*h) == format!("sn{i}")
-                && first == SocketAddr::from(([198, 18, i, 10], 4000))
-        })
-    });
-    let crashed = sn.expect("the watcher's first super node");
+    let crashed = first_super_node(&w, watcher);
     w.sim.crash(crashed);
     w.sim.run_for(Duration::from_secs(1));
     let user6 = w.users[6];
@@ -410,14 +415,7 @@ fn presence_run(seed: u64) -> Vec<Duration> {
     let t = presence_within(&mut w.sim, watcher, "user7", true, Duration::from_secs(2));
     log.push(t.expect("user7 shown online"));
     let user7 = w.users[7];
-    let holder = w.sim.machine::<Node>(user7).attached()[0];
-    let holder = w.sns.iter().copied().find(|h| {
-        (0..SUPER_NODES).any(|i| {
-            w.sim.host_name(*h) == format!("sn{i}")
-                && holder == SocketAddr::from(([198, 18, i, 10], 4000))
-        })
-    });
-    let holder = holder.expect("user7's first super node");
+    let holder = first_super_node(&w, user7);
     w.sim.power_off(user7);
     w.sim.power_off(holder);
     let t = presence_within(&mut w.sim, watcher, "user7", false, Duration::from_secs(60));
