@@ -52,9 +52,11 @@ const EDIT_DELAY: Duration = Duration::from_millis(300);
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// The longest wait between tries of a failed sync.
 const RETRY_MAX: Duration = Duration::from_secs(300);
-/// A poke starts a sync at most this often (a user poking in a loop cannot make this
-/// device ask the login server at their pace).
+/// A poke from the user's own other device starts a sync at most this often...
 const POKE_GAP: Duration = Duration::from_secs(5);
+/// ...and one from another user at most this often after the last (a user poking in a loop
+/// cannot make this device ask the login server at their pace).
+const POKE_GAP_OTHERS: Duration = Duration::from_secs(15);
 /// Version conflicts one sync takes (each means another device stored meanwhile) before it
 /// gives up for now.
 const MAX_CONFLICTS: usize = 4;
@@ -595,19 +597,26 @@ impl Contacts {
     }
 
     /// Another device poked this one ([`natter_overlay::node::NodeEvent::Poked`]): sync
-    /// soon, at most once every [`POKE_GAP`]; a blocked user's pokes do nothing.
+    /// soon, at most once every [`POKE_GAP`] ([`POKE_GAP_OTHERS`] when another user
+    /// poked); a poke while a poked sync is still due adds nothing; a blocked user's pokes
+    /// do nothing.
     pub fn poked(&self, from: &UserName) {
-        let blocked = lock(&self.book)
-            .as_ref()
-            .and_then(|b| b.list.get(from))
-            .is_some_and(|e| e.is_blocked());
+        let (blocked, own) = lock(&self.book).as_ref().map_or((false, false), |b| {
+            let blocked = b.list.get(from).is_some_and(|e| e.is_blocked());
+            (blocked, &b.user == from)
+        });
         if blocked {
             return;
         }
+        let gap = if own { POKE_GAP } else { POKE_GAP_OTHERS };
         let now = Instant::now();
         let at = {
             let mut c = lock(&self.control);
-            let at = c.poked.map_or(now, |t| (t + POKE_GAP).max(now));
+            if c.poked.is_some_and(|t| t > now) {
+                // The sync already due covers this poke too.
+                return;
+            }
+            let at = c.poked.map_or(now, |t| (t + gap).max(now));
             c.poked = Some(at);
             at
         };

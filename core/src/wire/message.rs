@@ -1138,7 +1138,7 @@ impl<'a> Message<'a> {
             },
             MessageType::IndexWill => Message::IndexWill {
                 record: Box::new(PresenceRecord::read(&mut r)?),
-                // Absent (as older nodes send it): first-hand.
+                // Absent (as nodes before standby wills sent it): first-hand.
                 standby: match r.remaining() {
                     0 => None,
                     _ if r.u8()? == 1 => Some(read_addr(&mut r)?),

@@ -349,10 +349,14 @@ impl Calls {
         self.flush(cx);
     }
 
-    /// A dial's search ended: place the call, or say why not.
+    /// Room for another poke's search ([`MAX_POKES`]).
+    pub fn may_poke(&self) -> bool {
+        self.pokes.len() < MAX_POKES
+    }
+
     /// The search `search` looks for a user to poke ([`super::Node::poke`]).
     pub fn poking(&mut self, search: u64) {
-        if self.pokes.len() < MAX_POKES {
+        if self.may_poke() {
             self.pokes.insert(search);
         }
     }
@@ -390,6 +394,8 @@ impl Calls {
         }
     }
 
+    /// A search ended: a poke's (poke the devices found), or a dial's (place the call, or
+    /// say why not).
     fn search_done(&mut self, cx: &mut Cx<'_>, search: u64, outcome: SearchOutcome) {
         if self.pokes.remove(&search) {
             self.poke_found(cx, outcome);

@@ -436,6 +436,9 @@ impl Node {
     /// each hears [`NodeEvent::Poked`] through its super node. Best effort: a device that
     /// is offline, or a poke that is lost, syncs at its next periodic pull anyway.
     pub fn poke(&mut self, now: Instant, user: UserName) {
+        if !self.calls.may_poke() {
+            return;
+        }
         let mut cx = cx!(self, now, PartId::Lookup);
         let search = self.lookup.search(&mut cx, user, Some(PartId::Calls));
         self.calls.poking(search);

@@ -63,6 +63,12 @@ struct Deposit {
     gone_since: Option<Instant>,
 }
 
+/// Our own will goes to our successors again this long after it was deposited (a successor
+/// that did not know us alive yet refused it), then every [`REDEPOSIT_EVERY`].
+const REDEPOSIT_FIRST: Duration = Duration::from_secs(30);
+/// See [`REDEPOSIT_FIRST`].
+const REDEPOSIT_EVERY: Duration = Duration::from_secs(300);
+
 /// A will held on standby whose client's session died: published if the super node that
 /// holds it first-hand is gone from the membership before `until`.
 #[derive(Debug)]
@@ -104,6 +110,8 @@ pub(crate) struct IndexPart {
     standby_wills: VecDeque<StandbyWill>,
     /// Our own will (we are a device too) and the super nodes it is deposited with.
     own_will: Option<(PresenceRecord, Vec<HostEntry>)>,
+    /// When our will goes to our successors again (unacknowledged, it may have been refused).
+    next_deposit: Option<Instant>,
     /// Wills other super nodes deposited here, by their address: published once the
     /// membership has held them gone for [`DEPOSIT_GRACE`].
     deposited: BTreeMap<SocketAddr, Deposit>,
@@ -137,6 +145,7 @@ impl IndexPart {
             parked_wills: Vec::new(),
             standby_wills: VecDeque::new(),
             own_will: None,
+            next_deposit: None,
             deposited: BTreeMap::new(),
             alive: BTreeMap::new(),
             departed: BTreeSet::new(),
@@ -252,6 +261,13 @@ impl IndexPart {
             self.dht.publish(cx.now, cx.wall, &self.ring, will);
         }
         self.check_standby(cx);
+        if self.next_deposit.is_some_and(|t| t <= cx.now) {
+            self.next_deposit = Some(cx.now + REDEPOSIT_EVERY);
+            if let Some((_, at)) = self.own_will.as_mut() {
+                at.clear();
+            }
+            self.redeposit(cx);
+        }
         if self.next_ring_sync.is_some_and(|t| t <= cx.now) {
             self.next_ring_sync = None;
             self.sync_ring(cx, role);
@@ -266,6 +282,7 @@ impl IndexPart {
             Some(self.next_watch_refresh),
             self.parked_wills.iter().map(|(at, _)| *at).min(),
             self.standby_wills.iter().map(|w| w.next).min(),
+            self.next_deposit,
             self.deposited
                 .values()
                 .map(|d| {
@@ -682,6 +699,7 @@ impl IndexPart {
     /// Our own will (as a device): deposit it with the super nodes after us on the ring.
     pub fn deposit_own_will(&mut self, cx: &mut Cx<'_>, will: PresenceRecord) {
         self.own_will = Some((will, Vec::new()));
+        self.next_deposit = Some(cx.now + REDEPOSIT_FIRST);
         self.redeposit(cx);
     }
 

@@ -58,8 +58,9 @@ pub(crate) struct SuperNode {
     stun: StunServer,
     index: IndexPart,
     relay: Relaying,
-    /// Pokes forwarded per poking session in the current minute (and when it began).
-    pokes: BTreeMap<ConnId, (Instant, u32)>,
+    /// Pokes forwarded per poking device (its static key) in the current minute, and when
+    /// that minute began.
+    pokes: BTreeMap<[u8; 32], (Instant, u32)>,
 }
 
 /// The address a session runs to, when it runs straight over UDP.
@@ -73,8 +74,11 @@ fn udp_remote(cx: &Cx<'_>, conn: ConnId) -> Option<SocketAddr> {
     }
 }
 
-/// Pokes one session may have forwarded in a minute; past it they are dropped.
+/// Pokes one device may have forwarded in a minute (however many sessions it opens); past
+/// it they are dropped.
 const POKES_PER_MINUTE: u32 = 30;
+/// Pokers remembered before those whose minute is over are forgotten.
+const POKERS_HELD: usize = 4096;
 
 impl SuperNode {
     /// Take the role at `cx.now`. Links the node already has to super nodes become membership
@@ -172,7 +176,6 @@ impl SuperNode {
             EndpointEvent::Connected { conn, .. } => self.index.connected(cx, *conn),
             EndpointEvent::ConnectFailed { conn, .. } => self.index.connect_failed(cx, *conn),
             EndpointEvent::Closed { conn, cause } => {
-                self.pokes.remove(conn);
                 self.index.session_closed(cx, *conn, *cause);
                 if let Some(ev) = self.role.session_closed(*conn) {
                     cx.out.events.push_back(NodeEvent::SuperNode(ev));
@@ -186,18 +189,28 @@ impl SuperNode {
     }
 
     /// A poke for our client `device` from the session `conn` (at most
-    /// [`POKES_PER_MINUTE`] a session), forwarded in the name of the user the session proved.
+    /// [`POKES_PER_MINUTE`] a poking device), forwarded in the name of the user the session
+    /// proved.
     fn poke(&mut self, cx: &mut Cx<'_>, conn: ConnId, device: DeviceId) {
-        let Some(from) = cx
+        let Some((from, key)) = cx
             .sessions
             .view()
             .peer(conn)
-            .map(|p| p.certificate.user.clone())
+            .map(|p| (p.certificate.user.clone(), p.certificate.dh_public))
         else {
             cx.out.stats.overlay_dropped += 1;
             return;
         };
-        let (since, count) = self.pokes.entry(conn).or_insert((cx.now, 0));
+        let now = cx.now;
+        if self.pokes.len() >= POKERS_HELD && !self.pokes.contains_key(&key) {
+            self.pokes
+                .retain(|_, (since, _)| now < *since + Duration::from_secs(60));
+            if self.pokes.len() >= POKERS_HELD {
+                cx.out.stats.overlay_dropped += 1;
+                return;
+            }
+        }
+        let (since, count) = self.pokes.entry(key).or_insert((now, 0));
         if cx.now >= *since + Duration::from_secs(60) {
             (*since, *count) = (cx.now, 0);
         }
