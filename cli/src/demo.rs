@@ -969,6 +969,17 @@ fn index_and_calls(
         Err(e) => r.fail(&e),
     }
     let t = r.step(
+        "carol asks alice to be her contact: alice's device, poked through her super node, shows the request at once (no waiting for its 10-minute pull); alice accepts, and carol hears it the same way",
+    );
+    match request_step(&clients[0], &clients[2]) {
+        Ok((detail, request, acceptance)) => {
+            r.ok(t, &detail);
+            r.row("Contact request reaching an online device", ms(request));
+            r.row("Acceptance reaching the requester", ms(acceptance));
+        }
+        Err(e) => r.fail(&e),
+    }
+    let t = r.step(
         "bob's microphone hears his speaker (a synthetic room: 100 ms, 300 ms of reverberation): alice hears herself, until bob turns on echo cancellation, noise suppression and gain control",
     );
     match echo_step(&clients[0], &clients[1]) {
@@ -1116,6 +1127,51 @@ fn contact_presence_step(alice: &Client, bob: &Client) -> Result<(String, Durati
             ms(took[1])
         ),
         took[0].max(took[1]),
+    ))
+}
+
+/// carol asks alice to be her contact, alice accepts: each side's device is poked by the
+/// other's through its super node and syncs with the login server at once. Returns the
+/// details and how long the request and the acceptance took.
+fn request_step(alice: &Client, carol: &Client) -> Result<(String, Duration, Duration), String> {
+    let edit = |r: Result<bool, natter::ContactsError>| r.map_err(|e| format!("editing: {e}"));
+    let wait = |c: &Client, what: &str, want: &dyn Fn(&Event) -> bool| {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            match c
+                .events()
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(e) if want(&e) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => return Err(format!("{what} never came")),
+            }
+        }
+    };
+    let started = Instant::now();
+    edit(carol.add_contact("alice", "hi Alice, it's Carol"))?;
+    wait(
+        alice,
+        "carol's request",
+        &|e| matches!(e, Event::ContactRequest { from, .. } if from.as_str() == "carol"),
+    )?;
+    let request = started.elapsed();
+    let started = Instant::now();
+    edit(alice.add_contact("carol", ""))?;
+    wait(
+        carol,
+        "alice's acceptance",
+        &|e| matches!(e, Event::ContactAccepted { user } if user.as_str() == "alice"),
+    )?;
+    let acceptance = started.elapsed();
+    Ok((
+        format!(
+            "the request reached alice after {}, her acceptance carol after {} (0.3 s of each is the edit delay that batches edits)",
+            ms(request),
+            ms(acceptance)
+        ),
+        request,
+        acceptance,
     ))
 }
 
