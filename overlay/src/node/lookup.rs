@@ -513,9 +513,7 @@ impl Lookup {
             self.next_presence = Some(cx.now + cx.cfg.presence_refresh);
         }
     }
-}
 
-impl Lookup {
     /// Our will: "offline", signed now with the current sequence number.
     fn will(&self, cx: &Cx<'_>, nat: u8) -> PresenceRecord {
         PresenceRecord::sign(

@@ -15,6 +15,7 @@ use natter_core::wire::message::{HostEntry, Message};
 
 use super::super::parts::{Cx, Notice, PartId};
 use crate::dht::{Dht, DhtOutput, Key, Origin, Ring};
+use crate::membership::Membership;
 use crate::supernode::SuperNodeRole;
 use crate::watch::{WatchOutput, Watches, WATCH_REFRESH};
 
@@ -115,8 +116,9 @@ pub(crate) struct IndexPart {
     /// Wills other super nodes deposited here, by their address: published once the
     /// membership has held them gone for [`DEPOSIT_GRACE`].
     deposited: BTreeMap<SocketAddr, Deposit>,
-    /// The super nodes the membership holds alive (ours to suspect or not), with their keys.
-    alive: BTreeMap<SocketAddr, [u8; 32]>,
+    /// When a standby or deposited will next needs a look without a membership change (the
+    /// earliest `next` and deposit deadline; [`IndexPart::check_standby`] sets it).
+    standby_due: Option<Instant>,
     /// Holders of the wills held here (standby or deposited) that the membership knows as
     /// gone (left or failed): asked of the membership, not of the ring, from which a super
     /// node we merely failed to reach is kept out for a while, and never of an address the
@@ -147,7 +149,7 @@ impl IndexPart {
             own_will: None,
             next_deposit: None,
             deposited: BTreeMap::new(),
-            alive: BTreeMap::new(),
+            standby_due: None,
             departed: BTreeSet::new(),
         }
     }
@@ -192,9 +194,6 @@ impl IndexPart {
         let now = cx.now;
         self.suspects.retain(|_, until| *until > now);
         let membership = role.membership();
-        let mut alive: BTreeMap<SocketAddr, [u8; 32]> =
-            membership.alive().map(|m| (m.addr, m.static_key)).collect();
-        alive.insert(self.me.addr, self.me.static_key);
         let holders: BTreeSet<SocketAddr> = self
             .wills
             .values()
@@ -206,8 +205,7 @@ impl IndexPart {
             .into_iter()
             .filter(|h| membership.member(*h).is_some_and(|m| !m.alive))
             .collect();
-        let alive_changed = alive != self.alive || departed != self.departed;
-        self.alive = alive;
+        let departed_changed = departed != self.departed;
         self.departed = departed;
         let mut members: BTreeMap<HostEntry, Key> = membership
             .alive()
@@ -241,7 +239,7 @@ impl IndexPart {
             self.dht.ring_changed(now);
             self.redeposit(cx);
         }
-        if alive_changed {
+        if departed_changed {
             self.check_standby(cx);
         }
         self.next_ring_sync = Some(now + RING_SYNC);
@@ -260,7 +258,9 @@ impl IndexPart {
         for (_, will) in due {
             self.dht.publish(cx.now, cx.wall, &self.ring, will);
         }
-        self.check_standby(cx);
+        if self.standby_due.is_some_and(|t| t <= cx.now) {
+            self.check_standby(cx);
+        }
         if self.next_deposit.is_some_and(|t| t <= cx.now) {
             self.next_deposit = Some(cx.now + REDEPOSIT_EVERY);
             if let Some((_, at)) = self.own_will.as_mut() {
@@ -281,15 +281,8 @@ impl IndexPart {
             self.next_ring_sync,
             Some(self.next_watch_refresh),
             self.parked_wills.iter().map(|(at, _)| *at).min(),
-            self.standby_wills.iter().map(|w| w.next).min(),
+            self.standby_due,
             self.next_deposit,
-            self.deposited
-                .values()
-                .map(|d| {
-                    d.gone_since
-                        .map_or(d.at + DEPOSIT_KEEP, |t| t + DEPOSIT_GRACE)
-                })
-                .min(),
         ]
         .into_iter()
         .flatten()
@@ -732,13 +725,14 @@ impl IndexPart {
     }
 
     /// A super node deposits its own will here: kept (the newest per super node) and
-    /// published once the membership has held it gone for [`DEPOSIT_GRACE`].
+    /// published once `membership` has held it gone for [`DEPOSIT_GRACE`].
     pub fn deposited_will(
         &mut self,
         cx: &mut Cx<'_>,
         conn: ConnId,
         will: &PresenceRecord,
         holder: SocketAddr,
+        membership: &Membership,
     ) {
         let ep = cx.sessions.view();
         let peer_key = ep.peer(conn).map(|p| p.certificate.dh_public);
@@ -749,7 +743,9 @@ impl IndexPart {
         // From a live member of the membership, over its own address, about itself.
         let fits = from_holder
             && peer_key == Some(will.certificate.dh_public)
-            && self.alive.get(&holder) == peer_key.as_ref()
+            && membership
+                .member(holder)
+                .is_some_and(|m| m.alive && Some(m.entry.static_key) == peer_key)
             && !will.online
             && self
                 .deposited
@@ -777,6 +773,8 @@ impl IndexPart {
                 gone_since: None,
             },
         );
+        let keep = cx.now + DEPOSIT_KEEP;
+        self.standby_due = Some(self.standby_due.map_or(keep, |t| t.min(keep)));
     }
 
     /// Publish the standby wills whose first-hand holder has left the membership; drop those
@@ -813,6 +811,15 @@ impl IndexPart {
             }
             true
         });
+        self.standby_due = self
+            .standby_wills
+            .iter()
+            .map(|w| w.next)
+            .chain(self.deposited.values().map(|d| {
+                d.gone_since
+                    .map_or(d.at + DEPOSIT_KEEP, |t| t + DEPOSIT_GRACE)
+            }))
+            .min();
         for will in publish {
             self.dht.publish(now, cx.wall, &self.ring, will);
         }

@@ -279,7 +279,8 @@ impl SuperNode {
                 record,
                 standby: Some(holder),
             } if udp_remote(cx, conn) == Some(*holder) => {
-                self.index.deposited_will(cx, conn, record, *holder)
+                self.index
+                    .deposited_will(cx, conn, record, *holder, self.role.membership())
             }
             // Only attached clients watch and leave wills here.
             Message::IndexWatch { full: true, .. } | Message::IndexWill { .. }
