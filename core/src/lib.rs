@@ -3,7 +3,7 @@
 //! The sans-IO heart of Natter, a peer-to-peer voice and messaging SDK: the wire format,
 //! device identities and certificates, Noise sessions with replay protection, and the protocol
 //! state machines. This crate performs no I/O: it never opens a socket, spawns a thread, reads
-//! a clock or draws OS randomness. Time comes in as an argument, output goes out as values.
+//! a clock or draws OS randomness (one documented exception: the Olm ratchet keys in [`chat`]). Time comes in as an argument, output goes out as values.
 //!
 //! ## The sans-IO contract
 //!
@@ -39,6 +39,9 @@
 //! * [`call`]: call signalling (invite, ring, answer, hold, hang-up; multi-device, glare) and
 //!   a connected call's paths (candidates, hole punching, switching, quality).
 //! * [`contacts`]: the buddy list as a state that merges across a user's devices.
+//! * [`chat`]: end-to-end encrypted messages (Olm channels between devices), conversations in
+//!   the same causal order on every device, exactly once. The one place OS randomness is drawn
+//!   (inside `vodozemac`, which cannot be seeded; see [`chat::channel`]).
 //! * `testkit` (feature `testkit`): a test authority and identities, a pump for two endpoints.
 //!
 //! ## Example: two endpoints in a hand-driven loop
@@ -62,6 +65,7 @@
 #![deny(missing_docs)]
 
 pub mod call;
+pub mod chat;
 pub mod contacts;
 pub mod crypto;
 pub mod endpoint;

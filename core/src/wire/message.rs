@@ -112,7 +112,7 @@ pub fn put_addr(out: &mut BytesMut, addr: &SocketAddr) {
 }
 
 /// Read a canonical user name (`len u8, bytes`).
-fn read_user(r: &mut Reader<'_>) -> Result<UserName, DecodeError> {
+pub(crate) fn read_user(r: &mut Reader<'_>) -> Result<UserName, DecodeError> {
     let raw = r.bytes_u8("user name", UserName::MAX_LEN)?;
     let raw = std::str::from_utf8(raw).map_err(|_| DecodeError::Invalid("user name"))?;
     let user = UserName::parse(raw).map_err(|_| DecodeError::Invalid("user name"))?;
