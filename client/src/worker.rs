@@ -226,6 +226,7 @@ impl Worker {
                 }
             }
             NodeEvent::Poked { from } => self.shared.contacts.poked(&from),
+            NodeEvent::Chat(ev) => tracing::debug!(?ev, "chat"),
             NodeEvent::Search { id, outcome } => events.push(Event::SearchResult {
                 search: SearchId(id),
                 user: outcome.user.clone(),

@@ -18,7 +18,10 @@
 //!
 //! The one exception to this crate's "no OS randomness" rule: `vodozemac` draws its ratchet
 //! keys from the operating system and cannot be seeded. Ciphertext bytes therefore differ from
-//! run to run; their lengths, and everything the protocol decides, do not.
+//! run to run; their lengths, and everything the protocol decides, do not. The device's Olm
+//! identity and prekey, which its presence records publish, do come from the caller's seeded
+//! randomness (handed to `vodozemac` as a dehydrated-device pickle, its one way to import
+//! keys), so the same seed publishes the same records.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -30,6 +33,7 @@ use super::item::{Item, MessageId, TooLong, MAX_TEXT};
 use super::keys::{DeviceKeys, KeysError};
 use crate::crypto::UserName;
 use crate::crypto::{Certificate, DeviceId, DeviceIdentity, TrustedAuthorities, UnixTime};
+use crate::rng::Rng;
 use crate::wire::{DecodeError, Reader};
 
 /// Largest ciphertext in an envelope: the largest item plus Olm's header, padding and MAC.
@@ -219,21 +223,47 @@ impl std::fmt::Debug for Channels {
     }
 }
 
+/// An Olm account whose identity, signing and fallback keys derive from `rng`.
+///
+/// `vodozemac` makes keys only from the OS, or takes them back from a pickle: this builds the
+/// pickle of a dehydrated device (MSC3814: version 1, the Curve25519 and Ed25519 secrets, no
+/// one-time keys, one fallback key), seals it as that format requires, and opens it. Returns
+/// the account and the fallback key's public half.
+fn seeded_account(rng: &mut Rng) -> (Account, [u8; 32]) {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    let (identity, signing, fallback) = (rng.bytes32(), rng.bytes32(), rng.bytes32());
+    let mut pickle = Vec::with_capacity(105);
+    pickle.extend_from_slice(&1u32.to_be_bytes());
+    pickle.extend_from_slice(&identity);
+    pickle.extend_from_slice(&signing);
+    pickle.extend_from_slice(&0u32.to_be_bytes());
+    pickle.push(1);
+    pickle.extend_from_slice(&fallback);
+    // A local hand-over, not storage: any key and nonce do.
+    let key = [0x5A; 32];
+    let nonce = [0; 12];
+    let sealed = chacha20poly1305::ChaCha20Poly1305::new(&key.into())
+        .encrypt(&nonce.into(), pickle.as_slice())
+        .expect("sealing 105 bytes cannot fail");
+    let account = Account::from_dehydrated_device(
+        &vodozemac::base64_encode(sealed),
+        &vodozemac::base64_encode(nonce),
+        &key,
+    )
+    .expect("a well-formed dehydrated-device pickle");
+    let prekey = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(fallback));
+    (account, prekey.to_bytes())
+}
+
 impl Channels {
-    /// A new Olm account for `device`, with its keys signed at `now`.
-    pub fn new(device: &DeviceIdentity, certificate: Certificate, now: UnixTime) -> Self {
-        let mut account = Account::new();
-        // The fallback key is read before it is marked published (`fallback_key` lists only
-        // unpublished keys); it stays usable for every new channel after that.
-        account.generate_fallback_key();
-        let prekey = account
-            .fallback_key()
-            .values()
-            .next()
-            .copied()
-            .expect("a fallback key was just generated")
-            .to_bytes();
-        account.mark_keys_as_published();
+    /// A new Olm account for `device`, its keys drawn from `rng` and signed at `now`.
+    pub fn new(
+        device: &DeviceIdentity,
+        certificate: Certificate,
+        now: UnixTime,
+        rng: &mut Rng,
+    ) -> Self {
+        let (account, prekey) = seeded_account(rng);
         let keys = DeviceKeys::sign(
             device,
             certificate,
@@ -263,6 +293,11 @@ impl Channels {
             self.keys.prekey,
             now,
         );
+    }
+
+    /// The keys of a peer device we have a channel with.
+    pub fn peer_keys(&self, device: DeviceId) -> Option<&DeviceKeys> {
+        self.peers.get(&device).map(|p| &p.keys)
     }
 
     /// How many peer devices have a channel.
@@ -535,7 +570,7 @@ fn blob(r: &mut Reader<'_>) -> Result<String, ChatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::item::{Body, ConversationId};
+    use crate::chat::item::{Body, Target};
     use crate::rng::Rng;
     use crate::testkit::{TestNetwork, TEST_WALL};
     use proptest::prelude::*;
@@ -548,7 +583,12 @@ mod tests {
     fn dev(net: &TestNetwork, user: &str) -> Dev {
         let id = net.identity(user);
         Dev {
-            channels: Channels::new(&id.device, id.certificate, TEST_WALL),
+            channels: Channels::new(
+                &id.device,
+                id.certificate,
+                TEST_WALL,
+                &mut Rng::from_seed(user.bytes().fold(7, |h, b| h * 31 + u64::from(b))),
+            ),
             user: UserName::parse(user).unwrap(),
         }
     }
@@ -565,7 +605,7 @@ mod tests {
             UnixTime(TEST_WALL.0 + 86_400),
         );
         Dev {
-            channels: Channels::new(&device, cert, TEST_WALL),
+            channels: Channels::new(&device, cert, TEST_WALL, &mut Rng::from_seed(seed + 1)),
             user,
         }
     }
@@ -573,7 +613,7 @@ mod tests {
     fn text(n: u8, s: &str) -> Item {
         Item {
             id: MessageId([n; 16]),
-            conversation: ConversationId([1; 16]),
+            to: Target::Direct(UserName::parse("bob").unwrap()),
             lamport: u64::from(n),
             sent_at: TEST_WALL,
             body: Body::Text {

@@ -98,6 +98,26 @@ impl fmt::Display for ConversationId {
     }
 }
 
+/// Where a message goes: to one user (a one-to-one conversation) or to a group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// The one-to-one conversation of the author with this user. A copy on the author's own
+    /// other devices says whom the author wrote to; a copy on the user's devices names them.
+    Direct(UserName),
+    /// A group conversation.
+    Group(ConversationId),
+}
+
+impl Target {
+    /// The conversation a message from `author` to this target belongs to.
+    pub fn conversation(&self, author: &UserName) -> ConversationId {
+        match self {
+            Target::Direct(user) => ConversationId::direct(author, user),
+            Target::Group(id) => *id,
+        }
+    }
+}
+
 /// What a receipt says about the messages it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReceiptKind {
@@ -197,8 +217,8 @@ impl Body {
 pub struct Item {
     /// The message's id (also on the envelope, and checked equal).
     pub id: MessageId,
-    /// The conversation it belongs to.
-    pub conversation: ConversationId,
+    /// Whom it is for: one user, or a group.
+    pub to: Target,
     /// Its Lamport time in the conversation: greater than that of every message its author
     /// had seen there when it wrote it (see [`super::log`]).
     pub lamport: u64,
@@ -298,7 +318,17 @@ impl Item {
         let mut out = BytesMut::with_capacity(64);
         out.put_u8(VERSION);
         out.put_slice(&self.id.0);
-        out.put_slice(&self.conversation.0);
+        match &self.to {
+            Target::Direct(user) => {
+                out.put_u8(0);
+                out.put_u8(user.as_str().len() as u8);
+                out.put_slice(user.as_str().as_bytes());
+            }
+            Target::Group(id) => {
+                out.put_u8(1);
+                out.put_slice(&id.0);
+            }
+        }
         out.put_u64(self.lamport);
         out.put_u64(self.sent_at.0);
         out.put_u8(self.body.tag());
@@ -341,7 +371,11 @@ impl Item {
             return Err(DecodeError::Invalid("chat item version"));
         }
         let id = MessageId(r.array()?);
-        let conversation = ConversationId(r.array()?);
+        let to = match r.u8()? {
+            0 => Target::Direct(read_user(&mut r)?),
+            1 => Target::Group(ConversationId(r.array()?)),
+            _ => return Err(DecodeError::Invalid("chat target")),
+        };
         let lamport = r.u64()?;
         let sent_at = UnixTime(r.u64()?);
         let body = match r.u8()? {
@@ -404,7 +438,7 @@ impl Item {
         r.finish()?;
         Ok(Self {
             id,
-            conversation,
+            to,
             lamport,
             sent_at,
             body,
@@ -465,7 +499,11 @@ mod tests {
         for (i, body) in bodies().into_iter().enumerate() {
             let item = Item {
                 id: MessageId([i as u8; 16]),
-                conversation: ConversationId([9; 16]),
+                to: if i % 2 == 0 {
+                    Target::Direct(user("bob"))
+                } else {
+                    Target::Group(ConversationId([9; 16]))
+                },
                 lamport: 40 + i as u64,
                 sent_at: UnixTime(1_767_225_600),
                 body,
@@ -483,7 +521,7 @@ mod tests {
     fn limits_hold_both_ways() {
         let item = |text: String| Item {
             id: MessageId([1; 16]),
-            conversation: ConversationId([2; 16]),
+            to: Target::Group(ConversationId([2; 16])),
             lamport: 1,
             sent_at: UnixTime(0),
             body: Body::Text {
@@ -504,7 +542,7 @@ mod tests {
         // An encoder that ignored the limit would not get past the decoder either.
         let mut bytes = item("x".repeat(MAX_TEXT)).to_bytes().unwrap();
         bytes.push(b'x');
-        let len_at = 1 + 16 + 16 + 8 + 8 + 1 + 1;
+        let len_at = 1 + 16 + 17 + 8 + 8 + 1 + 1;
         bytes[len_at..len_at + 4].copy_from_slice(&((MAX_TEXT + 1) as u32).to_be_bytes());
         assert!(matches!(
             Item::decode(&bytes),
@@ -540,7 +578,7 @@ mod tests {
         fn text_items_roundtrip(text in ".{0,200}", lamport in any::<u64>(), reply in any::<Option<[u8; 16]>>()) {
             let item = Item {
                 id: MessageId([5; 16]),
-                conversation: ConversationId([6; 16]),
+                to: Target::Direct(UserName::parse("carol").unwrap()),
                 lamport,
                 sent_at: UnixTime(12),
                 body: Body::Text { text, reply_to: reply.map(MessageId) },

@@ -51,7 +51,65 @@ pub struct DeviceKeys {
     pub signature: [u8; 64],
 }
 
+/// The part of [`DeviceKeys`] a presence record carries (the record has the certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedKeys {
+    /// The Olm identity key.
+    pub identity: [u8; 32],
+    /// The Olm fallback key.
+    pub prekey: [u8; 32],
+    /// When the keys were signed.
+    pub signed_at: UnixTime,
+    /// The device's signature over the whole [`DeviceKeys`].
+    pub signature: [u8; 64],
+}
+
+impl PublishedKeys {
+    /// Encoded length.
+    pub const LEN: usize = 32 + 32 + 8 + 64;
+
+    /// Append the encoded keys.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_slice(&self.identity);
+        out.put_slice(&self.prekey);
+        out.put_u64(self.signed_at.0);
+        out.put_slice(&self.signature);
+    }
+
+    /// Decode from a reader.
+    pub fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            identity: r.array()?,
+            prekey: r.array()?,
+            signed_at: UnixTime(r.u64()?),
+            signature: r.array()?,
+        })
+    }
+}
+
 impl DeviceKeys {
+    /// The keys without the certificate, for a presence record.
+    pub fn published(&self) -> PublishedKeys {
+        PublishedKeys {
+            identity: self.identity,
+            prekey: self.prekey,
+            signed_at: self.signed_at,
+            signature: self.signature,
+        }
+    }
+
+    /// The keys a presence record published, with the record's certificate (check them with
+    /// [`DeviceKeys::verify`]).
+    pub fn from_published(certificate: Certificate, keys: PublishedKeys) -> Self {
+        Self {
+            certificate,
+            identity: keys.identity,
+            prekey: keys.prekey,
+            signed_at: keys.signed_at,
+            signature: keys.signature,
+        }
+    }
+
     /// Sign `identity` and `prekey` for `device`, whose certificate is `certificate`.
     pub fn sign(
         device: &DeviceIdentity,

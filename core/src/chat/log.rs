@@ -192,7 +192,7 @@ impl Conversation {
         device: DeviceId,
         item: Item,
     ) -> Result<Inserted, LogError> {
-        if item.conversation != self.id {
+        if item.to.conversation(author) != self.id {
             return Err(LogError::WrongConversation);
         }
         if !item.body.is_stored() {
@@ -332,15 +332,16 @@ impl Conversation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::item::Target;
 
     fn user(s: &str) -> UserName {
         UserName::parse(s).unwrap()
     }
 
-    fn text(conv: ConversationId, id: u8, lamport: u64, s: &str) -> Item {
+    fn text(to: Target, id: u8, lamport: u64, s: &str) -> Item {
         Item {
             id: MessageId([id; 16]),
-            conversation: conv,
+            to,
             lamport,
             sent_at: UnixTime(1000 + u64::from(id)),
             body: Body::Text {
@@ -363,14 +364,14 @@ mod tests {
     fn every_arrival_order_gives_the_same_history_once() {
         let (a, b) = (user("alice"), user("bob"));
         let (da, db) = (DeviceId([1; 16]), DeviceId([2; 16]));
-        let conv = ConversationId::direct(&a, &b);
+        let (to_b, to_a) = (Target::Direct(b.clone()), Target::Direct(a.clone()));
         // alice: "hi" (1); bob answers "hello" (2) while alice, concurrently, writes "you
         // there?" (2); then alice "good" (3).
         let msgs = [
-            (a.clone(), da, text(conv, 1, 1, "hi")),
-            (b.clone(), db, text(conv, 2, 2, "hello")),
-            (a.clone(), da, text(conv, 3, 2, "you there?")),
-            (a.clone(), da, text(conv, 4, 3, "good")),
+            (a.clone(), da, text(to_b.clone(), 1, 1, "hi")),
+            (b.clone(), db, text(to_a, 2, 2, "hello")),
+            (a.clone(), da, text(to_b.clone(), 3, 2, "you there?")),
+            (a.clone(), da, text(to_b, 4, 3, "good")),
         ];
         let mut reference: Option<Vec<String>> = None;
         // All 24 arrival orders, each message delivered twice.
@@ -410,22 +411,26 @@ mod tests {
     #[test]
     fn strangers_other_conversations_and_others_edits_are_refused() {
         let (a, b, m) = (user("alice"), user("bob"), user("mallory"));
-        let conv = ConversationId::direct(&a, &b);
+        let conv = Target::Direct(b.clone());
         let mut c = Conversation::direct(&a, &b);
+        // A stranger writing to bob writes in another conversation.
         assert_eq!(
-            c.insert(&m, DeviceId([9; 16]), text(conv, 1, 1, "spam")),
-            Err(LogError::NotMember(m.clone()))
+            c.insert(&m, DeviceId([9; 16]), text(conv.clone(), 1, 1, "spam")),
+            Err(LogError::WrongConversation)
         );
-        let other = ConversationId::direct(&a, &m);
         assert_eq!(
-            c.insert(&a, DeviceId([1; 16]), text(other, 2, 1, "wrong")),
+            c.insert(
+                &a,
+                DeviceId([1; 16]),
+                text(Target::Direct(m.clone()), 2, 1, "wrong")
+            ),
             Err(LogError::WrongConversation)
         );
         c.insert(&a, DeviceId([1; 16]), text(conv, 3, 1, "mine"))
             .unwrap();
         let edit = Item {
             id: MessageId([4; 16]),
-            conversation: conv,
+            to: Target::Direct(a.clone()),
             lamport: 2,
             sent_at: UnixTime(0),
             body: Body::Edit {
@@ -445,10 +450,10 @@ mod tests {
     fn edits_and_deletions_apply_whenever_they_arrive() {
         let (a, b) = (user("alice"), user("bob"));
         let da = DeviceId([1; 16]);
-        let conv = ConversationId::direct(&a, &b);
+        let conv = Target::Direct(b.clone());
         let change = |id: u8, lamport: u64, body: Body| Item {
             id: MessageId([id; 16]),
-            conversation: conv,
+            to: conv.clone(),
             lamport,
             sent_at: UnixTime(0),
             body,
@@ -473,7 +478,7 @@ mod tests {
         assert_eq!(c.insert(&a, da, edit.clone()), Ok(Inserted::Waiting));
         assert_eq!(c.insert(&a, da, edit.clone()), Ok(Inserted::Duplicate));
         assert!(matches!(
-            c.insert(&a, da, text(conv, 1, 1, "hi")),
+            c.insert(&a, da, text(conv.clone(), 1, 1, "hi")),
             Ok(Inserted::New(_))
         ));
         assert_eq!(texts(&c), vec!["hi there"]);
@@ -499,7 +504,7 @@ mod tests {
         );
         let op = |n: u8, lamport: u64, body: Body| Item {
             id: MessageId([n; 16]),
-            conversation: id,
+            to: Target::Group(id),
             lamport,
             sent_at: UnixTime(0),
             body,
@@ -549,7 +554,11 @@ mod tests {
         );
         assert!(g.members().contains(&d) && !g.members().contains(&b));
         assert_eq!(
-            g.insert(&b, DeviceId([2; 16]), text(id, 4, 4, "still here?")),
+            g.insert(
+                &b,
+                DeviceId([2; 16]),
+                text(Target::Group(id), 4, 4, "still here?")
+            ),
             Err(LogError::NotMember(b.clone()))
         );
         g.insert(&c3, DeviceId([3; 16]), op(5, 4, Body::GroupLeave))

@@ -15,6 +15,6 @@ pub mod keys;
 pub mod log;
 
 pub use channel::{Channels, ChatError, Envelope, Opened};
-pub use item::{Body, ConversationId, Item, MessageId, ReceiptKind};
+pub use item::{Body, ConversationId, Item, MessageId, ReceiptKind, Target};
 pub use keys::{DeviceKeys, KeysError};
 pub use log::{Conversation, Entry, Inserted, LogError, Position};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 
+use crate::chat::keys::{DeviceKeys, PublishedKeys};
 use crate::crypto::Capabilities;
 use crate::crypto::{
     verify_signature, CertError, Certificate, DeviceId, DeviceIdentity, TrustedAuthorities,
@@ -20,7 +21,10 @@ pub const MAX_ADDRESSES: usize = 4;
 /// Clock skew tolerated for timestamps in the future.
 pub const MAX_SKEW_SECS: u64 = 300;
 const CONTEXT: &[u8] = b"natter-presence-v1";
+/// Records without chat keys (as every build before chat wrote them).
 const VERSION: u8 = 1;
+/// Records with chat keys.
+const VERSION_CHAT: u8 = 2;
 
 /// Why a record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +83,8 @@ pub struct PresenceRecord {
     pub nat: u8,
     /// What it can do.
     pub capabilities: Capabilities,
+    /// The device's chat keys (so a message can be sealed for it while it is offline).
+    pub chat: Option<PublishedKeys>,
     /// Strictly increasing per device.
     pub sequence: u64,
     /// When it was signed.
@@ -130,12 +136,27 @@ impl PresenceRecord {
             local_addresses: local_addresses.into_iter().take(MAX_ADDRESSES).collect(),
             nat,
             capabilities,
+            chat: None,
             sequence,
             timestamp,
             signature: [0; 64],
         };
         r.signature = device.sign(CONTEXT, &r.body());
         r
+    }
+
+    /// The same record carrying the device's chat keys, signed again.
+    pub fn with_chat_keys(mut self, device: &DeviceIdentity, keys: PublishedKeys) -> Self {
+        self.chat = Some(keys);
+        self.signature = device.sign(CONTEXT, &self.body());
+        self
+    }
+
+    /// The device's chat keys, with the record's certificate (checked by the record's
+    /// signature only: check them with [`DeviceKeys::verify`] before sealing for them).
+    pub fn device_keys(&self) -> Option<DeviceKeys> {
+        self.chat
+            .map(|k| DeviceKeys::from_published(self.certificate.clone(), k))
     }
 
     /// The user.
@@ -149,7 +170,11 @@ impl PresenceRecord {
     }
 
     fn put_body(&self, out: &mut BytesMut) {
-        out.put_u8(VERSION);
+        out.put_u8(if self.chat.is_some() {
+            VERSION_CHAT
+        } else {
+            VERSION
+        });
         self.certificate.encode(out);
         out.put_u8(u8::from(self.online));
         put_addrs(out, &self.super_nodes);
@@ -163,6 +188,9 @@ impl PresenceRecord {
         put_addrs(out, &self.local_addresses);
         out.put_u8(self.nat);
         out.put_u32(self.capabilities.0);
+        if let Some(keys) = &self.chat {
+            keys.encode(out);
+        }
         out.put_u64(self.sequence);
         out.put_u64(self.timestamp.0);
     }
@@ -188,7 +216,8 @@ impl PresenceRecord {
 
     /// Decode from a reader (without verifying: call [`PresenceRecord::verify`]).
     pub fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        if r.u8()? != VERSION {
+        let version = r.u8()?;
+        if version != VERSION && version != VERSION_CHAT {
             return Err(DecodeError::Invalid("presence version"));
         }
         let certificate = Certificate::read(r)?;
@@ -207,6 +236,11 @@ impl PresenceRecord {
             local_addresses: read_addrs(r)?,
             nat: r.u8()?,
             capabilities: Capabilities(r.u32()?),
+            chat: if version == VERSION_CHAT {
+                Some(PublishedKeys::read(r)?)
+            } else {
+                None
+            },
             sequence: r.u64()?,
             timestamp: UnixTime(r.u64()?),
             signature: r.array()?,
@@ -302,6 +336,45 @@ mod tests {
             !record(&net, "bob", 9, TEST_WALL).supersedes(&r),
             "another device"
         );
+    }
+
+    #[test]
+    fn records_carry_chat_keys_bound_by_both_signatures() {
+        let net = TestNetwork::new(1);
+        let id = net.identity("alice");
+        let channels = crate::chat::Channels::new(
+            &id.device,
+            id.certificate.clone(),
+            TEST_WALL,
+            &mut crate::rng::Rng::from_seed(3),
+        );
+        let plain = record(&net, "alice", 5, TEST_WALL);
+        assert_eq!(plain.to_bytes()[0], VERSION, "no keys: the old encoding");
+        let r = plain.with_chat_keys(&id.device, channels.keys().published());
+        assert_eq!(r.to_bytes()[0], VERSION_CHAT);
+        ok(&r, &net, TEST_WALL).unwrap();
+        let decoded = PresenceRecord::decode(&r.to_bytes()).unwrap();
+        assert_eq!(decoded, r);
+        let keys = decoded.device_keys().unwrap();
+        assert_eq!(&keys, channels.keys());
+        keys.verify(&net.trusted(), TEST_WALL).unwrap();
+        // Keys swapped in the record: the record's signature fails.
+        let mut swapped = r.clone();
+        swapped.chat.as_mut().unwrap().prekey[0] ^= 1;
+        assert_eq!(
+            ok(&swapped, &net, TEST_WALL),
+            Err(PresenceError::BadSignature)
+        );
+        // Keys re-signed into a record by the device but not signed as keys: refused as keys.
+        let mut unsigned = channels.keys().published();
+        unsigned.prekey[0] ^= 1;
+        let r2 = record(&net, "alice", 6, TEST_WALL).with_chat_keys(&id.device, unsigned);
+        ok(&r2, &net, TEST_WALL).unwrap();
+        assert!(r2
+            .device_keys()
+            .unwrap()
+            .verify(&net.trusted(), TEST_WALL)
+            .is_err());
     }
 
     #[test]

@@ -44,6 +44,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{BufMut, BytesMut};
 
 use super::{DecodeError, Reader, MAX_DATAGRAM};
+use crate::chat::MessageId;
 use crate::crypto::{Certificate, DeviceId, UnixTime, UserName};
 use crate::overlay::PresenceRecord;
 
@@ -163,6 +164,11 @@ fn read_entries(r: &mut Reader<'_>) -> Result<Vec<HostEntry>, DecodeError> {
 /// Most membership events in one [`Message::MemberUpdate`] (9 signed IPv6 events of 120 bytes
 /// fit a datagram).
 pub const MAX_MEMBER_EVENTS: usize = 9;
+/// Largest piece of a chat message in one [`Message::ChatChunk`].
+pub const MAX_CHAT_CHUNK: usize = 1024;
+/// Most pieces of one chat message: enough for the largest envelope
+/// ([`crate::chat::channel::MAX_CIPHERTEXT`] plus the sender's keys).
+pub const MAX_CHAT_CHUNKS: usize = 72;
 /// Most super nodes in one [`Message::IndexSearchAt`].
 pub const MAX_SEARCH_AT: usize = 4;
 /// Most users in one [`Message::IndexWatch`] (32 of the longest names fit a datagram).
@@ -351,10 +357,10 @@ message_types! {
     PathChallenge = 0x53,
     /// Answer to [`MessageType::PathChallenge`], sent on the path it came by: `token [u8; 8]`.
     PathResponse = 0x54,
-    /// Reserved: chat message.
-    ChatMessage = 0x60,
-    /// Reserved: chat delivery receipt.
-    ChatAck = 0x61,
+    /// A piece of a sealed chat message, for a device (see [`Message::ChatChunk`]).
+    ChatChunk = 0x60,
+    /// A super node cannot forward a chat message (see [`Message::ChatUnreachable`]).
+    ChatUnreachable = 0x61,
     /// Reserved: file offer.
     FileOffer = 0x70,
     /// Reserved: file accepted.
@@ -630,6 +636,32 @@ pub enum Message<'a> {
         /// Who poked.
         from: UserName,
     },
+    /// A piece of a sealed chat message ([`crate::chat::Envelope`], encoded) for the
+    /// device `to`: from a device to a super node, which forwards it to `to` when `to` is its
+    /// client or a device with a session to it (one that sent it chat), and from the super
+    /// node to `to`. A message is cut in `count` pieces of at most [`MAX_CHAT_CHUNK`] bytes,
+    /// sent again whole until the receiver's receipt comes back; the receiver puts them
+    /// together by `id`.
+    ChatChunk {
+        /// The receiving device.
+        to: DeviceId,
+        /// The message's id.
+        id: MessageId,
+        /// This piece's index, below `count`.
+        index: u8,
+        /// How many pieces the message has (1 to [`MAX_CHAT_CHUNKS`]).
+        count: u8,
+        /// The piece.
+        data: &'a [u8],
+    },
+    /// From a super node to a device that sent it a chat piece: it can reach no device `to`
+    /// (look the device up again).
+    ChatUnreachable {
+        /// The device it cannot reach.
+        to: DeviceId,
+        /// The message.
+        id: MessageId,
+    },
     /// Invite the receiving device to a call.
     CallInvite {
         /// Chosen at random by the caller.
@@ -870,6 +902,8 @@ impl<'a> Message<'a> {
             Message::IndexNotify { .. } => MessageType::IndexNotify,
             Message::IndexWill { .. } => MessageType::IndexWill,
             Message::ContactPoke { .. } => MessageType::ContactPoke,
+            Message::ChatChunk { .. } => MessageType::ChatChunk,
+            Message::ChatUnreachable { .. } => MessageType::ChatUnreachable,
             Message::ContactPoked { .. } => MessageType::ContactPoked,
             Message::CallInvite { .. } => MessageType::CallInvite,
             Message::CallRinging { .. } => MessageType::CallRinging,
@@ -1070,6 +1104,26 @@ impl<'a> Message<'a> {
             },
             MessageType::ContactPoked => Message::ContactPoked {
                 from: read_user(&mut r)?,
+            },
+            MessageType::ChatChunk => {
+                let to = DeviceId(r.array()?);
+                let id = MessageId(r.array()?);
+                let index = r.u8()?;
+                let count = r.u8()?;
+                if count == 0 || usize::from(count) > MAX_CHAT_CHUNKS || index >= count {
+                    return Err(DecodeError::Invalid("chat chunk index"));
+                }
+                Message::ChatChunk {
+                    to,
+                    id,
+                    index,
+                    count,
+                    data: r.bytes_u16("chat chunk", MAX_CHAT_CHUNK)?,
+                }
+            }
+            MessageType::ChatUnreachable => Message::ChatUnreachable {
+                to: DeviceId(r.array()?),
+                id: MessageId(r.array()?),
             },
             MessageType::IndexSearch => Message::IndexSearch {
                 query: r.u32()?,
@@ -1370,6 +1424,24 @@ impl<'a> Message<'a> {
                 record.encode(out);
             }
             Message::ContactPoke { device } => out.put_slice(&device.0),
+            Message::ChatChunk {
+                to,
+                id,
+                index,
+                count,
+                data,
+            } => {
+                out.put_slice(&to.0);
+                out.put_slice(&id.0);
+                out.put_u8(*index);
+                out.put_u8(*count);
+                out.put_u16(data.len() as u16);
+                out.put_slice(data);
+            }
+            Message::ChatUnreachable { to, id } => {
+                out.put_slice(&to.0);
+                out.put_slice(&id.0);
+            }
             Message::ContactPoked { from } => {
                 out.put_u8(from.as_str().len() as u8);
                 out.put_slice(from.as_str().as_bytes());
@@ -1547,7 +1619,7 @@ mod tests {
         }
         assert_eq!(MessageType::KeepAlive as u8, 0x01);
         assert_eq!(MessageType::CallInvite as u8, 0x40);
-        assert_eq!(MessageType::ChatMessage as u8, 0x60);
+        assert_eq!(MessageType::ChatChunk as u8, 0x60);
         assert_eq!(MessageType::FileChunk as u8, 0x72);
         assert_eq!(MessageType::ConferenceJoin as u8, 0x80);
     }
@@ -1555,8 +1627,8 @@ mod tests {
     #[test]
     fn reserved_types_are_typed_errors() {
         assert_eq!(
-            Message::decode(&[0x60, 1, 2, 3]),
-            Err(DecodeError::Unimplemented(MessageType::ChatMessage))
+            Message::decode(&[0x70, 1, 2, 3]),
+            Err(DecodeError::Unimplemented(MessageType::FileOffer))
         );
         assert_eq!(
             Message::decode(&[0xEE]),
@@ -1751,6 +1823,17 @@ mod tests {
             },
             Message::ContactPoked {
                 from: UserName::parse("alice").unwrap(),
+            },
+            Message::ChatChunk {
+                to: DeviceId([1; 16]),
+                id: MessageId([2; 16]),
+                index: MAX_CHAT_CHUNKS as u8 - 1,
+                count: MAX_CHAT_CHUNKS as u8,
+                data: &[0xAB; MAX_CHAT_CHUNK],
+            },
+            Message::ChatUnreachable {
+                to: DeviceId([1; 16]),
+                id: MessageId([2; 16]),
             },
         ] {
             let mut b = BytesMut::new();

@@ -59,6 +59,8 @@ const REBIND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most pokes searching at once ([`super::Node::poke`]); past it a poke is dropped (the
 /// device syncs at its next pull anyway).
 const MAX_POKES: usize = 256;
+/// Most messages of other parts waiting for one super node's session ([`Notice::PostVia`]).
+const MAX_POSTS: usize = 512;
 
 /// Why a relay channel is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +137,10 @@ struct RelaySn {
     /// Call sessions (and their relay channel) waiting for this super node's UDP session to
     /// move our leg of the channel onto it.
     legs: Vec<(ConnId, u32)>,
+    /// Encoded messages of other parts (chat) waiting for the session, sent on it once up
+    /// ([`Notice::PostVia`]); at most [`MAX_POSTS`], the oldest dropped first (their sender
+    /// sends them again).
+    posts: VecDeque<Vec<u8>>,
 }
 
 /// One attempt at a TCP stream to a super node for relays.
@@ -344,9 +350,35 @@ impl Calls {
             Notice::Unlinked { link, .. } if self.relay_sn_conns.contains_key(&link.conn) => {
                 self.relay_sn_gone(cx, link.conn, false);
             }
+            Notice::PostVia { sn, messages } => self.post_via(cx, sn, messages),
             _ => {}
         }
         self.flush(cx);
+    }
+
+    /// Send other parts' messages to super node `sn`, over our session with it (opened, over
+    /// UDP or TCP as for relays, when there is none).
+    fn post_via(&mut self, cx: &mut Cx<'_>, sn: SocketAddr, messages: Vec<Vec<u8>>) {
+        let entry = self.relay_sns.entry(sn).or_default();
+        if entry.up {
+            if let Some(conn) = entry.conn {
+                for m in &messages {
+                    post_on(cx, conn, m);
+                }
+            }
+            return;
+        }
+        for m in messages {
+            if entry.posts.len() >= MAX_POSTS {
+                entry.posts.pop_front();
+                cx.out.stats.overlay_dropped += 1;
+            }
+            entry.posts.push_back(m);
+        }
+        if entry.conn.is_some() || self.relay_streams.values().any(|r| r.sn == sn) {
+            return;
+        }
+        self.open_relay_session(cx, sn);
     }
 
     /// Room for another poke's search ([`MAX_POKES`]).
@@ -597,7 +629,11 @@ impl Calls {
         entry.up = true;
         let waiting = std::mem::take(&mut entry.waiting);
         let legs = std::mem::take(&mut entry.legs);
+        let posts = std::mem::take(&mut entry.posts);
         self.relay_sn_conns.insert(conn, sn);
+        for post in posts {
+            post_on(cx, conn, &post);
+        }
         for (device, purpose) in waiting {
             self.ask_relay(cx, conn, sn, device, purpose);
         }
@@ -1755,6 +1791,16 @@ fn is_lan_address(ip: std::net::IpAddr) -> bool {
             let first = v6.segments()[0];
             v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
         }
+    }
+}
+
+/// Send an encoded control message (another part's, [`Notice::PostVia`]) on session `conn`.
+fn post_on(cx: &mut Cx<'_>, conn: ConnId, encoded: &[u8]) {
+    match Message::decode(encoded) {
+        Ok(m) => {
+            let _ = cx.sessions.send(cx.now, conn, &m);
+        }
+        Err(_) => cx.out.stats.overlay_dropped += 1,
     }
 }
 

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use natter_core::chat::keys::PublishedKeys;
 use natter_core::crypto::{DeviceId, UserName};
 use natter_core::endpoint::ConnId;
 use natter_core::overlay::{
@@ -86,6 +87,9 @@ pub(crate) struct Lookup {
     shown: BTreeMap<UserName, bool>,
     /// Devices revoked by the login authority: their records are refused.
     revoked: BTreeSet<DeviceId>,
+    /// Our chat keys, carried by every record we sign (wills too: a message can be sealed
+    /// for a device while it is offline).
+    chat_keys: Option<PublishedKeys>,
 }
 
 impl Lookup {
@@ -106,6 +110,24 @@ impl Lookup {
             presence: BTreeMap::new(),
             shown: BTreeMap::new(),
             revoked: BTreeSet::new(),
+            chat_keys: None,
+        }
+    }
+
+    /// Our chat keys changed (new, or signed again with a renewed certificate): the records
+    /// signed from now on carry them.
+    pub fn set_chat_keys(&mut self, keys: PublishedKeys) {
+        if self.chat_keys != Some(keys) {
+            self.chat_keys = Some(keys);
+            self.published = None;
+        }
+    }
+
+    /// A record of ours carries our chat keys.
+    fn with_chat_keys(&self, cx: &Cx<'_>, record: PresenceRecord) -> PresenceRecord {
+        match self.chat_keys {
+            Some(keys) => record.with_chat_keys(&cx.cfg.identity.device, keys),
+            None => record,
         }
     }
 
@@ -326,6 +348,9 @@ impl Lookup {
                 self.sync_watch_links(cx);
             }
             Notice::Presence(record) => self.on_record(cx, &record),
+            Notice::SearchFor { user, reply } => {
+                self.search(cx, user, Some(reply));
+            }
             _ => {}
         }
     }
@@ -453,6 +478,7 @@ impl Lookup {
             self.presence_seq,
             cx.wall,
         );
+        let record = self.with_chat_keys(cx, record);
         let published = if cx.facts.super_node {
             cx.out
                 .notify(PartId::SuperNode, Notice::Publish(Box::new(record)));
@@ -516,7 +542,7 @@ impl Lookup {
 
     /// Our will: "offline", signed now with the current sequence number.
     fn will(&self, cx: &Cx<'_>, nat: u8) -> PresenceRecord {
-        PresenceRecord::sign(
+        let will = PresenceRecord::sign(
             &cx.cfg.identity.device,
             cx.cfg.identity.certificate.clone(),
             false,
@@ -527,7 +553,8 @@ impl Lookup {
             cx.cfg.identity.capabilities,
             self.presence_seq,
             cx.wall,
-        )
+        );
+        self.with_chat_keys(cx, will)
     }
 }
 

@@ -58,6 +58,7 @@ use crate::dht::Dht;
 use crate::supernode::{SuperNodeEvent, SuperNodeRole};
 
 mod calls;
+mod chat;
 mod config;
 mod lookup;
 mod parts;
@@ -67,9 +68,11 @@ mod super_node;
 mod uplink;
 
 pub use calls::{DialError, DialOutcome};
+pub use chat::{ChatEvent, ChatStats, MAX_OUTBOX, MAX_PARTIALS, PARTIAL_TIMEOUT};
 pub use config::{Load, NodeConfig, RolePolicy};
 
 use calls::Calls;
+use chat::Chat;
 use lookup::Lookup;
 use parts::{Cx, Facts, Notice, Outbox, Owners, PartId, Sessions, Timer, TimerTable};
 use route::Route;
@@ -146,6 +149,9 @@ pub enum NodeEvent {
         /// Who poked.
         from: UserName,
     },
+    /// Chat: a message received, a receipt, typing, a message sent or refused
+    /// ([`Node::send_chat`]).
+    Chat(ChatEvent),
     /// A search started with [`Node::search`] ended.
     Search {
         /// The id [`Node::search`] returned.
@@ -184,6 +190,7 @@ pub struct Node {
     uplink: Uplink,
     lookup: Lookup,
     calls: Calls,
+    chat: Chat,
     super_node: Option<SuperNode>,
     /// The runtime's last measurement of how busy the node is.
     load: Option<Load>,
@@ -297,6 +304,14 @@ impl Node {
                 now,
             )
         };
+        let mut lookup = lookup;
+        let chat = {
+            let mut seed = cfg.seed;
+            seed[0] ^= 0xC4;
+            seed[31] ^= 0x7A;
+            Chat::new(&cfg, seed, wall_at(&cfg, now))
+        };
+        lookup.set_chat_keys(chat.keys().published());
         let facts = uplink.facts(false);
         let mut node = Self {
             rng,
@@ -310,6 +325,7 @@ impl Node {
             uplink,
             lookup,
             calls,
+            chat,
             super_node: None,
             load: None,
             overloaded_since: None,
@@ -541,6 +557,7 @@ impl Node {
     /// Drop the call invites of `users` (the user's blocked list) unanswered from now on:
     /// they never ring, and the caller is not told why.
     pub fn set_blocked(&mut self, users: std::collections::BTreeSet<UserName>) {
+        self.chat.set_blocked(users.clone());
         self.calls.set_blocked(users);
     }
 
@@ -555,7 +572,65 @@ impl Node {
     pub fn update_certificate(&mut self, now: Instant, certificate: Certificate) {
         self.cfg.identity.certificate = certificate.clone();
         self.endpoint.update_certificate(now, certificate);
+        // Our chat keys are signed with the certificate: sign them again, and publish.
+        let wall = self.wall(now);
+        self.chat.renew(&self.cfg, wall);
+        self.lookup.set_chat_keys(self.chat.keys().published());
+        self.out.notify(PartId::Lookup, Notice::FactsChanged);
         self.drive(now);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Chat
+    // ---------------------------------------------------------------------------------------
+
+    /// Send a chat message to every device of `users`, and to our own other devices (see the
+    /// chat part's documentation for how it travels): what happens to it is reported as
+    /// [`NodeEvent::Chat`] events, [`ChatEvent::Sent`] then one [`ChatEvent::Delivered`] per
+    /// device that holds it. Receipts and typing go once, to `users` only.
+    pub fn send_chat(
+        &mut self,
+        now: Instant,
+        users: BTreeSet<UserName>,
+        item: natter_core::chat::Item,
+    ) {
+        let mut cx = cx!(self, now, PartId::Chat);
+        self.chat.send(&mut cx, users, item);
+        self.drive(now);
+    }
+
+    /// A fresh random message id (from the node's seeded randomness).
+    pub fn new_message_id(&mut self) -> natter_core::chat::MessageId {
+        self.chat.next_id()
+    }
+
+    /// This device's signed chat keys (as its presence records publish them).
+    pub fn chat_keys(&self) -> &natter_core::chat::DeviceKeys {
+        self.chat.keys()
+    }
+
+    /// The chat channels (Olm sessions), encrypted under `key`, to keep across restarts.
+    pub fn save_chat(&self, key: &[u8; 32]) -> Vec<u8> {
+        self.chat.save(key)
+    }
+
+    /// Take chat channels saved by [`Node::save_chat`] back: right after [`Node::new`],
+    /// before the node publishes its keys.
+    pub fn restore_chat(
+        &mut self,
+        saved: &[u8],
+        key: &[u8; 32],
+    ) -> Result<(), natter_core::chat::ChatError> {
+        self.chat.restore(&self.cfg, saved, key)?;
+        let wall = self.wall(self.started);
+        self.chat.renew(&self.cfg, wall);
+        self.lookup.set_chat_keys(self.chat.keys().published());
+        Ok(())
+    }
+
+    /// Chat's counters.
+    pub fn chat_stats(&self) -> ChatStats {
+        self.chat.stats()
     }
 
     /// The addresses the driver must bind (UDP and TCP): see [`NodeConfig::bind_addresses`].
@@ -728,6 +803,8 @@ impl Node {
             .set(Timer::Part(PartId::Lookup), self.lookup.poll_timeout());
         self.timers
             .set(Timer::Part(PartId::Calls), self.calls.poll_timeout());
+        self.timers
+            .set(Timer::Part(PartId::Chat), self.chat.poll_timeout());
         self.timers.set(
             Timer::Part(PartId::SuperNode),
             self.super_node.as_ref().and_then(|s| s.poll_timeout()),
@@ -751,6 +828,7 @@ impl Node {
             PartId::Uplink => self.uplink.on_notice(&mut cx, notice),
             PartId::Lookup => self.lookup.on_notice(&mut cx, notice),
             PartId::Calls => self.calls.on_notice(&mut cx, notice),
+            PartId::Chat => self.chat.on_notice(&mut cx, notice),
             PartId::SuperNode => {
                 if let Some(sn) = self.super_node.as_mut() {
                     sn.on_notice(&mut cx, notice);
@@ -824,7 +902,7 @@ impl Node {
                 .super_node
                 .as_mut()
                 .is_some_and(|sn| sn.on_session(&mut cx, e)),
-            PartId::Lookup => false,
+            PartId::Lookup | PartId::Chat => false,
         }
     }
 
@@ -853,6 +931,7 @@ impl Node {
             }
             PartId::Lookup => self.lookup.on_message(&mut cx, conn, msg),
             PartId::Calls => self.calls.on_message(&mut cx, conn, msg),
+            PartId::Chat => self.chat.on_message(&mut cx, conn, msg),
             PartId::SuperNode => match self.super_node.as_mut() {
                 Some(sn) => sn.on_message(&mut cx, conn, msg),
                 None => super_node::not_a_super_node(&mut cx, conn, msg),
@@ -905,6 +984,7 @@ impl Node {
             }
             PartId::Lookup => self.lookup.handle_timeout(&mut cx),
             PartId::Calls => self.calls.handle_timeout(&mut cx),
+            PartId::Chat => self.chat.handle_timeout(&mut cx),
             PartId::SuperNode => {
                 if let Some(sn) = self.super_node.as_mut() {
                     sn.handle_timeout(&mut cx);

@@ -40,6 +40,8 @@ pub(crate) enum PartId {
     Calls,
     /// The super-node role: clients, membership, the index, the relay, the STUN server.
     SuperNode,
+    /// Chat: sealing, sending until acknowledged, putting pieces together, opening.
+    Chat,
 }
 
 /// Who owns each session and each stream a part opened. Sessions nobody owns (a peer's
@@ -286,6 +288,32 @@ pub(crate) enum Notice {
         /// The device.
         device: DeviceId,
     },
+    /// Search the index for `user` and tell `reply` how it ended (to the index client).
+    SearchFor {
+        /// Who.
+        user: UserName,
+        /// The part that hears [`Notice::SearchDone`].
+        reply: PartId,
+    },
+    /// Send these encoded control messages to super node `sn` over a session with it (to
+    /// calls, which keeps the node's sessions with other super nodes).
+    PostVia {
+        /// The super node.
+        sn: SocketAddr,
+        /// The encoded messages.
+        messages: Vec<Vec<u8>>,
+    },
+    /// An encoded chat piece for one of our own clients, or for a device with a session to us
+    /// (to the super-node role, from our own chat).
+    ChatHere(Vec<u8>),
+    /// An encoded chat piece for this device that arrived at the super-node role on session
+    /// `conn` (to chat).
+    ChatIn {
+        /// The session it came on (answers go back on it).
+        conn: ConnId,
+        /// The encoded piece.
+        message: Vec<u8>,
+    },
     /// Watch (or stop watching) these users' presence through our own index (to the
     /// super-node role).
     WatchHere {
@@ -334,7 +362,7 @@ pub(crate) enum Timer {
     Role,
 }
 
-const TIMERS: usize = 7;
+const TIMERS: usize = 8;
 
 impl Timer {
     fn index(self) -> usize {
@@ -346,6 +374,7 @@ impl Timer {
             Timer::Part(PartId::SuperNode) => 4,
             Timer::Streams => 5,
             Timer::Role => 6,
+            Timer::Part(PartId::Chat) => 7,
         }
     }
 
@@ -357,6 +386,7 @@ impl Timer {
         Timer::Part(PartId::SuperNode),
         Timer::Streams,
         Timer::Role,
+        Timer::Part(PartId::Chat),
     ];
 }
 

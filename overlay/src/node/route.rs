@@ -32,7 +32,7 @@ pub(crate) enum Route {
 /// (`super_node`) or is not a super node. Messages for the super-node role reach a node that
 /// does not hold it too: it answers what must be answered and drops the rest.
 pub(crate) fn message(msg: &Message<'_>, owner: Option<PartId>, super_node: bool) -> Route {
-    use PartId::{Calls, Lookup, SuperNode, Uplink};
+    use PartId::{Calls, Chat, Lookup, SuperNode, Uplink};
     match msg {
         // Calls: signalling and media reports from peer devices, and relays' answers to the
         // requests this node made for its calls.
@@ -55,6 +55,10 @@ pub(crate) fn message(msg: &Message<'_>, owner: Option<PartId>, super_node: bool
         // Pokes: to a super node, for one of its clients; from our super node, for us.
         Message::ContactPoke { .. } => Route::To(SuperNode),
         Message::ContactPoked { .. } => Route::To(Calls),
+        // Chat pieces: a super node forwards them (or hands its own to its chat); a device
+        // takes those for it, whichever session brought them.
+        Message::ChatChunk { .. } if super_node => Route::To(SuperNode),
+        Message::ChatChunk { .. } | Message::ChatUnreachable { .. } => Route::To(Chat),
         // A release names a channel: from a relay we use (to our calls), or from a party of a
         // channel of ours (to our relay).
         Message::RelayRelease { .. } if owner == Some(Calls) => Route::To(Calls),
@@ -118,7 +122,7 @@ mod tests {
     use super::*;
     use natter_core::crypto::UserName;
     use natter_core::wire::message::{CallId, HostEntry};
-    use PartId::{Calls, Lookup, SuperNode, Uplink};
+    use PartId::{Calls, Chat, Lookup, SuperNode, Uplink};
 
     fn host() -> HostEntry {
         HostEntry {
@@ -129,6 +133,19 @@ mod tests {
 
     #[test]
     fn every_family_has_its_part() {
+        let chunk = Message::ChatChunk {
+            to: natter_core::crypto::DeviceId([1; 16]),
+            id: natter_core::chat::MessageId([2; 16]),
+            index: 0,
+            count: 1,
+            data: b"sealed",
+        };
+        assert_eq!(message(&chunk, Some(Uplink), false), Route::To(Chat));
+        assert_eq!(
+            message(&chunk, Some(SuperNode), true),
+            Route::To(SuperNode),
+            "a super node forwards pieces (and hands its own to its chat)"
+        );
         let call = CallId([1; 16]);
         assert_eq!(
             message(&Message::CallRinging { call }, Some(Calls), false),

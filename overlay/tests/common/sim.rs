@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use natter_core::crypto::LocalIdentity;
 use natter_core::overlay::HostCache;
-use natter_core::testkit::TEST_WALL;
+use natter_core::testkit::{TestNetwork, TEST_WALL};
 use natter_overlay::node::{Node, NodeConfig, NodeEvent, RolePolicy};
-use natter_sim::{HostId, Sim};
+use natter_sim::{HostId, LinkConfig, NatConfig, Sim, SimConfig};
 
 /// Adds a super node (forced role) running the real node machine, bound to every address its
 /// STUN server needs, knowing the super nodes in `bootstrap`.
@@ -81,4 +83,100 @@ pub fn super_node_machine(
     cfg.host_cache = bootstrap.clone();
     tweak(&mut cfg);
     Node::new(cfg, start)
+}
+
+/// Super nodes in [`world`].
+pub const SUPER_NODES: u8 = 5;
+
+/// Five super nodes and eight users behind every kind of NAT (see [`world`]).
+pub struct World {
+    /// The simulator.
+    pub sim: Sim<NodeEvent>,
+    /// The super nodes `sn0`..`sn4`.
+    pub sns: Vec<HostId>,
+    /// The users `user0`..`user7`: open, full cone, port-restricted, symmetric, UDP blocked,
+    /// open, restricted, port-restricted.
+    pub users: Vec<HostId>,
+}
+
+/// The world of the index and chat scenarios, seeded.
+pub fn world(seed: u64) -> World {
+    let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
+        seed,
+        internet: LinkConfig::with_latency(Duration::from_millis(30))
+            .jitter(Duration::from_millis(10)),
+        ..SimConfig::default()
+    });
+    let net = TestNetwork::new(seed);
+    let sn_addr = |i: u8| SocketAddr::from(([198, 18, i, 10], 4000));
+    let mut bootstrap = HostCache::new();
+    for i in 0..SUPER_NODES {
+        let key = net.identity(&format!("sn{i}")).device.dh_public();
+        bootstrap.insert(sn_addr(i), Some(key), TEST_WALL);
+    }
+    let mut sns = Vec::new();
+    for i in 0..SUPER_NODES {
+        sns.push(add_super_node(
+            &mut sim,
+            &format!("sn{i}"),
+            net.identity(&format!("sn{i}")),
+            [i; 32],
+            sn_addr(i),
+            Some(SocketAddr::from(([198, 18, 100 + i, 10], 4001))),
+            &bootstrap,
+        ));
+    }
+    let nats = [
+        None,
+        Some(NatConfig::full_cone()),
+        Some(NatConfig::port_restricted_cone()),
+        Some(NatConfig::symmetric()),
+        Some(NatConfig::udp_blocking_firewall()),
+        None,
+        Some(NatConfig::restricted_cone()),
+        Some(NatConfig::port_restricted_cone()),
+    ];
+    let mut users = Vec::new();
+    for (i, nat) in nats.into_iter().enumerate() {
+        let name = format!("user{i}");
+        let start = sim.now();
+        let (addr, behind) = match nat {
+            Some(cfg) => {
+                let n = sim.add_nat(
+                    &format!("nat-{name}"),
+                    SocketAddr::from(([198, 18, 50, i as u8 + 1], 0)).ip(),
+                    cfg,
+                );
+                (SocketAddr::from(([10, 0, 0, 2], 5000)), Some(n))
+            }
+            None => (SocketAddr::from(([198, 18, 60, i as u8 + 1], 5000)), None),
+        };
+        let mut cfg = NodeConfig::new(
+            net.identity(&name),
+            [100 + i as u8; 32],
+            TEST_WALL,
+            start,
+            addr,
+        );
+        cfg.role = RolePolicy::Forbid;
+        cfg.host_cache = bootstrap.clone();
+        let node = Node::new(cfg, start);
+        users.push(match behind {
+            Some(n) => sim.add_host_behind(n, &name, addr, node),
+            None => sim.add_host(&name, addr, node),
+        });
+    }
+    World { sim, sns, users }
+}
+
+/// The super node `host` is first attached to (the one it publishes through).
+pub fn first_super_node(w: &World, host: HostId) -> HostId {
+    let first = w.sim.machine::<Node>(host).attached()[0];
+    let found = w.sns.iter().copied().find(|h| {
+        (0..SUPER_NODES).any(|i| {
+            w.sim.host_name(*h) == format!("sn{i}")
+                && first == SocketAddr::from(([198, 18, i, 10], 4000))
+        })
+    });
+    found.expect("attached to one of the super nodes")
 }

@@ -12,6 +12,7 @@
 //! clients and other super nodes open to it and those it opens to other super nodes; the relay
 //! also watches every other session (a relay channel joins two sessions' addresses).
 
+mod chat;
 mod index;
 mod relay;
 
@@ -61,6 +62,8 @@ pub(crate) struct SuperNode {
     /// Pokes forwarded per poking device (its static key) in the current minute, and when
     /// that minute began.
     pokes: BTreeMap<[u8; 32], (Instant, u32)>,
+    /// Chat pieces forwarded to clients and senders.
+    chat: chat::ChatForwarding,
 }
 
 /// The address a session runs to, when it runs straight over UDP.
@@ -97,6 +100,7 @@ impl SuperNode {
             index: IndexPart::new(cx, p.me),
             relay: Relaying::new(relay_cfg, cx.sessions.view()),
             pokes: BTreeMap::new(),
+            chat: chat::ChatForwarding::default(),
         };
         for link in cx.facts.links.clone() {
             sn.linked(cx, link);
@@ -247,6 +251,7 @@ impl SuperNode {
     pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
         match msg {
             Message::ContactPoke { device } => self.poke(cx, conn, *device),
+            Message::ChatChunk { .. } => self.chat.chunk(cx, &self.role, Some(conn), msg),
             Message::OverlayStunForward {
                 client,
                 transaction,
@@ -371,6 +376,10 @@ impl SuperNode {
                 self.forward_poke(cx, device, me);
             }
             Notice::WatchHere { users, watch } => self.index.watch_here(&users, watch),
+            Notice::ChatHere(encoded) => match Message::decode(&encoded) {
+                Ok(msg) => self.chat.chunk(cx, &self.role, None, &msg),
+                Err(_) => cx.out.stats.overlay_dropped += 1,
+            },
             _ => {}
         }
         self.flush(cx);
