@@ -1,6 +1,6 @@
 //! The client: building it, logging in, starting and stopping its node, searching, calling.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use natter_core::chat::MessageId;
 use natter_core::crypto::{Capabilities, DeviceId, LocalIdentity, UserName};
 use natter_core::login::client::{LoginClientEvent, Operation};
 use natter_core::login::proto::Version;
@@ -24,11 +25,12 @@ use natter_transport::{os_seed, wall_clock};
 
 use crate::audio::{Audio, AudioConfig};
 use crate::call::{Call, CallTable};
+use crate::chat::{ChatMessage, ChatStore};
 use crate::contacts::{Contact, Contacts, ContactsSync};
 use crate::credentials::Credentials;
 use crate::error::{
-    parse_name, AccountError, BuildError, CallError, ContactsError, LoginError, RegisterError,
-    SearchError, ServerError, StartError, StopError,
+    parse_name, AccountError, BuildError, CallError, ChatError, ContactsError, LoginError,
+    RegisterError, SearchError, ServerError, StartError, StopError,
 };
 use crate::events::{Event, Events};
 use crate::network::Network;
@@ -268,6 +270,7 @@ impl ClientBuilder {
         };
         let events = Events::new().map_err(BuildError::Events)?;
         let contacts = Contacts::new(data_dir.as_deref());
+        let chat = ChatStore::new(data_dir.as_deref());
         Ok(Client {
             shared: Arc::new(Shared {
                 network: self.network,
@@ -291,6 +294,7 @@ impl ClientBuilder {
                 state: Mutex::new(RunState::default()),
                 load: Mutex::new((0.0, 0)),
                 contacts,
+                chat,
                 presence: Mutex::new(PresenceState::default()),
                 presence_pushing: Mutex::new(()),
             }),
@@ -371,6 +375,8 @@ pub(crate) struct Shared {
     pub load: Mutex<(f32, u64)>,
     /// The buddy list and its sync thread.
     pub contacts: Contacts,
+    /// The chat history and the messages waiting to be delivered.
+    pub chat: ChatStore,
     /// This user's presence as set here.
     pub presence: Mutex<PresenceState>,
     /// Held while the presence goes to the node: one push at a time.
@@ -501,6 +507,9 @@ impl Shared {
         };
         let user = li.certificate.user.clone();
         self.contacts.open(&user, li.certificate.device);
+        if let Err(e) = self.chat.open(&user, &li.device) {
+            tracing::warn!(%e, "chat history unavailable");
+        }
         *lock(&self.login) = Some(li);
         self.push_contacts();
         // The buddy list: merged with its backup. With the password in a foreground login,
@@ -1091,9 +1100,20 @@ impl Client {
         let watched = self.shared.contacts.watched();
         self.shared.contacts.forget_presence();
         let presence = lock(&self.shared.presence).effective();
+        // The end-to-end channels of the last run, and what waits to be delivered.
+        let channels = self.shared.chat.channels();
+        let queued = self.shared.chat.queued();
         let rt = Runtime::spawn_bound(sockets, move |now, _| {
             cfg.clock_anchor = now;
             let mut node = Node::new(cfg, now);
+            if let Some((saved, key)) = channels {
+                if let Err(e) = node.restore_chat(&saved, &key) {
+                    tracing::warn!(%e, "chat channels not restored: new ones are opened");
+                }
+            }
+            for (users, item) in queued {
+                node.send_chat(now, users, item);
+            }
             node.set_blocked(blocked.into_iter().collect());
             node.watch_presence(now, watched);
             apply_presence(&mut node, now, &presence);
@@ -1156,6 +1176,7 @@ impl Client {
             })?;
         *lock(&self.shared.login) = None;
         self.shared.contacts.forget();
+        self.shared.chat.forget();
         Ok(())
     }
 
@@ -1435,6 +1456,84 @@ impl Client {
     /// As [`Client::add_contact`].
     pub fn block(&self, user: &str, blocked: bool) -> Result<bool, ContactsError> {
         self.edit_contacts(user, |c, u| c.block(u, blocked))
+    }
+
+    /// Write `text` to `user`: stored in the history at once ([`MessageStatus::Sending`]),
+    /// sealed end to end for every device of theirs and every other device of this user, and
+    /// sent through their super nodes when the node runs (queued until then, across
+    /// restarts). [`Event::MessageStatus`] reports it sent, then delivered (a device of
+    /// `user` holds it). A device that is offline gets it when it is next online and this
+    /// node still runs (offline delivery through super nodes' mailboxes comes later).
+    ///
+    /// # Errors
+    /// See [`ChatError`]: not logged in, an invalid name, a text over
+    /// [`MAX_MESSAGE_TEXT`](crate::MAX_MESSAGE_TEXT), the history file.
+    pub fn send_message(&self, user: &str, text: &str) -> Result<ChatMessage, ChatError> {
+        self.write_message(user, text, None)
+    }
+
+    /// As [`Client::send_message`], as an answer to message `reply_to`.
+    ///
+    /// # Errors
+    /// As [`Client::send_message`].
+    pub fn reply_to_message(
+        &self,
+        user: &str,
+        reply_to: MessageId,
+        text: &str,
+    ) -> Result<ChatMessage, ChatError> {
+        self.write_message(user, text, Some(reply_to))
+    }
+
+    fn write_message(
+        &self,
+        user: &str,
+        text: &str,
+        reply_to: Option<MessageId>,
+    ) -> Result<ChatMessage, ChatError> {
+        if lock(&self.shared.state).closed {
+            return Err(ChatError::Closed);
+        }
+        let to = name_or(user, |name, reason| ChatError::InvalidName { name, reason })?;
+        let device = lock(&self.shared.login)
+            .as_ref()
+            .map(|l| l.certificate.device)
+            .ok_or(ChatError::NotLoggedIn)?;
+        let mut id = [0; 16];
+        id.copy_from_slice(&os_seed().map_err(|e| ChatError::Store(e.to_string()))?[..16]);
+        let (item, message) =
+            self.shared
+                .chat
+                .write(&to, text, reply_to, MessageId(id), wall_clock(), device)?;
+        if let Some(rt) = self.shared.runtime() {
+            rt.command(move |n, now| n.send_chat(now, BTreeSet::from([to]), item));
+        }
+        Ok(message)
+    }
+
+    /// The history with `user`: up to `limit` messages (at most [`MAX_PAGE`](crate::MAX_PAGE))
+    /// before message `before` (the newest when `None`), oldest first, in the order every
+    /// device shows. Page back by passing the first message's id as `before`.
+    ///
+    /// # Errors
+    /// Not logged in, an invalid name, an unknown `before`, the history file.
+    pub fn history(
+        &self,
+        user: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, ChatError> {
+        let with = name_or(user, |name, reason| ChatError::InvalidName { name, reason })?;
+        self.shared.chat.history(&with, before, limit)
+    }
+
+    /// Up to `limit` messages (at most [`MAX_PAGE`](crate::MAX_PAGE)) of every conversation
+    /// whose text contains `text`, newest first.
+    ///
+    /// # Errors
+    /// Not logged in, the history file.
+    pub fn search_messages(&self, text: &str, limit: usize) -> Result<Vec<ChatMessage>, ChatError> {
+        self.shared.chat.search(text, limit)
     }
 
     /// Give `user` a nickname (empty: none), at most 128 bytes of UTF-8.

@@ -524,3 +524,37 @@ impl ContactsError {
         }
     }
 }
+
+/// Why a chat operation failed. Nothing was stored or sent then.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChatError {
+    /// Log in first: the history is the logged-in user's.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// Not a user name.
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it is not one.
+        reason: String,
+    },
+    /// The text is longer than [`MAX_MESSAGE_TEXT`](crate::MAX_MESSAGE_TEXT) bytes.
+    #[error("message too long: {len} bytes (at most {max})")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No message with this id in the history.
+    #[error("no message {0} in the history")]
+    UnknownMessage(String),
+    /// The history file could not be read or written.
+    #[error("chat history: {0}")]
+    Store(String),
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+}

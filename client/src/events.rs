@@ -13,12 +13,14 @@ use natter_core::overlay::{LinkTransport, NatType};
 
 use crate::audio::AudioDevice;
 use crate::call::Call;
+use crate::chat::{ChatMessage, MessageStatus};
 use crate::client::LoginInfo;
 use crate::error::{ContactsError, LoginError, RegisterError};
 use crate::presence::Availability;
 use crate::types::{
     CallId, CallStats, EndReason, NodeRole, PathInfo, RequestId, SearchId, SearchOutcome,
 };
+use natter_core::chat::MessageId;
 
 /// Something that happened to a client: joining the network, searches, calls.
 ///
@@ -147,6 +149,23 @@ pub enum Event {
         /// `Online` or `Offline` (away, do not disturb and the mood are not shown to contacts
         /// yet).
         availability: Availability,
+    },
+    /// A chat message arrived: from another user, or written by this user on another of
+    /// their devices (`message.outgoing`). Reported once per message; it is in the history
+    /// already ([`Client::history`](crate::Client::history)).
+    MessageReceived {
+        /// The message.
+        message: Box<ChatMessage>,
+    },
+    /// A message written here moved on: sent, delivered (a device of the recipient holds
+    /// it), read, or failed.
+    MessageStatus {
+        /// The message.
+        id: MessageId,
+        /// The other user of its conversation.
+        with: UserName,
+        /// Where it stands now.
+        status: MessageStatus,
     },
     /// A contact request could not be delivered, ever (no such user): it was dropped.
     ContactRequestFailed {
@@ -424,6 +443,17 @@ impl fmt::Display for Event {
             Event::ContactAccepted { user } => write!(f, "{user} accepted: now a contact"),
             Event::ContactPresence { user, availability } => {
                 write!(f, "{user} is {}", availability.name())
+            }
+            Event::MessageReceived { message } => match message.outgoing {
+                true => write!(
+                    f,
+                    "you (another device) to {}: {:?}",
+                    message.with, message.text
+                ),
+                false => write!(f, "{}: {:?}", message.author, message.text),
+            },
+            Event::MessageStatus { id, with, status } => {
+                write!(f, "message {} to {with}: {}", id.to_hex(), status.name())
             }
             Event::ContactRequestFailed { user, error } => {
                 write!(f, "the contact request to {user} failed: {error}")

@@ -55,6 +55,7 @@
 mod audio;
 mod bind;
 mod call;
+mod chat;
 mod client;
 mod contacts;
 mod credentials;
@@ -71,12 +72,13 @@ pub use audio::{
     SAMPLE_RATE,
 };
 pub use call::Call;
+pub use chat::{ChatMessage, MessageStatus, MAX_MESSAGE_TEXT, MAX_PAGE};
 pub use client::{AccountDevice, Client, ClientBuilder, LoginInfo, Role, State};
 pub use contacts::{Contact, ContactsSync, CONTACTS_PULL_EVERY};
 pub use credentials::{Credentials, MAX_CREDENTIALS_LEN};
 pub use error::{
-    AccountError, BuildError, CallError, ContactsError, CredentialsError, LoginError, PcmError,
-    RegisterError, SearchError, ServerError, StartError, StopError,
+    AccountError, BuildError, CallError, ChatError, ContactsError, CredentialsError, LoginError,
+    PcmError, RegisterError, SearchError, ServerError, StartError, StopError,
 };
 #[cfg(feature = "async")]
 pub use events::EventStream;
@@ -90,6 +92,7 @@ pub use types::{
 };
 
 pub use natter_core::call::PathKind;
+pub use natter_core::chat::MessageId;
 pub use natter_core::contacts::{BackupError, ListError};
 pub use natter_core::crypto::{DeviceId, UserName, UserNameError};
 pub use natter_core::login::proto::Version;

@@ -18,13 +18,14 @@ use std::time::{Duration, Instant, SystemTime};
 use natter_core::endpoint::Path;
 use natter_core::overlay::{AttachEvent, SearchResult};
 use natter_core::sansio::Destination;
-use natter_overlay::node::{Load, Node, NodeEvent};
+use natter_overlay::node::{ChatEvent, Load, Node, NodeEvent};
 use natter_transport::login::client::{LoggedIn, Renewer, RevocationFetcher};
 use natter_transport::netwatch::NetWatch;
 use natter_transport::persist::save_host_cache;
 use natter_transport::runtime::{Runtime, RuntimeHandle};
 
 use crate::call::FollowUp;
+use crate::chat::MessageStatus;
 use crate::client::{lock, Shared};
 use crate::events::Event;
 use crate::presence::Availability;
@@ -175,6 +176,49 @@ impl Worker {
         self.handle.command(|n, _| n.attached().len()).unwrap_or(0)
     }
 
+    /// A chat event: into the history, out as the client's events; then the end-to-end
+    /// channels are kept (each message moved a ratchet).
+    fn on_chat(&mut self, ev: ChatEvent, events: &mut Vec<Event>) {
+        let chat = &self.shared.chat;
+        let me = lock(&self.shared.login)
+            .as_ref()
+            .map(|l| l.certificate.user.clone());
+        let mut advance = |id, status| {
+            if let Some(with) = chat.advance(id, status) {
+                events.push(Event::MessageStatus { id, with, status });
+            }
+        };
+        match ev {
+            ChatEvent::Received(opened) => {
+                if let Some(message) = chat.received(&opened) {
+                    events.push(Event::MessageReceived {
+                        message: Box::new(message),
+                    });
+                }
+            }
+            ChatEvent::Sent { id } => advance(id, MessageStatus::Sent),
+            // Our own other devices' receipts say nothing about the recipient.
+            ChatEvent::Delivered { id, user, .. } if Some(&user) != me.as_ref() => {
+                advance(id, MessageStatus::Delivered)
+            }
+            ChatEvent::Read { ids, user } if Some(&user) != me.as_ref() => {
+                for id in ids {
+                    advance(id, MessageStatus::Read);
+                }
+            }
+            ChatEvent::Failed { id, error } => {
+                tracing::warn!(%error, "message not sent");
+                advance(id, MessageStatus::Failed)
+            }
+            _ => {}
+        }
+        if let Some(key) = chat.state_key() {
+            if let Some(saved) = self.handle.command(move |n, _| n.save_chat(&key)) {
+                chat.save_channels(&saved);
+            }
+        }
+    }
+
     fn on_event(&mut self, e: NodeEvent) {
         let mut events = Vec::new();
         let mut follow = Vec::new();
@@ -226,7 +270,7 @@ impl Worker {
                 }
             }
             NodeEvent::Poked { from } => self.shared.contacts.poked(&from),
-            NodeEvent::Chat(ev) => tracing::debug!(?ev, "chat"),
+            NodeEvent::Chat(ev) => self.on_chat(ev, &mut events),
             NodeEvent::Search { id, outcome } => events.push(Event::SearchResult {
                 search: SearchId(id),
                 user: outcome.user.clone(),

@@ -43,6 +43,23 @@ impl MessageId {
         rng.fill(&mut id);
         Self(id)
     }
+
+    /// All 32 hex digits (what applications show and pass back).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// An id from its 32 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut id = [0; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(id))
+    }
 }
 
 impl fmt::Debug for MessageId {
@@ -548,6 +565,15 @@ mod tests {
             Item::decode(&bytes),
             Err(DecodeError::TooLong { what: "text", .. })
         ));
+    }
+
+    #[test]
+    fn ids_go_to_hex_and_back() {
+        let id = MessageId([0xA5; 16]);
+        assert_eq!(MessageId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(MessageId::from_hex("a5"), None);
+        assert_eq!(MessageId::from_hex(&"zz".repeat(16)), None);
+        assert_eq!(MessageId::from_hex(&"é".repeat(16)), None);
     }
 
     #[test]

@@ -468,6 +468,25 @@ impl Chat {
                     self.on_message(cx, conn, &msg);
                 }
             }
+            // Attached (again): users found with nothing online, perhaps because we could not
+            // search, are looked up now rather than at the next recheck.
+            Notice::FactsChanged if !cx.facts.links.is_empty() || cx.facts.super_node => {
+                let waiting: BTreeSet<UserName> = self
+                    .outbox
+                    .values()
+                    .flat_map(|o| o.waiting.iter().cloned())
+                    .collect();
+                for user in waiting {
+                    if self
+                        .directory
+                        .get(&user)
+                        .is_some_and(|k| k.devices.is_empty())
+                    {
+                        self.directory.remove(&user);
+                        self.look_up(cx, &user);
+                    }
+                }
+            }
             _ => {}
         }
     }

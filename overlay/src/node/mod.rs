@@ -778,6 +778,7 @@ impl Node {
     fn notify_facts(&mut self) {
         self.out.notify(PartId::Calls, Notice::FactsChanged);
         self.out.notify(PartId::Lookup, Notice::FactsChanged);
+        self.out.notify(PartId::Chat, Notice::FactsChanged);
     }
 
     /// Deliver what is pending (endpoint events, notices between parts, role changes) until
