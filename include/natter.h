@@ -572,6 +572,20 @@ enum NatterEventKind
    * now); `detail`: a description. Also in `NatterContact::availability`.
    */
   NATTER_EVENT_CONTACT_PRESENCE = 65,
+  /**
+   * (ABI 0.3.) A chat message arrived, once (it is in the history already): from another
+   * user, or written by this user on another device (`outgoing`). `user`: the other user
+   * of the conversation; `message_id`: its id (32 hex digits); `text`: its text;
+   * `device`: the device that wrote it; `code`: a `NatterMessageStatus`; `detail`: a
+   * description.
+   */
+  NATTER_EVENT_MESSAGE_RECEIVED = 70,
+  /**
+   * (ABI 0.3.) A message written here moved on (sent, delivered, read, failed). `user`:
+   * the other user of the conversation; `message_id`: its id; `code`: its
+   * `NatterMessageStatus` now; `detail`: a description.
+   */
+  NATTER_EVENT_MESSAGE_STATUS = 71,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -933,6 +947,48 @@ typedef uint32_t NatterAvailability;
 #endif // __cplusplus
 
 /**
+ * Where a message stands (`NatterMessage::status`, `NatterEvent::code` of message events).
+ */
+enum NatterMessageStatus
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Written here, not yet handed to the network (waiting for the node, or for a device of
+   * the recipient to be online).
+   */
+  NATTER_MESSAGE_SENDING = 0,
+  /**
+   * Handed to the network.
+   */
+  NATTER_MESSAGE_SENT = 1,
+  /**
+   * A device of the recipient holds it (its end-to-end receipt came back).
+   */
+  NATTER_MESSAGE_DELIVERED = 2,
+  /**
+   * The recipient read it.
+   */
+  NATTER_MESSAGE_READ = 3,
+  /**
+   * Could not be sent at all.
+   */
+  NATTER_MESSAGE_FAILED = 4,
+  /**
+   * Written by someone else (or by this user on another device) and received here.
+   */
+  NATTER_MESSAGE_RECEIVED = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum NatterMessageStatus NatterMessageStatus;
+#else
+typedef uint32_t NatterMessageStatus;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A Natter client: one user's node on the network, its calls and its events.
  *
  * Opaque: created by `natter_client_new`, destroyed by `natter_client_free`. The pointer is
@@ -949,6 +1005,15 @@ typedef struct NatterClient NatterClient;
  * made-up one gives `NATTER_INVALID_HANDLE`.
  */
 typedef struct NatterContactList NatterContactList;
+
+/**
+ * A page of history, from `natter_client_history` or `natter_client_search_messages`.
+ *
+ * Opaque: read it with `natter_message_list_count` and `natter_message_list_get`, free it
+ * with `natter_message_list_free`. The pointer is a handle, never dereferenced: a freed or
+ * made-up one gives `NATTER_INVALID_HANDLE`.
+ */
+typedef struct NatterMessageList NatterMessageList;
 
 /**
  * The typed specifics of the last failure on this thread (`natter_last_error_detail`).
@@ -1180,6 +1245,59 @@ typedef struct {
 } NatterContact;
 
 /**
+ * A message id as text: 32 lowercase hexadecimal digits and a NUL.
+ */
+typedef struct {
+  /**
+   * The digits, NUL-terminated (all NULs: no id).
+   */
+  char hex[33];
+} NatterMessageId;
+
+/**
+ * One message of the history (`natter_message_list_get`). Its strings belong to the list
+ * and stay valid until `natter_message_list_free`.
+ */
+typedef struct {
+  /**
+   * Its id (the same on every device).
+   */
+  NatterMessageId id;
+  /**
+   * The other user of its one-to-one conversation (NUL-terminated).
+   */
+  const char *with;
+  /**
+   * Who wrote it (NUL-terminated).
+   */
+  const char *author;
+  /**
+   * The device that wrote it, 12 hexadecimal digits (NUL-terminated).
+   */
+  char device[13];
+  /**
+   * Its text (NUL-terminated UTF-8; a NUL in it is shown as a space).
+   */
+  const char *text;
+  /**
+   * The message it answers (all NULs: none).
+   */
+  NatterMessageId reply_to;
+  /**
+   * When its author wrote it (Unix time, seconds, the author's clock).
+   */
+  uint64_t sent_at;
+  /**
+   * Where it stands: a `NatterMessageStatus`.
+   */
+  uint32_t status;
+  /**
+   * True when this user wrote it (here or on another of their devices).
+   */
+  bool outgoing;
+} NatterMessage;
+
+/**
  * One event. Allocated by the library and owned by whoever received it from
  * `natter_client_next_event` or `natter_client_wait_event` (free it with
  * `natter_event_free`); an event passed to the callback belongs to the library and is valid
@@ -1261,6 +1379,20 @@ typedef struct {
    * other kinds.
    */
   NatterResult result;
+  /**
+   * (ABI 0.3.) A chat message's id as 32 hexadecimal digits (NUL-terminated), or NULL:
+   * `NATTER_EVENT_MESSAGE_RECEIVED`, `NATTER_EVENT_MESSAGE_STATUS`. Owned by the event.
+   */
+  const char *message_id;
+  /**
+   * (ABI 0.3.) `NATTER_EVENT_MESSAGE_RECEIVED`: the message's text (NUL-terminated UTF-8;
+   * a NUL in it is shown as a space), or NULL. Owned by the event.
+   */
+  const char *text;
+  /**
+   * (ABI 0.3.) `NATTER_EVENT_MESSAGE_RECEIVED`: this user wrote it, on another device.
+   */
+  bool outgoing;
 } NatterEvent;
 
 /**
@@ -2078,6 +2210,98 @@ NatterResult natter_client_set_away_after(NatterClient *client, uint32_t seconds
  * Returns `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
  */
 NatterResult natter_client_report_idle(NatterClient *client, uint32_t seconds);
+
+/**
+ * Write `text` to `user`: stored in the history at once (`NATTER_MESSAGE_SENDING`), sealed
+ * end to end for every device of theirs and every other device of this user, and sent
+ * through their super nodes when the node runs (queued until then, across restarts).
+ * `NATTER_EVENT_MESSAGE_STATUS` reports it sent, then delivered. `reply_to`: NULL, or the
+ * id (32 hexadecimal digits) of the message it answers. Its id goes to `*out_id` (if not
+ * NULL). Does not block on the network.
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_INVALID_ARGUMENT`
+ * (text over 65536 bytes, `reply_to` not an id), `NATTER_IO_ERROR` (the history file),
+ * `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from
+ * any thread.
+ *
+ * # Safety
+ * `user` and `text` must be NULL or NUL-terminated strings, `reply_to` NULL or
+ * NUL-terminated; `out_id` NULL or valid for one write.
+ */
+NatterResult natter_client_send_message(NatterClient *client,
+                                        const char *user,
+                                        const char *text,
+                                        const char *reply_to,
+                                        NatterMessageId *out_id);
+
+/**
+ * The history with `user`: up to `limit` messages (at most 500) before the message
+ * `before` (NULL: the newest), oldest first, in the order every device shows, into
+ * `*out_list` (free it with `natter_message_list_free`). Page back by passing the first
+ * message's id as `before`. Does not block on the network.
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_INVALID_USER_NAME`, `NATTER_INVALID_ARGUMENT`
+ * (`before` not an id, or not in the history), `NATTER_IO_ERROR`, `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `user` must be NULL or NUL-terminated, `before` NULL or NUL-terminated; `out_list` NULL
+ * or valid for one write.
+ */
+NatterResult natter_client_history(NatterClient *client,
+                                   const char *user,
+                                   const char *before,
+                                   size_t limit,
+                                   NatterMessageList **out_list);
+
+/**
+ * Up to `limit` messages (at most 500) of every conversation whose text contains `text`,
+ * newest first, into `*out_list` (free it with `natter_message_list_free`).
+ *
+ * Returns `NATTER_NOT_LOGGED_IN`, `NATTER_IO_ERROR`, `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_UTF8`, `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `text` must be NULL or NUL-terminated; `out_list` NULL or valid for one write.
+ */
+NatterResult natter_client_search_messages(NatterClient *client,
+                                           const char *text,
+                                           size_t limit,
+                                           NatterMessageList **out_list);
+
+/**
+ * How many messages `list` holds, into `*out_count`.
+ *
+ * Returns `NATTER_NULL_ARGUMENT`, `NATTER_INVALID_HANDLE` (freed or not a list). Safe to
+ * call from any thread.
+ *
+ * # Safety
+ * `out_count` must be NULL or valid for one write.
+ */
+NatterResult natter_message_list_count(const NatterMessageList *list, size_t *out_count);
+
+/**
+ * Copy message `index` (0 to count - 1) of `list` into `*out`. Its strings belong to the
+ * list (valid until `natter_message_list_free`); do not free them.
+ *
+ * Returns `NATTER_INVALID_ARGUMENT` (index out of range), `NATTER_NULL_ARGUMENT`,
+ * `NATTER_INVALID_HANDLE`. Safe to call from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or valid for one write of a `NatterMessage`.
+ */
+NatterResult natter_message_list_get(const NatterMessageList *list,
+                                     size_t index,
+                                     NatterMessage *out);
+
+/**
+ * Free a list from `natter_client_history` or `natter_client_search_messages` (its strings
+ * with it). NULL does nothing.
+ *
+ * Returns `NATTER_OK`, or `NATTER_INVALID_HANDLE` for a list freed already (or not a
+ * list), which is left alone. Safe to call from any thread.
+ */
+NatterResult natter_message_list_free(NatterMessageList *list);
 
 /**
  * The file descriptor that is readable while events wait in `client`'s queue, written to

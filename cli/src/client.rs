@@ -699,6 +699,80 @@ fn edit_contact(
     Ok(())
 }
 
+/// A message as the JSON interface shows it.
+fn message_json(m: &natter::ChatMessage) -> serde_json::Value {
+    let sent_at = m
+        .sent_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json!({"id": m.id.to_hex(), "with": m.with.as_str(), "author": m.author.as_str(),
+           "device": m.device.to_string(), "outgoing": m.outgoing, "text": m.text,
+           "reply_to": m.reply_to.map(|r| r.to_hex()), "sent_at": sent_at,
+           "status": m.status.name()})
+}
+
+/// A message in words: `  alice: hello (delivered)`.
+fn message_text(m: &natter::ChatMessage) -> String {
+    let status = match m.status {
+        natter::MessageStatus::Received => String::new(),
+        s => format!(" ({})", s.name()),
+    };
+    format!("  {}: {}{status}", m.author, m.text)
+}
+
+/// `chat USER TEXT`: write a message.
+fn send_message(
+    node: &Running,
+    user: &str,
+    text: &str,
+    reply_to: Option<String>,
+) -> Result<(), String> {
+    let m = match reply_to {
+        Some(r) => {
+            let id = natter::MessageId::from_hex(&r)
+                .ok_or_else(|| format!("{r:?} is not a message id (32 hex digits)"))?;
+            node.client.reply_to_message(user, id, text)
+        }
+        None => node.client.send_message(user, text),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut j = message_json(&m);
+    j["event"] = json!("message_written");
+    report!(
+        j,
+        "message {} to {}: {}",
+        m.id.to_hex(),
+        m.with,
+        m.status.name()
+    );
+    Ok(())
+}
+
+/// `history USER [N]`: the last messages with a user.
+fn history(node: &Running, user: &str, before: Option<String>, limit: u64) -> Result<(), String> {
+    let before = match before {
+        Some(b) => Some(
+            natter::MessageId::from_hex(&b)
+                .ok_or_else(|| format!("{b:?} is not a message id (32 hex digits)"))?,
+        ),
+        None => None,
+    };
+    let page = node
+        .client
+        .history(user, before, limit as usize)
+        .map_err(|e| e.to_string())?;
+    let list: Vec<_> = page.iter().map(message_json).collect();
+    let lines: Vec<String> = page.iter().map(message_text).collect();
+    report!(
+        json!({"event": "history", "user": user, "messages": list}),
+        "{} message(s) with {user}{}{}",
+        lines.len(),
+        if lines.is_empty() { "" } else { ":\n" },
+        lines.join("\n")
+    );
+    Ok(())
+}
+
 /// `passwd`: change the password, revoking the other devices when asked.
 fn change_password(
     node: &Running,
@@ -854,6 +928,62 @@ fn command(
                     )
                 })
                 .map_err(|e| e.to_string()),
+            (c @ ("chat" | "send_message"), arg) => {
+                let (user, text) = if json {
+                    (field("user"), field("text"))
+                } else {
+                    match arg.as_deref().and_then(|a| a.split_once(char::is_whitespace)) {
+                        Some((u, t)) => (Some(u.to_string()), Some(t.trim().to_string())),
+                        None => (arg.clone(), None),
+                    }
+                };
+                let reply_to = field("reply_to");
+                match (user, text) {
+                    (Some(user), Some(text)) => send_message(node, &user, &text, reply_to),
+                    _ => Err(format!("{c} needs a user and a text")),
+                }
+            }
+            ("history", arg) => {
+                let (user, limit) = if json {
+                    let limit = value.get("limit").and_then(|v| v.as_u64());
+                    (field("user"), limit)
+                } else {
+                    match arg.as_deref().map(str::trim) {
+                        Some(a) => match a.split_once(char::is_whitespace) {
+                            Some((u, n)) => (Some(u.to_string()), n.trim().parse().ok()),
+                            None => (Some(a.to_string()), None),
+                        },
+                        None => (None, None),
+                    }
+                };
+                match user {
+                    Some(user) => history(node, &user, field("before"), limit.unwrap_or(20)),
+                    None => Err("history needs a user".into()),
+                }
+            }
+            (c @ ("find" | "search_messages"), arg) => {
+                let text = if json { field("text") } else { arg };
+                match text {
+                    Some(text) => {
+                        let limit = value.get("limit").and_then(|v| v.as_u64()).unwrap_or(20);
+                        node.client
+                            .search_messages(&text, limit as usize)
+                            .map(|found| {
+                                let list: Vec<_> = found.iter().map(message_json).collect();
+                                let lines: Vec<String> = found.iter().map(message_text).collect();
+                                report!(
+                                    json!({"event": "messages_found", "text": text, "messages": list}),
+                                    "{} message(s) with {text:?}{}{}",
+                                    lines.len(),
+                                    if lines.is_empty() { "" } else { ":\n" },
+                                    lines.join("\n")
+                                )
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                    None => Err(format!("{c} needs a text")),
+                }
+            }
             ("credentials" | "export_credentials", _) => credentials(node),
             ("audio" | "audio_devices", _) => audio_devices(),
             (c @ ("mic" | "speaker" | "set_microphone" | "set_speaker"), arg) => {
@@ -1058,6 +1188,10 @@ const HELP: &str = "commands:
   group USER LABEL
                   put USER in the group LABEL; ungroup USER LABEL takes them out
   sync            merge the buddy list with its backup now (it happens by itself too)
+  chat USER TEXT  write TEXT to USER (end-to-end encrypted; delivered to every device)
+  history USER [N]
+                  the last N (20) messages with USER, oldest first
+  find TEXT       messages of every conversation containing TEXT
   devices         this account's devices
   audio           the system's audio devices (microphones and speakers)
   mic DEVICE      switch the call's microphone (an id or name from `audio`, or default)
@@ -1160,6 +1294,15 @@ fn event_json(e: &Event) -> Option<serde_json::Value> {
                    "retry_ms": retry.map(|r| r.as_millis() as u64)})
         }
         Event::LoginRequired => json!({"event": "login_required"}),
+        Event::MessageReceived { message } => {
+            let mut j = message_json(message);
+            j["event"] = json!("message_received");
+            j
+        }
+        Event::MessageStatus { id, with, status } => {
+            json!({"event": "message_status", "id": id.to_hex(), "with": with.as_str(),
+                   "status": status.name()})
+        }
         _ => return None,
     })
 }

@@ -115,6 +115,16 @@ pub enum NatterEventKind {
     /// login. `user`: the contact; `code`: a `NatterAvailability` (online or offline for
     /// now); `detail`: a description. Also in `NatterContact::availability`.
     NatterEventContactPresence = 65,
+    /// (ABI 0.3.) A chat message arrived, once (it is in the history already): from another
+    /// user, or written by this user on another device (`outgoing`). `user`: the other user
+    /// of the conversation; `message_id`: its id (32 hex digits); `text`: its text;
+    /// `device`: the device that wrote it; `code`: a `NatterMessageStatus`; `detail`: a
+    /// description.
+    NatterEventMessageReceived = 70,
+    /// (ABI 0.3.) A message written here moved on (sent, delivered, read, failed). `user`:
+    /// the other user of the conversation; `message_id`: its id; `code`: its
+    /// `NatterMessageStatus` now; `detail`: a description.
+    NatterEventMessageStatus = 71,
 }
 
 /// One event. Allocated by the library and owned by whoever received it from
@@ -169,6 +179,14 @@ pub struct NatterEvent {
     /// (ABI 0.3.) How a background request ended: `NATTER_OK` or why not. `NATTER_OK` for
     /// other kinds.
     pub result: NatterResult,
+    /// (ABI 0.3.) A chat message's id as 32 hexadecimal digits (NUL-terminated), or NULL:
+    /// `NATTER_EVENT_MESSAGE_RECEIVED`, `NATTER_EVENT_MESSAGE_STATUS`. Owned by the event.
+    pub message_id: *const c_char,
+    /// (ABI 0.3.) `NATTER_EVENT_MESSAGE_RECEIVED`: the message's text (NUL-terminated UTF-8;
+    /// a NUL in it is shown as a space), or NULL. Owned by the event.
+    pub text: *const c_char,
+    /// (ABI 0.3.) `NATTER_EVENT_MESSAGE_RECEIVED`: this user wrote it, on another device.
+    pub outgoing: bool,
 }
 
 /// Which side placed a call (`NatterEvent::direction`).
@@ -225,6 +243,9 @@ pub(crate) struct Event {
     pub result: NatterResult,
     /// The typed specifics of `result` (`natter_event_error_detail`).
     pub error: crate::last_error::Detail,
+    pub message_id: Option<String>,
+    pub text: Option<String>,
+    pub outgoing: bool,
 }
 
 impl Event {
@@ -247,6 +268,9 @@ impl Event {
             request: 0,
             result: NatterResult::NatterOk,
             error: crate::last_error::Detail::default(),
+            message_id: None,
+            text: None,
+            outgoing: false,
         }
     }
 
@@ -302,6 +326,8 @@ struct Owned {
     _detail: CString,
     _device: Option<CString>,
     _address: Option<CString>,
+    _message_id: Option<CString>,
+    _text: Option<CString>,
     found: Vec<NatterSearchDevice>,
     error: crate::last_error::Detail,
 }
@@ -316,6 +342,8 @@ impl Owned {
         let detail = c_string(&e.detail);
         let device = e.device.as_deref().map(c_string);
         let address = e.address.as_deref().map(c_string);
+        let message_id = e.message_id.as_deref().map(c_string);
+        let text = e.text.as_deref().map(c_string);
         let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
         Box::new(Owned {
             event: NatterEvent {
@@ -335,11 +363,16 @@ impl Owned {
                 devices: u32::try_from(e.found.len()).unwrap_or(u32::MAX),
                 request: e.request,
                 result: e.result,
+                message_id: ptr(&message_id),
+                text: ptr(&text),
+                outgoing: e.outgoing,
             },
             _user: user,
             _detail: detail,
             _device: device,
             _address: address,
+            _message_id: message_id,
+            _text: text,
             found: e.found.clone(),
             error: e.error.clone(),
         })
@@ -499,6 +532,25 @@ fn event_of(e: &natter::Event) -> Option<Event> {
                 .user(user.as_str())
                 .code(crate::presence::to_c(*availability) as u32)
                 .detail(e.to_string())
+        }
+        E::MessageReceived { message } => {
+            let mut ev = Event::new(NatterEventKind::NatterEventMessageReceived)
+                .user(message.with.as_str())
+                .code(crate::chat::status_to_c(message.status) as u32)
+                .device(message.device)
+                .detail(e.to_string());
+            ev.message_id = Some(message.id.to_hex());
+            ev.text = Some(message.text.clone());
+            ev.outgoing = message.outgoing;
+            ev
+        }
+        E::MessageStatus { id, with, status } => {
+            let mut ev = Event::new(NatterEventKind::NatterEventMessageStatus)
+                .user(with.as_str())
+                .code(crate::chat::status_to_c(*status) as u32)
+                .detail(e.to_string());
+            ev.message_id = Some(id.to_hex());
+            ev
         }
         E::ContactRequestFailed { user, error } => {
             let mut ev = Event::new(NatterEventKind::NatterEventContactRequestFailed)

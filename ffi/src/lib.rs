@@ -52,6 +52,8 @@ pub mod contacts;
 
 pub mod presence;
 
+pub mod chat;
+
 pub mod events;
 
 pub mod call;

@@ -1,7 +1,8 @@
 /* The buddy list from C: a user edits it on a laptop (add, nickname, group, block, with the
  * reasons an edit is refused), a new install logs in with the password and gets the whole
  * list back from the network, and the list objects behave (count, get, bounds, free); a
- * contact request is accepted, and the two contacts see each other's presence.
+ * contact request is accepted, the two contacts see each other's presence, and one writes
+ * to the other (the event, the receipt, the history and its search).
  *
  *   contacts NETWORK_FILE DATA_DIR      (a login server must be running)
  */
@@ -160,6 +161,54 @@ int main(int argc, char **argv) {
     CHECK(strcmp(erin_entry.user, "erin") == 0 &&
           erin_entry.availability == NATTER_AVAILABILITY_ONLINE);
     EXPECT(natter_contact_list_free(list), NATTER_OK);
+    /* Chat: dave writes to erin, end to end; she gets it once, his receipt comes back, and
+       both histories hold it. */
+    NatterMessageId id;
+    EXPECT(natter_client_send_message(laptop, "erin", "lunch at 1?", NULL, &id), NATTER_OK);
+    CHECK(strlen(id.hex) == 32);
+    EXPECT(natter_client_send_message(laptop, "erin", NULL, NULL, NULL), NATTER_NULL_ARGUMENT);
+    EXPECT(natter_client_send_message(laptop, "erin", "x", "not an id", NULL),
+           NATTER_INVALID_ARGUMENT);
+    NatterEvent *got = next_of(erin, NATTER_EVENT_MESSAGE_RECEIVED);
+    CHECK(got != NULL);
+    if (got) {
+        CHECK(strcmp(got->user, "dave") == 0 && strcmp(got->text, "lunch at 1?") == 0);
+        CHECK(strcmp(got->message_id, id.hex) == 0 && !got->outgoing);
+        CHECK(got->code == NATTER_MESSAGE_RECEIVED);
+        printf("%s\n", got->detail);
+        natter_event_free(got);
+    }
+    NatterEvent *status;
+    while ((status = next_of(laptop, NATTER_EVENT_MESSAGE_STATUS)) &&
+           status->code != NATTER_MESSAGE_DELIVERED) {
+        natter_event_free(status);
+    }
+    CHECK(status != NULL);
+    if (status) {
+        CHECK(strcmp(status->message_id, id.hex) == 0 && strcmp(status->user, "erin") == 0);
+        natter_event_free(status);
+    }
+    NatterMessageList *page = NULL;
+    EXPECT(natter_client_history(erin, "dave", NULL, 10, &page), NATTER_OK);
+    EXPECT(natter_message_list_count(page, &n), NATTER_OK);
+    CHECK(n == 1);
+    NatterMessage m;
+    EXPECT(natter_message_list_get(page, 0, &m), NATTER_OK);
+    EXPECT(natter_message_list_get(page, 1, &m), NATTER_INVALID_ARGUMENT);
+    CHECK(strcmp(m.id.hex, id.hex) == 0 && strcmp(m.author, "dave") == 0);
+    CHECK(strcmp(m.with, "dave") == 0 && strcmp(m.text, "lunch at 1?") == 0 && !m.outgoing);
+    CHECK(m.reply_to.hex[0] == 0 && m.status == NATTER_MESSAGE_RECEIVED && m.sent_at > 0);
+    EXPECT(natter_message_list_free(page), NATTER_OK);
+    EXPECT(natter_message_list_free(page), NATTER_INVALID_HANDLE);
+    EXPECT(natter_client_search_messages(laptop, "LUNCH", 5, &page), NATTER_OK);
+    EXPECT(natter_message_list_count(page, &n), NATTER_OK);
+    CHECK(n == 1);
+    EXPECT(natter_message_list_get(page, 0, &m), NATTER_OK);
+    CHECK(m.outgoing && m.status == NATTER_MESSAGE_DELIVERED && strcmp(m.with, "erin") == 0);
+    EXPECT(natter_message_list_free(page), NATTER_OK);
+    EXPECT(natter_client_history(erin, "dave", "0123", 10, &page), NATTER_INVALID_ARGUMENT);
+    printf("dave's message reached erin and came back delivered\n");
+
     EXPECT(natter_client_set_presence(erin, NATTER_AVAILABILITY_INVISIBLE, NULL), NATTER_OK);
     if ((seen = next_of(laptop, NATTER_EVENT_CONTACT_PRESENCE))) {
         CHECK(strcmp(seen->user, "erin") == 0 && seen->code == NATTER_AVAILABILITY_OFFLINE);
