@@ -23,7 +23,7 @@
 //! randomness (handed to `vodozemac` as a dehydrated-device pickle, its one way to import
 //! keys), so the same seed publishes the same records.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{BufMut, BytesMut};
 use vodozemac::olm::{Account, AccountPickle, OlmMessage, Session, SessionConfig, SessionPickle};
@@ -174,7 +174,7 @@ struct Peer {
     /// Newest that worked first.
     sessions: Vec<Session>,
     opened: VecDeque<MessageId>,
-    opened_set: HashSet<MessageId>,
+    opened_set: BTreeSet<MessageId>,
     last_used: u64,
 }
 
@@ -184,7 +184,7 @@ impl Peer {
             keys,
             sessions: Vec::new(),
             opened: VecDeque::new(),
-            opened_set: HashSet::new(),
+            opened_set: BTreeSet::new(),
             last_used: 0,
         }
     }
@@ -210,7 +210,7 @@ impl Peer {
 pub struct Channels {
     account: Account,
     keys: DeviceKeys,
-    peers: HashMap<DeviceId, Peer>,
+    peers: BTreeMap<DeviceId, Peer>,
     uses: u64,
 }
 
@@ -274,7 +274,7 @@ impl Channels {
         Self {
             account,
             keys,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             uses: 0,
         }
     }
@@ -514,7 +514,7 @@ impl Channels {
         let mut channels = Self {
             account,
             keys,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             uses: 0,
         };
         for _ in 0..n.min(MAX_PEERS) {
@@ -668,6 +668,24 @@ mod tests {
             assert!(!bytes.windows(4).any(|w| w == b"good" || w == b"hell"));
             assert_eq!(Envelope::decode(&bytes).unwrap(), *e);
         }
+    }
+
+    #[test]
+    fn what_a_short_message_costs_on_the_wire() {
+        let net = TestNetwork::new(10);
+        let (mut a, mut b) = (dev(&net, "alice"), dev(&net, "bob"));
+        let first = send(&net, &mut a, &b, &text(1, "hello"));
+        open(&net, &mut b, &first).unwrap();
+        let reply = send(&net, &mut b, &a, &text(2, "hello"));
+        open(&net, &mut a, &reply).unwrap();
+        let plain = send(&net, &mut a, &b, &text(3, "hello"));
+        let item = text(3, "hello").to_bytes().unwrap().len();
+        let (first, plain) = (first.to_bytes().len(), plain.to_bytes().len());
+        eprintln!(
+            "CHAT WIRE: a 5-byte text is a {item}-byte item, a {first}-byte envelope while the channel opens, {plain} bytes after"
+        );
+        assert!(plain < item + 150, "{plain}");
+        assert!(first < plain + 600, "{first}");
     }
 
     #[test]

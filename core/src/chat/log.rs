@@ -21,7 +21,7 @@
 //! is refused by every device that knows of the removal; what is sent to the group after it is
 //! not even sealed for the removed member's devices (see [`super::channel`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::item::{Body, ConversationId, Item, MessageId};
 use crate::crypto::{DeviceId, UnixTime, UserName};
@@ -109,9 +109,9 @@ pub struct Conversation {
     /// The members after every change (derived from `founders` and `changes`).
     members: BTreeSet<UserName>,
     entries: BTreeMap<Position, Entry>,
-    by_id: HashMap<MessageId, Position>,
+    by_id: BTreeMap<MessageId, Position>,
     /// Edits and deletions whose target has not arrived, by target.
-    waiting: HashMap<MessageId, Vec<(UserName, Item)>>,
+    waiting: BTreeMap<MessageId, Vec<(UserName, Item)>>,
     clock: u64,
 }
 
@@ -138,8 +138,8 @@ impl Conversation {
             changes: BTreeMap::new(),
             members,
             entries: BTreeMap::new(),
-            by_id: HashMap::new(),
-            waiting: HashMap::new(),
+            by_id: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             clock: 0,
         }
     }
