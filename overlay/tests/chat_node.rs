@@ -15,7 +15,7 @@ use natter_core::testkit::TEST_WALL;
 use natter_overlay::node::{ChatEvent, Node, NodeEvent};
 use natter_sim::{HostId, Sim};
 
-use common::sim::world;
+use common::sim::{user_node, world, world_bootstrap, World};
 
 fn user(name: &str) -> UserName {
     UserName::parse(name).unwrap()
@@ -188,4 +188,68 @@ fn under_heavy_loss_every_message_arrives_once_sent_again_until_its_receipt() {
         "CHAT LOSS: 10 messages at 20 % loss each way, all delivered by {slowest:?}; {stats:?}"
     );
     assert!(stats.resent > 0, "{stats:?}");
+}
+
+/// Envelopes the world's super nodes keep in mailboxes now.
+fn kept(w: &World) -> usize {
+    w.sns
+        .iter()
+        .map(|h| w.sim.machine::<Node>(*h).mailbox_stats().map_or(0, |m| m.kept))
+        .sum()
+}
+
+/// When (since the start) `host` received message `id`.
+fn received_at(sim: &Sim<NodeEvent>, host: HostId, id: MessageId) -> Option<Duration> {
+    sim.events(host).iter().find_map(|(t, e)| match e {
+        NodeEvent::Chat(ChatEvent::Received(o)) if o.item.id == id => Some(*t),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_message_to_an_offline_device_waits_in_its_mailbox_and_arrives_when_it_comes_online() {
+    let seed = 34;
+    let mut w = world(seed);
+    w.sim.run_for(Duration::from_secs(10));
+    // user6 logs out and its process ends.
+    let (a, b) = (w.users[1], w.users[6]);
+    w.sim.with_machine(b, |n: &mut Node, now| n.go_offline(now));
+    w.sim.run_for(Duration::from_secs(2));
+    w.sim.crash(b);
+    w.sim.run_for(Duration::from_secs(2));
+    let ids: Vec<MessageId> = (0..3)
+        .map(|n| write(&mut w.sim, a, "user6", &format!("while you were out {n}: {}", "z".repeat(n * 1500))))
+        .collect();
+    w.sim.run_for(Duration::from_secs(5));
+    let sent = w
+        .sim
+        .events(a)
+        .iter()
+        .filter(|(_, e)| matches!(e, NodeEvent::Chat(ChatEvent::Sent { id }) if ids.contains(id)))
+        .count();
+    assert_eq!(sent, 3, "each message handed to the mailbox");
+    // Three super nodes keep each (the user's first three ring successors).
+    assert_eq!(kept(&w), 9);
+    // user6 starts again, an hour later.
+    w.sim.run_for(Duration::from_secs(3600));
+    assert_eq!(kept(&w), 9, "kept while the device is away");
+    let restarted = w.sim.elapsed();
+    let wall = natter_core::crypto::UnixTime(TEST_WALL.0 + restarted.as_secs());
+    let node = user_node(seed, 6, w.sim.now(), wall, &world_bootstrap(seed));
+    w.sim.restart(b, node);
+    w.sim.run_for(Duration::from_secs(10));
+    let got = received(&w.sim, b, 0);
+    assert_eq!(got.len(), 3, "each once: {got:?}");
+    let slowest = ids
+        .iter()
+        .map(|id| received_at(&w.sim, b, *id).expect("received") - restarted)
+        .max()
+        .unwrap();
+    eprintln!("CHAT MAILBOX: 3 messages kept while user6 was offline arrived {slowest:?} after it started again");
+    assert!(slowest < Duration::from_secs(5), "{slowest:?}");
+    // Acknowledged: the mailboxes let them go; and the receipts reached the sender.
+    assert_eq!(kept(&w), 0);
+    for id in &ids {
+        assert!(delivered_at(&w.sim, a, *id).is_some(), "no receipt for {id}");
+    }
 }

@@ -169,6 +169,32 @@ pub const MAX_CHAT_CHUNK: usize = 1024;
 /// Most pieces of one chat message: enough for the largest envelope
 /// ([`crate::chat::channel::MAX_CIPHERTEXT`] plus the sender's keys).
 pub const MAX_CHAT_CHUNKS: usize = 72;
+/// Most message ids in one [`Message::MailboxAck`].
+pub const MAX_MAILBOX_ACK: usize = 32;
+
+/// A piece of a sealed message: the device, the message id, the index, the count, the data.
+type Piece<'a> = (DeviceId, MessageId, u8, u8, &'a [u8]);
+
+fn read_piece<'a>(r: &mut Reader<'a>) -> Result<Piece<'a>, DecodeError> {
+    let to = DeviceId(r.array()?);
+    let id = MessageId(r.array()?);
+    let index = r.u8()?;
+    let count = r.u8()?;
+    if count == 0 || usize::from(count) > MAX_CHAT_CHUNKS || index >= count {
+        return Err(DecodeError::Invalid("chat piece index"));
+    }
+    Ok((to, id, index, count, r.bytes_u16("chat piece", MAX_CHAT_CHUNK)?))
+}
+
+fn put_piece(out: &mut BytesMut, to: &DeviceId, id: &MessageId, index: u8, count: u8, data: &[u8]) {
+    out.put_slice(&to.0);
+    out.put_slice(&id.0);
+    out.put_u8(index);
+    out.put_u8(count);
+    out.put_u16(data.len() as u16);
+    out.put_slice(data);
+}
+
 /// Most super nodes in one [`Message::IndexSearchAt`].
 pub const MAX_SEARCH_AT: usize = 4;
 /// Most users in one [`Message::IndexWatch`] (32 of the longest names fit a datagram).
@@ -361,6 +387,15 @@ message_types! {
     ChatChunk = 0x60,
     /// A super node cannot forward a chat message (see [`Message::ChatUnreachable`]).
     ChatUnreachable = 0x61,
+    /// A piece of a sealed chat message to keep for an offline device (see
+    /// [`Message::MailboxPut`]).
+    MailboxPut = 0x62,
+    /// A super node took a piece for a mailbox (see [`Message::MailboxStored`]).
+    MailboxStored = 0x63,
+    /// A piece of a message that waited in a mailbox (see [`Message::MailboxDeliver`]).
+    MailboxDeliver = 0x64,
+    /// A device holds messages that waited for it (see [`Message::MailboxAck`]).
+    MailboxAck = 0x65,
     /// Reserved: file offer.
     FileOffer = 0x70,
     /// Reserved: file accepted.
@@ -662,6 +697,59 @@ pub enum Message<'a> {
         /// The message.
         id: MessageId,
     },
+    /// A piece of a sealed chat message for the device `to` of `user`, which is offline: from
+    /// a device to its super node, which forwards it to the super nodes that keep `user`'s
+    /// mailbox (the first ring successors of the user's index key), and answers
+    /// [`Message::MailboxStored`]; from that super node to those. Pieces as in
+    /// [`Message::ChatChunk`].
+    MailboxPut {
+        /// The recipient user.
+        user: UserName,
+        /// The recipient device.
+        to: DeviceId,
+        /// The message's id.
+        id: MessageId,
+        /// This piece's index, below `count`.
+        index: u8,
+        /// How many pieces the message has.
+        count: u8,
+        /// The piece.
+        data: Vec<u8>,
+    },
+    /// From a super node to the device that sent [`Message::MailboxPut`]: the message `id` for
+    /// `to` went to the mailbox (send it no more; the receipt comes when `to` opens it).
+    MailboxStored {
+        /// The recipient device.
+        to: DeviceId,
+        /// The message.
+        id: MessageId,
+    },
+    /// A piece of a message that waited in a mailbox for the device `to`: from the mailbox's
+    /// super node to `to`'s super node, which forwards it to `to`. Once it holds the message,
+    /// `to` answers [`Message::MailboxAck`].
+    MailboxDeliver {
+        /// The receiving device.
+        to: DeviceId,
+        /// The message's id.
+        id: MessageId,
+        /// This piece's index, below `count`.
+        index: u8,
+        /// How many pieces.
+        count: u8,
+        /// The piece.
+        data: Vec<u8>,
+    },
+    /// The device `device` of `user` holds these messages: from the device to its super node
+    /// (which checks the session is that device's), and from there to the mailbox's super
+    /// nodes, which delete them.
+    MailboxAck {
+        /// The user.
+        user: UserName,
+        /// The device.
+        device: DeviceId,
+        /// The messages (at most [`MAX_MAILBOX_ACK`]).
+        ids: Vec<MessageId>,
+    },
     /// Invite the receiving device to a call.
     CallInvite {
         /// Chosen at random by the caller.
@@ -904,6 +992,10 @@ impl<'a> Message<'a> {
             Message::ContactPoke { .. } => MessageType::ContactPoke,
             Message::ChatChunk { .. } => MessageType::ChatChunk,
             Message::ChatUnreachable { .. } => MessageType::ChatUnreachable,
+            Message::MailboxPut { .. } => MessageType::MailboxPut,
+            Message::MailboxStored { .. } => MessageType::MailboxStored,
+            Message::MailboxDeliver { .. } => MessageType::MailboxDeliver,
+            Message::MailboxAck { .. } => MessageType::MailboxAck,
             Message::ContactPoked { .. } => MessageType::ContactPoked,
             Message::CallInvite { .. } => MessageType::CallInvite,
             Message::CallRinging { .. } => MessageType::CallRinging,
@@ -1106,25 +1198,61 @@ impl<'a> Message<'a> {
                 from: read_user(&mut r)?,
             },
             MessageType::ChatChunk => {
-                let to = DeviceId(r.array()?);
-                let id = MessageId(r.array()?);
-                let index = r.u8()?;
-                let count = r.u8()?;
-                if count == 0 || usize::from(count) > MAX_CHAT_CHUNKS || index >= count {
-                    return Err(DecodeError::Invalid("chat chunk index"));
-                }
+                let (to, id, index, count, data) = read_piece(&mut r)?;
                 Message::ChatChunk {
                     to,
                     id,
                     index,
                     count,
-                    data: r.bytes_u16("chat chunk", MAX_CHAT_CHUNK)?,
+                    data,
                 }
             }
             MessageType::ChatUnreachable => Message::ChatUnreachable {
                 to: DeviceId(r.array()?),
                 id: MessageId(r.array()?),
             },
+            MessageType::MailboxPut => {
+                let user = read_user(&mut r)?;
+                let (to, id, index, count, data) = read_piece(&mut r)?;
+                Message::MailboxPut {
+                    user,
+                    to,
+                    id,
+                    index,
+                    count,
+                    data: data.to_vec(),
+                }
+            }
+            MessageType::MailboxStored => Message::MailboxStored {
+                to: DeviceId(r.array()?),
+                id: MessageId(r.array()?),
+            },
+            MessageType::MailboxDeliver => {
+                let (to, id, index, count, data) = read_piece(&mut r)?;
+                Message::MailboxDeliver {
+                    to,
+                    id,
+                    index,
+                    count,
+                    data: data.to_vec(),
+                }
+            }
+            MessageType::MailboxAck => {
+                let user = read_user(&mut r)?;
+                let device = DeviceId(r.array()?);
+                let n = usize::from(r.u8()?);
+                if n > MAX_MAILBOX_ACK {
+                    return Err(DecodeError::TooLong {
+                        what: "mailbox ack",
+                        len: n,
+                        max: MAX_MAILBOX_ACK,
+                    });
+                }
+                let ids = (0..n)
+                    .map(|_| r.array().map(MessageId))
+                    .collect::<Result<_, _>>()?;
+                Message::MailboxAck { user, device, ids }
+            }
             MessageType::IndexSearch => Message::IndexSearch {
                 query: r.u32()?,
                 full: r.bool("full")?,
@@ -1430,13 +1558,39 @@ impl<'a> Message<'a> {
                 index,
                 count,
                 data,
+            } => put_piece(out, to, id, *index, *count, data),
+            Message::MailboxPut {
+                user,
+                to,
+                id,
+                index,
+                count,
+                data,
             } => {
+                out.put_u8(user.as_str().len() as u8);
+                out.put_slice(user.as_str().as_bytes());
+                put_piece(out, to, id, *index, *count, data);
+            }
+            Message::MailboxStored { to, id } => {
                 out.put_slice(&to.0);
                 out.put_slice(&id.0);
-                out.put_u8(*index);
-                out.put_u8(*count);
-                out.put_u16(data.len() as u16);
-                out.put_slice(data);
+            }
+            Message::MailboxDeliver {
+                to,
+                id,
+                index,
+                count,
+                data,
+            } => put_piece(out, to, id, *index, *count, data),
+            Message::MailboxAck { user, device, ids } => {
+                out.put_u8(user.as_str().len() as u8);
+                out.put_slice(user.as_str().as_bytes());
+                out.put_slice(&device.0);
+                let n = ids.len().min(MAX_MAILBOX_ACK);
+                out.put_u8(n as u8);
+                for id in &ids[..n] {
+                    out.put_slice(&id.0);
+                }
             }
             Message::ChatUnreachable { to, id } => {
                 out.put_slice(&to.0);
@@ -1834,6 +1988,30 @@ mod tests {
             Message::ChatUnreachable {
                 to: DeviceId([1; 16]),
                 id: MessageId([2; 16]),
+            },
+            Message::MailboxPut {
+                user: UserName::parse("bob").unwrap(),
+                to: DeviceId([1; 16]),
+                id: MessageId([2; 16]),
+                index: 3,
+                count: 4,
+                data: vec![0xCD; MAX_CHAT_CHUNK],
+            },
+            Message::MailboxStored {
+                to: DeviceId([1; 16]),
+                id: MessageId([2; 16]),
+            },
+            Message::MailboxDeliver {
+                to: DeviceId([1; 16]),
+                id: MessageId([2; 16]),
+                index: 0,
+                count: 1,
+                data: vec![1, 2, 3],
+            },
+            Message::MailboxAck {
+                user: UserName::parse("bob").unwrap(),
+                device: DeviceId([1; 16]),
+                ids: vec![MessageId([9; 16]); MAX_MAILBOX_ACK],
             },
         ] {
             let mut b = BytesMut::new();

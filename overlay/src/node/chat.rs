@@ -128,6 +128,11 @@ struct Copy {
     bytes: Vec<u8>,
     next: Instant,
     tries: u32,
+    /// The device was offline: the copy goes to its mailbox.
+    mailbox: bool,
+    /// A super node took it for the mailbox: not sent again (the receipt comes when the
+    /// device opens it).
+    stored: bool,
 }
 
 /// A message we sent, until every copy's receipt is in.
@@ -148,8 +153,9 @@ struct Outgoing {
 #[derive(Debug)]
 struct Known {
     at: Instant,
-    /// Online devices with chat keys, and the super node each is reachable through.
-    devices: Vec<(DeviceKeys, Option<SocketAddr>)>,
+    /// Devices with chat keys, the super node each is reachable through, and whether it is
+    /// online (an offline one gets its copies through its mailbox).
+    devices: Vec<(DeviceKeys, Option<SocketAddr>, bool)>,
 }
 
 /// A message being put together.
@@ -311,14 +317,14 @@ impl Chat {
         }
         let me = cx.cfg.identity.device.device_id();
         let devices = &self.directory[user].devices;
-        // A user none of whose devices is online (but this one) waits, and is looked up again
-        // now and then; our own other devices are best effort.
-        if user != &self.me && devices.iter().all(|(k, _)| k.device() == me) {
+        // A user with no device known (but this one) waits, and is looked up again now and
+        // then; our own other devices are best effort.
+        if user != &self.me && devices.iter().all(|(k, _, _)| k.device() == me) {
             out.waiting.insert(user.clone());
             return;
         }
         out.waiting.remove(user);
-        for (keys, _) in devices {
+        for (keys, _, online) in devices {
             let device = keys.device();
             if device == me || out.copies.contains_key(&device) || out.delivered.contains(&device) {
                 continue;
@@ -335,6 +341,8 @@ impl Chat {
                             bytes: envelope.to_bytes(),
                             next: cx.now,
                             tries: 0,
+                            mailbox: !online,
+                            stored: false,
                         },
                     );
                 }
@@ -361,19 +369,20 @@ impl Chat {
     fn send_due(&mut self, cx: &mut Cx<'_>) {
         let now = cx.now;
         let mut relook = BTreeSet::new();
+        let mut unrouted = BTreeSet::new();
         let mut finished = Vec::new();
         let ids: Vec<MessageId> = self.outbox.keys().copied().collect();
         for id in ids {
             let due: Vec<DeviceId> = self.outbox[&id]
                 .copies
                 .iter()
-                .filter(|(_, c)| c.next <= now)
+                .filter(|(_, c)| !c.stored && c.next <= now)
                 .map(|(d, _)| *d)
                 .collect();
             for device in due {
-                let (bytes, user, tries) = {
+                let (bytes, user, tries, mailbox) = {
                     let c = &self.outbox[&id].copies[&device];
-                    (c.bytes.clone(), c.user.clone(), c.tries)
+                    (c.bytes.clone(), c.user.clone(), c.tries, c.mailbox)
                 };
                 if tries >= TRIES_BEFORE_LOOKUP && tries % TRIES_BEFORE_LOOKUP == 0 {
                     // No receipt after several sends: the device may have moved.
@@ -381,7 +390,11 @@ impl Chat {
                     self.heard_via.remove(&device);
                     relook.insert(user.clone());
                 }
-                let sent = self.transmit(cx, &user, device, id, &bytes);
+                let sent = if mailbox {
+                    to_mailbox(cx, &user, device, id, &bytes)
+                } else {
+                    self.transmit(cx, &user, device, id, &bytes)
+                };
                 let out = self.outbox.get_mut(&id).expect("listed");
                 if tries > 0 {
                     self.stats.resent += 1;
@@ -399,7 +412,12 @@ impl Chat {
                         .push_back(NodeEvent::Chat(ChatEvent::Sent { id }));
                 }
                 if out.once {
-                    out.copies.remove(&device);
+                    // Sent once; one with no way yet waits for a lookup (a few tries).
+                    if sent || c.tries >= TRIES_BEFORE_LOOKUP {
+                        out.copies.remove(&device);
+                    } else {
+                        unrouted.insert(user.clone());
+                    }
                 }
             }
             let out = &self.outbox[&id];
@@ -412,6 +430,11 @@ impl Chat {
         }
         for user in relook {
             self.look_up(cx, &user);
+        }
+        for user in unrouted {
+            if !self.directory.contains_key(&user) {
+                self.look_up(cx, &user);
+            }
         }
     }
 
@@ -427,8 +450,9 @@ impl Chat {
         let sn = self
             .directory
             .get(user)
-            .and_then(|k| k.devices.iter().find(|(keys, _)| keys.device() == device))
-            .and_then(|(_, sn)| *sn);
+            .and_then(|k| k.devices.iter().find(|(keys, _, _)| keys.device() == device))
+            .filter(|(_, _, online)| *online)
+            .and_then(|(_, sn, _)| *sn);
         let pieces = chunks(device, id, bytes);
         if let Some(sn) = sn {
             if let Some(conn) = cx.facts.link_to(sn) {
@@ -465,7 +489,7 @@ impl Chat {
             Notice::SearchDone { outcome, .. } => self.found(cx, outcome),
             Notice::ChatIn { conn, message } => {
                 if let Ok(msg) = Message::decode(&message) {
-                    self.on_message(cx, conn, &msg);
+                    self.on_chat_message(cx, conn, &msg);
                 }
             }
             // Attached (again): users found with nothing online, perhaps because we could not
@@ -494,17 +518,32 @@ impl Chat {
     fn found(&mut self, cx: &mut Cx<'_>, outcome: SearchOutcome) {
         let user = outcome.user;
         self.lookups.remove(&user);
-        let devices = match outcome.result {
+        let devices: Vec<(DeviceKeys, Option<SocketAddr>, bool)> = match outcome.result {
             SearchResult::Found(records) => records
                 .into_iter()
-                .filter(|r| r.online)
                 .filter_map(|r| {
                     let sn = r.super_nodes.first().copied();
-                    r.device_keys().map(|k| (k, sn))
+                    r.device_keys().map(|k| (k, sn, r.online))
                 })
                 .collect(),
             SearchResult::NotFound | SearchResult::Unavailable => Vec::new(),
         };
+        // Copies follow their device: to its mailbox once it is offline, straight to it again
+        // once it is online (what a mailbox took stays there: it is delivered from there).
+        for out in self.outbox.values_mut() {
+            for (device, c) in out.copies.iter_mut() {
+                if c.user != user || c.stored {
+                    continue;
+                }
+                if let Some((_, _, online)) = devices.iter().find(|(k, _, _)| k.device() == *device)
+                {
+                    if c.mailbox == *online {
+                        c.mailbox = !*online;
+                        c.next = cx.now;
+                    }
+                }
+            }
+        }
         self.directory.insert(
             user.clone(),
             Known {
@@ -541,20 +580,56 @@ impl Chat {
 
     /// A chat message on session `conn`.
     pub fn on_message(&mut self, cx: &mut Cx<'_>, conn: ConnId, msg: &Message<'_>) {
-        match msg {
+        self.on_chat_message(cx, Some(conn), msg);
+    }
+
+    /// A chat message on session `conn` (`None`: from our own super-node role).
+    fn on_chat_message(&mut self, cx: &mut Cx<'_>, conn: Option<ConnId>, msg: &Message<'_>) {
+        let piece = match msg {
             Message::ChatChunk {
                 to,
                 id,
                 index,
                 count,
                 data,
-            } => {
-                if *to != cx.cfg.identity.device.device_id() {
-                    cx.out.stats.overlay_dropped += 1;
-                    return;
+            } => Some((*to, *id, *index, *count, *data, false)),
+            Message::MailboxDeliver {
+                to,
+                id,
+                index,
+                count,
+                data,
+            } => Some((*to, *id, *index, *count, data.as_slice(), true)),
+            _ => None,
+        };
+        if let Some((to, id, index, count, data, from_mailbox)) = piece {
+            if to != cx.cfg.identity.device.device_id() {
+                cx.out.stats.overlay_dropped += 1;
+                return;
+            }
+            if let Some(bytes) = self.piece(cx.now, id, index, count, data) {
+                self.on_envelope(cx, conn, &bytes, from_mailbox);
+                if from_mailbox {
+                    // Held here now (or refused for good): the mailbox may let it go.
+                    let ack = Message::MailboxAck {
+                        user: self.me.clone(),
+                        device: to,
+                        ids: vec![id],
+                    };
+                    send_to_own_super_node(cx, &encode(&ack));
                 }
-                if let Some(bytes) = self.piece(cx.now, *id, *index, *count, data) {
-                    self.on_envelope(cx, conn, &bytes);
+            }
+            return;
+        }
+        match msg {
+            Message::MailboxStored { to, id } => {
+                if let Some(c) = self
+                    .outbox
+                    .get_mut(id)
+                    .and_then(|o| o.copies.get_mut(to))
+                    .filter(|c| c.mailbox)
+                {
+                    c.stored = true;
                 }
             }
             Message::ChatUnreachable { to, id } => {
@@ -619,11 +694,24 @@ impl Chat {
         Some(p.pieces.into_iter().flatten().flatten().collect())
     }
 
-    /// A whole envelope arrived on `conn`.
-    fn on_envelope(&mut self, cx: &mut Cx<'_>, conn: ConnId, bytes: &[u8]) {
+    /// A whole envelope arrived on `conn` (from a mailbox: our super node does not know its
+    /// sender, so answers go through the sender's own super node, looked up).
+    fn on_envelope(
+        &mut self,
+        cx: &mut Cx<'_>,
+        conn: Option<ConnId>,
+        bytes: &[u8],
+        from_mailbox: bool,
+    ) {
         let Ok(envelope) = Envelope::decode(bytes) else {
             self.stats.refused += 1;
             return;
+        };
+        let conn = if from_mailbox {
+            self.heard_via.remove(&envelope.from);
+            None
+        } else {
+            conn
         };
         match self
             .channels
@@ -651,7 +739,10 @@ impl Chat {
         }
     }
 
-    fn remember_link(&mut self, device: DeviceId, conn: ConnId) {
+    fn remember_link(&mut self, device: DeviceId, conn: Option<ConnId>) {
+        let Some(conn) = conn else {
+            return;
+        };
         if !self.heard_via.contains_key(&device) && self.heard_via.len() >= MAX_HEARD {
             self.heard_via.pop_first();
         }
@@ -717,6 +808,9 @@ impl Chat {
     /// Seal a delivery receipt for `ids` to `device` (a peer we have a channel with) and send
     /// it back the way its message came.
     fn receipt(&mut self, cx: &mut Cx<'_>, device: DeviceId, ids: Vec<MessageId>) {
+        if self.outbox.len() >= MAX_OUTBOX {
+            return;
+        }
         let Some(keys) = self.channels.peer_keys(device).cloned() else {
             return;
         };
@@ -737,10 +831,33 @@ impl Chat {
             self.stats.refused += 1;
             return;
         };
-        let bytes = envelope.to_bytes();
-        if !self.transmit(cx, keys.user(), device, item.id, &bytes) {
-            self.look_up(cx, &keys.user().clone());
-        }
+        // Sent once, the way its message came when that way leads back (a live message:
+        // the sender's session with our super node), else through the sender's own super
+        // node once a lookup names it (a message from a mailbox).
+        let mut copies = BTreeMap::new();
+        copies.insert(
+            device,
+            Copy {
+                user: keys.user().clone(),
+                bytes: envelope.to_bytes(),
+                next: cx.now,
+                tries: 0,
+                mailbox: false,
+                stored: false,
+            },
+        );
+        self.outbox.insert(
+            item.id,
+            Outgoing {
+                item,
+                waiting: BTreeSet::new(),
+                copies,
+                delivered: BTreeSet::new(),
+                once: true,
+                sent: false,
+            },
+        );
+        self.send_due(cx);
     }
 
     /// Copies due and pieces given up.
@@ -786,7 +903,7 @@ impl Chat {
         let copies = self
             .outbox
             .values()
-            .flat_map(|o| o.copies.values().map(|c| c.next))
+            .flat_map(|o| o.copies.values().filter(|c| !c.stored).map(|c| c.next))
             .min();
         let partials = self
             .partials
@@ -831,6 +948,65 @@ fn chunks(device: DeviceId, id: MessageId, bytes: &[u8]) -> Vec<Vec<u8>> {
         out.push(buf.to_vec());
     }
     out
+}
+
+/// The pieces of one copy for a device's mailbox, to our own super node (which forwards them
+/// to the mailbox's super nodes); false when we have none.
+fn to_mailbox(
+    cx: &mut Cx<'_>,
+    user: &UserName,
+    device: DeviceId,
+    id: MessageId,
+    bytes: &[u8],
+) -> bool {
+    let pieces: Vec<Vec<u8>> = chunks(device, id, bytes)
+        .into_iter()
+        .filter_map(|p| match Message::decode(&p) {
+            Ok(Message::ChatChunk {
+                to,
+                id,
+                index,
+                count,
+                data,
+            }) => Some(encode(&Message::MailboxPut {
+                user: user.clone(),
+                to,
+                id,
+                index,
+                count,
+                data: data.to_vec(),
+            })),
+            _ => None,
+        })
+        .collect();
+    let mut sent = false;
+    for p in &pieces {
+        sent |= send_to_own_super_node(cx, p);
+    }
+    sent
+}
+
+/// Send an encoded message to our own super node (our super-node role when we hold it, else
+/// the first link); false when there is none.
+fn send_to_own_super_node(cx: &mut Cx<'_>, encoded: &[u8]) -> bool {
+    if cx.facts.super_node {
+        cx.out
+            .notify(PartId::SuperNode, Notice::ChatHere(encoded.to_vec()));
+        return true;
+    }
+    match cx.facts.links.first().map(|l| l.conn) {
+        Some(conn) => {
+            send_encoded(cx, conn, encoded);
+            true
+        }
+        None => false,
+    }
+}
+
+fn encode(msg: &Message<'_>) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::with_capacity(1100);
+    msg.encode(&mut buf);
+    buf.to_vec()
 }
 
 /// Send an encoded control message on session `conn`.

@@ -69,6 +69,7 @@ mod uplink;
 
 pub use calls::{DialError, DialOutcome};
 pub use chat::{ChatEvent, ChatStats, MAX_OUTBOX, MAX_PARTIALS, PARTIAL_TIMEOUT};
+pub use super_node::MailboxStats;
 pub use config::{Load, NodeConfig, RolePolicy};
 
 use calls::Calls;
@@ -631,6 +632,11 @@ impl Node {
     /// Chat's counters.
     pub fn chat_stats(&self) -> ChatStats {
         self.chat.stats()
+    }
+
+    /// What this super node's mailboxes hold (`None`: not a super node).
+    pub fn mailbox_stats(&self) -> Option<MailboxStats> {
+        self.super_node.as_ref().map(|s| s.mailbox_stats())
     }
 
     /// The addresses the driver must bind (UDP and TCP): see [`NodeConfig::bind_addresses`].

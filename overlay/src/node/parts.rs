@@ -303,14 +303,14 @@ pub(crate) enum Notice {
         /// The encoded messages.
         messages: Vec<Vec<u8>>,
     },
-    /// An encoded chat piece for one of our own clients, or for a device with a session to us
-    /// (to the super-node role, from our own chat).
+    /// An encoded chat message of our own chat for the super-node role, as if a client sent
+    /// it: a piece for one of our clients or a device with a session to us, a piece for a
+    /// mailbox, an acknowledgement of a mailbox's messages.
     ChatHere(Vec<u8>),
-    /// An encoded chat piece for this device that arrived at the super-node role on session
-    /// `conn` (to chat).
+    /// An encoded chat message for this device that reached the super-node role (to chat).
     ChatIn {
-        /// The session it came on (answers go back on it).
-        conn: ConnId,
+        /// The session it came on (answers go back on it); `None`: from our own role.
+        conn: Option<ConnId>,
         /// The encoded piece.
         message: Vec<u8>,
     },

@@ -57,8 +57,14 @@ pub(crate) fn message(msg: &Message<'_>, owner: Option<PartId>, super_node: bool
         Message::ContactPoked { .. } => Route::To(Calls),
         // Chat pieces: a super node forwards them (or hands its own to its chat); a device
         // takes those for it, whichever session brought them.
-        Message::ChatChunk { .. } if super_node => Route::To(SuperNode),
-        Message::ChatChunk { .. } | Message::ChatUnreachable { .. } => Route::To(Chat),
+        Message::ChatChunk { .. } | Message::MailboxDeliver { .. } if super_node => {
+            Route::To(SuperNode)
+        }
+        Message::MailboxPut { .. } | Message::MailboxAck { .. } => Route::To(SuperNode),
+        Message::ChatChunk { .. }
+        | Message::ChatUnreachable { .. }
+        | Message::MailboxDeliver { .. }
+        | Message::MailboxStored { .. } => Route::To(Chat),
         // A release names a channel: from a relay we use (to our calls), or from a party of a
         // channel of ours (to our relay).
         Message::RelayRelease { .. } if owner == Some(Calls) => Route::To(Calls),

@@ -99,6 +99,48 @@ pub struct World {
     pub users: Vec<HostId>,
 }
 
+/// The super nodes of [`world`], as a host cache.
+pub fn world_bootstrap(seed: u64) -> HostCache {
+    let net = TestNetwork::new(seed);
+    let mut bootstrap = HostCache::new();
+    for i in 0..SUPER_NODES {
+        let key = net.identity(&format!("sn{i}")).device.dh_public();
+        bootstrap.insert(
+            SocketAddr::from(([198, 18, i, 10], 4000)),
+            Some(key),
+            TEST_WALL,
+        );
+    }
+    bootstrap
+}
+
+/// The node of [`world`]'s user `i` (`user{i}`), started at `now`, when the wall clock says
+/// `wall` (also to restart it: `TEST_WALL` plus the time since the world started).
+pub fn user_node(
+    seed: u64,
+    i: usize,
+    now: std::time::Instant,
+    wall: natter_core::crypto::UnixTime,
+    bootstrap: &HostCache,
+) -> Node {
+    let net = TestNetwork::new(seed);
+    let addr = if [0, 5].contains(&i) {
+        SocketAddr::from(([198, 18, 60, i as u8 + 1], 5000))
+    } else {
+        SocketAddr::from(([10, 0, 0, 2], 5000))
+    };
+    let mut cfg = NodeConfig::new(
+        net.identity(&format!("user{i}")),
+        [100 + i as u8; 32],
+        wall,
+        now,
+        addr,
+    );
+    cfg.role = RolePolicy::Forbid;
+    cfg.host_cache = bootstrap.clone();
+    Node::new(cfg, now)
+}
+
 /// The world of the index and chat scenarios, seeded.
 pub fn world(seed: u64) -> World {
     let mut sim: Sim<NodeEvent> = Sim::new(SimConfig {
@@ -109,11 +151,7 @@ pub fn world(seed: u64) -> World {
     });
     let net = TestNetwork::new(seed);
     let sn_addr = |i: u8| SocketAddr::from(([198, 18, i, 10], 4000));
-    let mut bootstrap = HostCache::new();
-    for i in 0..SUPER_NODES {
-        let key = net.identity(&format!("sn{i}")).device.dh_public();
-        bootstrap.insert(sn_addr(i), Some(key), TEST_WALL);
-    }
+    let bootstrap = world_bootstrap(seed);
     let mut sns = Vec::new();
     for i in 0..SUPER_NODES {
         sns.push(add_super_node(
@@ -151,16 +189,7 @@ pub fn world(seed: u64) -> World {
             }
             None => (SocketAddr::from(([198, 18, 60, i as u8 + 1], 5000)), None),
         };
-        let mut cfg = NodeConfig::new(
-            net.identity(&name),
-            [100 + i as u8; 32],
-            TEST_WALL,
-            start,
-            addr,
-        );
-        cfg.role = RolePolicy::Forbid;
-        cfg.host_cache = bootstrap.clone();
-        let node = Node::new(cfg, start);
+        let node = user_node(seed, i, start, TEST_WALL, &bootstrap);
         users.push(match behind {
             Some(n) => sim.add_host_behind(n, &name, addr, node),
             None => sim.add_host(&name, addr, node),

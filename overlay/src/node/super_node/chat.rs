@@ -70,7 +70,7 @@ impl ChatForwarding {
                 cx.out.notify(
                     PartId::Chat,
                     Notice::ChatIn {
-                        conn,
+                        conn: Some(conn),
                         message: buf.to_vec(),
                     },
                 );

@@ -14,6 +14,9 @@
 
 mod chat;
 mod index;
+mod mailbox;
+
+pub use mailbox::MailboxStats;
 mod relay;
 
 use std::collections::BTreeMap;
@@ -64,6 +67,8 @@ pub(crate) struct SuperNode {
     pokes: BTreeMap<[u8; 32], (Instant, u32)>,
     /// Chat pieces forwarded to clients and senders.
     chat: chat::ChatForwarding,
+    /// Messages kept for offline devices.
+    mailboxes: mailbox::Mailboxes,
 }
 
 /// The address a session runs to, when it runs straight over UDP.
@@ -101,6 +106,7 @@ impl SuperNode {
             relay: Relaying::new(relay_cfg, cx.sessions.view()),
             pokes: BTreeMap::new(),
             chat: chat::ChatForwarding::default(),
+            mailboxes: mailbox::Mailboxes::default(),
         };
         for link in cx.facts.links.clone() {
             sn.linked(cx, link);
@@ -252,6 +258,15 @@ impl SuperNode {
         match msg {
             Message::ContactPoke { device } => self.poke(cx, conn, *device),
             Message::ChatChunk { .. } => self.chat.chunk(cx, &self.role, Some(conn), msg),
+            Message::MailboxPut { .. } => {
+                self.mailboxes
+                    .put(cx, &mut self.index, &self.role, Some(conn), msg)
+            }
+            Message::MailboxAck { .. } => {
+                self.mailboxes
+                    .ack(cx, &mut self.index, &self.role, Some(conn), msg)
+            }
+            Message::MailboxDeliver { .. } => self.mailboxes.deliver(cx, &self.role, conn, msg),
             Message::OverlayStunForward {
                 client,
                 transaction,
@@ -293,8 +308,15 @@ impl SuperNode {
             {
                 cx.out.stats.overlay_dropped += 1
             }
-            Message::IndexStore { .. }
-            | Message::IndexSearch { .. }
+            Message::IndexStore { record, .. } => {
+                // A device that publishes "online" gets what waits for it here.
+                if record.online && self.index.dht().verify_record(record, cx.wall) {
+                    self.mailboxes
+                        .record(cx, &mut self.index, &self.role, record);
+                }
+                self.index.on_message(cx, conn, msg)
+            }
+            Message::IndexSearch { .. }
             | Message::IndexSearchAt { .. }
             | Message::IndexResult { .. }
             | Message::IndexNotFound { .. }
@@ -377,8 +399,16 @@ impl SuperNode {
             }
             Notice::WatchHere { users, watch } => self.index.watch_here(&users, watch),
             Notice::ChatHere(encoded) => match Message::decode(&encoded) {
-                Ok(msg) => self.chat.chunk(cx, &self.role, None, &msg),
-                Err(_) => cx.out.stats.overlay_dropped += 1,
+                Ok(msg @ Message::ChatChunk { .. }) => self.chat.chunk(cx, &self.role, None, &msg),
+                Ok(msg @ Message::MailboxPut { .. }) => {
+                    self.mailboxes
+                        .put(cx, &mut self.index, &self.role, None, &msg)
+                }
+                Ok(msg @ Message::MailboxAck { .. }) => {
+                    self.mailboxes
+                        .ack(cx, &mut self.index, &self.role, None, &msg)
+                }
+                _ => cx.out.stats.overlay_dropped += 1,
             },
             _ => {}
         }
@@ -402,7 +432,13 @@ impl SuperNode {
         self.role.handle_timeout(cx.now);
         self.index.handle_timeout(cx, &self.role);
         self.relay.handle_timeout(cx);
+        self.mailboxes.handle_timeout(cx.now);
         self.flush(cx);
+    }
+
+    /// What the role's mailboxes hold.
+    pub fn mailbox_stats(&self) -> MailboxStats {
+        self.mailboxes.stats()
     }
 
     /// When the role next wants its timer.
@@ -411,6 +447,7 @@ impl SuperNode {
             Some(self.role.poll_timeout()),
             self.index.poll_timeout(),
             self.relay.poll_timeout(),
+            self.mailboxes.poll_timeout(),
         ]
         .into_iter()
         .flatten()
