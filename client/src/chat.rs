@@ -22,6 +22,9 @@ use crate::error::ChatError;
 
 /// Longest text of one message, in bytes of UTF-8 (64 KiB; larger content goes as a file).
 pub const MAX_MESSAGE_TEXT: usize = natter_core::chat::item::MAX_TEXT;
+/// A received message's Lamport time may be at most this far past the conversation's
+/// highest (a larger one would push every later message behind it).
+const MAX_LAMPORT_STEP: u64 = 1 << 32;
 /// Most messages one [`Client::history`](crate::Client::history) or
 /// [`Client::search_messages`](crate::Client::search_messages) call returns.
 pub const MAX_PAGE: usize = 500;
@@ -119,7 +122,7 @@ struct Db {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
-    id BLOB PRIMARY KEY,
+    id BLOB NOT NULL,
     conversation BLOB NOT NULL,
     peer TEXT NOT NULL,
     author TEXT NOT NULL,
@@ -128,7 +131,8 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at INTEGER NOT NULL,
     text TEXT NOT NULL,
     reply_to BLOB,
-    status INTEGER NOT NULL
+    status INTEGER NOT NULL,
+    PRIMARY KEY (id, device)
 );
 CREATE INDEX IF NOT EXISTS messages_order ON messages (conversation, lamport, device, id);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -279,8 +283,9 @@ impl ChatStore {
     }
 
     /// A message that opened here: stored (once) when it is a text of a one-to-one
-    /// conversation this user is in. Returns it when it is new.
-    pub fn received(&self, opened: &Opened) -> Option<ChatMessage> {
+    /// conversation this user is in. `Ok(Some)`: new; `Ok(None)`: kept already, or not for the
+    /// history; `Err`: it could not be stored (its sender is not told it was delivered).
+    pub fn received(&self, opened: &Opened) -> Result<Option<ChatMessage>, ChatError> {
         self.with(|d| {
             let Body::Text { text, reply_to } = &opened.item.body else {
                 return Ok(None);
@@ -297,6 +302,12 @@ impl ChatStore {
                 return Ok(None);
             };
             let conversation = ConversationId::direct(&d.user, &peer);
+            // A Lamport time far past everything here would push every later message of the
+            // conversation behind it: refused (such a sender has not seen that much).
+            let max = max_lamport(&d.conn, conversation)?;
+            if opened.item.lamport > max.saturating_add(MAX_LAMPORT_STEP) {
+                return Ok(None);
+            }
             let outgoing = opened.user == d.user;
             let status = if outgoing {
                 MessageStatus::Sent
@@ -324,36 +335,47 @@ impl ChatStore {
                 status,
             }))
         })
-        .ok()
-        .flatten()
     }
 
-    /// Move our message `id` forward to `status` (never back); delivered or failed messages
-    /// leave the queue. Returns the conversation's other user when it moved.
-    pub fn advance(&self, id: MessageId, status: MessageStatus) -> Option<UserName> {
+    /// Move our message `id` forward to `status` (never back), as `by` says (the recipient:
+    /// its receipts count only for messages written to it; `None`: this node). Delivered
+    /// messages leave the queue, and failed ones. Returns the conversation's other user when
+    /// it moved.
+    pub fn advance(
+        &self,
+        id: MessageId,
+        status: MessageStatus,
+        by: Option<&UserName>,
+    ) -> Option<UserName> {
         self.with(|d| {
-            if matches!(status, MessageStatus::Delivered | MessageStatus::Failed) {
+            // Forward only, and only our own messages (to `by`); a failure only while sending.
+            let sql = if status == MessageStatus::Failed {
+                "UPDATE messages SET status = ?2 WHERE id = ?1 AND author = ?3 AND status = 0"
+            } else {
+                "UPDATE messages SET status = ?2 WHERE id = ?1 AND author = ?3
+                 AND (?4 IS NULL OR peer = ?4) AND status < ?2 AND status < 4"
+            };
+            let by = by.map(|u| u.as_str().to_string());
+            let changed = if status == MessageStatus::Failed {
+                d.conn
+                    .execute(sql, params![&id.0[..], status.code(), d.user.as_str()])
+            } else {
+                d.conn
+                    .execute(sql, params![&id.0[..], status.code(), d.user.as_str(), by])
+            }
+            .map_err(store_err)?;
+            if changed > 0 && matches!(status, MessageStatus::Delivered | MessageStatus::Failed) {
                 d.conn
                     .execute("DELETE FROM outbox WHERE id = ?1", params![&id.0[..]])
                     .map_err(store_err)?;
             }
-            // Forward only, and only our own messages; a failure only while sending.
-            let sql = if status == MessageStatus::Failed {
-                "UPDATE messages SET status = ?2 WHERE id = ?1 AND status = 0"
-            } else {
-                "UPDATE messages SET status = ?2 WHERE id = ?1 AND status < ?2 AND status < 4"
-            };
-            let changed = d
-                .conn
-                .execute(sql, params![&id.0[..], status.code()])
-                .map_err(store_err)?;
             if changed == 0 {
                 return Ok(None);
             }
             d.conn
                 .query_row(
-                    "SELECT peer FROM messages WHERE id = ?1",
-                    params![&id.0[..]],
+                    "SELECT peer FROM messages WHERE id = ?1 AND author = ?2",
+                    params![&id.0[..], d.user.as_str()],
                     |r| r.get::<_, String>(0),
                 )
                 .optional()
@@ -380,8 +402,9 @@ impl ChatStore {
                     let Some((lamport, device)) = d
                         .conn
                         .query_row(
-                            "SELECT lamport, device FROM messages WHERE id = ?1",
-                            params![&b.0[..]],
+                            "SELECT lamport, device FROM messages WHERE id = ?1
+                             AND conversation = ?2",
+                            params![&b.0[..], &conversation.0[..]],
                             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
                         )
                         .optional()

@@ -1091,6 +1091,8 @@ impl Client {
         }
         cfg.host_cache = cache;
         cfg.call_paths.direct = !s.relay_only;
+        // A sender hears "delivered" only once the history keeps the message.
+        cfg.chat_app_receipts = true;
         cfg.attach.fallback_ports = s.fallback_ports;
         let sockets = crate::bind::bind(&mut cfg)
             .map_err(|(address, source)| StartError::Bind { address, source })?;

@@ -48,6 +48,8 @@ pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     renewing: bool,
     last_save: Instant,
+    /// A chat event moved the end-to-end channels since they were last saved.
+    chat_dirty: bool,
 }
 
 impl Worker {
@@ -89,6 +91,7 @@ impl Worker {
             stop,
             renewing: true,
             last_save: Instant::now(),
+            chat_dirty: false,
         }
     }
 
@@ -110,7 +113,7 @@ impl Worker {
     }
 
     /// End the calls, say goodbye to the network, save the host cache.
-    fn shutdown(self) {
+    fn shutdown(mut self) {
         let (events, hang_up) = lock(&self.shared.calls).end_all();
         for id in hang_up {
             self.handle.command(move |n, now| {
@@ -119,6 +122,7 @@ impl Worker {
         }
         self.handle.command(|n, now| n.go_offline(now));
         self.save_cache();
+        self.save_chat();
         for e in events {
             self.shared.events.push(e);
         }
@@ -170,52 +174,70 @@ impl Worker {
             self.save_cache();
             self.last_save = Instant::now();
         }
+        if self.chat_dirty {
+            self.save_chat();
+        }
+    }
+
+    /// Keep the end-to-end channels (sealed under the history's key) in the history's file.
+    fn save_chat(&mut self) {
+        self.chat_dirty = false;
+        let chat = &self.shared.chat;
+        if let Some(key) = chat.state_key() {
+            if let Some(saved) = self.handle.command(move |n, _| n.save_chat(&key)) {
+                chat.save_channels(&saved);
+            }
+        }
     }
 
     fn attached(&self) -> usize {
         self.handle.command(|n, _| n.attached().len()).unwrap_or(0)
     }
 
-    /// A chat event: into the history, out as the client's events; then the end-to-end
-    /// channels are kept (each message moved a ratchet).
+    /// A chat event: into the history, out as the client's events. A message the history
+    /// keeps is acknowledged to the node (only then does its sender get a receipt); the
+    /// end-to-end channels are saved at the next housekeeping (each message moved a ratchet).
     fn on_chat(&mut self, ev: ChatEvent, events: &mut Vec<Event>) {
+        self.chat_dirty = true;
         let chat = &self.shared.chat;
         let me = lock(&self.shared.login)
             .as_ref()
             .map(|l| l.certificate.user.clone());
-        let mut advance = |id, status| {
-            if let Some(with) = chat.advance(id, status) {
+        let mut advance = |id, status, by: Option<&natter_core::crypto::UserName>| {
+            if let Some(with) = chat.advance(id, status, by) {
                 events.push(Event::MessageStatus { id, with, status });
             }
         };
         match ev {
-            ChatEvent::Received(opened) => {
-                if let Some(message) = chat.received(&opened) {
-                    events.push(Event::MessageReceived {
-                        message: Box::new(message),
-                    });
+            ChatEvent::Received(opened) => match chat.received(&opened) {
+                Ok(new) => {
+                    if let Some(message) = new {
+                        events.push(Event::MessageReceived {
+                            message: Box::new(message),
+                        });
+                    }
+                    let id = opened.item.id;
+                    self.handle
+                        .command(move |n, now| n.chat_stored(now, vec![id]));
                 }
-            }
-            ChatEvent::Sent { id } => advance(id, MessageStatus::Sent),
+                // Not acknowledged: its sender sends it again, and it is reported again.
+                Err(e) => tracing::warn!(%e, "a message could not be stored"),
+            },
+            ChatEvent::Sent { id } => advance(id, MessageStatus::Sent, None),
             // Our own other devices' receipts say nothing about the recipient.
             ChatEvent::Delivered { id, user, .. } if Some(&user) != me.as_ref() => {
-                advance(id, MessageStatus::Delivered)
+                advance(id, MessageStatus::Delivered, Some(&user))
             }
             ChatEvent::Read { ids, user } if Some(&user) != me.as_ref() => {
                 for id in ids {
-                    advance(id, MessageStatus::Read);
+                    advance(id, MessageStatus::Read, Some(&user));
                 }
             }
             ChatEvent::Failed { id, error } => {
                 tracing::warn!(%error, "message not sent");
-                advance(id, MessageStatus::Failed)
+                advance(id, MessageStatus::Failed, None)
             }
             _ => {}
-        }
-        if let Some(key) = chat.state_key() {
-            if let Some(saved) = self.handle.command(move |n, _| n.save_chat(&key)) {
-                chat.save_channels(&saved);
-            }
         }
     }
 

@@ -194,7 +194,12 @@ fn under_heavy_loss_every_message_arrives_once_sent_again_until_its_receipt() {
 fn kept(w: &World) -> usize {
     w.sns
         .iter()
-        .map(|h| w.sim.machine::<Node>(*h).mailbox_stats().map_or(0, |m| m.kept))
+        .map(|h| {
+            w.sim
+                .machine::<Node>(*h)
+                .mailbox_stats()
+                .map_or(0, |m| m.kept)
+        })
         .sum()
 }
 
@@ -218,7 +223,14 @@ fn a_message_to_an_offline_device_waits_in_its_mailbox_and_arrives_when_it_comes
     w.sim.crash(b);
     w.sim.run_for(Duration::from_secs(2));
     let ids: Vec<MessageId> = (0..3)
-        .map(|n| write(&mut w.sim, a, "user6", &format!("while you were out {n}: {}", "z".repeat(n * 1500))))
+        .map(|n| {
+            write(
+                &mut w.sim,
+                a,
+                "user6",
+                &format!("while you were out {n}: {}", "z".repeat(n * 1500)),
+            )
+        })
         .collect();
     w.sim.run_for(Duration::from_secs(5));
     let sent = w
@@ -250,6 +262,9 @@ fn a_message_to_an_offline_device_waits_in_its_mailbox_and_arrives_when_it_comes
     // Acknowledged: the mailboxes let them go; and the receipts reached the sender.
     assert_eq!(kept(&w), 0);
     for id in &ids {
-        assert!(delivered_at(&w.sim, a, *id).is_some(), "no receipt for {id}");
+        assert!(
+            delivered_at(&w.sim, a, *id).is_some(),
+            "no receipt for {id}"
+        );
     }
 }

@@ -43,6 +43,8 @@ pub const MAX_CIPHERTEXT: usize = MAX_TEXT + 1024;
 pub const MAX_SESSIONS: usize = 3;
 /// Message ids remembered per peer device, to refuse replays.
 pub const REMEMBERED_IDS: usize = 4096;
+/// Channels a peer opened to us that are remembered (to refuse an old one replayed).
+pub const REMEMBERED_SESSIONS: usize = 64;
 /// Peer devices kept; the one heard from least recently is forgotten first.
 pub const MAX_PEERS: usize = 4096;
 const ENVELOPE_VERSION: u8 = 1;
@@ -173,6 +175,9 @@ struct Peer {
     keys: DeviceKeys,
     /// Newest that worked first.
     sessions: Vec<Session>,
+    /// The sessions this peer opened to us (pre-key messages), newest last: one of them seen
+    /// again after it left `sessions` is an old message replayed, not a new channel.
+    opened_sessions: VecDeque<String>,
     opened: VecDeque<MessageId>,
     opened_set: BTreeSet<MessageId>,
     last_used: u64,
@@ -183,6 +188,7 @@ impl Peer {
         Self {
             keys,
             sessions: Vec::new(),
+            opened_sessions: VecDeque::new(),
             opened: VecDeque::new(),
             opened_set: BTreeSet::new(),
             last_used: 0,
@@ -429,7 +435,13 @@ impl Channels {
                 peer.sessions.remove(i);
                 peer.sessions.insert(0, session);
             }
-            Commit::New(_, session) => peer.keep_session(session),
+            Commit::New(_, session) => {
+                peer.opened_sessions.push_back(session.session_id());
+                if peer.opened_sessions.len() > REMEMBERED_SESSIONS {
+                    peer.opened_sessions.pop_front();
+                }
+                peer.keep_session(session)
+            }
         }
         peer.remember(item.id);
         Ok(Opened {
@@ -460,12 +472,20 @@ impl Channels {
         if let Some(peer) = self.peers.get(&envelope.from) {
             let id = message.session_id();
             if peer.keys.identity == keys.identity
+                && peer.opened_sessions.contains(&id)
+                && !peer.sessions.iter().any(|s| s.session_id() == id)
+            {
+                // A channel it opened long ago, replayed: the fallback key would open it
+                // again, and it would push the live session aside.
+                return Err(ChatError::Undecryptable);
+            }
+            if peer.keys.identity == keys.identity
                 && peer.sessions.iter().any(|s| s.session_id() == id)
             {
-                // The session exists: the message decrypts in it, or it is a replay whose
-                // message key was used up.
-                return trial_decrypt(peer, &OlmMessage::PreKey(message))
-                    .map_err(|_| ChatError::Replay);
+                // The session exists: the message decrypts in it, or it does not (a replay
+                // under another id, whose message key was used up, is not a replay of an id
+                // we opened: only those are answered as such).
+                return trial_decrypt(peer, &OlmMessage::PreKey(message));
             }
         }
         let created = self
@@ -720,12 +740,37 @@ mod tests {
         let mut renamed = e3.clone();
         renamed.id = MessageId([99; 16]);
         assert_eq!(open(&net, &mut b, &renamed), Err(ChatError::Undecryptable));
-        // The pre-key message replayed under a fresh id finds its session: refused too.
+        // The pre-key message replayed under a fresh id finds its session but does not
+        // decrypt: refused, and not answered as a replay (only ids opened here are).
         let mut renamed = e1.clone();
         renamed.id = MessageId([98; 16]);
-        assert_eq!(open(&net, &mut b, &renamed), Err(ChatError::Replay));
+        assert_eq!(open(&net, &mut b, &renamed), Err(ChatError::Undecryptable));
         let e4 = send(&net, &mut a, &b, &text(4, "still fine"));
         assert_eq!(says(open(&net, &mut b, &e4)), "still fine");
+    }
+
+    #[test]
+    fn an_old_channel_replayed_after_newer_ones_opens_nothing() {
+        let net = TestNetwork::new(11);
+        let (mut a, mut b) = (dev(&net, "alice"), dev(&net, "bob"));
+        let key = [3; 32];
+        let fresh = a.channels.save(&key);
+        let first = send(&net, &mut a, &b, &text(1, "first"));
+        open(&net, &mut b, &first).unwrap();
+        // Alice's device opens channel after channel (it lost its state each time): bob keeps
+        // the newest three, the first falls out.
+        for n in 0..MAX_SESSIONS as u8 {
+            a.channels = Channels::restore(&fresh, &key).unwrap();
+            let e = send(&net, &mut a, &b, &text(10 + n, "again"));
+            assert_eq!(says(open(&net, &mut b, &e)), "again");
+        }
+        // The first pre-key message replayed under a fresh id would open a channel anew with
+        // the fallback key: refused instead, and the live channel stays first.
+        let mut replayed = first.clone();
+        replayed.id = MessageId([97; 16]);
+        assert_eq!(open(&net, &mut b, &replayed), Err(ChatError::Undecryptable));
+        let reply = send(&net, &mut b, &a, &text(20, "still here"));
+        assert_eq!(says(open(&net, &mut a, &reply)), "still here");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Position {
     pub id: MessageId,
 }
 
+/// Most edits and deletions held for messages that have not arrived, per conversation.
+pub const MAX_WAITING: usize = 1024;
+
 /// A message as the conversation keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -50,6 +53,9 @@ pub struct Entry {
     pub body: Body,
     /// Edited at least once.
     pub edited: bool,
+    /// The latest edit or deletion applied (an older one arriving later changes nothing: the
+    /// same text on every device, whatever order the edits came in).
+    pub changed_by: Option<Position>,
     /// Deleted by its author (the text is gone).
     pub deleted: bool,
 }
@@ -83,6 +89,12 @@ pub enum LogError {
     /// Receipts and typing are not kept in a conversation's history.
     #[error("receipts and typing are not history")]
     NotHistory,
+    /// A group change in a one-to-one conversation.
+    #[error("group changes belong to groups")]
+    NotAGroup,
+    /// Too many edits and deletions wait for messages that have not arrived.
+    #[error("too many changes wait for their messages")]
+    TooManyWaiting,
 }
 
 /// The kind of conversation.
@@ -111,7 +123,7 @@ pub struct Conversation {
     entries: BTreeMap<Position, Entry>,
     by_id: BTreeMap<MessageId, Position>,
     /// Edits and deletions whose target has not arrived, by target.
-    waiting: BTreeMap<MessageId, Vec<(UserName, Item)>>,
+    waiting: BTreeMap<MessageId, Vec<(UserName, DeviceId, Item)>>,
     clock: u64,
 }
 
@@ -161,7 +173,7 @@ impl Conversation {
 
     /// The Lamport time for the next message written here.
     pub fn next_lamport(&mut self) -> u64 {
-        self.clock += 1;
+        self.clock = self.clock.saturating_add(1);
         self.clock
     }
 
@@ -206,34 +218,45 @@ impl Conversation {
             device,
             id: item.id,
         };
+        let group_change = matches!(
+            item.body,
+            Body::GroupCreate { .. }
+                | Body::GroupAdd { .. }
+                | Body::GroupRemove { .. }
+                | Body::GroupLeave
+                | Body::GroupRename { .. }
+        );
+        if group_change && self.kind == Kind::Direct {
+            return Err(LogError::NotAGroup);
+        }
         if !self.members_at(position).contains(author) {
             return Err(LogError::NotMember(author.clone()));
         }
-        self.clock = self.clock.max(item.lamport);
         match &item.body {
             Body::Edit { target, .. } | Body::Delete { target } => {
                 let target = *target;
                 if !self.by_id.contains_key(&target) {
+                    let held: usize = self.waiting.values().map(Vec::len).sum();
                     let list = self.waiting.entry(target).or_default();
-                    if list.iter().any(|(_, w)| w.id == item.id) {
+                    if list.iter().any(|(_, _, w)| w.id == item.id) {
                         return Ok(Inserted::Duplicate);
                     }
-                    list.push((author.clone(), item));
+                    if held >= MAX_WAITING {
+                        return Err(LogError::TooManyWaiting);
+                    }
+                    self.clock = self.clock.max(item.lamport);
+                    list.push((author.clone(), device, item));
                     return Ok(Inserted::Waiting);
                 }
-                self.apply_change(author, &item)?;
+                self.apply_change(author, position, &item)?;
+                self.clock = self.clock.max(item.lamport);
                 // A change is a message too: its id is now spent.
                 self.by_id.insert(item.id, self.by_id[&target]);
                 Ok(Inserted::Changed(target))
             }
             _ => {
-                if matches!(
-                    item.body,
-                    Body::GroupAdd { .. }
-                        | Body::GroupRemove { .. }
-                        | Body::GroupLeave
-                        | Body::GroupRename { .. }
-                ) {
+                self.clock = self.clock.max(item.lamport);
+                if group_change {
                     self.changes
                         .insert(position, (author.clone(), item.body.clone()));
                     self.members = self.members_at(Position {
@@ -261,14 +284,18 @@ impl Conversation {
                         body: item.body,
                         edited: false,
                         deleted: false,
+                        changed_by: None,
                     },
                 );
                 self.by_id.insert(item.id, position);
                 if let Some(changes) = self.waiting.remove(&item.id) {
-                    let mut changes = changes;
-                    changes.sort_by_key(|(_, c)| (c.lamport, c.id));
-                    for (who, change) in changes {
-                        if self.apply_change(&who, &change).is_ok() {
+                    for (who, device, change) in changes {
+                        let at = Position {
+                            lamport: change.lamport,
+                            device,
+                            id: change.id,
+                        };
+                        if self.apply_change(&who, at, &change).is_ok() {
                             self.by_id.insert(change.id, position);
                         }
                     }
@@ -278,7 +305,14 @@ impl Conversation {
         }
     }
 
-    fn apply_change(&mut self, author: &UserName, change: &Item) -> Result<(), LogError> {
+    /// Apply an edit or deletion at position `at` to its target, unless a later one (in the
+    /// conversation's order) was applied already or the target is deleted.
+    fn apply_change(
+        &mut self,
+        author: &UserName,
+        at: Position,
+        change: &Item,
+    ) -> Result<(), LogError> {
         let (Body::Edit { target, .. } | Body::Delete { target }) = &change.body else {
             return Ok(());
         };
@@ -287,9 +321,10 @@ impl Conversation {
         if &entry.author != author {
             return Err(LogError::NotAuthor);
         }
-        if entry.deleted {
+        if entry.deleted || entry.changed_by.is_some_and(|c| c > at) {
             return Ok(());
         }
+        entry.changed_by = Some(at);
         match &change.body {
             Body::Edit { text, .. } => {
                 if let Body::Text { text: old, .. } = &mut entry.body {
@@ -491,6 +526,44 @@ mod tests {
         let e = c.get(MessageId([1; 16])).unwrap();
         assert!(e.deleted);
         assert_eq!(texts(&c), vec![""]);
+    }
+
+    #[test]
+    fn two_edits_give_the_same_text_whatever_order_they_arrive_in() {
+        let (a, b) = (user("alice"), user("bob"));
+        let da = DeviceId([1; 16]);
+        let to = Target::Direct(b.clone());
+        let edit = |id: u8, lamport: u64, t: &str| Item {
+            id: MessageId([id; 16]),
+            to: to.clone(),
+            lamport,
+            sent_at: UnixTime(0),
+            body: Body::Edit {
+                target: MessageId([1; 16]),
+                text: t.into(),
+            },
+        };
+        let (first, second) = (edit(2, 2, "first fix"), edit(3, 3, "second fix"));
+        for order in [[&first, &second], [&second, &first]] {
+            let mut c = Conversation::direct(&a, &b);
+            c.insert(&a, da, text(to.clone(), 1, 1, "typo")).unwrap();
+            for e in order {
+                c.insert(&a, da, e.clone()).unwrap();
+            }
+            assert_eq!(texts(&c), vec!["second fix"]);
+        }
+        // Group changes have no place in a one-to-one conversation; a clock at its end stays.
+        let mut c = Conversation::direct(&a, &b);
+        let leave = Item {
+            id: MessageId([9; 16]),
+            to: to.clone(),
+            lamport: u64::MAX,
+            sent_at: UnixTime(0),
+            body: Body::GroupLeave,
+        };
+        assert_eq!(c.insert(&a, da, leave), Err(LogError::NotAGroup));
+        c.insert(&a, da, text(to, 4, u64::MAX, "late")).unwrap();
+        assert_eq!(c.next_lamport(), u64::MAX);
     }
 
     #[test]

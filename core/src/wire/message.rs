@@ -183,7 +183,13 @@ fn read_piece<'a>(r: &mut Reader<'a>) -> Result<Piece<'a>, DecodeError> {
     if count == 0 || usize::from(count) > MAX_CHAT_CHUNKS || index >= count {
         return Err(DecodeError::Invalid("chat piece index"));
     }
-    Ok((to, id, index, count, r.bytes_u16("chat piece", MAX_CHAT_CHUNK)?))
+    Ok((
+        to,
+        id,
+        index,
+        count,
+        r.bytes_u16("chat piece", MAX_CHAT_CHUNK)?,
+    ))
 }
 
 fn put_piece(out: &mut BytesMut, to: &DeviceId, id: &MessageId, index: u8, count: u8, data: &[u8]) {

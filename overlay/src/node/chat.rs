@@ -57,6 +57,11 @@ pub const MAX_OUTBOX: usize = 1024;
 pub const MAX_PARTIALS: usize = 256;
 /// A message being put together is given up after this long without a new piece.
 pub const PARTIAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most messages reported and not yet kept by the application; past it envelopes are left
+/// unopened (and sent again by their senders).
+pub const MAX_UNACKED: usize = 1024;
+/// Users whose devices are remembered from lookups; the oldest answer is forgotten first.
+const MAX_DIRECTORY: usize = 4096;
 /// Devices remembered with the link their last message came on.
 const MAX_HEARD: usize = 4096;
 
@@ -119,6 +124,11 @@ pub struct ChatStats {
     pub partials_dropped: u64,
     /// Copies sent again.
     pub resent: u64,
+    /// Messages not taken because [`MAX_OUTBOX`] wait already (the application keeps them).
+    pub outbox_full: u64,
+    /// Envelopes left unopened because [`MAX_UNACKED`] messages wait for the application
+    /// (their senders send them again).
+    pub unacked_full: u64,
 }
 
 /// One device's copy of a message we sent.
@@ -178,6 +188,13 @@ pub(crate) struct Chat {
     partials: BTreeMap<MessageId, Partial>,
     heard_via: BTreeMap<DeviceId, ConnId>,
     blocked: BTreeSet<UserName>,
+    /// Devices the login authority revoked: nothing is sealed for them or opened from them.
+    revoked: BTreeSet<DeviceId>,
+    /// Messages reported to the application and not yet acknowledged by it (see
+    /// [`Chat::stored`]): the sending device, and whether the message came from a mailbox.
+    unacked: BTreeMap<MessageId, (Opened, bool)>,
+    /// The application acknowledges what it keeps ([`NodeConfig::chat_app_receipts`]).
+    app_receipts: bool,
     stats: ChatStats,
 }
 
@@ -210,6 +227,9 @@ impl Chat {
             partials: BTreeMap::new(),
             heard_via: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            revoked: BTreeSet::new(),
+            unacked: BTreeMap::new(),
+            app_receipts: cfg.chat_app_receipts,
             stats: ChatStats::default(),
         }
     }
@@ -250,6 +270,23 @@ impl Chat {
         self.blocked = users;
     }
 
+    /// These devices are revoked: forget them.
+    pub fn revoke(&mut self, devices: &[DeviceId]) {
+        self.revoked.extend(devices.iter().copied());
+        for out in self.outbox.values_mut() {
+            out.copies.retain(|d, _| !devices.contains(d));
+        }
+        for k in self.directory.values_mut() {
+            k.devices
+                .retain(|(keys, _, _)| !devices.contains(&keys.device()));
+        }
+        for d in devices {
+            self.heard_via.remove(d);
+        }
+        self.unacked
+            .retain(|_, (o, _)| !devices.contains(&o.device));
+    }
+
     /// Counters.
     pub fn stats(&self) -> ChatStats {
         self.stats
@@ -271,11 +308,10 @@ impl Chat {
             return;
         }
         let once = !item.body.is_stored();
-        if !once && self.outbox.len() >= MAX_OUTBOX {
-            cx.out.events.push_back(NodeEvent::Chat(ChatEvent::Failed {
-                id: item.id,
-                error: format!("{MAX_OUTBOX} messages already wait for their receipts"),
-            }));
+        if self.outbox.len() >= MAX_OUTBOX {
+            // Not a failure of the message: it stays queued by the application (the client
+            // keeps it in its history's queue and hands it over again at its next start).
+            self.stats.outbox_full += 1;
             return;
         }
         let mut users = users;
@@ -298,6 +334,29 @@ impl Chat {
             self.seal_for(cx, id, &user);
         }
         self.send_due(cx);
+        self.tidy(cx);
+    }
+
+    /// Drop the messages with nothing left to do: no copy waiting for its receipt, no user
+    /// waiting for a lookup. One that no device could be sealed for failed.
+    fn tidy(&mut self, cx: &mut Cx<'_>) {
+        let done: Vec<MessageId> = self
+            .outbox
+            .iter()
+            .filter(|(_, o)| o.copies.is_empty() && o.waiting.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let Some(o) = self.outbox.remove(&id) else {
+                continue;
+            };
+            if !o.once && !o.sent && o.delivered.is_empty() {
+                cx.out.events.push_back(NodeEvent::Chat(ChatEvent::Failed {
+                    id,
+                    error: "no device of the recipients could be reached".into(),
+                }));
+            }
+        }
     }
 
     /// Seal message `id` for every known device of `user` without a copy yet, or look the
@@ -318,15 +377,20 @@ impl Chat {
         let me = cx.cfg.identity.device.device_id();
         let devices = &self.directory[user].devices;
         // A user with no device known (but this one) waits, and is looked up again now and
-        // then; our own other devices are best effort.
-        if user != &self.me && devices.iter().all(|(k, _, _)| k.device() == me) {
+        // then; our own other devices are best effort; receipts and typing never wait.
+        if !out.once && user != &self.me && devices.iter().all(|(k, _, _)| k.device() == me) {
             out.waiting.insert(user.clone());
             return;
         }
         out.waiting.remove(user);
         for (keys, _, online) in devices {
             let device = keys.device();
-            if device == me || out.copies.contains_key(&device) || out.delivered.contains(&device) {
+            if device == me
+                || out.copies.contains_key(&device)
+                || out.delivered.contains(&device)
+                || self.revoked.contains(&device)
+                || (out.once && !online)
+            {
                 continue;
             }
             match self
@@ -450,7 +514,11 @@ impl Chat {
         let sn = self
             .directory
             .get(user)
-            .and_then(|k| k.devices.iter().find(|(keys, _, _)| keys.device() == device))
+            .and_then(|k| {
+                k.devices
+                    .iter()
+                    .find(|(keys, _, _)| keys.device() == device)
+            })
             .filter(|(_, _, online)| *online)
             .and_then(|(_, sn, _)| *sn);
         let pieces = chunks(device, id, bytes);
@@ -521,6 +589,7 @@ impl Chat {
         let devices: Vec<(DeviceKeys, Option<SocketAddr>, bool)> = match outcome.result {
             SearchResult::Found(records) => records
                 .into_iter()
+                .filter(|r| !self.revoked.contains(&r.device()))
                 .filter_map(|r| {
                     let sn = r.super_nodes.first().copied();
                     r.device_keys().map(|k| (k, sn, r.online))
@@ -529,8 +598,15 @@ impl Chat {
             SearchResult::NotFound | SearchResult::Unavailable => Vec::new(),
         };
         // Copies follow their device: to its mailbox once it is offline, straight to it again
-        // once it is online (what a mailbox took stays there: it is delivered from there).
+        // once it is online (what a mailbox took stays there: it is delivered from there). A
+        // device the user no longer has (revoked, its records expired) gets none.
+        let found_any = !devices.is_empty();
         for out in self.outbox.values_mut() {
+            out.copies.retain(|device, c| {
+                c.user != user
+                    || !found_any
+                    || devices.iter().any(|(k, _, _)| k.device() == *device)
+            });
             for (device, c) in out.copies.iter_mut() {
                 if c.user != user || c.stored {
                     continue;
@@ -542,6 +618,16 @@ impl Chat {
                         c.next = cx.now;
                     }
                 }
+            }
+        }
+        if !self.directory.contains_key(&user) && self.directory.len() >= MAX_DIRECTORY {
+            let oldest = self
+                .directory
+                .iter()
+                .min_by_key(|(_, k)| k.at)
+                .map(|(u, _)| u.clone());
+            if let Some(u) = oldest {
+                self.directory.remove(&u);
             }
         }
         self.directory.insert(
@@ -569,13 +655,7 @@ impl Chat {
             }
         }
         self.send_due(cx);
-        self.finish_waiting(cx);
-    }
-
-    /// Messages sent once (receipts, typing) that found no device are done with.
-    fn finish_waiting(&mut self, _cx: &mut Cx<'_>) {
-        self.outbox
-            .retain(|_, o| !(o.once && o.copies.is_empty() && o.waiting.is_empty()));
+        self.tidy(cx);
     }
 
     /// A chat message on session `conn`.
@@ -608,15 +688,9 @@ impl Chat {
                 return;
             }
             if let Some(bytes) = self.piece(cx.now, id, index, count, data) {
-                self.on_envelope(cx, conn, &bytes, from_mailbox);
-                if from_mailbox {
+                if self.on_envelope(cx, conn, &bytes, from_mailbox) && from_mailbox {
                     // Held here now (or refused for good): the mailbox may let it go.
-                    let ack = Message::MailboxAck {
-                        user: self.me.clone(),
-                        device: to,
-                        ids: vec![id],
-                    };
-                    send_to_own_super_node(cx, &encode(&ack));
+                    self.ack_mailbox(cx, id);
                 }
             }
             return;
@@ -695,18 +769,32 @@ impl Chat {
     }
 
     /// A whole envelope arrived on `conn` (from a mailbox: our super node does not know its
-    /// sender, so answers go through the sender's own super node, looked up).
+    /// sender, so answers go through the sender's own super node, looked up). Returns true
+    /// when a mailbox holding it may let it go now (it opened and needs no acknowledgement
+    /// from the application, or it never will open).
     fn on_envelope(
         &mut self,
         cx: &mut Cx<'_>,
         conn: Option<ConnId>,
         bytes: &[u8],
         from_mailbox: bool,
-    ) {
+    ) -> bool {
         let Ok(envelope) = Envelope::decode(bytes) else {
             self.stats.refused += 1;
-            return;
+            return true;
         };
+        if self.revoked.contains(&envelope.from) {
+            self.stats.refused += 1;
+            return true;
+        }
+        if self.app_receipts
+            && self.unacked.len() >= MAX_UNACKED
+            && !self.unacked.contains_key(&envelope.id)
+        {
+            // Not opened (its message key is not used up): its sender sends it again.
+            self.stats.unacked_full += 1;
+            return false;
+        }
         let conn = if from_mailbox {
             self.heard_via.remove(&envelope.from);
             None
@@ -719,24 +807,62 @@ impl Chat {
         {
             Ok(opened) => {
                 self.remember_link(envelope.from, conn);
-                self.opened(cx, opened);
+                self.opened(cx, opened, from_mailbox)
             }
             Err(ChatError::Replay) => {
+                self.stats.duplicates += 1;
+                if let Some((opened, _)) = self.unacked.get(&envelope.id) {
+                    // Reported, not yet kept by the application (it may have failed to):
+                    // report it again rather than answer for it.
+                    if opened.device == envelope.from {
+                        let again = Box::new(opened.clone());
+                        cx.out
+                            .events
+                            .push_back(NodeEvent::Chat(ChatEvent::Received(again)));
+                    }
+                    return false;
+                }
                 // Our receipt may have been lost: send it again (a copy of a receipt gets
                 // one too, which its sender ignores). Never to a blocked user.
-                self.stats.duplicates += 1;
                 let blocked = self
                     .channels
                     .peer_keys(envelope.from)
                     .is_some_and(|k| self.blocked.contains(k.user()));
-                if blocked {
-                    return;
+                if !blocked {
+                    self.remember_link(envelope.from, conn);
+                    self.receipt(cx, envelope.from, vec![envelope.id]);
                 }
-                self.remember_link(envelope.from, conn);
-                self.receipt(cx, envelope.from, vec![envelope.id]);
+                true
             }
-            Err(_) => self.stats.refused += 1,
+            Err(_) => {
+                self.stats.refused += 1;
+                true
+            }
         }
+    }
+
+    /// The application keeps these messages now (see [`NodeConfig::chat_app_receipts`]): their
+    /// senders get their receipts, and the mailboxes that held any let them go.
+    pub fn stored(&mut self, cx: &mut Cx<'_>, ids: &[MessageId]) {
+        for id in ids {
+            let Some((opened, from_mailbox)) = self.unacked.remove(id) else {
+                continue;
+            };
+            self.receipt(cx, opened.device, vec![*id]);
+            if from_mailbox {
+                self.ack_mailbox(cx, *id);
+            }
+        }
+    }
+
+    /// Tell the mailbox's super nodes that we hold message `id`.
+    fn ack_mailbox(&mut self, cx: &mut Cx<'_>, id: MessageId) {
+        let ack = Message::MailboxAck {
+            user: self.me.clone(),
+            device: cx.cfg.identity.device.device_id(),
+            ids: vec![id],
+        };
+        send_to_own_super_node(cx, &encode(&ack));
     }
 
     fn remember_link(&mut self, device: DeviceId, conn: Option<ConnId>) {
@@ -749,10 +875,11 @@ impl Chat {
         self.heard_via.insert(device, conn);
     }
 
-    fn opened(&mut self, cx: &mut Cx<'_>, opened: Opened) {
+    /// A message opened; returns true when a mailbox holding it may let it go now.
+    fn opened(&mut self, cx: &mut Cx<'_>, opened: Opened, from_mailbox: bool) -> bool {
         if self.blocked.contains(&opened.user) {
             self.stats.blocked += 1;
-            return;
+            return true;
         }
         match &opened.item.body {
             Body::Receipt {
@@ -776,12 +903,22 @@ impl Chat {
                 on: *on,
             })),
             _ => {
+                if self.app_receipts {
+                    // The receipt waits until the application says it keeps the message.
+                    self.unacked
+                        .insert(opened.item.id, (opened.clone(), from_mailbox));
+                    cx.out
+                        .events
+                        .push_back(NodeEvent::Chat(ChatEvent::Received(Box::new(opened))));
+                    return false;
+                }
                 self.receipt(cx, opened.device, vec![opened.item.id]);
                 cx.out
                     .events
                     .push_back(NodeEvent::Chat(ChatEvent::Received(Box::new(opened))));
             }
         }
+        true
     }
 
     /// Device `device` of `user` holds message `id`.
@@ -895,7 +1032,9 @@ impl Chat {
             self.lookups.remove(&user);
             self.look_up(cx, &user);
         }
+        self.directory.retain(|_, k| now < k.at + DIRECTORY_TTL);
         self.send_due(cx);
+        self.tidy(cx);
     }
 
     /// When this part next wants its timer.
@@ -910,19 +1049,20 @@ impl Chat {
             .values()
             .map(|p| p.last + PARTIAL_TIMEOUT)
             .min();
+        // A waiting user is asked again [`WAITING_RECHECK`] after its last answer (one with a
+        // lookup in flight waits for it), and a lookup with no answer that long after it.
         let waiting = self
             .outbox
             .values()
-            .any(|o| !o.waiting.is_empty())
-            .then(|| {
-                self.directory
-                    .values()
-                    .map(|k| k.at + WAITING_RECHECK)
-                    .chain(self.lookups.values().map(|at| *at + WAITING_RECHECK))
-                    .min()
-            })
-            .flatten();
-        [copies, partials, waiting].into_iter().flatten().min()
+            .flat_map(|o| o.waiting.iter())
+            .filter(|u| !self.lookups.contains_key(*u))
+            .filter_map(|u| self.directory.get(u).map(|k| k.at + WAITING_RECHECK))
+            .min();
+        let lookups = self.lookups.values().map(|at| *at + WAITING_RECHECK).min();
+        [copies, partials, waiting, lookups]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

@@ -95,6 +95,11 @@ pub struct NodeConfig {
     pub search_timeout: Duration,
     /// Connectivity checks and path switching of calls.
     pub call_paths: PathConfig,
+    /// The application acknowledges every chat message it keeps
+    /// ([`super::Node::chat_stored`]); only then does the node send the sender its receipt and
+    /// let a mailbox drop it, so that nothing is reported delivered that the application
+    /// failed to keep. `false` (the default): the node answers as soon as a message opens.
+    pub chat_app_receipts: bool,
     /// The media relay, as a super node (quotas, idle timeout; the seed is drawn by the node).
     pub relay: crate::relay::RelayConfig,
 }
@@ -145,6 +150,7 @@ impl NodeConfig {
             presence_refresh: Duration::from_secs(1800),
             search_timeout: Duration::from_secs(3),
             call_paths: PathConfig::default(),
+            chat_app_receipts: false,
             relay: crate::relay::RelayConfig::new([0; 32]),
         }
     }

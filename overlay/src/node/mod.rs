@@ -68,9 +68,9 @@ mod super_node;
 mod uplink;
 
 pub use calls::{DialError, DialOutcome};
-pub use chat::{ChatEvent, ChatStats, MAX_OUTBOX, MAX_PARTIALS, PARTIAL_TIMEOUT};
-pub use super_node::MailboxStats;
+pub use chat::{ChatEvent, ChatStats, MAX_OUTBOX, MAX_PARTIALS, MAX_UNACKED, PARTIAL_TIMEOUT};
 pub use config::{Load, NodeConfig, RolePolicy};
+pub use super_node::MailboxStats;
 
 use calls::Calls;
 use chat::Chat;
@@ -551,6 +551,7 @@ impl Node {
             sn.revoke(&devices);
         }
         self.lookup.revoke(&devices);
+        self.chat.revoke(&devices);
         self.endpoint.revoke(now, devices);
         self.drive(now);
     }
@@ -597,6 +598,15 @@ impl Node {
     ) {
         let mut cx = cx!(self, now, PartId::Chat);
         self.chat.send(&mut cx, users, item);
+        self.drive(now);
+    }
+
+    /// The application keeps these chat messages now (with
+    /// [`NodeConfig::chat_app_receipts`]): their senders get their receipts, and mailboxes let
+    /// them go. Until then a copy that arrives again is reported again.
+    pub fn chat_stored(&mut self, now: Instant, ids: Vec<natter_core::chat::MessageId>) {
+        let mut cx = cx!(self, now, PartId::Chat);
+        self.chat.stored(&mut cx, &ids);
         self.drive(now);
     }
 

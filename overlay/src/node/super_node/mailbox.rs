@@ -303,7 +303,13 @@ impl Mailboxes {
 
     /// A piece of a waiting message from a mailbox's super node, on session `conn`: for one
     /// of our clients (or us).
-    pub fn deliver(&mut self, cx: &mut Cx<'_>, role: &SuperNodeRole, conn: ConnId, msg: &Message<'_>) {
+    pub fn deliver(
+        &mut self,
+        cx: &mut Cx<'_>,
+        role: &SuperNodeRole,
+        conn: ConnId,
+        msg: &Message<'_>,
+    ) {
         let Message::MailboxDeliver { to, .. } = msg else {
             return;
         };
@@ -317,7 +323,11 @@ impl Mailboxes {
             );
             return;
         }
-        match role.clients().find(|(_, c)| c.device == *to).map(|(c, _)| *c) {
+        match role
+            .clients()
+            .find(|(_, c)| c.device == *to)
+            .map(|(c, _)| *c)
+        {
             Some(c) => {
                 let _ = cx.sessions.send(cx.now, c, msg);
             }
@@ -343,18 +353,19 @@ impl Mailboxes {
         if from_client {
             // Only a device may empty its own mailbox.
             let own = match conn {
-                Some(c) => cx
-                    .sessions
-                    .view()
-                    .peer(c)
-                    .is_some_and(|p| p.certificate.device == *device && &p.certificate.user == user),
+                Some(c) => cx.sessions.view().peer(c).is_some_and(|p| {
+                    p.certificate.device == *device && &p.certificate.user == user
+                }),
                 None => *device == cx.cfg.identity.device.device_id(),
             };
             if !own {
                 cx.out.stats.overlay_dropped += 1;
                 return;
             }
-            for r in index.ring().successors(Key::of_user(user), MAILBOX_REPLICAS) {
+            for r in index
+                .ring()
+                .successors(Key::of_user(user), MAILBOX_REPLICAS)
+            {
                 if r.addr == cx.cfg.listen {
                     self.delete(*device, ids);
                 } else {
@@ -411,7 +422,11 @@ impl Mailboxes {
 
     /// When the mailboxes next want the timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let partial = self.partials.values().map(|p| p.last + PARTIAL_TIMEOUT).min();
+        let partial = self
+            .partials
+            .values()
+            .map(|p| p.last + PARTIAL_TIMEOUT)
+            .min();
         let expiry = self
             .boxes
             .values()
