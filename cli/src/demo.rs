@@ -991,6 +991,16 @@ fn index_and_calls(
         Err(e) => r.fail(&e),
     }
     let t = r.step(
+        "bob goes offline; alice writes to him: the sealed message waits in bob's mailbox on the super nodes after his index key; bob comes back and gets it at once",
+    );
+    match offline_step(&clients[0], &clients[1], &super_nodes) {
+        Ok((detail, arrived)) => {
+            r.ok(t, &detail);
+            r.row("Mailbox message reaching a device back online", ms(arrived));
+        }
+        Err(e) => r.fail(&e),
+    }
+    let t = r.step(
         "bob's microphone hears his speaker (a synthetic room: 100 ms, 300 ms of reverberation): alice hears herself, until bob turns on echo cancellation, noise suppression and gain control",
     );
     match echo_step(&clients[0], &clients[1]) {
@@ -1236,6 +1246,64 @@ fn chat_step(alice: &Client, bob: &Client) -> Result<(String, Duration, Duration
         ),
         arrived,
         delivered,
+    ))
+}
+
+/// Messages the super nodes keep in mailboxes now.
+fn mailbox_messages(super_nodes: &[Client]) -> usize {
+    super_nodes
+        .iter()
+        .filter_map(|s| s.status().and_then(|st| st.mailbox))
+        .map(|m| m.messages)
+        .sum()
+}
+
+/// bob stops; alice writes to him; the message goes to bob's mailbox; bob starts again and
+/// gets it. Returns the details and how long after bob's start the message arrived.
+fn offline_step(
+    alice: &Client,
+    bob: &Client,
+    super_nodes: &[Client],
+) -> Result<(String, Duration), String> {
+    bob.stop().map_err(|e| format!("stopping bob: {e}"))?;
+    let sent = alice
+        .send_message("bob", "Call me when you're back")
+        .map_err(|e| format!("writing: {e}"))?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while mailbox_messages(super_nodes) == 0 {
+        if Instant::now() > deadline {
+            return Err("the message never reached a mailbox".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kept = mailbox_messages(super_nodes);
+    // Presence records are numbered by the second: start in the next one.
+    std::thread::sleep(Duration::from_millis(1100));
+    let started = Instant::now();
+    bob.start().map_err(|e| format!("starting bob: {e}"))?;
+    wait_event(
+        bob,
+        "the message from the mailbox",
+        &|e| matches!(e, Event::MessageReceived { message } if message.id == sent.id),
+    )?;
+    let arrived = started.elapsed();
+    wait_event(alice, "bob's receipt", &|e| {
+        matches!(e, Event::MessageStatus { id, status: natter::MessageStatus::Delivered, .. }
+            if *id == sent.id)
+    })?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while mailbox_messages(super_nodes) > 0 {
+        if Instant::now() > deadline {
+            return Err("the mailboxes kept the delivered message".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((
+        format!(
+            "kept by {kept} super node(s) while bob was away; it reached bob {} after he started (attaching included), his receipt came back to alice, and the mailboxes let it go",
+            ms(arrived)
+        ),
+        arrived,
     ))
 }
 

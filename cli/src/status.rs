@@ -58,6 +58,9 @@ pub struct Status {
     pub index: Option<IndexStatus>,
     /// The relay service (super nodes).
     pub relay: Option<RelayStatus>,
+    /// Chat mailboxes: messages kept for offline devices (super nodes).
+    #[serde(default)]
+    pub mailbox: Option<MailboxStatus>,
     /// Share of a core the node's event loop is busy (0 to 1).
     pub cpu: f32,
     /// Bytes per second sent and received.
@@ -92,6 +95,19 @@ pub struct RelayStatus {
     pub relayed_bytes: u64,
     /// Frames dropped since start (malformed, unknown channel, not a party, over the rate).
     pub dropped: u64,
+}
+
+/// The mailbox part of [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MailboxStatus {
+    /// Sealed messages kept now for offline devices.
+    pub messages: usize,
+    /// Their bytes.
+    pub bytes: usize,
+    /// Messages taken since start.
+    pub stored: u64,
+    /// Messages refused since start (a bound reached).
+    pub refused: u64,
 }
 
 /// What the status needs besides the node itself.
@@ -141,6 +157,12 @@ impl Status {
                 relayed_packets: r.relayed_packets,
                 relayed_bytes: r.relayed_bytes,
                 dropped: r.dropped,
+            }),
+            mailbox: n.mailbox.map(|m| MailboxStatus {
+                messages: m.messages,
+                bytes: m.bytes,
+                stored: m.stored,
+                refused: m.refused,
             }),
             cpu: n.cpu,
             bytes_per_sec: n.bytes_per_sec,
@@ -240,6 +262,16 @@ impl Status {
                 r.allocated,
                 r.refused,
                 r.dropped
+            ));
+        }
+        if let Some(m) = &self.mailbox {
+            out.push(format!(
+                "mailbox: {} messages ({}) kept for offline devices; {} stored, {} refused since \
+                 start",
+                m.messages,
+                bytes(m.bytes as u64),
+                m.stored,
+                m.refused
             ));
         }
         out.push(format!(
@@ -421,6 +453,12 @@ mod tests {
                 relayed_packets: 1500,
                 relayed_bytes: 2_400_000,
                 dropped: 0,
+            }),
+            mailbox: Some(MailboxStatus {
+                messages: 3,
+                bytes: 1800,
+                stored: 5,
+                refused: 0,
             }),
             cpu: 0.02,
             bytes_per_sec: 1234,

@@ -35,7 +35,7 @@ use crate::error::{
 use crate::events::{Event, Events};
 use crate::network::Network;
 use crate::presence::{Availability, Presence, PresenceError, PresenceState, MAX_MOOD};
-use crate::status::{IndexStatus, NodeStatus, RelayStatus};
+use crate::status::{IndexStatus, MailboxStatus, NodeStatus, RelayStatus};
 use crate::types::{CallId, NodeRole, RequestId, SearchId};
 use crate::worker::Worker;
 
@@ -1311,6 +1311,12 @@ impl Client {
                 stored: d.stats().stored,
                 refused: d.stats().refused,
                 searches: d.searches_in_progress(),
+            }),
+            mailbox: n.mailbox_stats().map(|m| MailboxStatus {
+                messages: m.kept,
+                bytes: m.bytes,
+                stored: m.stored,
+                refused: m.refused,
             }),
             relay: n.relay().map(|r| {
                 let st = r.stats();

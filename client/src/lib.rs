@@ -85,7 +85,7 @@ pub use events::EventStream;
 pub use events::{AudioError, Event, Events, MAX_QUEUED};
 pub use network::{Network, NetworkError};
 pub use presence::{Availability, Presence, PresenceError, MAX_MOOD};
-pub use status::{IndexStatus, NodeStatus, RelayStatus};
+pub use status::{IndexStatus, MailboxStatus, NodeStatus, RelayStatus};
 pub use types::{
     AudioStats, CallId, CallState, CallStats, DeviceRecord, EndReason, Found, NodeRole, PathInfo,
     PathReason, Refusal, RequestId, SearchId, SearchOutcome,

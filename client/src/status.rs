@@ -29,6 +29,8 @@ pub struct NodeStatus {
     pub index: Option<IndexStatus>,
     /// Its relay service (super nodes).
     pub relay: Option<RelayStatus>,
+    /// Its share of the chat mailboxes (super nodes): messages kept for offline devices.
+    pub mailbox: Option<MailboxStatus>,
     /// Share of a core its event loop is busy (0 to 1), last second.
     pub cpu: f32,
     /// Bytes per second sent and received, last second.
@@ -47,6 +49,20 @@ pub struct IndexStatus {
     pub refused: u64,
     /// Searches in progress.
     pub searches: usize,
+}
+
+/// The mailbox part of [`NodeStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MailboxStatus {
+    /// Sealed messages kept now for devices that are offline.
+    pub messages: usize,
+    /// Their bytes.
+    pub bytes: usize,
+    /// Messages taken since start.
+    pub stored: u64,
+    /// Messages refused since start (a device's, a sender's or the node's bound reached).
+    pub refused: u64,
 }
 
 /// The relay part of [`NodeStatus`].

@@ -82,15 +82,20 @@ impl ChatForwarding {
             .find(|(_, c)| c.device == *to)
             .map(|(c, _)| *c)
             .or_else(|| self.senders.get(to).map(|s| s.conn));
-        match target {
+        let sent = match target {
             Some(target) if Some(target) != conn => {
-                if cx.sessions.send(cx.now, target, msg).is_ok() {
-                    self.forwarded += 1;
-                } else {
-                    cx.out.stats.overlay_dropped += 1;
+                let ok = cx.sessions.send(cx.now, target, msg).is_ok();
+                if !ok {
+                    // A session that ended (the device left): forget it.
+                    self.senders.remove(to);
                 }
+                ok
             }
-            _ => {
+            _ => false,
+        };
+        match sent {
+            true => self.forwarded += 1,
+            false => {
                 if let Some(conn) = conn {
                     let _ = cx.sessions.send(
                         cx.now,
