@@ -1093,6 +1093,11 @@ impl Client {
         cfg.call_paths.direct = !s.relay_only;
         // A sender hears "delivered" only once the history keeps the message.
         cfg.chat_app_receipts = true;
+        // Messages this node kept for offline devices as a super node, the last time.
+        cfg.mailboxes = s
+            .data_dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.join("mailboxes.bin")).ok());
         cfg.attach.fallback_ports = s.fallback_ports;
         let sockets = crate::bind::bind(&mut cfg)
             .map_err(|(address, source)| StartError::Bind { address, source })?;
@@ -1466,7 +1471,7 @@ impl Client {
         self.edit_contacts(user, |c, u| c.block(u, blocked))
     }
 
-    /// Write `text` to `user`: stored in the history at once ([`MessageStatus::Sending`]),
+    /// Write `text` to `user`: stored in the history at once ([`MessageStatus::Sending`](crate::MessageStatus::Sending)),
     /// sealed end to end for every device of theirs and every other device of this user, and
     /// sent through their super nodes when the node runs (queued until then, across
     /// restarts). [`Event::MessageStatus`] reports it sent, then delivered (a device of

@@ -50,6 +50,8 @@ pub(crate) struct Worker {
     last_save: Instant,
     /// A chat event moved the end-to-end channels since they were last saved.
     chat_dirty: bool,
+    /// The generation of the mailboxes last saved.
+    mailbox_generation: Option<u64>,
 }
 
 impl Worker {
@@ -92,6 +94,7 @@ impl Worker {
             renewing: true,
             last_save: Instant::now(),
             chat_dirty: false,
+            mailbox_generation: None,
         }
     }
 
@@ -123,6 +126,7 @@ impl Worker {
         self.handle.command(|n, now| n.go_offline(now));
         self.save_cache();
         self.save_chat();
+        self.save_mailboxes(true);
         for e in events {
             self.shared.events.push(e);
         }
@@ -176,6 +180,32 @@ impl Worker {
         }
         if self.chat_dirty {
             self.save_chat();
+        }
+        self.save_mailboxes(false);
+    }
+
+    /// Keep a super node's mailboxes in the data directory (`mailboxes.bin`) when they changed
+    /// (or always, with `force`): messages kept for offline devices survive a restart.
+    fn save_mailboxes(&mut self, force: bool) {
+        let Some(dir) = self.shared.settings.data_dir.clone() else {
+            return;
+        };
+        let generation = self.handle.command(|n, _| n.mailbox_generation()).flatten();
+        if generation.is_none() || (!force && generation == self.mailbox_generation) {
+            return;
+        }
+        if let Some((generation, saved)) = self
+            .handle
+            .command(|n, now| n.save_mailboxes(now))
+            .flatten()
+        {
+            let path = dir.join("mailboxes.bin");
+            match natter_transport::login::files::write_private(&path, &saved) {
+                Ok(()) => self.mailbox_generation = Some(generation),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "saving the mailboxes")
+                }
+            }
         }
     }
 

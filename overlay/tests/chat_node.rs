@@ -242,9 +242,48 @@ fn a_message_to_an_offline_device_waits_in_its_mailbox_and_arrives_when_it_comes
     assert_eq!(sent, 3, "each message handed to the mailbox");
     // Three super nodes keep each (the user's first three ring successors).
     assert_eq!(kept(&w), 9);
-    // user6 starts again, an hour later.
+    // user6 stays away an hour.
     w.sim.run_for(Duration::from_secs(3600));
     assert_eq!(kept(&w), 9, "kept while the device is away");
+    // Then every super node holding them restarts, from what it kept on disk.
+    let holders: Vec<(usize, HostId)> = w
+        .sns
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            w.sim
+                .machine::<Node>(**h)
+                .mailbox_stats()
+                .is_some_and(|m| m.kept > 0)
+        })
+        .map(|(i, h)| (i, *h))
+        .collect();
+    assert_eq!(holders.len(), 3);
+    for &(i, h) in &holders {
+        let saved = w
+            .sim
+            .with_machine(h, |n: &mut Node, now| n.save_mailboxes(now));
+        let (_, saved) = saved.expect("a super node");
+        w.sim.crash(h);
+        w.sim.run_for(Duration::from_secs(1));
+        let net = natter_core::testkit::TestNetwork::new(seed);
+        let machine = common::sim::super_node_machine(
+            &w.sim,
+            net.identity(&format!("sn{i}")),
+            [i as u8; 32],
+            std::net::SocketAddr::from(([198, 18, i as u8, 10], 4000)),
+            Some(std::net::SocketAddr::from((
+                [198, 18, 100 + i as u8, 10],
+                4001,
+            ))),
+            &world_bootstrap(seed),
+            |cfg| cfg.mailboxes = Some(saved),
+        );
+        w.sim.restart(h, machine);
+    }
+    w.sim.run_for(Duration::from_secs(10));
+    assert_eq!(kept(&w), 9, "kept across the restarts");
+    // user6 starts again.
     let restarted = w.sim.elapsed();
     let wall = natter_core::crypto::UnixTime(TEST_WALL.0 + restarted.as_secs());
     let node = user_node(seed, 6, w.sim.now(), wall, &world_bootstrap(seed));

@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use natter_core::crypto::UserName;
-use natter_core::overlay::HostCache;
 use natter_core::overlay::{SearchOutcome, SearchResult};
-use natter_core::testkit::{TestNetwork, TEST_WALL};
+use natter_core::testkit::TestNetwork;
 use natter_overlay::node::{Node, NodeEvent};
 use natter_sim::{HostId, Sim};
 
@@ -174,15 +173,7 @@ fn searches_stay_fast_after_a_super_node_restarts() {
     w.sim.crash(sn);
     w.sim.run_for(Duration::from_secs(1));
     let net = TestNetwork::new(24);
-    let mut bootstrap = HostCache::new();
-    for i in 0..SUPER_NODES {
-        let key = net.identity(&format!("sn{i}")).device.dh_public();
-        bootstrap.insert(
-            SocketAddr::from(([198, 18, i, 10], 4000)),
-            Some(key),
-            TEST_WALL,
-        );
-    }
+    let bootstrap = common::sim::world_bootstrap(24);
     let machine = common::sim::super_node_machine(
         &w.sim,
         net.identity("sn0"),

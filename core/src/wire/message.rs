@@ -709,6 +709,9 @@ pub enum Message<'a> {
     /// [`Message::MailboxStored`]; from that super node to those. Pieces as in
     /// [`Message::ChatChunk`].
     MailboxPut {
+        /// False from the sending device (forward it to the mailbox's super nodes), true from
+        /// a super node to those (keep it; never forwarded again).
+        forwarded: bool,
         /// The recipient user.
         user: UserName,
         /// The recipient device.
@@ -749,6 +752,9 @@ pub enum Message<'a> {
     /// (which checks the session is that device's), and from there to the mailbox's super
     /// nodes, which delete them.
     MailboxAck {
+        /// False from the device (pass it on to the mailbox's super nodes), true from its
+        /// super node to those (never passed on again).
+        forwarded: bool,
         /// The user.
         user: UserName,
         /// The device.
@@ -1218,9 +1224,11 @@ impl<'a> Message<'a> {
                 id: MessageId(r.array()?),
             },
             MessageType::MailboxPut => {
+                let forwarded = r.bool("forwarded flag")?;
                 let user = read_user(&mut r)?;
                 let (to, id, index, count, data) = read_piece(&mut r)?;
                 Message::MailboxPut {
+                    forwarded,
                     user,
                     to,
                     id,
@@ -1244,6 +1252,7 @@ impl<'a> Message<'a> {
                 }
             }
             MessageType::MailboxAck => {
+                let forwarded = r.bool("forwarded flag")?;
                 let user = read_user(&mut r)?;
                 let device = DeviceId(r.array()?);
                 let n = usize::from(r.u8()?);
@@ -1257,7 +1266,12 @@ impl<'a> Message<'a> {
                 let ids = (0..n)
                     .map(|_| r.array().map(MessageId))
                     .collect::<Result<_, _>>()?;
-                Message::MailboxAck { user, device, ids }
+                Message::MailboxAck {
+                    forwarded,
+                    user,
+                    device,
+                    ids,
+                }
             }
             MessageType::IndexSearch => Message::IndexSearch {
                 query: r.u32()?,
@@ -1566,6 +1580,7 @@ impl<'a> Message<'a> {
                 data,
             } => put_piece(out, to, id, *index, *count, data),
             Message::MailboxPut {
+                forwarded,
                 user,
                 to,
                 id,
@@ -1573,6 +1588,7 @@ impl<'a> Message<'a> {
                 count,
                 data,
             } => {
+                out.put_u8(u8::from(*forwarded));
                 out.put_u8(user.as_str().len() as u8);
                 out.put_slice(user.as_str().as_bytes());
                 put_piece(out, to, id, *index, *count, data);
@@ -1588,7 +1604,13 @@ impl<'a> Message<'a> {
                 count,
                 data,
             } => put_piece(out, to, id, *index, *count, data),
-            Message::MailboxAck { user, device, ids } => {
+            Message::MailboxAck {
+                forwarded,
+                user,
+                device,
+                ids,
+            } => {
+                out.put_u8(u8::from(*forwarded));
                 out.put_u8(user.as_str().len() as u8);
                 out.put_slice(user.as_str().as_bytes());
                 out.put_slice(&device.0);
@@ -1996,6 +2018,7 @@ mod tests {
                 id: MessageId([2; 16]),
             },
             Message::MailboxPut {
+                forwarded: true,
                 user: UserName::parse("bob").unwrap(),
                 to: DeviceId([1; 16]),
                 id: MessageId([2; 16]),
@@ -2015,6 +2038,7 @@ mod tests {
                 data: vec![1, 2, 3],
             },
             Message::MailboxAck {
+                forwarded: false,
                 user: UserName::parse("bob").unwrap(),
                 device: DeviceId([1; 16]),
                 ids: vec![MessageId([9; 16]); MAX_MAILBOX_ACK],

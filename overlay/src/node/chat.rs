@@ -858,6 +858,7 @@ impl Chat {
     /// Tell the mailbox's super nodes that we hold message `id`.
     fn ack_mailbox(&mut self, cx: &mut Cx<'_>, id: MessageId) {
         let ack = Message::MailboxAck {
+            forwarded: false,
             user: self.me.clone(),
             device: cx.cfg.identity.device.device_id(),
             ids: vec![id],
@@ -1109,6 +1110,7 @@ fn to_mailbox(
                 count,
                 data,
             }) => Some(encode(&Message::MailboxPut {
+                forwarded: false,
                 user: user.clone(),
                 to,
                 id,

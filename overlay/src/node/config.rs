@@ -100,6 +100,9 @@ pub struct NodeConfig {
     /// let a mailbox drop it, so that nothing is reported delivered that the application
     /// failed to keep. `false` (the default): the node answers as soon as a message opens.
     pub chat_app_receipts: bool,
+    /// Mailboxes an earlier run of this super node kept on disk ([`super::Node::save_mailboxes`]):
+    /// taken back when the node takes the super-node role.
+    pub mailboxes: Option<Vec<u8>>,
     /// The media relay, as a super node (quotas, idle timeout; the seed is drawn by the node).
     pub relay: crate::relay::RelayConfig,
 }
@@ -151,6 +154,7 @@ impl NodeConfig {
             search_timeout: Duration::from_secs(3),
             call_paths: PathConfig::default(),
             chat_app_receipts: false,
+            mailboxes: None,
             relay: crate::relay::RelayConfig::new([0; 32]),
         }
     }

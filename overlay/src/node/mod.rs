@@ -649,6 +649,21 @@ impl Node {
         self.super_node.as_ref().map(|s| s.mailbox_stats())
     }
 
+    /// A number that changes whenever this super node's mailboxes keep or let go a message
+    /// (`None`: not a super node): save them ([`Node::save_mailboxes`]) when it changed.
+    pub fn mailbox_generation(&self) -> Option<u64> {
+        self.super_node.as_ref().map(|s| s.mailbox_generation())
+    }
+
+    /// This super node's mailboxes, encoded to keep on disk (`None`: not a super node); a
+    /// later run takes them back through [`NodeConfig::mailboxes`]. With their generation.
+    pub fn save_mailboxes(&self, now: Instant) -> Option<(u64, Vec<u8>)> {
+        let wall = self.wall(now);
+        self.super_node
+            .as_ref()
+            .map(|s| s.save_mailboxes(now, wall))
+    }
+
     /// The addresses the driver must bind (UDP and TCP): see [`NodeConfig::bind_addresses`].
     pub fn bind_addresses(&self) -> Vec<SocketAddr> {
         self.cfg.bind_addresses()
@@ -704,6 +719,7 @@ impl Node {
             known,
             stun: self.cfg.stun_server().with_software("natter"),
             relay: self.cfg.relay.clone(),
+            mailboxes: self.cfg.mailboxes.take(),
         };
         self.endpoint.set_relaying(true);
         self.facts.super_node = true;

@@ -22,11 +22,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, BytesMut};
+
 use natter_core::chat::MessageId;
-use natter_core::crypto::{DeviceId, UserName};
+use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use natter_core::endpoint::ConnId;
 use natter_core::overlay::PresenceRecord;
 use natter_core::wire::message::{Message, MAX_CHAT_CHUNK};
+use natter_core::wire::{DecodeError, Reader};
 
 use super::super::parts::{Cx, Notice, PartId};
 use super::index::IndexPart;
@@ -41,6 +44,9 @@ pub(crate) const MAX_PER_DEVICE: usize = 1000;
 pub(crate) const MAX_PER_SENDER: usize = 2000;
 /// Most bytes kept in all.
 pub(crate) const MAX_BYTES: usize = 256 * 1024 * 1024;
+/// The largest envelope kept (what the largest message seals to, with the sender's keys).
+const MAX_ENVELOPE: usize = natter_core::chat::channel::MAX_CIPHERTEXT + 1024;
+const SAVE_VERSION: u8 = 1;
 /// How long an envelope is kept.
 pub(crate) const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Most envelopes being put together at once (the oldest is given up past it).
@@ -79,6 +85,9 @@ pub(crate) struct Mailboxes {
     delivered: BTreeMap<DeviceId, Instant>,
     stored: u64,
     refused: u64,
+    /// Bumped whenever an envelope is kept or let go (the runtime saves then).
+    generation: u64,
+    unreadable: bool,
 }
 
 /// What a super node's mailboxes hold ([`crate::node::Node::mailbox_stats`]).
@@ -92,6 +101,8 @@ pub struct MailboxStats {
     pub stored: u64,
     /// Envelopes refused past a bound.
     pub refused: u64,
+    /// The mailboxes an earlier run saved could not be read (they were started empty).
+    pub unreadable: bool,
 }
 
 impl Mailboxes {
@@ -102,6 +113,15 @@ impl Mailboxes {
             bytes: self.bytes,
             stored: self.stored,
             refused: self.refused,
+            unreadable: self.unreadable,
+        }
+    }
+
+    /// Empty mailboxes, started because the saved ones could not be read.
+    pub fn unreadable() -> Self {
+        Self {
+            unreadable: true,
+            ..Self::default()
         }
     }
 
@@ -117,6 +137,7 @@ impl Mailboxes {
         msg: &Message<'_>,
     ) {
         let Message::MailboxPut {
+            forwarded,
             user,
             to,
             id,
@@ -135,8 +156,22 @@ impl Mailboxes {
             },
             None => me,
         };
-        let from_client = conn.is_none_or(|c| role.clients().any(|(k, _)| *k == c));
-        if from_client {
+        // From a device (ours, or a client's): forward to the mailbox's super nodes. From a
+        // super node: keep it, never forward it again.
+        let from_client = !forwarded && conn.is_none_or(|c| role.clients().any(|(k, _)| *k == c));
+        if *forwarded {
+            // Only a super node of the ring forwards, and only to the user's mailboxes.
+            let replica = index
+                .ring()
+                .successors(Key::of_user(user), MAILBOX_REPLICAS)
+                .iter()
+                .any(|r| r.addr == cx.cfg.listen);
+            if replica && conn.is_some_and(|c| from_super_node(cx, index, c)) {
+                self.piece(cx.now, user, sender, *to, *id, *i, *count, data);
+            } else {
+                cx.out.stats.overlay_dropped += 1;
+            }
+        } else if from_client {
             let replicas = index
                 .ring()
                 .successors(Key::of_user(user), MAILBOX_REPLICAS);
@@ -145,6 +180,7 @@ impl Mailboxes {
                     self.piece(cx.now, user, sender, *to, *id, *i, *count, data);
                 } else {
                     let put = Message::MailboxPut {
+                        forwarded: true,
                         user: user.clone(),
                         to: *to,
                         id: *id,
@@ -165,10 +201,7 @@ impl Mailboxes {
                 }
             }
         } else {
-            // From another super node: the pieces of a client of theirs (the session's peer
-            // is that super node; the sender device is not known here, so the quota counts
-            // the forwarding super node).
-            self.piece(cx.now, user, sender, *to, *id, *i, *count, data);
+            cx.out.stats.overlay_dropped += 1;
         }
     }
 
@@ -221,6 +254,10 @@ impl Mailboxes {
             return;
         };
         let envelope: Vec<u8> = p.pieces.into_iter().flatten().flatten().collect();
+        if envelope.len() > MAX_ENVELOPE {
+            self.refused += 1;
+            return;
+        }
         let held = self.boxes.get(&to).map_or(0, BTreeMap::len);
         let sent = self.per_sender.get(&p.sender).copied().unwrap_or(0);
         if held >= MAX_PER_DEVICE
@@ -230,17 +267,8 @@ impl Mailboxes {
             self.refused += 1;
             return;
         }
-        self.bytes += envelope.len();
-        *self.per_sender.entry(p.sender).or_default() += 1;
         self.stored += 1;
-        self.boxes.entry(to).or_default().insert(
-            id,
-            Stored {
-                envelope,
-                sender: p.sender,
-                until: now + KEEP_FOR,
-            },
-        );
+        self.keep(to, id, p.sender, envelope, now + KEEP_FOR);
         // Arrived while the device is online: the next record (or a check) delivers it.
         self.delivered.remove(&to);
     }
@@ -346,11 +374,25 @@ impl Mailboxes {
         conn: Option<ConnId>,
         msg: &Message<'_>,
     ) {
-        let Message::MailboxAck { user, device, ids } = msg else {
+        let Message::MailboxAck {
+            forwarded,
+            user,
+            device,
+            ids,
+        } = msg
+        else {
             return;
         };
-        let from_client = conn.is_none_or(|c| role.clients().any(|(k, _)| *k == c));
-        if from_client {
+        let from_client = !forwarded && conn.is_none_or(|c| role.clients().any(|(k, _)| *k == c));
+        if *forwarded {
+            // Only a super node of the ring passes a device's acknowledgement on (it checked
+            // the device's own session).
+            if conn.is_some_and(|c| from_super_node(cx, index, c)) {
+                self.delete(*device, ids);
+            } else {
+                cx.out.stats.overlay_dropped += 1;
+            }
+        } else if from_client {
             // Only a device may empty its own mailbox.
             let own = match conn {
                 Some(c) => cx.sessions.view().peer(c).is_some_and(|p| {
@@ -370,6 +412,7 @@ impl Mailboxes {
                     self.delete(*device, ids);
                 } else {
                     let ack = Message::MailboxAck {
+                        forwarded: true,
                         user: user.clone(),
                         device: *device,
                         ids: ids.clone(),
@@ -378,8 +421,93 @@ impl Mailboxes {
                 }
             }
         } else {
-            self.delete(*device, ids);
+            cx.out.stats.overlay_dropped += 1;
         }
+    }
+
+    /// Keep an envelope (its bounds checked by the caller).
+    fn keep(
+        &mut self,
+        to: DeviceId,
+        id: MessageId,
+        sender: DeviceId,
+        envelope: Vec<u8>,
+        until: Instant,
+    ) {
+        self.bytes += envelope.len();
+        *self.per_sender.entry(sender).or_default() += 1;
+        self.generation += 1;
+        self.boxes.entry(to).or_default().insert(
+            id,
+            Stored {
+                envelope,
+                sender,
+                until,
+            },
+        );
+    }
+
+    /// Changes with every envelope kept or let go.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Every envelope, encoded to be kept on disk (`now` and `wall`: the same moment, on the
+    /// node's clock and the wall clock: expiries are stored in wall-clock seconds).
+    pub fn save(&self, now: Instant, wall: UnixTime) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(self.bytes + 64 * self.stats().kept + 8);
+        out.put_u8(SAVE_VERSION);
+        out.put_u32(self.stats().kept as u32);
+        for (to, b) in &self.boxes {
+            for (id, s) in b {
+                out.put_slice(&to.0);
+                out.put_slice(&id.0);
+                out.put_slice(&s.sender.0);
+                let left = s.until.saturating_duration_since(now).as_secs();
+                out.put_u64(wall.0.saturating_add(left));
+                out.put_u32(s.envelope.len() as u32);
+                out.put_slice(&s.envelope);
+            }
+        }
+        out.to_vec()
+    }
+
+    /// Mailboxes saved by [`Mailboxes::save`], with what expired meanwhile left out and the
+    /// bounds applied again.
+    pub fn restore(saved: &[u8], now: Instant, wall: UnixTime) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(saved);
+        if r.u8()? != SAVE_VERSION {
+            return Err(DecodeError::Invalid("mailbox file version"));
+        }
+        let n = r.u32()? as usize;
+        let mut m = Self::default();
+        for _ in 0..n {
+            let to = DeviceId(r.array()?);
+            let id = MessageId(r.array()?);
+            let sender = DeviceId(r.array()?);
+            let until_wall = r.u64()?;
+            let len = r.u32()? as usize;
+            if len > MAX_ENVELOPE {
+                return Err(DecodeError::TooLong {
+                    what: "kept envelope",
+                    len,
+                    max: MAX_ENVELOPE,
+                });
+            }
+            let envelope = r.take(len)?.to_vec();
+            if until_wall <= wall.0 {
+                continue;
+            }
+            let fits = m.boxes.get(&to).map_or(0, BTreeMap::len) < MAX_PER_DEVICE
+                && m.per_sender.get(&sender).copied().unwrap_or(0) < MAX_PER_SENDER
+                && m.bytes + envelope.len() <= MAX_BYTES;
+            if fits {
+                let until = now + Duration::from_secs(until_wall - wall.0).min(KEEP_FOR);
+                m.keep(to, id, sender, envelope, until);
+            }
+        }
+        r.finish()?;
+        Ok(m)
     }
 
     fn delete(&mut self, device: DeviceId, ids: &[MessageId]) {
@@ -388,6 +516,7 @@ impl Mailboxes {
         };
         for id in ids {
             if let Some(s) = b.remove(id) {
+                self.generation += 1;
                 self.bytes -= s.envelope.len();
                 if let Some(n) = self.per_sender.get_mut(&s.sender) {
                     *n -= 1;
@@ -436,6 +565,23 @@ impl Mailboxes {
     }
 }
 
+/// True when session `conn` runs over UDP from a super node of the ring, with its key.
+fn from_super_node(cx: &Cx<'_>, index: &IndexPart, conn: ConnId) -> bool {
+    let view = cx.sessions.view();
+    let Some(natter_core::endpoint::Path::Direct {
+        to: natter_core::sansio::Destination::Udp(addr),
+        ..
+    }) = view.remote(conn)
+    else {
+        return false;
+    };
+    let key = view.peer(conn).map(|p| p.certificate.dh_public);
+    index
+        .ring()
+        .at(*addr)
+        .is_some_and(|e| Some(e.static_key) == key)
+}
+
 /// The pieces of a kept envelope for `to`.
 fn deliver_pieces(to: DeviceId, id: MessageId, envelope: &[u8]) -> Vec<Message<'static>> {
     let count = envelope.len().div_ceil(MAX_CHAT_CHUNK).max(1);
@@ -465,5 +611,72 @@ fn encoded(msg: &Message<'_>) -> Notice {
     Notice::ChatIn {
         conn: None,
         message: encoded_bytes(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailboxes_survive_a_restart_and_what_expired_meanwhile_does_not() {
+        let now = Instant::now();
+        let wall = UnixTime(1_767_225_600);
+        let bob = UserName::parse("bob").unwrap();
+        let mut m = Mailboxes::default();
+        let (to, sender) = (DeviceId([1; 16]), DeviceId([2; 16]));
+        // A two-piece envelope, then a one-piece one kept a day less.
+        m.piece(now, &bob, sender, to, MessageId([1; 16]), 0, 2, &[7; 1024]);
+        m.piece(now, &bob, sender, to, MessageId([1; 16]), 1, 2, &[8; 10]);
+        let later = now + Duration::from_secs(24 * 3600);
+        m.piece(later, &bob, sender, to, MessageId([2; 16]), 0, 1, b"short");
+        assert_eq!(m.stats().kept, 2);
+        let generation = m.generation();
+        let saved = m.save(later, UnixTime(wall.0 + 24 * 3600));
+        // Read back at once: the same envelopes.
+        let back = Mailboxes::restore(&saved, later, UnixTime(wall.0 + 24 * 3600)).unwrap();
+        assert_eq!(back.stats().kept, 2);
+        assert_eq!(back.stats().bytes, m.stats().bytes);
+        // 29.5 days after the first was kept: it expired while the node was down.
+        let t = UnixTime(wall.0 + 29 * 24 * 3600 + 12 * 3600);
+        let back = Mailboxes::restore(&saved, now, t).unwrap();
+        assert_eq!(back.stats().kept, 2);
+        let t = UnixTime(wall.0 + 30 * 24 * 3600 + 1);
+        let back = Mailboxes::restore(&saved, now, t).unwrap();
+        assert_eq!(back.stats().kept, 1);
+        // A damaged file is refused, not half read.
+        assert!(Mailboxes::restore(&saved[..saved.len() - 1], now, wall).is_err());
+        assert!(Mailboxes::restore(&[9], now, wall).is_err());
+        // Letting one go changes the generation (the runtime saves again).
+        m.delete(to, &[MessageId([2; 16])]);
+        assert_ne!(m.generation(), generation);
+        assert_eq!(m.stats().kept, 1);
+    }
+
+    #[test]
+    fn a_flood_is_bounded_per_sender_and_never_pushes_others_out() {
+        let now = Instant::now();
+        let bob = UserName::parse("bob").unwrap();
+        let mut m = Mailboxes::default();
+        let (to, flooder, friend) = (DeviceId([1; 16]), DeviceId([6; 16]), DeviceId([7; 16]));
+        for n in 0..(MAX_PER_DEVICE as u32 + 10) {
+            let mut id = [0; 16];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            m.piece(now, &bob, flooder, to, MessageId(id), 0, 1, b"spam");
+        }
+        assert_eq!(m.stats().kept, MAX_PER_DEVICE);
+        assert_eq!(m.stats().refused, 10);
+        // Another device's mailbox is untouched by it.
+        m.piece(
+            now,
+            &bob,
+            friend,
+            DeviceId([3; 16]),
+            MessageId([9; 16]),
+            0,
+            1,
+            b"hi",
+        );
+        assert_eq!(m.stats().kept, MAX_PER_DEVICE + 1);
     }
 }

@@ -53,6 +53,8 @@ pub(crate) struct Promotion {
     pub stun: StunServer,
     /// The relay's settings.
     pub relay: RelayConfig,
+    /// Mailboxes kept on disk by an earlier run ([`mailbox::Mailboxes::save`]).
+    pub mailboxes: Option<Vec<u8>>,
 }
 
 /// The super-node part. See the [module documentation](self).
@@ -106,7 +108,11 @@ impl SuperNode {
             relay: Relaying::new(relay_cfg, cx.sessions.view()),
             pokes: BTreeMap::new(),
             chat: chat::ChatForwarding::default(),
-            mailboxes: mailbox::Mailboxes::default(),
+            mailboxes: match p.mailboxes.as_deref() {
+                None => mailbox::Mailboxes::default(),
+                Some(saved) => mailbox::Mailboxes::restore(saved, cx.now, cx.wall)
+                    .unwrap_or_else(|_| mailbox::Mailboxes::unreadable()),
+            },
         };
         for link in cx.facts.links.clone() {
             sn.linked(cx, link);
@@ -439,6 +445,20 @@ impl SuperNode {
     /// What the role's mailboxes hold.
     pub fn mailbox_stats(&self) -> MailboxStats {
         self.mailboxes.stats()
+    }
+
+    /// The mailboxes, encoded to keep on disk, and their generation.
+    pub fn save_mailboxes(
+        &self,
+        now: Instant,
+        wall: natter_core::crypto::UnixTime,
+    ) -> (u64, Vec<u8>) {
+        (self.mailboxes.generation(), self.mailboxes.save(now, wall))
+    }
+
+    /// Changes whenever a message is kept or let go.
+    pub fn mailbox_generation(&self) -> u64 {
+        self.mailboxes.generation()
     }
 
     /// When the role next wants its timer.
