@@ -840,6 +840,11 @@ mod tests {
         let max = text(2, &"x".repeat(crate::chat::item::MAX_TEXT));
         let e = send(&net, &mut a, &b, &max);
         assert!(e.ciphertext.len() <= MAX_CIPHERTEXT);
+        // With the sender's keys on it, it still fits in the pieces a message may have.
+        assert!(e.sender.is_some());
+        let wire = e.to_bytes().len();
+        let most = crate::wire::message::MAX_CHAT_CHUNK * crate::wire::message::MAX_CHAT_CHUNKS;
+        assert!(wire <= most, "{wire} > {most}");
         assert_eq!(Envelope::decode(&e.to_bytes()).unwrap(), e);
         open(&net, &mut b, &e).unwrap();
         let mut huge = e.clone();

@@ -169,6 +169,24 @@ pub const MAX_CHAT_CHUNK: usize = 1024;
 /// Most pieces of one chat message: enough for the largest envelope
 /// ([`crate::chat::channel::MAX_CIPHERTEXT`] plus the sender's keys).
 pub const MAX_CHAT_CHUNKS: usize = 72;
+/// A sealed chat message cut in pieces for [`Message::ChatChunk`], [`Message::MailboxPut`]
+/// and [`Message::MailboxDeliver`]: `(index, count, piece)`, at least one (an empty input is
+/// one empty piece) and at most [`MAX_CHAT_CHUNKS`] (the largest envelope fits; longer input
+/// is cut there).
+pub fn chat_pieces(bytes: &[u8]) -> Vec<(u8, u8, &[u8])> {
+    let count = bytes
+        .len()
+        .div_ceil(MAX_CHAT_CHUNK)
+        .clamp(1, MAX_CHAT_CHUNKS);
+    (0..count)
+        .map(|i| {
+            let start = (i * MAX_CHAT_CHUNK).min(bytes.len());
+            let end = (start + MAX_CHAT_CHUNK).min(bytes.len());
+            (i as u8, count as u8, &bytes[start..end])
+        })
+        .collect()
+}
+
 /// Most message ids in one [`Message::MailboxAck`].
 pub const MAX_MAILBOX_ACK: usize = 32;
 

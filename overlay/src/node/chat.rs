@@ -35,7 +35,7 @@ use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use natter_core::endpoint::ConnId;
 use natter_core::overlay::{SearchOutcome, SearchResult};
 use natter_core::rng::Rng;
-use natter_core::wire::message::{Message, MAX_CHAT_CHUNK, MAX_CHAT_CHUNKS};
+use natter_core::wire::message::{chat_pieces, Message};
 
 use super::parts::{Cx, Notice, PartId};
 use super::{NodeConfig, NodeEvent};
@@ -1069,26 +1069,18 @@ impl Chat {
 
 /// The pieces of one envelope for `device`, encoded as control messages.
 fn chunks(device: DeviceId, id: MessageId, bytes: &[u8]) -> Vec<Vec<u8>> {
-    let count = bytes
-        .len()
-        .div_ceil(MAX_CHAT_CHUNK)
-        .clamp(1, MAX_CHAT_CHUNKS);
-    let mut out = Vec::with_capacity(count);
-    for index in 0..count {
-        let start = index * MAX_CHAT_CHUNK;
-        let end = (start + MAX_CHAT_CHUNK).min(bytes.len());
-        let mut buf = bytes::BytesMut::with_capacity(end - start + 40);
-        Message::ChatChunk {
-            to: device,
-            id,
-            index: index as u8,
-            count: count as u8,
-            data: &bytes[start.min(end)..end],
-        }
-        .encode(&mut buf);
-        out.push(buf.to_vec());
-    }
-    out
+    chat_pieces(bytes)
+        .into_iter()
+        .map(|(index, count, data)| {
+            encode(&Message::ChatChunk {
+                to: device,
+                id,
+                index,
+                count,
+                data,
+            })
+        })
+        .collect()
 }
 
 /// The pieces of one copy for a device's mailbox, to our own super node (which forwards them
@@ -1100,30 +1092,18 @@ fn to_mailbox(
     id: MessageId,
     bytes: &[u8],
 ) -> bool {
-    let pieces: Vec<Vec<u8>> = chunks(device, id, bytes)
-        .into_iter()
-        .filter_map(|p| match Message::decode(&p) {
-            Ok(Message::ChatChunk {
-                to,
-                id,
-                index,
-                count,
-                data,
-            }) => Some(encode(&Message::MailboxPut {
-                forwarded: false,
-                user: user.clone(),
-                to,
-                id,
-                index,
-                count,
-                data: data.to_vec(),
-            })),
-            _ => None,
-        })
-        .collect();
     let mut sent = false;
-    for p in &pieces {
-        sent |= send_to_own_super_node(cx, p);
+    for (index, count, data) in chat_pieces(bytes) {
+        let put = encode(&Message::MailboxPut {
+            forwarded: false,
+            user: user.clone(),
+            to: device,
+            id,
+            index,
+            count,
+            data: data.to_vec(),
+        });
+        sent |= send_to_own_super_node(cx, &put);
     }
     sent
 }

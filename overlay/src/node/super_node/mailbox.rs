@@ -28,7 +28,7 @@ use natter_core::chat::MessageId;
 use natter_core::crypto::{DeviceId, UnixTime, UserName};
 use natter_core::endpoint::ConnId;
 use natter_core::overlay::PresenceRecord;
-use natter_core::wire::message::{Message, MAX_CHAT_CHUNK};
+use natter_core::wire::message::{chat_pieces, Message};
 use natter_core::wire::{DecodeError, Reader};
 
 use super::super::parts::{Cx, Notice, PartId};
@@ -584,18 +584,14 @@ fn from_super_node(cx: &Cx<'_>, index: &IndexPart, conn: ConnId) -> bool {
 
 /// The pieces of a kept envelope for `to`.
 fn deliver_pieces(to: DeviceId, id: MessageId, envelope: &[u8]) -> Vec<Message<'static>> {
-    let count = envelope.len().div_ceil(MAX_CHAT_CHUNK).max(1);
-    (0..count)
-        .map(|i| {
-            let start = i * MAX_CHAT_CHUNK;
-            let end = (start + MAX_CHAT_CHUNK).min(envelope.len());
-            Message::MailboxDeliver {
-                to,
-                id,
-                index: i as u8,
-                count: count as u8,
-                data: envelope[start.min(end)..end].to_vec(),
-            }
+    chat_pieces(envelope)
+        .into_iter()
+        .map(|(index, count, data)| Message::MailboxDeliver {
+            to,
+            id,
+            index,
+            count,
+            data: data.to_vec(),
         })
         .collect()
 }
