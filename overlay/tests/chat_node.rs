@@ -281,7 +281,8 @@ fn a_message_to_an_offline_device_waits_in_its_mailbox_and_arrives_when_it_comes
         );
         w.sim.restart(h, machine);
     }
-    w.sim.run_for(Duration::from_secs(10));
+    // (A minute for the membership to take the restarted super nodes back.)
+    w.sim.run_for(Duration::from_secs(60));
     assert_eq!(kept(&w), 9, "kept across the restarts");
     // user6 starts again.
     let restarted = w.sim.elapsed();

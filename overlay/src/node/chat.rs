@@ -44,6 +44,9 @@ use super::{NodeConfig, NodeEvent};
 const RESEND_FIRST: Duration = Duration::from_secs(1);
 /// ...then after twice as long each time, up to this.
 const RESEND_MAX: Duration = Duration::from_secs(30);
+/// A copy a mailbox took is put there again this often until its receipt comes (a mailbox
+/// that lost it takes it again; the device, online again, is sent it straight).
+const STORED_RESEND: Duration = Duration::from_secs(300);
 /// Sends without a receipt before the device's user is looked up again.
 const TRIES_BEFORE_LOOKUP: u32 = 3;
 /// How long a user's devices, as the index gave them, are used before asking again.
@@ -440,7 +443,7 @@ impl Chat {
             let due: Vec<DeviceId> = self.outbox[&id]
                 .copies
                 .iter()
-                .filter(|(_, c)| !c.stored && c.next <= now)
+                .filter(|(_, c)| c.next <= now)
                 .map(|(d, _)| *d)
                 .collect();
             for device in due {
@@ -465,9 +468,13 @@ impl Chat {
                 }
                 let c = out.copies.get_mut(&device).expect("listed");
                 c.tries += 1;
-                let backoff = RESEND_FIRST
-                    .saturating_mul(1 << (c.tries - 1).min(16))
-                    .min(RESEND_MAX);
+                let backoff = if c.stored {
+                    STORED_RESEND
+                } else {
+                    RESEND_FIRST
+                        .saturating_mul(1 << (c.tries - 1).min(16))
+                        .min(RESEND_MAX)
+                };
                 c.next = now + backoff;
                 if sent && !out.sent {
                     out.sent = true;
@@ -608,13 +615,14 @@ impl Chat {
                     || devices.iter().any(|(k, _, _)| k.device() == *device)
             });
             for (device, c) in out.copies.iter_mut() {
-                if c.user != user || c.stored {
+                if c.user != user {
                     continue;
                 }
                 if let Some((_, _, online)) = devices.iter().find(|(k, _, _)| k.device() == *device)
                 {
                     if c.mailbox == *online {
                         c.mailbox = !*online;
+                        c.stored = false;
                         c.next = cx.now;
                     }
                 }
@@ -682,6 +690,15 @@ impl Chat {
             } => Some((*to, *id, *index, *count, data.as_slice(), true)),
             _ => None,
         };
+        let from_own_super_node = conn.is_none_or(|c| cx.facts.links.iter().any(|l| l.conn == c));
+        let mailbox_message = matches!(
+            msg,
+            Message::MailboxDeliver { .. } | Message::MailboxStored { .. }
+        );
+        if mailbox_message && !from_own_super_node {
+            cx.out.stats.overlay_dropped += 1;
+            return;
+        }
         if let Some((to, id, index, count, data, from_mailbox)) = piece {
             if to != cx.cfg.identity.device.device_id() {
                 cx.out.stats.overlay_dropped += 1;
@@ -703,7 +720,10 @@ impl Chat {
                     .and_then(|o| o.copies.get_mut(to))
                     .filter(|c| c.mailbox)
                 {
+                    // Put again now and then all the same (a mailbox that lost it takes it
+                    // again; one that has it ignores it), until the receipt comes.
                     c.stored = true;
+                    c.next = cx.now + STORED_RESEND;
                 }
             }
             Message::ChatUnreachable { to, id } => {
@@ -771,7 +791,7 @@ impl Chat {
     /// A whole envelope arrived on `conn` (from a mailbox: our super node does not know its
     /// sender, so answers go through the sender's own super node, looked up). Returns true
     /// when a mailbox holding it may let it go now (it opened and needs no acknowledgement
-    /// from the application, or it never will open).
+    /// from the application, or was opened and kept before).
     fn on_envelope(
         &mut self,
         cx: &mut Cx<'_>,
@@ -779,13 +799,15 @@ impl Chat {
         bytes: &[u8],
         from_mailbox: bool,
     ) -> bool {
+        // A copy that does not open is never acknowledged to a mailbox: it may be a forged or
+        // damaged copy of a genuine one, which must stay there.
         let Ok(envelope) = Envelope::decode(bytes) else {
             self.stats.refused += 1;
-            return true;
+            return false;
         };
         if self.revoked.contains(&envelope.from) {
             self.stats.refused += 1;
-            return true;
+            return false;
         }
         if self.app_receipts
             && self.unacked.len() >= MAX_UNACKED
@@ -836,7 +858,7 @@ impl Chat {
             }
             Err(_) => {
                 self.stats.refused += 1;
-                true
+                false
             }
         }
     }
@@ -1043,7 +1065,7 @@ impl Chat {
         let copies = self
             .outbox
             .values()
-            .flat_map(|o| o.copies.values().filter(|c| !c.stored).map(|c| c.next))
+            .flat_map(|o| o.copies.values().map(|c| c.next))
             .min();
         let partials = self
             .partials

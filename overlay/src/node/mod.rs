@@ -732,6 +732,9 @@ impl Node {
 
     fn demote_inner(&mut self, now: Instant) {
         if let Some(sn) = self.super_node.take() {
+            // What its mailboxes hold waits for the next promotion (and the runtime's file).
+            let wall = self.wall(now);
+            self.cfg.mailboxes = Some(sn.save_mailboxes(now, wall).1);
             self.facts.super_node = false;
             let mut cx = cx!(self, now, PartId::SuperNode);
             sn.leave(&mut cx);

@@ -19,7 +19,7 @@
 //! Kept in memory for now: a super node that restarts loses its share (the other replicas
 //! keep theirs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -53,8 +53,16 @@ pub(crate) const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_PARTIALS: usize = 1024;
 /// An envelope being put together is given up after this long without a new piece.
 const PARTIAL_TIMEOUT: Duration = Duration::from_secs(60);
-/// A device is sent what waits for it at most this often (each of its records triggers it).
+/// A device is sent what waits for it at most this often through the same super node.
 const DELIVER_EVERY: Duration = Duration::from_secs(5);
+/// What still waits for a device that is online is sent again this often.
+const REDELIVER_EVERY: Duration = Duration::from_secs(30);
+/// A device's "online" record counts this long (records are refreshed every 30 minutes).
+const ONLINE_FRESH: Duration = Duration::from_secs(35 * 60);
+/// Deliveries remembered with the super node they came from.
+const MAX_DELIVERING: usize = 4096;
+/// Most envelopes sent to a device at once (the rest follow once these are acknowledged).
+const DELIVER_AT_ONCE: usize = 16;
 
 #[derive(Debug)]
 struct Stored {
@@ -81,8 +89,15 @@ pub(crate) struct Mailboxes {
     per_sender: BTreeMap<DeviceId, usize>,
     bytes: usize,
     partials: BTreeMap<(DeviceId, MessageId), Partial>,
-    /// When each device was last sent what waits for it.
-    delivered: BTreeMap<DeviceId, Instant>,
+    /// When each device was last sent what waits for it, and through which super node.
+    delivered: BTreeMap<DeviceId, (Instant, std::net::SocketAddr)>,
+    /// Deliveries we forwarded to our clients: the session of the mailbox's super node each
+    /// came on, so that the client's acknowledgement reaches it even when the ring changed
+    /// since it kept the message (bounded; the oldest forgotten first).
+    delivering: BTreeMap<(DeviceId, MessageId), ConnId>,
+    /// Of each device with a mailbox here: the newest "online" record seen (its sequence,
+    /// the super node it names, when it came). Older and replayed records change nothing.
+    online: BTreeMap<DeviceId, (u64, std::net::SocketAddr, Instant)>,
     stored: u64,
     refused: u64,
     /// Bumped whenever an envelope is kept or let go (the runtime saves then).
@@ -166,7 +181,7 @@ impl Mailboxes {
                 .successors(Key::of_user(user), MAILBOX_REPLICAS)
                 .iter()
                 .any(|r| r.addr == cx.cfg.listen);
-            if replica && conn.is_some_and(|c| from_super_node(cx, index, c)) {
+            if replica && conn.is_some_and(|c| !role.clients().any(|(k, _)| *k == c)) {
                 self.piece(cx.now, user, sender, *to, *id, *i, *count, data);
             } else {
                 cx.out.stats.overlay_dropped += 1;
@@ -269,12 +284,14 @@ impl Mailboxes {
         }
         self.stored += 1;
         self.keep(to, id, p.sender, envelope, now + KEEP_FOR);
-        // Arrived while the device is online: the next record (or a check) delivers it.
-        self.delivered.remove(&to);
+        // Arrived while the device is online: the next check sends it.
+        if let Some((t, _)) = self.delivered.get_mut(&to) {
+            *t = now.checked_sub(REDELIVER_EVERY).unwrap_or(*t);
+        }
     }
 
-    /// A verified record reached us: when it says its device is online and something waits
-    /// for it, send that to the super node the record names.
+    /// A verified record reached us: when it is the newest of its device, says it is online
+    /// and something waits for it, send that to the super node the record names.
     pub fn record(
         &mut self,
         cx: &mut Cx<'_>,
@@ -283,22 +300,56 @@ impl Mailboxes {
         record: &PresenceRecord,
     ) {
         let device = record.device();
-        if !record.online || !self.boxes.contains_key(&device) {
+        if !self.boxes.contains_key(&device) {
             return;
         }
         if self
+            .online
+            .get(&device)
+            .is_some_and(|(seq, _, _)| *seq >= record.sequence)
+        {
+            // Replayed or stale: it must not steer (or repeat) a delivery.
+            return;
+        }
+        let Some(sn) = record
+            .super_nodes
+            .first()
+            .copied()
+            .filter(|_| record.online)
+        else {
+            self.online.remove(&device);
+            return;
+        };
+        self.online.insert(device, (record.sequence, sn, cx.now));
+        self.deliver_to(cx, index, role, device);
+    }
+
+    /// Send what waits for `device` to the super node its newest record names, unless that
+    /// was done there less than [`DELIVER_EVERY`] ago.
+    fn deliver_to(
+        &mut self,
+        cx: &mut Cx<'_>,
+        index: &mut IndexPart,
+        role: &SuperNodeRole,
+        device: DeviceId,
+    ) {
+        let Some((_, sn, _)) = self.online.get(&device).copied() else {
+            return;
+        };
+        if self
             .delivered
             .get(&device)
-            .is_some_and(|t| cx.now < *t + DELIVER_EVERY)
+            .is_some_and(|(t, via)| *via == sn && cx.now < *t + DELIVER_EVERY)
         {
             return;
         }
-        let Some(sn) = record.super_nodes.first().copied() else {
+        let Some(b) = self.boxes.get(&device) else {
             return;
         };
-        self.delivered.insert(device, cx.now);
-        let pieces: Vec<Message<'static>> = self.boxes[&device]
+        self.delivered.insert(device, (cx.now, sn));
+        let pieces: Vec<Message<'static>> = b
             .iter()
+            .take(DELIVER_AT_ONCE)
             .flat_map(|(id, s)| deliver_pieces(device, *id, &s.envelope))
             .collect();
         if sn == cx.cfg.listen {
@@ -329,6 +380,29 @@ impl Mailboxes {
         }
     }
 
+    /// Devices whose newest record says online and that still have something waiting are
+    /// sent it again every [`REDELIVER_EVERY`] (pieces lost on the way, messages that came
+    /// after the device did), for as long as their record is fresh.
+    pub fn redeliver(&mut self, cx: &mut Cx<'_>, index: &mut IndexPart, role: &SuperNodeRole) {
+        let now = cx.now;
+        self.online.retain(|_, (_, _, at)| now < *at + ONLINE_FRESH);
+        let due: Vec<DeviceId> = self
+            .online
+            .keys()
+            .filter(|d| self.boxes.contains_key(*d))
+            .filter(|d| {
+                self.delivered
+                    .get(*d)
+                    .is_none_or(|(t, _)| now >= *t + REDELIVER_EVERY)
+            })
+            .copied()
+            .collect();
+        for device in due {
+            self.delivered.remove(&device);
+            self.deliver_to(cx, index, role, device);
+        }
+    }
+
     /// A piece of a waiting message from a mailbox's super node, on session `conn`: for one
     /// of our clients (or us).
     pub fn deliver(
@@ -341,6 +415,11 @@ impl Mailboxes {
         let Message::MailboxDeliver { to, .. } = msg else {
             return;
         };
+        if role.clients().any(|(k, _)| *k == conn) {
+            // From a super node (a mailbox's), never from a client of ours.
+            cx.out.stats.overlay_dropped += 1;
+            return;
+        }
         if *to == cx.cfg.identity.device.device_id() {
             cx.out.notify(
                 PartId::Chat,
@@ -357,6 +436,12 @@ impl Mailboxes {
             .map(|(c, _)| *c)
         {
             Some(c) => {
+                if let Message::MailboxDeliver { id, .. } = msg {
+                    if self.delivering.len() >= MAX_DELIVERING {
+                        self.delivering.pop_first();
+                    }
+                    self.delivering.insert((*to, *id), conn);
+                }
                 let _ = cx.sessions.send(cx.now, c, msg);
             }
             None => cx.out.stats.overlay_dropped += 1,
@@ -385,9 +470,11 @@ impl Mailboxes {
         };
         let from_client = !forwarded && conn.is_none_or(|c| role.clients().any(|(k, _)| *k == c));
         if *forwarded {
-            // Only a super node of the ring passes a device's acknowledgement on (it checked
-            // the device's own session).
-            if conn.is_some_and(|c| from_super_node(cx, index, c)) {
+            // A super node passes a device's acknowledgement on (it checked the device's own
+            // session); a client of ours may not send one as if forwarded. (Message ids are
+            // random and seen only by the super nodes that carry them: nobody else can name
+            // what to delete.)
+            if conn.is_some_and(|c| !role.clients().any(|(k, _)| *k == c)) {
                 self.delete(*device, ids);
             } else {
                 cx.out.stats.overlay_dropped += 1;
@@ -404,6 +491,12 @@ impl Mailboxes {
                 cx.out.stats.overlay_dropped += 1;
                 return;
             }
+            let ack = Message::MailboxAck {
+                forwarded: true,
+                user: user.clone(),
+                device: *device,
+                ids: ids.clone(),
+            };
             for r in index
                 .ring()
                 .successors(Key::of_user(user), MAILBOX_REPLICAS)
@@ -411,14 +504,16 @@ impl Mailboxes {
                 if r.addr == cx.cfg.listen {
                     self.delete(*device, ids);
                 } else {
-                    let ack = Message::MailboxAck {
-                        forwarded: true,
-                        user: user.clone(),
-                        device: *device,
-                        ids: ids.clone(),
-                    };
-                    index.send_to_super_node(cx, r, ack);
+                    index.send_to_super_node(cx, r, ack.clone());
                 }
+            }
+            // And to the super nodes that delivered them, wherever the ring puts them now.
+            let via: BTreeSet<ConnId> = ids
+                .iter()
+                .filter_map(|id| self.delivering.remove(&(*device, *id)))
+                .collect();
+            for c in via {
+                let _ = cx.sessions.send(cx.now, c, &ack);
             }
         } else {
             cx.out.stats.overlay_dropped += 1;
@@ -529,6 +624,7 @@ impl Mailboxes {
         if b.is_empty() {
             self.boxes.remove(&device);
             self.delivered.remove(&device);
+            self.online.remove(&device);
         }
     }
 
@@ -561,25 +657,14 @@ impl Mailboxes {
             .values()
             .flat_map(|b| b.values().map(|s| s.until))
             .min();
-        [partial, expiry].into_iter().flatten().min()
+        let redeliver = self
+            .online
+            .keys()
+            .filter(|d| self.boxes.contains_key(*d))
+            .filter_map(|d| self.delivered.get(d).map(|(t, _)| *t + REDELIVER_EVERY))
+            .min();
+        [partial, expiry, redeliver].into_iter().flatten().min()
     }
-}
-
-/// True when session `conn` runs over UDP from a super node of the ring, with its key.
-fn from_super_node(cx: &Cx<'_>, index: &IndexPart, conn: ConnId) -> bool {
-    let view = cx.sessions.view();
-    let Some(natter_core::endpoint::Path::Direct {
-        to: natter_core::sansio::Destination::Udp(addr),
-        ..
-    }) = view.remote(conn)
-    else {
-        return false;
-    };
-    let key = view.peer(conn).map(|p| p.certificate.dh_public);
-    index
-        .ring()
-        .at(*addr)
-        .is_some_and(|e| Some(e.static_key) == key)
 }
 
 /// The pieces of a kept envelope for `to`.

@@ -397,7 +397,12 @@ impl SuperNode {
                 }
             }
             Notice::SearchHere { id, user } => self.index.search_here(cx, id, user),
-            Notice::Publish(record) => self.index.publish(cx, *record),
+            Notice::Publish(record) => {
+                // Our own device's messages may wait here too.
+                self.mailboxes
+                    .record(cx, &mut self.index, &self.role, &record);
+                self.index.publish(cx, *record)
+            }
             Notice::Will(record) => self.index.deposit_own_will(cx, *record),
             Notice::PokeHere { device } => {
                 let me = cx.cfg.identity.certificate.user.clone();
@@ -439,6 +444,7 @@ impl SuperNode {
         self.index.handle_timeout(cx, &self.role);
         self.relay.handle_timeout(cx);
         self.mailboxes.handle_timeout(cx.now);
+        self.mailboxes.redeliver(cx, &mut self.index, &self.role);
         self.flush(cx);
     }
 
