@@ -108,6 +108,8 @@ pub struct Reply {
 pub struct SuperNodeRole {
     cfg: SuperNodeConfig,
     clients: BTreeMap<ConnId, Client>,
+    /// The session of each client device (its latest, when it attached twice).
+    by_device: BTreeMap<DeviceId, ConnId>,
     membership: Membership,
     /// Links with other super nodes (host-cache exchange, STUN partnering).
     peers: BTreeMap<ConnId, SocketAddr>,
@@ -127,6 +129,7 @@ impl SuperNodeRole {
         Self {
             cfg,
             clients: BTreeMap::new(),
+            by_device: BTreeMap::new(),
             membership,
             peers: BTreeMap::new(),
         }
@@ -236,6 +239,7 @@ impl SuperNodeRole {
                         local_addresses: local_addresses.clone(),
                         since: now,
                     };
+                    self.by_device.insert(device, conn);
                     if self.clients.insert(conn, client).is_none() {
                         events.push(SuperNodeEvent::ClientAttached {
                             user: user.clone(),
@@ -285,9 +289,24 @@ impl SuperNodeRole {
     /// A session closed.
     pub fn session_closed(&mut self, conn: ConnId) -> Option<SuperNodeEvent> {
         self.peers.remove(&conn);
-        self.clients
-            .remove(&conn)
-            .map(|c| SuperNodeEvent::ClientDetached { user: c.user, conn })
+        let client = self.clients.remove(&conn)?;
+        if self.by_device.get(&client.device) == Some(&conn) {
+            self.by_device.remove(&client.device);
+        }
+        Some(SuperNodeEvent::ClientDetached {
+            user: client.user,
+            conn,
+        })
+    }
+
+    /// True when session `conn` is an attached client's.
+    pub fn is_client(&self, conn: ConnId) -> bool {
+        self.clients.contains_key(&conn)
+    }
+
+    /// The session of the attached client `device`, if it is one.
+    pub fn client_of(&self, device: DeviceId) -> Option<ConnId> {
+        self.by_device.get(&device).copied()
     }
 
     /// Timers (the membership's probes, gossip and anti-entropy; its messages are then
@@ -308,6 +327,7 @@ impl SuperNodeRole {
         let entries = self.sample(MAX_HOST_ENTRIES, false);
         let conns: Vec<ConnId> = self.clients.keys().copied().collect();
         self.clients.clear();
+        self.by_device.clear();
         conns
             .into_iter()
             .map(|conn| Reply {

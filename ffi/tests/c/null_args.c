@@ -84,6 +84,13 @@ static void all_with_client(NatterClient *c, NatterResult want) {
     EXPECT(natter_client_set_nickname(c, "bob", "Bobby", NULL), want);
     EXPECT(natter_client_set_group(c, "bob", "work", true, NULL), want);
     EXPECT(natter_client_sync_contacts(c, NULL, NULL), want);
+    NatterMessageId message_id;
+    NatterMessageList *messages = NULL;
+    EXPECT(natter_client_send_message(c, "bob", "hi", NULL, &message_id), want);
+    EXPECT(natter_client_history(c, "bob", NULL, 10, &messages), want);
+    CHECK(messages == NULL);
+    EXPECT(natter_client_search_messages(c, "hi", 10, &messages), want);
+    CHECK(messages == NULL);
     uint32_t availability = 0;
     EXPECT(natter_client_set_presence(c, NATTER_AVAILABILITY_AWAY, "out"), want);
     EXPECT(natter_client_get_presence(c, &availability, buf, sizeof buf, &len), want);
@@ -430,6 +437,31 @@ int main(int argc, char **argv) {
     EXPECT(natter_client_change_password(c, "a good password", "another good one", true),
            NATTER_NOT_LOGGED_IN);
     EXPECT(natter_client_logout(c), NATTER_NOT_LOGGED_IN);
+    /* Chat: nothing to write or read before a login; message lists checked. */
+    {
+        NatterMessageList *list = NULL;
+        NatterMessage message;
+        NatterMessageId id;
+        size_t count = 99;
+        EXPECT(natter_client_send_message(c, "bob", "hi", NULL, &id), NATTER_NOT_LOGGED_IN);
+        EXPECT(natter_client_send_message(c, NULL, "hi", NULL, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_send_message(c, "bob", NULL, NULL, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_send_message(c, "bob", "\xff", NULL, NULL), NATTER_INVALID_UTF8);
+        EXPECT(natter_client_send_message(c, "bob", "hi", "zz", NULL), NATTER_INVALID_ARGUMENT);
+        EXPECT(natter_client_history(c, "bob", NULL, 10, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_history(c, NULL, NULL, 10, &list), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_history(c, "bob", NULL, 10, &list), NATTER_NOT_LOGGED_IN);
+        CHECK(list == NULL);
+        EXPECT(natter_client_search_messages(c, NULL, 10, &list), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_search_messages(c, "hi", 10, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_client_search_messages(c, "hi", 10, &list), NATTER_NOT_LOGGED_IN);
+        EXPECT(natter_message_list_count(NULL, &count), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_message_list_count((NatterMessageList *)c, &count), NATTER_INVALID_HANDLE);
+        EXPECT(natter_message_list_get(NULL, 0, &message), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_message_list_get((NatterMessageList *)c, 0, NULL), NATTER_NULL_ARGUMENT);
+        EXPECT(natter_message_list_free(NULL), NATTER_OK);
+        EXPECT(natter_message_list_free((NatterMessageList *)c), NATTER_INVALID_HANDLE);
+    }
     /* The buddy list: empty and not editable before a login; list objects checked. */
     {
         NatterContactList *list = NULL;

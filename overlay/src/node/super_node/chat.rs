@@ -78,9 +78,7 @@ impl ChatForwarding {
             return;
         }
         let target = role
-            .clients()
-            .find(|(_, c)| c.device == *to)
-            .map(|(c, _)| *c)
+            .client_of(*to)
             .or_else(|| self.senders.get(to).map(|s| s.conn));
         let sent = match target {
             Some(target) if Some(target) != conn => {

@@ -102,6 +102,9 @@ pub(crate) struct Mailboxes {
     refused: u64,
     /// Bumped whenever an envelope is kept or let go (the runtime saves then).
     generation: u64,
+    /// No envelope expires before this (the earliest expiry when last computed: the timer
+    /// reads it instead of scanning every envelope).
+    sweep_at: Option<Instant>,
     unreadable: bool,
 }
 
@@ -173,7 +176,7 @@ impl Mailboxes {
         };
         // From a device (ours, or a client's): forward to the mailbox's super nodes. From a
         // super node: keep it, never forward it again.
-        let from_client = !forwarded && conn.is_none_or(|c| role.clients().any(|(k, _)| *k == c));
+        let from_client = !forwarded && conn.is_none_or(|c| role.is_client(c));
         if *forwarded {
             // Only a super node of the ring forwards, and only to the user's mailboxes.
             let replica = index
@@ -181,7 +184,7 @@ impl Mailboxes {
                 .successors(Key::of_user(user), MAILBOX_REPLICAS)
                 .iter()
                 .any(|r| r.addr == cx.cfg.listen);
-            if replica && conn.is_some_and(|c| !role.clients().any(|(k, _)| *k == c)) {
+            if replica && conn.is_some_and(|c| !role.is_client(c)) {
                 self.piece(cx.now, user, sender, *to, *id, *i, *count, data);
             } else {
                 cx.out.stats.overlay_dropped += 1;
@@ -353,10 +356,7 @@ impl Mailboxes {
             .flat_map(|(id, s)| deliver_pieces(device, *id, &s.envelope))
             .collect();
         if sn == cx.cfg.listen {
-            let client = role
-                .clients()
-                .find(|(_, c)| c.device == device)
-                .map(|(c, _)| *c);
+            let client = role.client_of(device);
             match client {
                 Some(c) => {
                     for p in &pieces {
@@ -415,7 +415,7 @@ impl Mailboxes {
         let Message::MailboxDeliver { to, .. } = msg else {
             return;
         };
-        if role.clients().any(|(k, _)| *k == conn) {
+        if role.is_client(conn) {
             // From a super node (a mailbox's), never from a client of ours.
             cx.out.stats.overlay_dropped += 1;
             return;
@@ -430,11 +430,7 @@ impl Mailboxes {
             );
             return;
         }
-        match role
-            .clients()
-            .find(|(_, c)| c.device == *to)
-            .map(|(c, _)| *c)
-        {
+        match role.client_of(*to) {
             Some(c) => {
                 if let Message::MailboxDeliver { id, .. } = msg {
                     if self.delivering.len() >= MAX_DELIVERING {
@@ -468,13 +464,13 @@ impl Mailboxes {
         else {
             return;
         };
-        let from_client = !forwarded && conn.is_none_or(|c| role.clients().any(|(k, _)| *k == c));
+        let from_client = !forwarded && conn.is_none_or(|c| role.is_client(c));
         if *forwarded {
             // A super node passes a device's acknowledgement on (it checked the device's own
             // session); a client of ours may not send one as if forwarded. (Message ids are
             // random and seen only by the super nodes that carry them: nobody else can name
             // what to delete.)
-            if conn.is_some_and(|c| !role.clients().any(|(k, _)| *k == c)) {
+            if conn.is_some_and(|c| !role.is_client(c)) {
                 self.delete(*device, ids);
             } else {
                 cx.out.stats.overlay_dropped += 1;
@@ -532,6 +528,7 @@ impl Mailboxes {
         self.bytes += envelope.len();
         *self.per_sender.entry(sender).or_default() += 1;
         self.generation += 1;
+        self.sweep_at = Some(self.sweep_at.map_or(until, |t| t.min(until)));
         self.boxes.entry(to).or_default().insert(
             id,
             Stored {
@@ -631,6 +628,9 @@ impl Mailboxes {
     /// Drop what expired and pieces given up.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.partials.retain(|_, p| now < p.last + PARTIAL_TIMEOUT);
+        if self.sweep_at.is_none_or(|t| now < t) {
+            return;
+        }
         let expired: Vec<(DeviceId, MessageId)> = self
             .boxes
             .iter()
@@ -643,6 +643,11 @@ impl Mailboxes {
         for (d, id) in expired {
             self.delete(d, &[id]);
         }
+        self.sweep_at = self
+            .boxes
+            .values()
+            .flat_map(|b| b.values().map(|s| s.until))
+            .min();
     }
 
     /// When the mailboxes next want the timer.
@@ -652,11 +657,7 @@ impl Mailboxes {
             .values()
             .map(|p| p.last + PARTIAL_TIMEOUT)
             .min();
-        let expiry = self
-            .boxes
-            .values()
-            .flat_map(|b| b.values().map(|s| s.until))
-            .min();
+        let expiry = self.sweep_at;
         let redeliver = self
             .online
             .keys()

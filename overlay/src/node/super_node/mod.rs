@@ -244,11 +244,7 @@ impl SuperNode {
             cx.out.events.push_back(NodeEvent::Poked { from });
             return;
         }
-        let client = self
-            .role
-            .clients()
-            .find(|(_, c)| c.device == device)
-            .map(|(conn, _)| *conn);
+        let client = self.role.client_of(device);
         match client {
             Some(conn) => {
                 let _ = cx
@@ -310,7 +306,7 @@ impl SuperNode {
             }
             // Only attached clients watch and leave wills here.
             Message::IndexWatch { full: true, .. } | Message::IndexWill { .. }
-                if !self.role.clients().any(|(c, _)| *c == conn) =>
+                if !self.role.is_client(conn) =>
             {
                 cx.out.stats.overlay_dropped += 1
             }
@@ -366,9 +362,7 @@ impl SuperNode {
         for r in replies {
             let _ = cx.sessions.send(cx.now, r.conn, &r.message);
         }
-        if matches!(msg, Message::OverlayAttach { .. })
-            && self.role.clients().any(|(c, _)| *c == conn)
-        {
+        if matches!(msg, Message::OverlayAttach { .. }) && self.role.is_client(conn) {
             // A client that vanishes is noticed after two and a half of its keep-alive
             // intervals (50 s by default), so its contacts see it offline within a minute.
             let idle = (cx.cfg.keepalive * 5 / 2).min(cx.cfg.idle_timeout);
